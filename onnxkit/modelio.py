@@ -1,0 +1,216 @@
+"""Load and save models without ever losing one.
+
+- Loading checks the file before parsing it, so each way a file can be wrong gets its own message.
+- External data must stay inside the model's folder: ``..``, absolute paths and symlinks that escape are
+  refused, because a model file is untrusted input and may otherwise read any file on the machine.
+- Saving writes into a temporary folder beside the target, then ``os.replace``s each file into place, so
+  an interrupted or failed save leaves neither a half-written model nor stray temporaries.
+- Models whose tensors would push the protobuf past its 2 GB limit are saved with external data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from onnxkit.errors import ModelLoadError, ModelSaveError
+
+# Protobuf cannot serialize a message of 2 GiB or more; stay well below it, since the graph itself
+# (names, attributes, small tensors) also takes room.
+PROTOBUF_LIMIT = 2**31
+EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
+# Tensors at least this large go to the external-data file when a model is saved with external data.
+EXTERNAL_TENSOR_MIN_BYTES = 1024
+
+ModelSource = "str | os.PathLike[str] | onnx.ModelProto | ir.Model"
+
+
+def _check_model_file(path: Path) -> None:
+    if not path.exists():
+        raise ModelLoadError(f"no such file: {path}", hint="check the path")
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a folder, not an ONNX file", hint="pass the path of the .onnx file inside it")
+    if not os.access(path, os.R_OK):
+        raise ModelLoadError(f"cannot read {path}: permission denied")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path} is empty", hint="the file may have been truncated while it was written")
+
+
+def _parse_model_proto(path: Path) -> onnx.ModelProto:
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise ModelLoadError(
+            f"{path} is not a valid ONNX model ({type(e).__name__})",
+            hint="the file may be truncated or in another format",
+        ) from e
+    if not proto.HasField("graph") or proto.ir_version == 0:
+        raise ModelLoadError(
+            f"{path} is not an ONNX model: it has no graph or no IR version",
+            hint="the file may be truncated or in another format",
+        )
+    return proto
+
+
+def iter_all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of a graph proto: initializers, Constant values and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from iter_all_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from iter_all_tensors(subgraph)
+
+
+def check_external_data_locations(proto: onnx.ModelProto, base_dir: Path) -> None:
+    """Refuse external-data locations that resolve outside ``base_dir`` (``..``, absolute, symlinks)."""
+    base = base_dir.resolve()
+    tensors = list(iter_all_tensors(proto.graph))
+    for function in proto.functions:
+        for node in function.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    tensors.append(attribute.t)
+    for tensor in tensors:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+        if location is None:
+            raise ModelLoadError(f"tensor '{tensor.name}' is marked external but names no location")
+        if os.path.isabs(location) or Path(location).is_absolute():
+            raise ModelLoadError(
+                f"tensor '{tensor.name}' has an absolute external-data location '{location}'",
+                hint="external data must sit in the model's folder; onnxkit refuses other paths for safety",
+            )
+        target = (base / location).resolve()
+        if target != base and base not in target.parents:
+            raise ModelLoadError(
+                f"tensor '{tensor.name}' has external data '{location}' outside the model's folder",
+                hint="'..' and symlinks that leave the folder are refused for safety",
+            )
+        if not target.is_file():
+            raise ModelLoadError(
+                f"external data file '{location}' of tensor '{tensor.name}' is missing",
+                hint=f"it should be beside the model, in {base}",
+            )
+
+
+def load_model(path: str | os.PathLike[str]) -> ir.Model:
+    """Load an ONNX model, with its external data loaded lazily from the model's folder."""
+    path = Path(path)
+    _check_model_file(path)
+    proto = _parse_model_proto(path)
+    check_external_data_locations(proto, path.parent)
+    try:
+        return ir.serde.deserialize_model(proto) if not _has_external_data(proto) else ir.load(path)
+    except Exception as e:
+        raise ModelLoadError(f"{path} could not be read as an ONNX model: {e}") from e
+
+
+def _has_external_data(proto: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_all_tensors(proto.graph))
+
+
+def as_ir_model(model: str | os.PathLike[str] | onnx.ModelProto | ir.Model | bytes) -> ir.Model:
+    """Accept any way a user holds a model and return an ``ir.Model``."""
+    if isinstance(model, ir.Model):
+        return model
+    if isinstance(model, onnx.ModelProto):
+        return ir.serde.deserialize_model(model)
+    if isinstance(model, (bytes, bytearray)):
+        return ir.serde.deserialize_model(onnx.load_model_from_string(bytes(model)))
+    return load_model(model)
+
+
+def tensor_bytes(model: ir.Model) -> int:
+    """Bytes held by the model's tensors: initializers and Constant/attribute tensors, subgraphs included."""
+    total = 0
+    for graph in _all_graphs(model):
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                total += value.const_value.nbytes
+        for node in graph:
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.TENSOR:
+                    total += attr.value.nbytes
+    return total
+
+
+def _all_graphs(model: ir.Model) -> Iterator[ir.Graph]:
+    yield model.graph
+    yield from model.graph.subgraphs()
+
+
+def needs_external_data(model: ir.Model) -> bool:
+    return tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD
+
+
+def save_model(
+    model: ir.Model,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+) -> Path:
+    """Save atomically. ``external_data=None`` decides by size; the data file is ``<name>.data`` beside it.
+
+    Everything is written into a temporary folder inside the target folder first, then moved into place
+    with ``os.replace`` (atomic on one filesystem). On any failure the temporaries are removed and the
+    target, if it existed, is untouched.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ModelSaveError(f"cannot write {path}: it is a folder", hint="give a file name ending in .onnx")
+    if not folder.is_dir():
+        raise ModelSaveError(f"cannot write {path}: folder {folder} does not exist")
+    if external_data is None:
+        external_data = needs_external_data(model)
+    data_name = path.name + ".data"
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
+    except OSError as e:
+        raise ModelSaveError(f"cannot write into {folder}: {e.strerror or e}", hint="check the folder's permissions") from e
+    try:
+        staged_model = staging / path.name
+        if external_data:
+            ir.save(model, staged_model, external_data=data_name, size_threshold_bytes=EXTERNAL_TENSOR_MIN_BYTES)
+        else:
+            ir.save(model, staged_model)
+        # Data first: a model file in place must never point at data that is not there yet.
+        if (staging / data_name).exists():
+            os.replace(staging / data_name, folder / data_name)
+        os.replace(staged_model, path)
+    except OSError as e:
+        raise ModelSaveError(f"cannot write {path}: {e.strerror or e}", hint="check free space and permissions") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name the same file (following symlinks); false when either does not exist."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    """The model as a protobuf, with every tensor's data in memory."""
+    return ir.serde.serialize_model(model)
+
+
+def clone_model(model: ir.Model) -> ir.Model:
+    """An independent deep copy (used to snapshot a model before a pass, for rollback and parity)."""
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))

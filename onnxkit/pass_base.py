@@ -1,0 +1,249 @@
+"""What a pass is: a CLI name, typed options, a kind, and a ``call`` that edits an ``onnx_ir.Model``.
+
+Passes build on ``onnx_ir.passes``: a pass is an ``onnx_ir`` pass with the extra facts the pipeline needs.
+
+    @dataclasses.dataclass(frozen=True)
+    class ScaleOptions:
+        factor: float = 1.0
+
+    class ScalePass(Pass):
+        \"\"\"Multiply every initializer by a factor.\"\"\"
+        name = "scale"
+        kind = "lossy"
+        Options = ScaleOptions
+
+        def call(self, model):
+            ...
+            return PassResult(model, modified=True, stats=["scaled 3 initializers"])
+
+Options are a frozen dataclass. Field types drive parsing of ``name{key=value,...}``: ``bool``, ``int``,
+``float``, ``str``, ``Literal[...]`` choices, ``tuple[str, ...]`` lists, and ``X | None``. A dataclass
+``__post_init__`` that raises ``ValueError`` rejects a bad combination; the pipeline turns that into a
+``SpecError`` naming the pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import onnx_ir as ir
+
+from onnxkit.errors import SpecError
+
+PassKind = Literal["exact", "lossy"]
+
+
+@dataclasses.dataclass
+class PassResult(ir.passes.PassResult):
+    """``onnx_ir``'s result plus human-readable statistics, e.g. ``["removed 7 Identity nodes"]``."""
+
+    stats: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class PassContext:
+    """What a pass may need beyond the model, set by the pipeline before each call.
+
+    ``data`` is a re-iterable dataset of ``{input name: array}`` samples (calibration, sensitivity);
+    ``dims`` binds dynamic dimensions by name; ``model_dir`` is where the model was loaded from.
+    ``extras`` carries inputs that only some passes understand, such as a torch module for ``export``.
+    """
+
+    data: Any = None
+    dims: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    model_dir: Path | None = None
+    show_progress: bool = False
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """For passes that take no options."""
+
+
+class Pass(ir.passes.PassBase):
+    """Base class of every onnxkit pass, built-in or plugin.
+
+    Subclasses set ``name`` (the CLI name), ``kind`` (``exact`` keeps outputs within floating-point
+    tolerance, ``lossy`` within a stated budget), ``Options`` (a frozen dataclass), and implement
+    ``call(model) -> PassResult``. The first line of the class docstring is the one-line doc that
+    ``onnxkit passes`` shows. Running a pass twice must change nothing the second time.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[PassKind] = "exact"
+    Options: ClassVar[type] = NoOptions
+    # Operator domains the pass may add to a model; "" is the standard ONNX domain.
+    emits_domains: ClassVar[frozenset[str]] = frozenset({""})
+    # In-place passes edit and return the same model; proto-level tools (ORT, onnxsim, quantizers)
+    # return a new one. The pipeline snapshots the model itself, so either works.
+    in_place_pass: ClassVar[bool] = True
+
+    def __init__(self, options: Any = None, **kwargs: Any) -> None:
+        if options is None:
+            options = make_options(self, kwargs)
+        elif kwargs:
+            raise TypeError("give either an options object or keyword options, not both")
+        self.options = options
+        self.context = PassContext()
+
+    @property
+    def in_place(self) -> bool:
+        return self.in_place_pass
+
+    @property
+    def changes_input(self) -> bool:
+        return self.in_place_pass
+
+    @classmethod
+    def doc(cls) -> str:
+        """The one-line description: the first line of the class docstring."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    @classmethod
+    def option_fields(cls) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(cls.Options))
+
+    def option_string(self) -> str:
+        """Canonical ``key=value`` list of the options that differ from their defaults."""
+        parts = []
+        defaults = type(self).Options()
+        for field in self.option_fields():
+            value = getattr(self.options, field.name)
+            if value != getattr(defaults, field.name):
+                parts.append(f"{field.name}={format_option_value(value)}")
+        return ",".join(parts)
+
+    def spec(self) -> str:
+        """This pass as it appears in a canonical pipeline spec: ``name`` or ``name{k=v,...}``."""
+        options = self.option_string()
+        return f"{self.name}{{{options}}}" if options else self.name
+
+    def __repr__(self) -> str:
+        return f"<pass {self.spec()}>"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Typed options: text ⇄ values
+
+
+def format_option_value(value: Any) -> str:
+    """The canonical text of an option value; ``parse_option_value`` reads it back to the same value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return ",".join(format_option_value(v) for v in value)
+    if value is None:
+        return "none"
+    return str(value)
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_option_value(annotation: Any, text: str) -> Any:
+    """Convert the text of one option to the type its dataclass field declares. Raises ``ValueError``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() == "none" and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return parse_option_value(arg, text)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError("; ".join(errors))
+    if origin is Literal:
+        for choice in args:
+            if str(choice) == text:
+                return choice
+        raise ValueError(f"expected one of {', '.join(str(a) for a in args)}")
+    if origin in (tuple, list):
+        item_type = args[0] if args else str
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        return tuple(parse_option_value(item_type, item) for item in items)
+    if annotation is bool:
+        lowered = text.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError("expected true or false")
+    if annotation is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("expected an integer") from None
+    if annotation is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("expected a number") from None
+    if annotation is str:
+        return text
+    raise TypeError(f"unsupported option type {annotation!r}")
+
+
+def option_type_name(annotation: Any) -> str:
+    """A short human name for an option's type, for ``onnxkit passes``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(option_type_name(a) for a in args)
+    if origin is Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (tuple, list):
+        return f"list[{option_type_name(args[0]) if args else 'str'}]"
+    if annotation is type(None):
+        return "none"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _resolved_field_types(options_cls: type) -> dict[str, Any]:
+    # Options modules use ``from __future__ import annotations``, so field types are strings until resolved.
+    return typing.get_type_hints(options_cls, include_extras=False)
+
+
+def make_options(pass_: Pass | type[Pass], values: Mapping[str, Any]) -> Any:
+    """Build a pass's options from keyword values (already typed) or raw text, validating each.
+
+    Errors are ``SpecError``s that name the pass and the option.
+    """
+    pass_cls = pass_ if isinstance(pass_, type) else type(pass_)
+    options_cls = pass_cls.Options
+    hints = _resolved_field_types(options_cls)
+    known = {f.name: f for f in dataclasses.fields(options_cls)}
+    typed: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            choices = ", ".join(known) or "none"
+            raise SpecError(
+                f"pass '{pass_cls.name}' has no option '{key}'",
+                hint=f"options of '{pass_cls.name}': {choices}",
+            )
+        annotation = hints[key]
+        if isinstance(value, str) and annotation is not str:
+            try:
+                value = parse_option_value(annotation, value)
+            except ValueError as e:
+                raise SpecError(
+                    f"pass '{pass_cls.name}', option '{key}': bad value '{value}': {e}",
+                    hint=f"'{key}' takes {option_type_name(annotation)}",
+                ) from None
+        elif isinstance(value, list):
+            value = tuple(value)
+        typed[key] = value
+    try:
+        return options_cls(**typed)
+    except (ValueError, TypeError) as e:
+        raise SpecError(f"pass '{pass_cls.name}': {e}") from None

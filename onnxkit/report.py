@@ -1,0 +1,124 @@
+"""What a pipeline run did: per-pass records, rendered as a terminal table, JSON, or Markdown."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+
+@dataclasses.dataclass
+class PassReport:
+    """One pass's run: outcome, statistics, timing, size, and parity against its input."""
+
+    name: str
+    spec: str
+    kind: str
+    modified: bool = False
+    status: str = "ok"  # ok | rolled-back | parity-warning | parity-failed | failed
+    stats: list[str] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+    nodes_before: int = 0
+    nodes_after: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    op_delta: dict[str, int] = dataclasses.field(default_factory=dict)
+    parity: dict[str, Any] | None = None
+    error: str | None = None
+    verification: list[str] = dataclasses.field(default_factory=list)
+    traceback: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class PipelineReport:
+    """The whole run. JSON-serialisable through ``to_dict``."""
+
+    spec: str
+    check: str = "each"
+    on_fail: str = "stop"
+    passes: list[PassReport] = dataclasses.field(default_factory=list)
+    input_summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+    final_parity: dict[str, Any] | None = None
+    rolled_back: list[str] = dataclasses.field(default_factory=list)
+    parity_failed: bool = False
+    failed: bool = False
+    output_path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from onnxkit import __version__
+
+        data = dataclasses.asdict(self)
+        data["onnxkit_version"] = __version__
+        data["passes"] = [p.to_dict() for p in self.passes]
+        return data
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def provenance(self) -> list[dict[str, Any]]:
+        """The deterministic part of each pass's record, for the saved model's metadata."""
+        records = []
+        for p in self.passes:
+            record: dict[str, Any] = {"pass": p.spec, "status": p.status, "modified": p.modified, "stats": p.stats}
+            if p.parity is not None:
+                record["parity"] = _parity_brief(p.parity)
+            records.append(record)
+        return records
+
+    def rows(self) -> list[list[str]]:
+        rows = []
+        for p in self.passes:
+            parity = _parity_cell(p.parity)
+            rows.append([
+                p.spec,
+                p.status if p.modified or p.status != "ok" else "unchanged",
+                f"{p.nodes_before} → {p.nodes_after}",
+                _format_bytes(p.bytes_after or p.bytes_before),
+                f"{p.seconds * 1000:.0f} ms",
+                parity,
+                "; ".join(p.stats) or (p.error or ""),
+            ])
+        return rows
+
+    HEADERS = ["pass", "result", "nodes", "size", "time", "parity", "details"]
+
+    def to_markdown(self) -> str:
+        lines = [f"Pipeline `{self.spec}`", "", "| " + " | ".join(self.HEADERS) + " |",
+                 "|" + "---|" * len(self.HEADERS)]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self.rows()]
+        return "\n".join(lines) + "\n"
+
+    def render(self, console: Any) -> None:
+        """Print the per-pass table to a rich console."""
+        from rich.table import Table
+
+        table = Table(title=f"onnxkit: {self.spec}", title_justify="left")
+        for header in self.HEADERS:
+            table.add_column(header, overflow="fold")
+        for row in self.rows():
+            table.add_row(*row)
+        console.print(table)
+
+
+def _parity_brief(parity: dict[str, Any]) -> dict[str, Any]:
+    keep = ("passed", "max_abs_error", "min_cosine")
+    return {k: parity[k] for k in keep if k in parity}
+
+
+def _parity_cell(parity: dict[str, Any] | None) -> str:
+    if parity is None:
+        return "—"
+    verdict = "PASSED" if parity.get("passed") else "FAILED"
+    max_abs = parity.get("max_abs_error")
+    return f"{verdict} (max abs {max_abs:.2e})" if isinstance(max_abs, (int, float)) else verdict
+
+
+def _format_bytes(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"

@@ -1,0 +1,10 @@
+"""Built-in passes, one module per family.
+
+They are registered exactly like third-party plugins: by a lazy ``"module:Class"`` reference, so importing
+onnxkit imports none of them, and a pass's heavy dependencies load only when that pass is used.
+"""
+
+BUILTIN_PASSES: dict[str, str] = {
+    "cleanup": "onnxkit.passes.cleanup:CleanupPass",
+    "shape-inference": "onnxkit.passes.shape_inference:ShapeInferencePass",
+}

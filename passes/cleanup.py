@@ -1,0 +1,56 @@
+"""``cleanup``: remove what does not contribute to the outputs, and put nodes in order."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+from onnxkit.pass_base import Pass, PassResult
+from onnxkit.pipeline import count_nodes
+
+
+class CleanupPass(Pass):
+    """Remove Identity nodes, unused nodes, initializers, functions and opsets; sort topologically.
+
+    Reaches into If/Loop/Scan bodies and local functions. Graph input and output names are kept: an
+    Identity that produces a graph output is kept when removing it would rename that output.
+    """
+
+    name = "cleanup"
+    kind = "exact"
+
+    def call(self, model: ir.Model) -> PassResult:
+        nodes_before = count_nodes(model)
+        initializers_before = _count_initializers(model)
+        opsets_before = len(model.opset_imports)
+        functions_before = len(model.functions)
+        steps = [
+            common.IdentityEliminationPass(),
+            common.RemoveUnusedNodesPass(),
+            common.RemoveUnusedFunctionsPass(),
+            common.RemoveUnusedOpsetsPass(),
+        ]
+        modified = False
+        for step in steps:
+            modified |= step(model).modified
+        # Sorting reorders without changing meaning; it only counts as a modification when it moved a node.
+        order_before = [id(n) for n in ir.traversal.RecursiveGraphIterator(model.graph)]
+        common.TopologicalSortPass()(model)
+        modified |= order_before != [id(n) for n in ir.traversal.RecursiveGraphIterator(model.graph)]
+
+        stats = []
+        if removed := nodes_before - count_nodes(model):
+            stats.append(f"removed {removed} nodes")
+        if removed := initializers_before - _count_initializers(model):
+            stats.append(f"removed {removed} unused initializers")
+        if removed := functions_before - len(model.functions):
+            stats.append(f"removed {removed} unused functions")
+        if removed := opsets_before - len(model.opset_imports):
+            stats.append(f"removed {removed} unused opset imports")
+        if modified and not stats:
+            stats.append("sorted nodes topologically")
+        return PassResult(model, modified, stats)
+
+
+def _count_initializers(model: ir.Model) -> int:
+    return len(model.graph.initializers) + sum(len(g.initializers) for g in model.graph.subgraphs())

@@ -282,6 +282,7 @@ class Pipeline:
         check: CheckMode = "each",
         on_fail: OnFail = "stop",
         data: Any = None,
+        calibration_data: Any = None,
         dims: dict[str, int] | None = None,
         tolerance: Any = None,
         verify: bool = True,
@@ -294,13 +295,15 @@ class Pipeline:
         ``check`` decides when parity runs: after ``each`` pass, at the ``end`` only, or ``off``.
         ``on_fail`` decides what a failing pass costs: ``stop`` raises, ``rollback`` discards the pass's
         result and goes on, ``warn`` keeps it and marks the report. ``tolerance`` overrides the defaults
-        that follow each pass's kind. ``data`` is a dataset (see ``onnxkit.data``) for parity and calibration.
+        that follow each pass's kind: a ``parity.Tolerance`` replaces them, a dict such as ``{"atol": 1e-3}``
+        overrides those fields only. ``data`` is a dataset (see ``onnxkit.data``) of parity inputs, and of
+        calibration inputs too unless ``calibration_data`` is given.
         """
         if check not in ("each", "end", "off"):
             raise SpecError(f"check must be each, end or off, not {check!r}")
         if on_fail not in ("stop", "rollback", "warn"):
             raise SpecError(f"on_fail must be stop, rollback or warn, not {on_fail!r}")
-        context = PassContext(data=data, dims=dict(dims or {}), show_progress=progress)
+        context = PassContext(data=calibration_data if calibration_data is not None else data, dims=dict(dims or {}), show_progress=progress)
         if model_dir is not None:
             context.model_dir = Path(model_dir)
         elif isinstance(model, (str, os.PathLike)):
@@ -418,8 +421,9 @@ class Pipeline:
                  tolerance: Any) -> Any:
         from onnxkit import parity
 
-        return parity.compare_models(before, after, data, tolerance=tolerance or parity.Tolerance.for_kind(kind),
-                                     dims=context.dims)
+        if not isinstance(tolerance, parity.Tolerance):
+            tolerance = dataclasses.replace(parity.Tolerance.for_kind(kind), **(tolerance or {}))
+        return parity.compare_models(before, after, data, tolerance=tolerance, dims=context.dims)
 
     @staticmethod
     def _on_pass_failure(message: str, on_fail: str, entry: PassReport, before_proto: onnx.ModelProto,

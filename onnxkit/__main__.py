@@ -1,0 +1,5 @@
+"""``python -m onnxkit`` runs the CLI."""
+
+from onnxkit.cli import main
+
+main()

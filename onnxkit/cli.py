@@ -1,0 +1,278 @@
+"""The ``onnxkit`` command. Each command is a thin shell over the Python API.
+
+User errors (``OnnxkitError``) print ``error: ...`` and a ``Note:`` hint on stderr, without a traceback,
+and exit 2 (1 for a failed parity or pass). Any other exception is a bug in onnxkit and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from onnxkit.errors import ModelSaveError, OnnxkitError, SpecError
+
+
+class OnnxkitGroup(click.Group):
+    """A click group that turns ``OnnxkitError`` into one clean line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OnnxkitError as e:
+            click.echo(f"error: {e.message}", err=True)
+            if e.hint:
+                click.echo(f"Note: {e.hint}", err=True)
+            if os.environ.get("ONNXKIT_DEBUG"):
+                raise
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=OnnxkitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="onnxkit")
+def main() -> None:
+    """onnxkit: optimize, quantize and verify ONNX models.
+
+    Every step is a pass; `onnxkit passes` lists them. A parity check compares each pass's output with its
+    input in ONNX Runtime, so an optimized model that gives different answers is never reported as success.
+    """
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shared option parsing
+
+
+def parse_dims(text: str | None) -> dict[str, int]:
+    """``batch=4,seq=128`` → ``{"batch": 4, "seq": 128}``."""
+    dims: dict[str, int] = {}
+    for piece in (text or "").split(","):
+        if not piece.strip():
+            continue
+        name, equals, value = piece.partition("=")
+        if not equals or not value.strip().isdigit() or int(value) <= 0:
+            raise SpecError(f"bad --dim entry {piece!r}", hint="write --dim name=SIZE,other=SIZE with positive sizes")
+        dims[name.strip()] = int(value)
+    return dims
+
+
+def tolerance_overrides(**values: float | None) -> dict[str, float]:
+    """The tolerance options the user actually gave."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def tolerance_options(func: Any) -> Any:
+    """``--atol/--rtol/--min-cosine/--min-sqnr/--min-top1``, shared by every command that checks parity."""
+    options = [
+        click.option("--atol", type=float, help="Absolute tolerance per element."),
+        click.option("--rtol", type=float, help="Relative tolerance per element (an element fails only past both)."),
+        click.option("--min-cosine", type=float, help="Minimum cosine similarity per output."),
+        click.option("--min-sqnr", type=float, help="Minimum signal-to-quantization-noise ratio in dB."),
+        click.option("--min-top1", type=float, help="Minimum argmax agreement (0..1) for class scores."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def load_data_option(path: str | None) -> Any:
+    if path is None:
+        return None
+    from onnxkit.data import load_dataset
+
+    return load_dataset(path)
+
+
+def check_output_path(output: Path, inputs: list[Path], in_place: bool) -> None:
+    """Refuse to overwrite an input, and fail before any work when the output cannot be written."""
+    from onnxkit.modelio import same_file
+
+    if not in_place and any(same_file(output, i) for i in inputs):
+        raise ModelSaveError(f"refusing to overwrite the input model {output}", hint="give -o OUT, or --in-place to replace it")
+    folder = output.parent if str(output.parent) else Path(".")
+    if output.is_dir():
+        raise ModelSaveError(f"cannot write {output}: it is a folder", hint="give a file name ending in .onnx")
+    if not folder.is_dir():
+        raise ModelSaveError(f"cannot write {output}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ModelSaveError(f"cannot write {output}: folder {folder} is not writable")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Commands
+
+
+@main.command()
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.option("--passes", "spec", help="Pipeline spec, e.g. 'cleanup,shape-inference{strict=true}'.")
+@click.option("--config", type=click.Path(path_type=Path), help="TOML file with passes = [...] instead of --passes.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output path (default: <stem>.opt.onnx beside the input).")
+@click.option("--in-place", is_flag=True, help="Allow the output to replace the input model.")
+@click.option("--example", help="Optimize a built-in example model instead of MODEL (see --example list).")
+@click.option("--check", type=click.Choice(["each", "end", "off"]), default="each", show_default=True,
+              help="When to compare outputs: after each pass, once at the end, or never.")
+@click.option("--on-fail", type=click.Choice(["stop", "rollback", "warn"]), default="stop", show_default=True,
+              help="When a pass fails parity or verification: stop, discard that pass and go on, or keep it and warn.")
+@click.option("--data", "data_path", help="Inputs for parity and calibration: .npz, a folder of .npz/.npy, or ONNX test data.")
+@click.option("--calib-data", "calib_path", help="Calibration inputs for quantization (default: --data).")
+@click.option("--dim", "dims", help="Bind dynamic dimensions for synthetic inputs, e.g. batch=4,seq=128.")
+@tolerance_options
+@click.option("--external-data/--no-external-data", default=None, help="Force or forbid external data (default: by size).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report (.json or .md).")
+def optimize(model: Path | None, spec: str | None, config: Path | None, output: Path | None, in_place: bool,
+             example: str | None, check: str, on_fail: str, data_path: str | None, calib_path: str | None,
+             dims: str | None, atol: float | None, rtol: float | None, min_cosine: float | None,
+             min_sqnr: float | None, min_top1: float | None, external_data: bool | None, as_json: bool,
+             report_path: Path | None) -> None:
+    """Run a pipeline of passes on MODEL and save the result.
+
+    \b
+    Examples:
+      onnxkit optimize model.onnx --passes cleanup,shape-inference -o model.opt.onnx
+      onnxkit optimize --example mlp --passes cleanup
+    """
+    from onnxkit import examples
+    from onnxkit.pipeline import Pipeline
+
+    if example == "list":
+        for name, doc in examples.list_examples().items():
+            click.echo(f"{name:12} {doc}")
+        return
+    if (model is None) == (example is None):
+        raise SpecError("give either MODEL or --example NAME", hint="onnxkit optimize model.onnx --passes cleanup")
+    if (spec is None) == (config is None):
+        raise SpecError("give either --passes SPEC or --config FILE", hint="e.g. --passes cleanup,shape-inference")
+    pipeline = Pipeline.parse(spec) if spec is not None else Pipeline.from_config(config)  # type: ignore[arg-type]
+
+    if example is not None:
+        source: Any = examples.build_example(example)
+        output = output or Path(f"{example}.opt.onnx")
+        inputs: list[Path] = []
+    else:
+        assert model is not None
+        from onnxkit.modelio import load_model
+
+        source = load_model(model)  # fails early, with the exact reason, before any output is planned
+        output = output or model.with_name(f"{model.stem}.opt.onnx")
+        inputs = [model]
+    check_output_path(output, inputs, in_place)
+
+    data = load_data_option(data_path)
+    calibration = load_data_option(calib_path) if calib_path else data
+    result = pipeline.run(
+        source,
+        check=check,  # type: ignore[arg-type]
+        on_fail=on_fail,  # type: ignore[arg-type]
+        data=data,
+        calibration_data=calibration,
+        dims=parse_dims(dims),
+        tolerance=tolerance_overrides(atol=atol, rtol=rtol, min_cosine=min_cosine, min_sqnr=min_sqnr,
+                                      min_top1=min_top1),
+        progress=sys.stderr.isatty() and not as_json,
+        model_dir=model.parent if model is not None else None,
+    )
+    result.save(output, external_data=external_data)
+    result.report.output_path = str(output)
+    if report_path is not None:
+        report_path.write_text(result.report.to_markdown() if report_path.suffix == ".md" else result.report.to_json())
+    if as_json:
+        click.echo(result.report.to_json())
+    else:
+        from rich.console import Console
+
+        console = Console()
+        result.report.render(console)
+        if result.report.parity_failed:
+            console.print("[yellow]warning:[/] parity failed; kept because --on-fail warn was given")
+        if result.report.rolled_back:
+            console.print(f"[yellow]rolled back:[/] {', '.join(result.report.rolled_back)}")
+        console.print(f"saved {output}")
+
+
+@main.command(name="passes")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def list_passes_command(as_json: bool) -> None:
+    """List every pass: name, kind, what it does, and its options with defaults."""
+    from onnxkit.registry import list_passes
+
+    from onnxkit.pass_base import option_type_name
+    import dataclasses
+    import typing
+
+    described = []
+    for entry in list_passes():
+        record: dict[str, Any] = {"name": entry.name, "source": entry.source}
+        if entry.pass_class is None:
+            record["error"] = entry.error
+        else:
+            cls = entry.pass_class
+            hints = typing.get_type_hints(cls.Options)
+            record.update(kind=cls.kind, doc=cls.doc(), options=[
+                {"name": f.name, "type": option_type_name(hints[f.name]),
+                 "default": _default_text(f)} for f in dataclasses.fields(cls.Options)
+            ])
+            extra = getattr(cls, "describe_extra", None)
+            if extra is not None:
+                record["notes"] = extra()
+        described.append(record)
+    if as_json:
+        click.echo(json.dumps(described, indent=2))
+        return
+    for record in described:
+        if "error" in record:
+            click.echo(f"{record['name']}  [failed to load, {record['source']}]\n    {record['error']}\n")
+            continue
+        source = "" if record["source"] == "builtin" else f"  [{record['source']}]"
+        click.echo(f"{record['name']}  ({record['kind']}){source}\n    {record['doc']}")
+        for option in record["options"]:
+            click.echo(f"    {option['name']}: {option['type']} = {option['default']}")
+        for line in record.get("notes", []):
+            click.echo(f"    {line}")
+        click.echo("")
+
+
+def _default_text(field: Any) -> str:
+    import dataclasses
+
+    from onnxkit.pass_base import format_option_value
+
+    if field.default is not dataclasses.MISSING:
+        return format_option_value(field.default)
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return format_option_value(field.default_factory())  # type: ignore[misc]
+    return "(required)"
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def inspect(model: Path, as_json: bool) -> None:
+    """Show a model's IR version, opsets, inputs and outputs, node count, op histogram and sizes."""
+    from onnxkit.inspection import describe_model
+    from onnxkit.modelio import load_model
+
+    summary = describe_model(load_model(model))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"{model}")
+    click.echo(f"  IR version {summary['ir_version']}, opsets "
+               + ", ".join(f"{d or 'ai.onnx'}:{v}" for d, v in summary["opsets"].items()))
+    if summary["producer"]:
+        click.echo(f"  producer: {summary['producer']}")
+    for side in ("inputs", "outputs"):
+        click.echo(f"  {side}:")
+        for value in summary[side]:
+            shape = "?" if value["shape"] is None else "[" + ", ".join(str(d) for d in value["shape"]) + "]"
+            click.echo(f"    {value['name']}: {value['dtype']} {shape}")
+    click.echo(f"  nodes: {summary['nodes']} (subgraphs: {summary['subgraphs']}, functions: {summary['functions']})")
+    click.echo(f"  initializers: {summary['initializers']} ({summary['initializer_bytes']:,} bytes)")
+    click.echo("  ops: " + ", ".join(f"{op} {count}" for op, count in summary["op_histogram"].items()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -71,6 +71,12 @@ def _discover() -> dict[str, PassEntry]:
     return _entries
 
 
+def refresh() -> None:
+    """Forget what was discovered, so newly installed plugins are seen. Runtime registrations are dropped too."""
+    global _entries
+    _entries = None
+
+
 def register_pass(pass_class: PassT) -> PassT:
     """Register a ``Pass`` subclass under its ``name``. Usable as a class decorator.
 

@@ -1,0 +1,132 @@
+"""Model I/O: loading with its exact errors, external data safety, atomic saves, large-model external data."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit import ModelLoadError, ModelSaveError, load_model, modelio, save_model
+from onnxkit.examples import build_example
+from tests.conftest import run_model
+
+
+def _model_with_external_data(folder, location: str = "weights.bin") -> onnx.ModelProto:
+    weight = numpy_helper.from_array(np.arange(64, dtype=np.float32).reshape(8, 8), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save_model(model, folder / "model.onnx", save_as_external_data=True, location="weights.bin",
+                    size_threshold=0)
+    return model
+
+
+def _point_external_data_at(path, location: str) -> None:
+    proto = onnx.load(path, load_external_data=False)
+    for entry in proto.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+
+
+def test_load_reads_external_data(tmp_path):
+    _model_with_external_data(tmp_path)
+    model = load_model(tmp_path / "model.onnx")
+    np.testing.assert_array_equal(model.graph.initializers["w"].const_value.numpy().ravel(), np.arange(64))
+
+
+@pytest.mark.parametrize("location", ["../weights.bin", "/etc/passwd", "sub/../../weights.bin"])
+def test_external_data_outside_the_folder_is_refused(tmp_path, location):
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    _model_with_external_data(inner)
+    (tmp_path / "weights.bin").write_bytes((inner / "weights.bin").read_bytes())
+    _point_external_data_at(inner / "model.onnx", location)
+    with pytest.raises(ModelLoadError, match="outside the model's folder|absolute external-data location"):
+        load_model(inner / "model.onnx")
+
+
+def test_external_data_symlink_escaping_the_folder_is_refused(tmp_path):
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    _model_with_external_data(inner)
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes((inner / "weights.bin").read_bytes())
+    os.remove(inner / "weights.bin")
+    os.symlink(outside, inner / "weights.bin")
+    with pytest.raises(ModelLoadError, match="outside the model's folder"):
+        load_model(inner / "model.onnx")
+
+
+def test_missing_external_data_file_is_named(tmp_path):
+    _model_with_external_data(tmp_path)
+    os.remove(tmp_path / "weights.bin")
+    with pytest.raises(ModelLoadError, match="external data file 'weights.bin'"):
+        load_model(tmp_path / "model.onnx")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.mkdir(), "is a folder"),
+        (lambda p: p.write_bytes(b""), "is empty"),
+        (lambda p: p.write_text("this is a text file, not a model\n" * 20), "not"),
+        (lambda p: p.write_bytes(build_example("cnn").SerializeToString()[:1500]), "not a valid ONNX model"),
+    ],
+    ids=["missing", "folder", "empty", "text", "truncated"],
+)
+def test_bad_files_give_their_own_error(tmp_path, make, message):
+    path = tmp_path / "model.onnx"
+    make(path)
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(path)
+
+
+def test_save_is_atomic_and_leaves_no_temporaries(tmp_path, monkeypatch):
+    model = ir.serde.deserialize_model(build_example("mlp"))
+    target = tmp_path / "out.onnx"
+    target.write_bytes(b"previous content")
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ir, "save", fail)
+    with pytest.raises(ModelSaveError, match="No space left on device"):
+        save_model(model, target)
+    assert target.read_bytes() == b"previous content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
+
+
+def test_save_into_missing_folder_is_a_user_error(tmp_path):
+    model = ir.serde.deserialize_model(build_example("mlp"))
+    with pytest.raises(ModelSaveError, match="does not exist"):
+        save_model(model, tmp_path / "nowhere" / "out.onnx")
+
+
+def test_large_models_get_external_data(tmp_path, monkeypatch):
+    # Lower the threshold instead of allocating 2 GB: the decision and the layout are what is tested.
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 1000)
+    model = ir.serde.deserialize_model(build_example("cnn"))
+    save_model(model, tmp_path / "big.onnx")
+    assert (tmp_path / "big.onnx.data").exists()
+    feeds = {"image": np.ones((1, 3, 16, 16), np.float32)}
+    np.testing.assert_allclose(run_model(tmp_path / "big.onnx", feeds)[0], run_model(build_example("cnn"), feeds)[0],
+                               rtol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+
+
+def test_resaving_over_own_external_data_keeps_weights(tmp_path):
+    _model_with_external_data(tmp_path)
+    model = load_model(tmp_path / "model.onnx")
+    save_model(model, tmp_path / "model.onnx", external_data=True)
+    reloaded = load_model(tmp_path / "model.onnx")
+    np.testing.assert_array_equal(reloaded.graph.initializers["w"].const_value.numpy().ravel(), np.arange(64))

@@ -1,0 +1,59 @@
+"""README.md's examples are run as written: every Python block, and every `$ onnxkit ...` console line."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from onnxkit import registry
+from onnxkit.examples import build_example
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def _console_examples() -> list[tuple[str, str]]:
+    """(command, expected output) pairs: a `$ ` line, and the lines up to the next `$ ` line."""
+    examples = []
+    for block in _blocks("console"):
+        lines = block.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("$ "):
+                expected = []
+                for following in lines[i + 1:]:
+                    if following.startswith("$ "):
+                        break
+                    expected.append(following)
+                examples.append((line[2:].split("  #")[0].strip(), "\n".join(expected)))
+    return examples
+
+
+@pytest.mark.parametrize("block", _blocks("python"), ids=lambda b: b.splitlines()[0][:40])
+def test_python_examples_run(block, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    try:
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    finally:
+        registry.refresh()
+
+
+@pytest.mark.parametrize(("command", "expected"), _console_examples(), ids=lambda c: c[:50])
+def test_console_examples_run(command, expected, tmp_path):
+    onnx.save(build_example("mlp"), tmp_path / "model.onnx")
+    argv = shlex.split(command)
+    assert argv[0] == "onnxkit"
+    result = subprocess.run([sys.executable, "-m", "onnxkit", *argv[1:]], capture_output=True, text=True,
+                            cwd=tmp_path)
+    if expected:
+        assert (result.stdout + result.stderr).strip() == expected.strip()
+    else:
+        assert result.returncode == 0, result.stderr

@@ -6,6 +6,11 @@ still behaves like the original.
     result.save("model.opt.onnx")
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from onnxkit.errors import (
     DataError,
     ExportError,
@@ -16,11 +21,42 @@ from onnxkit.errors import (
     PassFailedError,
     SpecError,
 )
-from onnxkit.modelio import load_model, save_model
-from onnxkit.pass_base import NoOptions, Pass, PassContext, PassKind, PassResult
-from onnxkit.pipeline import Pipeline, PipelineResult
-from onnxkit.registry import get_pass_class, list_passes, register_pass, unregister_pass
-from onnxkit.report import PassReport, PipelineReport
+
+if TYPE_CHECKING:
+    from onnxkit.modelio import load_model, save_model
+    from onnxkit.pass_base import NoOptions, Pass, PassContext, PassKind, PassResult
+    from onnxkit.pipeline import Pipeline, PipelineResult
+    from onnxkit.registry import get_pass_class, list_passes, register_pass, unregister_pass
+    from onnxkit.report import PassReport, PipelineReport
+
+# The public API is imported on first use: onnx_ir pulls in sympy (half a second), which `onnxkit --help`
+# and `onnxkit passes` should not pay for.
+_LAZY = {
+    "load_model": "onnxkit.modelio",
+    "save_model": "onnxkit.modelio",
+    "NoOptions": "onnxkit.pass_base",
+    "Pass": "onnxkit.pass_base",
+    "PassContext": "onnxkit.pass_base",
+    "PassKind": "onnxkit.pass_base",
+    "PassResult": "onnxkit.pass_base",
+    "Pipeline": "onnxkit.pipeline",
+    "PipelineResult": "onnxkit.pipeline",
+    "get_pass_class": "onnxkit.registry",
+    "list_passes": "onnxkit.registry",
+    "register_pass": "onnxkit.registry",
+    "unregister_pass": "onnxkit.registry",
+    "PassReport": "onnxkit.report",
+    "PipelineReport": "onnxkit.report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'onnxkit' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

@@ -319,7 +319,7 @@ class Pipeline:
         report.input_summary = {"nodes": count_nodes(current), "bytes": original_proto.ByteSize()}
         before_proto = original_proto
 
-        for pass_ in passes:
+        for pass_ in _with_progress(passes, enabled=progress):
             pass_.context = context
             histogram_before = op_histogram(current)
             nodes_before = count_nodes(current)
@@ -433,6 +433,23 @@ class Pipeline:
             raise PassFailedError(message, hint="use --on-fail rollback to skip this pass") from cause
         entry.status = "rolled-back"
         return ir.serde.deserialize_model(before_proto)
+
+
+def _with_progress(passes: list[Pass], *, enabled: bool) -> Iterable[Pass]:
+    """Yield the passes, showing a progress bar on stderr that names the running pass."""
+    if not enabled:
+        yield from passes
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("passes", total=len(passes))
+        for pass_ in passes:
+            progress.update(task, description=f"running {pass_.name}")
+            yield pass_
+            progress.advance(task)
 
 
 def record_provenance(model: ir.Model, report: PipelineReport) -> None:

@@ -1,0 +1,110 @@
+"""`onnxkit bench` on a tiny model: every tool really runs, and the JSON holds real, consistent figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit.bench import run_bench
+from onnxkit.cli import main
+from conftest import run_model
+
+
+def tiny_classifier(path: Path) -> Path:
+    """[batch, 8] → Identity → MatMul+Add → Relu → MatMul → [batch, 4]; the Identity is clutter to remove."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in (("w1", (8, 16)), ("b1", (16,)), ("w2", (16, 4)))]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["x"], ["x_copy"]),
+            helper.make_node("MatMul", ["x_copy", "w1"], ["h"]),
+            helper.make_node("Add", ["h", "b1"], ["hb"]),
+            helper.make_node("Relu", ["hb"], ["a"]),
+            helper.make_node("MatMul", ["a", "w2"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_bench_cli_writes_real_figures_for_every_tool(tmp_path: Path) -> None:
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    samples = np.random.default_rng(1).standard_normal((12, 8)).astype(np.float32)
+    labels = np.argmax(run_model(onnx.load(model), {"x": samples})[0], axis=1)
+    np.savez(tmp_path / "data.npz", x=samples, labels=labels)
+    out = tmp_path / "bench.json"
+
+    result = CliRunner().invoke(main, [
+        "bench", str(model), "--passes", "cleanup", "--peers", "onnxslim,ort-basic", "--data", str(tmp_path / "data.npz"),
+        "--batch", "1,4", "--threads", "1", "--repeats", "3", "--warmup", "1", "--json", str(out),
+    ])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["specs"] == ["cleanup"]
+    assert report["machine"]["cores"] >= 1 and report["machine"]["versions"]["onnxruntime"]
+    records = {t["label"]: t for t in report["tools"]}
+    assert list(records) == ["original", "onnxkit", "onnxslim", "ort-basic"]
+    original = records["original"]
+    assert original["nodes"] == 5 and original["file_bytes"] == model.stat().st_size
+    for label, record in records.items():
+        assert record["ok"], (label, record["error"])
+        assert record["accuracy"] == 1.0  # labels are the original's own predictions
+        assert record["parity"]["cosine"] > 0.99999 and record["parity"]["max_abs_error"] < 1e-4
+        for key in ("b1-t1", "b4-t1"):
+            latency = record["latency"][key]
+            assert latency["runs"] == 3 and 0 < latency["p50_ms"] <= latency["p90_ms"]
+        if label != "original":
+            assert record["transform_seconds"] > 0 and record["peak_rss_bytes"] > 10 * 2**20
+            assert record["ratios"]["vs_original"]["nodes"] == record["nodes"] / original["nodes"]
+    # The Identity goes, whoever removes it, and the report says how onnxkit compares with the better peer.
+    assert records["onnxkit"]["nodes"] == 4
+    assert records["onnxkit"]["op_histogram"] == {"Add": 1, "MatMul": 2, "Relu": 1}
+    best_nodes = min(records["onnxslim"]["nodes"], records["ort-basic"]["nodes"])
+    assert records["onnxkit"]["ratios"]["vs_best_peer"]["nodes"] == 4 / best_nodes
+    assert "onnxkit" in result.output and "ort-basic" in result.output
+
+
+def test_a_failing_tool_is_a_row_not_a_crash(tmp_path: Path) -> None:
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+
+    report = run_bench(model, "cleanup", peers=["ort-basic"], timeout=0.01, measure=False)
+
+    rows = {t.label: t for t in report.tools}
+    for label in ("onnxkit", "ort-basic"):
+        assert not rows[label].ok and rows[label].error.startswith("timed out after")
+        assert rows[label].nodes is None
+    assert rows["original"].ok and rows["original"].nodes == 5
+
+
+def test_quantize_peers_follow_the_pipelines_mode(tmp_path: Path) -> None:
+    from onnxkit.bench import plan_tools
+
+    tools, notes = plan_tools(["cleanup", "cleanup,quantize{mode=static}"], None)
+    labels = [t.label for t in tools]
+    assert "ort-quantize-static" in labels and "ort-quantize-dynamic" not in labels
+    assert {t.klass for t in tools if t.label.startswith("onnxkit")} == {"exact", "static"}
+
+    tools, notes = plan_tools(["cleanup"], None)
+    assert not any(t.runner == "ort-quantize" for t in tools)
+    assert any("ort-quantize" in note for note in notes)
+
+
+def test_bench_rejects_unknown_peer(tmp_path: Path) -> None:
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    result = CliRunner().invoke(main, ["bench", str(model), "--passes", "cleanup", "--peers", "onnxwhatever"])
+    assert result.exit_code == 2
+    assert "unknown peer 'onnxwhatever'" in result.output

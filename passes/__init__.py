@@ -7,4 +7,5 @@ onnxkit imports none of them, and a pass's heavy dependencies load only when tha
 BUILTIN_PASSES: dict[str, str] = {
     "cleanup": "onnxkit.passes.cleanup:CleanupPass",
     "shape-inference": "onnxkit.passes.shape_inference:ShapeInferencePass",
+    "simplify": "onnxkit.passes.simplify:SimplifyPass",
 }

@@ -1,0 +1,656 @@
+"""Run two models on the same inputs in ONNX Runtime and say whether their outputs agree.
+
+    report = compare_models("model.onnx", "model.opt.onnx", tolerance=Tolerance.for_kind("exact"))
+    print(report.summary())
+
+Both models run with identical session options. ORT's graph optimizations are off by default, so its own
+fusions cannot hide a difference between the two graphs. Sessions are made once and reused for every sample,
+and each sample is compared as soon as both models have run on it, so memory holds one sample's outputs.
+
+Per output, names, dtypes and shapes are checked first, each mismatch its own error. Then, over all samples:
+max absolute error, max relative error (over elements whose reference is not zero), mean absolute error,
+cosine similarity (the worst sample's), SQNR in dB (signal and noise power summed over samples), and
+argmax agreement where the output looks like class scores (float, rank 2 or 3, last axis of 2 or more).
+
+Verdicts follow a ``Tolerance``:
+- ``atol``/``rtol``: an element fails only if it exceeds both, as in ``numpy.isclose``:
+  ``|candidate - reference| > atol + rtol * |reference|``. NaN against NaN and inf against the same inf agree.
+- ``min_cosine``, ``min_sqnr``, ``min_top1``: budgets for lossy passes; ``None`` leaves a check out.
+- Integer, bool and string outputs (labels, indices, masks) must be equal, or agree on at least ``min_top1``
+  of their elements when that is set.
+On failure each output reports the smallest atol (at the given rtol) and the smallest rtol (at the given atol)
+that would have passed, and the budget values it reached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxkit import modelio
+from onnxkit.data import as_dataset, input_specs, validate_sample
+from onnxkit.errors import DataError, ModelLoadError, SpecError
+
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tolerances
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """What counts as "the same output". ``None`` leaves a check out.
+
+    ``per_output`` maps an output name to overrides of these fields, e.g. ``{"logits": {"atol": 1e-3}}``.
+    """
+
+    atol: float | None = 1e-4
+    rtol: float | None = 1e-3
+    min_cosine: float | None = None
+    min_sqnr: float | None = None
+    min_top1: float | None = None
+    per_output: Mapping[str, Mapping[str, float | None]] = dataclasses.field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        for name in ("atol", "rtol", "min_sqnr"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise SpecError(f"{name} must be a non-negative number, not {value}")
+        for name in ("min_cosine", "min_top1"):
+            value = getattr(self, name)
+            if value is not None and not -1 <= value <= 1:
+                raise SpecError(f"{name} must lie between -1 and 1 (0 and 1 for min_top1), not {value}")
+        fields = {f.name for f in dataclasses.fields(self)} - {"per_output"}
+        for output, overrides in self.per_output.items():
+            unknown = set(overrides) - fields
+            if unknown:
+                raise SpecError(f"unknown tolerance field {sorted(unknown)} for output '{output}'",
+                                hint=f"use {', '.join(sorted(fields))}")
+
+    @classmethod
+    def for_kind(cls, kind: str = "exact", precision: Precision | None = None) -> Tolerance:
+        """Defaults by pass kind and precision.
+
+        - exact (fp32): atol 1e-4, rtol 1e-3: real fp32 rewrites such as Conv+BatchNormalization folding
+          or a MatMul+Add reassociation reorder float sums, which moves results by a few ulps per op;
+          a changed weight or a dropped op moves them far more.
+        - fp16: cosine >= 0.999 (fp16 keeps ~3 decimal digits, so elementwise bounds would flag every model).
+        - int8 (the default for lossy): cosine >= 0.99.
+        """
+        if kind not in ("exact", "lossy"):
+            raise SpecError(f"tolerance kind must be exact or lossy, not {kind!r}")
+        precision = precision or ("fp32" if kind == "exact" else "int8")
+        if precision == "fp32":
+            return cls(atol=1e-4, rtol=1e-3)
+        if precision == "fp16":
+            return cls(atol=None, rtol=None, min_cosine=0.999)
+        if precision == "int8":
+            return cls(atol=None, rtol=None, min_cosine=0.99)
+        raise SpecError(f"precision must be fp32, fp16 or int8, not {precision!r}")
+
+    def for_output(self, name: str) -> Tolerance:
+        """The tolerance that applies to output ``name``, its overrides applied."""
+        return dataclasses.replace(self, **dict(self.per_output.get(name, {})), per_output={})
+
+    @property
+    def elementwise(self) -> bool:
+        return self.atol is not None or self.rtol is not None
+
+    def describe(self) -> str:
+        parts = []
+        if self.elementwise:
+            parts.append(f"atol {_num(self.atol or 0)}, rtol {_num(self.rtol or 0)}")
+        if self.min_cosine is not None:
+            parts.append(f"cosine >= {self.min_cosine:g}")
+        if self.min_sqnr is not None:
+            parts.append(f"SQNR >= {self.min_sqnr:g} dB")
+        if self.min_top1 is not None:
+            parts.append(f"top-1 >= {self.min_top1:.1%}")
+        return ", ".join(parts) or "no checks"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["per_output"] = {name: dict(overrides) for name, overrides in self.per_output.items()}
+        return data
+
+
+# Named tolerance presets: (pass kind, precision).
+PRESETS: dict[str, tuple[str, Precision]] = {"exact": ("exact", "fp32"), "fp16": ("lossy", "fp16"), "int8": ("lossy", "int8")}
+
+
+def tolerance_from_options(preset: str | None = None, overrides: Mapping[str, float | None] | None = None,
+                           per_output: Mapping[str, Mapping[str, float | None]] | None = None) -> Tolerance:
+    """The tolerance a user asked for: a preset (exact, fp16, int8), then field overrides and per-output ones.
+
+    Without a preset, giving only budgets (``min_cosine``, ``min_sqnr``, ``min_top1``) turns the elementwise
+    atol/rtol check off, since a user who states a budget is comparing a lossy model; otherwise the exact
+    defaults apply.
+    """
+    overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise SpecError(f"unknown tolerance preset {preset!r}", hint=f"use {', '.join(PRESETS)}")
+        base = Tolerance.for_kind(*PRESETS[preset])
+    elif overrides and not {"atol", "rtol"} & set(overrides):
+        base = Tolerance(atol=None, rtol=None)
+    else:
+        base = Tolerance.for_kind("exact")
+    return dataclasses.replace(base, **overrides, per_output=dict(per_output or {}))
+
+
+def parse_output_tolerance(text: str) -> tuple[str, dict[str, float | None]]:
+    """``logits:atol=1e-3,min-cosine=0.99`` → ``("logits", {"atol": 0.001, "min_cosine": 0.99})``; ``none``
+    turns a check off. The name is everything before the last ``:``, so ``output:0:atol=1e-3`` works."""
+    name, colon, body = text.rpartition(":")
+    if not colon or not name or not body:
+        raise SpecError(f"bad per-output tolerance {text!r}", hint="write NAME:KEY=VALUE[,KEY=VALUE], e.g. logits:atol=1e-3")
+    fields = {f.name for f in dataclasses.fields(Tolerance)} - {"per_output"}
+    overrides: dict[str, float | None] = {}
+    for piece in body.split(","):
+        key, equals, value = piece.partition("=")
+        key = key.strip().replace("-", "_")
+        if not equals or key not in fields:
+            raise SpecError(f"bad per-output tolerance entry {piece!r} in {text!r}", hint=f"keys: {', '.join(sorted(fields))}")
+        try:
+            overrides[key] = None if value.strip().lower() in ("none", "off") else float(value)
+        except ValueError as e:
+            raise SpecError(f"per-output tolerance {key} must be a number or 'none', not {value!r}") from e
+    return name, overrides
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reports
+
+
+@dataclasses.dataclass
+class OutputReport:
+    """One output's comparison over all samples.
+
+    ``min_atol`` is the smallest atol that passes at the given rtol (0 if none), ``min_rtol`` the smallest
+    rtol that passes at the given atol (inf when no rtol can: the reference is 0 where they differ).
+    """
+
+    name: str
+    passed: bool = True
+    dtype: str | None = None
+    shape: list[int] | None = None
+    elements: int = 0
+    max_abs_error: float = 0.0
+    max_rel_error: float = 0.0
+    mean_abs_error: float = 0.0
+    cosine: float | None = None
+    sqnr_db: float | None = None
+    top1_agreement: float | None = None
+    mismatched_elements: int = 0
+    nonfinite_mismatches: int = 0
+    equality: bool = False  # integer, bool and string outputs are compared for equality, not within a tolerance
+    min_atol: float | None = None
+    min_rtol: float | None = None
+    tolerance: str = ""
+    failures: list[str] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+    def metrics_text(self) -> str:
+        """``max abs 2.4e-07, max rel 1.1e-06, mean abs 6e-08, cosine 1.000000, SQNR 128.3 dB, top-1 100.0%``."""
+        parts = [f"max abs {_num(self.max_abs_error)}", f"max rel {_num(self.max_rel_error)}",
+                 f"mean abs {_num(self.mean_abs_error)}"]
+        if self.cosine is not None:
+            parts.append(f"cosine {self.cosine:.6f}")
+        if self.sqnr_db is not None:
+            parts.append(f"SQNR {self.sqnr_db:.1f} dB")
+        if self.top1_agreement is not None:
+            parts.append(f"top-1 {self.top1_agreement:.1%}")
+        if self.nonfinite_mismatches:
+            parts.append(f"{self.nonfinite_mismatches} NaN/inf in one model only")
+        return ", ".join(parts)
+
+    def would_pass_text(self, tolerance: Tolerance) -> str:
+        """The loosest settings this output needed, e.g. ``atol >= 0.013 (at rtol 0.001) or rtol >= 2.1 (at
+        atol 0.0001)``; budgets it missed are joined with "and". Empty when no setting would pass."""
+        if self.equality or self.nonfinite_mismatches:
+            return ""
+        needs = []
+        if tolerance.elementwise and self.mismatched_elements:
+            alternatives = [f"atol >= {_ceil_num(self.min_atol or 0)} (at rtol {_num(tolerance.rtol or 0)})"]
+            if self.min_rtol is not None and math.isfinite(self.min_rtol):
+                alternatives.append(f"rtol >= {_ceil_num(self.min_rtol)} (at atol {_num(tolerance.atol or 0)})")
+            needs.append(" or ".join(alternatives))
+        if tolerance.min_cosine is not None and self.cosine is not None and self.cosine < tolerance.min_cosine:
+            needs.append(f"min_cosine <= {math.floor(self.cosine * 1e6) / 1e6:.6f}")
+        if tolerance.min_sqnr is not None and self.sqnr_db is not None and self.sqnr_db < tolerance.min_sqnr:
+            needs.append(f"min_sqnr <= {math.floor(self.sqnr_db * 10) / 10:.1f}")
+        if tolerance.min_top1 is not None and self.top1_agreement is not None and self.top1_agreement < tolerance.min_top1:
+            needs.append(f"min_top1 <= {math.floor(self.top1_agreement * 1e4) / 1e4:.4f}")
+        return " and ".join(needs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: _json_safe(value) for key, value in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass
+class ParityReport:
+    """The comparison of two models: a verdict, per-output metrics, and the errors found."""
+
+    passed: bool
+    outputs: list[OutputReport]
+    errors: list[str]
+    samples: int
+    tolerance: Tolerance
+    data: str = ""
+    ort_optimizations: bool = False
+
+    @property
+    def max_abs_error(self) -> float:
+        return max((o.max_abs_error for o in self.outputs), default=0.0)
+
+    @property
+    def min_cosine(self) -> float:
+        return min((o.cosine for o in self.outputs if o.cosine is not None), default=1.0)
+
+    def worst(self) -> OutputReport | None:
+        """The failed output with the largest error, else the output with the largest error."""
+        candidates = [o for o in self.outputs if not o.passed] or self.outputs
+        return max(candidates, key=lambda o: (o.nonfinite_mismatches, o.max_abs_error), default=None)
+
+    def summary(self) -> str:
+        """One line: the verdict, the worst output's metrics, and the tolerance that would have passed."""
+        verdict = "PASSED" if self.passed else "FAILED"
+        scope = f"{len(self.outputs)} output{'s' if len(self.outputs) != 1 else ''}, {self.samples} sample{'s' if self.samples != 1 else ''}"
+        global_errors = [e for e in self.errors if not any(e in o.errors for o in self.outputs)]
+        if global_errors:
+            more = f" (+{len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+            return f"{verdict}: {global_errors[0]}{more}"
+        worst = self.worst()
+        if worst is None:
+            return f"{verdict}: no outputs compared"
+        if worst.errors:
+            more = f" (+{len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+            return f"{verdict}: {worst.errors[0]}{more}"
+        line = f"{verdict} ({scope}, {self.tolerance.for_output(worst.name).describe()}): worst output '{worst.name}': {worst.metrics_text()}"
+        if not worst.passed:
+            line += f"; {'; '.join(worst.failures)}"
+            needs = worst.would_pass_text(self.tolerance.for_output(worst.name))
+            if needs:
+                line += f"; would pass with {needs}"
+        return line
+
+    def lines(self) -> list[str]:
+        """Human output: one PASSED/FAILED line per output with its metrics and, on failure, what failed and
+        the tolerance that would have passed; an ERROR line per error; then the summary."""
+        lines = []
+        for output in self.outputs:
+            if output.errors:
+                continue
+            shape = f"{output.dtype}{output.shape}" if output.dtype is not None else "(no values)"
+            line = f"{'PASSED' if output.passed else 'FAILED'}  {output.name}  {shape}  {output.metrics_text()}"
+            if not output.passed:
+                line += f"  | {'; '.join(output.failures)}"
+                needs = output.would_pass_text(self.tolerance.for_output(output.name))
+                if needs:
+                    line += f"; would pass with {needs}"
+            lines.append(line)
+        lines += [f"ERROR   {error}" for error in self.errors]
+        failed = sum(1 for o in self.outputs if not o.passed)
+        scope = f"{self.samples} sample{'s' if self.samples != 1 else ''} ({self.data})"
+        if self.passed:
+            outputs = f"all {len(self.outputs)} outputs" if len(self.outputs) > 1 else "the output"
+            lines.append(f"PASSED: {outputs} within tolerance ({self.tolerance.describe()}) over {scope}")
+        else:
+            problems = [f"{failed} of {len(self.outputs)} outputs outside tolerance ({self.tolerance.describe()})"] if failed else []
+            problems += [f"{len(self.errors)} error{'s' if len(self.errors) != 1 else ''}"] if self.errors else []
+            lines.append(f"FAILED: {', '.join(problems)} over {scope}")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "max_abs_error": _json_safe(self.max_abs_error),
+            "min_cosine": _json_safe(self.min_cosine),
+            "samples": self.samples,
+            "data": self.data,
+            "ort_optimizations": self.ort_optimizations,
+            "tolerance": self.tolerance.to_dict(),
+            "summary": self.summary(),
+            "outputs": [o.to_dict() for o in self.outputs],
+            "errors": list(self.errors),
+        }
+
+
+def _json_safe(value: Any) -> Any:
+    """Strict JSON has no inf or NaN: they become null (``min_rtol`` inf means no rtol would pass)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _num(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _ceil_num(value: float) -> str:
+    """``value`` rounded up to two significant digits, so that the printed figure itself passes."""
+    if value == 0 or not math.isfinite(value):
+        return _num(value)
+    scale = 10 ** (math.floor(math.log10(value)) - 1)
+    return f"{math.ceil(value * (1 + 1e-9) / scale) * scale:.2g}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Comparing one output
+
+
+class _StructureMismatch(Exception):
+    pass
+
+
+def _paired_arrays(reference: Any, candidate: Any, where: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Walk two ORT values (arrays, sequences as lists, maps as dicts, empty optionals as None) in step."""
+    if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
+        yield reference, candidate
+    elif isinstance(reference, list) and isinstance(candidate, list):
+        if len(reference) != len(candidate):
+            raise _StructureMismatch(f"{where} is a sequence of {len(reference)} in the reference but {len(candidate)} in the candidate")
+        for i, (r, c) in enumerate(zip(reference, candidate)):
+            yield from _paired_arrays(r, c, f"{where}[{i}]")
+    elif isinstance(reference, dict) and isinstance(candidate, dict):
+        if set(reference) != set(candidate):
+            raise _StructureMismatch(f"{where} has keys {sorted(reference)} in the reference but {sorted(candidate)} in the candidate")
+        for key in sorted(reference):
+            yield from _paired_arrays(np.asarray(reference[key]), np.asarray(candidate[key]), f"{where}[{key!r}]")
+    elif reference is None and candidate is None:
+        return
+    else:
+        raise _StructureMismatch(f"{where} is {_describe_value(reference)} in the reference but "
+                                 f"{_describe_value(candidate)} in the candidate")
+
+
+def _describe_value(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} tensor"
+    if value is None:
+        return "empty (None)"
+    return f"a {type(value).__name__}"
+
+
+def _is_float(array: np.ndarray) -> bool:
+    return array.dtype.kind in "fc"
+
+
+def _as_real(array: np.ndarray) -> np.ndarray:
+    """float64, flat; complex numbers as (real, imag) pairs."""
+    if array.dtype.kind == "c":
+        return np.ascontiguousarray(array, dtype=np.complex128).view(np.float64).ravel()
+    return np.asarray(array, dtype=np.float64).ravel()
+
+
+class _OutputComparison:
+    """Accumulates one output's metrics sample by sample."""
+
+    def __init__(self, name: str, tolerance: Tolerance) -> None:
+        self.report = OutputReport(name, tolerance=tolerance.describe())
+        self.tolerance = tolerance
+        self.sum_abs = 0.0
+        self.finite_elements = 0
+        self.signal = 0.0
+        self.noise = 0.0
+        self.argmax_agree = 0
+        self.argmax_total = 0
+        self.equal_elements = 0
+
+    def error(self, message: str) -> None:
+        if message not in self.report.errors:
+            self.report.errors.append(message)
+
+    def add(self, reference: Any, candidate: Any, sample: int) -> None:
+        name = self.report.name
+        try:
+            pairs = list(_paired_arrays(reference, candidate, f"output '{name}'"))
+        except _StructureMismatch as e:
+            self.error(f"{e} (sample {sample})")
+            return
+        for ref, cand in pairs:
+            if self.report.dtype is None:
+                self.report.dtype, self.report.shape = str(ref.dtype), list(ref.shape)
+            if ref.dtype != cand.dtype:
+                self.error(f"output '{name}' has dtype {ref.dtype} in the reference but {cand.dtype} in the candidate")
+            if ref.shape != cand.shape:
+                self.error(f"output '{name}' has shape {list(ref.shape)} in the reference but {list(cand.shape)} in "
+                           f"the candidate (sample {sample})")
+                continue
+            self.report.elements += ref.size
+            if _is_float(ref) or _is_float(cand):
+                self._add_float(ref, cand)
+            else:
+                self.report.equality = True
+                self.equal_elements += int(np.count_nonzero(ref == cand))
+                if ref.dtype.kind not in "OSU" and cand.dtype.kind not in "OSU":
+                    self._add_float(ref, cand)  # the error figures still say how far apart they are
+
+    def _add_float(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        report, tol = self.report, self.tolerance
+        a, b = _as_real(ref), _as_real(cand)
+        finite = np.isfinite(a) & np.isfinite(b)
+        if not finite.all():
+            same = (np.isnan(a) & np.isnan(b)) | (a == b)  # equal infinities compare equal
+            report.nonfinite_mismatches += int(np.count_nonzero(~finite & ~same))
+            a, b = a[finite], b[finite]
+        if a.size == 0:
+            return
+        diff = np.abs(a - b)
+        magnitude = np.abs(a)
+        atol, rtol = tol.atol or 0.0, tol.rtol or 0.0
+        report.max_abs_error = max(report.max_abs_error, float(diff.max()))
+        nonzero = magnitude > 0
+        if nonzero.any():
+            report.max_rel_error = max(report.max_rel_error, float((diff[nonzero] / magnitude[nonzero]).max()))
+        self.sum_abs += float(diff.sum())
+        self.finite_elements += a.size
+        if tol.elementwise:
+            report.mismatched_elements += int(np.count_nonzero(diff > atol + rtol * magnitude))
+        report.min_atol = max(report.min_atol or 0.0, float(np.maximum(diff - rtol * magnitude, 0).max()))
+        over = diff > atol
+        if over.any():
+            with np.errstate(divide="ignore"):
+                needed = float(((diff[over] - atol) / magnitude[over]).max())
+            report.min_rtol = max(report.min_rtol or 0.0, needed)
+        elif report.min_rtol is None:
+            report.min_rtol = 0.0
+        self.signal += float(np.dot(a, a))
+        self.noise += float(np.dot(a - b, a - b))
+        norms = math.sqrt(float(np.dot(a, a))) * math.sqrt(float(np.dot(b, b)))
+        if norms > 0:
+            cosine = float(np.dot(a, b)) / norms
+        else:
+            cosine = 1.0 if not a.any() and not b.any() else 0.0
+        report.cosine = cosine if report.cosine is None else min(report.cosine, cosine)
+        if _is_float(ref) and ref.ndim in (2, 3) and ref.shape[-1] >= 2:
+            self.argmax_agree += int(np.count_nonzero(ref.argmax(-1) == cand.argmax(-1)))
+            self.argmax_total += ref.size // ref.shape[-1]
+
+    def finish(self) -> OutputReport:
+        report, tol = self.report, self.tolerance
+        if self.finite_elements:
+            report.mean_abs_error = self.sum_abs / self.finite_elements
+            report.sqnr_db = math.inf if self.noise == 0 else (
+                10 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf)
+        if self.argmax_total:
+            report.top1_agreement = self.argmax_agree / self.argmax_total
+        failures = report.failures
+        if report.nonfinite_mismatches:
+            failures.append(f"{report.nonfinite_mismatches} elements are NaN or inf in one model only")
+        if self.report.equality:
+            agreement = self.equal_elements / report.elements if report.elements else 1.0
+            report.mismatched_elements = report.elements - self.equal_elements
+            if tol.min_top1 is not None:
+                report.top1_agreement = agreement
+                if agreement < tol.min_top1:
+                    failures.append(f"{agreement:.2%} of elements equal, below {tol.min_top1:.2%}")
+            elif report.mismatched_elements:
+                failures.append(f"{report.mismatched_elements} of {report.elements} elements differ "
+                                f"({report.dtype} outputs must be equal)")
+        else:
+            if tol.elementwise and report.mismatched_elements:
+                failures.append(f"{report.mismatched_elements} of {report.elements} elements beyond "
+                                f"atol {_num(tol.atol or 0)} + rtol {_num(tol.rtol or 0)} * |reference|")
+            if tol.min_cosine is not None and report.cosine is not None and report.cosine < tol.min_cosine:
+                failures.append(f"cosine {report.cosine:.6f} below {tol.min_cosine:g}")
+            if tol.min_sqnr is not None and report.sqnr_db is not None and report.sqnr_db < tol.min_sqnr:
+                failures.append(f"SQNR {report.sqnr_db:.1f} dB below {tol.min_sqnr:g} dB")
+            if tol.min_top1 is not None and report.top1_agreement is not None and report.top1_agreement < tol.min_top1:
+                failures.append(f"top-1 agreement {report.top1_agreement:.2%} below {tol.min_top1:.2%}")
+        report.passed = not failures and not report.errors
+        return report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running models
+
+
+def session_options(*, ort_optimizations: bool = False, threads: int = 1) -> Any:
+    """ORT session options for comparisons: graph optimizations off unless asked, few threads, quiet."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if ort_optimizations
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return options
+
+
+@dataclasses.dataclass
+class _Model:
+    """A model as the user gave it: what ORT loads (path or bytes) and, on demand, its ``ir.Model``."""
+
+    source: Any
+    label: str
+
+    @classmethod
+    def of(cls, model: Any, role: str) -> _Model:
+        if isinstance(model, (str, os.PathLike)):
+            modelio.load_model(model)  # clear errors for missing, empty or unsafe files, before ORT sees it
+            return cls(str(model), str(model))
+        if isinstance(model, (bytes, bytearray, onnx.ModelProto, ir.Model)):
+            return cls(model, f"the {role} model")
+        raise SpecError(f"cannot compare a {type(model).__name__} as the {role} model",
+                        hint="give an .onnx path, bytes, an onnx.ModelProto or an onnx_ir.Model")
+
+    def ir(self) -> ir.Model:
+        return modelio.as_ir_model(self.source)
+
+    def session(self, options: Any) -> Any:
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if isinstance(self.source, str):
+            return ort.InferenceSession(self.source, options, providers=providers)
+        proto = self.source
+        if isinstance(proto, ir.Model):
+            proto = modelio.to_proto(proto)
+        elif isinstance(proto, (bytes, bytearray)):
+            return ort.InferenceSession(bytes(proto), options, providers=providers)
+        if proto.ByteSize() < modelio.EXTERNAL_DATA_THRESHOLD:
+            return ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
+        with tempfile.TemporaryDirectory(prefix="onnxkit-parity-") as folder:  # over 2 GB: ORT reads from disk
+            path = Path(folder) / "model.onnx"
+            onnx.save_model(proto, path, save_as_external_data=True, location="model.onnx.data")
+            return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def compare_models(
+    reference: Any,
+    candidate: Any,
+    data: Any = None,
+    *,
+    tolerance: Tolerance | Mapping[str, Any] | None = None,
+    dims: Mapping[str, int] | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    ort_optimizations: bool = False,
+    threads: int = 1,
+) -> ParityReport:
+    """Run ``reference`` and ``candidate`` on the same inputs and compare every output.
+
+    Models are paths, bytes, ``onnx.ModelProto`` or ``onnx_ir.Model``. ``data`` is anything
+    ``onnxkit.data.load_dataset`` takes, or None for seeded synthetic inputs built from the reference's
+    input specs with ``dims`` binding dynamic dimensions. ``num_samples`` is the synthetic count or a cap on
+    the data. ``tolerance`` defaults to the exact kind's; a dict overrides fields of that default.
+
+    Raises ``ModelLoadError`` if ORT cannot load the reference and ``DataError`` if the data does not fit it
+    or the reference fails on it. A candidate that ORT cannot load or run fails the comparison instead.
+    """
+    if tolerance is None or isinstance(tolerance, Mapping):
+        tolerance = dataclasses.replace(Tolerance.for_kind("exact"), **dict(tolerance or {}))
+    ref_model, cand_model = _Model.of(reference, "reference"), _Model.of(candidate, "candidate")
+    options = session_options(ort_optimizations=ort_optimizations, threads=threads)
+    ref_ir = ref_model.ir()
+    specs = input_specs(ref_ir)
+    dataset = as_dataset(data, ref_ir, dims=dims, num_samples=num_samples, seed=seed)
+    description = (f"synthetic, seed {seed}" if data is None
+                   else str(data) if isinstance(data, (str, os.PathLike)) else type(data).__name__)
+
+    def finished(outputs: list[OutputReport], errors: list[str], samples: int) -> ParityReport:
+        errors = errors + [e for o in outputs for e in o.errors]
+        passed = not errors and all(o.passed for o in outputs)
+        return ParityReport(passed, outputs, errors, samples, tolerance, description, ort_optimizations)  # type: ignore[arg-type]
+
+    try:
+        ref_session = ref_model.session(options)
+    except Exception as e:  # ORT raises its own exception types for invalid graphs and unsupported ops
+        raise ModelLoadError(f"ONNX Runtime cannot load {ref_model.label}: {_first_line(e)}",
+                             hint="the reference model must run in ONNX Runtime") from e
+    try:
+        cand_session = cand_model.session(options)
+    except Exception as e:
+        return finished([], [f"ONNX Runtime cannot load {cand_model.label}: {_first_line(e)}"], 0)
+
+    ref_outputs = [o.name for o in ref_session.get_outputs()]
+    cand_outputs = [o.name for o in cand_session.get_outputs()]
+    errors = [f"output '{name}' is missing from the candidate" for name in ref_outputs if name not in cand_outputs]
+    errors += [f"the candidate has output '{name}' that the reference lacks" for name in cand_outputs if name not in ref_outputs]
+    shared = [name for name in ref_outputs if name in cand_outputs]
+    comparisons = {name: _OutputComparison(name, tolerance.for_output(name)) for name in shared}
+    ref_inputs = [i.name for i in ref_session.get_inputs()]
+    cand_inputs = [i.name for i in cand_session.get_inputs()]
+
+    samples = 0
+    for index, sample in enumerate(dataset):
+        sample = validate_sample(sample, specs, index=index)
+        missing = [name for name in cand_inputs if name not in sample]
+        if missing:
+            errors.append(f"the candidate takes input{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                          "that the reference does not")
+            break
+        try:
+            ref_values = ref_session.run(shared, {name: sample[name] for name in ref_inputs})
+        except Exception as e:
+            raise DataError(f"the reference model fails on sample {index}: {_first_line(e)}",
+                            hint="check the data, or bind dynamic dims with --dim name=SIZE") from e
+        try:
+            cand_values = cand_session.run(shared, {name: sample[name] for name in cand_inputs})
+        except Exception as e:
+            errors.append(f"the candidate model fails on sample {index}: {_first_line(e)}")
+            break
+        for name, ref_value, cand_value in zip(shared, ref_values, cand_values):
+            comparisons[name].add(ref_value, cand_value, index)
+        samples += 1
+    if samples == 0 and not errors:
+        raise DataError("the data holds no samples", hint="give at least one sample, or drop --data for synthetic inputs")
+    return finished([c.finish() for c in comparisons.values()], errors, samples)

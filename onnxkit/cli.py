@@ -329,5 +329,53 @@ def bench(model: Path, specs: tuple[str, ...], data_path: Path | None, peers: st
         click.echo(f"wrote {json_path}")
 
 
+@main.command(name="export")
+@click.argument("spec")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the .onnx model.")
+@click.option("--state-dict", type=click.Path(path_type=Path), help="Weights to load (torch.load with weights_only=True).")
+@click.option("--input-shape", "input_shapes", multiple=True,
+              help="An input as name=1x1x28x28[:dtype], once per input in forward()'s order.")
+@click.option("--sample", type=click.Path(path_type=Path), help="Example inputs instead: .npz keyed by input name, or .npy.")
+@click.option("--output-names", help="Comma-separated output names (default: output, or output_0, output_1, ...).")
+@click.option("--dynamic-batch", is_flag=True, help="Make axis 0 of every input and output a dimension named batch.")
+@click.option("--dynamic-axis", "dynamic_axes", multiple=True, help="NAME=AXIS:DIM[,AXIS:DIM], e.g. input_ids=0:batch,1:seq.")
+@click.option("--dynamo/--no-dynamo", default=None, help="Pick the exporter (default: dynamo, falling back to TorchScript).")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset version.")
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Largest absolute error ONNX Runtime may show against torch.")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Compare ONNX Runtime with torch after export.")
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+def export_command(spec: str, output: Path, state_dict: Path | None, input_shapes: tuple[str, ...], sample: Path | None,
+                   output_names: str | None, dynamic_batch: bool, dynamic_axes: tuple[str, ...], dynamo: bool | None,
+                   opset: int, atol: float, verify: bool, as_json: bool) -> None:
+    """Export a PyTorch model, built by SPEC (package.module:factory), to ONNX and verify it in ONNX Runtime.
+
+    \b
+    Examples:
+      onnxkit export onnxkit.zoo:SimpleCNN --input-shape image=1x1x8x8 --dynamic-batch -o cnn.onnx
+      onnxkit export mypkg.models:build --state-dict w.pt --sample inputs.npz --no-dynamo -o m.onnx
+    """
+    from onnxkit import export as exporting
+    from onnxkit.modelio import save_model
+
+    if bool(input_shapes) == (sample is not None):
+        raise SpecError("give either --input-shape (once per input) or --sample FILE",
+                        hint="e.g. --input-shape image=1x1x28x28")
+    check_output_path(output, [], in_place=False)
+    module = exporting.load_module(spec, state_dict)
+    inputs = exporting.example_inputs_from_shapes(input_shapes) if input_shapes else exporting.load_sample(sample)
+    model, report = exporting.export_model(
+        module, inputs, output_names=[n.strip() for n in output_names.split(",")] if output_names else None,
+        dynamic_axes=dict(exporting.parse_dynamic_axis(text) for text in dynamic_axes),
+        dynamic_batch=dynamic_batch, dynamo=dynamo, opset=opset, verify=verify, atol=atol,
+    )
+    save_model(model, output)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    for line in report.lines() + [f"warning: {w}" for w in report.warnings]:
+        click.echo(line)
+    click.echo(f"saved {output}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -170,21 +170,21 @@ def tokenize(tokenizer: Any, sentences: Sequence[str], max_length: int = 128) ->
 
 
 def export_minilm(path: str | os.PathLike[str], dynamo: bool, opset: int = 18,
-                  model: SentenceEncoder | None = None, tokenizer: Any = None) -> Path:
+                  model: SentenceEncoder | None = None, tokenizer: Any = None, verify: bool = True) -> Path:
     """Export MiniLM to ``path`` with inputs ``input_ids``/``attention_mask`` (int64, dynamic batch and
     sequence) and output ``sentence_embedding``, with the chosen exporter. Returns the path."""
+    from onnxkit.export import export_model
+    from onnxkit.modelio import save_model
+
     if model is None or tokenizer is None:
         model, tokenizer = load_minilm()
     # Padding in the example makes the traced graph take the masked path, not a shortcut for full masks.
     example = tokenize(tokenizer, MINILM_SENTENCES[:2])
-    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in MINILM_INPUT_NAMES}
-    dynamic_axes[MINILM_OUTPUT_NAME] = {0: "batch"}
-    path = Path(path)
-    with torch.no_grad():
-        torch.onnx.export(model, tuple(example[name] for name in MINILM_INPUT_NAMES), str(path),
-                          input_names=list(MINILM_INPUT_NAMES), output_names=[MINILM_OUTPUT_NAME],
-                          dynamic_axes=dynamic_axes, opset_version=opset, dynamo=dynamo, verbose=False)
-    return path
+    axes = {name: {0: "batch", 1: "sequence"} for name in MINILM_INPUT_NAMES}
+    axes[MINILM_OUTPUT_NAME] = {0: "batch"}
+    exported, _ = export_model(model, example, output_names=(MINILM_OUTPUT_NAME,), dynamic_axes=axes,
+                               dynamo=dynamo, opset=opset, verify=verify)
+    return save_model(exported, path)
 
 
 def minilm_sentences() -> list[str]:

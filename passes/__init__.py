@@ -6,6 +6,7 @@ onnxkit imports none of them, and a pass's heavy dependencies load only when tha
 
 BUILTIN_PASSES: dict[str, str] = {
     "cleanup": "onnxkit.passes.cleanup:CleanupPass",
+    "export": "onnxkit.passes.export:ExportPass",
     "shape-inference": "onnxkit.passes.shape_inference:ShapeInferencePass",
     "simplify": "onnxkit.passes.simplify:SimplifyPass",
 }

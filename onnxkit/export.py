@@ -1,0 +1,530 @@
+"""Export a PyTorch module to ONNX with either of torch's exporters, and check ONNX Runtime against torch.
+
+    model, report = export_model(net, torch.randn(1, 1, 28, 28), input_names=("image",),
+                                 output_names=("logits",), dynamic_batch=True)
+    for line in report.lines():
+        print(line)
+
+torch ships two exporters:
+- ``dynamo=True``: ``torch.export`` captures the module and onnxscript translates each aten op;
+- ``dynamo=False``: the TorchScript tracer with a symbolic function per op; older, but it still covers
+  some models that ``torch.export`` cannot capture.
+``dynamo=None`` tries the first and falls back to the second, and the report says why.
+
+The module is exported in ``eval()`` mode under ``no_grad`` and handed back in the mode it came in.
+The export is verified by running ONNX Runtime and torch on the example inputs and, where axes are
+dynamic, on inputs of other sizes, because a trace can silently bake in the example's shapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import inspect
+import io
+import logging
+import os
+import re
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import torch
+
+from onnxkit import modelio
+from onnxkit.errors import DataError, ExportError, ParityError, SpecError
+
+Exporter = Literal["dynamo", "torchscript"]
+DEFAULT_OPSET = 18
+DEFAULT_ATOL = 1e-4
+DynamicAxes = Mapping[str, Mapping[int, str] | Sequence[int]]
+
+# How a user gets past an operator that an exporter cannot translate; {namespace} and {op} are filled in.
+WAY_OUT: dict[Exporter, str] = {
+    "dynamo": ("give a translation: export_model(..., custom_translation_table="
+               "{{torch.ops.{namespace}.{op}.default: an_onnxscript_function}})"),
+    "torchscript": ("register a symbolic: torch.onnx.register_custom_op_symbolic("
+                    "'{namespace}::{op}', symbolic_fn, opset_version)"),
+}
+
+
+@dataclasses.dataclass
+class ExportCheck:
+    """ONNX Runtime against torch on one set of input shapes."""
+
+    shapes: dict[str, list[int]]
+    max_abs_error: float = float("nan")
+    max_rel_error: float = float("nan")
+    min_cosine: float = float("nan")
+    passed: bool = False
+    error: str | None = None  # why ONNX Runtime could not run these inputs
+
+    def describe(self) -> str:
+        shapes = ", ".join(f"{name}[{'x'.join(map(str, shape))}]" for name, shape in self.shapes.items())
+        if self.error is not None:
+            return f"parity at {shapes}: ONNX Runtime failed: {self.error}"
+        verdict = "ok" if self.passed else "FAILED"
+        return (f"parity at {shapes}: max abs error {self.max_abs_error:.2g}, max rel error "
+                f"{self.max_rel_error:.2g}, cosine {self.min_cosine:.6f} ({verdict})")
+
+
+@dataclasses.dataclass
+class ExportReport:
+    """Which exporter ran and why, with what names and axes, and how closely ONNX Runtime matches torch."""
+
+    exporter: Exporter
+    requested: Literal["dynamo", "torchscript", "auto"]
+    opset: int
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    seconds: float
+    fallback_reason: str | None = None
+    atol: float = DEFAULT_ATOL
+    checks: list[ExportCheck] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.checks) and all(check.passed for check in self.checks)
+
+    def lines(self) -> list[str]:
+        """Human-readable lines: exporter, fallback, and one line per parity check."""
+        lines = [f"exported with the {self.exporter} exporter (opset {self.opset}) in {self.seconds:.1f} s"]
+        if self.fallback_reason:
+            lines.append(f"fell back to torchscript because the dynamo exporter failed: {self.fallback_reason}")
+        if not any(axis for axis in self.dynamic_axes.values()):
+            lines.append("all shapes static: verified at the example shapes only")
+        lines.extend(check.describe() for check in self.checks)
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def export_model(
+    module: torch.nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
+    *,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_axes: DynamicAxes | None = None,
+    dynamic_batch: bool = False,
+    dynamo: bool | None = None,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+    atol: float = DEFAULT_ATOL,
+    custom_translation_table: Mapping[Callable[..., Any], Callable[..., Any]] | None = None,
+) -> tuple[ir.Model, ExportReport]:
+    """Export ``module`` called on ``example_inputs`` to an ``onnx_ir.Model``.
+
+    ``example_inputs`` is a tensor, a sequence of tensors (positional arguments), or a mapping whose keys
+    become the input names and whose values are passed positionally in that order. Input names default
+    to the names of ``forward``'s parameters; output names to ``output`` or ``output_0, output_1, ...``.
+    ``dynamic_axes`` maps input and output names to ``{axis: dim name}`` (or a list of axes);
+    ``dynamic_batch`` makes axis 0 of every input and output a dimension named ``batch``.
+    ``dynamo`` picks the exporter: True, False, or None to try dynamo first and fall back to TorchScript.
+    With ``verify`` the result is run in ONNX Runtime and compared with torch; a max absolute error
+    above ``atol`` raises ``ParityError``. Export failures raise ``ExportError``.
+    """
+    args, names = _positional_inputs(module, example_inputs, input_names)
+    with _eval_no_grad(module):
+        try:
+            expected = _flatten_outputs(module(*args))
+        except Exception as e:  # the user's forward can fail in any way; most often a shape mismatch
+            shapes = ", ".join(f"{n}[{'x'.join(map(str, a.shape))}]" for n, a in zip(names, args))
+            raise ExportError(f"{type(module).__name__} fails on the example inputs {shapes}: "
+                              f"{type(e).__name__}: {_first_line(str(e))}",
+                              hint="check the input shapes and dtypes the module expects") from e
+        outputs = list(output_names) if output_names else (
+            ["output"] if len(expected) == 1 else [f"output_{i}" for i in range(len(expected))])
+        if len(outputs) != len(expected):
+            raise ExportError(f"{len(outputs)} output names given, but the module returns {len(expected)} tensors")
+        axes = _resolve_dynamic_axes(dynamic_axes, dynamic_batch, names, outputs)
+        export = _Export(module, args, names, outputs, axes, opset, custom_translation_table)
+        started = time.perf_counter()
+        model, exporter, fallback_reason = export.run(dynamo)
+        report = ExportReport(exporter=exporter, requested="auto" if dynamo is None else _exporter_name(dynamo),
+                              opset=opset, input_names=names, output_names=outputs, dynamic_axes=axes,
+                              seconds=time.perf_counter() - started, fallback_reason=fallback_reason, atol=atol,
+                              warnings=export.warnings)
+        if verify:
+            report.checks = verify_export(module, model, args, names, axes, atol=atol)
+    if verify and not report.verified:
+        failed = next(check for check in report.checks if not check.passed)
+        if failed.error is None:
+            needed = max(check.max_abs_error for check in report.checks if check.error is None)
+            hint = f"it would pass with atol={needed:.2g}; export with a larger atol if that is acceptable"
+        else:
+            hint = "check that the model supports these input sizes, or leave those axes static"
+        raise ParityError(f"the exported model does not match torch: {failed.describe()}", hint=hint)
+    return model, report
+
+
+def verify_export(module: torch.nn.Module, model: ir.Model | onnx.ModelProto, args: Sequence[torch.Tensor],
+                  input_names: Sequence[str], dynamic_axes: Mapping[str, Mapping[int, str]],
+                  atol: float = DEFAULT_ATOL, seed: int = 0) -> list[ExportCheck]:
+    """Compare ONNX Runtime with torch on ``args`` and, when inputs have dynamic axes, on seeded inputs
+    whose dynamic dimensions are each 3 larger than in ``args``."""
+    import onnxruntime as ort
+
+    proto = model if isinstance(model, onnx.ModelProto) else modelio.to_proto(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    input_sets = [tuple(args)]
+    if any(dynamic_axes.get(name) for name in input_names):
+        input_sets.append(_inputs_with_other_sizes(args, input_names, dynamic_axes, seed))
+    checks = []
+    with _eval_no_grad(module):
+        for inputs in input_sets:
+            check = ExportCheck(shapes={name: list(t.shape) for name, t in zip(input_names, inputs)})
+            checks.append(check)
+            expected = [t.float().numpy() for t in _flatten_outputs(module(*inputs))]
+            try:
+                actual = session.run(None, {name: t.numpy() for name, t in zip(input_names, inputs)})
+            except Exception as e:  # ORT raises its own exception types for shape and type mismatches
+                check.error = _first_line(str(e))
+                continue
+            _measure(check, [o.name for o in session.get_outputs()], expected, actual, atol)
+    return checks
+
+
+def unsupported_operators(error: BaseException) -> list[str]:
+    """Operators an export error says it could not translate, as ``namespace::op`` (``aten::fft_fft``)."""
+    names: list[str] = []
+    for message in _messages(error):
+        # dynamo: "No ONNX function found for <OpOverload(op='aten.fft_fft', overload='default')>"
+        names.extend(f"{ns}::{op}" for ns, op in re.findall(r"OpOverload\(op='(\w+)\.(\w+)'", message))
+        # TorchScript: "Exporting the operator 'aten::fft_fft' ..." or "unrecognized namespace ns::op"
+        if "operator" in message:
+            names.extend(re.findall(r"\b([A-Za-z_]\w*::[A-Za-z_]\w*)\b", message))
+    return list(dict.fromkeys(names))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What the CLI starts from: a factory spec, a state dict, and input shapes or a sample file
+
+
+_DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
+
+
+def load_module(spec: str, state_dict: str | os.PathLike[str] | None = None) -> torch.nn.Module:
+    """Build a module from ``package.module:factory`` (a class or function called with no arguments) and
+    load a state dict into it. The state dict is read with ``weights_only=True``: no pickle runs. A file
+    holding a training checkpoint (a dict with a ``model`` entry, as ``onnxkit.train`` writes) works too."""
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        raise ExportError(f"bad model spec {spec!r}", hint="write package.module:factory, e.g. onnxkit.zoo:SimpleCNN")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does, so a user's own module beside them imports
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as e:
+        raise ExportError(f"cannot load {spec}: {e}", hint="check the module path and the factory name") from e
+    try:
+        module = factory()
+    except Exception as e:  # the user's factory can fail in any way
+        raise ExportError(f"{spec}() raised {type(e).__name__}: {e}",
+                          hint="the factory must be callable with no arguments") from e
+    if not isinstance(module, torch.nn.Module):
+        raise ExportError(f"{spec}() returned a {type(module).__name__}, not a torch.nn.Module")
+    if state_dict is not None:
+        try:
+            state = torch.load(state_dict, map_location="cpu", weights_only=True)
+        except Exception as e:  # missing file, not a torch file, or it holds objects that need pickle
+            raise ExportError(f"cannot read state dict {state_dict}: {_first_line(str(e))}",
+                              hint="save it with torch.save(model.state_dict(), path)") from e
+        if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+            state = state["model"]
+        try:
+            module.load_state_dict(state)
+        except (RuntimeError, TypeError) as e:
+            raise ExportError(f"state dict {state_dict} does not fit {spec}: {_first_line(str(e))}") from e
+    return module
+
+
+def example_inputs_from_shapes(specs: Sequence[str], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded example inputs from ``name=1x1x28x28[:dtype]`` texts. Floats are standard normal; integers
+    and booleans are 0 or 1 (valid token ids, masks and indices for most models; give a sample file for
+    anything more particular)."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs: dict[str, torch.Tensor] = {}
+    for text in specs:
+        name, shape, dtype = parse_input_shape(text)
+        if name in inputs:
+            raise ExportError(f"input '{name}' given twice")
+        if dtype.is_floating_point:
+            inputs[name] = torch.randn(shape, generator=generator).to(dtype)
+        else:
+            inputs[name] = torch.randint(0, 2, shape, generator=generator).to(dtype)
+    return inputs
+
+
+def parse_input_shape(text: str) -> tuple[str, list[int], torch.dtype]:
+    """``image=1x1x28x28`` → ``("image", [1, 1, 28, 28], torch.float32)``; ``ids=1x16:int64`` sets the dtype."""
+    match = re.fullmatch(r"\s*([A-Za-z_][\w.\-]*)=(\d+(?:x\d+)*)(?::(\w+))?\s*", text)
+    dtype_name = match.group(3) if match else None
+    if match is None or (dtype_name is not None and dtype_name not in _DTYPES):
+        raise SpecError(f"bad input shape {text!r}",
+                        hint=f"write name=1x1x28x28 or name=1x16:int64; dtypes: {', '.join(_DTYPES)}")
+    return match.group(1), [int(d) for d in match.group(2).split("x")], _DTYPES[dtype_name or "float32"]
+
+
+def parse_dynamic_axis(text: str) -> tuple[str, dict[int, str]]:
+    """``input_ids=0:batch,1:sequence`` → ``("input_ids", {0: "batch", 1: "sequence"})``."""
+    name, equals, rest = text.partition("=")
+    pairs = [piece.partition(":") for piece in rest.split(",")]
+    if not equals or not name.strip() or not all(axis.strip().isdigit() and colon and dim.strip()
+                                                  for axis, colon, dim in pairs):
+        raise SpecError(f"bad dynamic axis {text!r}", hint="write NAME=AXIS:DIM[,AXIS:DIM], e.g. input_ids=0:batch,1:sequence")
+    return name.strip(), {int(axis): dim.strip() for axis, _, dim in pairs}
+
+
+def load_sample(path: str | os.PathLike[str], input_name: str | None = None) -> dict[str, torch.Tensor]:
+    """Example inputs from a ``.npz`` keyed by input name (in forward()'s order), or a ``.npy`` for a
+    single input. Loaded without pickle."""
+    path = Path(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read sample file {path}: {e}", hint="give a .npz keyed by input name, or a .npy") from e
+    if isinstance(loaded, np.ndarray):
+        return {input_name or "input": torch.from_numpy(loaded)}
+    with loaded:
+        return {name: torch.from_numpy(loaded[name]) for name in loaded.files}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The two exporters
+
+
+class _Export:
+    """One module, its inputs and names, exportable by either exporter."""
+
+    def __init__(self, module: torch.nn.Module, args: tuple[torch.Tensor, ...], input_names: list[str],
+                 output_names: list[str], axes: dict[str, dict[int, str]], opset: int,
+                 custom_translation_table: Mapping[Callable[..., Any], Callable[..., Any]] | None) -> None:
+        self.module, self.args, self.opset = module, args, opset
+        self.input_names, self.output_names, self.axes = input_names, output_names, axes
+        self.custom_translation_table = dict(custom_translation_table) if custom_translation_table else None
+        self.warnings: list[str] = []
+
+    def run(self, dynamo: bool | None) -> tuple[ir.Model, Exporter, str | None]:
+        """Export with the chosen exporter, or dynamo then TorchScript; returns the model, the exporter
+        that produced it, and why dynamo was abandoned."""
+        order: list[Exporter] = ["dynamo", "torchscript"] if dynamo is None else [_exporter_name(dynamo)]
+        failures: dict[Exporter, BaseException] = {}
+        for exporter in order:
+            try:
+                model = self._with_captured_warnings(self.dynamo if exporter == "dynamo" else self.torchscript)
+            except Exception as e:  # both exporters raise a wide range of error types from deep inside torch
+                failures[exporter] = e
+                continue
+            reason = _root_message(failures["dynamo"]) if "dynamo" in failures else None
+            return model, exporter, reason
+        raise _export_error(self.module, failures) from list(failures.values())[-1]
+
+    def dynamo(self) -> ir.Model:
+        # Named dims given as strings: torch.onnx turns them into dynamic dims and keeps the names.
+        dynamic_shapes = (tuple(self.axes.get(name) or None for name in self.input_names)
+                          if any(self.axes.get(name) for name in self.input_names) else None)
+        program = torch.onnx.export(self.module, self.args, None, dynamo=True, input_names=self.input_names,
+                                    output_names=self.output_names, opset_version=self.opset,
+                                    dynamic_shapes=dynamic_shapes,
+                                    custom_translation_table=self.custom_translation_table, verbose=False)
+        # Through a proto, so the model owns copies of the weights rather than views of the module's.
+        return ir.serde.deserialize_model(program.model_proto)
+
+    def torchscript(self) -> ir.Model:
+        buffer = io.BytesIO()
+        torch.onnx.export(self.module, self.args, buffer, dynamo=False, input_names=self.input_names,
+                          output_names=self.output_names, opset_version=self.opset,
+                          dynamic_axes=self.axes or None, verbose=False)
+        return ir.serde.deserialize_model(onnx.load_model_from_string(buffer.getvalue()))
+
+    def _with_captured_warnings(self, export: Callable[[], ir.Model]) -> ir.Model:
+        """Run an export, keeping warnings about the user's model (TracerWarnings and the like) for the
+        report and dropping torch's notes about its own internals."""
+        registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+        level = registration_log.level
+        registration_log.setLevel(logging.ERROR)  # "torchvision is not installed" is not news to the user
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model = export()
+        finally:
+            registration_log.setLevel(level)
+        for warning in caught:
+            if not issubclass(warning.category, (DeprecationWarning, FutureWarning)):
+                self.warnings.append(_first_line(str(warning.message)))
+        self.warnings = list(dict.fromkeys(self.warnings))
+        return model
+
+
+def _export_error(module: torch.nn.Module, failures: Mapping[Exporter, BaseException]) -> ExportError:
+    name = type(module).__name__
+    tried = ", ".join(failures)
+    operators = list(dict.fromkeys(op for error in failures.values() for op in unsupported_operators(error)))
+    if operators:
+        ways_out = []
+        for operator in operators:
+            namespace, op = operator.split("::")
+            ways_out += [f"{exporter}: {WAY_OUT[exporter].format(namespace=namespace, op=op)}" for exporter in failures]
+        return ExportError(f"cannot export {name}: no ONNX translation for operator(s) {', '.join(operators)} "
+                           f"(tried {tried})", hint="; ".join(ways_out))
+    reasons = "; ".join(f"{exporter}: {_root_message(error)}" for exporter, error in failures.items())
+    hint = ("try the other exporter (--no-dynamo / --dynamo, or dynamo=None to try both)" if len(failures) == 1
+            else "set ONNXKIT_DEBUG=1 for the full traceback")
+    return ExportError(f"cannot export {name} (tried {tried}): {reasons}", hint=hint)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs, outputs, axes
+
+
+def _positional_inputs(module: torch.nn.Module, example_inputs: Any,
+                       input_names: Sequence[str] | None) -> tuple[tuple[torch.Tensor, ...], list[str]]:
+    if isinstance(example_inputs, torch.Tensor):
+        args, default_names = (example_inputs,), None
+    elif isinstance(example_inputs, Mapping):
+        args, default_names = tuple(example_inputs.values()), list(example_inputs)
+    elif isinstance(example_inputs, Sequence):
+        args, default_names = tuple(example_inputs), None
+    else:
+        raise ExportError(f"example inputs must be a tensor, a sequence or a mapping of tensors, "
+                          f"not {type(example_inputs).__name__}")
+    if not args or not all(isinstance(a, torch.Tensor) for a in args):
+        raise ExportError("example inputs must be one or more tensors")
+    names = list(input_names) if input_names else default_names or _forward_parameter_names(module, len(args))
+    if len(names) != len(args):
+        raise ExportError(f"{len(names)} input names given for {len(args)} example inputs")
+    return args, names
+
+
+def _forward_parameter_names(module: torch.nn.Module, count: int) -> list[str]:
+    parameters = [p for p in inspect.signature(module.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(parameters) >= count:
+        return [p.name for p in parameters[:count]]
+    return [f"input_{i}" for i in range(count)]
+
+
+def _flatten_outputs(outputs: Any) -> list[torch.Tensor]:
+    """Tensors in the order the exporters flatten them: nested tuples, lists and dicts, depth first."""
+    if isinstance(outputs, torch.Tensor):
+        return [outputs]
+    if isinstance(outputs, Mapping):
+        outputs = list(outputs.values())
+    if isinstance(outputs, (list, tuple)):
+        return [t for item in outputs for t in _flatten_outputs(item)]
+    raise ExportError(f"the module returned a {type(outputs).__name__}; export needs tensors")
+
+
+def _resolve_dynamic_axes(dynamic_axes: DynamicAxes | None, dynamic_batch: bool, input_names: list[str],
+                          output_names: list[str]) -> dict[str, dict[int, str]]:
+    known = input_names + output_names
+    axes: dict[str, dict[int, str]] = {}
+    for name, mapping in (dynamic_axes or {}).items():
+        if name not in known:
+            raise ExportError(f"dynamic axes given for '{name}', which is not an input or output",
+                              hint=f"inputs and outputs: {', '.join(known)}")
+        pairs = mapping.items() if isinstance(mapping, Mapping) else ((a, f"{name}_dim{a}") for a in mapping)
+        axes[name] = {int(axis): str(dim) for axis, dim in pairs}
+    if dynamic_batch:
+        for name in known:
+            axes.setdefault(name, {}).setdefault(0, "batch")
+    return axes
+
+
+def _inputs_with_other_sizes(args: Sequence[torch.Tensor], input_names: Sequence[str],
+                             dynamic_axes: Mapping[str, Mapping[int, str]], seed: int) -> tuple[torch.Tensor, ...]:
+    """Seeded inputs like ``args`` with every named dynamic dimension 3 larger (one size per name, so
+    inputs that share a dimension still agree). Floats follow the example's mean and spread; integers and
+    booleans are drawn from the values the example holds, so token ids and masks stay valid."""
+    generator = torch.Generator().manual_seed(seed)
+    sizes: dict[str, int] = {}
+    for name, tensor in zip(input_names, args):
+        for axis, dim in dynamic_axes.get(name, {}).items():
+            sizes.setdefault(dim, tensor.shape[axis] + 3)
+    resized = []
+    for name, tensor in zip(input_names, args):
+        shape = list(tensor.shape)
+        for axis, dim in dynamic_axes.get(name, {}).items():
+            shape[axis] = sizes[dim]
+        if tensor.is_floating_point():
+            spread = tensor.std().item() if tensor.numel() > 1 else 1.0
+            sample = torch.randn(shape, generator=generator) * (spread or 1.0) + tensor.mean().item()
+            resized.append(sample.to(tensor.dtype))
+        else:
+            values = tensor.flatten().unique()
+            resized.append(values[torch.randint(len(values), shape, generator=generator)])
+    return tuple(resized)
+
+
+def _measure(check: ExportCheck, output_names: Sequence[str], expected: Sequence[np.ndarray],
+             actual: Sequence[np.ndarray], atol: float) -> None:
+    for name, reference, result in zip(output_names, expected, actual):
+        if reference.shape != np.shape(result):
+            check.error = f"output {name} has shape {list(np.shape(result))}, torch gives {list(reference.shape)}"
+            return
+    abs_errors, rel_errors, cosines = [], [], []
+    for reference, result in zip(expected, actual):
+        reference = reference.astype(np.float64).ravel()
+        result = np.asarray(result, dtype=np.float64).ravel()
+        difference = np.abs(result - reference)
+        abs_errors.append(float(difference.max(initial=0.0)))
+        rel_errors.append(float((difference / np.maximum(np.abs(reference), 1e-12)).max(initial=0.0)))
+        norms = np.linalg.norm(reference) * np.linalg.norm(result)
+        cosines.append(float(reference @ result / norms) if norms > 0 else float(np.array_equal(reference, result)))
+    check.max_abs_error, check.max_rel_error, check.min_cosine = max(abs_errors), max(rel_errors), min(cosines)
+    check.passed = check.max_abs_error <= atol
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+@contextlib.contextmanager
+def _eval_no_grad(module: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no_grad for the duration; each submodule gets back its own training flag."""
+    modes = [(submodule, submodule.training) for submodule in module.modules()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for submodule, training in modes:
+            submodule.training = training
+
+
+def _exporter_name(dynamo: bool) -> Exporter:
+    return "dynamo" if dynamo else "torchscript"
+
+
+def _messages(error: BaseException) -> Iterator[str]:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield str(current)
+        current = current.__cause__ or current.__context__
+
+
+def _root_message(error: BaseException) -> str:
+    """The innermost cause's first line: the specific reason, not the exporter's generic advice."""
+    return _first_line(list(_messages(error))[-1]) or type(error).__name__
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # the dynamo exporter colours its messages
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"

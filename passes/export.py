@@ -1,0 +1,63 @@
+"""``export``: the first pass of a pipeline whose input is a PyTorch module.
+
+    Pipeline.parse("export{dynamic_batch=true},simplify,fuse").run(net, example_inputs=torch.randn(1, 1, 8, 8))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx_ir as ir
+
+from onnxkit.errors import ExportError
+from onnxkit.modelio import clone_model
+from onnxkit.pass_base import Pass, PassResult
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    dynamo: bool | None = None  # True: torch.export-based; False: TorchScript; none: dynamo, then TorchScript
+    opset: int = 18
+    dynamic_batch: bool = False  # axis 0 of every input and output becomes a dimension named "batch"
+    input_names: tuple[str, ...] = ()  # default: the names of forward()'s parameters
+    output_names: tuple[str, ...] = ()  # default: output, or output_0, output_1, ...
+    verify: bool = True  # compare ONNX Runtime with torch at the example shapes and at other dynamic sizes
+
+    def __post_init__(self) -> None:
+        if self.opset < 7:
+            raise ValueError(f"opset must be at least 7, not {self.opset}")
+
+
+class ExportPass(Pass):
+    """Export the pipeline's torch module to ONNX (dynamo or TorchScript exporter) and verify it in ONNX Runtime.
+
+    The module is exported in eval mode under no_grad and left in its own mode. The full export report is
+    kept in ``context.extras["export_report"]``. On an input that is already ONNX the pass does nothing.
+    """
+
+    name = "export"
+    kind = "exact"
+    Options = ExportOptions
+    in_place_pass = False
+    source_kind = "torch"  # the pipeline hands this pass the torch module instead of an ONNX model
+
+    def call(self, model: ir.Model) -> PassResult:
+        module = self.context.extras.get("torch_module")
+        if module is None:  # already ONNX; a not-in-place pass still hands back its own model object
+            return PassResult(clone_model(model), False, [])
+        example_inputs = self.context.extras.get("example_inputs")
+        if example_inputs is None:
+            raise ExportError("exporting a torch module needs example inputs",
+                              hint="Pipeline.run(module, example_inputs=torch.randn(1, 3, 224, 224))")
+        from onnxkit.export import export_model
+
+        options = self.options
+        exported, report = export_model(
+            module, example_inputs, input_names=options.input_names or None,
+            output_names=options.output_names or None, dynamic_batch=options.dynamic_batch,
+            dynamo=options.dynamo, opset=options.opset, verify=options.verify,
+        )
+        self.context.extras["export_report"] = report
+        # The module is consumed: running the pass again on its own output must change nothing.
+        del self.context.extras["torch_module"]
+        return PassResult(exported, True, report.lines())

@@ -210,8 +210,13 @@ def _run_ort_quantize(source: Path, output: Path, tool: dict[str, Any], job: dic
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.remaining, None)
 
-    quantization.quantize_static(source, output, Reader(), use_external_data_format=large)
-    return [f"calibrated on {len(samples)} samples"]
+    method = job.get("calibrate_method") or "minmax"
+    calibrate_method = {"minmax": quantization.CalibrationMethod.MinMax,
+                        "entropy": quantization.CalibrationMethod.Entropy,
+                        "percentile": quantization.CalibrationMethod.Percentile}[method]
+    quantization.quantize_static(source, output, Reader(), use_external_data_format=large,
+                                 calibrate_method=calibrate_method)
+    return [f"calibrated ({method}) on {len(samples)} samples"]
 
 
 _RUNNERS: dict[str, Callable[[Path, Path, dict[str, Any], dict[str, Any]], list[str]]] = {
@@ -431,19 +436,6 @@ def _fixed_batch(session: Any) -> int | None:
     return shape[0] if shape and isinstance(shape[0], int) else None
 
 
-def output_metrics(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> dict[str, float]:
-    """Max absolute error and the smallest cosine similarity across outputs."""
-    max_abs, cosine = 0.0, 1.0
-    for ref, out in zip(reference, outputs):
-        ref64, out64 = np.asarray(ref, np.float64).ravel(), np.asarray(out, np.float64).ravel()
-        if ref64.shape != out64.shape:
-            return {"max_abs_error": float("inf"), "cosine": float("nan")}
-        max_abs = max(max_abs, float(np.max(np.abs(ref64 - out64), initial=0.0)))
-        norms = np.linalg.norm(ref64) * np.linalg.norm(out64)
-        cosine = min(cosine, float(ref64 @ out64 / norms) if norms > 0 else float(np.array_equal(ref64, out64)))
-    return {"max_abs_error": max_abs, "cosine": cosine}
-
-
 def _percentiles(times: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(times, 50) * 1e3), "p90_ms": float(np.percentile(times, 90) * 1e3),
             "runs": len(times)}
@@ -467,14 +459,14 @@ def _measure_job(job: dict[str, Any]) -> dict[str, Any]:
             except Exception as e:
                 results[label]["error"] = f"ONNX Runtime cannot load it: {first_error_line(e)}"
         if threads == job["threads"][0]:
-            _parity_and_accuracy(sessions, inputs, results, job["reference"], job["parity_samples"])
+            _parity_and_accuracy(sessions, inputs, results, job)
         for batch in job["batch_sizes"]:
             _interleaved_latency(sessions, inputs, batch, threads, job, results)
     return {"tools": results}
 
 
 def _run_batches(session: Any, inputs: BenchInputs, count: int) -> list[np.ndarray]:
-    """Outputs on the first ``count`` samples, concatenated, in batches the model accepts."""
+    """Outputs on the first ``count`` samples, concatenated, in batches the model accepts (for accuracy)."""
     step = _fixed_batch(session) or min(count, 8)
     chunks = [session.run(None, inputs.batch(start, step)) for start in range(0, count, step)]
     return [np.concatenate([chunk[i] for chunk in chunks])[:count] if np.ndim(chunks[0][i]) else chunks[0][i]
@@ -482,18 +474,21 @@ def _run_batches(session: Any, inputs: BenchInputs, count: int) -> list[np.ndarr
 
 
 def _parity_and_accuracy(sessions: dict[str, Any], inputs: BenchInputs, results: dict[str, dict[str, Any]],
-                         reference: str, parity_samples: int) -> None:
-    reference_outputs = None
-    count = min(parity_samples, inputs.count)
-    for label in [reference, *(label for label in sessions if label != reference)]:
-        if label not in sessions:
-            continue
+                         job: dict[str, Any]) -> None:
+    """Parity of each tool's model against the original (onnxkit.parity, ORT optimizations off, on the same
+    samples, within the tolerance of the tool's kind), and accuracy when labels are given."""
+    from onnxkit.parity import Tolerance, compare_models
+
+    reference = job["reference"]
+    count = min(job["parity_samples"], inputs.count)
+    for label in list(sessions):
         try:
-            outputs = _run_batches(sessions[label], inputs, count)
-            if label == reference:
-                reference_outputs = outputs
-            if reference_outputs is not None:
-                results[label]["parity"] = output_metrics(reference_outputs, outputs)
+            if label != reference:
+                step = _fixed_batch(sessions[label]) or min(count, 8)
+                batches = [inputs.batch(start, step) for start in range(0, count, step)]
+                parity = compare_models(job["models"][reference], job["models"][label], batches,
+                                        tolerance=Tolerance.for_kind(job["kinds"][label])).to_dict()
+                results[label]["parity"] = {key: parity[key] for key in ("passed", "max_abs_error", "min_cosine", "summary")}
             if inputs.labels is not None:
                 predictions = _run_batches(sessions[label], inputs, inputs.count)[0]
                 correct = np.argmax(predictions.reshape(len(predictions), -1), axis=-1) == inputs.labels[:len(predictions)]
@@ -555,7 +550,7 @@ class ToolRecord:
     peak_rss_bytes: int | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
     latency: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    parity: dict[str, float] | None = None
+    parity: dict[str, Any] | None = None
     accuracy: float | None = None
     ratios: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -617,7 +612,8 @@ def summary_cells(record: ToolRecord, keys: Sequence[str]) -> list[str]:
     """One row of text cells, shared by the terminal table and RESULTS.md."""
     vs_original = record.ratios.get("vs_original", {}).get("latency", {}).get(keys[0])
     vs_peer = record.ratios.get("vs_best_peer", {}).get("latency", {}).get(keys[0])
-    result = "ok" if record.ok else "FAILED"
+    parity_failed = record.parity is not None and not record.parity.get("passed", True)
+    result = "FAILED" if not record.ok else "parity FAILED" if parity_failed else "ok"
     latency_cells = []
     for key in keys:
         entry = record.latency.get(key, {})
@@ -634,7 +630,7 @@ def summary_cells(record: ToolRecord, keys: Sequence[str]) -> list[str]:
         _fmt(vs_original, "{:.2f}×"),
         _fmt(vs_peer, "{:.2f}×"),
         _fmt(parity.get("max_abs_error"), "{:.1e}"),
-        _fmt(parity.get("cosine"), "{:.6f}"),
+        _fmt(parity.get("min_cosine"), "{:.6f}"),
         _fmt(record.accuracy, "{:.2%}"),
     ]
 
@@ -686,12 +682,16 @@ def model_op_histogram(path: Path) -> dict[str, int]:
 
 def machine_description() -> dict[str, Any]:
     """What the figures were measured on: CPU, cores, memory, and the versions of every tool."""
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), cpu)
+        flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), []))
+    except OSError:
         pass
+    # INT8 speed and accuracy depend on these: without VNNI, ORT's u8s8 kernels can saturate.
+    int8 = ", ".join(name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f")) if flag in flags) or "no AVX2"
+    int8 += ", VNNI" if flags & {"avx512_vnni", "avx_vnni"} else ", no VNNI"
     memory = None
     try:
         memory = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
@@ -706,7 +706,7 @@ def machine_description() -> dict[str, Any]:
             versions[package] = version(package)
         except Exception:
             versions[package] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": memory, "platform": platform.platform(),
+    return {"cpu": cpu, "int8": int8, "cores": os.cpu_count(), "memory_bytes": memory, "platform": platform.platform(),
             "python": platform.python_version(), "versions": versions}
 
 
@@ -730,7 +730,9 @@ def _compute_ratios(records: list[ToolRecord], reference: ToolRecord, keys: Sequ
     for record in records:
         if record.runner != "onnxkit" or not record.ok:
             continue
-        peers = [p for p in records if p.runner not in ("onnxkit", "original") and p.ok and p.klass == record.klass]
+        # A peer whose output fails parity is no standard to meet: it is left out of "best".
+        peers = [p for p in records if p.runner not in ("onnxkit", "original") and p.ok and p.klass == record.klass
+                 and (p.parity or {}).get("passed", True)]
         if not peers:
             continue
         best = {
@@ -746,7 +748,33 @@ def _compute_ratios(records: list[ToolRecord], reference: ToolRecord, keys: Sequ
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The entry point
+# The entry points
+
+
+def run_transform(tool: Tool, source: Path, output: Path, *, timeout: float, check: str = "each",
+                  dims: dict[str, int] | None = None, calibration_dir: Path | None = None,
+                  calibrate_method: str | None = None) -> ToolRecord:
+    """Run one tool on ``source`` in a child process, writing ``output``; node count and size are filled in.
+
+    ``calibrate_method`` (minmax, entropy, percentile) overrides ORT's default for ``ort-quantize-static``.
+    """
+    record = ToolRecord(tool.label, tool.runner, tool.klass, tool.spec)
+    job = {"action": "transform", "tool": dataclasses.asdict(tool), "source": str(source.resolve()),
+           "output": str(output), "check": check, "dims": dims or {}, "calibrate_method": calibrate_method,
+           "calibration_dir": str(calibration_dir) if calibration_dir is not None else None}
+    outcome = run_child(job, output.parent, output.stem, timeout)
+    record.process_seconds = outcome.wall_seconds
+    record.peak_rss_bytes = outcome.peak_rss_bytes
+    if outcome.error is not None or not output.exists():
+        record.ok, record.error = False, outcome.error or "the tool wrote no model"
+        return record
+    assert outcome.result is not None
+    record.transform_seconds = outcome.result["seconds"]
+    record.notes = outcome.result["notes"]
+    record.op_histogram = model_op_histogram(output)
+    record.nodes = sum(record.op_histogram.values())
+    record.file_bytes = model_file_bytes(output)
+    return record
 
 
 def run_bench(
@@ -801,33 +829,21 @@ def run_bench(
         outputs: dict[str, str] = {"original": str(source)}
         for index, tool in enumerate(tools):
             say(f"{source.name}: {tool.label}")
-            record = ToolRecord(tool.label, tool.runner, tool.klass, tool.spec)
-            records.append(record)
             output = work / f"{index:02d}-{tool.runner}.onnx"
-            job = {"action": "transform", "tool": dataclasses.asdict(tool), "source": str(source.resolve()),
-                   "output": str(output), "check": check, "dims": dims or {},
-                   "calibration_dir": str(calibration_dir) if calibration_dir and tool.klass == "static" else None}
-            outcome = run_child(job, work, f"{index:02d}-{tool.runner}", timeout)
-            record.process_seconds = outcome.wall_seconds
-            record.peak_rss_bytes = outcome.peak_rss_bytes
-            if outcome.error is not None or not output.exists():
-                record.ok, record.error = False, outcome.error or "the tool wrote no model"
-                continue
-            assert outcome.result is not None
-            record.transform_seconds = outcome.result["seconds"]
-            record.notes = outcome.result["notes"]
-            outputs[tool.label] = str(output)
+            records.append(run_transform(tool, source, output, timeout=timeout, check=check, dims=dims,
+                                         calibration_dir=calibration_dir if tool.klass == "static" else None))
+            if records[-1].ok:
+                outputs[tool.label] = str(output)
 
-        for record in records:
-            if record.ok:
-                path = Path(outputs[record.label])
-                record.op_histogram = model_op_histogram(path)
-                record.nodes = sum(record.op_histogram.values())
-                record.file_bytes = model_file_bytes(path)
+        reference.op_histogram = model_op_histogram(source)
+        reference.nodes = sum(reference.op_histogram.values())
+        reference.file_bytes = model_file_bytes(source)
 
         if measure:
             say(f"{source.name}: measuring {len(outputs)} models")
+            kinds = {r.label: "exact" if r.klass in ("exact", "reference") else "lossy" for r in records}
             job = {"action": "measure", "models": outputs, "reference": "original", "inputs": str(inputs_path),
+                   "kinds": kinds,
                    "threads": threads, "batch_sizes": list(batch_sizes), "repeats": repeats, "warmup": warmup,
                    "parity_samples": PARITY_SAMPLES}
             outcome = run_child(job, work, "measure", timeout * 2)

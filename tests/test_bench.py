@@ -63,11 +63,12 @@ def test_bench_cli_writes_real_figures_for_every_tool(tmp_path: Path) -> None:
     for label, record in records.items():
         assert record["ok"], (label, record["error"])
         assert record["accuracy"] == 1.0  # labels are the original's own predictions
-        assert record["parity"]["cosine"] > 0.99999 and record["parity"]["max_abs_error"] < 1e-4
         for key in ("b1-t1", "b4-t1"):
             latency = record["latency"][key]
             assert latency["runs"] == 3 and 0 < latency["p50_ms"] <= latency["p90_ms"]
         if label != "original":
+            parity = record["parity"]
+            assert parity["passed"] and parity["min_cosine"] > 0.99999 and parity["max_abs_error"] < 1e-4
             assert record["transform_seconds"] > 0 and record["peak_rss_bytes"] > 10 * 2**20
             assert record["ratios"]["vs_original"]["nodes"] == record["nodes"] / original["nodes"]
     # The Identity goes, whoever removes it, and the report says how onnxkit compares with the better peer.

@@ -1,0 +1,95 @@
+"""``python -m benchmarks``: the whole suite, one command. ``--quick`` is the CI smoke subset.
+
+The full run writes ``benchmarks/results.json``, ``benchmarks/RESULTS.md`` and ``benchmarks/plots/*.png``;
+the quick run writes the same files under ``benchmarks/results/quick/`` (ignored by git), so a CI run
+never overwrites the published figures.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+HERE = Path(__file__).parent
+
+
+def _step(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one suite step; a step that breaks becomes an error entry in the results, not a dead suite."""
+    from onnxkit.bench import first_error_line
+
+    try:
+        return run()
+    except Exception as e:
+        return {"error": f"{name} failed: {first_error_line(e)}"}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--quick", is_flag=True, help="Small models, few repeats, one thread: the CI smoke test.")
+@click.option("--scale", is_flag=True, help="Also run the >2 GB external-data model (needs ~8 GB free RAM, ~8 GB disk).")
+@click.option("--model", "only", multiple=True, help="Only these models (repeatable); see benchmarks/models.py.")
+@click.option("--skip-extras", is_flag=True, help="Skip calibration memory and training-loop overhead.")
+@click.option("--out", type=click.Path(path_type=Path), help="Where to write results (default: see above).")
+def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out: Path | None) -> None:
+    """Benchmark onnxkit against onnxsim, onnxslim, onnxoptimizer and ONNX Runtime on the suite's models."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from benchmarks import measure, report
+    from benchmarks.models import BUILDERS, QUICK_MODELS
+    from benchmarks.peers import peer_versions
+    from onnxkit.bench import machine_description
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch export and training: stay off the other core
+    names = list(only) or list(QUICK_MODELS if quick else BUILDERS)
+    unknown = [n for n in names if n not in BUILDERS]
+    if unknown:
+        raise click.BadParameter(f"unknown model(s) {unknown}; choose from {list(BUILDERS)}", param_hint="--model")
+    out = out or (HERE / "results" / "quick" if quick else HERE)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = measure.SuiteSettings.for_run(quick)
+    steps = len(names) + (0 if skip_extras else 2) + int(scale)
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "settings": {"quick": quick, "repeats": settings.repeats, "warmup": settings.warmup,
+                     "timeout_s": settings.timeout},
+        "machine": machine_description(), "peer_versions": peer_versions(), "pipelines": list(measure.PIPELINES),
+        "models": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="onnxkit-suite-") as scratch, \
+            Progress(TextColumn("{task.description:<48}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                     TimeElapsedColumn()) as progress:
+        task = progress.add_task("benchmarks", total=steps)
+        say = lambda line: progress.update(task, description=line[:48])  # noqa: E731
+        work = Path(scratch)
+        for name in names:
+            say(name)
+            results["models"].append(measure.bench_model(name, work / name, settings, progress=say))
+            progress.advance(task)
+        if not skip_extras:
+            say("calibration memory")
+            results["calibration"] = _step("calibration memory",
+                                           lambda: measure.calibration_memory(work / "calibration", settings, say))
+            progress.advance(task)
+            say("training-loop overhead")
+            results["training"] = _step("training-loop overhead", lambda: measure.training_overhead(settings))
+            progress.advance(task)
+        if scale:
+            results["scale"] = _step("scale", lambda: measure.scale_test(work / "scale", progress=say))
+            progress.advance(task)
+    results["seconds"] = time.perf_counter() - started
+
+    report.write_json(results, out / "results.json")
+    plots = report.write_plots(results, out / "plots")
+    report.write_markdown(results, out / "RESULTS.md", [str(p.relative_to(out)) for p in plots])
+    click.echo(f"wrote {out / 'RESULTS.md'}, {out / 'results.json'} and {len(plots)} plots "
+               f"in {results['seconds'] / 60:.1f} min")
+
+
+main()

@@ -1,0 +1,223 @@
+"""The suite's measurements: models × pipelines × peers, scale, calibration memory, training-loop overhead.
+
+Every step returns plain JSON-able dicts, and a step that cannot run (a piece of onnxkit not there yet, a
+model that fails to build, too little memory) returns its error instead of stopping the suite, so the
+results page shows it as a failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit.bench import (
+    BenchInputs,
+    Tool,
+    first_error_line,
+    run_bench,
+    run_transform,
+)
+
+PIPELINES = (
+    "simplify,fuse",
+    "simplify,fuse,quantize{mode=dynamic}",
+    "simplify,fuse,quantize{mode=static}",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteSettings:
+    quick: bool
+    repeats: int
+    warmup: int
+    timeout: float
+    threads: tuple[int, ...] | None = None  # None: 1 and all cores
+
+    @classmethod
+    def for_run(cls, quick: bool) -> SuiteSettings:
+        # The quick subset is a smoke test for CI (two cores, a few minutes): its timings are not for quoting.
+        return cls(quick=quick, repeats=5 if quick else 20, warmup=1 if quick else 3, timeout=300 if quick else 1200,
+                   threads=(1,) if quick else None)
+
+
+def bench_model(name: str, folder: Path, settings: SuiteSettings, progress: Any = None) -> dict[str, Any]:
+    """Build one model and benchmark every pipeline and peer on it."""
+    from benchmarks.models import BUILDERS
+
+    started = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        model = BUILDERS[name](folder, settings.quick)
+    except Exception as e:  # a model that cannot be built is a failed row, not a failed suite
+        return {"name": name, "error": f"building the model failed: {first_error_line(e)}"}
+    report = run_bench(model.path, list(PIPELINES), data=model.data, batch_sizes=model.batch_sizes,
+                       threads=settings.threads, repeats=settings.repeats, warmup=settings.warmup,
+                       timeout=settings.timeout, progress=progress)
+    return {"name": name, "description": model.description, "report": report.to_dict(),
+            "seconds": time.perf_counter() - started}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scale: a model over 2 GB with external data
+
+
+SCALE_HIDDEN = 4096
+
+
+def generate_large_model(path: Path, target_bytes: int, hidden: int = SCALE_HIDDEN) -> dict[str, Any]:
+    """A chain of ``MatMul → Add → Relu`` blocks whose weights fill ``target_bytes`` of external data.
+
+    Weights are written to the data file one block at a time, so generating it never holds more than
+    one weight in memory. Each bias is the sum of two constants (something to fold) and each block ends
+    in an Identity (something to remove), so the simplifiers have real work across the whole file.
+    """
+    block_bytes = hidden * hidden * 4
+    blocks = math.ceil(target_bytes / block_bytes)
+    data_name = path.name + ".data"
+    rng = np.random.default_rng(0)
+    nodes, initializers = [], []
+    offset, current = 0, "x"
+    with open(path.parent / data_name, "wb") as data:
+        for i in range(blocks):
+            weight = (rng.standard_normal((hidden, hidden), dtype=np.float32) / np.sqrt(hidden)).astype(np.float32)
+            data.write(weight.tobytes())
+            tensor = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[hidden, hidden],
+                                 data_location=TensorProto.EXTERNAL)
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(block_bytes))):
+                tensor.external_data.add(key=key, value=value)
+            offset += block_bytes
+            initializers += [tensor,
+                             numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32) * 0.01, f"bias_a{i}"),
+                             numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32) * 0.01, f"bias_b{i}")]
+            nodes += [
+                helper.make_node("Add", [f"bias_a{i}", f"bias_b{i}"], [f"bias{i}"]),
+                helper.make_node("MatMul", [current, f"w{i}"], [f"mm{i}"]),
+                helper.make_node("Add", [f"mm{i}", f"bias{i}"], [f"pre{i}"]),
+                helper.make_node("Relu", [f"pre{i}"], [f"act{i}"]),
+                helper.make_node("Identity", [f"act{i}"], [f"out{i}"]),
+            ]
+            current = f"out{i}"
+    nodes.append(helper.make_node("Identity", [current], ["y"]))
+    graph = helper.make_graph(nodes, "scale", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", hidden])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", hidden])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxkit.benchmarks")
+    model.ir_version = 8
+    onnx.save(model, str(path))  # the weights are already external: this writes the small graph only
+    return {"blocks": blocks, "hidden": hidden, "data_bytes": offset, "nodes": len(nodes)}
+
+
+def available_memory_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def scale_test(folder: Path, target_bytes: int = int(2.3 * 2**30), progress: Any = None) -> dict[str, Any]:
+    """onnxkit's ``simplify,fuse`` against onnxsim and onnxslim on a generated >2 GB external-data model.
+
+    Wall time and peak memory only (no latency). onnxkit runs with ``check=off``, as the peers check
+    nothing either. A tool starts only with at least three times the model's size in free memory, so this
+    test cannot push a shared machine into swapping or the OOM killer.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "scale.onnx"
+    if progress:
+        progress(f"scale: generating a {target_bytes / 2**30:.1f} GB model")
+    started = time.perf_counter()
+    shape = generate_large_model(source, target_bytes)
+    result: dict[str, Any] = {"model": shape, "generate_seconds": time.perf_counter() - started, "tools": []}
+    tools = [Tool("onnxkit", "onnxkit", "exact", "simplify,fuse"), Tool("onnxsim", "onnxsim", "exact"),
+             Tool("onnxslim", "onnxslim", "exact")]
+    for tool in tools:
+        free = available_memory_bytes()
+        if free is not None and free < 3 * shape["data_bytes"]:
+            result["tools"].append({"label": tool.label, "ok": False,
+                                    "error": f"skipped: {free / 2**30:.1f} GB free, needs {3 * shape['data_bytes'] / 2**30:.1f} GB"})
+            continue
+        if progress:
+            progress(f"scale: {tool.label}")
+        output = folder / f"scale-{tool.runner}.onnx"
+        record = run_transform(tool, source, output, timeout=3600, check="off")
+        result["tools"].append(dataclasses.asdict(record))
+        for produced in folder.glob(f"scale-{tool.runner}.onnx*"):
+            produced.unlink()  # two more copies of 2 GB would only fill the disk
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Calibration memory: does memory grow with the number of calibration samples?
+
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def calibration_memory(folder: Path, settings: SuiteSettings, progress: Any = None) -> dict[str, Any]:
+    """Peak memory and time of static quantization, onnxkit vs ORT's ``quantize_static``, per method,
+    at a small and a large number of calibration samples (64 and 1,024; 16 and 64 in the quick run)."""
+    from benchmarks.models import build_mobilenetv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = build_mobilenetv2(folder, quick=True)  # 32×32 images: ORT's calibrators keep every activation
+    counts = (16, 64) if settings.quick else (64, 1024)
+    methods = CALIBRATION_METHODS[:2] if settings.quick else CALIBRATION_METHODS
+    image = np.load(model.data)["image"]
+    rng = np.random.default_rng(1)
+    samples = BenchInputs({"image": rng.standard_normal((max(counts), *image.shape[1:])).astype(np.float32)})
+    rows = []
+    for count in counts:
+        with tempfile.TemporaryDirectory(dir=folder) as scratch:
+            calibration_dir = Path(scratch) / "samples"
+            samples.write_samples(calibration_dir, count)
+            for method in methods:
+                tools = [(Tool("onnxkit", "onnxkit", "static", f"quantize{{mode=static,calib={method},samples={count}}}"), None),
+                         (Tool("ort-quantize-static", "ort-quantize", "static"), method)]
+                for tool, ort_method in tools:
+                    if progress:
+                        progress(f"calibration: {tool.label} {method} × {count}")
+                    record = run_transform(tool, model.path, Path(scratch) / f"{tool.runner}-{method}.onnx",
+                                           timeout=settings.timeout, check="off", calibration_dir=calibration_dir,
+                                           calibrate_method=ort_method)
+                    rows.append({"tool": tool.label, "method": method, "samples": count, "ok": record.ok,
+                                 "error": record.error, "peak_rss_bytes": record.peak_rss_bytes,
+                                 "seconds": record.transform_seconds})
+    return {"model": model.description, "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training-loop overhead
+
+
+def training_overhead(settings: SuiteSettings) -> dict[str, Any]:
+    """Seconds per epoch of ``onnxkit.train.Trainer`` against a plain hand-written loop, same model, data,
+    optimizer and batch size, one thread. Each is timed three times, alternating; medians are compared."""
+    import torch
+
+    from benchmarks.models import hand_written_epoch, trainer_epoch
+    from onnxkit import zoo
+
+    torch.set_num_threads(1)
+    splits = zoo.load_digits_splits()
+    epochs = 1 if settings.quick else 3
+    times: dict[str, list[float]] = {"trainer": [], "hand-written": []}
+    for _ in range(3):
+        for name, run_epochs in (("trainer", trainer_epoch), ("hand-written", hand_written_epoch)):
+            torch.manual_seed(0)
+            model = zoo.BatchNormCNN(image_size=splits.image_size)
+            started = time.perf_counter()
+            run_epochs(model, splits, epochs)
+            times[name].append((time.perf_counter() - started) / epochs)
+    medians = {name: float(np.median(values)) for name, values in times.items()}
+    return {"seconds_per_epoch": medians, "ratio": medians["trainer"] / medians["hand-written"],
+            "epochs": epochs, "train_samples": len(splits.train)}

@@ -1,0 +1,286 @@
+"""Turn the suite's results into ``results.json``, ``RESULTS.md`` and PNG plots.
+
+RESULTS.md is generated, never edited by hand: the causes of known gaps that need a human explanation
+live in ``GAP_CAUSES`` below, and the mechanical part of each cause (which ops the better peer removed
+that onnxkit kept) is computed from the op histograms.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.peers import PEER_DESCRIPTIONS
+from onnxkit.bench import BenchReport, ToolRecord, format_bytes, summary_cells, summary_headers
+
+# A latency ratio within this much of 1 is a tie: the spread between repeated runs on these shared
+# machines is of that order (compare the p50 and p90 columns).
+LATENCY_NOISE = 0.05
+
+# Causes that the op histograms cannot tell, keyed by (pipeline label prefix, model) or (label, "*").
+# Filled in from the analysis of each run; a gap without an entry still shows its op-count difference.
+GAP_CAUSES: dict[tuple[str, str], str] = {}
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gaps
+
+
+def _ops_peer_removed(mine: ToolRecord, peer: ToolRecord) -> str:
+    """Which ops onnxkit's model has more of than the peer's, e.g. 'Transpose +12, Reshape +4'."""
+    deltas = {op: count - peer.op_histogram.get(op, 0) for op, count in mine.op_histogram.items()}
+    deltas.update({op: -count for op, count in peer.op_histogram.items() if op not in mine.op_histogram})
+    more = [f"{op} +{d}" for op, d in sorted(deltas.items(), key=lambda item: -item[1]) if d > 0]
+    fewer = [f"{op} {d}" for op, d in sorted(deltas.items(), key=lambda item: item[1]) if d < 0]
+    text = "onnxkit has " + (", ".join(more) or "no op in excess")
+    return text + (f"; fewer {', '.join(fewer)}" if fewer else "")
+
+
+def known_gaps(model_name: str, report: BenchReport) -> list[str]:
+    """Every place an onnxkit pipeline is worse than the best peer of its class, or failed."""
+    gaps = []
+    keys = report.latency_keys
+    for record in report.tools:
+        if record.runner != "onnxkit":
+            continue
+        cause = GAP_CAUSES.get((record.label, model_name)) or GAP_CAUSES.get((record.label, "*"))
+        suffix = f" Cause: {cause}" if cause else ""
+        if not record.ok:
+            gaps.append(f"**{model_name} / {record.label}**: failed: {record.error}.{suffix}")
+            continue
+        vs_peer = record.ratios.get("vs_best_peer")
+        if not vs_peer:
+            continue
+        best = record.ratios["best_peer"]
+        if (vs_peer.get("nodes") or 0) > 1:
+            peer = report.tool(best["nodes"])
+            gaps.append(f"**{model_name} / {record.label}**: {record.nodes} nodes vs {peer.nodes} for {peer.label} "
+                        f"({_ops_peer_removed(record, peer)}).{suffix}")
+        for key in keys:
+            ratio = vs_peer["latency"].get(key)
+            if ratio is not None and ratio > 1:
+                peer = report.tool(best["latency"][key])
+                noise = " (within noise)" if ratio <= 1 + LATENCY_NOISE else ""
+                gaps.append(f"**{model_name} / {record.label}**: latency {key} is {ratio:.2f}× {peer.label}'s"
+                            f"{noise} ({_ops_peer_removed(record, peer)}).{suffix}")
+    return gaps
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    escape = lambda cell: str(cell).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *("| " + " | ".join(escape(c) for c in row) + " |" for row in rows)]
+
+
+def _machine_lines(machine: dict[str, Any]) -> list[str]:
+    versions = ", ".join(f"{name} {v}" for name, v in machine["versions"].items() if v)
+    memory = format_bytes(machine["memory_bytes"]) if machine.get("memory_bytes") else "?"
+    return [f"- CPU: {machine['cpu']}, {machine['cores']} cores visible, {memory} RAM; {machine.get('int8', '')}",
+            f"- {machine['platform']}, Python {machine['python']}", f"- {versions}"]
+
+
+def _headline_rows(models: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for entry in models:
+        if "report" not in entry:
+            rows.append([entry["name"], "—", "model not built", "", "", ""])
+            continue
+        report = BenchReport.from_dict(entry["report"])
+        keys = report.latency_keys
+        for record in report.tools:
+            if record.runner != "onnxkit":
+                continue
+            vs_original = record.ratios.get("vs_original", {})
+            vs_peer = record.ratios.get("vs_best_peer", {})
+            best = record.ratios.get("best_peer", {})
+            rows.append([
+                entry["name"], record.spec or "", "ok" if record.ok else f"FAILED: {record.error}",
+                _ratio(vs_original.get("nodes")) + " / " + _ratio(vs_peer.get("nodes"))
+                + (f" ({best.get('nodes')})" if best.get("nodes") else ""),
+                " · ".join(_ratio(vs_original.get("latency", {}).get(k)) for k in (keys[0], keys[-1])),
+                " · ".join(_ratio(vs_peer.get("latency", {}).get(k)) for k in (keys[0], keys[-1])),
+            ])
+    return rows
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def write_markdown(results: dict[str, Any], path: Path, plots: Sequence[str]) -> None:
+    settings = results["settings"]
+    lines = [
+        "# onnxkit benchmark results",
+        "",
+        f"Generated by `python -m benchmarks{' --quick' if settings['quick'] else ''}` on {results['date']}"
+        f" in {results['seconds'] / 60:.0f} min. Do not edit: rerun the suite.",
+        "These machines are shared and noisy: read medians and ratios taken side by side in one run, not lone times."
+        " Latency: ONNX Runtime CPU, default session options (ORT_ENABLE_ALL), median (p50) and p90 of "
+        f"{settings['repeats']} interleaved runs after {settings['warmup']} warm-up runs, per batch size (b) and "
+        "intra-op threads (t). Peak memory: the transforming process's peak resident set (VmHWM), interpreter and "
+        "imports included.",
+        "",
+        "## Machine",
+        "",
+        *_machine_lines(results["machine"]),
+        "",
+        "## Tools",
+        "",
+        "- onnxkit pipelines: " + ", ".join(f"`{p}`" for p in results["pipelines"]) + " (parity checked after each pass)",
+        *(f"- {name} ({results['peer_versions'].get(name) or 'not installed'}): {text}"
+          for name, text in PEER_DESCRIPTIONS.items()),
+        "",
+        "Each onnxkit pipeline is compared with the best peer of its class: `simplify,fuse` with the float tools "
+        "(onnxsim, onnxslim, onnxoptimizer, ort-basic, ort-extended), the quantizing pipelines with ORT's plain "
+        "quantizer in the same mode.",
+        "",
+        "## Headline",
+        "",
+        "Ratios below 1 are better. Latency columns: batch 1 on one thread · the largest batch on all threads.",
+        "",
+        *_table(["model", "pipeline", "result", "nodes × original / × best peer", "latency × original",
+                 "latency × best peer"], _headline_rows(results["models"])),
+        "",
+    ]
+    lines += [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+    lines += ["## Known gaps", ""]
+    gaps = []
+    for entry in results["models"]:
+        if "report" in entry:
+            gaps += known_gaps(entry["name"], BenchReport.from_dict(entry["report"]))
+        else:
+            gaps.append(f"**{entry['name']}**: {entry['error']}")
+    lines += [f"- {gap}" for gap in gaps] or ["None: onnxkit matches or beats the best peer everywhere."]
+    lines += ["", "## Every model × tool", ""]
+    for entry in results["models"]:
+        lines += [f"### {entry['name']}", ""]
+        if "report" not in entry:
+            lines += [f"Not measured: {entry['error']}", ""]
+            continue
+        report = BenchReport.from_dict(entry["report"])
+        keys = report.latency_keys
+        lines += [entry["description"], ""]
+        rows = []
+        for record in report.tools:
+            cells = summary_cells(record, keys)
+            if not record.ok:
+                cells[1] = f"FAILED: {record.error}"
+            rows.append(cells)
+        lines += _table(summary_headers(keys), rows) + [""]
+        lines += [f"- note: {note}" for note in report.notes]
+        lines += [""]
+    lines += _scale_section(results.get("scale")) + _calibration_section(results.get("calibration"))
+    lines += _training_section(results.get("training"))
+    path.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def _scale_section(scale: dict[str, Any] | None) -> list[str]:
+    lines = ["## Scale: a model over 2 GB with external data", ""]
+    if scale is None:
+        return lines + ["Not run (it is opt-in: `python -m benchmarks --scale`).", ""]
+    if "error" in scale:
+        return lines + [f"Failed: {scale['error']}", ""]
+    shape = scale["model"]
+    lines += [f"{shape['blocks']} blocks of MatMul {shape['hidden']}×{shape['hidden']} + Add + Relu + Identity, "
+              f"{format_bytes(shape['data_bytes'])} of external data, {shape['nodes']} nodes. onnxkit ran "
+              "`simplify,fuse` with parity checks off, as the peers check nothing.", ""]
+    rows = [[t["label"], "ok" if t["ok"] else f"FAILED: {t['error']}", str(t.get("nodes") or "—"),
+             _seconds(t.get("transform_seconds")), _seconds(t.get("process_seconds")),
+             format_bytes(t.get("peak_rss_bytes"))] for t in scale["tools"]]
+    return lines + _table(["tool", "result", "nodes", "transform", "process wall", "peak memory"], rows) + [""]
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f} s"
+
+
+def _calibration_section(calibration: dict[str, Any] | None) -> list[str]:
+    lines = ["## Calibration memory", ""]
+    if calibration is None:
+        return lines + ["Not run.", ""]
+    if "error" in calibration:
+        return lines + [f"Failed: {calibration['error']}", ""]
+    lines += [f"Static quantization of the {calibration['model']}: peak memory of the whole process at "
+              "two calibration-set sizes.", ""]
+    rows = [[r["tool"], r["method"], str(r["samples"]), "ok" if r["ok"] else f"FAILED: {r['error']}",
+             format_bytes(r["peak_rss_bytes"]), _seconds(r["seconds"])] for r in calibration["rows"]]
+    return lines + _table(["tool", "method", "samples", "result", "peak memory", "time"], rows) + [""]
+
+
+def _training_section(training: dict[str, Any] | None) -> list[str]:
+    lines = ["## Training-loop overhead", ""]
+    if training is None:
+        return lines + ["Not run.", ""]
+    if "error" in training:
+        return lines + [f"Failed: {training['error']}", ""]
+    per_epoch = training["seconds_per_epoch"]
+    return lines + [
+        f"`onnxkit.train.Trainer` against a hand-written loop (same model, data, optimizer, batch size; one thread; "
+        f"{training['train_samples']} digits per epoch; median of 3 alternating runs): "
+        f"**{training['ratio']:.2f}×** the hand-written loop's time per epoch "
+        f"({per_epoch['trainer']:.3f} s vs {per_epoch['hand-written']:.3f} s).", ""]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plots
+
+
+def write_plots(results: dict[str, Any], folder: Path) -> list[Path]:
+    """Latency ratio and size ratio against the original, one panel per model, one bar per tool."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reports = [(entry["name"], BenchReport.from_dict(entry["report"])) for entry in results["models"] if "report" in entry]
+    if not reports:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for metric, title, pick in (
+        ("latency", "latency ÷ original (p50, batch 1, 1 thread); lower is better",
+         lambda r, keys: r.ratios.get("vs_original", {}).get("latency", {}).get(keys[0])),
+        ("size", "file size ÷ original; lower is better",
+         lambda r, keys: r.ratios.get("vs_original", {}).get("file_bytes")),
+    ):
+        columns = min(len(reports), 4)
+        rows = (len(reports) + columns - 1) // columns
+        figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), squeeze=False)
+        for axis, (name, report) in zip(axes.flat, reports):
+            tools = [r for r in report.tools if r.label != "original"]
+            values = [pick(r, report.latency_keys) for r in tools]
+            colors = ["tab:blue" if r.runner == "onnxkit" else "tab:gray" for r in tools]
+            axis.barh([_short(r.label) for r in tools], [v or 0 for v in values], color=colors)
+            for y, value in enumerate(values):
+                axis.text(value or 0, y, " failed" if value is None else f" {value:.2f}", va="center", fontsize=6)
+            axis.axvline(1.0, color="black", linewidth=0.6)
+            axis.set_title(name, fontsize=8)
+            axis.tick_params(labelsize=6)
+            axis.invert_yaxis()
+        for axis in list(axes.flat)[len(reports):]:
+            axis.axis("off")
+        figure.suptitle(title, fontsize=9)
+        figure.tight_layout()
+        path = folder / f"{metric}.png"
+        figure.savefig(path, dpi=80)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def _short(label: str) -> str:
+    """``onnxkit[simplify,fuse,quantize{mode=static}]`` → ``onnxkit static``: labels that fit a plot."""
+    if not label.startswith("onnxkit["):
+        return label
+    mode = "static" if "mode=static" in label else "dynamic" if "mode=dynamic" in label else "float"
+    return f"onnxkit {mode}"

@@ -907,6 +907,8 @@ def load_dataset(source: Any, *, batch_size: int | None = None) -> Dataset:
         return source if batch_size is None else rebatch(source, batch_size)
     if isinstance(source, (str, Path)):
         path = Path(source)
+        if not path.exists():
+            raise DataError(f"no such data file or folder: {path}")
         if path.is_dir():
             if OnnxTestDataset.is_test_layout(path):
                 return OnnxTestDataset(path, batch_size=batch_size)
@@ -915,8 +917,6 @@ def load_dataset(source: Any, *, batch_size: int | None = None) -> Dataset:
             return FolderDataset(path, batch_size=batch_size)
         if path.suffix in (".npz", ".npy"):
             return NpzDataset(path, batch_size=batch_size)
-        if not path.exists():
-            raise DataError(f"no such data file or folder: {path}")
         raise DataError(f"cannot read data from {path}",
                         hint="give an .npz, an .npy, or a folder of them, of images, or in the ONNX test layout")
     if type(source).__module__.startswith("torch.utils.data") or _is_torch_dataset(source):

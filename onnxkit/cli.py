@@ -391,12 +391,14 @@ def bench(model: Path, specs: tuple[str, ...], data_path: Path | None, peers: st
 @click.option("--dynamic-axis", "dynamic_axes", multiple=True, help="NAME=AXIS:DIM[,AXIS:DIM], e.g. input_ids=0:batch,1:seq.")
 @click.option("--dynamo/--no-dynamo", default=None, help="Pick the exporter (default: dynamo, falling back to TorchScript).")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset version.")
-@click.option("--atol", type=float, default=1e-4, show_default=True, help="Largest absolute error ONNX Runtime may show against torch.")
-@click.option("--verify/--no-verify", default=True, show_default=True, help="Compare ONNX Runtime with torch after export.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Compare ONNX Runtime with torch after export (default tolerance: atol 1e-4, rtol 1e-3).")
+@tolerance_options
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export_command(spec: str, output: Path, state_dict: Path | None, input_shapes: tuple[str, ...], sample: Path | None,
                    output_names: str | None, dynamic_batch: bool, dynamic_axes: tuple[str, ...], dynamo: bool | None,
-                   opset: int, atol: float, verify: bool, as_json: bool) -> None:
+                   opset: int, verify: bool, atol: float | None, rtol: float | None, min_cosine: float | None,
+                   min_sqnr: float | None, min_top1: float | None, as_json: bool) -> None:
     """Export a PyTorch model, built by SPEC (package.module:factory), to ONNX and verify it in ONNX Runtime.
 
     \b
@@ -416,7 +418,8 @@ def export_command(spec: str, output: Path, state_dict: Path | None, input_shape
     model, report = exporting.export_model(
         module, inputs, output_names=[n.strip() for n in output_names.split(",")] if output_names else None,
         dynamic_axes=dict(exporting.parse_dynamic_axis(text) for text in dynamic_axes),
-        dynamic_batch=dynamic_batch, dynamo=dynamo, opset=opset, verify=verify, atol=atol,
+        dynamic_batch=dynamic_batch, dynamo=dynamo, opset=opset, verify=verify,
+        tolerance=tolerance_overrides(atol=atol, rtol=rtol, min_cosine=min_cosine, min_sqnr=min_sqnr, min_top1=min_top1),
     )
     save_model(model, output)
     if as_json:

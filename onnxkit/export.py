@@ -38,12 +38,11 @@ import onnx
 import onnx_ir as ir
 import torch
 
-from onnxkit import modelio
+from onnxkit import modelio, parity
 from onnxkit.errors import DataError, ExportError, ParityError, SpecError
 
 Exporter = Literal["dynamo", "torchscript"]
 DEFAULT_OPSET = 18
-DEFAULT_ATOL = 1e-4
 DynamicAxes = Mapping[str, Mapping[int, str] | Sequence[int]]
 
 # How a user gets past an operator that an exporter cannot translate; {namespace} and {op} are filled in.
@@ -57,22 +56,38 @@ WAY_OUT: dict[Exporter, str] = {
 
 @dataclasses.dataclass
 class ExportCheck:
-    """ONNX Runtime against torch on one set of input shapes."""
+    """ONNX Runtime against torch on one set of input shapes, output by output, in parity's metrics."""
 
     shapes: dict[str, list[int]]
-    max_abs_error: float = float("nan")
-    max_rel_error: float = float("nan")
-    min_cosine: float = float("nan")
-    passed: bool = False
+    outputs: list[parity.OutputReport] = dataclasses.field(default_factory=list)
     error: str | None = None  # why ONNX Runtime could not run these inputs
 
-    def describe(self) -> str:
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(output.passed for output in self.outputs)
+
+    @property
+    def max_abs_error(self) -> float:
+        return max((output.max_abs_error for output in self.outputs), default=0.0)
+
+    def describe(self, tolerance: parity.Tolerance) -> str:
+        """``parity at image[4x1x8x8]: max abs 2.4e-07, ..., cosine 1.000000 (ok)``; on failure, what failed
+        and the tolerance that would have passed."""
         shapes = ", ".join(f"{name}[{'x'.join(map(str, shape))}]" for name, shape in self.shapes.items())
         if self.error is not None:
-            return f"parity at {shapes}: ONNX Runtime failed: {self.error}"
-        verdict = "ok" if self.passed else "FAILED"
-        return (f"parity at {shapes}: max abs error {self.max_abs_error:.2g}, max rel error "
-                f"{self.max_rel_error:.2g}, cosine {self.min_cosine:.6f} ({verdict})")
+            return f"parity at {shapes}: {self.error}"
+        worst = max(self.outputs, key=lambda output: (not output.passed, output.max_abs_error))
+        named = f"output '{worst.name}': " if len(self.outputs) > 1 else ""
+        line = f"parity at {shapes}: {named}{worst.metrics_text()}"
+        if self.passed:
+            return f"{line} (ok)"
+        needs = worst.would_pass_text(tolerance.for_output(worst.name))
+        return f"{line} (FAILED: {'; '.join(worst.errors + worst.failures)}" + (
+            f"; would pass with {needs})" if needs else ")")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shapes": self.shapes, "passed": self.passed, "error": self.error,
+                "outputs": [output.to_dict() for output in self.outputs]}
 
 
 @dataclasses.dataclass
@@ -87,7 +102,7 @@ class ExportReport:
     dynamic_axes: dict[str, dict[int, str]]
     seconds: float
     fallback_reason: str | None = None
-    atol: float = DEFAULT_ATOL
+    tolerance: parity.Tolerance = dataclasses.field(default_factory=lambda: parity.Tolerance.for_kind("exact"))
     checks: list[ExportCheck] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
 
@@ -95,18 +110,25 @@ class ExportReport:
     def verified(self) -> bool:
         return bool(self.checks) and all(check.passed for check in self.checks)
 
+    @property
+    def max_abs_error(self) -> float:
+        return max((check.max_abs_error for check in self.checks), default=0.0)
+
     def lines(self) -> list[str]:
         """Human-readable lines: exporter, fallback, and one line per parity check."""
         lines = [f"exported with the {self.exporter} exporter (opset {self.opset}) in {self.seconds:.1f} s"]
         if self.fallback_reason:
             lines.append(f"fell back to torchscript because the dynamo exporter failed: {self.fallback_reason}")
-        if not any(axis for axis in self.dynamic_axes.values()):
-            lines.append("all shapes static: verified at the example shapes only")
-        lines.extend(check.describe() for check in self.checks)
+        if self.checks and not any(self.dynamic_axes.get(name) for name in self.input_names):
+            lines.append("all input shapes static: verified at the example shapes only")
+        lines.extend(check.describe(self.tolerance) for check in self.checks)
         return lines
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        data.update(tolerance=self.tolerance.to_dict(), checks=[check.to_dict() for check in self.checks],
+                    verified=self.verified)
+        return data
 
 
 def export_model(
@@ -120,7 +142,7 @@ def export_model(
     dynamo: bool | None = None,
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
-    atol: float = DEFAULT_ATOL,
+    tolerance: parity.Tolerance | Mapping[str, float | None] | None = None,
     custom_translation_table: Mapping[Callable[..., Any], Callable[..., Any]] | None = None,
 ) -> tuple[ir.Model, ExportReport]:
     """Export ``module`` called on ``example_inputs`` to an ``onnx_ir.Model``.
@@ -131,9 +153,12 @@ def export_model(
     ``dynamic_axes`` maps input and output names to ``{axis: dim name}`` (or a list of axes);
     ``dynamic_batch`` makes axis 0 of every input and output a dimension named ``batch``.
     ``dynamo`` picks the exporter: True, False, or None to try dynamo first and fall back to TorchScript.
-    With ``verify`` the result is run in ONNX Runtime and compared with torch; a max absolute error
-    above ``atol`` raises ``ParityError``. Export failures raise ``ExportError``.
+    With ``verify`` the result runs in ONNX Runtime and is compared with torch within ``tolerance``
+    (default: the exact kind's, atol 1e-4 and rtol 1e-3; a mapping overrides those fields); a mismatch
+    raises ``ParityError``. Export failures raise ``ExportError``.
     """
+    if not isinstance(tolerance, parity.Tolerance):
+        tolerance = dataclasses.replace(parity.Tolerance.for_kind("exact"), **dict(tolerance or {}))
     args, names = _positional_inputs(module, example_inputs, input_names)
     with _eval_no_grad(module):
         try:
@@ -143,57 +168,63 @@ def export_model(
             raise ExportError(f"{type(module).__name__} fails on the example inputs {shapes}: "
                               f"{type(e).__name__}: {_first_line(str(e))}",
                               hint="check the input shapes and dtypes the module expects") from e
-        outputs = list(output_names) if output_names else (
-            ["output"] if len(expected) == 1 else [f"output_{i}" for i in range(len(expected))])
-        if len(outputs) != len(expected):
-            raise ExportError(f"{len(outputs)} output names given, but the module returns {len(expected)} tensors")
-        axes = _resolve_dynamic_axes(dynamic_axes, dynamic_batch, names, outputs)
-        export = _Export(module, args, names, outputs, axes, opset, custom_translation_table)
-        started = time.perf_counter()
+    outputs = list(output_names) if output_names else (
+        ["output"] if len(expected) == 1 else [f"output_{i}" for i in range(len(expected))])
+    if len(outputs) != len(expected):
+        raise ExportError(f"{len(outputs)} output names given, but the module returns {len(expected)} tensors")
+    axes = _resolve_dynamic_axes(dynamic_axes, dynamic_batch, names, outputs)
+    export = _Export(module, args, names, outputs, axes, opset, custom_translation_table)
+    started = time.perf_counter()
+    with _eval_no_grad(module):
         model, exporter, fallback_reason = export.run(dynamo)
-        report = ExportReport(exporter=exporter, requested="auto" if dynamo is None else _exporter_name(dynamo),
-                              opset=opset, input_names=names, output_names=outputs, dynamic_axes=axes,
-                              seconds=time.perf_counter() - started, fallback_reason=fallback_reason, atol=atol,
-                              warnings=export.warnings)
-        if verify:
-            report.checks = verify_export(module, model, args, names, axes, atol=atol)
-    if verify and not report.verified:
-        failed = next(check for check in report.checks if not check.passed)
-        if failed.error is None:
-            needed = max(check.max_abs_error for check in report.checks if check.error is None)
-            hint = f"it would pass with atol={needed:.2g}; export with a larger atol if that is acceptable"
-        else:
-            hint = "check that the model supports these input sizes, or leave those axes static"
-        raise ParityError(f"the exported model does not match torch: {failed.describe()}", hint=hint)
+    report = ExportReport(exporter=exporter, requested="auto" if dynamo is None else _exporter_name(dynamo),
+                          opset=opset, input_names=names, output_names=outputs, dynamic_axes=axes,
+                          seconds=time.perf_counter() - started, fallback_reason=fallback_reason,
+                          tolerance=tolerance, warnings=export.warnings)
+    if verify:
+        report.checks = verify_export(module, model, args, names, axes, tolerance=tolerance)
+        failed = next((check for check in report.checks if not check.passed), None)
+        if failed is not None:
+            hint = ("loosen the tolerance if that difference is acceptable" if failed.error is None
+                    else "check that the model supports these input sizes, or leave those axes static")
+            raise ParityError(f"the exported model does not match torch: {failed.describe(tolerance)}", hint=hint)
     return model, report
 
 
 def verify_export(module: torch.nn.Module, model: ir.Model | onnx.ModelProto, args: Sequence[torch.Tensor],
                   input_names: Sequence[str], dynamic_axes: Mapping[str, Mapping[int, str]],
-                  atol: float = DEFAULT_ATOL, seed: int = 0) -> list[ExportCheck]:
+                  tolerance: parity.Tolerance | None = None, seed: int = 0) -> list[ExportCheck]:
     """Compare ONNX Runtime with torch on ``args`` and, when inputs have dynamic axes, on seeded inputs
     whose dynamic dimensions are each 3 larger than in ``args``."""
     import onnxruntime as ort
 
+    tolerance = tolerance or parity.Tolerance.for_kind("exact")
     proto = model if isinstance(model, onnx.ModelProto) else modelio.to_proto(model)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(proto.SerializeToString(), parity.session_options(),
+                                   providers=["CPUExecutionProvider"])
+    output_names = [output.name for output in session.get_outputs()]
     input_sets = [tuple(args)]
     if any(dynamic_axes.get(name) for name in input_names):
         input_sets.append(_inputs_with_other_sizes(args, input_names, dynamic_axes, seed))
     checks = []
-    with _eval_no_grad(module):
-        for inputs in input_sets:
-            check = ExportCheck(shapes={name: list(t.shape) for name, t in zip(input_names, inputs)})
-            checks.append(check)
-            expected = [t.float().numpy() for t in _flatten_outputs(module(*inputs))]
-            try:
-                actual = session.run(None, {name: t.numpy() for name, t in zip(input_names, inputs)})
-            except Exception as e:  # ORT raises its own exception types for shape and type mismatches
-                check.error = _first_line(str(e))
-                continue
-            _measure(check, [o.name for o in session.get_outputs()], expected, actual, atol)
+    for index, inputs in enumerate(input_sets):
+        check = ExportCheck(shapes={name: list(t.shape) for name, t in zip(input_names, inputs)})
+        checks.append(check)
+        with _eval_no_grad(module):
+            expected = [_to_numpy(t) for t in _flatten_outputs(module(*inputs))]
+        try:
+            actual = session.run(None, {name: _to_numpy(t) for name, t in zip(input_names, inputs)})
+        except Exception as e:  # ORT raises its own exception types for shape and type mismatches
+            check.error = f"ONNX Runtime failed: {_first_line(str(e))}"
+            continue
+        if len(actual) != len(expected):
+            check.error = f"the ONNX model has {len(actual)} outputs, torch gives {len(expected)}"
+            continue
+        # parity's per-output accumulator: the same metrics and verdicts as every other comparison in onnxkit
+        for name, reference, candidate in zip(output_names, expected, actual):
+            comparison = parity._OutputComparison(name, tolerance.for_output(name))
+            comparison.add(reference, candidate, index)
+            check.outputs.append(comparison.finish())
     return checks
 
 
@@ -470,25 +501,6 @@ def _inputs_with_other_sizes(args: Sequence[torch.Tensor], input_names: Sequence
     return tuple(resized)
 
 
-def _measure(check: ExportCheck, output_names: Sequence[str], expected: Sequence[np.ndarray],
-             actual: Sequence[np.ndarray], atol: float) -> None:
-    for name, reference, result in zip(output_names, expected, actual):
-        if reference.shape != np.shape(result):
-            check.error = f"output {name} has shape {list(np.shape(result))}, torch gives {list(reference.shape)}"
-            return
-    abs_errors, rel_errors, cosines = [], [], []
-    for reference, result in zip(expected, actual):
-        reference = reference.astype(np.float64).ravel()
-        result = np.asarray(result, dtype=np.float64).ravel()
-        difference = np.abs(result - reference)
-        abs_errors.append(float(difference.max(initial=0.0)))
-        rel_errors.append(float((difference / np.maximum(np.abs(reference), 1e-12)).max(initial=0.0)))
-        norms = np.linalg.norm(reference) * np.linalg.norm(result)
-        cosines.append(float(reference @ result / norms) if norms > 0 else float(np.array_equal(reference, result)))
-    check.max_abs_error, check.max_rel_error, check.min_cosine = max(abs_errors), max(rel_errors), min(cosines)
-    check.passed = check.max_abs_error <= atol
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Small helpers
 
@@ -504,6 +516,11 @@ def _eval_no_grad(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for submodule, training in modes:
             submodule.training = training
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    # numpy has no bfloat16; compare such outputs in float32
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).detach().cpu().numpy()
 
 
 def _exporter_name(dynamo: bool) -> Exporter:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import importlib
 import math
 from collections.abc import Callable, Sequence
@@ -136,6 +137,244 @@ _NO_OP_RULES: dict[str, list[pattern.RewriteRule]] = {
 }
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Shape arithmetic. Exporters compute Reshape targets at run time from Shape → Gather/Slice → Unsqueeze →
+# Concat chains. onnxscript's folder tracks shape values through Shape, Gather (1-D indices) and Concat;
+# these evaluators extend that to scalar Gather, Slice, Unsqueeze and integer arithmetic, so static parts
+# fold to constants and a Reshape whose target is known up to dims it copies from its input gets a
+# constant target (0 = copy that dim, -1 = the one dim left). They run in onnxkit's folder only, after
+# onnxscript's own evaluators: onnxscript's registry is process-wide (torch.onnx's exporter uses it too).
+#
+# A shape value is kept as an ``ir.Shape`` of its elements; a 0-d value is kept as a one-element shape,
+# as onnxscript's own Add evaluator does.
+
+Dims = list  # of int | ir.SymbolicDim
+
+
+def _dims(value: ir.Value | None, state: constant_folding.OptimizerState) -> Dims | None:
+    if value is None:
+        return None
+    if (const := value.const_value) is not None:
+        if const.dtype != ir.DataType.INT64 or const.size > 64 or len(const.shape) > 1:
+            return None
+        return [int(v) for v in const.numpy().reshape(-1)]
+    sym = state.get_sym_value(value)
+    return list(sym.dims) if isinstance(sym, ir.Shape) else None
+
+
+def _rank(value: ir.Value | None) -> int | None:
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return len(value.const_value.shape)
+    return None if value.shape is None else len(value.shape)
+
+
+def _shape_result(node: ir.Node, op, state: constant_folding.OptimizerState, dims: Dims,
+                  rank: int | None) -> ir.Value | None:
+    """Record the output's shape value; a fully known one becomes a constant of the output's rank."""
+    state.set_sym_value(node.outputs[0], ir.Shape(dims))
+    if rank not in (0, 1) or not all(isinstance(d, int) for d in dims):
+        return None
+    array = np.array(dims, dtype=np.int64)
+    return op.Constant(value=ir.tensor(array.reshape(()) if rank == 0 else array))
+
+
+def _unknown() -> ir.SymbolicDim:
+    return ir.SymbolicDim(None)
+
+
+# op type → [(first opset, last opset, evaluator)]; evaluators take (node, op builder, folder state).
+_SHAPE_EVALUATORS: dict[str, list[tuple[int, int, Callable]]] = collections.defaultdict(list)
+
+
+def _evaluator(op_type: str, first: int = 1, last: int = 10**6) -> Callable[[Callable], Callable]:
+    def register(function: Callable) -> Callable:
+        _SHAPE_EVALUATORS[op_type].append((first, last, function))
+        return function
+
+    return register
+
+
+@_evaluator("Gather")
+def _gather_shape_value(node: ir.Node, op, state: constant_folding.OptimizerState):
+    """``Gather(shape, scalar index)``: onnxscript's evaluator only takes 1-D indices."""
+    data, indices = node.inputs[0], node.inputs[1]
+    dims = _dims(data, state)
+    if dims is None or indices is None or indices.const_value is None or _rank(data) != 1:
+        return None
+    if constant_folding._get_int_attribute(node, "axis", 0) != 0:  # noqa: SLF001
+        return None
+    index = indices.const_value.numpy()
+    if index.ndim != 0 or not -len(dims) <= int(index) < len(dims):
+        return None
+    return _shape_result(node, op, state, [dims[int(index)]], rank=0)
+
+
+@_evaluator("Slice", first=10)
+def _slice_shape_value(node: ir.Node, op, state: constant_folding.OptimizerState):
+    data = node.inputs[0]
+    dims = _dims(data, state)
+    if dims is None or _rank(data) != 1 or data.const_value is not None:
+        return None
+    arguments = [node.inputs[i] if i < len(node.inputs) else None for i in range(1, 5)]
+    values = []
+    for argument in arguments:
+        if argument is None:
+            values.append(None)
+            continue
+        if argument.const_value is None or argument.const_value.size != 1:
+            return None
+        values.append(int(argument.const_value.numpy().reshape(-1)[0]))
+    start, end, axis, step = values
+    if axis not in (None, 0, -1) or step == 0:
+        return None
+    # Python's slice clamps out-of-range starts and ends the way ONNX Slice does, for either sign of step.
+    return _shape_result(node, op, state, dims[slice(start, end, step)], rank=1)
+
+
+def _unsqueeze_shape_value(node: ir.Node, op, state: constant_folding.OptimizerState, axes: list[int] | None):
+    data = node.inputs[0]
+    dims = _dims(data, state)
+    if dims is None or data.const_value is not None or _rank(data) != 0 or axes not in ([0], [-1]):
+        return None
+    return _shape_result(node, op, state, dims, rank=1)
+
+
+@_evaluator("Unsqueeze", first=13)
+def _unsqueeze13_shape_value(node: ir.Node, op, state: constant_folding.OptimizerState):
+    axes = node.inputs[1] if len(node.inputs) > 1 else None
+    if axes is None or axes.const_value is None:
+        return None
+    return _unsqueeze_shape_value(node, op, state, [int(a) for a in axes.const_value.numpy().reshape(-1)])
+
+
+@_evaluator("Unsqueeze", last=12)
+def _unsqueeze1_shape_value(node: ir.Node, op, state: constant_folding.OptimizerState):
+    axes = node.attributes.get("axes")
+    return None if axes is None else _unsqueeze_shape_value(node, op, state, list(axes.as_ints()))
+
+
+def _arithmetic_shape_value(node: ir.Node, op, state: constant_folding.OptimizerState, *, combine: Callable):
+    left, right = node.inputs[0], node.inputs[1]
+    if left is None or right is None or (left.const_value is not None and right.const_value is not None):
+        return None  # fully constant: ordinary folding does it
+    a, b = _dims(left, state), _dims(right, state)
+    ranks = (_rank(left), _rank(right))
+    if a is None or b is None or None in ranks or max(ranks) > 1:
+        return None
+    if len(a) != len(b):
+        if 1 not in (len(a), len(b)):
+            return None
+        a, b = (a * len(b), b) if len(a) == 1 else (a, b * len(a))
+    return _shape_result(node, op, state, [combine(x, y) for x, y in zip(a, b)], rank=max(ranks))
+
+
+def _known(x: int | ir.SymbolicDim) -> bool:
+    return isinstance(x, int) or x.value is not None
+
+
+def _mul_dims(x, y):
+    if isinstance(x, int) and isinstance(y, int):
+        return x * y
+    if x == 1 and _known(y):
+        return y
+    if y == 1 and _known(x):
+        return x
+    return _unknown()
+
+
+def _div_dims(x, y):
+    if isinstance(x, int) and isinstance(y, int):
+        return int(x / y) if y else _unknown()  # integer Div truncates toward zero
+    return x if y == 1 and _known(x) else _unknown()
+
+
+def _sub_dims(x, y):
+    if isinstance(x, int) and isinstance(y, int):
+        return x - y
+    return x if y == 0 and _known(x) else _unknown()
+
+
+for _op_type, _combine in (("Mul", _mul_dims), ("Div", _div_dims), ("Sub", _sub_dims)):
+    _evaluator(_op_type)(functools.partial(_arithmetic_shape_value, combine=_combine))
+
+
+@_evaluator("Reshape", first=5)
+def _materialize_reshape_target(node: ir.Node, op, state: constant_folding.OptimizerState):
+    """A Reshape whose computed target is known up to dims copied from its input gets a constant target.
+
+    Entries equal to the input's dim at the same position become 0 (copy), which is exact under
+    ``allowzero=0``; a single entry left unknown becomes -1 when every other entry is a known non-zero
+    constant, so that -1 is unambiguous even for empty tensors.
+    """
+    data, target = node.inputs[0], node.inputs[1]
+    if data is None or target is None or target.const_value is not None:
+        return None
+    dims = _dims(target, state)
+    if dims is None:
+        return None
+    allow_zero = constant_folding._get_int_attribute(node, "allowzero", 0)  # noqa: SLF001
+    input_dims = list(data.shape.dims) if data.shape is not None else []
+    new_target: list[int | None] = []
+    for i, dim in enumerate(dims):
+        if isinstance(dim, int):
+            new_target.append(dim)
+        elif not allow_zero and dim.value is not None and i < len(input_dims) and input_dims[i] == dim:
+            new_target.append(0)
+        else:
+            new_target.append(None)
+    unknown = [i for i, d in enumerate(new_target) if d is None]
+    if len(unknown) > 1:
+        return None
+    if unknown:
+        others = [d for d in new_target if d is not None]
+        if any(d <= 0 for d in others) or (allow_zero and 0 in others):
+            return None
+        new_target[unknown[0]] = -1
+    constant = op.Constant(value=ir.tensor(np.array(new_target, dtype=np.int64)))
+    return op.Reshape(data, constant, allowzero=allow_zero)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Zero initial states of recurrent layers. Exporters feed LSTM/GRU/RNN an explicit zero initial state,
+# built at run time from the batch size; ONNX defines a missing initial state as zeros, so the input and
+# the shape computation behind it go.
+
+_INITIAL_STATE_INPUTS = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}
+# Ops whose output is all zeros whenever their first input is.
+_ZERO_PRESERVING = frozenset({"Expand", "Tile", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Slice",
+                              "Identity", "Cast", "Flatten", "Gather", "Concat"})
+
+
+def _is_all_zeros(value: ir.Value | None, depth: int = 0) -> bool:
+    if value is None or depth > 16:
+        return False
+    if value.const_value is not None:
+        return value.const_value.size > 0 and not np.any(value.const_value.numpy())
+    producer = value.producer()
+    if producer is None or producer.domain != "":
+        return False
+    if producer.op_type == "ConstantOfShape":
+        fill = producer.attributes.get("value")
+        return fill is None or not np.any(fill.as_tensor().numpy())
+    if producer.op_type == "Concat":
+        return all(_is_all_zeros(v, depth + 1) for v in producer.inputs)
+    return producer.op_type in _ZERO_PRESERVING and _is_all_zeros(producer.inputs[0], depth + 1)
+
+
+def _drop_zero_initial_states(model: ir.Model) -> int:
+    dropped = 0
+    for node in all_nodes(model):
+        if node.domain != "" or node.op_type not in _INITIAL_STATE_INPUTS:
+            continue
+        for index in _INITIAL_STATE_INPUTS[node.op_type]:
+            if index < len(node.inputs) and node.inputs[index] is not None and _is_all_zeros(node.inputs[index]):
+                node.replace_input_with(index, None)
+                dropped += 1
+    return dropped
+
+
 class _SizeAwareFolder(constant_folding.FoldConstantsPass):
     """onnxscript's folder with a limit in bytes, and a tally of what it folded or found to be a no-op."""
 
@@ -150,6 +389,25 @@ class _SizeAwareFolder(constant_folding.FoldConstantsPass):
         )
         self.max_constant_bytes = max_constant_bytes
         self.tally = tally
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.onnx_opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        return super().call(model)
+
+    def process_node(self, node: ir.Node, is_function: bool) -> constant_folding.Replacement | None:
+        replacement = super().process_node(node, is_function)
+        if replacement is not None or node.domain not in ("", "ai.onnx"):
+            return replacement
+        # onnxscript found nothing to do; the shape evaluators see the node with its inputs' shape values.
+        for first, last, evaluator in _SHAPE_EVALUATORS.get(node.op_type, ()):
+            if not first <= self.onnx_opset <= last:
+                continue
+            builder = constant_folding.TapeBuilder()
+            outputs = evaluator(node, builder, self._state)  # noqa: SLF001 - the folder's shape values
+            if outputs is not None:
+                return constant_folding.Replacement([outputs] if isinstance(outputs, ir.Value) else outputs,
+                                                    builder.nodes)
+        return None
 
     def _should_fold(self, node: ir.Node) -> bool | None:
         """Decide from the inferred output shapes before evaluating, so a huge Tile is never computed."""
@@ -179,6 +437,8 @@ class _SizeAwareFolder(constant_folding.FoldConstantsPass):
             self.tally["folded", "nodes into constants"] += 1
         elif new_ops == ["Identity"]:
             self.tally["removed", f"no-op {node.op_type}"] += 1
+        elif node.op_type == "Reshape" and new_ops == ["Constant", "Reshape"]:
+            self.tally["simplified", "Reshape targets into constants"] += 1
         else:
             self.tally["simplified", node.op_type] += 1
         super().replace_node(node, replacement, root)
@@ -257,6 +517,7 @@ class _Simplifier:
         _SizeAwareFolder(self.max_constant_bytes, tally)(model)
         for label, rules in _NO_OP_RULES.items():
             tally["removed", label] += pattern.RewriteRuleSet(rules).apply_to_model(model)
+        tally["removed", "zero initial states of LSTM/GRU/RNN"] += _drop_zero_initial_states(model)
         eliminate_identities(model)
         tally["removed", "unused nodes"] += self._removed_by(common.RemoveUnusedNodesPass(), _count)
         tally["lifted", "Constant nodes to initializers"] += self._removed_by(

@@ -58,7 +58,7 @@ def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": {"quick": quick, "repeats": settings.repeats, "warmup": settings.warmup,
-                     "timeout_s": settings.timeout},
+                     "min_seconds": settings.min_seconds, "timeout_s": settings.timeout},
         "machine": machine_description(), "peer_versions": peer_versions(), "pipelines": list(measure.PIPELINES),
         "models": [],
     }

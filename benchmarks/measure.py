@@ -39,13 +39,15 @@ class SuiteSettings:
     repeats: int
     warmup: int
     timeout: float
+    min_seconds: float
     threads: tuple[int, ...] | None = None  # None: 1 and all cores
 
     @classmethod
     def for_run(cls, quick: bool) -> SuiteSettings:
         # The quick subset is a smoke test for CI (two cores, a few minutes): its timings are not for quoting.
-        return cls(quick=quick, repeats=5 if quick else 20, warmup=1 if quick else 3, timeout=300 if quick else 1200,
-                   threads=(1,) if quick else None)
+        if quick:
+            return cls(quick=True, repeats=5, warmup=1, timeout=300, min_seconds=0.2, threads=(1,))
+        return cls(quick=False, repeats=20, warmup=3, timeout=1200, min_seconds=3.0)
 
 
 def bench_model(name: str, folder: Path, settings: SuiteSettings, progress: Any = None) -> dict[str, Any]:
@@ -60,7 +62,7 @@ def bench_model(name: str, folder: Path, settings: SuiteSettings, progress: Any 
         return {"name": name, "error": f"building the model failed: {first_error_line(e)}"}
     report = run_bench(model.path, list(PIPELINES), data=model.data, batch_sizes=model.batch_sizes,
                        threads=settings.threads, repeats=settings.repeats, warmup=settings.warmup,
-                       timeout=settings.timeout, progress=progress)
+                       min_seconds=settings.min_seconds, timeout=settings.timeout, progress=progress)
     return {"name": name, "description": model.description, "report": report.to_dict(),
             "seconds": time.perf_counter() - started}
 

@@ -510,8 +510,9 @@ def _interleaved_latency(sessions: dict[str, Any], inputs: BenchInputs, batch: i
         runnable[label] = (session, inputs.batch(0, batch))
     times: dict[str, list[float]] = {label: [] for label in runnable}
     labels = list(runnable)
-    for round_ in range(job["warmup"] + job["repeats"]):
-        shift = round_ % max(len(labels), 1)  # rotate the order so no tool always runs right after another
+
+    def run_round(index: int, timed: bool) -> None:
+        shift = index % len(labels)  # rotate the order so no tool always runs right after another
         for label in labels[shift:] + labels[:shift]:
             session, feeds = runnable[label]
             try:
@@ -522,8 +523,19 @@ def _interleaved_latency(sessions: dict[str, Any], inputs: BenchInputs, batch: i
                 results[label]["latency"][key] = {"error": first_error_line(e)}
                 labels.remove(label)
                 continue
-            if round_ >= job["warmup"]:
+            if timed:
                 times[label].append(elapsed)
+
+    for index in range(job["warmup"]):
+        if labels:
+            run_round(index, timed=False)
+    # At least ``repeats`` rounds; fast models get more, up to ``min_seconds`` of timing or 10× the rounds,
+    # since a median of 20 sub-millisecond runs on a shared machine is mostly noise.
+    rounds, timing_started = 0, time.perf_counter()
+    while labels and (rounds < job["repeats"] or (time.perf_counter() - timing_started < job["min_seconds"]
+                                                  and rounds < 10 * job["repeats"])):
+        run_round(job["warmup"] + rounds, timed=True)
+        rounds += 1
     for label in labels:
         results[label]["latency"][key] = _percentiles(times[label])
 
@@ -787,6 +799,7 @@ def run_bench(
     threads: Sequence[int] | None = None,
     repeats: int = 20,
     warmup: int = 3,
+    min_seconds: float = 1.0,
     timeout: float = 600.0,
     dims: dict[str, int] | None = None,
     check: str = "each",
@@ -798,7 +811,8 @@ def run_bench(
 
     ``data`` is an ``.npz`` with one array per model input (samples along axis 0) and optionally
     ``labels``, which turns on accuracy; without it, seeded synthetic inputs are used. ``threads``
-    defaults to ``(1, all cores)``. ``measure=False`` stops after the transforms (for models too large
+    defaults to ``(1, all cores)``. Latency takes at least ``repeats`` interleaved rounds, more for fast
+    models until ``min_seconds`` of timing (at most 10× ``repeats``). ``measure=False`` stops after the transforms (for models too large
     to time). ``progress`` is called with a line before each step.
     """
     source = Path(model)
@@ -845,6 +859,7 @@ def run_bench(
             job = {"action": "measure", "models": outputs, "reference": "original", "inputs": str(inputs_path),
                    "kinds": kinds,
                    "threads": threads, "batch_sizes": list(batch_sizes), "repeats": repeats, "warmup": warmup,
+                   "min_seconds": min_seconds,
                    "parity_samples": PARITY_SAMPLES}
             outcome = run_child(job, work, "measure", timeout * 2)
             if outcome.result is None:
@@ -862,6 +877,7 @@ def run_bench(
             owned_tmp.cleanup()
 
     settings = {"batch_sizes": list(batch_sizes), "threads": threads, "repeats": repeats, "warmup": warmup,
+                "min_seconds": min_seconds,
                 "timeout_s": timeout, "check": check, "synthetic_inputs": inputs.synthetic, "samples": inputs.count,
                 "ort_session": "default (ORT_ENABLE_ALL), CPUExecutionProvider, inter_op_num_threads=1"}
     report = BenchReport(str(source), specs, settings, machine_description(), records, notes)

@@ -336,13 +336,15 @@ def inspect(model: Path, as_json: bool) -> None:
 @click.option("--threads", help="Thread counts to time (default: 1 and all cores).")
 @click.option("--repeats", default=20, show_default=True, help="Timed runs per tool and setting (median reported).")
 @click.option("--warmup", default=3, show_default=True, help="Untimed runs first.")
+@click.option("--min-seconds", default=1.0, show_default=True,
+              help="Keep timing fast models past --repeats until this long (at most 10× --repeats).")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds allowed to each tool.")
 @click.option("--dim", "dims", help="Bind dynamic dimensions for synthetic inputs, e.g. sequence=128.")
 @click.option("--check", type=click.Choice(["each", "end", "off"]), default="each", show_default=True,
               help="onnxkit's own parity checks while it optimizes (their cost counts in its transform time).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full results as JSON.")
 def bench(model: Path, specs: tuple[str, ...], data_path: Path | None, peers: str | None, batch_sizes: str,
-          threads: str | None, repeats: int, warmup: int, timeout: float, dims: str | None, check: str,
+          threads: str | None, repeats: int, warmup: int, min_seconds: float, timeout: float, dims: str | None, check: str,
           json_path: Path | None) -> None:
     """Compare onnxkit's pipeline with other tools on MODEL: size, nodes, speed, memory, parity.
 
@@ -371,7 +373,8 @@ def bench(model: Path, specs: tuple[str, ...], data_path: Path | None, peers: st
     report = run_bench(model, list(specs), data=data_path, peers=peer_list,
                        batch_sizes=integers(batch_sizes, "--batch"),
                        threads=integers(threads, "--threads") if threads else None,
-                       repeats=repeats, warmup=warmup, timeout=timeout, dims=parse_dims(dims), check=check,
+                       repeats=repeats, warmup=warmup, min_seconds=min_seconds, timeout=timeout, dims=parse_dims(dims),
+                       check=check,
                        progress=lambda line: console.print(f"[dim]{line}[/]"))
     report.render(Console())
     if json_path is not None:

@@ -49,7 +49,8 @@ def test_bench_cli_writes_real_figures_for_every_tool(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(main, [
         "bench", str(model), "--passes", "cleanup", "--peers", "onnxslim,ort-basic", "--data", str(tmp_path / "data.npz"),
-        "--batch", "1,4", "--threads", "1", "--repeats", "3", "--warmup", "1", "--json", str(out),
+        "--batch", "1,4", "--threads", "1", "--repeats", "3", "--warmup", "1", "--min-seconds", "0",
+        "--json", str(out),
     ])
 
     assert result.exit_code == 0, result.output
@@ -109,3 +110,31 @@ def test_bench_rejects_unknown_peer(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["bench", str(model), "--passes", "cleanup", "--peers", "onnxwhatever"])
     assert result.exit_code == 2
     assert "unknown peer 'onnxwhatever'" in result.output
+
+
+@pytest.mark.slow
+def test_quick_suite_writes_results_for_every_model_and_tool(tmp_path: Path) -> None:
+    """The CI smoke run of the suite: one command, every model × tool in RESULTS.md, JSON and plots written."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    completed = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)], cwd=repo,
+                               capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    assert [m["name"] for m in results["models"]] == ["mobilenetv2", "digits-cnn", "lstm"]
+    for model in results["models"]:
+        assert f"### {model['name']}" in markdown
+        for tool in model.get("report", {}).get("tools", []):
+            assert f"| {tool['label']} |" in markdown  # every tool has its row, failed or not
+    measured = [m for m in results["models"] if "report" in m]
+    assert measured, "no model could be built"
+    for model in measured:
+        original = model["report"]["tools"][0]
+        assert original["label"] == "original" and original["nodes"] > 0
+        assert original["latency"]["b1-t1"]["p50_ms"] > 0
+    assert "## Known gaps" in markdown and "## Calibration memory" in markdown
+    assert all((tmp_path / "plots" / f"{name}.png").stat().st_size > 1000 for name in ("latency", "size"))

@@ -1,0 +1,176 @@
+"""``fuse``: operator fusions, portable (``target=standard``) or for ONNX Runtime (``target=onnxruntime``)."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Literal
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnxscript.rewriter import RULE_NAME_TAG
+
+from onnxkit.pass_base import Pass, PassResult
+from onnxkit.passes.fuse import _affine, _layout, _normalization, _onnxruntime
+from onnxkit.passes.fuse._base import (
+    CONTRIB_DOMAIN,
+    Fusion,
+    FusionContext,
+    annotate_shapes,
+    rule_fusion,
+    staged_rule_fusion,
+)
+
+ORT_ONLY = frozenset({"onnxruntime"})
+
+# The fusions, in the order they run. Order matters where one fusion feeds another: BatchNormalization
+# and constant steps fold into a layer before the layer absorbs its activation; MatMul+Add becomes Gemm
+# before Gemm+activation; LayerNormalization and Gelu exist before SkipLayerNormalization and BiasGelu.
+FUSIONS: tuple[Fusion, ...] = (
+    Fusion("transpose-chain", "Transpose pairs → one Transpose, or none when they cancel",
+           "collapsed {n} Transpose pairs", rule_fusion(_layout.transpose_rules)),
+    Fusion("reshape-chain", "Reshape/Squeeze/Unsqueeze/Flatten pairs → one op, or none",
+           "collapsed {n} Reshape/Squeeze/Unsqueeze/Flatten pairs", rule_fusion(_layout.layout_rules)),
+    Fusion("conv-bn", "Conv + BatchNormalization → Conv with folded weights and bias",
+           "folded {n} BatchNormalization into Conv",
+           rule_fusion(lambda c: _affine.affine_rules(("Conv",), ("BatchNormalization",), c))),
+    Fusion("conv-transpose-bn", "ConvTranspose + BatchNormalization → ConvTranspose",
+           "folded {n} BatchNormalization into ConvTranspose",
+           rule_fusion(lambda c: _affine.affine_rules(("ConvTranspose",), ("BatchNormalization",), c))),
+    Fusion("gemm-bn", "Gemm/MatMul with constant weights + BatchNormalization → Gemm/MatMul",
+           "folded {n} BatchNormalization into Gemm/MatMul",
+           rule_fusion(lambda c: _affine.affine_rules(("Gemm", "MatMul"), ("BatchNormalization",), c))),
+    Fusion("conv-affine", "Conv/ConvTranspose + per-channel constant Mul/Add/Sub/Div → Conv/ConvTranspose",
+           "folded {n} constant Mul/Add/Sub/Div into Conv/ConvTranspose",
+           rule_fusion(lambda c: _affine.affine_rules(("Conv", "ConvTranspose"), ("Mul", "Add", "Sub", "Div"), c))),
+    Fusion("gemm-affine", "Gemm + per-column constant Mul/Add/Sub/Div, MatMul + constant Mul/Div → folded weights",
+           "folded {n} constant Mul/Add/Sub/Div into Gemm/MatMul",
+           rule_fusion(lambda c: _affine.affine_rules(("Gemm",), ("Mul", "Add", "Sub", "Div"), c)
+                       + _affine.affine_rules(("MatMul",), ("Mul", "Div"), c))),
+    Fusion("matmul-add-gemm", "2-D MatMul + Add (and Transposes of its inputs) → Gemm",
+           "fused {n} MatMul+Add into Gemm", rule_fusion(lambda c: _affine.matmul_add_to_gemm_rules())),
+    Fusion("layer-norm", "decomposed layer normalization → LayerNormalization (opset >= 17)",
+           "fused {n} decomposed layer norms into LayerNormalization",
+           staged_rule_fusion(_normalization.layer_norm_stages), min_opset=17),
+    Fusion("gelu", "decomposed GELU (erf or tanh form) → Gelu (opset >= 20; any opset for onnxruntime)",
+           "fused {n} decomposed GELUs into Gelu", rule_fusion(_normalization.gelu_rules)),
+    Fusion("attention", "attention blocks → MultiHeadAttention/Attention",
+           "fused {n} attention blocks into MultiHeadAttention/Attention", _onnxruntime.apply_attention, ORT_ONLY),
+    Fusion("skip-layer-norm", "Add + LayerNormalization → SkipLayerNormalization",
+           "fused {n} Add+LayerNormalization into SkipLayerNormalization", _onnxruntime.apply_skip_layer_norm, ORT_ONLY),
+    Fusion("bias-gelu", "Add + Gelu → BiasGelu", "fused {n} Add+Gelu into BiasGelu", _onnxruntime.apply_bias_gelu,
+           ORT_ONLY),
+    Fusion("fused-matmul", "MatMul with transposed inputs or a scalar scale → FusedMatMul",
+           "fused {n} Transpose/scale into FusedMatMul", rule_fusion(_onnxruntime.fused_matmul_rules), ORT_ONLY),
+    Fusion("conv-activation", "Conv + Relu/Clip/LeakyRelu/Sigmoid/HardSigmoid/Tanh → FusedConv",
+           "fused {n} activations into FusedConv", rule_fusion(_onnxruntime.conv_activation_rules), ORT_ONLY),
+    Fusion("gemm-activation", "Gemm + Relu/LeakyRelu/Sigmoid/HardSigmoid/Tanh → FusedGemm",
+           "fused {n} activations into FusedGemm", rule_fusion(_onnxruntime.gemm_activation_rules), ORT_ONLY),
+)
+FUSION_NAMES = tuple(f.name for f in FUSIONS)
+_GELU_STANDARD_OPSET = 20
+# Each round applies every fusion once; a fusion can enable another that ran earlier in the round
+# (a Conv that absorbed a Mul can then absorb a BatchNormalization). Real models settle in two rounds.
+_MAX_ROUNDS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class FuseOptions:
+    target: Literal["standard", "onnxruntime"] = "standard"
+    skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.skip if name not in FUSION_NAMES]
+        if unknown:
+            raise ValueError(f"unknown fusion {', '.join(unknown)} in skip; fusions are: {', '.join(FUSION_NAMES)}")
+
+
+class FusePass(Pass):
+    """Fuse operators: fold BatchNormalization and constant scales into weights, MatMul+Add into Gemm, and more.
+
+    ``target=standard`` emits standard ONNX ops only, so the model stays portable; ``target=onnxruntime``
+    also emits ONNX Runtime's contrib ops (FusedConv, FusedGemm, Attention, SkipLayerNormalization, ...).
+    Any fusion can be skipped by name: ``fuse{skip=conv-bn,gelu}``. Reaches into If/Loop/Scan bodies and
+    local functions; graph input and output names never change.
+    """
+
+    name = "fuse"
+    kind = "exact"
+    Options = FuseOptions
+    emits_domains = frozenset({"", CONTRIB_DOMAIN})
+
+    @classmethod
+    def describe_extra(cls) -> list[str]:
+        width = max(len(name) for name in FUSION_NAMES)
+        return ["fusions (skip any with skip=NAME,...):"] + [
+            f"  {f.name:<{width}}  {f.summary}{' [onnxruntime]' if f.targets == ORT_ONLY else ''}" for f in FUSIONS
+        ]
+
+    def call(self, model: ir.Model) -> PassResult:
+        context = FusionContext.for_model(model, self.options.target)
+        fusions = [f for f in FUSIONS if self._applies(f, context)]
+        counts: collections.Counter[str] = collections.Counter()
+        # Rules read shapes (ranks, channel counts), including those of values that earlier rules created.
+        annotate_shapes(model)
+        for _ in range(_MAX_ROUNDS):
+            fired_this_round = 0
+            for fusion in fusions:
+                fired = fusion.apply(model, context)
+                if fired:
+                    # Nodes a rule made dead must not be matched by the next rule.
+                    common_passes.RemoveUnusedNodesPass()(model)
+                    annotate_shapes(model)
+                counts[fusion.name] += fired
+                fired_this_round += fired
+            if not fired_this_round:
+                break
+        if not sum(counts.values()):
+            return PassResult(model, False, [])
+        _bypass_created_identities(model)
+        _remove_unused_subgraph_initializers(model)
+        _drop_unused_opsets(model, (CONTRIB_DOMAIN, _onnxruntime.INTERMEDIATE_DOMAIN))
+        stats = [f.stat.format(n=counts[f.name]) for f in FUSIONS if counts[f.name]]
+        return PassResult(model, True, stats)
+
+    def _applies(self, fusion: Fusion, context: FusionContext) -> bool:
+        if fusion.name in self.options.skip or context.target not in fusion.targets:
+            return False
+        if fusion.name == "gelu" and context.target == "standard":
+            return context.opset >= _GELU_STANDARD_OPSET
+        return context.opset >= fusion.min_opset
+
+
+def _bypass_created_identities(model: ir.Model) -> None:
+    """Remove the Identity nodes rules left to keep a name, where no graph output needs that name.
+
+    A rule that makes a value equal to an existing one must not rename that value (it may be a graph
+    input or an outer-scope value), so it returns an Identity; its users can read the input directly.
+    """
+    for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+        for node in list(graph):
+            if node.op_type != "Identity" or RULE_NAME_TAG not in node.metadata_props:
+                continue
+            output = node.outputs[0]
+            if output.is_graph_output():
+                continue
+            output.replace_all_uses_with(node.inputs[0])
+            graph.remove(node, safe=True)
+
+
+def _remove_unused_subgraph_initializers(model: ir.Model) -> None:
+    """Folding inside an If/Loop body can orphan the body's own initializers; onnx_ir only prunes the main graph's."""
+    for graph in model.graph.subgraphs():
+        outputs = set(graph.outputs)
+        for name, initializer in list(graph.initializers.items()):
+            if not initializer.uses() and initializer not in outputs:
+                del graph.initializers[name]
+
+
+def _drop_unused_opsets(model: ir.Model, domains: tuple[str, ...]) -> None:
+    """Declare the domains fusions may add (``com.microsoft``) only while a node uses them."""
+    graphs = [model.graph, *model.functions.values()]
+    used = {node.domain for graph in graphs for node in ir.traversal.RecursiveGraphIterator(graph)}
+    for domain in domains:
+        if domain not in used:
+            for graph in graphs:
+                graph.opset_imports.pop(domain, None)

@@ -1,0 +1,198 @@
+"""What every fusion shares: the fusion table entry, the per-run context, and helpers for rules.
+
+A fusion is a named group of rewrite rules (or one function over the model) that reduces the node count
+without changing the outputs beyond floating-point rounding. The helpers here hold the safety rules that
+every fusion must follow: constants are only what cannot change at run time, graph inputs and outputs keep
+their names, and new tensors get names no other value has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnxscript.rewriter import RewriteRule, RewriteRuleSet
+
+Target = Literal["standard", "onnxruntime"]
+CONTRIB_DOMAIN = "com.microsoft"
+FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
+
+
+@dataclasses.dataclass
+class FusionContext:
+    """What rules need to know about the run: the target runtime, the model's opset, and the names in use."""
+
+    target: Target
+    opset: int
+    used_names: set[str] = dataclasses.field(default_factory=set)
+
+    @classmethod
+    def for_model(cls, model: ir.Model, target: Target) -> FusionContext:
+        names = set(model.graph.initializers)
+        for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+            names.update(v.name for v in graph.inputs if v.name)
+            for node in graph:
+                names.update(v.name for v in node.outputs if v.name)
+            if isinstance(graph, ir.Graph):
+                names.update(graph.initializers)
+        return cls(target=target, opset=default_opset(model), used_names=names)
+
+    def fresh_name(self, base: str | None) -> str:
+        """A value name no other value in the model has, so a new initializer never replaces an old one."""
+        stem = f"{base or 'fused'}_fused"
+        name, counter = stem, 0
+        while name in self.used_names:
+            counter += 1
+            name = f"{stem}_{counter}"
+        self.used_names.add(name)
+        return name
+
+
+def default_opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Fusion:
+    """One user-visible fusion: a name for ``skip=``, a line for ``onnxkit passes``, and how to apply it.
+
+    ``apply(model, context)`` returns how many times the fusion fired. ``stat`` formats that count for the
+    pass's statistics, e.g. ``"folded {n} BatchNormalization into Conv"``.
+    """
+
+    name: str
+    summary: str
+    stat: str
+    apply: Callable[[ir.Model, FusionContext], int]
+    targets: frozenset[str] = frozenset({"standard", "onnxruntime"})
+    min_opset: int = 1
+
+
+def rule_fusion(build_rules: Callable[[FusionContext], Sequence[RewriteRule]], *, commute: bool = False
+                ) -> Callable[[ir.Model, FusionContext], int]:
+    """A fusion made of onnxscript rewrite rules, built for this run's context and applied everywhere.
+
+    ``RewriteRuleSet.apply_to_model`` visits the main graph, If/Loop/Scan bodies and local functions.
+    """
+
+    def apply(model: ir.Model, context: FusionContext) -> int:
+        rules = list(build_rules(context))
+        return RewriteRuleSet(rules, commute=commute).apply_to_model(model) if rules else 0
+
+    return apply
+
+
+def staged_rule_fusion(build_stages: Callable[[FusionContext], Sequence[Sequence[RewriteRule]]]
+                       ) -> Callable[[ir.Model, FusionContext], int]:
+    """Rule sets applied one after another over the whole model, for patterns that contain each other.
+
+    A rule set tries its rules node by node in graph order, so a short pattern ending at an early node
+    would win over a longer one ending later (a layer norm without its scale over the one with it).
+    """
+
+    def apply(model: ir.Model, context: FusionContext) -> int:
+        return sum(RewriteRuleSet(list(stage)).apply_to_model(model) for stage in build_stages(context))
+
+    return apply
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers for rule checks and rewrites
+
+
+def annotate_shapes(model: ir.Model) -> None:
+    """Fill in the shapes and types ONNX shape inference can tell, where the model has none.
+
+    Shapes the model already carries are kept as they are: a declared graph output shape may be wrong,
+    and the passes must not start believing a corrected one either. Dimensions inference could not name
+    stay anonymous: it calls them ``unk__0``, ``unk__1``, ... afresh on every run, so two runs could give
+    different unknown sizes the same name.
+    """
+    graphs = [model.graph, *model.graph.subgraphs(), *model.functions.values()]
+    values = [value for graph in graphs
+              for value in (*graph.inputs, *graph.outputs, *(v for node in graph for v in node.outputs))]
+    known = {value: (value.shape, value.type) for value in values if value.shape is not None}
+    common_passes.ShapeInferencePass(strict_mode=False)(model)
+    for value in values:
+        if value in known:
+            value.shape, value.type = known[value]
+        elif value.shape is not None:
+            value.shape = ir.Shape([None if is_generated_dim(d) else d for d in value.shape])
+
+
+def is_generated_dim(dim: object) -> bool:
+    """Whether a dimension is one ONNX shape inference made up (``unk__N``), which carries no identity."""
+    return isinstance(dim, ir.SymbolicDim) and (dim.value is None or dim.value.startswith("unk__"))
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's array when it cannot change at run time: an initializer that is not also a graph input
+    (a user may feed those), or the output of a Constant node. None otherwise."""
+    if value is None or value.is_graph_input():
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    if tensor is None:
+        return None
+    try:
+        return tensor.numpy()
+    except FileNotFoundError:  # external data that is not reachable
+        return None
+
+
+def scalar_close_to(expected: float) -> Callable[[Any, ir.Value], bool]:
+    """A pattern check matching a constant with one element close to ``expected`` (shape [] or [1])."""
+
+    def check(context: Any, value: ir.Value) -> bool:
+        array = constant_array(value)
+        return (array is not None and array.size == 1 and array.ndim <= 1
+                and math.isclose(float(array.reshape(())), expected, rel_tol=1e-4, abs_tol=1e-7))
+
+    return check
+
+
+def only_used_by(value: ir.Value, nodes: Iterable[ir.Node]) -> bool:
+    allowed = set(nodes)
+    return not value.is_graph_output() and all(user in allowed for user, _ in value.uses())
+
+
+def produced_in(value: ir.Value, graph: ir.Graph | ir.Function) -> bool:
+    """Whether a node of ``graph`` itself computes ``value`` (not an input, initializer or outer-scope value)."""
+    producer = value.producer()
+    return producer is not None and producer.graph is graph
+
+
+def new_constant(op: Any, array: np.ndarray, name: str, *, in_function: bool) -> ir.Value:
+    """A constant input for a replacement node: an initializer in a graph, a Constant node in a function
+    (functions cannot hold initializers)."""
+    tensor = ir.tensor(array, name=name)
+    if in_function:
+        return op.Constant(value=tensor)
+    return op.initializer(tensor, name=name)
+
+
+def pass_through(op: Any, value: ir.Value, replaced: ir.Value, graph: ir.Graph | ir.Function) -> ir.Value:
+    """What a rule returns to make ``replaced`` equal ``value``.
+
+    The rewriter gives the returned value the replaced value's name. That is only safe for a value the
+    same graph computes and that is not already a graph output; otherwise an Identity keeps both names
+    (graph inputs, outputs and outer-scope values must never be renamed).
+    """
+    if produced_in(value, graph) and not value.is_graph_output() and not replaced.is_graph_output():
+        return value
+    return op.Identity(value)
+
+
+def static_shape(value: ir.Value) -> tuple[int, ...] | None:
+    shape = value.shape
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    return tuple(shape)  # type: ignore[arg-type]
+
+
+def rank_of(value: ir.Value) -> int | None:
+    return None if value.shape is None else value.shape.rank()

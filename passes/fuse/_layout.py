@@ -1,0 +1,250 @@
+"""Collapse chains of layout-only ops: Reshape, Squeeze, Unsqueeze, Flatten, and Transpose pairs.
+
+Two layout ops in a row become one (or none, when the pair changes nothing). The output shape of the
+pair is computed from the input's shape and the ops' constant arguments, never read from a declared
+output shape: a model may declare a wrong shape for a graph output, and trusting it would change what
+the model computes. Dynamic dimensions stay dynamic: the new Reshape copies them with ``0`` or infers
+one with ``-1``, and a pair whose result cannot be written that way is left alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import RewriteRuleClassBase
+from onnxscript.rewriter._basics import MatchResult
+
+from onnxkit.passes.fuse._base import FusionContext, constant_array, is_generated_dim, new_constant, pass_through
+
+# A dimension: a known size, a named symbolic size, or None when nothing is known about it.
+Dim = int | ir.SymbolicDim | None
+
+RESHAPING_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def _same_dim(a: Dim, b: Dim) -> bool:
+    if isinstance(a, int) or isinstance(b, int):
+        return a == b
+    return a is not None and b is not None and a.value is not None and a.value == b.value
+
+
+def _input_dims(value: ir.Value) -> list[Dim] | None:
+    if value.shape is None:
+        return None
+    return [None if is_generated_dim(d) else d for d in value.shape]
+
+
+def _product(dims: list[Dim]) -> tuple[int, Counter[str]] | None:
+    """A product of dimensions as (known factor, multiset of symbol names); None if a dim is unknown."""
+    known, symbols = 1, Counter[str]()
+    for d in dims:
+        if isinstance(d, int):
+            known *= d
+        elif d is None:
+            return None
+        else:
+            symbols[d.value] += 1
+    return known, symbols
+
+
+def _as_dim(product: tuple[int, Counter[str]] | None) -> Dim:
+    if product is None:
+        return None
+    known, symbols = product
+    if not symbols:
+        return known
+    if known == 1 and sum(symbols.values()) == 1:
+        return ir.SymbolicDim(next(iter(symbols)))
+    return None
+
+
+def _quotient(total: tuple[int, Counter[str]] | None, part: tuple[int, Counter[str]] | None) -> Dim:
+    if total is None or part is None or part[0] == 0 or total[0] % part[0] or part[1] - total[1]:
+        return None
+    return _as_dim((total[0] // part[0], total[1] - part[1]))
+
+
+def _axes(node: ir.Node) -> list[int] | None:
+    """The axes of a Squeeze/Unsqueeze, from its attribute (opset < 13) or its constant input; [] if absent."""
+    if "axes" in node.attributes:
+        return list(node.attributes.get_ints("axes"))
+    if len(node.inputs) < 2 or node.inputs[1] is None:
+        return []
+    array = constant_array(node.inputs[1])
+    return None if array is None else [int(a) for a in array.reshape(-1)]
+
+
+def output_dims(node: ir.Node, dims: list[Dim]) -> list[Dim] | None:
+    """The output shape of one layout op given its input's, or None when it cannot be known statically."""
+    rank = len(dims)
+    if node.op_type == "Reshape":
+        shape = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None  # opset < 5: an attribute
+        if shape is None:
+            return None
+        allow_zero = node.attributes.get_int("allowzero", 0)
+        out: list[Dim] = []
+        for i, size in enumerate(int(s) for s in shape.reshape(-1)):
+            if size == 0 and not allow_zero:
+                if i >= rank:
+                    return None
+                out.append(dims[i])
+            else:
+                out.append(size)
+        if out.count(-1) > 1:
+            return None
+        if -1 in out:
+            inferred = out.index(-1)
+            out[inferred] = _quotient(_product(dims), _product(out[:inferred] + out[inferred + 1:]))
+        return out
+    if node.op_type == "Flatten":
+        axis = node.attributes.get_int("axis", 1)
+        axis = axis + rank if axis < 0 else axis
+        return [_as_dim(_product(dims[:axis])), _as_dim(_product(dims[axis:]))]
+    axes = _axes(node)
+    if axes is None:
+        return None
+    if node.op_type == "Squeeze":
+        if not axes:  # squeeze every dimension of size 1: only decidable when every size is known
+            return [d for d in dims if d != 1] if all(isinstance(d, int) for d in dims) else None
+        axes = {a + rank if a < 0 else a for a in axes}
+        return [d for i, d in enumerate(dims) if i not in axes]
+    # Unsqueeze: axes index the output
+    out_rank = rank + len(axes)
+    inserted = {a + out_rank if a < 0 else a for a in axes}
+    rest = iter(dims)
+    return [1 if i in inserted else next(rest) for i in range(out_rank)]
+
+
+def _normalized_axes(node: ir.Node, rank: int) -> list[int] | None:
+    axes = _axes(node)
+    if not axes:
+        return None
+    return sorted(a + rank if a < 0 else a for a in axes)
+
+
+class CollapseLayoutPair(RewriteRuleClassBase):
+    """``Second(First(x))`` for two layout ops → one Reshape, one Squeeze/Unsqueeze, or nothing."""
+
+    def __init__(self, first: str, second: str, context: FusionContext) -> None:
+        super().__init__(name=f"collapse-{first}-{second}")
+        self.first, self.second, self.context = first, second, context
+
+    def pattern(self, op: Any, x: ir.Value) -> Any:
+        middle = getattr(op, self.first)(x, _allow_other_inputs=True, _outputs=["middle"])
+        return getattr(op, self.second)(middle, _allow_other_inputs=True, _outputs=["out"])
+
+    def check(self, context: Any, x: ir.Value, middle: ir.Value, out: ir.Value) -> MatchResult:
+        result = MatchResult()
+        first, second = middle.producer(), out.producer()
+        self._graph = context.graph_or_function
+        self._in_function = isinstance(self._graph, ir.Function)
+        # A Reshape to a constant shape without copied dimensions ignores the shape of its input.
+        if second.op_type == "Reshape" and len(second.inputs) > 1:
+            shape = constant_array(second.inputs[1])
+            if shape is not None and (second.attributes.get_int("allowzero", 0) or not np.any(shape == 0)):
+                self._plan = ("reshape", shape.astype(np.int64), second.attributes.get_int("allowzero", 0))
+                return result
+        dims = _input_dims(x)
+        if dims is None:
+            return result.fail("the input's shape is unknown")
+        if first.op_type == second.op_type and first.op_type in ("Squeeze", "Unsqueeze"):
+            merged = self._merged_axes(first, second, len(dims))
+            if merged is not None:
+                self._plan = (first.op_type, merged, 0)
+                return result
+        middle_dims = output_dims(first, dims)
+        final = output_dims(second, middle_dims) if middle_dims is not None else None
+        if final is None:
+            return result.fail("the pair's output shape cannot be computed")
+        if len(final) == len(dims) and all(_same_dim(a, b) for a, b in zip(final, dims)):
+            self._plan = ("identity", None, 0)
+            return result
+        target = []
+        for i, size in enumerate(final):
+            if isinstance(size, int):
+                if size <= 0:
+                    return result.fail("a zero-sized dimension cannot be written without allowzero")
+                target.append(size)
+            elif i < len(dims) and _same_dim(size, dims[i]):
+                target.append(0)  # copy the input's dimension at the same index
+            else:
+                target.append(-1)
+        if target.count(-1) > 1:
+            return result.fail("more than one dimension would have to be inferred")
+        self._plan = ("reshape", np.array(target, dtype=np.int64), 0)
+        return result
+
+    @staticmethod
+    def _merged_axes(first: ir.Node, second: ir.Node, rank: int) -> list[int] | None:
+        if first.op_type == "Unsqueeze":
+            axes1 = _normalized_axes(first, rank + len(_axes(first) or []))
+            middle_rank = rank + len(axes1 or [])
+            axes2 = _normalized_axes(second, middle_rank + len(_axes(second) or []))
+            if axes1 is None or axes2 is None:
+                return None
+            # Positions of the first op's new axes, in the final output: skip the second op's insertions.
+            final_positions = [i for i in range(middle_rank + len(axes2)) if i not in axes2]
+            return sorted(axes2 + [final_positions[a] for a in axes1])
+        axes1 = _normalized_axes(first, rank)
+        if axes1 is None:
+            return None
+        axes2 = _normalized_axes(second, rank - len(axes1))
+        if axes2 is None:
+            return None
+        kept = [i for i in range(rank) if i not in axes1]
+        return sorted(axes1 + [kept[a] for a in axes2])
+
+    def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
+        kind, argument, allow_zero = self._plan
+        if kind == "identity":
+            return pass_through(op, x, out, self._graph)
+        if kind == "reshape":
+            shape = new_constant(op, argument, self.context.fresh_name(f"{out.name}_shape"), in_function=self._in_function)
+            return op.Reshape(x, shape, allowzero=allow_zero) if allow_zero else op.Reshape(x, shape)
+        axes = np.array(argument, dtype=np.int64)
+        if self.context.opset < 13:
+            return getattr(op, kind)(x, axes=argument)
+        return getattr(op, kind)(x, new_constant(op, axes, self.context.fresh_name(f"{out.name}_axes"),
+                                                 in_function=self._in_function))
+
+
+class CollapseTransposePair(RewriteRuleClassBase):
+    """``Transpose(Transpose(x, p1), p2)`` → one Transpose, or nothing when the permutations cancel."""
+
+    def __init__(self) -> None:
+        super().__init__(name="collapse-transpose-pair")
+
+    def pattern(self, op: Any, x: ir.Value) -> Any:
+        return op.Transpose(op.Transpose(x, _outputs=["middle"]), _outputs=["out"])
+
+    def check(self, context: Any, x: ir.Value, middle: ir.Value, out: ir.Value) -> MatchResult:
+        result = MatchResult()
+        first, second = middle.producer(), out.producer()
+        perms = [node.attributes.get("perm") for node in (first, second)]
+        if any(p is None or p.is_ref() for p in perms):
+            # Without perm, Transpose reverses the axes; that needs the rank, which the pair does not carry.
+            return result.fail("a permutation is implicit or a reference")
+        p1, p2 = (list(p.as_ints()) for p in perms)
+        if len(p1) != len(p2):
+            return result.fail("the permutations have different lengths")
+        self._perm = [p1[i] for i in p2]
+        self._graph = context.graph_or_function
+        return result
+
+    def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
+        if self._perm == list(range(len(self._perm))):
+            return pass_through(op, x, out, self._graph)
+        return op.Transpose(x, perm=self._perm)
+
+
+def layout_rules(context: FusionContext) -> list[Any]:
+    return [CollapseLayoutPair.rule(first, second, context)
+            for first, second in itertools.product(RESHAPING_OPS, RESHAPING_OPS)]
+
+
+def transpose_rules(context: FusionContext) -> list[Any]:
+    return [CollapseTransposePair.rule()]

@@ -1,0 +1,248 @@
+"""Decomposed LayerNormalization and GELU back into single ops.
+
+Exporters at older opsets write LayerNormalization as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add,
+and GELU as 5 to 9 arithmetic nodes. ONNX has LayerNormalization since opset 17 and Gelu since opset 20;
+ONNX Runtime has had its own Gelu and FastGelu (the tanh form) for longer.
+
+GELU is written in many groupings (``0.5 * x * (1 + erf(x / sqrt 2))``, ``x * (erf(...) + 1) * 0.5``, ...),
+so it is recognised by flattening products and sums of single-use nodes into their factors and terms,
+not by enumerating every ordering as a pattern.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import RewriteRuleClassBase, pattern
+from onnxscript.rewriter._basics import MatchResult
+
+from onnxkit.passes.fuse._base import (
+    CONTRIB_DOMAIN,
+    FLOAT_TYPES,
+    FusionContext,
+    constant_array,
+    new_constant,
+)
+
+# ---------------------------------------------------------------------------------------------------------
+# LayerNormalization
+
+
+def _reduce_axes(node: ir.Node) -> list[int] | None:
+    if "axes" in node.attributes:
+        return list(node.attributes.get_ints("axes"))
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        array = constant_array(node.inputs[1])
+        return None if array is None else [int(a) for a in array.reshape(-1)]
+    return None  # no axes: reduce everything, which is not a layer norm over trailing axes
+
+
+def _trailing_axis(axes: list[int], rank: int | None) -> int | None:
+    """The first normalized axis, as a negative index, if ``axes`` are exactly the trailing axes."""
+    if not axes:
+        return None
+    if rank is not None:
+        axes = [a - rank if a >= 0 else a for a in axes]
+    elif any(a >= 0 for a in axes):
+        return None
+    if sorted(axes) != list(range(-len(axes), 0)):
+        return None
+    return -len(axes)
+
+
+class LayerNormFusion(RewriteRuleClassBase):
+    """``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) [* scale [+ bias]]`` → ``LayerNormalization``."""
+
+    def __init__(self, *, with_scale: bool, with_bias: bool, reciprocal: bool, context: FusionContext) -> None:
+        super().__init__(name=f"layer-norm{'-scale' if with_scale else ''}{'-bias' if with_bias else ''}"
+                              f"{'-reciprocal' if reciprocal else ''}")
+        self.with_scale, self.with_bias, self.reciprocal, self.context = with_scale, with_bias, reciprocal, context
+
+    def pattern(self, op: Any, x: ir.Value, exponent: ir.Value, eps: ir.Value, scale: ir.Value, bias: ir.Value) -> Any:
+        mean = op.ReduceMean(x, _allow_other_inputs=True, _outputs=["mean"])
+        deviation = op.Sub(x, mean)
+        squared = pattern.OrValue([op.Pow(deviation, exponent), op.Mul(deviation, deviation)])
+        variance = op.ReduceMean(squared, _allow_other_inputs=True, _outputs=["variance"])
+        std = op.Sqrt(op.Add(variance, eps))
+        # One rule per form of the division: a pattern cannot end in a choice of nodes.
+        normalized = op.Mul(deviation, op.Reciprocal(std)) if self.reciprocal else op.Div(deviation, std)
+        if self.with_scale:
+            normalized = op.Mul(normalized, scale)
+        if self.with_bias:
+            normalized = op.Add(normalized, bias)
+        return normalized
+
+    def check(self, context: Any, x: ir.Value, mean: ir.Value, variance: ir.Value, eps: ir.Value,
+              exponent: ir.Value | None = None, scale: ir.Value | None = None, bias: ir.Value | None = None,
+              **_: Any) -> MatchResult:
+        result = MatchResult()
+        if x.dtype not in FLOAT_TYPES:
+            return result.fail("LayerNormalization takes floating point")
+        if exponent is not None:
+            power = constant_array(exponent)
+            if power is None or power.size != 1 or float(power.reshape(())) != 2.0:
+                return result.fail("the deviation is not squared")
+        reductions = (mean.producer(), variance.producer())
+        if any(r.attributes.get_int("keepdims", 1) != 1 for r in reductions):
+            return result.fail("a mean drops the reduced axes")
+        axes = [_reduce_axes(r) for r in reductions]
+        rank = None if x.shape is None else x.shape.rank()
+        axis = _trailing_axis(axes[0], rank) if axes[0] is not None else None
+        if axis is None or axes[0] != axes[1]:
+            return result.fail("the means are not over the same trailing axes")
+        epsilon = constant_array(eps)
+        if epsilon is None or epsilon.size != 1:
+            return result.fail("epsilon is not a constant scalar")
+        normalized_shape = tuple(x.shape)[axis:] if x.shape is not None else None
+        if normalized_shape is None or not all(isinstance(d, int) for d in normalized_shape):
+            return result.fail("the normalized dimensions are not static")
+        for parameter in (scale, bias):
+            # LayerNormalization's scale and bias have the normalized shape; a larger tensor (a residual
+            # branch added after the norm, say) is not a bias.
+            if parameter is not None and (parameter.shape is None or tuple(parameter.shape) != normalized_shape
+                                          or parameter.dtype != x.dtype):
+                return result.fail(f"{parameter.name} does not have the normalized shape {normalized_shape}")
+        self._axis, self._epsilon = axis, float(epsilon.reshape(()))
+        self._shape, self._in_function = normalized_shape, isinstance(context.graph_or_function, ir.Function)
+        return result
+
+    def rewrite(self, op: Any, x: ir.Value, scale: ir.Value | None = None, bias: ir.Value | None = None,
+                **_: Any) -> ir.Value:
+        if scale is None:
+            ones = np.ones(self._shape, dtype=x.dtype.numpy())
+            scale = new_constant(op, ones, self.context.fresh_name(f"{x.name}_ln_scale"), in_function=self._in_function)
+        inputs = [x, scale] + ([bias] if bias is not None else [])
+        return op.LayerNormalization(*inputs, axis=self._axis, epsilon=self._epsilon)
+
+
+def layer_norm_stages(context: FusionContext) -> list[list[Any]]:
+    """Longest pattern first, over the whole model: the variant with a bias contains the one without."""
+    stages = []
+    for with_scale, with_bias in ((True, True), (True, False), (False, False)):
+        stage = []
+        for reciprocal in (False, True):
+            rule = LayerNormFusion.rule(with_scale=with_scale, with_bias=with_bias, reciprocal=reciprocal, context=context)
+            stage.extend(rule.commute())
+        stages.append(stage)
+    return stages
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GELU
+
+
+class _Expression:
+    """Walks producers from a root node, flattening single-use Mul/Add trees into their factors/terms.
+
+    Every node taken becomes part of what the fusion replaces, so only nodes whose result feeds nothing
+    but the expression are taken.
+    """
+
+    def __init__(self, graph: ir.Graph | ir.Function, root: ir.Node) -> None:
+        self.graph = graph
+        self.interior: list[ir.Node] = [root]
+
+    def take(self, value: ir.Value, op_type: str) -> ir.Node | None:
+        node = value.producer()
+        if (node is None or node.op_type != op_type or node.domain not in ("", "ai.onnx")
+                or node.graph is not self.graph or len(value.uses()) != 1 or value.is_graph_output()):
+            return None
+        self.interior.append(node)
+        return node
+
+    def flatten(self, value: ir.Value, op_type: str) -> list[ir.Value]:
+        node = self.take(value, op_type)
+        if node is None:
+            return [value]
+        return [leaf for operand in node.inputs if operand is not None for leaf in self.flatten(operand, op_type)]
+
+
+def _without_constant(operands: list[ir.Value], expected: float) -> list[ir.Value] | None:
+    """The operands other than one constant close to ``expected``; None if there is no such constant."""
+    for i, value in enumerate(operands):
+        array = constant_array(value)
+        if array is not None and array.size == 1 and math.isclose(float(array.reshape(-1)[0]), expected, rel_tol=1e-4):
+            return operands[:i] + operands[i + 1:]
+    return None
+
+
+_SQRT_2 = math.sqrt(2.0)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_TANH_CUBIC = 0.044715
+
+
+class GeluFusion(RewriteRuleClassBase):
+    """``0.5 * x * (1 + erf(x / sqrt 2))`` → Gelu, and ``0.5 * x * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``
+    → Gelu(approximate=tanh), in any grouping and operand order. Under ``target=onnxruntime``: the contrib
+    Gelu and FastGelu, which ONNX Runtime can fuse further with a preceding bias."""
+
+    def __init__(self, context: FusionContext) -> None:
+        super().__init__(name="gelu")
+        self.context = context
+
+    def pattern(self, op: Any, a: ir.Value, b: ir.Value) -> Any:
+        return op.Mul(a, b)
+
+    def check(self, context: Any, a: ir.Value, b: ir.Value, **_: Any) -> MatchResult:
+        result = MatchResult()
+        expression = _Expression(context.graph_or_function, context.root)
+        rest = _without_constant(expression.flatten(a, "Mul") + expression.flatten(b, "Mul"), 0.5)
+        if rest is None or len(rest) != 2:
+            return result.fail("not 0.5 * x * (...)")
+        for x, bracket in (rest, rest[::-1]):
+            mark = len(expression.interior)
+            approximate = self._bracket_form(expression, x, bracket) if x.dtype in FLOAT_TYPES else None
+            if approximate is not None:
+                if not _is_private(expression.interior):
+                    return result.fail("an intermediate value is used outside the GELU")
+                self._x, self._approximate = x, approximate
+                return result
+            del expression.interior[mark:]
+        return result.fail("not a GELU")
+
+    @staticmethod
+    def _bracket_form(expression: _Expression, x: ir.Value, bracket: ir.Value) -> str | None:
+        """'none' for ``1 + erf(x / sqrt 2)``, 'tanh' for ``1 + tanh(...)``, None for anything else."""
+        terms = _without_constant(expression.flatten(bracket, "Add"), 1.0)
+        if terms is None or len(terms) != 1:
+            return None
+        if (erf := expression.take(terms[0], "Erf")) is not None:
+            argument = erf.inputs[0]
+            if (div := expression.take(argument, "Div")) is not None:
+                return "none" if _without_constant(list(div.inputs[1:]), _SQRT_2) == [] and div.inputs[0] is x else None
+            return "none" if _without_constant(expression.flatten(argument, "Mul"), 1 / _SQRT_2) == [x] else None
+        if (tanh := expression.take(terms[0], "Tanh")) is not None:
+            inner = _without_constant(expression.flatten(tanh.inputs[0], "Mul"), _SQRT_2_OVER_PI)
+            if inner is None or len(inner) != 1:
+                return None
+            terms = expression.flatten(inner[0], "Add")
+            if len(terms) != 2 or x not in terms:
+                return None
+            cubic = _without_constant(expression.flatten(terms[1] if terms[0] is x else terms[0], "Mul"), _TANH_CUBIC)
+            if cubic == [x, x, x]:
+                return "tanh"
+            if cubic is not None and len(cubic) == 1 and (power := expression.take(cubic[0], "Pow")) is not None:
+                exponent = constant_array(power.inputs[1])
+                if power.inputs[0] is x and exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 3.0:
+                    return "tanh"
+        return None
+
+    def rewrite(self, op: Any, **_: Any) -> ir.Value:
+        if self.context.target == "onnxruntime":
+            contrib_op = "FastGelu" if self._approximate == "tanh" else "Gelu"
+            return getattr(op, contrib_op)(self._x, _domain=CONTRIB_DOMAIN)
+        return op.Gelu(self._x, approximate=self._approximate)
+
+
+def _is_private(nodes: list[ir.Node]) -> bool:
+    """Whether the values computed inside the expression (not the root's) feed nothing outside it."""
+    members = set(nodes)
+    return all(not output.is_graph_output() and all(user in members for user, _ in output.uses())
+               for node in nodes[1:] for output in node.outputs)
+
+
+def gelu_rules(context: FusionContext) -> list[Any]:
+    return [GeluFusion.rule(context)]

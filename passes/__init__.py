@@ -7,6 +7,7 @@ onnxkit imports none of them, and a pass's heavy dependencies load only when tha
 BUILTIN_PASSES: dict[str, str] = {
     "cleanup": "onnxkit.passes.cleanup:CleanupPass",
     "export": "onnxkit.passes.export:ExportPass",
+    "fuse": "onnxkit.passes.fuse:FusePass",
     "shape-inference": "onnxkit.passes.shape_inference:ShapeInferencePass",
     "simplify": "onnxkit.passes.simplify:SimplifyPass",
 }

@@ -206,7 +206,7 @@ def training_overhead(settings: SuiteSettings) -> dict[str, Any]:
     optimizer and batch size, one thread. Each is timed three times, alternating; medians are compared."""
     import torch
 
-    from benchmarks.models import hand_written_epoch, trainer_epoch
+    from benchmarks.models import train_by_hand, train_with_trainer
     from onnxkit import zoo
 
     torch.set_num_threads(1)
@@ -214,7 +214,7 @@ def training_overhead(settings: SuiteSettings) -> dict[str, Any]:
     epochs = 1 if settings.quick else 3
     times: dict[str, list[float]] = {"trainer": [], "hand-written": []}
     for _ in range(3):
-        for name, run_epochs in (("trainer", trainer_epoch), ("hand-written", hand_written_epoch)):
+        for name, run_epochs in (("trainer", train_with_trainer), ("hand-written", train_by_hand)):
             torch.manual_seed(0)
             model = zoo.BatchNormCNN(image_size=splits.image_size)
             started = time.perf_counter()

@@ -9,8 +9,10 @@ trivially exact and hide mistakes.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -155,7 +157,10 @@ def export(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inpu
     """
     model.eval()
     training = torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # PRESERVE on an eval-mode model draws a warning meant for training-mode exports, and the LSTM one
+        # about batch sizes concerns models exported with batch > 1: neither applies here.
+        warnings.simplefilter("ignore", UserWarning)
         torch.onnx.export(model, example, str(path), input_names=input_names, output_names=[output_name],
                           dynamic_axes={**dynamic, output_name: {0: "batch"}}, opset_version=OPSET, dynamo=False,
                           training=training)
@@ -190,13 +195,10 @@ def build_mobilenetv2(folder: Path, quick: bool) -> BenchModel:
 def build_digits_cnn(folder: Path, quick: bool) -> BenchModel:
     """``zoo.BatchNormCNN`` trained on scikit-learn's digits by ``onnxkit.train.Trainer``; labelled test split."""
     from onnxkit import zoo
-    from onnxkit.train import Trainer  # the built-in loop; without it this model cannot be built
 
-    torch.manual_seed(SEED)
     splits = zoo.load_digits_splits(seed=SEED)
-    model = zoo.BatchNormCNN(image_size=splits.image_size)
-    train_digits(Trainer, model, splits, epochs=3 if quick else 10)
-    path = export(model.eval(), (torch.from_numpy(splits.test.images[:1]),), folder / "digits-cnn.onnx", ["image"],
+    model = train_with_trainer(zoo.BatchNormCNN(image_size=splits.image_size), splits, epochs=3 if quick else 10)
+    path = export(model, (torch.from_numpy(splits.test.images[:1]),), folder / "digits-cnn.onnx", ["image"],
                   "logits", {"image": {0: "batch"}}, keep_batchnorm=True)
     data = folder / "digits-cnn.npz"
     np.savez(data, image=splits.test.images, labels=splits.test.labels)
@@ -204,11 +206,34 @@ def build_digits_cnn(folder: Path, quick: bool) -> BenchModel:
                       path, data, (1, 8))
 
 
-def train_digits(trainer_class: type, model: nn.Module, splits: object, epochs: int) -> object:
-    """Train with onnxkit's loop; the call shape lives here so the overhead benchmark uses the same one."""
-    from onnxkit.train import fit_digits  # a thin helper in train.py, when it offers one
+def digits_loader(splits: Any, batch_size: int = 64) -> torch.utils.data.DataLoader:
+    images, labels = splits.train.tensors()
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=batch_size,
+                                       shuffle=True, generator=torch.Generator().manual_seed(SEED))
 
-    return fit_digits(trainer_class, model, splits, epochs=epochs)
+
+def train_with_trainer(model: nn.Module, splits: Any, epochs: int) -> nn.Module:
+    """onnxkit's loop as a user would call it: Adam, cross-entropy, no validation, quiet."""
+    from onnxkit.train import Trainer
+
+    trainer = Trainer(model, torch.optim.Adam(model.parameters(), 1e-3), nn.CrossEntropyLoss(), seed=SEED,
+                      progress=False, log=lambda line: None)
+    trainer.fit(digits_loader(splits), epochs=epochs)
+    return model.eval()
+
+
+def train_by_hand(model: nn.Module, splits: Any, epochs: int) -> nn.Module:
+    """The loop a user writes without onnxkit: the same optimizer, loss, data and batch size."""
+    torch.manual_seed(SEED)
+    optimizer, criterion = torch.optim.Adam(model.parameters(), 1e-3), nn.CrossEntropyLoss()
+    loader = digits_loader(splits)
+    model.train()
+    for _ in range(epochs):
+        for images, labels in loader:
+            optimizer.zero_grad()
+            criterion(model(images), labels).backward()
+            optimizer.step()
+    return model.eval()
 
 
 def _minilm_data(folder: Path) -> Path:

@@ -1,0 +1,531 @@
+"""The compact training loop: mixed precision, exact gradient accumulation, checkpoints that resume exactly,
+early stopping, and DDP under ``torchrun``.
+
+    trainer = Trainer(model, torch.optim.AdamW(model.parameters(), 1e-3), torch.nn.CrossEntropyLoss(),
+                      amp=True, accumulation_steps=4, clip_grad_norm=1.0, checkpoint_dir="runs/cnn",
+                      metrics=("loss", "accuracy"), seed=0)
+    result = trainer.fit(train_loader, epochs=10, val_loader=val_loader)
+    print(trainer.evaluate(test_loader))
+
+One optimizer step takes ``accumulation_steps`` micro-batches (fewer at the end of an epoch). The steps of
+one optimizer step, each for a reason:
+1. scale each micro-batch's mean loss by its share of the step's samples, so the accumulated gradient is
+   the full-batch gradient even when the last micro-batch is short (the criterion must average over samples,
+   PyTorch's default ``reduction="mean"``);
+2. under DDP, skip the gradient all-reduce on all but the last micro-batch (``no_sync``);
+3. unscale fp16 gradients before clipping, so the clip threshold applies to the true gradient norm;
+4. step the scheduler once per optimizer step, and not when the fp16 scaler skipped a step on inf/NaN.
+
+Batches are ``(inputs, targets)``; inputs are a tensor, a tuple of tensors (``model(*inputs)``) or a dict
+(``model(**inputs)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+AmpMode = Literal["bf16", "fp16"]
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | float]
+CHECKPOINT_FORMAT = 1
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (every device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Share of samples whose highest score is the target class."""
+    return (outputs.argmax(dim=-1) == targets).float().mean()
+
+
+@dataclasses.dataclass
+class StepRecord:
+    """One optimizer step, as the ``on_step`` hook sees it. Values are read from the device only on access."""
+
+    step: int
+    epoch: int
+    samples: int
+    lr: float
+    loss_tensor: torch.Tensor
+    grad_norm_tensor: torch.Tensor | None
+
+    @property
+    def loss(self) -> float:
+        """The step's mean loss over its samples (under DDP: over this rank's, when ranks get equal shares)."""
+        return self.loss_tensor.item()
+
+    @property
+    def grad_norm(self) -> float | None:
+        """The total gradient norm before clipping, when clipping is on."""
+        return None if self.grad_norm_tensor is None else self.grad_norm_tensor.item()
+
+
+@dataclasses.dataclass
+class FitResult:
+    steps: int
+    epochs_completed: int
+    history: list[dict[str, float]]  # one record per evaluation: step, epoch and the metrics
+    best: dict[str, float] | None
+    stopped_early: bool
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+
+
+@dataclasses.dataclass
+class _State:
+    """Everything besides model, optimizer, scheduler and scaler that a resumed run needs to continue exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_done: int = 0  # micro-batches of the current epoch already trained on
+    best_value: float | None = None
+    evals_without_improvement: int = 0
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    epoch_rng: dict[str, Any] | None = None  # generator states at the start of the epoch: reproduce its order
+
+
+class Trainer:
+    """Train a model with the steps above; evaluate it; checkpoint it; resume it.
+
+    ``amp``: False, True (bf16 autocast on CPU, fp16 with a GradScaler on CUDA), or "bf16"/"fp16".
+    ``eval_every``: evaluate every N optimizer steps (default: at the end of each epoch).
+    ``monitor`` names the metric that decides the best checkpoint and early stopping, minimised when its
+    name contains "loss", else maximised; ``patience`` evaluations without an improvement of more than
+    ``min_delta`` stop the run. ``checkpoint_dir`` receives ``last.pt`` at every evaluation and at the end,
+    and ``best.pt``. ``progress``: a progress bar (default when stderr is a terminal) or a log line every
+    ``log_every`` steps. ``on_step(trainer, record)`` and ``on_eval(trainer, record)`` run after each step
+    and evaluation; setting ``trainer.should_stop = True`` ends the run.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: Callable[[Any, Any], torch.Tensor],
+        scheduler: Any = None,
+        *,
+        amp: bool | AmpMode = False,
+        accumulation_steps: int = 1,
+        clip_grad_norm: float | None = None,
+        device: str | torch.device | None = None,
+        eval_every: int | None = None,
+        metrics: Sequence[str] | Mapping[str, Metric] = ("loss",),
+        monitor: str = "loss",
+        patience: int | None = None,
+        min_delta: float = 0.0,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        seed: int | None = None,
+        progress: bool | None = None,
+        log_every: int = 50,
+        log: Callable[[str], None] | None = None,
+        on_step: Callable[[Trainer, StepRecord], None] | None = None,
+        on_eval: Callable[[Trainer, dict[str, float]], None] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        if accumulation_steps < 1:
+            raise ValueError("accumulation_steps must be at least 1")
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.world_size, self.rank = 1, 0
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
+            if not dist.is_initialized():
+                dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+            self.world_size, self.rank = dist.get_world_size(), dist.get_rank()
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+        self.module = model.to(self.device)  # moves parameters in place, so the optimizer still holds them
+        self.model: nn.Module = self.module
+        if self.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids)
+        self.optimizer, self.criterion, self.scheduler = optimizer, criterion, scheduler
+
+        if amp is True:
+            amp = "fp16" if self.device.type == "cuda" else "bf16"
+        self.amp_dtype = {False: None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        # bf16 keeps fp32's exponent range, so only fp16 needs loss scaling.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+        self.accumulation_steps, self.clip_grad_norm = accumulation_steps, clip_grad_norm
+        self.eval_every, self.metrics, self.monitor = eval_every, metrics, monitor
+        self.minimize = "loss" in monitor
+        self.patience, self.min_delta = patience, min_delta
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.seed = seed
+        self.progress = progress
+        self.log_every = log_every
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.on_step, self.on_eval = on_step, on_eval
+        self.config = {
+            "amp": amp or None, "accumulation_steps": accumulation_steps, "clip_grad_norm": clip_grad_norm,
+            "eval_every": eval_every, "monitor": monitor, "patience": patience, "min_delta": min_delta,
+            "seed": seed, "world_size": self.world_size, "optimizer": type(optimizer).__name__,
+            "scheduler": type(scheduler).__name__ if scheduler is not None else None, **dict(config or {}),
+        }
+        self.state = _State()
+        self.should_stop = False
+        self._resume_rng: dict[str, Any] | None = None
+        self._loader_generators: list[torch.Generator] = []
+
+    # -- training ----------------------------------------------------------------------------------------
+
+    def fit(self, train_loader: Iterable[Any], *, epochs: int | None = None, max_steps: int | None = None,
+            val_loader: Iterable[Any] | None = None,
+            resume_from: str | os.PathLike[str] | None = None) -> FitResult:
+        """Train until ``epochs`` epochs or ``max_steps`` optimizer steps, whichever comes first.
+
+        ``resume_from`` continues from a checkpoint exactly where it stopped: same data order, same random
+        draws, same results as a run that was never interrupted (single process; under DDP the
+        other ranks' random streams restart from rank 0's).
+        """
+        if epochs is None and max_steps is None:
+            raise ValueError("give epochs or max_steps")
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        elif self.seed is not None:
+            seed_everything(self.seed)
+        self.should_stop = False
+        self._loader_generators = _loader_generators(train_loader)
+        self.config.update(epochs=epochs, max_steps=max_steps)
+        with self._progress_bar(train_loader, epochs, max_steps) as advance:
+            while not self.should_stop and (epochs is None or self.state.epoch < epochs) and (
+                    max_steps is None or self.state.step < max_steps):
+                if self._train_epoch(train_loader, max_steps, val_loader, advance):
+                    self.state.epoch += 1
+                    self.state.batches_done = 0
+                    if val_loader is not None and self.eval_every is None:
+                        self._evaluate_and_checkpoint(val_loader)
+        last_eval = self.state.history[-1]["step"] if self.state.history else None
+        if val_loader is not None and last_eval != self.state.step:
+            self._evaluate_and_checkpoint(val_loader)
+        elif val_loader is None and self.checkpoint_dir is not None:
+            self.save_checkpoint(self.checkpoint_dir / "last.pt")
+        return self._result()
+
+    def _train_epoch(self, loader: Iterable[Any], max_steps: int | None, val_loader: Iterable[Any] | None,
+                     advance: Callable[[StepRecord], None]) -> bool:
+        """Train on the rest of the current epoch; True if it reached the epoch's end."""
+        generators = self._loader_generators
+        if self.state.batches_done:  # resuming mid-epoch: replay the epoch's shuffle, then skip what was done
+            _set_rng_state(self.state.epoch_rng, generators)
+        else:
+            self.state.epoch_rng = _rng_state(generators)
+        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+        if set_epoch is not None:  # DistributedSampler reshuffles per epoch only when told the epoch
+            set_epoch(self.state.epoch)
+        batches = iter(loader)
+        if self.state.batches_done:
+            for _ in itertools.islice(batches, self.state.batches_done):
+                pass
+        if self._resume_rng is not None:
+            _set_rng_state(self._resume_rng, generators)
+            self._resume_rng = None
+        self.model.train()
+        for group in _groups(batches, self.accumulation_steps):
+            record = self._optimizer_step(group)
+            self.state.batches_done += len(group)
+            advance(record)
+            if self.on_step is not None:
+                self.on_step(self, record)
+            if val_loader is not None and self.eval_every and self.state.step % self.eval_every == 0:
+                self._evaluate_and_checkpoint(val_loader)
+            if self.should_stop or (max_steps is not None and self.state.step >= max_steps):
+                return False
+        return True
+
+    def _optimizer_step(self, group: list[Any]) -> StepRecord:
+        group = [_to_device(batch, self.device) for batch in group]
+        counts = [_sample_count(targets) for _, targets in group]
+        total = sum(counts)
+        if self.world_size > 1:  # DDP averages gradients over ranks; weigh by the global sample count
+            global_total = torch.tensor(total, dtype=torch.int64, device=self.device)
+            dist.all_reduce(global_total)
+            total = int(global_total.item())
+        step_loss = torch.zeros((), device=self.device)
+        for index, ((inputs, targets), count) in enumerate(zip(group, counts)):
+            last = index == len(group) - 1
+            sync = contextlib.nullcontext() if last or self.world_size == 1 else self.model.no_sync()
+            with sync:
+                with self._autocast():
+                    loss = self.criterion(_forward(self.model, inputs), targets) * (count * self.world_size / total)
+                self.scaler.scale(loss).backward()
+            step_loss += loss.detach().float()
+        grad_norm = None
+        if self.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = nn.utils.clip_grad_norm_(self.module.parameters(), self.clip_grad_norm)
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        skipped = scale_before is not None and self.scaler.get_scale() < scale_before
+        if self.scheduler is not None and not skipped:
+            self.scheduler.step()
+        self.state.step += 1
+        return StepRecord(step=self.state.step, epoch=self.state.epoch, samples=sum(counts),
+                          lr=self.optimizer.param_groups[0]["lr"], loss_tensor=step_loss,
+                          grad_norm_tensor=grad_norm)
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+
+    def evaluate(self, loader: Iterable[Any],
+                 metrics: Sequence[str] | Mapping[str, Metric] | None = None) -> dict[str, float]:
+        """Sample-weighted means of ``metrics`` over ``loader``, in eval mode under no_grad.
+
+        Metrics are names ("loss": the criterion, "accuracy": argmax against class targets) or a mapping of
+        names to ``fn(outputs, targets) -> batch mean``. Under DDP the sums are reduced over all ranks.
+        """
+        functions = _metric_functions(metrics if metrics is not None else self.metrics, self.criterion)
+        sums = torch.zeros(len(functions) + 1, dtype=torch.float64, device=self.device)
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.no_grad():
+                for batch in loader:
+                    inputs, targets = _to_device(batch, self.device)
+                    with self._autocast():
+                        # The plain module, not DDP's wrapper: its forward would add collectives per batch.
+                        outputs = _forward(self.module, inputs)
+                    count = _sample_count(targets)
+                    for index, function in enumerate(functions.values()):
+                        sums[index] += float(function(outputs, targets)) * count
+                    sums[-1] += count
+        finally:
+            self.module.train(was_training)
+        if self.world_size > 1:
+            dist.all_reduce(sums)
+        if sums[-1] == 0:
+            raise ValueError("the evaluation loader yielded no samples")
+        return {name: (sums[index] / sums[-1]).item() for index, name in enumerate(functions)}
+
+    def _evaluate_and_checkpoint(self, val_loader: Iterable[Any]) -> None:
+        metrics = self.evaluate(val_loader)
+        if self.monitor not in metrics:
+            raise ValueError(f"monitor '{self.monitor}' is not among the metrics {list(metrics)}")
+        value, best = metrics[self.monitor], self.state.best_value
+        improved = best is None or (value < best - self.min_delta if self.minimize else value > best + self.min_delta)
+        if improved:
+            self.state.best_value = value
+            self.state.evals_without_improvement = 0
+        else:
+            self.state.evals_without_improvement += 1
+        record = {"step": self.state.step, "epoch": self.state.epoch, **metrics}
+        self.state.history.append(record)
+        if self.rank == 0:
+            text = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+            self.log(f"eval at step {self.state.step}: {text}{' (best)' if improved else ''}")
+        if self.patience is not None and self.state.evals_without_improvement >= self.patience:
+            self.should_stop = True
+            if self.rank == 0:
+                self.log(f"early stop: no improvement of {self.monitor} in {self.patience} evaluations")
+        if self.on_eval is not None:
+            self.on_eval(self, record)
+        if self.checkpoint_dir is not None:
+            last = self.save_checkpoint(self.checkpoint_dir / "last.pt")
+            if improved and last is not None:
+                shutil.copyfile(last, self.checkpoint_dir / "best.pt")
+
+    # -- checkpoints --------------------------------------------------------------------------------------
+
+    def save_checkpoint(self, path: str | os.PathLike[str]) -> Path | None:
+        """Write model, optimizer, scheduler, scaler, step, generator states and config (rank 0 only).
+        Written to a temporary file and renamed, so an interrupted save never leaves a broken checkpoint.
+        Everything in it loads with ``torch.load(weights_only=True)``."""
+        if self.rank != 0:
+            return None
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "state": dataclasses.asdict(self.state),
+            "rng": _rng_state(self._loader_generators),
+            "config": self.config,
+        }
+        temporary = path.with_name(f".{path.name}.tmp")
+        torch.save(checkpoint, temporary)
+        os.replace(temporary, path)
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Restore everything ``save_checkpoint`` wrote; the generator states are applied when training
+        resumes, after the interrupted epoch's batches have been replayed."""
+        checkpoint = torch.load(path, map_location=self.device, weights_only=True)
+        self.module.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.scheduler is not None and checkpoint["scheduler"] is not None:
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint["scaler"]:
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.state = _State(**checkpoint["state"])
+        self._resume_rng = checkpoint["rng"]
+        changed = [key for key in ("amp", "accumulation_steps", "clip_grad_norm", "world_size")
+                   if checkpoint["config"].get(key) != self.config.get(key)]
+        if changed and self.rank == 0:
+            self.log(f"warning: resuming with different {', '.join(changed)} than the checkpoint; "
+                     "the run will not match an uninterrupted one")
+
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _result(self) -> FitResult:
+        history = self.state.history
+        scored = [r for r in history if self.monitor in r]
+        pick = min if self.minimize else max
+        best = pick(scored, key=lambda r: r[self.monitor]) if scored else None
+        directory = self.checkpoint_dir
+        return FitResult(
+            steps=self.state.step, epochs_completed=self.state.epoch, history=list(history), best=best,
+            stopped_early=self.should_stop,
+            best_checkpoint=directory / "best.pt" if directory and (directory / "best.pt").exists() else None,
+            last_checkpoint=directory / "last.pt" if directory and (directory / "last.pt").exists() else None,
+        )
+
+    @contextlib.contextmanager
+    def _progress_bar(self, loader: Iterable[Any], epochs: int | None,
+                      max_steps: int | None) -> Iterator[Callable[[StepRecord], None]]:
+        """Yield a function called after each step: a rich progress bar on a terminal, else log lines."""
+        total = max_steps
+        if epochs is not None and hasattr(loader, "__len__"):
+            per_epoch = math.ceil(len(loader) / self.accumulation_steps)  # type: ignore[arg-type]
+            total = min(total or math.inf, per_epoch * epochs)  # type: ignore[assignment]
+        show_bar = self.progress if self.progress is not None else sys.stderr.isatty()
+        started, first_step = time.perf_counter(), self.state.step
+        if self.rank != 0:
+            yield lambda record: None
+        elif show_bar:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                          console=Console(stderr=True)) as bar:
+                task = bar.add_task("training", total=total, completed=self.state.step, status="")
+
+                def advance(record: StepRecord) -> None:
+                    status = f"loss {record.loss:.4f}" if record.step % max(1, self.log_every // 10) == 0 else None
+                    bar.update(task, advance=1, **({"status": status} if status else {}))
+
+                yield advance
+        else:
+            def log_line(record: StepRecord) -> None:
+                if record.step % self.log_every == 0 or record.step == total:
+                    rate = (record.step - first_step) / max(time.perf_counter() - started, 1e-9)
+                    of_total = f"/{total}" if total else ""
+                    self.log(f"step {record.step}{of_total} epoch {record.epoch} loss {record.loss:.4f} "
+                             f"lr {record.lr:.3g} ({rate:.1f} steps/s)")
+
+            yield log_line
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batches
+
+
+def _groups(batches: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """Micro-batches in groups of ``size``; the last group of an epoch may be smaller."""
+    while group := list(itertools.islice(batches, size)):
+        yield group
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, Mapping):
+        return {key: _to_device(item, device) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(item, device) for item in value)
+    return value
+
+
+def _forward(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (list, tuple)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def _sample_count(targets: Any) -> int:
+    if isinstance(targets, torch.Tensor):
+        return targets.shape[0]
+    if isinstance(targets, Mapping):
+        return _sample_count(next(iter(targets.values())))
+    return _sample_count(targets[0])
+
+
+def _metric_functions(metrics: Sequence[str] | Mapping[str, Metric],
+                      criterion: Callable[[Any, Any], torch.Tensor]) -> dict[str, Metric]:
+    if isinstance(metrics, Mapping):
+        return dict(metrics)
+    # The loss in fp32 even under autocast, so evaluation numbers do not depend on the AMP setting's rounding.
+    named: dict[str, Metric] = {"loss": lambda outputs, targets: criterion(outputs.float(), targets),
+                                "accuracy": accuracy}
+    unknown = [name for name in metrics if name not in named]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; named metrics are {list(named)}, or pass a mapping")
+    return {name: named[name] for name in metrics}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generator states, in a form torch.load(weights_only=True) accepts
+
+
+def _loader_generators(loader: Any) -> list[torch.Generator]:
+    """Generators a DataLoader shuffles with besides the global one: its own and its sampler's."""
+    candidates = [getattr(loader, "generator", None), getattr(getattr(loader, "sampler", None), "generator", None)]
+    unique = {id(g): g for g in candidates if isinstance(g, torch.Generator)}
+    return list(unique.values())
+
+
+def _rng_state(generators: Sequence[torch.Generator]) -> dict[str, Any]:
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "loader": [g.get_state() for g in generators],
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any] | None, generators: Sequence[torch.Generator]) -> None:
+    if state is None:
+        return
+    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].cpu().numpy().astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    for generator, generator_state in zip(generators, state["loader"]):
+        generator.set_state(generator_state.cpu())

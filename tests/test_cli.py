@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -157,13 +156,11 @@ def test_bad_specs_and_outputs_exit_2(model_path, args, message):
     assert sorted(p.name for p in model_path.parent.iterdir()) == ["m.onnx"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; the permission check cannot fail")
-def test_unwritable_output_folder_exits_2(model_path, tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    result = onnxkit("optimize", str(model_path), "--passes", "cleanup", "-o", str(locked / "out.onnx"))
+def test_unwritable_output_folder_exits_2(model_path):
+    # /proc refuses new files even for root, so this fails the same way on every machine.
+    result = onnxkit("optimize", str(model_path), "--passes", "cleanup", "-o", "/proc/out.onnx")
     assert result.returncode == 2
-    assert "not writable" in result.stderr
+    assert result.stderr.startswith("error: cannot write") and "Traceback" not in result.stderr
 
 
 def test_output_that_is_a_folder_exits_2(model_path, tmp_path):

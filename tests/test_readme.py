@@ -6,6 +6,7 @@ import re
 import shlex
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import onnx
@@ -40,8 +41,11 @@ def _console_examples() -> list[tuple[str, str]]:
 @pytest.mark.parametrize("block", _blocks("python"), ids=lambda b: b.splitlines()[0][:40])
 def test_python_examples_run(block, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # Run as a real module, as a user's script would be: dataclasses look their module up in sys.modules.
+    module = types.ModuleType("readme_example")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
     try:
-        exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+        exec(compile(block, "README.md", "exec"), module.__dict__)
     finally:
         registry.refresh()
 

@@ -241,7 +241,7 @@ def _default_text(field: Any) -> str:
     from onnxkit.pass_base import format_option_value
 
     if field.default is not dataclasses.MISSING:
-        return format_option_value(field.default)
+        return format_option_value(field.default) or "(empty)"
     if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         return format_option_value(field.default_factory())  # type: ignore[misc]
     return "(required)"

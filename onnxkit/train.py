@@ -52,6 +52,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def init_distributed(backend: str | None = None) -> tuple[int, int]:
+    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1) and return (rank, world size);
+    (0, 1) otherwise. Call it before building a ``DistributedSampler``; the Trainer calls it too."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    return dist.get_rank(), dist.get_world_size()
+
+
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Share of samples whose highest score is the target class."""
     return (outputs.argmax(dim=-1) == targets).float().mean()
@@ -145,14 +155,10 @@ class Trainer:
             raise ValueError("accumulation_steps must be at least 1")
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
-        self.world_size, self.rank = 1, 0
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
-            if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
-            self.world_size, self.rank = dist.get_world_size(), dist.get_rank()
-            if self.device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                torch.cuda.set_device(self.device)
+        self.rank, self.world_size = init_distributed("nccl" if self.device.type == "cuda" else "gloo")
+        if self.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
         self.module = model.to(self.device)  # moves parameters in place, so the optimizer still holds them
         self.model: nn.Module = self.module
         if self.world_size > 1:
@@ -485,9 +491,11 @@ def _metric_functions(metrics: Sequence[str] | Mapping[str, Metric],
                       criterion: Callable[[Any, Any], torch.Tensor]) -> dict[str, Metric]:
     if isinstance(metrics, Mapping):
         return dict(metrics)
-    # The loss in fp32 even under autocast, so evaluation numbers do not depend on the AMP setting's rounding.
-    named: dict[str, Metric] = {"loss": lambda outputs, targets: criterion(outputs.float(), targets),
-                                "accuracy": accuracy}
+    def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # At least fp32 even under autocast, so reported losses do not carry bf16/fp16 rounding.
+        return criterion(outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs, targets)
+
+    named: dict[str, Metric] = {"loss": loss, "accuracy": accuracy}
     unknown = [name for name in metrics if name not in named]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; named metrics are {list(named)}, or pass a mapping")

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import importlib
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -26,17 +27,12 @@ import onnx_ir.passes.common as common
 from onnxscript.optimizer import constant_folding
 from onnxscript.rewriter import pattern
 from onnxscript.rewriter.rules.common import (
-    collapse_slice2_rule,
-    collapse_slice_rule,
-    dropout_inference_rule,
-    dropout_zero_rule,
     no_op_cast_rule,
     no_op_dynamic_scatter_nd_rule,
     no_op_expand_rule,
     no_op_static_scatter_nd_rule,
     no_op_transpose_rule,
 )
-from onnxscript.rewriter.rules.common import _no_op
 
 from onnxkit import modelio
 from onnxkit.errors import PassFailedError, SpecError
@@ -88,7 +84,7 @@ class SimplifyPass(Pass):
 
     def call(self, model: ir.Model) -> PassResult:
         if self.options.backend != "onnxkit":
-            return _run_peer(self.options.backend, model)
+            return run_peer(self.options.backend, model)
         return _Simplifier(model, self.options.max_constant_bytes).run()
 
 
@@ -114,6 +110,90 @@ def _to_identity(op, x, **_):
 # attribute; torch and current converters emit the input form.)
 _no_op_pad_rule = pattern.RewriteRule(_no_op_pad_pattern, _to_identity, _no_op_pad_check)
 
+
+
+def _is_identity_element(constant: ir.Value, identity: float | bool, x: ir.Value) -> bool:
+    """Whether ``x op constant`` is ``x``: every element equals ``identity`` exactly, and broadcasting
+    cannot enlarge ``x``. (onnxscript's x*1 / x+0 rules match within a tolerance, which would drop an
+    epsilon such as the 1e-12 added under a square root.)"""
+    value = constant.const_value
+    if value is None or value.size == 0:
+        return False
+    array = value.numpy()
+    if not np.all(array == identity):
+        return False
+    if array.ndim == 0:
+        return True
+    if x.shape is None or len(x.shape) < array.ndim:
+        return False
+    trailing = x.shape.dims[len(x.shape) - array.ndim:]
+    return all(size == 1 or size == dim for size, dim in zip(array.shape, trailing))
+
+
+def _identity_element_rules(op_type: str, identity: float | bool, commutes: bool) -> list[pattern.RewriteRule]:
+    def check(context, x: ir.Value, c: ir.Value, **_) -> bool:
+        del context
+        return _is_identity_element(c, identity, x)
+
+    rules = [pattern.RewriteRule(lambda op, x, c: getattr(op, op_type)(x, c), _to_identity, check)]
+    if commutes:
+        rules.append(pattern.RewriteRule(lambda op, x, c: getattr(op, op_type)(c, x), _to_identity, check))
+    return rules
+
+
+def _remove_legacy_dropout(model: ir.Model) -> int:
+    """Dropout before opset 12 has no training mode: at inference it copies its input. (From opset 12 on,
+    the folder decides from the training_mode and ratio inputs.)"""
+    if model.opset_imports.get("", 1) >= 12:
+        return 0
+    removed = 0
+    for node in list(all_nodes(model)):
+        if node.op_type != "Dropout" or node.domain != "" or any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
+            continue
+        identity = ir.node("Identity", inputs=[node.inputs[0]])
+        ir.convenience.replace_nodes_and_values(node.graph, node, [node], [identity], node.outputs[:1],
+                                                identity.outputs)
+        removed += 1
+    return removed
+
+
+# An end at least this large reaches the end of any dimension that fits in memory.
+_END_OF_ANY_DIM = 2**62
+
+
+def _constant_ints(value: ir.Value | None) -> list[int] | None:
+    if value is None or value.const_value is None:
+        return None
+    return [int(v) for v in value.const_value.numpy().reshape(-1)]
+
+
+def _no_op_slice_check(context, x: ir.Value, **_) -> bool:
+    """A Slice that keeps every element: step 1, from the start to the end of each sliced axis.
+    (onnxscript's rules need all five inputs present.)"""
+    node = context.root
+    inputs = [*node.inputs, *[None] * (5 - len(node.inputs))]
+    starts, ends = _constant_ints(inputs[1]), _constant_ints(inputs[2])
+    axes = _constant_ints(inputs[3]) if inputs[3] is not None else list(range(len(starts or ())))
+    steps = _constant_ints(inputs[4]) if inputs[4] is not None else [1] * len(starts or ())
+    if None in (starts, ends, axes, steps) or x.shape is None:
+        return False
+    rank = len(x.shape)
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if step != 1 or not -rank <= axis < rank:
+            return False
+        dim = x.shape[axis]
+        static = isinstance(dim, int)
+        if not (start == 0 or (static and start <= -dim)):
+            return False
+        if not (end >= _END_OF_ANY_DIM or (static and end >= dim)):
+            return False
+    return True
+
+
+_no_op_slice_rule = pattern.RewriteRule(
+    lambda op, x: op.Slice(x, _allow_other_inputs=True), _to_identity, _no_op_slice_check
+)
+
 # Statistics are counted per (verb, what): "removed 3 no-op Cast".
 Tally = collections.Counter[tuple[str, str]]
 _VERB_ORDER = ("folded", "inlined", "removed", "merged", "lifted", "simplified")
@@ -124,15 +204,16 @@ _NO_OP_RULES: dict[str, list[pattern.RewriteRule]] = {
     "no-op Cast": [no_op_cast_rule],
     "no-op Transpose": [no_op_transpose_rule],
     "no-op Expand": [no_op_expand_rule],
-    "no-op Slice": [collapse_slice_rule, collapse_slice2_rule],
+    "no-op Slice": [_no_op_slice_rule],
     "no-op Pad": [_no_op_pad_rule],
     "no-op ScatterND": [no_op_static_scatter_nd_rule, no_op_dynamic_scatter_nd_rule],
-    "Dropout": [dropout_inference_rule, dropout_zero_rule],
-    "arithmetic no-ops (x*1, x+0, x-0, x/1)": [
-        *_no_op.mul_by_1_rule.commute(),
-        *_no_op.add_0_rule.commute(),
-        _no_op.sub_0_rule,
-        _no_op.div_by_1_rule,
+    "arithmetic no-ops (x*1, x+0, x-0, x/1, x and true, x or false)": [
+        *_identity_element_rules("Mul", 1, commutes=True),
+        *_identity_element_rules("Add", 0, commutes=True),
+        *_identity_element_rules("Sub", 0, commutes=False),
+        *_identity_element_rules("Div", 1, commutes=False),
+        *_identity_element_rules("And", True, commutes=True),
+        *_identity_element_rules("Or", False, commutes=True),
     ],
 }
 
@@ -300,6 +381,64 @@ for _op_type, _combine in (("Mul", _mul_dims), ("Div", _div_dims), ("Sub", _sub_
     _evaluator(_op_type)(functools.partial(_arithmetic_shape_value, combine=_combine))
 
 
+_DIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _is_dimension(dim: int | ir.SymbolicDim) -> bool:
+    """Whether a shape-value element is known to be a dimension, hence >= 0: a plain name such as
+    ``batch`` or ``unk__3``. onnxscript's Add evaluator names sums like ``batch+-1``, which may be negative."""
+    return isinstance(dim, int) and dim >= 0 or isinstance(dim, ir.SymbolicDim) and bool(
+        dim.value and _DIM_NAME.match(dim.value))
+
+
+def _equal_dims(x, y) -> bool | None:
+    if isinstance(x, int) and isinstance(y, int):
+        return x == y
+    if isinstance(x, ir.SymbolicDim) and x == y and _is_dimension(x):
+        return True
+    if (_is_dimension(x) and isinstance(y, int) and y < 0) or (_is_dimension(y) and isinstance(x, int) and x < 0):
+        return False  # a dimension never equals a negative number (exporters test targets against -1)
+    return None
+
+
+@_evaluator("Equal")
+def _equal_shape_values(node: ir.Node, op, state: constant_folding.OptimizerState):
+    left, right = node.inputs[0], node.inputs[1]
+    if left is None or right is None or (left.const_value is not None and right.const_value is not None):
+        return None
+    a, b = _dims(left, state), _dims(right, state)
+    ranks = (_rank(left), _rank(right))
+    if a is None or b is None or None in ranks or max(ranks) > 1:
+        return None
+    if len(a) != len(b):
+        if 1 not in (len(a), len(b)):
+            return None
+        a, b = (a * len(b), b) if len(a) == 1 else (a, b * len(a))
+    equal = [_equal_dims(x, y) for x, y in zip(a, b)]
+    if None in equal:
+        return None
+    array = np.array(equal, dtype=bool)
+    return op.Constant(value=ir.tensor(array.reshape(()) if max(ranks) == 0 else array))
+
+
+@_evaluator("Where")
+def _where_shape_values(node: ir.Node, op, state: constant_folding.OptimizerState):
+    condition, left, right = node.inputs
+    if condition is None or condition.const_value is None or left is None or right is None:
+        return None
+    if left.const_value is not None and right.const_value is not None:
+        return None  # fully constant: ordinary folding does it
+    a, b = _dims(left, state), _dims(right, state)
+    chosen = condition.const_value.numpy().reshape(-1).tolist()
+    if a is None or b is None or _rank(left) != 1 or _rank(right) != 1:
+        return None
+    size = max(len(a), len(b), len(chosen))
+    if any(len(v) not in (1, size) for v in (a, b, chosen)):
+        return None
+    a, b, chosen = (v * size if len(v) == 1 else v for v in (a, b, chosen))
+    return _shape_result(node, op, state, [x if pick else y for pick, x, y in zip(chosen, a, b)], rank=1)
+
+
 @_evaluator("Reshape", first=5)
 def _materialize_reshape_target(node: ir.Node, op, state: constant_folding.OptimizerState):
     """A Reshape whose computed target is known up to dims copied from its input gets a constant target.
@@ -375,6 +514,11 @@ def _drop_zero_initial_states(model: ir.Model) -> int:
     return dropped
 
 
+# onnxscript never folds these. Quantize/Dequantize nodes carry the quantization; ConstantOfShape is kept
+# there for size, which the byte limit here already takes care of.
+_KEEP_UNFOLDED = frozenset(constant_folding.DEFAULT_CONSTANT_FOLD_BLACKLIST) - {"ConstantOfShape"}
+
+
 class _SizeAwareFolder(constant_folding.FoldConstantsPass):
     """onnxscript's folder with a limit in bytes, and a tally of what it folded or found to be a no-op."""
 
@@ -411,7 +555,7 @@ class _SizeAwareFolder(constant_folding.FoldConstantsPass):
 
     def _should_fold(self, node: ir.Node) -> bool | None:
         """Decide from the inferred output shapes before evaluating, so a huge Tile is never computed."""
-        if node.domain == "" and node.op_type in constant_folding.DEFAULT_CONSTANT_FOLD_BLACKLIST:
+        if node.domain == "" and node.op_type in _KEEP_UNFOLDED:
             return None  # onnxscript's default rules keep these
         output_bytes = _static_nbytes(node.outputs)
         if output_bytes is None:
@@ -422,6 +566,9 @@ class _SizeAwareFolder(constant_folding.FoldConstantsPass):
         return output_bytes <= self.max_constant_bytes or output_bytes <= _bytes_freed_by_folding(node)
 
     def _prepare_folded_tensor(self, node: ir.Node, output_name: str, output_array: object) -> ir.Tensor | None:
+        if isinstance(output_array, np.ndarray) and not output_array.flags.c_contiguous:
+            # The reference evaluator may return a view (a Transpose does); tensors need contiguous data.
+            output_array = output_array.copy(order="C")
         tensor = super()._prepare_folded_tensor(node, output_name, output_array)
         if tensor is not None and not self._fits(node, tensor.nbytes):
             return None
@@ -474,6 +621,11 @@ def _count_initializers(model: ir.Model) -> int:
     return sum(len(graph.initializers) for graph in model.graphs())
 
 
+def _infer_shapes(model: ir.Model) -> None:
+    # Not strict: a model with ops ONNX cannot infer (custom domains) keeps what it has for those values.
+    common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+
+
 @dataclasses.dataclass
 class _DeclaredOutput:
     graph: ir.Graph
@@ -503,7 +655,7 @@ class _Simplifier:
                     break
             common.RemoveUnusedFunctionsPass()(model)
             common.RemoveUnusedOpsetsPass()(model)
-            common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+            _infer_shapes(model)
         finally:
             self._restore_declared_outputs(declared)
         remaining = set(map(id, all_nodes(model)))
@@ -514,10 +666,15 @@ class _Simplifier:
 
     def _round(self) -> None:
         model, tally = self.model, self.tally
+        # ONNX shape inference names every unknown dim (unk__N) and carries the name along, so the
+        # folder can tell that a Reshape target copies its input's dims; the folder's own node-by-node
+        # inference leaves unknown dims anonymous.
+        _infer_shapes(model)
         _SizeAwareFolder(self.max_constant_bytes, tally)(model)
         for label, rules in _NO_OP_RULES.items():
             tally["removed", label] += pattern.RewriteRuleSet(rules).apply_to_model(model)
         tally["removed", "zero initial states of LSTM/GRU/RNN"] += _drop_zero_initial_states(model)
+        tally["removed", "Dropout"] += _remove_legacy_dropout(model)
         eliminate_identities(model)
         tally["removed", "unused nodes"] += self._removed_by(common.RemoveUnusedNodesPass(), _count)
         tally["lifted", "Constant nodes to initializers"] += self._removed_by(
@@ -593,7 +750,8 @@ def _output_named(graph: ir.Graph, index: int, name: str) -> ir.Value:
 # Peers
 
 
-def _run_peer(backend: str, model: ir.Model) -> PassResult:
+def run_peer(backend: str, model: ir.Model) -> PassResult:
+    """Run onnxsim, onnxoptimizer or onnxslim with its defaults on a copy of ``model``; returns a new model."""
     try:
         module = importlib.import_module(backend)
     except ImportError as e:

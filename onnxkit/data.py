@@ -364,6 +364,24 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"cannot read {path}: {e}", hint="is it a file written by np.save / np.savez?") from e
 
 
+def _array_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shapes in an .npz (or ``{"": shape}`` for an .npy) from the array headers, without the data."""
+
+    def header_shape(file: Any) -> tuple[int, ...]:
+        version = np.lib.format.read_magic(file)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return tuple(read_header(file)[0])
+
+    try:
+        if path.suffix == ".npy":
+            with open(path, "rb") as file:
+                return {"": header_shape(file)}
+        with zipfile.ZipFile(path) as archive:
+            return {name[:-len(".npy")]: header_shape(archive.open(name)) for name in archive.namelist() if name.endswith(".npy")}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"cannot read {path}: {e}", hint="is it a file written by np.save / np.savez?") from e
+
+
 class NpzDataset(Dataset):
     """One ``.npz`` keyed by input name, or one ``.npy`` for a single-input model.
 
@@ -383,45 +401,45 @@ class NpzDataset(Dataset):
         self.batch_size = _check_batch_size(batch_size)
 
     def _samples(self) -> Iterator[Sample]:
-        arrays = self._named_arrays()
-        if self._resolve_layout(arrays) == "batch":
+        arrays = self._named(_load_arrays(self.path))
+        shapes = {name: array.shape for name, array in arrays.items()}
+        if self._resolve_layout(shapes) == "batch":
             yield arrays
             return
-        for i in range(self._stack_count(arrays)):
+        for i in range(self._stack_count(shapes)):
             yield {name: array[i] for name, array in arrays.items()}
 
     def _count(self) -> int:
-        arrays = self._named_arrays()
-        return 1 if self._resolve_layout(arrays) == "batch" else self._stack_count(arrays)
+        shapes = self._named(_array_shapes(self.path))
+        return 1 if self._resolve_layout(shapes) == "batch" else self._stack_count(shapes)
 
-    def _named_arrays(self) -> dict[str, np.ndarray]:
-        arrays = _load_arrays(self.path)
-        if "" in arrays:
-            arrays = {self._single_input_name(f"{self.path.name} (an .npy file)"): arrays[""]}
-        return arrays
+    def _named(self, by_name: dict[str, Any]) -> dict[str, Any]:
+        if "" in by_name:
+            return {self._single_input_name(f"{self.path.name} (an .npy file)"): by_name[""]}
+        return by_name
 
-    def _resolve_layout(self, arrays: dict[str, np.ndarray]) -> str:
+    def _resolve_layout(self, shapes: dict[str, tuple[int, ...]]) -> str:
         if self.layout != "auto":
             return self.layout
         votes = set()
-        for name, array in arrays.items():
+        for name, shape in shapes.items():
             spec = self._spec(name)
             if spec is None or spec.rank is None:
                 continue
-            if array.ndim == spec.rank + 1:
+            if len(shape) == spec.rank + 1:
                 votes.add("samples")
-            elif array.ndim == spec.rank:
+            elif len(shape) == spec.rank:
                 votes.add("batch")
             else:
-                raise DataError(f"{self.path.name}: input '{name}' has shape {array.shape} but the model takes rank "
+                raise DataError(f"{self.path.name}: input '{name}' has shape {shape} but the model takes rank "
                                 f"{spec.rank}", hint=f"give {spec.rank + 1} axes (samples first) or {spec.rank} (one sample)")
         if len(votes) > 1:
             raise DataError(f"{self.path.name}: some arrays stack samples on their first axis and others do not",
                             hint="give every input one axis more than the model takes (samples first), or none")
         return votes.pop() if votes else self.default_layout
 
-    def _stack_count(self, arrays: dict[str, np.ndarray]) -> int:
-        counts = {name: (array.shape[0] if array.ndim else None) for name, array in arrays.items()}
+    def _stack_count(self, shapes: dict[str, tuple[int, ...]]) -> int:
+        counts = {name: (shape[0] if shape else None) for name, shape in shapes.items()}
         if None in counts.values():
             raise DataError(f"{self.path.name}: a scalar cannot stack samples on its first axis ({counts})")
         if len(set(counts.values())) > 1:

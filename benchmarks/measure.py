@@ -47,7 +47,7 @@ class SuiteSettings:
         # The quick subset is a smoke test for CI (two cores, a few minutes): its timings are not for quoting.
         if quick:
             return cls(quick=True, repeats=5, warmup=1, timeout=300, min_seconds=0.2, threads=(1,))
-        return cls(quick=False, repeats=20, warmup=3, timeout=1200, min_seconds=3.0)
+        return cls(quick=False, repeats=20, warmup=3, timeout=2400, min_seconds=3.0)
 
 
 def bench_model(name: str, folder: Path, settings: SuiteSettings, progress: Any = None) -> dict[str, Any]:
@@ -72,6 +72,8 @@ def bench_model(name: str, folder: Path, settings: SuiteSettings, progress: Any 
 
 
 SCALE_HIDDEN = 4096
+# The hungriest tool measured on a 256 MB version of the model peaked at 5.5× its size (onnxslim).
+SCALE_MEMORY_FACTOR = 5
 
 
 def generate_large_model(path: Path, target_bytes: int, hidden: int = SCALE_HIDDEN) -> dict[str, Any]:
@@ -130,8 +132,8 @@ def scale_test(folder: Path, target_bytes: int = int(2.3 * 2**30), progress: Any
     """onnxkit's ``simplify,fuse`` against onnxsim and onnxslim on a generated >2 GB external-data model.
 
     Wall time and peak memory only (no latency). onnxkit runs with ``check=off``, as the peers check
-    nothing either. A tool starts only with at least three times the model's size in free memory, so this
-    test cannot push a shared machine into swapping or the OOM killer.
+    nothing either. A tool starts only with ``SCALE_MEMORY_FACTOR`` times the model's size in free memory,
+    so this test cannot push a shared machine into swapping or the OOM killer.
     """
     folder.mkdir(parents=True, exist_ok=True)
     source = folder / "scale.onnx"
@@ -144,9 +146,10 @@ def scale_test(folder: Path, target_bytes: int = int(2.3 * 2**30), progress: Any
              Tool("onnxslim", "onnxslim", "exact")]
     for tool in tools:
         free = available_memory_bytes()
-        if free is not None and free < 3 * shape["data_bytes"]:
+        needed = SCALE_MEMORY_FACTOR * shape["data_bytes"]
+        if free is not None and free < needed:
             result["tools"].append({"label": tool.label, "ok": False,
-                                    "error": f"skipped: {free / 2**30:.1f} GB free, needs {3 * shape['data_bytes'] / 2**30:.1f} GB"})
+                                    "error": f"skipped: {free / 2**30:.1f} GB free, needs {needed / 2**30:.1f} GB"})
             continue
         if progress:
             progress(f"scale: {tool.label}")
@@ -167,13 +170,13 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 def calibration_memory(folder: Path, settings: SuiteSettings, progress: Any = None) -> dict[str, Any]:
     """Peak memory and time of static quantization, onnxkit vs ORT's ``quantize_static``, per method,
-    at a small and a large number of calibration samples (64 and 1,024; 16 and 64 in the quick run)."""
+    at a small and a large number of calibration samples (64 and 1,024; in the quick run 16 and 64, MinMax)."""
     from benchmarks.models import build_mobilenetv2
 
     folder.mkdir(parents=True, exist_ok=True)
     model = build_mobilenetv2(folder, quick=True)  # 32×32 images: ORT's calibrators keep every activation
     counts = (16, 64) if settings.quick else (64, 1024)
-    methods = CALIBRATION_METHODS[:2] if settings.quick else CALIBRATION_METHODS
+    methods = CALIBRATION_METHODS[:1] if settings.quick else CALIBRATION_METHODS
     image = np.load(model.data)["image"]
     rng = np.random.default_rng(1)
     samples = BenchInputs({"image": rng.standard_normal((max(counts), *image.shape[1:])).astype(np.float32)})
@@ -183,7 +186,9 @@ def calibration_memory(folder: Path, settings: SuiteSettings, progress: Any = No
             calibration_dir = Path(scratch) / "samples"
             samples.write_samples(calibration_dir, count)
             for method in methods:
-                tools = [(Tool("onnxkit", "onnxkit", "static", f"quantize{{mode=static,calib={method},samples={count}}}"), None),
+                # The parity target and the speed check are off: they run the model again, which is not calibration.
+                spec = f"quantize{{mode=static,calib={method},samples={count},target_cosine=none,max_slowdown=none}}"
+                tools = [(Tool("onnxkit", "onnxkit", "static", spec), None),
                          (Tool("ort-quantize-static", "ort-quantize", "static"), method)]
                 for tool, ort_method in tools:
                     if progress:

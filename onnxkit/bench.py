@@ -63,7 +63,7 @@ class Tool:
     """One column of the comparison: onnxkit with a spec, or a peer.
 
     ``klass`` groups what may fairly be compared: ``exact`` (float simplifiers and fusers), or the
-    quantization mode (``dynamic``/``static``) of a pipeline or peer that quantizes.
+    quantization mode (``dynamic``/``static``, or ``auto`` for onnxkit choosing) of a pipeline or peer.
     """
 
     label: str
@@ -111,7 +111,9 @@ def plan_tools(specs: Sequence[str], peers: Sequence[str] | None) -> tuple[list[
         if peer in EXACT_PEERS:
             tools.append(Tool(peer, peer, "exact"))
             continue
-        wanted_modes = sorted({m for m in modes.values() if m}) if peer == "ort-quantize" else [peer.rsplit("-", 1)[1]]
+        # A pipeline that lets onnxkit choose the mode ("auto") is compared with ORT's quantizer in both.
+        wanted = {m for mode in modes.values() if mode for m in (("dynamic", "static") if mode == "auto" else (mode,))}
+        wanted_modes = sorted(wanted) if peer == "ort-quantize" else [peer.rsplit("-", 1)[1]]
         if not wanted_modes:
             if peers is not None:  # asked for by name: quantize the way ORT does by default
                 wanted_modes = ["dynamic"]
@@ -743,7 +745,8 @@ def _compute_ratios(records: list[ToolRecord], reference: ToolRecord, keys: Sequ
         if record.runner != "onnxkit" or not record.ok:
             continue
         # A peer whose output fails parity is no standard to meet: it is left out of "best".
-        peers = [p for p in records if p.runner not in ("onnxkit", "original") and p.ok and p.klass == record.klass
+        classes = ("dynamic", "static") if record.klass == "auto" else (record.klass,)
+        peers = [p for p in records if p.runner not in ("onnxkit", "original") and p.ok and p.klass in classes
                  and (p.parity or {}).get("passed", True)]
         if not peers:
             continue

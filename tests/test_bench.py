@@ -100,6 +100,9 @@ def test_quantize_peers_follow_the_pipelines_mode(tmp_path: Path) -> None:
     assert "ort-quantize-static" in labels and "ort-quantize-dynamic" not in labels
     assert {t.klass for t in tools if t.label.startswith("onnxkit")} == {"exact", "static"}
 
+    tools, notes = plan_tools(["cleanup,quantize{mode=auto}"], None)
+    assert {t.label for t in tools if t.runner == "ort-quantize"} == {"ort-quantize-dynamic", "ort-quantize-static"}
+
     tools, notes = plan_tools(["cleanup"], None)
     assert not any(t.runner == "ort-quantize" for t in tools)
     assert any("ort-quantize" in note for note in notes)
@@ -125,7 +128,7 @@ def test_quick_suite_writes_results_for_every_model_and_tool(tmp_path: Path) -> 
 
     results = json.loads((tmp_path / "results.json").read_text())
     markdown = (tmp_path / "RESULTS.md").read_text()
-    assert [m["name"] for m in results["models"]] == ["mobilenetv2", "digits-cnn", "lstm"]
+    assert [m["name"] for m in results["models"]] == ["digits-cnn", "lstm"]
     for model in results["models"]:
         assert f"### {model['name']}" in markdown
         for tool in model.get("report", {}).get("tools", []):

@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 
 from onnxkit.errors import DataError, OnnxkitError, SpecError
+from onnxkit.modelio import EXTERNAL_DATA_THRESHOLD, iter_all_tensors
 
 EXACT_PEERS = ("onnxsim", "onnxslim", "onnxoptimizer", "ort-basic", "ort-extended")
 PEERS = (*EXACT_PEERS, "ort-quantize")
@@ -88,8 +89,8 @@ def _quantize_default_mode() -> str:
         from onnxkit.registry import get_pass_class
 
         return str(get_pass_class("quantize").Options().mode)
-    except (OnnxkitError, AttributeError, TypeError):
-        return "dynamic"
+    except (OnnxkitError, AttributeError, TypeError):  # no quantize pass to ask: compare with both modes
+        return "auto"
 
 
 def plan_tools(specs: Sequence[str], peers: Sequence[str] | None) -> tuple[list[Tool], list[str]]:
@@ -131,15 +132,11 @@ def plan_tools(specs: Sequence[str], peers: Sequence[str] | None) -> tuple[list[
 
 def _save_proto(model: onnx.ModelProto, output: Path) -> None:
     """Save as a user of the peer would: in one file, or with external data when protobuf cannot hold it."""
-    from onnxkit.modelio import EXTERNAL_DATA_THRESHOLD
-
     large = sum(t.ByteSize() for t in model.graph.initializer) >= EXTERNAL_DATA_THRESHOLD
     onnx.save(model, str(output), save_as_external_data=large, location=output.name + ".data" if large else None)
 
 
 def _has_external_data(path: Path) -> bool:
-    from onnxkit.modelio import iter_all_tensors
-
     proto = onnx.load(str(path), load_external_data=False)
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_all_tensors(proto.graph))
 
@@ -665,8 +662,6 @@ def format_bytes(size: int | None) -> str:
 
 def model_file_bytes(path: Path) -> int:
     """The model file plus every external-data file it names."""
-    from onnxkit.modelio import iter_all_tensors
-
     proto = onnx.load(str(path), load_external_data=False)
     locations = {entry.value for t in iter_all_tensors(proto.graph) for entry in t.external_data if entry.key == "location"}
     return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in locations

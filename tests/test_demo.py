@@ -1,0 +1,47 @@
+"""`onnxkit demo`: the whole workflow end to end, and its fallback when passes are missing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from onnxkit.cli import main
+from onnxkit.demo import DEMO_SPEC, _available_spec
+
+torch.set_num_threads(1)
+
+
+def test_a_spec_without_unregistered_passes_names_them():
+    assert _available_spec(DEMO_SPEC) == (DEMO_SPEC, [])
+    assert _available_spec("simplify,no-such-pass{x=1},fuse") == ("simplify,fuse", ["no-such-pass"])
+
+
+@pytest.mark.slow  # trains, exports, calibrates and times: about a minute on 2 shared cores
+def test_demo_trains_exports_quantizes_and_reports(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+
+    assert report["spec"] == DEMO_SPEC and report["missing_passes"] == []
+    assert report["training"]["amp"] == "bfloat16" and report["training"]["accumulation_steps"] == 2
+    # Export parity, torch against ONNX Runtime, at the example batch size and at another.
+    checks = report["export"]["checks"]
+    assert [c["shapes"]["image"][0] for c in checks] == [1, 4]
+    assert all(c["passed"] and c["outputs"][0]["max_abs_error"] <= 1e-4 for c in checks)
+    # Accuracy: FP32 at least 95%, INT8 within one point, and INT8 really is INT8.
+    fp32, int8 = report["fp32"], report["int8"]
+    assert fp32["accuracy"] >= 0.95
+    assert abs(int8["accuracy"] - fp32["accuracy"]) <= 0.01
+    assert fp32["int8_ops"] == [] and set(int8["int8_ops"]) == {"Conv", "Gemm"}
+    assert int8["bytes"] < fp32["bytes"] / 2
+    assert report["parity"]["passed"] and all(p["status"] == "ok" for p in report["pipeline"]["passes"])
+
+    for name in ("model.fp32.onnx", "model.int8.onnx", "model.pt", "report.json", "report.md",
+                 "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert (out / name).is_file(), name
+    markdown = (out / "report.md").read_text()
+    assert "| test accuracy |" in markdown and "| INT8 compute ops |" in markdown

@@ -431,6 +431,8 @@ def export_command(spec: str, output: Path, state_dict: Path | None, input_shape
     for line in report.lines() + [f"warning: {w}" for w in report.warnings]:
         click.echo(line)
     click.echo(f"saved {output}")
+
+
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("onnxkit-demo"), show_default=True,
               help="Folder for the models and the report.")
@@ -451,6 +453,7 @@ def demo(out_dir: Path, seed: int, as_json: bool) -> None:
 
     report.render(Console())
     click.echo(f"wrote {out_dir}/report.md, report.json, model.fp32.onnx and model.int8.onnx")
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -141,3 +141,21 @@ def test_quick_suite_writes_results_for_every_model_and_tool(tmp_path: Path) -> 
         assert original["latency"]["b1-t1"]["p50_ms"] > 0
     assert "## Known gaps" in markdown and "## Calibration memory" in markdown
     assert all((tmp_path / "plots" / f"{name}.png").stat().st_size > 1000 for name in ("latency", "size"))
+
+
+def test_static_quantization_is_calibrated_on_the_same_samples_by_both_tools(tmp_path: Path) -> None:
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    np.savez(tmp_path / "data.npz", x=np.random.default_rng(2).standard_normal((40, 8)).astype(np.float32))
+
+    report = run_bench(model, "quantize{mode=static,max_slowdown=none}", data=tmp_path / "data.npz",
+                       peers=["ort-quantize"], batch_sizes=[1], threads=[1], repeats=2, warmup=0, min_seconds=0)
+
+    rows = {t.label: t for t in report.tools}
+    assert list(rows) == ["original", "onnxkit", "ort-quantize-static"]
+    for label in ("onnxkit", "ort-quantize-static"):
+        record = rows[label]
+        assert record.ok, record.error
+        assert record.klass == "static" and record.op_histogram.get("QuantizeLinear", 0) >= 1
+        assert record.parity["passed"] and record.parity["min_cosine"] >= 0.99  # the lossy budget
+    assert "calibrated (minmax) on 40 samples" in rows["ort-quantize-static"].notes
+    assert rows["onnxkit"].ratios["best_peer"]["nodes"] == "ort-quantize-static"

@@ -8,6 +8,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "cleanup": "onnxkit.passes.cleanup:CleanupPass",
     "export": "onnxkit.passes.export:ExportPass",
     "fuse": "onnxkit.passes.fuse:FusePass",
+    "opset": "onnxkit.passes.opset:OpsetPass",
     "ort-optimize": "onnxkit.passes.ort_optimize:OrtOptimizePass",
     "shape-inference": "onnxkit.passes.shape_inference:ShapeInferencePass",
     "quantize": "onnxkit.passes.quantize:QuantizePass",

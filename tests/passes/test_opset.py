@@ -1,0 +1,120 @@
+"""``opset``: upgrades through onnx.version_converter, bodies of If/Loop included; no-op at the target;
+clear errors for downgrades, unconvertible ops and out-of-range versions."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit import PassFailedError, Pipeline, SpecError
+from onnxkit.passes.opset import OpsetPass, newest_runtime_opset
+from tests.conftest import run_model
+
+FLOAT = TensorProto.FLOAT
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def opset11_model() -> onnx.ModelProto:
+    """Ops whose attributes became inputs after opset 11: Squeeze/Unsqueeze/ReduceSum axes, Split sizes."""
+    nodes = [
+        helper.make_node("Unsqueeze", ["x"], ["u"], axes=[0]),
+        helper.make_node("ReduceSum", ["u"], ["s"], axes=[2], keepdims=1),
+        helper.make_node("Squeeze", ["s"], ["q"], axes=[0, 2]),
+        helper.make_node("Split", ["x"], ["a", "b"], axis=1, split=[1, 2]),
+        helper.make_node("Relu", ["b"], ["c"]),
+    ]
+    outputs = [helper.make_tensor_value_info(name, FLOAT, shape) for name, shape in (("q", [2]), ("a", [2, 1]), ("c", [2, 2]))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", FLOAT, [2, 3])], outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def if_model_opset11() -> onnx.ModelProto:
+    """An If whose branches Squeeze an outer value with the opset-11 attribute form."""
+    then_branch = helper.make_graph([helper.make_node("Squeeze", ["x"], ["t"], axes=[0])], "then", [],
+                                    [helper.make_tensor_value_info("t", FLOAT, [3])])
+    else_branch = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["n"]), helper.make_node("Squeeze", ["n"], ["e"], axes=[0])], "else", [],
+        [helper.make_tensor_value_info("e", FLOAT, [3])])
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+        helper.make_node("Greater", ["total", "zero"], ["positive"]),
+        helper.make_node("If", ["positive"], ["y"], then_branch=then_branch, else_branch=else_branch),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", FLOAT, [3])],
+                              [numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def convert(model: onnx.ModelProto, spec: str):
+    result = Pipeline.parse(spec).run(model)  # verification and the parity guard run inside
+    return ir.serde.serialize_model(result.model), result.report.passes[-1]
+
+
+def test_upgrade_moves_attributes_to_inputs_and_keeps_outputs():
+    model = opset11_model()
+    converted, entry = convert(model, "opset{version=17}")
+    assert opset_of(converted) == 17 and entry.modified and entry.status == "ok"
+    assert entry.stats[0] == "converted opset 11 → 17"
+    squeeze = next(n for n in converted.graph.node if n.op_type == "Squeeze")
+    assert len(squeeze.input) == 2 and not squeeze.attribute  # axes is an input from opset 13
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)}
+    for expected, actual in zip(run_model(model, feeds), run_model(converted, feeds)):
+        np.testing.assert_array_equal(actual, expected)
+
+
+def test_if_bodies_are_converted():
+    model = if_model_opset11()
+    converted, _ = convert(model, "opset{version=17}")
+    for branch in converted.graph.node[-1].attribute:
+        squeeze = next(n for n in branch.g.node if n.op_type == "Squeeze")
+        assert len(squeeze.input) == 2
+    for sign in (1, -1):
+        feeds = {"x": sign * np.abs(np.random.default_rng(1).standard_normal((1, 3))).astype(np.float32)}
+        np.testing.assert_array_equal(run_model(converted, feeds)[0], run_model(model, feeds)[0])
+
+
+def test_already_at_the_target_is_not_a_modification():
+    model = ir.serde.deserialize_model(opset11_model())
+    result = OpsetPass(version=11)(model)
+    assert not result.modified and result.stats == []
+    upgraded = OpsetPass(version=17)(model).model
+    assert not OpsetPass(version=17)(upgraded).modified
+
+
+def test_default_target_is_the_newest_opset_onnxruntime_runs():
+    converted, _ = convert(opset11_model(), "opset")
+    assert opset_of(converted) == newest_runtime_opset() >= 17
+    assert Pipeline.parse("opset").to_string() == "opset"
+
+
+def test_downgrade_is_refused():
+    with pytest.raises(PassFailedError, match="opset 11; converting down to 9"):
+        OpsetPass(version=9)(ir.serde.deserialize_model(opset11_model()))
+
+
+def test_an_op_without_adapter_is_a_clear_error():
+    # ImageScaler left the standard after opset 9: the converter has nothing to turn it into.
+    node = helper.make_node("ImageScaler", ["x"], ["y"], scale=2.0)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", FLOAT, [1, 3, 2, 2])],
+                              [helper.make_tensor_value_info("y", FLOAT, [1, 3, 2, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)])
+    with pytest.raises(PassFailedError, match="cannot convert this model to opset 11") as raised:
+        OpsetPass(version=11)(ir.serde.deserialize_model(model))
+    assert "ImageScaler" in str(raised.value)
+
+
+@pytest.mark.parametrize("version", [3, onnx.defs.onnx_opset_version() + 1])
+def test_versions_outside_what_onnx_knows_are_spec_errors(version):
+    with pytest.raises(SpecError, match="version must be between"):
+        Pipeline.parse(f"opset{{version={version}}}")

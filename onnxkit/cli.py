@@ -190,7 +190,7 @@ def optimize(model: Path | None, spec: str | None, config: Path | None, output: 
             console.print("[yellow]warning:[/] parity failed; kept because --on-fail warn was given")
         if result.report.rolled_back:
             console.print(f"[yellow]rolled back:[/] {', '.join(result.report.rolled_back)}")
-        console.print(f"saved {output}")
+        click.echo(f"saved {output}")  # plain echo: rich would wrap a long path
 
 
 @main.command(name="passes")

@@ -17,8 +17,8 @@ from onnxkit.passes.fuse._base import (
     Fusion,
     FusionContext,
     annotate_shapes,
+    op_types_in,
     rule_fusion,
-    staged_rule_fusion,
 )
 
 ORT_ONLY = frozenset({"onnxruntime"})
@@ -28,44 +28,59 @@ ORT_ONLY = frozenset({"onnxruntime"})
 # before Gemm+activation; LayerNormalization and Gelu exist before SkipLayerNormalization and BiasGelu.
 FUSIONS: tuple[Fusion, ...] = (
     Fusion("transpose-chain", "Transpose pairs → one Transpose, or none when they cancel",
-           "collapsed {n} Transpose pairs", rule_fusion(_layout.transpose_rules)),
+           "collapsed {n} Transpose pairs", rule_fusion(_layout.transpose_rules), requires=("Transpose",)),
     Fusion("reshape-chain", "Reshape/Squeeze/Unsqueeze/Flatten pairs → one op, or none",
-           "collapsed {n} Reshape/Squeeze/Unsqueeze/Flatten pairs", rule_fusion(_layout.layout_rules)),
+           "collapsed {n} Reshape/Squeeze/Unsqueeze/Flatten pairs", rule_fusion(_layout.layout_rules),
+           requires=("Reshape|Squeeze|Unsqueeze|Flatten",)),
     Fusion("conv-bn", "Conv + BatchNormalization → Conv with folded weights and bias",
            "folded {n} BatchNormalization into Conv",
-           rule_fusion(lambda c: _affine.affine_rules(("Conv",), ("BatchNormalization",), c))),
+           rule_fusion(lambda c: _affine.affine_rules(("Conv",), ("BatchNormalization",), c)),
+           requires=("Conv", "BatchNormalization")),
     Fusion("conv-transpose-bn", "ConvTranspose + BatchNormalization → ConvTranspose",
            "folded {n} BatchNormalization into ConvTranspose",
-           rule_fusion(lambda c: _affine.affine_rules(("ConvTranspose",), ("BatchNormalization",), c))),
+           rule_fusion(lambda c: _affine.affine_rules(("ConvTranspose",), ("BatchNormalization",), c)),
+           requires=("ConvTranspose", "BatchNormalization")),
     Fusion("gemm-bn", "Gemm/MatMul with constant weights + BatchNormalization → Gemm/MatMul",
            "folded {n} BatchNormalization into Gemm/MatMul",
-           rule_fusion(lambda c: _affine.affine_rules(("Gemm", "MatMul"), ("BatchNormalization",), c))),
+           rule_fusion(lambda c: _affine.affine_rules(("Gemm", "MatMul"), ("BatchNormalization",), c)),
+           requires=("Gemm|MatMul", "BatchNormalization")),
     Fusion("conv-affine", "Conv/ConvTranspose + per-channel constant Mul/Add/Sub/Div → Conv/ConvTranspose",
            "folded {n} constant Mul/Add/Sub/Div into Conv/ConvTranspose",
-           rule_fusion(lambda c: _affine.affine_rules(("Conv", "ConvTranspose"), ("Mul", "Add", "Sub", "Div"), c))),
+           rule_fusion(lambda c: _affine.affine_rules(("Conv", "ConvTranspose"), ("Mul", "Add", "Sub", "Div"), c)),
+           requires=("Conv|ConvTranspose", "Mul|Add|Sub|Div")),
     Fusion("gemm-affine", "Gemm + per-column constant Mul/Add/Sub/Div, MatMul + constant Mul/Div → folded weights",
            "folded {n} constant Mul/Add/Sub/Div into Gemm/MatMul",
            rule_fusion(lambda c: _affine.affine_rules(("Gemm",), ("Mul", "Add", "Sub", "Div"), c)
-                       + _affine.affine_rules(("MatMul",), ("Mul", "Div"), c))),
+                       + _affine.affine_rules(("MatMul",), ("Mul", "Div"), c)),
+           requires=("Gemm|MatMul", "Mul|Add|Sub|Div")),
     Fusion("matmul-add-gemm", "2-D MatMul + Add (and Transposes of its inputs) → Gemm",
-           "fused {n} MatMul+Add into Gemm", rule_fusion(lambda c: _affine.matmul_add_to_gemm_rules())),
+           "fused {n} MatMul+Add into Gemm", rule_fusion(lambda c: _affine.matmul_add_to_gemm_rules()),
+           requires=("MatMul", "Add")),
     Fusion("layer-norm", "decomposed layer normalization → LayerNormalization (opset >= 17)",
            "fused {n} decomposed layer norms into LayerNormalization",
-           staged_rule_fusion(_normalization.layer_norm_stages), min_opset=17),
+           rule_fusion(_normalization.layer_norm_rules), requires=("ReduceMean", "Sub", "Sqrt"), min_opset=17),
+    Fusion("layer-norm-affine", "LayerNormalization + constant Mul/Add over the normalized axes → LayerNormalization",
+           "folded {n} constant Mul/Add into LayerNormalization",
+           rule_fusion(_normalization.layer_norm_affine_rules), requires=("LayerNormalization", "Mul|Add"), min_opset=17),
     Fusion("gelu", "decomposed GELU (erf or tanh form) → Gelu (opset >= 20; any opset for onnxruntime)",
-           "fused {n} decomposed GELUs into Gelu", rule_fusion(_normalization.gelu_rules)),
+           "fused {n} decomposed GELUs into Gelu", rule_fusion(_normalization.gelu_rules), requires=("Erf|Tanh", "Mul")),
     Fusion("attention", "attention blocks → MultiHeadAttention/Attention",
-           "fused {n} attention blocks into MultiHeadAttention/Attention", _onnxruntime.apply_attention, ORT_ONLY),
+           "fused {n} attention blocks into MultiHeadAttention/Attention", _onnxruntime.apply_attention,
+           requires=("Softmax", "MatMul"), targets=ORT_ONLY),
     Fusion("skip-layer-norm", "Add + LayerNormalization → SkipLayerNormalization",
-           "fused {n} Add+LayerNormalization into SkipLayerNormalization", _onnxruntime.apply_skip_layer_norm, ORT_ONLY),
+           "fused {n} Add+LayerNormalization into SkipLayerNormalization", _onnxruntime.apply_skip_layer_norm,
+           requires=("LayerNormalization", "Add"), targets=ORT_ONLY),
     Fusion("bias-gelu", "Add + Gelu → BiasGelu", "fused {n} Add+Gelu into BiasGelu", _onnxruntime.apply_bias_gelu,
-           ORT_ONLY),
+           requires=("Gelu", "Add"), targets=ORT_ONLY),
     Fusion("fused-matmul", "MatMul with transposed inputs or a scalar scale → FusedMatMul",
-           "fused {n} Transpose/scale into FusedMatMul", rule_fusion(_onnxruntime.fused_matmul_rules), ORT_ONLY),
+           "fused {n} Transpose/scale into FusedMatMul", rule_fusion(_onnxruntime.fused_matmul_rules),
+           requires=("MatMul|FusedMatMul", "Transpose|Div|Mul"), targets=ORT_ONLY),
     Fusion("conv-activation", "Conv + Relu/Clip/LeakyRelu/Sigmoid/HardSigmoid/Tanh → FusedConv",
-           "fused {n} activations into FusedConv", rule_fusion(_onnxruntime.conv_activation_rules), ORT_ONLY),
+           "fused {n} activations into FusedConv", rule_fusion(_onnxruntime.conv_activation_rules),
+           requires=("Conv",), targets=ORT_ONLY),
     Fusion("gemm-activation", "Gemm + Relu/LeakyRelu/Sigmoid/HardSigmoid/Tanh → FusedGemm",
-           "fused {n} activations into FusedGemm", rule_fusion(_onnxruntime.gemm_activation_rules), ORT_ONLY),
+           "fused {n} activations into FusedGemm", rule_fusion(_onnxruntime.gemm_activation_rules),
+           requires=("Gemm",), targets=ORT_ONLY),
 )
 FUSION_NAMES = tuple(f.name for f in FUSIONS)
 _GELU_STANDARD_OPSET = 20
@@ -112,11 +127,15 @@ class FusePass(Pass):
         counts: collections.Counter[str] = collections.Counter()
         # Rules read shapes (ranks, channel counts), including those of values that earlier rules created.
         annotate_shapes(model)
+        present = op_types_in(model)
         for _ in range(_MAX_ROUNDS):
             fired_this_round = 0
             for fusion in fusions:
+                if not fusion.can_match(present):
+                    continue
                 fired = fusion.apply(model, context)
                 if fired:
+                    present = op_types_in(model)
                     # Nodes a rule made dead must not be matched by the next rule.
                     common_passes.RemoveUnusedNodesPass()(model)
                     annotate_shapes(model)

@@ -62,15 +62,26 @@ class Fusion:
     """One user-visible fusion: a name for ``skip=``, a line for ``onnxkit passes``, and how to apply it.
 
     ``apply(model, context)`` returns how many times the fusion fired. ``stat`` formats that count for the
-    pass's statistics, e.g. ``"folded {n} BatchNormalization into Conv"``.
+    pass's statistics, e.g. ``"folded {n} BatchNormalization into Conv"``. ``requires`` lists op types
+    every match contains (``"Conv|ConvTranspose"``: either); a model that lacks one is not searched,
+    because matching costs time on large models.
     """
 
     name: str
     summary: str
     stat: str
     apply: Callable[[ir.Model, FusionContext], int]
+    requires: tuple[str, ...]
     targets: frozenset[str] = frozenset({"standard", "onnxruntime"})
     min_opset: int = 1
+
+    def can_match(self, op_types: set[str]) -> bool:
+        return all(any(op in op_types for op in alternatives.split("|")) for alternatives in self.requires)
+
+
+def op_types_in(model: ir.Model) -> set[str]:
+    return {node.op_type for graph in (model.graph, *model.functions.values())
+            for node in ir.traversal.RecursiveGraphIterator(graph)}
 
 
 def rule_fusion(build_rules: Callable[[FusionContext], Sequence[RewriteRule]], *, commute: bool = False
@@ -83,20 +94,6 @@ def rule_fusion(build_rules: Callable[[FusionContext], Sequence[RewriteRule]], *
     def apply(model: ir.Model, context: FusionContext) -> int:
         rules = list(build_rules(context))
         return RewriteRuleSet(rules, commute=commute).apply_to_model(model) if rules else 0
-
-    return apply
-
-
-def staged_rule_fusion(build_stages: Callable[[FusionContext], Sequence[Sequence[RewriteRule]]]
-                       ) -> Callable[[ir.Model, FusionContext], int]:
-    """Rule sets applied one after another over the whole model, for patterns that contain each other.
-
-    A rule set tries its rules node by node in graph order, so a short pattern ending at an early node
-    would win over a longer one ending later (a layer norm without its scale over the one with it).
-    """
-
-    def apply(model: ir.Model, context: FusionContext) -> int:
-        return sum(RewriteRuleSet(list(stage)).apply_to_model(model) for stage in build_stages(context))
 
     return apply
 

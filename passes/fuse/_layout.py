@@ -127,10 +127,14 @@ def _normalized_axes(node: ir.Node, rank: int) -> list[int] | None:
 
 
 class CollapseLayoutPair(RewriteRuleClassBase):
-    """``Second(First(x))`` for two layout ops → one Reshape, one Squeeze/Unsqueeze, or nothing."""
+    """``Second(First(x))`` for two layout ops → one Reshape, one Squeeze/Unsqueeze, or nothing.
+
+    The first op may feed several layout ops: each then reads ``x`` directly, and the first op goes
+    once the last of them has. It is kept as long as anything else reads it.
+    """
 
     def __init__(self, first: str, second: str, context: FusionContext) -> None:
-        super().__init__(name=f"collapse-{first}-{second}")
+        super().__init__(name=f"collapse-{first}-{second}", remove_nodes=False)
         self.first, self.second, self.context = first, second, context
 
     def pattern(self, op: Any, x: ir.Value) -> Any:
@@ -140,15 +144,28 @@ class CollapseLayoutPair(RewriteRuleClassBase):
     def check(self, context: Any, x: ir.Value, middle: ir.Value, out: ir.Value) -> MatchResult:
         result = MatchResult()
         first, second = middle.producer(), out.producer()
+        if middle.is_graph_output() or any(user.op_type not in RESHAPING_OPS or index != 0 for user, index in middle.uses()):
+            return result.fail("the first op's result is needed as it is")
         self._graph = context.graph_or_function
         self._in_function = isinstance(self._graph, ir.Function)
-        # A Reshape to a constant shape without copied dimensions ignores the shape of its input.
+        # A Reshape to a constant shape without copied dimensions only reads its input's element count,
+        # which the pair's input shares: the pair is that Reshape applied to x.
+        free_shape = None
         if second.op_type == "Reshape" and len(second.inputs) > 1:
             shape = constant_array(second.inputs[1])
             if shape is not None and (second.attributes.get_int("allowzero", 0) or not np.any(shape == 0)):
-                self._plan = ("reshape", shape.astype(np.int64), second.attributes.get_int("allowzero", 0))
-                return result
+                free_shape = shape.astype(np.int64)
         dims = _input_dims(x)
+        final = None
+        if dims is not None:
+            middle_dims = dims if free_shape is not None else output_dims(first, dims)
+            final = output_dims(second, middle_dims) if middle_dims is not None else None
+        if final is not None and len(final) == len(dims) and all(_same_dim(a, b) for a, b in zip(final, dims)):
+            self._plan = ("identity", None, 0)
+            return result
+        if free_shape is not None:
+            self._plan = ("reshape", free_shape, second.attributes.get_int("allowzero", 0))
+            return result
         if dims is None:
             return result.fail("the input's shape is unknown")
         if first.op_type == second.op_type and first.op_type in ("Squeeze", "Unsqueeze"):
@@ -156,13 +173,8 @@ class CollapseLayoutPair(RewriteRuleClassBase):
             if merged is not None:
                 self._plan = (first.op_type, merged, 0)
                 return result
-        middle_dims = output_dims(first, dims)
-        final = output_dims(second, middle_dims) if middle_dims is not None else None
         if final is None:
             return result.fail("the pair's output shape cannot be computed")
-        if len(final) == len(dims) and all(_same_dim(a, b) for a, b in zip(final, dims)):
-            self._plan = ("identity", None, 0)
-            return result
         target = []
         for i, size in enumerate(final):
             if isinstance(size, int):

@@ -54,36 +54,35 @@ def _trailing_axis(axes: list[int], rank: int | None) -> int | None:
 
 
 class LayerNormFusion(RewriteRuleClassBase):
-    """``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) [* scale [+ bias]]`` → ``LayerNormalization``."""
+    """``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps)`` → ``LayerNormalization(x, ones)``.
 
-    def __init__(self, *, with_scale: bool, with_bias: bool, reciprocal: bool, context: FusionContext) -> None:
-        super().__init__(name=f"layer-norm{'-scale' if with_scale else ''}{'-bias' if with_bias else ''}"
-                              f"{'-reciprocal' if reciprocal else ''}")
-        self.with_scale, self.with_bias, self.reciprocal, self.context = with_scale, with_bias, reciprocal, context
+    The scale and shift that usually follow fold in afterwards (``LayerNormAffineFold``), so one small
+    pattern serves every variant.
+    """
 
-    def pattern(self, op: Any, x: ir.Value, exponent: ir.Value, eps: ir.Value, scale: ir.Value, bias: ir.Value) -> Any:
+    def __init__(self, *, reciprocal: bool, swapped: bool, context: FusionContext) -> None:
+        super().__init__(name=f"layer-norm{'-reciprocal' if reciprocal else ''}{'-swapped' if swapped else ''}")
+        self.reciprocal, self.swapped, self.context = reciprocal, swapped, context
+
+    def pattern(self, op: Any, x: ir.Value, exponent: ir.Value, eps: ir.Value) -> Any:
         mean = op.ReduceMean(x, _allow_other_inputs=True, _outputs=["mean"])
         deviation = op.Sub(x, mean)
         squared = pattern.OrValue([op.Pow(deviation, exponent), op.Mul(deviation, deviation)])
         variance = op.ReduceMean(squared, _allow_other_inputs=True, _outputs=["variance"])
-        std = op.Sqrt(op.Add(variance, eps))
-        # One rule per form of the division: a pattern cannot end in a choice of nodes.
-        normalized = op.Mul(deviation, op.Reciprocal(std)) if self.reciprocal else op.Div(deviation, std)
-        if self.with_scale:
-            normalized = op.Mul(normalized, scale)
-        if self.with_bias:
-            normalized = op.Add(normalized, bias)
-        return normalized
+        std = op.Sqrt(pattern.OrValue([op.Add(variance, eps), op.Add(eps, variance)]))
+        if not self.reciprocal:
+            return op.Div(deviation, std)
+        inverse = op.Reciprocal(std)
+        return op.Mul(inverse, deviation) if self.swapped else op.Mul(deviation, inverse)
 
     def check(self, context: Any, x: ir.Value, mean: ir.Value, variance: ir.Value, eps: ir.Value,
-              exponent: ir.Value | None = None, scale: ir.Value | None = None, bias: ir.Value | None = None,
-              **_: Any) -> MatchResult:
+              exponent: ir.Value | None = None, **_: Any) -> MatchResult:
         result = MatchResult()
         if x.dtype not in FLOAT_TYPES:
             return result.fail("LayerNormalization takes floating point")
         if exponent is not None:
             power = constant_array(exponent)
-            if power is None or power.size != 1 or float(power.reshape(())) != 2.0:
+            if power is None or power.size != 1 or float(power.reshape(-1)[0]) != 2.0:
                 return result.fail("the deviation is not squared")
         reductions = (mean.producer(), variance.producer())
         if any(r.attributes.get_int("keepdims", 1) != 1 for r in reductions):
@@ -99,35 +98,85 @@ class LayerNormFusion(RewriteRuleClassBase):
         normalized_shape = tuple(x.shape)[axis:] if x.shape is not None else None
         if normalized_shape is None or not all(isinstance(d, int) for d in normalized_shape):
             return result.fail("the normalized dimensions are not static")
-        for parameter in (scale, bias):
-            # LayerNormalization's scale and bias have the normalized shape; a larger tensor (a residual
-            # branch added after the norm, say) is not a bias.
-            if parameter is not None and (parameter.shape is None or tuple(parameter.shape) != normalized_shape
-                                          or parameter.dtype != x.dtype):
-                return result.fail(f"{parameter.name} does not have the normalized shape {normalized_shape}")
-        self._axis, self._epsilon = axis, float(epsilon.reshape(()))
+        self._axis, self._epsilon = axis, float(epsilon.reshape(-1)[0])
         self._shape, self._in_function = normalized_shape, isinstance(context.graph_or_function, ir.Function)
         return result
 
-    def rewrite(self, op: Any, x: ir.Value, scale: ir.Value | None = None, bias: ir.Value | None = None,
-                **_: Any) -> ir.Value:
-        if scale is None:
-            ones = np.ones(self._shape, dtype=x.dtype.numpy())
-            scale = new_constant(op, ones, self.context.fresh_name(f"{x.name}_ln_scale"), in_function=self._in_function)
-        inputs = [x, scale] + ([bias] if bias is not None else [])
-        return op.LayerNormalization(*inputs, axis=self._axis, epsilon=self._epsilon)
+    def rewrite(self, op: Any, x: ir.Value, **_: Any) -> ir.Value:
+        ones = np.ones(self._shape, dtype=x.dtype.numpy())
+        scale = new_constant(op, ones, self.context.fresh_name(f"{x.name}_ln_scale"), in_function=self._in_function)
+        return op.LayerNormalization(x, scale, axis=self._axis, epsilon=self._epsilon)
 
 
-def layer_norm_stages(context: FusionContext) -> list[list[Any]]:
-    """Longest pattern first, over the whole model: the variant with a bias contains the one without."""
-    stages = []
-    for with_scale, with_bias in ((True, True), (True, False), (False, False)):
-        stage = []
-        for reciprocal in (False, True):
-            rule = LayerNormFusion.rule(with_scale=with_scale, with_bias=with_bias, reciprocal=reciprocal, context=context)
-            stage.extend(rule.commute())
-        stages.append(stage)
-    return stages
+def layer_norm_rules(context: FusionContext) -> list[Any]:
+    return [LayerNormFusion.rule(reciprocal=reciprocal, swapped=swapped, context=context)
+            for reciprocal, swapped in ((False, False), (True, False), (True, True))]
+
+
+class LayerNormAffineFold(RewriteRuleClassBase):
+    """``LayerNormalization(x, g, b) * c + d`` → ``LayerNormalization(x, g*c, b*c + d)`` for constants that
+    broadcast over the normalized axes only (a residual branch added after the norm is not a bias)."""
+
+    def __init__(self, step: str, *, constant_first: bool, context: FusionContext) -> None:
+        super().__init__(name=f"layer-norm-{step}{'-swapped' if constant_first else ''}")
+        self.step, self.constant_first, self.context = step, constant_first, context
+
+    def pattern(self, op: Any, x: ir.Value, c: ir.Value) -> Any:
+        normalized = op.LayerNormalization(x, _allow_other_inputs=True, _outputs=["normalized"])
+        operands = (c, normalized) if self.constant_first else (normalized, c)
+        return getattr(op, self.step)(*operands)
+
+    def check(self, context: Any, x: ir.Value, c: ir.Value, normalized: ir.Value) -> MatchResult:
+        result = MatchResult()
+        norm = normalized.producer()
+        scale = constant_array(norm.inputs[1])
+        bias_value = norm.inputs[2] if len(norm.inputs) > 2 else None
+        bias = constant_array(bias_value) if bias_value is not None else None
+        constant = constant_array(c)
+        if scale is None or (bias_value is not None and bias is None) or constant is None:
+            return result.fail("the scale, bias or step is not constant")
+        if constant.dtype != scale.dtype:
+            return result.fail("the step's type differs")
+        rank = None if x.shape is None else x.shape.rank()
+        axis = norm.attributes.get_int("axis", -1)
+        normalized_rank = (-axis if axis < 0 else (rank - axis if rank is not None else None))
+        if normalized_rank is None or scale.ndim > normalized_rank or constant.ndim > (rank or normalized_rank):
+            return result.fail("the normalized axes are unknown, or the step raises the rank")
+        # Leading axes of the step (outside the normalized ones) must all be 1.
+        leading = constant.shape[:max(constant.ndim - normalized_rank, 0)]
+        tail = constant.reshape(constant.shape[len(leading):])
+        normalized_shape = (1,) * (normalized_rank - scale.ndim) + scale.shape
+        if any(size != 1 for size in leading):
+            return result.fail("the step varies outside the normalized axes")
+        try:
+            np.broadcast_shapes(tail.shape, normalized_shape)
+        except ValueError:
+            return result.fail("the step does not broadcast into the normalized shape")
+        if np.broadcast_shapes(tail.shape, normalized_shape) != normalized_shape:
+            return result.fail("the step would widen the normalized shape")
+        self._plan = (scale, bias, tail, isinstance(context.graph_or_function, ir.Function))
+        return result
+
+    def rewrite(self, op: Any, x: ir.Value, normalized: ir.Value, **_: Any) -> ir.Value:
+        norm = normalized.producer()
+        scale, bias, step, in_function = self._plan
+        if self.step == "Mul":
+            scale, bias = scale * step, (None if bias is None else bias * step)
+        else:
+            bias = (np.zeros_like(scale) if bias is None else bias) + step
+        # Scale and bias keep one shape: the broadcast of both (at most the normalized shape).
+        shape = np.broadcast_shapes(scale.shape, *([] if bias is None else [bias.shape]))
+        inputs = [x, new_constant(op, np.broadcast_to(scale, shape).astype(scale.dtype),
+                                  self.context.fresh_name(norm.inputs[1].name), in_function=in_function)]
+        if bias is not None:
+            inputs.append(new_constant(op, np.broadcast_to(bias, shape).astype(scale.dtype),
+                                       self.context.fresh_name(f"{x.name}_ln_bias"), in_function=in_function))
+        return op.LayerNormalization(*inputs, **norm.attributes)
+
+
+def layer_norm_affine_rules(context: FusionContext) -> list[Any]:
+    return [LayerNormAffineFold.rule(step, constant_first=first, context=context)
+            for step in ("Mul", "Add") for first in (False, True)]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -370,7 +370,8 @@ def test_decomposed_layer_norm_becomes_layer_normalization(rng, opset):
     model = make_model(nodes, [value("x", ["N", "S", 8])], [value("y", ["N", "S", 8])], initializers, opset=opset)
     fused, stats = fuse(model)
     assert op_types(fused) == ["LayerNormalization"]
-    assert stats == ["fused 1 decomposed layer norms into LayerNormalization"]
+    assert stats == ["fused 1 decomposed layer norms into LayerNormalization",
+                     "folded 2 constant Mul/Add into LayerNormalization"]
     assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 3, 8)).astype(np.float32)})
 
 

@@ -66,10 +66,14 @@ class DemoReport:
         """(figure, FP32, INT8) rows of the summary table."""
         fp32, int8 = self.fp32, self.int8
         return [
-            ("test accuracy", f"{fp32.accuracy:.2%}", f"{int8.accuracy:.2%} ({(int8.accuracy - fp32.accuracy) * 100:+.2f} pt)"),
-            ("latency, 1 image", f"{fp32.latency_ms:.3f} ms", f"{int8.latency_ms:.3f} ms ({_speed(fp32.latency_ms, int8.latency_ms)})"),
-            ("test set, 1 batch", f"{fp32.test_set_ms:.2f} ms", f"{int8.test_set_ms:.2f} ms ({_speed(fp32.test_set_ms, int8.test_set_ms)})"),
-            ("size", f"{fp32.bytes / 1024:.1f} KiB", f"{int8.bytes / 1024:.1f} KiB ({fp32.bytes / int8.bytes:.2f}x smaller)"),
+            ("test accuracy", f"{fp32.accuracy:.2%}",
+             f"{int8.accuracy:.2%} ({(int8.accuracy - fp32.accuracy) * 100:+.2f} pt)"),
+            ("latency, 1 image", f"{fp32.latency_ms:.3f} ms",
+             f"{int8.latency_ms:.3f} ms ({_speed(fp32.latency_ms, int8.latency_ms)})"),
+            ("test set, 1 batch", f"{fp32.test_set_ms:.2f} ms",
+             f"{int8.test_set_ms:.2f} ms ({_speed(fp32.test_set_ms, int8.test_set_ms)})"),
+            ("size", f"{fp32.bytes / 1024:.1f} KiB",
+             f"{int8.bytes / 1024:.1f} KiB ({fp32.bytes / int8.bytes:.2f}x smaller)"),
             ("INT8 compute ops", ", ".join(fp32.int8_ops) or "none",
              ", ".join(int8.int8_ops) or "none: the model stayed float"),
             ("parity", f"export vs torch: max abs {self.export['max_abs_error']:.1e}",
@@ -149,8 +153,8 @@ def run_demo(out_dir: str | Path = "onnxkit-demo", *, seed: int = 0,
         from onnxkit.pipeline import Pipeline
 
         result = Pipeline.parse(spec).run(
-            exported, data=_samples(splits.val.images, 16), calibration_data=_samples(splits.train.images, CALIBRATION_BATCH),
-            on_fail="rollback")
+            exported, data=_samples(splits.val.images, 16),
+            calibration_data=_samples(splits.train.images, CALIBRATION_BATCH), on_fail="rollback")
         int8_path = result.save(out / "model.int8.onnx")
     if result.report.rolled_back:
         say(f"WARNING: rolled back {', '.join(result.report.rolled_back)}: see report.md")
@@ -165,7 +169,8 @@ def run_demo(out_dir: str | Path = "onnxkit-demo", *, seed: int = 0,
     worst = parity.worst()
     report = DemoReport(
         out_dir=str(out), spec=spec, missing_passes=missing, training=training,
-        export={**export_report.to_dict(), "lines": export_report.lines(), "max_abs_error": export_report.max_abs_error},
+        export={**export_report.to_dict(), "lines": export_report.lines(),
+                "max_abs_error": export_report.max_abs_error},
         pipeline=result.report.to_dict(), fp32=fp32, int8=int8,
         parity={"passed": parity.passed, "summary": parity.summary(), "min_cosine": parity.min_cosine,
                 "top1_agreement": worst.top1_agreement if worst and worst.top1_agreement is not None else math.nan},

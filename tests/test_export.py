@@ -15,7 +15,7 @@ from onnxkit import Pipeline, zoo
 from onnxkit.cli import main
 from onnxkit.errors import ExportError, ParityError
 from onnxkit.export import export_model, unsupported_operators
-from onnxkit.modelio import save_model, to_proto
+from onnxkit.modelio import to_proto
 from tests.conftest import run_model
 
 torch.set_num_threads(1)

@@ -539,7 +539,12 @@ class _SizeAwareFolder(constant_folding.FoldConstantsPass):
         return super().call(model)
 
     def process_node(self, node: ir.Node, is_function: bool) -> constant_folding.Replacement | None:
-        replacement = super().process_node(node, is_function)
+        try:
+            replacement = super().process_node(node, is_function)
+        except RuntimeError:
+            # onnxscript wraps a crash of one of its evaluators (SplitToSequence with a computed split,
+            # in 0.7) in a RuntimeError: that node is left as it is, the rest is still folded.
+            return None
         if replacement is not None or node.domain not in ("", "ai.onnx"):
             return replacement
         # onnxscript found nothing to do; the shape evaluators see the node with its inputs' shape values.
@@ -626,6 +631,9 @@ def _infer_shapes(model: ir.Model) -> None:
     common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
 
 
+_UNHASHABLE_ATTRIBUTES = frozenset({ir.AttributeType.TYPE_PROTO, ir.AttributeType.TYPE_PROTOS})
+
+
 @dataclasses.dataclass
 class _DeclaredOutput:
     graph: ir.Graph
@@ -697,6 +705,8 @@ class _Simplifier:
         cse = common.CommonSubexpressionEliminationPass()
         before = _count(self.model)
         for graph in list(graph_likes(self.model)):
+            if any(attribute.type in _UNHASHABLE_ATTRIBUTES for node in graph for attribute in node.attributes.values()):
+                continue  # onnx_ir's CSE hashes attribute values and fails on type attributes (Optional ops)
             cse._eliminate_common_subexpression(graph)  # noqa: SLF001 - the per-graph step of the pass
         return before - _count(self.model)
 
@@ -718,8 +728,11 @@ class _Simplifier:
 
     def _restore_declared_outputs(self, declared: list[_DeclaredOutput]) -> None:
         """Put the declared names and shapes back on the graph outputs (where a shape was declared)."""
+        graphs = {id(graph) for graph in self.model.graphs()}
         for entry in declared:
             graph = entry.graph
+            if id(graph) not in graphs:
+                continue  # the body of an If with a constant condition, now inlined
             output = graph.outputs[entry.index]
             if output.name != entry.name:
                 output = _output_named(graph, entry.index, entry.name)

@@ -373,6 +373,19 @@ def test_if_bodies_that_read_outer_values_are_simplified():
         assert_same_outputs(model, simplified, feeds)
 
 
+def test_if_with_a_constant_condition_is_inlined():
+    model = _if_model()
+    for node in model.graph.node:
+        if node.op_type == "If":
+            node.input[0] = "always"
+    model.graph.initializer.append(const("always", np.array(False)))
+    simplified, entry = simplify(model)
+    assert "If" not in op_counts(simplified)
+    assert "inlined 1 If with a constant condition" in entry.stats
+    assert [o.name for o in simplified.graph.output] == ["y"]
+    assert_same_outputs(model, simplified, x_feed())
+
+
 def _loop_model() -> onnx.ModelProto:
     """A Loop whose body reads an outer weight, with a no-op Cast, an Identity and a Constant inside."""
     body = helper.make_graph(

@@ -89,7 +89,7 @@ class SimplifyPass(Pass):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The onnxkit simplifier
+# No-op rewrites: nodes that copy their input, and inputs that state a default
 
 
 def _no_op_pad_check(context, x: ir.Value, pads: ir.Value, **_) -> bool:
@@ -109,7 +109,6 @@ def _to_identity(op, x, **_):
 # Pad with all-zero pads copies its input; onnxscript has no rule for it. (opset < 11 Pad keeps pads in an
 # attribute; torch and current converters emit the input form.)
 _no_op_pad_rule = pattern.RewriteRule(_no_op_pad_pattern, _to_identity, _no_op_pad_check)
-
 
 
 def _is_identity_element(constant: ir.Value, identity: float | bool, x: ir.Value) -> bool:
@@ -194,9 +193,43 @@ _no_op_slice_rule = pattern.RewriteRule(
     lambda op, x: op.Slice(x, _allow_other_inputs=True), _to_identity, _no_op_slice_check
 )
 
-# Statistics are counted per (verb, what): "removed 3 no-op Cast".
-Tally = collections.Counter[tuple[str, str]]
-_VERB_ORDER = ("folded", "inlined", "removed", "merged", "lifted", "simplified")
+
+# Zero initial states of recurrent layers. Exporters feed LSTM/GRU/RNN an explicit zero initial state,
+# built at run time from the batch size; ONNX defines a missing initial state as zeros, so the input and
+# the shape computation behind it go.
+_INITIAL_STATE_INPUTS = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}
+# Ops whose output is all zeros whenever their first input is.
+_ZERO_PRESERVING = frozenset({"Expand", "Tile", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Slice",
+                              "Identity", "Cast", "Flatten", "Gather", "Concat"})
+
+
+def _is_all_zeros(value: ir.Value | None, depth: int = 0) -> bool:
+    if value is None or depth > 16:
+        return False
+    if value.const_value is not None:
+        return value.const_value.size > 0 and not np.any(value.const_value.numpy())
+    producer = value.producer()
+    if producer is None or producer.domain != "":
+        return False
+    if producer.op_type == "ConstantOfShape":
+        fill = producer.attributes.get("value")
+        return fill is None or not np.any(fill.as_tensor().numpy())
+    if producer.op_type == "Concat":
+        return all(_is_all_zeros(v, depth + 1) for v in producer.inputs)
+    return producer.op_type in _ZERO_PRESERVING and _is_all_zeros(producer.inputs[0], depth + 1)
+
+
+def _drop_zero_initial_states(model: ir.Model) -> int:
+    dropped = 0
+    for node in all_nodes(model):
+        if node.domain != "" or node.op_type not in _INITIAL_STATE_INPUTS:
+            continue
+        for index in _INITIAL_STATE_INPUTS[node.op_type]:
+            if index < len(node.inputs) and node.inputs[index] is not None and _is_all_zeros(node.inputs[index]):
+                node.replace_input_with(index, None)
+                dropped += 1
+    return dropped
+
 
 # What each rewrite rule removes, as the statistics name it. All of them leave an Identity behind, which
 # Identity elimination then takes out.
@@ -284,7 +317,7 @@ def _gather_shape_value(node: ir.Node, op, state: constant_folding.OptimizerStat
     dims = _dims(data, state)
     if dims is None or indices is None or indices.const_value is None or _rank(data) != 1:
         return None
-    if constant_folding._get_int_attribute(node, "axis", 0) != 0:  # noqa: SLF001
+    if node.attributes.get_int("axis", 0) != 0:
         return None
     index = indices.const_value.numpy()
     if index.ndim != 0 or not -len(dims) <= int(index) < len(dims):
@@ -453,7 +486,7 @@ def _materialize_reshape_target(node: ir.Node, op, state: constant_folding.Optim
     dims = _dims(target, state)
     if dims is None:
         return None
-    allow_zero = constant_folding._get_int_attribute(node, "allowzero", 0)  # noqa: SLF001
+    allow_zero = node.attributes.get_int("allowzero", 0)
     input_dims = list(data.shape.dims) if data.shape is not None else []
     new_target: list[int | None] = []
     for i, dim in enumerate(dims):
@@ -476,43 +509,12 @@ def _materialize_reshape_target(node: ir.Node, op, state: constant_folding.Optim
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Zero initial states of recurrent layers. Exporters feed LSTM/GRU/RNN an explicit zero initial state,
-# built at run time from the batch size; ONNX defines a missing initial state as zeros, so the input and
-# the shape computation behind it go.
-
-_INITIAL_STATE_INPUTS = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}
-# Ops whose output is all zeros whenever their first input is.
-_ZERO_PRESERVING = frozenset({"Expand", "Tile", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Slice",
-                              "Identity", "Cast", "Flatten", "Gather", "Concat"})
+# Folding
 
 
-def _is_all_zeros(value: ir.Value | None, depth: int = 0) -> bool:
-    if value is None or depth > 16:
-        return False
-    if value.const_value is not None:
-        return value.const_value.size > 0 and not np.any(value.const_value.numpy())
-    producer = value.producer()
-    if producer is None or producer.domain != "":
-        return False
-    if producer.op_type == "ConstantOfShape":
-        fill = producer.attributes.get("value")
-        return fill is None or not np.any(fill.as_tensor().numpy())
-    if producer.op_type == "Concat":
-        return all(_is_all_zeros(v, depth + 1) for v in producer.inputs)
-    return producer.op_type in _ZERO_PRESERVING and _is_all_zeros(producer.inputs[0], depth + 1)
-
-
-def _drop_zero_initial_states(model: ir.Model) -> int:
-    dropped = 0
-    for node in all_nodes(model):
-        if node.domain != "" or node.op_type not in _INITIAL_STATE_INPUTS:
-            continue
-        for index in _INITIAL_STATE_INPUTS[node.op_type]:
-            if index < len(node.inputs) and node.inputs[index] is not None and _is_all_zeros(node.inputs[index]):
-                node.replace_input_with(index, None)
-                dropped += 1
-    return dropped
-
+# Statistics are counted per (verb, what): "removed 3 no-op Cast".
+Tally = collections.Counter[tuple[str, str]]
+_VERB_ORDER = ("folded", "inlined", "removed", "merged", "lifted", "simplified")
 
 # onnxscript never folds these. Quantize/Dequantize nodes carry the quantization; ConstantOfShape is kept
 # there for size, which the byte limit here already takes care of.
@@ -616,6 +618,10 @@ def _bytes_freed_by_folding(node: ir.Node) -> int:
         if value.const_value is not None and len(value.uses()) == 1 and not value.is_graph_output():
             freed += value.const_value.nbytes
     return freed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The simplifier: rounds of folding and cleanup until nothing changes
 
 
 def _count(model: ir.Model, op_type: str | None = None) -> int:

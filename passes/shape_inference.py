@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import onnx
 import onnx_ir as ir
-import onnx_ir.passes.common as common
+from onnx_ir.passes.common import _c_api_utils
 
 from onnxkit.errors import PassFailedError
 from onnxkit.pass_base import Pass, PassResult
@@ -25,23 +26,43 @@ class ShapeInferencePass(Pass):
     Options = ShapeInferenceOptions
 
     def call(self, model: ir.Model) -> PassResult:
-        before = _shape_annotations(model)
+        def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+            return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=self.options.strict,
+                                                     data_prop=self.options.data_prop)
+
         try:
-            common.ShapeInferencePass(check_type=True, strict_mode=self.options.strict,
-                                      data_prop=self.options.data_prop)(model)
+            # onnx_ir's helper hands ONNX a copy without initializer data, so models over 2 GB work too.
+            inferred = ir.serde.deserialize_model(_c_api_utils.call_onnx_api(infer, model))
         except Exception as e:
-            raise PassFailedError(f"shape inference failed: {e}", hint="retry without strict=true") from e
-        after = _shape_annotations(model)
-        annotated = sum(1 for name, shape in after.items() if shape is not None and before.get(name) != shape)
-        modified = before != after
-        return PassResult(model, modified, [f"annotated {annotated} values"] if modified else [])
+            if self.options.strict:
+                raise PassFailedError(f"shape inference failed: {e}", hint="retry without strict=true") from e
+            return PassResult(model, False, [f"shape inference failed, model left as it was: {e}"])
+        annotated = _merge_types(model, inferred)
+        return PassResult(model, annotated > 0, [f"annotated {annotated} values"] if annotated else [])
 
 
-def _shape_annotations(model: ir.Model) -> dict[str, tuple]:
-    """Name → (dtype, shape) of every value in the model, subgraphs included."""
-    annotations: dict[str, tuple] = {}
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        for value in node.outputs:
-            shape = tuple(str(d) for d in value.shape) if value.shape is not None else None
-            annotations[f"{id(node.graph)}:{value.name}"] = (value.dtype, shape)
-    return annotations
+def _merge_types(model: ir.Model, inferred: ir.Model) -> int:
+    """Copy inferred types and shapes onto the model's values; returns how many values changed.
+
+    Not onnx_ir's ShapeInferencePass merge: it sets ``dtype``, which turns sequence and optional values
+    inside subgraphs into tensors. Here a value takes the whole inferred type, and only when it had none
+    or one of the same kind. Graph outputs that declare a shape keep it: a declaration may be wrong, and
+    "fixing" it from inference would change what the model promises.
+    """
+    changed = 0
+    for graph, inferred_graph in zip(model.graphs(), inferred.graphs()):
+        inferred_values = ir.convenience.create_value_mapping(inferred_graph)
+        for name, value in ir.convenience.create_value_mapping(graph).items():
+            source = inferred_values.get(name)
+            if source is None or source.type is None or value.is_graph_input():
+                continue
+            if value.is_graph_output() and value.shape is not None:
+                continue
+            if value.type is not None and type(value.type) is not type(source.type):
+                continue
+            if value.type != source.type or value.shape != source.shape:
+                value.type = source.type
+                if source.shape is not None:
+                    value.shape = source.shape
+                changed += 1
+    return changed

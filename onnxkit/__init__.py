@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from onnxkit.pipeline import Pipeline, PipelineResult
     from onnxkit.registry import get_pass_class, list_passes, register_pass, unregister_pass
     from onnxkit.report import PassReport, PipelineReport
+    from onnxkit.parity import ParityReport, Tolerance, compare_models
+    from onnxkit.data import Dataset, SyntheticDataset, load_dataset
+    from onnxkit.export import export_model
+    from onnxkit.train import Trainer
 
 # The public API is imported on first use: onnx_ir pulls in sympy (half a second), which `onnxkit --help`
 # and `onnxkit passes` should not pay for.
@@ -47,6 +51,14 @@ _LAZY = {
     "unregister_pass": "onnxkit.registry",
     "PassReport": "onnxkit.report",
     "PipelineReport": "onnxkit.report",
+    "ParityReport": "onnxkit.parity",
+    "Tolerance": "onnxkit.parity",
+    "compare_models": "onnxkit.parity",
+    "Dataset": "onnxkit.data",
+    "SyntheticDataset": "onnxkit.data",
+    "load_dataset": "onnxkit.data",
+    "export_model": "onnxkit.export",  # needs the torch extra
+    "Trainer": "onnxkit.train",  # needs the torch extra
 }
 
 
@@ -62,12 +74,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DataError",
+    "Dataset",
     "ExportError",
     "ModelLoadError",
     "ModelSaveError",
     "NoOptions",
     "OnnxkitError",
     "ParityError",
+    "ParityReport",
     "Pass",
     "PassContext",
     "PassFailedError",
@@ -78,9 +92,15 @@ __all__ = [
     "PipelineReport",
     "PipelineResult",
     "SpecError",
+    "SyntheticDataset",
+    "Tolerance",
+    "Trainer",
     "__version__",
+    "compare_models",
+    "export_model",
     "get_pass_class",
     "list_passes",
+    "load_dataset",
     "load_model",
     "register_pass",
     "save_model",

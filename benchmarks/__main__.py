@@ -8,6 +8,7 @@ never overwrites the published figures.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import tempfile
 import time
@@ -40,8 +41,8 @@ def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out
     """Benchmark onnxkit against onnxsim, onnxslim, onnxoptimizer and ONNX Runtime on the suite's models."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from benchmarks import measure, report
-    from benchmarks.models import BUILDERS, QUICK_MODELS
+    from benchmarks import measure
+    from benchmarks.models import BUILDERS, EXPENSIVE_MODELS, QUICK_MODELS
     from benchmarks.peers import peer_versions
     from onnxkit.bench import machine_description
 
@@ -53,43 +54,63 @@ def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out
     out = out or (HERE / "results" / "quick" if quick else HERE)
     out.mkdir(parents=True, exist_ok=True)
     settings = measure.SuiteSettings.for_run(quick)
-    steps = len(names) + (0 if skip_extras else 2) + int(scale)
     started = time.perf_counter()
+    not_reached = "not measured: the run stopped before this step"
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": {"quick": quick, "repeats": settings.repeats, "warmup": settings.warmup,
                      "min_seconds": settings.min_seconds, "timeout_s": settings.timeout},
         "machine": machine_description(), "peer_versions": peer_versions(), "pipelines": list(measure.PIPELINES),
-        "models": [],
+        "models": [{"name": name, "error": not_reached} for name in names],
+        "complete": False,
     }
-    with tempfile.TemporaryDirectory(prefix="onnxkit-suite-") as scratch, \
-            Progress(TextColumn("{task.description:<48}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                     TimeElapsedColumn()) as progress:
-        task = progress.add_task("benchmarks", total=steps)
-        say = lambda line: progress.update(task, description=line[:48])  # noqa: E731
+    if not skip_extras:
+        results["calibration"] = results["training"] = {"error": not_reached}
+    if scale:
+        results["scale"] = {"error": not_reached}
+
+    with tempfile.TemporaryDirectory(prefix="onnxkit-suite-") as scratch:
         work = Path(scratch)
-        for name in names:
-            say(name)
-            results["models"].append(measure.bench_model(name, work / name, settings, progress=say))
-            progress.advance(task)
+
+        def bench(name: str, say: Callable[[str], None]) -> None:
+            results["models"][names.index(name)] = measure.bench_model(name, work / name, settings, progress=say)
+
+        def extra(key: str, title: str, run: Callable[[], dict[str, Any]]) -> None:
+            results[key] = _step(title, run)
+
+        # The costliest models run last, after everything else is on disk: a run cut short still publishes.
+        steps: list[tuple[str, Callable[[Callable[[str], None]], None]]] = [
+            (name, functools.partial(bench, name)) for name in names if name not in EXPENSIVE_MODELS]
         if not skip_extras:
-            say("calibration memory")
-            results["calibration"] = _step("calibration memory",
-                                           lambda: measure.calibration_memory(work / "calibration", settings, say))
-            progress.advance(task)
-            say("training-loop overhead")
-            results["training"] = _step("training-loop overhead", lambda: measure.training_overhead(settings))
-            progress.advance(task)
+            steps += [("calibration memory", lambda say: extra("calibration", "calibration memory", lambda: (
+                          measure.calibration_memory(work / "calibration", settings, say)))),
+                      ("training-loop overhead", lambda say: extra("training", "training-loop overhead", lambda: (
+                          measure.training_overhead(settings))))]
         if scale:
-            results["scale"] = _step("scale", lambda: measure.scale_test(work / "scale", progress=say))
-            progress.advance(task)
-    results["seconds"] = time.perf_counter() - started
+            steps.append(("scale", lambda say: extra("scale", "scale", lambda: measure.scale_test(work / "scale", say))))
+        steps += [(name, functools.partial(bench, name)) for name in names if name in EXPENSIVE_MODELS]
+
+        with Progress(TextColumn("{task.description:<48}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn()) as progress:
+            task = progress.add_task("benchmarks", total=len(steps))
+            say = lambda line: progress.update(task, description=line[:48])  # noqa: E731
+            for title, run in steps:
+                say(title)
+                run(say)
+                progress.advance(task)
+                results["seconds"] = time.perf_counter() - started
+                _publish(results, out)
+    results["complete"] = True
+    _publish(results, out)
+    click.echo(f"wrote {out / 'RESULTS.md'}, {out / 'results.json'} and plots in {results['seconds'] / 60:.1f} min")
+
+
+def _publish(results: dict[str, Any], out: Path) -> None:
+    """Write JSON, plots and RESULTS.md for what has been measured so far."""
+    from benchmarks import report
 
     report.write_json(results, out / "results.json")
     plots = report.write_plots(results, out / "plots")
     report.write_markdown(results, out / "RESULTS.md", [str(p.relative_to(out)) for p in plots])
-    click.echo(f"wrote {out / 'RESULTS.md'}, {out / 'results.json'} and {len(plots)} plots "
-               f"in {results['seconds'] / 60:.1f} min")
-
 
 main()

@@ -144,10 +144,10 @@ class LayerNormAffineFold(RewriteRuleClassBase):
             return result.fail("the normalized axes are unknown, or the step raises the rank")
         # Leading axes of the step (outside the normalized ones) must all be 1.
         leading = constant.shape[:max(constant.ndim - normalized_rank, 0)]
-        tail = constant.reshape(constant.shape[len(leading):])
-        normalized_shape = (1,) * (normalized_rank - scale.ndim) + scale.shape
         if any(size != 1 for size in leading):
             return result.fail("the step varies outside the normalized axes")
+        tail = constant.reshape(constant.shape[len(leading):])
+        normalized_shape = (1,) * (normalized_rank - scale.ndim) + scale.shape
         try:
             np.broadcast_shapes(tail.shape, normalized_shape)
         except ValueError:

@@ -390,6 +390,33 @@ def test_residual_added_after_layer_norm_is_not_its_bias(rng):
     assert_same_outputs(model, fused, feeds)
 
 
+def test_reciprocal_form_with_squared_product_fuses(rng):
+    """(x - mean) * Reciprocal(sqrt(var + eps)) with the variance of d * d, and no scale or shift."""
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[-1]), helper.make_node("Sub", ["x", "mean"], ["d"]),
+             helper.make_node("Mul", ["d", "d"], ["d2"]), helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+             helper.make_node("Add", ["eps", "var"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["std"]),
+             helper.make_node("Reciprocal", ["std"], ["inv"]), helper.make_node("Mul", ["inv", "d"], ["y"])]
+    model = make_model(nodes, [value("x", ["N", 6])], [value("y", ["N", 6])], [tensor("eps", np.float32(1e-6))])
+    fused, _ = fuse(model)
+    assert op_types(fused) == ["LayerNormalization"]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((4, 6)).astype(np.float32)})
+
+
+def test_constant_scale_and_shift_fold_into_layer_normalization(rng):
+    nodes = [helper.make_node("LayerNormalization", ["x", "g"], ["n"], axis=-1),
+             helper.make_node("Mul", ["n", "k"], ["m"]), helper.make_node("Add", ["shift", "m"], ["y"]),
+             helper.make_node("Mul", ["y", "per_row"], ["z"])]
+    initializers = [tensor("g", rng.uniform(0.5, 1.5, 6).astype(np.float32)),
+                    tensor("k", rng.uniform(0.5, 1.5, (1, 6)).astype(np.float32)),
+                    tensor("shift", rng.standard_normal(6).astype(np.float32)),
+                    tensor("per_row", rng.uniform(0.5, 1.5, (4, 1)).astype(np.float32))]  # varies across rows
+    model = make_model(nodes, [value("x", [4, 6])], [value("z", [4, 6])], initializers)
+    fused, stats = fuse(model)
+    assert op_types(fused) == ["LayerNormalization", "Mul"]
+    assert stats == ["folded 2 constant Mul/Add into LayerNormalization"]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((4, 6)).astype(np.float32)})
+
+
 def erf_gelu_nodes() -> tuple[list, list]:
     """TorchScript's GELU: (x * (erf(x / sqrt 2) + 1)) * 0.5."""
     nodes = [helper.make_node("Div", ["x", "sqrt2"], ["t"]), helper.make_node("Erf", ["t"], ["e"]),
@@ -425,6 +452,17 @@ def test_decomposed_gelu(rng, form, standard_op, contrib_op):
     for_ort, _ = fuse(at_17, target="onnxruntime")
     assert op_types(for_ort) == [contrib_op]
     assert_same_outputs(at_17, for_ort, feeds)
+
+
+def test_gelu_with_multiplication_by_inverse_sqrt2(rng):
+    nodes = [helper.make_node("Mul", ["x", "inv_sqrt2"], ["t"]), helper.make_node("Erf", ["t"], ["e"]),
+             helper.make_node("Add", ["one", "e"], ["e1"]), helper.make_node("Mul", ["half", "e1"], ["he"]),
+             helper.make_node("Mul", ["he", "x"], ["y"])]
+    initializers = [tensor("inv_sqrt2", np.float32(1 / np.sqrt(2))), tensor("one", np.float32(1)), tensor("half", np.float32(0.5))]
+    model = make_model(nodes, [value("x", ["N", 16])], [value("y", ["N", 16])], initializers, opset=20)
+    fused, _ = fuse(model)
+    assert op_types(fused) == ["Gelu"]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 16)).astype(np.float32)})
 
 
 def test_gelu_whose_intermediate_is_used_elsewhere_stays(rng):
@@ -512,6 +550,22 @@ def test_fusions_reach_into_if_branches_that_read_outer_values(rng):
     x = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
     for cond in (True, False):
         assert_same_outputs(model, fused, {"x": x, "cond": np.array(cond)})
+
+
+def test_fusions_reach_into_loop_bodies(rng):
+    """A Loop body that reads the weights of the outer graph: its MatMul+Add becomes a Gemm."""
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["state", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["m2"]),
+         helper.make_node("Tanh", ["m2"], ["next_state"]), helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body", [value("i", [], TensorProto.INT64), value("cond_in", [], TensorProto.BOOL), value("state", [2, 4])],
+        [value("cond_out", [], TensorProto.BOOL), value("next_state", [2, 4])])
+    nodes = [helper.make_node("Loop", ["trip", "", "x"], ["y"], body=body)]
+    model = make_model(nodes, [value("x", [2, 4]), value("trip", [], TensorProto.INT64)], [value("y", [2, 4])],
+                       [weights(rng, "w", 4, 4), weights(rng, "b", 4)])
+    fused, stats = fuse(model)
+    assert sorted(op_types(fused)) == ["Gemm", "Identity", "Loop", "Tanh"]
+    assert stats == ["fused 1 MatMul+Add into Gemm"]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 4)).astype(np.float32), "trip": np.array(3)})
 
 
 def test_fusions_reach_into_local_functions(rng):

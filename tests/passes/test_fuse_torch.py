@@ -166,3 +166,24 @@ def test_minilm_keeps_parity_and_has_no_more_nodes_than_peers(tmp_path):
     torch.set_num_threads(1)
     path = zoo.export_minilm(tmp_path / "minilm.onnx", dynamo=False, verify=False)
     assert_no_more_nodes_than_peers(path, tmp_path)
+
+
+def test_attention_fusion_that_fails_midway_leaves_the_model_whole(exported, monkeypatch):
+    """onnxscript's attention fusions go through ops no runtime has; if a step raises, none may remain."""
+    import onnxscript.rewriter.ort_fusions.mha as mha
+
+    path = exported("encoder", False)
+    spec = "simplify,fuse{target=onnxruntime}"  # folding the shape arithmetic first lets attention match
+    complete = Pipeline.parse(spec).run(path, check="each").report.passes[1].stats
+    assert any("attention" in line for line in complete)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unforeseen graph")
+
+    monkeypatch.setattr(mha, "fuse_mha2", broken)
+    with pytest.warns(UserWarning, match="attention fusion skipped"):
+        result = Pipeline.parse(spec).run(path, check="each")
+    stats = result.report.passes[1].stats
+    assert not any("attention" in line for line in stats) and stats  # the other fusions still ran
+    domains = {node.domain for node in ir.traversal.RecursiveGraphIterator(result.model.graph)}
+    assert domains <= {"", "com.microsoft"}

@@ -113,6 +113,22 @@ def structural_fingerprint(model: ir.Model) -> tuple:
     )
 
 
+def signature_changes(before: ir.Model, after: ir.Model) -> list[str]:
+    """How the graph inputs and outputs differ in name, order, dtype or rank (where both state them)."""
+    changes = []
+    for side in ("inputs", "outputs"):
+        old, new = getattr(before.graph, side), getattr(after.graph, side)
+        if [v.name for v in old] != [v.name for v in new]:
+            changes.append(f"{side} from {[v.name for v in old]} to {[v.name for v in new]}")
+            continue
+        for a, b in zip(old, new):
+            if a.dtype is not None and b.dtype is not None and a.dtype != b.dtype:
+                changes.append(f"{side[:-1]} '{a.name}' from {a.dtype.name} to {b.dtype.name}")
+            if a.shape is not None and b.shape is not None and len(a.shape) != len(b.shape):
+                changes.append(f"{side[:-1]} '{a.name}' from rank {len(a.shape)} to {len(b.shape)}")
+    return changes
+
+
 def eliminate_identities(model: ir.Model) -> int:
     """Remove Identity nodes everywhere, keeping every graph's output names; returns how many went.
 

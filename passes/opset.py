@@ -1,9 +1,12 @@
 """``opset``: convert a model to a newer ONNX opset with ``onnx.version_converter``.
 
 Some rewrites need a recent opset: the standard LayerNormalization exists from opset 17, Gelu from 20.
-Without ``version``, the target is the newest opset that both onnx's converter and the installed ONNX
-Runtime support. Only upgrades are offered: the converter's downgrades silently drop or approximate
-attributes for many ops.
+
+- ``version=N`` converts to exactly N, or fails with a clear error: downgrades are refused (the
+  converter's downgrades drop or approximate attributes for many ops), and so is a conversion the converter
+  cannot do or gets wrong (it changes the graph's inputs or outputs).
+- Without ``version``, the target is the newest opset at which ONNX Runtime still runs this model: onnx
+  knows opsets before ONNX Runtime has kernels for them. A model that cannot move up is left as it is.
 
 The model goes to the converter with its weights in an external-data file, so models over protobuf's
 2 GB limit convert too; the converter only rewrites nodes.
@@ -23,7 +26,7 @@ import onnx_ir as ir
 from onnxkit import modelio
 from onnxkit.errors import PassFailedError
 from onnxkit.pass_base import Pass, PassResult
-from onnxkit.passes._graph_utils import all_nodes
+from onnxkit.passes._graph_utils import all_nodes, signature_changes
 
 # The version converter's adapters start at opset 1, but models older than 7 rarely convert cleanly
 # and ONNX Runtime no longer runs them.
@@ -32,7 +35,7 @@ OLDEST_OPSET = 7
 
 @dataclasses.dataclass(frozen=True)
 class OpsetOptions:
-    version: int | None = None  # None: the newest opset both onnx and the installed ONNX Runtime support
+    version: int | None = None  # None: the newest opset at which ONNX Runtime runs the model
 
     def __post_init__(self) -> None:
         newest = onnx.defs.onnx_opset_version()
@@ -40,8 +43,12 @@ class OpsetOptions:
             raise ValueError(f"version must be between {OLDEST_OPSET} and {newest} (onnx {onnx.__version__})")
 
 
+class _CannotConvert(Exception):
+    """The converter failed or produced a different signature; the message says which."""
+
+
 class OpsetPass(Pass):
-    """Upgrade the model's ONNX opset with onnx.version_converter (default: newest ONNX Runtime supports)."""
+    """Upgrade the ONNX opset with onnx.version_converter (default: the newest ONNX Runtime runs the model at)."""
 
     name = "opset"
     kind = "exact"
@@ -50,14 +57,17 @@ class OpsetPass(Pass):
 
     @classmethod
     def describe_extra(cls) -> list[str]:
-        return [f"without version: opset {newest_runtime_opset()} (onnx {onnx.__version__} and this ONNX Runtime)"]
+        return [f"version=N converts to exactly N (onnx {onnx.__version__} knows up to {onnx.defs.onnx_opset_version()});",
+                "without it, to the newest opset ONNX Runtime has kernels for, for the model's ops"]
 
     def call(self, model: ir.Model) -> PassResult:
         current = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
         if current is None:
-            raise PassFailedError("the model imports no ONNX opset to convert",
-                                  hint="only the default ONNX domain's opset can be converted")
-        target = self.options.version if self.options.version is not None else newest_runtime_opset()
+            # Only ai.onnx.ml or custom domains: there is no ONNX opset to move.
+            return PassResult(modelio.clone_model(model), False, [])
+        if self.options.version is None:
+            return self._newest_runtime_opset(model, current)
+        target = self.options.version
         if target == current:
             return PassResult(modelio.clone_model(model), False, [])
         if target < current:
@@ -65,28 +75,66 @@ class OpsetPass(Pass):
                 f"the model is at opset {current}; converting down to {target} is not supported",
                 hint="the converter's downgrades drop or approximate attributes; export the model at the opset you need",
             )
-        converted = _convert(model, target)
-        converted.metadata_props.update(model.metadata_props)
-        return PassResult(converted, True, [f"converted opset {current} → {target}", *_op_changes(model, converted)])
+        try:
+            converted = _convert(model, target, runtime_check=False)
+        except _CannotConvert as e:
+            raise PassFailedError(f"onnx.version_converter cannot convert this model to opset {target}: {e}",
+                                  hint="an op may lack an adapter for that version; try an older target") from e
+        return _result(model, converted, current, target)
+
+    def _newest_runtime_opset(self, model: ir.Model, current: int) -> PassResult:
+        """Try the newest opset ONNX Runtime has kernels for, then older ones until ORT runs the result."""
+        for target in range(_newest_kernel_opset(model), current, -1):
+            try:
+                converted = _convert(model, target, runtime_check=True)
+            except _CannotConvert:
+                break  # converter failures do not depend on how far up the model goes
+            if converted is not None:
+                return _result(model, converted, current, target)
+        return PassResult(modelio.clone_model(model), False, [])
 
 
-def _convert(model: ir.Model, target: int) -> ir.Model:
+def _result(model: ir.Model, converted: ir.Model, current: int, target: int) -> PassResult:
+    converted.metadata_props.update(model.metadata_props)
+    return PassResult(converted, True, [f"converted opset {current} → {target}", *_op_changes(model, converted)])
+
+
+def _convert(model: ir.Model, target: int, runtime_check: bool) -> ir.Model | None:
+    """The model at ``target``; None if ``runtime_check`` and ONNX Runtime cannot load the result."""
     with tempfile.TemporaryDirectory(prefix="onnxkit-opset-") as folder:
-        path = Path(folder) / "model.onnx"
+        path, converted_path = Path(folder) / "model.onnx", Path(folder) / "converted.onnx"
         modelio.save_model(model, path, external_data=True)
         proto = onnx.load(path, load_external_data=False)
         try:
             converted = onnx.version_converter.convert_version(proto, target)
         except Exception as e:  # the converter raises RuntimeError, ValueError and its own C++ errors
-            reason = " ".join(str(e).split())[:300] or type(e).__name__
-            raise PassFailedError(f"onnx.version_converter cannot convert this model to opset {target}: {reason}",
-                                  hint="an op may lack an adapter for that version; try an older target") from e
+            raise _CannotConvert(" ".join(str(e).split())[:300] or type(e).__name__) from e
+        if runtime_check:
+            # The weights stay in model.onnx.data beside it, where the converted model points too.
+            onnx.save(converted, converted_path)
+            if not _onnxruntime_loads(converted_path):
+                return None
         result = ir.serde.deserialize_model(converted)
-        # The weights stayed in the data file beside the model; bring them into memory before it goes.
         for graph in result.graphs():
             ir.external_data.set_base_dir(graph, folder)
+        # Bring the weights into memory before the folder goes.
         ir.external_data.load_to_model(result)
+    if changes := signature_changes(model, result):
+        raise _CannotConvert(f"the converter changed the model's {changes[0]}")
     return result
+
+
+def _onnxruntime_loads(path: Path) -> bool:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception:  # ORT's own exception types: no kernel for an op at that version, mostly
+        return False
+    return True
 
 
 def _op_changes(before: ir.Model, after: ir.Model) -> list[str]:
@@ -101,20 +149,31 @@ def _op_changes(before: ir.Model, after: ir.Model) -> list[str]:
 
 
 @functools.cache
-def newest_runtime_opset() -> int:
-    """The newest opset that onnx's converter targets and the installed ONNX Runtime loads."""
-    import onnxruntime as ort
+def _newest_kernel_versions() -> dict[str, int]:
+    """ONNX op type → the newest version ONNX Runtime's CPU kernels implement."""
+    try:
+        from onnxruntime.capi import _pybind_state
+    except ImportError:
+        return {}
+    newest: dict[str, int] = {}
+    for kernel in _pybind_state.get_all_opkernel_def():
+        if kernel.provider == "CPUExecutionProvider" and kernel.domain in ("", "ai.onnx"):
+            newest[kernel.op_name] = max(newest.get(kernel.op_name, 0), kernel.version_range[0])
+    return newest
 
-    value = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
-    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [value],
-                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    for version in range(onnx.defs.onnx_opset_version(), OLDEST_OPSET, -1):
-        probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", version)])
-        try:
-            ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        except Exception:  # ORT refuses opsets newer than it knows with its own exception type
-            continue
-        return version
+
+def _newest_kernel_opset(model: ir.Model) -> int:
+    """The newest opset at which every op of the model that ORT implements still has a kernel there."""
+    kernels = _newest_kernel_versions()
+    op_types = {n.op_type for n in all_nodes(model) if n.domain in ("", "ai.onnx") and n.op_type in kernels}
+    for opset in range(onnx.defs.onnx_opset_version(), OLDEST_OPSET, -1):
+        if all(_since_version(op_type, opset) <= kernels[op_type] for op_type in op_types):
+            return opset
     return OLDEST_OPSET
+
+
+def _since_version(op_type: str, opset: int) -> int:
+    try:
+        return onnx.defs.get_schema(op_type, opset).since_version
+    except onnx.defs.SchemaError:
+        return 0  # the op does not exist at that opset; the converter will say so

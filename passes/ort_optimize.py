@@ -28,7 +28,7 @@ import onnx_ir.passes.common as common
 from onnxkit import modelio
 from onnxkit.errors import PassFailedError
 from onnxkit.pass_base import Pass, PassResult
-from onnxkit.passes._graph_utils import all_nodes
+from onnxkit.passes._graph_utils import all_nodes, signature_changes
 
 # ORT writes initializers at least this large to the external file, the rest inline.
 EXTERNAL_INITIALIZER_MIN_BYTES = 1024
@@ -84,7 +84,8 @@ class OrtOptimizePass(Pass):
             # Read the external data into memory: the temporary folder is about to go.
             ir.external_data.load_to_model(optimized)
 
-        _check_signature(model, optimized)
+        if changes := signature_changes(model, optimized):
+            raise PassFailedError(f"ONNX Runtime changed the model's {changes[0]}")
         if _node_multiset(optimized) == _node_multiset(model):
             # ORT renames values, reorders nodes and merges its own constants on every run; none of that
             # is worth a new model, and reporting it would make a second run never settle.
@@ -93,14 +94,6 @@ class OrtOptimizePass(Pass):
         common.RemoveUnusedOpsetsPass()(optimized)
         optimized.metadata_props.update(model.metadata_props)
         return PassResult(optimized, True, _stats(model, optimized))
-
-
-def _check_signature(before: ir.Model, after: ir.Model) -> None:
-    for side in ("inputs", "outputs"):
-        names_before = [v.name for v in getattr(before.graph, side)]
-        names_after = [v.name for v in getattr(after.graph, side)]
-        if names_before != names_after:
-            raise PassFailedError(f"ONNX Runtime changed the graph {side} from {names_before} to {names_after}")
 
 
 def _node_multiset(model: ir.Model) -> collections.Counter[tuple[str, str]]:

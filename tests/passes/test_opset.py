@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit import PassFailedError, Pipeline, SpecError
-from onnxkit.passes.opset import OpsetPass, newest_runtime_opset
+from onnxkit.passes.opset import OpsetPass
 from tests.conftest import run_model
 
 FLOAT = TensorProto.FLOAT
@@ -92,10 +92,47 @@ def test_already_at_the_target_is_not_a_modification():
     assert not OpsetPass(version=17)(upgraded).modified
 
 
-def test_default_target_is_the_newest_opset_onnxruntime_runs():
-    converted, _ = convert(opset11_model(), "opset")
-    assert opset_of(converted) == newest_runtime_opset() >= 17
+def quantize_model() -> onnx.ModelProto:
+    """QuantizeLinear at opset 13: onnx may know newer versions of it than ONNX Runtime has kernels for."""
+    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"])]
+    initializers = [numpy_helper.from_array(np.array(0.05, np.float32), "scale"),
+                    numpy_helper.from_array(np.array(128, np.uint8), "zero")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", FLOAT, [2, 3])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def loads_in_onnxruntime(model: onnx.ModelProto) -> bool:
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # ORT's own exception types
+        return False
+    return True
+
+
+@pytest.mark.parametrize("build", [opset11_model, quantize_model])
+def test_default_target_is_the_newest_opset_onnxruntime_runs_the_model_at(build):
+    model = build()
+    converted, entry = convert(model, "opset")
+    target = opset_of(converted)
+    assert target > opset_of(model) and entry.stats[0].endswith(f"→ {target}")
+    assert loads_in_onnxruntime(converted)
+    if target < onnx.defs.onnx_opset_version():
+        one_newer = onnx.version_converter.convert_version(model, target + 1)
+        assert not loads_in_onnxruntime(one_newer)
     assert Pipeline.parse("opset").to_string() == "opset"
+
+
+def test_a_model_without_onnx_ops_is_left_alone():
+    node = helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml", threshold=0.5)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)])
+    result = OpsetPass()(ir.serde.deserialize_model(model))
+    assert not result.modified
 
 
 def test_downgrade_is_refused():
@@ -112,6 +149,28 @@ def test_an_op_without_adapter_is_a_clear_error():
     with pytest.raises(PassFailedError, match="cannot convert this model to opset 11") as raised:
         OpsetPass(version=11)(ir.serde.deserialize_model(model))
     assert "ImageScaler" in str(raised.value)
+
+
+def scan8_model() -> onnx.ModelProto:
+    """A running sum with opset 8's Scan, whose inputs carry a batch axis that Scan 9 dropped."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["sum_in", "row"], ["sum_out"]),
+         helper.make_node("Identity", ["sum_out"], ["scan_out"])],
+        "body", [helper.make_tensor_value_info("sum_in", FLOAT, [2]), helper.make_tensor_value_info("row", FLOAT, [2])],
+        [helper.make_tensor_value_info("sum_out", FLOAT, [2]), helper.make_tensor_value_info("scan_out", FLOAT, [2])])
+    node = helper.make_node("Scan", ["", "initial", "x"], ["total", "y"], body=body, num_scan_inputs=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("initial", FLOAT, [1, 2]),
+                                            helper.make_tensor_value_info("x", FLOAT, [1, 3, 2])],
+                              [helper.make_tensor_value_info("total", FLOAT, [1, 2]),
+                               helper.make_tensor_value_info("y", FLOAT, [1, 3, 2])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
+
+
+def test_a_conversion_that_changes_the_graph_signature_is_refused():
+    model = ir.serde.deserialize_model(scan8_model())
+    with pytest.raises(PassFailedError, match="changed the model's input 'initial' from rank 2 to 1"):
+        OpsetPass(version=11)(model)
+    assert not OpsetPass()(model).modified  # without a version: left as it is
 
 
 @pytest.mark.parametrize("version", [3, onnx.defs.onnx_opset_version() + 1])

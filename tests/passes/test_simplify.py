@@ -488,16 +488,20 @@ def test_outputs_that_alias_each_other_or_an_input_keep_their_names():
     assert_same_outputs(model, simplified, x_feed())
 
 
-def test_a_wrong_declared_output_shape_is_neither_trusted_nor_fixed():
-    # The real output is [2,3]; the model declares [3,2]. Trusting the declaration would fold the
-    # Shape into [3,2] and change what the model computes.
+def _wrong_declared_shape_model() -> onnx.ModelProto:
+    """The real outputs are [2,3] for a [2,3] input; the model declares [3,2]. Trusting the declaration
+    would fold the Shape into [3,2] and change what the model computes (onnxsim and onnxoptimizer do)."""
     nodes = [
         helper.make_node("Relu", ["x"], ["r"]),
         helper.make_node("Identity", ["r"], ["y"]),
         helper.make_node("Shape", ["r"], ["s"]),
         helper.make_node("Reshape", ["r", "s"], ["z"]),
     ]
-    model = make_model(nodes, [tensor_input("x", ["n", "m"])], [tensor_input("y", [3, 2]), tensor_input("z", [3, 2])])
+    return make_model(nodes, [tensor_input("x", ["n", "m"])], [tensor_input("y", [3, 2]), tensor_input("z", [3, 2])])
+
+
+def test_a_wrong_declared_output_shape_is_neither_trusted_nor_fixed():
+    model = _wrong_declared_shape_model()
     simplified, _ = simplify(model)
     actual = run_model(simplified, x_feed())
     assert [a.shape for a in actual] == [(2, 3), (2, 3)]
@@ -589,6 +593,7 @@ COMPARED_MODELS = {
     "loop": (_loop_model, x_feed()),
     "scan": (_scan_model, x_feed((4, 3))),
     "function": (_function_model, x_feed()),
+    "wrong-declared-shape": (_wrong_declared_shape_model, x_feed()),
 }
 
 

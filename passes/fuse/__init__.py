@@ -146,6 +146,7 @@ class FusePass(Pass):
         if not sum(counts.values()):
             return PassResult(model, False, [])
         _bypass_created_identities(model)
+        _lift_created_constants(model)
         _remove_unused_subgraph_initializers(model)
         _drop_unused_opsets(model, (CONTRIB_DOMAIN, _onnxruntime.INTERMEDIATE_DOMAIN))
         stats = [f.stat.format(n=counts[f.name]) for f in FUSIONS if counts[f.name]]
@@ -174,6 +175,23 @@ def _bypass_created_identities(model: ir.Model) -> None:
                 continue
             output.replace_all_uses_with(node.inputs[0])
             graph.remove(node, safe=True)
+
+
+def _lift_created_constants(model: ir.Model) -> None:
+    """Turn the Constant nodes rules created (onnxscript's emit some) into initializers, as exporters and
+    simplifiers store constants; functions keep theirs, having no initializers."""
+    for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+        output = node.outputs[0]
+        if node.op_type != "Constant" or RULE_NAME_TAG not in node.metadata_props or output.is_graph_output():
+            continue
+        tensor = ir.convenience.get_const_tensor(output)
+        if tensor is None:
+            continue
+        initializer = ir.Value(name=output.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype),
+                               const_value=tensor)
+        node.graph.register_initializer(initializer)
+        output.replace_all_uses_with(initializer)
+        node.graph.remove(node, safe=True)
 
 
 def _remove_unused_subgraph_initializers(model: ir.Model) -> None:

@@ -12,12 +12,14 @@ shapes out of every decision (a model whose declared output shape is wrong keeps
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import importlib
+import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -624,6 +626,21 @@ def _bytes_freed_by_folding(node: ir.Node) -> int:
 # The simplifier: rounds of folding and cleanup until nothing changes
 
 
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Hold back the warnings onnxscript's folder and onnx_ir's shape inference log for every node they
+    cannot handle (custom ops, sequences): simplify leaves those nodes as they are, by design."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _count(model: ir.Model, op_type: str | None = None) -> int:
     return sum(1 for node in all_nodes(model) if op_type is None or (node.op_type == op_type and node.domain == ""))
 
@@ -657,6 +674,10 @@ class _Simplifier:
         self.tally: Tally = collections.Counter()
 
     def run(self) -> PassResult:
+        with _quiet_loggers(constant_folding.logger.name, common.shape_inference.logger.name):
+            return self._run()
+
+    def _run(self) -> PassResult:
         model = self.model
         before = structural_fingerprint(model)
         original_identities = [n for n in all_nodes(model) if n.op_type == "Identity" and n.domain == ""]

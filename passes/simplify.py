@@ -626,6 +626,17 @@ def _bytes_freed_by_folding(node: ir.Node) -> int:
 # The simplifier: rounds of folding and cleanup until nothing changes
 
 
+def _list_initializers_as_inputs_before_ir4(model: ir.Model) -> None:
+    """IR versions 1-3 require every initializer of the main graph to be a graph input too; the lifted and
+    folded constants join the inputs there. (Bodies of If/Loop/Scan keep theirs: their inputs are positional.)"""
+    if model.ir_version >= 4:
+        return
+    listed = set(model.graph.inputs)
+    for value in model.graph.initializers.values():
+        if value not in listed:
+            model.graph.inputs.append(value)
+
+
 @contextlib.contextmanager
 def _quiet_loggers(*names: str) -> Iterator[None]:
     """Hold back the warnings onnxscript's folder and onnx_ir's shape inference log for every node they
@@ -690,6 +701,7 @@ class _Simplifier:
                     break
             common.RemoveUnusedFunctionsPass()(model)
             common.RemoveUnusedOpsetsPass()(model)
+            _list_initializers_as_inputs_before_ir4(model)
             _infer_shapes(model)
         finally:
             self._restore_declared_outputs(declared)

@@ -231,6 +231,19 @@ def test_constant_node_weights_become_initializers():
     assert_same_outputs(model, simplified, x_feed())
 
 
+def test_constants_of_an_ir3_model_are_listed_as_inputs_too():
+    # Before IR version 4 every initializer must also be a graph input.
+    nodes = [helper.make_node("Constant", [], ["w"], value=const("w", np.eye(3, dtype=np.float32))),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [tensor_input("x", [2, 3])], [tensor_input("y", [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)], ir_version=3)
+    simplified, entry = simplify(model)
+    assert entry.status == "ok" and entry.modified
+    assert [i.name for i in simplified.graph.input] == ["x", "w"] and simplified.graph.initializer[0].name == "w"
+    onnx.checker.check_model(simplified)
+    assert_same_outputs(model, simplified, x_feed())
+
+
 def test_duplicate_initializers_and_common_subexpressions_merge():
     weight = np.random.default_rng(1).standard_normal((3, 3)).astype(np.float32)
     nodes = [

@@ -639,8 +639,9 @@ def _list_initializers_as_inputs_before_ir4(model: ir.Model) -> None:
 
 @contextlib.contextmanager
 def _quiet_loggers(*names: str) -> Iterator[None]:
-    """Hold back the warnings onnxscript's folder and onnx_ir's shape inference log for every node they
-    cannot handle (custom ops, sequences): simplify leaves those nodes as they are, by design."""
+    """Hold back the warnings onnxscript's folder and onnx_ir's passes log for every node or initializer
+    they cannot handle (custom ops, sequences, initializers that are inputs): simplify leaves those as
+    they are, by design."""
     loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -685,7 +686,8 @@ class _Simplifier:
         self.tally: Tally = collections.Counter()
 
     def run(self) -> PassResult:
-        with _quiet_loggers(constant_folding.logger.name, common.shape_inference.logger.name):
+        with _quiet_loggers(constant_folding.logger.name, common.shape_inference.logger.name,
+                            common.initializer_deduplication.logger.name):
             return self._run()
 
     def _run(self) -> PassResult:

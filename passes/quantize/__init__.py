@@ -1,0 +1,541 @@
+"""``quantize``: INT8 quantization that stays accurate and is really faster.
+
+ONNX Runtime's quantizers do the rewriting and supply the kernels. Around them this pass adds, in order:
+
+1. preprocessing they need (``preprocess``): Constant and If/Loop weights lifted, opset ≥ 13, names, shapes;
+2. streaming calibration in bounded memory for every method (``calibration``), with an optional cache;
+3. a parity target: the most sensitive nodes stay float until held-out outputs meet it (``sensitivity``);
+4. a latency gate: INT8 must not be slower than float on this CPU (``latency``);
+5. a report: size, parity, latency, nodes quantized and kept in float.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
+
+import onnx
+import onnx_ir as ir
+
+from onnxkit.errors import DataError, PassFailedError
+from onnxkit.pass_base import Pass, PassResult
+from onnxkit.passes.quantize import calibration, latency, preprocess, sensitivity
+from onnxkit.passes.quantize.cpu import detect_cpu
+from onnxkit.passes.quantize.rewrite import QuantizeSettings, quantize_model
+from onnxkit.passes.quantize.runtime import tensor_elem_types
+
+# Dynamic mode: where INT8 pays off with activations quantized on the fly. Not Conv: ConvInteger has no
+# fast kernel and makes CNNs 2-6x slower. ORT has no INT8 GRU kernel, so GRU stays float for now.
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Attention", "LSTM", "GRU")
+# Static mode: the compute-heavy ops with INT8 kernels, Gather for embedding tables, and the ops ORT can
+# keep in INT8 between them (ReLU/Clip fold into the quantization range, pooling has QLinear kernels).
+STATIC_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Relu", "Clip", "MaxPool", "AveragePool",
+                   "GlobalAveragePool")
+# One held-out sample for every HOLDOUT_EVERY samples read; the rest calibrate.
+HOLDOUT_EVERY = 5
+# Per-node sensitivity and timing need far fewer samples than calibration.
+SENSITIVITY_SAMPLES = 8
+TIMING_SAMPLES = 4
+EVAL_EXTRA = "quantize_eval"
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeOptions:
+    mode: Literal["auto", "dynamic", "static"] = "auto"
+    format: Literal["qdq", "qoperator"] = "qdq"
+    per_channel: bool = True
+    calib: Literal["minmax", "entropy", "percentile"] = "entropy"
+    samples: int = 128
+    num_bins: int = 2048
+    percentile: float = 99.999
+    act_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    op_types: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    reduce_range: bool | None = None
+    target_cosine: float | None = 0.99
+    target_sqnr: float | None = None
+    target_top1: float | None = None
+    max_metric_drop: float = 0.01
+    max_slowdown: float | None = 1.0
+    on_slow: Literal["keep-float", "refuse"] = "keep-float"
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError("samples must be at least 1")
+        if self.calib == "entropy" and self.num_bins < 2 * calibration.QUANTIZED_LEVELS:
+            raise ValueError(f"calib=entropy needs num_bins ≥ {2 * calibration.QUANTIZED_LEVELS}, to search "
+                             f"clipping thresholds finer than the {calibration.QUANTIZED_LEVELS} INT8 levels")
+        if self.num_bins < 2:
+            raise ValueError("num_bins must be at least 2")
+        if not 0 < self.percentile <= 100:
+            raise ValueError("percentile must lie in (0, 100]")
+        if self.target_cosine is not None and not -1 <= self.target_cosine <= 1:
+            raise ValueError("target_cosine must lie between -1 and 1")
+        if self.target_top1 is not None and not 0 <= self.target_top1 <= 1:
+            raise ValueError("target_top1 must lie between 0 and 1")
+        if self.max_slowdown is not None and self.max_slowdown <= 0:
+            raise ValueError("max_slowdown must be positive (or none to skip the latency gate)")
+        if self.max_metric_drop < 0:
+            raise ValueError("max_metric_drop must not be negative")
+        if self.act_type == "int8" and self.weight_type == "uint8":
+            raise ValueError("ONNX Runtime has no kernels for int8 activations with uint8 weights")
+        if self.mode == "dynamic" and self.act_type != "uint8":
+            raise ValueError("dynamic mode quantizes activations to uint8 only")
+
+
+@dataclasses.dataclass
+class QuantizeResult(PassResult):
+    """``PassResult`` plus ``details``: the structured report (JSON-ready) behind the stats lines."""
+
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class QuantizePass(Pass):
+    """Quantize to INT8 (dynamic or static) with ONNX Runtime, keeping a parity target and never getting slower.
+
+    Static mode calibrates activation ranges on the calibration data (``--calib-data``, else ``--data``) in
+    bounded memory. A parity target keeps the most sensitive nodes in float until held-out outputs meet it,
+    and a latency gate keeps INT8 only where it is faster than float on this CPU. A model that is already
+    quantized is left as it is. An evaluation function (a metric over labelled data, higher is better) can
+    replace the parity target: put it in ``PassContext.extras["quantize_eval"]``; it takes an
+    ``onnxruntime.InferenceSession`` and the quantized score may fall at most ``max_metric_drop`` below float's.
+    """
+
+    name = "quantize"
+    kind = "lossy"
+    Options = QuantizeOptions
+    emits_domains = frozenset({"", "com.microsoft"})
+    in_place_pass = False
+
+    @classmethod
+    def describe_extra(cls) -> list[str]:
+        cpu = detect_cpu()
+        return [
+            f"this machine: {cpu.describe()} → reduce_range defaults to {'true' if cpu.needs_reduce_range else 'false'}"
+            + (" (7-bit weights avoid int16 overflow in u8s8 kernels without VNNI)" if cpu.needs_reduce_range else ""),
+            "mode=auto: static when calibration data is given (--calib-data or --data), else dynamic",
+            f"dynamic op_types default: {', '.join(DYNAMIC_OP_TYPES)} (not Conv: ConvInteger is slower than float);"
+            " Gemm with constant weights runs as MatMul; ORT has no INT8 GRU kernel yet",
+            f"static op_types default: {', '.join(STATIC_OP_TYPES)}; uint8 activations, int8 per-channel weights",
+            f"calibration streams in bounded memory; 1 of every {HOLDOUT_EVERY} samples is held out for the target",
+            "target_cosine/target_sqnr/target_top1: every target set must hold on held-out samples; the most "
+            "sensitive nodes stay float until it does (target_cosine=none and no other target: no search)",
+            "max_slowdown: INT8 latency at most this × FP32, else costly op types stay float (on_slow=keep-float) "
+            "or the pass fails (on_slow=refuse); none skips the gate",
+            "--calib-cache DIR reuses ranges for the same model, data and settings",
+        ]
+
+    # -- the pass ---------------------------------------------------------------------------------------
+
+    def call(self, model: ir.Model) -> QuantizeResult:
+        options = self.options
+        already = preprocess.quantized_op_counts(model)
+        if already:
+            found = ", ".join(f"{count} {op}" for op, count in sorted(already.items()))
+            return QuantizeResult(model, False, [f"model is already quantized ({found}); left as it is"],
+                                  details={"skipped": "already quantized", "quantized_ops": already})
+
+        mode = options.mode if options.mode != "auto" else ("static" if self.context.data is not None else "dynamic")
+        cpu = detect_cpu()
+        settings = QuantizeSettings(
+            mode=mode,
+            format=options.format,
+            per_channel=options.per_channel,
+            reduce_range=cpu.needs_reduce_range if options.reduce_range is None else options.reduce_range,
+            act_type=options.act_type,
+            weight_type=options.weight_type,
+            op_types=options.op_types or (DYNAMIC_OP_TYPES if mode == "dynamic" else STATIC_OP_TYPES),
+        )
+        prepared = preprocess.prepare(model, want_per_channel=settings.per_channel,
+                                      gemm_as_matmul=mode == "dynamic" and "Gemm" in settings.op_types)
+        if not prepared.per_channel_possible:
+            settings = dataclasses.replace(settings, per_channel=False)
+        if mode == "dynamic" and "Gemm" in settings.op_types:
+            settings = dataclasses.replace(settings, op_types=tuple(dict.fromkeys(
+                "MatMul" if t == "Gemm" else t for t in settings.op_types)))
+        float_proto = prepared.proto
+        report = _Report(model_bytes=float_proto.ByteSize(), settings=settings, cpu=cpu.describe(),
+                         preprocessing=prepared.steps)
+
+        excluded = set(options.exclude)
+        unknown = excluded - {n.name for n in float_proto.graph.node}
+        if unknown:
+            report.warnings.append(f"exclude names no main-graph node: {', '.join(sorted(unknown))}")
+        candidates = [n for n in float_proto.graph.node if n.op_type in settings.op_types and n.name not in excluded]
+        if not candidates and not _has_subgraph_candidates(float_proto, settings):
+            return QuantizeResult(model, False, [f"no {', '.join(settings.op_types)} nodes to quantize"],
+                                  details={"skipped": "nothing to quantize"})
+
+        data = _SplitData(self._dataset(model, report), options.samples)
+        types = tensor_elem_types(float_proto)
+        ranges = self._calibrate(float_proto, settings, types, data, report) if mode == "static" else None
+
+        def quantize(keep_float: Any, op_types: tuple[str, ...] = settings.op_types) -> onnx.ModelProto:
+            chosen = dataclasses.replace(settings, op_types=tuple(op_types))
+            return quantize_model(float_proto, chosen, ranges, excluded | set(keep_float))
+
+        quantized, keep_float = self._meet_target(float_proto, quantize, ranges, candidates, types, data, settings,
+                                                  report)
+        if options.max_slowdown is not None:
+            quantized = self._gate(float_proto, quantized, quantize, keep_float, data, settings, report)
+            if quantized is None:
+                return QuantizeResult(model, False, report.stats(), details=report.to_dict())
+
+        report.finish(float_proto, quantized, keep_float, excluded)
+        return QuantizeResult(ir.serde.deserialize_model(quantized), True, report.stats(), details=report.to_dict())
+
+    # -- steps --------------------------------------------------------------------------------------------
+
+    def _dataset(self, model: ir.Model, report: _Report) -> Any:
+        from onnxkit.data import as_dataset
+
+        options = self.options
+        if self.context.data is None:
+            total = options.samples + options.samples // (HOLDOUT_EVERY - 1) + 1
+            report.data = f"synthetic ({total} seeded samples)"
+            report.warnings.append("no calibration data: calibrated and judged on synthetic inputs, which rarely "
+                                   "look like real ones; give --calib-data for ranges you can trust")
+            return as_dataset(None, model, dims=self.context.dims, num_samples=total)
+        report.data = "calibration data"
+        return as_dataset(self.context.data, model, dims=self.context.dims)
+
+    def _calibrate(self, float_proto: onnx.ModelProto, settings: QuantizeSettings, types: Mapping[str, int],
+                   data: _SplitData, report: _Report) -> Any:
+        options = self.options
+        calib_settings = calibration.CalibrationSettings(options.calib, options.num_bins, options.percentile)
+        tensors = calibration.calibration_tensors(float_proto, settings.op_types, types)
+        cache_folder = self.context.extras.get("calib_cache")
+        cache = calibration.CalibrationCache(cache_folder) if cache_folder else None
+        key = None
+        if cache is not None:
+            key = calibration.cache_key(float_proto, calibration.dataset_fingerprint(data.calibration),
+                                        calib_settings, tensors)
+            cached = cache.load(key)
+            if cached is not None:
+                report.calibration = {"method": calib_settings.describe(), "samples": data.calibration_count(),
+                                      "tensors": len(tensors), "cache": "hit"}
+                return cached
+        passes = 1 if options.calib == "minmax" else 2
+        with _progress(self.context.show_progress, "calibrating", data.calibration_count() * passes) as advance:
+            ranges = calibration.calibrate(float_proto, tensors, types, data.calibration, calib_settings, advance)
+        if cache is not None and key is not None:
+            cache.store(key, ranges)
+        report.calibration = {"method": calib_settings.describe(), "samples": data.calibration_count(),
+                              "tensors": len(tensors), "cache": "stored" if cache is not None else "off"}
+        return ranges
+
+    def _meet_target(self, float_proto: onnx.ModelProto, quantize: Callable[..., onnx.ModelProto], ranges: Any,
+                     candidates: list[onnx.NodeProto], types: Mapping[str, int], data: _SplitData,
+                     settings: QuantizeSettings, report: _Report) -> tuple[onnx.ModelProto, dict[str, str]]:
+        judge = self._judge(float_proto, data, report)
+        if judge is None:
+            return quantize(()), {}
+        qdq_twin = settings.mode == "static" and settings.format == "qoperator"
+        sensitivity_samples = list(itertools.islice(data.calibration, SENSITIVITY_SAMPLES))
+
+        def rank(quantized: onnx.ModelProto, keep: Any) -> list[sensitivity.NodeSensitivity]:
+            if qdq_twin:  # QOperator renames every tensor; its QDQ twin keeps the float names to match
+                quantized = quantize_model(float_proto, dataclasses.replace(settings, format="qdq"), ranges,
+                                           set(self.options.exclude) | set(keep))
+            remaining = [n for n in candidates if n.name not in keep]
+            return sensitivity.measure_sensitivity(float_proto, quantized, remaining, types, sensitivity_samples)
+
+        search = sensitivity.keep_sensitive_in_float(quantize, rank, judge)
+        report.target_met = search.verdict.passed
+        report.verdict = search.verdict.detail
+        report.search_rounds = search.rounds
+        if not search.verdict.passed:
+            report.warnings.append(f"the target ({report.target}) was not met even with "
+                                   f"{len(search.keep_float)} nodes in float")
+        return search.model, search.keep_float
+
+    def _judge(self, float_proto: onnx.ModelProto, data: _SplitData, report: _Report
+               ) -> Callable[[onnx.ModelProto], sensitivity.Verdict] | None:
+        """How a candidate model is accepted: the user's metric, else the parity target on held-out data."""
+        options = self.options
+        evaluate = self.context.extras.get(EVAL_EXTRA)
+        if evaluate is not None:
+            from onnxkit.passes.quantize.runtime import make_session
+
+            float_score = float(evaluate(make_session(float_proto)))
+            report.target = f"metric ≥ {float_score:.4f} - {options.max_metric_drop} (float scores {float_score:.4f})"
+
+            def by_metric(candidate: onnx.ModelProto) -> sensitivity.Verdict:
+                score = float(evaluate(make_session(candidate)))
+                return sensitivity.Verdict(score >= float_score - options.max_metric_drop, {"metric": score})
+
+            return by_metric
+        if options.target_cosine is None and options.target_sqnr is None and options.target_top1 is None:
+            return None
+        from onnxkit import parity
+
+        tolerance = parity.Tolerance(atol=None, rtol=None, min_cosine=options.target_cosine,
+                                     min_sqnr=options.target_sqnr, min_top1=options.target_top1)
+        report.target = tolerance.describe()
+        held_out = data.held_out_samples()
+        if data.reused_calibration_for_holdout:
+            report.warnings.append("too few samples to hold any out: the target is judged on calibration samples")
+
+        def by_parity(candidate: onnx.ModelProto) -> sensitivity.Verdict:
+            # ORT optimizations on: judge the fused INT8 kernels that will run, not a float emulation of QDQ.
+            verdicts = {"held-out": parity.compare_models(float_proto, candidate, held_out, tolerance=tolerance,
+                                                          ort_optimizations=True)}
+            # The held-out samples show the choice generalises; the calibration samples are checked too, since
+            # they are usually the very data the pipeline's parity check will run on.
+            if verdicts["held-out"].passed and not data.reused_calibration_for_holdout:
+                verdicts["calibration"] = parity.compare_models(float_proto, candidate, data.calibration,
+                                                                tolerance=tolerance, ort_optimizations=True)
+            return sensitivity.Verdict(all(v.passed for v in verdicts.values()), verdicts,
+                                       _noise_excess(verdicts.values(), tolerance))
+
+        return by_parity
+
+    def _gate(self, float_proto: onnx.ModelProto, quantized: onnx.ModelProto, quantize: Callable[..., onnx.ModelProto],
+              keep_float: Mapping[str, str], data: _SplitData, settings: QuantizeSettings, report: _Report
+              ) -> onnx.ModelProto | None:
+        options = self.options
+        assert options.max_slowdown is not None
+        timing_samples = list(itertools.islice(data.calibration, TIMING_SAMPLES))
+        gate = latency.latency_gate(float_proto, quantized, settings.op_types,
+                                    lambda op_types: quantize(keep_float, tuple(op_types)), timing_samples,
+                                    options.max_slowdown)
+        report.timing = gate.timing
+        report.gate_float_op_types = gate.float_op_types
+        report.gate_attempts = gate.tried
+        if gate.model is not None:
+            return gate.model
+        message = (f"INT8 is slower than allowed: {gate.timing.describe()}, above max_slowdown {options.max_slowdown}"
+                   + (f" even with {', '.join(gate.float_op_types)} kept float" if gate.float_op_types else ""))
+        if options.on_slow == "refuse":
+            raise PassFailedError(message, hint="raise max_slowdown, narrow op_types, or use on_slow=keep-float")
+        report.kept_whole_model_float = message
+        return None
+
+
+def _noise_excess(verdicts: Any, tolerance: Any) -> float | None:
+    """How many times more output noise power than the cosine and SQNR targets allow (≤ 1 when they hold);
+    None when a failing top-1 target is all that fails, since noise power does not predict it."""
+    excess = 0.0
+    for verdict in verdicts:
+        for output in verdict.outputs:
+            if tolerance.min_cosine is not None and output.cosine is not None:
+                allowed = 1.0 / tolerance.min_cosine**2 - 1.0 if tolerance.min_cosine > 0 else math.inf
+                # cosine = 1 / sqrt(1 + NSR) for noise uncorrelated with the signal
+                noise = 1.0 / output.cosine**2 - 1.0 if output.cosine > 0 else math.inf
+                excess = max(excess, noise / allowed if allowed > 0 else math.inf)
+            if tolerance.min_sqnr is not None and output.sqnr_db is not None:
+                excess = max(excess, 10.0 ** ((tolerance.min_sqnr - output.sqnr_db) / 10.0))
+            top1_fails = (tolerance.min_top1 is not None and output.top1_agreement is not None
+                          and output.top1_agreement < tolerance.min_top1)
+            if top1_fails and excess <= 1.0:
+                return None
+    return excess
+
+
+def _has_subgraph_candidates(proto: onnx.ModelProto, settings: QuantizeSettings) -> bool:
+    """Dynamic mode also quantizes inside If/Loop/Scan bodies."""
+    if settings.mode != "dynamic":
+        return False
+    model = ir.serde.deserialize_model(proto)
+    return any(node.op_type in settings.op_types and node.graph is not model.graph
+               for node in ir.traversal.RecursiveGraphIterator(model.graph))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data: calibration and held-out samples from one re-iterable dataset
+
+
+class _SplitData:
+    """The first samples of a dataset, split: every ``HOLDOUT_EVERY``-th is held out, the rest (up to
+    ``samples``) calibrate. Both views are re-iterable and stream; each sample is validated once read."""
+
+    def __init__(self, dataset: Any, samples: int) -> None:
+        self.dataset = dataset
+        self.samples = samples
+        self._held_out: list[dict[str, Any]] | None = None
+        self._calibration_count: int | None = None
+        self.reused_calibration_for_holdout = False
+
+    def _walk(self) -> Iterator[tuple[bool, dict[str, Any]]]:
+        from onnxkit.data import validate_sample
+
+        specs = getattr(self.dataset, "_specs", None)
+        calibrated = 0
+        for index, sample in enumerate(self.dataset):
+            if specs is not None:
+                sample = validate_sample(sample, specs, index=index)
+            held_out = index % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+            if not held_out:
+                if calibrated == self.samples:
+                    return
+                calibrated += 1
+            yield held_out, sample
+
+    @property
+    def calibration(self) -> _View:
+        return _View(lambda: (s for held_out, s in self._walk() if not held_out))
+
+    def calibration_count(self) -> int:
+        if self._calibration_count is None:
+            self._calibration_count = sum(1 for _ in self.calibration)
+            if self._calibration_count == 0:
+                raise DataError("the calibration data holds no samples", hint="give at least one sample")
+        return self._calibration_count
+
+    def held_out_samples(self) -> list[dict[str, Any]]:
+        """The held-out samples, in memory: at most ``samples / (HOLDOUT_EVERY - 1)`` of them."""
+        if self._held_out is None:
+            self._held_out = [s for held_out, s in self._walk() if held_out]
+            if not self._held_out:
+                self.reused_calibration_for_holdout = True
+                self._held_out = list(self.calibration)
+        return self._held_out
+
+
+class _View:
+    """A re-iterable view: each ``iter`` starts the underlying walk again."""
+
+    def __init__(self, start: Callable[[], Iterator[dict[str, Any]]]) -> None:
+        self.start = start
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.start()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Report
+
+
+@dataclasses.dataclass
+class _Report:
+    model_bytes: int
+    settings: QuantizeSettings
+    cpu: str
+    preprocessing: list[str]
+    data: str = ""
+    calibration: dict[str, Any] | None = None
+    target: str = "none"
+    target_met: bool | None = None
+    verdict: Any = None
+    search_rounds: int = 0
+    timing: latency.Timing | None = None
+    gate_float_op_types: list[str] = dataclasses.field(default_factory=list)
+    gate_attempts: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    kept_whole_model_float: str | None = None
+    quantized_bytes: int | None = None
+    quantized_nodes: dict[str, int] = dataclasses.field(default_factory=dict)
+    kept_float: dict[str, str] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    def finish(self, float_proto: onnx.ModelProto, quantized: onnx.ModelProto, keep_float: Mapping[str, str],
+               excluded: set[str]) -> None:
+        self.quantized_bytes = quantized.ByteSize()
+        self.quantized_nodes = dict(Counter(n.op_type for n in _quantized_nodes(float_proto, quantized)
+                                            if n.op_type in self.settings.op_types))
+        self.kept_float = {**{name: "excluded by the user" for name in sorted(excluded)}, **keep_float}
+        for op_type in self.gate_float_op_types:
+            self.kept_float.update({n.name: f"{op_type} kept float by the latency gate" for n in float_proto.graph.node
+                                    if n.op_type == op_type and n.name not in self.kept_float})
+
+    def parity(self) -> dict[str, Any] | None:
+        if self.verdict is None:
+            return None
+        return {key: value.to_dict() if hasattr(value, "to_dict") else value for key, value in self.verdict.items()}
+
+    def stats(self) -> list[str]:
+        s = self.settings
+        head = (f"{s.mode} {s.format.upper() if s.mode == 'static' else ''} INT8".replace("  ", " ")
+                + f" ({'per-channel' if s.per_channel else 'per-tensor'} {s.weight_type} weights"
+                + (f", {s.act_type} activations" if s.mode == "static" else "")
+                + f", reduce_range {'on' if s.reduce_range else 'off'})")
+        lines = [head]
+        if self.calibration:
+            lines.append(f"calibrated {self.calibration['tensors']} tensors on {self.calibration['samples']} samples "
+                         f"({self.data}), {self.calibration['method']}, cache {self.calibration['cache']}")
+        if self.quantized_nodes:
+            total = sum(self.quantized_nodes.values())
+            lines.append(f"quantized {total} nodes: " + ", ".join(f"{c} {op}" for op, c in sorted(self.quantized_nodes.items())))
+        if self.kept_float:
+            lines.append(f"kept {len(self.kept_float)} nodes in float: " + ", ".join(list(self.kept_float)[:5])
+                         + (" …" if len(self.kept_float) > 5 else ""))
+        if self.verdict is not None:
+            met = "met" if self.target_met else "NOT met"
+            results = "; ".join(f"{key}: {_brief(value)}" for key, value in self.verdict.items())
+            lines.append(f"target {self.target} {met} ({results})")
+        if self.timing is not None:
+            gate = f"; kept {', '.join(self.gate_float_op_types)} float for speed" if self.gate_float_op_types else ""
+            lines.append(self.timing.describe() + gate)
+        if self.kept_whole_model_float:
+            lines.append(f"kept the float model: {self.kept_whole_model_float}")
+        if self.quantized_bytes is not None:
+            lines.append(f"size {self.model_bytes / 1e6:.2f} MB → {self.quantized_bytes / 1e6:.2f} MB "
+                         f"({self.quantized_bytes / self.model_bytes:.2f}×)")
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": dataclasses.asdict(self.settings),
+            "cpu": self.cpu,
+            "preprocessing": list(self.preprocessing),
+            "data": self.data,
+            "calibration": self.calibration,
+            "target": self.target,
+            "target_met": self.target_met,
+            "search_rounds": self.search_rounds,
+            "parity": self.parity(),
+            "latency": self.timing.to_dict() if self.timing else None,
+            "latency_gate": {"float_op_types": list(self.gate_float_op_types),
+                             "attempts": [list(a) for a in self.gate_attempts],
+                             "kept_whole_model_float": self.kept_whole_model_float},
+            "size": {"float_bytes": self.model_bytes, "quantized_bytes": self.quantized_bytes,
+                     "ratio": round(self.quantized_bytes / self.model_bytes, 4) if self.quantized_bytes else None},
+            "quantized_nodes": dict(self.quantized_nodes),
+            "kept_float": dict(self.kept_float),
+            "warnings": list(self.warnings),
+        }
+
+
+def _brief(verdict: Any) -> str:
+    """A parity report's key metrics over all outputs, or a metric's value."""
+    if not hasattr(verdict, "outputs"):
+        return f"{verdict:.4f}" if isinstance(verdict, float) else str(verdict)
+    parts = [f"{verdict.samples} samples, cosine {verdict.min_cosine:.4f}"]
+    sqnrs = [o.sqnr_db for o in verdict.outputs if o.sqnr_db is not None]
+    if sqnrs:
+        parts.append(f"SQNR {min(sqnrs):.1f} dB")
+    top1 = [o.top1_agreement for o in verdict.outputs if o.top1_agreement is not None]
+    if top1:
+        parts.append(f"top-1 {min(top1):.1%}")
+    return ", ".join(parts)
+
+
+def _quantized_nodes(float_proto: onnx.ModelProto, quantized: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Float nodes that the quantized model runs in INT8: replaced by other ops (QOperator, dynamic), or fed
+    by DequantizeLinear (QDQ)."""
+    dequantized = {out for n in quantized.graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+    same = {(n.name, n.op_type): n for n in quantized.graph.node}
+    result = []
+    for node in float_proto.graph.node:
+        twin = same.get((node.name, node.op_type))
+        if twin is None or any(name in dequantized for name in twin.input):
+            result.append(node)
+    return result
+
+
+@contextlib.contextmanager
+def _progress(show: bool, description: str, total: int) -> Iterator[Callable[[int], None] | None]:
+    if not show:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda steps: bar.advance(task, steps)

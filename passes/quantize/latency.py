@@ -1,0 +1,104 @@
+"""The latency gate: is the INT8 model really faster than the float one, on this CPU, in ONNX Runtime?
+
+Both models run on the same inputs, interleaved round by round (so a burst of load on a shared machine hits
+both), after warmup, and each is summarised by its median round. INT8 can be slower: ConvInteger has no
+fast kernel, and QDQ pairs around operators without INT8 kernels add work without removing any.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import onnx
+
+from onnxkit.passes.quantize.runtime import make_session
+
+WARMUP_ROUNDS = 3
+MIN_ROUNDS = 7
+MAX_ROUNDS = 31
+# Enough rounds to see through noise, without spending more than this much on one comparison.
+ROUND_BUDGET_S = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    float_ms: float
+    quantized_ms: float
+
+    @property
+    def ratio(self) -> float:
+        """INT8 time over float time: below 1 is a speed-up."""
+        return self.quantized_ms / self.float_ms if self.float_ms > 0 else float("inf")
+
+    def describe(self) -> str:
+        return f"INT8/FP32 latency {self.ratio:.2f}× ({self.quantized_ms:.2f} ms vs {self.float_ms:.2f} ms)"
+
+    def to_dict(self) -> dict[str, float]:
+        return {"float_ms": round(self.float_ms, 4), "quantized_ms": round(self.quantized_ms, 4),
+                "ratio": round(self.ratio, 4)}
+
+
+def time_models(models: Sequence[onnx.ModelProto], samples: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Median milliseconds per pass over ``samples`` for each model, measured interleaved."""
+    sessions = [make_session(m) for m in models]
+    feeds = [[{i.name: s[i.name] for i in session.get_inputs()} for s in samples] for session in sessions]
+
+    def one_round(index: int) -> float:
+        started = time.perf_counter()
+        for feed in feeds[index]:
+            sessions[index].run(None, feed)
+        return time.perf_counter() - started
+
+    for _ in range(WARMUP_ROUNDS):
+        for index in range(len(sessions)):
+            one_round(index)
+    rounds: list[list[float]] = [[] for _ in sessions]
+    started = time.perf_counter()
+    while len(rounds[0]) < MAX_ROUNDS and (len(rounds[0]) < MIN_ROUNDS or time.perf_counter() - started < ROUND_BUDGET_S):
+        for index in range(len(sessions)):
+            rounds[index].append(one_round(index))
+    return [statistics.median(r) * 1000.0 for r in rounds]
+
+
+def compare(float_model: onnx.ModelProto, quantized: onnx.ModelProto, samples: Sequence[Mapping[str, Any]]) -> Timing:
+    float_ms, quantized_ms = time_models([float_model, quantized], samples)
+    return Timing(float_ms, quantized_ms)
+
+
+@dataclasses.dataclass
+class GateResult:
+    model: onnx.ModelProto | None  # None: no INT8 variant was fast enough
+    timing: Timing
+    float_op_types: list[str]  # op types the gate took out of quantization
+    tried: list[tuple[str, float]]  # (op types kept float, ratio) for each attempt
+
+
+def latency_gate(float_model: onnx.ModelProto, quantized: onnx.ModelProto, op_types: Sequence[str],
+                 requantize: Callable[[Sequence[str]], onnx.ModelProto], samples: Sequence[Mapping[str, Any]],
+                 max_slowdown: float) -> GateResult:
+    """Keep ``quantized`` if it is at most ``max_slowdown`` times the float latency; otherwise greedily
+    take out of quantization the op type whose removal helps most (``requantize(op_types_to_keep)``),
+    until it is fast enough or nothing is left."""
+    timing = compare(float_model, quantized, samples)
+    remaining = list(op_types)
+    taken_out: list[str] = []
+    tried: list[tuple[str, float]] = []
+    while timing.ratio > max_slowdown and len(remaining) > 1:
+        best: tuple[Timing, str, onnx.ModelProto] | None = None
+        for op_type in remaining:
+            candidate = requantize([t for t in remaining if t != op_type])
+            candidate_timing = compare(float_model, candidate, samples)
+            tried.append(("+".join([*taken_out, op_type]), round(candidate_timing.ratio, 4)))
+            if best is None or candidate_timing.ratio < best[0].ratio:
+                best = (candidate_timing, op_type, candidate)
+        assert best is not None
+        if best[0].ratio >= timing.ratio:
+            break  # no single op type helps: taking more out cannot be judged by this greedy step
+        timing, chosen, quantized = best
+        remaining.remove(chosen)
+        taken_out.append(chosen)
+    return GateResult(quantized if timing.ratio <= max_slowdown else None, timing, taken_out, tried)

@@ -1,0 +1,173 @@
+"""Make a float model something ONNX Runtime's quantizer can take, and say what was done.
+
+ORT's quantizers assume weights are main-graph initializers, node names are unique, per-channel QDQ has
+opset 13 (before it DequantizeLinear has no ``axis``), and value types are known. Real models break each
+assumption: exporters write weights as Constant nodes, If/Loop branches carry their own weights, old
+models stop at opset 11, and symbolic shape inference gives up on some graphs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+logger = logging.getLogger(__name__)
+
+# Per-channel QDQ needs DequantizeLinear's ``axis``, added in opset 13.
+MIN_QDQ_OPSET = 13
+
+# Operators that only appear in a model that is already quantized.
+_QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+    "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearAveragePool", "QLinearGlobalAveragePool",
+    "QLinearConcat", "QLinearLeakyRelu", "QLinearSigmoid", "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere",
+    "QGemm", "QAttention", "QEmbedLayerNormalization", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM",
+    "MatMulIntegerToFloat", "MatMulNBits", "MatMulBnb4", "GatherBlockQuantized",
+})
+
+
+@dataclasses.dataclass
+class PreparedModel:
+    """A float model ready for the quantizer, and what preparing it took."""
+
+    proto: onnx.ModelProto
+    steps: list[str]
+    per_channel_possible: bool
+
+
+def quantized_op_counts(model: ir.Model) -> dict[str, int]:
+    """How many nodes of each already-quantized operator type the model holds, subgraphs included."""
+    counts: dict[str, int] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type in _QUANTIZED_OPS:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def prepare(model: ir.Model, *, want_per_channel: bool, gemm_as_matmul: bool = False) -> PreparedModel:
+    """A copy of ``model`` with weights lifted, names fixed, opset ≥ 13 and shapes inferred where possible.
+
+    ``gemm_as_matmul`` rewrites Gemm with constant weights as MatMul (+ Add), for dynamic mode: ORT's dynamic
+    quantizer has an INT8 MatMul but no INT8 Gemm.
+    """
+    work = ir.serde.deserialize_model(ir.serde.serialize_model(model))  # the pass never edits its input
+    steps: list[str] = []
+
+    lifted = _count_constants(work)
+    # size_limit=0: a tiny bias left as a Constant node would be taken for an activation and need a range.
+    common.LiftConstantsToInitializersPass(size_limit=0)(work)
+    if lifted := lifted - _count_constants(work):
+        steps.append(f"lifted {lifted} Constant nodes to initializers")
+    subgraph_initializers = sum(len(g.initializers) for g in work.graph.subgraphs())
+    if subgraph_initializers:
+        # Outer-scope initializers are visible inside If/Loop bodies, and ORT looks for weights only there.
+        common.LiftSubgraphInitializersToMainGraphPass()(work)
+        steps.append(f"moved {subgraph_initializers} If/Loop/Scan body initializers to the main graph")
+    if gemm_as_matmul and (rewritten := gemm_to_matmul(work)):
+        steps.append(f"rewrote {rewritten} Gemm with constant weights as MatMul + Add")
+    # ORT addresses nodes by name (nodes_to_exclude) and names new tensors after old ones.
+    common.NameFixPass()(work)
+
+    proto = ir.serde.serialize_model(work)
+    opset = _default_opset(proto)
+    per_channel_possible = True
+    if opset < MIN_QDQ_OPSET:
+        try:
+            proto = onnx.version_converter.convert_version(proto, MIN_QDQ_OPSET)
+            steps.append(f"upgraded opset {opset} → {MIN_QDQ_OPSET} (per-channel DequantizeLinear needs 'axis')")
+        except Exception as e:  # the converter raises assorted errors on ops it cannot adapt
+            per_channel_possible = False
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            steps.append(f"kept opset {opset}: upgrade to {MIN_QDQ_OPSET} failed ({reason})")
+    if want_per_channel and not per_channel_possible:
+        steps.append(f"per-channel weights turned off: opset {opset} has no per-channel DequantizeLinear")
+
+    proto, how = infer_shapes(proto)
+    steps.append(f"shape inference: {how}")
+    return PreparedModel(proto, steps, per_channel_possible)
+
+
+def gemm_to_matmul(model: ir.Model) -> int:
+    """Rewrite ``Gemm(A, B, C)`` with constant B and C (and transA=0) as ``MatMul(A, B') + C'``, folding
+    transB and alpha into B' and beta into C'. The MatMul keeps the Gemm's name, so ``exclude`` still finds it."""
+    rewritten = 0
+    for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+        if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or node.graph is None:
+            continue
+        a, b, *rest = node.inputs
+        c = rest[0] if rest else None
+        attribute = node.attributes
+        alpha = attribute["alpha"].as_float() if "alpha" in attribute else 1.0
+        beta = attribute["beta"].as_float() if "beta" in attribute else 1.0
+        if ("transA" in attribute and attribute["transA"].as_int()) or a is None or b is None:
+            continue
+        if b.const_value is None or (c is not None and c.const_value is None) or len(b.const_value.shape) != 2:
+            continue
+        weight = b.const_value.numpy()
+        if "transB" in attribute and attribute["transB"].as_int():
+            weight = weight.T
+        # New weights go to the main graph, visible from every body, where ORT looks for initializers.
+        new_weight = _initializer(model.graph, f"{b.name}_as_matmul", (weight * alpha).astype(weight.dtype))
+        matmul = ir.node("MatMul", [a, new_weight], name=node.name)
+        new_nodes = [matmul]
+        result = matmul.outputs[0]
+        if c is not None:
+            bias = c.const_value.numpy()
+            new_bias = _initializer(model.graph, f"{c.name}_as_add", (bias * beta).astype(bias.dtype))
+            add = ir.node("Add", [result, new_bias], name=f"{node.name}_bias")
+            new_nodes.append(add)
+            result = add.outputs[0]
+        ir.convenience.replace_nodes_and_values(node.graph, node, [node], new_nodes, [node.outputs[0]], [result])
+        rewritten += 1
+    return rewritten
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    while name in graph.initializers:
+        name += "_"
+    value = ir.Value(name=name, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape),
+                     const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
+
+
+def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """Shapes by ORT's symbolic inference, else ONNX's, else none; and which one worked."""
+    try:
+        return _symbolic_shape_inference(proto), "symbolic"
+    except Exception as e:  # symbolic inference fails on unknown ops and some dynamic shapes
+        logger.debug("symbolic shape inference failed: %s", e)
+    try:
+        return onnx.shape_inference.infer_shapes(proto, data_prop=True), "onnx (symbolic failed)"
+    except Exception as e:
+        logger.debug("onnx shape inference failed: %s", e)
+    return proto, "none (symbolic and onnx inference both failed)"
+
+
+def _symbolic_shape_inference(proto: onnx.ModelProto) -> onnx.ModelProto:
+    # SymbolicShapeInference.infer_shapes would also do this, but on failure it writes
+    # sym_shape_infer_temp.onnx into the current directory; so drive its steps directly.
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inference = SymbolicShapeInference(int_max=2**31 - 1, auto_merge=True, guess_output_rank=False, verbose=0)
+    inference._preprocess(proto)
+    complete = False
+    while inference.run_:
+        complete = inference._infer_impl()
+    inference._update_output_from_vi()
+    if not complete:
+        raise RuntimeError("incomplete symbolic shape inference")
+    return inference.out_mp_
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _count_constants(model: ir.Model) -> int:
+    return sum(1 for node in ir.traversal.RecursiveGraphIterator(model.graph) if node.op_type == "Constant")

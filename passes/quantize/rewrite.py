@@ -1,0 +1,89 @@
+"""Quantize a prepared float model with ONNX Runtime's quantizers, given settings, ranges and nodes to keep in float."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import tempfile
+from collections.abc import Collection, Iterator
+from pathlib import Path
+from typing import Literal
+
+import onnx
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+from onnxkit.passes.quantize.runtime import exceeds_protobuf_limit
+
+QuantTypeName = Literal["uint8", "int8"]
+_QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeSettings:
+    """Everything that decides how ORT rewrites the model, with CPU-dependent defaults already resolved."""
+
+    mode: Literal["dynamic", "static"]
+    format: Literal["qdq", "qoperator"]
+    per_channel: bool
+    reduce_range: bool
+    act_type: QuantTypeName
+    weight_type: QuantTypeName
+    op_types: tuple[str, ...]
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """Silence ORT's quantizer, which warns through the root logger ("consider pre-processing", per-channel
+    axis notes) about things this pass has handled. The guard handler keeps ``logging.warning`` from
+    configuring the root logger as a side effect; child loggers are untouched."""
+    root = logging.getLogger()
+    guard = logging.NullHandler()
+
+    def drop(record: logging.LogRecord) -> bool:
+        return False
+
+    root.addHandler(guard)
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        root.removeHandler(guard)
+
+
+def quantize_model(prepared: onnx.ModelProto, settings: QuantizeSettings, ranges: TensorsData | None,
+                   keep_float: Collection[str] = ()) -> onnx.ModelProto:
+    """The INT8 model: ``prepared`` quantized by ``settings`` with activation ``ranges`` (static mode),
+    leaving the nodes named in ``keep_float`` in float."""
+    large = exceeds_protobuf_limit(prepared)
+    with tempfile.TemporaryDirectory(prefix="onnxkit-quantize-") as folder, _quiet_root_logger():
+        output = Path(folder) / "quantized.onnx"
+        common = dict(
+            op_types_to_quantize=list(settings.op_types),
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            weight_type=_QUANT_TYPES[settings.weight_type],
+            nodes_to_exclude=sorted(keep_float),
+            use_external_data_format=large,
+        )
+        if settings.mode == "dynamic":
+            # EnableSubgraph: dynamic mode is the one in which ORT also quantizes If/Loop/Scan bodies.
+            quantize_dynamic(prepared, output, extra_options={"EnableSubgraph": True}, **common)
+        else:
+            if ranges is None:
+                raise ValueError("static quantization needs activation ranges")
+            # ORT takes precomputed ranges through its calibration cache; with the cache present it skips
+            # its own calibrator entirely.
+            cache = Path(folder) / "ranges.json"
+            save_tensors_data(ranges, cache)
+            quantize_static(
+                prepared, output, None,
+                quant_format=QuantFormat.QDQ if settings.format == "qdq" else QuantFormat.QOperator,
+                activation_type=_QUANT_TYPES[settings.act_type],
+                calibrate_method=ranges.calibration_method,
+                calibration_cache_path=cache,
+                **common,
+            )
+        return onnx.load_model(str(output))

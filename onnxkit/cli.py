@@ -118,6 +118,8 @@ def check_output_path(output: Path, inputs: list[Path], in_place: bool) -> None:
               help="When a pass fails parity or verification: stop, discard that pass and go on, or keep it and warn.")
 @click.option("--data", "data_path", help="Inputs for parity and calibration: .npz, a folder of .npz/.npy, or ONNX test data.")
 @click.option("--calib-data", "calib_path", help="Calibration inputs for quantization (default: --data).")
+@click.option("--calib-cache", "calib_cache", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder that caches calibration ranges by model, data and settings (created if missing).")
 @click.option("--dim", "dims", help="Bind dynamic dimensions for synthetic inputs, e.g. batch=4,seq=128.")
 @tolerance_options
 @click.option("--external-data/--no-external-data", default=None, help="Force or forbid external data (default: by size).")
@@ -125,6 +127,7 @@ def check_output_path(output: Path, inputs: list[Path], in_place: bool) -> None:
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report (.json or .md).")
 def optimize(model: Path | None, spec: str | None, config: Path | None, output: Path | None, in_place: bool,
              example: str | None, check: str, on_fail: str, data_path: str | None, calib_path: str | None,
+             calib_cache: Path | None,
              dims: str | None, atol: float | None, rtol: float | None, min_cosine: float | None,
              min_sqnr: float | None, min_top1: float | None, external_data: bool | None, as_json: bool,
              report_path: Path | None) -> None:
@@ -174,6 +177,7 @@ def optimize(model: Path | None, spec: str | None, config: Path | None, output: 
                                       min_top1=min_top1),
         progress=sys.stderr.isatty() and not as_json,
         model_dir=model.parent if model is not None else None,
+        extras={"calib_cache": calib_cache} if calib_cache is not None else None,
     )
     result.save(output, external_data=external_data)
     result.report.output_path = str(output)

@@ -289,6 +289,7 @@ class Pipeline:
         progress: bool = False,
         example_inputs: Any = None,
         model_dir: str | os.PathLike[str] | None = None,
+        extras: dict[str, Any] | None = None,
     ) -> PipelineResult:
         """Run every pass on ``model`` (a path, ``ModelProto``, ``ir.Model``, or a torch module for ``export``).
 
@@ -297,13 +298,15 @@ class Pipeline:
         result and goes on, ``warn`` keeps it and marks the report. ``tolerance`` overrides the defaults
         that follow each pass's kind: a ``parity.Tolerance`` replaces them, a dict such as ``{"atol": 1e-3}``
         overrides those fields only. ``data`` is a dataset (see ``onnxkit.data``) of parity inputs, and of
-        calibration inputs too unless ``calibration_data`` is given.
+        calibration inputs too unless ``calibration_data`` is given. ``extras`` go to ``PassContext.extras``
+        (e.g. ``{"calib_cache": folder}`` for ``quantize``).
         """
         if check not in ("each", "end", "off"):
             raise SpecError(f"check must be each, end or off, not {check!r}")
         if on_fail not in ("stop", "rollback", "warn"):
             raise SpecError(f"on_fail must be stop, rollback or warn, not {on_fail!r}")
         context = PassContext(data=calibration_data if calibration_data is not None else data, dims=dict(dims or {}), show_progress=progress)
+        context.extras.update(extras or {})
         if model_dir is not None:
             context.model_dir = Path(model_dir)
         elif isinstance(model, (str, os.PathLike)):
@@ -339,6 +342,7 @@ class Pipeline:
             entry.seconds = time.perf_counter() - started
             entry.modified = bool(result.modified)
             entry.stats = list(result.stats) if isinstance(result, PassResult) else []
+            entry.details = dict(getattr(result, "details", None) or {})
             if not result.modified:
                 entry.nodes_after = nodes_before
                 entry.bytes_after = entry.bytes_before

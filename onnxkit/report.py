@@ -17,6 +17,8 @@ class PassReport:
     modified: bool = False
     status: str = "ok"  # ok | rolled-back | parity-warning | parity-failed | failed
     stats: list[str] = dataclasses.field(default_factory=list)
+    # a pass's structured report beside its stats lines (e.g. quantize: parity, latency, nodes kept float)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
     nodes_before: int = 0
     nodes_after: int = 0

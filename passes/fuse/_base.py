@@ -9,7 +9,6 @@ their names, and new tensors get names no other value has.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
@@ -141,17 +140,6 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
         return None
 
 
-def scalar_close_to(expected: float) -> Callable[[Any, ir.Value], bool]:
-    """A pattern check matching a constant with one element close to ``expected`` (shape [] or [1])."""
-
-    def check(context: Any, value: ir.Value) -> bool:
-        array = constant_array(value)
-        return (array is not None and array.size == 1 and array.ndim <= 1
-                and math.isclose(float(array.reshape(())), expected, rel_tol=1e-4, abs_tol=1e-7))
-
-    return check
-
-
 def only_used_by(value: ir.Value, nodes: Iterable[ir.Node]) -> bool:
     allowed = set(nodes)
     return not value.is_graph_output() and all(user in allowed for user, _ in value.uses())
@@ -182,13 +170,6 @@ def pass_through(op: Any, value: ir.Value, replaced: ir.Value, graph: ir.Graph |
     if produced_in(value, graph) and not value.is_graph_output() and not replaced.is_graph_output():
         return value
     return op.Identity(value)
-
-
-def static_shape(value: ir.Value) -> tuple[int, ...] | None:
-    shape = value.shape
-    if shape is None or not all(isinstance(d, int) for d in shape):
-        return None
-    return tuple(shape)  # type: ignore[arg-type]
 
 
 def rank_of(value: ir.Value) -> int | None:

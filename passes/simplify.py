@@ -1,10 +1,20 @@
 """``simplify``: constant folding that never bloats the model, then removal of everything that computes nothing.
 
-Built from onnxscript's constant folder and rewrite rules and onnx_ir's common passes; onnxkit adds what
-they lack: a size limit in bytes that stops Tile/Expand/ConstantOfShape-style folds from inflating the
-model, common-subexpression elimination inside If/Loop/Scan bodies and functions, a no-op Pad rule,
-statistics per category, an honest ``modified`` flag, and a guard that keeps the graph's declared output
-shapes out of every decision (a model whose declared output shape is wrong keeps computing the real one).
+Built from onnxscript's constant folder and rewrite rules and onnx_ir's common passes. onnxkit adds what
+they lack:
+
+- a size limit in bytes, so Tile/Expand/ConstantOfShape folds cannot inflate the model;
+- shape arithmetic: Shape → Gather/Slice → Unsqueeze → Concat chains fold, and a Reshape whose target is
+  computed at run time gets a constant one (0 copies a dynamic dim), so dynamic models shed their shape
+  subgraphs while their dims stay dynamic;
+- exact no-op rules (x*1, x+0, ... match only exact identity elements; onnxscript's match within 1e-5 and
+  would drop an epsilon), no-op Pad and Slice without optional inputs, zero LSTM/GRU/RNN initial states;
+- common-subexpression elimination inside If/Loop/Scan bodies and functions;
+- Identity elimination that keeps every output name, also where an output aliases another output or an
+  outer-scope value;
+- a guard that keeps declared output shapes out of every decision: a model whose declared output shape
+  is wrong keeps computing the real one, and keeps its declaration;
+- statistics per category and an honest ``modified`` (the model is compared before and after).
 
 ``backend=onnxsim|onnxoptimizer|onnxslim`` runs that tool instead, imported only then.
 """

@@ -23,11 +23,12 @@ import onnx
 import onnx_ir as ir
 
 from onnxkit.errors import DataError, PassFailedError
+from onnxkit.modelio import clone_model
 from onnxkit.pass_base import Pass, PassResult
 from onnxkit.passes.quantize import calibration, latency, preprocess, sensitivity
 from onnxkit.passes.quantize.cpu import detect_cpu
 from onnxkit.passes.quantize.rewrite import QuantizeSettings, quantize_model
-from onnxkit.passes.quantize.runtime import tensor_elem_types
+from onnxkit.passes.quantize.runtime import exceeds_protobuf_limit, tensor_elem_types
 
 # Dynamic mode: where INT8 pays off with activations quantized on the fly. Not Conv: ConvInteger has no
 # fast kernel and makes CNNs 2-6x slower. ORT has no INT8 GRU kernel, so GRU stays float for now.
@@ -36,6 +37,9 @@ DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Attention", "LSTM", "GRU")
 # keep in INT8 between them (ReLU/Clip fold into the quantization range, pooling has QLinear kernels).
 STATIC_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Relu", "Clip", "MaxPool", "AveragePool",
                    "GlobalAveragePool")
+# The ops whose INT8 kernels are where the time and size go; a model with none of them quantized is not worth
+# shipping as INT8.
+HEAVY_OP_TYPES = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "Attention", "LSTM", "GRU"})
 # One held-out sample for every HOLDOUT_EVERY samples read; the rest calibrate.
 HOLDOUT_EVERY = 5
 # Per-node sensitivity and timing need far fewer samples than calibration.
@@ -96,6 +100,11 @@ class QuantizeResult(PassResult):
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def _unchanged(model: ir.Model, stats: list[str], details: dict[str, Any]) -> QuantizeResult:
+    # A pass that is not in place returns a new model object even when it changes nothing.
+    return QuantizeResult(clone_model(model), False, stats, details=details)
+
+
 class QuantizePass(Pass):
     """Quantize to INT8 (dynamic or static) with ONNX Runtime, keeping a parity target and never getting slower.
 
@@ -138,7 +147,7 @@ class QuantizePass(Pass):
         already = preprocess.quantized_op_counts(model)
         if already:
             found = ", ".join(f"{count} {op}" for op, count in sorted(already.items()))
-            return QuantizeResult(model, False, [f"model is already quantized ({found}); left as it is"],
+            return _unchanged(model, [f"model is already quantized ({found}); left as it is"],
                                   details={"skipped": "already quantized", "quantized_ops": already})
 
         mode = options.mode if options.mode != "auto" else ("static" if self.context.data is not None else "dynamic")
@@ -153,7 +162,8 @@ class QuantizePass(Pass):
             op_types=options.op_types or (DYNAMIC_OP_TYPES if mode == "dynamic" else STATIC_OP_TYPES),
         )
         prepared = preprocess.prepare(model, want_per_channel=settings.per_channel,
-                                      gemm_as_matmul=mode == "dynamic" and "Gemm" in settings.op_types)
+                                      gemm_as_matmul=mode == "dynamic" and "Gemm" in settings.op_types,
+                                      localize_subgraph_inputs=mode == "dynamic")
         if not prepared.per_channel_possible:
             settings = dataclasses.replace(settings, per_channel=False)
         if mode == "dynamic" and "Gemm" in settings.op_types:
@@ -169,7 +179,7 @@ class QuantizePass(Pass):
             report.warnings.append(f"exclude names no main-graph node: {', '.join(sorted(unknown))}")
         candidates = [n for n in float_proto.graph.node if n.op_type in settings.op_types and n.name not in excluded]
         if not candidates and not _has_subgraph_candidates(float_proto, settings):
-            return QuantizeResult(model, False, [f"no {', '.join(settings.op_types)} nodes to quantize"],
+            return _unchanged(model, [f"no {', '.join(settings.op_types)} nodes to quantize"],
                                   details={"skipped": "nothing to quantize"})
 
         data = _SplitData(self._dataset(model, report), options.samples)
@@ -185,9 +195,14 @@ class QuantizePass(Pass):
         if options.max_slowdown is not None:
             quantized = self._gate(float_proto, quantized, quantize, keep_float, data, settings, report)
             if quantized is None:
-                return QuantizeResult(model, False, report.stats(), details=report.to_dict())
+                return _unchanged(model, report.stats(), details=report.to_dict())
 
+        _check_valid(quantized)
         report.finish(float_proto, quantized, keep_float, excluded)
+        if not HEAVY_OP_TYPES & set(report.quantized_nodes):
+            report.kept_whole_model_float = "no Conv, MatMul, Gemm or other heavy node is left in INT8"
+            report.quantized_bytes = None
+            return _unchanged(model, report.stats(), details=report.to_dict())
         return QuantizeResult(ir.serde.deserialize_model(quantized), True, report.stats(), details=report.to_dict())
 
     # -- steps --------------------------------------------------------------------------------------------
@@ -243,7 +258,9 @@ class QuantizePass(Pass):
             if qdq_twin:  # QOperator renames every tensor; its QDQ twin keeps the float names to match
                 quantized = quantize_model(float_proto, dataclasses.replace(settings, format="qdq"), ranges,
                                            set(self.options.exclude) | set(keep))
-            remaining = [n for n in candidates if n.name not in keep]
+            # Only nodes that really run in INT8 can be taken out (dynamic MatMul needs a constant B, say).
+            in_int8 = {n.name for n in _quantized_nodes(float_proto, quantized)}
+            remaining = [n for n in candidates if n.name not in keep and n.name in in_int8]
             return sensitivity.measure_sensitivity(float_proto, quantized, remaining, types, sensitivity_samples)
 
         search = sensitivity.keep_sensitive_in_float(quantize, rank, judge)
@@ -302,7 +319,8 @@ class QuantizePass(Pass):
         options = self.options
         assert options.max_slowdown is not None
         timing_samples = list(itertools.islice(data.calibration, TIMING_SAMPLES))
-        gate = latency.latency_gate(float_proto, quantized, settings.op_types,
+        present = {n.op_type for n in _quantized_nodes(float_proto, quantized)}
+        gate = latency.latency_gate(float_proto, quantized, [t for t in settings.op_types if t in present],
                                     lambda op_types: quantize(keep_float, tuple(op_types)), timing_samples,
                                     options.max_slowdown)
         report.timing = gate.timing
@@ -316,6 +334,18 @@ class QuantizePass(Pass):
             raise PassFailedError(message, hint="raise max_slowdown, narrow op_types, or use on_slow=keep-float")
         report.kept_whole_model_float = message
         return None
+
+
+def _check_valid(quantized: onnx.ModelProto) -> None:
+    """ORT's quantizers have written invalid models before (per-channel axes at opset 11, values shared
+    across If branches); never hand one on."""
+    if exceeds_protobuf_limit(quantized):
+        return  # the pipeline checks large models on disk when it saves them
+    try:
+        onnx.checker.check_model(quantized)
+    except onnx.checker.ValidationError as e:
+        raise PassFailedError(f"ONNX Runtime's quantizer produced an invalid model: {str(e).strip().splitlines()[0]}",
+                              hint="exclude the nodes involved, narrow op_types, or try the other mode") from e
 
 
 def _noise_excess(verdicts: Any, tolerance: Any) -> float | None:
@@ -458,10 +488,10 @@ class _Report:
         if self.calibration:
             lines.append(f"calibrated {self.calibration['tensors']} tensors on {self.calibration['samples']} samples "
                          f"({self.data}), {self.calibration['method']}, cache {self.calibration['cache']}")
-        if self.quantized_nodes:
+        if self.quantized_nodes and not self.kept_whole_model_float:
             total = sum(self.quantized_nodes.values())
             lines.append(f"quantized {total} nodes: " + ", ".join(f"{c} {op}" for op, c in sorted(self.quantized_nodes.items())))
-        if self.kept_float:
+        if self.kept_float and not self.kept_whole_model_float:
             lines.append(f"kept {len(self.kept_float)} nodes in float: " + ", ".join(list(self.kept_float)[:5])
                          + (" …" if len(self.kept_float) > 5 else ""))
         if self.verdict is not None:
@@ -517,16 +547,28 @@ def _brief(verdict: Any) -> str:
 
 
 def _quantized_nodes(float_proto: onnx.ModelProto, quantized: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Float nodes that the quantized model runs in INT8: replaced by other ops (QOperator, dynamic), or fed
-    by DequantizeLinear (QDQ)."""
-    dequantized = {out for n in quantized.graph.node if n.op_type == "DequantizeLinear" for out in n.output}
-    same = {(n.name, n.op_type): n for n in quantized.graph.node}
+    """Float nodes, subgraphs included, that the quantized model runs in INT8: replaced by other ops
+    (QOperator, dynamic), or fed by DequantizeLinear (QDQ)."""
+    quantized_nodes = list(_all_nodes(quantized.graph))
+    dequantized = {out for n in quantized_nodes if n.op_type == "DequantizeLinear" for out in n.output}
+    same = {(n.name, n.op_type): n for n in quantized_nodes}
     result = []
-    for node in float_proto.graph.node:
+    for node in _all_nodes(float_proto.graph):
         twin = same.get((node.name, node.op_type))
         if twin is None or any(name in dequantized for name in twin.input):
             result.append(node)
     return result
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attribute.g)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for subgraph in attribute.graphs:
+                    yield from _all_nodes(subgraph)
 
 
 @contextlib.contextmanager

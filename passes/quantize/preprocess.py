@@ -49,11 +49,14 @@ def quantized_op_counts(model: ir.Model) -> dict[str, int]:
     return counts
 
 
-def prepare(model: ir.Model, *, want_per_channel: bool, gemm_as_matmul: bool = False) -> PreparedModel:
+def prepare(model: ir.Model, *, want_per_channel: bool, gemm_as_matmul: bool = False,
+            localize_subgraph_inputs: bool = False) -> PreparedModel:
     """A copy of ``model`` with weights lifted, names fixed, opset ≥ 13 and shapes inferred where possible.
 
-    ``gemm_as_matmul`` rewrites Gemm with constant weights as MatMul (+ Add), for dynamic mode: ORT's dynamic
-    quantizer has an INT8 MatMul but no INT8 Gemm.
+    For dynamic mode, which also quantizes If/Loop/Scan bodies: ``gemm_as_matmul`` rewrites Gemm with constant
+    weights as MatMul (+ Add), since ORT's dynamic quantizer has an INT8 MatMul but no INT8 Gemm;
+    ``localize_subgraph_inputs`` works around ORT quantizing an outer-scope activation once, inside the first
+    body that reads it, and then referring to that body-local result from the others (an invalid model).
     """
     work = ir.serde.deserialize_model(ir.serde.serialize_model(model))  # the pass never edits its input
     steps: list[str] = []
@@ -70,6 +73,8 @@ def prepare(model: ir.Model, *, want_per_channel: bool, gemm_as_matmul: bool = F
         steps.append(f"moved {subgraph_initializers} If/Loop/Scan body initializers to the main graph")
     if gemm_as_matmul and (rewritten := gemm_to_matmul(work)):
         steps.append(f"rewrote {rewritten} Gemm with constant weights as MatMul + Add")
+    if localize_subgraph_inputs and (localized := localize_outer_scope_inputs(work)):
+        steps.append(f"gave {localized} If/Loop/Scan bodies their own copy (Identity) of outer-scope activations")
     # ORT addresses nodes by name (nodes_to_exclude) and names new tensors after old ones.
     common.NameFixPass()(work)
 
@@ -125,6 +130,30 @@ def gemm_to_matmul(model: ir.Model) -> int:
         ir.convenience.replace_nodes_and_values(node.graph, node, [node], new_nodes, [node.outputs[0]], [result])
         rewritten += 1
     return rewritten
+
+
+def localize_outer_scope_inputs(model: ir.Model) -> int:
+    """In each subgraph, read every outer-scope activation (not an initializer) through a local Identity."""
+    local: dict[tuple[int, int], ir.Value] = {}
+    for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+        graph = node.graph
+        if graph is None or graph is model.graph:
+            continue
+        for index, value in enumerate(node.inputs):
+            if value is None or value.is_initializer() or _owning_graph(value) is graph:
+                continue
+            key = (id(graph), id(value))
+            if key not in local:
+                identity = ir.node("Identity", [value], name=f"{value.name}_local_to_{node.name}")
+                graph.insert_before(node, identity)
+                local[key] = identity.outputs[0]
+            node.replace_input_with(index, local[key])
+    return len(local)
+
+
+def _owning_graph(value: ir.Value) -> ir.Graph | None:
+    producer = value.producer()
+    return producer.graph if producer is not None else value.graph
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:

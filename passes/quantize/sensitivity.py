@@ -52,14 +52,6 @@ def sqnr_db(signal: float, noise: float) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
-def _consumed_name(name: str, quantized_names: set[str]) -> str | None:
-    """The quantized model's value that consumers of float tensor ``name`` read."""
-    for candidate in (f"{name}_DequantizeLinear_Output", name):
-        if candidate in quantized_names:
-            return candidate
-    return None
-
-
 def _value_names(proto: onnx.ModelProto) -> set[str]:
     names = {i.name for i in proto.graph.input}
     for node in proto.graph.node:
@@ -69,46 +61,55 @@ def _value_names(proto: onnx.ModelProto) -> set[str]:
 
 def measure_sensitivity(float_proto: onnx.ModelProto, quantized: onnx.ModelProto, candidates: Sequence[onnx.NodeProto],
                         types: Mapping[str, int], samples: Iterable[Mapping[str, Any]]) -> list[NodeSensitivity]:
-    """Each candidate node's added noise, most sensitive first, streamed over ``samples``."""
+    """Each candidate node's added noise, most sensitive first, streamed over ``samples``.
+
+    A node's inputs are measured as produced (``X``, before any QDQ pair in front of the node, so the
+    node's own input quantization counts against it), its outputs as consumed (``Y_DequantizeLinear_Output``
+    where the output is quantized, else ``Y``).
+    """
     initializers = {i.name for i in float_proto.graph.initializer}
-    quantized_names = _value_names(quantized)
-    quantized_types = dict(types)
-    tensors: dict[str, str] = {}  # float name -> quantized name
+    present = _value_names(quantized)
+    probes: dict[tuple[str, str], None] = {}  # (float name, quantized name), in order
+    node_probes = []
     for node in candidates:
-        for name in (*node.input, *node.output):
-            if name and name not in initializers and types.get(name) in FLOAT_TYPES and name not in tensors:
-                match = _consumed_name(name, quantized_names)
-                if match is not None:
-                    tensors[name] = match
-                    quantized_types[match] = types[name]
-    if not tensors:
+        def probe(name: str, consumed: bool) -> tuple[str, str] | None:
+            if not name or name in initializers or types.get(name) not in FLOAT_TYPES:
+                return None
+            options = (f"{name}_DequantizeLinear_Output", name) if consumed else (name,)
+            match = next((option for option in options if option in present), None)
+            if match is None:
+                return None
+            probes[(name, match)] = None
+            return name, match
+
+        inputs = [p for p in (probe(n, consumed=False) for n in node.input) if p is not None]
+        outputs = [p for p in (probe(n, consumed=True) for n in node.output) if p is not None]
+        if outputs:
+            node_probes.append((node, inputs, outputs))
+    if not probes:
         return []
-    float_tap = TensorTap(float_proto, list(tensors), types)
-    quantized_tap = TensorTap(quantized, list(dict.fromkeys(tensors.values())), quantized_types)
-    signal = dict.fromkeys(tensors, 0.0)
-    noise = dict.fromkeys(tensors, 0.0)
+    float_names = list(dict.fromkeys(f for f, _ in probes))
+    quantized_names = list(dict.fromkeys(q for _, q in probes))
+    float_tap = TensorTap(float_proto, float_names, types)
+    quantized_tap = TensorTap(quantized, quantized_names, {q: types[f] for f, q in probes})
+    signal = dict.fromkeys(probes, 0.0)
+    noise = dict.fromkeys(probes, 0.0)
     for sample in samples:
         float_values = float_tap.run(sample)
         quantized_values = quantized_tap.run(sample)
-        for name, match in tensors.items():
-            reference = float_values[name].astype(np.float64)
-            signal[name] += float(np.sum(reference**2))
-            noise[name] += float(np.sum((reference - quantized_values[match].astype(np.float64)) ** 2))
+        for key in probes:
+            reference = float_values[key[0]].astype(np.float64)
+            signal[key] += float(np.sum(reference**2))
+            noise[key] += float(np.sum((reference - quantized_values[key[1]].astype(np.float64)) ** 2))
 
-    def nsr(name: str) -> float:
-        if name not in tensors:
-            return 0.0  # initializers and tensors without a match carry no measured noise
-        return noise[name] / signal[name] if signal[name] > 0 else (math.inf if noise[name] > 0 else 0.0)
+    def nsr(key: tuple[str, str]) -> float:
+        return noise[key] / signal[key] if signal[key] > 0 else (math.inf if noise[key] > 0 else 0.0)
 
     ranked = []
-    for node in candidates:
-        outputs = [n for n in node.output if n in tensors]
-        if not outputs:
-            continue
-        output_nsr = max(nsr(n) for n in outputs)
-        input_nsr = max((nsr(n) for n in node.input if n), default=0.0)
-        added = output_nsr - input_nsr if math.isfinite(output_nsr) else math.inf
+    for node, inputs, outputs in node_probes:
         worst = max(outputs, key=nsr)
+        input_nsr = max((nsr(key) for key in inputs), default=0.0)
+        added = nsr(worst) - input_nsr if math.isfinite(nsr(worst)) else math.inf
         ranked.append(NodeSensitivity(node.name, node.op_type, added, sqnr_db(signal[worst], noise[worst])))
     ranked.sort(key=lambda s: s.added_nsr, reverse=True)
     return ranked

@@ -1,0 +1,428 @@
+"""The quantize pass on small inline models: real ORT quantization, real sessions, real files."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import quantize_dynamic
+from onnxruntime.quantization.calibrate import load_tensors_data
+
+from onnxkit.cli import main
+from onnxkit.errors import PassFailedError, SpecError
+from onnxkit.pass_base import PassContext
+from onnxkit.passes.quantize import QuantizePass, cpu
+from onnxkit.pipeline import Pipeline
+from tests.conftest import run_model
+
+# ---------------------------------------------------------------------------------------------------------
+# Small models
+
+
+def _weight(rng: np.random.Generator, *shape: int, scale: float = 0.3) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def mlp(opset: int = 17, constant_weights: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """x[N,16] → MatMul → Add → Relu → MatMul → y[N,8]."""
+    rng = np.random.default_rng(seed)
+    tensors = {"w1": _weight(rng, 16, 32), "b1": _weight(rng, 32), "w2": _weight(rng, 32, 8)}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="bias1"),
+        helper.make_node("Relu", ["hb"], ["r"], name="relu1"),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
+    ]
+    initializers = []
+    if constant_weights:
+        nodes = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+                 for name, value in tensors.items()] + nodes
+    else:
+        initializers = [numpy_helper.from_array(value, name) for name, value in tensors.items()]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def convnet(opset: int = 17, seed: int = 0) -> onnx.ModelProto:
+    """x[N,3,8,8] → Conv → Relu → Conv → Relu → GlobalAveragePool → Flatten → Gemm → y[N,10]."""
+    rng = np.random.default_rng(seed)
+    initializers = [
+        numpy_helper.from_array(_weight(rng, 8, 3, 3, 3), "c1_w"), numpy_helper.from_array(_weight(rng, 8), "c1_b"),
+        numpy_helper.from_array(_weight(rng, 16, 8, 3, 3), "c2_w"), numpy_helper.from_array(_weight(rng, 16), "c2_b"),
+        numpy_helper.from_array(_weight(rng, 10, 16), "fc_w"), numpy_helper.from_array(_weight(rng, 10), "fc_b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "c1_w", "c1_b"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "c2_w", "c2_b"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["pool"], name="pool"),
+        helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "convnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
+
+
+def if_model(seed: int = 0) -> onnx.ModelProto:
+    """y = If(flag) then x @ W_then (an initializer of the branch) else x @ W_else (a Constant in the branch)."""
+    rng = np.random.default_rng(seed)
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])
+    then_branch = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w_then"], ["y_then"], name="then_matmul")], "then", [],
+        [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, ["N", 8])],
+        [numpy_helper.from_array(_weight(rng, 16, 8), "w_then")])
+    else_branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["w_else"], value=numpy_helper.from_array(_weight(rng, 16, 8), "w_else")),
+         helper.make_node("MatMul", ["x", "w_else"], ["y_else"], name="else_matmul")], "else", [],
+        [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, ["N", 8])])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], name="branch", then_branch=then_branch, else_branch=else_branch)],
+        "if_model",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])], [out])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def samples(name: str, shape: tuple[int, ...], count: int, seed: int = 1, **extra: np.ndarray) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{name: rng.standard_normal(shape).astype(np.float32), **extra} for _ in range(count)]
+
+
+def quantize(model: onnx.ModelProto, data: list[dict] | None = None, extras: dict | None = None, **options):
+    """Run the pass alone; returns (result, output proto)."""
+    pass_ = QuantizePass(**options)
+    pass_.context = PassContext(data=data, extras=dict(extras or {}))
+    result = pass_(ir.serde.deserialize_model(model))
+    return result, ir.serde.serialize_model(result.model)
+
+
+def op_counts(model: onnx.ModelProto) -> Counter:
+    counts = Counter(n.op_type for n in model.graph.node)
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                counts.update(n.op_type for n in attribute.g.node)
+    return counts
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.dot(a.ravel(), b.ravel())) / norms if norms > 0 else 0.0
+
+
+def assert_valid_and_close(original: onnx.ModelProto, quantized: onnx.ModelProto, feeds: dict, min_cosine: float) -> None:
+    onnx.checker.check_model(quantized, full_check=True)
+    expected = run_model(original, feeds)[0]
+    actual = run_model(quantized, feeds)[0]
+    assert actual.shape == expected.shape
+    assert cosine(expected, actual) >= min_cosine
+
+
+NO_GATE = {"max_slowdown": None}
+
+# ---------------------------------------------------------------------------------------------------------
+# CPU-aware defaults
+
+
+def test_cpu_flags_decide_reduce_range() -> None:
+    avx2 = cpu.features_from_flags("x86_64", cpu.parse_cpuinfo_flags("processor : 0\nflags : fpu sse4_2 avx avx2\n"))
+    assert avx2.avx2 and not avx2.vnni and avx2.needs_reduce_range
+    vnni = cpu.features_from_flags("x86_64", cpu.parse_cpuinfo_flags("flags : avx2 avx512f avx512_vnni\n"))
+    assert vnni.vnni and vnni.avx512 and not vnni.needs_reduce_range
+    arm = cpu.features_from_flags("aarch64", cpu.parse_cpuinfo_flags("Features : fp asimd asimddp\n"))
+    assert not arm.needs_reduce_range
+
+
+def test_passes_listing_states_cpu_dependent_defaults() -> None:
+    result = CliRunner().invoke(main, ["passes"])
+    assert result.exit_code == 0, result.output
+    section = result.output[result.output.index("quantize  (lossy)"):]
+    reduce_range = "true" if cpu.detect_cpu().needs_reduce_range else "false"
+    assert f"reduce_range defaults to {reduce_range}" in section
+    assert "dynamic op_types default: MatMul, Gemm, Attention, LSTM, GRU (not Conv" in section
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("quantize{calib=entropy,num_bins=128}", "num_bins"),
+    ("quantize{act_type=int8,weight_type=uint8}", "uint8 weights"),
+    ("quantize{percentile=0}", "percentile"),
+    ("quantize{mode=dynamic,act_type=int8}", "uint8 only"),
+    ("quantize{max_slowdown=0}", "max_slowdown"),
+])
+def test_bad_options_are_spec_errors(spec: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        Pipeline.parse(spec)
+
+
+def test_spec_round_trips() -> None:
+    spec = "quantize{mode=static,calib=percentile,samples=16,percentile=99.9,exclude=fc1,fc2,max_slowdown=none}"
+    assert Pipeline.parse(spec).to_string() == spec
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dynamic mode
+
+
+def test_dynamic_quantizes_matmul_and_second_run_changes_nothing() -> None:
+    model = mlp()
+    data = samples("x", (4, 16), 10)
+    result, quantized = quantize(model, data, mode="dynamic", **NO_GATE)
+    assert result.modified
+    ops = op_counts(quantized)
+    assert ops["MatMulInteger"] == 2 and ops["DynamicQuantizeLinear"] >= 1
+    assert_valid_and_close(model, quantized, data[0], 0.99)
+    assert any("quantized 2 nodes: 2 MatMul" in line for line in result.stats)
+
+    again = QuantizePass(mode="dynamic")(ir.serde.deserialize_model(quantized))
+    assert not again.modified
+    assert "already quantized" in again.stats[0]
+
+
+def test_dynamic_leaves_conv_float_and_quantizes_gemm_as_matmul() -> None:
+    model = convnet()
+    data = samples("x", (2, 3, 8, 8), 10)
+    result, quantized = quantize(model, data, mode="dynamic", **NO_GATE)
+    ops = op_counts(quantized)
+    assert "ConvInteger" not in ops and ops["Conv"] == 2
+    assert ops["MatMulInteger"] == 1 and "Gemm" not in ops
+    assert any("Gemm with constant weights as MatMul" in step for step in result.details["preprocessing"])
+    assert_valid_and_close(model, quantized, data[0], 0.99)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Static mode
+
+
+def test_static_qdq_per_channel_is_valid_and_close() -> None:
+    model = convnet()
+    data = samples("x", (2, 3, 8, 8), 20)
+    result, quantized = quantize(model, data, mode="static", **NO_GATE)
+    assert result.modified
+    weight_dq = [n for n in quantized.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "c1_w_quantized"]
+    assert weight_dq and helper.get_attribute_value(next(a for a in weight_dq[0].attribute if a.name == "axis")) == 0
+    assert_valid_and_close(model, quantized, data[0], 0.99)
+    details = result.details
+    assert details["settings"]["act_type"] == "uint8" and details["settings"]["weight_type"] == "int8"
+    assert details["settings"]["reduce_range"] == cpu.detect_cpu().needs_reduce_range
+    assert details["quantized_nodes"]["Conv"] == 2
+    assert details["size"]["ratio"] < 1
+
+
+def test_static_qoperator_format() -> None:
+    model = convnet()
+    data = samples("x", (2, 3, 8, 8), 10)
+    _, quantized = quantize(model, data, mode="static", format="qoperator", **NO_GATE)
+    assert op_counts(quantized)["QLinearConv"] == 2
+    assert_valid_and_close(model, quantized, data[0], 0.99)
+
+
+def test_static_without_data_calibrates_on_synthetic_inputs_and_says_so() -> None:
+    result, quantized = quantize(convnet(), None, mode="static", samples=8, **NO_GATE)
+    assert result.modified
+    assert any(line.startswith("warning: no calibration data") for line in result.stats)
+    assert result.details["data"].startswith("synthetic")
+
+
+def test_mode_auto_follows_the_data() -> None:
+    model = mlp()
+    with_data, _ = quantize(model, samples("x", (2, 16), 6), **NO_GATE)
+    without, _ = quantize(model, None, **NO_GATE)
+    assert with_data.details["settings"]["mode"] == "static"
+    assert without.details["settings"]["mode"] == "dynamic"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Robustness
+
+
+def test_opset11_model_is_upgraded_for_per_channel_qdq() -> None:
+    model = convnet(opset=11)
+    data = samples("x", (2, 3, 8, 8), 10)
+    result, quantized = quantize(model, data, mode="static", **NO_GATE)
+    opset = next(o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset >= 13
+    assert any("upgraded opset 11 → 13" in step for step in result.details["preprocessing"])
+    assert_valid_and_close(model, quantized, data[0], 0.99)
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_constant_node_weights_are_quantized(mode: str) -> None:
+    model = mlp(constant_weights=True)
+    data = samples("x", (4, 16), 10)
+    result, quantized = quantize(model, data, mode=mode, calib="minmax", **NO_GATE)
+    assert result.details["quantized_nodes"] == {"MatMul": 2}
+    assert "Constant" not in op_counts(quantized)
+    assert any("lifted 3 Constant nodes" in step for step in result.details["preprocessing"])
+    assert_valid_and_close(model, quantized, data[0], 0.99)
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_weights_inside_if_branches(mode: str) -> None:
+    model = if_model()
+    data = samples("x", (4, 16), 10, flag=np.array(True))
+    result, quantized = quantize(model, data, mode=mode, **NO_GATE)
+    onnx.checker.check_model(quantized, full_check=True)
+    for flag in (True, False):
+        feeds = {"x": data[0]["x"], "flag": np.array(flag)}
+        assert cosine(run_model(model, feeds)[0], run_model(quantized, feeds)[0]) >= 0.99
+    if mode == "dynamic":  # ORT quantizes inside If bodies in dynamic mode only
+        assert result.modified and op_counts(quantized)["MatMulInteger"] == 2
+    else:
+        assert not result.modified and "no" in result.stats[0]
+
+
+def test_already_quantized_model_is_left_alone(tmp_path) -> None:
+    source, target = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    onnx.save(mlp(), source)
+    quantize_dynamic(str(source), str(target))
+    result = QuantizePass()(ir.load(target))
+    assert not result.modified
+    assert result.stats == [result.stats[0]] and "already quantized" in result.stats[0]
+    assert "MatMulInteger" in result.stats[0]
+
+
+def test_excluded_nodes_stay_float() -> None:
+    model = mlp()
+    data = samples("x", (4, 16), 10)
+    result, quantized = quantize(model, data, mode="static", calib="minmax", exclude=("fc2",), **NO_GATE)
+    fc2 = next(n for n in quantized.graph.node if n.name == "fc2")
+    assert fc2.input[1] == "w2"  # the float weight, not a DequantizeLinear output
+    assert result.details["kept_float"] == {"fc2": "excluded by the user"}
+    assert result.details["quantized_nodes"] == {"MatMul": 1}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parity target
+
+
+def outlier_model() -> onnx.ModelProto:
+    """fc1's output has one channel 1000 times larger than the others, which fc2 ignores: quantizing that
+    activation per tensor wipes out everything fc2 reads, while fc1's own int8 weights are harmless."""
+    rng = np.random.default_rng(0)
+    w1 = _weight(rng, 16, 32)
+    w1[:, 0] *= 1000.0
+    w2 = _weight(rng, 32, 8)
+    w2[0, :] = 0.0
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+         helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2")],
+        "outlier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_parity_target_keeps_the_sensitive_node_float() -> None:
+    model = outlier_model()
+    data = samples("x", (4, 16), 25)
+    _, plain = quantize(model, data, mode="static", calib="minmax", target_cosine=None, **NO_GATE)
+    assert cosine(run_model(model, data[4])[0], run_model(plain, data[4])[0]) < 0.9
+
+    result, quantized = quantize(model, data, mode="static", calib="minmax", **NO_GATE)
+    assert result.details["target_met"]
+    assert list(result.details["kept_float"]) == ["fc2"]
+    assert result.details["kept_float"]["fc2"].startswith("round 1: output SQNR")
+    assert result.details["quantized_nodes"] == {"MatMul": 1}
+    held_out = result.details["parity"]["held-out"]
+    assert held_out["passed"] and held_out["samples"] == 5 and held_out["min_cosine"] >= 0.99
+    for index in range(len(data)):
+        assert cosine(run_model(model, data[index])[0], run_model(quantized, data[index])[0]) >= 0.99
+
+
+def test_user_metric_replaces_the_parity_target() -> None:
+    model = outlier_model()
+    data = samples("x", (4, 16), 25)
+    probe = samples("x", (64, 16), 1, seed=7)[0]
+    reference = run_model(model, probe)[0].argmax(-1)
+    calls = []
+
+    def agreement(session) -> float:
+        calls.append(1)
+        return float(np.mean(session.run(None, probe)[0].argmax(-1) == reference))
+
+    result, _ = quantize(model, data, extras={"quantize_eval": agreement}, mode="static", calib="minmax",
+                         max_metric_drop=0.02, **NO_GATE)
+    assert result.details["target_met"]
+    assert result.details["target"].startswith("metric ≥")
+    assert result.details["parity"]["metric"] >= 0.98
+    assert len(calls) >= 3  # the float model, all quantized, then with fc2 float
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Latency gate
+
+
+def test_latency_gate_refuses_when_asked() -> None:
+    data = samples("x", (4, 16), 10)
+    with pytest.raises(PassFailedError, match="slower than allowed"):
+        quantize(mlp(), data, mode="static", max_slowdown=1e-9, on_slow="refuse")
+
+
+def test_latency_gate_keeps_the_float_model() -> None:
+    model = mlp()
+    result, kept = quantize(model, samples("x", (4, 16), 10), mode="static", max_slowdown=1e-9)
+    assert not result.modified
+    assert any(line.startswith("kept the float model: INT8 is slower than allowed") for line in result.stats)
+    assert result.details["latency"]["ratio"] > 1e-9
+    assert op_counts(kept) == op_counts(model)
+
+
+def test_latency_gate_reports_the_ratio() -> None:
+    result, _ = quantize(convnet(), samples("x", (2, 3, 8, 8), 10), mode="static", max_slowdown=1e9)
+    latency = result.details["latency"]
+    assert latency["float_ms"] > 0 and latency["quantized_ms"] > 0
+    assert latency["ratio"] == pytest.approx(latency["quantized_ms"] / latency["float_ms"], rel=1e-3)
+    assert any(line.startswith("INT8/FP32 latency") for line in result.stats)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cache, pipeline report, CLI
+
+
+def test_calibration_cache_hits_for_same_model_data_and_settings(tmp_path) -> None:
+    model, data = convnet(), samples("x", (2, 3, 8, 8), 10)
+    extras = {"calib_cache": tmp_path / "cache"}
+    first, quantized = quantize(model, data, extras, mode="static", **NO_GATE)
+    second, again = quantize(model, data, extras, mode="static", **NO_GATE)
+    other, _ = quantize(model, data, extras, mode="static", calib="minmax", **NO_GATE)
+    assert first.details["calibration"]["cache"] == "stored"
+    assert second.details["calibration"]["cache"] == "hit"
+    assert other.details["calibration"]["cache"] == "stored"
+    assert again.SerializeToString() == quantized.SerializeToString()
+    entries = sorted((tmp_path / "cache").glob("*.json"))
+    assert len(entries) == 2
+    assert load_tensors_data(entries[0]).data  # ORT's own format: quantize_static can read it too
+
+
+def test_pipeline_report_carries_the_quantize_details() -> None:
+    data = samples("x", (4, 16), 10)
+    result = Pipeline.parse("quantize{mode=static,max_slowdown=none}").run(mlp(), data=data)
+    details = result.report.passes[0].details
+    assert {"size", "parity", "latency", "quantized_nodes", "kept_float", "calibration"} <= set(details)
+    json.loads(result.report.to_json())
+
+
+def test_cli_optimize_with_calib_data_and_cache(tmp_path) -> None:
+    model_path, calib_path, output = tmp_path / "m.onnx", tmp_path / "calib.npz", tmp_path / "m.int8.onnx"
+    onnx.save(convnet(), model_path)
+    rng = np.random.default_rng(0)
+    np.savez(calib_path, x=rng.standard_normal((12, 2, 3, 8, 8)).astype(np.float32))
+    cache = tmp_path / "cache"
+    args = ["optimize", str(model_path), "--passes", "quantize{mode=static,max_slowdown=none}",
+            "--calib-data", str(calib_path), "--calib-cache", str(cache), "-o", str(output), "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["passes"][0]["details"]["calibration"]["cache"] == "stored"
+    assert list(cache.glob("*.json"))
+    onnx.checker.check_model(str(output))
+    assert "QuantizeLinear" in op_counts(onnx.load(output))

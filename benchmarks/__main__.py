@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 import os
 import tempfile
 import time
@@ -37,7 +38,9 @@ def _step(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 @click.option("--model", "only", multiple=True, help="Only these models (repeatable); see benchmarks/models.py.")
 @click.option("--skip-extras", is_flag=True, help="Skip calibration memory and training-loop overhead.")
 @click.option("--out", type=click.Path(path_type=Path), help="Where to write results (default: see above).")
-def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out: Path | None) -> None:
+@click.option("--report-only", is_flag=True, help="Measure nothing: regenerate RESULTS.md and plots from results.json.")
+def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out: Path | None,
+         report_only: bool) -> None:
     """Benchmark onnxkit against onnxsim, onnxslim, onnxoptimizer and ONNX Runtime on the suite's models."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -52,6 +55,10 @@ def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out
     if unknown:
         raise click.BadParameter(f"unknown model(s) {unknown}; choose from {list(BUILDERS)}", param_hint="--model")
     out = out or (HERE / "results" / "quick" if quick else HERE)
+    if report_only:  # e.g. after a cause is added to report.GAP_CAUSES
+        _publish(json.loads((out / "results.json").read_text()), out)
+        click.echo(f"wrote {out / 'RESULTS.md'} and plots from {out / 'results.json'}")
+        return
     out.mkdir(parents=True, exist_ok=True)
     settings = measure.SuiteSettings.for_run(quick)
     started = time.perf_counter()

@@ -15,7 +15,7 @@ from typing import Any
 from benchmarks.peers import PEER_DESCRIPTIONS
 from onnxkit.bench import BenchReport, ToolRecord, format_bytes, summary_cells, summary_headers
 
-# Causes that the op histograms cannot tell, keyed by (pipeline label prefix, model) or (label, "*").
+# Causes that the op histograms cannot tell, keyed by (pipeline spec, model) or (pipeline spec, "*").
 # Filled in from the analysis of each run; a gap without an entry still shows its op-count difference.
 GAP_CAUSES: dict[tuple[str, str], str] = {}
 
@@ -29,13 +29,15 @@ def write_json(results: dict[str, Any], path: Path) -> None:
 
 
 def _ops_peer_removed(mine: ToolRecord, peer: ToolRecord) -> str:
-    """Which ops onnxkit's model has more of than the peer's, e.g. 'Transpose +12, Reshape +4'."""
-    deltas = {op: count - peer.op_histogram.get(op, 0) for op, count in mine.op_histogram.items()}
-    deltas.update({op: -count for op, count in peer.op_histogram.items() if op not in mine.op_histogram})
-    more = [f"{op} +{d}" for op, d in sorted(deltas.items(), key=lambda item: -item[1]) if d > 0]
-    fewer = [f"{op} {d}" for op, d in sorted(deltas.items(), key=lambda item: item[1]) if d < 0]
-    text = "onnxkit has " + (", ".join(more) or "no op in excess")
-    return text + (f"; fewer {', '.join(fewer)}" if fewer else "")
+    """Where the two graphs differ, e.g. 'onnxkit has more Transpose +12; onnxsim has more Gemm +4'."""
+    deltas = {op: mine.op_histogram.get(op, 0) - peer.op_histogram.get(op, 0)
+              for op in set(mine.op_histogram) | set(peer.op_histogram)}
+    mine_more = [f"{op} +{d}" for op, d in sorted(deltas.items(), key=lambda item: (-item[1], item[0])) if d > 0]
+    peer_more = [f"{op} +{-d}" for op, d in sorted(deltas.items(), key=lambda item: (item[1], item[0])) if d < 0]
+    if not mine_more and not peer_more:
+        return "the same ops"
+    parts = [f"onnxkit has more {', '.join(mine_more)}" if mine_more else "onnxkit has no op in excess"]
+    return "; ".join(parts + ([f"{peer.label} has more {', '.join(peer_more)}"] if peer_more else []))
 
 
 def _contrib_op_cause(mine: ToolRecord, peer: ToolRecord) -> str:
@@ -48,17 +50,18 @@ def _contrib_op_cause(mine: ToolRecord, peer: ToolRecord) -> str:
             "ORT makes the same fusions itself when it loads the model (`fuse{target=onnxruntime}` emits them).")
 
 
-def known_gaps(model_name: str, report: BenchReport) -> list[str]:
-    """Every place an onnxkit pipeline is worse than the best peer of its class, or failed."""
-    gaps = []
-    keys = report.latency_keys
+def known_gaps(model_name: str, report: BenchReport) -> tuple[list[str], list[str]]:
+    """Where an onnxkit pipeline failed or is worse than the best peer of its class, and, apart, the latency
+    differences that are ties on this machine (onnxkit's p50 inside the best peer's own p50..p90 spread)."""
+    gaps, ties = [], []
     for record in report.tools:
         if record.runner != "onnxkit":
             continue
-        cause = GAP_CAUSES.get((record.label, model_name)) or GAP_CAUSES.get((record.label, "*"))
+        where = f"**{model_name} / {record.spec}**"
+        cause = GAP_CAUSES.get((record.spec or "", model_name)) or GAP_CAUSES.get((record.spec or "", "*"))
         suffix = f" Cause: {cause}" if cause else ""
         if not record.ok:
-            gaps.append(f"**{model_name} / {record.label}**: failed: {record.error}.{suffix}")
+            gaps.append(f"{where}: failed: {record.error}.{suffix}")
             continue
         vs_peer = record.ratios.get("vs_best_peer")
         if not vs_peer:
@@ -66,19 +69,22 @@ def known_gaps(model_name: str, report: BenchReport) -> list[str]:
         best = record.ratios["best_peer"]
         if (vs_peer.get("nodes") or 0) > 1:
             peer = report.tool(best["nodes"])
-            gaps.append(f"**{model_name} / {record.label}**: {record.nodes} nodes vs {peer.nodes} for {peer.label} "
+            gaps.append(f"{where}: {record.nodes} nodes vs {peer.nodes} for {peer.label} "
                         f"({_ops_peer_removed(record, peer)}).{suffix or _contrib_op_cause(record, peer)}")
-        for key in keys:
+        tied = []
+        for key in report.latency_keys:
             ratio = vs_peer["latency"].get(key)
             if ratio is None or ratio <= 1:
                 continue
             peer = report.tool(best["latency"][key])
-            peer_p90 = peer.latency[key]["p90_ms"]
-            # A p50 inside the peer's own p50..p90 spread is a tie on this machine, not a gap.
-            noise = f" (within noise: inside {peer.label}'s p50–p90 spread)" if record.p50(key) <= peer_p90 else ""
-            gaps.append(f"**{model_name} / {record.label}**: latency {key} is {ratio:.2f}× {peer.label}'s{noise} "
+            if record.p50(key) <= peer.latency[key]["p90_ms"]:
+                tied.append(f"{key} {ratio:.2f}× {peer.label}")
+                continue
+            gaps.append(f"{where}: latency {key} is {ratio:.2f}× {peer.label}'s, beyond its p90 "
                         f"({_ops_peer_removed(record, peer)}).{suffix}")
-    return gaps
+        if tied:
+            ties.append(f"{where}: {', '.join(tied)}")
+    return gaps, ties
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -112,14 +118,25 @@ def _headline_rows(models: list[dict[str, Any]]) -> list[list[str]]:
             vs_original = record.ratios.get("vs_original", {})
             vs_peer = record.ratios.get("vs_best_peer", {})
             best = record.ratios.get("best_peer", {})
+            no_peer = "" if vs_peer or not record.ok else f" ({_why_no_peer(record, report)})"
             rows.append([
                 entry["name"], record.spec or "", "ok" if record.ok else f"FAILED: {record.error}",
                 _ratio(vs_original.get("nodes")) + " / " + _ratio(vs_peer.get("nodes"))
-                + (f" ({best.get('nodes')})" if best.get("nodes") else ""),
+                + (f" ({best.get('nodes')})" if best.get("nodes") else no_peer),
                 " · ".join(_ratio(vs_original.get("latency", {}).get(k)) for k in (keys[0], keys[-1])),
-                " · ".join(_ratio(vs_peer.get("latency", {}).get(k)) for k in (keys[0], keys[-1])),
+                " · ".join(_ratio(vs_peer.get("latency", {}).get(k)) for k in (keys[0], keys[-1])) + no_peer,
             ])
     return rows
+
+
+def _why_no_peer(record: ToolRecord, report: BenchReport) -> str:
+    """Why a pipeline has no best peer to be compared with: every peer of its class failed or broke parity."""
+    classes = ("dynamic", "static") if record.klass == "auto" else (record.klass,)
+    peers = [p for p in report.tools if p.runner not in ("onnxkit", "original") and p.klass in classes]
+    if not peers:
+        return "no peer of its class ran"
+    failed_parity = [p.label for p in peers if p.ok and not (p.parity or {}).get("passed", True)]
+    return (f"{', '.join(failed_parity)} failed parity" if failed_parity else "") or "every peer of its class failed"
 
 
 def _ratio(value: float | None) -> str:
@@ -164,14 +181,21 @@ def write_markdown(results: dict[str, Any], path: Path, plots: Sequence[str]) ->
         "",
     ]
     lines += [f"![{Path(p).stem}]({p})" for p in plots] + [""]
-    lines += ["## Known gaps", ""]
-    gaps = []
+    lines += ["## Known gaps", "",
+              "Every place an onnxkit pipeline failed, or is worse than the best peer of its class on node count or "
+              "latency (p50 beyond the peer's p90), with its cause.", ""]
+    gaps, ties = [], []
     for entry in results["models"]:
         if "report" in entry:
-            gaps += known_gaps(entry["name"], BenchReport.from_dict(entry["report"]))
+            model_gaps, model_ties = known_gaps(entry["name"], BenchReport.from_dict(entry["report"]))
+            gaps += model_gaps
+            ties += model_ties
         else:
             gaps.append(f"**{entry['name']}**: {entry['error']}")
     lines += [f"- {gap}" for gap in gaps] or ["None: onnxkit matches or beats the best peer everywhere."]
+    if ties:
+        lines += ["", "Slower p50 than the best peer but inside that peer's own p50–p90 spread, a tie on this "
+                  "machine:", ""] + [f"- {tie}" for tie in ties]
     lines += ["", "## Every model × tool", ""]
     for entry in results["models"]:
         lines += [f"### {entry['name']}", ""]

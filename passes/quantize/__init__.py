@@ -295,7 +295,7 @@ class QuantizePass(Pass):
         tolerance = parity.Tolerance(atol=None, rtol=None, min_cosine=options.target_cosine,
                                      min_sqnr=options.target_sqnr, min_top1=options.target_top1)
         report.target = tolerance.describe()
-        held_out = data.held_out_samples()
+        held_out = data.held_out
         if data.reused_calibration_for_holdout:
             report.warnings.append("too few samples to hold any out: the target is judged on calibration samples")
 
@@ -388,9 +388,8 @@ class _SplitData:
     def __init__(self, dataset: Any, samples: int) -> None:
         self.dataset = dataset
         self.samples = samples
-        self._held_out: list[dict[str, Any]] | None = None
+        self._has_held_out: bool | None = None
         self._calibration_count: int | None = None
-        self.reused_calibration_for_holdout = False
 
     def _walk(self) -> Iterator[tuple[bool, dict[str, Any]]]:
         from onnxkit.data import validate_sample
@@ -418,14 +417,21 @@ class _SplitData:
                 raise DataError("the calibration data holds no samples", hint="give at least one sample")
         return self._calibration_count
 
-    def held_out_samples(self) -> list[dict[str, Any]]:
-        """The held-out samples, in memory: at most ``samples / (HOLDOUT_EVERY - 1)`` of them."""
-        if self._held_out is None:
-            self._held_out = [s for held_out, s in self._walk() if held_out]
-            if not self._held_out:
-                self.reused_calibration_for_holdout = True
-                self._held_out = list(self.calibration)
-        return self._held_out
+    def _any_held_out(self) -> bool:
+        if self._has_held_out is None:
+            self._has_held_out = any(held_out for held_out, _ in self._walk())
+        return self._has_held_out
+
+    @property
+    def held_out(self) -> _View:
+        """The held-out samples; the calibration samples when there are too few to hold any out."""
+        if not self._any_held_out():
+            return self.calibration
+        return _View(lambda: (s for held_out, s in self._walk() if held_out))
+
+    @property
+    def reused_calibration_for_holdout(self) -> bool:
+        return not self._any_held_out()
 
 
 class _View:

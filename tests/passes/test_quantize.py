@@ -426,3 +426,76 @@ def test_cli_optimize_with_calib_data_and_cache(tmp_path) -> None:
     assert list(cache.glob("*.json"))
     onnx.checker.check_model(str(output))
     assert "QuantizeLinear" in op_counts(onnx.load(output))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Streaming calibration
+
+
+def elementwise_model() -> onnx.ModelProto:
+    """x → Mul(1.5) → Relu → Add(0.25): every value depends on one input value only, so results are exact
+    whatever the batching, and calibration results can be compared for equality."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["scaled"], name="mul"),
+         helper.make_node("Relu", ["scaled"], ["relu"], name="relu"),
+         helper.make_node("Add", ["relu", "shift"], ["y"], name="add")],
+        "elementwise", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
+        [numpy_helper.from_array(np.array(1.5, np.float32), "scale"),
+         numpy_helper.from_array(np.array(0.25, np.float32), "shift")])
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def heavy_tailed_rows(rows: int, seed: int = 3) -> np.ndarray:
+    """Standard normal with 0.1% of values blown up 40 times: the outliers MinMax cannot ignore."""
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((rows, 64)).astype(np.float32)
+    outliers = rng.random(values.shape) < 0.001
+    values[outliers] *= 40.0
+    return values
+
+
+def calibrate(rows: np.ndarray, batch: int, **settings) -> dict[str, tuple[float, float]]:
+    from onnxkit.passes.quantize import calibration
+    from onnxkit.passes.quantize.runtime import tensor_elem_types
+
+    model = elementwise_model()
+    types = tensor_elem_types(model)
+    names = calibration.calibration_tensors(model, ("Mul", "Relu", "Add"), types)
+    data = [{"x": rows[i:i + batch]} for i in range(0, len(rows), batch)]
+    ranges = calibration.calibrate(model, names, types, data, calibration.CalibrationSettings(**settings))
+    return {name: tuple(float(v) for v in ranges[name].range_value) for name in names}
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_calibration_does_not_depend_on_batching(method: str) -> None:
+    rows = heavy_tailed_rows(96)
+    results = [calibrate(rows, batch, method=method) for batch in (1, 7, 32, 96)]
+    assert all(result == results[0] for result in results[1:])
+    assert set(results[0]) == {"x", "scaled", "relu", "y"}
+
+
+def test_entropy_and_percentile_clip_what_minmax_keeps() -> None:
+    rows = heavy_tailed_rows(512)
+    minmax = calibrate(rows, 64, method="minmax")
+    entropy = calibrate(rows, 64, method="entropy")
+    assert minmax["x"] == (float(rows.min()), float(rows.max()))
+    low, high = entropy["x"]
+    assert minmax["x"][0] < low < -2.0 and 2.0 < high < minmax["x"][1]
+    assert entropy["relu"][0] == 0.0 and 2.0 < entropy["relu"][1] < minmax["relu"][1]
+
+
+def test_percentile_is_honoured() -> None:
+    rows = heavy_tailed_rows(512)
+    wide = calibrate(rows, 64, method="percentile", percentile=99.99)
+    narrow = calibrate(rows, 64, method="percentile", percentile=99.0)
+    assert narrow["x"][1] < wide["x"][1]
+    bin_width = float(rows.max() - rows.min()) / 2048
+    assert narrow["x"][1] == pytest.approx(np.percentile(rows, 99.5), abs=2 * bin_width)
+    assert narrow["x"][0] == pytest.approx(np.percentile(rows, 0.5), abs=2 * bin_width)
+
+
+def test_num_bins_is_honoured() -> None:
+    rows = heavy_tailed_rows(512)
+    results = {bins: calibrate(rows, 64, method="entropy", num_bins=bins)["x"] for bins in (512, 2048, 8192)}
+    assert len(set(results.values())) == 3

@@ -30,12 +30,13 @@ from onnxkit.passes.quantize.cpu import detect_cpu
 from onnxkit.passes.quantize.rewrite import QuantizeSettings, quantize_model
 from onnxkit.passes.quantize.runtime import exceeds_protobuf_limit, tensor_elem_types
 
-# Dynamic mode: where INT8 pays off with activations quantized on the fly. Not Conv: ConvInteger has no
-# fast kernel and makes CNNs 2-6x slower. ORT has no INT8 GRU kernel, so GRU stays float for now.
-DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Attention", "LSTM", "GRU")
+# Dynamic mode: where INT8 pays off with activations quantized on the fly, plus Gather, whose embedding
+# tables are often half a transformer's size. Not Conv: ConvInteger has no fast kernel and makes CNNs 2-6x
+# slower. ORT has no INT8 GRU kernel, so GRU stays float for now.
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Attention", "LSTM", "GRU", "Gather")
 # Static mode: the compute-heavy ops with INT8 kernels, Gather for embedding tables, and the ops ORT can
 # keep in INT8 between them (ReLU/Clip fold into the quantization range, pooling has QLinear kernels).
-STATIC_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Relu", "Clip", "MaxPool", "AveragePool",
+STATIC_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "Relu", "Clip", "MaxPool", "AveragePool",
                    "GlobalAveragePool")
 # The ops whose INT8 kernels are where the time and size go; a model with none of them quantized is not worth
 # shipping as INT8.
@@ -554,14 +555,12 @@ def _brief(verdict: Any) -> str:
 
 def _quantized_nodes(float_proto: onnx.ModelProto, quantized: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Float nodes, subgraphs included, that the quantized model runs in INT8: replaced by other ops
-    (QOperator, dynamic), or fed by DequantizeLinear (QDQ)."""
-    quantized_nodes = list(_all_nodes(quantized.graph))
-    dequantized = {out for n in quantized_nodes if n.op_type == "DequantizeLinear" for out in n.output}
-    same = {(n.name, n.op_type): n for n in quantized_nodes}
+    (QOperator, dynamic), or reading rewired inputs (DequantizeLinear outputs in QDQ, INT8 tables for Gather)."""
+    same = {(n.name, n.op_type): n for n in _all_nodes(quantized.graph)}
     result = []
     for node in _all_nodes(float_proto.graph):
         twin = same.get((node.name, node.op_type))
-        if twin is None or any(name in dequantized for name in twin.input):
+        if twin is None or list(twin.input) != list(node.input):
             result.append(node)
     return result
 

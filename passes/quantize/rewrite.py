@@ -81,7 +81,7 @@ def quantize_model(prepared: onnx.ModelProto, settings: QuantizeSettings, ranges
             save_tensors_data(ranges, cache)
             # MatMul and Gemm give float results (ORT runs them as MatMulIntegerToFloat / QGemm): no QDQ pair
             # on their outputs, so each node owns the quantization of its inputs and keeping one node float
-            # really takes it out of INT8; it is also more accurate, and no slower, for transformer blocks.
+            # really takes it out of INT8. For transformer blocks this is also more accurate, and no slower.
             float_output_ops = [t for t in FLOAT_OUTPUT_OP_TYPES if t in settings.op_types]
             quantize_static(
                 prepared, output, None,

@@ -148,7 +148,7 @@ def test_passes_listing_states_cpu_dependent_defaults() -> None:
     section = result.output[result.output.index("quantize  (lossy)"):]
     reduce_range = "true" if cpu.detect_cpu().needs_reduce_range else "false"
     assert f"reduce_range defaults to {reduce_range}" in section
-    assert "dynamic op_types default: MatMul, Gemm, Attention, LSTM, GRU (not Conv" in section
+    assert "dynamic op_types default: MatMul, Gemm, Attention, LSTM, GRU, Gather (not Conv" in section
 
 
 @pytest.mark.parametrize("spec, message", [

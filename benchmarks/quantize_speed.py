@@ -1,0 +1,170 @@
+"""``python -m benchmarks.quantize_speed``: INT8 accuracy and speed, onnxkit's quantize pass against plain ORT.
+
+Models: MiniLM-L6 on the zoo's 64 real sentences (one per sample), and a CNN trained on scikit-learn's digits.
+For each: FP32, ORT's ``quantize_dynamic``/``quantize_static`` called plainly (QDQ, per-channel,
+reduce_range as this CPU needs), and onnxkit's ``quantize`` pass in both modes with its defaults (parity
+target, latency gate). Latency is the median of interleaved rounds against FP32 in the same process, one
+thread; figures are ratios, since the machine is shared. ``--out results.json`` keeps the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import onnx
+
+Sample = dict[str, np.ndarray]
+
+
+def _session(model: onnx.ModelProto):
+    from onnxkit.passes.quantize.runtime import make_session
+
+    return make_session(model)
+
+
+def _ort_plain(model_path: Path, mode: str, samples: list[Sample]) -> onnx.ModelProto:
+    """What a user gets from ORT's quantizers called directly, with the CPU-appropriate reduce_range."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
+
+    from onnxkit.passes.quantize.cpu import detect_cpu
+
+    reduce_range = detect_cpu().needs_reduce_range
+    with tempfile.TemporaryDirectory() as folder:
+        output = Path(folder) / "int8.onnx"
+        if mode == "dynamic":
+            quantize_dynamic(str(model_path), str(output), per_channel=True, reduce_range=reduce_range)
+        else:
+            class Reader(CalibrationDataReader):
+                def __init__(self) -> None:
+                    self.samples = iter(samples)
+
+                def get_next(self) -> Sample | None:
+                    return next(self.samples, None)
+
+            quantize_static(str(model_path), str(output), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            reduce_range=reduce_range)
+        return onnx.load(str(output))
+
+
+def _onnxkit(model_path: Path, spec: str, samples: list[Sample]) -> tuple[onnx.ModelProto, dict[str, Any], float]:
+    from onnxkit.modelio import to_proto
+    from onnxkit.pipeline import Pipeline
+
+    started = time.perf_counter()
+    result = Pipeline.parse(spec).run(str(model_path), data=samples, check="off")
+    return to_proto(result.model), result.report.passes[0].details, time.perf_counter() - started
+
+
+def _row(name: str, float_model: onnx.ModelProto, candidate: onnx.ModelProto, samples: list[Sample],
+         score: Callable[[Any], dict[str, float]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    from onnxkit.passes.quantize.latency import compare
+
+    timing = compare(float_model, candidate, samples[:4])
+    return {"variant": name, **score(_session(candidate)), "latency_ratio": round(timing.ratio, 3),
+            "size_ratio": round(candidate.ByteSize() / float_model.ByteSize(), 3), **(extra or {})}
+
+
+def bench_minilm(folder: Path) -> list[dict[str, Any]]:
+    import torch
+
+    from onnxkit import zoo
+
+    torch.set_num_threads(1)
+    model, tokenizer = zoo.load_minilm()
+    path = zoo.export_minilm(folder / "minilm.onnx", dynamo=False, opset=17, model=model, tokenizer=tokenizer)
+    samples = [{k: v.numpy() for k, v in zoo.tokenize(tokenizer, [s]).items()} for s in zoo.minilm_sentences()]
+    float_model = onnx.load(str(path))
+    reference = _session(float_model)
+    expected = [reference.run(None, s)[0].ravel() for s in samples]
+
+    def score(session: Any) -> dict[str, float]:
+        cosines = [float(np.dot(e, got) / (np.linalg.norm(e) * np.linalg.norm(got)))
+                   for e, got in zip(expected, (session.run(None, s)[0].ravel() for s in samples))]
+        return {"cosine_mean": round(float(np.mean(cosines)), 4), "cosine_min": round(float(np.min(cosines)), 4)}
+
+    rows = [_row("fp32", float_model, float_model, samples, score)]
+    for mode in ("dynamic", "static"):
+        rows.append(_row(f"ort {mode} (plain)", float_model, _ort_plain(path, mode, samples), samples, score))
+        quantized, details, seconds = _onnxkit(path, f"quantize{{mode={mode},samples=64}}", samples)
+        rows.append(_row(f"onnxkit {mode}", float_model, quantized, samples, score, {
+            "kept_float": len(details.get("kept_float", {})), "pass_seconds": round(seconds, 1),
+            "gate_ratio": (details.get("latency") or {}).get("ratio")}))
+    return rows
+
+
+def bench_digits_cnn(folder: Path) -> list[dict[str, Any]]:
+    import torch
+
+    from onnxkit import zoo
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    splits = zoo.load_digits_splits()
+    model = zoo.BatchNormCNN(image_size=splits.image_size)
+    images, labels = splits.train.tensors()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(15):
+        order = torch.randperm(len(labels))
+        for start in range(0, len(labels), 64):
+            batch = order[start:start + 64]
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
+            optimizer.step()
+    model.eval()
+    path = folder / "digits_cnn.onnx"
+    torch.onnx.export(model, (images[:1],), str(path), input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    samples = [{"image": splits.val.images[i:i + 8]} for i in range(0, len(splits.val), 8)]
+    float_model = onnx.load(str(path))
+
+    def score(session: Any) -> dict[str, float]:
+        top1 = np.mean(session.run(None, {"image": splits.test.images})[0].argmax(-1) == splits.test.labels)
+        return {"top1": round(float(top1), 4)}
+
+    rows = [_row("fp32", float_model, float_model, samples, score)]
+    for mode in ("dynamic", "static"):
+        rows.append(_row(f"ort {mode} (plain)", float_model, _ort_plain(path, mode, samples), samples, score))
+    for spec in ("quantize{mode=static}", "quantize{mode=static,max_slowdown=none}"):
+        quantized, details, seconds = _onnxkit(path, spec, samples)
+        rows.append(_row(f"onnxkit {spec}", float_model, quantized, samples, score, {
+            "gate_ratio": (details.get("latency") or {}).get("ratio"), "pass_seconds": round(seconds, 1),
+            "kept_whole_model_float": bool((details.get("latency_gate") or {}).get("kept_whole_model_float"))}))
+    return rows
+
+
+@click.command()
+@click.option("--out", type=click.Path(path_type=Path), help="Also write the rows as JSON here.")
+def main(out: Path | None) -> None:
+    """Measure and print INT8 accuracy, latency and size ratios for MiniLM and a digits CNN."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from onnxkit.passes.quantize.cpu import detect_cpu
+
+    results: dict[str, Any] = {"cpu": detect_cpu().describe()}
+    with tempfile.TemporaryDirectory() as folder:
+        results["minilm"] = bench_minilm(Path(folder))
+        results["digits_cnn"] = bench_digits_cnn(Path(folder))
+    console = Console()
+    for name in ("minilm", "digits_cnn"):
+        rows = results[name]
+        table = Table(title=f"{name} on {results['cpu']} (latency ratio: INT8/FP32, median of interleaved rounds)")
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(str(row.get(column, "")) for column in columns))
+        console.print(table)
+    if out is not None:
+        out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,7 @@
 """``python -m benchmarks.quantize_speed``: INT8 accuracy and speed, onnxkit's quantize pass against plain ORT.
 
-Models: MiniLM-L6 on the zoo's 64 real sentences (one per sample), and a CNN trained on scikit-learn's digits.
+Models: MiniLM-L6 on the zoo's 64 real sentences (one per sample), a CNN trained on scikit-learn's digits
+(8x8 images: too small for INT8 to pay off), and a wider untrained CNN at 32x32 where it does.
 For each: FP32, ORT's ``quantize_dynamic``/``quantize_static`` called plainly (QDQ, per-channel,
 reduce_range as this CPU needs), and onnxkit's ``quantize`` pass in both modes with its defaults (parity
 target, latency gate). Latency is the median of interleaved rounds against FP32 in the same process, one
@@ -139,10 +140,42 @@ def bench_digits_cnn(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def bench_wide_cnn(folder: Path) -> list[dict[str, Any]]:
+    """Three 3x3 convolutions of 64-128 channels at 32x32 (untrained): big enough for INT8 kernels to pay off."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(128, 10)).eval()
+    path = folder / "wide_cnn.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path), input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False)
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(20)]
+    float_model = onnx.load(str(path))
+    reference = _session(float_model)
+    expected = [reference.run(None, s)[0] for s in samples]
+
+    def score(session: Any) -> dict[str, float]:
+        got = [session.run(None, s)[0] for s in samples]
+        agree = np.mean([e.argmax() == g.argmax() for e, g in zip(expected, got)])
+        return {"top1_agreement": round(float(agree), 4)}
+
+    rows = [_row("fp32", float_model, float_model, samples, score)]
+    for mode in ("dynamic", "static"):
+        rows.append(_row(f"ort {mode} (plain)", float_model, _ort_plain(path, mode, samples), samples, score))
+    quantized, details, seconds = _onnxkit(path, "quantize{mode=static}", samples)
+    rows.append(_row("onnxkit quantize{mode=static}", float_model, quantized, samples, score, {
+        "gate_ratio": (details.get("latency") or {}).get("ratio"), "pass_seconds": round(seconds, 1)}))
+    return rows
+
+
 @click.command()
 @click.option("--out", type=click.Path(path_type=Path), help="Also write the rows as JSON here.")
 def main(out: Path | None) -> None:
-    """Measure and print INT8 accuracy, latency and size ratios for MiniLM and a digits CNN."""
+    """Measure and print INT8 accuracy, latency and size ratios for MiniLM and two CNNs."""
     from rich.console import Console
     from rich.table import Table
 
@@ -152,8 +185,9 @@ def main(out: Path | None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         results["minilm"] = bench_minilm(Path(folder))
         results["digits_cnn"] = bench_digits_cnn(Path(folder))
+        results["wide_cnn"] = bench_wide_cnn(Path(folder))
     console = Console()
-    for name in ("minilm", "digits_cnn"):
+    for name in ("minilm", "digits_cnn", "wide_cnn"):
         rows = results[name]
         table = Table(title=f"{name} on {results['cpu']} (latency ratio: INT8/FP32, median of interleaved rounds)")
         columns = list(dict.fromkeys(key for row in rows for key in row))

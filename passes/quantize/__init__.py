@@ -149,7 +149,7 @@ class QuantizePass(Pass):
         if already:
             found = ", ".join(f"{count} {op}" for op, count in sorted(already.items()))
             return _unchanged(model, [f"model is already quantized ({found}); left as it is"],
-                                  details={"skipped": "already quantized", "quantized_ops": already})
+                              details={"skipped": "already quantized", "quantized_ops": already})
 
         mode = options.mode if options.mode != "auto" else ("static" if self.context.data is not None else "dynamic")
         cpu = detect_cpu()
@@ -181,7 +181,7 @@ class QuantizePass(Pass):
         candidates = [n for n in float_proto.graph.node if n.op_type in settings.op_types and n.name not in excluded]
         if not candidates and not _has_subgraph_candidates(float_proto, settings):
             return _unchanged(model, [f"no {', '.join(settings.op_types)} nodes to quantize"],
-                                  details={"skipped": "nothing to quantize"})
+                              details={"skipped": "nothing to quantize"})
 
         data = _SplitData(self._dataset(model, report), options.samples)
         types = tensor_elem_types(float_proto)
@@ -232,18 +232,16 @@ class QuantizePass(Pass):
         if cache is not None:
             key = calibration.cache_key(float_proto, calibration.dataset_fingerprint(data.calibration),
                                         calib_settings, tensors)
-            cached = cache.load(key)
-            if cached is not None:
-                report.calibration = {"method": calib_settings.describe(), "samples": data.calibration_count(),
-                                      "tensors": len(tensors), "cache": "hit"}
-                return cached
-        passes = 1 if options.calib == "minmax" else 2
-        with _progress(self.context.show_progress, "calibrating", data.calibration_count() * passes) as advance:
-            ranges = calibration.calibrate(float_proto, tensors, types, data.calibration, calib_settings, advance)
-        if cache is not None and key is not None:
-            cache.store(key, ranges)
+        ranges = cache.load(key) if cache is not None and key is not None else None
+        status = "hit" if ranges is not None else "stored" if cache is not None else "off"
+        if ranges is None:
+            passes = 1 if options.calib == "minmax" else 2
+            with _progress(self.context.show_progress, "calibrating", data.calibration_count() * passes) as advance:
+                ranges = calibration.calibrate(float_proto, tensors, types, data.calibration, calib_settings, advance)
+            if cache is not None and key is not None:
+                cache.store(key, ranges)
         report.calibration = {"method": calib_settings.describe(), "samples": data.calibration_count(),
-                              "tensors": len(tensors), "cache": "stored" if cache is not None else "off"}
+                              "tensors": len(tensors), "cache": status}
         return ranges
 
     def _meet_target(self, float_proto: onnx.ModelProto, quantize: Callable[..., onnx.ModelProto], ranges: Any,
@@ -282,7 +280,8 @@ class QuantizePass(Pass):
             from onnxkit.passes.quantize.runtime import make_session
 
             float_score = float(evaluate(make_session(float_proto)))
-            report.target = f"metric ≥ {float_score:.4f} - {options.max_metric_drop} (float scores {float_score:.4f})"
+            report.target = (f"metric ≥ {float_score - options.max_metric_drop:.4f} (float {float_score:.4f} minus "
+                             f"max_metric_drop {options.max_metric_drop})")
 
             def by_metric(candidate: onnx.ModelProto) -> sensitivity.Verdict:
                 score = float(evaluate(make_session(candidate)))

@@ -215,8 +215,9 @@ class QuantizePass(Pass):
         if self.context.data is None:
             total = options.samples + options.samples // (HOLDOUT_EVERY - 1) + 1
             report.data = f"synthetic ({total} seeded samples)"
-            report.warnings.append("no calibration data: calibrated and judged on synthetic inputs, which rarely "
-                                   "look like real ones; give --calib-data for ranges you can trust")
+            done = "calibrated and judged" if report.settings.mode == "static" else "judged"
+            report.warnings.append(f"no calibration data: {done} on synthetic inputs, which rarely look like real "
+                                   "ones; give --calib-data for results you can trust")
             return as_dataset(None, model, dims=self.context.dims, num_samples=total)
         report.data = "calibration data"
         return as_dataset(self.context.data, model, dims=self.context.dims)

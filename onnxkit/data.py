@@ -387,7 +387,8 @@ class NpzDataset(Dataset):
 
     ``layout`` says what the first axis is: ``samples`` (``x[i]`` is sample i), ``batch`` (the file is one
     sample, arrays of the model's own rank), or ``auto``: an array with one axis more than the model's input
-    stacks samples, and one of the model's rank is a single sample. Where the model is not known,
+    stacks samples, and one of the model's rank is a batch, read row by row (``x[i:i+1]``) when the model's
+    batch axis is dynamic, or else as a single sample. Where the model is not known,
     ``default_layout`` decides: ``samples``, the usual meaning of an .npz's first axis.
     """
 
@@ -403,15 +404,36 @@ class NpzDataset(Dataset):
     def _samples(self) -> Iterator[Sample]:
         arrays = self._named(_load_arrays(self.path))
         shapes = {name: array.shape for name, array in arrays.items()}
-        if self._resolve_layout(shapes) == "batch":
+        layout = self._resolve_layout(shapes)
+        if layout == "batch":
             yield arrays
-            return
-        for i in range(self._stack_count(shapes)):
-            yield {name: array[i] for name, array in arrays.items()}
+        elif layout == "rows":
+            for i in range(self._stack_count(shapes)):
+                yield {name: array[i:i + 1] for name, array in arrays.items()}
+        else:
+            for i in range(self._stack_count(shapes)):
+                yield {name: array[i] for name, array in arrays.items()}
 
     def _count(self) -> int:
         shapes = self._named(_array_shapes(self.path))
         return 1 if self._resolve_layout(shapes) == "batch" else self._stack_count(shapes)
+
+    def _splits_into_rows(self, shapes: dict[str, tuple[int, ...]]) -> bool:
+        """Whether arrays of the model's own rank can be read as one sample per row of their batch axis.
+
+        An .npz of ``x: (32, 16)`` for a model taking ``x: [batch, 16]`` means 32 samples to most users, and
+        calibration, held-out checks and parity all count samples; so when every input's first dim is
+        dynamic (or 1) and the arrays agree on their first axis, each row becomes a sample of batch 1.
+        """
+        if self.layout != "auto":
+            return False
+        firsts = set()
+        for name, shape in shapes.items():
+            spec = self._spec(name)
+            if spec is None or not spec.shape or not shape or isinstance(spec.shape[0], int) and spec.shape[0] != 1:
+                return False
+            firsts.add(shape[0])
+        return len(firsts) == 1 and firsts.pop() > 1
 
     def _named(self, by_name: dict[str, Any]) -> dict[str, Any]:
         if "" in by_name:
@@ -436,7 +458,8 @@ class NpzDataset(Dataset):
         if len(votes) > 1:
             raise DataError(f"{self.path.name}: some arrays stack samples on their first axis and others do not",
                             hint="give every input one axis more than the model takes (samples first), or none")
-        return votes.pop() if votes else self.default_layout
+        layout = votes.pop() if votes else self.default_layout
+        return "rows" if layout == "batch" and self._splits_into_rows(shapes) else layout
 
     def _stack_count(self, shapes: dict[str, tuple[int, ...]]) -> int:
         counts = {name: (shape[0] if shape else None) for name, shape in shapes.items()}

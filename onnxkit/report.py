@@ -70,39 +70,50 @@ class PipelineReport:
             records.append(record)
         return records
 
+    HEADERS = ["pass", "result", "nodes", "size", "time", "parity"]
+
     def rows(self) -> list[list[str]]:
-        rows = []
-        for p in self.passes:
-            parity = _parity_cell(p.parity)
-            rows.append([
-                p.spec,
+        """One row per pass, without the details (``details`` gives those, one line each)."""
+        return [
+            [
+                p.name,
                 p.status if p.modified or p.status != "ok" else "unchanged",
                 f"{p.nodes_before} → {p.nodes_after}",
                 _format_bytes(p.bytes_after or p.bytes_before),
                 f"{p.seconds * 1000:.0f} ms",
-                parity,
-                "; ".join(p.stats) or (p.error or ""),
-            ])
-        return rows
+                _parity_cell(p),
+            ]
+            for p in self.passes
+        ]
 
-    HEADERS = ["pass", "result", "nodes", "size", "time", "parity", "details"]
+    def details(self) -> list[tuple[str, str]]:
+        """(pass, line) for every statistic and error, in pass order."""
+        lines = []
+        for p in self.passes:
+            lines += [(p.name, stat) for stat in p.stats]
+            if p.error:
+                lines.append((p.name, p.error))
+        return lines
 
     def to_markdown(self) -> str:
         lines = [f"Pipeline `{self.spec}`", "", "| " + " | ".join(self.HEADERS) + " |",
                  "|" + "---|" * len(self.HEADERS)]
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self.rows()]
+        lines += [""] + [f"- **{name}**: {line}" for name, line in self.details()]
         return "\n".join(lines) + "\n"
 
     def render(self, console: Any) -> None:
-        """Print the per-pass table to a rich console."""
+        """Print the per-pass table, then each pass's statistics as its own line, to a rich console."""
         from rich.table import Table
 
         table = Table(title=f"onnxkit: {self.spec}", title_justify="left")
         for header in self.HEADERS:
-            table.add_column(header, overflow="fold")
+            table.add_column(header, overflow="fold", no_wrap=header != "pass")
         for row in self.rows():
             table.add_row(*row)
         console.print(table)
+        for name, line in self.details():
+            console.print(f"  [bold]{name}[/]: {line}", highlight=False)
 
 
 def _parity_brief(parity: dict[str, Any]) -> dict[str, Any]:
@@ -110,12 +121,17 @@ def _parity_brief(parity: dict[str, Any]) -> dict[str, Any]:
     return {k: parity[k] for k in keep if k in parity}
 
 
-def _parity_cell(parity: dict[str, Any] | None) -> str:
+def _parity_cell(report: PassReport) -> str:
+    """PASSED/FAILED with the figure that matters for the pass's kind: max abs error, or cosine if lossy."""
+    parity = report.parity
     if parity is None:
         return "—"
     verdict = "PASSED" if parity.get("passed") else "FAILED"
-    max_abs = parity.get("max_abs_error")
-    return f"{verdict} (max abs {max_abs:.2e})" if isinstance(max_abs, (int, float)) else verdict
+    key, label = ("min_cosine", "cos") if report.kind == "lossy" else ("max_abs_error", "max abs")
+    value = parity.get(key)
+    if not isinstance(value, (int, float)):
+        return verdict
+    return f"{verdict} {label} {value:.4f}" if key == "min_cosine" else f"{verdict} {label} {value:.1e}"
 
 
 def _format_bytes(size: int) -> str:

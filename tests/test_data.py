@@ -68,10 +68,16 @@ def test_npz_first_axis_stacks_samples_when_it_has_one_axis_more_than_the_model(
 
     one_batch = rng.standard_normal((5, 3, 4, 4)).astype(np.float32)
     np.savez(tmp_path / "batch.npz", x=one_batch)
+    # The model's own rank with a dynamic batch axis: each row is a sample of batch 1.
     dataset = NpzDataset(tmp_path / "batch.npz").for_model(IMAGE_MODEL)
-    (sample,) = assert_reiterable(dataset)  # the model's own rank: one sample, a batch of 5
+    rows = assert_reiterable(dataset)
+    assert len(dataset) == 5 and [r["x"].shape for r in rows] == [(1, 3, 4, 4)] * 5
+    np.testing.assert_array_equal(np.concatenate([r["x"] for r in rows]), one_batch)
+    # Asked for explicitly, or with a static batch axis, the file is one sample: a batch of 5.
+    (sample,) = assert_reiterable(NpzDataset(tmp_path / "batch.npz", layout="batch").for_model(IMAGE_MODEL))
     np.testing.assert_array_equal(sample["x"], one_batch)
-    assert len(dataset) == 1
+    static_batch = model_with_inputs(("x", TensorProto.FLOAT, [5, 3, 4, 4]))
+    assert len(NpzDataset(tmp_path / "batch.npz").for_model(static_batch)) == 1
     # Without the model, the first axis indexes samples.
     assert len(NpzDataset(tmp_path / "batch.npz")) == 5
     assert len(NpzDataset(tmp_path / "batch.npz", layout="batch")) == 1

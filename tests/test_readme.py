@@ -9,6 +9,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -22,11 +23,12 @@ def _blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def _console_examples() -> list[tuple[str, str]]:
-    """(command, expected output) pairs: a `$ ` line, and the lines up to the next `$ ` line."""
-    examples = []
+def _console_blocks() -> list[list[tuple[str, str]]]:
+    """Each console block as (command, expected output) pairs: a `$ ` line, and the lines up to the next one."""
+    blocks = []
     for block in _blocks("console"):
         lines = block.splitlines()
+        examples = []
         for i, line in enumerate(lines):
             if line.startswith("$ "):
                 expected = []
@@ -35,29 +37,22 @@ def _console_examples() -> list[tuple[str, str]]:
                         break
                     expected.append(following)
                 examples.append((line[2:].split("  #")[0].strip(), "\n".join(expected)))
-    return examples
+        blocks.append(examples)
+    return blocks
 
 
-@pytest.mark.parametrize("block", _blocks("python"), ids=lambda b: b.splitlines()[0][:40])
-def test_python_examples_run(block, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    # Run as a real module, as a user's script would be: dataclasses look their module up in sys.modules.
-    module = types.ModuleType("readme_example")
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    try:
-        exec(compile(block, "README.md", "exec"), module.__dict__)
-    finally:
-        registry.refresh()
-
-
-@pytest.mark.parametrize(("command", "expected"), _console_examples(), ids=lambda c: c[:50])
-def test_console_examples_run(command, expected, tmp_path):
+@pytest.mark.parametrize("commands", _console_blocks(), ids=lambda b: b[0][0][:50])
+def test_console_examples_run(commands, tmp_path):
+    """A block's commands run in order in one folder, as a user would type them."""
     onnx.save(build_example("mlp"), tmp_path / "model.onnx")
-    argv = shlex.split(command)
-    assert argv[0] == "onnxkit"
-    result = subprocess.run([sys.executable, "-m", "onnxkit", *argv[1:]], capture_output=True, text=True,
-                            cwd=tmp_path)
-    if expected:
-        assert (result.stdout + result.stderr).strip() == expected.strip()
-    else:
-        assert result.returncode == 0, result.stderr
+    samples = np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32)
+    np.savez(tmp_path / "inputs.npz", x=samples)
+    for command, expected in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "onnxkit"
+        result = subprocess.run([sys.executable, "-m", "onnxkit", *argv[1:]], capture_output=True, text=True,
+                                cwd=tmp_path)
+        if expected:
+            assert (result.stdout + result.stderr).strip() == expected.strip(), command
+        else:
+            assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"

@@ -35,12 +35,15 @@ def _step(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--quick", is_flag=True, help="Small models, few repeats, one thread: the CI smoke test.")
 @click.option("--scale", is_flag=True, help="Also run the >2 GB external-data model (needs ~8 GB free RAM, ~8 GB disk).")
-@click.option("--model", "only", multiple=True, help="Only these models (repeatable); see benchmarks/models.py.")
+@click.option("--model", "only", multiple=True,
+              help="Only these models (repeatable; 'none' for none); see benchmarks/models.py.")
 @click.option("--skip-extras", is_flag=True, help="Skip calibration memory and training-loop overhead.")
 @click.option("--out", type=click.Path(path_type=Path), help="Where to write results (default: see above).")
 @click.option("--report-only", is_flag=True, help="Measure nothing: regenerate RESULTS.md and plots from results.json.")
+@click.option("--update", is_flag=True, help="Keep the other entries of the existing results.json and replace only "
+              "the steps run now (e.g. --update --model lstm --skip-extras).")
 def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out: Path | None,
-         report_only: bool) -> None:
+         report_only: bool, update: bool) -> None:
     """Benchmark onnxkit against onnxsim, onnxslim, onnxoptimizer and ONNX Runtime on the suite's models."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -50,7 +53,7 @@ def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out
     from onnxkit.bench import machine_description
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch export and training: stay off the other core
-    names = list(only) or list(QUICK_MODELS if quick else BUILDERS)
+    names = [] if only == ("none",) else list(only) or list(QUICK_MODELS if quick else BUILDERS)
     unknown = [n for n in names if n not in BUILDERS]
     if unknown:
         raise click.BadParameter(f"unknown model(s) {unknown}; choose from {list(BUILDERS)}", param_hint="--model")
@@ -75,12 +78,20 @@ def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out
         results["calibration"] = results["training"] = {"error": not_reached}
     if scale:
         results["scale"] = {"error": not_reached}
+    if update and (out / "results.json").exists():
+        previous = json.loads((out / "results.json").read_text())
+        rerun = {entry["name"]: entry for entry in results["models"]}
+        models = [rerun.pop(entry["name"], entry) for entry in previous["models"]] + list(rerun.values())
+        results = {**previous, **{k: v for k, v in results.items() if k != "models"}, "models": models,
+                   "date": previous["date"] + ", updated " + results["date"], "seconds": previous.get("seconds", 0.0)}
+    previous_seconds = results.get("seconds", 0.0)
 
     with tempfile.TemporaryDirectory(prefix="onnxkit-suite-") as scratch:
         work = Path(scratch)
 
         def bench(name: str, say: Callable[[str], None]) -> None:
-            results["models"][names.index(name)] = measure.bench_model(name, work / name, settings, progress=say)
+            index = next(i for i, entry in enumerate(results["models"]) if entry["name"] == name)
+            results["models"][index] = measure.bench_model(name, work / name, settings, progress=say)
 
         def extra(key: str, title: str, run: Callable[[], dict[str, Any]]) -> None:
             results[key] = _step(title, run)
@@ -94,7 +105,8 @@ def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out
                       ("training-loop overhead", lambda say: extra("training", "training-loop overhead", lambda: (
                           measure.training_overhead(settings))))]
         if scale:
-            steps.append(("scale", lambda say: extra("scale", "scale", lambda: measure.scale_test(work / "scale", say))))
+            steps.append(("scale", lambda say: extra("scale", "scale", lambda: (
+                measure.scale_test(work / "scale", progress=say)))))
         steps += [(name, functools.partial(bench, name)) for name in names if name in EXPENSIVE_MODELS]
 
         with Progress(TextColumn("{task.description:<48}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -105,7 +117,7 @@ def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out
                 say(title)
                 run(say)
                 progress.advance(task)
-                results["seconds"] = time.perf_counter() - started
+                results["seconds"] = previous_seconds + time.perf_counter() - started
                 _publish(results, out)
     results["complete"] = True
     _publish(results, out)

@@ -17,7 +17,15 @@ from onnxkit.bench import BenchReport, ToolRecord, format_bytes, summary_cells, 
 
 # Causes that the op histograms cannot tell, keyed by (pipeline spec, model) or (pipeline spec, "*").
 # Filled in from the analysis of each run; a gap without an entry still shows its op-count difference.
-GAP_CAUSES: dict[tuple[str, str], str] = {}
+GAP_CAUSES: dict[tuple[str, str], str] = {
+    ("simplify,fuse,quantize{mode=static}", "resnet18"): (
+        "the quantize pass returned a model and the pipeline's parity check (worst sample of the 64, cosine "
+        "budget 0.99) rejected it, while the pass's own target is checked on its held-out fifth of the samples. "
+        "Not reproduced: the same pipeline on the same 64 samples passed with `onnxkit optimize`, with entropy "
+        "and with MinMax calibration, in a separate run. The pass's latency gate times INT8 against FP32 on this "
+        "shared machine to decide which op types stay float, so its output, and its error, can differ from run "
+        "to run; ORT's plain quantize_static (no gate, MinMax) passed parity here but was no faster than FP32."),
+}
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:
@@ -155,6 +163,8 @@ def write_markdown(results: dict[str, Any], path: Path, plots: Sequence[str]) ->
         " Latency: ONNX Runtime CPU, default session options (ORT_ENABLE_ALL), median (p50) and p90 of "
         f"at least {settings['repeats']} interleaved rounds (more for fast models, up to {settings['min_seconds']:g} s "
         f"of timing) after {settings['warmup']} warm-up rounds, per batch size (b) and intra-op threads (t). "
+        "All-thread runs on a machine whose cores other jobs also use include waits for descheduled worker threads, "
+        "so compare tools within one column (same conditions, interleaved) and prefer the one-thread columns. "
         "Peak memory: the transforming process's peak resident set (VmHWM), interpreter and imports included. Parity: onnxkit.parity against the original with ORT optimizations off (exact: atol 1e-4 "
         "+ rtol 1e-3; quantized: cosine ≥ 0.99).",
         "",

@@ -156,6 +156,10 @@ def eliminate_identities(model: ir.Model) -> int:
                 continue
             ir.convenience.replace_all_uses_with(result, source, replace_graph_outputs=True)
             source.name = result.name
+            if source.shape is None:
+                # The value now stands for the graph output: keep the output's declared shape where nothing
+                # better is known (the checker requires a shape on graph outputs that declared one).
+                source.shape = result.shape
         else:
             ir.convenience.replace_all_uses_with(result, source)
         if source.type is None:

@@ -128,7 +128,7 @@ def _headline_rows(models: list[dict[str, Any]]) -> list[list[str]]:
             best = record.ratios.get("best_peer", {})
             no_peer = "" if vs_peer or not record.ok else f" ({_why_no_peer(record, report)})"
             rows.append([
-                entry["name"], record.spec or "", "ok" if record.ok else f"FAILED: {record.error}",
+                entry["name"], record.spec or "", "ok" if record.ok else "FAILED (see Known gaps)",
                 _ratio(vs_original.get("nodes")) + " / " + _ratio(vs_peer.get("nodes"))
                 + (f" ({best.get('nodes')})" if best.get("nodes") else no_peer),
                 " · ".join(_ratio(vs_original.get("latency", {}).get(k)) for k in (keys[0], keys[-1])),

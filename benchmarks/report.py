@@ -165,7 +165,8 @@ def write_markdown(results: dict[str, Any], path: Path, plots: Sequence[str]) ->
         f"of timing) after {settings['warmup']} warm-up rounds, per batch size (b) and intra-op threads (t). "
         "All-thread runs on a machine whose cores other jobs also use include waits for descheduled worker threads, "
         "so compare tools within one column (same conditions, interleaved) and prefer the one-thread columns. "
-        "Peak memory: the transforming process's peak resident set (VmHWM), interpreter and imports included. Parity: onnxkit.parity against the original with ORT optimizations off (exact: atol 1e-4 "
+        "Peak memory: the transforming process's peak resident set (VmHWM), interpreter and imports included. "
+        "Parity: onnxkit.parity against the original with ORT optimizations off (exact: atol 1e-4 "
         "+ rtol 1e-3; quantized: cosine ≥ 0.99).",
         "",
         "## Machine",

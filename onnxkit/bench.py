@@ -374,8 +374,8 @@ def load_inputs(path: str | os.PathLike[str], proto: onnx.ModelProto) -> BenchIn
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError) as e:
-        raise DataError(f"cannot read bench data {path}: {e}",
-                        hint="give an .npz with one array per model input (samples along axis 0) and optionally 'labels'") from e
+        raise DataError(f"cannot read bench data {path}: {e}", hint="give an .npz with one array per model input "
+                        "(samples along axis 0) and optionally 'labels'") from e
     labels = next((arrays.pop(key) for key in _LABEL_KEYS if key in arrays), None)
     names = [v.name for v in graph_inputs(proto)]
     missing = [n for n in names if n not in arrays]
@@ -464,12 +464,11 @@ def _measure_job(job: dict[str, Any]) -> dict[str, Any]:
     return {"tools": results}
 
 
-def _run_batches(session: Any, inputs: BenchInputs, count: int) -> list[np.ndarray]:
-    """Outputs on the first ``count`` samples, concatenated, in batches the model accepts (for accuracy)."""
-    step = _fixed_batch(session) or min(count, 8)
-    chunks = [session.run(None, inputs.batch(start, step)) for start in range(0, count, step)]
-    return [np.concatenate([chunk[i] for chunk in chunks])[:count] if np.ndim(chunks[0][i]) else chunks[0][i]
-            for i in range(len(chunks[0]))]
+def _predictions(session: Any, inputs: BenchInputs) -> np.ndarray:
+    """The first output on every sample, run in batches the model accepts (for accuracy)."""
+    step = _fixed_batch(session) or 8
+    outputs = [session.run(None, inputs.batch(start, step))[0] for start in range(0, inputs.count, step)]
+    return np.concatenate(outputs)[:inputs.count]  # the last batch wraps around to fill itself
 
 
 def _parity_and_accuracy(sessions: dict[str, Any], inputs: BenchInputs, results: dict[str, dict[str, Any]],
@@ -487,10 +486,11 @@ def _parity_and_accuracy(sessions: dict[str, Any], inputs: BenchInputs, results:
                 batches = [inputs.batch(start, step) for start in range(0, count, step)]
                 parity = compare_models(job["models"][reference], job["models"][label], batches,
                                         tolerance=Tolerance.for_kind(job["kinds"][label])).to_dict()
-                results[label]["parity"] = {key: parity[key] for key in ("passed", "max_abs_error", "min_cosine", "summary")}
+                results[label]["parity"] = {key: parity[key]
+                                            for key in ("passed", "max_abs_error", "min_cosine", "summary")}
             if inputs.labels is not None:
-                predictions = _run_batches(sessions[label], inputs, inputs.count)[0]
-                correct = np.argmax(predictions.reshape(len(predictions), -1), axis=-1) == inputs.labels[:len(predictions)]
+                predictions = _predictions(sessions[label], inputs)
+                correct = np.argmax(predictions.reshape(len(predictions), -1), axis=-1) == inputs.labels
                 results[label]["accuracy"] = float(np.mean(correct))
         except Exception as e:
             results[label]["error"] = f"ONNX Runtime failed to run it: {first_error_line(e)}"
@@ -810,8 +810,8 @@ def run_bench(
     ``data`` is an ``.npz`` with one array per model input (samples along axis 0) and optionally
     ``labels``, which turns on accuracy; without it, seeded synthetic inputs are used. ``threads``
     defaults to ``(1, all cores)``. Latency takes at least ``repeats`` interleaved rounds, more for fast
-    models until ``min_seconds`` of timing (at most 10× ``repeats``). ``measure=False`` stops after the transforms (for models too large
-    to time). ``progress`` is called with a line before each step.
+    models until ``min_seconds`` of timing (at most 10× ``repeats``). ``measure=False`` stops after the
+    transforms (for models too large to time). ``progress`` is called with a line before each step.
     """
     source = Path(model)
     if not source.is_file():

@@ -26,3 +26,21 @@ def run_model(model: onnx.ModelProto | str | os.PathLike, feeds: dict[str, np.nd
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+# A test that measures something worth reading in CI's log (the node-test corpus counts) records it with
+# ``record_property("summary", text)``; the lines are printed after the run. User properties travel from
+# pytest-xdist workers to the controller, where plain prints are lost.
+_summaries: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _summaries.extend(str(value) for key, value in report.user_properties if key == "summary")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _summaries:
+        terminalreporter.section("measured")
+        for line in _summaries:
+            terminalreporter.write_line(line)

@@ -133,7 +133,7 @@ def sweep(corpus: Path, tolerances: dict[str, tuple[float, float]], passes: list
     return result
 
 
-def test_exact_passes_keep_every_node_test_model(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_exact_passes_keep_every_node_test_model(tmp_path_factory: pytest.TempPathFactory, record_property) -> None:
     import onnxruntime as ort
 
     ort.set_default_logger_severity(4)  # ORT logs each model it refuses; the counts below say how many
@@ -142,10 +142,12 @@ def test_exact_passes_keep_every_node_test_model(tmp_path_factory: pytest.TempPa
     passes = exact_passes()
     assert {"cleanup", "shape-inference"} <= {p.name for p in passes}
     result = sweep(folder / "node", tolerances, passes)
-    print(f"\nnode-test corpus: {result.total} models; loaded {result.loaded}, passed {result.passed}, "
-          f"excluded {result.excluded} (ORT disagrees before any pass), failed {result.failed}; "
-          f"{result.not_loadable} not loadable by ORT; passes {[p.name for p in passes]}; "
-          f"models changed per pass {dict(result.modified_by)}")
+    counts = (f"node-test corpus: {result.total} models; loaded {result.loaded}, passed {result.passed}, "
+              f"excluded {result.excluded} (ORT disagrees before any pass), failed {result.failed}; "
+              f"{result.not_loadable} not loadable by ORT; passes {[p.name for p in passes]}; "
+              f"models changed per pass {dict(result.modified_by)}")
+    print("\n" + counts)
+    record_property("summary", counts)  # printed at the end of the run by tests/conftest.py, even under xdist
     for failure in result.failures:
         print(f"  FAILED {failure}")
     assert result.total > 1500  # the generators really ran

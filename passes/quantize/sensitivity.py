@@ -170,16 +170,18 @@ def nodes_to_take_out(ranking: Sequence[NodeSensitivity], excess: float | None, 
     return min(len(ranking), max(1, unbounded + count, math.ceil(already_float / 2)))
 
 
-def keep_sensitive_in_float(quantize: Quantizer, rank: Ranker, judge: Judge, *, max_rounds: int = 12) -> SearchResult:
+def keep_sensitive_in_float(quantize: Quantizer, rank: Ranker, judge: Judge, *, max_rounds: int = 12,
+                            keep_float: Mapping[str, str] | None = None) -> SearchResult:
     """Keep the most sensitive nodes in float, re-measuring after each round, until ``judge`` accepts.
 
-    Each round takes out as many nodes as the judge's noise excess calls for (``nodes_to_take_out``); a round
-    that passes is then bisected down to the fewest of its additions that still pass.
+    The search starts with the nodes of ``keep_float`` (name -> why) already float. Each round takes out as
+    many nodes as the judge's noise excess calls for (``nodes_to_take_out``); a round that passes is then
+    bisected down to the fewest of its additions that still pass.
     """
-    keep: dict[str, str] = {}
-    model = quantize([])
+    keep: dict[str, str] = dict(keep_float or {})
+    model = quantize(list(keep))
     verdict = judge(model)
-    logger.debug("all candidates quantized: passed %s, excess %s", verdict.passed, verdict.excess)
+    logger.debug("%d nodes float at the start: passed %s, excess %s", len(keep), verdict.passed, verdict.excess)
     rounds = 0
     while not verdict.passed and rounds < max_rounds:
         ranking = [s for s in rank(model, list(keep)) if s.node not in keep]

@@ -25,6 +25,7 @@ that would have passed, and the budget values it reached.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import os
 import tempfile
@@ -549,9 +550,9 @@ class _Model:
                         hint="give an .onnx path, bytes, an onnx.ModelProto or an onnx_ir.Model")
 
     def ir(self) -> ir.Model:
-        if self.loaded is None:
-            self.loaded = modelio.as_ir_model(self.source)
-        return self.loaded
+        # Not cached: a model given as bytes is parsed again, weights included, and keeping that copy would
+        # hold the weights once more while both ORT sessions run.
+        return self.loaded if self.loaded is not None else modelio.as_ir_model(self.source)
 
     def session(self, options: Any) -> Any:
         import onnxruntime as ort
@@ -568,7 +569,9 @@ class _Model:
             return ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
         with tempfile.TemporaryDirectory(prefix="onnxkit-parity-") as folder:  # over 2 GB: ORT reads from disk
             path = Path(folder) / "model.onnx"
-            onnx.save_model(proto, path, save_as_external_data=True, location="model.onnx.data")
+            # Through onnx_ir, which leaves the proto as it was: onnx.save_model would turn its tensors into
+            # references to this folder's data file, gone once the session is made.
+            modelio.save_model(modelio.as_ir_model(proto), path, external_data=True)
             return ort.InferenceSession(str(path), options, providers=providers)
 
 
@@ -606,6 +609,10 @@ def compare_models(
     ref_ir = ref_model.ir()
     specs = input_specs(ref_ir)
     dataset = as_dataset(data, ref_ir, dims=dims, num_samples=num_samples, seed=seed)
+    # The specs and dataset keep what they need. An ir.Model is full of reference cycles, so it is collected
+    # now, before the sessions load the weights again, rather than whenever the collector next runs.
+    del ref_ir
+    gc.collect()
     description = f"synthetic, seed {seed}" if data is None else describe_data(data)
 
     def finished(outputs: list[OutputReport], errors: list[str], samples: int) -> ParityReport:

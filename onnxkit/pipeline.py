@@ -164,21 +164,45 @@ class Signature:
         return problems
 
 
-def _checker_error(proto: onnx.ModelProto) -> str | None:
+@dataclasses.dataclass
+class _Snapshot:
+    """A model serialized once: verification, parity and rollback all read the same bytes, because each
+    serialization of a weight-heavy proto (``ByteSize`` included) costs about a copy of every weight."""
+
+    signature: Signature
+    model: bytes | onnx.ModelProto  # bytes below the in-memory limit; the proto itself above it
+    size: int
+
+    @classmethod
+    def of(cls, model: ir.Model) -> _Snapshot:
+        proto = modelio.to_proto(model)
+        signature = Signature.of(proto)
+        # The tensors alone at the limit put the proto over it: skip serializing what could not be used.
+        if modelio.tensor_bytes(model) < modelio.EXTERNAL_DATA_THRESHOLD:
+            data = proto.SerializeToString()
+            if len(data) < modelio.EXTERNAL_DATA_THRESHOLD:
+                return cls(signature, data, len(data))
+        return cls(signature, proto, proto.ByteSize())
+
+    def restore(self) -> ir.Model:
+        return modelio.as_ir_model(self.model)
+
+
+def _checker_error(model: bytes | onnx.ModelProto) -> str | None:
+    if not isinstance(model, bytes):
+        return None  # over the limit: checked on disk by save; the in-memory checker cannot take >2 GB messages
     try:
-        if proto.ByteSize() >= modelio.EXTERNAL_DATA_THRESHOLD:
-            return None  # checked on disk by save; the in-memory checker cannot take >2 GB messages
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(model)
     except Exception as e:  # the checker raises several unrelated exception types
         return f"onnx.checker: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
     return None
 
 
-def _shape_inference_error(proto: onnx.ModelProto) -> str | None:
+def _shape_inference_error(model: bytes | onnx.ModelProto) -> str | None:
+    if not isinstance(model, bytes):
+        return None
     try:
-        if proto.ByteSize() >= modelio.EXTERNAL_DATA_THRESHOLD:
-            return None
-        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as e:
         return f"shape inference: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
     return None
@@ -193,14 +217,15 @@ class _Baseline:
     shape_inference_ok: bool
 
     @classmethod
-    def of(cls, proto: onnx.ModelProto) -> _Baseline:
-        return cls(Signature.of(proto), _checker_error(proto) is None, _shape_inference_error(proto) is None)
+    def of(cls, snapshot: _Snapshot) -> _Baseline:
+        return cls(snapshot.signature, _checker_error(snapshot.model) is None,
+                   _shape_inference_error(snapshot.model) is None)
 
-    def problems(self, proto: onnx.ModelProto) -> list[str]:
-        problems = self.signature.differences(Signature.of(proto))
-        if self.checker_ok and (error := _checker_error(proto)):
+    def problems(self, snapshot: _Snapshot) -> list[str]:
+        problems = self.signature.differences(snapshot.signature)
+        if self.checker_ok and (error := _checker_error(snapshot.model)):
             problems.append(error)
-        if self.shape_inference_ok and (error := _shape_inference_error(proto)):
+        if self.shape_inference_ok and (error := _shape_inference_error(snapshot.model)):
             problems.append(error)
         return problems
 
@@ -317,17 +342,17 @@ class Pipeline:
         current, passes = self._starting_model(model, passes, context, example_inputs, report)
         # The parity inputs are made once and reused, so every comparison in a run sees the same samples.
         parity_data = data
-        original_proto = modelio.to_proto(current)
-        baseline = _Baseline.of(original_proto) if verify else None
-        report.input_summary = {"nodes": count_nodes(current), "bytes": original_proto.ByteSize()}
-        before_proto = original_proto
+        original = _Snapshot.of(current)
+        baseline = _Baseline.of(original) if verify else None
+        report.input_summary = {"nodes": count_nodes(current), "bytes": original.size}
+        before = original
 
         for pass_ in _with_progress(passes, enabled=progress):
             pass_.context = context
             histogram_before = op_histogram(current)
             nodes_before = count_nodes(current)
             entry = PassReport(name=pass_.name, spec=pass_.spec(), kind=pass_.kind, nodes_before=nodes_before,
-                               bytes_before=before_proto.ByteSize())
+                               bytes_before=before.size)
             report.passes.append(entry)
             started = time.perf_counter()
             try:
@@ -337,7 +362,7 @@ class Pipeline:
                 failure = f"pass '{pass_.name}' raised {type(e).__name__}: {e}"
                 entry.error = failure
                 entry.traceback = traceback.format_exc()
-                current = self._on_pass_failure(failure, on_fail, entry, before_proto, e)
+                current = self._on_pass_failure(failure, on_fail, entry, before, e)
                 continue
             entry.seconds = time.perf_counter() - started
             entry.modified = bool(result.modified)
@@ -348,21 +373,21 @@ class Pipeline:
                 entry.bytes_after = entry.bytes_before
                 continue
             after = result.model
-            after_proto = modelio.to_proto(after)
+            after_snapshot = _Snapshot.of(after)
             entry.nodes_after = count_nodes(after)
-            entry.bytes_after = after_proto.ByteSize()
+            entry.bytes_after = after_snapshot.size
             entry.op_delta = _histogram_delta(histogram_before, op_histogram(after))
-            problems = baseline.problems(after_proto) if baseline else []
+            problems = baseline.problems(after_snapshot) if baseline else []
             if problems:
                 failure = f"pass '{pass_.name}' broke the model: {problems[0]}"
                 entry.error = failure
                 entry.verification = problems
                 # A model that fails verification is never kept, whatever on_fail says.
                 current = self._on_pass_failure(failure, "rollback" if on_fail == "warn" else on_fail, entry,
-                                                 before_proto)
+                                                 before)
                 continue
             if check == "each":
-                parity = self._compare(before_proto, after_proto, parity_data, context, pass_.kind, tolerance)
+                parity = self._compare(before.model, after_snapshot.model, parity_data, context, pass_.kind, tolerance)
                 entry.parity = parity.to_dict()
                 if not parity.passed:
                     message = f"pass '{pass_.name}' changed the model's outputs beyond {pass_.kind} tolerance: {parity.summary()}"
@@ -374,17 +399,17 @@ class Pipeline:
                         entry.status = "rolled-back"
                         entry.error = message
                         report.rolled_back.append(pass_.name)
-                        current = ir.serde.deserialize_model(before_proto)
+                        current = before.restore()
                         continue
                     entry.status = "parity-warning"
                     entry.error = message
                     report.parity_failed = True
             current = after
-            before_proto = after_proto
+            before = after_snapshot
 
-        if check == "end" and before_proto is not original_proto:
+        if check == "end" and before is not original:
             kind = "lossy" if any(p.kind == "lossy" for p in passes) else "exact"
-            parity = self._compare(original_proto, before_proto, parity_data, context, kind, tolerance)
+            parity = self._compare(original.model, before.model, parity_data, context, kind, tolerance)
             report.final_parity = parity.to_dict()
             if not parity.passed:
                 report.parity_failed = True
@@ -421,7 +446,7 @@ class Pipeline:
         )
 
     @staticmethod
-    def _compare(before: onnx.ModelProto, after: onnx.ModelProto, data: Any, context: PassContext, kind: str,
+    def _compare(before: bytes | onnx.ModelProto, after: bytes | onnx.ModelProto, data: Any, context: PassContext, kind: str,
                  tolerance: Any) -> Any:
         from onnxkit import parity
 
@@ -430,13 +455,13 @@ class Pipeline:
         return parity.compare_models(before, after, data, tolerance=tolerance, dims=context.dims)
 
     @staticmethod
-    def _on_pass_failure(message: str, on_fail: str, entry: PassReport, before_proto: onnx.ModelProto,
+    def _on_pass_failure(message: str, on_fail: str, entry: PassReport, before: _Snapshot,
                          cause: BaseException | None = None) -> ir.Model:
         if on_fail == "stop":
             entry.status = "failed"
             raise PassFailedError(message, hint="use --on-fail rollback to skip this pass") from cause
         entry.status = "rolled-back"
-        return ir.serde.deserialize_model(before_proto)
+        return before.restore()
 
 
 def _with_progress(passes: list[Pass], *, enabled: bool) -> Iterable[Pass]:

@@ -9,6 +9,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
+from onnxkit import modelio
 from onnxkit import ParityError, Pass, PassFailedError, PassResult, Pipeline, register_pass, unregister_pass
 from onnxkit.examples import build_example
 from tests.conftest import run_model
@@ -120,6 +121,22 @@ def test_verification_failure_is_never_kept_even_with_warn():
     result = Pipeline.parse("rename-output,cleanup").run(build_example("mlp"), on_fail="warn")
     assert result.report.passes[0].status == "rolled-back"
     assert result.model.graph.outputs[0].name == "logits"
+
+
+def test_model_over_the_in_memory_limit_keeps_parity_and_rollback(monkeypatch):
+    """Over the limit a snapshot stays a proto: the in-memory checker and shape inference are skipped
+    (save checks on disk), parity runs ORT from a file, and rollback restores the proto."""
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 1000)
+    original = build_example("mlp")
+    expected_bytes = modelio.to_proto(modelio.as_ir_model(original)).ByteSize()
+    assert expected_bytes > 1000
+    reference = run_model(original, _feeds())[0]
+    result = Pipeline.parse("cleanup,scale-weight").run(original, on_fail="rollback")
+    assert result.report.input_summary["bytes"] == expected_bytes
+    assert [p.status for p in result.report.passes] == ["ok", "rolled-back"]
+    assert result.report.passes[1].parity["passed"] is False
+    final = ir.serde.serialize_model(result.model)
+    np.testing.assert_allclose(run_model(final, _feeds())[0], reference, rtol=1e-6, atol=1e-6)
 
 
 def test_crashing_pass_is_named_and_can_be_rolled_back():

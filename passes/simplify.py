@@ -30,7 +30,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -667,6 +667,18 @@ def _count(model: ir.Model, op_type: str | None = None) -> int:
     return sum(1 for node in all_nodes(model) if op_type is None or (node.op_type == op_type and node.domain == ""))
 
 
+def _initializer_state(model: ir.Model) -> list[tuple[ir.Value, Any, bool, bool]]:
+    """What initializer deduplication reads: each initializer, its tensor, and whether it is a graph input
+    or output (those it leaves alone)."""
+    return [(value, value.const_value, value.is_graph_input(), value.is_graph_output())
+            for graph in model.graphs() for value in graph.initializers.values()]
+
+
+def _same_objects(state: list[tuple[Any, ...]], other: list[tuple[Any, ...]]) -> bool:
+    """Entry by entry the very same objects (True and False are singletons, so the flags compare too)."""
+    return len(state) == len(other) and all(a is b for mine, theirs in zip(state, other) for a, b in zip(mine, theirs))
+
+
 def _count_initializers(model: ir.Model) -> int:
     return sum(len(graph.initializers) for graph in model.graphs())
 
@@ -694,6 +706,7 @@ class _Simplifier:
         self.model = model
         self.max_constant_bytes = max_constant_bytes
         self.tally: Tally = collections.Counter()
+        self._deduplicated: list[tuple[ir.Value, Any, bool, bool]] | None = None
 
     def run(self) -> PassResult:
         with _quiet_loggers(constant_folding.logger.name, common.shape_inference.logger.name,
@@ -741,15 +754,23 @@ class _Simplifier:
             lambda m: _count(m, "Constant"),
         )
         common.LiftSubgraphInitializersToMainGraphPass()(model)
-        tally["merged", "duplicate initializers"] += self._removed_by(
-            common.DeduplicateHashedInitializersPass(), _count_initializers
-        )
+        tally["merged", "duplicate initializers"] += self._merge_duplicate_initializers()
         tally["merged", "common subexpressions"] += self._eliminate_common_subexpressions()
 
     def _removed_by(self, step: ir.passes.PassBase, counter: Callable[[ir.Model], int]) -> int:
         before = counter(self.model)
         step(self.model)
         return before - counter(self.model)
+
+    def _merge_duplicate_initializers(self) -> int:
+        # Hashing every weight is the costliest step of a round on a large model (a third of simplify on
+        # BERT-base), and initializers left exactly as the last deduplication left them hold no duplicate:
+        # onnx_ir's pass runs again only when they differ. The state keeps the objects, so identity is exact.
+        if self._deduplicated is not None and _same_objects(_initializer_state(self.model), self._deduplicated):
+            return 0
+        merged = self._removed_by(common.DeduplicateHashedInitializersPass(), _count_initializers)
+        self._deduplicated = _initializer_state(self.model)
+        return merged
 
     def _eliminate_common_subexpressions(self) -> int:
         # onnx_ir's pass only looks at the main graph; the same elimination is applied to every body.

@@ -101,27 +101,10 @@ def bench_minilm(folder: Path) -> list[dict[str, Any]]:
 
 
 def bench_digits_cnn(folder: Path) -> list[dict[str, Any]]:
-    import torch
-
     from onnxkit import zoo
 
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    splits = zoo.load_digits_splits()
-    model = zoo.BatchNormCNN(image_size=splits.image_size)
-    images, labels = splits.train.tensors()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(15):
-        order = torch.randperm(len(labels))
-        for start in range(0, len(labels), 64):
-            batch = order[start:start + 64]
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
-            optimizer.step()
-    model.eval()
     path = folder / "digits_cnn.onnx"
-    torch.onnx.export(model, (images[:1],), str(path), input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    splits = zoo.export_trained_digits_cnn(path)
     samples = [{"image": splits.val.images[i:i + 8]} for i in range(0, len(splits.val), 8)]
     float_model = onnx.load(str(path))
 

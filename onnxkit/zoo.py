@@ -117,6 +117,31 @@ MINILM_INPUT_NAMES = ("input_ids", "attention_mask")
 MINILM_OUTPUT_NAME = "sentence_embedding"
 
 
+def export_trained_digits_cnn(path: str | os.PathLike[str], epochs: int = 15, seed: int = 0) -> DigitsSplits:
+    """Train ``BatchNormCNN`` on the digits (plain Adam loop, one thread) and export it with a dynamic batch.
+
+    The quantization tests and benchmarks share this model, so their accuracy figures are about the same
+    network. Returns the splits it was trained and is evaluated on.
+    """
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    splits = load_digits_splits(seed)
+    model = BatchNormCNN(image_size=splits.image_size)
+    images, labels = splits.train.tensors()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        order = torch.randperm(len(labels))
+        for start in range(0, len(labels), 64):
+            batch = order[start:start + 64]
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
+            optimizer.step()
+    model.eval()
+    torch.onnx.export(model, (images[:1],), str(path), input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    return splits
+
+
 class SentenceEncoder(nn.Module):
     """A BERT encoder followed by mean pooling over real tokens and L2 normalisation, as
     sentence-transformers' ``Transformer → Pooling(mean) → Normalize`` modules compute it."""

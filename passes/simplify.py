@@ -381,10 +381,15 @@ def _unsqueeze1_shape_value(node: ir.Node, op, state: constant_folding.Optimizer
     return None if axes is None else _unsqueeze_shape_value(node, op, state, list(axes.as_ints()))
 
 
-def _arithmetic_shape_value(node: ir.Node, op, state: constant_folding.OptimizerState, *, combine: Callable):
+def _broadcast_shape_values(node: ir.Node, state: constant_folding.OptimizerState
+                            ) -> tuple[list, list, int] | None:
+    """The two inputs' known dims broadcast to one length, and the result's rank (0 or 1); None if unknown.
+
+    Fully constant inputs are left to ordinary folding.
+    """
     left, right = node.inputs[0], node.inputs[1]
     if left is None or right is None or (left.const_value is not None and right.const_value is not None):
-        return None  # fully constant: ordinary folding does it
+        return None
     a, b = _dims(left, state), _dims(right, state)
     ranks = (_rank(left), _rank(right))
     if a is None or b is None or None in ranks or max(ranks) > 1:
@@ -393,7 +398,15 @@ def _arithmetic_shape_value(node: ir.Node, op, state: constant_folding.Optimizer
         if 1 not in (len(a), len(b)):
             return None
         a, b = (a * len(b), b) if len(a) == 1 else (a, b * len(a))
-    return _shape_result(node, op, state, [combine(x, y) for x, y in zip(a, b)], rank=max(ranks))
+    return a, b, max(ranks)
+
+
+def _arithmetic_shape_value(node: ir.Node, op, state: constant_folding.OptimizerState, *, combine: Callable):
+    broadcast = _broadcast_shape_values(node, state)
+    if broadcast is None:
+        return None
+    a, b, rank = broadcast
+    return _shape_result(node, op, state, [combine(x, y) for x, y in zip(a, b)], rank=rank)
 
 
 def _known(x: int | ir.SymbolicDim) -> bool:
@@ -448,22 +461,15 @@ def _equal_dims(x, y) -> bool | None:
 
 @_evaluator("Equal")
 def _equal_shape_values(node: ir.Node, op, state: constant_folding.OptimizerState):
-    left, right = node.inputs[0], node.inputs[1]
-    if left is None or right is None or (left.const_value is not None and right.const_value is not None):
+    broadcast = _broadcast_shape_values(node, state)
+    if broadcast is None:
         return None
-    a, b = _dims(left, state), _dims(right, state)
-    ranks = (_rank(left), _rank(right))
-    if a is None or b is None or None in ranks or max(ranks) > 1:
-        return None
-    if len(a) != len(b):
-        if 1 not in (len(a), len(b)):
-            return None
-        a, b = (a * len(b), b) if len(a) == 1 else (a, b * len(a))
+    a, b, rank = broadcast
     equal = [_equal_dims(x, y) for x, y in zip(a, b)]
     if None in equal:
         return None
     array = np.array(equal, dtype=bool)
-    return op.Constant(value=ir.tensor(array.reshape(()) if max(ranks) == 0 else array))
+    return op.Constant(value=ir.tensor(array.reshape(()) if rank == 0 else array))
 
 
 @_evaluator("Where")

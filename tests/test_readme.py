@@ -41,6 +41,18 @@ def _console_blocks() -> list[list[tuple[str, str]]]:
     return blocks
 
 
+@pytest.mark.parametrize("block", _blocks("python"), ids=lambda b: b.splitlines()[0][:40])
+def test_python_examples_run(block, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # Run as a real module, as a user's script would be: dataclasses look their module up in sys.modules.
+    module = types.ModuleType("readme_example")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    try:
+        exec(compile(block, "README.md", "exec"), module.__dict__)
+    finally:
+        registry.refresh()
+
+
 @pytest.mark.parametrize("commands", _console_blocks(), ids=lambda b: b[0][0][:50])
 def test_console_examples_run(commands, tmp_path):
     """A block's commands run in order in one folder, as a user would type them."""

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -669,24 +669,12 @@ def model_file_bytes(path: Path) -> int:
 
 
 def model_op_histogram(path: Path) -> dict[str, int]:
-    """Op counts (``domain::Op`` outside the standard domain), subgraphs and local functions included."""
-    histogram: dict[str, int] = {}
-    proto = onnx.load(str(path), load_external_data=False)
+    """Op counts as the pipeline reports them; ``ir.load`` leaves external weights on disk."""
+    import onnx_ir as ir
 
-    def visit(nodes: Iterable[onnx.NodeProto]) -> None:
-        for node in nodes:
-            op = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
-            histogram[op] = histogram.get(op, 0) + 1
-            for attribute in node.attribute:
-                if attribute.HasField("g"):
-                    visit(attribute.g.node)
-                for graph in attribute.graphs:
-                    visit(graph.node)
+    from onnxkit.pipeline import op_histogram
 
-    visit(proto.graph.node)
-    for function in proto.functions:
-        visit(function.node)
-    return dict(sorted(histogram.items()))
+    return dict(sorted(op_histogram(ir.load(path)).items()))
 
 
 def machine_description() -> dict[str, Any]:

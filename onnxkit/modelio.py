@@ -24,12 +24,9 @@ from onnxkit.errors import ModelLoadError, ModelSaveError
 
 # Protobuf cannot serialize a message of 2 GiB or more; stay well below it, since the graph itself
 # (names, attributes, small tensors) also takes room.
-PROTOBUF_LIMIT = 2**31
 EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
 # Tensors at least this large go to the external-data file when a model is saved with external data.
 EXTERNAL_TENSOR_MIN_BYTES = 1024
-
-ModelSource = "str | os.PathLike[str] | onnx.ModelProto | ir.Model"
 
 
 def _check_model_file(path: Path) -> None:

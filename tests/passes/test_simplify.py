@@ -12,9 +12,10 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnxkit.passes.simplify import SimplifyPass
 
 from onnxkit import Pipeline, SpecError
-from onnxkit.passes.simplify import SimplifyPass
+from onnxkit.pipeline import op_histogram
 from tests.conftest import run_model
 
 OPSET = 17
@@ -44,22 +45,8 @@ def simplify(model: onnx.ModelProto, spec: str = "simplify", **run_options):
 
 
 def op_counts(model: onnx.ModelProto) -> collections.Counter[str]:
-    """Op types of every node, subgraphs and functions included."""
-    counts: collections.Counter[str] = collections.Counter()
-
-    def visit(nodes):
-        for node in nodes:
-            counts[node.op_type] += 1
-            for attribute in node.attribute:
-                if attribute.HasField("g"):
-                    visit(attribute.g.node)
-                for graph in attribute.graphs:
-                    visit(graph.node)
-
-    visit(model.graph.node)
-    for function in model.functions:
-        visit(function.node)
-    return counts
+    """Op types of every node, subgraphs and functions included (the pipeline's own histogram)."""
+    return op_histogram(ir.serde.deserialize_model(model))
 
 
 def assert_same_outputs(before: onnx.ModelProto, after: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> None:

@@ -220,11 +220,9 @@ def verify_export(module: torch.nn.Module, model: ir.Model | onnx.ModelProto, ar
         if len(actual) != len(expected):
             check.error = f"the ONNX model has {len(actual)} outputs, torch gives {len(expected)}"
             continue
-        # parity's per-output accumulator: the same metrics and verdicts as every other comparison in onnxkit
-        for name, reference, candidate in zip(output_names, expected, actual):
-            comparison = parity._OutputComparison(name, tolerance.for_output(name))
-            comparison.add(reference, candidate, index)
-            check.outputs.append(comparison.finish())
+        # The same metrics and verdicts as every other comparison in onnxkit.
+        check.outputs += [parity.compare_outputs(name, reference, candidate, tolerance, sample=index)
+                          for name, reference, candidate in zip(output_names, expected, actual)]
     return checks
 
 

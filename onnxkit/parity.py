@@ -517,6 +517,15 @@ class _OutputComparison:
 # Running models
 
 
+def compare_outputs(name: str, reference: Any, candidate: Any, tolerance: Tolerance | None = None, *,
+                    sample: int = 0) -> OutputReport:
+    """Compare one output's values from one sample (an array, or a sequence of arrays), with the metrics and
+    verdict ``compare_models`` gives; for outputs that do not come from two ONNX models (torch vs ORT)."""
+    comparison = _OutputComparison(name, (tolerance or Tolerance.for_kind("exact")).for_output(name))
+    comparison.add(reference, candidate, sample)
+    return comparison.finish()
+
+
 def session_options(*, ort_optimizations: bool = False, threads: int = 1) -> Any:
     """ORT session options for comparisons: graph optimizations off unless asked, few threads, quiet."""
     import onnxruntime as ort

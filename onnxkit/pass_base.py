@@ -100,6 +100,10 @@ class Pass(ir.passes.PassBase):
     def changes_input(self) -> bool:
         return self.in_place_pass
 
+    def allowed_domains(self) -> frozenset[str]:
+        """Operator domains this pass may add with its current options; the pipeline holds it to them."""
+        return self.emits_domains
+
     @classmethod
     def doc(cls) -> str:
         """The one-line description: the first line of the class docstring."""

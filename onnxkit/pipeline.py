@@ -253,6 +253,16 @@ def _histogram_delta(before: collections.Counter[str], after: collections.Counte
     return {op: change for op, change in sorted(delta.items()) if change}
 
 
+def _op_domains(histogram: collections.Counter[str]) -> set[str]:
+    return {op.partition("::")[0] if "::" in op else "" for op in histogram}
+
+
+def _undeclared_domains(pass_: Pass, before: collections.Counter[str], after: collections.Counter[str]) -> list[str]:
+    """Operator domains a pass added without declaring them: a portable pass must not tie a model to a runtime."""
+    added = _op_domains(after) - _op_domains(before) - pass_.allowed_domains()
+    return [f"it added ops of domain '{domain}', which it does not declare" for domain in sorted(added)]
+
+
 class Pipeline:
     """An ordered list of passes, built from a spec or from pass objects, run with verification and parity."""
 
@@ -376,8 +386,10 @@ class Pipeline:
             after_snapshot = _Snapshot.of(after)
             entry.nodes_after = count_nodes(after)
             entry.bytes_after = after_snapshot.size
-            entry.op_delta = _histogram_delta(histogram_before, op_histogram(after))
+            histogram_after = op_histogram(after)
+            entry.op_delta = _histogram_delta(histogram_before, histogram_after)
             problems = baseline.problems(after_snapshot) if baseline else []
+            problems += _undeclared_domains(pass_, histogram_before, histogram_after)
             if problems:
                 failure = f"pass '{pass_.name}' broke the model: {problems[0]}"
                 entry.error = failure

@@ -51,8 +51,11 @@ class OrtOptimizePass(Pass):
     name = "ort-optimize"
     kind = "exact"
     Options = OrtOptimizeOptions
-    emits_domains = frozenset({"", "com.microsoft"})  # com.microsoft only with level=extended
+    emits_domains = frozenset({"", "com.microsoft"})
     in_place_pass = False
+
+    def allowed_domains(self) -> frozenset[str]:
+        return self.emits_domains if self.options.level == "extended" else frozenset({""})
 
     @classmethod
     def describe_extra(cls) -> list[str]:

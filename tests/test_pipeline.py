@@ -46,12 +46,26 @@ class CrashPass(Pass):
         raise RuntimeError("boom")
 
 
+class ContribReluPass(Pass):
+    """Deliberately undeclared: swaps Relu for an ONNX Runtime contrib op while declaring standard ops only."""
+
+    name = "contrib-relu"
+
+    def call(self, model: ir.Model) -> PassResult:
+        for node in model.graph:
+            if node.op_type == "Relu":
+                node.domain, node.op_type = "com.microsoft", "Gelu"
+                model.opset_imports["com.microsoft"] = 1
+                return PassResult(model, True, ["swapped a Relu"])
+        return PassResult(model, False)
+
+
 @pytest.fixture(autouse=True)
 def broken_passes():
-    for cls in (ScaleFirstWeightPass, RenameOutputPass, CrashPass):
+    for cls in (ScaleFirstWeightPass, RenameOutputPass, CrashPass, ContribReluPass):
         register_pass(cls)
     yield
-    for cls in (ScaleFirstWeightPass, RenameOutputPass, CrashPass):
+    for cls in (ScaleFirstWeightPass, RenameOutputPass, CrashPass, ContribReluPass):
         unregister_pass(cls.name)
 
 
@@ -115,6 +129,11 @@ def test_verification_failure_names_the_pass():
         Pipeline.parse("cleanup,rename-output").run(build_example("mlp"))
     assert "pass 'rename-output' broke the model" in info.value.message
     assert "graph outputs changed" in info.value.message
+
+
+def test_pass_adding_an_undeclared_domain_is_refused():
+    with pytest.raises(PassFailedError, match="added ops of domain 'com.microsoft', which it does not declare"):
+        Pipeline.parse("contrib-relu").run(build_example("mlp"), check="off")
 
 
 def test_verification_failure_is_never_kept_even_with_warn():

@@ -114,6 +114,9 @@ class FusePass(Pass):
     Options = FuseOptions
     emits_domains = frozenset({"", CONTRIB_DOMAIN})
 
+    def allowed_domains(self) -> frozenset[str]:
+        return self.emits_domains if self.options.target == "onnxruntime" else frozenset({""})
+
     @classmethod
     def describe_extra(cls) -> list[str]:
         width = max(len(name) for name in FUSION_NAMES)

@@ -6,9 +6,11 @@ and exit 2 (1 for a failed parity or pass). Any other exception is a bug in onnx
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -201,11 +203,8 @@ def optimize(model: Path | None, spec: str | None, config: Path | None, output: 
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def list_passes_command(as_json: bool) -> None:
     """List every pass: name, kind, what it does, and its options with defaults."""
-    from onnxkit.registry import list_passes
-
     from onnxkit.pass_base import option_type_name
-    import dataclasses
-    import typing
+    from onnxkit.registry import list_passes
 
     described = []
     for entry in list_passes():
@@ -240,8 +239,6 @@ def list_passes_command(as_json: bool) -> None:
 
 
 def _default_text(field: Any) -> str:
-    import dataclasses
-
     from onnxkit.pass_base import format_option_value
 
     if field.default is not dataclasses.MISSING:

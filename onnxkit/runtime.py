@@ -1,0 +1,133 @@
+"""The one place onnxkit makes ONNX Runtime sessions.
+
+Every comparison, probe, calibration, timing and tool run goes through ``make_session`` so that they all:
+
+- stay quiet: ONNX Runtime's own log lines (coloured ``[E:onnxruntime ...]`` dumps) never reach the terminal
+  unless ``set_verbose(True)`` was called (the CLI's ``--verbose``); its errors become our one-line messages;
+- find external data wherever the process runs: a model handed over as bytes has its external data resolved
+  against ``model_dir`` (the model's own folder), not against the current working directory;
+- handle models past protobuf's 2 GB limit by going through a temporary file.
+
+``error_line`` turns an ONNX Runtime exception into one readable line, and ``failing_node`` pulls out the
+node ORT names in it, so messages can say which node failed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+# ORT's severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal. Errors that matter reach the user as
+# exceptions, which we reword; the log lines repeat them in a form users take for crashes.
+_QUIET_SEVERITY = 4
+_VERBOSE_SEVERITY = 2
+_verbose = False
+
+ModelSource = Any  # str | os.PathLike | bytes | onnx.ModelProto | ir.Model
+
+
+def set_verbose(verbose: bool) -> None:
+    """Let ONNX Runtime's own warnings and errors through (``--verbose``), or silence them (the default)."""
+    global _verbose
+    _verbose = verbose
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(_VERBOSE_SEVERITY if verbose else _QUIET_SEVERITY)
+
+
+def session_options(*, optimize: bool = False, threads: int = 1) -> Any:
+    """Session options: graph optimizations off unless asked (parity must see the graph as written), a fixed
+    number of threads (timings and comparisons must not fight the rest of the machine), and quiet logs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = _VERBOSE_SEVERITY if _verbose else _QUIET_SEVERITY
+    return options
+
+
+def make_session(model: ModelSource, *, options: Any = None, optimize: bool = False, threads: int = 1,
+                 model_dir: str | os.PathLike[str] | None = None,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
+    """An ``onnxruntime.InferenceSession`` for a path, bytes, ``onnx.ModelProto`` or ``onnx_ir.Model``.
+
+    ``options`` replaces the defaults of ``session_options(optimize=..., threads=...)``. ``model_dir`` is
+    where external data of an in-memory model lives (a path's own folder is used for a path).
+    """
+    import onnxruntime as ort
+
+    from onnxkit import modelio
+
+    if not _verbose:
+        ort.set_default_logger_severity(_QUIET_SEVERITY)
+    if options is None:
+        options = session_options(optimize=optimize, threads=threads)
+    providers = list(providers)
+    if isinstance(model, (str, os.PathLike)):
+        return ort.InferenceSession(str(model), options, providers=providers)
+    if model_dir is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         str(Path(model_dir).resolve()))
+    if isinstance(model, (bytes, bytearray)):
+        return ort.InferenceSession(bytes(model), options, providers=providers)
+    if isinstance(model, ir.Model):
+        if modelio.needs_external_data(model):
+            return _session_from_file(model, options, providers)
+        model = modelio.to_proto(model)
+    if isinstance(model, onnx.ModelProto):
+        if exceeds_protobuf_limit(model):
+            return _session_from_file(modelio.as_ir_model(model), options, providers)
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    raise TypeError(f"cannot make an ONNX Runtime session from a {type(model).__name__}")
+
+
+def _session_from_file(model: ir.Model, options: Any, providers: list[str]) -> Any:
+    """Over 2 GB: ORT reads the model from a temporary folder; the session holds the weights once made."""
+    import onnxruntime as ort
+
+    from onnxkit import modelio
+
+    with tempfile.TemporaryDirectory(prefix="onnxkit-session-") as folder:
+        path = Path(folder) / "model.onnx"
+        # Through onnx_ir, which leaves the caller's model as it was: onnx.save_model with external data would
+        # rewrite the caller's tensors into references to this folder, gone once the session is made.
+        modelio.save_model(model, path, external_data=True)
+        return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def exceeds_protobuf_limit(proto: onnx.ModelProto) -> bool:
+    """Whether the weights alone come near protobuf's 2 GB limit. Summing tensor payloads is ~5x faster than
+    ``ByteSize()`` on a large model, and the graph around the weights is small."""
+    from onnxkit import modelio
+
+    payload = sum(len(t.raw_data) if t.HasField("raw_data") else t.ByteSize() for t in proto.graph.initializer)
+    return payload >= modelio.EXTERNAL_DATA_THRESHOLD
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+_NODE_NAME = re.compile(r"running (\w+) node\. Name:'([^']*)'")
+
+
+def error_line(error: BaseException) -> str:
+    """The first line of an exception's text, without ORT's ``[ONNXRuntimeError] : 1 : FAIL :`` prefix."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    return _ORT_PREFIX.sub("", text.splitlines()[0])
+
+
+def failing_node(error: BaseException) -> tuple[str, str] | None:
+    """``(op_type, node name)`` of the node an ORT run error names, if it names one."""
+    found = _NODE_NAME.search(str(error))
+    return (found.group(1), found.group(2)) if found else None

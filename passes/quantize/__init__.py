@@ -21,14 +21,15 @@ from typing import Any, Literal
 
 import onnx
 import onnx_ir as ir
-
-from onnxkit.errors import DataError, PassFailedError
-from onnxkit.modelio import clone_model
-from onnxkit.pass_base import Pass, PassResult
 from onnxkit.passes.quantize import calibration, latency, preprocess, sensitivity
 from onnxkit.passes.quantize.cpu import detect_cpu
 from onnxkit.passes.quantize.rewrite import QuantizeSettings, quantize_model
 from onnxkit.passes.quantize.runtime import exceeds_protobuf_limit, tensor_elem_types
+
+from onnxkit.data import HOLDOUT_EVERY, CalibrationSplit
+from onnxkit.errors import PassFailedError
+from onnxkit.modelio import clone_model
+from onnxkit.pass_base import Pass, PassResult
 
 # Dynamic mode: where INT8 pays off with activations quantized on the fly, plus Gather, whose embedding
 # tables are often half a transformer's size. Not Conv: ConvInteger has no fast kernel and makes CNNs 2-6x
@@ -41,8 +42,6 @@ STATIC_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "Relu", 
 # The ops whose INT8 kernels are where the time and size go; a model with none of them quantized is not worth
 # shipping as INT8.
 HEAVY_OP_TYPES = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "Attention", "LSTM", "GRU"})
-# One held-out sample for every HOLDOUT_EVERY samples read; the rest calibrate.
-HOLDOUT_EVERY = 5
 # Per-node sensitivity and timing need far fewer samples than calibration.
 SENSITIVITY_SAMPLES = 8
 TIMING_SAMPLES = 4
@@ -183,7 +182,7 @@ class QuantizePass(Pass):
             return _unchanged(model, [f"no {', '.join(settings.op_types)} nodes to quantize"],
                               details={"skipped": "nothing to quantize"})
 
-        data = _SplitData(self._dataset(model, report), options.samples)
+        data = CalibrationSplit(self._dataset(model, report), options.samples)
         types = tensor_elem_types(float_proto)
         ranges = self._calibrate(float_proto, settings, types, data, report) if mode == "static" else None
 
@@ -228,7 +227,7 @@ class QuantizePass(Pass):
         return as_dataset(self.context.data, model, dims=self.context.dims)
 
     def _calibrate(self, float_proto: onnx.ModelProto, settings: QuantizeSettings, types: Mapping[str, int],
-                   data: _SplitData, report: _Report) -> Any:
+                   data: CalibrationSplit, report: _Report) -> Any:
         options = self.options
         calib_settings = calibration.CalibrationSettings(options.calib, options.num_bins, options.percentile)
         tensors = calibration.calibration_tensors(float_proto, settings.op_types, types)
@@ -252,7 +251,7 @@ class QuantizePass(Pass):
 
     def _meet_target(self, float_proto: onnx.ModelProto, quantize: Callable[..., onnx.ModelProto],
                      judge: Callable[[onnx.ModelProto], sensitivity.Verdict] | None, ranges: Any,
-                     candidates: list[onnx.NodeProto], types: Mapping[str, int], data: _SplitData,
+                     candidates: list[onnx.NodeProto], types: Mapping[str, int], data: CalibrationSplit,
                      settings: QuantizeSettings, report: _Report, keep_float: Mapping[str, str] | None = None
                      ) -> tuple[onnx.ModelProto, dict[str, str]]:
         """Search which nodes stay float until ``judge`` accepts, starting from ``keep_float`` already float."""
@@ -280,7 +279,7 @@ class QuantizePass(Pass):
                                    f"{len(search.keep_float)} nodes in float")
         return search.model, search.keep_float
 
-    def _judge(self, float_proto: onnx.ModelProto, data: _SplitData, report: _Report
+    def _judge(self, float_proto: onnx.ModelProto, data: CalibrationSplit, report: _Report
                ) -> Callable[[onnx.ModelProto], sensitivity.Verdict] | None:
         """How a candidate model is accepted: the user's metric, else the parity target on held-out data."""
         options = self.options
@@ -328,7 +327,7 @@ class QuantizePass(Pass):
         return by_parity
 
     def _gate(self, float_proto: onnx.ModelProto, quantized: onnx.ModelProto, quantize: Callable[..., onnx.ModelProto],
-              keep_float: Mapping[str, str], data: _SplitData, settings: QuantizeSettings, report: _Report
+              keep_float: Mapping[str, str], data: CalibrationSplit, settings: QuantizeSettings, report: _Report
               ) -> onnx.ModelProto | None:
         options = self.options
         assert options.max_slowdown is not None
@@ -346,7 +345,7 @@ class QuantizePass(Pass):
 
     def _recheck_after_gate(self, float_proto: onnx.ModelProto, quantize: Callable[..., onnx.ModelProto],
                             judge: Callable[[onnx.ModelProto], sensitivity.Verdict], ranges: Any,
-                            candidates: list[onnx.NodeProto], types: Mapping[str, int], data: _SplitData,
+                            candidates: list[onnx.NodeProto], types: Mapping[str, int], data: CalibrationSplit,
                             settings: QuantizeSettings, keep_float: Mapping[str, str], report: _Report
                             ) -> tuple[onnx.ModelProto | None, dict[str, str]]:
         """The parity target again, on the op types the latency gate left in INT8.
@@ -428,74 +427,6 @@ def _has_subgraph_candidates(proto: onnx.ModelProto, settings: QuantizeSettings)
 
 # ---------------------------------------------------------------------------------------------------------
 # Data: calibration and held-out samples from one re-iterable dataset
-
-
-class _SplitData:
-    """The first samples of a dataset, split: every ``HOLDOUT_EVERY``-th is held out, the rest (up to
-    ``samples``) calibrate. Both views are re-iterable and stream; each sample is validated once read."""
-
-    def __init__(self, dataset: Any, samples: int) -> None:
-        self.dataset = dataset
-        self.samples = samples
-        self._has_held_out: bool | None = None
-        self._calibration_count: int | None = None
-
-    def _walk(self) -> Iterator[tuple[bool, dict[str, Any]]]:
-        from onnxkit.data import validate_sample
-
-        specs = getattr(self.dataset, "_specs", None)
-        calibrated = 0
-        for index, sample in enumerate(self.dataset):
-            if specs is not None:
-                sample = validate_sample(sample, specs, index=index)
-            held_out = index % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
-            if not held_out:
-                if calibrated == self.samples:
-                    return
-                calibrated += 1
-            yield held_out, sample
-
-    @property
-    def calibration(self) -> _View:
-        return _View(lambda: (s for held_out, s in self._walk() if not held_out))
-
-    def calibration_count(self) -> int:
-        if self._calibration_count is None:
-            self._calibration_count = sum(1 for _ in self.calibration)
-            if self._calibration_count == 0:
-                raise DataError("the calibration data holds no samples", hint="give at least one sample")
-        return self._calibration_count
-
-    def _any_held_out(self) -> bool:
-        if self._has_held_out is None:
-            self._has_held_out = any(held_out for held_out, _ in self._walk())
-        return self._has_held_out
-
-    @property
-    def held_out(self) -> _View:
-        """The held-out samples; the calibration samples when there are too few to hold any out."""
-        if not self._any_held_out():
-            return self.calibration
-        return _View(lambda: (s for held_out, s in self._walk() if held_out))
-
-    @property
-    def all_samples(self) -> _View:
-        """The calibration and held-out samples together, in the dataset's order."""
-        return _View(lambda: (s for _, s in self._walk()))
-
-    @property
-    def reused_calibration_for_holdout(self) -> bool:
-        return not self._any_held_out()
-
-
-class _View:
-    """A re-iterable view: each ``iter`` starts the underlying walk again."""
-
-    def __init__(self, start: Callable[[], Iterator[dict[str, Any]]]) -> None:
-        self.start = start
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return self.start()
 
 
 # ---------------------------------------------------------------------------------------------------------

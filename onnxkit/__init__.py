@@ -24,7 +24,7 @@ from onnxkit.errors import (
 
 if TYPE_CHECKING:
     from onnxkit.modelio import load_model, save_model
-    from onnxkit.pass_base import NoOptions, Pass, PassContext, PassKind, PassResult
+    from onnxkit.pass_base import NoOptions, Pass, PassContext, PassKind, PassResult, Site
     from onnxkit.pipeline import Pipeline, PipelineResult
     from onnxkit.registry import get_pass_class, list_passes, register_pass, unregister_pass
     from onnxkit.report import PassReport, PipelineReport
@@ -43,6 +43,7 @@ _LAZY = {
     "PassContext": "onnxkit.pass_base",
     "PassKind": "onnxkit.pass_base",
     "PassResult": "onnxkit.pass_base",
+    "Site": "onnxkit.pass_base",
     "Pipeline": "onnxkit.pipeline",
     "PipelineResult": "onnxkit.pipeline",
     "get_pass_class": "onnxkit.registry",
@@ -88,6 +89,7 @@ __all__ = [
     "PassKind",
     "PassReport",
     "PassResult",
+    "Site",
     "Pipeline",
     "PipelineReport",
     "PipelineResult",

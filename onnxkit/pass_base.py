@@ -38,11 +38,32 @@ from onnxkit.errors import SpecError
 PassKind = Literal["exact", "lossy"]
 
 
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """One place a rewrite rule changed the model: the rule's name and the node it anchored on.
+
+    An exact pass that reports its sites can be *narrowed*: when its output fails verification or parity,
+    the pipeline reruns it with rules, then single sites, disabled (``PassContext.disabled``) until the
+    failure is gone, and keeps everything else the pass did.
+    """
+
+    rule: str
+    node: str
+
+    def __str__(self) -> str:
+        return f"{self.rule} at node {self.node or '<unnamed>'}"
+
+
 @dataclasses.dataclass
 class PassResult(ir.passes.PassResult):
-    """``onnx_ir``'s result plus human-readable statistics, e.g. ``["removed 7 Identity nodes"]``."""
+    """``onnx_ir``'s result plus human-readable statistics, e.g. ``["removed 7 Identity nodes"]``.
+
+    ``sites`` lists where the pass's rewrite rules fired (see ``Site``); a pass that leaves it empty is
+    kept or dropped whole when it fails.
+    """
 
     stats: list[str] = dataclasses.field(default_factory=list)
+    sites: list[Site] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -52,6 +73,8 @@ class PassContext:
     ``data`` is a re-iterable dataset of ``{input name: array}`` samples (calibration, sensitivity);
     ``dims`` binds dynamic dimensions by name; ``model_dir`` is where the model was loaded from.
     ``extras`` carries inputs that only some passes understand, such as a torch module for ``export``.
+    ``disabled`` holds the rules (``Site.rule`` names) and single sites the pipeline switched off while
+    narrowing a failing pass; a pass that reports sites must honour it through ``allows``.
     """
 
     data: Any = None
@@ -59,6 +82,13 @@ class PassContext:
     model_dir: Path | None = None
     show_progress: bool = False
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+    disabled: frozenset[str | Site] = frozenset()
+
+    def allows(self, rule: str, node: str | None = None) -> bool:
+        """Whether ``rule`` may fire (at ``node``, the name of the node it anchors on, when given)."""
+        if rule in self.disabled:
+            return False
+        return node is None or Site(rule, node) not in self.disabled
 
 
 @dataclasses.dataclass(frozen=True)

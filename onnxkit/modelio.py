@@ -20,7 +20,10 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from onnxkit import ir_compat
 from onnxkit.errors import ModelLoadError, ModelSaveError
+
+ir_compat.install()  # map-typed values (ZipMap outputs of scikit-learn classifiers) load and save
 
 # Protobuf cannot serialize a message of 2 GiB or more; stay well below it, since the graph itself
 # (names, attributes, small tensors) also takes room.

@@ -130,3 +130,55 @@ def test_resaving_over_own_external_data_keeps_weights(tmp_path):
     save_model(model, tmp_path / "model.onnx", external_data=True)
     reloaded = load_model(tmp_path / "model.onnx")
     np.testing.assert_array_equal(reloaded.graph.initializers["w"].const_value.numpy().ravel(), np.arange(64))
+
+
+def _classifier_with_zipmap() -> onnx.ModelProto:
+    """What skl2onnx writes for a scikit-learn classifier: IR 3, ai.onnx.ml only, a seq(map) ZipMap output."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("LinearClassifier", ["x"], ["label", "scores"], domain="ai.onnx.ml",
+                             classlabels_ints=[0, 1, 2], coefficients=[0.4, 1.4, -2.1, -1.0, 0.6, -1.7],
+                             intercepts=[0.2, 0.6, -0.9], post_transform="LOGISTIC"),
+            helper.make_node("Normalizer", ["scores"], ["normalized"], domain="ai.onnx.ml", norm="L1"),
+            helper.make_node("ZipMap", ["normalized"], ["probabilities"], domain="ai.onnx.ml",
+                             classlabels_int64s=[0, 1, 2]),
+        ],
+        "classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, [3]),
+            helper.make_value_info("probabilities", helper.make_sequence_type_proto(
+                helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))),
+        ],
+    )
+    return helper.make_model(graph, ir_version=3, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)])
+
+
+def test_map_typed_outputs_load_save_and_run(tmp_path):
+    original = _classifier_with_zipmap()
+    onnx.save_model(original, tmp_path / "classifier.onnx")
+    save_model(load_model(tmp_path / "classifier.onnx"), tmp_path / "resaved.onnx")
+
+    resaved = onnx.load(tmp_path / "resaved.onnx")
+    onnx.checker.check_model(resaved, full_check=True)
+    assert resaved.ir_version == 3
+    assert [o.type for o in resaved.graph.output] == [o.type for o in original.graph.output]
+    feeds = {"x": np.array([[1, 2], [-1, 0.5], [3, -2]], np.float32)}
+    expected_labels, expected_probabilities = run_model(original, feeds)
+    labels, probabilities = run_model(tmp_path / "resaved.onnx", feeds)
+    np.testing.assert_array_equal(labels, expected_labels)
+    assert probabilities == expected_probabilities  # lists of {class: probability}
+
+
+def test_map_typed_outputs_go_through_simplify_fuse_with_parity(tmp_path):
+    from onnxkit import Pipeline
+
+    result = Pipeline.parse("simplify,fuse").run(_classifier_with_zipmap())
+    assert not result.report.failed
+    assert result.report.passes[0].parity is not None
+    result.save(tmp_path / "out.onnx")
+    feeds = {"x": np.array([[0.5, -1], [2, 2], [0, 0]], np.float32)}
+    labels, probabilities = run_model(tmp_path / "out.onnx", feeds)
+    expected_labels, expected_probabilities = run_model(_classifier_with_zipmap(), feeds)
+    np.testing.assert_array_equal(labels, expected_labels)
+    assert probabilities == expected_probabilities

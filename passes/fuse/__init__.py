@@ -10,7 +10,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import RULE_NAME_TAG
 
-from onnxkit.pass_base import Pass, PassResult
+from onnxkit.pass_base import Pass, PassResult, Site
 from onnxkit.passes.fuse import _affine, _layout, _normalization, _onnxruntime
 from onnxkit.passes.fuse._base import (
     CONTRIB_DOMAIN,
@@ -66,12 +66,12 @@ FUSIONS: tuple[Fusion, ...] = (
            "fused {n} decomposed GELUs into Gelu", rule_fusion(_normalization.gelu_rules), requires=("Erf|Tanh", "Mul")),
     Fusion("attention", "attention blocks → MultiHeadAttention/Attention",
            "fused {n} attention blocks into MultiHeadAttention/Attention", _onnxruntime.apply_attention,
-           requires=("Softmax", "MatMul"), targets=ORT_ONLY),
+           requires=("Softmax", "MatMul"), targets=ORT_ONLY, per_site=False),
     Fusion("skip-layer-norm", "Add + LayerNormalization → SkipLayerNormalization",
            "fused {n} Add+LayerNormalization into SkipLayerNormalization", _onnxruntime.apply_skip_layer_norm,
-           requires=("LayerNormalization", "Add"), targets=ORT_ONLY),
+           requires=("LayerNormalization", "Add"), targets=ORT_ONLY, per_site=False),
     Fusion("bias-gelu", "Add + Gelu → BiasGelu", "fused {n} Add+Gelu into BiasGelu", _onnxruntime.apply_bias_gelu,
-           requires=("Gelu", "Add"), targets=ORT_ONLY),
+           requires=("Gelu", "Add"), targets=ORT_ONLY, per_site=False),
     Fusion("fused-matmul", "MatMul with transposed inputs or a scalar scale → FusedMatMul",
            "fused {n} Transpose/scale into FusedMatMul", rule_fusion(_onnxruntime.fused_matmul_rules),
            requires=("MatMul|FusedMatMul", "Transpose|Div|Mul"), targets=ORT_ONLY),
@@ -125,7 +125,7 @@ class FusePass(Pass):
         ]
 
     def call(self, model: ir.Model) -> PassResult:
-        context = FusionContext.for_model(model, self.options.target)
+        context = FusionContext.for_model(model, self.options.target, allows=self.context.allows)
         fusions = [f for f in FUSIONS if self._applies(f, context)]
         counts: collections.Counter[str] = collections.Counter()
         # Rules read shapes (ranks, channel counts), including those of values that earlier rules created.
@@ -136,7 +136,7 @@ class FusePass(Pass):
             for fusion in fusions:
                 if not fusion.can_match(present):
                     continue
-                fired = fusion.apply(model, context)
+                fired = self._apply(fusion, model, context)
                 if fired:
                     present = op_types_in(model)
                     # Nodes a rule made dead must not be matched by the next rule.
@@ -153,14 +153,39 @@ class FusePass(Pass):
         _remove_unused_subgraph_initializers(model)
         _drop_unused_opsets(model, (CONTRIB_DOMAIN, _onnxruntime.INTERMEDIATE_DOMAIN))
         stats = [f.stat.format(n=counts[f.name]) for f in FUSIONS if counts[f.name]]
-        return PassResult(model, True, stats)
+        return PassResult(model, True, stats, sites=context.sites)
+
+    def _apply(self, fusion: Fusion, model: ir.Model, context: FusionContext) -> int:
+        """Apply one fusion, recording its sites.
+
+        Rule fusions record and honour single sites themselves. The onnxscript transformer fusions rewrite
+        whole blocks at once and cannot be held back at one node, so a disabled site of theirs disables the
+        fusion, and each contrib node they create is reported as a site.
+        """
+        fusion_context = context.for_fusion(fusion.name)
+        if fusion.per_site:
+            return fusion.apply(model, fusion_context)
+        if any(isinstance(item, Site) and item.rule == fusion.name for item in self.context.disabled):
+            return 0
+        existing = {id(node) for node in _contrib_nodes(model)}
+        fired = fusion.apply(model, fusion_context)
+        context.sites.extend(Site(fusion.name, node.name or "") for node in _contrib_nodes(model)
+                             if id(node) not in existing)
+        return fired
 
     def _applies(self, fusion: Fusion, context: FusionContext) -> bool:
         if fusion.name in self.options.skip or context.target not in fusion.targets:
             return False
+        if not self.context.allows(fusion.name):
+            return False
         if fusion.name == "gelu" and context.target == "standard":
             return context.opset >= _GELU_STANDARD_OPSET
         return context.opset >= fusion.min_opset
+
+
+def _contrib_nodes(model: ir.Model) -> list[ir.Node]:
+    return [node for graph in (model.graph, *model.functions.values())
+            for node in ir.traversal.RecursiveGraphIterator(graph) if node.domain == CONTRIB_DOMAIN]
 
 
 def _bypass_created_identities(model: ir.Model) -> None:

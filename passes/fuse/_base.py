@@ -16,6 +16,9 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import RewriteRule, RewriteRuleSet
+from onnxscript.rewriter._rewrite_rule import ReplacementPatternFunction
+
+from onnxkit.pass_base import Site
 
 Target = Literal["standard", "onnxruntime"]
 CONTRIB_DOMAIN = "com.microsoft"
@@ -24,14 +27,23 @@ FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOA
 
 @dataclasses.dataclass
 class FusionContext:
-    """What rules need to know about the run: the target runtime, the model's opset, and the names in use."""
+    """What rules need to know about the run: the target runtime, the model's opset, and the names in use.
+
+    It also carries the narrowing contract (see ``onnxkit.pass_base.Site``): ``fusion`` is the fusion being
+    applied, ``allows(fusion, node)`` says whether it may fire at a node, and ``sites`` collects every
+    place a fusion fired, in order.
+    """
 
     target: Target
     opset: int
     used_names: set[str] = dataclasses.field(default_factory=set)
+    fusion: str = ""
+    allows: Callable[[str, str | None], bool] = lambda fusion, node=None: True
+    sites: list[Site] = dataclasses.field(default_factory=list)
 
     @classmethod
-    def for_model(cls, model: ir.Model, target: Target) -> FusionContext:
+    def for_model(cls, model: ir.Model, target: Target,
+                  allows: Callable[[str, str | None], bool] | None = None) -> FusionContext:
         names = set(model.graph.initializers)
         for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
             names.update(v.name for v in graph.inputs if v.name)
@@ -39,7 +51,14 @@ class FusionContext:
                 names.update(v.name for v in node.outputs if v.name)
             if isinstance(graph, ir.Graph):
                 names.update(graph.initializers)
-        return cls(target=target, opset=default_opset(model), used_names=names)
+        context = cls(target=target, opset=default_opset(model), used_names=names)
+        if allows is not None:
+            context.allows = allows
+        return context
+
+    def for_fusion(self, name: str) -> FusionContext:
+        """The same context (names and sites shared) while fusion ``name`` applies."""
+        return dataclasses.replace(self, fusion=name)
 
     def fresh_name(self, base: str | None) -> str:
         """A value name no other value in the model has, so a new initializer never replaces an old one."""
@@ -73,6 +92,7 @@ class Fusion:
     requires: tuple[str, ...]
     targets: frozenset[str] = frozenset({"standard", "onnxruntime"})
     min_opset: int = 1
+    per_site: bool = True  # a rule fusion that records and honours single sites (see ``rule_fusion``)
 
     def can_match(self, op_types: set[str]) -> bool:
         return all(any(op in op_types for op in alternatives.split("|")) for alternatives in self.requires)
@@ -91,10 +111,46 @@ def rule_fusion(build_rules: Callable[[FusionContext], Sequence[RewriteRule]], *
     """
 
     def apply(model: ir.Model, context: FusionContext) -> int:
-        rules = list(build_rules(context))
+        rules = [_narrowable(rule, context) for rule in build_rules(context)]
         return RewriteRuleSet(rules, commute=commute).apply_to_model(model) if rules else 0
 
     return apply
+
+
+def _narrowable(rule: RewriteRule, context: FusionContext) -> RewriteRule:
+    """``rule``, firing only where ``context.allows`` the fusion at the matched root node, and recording a
+    ``Site`` (fusion, root node name) each time it rewrites.
+
+    The match's root is the last node of the pattern (the BatchNormalization a Conv absorbs, the Add that
+    becomes a Gemm): the node the rewrite replaces, so its name identifies the site on a rerun of the pass.
+    """
+    recorder = _SiteRecorder(rule._replacement_pattern, rule._condition_function, context)
+    rule._condition_function = recorder.check
+    rule._replacement_pattern = recorder
+    return rule
+
+
+class _SiteRecorder(ReplacementPatternFunction):
+    """Wraps a rule's check and replacement: the check asks ``allows`` first, the replacement records the site."""
+
+    def __init__(self, replacement: ReplacementPatternFunction, check: Callable[..., Any],
+                 context: FusionContext) -> None:
+        super().__init__(replacement._function)
+        self._replacement, self._check, self._context = replacement, check, context
+        self._anchor = ""
+
+    def check(self, match_context: Any, **bindings: Any) -> Any:
+        anchor = match_context.root.name or ""
+        if not self._context.allows(self._context.fusion, anchor):
+            return False
+        self._anchor = anchor
+        return self._check(match_context, **bindings)
+
+    def get_replacement(self, match: Any) -> Any:
+        subgraph = self._replacement.get_replacement(match)
+        if subgraph is not None:
+            self._context.sites.append(Site(self._context.fusion, self._anchor))
+        return subgraph
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -24,8 +24,9 @@ import onnx_ir as ir
 from onnxkit.passes.quantize import calibration, latency, preprocess, sensitivity
 from onnxkit.passes.quantize.cpu import detect_cpu
 from onnxkit.passes.quantize.rewrite import QuantizeSettings, quantize_model
-from onnxkit.passes.quantize.runtime import exceeds_protobuf_limit, tensor_elem_types
+from onnxkit.passes.quantize.runtime import tensor_elem_types
 
+from onnxkit import runtime
 from onnxkit.data import HOLDOUT_EVERY, CalibrationSplit
 from onnxkit.errors import PassFailedError
 from onnxkit.modelio import clone_model
@@ -129,14 +130,14 @@ class QuantizePass(Pass):
             f"this machine: {cpu.describe()} → reduce_range defaults to {'true' if cpu.needs_reduce_range else 'false'}"
             + (" (7-bit weights avoid int16 overflow in u8s8 kernels without VNNI)" if cpu.needs_reduce_range else ""),
             "mode=auto: static when calibration data is given (--calib-data or --data), else dynamic",
-            f"dynamic op_types default: {', '.join(DYNAMIC_OP_TYPES)} (not Conv: ConvInteger is slower than float);"
-            " Gemm with constant weights runs as MatMul; ORT has no INT8 GRU kernel yet",
+            (f"dynamic op_types default: {', '.join(DYNAMIC_OP_TYPES)} (not Conv: ConvInteger is slower than float);"
+            " Gemm with constant weights runs as MatMul; ORT has no INT8 GRU kernel yet"),
             f"static op_types default: {', '.join(STATIC_OP_TYPES)}; uint8 activations, int8 per-channel weights",
             f"calibration streams in bounded memory; 1 of every {HOLDOUT_EVERY} samples is held out for the target",
-            "target_cosine/target_sqnr/target_top1: every target set must hold on held-out samples; the most "
-            "sensitive nodes stay float until it does (target_cosine=none and no other target: no search)",
-            "max_slowdown: INT8 latency at most this × FP32, else costly op types stay float (on_slow=keep-float) "
-            "or the pass fails (on_slow=refuse); none skips the gate",
+            ("target_cosine/target_sqnr/target_top1: every target set must hold on held-out samples; the most "
+            "sensitive nodes stay float until it does (target_cosine=none and no other target: no search)"),
+            ("max_slowdown: INT8 latency at most this × FP32, else costly op types stay float (on_slow=keep-float) "
+            "or the pass fails (on_slow=refuse); none skips the gate"),
             "--calib-cache DIR reuses ranges for the same model, data and settings",
         ]
 
@@ -381,13 +382,12 @@ class QuantizePass(Pass):
         if options.on_slow == "refuse":
             raise PassFailedError(message, hint="raise max_slowdown, narrow op_types, or use on_slow=keep-float")
         report.kept_whole_model_float = message
-        return None
 
 
 def _check_valid(quantized: onnx.ModelProto) -> None:
     """ORT's quantizers have written invalid models before (per-channel axes at opset 11, values shared
     across If branches); never hand one on."""
-    if exceeds_protobuf_limit(quantized):
+    if runtime.exceeds_protobuf_limit(quantized):
         return  # the pipeline checks large models on disk when it saves them
     try:
         onnx.checker.check_model(quantized)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
+from onnxkit.passes.quantize.runtime import TensorTap
 from onnxruntime.quantization.calibrate import (
     CalibrationMethod,
     TensorData,
@@ -31,8 +32,6 @@ from onnxruntime.quantization.calibrate import (
     load_tensors_data,
     save_tensors_data,
 )
-
-from onnxkit.passes.quantize.runtime import TensorTap
 
 CalibMethod = Literal["minmax", "entropy", "percentile"]
 ORT_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -160,11 +159,11 @@ def entropy_range(histogram: np.ndarray, low: float, high: float, levels: int = 
     range_low, range_high = histogram_range(low, high)
     if bins <= levels or histogram.sum() == 0:
         return low, high
-    zero_bin = int(round(-range_low / (range_high - range_low) * bins))
+    zero_bin = round(-range_low / (range_high - range_low) * bins)
     best, best_divergence = (low, high), np.inf
     for scale in np.linspace(levels / bins, 1.0, ENTROPY_CANDIDATES):
-        start = zero_bin - int(round(zero_bin * scale))
-        stop = zero_bin + int(round((bins - zero_bin) * scale))
+        start = zero_bin - round(zero_bin * scale)
+        stop = zero_bin + round((bins - zero_bin) * scale)
         if stop - start < levels:
             continue
         divergence = _kl_divergence(histogram, start, stop, levels)

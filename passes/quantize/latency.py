@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import onnx
-
 from onnxkit.passes.quantize.runtime import make_session
 
 WARMUP_ROUNDS = 3

@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnx_ir.passes.common as common
+from onnx_ir.passes import common
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def prepare(model: ir.Model, *, want_per_channel: bool, gemm_as_matmul: bool = F
         try:
             proto = onnx.version_converter.convert_version(proto, MIN_QDQ_OPSET)
             steps.append(f"upgraded opset {opset} → {MIN_QDQ_OPSET} (per-channel DequantizeLinear needs 'axis')")
-        except Exception as e:  # the converter raises assorted errors on ops it cannot adapt
+        except Exception as e:  # noqa: BLE001 - the converter raises assorted errors on ops it cannot adapt
             per_channel_possible = False
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             steps.append(f"kept opset {opset}: upgrade to {MIN_QDQ_OPSET} failed ({reason})")
@@ -169,11 +169,11 @@ def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """Shapes by ORT's symbolic inference, else ONNX's, else none; and which one worked."""
     try:
         return _symbolic_shape_inference(proto), "symbolic"
-    except Exception as e:  # symbolic inference fails on unknown ops and some dynamic shapes
+    except Exception as e:  # noqa: BLE001 - symbolic inference fails on unknown ops and some dynamic shapes
         logger.debug("symbolic shape inference failed: %s", e)
     try:
         return onnx.shape_inference.infer_shapes(proto, data_prop=True), "onnx (symbolic failed)"
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - inference errors on ops it does not know; the quantizer copes
         logger.debug("onnx shape inference failed: %s", e)
     return proto, "none (symbolic and onnx inference both failed)"
 

@@ -11,10 +11,15 @@ from pathlib import Path
 from typing import Literal
 
 import onnx
-from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization import (
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
 from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
-from onnxkit.passes.quantize.runtime import exceeds_protobuf_limit
+from onnxkit.runtime import exceeds_protobuf_limit
 
 QuantTypeName = Literal["uint8", "int8"]
 _QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
@@ -61,14 +66,14 @@ def quantize_model(prepared: onnx.ModelProto, settings: QuantizeSettings, ranges
     large = exceeds_protobuf_limit(prepared)
     with tempfile.TemporaryDirectory(prefix="onnxkit-quantize-") as folder, _quiet_root_logger():
         output = Path(folder) / "quantized.onnx"
-        common = dict(
-            op_types_to_quantize=list(settings.op_types),
-            per_channel=settings.per_channel,
-            reduce_range=settings.reduce_range,
-            weight_type=_QUANT_TYPES[settings.weight_type],
-            nodes_to_exclude=sorted(keep_float),
-            use_external_data_format=large,
-        )
+        common = {
+            "op_types_to_quantize": list(settings.op_types),
+            "per_channel": settings.per_channel,
+            "reduce_range": settings.reduce_range,
+            "weight_type": _QUANT_TYPES[settings.weight_type],
+            "nodes_to_exclude": sorted(keep_float),
+            "use_external_data_format": large,
+        }
         if settings.mode == "dynamic":
             # EnableSubgraph: dynamic mode is the one in which ORT also quantizes If/Loop/Scan bodies.
             quantize_dynamic(prepared, output, extra_options={"EnableSubgraph": True}, **common)

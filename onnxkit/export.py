@@ -38,7 +38,7 @@ import onnx
 import onnx_ir as ir
 import torch
 
-from onnxkit import modelio, parity
+from onnxkit import parity, runtime
 from onnxkit.errors import DataError, ExportError, ParityError, SpecError
 
 Exporter = Literal["dynamo", "torchscript"]
@@ -196,12 +196,8 @@ def verify_export(module: torch.nn.Module, model: ir.Model | onnx.ModelProto, ar
                   tolerance: parity.Tolerance | None = None, seed: int = 0) -> list[ExportCheck]:
     """Compare ONNX Runtime with torch on ``args`` and, when inputs have dynamic axes, on seeded inputs
     whose dynamic dimensions are each 3 larger than in ``args``."""
-    import onnxruntime as ort
-
     tolerance = tolerance or parity.Tolerance.for_kind("exact")
-    proto = model if isinstance(model, onnx.ModelProto) else modelio.to_proto(model)
-    session = ort.InferenceSession(proto.SerializeToString(), parity.session_options(),
-                                   providers=["CPUExecutionProvider"])
+    session = runtime.make_session(model)
     output_names = [output.name for output in session.get_outputs()]
     input_sets = [tuple(args)]
     if any(dynamic_axes.get(name) for name in input_names):
@@ -215,7 +211,7 @@ def verify_export(module: torch.nn.Module, model: ir.Model | onnx.ModelProto, ar
         try:
             actual = session.run(None, {name: _to_numpy(t) for name, t in zip(input_names, inputs)})
         except Exception as e:  # ORT raises its own exception types for shape and type mismatches
-            check.error = f"ONNX Runtime failed: {_first_line(str(e))}"
+            check.error = f"ONNX Runtime failed: {runtime.error_line(e)}"
             continue
         if len(actual) != len(expected):
             check.error = f"the ONNX model has {len(actual)} outputs, torch gives {len(expected)}"

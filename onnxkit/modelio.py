@@ -152,6 +152,24 @@ def _all_graphs(model: ir.Model) -> Iterator[ir.Graph]:
     yield from model.graph.subgraphs()
 
 
+def _external_tensors(model: ir.Model) -> Iterator[ir.ExternalTensor]:
+    for graph in _all_graphs(model):
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                yield value.const_value
+        for node in graph:
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
+                    yield attr.value
+
+
+def external_data_folder(model: ir.Model) -> Path | None:
+    """The folder the model's external data is read from (the model file's folder), or None if it has none."""
+    # A model parsed from bytes has no folder: its tensors' base_dir is empty.
+    tensor = next((t for t in _external_tensors(model) if t.base_dir), None)
+    return Path(tensor.base_dir) if tensor is not None else None
+
+
 def needs_external_data(model: ir.Model) -> bool:
     return tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD
 
@@ -162,7 +180,11 @@ def save_model(
     *,
     external_data: bool | None = None,
 ) -> Path:
-    """Save atomically. ``external_data=None`` decides by size; the data file is ``<name>.data`` beside it.
+    """Save atomically; with external data, the data file is ``<name>.data`` beside it.
+
+    ``external_data=None`` keeps the model's layout: a model loaded with external data is saved with it (the
+    output may be in another folder, so its data must be written anew), other models only past protobuf's
+    limit. ``external_data=False`` writes every tensor into the model file.
 
     Everything is written into a temporary folder inside the target folder first, then moved into place
     with ``os.replace`` (atomic on one filesystem). On any failure the temporaries are removed and the
@@ -174,8 +196,9 @@ def save_model(
         raise ModelSaveError(f"cannot write {path}: it is a folder", hint="give a file name ending in .onnx")
     if not folder.is_dir():
         raise ModelSaveError(f"cannot write {path}: folder {folder} does not exist")
+    data_folder = external_data_folder(model)
     if external_data is None:
-        external_data = needs_external_data(model)
+        external_data = data_folder is not None or needs_external_data(model)
     data_name = path.name + ".data"
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
@@ -185,6 +208,11 @@ def save_model(
         staged_model = staging / path.name
         if external_data:
             ir.save(model, staged_model, external_data=data_name, size_threshold_bytes=EXTERNAL_TENSOR_MIN_BYTES)
+        elif data_folder is not None:
+            # ir.save would keep the references to data files that are not beside the output; read them in.
+            proto = to_proto(model)
+            onnx.load_external_data_for_model(proto, str(data_folder))
+            staged_model.write_bytes(proto.SerializeToString())
         else:
             ir.save(model, staged_model)
         # Data first: a model file in place must never point at data that is not there yet.

@@ -28,16 +28,14 @@ import dataclasses
 import gc
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxkit import modelio
+from onnxkit import modelio, runtime
 from onnxkit.data import as_dataset, describe_data, input_specs, validate_sample
 from onnxkit.errors import DataError, ModelLoadError, SpecError
 
@@ -563,30 +561,8 @@ class _Model:
         # hold the weights once more while both ORT sessions run.
         return self.loaded if self.loaded is not None else modelio.as_ir_model(self.source)
 
-    def session(self, options: Any) -> Any:
-        import onnxruntime as ort
-
-        providers = ["CPUExecutionProvider"]
-        if isinstance(self.source, str):
-            return ort.InferenceSession(self.source, options, providers=providers)
-        proto = self.source
-        if isinstance(proto, ir.Model):
-            proto = modelio.to_proto(proto)
-        elif isinstance(proto, (bytes, bytearray)):
-            return ort.InferenceSession(bytes(proto), options, providers=providers)
-        if proto.ByteSize() < modelio.EXTERNAL_DATA_THRESHOLD:
-            return ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
-        with tempfile.TemporaryDirectory(prefix="onnxkit-parity-") as folder:  # over 2 GB: ORT reads from disk
-            path = Path(folder) / "model.onnx"
-            # Through onnx_ir, which leaves the proto as it was: onnx.save_model would turn its tensors into
-            # references to this folder's data file, gone once the session is made.
-            modelio.save_model(modelio.as_ir_model(proto), path, external_data=True)
-            return ort.InferenceSession(str(path), options, providers=providers)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    def session(self, options: Any, model_dir: str | os.PathLike[str] | None = None) -> Any:
+        return runtime.make_session(self.source, options=options, model_dir=model_dir)
 
 
 def compare_models(
@@ -600,6 +576,7 @@ def compare_models(
     seed: int = 0,
     ort_optimizations: bool = False,
     threads: int = 1,
+    model_dir: str | os.PathLike[str] | None = None,
 ) -> ParityReport:
     """Run ``reference`` and ``candidate`` on the same inputs and compare every output.
 
@@ -607,6 +584,7 @@ def compare_models(
     ``onnxkit.data.load_dataset`` takes, or None for seeded synthetic inputs built from the reference's
     input specs with ``dims`` binding dynamic dimensions. ``num_samples`` is the synthetic count or a cap on
     the data. ``tolerance`` defaults to the exact kind's; a dict overrides fields of that default.
+    ``model_dir`` is where the external data of models given in memory lives (the original model's folder).
 
     Raises ``ModelLoadError`` if ORT cannot load the reference and ``DataError`` if the data does not fit it
     or the reference fails on it. A candidate that ORT cannot load or run fails the comparison instead.
@@ -630,14 +608,14 @@ def compare_models(
         return ParityReport(passed, outputs, errors, samples, tolerance, description, ort_optimizations)  # type: ignore[arg-type]
 
     try:
-        ref_session = ref_model.session(options)
+        ref_session = ref_model.session(options, model_dir)
     except Exception as e:  # ORT raises its own exception types for invalid graphs and unsupported ops
-        raise ModelLoadError(f"ONNX Runtime cannot load {ref_model.label}: {_first_line(e)}",
+        raise ModelLoadError(f"ONNX Runtime cannot load {ref_model.label}: {runtime.error_line(e)}",
                              hint="the reference model must run in ONNX Runtime") from e
     try:
-        cand_session = cand_model.session(options)
+        cand_session = cand_model.session(options, model_dir)
     except Exception as e:
-        return finished([], [f"ONNX Runtime cannot load {cand_model.label}: {_first_line(e)}"], 0)
+        return finished([], [f"ONNX Runtime cannot load {cand_model.label}: {runtime.error_line(e)}"], 0)
 
     ref_outputs = [o.name for o in ref_session.get_outputs()]
     cand_outputs = [o.name for o in cand_session.get_outputs()]
@@ -659,12 +637,12 @@ def compare_models(
         try:
             ref_values = ref_session.run(shared, {name: sample[name] for name in ref_inputs})
         except Exception as e:
-            raise DataError(f"the reference model fails on sample {index}: {_first_line(e)}",
+            raise DataError(f"the reference model fails on sample {index}: {runtime.error_line(e)}",
                             hint="check the data, or bind dynamic dims with --dim name=SIZE") from e
         try:
             cand_values = cand_session.run(shared, {name: sample[name] for name in cand_inputs})
         except Exception as e:
-            errors.append(f"the candidate model fails on sample {index}: {_first_line(e)}")
+            errors.append(f"the candidate model fails on sample {index}: {runtime.error_line(e)}")
             break
         for name, ref_value, cand_value in zip(shared, ref_values, cand_values):
             comparisons[name].add(ref_value, cand_value, index)

@@ -464,7 +464,8 @@ class Pipeline:
 
         if not isinstance(tolerance, parity.Tolerance):
             tolerance = dataclasses.replace(parity.Tolerance.for_kind(kind), **(tolerance or {}))
-        return parity.compare_models(before, after, data, tolerance=tolerance, dims=context.dims)
+        return parity.compare_models(before, after, data, tolerance=tolerance, dims=context.dims,
+                                     model_dir=context.model_dir)
 
     @staticmethod
     def _on_pass_failure(message: str, on_fail: str, entry: PassReport, before: _Snapshot,

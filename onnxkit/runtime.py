@@ -62,8 +62,9 @@ def make_session(model: ModelSource, *, options: Any = None, optimize: bool = Fa
                  providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
     """An ``onnxruntime.InferenceSession`` for a path, bytes, ``onnx.ModelProto`` or ``onnx_ir.Model``.
 
-    ``options`` replaces the defaults of ``session_options(optimize=..., threads=...)``. ``model_dir`` is
-    where external data of an in-memory model lives (a path's own folder is used for a path).
+    ``options`` replaces the defaults of ``session_options(optimize=..., threads=...)``; its log level is set
+    here whatever the caller chose. ``model_dir`` is where external data of an in-memory model lives: a
+    path's own folder is used for a path, and an ``ir.Model`` loaded from a file knows its folder itself.
     """
     import onnxruntime as ort
 
@@ -73,7 +74,10 @@ def make_session(model: ModelSource, *, options: Any = None, optimize: bool = Fa
         ort.set_default_logger_severity(_QUIET_SEVERITY)
     if options is None:
         options = session_options(optimize=optimize, threads=threads)
+    options.log_severity_level = _VERBOSE_SEVERITY if _verbose else _QUIET_SEVERITY
     providers = list(providers)
+    if model_dir is None and isinstance(model, ir.Model):
+        model_dir = modelio.external_data_folder(model)
     if isinstance(model, (str, os.PathLike)):
         return ort.InferenceSession(str(model), options, providers=providers)
     if model_dir is not None:

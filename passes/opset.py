@@ -23,7 +23,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from onnxkit import modelio
+from onnxkit import modelio, runtime
 from onnxkit.errors import PassFailedError
 from onnxkit.pass_base import Pass, PassResult
 from onnxkit.passes._graph_utils import all_nodes, signature_changes
@@ -125,13 +125,8 @@ def _convert(model: ir.Model, target: int, runtime_check: bool) -> ir.Model | No
 
 
 def _onnxruntime_loads(path: Path) -> bool:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4
     try:
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        runtime.make_session(path)
     except Exception:  # ORT's own exception types: no kernel for an op at that version, mostly
         return False
     return True

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Literal
 
 import onnx_ir as ir
-import onnx_ir.passes.common as common
+from onnx_ir.passes import common
 
-from onnxkit import modelio
+from onnxkit import modelio, runtime
 from onnxkit.errors import PassFailedError
 from onnxkit.pass_base import Pass, PassResult
 from onnxkit.passes._graph_utils import all_nodes, signature_changes
@@ -67,20 +67,18 @@ class OrtOptimizePass(Pass):
         with tempfile.TemporaryDirectory(prefix="onnxkit-ort-") as folder:
             source, target = Path(folder) / "input.onnx", Path(folder) / "optimized.onnx"
             modelio.save_model(model, source, external_data=True)
-            options = ort.SessionOptions()
+            options = runtime.session_options()
             options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[self.options.level])
             options.optimized_model_filepath = str(target)
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                              "optimized.onnx.data")
             options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                              str(EXTERNAL_INITIALIZER_MIN_BYTES))
-            options.intra_op_num_threads = 1
-            options.log_severity_level = 3
             try:
-                ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+                runtime.make_session(source, options=options)
             except Exception as e:  # ORT raises its own exception types for models it cannot load
                 raise PassFailedError(
-                    f"ONNX Runtime cannot load the model to optimize it: {str(e).strip().splitlines()[0]}",
+                    f"ONNX Runtime cannot load the model to optimize it: {runtime.error_line(e)}",
                     hint="run the model in ONNX Runtime first; custom ops need their library registered",
                 ) from e
             optimized = ir.load(target)

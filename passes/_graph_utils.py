@@ -6,9 +6,10 @@ calls: onnxscript's optimizer and ONNX Runtime may rebuild a graph that is the s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import onnx
 import onnx_ir as ir
 
 
@@ -129,8 +130,10 @@ def signature_changes(before: ir.Model, after: ir.Model) -> list[str]:
     return changes
 
 
-def eliminate_identities(model: ir.Model) -> int:
+def eliminate_identities(model: ir.Model, allowed: Callable[[ir.Node], bool] | None = None) -> int:
     """Remove Identity nodes everywhere, keeping every graph's output names; returns how many went.
+
+    ``allowed``, when given, says which Identity nodes may go (a pass narrowed by its caller keeps the rest).
 
     onnx_ir's ``IdentityEliminationPass`` renames the Identity's input to the output's name when the output
     is a graph output. That breaks two cases this function keeps the Identity for: the input is itself a
@@ -141,6 +144,8 @@ def eliminate_identities(model: ir.Model) -> int:
     removed = 0
     for node in list(all_nodes(model)):
         if node.op_type != "Identity" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 1:
+            continue
+        if allowed is not None and not allowed(node):
             continue
         source, result = node.inputs[0], node.outputs[0]
         graph = node.graph
@@ -167,3 +172,29 @@ def eliminate_identities(model: ir.Model) -> int:
         graph.remove(node, safe=True)
         removed += 1
     return removed
+
+
+def opset_problem(node: ir.Node, opset: int) -> str | None:
+    """Why ``node`` is not valid in the standard domain at ``opset``, or None when it is (or is not ours to judge).
+
+    Checks what rewrites get wrong when they build nodes for the newest opset: the op exists at that version,
+    its attributes are ones that version knows (``Reshape(allowzero)`` needs 14, ``Constant(value_ints)`` 12,
+    ``Split(num_outputs)`` 18), and its input and output counts fit (``Squeeze`` takes axes as an input from 13).
+    Nodes of other domains are not checked.
+    """
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return f"{node.op_type} does not exist at opset {opset}"
+    unknown = sorted(set(node.attributes) - set(schema.attributes))
+    if unknown:
+        return f"{node.op_type}-{schema.since_version} has no attribute {', '.join(unknown)}"
+    inputs = len(node.inputs)
+    if not schema.min_input <= inputs <= schema.max_input:
+        return f"{node.op_type}-{schema.since_version} takes {schema.min_input}..{schema.max_input} inputs, not {inputs}"
+    outputs = len(node.outputs)
+    if not schema.min_output <= outputs <= schema.max_output:
+        return f"{node.op_type}-{schema.since_version} gives {schema.min_output}..{schema.max_output} outputs, not {outputs}"
+    return None

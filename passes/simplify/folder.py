@@ -1,0 +1,193 @@
+"""Constant folding that never bloats the model, with a rule name for every kind of replacement.
+
+onnxscript's folder does the evaluation and its own op-specific simplifications; this subclass adds:
+- a limit in bytes: a fold may store a constant over ``max_constant_bytes`` only when it frees as much
+  (a Transpose of a weight does; a Tile, Expand or ConstantOfShape of a small tensor does not);
+- simplify's shape-value evaluators (``shape_values``) for nodes onnxscript leaves alone;
+- one rule name per replacement (``fold-constants``, ``fold-shape-values``, ``materialize-reshape``,
+  ``no-op-<op>``, ``inline-constant-if``, ``remove-dropout``, ``simplify-<op>``), asked before it is applied;
+- a guard that every node a replacement brings in is valid at the model's opset: onnxscript writes
+  ``Constant(value_ints)``, ``Squeeze``/``Unsqueeze`` with axes inputs and ``Split(num_outputs)`` whatever
+  the opset.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxkit.passes._graph_utils import opset_problem
+from onnxkit.passes.simplify import shape_values
+from onnxkit.passes.simplify._onnxscript import (
+    DEFAULT_INPUT_SIZE_LIMIT,
+    NEVER_FOLDED_BY_DEFAULT,
+    FolderBase,
+    Replacement,
+    TapeBuilder,
+)
+from onnxkit.passes.simplify.rewrites import Rewrites, site_name
+
+# ConstantOfShape is on onnxscript's never-fold list for size, which the byte limit here already handles;
+# the rest (quantization ops) carry meaning and stay.
+_KEEP_UNFOLDED = NEVER_FOLDED_BY_DEFAULT - {"ConstantOfShape"}
+
+
+class SimplifyFolder(FolderBase):
+    """One folding sweep over the model; ``refused`` collects the folds the byte limit kept out (site → bytes)."""
+
+    def __init__(self, max_constant_bytes: int, rewrites: Rewrites, refused: dict[str, tuple[str, int]]) -> None:
+        # onnxscript's own output limit counts elements; ours counts bytes and is enforced here, so its
+        # limit is set where it can never be the stricter one.
+        super().__init__(
+            shape_inference=True,
+            input_size_limit=DEFAULT_INPUT_SIZE_LIMIT,
+            output_size_limit=np.iinfo(np.int64).max,
+            should_fold=self._should_fold,
+        )
+        self.max_constant_bytes = max_constant_bytes
+        self.rewrites = rewrites
+        self.refused = refused
+        self.opset = 1
+        self._evaluated: ir.Node | None = None
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        return super().call(model)
+
+    def process_node(self, node: ir.Node, is_function: bool) -> Replacement | None:
+        self._evaluated = None
+        if node.op_type == "Identity" and not self.rewrites.allows("remove-identity", site_name(node)):
+            return None  # the folder would forward the Identity's readers to its input
+        try:
+            replacement = super().process_node(node, is_function)
+        except RuntimeError:
+            # onnxscript wraps a crash of one of its evaluators (SplitToSequence with a computed split,
+            # in 0.7) in a RuntimeError: that node is left as it is, the rest is still folded.
+            return None
+        if replacement is None and node.domain in ("", "ai.onnx"):
+            replacement = self._evaluate_shape_values(node)
+        if replacement is None:
+            return None
+        rule, verb, what = self._classify(node, replacement)
+        site = site_name(node)
+        # Evaluated folds asked for leave in ``_should_fold``, before the folder stored their constant.
+        if rule != "fold-constants" and not self.rewrites.allows(rule, site):
+            return None
+        if not self._valid_at_opset(node, replacement):
+            return None
+        self.rewrites.record(rule, site, verb, what)
+        return replacement
+
+    def _evaluate_shape_values(self, node: ir.Node) -> Replacement | None:
+        for evaluator in shape_values.evaluators(node.op_type, self.opset):
+            builder = TapeBuilder()
+            outputs = evaluator(node, builder, self.shape_values)
+            if outputs is not None:
+                return Replacement([outputs] if isinstance(outputs, ir.Value) else outputs, builder.nodes)
+        return None
+
+    def _classify(self, node: ir.Node, replacement: Replacement) -> tuple[str, str, str]:
+        """The rule a replacement applies, and the statistic it counts under."""
+        new_ops = [n.op_type for n in replacement.new_nodes]
+        op_type = node.op_type
+        if node is self._evaluated:
+            return "fold-constants", "folded", "nodes into constants"
+        if op_type == "If":
+            return "inline-constant-if", "inlined", "If with a constant condition"
+        if op_type == "Dropout":
+            return "remove-dropout", "removed", "Dropout"
+        if all(op == "Constant" for op in new_ops):
+            return "fold-shape-values", "folded", "nodes into constants"
+        if new_ops == ["Identity"]:
+            return f"no-op-{op_type.lower()}", "removed", f"no-op {op_type}"
+        if op_type == "Reshape" and new_ops == ["Constant", "Reshape"]:
+            return "materialize-reshape", "simplified", "Reshape targets into constants"
+        return f"simplify-{op_type.lower()}", "simplified", op_type
+
+    def _valid_at_opset(self, node: ir.Node, replacement: Replacement) -> bool:
+        """Make the replacement's nodes valid at the model's opset, or refuse it (and count why)."""
+        for new_node in replacement.new_nodes:
+            if opset_problem(new_node, self.opset) is None:
+                continue
+            if new_node.op_type == "Constant" and _tensor_valued_constant(new_node):
+                continue
+            self.rewrites.tally["kept", f"{node.op_type} rewrites that opset {self.opset} cannot express"] += 1
+            return False
+        return True
+
+    # -- the byte limit -----------------------------------------------------------------------------------
+
+    def _should_fold(self, node: ir.Node) -> bool | None:
+        """Decide from the inferred output shapes before evaluating, so a huge Tile is never computed."""
+        if node.domain == "" and node.op_type in _KEEP_UNFOLDED:
+            return None  # onnxscript's default rules keep these
+        if not self.rewrites.allows("fold-constants", site_name(node)):
+            return False
+        self._evaluated = node
+        output_bytes = _static_nbytes(node.outputs)
+        if output_bytes is None:
+            return None  # shapes unknown: onnxscript's default rules, then the check on the real result
+        return self._fits(node, output_bytes)
+
+    def accept_folded_tensor(self, node: ir.Node, tensor: ir.Tensor) -> bool:
+        return self._fits(node, tensor.nbytes)
+
+    def _fits(self, node: ir.Node, output_bytes: int) -> bool:
+        if output_bytes <= self.max_constant_bytes or output_bytes <= _bytes_freed_by_folding(node):
+            return True
+        self.refused[site_name(node)] = (node.op_type, output_bytes)
+        return False
+
+
+def _tensor_valued_constant(node: ir.Node) -> bool:
+    """Rewrite a Constant's ``value_ints``/``value_float``/... (opset 12+) as the ``value`` tensor every opset
+    knows; False when it has no single attribute to convert."""
+    if len(node.attributes) != 1 or "value" in node.attributes or "sparse_value" in node.attributes:
+        return False
+    tensor = ir.convenience.get_const_tensor(node.outputs[0])
+    if tensor is None:
+        return False
+    node.attributes.clear()
+    node.attributes["value"] = ir.AttrTensor("value", tensor)
+    return True
+
+
+def _static_nbytes(values: Sequence[ir.Value | None]) -> int | None:
+    total = 0
+    for value in values:
+        if value is None:
+            continue
+        if value.dtype is None or value.shape is None or not value.shape.is_static():
+            return None
+        if value.dtype == ir.DataType.STRING:
+            return None  # unknown until evaluated
+        total += math.ceil(value.dtype.bitwidth * math.prod(value.shape.numpy()) / 8)
+    return total
+
+
+def _bytes_freed_by_folding(node: ir.Node) -> int:
+    """Bytes of the constant inputs that only this node reads: they disappear when it is folded."""
+    freed = 0
+    for value in {v for v in node.inputs if v is not None}:
+        if value.const_value is not None and len(value.uses()) == 1 and not value.is_graph_output():
+            freed += value.const_value.nbytes
+    return freed
+
+
+def unfolded_placeholders(model_nodes: Sequence[ir.Node], refused: dict[str, tuple[str, int]]) -> list[str]:
+    """Statistics for the folds the byte limit kept out that are still in the model, per op type."""
+    remaining = {site_name(node) for node in model_nodes}
+    totals: dict[str, list[int]] = collections.defaultdict(list)
+    for site, (op_type, nbytes) in refused.items():
+        if site in remaining:
+            totals[op_type].append(nbytes)
+    lines = []
+    for op_type, sizes in sorted(totals.items()):
+        what = "placeholders" if op_type == "ConstantOfShape" else "nodes"
+        lines.append(f"kept {len(sizes)} {op_type} {what} ({sum(sizes) / 1e6:.1f} MB) unfolded: folding would "
+                     "grow the model")
+    return lines

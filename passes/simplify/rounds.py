@@ -1,0 +1,180 @@
+"""One run of simplify: rounds of folding and cleanup until a round changes nothing.
+
+Each round infers shapes, folds, removes no-ops and merges duplicates; a later round sees what an earlier
+one exposed. Real models settle in two or three rounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Iterator
+
+import onnx_ir as ir
+from onnx_ir.passes import common
+
+from onnxkit.pass_base import PassContext, PassResult
+from onnxkit.passes._graph_utils import (
+    all_nodes,
+    eliminate_identities,
+    structural_fingerprint,
+)
+from onnxkit.passes.simplify import merge, no_op
+from onnxkit.passes.simplify._onnxscript import LOGGER_NAME as FOLDER_LOGGER
+from onnxkit.passes.simplify.folder import SimplifyFolder, unfolded_placeholders
+from onnxkit.passes.simplify.rewrites import Rewrites, site_name
+
+MAX_ROUNDS = 10
+
+
+def simplify(model: ir.Model, max_constant_bytes: int, context: PassContext) -> PassResult:
+    with _quiet_loggers(FOLDER_LOGGER, common.shape_inference.logger.name):
+        return _Simplifier(model, max_constant_bytes, context).run()
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Hold back the warnings onnxscript's folder and onnx_ir's passes log for every node they cannot handle
+    (custom ops, sequences): simplify leaves those as they are, by design."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _infer_shapes(model: ir.Model) -> None:
+    # Not strict: a model with ops ONNX cannot infer (custom domains) keeps what it has for those values.
+    common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+
+
+def _count(model: ir.Model) -> int:
+    return sum(1 for _ in all_nodes(model))
+
+
+def _list_initializers_as_inputs_before_ir4(model: ir.Model) -> None:
+    """IR versions 1-3 require every initializer of the main graph to be a graph input too; the lifted and
+    folded constants join the inputs there. (Bodies of If/Loop/Scan keep theirs: their inputs are positional.)"""
+    if model.ir_version >= 4:
+        return
+    listed = set(model.graph.inputs)
+    for value in model.graph.initializers.values():
+        if value not in listed:
+            model.graph.inputs.append(value)
+
+
+@dataclasses.dataclass
+class _DeclaredOutput:
+    graph: ir.Graph
+    index: int
+    name: str
+    shape: ir.Shape | None
+
+
+class _Simplifier:
+    def __init__(self, model: ir.Model, max_constant_bytes: int, context: PassContext) -> None:
+        self.model = model
+        self.max_constant_bytes = max_constant_bytes
+        self.rewrites = Rewrites(context)
+        self.opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        self.initializers = merge.InitializerMerger()
+        self.refused: dict[str, tuple[str, int]] = {}  # folds the byte limit kept out: site → (op, bytes)
+        self.original_identities = [n for n in all_nodes(model) if n.op_type == "Identity" and n.domain == ""]
+        self._original_identity_ids = set(map(id, self.original_identities))  # the list keeps the ids unique
+
+    def run(self) -> PassResult:
+        model = self.model
+        before = structural_fingerprint(model)
+        declared = self._hide_declared_output_shapes()
+        try:
+            for _ in range(MAX_ROUNDS):
+                if not self._round():
+                    break
+            common.RemoveUnusedFunctionsPass()(model)
+            common.RemoveUnusedOpsetsPass()(model)
+            _list_initializers_as_inputs_before_ir4(model)
+            _infer_shapes(model)
+        finally:
+            self._restore_declared_outputs(declared)
+        for node in self.original_identities:
+            if node.graph is None:
+                self.rewrites.record("remove-identity", site_name(node), "removed", "Identity")
+        modified = structural_fingerprint(model) != before
+        if not modified:
+            return PassResult(model, False, [])
+        stats = self.rewrites.stats() + unfolded_placeholders(list(all_nodes(model)), self.refused)
+        return PassResult(model, True, stats or ["inferred shapes"], sites=self.rewrites.sites)
+
+    def _round(self) -> bool:
+        """One round of every rule; whether it changed anything."""
+        model, rewrites = self.model, self.rewrites
+        recorded_before = sum(rewrites.tally.values())
+        # ONNX shape inference names every unknown dim (unk__N) and carries the name along, so the
+        # folder can tell that a Reshape target copies its input's dims; the folder's own node-by-node
+        # inference leaves unknown dims anonymous.
+        _infer_shapes(model)
+        changed = SimplifyFolder(self.max_constant_bytes, rewrites, self.refused)(model).modified
+        no_op.remove_no_ops(model, rewrites, self.opset)
+        no_op.drop_zero_initial_states(model, rewrites)
+        eliminate_identities(model, self._may_remove_identity)
+        nodes_before = _count(model)
+        common.RemoveUnusedNodesPass()(model)
+        if removed := nodes_before - _count(model):
+            rewrites.tally["removed", "unused nodes"] += removed
+        merge.lift_constants(model, rewrites)
+        changed |= common.LiftSubgraphInitializersToMainGraphPass()(model).modified
+        self.initializers.merge(model, rewrites)
+        merge.eliminate_common_subexpressions(model, rewrites)
+        return changed or sum(rewrites.tally.values()) != recorded_before
+
+    def _may_remove_identity(self, node: ir.Node) -> bool:
+        # Identities the rules left behind go with their rule; the model's own ones are sites of their own.
+        return id(node) not in self._original_identity_ids or self.rewrites.allows("remove-identity", site_name(node))
+
+    # -- declared output shapes ---------------------------------------------------------------------------
+
+    def _hide_declared_output_shapes(self) -> list[_DeclaredOutput]:
+        """Take the declared shapes off graph outputs while the graph is rewritten.
+
+        onnxscript and onnx_ir merge a graph output's shape backwards into the value that produces it
+        (Identity elimination, the folder's Identity handler), and a later Shape/Reshape/Slice fold would
+        trust it. A model whose declared output shape is wrong would then compute something else.
+        """
+        declared = []
+        for graph in self.model.graphs():
+            for index, output in enumerate(graph.outputs):
+                declared.append(_DeclaredOutput(graph, index, output.name, output.shape))
+                output.shape = None
+        return declared
+
+    def _restore_declared_outputs(self, declared: list[_DeclaredOutput]) -> None:
+        """Put the declared names and shapes back on the graph outputs (where a shape was declared)."""
+        graphs = {id(graph) for graph in self.model.graphs()}
+        for entry in declared:
+            graph = entry.graph
+            if id(graph) not in graphs:
+                continue  # the body of an If with a constant condition, now inlined
+            output = graph.outputs[entry.index]
+            if output.name != entry.name:
+                output = _output_named(graph, entry.index, entry.name)
+            if entry.shape is not None:
+                output.shape = entry.shape
+
+
+def _output_named(graph: ir.Graph, index: int, name: str) -> ir.Value:
+    """Make ``graph.outputs[index]`` carry ``name`` again after a rewrite renamed or replaced it."""
+    value = graph.outputs[index]
+    # Renaming is only safe for a value this graph alone defines and lists once among its outputs.
+    shared = value.graph is not graph or value.is_graph_input() or sum(1 for o in graph.outputs if o is value) > 1
+    if not shared:
+        value.name = name
+        return value
+    identity = ir.node("Identity", inputs=[value], outputs=[ir.Value(name=name, type=value.type)])
+    graph.append(identity)
+    graph.outputs[index] = identity.outputs[0]
+    return identity.outputs[0]

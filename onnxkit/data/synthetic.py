@@ -1,8 +1,26 @@
-"""Seeded synthetic inputs built from a model's input specs."""
+"""Seeded synthetic inputs built from a model's input specs and from what its graph says about them.
+
+What the graph says is read once, without running the model (``read_graph``):
+
+- dims: declared sizes are kept; a dynamic dim gets a role (batch, sequence, spatial, other) from its name and
+  its place; dims that share a name share one size; an int dim below 0 (paddle2onnx writes -1) or a ``?`` is
+  an unnamed dynamic dim of its own;
+- pinned dims: an input axis that reaches a weighted op (MatMul, Gemm, Conv, LSTM, BatchNormalization...)
+  through shape-keeping ops must match the weight, so it takes the weight's size;
+- values: integer indices stay inside the table they index (``index_limits``), an integer or string input
+  that the graph compares with constants (or looks up in a LabelEncoder) takes one of those constants, and
+  an integer input named like a length (``waveforms_lens``) takes the length of the other inputs.
+
+Sizes the graph leaves open start at the first rung of each role's ladder (``DIM_DEFAULTS``);
+``onnxkit.data.probe`` climbs the ladders until ONNX Runtime runs the model.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -15,57 +33,114 @@ DEFAULT_SYNTHETIC_SAMPLES = 4
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Synthetic inputs
+# Dims: keys, roles, sizes
 
 
-_BATCH_NAMES = {"n", "b", "bs", "batch", "batch_size", "batchsize", "nbatch"}
+_BATCH_NAMES = {"batch", "batch_size", "batchsize", "nbatch", "bs"}
+_SHORT_BATCH_NAMES = {"n", "b"}  # a batch only on axis 0: elsewhere "N" is as likely a length
 _SEQUENCE_NAMES = {"s", "t", "l", "seq", "seq_len", "seqlen", "sequence", "sequence_length", "length", "len",
                    "time", "tokens", "num_tokens", "past_sequence_length", "total_sequence_length"}
 _SPATIAL_NAMES = {"h", "w", "height", "width"}
+# The first rung of each role's ladder (onnxkit.data.probe.SIZE_LADDERS).
 DIM_DEFAULTS = {"batch": 1, "sequence": 16, "spatial": 32, "other": 8}
 # ``--dim batch=4,seq=128`` binds every dim of that role, whatever the model calls it.
 _ROLE_KEYS = {"batch": ("batch",), "sequence": ("seq", "sequence")}
-# Ops that pass an index tensor on unchanged in value, so a Gather behind them still bounds it.
-_INDEX_PASS_THROUGH = {"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Transpose"}
+_IMAGE_CHANNELS = 4  # an image input's static channel axis holds at most this many (gray, RGB, RGBA)
 
 
-def _dim_role(name: str | None, axis: int) -> str:
-    lowered = (name or "").lower()
-    if lowered in _BATCH_NAMES or "batch" in lowered or (name is None and axis == 0):
+def _dim_name(dim: int | str | None) -> str | None:
+    """The dim's name, or None for an unnamed dynamic dim (None, an int below 0, ``?``)."""
+    return dim if isinstance(dim, str) and dim not in ("", "?") else None
+
+
+def _is_dynamic(dim: int | str | None) -> bool:
+    return not (isinstance(dim, int) and dim >= 0)
+
+
+def dim_key(spec: InputSpec, axis: int) -> str:
+    """What identifies a dynamic dim: its name (shared between inputs), else ``input[axis]``."""
+    assert spec.shape is not None
+    return _dim_name(spec.shape[axis]) or f"{spec.name}[{axis}]"
+
+
+def _dim_role(spec: InputSpec, axis: int) -> str:
+    assert spec.shape is not None
+    shape, name = spec.shape, (_dim_name(spec.shape[axis]) or "").lower()
+    if name in _BATCH_NAMES or "batch" in name or (axis == 0 and name in _SHORT_BATCH_NAMES):
         return "batch"
-    if lowered in _SEQUENCE_NAMES or "seq" in lowered:
+    if name in _SEQUENCE_NAMES or "seq" in name:
         return "sequence"
-    return "spatial" if lowered in _SPATIAL_NAMES else "other"
+    if name in _SPATIAL_NAMES or _is_image_axis(shape, axis):
+        return "spatial"
+    # Axis 0 of an unnamed dim, or of an input of rank 3 and more whatever the exporter called it, is the batch.
+    return "batch" if axis == 0 and (not name or len(shape) >= 3) else "other"
 
 
-def bind_shape(spec: InputSpec, dims: Mapping[str, int]) -> tuple[int, ...]:
-    """A concrete shape for ``spec``. A symbolic dim takes its size from ``dims`` by its own name, else by its
-    role (``batch`` binds every batch-like dim, ``seq`` every sequence-like one), else a default by role:
-    batch 1, sequence 16, height/width 32, anything else 8. An unnamed dim on axis 0 is taken for the batch."""
+def _is_image_axis(shape: Sequence[int | str | None], axis: int) -> bool:
+    """A height or width of an NCHW or NHWC image: rank 4 with a small static channel axis."""
+    if len(shape) != 4:
+        return False
+    for channel_axis, spatial_axes in ((1, (2, 3)), (3, (1, 2))):
+        channels = shape[channel_axis]
+        if axis in spatial_axes and isinstance(channels, int) and 0 < channels <= _IMAGE_CHANNELS:
+            return True
+    return False
+
+
+def dynamic_dims(specs: Sequence[InputSpec]) -> dict[str, str]:
+    """Every dynamic dim of the inputs, ``{key: role}``, in input order; a shared name takes its first role."""
+    roles: dict[str, str] = {}
+    for spec in specs:
+        for axis, dim in enumerate(spec.shape or ()):
+            if _is_dynamic(dim):
+                roles.setdefault(dim_key(spec, axis), _dim_role(spec, axis))
+    return roles
+
+
+def user_size(key: str, role: str, dims: Mapping[str, int]) -> int | None:
+    """The size ``--dim`` gives a dim, by its own name or by its role, or None."""
+    if key in dims:
+        return int(dims[key])
+    return next((int(dims[name]) for name in _ROLE_KEYS.get(role, ()) if name in dims), None)
+
+
+def bind_shape(spec: InputSpec, dims: Mapping[str, int], sizes: Mapping[str, int] | None = None) -> tuple[int, ...]:
+    """A concrete shape for ``spec``. A dynamic dim takes its size from ``dims`` by its own name or by its
+    role (``batch`` binds every batch-like dim, ``seq`` every sequence-like one), else from ``sizes`` by its
+    key, else a default by role: batch 1, sequence 16, height/width 32, anything else 8."""
     if spec.shape is None:
         raise DataError(f"input '{spec.name}' has no declared shape, so synthetic data cannot be made for it",
                         hint="give real inputs with --data")
     shape = []
     for axis, dim in enumerate(spec.shape):
-        if isinstance(dim, int) and dim >= 0:
-            shape.append(dim)
+        if not _is_dynamic(dim):
+            shape.append(int(dim))  # type: ignore[arg-type]
             continue
-        role = _dim_role(dim, axis)
-        by_role = next((dims[key] for key in _ROLE_KEYS.get(role, ()) if key in dims), None)
-        if dim is not None and dim in dims:
-            shape.append(int(dims[dim]))
-        elif by_role is not None:
-            shape.append(int(by_role))
-        else:
-            shape.append(DIM_DEFAULTS[role])
+        key, role = dim_key(spec, axis), _dim_role(spec, axis)
+        size = user_size(key, role, dims)
+        if size is None:
+            size = (sizes or {}).get(key, DIM_DEFAULTS[role])
+        shape.append(size)
     return tuple(shape)
 
 
-def _static_size(value: ir.Value, axis: int) -> int | None:
-    const = value.const_value
+# ---------------------------------------------------------------------------------------------------------
+# What the graph says
+
+
+def _constant(value: ir.Value | None) -> ir.TensorProtocol | None:
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value
     producer = value.producer()
-    if const is None and producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
-        const = producer.attributes["value"].value
+    if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
+        return producer.attributes["value"].value
+    return None
+
+
+def _static_size(value: ir.Value, axis: int) -> int | None:
+    const = _constant(value)
     shape = const.shape if const is not None else value.shape
     if shape is None or not -len(shape) <= axis < len(shape):
         return None
@@ -73,59 +148,285 @@ def _static_size(value: ir.Value, axis: int) -> int | None:
     return size if isinstance(size, int) else None
 
 
+def _small_values(value: ir.Value | None, limit: int = 64) -> list[Any] | None:
+    """The elements of a small constant, as Python values, or None when it is not one."""
+    const = _constant(value)
+    if const is None or const.size > limit:
+        return None
+    return [v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v
+            for v in np.asarray(const.numpy()).ravel()]
+
+
+def _is_standard(node: ir.Node) -> bool:
+    return node.domain in ("", "ai.onnx")
+
+
+# Ops that pass an index tensor on unchanged in value, so a Gather behind them still bounds it.
+_INDEX_PASS_THROUGH = {"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Transpose"}
+# Ops whose index input must stay inside the data input's axis, and the attribute naming that axis.
+_INDEXING_OPS = {"Gather": 1, "GatherElements": 1, "ScatterElements": 1}
+
+
+def _uses_through(value: ir.Value, pass_through: set[str]) -> Iterator[tuple[ir.Node, int]]:
+    """Every use of ``value``, and of what ``pass_through`` ops make of it unchanged in value."""
+    frontier, seen = [value], {id(value)}
+    while frontier:
+        for node, index in frontier.pop().uses():
+            yield node, index
+            if _is_standard(node) and node.op_type in pass_through and index == 0:
+                for output in node.outputs:
+                    if id(output) not in seen:
+                        seen.add(id(output))
+                        frontier.append(output)
+
+
 def index_limits(model: ModelLike) -> dict[str, int]:
-    """Integer inputs used as Gather indices (directly or through Cast/Reshape/...), mapped to the size of
-    the gathered axis: token ids stay below the embedding table's row count."""
+    """Integer inputs used as Gather/GatherElements/ScatterElements indices (directly or through
+    Cast/Reshape/...), mapped to the size of the indexed axis: token ids stay below the embedding table's
+    row count."""
     graph = _ir_model(model).graph
     limits: dict[str, int] = {}
     for graph_input in graph.inputs:
-        sizes, frontier, seen = [], [graph_input], {id(graph_input)}
-        while frontier:
-            for node, index in frontier.pop().uses():
-                if node.domain not in ("", "ai.onnx"):
-                    continue
-                if node.op_type == "Gather" and index == 1:
-                    size = _static_size(node.inputs[0], node.attributes.get_int("axis", 0))
-                    if size is not None:
-                        sizes.append(size)
-                elif node.op_type in _INDEX_PASS_THROUGH and index == 0:
-                    for output in node.outputs:
-                        if id(output) not in seen:
-                            seen.add(id(output))
-                            frontier.append(output)
+        sizes = []
+        for node, index in _uses_through(graph_input, _INDEX_PASS_THROUGH):
+            if _is_standard(node) and node.op_type in _INDEXING_OPS and index == _INDEXING_OPS[node.op_type]:
+                size = _static_size(node.inputs[0], node.attributes.get_int("axis", 0))
+                if size is not None:
+                    sizes.append(size)
         if sizes:
             limits[graph_input.name] = min(sizes)
     return limits
 
 
+_COMPARISONS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
+# Attributes of ai.onnx.ml lookups that list the strings they know.
+_STRING_TABLES = {"LabelEncoder": ("keys_strings", "classes_strings"), "CategoryMapper": ("cats_strings",)}
+_LOOP_TRIP_COUNTS = (1, 2, 3)
+
+
+def compared_values(model: ModelLike) -> dict[str, tuple[Any, ...]]:
+    """Inputs the graph compares with constants (``Equal(mode, 2)`` feeding an ``If``), looks up in a table
+    (a LabelEncoder's strings) or uses as a Loop's trip count, mapped to the values that take those paths."""
+    graph = _ir_model(model).graph
+    found: dict[str, tuple[Any, ...]] = {}
+    for graph_input in graph.inputs:
+        values: list[Any] = []
+        for node, index in _uses_through(graph_input, _INDEX_PASS_THROUGH):
+            if not _is_standard(node) and node.domain != "ai.onnx.ml":
+                continue
+            if node.op_type in _COMPARISONS and len(node.inputs) == 2:
+                values += _small_values(node.inputs[1 - index]) or []
+            elif node.op_type in _STRING_TABLES:
+                for name in _STRING_TABLES[node.op_type]:
+                    values += [s.decode() if isinstance(s, bytes) else s
+                               for s in node.attributes.get_strings(name, ()) or () if s]
+            elif node.op_type == "Loop" and index == 0:
+                values += _LOOP_TRIP_COUNTS
+        if values:
+            found[graph_input.name] = tuple(dict.fromkeys(values))  # unique, in the graph's order
+    return found
+
+
+# Shape-keeping ops an input axis is followed through to the weighted op that pins its size.
+_ELEMENTWISE = {"Identity", "Cast", "Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Abs", "Neg", "Exp",
+                "Log", "Sqrt", "Clip", "Dropout", "Softplus", "HardSigmoid", "Erf", "Softmax", "LogSoftmax"}
+_BROADCASTING = {"Add", "Sub", "Mul", "Div"}
+
+
+def _axes(node: ir.Node) -> list[int] | None:
+    """Unsqueeze/Squeeze axes, from the attribute (opset < 13) or the constant second input."""
+    if "axes" in node.attributes:
+        return list(node.attributes.get_ints("axes"))
+    return _small_values(node.inputs[1]) if len(node.inputs) > 1 else None
+
+
+def _follow_axis(node: ir.Node, index: int, axis: int, rank: int) -> tuple[int, int] | None:
+    """Where ``axis`` of input ``index`` (of rank ``rank``) lands in ``node``'s first output: (axis, rank)."""
+    op = node.op_type
+    if op in _ELEMENTWISE and index == 0:
+        return axis, rank
+    if op in _BROADCASTING:
+        other = node.inputs[1 - index]
+        other_rank = None if other is None or other.shape is None else len(other.shape)
+        if other_rank is None:
+            return None
+        out_rank = max(rank, other_rank)
+        return axis + out_rank - rank, out_rank
+    if op == "Transpose" and index == 0:
+        perm = list(node.attributes.get_ints("perm", list(range(rank))[::-1]))
+        return (perm.index(axis), rank) if axis in perm else None
+    if op == "Unsqueeze" and index == 0:
+        axes = _axes(node)
+        if axes is None:
+            return None
+        out_rank = rank + len(axes)
+        inserted = {a % out_rank for a in axes}
+        kept = [a for a in range(out_rank) if a not in inserted]
+        return kept[axis], out_rank
+    if op == "Squeeze" and index == 0:
+        axes = _axes(node)
+        if axes is None or axis in {a % rank for a in axes}:
+            return None
+        return axis - sum(1 for a in axes if a % rank < axis), rank - len(axes)
+    if op == "Slice" and index == 0:
+        sliced = _small_values(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
+        if sliced is None or axis in {a % rank for a in sliced}:
+            return None
+        return axis, rank
+    return None
+
+
+def _pinned_size(node: ir.Node, index: int, axis: int, rank: int) -> int | None:
+    """The size a weighted op requires of ``axis`` of its input ``index``, where a constant weight fixes it."""
+    op = node.op_type
+    if op == "MatMul":
+        other = _constant(node.inputs[1 - index])
+        if other is None or len(other.shape) < 1:
+            return None
+        if index == 0 and axis == rank - 1:
+            return other.shape[-2] if len(other.shape) >= 2 else other.shape[0]
+        if index == 1 and axis == rank - 2:
+            return other.shape[-1]
+        return None
+    weight = _constant(node.inputs[1]) if index == 0 and len(node.inputs) > 1 else None
+    if weight is None:
+        return _broadcast_size(node, index, axis, rank)
+    if op == "Gemm" and axis == 1 - node.attributes.get_int("transA", 0):
+        return weight.shape[1 if node.attributes.get_int("transB", 0) else 0]
+    if op == "Conv" and axis == 1 and len(weight.shape) >= 2:
+        return weight.shape[1] * node.attributes.get_int("group", 1)
+    if op == "ConvTranspose" and axis == 1:
+        return weight.shape[0]
+    if op in ("LSTM", "GRU", "RNN") and axis == 2 and len(weight.shape) == 3:
+        return weight.shape[2]
+    if op in ("BatchNormalization", "InstanceNormalization") and axis == 1:
+        return weight.shape[0]
+    if op == "LayerNormalization" and axis >= rank - len(weight.shape):
+        return weight.shape[axis - rank]
+    return _broadcast_size(node, index, axis, rank)
+
+
+def _broadcast_size(node: ir.Node, index: int, axis: int, rank: int) -> int | None:
+    """An elementwise op with a constant operand that is not 1 along ``axis`` pins that axis to it."""
+    if node.op_type not in _BROADCASTING:
+        return None
+    other = _constant(node.inputs[1 - index])
+    if other is None:
+        return None
+    from_right = rank - axis
+    if from_right > len(other.shape):
+        return None
+    size = other.shape[len(other.shape) - from_right]
+    return size if size != 1 else None
+
+
+def pinned_dims(model: ModelLike) -> dict[str, int]:
+    """Dynamic dims that a constant weight fixes, ``{dim key: size}``: the feature axis of an input that feeds
+    an LSTM, a MatMul or a Conv (through Unsqueeze, Transpose, Relu...) must match the weight's."""
+    ir_model = _ir_model(model)
+    pinned: dict[str, int] = {}
+    for spec, graph_input in zip(input_specs(ir_model), _fed_inputs(ir_model)):
+        for axis, dim in enumerate(spec.shape or ()):
+            if not _is_dynamic(dim) or dim_key(spec, axis) in pinned:
+                continue
+            size = _first_pin(graph_input, axis, len(spec.shape or ()))
+            if size is not None and size > 0:
+                pinned[dim_key(spec, axis)] = size
+    return pinned
+
+
+def _fed_inputs(model: ir.Model) -> list[ir.Value]:
+    return [v for v in model.graph.inputs if v.name not in model.graph.initializers]
+
+
+def _first_pin(value: ir.Value, axis: int, rank: int) -> int | None:
+    frontier, seen = [(value, axis, rank)], set()
+    while frontier:
+        current, axis, rank = frontier.pop(0)
+        for node, index in current.uses():
+            if not _is_standard(node) or (id(node), index, axis) in seen:
+                continue
+            seen.add((id(node), index, axis))
+            size = _pinned_size(node, index, axis, rank)
+            if isinstance(size, int):
+                return size
+            followed = _follow_axis(node, index, axis, rank)
+            if followed is not None and node.outputs:
+                frontier.append((node.outputs[0], *followed))
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphHints:
+    """What the graph says about its inputs (``read_graph``), read once and shared by every probe."""
+
+    specs: tuple[InputSpec, ...]
+    pinned: Mapping[str, int]
+    limits: Mapping[str, int]
+    values: Mapping[str, tuple[Any, ...]]
+
+
+def read_graph(model: ModelLike) -> GraphHints:
+    ir_model = _ir_model(model)
+    return GraphHints(tuple(input_specs(ir_model)), pinned_dims(ir_model), index_limits(ir_model),
+                      compared_values(ir_model))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Synthetic inputs
+
+_PLAIN_WORD = "word"
+_LENGTH_NAME = re.compile(r"len(s|gths?)?$|_len(s|gths?)?_|^lengths?", re.IGNORECASE)
+
+
 class SyntheticDataset(Dataset):
     """Seeded random inputs built from the model's input specs; sample i is the same on every pass.
 
-    Dynamic dims are bound by ``bind_shape``. Floats are standard normal. Integers that index a Gather stay
-    below the gathered table's size; inputs whose name contains "mask" are all ones (or True); other integers
-    are 0 or 1 (uint8 inputs, usually pixels, span 0..255); other bools are random.
+    Dynamic dims are bound by ``bind_shape``: ``dims`` (the user's ``--dim``) first, then what the graph pins,
+    then ``sizes`` (what a probe chose), then the role's default. Floats are standard normal. An input the
+    graph compares with constants takes those values in turn; integers that index a table stay below its size;
+    an integer input named like a length takes the longest non-batch size of the other inputs; inputs whose
+    name contains "mask" are all ones (or True); other integers are 0 or 1 (uint8 inputs, usually pixels,
+    span 0..255); other bools are random; strings are a plain word.
+
+    ``probe`` describes how the sizes were found, when ``onnxkit.data.probe`` found them.
     """
 
     def __init__(self, model: ModelLike, *, dims: Mapping[str, int] | None = None,
-                 num_samples: int = DEFAULT_SYNTHETIC_SAMPLES, seed: int = 0, batch_size: int | None = None) -> None:
-        ir_model = _ir_model(model)
-        self._specs = tuple(input_specs(ir_model))
+                 num_samples: int = DEFAULT_SYNTHETIC_SAMPLES, seed: int = 0, batch_size: int | None = None,
+                 sizes: Mapping[str, int] | None = None, hints: GraphHints | None = None) -> None:
+        hints = hints if hints is not None else read_graph(model)
+        self._specs = hints.specs
+        self.hints = hints
         self.dims = dict(dims or {})
         self.num_samples = num_samples
         self.seed = seed
         self.batch_size = _check_batch_size(batch_size)
-        self.limits = index_limits(ir_model)
+        self.limits = dict(hints.limits)
+        self.probe: str | None = None
         for spec in self._specs:
             if spec.kind != "tensor":
                 raise DataError(f"input '{spec.name}' is a {spec.kind}, which synthetic data cannot fill",
                                 hint="give real inputs with --data")
-            if spec.dtype is None or spec.dtype.kind not in "fciub":
+            if spec.dtype is None or spec.dtype.kind not in "fciubOUS":
                 raise DataError(f"input '{spec.name}' has type {spec.dtype}, which synthetic data cannot fill",
                                 hint="give real inputs with --data")
-        self.shapes = {spec.name: bind_shape(spec, self.dims) for spec in self._specs}
+        self.sizes = {**dict(sizes or {}), **hints.pinned}
+        self.shapes = {spec.name: bind_shape(spec, self.dims, self.sizes) for spec in self._specs}
 
     def for_model(self, model: ModelLike | Sequence[InputSpec]) -> Dataset:
         return self  # built from its model already
+
+    def describe(self) -> str:
+        """The inputs it makes, for reports: ``probed: x float32[1,3,64,64] (H=64, W=64; 3 tries)``."""
+        if self.probe is not None:
+            return f"probed: {self.shapes_text()} ({self.probe})"
+        return f"synthetic, seed {self.seed}: {self.shapes_text()}"
+
+    def shapes_text(self) -> str:
+        """``x float32[1,3,64,64], mask bool[1,64]``"""
+        return ", ".join(f"{spec.name} {_dtype_name(spec.dtype)}[{','.join(map(str, self.shapes[spec.name]))}]"
+                         for spec in self._specs)
 
     def _count(self) -> int:
         return self.num_samples
@@ -133,19 +434,39 @@ class SyntheticDataset(Dataset):
     def _samples(self) -> Iterator[Sample]:
         for index in range(self.num_samples):
             rng = np.random.default_rng([self.seed, index])
-            yield {spec.name: self._fill(spec, rng) for spec in self._specs}
+            yield {spec.name: self._fill(spec, rng, index) for spec in self._specs}
 
-    def _fill(self, spec: InputSpec, rng: np.random.Generator) -> np.ndarray:
+    def _fill(self, spec: InputSpec, rng: np.random.Generator, index: int) -> np.ndarray:
         shape, dtype = self.shapes[spec.name], spec.dtype
         assert dtype is not None
+        choices = self.hints.values.get(spec.name)
+        if dtype.kind in "OUS":
+            words = [c for c in choices or () if isinstance(c, str)] or [_PLAIN_WORD]
+            return np.array(rng.choice(words, size=shape), dtype=object)
+        if choices and dtype.kind in "iub":
+            # One compared value per sample, in turn, so a few samples take every branch.
+            return np.full(shape, choices[index % len(choices)], dtype)
         is_mask = "mask" in spec.name.lower()
         if dtype.kind == "b":
             return np.ones(shape, dtype) if is_mask else rng.integers(0, 2, shape).astype(dtype)
         if dtype.kind in "iu":
             if is_mask:
                 return np.ones(shape, dtype)
+            length = self._length(spec) if _LENGTH_NAME.search(spec.name) else None
+            if length is not None:
+                return np.full(shape, length, dtype)
             high = self.limits.get(spec.name, 256 if dtype == np.uint8 else 2)
             return rng.integers(0, high, shape).astype(dtype)
         if dtype.kind == "c":
             return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
         return rng.standard_normal(shape).astype(dtype)
+
+    def _length(self, length_input: InputSpec) -> int | None:
+        """The longest non-batch dynamic size among the other inputs: what a ``lengths`` input counts."""
+        sizes = [self.shapes[spec.name][axis] for spec in self._specs if spec is not length_input
+                 for axis, dim in enumerate(spec.shape or ()) if _is_dynamic(dim) and _dim_role(spec, axis) != "batch"]
+        return max(sizes, default=None)
+
+
+def _dtype_name(dtype: np.dtype | None) -> str:
+    return "string" if dtype is not None and dtype.kind in "OUS" else str(dtype)

@@ -1,0 +1,134 @@
+"""Synthetic inputs that the model actually runs on, found without asking the user.
+
+With no data given, parity, calibration and benchmarks need inputs that fit the model. What the graph says
+comes first (``synthetic.read_graph``: declared and pinned sizes, dim names, compared values, index
+bounds). The dynamic dims it leaves open then climb a ladder of sizes per role, every role one rung per
+try, until ONNX Runtime runs the model on the first sample: a detector whose feature pyramid needs 64
+pixels, an audio front end that needs a window of 512 samples. One session, a bounded number of tries and
+seconds; a model that runs with the first guess costs one run, and a model with no open dim but its batch
+costs none.
+
+``--dim`` sizes are fixed and never probed; with ``--data`` nothing is probed at all.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import onnx_ir as ir
+
+from onnxkit import runtime
+from onnxkit.data.specs import ModelLike, _ir_model
+from onnxkit.data.synthetic import (
+    DEFAULT_SYNTHETIC_SAMPLES,
+    SyntheticDataset,
+    dynamic_dims,
+    read_graph,
+    user_size,
+)
+from onnxkit.errors import DataError, ModelLoadError
+
+# Each role's sizes, smallest first; the first rung is synthetic.DIM_DEFAULTS. A batch stays 1 unless
+# nothing runs that way (then it climbs the "other" ladder: some exporters put a length on axis 0).
+SIZE_LADDERS: dict[str, tuple[int, ...]] = {
+    "batch": (1,),
+    "spatial": (32, 64, 96, 128, 160, 224, 320, 640),
+    "sequence": (16, 32, 64, 128, 256, 512, 1024, 4000, 16000),
+    "other": (8, 16, 32, 64, 128, 256, 512, 1024, 4000, 16000),
+}
+MAX_TRIES = 24
+MAX_SECONDS = 60.0  # checked between tries: the try running when it passes still finishes
+_ORT_STATUS = "Status Message: "  # what ORT says after naming the node, which the message names already
+MAX_ELEMENTS = 1 << 24  # a rung that would make an input tensor larger than this (64 MB of float32) is skipped
+
+
+def probe_dataset(model: ModelLike, *, dims: Mapping[str, int] | None = None,
+                  num_samples: int = DEFAULT_SYNTHETIC_SAMPLES, seed: int = 0,
+                  model_dir: str | os.PathLike[str] | None = None, max_tries: int = MAX_TRIES,
+                  max_seconds: float = MAX_SECONDS) -> SyntheticDataset:
+    """A ``SyntheticDataset`` whose first sample ONNX Runtime runs ``model`` on; ``.describe()`` says what was
+    chosen and ``.probe`` how (``DynamicDimension.1=64, DynamicDimension.2=64; 2 tries``).
+
+    ``model_dir`` is where the external data of an in-memory model lives. Raises ``DataError`` naming the
+    inputs and the node that failed last when no size tried runs, and ``ModelLoadError`` when ONNX Runtime
+    cannot load the model at all.
+    """
+    ir_model = _ir_model(model)
+    hints = read_graph(ir_model)
+    dims = dict(dims or {})
+    open_dims = {key: role for key, role in dynamic_dims(hints.specs).items()
+                 if key not in hints.pinned and user_size(key, role, dims) is None}
+
+    def dataset(sizes: Mapping[str, int]) -> SyntheticDataset:
+        return SyntheticDataset(ir_model, dims=dims, num_samples=num_samples, seed=seed, sizes=sizes, hints=hints)
+
+    if all(role == "batch" for role in open_dims.values()):
+        return dataset({})  # nothing to choose but a batch, and a batch of one fits nearly every model
+    session = _session(model if isinstance(model, (str, os.PathLike)) else ir_model,
+                       model_dir if model_dir is not None else _external_data_folder(ir_model))
+    started, tries, failure, tried = time.perf_counter(), 0, None, None
+    for sizes in _ladder(open_dims):
+        candidate = dataset(sizes)
+        if any(math.prod(shape) > MAX_ELEMENTS for shape in candidate.shapes.values()):
+            continue
+        if tries >= max_tries or (tries and time.perf_counter() - started > max_seconds):
+            break
+        tries, tried = tries + 1, candidate
+        try:
+            session.run(None, next(iter(candidate)))
+        except Exception as error:  # noqa: BLE001 - ORT raises its own types for shape and index errors
+            failure = error
+            continue
+        chosen = ", ".join(f"{key}={size}" for key, size in sizes.items())
+        candidate.probe = f"{chosen}; {tries} {'try' if tries == 1 else 'tries'}"
+        return candidate
+    raise _nothing_runs(open_dims, hints.specs, tried, tries, failure)
+
+
+def _session(model: Any, model_dir: str | os.PathLike[str] | None) -> Any:
+    try:
+        return runtime.make_session(model, model_dir=model_dir)
+    except Exception as error:  # ORT's own exception types: invalid graph, unknown op
+        raise ModelLoadError(f"ONNX Runtime cannot load the model to probe its inputs: {runtime.error_line(error)}",
+                             hint="the reference model must run in ONNX Runtime") from error
+
+
+def _external_data_folder(model: ir.Model) -> str | None:
+    """Where a model loaded from a file keeps its external data, so that ORT finds it from any folder."""
+    for value in model.graph.initializers.values():
+        if isinstance(value.const_value, ir.ExternalTensor):
+            return str(value.const_value.base_dir)
+    return None
+
+
+def _ladder(open_dims: Mapping[str, str]) -> Iterator[dict[str, int]]:
+    """Sizes for the open dims, every role one rung up per step; then again with batch dims climbing too."""
+    seen = set()
+    for batch_ladder in (SIZE_LADDERS["batch"], SIZE_LADDERS["other"]):
+        ladders = {key: batch_ladder if role == "batch" else SIZE_LADDERS[role] for key, role in open_dims.items()}
+        for rung in range(max(len(ladder) for ladder in ladders.values())):
+            sizes = {key: ladder[min(rung, len(ladder) - 1)] for key, ladder in ladders.items()}
+            if tuple(sizes.values()) not in seen:
+                seen.add(tuple(sizes.values()))
+                yield sizes
+
+
+def _nothing_runs(open_dims: Mapping[str, str], specs: Any, last: SyntheticDataset | None, tries: int,
+                  failure: BaseException | None) -> DataError:
+    names = [spec.name for spec in specs if any(key.startswith(f"{spec.name}[") or key in (spec.shape or ())
+                                                 for key in open_dims)]
+    inputs = ", ".join(f"'{name}'" for name in names)
+    largest = f", the last {last.shapes_text()}" if last is not None else ""
+    if failure is None:
+        reason = "every size would make too large a tensor"
+    else:
+        node, message = runtime.failing_node(failure), runtime.error_line(failure)
+        where = f"{node[0]} node '{node[1]}'" if node else "the model"
+        reason = f"{where} failed last: {message.split(_ORT_STATUS, 1)[-1]}"
+    return DataError(f"the model runs on no synthetic size of input{'s' if len(names) > 1 else ''} {inputs} "
+                     f"({tries} {'try' if tries == 1 else 'tries'}{largest}); {reason}",
+                     hint="give real inputs with --data, or bind dynamic dims with --dim name=SIZE")

@@ -55,7 +55,7 @@ FUSIONS: tuple[Fusion, ...] = (
            requires=("Gemm|MatMul", "Mul|Add|Sub|Div")),
     Fusion("matmul-add-gemm", "2-D MatMul + Add (and Transposes of its inputs) → Gemm",
            "fused {n} MatMul+Add into Gemm", rule_fusion(lambda c: _affine.matmul_add_to_gemm_rules()),
-           requires=("MatMul", "Add")),
+           requires=("MatMul", "Add"), min_opset=_affine.GEMM_BROADCAST_OPSET),
     Fusion("layer-norm", "decomposed layer normalization → LayerNormalization (opset >= 17)",
            "fused {n} decomposed layer norms into LayerNormalization",
            rule_fusion(_normalization.layer_norm_rules), requires=("ReduceMean", "Sub", "Sqrt"), min_opset=17),

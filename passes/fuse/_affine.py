@@ -38,6 +38,8 @@ from onnxkit.passes.fuse._base import (
 )
 
 _COMMUTATIVE = frozenset({"Mul", "Add"})
+# Gemm's C broadcasts to the product's shape without an attribute from opset 7 (Gemm-6 needs broadcast=1).
+GEMM_BROADCAST_OPSET = 7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,9 +128,12 @@ class FoldAffineIntoLayer(RewriteRuleClassBase):
             return result.fail("the step is not a per-channel affine map of the layer's output")
         scale, shift = affine
         if self.layer.op_type == "MatMul" and np.any(shift):
-            # MatMul has no bias: a shift folds only by turning the MatMul into a 2-D Gemm.
+            # MatMul has no bias: a shift folds only by turning the MatMul into a 2-D Gemm, whose bias
+            # broadcasts without Gemm-6's ``broadcast`` attribute from opset 7 on.
             if rank_of(x) != 2:
                 return result.fail("a shift after an N-D MatMul has no bias to fold into")
+            if self.context.opset < GEMM_BROADCAST_OPSET:
+                return result.fail("Gemm broadcasts its bias only from opset 7")
         self._plan = (weights, bias, scale, shift, isinstance(context.graph_or_function, ir.Function))
         return result
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import RewriteRule, RewriteRuleSet
@@ -118,20 +119,22 @@ def rule_fusion(build_rules: Callable[[FusionContext], Sequence[RewriteRule]], *
 
 
 def _narrowable(rule: RewriteRule, context: FusionContext) -> RewriteRule:
-    """``rule``, firing only where ``context.allows`` the fusion at the matched root node, and recording a
-    ``Site`` (fusion, root node name) each time it rewrites.
+    """``rule``, guarded: it fires only where ``context.allows`` the fusion at the matched root node and
+    where every node it writes exists, with those attributes and inputs, at the model's opset; each
+    rewrite is recorded as a ``Site`` (fusion, root node name).
 
     The match's root is the last node of the pattern (the BatchNormalization a Conv absorbs, the Add that
     becomes a Gemm): the node the rewrite replaces, so its name identifies the site on a rerun of the pass.
     """
-    recorder = _SiteRecorder(rule._replacement_pattern, rule._condition_function, context)
-    rule._condition_function = recorder.check
-    rule._replacement_pattern = recorder
+    guard = _RuleGuard(rule._replacement_pattern, rule._condition_function, context)
+    rule._condition_function = guard.check
+    rule._replacement_pattern = guard
     return rule
 
 
-class _SiteRecorder(ReplacementPatternFunction):
-    """Wraps a rule's check and replacement: the check asks ``allows`` first, the replacement records the site."""
+class _RuleGuard(ReplacementPatternFunction):
+    """Wraps a rule's check and replacement: the check asks ``allows`` first; the replacement is refused when
+    a node it writes is not valid at the model's opset, and recorded as a site otherwise."""
 
     def __init__(self, replacement: ReplacementPatternFunction, check: Callable[..., Any],
                  context: FusionContext) -> None:
@@ -148,9 +151,33 @@ class _SiteRecorder(ReplacementPatternFunction):
 
     def get_replacement(self, match: Any) -> Any:
         subgraph = self._replacement.get_replacement(match)
-        if subgraph is not None:
-            self._context.sites.append(Site(self._context.fusion, self._anchor))
+        if subgraph is None:
+            return None
+        invalid = next((problem for node in subgraph.new_nodes
+                        if (problem := opset_problem(node, self._context.opset)) is not None), None)
+        if invalid is not None:
+            match.fail(invalid)
+            return None
+        self._context.sites.append(Site(self._context.fusion, self._anchor))
         return subgraph
+
+
+def opset_problem(node: ir.Node, opset: int) -> str | None:
+    """Why a standard-domain node is not valid at ``opset`` (no such op, an unknown attribute, a wrong
+    number of inputs), or None. Other domains are left to the runtime that owns them."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return f"{node.op_type} does not exist at opset {opset}"
+    unknown = [name for name in node.attributes if name not in schema.attributes]
+    if unknown:
+        return f"{node.op_type}-{schema.since_version} has no attribute {', '.join(unknown)}"
+    inputs = len(node.inputs)
+    if not schema.min_input <= inputs <= schema.max_input:
+        return f"{node.op_type}-{schema.since_version} takes {schema.min_input} to {schema.max_input} inputs, not {inputs}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from onnxkit.passes.fuse._base import FusionContext, constant_array, is_generate
 Dim = int | ir.SymbolicDim | None
 
 RESHAPING_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
+# Squeeze and Unsqueeze take their axes as an input from opset 13, as an attribute before.
+AXES_INPUT_OPSET = 13
 
 
 def _same_dim(a: Dim, b: Dim) -> bool:
@@ -218,7 +220,7 @@ class CollapseLayoutPair(RewriteRuleClassBase):
             shape = new_constant(op, argument, self.context.fresh_name(f"{out.name}_shape"), in_function=self._in_function)
             return op.Reshape(x, shape, allowzero=allow_zero) if allow_zero else op.Reshape(x, shape)
         axes = np.array(argument, dtype=np.int64)
-        if self.context.opset < 13:
+        if self.context.opset < AXES_INPUT_OPSET:
             return getattr(op, kind)(x, axes=argument)
         return getattr(op, kind)(x, new_constant(op, axes, self.context.fresh_name(f"{out.name}_axes"),
                                                  in_function=self._in_function))

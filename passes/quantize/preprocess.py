@@ -75,6 +75,8 @@ def prepare(model: ir.Model, *, want_per_channel: bool, gemm_as_matmul: bool = F
         steps.append(f"rewrote {rewritten} Gemm with constant weights as MatMul + Add")
     if localize_subgraph_inputs and (localized := localize_outer_scope_inputs(work)):
         steps.append(f"gave {localized} If/Loop/Scan bodies their own copy (Identity) of outer-scope activations")
+    if weight_inputs := initializers_listed_as_inputs(work):
+        steps.append(f"{weight_inputs} weights listed as graph inputs (IR {model.ir_version}) made plain initializers")
     # ORT addresses nodes by name (nodes_to_exclude) and names new tensors after old ones.
     common.NameFixPass()(work)
 
@@ -91,10 +93,26 @@ def prepare(model: ir.Model, *, want_per_channel: bool, gemm_as_matmul: bool = F
             steps.append(f"kept opset {opset}: upgrade to {MIN_QDQ_OPSET} failed ({reason})")
     if want_per_channel and not per_channel_possible:
         steps.append(f"per-channel weights turned off: opset {opset} has no per-channel DequantizeLinear")
+    # The converter leaves the IR version as it was, which an upgraded opset may not allow.
+    proto.ir_version = max(proto.ir_version, onnx.helper.find_min_ir_version_for(proto.opset_import,
+                                                                                 ignore_unknown=True))
 
     proto, how = infer_shapes(proto)
     steps.append(f"shape inference: {how}")
     return PreparedModel(proto, steps, per_channel_possible)
+
+
+def initializers_listed_as_inputs(model: ir.Model) -> int:
+    """Take weights out of the graph inputs, where models before IR 4 had to list every initializer, and raise
+    the IR version to 4 so they need not be; returns how many. ORT's quantizer adds its scales and zero points
+    as initializers only, which such a model would make invalid. The graph's real inputs stay as they were."""
+    if model.ir_version >= 4:
+        return 0
+    weights = [value for value in model.graph.inputs if value.is_initializer()]
+    for value in weights:
+        model.graph.inputs.remove(value)
+    model.ir_version = 4
+    return len(weights)
 
 
 def gemm_to_matmul(model: ir.Model) -> int:

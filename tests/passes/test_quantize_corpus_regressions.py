@@ -1,0 +1,49 @@
+"""quantize on the shapes of real models that broke it, each rebuilt small and inline.
+
+Each test names the corpus model it stands for (see ../shared/real-models/MODELS.tsv); the corpus itself is
+not needed: CI starts without it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit.modelio import to_proto
+from onnxkit.pipeline import Pipeline
+from tests.conftest import run_model
+from tests.passes.test_quantize import cosine
+
+
+def _conv_relu_ir3() -> onnx.ModelProto:
+    """IR 3, opset 9, weights listed as graph inputs as IR 3 requires (the ONNX Model Zoo's old CNNs)."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w"),
+               numpy_helper.from_array((rng.standard_normal(8) * 0.3).astype(np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+              helper.make_tensor_value_info("w", TensorProto.FLOAT, [8, 3, 3, 3]),
+              helper.make_tensor_value_info("b", TensorProto.FLOAT, [8])]
+    graph = helper.make_graph(nodes, "zoo_cnn", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                                                       [1, 8, 8, 8])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=3)
+
+
+def test_ir3_model_with_weights_as_graph_inputs_is_quantized() -> None:
+    """onnxlight_zfnet512, _bvlc_alexnet, ...: ORT's scales and zero points are initializers only, which IR 3
+    forbids ("x_zero_point in initializer but not in graph input")."""
+    model = _conv_relu_ir3()
+    rng = np.random.default_rng(1)
+    data = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(10)]
+    result = Pipeline.parse("quantize{mode=static,max_slowdown=none}").run(model, data=data)
+    entry = result.report.passes[0]
+    assert entry.modified, entry.stats
+    quantized = to_proto(result.model)
+    onnx.checker.check_model(quantized, full_check=True)
+    assert [i.name for i in quantized.graph.input] == ["x"]
+    assert quantized.ir_version >= 7  # opset 13, to which the pass upgraded the model, needs IR 7
+    assert entry.details["quantized_nodes"].get("Conv") == 1
+    feeds = data[0]
+    assert cosine(run_model(model, feeds)[0], run_model(quantized, feeds)[0]) >= 0.99

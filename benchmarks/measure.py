@@ -19,11 +19,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.bench import (
-    BenchInputs,
     Tool,
     first_error_line,
     run_bench,
     run_transform,
+    synthetic_inputs,
 )
 
 PIPELINES = (
@@ -177,9 +177,7 @@ def calibration_memory(folder: Path, settings: SuiteSettings, progress: Any = No
     model = build_mobilenetv2(folder, quick=True)  # 32×32 images: ORT's calibrators keep every activation
     counts = (16, 64) if settings.quick else (64, 1024)
     methods = CALIBRATION_METHODS[:1] if settings.quick else CALIBRATION_METHODS
-    image = np.load(model.data)["image"]
-    rng = np.random.default_rng(1)
-    samples = BenchInputs({"image": rng.standard_normal((max(counts), *image.shape[1:])).astype(np.float32)})
+    samples = synthetic_inputs(model.path, {}, max(counts))
     rows = []
     for count in counts:
         with tempfile.TemporaryDirectory(dir=folder) as scratch:

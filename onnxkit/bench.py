@@ -48,7 +48,6 @@ _PEER_PACKAGES = {"onnxsim": "onnxsim", "onnxslim": "onnxslim", "onnxoptimizer":
 CALIBRATION_SAMPLES = 64
 PARITY_SAMPLES = 16
 SYNTHETIC_SAMPLES = 64
-DEFAULT_DYNAMIC_DIM = 32
 
 
 def installed_peers() -> list[str]:
@@ -387,32 +386,13 @@ def load_inputs(path: str | os.PathLike[str], proto: onnx.ModelProto) -> BenchIn
     return BenchInputs({n: arrays[n] for n in names}, labels)
 
 
-def synthetic_inputs(proto: onnx.ModelProto, dims: dict[str, int], count: int = SYNTHETIC_SAMPLES) -> BenchInputs:
-    """Seeded inputs from the input specs: axis 0 holds the samples, other dynamic axes come from ``dims``.
+def synthetic_inputs(model: str | os.PathLike[str], dims: dict[str, int], count: int = SYNTHETIC_SAMPLES) -> BenchInputs:
+    """Seeded inputs that ``model`` runs on, from the one synthetic-input module (``onnxkit.data.probe``):
+    ``count`` samples of batch one, stacked along axis 0; ``dims`` binds the other dynamic dims."""
+    from onnxkit.data import as_dataset
 
-    Integer inputs get small ids (valid for any vocabulary); inputs named like masks get ones, since a
-    random mask is not a realistic input for attention.
-    """
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for value in graph_inputs(proto):
-        tensor_type = value.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        shape = []
-        for axis, dim in enumerate(tensor_type.shape.dim):
-            if axis == 0:
-                shape.append(count * (dim.dim_value or 1))
-            else:
-                shape.append(dim.dim_value or dims.get(dim.dim_param, DEFAULT_DYNAMIC_DIM))
-        if "mask" in value.name.lower():
-            arrays[value.name] = np.ones(shape, dtype=dtype)
-        elif np.issubdtype(dtype, np.integer):
-            arrays[value.name] = rng.integers(0, 100, size=shape).astype(dtype)
-        elif dtype == np.bool_:
-            arrays[value.name] = rng.random(shape) < 0.5
-        else:
-            arrays[value.name] = rng.standard_normal(shape).astype(dtype)
-    return BenchInputs(arrays, synthetic=True)
+    samples = list(as_dataset(None, str(model), dims={**dims, "batch": 1}, num_samples=count))
+    return BenchInputs({name: np.concatenate([s[name] for s in samples]) for name in samples[0]}, synthetic=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -806,7 +786,7 @@ def run_bench(
         raise SpecError("repeats must be at least 1 and warmup at least 0")
     say = progress or (lambda line: None)
     proto = onnx.load(str(source), load_external_data=False)
-    inputs = load_inputs(data, proto) if data is not None else synthetic_inputs(proto, dims or {})
+    inputs = load_inputs(data, proto) if data is not None else synthetic_inputs(source, dims or {})
 
     owned_tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="onnxkit-bench-")
     work = Path(workdir if workdir is not None else owned_tmp.name)  # type: ignore[union-attr]

@@ -164,3 +164,14 @@ def test_nothing_runs_names_the_input_and_the_failing_node() -> None:
     assert "give real inputs with --data" in (failure.value.hint or "")
     with pytest.raises(DataError, match="Reshape node 'to_seven'"):
         compare_models(model, model)  # every rung, the batch's too, then the same error
+
+
+def test_bench_stacks_the_probed_samples_along_axis_0(tmp_path) -> None:
+    from onnxkit.bench import synthetic_inputs
+
+    path = tmp_path / "window.onnx"
+    onnx.save(window_model(), path)
+    inputs = synthetic_inputs(path, {"batch": 4}, count=3)  # bench's samples are single rows, whatever --dim says
+    assert inputs.synthetic and inputs.count == 3
+    assert inputs.arrays["waveform"].shape == (3, 64) and inputs.arrays["waveform_lens"].tolist() == [64, 64, 64]
+    runtime.make_session(path).run(None, inputs.batch(0, 2))

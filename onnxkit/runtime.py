@@ -119,16 +119,33 @@ def exceeds_protobuf_limit(proto: onnx.ModelProto) -> bool:
     return payload >= modelio.EXTERNAL_DATA_THRESHOLD
 
 
-_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+_ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
 _NODE_NAME = re.compile(r"running (\w+) node\. Name:'([^']*)'")
+# What ORT says is for its developers: where in its sources the check sits ("/onnxruntime_src/.../op_kernel.cc:87
+# virtual OrtValue* onnxruntime::OpKernelContext::OutputMLValue(int, ...)", "tensorprotoutils.cc:619
+# ValidateExternalDataPathFromDir") and the failed condition ("input_size == requested_size was false.").
+_SOURCE_LOCATION = re.compile(
+    r"(?:/?[\w.\-]+/)*[\w\-]+\.(?:cc|cpp|h|hpp):\d+\s+"  # file:line
+    r"(?:(?:virtual\s+)?(?:[\w:<>,*&]+\s+)*?[\w:~<>]+\([^()]*\)\s*(?:const\s*)?"  # a C++ signature
+    r"|[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+\s+)?"  # or a bare function name
+)
+_FAILED_CONDITION = re.compile(r"[^.:]*\bwas false\.\s*")
+_LOAD_FAILED = re.compile(r"^Load model from .*? failed:\s*")  # the caller names the model
+_NODE_FAILURE = re.compile(r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' Status Message:\s*")
 
 
 def error_line(error: BaseException) -> str:
-    """The first line of an exception's text, without ORT's ``[ONNXRuntimeError] : 1 : FAIL :`` prefix."""
+    """One readable line for an exception: its first line, and for ONNX Runtime's errors without the
+    ``[ONNXRuntimeError] : 1 : FAIL :`` prefixes, source locations and failed conditions, with the failing
+    node up front ("Reshape node 'r': The input tensor cannot be reshaped ...")."""
     text = str(error).strip()
     if not text:
         return type(error).__name__
-    return _ORT_PREFIX.sub("", text.splitlines()[0])
+    line = _LOAD_FAILED.sub("", _ORT_PREFIX.sub("", text.splitlines()[0]))
+    line = _SOURCE_LOCATION.sub("", line)
+    line = _FAILED_CONDITION.sub("", line)
+    line = _NODE_FAILURE.sub(r"\1 node '\2': ", line)
+    return line.strip() or type(error).__name__
 
 
 def failing_node(error: BaseException) -> tuple[str, str] | None:

@@ -1,0 +1,226 @@
+"""simplify's output is valid at the model's own opset, and every rewrite is a named rule that can be narrowed.
+
+Regression graphs for the opset bugs of real models (rapidocr's opset-11 recognizer got ``Reshape(allowzero)``),
+and the narrowing contract: each rule reports its sites and leaves exactly what it is told to leave.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper
+from onnxkit.passes.simplify import SimplifyPass
+
+from onnxkit.pass_base import PassContext, PassResult, Site
+from tests.passes.test_simplify import FLOAT, assert_same_outputs, const, op_counts, tensor_input
+
+INT64 = TensorProto.INT64
+
+
+def run_simplify(model: onnx.ModelProto, disabled=()) -> tuple[onnx.ModelProto, PassResult]:
+    """Run the pass itself (no pipeline guard), with ``disabled`` rules or sites; check the output fully."""
+    pass_ = SimplifyPass()
+    pass_.context = PassContext(disabled=frozenset(disabled))
+    result = pass_(ir.serde.deserialize_model(model))
+    proto = ir.serde.serialize_model(result.model)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto, result
+
+
+def model_at(nodes, inputs, outputs, initializers=(), opset=13, functions=(), ir_version=None) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(f.domain, 1) for f in functions[:1]]
+    model = helper.make_model(graph, opset_imports=opsets, functions=list(functions))
+    if ir_version is not None:
+        model.ir_version = ir_version
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def unsqueeze(name_in: str, name_out: str, opset: int) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    """Unsqueeze on axis 0 in the form the opset takes: axes attribute before 13, input from 13."""
+    if opset < 13:
+        return helper.make_node("Unsqueeze", [name_in], [name_out], axes=[0]), []
+    return helper.make_node("Unsqueeze", [name_in, "axes0"], [name_out]), [const("axes0", np.array([0]))]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output valid at the model's opset
+
+
+def _dynamic_reshape_model(opset: int, allowzero: int | None = None) -> onnx.ModelProto:
+    """x[n,4,6] reshaped to [n,24] through Shape → Gather → Unsqueeze → Concat, as paddle2onnx exports it."""
+    squeeze_node, axes = unsqueeze("n", "n1", opset)
+    reshape_attributes = {} if allowzero is None else {"allowzero": allowzero}
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "i0"], ["n"], axis=0),
+        squeeze_node,
+        helper.make_node("Concat", ["n1", "tail"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["r"], **reshape_attributes),
+        helper.make_node("Relu", ["r"], ["y"]),
+    ]
+    initializers = [const("i0", np.array(0)), const("tail", np.array([24])), *axes]
+    return model_at(nodes, [tensor_input("x", ["n", 4, 6])], [tensor_input("y", ["n", 24])], initializers, opset)
+
+
+@pytest.mark.parametrize("opset", [11, 12, 13, 14, 18])
+def test_materialized_reshape_is_valid_at_the_models_opset(opset):
+    model = _dynamic_reshape_model(opset)
+    simplified, result = run_simplify(model)
+    reshape = next(n for n in simplified.graph.node if n.op_type == "Reshape")
+    # Reshape(allowzero) exists from opset 14; a Reshape that did not state it keeps not stating it.
+    assert [a.name for a in reshape.attribute] == []
+    assert op_counts(simplified) == {"Reshape": 1, "Relu": 1}
+    assert any(site.rule == "materialize-reshape" for site in result.sites)
+    for batch in (1, 3):
+        assert_same_outputs(model, simplified, {"x": np.ones((batch, 4, 6), np.float32)})
+
+
+def test_materialized_reshape_keeps_a_stated_allowzero():
+    simplified, _ = run_simplify(_dynamic_reshape_model(14, allowzero=0))
+    reshape = next(n for n in simplified.graph.node if n.op_type == "Reshape")
+    assert [(a.name, a.i) for a in reshape.attribute] == [("allowzero", 0)]
+
+
+@pytest.mark.parametrize("opset", [11, 12, 13])
+def test_shape_folded_inside_a_function_writes_a_constant_the_opset_knows(opset):
+    """onnxscript folds Shape into Constant(value_ints), an attribute Constant has only from opset 12; inside a
+    function it stays a node (functions have no initializers)."""
+    body = [
+        helper.make_node("Constant", [], ["c"], value=helper.make_tensor("c", FLOAT, [2, 3], [0.0] * 6)),
+        helper.make_node("Shape", ["c"], ["s"]),
+        helper.make_node("Add", ["s", "x"], ["y"]),
+    ]
+    function = helper.make_function("local", "shape_plus", ["x"], ["y"], body, [helper.make_opsetid("", opset)])
+    nodes = [helper.make_node("shape_plus", ["x"], ["y"], domain="local")]
+    model = model_at(nodes, [tensor_input("x", [2], INT64)], [tensor_input("y", [2], INT64)], opset=opset,
+                     functions=[function])
+    simplified, _ = run_simplify(model)
+    constants = [n for n in simplified.functions[0].node if n.op_type == "Constant"]
+    if opset < 12:
+        assert [a.name for n in constants for a in n.attribute] == ["value"]
+    assert "Shape" not in op_counts(simplified)
+    assert_same_outputs(model, simplified, {"x": np.array([5, 7], np.int64)})
+
+
+def _split_to_sequence_model(opset: int, keepdims: int) -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("SplitToSequence", ["x", "split"], ["seq"], axis=1, keepdims=keepdims),
+        helper.make_node("SequenceAt", ["seq", "i1"], ["y"]),
+    ]
+    y_shape = [4, 4]
+    return model_at(nodes, [tensor_input("x", [4, 6])], [tensor_input("y", y_shape)],
+                    [const("split", np.array([2, 4])), const("i1", np.array(1))], opset)
+
+
+@pytest.mark.parametrize("opset", [11, 12, 13, 18])
+def test_split_to_sequence_is_rewritten_only_where_split_takes_its_sizes_as_an_input(opset):
+    """onnxscript turns SplitToSequence into Split(x, sizes), the input form of Split-13."""
+    model = _split_to_sequence_model(opset, keepdims=1)
+    simplified, result = run_simplify(model)
+    counts = op_counts(simplified)
+    if opset < 13:
+        assert counts["SplitToSequence"] == 1 and "Split" not in counts
+        assert any("opset" in line and "cannot express" in line for line in result.stats), result.stats
+    else:
+        assert counts["Split"] == 1 and "SplitToSequence" not in counts
+    assert_same_outputs(model, simplified, {"x": np.arange(24, dtype=np.float32).reshape(4, 6)})
+
+
+def test_ir3_model_keeps_initializers_listed_as_inputs():
+    nodes = [helper.make_node("Constant", [], ["w"], value=helper.make_tensor("w", FLOAT, [3], [1.0, 2.0, 3.0])),
+             helper.make_node("Mul", ["x", "w"], ["y"])]
+    model = model_at(nodes, [tensor_input("x", [2, 3])], [tensor_input("y", [2, 3])], opset=8, ir_version=3)
+    simplified, _ = run_simplify(model)
+    assert {i.name for i in simplified.graph.initializer} <= {i.name for i in simplified.graph.input}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Narrowing: named rules, reported sites, and exactly the disabled rewrite left undone
+
+
+def _one_of_each_rule() -> onnx.ModelProto:
+    """A graph where each rule fires once at a known node (named after its rule)."""
+    nodes = [
+        helper.make_node("Identity", ["x"], ["x_copy"], name="remove-identity"),
+        helper.make_node("Mul", ["x_copy", "one"], ["scaled"], name="no-op-arithmetic"),
+        helper.make_node("Add", ["a", "b"], ["ab"], name="fold-constants"),
+        helper.make_node("Constant", [], ["c"], name="constant-to-initializer",
+                         value=helper.make_tensor("c", FLOAT, [3], [0.5, 0.25, 2.0])),
+        helper.make_node("Relu", ["scaled"], ["r1"], name="relu_first"),
+        helper.make_node("Relu", ["scaled"], ["r2"], name="cse"),
+        helper.make_node("Add", ["r1", "r2"], ["s"], name="sum"),
+        helper.make_node("Mul", ["s", "ab"], ["t"], name="scale_ab"),
+        helper.make_node("Mul", ["t", "c"], ["u"], name="scale_c"),
+        helper.make_node("Mul", ["u", "w1"], ["v"], name="scale_w1"),
+        helper.make_node("Mul", ["v", "merge-initializers"], ["y"], name="scale_w2"),
+    ]
+    weights = np.array([1.5, -2.0, 3.0], np.float32)
+    initializers = [const("one", np.float32(1.0)), const("a", np.ones(3, np.float32)),
+                    const("b", np.full(3, 2.0, np.float32)), const("w1", weights), const("merge-initializers", weights)]
+    return model_at(nodes, [tensor_input("x", [2, 3])], [tensor_input("y", [2, 3])], initializers)
+
+
+NARROWED_RULES = ["remove-identity", "no-op-arithmetic", "fold-constants", "constant-to-initializer", "cse",
+                  "merge-initializers"]
+
+
+def _is_undone(rule: str, model: onnx.ModelProto) -> bool:
+    """Whether ``rule``'s one rewrite in ``_one_of_each_rule`` is absent from ``model``."""
+    names = {n.name for n in model.graph.node}
+    if rule == "merge-initializers":
+        return {"w1", "merge-initializers"} <= {i.name for i in model.graph.initializer}
+    return rule in names
+
+
+def test_every_rule_reports_its_site():
+    _, result = run_simplify(_one_of_each_rule())
+    for rule in NARROWED_RULES:
+        assert Site(rule, rule) in result.sites, (rule, result.sites)
+
+
+@pytest.mark.parametrize("rule", NARROWED_RULES)
+@pytest.mark.parametrize("by", ["rule", "site"])
+def test_disabling_a_rule_or_its_site_leaves_exactly_that_rewrite_undone(rule, by):
+    model = _one_of_each_rule()
+    disabled = rule if by == "rule" else Site(rule, rule)
+    simplified, result = run_simplify(model, disabled=[disabled])
+    assert _is_undone(rule, simplified)
+    assert not any(site.rule == rule for site in result.sites)
+    for other in NARROWED_RULES:
+        if other != rule:
+            assert not _is_undone(other, simplified), (other, [n.name for n in simplified.graph.node])
+    assert_same_outputs(model, simplified, {"x": np.arange(6, dtype=np.float32).reshape(2, 3)})
+
+
+def test_disabling_one_site_keeps_the_same_rule_at_other_nodes():
+    nodes = [helper.make_node("Mul", ["x", "one"], ["a"], name="keep_me"),
+             helper.make_node("Relu", ["a"], ["b"], name="relu"),
+             helper.make_node("Mul", ["b", "one"], ["y"], name="drop_me")]
+    model = model_at(nodes, [tensor_input("x", [2, 3])], [tensor_input("y", [2, 3])], [const("one", np.float32(1))])
+    simplified, result = run_simplify(model, disabled=[Site("no-op-arithmetic", "keep_me")])
+    assert [n.name for n in simplified.graph.node if n.op_type == "Mul"] == ["keep_me"]
+    assert Site("no-op-arithmetic", "drop_me") in result.sites
+
+
+def test_unnamed_nodes_are_sites_under_their_first_output():
+    nodes = [helper.make_node("Mul", ["x", "one"], ["scaled"]), helper.make_node("Relu", ["scaled"], ["y"])]
+    model = model_at(nodes, [tensor_input("x", [2, 3])], [tensor_input("y", [2, 3])], [const("one", np.float32(1))])
+    _, result = run_simplify(model)
+    assert Site("no-op-arithmetic", "scaled") in result.sites
+
+
+def test_kept_constant_of_shape_placeholders_are_reported_with_their_size():
+    """Model-zoo "light" models hold their weights as ConstantOfShape placeholders; folding them would grow the
+    file by their full size, so they stay, and the statistics say so."""
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["w"],
+                              value=helper.make_tensor("v", FLOAT, [1], [0.5])),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    model = model_at(nodes, [tensor_input("x", [2, 1024])], [tensor_input("y", [2, 512])],
+                     [const("shape", np.array([1024, 512]))])
+    simplified, result = run_simplify(model)
+    assert op_counts(simplified)["ConstantOfShape"] == 1
+    assert "kept 1 ConstantOfShape placeholders (2.1 MB) unfolded: folding would grow the model" in result.stats

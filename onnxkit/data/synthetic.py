@@ -383,11 +383,11 @@ class SyntheticDataset(Dataset):
     """Seeded random inputs built from the model's input specs; sample i is the same on every pass.
 
     Dynamic dims are bound by ``bind_shape``: ``dims`` (the user's ``--dim``) first, then what the graph pins,
-    then ``sizes`` (what a probe chose), then the role's default. Floats are standard normal. An input the
-    graph compares with constants takes those values in turn; integers that index a table stay below its size;
-    an integer input named like a length takes the longest non-batch size of the other inputs; inputs whose
-    name contains "mask" are all ones (or True); other integers are 0 or 1 (uint8 inputs, usually pixels,
-    span 0..255); other bools are random; strings are a plain word.
+    then ``sizes`` (what a probe chose), then the role's default. Floats are standard normal. Integers that
+    index a table stay below its size; other integers and strings the graph compares with constants (or looks
+    up) take those values in turn; an integer input named like a length takes the longest non-batch size of
+    the other inputs; inputs whose name contains "mask" are all ones (or True); other integers are 0 or 1
+    (uint8 inputs, usually pixels, span 0..255); other bools are random; other strings are a plain word.
 
     ``probe`` describes how the sizes were found, when ``onnxkit.data.probe`` found them.
     """
@@ -443,8 +443,9 @@ class SyntheticDataset(Dataset):
         if dtype.kind in "OUS":
             words = [c for c in choices or () if isinstance(c, str)] or [_PLAIN_WORD]
             return np.array(rng.choice(words, size=shape), dtype=object)
-        if choices and dtype.kind in "iub":
-            # One compared value per sample, in turn, so a few samples take every branch.
+        if choices and dtype.kind in "iub" and spec.name not in self.limits:
+            # One compared value per sample, in turn, so a few samples take every branch. Not for token ids
+            # (they index a table), which are compared only to find padding: all-padding input says little.
             return np.full(shape, choices[index % len(choices)], dtype)
         is_mask = "mask" in spec.name.lower()
         if dtype.kind == "b":

@@ -2,6 +2,8 @@
 
 User errors (``OnnxkitError``) print ``error: ...`` and a ``Note:`` hint on stderr, without a traceback,
 and exit 2 (1 for a failed parity or pass). Any other exception is a bug in onnxkit and keeps its traceback.
+``optimize`` exits 0 when every pass did its job within tolerance, 1 when a pass failed, was rolled back, or
+was kept by ``--on-fail warn`` although it failed parity, and 2 on a user error.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import dataclasses
 import json
 import os
 import sys
+import traceback
 import typing
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,8 @@ class OnnxkitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except OnnxkitError as e:
+            if ctx.meta.get(_VERBOSE) and e.__cause__ is not None:
+                click.echo("".join(traceback.format_exception(e.__cause__)).rstrip(), err=True)
             click.echo(f"error: {e.message}", err=True)
             if e.hint:
                 click.echo(f"Note: {e.hint}", err=True)
@@ -46,6 +51,24 @@ def main() -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # Shared option parsing
+
+
+_VERBOSE = "onnxkit.verbose"
+
+
+def verbose_option(func: Any) -> Any:
+    """``--verbose``: ONNX Runtime's own log lines, and the traceback of a pass's internal error."""
+
+    def enable(ctx: click.Context, _param: Any, verbose: bool) -> bool:
+        if verbose:
+            from onnxkit import runtime
+
+            runtime.set_verbose(True)
+            ctx.meta[_VERBOSE] = True
+        return verbose
+
+    return click.option("--verbose", is_flag=True, expose_value=False, callback=enable, is_eager=True,
+                        help="Show ONNX Runtime's log lines and the traceback of a pass's internal error.")(func)
 
 
 def parse_dims(text: str | None) -> dict[str, int]:
@@ -127,6 +150,7 @@ def check_output_path(output: Path, inputs: list[Path], in_place: bool) -> None:
 @click.option("--external-data/--no-external-data", default=None, help="Force or forbid external data (default: by size).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report (.json or .md).")
+@verbose_option
 def optimize(model: Path | None, spec: str | None, config: Path | None, output: Path | None, in_place: bool,
              example: str | None, check: str, on_fail: str, data_path: str | None, calib_path: str | None,
              calib_cache: Path | None,
@@ -134,6 +158,10 @@ def optimize(model: Path | None, spec: str | None, config: Path | None, output: 
              min_sqnr: float | None, min_top1: float | None, external_data: bool | None, as_json: bool,
              report_path: Path | None) -> None:
     """Run a pipeline of passes on MODEL and save the result.
+
+    Exit status: 0 when every pass did its job within tolerance (a pass narrowed to skip a rule or a site
+    did); 1 when a pass failed, was rolled back (the saved model does without it) or was kept by --on-fail
+    warn although it failed parity; 2 on a usage error.
 
     \b
     Examples:
@@ -192,11 +220,18 @@ def optimize(model: Path | None, spec: str | None, config: Path | None, output: 
 
         console = Console()
         result.report.render(console)
+        if click.get_current_context().meta.get(_VERBOSE):
+            for entry in result.report.passes:
+                if entry.traceback:
+                    click.echo(f"{entry.name}: {entry.traceback.rstrip()}", err=True)
         if result.report.parity_failed:
             console.print("[yellow]warning:[/] parity failed; kept because --on-fail warn was given")
         if result.report.rolled_back:
-            console.print(f"[yellow]rolled back:[/] {', '.join(result.report.rolled_back)}")
+            console.print(f"[yellow]rolled back:[/] {', '.join(result.report.rolled_back)} "
+                          "(the saved model does without it)")
         click.echo(f"saved {output}")  # plain echo: rich would wrap a long path
+    if result.report.exit_code:
+        raise SystemExit(result.report.exit_code)
 
 
 @main.command(name="passes")
@@ -263,6 +298,7 @@ def _default_text(field: Any) -> str:
 @click.option("--ort-optimizations", is_flag=True, help="Run both models with ORT's graph optimizations (off by default, "
               "so ORT's fusions cannot mask a difference).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@verbose_option
 def check(reference: Path, candidate: Path, data_path: str | None, dims: str | None, samples: int | None, seed: int,
           preset: str | None, atol: float | None, rtol: float | None, min_cosine: float | None, min_sqnr: float | None,
           min_top1: float | None, output_tolerances: tuple[str, ...], ort_optimizations: bool, as_json: bool) -> None:

@@ -28,6 +28,7 @@ import dataclasses
 import gc
 import math
 import os
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
@@ -385,6 +386,12 @@ def _is_float(array: np.ndarray) -> bool:
     return array.dtype.kind in "fc"
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    # einsum, not np.dot: a 1-D dot goes to a multithreaded BLAS, which costs milliseconds per call on a busy
+    # machine where einsum's own loop takes microseconds.
+    return float(np.einsum("i,i->", a, b))
+
+
 def _as_real(array: np.ndarray) -> np.ndarray:
     """float64, flat; complex numbers as (real, imag) pairs."""
     if array.dtype.kind == "c":
@@ -437,6 +444,9 @@ class _OutputComparison:
 
     def _add_float(self, ref: np.ndarray, cand: np.ndarray) -> None:
         report, tol = self.report, self.tolerance
+        if ref.dtype == cand.dtype and np.array_equal(ref, cand):
+            self._add_identical(ref)
+            return
         a, b = _as_real(ref), _as_real(cand)
         finite = np.isfinite(a) & np.isfinite(b)
         if not finite.all():
@@ -464,16 +474,36 @@ class _OutputComparison:
             report.min_rtol = max(report.min_rtol or 0.0, needed)
         elif report.min_rtol is None:
             report.min_rtol = 0.0
-        self.signal += float(np.dot(a, a))
-        self.noise += float(np.dot(a - b, a - b))
-        norms = math.sqrt(float(np.dot(a, a))) * math.sqrt(float(np.dot(b, b)))
+        signal = _dot(a, a)
+        self.signal += signal
+        self.noise += _dot(a - b, a - b)
+        norms = math.sqrt(signal) * math.sqrt(_dot(b, b))
         if norms > 0:
-            cosine = float(np.dot(a, b)) / norms
+            cosine = _dot(a, b) / norms
         else:
             cosine = 1.0 if not a.any() and not b.any() else 0.0
         report.cosine = cosine if report.cosine is None else min(report.cosine, cosine)
+        self._add_argmax(ref, cand)
+
+    def _add_identical(self, values: np.ndarray) -> None:
+        """Bit-identical outputs (what most exact rewrites give): every error is 0 and cosine 1, without the
+        float64 copies and the dozen passes over the data that the general case takes."""
+        report = self.report
+        a = _as_real(values)
+        finite = a[np.isfinite(a)]
+        if finite.size == 0:
+            return
+        self.finite_elements += finite.size
+        report.min_atol = report.min_atol or 0.0
+        report.min_rtol = report.min_rtol or 0.0
+        self.signal += _dot(finite, finite)
+        report.cosine = 1.0 if report.cosine is None else min(report.cosine, 1.0)
+        self._add_argmax(values, values)
+
+    def _add_argmax(self, ref: np.ndarray, cand: np.ndarray) -> None:
         if _is_float(ref) and ref.ndim in (2, 3) and ref.shape[-1] >= 2:
-            self.argmax_agree += int(np.count_nonzero(ref.argmax(-1) == cand.argmax(-1)))
+            agree = ref.size // ref.shape[-1] if ref is cand else int(np.count_nonzero(ref.argmax(-1) == cand.argmax(-1)))
+            self.argmax_agree += agree
             self.argmax_total += ref.size // ref.shape[-1]
 
     def finish(self) -> OutputReport:
@@ -524,20 +554,6 @@ def compare_outputs(name: str, reference: Any, candidate: Any, tolerance: Tolera
     return comparison.finish()
 
 
-def session_options(*, ort_optimizations: bool = False, threads: int = 1) -> Any:
-    """ORT session options for comparisons: graph optimizations off unless asked, few threads, quiet."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if ort_optimizations
-                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    return options
-
-
 @dataclasses.dataclass
 class _Model:
     """A model as the user gave it: what ORT loads (a path or the model itself) and its ``ir.Model``."""
@@ -563,6 +579,132 @@ class _Model:
 
     def session(self, options: Any, model_dir: str | os.PathLike[str] | None = None) -> Any:
         return runtime.make_session(self.source, options=options, model_dir=model_dir)
+
+
+@dataclasses.dataclass
+class Recording:
+    """A model's values of ``outputs`` on each sample of a comparison, in order, and what they weigh."""
+
+    outputs: list[str]
+    values: list[list[Any]] = dataclasses.field(default_factory=list)
+    nbytes: int = 0
+
+    def add(self, values: list[Any]) -> None:
+        self.values.append(values)
+        self.nbytes += sum(_nbytes(v) for v in values)
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, list):
+        return sum(_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values()) + 64 * len(value)
+    return 64
+
+
+class _Live:
+    """A model loaded once in ONNX Runtime, run sample by sample."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.inputs = [i.name for i in session.get_inputs()]
+        self.outputs = [o.name for o in session.get_outputs()]
+
+    def run(self, names: list[str], sample: Mapping[str, Any], index: int) -> list[Any]:
+        return self.session.run(names, {name: sample[name] for name in self.inputs})
+
+
+class _Replay:
+    """A model's recorded outputs, handed back sample by sample instead of running the model again."""
+
+    def __init__(self, recording: Recording) -> None:
+        self.recording = recording
+        self.outputs = recording.outputs
+
+    def run(self, names: list[str], sample: Mapping[str, Any], index: int) -> list[Any]:
+        values = self.recording.values[index]
+        return [values[self.outputs.index(name)] for name in names]
+
+
+def _reference_failure(index: int, error: Exception, data_given: bool) -> DataError:
+    return DataError(f"the reference model fails on sample {index}: {runtime.error_line(error)}",
+                     hint="check the data" if data_given else "give real inputs with --data")
+
+
+def _add_time(timings: dict[str, float] | None, key: str, started: float) -> float:
+    now = time.perf_counter()
+    if timings is not None:
+        timings[key] = timings.get(key, 0.0) + now - started
+    return now
+
+
+@dataclasses.dataclass
+class _Compared:
+    outputs: list[OutputReport]
+    errors: list[str]
+    samples: int
+    reference: Recording | None  # each side's values, when asked for, complete and within the budget
+    candidate: Recording | None
+
+
+def _compare_runs(reference: _Live | _Replay, candidate: _Live, dataset: Any, specs: Any, tolerance: Tolerance, *,
+                  data_given: bool, timings: dict[str, float] | None = None, record_budget: int = 0) -> _Compared:
+    """Run (or replay) both sides sample by sample and compare each output as soon as both have it.
+
+    With ``record_budget`` each live side's values are also kept, while they weigh at most that many bytes."""
+    errors = [f"output '{name}' is missing from the candidate" for name in reference.outputs
+              if name not in candidate.outputs]
+    errors += [f"the candidate has output '{name}' that the reference lacks" for name in candidate.outputs
+               if name not in reference.outputs]
+    shared = [name for name in reference.outputs if name in candidate.outputs]
+    comparisons = {name: _OutputComparison(name, tolerance.for_output(name)) for name in shared}
+    recordings: dict[str, Recording | None] = {
+        "reference": Recording(shared) if record_budget and isinstance(reference, _Live) else None,
+        "candidate": Recording(shared) if record_budget else None,
+    }
+    samples = 0
+    for index, sample in enumerate(dataset):
+        sample = validate_sample(sample, specs, index=index)
+        missing = [name for name in candidate.inputs if name not in sample]
+        if missing:
+            errors.append(f"the candidate takes input{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                          "that the reference does not")
+            break
+        started = time.perf_counter()
+        try:
+            ref_values = reference.run(shared, sample, index)
+        except Exception as e:  # ORT raises its own exception types
+            raise _reference_failure(index, e, data_given) from e
+        started = _add_time(timings, "reference_runs" if isinstance(reference, _Live) else "replayed", started)
+        try:
+            cand_values = candidate.run(shared, sample, index)
+        except Exception as e:
+            errors.append(f"the candidate model fails on sample {index}: {runtime.error_line(e)}")
+            break
+        started = _add_time(timings, "candidate_runs", started)
+        for name, ref_value, cand_value in zip(shared, ref_values, cand_values):
+            comparisons[name].add(ref_value, cand_value, index)
+        _add_time(timings, "comparison", started)
+        for side, values in (("reference", ref_values), ("candidate", cand_values)):
+            recording = recordings[side]
+            if recording is not None:
+                recording.add(values)
+                if recording.nbytes > record_budget:
+                    recordings[side] = None
+        samples += 1
+    if samples == 0 and not errors:
+        raise DataError("the data holds no samples", hint="give at least one sample, or drop --data for synthetic inputs")
+    complete = not errors
+    return _Compared([c.finish() for c in comparisons.values()], errors, samples,
+                     recordings["reference"] if complete else None, recordings["candidate"] if complete else None)
+
+
+def _report(compared: _Compared, tolerance: Tolerance, description: str, ort_optimizations: bool) -> ParityReport:
+    errors = compared.errors + [e for o in compared.outputs for e in o.errors]
+    passed = not errors and all(o.passed for o in compared.outputs)
+    return ParityReport(passed, compared.outputs, errors, compared.samples, tolerance, description, ort_optimizations)
 
 
 def compare_models(
@@ -592,61 +734,95 @@ def compare_models(
     if tolerance is None or isinstance(tolerance, Mapping):
         tolerance = dataclasses.replace(Tolerance.for_kind("exact"), **dict(tolerance or {}))
     ref_model, cand_model = _Model.of(reference, "reference"), _Model.of(candidate, "candidate")
-    options = session_options(ort_optimizations=ort_optimizations, threads=threads)
     ref_ir = ref_model.ir()
     specs = input_specs(ref_ir)
-    dataset = as_dataset(data, ref_ir, dims=dims, num_samples=num_samples, seed=seed)
+    dataset = as_dataset(data, ref_ir, dims=dims, num_samples=num_samples, seed=seed, model_dir=model_dir)
     # The specs and dataset keep what they need. An ir.Model is full of reference cycles, so it is collected
     # now, before the sessions load the weights again, rather than whenever the collector next runs.
     del ref_ir
     gc.collect()
-    description = f"synthetic, seed {seed}" if data is None else describe_data(data)
+    description = describe_data(dataset if data is None else data)
 
-    def finished(outputs: list[OutputReport], errors: list[str], samples: int) -> ParityReport:
-        errors = errors + [e for o in outputs for e in o.errors]
-        passed = not errors and all(o.passed for o in outputs)
-        return ParityReport(passed, outputs, errors, samples, tolerance, description, ort_optimizations)  # type: ignore[arg-type]
+    def options() -> Any:  # one per session: make_session records model_dir in the options it is given
+        return runtime.session_options(optimize=ort_optimizations, threads=threads)
 
     try:
-        ref_session = ref_model.session(options, model_dir)
+        ref_session = ref_model.session(options(), model_dir)
     except Exception as e:  # ORT raises its own exception types for invalid graphs and unsupported ops
         raise ModelLoadError(f"ONNX Runtime cannot load {ref_model.label}: {runtime.error_line(e)}",
                              hint="the reference model must run in ONNX Runtime") from e
     try:
-        cand_session = cand_model.session(options, model_dir)
+        cand_session = cand_model.session(options(), model_dir)
     except Exception as e:
-        return finished([], [f"ONNX Runtime cannot load {cand_model.label}: {runtime.error_line(e)}"], 0)
+        return _report(_Compared([], [f"ONNX Runtime cannot load {cand_model.label}: {runtime.error_line(e)}"], 0,
+                                 None, None), tolerance, description, ort_optimizations)
+    compared = _compare_runs(_Live(ref_session), _Live(cand_session), dataset, specs, tolerance,
+                             data_given=data is not None)
+    return _report(compared, tolerance, description, ort_optimizations)
 
-    ref_outputs = [o.name for o in ref_session.get_outputs()]
-    cand_outputs = [o.name for o in cand_session.get_outputs()]
-    errors = [f"output '{name}' is missing from the candidate" for name in ref_outputs if name not in cand_outputs]
-    errors += [f"the candidate has output '{name}' that the reference lacks" for name in cand_outputs if name not in ref_outputs]
-    shared = [name for name in ref_outputs if name in cand_outputs]
-    comparisons = {name: _OutputComparison(name, tolerance.for_output(name)) for name in shared}
-    ref_inputs = [i.name for i in ref_session.get_inputs()]
-    cand_inputs = [i.name for i in cand_session.get_inputs()]
 
-    samples = 0
-    for index, sample in enumerate(dataset):
-        sample = validate_sample(sample, specs, index=index)
-        missing = [name for name in cand_inputs if name not in sample]
-        if missing:
-            errors.append(f"the candidate takes input{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-                          "that the reference does not")
-            break
+# ---------------------------------------------------------------------------------------------------------
+# A chain of comparisons
+
+
+# The most bytes of outputs kept per model for the next comparison; past it that model is run again.
+RECORDING_BUDGET = 256 * 2**20
+
+
+class ParityChain:
+    """Comparisons along a chain of models on one fixed dataset, running each model once.
+
+    The pipeline compares each pass's output with its input. The candidate of one comparison is the
+    reference of the next (or, after a rollback, the same reference comes back), so the outputs of the last
+    models compared are kept, up to ``RECORDING_BUDGET`` bytes each, and replayed instead of run again.
+    ``compare`` adds to ``timings`` the seconds spent making sessions, running each side, and comparing.
+    """
+
+    def __init__(self, dataset: Any, specs: Any, description: str, *, data_given: bool,
+                 model_dir: str | os.PathLike[str] | None = None, threads: int = 1,
+                 ort_optimizations: bool = False) -> None:
+        self.dataset = dataset
+        self.specs = specs
+        self.description = description
+        self.data_given = data_given
+        self.model_dir = model_dir
+        self.threads = threads
+        self.ort_optimizations = ort_optimizations
+        self._recordings: list[tuple[Any, Recording]] = []  # (model source, its outputs), by identity
+
+    def recorded(self, model: Any) -> Recording | None:
+        return next((recording for source, recording in self._recordings if source is model), None)
+
+    def _session(self, model: Any) -> Any:
+        return runtime.make_session(model, optimize=self.ort_optimizations, threads=self.threads,
+                                    model_dir=self.model_dir)
+
+    def compare(self, reference: Any, candidate: Any, tolerance: Tolerance,
+                timings: dict[str, float] | None = None) -> ParityReport:
+        """Compare ``candidate`` with ``reference`` (bytes, ``ModelProto`` or ``ir.Model``; recordings are
+        found by object identity, so pass the very object compared before)."""
+        started = time.perf_counter()
+        recorded = self.recorded(reference)
+        if recorded is not None:
+            ref_side: _Live | _Replay = _Replay(recorded)
+        else:
+            try:
+                ref_side = _Live(self._session(reference))
+            except Exception as e:  # ORT raises its own exception types for invalid graphs and unsupported ops
+                raise ModelLoadError(f"ONNX Runtime cannot load the model: {runtime.error_line(e)}",
+                                     hint="the model must run in ONNX Runtime") from e
         try:
-            ref_values = ref_session.run(shared, {name: sample[name] for name in ref_inputs})
+            cand_side = _Live(self._session(candidate))
         except Exception as e:
-            raise DataError(f"the reference model fails on sample {index}: {runtime.error_line(e)}",
-                            hint="check the data, or bind dynamic dims with --dim name=SIZE") from e
-        try:
-            cand_values = cand_session.run(shared, {name: sample[name] for name in cand_inputs})
-        except Exception as e:
-            errors.append(f"the candidate model fails on sample {index}: {runtime.error_line(e)}")
-            break
-        for name, ref_value, cand_value in zip(shared, ref_values, cand_values):
-            comparisons[name].add(ref_value, cand_value, index)
-        samples += 1
-    if samples == 0 and not errors:
-        raise DataError("the data holds no samples", hint="give at least one sample, or drop --data for synthetic inputs")
-    return finished([c.finish() for c in comparisons.values()], errors, samples)
+            _add_time(timings, "sessions", started)
+            failed = _Compared([], [f"ONNX Runtime cannot load the candidate model: {runtime.error_line(e)}"], 0,
+                               None, None)
+            return _report(failed, tolerance, self.description, self.ort_optimizations)
+        _add_time(timings, "sessions", started)
+        compared = _compare_runs(ref_side, cand_side, self.dataset, self.specs, tolerance, data_given=self.data_given,
+                                 timings=timings, record_budget=RECORDING_BUDGET)
+        kept = [(reference, recorded or compared.reference)]
+        if compared.candidate is not None:
+            kept.append((candidate, compared.candidate))
+        self._recordings = [(source, recording) for source, recording in kept if recording is not None]
+        return _report(compared, tolerance, self.description, self.ort_optimizations)

@@ -17,22 +17,24 @@ Each pass in ``run`` goes through the same straight line:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import re
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import onnx
 import onnx_ir as ir
 
-from onnxkit import modelio
-from onnxkit.errors import ParityError, PassFailedError, SpecError
-from onnxkit.pass_base import Pass, PassContext, PassResult, make_options
+from onnxkit import graph, modelio, runtime
+from onnxkit.errors import OnnxkitError, ParityError, PassFailedError, SpecError
+from onnxkit.graph import count_nodes, op_histogram
+from onnxkit.pass_base import Pass, PassContext, PassResult, Site, make_options
 from onnxkit.registry import get_pass_class
 from onnxkit.report import PassReport, PipelineReport
 
@@ -194,7 +196,7 @@ def _checker_error(model: bytes | onnx.ModelProto) -> str | None:
     try:
         onnx.checker.check_model(model)
     except Exception as e:  # the checker raises several unrelated exception types
-        return f"onnx.checker: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        return f"onnx.checker: {runtime.error_line(e)}"
     return None
 
 
@@ -204,8 +206,23 @@ def _shape_inference_error(model: bytes | onnx.ModelProto) -> str | None:
     try:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as e:
-        return f"shape inference: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        return f"shape inference: {runtime.error_line(e)}"
     return None
+
+
+class _Clock:
+    """Adds the seconds spent in each step to a dict: ``with clock("checker"): ...``."""
+
+    def __init__(self, timings: dict[str, Any]) -> None:
+        self.timings = timings
+
+    @contextlib.contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[step] = self.timings.get(step, 0.0) + time.perf_counter() - started
 
 
 @dataclasses.dataclass
@@ -221,31 +238,17 @@ class _Baseline:
         return cls(snapshot.signature, _checker_error(snapshot.model) is None,
                    _shape_inference_error(snapshot.model) is None)
 
-    def problems(self, snapshot: _Snapshot) -> list[str]:
+    def problems(self, snapshot: _Snapshot, clock: _Clock) -> list[str]:
         problems = self.signature.differences(snapshot.signature)
-        if self.checker_ok and (error := _checker_error(snapshot.model)):
-            problems.append(error)
-        if self.shape_inference_ok and (error := _shape_inference_error(snapshot.model)):
-            problems.append(error)
+        if self.checker_ok:
+            with clock("checker"):
+                if error := _checker_error(snapshot.model):
+                    problems.append(error)
+        if self.shape_inference_ok:
+            with clock("shape_inference"):
+                if error := _shape_inference_error(snapshot.model):
+                    problems.append(error)
         return problems
-
-
-def count_nodes(model: ir.Model) -> int:
-    """Nodes in the main graph, its subgraphs, and local functions."""
-    return sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph)) + sum(
-        sum(1 for _ in ir.traversal.RecursiveGraphIterator(f)) for f in model.functions.values()
-    )
-
-
-def op_histogram(model: ir.Model) -> collections.Counter[str]:
-    """How many nodes of each op type (``domain::Op`` outside the standard domain), subgraphs included."""
-    histogram: collections.Counter[str] = collections.Counter()
-    graphs: list[Any] = [model.graph, *model.functions.values()]
-    for graph in graphs:
-        for node in ir.traversal.RecursiveGraphIterator(graph):
-            domain = node.domain if node.domain not in ("", "ai.onnx") else ""
-            histogram[f"{domain}::{node.op_type}" if domain else node.op_type] += 1
-    return histogram
 
 
 def _histogram_delta(before: collections.Counter[str], after: collections.Counter[str]) -> dict[str, int]:
@@ -261,6 +264,36 @@ def _undeclared_domains(pass_: Pass, before: collections.Counter[str], after: co
     """Operator domains a pass added without declaring them: a portable pass must not tie a model to a runtime."""
     added = _op_domains(after) - _op_domains(before) - pass_.allowed_domains()
     return [f"it added ops of domain '{domain}', which it does not declare" for domain in sorted(added)]
+
+
+# Parity with only calibration data runs on the samples the quantize pass holds out of calibration: the
+# split walks this many calibration samples, quantize's default ``samples``, so by default the held-out
+# samples are the very ones quantize judges its target on (a larger ``samples`` only makes them a subset).
+HELD_OUT_SPLIT_SAMPLES = 128
+# Reruns of one pass while narrowing it down to the rules and sites that break it.
+MAX_NARROWING_RERUNS = 32
+
+
+@dataclasses.dataclass
+class _Failure:
+    """Why a pass's output cannot be kept as it is: ``kind`` is error (the pass raised), verification
+    (checker, signature, shape inference, domains, a false claim) or parity."""
+
+    kind: Literal["error", "verification", "parity"]
+    message: str
+    brief: str  # what narrowing reports beside a skipped rule or site
+    cause: BaseException | None = None  # the exception a pass raised
+
+
+@dataclasses.dataclass
+class _Attempt:
+    """One run of a pass, with its output checked."""
+
+    result: PassResult | None
+    snapshot: _Snapshot | None
+    failure: _Failure | None
+    parity: Any = None
+    verification: list[str] = dataclasses.field(default_factory=list)
 
 
 class Pipeline:
@@ -330,109 +363,35 @@ class Pipeline:
 
         ``check`` decides when parity runs: after ``each`` pass, at the ``end`` only, or ``off``.
         ``on_fail`` decides what a failing pass costs: ``stop`` raises, ``rollback`` discards the pass's
-        result and goes on, ``warn`` keeps it and marks the report. ``tolerance`` overrides the defaults
-        that follow each pass's kind: a ``parity.Tolerance`` replaces them, a dict such as ``{"atol": 1e-3}``
-        overrides those fields only. ``data`` is a dataset (see ``onnxkit.data``) of parity inputs, and of
-        calibration inputs too unless ``calibration_data`` is given. ``extras`` go to ``PassContext.extras``
-        (e.g. ``{"calib_cache": folder}`` for ``quantize``).
+        result and goes on, ``warn`` keeps a result that fails parity and marks the report (a result that
+        fails verification, or a pass that raised, is rolled back). Either way the report's ``exit_code`` is 1.
+        ``tolerance`` overrides the defaults that follow each pass's kind: a ``parity.Tolerance`` replaces
+        them, a dict such as ``{"atol": 1e-3}`` overrides those fields only.
+
+        Parity runs on ``data`` (a dataset, see ``onnxkit.data``); else, given only ``calibration_data``, on
+        the samples the calibration split holds out; else on synthetic inputs probed once for sizes the model
+        runs on. ``data`` also calibrates unless ``calibration_data`` is given. ``extras`` go to
+        ``PassContext.extras`` (e.g. ``{"calib_cache": folder}`` for ``quantize``).
         """
         if check not in ("each", "end", "off"):
             raise SpecError(f"check must be each, end or off, not {check!r}")
         if on_fail not in ("stop", "rollback", "warn"):
             raise SpecError(f"on_fail must be stop, rollback or warn, not {on_fail!r}")
-        context = PassContext(data=calibration_data if calibration_data is not None else data, dims=dict(dims or {}), show_progress=progress)
+        context = PassContext(data=calibration_data if calibration_data is not None else data, dims=dict(dims or {}),
+                              show_progress=progress)
         context.extras.update(extras or {})
         if model_dir is not None:
             context.model_dir = Path(model_dir)
         elif isinstance(model, (str, os.PathLike)):
             context.model_dir = Path(model).parent
 
-        passes = list(self.passes)
         report = PipelineReport(spec=self.to_string(), check=check, on_fail=on_fail)
-        current, passes = self._starting_model(model, passes, context, example_inputs, report)
-        # The parity inputs are made once and reused, so every comparison in a run sees the same samples.
-        parity_data = data
-        original = _Snapshot.of(current)
-        baseline = _Baseline.of(original) if verify else None
-        report.input_summary = {"nodes": count_nodes(current), "bytes": original.size}
-        before = original
-
-        for pass_ in _with_progress(passes, enabled=progress):
-            pass_.context = context
-            histogram_before = op_histogram(current)
-            nodes_before = count_nodes(current)
-            entry = PassReport(name=pass_.name, spec=pass_.spec(), kind=pass_.kind, nodes_before=nodes_before,
-                               bytes_before=before.size)
-            report.passes.append(entry)
-            started = time.perf_counter()
-            try:
-                result = pass_(current)
-            except Exception as e:
-                entry.seconds = time.perf_counter() - started
-                failure = f"pass '{pass_.name}' raised {type(e).__name__}: {e}"
-                entry.error = failure
-                entry.traceback = traceback.format_exc()
-                current = self._on_pass_failure(failure, on_fail, entry, before, e)
-                continue
-            entry.seconds = time.perf_counter() - started
-            entry.modified = bool(result.modified)
-            entry.stats = list(result.stats) if isinstance(result, PassResult) else []
-            entry.details = dict(getattr(result, "details", None) or {})
-            if not result.modified:
-                entry.nodes_after = nodes_before
-                entry.bytes_after = entry.bytes_before
-                continue
-            after = result.model
-            after_snapshot = _Snapshot.of(after)
-            entry.nodes_after = count_nodes(after)
-            entry.bytes_after = after_snapshot.size
-            histogram_after = op_histogram(after)
-            entry.op_delta = _histogram_delta(histogram_before, histogram_after)
-            problems = baseline.problems(after_snapshot) if baseline else []
-            problems += _undeclared_domains(pass_, histogram_before, histogram_after)
-            if problems:
-                failure = f"pass '{pass_.name}' broke the model: {problems[0]}"
-                entry.error = failure
-                entry.verification = problems
-                # A model that fails verification is never kept, whatever on_fail says.
-                current = self._on_pass_failure(failure, "rollback" if on_fail == "warn" else on_fail, entry,
-                                                 before)
-                continue
-            if check == "each":
-                parity = self._compare(before.model, after_snapshot.model, parity_data, context, pass_.kind, tolerance)
-                entry.parity = parity.to_dict()
-                if not parity.passed:
-                    message = f"pass '{pass_.name}' changed the model's outputs beyond {pass_.kind} tolerance: {parity.summary()}"
-                    if on_fail == "stop":
-                        entry.status = "parity-failed"
-                        report.failed = True
-                        raise ParityError(message, hint="use --on-fail rollback to skip this pass, or loosen the tolerance")
-                    if on_fail == "rollback":
-                        entry.status = "rolled-back"
-                        entry.error = message
-                        report.rolled_back.append(pass_.name)
-                        current = before.restore()
-                        continue
-                    entry.status = "parity-warning"
-                    entry.error = message
-                    report.parity_failed = True
-            current = after
-            before = after_snapshot
-
-        if check == "end" and before is not original:
-            kind = "lossy" if any(p.kind == "lossy" for p in passes) else "exact"
-            parity = self._compare(original.model, before.model, parity_data, context, kind, tolerance)
-            report.final_parity = parity.to_dict()
-            if not parity.passed:
-                report.parity_failed = True
-                if on_fail != "warn":
-                    report.failed = True
-                    raise ParityError(f"the optimized model's outputs drifted beyond {kind} tolerance: {parity.summary()}",
-                                      hint="run with --check each to find the pass responsible")
+        current, passes = self._starting_model(model, list(self.passes), context, example_inputs, report)
+        run = _Run(context, report, check=check, on_fail=on_fail, tolerance=tolerance, verify=verify, data=data,
+                   calibration_data=calibration_data)
+        current = run.all(current, passes, progress=progress)
         record_provenance(current, report)
         return PipelineResult(current, report)
-
-    # -- helpers of run ---------------------------------------------------------------------------------
 
     @staticmethod
     def _starting_model(model: Any, passes: list[Pass], context: PassContext, example_inputs: Any,
@@ -457,24 +416,311 @@ class Pipeline:
             hint="give an .onnx path, an onnx.ModelProto or onnx_ir.Model; start the spec with 'export' for a torch module",
         )
 
+
+class _Run:
+    """One run of a pipeline: what passes hand on to each other, and the straight line each pass goes through.
+
+    For each pass:
+    1. fingerprint its input (an in-place pass edits the very model it is given);
+    2. run it, timed; an exception is an internal error of that pass, unless it is the user's (bad data);
+    3. a pass that says it changed nothing must not have: the fingerprint after must be the same;
+    4. verify the output: onnx.checker, the graph signature, shape inference (each only if the pipeline's
+       input passed it), no operator domain the pass does not declare;
+    5. compare outputs with the pass's input (``check=each``), within the tolerance of the pass's kind;
+    6. an exact pass that reported its sites and failed 4 or 5 is narrowed: rerun with rules, then single
+       sites, disabled until its output passes (``_narrow``);
+    7. what still fails is handled as ``on_fail`` says: stop, roll back, or keep with a warning.
+    """
+
+    def __init__(self, context: PassContext, report: PipelineReport, *, check: CheckMode, on_fail: OnFail,
+                 tolerance: Any, verify: bool, data: Any, calibration_data: Any) -> None:
+        self.context = context
+        self.report = report
+        self.check = check
+        self.on_fail = on_fail
+        self.tolerance = tolerance
+        self.verify = verify
+        self.data = data
+        self.calibration_data = calibration_data
+        self.baseline: _Baseline | None = None
+        self._parity: Any = None
+
+    # -- the run ----------------------------------------------------------------------------------------
+
+    def all(self, current: ir.Model, passes: list[Pass], *, progress: bool) -> ir.Model:
+        setup = self.report.timings
+        clock = _Clock(setup)
+        with clock("serialize"):
+            original = _Snapshot.of(current)
+        if self.verify:
+            with clock("baseline_checks"):
+                self.baseline = _Baseline.of(original)
+        self.report.input_summary = {"nodes": count_nodes(current), "bytes": original.size}
+        if self.check != "off":
+            with clock("parity_inputs"):
+                self._parity_chain(current)  # data problems surface before the first pass runs
+        before = original
+        for pass_ in _with_progress(passes, enabled=progress):
+            current, before = self.one(pass_, current, before)
+
+        if self.check == "end" and before is not original:
+            kind = "lossy" if any(p.kind == "lossy" for p in passes) else "exact"
+            parity = self._parity_chain(current).compare(original.model, before.model, self._tolerance(kind),
+                                                          setup.setdefault("final_parity", {}))
+            self.report.final_parity = parity.to_dict()
+            if not parity.passed:
+                self.report.parity_failed = True
+                if self.on_fail != "warn":
+                    self.report.failed = True
+                    raise ParityError(f"the optimized model's outputs drifted beyond {kind} tolerance: {parity.summary()}",
+                                      hint="run with --check each to find the pass responsible")
+        return current
+
+    def one(self, pass_: Pass, current: ir.Model, before: _Snapshot) -> tuple[ir.Model, _Snapshot]:
+        """Run one pass; returns the model the next pass starts from, and its snapshot."""
+        entry = PassReport(name=pass_.name, spec=pass_.spec(), kind=pass_.kind, nodes_before=count_nodes(current),
+                           bytes_before=before.size)
+        self.report.passes.append(entry)
+        clock = _Clock(entry.timings)
+        with clock("instrument"):
+            fingerprint_before = graph.fingerprint(current)
+            histogram_before = op_histogram(current)
+        attempt = self._attempt(pass_, current, before, histogram_before, fingerprint_before, entry.timings)
+        entry.seconds = entry.timings.get("transform", 0.0)
+        if attempt.result is not None:
+            self._record_result(entry, attempt.result)
+        if attempt.result is not None and attempt.snapshot is None and attempt.failure is None:
+            entry.nodes_after, entry.bytes_after = entry.nodes_before, entry.bytes_before  # unchanged, as claimed
+            return current, before
+        if attempt.failure is not None and attempt.result is not None and attempt.result.sites and pass_.kind == "exact":
+            with clock("narrowing"):
+                narrowed = self._narrow(pass_, before, histogram_before, attempt, entry)
+            if narrowed is not None:
+                attempt = narrowed
+                self._record_result(entry, attempt.result)
+                entry.status = "narrowed"
+        entry.verification = attempt.verification
+        if attempt.parity is not None:
+            entry.parity = attempt.parity.to_dict()
+        if attempt.snapshot is not None and attempt.result is not None:
+            entry.bytes_after = attempt.snapshot.size
+            entry.nodes_after = count_nodes(attempt.result.model)
+            entry.op_delta = _histogram_delta(histogram_before, op_histogram(attempt.result.model))
+        else:
+            entry.nodes_after, entry.bytes_after = entry.nodes_before, entry.bytes_before
+        if attempt.failure is None:
+            return attempt.result.model, attempt.snapshot
+        return self._fail(pass_, entry, attempt, before)
+
+    def _attempt(self, pass_: Pass, model: ir.Model, before: _Snapshot, histogram_before: collections.Counter[str],
+                 fingerprint_before: tuple | None, timings: dict[str, Any]) -> _Attempt:
+        """Run ``pass_`` on ``model`` and check its output. ``snapshot`` is None when the pass changed nothing."""
+        clock = _Clock(timings)
+        pass_.context = self.context
+        try:
+            with clock("transform"):
+                result = pass_(model)
+        except OnnxkitError as e:
+            if e.exit_code == 2:
+                raise  # the user's to fix (data that does not fit, a bad option): not a failure of the pass
+            return _Attempt(None, None, _Failure("error", f"pass '{pass_.name}' failed: {e.message}", e.message, e))
+        except Exception as e:  # any other exception is a bug in the pass: it costs that pass, not the run
+            failure = f"{type(e).__name__}: {runtime.error_line(e)}"
+            self.report.passes[-1].traceback = traceback.format_exc()
+            return _Attempt(None, None, _Failure("error", f"pass '{pass_.name}' hit an internal error: {failure}",
+                                                 f"internal error: {failure}", e))
+        if not result.modified:
+            if fingerprint_before is None:
+                return _Attempt(result, None, None)
+            with clock("instrument"):
+                unchanged = graph.fingerprint(result.model) == fingerprint_before
+            if unchanged:
+                return _Attempt(result, None, None)
+            problem = "it changed the model but reported modified=False"
+            return _Attempt(result, None, _Failure("verification", f"pass '{pass_.name}' broke its contract: {problem}",
+                                                   problem), verification=[problem])
+        with clock("serialize"):
+            snapshot = _Snapshot.of(result.model)
+        problems = self.baseline.problems(snapshot, clock) if self.baseline else []
+        with clock("instrument"):
+            problems += _undeclared_domains(pass_, histogram_before, op_histogram(result.model))
+        if problems:
+            return _Attempt(result, snapshot, _Failure("verification", f"pass '{pass_.name}' broke the model: "
+                                                       f"{problems[0]}", problems[0]), verification=problems)
+        if self.check != "each":
+            return _Attempt(result, snapshot, None)
+        parity = self._parity_chain(model).compare(before.model, snapshot.model, self._tolerance(pass_.kind),
+                                                   timings.setdefault("parity", {}))
+        if parity.passed:
+            return _Attempt(result, snapshot, None, parity)
+        message = f"pass '{pass_.name}' changed the model's outputs beyond {pass_.kind} tolerance: {parity.summary()}"
+        return _Attempt(result, snapshot, _Failure("parity", message, _parity_brief(parity)), parity)
+
     @staticmethod
-    def _compare(before: bytes | onnx.ModelProto, after: bytes | onnx.ModelProto, data: Any, context: PassContext, kind: str,
-                 tolerance: Any) -> Any:
+    def _record_result(entry: PassReport, result: PassResult) -> None:
+        entry.modified = bool(result.modified)
+        entry.stats = list(result.stats) if isinstance(result, PassResult) else []
+        entry.details = dict(getattr(result, "details", None) or {})
+
+    def _fail(self, pass_: Pass, entry: PassReport, attempt: _Attempt, before: _Snapshot
+              ) -> tuple[ir.Model, _Snapshot]:
+        """Handle a pass whose output cannot be kept as it is, as ``on_fail`` says."""
+        failure = attempt.failure
+        assert failure is not None
+        entry.error = failure.message
+        if self.on_fail == "stop":
+            entry.status = "parity-failed" if failure.kind == "parity" else "failed"
+            self.report.failed = True
+            if failure.kind == "parity":
+                raise ParityError(failure.message, hint="use --on-fail rollback to skip this pass, or loosen the tolerance")
+            raise PassFailedError(failure.message, hint="use --on-fail rollback to skip this pass") from failure.cause
+        if self.on_fail == "warn" and failure.kind == "parity":
+            entry.status = "parity-warning"
+            self.report.parity_failed = True
+            assert attempt.result is not None and attempt.snapshot is not None
+            return attempt.result.model, attempt.snapshot
+        # Rolled back: a pass that raised or broke the model is never kept, whatever on_fail says. Its input
+        # comes back from the snapshot, since an in-place pass may have edited it before it failed.
+        entry.status = "rolled-back"
+        self.report.rolled_back.append(pass_.name)
+        return before.restore(), before
+
+    # -- narrowing --------------------------------------------------------------------------------------
+
+    def _narrow(self, pass_: Pass, before: _Snapshot, histogram_before: collections.Counter[str], failed: _Attempt,
+                entry: PassReport) -> _Attempt | None:
+        """Rerun an exact pass on its input with rules, then single sites, disabled until its output passes.
+
+        Rules are bisected in the order the pass reported them: the shortest prefix whose disabling makes the
+        output pass ends in a culprit, which stays disabled; repeat until the output passes. Each culprit rule
+        is then put back and bisected the same way over the sites where it fired, so that only the sites that
+        break the model are skipped (the whole rule stays skipped where that does not work out). At most
+        ``MAX_NARROWING_RERUNS`` reruns. Returns the passing attempt, with ``entry.skipped`` saying what was
+        skipped and why, or None when the output cannot be made to pass that way."""
+        reruns = 0
+
+        def attempt(disabled: set[str | Site]) -> _Attempt | None:
+            nonlocal reruns
+            if reruns >= MAX_NARROWING_RERUNS:
+                return None
+            reruns += 1
+            self.context.disabled = frozenset(disabled)
+            try:
+                return self._attempt(pass_, before.restore(), before, histogram_before, None, entry.timings)
+            finally:
+                self.context.disabled = frozenset()
+
+        def bisect(base: set[str | Site], items: list[Any], failure: _Failure, sites: list[Site]
+                   ) -> tuple[Any, _Failure, list[Site]] | None:
+            """The item that ends the shortest prefix of ``items`` whose disabling (with ``base``) makes the
+            output pass, with the failure and the sites of the run just short of it; None when even disabling
+            them all does not pass, or the reruns run out."""
+            everything = attempt(base | set(items))
+            if everything is None or everything.failure is not None:
+                return None
+            low, high = 0, len(items)
+            while high - low > 1:
+                middle = (low + high) // 2
+                tried = attempt(base | set(items[:middle]))
+                if tried is None:
+                    return None
+                if tried.failure is None:
+                    high = middle
+                else:
+                    low, failure = middle, tried.failure
+                    sites = tried.result.sites if tried.result is not None else []
+            return items[high - 1], failure, sites
+
+        assert failed.result is not None and failed.failure is not None
+        disabled: set[str | Site] = set()
+        culprits: list[tuple[str, _Failure, list[Site]]] = []
+        failure, sites = failed.failure, failed.result.sites
+        while True:  # rules
+            rules = [rule for rule in dict.fromkeys(site.rule for site in sites) if rule not in disabled]
+            found = bisect(disabled, rules, failure, sites)
+            if found is None:
+                return None
+            rule, failure_with_rule, sites_with_rule = found
+            culprits.append((rule, failure_with_rule, [site for site in sites_with_rule if site.rule == rule]))
+            disabled.add(rule)
+            passing = attempt(disabled)
+            if passing is None:
+                return None
+            if passing.failure is None:
+                break
+            failure, sites = passing.failure, passing.result.sites if passing.result is not None else []
+
+        skipped: list[dict[str, Any]] = []
+        for rule, failure_with_rule, rule_sites in culprits:  # sites of each culprit rule
+            base = disabled - {rule}
+            chosen: list[tuple[Site, _Failure]] = []
+            remaining, failure, sites = rule_sites, failure_with_rule, rule_sites
+            narrowed = None
+            while remaining and narrowed is None:
+                found = bisect(base | {site for site, _ in chosen}, remaining, failure, sites)
+                if found is None:
+                    break
+                site, failure_at_site, _ = found
+                chosen.append((site, failure_at_site))
+                remaining = remaining[remaining.index(site) + 1:]
+                tried = attempt(base | {site for site, _ in chosen})
+                if tried is None:
+                    break
+                if tried.failure is None:
+                    narrowed = tried
+                failure = tried.failure or failure
+            if narrowed is not None:
+                disabled, passing = base | {site for site, _ in chosen}, narrowed
+                skipped += [{"rule": rule, "node": site.node, "failure": why.brief} for site, why in chosen]
+            else:
+                skipped.append({"rule": rule, "node": None, "failure": failure_with_rule.brief})
+        entry.skipped = skipped
+        entry.narrowing_reruns = reruns
+        return passing
+
+    # -- parity -----------------------------------------------------------------------------------------
+
+    def _tolerance(self, kind: str) -> Any:
         from onnxkit import parity
 
-        if not isinstance(tolerance, parity.Tolerance):
-            tolerance = dataclasses.replace(parity.Tolerance.for_kind(kind), **(tolerance or {}))
-        return parity.compare_models(before, after, data, tolerance=tolerance, dims=context.dims,
-                                     model_dir=context.model_dir)
+        if isinstance(self.tolerance, parity.Tolerance):
+            return self.tolerance
+        return dataclasses.replace(parity.Tolerance.for_kind(kind), **(self.tolerance or {}))
 
-    @staticmethod
-    def _on_pass_failure(message: str, on_fail: str, entry: PassReport, before: _Snapshot,
-                         cause: BaseException | None = None) -> ir.Model:
-        if on_fail == "stop":
-            entry.status = "failed"
-            raise PassFailedError(message, hint="use --on-fail rollback to skip this pass") from cause
-        entry.status = "rolled-back"
-        return before.restore()
+    def _parity_chain(self, model: ir.Model) -> Any:
+        """The parity inputs, chosen once per run, and the chain that compares each pass's output on them."""
+        if self._parity is not None:
+            return self._parity
+        from onnxkit import parity
+        from onnxkit.data import (
+            CalibrationSplit,
+            as_dataset,
+            describe_data,
+            input_specs,
+        )
+
+        if self.data is not None:
+            dataset = as_dataset(self.data, model)
+            description = f"--data {describe_data(self.data)}"
+        elif self.calibration_data is not None:
+            dataset = CalibrationSplit(as_dataset(self.calibration_data, model), HELD_OUT_SPLIT_SAMPLES).held_out
+            description = f"held-out samples of the calibration data ({describe_data(self.calibration_data)})"
+        else:
+            dataset = as_dataset(None, model, dims=self.context.dims, model_dir=self.context.model_dir)
+            description = describe_data(dataset)
+        self.report.parity_inputs = description
+        self._parity = parity.ParityChain(dataset, input_specs(model), description,
+                                          data_given=self.data is not None or self.calibration_data is not None,
+                                          model_dir=self.context.model_dir)
+        return self._parity
+
+
+def _parity_brief(parity: Any) -> str:
+    """The failure in a few words, e.g. ``parity: output 'y' max abs 0.52`` (cosine for a lossy budget)."""
+    worst = parity.worst()
+    if worst is None or worst.errors or not worst.failures:
+        return f"parity: {parity.errors[0] if parity.errors else 'failed'}"
+    return f"parity: output '{worst.name}': {worst.failures[0]}"
 
 
 def _with_progress(passes: list[Pass], *, enabled: bool) -> Iterable[Pass]:
@@ -483,7 +729,13 @@ def _with_progress(passes: list[Pass], *, enabled: bool) -> Iterable[Pass]:
         yield from passes
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:

@@ -15,11 +15,15 @@ class PassReport:
     spec: str
     kind: str
     modified: bool = False
-    status: str = "ok"  # ok | rolled-back | parity-warning | parity-failed | failed
+    # ok | narrowed (some rules or sites skipped, the rest kept) | rolled-back | parity-warning | parity-failed | failed
+    status: str = "ok"
     stats: list[str] = dataclasses.field(default_factory=list)
     # a pass's structured report beside its stats lines (e.g. quantize: parity, latency, nodes kept float)
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the pass itself; ``timings`` splits everything the pipeline spent on it
+    # seconds per step: transform, instrument, serialize, checker, shape_inference, narrowing, and parity
+    # (a dict: sessions, reference_runs, replayed, candidate_runs, comparison)
+    timings: dict[str, Any] = dataclasses.field(default_factory=dict)
     nodes_before: int = 0
     nodes_after: int = 0
     bytes_before: int = 0
@@ -28,10 +32,31 @@ class PassReport:
     parity: dict[str, Any] | None = None
     error: str | None = None
     verification: list[str] = dataclasses.field(default_factory=list)
-    traceback: str | None = None
+    traceback: str | None = None  # of an internal error in the pass
+    # rules and sites the pipeline disabled to make the pass's output pass: {"rule", "node" (None: the whole
+    # rule), "failure"}, and how many reruns finding them took
+    skipped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    narrowing_reruns: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def total_seconds(self) -> float:
+        return sum(_flatten_seconds(self.timings))
+
+    def time_split(self) -> dict[str, float]:
+        """Seconds in the pass itself, in the checks around it (serializing, checker, shape inference,
+        instrumentation), in parity, and in narrowing."""
+        parity = sum(_flatten_seconds(self.timings.get("parity", {})))
+        transform = self.timings.get("transform", 0.0)
+        narrowing = self.timings.get("narrowing", 0.0)
+        return {"pass": transform, "checks": self.total_seconds() - transform - parity - narrowing,
+                "parity": parity, "narrowing": narrowing}
+
+    def skipped_lines(self) -> list[str]:
+        """``skipped materialize-reshape at node /Reshape_3 (onnx.checker: ...)``, one per rule or site."""
+        return [f"skipped {s['rule']}" + (f" at node {s['node']}" if s["node"] is not None else " (every site)")
+                + f" ({s['failure']})" for s in self.skipped]
 
 
 @dataclasses.dataclass
@@ -48,12 +73,22 @@ class PipelineReport:
     parity_failed: bool = False
     failed: bool = False
     output_path: str | None = None
+    parity_inputs: str | None = None  # where parity's samples came from
+    # seconds the run spent outside the passes: serialize, baseline_checks, parity_inputs, final_parity
+    timings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every pass did its job within tolerance (a narrowed pass did); 1 when a pass failed, was
+        rolled back, or was kept by ``on_fail=warn`` although it failed parity."""
+        return 1 if self.failed or self.rolled_back or self.parity_failed else 0
 
     def to_dict(self) -> dict[str, Any]:
         from onnxkit import __version__
 
         data = dataclasses.asdict(self)
         data["onnxkit_version"] = __version__
+        data["exit_code"] = self.exit_code
         data["passes"] = [p.to_dict() for p in self.passes]
         return data
 
@@ -67,10 +102,12 @@ class PipelineReport:
             record: dict[str, Any] = {"pass": p.spec, "status": p.status, "modified": p.modified, "stats": p.stats}
             if p.parity is not None:
                 record["parity"] = _parity_brief(p.parity)
+            if p.skipped:
+                record["skipped"] = p.skipped_lines()
             records.append(record)
         return records
 
-    HEADERS = ["pass", "result", "nodes", "size", "time", "parity"]
+    HEADERS = ("pass", "result", "nodes", "size", "time", "parity")
 
     def rows(self) -> list[list[str]]:
         """One row per pass, without the details (``details`` gives those, one line each)."""
@@ -80,7 +117,7 @@ class PipelineReport:
                 p.status if p.modified or p.status != "ok" else "unchanged",
                 f"{p.nodes_before} → {p.nodes_after}",
                 _format_bytes(p.bytes_after or p.bytes_before),
-                f"{p.seconds * 1000:.0f} ms",
+                _time_cell(p),
                 _parity_cell(p),
             ]
             for p in self.passes
@@ -91,8 +128,11 @@ class PipelineReport:
         lines = []
         for p in self.passes:
             lines += [(p.name, stat) for stat in p.stats]
+            lines += [(p.name, line) for line in p.skipped_lines()]
             if p.error:
                 lines.append((p.name, p.error))
+        if self.parity_inputs:
+            lines.append(("parity inputs", self.parity_inputs))
         return lines
 
     def to_markdown(self) -> str:
@@ -132,6 +172,25 @@ def _parity_cell(report: PassReport) -> str:
     if not isinstance(value, (int, float)):
         return verdict
     return f"{verdict} {label} {value:.4f}" if key == "min_cosine" else f"{verdict} {label} {value:.1e}"
+
+
+def _flatten_seconds(timings: dict[str, Any]) -> list[float]:
+    return [v for value in timings.values() for v in (_flatten_seconds(value) if isinstance(value, dict) else [value])]
+
+
+def _time_cell(report: PassReport) -> str:
+    """``1.2 s: pass 0.4 + checks 0.2 + parity 0.6``, leaving out the parts that took no time."""
+    split = {key: seconds for key, seconds in report.time_split().items() if seconds >= 0.0005}
+    total = _format_seconds(report.total_seconds())
+    if len(split) < 2:
+        return total
+    return f"{total}: " + " + ".join(f"{key} {_format_seconds(seconds, unit=False)}" for key, seconds in split.items())
+
+
+def _format_seconds(seconds: float, *, unit: bool = True) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}" + (" ms" if unit else "ms")
+    return f"{seconds:.1f}" + (" s" if unit else "s")
 
 
 def _format_bytes(size: int) -> str:

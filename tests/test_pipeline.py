@@ -159,7 +159,7 @@ def test_model_over_the_in_memory_limit_keeps_parity_and_rollback(monkeypatch):
 
 
 def test_crashing_pass_is_named_and_can_be_rolled_back():
-    with pytest.raises(PassFailedError, match="pass 'crash' raised RuntimeError: boom"):
+    with pytest.raises(PassFailedError, match="pass 'crash' hit an internal error: RuntimeError: boom"):
         Pipeline.parse("crash").run(build_example("mlp"))
     result = Pipeline.parse("crash,cleanup").run(build_example("mlp"), on_fail="rollback")
     assert [p.status for p in result.report.passes] == ["rolled-back", "ok"]

@@ -1,0 +1,131 @@
+"""Walks over every graph of a model, and what the pipeline measures with them.
+
+Every graph means the main graph, the bodies of If/Loop/Scan nodes at any depth, local functions and the
+bodies inside those. ``count_nodes`` and ``op_histogram`` instrument a pass; ``fingerprint`` lets the
+pipeline check a pass's claim that it left a model unchanged, instead of trusting it.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
+    """The main graph, every subgraph inside it, local functions and the subgraphs inside those."""
+    yield from model.graphs()
+    for function in model.functions.values():
+        yield function
+        for node in ir.traversal.RecursiveGraphIterator(function):
+            for attribute in node.attributes.values():
+                if attribute.is_ref():
+                    continue
+                if attribute.type == ir.AttributeType.GRAPH:
+                    yield attribute.as_graph()
+                elif attribute.type == ir.AttributeType.GRAPHS:
+                    yield from attribute.as_graphs()
+
+
+def nodes(model: ir.Model) -> Iterator[ir.Node]:
+    """Every node of every graph of the model."""
+    for graph in graphs(model):
+        yield from graph
+
+
+def count_nodes(model: ir.Model) -> int:
+    """Nodes in the main graph, its subgraphs, and local functions."""
+    return sum(1 for _ in nodes(model))
+
+
+def op_histogram(model: ir.Model) -> collections.Counter[str]:
+    """How many nodes of each op type (``domain::Op`` outside the standard domain), subgraphs included."""
+    histogram: collections.Counter[str] = collections.Counter()
+    for node in nodes(model):
+        histogram[node.op_type if node.domain in STANDARD_DOMAINS else f"{node.domain}::{node.op_type}"] += 1
+    return histogram
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fingerprint
+
+
+class _TensorRef:
+    """A tensor inside a fingerprint: equal to the very same tensor object, or to one with equal contents.
+
+    Identity settles it cheaply for in-place passes, which keep the tensors they do not touch; a pass that
+    rebuilds the model (a proto-level tool) makes new objects, and only then are the contents read.
+    """
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: Any) -> None:
+        self.tensor = tensor
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _TensorRef):
+            return NotImplemented
+        mine, theirs = self.tensor, other.tensor
+        if mine is theirs:
+            return True
+        if mine is None or theirs is None:
+            return False
+        if mine.dtype != theirs.dtype or tuple(mine.shape) != tuple(theirs.shape):
+            return False
+        return bool(np.array_equal(mine.numpy(), theirs.numpy(), equal_nan=mine.dtype.is_floating_point()))
+
+    def __hash__(self) -> int:
+        return 0  # fingerprints are compared, never hashed by content
+
+
+def _value(value: ir.Value | None) -> tuple:
+    if value is None:
+        return ("",)
+    shape = None if value.shape is None else tuple(str(d) for d in value.shape)
+    return (value.name, str(value.type), shape)
+
+
+def _attribute(attribute: ir.Attr) -> tuple:
+    if attribute.is_ref():
+        return (attribute.name, "ref", attribute.ref_attr_name)
+    if attribute.type == ir.AttributeType.GRAPH:
+        return (attribute.name, "graph", _graph(attribute.as_graph()))
+    if attribute.type == ir.AttributeType.GRAPHS:
+        return (attribute.name, "graphs", tuple(_graph(g) for g in attribute.as_graphs()))
+    if attribute.type == ir.AttributeType.TENSOR:
+        return (attribute.name, "tensor", _TensorRef(attribute.value))
+    if attribute.type == ir.AttributeType.TENSORS:
+        return (attribute.name, "tensors", tuple(_TensorRef(t) for t in attribute.value))
+    value = attribute.value
+    return (attribute.name, str(attribute.type), tuple(value) if isinstance(value, (list, tuple)) else value)
+
+
+def _graph(graph: ir.Graph | ir.Function) -> tuple:
+    node_records = tuple(
+        (node.name, node.domain, node.op_type, node.overload, tuple(_value(v) for v in node.inputs),
+         tuple(_value(v) for v in node.outputs), tuple(_attribute(a) for a in node.attributes.values()))
+        for node in graph
+    )
+    initializers: tuple = ()
+    if isinstance(graph, ir.Graph):
+        initializers = tuple((_value(v), _TensorRef(v.const_value)) for v in graph.initializers.values())
+    return (tuple(_value(v) for v in graph.inputs), tuple(_value(v) for v in graph.outputs), initializers,
+            node_records, tuple(sorted(graph.opset_imports.items())))
+
+
+def fingerprint(model: ir.Model) -> tuple:
+    """Everything a pass could change, in a form that compares with ``==``: nodes (names, op types,
+    attributes, subgraphs), value names, types and shapes, initializers, graph signatures, opset imports,
+    functions and metadata. Take it before a pass runs: an in-place pass edits the very model it is given."""
+    return (
+        _graph(model.graph),
+        tuple((key, _graph(f)) for key, f in model.functions.items()),
+        tuple(sorted(model.opset_imports.items())),
+        tuple(sorted(model.metadata_props.items())),
+        model.ir_version,
+    )

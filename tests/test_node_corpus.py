@@ -24,8 +24,8 @@ from onnxkit import list_passes
 from onnxkit.data import OnnxTestDataset
 from onnxkit.errors import OnnxkitError
 from onnxkit.modelio import to_proto
-from onnxkit.parity import session_options
 from onnxkit.pipeline import Pipeline
+from onnxkit.runtime import make_session
 
 pytestmark = pytest.mark.slow
 
@@ -54,9 +54,7 @@ def exact_passes() -> list[type]:
 
 
 def ort_session(model: onnx.ModelProto) -> Any:
-    import onnxruntime as ort
-
-    return ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    return make_session(model)  # graph optimizations off, one thread: the graph runs as the pass wrote it
 
 
 def run_in_ort(session: Any, inputs: dict[str, Any]) -> list[Any]:

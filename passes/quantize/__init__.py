@@ -198,6 +198,8 @@ class QuantizePass(Pass):
         judge = self._judge(float_proto, data, report)
         quantized, keep_float = self._meet_target(float_proto, quantize, judge, ranges, candidates, types, data,
                                                   settings, report)
+        if report.target_met is False:
+            return self._target_not_met(model, keep_float, candidates, report)
         if options.max_slowdown is not None:
             gated = self._gate(float_proto, quantized, quantize, keep_float, data, settings, report)
             if gated is not None and report.gate_float_op_types and judge is not None:
@@ -205,6 +207,8 @@ class QuantizePass(Pass):
                                                              data, settings, keep_float, report)
             if gated is None:
                 return _unchanged(model, report.stats(), details=report.to_dict())
+            if report.target_met is False:
+                return self._target_not_met(model, keep_float, candidates, report)
             quantized = gated
 
         _check_valid(quantized)
@@ -279,10 +283,15 @@ class QuantizePass(Pass):
         report.target_met = search.verdict.passed
         report.verdict = search.verdict.detail
         report.search_rounds = search.rounds
-        if not search.verdict.passed:
-            report.warnings.append(f"the target ({report.target}) was not met even with "
-                                   f"{len(search.keep_float)} nodes in float")
         return search.model, search.keep_float
+
+    @staticmethod
+    def _target_not_met(model: ir.Model, keep_float: Mapping[str, str], candidates: list[onnx.NodeProto],
+                        report: _Report) -> QuantizeResult:
+        """A model that misses the target is not handed on: the pipeline's parity check would only reject it."""
+        report.kept_whole_model_float = (f"target {report.target} not met even with {len(keep_float)} of "
+                                         f"{len(candidates)} candidate nodes in float")
+        return _unchanged(model, report.stats(), details=report.to_dict())
 
     def _judge(self, float_proto: onnx.ModelProto, data: CalibrationSplit, report: _Report
                ) -> Callable[[onnx.ModelProto], sensitivity.Verdict] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 
@@ -11,13 +12,13 @@ import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
+from onnxkit.passes.quantize import QuantizePass, cpu
 from onnxruntime.quantization import quantize_dynamic
 from onnxruntime.quantization.calibrate import load_tensors_data
 
 from onnxkit.cli import main
 from onnxkit.errors import PassFailedError, SpecError
 from onnxkit.pass_base import PassContext
-from onnxkit.passes.quantize import QuantizePass, cpu
 from onnxkit.pipeline import Pipeline
 from tests.conftest import run_model
 
@@ -226,7 +227,7 @@ def test_static_qoperator_format() -> None:
 
 
 def test_static_without_data_calibrates_on_synthetic_inputs_and_says_so() -> None:
-    result, quantized = quantize(convnet(), None, mode="static", samples=8, **NO_GATE)
+    result, _quantized = quantize(convnet(), None, mode="static", samples=8, **NO_GATE)
     assert result.modified
     assert any(line.startswith("warning: no calibration data") for line in result.stats)
     assert result.details["data"].startswith("synthetic")
@@ -338,6 +339,22 @@ def test_parity_target_keeps_the_sensitive_node_float() -> None:
         assert cosine(run_model(model, data[index])[0], run_model(quantized, data[index])[0]) >= 0.99
 
 
+def test_target_not_met_leaves_the_float_model_and_says_why(monkeypatch) -> None:
+    """A model that misses the target is never handed on for the pipeline's parity check to reject."""
+    from onnxkit.passes.quantize import sensitivity
+
+    search = sensitivity.keep_sensitive_in_float
+    monkeypatch.setattr(sensitivity, "keep_sensitive_in_float", functools.partial(search, max_rounds=0))
+    model = mlp()
+    result, kept = quantize(model, samples("x", (4, 16), 10), mode="static", target_cosine=0.999999, **NO_GATE)
+    assert not result.modified
+    assert result.details["target_met"] is False
+    reason = result.details["latency_gate"]["kept_whole_model_float"]
+    assert reason == "target cosine >= 0.999999 not met even with 0 of 3 candidate nodes in float"
+    assert f"kept the float model: {reason}" in result.stats
+    assert op_counts(kept) == op_counts(model)
+
+
 def test_user_metric_replaces_the_parity_target() -> None:
     model = outlier_model()
     data = samples("x", (4, 16), 25)
@@ -392,9 +409,10 @@ def test_target_holds_for_the_model_after_the_latency_gate(monkeypatch) -> None:
     the gate keeps Relu float, which ruins conv1's output range (cosine about 0.77). The pass must judge that
     final model, keep more float, and hand on a model that passes the pipeline's parity check on the same data
     (ORT optimizations off) as well as with the kernels that deploy (on)."""
-    from onnxkit import parity
     from onnxkit.passes import quantize as quantize_package
     from onnxkit.passes.quantize import latency
+
+    from onnxkit import parity
 
     def relu_in_int8_is_slow(float_model, candidate, samples) -> latency.Timing:
         # Slow while the Relu is INT8 (fused away into conv1's output range); otherwise each INT8 node saves a

@@ -180,7 +180,7 @@ def _flatten_seconds(timings: dict[str, Any]) -> list[float]:
 
 def _time_cell(report: PassReport) -> str:
     """``1.2 s: pass 0.4 + checks 0.2 + parity 0.6``, leaving out the parts that took no time."""
-    split = {key: seconds for key, seconds in report.time_split().items() if seconds >= 0.0005}
+    split = {key: seconds for key, seconds in report.time_split().items() if seconds > 0}
     total = _format_seconds(report.total_seconds())
     if len(split) < 2:
         return total

@@ -8,65 +8,20 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
-from onnxkit import modelio
-from onnxkit import ParityError, Pass, PassFailedError, PassResult, Pipeline, register_pass, unregister_pass
+from onnxkit import ParityError, PassFailedError, Pipeline, modelio
+from onnxkit.errors import DataError
 from onnxkit.examples import build_example
+from tests import plugin_passes
 from tests.conftest import run_model
-
-
-class ScaleFirstWeightPass(Pass):
-    """Deliberately wrong: multiplies one weight by 1.5 while claiming to be exact."""
-
-    name = "scale-weight"
-    kind = "exact"
-
-    def call(self, model: ir.Model) -> PassResult:
-        value = next(v for v in model.graph.initializers.values() if v.const_value.size > 1)
-        value.const_value = ir.tensor(value.const_value.numpy() * 1.5, name=value.name)
-        return PassResult(model, True, [f"scaled {value.name}"])
-
-
-class RenameOutputPass(Pass):
-    """Deliberately wrong: renames the graph output."""
-
-    name = "rename-output"
-
-    def call(self, model: ir.Model) -> PassResult:
-        model.graph.outputs[0].name = "renamed"
-        return PassResult(model, True, ["renamed the output"])
-
-
-class CrashPass(Pass):
-    """Deliberately broken: raises."""
-
-    name = "crash"
-
-    def call(self, model: ir.Model) -> PassResult:
-        raise RuntimeError("boom")
-
-
-class ContribReluPass(Pass):
-    """Deliberately undeclared: swaps Relu for an ONNX Runtime contrib op while declaring standard ops only."""
-
-    name = "contrib-relu"
-
-    def call(self, model: ir.Model) -> PassResult:
-        for node in model.graph:
-            if node.op_type == "Relu":
-                node.domain, node.op_type = "com.microsoft", "Gelu"
-                model.opset_imports["com.microsoft"] = 1
-                return PassResult(model, True, ["swapped a Relu"])
-        return PassResult(model, False)
 
 
 @pytest.fixture(autouse=True)
 def broken_passes():
-    for cls in (ScaleFirstWeightPass, RenameOutputPass, CrashPass, ContribReluPass):
-        register_pass(cls)
+    plugin_passes.register_all()
     yield
-    for cls in (ScaleFirstWeightPass, RenameOutputPass, CrashPass, ContribReluPass):
-        unregister_pass(cls.name)
+    plugin_passes.unregister_all()
 
 
 def _feeds(batch: int = 2) -> dict[str, np.ndarray]:
@@ -203,3 +158,167 @@ def test_provenance_records_version_spec_and_stats():
     record = json.loads(metadata["onnxkit.passes"])[0]
     assert record["stats"] == ["removed 3 nodes", "removed 1 unused initializers"]
     assert record["parity"]["passed"] is True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A pass cannot sink the run
+
+
+def test_internal_error_is_one_line_with_the_traceback_in_the_report():
+    original = build_example("mlp")
+    result = Pipeline.parse("type-error,cleanup").run(original, on_fail="rollback")
+    failed, cleanup = result.report.passes
+    assert failed.status == "rolled-back" and cleanup.status == "ok"
+    assert failed.error.startswith("pass 'type-error' hit an internal error: TypeError: ")
+    assert "\n" not in failed.error
+    assert "Traceback" in failed.traceback and "plugin_passes.py" in failed.traceback
+    assert json.loads(result.report.to_json())["passes"][0]["traceback"] == failed.traceback
+    assert result.report.exit_code == 1
+    # The pass removed a node before it crashed: the next pass starts from the model as it was.
+    assert cleanup.nodes_before == 8
+    np.testing.assert_allclose(run_model(ir.serde.serialize_model(result.model), _feeds())[0],
+                               run_model(original, _feeds())[0], rtol=1e-6, atol=1e-6)
+    with pytest.raises(PassFailedError, match="pass 'type-error' hit an internal error: TypeError") as info:
+        Pipeline.parse("type-error").run(build_example("mlp"))
+    assert isinstance(info.value.__cause__, TypeError)
+
+
+def test_user_error_inside_a_pass_stays_a_user_error():
+    with pytest.raises(DataError, match="3 dims in the data") as info:
+        Pipeline.parse("cleanup,bad-data").run(build_example("mlp"), on_fail="rollback")
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize("on_fail", ["stop", "rollback", "warn"])
+def test_pass_that_edits_while_claiming_no_change_is_caught(on_fail):
+    original = build_example("mlp")
+    if on_fail == "stop":
+        with pytest.raises(PassFailedError, match="changed the model but reported modified=False"):
+            Pipeline.parse("silent-edit").run(original, on_fail=on_fail)
+        return
+    result = Pipeline.parse("silent-edit").run(original, on_fail=on_fail)
+    entry = result.report.passes[0]
+    assert entry.status == "rolled-back" and "modified=False" in entry.error  # never kept, even with warn
+    assert result.report.exit_code == 1
+    np.testing.assert_allclose(run_model(ir.serde.serialize_model(result.model), _feeds())[0],
+                               run_model(original, _feeds())[0], rtol=1e-6, atol=1e-6)
+
+
+def test_an_honest_no_op_passes_the_claim_check():
+    first = Pipeline.parse("cleanup").run(build_example("mlp")).model
+    result = Pipeline.parse("cleanup,shape-inference").run(ir.serde.serialize_model(first))
+    cleanup = result.report.passes[0]
+    assert (cleanup.modified, cleanup.status) == (False, "ok")
+    assert result.report.exit_code == 0
+
+
+def test_exit_code_follows_the_report():
+    assert Pipeline.parse("cleanup").run(build_example("mlp")).report.exit_code == 0
+    assert Pipeline.parse("scale-weight").run(build_example("mlp"), on_fail="rollback").report.exit_code == 1
+    assert Pipeline.parse("scale-weight").run(build_example("mlp"), on_fail="warn").report.exit_code == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Narrowing a failing pass to the rule and site responsible
+
+
+@pytest.mark.parametrize(("spec", "failure"), [
+    ("two-rules", "parity: output 'y'"),
+    ("two-rules-checker", "onnx.checker: Unrecognized attribute: alpha for operator Max"),
+])
+def test_failing_pass_is_narrowed_to_the_one_bad_site(spec, failure):
+    original = plugin_passes.relu_chain()
+    result = Pipeline.parse(spec).run(original, dims={"batch": 2})
+    entry = result.report.passes[0]
+    assert entry.status == "narrowed" and result.report.exit_code == 0
+    assert [(s["rule"], s["node"]) for s in entry.skipped] == [("relu-as-max", "relu_1")]
+    assert entry.skipped[0]["failure"].startswith(failure)
+    assert 0 < entry.narrowing_reruns <= 32
+    # Everything else the pass did is kept: both rules at every other site.
+    ops = {node.name: node.op_type for node in result.model.graph}
+    assert ops == {"add_0": "Add", "relu_0": "Max", "add_1": "Add", "relu_1": "Relu", "add_2": "Add", "relu_2": "Max"}
+    assert all(node.inputs[0].name.startswith("c") for node in result.model.graph if node.op_type == "Add")
+    assert entry.parity["passed"]
+    line = f"skipped relu-as-max at node relu_1 ({entry.skipped[0]['failure']})"
+    assert (spec, line) in result.report.details()
+    assert line in json.loads(result.model.metadata_props["onnxkit.passes"])[0]["skipped"]
+    feeds = {"x": np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32)}
+    np.testing.assert_allclose(run_model(ir.serde.serialize_model(result.model), feeds)[0],
+                               run_model(original, feeds)[0], rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parity inputs, and what a run costs
+
+
+def test_parity_runs_on_the_held_out_calibration_samples():
+    samples = [{"x": np.random.default_rng(i).standard_normal((1, 16)).astype(np.float32)} for i in range(10)]
+    result = Pipeline.parse("cleanup").run(build_example("mlp"), calibration_data=samples)
+    assert result.report.parity_inputs.startswith("held-out samples of the calibration data")
+    assert result.report.passes[0].parity["samples"] == 2  # 1 of every HOLDOUT_EVERY = 5
+    given = Pipeline.parse("cleanup").run(build_example("mlp"), data=samples[:3], calibration_data=samples)
+    assert given.report.parity_inputs.startswith("--data") and given.report.passes[0].parity["samples"] == 3
+
+
+def test_synthetic_inputs_are_made_once_and_each_model_runs_once(monkeypatch):
+    import onnxruntime as ort
+
+    import onnxkit.data
+
+    made_datasets, sessions = [], []
+    real_as_dataset, real_session = onnxkit.data.as_dataset, ort.InferenceSession
+
+    def counting_as_dataset(*args, **kwargs):
+        made_datasets.append(args[0])
+        return real_as_dataset(*args, **kwargs)
+
+    def counting_session(*args, **kwargs):
+        sessions.append(args[0])
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(onnxkit.data, "as_dataset", counting_as_dataset)
+    monkeypatch.setattr(ort, "InferenceSession", counting_session)
+    # The batch bound by the caller leaves nothing to probe, so every session here is one of parity's.
+    result = Pipeline.parse("cleanup,shape-inference,scale-weight").run(build_example("mlp"), dims={"batch": 2},
+                                                                      on_fail="rollback")
+    assert made_datasets == [None]
+    assert "x float32[2,16]" in result.report.parity_inputs
+    # The input and the output of each of the three passes, each loaded once: the rolled-back pass's input
+    # is replayed from its recorded outputs, and so is each pass's input from the comparison before.
+    assert len(sessions) == 4
+    cleanup, shapes, scaled = result.report.passes
+    assert "reference_runs" in cleanup.timings["parity"] and "replayed" not in cleanup.timings["parity"]
+    assert "replayed" in shapes.timings["parity"] and "reference_runs" not in shapes.timings["parity"]
+    assert "replayed" in scaled.timings["parity"] and scaled.status == "rolled-back"
+
+
+def test_time_is_split_by_step_in_the_report_and_the_table():
+    result = Pipeline.parse("cleanup").run(build_example("mlp"))
+    timings = result.report.passes[0].timings
+    assert {"transform", "serialize", "checker", "shape_inference", "parity"} <= set(timings)
+    assert {"sessions", "candidate_runs", "comparison"} <= set(timings["parity"])
+    assert set(result.report.timings) >= {"serialize", "baseline_checks", "parity_inputs"}
+    cell = result.report.rows()[0][4]
+    assert "pass" in cell and "checks" in cell and "parity" in cell
+    json.dumps(result.report.to_dict())
+
+
+def test_quantize_target_met_means_the_pipeline_parity_passes():
+    """The pass judges its target on the held-out calibration samples; the pipeline's parity, given only the
+    calibration data, runs on those samples too, so the two verdicts cannot disagree."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) / 4, name)
+               for name, shape in (("w0", (32, 64)), ("w1", (64, 64)), ("w2", (64, 10)))]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"], name="mm0"), helper.make_node("Relu", ["h0"], ["a0"]),
+             helper.make_node("MatMul", ["a0", "w1"], ["h1"], name="mm1"), helper.make_node("Relu", ["h1"], ["a1"]),
+             helper.make_node("MatMul", ["a1", "w2"], ["y"], name="mm2")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    samples = [{"x": rng.standard_normal((1, 32)).astype(np.float32)} for _ in range(40)]
+    for mode in ("static", "dynamic"):
+        result = Pipeline.parse(f"quantize{{mode={mode},max_slowdown=none}}").run(model, calibration_data=samples)
+        entry = result.report.passes[0]
+        assert entry.details["target_met"] is True and entry.modified
+        assert entry.parity["passed"], entry.parity["summary"]
+        assert entry.parity["samples"] == 8 and "held-out" in result.report.parity_inputs

@@ -42,9 +42,19 @@ def _step(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 @click.option("--report-only", is_flag=True, help="Measure nothing: regenerate RESULTS.md and plots from results.json.")
 @click.option("--update", is_flag=True, help="Keep the other entries of the existing results.json and replace only "
               "the steps run now (e.g. --update --model lstm --skip-extras).")
+@click.option("--real", is_flag=True, help="Sweep the real-world corpus instead (benchmarks/real/): public "
+              "pretrained models and our own exports, fetched into the cache first; writes RESULTS.md's "
+              "real-world section. With --quick: a small subset, results under benchmarks/results/real-quick/.")
+@click.option("--only", "real_only", default="", help="With --real: only these corpus models (comma-separated).")
 def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out: Path | None,
-         report_only: bool, update: bool) -> None:
+         report_only: bool, update: bool, real: bool, real_only: str) -> None:
     """Benchmark onnxkit against onnxsim, onnxslim, onnxoptimizer and ONNX Runtime on the suite's models."""
+    if real:
+        from benchmarks.real.sweep import sweep
+
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        sweep(only=[n for n in real_only.split(",") if n] or None, quick=quick, out=out)
+        return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from benchmarks import measure
@@ -112,7 +122,7 @@ def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out
         with Progress(TextColumn("{task.description:<48}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn()) as progress:
             task = progress.add_task("benchmarks", total=len(steps))
-            say = lambda line: progress.update(task, description=line[:48])  # noqa: E731
+            say = lambda line: progress.update(task, description=line[:48])
             for title, run in steps:
                 say(title)
                 run(say)

@@ -227,7 +227,9 @@ def write_markdown(results: dict[str, Any], path: Path, plots: Sequence[str]) ->
         lines += [""]
     lines += _scale_section(results.get("scale")) + _calibration_section(results.get("calibration"))
     lines += _training_section(results.get("training"))
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    from benchmarks.real.render import carry_section
+
+    path.write_text(carry_section(path, "\n".join(lines).rstrip() + "\n"))
 
 
 def _scale_section(scale: dict[str, Any] | None) -> list[str]:

@@ -107,30 +107,59 @@ def check_external_data_locations(proto: onnx.ModelProto, base_dir: Path) -> Non
 
 
 def load_model(path: str | os.PathLike[str]) -> ir.Model:
-    """Load an ONNX model, with its external data loaded lazily from the model's folder."""
+    """Load an ONNX model; its external data (checked to stay in the model's folder) is read in whole below
+    protobuf's limit and lazily above it.
+
+    Passes, snapshots and sessions serialize a model and read it back; a tensor still pointing at a data file
+    then carries only a relative location, which ONNX Runtime and onnx_ir would look for in the current folder.
+    Read in, the model is whole wherever it goes. Past the limit, the weights stay on disk until used, and
+    whoever re-reads the serialized model must say where they are (``as_ir_model(..., model_dir=)``).
+    """
     path = Path(path)
     _check_model_file(path)
     proto = _parse_model_proto(path)
     check_external_data_locations(proto, path.parent)
     try:
-        return ir.serde.deserialize_model(proto) if not _has_external_data(proto) else ir.load(path)
+        external_bytes = _external_data_bytes(proto, path.parent)
+        if external_bytes >= EXTERNAL_DATA_THRESHOLD:
+            return ir.load(path)
+        if external_bytes:
+            onnx.load_external_data_for_model(proto, str(path.parent))
+        return ir.serde.deserialize_model(proto)
     except Exception as e:
         raise ModelLoadError(f"{path} could not be read as an ONNX model: {e}") from e
 
 
-def _has_external_data(proto: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_all_tensors(proto.graph))
+def _external_data_bytes(proto: onnx.ModelProto, base_dir: Path) -> int:
+    """Bytes of the graph's tensors kept in external data files (by their ``length``, else the whole file)."""
+    total = 0
+    for tensor in iter_all_tensors(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entries = {e.key: e.value for e in tensor.external_data}
+            total += int(entries["length"]) if "length" in entries else (base_dir / entries["location"]).stat().st_size
+    return total
 
 
-def as_ir_model(model: str | os.PathLike[str] | onnx.ModelProto | ir.Model | bytes) -> ir.Model:
-    """Accept any way a user holds a model and return an ``ir.Model``."""
+def as_ir_model(model: str | os.PathLike[str] | onnx.ModelProto | ir.Model | bytes, *,
+                model_dir: str | os.PathLike[str] | None = None) -> ir.Model:
+    """Accept any way a user holds a model and return an ``ir.Model``. ``model_dir`` is where the external
+    data of a model given as a proto or bytes lives (its tensors would otherwise be looked for in the
+    current folder)."""
     if isinstance(model, ir.Model):
         return model
-    if isinstance(model, onnx.ModelProto):
-        return ir.serde.deserialize_model(model)
     if isinstance(model, (bytes, bytearray)):
-        return ir.serde.deserialize_model(onnx.load_model_from_string(bytes(model)))
+        model = onnx.load_model_from_string(bytes(model))
+    if isinstance(model, onnx.ModelProto):
+        result = ir.serde.deserialize_model(model)
+        if model_dir is not None:
+            _set_external_data_folder(result, model_dir)
+        return result
     return load_model(model)
+
+
+def _set_external_data_folder(model: ir.Model, folder: str | os.PathLike[str]) -> None:
+    for graph in model.graphs():
+        ir.external_data.set_base_dir(graph, folder)
 
 
 def tensor_bytes(model: ir.Model) -> int:
@@ -240,5 +269,6 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
 
 
 def clone_model(model: ir.Model) -> ir.Model:
-    """An independent deep copy (used to snapshot a model before a pass, for rollback and parity)."""
-    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    """An independent deep copy (used to snapshot a model before a pass, for rollback and parity); tensors
+    still in external data files keep pointing at them."""
+    return as_ir_model(ir.serde.serialize_model(model), model_dir=external_data_folder(model))

@@ -182,3 +182,29 @@ def test_map_typed_outputs_go_through_simplify_fuse_with_parity(tmp_path):
     expected_labels, expected_probabilities = run_model(_classifier_with_zipmap(), feeds)
     np.testing.assert_array_equal(labels, expected_labels)
     assert probabilities == expected_probabilities
+
+
+def test_small_external_data_is_read_in_so_the_model_is_whole_anywhere(tmp_path, monkeypatch):
+    _model_with_external_data(tmp_path)
+    model = load_model(tmp_path / "model.onnx")
+    assert not isinstance(model.graph.initializers["w"].const_value, ir.ExternalTensor)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    copy = modelio.as_ir_model(modelio.to_proto(model).SerializeToString())
+    np.testing.assert_array_equal(copy.graph.initializers["w"].const_value.numpy().ravel(), np.arange(64))
+
+
+def test_large_external_data_stays_on_disk_and_copies_still_find_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 100)  # the 256-byte weight counts as large
+    _model_with_external_data(tmp_path)
+    model = load_model(tmp_path / "model.onnx")
+    assert isinstance(model.graph.initializers["w"].const_value, ir.ExternalTensor)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    serialized = modelio.to_proto(model)
+    with pytest.raises(FileNotFoundError):  # what every pass that re-reads a model would otherwise meet
+        ir.serde.deserialize_model(serialized).graph.initializers["w"].const_value.numpy()
+    for copy in (modelio.clone_model(model), modelio.as_ir_model(serialized, model_dir=tmp_path)):
+        np.testing.assert_array_equal(copy.graph.initializers["w"].const_value.numpy().ravel(), np.arange(64))

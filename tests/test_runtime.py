@@ -42,12 +42,12 @@ def _custom_domain_op() -> onnx.ModelProto:
 
 
 def _save_with_external_data(folder: Path) -> Path:
-    """MatMul by an 8x8 weight kept in ``weights.bin``, then an Identity that ``cleanup`` removes."""
-    weight = numpy_helper.from_array(np.arange(64, dtype=np.float32).reshape(8, 8) / 64, "w")
+    """MatMul by a 32x32 weight kept in ``weights.bin``, then an Identity that ``cleanup`` removes."""
+    weight = numpy_helper.from_array(np.arange(1024, dtype=np.float32).reshape(32, 32) / 1024, "w")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Identity", ["h"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], [weight],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32])], [weight],
     )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
@@ -117,7 +117,7 @@ def test_in_memory_model_finds_its_external_data_from_another_folder(tmp_path: P
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    feeds = {"x": np.ones((2, 8), np.float32)}
+    feeds = {"x": np.ones((2, 32), np.float32)}
     expected = runtime.make_session(path).run(None, feeds)[0]
 
     serialized = onnx.load(path, load_external_data=False).SerializeToString()  # references weights.bin
@@ -125,7 +125,8 @@ def test_in_memory_model_finds_its_external_data_from_another_folder(tmp_path: P
         runtime.make_session(serialized)  # ORT alone looks in the current folder
     np.testing.assert_array_equal(runtime.make_session(serialized, model_dir=path.parent).run(None, feeds)[0],
                                   expected)
-    # An ir.Model loaded from the file knows where its data is.
+    # An ir.Model that reads its weights lazily from the file knows where they are.
+    np.testing.assert_array_equal(runtime.make_session(ir.load(path)).run(None, feeds)[0], expected)
     np.testing.assert_array_equal(runtime.make_session(modelio.load_model(path)).run(None, feeds)[0], expected)
 
 
@@ -146,9 +147,7 @@ def test_optimize_and_check_run_from_another_folder(tmp_path: Path, external_dat
     optimized = _onnxkit("optimize", model, "--passes", "cleanup", "-o", output, cwd=elsewhere)
     assert optimized.returncode == 0, optimized.stderr
     assert "PASSED" in optimized.stdout  # cleanup removed the Identity, so parity ran on the in-memory model
-    # The output came with external data, so it leaves with its own, beside it.
-    assert sorted(p.name for p in output.parent.iterdir()) == ["model.opt.onnx", "model.opt.onnx.data"]
-    feeds = {"x": np.full((2, 8), 0.5, np.float32)}
+    feeds = {"x": np.full((2, 32), 0.5, np.float32)}
     np.testing.assert_allclose(runtime.make_session(output).run(None, feeds)[0],
                                runtime.make_session(model).run(None, feeds)[0], rtol=1e-6)
 
@@ -157,15 +156,18 @@ def test_optimize_and_check_run_from_another_folder(tmp_path: Path, external_dat
     assert "PASSED" in checked.stdout
 
 
-def test_optimize_without_external_data_writes_the_weights_inline(tmp_path: Path, external_data_model) -> None:
+@pytest.mark.parametrize("layout", ["--external-data", "--no-external-data"])
+def test_optimize_writes_the_weights_where_the_output_is(tmp_path: Path, external_data_model, layout: str) -> None:
     model, elsewhere = external_data_model
-    output = tmp_path / "inline.onnx"
-    result = _onnxkit("optimize", model, "--passes", "cleanup", "--no-external-data", "-o", output, cwd=elsewhere)
+    output = tmp_path / "out.onnx"
+    result = _onnxkit("optimize", model, "--passes", "cleanup", layout, "-o", output, cwd=elsewhere)
     assert result.returncode == 0, result.stderr
-    assert not (tmp_path / "inline.onnx.data").exists()
-    proto = onnx.load(output)
-    assert all(t.data_location != TensorProto.EXTERNAL for t in proto.graph.initializer)
-    assert runtime.make_session(output).run(None, {"x": np.ones((2, 8), np.float32)})[0].shape == (2, 8)
+    assert (tmp_path / "out.onnx.data").exists() == (layout == "--external-data")
+    locations = {t.data_location for t in onnx.load(output, load_external_data=False).graph.initializer}
+    assert (TensorProto.EXTERNAL in locations) == (layout == "--external-data")
+    feeds = {"x": np.full((2, 32), 0.25, np.float32)}
+    np.testing.assert_allclose(runtime.make_session(output).run(None, feeds)[0],
+                               runtime.make_session(model).run(None, feeds)[0], rtol=1e-6)
 
 
 def test_inspect_runs_from_another_folder(external_data_model) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from tests.conftest import run_model
 
 
 def onnxkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnxkit", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "onnxkit", *args], capture_output=True, text=True, cwd=cwd, check=False)
 
 
 def digest(path: Path) -> str:
@@ -178,3 +179,78 @@ def test_refuses_to_overwrite_input_without_in_place(model_path):
     result = onnxkit("optimize", str(model_path), "--passes", "cleanup", "-o", str(model_path), "--in-place")
     assert result.returncode == 0, result.stderr
     assert digest(model_path) != before
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Exit codes: 0 every pass did its job within tolerance, 1 a pass failed or was rolled back, 2 a user error
+
+
+def onnxkit_with_plugins(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The command with tests/plugin_passes.py's misbehaving passes registered, as a user's plugins would be."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "COLUMNS": "250"}
+    return subprocess.run([sys.executable, "-m", "tests.plugin_passes", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, check=False)
+
+
+@pytest.mark.parametrize("on_fail", ["stop", "rollback", "warn"])
+def test_a_pass_that_fails_parity_exits_1_whatever_on_fail_says(model_path, tmp_path, on_fail):
+    out = tmp_path / "out.onnx"
+    result = onnxkit_with_plugins("optimize", str(model_path), "--passes", "cleanup,scale-weight", "-o", str(out),
+                                  "--on-fail", on_fail, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)}
+    if on_fail == "stop":
+        assert result.stderr.startswith("error: pass 'scale-weight' changed the model's outputs")
+        assert not out.exists()
+        return
+    statuses = [record["status"] for record in json.loads({p.key: p.value for p in onnx.load(out).metadata_props}
+                                                          ["onnxkit.passes"])]
+    drift = np.abs(run_model(out, feeds)[0] - run_model(model_path, feeds)[0]).max()
+    if on_fail == "rollback":
+        assert statuses == ["ok", "rolled-back"]
+        assert "rolled back: scale-weight (the saved model does without it)" in result.stdout
+        assert drift < 1e-5  # the saved model is correct: the input with only cleanup applied
+    else:
+        assert statuses == ["ok", "parity-warning"]
+        assert "parity failed; kept because --on-fail warn was given" in result.stdout
+        assert drift > 1e-3  # kept as asked, and the exit code says it is not within tolerance
+
+
+def test_internal_error_of_a_pass_is_one_line_and_its_traceback_only_with_verbose(model_path, tmp_path):
+    out = tmp_path / "out.onnx"
+    args = ("optimize", str(model_path), "--passes", "type-error,cleanup", "-o", str(out))
+    rolled_back = onnxkit_with_plugins(*args, "--on-fail", "rollback", cwd=tmp_path)
+    assert rolled_back.returncode == 1, rolled_back.stderr
+    assert "type-error: pass 'type-error' hit an internal error: TypeError: " in rolled_back.stdout
+    assert "Traceback" not in rolled_back.stdout + rolled_back.stderr
+    assert out.exists()
+    stopped = onnxkit_with_plugins(*args, cwd=tmp_path)
+    assert stopped.returncode == 1
+    assert stopped.stderr.startswith("error: pass 'type-error' hit an internal error: TypeError: ")
+    assert "Traceback" not in stopped.stderr
+    verbose = onnxkit_with_plugins(*args, "--verbose", cwd=tmp_path)
+    assert verbose.returncode == 1
+    assert "Traceback" in verbose.stderr and "plugin_passes.py" in verbose.stderr
+    report = json.loads(onnxkit_with_plugins(*args, "--on-fail", "rollback", "--json", cwd=tmp_path).stdout)
+    assert "Traceback" in report["passes"][0]["traceback"] and report["exit_code"] == 1
+
+
+def test_user_error_inside_a_pass_exits_2(model_path, tmp_path):
+    result = onnxkit_with_plugins("optimize", str(model_path), "--passes", "bad-data", "-o", str(tmp_path / "o.onnx"),
+                                  "--on-fail", "rollback", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: input 'x' has 3 dims") and "Traceback" not in result.stderr
+
+
+def test_narrowed_pass_exits_0_and_says_what_it_skipped(tmp_path):
+    from tests.plugin_passes import relu_chain
+
+    model, out = tmp_path / "chain.onnx", tmp_path / "out.onnx"
+    onnx.save(relu_chain(), model)
+    result = onnxkit_with_plugins("optimize", str(model), "--passes", "two-rules-checker", "-o", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ("two-rules-checker: skipped relu-as-max at node relu_1 (onnx.checker: Unrecognized attribute: alpha "
+            "for operator Max)") in result.stdout
+    assert "narrowed" in result.stdout
+    onnx.checker.check_model(onnx.load(out), full_check=True)

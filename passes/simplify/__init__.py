@@ -40,7 +40,7 @@ RULES = (
     "fold-constants", "fold-shape-values", "materialize-reshape", "inline-constant-if", "remove-dropout",
     "no-op-cast", "no-op-transpose", "no-op-expand", "no-op-slice", "no-op-pad", "no-op-scatternd",
     "no-op-arithmetic", "drop-zero-initial-state", "remove-identity", "constant-to-initializer",
-    "merge-initializers", "cse",
+    "merge-initializers", "cse", "merge-transposes", "merge-reshapes", "flatten-concats",
 )
 
 

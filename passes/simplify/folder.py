@@ -68,8 +68,13 @@ class SimplifyFolder(FolderBase):
             # onnxscript wraps a crash of one of its evaluators (SplitToSequence with a computed split,
             # in 0.7) in a RuntimeError: that node is left as it is, the rest is still folded.
             return None
+        replacement = self._accepted(node, replacement)
         if replacement is None and node.domain in ("", "ai.onnx"):
-            replacement = self._evaluate_shape_values(node)
+            replacement = self._accepted(node, self._evaluate_shape_values(node))
+        return replacement
+
+    def _accepted(self, node: ir.Node, replacement: Replacement | None) -> Replacement | None:
+        """The replacement, recorded, when its rule is allowed here and it is valid; else None."""
         if replacement is None:
             return None
         rule, verb, what = self._classify(node, replacement)
@@ -77,7 +82,7 @@ class SimplifyFolder(FolderBase):
         # Evaluated folds asked for leave in ``_should_fold``, before the folder stored their constant.
         if rule != "fold-constants" and not self.rewrites.allows(rule, site):
             return None
-        if not self._valid_at_opset(node, replacement):
+        if not self._valid(node, replacement):
             return None
         self.rewrites.record(rule, site, verb, what)
         return replacement
@@ -108,8 +113,15 @@ class SimplifyFolder(FolderBase):
             return "materialize-reshape", "simplified", "Reshape targets into constants"
         return f"simplify-{op_type.lower()}", "simplified", op_type
 
-    def _valid_at_opset(self, node: ir.Node, replacement: Replacement) -> bool:
-        """Make the replacement's nodes valid at the model's opset, or refuse it (and count why)."""
+    def _valid(self, node: ir.Node, replacement: Replacement) -> bool:
+        """Make the replacement's nodes valid at the model's opset, or refuse it (and count why); refuse one
+        whose outputs change type (onnxscript writes int64 constants for int32 shape values)."""
+        for old, new in zip(node.outputs, replacement.new_outputs):
+            new_type = new.dtype
+            if new_type is None and (tensor := ir.convenience.get_const_tensor(new)) is not None:
+                new_type = tensor.dtype
+            if old.dtype is not None and new_type is not None and old.dtype != new_type:
+                return False
         for new_node in replacement.new_nodes:
             if opset_problem(new_node, self.opset) is None:
                 continue

@@ -20,7 +20,7 @@ from onnxkit.passes._graph_utils import (
     eliminate_identities,
     structural_fingerprint,
 )
-from onnxkit.passes.simplify import merge, no_op
+from onnxkit.passes.simplify import consecutive, merge, no_op
 from onnxkit.passes.simplify._onnxscript import LOGGER_NAME as FOLDER_LOGGER
 from onnxkit.passes.simplify.folder import SimplifyFolder, unfolded_placeholders
 from onnxkit.passes.simplify.rewrites import Rewrites, site_name
@@ -121,6 +121,7 @@ class _Simplifier:
         changed = SimplifyFolder(self.max_constant_bytes, rewrites, self.refused)(model).modified
         no_op.remove_no_ops(model, rewrites, self.opset)
         no_op.drop_zero_initial_states(model, rewrites)
+        consecutive.merge_consecutive(model, rewrites)
         eliminate_identities(model, self._may_remove_identity)
         nodes_before = _count(model)
         common.RemoveUnusedNodesPass()(model)

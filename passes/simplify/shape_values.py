@@ -26,12 +26,15 @@ from onnxkit.passes.simplify._onnxscript import ShapeValues
 
 Dims = list  # of int | ir.SymbolicDim
 
+# Shape values live in int64 tensors, or int32 ones after a Cast (TensorFlow exporters compute in int32).
+_INTEGER_SHAPE_TYPES = (ir.DataType.INT64, ir.DataType.INT32)
+
 
 def _dims(value: ir.Value | None, state: ShapeValues) -> Dims | None:
     if value is None:
         return None
     if (const := value.const_value) is not None:
-        if const.dtype != ir.DataType.INT64 or const.size > 64 or len(const.shape) > 1:
+        if const.dtype not in _INTEGER_SHAPE_TYPES or const.size > 64 or len(const.shape) > 1:
             return None
         return [int(v) for v in const.numpy().reshape(-1)]
     sym = state.get_sym_value(value)
@@ -52,8 +55,16 @@ def _shape_result(node: ir.Node, op, state: ShapeValues, dims: Dims,
     state.set_sym_value(node.outputs[0], ir.Shape(dims))
     if rank not in (0, 1) or not all(isinstance(d, int) for d in dims):
         return None
-    array = np.array(dims, dtype=np.int64)
+    array = np.array(dims, dtype=_result_dtype(node).numpy())
     return op.Constant(value=ir.tensor(array.reshape(()) if rank == 0 else array))
+
+
+def _result_dtype(node: ir.Node) -> ir.DataType:
+    """The integer type of a shape-value result: the output's, else the first input's, else int64."""
+    for value in (node.outputs[0], node.inputs[0]):
+        if value is not None and value.dtype in _INTEGER_SHAPE_TYPES:
+            return value.dtype
+    return ir.DataType.INT64
 
 
 def _unknown() -> ir.SymbolicDim:
@@ -85,6 +96,30 @@ def _gather_shape_value(node: ir.Node, op, state: ShapeValues):
     if index.ndim != 0 or not -len(dims) <= int(index) < len(dims):
         return None
     return _shape_result(node, op, state, [dims[int(index)]], rank=0)
+
+
+@_evaluator("Cast")
+def _cast_shape_value(node: ir.Node, op, state: ShapeValues):
+    """A shape value cast between int64 and int32 keeps its dims (they fit either type)."""
+    data = node.inputs[0]
+    dims = _dims(data, state)
+    to = node.attributes.get_int("to")
+    if dims is None or data.const_value is not None or to not in _INTEGER_SHAPE_TYPES or _rank(data) not in (0, 1):
+        return None
+    return _shape_result(node, op, state, dims, rank=_rank(data))
+
+
+@_evaluator("Concat")
+def _concat_shape_values(node: ir.Node, op, state: ShapeValues):
+    """Concat of 1-D shape values; onnxscript's own evaluator reads int64 constants only."""
+    if node.attributes.get_int("axis") not in (0, -1) or not node.inputs:
+        return None
+    parts = [_dims(value, state) for value in node.inputs]
+    if any(part is None for part in parts) or any(_rank(value) != 1 for value in node.inputs):
+        return None
+    if all(value.const_value is not None for value in node.inputs):
+        return None  # fully constant: ordinary folding does it
+    return _shape_result(node, op, state, [dim for part in parts for dim in part], rank=1)
 
 
 @_evaluator("Slice", first=10)

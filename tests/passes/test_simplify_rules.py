@@ -224,3 +224,63 @@ def test_kept_constant_of_shape_placeholders_are_reported_with_their_size():
     simplified, result = run_simplify(model)
     assert op_counts(simplified)["ConstantOfShape"] == 1
     assert "kept 1 ConstantOfShape placeholders (2.1 MB) unfolded: folding would grow the model" in result.stats
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Consecutive nodes merged (what onnxsim and onnxslim did on corpus models that we did not)
+
+
+def test_transpose_pair_that_cancels_goes_and_one_that_composes_becomes_one():
+    nodes = [helper.make_node("Transpose", ["x"], ["t1"], perm=[1, 0, 2]),
+             helper.make_node("Transpose", ["t1"], ["t2"], perm=[1, 0, 2]),
+             helper.make_node("Transpose", ["t2"], ["t3"], perm=[2, 0, 1]),
+             helper.make_node("Transpose", ["t3"], ["y"], perm=[0, 2, 1])]
+    model = model_at(nodes, [tensor_input("x", [2, 3, 4])], [tensor_input("y", [4, 3, 2])])
+    simplified, result = run_simplify(model)
+    assert op_counts(simplified) == {"Transpose": 1}
+    assert {site.rule for site in result.sites} >= {"merge-transposes"}
+    assert_same_outputs(model, simplified, {"x": np.arange(24, dtype=np.float32).reshape(2, 3, 4)})
+
+
+def test_reshape_of_a_reshape_reads_the_original_unless_the_target_copies_a_dim():
+    nodes = [helper.make_node("Reshape", ["x", "s1"], ["r1"]), helper.make_node("Reshape", ["r1", "s2"], ["r2"]),
+             helper.make_node("Reshape", ["r2", "s3"], ["r3"]), helper.make_node("Reshape", ["r3", "s4"], ["y"])]
+    initializers = [const("s1", np.array([6, 4])), const("s2", np.array([4, -1])), const("s3", np.array([2, 12])),
+                    const("s4", np.array([0, 3, 4]))]
+    model = model_at(nodes, [tensor_input("x", [2, 3, 4])], [tensor_input("y", [2, 3, 4])], initializers)
+    simplified, _ = run_simplify(model)
+    # s2 and s3 copy no dim: their inner Reshapes go; s4 copies dim 0 of r3, which must stay.
+    assert op_counts(simplified) == {"Reshape": 2}
+    assert_same_outputs(model, simplified, {"x": np.arange(24, dtype=np.float32).reshape(2, 3, 4)})
+
+
+def test_nested_concats_on_one_axis_flatten():
+    nodes = [helper.make_node("Concat", ["x", "x"], ["inner"], axis=1),
+             helper.make_node("Concat", ["x", "inner"], ["outer"], axis=1),
+             helper.make_node("Concat", ["outer", "outer"], ["y"], axis=0)]
+    model = model_at(nodes, [tensor_input("x", [2, 3])], [tensor_input("y", [4, 9])])
+    simplified, _ = run_simplify(model)
+    # The inner Concat joins the outer one; the axis-0 Concat reads an axis-1 one: those two stay apart.
+    assert op_counts(simplified) == {"Concat": 2}
+    assert_same_outputs(model, simplified, {"x": np.arange(6, dtype=np.float32).reshape(2, 3)})
+
+
+def test_reshape_target_computed_in_int32_becomes_a_constant():
+    """TensorFlow exporters cast the shape to int32, slice and concatenate it there, and cast it back."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Cast", ["shape"], ["shape32"], to=TensorProto.INT32),
+        helper.make_node("Slice", ["shape32", "zero", "one"], ["batch"]),
+        helper.make_node("Concat", ["batch", "ones"], ["target32"], axis=0),
+        helper.make_node("Cast", ["target32"], ["target"], to=INT64),
+        helper.make_node("Reshape", ["v", "target"], ["y"]),
+    ]
+    initializers = [const("zero", np.array([0])), const("one", np.array([1])), const("ones", np.array([1, 1], np.int32))]
+    model = model_at(nodes, [tensor_input("x", ["n", 5]), tensor_input("v", ["n"])], [tensor_input("y", ["n", 1, 1])],
+                     initializers)
+    simplified, result = run_simplify(model)
+    assert op_counts(simplified) == {"Reshape": 1}
+    assert Site("materialize-reshape", "Reshape") not in result.sites  # unnamed: reported under its output
+    assert any(site.rule == "materialize-reshape" for site in result.sites)
+    feeds = {"x": np.zeros((3, 5), np.float32), "v": np.arange(3, dtype=np.float32)}
+    assert_same_outputs(model, simplified, feeds)

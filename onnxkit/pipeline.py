@@ -24,7 +24,7 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -444,6 +444,7 @@ class _Run:
         self.calibration_data = calibration_data
         self.baseline: _Baseline | None = None
         self._parity: Any = None
+        self.deferring = False  # parity waits for the end of a segment of exact passes
 
     # -- the run ----------------------------------------------------------------------------------------
 
@@ -460,8 +461,9 @@ class _Run:
             with clock("parity_inputs"):
                 self._parity_chain(current)  # data problems surface before the first pass runs
         before = original
-        for pass_ in _with_progress(passes, enabled=progress):
-            current, before = self.one(pass_, current, before)
+        with _progress(len(passes), enabled=progress) as show:
+            for segment in _segments(passes, check=self.check):
+                current, before = self.segment(segment, current, before, show)
 
         if self.check == "end" and before is not original:
             kind = "lossy" if any(p.kind == "lossy" for p in passes) else "exact"
@@ -475,6 +477,44 @@ class _Run:
                     raise ParityError(f"the optimized model's outputs drifted beyond {kind} tolerance: {parity.summary()}",
                                       hint="run with --check each to find the pass responsible")
         return current
+
+    def segment(self, passes: list[Pass], current: ir.Model, before: _Snapshot, show: Callable[[Pass], None]
+                ) -> tuple[ir.Model, _Snapshot]:
+        """Run consecutive exact passes with one parity check for them all, from the first one's input to the
+        last one's output: each model then runs once instead of once per pass around it. Each pass is still
+        verified on its own. Should the outputs drift, the passes run again, each checked on its own, to find
+        the one responsible: the price of a failure, paid only then."""
+        if len(passes) == 1:
+            show(passes[0])
+            return self.one(passes[0], current, before)
+        start, entries, rolled_back = before, len(self.report.passes), len(self.report.rolled_back)
+        self.deferring = True
+        try:
+            for pass_ in passes:
+                show(pass_)
+                current, before = self.one(pass_, current, before)
+        finally:
+            self.deferring = False
+        if before is start:
+            return current, before  # nothing changed, so there is nothing to compare
+        segment_entries = self.report.passes[entries:]
+        parity = self._parity_chain(current).compare(start.model, before.model, self._tolerance("exact"),
+                                                     segment_entries[-1].timings.setdefault("parity", {}))
+        if parity.passed:
+            covered = [e.name for e in segment_entries if e.modified and e.status in ("ok", "narrowed")]
+            for entry in segment_entries:
+                if entry.name in covered:
+                    entry.parity = {**parity.to_dict(), "passes": covered}
+            return current, before
+        # Check the passes one by one from the segment's input; what the first try cost stays on the record.
+        self.report.timings["segment_retries"] = self.report.timings.get("segment_retries", 0.0) + sum(
+            e.total_seconds() for e in segment_entries)
+        del self.report.passes[entries:]
+        del self.report.rolled_back[rolled_back:]
+        current, before = start.restore(), start
+        for pass_ in passes:
+            current, before = self.one(pass_, current, before)
+        return current, before
 
     def one(self, pass_: Pass, current: ir.Model, before: _Snapshot) -> tuple[ir.Model, _Snapshot]:
         """Run one pass; returns the model the next pass starts from, and its snapshot."""
@@ -547,7 +587,7 @@ class _Run:
         if problems:
             return _Attempt(result, snapshot, _Failure("verification", f"pass '{pass_.name}' broke the model: "
                                                        f"{problems[0]}", problems[0]), verification=problems)
-        if self.check != "each":
+        if self.check != "each" or self.deferring:
             return _Attempt(result, snapshot, None)
         parity = self._parity_chain(model).compare(before.model, snapshot.model, self._tolerance(pass_.kind),
                                                    timings.setdefault("parity", {}))
@@ -723,10 +763,23 @@ def _parity_brief(parity: Any) -> str:
     return f"parity: output '{worst.name}': {worst.failures[0]}"
 
 
-def _with_progress(passes: list[Pass], *, enabled: bool) -> Iterable[Pass]:
-    """Yield the passes, showing a progress bar on stderr that names the running pass."""
+def _segments(passes: list[Pass], *, check: CheckMode) -> list[list[Pass]]:
+    """Runs of consecutive exact passes, and each other pass alone; with ``check=each`` only (otherwise
+    there is no per-pass parity to share)."""
+    segments: list[list[Pass]] = []
+    for pass_ in passes:
+        if check == "each" and pass_.kind == "exact" and segments and segments[-1][-1].kind == "exact":
+            segments[-1].append(pass_)
+        else:
+            segments.append([pass_])
+    return segments
+
+
+@contextlib.contextmanager
+def _progress(total: int, *, enabled: bool) -> Iterator[Callable[[Pass], None]]:
+    """A function to call as each pass starts; with ``enabled``, a progress bar on stderr names it."""
     if not enabled:
-        yield from passes
+        yield lambda pass_: None
         return
     from rich.console import Console
     from rich.progress import (
@@ -739,11 +792,15 @@ def _with_progress(passes: list[Pass], *, enabled: bool) -> Iterable[Pass]:
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("passes", total=len(passes))
-        for pass_ in passes:
-            progress.update(task, description=f"running {pass_.name}")
-            yield pass_
-            progress.advance(task)
+        task = progress.add_task("passes", total=total)
+        started = 0
+
+        def show(pass_: Pass) -> None:
+            nonlocal started
+            progress.update(task, description=f"running {pass_.name}", completed=min(started, total))
+            started += 1
+
+        yield show
 
 
 def record_provenance(model: ir.Model, report: PipelineReport) -> None:

@@ -260,36 +260,56 @@ def test_parity_runs_on_the_held_out_calibration_samples():
     assert given.report.parity_inputs.startswith("--data") and given.report.passes[0].parity["samples"] == 3
 
 
-def test_synthetic_inputs_are_made_once_and_each_model_runs_once(monkeypatch):
+@pytest.fixture
+def counted(monkeypatch) -> dict[str, list]:
+    """Records each dataset the pipeline asks onnxkit.data for, and each ONNX Runtime session made."""
     import onnxruntime as ort
 
     import onnxkit.data
 
-    made_datasets, sessions = [], []
+    calls: dict[str, list] = {"datasets": [], "sessions": []}
     real_as_dataset, real_session = onnxkit.data.as_dataset, ort.InferenceSession
 
     def counting_as_dataset(*args, **kwargs):
-        made_datasets.append(args[0])
+        calls["datasets"].append(args[0])
         return real_as_dataset(*args, **kwargs)
 
     def counting_session(*args, **kwargs):
-        sessions.append(args[0])
+        calls["sessions"].append(args[0])
         return real_session(*args, **kwargs)
 
     monkeypatch.setattr(onnxkit.data, "as_dataset", counting_as_dataset)
     monkeypatch.setattr(ort, "InferenceSession", counting_session)
+    return calls
+
+
+def test_synthetic_inputs_are_made_once_and_exact_passes_share_one_check(counted):
     # The batch bound by the caller leaves nothing to probe, so every session here is one of parity's.
+    result = Pipeline.parse("cleanup,shape-inference").run(build_example("mlp"), dims={"batch": 2})
+    assert counted["datasets"] == [None]
+    assert "x float32[2,16]" in result.report.parity_inputs
+    # Two exact passes in a row: the input and the last output are compared, each model loaded once.
+    assert len(counted["sessions"]) == 2
+    cleanup, shapes = result.report.passes
+    assert cleanup.parity["passed"] and cleanup.parity["passes"] == ["cleanup", "shape-inference"]
+    assert shapes.parity == cleanup.parity
+
+
+def test_drift_in_a_run_of_exact_passes_is_pinned_on_its_pass(counted):
     result = Pipeline.parse("cleanup,shape-inference,scale-weight").run(build_example("mlp"), dims={"batch": 2},
                                                                       on_fail="rollback")
-    assert made_datasets == [None]
-    assert "x float32[2,16]" in result.report.parity_inputs
-    # The input and the output of each of the three passes, each loaded once: the rolled-back pass's input
-    # is replayed from its recorded outputs, and so is each pass's input from the comparison before.
-    assert len(sessions) == 4
+    assert [p.status for p in result.report.passes] == ["ok", "ok", "rolled-back"]
     cleanup, shapes, scaled = result.report.passes
-    assert "reference_runs" in cleanup.timings["parity"] and "replayed" not in cleanup.timings["parity"]
-    assert "replayed" in shapes.timings["parity"] and "reference_runs" not in shapes.timings["parity"]
-    assert "replayed" in scaled.timings["parity"] and scaled.status == "rolled-back"
+    assert "passes" not in cleanup.parity and scaled.parity["passed"] is False
+    # The input and the run's output once, then each pass's output once; each pass's input is replayed from
+    # the comparison before (or the one before the rollback), never run again.
+    assert len(counted["sessions"]) == 5
+    assert "reference_runs" not in cleanup.timings["parity"] and "replayed" in cleanup.timings["parity"]
+    assert "replayed" in shapes.timings["parity"] and "replayed" in scaled.timings["parity"]
+    assert result.report.timings["segment_retries"] > 0
+    original = build_example("mlp")
+    np.testing.assert_allclose(run_model(ir.serde.serialize_model(result.model), _feeds())[0],
+                               run_model(original, _feeds())[0], rtol=1e-6, atol=1e-6)
 
 
 def test_time_is_split_by_step_in_the_report_and_the_table():

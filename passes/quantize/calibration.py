@@ -216,7 +216,10 @@ def cache_key(proto: onnx.ModelProto, data_fingerprint: str, settings: Calibrati
               tensor_names: Sequence[str]) -> str:
     """Model bytes + data + settings + the tensors calibrated: any change gives a new key."""
     digest = hashlib.sha256()
-    digest.update(hashlib.sha256(proto.SerializeToString(deterministic=True)).digest())
+    # Part by part: a model past protobuf's 2 GB limit cannot be serialized whole.
+    for part in (*proto.opset_import, *proto.graph.input, *proto.graph.output, *proto.graph.node,
+                 *proto.graph.initializer):
+        digest.update(hashlib.sha256(part.SerializeToString(deterministic=True)).digest())
     digest.update(data_fingerprint.encode())
     digest.update(json.dumps({"format": CACHE_FORMAT, **dataclasses.asdict(settings),
                               "tensors": list(tensor_names)}, sort_keys=True).encode())

@@ -26,19 +26,28 @@ class ShapeInferencePass(Pass):
     Options = ShapeInferenceOptions
 
     def call(self, model: ir.Model) -> PassResult:
-        def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
-            return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=self.options.strict,
-                                                     data_prop=self.options.data_prop)
-
         try:
-            # onnx_ir's helper hands ONNX a copy without initializer data, so models over 2 GB work too.
-            inferred = ir.serde.deserialize_model(_c_api_utils.call_onnx_api(infer, model))
+            annotated = infer_shapes(model, strict=self.options.strict, data_prop=self.options.data_prop)
         except Exception as e:
             if self.options.strict:
                 raise PassFailedError(f"shape inference failed: {e}", hint="retry without strict=true") from e
             return PassResult(model, False, [f"shape inference failed, model left as it was: {e}"])
-        annotated = _merge_types(model, inferred)
         return PassResult(model, annotated > 0, [f"annotated {annotated} values"] if annotated else [])
+
+
+def infer_shapes(model: ir.Model, *, strict: bool = False, data_prop: bool = True, check_type: bool = True) -> int:
+    """Run ONNX shape inference and copy what it found onto ``model``'s values; returns how many changed.
+
+    Raises what ONNX raises (in strict mode, any inference error).
+    """
+    def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+        return onnx.shape_inference.infer_shapes(proto, check_type=check_type, strict_mode=strict,
+                                                 data_prop=data_prop)
+
+    # onnx_ir's helper (private, tested with onnx-ir 1.1.0) hands ONNX a copy without initializer data, so
+    # models over 2 GB work too.
+    inferred = ir.serde.deserialize_model(_c_api_utils.call_onnx_api(infer, model))
+    return _merge_types(model, inferred)
 
 
 def _merge_types(model: ir.Model, inferred: ir.Model) -> int:

@@ -43,7 +43,7 @@ class SimplifyFolder(FolderBase):
         # onnxscript's own output limit counts elements; ours counts bytes and is enforced here, so its
         # limit is set where it can never be the stricter one.
         super().__init__(
-            shape_inference=True,
+            shape_inference=False,
             input_size_limit=DEFAULT_INPUT_SIZE_LIMIT,
             output_size_limit=np.iinfo(np.int64).max,
             should_fold=self._should_fold,

@@ -24,12 +24,13 @@ from onnxkit.passes.simplify import consecutive, merge, no_op
 from onnxkit.passes.simplify._onnxscript import LOGGER_NAME as FOLDER_LOGGER
 from onnxkit.passes.simplify.folder import SimplifyFolder, unfolded_placeholders
 from onnxkit.passes.simplify.rewrites import Rewrites, site_name
+from onnxkit.passes.shape_inference import infer_shapes
 
 MAX_ROUNDS = 10
 
 
 def simplify(model: ir.Model, max_constant_bytes: int, context: PassContext) -> PassResult:
-    with _quiet_loggers(FOLDER_LOGGER, common.shape_inference.logger.name):
+    with _quiet_loggers(FOLDER_LOGGER):
         return _Simplifier(model, max_constant_bytes, context).run()
 
 
@@ -50,7 +51,11 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
 
 def _infer_shapes(model: ir.Model) -> None:
     # Not strict: a model with ops ONNX cannot infer (custom domains) keeps what it has for those values.
-    common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+    # Not onnx_ir's ShapeInferencePass: its merge turns sequence values into tensors (see infer_shapes).
+    try:
+        infer_shapes(model, check_type=False)
+    except Exception:  # noqa: BLE001 - ONNX raises its own types; an uninferable model is folded as it is
+        return
 
 
 def _count(model: ir.Model) -> int:
@@ -92,13 +97,16 @@ class _Simplifier:
         before = structural_fingerprint(model)
         declared = self._hide_declared_output_shapes()
         try:
+            settled = False
             for _ in range(MAX_ROUNDS):
                 if not self._round():
+                    settled = True
                     break
             common.RemoveUnusedFunctionsPass()(model)
             common.RemoveUnusedOpsetsPass()(model)
             _list_initializers_as_inputs_before_ir4(model)
-            _infer_shapes(model)
+            if not settled:
+                _infer_shapes(model)  # a round that changed nothing began with this very inference
         finally:
             self._restore_declared_outputs(declared)
         for node in self.original_identities:

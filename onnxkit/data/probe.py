@@ -26,6 +26,7 @@ from onnxkit.data.specs import ModelLike, _ir_model
 from onnxkit.data.synthetic import (
     DEFAULT_SYNTHETIC_SAMPLES,
     SyntheticDataset,
+    dim_key,
     dynamic_dims,
     read_graph,
     user_size,
@@ -42,7 +43,6 @@ SIZE_LADDERS: dict[str, tuple[int, ...]] = {
 }
 MAX_TRIES = 24
 MAX_SECONDS = 60.0  # checked between tries: the try running when it passes still finishes
-_ORT_STATUS = "Status Message: "  # what ORT says after naming the node, which the message names already
 MAX_ELEMENTS = 1 << 24  # a rung that would make an input tensor larger than this (64 MB of float32) is skipped
 
 
@@ -119,16 +119,11 @@ def _ladder(open_dims: Mapping[str, str]) -> Iterator[dict[str, int]]:
 
 def _nothing_runs(open_dims: Mapping[str, str], specs: Any, last: SyntheticDataset | None, tries: int,
                   failure: BaseException | None) -> DataError:
-    names = [spec.name for spec in specs if any(key.startswith(f"{spec.name}[") or key in (spec.shape or ())
-                                                 for key in open_dims)]
-    inputs = ", ".join(f"'{name}'" for name in names)
-    largest = f", the last {last.shapes_text()}" if last is not None else ""
-    if failure is None:
-        reason = "every size would make too large a tensor"
-    else:
-        node, message = runtime.failing_node(failure), runtime.error_line(failure)
-        where = f"{node[0]} node '{node[1]}'" if node else "the model"
-        reason = f"{where} failed last: {message.split(_ORT_STATUS, 1)[-1]}"
-    return DataError(f"the model runs on no synthetic size of input{'s' if len(names) > 1 else ''} {inputs} "
-                     f"({tries} {'try' if tries == 1 else 'tries'}{largest}); {reason}",
-                     hint="give real inputs with --data, or bind dynamic dims with --dim name=SIZE")
+    names = [spec.name for spec in specs if any(dim_key(spec, axis) in open_dims for axis in range(spec.rank or 0))]
+    inputs = f"input{'s' if len(names) > 1 else ''} " + ", ".join(f"'{name}'" for name in names)
+    if failure is None or last is None:
+        outcome = "every size would make too large a tensor"
+    else:  # error_line names the failing node first: "Reshape node 'r': The input tensor cannot be reshaped ..."
+        outcome = f"the last, {last.shapes_text()}, failed with {runtime.error_line(failure)}"
+    return DataError(f"the model runs on no synthetic size of {inputs}: {tries} {'try' if tries == 1 else 'tries'}, "
+                     f"{outcome}", hint="give real inputs with --data, or bind dynamic dims with --dim name=SIZE")

@@ -55,7 +55,8 @@ def _type_kind(value_type: Any) -> str:
 def _spec_of(value: ir.Value) -> InputSpec:
     shape = None
     if value.shape is not None:
-        shape = tuple(d if isinstance(d, int) else d.value for d in value.shape)
+        # A dim stored as an int below 0 (paddle2onnx writes -1) is an unknown dim, not a size.
+        shape = tuple((d if d >= 0 else None) if isinstance(d, int) else d.value for d in value.shape)
     return InputSpec(value.name, _type_kind(value.type), _numpy_dtype(value.dtype), shape)
 
 

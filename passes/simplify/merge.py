@@ -8,11 +8,11 @@ nor initializer deduplication can leave one site alone.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import onnx_ir as ir
 
-from onnxkit.passes._graph_utils import graph_likes
 from onnxkit.passes.simplify.rewrites import Rewrites, site_name
 
 # Outputs differ from call to call: never merged.
@@ -54,9 +54,9 @@ def _node_key(node: ir.Node) -> tuple | None:
             tuple(attributes))
 
 
-def eliminate_common_subexpressions(model: ir.Model, rewrites: Rewrites) -> None:
+def eliminate_common_subexpressions(graphs: Sequence[ir.Graph | ir.Function], rewrites: Rewrites) -> None:
     """Nodes with the same op, attributes and inputs compute the same: later ones reuse the first's outputs."""
-    for graph in list(graph_likes(model)):
+    for graph in graphs:
         first_of: dict[tuple, ir.Node] = {}
         for node in list(graph):
             key = _node_key(node)
@@ -94,8 +94,10 @@ class InitializerMerger:
             self._digests[id(tensor)] = known
         return known[1]
 
-    def merge(self, model: ir.Model, rewrites: Rewrites) -> None:
-        for graph in model.graphs():
+    def merge(self, graphs: Sequence[ir.Graph | ir.Function], rewrites: Rewrites) -> None:
+        for graph in graphs:
+            if not isinstance(graph, ir.Graph):
+                continue  # functions have no initializers
             by_layout: dict[tuple, list[ir.Value]] = {}
             for value in graph.initializers.values():
                 tensor = value.const_value
@@ -118,9 +120,11 @@ class InitializerMerger:
             rewrites.record("merge-initializers", value.name, "merged", "duplicate initializers")
 
 
-def lift_constants(model: ir.Model, rewrites: Rewrites) -> None:
+def lift_constants(graphs: Sequence[ir.Graph | ir.Function], rewrites: Rewrites) -> None:
     """Constant nodes of graphs become initializers (functions have none, so theirs stay)."""
-    for graph in model.graphs():
+    for graph in graphs:
+        if not isinstance(graph, ir.Graph):
+            continue
         for node in list(graph):
             if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attributes) != 1:
                 continue

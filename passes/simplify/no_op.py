@@ -7,12 +7,11 @@ the 1e-12 added under a square root), and no broadcast may enlarge x.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxkit.passes._graph_utils import all_nodes
 from onnxkit.passes.simplify.rewrites import Rewrites, site_name
 
 # The value a node's first output equals, or None when the node does real work.
@@ -192,9 +191,9 @@ def bypass(node: ir.Node, source: ir.Value) -> None:
     ir.convenience.replace_nodes_and_values(node.graph, node, [node], [identity], node.outputs[:1], identity.outputs)
 
 
-def remove_no_ops(model: ir.Model, rewrites: Rewrites, opset: int) -> None:
+def remove_no_ops(graphs: Sequence[ir.Graph | ir.Function], rewrites: Rewrites, opset: int) -> None:
     """Apply the no-op rules, and Dropout's before opset 12 (it has no training mode: at inference it copies)."""
-    for node in list(all_nodes(model)):
+    for node in [node for graph in graphs for node in graph]:
         if node.domain not in ("", "ai.onnx") or node.graph is None:
             continue
         if node.op_type == "Dropout" and opset < 12:
@@ -237,8 +236,8 @@ def _is_all_zeros(value: ir.Value | None, depth: int = 0) -> bool:
     return producer.op_type in _ZERO_PRESERVING and _is_all_zeros(producer.inputs[0], depth + 1)
 
 
-def drop_zero_initial_states(model: ir.Model, rewrites: Rewrites) -> None:
-    for node in all_nodes(model):
+def drop_zero_initial_states(graphs: Sequence[ir.Graph | ir.Function], rewrites: Rewrites) -> None:
+    for node in (node for graph in graphs for node in graph):
         if node.domain != "" or node.op_type not in _INITIAL_STATE_INPUTS:
             continue
         for index in _INITIAL_STATE_INPUTS[node.op_type]:

@@ -17,6 +17,7 @@ from onnx_ir.passes import common
 from onnxkit.pass_base import PassContext, PassResult
 from onnxkit.passes._graph_utils import (
     all_nodes,
+    graph_likes,
     eliminate_identities,
     structural_fingerprint,
 )
@@ -56,10 +57,6 @@ def _infer_shapes(model: ir.Model) -> None:
         infer_shapes(model, check_type=False)
     except Exception:  # noqa: BLE001 - ONNX raises its own types; an uninferable model is folded as it is
         return
-
-
-def _count(model: ir.Model) -> int:
-    return sum(1 for _ in all_nodes(model))
 
 
 def _list_initializers_as_inputs_before_ir4(model: ir.Model) -> None:
@@ -127,18 +124,21 @@ class _Simplifier:
         # inference leaves unknown dims anonymous.
         _infer_shapes(model)
         changed = SimplifyFolder(self.max_constant_bytes, rewrites, self.refused)(model).modified
-        no_op.remove_no_ops(model, rewrites, self.opset)
-        no_op.drop_zero_initial_states(model, rewrites)
-        consecutive.merge_consecutive(model, rewrites)
+        # Walking every subgraph is the costliest part of a walk: the rules share one list of graphs.
+        graphs = list(graph_likes(model))
+        no_op.remove_no_ops(graphs, rewrites, self.opset)
+        no_op.drop_zero_initial_states(graphs, rewrites)
+        consecutive.merge_consecutive(graphs, rewrites)
         eliminate_identities(model, self._may_remove_identity)
-        nodes_before = _count(model)
+        nodes_before = sum(len(graph) for graph in graphs)
         common.RemoveUnusedNodesPass()(model)
-        if removed := nodes_before - _count(model):
+        graphs = list(graph_likes(model))  # unused If/Loop nodes took their bodies with them
+        if removed := nodes_before - sum(len(graph) for graph in graphs):
             rewrites.tally["removed", "unused nodes"] += removed
-        merge.lift_constants(model, rewrites)
+        merge.lift_constants(graphs, rewrites)
         changed |= common.LiftSubgraphInitializersToMainGraphPass()(model).modified
-        self.initializers.merge(model, rewrites)
-        merge.eliminate_common_subexpressions(model, rewrites)
+        self.initializers.merge(graphs, rewrites)
+        merge.eliminate_common_subexpressions(graphs, rewrites)
         return changed or sum(rewrites.tally.values()) != recorded_before
 
     def _may_remove_identity(self, node: ir.Node) -> bool:

@@ -129,7 +129,7 @@ class FusePass(Pass):
         fusions = [f for f in FUSIONS if self._applies(f, context)]
         counts: collections.Counter[str] = collections.Counter()
         # Rules read shapes (ranks, channel counts), including those of values that earlier rules created.
-        annotate_shapes(model)
+        remove_annotations = annotate_shapes(model)
         present = op_types_in(model)
         for _ in range(_MAX_ROUNDS):
             fired_this_round = 0
@@ -147,6 +147,7 @@ class FusePass(Pass):
             if not fired_this_round:
                 break
         if not sum(counts.values()):
+            remove_annotations()  # a pass that changes nothing leaves even the shapes as they were
             return PassResult(model, False, [])
         _bypass_created_identities(model)
         _lift_created_constants(model)
@@ -167,10 +168,10 @@ class FusePass(Pass):
             return fusion.apply(model, fusion_context)
         if any(isinstance(item, Site) and item.rule == fusion.name for item in self.context.disabled):
             return 0
-        existing = {id(node) for node in _contrib_nodes(model)}
+        existing = {node.name for node in _contrib_nodes(model)}  # by name: a fusion may swap in a new graph
         fired = fusion.apply(model, fusion_context)
         context.sites.extend(Site(fusion.name, node.name or "") for node in _contrib_nodes(model)
-                             if id(node) not in existing)
+                             if node.name not in existing)
         return fired
 
     def _applies(self, fusion: Fusion, context: FusionContext) -> bool:

@@ -31,10 +31,10 @@ from onnxkit.passes.fuse._base import (
     FLOAT_TYPES,
     FusionContext,
     constant_array,
-    is_generated_dim,
     new_constant,
     only_used_by,
     rank_of,
+    static_dims,
 )
 
 _COMMUTATIVE = frozenset({"Mul", "Add"})
@@ -232,19 +232,19 @@ class _CheckedGemmMixin:
             return result
         if input_a.dtype not in FLOAT_TYPES or input_a.dtype != input_b.dtype or input_c.dtype != input_a.dtype:
             return result.fail("Gemm takes floating-point inputs of one type")
-        rows = input_a.shape[1 if self.trans_a else 0]  # type: ignore[index]
-        columns = input_b.shape[0 if self.trans_b else 1]  # type: ignore[index]
-        if input_c.shape is None or input_c.shape.rank() > 2:
+        rows = static_dims(input_a)[1 if self.trans_a else 0]  # type: ignore[index]
+        columns = static_dims(input_b)[0 if self.trans_b else 1]  # type: ignore[index]
+        addend = static_dims(input_c)
+        if addend is None or len(addend) > 2:
             return result.fail("the addend's rank is unknown or above 2")
-        for size, target in zip(reversed(tuple(input_c.shape)), (columns, rows)):
+        for size, target in zip(reversed(addend), (columns, rows)):
             if size != 1 and not (isinstance(size, int) and size == target) and not _same_symbol(size, target):
                 return result.fail("the addend does not broadcast into the product's shape")
         return result
 
 
 def _same_symbol(a: object, b: object) -> bool:
-    return (isinstance(a, ir.SymbolicDim) and isinstance(b, ir.SymbolicDim) and not is_generated_dim(a)
-            and a.value == b.value)
+    return isinstance(a, ir.SymbolicDim) and isinstance(b, ir.SymbolicDim) and a.value == b.value
 
 
 def matmul_add_to_gemm_rules() -> list[Any]:

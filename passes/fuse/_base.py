@@ -113,7 +113,13 @@ def rule_fusion(build_rules: Callable[[FusionContext], Sequence[RewriteRule]], *
 
     def apply(model: ir.Model, context: FusionContext) -> int:
         rules = [_narrowable(rule, context) for rule in build_rules(context)]
-        return RewriteRuleSet(rules, commute=commute).apply_to_model(model) if rules else 0
+        if not rules:
+            return 0
+        rule_set = RewriteRuleSet(rules, commute=commute)
+        # onnxscript's clean-up after the rules also trims unused optional outputs (an LSTM's states) even
+        # when no rule fired; the pass removes the nodes its rewrites left dead itself, and only then.
+        rule_set.remove_unused_nodes = False
+        return rule_set.apply_to_model(model)
 
     return apply
 
@@ -184,8 +190,9 @@ def opset_problem(node: ir.Node, opset: int) -> str | None:
 # Helpers for rule checks and rewrites
 
 
-def annotate_shapes(model: ir.Model) -> None:
-    """Fill in the shapes and types ONNX shape inference can tell, where the model has none.
+def annotate_shapes(model: ir.Model) -> Callable[[], None]:
+    """Fill in the shapes and types ONNX shape inference can tell, where the model has none; return a
+    function that takes them out again (for a pass that ends up changing nothing).
 
     Shapes the model already carries are kept as they are: a declared graph output shape may be wrong,
     and the passes must not start believing a corrected one either. Dimensions inference could not name
@@ -195,18 +202,42 @@ def annotate_shapes(model: ir.Model) -> None:
     graphs = [model.graph, *model.graph.subgraphs(), *model.functions.values()]
     values = [value for graph in graphs
               for value in (*graph.inputs, *graph.outputs, *(v for node in graph for v in node.outputs))]
-    known = {value: (value.shape, value.type) for value in values if value.shape is not None}
+    values += [value for graph in graphs if isinstance(graph, ir.Graph) for value in graph.initializers.values()]
+    original = {value: (value.shape, value.type) for value in values}
+    # onnx_ir's pass takes large initializers out while inference runs and puts them back last.
+    initializer_order = list(model.graph.initializers.values())
     common_passes.ShapeInferencePass(strict_mode=False)(model)
     for value in values:
-        if value in known:
-            value.shape, value.type = known[value]
+        shape, type_ = original[value]
+        if shape is not None:
+            value.shape, value.type = shape, type_
         elif value.shape is not None:
             value.shape = ir.Shape([None if is_generated_dim(d) else d for d in value.shape])
+
+    def undo() -> None:
+        for value, (shape, type_) in original.items():
+            value.shape, value.type = shape, type_
+        model.graph.initializers.clear()
+        for initializer in initializer_order:
+            model.graph.initializers.add(initializer)
+
+    return undo
 
 
 def is_generated_dim(dim: object) -> bool:
     """Whether a dimension is one ONNX shape inference made up (``unk__N``), which carries no identity."""
     return isinstance(dim, ir.SymbolicDim) and (dim.value is None or dim.value.startswith("unk__"))
+
+
+def static_dims(value: ir.Value) -> list[int | ir.SymbolicDim | None] | None:
+    """The value's dimensions as rules may trust them: a size, a named symbol, or None where nothing is known.
+
+    Dimensions ONNX shape inference made up are unknown, and so are negative sizes: some exporters
+    (paddle2onnx) store an unknown dimension as the integer -1. None when even the rank is unknown.
+    """
+    if value.shape is None:
+        return None
+    return [None if is_generated_dim(d) or (isinstance(d, int) and d < 0) else d for d in value.shape]
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:

@@ -18,7 +18,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import RewriteRuleClassBase
 from onnxscript.rewriter._basics import MatchResult
 
-from onnxkit.passes.fuse._base import FusionContext, constant_array, is_generated_dim, new_constant, pass_through
+from onnxkit.passes.fuse._base import FusionContext, constant_array, new_constant, pass_through, static_dims
 
 # A dimension: a known size, a named symbolic size, or None when nothing is known about it.
 Dim = int | ir.SymbolicDim | None
@@ -32,12 +32,6 @@ def _same_dim(a: Dim, b: Dim) -> bool:
     if isinstance(a, int) or isinstance(b, int):
         return a == b
     return a is not None and b is not None and a.value is not None and a.value == b.value
-
-
-def _input_dims(value: ir.Value) -> list[Dim] | None:
-    if value.shape is None:
-        return None
-    return [None if is_generated_dim(d) else d for d in value.shape]
 
 
 def _product(dims: list[Dim]) -> tuple[int, Counter[str]] | None:
@@ -157,7 +151,7 @@ class CollapseLayoutPair(RewriteRuleClassBase):
             shape = constant_array(second.inputs[1])
             if shape is not None and (second.attributes.get_int("allowzero", 0) or not np.any(shape == 0)):
                 free_shape = shape.astype(np.int64)
-        dims = _input_dims(x)
+        dims = static_dims(x)
         final = None
         if dims is not None:
             middle_dims = dims if free_shape is not None else output_dims(first, dims)

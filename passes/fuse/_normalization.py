@@ -25,6 +25,7 @@ from onnxkit.passes.fuse._base import (
     FusionContext,
     constant_array,
     new_constant,
+    static_dims,
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -95,7 +96,8 @@ class LayerNormFusion(RewriteRuleClassBase):
         epsilon = constant_array(eps)
         if epsilon is None or epsilon.size != 1:
             return result.fail("epsilon is not a constant scalar")
-        normalized_shape = tuple(x.shape)[axis:] if x.shape is not None else None
+        dims = static_dims(x)
+        normalized_shape = tuple(dims[axis:]) if dims is not None else None
         if normalized_shape is None or not all(isinstance(d, int) for d in normalized_shape):
             return result.fail("the normalized dimensions are not static")
         self._axis, self._epsilon = axis, float(epsilon.reshape(-1)[0])

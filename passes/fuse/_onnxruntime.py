@@ -113,10 +113,10 @@ def _has_intermediate_ops(model: ir.Model) -> bool:
                for node in ir.traversal.RecursiveGraphIterator(graph))
 
 
-def _restore(model: ir.Model, snapshot: ir.Model) -> None:
-    model.graph = snapshot.graph
+def _adopt(model: ir.Model, fused: ir.Model) -> None:
+    model.graph = fused.graph
     model.functions.clear()
-    model.functions.update(snapshot.functions)
+    model.functions.update(fused.functions)
 
 
 def _settle(model: ir.Model) -> None:
@@ -127,8 +127,9 @@ def _settle(model: ir.Model) -> None:
 def apply_attention(model: ir.Model, context: FusionContext) -> int:
     """SDPA → MultiHeadAttention → Attention, as far as the model's shapes allow; all or nothing.
 
-    These fusions pass through intermediate ops that no runtime implements, so the model is restored
-    from a snapshot if any is left over, or if onnxscript fails on a graph it did not foresee.
+    These fusions pass through intermediate ops that no runtime implements, so they run on a copy, which
+    replaces the model's graph only if none is left over and onnxscript did not fail on a graph it did not
+    foresee. A model the fusion cannot finish is left exactly as it was.
     """
     from onnxscript.rewriter.ort_fusions.attention import fuse_attention
     from onnxscript.rewriter.ort_fusions.mha import fuse_mha1, fuse_mha2
@@ -139,27 +140,25 @@ def apply_attention(model: ir.Model, context: FusionContext) -> int:
 
     fused_ops = ("Attention", "MultiHeadAttention")
     before = _contrib_op_counts(model, fused_ops)
-    snapshot = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    candidate = ir.serde.deserialize_model(ir.serde.serialize_model(model))
     try:
-        if not fuse_sdpa(model):
-            _restore(model, snapshot)
+        if not fuse_sdpa(candidate):
             return 0
         # Each step matches on shapes, including those of the nodes the step before created, and only
         # where the nodes it replaces have no other users, dead ones included.
-        _settle(model)
-        if fuse_mha1(model) + fuse_mha2(model):
+        _settle(candidate)
+        if fuse_mha1(candidate) + fuse_mha2(candidate):
             for step in (fuse_mha_scale, fuse_mha_bias, fuse_attention):
-                _settle(model)
-                step(model)
-        replace_sdpa_by_mha(model)
-        common_passes.RemoveUnusedNodesPass()(model)
+                _settle(candidate)
+                step(candidate)
+        replace_sdpa_by_mha(candidate)
+        common_passes.RemoveUnusedNodesPass()(candidate)
     except Exception as error:  # a third-party rewriter on an unforeseen graph: skip the fusion, keep the pass
         warnings.warn(f"attention fusion skipped: onnxscript raised {type(error).__name__}: {error}", stacklevel=2)
-        _restore(model, snapshot)
         return 0
-    if _has_intermediate_ops(model):
-        _restore(model, snapshot)
+    if _has_intermediate_ops(candidate):
         return 0
+    _adopt(model, candidate)
     return _contrib_op_counts(model, fused_ops) - before
 
 

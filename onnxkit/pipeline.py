@@ -549,7 +549,9 @@ class _Run:
         else:
             entry.nodes_after, entry.bytes_after = entry.nodes_before, entry.bytes_before
         if attempt.failure is None:
-            return attempt.result.model, attempt.snapshot
+            assert attempt.result is not None
+            # A narrowed pass may end up changing nothing: its input goes on, as it was.
+            return attempt.result.model, attempt.snapshot or before
         return self._fail(pass_, entry, attempt, before)
 
     def _attempt(self, pass_: Pass, model: ir.Model, before: _Snapshot, histogram_before: collections.Counter[str],
@@ -633,8 +635,9 @@ class _Run:
 
         Rules are bisected in the order the pass reported them: the shortest prefix whose disabling makes the
         output pass ends in a culprit, which stays disabled; repeat until the output passes. Each culprit rule
-        is then put back and bisected the same way over the sites where it fired, so that only the sites that
-        break the model are skipped (the whole rule stays skipped where that does not work out). At most
+        is then put back and bisected the same way over the sites where it fired (any further culprit site
+        lies before the one found), so that only the sites that break the model are skipped (the whole rule
+        stays skipped where that does not work out). At most
         ``MAX_NARROWING_RERUNS`` reruns. Returns the passing attempt, with ``entry.skipped`` saying what was
         skipped and why, or None when the output cannot be made to pass that way."""
         reruns = 0
@@ -702,7 +705,7 @@ class _Run:
                     break
                 site, failure_at_site, _ = found
                 chosen.append((site, failure_at_site))
-                remaining = remaining[remaining.index(site) + 1:]
+                remaining = remaining[:remaining.index(site)]  # any other culprit comes before it
                 tried = attempt(base | {site for site, _ in chosen})
                 if tried is None:
                     break
@@ -711,6 +714,7 @@ class _Run:
                 failure = tried.failure or failure
             if narrowed is not None:
                 disabled, passing = base | {site for site, _ in chosen}, narrowed
+                chosen.sort(key=lambda found: rule_sites.index(found[0]))
                 skipped += [{"rule": rule, "node": site.node, "failure": why.brief} for site, why in chosen]
             else:
                 skipped.append({"rule": rule, "node": None, "failure": failure_with_rule.brief})

@@ -144,7 +144,21 @@ class TwoRuleCheckerPass(TwoRulePass):
     break_with = "checker"
 
 
-PASSES = (ScaleFirstWeightPass, RenameOutputPass, CrashPass, TypeErrorPass, BadDataPass, SilentEditPass,
+class AbsEverywherePass(Pass):
+    """One rule, ``relu-as-abs``, wrong at every site it fires: narrowing leaves the pass nothing to do."""
+
+    name = "abs-everywhere"
+
+    def call(self, model: ir.Model) -> PassResult:
+        sites = []
+        for node in model.graph:
+            if node.op_type == "Relu" and self.context.allows("relu-as-abs", node.name):
+                node.op_type = "Abs"
+                sites.append(Site("relu-as-abs", node.name))
+        return PassResult(model, bool(sites), [f"rewrote {len(sites)} Relu"], sites=sites)
+
+
+PASSES = (AbsEverywherePass, ScaleFirstWeightPass, RenameOutputPass, CrashPass, TypeErrorPass, BadDataPass, SilentEditPass,
           ContribReluPass, TwoRulePass, TwoRuleCheckerPass)
 
 

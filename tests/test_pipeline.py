@@ -247,6 +247,16 @@ def test_failing_pass_is_narrowed_to_the_one_bad_site(spec, failure):
                                run_model(original, feeds)[0], rtol=1e-6, atol=1e-6)
 
 
+def test_pass_narrowed_down_to_nothing_hands_its_input_on():
+    original = plugin_passes.relu_chain()
+    result = Pipeline.parse("abs-everywhere,cleanup").run(original, dims={"batch": 2})
+    narrowed, cleanup = result.report.passes
+    assert narrowed.status == "narrowed" and not narrowed.modified and cleanup.status == "ok"
+    assert [(s["rule"], s["node"]) for s in narrowed.skipped] == [("relu-as-abs", f"relu_{i}") for i in range(3)]
+    assert [node.op_type for node in result.model.graph].count("Relu") == 3
+    assert result.report.exit_code == 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Parity inputs, and what a run costs
 

@@ -498,13 +498,12 @@ class _Run:
         if before is start:
             return current, before  # nothing changed, so there is nothing to compare
         segment_entries = self.report.passes[entries:]
+        covered = [e for e in segment_entries if e.modified and e.status in ("ok", "narrowed")]
         parity = self._parity_chain(current).compare(start.model, before.model, self._tolerance("exact"),
-                                                     segment_entries[-1].timings.setdefault("parity", {}))
+                                                     (covered or segment_entries)[-1].timings.setdefault("parity", {}))
         if parity.passed:
-            covered = [e.name for e in segment_entries if e.modified and e.status in ("ok", "narrowed")]
-            for entry in segment_entries:
-                if entry.name in covered:
-                    entry.parity = {**parity.to_dict(), "passes": covered}
+            for entry in covered:
+                entry.parity = {**parity.to_dict(), "passes": [e.name for e in covered]}
             return current, before
         # Check the passes one by one from the segment's input; what the first try cost stays on the record.
         self.report.timings["segment_retries"] = self.report.timings.get("segment_retries", 0.0) + sum(

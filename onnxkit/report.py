@@ -107,7 +107,7 @@ class PipelineReport:
             records.append(record)
         return records
 
-    HEADERS = ("pass", "result", "nodes", "size", "time", "parity")
+    HEADERS = ("pass", "result", "nodes", "size", "time = pass+checks+parity", "parity")
 
     def rows(self) -> list[list[str]]:
         """One row per pass, without the details (``details`` gives those, one line each)."""
@@ -179,18 +179,17 @@ def _flatten_seconds(timings: dict[str, Any]) -> list[float]:
 
 
 def _time_cell(report: PassReport) -> str:
-    """``1.2 s: pass 0.4 + checks 0.2 + parity 0.6``, leaving out the parts that took no time."""
-    split = {key: seconds for key, seconds in report.time_split().items() if seconds > 0}
-    total = _format_seconds(report.total_seconds())
-    if len(split) < 2:
-        return total
-    return f"{total}: " + " + ".join(f"{key} {_format_seconds(seconds, unit=False)}" for key, seconds in split.items())
+    """``1.2 s = 0.4+0.1+0.7``: the total, then the pass, the checks and parity (the header says so), in one
+    unit; ``+ 0.3 narrowing`` when narrowing reran the pass."""
+    total = report.total_seconds()
+    split = report.time_split()
+    scale, unit, digits = (1000, "ms", 0) if total < 1 else (1, "s", 1)
 
+    def number(seconds: float) -> str:
+        return f"{seconds * scale:.{digits}f}"
 
-def _format_seconds(seconds: float, *, unit: bool = True) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}" + (" ms" if unit else "ms")
-    return f"{seconds:.1f}" + (" s" if unit else "s")
+    cell = f"{number(total)} {unit} = " + "+".join(number(split[key]) for key in ("pass", "checks", "parity"))
+    return cell + (f" + {number(split['narrowing'])} narrowing" if split["narrowing"] else "")
 
 
 def _format_bytes(size: int) -> str:

@@ -79,6 +79,8 @@ def prepare(model: ir.Model, *, want_per_channel: bool, gemm_as_matmul: bool = F
         steps.append(f"{weight_inputs} weights listed as graph inputs (IR {model.ir_version}) made plain initializers")
     # ORT addresses nodes by name (nodes_to_exclude) and names new tensors after old ones.
     common.NameFixPass()(work)
+    if unshared := unshare_biases(work):
+        steps.append(f"gave {unshared} nodes their own copy of a bias they shared")
 
     proto = ir.serde.serialize_model(work)
     opset = _default_opset(proto)
@@ -100,6 +102,39 @@ def prepare(model: ir.Model, *, want_per_channel: bool, gemm_as_matmul: bool = F
     proto, how = infer_shapes(proto)
     steps.append(f"shape inference: {how}")
     return PreparedModel(proto, steps, per_channel_possible)
+
+
+# Operators whose third input is a bias that ORT's static quantizer turns into int32 at the node's own scale.
+_BIAS_OPS = frozenset({"Conv", "ConvTranspose", "Gemm"})
+
+
+def unshare_biases(model: ir.Model) -> int:
+    """Give every Conv, ConvTranspose or Gemm after the first that reads a bias initializer its own copy.
+
+    A bias is quantized at its node's scale, so ORT copies a shared one, naming the copy ``<name>2`` after
+    looking only at initializer names; where an activation already has that name (basic_pitch_nmp, whose
+    tf2onnx names end in digits) the model reads the bias in its place. Our copies get names no value has.
+    """
+    graph = model.graph
+    taken = {value.name for node in graph for value in node.outputs} | set(graph.initializers)
+    taken |= {value.name for value in graph.inputs}
+    copied = 0
+    for bias in list(graph.initializers.values()):
+        users = [(node, index) for node, index in bias.uses()
+                 if index == 2 and node.op_type in _BIAS_OPS and node.domain in ("", "ai.onnx")]
+        if len(users) < 2 or bias.const_value is None:
+            continue
+        for node, index in users[1:]:
+            name = f"{bias.name}_bias_of_{node.name}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            copy = ir.Value(name=name, type=bias.type, shape=bias.shape,
+                            const_value=ir.tensor(bias.const_value.numpy(), name=name))
+            graph.register_initializer(copy)
+            node.replace_input_with(index, copy)
+            copied += 1
+    return copied
 
 
 def initializers_listed_as_inputs(model: ir.Model) -> int:
@@ -184,16 +219,34 @@ def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
 
 
 def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
-    """Shapes by ORT's symbolic inference, else ONNX's, else none; and which one worked."""
+    """Shapes by ORT's symbolic inference, else ONNX's, else none; and which one worked. The graph's inputs
+    and outputs keep the types the model declares (see ``keep_declared_signature``)."""
     try:
-        return _symbolic_shape_inference(proto), "symbolic"
+        inferred, how = _symbolic_shape_inference(proto), "symbolic"
     except Exception as e:  # noqa: BLE001 - symbolic inference fails on unknown ops and some dynamic shapes
         logger.debug("symbolic shape inference failed: %s", e)
-    try:
-        return onnx.shape_inference.infer_shapes(proto, data_prop=True), "onnx (symbolic failed)"
-    except Exception as e:  # noqa: BLE001 - inference errors on ops it does not know; the quantizer copes
-        logger.debug("onnx shape inference failed: %s", e)
-    return proto, "none (symbolic and onnx inference both failed)"
+        try:
+            inferred, how = onnx.shape_inference.infer_shapes(proto, data_prop=True), "onnx (symbolic failed)"
+        except Exception as e:  # noqa: BLE001 - inference errors on ops it does not know; the quantizer copes
+            logger.debug("onnx shape inference failed: %s", e)
+            return proto, "none (symbolic and onnx inference both failed)"
+    keep_declared_signature(inferred, proto)
+    return inferred, how
+
+
+def keep_declared_signature(model: onnx.ModelProto, declared: onnx.ModelProto) -> None:
+    """Give ``model``'s graph inputs and outputs the types that ``declared`` states for them, in place.
+
+    Inference can disagree with a model's declarations (madmom_downbeats_blstm declares a rank-1 output that
+    symbolic inference makes rank 2) and writes what it found over them; the pass must not change the model's
+    signature, whichever is right.
+    """
+    for values, declared_values in ((model.graph.input, declared.graph.input),
+                                    (model.graph.output, declared.graph.output)):
+        stated = {value.name: value for value in declared_values if value.HasField("type")}
+        for value in values:
+            if value.name in stated:
+                value.CopyFrom(stated[value.name])
 
 
 def _symbolic_shape_inference(proto: onnx.ModelProto) -> onnx.ModelProto:

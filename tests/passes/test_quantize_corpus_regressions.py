@@ -74,3 +74,32 @@ def test_string_input_calibration_data_from_npz(tmp_path) -> None:
     assert entry.modified and entry.details["target_met"], entry.stats
     assert entry.details["quantized_nodes"] == {"MatMul": 1}
     assert entry.parity["passed"]
+
+
+def _convs_sharing_a_bias() -> onnx.ModelProto:
+    """Two Convs read one bias initializer 'b'; the first Conv's output is named 'b0', the name ORT gives the
+    copy of a shared bias it makes for the second Conv."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32), "w1"),
+               numpy_helper.from_array((rng.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32), "w2"),
+               numpy_helper.from_array((rng.standard_normal(4) * 0.3).astype(np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b"], ["b0"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["b0", "w2", "b"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "shared_bias", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                   [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_shared_bias_copy_does_not_take_an_activations_name() -> None:
+    """basic_pitch_nmp (tf2onnx names ending in digits): ORT named its copy of a shared bias after an
+    activation, and the model read the bias in the activation's place ("broke the model: shape inference")."""
+    model = _convs_sharing_a_bias()
+    rng = np.random.default_rng(1)
+    data = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(10)]
+    result = Pipeline.parse("quantize{mode=static,max_slowdown=none}").run(model, data=data)
+    entry = result.report.passes[0]
+    assert entry.modified and entry.details["quantized_nodes"] == {"Conv": 2}, entry.stats
+    quantized = to_proto(result.model)
+    onnx.shape_inference.infer_shapes(quantized, check_type=True, strict_mode=True)
+    assert cosine(run_model(model, data[0])[0], run_model(quantized, data[0])[0]) >= 0.99

@@ -219,6 +219,124 @@ def affine_rules(layers: tuple[str, ...], steps: tuple[str, ...], context: Fusio
     return rules
 
 
+class FoldInputScaleIntoLayer(RewriteRuleClassBase):
+    """``Layer(x * c, W, ...)`` → ``Layer(x, W', ...)`` for a constant ``c`` per input channel (or a scalar).
+
+    A scale on the layer's input is a scale on the rows of its weights that read that channel:
+    ``W'[:, i] = W[:, i] * c[i]`` for a Conv (per group), ``W'[i, :] = W[i, :] * c[i]`` for MatMul and Gemm.
+    Exact with any padding, as padded zeros scale to zeros. ``Div`` by ``c`` is a scale by ``1 / c``.
+    """
+
+    def __init__(self, layer: str, step: str, context: FusionContext, *, constant_first: bool = False) -> None:
+        super().__init__(name=f"fold-input-{step}-into-{layer}{'-swapped' if constant_first else ''}")
+        self.layer, self.step, self.constant_first, self.context = layer, step, constant_first, context
+
+    def pattern(self, op: Any, x: ir.Value, c: ir.Value) -> Any:
+        operands = (c, x) if self.constant_first else (x, c)
+        scaled = getattr(op, self.step)(*operands, _outputs=["scaled"])
+        return getattr(op, self.layer)(scaled, _allow_other_inputs=True, _outputs=["out"])
+
+    def check(self, context: Any, x: ir.Value, c: ir.Value, scaled: ir.Value, out: ir.Value) -> MatchResult:
+        result = MatchResult()
+        layer = out.producer()
+        if len(layer.inputs) < 2 or any(value is scaled for value in layer.inputs[1:]):
+            return result.fail("the scaled value is also the layer's weights or bias")
+        if not only_used_by(scaled, [layer]):
+            return result.fail("the scaled value is read elsewhere")
+        weights = constant_array(layer.inputs[1])
+        if weights is None or layer.inputs[1].dtype not in FLOAT_TYPES or not only_used_by(layer.inputs[1], [layer]):
+            return result.fail("the weights are not constant floating point of this layer alone")
+        constant = constant_array(c)
+        if constant is None or constant.dtype != weights.dtype:
+            return result.fail("the scale is not a constant of the weights' type")
+        if self.layer == "Gemm" and layer.attributes.get_int("transA", 0):
+            return result.fail("a transposed Gemm input")
+        if self.layer in ("MatMul", "Gemm") and weights.ndim != 2:
+            return result.fail("only 2-D weights fold")
+        rank = weights.ndim if self.layer == "Conv" else rank_of(x)
+        if rank is None or rank < 1 or constant.ndim > rank:
+            return result.fail("the scale could raise the input's rank")
+        channel_axis = 1 if self.layer == "Conv" else rank - 1
+        channels = weights.shape[1] * layer.attributes.get_int("group", 1) if self.layer == "Conv" else (
+            weights.shape[1] if self.layer == "Gemm" and layer.attributes.get_int("transB", 0) else weights.shape[0])
+        aligned = constant.reshape((1,) * (rank - constant.ndim) + constant.shape)
+        if any(size != 1 for axis, size in enumerate(aligned.shape) if axis != channel_axis) \
+                or aligned.shape[channel_axis] not in (1, channels):
+            return result.fail("the scale is not one value per input channel")
+        scale = np.broadcast_to(aligned.reshape(-1).astype(np.float64), (channels,))
+        if self.step == "Div":
+            if not np.all(scale != 0):
+                return result.fail("division by zero")
+            scale = 1.0 / scale
+        self._plan = (weights, scale, isinstance(context.graph_or_function, ir.Function))
+        return result
+
+    def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
+        layer = out.producer()
+        weights, scale, in_function = self._plan
+        scaled = weights.astype(np.float64)
+        if self.layer == "Conv":
+            # Weights are [C_out, C_in / group, *kernel]; output channel o reads input channels of its group.
+            group = layer.attributes.get_int("group", 1)
+            c_out, c_in_per_group = weights.shape[:2]
+            per_output = scale.reshape(group, 1, c_in_per_group).repeat(c_out // group, axis=1)
+            scaled *= per_output.reshape((c_out, c_in_per_group) + (1,) * (weights.ndim - 2))
+        elif self.layer == "Gemm" and layer.attributes.get_int("transB", 0):
+            scaled *= scale[None, :]
+        else:
+            scaled *= scale[:, None]
+        new_weights = new_constant(op, scaled.astype(weights.dtype), self.context.fresh_name(layer.inputs[1].name),
+                                   in_function=in_function)
+        return getattr(op, self.layer)(x, new_weights, *layer.inputs[2:], **layer.attributes)
+
+
+def input_scale_rules(context: FusionContext) -> list[Any]:
+    return [FoldInputScaleIntoLayer.rule(layer, step, context, constant_first=first)
+            for layer in ("Conv", "MatMul", "Gemm") for step, first in (("Mul", False), ("Mul", True), ("Div", False))]
+
+
+class MergeConstantSteps(RewriteRuleClassBase):
+    """``(x * c1) * c2`` → ``x * (c1 * c2)``, and ``(x + c1) + c2`` → ``x + (c1 + c2)``, for constants c1, c2.
+
+    The result has the same shape either way: broadcasting ``x`` with ``c1`` and then ``c2`` is broadcasting
+    it with the broadcast of the two.
+    """
+
+    def __init__(self, step: str, context: FusionContext, *, inner_constant_first: bool,
+                 outer_constant_first: bool) -> None:
+        super().__init__(name=f"merge-{step}-{int(inner_constant_first)}{int(outer_constant_first)}")
+        self.step, self.context = step, context
+        self.inner_constant_first, self.outer_constant_first = inner_constant_first, outer_constant_first
+
+    def pattern(self, op: Any, x: ir.Value, c1: ir.Value, c2: ir.Value) -> Any:
+        step = getattr(op, self.step)
+        inner = step(c1, x, _outputs=["inner"]) if self.inner_constant_first else step(x, c1, _outputs=["inner"])
+        return step(c2, inner) if self.outer_constant_first else step(inner, c2)
+
+    def check(self, context: Any, x: ir.Value, c1: ir.Value, c2: ir.Value, inner: ir.Value) -> MatchResult:
+        result = MatchResult()
+        first, second = constant_array(c1), constant_array(c2)
+        if first is None or second is None or first.dtype != second.dtype:
+            return result.fail("the steps are not constants of one type")
+        if constant_array(x) is not None:
+            return result.fail("all constant: constant folding's business")
+        if len(inner.uses()) != 1 or inner.is_graph_output():
+            return result.fail("the first step's result is read elsewhere")
+        merged = first * second if self.step == "Mul" else first + second
+        self._plan = (merged.astype(first.dtype), isinstance(context.graph_or_function, ir.Function))
+        return result
+
+    def rewrite(self, op: Any, x: ir.Value, c2: ir.Value, **_: Any) -> ir.Value:
+        merged, in_function = self._plan
+        constant = new_constant(op, merged, self.context.fresh_name(c2.name), in_function=in_function)
+        return getattr(op, self.step)(x, constant)
+
+
+def constant_step_rules(context: FusionContext) -> list[Any]:
+    return [MergeConstantSteps.rule(step, context, inner_constant_first=inner, outer_constant_first=outer)
+            for step in ("Mul", "Add") for inner in (False, True) for outer in (False, True)]
+
+
 class _CheckedGemmMixin:
     """Adds what onnxscript's MatMul+Add→Gemm rules leave out: Gemm's ``C`` broadcasts one way only, so
     the addend must fit the product's shape without changing it, and Gemm takes floating point only."""

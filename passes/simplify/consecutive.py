@@ -1,7 +1,8 @@
 """Rules that merge a node into the one feeding it: two Transposes, two Reshapes, a Concat of a Concat.
 
-Each fires only where the result is exactly what the pair computed, and where the inner node's output is
-read by nothing else (so the inner node goes, and nothing is computed twice).
+Each fires only where the result is exactly what the pair computed, and (but for a Transpose pair that
+cancels) where the inner node's output is read by nothing else, so the inner node goes and nothing is
+computed twice. A Transpose that only moves dims of size 1 after a Reshape joins that Reshape.
 """
 
 from __future__ import annotations
@@ -48,13 +49,37 @@ def _merge_transposes(node: ir.Node) -> bool:
     return True
 
 
+def _transpose_into_reshape(node: ir.Node) -> bool:
+    """Transpose(Reshape(x, s), perm) = Reshape(x, t) when the Transpose only moves dims of size 1 (the
+    others keep their order): it relabels the Reshape's result. t is the Transpose's output shape, with -1 for
+    its one unknown dim at most."""
+    inner = _sole_producer(node.inputs[0], "Reshape")
+    perm, shape = _perm(node), node.inputs[0].shape if node.inputs[0] is not None else None
+    if inner is None or perm is None or shape is None or len(perm) != len(shape):
+        return False
+    moved = [axis for axis in perm if shape[axis] != 1]
+    if moved != sorted(moved):
+        return False
+    target = [shape[axis] if isinstance(shape[axis], int) else -1 for axis in perm]
+    if target.count(-1) > 1 or 0 in target:
+        return False
+    # A Constant node, valid in graphs and functions alike; in graphs the next round lifts it.
+    constant = ir.node("Constant", inputs=[], attributes={"value": ir.tensor(target, dtype=ir.DataType.INT64)})
+    reshape = ir.node("Reshape", inputs=[inner.inputs[0], constant.outputs[0]], name=node.name)
+    ir.convenience.replace_nodes_and_values(node.graph, node, [node], [constant, reshape], node.outputs,
+                                            reshape.outputs)
+    return True
+
+
 def _merge_reshapes(node: ir.Node) -> bool:
-    """Reshape(Reshape(x, s1), s2) = Reshape(x, s2) when s2 is constant and copies no dim (no 0 entry)."""
+    """Reshape(Reshape(x, s1), s2) = Reshape(x, s2) when s2 copies no dim of the inner result: under
+    ``allowzero=1`` (0 means an empty dim there), or when s2 is a constant with no 0 entry."""
     inner = _sole_producer(node.inputs[0], "Reshape")
     target = node.inputs[1] if len(node.inputs) > 1 else None
-    if inner is None or target is None or target.const_value is None:
+    if inner is None or target is None:
         return False
-    if node.attributes.get_int("allowzero", 0) == 0 and 0 in target.const_value.numpy().tolist():
+    if node.attributes.get_int("allowzero", 0) == 0 and (
+            target.const_value is None or 0 in target.const_value.numpy().tolist()):
         return False
     node.replace_input_with(0, inner.inputs[0])
     return True
@@ -79,19 +104,21 @@ def _flatten_concats(node: ir.Node) -> bool:
     return True
 
 
-# op type → (rule name, statistic, rewrite that returns whether it fired)
+# op type → [(rule name, statistic, rewrite that returns whether it fired)], tried in order
 _RULES = {
-    "Transpose": ("merge-transposes", "Transpose pairs", _merge_transposes),
-    "Reshape": ("merge-reshapes", "Reshape pairs", _merge_reshapes),
-    "Concat": ("flatten-concats", "nested Concats", _flatten_concats),
+    "Transpose": [("merge-transposes", "Transpose pairs", _merge_transposes),
+                  ("transpose-into-reshape", "Transposes into the Reshape before them", _transpose_into_reshape)],
+    "Reshape": [("merge-reshapes", "Reshape pairs", _merge_reshapes)],
+    "Concat": [("flatten-concats", "nested Concats", _flatten_concats)],
 }
 
 
 def merge_consecutive(graphs: Sequence[ir.Graph | ir.Function], rewrites: Rewrites) -> None:
     for node in [node for graph in graphs for node in graph]:
-        if node.graph is None or node.domain not in ("", "ai.onnx") or node.op_type not in _RULES:
+        if node.domain not in ("", "ai.onnx"):
             continue
-        rule, what, rewrite = _RULES[node.op_type]
-        site = site_name(node)
-        if rewrites.allows(rule, site) and rewrite(node):
-            rewrites.record(rule, site, "merged", what)
+        for rule, what, rewrite in _RULES.get(node.op_type, ()):
+            site = site_name(node)
+            if node.graph is not None and rewrites.allows(rule, site) and rewrite(node):
+                rewrites.record(rule, site, "merged", what)
+                break

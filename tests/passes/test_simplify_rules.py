@@ -284,3 +284,28 @@ def test_reshape_target_computed_in_int32_becomes_a_constant():
     assert any(site.rule == "materialize-reshape" for site in result.sites)
     feeds = {"x": np.zeros((3, 5), np.float32), "v": np.arange(3, dtype=np.float32)}
     assert_same_outputs(model, simplified, feeds)
+
+
+def test_reshape_under_allowzero_ignores_the_reshape_before_it_even_with_a_computed_target():
+    nodes = [helper.make_node("Reshape", ["x", "flat"], ["r1"]),
+             helper.make_node("Shape", ["x"], ["target"]),
+             helper.make_node("Reshape", ["r1", "target"], ["y"], allowzero=1)]
+    model = model_at(nodes, [tensor_input("x", ["n", 6])], [tensor_input("y", ["n", 6])],
+                     [const("flat", np.array([-1]))], opset=14)
+    simplified, result = run_simplify(model)
+    assert op_counts(simplified)["Reshape"] == 1
+    assert any(site.rule == "merge-reshapes" for site in result.sites)
+    assert_same_outputs(model, simplified, {"x": np.arange(18, dtype=np.float32).reshape(3, 6)})
+
+
+def test_transpose_that_only_moves_a_size_one_dim_joins_the_reshape_before_it():
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["r"], name="reshape"),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0, 2], name="relabel"),
+             helper.make_node("Transpose", ["t"], ["y"], perm=[2, 1, 0], name="real_transpose")]
+    model = model_at(nodes, [tensor_input("x", ["n", 8])], [tensor_input("y", [4, 1, "m"])],
+                     [const("s", np.array([1, -1, 4]))])
+    simplified, result = run_simplify(model)
+    assert op_counts(simplified) == {"Reshape": 1, "Transpose": 1}
+    assert Site("transpose-into-reshape", "relabel") in result.sites
+    for rows in (1, 3):
+        assert_same_outputs(model, simplified, {"x": np.arange(rows * 8, dtype=np.float32).reshape(rows, 8)})

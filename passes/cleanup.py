@@ -6,8 +6,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from onnxkit.pass_base import Pass, PassResult
-from onnxkit.passes._graph_utils import eliminate_identities
-from onnxkit.pipeline import count_nodes
+from onnxkit.passes._graph_utils import all_nodes, eliminate_identities
 
 
 class CleanupPass(Pass):
@@ -21,7 +20,7 @@ class CleanupPass(Pass):
     kind = "exact"
 
     def call(self, model: ir.Model) -> PassResult:
-        nodes_before = count_nodes(model)
+        nodes_before = _count_nodes(model)
         initializers_before = _count_initializers(model)
         opsets_before = len(model.opset_imports)
         functions_before = len(model.functions)
@@ -41,7 +40,7 @@ class CleanupPass(Pass):
         modified |= order_before != [id(n) for n in ir.traversal.RecursiveGraphIterator(model.graph)]
 
         stats = []
-        if removed := nodes_before - count_nodes(model):
+        if removed := nodes_before - _count_nodes(model):
             stats.append(f"removed {removed} nodes")
         if removed := initializers_before - _count_initializers(model):
             stats.append(f"removed {removed} unused initializers")
@@ -52,6 +51,10 @@ class CleanupPass(Pass):
         if modified and not stats:
             stats.append("sorted nodes topologically")
         return PassResult(model, modified, stats)
+
+
+def _count_nodes(model: ir.Model) -> int:
+    return sum(1 for _ in all_nodes(model))
 
 
 def _count_initializers(model: ir.Model) -> int:

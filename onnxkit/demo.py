@@ -82,14 +82,14 @@ class DemoReport:
 
     def to_markdown(self) -> str:
         lines = ["# onnxkit demo", "",
-                 f"SimpleCNN on scikit-learn digits: trained {self.training['epochs']} epochs "
+                 (f"SimpleCNN on scikit-learn digits: trained {self.training['epochs']} epochs "
                  f"({self.training['steps']} optimizer steps, {self.training['amp']} autocast, "
                  f"{self.training['accumulation_steps']} micro-batches per step), exported with the "
-                 f"{self.export['exporter']} exporter, optimized with `{self.spec}`.", ""]
+                 f"{self.export['exporter']} exporter, optimized with `{self.spec}`."), ""]
         if "max_slowdown=none" in self.spec:
-            lines += ["The quantizer's latency gate is off here: the CNN does about as much work per image as "
+            lines += [("The quantizer's latency gate is off here: the CNN does about as much work per image as "
                       "INT8's quantize/dequantize steps cost, so the gate would keep it float on some runs and not "
-                      "on others. The table shows what INT8 does to accuracy and size.", ""]
+                      "on others. The table shows what INT8 does to accuracy and size."), ""]
         if self.missing_passes:
             lines += [f"**Warning:** passes not available, left out: {', '.join(self.missing_passes)}.", ""]
         lines += ["| | FP32 | INT8 |", "|---|---|---|"]
@@ -255,13 +255,14 @@ def _int8_compute_ops(path: Path) -> list[str]:
 
     graph = onnx.load(str(path)).graph
     dequantized = {output for node in graph.node if node.op_type == "DequantizeLinear" for output in node.output}
-    found = []
-    for node in graph.node:
+
+    def computes_in_int8(node: onnx.NodeProto) -> bool:
+        # QOperator ops (QLinearConv, MatMulInteger, ...), or a float op fed by DequantizeLinear (QDQ format).
         if node.op_type.startswith("QLinear") or node.op_type.endswith("Integer"):
-            found.append(node.op_type)
-        elif node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and set(node.input[:2]) <= dequantized:
-            found.append(node.op_type)
-    return sorted(set(found))
+            return True
+        return node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and set(node.input[:2]) <= dequantized
+
+    return sorted({node.op_type for node in graph.node if computes_in_int8(node)})
 
 
 @contextlib.contextmanager

@@ -232,7 +232,8 @@ def save_model(
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
     except OSError as e:
-        raise ModelSaveError(f"cannot write into {folder}: {e.strerror or e}", hint="check the folder's permissions") from e
+        raise ModelSaveError(f"cannot write into {folder}: {e.strerror or e}",
+                             hint="check the folder's permissions") from e
     try:
         staged_model = staging / path.name
         if external_data:

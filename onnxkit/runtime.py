@@ -131,7 +131,8 @@ _SOURCE_LOCATION = re.compile(
 )
 _FAILED_CONDITION = re.compile(r"[^.:]*\bwas false\.\s*")
 _LOAD_FAILED = re.compile(r"^Load model from .*? failed:\s*")  # the caller names the model
-_NODE_FAILURE = re.compile(r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' Status Message:\s*")
+_NODE_FAILURE = re.compile(
+    r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' Status Message:\s*")
 
 
 def error_line(error: BaseException) -> str:

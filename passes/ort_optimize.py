@@ -24,11 +24,11 @@ from typing import Literal
 
 import onnx_ir as ir
 from onnx_ir.passes import common
+from onnxkit.passes._graph_utils import all_nodes, signature_changes
 
 from onnxkit import modelio, runtime
 from onnxkit.errors import PassFailedError
 from onnxkit.pass_base import Pass, PassResult
-from onnxkit.passes._graph_utils import all_nodes, signature_changes
 
 # ORT writes initializers at least this large to the external file, the rest inline.
 EXTERNAL_INITIALIZER_MIN_BYTES = 1024

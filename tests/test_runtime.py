@@ -38,7 +38,8 @@ def _custom_domain_op() -> onnx.ModelProto:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("onnx.brevitas", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("onnx.brevitas", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
 
 
 def _save_with_external_data(folder: Path) -> Path:

@@ -90,6 +90,8 @@ FUSIONS: tuple[Fusion, ...] = (
 )
 FUSION_NAMES = tuple(f.name for f in FUSIONS)
 _GELU_STANDARD_OPSET = 20
+# From IR version 4 initializers need not be listed among the graph inputs.
+_INITIALIZERS_APART_IR = 4
 # Each round applies every fusion once; a fusion can enable another that ran earlier in the round
 # (a Conv that absorbed a Mul can then absorb a BatchNormalization). Real models settle in two rounds.
 _MAX_ROUNDS = 8
@@ -131,6 +133,17 @@ class FusePass(Pass):
         ]
 
     def call(self, model: ir.Model) -> PassResult:
+        # Before IR 4 every initializer is also listed as a graph input, yet it is a constant (ONNX Runtime
+        # lets no caller override it). Rules see initializers as constants while they run; then the IR 3
+        # model gets its list back, with the initializers fusions created added to it.
+        listed_inputs = _unlist_initializer_inputs(model) if model.ir_version < _INITIALIZERS_APART_IR else None
+        try:
+            return self._fuse(model)
+        finally:
+            if listed_inputs is not None:
+                _relist_initializer_inputs(model, listed_inputs)
+
+    def _fuse(self, model: ir.Model) -> PassResult:
         context = FusionContext.for_model(model, self.options.target, allows=self.context.allows)
         fusions = [f for f in FUSIONS if self._applies(f, context)]
         counts: collections.Counter[str] = collections.Counter()
@@ -188,6 +201,28 @@ class FusePass(Pass):
         if fusion.name == "gelu" and context.target == "standard":
             return context.opset >= _GELU_STANDARD_OPSET
         return context.opset >= fusion.min_opset
+
+
+def _unlist_initializer_inputs(model: ir.Model) -> list[str]:
+    """Take the initializers out of the graph inputs; return the names the inputs had, in order."""
+    graph = model.graph
+    names = [value.name for value in graph.inputs]
+    kept = [value for value in graph.inputs if value.name not in graph.initializers]
+    graph.inputs.clear()
+    graph.inputs.extend(kept)
+    return names
+
+
+def _relist_initializer_inputs(model: ir.Model, names: list[str]) -> None:
+    """List every initializer among the graph inputs again: the ones that remain in their old places, new
+    ones after them. Looked up by name, as a fusion may have swapped in a new graph."""
+    graph = model.graph
+    current = {value.name: value for value in graph.inputs}
+    listed = [current.get(name) or graph.initializers.get(name) for name in names]
+    old_names = set(names)
+    graph.inputs.clear()
+    graph.inputs.extend(value for value in listed if value is not None)
+    graph.inputs.extend(value for name, value in graph.initializers.items() if name not in old_names)
 
 
 def _contrib_nodes(model: ir.Model) -> list[ir.Node]:

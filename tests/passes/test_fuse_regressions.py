@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 from onnx import helper
 
 from onnxkit.passes.fuse import FusePass
-from tests.passes.test_fuse import assert_same_outputs, make_model, op_types, tensor, value, weights
+from tests.passes.test_fuse import (
+    assert_same_outputs,
+    batchnorm,
+    batchnorm_params,
+    make_model,
+    op_types,
+    tensor,
+    value,
+    weights,
+)
 
 
 def test_a_run_that_fuses_nothing_leaves_the_model_exactly_as_it_was(rng):
@@ -60,3 +70,21 @@ def test_a_run_that_fuses_nothing_keeps_unused_optional_outputs(rng):
     result = FusePass()(ir.from_proto(model))
     assert not result.modified
     assert [v.name for v in result.model.graph.node(0).outputs] == ["seq", "h", "c"]
+
+
+def test_initializers_listed_as_inputs_before_ir_4_are_constants(rng):
+    """qonnx_mnist_cntk (IR 3) lists every initializer among the graph inputs, as IR 3 requires, and nothing
+    folded. They are constants there (ONNX Runtime lets no caller override them); the fused model lists its
+    new initializers as inputs too, so IR 3's checker accepts it."""
+    initializers = [weights(rng, "w", 4, 3, 3, 3), *batchnorm_params(rng, "bn", 4)]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), batchnorm("bn", "c", "y")]
+    listed = [value("x", [1, 3, 5, 5])] + [value(t.name, list(t.dims)) for t in initializers]
+    graph = helper.make_graph(nodes, "g", listed, [value("y", [1, 4, 3, 3])], initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
+    model.ir_version = 3
+    result = FusePass()(ir.from_proto(model))
+    fused = ir.to_proto(result.model)
+    assert fused.ir_version == 3 and op_types(fused) == ["Conv"]
+    assert {i.name for i in fused.graph.input} == {"x"} | {t.name for t in fused.graph.initializer}
+    onnx.checker.check_model(fused, full_check=True)
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((1, 3, 5, 5)).astype(np.float32)})

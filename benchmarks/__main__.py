@@ -45,7 +45,8 @@ def _step(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 @click.option("--real", is_flag=True, help="Sweep the real-world corpus instead (benchmarks/real/): public "
               "pretrained models and our own exports, fetched into the cache first; writes RESULTS.md's "
               "real-world section. With --quick: a small subset, results under benchmarks/results/real-quick/.")
-@click.option("--only", "real_only", default="", help="With --real: only these corpus models (comma-separated).")
+@click.option("--only", "real_only", default="", help="With --real: only these corpus models (comma-separated); "
+              "with --update, rerun them into the published results.")
 def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out: Path | None,
          report_only: bool, update: bool, real: bool, real_only: str) -> None:
     """Benchmark onnxkit against onnxsim, onnxslim, onnxoptimizer and ONNX Runtime on the suite's models."""
@@ -53,7 +54,7 @@ def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out
         from benchmarks.real.sweep import sweep
 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        sweep(only=[n for n in real_only.split(",") if n] or None, quick=quick, out=out)
+        sweep(only=[n for n in real_only.split(",") if n] or None, quick=quick, out=out, update=update)
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

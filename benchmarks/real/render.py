@@ -56,7 +56,8 @@ def compact_results(results: dict[str, Any]) -> dict[str, Any]:
             runs[label] = run
         models.append({k: entry.get(k) for k in ("name", "source", "licence", "data", "synthetic_only", "nodes")}
                       | {"runs": runs})
-    return {k: results[k] for k in ("date", "quick", "timeout_s", "peer_versions", "seconds", "complete")
+    return {k: results[k] for k in ("date", "quick", "timeout_s", "jobs", "peer_versions", "seconds", "complete",
+                                    "own_exports")
             if k in results} | {"models": models}
 
 
@@ -148,6 +149,10 @@ def section_lines(results: dict[str, Any]) -> list[str]:
     lines.append(f"- synthetic calibration data only ({len(synthetic)}): "
                  + (", ".join(f"{m['name']} ({m['data'].removeprefix('synthetic only: ')})" for m in models
                               if m.get("synthetic_only")) or "none"))
+    not_exported = {n: r for n, r in results.get("own_exports", {}).items() if not r["ok"]}
+    if not_exported:
+        lines.append("- own exports the exporter could not make: " + "; ".join(
+            f"{name} ({_escape(record['error'])[:140]})" for name, record in sorted(not_exported.items())))
     lines += ["", "### Simplify and fuse", "",
               (f"| model | data | nodes | {ONNXKIT_EXACT} | MB | {ONNXKIT_ORT} | onnxsim | MB | onnxslim | ort-basic "
               "| ort-extended |"),
@@ -166,7 +171,7 @@ def section_lines(results: dict[str, Any]) -> list[str]:
     for m in models:
         r = m["runs"]
         cells = [_qcell(r.get(label)) for pair in QUANTIZE_PAIRS for label in pair]
-        lines.append(f"| {m['name']} | {_data(m)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {m['name']} | {_escape(m['data'])} | " + " | ".join(cells) + " |")
     failures = [(m["name"], label, rec.get("error") or (rec.get("parity") or {}).get("summary") or "")
                 for m in models for label, rec in m["runs"].items() if not _ok(rec)]
     lines += ["", f"### What did not finish or failed parity ({len(failures)})", ""]

@@ -85,11 +85,17 @@ class SweepModel:
 # Which models
 
 
-def corpus_models(only: list[str] | None, quick: bool, max_mb: float = DEFAULT_MAX_MB) -> list[SweepModel]:
-    """Fetch what is missing (public models, own exports, calibration sets) and list the models to sweep."""
+def corpus_models(only: list[str] | None, quick: bool,
+                  max_mb: float = DEFAULT_MAX_MB) -> tuple[list[SweepModel], dict[str, dict[str, Any]]]:
+    """Fetch what is missing (public models, own exports, calibration sets); the models to sweep, and the
+    record of every own export (those the exporter could not make included)."""
     cache = cache_dir()
     wanted = set(only or (QUICK_MODELS if quick else ()))
-    public = [m for m in load_manifest(max_mb=None if wanted else max_mb) if not wanted or m.name in wanted]
+    manifest = load_manifest(max_mb=None if wanted else max_mb)
+    unknown = {n for n in wanted if n not in {m.name for m in manifest} and not n.startswith("own_")}
+    if unknown:
+        raise ValueError(f"unknown corpus model(s): {', '.join(sorted(unknown))}")
+    public = [m for m in manifest if not wanted or m.name in wanted]
     failed = fetch.fetch(public, cache)
     public = [m for m in public if m.name not in failed]
     archs = sorted({a for a in own.ARCHITECTURES for n in wanted if n.startswith(f"own_{a}_")}) if wanted \
@@ -103,7 +109,7 @@ def corpus_models(only: list[str] | None, quick: bool, max_mb: float = DEFAULT_M
               for m in public]
     models += [SweepModel(name, own.own_dir(cache) / f"{name}.onnx", "own", "ours", kinds[name]["kind"], False)
                for name, record in sorted(exports.items()) if record["ok"] and (not wanted or name in wanted)]
-    return models
+    return models, exports
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -263,42 +269,51 @@ def sweep_model(model: SweepModel, folder: Path, timeout: float) -> dict[str, An
 
 
 def sweep(only: list[str] | None = None, quick: bool = False, out: Path | None = None, jobs: int = 2,
-          progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Sweep the corpus and write ``results.json`` (and, for a full run to the default place, RESULTS.md's
-    section and the compact JSON beside it) after every model, so a run cut short still publishes.
+          update: bool = False, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Sweep the corpus and write ``results.json`` after every model, so a run cut short still publishes.
 
-    ``jobs`` models run side by side (each tool of a model still runs alone): onnxkit and its peers then
-    share the machine alike, and the sweep fits in half the time.
+    A full run to the default place also writes RESULTS.md's section and the compact JSON beside it; so does
+    ``update``, which reruns only the ``only`` models and keeps every other entry of the last results.json
+    (each entry says when it was swept). ``jobs`` models run side by side (each tool of a model still runs
+    alone): onnxkit and its peers share the machine alike, and the sweep fits in half the time.
     """
     from benchmarks.peers import peer_versions
     from benchmarks.real import render
     from onnxkit.bench import machine_description
 
     timeout = 120.0 if quick else 300.0
-    publish = not quick and not only and out is None
+    publish = not quick and out is None and (not only or update)
     out = out or HERE / "results" / ("real-quick" if quick else "real")
     out.mkdir(parents=True, exist_ok=True)
-    models = corpus_models(only, quick)
+    previous = json.loads((out / "results.json").read_text()) if update and (out / "results.json").exists() else {}
+    models, exports = corpus_models(only, quick)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rerun = {m.name for m in models}
+    kept = {e["name"]: e for e in previous.get("models", []) if e["name"] not in rerun}
+    order = [e["name"] for e in previous.get("models", [])]
+    order += [m.name for m in models if m.name not in order]
     started = time.perf_counter()
     results: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": f"{previous['date'].split(', updated')[0]}, updated {now}" if previous else now,
         "quick": quick, "timeout_s": timeout, "jobs": jobs, "machine": machine_description(),
         "peer_versions": peer_versions(), "runs": [dataclasses.asdict(r) for r in RUNS], "models": [],
-        "complete": False,
+        "own_exports": {**previous.get("own_exports", {}), **exports}, "complete": False,
     }
     scratch = out / "scratch"
-    done: dict[int, dict[str, Any]] = {}
+    done: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
 
     def one(index: int, model: SweepModel) -> None:
         progress(f"[{index + 1}/{len(models)}] {model.name}")
         entry = sweep_model(model, scratch / model.name, timeout)
+        entry["swept_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         shutil.rmtree(scratch / model.name, ignore_errors=True)
         with lock:
-            done[index] = entry
-            results["models"] = [done[i] for i in sorted(done)]
-            results["seconds"] = round(time.perf_counter() - started, 1)
-            results["complete"] = len(done) == len(models)
+            done[model.name] = entry
+            by_name = {**kept, **done}
+            results["models"] = [by_name[name] for name in order if name in by_name]
+            results["seconds"] = round(previous.get("seconds", 0.0) + time.perf_counter() - started, 1)
+            results["complete"] = len(done) == len(models) and previous.get("complete", True)
             (out / "results.json").write_text(json.dumps(results, indent=1))
             if publish:
                 render.publish(results)

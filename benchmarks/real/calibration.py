@@ -253,7 +253,8 @@ def frames_to_samples(frames: int, rate: int) -> int:
 
 
 class Maker:
-    """Builds the samples for one model; ``kind`` is what the data is, for the report."""
+    """What a recipe needs to know about its model: the probed inputs, its embedding tables, and sessions of
+    the corpus models it chains (an encoder, a feature extractor)."""
 
     def __init__(self, model: CorpusModel, cache: Path) -> None:
         self.model = model
@@ -626,7 +627,7 @@ def write_calibration(model: CorpusModel, cache: Path, count: int = SAMPLES) -> 
     for name, probe in ((p.name, p) for p in model.probed):
         for sample in samples:
             if tuple(sample[name].shape) != probe.shape:
-                raise AssertionError(f"{model.name}: {name} shaped {sample[name].shape}, the binding has {probe.shape}")
+                raise ValueError(f"{model.name}: {name} shaped {sample[name].shape}, the binding has {probe.shape}")
     path = calibration_path(model.name, cache)
     path.parent.mkdir(parents=True, exist_ok=True)
     stacked = {name: np.stack([s[name] for s in samples]) for name in samples[0]}

@@ -288,7 +288,10 @@ def export_all(archs: list[str], cache: Path | None = None) -> dict[str, dict[st
         for exporter, opset in EXPORTS + ARCHITECTURES[arch].extra_exports:
             name = model_name(arch, exporter, opset)
             path = own_dir(cache) / f"{name}.onnx"
-            record: dict[str, Any] = {"arch": arch, "exporter": exporter, "opset": opset}
+            record: dict[str, Any] = {"arch": arch, "exporter": exporter, "opset": opset, "torch": torch.__version__}
+            if records.get(name, {}).get("ok") is False and records[name].get("torch") == torch.__version__:
+                print(f"{name:36s} {records[name]['error']} (recorded; not tried again with this torch)")
+                continue
             try:
                 if not path.exists():
                     export(arch, exporter, opset, path)

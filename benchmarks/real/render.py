@@ -174,6 +174,7 @@ def section_lines(results: dict[str, Any]) -> list[str]:
         lines.append(f"| {m['name']} | {_escape(m['data'])} | " + " | ".join(cells) + " |")
     failures = [(m["name"], label, rec.get("error") or (rec.get("parity") or {}).get("summary") or "")
                 for m in models for label, rec in m["runs"].items() if not _ok(rec)]
+    failures += [(m["name"], "sweep", m["error"]) for m in models if m.get("error")]
     lines += ["", f"### What did not finish or failed parity ({len(failures)})", ""]
     lines += [f"- {name} · {label}: {_escape(text)[:220]}" for name, label, text in failures] or ["- nothing"]
     return lines

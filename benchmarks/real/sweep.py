@@ -197,8 +197,9 @@ def run_peer(model: SweepModel, run: Run, folder: Path, calib_dir: Path, timeout
     return record
 
 
-def judge(model: SweepModel, record: dict[str, Any], klass: str, held_out: Path) -> None:
-    """Node count and parity of a tool's output against the original on the held-out samples."""
+def judge(model: SweepModel, record: dict[str, Any], klass: str, held_out: Path | None) -> None:
+    """Node count and parity of a tool's output against the original on the held-out samples (onnxkit's
+    synthetic inputs where the model has no calibration set)."""
     from onnxkit import parity
     from onnxkit.bench import first_error_line, model_op_histogram
 
@@ -211,7 +212,7 @@ def judge(model: SweepModel, record: dict[str, Any], klass: str, held_out: Path)
         record["nodes_error"] = first_error_line(e)
     tolerance = parity.Tolerance.for_kind("exact" if klass == "exact" else "lossy")
     try:
-        report = parity.compare_models(model.path, output, data=str(held_out), tolerance=tolerance,
+        report = parity.compare_models(model.path, output, data=str(held_out) if held_out else None, tolerance=tolerance,
                                        model_dir=model.path.parent)
         record["parity"] = {"passed": report.passed, "max_abs_error": _finite(report.max_abs_error),
                             "min_cosine": _finite(report.min_cosine), "summary": report.summary()[:300]}
@@ -255,13 +256,17 @@ def sweep_model(model: SweepModel, folder: Path, timeout: float) -> dict[str, An
         entry["nodes"] = sum(model_op_histogram(model.path).values())
     except Exception as e:  # noqa: BLE001 - onnx_ir cannot read it; the tools still get their try
         entry["nodes_error"] = first_error_line(e)
-    calib, held_out, calib_dir = split_calibration(model, folder)
+    has_data = calibration.calibration_path(model.name).exists()
+    calib, held_out, calib_dir = split_calibration(model, folder) if has_data else (None, None, None)
     for run in RUNS:
         where = folder / run.label.replace("{", "_").replace("}", "").replace("=", "-").replace(",", "+")
+        if run.klass != "exact" and not has_data:
+            entry["runs"][run.label] = {"finished": False, "error": "no calibration data for this model"}
+            continue
         if run.is_onnxkit:
             record = run_onnxkit(model, run.spec or "", where, calib if run.klass != "exact" else None, timeout)
         else:
-            record = run_peer(model, run, where, calib_dir, timeout)
+            record = run_peer(model, run, where, calib_dir or where, timeout)
         judge(model, record, run.klass, held_out)
         entry["runs"][run.label] = record
         shutil.rmtree(where, ignore_errors=True)
@@ -305,7 +310,12 @@ def sweep(only: list[str] | None = None, quick: bool = False, out: Path | None =
 
     def one(index: int, model: SweepModel) -> None:
         progress(f"[{index + 1}/{len(models)}] {model.name}")
-        entry = sweep_model(model, scratch / model.name, timeout)
+        try:
+            entry = sweep_model(model, scratch / model.name, timeout)
+        except Exception as e:  # noqa: BLE001 - a harness failure on one model is that model's row, not the end
+            entry = {"name": model.name, "source": model.source, "licence": model.licence,
+                     "data": model.calibration_kind, "synthetic_only": model.synthetic_only, "runs": {},
+                     "error": f"the sweep itself failed: {type(e).__name__}: {e}"[:300]}
         entry["swept_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         shutil.rmtree(scratch / model.name, ignore_errors=True)
         with lock:

@@ -27,7 +27,7 @@ class ShapeInferencePass(Pass):
 
     def call(self, model: ir.Model) -> PassResult:
         try:
-            annotated = infer_shapes(model, strict=self.options.strict, data_prop=self.options.data_prop)
+            annotated = len(infer_shapes(model, strict=self.options.strict, data_prop=self.options.data_prop))
         except Exception as e:
             if self.options.strict:
                 raise PassFailedError(f"shape inference failed: {e}", hint="retry without strict=true") from e
@@ -35,8 +35,9 @@ class ShapeInferencePass(Pass):
         return PassResult(model, annotated > 0, [f"annotated {annotated} values"] if annotated else [])
 
 
-def infer_shapes(model: ir.Model, *, strict: bool = False, data_prop: bool = True, check_type: bool = True) -> int:
-    """Run ONNX shape inference and copy what it found onto ``model``'s values; returns how many changed.
+def infer_shapes(model: ir.Model, *, strict: bool = False, data_prop: bool = True,
+                 check_type: bool = True) -> list[ir.Value]:
+    """Run ONNX shape inference and copy what it found onto ``model``'s values; returns the values that changed.
 
     Raises what ONNX raises (in strict mode, any inference error).
     """
@@ -50,15 +51,15 @@ def infer_shapes(model: ir.Model, *, strict: bool = False, data_prop: bool = Tru
     return _merge_types(model, inferred)
 
 
-def _merge_types(model: ir.Model, inferred: ir.Model) -> int:
-    """Copy inferred types and shapes onto the model's values; returns how many values changed.
+def _merge_types(model: ir.Model, inferred: ir.Model) -> list[ir.Value]:
+    """Copy inferred types and shapes onto the model's values; returns the values that changed.
 
     Not onnx_ir's ShapeInferencePass merge: it sets ``dtype``, which turns sequence and optional values
     inside subgraphs into tensors. Here a value takes the whole inferred type, and only when it had none
     or one of the same kind. Graph outputs that declare a shape keep it: a declaration may be wrong, and
     "fixing" it from inference would change what the model promises.
     """
-    changed = 0
+    changed = []
     for graph, inferred_graph in zip(model.graphs(), inferred.graphs()):
         inferred_values = ir.convenience.create_value_mapping(inferred_graph)
         for name, value in ir.convenience.create_value_mapping(graph).items():
@@ -73,5 +74,5 @@ def _merge_types(model: ir.Model, inferred: ir.Model) -> int:
                 value.type = source.type
                 if source.shape is not None:
                     value.shape = source.shape
-                changed += 1
+                changed.append(value)
     return changed

@@ -15,12 +15,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common
 
 from onnxkit.pass_base import PassContext, PassResult
-from onnxkit.passes._graph_utils import (
-    all_nodes,
-    graph_likes,
-    eliminate_identities,
-    structural_fingerprint,
-)
+from onnxkit.passes._graph_utils import all_nodes, eliminate_identities, graph_likes
 from onnxkit.passes.simplify import consecutive, merge, no_op
 from onnxkit.passes.simplify._onnxscript import LOGGER_NAME as FOLDER_LOGGER
 from onnxkit.passes.simplify.folder import SimplifyFolder, unfolded_placeholders
@@ -50,24 +45,26 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _infer_shapes(model: ir.Model) -> None:
+def _infer_shapes(model: ir.Model) -> bool:
+    """Annotate shapes; whether any value's type or shape changed (graph outputs aside: their declared shapes
+    are hidden meanwhile, and what they end with is judged when they are restored)."""
     # Not strict: a model with ops ONNX cannot infer (custom domains) keeps what it has for those values.
     # Not onnx_ir's ShapeInferencePass: its merge turns sequence values into tensors (see infer_shapes).
     try:
-        infer_shapes(model, check_type=False)
+        return any(not value.is_graph_output() for value in infer_shapes(model, check_type=False))
     except Exception:  # noqa: BLE001 - ONNX raises its own types; an uninferable model is folded as it is
-        return
+        return False
 
 
-def _list_initializers_as_inputs_before_ir4(model: ir.Model) -> None:
+def _list_initializers_as_inputs_before_ir4(model: ir.Model) -> bool:
     """IR versions 1-3 require every initializer of the main graph to be a graph input too; the lifted and
     folded constants join the inputs there. (Bodies of If/Loop/Scan keep theirs: their inputs are positional.)"""
     if model.ir_version >= 4:
-        return
+        return False
     listed = set(model.graph.inputs)
-    for value in model.graph.initializers.values():
-        if value not in listed:
-            model.graph.inputs.append(value)
+    unlisted = [value for value in model.graph.initializers.values() if value not in listed]
+    model.graph.inputs.extend(unlisted)
+    return bool(unlisted)
 
 
 @dataclasses.dataclass
@@ -88,10 +85,12 @@ class _Simplifier:
         self.refused: dict[str, tuple[str, int]] = {}  # folds the byte limit kept out: site → (op, bytes)
         self.original_identities = [n for n in all_nodes(model) if n.op_type == "Identity" and n.domain == ""]
         self._original_identity_ids = set(map(id, self.original_identities))  # the list keeps the ids unique
+        # Whether anything changed: every step reports it, so no before/after comparison of the whole model
+        # is needed (the pipeline still checks the claim).
+        self.modified = False
 
     def run(self) -> PassResult:
         model = self.model
-        before = structural_fingerprint(model)
         declared = self._hide_declared_output_shapes()
         try:
             settled = False
@@ -99,18 +98,17 @@ class _Simplifier:
                 if not self._round():
                     settled = True
                     break
-            common.RemoveUnusedFunctionsPass()(model)
-            common.RemoveUnusedOpsetsPass()(model)
-            _list_initializers_as_inputs_before_ir4(model)
+            self.modified |= common.RemoveUnusedFunctionsPass()(model).modified
+            self.modified |= common.RemoveUnusedOpsetsPass()(model).modified
+            self.modified |= _list_initializers_as_inputs_before_ir4(model)
             if not settled:
-                _infer_shapes(model)  # a round that changed nothing began with this very inference
+                self.modified |= _infer_shapes(model)  # a round that changed nothing began with this inference
         finally:
             self._restore_declared_outputs(declared)
         for node in self.original_identities:
             if node.graph is None:
                 self.rewrites.record("remove-identity", site_name(node), "removed", "Identity")
-        modified = structural_fingerprint(model) != before
-        if not modified:
+        if not self.modified:
             return PassResult(model, False, [])
         stats = self.rewrites.stats() + unfolded_placeholders(list(all_nodes(model)), self.refused)
         return PassResult(model, True, stats or ["inferred shapes"], sites=self.rewrites.sites)
@@ -122,14 +120,14 @@ class _Simplifier:
         # ONNX shape inference names every unknown dim (unk__N) and carries the name along, so the
         # folder can tell that a Reshape target copies its input's dims; the folder's own node-by-node
         # inference leaves unknown dims anonymous.
-        _infer_shapes(model)
+        self.modified |= _infer_shapes(model)
         changed = SimplifyFolder(self.max_constant_bytes, rewrites, self.refused)(model).modified
         # Walking every subgraph is the costliest part of a walk: the rules share one list of graphs.
         graphs = list(graph_likes(model))
         no_op.remove_no_ops(graphs, rewrites, self.opset)
         no_op.drop_zero_initial_states(graphs, rewrites)
         consecutive.merge_consecutive(graphs, rewrites)
-        eliminate_identities(model, self._may_remove_identity)
+        changed |= eliminate_identities(model, self._may_remove_identity) > 0
         nodes_before = sum(len(graph) for graph in graphs)
         common.RemoveUnusedNodesPass()(model)
         graphs = list(graph_likes(model))  # unused If/Loop nodes took their bodies with them
@@ -139,7 +137,9 @@ class _Simplifier:
         changed |= common.LiftSubgraphInitializersToMainGraphPass()(model).modified
         self.initializers.merge(graphs, rewrites)
         merge.eliminate_common_subexpressions(graphs, rewrites)
-        return changed or sum(rewrites.tally.values()) != recorded_before
+        changed = changed or sum(rewrites.tally.values()) != recorded_before
+        self.modified |= changed
+        return changed
 
     def _may_remove_identity(self, node: ir.Node) -> bool:
         # Identities the rules left behind go with their rule; the model's own ones are sites of their own.
@@ -173,6 +173,8 @@ class _Simplifier:
                 output = _output_named(graph, entry.index, entry.name)
             if entry.shape is not None:
                 output.shape = entry.shape
+            elif output.shape is not None:
+                self.modified = True  # inference found the shape of an output that declared none
 
 
 def _output_named(graph: ir.Graph, index: int, name: str) -> ir.Value:

@@ -16,6 +16,8 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common
 
+from onnxkit import modelio
+
 logger = logging.getLogger(__name__)
 
 # Per-channel QDQ needs DequantizeLinear's ``axis``, added in opset 13.
@@ -60,6 +62,12 @@ def prepare(model: ir.Model, *, want_per_channel: bool, gemm_as_matmul: bool = F
     """
     work = ir.serde.deserialize_model(ir.serde.serialize_model(model))  # the pass never edits its input
     steps: list[str] = []
+    if (folder := modelio.external_data_folder(model)) is not None:
+        # Weights left on disk (models past protobuf's limit are loaded lazily) are read in: ORT's quantizer
+        # and every session below take the model in memory, with no folder to find its data in.
+        ir.external_data.set_base_dir(work.graph, folder)
+        ir.external_data.load_to_model(work)
+        steps.append(f"read the external data from {folder} into memory")
 
     lifted = _count_constants(work)
     # size_limit=0: a tiny bias left as a Constant node would be taken for an activation and need a range.

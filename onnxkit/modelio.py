@@ -164,43 +164,32 @@ def _set_external_data_folder(model: ir.Model, folder: str | os.PathLike[str]) -
 
 def tensor_bytes(model: ir.Model) -> int:
     """Bytes held by the model's tensors: initializers and Constant/attribute tensors, subgraphs included."""
-    total = 0
-    for graph in _all_graphs(model):
+    return sum(tensor.nbytes for tensor in _all_tensors(model))
+
+
+def _all_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
+    for graph in (model.graph, *model.graph.subgraphs()):
         for value in graph.initializers.values():
             if value.const_value is not None:
-                total += value.const_value.nbytes
-        for node in graph:
-            for attr in node.attributes.values():
-                if attr.type == ir.AttributeType.TENSOR:
-                    total += attr.value.nbytes
-    return total
-
-
-def _all_graphs(model: ir.Model) -> Iterator[ir.Graph]:
-    yield model.graph
-    yield from model.graph.subgraphs()
-
-
-def _external_tensors(model: ir.Model) -> Iterator[ir.ExternalTensor]:
-    for graph in _all_graphs(model):
-        for value in graph.initializers.values():
-            if isinstance(value.const_value, ir.ExternalTensor):
                 yield value.const_value
         for node in graph:
             for attr in node.attributes.values():
-                if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
+                if attr.type == ir.AttributeType.TENSOR:
                     yield attr.value
 
 
 def external_data_folder(model: ir.Model) -> Path | None:
     """The folder the model's external data is read from (the model file's folder), or None if it has none."""
     # A model parsed from bytes has no folder: its tensors' base_dir is empty.
-    tensor = next((t for t in _external_tensors(model) if t.base_dir), None)
+    tensor = next((t for t in _all_tensors(model) if isinstance(t, ir.ExternalTensor) and t.base_dir), None)
     return Path(tensor.base_dir) if tensor is not None else None
 
 
 def needs_external_data(model: ir.Model) -> bool:
-    return tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD
+    """Whether serializing the model would come near protobuf's limit: tensors still in external data files
+    are serialized as references and do not count."""
+    in_memory = sum(t.nbytes for t in _all_tensors(model) if not isinstance(t, ir.ExternalTensor))
+    return in_memory >= EXTERNAL_DATA_THRESHOLD
 
 
 def save_model(

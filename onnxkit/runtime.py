@@ -76,30 +76,41 @@ def make_session(model: ModelSource, *, options: Any = None, optimize: bool = Fa
         options = session_options(optimize=optimize, threads=threads)
     options.log_severity_level = _VERBOSE_SEVERITY if _verbose else _QUIET_SEVERITY
     providers = list(providers)
-    if model_dir is None and isinstance(model, ir.Model):
-        model_dir = modelio.external_data_folder(model)
     if isinstance(model, (str, os.PathLike)):
-        return ort.InferenceSession(str(model), options, providers=providers)
-    if model_dir is not None:
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                         str(Path(model_dir).resolve()))
+        return _session(str(model), options, providers, Path(model).parent)
     if isinstance(model, (bytes, bytearray)):
-        return ort.InferenceSession(bytes(model), options, providers=providers)
+        return _session(bytes(model), options, providers, model_dir)
     if isinstance(model, ir.Model):
+        if model_dir is None:
+            model_dir = modelio.external_data_folder(model)
         if modelio.needs_external_data(model):
             return _session_from_file(model, options, providers)
+        # Tensors still in their data files go as references, read by ORT from model_dir.
         model = modelio.to_proto(model)
     if isinstance(model, onnx.ModelProto):
         if exceeds_protobuf_limit(model):
-            return _session_from_file(modelio.as_ir_model(model), options, providers)
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+            return _session_from_file(modelio.as_ir_model(model, model_dir=model_dir), options, providers)
+        return _session(model.SerializeToString(), options, providers, model_dir)
     raise TypeError(f"cannot make an ONNX Runtime session from a {type(model).__name__}")
+
+
+_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
+
+
+def _session(model: str | bytes, options: Any, providers: list[str], data_folder: str | os.PathLike[str] | None) -> Any:
+    """ORT reads external data from ``data_folder`` (the current folder when None, as ORT does for bytes).
+
+    Set on every session: callers share one options object between sessions (parity's two models), and a
+    folder set for one would otherwise stick to the next.
+    """
+    import onnxruntime as ort
+
+    options.add_session_config_entry(_DATA_FOLDER, str(Path(data_folder or ".").resolve()))
+    return ort.InferenceSession(model, options, providers=providers)
 
 
 def _session_from_file(model: ir.Model, options: Any, providers: list[str]) -> Any:
     """Over 2 GB: ORT reads the model from a temporary folder; the session holds the weights once made."""
-    import onnxruntime as ort
-
     from onnxkit import modelio
 
     with tempfile.TemporaryDirectory(prefix="onnxkit-session-") as folder:
@@ -107,7 +118,7 @@ def _session_from_file(model: ir.Model, options: Any, providers: list[str]) -> A
         # Through onnx_ir, which leaves the caller's model as it was: onnx.save_model with external data would
         # rewrite the caller's tensors into references to this folder, gone once the session is made.
         modelio.save_model(model, path, external_data=True)
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return _session(str(path), options, providers, folder)
 
 
 def exceeds_protobuf_limit(proto: onnx.ModelProto) -> bool:

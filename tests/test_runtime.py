@@ -131,6 +131,27 @@ def test_in_memory_model_finds_its_external_data_from_another_folder(tmp_path: P
     np.testing.assert_array_equal(runtime.make_session(modelio.load_model(path)).run(None, feeds)[0], expected)
 
 
+def test_one_options_object_serves_models_whose_data_is_in_different_places(tmp_path: Path, monkeypatch) -> None:
+    """Parity shares one options object between its two sessions: the data folder of one must not stick."""
+    first, second = _save_with_external_data(tmp_path / "first"), _save_with_external_data(tmp_path / "second")
+    in_memory = modelio.load_model(second)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    feeds = {"x": np.ones((2, 32), np.float32)}
+    expected = runtime.make_session(first).run(None, feeds)[0]
+    options = runtime.session_options()
+    sessions = [
+        runtime.make_session(onnx.load(first, load_external_data=False).SerializeToString(), options=options,
+                             model_dir=first.parent),
+        runtime.make_session(ir.load(second), options=options),  # weights read by ORT from the second folder
+    ]
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 1024)  # "over 2 GB": through a temporary folder
+    sessions.append(runtime.make_session(in_memory, options=options))
+    for session in sessions:
+        np.testing.assert_array_equal(session.run(None, feeds)[0], expected)
+
+
 # --- the CLI, run from a folder that is not the model's -----------------------------------------------------
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from onnxkit.passes.quantize.rewrite import QuantizeSettings, quantize_model
 from onnxkit.passes.quantize.runtime import tensor_elem_types
 
 from onnxkit import parity, runtime
-from onnxkit.data import HOLDOUT_EVERY, CalibrationSplit
+from onnxkit.data import HOLDOUT_EVERY, CalibrationSplit, input_specs
 from onnxkit.errors import PassFailedError
 from onnxkit.modelio import clone_model
 from onnxkit.pass_base import Pass, PassResult
@@ -315,21 +315,25 @@ class QuantizePass(Pass):
         tolerance = dataclasses.replace(PIPELINE_TOLERANCE, min_cosine=options.target_cosine,
                                         min_sqnr=options.target_sqnr, min_top1=options.target_top1)
         report.target = tolerance.describe()
-        held_out = data.held_out
         if data.reused_calibration_for_holdout:
             report.warnings.append("too few samples to hold any out: the target is judged on calibration samples")
+        # Chains record the float model's outputs on the first comparison and replay them for every candidate.
+        specs = input_specs(float_proto)
+        # The target: held-out samples, ORT optimizations on, to judge the fused INT8 kernels that will run.
+        on_held_out = parity.ParityChain(data.held_out, specs, "held-out samples", data_given=True,
+                                         ort_optimizations=True)
+        # The pipeline's parity check runs with ORT optimizations off, where QDQ is emulated in float and rounds
+        # differently from the fused kernels, on the held-out samples when it was given calibration data only,
+        # on all of them when that data is its parity data too. Every sample read is checked that way, so a
+        # model this pass accepts passes the pipeline's check in either case.
+        as_the_pipeline_checks = parity.ParityChain(data.all_samples, specs, "every sample read", data_given=True,
+                                                    ort_optimizations=False)
 
         def by_parity(candidate: onnx.ModelProto) -> sensitivity.Verdict:
-            # The target: held-out samples, ORT optimizations on, to judge the fused INT8 kernels that will run.
-            verdicts = {"held-out": parity.compare_models(float_proto, candidate, held_out, tolerance=tolerance,
-                                                          ort_optimizations=True)}
-            # The pipeline's parity check runs with ORT optimizations off, where QDQ is emulated in float and
-            # rounds differently from the fused kernels, on the held-out samples when it was given calibration
-            # data only, on all of them when that data is its parity data too. Every sample read is checked
-            # that way, so a model this pass accepts passes the pipeline's check in either case.
+            verdicts = {"held-out": on_held_out.compare(float_proto, candidate, tolerance)}
             if verdicts["held-out"].passed:
-                verdicts["all, ORT optimizations off"] = parity.compare_models(
-                    float_proto, candidate, data.all_samples, tolerance=tolerance, ort_optimizations=False)
+                verdicts["all, ORT optimizations off"] = as_the_pipeline_checks.compare(float_proto, candidate,
+                                                                                        tolerance)
             return sensitivity.Verdict(all(v.passed for v in verdicts.values()), verdicts,
                                        _noise_excess(verdicts.values(), tolerance))
 

@@ -16,9 +16,8 @@ from typing import Any
 import onnx
 from onnxkit.passes.quantize.runtime import make_session
 
-WARMUP_ROUNDS = 3
-MIN_ROUNDS = 7
-MAX_ROUNDS = 31
+MIN_ROUNDS = 8
+MAX_ROUNDS = 200
 # Enough rounds to see through noise, without spending more than this much on one comparison.
 ROUND_BUDGET_S = 3.0
 
@@ -42,25 +41,28 @@ class Timing:
 
 
 def time_models(models: Sequence[onnx.ModelProto], samples: Sequence[Mapping[str, Any]]) -> list[float]:
-    """Median milliseconds per pass over ``samples`` for each model, measured interleaved."""
+    """Median milliseconds per run for each model, measured interleaved: each round runs every model on the
+    next sample in turn. One sample a round keeps a large model's comparison within the budget, and a small
+    model's many rounds still see every sample."""
     sessions = [make_session(m) for m in models]
     feeds = [[{i.name: s[i.name] for i in session.get_inputs()} for s in samples] for session in sessions]
 
-    def one_round(index: int) -> float:
-        started = time.perf_counter()
-        for feed in feeds[index]:
-            sessions[index].run(None, feed)
-        return time.perf_counter() - started
+    def one_round(round_index: int) -> list[float]:
+        times = []
+        for session, model_feeds in zip(sessions, feeds):
+            feed = model_feeds[round_index % len(model_feeds)]
+            started = time.perf_counter()
+            session.run(None, feed)
+            times.append(time.perf_counter() - started)
+        return times
 
-    for _ in range(WARMUP_ROUNDS):
-        for index in range(len(sessions)):
-            one_round(index)
-    rounds: list[list[float]] = [[] for _ in sessions]
+    for index in range(len(samples)):  # warmup: every sample once
+        one_round(index)
+    rounds: list[list[float]] = []
     started = time.perf_counter()
-    while len(rounds[0]) < MAX_ROUNDS and (len(rounds[0]) < MIN_ROUNDS or time.perf_counter() - started < ROUND_BUDGET_S):
-        for index in range(len(sessions)):
-            rounds[index].append(one_round(index))
-    return [statistics.median(r) * 1000.0 for r in rounds]
+    while len(rounds) < MAX_ROUNDS and (len(rounds) < MIN_ROUNDS or time.perf_counter() - started < ROUND_BUDGET_S):
+        rounds.append(one_round(len(rounds)))
+    return [statistics.median(r[model] for r in rounds) * 1000.0 for model in range(len(sessions))]
 
 
 def compare(float_model: onnx.ModelProto, quantized: onnx.ModelProto, samples: Sequence[Mapping[str, Any]]) -> Timing:

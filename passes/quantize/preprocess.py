@@ -9,7 +9,11 @@ models stop at opset 11, and symbolic shape inference gives up on some graphs.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import logging
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -257,12 +261,28 @@ def keep_declared_signature(model: onnx.ModelProto, declared: onnx.ModelProto) -
                 value.CopyFrom(stated[value.name])
 
 
+@functools.cache
+def _symbolic_shape_inference_class() -> type:
+    """ORT's ``SymbolicShapeInference``, loaded from its own file. Imported as
+    ``onnxruntime.tools.symbolic_shape_infer``, it first runs ``onnxruntime.tools/__init__``, which imports torch
+    when torch is installed: seconds and hundreds of MB per run for a module that needs only onnx and sympy."""
+    loaded = sys.modules.get("onnxruntime.tools.symbolic_shape_infer")
+    if loaded is not None:
+        return loaded.SymbolicShapeInference
+    package = importlib.util.find_spec("onnxruntime")
+    assert package is not None and package.origin is not None
+    spec = importlib.util.spec_from_file_location("onnxkit._ort_symbolic_shape_infer",
+                                                  Path(package.origin).parent / "tools" / "symbolic_shape_infer.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SymbolicShapeInference
+
+
 def _symbolic_shape_inference(proto: onnx.ModelProto) -> onnx.ModelProto:
     # SymbolicShapeInference.infer_shapes would also do this, but on failure it writes
     # sym_shape_infer_temp.onnx into the current directory; so drive its steps directly.
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    inference = SymbolicShapeInference(int_max=2**31 - 1, auto_merge=True, guess_output_rank=False, verbose=0)
+    inference = _symbolic_shape_inference_class()(int_max=2**31 - 1, auto_merge=True, guess_output_rank=False, verbose=0)
     inference._preprocess(proto)
     complete = False
     while inference.run_:

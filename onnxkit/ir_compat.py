@@ -97,9 +97,14 @@ def _reads_map_types() -> bool:
     return True
 
 
+_PATCHED = ("deserialize_type_proto_for_type", "deserialize_type_proto_for_shape", "serialize_type_into",
+            "serialize_shape_into", "SerdeError")
+
+
 def install() -> None:
-    """Teach onnx_ir map types, once, unless it already knows them."""
-    if _reads_map_types():
+    """Teach onnx_ir map types, once, unless it already knows them. An onnx_ir whose serde has moved on is
+    left alone too: map-typed models then fail to load with onnx_ir's own message, and the rest works."""
+    if not all(hasattr(serde, name) for name in _PATCHED) or _reads_map_types():
         return
     (serde.deserialize_type_proto_for_type, serde.deserialize_type_proto_for_shape,
      serde.serialize_type_into) = _map_aware(serde.deserialize_type_proto_for_type,

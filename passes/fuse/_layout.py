@@ -249,6 +249,60 @@ class CollapseTransposePair(RewriteRuleClassBase):
         return op.Transpose(x, perm=self._perm)
 
 
+class ReshapeThroughUnitTranspose(RewriteRuleClassBase):
+    """``Reshape(Transpose(x, perm), shape)`` → ``Reshape(x, shape')`` when the Transpose only moves axes of
+    size 1: it then keeps the elements in their order, and the Reshape can read ``x`` directly.
+
+    An LSTM's output ``[seq, 1, batch, hidden]`` transposed to ``[seq, batch, 1, hidden]`` and reshaped to
+    ``[seq, batch, hidden]`` is the common case. A ``0`` in the shape copies a dimension of the transposed
+    value: it becomes that size where known, stays ``0`` where ``x`` has the same dimension at that index,
+    or else becomes the one ``-1``.
+    """
+
+    def __init__(self, context: FusionContext) -> None:
+        super().__init__(name="reshape-through-unit-transpose")
+        self.context = context
+
+    def pattern(self, op: Any, x: ir.Value, shape: ir.Value) -> Any:
+        transposed = op.Transpose(x, _outputs=["transposed"])
+        return op.Reshape(transposed, shape, _outputs=["out"])
+
+    def check(self, context: Any, x: ir.Value, shape: ir.Value, transposed: ir.Value, out: ir.Value) -> MatchResult:
+        result = MatchResult()
+        dims = static_dims(x)
+        perm_attribute = transposed.producer().attributes.get("perm")
+        target = constant_array(shape)
+        if dims is None or perm_attribute is None or target is None:
+            return result.fail("the input's rank, the permutation or the target shape is unknown")
+        perm = list(perm_attribute.as_ints())
+        moved = [axis for axis in perm if dims[axis] != 1]
+        if moved != sorted(moved):
+            return result.fail("the Transpose reorders axes that are not of size 1")
+        new_shape = [int(size) for size in target.reshape(-1)]
+        if not out.producer().attributes.get_int("allowzero", 0):
+            for i, size in enumerate(new_shape):
+                if size != 0:
+                    continue
+                copied = dims[perm[i]] if i < len(perm) else None
+                if isinstance(copied, int):
+                    new_shape[i] = copied
+                elif copied is None or not (i < len(dims) and _same_dim(dims[i], copied)):
+                    new_shape[i] = -1
+        if new_shape.count(-1) > 1:
+            return result.fail("more than one dimension would have to be inferred")
+        self._shape = np.array(new_shape, dtype=np.int64)
+        self._in_function = isinstance(context.graph_or_function, ir.Function)
+        return result
+
+    def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
+        shape = new_constant(op, self._shape, self.context.fresh_name(f"{out.name}_shape"), in_function=self._in_function)
+        return op.Reshape(x, shape, **out.producer().attributes)
+
+
+def unit_transpose_rules(context: FusionContext) -> list[Any]:
+    return [ReshapeThroughUnitTranspose.rule(context)]
+
+
 def layout_rules(context: FusionContext) -> list[Any]:
     return [CollapseLayoutPair.rule(first, second, context)
             for first, second in itertools.product(RESHAPING_OPS, RESHAPING_OPS)]

@@ -61,3 +61,23 @@ def test_two_constant_steps_in_a_row_merge(rng, step):
     assert sorted(op_types(fused)) == sorted([step, step, "Relu"])
     assert stats == ["merged 1 pairs of constant Mul/Add steps"]
     assert_same_outputs(model, fused, {"x": rng.standard_normal((3, 4)).astype(np.float32)})
+
+
+@pytest.mark.parametrize(("shape", "declared"), [([5, 0, 6], [5, "N", 6]), ([5, -1], [5, None]), ([0, 0, 6], [5, "N", 6])])
+def test_transpose_of_a_unit_axis_before_a_reshape_goes(rng, shape, declared):
+    """voicefilter_embedder: an LSTM's [seq, 1, batch, hidden] output is transposed to [seq, batch, 1, hidden]
+    and reshaped; moving a size-1 axis keeps the elements in order, so the Reshape reads the LSTM directly
+    (its ``0`` that copied the batch becomes a -1)."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1, 3]), helper.make_node("Reshape", ["t", "s"], ["y"])]
+    model = make_model(nodes, [value("x", [5, 1, "N", 6])], [value("y", declared)], [tensor("s", np.array(shape, np.int64))])
+    fused, stats = fuse(model)
+    assert op_types(fused) == ["Reshape"]
+    assert stats == ["dropped 1 Transposes of size-1 axes before a Reshape"]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((5, 1, 3, 6)).astype(np.float32)})
+
+
+def test_transpose_that_reorders_real_axes_stays(rng):
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1, 3]), helper.make_node("Reshape", ["t", "s"], ["y"])]
+    model = make_model(nodes, [value("x", [5, 2, "N", 6])], [value("y", [5, None])], [tensor("s", np.array([5, -1], np.int64))])
+    fused, _ = fuse(model)
+    assert op_types(fused) == ["Transpose", "Reshape"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import itertools
 import math
 import os
 import time
@@ -583,11 +584,16 @@ class _Model:
 
 @dataclasses.dataclass
 class Recording:
-    """A model's values of ``outputs`` on each sample of a comparison, in order, and what they weigh."""
+    """A model's values of ``outputs`` on each sample of a comparison, in order, and what they weigh.
+    ``complete`` when the samples ran out before any limit on them did."""
 
     outputs: list[str]
     values: list[list[Any]] = dataclasses.field(default_factory=list)
     nbytes: int = 0
+    complete: bool = False
+
+    def covers(self, limit: int | None) -> bool:
+        return self.complete or (limit is not None and len(self.values) >= limit)
 
     def add(self, values: list[Any]) -> None:
         self.values.append(values)
@@ -650,8 +656,10 @@ class _Compared:
 
 
 def _compare_runs(reference: _Live | _Replay, candidate: _Live, dataset: Any, specs: Any, tolerance: Tolerance, *,
-                  data_given: bool, timings: dict[str, float] | None = None, record_budget: int = 0) -> _Compared:
-    """Run (or replay) both sides sample by sample and compare each output as soon as both have it.
+                  data_given: bool, timings: dict[str, float] | None = None, record_budget: int = 0,
+                  limit: int | None = None) -> _Compared:
+    """Run (or replay) both sides sample by sample, on the first ``limit`` samples if given, and compare each
+    output as soon as both have it.
 
     With ``record_budget`` each live side's values are also kept, while they weigh at most that many bytes."""
     errors = [f"output '{name}' is missing from the candidate" for name in reference.outputs
@@ -665,7 +673,7 @@ def _compare_runs(reference: _Live | _Replay, candidate: _Live, dataset: Any, sp
         "candidate": Recording(shared) if record_budget else None,
     }
     samples = 0
-    for index, sample in enumerate(dataset):
+    for index, sample in enumerate(itertools.islice(dataset, limit)):
         sample = validate_sample(sample, specs, index=index)
         missing = [name for name in candidate.inputs if name not in sample]
         if missing:
@@ -696,9 +704,13 @@ def _compare_runs(reference: _Live | _Replay, candidate: _Live, dataset: Any, sp
         samples += 1
     if samples == 0 and not errors:
         raise DataError("the data holds no samples", hint="give at least one sample, or drop --data for synthetic inputs")
-    complete = not errors
-    return _Compared([c.finish() for c in comparisons.values()], errors, samples,
-                     recordings["reference"] if complete else None, recordings["candidate"] if complete else None)
+    if errors:
+        recordings = {"reference": None, "candidate": None}
+    for recording in recordings.values():
+        if recording is not None:
+            recording.complete = limit is None or samples < limit
+    return _Compared([c.finish() for c in comparisons.values()], errors, samples, recordings["reference"],
+                     recordings["candidate"])
 
 
 def _report(compared: _Compared, tolerance: Tolerance, description: str, ort_optimizations: bool) -> ParityReport:
@@ -798,11 +810,14 @@ class ParityChain:
                                     model_dir=self.model_dir)
 
     def compare(self, reference: Any, candidate: Any, tolerance: Tolerance,
-                timings: dict[str, float] | None = None) -> ParityReport:
+                timings: dict[str, float] | None = None, *, limit: int | None = None) -> ParityReport:
         """Compare ``candidate`` with ``reference`` (bytes, ``ModelProto`` or ``ir.Model``; recordings are
-        found by object identity, so pass the very object compared before)."""
+        found by object identity, so pass the very object compared before), on the first ``limit`` samples
+        if given."""
         started = time.perf_counter()
         recorded = self.recorded(reference)
+        if recorded is not None and not recorded.covers(limit):
+            recorded = None
         if recorded is not None:
             ref_side: _Live | _Replay = _Replay(recorded)
         else:
@@ -820,7 +835,7 @@ class ParityChain:
             return _report(failed, tolerance, self.description, self.ort_optimizations)
         _add_time(timings, "sessions", started)
         compared = _compare_runs(ref_side, cand_side, self.dataset, self.specs, tolerance, data_given=self.data_given,
-                                 timings=timings, record_budget=RECORDING_BUDGET)
+                                 timings=timings, record_budget=RECORDING_BUDGET, limit=limit)
         kept = [(reference, recorded or compared.reference)]
         if compared.candidate is not None:
             kept.append((candidate, compared.candidate))

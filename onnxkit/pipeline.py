@@ -270,6 +270,9 @@ def _undeclared_domains(pass_: Pass, before: collections.Counter[str], after: co
 # split walks this many calibration samples, quantize's default ``samples``, so by default the held-out
 # samples are the very ones quantize judges its target on (a larger ``samples`` only makes them a subset).
 HELD_OUT_SPLIT_SAMPLES = 128
+# An exact pass must give the same outputs on every input, so on synthetic inputs (no data to cover) it is
+# compared on this many samples; a lossy pass's budgets (cosine, SQNR) are statistics over all of them.
+EXACT_SYNTHETIC_SAMPLES = 2
 # Reruns of one pass while narrowing it down to the rules and sites that break it.
 MAX_NARROWING_RERUNS = 32
 
@@ -467,8 +470,7 @@ class _Run:
 
         if self.check == "end" and before is not original:
             kind = "lossy" if any(p.kind == "lossy" for p in passes) else "exact"
-            parity = self._parity_chain(current).compare(original.model, before.model, self._tolerance(kind),
-                                                          setup.setdefault("final_parity", {}))
+            parity = self._compare(original.model, before.model, kind, setup.setdefault("final_parity", {}))
             self.report.final_parity = parity.to_dict()
             if not parity.passed:
                 self.report.parity_failed = True
@@ -499,8 +501,8 @@ class _Run:
             return current, before  # nothing changed, so there is nothing to compare
         segment_entries = self.report.passes[entries:]
         covered = [e for e in segment_entries if e.modified and e.status in ("ok", "narrowed")]
-        parity = self._parity_chain(current).compare(start.model, before.model, self._tolerance("exact"),
-                                                     (covered or segment_entries)[-1].timings.setdefault("parity", {}))
+        parity = self._compare(start.model, before.model, "exact",
+                               (covered or segment_entries)[-1].timings.setdefault("parity", {}))
         if parity.passed:
             for entry in covered:
                 entry.parity = {**parity.to_dict(), "passes": [e.name for e in covered]}
@@ -590,8 +592,7 @@ class _Run:
                                                        f"{problems[0]}", problems[0]), verification=problems)
         if self.check != "each" or self.deferring:
             return _Attempt(result, snapshot, None)
-        parity = self._parity_chain(model).compare(before.model, snapshot.model, self._tolerance(pass_.kind),
-                                                   timings.setdefault("parity", {}))
+        parity = self._compare(before.model, snapshot.model, pass_.kind, timings.setdefault("parity", {}))
         if parity.passed:
             return _Attempt(result, snapshot, None, parity)
         message = f"pass '{pass_.name}' changed the model's outputs beyond {pass_.kind} tolerance: {parity.summary()}"
@@ -722,6 +723,11 @@ class _Run:
         return passing
 
     # -- parity -----------------------------------------------------------------------------------------
+
+    def _compare(self, reference: Any, candidate: Any, kind: str, timings: dict[str, Any]) -> Any:
+        synthetic = self.data is None and self.calibration_data is None
+        return self._parity.compare(reference, candidate, self._tolerance(kind), timings,
+                                    limit=EXACT_SYNTHETIC_SAMPLES if synthetic and kind == "exact" else None)
 
     def _tolerance(self, kind: str) -> Any:
         from onnxkit import parity

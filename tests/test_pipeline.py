@@ -306,6 +306,17 @@ def test_synthetic_inputs_are_made_once_and_exact_passes_share_one_check(counted
     assert shapes.parity == cleanup.parity
 
 
+def test_exact_passes_compare_fewer_synthetic_samples_than_lossy_ones():
+    result = Pipeline.parse("cleanup,quantize{mode=dynamic,max_slowdown=none}").run(build_example("mlp"))
+    cleanup, quantize = result.report.passes
+    assert cleanup.parity["samples"] == 2  # the same outputs on every input: two random ones show a difference
+    assert quantize.parity["samples"] == 4  # a cosine budget is a statistic: every synthetic sample
+    # The recording of cleanup's output covers two samples: the lossy comparison runs it again on all four.
+    assert "reference_runs" in quantize.timings["parity"] and "replayed" not in quantize.timings["parity"]
+    data = [{"x": np.random.default_rng(i).standard_normal((1, 16)).astype(np.float32)} for i in range(3)]
+    assert Pipeline.parse("cleanup").run(build_example("mlp"), data=data).report.passes[0].parity["samples"] == 3
+
+
 def test_drift_in_a_run_of_exact_passes_is_pinned_on_its_pass(counted):
     result = Pipeline.parse("cleanup,shape-inference,scale-weight").run(build_example("mlp"), dims={"batch": 2},
                                                                       on_fail="rollback")

@@ -24,7 +24,7 @@ import onnx_ir as ir
 from onnxkit.passes.quantize import calibration, latency, preprocess, sensitivity
 from onnxkit.passes.quantize.cpu import detect_cpu
 from onnxkit.passes.quantize.rewrite import QuantizeSettings, quantize_model
-from onnxkit.passes.quantize.runtime import tensor_elem_types
+from onnxkit.passes.quantize.runtime import make_session, tensor_elem_types
 
 from onnxkit import parity, runtime
 from onnxkit.data import HOLDOUT_EVERY, CalibrationSplit, input_specs
@@ -177,6 +177,10 @@ class QuantizePass(Pass):
         float_proto = prepared.proto
         report = _Report(model_bytes=float_proto.ByteSize(), settings=settings, cpu=cpu.describe(),
                          preprocessing=prepared.steps)
+        if (load_error := _load_error(float_proto)) is not None:
+            # Calibration, the target and the gate all run the model (qonnx_espcn_quant: onnx.brevitas ops).
+            report.kept_whole_model_float = f"ONNX Runtime cannot run the model: {load_error}"
+            return _unchanged(model, report.stats(), details=report.to_dict())
 
         excluded = set(options.exclude)
         unknown = excluded - {n.name for n in float_proto.graph.node}
@@ -299,8 +303,6 @@ class QuantizePass(Pass):
         options = self.options
         evaluate = self.context.extras.get(EVAL_EXTRA)
         if evaluate is not None:
-            from onnxkit.passes.quantize.runtime import make_session
-
             float_score = float(evaluate(make_session(float_proto)))
             report.target = (f"metric ≥ {float_score - options.max_metric_drop:.4f} (float {float_score:.4f} minus "
                              f"max_metric_drop {options.max_metric_drop})")
@@ -394,6 +396,15 @@ class QuantizePass(Pass):
         if options.on_slow == "refuse":
             raise PassFailedError(message, hint="raise max_slowdown, narrow op_types, or use on_slow=keep-float")
         report.kept_whole_model_float = message
+
+
+def _load_error(proto: onnx.ModelProto) -> str | None:
+    """Why ONNX Runtime cannot load ``proto`` (an unknown op or domain, say), in one line; None if it can."""
+    try:
+        make_session(proto, optimize=False)
+    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for every load failure
+        return runtime.error_line(e)
+    return None
 
 
 def _check_valid(quantized: onnx.ModelProto) -> None:

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxkit.modelio import to_proto
 from onnxkit.pipeline import Pipeline
 from tests.conftest import run_model
-from tests.passes.test_quantize import cosine
+from tests.passes.test_quantize import cosine, quantize
 
 
 def _conv_relu_ir3() -> onnx.ModelProto:
@@ -103,3 +103,27 @@ def test_shared_bias_copy_does_not_take_an_activations_name() -> None:
     quantized = to_proto(result.model)
     onnx.shape_inference.infer_shapes(quantized, check_type=True, strict_mode=True)
     assert cosine(run_model(model, data[0])[0], run_model(quantized, data[0])[0]) >= 0.99
+
+
+def test_model_onnx_runtime_cannot_load_is_left_float_with_the_reason() -> None:
+    """qonnx_espcn_quant: QONNX's onnx.brevitas Quant ops, which ONNX Runtime has no kernel for; the pass
+    crashed in calibration ("onnx.brevitas:Quant(-1) is not a registered function/op")."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Quant", ["x", "scale", "zero", "bits"], ["xq"], name="quant", domain="onnx.brevitas",
+                              narrow=0, rounding_mode="ROUND", signed=1),
+             helper.make_node("MatMul", ["xq", "w"], ["y"], name="fc")]
+    scalars = [numpy_helper.from_array(np.array(value, np.float32), name)
+               for name, value in (("scale", 0.1), ("zero", 0.0), ("bits", 8.0))]
+    graph = helper.make_graph(
+        nodes, "qonnx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        [numpy_helper.from_array((rng.standard_normal((16, 16)) * 0.2).astype(np.float32), "w"), *scalars])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("onnx.brevitas", 1)],
+                              ir_version=8)
+    result, kept = quantize(model, [{"x": rng.standard_normal((1, 16)).astype(np.float32)} for _ in range(5)],
+                            mode="static")
+    assert not result.modified
+    reason = result.details["latency_gate"]["kept_whole_model_float"]
+    assert reason.startswith("ONNX Runtime cannot run the model:") and "onnx.brevitas" in reason, reason
+    assert f"kept the float model: {reason}" in result.stats
+    assert [n.op_type for n in kept.graph.node] == ["Quant", "MatMul"]

@@ -34,6 +34,16 @@ def _same_dim(a: Dim, b: Dim) -> bool:
     return a is not None and b is not None and a.value is not None and a.value == b.value
 
 
+def _same_shape(final: list[Dim], dims: list[Dim]) -> bool:
+    """Whether a layout op's output shape ``final`` is its input's ``dims``. Layout ops keep the element
+    count, so one dimension nothing is known about matches when all others do (the ``-1`` a Reshape
+    inferred), unless a size may be 0, where the count says nothing."""
+    if len(final) != len(dims) or any(d == 0 for d in (*final, *dims)):
+        return False
+    unmatched = [i for i, (a, b) in enumerate(zip(final, dims)) if not _same_dim(a, b)]
+    return not unmatched or (len(unmatched) == 1 and final[unmatched[0]] is None)
+
+
 def _product(dims: list[Dim]) -> tuple[int, Counter[str]] | None:
     """A product of dimensions as (known factor, multiset of symbol names); None if a dim is unknown."""
     known, symbols = 1, Counter[str]()
@@ -140,8 +150,10 @@ class CollapseLayoutPair(RewriteRuleClassBase):
     def check(self, context: Any, x: ir.Value, middle: ir.Value, out: ir.Value) -> MatchResult:
         result = MatchResult()
         first, second = middle.producer(), out.producer()
-        if middle.is_graph_output() or any(user.op_type not in RESHAPING_OPS or index != 0 for user, index in middle.uses()):
-            return result.fail("the first op's result is needed as it is")
+        # Where the first op's result is needed as it is, the first op stays; the pair still goes when the
+        # second op undoes the first, as its readers can then read x.
+        needed_as_it_is = middle.is_graph_output() or any(
+            user.op_type not in RESHAPING_OPS or index != 0 for user, index in middle.uses())
         self._graph = context.graph_or_function
         self._in_function = isinstance(self._graph, ir.Function)
         # A Reshape to a constant shape without copied dimensions only reads its input's element count,
@@ -156,9 +168,11 @@ class CollapseLayoutPair(RewriteRuleClassBase):
         if dims is not None:
             middle_dims = dims if free_shape is not None else output_dims(first, dims)
             final = output_dims(second, middle_dims) if middle_dims is not None else None
-        if final is not None and len(final) == len(dims) and all(_same_dim(a, b) for a, b in zip(final, dims)):
+        if final is not None and _same_shape(final, dims):
             self._plan = ("identity", None, 0)
             return result
+        if needed_as_it_is:
+            return result.fail("the first op's result is needed as it is")
         if free_shape is not None:
             self._plan = ("reshape", free_shape, second.attributes.get_int("allowzero", 0))
             return result
@@ -275,6 +289,8 @@ class ReshapeThroughUnitTranspose(RewriteRuleClassBase):
         if dims is None or perm_attribute is None or target is None:
             return result.fail("the input's rank, the permutation or the target shape is unknown")
         perm = list(perm_attribute.as_ints())
+        if sorted(perm) != list(range(len(dims))):
+            return result.fail("the permutation does not fit the input's rank")
         moved = [axis for axis in perm if dims[axis] != 1]
         if moved != sorted(moved):
             return result.fail("the Transpose reorders axes that are not of size 1")

@@ -81,3 +81,17 @@ def test_transpose_that_reorders_real_axes_stays(rng):
     model = make_model(nodes, [value("x", [5, 2, "N", 6])], [value("y", [5, None])], [tensor("s", np.array([5, -1], np.int64))])
     fused, _ = fuse(model)
     assert op_types(fused) == ["Transpose", "Reshape"]
+
+
+def test_a_reshape_that_undoes_one_whose_result_is_a_graph_output_goes(rng):
+    """basic_pitch_nmp: ``y = Reshape(s, [-1, 172, 264])`` is a graph output and ``Reshape(y, [-1, 1, 172,
+    264])`` feeds a Conv; the second restores s's own shape, so the Conv reads s (onnxsim does this)."""
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Reshape", ["s", "flat"], ["y"]),
+             helper.make_node("Reshape", ["y", "back"], ["r"]), helper.make_node("Conv", ["r", "w"], ["z"])]
+    initializers = [tensor("flat", np.array([-1, 3, 4], np.int64)), tensor("back", np.array([-1, 1, 3, 4], np.int64)),
+                    weights(rng, "w", 2, 1, 1, 1)]
+    model = make_model(nodes, [value("x", [None, 1, 3, 4])], [value("y", [None, 3, 4]), value("z", [None, 2, 3, 4])],
+                       initializers)
+    fused, _ = fuse(model)
+    assert sorted(op_types(fused)) == ["Conv", "Reshape", "Sigmoid"]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 1, 3, 4)).astype(np.float32)})

@@ -36,7 +36,7 @@ class Timing:
         return f"INT8/FP32 latency {self.ratio:.2f}× ({self.quantized_ms:.2f} ms vs {self.float_ms:.2f} ms)"
 
     def to_dict(self) -> dict[str, float]:
-        return {"float_ms": round(self.float_ms, 4), "quantized_ms": round(self.quantized_ms, 4),
+        return {"float_ms": round(self.float_ms, 6), "quantized_ms": round(self.quantized_ms, 6),
                 "ratio": round(self.ratio, 4)}
 
 

@@ -41,6 +41,7 @@ RULES = (
     "no-op-cast", "no-op-transpose", "no-op-expand", "no-op-slice", "no-op-pad", "no-op-scatternd",
     "no-op-arithmetic", "drop-zero-initial-state", "remove-identity", "constant-to-initializer",
     "merge-initializers", "cse", "merge-transposes", "merge-reshapes", "flatten-concats",
+    "transpose-into-reshape", "merge-constant-arithmetic",
 )
 
 

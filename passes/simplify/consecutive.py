@@ -1,4 +1,5 @@
-"""Rules that merge a node into the one feeding it: two Transposes, two Reshapes, a Concat of a Concat.
+"""Rules that merge a node into the one feeding it: two Transposes, two Reshapes, a Concat of a Concat, two
+multiplications (or additions) by constants.
 
 Each fires only where the result is exactly what the pair computed, and (but for a Transpose pair that
 cancels) where the inner node's output is read by nothing else, so the inner node goes and nothing is
@@ -73,14 +74,25 @@ def _transpose_into_reshape(node: ir.Node) -> bool:
 
 def _merge_reshapes(node: ir.Node) -> bool:
     """Reshape(Reshape(x, s1), s2) = Reshape(x, s2) when s2 copies no dim of the inner result: under
-    ``allowzero=1`` (0 means an empty dim there), or when s2 is a constant with no 0 entry."""
+    ``allowzero=1`` (0 means an empty dim there), or when s2 is a constant whose 0 entries (copy that dim)
+    are dims of the inner result known statically, written out."""
     inner = _sole_producer(node.inputs[0], "Reshape")
     target = node.inputs[1] if len(node.inputs) > 1 else None
     if inner is None or target is None:
         return False
-    if node.attributes.get_int("allowzero", 0) == 0 and (
-            target.const_value is None or 0 in target.const_value.numpy().tolist()):
-        return False
+    if node.attributes.get_int("allowzero", 0) == 0:
+        if target.const_value is None:
+            return False
+        entries = target.const_value.numpy().reshape(-1).tolist()
+        if 0 in entries:
+            copied = node.inputs[0].shape
+            if copied is None or not all(i < len(copied) and isinstance(copied[i], int) and copied[i] > 0
+                                         for i, entry in enumerate(entries) if entry == 0):
+                return False
+            written = [copied[i] if entry == 0 else entry for i, entry in enumerate(entries)]
+            constant = ir.node("Constant", inputs=[], attributes={"value": ir.tensor(written, dtype=ir.DataType.INT64)})
+            node.graph.insert_before(node, constant)
+            node.replace_input_with(1, constant.outputs[0])
     node.replace_input_with(0, inner.inputs[0])
     return True
 
@@ -104,12 +116,49 @@ def _flatten_concats(node: ir.Node) -> bool:
     return True
 
 
+def _constant_operand(node: ir.Node) -> tuple[ir.Value, ir.Value] | None:
+    """(the other input, the constant one) of a binary node with exactly one constant input."""
+    if len(node.inputs) != 2 or None in node.inputs:
+        return None
+    first, second = node.inputs
+    if (first.const_value is None) == (second.const_value is None):
+        return None
+    return (first, second) if second.const_value is not None else (second, first)
+
+
+def _merge_constant_arithmetic(node: ir.Node) -> bool:
+    """(x * c1) * c2 = x * (c1 * c2), and (x + c1) + c2 = x + (c1 + c2), folding the constants into one no
+    larger than the larger of them (up to floating-point rounding, as any fold)."""
+    outer = _constant_operand(node)
+    if outer is None:
+        return False
+    inner_value, c2 = outer
+    inner = _sole_producer(inner_value, node.op_type)
+    operands = _constant_operand(inner) if inner is not None else None
+    if operands is None:
+        return False
+    x, c1 = operands
+    a, b = c1.const_value.numpy(), c2.const_value.numpy()
+    if a.dtype != b.dtype or a.dtype.kind not in "fiu":
+        return False
+    combined = a * b if node.op_type == "Mul" else a + b
+    if combined.size > max(a.size, b.size) or combined.ndim > max(a.ndim, b.ndim):
+        return False
+    constant = ir.node("Constant", inputs=[], attributes={"value": ir.tensor(combined)})
+    merged = ir.node(node.op_type, inputs=[x, constant.outputs[0]], name=node.name)
+    ir.convenience.replace_nodes_and_values(node.graph, node, [node], [constant, merged], node.outputs,
+                                            merged.outputs)
+    return True
+
+
 # op type → [(rule name, statistic, rewrite that returns whether it fired)], tried in order
 _RULES = {
     "Transpose": [("merge-transposes", "Transpose pairs", _merge_transposes),
                   ("transpose-into-reshape", "Transposes into the Reshape before them", _transpose_into_reshape)],
     "Reshape": [("merge-reshapes", "Reshape pairs", _merge_reshapes)],
     "Concat": [("flatten-concats", "nested Concats", _flatten_concats)],
+    "Mul": [("merge-constant-arithmetic", "constant Mul/Add pairs", _merge_constant_arithmetic)],
+    "Add": [("merge-constant-arithmetic", "constant Mul/Add pairs", _merge_constant_arithmetic)],
 }
 
 

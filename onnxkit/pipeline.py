@@ -266,10 +266,6 @@ def _undeclared_domains(pass_: Pass, before: collections.Counter[str], after: co
     return [f"it added ops of domain '{domain}', which it does not declare" for domain in sorted(added)]
 
 
-# Parity with only calibration data runs on the samples the quantize pass holds out of calibration: the
-# split walks this many calibration samples, quantize's default ``samples``, so by default the held-out
-# samples are the very ones quantize judges its target on (a larger ``samples`` only makes them a subset).
-HELD_OUT_SPLIT_SAMPLES = 128
 # An exact pass must give the same outputs on every input, so on synthetic inputs (no data to cover) it is
 # compared on this many samples; a lossy pass's budgets (cosine, SQNR) are statistics over all of them.
 EXACT_SYNTHETIC_SAMPLES = 2
@@ -742,6 +738,7 @@ class _Run:
             return self._parity
         from onnxkit import parity
         from onnxkit.data import (
+            DEFAULT_CALIBRATION_SAMPLES,
             CalibrationSplit,
             as_dataset,
             describe_data,
@@ -752,7 +749,9 @@ class _Run:
             dataset = as_dataset(self.data, model)
             description = f"--data {describe_data(self.data)}"
         elif self.calibration_data is not None:
-            dataset = CalibrationSplit(as_dataset(self.calibration_data, model), HELD_OUT_SPLIT_SAMPLES).held_out
+            # The split quantize makes with its default ``samples``: the held-out samples are the very ones it
+            # judged its target on (a larger ``samples`` only makes them a subset).
+            dataset = CalibrationSplit(as_dataset(self.calibration_data, model), DEFAULT_CALIBRATION_SAMPLES).held_out
             description = f"held-out samples of the calibration data ({describe_data(self.calibration_data)})"
         else:
             dataset = as_dataset(None, model, dims=self.context.dims, model_dir=self.context.model_dir)

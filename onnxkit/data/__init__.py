@@ -44,7 +44,11 @@ from onnxkit.data.specs import (
     output_specs,
     validate_sample,
 )
-from onnxkit.data.split import HOLDOUT_EVERY, CalibrationSplit
+from onnxkit.data.split import (
+    DEFAULT_CALIBRATION_SAMPLES,
+    HOLDOUT_EVERY,
+    CalibrationSplit,
+)
 from onnxkit.data.synthetic import (
     DEFAULT_SYNTHETIC_SAMPLES,
     DIM_DEFAULTS,
@@ -57,6 +61,7 @@ from onnxkit.data.synthetic import (
 from onnxkit.errors import DataError
 
 __all__ = [
+    "DEFAULT_CALIBRATION_SAMPLES",
     "DEFAULT_SYNTHETIC_SAMPLES",
     "DIM_DEFAULTS",
     "HOLDOUT_EVERY",

@@ -15,6 +15,9 @@ from onnxkit.errors import DataError
 
 # One held-out sample for every HOLDOUT_EVERY samples read; the rest calibrate.
 HOLDOUT_EVERY = 5
+# How many samples calibrate unless told otherwise (quantize's ``samples``); the pipeline, given calibration
+# data only, splits it the same way to run its parity check on the very samples quantize held out.
+DEFAULT_CALIBRATION_SAMPLES = 128
 
 
 class CalibrationSplit:

@@ -27,7 +27,12 @@ from onnxkit.passes.quantize.rewrite import QuantizeSettings, quantize_model
 from onnxkit.passes.quantize.runtime import make_session, tensor_elem_types
 
 from onnxkit import parity, runtime
-from onnxkit.data import HOLDOUT_EVERY, CalibrationSplit, input_specs
+from onnxkit.data import (
+    DEFAULT_CALIBRATION_SAMPLES,
+    HOLDOUT_EVERY,
+    CalibrationSplit,
+    input_specs,
+)
 from onnxkit.errors import PassFailedError
 from onnxkit.modelio import clone_model
 from onnxkit.pass_base import Pass, PassResult
@@ -59,7 +64,7 @@ class QuantizeOptions:
     format: Literal["qdq", "qoperator"] = "qdq"
     per_channel: bool = True
     calib: Literal["minmax", "entropy", "percentile"] = "entropy"
-    samples: int = 128
+    samples: int = DEFAULT_CALIBRATION_SAMPLES
     num_bins: int = 2048
     percentile: float = 99.999
     act_type: Literal["uint8", "int8"] = "uint8"

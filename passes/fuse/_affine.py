@@ -263,6 +263,9 @@ class FoldInputScaleIntoLayer(RewriteRuleClassBase):
         if any(size != 1 for axis, size in enumerate(aligned.shape) if axis != channel_axis) \
                 or aligned.shape[channel_axis] not in (1, channels):
             return result.fail("the scale is not one value per input channel")
+        dims = static_dims(x)
+        if aligned.shape[channel_axis] != 1 and (dims is None or len(dims) != rank or dims[channel_axis] != channels):
+            return result.fail("the scale could widen the input's channel axis")  # x with 1 channel, broadcast
         scale = np.broadcast_to(aligned.reshape(-1).astype(np.float64), (channels,))
         if self.step == "Div":
             if not np.all(scale != 0):

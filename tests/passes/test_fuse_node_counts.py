@@ -139,3 +139,12 @@ def test_an_unsqueeze_of_other_axes_stays(rng):
     nodes, initializers = reduce_then_reshape(13, "ReduceSum", 0, [1], "Unsqueeze", [0])
     model = make_model(nodes, [value("x", [2, 3, 4])], [value("y", [1, 2, 4])], initializers, opset=13)
     assert op_types(fuse(model)[0]) == ["ReduceSum", "Unsqueeze"]
+
+
+def test_a_scale_that_broadcasts_a_single_channel_input_stays(rng):
+    """x has 1 channel and the Mul broadcasts it to the Conv's 4: without the Mul the Conv would get 1."""
+    nodes = [helper.make_node("Mul", ["x", "scale"], ["s"]), helper.make_node("Conv", ["s", "w"], ["y"])]
+    model = make_model(nodes, [value("x", ["N", 1, 5, 5])], [value("y", ["N", 2, 5, 5])],
+                       [tensor("scale", rng.uniform(0.5, 1.5, (4, 1, 1)).astype(np.float32)), weights(rng, "w", 2, 4, 1, 1)])
+    fused, _ = fuse(model)
+    assert op_types(fused) == ["Mul", "Conv"]

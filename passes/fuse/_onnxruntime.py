@@ -18,7 +18,13 @@ import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import RewriteRuleClassBase
 from onnxscript.rewriter._basics import MatchResult
 
-from onnxkit.passes.fuse._base import CONTRIB_DOMAIN, FusionContext, annotate_shapes, constant_array
+from onnxkit.passes.fuse._base import (
+    CONTRIB_DOMAIN,
+    FusionContext,
+    annotate_shapes,
+    constant_array,
+    opset_problem,
+)
 
 # Activations ONNX Runtime's FusedConv and FusedGemm apply, and the parameters each takes (with defaults).
 _CONV_ACTIVATIONS = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "Clip")
@@ -128,8 +134,9 @@ def apply_attention(model: ir.Model, context: FusionContext) -> int:
     """SDPA → MultiHeadAttention → Attention, as far as the model's shapes allow; all or nothing.
 
     These fusions pass through intermediate ops that no runtime implements, so they run on a copy, which
-    replaces the model's graph only if none is left over and onnxscript did not fail on a graph it did not
-    foresee. A model the fusion cannot finish is left exactly as it was.
+    replaces the model's graph only if none is left over, every standard op is valid at the model's opset,
+    and onnxscript did not fail on a graph it did not foresee. A model the fusion cannot finish is left
+    exactly as it was.
     """
     from onnxscript.rewriter.ort_fusions.attention import fuse_attention
     from onnxscript.rewriter.ort_fusions.mha import fuse_mha1, fuse_mha2
@@ -156,7 +163,9 @@ def apply_attention(model: ir.Model, context: FusionContext) -> int:
     except Exception as error:  # a third-party rewriter on an unforeseen graph: skip the fusion, keep the pass
         warnings.warn(f"attention fusion skipped: onnxscript raised {type(error).__name__}: {error}", stacklevel=2)
         return 0
-    if _has_intermediate_ops(candidate):
+    if _has_intermediate_ops(candidate) or any(
+            opset_problem(node, context.opset) for graph in (candidate.graph, *candidate.functions.values())
+            for node in ir.traversal.RecursiveGraphIterator(graph)):
         return 0
     _adopt(model, candidate)
     return _contrib_op_counts(model, fused_ops) - before

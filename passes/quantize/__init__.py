@@ -193,8 +193,11 @@ class QuantizePass(Pass):
             report.warnings.append(f"exclude names no main-graph node: {', '.join(sorted(unknown))}")
         candidates = [n for n in float_proto.graph.node if n.op_type in settings.op_types and n.name not in excluded]
         if not candidates and not _has_subgraph_candidates(float_proto, settings):
-            return _unchanged(model, [f"no {', '.join(settings.op_types)} nodes to quantize"],
-                              details={"skipped": "nothing to quantize"})
+            reason = f"no {', '.join(settings.op_types)} nodes to quantize"
+            if mode == "dynamic" and (gemms := sum(n.op_type == "Gemm" for n in float_proto.graph.node)):
+                # Only a Gemm with constant weights becomes a MatMul, the op dynamic INT8 has a kernel for.
+                reason += f" ({gemms} Gemm whose weights are computed at run time stay float)"
+            return _unchanged(model, [reason], details={"skipped": "nothing to quantize"})
 
         data = CalibrationSplit(self._dataset(model, report), options.samples)
         types = tensor_elem_types(float_proto)

@@ -199,6 +199,21 @@ def test_dynamic_leaves_conv_float_and_quantizes_gemm_as_matmul() -> None:
     assert_valid_and_close(model, quantized, data[0], 0.99)
 
 
+def test_dynamic_says_why_a_gemm_with_run_time_weights_stays_float() -> None:
+    """The ONNX Model Zoo's "light" CNNs compute their weights with ConstantOfShape at run time."""
+    model = convnet()
+    fc_weight = next(t for t in model.graph.initializer if t.name == "fc_w")
+    model.graph.initializer.remove(fc_weight)
+    model.graph.node.insert(0, helper.make_node("ConstantOfShape", ["fc_w_shape"], ["fc_w"], name="fc_w_fill",
+                                                value=numpy_helper.from_array(np.array([0.1], np.float32))))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([10, 16], np.int64), "fc_w_shape"))
+    result, quantized = quantize(model, None, mode="dynamic", **NO_GATE)
+    assert not result.modified
+    assert result.stats == [("no MatMul, Attention, LSTM, GRU, Gather nodes to quantize "
+                            "(1 Gemm whose weights are computed at run time stay float)")]
+    assert op_counts(quantized) == op_counts(model)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Static mode
 

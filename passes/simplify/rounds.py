@@ -67,6 +67,30 @@ def _list_initializers_as_inputs_before_ir4(model: ir.Model) -> bool:
     return bool(unlisted)
 
 
+def _sort_topologically(model: ir.Model) -> bool:
+    """Put the nodes in topological order; whether any moved."""
+    order = [id(node) for node in all_nodes(model)]
+    common.TopologicalSortPass()(model)
+    return order != [id(node) for node in all_nodes(model)]
+
+
+def _forget_negative_dims(model: ir.Model) -> list[tuple[ir.Value, ir.Shape]]:
+    """Make dims stored as negative numbers (paddle2onnx writes -1 for "any") unknown, so that no fold takes
+    them for sizes (a Shape of such a value folded to -1 would be a second -1 in a Reshape target).
+    Returns the graph inputs changed with their declared shapes, to restore: the signature stays as declared."""
+    changed_inputs = []
+    for graph in graph_likes(model):
+        values = [*graph.inputs, *(value for node in graph for value in node.outputs)]
+        for value in values:
+            shape = value.shape
+            if shape is None or not any(isinstance(dim, int) and dim < 0 for dim in shape):
+                continue
+            if value.is_graph_input():
+                changed_inputs.append((value, shape))
+            value.shape = ir.Shape([ir.SymbolicDim(None) if isinstance(d, int) and d < 0 else d for d in shape])
+    return changed_inputs
+
+
 @dataclasses.dataclass
 class _DeclaredOutput:
     graph: ir.Graph
@@ -92,6 +116,9 @@ class _Simplifier:
     def run(self) -> PassResult:
         model = self.model
         declared = self._hide_declared_output_shapes()
+        declared_inputs = _forget_negative_dims(model)
+        # The folder reads nodes in order; some exporters leave a node before its input's producer.
+        self.modified |= _sort_topologically(model)
         try:
             settled = False
             for _ in range(MAX_ROUNDS):
@@ -105,6 +132,8 @@ class _Simplifier:
                 self.modified |= _infer_shapes(model)  # a round that changed nothing began with this inference
         finally:
             self._restore_declared_outputs(declared)
+            for value, shape in declared_inputs:
+                value.shape = shape
         for node in self.original_identities:
             if node.graph is None:
                 self.rewrites.record("remove-identity", site_name(node), "removed", "Identity")

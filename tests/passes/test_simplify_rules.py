@@ -340,3 +340,20 @@ def test_two_multiplications_by_constants_become_one_unless_the_constant_would_g
     assert op_counts(simplified) == {"Mul": 1, "Add": 2}
     assert any(site.rule == "merge-constant-arithmetic" for site in result.sites)
     assert_same_outputs(model, simplified, {"x": np.arange(6, dtype=np.float32).reshape(2, 3)})
+
+
+def test_dims_stored_as_minus_one_are_not_folded_as_sizes():
+    """paddle2onnx writes "any size" as the number -1: a Shape of such a value must not fold to -1 (a Reshape
+    target would then hold two -1)."""
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Slice", ["shape", "zero", "one"], ["batch"]),
+             helper.make_node("Concat", ["batch", "minus_one"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    initializers = [const("zero", np.array([0])), const("one", np.array([1])), const("minus_one", np.array([-1]))]
+    model = model_at(nodes, [tensor_input("x", [-1, 4, 6])], [tensor_input("y", [-1, 24])], initializers)
+    simplified, _ = run_simplify(model)
+    targets = [onnx.numpy_helper.to_array(i).tolist() for i in simplified.graph.initializer]
+    assert [-1, -1] not in targets
+    assert [d.dim_value for d in simplified.graph.input[0].type.tensor_type.shape.dim] == [-1, 4, 6]
+    for rows in (1, 3):
+        assert_same_outputs(model, simplified, {"x": np.arange(rows * 24, dtype=np.float32).reshape(rows, 4, 6)})

@@ -112,8 +112,9 @@ def _graph(graph: ir.Graph | ir.Function) -> tuple:
         for node in graph
     )
     initializers: tuple = ()
-    if isinstance(graph, ir.Graph):
-        initializers = tuple((_value(v), _TensorRef(v.const_value)) for v in graph.initializers.values())
+    if isinstance(graph, ir.Graph):  # by name: their order means nothing, and passes that rebuild them reorder them
+        initializers = tuple((_value(v), _TensorRef(v.const_value))
+                             for _, v in sorted(graph.initializers.items(), key=lambda item: item[0]))
     return (tuple(_value(v) for v in graph.inputs), tuple(_value(v) for v in graph.outputs), initializers,
             node_records, tuple(sorted(graph.opset_imports.items())))
 

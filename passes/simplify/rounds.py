@@ -56,15 +56,25 @@ def _infer_shapes(model: ir.Model) -> bool:
         return False
 
 
-def _list_initializers_as_inputs_before_ir4(model: ir.Model) -> bool:
-    """IR versions 1-3 require every initializer of the main graph to be a graph input too; the lifted and
-    folded constants join the inputs there. (Bodies of If/Loop/Scan keep theirs: their inputs are positional.)"""
+def _unlist_initializers_before_ir4(model: ir.Model) -> list[ir.Value]:
+    """IR versions 1-3 list every initializer among the graph inputs because the format required it, not to
+    let callers feed them: while simplifying they are constants, so what reads them folds. Returns the
+    graph inputs as they were."""
+    inputs = list(model.graph.inputs)
+    if model.ir_version < 4:
+        model.graph.inputs[:] = [value for value in inputs if not value.is_initializer()]
+    return inputs
+
+
+def _list_initializers_as_inputs_before_ir4(model: ir.Model, inputs_before: list[ir.Value]) -> bool:
+    """IR versions 1-3 require every initializer of the main graph to be a graph input too: the initializers
+    left, lifted and folded join the inputs, after the real ones. (Bodies of If/Loop/Scan keep theirs: their
+    inputs are positional.) Whether the inputs now differ from ``inputs_before``."""
     if model.ir_version >= 4:
         return False
     listed = set(model.graph.inputs)
-    unlisted = [value for value in model.graph.initializers.values() if value not in listed]
-    model.graph.inputs.extend(unlisted)
-    return bool(unlisted)
+    model.graph.inputs.extend(value for value in model.graph.initializers.values() if value not in listed)
+    return list(model.graph.inputs) != inputs_before
 
 
 def _sort_topologically(model: ir.Model) -> bool:
@@ -117,6 +127,7 @@ class _Simplifier:
         model = self.model
         declared = self._hide_declared_output_shapes()
         declared_inputs = _forget_negative_dims(model)
+        inputs_before = _unlist_initializers_before_ir4(model)
         # The folder reads nodes in order; some exporters leave a node before its input's producer.
         self.modified |= _sort_topologically(model)
         try:
@@ -127,7 +138,7 @@ class _Simplifier:
                     break
             self.modified |= common.RemoveUnusedFunctionsPass()(model).modified
             self.modified |= common.RemoveUnusedOpsetsPass()(model).modified
-            self.modified |= _list_initializers_as_inputs_before_ir4(model)
+            self.modified |= _list_initializers_as_inputs_before_ir4(model, inputs_before)
             if not settled:
                 self.modified |= _infer_shapes(model)  # a round that changed nothing began with this inference
         finally:

@@ -357,3 +357,16 @@ def test_dims_stored_as_minus_one_are_not_folded_as_sizes():
     assert [d.dim_value for d in simplified.graph.input[0].type.tensor_type.shape.dim] == [-1, 4, 6]
     for rows in (1, 3):
         assert_same_outputs(model, simplified, {"x": np.arange(rows * 24, dtype=np.float32).reshape(rows, 4, 6)})
+
+
+def test_ir3_initializers_listed_as_inputs_fold_like_constants():
+    """Before IR 4 every initializer had to be listed as a graph input too; that does not make it an input."""
+    nodes = [helper.make_node("Reshape", ["w", "shape"], ["w2"]), helper.make_node("MatMul", ["x", "w2"], ["y"])]
+    initializers = [const("w", np.arange(6, dtype=np.float32)), const("shape", np.array([3, 2]))]
+    inputs = [tensor_input("x", [2, 3]), tensor_input("w", [6]), tensor_input("shape", [2], INT64)]
+    model = model_at(nodes, inputs, [tensor_input("y", [2, 2])], initializers, opset=8, ir_version=3)
+    simplified, _ = run_simplify(model)
+    assert op_counts(simplified) == {"MatMul": 1}
+    assert simplified.graph.input[0].name == "x"
+    assert {i.name for i in simplified.graph.initializer} <= {i.name for i in simplified.graph.input}
+    assert_same_outputs(model, simplified, {"x": np.ones((2, 3), np.float32)})

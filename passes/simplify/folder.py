@@ -41,7 +41,8 @@ class SimplifyFolder(FolderBase):
 
     def __init__(self, max_constant_bytes: int, rewrites: Rewrites, refused: dict[str, tuple[str, int]]) -> None:
         # onnxscript's own output limit counts elements; ours counts bytes and is enforced here, so its
-        # limit is set where it can never be the stricter one.
+        # limit is set where it can never be the stricter one. Its node-by-node shape inference is off:
+        # each round starts with ONNX's inference of the whole model, which costs a fraction of it.
         super().__init__(
             shape_inference=False,
             input_size_limit=DEFAULT_INPUT_SIZE_LIMIT,

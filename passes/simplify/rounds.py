@@ -158,8 +158,7 @@ class _Simplifier:
         model, rewrites = self.model, self.rewrites
         recorded_before = sum(rewrites.tally.values())
         # ONNX shape inference names every unknown dim (unk__N) and carries the name along, so the
-        # folder can tell that a Reshape target copies its input's dims; the folder's own node-by-node
-        # inference leaves unknown dims anonymous.
+        # folder can tell that a Reshape target copies its input's dims.
         self.modified |= _infer_shapes(model)
         changed = SimplifyFolder(self.max_constant_bytes, rewrites, self.refused)(model).modified
         # Walking every subgraph is the costliest part of a walk: the rules share one list of graphs.

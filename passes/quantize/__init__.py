@@ -7,6 +7,12 @@ ONNX Runtime's quantizers do the rewriting and supply the kernels. Around them t
 3. a parity target: the most sensitive nodes stay float until held-out outputs meet it (``sensitivity``);
 4. a latency gate: INT8 must not be slower than float on this CPU (``latency``);
 5. a report: size, parity, latency, nodes quantized and kept in float.
+
+A model comes out either quantized within its target or as it came in, with the reason in one line: already
+quantized, nothing to quantize, ONNX Runtime cannot run it or its quantizer fails on it, the target not met,
+or INT8 slower than float. The default target is the pipeline's own lossy tolerance, judged on the held-out
+samples the pipeline's parity check uses when it is given calibration data only, so a model this pass
+accepts passes that check.
 """
 
 from __future__ import annotations
@@ -125,7 +131,7 @@ class QuantizePass(Pass):
     Static mode calibrates activation ranges on the calibration data (``--calib-data``, else ``--data``) in
     bounded memory. A parity target keeps the most sensitive nodes in float until held-out outputs meet it,
     and a latency gate keeps INT8 only where it is faster than float on this CPU. A model that is already
-    quantized is left as it is. An evaluation function (a metric over labelled data, higher is better) can
+    quantized, or that cannot meet the target or be quantized, is left as it is, with the reason. An evaluation function (a metric over labelled data, higher is better) can
     replace the parity target: put it in ``PassContext.extras["quantize_eval"]``; it takes an
     ``onnxruntime.InferenceSession`` and the quantized score may fall at most ``max_metric_drop`` below float's.
     """

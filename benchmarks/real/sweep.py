@@ -201,12 +201,13 @@ def judge(model: SweepModel, record: dict[str, Any], klass: str, held_out: Path 
     """Node count and parity of a tool's output against the original on the held-out samples (onnxkit's
     synthetic inputs where the model has no calibration set)."""
     from onnxkit import parity
-    from onnxkit.bench import first_error_line, model_op_histogram
+    from onnxkit.bench import first_error_line, model_file_bytes, model_op_histogram
 
     output = record.pop("output", None)
     if output is None:
         return
     try:
+        record["bytes"] = model_file_bytes(Path(output))
         record["nodes"] = sum(model_op_histogram(Path(output)).values())
     except Exception as e:  # noqa: BLE001 - an output onnx_ir cannot read is a finding of its own
         record["nodes_error"] = first_error_line(e)

@@ -62,6 +62,8 @@ FUSIONS: tuple[Fusion, ...] = (
     Fusion("input-scale", "constant Mul/Div before a Conv/MatMul/Gemm, per input channel → folded into its weights",
            "folded {n} constant Mul/Div into the weights of the layer after it",
            rule_fusion(_affine.input_scale_rules), requires=("Conv|MatMul|Gemm", "Mul|Div")),
+    Fusion("pad-conv", "zero constant Pad of the spatial axes + Conv → Conv with larger pads",
+           "folded {n} Pad into Conv", rule_fusion(_affine.pad_conv_rules), requires=("Pad", "Conv")),
     Fusion("matmul-add-gemm", "2-D MatMul + Add (and Transposes of its inputs) → Gemm",
            "fused {n} MatMul+Add into Gemm", rule_fusion(lambda c: _affine.matmul_add_to_gemm_rules()),
            requires=("MatMul", "Add"), min_opset=_affine.GEMM_BROADCAST_OPSET),

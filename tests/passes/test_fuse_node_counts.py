@@ -148,3 +148,33 @@ def test_a_scale_that_broadcasts_a_single_channel_input_stays(rng):
                        [tensor("scale", rng.uniform(0.5, 1.5, (4, 1, 1)).astype(np.float32)), weights(rng, "w", 2, 4, 1, 1)])
     fused, _ = fuse(model)
     assert op_types(fused) == ["Mul", "Conv"]
+
+
+@pytest.mark.parametrize("opset", [10, 13])
+def test_zero_padding_before_a_conv_becomes_its_pads(rng, opset):
+    pads = [0, 0, 1, 2, 0, 0, 2, 1]
+    if opset < 11:
+        pad = helper.make_node("Pad", ["x"], ["p"], pads=pads, mode="constant", value=0.0)
+        initializers = []
+    else:
+        pad = helper.make_node("Pad", ["x", "pads"], ["p"], mode="constant")
+        initializers = [tensor("pads", np.array(pads, np.int64))]
+    nodes = [pad, helper.make_node("Conv", ["p", "w"], ["y"], pads=[1, 1, 1, 1])]
+    model = make_model(nodes, [value("x", ["N", 2, 5, 5])], [value("y", ["N", 3, 8, 8])],
+                       initializers + [weights(rng, "w", 3, 2, 3, 3)], opset=opset)
+    fused, stats = fuse(model)
+    assert op_types(fused) == ["Conv"] and stats == ["folded 1 Pad into Conv"]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 2, 5, 5)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("case", ["reflect", "non-zero", "channels", "crop"])
+def test_padding_a_conv_cannot_do_stays(rng, case):
+    pads = {"channels": [0, 1, 1, 1, 0, 0, 1, 1], "crop": [0, 0, -1, 0, 0, 0, 0, 0]}.get(case, [0, 0, 1, 1, 0, 0, 1, 1])
+    channels_in = 3 if case == "channels" else 2
+    inputs = ["x", "pads"] + (["fill"] if case == "non-zero" else [])
+    nodes = [helper.make_node("Pad", inputs, ["p"], mode="reflect" if case == "reflect" else "constant"),
+             helper.make_node("Conv", ["p", "w"], ["y"])]
+    initializers = [tensor("pads", np.array(pads, np.int64)), tensor("fill", np.float32(1.0)),
+                    weights(rng, "w", 3, channels_in, 3, 3)]
+    model = make_model(nodes, [value("x", ["N", 2, 5, 5])], [value("y", ["N", 3, None, None])], initializers, opset=13)
+    assert op_types(fuse(model)[0]) == ["Pad", "Conv"]

@@ -75,6 +75,8 @@ FUSIONS: tuple[Fusion, ...] = (
            rule_fusion(_normalization.layer_norm_affine_rules), requires=("LayerNormalization", "Mul|Add"), min_opset=17),
     Fusion("gelu", "decomposed GELU (erf or tanh form) → Gelu (opset >= 20; any opset for onnxruntime)",
            "fused {n} decomposed GELUs into Gelu", rule_fusion(_normalization.gelu_rules), requires=("Erf|Tanh", "Mul")),
+    Fusion("hard-swish", "x * HardSigmoid(x, 1/6, 1/2) → HardSwish (opset >= 14)", "fused {n} hardswishes into HardSwish",
+           rule_fusion(_normalization.hard_swish_rules), requires=("HardSigmoid", "Mul"), min_opset=14),
     Fusion("constant-steps", "Mul by a constant after Mul by a constant (Add after Add) → one Mul (Add)",
            "merged {n} pairs of constant Mul/Add steps", rule_fusion(_affine.constant_step_rules),
            requires=("Mul|Add",)),

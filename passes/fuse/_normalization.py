@@ -297,3 +297,35 @@ def _is_private(nodes: list[ir.Node]) -> bool:
 
 def gelu_rules(context: FusionContext) -> list[Any]:
     return [GeluFusion.rule(context)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HardSwish
+
+
+class HardSwishFusion(RewriteRuleClassBase):
+    """``x * HardSigmoid(x, alpha=1/6, beta=0.5)`` → ``HardSwish(x)`` (opset >= 14), as paddle2onnx and
+    TorchScript write hardswish for older opsets."""
+
+    def __init__(self, *, hard_sigmoid_first: bool) -> None:
+        super().__init__(name=f"hard-swish{'-swapped' if hard_sigmoid_first else ''}")
+        self.hard_sigmoid_first = hard_sigmoid_first
+
+    def pattern(self, op: Any, x: ir.Value) -> Any:
+        gate = op.HardSigmoid(x, _outputs=["gate"])
+        return op.Mul(gate, x) if self.hard_sigmoid_first else op.Mul(x, gate)
+
+    def check(self, context: Any, x: ir.Value, gate: ir.Value) -> MatchResult:
+        result = MatchResult()
+        attributes = gate.producer().attributes
+        alpha, beta = attributes.get_float("alpha", 0.2), attributes.get_float("beta", 0.5)
+        if not (math.isclose(alpha, 1 / 6, rel_tol=1e-5) and math.isclose(beta, 0.5, rel_tol=1e-6)):
+            return result.fail("not hardswish's alpha = 1/6 and beta = 1/2")
+        return result
+
+    def rewrite(self, op: Any, x: ir.Value, **_: Any) -> ir.Value:
+        return op.HardSwish(x)
+
+
+def hard_swish_rules(context: FusionContext) -> list[Any]:
+    return [HardSwishFusion.rule(hard_sigmoid_first=first) for first in (False, True)]

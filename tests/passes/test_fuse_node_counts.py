@@ -178,3 +178,12 @@ def test_padding_a_conv_cannot_do_stays(rng, case):
                     weights(rng, "w", 3, channels_in, 3, 3)]
     model = make_model(nodes, [value("x", ["N", 2, 5, 5])], [value("y", ["N", 3, None, None])], initializers, opset=13)
     assert op_types(fuse(model)[0]) == ["Pad", "Conv"]
+
+
+@pytest.mark.parametrize("opset", [13, 14])
+def test_hardswish_written_with_hard_sigmoid_becomes_hardswish_from_opset_14(rng, opset):
+    nodes = [helper.make_node("HardSigmoid", ["x"], ["g"], alpha=1 / 6, beta=0.5), helper.make_node("Mul", ["g", "x"], ["y"])]
+    model = make_model(nodes, [value("x", ["N", 8])], [value("y", ["N", 8])], opset=opset)
+    fused, _ = fuse(model)
+    assert op_types(fused) == (["HardSwish"] if opset >= 14 else ["HardSigmoid", "Mul"])
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((3, 8)).astype(np.float32) * 4})

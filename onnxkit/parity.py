@@ -825,7 +825,7 @@ class ParityChain:
                 ref_side = _Live(self._session(reference))
             except Exception as e:  # ORT raises its own exception types for invalid graphs and unsupported ops
                 raise ModelLoadError(f"ONNX Runtime cannot load the model: {runtime.error_line(e)}",
-                                     hint="the model must run in ONNX Runtime") from e
+                                     hint="parity checks run the model in ONNX Runtime; --check off skips them") from e
         try:
             cand_side = _Live(self._session(candidate))
         except Exception as e:

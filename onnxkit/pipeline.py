@@ -405,9 +405,10 @@ class Pipeline:
             export_pass.context = context
             started = time.perf_counter()
             result = export_pass(ir.Model(ir.Graph([], [], nodes=[]), ir_version=10))
+            seconds = time.perf_counter() - started
             entry = PassReport(name=export_pass.name, spec=export_pass.spec(), kind=export_pass.kind,
-                               modified=True, stats=list(getattr(result, "stats", [])),
-                               seconds=time.perf_counter() - started, nodes_after=count_nodes(result.model))
+                               modified=True, stats=list(getattr(result, "stats", [])), seconds=seconds,
+                               timings={"transform": seconds}, nodes_after=count_nodes(result.model))
             report.passes.append(entry)
             return result.model, passes[1:]
         raise SpecError(

@@ -124,7 +124,9 @@ class FusePass(Pass):
     ``target=standard`` emits standard ONNX ops only, so the model stays portable; ``target=onnxruntime``
     also emits ONNX Runtime's contrib ops (FusedConv, FusedGemm, Attention, SkipLayerNormalization, ...).
     Any fusion can be skipped by name: ``fuse{skip=conv-bn,gelu}``. Reaches into If/Loop/Scan bodies and
-    local functions; graph input and output names never change.
+    local functions; graph input and output names never change. Every node a fusion writes exists, with its
+    attributes, at the model's opset. Each fusion applied is reported as a ``Site(fusion, anchor node)``, so
+    the pipeline can switch off one fusion at one node when the output fails.
     """
 
     name = "fuse"

@@ -155,8 +155,9 @@ class QuantizePass(Pass):
             f"calibration streams in bounded memory; 1 of every {HOLDOUT_EVERY} samples is held out for the target",
             ("target_cosine/target_sqnr/target_top1: every target set must hold on held-out samples; the most "
             "sensitive nodes stay float until it does (target_cosine=none and no other target: no search)"),
-            ("max_slowdown: INT8 latency at most this × FP32, else costly op types stay float (on_slow=keep-float) "
-            "or the pass fails (on_slow=refuse); none skips the gate"),
+            ("max_slowdown: INT8 latency at most this × FP32 (to within the "
+             f"{latency.TIMING_RESOLUTION:.0%} timing can resolve), else costly op types stay float "
+             "(on_slow=keep-float) or the pass fails (on_slow=refuse); none skips the gate"),
             "--calib-cache DIR reuses ranges for the same model, data and settings",
         ]
 
@@ -406,7 +407,7 @@ class QuantizePass(Pass):
             return quantized, rechecked_keep
         timing = latency.compare(float_proto, quantized, list(itertools.islice(data.calibration, TIMING_SAMPLES)))
         report.timing = timing
-        if timing.ratio > options.max_slowdown:
+        if not timing.within(options.max_slowdown):
             return self._too_slow(timing, report.gate_float_op_types, report), rechecked_keep
         return quantized, rechecked_keep
 

@@ -454,6 +454,14 @@ def test_target_holds_for_the_model_after_the_latency_gate(monkeypatch) -> None:
     Pipeline.parse("quantize{mode=static,calib=minmax}").run(model, data=data, check="each")
 
 
+def test_latency_within_timing_resolution_is_not_called_slower() -> None:
+    from onnxkit.passes.quantize.latency import TIMING_RESOLUTION, Timing
+
+    assert Timing(float_ms=1.0, quantized_ms=1.0 + TIMING_RESOLUTION / 2).within(1.0)
+    assert not Timing(float_ms=1.0, quantized_ms=1.0 + 2 * TIMING_RESOLUTION).within(1.0)
+    assert Timing(float_ms=1.0, quantized_ms=1.4).within(1.5)
+
+
 def test_latency_gate_reports_the_ratio() -> None:
     result, _ = quantize(convnet(), samples("x", (2, 3, 8, 8), 10), mode="static", max_slowdown=1e9)
     latency = result.details["latency"]

@@ -14,7 +14,7 @@ import onnx_ir as ir
 from onnxkit.pass_base import PassContext, Site
 
 # Statistics are counted per (verb, what): "removed 3 no-op Cast". Lines are listed in this order of verbs.
-VERB_ORDER = ("folded", "inlined", "removed", "merged", "lifted", "simplified", "kept")
+VERB_ORDER = ("folded", "inlined", "removed", "merged", "lifted", "simplified", "trimmed", "kept")
 
 
 def site_name(node: ir.Node) -> str:

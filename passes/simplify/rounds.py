@@ -77,6 +77,12 @@ def _list_initializers_as_inputs_before_ir4(model: ir.Model, inputs_before: list
     return list(model.graph.inputs) != inputs_before
 
 
+def _arities(graphs: list[ir.Graph | ir.Function]) -> list[tuple[int, int, int, int]]:
+    """Each node's identity, input and output counts, and unnamed (dropped) outputs."""
+    return [(id(node), len(node.inputs), len(node.outputs), sum(1 for value in node.outputs if not value.name))
+            for graph in graphs for node in graph]
+
+
 def _sort_topologically(model: ir.Model) -> bool:
     """Put the nodes in topological order; whether any moved."""
     order = [id(node) for node in all_nodes(model)]
@@ -167,11 +173,16 @@ class _Simplifier:
         no_op.drop_zero_initial_states(graphs, rewrites)
         consecutive.merge_consecutive(graphs, rewrites)
         changed |= eliminate_identities(model, self._may_remove_identity) > 0
-        nodes_before = sum(len(graph) for graph in graphs)
+        arities_before = _arities(graphs)
         common.RemoveUnusedNodesPass()(model)
         graphs = list(graph_likes(model))  # unused If/Loop nodes took their bodies with them
-        if removed := nodes_before - sum(len(graph) for graph in graphs):
+        arities = _arities(graphs)
+        if removed := len(arities_before) - len(arities):
             rewrites.tally["removed", "unused nodes"] += removed
+        # It also trims trailing empty inputs and unused optional outputs, and reports none of it.
+        survivors = dict((entry[0], entry) for entry in arities_before)
+        if trimmed := sum(1 for entry in arities if survivors.get(entry[0], entry) != entry):
+            rewrites.tally["trimmed", "nodes' empty optional inputs or unused optional outputs"] += trimmed
         merge.lift_constants(graphs, rewrites)
         changed |= common.LiftSubgraphInitializersToMainGraphPass()(model).modified
         self.initializers.merge(graphs, rewrites)

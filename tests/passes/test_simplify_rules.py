@@ -370,3 +370,15 @@ def test_ir3_initializers_listed_as_inputs_fold_like_constants():
     assert simplified.graph.input[0].name == "x"
     assert {i.name for i in simplified.graph.initializer} <= {i.name for i in simplified.graph.input}
     assert_same_outputs(model, simplified, {"x": np.ones((2, 3), np.float32)})
+
+
+def test_trimmed_empty_optional_inputs_count_as_a_change():
+    """onnx_ir's dead-node removal drops trailing empty inputs (Clip(x, "", "") → Clip(x)) without saying so;
+    the pipeline holds a pass to what it reports, so simplify must report it."""
+    model = model_at([helper.make_node("Clip", ["x", "", ""], ["y"])], [tensor_input("x", [3])],
+                     [tensor_input("y", [3])])
+    simplified, result = run_simplify(model)
+    assert result.modified and list(simplified.graph.node[0].input) == ["x"]
+    assert "trimmed 1 nodes' empty optional inputs or unused optional outputs" in result.stats
+    second = SimplifyPass()(ir.serde.deserialize_model(simplified))
+    assert not second.modified

@@ -180,7 +180,7 @@ class _Simplifier:
         if removed := len(arities_before) - len(arities):
             rewrites.tally["removed", "unused nodes"] += removed
         # It also trims trailing empty inputs and unused optional outputs, and reports none of it.
-        survivors = dict((entry[0], entry) for entry in arities_before)
+        survivors = {entry[0]: entry for entry in arities_before}
         if trimmed := sum(1 for entry in arities if survivors.get(entry[0], entry) != entry):
             rewrites.tally["trimmed", "nodes' empty optional inputs or unused optional outputs"] += trimmed
         merge.lift_constants(graphs, rewrites)

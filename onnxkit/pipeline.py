@@ -553,7 +553,7 @@ class _Run:
         return self._fail(pass_, entry, attempt, before)
 
     def _attempt(self, pass_: Pass, model: ir.Model, before: _Snapshot, histogram_before: collections.Counter[str],
-                 fingerprint_before: tuple | None, timings: dict[str, Any]) -> _Attempt:
+                 fingerprint_before: tuple, timings: dict[str, Any]) -> _Attempt:
         """Run ``pass_`` on ``model`` and check its output. ``snapshot`` is None when the pass changed nothing."""
         clock = _Clock(timings)
         pass_.context = self.context
@@ -570,8 +570,6 @@ class _Run:
             return _Attempt(None, None, _Failure("error", f"pass '{pass_.name}' hit an internal error: {failure}",
                                                  f"internal error: {failure}", e))
         if not result.modified:
-            if fingerprint_before is None:
-                return _Attempt(result, None, None)
             with clock("instrument"):
                 unchanged = graph.fingerprint(result.model) == fingerprint_before
             if unchanged:
@@ -634,9 +632,9 @@ class _Run:
         output pass ends in a culprit, which stays disabled; repeat until the output passes. Each culprit rule
         is then put back and bisected the same way over the sites where it fired (any further culprit site
         lies before the one found), so that only the sites that break the model are skipped (the whole rule
-        stays skipped where that does not work out). At most
-        ``MAX_NARROWING_RERUNS`` reruns. Returns the passing attempt, with ``entry.skipped`` saying what was
-        skipped and why, or None when the output cannot be made to pass that way."""
+        stays skipped where that does not work out). At most ``MAX_NARROWING_RERUNS`` reruns. Returns the
+        passing attempt, with ``entry.skipped`` saying what was skipped and why, or None when the output
+        cannot be made to pass that way."""
         reruns = 0
 
         def attempt(disabled: set[str | Site]) -> _Attempt | None:
@@ -646,7 +644,8 @@ class _Run:
             reruns += 1
             self.context.disabled = frozenset(disabled)
             try:  # its time counts as narrowing's, whatever step it is spent in
-                return self._attempt(pass_, before.restore(), before, histogram_before, None, {})
+                model = before.restore()
+                return self._attempt(pass_, model, before, histogram_before, graph.fingerprint(model), {})
             finally:
                 self.context.disabled = frozenset()
 

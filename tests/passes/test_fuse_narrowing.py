@@ -8,8 +8,9 @@ import onnx
 import onnx_ir as ir
 from onnx import helper
 
+from onnxkit import Pipeline
 from onnxkit.pass_base import PassContext, Site
-from onnxkit.passes.fuse import FusePass
+from onnxkit.passes.fuse import FusePass, _affine
 from tests.passes.test_fuse import (
     assert_same_outputs,
     batchnorm,
@@ -82,3 +83,22 @@ def test_transformer_fusions_that_cannot_stop_at_one_node_are_switched_off_by_an
     fuse.context = PassContext(disabled=frozenset({site}))
     result = fuse(ir.from_proto(model))
     assert not result.modified and result.sites == []
+
+
+def test_the_pipeline_skips_exactly_the_broken_fusion_site_and_keeps_the_rest(rng, monkeypatch):
+    """A conv-bn fold made wrong at conv2 only: the pipeline narrows fuse down to that one site."""
+    scale_weights = _affine._Layer.scale_weights
+
+    def wrong_for_conv2(self, node, weights_array, scale):
+        scaled = scale_weights(self, node, weights_array, scale)
+        return scaled * 2 if weights_array.shape == (4, 4, 3, 3) else scaled
+
+    monkeypatch.setattr(_affine._Layer, "scale_weights", wrong_for_conv2)
+    model = two_conv_bn_and_a_gemm(rng)
+    result = Pipeline.parse("fuse").run(model, check="each", on_fail="stop")
+    entry = result.report.passes[0]
+    assert entry.status == "narrowed"
+    assert [line.split(" (")[0] for line in entry.skipped_lines()] == ["skipped conv-bn at node bn2"]
+    fused = ir.to_proto(result.model)
+    assert op_types(fused) == ["Conv", "Conv", "BatchNormalization", "Flatten", "Gemm"]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 3, 5, 5)).astype(np.float32)})

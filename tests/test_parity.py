@@ -310,3 +310,61 @@ def test_tolerance_from_options() -> None:
     assert parity.parse_output_tolerance("output:0:atol=1e-3,min-cosine=none") == ("output:0", {"atol": 1e-3, "min_cosine": None})
     with pytest.raises(SpecError):
         parity.parse_output_tolerance("logits:tolerance=3")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A chain of comparisons: each model runs once
+
+
+def _chain(weight: np.ndarray, samples: int = 3) -> parity.ParityChain:
+    from onnxkit.data import as_dataset, input_specs
+
+    model = linear_model(weight)
+    return parity.ParityChain(as_dataset(None, model, dims={"batch": 2}, num_samples=samples), input_specs(model),
+                              "synthetic", data_given=False)
+
+
+def _samples(weight: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """The chain's samples as a list, for a direct comparison on the same inputs."""
+    from onnxkit.data import as_dataset
+
+    return list(as_dataset(None, linear_model(weight), dims={"batch": 2}, num_samples=3))
+
+
+def test_chain_replays_the_last_candidate_as_the_next_reference(weight: np.ndarray) -> None:
+    first, second = linear_model(weight).SerializeToString(), linear_model(weight.copy()).SerializeToString()
+    perturbed = weight.copy()
+    perturbed[0, 0] += 1
+    third = linear_model(perturbed).SerializeToString()
+    chain, exact = _chain(weight), Tolerance.for_kind("exact")
+    timings: dict[str, float] = {}
+    assert chain.compare(first, second, exact, timings).passed
+    assert {"sessions", "reference_runs", "candidate_runs", "comparison"} <= set(timings)
+    timings = {}
+    replayed = chain.compare(second, third, exact, timings)
+    assert "replayed" in timings and "reference_runs" not in timings
+    # Replayed outputs give the very verdict and figures that running the reference again gives.
+    direct = compare_models(second, third, _samples(weight), tolerance=exact)
+    assert not replayed.passed and replayed.samples == direct.samples == 3
+    assert replayed.max_abs_error == direct.max_abs_error and replayed.summary() == direct.summary()
+    # After a failure the same reference comes back (a rollback): still replayed.
+    timings = {}
+    assert chain.compare(second, linear_model(weight).SerializeToString(), exact, timings).passed
+    assert "replayed" in timings
+
+
+def test_chain_runs_a_reference_again_past_the_memory_budget_or_the_samples_recorded(monkeypatch,
+                                                                                     weight: np.ndarray) -> None:
+    models = [linear_model(weight).SerializeToString() for _ in range(3)]
+    exact = Tolerance.for_kind("exact")
+    chain = _chain(weight)
+    assert chain.compare(models[0], models[1], exact, limit=2).samples == 2
+    timings: dict[str, float] = {}
+    assert chain.compare(models[1], models[2], exact, timings).samples == 3  # two recorded, three wanted
+    assert "reference_runs" in timings
+    monkeypatch.setattr(parity, "RECORDING_BUDGET", 8)
+    chain = _chain(weight)
+    chain.compare(models[0], models[1], exact)
+    timings = {}
+    chain.compare(models[1], models[2], exact, timings)
+    assert "reference_runs" in timings and "replayed" not in timings

@@ -76,7 +76,9 @@ def eliminate_common_subexpressions(graphs: Sequence[ir.Graph | ir.Function], re
 
 def _tensor_bytes(tensor: ir.TensorProtocol) -> bytes:
     if tensor.dtype == ir.DataType.STRING:
-        return b"\0".join(tensor.string_data())  # type: ignore[attr-defined]  # StringTensor has no tobytes
+        # Each string length-prefixed, so that ["a", "b"] and ["a\0b"] differ. (StringTensor has no tobytes.)
+        strings = tensor.string_data()  # type: ignore[attr-defined]  # only StringTensor has string_data
+        return b"".join(len(item).to_bytes(8, "little") + item for item in strings)
     return tensor.tobytes()
 
 

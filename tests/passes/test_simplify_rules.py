@@ -382,3 +382,16 @@ def test_trimmed_empty_optional_inputs_count_as_a_change():
     assert "trimmed 1 nodes' empty optional inputs or unused optional outputs" in result.stats
     second = SimplifyPass()(ir.serde.deserialize_model(simplified))
     assert not second.modified
+
+
+def test_string_initializers_merge_only_when_every_string_is_equal():
+    def strings(name, items):
+        return helper.make_tensor(name, TensorProto.STRING, [2], [s.encode() for s in items])
+
+    nodes = [helper.make_node("Concat", ["x", "s1", "s2", "s3"], ["y"], axis=0)]
+    initializers = [strings("s1", ["a\0", "b"]), strings("s2", ["a", "\0b"]), strings("s3", ["a\0", "b"])]
+    model = model_at(nodes, [tensor_input("x", [2], TensorProto.STRING)], [tensor_input("y", [8], TensorProto.STRING)],
+                     initializers)
+    simplified, result = run_simplify(model)
+    assert [site.node for site in result.sites if site.rule == "merge-initializers"] == ["s3"]
+    assert sorted(i.name for i in simplified.graph.initializer) == ["s1", "s2"]

@@ -182,7 +182,8 @@ def opset_problem(node: ir.Node, opset: int) -> str | None:
         return f"{node.op_type}-{schema.since_version} has no attribute {', '.join(unknown)}"
     inputs = len(node.inputs)
     if not schema.min_input <= inputs <= schema.max_input:
-        return f"{node.op_type}-{schema.since_version} takes {schema.min_input} to {schema.max_input} inputs, not {inputs}"
+        return (f"{node.op_type}-{schema.since_version} takes {schema.min_input} to {schema.max_input} inputs, "
+                f"not {inputs}")
     return None
 
 

@@ -241,6 +241,29 @@ class CollapseLayoutPair(RewriteRuleClassBase):
                                                  in_function=self._in_function))
 
 
+class DropShapeKeepingReshape(RewriteRuleClassBase):
+    """``Reshape(x, shape)`` → ``x`` when the Reshape gives x's own shape, such as ``[-1, 5, 8]`` on an
+    ``[N, 5, 8]`` tensor (exporters write these between Transposes, which can then merge)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="drop-shape-keeping-reshape")
+
+    def pattern(self, op: Any, x: ir.Value, shape: ir.Value) -> Any:
+        return op.Reshape(x, shape, _outputs=["out"])
+
+    def check(self, context: Any, x: ir.Value, shape: ir.Value, out: ir.Value) -> MatchResult:
+        result = MatchResult()
+        dims = static_dims(x)
+        final = output_dims(out.producer(), dims) if dims is not None else None
+        if final is None or not _same_shape(final, dims):
+            return result.fail("the Reshape changes the shape, or its result cannot be computed")
+        self._graph = context.graph_or_function
+        return result
+
+    def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
+        return pass_through(op, x, out, self._graph)
+
+
 class CollapseTransposePair(RewriteRuleClassBase):
     """``Transpose(Transpose(x, p1), p2)`` → one Transpose, or nothing when the permutations cancel."""
 
@@ -318,7 +341,8 @@ class ReshapeThroughUnitTranspose(RewriteRuleClassBase):
         return result
 
     def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
-        shape = new_constant(op, self._shape, self.context.fresh_name(f"{out.name}_shape"), in_function=self._in_function)
+        shape = new_constant(op, self._shape, self.context.fresh_name(f"{out.name}_shape"),
+                             in_function=self._in_function)
         return op.Reshape(x, shape, **out.producer().attributes)
 
 
@@ -386,7 +410,7 @@ def unit_transpose_rules(context: FusionContext) -> list[Any]:
 
 def layout_rules(context: FusionContext) -> list[Any]:
     return [CollapseLayoutPair.rule(first, second, context)
-            for first, second in itertools.product(RESHAPING_OPS, RESHAPING_OPS)]
+            for first, second in itertools.product(RESHAPING_OPS, RESHAPING_OPS)] + [DropShapeKeepingReshape.rule()]
 
 
 def transpose_rules(context: FusionContext) -> list[Any]:

@@ -187,3 +187,14 @@ def test_hardswish_written_with_hard_sigmoid_becomes_hardswish_from_opset_14(rng
     fused, _ = fuse(model)
     assert op_types(fused) == (["HardSwish"] if opset >= 14 else ["HardSigmoid", "Mul"])
     assert_same_outputs(model, fused, {"x": rng.standard_normal((3, 8)).astype(np.float32) * 4})
+
+
+def test_a_reshape_that_keeps_the_shape_goes_and_the_transposes_around_it_merge(rng):
+    """A dynamo-exported encoder: Transpose → Reshape([-1, 5, 8]) of an [N, 5, 8] tensor → Transpose;
+    onnxslim writes one Transpose."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]), helper.make_node("Reshape", ["t", "s"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["y"], perm=[0, 2, 1])]
+    model = make_model(nodes, [value("x", [5, "N", 8])], [value("y", ["N", 8, 5])], [tensor("s", np.array([-1, 5, 8], np.int64))])
+    fused, _ = fuse(model)
+    assert op_types(fused) == ["Transpose"]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((5, 3, 8)).astype(np.float32)})

@@ -24,6 +24,7 @@ that would have passed, and the budget values it reached.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import gc
 import itertools
@@ -655,53 +656,75 @@ class _Compared:
     candidate: Recording | None
 
 
+def _timed(run: Any, *args: Any) -> tuple[list[Any], float]:
+    started = time.perf_counter()
+    return run(*args), time.perf_counter() - started
+
+
 def _compare_runs(reference: _Live | _Replay, candidate: _Live, dataset: Any, specs: Any, tolerance: Tolerance, *,
                   data_given: bool, timings: dict[str, float] | None = None, record_budget: int = 0,
                   limit: int | None = None) -> _Compared:
     """Run (or replay) both sides sample by sample, on the first ``limit`` samples if given, and compare each
     output as soon as both have it.
 
-    With ``record_budget`` each live side's values are also kept, while they weigh at most that many bytes."""
+    Two live models run side by side, the reference in a second thread (ONNX Runtime lets go of the GIL), so
+    a comparison takes about as long as the slower model on a machine with a core to spare. ``timings`` then
+    gets the reference's own seconds as ``reference_runs`` and what the candidate added beyond them as
+    ``candidate_runs``, so that the parts add up to the time spent. With ``record_budget`` each live side's
+    values are also kept, while they weigh at most that many bytes."""
     errors = [f"output '{name}' is missing from the candidate" for name in reference.outputs
               if name not in candidate.outputs]
     errors += [f"the candidate has output '{name}' that the reference lacks" for name in candidate.outputs
                if name not in reference.outputs]
     shared = [name for name in reference.outputs if name in candidate.outputs]
     comparisons = {name: _OutputComparison(name, tolerance.for_output(name)) for name in shared}
+    live_reference = isinstance(reference, _Live)
     recordings: dict[str, Recording | None] = {
-        "reference": Recording(shared) if record_budget and isinstance(reference, _Live) else None,
+        "reference": Recording(shared) if record_budget and live_reference else None,
         "candidate": Recording(shared) if record_budget else None,
     }
     samples = 0
-    for index, sample in enumerate(itertools.islice(dataset, limit)):
-        sample = validate_sample(sample, specs, index=index)
-        missing = [name for name in candidate.inputs if name not in sample]
-        if missing:
-            errors.append(f"the candidate takes input{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-                          "that the reference does not")
-            break
-        started = time.perf_counter()
-        try:
-            ref_values = reference.run(shared, sample, index)
-        except Exception as e:  # ORT raises its own exception types
-            raise _reference_failure(index, e, data_given) from e
-        started = _add_time(timings, "reference_runs" if isinstance(reference, _Live) else "replayed", started)
-        try:
-            cand_values = candidate.run(shared, sample, index)
-        except Exception as e:
-            errors.append(f"the candidate model fails on sample {index}: {runtime.error_line(e)}")
-            break
-        started = _add_time(timings, "candidate_runs", started)
-        for name, ref_value, cand_value in zip(shared, ref_values, cand_values):
-            comparisons[name].add(ref_value, cand_value, index)
-        _add_time(timings, "comparison", started)
-        for side, values in (("reference", ref_values), ("candidate", cand_values)):
-            recording = recordings[side]
-            if recording is not None:
-                recording.add(values)
-                if recording.nbytes > record_budget:
-                    recordings[side] = None
-        samples += 1
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as side_by_side:
+        for index, sample in enumerate(itertools.islice(dataset, limit)):
+            sample = validate_sample(sample, specs, index=index)
+            missing = [name for name in candidate.inputs if name not in sample]
+            if missing:
+                errors.append(f"the candidate takes input{'s' if len(missing) > 1 else ''} "
+                              f"{', '.join(map(repr, missing))} that the reference does not")
+                break
+            started = time.perf_counter()
+            reference_run = side_by_side.submit(_timed, reference.run, shared, sample, index) if live_reference else None
+            candidate_error = None
+            try:
+                cand_values = candidate.run(shared, sample, index)
+            except Exception as e:  # ORT raises its own exception types
+                candidate_error = e
+            candidate_seconds = time.perf_counter() - started
+            try:  # a reference that fails is the data's fault, whatever the candidate did
+                ref_values, ref_seconds = (reference_run.result() if reference_run is not None
+                                           else _timed(reference.run, shared, sample, index))
+            except Exception as e:
+                raise _reference_failure(index, e, data_given) from e
+            if timings is not None:
+                spent = time.perf_counter() - started
+                side = "reference_runs" if live_reference else "replayed"
+                timings[side] = timings.get(side, 0.0) + ref_seconds
+                added = max(spent - ref_seconds, 0.0) if live_reference else candidate_seconds
+                timings["candidate_runs"] = timings.get("candidate_runs", 0.0) + added
+            if candidate_error is not None:
+                errors.append(f"the candidate model fails on sample {index}: {runtime.error_line(candidate_error)}")
+                break
+            started = time.perf_counter()
+            for name, ref_value, cand_value in zip(shared, ref_values, cand_values):
+                comparisons[name].add(ref_value, cand_value, index)
+            _add_time(timings, "comparison", started)
+            for side, values in (("reference", ref_values), ("candidate", cand_values)):
+                recording = recordings[side]
+                if recording is not None:
+                    recording.add(values)
+                    if recording.nbytes > record_budget:
+                        recordings[side] = None
+            samples += 1
     if samples == 0 and not errors:
         raise DataError("the data holds no samples", hint="give at least one sample, or drop --data for synthetic inputs")
     if errors:

@@ -131,6 +131,8 @@ class PipelineReport:
             lines += [(p.name, line) for line in p.skipped_lines()]
             if p.error:
                 lines.append((p.name, p.error))
+        if self.final_parity is not None:
+            lines.append(("parity, input to output", self.final_parity.get("summary", "")))
         if self.parity_inputs:
             lines.append(("parity inputs", self.parity_inputs))
         return lines

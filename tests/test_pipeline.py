@@ -72,6 +72,7 @@ def test_check_end_compares_final_with_original():
         Pipeline.parse("cleanup,scale-weight").run(build_example("mlp"), check="end")
     result = Pipeline.parse("cleanup").run(build_example("mlp"), check="end")
     assert result.report.final_parity["passed"]
+    assert ("parity, input to output", result.report.final_parity["summary"]) in result.report.details()
     assert result.report.passes[0].parity is None
 
 

@@ -41,38 +41,59 @@ def infer_shapes(model: ir.Model, *, strict: bool = False, data_prop: bool = Tru
 
     Raises what ONNX raises (in strict mode, any inference error).
     """
+    sent: list[onnx.ModelProto] = []
+
     def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+        sent.append(proto)
         return onnx.shape_inference.infer_shapes(proto, check_type=check_type, strict_mode=strict,
                                                  data_prop=data_prop)
 
     # onnx_ir's helper (private, tested with onnx-ir 1.1.0) hands ONNX a copy without initializer data, so
     # models over 2 GB work too.
-    inferred = ir.serde.deserialize_model(_c_api_utils.call_onnx_api(infer, model))
-    return _merge_types(model, inferred)
+    inferred = _c_api_utils.call_onnx_api(infer, model)
+    return _merge_types(model, _value_types(sent[0].graph), _value_types(inferred.graph))
 
 
-def _merge_types(model: ir.Model, inferred: ir.Model) -> list[ir.Value]:
+def _value_types(graph: onnx.GraphProto, types: dict[str, onnx.TypeProto] | None = None) -> dict[str, onnx.TypeProto]:
+    """The declared type of every named value of ``graph`` and the graphs inside it (first one per name)."""
+    types = {} if types is None else types
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        if value.name and value.HasField("type"):
+            types.setdefault(value.name, value.type)
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                _value_types(subgraph, types)
+    return types
+
+
+def _merge_types(model: ir.Model, sent: dict[str, onnx.TypeProto], inferred: dict[str, onnx.TypeProto]
+                 ) -> list[ir.Value]:
     """Copy inferred types and shapes onto the model's values; returns the values that changed.
 
-    Not onnx_ir's ShapeInferencePass merge: it sets ``dtype``, which turns sequence and optional values
-    inside subgraphs into tensors. Here a value takes the whole inferred type, and only when it had none
-    or one of the same kind. Graph outputs that declare a shape keep it: a declaration may be wrong, and
-    "fixing" it from inference would change what the model promises.
+    Only types that inference changed from what it was sent are read back (reading every value's type was
+    most of the cost on large models). Not onnx_ir's ShapeInferencePass merge: it sets ``dtype``, which turns
+    sequence and optional values inside subgraphs into tensors. Here a value takes the whole inferred type,
+    and only when it had none or one of the same kind. Graph outputs that declare a shape keep it: a
+    declaration may be wrong, and "fixing" it from inference would change what the model promises.
     """
     changed = []
-    for graph, inferred_graph in zip(model.graphs(), inferred.graphs()):
-        inferred_values = ir.convenience.create_value_mapping(inferred_graph)
-        for name, value in ir.convenience.create_value_mapping(graph).items():
-            source = inferred_values.get(name)
-            if source is None or source.type is None or value.is_graph_input():
-                continue
-            if value.is_graph_output() and value.shape is not None:
-                continue
-            if value.type is not None and type(value.type) is not type(source.type):
-                continue
-            if value.type != source.type or value.shape != source.shape:
-                value.type = source.type
-                if source.shape is not None:
-                    value.shape = source.shape
-                changed.append(value)
+    values = ir.convenience.create_value_mapping(model.graph)
+    for name, type_proto in inferred.items():
+        if sent.get(name) == type_proto:
+            continue
+        value = values.get(name)
+        if value is None or value.is_graph_input():
+            continue
+        if value.is_graph_output() and value.shape is not None:
+            continue
+        new_type = ir.serde.deserialize_type_proto_for_type(type_proto)
+        if new_type is None or (value.type is not None and type(value.type) is not type(new_type)):
+            continue
+        new_shape = ir.serde.deserialize_type_proto_for_shape(type_proto)
+        if value.type != new_type or value.shape != new_shape:
+            value.type = new_type
+            if new_shape is not None:
+                value.shape = new_shape
+            changed.append(value)
     return changed

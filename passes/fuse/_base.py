@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import RewriteRule, RewriteRuleSet
 from onnxscript.rewriter._rewrite_rule import ReplacementPatternFunction
 
 from onnxkit.pass_base import Site
+from onnxkit.passes._graph_utils import opset_problem
 
 Target = Literal["standard", "onnxruntime"]
 CONTRIB_DOMAIN = "com.microsoft"
@@ -166,25 +166,6 @@ class _RuleGuard(ReplacementPatternFunction):
             return None
         self._context.sites.append(Site(self._context.fusion, self._anchor))
         return subgraph
-
-
-def opset_problem(node: ir.Node, opset: int) -> str | None:
-    """Why a standard-domain node is not valid at ``opset`` (no such op, an unknown attribute, a wrong
-    number of inputs), or None. Other domains are left to the runtime that owns them."""
-    if node.domain not in ("", "ai.onnx"):
-        return None
-    try:
-        schema = onnx.defs.get_schema(node.op_type, opset, "")
-    except onnx.defs.SchemaError:
-        return f"{node.op_type} does not exist at opset {opset}"
-    unknown = [name for name in node.attributes if name not in schema.attributes]
-    if unknown:
-        return f"{node.op_type}-{schema.since_version} has no attribute {', '.join(unknown)}"
-    inputs = len(node.inputs)
-    if not schema.min_input <= inputs <= schema.max_input:
-        return (f"{node.op_type}-{schema.since_version} takes {schema.min_input} to {schema.max_input} inputs, "
-                f"not {inputs}")
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------

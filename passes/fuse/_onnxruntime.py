@@ -23,8 +23,8 @@ from onnxkit.passes.fuse._base import (
     FusionContext,
     annotate_shapes,
     constant_array,
-    opset_problem,
 )
+from onnxkit.passes._graph_utils import opset_problem
 
 # Activations ONNX Runtime's FusedConv and FusedGemm apply, and the parameters each takes (with defaults).
 _CONV_ACTIVATIONS = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "Clip")

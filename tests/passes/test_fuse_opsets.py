@@ -12,7 +12,6 @@ import pytest
 from onnx import helper
 
 from onnxkit.passes.fuse import FusePass
-from onnxkit.passes.fuse._base import opset_problem
 from tests.conftest import run_model
 from tests.passes.test_fuse import (
     assert_same_outputs,
@@ -120,17 +119,3 @@ def test_a_pair_only_a_newer_reshape_could_write_stays(rng):
     assert op_types(fused) == ["Reshape"]
     feeds = {"x": rng.standard_normal((2, 3, 4)).astype(np.float32)}
     np.testing.assert_array_equal(run_model(fused, feeds)[0], run_model(at_5, feeds)[0])
-
-
-@pytest.mark.parametrize(("op_type", "attributes", "inputs", "opset", "problem"), [
-    ("LayerNormalization", {"axis": -1}, 2, 16, "does not exist at opset 16"),
-    ("Gelu", {}, 1, 19, "does not exist at opset 19"),
-    ("Squeeze", {"axes": [0]}, 1, 13, "has no attribute axes"),
-    ("Reshape", {"allowzero": 1}, 2, 13, "has no attribute allowzero"),
-    ("Gemm", {}, 2, 10, "takes 3 to 3 inputs, not 2"),
-])
-def test_opset_problem_names_what_the_schema_lacks(op_type, attributes, inputs, opset, problem):
-    node = ir.Node("", op_type, [ir.Value(name=f"i{i}") for i in range(inputs)], attributes=[
-        ir.AttrInt64s(k, v) if isinstance(v, list) else ir.AttrInt64(k, v) for k, v in attributes.items()])
-    assert problem in opset_problem(node, opset)
-    assert (opset_problem(node, 21) is None) == (op_type != "Squeeze")  # Squeeze-13 takes axes as an input

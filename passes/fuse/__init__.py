@@ -174,11 +174,13 @@ class FusePass(Pass):
                     present = op_types_in(model)
                     # Nodes a rule made dead must not be matched by the next rule.
                     common_passes.RemoveUnusedNodesPass()(model)
-                    annotate_shapes(model)
                 counts[fusion.name] += fired
                 fired_this_round += fired
             if not fired_this_round:
                 break
+            # A rewrite's results take the shapes of the values they replace; values inside it have none
+            # until inference runs again. Rules refuse what they cannot see, and get it next round.
+            annotate_shapes(model)
         if not sum(counts.values()):
             remove_annotations()  # a pass that changes nothing leaves even the shapes as they were
             return PassResult(model, False, [])

@@ -16,6 +16,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import RewriteRule, RewriteRuleSet
+from onnxscript.rewriter._pattern_ir import StringConstantPattern
 from onnxscript.rewriter._rewrite_rule import ReplacementPatternFunction
 
 from onnxkit.pass_base import Site
@@ -135,7 +136,23 @@ def _narrowable(rule: RewriteRule, context: FusionContext) -> RewriteRule:
     guard = _RuleGuard(rule._replacement_pattern, rule._condition_function, context)
     rule._condition_function = guard.check
     rule._replacement_pattern = guard
+    _try_only_at_root_op(rule)
     return rule
+
+
+def _try_only_at_root_op(rule: RewriteRule) -> None:
+    """Skip nodes of another op type before onnxscript's matcher runs: it is tried on every node for every
+    rule, and most of a fusion's time went to rejecting those (178,000 tries on a 1,100-node model)."""
+    outputs = rule._target_pattern.output_nodes
+    if len(outputs) != 1 or not isinstance(outputs[0].op, StringConstantPattern):
+        return
+    root_op = outputs[0].op.value()
+    try_rewrite = rule.try_rewrite
+
+    def try_at_root_op(model: ir.Model, graph_or_function: Any, node: ir.Node, **kwargs: Any) -> Any:
+        return try_rewrite(model, graph_or_function, node, **kwargs) if node.op_type == root_op else None
+
+    rule.try_rewrite = try_at_root_op  # type: ignore[method-assign]
 
 
 class _RuleGuard(ReplacementPatternFunction):

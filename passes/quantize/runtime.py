@@ -18,8 +18,15 @@ SESSION_THREADS = 1
 def make_session(proto: onnx.ModelProto, *, optimize: bool = True) -> Any:
     """A one-thread CPU session for ``proto`` through onnxkit's one session factory, which takes a model past
     protobuf's 2 GB limit through a temporary file without touching ``proto``. ORT's optimizations are on by
-    default: calibration, sensitivity and timing see the kernels that will run."""
-    return runtime.make_session(proto, optimize=optimize, threads=SESSION_THREADS)
+    default: calibration, sensitivity and timing see the kernels that will run.
+
+    Its threads do not spin-wait for more work after a run: the latency gate runs two sessions in turn, and
+    a spinning one takes the core the other (or any other process) needs.
+    """
+    options = runtime.session_options(optimize=optimize, threads=SESSION_THREADS)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return runtime.make_session(proto, options=options)
 
 
 def tensor_elem_types(proto: onnx.ModelProto) -> dict[str, int]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import onnx
 import onnx_ir as ir
+import onnx_ir.passes.common as common
 
 
 def graph_likes(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
@@ -32,6 +33,26 @@ def all_nodes(model: ir.Model) -> Iterator[ir.Node]:
     """Every node of the model: main graph, subgraphs, local functions."""
     for graph in graph_likes(model):
         yield from graph
+
+
+def _arities(model: ir.Model) -> dict[int, tuple[int, int, int]]:
+    """Each node's input and output counts and unnamed (dropped) outputs, by node identity."""
+    return {id(node): (len(node.inputs), len(node.outputs), sum(1 for value in node.outputs if not value.name))
+            for node in all_nodes(model)}
+
+
+def remove_unused_nodes(model: ir.Model) -> tuple[int, int]:
+    """onnx_ir's dead-node removal, with all it did counted: ``(nodes removed, nodes trimmed)``.
+
+    Besides removing nodes it trims trailing empty inputs (``Clip(x, "", "")`` → ``Clip(x)``) and unused
+    optional outputs, and its own ``modified`` says nothing of that; the pipeline holds a pass to the model
+    it returns, so a pass must count the trims as changes.
+    """
+    before = _arities(model)
+    common.RemoveUnusedNodesPass()(model)
+    after = _arities(model)
+    trimmed = sum(1 for key, arity in after.items() if before.get(key, arity) != arity)
+    return len(before) - len(after), trimmed
 
 
 class _Same:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common
+from onnxkit.passes._graph_utils import (
+    all_nodes,
+    eliminate_identities,
+    remove_unused_nodes,
+)
 
 from onnxkit.pass_base import Pass, PassResult
-from onnxkit.passes._graph_utils import all_nodes, eliminate_identities
 
 
 class CleanupPass(Pass):
@@ -27,12 +31,8 @@ class CleanupPass(Pass):
         # Not onnx_ir's IdentityEliminationPass: it renames values across subgraph boundaries (see
         # eliminate_identities), which the ONNX node-test sweep caught breaking Scan and If bodies.
         modified = eliminate_identities(model) > 0
-        steps = [
-            common.RemoveUnusedNodesPass(),
-            common.RemoveUnusedFunctionsPass(),
-            common.RemoveUnusedOpsetsPass(),
-        ]
-        for step in steps:
+        modified |= any(remove_unused_nodes(model))
+        for step in (common.RemoveUnusedFunctionsPass(), common.RemoveUnusedOpsetsPass()):
             modified |= step(model).modified
         # Sorting reorders without changing meaning; it only counts as a modification when it moved a node.
         order_before = [id(n) for n in ir.traversal.RecursiveGraphIterator(model.graph)]

@@ -13,14 +13,19 @@ from collections.abc import Iterator
 
 import onnx_ir as ir
 from onnx_ir.passes import common
-
-from onnxkit.pass_base import PassContext, PassResult
-from onnxkit.passes._graph_utils import all_nodes, eliminate_identities, graph_likes
+from onnxkit.passes._graph_utils import (
+    all_nodes,
+    eliminate_identities,
+    graph_likes,
+    remove_unused_nodes,
+)
+from onnxkit.passes.shape_inference import infer_shapes
 from onnxkit.passes.simplify import consecutive, merge, no_op
 from onnxkit.passes.simplify._onnxscript import LOGGER_NAME as FOLDER_LOGGER
 from onnxkit.passes.simplify.folder import SimplifyFolder, unfolded_placeholders
 from onnxkit.passes.simplify.rewrites import Rewrites, site_name
-from onnxkit.passes.shape_inference import infer_shapes
+
+from onnxkit.pass_base import PassContext, PassResult
 
 MAX_ROUNDS = 10
 
@@ -75,12 +80,6 @@ def _list_initializers_as_inputs_before_ir4(model: ir.Model, inputs_before: list
     listed = set(model.graph.inputs)
     model.graph.inputs.extend(value for value in model.graph.initializers.values() if value not in listed)
     return list(model.graph.inputs) != inputs_before
-
-
-def _arities(graphs: list[ir.Graph | ir.Function]) -> list[tuple[int, int, int, int]]:
-    """Each node's identity, input and output counts, and unnamed (dropped) outputs."""
-    return [(id(node), len(node.inputs), len(node.outputs), sum(1 for value in node.outputs if not value.name))
-            for graph in graphs for node in graph]
 
 
 def _sort_topologically(model: ir.Model) -> bool:
@@ -187,15 +186,11 @@ class _Simplifier:
         no_op.drop_zero_initial_states(graphs, rewrites)
         consecutive.merge_consecutive(graphs, rewrites)
         changed |= eliminate_identities(model, self._may_remove_identity) > 0
-        arities_before = _arities(graphs)
-        common.RemoveUnusedNodesPass()(model)
+        removed, trimmed = remove_unused_nodes(model)
         graphs = list(graph_likes(model))  # unused If/Loop nodes took their bodies with them
-        arities = _arities(graphs)
-        if removed := len(arities_before) - len(arities):
+        if removed:
             rewrites.tally["removed", "unused nodes"] += removed
-        # It also trims trailing empty inputs and unused optional outputs, and reports none of it.
-        survivors = {entry[0]: entry for entry in arities_before}
-        if trimmed := sum(1 for entry in arities if survivors.get(entry[0], entry) != entry):
+        if trimmed:
             rewrites.tally["trimmed", "nodes' empty optional inputs or unused optional outputs"] += trimmed
         merge.lift_constants(graphs, rewrites)
         changed |= common.LiftSubgraphInitializersToMainGraphPass()(model).modified

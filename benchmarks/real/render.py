@@ -4,6 +4,7 @@ markers, so the rest of the page is the main suite's) and a compact JSON beside 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,10 @@ def section_lines(results: dict[str, Any]) -> list[str]:
         r = m["runs"]
         cells = [_qcell(r.get(label)) for pair in QUANTIZE_PAIRS for label in pair]
         lines.append(f"| {m['name']} | {_escape(m['data'])} | " + " | ".join(cells) + " |")
+    floats = [(m["name"], label, _quantize_outcome(m["runs"][label])[1]) for m in models for label, _ in QUANTIZE_PAIRS
+              if _ok(m["runs"].get(label)) and not _quantize_outcome(m["runs"][label])[0]]
+    lines += ["", f"onnxkit left {len(floats)} quantize runs in float:", ""]
+    lines += [f"- {name} · {label}: {_escape(reason or 'no node quantized')[:200]}" for name, label, reason in floats]
     failures = [(m["name"], label, rec.get("error") or (rec.get("parity") or {}).get("summary") or "")
                 for m in models for label, rec in m["runs"].items() if not _ok(rec)]
     failures += [(m["name"], "sweep", m["error"]) for m in models if m.get("error")]
@@ -213,6 +218,19 @@ def _mb(record: dict[str, Any] | None) -> str:
     return f"{record['peak_rss_mb']:.0f}" if record and record.get("peak_rss_mb") else "–"
 
 
+def _quantize_outcome(record: dict[str, Any]) -> tuple[int | None, str]:
+    """How many nodes onnxkit's quantize pass quantized (None: it reported none), and its status line when it
+    left the model in float or did not end ``ok``."""
+    for step in record.get("passes", []):
+        if step["name"] != "quantize":
+            continue
+        counts = [int(m[1]) for text in step["stats"] if (m := re.match(r"quantized (\d+) nodes", text))]
+        reason = next((text for text in step["stats"] if any(
+            word in text for word in ("kept the float", "left as it is", "to quantize", "left in float"))), "")
+        return (counts[0] if counts else None), (step["status"] if step["status"] != "ok" else reason)
+    return None, ""
+
+
 def _qcell(record: dict[str, Any] | None) -> str:
     if not record:
         return "–"
@@ -222,5 +240,7 @@ def _qcell(record: dict[str, Any] | None) -> str:
     cosine = f"{parity['min_cosine']:.4f}" if parity.get("min_cosine") is not None else "?"
     seconds = f"{record['seconds']:.2f}" if record.get("seconds") is not None else "?"
     mark = " ≠" if parity.get("passed") is False else ""
-    status = next((p["status"] for p in record.get("passes", []) if p["name"] == "quantize" and p["status"] != "ok"), "")
-    return f"{cosine} · {seconds}{mark}" + (f" ({status})" if status else "")
+    if "passes" not in record:  # a peer
+        return f"{cosine} · {seconds}{mark}"
+    quantized, _ = _quantize_outcome(record)
+    return f"{cosine} · {seconds}{mark} " + (f"({quantized} q)" if quantized else "(float)")

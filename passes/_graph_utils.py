@@ -6,33 +6,17 @@ calls: onnxscript's optimizer and ONNX Runtime may rebuild a graph that is the s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
+from onnxkit import graph
 
-def graph_likes(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
-    """The main graph, every If/Loop/Scan body inside it, local functions and the bodies inside those."""
-    yield from model.graphs()
-    for function in model.functions.values():
-        yield function
-        for node in ir.traversal.RecursiveGraphIterator(function):
-            for attribute in node.attributes.values():
-                if attribute.is_ref():
-                    continue
-                if attribute.type == ir.AttributeType.GRAPH:
-                    yield attribute.as_graph()
-                elif attribute.type == ir.AttributeType.GRAPHS:
-                    yield from attribute.as_graphs()
-
-
-def all_nodes(model: ir.Model) -> Iterator[ir.Node]:
-    """Every node of the model: main graph, subgraphs, local functions."""
-    for graph in graph_likes(model):
-        yield from graph
+# The one walk over every graph lives in onnxkit.graph; passes call it by these names.
+graph_likes = graph.graphs
+all_nodes = graph.nodes
 
 
 def _arities(model: ir.Model) -> dict[int, tuple[int, int, int]]:
@@ -53,86 +37,6 @@ def remove_unused_nodes(model: ir.Model) -> tuple[int, int]:
     after = _arities(model)
     trimmed = sum(1 for key, arity in after.items() if before.get(key, arity) != arity)
     return len(before) - len(after), trimmed
-
-
-class _Same:
-    """Compares equal only to the very same object; holds it, so its id cannot be reused meanwhile."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Same) and other.obj is self.obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-
-def _value_signature(value: ir.Value | None) -> tuple:
-    if value is None:
-        return ("",)
-    shape = None if value.shape is None else tuple(str(d) for d in value.shape)
-    return (value.name, str(value.type), shape)
-
-
-def _attribute_signature(attribute: ir.Attr) -> tuple:
-    if attribute.is_ref():
-        return (attribute.name, "ref", attribute.ref_attr_name)
-    if attribute.type == ir.AttributeType.GRAPH:
-        return (attribute.name, "graph", _graph_signature(attribute.as_graph()))
-    if attribute.type == ir.AttributeType.GRAPHS:
-        return (attribute.name, "graphs", tuple(_graph_signature(g) for g in attribute.as_graphs()))
-    if attribute.type == ir.AttributeType.TENSOR:
-        # Tensors are compared by identity: passes build a new tensor whenever they change one.
-        return (attribute.name, "tensor", _Same(attribute.value))
-    if attribute.type == ir.AttributeType.TENSORS:
-        return (attribute.name, "tensors", tuple(_Same(t) for t in attribute.value))
-    value = attribute.value
-    return (attribute.name, str(attribute.type), tuple(value) if isinstance(value, (list, tuple)) else value)
-
-
-def _graph_signature(graph: ir.Graph | ir.Function) -> tuple:
-    nodes = tuple(
-        (
-            node.name,
-            node.domain,
-            node.op_type,
-            node.overload,
-            tuple(_value_signature(v) for v in node.inputs),
-            tuple(_value_signature(v) for v in node.outputs),
-            tuple(_attribute_signature(a) for a in node.attributes.values()),
-        )
-        for node in graph
-    )
-    initializers = ()
-    if isinstance(graph, ir.Graph):
-        initializers = tuple(
-            (_value_signature(v), _Same(v.const_value)) for v in graph.initializers.values()
-        )
-    return (
-        tuple(_value_signature(v) for v in graph.inputs),
-        tuple(_value_signature(v) for v in graph.outputs),
-        initializers,
-        nodes,
-        tuple(sorted(graph.opset_imports.items())),
-    )
-
-
-def structural_fingerprint(model: ir.Model) -> tuple:
-    """Everything a pass could change, in a form that compares with ``==``.
-
-    Names, op types, attributes, value types and shapes, graph signatures, opset imports, functions and
-    metadata. Tensor contents are compared by identity (a pass that changes a tensor makes a new one),
-    which keeps this cheap on large models.
-    """
-    return (
-        _graph_signature(model.graph),
-        tuple((key, _graph_signature(f)) for key, f in model.functions.items()),
-        tuple(sorted(model.opset_imports.items())),
-        tuple(sorted(model.metadata_props.items())),
-    )
 
 
 def signature_changes(before: ir.Model, after: ir.Model) -> list[str]:

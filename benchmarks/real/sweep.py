@@ -248,7 +248,7 @@ def split_calibration(model: SweepModel, folder: Path) -> tuple[Path, Path, Path
     return source, held_out, calib_dir
 
 
-def sweep_model(model: SweepModel, folder: Path, timeout: float) -> dict[str, Any]:
+def sweep_model(model: SweepModel, folder: Path, timeout: float, runs: tuple[Run, ...] = RUNS) -> dict[str, Any]:
     from onnxkit.bench import first_error_line, model_op_histogram
 
     entry: dict[str, Any] = {"name": model.name, "source": model.source, "licence": model.licence,
@@ -259,7 +259,7 @@ def sweep_model(model: SweepModel, folder: Path, timeout: float) -> dict[str, An
         entry["nodes_error"] = first_error_line(e)
     has_data = calibration.calibration_path(model.name).exists()
     calib, held_out, calib_dir = split_calibration(model, folder) if has_data else (None, None, None)
-    for run in RUNS:
+    for run in runs:
         where = folder / run.label.replace("{", "_").replace("}", "").replace("=", "-").replace(",", "+")
         if run.klass != "exact" and not has_data:
             entry["runs"][run.label] = {"finished": False, "error": "no calibration data for this model"}
@@ -275,20 +275,25 @@ def sweep_model(model: SweepModel, folder: Path, timeout: float) -> dict[str, An
 
 
 def sweep(only: list[str] | None = None, quick: bool = False, out: Path | None = None, jobs: int = 2,
-          update: bool = False, progress: Callable[[str], None] = print) -> dict[str, Any]:
+          update: bool = False, progress: Callable[[str], None] = print,
+          runs: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Sweep the corpus and write ``results.json`` after every model, so a run cut short still publishes.
 
     A full run to the default place also writes RESULTS.md's section and the compact JSON beside it; so does
     ``update``, which reruns only the ``only`` models and keeps every other entry of the last results.json
     (each entry says when it was swept). ``jobs`` models run side by side (each tool of a model still runs
-    alone): onnxkit and its peers share the machine alike, and the sweep fits in half the time.
+    alone): onnxkit and its peers share the machine alike, and the sweep fits in half the time. ``runs``
+    picks columns by label (all of them by default); a sweep of some columns never publishes.
     """
     from benchmarks.peers import peer_versions
     from benchmarks.real import render
     from onnxkit.bench import machine_description
 
     timeout = 120.0 if quick else 180.0
-    publish = not quick and out is None and (not only or update)
+    chosen = RUNS if runs is None else tuple(r for r in RUNS if r.label in runs)
+    if runs is not None and len(chosen) != len(runs):
+        raise ValueError(f"unknown run label(s) among {runs}; the runs are {[r.label for r in RUNS]}")
+    publish = not quick and out is None and (not only or update) and runs is None
     out = out or HERE / "results" / ("real-quick" if quick else "real")
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "results.json").read_text()) if update and (out / "results.json").exists() else {}
@@ -302,7 +307,7 @@ def sweep(only: list[str] | None = None, quick: bool = False, out: Path | None =
     results: dict[str, Any] = {
         "date": f"{previous['date'].split(', updated')[0]}, updated {now}" if previous else now,
         "quick": quick, "timeout_s": timeout, "jobs": jobs, "machine": machine_description(),
-        "peer_versions": peer_versions(), "runs": [dataclasses.asdict(r) for r in RUNS], "models": [],
+        "peer_versions": peer_versions(), "runs": [dataclasses.asdict(r) for r in chosen], "models": [],
         "own_exports": {**previous.get("own_exports", {}), **exports}, "complete": False,
     }
     scratch = out / "scratch"
@@ -312,7 +317,7 @@ def sweep(only: list[str] | None = None, quick: bool = False, out: Path | None =
     def one(index: int, model: SweepModel) -> None:
         progress(f"[{index + 1}/{len(models)}] {model.name}")
         try:
-            entry = sweep_model(model, scratch / model.name, timeout)
+            entry = sweep_model(model, scratch / model.name, timeout, chosen)
         except Exception as e:  # noqa: BLE001 - a harness failure on one model is that model's row, not the end
             entry = {"name": model.name, "source": model.source, "licence": model.licence,
                      "data": model.calibration_kind, "synthetic_only": model.synthetic_only, "runs": {},

@@ -238,7 +238,9 @@ class QuantizePass(Pass):
             report.kept_whole_model_float = f"ONNX Runtime's quantizer failed: {e}"
             return _unchanged(model, report.stats(), details=report.to_dict())
 
-        _check_valid(quantized)
+        if problem := _invalid(quantized):
+            report.kept_whole_model_float = f"ONNX Runtime's quantizer produced an invalid model: {problem}"
+            return _unchanged(model, report.stats(), details=report.to_dict())
         report.finish(float_proto, quantized, keep_float, excluded)
         if not HEAVY_OP_TYPES & set(report.quantized_nodes):
             report.kept_whole_model_float = "no Conv, MatMul, Gemm or other heavy node is left in INT8"
@@ -430,16 +432,17 @@ def _load_error(proto: onnx.ModelProto) -> str | None:
     return None
 
 
-def _check_valid(quantized: onnx.ModelProto) -> None:
-    """ORT's quantizers have written invalid models before (per-channel axes at opset 11, values shared
-    across If branches); never hand one on."""
+def _invalid(quantized: onnx.ModelProto) -> str | None:
+    """What is wrong with the model ORT's quantizer wrote, if anything. It has written invalid models before
+    (per-channel axes at opset 11, values shared across If branches, a Loop's outputs out of order); such a
+    model is never handed on: the float model is kept, with the reason."""
     if runtime.exceeds_protobuf_limit(quantized):
-        return  # the pipeline checks large models on disk when it saves them
+        return None  # the pipeline checks large models on disk when it saves them
     try:
         onnx.checker.check_model(quantized)
     except onnx.checker.ValidationError as e:
-        raise PassFailedError(f"ONNX Runtime's quantizer produced an invalid model: {str(e).strip().splitlines()[0]}",
-                              hint="exclude the nodes involved, narrow op_types, or try the other mode") from e
+        return str(e).strip().splitlines()[0]
+    return None
 
 
 def _noise_excess(verdicts: Any, tolerance: Any) -> float | None:

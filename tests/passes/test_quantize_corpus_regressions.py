@@ -163,3 +163,30 @@ def test_dims_paddle2onnx_calls_question_mark_are_not_one_shared_dim() -> None:
     entry = result.report.passes[0]
     assert entry.modified and entry.details["quantized_nodes"] == {"Conv": 1}, entry.stats
     assert entry.parity["passed"]
+
+
+def test_an_invalid_model_from_ort_quantizer_leaves_the_float_model_with_the_reason(monkeypatch) -> None:
+    """own_gated_loop_ts11 (a scripted Loop): ORT's quantizer wrote its Loop's output out of topological order.
+    Such a model is never handed on; the run does not fail either: the float model is kept, with the reason.
+    Here the quantizer's real output is put out of order the same way."""
+    import onnxkit.passes.quantize as quantize_pass
+
+    real_quantize_model = quantize_pass.quantize_model
+
+    def out_of_order(*args, **kwargs):
+        quantized = real_quantize_model(*args, **kwargs)
+        nodes = list(quantized.graph.node)
+        del quantized.graph.node[:]
+        quantized.graph.node.extend(reversed(nodes))
+        return quantized
+
+    monkeypatch.setattr(quantize_pass, "quantize_model", out_of_order)
+    model = _conv_relu_ir3()
+    rng = np.random.default_rng(1)
+    data = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(10)]
+    result = Pipeline.parse("quantize{mode=static,max_slowdown=none}").run(model, data=data)
+    entry = result.report.passes[0]
+    assert entry.status == "ok" and not entry.modified
+    assert any("quantizer produced an invalid model" in line and "topologically sorted" in line
+               for line in entry.stats), entry.stats
+    assert result.report.exit_code == 0

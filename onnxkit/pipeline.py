@@ -174,20 +174,23 @@ class _Snapshot:
     signature: Signature
     model: bytes | onnx.ModelProto  # bytes below the in-memory limit; the proto itself above it
     size: int
+    # Where the external data of a model over the limit lives: its tensors stay on disk, referenced relative to
+    # the model's folder, which a restored copy must know (not the current folder).
+    model_dir: str | os.PathLike[str] | None = None
 
     @classmethod
-    def of(cls, model: ir.Model) -> _Snapshot:
+    def of(cls, model: ir.Model, model_dir: str | os.PathLike[str] | None = None) -> _Snapshot:
         proto = modelio.to_proto(model)
         signature = Signature.of(proto)
         # The tensors alone at the limit put the proto over it: skip serializing what could not be used.
         if modelio.tensor_bytes(model) < modelio.EXTERNAL_DATA_THRESHOLD:
             data = proto.SerializeToString()
             if len(data) < modelio.EXTERNAL_DATA_THRESHOLD:
-                return cls(signature, data, len(data))
-        return cls(signature, proto, proto.ByteSize())
+                return cls(signature, data, len(data), model_dir)
+        return cls(signature, proto, proto.ByteSize(), model_dir)
 
     def restore(self) -> ir.Model:
-        return modelio.as_ir_model(self.model)
+        return modelio.as_ir_model(self.model, model_dir=self.model_dir)
 
 
 def _checker_error(model: bytes | onnx.ModelProto) -> str | None:
@@ -452,7 +455,7 @@ class _Run:
         setup = self.report.timings
         clock = _Clock(setup)
         with clock("serialize"):
-            original = _Snapshot.of(current)
+            original = _Snapshot.of(current, self.context.model_dir)
         if self.verify:
             with clock("baseline_checks"):
                 self.baseline = _Baseline.of(original)
@@ -578,7 +581,7 @@ class _Run:
             return _Attempt(result, None, _Failure("verification", f"pass '{pass_.name}' broke its contract: {problem}",
                                                    problem), verification=[problem])
         with clock("serialize"):
-            snapshot = _Snapshot.of(result.model)
+            snapshot = _Snapshot.of(result.model, self.context.model_dir)
         problems = self.baseline.problems(snapshot, clock) if self.baseline else []
         with clock("instrument"):
             problems += _undeclared_domains(pass_, histogram_before, op_histogram(result.model))

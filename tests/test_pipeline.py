@@ -366,3 +366,24 @@ def test_quantize_target_met_means_the_pipeline_parity_passes():
         assert entry.details["target_met"] is True and entry.modified
         assert entry.parity["passed"], entry.parity["summary"]
         assert entry.parity["samples"] == 8 and "held-out" in result.report.parity_inputs
+
+
+def test_rollback_of_a_model_whose_weights_stay_on_disk_finds_them_from_another_folder(tmp_path, monkeypatch):
+    """Past the in-memory limit weights stay in the model's external-data file, referenced relative to the
+    model's folder; the copy a rollback restores must still find them when onnxkit runs elsewhere."""
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 100)  # the 256-byte weight counts as large
+    weight = numpy_helper.from_array(np.arange(64, dtype=np.float32).reshape(8, 8), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [weight])
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model_dir / "model.onnx",
+                    save_as_external_data=True, location="weights.bin", size_threshold=0)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = Pipeline.parse("type-error").run(model_dir / "model.onnx", on_fail="rollback")
+    assert result.report.passes[0].status == "rolled-back"
+    restored = result.model.graph.initializers["w"].const_value
+    np.testing.assert_array_equal(restored.numpy().ravel(), np.arange(64, dtype=np.float32))

@@ -213,25 +213,26 @@ def test_bench_runs_from_another_folder(tmp_path: Path, external_data_model) -> 
 
 # --- ORT stays quiet ----------------------------------------------------------------------------------------
 
+def _assert_one_clean_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    """A user error: exit 2, one ``error:`` line naming ``expected``, no ORT log line, no traceback."""
+    assert result.returncode == 2
+    assert not any(marker in result.stderr for marker in ORT_LOG_MARKERS), result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and expected in error_lines[0]
+    assert "Traceback" not in result.stderr
+
+
 def test_a_model_that_fails_at_run_time_gives_one_line_and_no_ort_log(tmp_path: Path) -> None:
     onnx.save(_reshape_to_3x5(), tmp_path / "m.onnx")
     np.savez(tmp_path / "bad.npz", x=np.ones((1, 4), np.float32))
     result = _onnxkit("check", "m.onnx", "m.onnx", "--data", "bad.npz", cwd=tmp_path)
-    assert result.returncode == 2
-    assert not any(marker in result.stderr for marker in ORT_LOG_MARKERS), result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and "cannot be reshaped" in error_lines[0]
-    assert "Traceback" not in result.stderr
+    _assert_one_clean_error(result, "cannot be reshaped")
 
 
 def test_a_model_ort_cannot_load_gives_one_line_and_no_ort_log(tmp_path: Path) -> None:
     onnx.save(_custom_domain_op(), tmp_path / "m.onnx")
     result = _onnxkit("check", "m.onnx", "m.onnx", cwd=tmp_path)
-    assert result.returncode == 2
-    assert not any(marker in result.stderr for marker in ORT_LOG_MARKERS), result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and "onnx.brevitas:Quant" in error_lines[0]
-    assert "Traceback" not in result.stderr
+    _assert_one_clean_error(result, "onnx.brevitas:Quant")
 
 
 def test_set_verbose_lets_ort_log_lines_through(tmp_path: Path) -> None:

@@ -566,6 +566,8 @@ class _Model:
 
     @classmethod
     def of(cls, model: Any, role: str) -> _Model:
+        if _is_session(model):
+            return cls(model, f"the {role} model")
         if isinstance(model, (str, os.PathLike)):
             # Loaded here for its clear errors (missing, empty, unsafe external data) before ORT sees the file.
             return cls(str(model), str(model), modelio.load_model(model))
@@ -580,7 +582,14 @@ class _Model:
         return self.loaded if self.loaded is not None else modelio.as_ir_model(self.source)
 
     def session(self, options: Any, model_dir: str | os.PathLike[str] | None = None) -> Any:
+        if _is_session(self.source):
+            return self.source
         return runtime.make_session(self.source, options=options, model_dir=model_dir)
+
+
+def _is_session(model: Any) -> bool:
+    """A model already loaded for running (an ORT session, or another runtime's model behind its interface)."""
+    return all(callable(getattr(model, name, None)) for name in ("get_inputs", "get_outputs", "run"))
 
 
 @dataclasses.dataclass
@@ -762,6 +771,8 @@ def compare_models(
     input specs with ``dims`` binding dynamic dimensions. ``num_samples`` is the synthetic count or a cap on
     the data. ``tolerance`` defaults to the exact kind's; a dict overrides fields of that default.
     ``model_dir`` is where the external data of models given in memory lives (the original model's folder).
+    ``candidate`` may also be a model already loaded for running: anything with ONNX Runtime's session
+    interface (``get_inputs``, ``get_outputs``, ``run``), such as a model compiled by another runtime.
 
     Raises ``ModelLoadError`` if ORT cannot load the reference and ``DataError`` if the data does not fit it
     or the reference fails on it. A candidate that ORT cannot load or run fails the comparison instead.

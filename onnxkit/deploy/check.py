@@ -1,0 +1,138 @@
+"""``deploy-check``: will this model load, run and agree on the target?
+
+1. Every node is checked against what the target supports (``targets.Target.check_support``).
+2. Where the target's runtime is installed, the model runs there and its outputs are compared with ONNX
+   Runtime's by onnxkit's parity check, on the same inputs (``--data``, else probed synthetic ones):
+   - ``ort-cpu``: ONNX Runtime with every graph optimization on, as a server runs it (the reference runs with
+     them off, so a fusion that changes the answer shows);
+   - ``ort-mobile``: the model converted to ``.ort``, loaded from that file;
+   - ``openvino``: OpenVINO's CPU plugin.
+3. What deployment needs next: the ``trtexec`` line for TensorRT, the reduced build's operator
+   configuration for ONNX Runtime Mobile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from onnxkit import modelio, parity, runtime
+from onnxkit.data import as_dataset, input_specs
+from onnxkit.deploy.support import SupportReport, ort_version
+from onnxkit.deploy.targets import get_target
+
+
+@dataclasses.dataclass
+class DeployReport:
+    model: str
+    target: str
+    support: SupportReport
+    runtime: str | None = None  # what the model ran on, when it ran
+    parity: parity.ParityReport | None = None
+    skipped_run: str | None = None  # why the model did not run on the target
+    commands: list[str] = dataclasses.field(default_factory=list)  # what to run next (trtexec)
+    reduced_build_config: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.support.supported and (self.parity is None or self.parity.passed)
+
+    def lines(self) -> list[str]:
+        lines = [f"{self.model}: deploy-check --target {self.target}", *self.support.lines()]
+        if self.parity is not None:
+            lines.append(f"ran on {self.runtime}, compared with ONNX Runtime {ort_version()} (optimizations off):")
+            lines += [f"  {line}" for line in self.parity.lines()]
+        elif self.skipped_run:
+            lines.append(f"not run on the target: {self.skipped_run}")
+        if self.reduced_build_config is not None:
+            lines.append("reduced-operator build configuration (build.py --include_ops_by_config FILE):")
+            lines += [f"  {line}" for line in self.reduced_build_config.splitlines() if not line.startswith("#")]
+        if self.commands:
+            lines.append("build the engine on the GPU machine with:")
+            lines += [f"  {command}" for command in self.commands]
+        lines.append("PASSED" if self.passed else "FAILED")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "target": self.target, "passed": self.passed, "support": self.support.to_dict(),
+                "runtime": self.runtime, "parity": self.parity.to_dict() if self.parity is not None else None,
+                "skipped_run": self.skipped_run, "commands": list(self.commands),
+                "reduced_build_config": self.reduced_build_config}
+
+
+def deploy_check(model_path: str | os.PathLike[str], target: str, *, data: Any = None,
+                 dims: Mapping[str, int] | None = None, tolerance: parity.Tolerance | None = None,
+                 precision: str = "f32") -> DeployReport:
+    """Check ``model_path`` for ``target`` and, where its runtime is installed, run it there against ONNX
+    Runtime. ``precision`` is OpenVINO's inference precision (``f32``, or ``bf16``/``f16`` as the CPU runs
+    by default where it can)."""
+    path = Path(model_path)
+    model = modelio.load_model(path)
+    report = DeployReport(str(model_path), target, get_target(target).check(model, path))
+
+    def compare(candidate: Any) -> parity.ParityReport:
+        return parity.compare_models(path, candidate, data, tolerance=tolerance, dims=dims)
+
+    if target == "tensorrt":
+        report.commands.append(trtexec_command(path, model, data, dims))
+        report.skipped_run = "TensorRT needs an NVIDIA GPU; the operator check used its published matrix"
+    elif target == "portable":
+        report.skipped_run = "portable names no runtime"
+    elif not report.support.supported:
+        report.skipped_run = "the target does not support every operator"
+    elif target == "ort-cpu":
+        report.runtime = f"ONNX Runtime {ort_version()} CPU, every graph optimization on"
+        report.parity = compare(runtime.make_session(path, optimize=True))
+    elif target == "ort-mobile":
+        from onnxkit.deploy.ort_format import to_ort
+
+        with tempfile.TemporaryDirectory(prefix="onnxkit-deploy-") as folder:
+            converted = to_ort(path, Path(folder) / f"{path.stem}.ort")
+            report.reduced_build_config = converted.config
+            report.runtime = f"ONNX Runtime {ort_version()} from the converted {converted.ort_path.name}"
+            report.parity = compare(runtime.make_session(converted.ort_path))
+    elif target == "openvino":
+        from onnxkit.deploy.openvino import OpenVinoSession
+
+        session = OpenVinoSession(path, precision=precision)
+        report.runtime = session.describe()
+        report.parity = compare(session)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TensorRT
+
+
+def _precision_flags(model: ir.Model) -> list[str]:
+    """``--int8`` for a quantized (QDQ) model, ``--fp16`` for one with float16 tensors: trtexec builds
+    engines in float32 unless told, and would refuse the INT8 scales or upcast the float16 weights."""
+    from onnxkit import graph
+
+    op_types = {node.op_type for node in graph.nodes(model)}
+    flags = ["--int8"] if {"QuantizeLinear", "DequantizeLinear"} & op_types else []
+    float16 = any(t.dtype == ir.DataType.FLOAT16 for t in model.graph.initializers.values()) or any(
+        v.dtype == ir.DataType.FLOAT16 for v in (*model.graph.inputs, *model.graph.outputs))
+    if float16:
+        flags.append("--fp16")
+    return flags
+
+
+def trtexec_command(path: Path, model: ir.Model, data: Any = None, dims: Mapping[str, int] | None = None) -> str:
+    """The ``trtexec`` line that builds and saves an engine for this model. Dynamic inputs get one shape
+    profile at the sizes the model was probed to run at (or the data's), since an engine needs them."""
+    command = ["trtexec", f"--onnx={path}", f"--saveEngine={path.with_suffix('.engine')}", *_precision_flags(model)]
+    specs = input_specs(model)
+    if any(isinstance(d, str) or d is None for spec in specs for d in (spec.shape or ())):
+        sample = next(iter(as_dataset(data, model, dims=dims, num_samples=1)))
+        shapes = ",".join(f"{name}:{'x'.join(str(d) for d in value.shape)}" for name, value in sample.items()
+                          if hasattr(value, "shape"))
+        command += [f"--minShapes={shapes}", f"--optShapes={shapes}", f"--maxShapes={shapes}"]
+    return shlex.join(command)

@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from onnxkit.deploy import TARGET_NAMES
 from onnxkit.errors import ModelSaveError, OnnxkitError, SpecError
 
 
@@ -134,6 +135,8 @@ def check_output_path(output: Path, inputs: list[Path], in_place: bool) -> None:
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("--passes", "spec", help="Pipeline spec, e.g. 'cleanup,shape-inference{strict=true}'.")
 @click.option("--config", type=click.Path(path_type=Path), help="TOML file with passes = [...] instead of --passes.")
+@click.option("--target", type=click.Choice(TARGET_NAMES),
+              help="Deployment target: its default pipeline unless --passes is given, then an operator check of the result.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output path (default: <stem>.opt.onnx beside the input).")
 @click.option("--in-place", is_flag=True, help="Allow the output to replace the input model.")
 @click.option("--example", help="Optimize a built-in example model instead of MODEL (see --example list).")
@@ -151,7 +154,8 @@ def check_output_path(output: Path, inputs: list[Path], in_place: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report (.json or .md).")
 @verbose_option
-def optimize(model: Path | None, spec: str | None, config: Path | None, output: Path | None, in_place: bool,
+def optimize(model: Path | None, spec: str | None, config: Path | None, target: str | None, output: Path | None,
+             in_place: bool,
              example: str | None, check: str, on_fail: str, data_path: str | None, calib_path: str | None,
              calib_cache: Path | None,
              dims: str | None, atol: float | None, rtol: float | None, min_cosine: float | None,
@@ -177,8 +181,10 @@ def optimize(model: Path | None, spec: str | None, config: Path | None, output: 
         return
     if (model is None) == (example is None):
         raise SpecError("give either MODEL or --example NAME", hint="onnxkit optimize model.onnx --passes cleanup")
+    spec = deploy_cli.target_spec(target, spec, config)
     if (spec is None) == (config is None):
-        raise SpecError("give either --passes SPEC or --config FILE", hint="e.g. --passes cleanup,shape-inference")
+        raise SpecError("give either --passes SPEC, --config FILE or --target NAME",
+                        hint="e.g. --passes cleanup,shape-inference")
     pipeline = Pipeline.parse(spec) if spec is not None else Pipeline.from_config(config)  # type: ignore[arg-type]
 
     if example is not None:
@@ -214,7 +220,9 @@ def optimize(model: Path | None, spec: str | None, config: Path | None, output: 
     if report_path is not None:
         report_path.write_text(result.report.to_markdown() if report_path.suffix == ".md" else result.report.to_json())
     if as_json:
-        click.echo(result.report.to_json())
+        payload = result.report.to_dict()
+        deploy_cli.report_target(target, result.model, as_json, payload)
+        click.echo(json.dumps(payload, indent=2))
     else:
         from rich.console import Console
 
@@ -230,6 +238,7 @@ def optimize(model: Path | None, spec: str | None, config: Path | None, output: 
             console.print(f"[yellow]rolled back:[/] {', '.join(result.report.rolled_back)} "
                           "(the saved model does without it)")
         click.echo(f"saved {output}")  # plain echo: rich would wrap a long path
+        deploy_cli.report_target(target, result.model, as_json, {})
     if result.report.exit_code:
         raise SystemExit(result.report.exit_code)
 
@@ -491,6 +500,9 @@ def demo(out_dir: Path, seed: int, as_json: bool) -> None:
     report.render(Console())
     click.echo(f"wrote {out_dir}/report.md, report.json, model.fp32.onnx and model.int8.onnx")
 
+
+# The deployment commands (deploy-check, to-ort) and optimize's --target live with onnxkit.deploy.
+from onnxkit.deploy import cli as deploy_cli  # noqa: E402  (registers its commands on main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

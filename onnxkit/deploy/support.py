@@ -73,11 +73,12 @@ class SupportReport:
     source: str
     nodes: int
     unsupported: list[UnsupportedNode] = dataclasses.field(default_factory=list)
+    model_problems: list[str] = dataclasses.field(default_factory=list)  # e.g. an opset the target lacks
     notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def supported(self) -> bool:
-        return not self.unsupported
+        return not self.unsupported and not self.model_problems
 
     def unsupported_ops(self) -> dict[str, int]:
         """Unsupported op → how many nodes use it."""
@@ -90,6 +91,7 @@ class SupportReport:
         verdict = "supported" if self.supported else "NOT supported"
         lines = [(f"target {self.target}: {verdict}: {len(self.unsupported)} of {self.nodes} nodes unsupported "
                   f"(source: {self.source})")]
+        lines += [f"  model: {problem}" for problem in self.model_problems]
         for op, count in sorted(self.unsupported_ops().items()):
             lines.append(f"  {op}: {count} node{'s' if count != 1 else ''}")
         for node in self.unsupported[:max_nodes]:
@@ -103,7 +105,8 @@ class SupportReport:
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "supported": self.supported, "source": self.source, "nodes": self.nodes,
                 "unsupported_count": len(self.unsupported), "unsupported_ops": self.unsupported_ops(),
-                "unsupported": [dataclasses.asdict(n) for n in self.unsupported], "notes": list(self.notes)}
+                "unsupported": [dataclasses.asdict(n) for n in self.unsupported],
+                "model_problems": list(self.model_problems), "notes": list(self.notes)}
 
 
 def node_ops(model: ir.Model) -> Iterator[NodeOp]:
@@ -175,7 +178,10 @@ def ort_version() -> str:
 
 
 def ort_cpu_rule(domain: str, op_type: str, opset: int | None) -> str | None:
-    """A CPU kernel whose opset range covers the model's opset, or an ONNX function body ORT can expand."""
+    """A CPU kernel whose opset range covers the model's opset, or an ONNX function body ORT can expand.
+    Constant nodes need no kernel: ORT turns them into initializers when it loads the model."""
+    if domain == "" and op_type == "Constant":
+        return None
     ranges = _ort_cpu_kernels().get((domain, op_type), [])
     if ranges and (opset is None or any(start <= opset <= end for start, end in ranges)):
         return None
@@ -199,13 +205,19 @@ def tensorrt_rule(domain: str, op_type: str, opset: int | None) -> str | None:
     version = f"TensorRT {table['version']}"
     if domain not in table["domains"]:
         return f"{version} parses only the standard ONNX domain; {domain} needs a TensorRT plugin"
-    if opset is not None and opset > table["max_opset"]:
-        return f"{version} supports opsets up to {table['max_opset']}, the model uses {opset}"
     if op_type in table["unsupported"]:
         return f"unsupported in {version}'s operator matrix"
     if op_type not in table["supported"]:
         return f"not in {version}'s operator matrix"
     return None
+
+
+def tensorrt_opset_problems(model: ir.Model) -> list[str]:
+    table = tensorrt_table()
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    if opset is not None and opset > table["max_opset"]:
+        return [f"imports ONNX opset {opset}; TensorRT {table['version']} supports opsets up to {table['max_opset']}"]
+    return []
 
 
 def tensorrt_source() -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from onnxkit import modelio
-from onnxkit.deploy import support
+from onnxkit.deploy import TARGET_NAMES, support
 from onnxkit.errors import SpecError
 
 
@@ -52,8 +52,10 @@ def _ort_check(name: str) -> Callable[[ir.Model, Path], support.SupportReport]:
 
 def _tensorrt_check(model: ir.Model, _path: Path) -> support.SupportReport:
     table = support.tensorrt_table()
-    return support.check_with_rule(model, "tensorrt", support.tensorrt_source(), support.tensorrt_rule,
-                                   [table["note"]])
+    report = support.check_with_rule(model, "tensorrt", support.tensorrt_source(), support.tensorrt_rule,
+                                     [table["note"]])
+    report.model_problems += support.tensorrt_opset_problems(model)
+    return report
 
 
 def _portable_check(model: ir.Model, _path: Path) -> support.SupportReport:
@@ -75,6 +77,8 @@ TARGETS: dict[str, Target] = {
                        "simplify,fuse", _tensorrt_check),
     "portable": Target("portable", "any ONNX runtime: standard ONNX domains only", "simplify,fuse", _portable_check),
 }
+
+assert tuple(TARGETS) == TARGET_NAMES, "onnxkit.deploy.TARGET_NAMES lists the targets for the command line"
 
 
 def get_target(name: str) -> Target:

@@ -110,6 +110,9 @@ class Pass(ir.passes.PassBase):
     Options: ClassVar[type] = NoOptions
     # Operator domains the pass may add to a model; "" is the standard ONNX domain.
     emits_domains: ClassVar[frozenset[str]] = frozenset({""})
+    # Whether the pass runs the model in ONNX Runtime (calibration, ORT's optimizer): a model with operators
+    # ORT does not know is then refused before the run starts (onnxkit.validate).
+    uses_runtime: ClassVar[bool] = False
     # In-place passes edit and return the same model; proto-level tools (ORT, onnxsim, quantizers)
     # return a new one. The pipeline snapshots the model itself, so either works.
     in_place_pass: ClassVar[bool] = True

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import onnx
 import onnx_ir as ir
 
-from onnxkit import graph, modelio, runtime
+from onnxkit import graph, modelio, runtime, validate
 from onnxkit.errors import OnnxkitError, ParityError, PassFailedError, SpecError
 from onnxkit.graph import count_nodes, op_histogram
 from onnxkit.pass_base import Pass, PassContext, PassResult, Site, make_options
@@ -389,6 +389,8 @@ class Pipeline:
 
         report = PipelineReport(spec=self.to_string(), check=check, on_fail=on_fail)
         current, passes = self._starting_model(model, list(self.passes), context, example_inputs, report)
+        validate.check_run(current, passes, check=check, data=data, calibration_data=calibration_data,
+                           model_dir=context.model_dir)  # bad input is refused before the first pass
         run = _Run(context, report, check=check, on_fail=on_fail, tolerance=tolerance, verify=verify, data=data,
                    calibration_data=calibration_data)
         current = run.all(current, passes, progress=progress)

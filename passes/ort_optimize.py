@@ -49,6 +49,7 @@ class OrtOptimizePass(Pass):
     """
 
     name = "ort-optimize"
+    uses_runtime = True
     kind = "exact"
     Options = OrtOptimizeOptions
     emits_domains = frozenset({"", "com.microsoft"})

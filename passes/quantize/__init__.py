@@ -137,6 +137,7 @@ class QuantizePass(Pass):
     """
 
     name = "quantize"
+    uses_runtime = True
     kind = "lossy"
     Options = QuantizeOptions
     emits_domains = frozenset({"", "com.microsoft"})

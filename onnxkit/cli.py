@@ -344,6 +344,39 @@ def check(reference: Path, candidate: Path, data_path: str | None, dims: str | N
 
 
 @main.command()
+@click.argument("original", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--data", "data_path", help="Inputs under which the pair fails (default: probed synthetic inputs).")
+@click.option("--dim", "dims", help="Bind dynamic dimensions for synthetic inputs, e.g. batch=4,seq=128.")
+@click.option("--samples", type=click.IntRange(min=1), help="How many samples (default 4; every intermediate is kept).")
+@click.option("--preset", type=click.Choice(["exact", "fp16", "int8"]), help="Default tolerances, as for `check`.")
+@tolerance_options
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="The candidate's failing subgraph; <stem>.original.onnx and <stem>.inputs.npz go beside it.")
+@verbose_option
+def reduce(original: Path, candidate: Path, data_path: str | None, dims: str | None, samples: int | None,
+           preset: str | None, atol: float | None, rtol: float | None, min_cosine: float | None,
+           min_sqnr: float | None, min_top1: float | None, output: Path) -> None:
+    """Shrink a pair that fails parity to the smallest subgraph that still fails, for a bug report.
+
+    Bisects from the outputs, then from the inputs, then drops nodes one by one (as Polygraphy's
+    `debug reduce`), checking each cut of ORIGINAL against CANDIDATE cut at the same tensor names, both fed
+    the original's own values. `onnxkit check OUT.original.onnx OUT --data OUT.inputs.npz` shows the failure.
+    """
+    from onnxkit import parity
+    from onnxkit.reduce import reduce_pair
+
+    check_output_path(output, [original, candidate], in_place=False)
+    tolerance = parity.tolerance_from_options(
+        preset, tolerance_overrides(atol=atol, rtol=rtol, min_cosine=min_cosine, min_sqnr=min_sqnr, min_top1=min_top1))
+    result = reduce_pair(original, candidate, load_data_option(data_path), tolerance=tolerance, dims=parse_dims(dims),
+                         num_samples=samples, progress=lambda line: click.echo(line, err=True))
+    for line in result.lines():
+        click.echo(line)
+    click.echo("wrote " + ", ".join(str(path) for path in result.save(output)))
+
+
+@main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def inspect(model: Path, as_json: bool) -> None:

@@ -7,9 +7,11 @@ the 1e-12 added under a square root), and no broadcast may enlarge x.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from onnxkit.passes.simplify.rewrites import Rewrites, site_name
@@ -41,7 +43,43 @@ def _same_dim(a: int | ir.SymbolicDim, b: int | ir.SymbolicDim) -> bool:
 def _cast(node: ir.Node) -> ir.Value | None:
     x = node.inputs[0]
     to = node.attributes.get_int("to")
-    return x if x is not None and x.dtype is not None and to is not None and x.dtype == to else None
+    dtype = None if x is None else x.dtype if x.dtype is not None else _schema_fixed_dtype(x)
+    return x if dtype is not None and to is not None and dtype == to else None
+
+
+@functools.cache
+def _fixed_output_types(domain: str, op_type: str) -> tuple[str | None, ...]:
+    """Per output of an op, the one tensor type every version of its schema allows (None where it varies).
+
+    Shape inference leaves some ops' outputs untyped (ai.onnx.ml's Scaler, whose output is always float),
+    though the schema leaves them no choice; a Cast to that type is then still a no-op.
+    """
+    versions = [schema for schema in onnx.defs.get_all_schemas_with_history()
+                if schema.name == op_type and schema.domain == domain]
+    if not versions:
+        return ()
+    fixed: list[set[str]] = [set() for _ in range(min(len(schema.outputs) for schema in versions))]
+    for schema in versions:
+        constraints = {c.type_param_str: list(c.allowed_type_strs) for c in schema.type_constraints}
+        for index in range(len(fixed)):
+            type_str = schema.outputs[index].type_str
+            fixed[index].update(constraints.get(type_str, [type_str]))
+    return tuple(next(iter(types)) if len(types) == 1 else None for types in fixed)
+
+
+_TENSOR_TYPES = {f"tensor({name})": dtype for name, dtype in (
+    ("float", ir.DataType.FLOAT), ("double", ir.DataType.DOUBLE), ("int64", ir.DataType.INT64),
+    ("int32", ir.DataType.INT32), ("bool", ir.DataType.BOOL), ("string", ir.DataType.STRING))}
+
+
+def _schema_fixed_dtype(value: ir.Value) -> ir.DataType | None:
+    producer = value.producer()
+    if producer is None or value.index() is None:
+        return None
+    domain = "" if producer.domain == "ai.onnx" else producer.domain
+    types = _fixed_output_types(domain, producer.op_type)
+    index = value.index()
+    return _TENSOR_TYPES.get(types[index] or "") if index is not None and index < len(types) else None
 
 
 def _transpose(node: ir.Node) -> ir.Value | None:

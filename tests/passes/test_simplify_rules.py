@@ -406,3 +406,20 @@ def test_nodes_out_of_topological_order_are_sorted():
     simplified, result = run_simplify(model)  # checks the output fully
     assert [n.op_type for n in simplified.graph.node] == ["Neg", "Relu"]
     assert result.modified
+
+
+def test_cast_to_the_one_type_an_ops_schema_allows_is_a_no_op():
+    """Shape inference leaves ai.onnx.ml's Scaler untyped, but its schema says float: a Cast to float after
+    it goes (sklearn MLP exports have one); a Cast to double does real work and stays."""
+    nodes = [helper.make_node("Scaler", ["x"], ["scaled"], domain="ai.onnx.ml", offset=[1.0, 2.0], scale=[0.5, 3.0]),
+             helper.make_node("Cast", ["scaled"], ["as_float"], to=FLOAT),
+             helper.make_node("Relu", ["as_float"], ["y"]),
+             helper.make_node("Cast", ["scaled"], ["z"], to=TensorProto.DOUBLE)]
+    graph = helper.make_graph(nodes, "g", [tensor_input("x", [3, 2])],
+                              [tensor_input("y", [3, 2]), tensor_input("z", [3, 2], TensorProto.DOUBLE)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 9
+    simplified, result = run_simplify(model)
+    assert op_counts(simplified)["Cast"] == 1
+    assert [site.rule for site in result.sites].count("no-op-cast") == 1
+    assert_same_outputs(model, simplified, {"x": np.arange(6, dtype=np.float32).reshape(3, 2)})

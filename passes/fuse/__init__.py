@@ -11,7 +11,7 @@ import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import RULE_NAME_TAG
 
 from onnxkit.pass_base import Pass, PassResult, Site
-from onnxkit.passes.fuse import _affine, _layout, _normalization, _onnxruntime
+from onnxkit.passes.fuse import _affine, _layout, _normalization, _onnxruntime, _transpose_region
 from onnxkit.passes.fuse._base import (
     CONTRIB_DOMAIN,
     Fusion,
@@ -29,6 +29,9 @@ ORT_ONLY = frozenset({"onnxruntime"})
 FUSIONS: tuple[Fusion, ...] = (
     Fusion("transpose-chain", "Transpose pairs → one Transpose, or none when they cancel",
            "collapsed {n} Transpose pairs", rule_fusion(_layout.transpose_rules), requires=("Transpose",)),
+    Fusion("transpose-region", "Transposes around elementwise ops → none; the ops run in the untransposed layout",
+           "cancelled the Transposes around {n} regions of elementwise ops", _transpose_region.apply_transpose_regions,
+           requires=("Transpose",)),
     Fusion("reshape-chain",
            "Reshape/Squeeze/Unsqueeze/Flatten pairs → one op, or none; a shape-keeping Reshape → none",
            "collapsed {n} Reshape/Squeeze/Unsqueeze/Flatten pairs and shape-keeping Reshapes",

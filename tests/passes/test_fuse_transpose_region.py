@@ -1,0 +1,80 @@
+"""``transpose-region``: the Transposes around a region of elementwise ops cancel, and the ops run in the
+layout the Transposes came from (channels-last exports wrap every layer in such a pair)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import helper
+
+from onnxkit.pass_base import PassContext, Site
+from onnxkit.passes.fuse import FusePass
+from tests.conftest import run_model
+from tests.passes.test_fuse import fuse, make_model, op_types, tensor, value
+
+NHWC = [0, 2, 3, 1]
+NCHW = [0, 3, 1, 2]
+
+
+def _channels_last_block(rng: np.random.Generator, *, leak: str | None = None) -> onnx.ModelProto:
+    """Two NCHW inputs, each moved to NHWC; per-channel Add/Mul, a residual Add, Relu; back to NCHW.
+    ``leak``: a region value that is also read by a non-elementwise op ("reduce") or is a graph output ("output")."""
+    nodes = [
+        helper.make_node("Transpose", ["a"], ["a_t"], perm=NHWC),
+        helper.make_node("Transpose", ["b"], ["b_t"], perm=NHWC),
+        helper.make_node("Add", ["a_t", "shift"], ["a_shifted"]),
+        helper.make_node("Mul", ["a_shifted", "scale"], ["a_scaled"]),
+        helper.make_node("Add", ["a_scaled", "b_t"], ["sum"]),
+        helper.make_node("Relu", ["sum"], ["act"]),
+        helper.make_node("Transpose", ["act"], ["y"], perm=NCHW),
+    ]
+    outputs = [value("y", ["N", 4, 5, 6])]
+    if leak == "reduce":
+        nodes.append(helper.make_node("ReduceSum", ["act"], ["total"], keepdims=0))
+        outputs.append(value("total", []))
+    elif leak == "output":
+        outputs.append(value("act", ["N", 5, 6, 4]))
+    initializers = [tensor("shift", rng.standard_normal((1, 1, 1, 4)).astype(np.float32)),
+                    tensor("scale", rng.standard_normal(4).astype(np.float32))]
+    return make_model(nodes, [value("a", ["N", 4, 5, 6]), value("b", ["N", 4, 5, 6])], outputs, initializers)
+
+
+def _feeds(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {name: rng.standard_normal((2, 4, 5, 6)).astype(np.float32) for name in ("a", "b")}
+
+
+def test_transposes_around_elementwise_ops_cancel_bit_exactly(rng):
+    model = _channels_last_block(rng)
+    fused, stats = fuse(model)
+    assert "Transpose" not in op_types(fused)
+    assert "cancelled the Transposes around 1 regions of elementwise ops" in stats
+    feeds = _feeds(rng)
+    for expected, actual in zip(run_model(model, feeds), run_model(fused, feeds)):
+        np.testing.assert_array_equal(actual, expected)  # the same ops on the same operands
+
+
+def test_region_read_by_a_layout_sensitive_op_or_a_graph_output_is_left_alone(rng):
+    for leak in ("reduce", "output"):
+        model = _channels_last_block(rng, leak=leak)
+        result = FusePass()(ir.from_proto(model))
+        assert op_types(ir.to_proto(result.model)).count("Transpose") == 3, leak
+
+
+def test_a_region_with_an_input_in_another_layout_is_left_alone(rng):
+    """``b`` enters without a Transpose: the region cannot change layout without a new Transpose for it."""
+    nodes = [helper.make_node("Transpose", ["a"], ["a_t"], perm=NHWC),
+             helper.make_node("Add", ["a_t", "b"], ["sum"]),
+             helper.make_node("Transpose", ["sum"], ["y"], perm=NCHW)]
+    model = make_model(nodes, [value("a", [2, 4, 5, 6]), value("b", [2, 5, 6, 4])], [value("y", [2, 4, 5, 6])])
+    assert not FusePass()(ir.from_proto(model)).modified
+
+
+def test_a_disabled_site_keeps_its_transposes(rng):
+    model = _channels_last_block(rng)
+    first = FusePass()(ir.from_proto(model))
+    site = next(s for s in first.sites if s.rule == "transpose-region")
+    assert site == Site("transpose-region", model.graph.node[0].name)
+    narrowed = FusePass()
+    narrowed.context = PassContext(disabled=frozenset({site}))
+    assert op_types(ir.to_proto(narrowed(ir.from_proto(model)).model)).count("Transpose") == 3

@@ -30,6 +30,7 @@ import gc
 import itertools
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
@@ -676,11 +677,13 @@ def _compare_runs(reference: _Live | _Replay, candidate: _Live, dataset: Any, sp
     """Run (or replay) both sides sample by sample, on the first ``limit`` samples if given, and compare each
     output as soon as both have it.
 
-    Two live models run side by side, the reference in a second thread (ONNX Runtime lets go of the GIL), so
-    a comparison takes about as long as the slower model on a machine with a core to spare. ``timings`` then
-    gets the reference's own seconds as ``reference_runs`` and what the candidate added beyond them as
-    ``candidate_runs``, so that the parts add up to the time spent. With ``record_budget`` each live side's
-    values are also kept, while they weigh at most that many bytes."""
+    Two runs go side by side in threads (ONNX Runtime lets go of the GIL), so a comparison takes about half
+    the time on a machine with a core to spare: the reference's and the candidate's run of a sample, or, when
+    the reference is replayed, the candidate's runs of two samples (the chain's candidates are ORT sessions,
+    whose ``run`` may be called from several threads). ``timings`` gets the reference's own seconds as
+    ``reference_runs`` (``replayed``) and what the candidate added beyond them as ``candidate_runs``, so that
+    the parts add up to the time spent. With ``record_budget`` each live side's values are also kept, while
+    they weigh at most that many bytes."""
     errors = [f"output '{name}' is missing from the candidate" for name in reference.outputs
               if name not in candidate.outputs]
     errors += [f"the candidate has output '{name}' that the reference lacks" for name in candidate.outputs
@@ -693,33 +696,23 @@ def _compare_runs(reference: _Live | _Replay, candidate: _Live, dataset: Any, sp
         "candidate": Recording(shared) if record_budget else None,
     }
     samples = 0
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as side_by_side:
-        for index, sample in enumerate(itertools.islice(dataset, limit)):
-            sample = validate_sample(sample, specs, index=index)
-            missing = [name for name in candidate.inputs if name not in sample]
-            if missing:
-                errors.append(f"the candidate takes input{'s' if len(missing) > 1 else ''} "
-                              f"{', '.join(map(repr, missing))} that the reference does not")
-                break
-            started = time.perf_counter()
-            reference_run = side_by_side.submit(_timed, reference.run, shared, sample, index) if live_reference else None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as side_by_side:
+        runs = _SampleRuns(reference, candidate, shared, dataset, specs, limit, side_by_side)
+        for index, started, ref_run, cand_run in runs:
             candidate_error = None
             try:
-                cand_values = candidate.run(shared, sample, index)
+                cand_values, _ = cand_run.result()
             except Exception as e:  # ORT raises its own exception types
                 candidate_error = e
-            candidate_seconds = time.perf_counter() - started
             try:  # a reference that fails is the data's fault, whatever the candidate did
-                ref_values, ref_seconds = (reference_run.result() if reference_run is not None
-                                           else _timed(reference.run, shared, sample, index))
+                ref_values, ref_seconds = ref_run.result()
             except Exception as e:
                 raise _reference_failure(index, e, data_given) from e
             if timings is not None:
                 spent = time.perf_counter() - started
                 side = "reference_runs" if live_reference else "replayed"
                 timings[side] = timings.get(side, 0.0) + ref_seconds
-                added = max(spent - ref_seconds, 0.0) if live_reference else candidate_seconds
-                timings["candidate_runs"] = timings.get("candidate_runs", 0.0) + added
+                timings["candidate_runs"] = timings.get("candidate_runs", 0.0) + max(spent - ref_seconds, 0.0)
             if candidate_error is not None:
                 errors.append(f"the candidate model fails on sample {index}: {runtime.error_line(candidate_error)}")
                 break
@@ -734,6 +727,7 @@ def _compare_runs(reference: _Live | _Replay, candidate: _Live, dataset: Any, sp
                     if recording.nbytes > record_budget:
                         recordings[side] = None
             samples += 1
+        errors += runs.errors
     if samples == 0 and not errors:
         raise DataError("the data holds no samples", hint="give at least one sample, or drop --data for synthetic inputs")
     if errors:
@@ -743,6 +737,64 @@ def _compare_runs(reference: _Live | _Replay, candidate: _Live, dataset: Any, sp
             recording.complete = limit is None or samples < limit
     return _Compared([c.finish() for c in comparisons.values()], errors, samples, recordings["reference"],
                      recordings["candidate"])
+
+
+class _SampleRuns:
+    """The runs of both sides, sample by sample and in order: ``(index, started, reference run, candidate
+    run)``, each run a future of ``(values, seconds)``; ``started`` is when the caller began waiting for it.
+
+    Two runs are in flight at a time: both sides of one sample, or, with a replayed reference, the candidate's
+    runs of this sample and the next. What goes wrong with a sample (it does not fit the specs, it lacks an
+    input the candidate takes) is raised or recorded in ``errors`` only when that sample's turn comes, so the
+    samples before it are compared first, as one at a time would."""
+
+    def __init__(self, reference: _Live | _Replay, candidate: _Live, names: list[str], dataset: Any, specs: Any,
+                 limit: int | None, executor: concurrent.futures.Executor) -> None:
+        self.reference, self.candidate, self.names, self.specs = reference, candidate, names, specs
+        self.samples = enumerate(itertools.islice(dataset, limit))
+        self.executor = executor
+        self.ahead = 1 if isinstance(reference, _Live) else 2
+        self.errors: list[str] = []
+
+    def _start(self) -> Any:
+        """The next sample's runs, started; an exception or an error text to report at its turn; None at the end."""
+        item = next(self.samples, None)
+        if item is None:
+            return None
+        index, sample = item
+        try:
+            sample = validate_sample(sample, self.specs, index=index)
+        except Exception as e:  # raised at its turn
+            return e
+        missing = [name for name in self.candidate.inputs if name not in sample]
+        if missing:
+            return (f"the candidate takes input{'s' if len(missing) > 1 else ''} "
+                    f"{', '.join(map(repr, missing))} that the reference does not")
+        if isinstance(self.reference, _Live):
+            ref_run = self.executor.submit(_timed, self.reference.run, self.names, sample, index)
+        else:
+            ref_run = concurrent.futures.Future()
+            ref_run.set_result(_timed(self.reference.run, self.names, sample, index))
+        return index, ref_run, self.executor.submit(_timed, self.candidate.run, self.names, sample, index)
+
+    def __iter__(self) -> Iterator[tuple[int, float, Any, Any]]:
+        in_flight: list[Any] = []
+        while True:
+            while len(in_flight) < self.ahead and (not in_flight or isinstance(in_flight[-1], tuple)):
+                started = self._start()
+                if started is None:
+                    break
+                in_flight.append(started)
+            if not in_flight:
+                return
+            turn = in_flight.pop(0)
+            if isinstance(turn, Exception):
+                raise turn
+            if isinstance(turn, str):
+                self.errors.append(turn)
+                return
+            index, ref_run, cand_run = turn
+            yield index, time.perf_counter(), ref_run, cand_run
 
 
 def _report(compared: _Compared, tolerance: Tolerance, description: str, ort_optimizations: bool) -> ParityReport:
@@ -835,9 +887,41 @@ class ParityChain:
         self.threads = threads
         self.ort_optimizations = ort_optimizations
         self._recordings: list[tuple[Any, Recording]] = []  # (model source, its outputs), by identity
+        self._prefetch: _Prefetch | None = None
 
     def recorded(self, model: Any) -> Recording | None:
         return next((recording for source, recording in self._recordings if source is model), None)
+
+    def prefetch(self, reference: Any, *, limit: int | None = None) -> None:
+        """Start running ``reference`` on the first ``limit`` samples in a background thread, so that the
+        next comparison against it replays its outputs instead of waiting for them: the pipeline starts the
+        original model here before its first pass, and ONNX Runtime runs it on a spare core while the passes
+        work (``Session.run`` lets go of the GIL). Only on synthetic inputs, which onnxkit makes itself: a
+        dataset the caller gave may not be safe to read from two threads (quantize calibrates on it).
+
+        Should the background run fail, the comparison runs the reference itself, and reports what fails
+        exactly as it would have."""
+        self.close()
+        if not self.data_given:
+            self._prefetch = _Prefetch(self, reference, limit)
+
+    def close(self) -> None:
+        """Stop a background run that is no longer wanted (between samples; a sample running finishes)."""
+        if self._prefetch is not None:
+            self._prefetch.cancel()
+            self._prefetch = None
+
+    def _take_prefetched(self, reference: Any, timings: dict[str, float] | None) -> None:
+        """Wait for the background run of ``reference``, if one was started, and keep what it recorded."""
+        prefetch = self._prefetch
+        if prefetch is None or prefetch.reference is not reference:
+            return
+        self._prefetch = None
+        started = time.perf_counter()
+        recording = prefetch.result()
+        _add_time(timings, "reference_wait", started)
+        if recording is not None and self.recorded(reference) is None:
+            self._recordings.append((reference, recording))
 
     def _session(self, model: Any) -> Any:
         return runtime.make_session(model, optimize=self.ort_optimizations, threads=self.threads,
@@ -848,6 +932,7 @@ class ParityChain:
         """Compare ``candidate`` with ``reference`` (bytes, ``ModelProto`` or ``ir.Model``; recordings are
         found by object identity, so pass the very object compared before), on the first ``limit`` samples
         if given."""
+        self._take_prefetched(reference, timings)
         started = time.perf_counter()
         recorded = self.recorded(reference)
         if recorded is not None and not recorded.covers(limit):
@@ -875,3 +960,39 @@ class ParityChain:
             kept.append((candidate, compared.candidate))
         self._recordings = [(source, recording) for source, recording in kept if recording is not None]
         return _report(compared, tolerance, self.description, self.ort_optimizations)
+
+
+class _Prefetch:
+    """A chain's reference run on its samples in a thread of its own; ``result`` waits for its ``Recording``
+    (None when it failed, was cancelled, or outgrew ``RECORDING_BUDGET``)."""
+
+    def __init__(self, chain: ParityChain, reference: Any, limit: int | None) -> None:
+        self.reference = reference
+        self._chain, self._limit = chain, limit
+        self._cancelled = threading.Event()
+        self._recording: Recording | None = None
+        self._thread = threading.Thread(target=self._run, name="onnxkit-parity-reference", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        chain = self._chain
+        try:
+            live = _Live(chain._session(self.reference))
+            recording = Recording(live.outputs)
+            for index, sample in enumerate(itertools.islice(chain.dataset, self._limit)):
+                if self._cancelled.is_set():
+                    return
+                recording.add(live.run(live.outputs, validate_sample(sample, chain.specs, index=index), index))
+                if recording.nbytes > RECORDING_BUDGET:
+                    return
+        except Exception:  # the comparison runs the reference again and reports the failure
+            return
+        recording.complete = self._limit is None or len(recording.values) < self._limit
+        self._recording = recording
+
+    def result(self) -> Recording | None:
+        self._thread.join()
+        return self._recording
+
+    def cancel(self) -> None:
+        self._cancelled.set()

@@ -465,10 +465,16 @@ class _Run:
         if self.check != "off":
             with clock("parity_inputs"):
                 self._parity_chain(current)  # data problems surface before the first pass runs
+            if isinstance(original.model, bytes):  # a model past the in-memory limit is not held twice
+                self._parity.prefetch(original.model, limit=self._sample_limit(self._first_comparison_kind(passes)))
         before = original
-        with _progress(len(passes), enabled=progress) as show:
-            for segment in _segments(passes, check=self.check):
-                current, before = self.segment(segment, current, before, show)
+        try:
+            with _progress(len(passes), enabled=progress) as show:
+                for segment in _segments(passes, check=self.check):
+                    current, before = self.segment(segment, current, before, show)
+        finally:
+            if self._parity is not None:
+                self._parity.close()
 
         if self.check == "end" and before is not original:
             kind = "lossy" if any(p.kind == "lossy" for p in passes) else "exact"
@@ -726,9 +732,19 @@ class _Run:
     # -- parity -----------------------------------------------------------------------------------------
 
     def _compare(self, reference: Any, candidate: Any, kind: str, timings: dict[str, Any]) -> Any:
-        synthetic = self.data is None and self.calibration_data is None
         return self._parity.compare(reference, candidate, self._tolerance(kind), timings,
-                                    limit=EXACT_SYNTHETIC_SAMPLES if synthetic and kind == "exact" else None)
+                                    limit=self._sample_limit(kind))
+
+    def _sample_limit(self, kind: str) -> int | None:
+        synthetic = self.data is None and self.calibration_data is None
+        return EXACT_SYNTHETIC_SAMPLES if synthetic and kind == "exact" else None
+
+    def _first_comparison_kind(self, passes: list[Pass]) -> str:
+        """The kind of the comparison most likely to be made against the pipeline's input: the first pass's
+        (its segment's, for exact passes), or with ``check=end`` the whole run's."""
+        if self.check == "end":
+            return "lossy" if any(p.kind == "lossy" for p in passes) else "exact"
+        return passes[0].kind if passes else "exact"
 
     def _tolerance(self, kind: str) -> Any:
         from onnxkit import parity

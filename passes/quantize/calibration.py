@@ -1,16 +1,15 @@
 """Streaming calibration: activation ranges in memory that does not grow with the number of samples.
 
 ONNX Runtime's calibrators keep every batch's outputs (memory linear in samples) and, called through
-``quantize_static``, never receive the histogram settings, so entropy silently equals MinMax. Here:
+``quantize_static``, never receive the histogram settings, so entropy silently equals MinMax. Here one pass over
+the data keeps, per tensor, its running min and max (this is MinMax) and, for entropy and percentile, a
+``StreamingHistogram``: bins of a power-of-two width anchored at zero, widened by exact merging when a value
+falls outside, covering ``[min(lo, 0), max(hi, 0)]`` (the range the quantizer will cover, since it always
+includes zero) in fine bins. Thresholds are searched on those histograms re-binned to ``num_bins`` bins over that range.
 
-1. one pass over the data keeps each tensor's running min and max (this is MinMax);
-2. entropy and percentile take a second pass that fills a histogram of ``num_bins`` over the now-known range
-   ``[min(lo, 0), max(hi, 0)]`` (the range the quantizer will cover, since it always includes zero);
-3. thresholds are computed from the merged histograms.
-
-Memory is one batch of intermediate tensors plus ``num_bins`` counts per tensor. Because the histogram
-range is fixed before any counting, every element lands in the same bin however the samples are grouped,
-so the results do not depend on batching. The ranges go to ORT's quantizer as ``TensorsData``.
+Memory is one batch of intermediate tensors plus ``FINE_BINS × num_bins`` counts per tensor. The final grid depends
+only on the final range, so every element lands in the same bin however the samples are grouped or ordered,
+and the results do not depend on batching. The ranges go to ORT's quantizer as ``TensorsData``.
 """
 
 from __future__ import annotations
@@ -18,13 +17,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import onnx
-from onnxkit.passes.quantize.runtime import TensorTap
 from onnxruntime.quantization.calibrate import (
     CalibrationMethod,
     TensorData,
@@ -32,6 +31,8 @@ from onnxruntime.quantization.calibrate import (
     load_tensors_data,
     save_tensors_data,
 )
+
+from onnxkit.passes.quantize.runtime import TensorTap
 
 CalibMethod = Literal["minmax", "entropy", "percentile"]
 ORT_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -42,7 +43,10 @@ FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.
 QUANTIZED_LEVELS = 256
 # The entropy search tries this many clipping thresholds between "keep 256 bins" and "keep everything".
 ENTROPY_CANDIDATES = 128
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+# A streaming histogram keeps up to this many times ``num_bins`` fine bins (more than half of them spanning the
+# range), so that re-binning to ``num_bins`` over the exact range moves each count by at most 1/4 of a bin.
+FINE_BINS = 4
 
 Progress = Callable[[int], None]
 
@@ -81,41 +85,94 @@ def _finite_values(array: np.ndarray) -> np.ndarray:
     return flat if finite.all() else flat[finite]
 
 
-def collect_ranges(tap: TensorTap, samples: Iterable[Mapping[str, Any]], progress: Progress | None = None
-                   ) -> dict[str, tuple[float, float]]:
-    """Running min and max of each tapped tensor (finite values only), one sample at a time."""
+@dataclasses.dataclass
+class StreamingHistogram:
+    """A histogram on the grid of bins ``[k·w, (k+1)·w)`` with ``w`` a power of two and ``k`` an integer,
+    covering every value seen and zero, in at most ``capacity`` bins (``FINE_BINS`` × ``num_bins``).
+
+    When a value falls outside, the bin width doubles and neighbouring bins merge, which is exact on this grid
+    (a value in bin ``k`` at width ``w`` is in bin ``k // 2`` at ``2w``). The final grid depends only on the
+    final range, so the counts do not depend on how the samples were grouped or ordered, and one pass over the
+    data is enough: the range need not be known before counting. The range then spans more than
+    ``capacity / 2`` fine bins, which ``rebinned`` turns into the ``num_bins`` bins the thresholds are searched on.
+    """
+
+    capacity: int
+    exponent: int | None = None  # bin width 2**exponent; None until a nonzero value is seen
+    first: int = 0  # the grid index of counts[0]
+    counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    zeros: int = 0  # zeros seen before any nonzero value fixed a grid
+
+    def add(self, values: np.ndarray, low: float, high: float) -> None:
+        """Count ``values`` (finite), whose minimum and maximum are ``low`` and ``high``."""
+        low, high = min(low, 0.0), max(high, 0.0)
+        if high == low:  # only zeros
+            if self.exponent is None:
+                self.zeros += values.size
+            else:
+                self.counts[-self.first] += values.size
+            return
+        self._cover(low, high)
+        assert self.exponent is not None
+        # Scaling by a power of two is exact, so each value lands in its bin on the grid whatever the width.
+        index = np.floor(np.ldexp(values, -self.exponent)).astype(np.int64)
+        index -= self.first
+        self.counts += np.bincount(index, minlength=self.counts.size)
+
+    def _cover(self, low: float, high: float) -> None:
+        """Widen the grid (merging bins) until it covers ``[low, high]`` and zero."""
+        if self.exponent is not None:
+            low = min(low, self.first * 2.0**self.exponent)
+            high = max(high, (self.first + self.counts.size - 1) * 2.0**self.exponent)
+        exponent = math.frexp((high - low) / self.capacity)[1] - 1 if self.exponent is None else self.exponent
+        while math.floor(high / 2.0**exponent) - math.floor(low / 2.0**exponent) + 1 > self.capacity:
+            exponent += 1
+        first, last = math.floor(low / 2.0**exponent), math.floor(high / 2.0**exponent)
+        counts = np.zeros(last - first + 1, dtype=np.int64)
+        if self.exponent is None:
+            counts[-first] += self.zeros
+        elif exponent == self.exponent and first == self.first and counts.size == self.counts.size:
+            return
+        else:
+            old = np.arange(self.first, self.first + self.counts.size, dtype=np.int64)
+            np.add.at(counts, (old >> (exponent - self.exponent)) - first, self.counts)
+        self.exponent, self.first, self.counts = exponent, first, counts
+
+    def rebinned(self, num_bins: int, low: float, high: float) -> np.ndarray:
+        """The counts in ``num_bins`` equal bins over ``histogram_range(low, high)``, from the cumulative counts
+        interpolated at those bins' edges (a fine bin across an edge is split in proportion)."""
+        assert self.exponent is not None
+        width = 2.0**self.exponent
+        fine_edges = (self.first + np.arange(self.counts.size + 1)) * width
+        cumulative = np.concatenate(([0.0], np.cumsum(self.counts, dtype=np.float64)))
+        return np.diff(np.interp(np.linspace(*histogram_range(low, high), num_bins + 1), fine_edges, cumulative))
+
+
+def collect(tap: TensorTap, samples: Iterable[Mapping[str, Any]], num_bins: int | None,
+            progress: Progress | None = None) -> tuple[dict[str, tuple[float, float]], dict[str, StreamingHistogram]]:
+    """In one pass, one sample at a time: each tapped tensor's running min and max (finite values only) and,
+    when ``num_bins`` is given, its streaming histogram."""
     ranges: dict[str, tuple[float, float]] = {}
+    histograms: dict[str, StreamingHistogram] = {}
     for outputs in tap.stream(samples):
         for name, value in outputs.items():
             values = _finite_values(value)
             if values.size == 0:
                 continue
             low, high = float(values.min()), float(values.max())
+            if num_bins is not None:
+                histograms.setdefault(name, StreamingHistogram(FINE_BINS * num_bins)).add(values, low, high)
             if name in ranges:
                 low, high = min(low, ranges[name][0]), max(high, ranges[name][1])
             ranges[name] = (low, high)
         if progress:
             progress(1)
-    return ranges
+    return ranges, histograms
 
 
 def histogram_range(low: float, high: float) -> tuple[float, float]:
     """The range a tensor's histogram covers: its values and zero, as the quantizer's range will."""
     return min(low, 0.0), max(high, 0.0)
-
-
-def collect_histograms(tap: TensorTap, samples: Iterable[Mapping[str, Any]], ranges: Mapping[str, tuple[float, float]],
-                       num_bins: int, progress: Progress | None = None) -> dict[str, np.ndarray]:
-    """Fixed-range histograms of each tapped tensor, summed over samples. Memory: ``num_bins`` counts a tensor."""
-    histograms = {name: np.zeros(num_bins, dtype=np.int64) for name, (low, high) in ranges.items() if high > low}
-    for outputs in tap.stream(samples):
-        for name, value in outputs.items():
-            if name in histograms:
-                counts, _ = np.histogram(_finite_values(value), bins=num_bins, range=histogram_range(*ranges[name]))
-                histograms[name] += counts
-        if progress:
-            progress(1)
-    return histograms
 
 
 def percentile_range(histogram: np.ndarray, low: float, high: float, percentile: float) -> tuple[float, float]:
@@ -176,18 +233,18 @@ def entropy_range(histogram: np.ndarray, low: float, high: float, levels: int = 
 def calibrate(proto: onnx.ModelProto, tensor_names: Sequence[str], types: Mapping[str, int],
               samples: Iterable[Mapping[str, Any]], settings: CalibrationSettings,
               progress: Progress | None = None) -> TensorsData:
-    """Ranges of ``tensor_names`` over ``samples`` by ``settings``, streamed; ``samples`` is iterated twice
-    for entropy and percentile."""
+    """Ranges of ``tensor_names`` over ``samples`` by ``settings``, streamed in one pass."""
     tap = TensorTap(proto, tensor_names, types)
-    ranges = collect_ranges(tap, samples, progress)
-    if settings.method != "minmax":
-        histograms = collect_histograms(tap, samples, ranges, settings.num_bins, progress)
-        for name, histogram in histograms.items():
-            low, high = ranges[name]
-            if settings.method == "entropy":
-                ranges[name] = entropy_range(histogram, low, high)
-            else:
-                ranges[name] = percentile_range(histogram, low, high, settings.percentile)
+    ranges, histograms = collect(tap, samples, None if settings.method == "minmax" else settings.num_bins, progress)
+    for name, histogram in histograms.items():
+        low, high = ranges[name]
+        if histogram.exponent is None:
+            continue  # only zeros: the range [0, 0] stays
+        counts = histogram.rebinned(settings.num_bins, low, high)
+        if settings.method == "entropy":
+            ranges[name] = entropy_range(counts, low, high)
+        else:
+            ranges[name] = percentile_range(counts, low, high, settings.percentile)
     return to_tensors_data(ranges, settings.method)
 
 

@@ -122,9 +122,11 @@ def check_output_path(output: Path, inputs: list[Path], in_place: bool) -> None:
     if output.is_dir():
         raise ModelSaveError(f"cannot write {output}: it is a folder", hint="give a file name ending in .onnx")
     if not folder.is_dir():
-        raise ModelSaveError(f"cannot write {output}: folder {folder} does not exist")
+        raise ModelSaveError(f"cannot write {output}: folder {folder} does not exist",
+                             hint="create the folder first, or give another -o path")
     if not os.access(folder, os.W_OK):
-        raise ModelSaveError(f"cannot write {output}: folder {folder} is not writable")
+        raise ModelSaveError(f"cannot write {output}: folder {folder} is not writable",
+                             hint="give -o a path in a folder you can write to")
 
 
 # ---------------------------------------------------------------------------------------------------------

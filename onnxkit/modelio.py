@@ -213,7 +213,8 @@ def save_model(
     if path.is_dir():
         raise ModelSaveError(f"cannot write {path}: it is a folder", hint="give a file name ending in .onnx")
     if not folder.is_dir():
-        raise ModelSaveError(f"cannot write {path}: folder {folder} does not exist")
+        raise ModelSaveError(f"cannot write {path}: folder {folder} does not exist",
+                             hint="create the folder first, or save somewhere else")
     data_folder = external_data_folder(model)
     if external_data is None:
         external_data = data_folder is not None or needs_external_data(model)

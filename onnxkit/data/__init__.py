@@ -112,7 +112,7 @@ def load_dataset(source: Any, *, batch_size: int | None = None) -> Dataset:
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.exists():
-            raise DataError(f"no such data file or folder: {path}")
+            raise DataError(f"no such data file or folder: {path}", hint="check the data path")
         if path.is_dir():
             if OnnxTestDataset.is_test_layout(path):
                 return OnnxTestDataset(path, batch_size=batch_size)

@@ -108,6 +108,9 @@ def validate_sample(sample: Mapping[str, Any], model_inputs: ModelLike | Sequenc
         value = sample[spec.name]
         if spec.kind != "tensor":
             continue  # sequences, optionals and maps are passed to ONNX Runtime as they are
+        if isinstance(value, np.generic):
+            # A rank-0 input read row by row from a stacked .npz comes as a numpy scalar (``x[i]``).
+            value = converted[spec.name] = np.asarray(value)
         if not isinstance(value, np.ndarray):
             raise DataError(f"{where}input '{spec.name}' is a {type(value).__name__}, not a numpy array")
         if spec.dtype == np.dtype(object) and value.dtype.kind in "US":

@@ -6,7 +6,9 @@ onnxkit imports none of them, and a pass's heavy dependencies load only when tha
 
 BUILTIN_PASSES: dict[str, str] = {
     "cleanup": "onnxkit.passes.cleanup:CleanupPass",
+    "bf16": "onnxkit.passes.precision:Bf16Pass",
     "export": "onnxkit.passes.export:ExportPass",
+    "fp16": "onnxkit.passes.precision:Fp16Pass",
     "fuse": "onnxkit.passes.fuse:FusePass",
     "opset": "onnxkit.passes.opset:OpsetPass",
     "ort-optimize": "onnxkit.passes.ort_optimize:OrtOptimizePass",

@@ -1,0 +1,232 @@
+"""``fp16`` and ``bf16``: lower-precision models that keep a parity budget.
+
+Both start from a block list: the numerically unsafe ops (``convert.UNSAFE_OPS``: reductions, normalizations,
+Pow, Exp) stay float32, and so does every node that touches a value near fp16's limits (an activation
+measured near its maximum, a constant below its smallest normal). Then, if the converted model misses the
+budget on the parity samples, the search quantize uses for its parity target
+(``quantize.sensitivity.keep_sensitive_in_float``) keeps the nodes that add the most error in float32 until
+the budget holds. A model that cannot meet it is left as it came, with the reason.
+
+The report: nodes converted, nodes kept in float32 and why, size before and after, worst output error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import onnx
+import onnx_ir as ir
+
+from onnxkit import modelio, parity
+from onnxkit.data import as_dataset, input_specs
+from onnxkit.pass_base import Pass, PassResult
+from onnxkit.passes.precision import convert
+from onnxkit.passes.quantize import sensitivity
+from onnxkit.passes.quantize.runtime import TensorTap, tensor_elem_types
+
+# Samples the search judges and ranks on: enough for a stable cosine, few enough to run each candidate fast.
+SEARCH_SAMPLES = 8
+RANGE_SAMPLES = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Fp16Options:
+    target_cosine: float = 0.999  # the fp16 preset of `onnxkit check`
+    exclude: tuple[str, ...] = ()  # node names to keep in float32
+    search: bool = True  # keep the most sensitive nodes in float32 until target_cosine holds
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_cosine <= 1:
+            raise ValueError("target_cosine must lie in (0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bf16Options(Fp16Options):
+    target_cosine: float = 0.99  # bfloat16 keeps 8 bits of mantissa, fp16 11
+
+
+@dataclasses.dataclass
+class PrecisionResult(PassResult):
+    """``PassResult`` plus ``details``: the structured report behind the stats lines."""
+
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class _PrecisionPass(Pass):
+    kind = "lossy"
+    in_place_pass = False
+    precision: ClassVar[str]
+    convert_model: ClassVar[Callable[[onnx.ModelProto, Sequence[str]], onnx.ModelProto]]
+    stored_type: ClassVar[int]  # the element type converted weights are stored in
+    # fp16 computes in float16, so values near its limits matter; bf16 weights keep float32's range.
+    checks_fp16_range: ClassVar[bool] = True
+
+    def already_converted(self, proto: onnx.ModelProto) -> bool:
+        """A second run changes nothing: a model that already stores weights in the pass's type is left alone."""
+        return any(t.data_type == self.stored_type for t in proto.graph.initializer)
+
+    def call(self, model: ir.Model) -> PrecisionResult:
+        options = self.options
+        proto = onnx.shape_inference.infer_shapes(modelio.to_proto(model))
+        if self.already_converted(proto):
+            return self._unchanged(model, f"already in {self.precision}", {})
+        types = tensor_elem_types(proto)
+        candidates = convert.float_nodes(proto, types)
+        if not candidates:
+            return self._unchanged(model, "no float32 nodes to convert", {})
+        samples = list(itertools.islice(self._dataset(model), SEARCH_SAMPLES))
+        keep = dict.fromkeys(options.exclude, "excluded by the user")
+        if self.checks_fp16_range:
+            keep.update(self._out_of_range(proto, candidates, types, samples[:RANGE_SAMPLES]))
+        tolerance = parity.Tolerance(atol=None, rtol=None, min_cosine=options.target_cosine)
+        chain = parity.ParityChain(samples, input_specs(proto), "the pass's parity samples", data_given=True)
+
+        def judge(candidate: onnx.ModelProto) -> sensitivity.Verdict:
+            report = chain.compare(proto, candidate, tolerance)
+            return sensitivity.Verdict(report.passed, report)
+
+        def rank(candidate: onnx.ModelProto, kept: Sequence[str]) -> list[sensitivity.NodeSensitivity]:
+            remaining = [n for n in candidates if n.name not in kept and n.op_type not in convert.UNSAFE_OPS]
+            return added_error(proto, candidate, remaining, types, samples)
+
+        def converted(kept: Sequence[str]) -> onnx.ModelProto:
+            return type(self).convert_model(proto, kept)
+
+        if options.search:
+            search = sensitivity.keep_sensitive_in_float(converted, rank, judge, keep_float=keep)
+            result, keep, verdict = search.model, search.keep_float, search.verdict
+        else:
+            result = converted(list(keep))
+            verdict = judge(result)
+        details = self._details(proto, result, candidates, keep, verdict.detail)
+        if not verdict.passed:
+            return self._unchanged(model, f"target cosine >= {options.target_cosine} not met even with "
+                                          f"{details['kept_float']} of {len(candidates)} nodes in float32: "
+                                          f"{verdict.detail.summary()}", details)
+        return PrecisionResult(modelio.as_ir_model(result), True, _stats(self.precision, details), details=details)
+
+    def _dataset(self, model: ir.Model) -> Any:
+        if self.context.data is not None:
+            return as_dataset(self.context.data, model, dims=self.context.dims)
+        return as_dataset(None, model, dims=self.context.dims, num_samples=SEARCH_SAMPLES)
+
+    def _out_of_range(self, proto: onnx.ModelProto, candidates: list[onnx.NodeProto], types: Mapping[str, int],
+                      samples: list[Any]) -> dict[str, str]:
+        names = [name for node in candidates for name in node.output if types.get(name) == onnx.TensorProto.FLOAT]
+        measured = convert.peaks(TensorTap(proto, names, types).stream(samples), names)
+        return convert.out_of_range_nodes(proto, measured)
+
+    def _details(self, proto: onnx.ModelProto, result: onnx.ModelProto, candidates: list[onnx.NodeProto],
+                 keep: Mapping[str, str], report: parity.ParityReport) -> dict[str, Any]:
+        by_op = [n.name for n in candidates if n.op_type in convert.UNSAFE_OPS]
+        kept = {name: why for name, why in keep.items() if name not in by_op}
+        return {
+            "precision": self.precision, "candidates": len(candidates),
+            "converted": len(candidates) - len(by_op) - len(kept),
+            "kept_float": len(by_op) + len(kept), "kept_by_op_type": len(by_op), "kept": kept,
+            "weights_converted": sum(t.data_type == self.stored_type for t in result.graph.initializer),
+            "bytes_before": proto.ByteSize(), "bytes_after": result.ByteSize(),
+            "worst_cosine": report.min_cosine, "worst_max_abs_error": report.max_abs_error,
+            "parity": report.summary(),
+        }
+
+    def _unchanged(self, model: ir.Model, reason: str, details: dict[str, Any]) -> PrecisionResult:
+        # Not in place: a new model object even when nothing changed.
+        return PrecisionResult(modelio.clone_model(model), False, [f"left in float32: {reason}"],
+                               details={**details, "unchanged": reason})
+
+
+def _stats(precision: str, details: Mapping[str, Any]) -> list[str]:
+    kept = details["kept"]
+    why = f"{details['kept_by_op_type']} by op type, {len(kept)} by range or search"
+    if precision == "bf16":
+        summary = (f"{details['weights_converted']} weights stored in bf16, computed in float32; the weights of "
+                   f"{details['kept_float']} of {details['candidates']} nodes kept in float32 ({why})")
+    else:
+        summary = (f"{details['converted']} of {details['candidates']} nodes in {precision}; "
+                   f"{details['kept_float']} kept in float32 ({why}); {details['weights_converted']} weights "
+                   f"stored in {precision}")
+    lines = [summary,
+             f"size {details['bytes_before'] / 2**20:.2f} MB → {details['bytes_after'] / 2**20:.2f} MB",
+             f"worst output: cosine {details['worst_cosine']:.6f}, max abs error {details['worst_max_abs_error']:.3g}"]
+    lines += [f"kept {name}: {why}" for name, why in list(kept.items())[:5]]
+    if len(kept) > 5:
+        lines.append(f"... and {len(kept) - 5} more kept (the JSON report lists them)")
+    return lines
+
+
+def added_error(float_proto: onnx.ModelProto, converted: onnx.ModelProto, candidates: Sequence[onnx.NodeProto],
+                types: Mapping[str, int], samples: Sequence[Any]) -> list[sensitivity.NodeSensitivity]:
+    """Each candidate's added error, most first: the noise-to-signal ratio of its output in the converted
+    model minus the worst of its inputs', with quantize's ``NodeSensitivity`` as the ranking record.
+
+    Quantize's ``measure_sensitivity`` taps the quantized model with the float model's types; a converted
+    model holds float16 tensors under the same names, so it is tapped here with its own types.
+    """
+    converted_types = tensor_elem_types(_retyped(converted))
+    present = set(converted_types)
+    names = sorted({name for node in candidates for name in (*node.input, *node.output)
+                    if name in present and types.get(name) == onnx.TensorProto.FLOAT})
+    if not names:
+        return []
+    reference = TensorTap(float_proto, names, types)
+    candidate = TensorTap(converted, names, converted_types)
+    signal = dict.fromkeys(names, 0.0)
+    noise = dict.fromkeys(names, 0.0)
+    for sample in samples:
+        ref_values, cand_values = reference.run(sample), candidate.run(sample)
+        for name in names:
+            ref = ref_values[name].astype("float64")
+            signal[name] += float((ref**2).sum())
+            noise[name] += float(((ref - cand_values[name].astype("float64")) ** 2).sum())
+
+    def nsr(name: str) -> float:
+        if name not in signal:
+            return 0.0
+        return noise[name] / signal[name] if signal[name] > 0 else (math.inf if noise[name] > 0 else 0.0)
+
+    ranked = []
+    for node in candidates:
+        outputs = [name for name in node.output if name in signal]
+        if not outputs:
+            continue
+        worst = max(outputs, key=nsr)
+        added = nsr(worst) - max((nsr(name) for name in node.input), default=0.0)
+        ranked.append(sensitivity.NodeSensitivity(node.name, node.op_type, added,
+                                                  sensitivity.sqnr_db(signal[worst], noise[worst])))
+    ranked.sort(key=lambda s: s.added_nsr, reverse=True)
+    return ranked
+
+
+def _retyped(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference from scratch: the converter leaves some stale float32 entries in value_info (a Cast
+    whose target it changed), which would declare a tapped float16 tensor as float32."""
+    fresh = onnx.ModelProto()
+    fresh.CopyFrom(proto)
+    del fresh.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(fresh)
+
+
+class Fp16Pass(_PrecisionPass):
+    """Convert to float16 (onnxconverter-common), keeping unsafe ops and the most sensitive nodes in float32."""
+
+    name = "fp16"
+    precision = "fp16"
+    Options = Fp16Options
+    convert_model = staticmethod(convert.to_fp16)
+    stored_type = onnx.TensorProto.FLOAT16
+
+
+class Bf16Pass(_PrecisionPass):
+    """Store float32 weights in bfloat16 (half the size), computing in float32, within a parity budget."""
+
+    name = "bf16"
+    precision = "bf16"
+    Options = Bf16Options
+    convert_model = staticmethod(convert.to_bf16_weights)
+    stored_type = onnx.TensorProto.BFLOAT16
+    checks_fp16_range = False

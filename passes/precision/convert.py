@@ -1,0 +1,168 @@
+"""The conversions themselves, and which nodes must stay in float32 before any search starts.
+
+fp16 is onnxconverter-common's ``convert_float_to_float16``: it retypes tensors, converts weights, inserts a
+Cast wherever a float32 node meets a float16 one, and reaches into subgraphs. The model's inputs and outputs
+stay float32 (its ``keep_io_types``): a pass keeps the model's signature.
+
+bf16 stores the weights in bfloat16, each followed by a Cast to float32, and computes in float32: ONNX
+Runtime's CPU has no bfloat16 kernel for any compute op (only data movement and Cast), so a model with
+bfloat16 compute could not even be checked here. It halves the weights with bfloat16's rounding, the error
+budget of the format; runtimes with bfloat16 compute (OpenVINO's ``INFERENCE_PRECISION_HINT``, TensorRT's
+``--bf16``, ``deploy-check --precision bf16``) choose it at run time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+FP16_MAX = float(np.finfo(np.float16).max)  # 65504
+FP16_SMALLEST_NORMAL = float(np.finfo(np.float16).tiny)  # 6.1e-05: below it fp16 loses precision, then flushes to 0
+# Activations past this fraction of the fp16 maximum stay float32: a later Add or MatMul would overflow to inf.
+RANGE_HEADROOM = 0.5
+
+# Scalars and short vectors (epsilons, shapes, scales) are not worth a Cast node each; they are also where
+# a constant too small for fp16 matters (an epsilon flushed to zero), while a tiny element of a weight tensor
+# contributes nothing either way.
+MIN_WEIGHT_ELEMENTS = 16
+
+# Numerically unsafe in fp16, kept in float32 from the start:
+# - reductions: a sum over thousands of elements overflows, and a mean of squares loses what it measures;
+# - normalizations that compute statistics (variance, norms); BatchNormalization at inference is a per-channel
+#   affine map with stored statistics, safe in fp16;
+# - Pow and Exp, which leave fp16's range for moderate inputs (exp(11.1) > 65504).
+UNSAFE_OPS = frozenset({
+    "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
+    "ReduceProd", "LayerNormalization", "GroupNormalization", "InstanceNormalization", "MeanVarianceNormalization",
+    "LpNormalization", "RMSNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization", "Pow", "Exp",
+})
+
+
+def fp16_block_list() -> list[str]:
+    """Op types the converter must leave alone: ours and its own defaults (ops without fp16 kernels)."""
+    from onnxconverter_common.float16 import DEFAULT_OP_BLOCK_LIST
+
+    return sorted(set(DEFAULT_OP_BLOCK_LIST) | UNSAFE_OPS)
+
+
+def to_fp16(proto: onnx.ModelProto, keep_float: Iterable[str]) -> onnx.ModelProto:
+    """``proto`` in float16, with the nodes named in ``keep_float`` and the block list's ops in float32."""
+    from onnxconverter_common.float16 import convert_float_to_float16
+
+    blocked = [*keep_float, *_casts_from_non_float(proto)]
+    # The converter prints and warns about each weight it clips; the pass reports what it kept instead.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        return convert_float_to_float16(proto, min_positive_val=FP16_SMALLEST_NORMAL, max_finite_val=FP16_MAX,
+                                        keep_io_types=True, op_block_list=fp16_block_list(),
+                                        node_block_list=blocked)
+
+
+def _casts_from_non_float(proto: onnx.ModelProto) -> list[str]:
+    """Casts from an integer or bool tensor to float32 (an attention mask, say). onnxconverter-common 1.16
+    leaves their ``to`` at float32 yet feeds their output to float16 nodes unconverted, which ONNX Runtime
+    refuses; blocked, they get a Cast to float16 after them like any float32 node."""
+    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    types = {v.name: v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.value_info)}
+    types.update({t.name: t.data_type for t in proto.graph.initializer})
+    return [node.name for node in proto.graph.node
+            if node.op_type == "Cast" and node.name and types.get(node.input[0]) not in float_types
+            and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)]
+
+
+def to_bf16_weights(proto: onnx.ModelProto, keep_float: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``proto`` whose float32 weights are stored in bfloat16 and cast back to float32 where they are
+    used, except the weights of the nodes named in ``keep_float`` and of the block list's ops."""
+    kept = set(keep_float)
+    converted = onnx.ModelProto()
+    converted.CopyFrom(proto)
+    graph = converted.graph
+    # A weight shared with a node that stays float stays float: the bf16 copy would not shrink the model.
+    float_users: set[str] = set()
+    for node in graph.node:
+        if node.name in kept or node.op_type in UNSAFE_OPS:
+            float_users.update(node.input)
+    casts = []
+    for index, tensor in enumerate(graph.initializer):
+        if tensor.data_type != onnx.TensorProto.FLOAT or tensor.name in float_users:
+            continue
+        values = numpy_helper.to_array(tensor)
+        if values.size < MIN_WEIGHT_ELEMENTS:
+            continue
+        name, stored = tensor.name, f"{tensor.name}_bf16"
+        bf16 = onnx.helper.make_tensor(stored, onnx.TensorProto.BFLOAT16, values.shape,
+                                       values.astype(ml_dtypes.bfloat16).view(np.uint16).tobytes(), raw=True)
+        graph.initializer[index].CopyFrom(bf16)  # `tensor` is this very element: it now holds the copy
+        casts.append(onnx.helper.make_node("Cast", [stored], [name], name=f"{name}_to_float",
+                                           to=onnx.TensorProto.FLOAT))
+    # Casts first: the graph stays topologically sorted.
+    nodes = [*casts, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph_inputs = {i.name for i in graph.input}
+    if any(c.output[0] in graph_inputs for c in casts):  # an initializer also listed as input (IR < 4)
+        kept_inputs = [i for i in graph.input if i.name not in {c.output[0] for c in casts}]
+        del graph.input[:]
+        graph.input.extend(kept_inputs)
+    return converted
+
+
+def out_of_range_nodes(proto: onnx.ModelProto, activation_peaks: Mapping[str, float]) -> dict[str, str]:
+    """Nodes that must stay float32 because a value they touch lies near fp16's limits: an activation past
+    ``RANGE_HEADROOM`` of its maximum (measured), or a small constant fp16 would flush to zero (an epsilon)."""
+    small_constants = _small_constant_names(proto)
+    reasons: dict[str, str] = {}
+    for node in proto.graph.node:
+        for name in node.output:
+            peak = activation_peaks.get(name, 0.0)
+            if peak > RANGE_HEADROOM * FP16_MAX:
+                reasons[node.name] = f"output {name} reaches {peak:.3g}, near fp16's maximum {FP16_MAX:g}"
+        for name in node.input:
+            if name in small_constants:
+                reasons.setdefault(node.name, f"constant {name} holds {small_constants[name]:.3g}, "
+                                              f"below fp16's smallest normal {FP16_SMALLEST_NORMAL:.3g}")
+    return reasons
+
+
+def _small_constant_names(proto: onnx.ModelProto) -> dict[str, float]:
+    """Small float constants (epsilons, scales: under ``MIN_WEIGHT_ELEMENTS`` elements) with a nonzero
+    magnitude below fp16's smallest normal."""
+    tensors: list[tuple[str, Any]] = [(t.name, t) for t in proto.graph.initializer]
+    tensors += [(n.output[0], a.t) for n in proto.graph.node if n.op_type == "Constant"
+                for a in n.attribute if a.name == "value"]
+    found = {}
+    for name, tensor in tensors:
+        if tensor.data_type != onnx.TensorProto.FLOAT or np.prod(tensor.dims) >= MIN_WEIGHT_ELEMENTS:
+            continue
+        magnitude = np.abs(numpy_helper.to_array(tensor))
+        tiny = magnitude[(magnitude > 0) & (magnitude < FP16_SMALLEST_NORMAL)]
+        if tiny.size:
+            found[name] = float(tiny.min())
+    return found
+
+
+def float_nodes(proto: onnx.ModelProto, types: Mapping[str, int]) -> list[onnx.NodeProto]:
+    """Main-graph nodes with a float32 output: what a precision pass can convert."""
+    return [node for node in proto.graph.node if node.name
+            and any(types.get(name) == onnx.TensorProto.FLOAT for name in node.output)]
+
+
+def peaks(values: Iterable[Mapping[str, np.ndarray]], names: Sequence[str]) -> dict[str, float]:
+    """The largest finite magnitude of each named tensor over the samples."""
+    found = dict.fromkeys(names, 0.0)
+    for sample in values:
+        for name in names:
+            array = np.abs(np.asarray(sample[name], dtype=np.float64))
+            finite = array[np.isfinite(array)]
+            if finite.size:
+                found[name] = max(found[name], float(finite.max()))
+    return found

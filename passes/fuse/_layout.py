@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import RewriteRuleClassBase
-from onnxscript.rewriter import MatchResult
+from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
 from onnxkit.passes.fuse._base import (
     FusionContext,
@@ -139,6 +138,24 @@ def _normalized_axes(node: ir.Node, rank: int) -> list[int] | None:
     return sorted(a + rank if a < 0 else a for a in axes)
 
 
+def _undoes(first: ir.Node, second: ir.Node, rank: int | None) -> bool:
+    """Whether ``second`` removes exactly the axes ``first`` inserted (Unsqueeze, Squeeze) or inserts exactly
+    those it removed (Squeeze, Unsqueeze) -- whatever the other dimensions are, even unknown."""
+    if {first.op_type, second.op_type} != {"Squeeze", "Unsqueeze"}:
+        return False
+    axes_first, axes_second = _axes(first), _axes(second)
+    if not axes_first or not axes_second:
+        return False  # a Squeeze without axes removes whichever dimensions are 1
+    if any(a < 0 for a in (*axes_first, *axes_second)):
+        if rank is None:
+            return False
+        # Both lists index the larger of the two ranks: the Unsqueeze's output, the Squeeze's input.
+        wide = rank + len(axes_first) if first.op_type == "Unsqueeze" else rank
+        axes_first = [a + wide if a < 0 else a for a in axes_first]
+        axes_second = [a + wide if a < 0 else a for a in axes_second]
+    return sorted(axes_first) == sorted(axes_second)
+
+
 class CollapseLayoutPair(RewriteRuleClassBase):
     """``Second(First(x))`` for two layout ops → one Reshape, one Squeeze/Unsqueeze, or nothing.
 
@@ -175,7 +192,7 @@ class CollapseLayoutPair(RewriteRuleClassBase):
         if dims is not None:
             middle_dims = dims if free_shape is not None else output_dims(first, dims)
             final = output_dims(second, middle_dims) if middle_dims is not None else None
-        if final is not None and _same_shape(final, dims):
+        if (final is not None and _same_shape(final, dims)) or _undoes(first, second, rank_of(x)):
             self._plan = ("identity", None, 0)
             return result
         if needed_as_it_is:

@@ -198,3 +198,20 @@ def test_a_reshape_that_keeps_the_shape_goes_and_the_transposes_around_it_merge(
     fused, _ = fuse(model)
     assert op_types(fused) == ["Transpose"]
     assert_same_outputs(model, fused, {"x": rng.standard_normal((5, 3, 8)).astype(np.float32)})
+
+
+@pytest.mark.parametrize(("squeeze_axes", "unsqueeze_axes"), [([0], [0]), ([-3], [0]), ([0], [1])],
+                         ids=["same", "negative", "other-axis"])
+def test_an_unsqueeze_that_puts_back_the_squeezed_axis_goes_even_over_unknown_dims(rng, squeeze_axes, unsqueeze_axes):
+    """madmom_beats_tcn: Squeeze(0) → Unsqueeze(0) between Transposes, over two dims shape inference cannot name."""
+    nodes = [helper.make_node("Squeeze", ["x", "sa"], ["s"]), helper.make_node("Unsqueeze", ["s", "ua"], ["u"]),
+             helper.make_node("Relu", ["u"], ["y"])]
+    initializers = [tensor("sa", np.array(squeeze_axes, dtype=np.int64)), tensor("ua", np.array(unsqueeze_axes, dtype=np.int64))]
+    out_shape = [1, None, None] if unsqueeze_axes == [0] else [None, 1, None]
+    model = make_model(nodes, [value("x", [1, None, None])], [value("y", out_shape)], initializers, opset=13)
+    fused, _ = fuse(model)
+    if unsqueeze_axes == [0]:
+        assert op_types(fused) == ["Relu"]
+    else:  # Unsqueeze(1) after Squeeze(0) moves an axis: the pair may merge, never vanish
+        assert op_types(fused) != ["Relu"]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((1, 3, 5)).astype(np.float32)})

@@ -45,16 +45,20 @@ def _step(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 @click.option("--real", is_flag=True, help="Sweep the real-world corpus instead (benchmarks/real/): public "
               "pretrained models and our own exports, fetched into the cache first; writes RESULTS.md's "
               "real-world section. With --quick: a small subset, results under benchmarks/results/real-quick/.")
+@click.option("--corpus", type=click.Choice(["public", "holdout"]), default="public", show_default=True,
+              help="With --real: the tuned corpus, or the holdout of models onnxkit was never tuned on "
+              "(benchmarks/real/holdout.tsv and the public models above 30 MB; results under "
+              "benchmarks/results/real-holdout/, never into RESULTS.md).")
 @click.option("--only", "real_only", default="", help="With --real: only these corpus models (comma-separated); "
               "with --update, rerun them into the published results.")
 def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out: Path | None,
-         report_only: bool, update: bool, real: bool, real_only: str) -> None:
+         report_only: bool, update: bool, real: bool, corpus: str, real_only: str) -> None:
     """Benchmark onnxkit against onnxsim, onnxslim, onnxoptimizer and ONNX Runtime on the suite's models."""
     if real:
         from benchmarks.real.sweep import sweep
 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        sweep(only=[n for n in real_only.split(",") if n] or None, quick=quick, out=out, update=update)
+        sweep(only=[n for n in real_only.split(",") if n] or None, quick=quick, out=out, update=update, corpus=corpus)
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

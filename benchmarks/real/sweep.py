@@ -85,25 +85,28 @@ class SweepModel:
 # Which models
 
 
-def corpus_models(only: list[str] | None, quick: bool,
-                  max_mb: float = DEFAULT_MAX_MB) -> tuple[list[SweepModel], dict[str, dict[str, Any]]]:
+def corpus_models(only: list[str] | None, quick: bool, max_mb: float = DEFAULT_MAX_MB,
+                  corpus: str = "public") -> tuple[list[SweepModel], dict[str, dict[str, Any]]]:
     """Fetch what is missing (public models, own exports, calibration sets); the models to sweep, and the
-    record of every own export (those the exporter could not make included)."""
+    record of every own export (those the exporter could not make included). The holdout corpus is its
+    manifest's models only, whatever their size: no own exports, no quick subset."""
     cache = cache_dir()
-    wanted = set(only or (QUICK_MODELS if quick else ()))
-    manifest = load_manifest(max_mb=None if wanted else max_mb)
-    unknown = {n for n in wanted if n not in {m.name for m in manifest} and not n.startswith("own_")}
+    holdout = corpus == "holdout"
+    wanted = set(only or (QUICK_MODELS if quick and not holdout else ()))
+    manifest = load_manifest(max_mb=None if wanted or holdout else max_mb, corpus=corpus)
+    unknown = {n for n in wanted if n not in {m.name for m in manifest} and (holdout or not n.startswith("own_"))}
     if unknown:
-        raise ValueError(f"unknown corpus model(s): {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown {corpus} corpus model(s): {', '.join(sorted(unknown))}")
     public = [m for m in manifest if not wanted or m.name in wanted]
     failed = fetch.fetch(public, cache)
     public = [m for m in public if m.name not in failed]
-    archs = sorted({a for a in own.ARCHITECTURES for n in wanted if n.startswith(f"own_{a}_")}) if wanted \
+    archs = [] if holdout else \
+        sorted({a for a in own.ARCHITECTURES for n in wanted if n.startswith(f"own_{a}_")}) if wanted \
         else list(own.ARCHITECTURES)
     exports = own.export_all(archs, cache) if archs else {}
     missing_calibration = [m for m in public if not calibration.calibration_path(m.name, cache).exists()]
     if missing_calibration:
-        calibration.main(["--only", ",".join(m.name for m in missing_calibration)])
+        calibration.main(["--corpus", corpus, "--only", ",".join(m.name for m in missing_calibration)])
     kinds = json.loads(calibration.kinds_path(cache).read_text())
     models = [SweepModel(m.name, m.path(cache), "public", m.license, kinds[m.name]["kind"], kinds[m.name]["synthetic_only"])
               for m in public]
@@ -276,14 +279,16 @@ def sweep_model(model: SweepModel, folder: Path, timeout: float, runs: tuple[Run
 
 def sweep(only: list[str] | None = None, quick: bool = False, out: Path | None = None, jobs: int = 2,
           update: bool = False, progress: Callable[[str], None] = print,
-          runs: tuple[str, ...] | None = None) -> dict[str, Any]:
+          runs: tuple[str, ...] | None = None, corpus: str = "public") -> dict[str, Any]:
     """Sweep the corpus and write ``results.json`` after every model, so a run cut short still publishes.
 
     A full run to the default place also writes RESULTS.md's section and the compact JSON beside it; so does
     ``update``, which reruns only the ``only`` models and keeps every other entry of the last results.json
     (each entry says when it was swept). ``jobs`` models run side by side (each tool of a model still runs
     alone): onnxkit and its peers share the machine alike, and the sweep fits in half the time. ``runs``
-    picks columns by label (all of them by default); a sweep of some columns never publishes.
+    picks columns by label (all of them by default); a sweep of some columns never publishes. ``corpus``
+    "holdout" sweeps the models onnxkit was never tuned on (``holdout.tsv`` and the public models above 30 MB)
+    into ``results/real-holdout/``; it never publishes into RESULTS.md.
     """
     from benchmarks.peers import peer_versions
     from benchmarks.real import render
@@ -293,11 +298,11 @@ def sweep(only: list[str] | None = None, quick: bool = False, out: Path | None =
     chosen = RUNS if runs is None else tuple(r for r in RUNS if r.label in runs)
     if runs is not None and len(chosen) != len(runs):
         raise ValueError(f"unknown run label(s) among {runs}; the runs are {[r.label for r in RUNS]}")
-    publish = not quick and out is None and (not only or update) and runs is None
-    out = out or HERE / "results" / ("real-quick" if quick else "real")
+    publish = not quick and out is None and (not only or update) and runs is None and corpus == "public"
+    out = out or HERE / "results" / ("real-holdout" if corpus == "holdout" else "real-quick" if quick else "real")
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "results.json").read_text()) if update and (out / "results.json").exists() else {}
-    models, exports = corpus_models(only, quick)
+    models, exports = corpus_models(only, quick, corpus=corpus)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     rerun = {m.name for m in models}
     kept = {e["name"]: e for e in previous.get("models", []) if e["name"] not in rerun}
@@ -306,7 +311,7 @@ def sweep(only: list[str] | None = None, quick: bool = False, out: Path | None =
     started = time.perf_counter()
     results: dict[str, Any] = {
         "date": f"{previous['date'].split(', updated')[0]}, updated {now}" if previous else now,
-        "quick": quick, "timeout_s": timeout, "jobs": jobs, "machine": machine_description(),
+        "corpus": corpus, "quick": quick, "timeout_s": timeout, "jobs": jobs, "machine": machine_description(),
         "peer_versions": peer_versions(), "runs": [dataclasses.asdict(r) for r in chosen], "models": [],
         "own_exports": {**previous.get("own_exports", {}), **exports}, "complete": False,
     }

@@ -210,7 +210,7 @@ def verify_export(module: torch.nn.Module, model: ir.Model | onnx.ModelProto, ar
             expected = [_to_numpy(t) for t in _flatten_outputs(module(*inputs))]
         try:
             actual = session.run(None, {name: _to_numpy(t) for name, t in zip(input_names, inputs)})
-        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for shape and type mismatches
+        except Exception as e:  # ORT raises its own exception types for shape and type mismatches
             check.error = f"ONNX Runtime failed: {runtime.error_line(e)}"
             continue
         if len(actual) != len(expected):
@@ -351,7 +351,7 @@ class _Export:
         for exporter in order:
             try:
                 model = self._with_captured_warnings(self.dynamo if exporter == "dynamo" else self.torchscript)
-            except Exception as e:  # noqa: BLE001 - both exporters raise a wide range of error types from deep in torch
+            except Exception as e:  # both exporters raise a wide range of error types from deep in torch
                 failures[exporter] = e
                 continue
             reason = _root_message(failures["dynamo"]) if "dynamo" in failures else None

@@ -106,7 +106,7 @@ def test_default_exact_tolerance_passes_a_real_conv_batchnorm_folding(rng: np.ra
         gamma, var = rng.uniform(0.5, 1.5, (2, channels)).astype(np.float32)
         scale = gamma / np.sqrt(var + eps)
         plain_init += [numpy_helper.from_array(a, f"{n}{i}") for n, a in
-                       dict(w=w, b=b, gamma=gamma, beta=beta, mean=mean, var=var).items()]
+                       {"w": w, "b": b, "gamma": gamma, "beta": beta, "mean": mean, "var": var}.items()]
         folded_init += [numpy_helper.from_array((w * scale[:, None, None, None]).astype(np.float32), f"w{i}"),
                         numpy_helper.from_array(((b - mean) * scale + beta).astype(np.float32), f"b{i}")]
         plain_nodes += [

@@ -89,7 +89,7 @@ def test_verification_failure_names_the_pass():
 
 
 def test_pass_adding_an_undeclared_domain_is_refused():
-    with pytest.raises(PassFailedError, match="added ops of domain 'com.microsoft', which it does not declare"):
+    with pytest.raises(PassFailedError, match=r"added ops of domain 'com\.microsoft', which it does not declare"):
         Pipeline.parse("contrib-relu").run(build_example("mlp"), check="off")
 
 

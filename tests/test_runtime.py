@@ -122,7 +122,7 @@ def test_in_memory_model_finds_its_external_data_from_another_folder(tmp_path: P
     expected = runtime.make_session(path).run(None, feeds)[0]
 
     serialized = onnx.load(path, load_external_data=False).SerializeToString()  # references weights.bin
-    with pytest.raises(Exception, match="weights.bin"):
+    with pytest.raises(Exception, match=r"weights\.bin"):
         runtime.make_session(serialized)  # ORT alone looks in the current folder
     np.testing.assert_array_equal(runtime.make_session(serialized, model_dir=path.parent).run(None, feeds)[0],
                                   expected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -127,7 +128,7 @@ def test_fp16_scaler_unscales_before_clipping_and_skipped_steps_leave_the_schedu
     assert norms == pytest.approx(reference_norms, rel=1e-6)
     # Early steps overflow at the initial scale of 65536 and are skipped; the rest are applied with the
     # true (unscaled) gradient norm, which a clip before unscaling would have seen 10^3-10^4 times larger.
-    assert 0 < applied < 6 and all(n != n or n == float("inf") or 0.5 < n < 100 for n in norms)
+    assert 0 < applied < 6 and all(math.isnan(n) or n == float("inf") or 0.5 < n < 100 for n in norms)
     assert scheduler.last_epoch == applied
     torch.testing.assert_close(model.weight, reference.weight, rtol=0, atol=0)
 

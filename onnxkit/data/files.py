@@ -104,7 +104,7 @@ class NpzDataset(Dataset):
         firsts = set()
         for name, shape in shapes.items():
             spec = self._spec(name)
-            if spec is None or not spec.shape or not shape or isinstance(spec.shape[0], int) and spec.shape[0] != 1:
+            if spec is None or not spec.shape or not shape or (isinstance(spec.shape[0], int) and spec.shape[0] != 1):
                 return False
             firsts.add(shape[0])
         return len(firsts) == 1 and firsts.pop() > 1

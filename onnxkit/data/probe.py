@@ -80,7 +80,7 @@ def probe_dataset(model: ModelLike, *, dims: Mapping[str, int] | None = None,
         tries, tried = tries + 1, candidate
         try:
             session.run(None, next(iter(candidate)))
-        except Exception as error:  # noqa: BLE001 - ORT raises its own types for shape and index errors
+        except Exception as error:  # ORT raises its own types for shape and index errors
             failure = error
             continue
         chosen = ", ".join(f"{key}={size}" for key, size in sizes.items())

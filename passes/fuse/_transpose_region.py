@@ -42,7 +42,7 @@ _MAX_COPIED_CONSTANT_BYTES = 1 << 16
 _MAX_REGION_NODES = 10_000
 
 
-def _perm(node: ir.Node) -> tuple[int, ...] | None:
+def perm_of(node: ir.Node) -> tuple[int, ...] | None:
     attribute = node.attributes.get("perm")
     if attribute is None or attribute.is_ref():
         return None
@@ -69,7 +69,7 @@ class _Region:
 
 def _grow(seed: ir.Node, graph: ir.Graph | ir.Function) -> _Region | None:
     """The region the seed Transpose enters, or None when it breaks a rule of the module docstring."""
-    perm = _perm(seed)
+    perm = perm_of(seed)
     if perm is None or seed.outputs[0].is_graph_output():
         return None
     region = _Region(perm, entering={seed: None})
@@ -80,7 +80,7 @@ def _grow(seed: ir.Node, graph: ir.Graph | ir.Function) -> _Region | None:
             continue
         if node.op_type == "Transpose" and node.domain in ("", "ai.onnx") and any(
                 region.in_layout(value) for value in node.inputs if value is not None):
-            if _perm(node) is None or len(_perm(node) or ()) != len(perm):
+            if perm_of(node) is None or len(perm_of(node) or ()) != len(perm):
                 return None
             region.leaving[node] = None
             continue
@@ -97,7 +97,7 @@ def _grow(seed: ir.Node, graph: ir.Graph | ir.Function) -> _Region | None:
                     return None
                 region.constants[value] = array
             elif producer is not None and producer.graph is graph and producer.op_type == "Transpose" \
-                    and _perm(producer) == perm and not value.is_graph_output():
+                    and perm_of(producer) == perm and not value.is_graph_output():
                 region.entering[producer] = None
                 pending.extend(user for user, _ in value.uses() if _is_elementwise(user) or user.op_type == "Transpose")
             elif producer is not None and producer.graph is graph and _is_elementwise(producer):
@@ -124,7 +124,7 @@ def _nodes_saved(region: _Region) -> int:
     region_readers = set(region.nodes) | set(region.leaving)
     entering = sum(1 for t in region.entering
                    if all(user in region_readers for user, _ in t.outputs[0].uses()))
-    leaving = sum(1 for t in region.leaving if _composed(region.perm, _perm(t) or ()) == tuple(range(len(region.perm)))
+    leaving = sum(1 for t in region.leaving if _composed(region.perm, perm_of(t) or ()) == tuple(range(len(region.perm)))
                   and (not t.outputs[0].is_graph_output() or _renamable(t.inputs[0], region)))
     return entering + leaving
 
@@ -179,7 +179,7 @@ def _rewrite(region: _Region, graph: ir.Graph | ir.Function, context: FusionCont
         value = transpose.inputs[0]
         if value in sources:  # a Transpose right after an entering one reads the source too
             transpose.replace_input_with(0, sources[value])
-        composed = _composed(perm, _perm(transpose) or ())
+        composed = _composed(perm, perm_of(transpose) or ())
         if composed != identity:
             transpose.attributes["perm"] = ir.AttrInt64s("perm", list(composed))
         elif not _drop_leaving(transpose, region, graph):

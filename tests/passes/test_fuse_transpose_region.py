@@ -1,5 +1,6 @@
-"""``transpose-region``: the Transposes around a region of elementwise ops cancel, and the ops run in the
-layout the Transposes came from (channels-last exports wrap every layer in such a pair)."""
+"""The Transpose rules of ``fuse``: ``transpose-region`` cancels the Transposes around a region of elementwise ops,
+which then runs in the layout the Transposes came from (channels-last exports wrap every layer in such a pair);
+``shape-of-transpose`` reads a Transpose's shape from the Shape of its input."""
 
 from __future__ import annotations
 
@@ -78,3 +79,37 @@ def test_a_disabled_site_keeps_its_transposes(rng):
     narrowed = FusePass()
     narrowed.context = PassContext(disabled=frozenset({site}))
     assert op_types(ir.to_proto(narrowed(ir.from_proto(model)).model)).count("Transpose") == 3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shape-of-transpose: Shape(Transpose(x)) → Gather(Shape(x), perm) where Shape(x) exists
+
+
+def _shapes_of_a_transpose(*, with_shape_of_x: bool = True, other_reader: bool = False) -> onnx.ModelProto:
+    """tf2onnx's LSTM loops: x goes time-major, and the shapes of both layouts are read."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
+             helper.make_node("Shape", ["t"], ["shape_t"]),
+             helper.make_node("Shape", ["t"], ["tail_t"], start=1)]
+    outputs = [value("shape_t", [3], onnx.TensorProto.INT64), value("tail_t", [2], onnx.TensorProto.INT64)]
+    if with_shape_of_x:
+        nodes.append(helper.make_node("Shape", ["x"], ["shape_x"]))
+        outputs.append(value("shape_x", [3], onnx.TensorProto.INT64))
+    if other_reader:
+        nodes.append(helper.make_node("Relu", ["t"], ["r"]))
+        outputs.append(value("r", ["T", "N", 7]))
+    return make_model(nodes, [value("x", ["N", "T", 7])], outputs, opset=15)
+
+
+def test_shapes_of_a_transpose_gather_from_the_shape_of_its_input(rng):
+    model = _shapes_of_a_transpose()
+    fused, stats = fuse(model)
+    assert sorted(op_types(fused)) == ["Gather", "Gather", "Shape"]
+    assert stats == ["read 1 Transposes' shapes from their inputs' Shape instead"]
+    feeds = {"x": rng.standard_normal((2, 5, 7)).astype(np.float32)}
+    for expected, actual in zip(run_model(model, feeds), run_model(fused, feeds)):
+        np.testing.assert_array_equal(actual, expected)
+
+
+def test_a_transpose_stays_where_no_node_would_be_saved(rng):
+    for model in (_shapes_of_a_transpose(with_shape_of_x=False), _shapes_of_a_transpose(other_reader=True)):
+        assert op_types(ir.to_proto(FusePass()(ir.from_proto(model)).model)).count("Transpose") == 1

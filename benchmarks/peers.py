@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from onnxkit.bench import installed_peers
+from onnxkit.bench import PEER_PACKAGES, installed_peers
 
 PEER_DESCRIPTIONS: dict[str, str] = {
     "onnxsim": "onnxsim.simplify(path, output_path=...): constant folding, shape inference and its optimizer passes",
@@ -21,15 +21,13 @@ PEER_DESCRIPTIONS: dict[str, str] = {
                            "(QDQ, MinMax), calibrated on the same 64 samples as onnxkit",
 }
 
-_PEER_PACKAGES = {"onnxsim": "onnxsim", "onnxslim": "onnxslim", "onnxoptimizer": "onnxoptimizer",
-                  "ort-basic": "onnxruntime", "ort-extended": "onnxruntime", "ort-quantize-dynamic": "onnxruntime",
-                  "ort-quantize-static": "onnxruntime"}
-
 
 def peer_versions() -> dict[str, str | None]:
     """Each peer's package version, None where it is not installed."""
     versions: dict[str, str | None] = {}
-    for peer, package in _PEER_PACKAGES.items():
+    for peer, package in PEER_PACKAGES.items():
+        if peer == "ort-quantize":  # measured as its two modes
+            continue
         try:
             versions[peer] = version(package)
         except PackageNotFoundError:

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from typing import Any
 
+from onnxkit.units import format_bytes
+
 
 @dataclasses.dataclass
 class PassReport:
@@ -116,7 +118,7 @@ class PipelineReport:
                 p.name,
                 p.status if p.modified or p.status != "ok" else "unchanged",
                 f"{p.nodes_before} → {p.nodes_after}",
-                _format_bytes(p.bytes_after or p.bytes_before),
+                format_bytes(p.bytes_after or p.bytes_before),
                 _time_cell(p),
                 _parity_cell(p),
             ]
@@ -145,17 +147,13 @@ class PipelineReport:
         return "\n".join(lines) + "\n"
 
     def render(self, console: Any) -> None:
-        """Print the per-pass table, then each pass's statistics as its own line, to a rich console."""
-        from rich.table import Table
+        """Print the per-pass table (folded into a block per pass where the console is too narrow), then each
+        pass's statistics as its own line, to a rich console."""
+        from onnxkit.tables import print_table
 
-        table = Table(title=f"onnxkit: {self.spec}", title_justify="left")
-        for header in self.HEADERS:
-            table.add_column(header, overflow="fold", no_wrap=header != "pass")
-        for row in self.rows():
-            table.add_row(*row)
-        console.print(table)
+        print_table(console, f"onnxkit: {self.spec}", self.HEADERS, self.rows(), lead=2)
         for name, line in self.details():
-            console.print(f"  [bold]{name}[/]: {line}", highlight=False)
+            console.print(f"  [bold]{name}[/]: {line}", highlight=False, soft_wrap=True)
 
 
 def _parity_brief(parity: dict[str, Any]) -> dict[str, Any]:
@@ -192,11 +190,3 @@ def _time_cell(report: PassReport) -> str:
 
     cell = f"{number(total)} {unit} = " + "+".join(number(split[key]) for key in ("pass", "checks", "parity"))
     return cell + (f" + {number(split['narrowing'])} narrowing" if split["narrowing"] else "")
-
-
-def _format_bytes(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} B"

@@ -11,7 +11,15 @@ import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import RULE_NAME_TAG
 
 from onnxkit.pass_base import Pass, PassResult, Site
-from onnxkit.passes.fuse import _affine, _layout, _normalization, _onnxruntime, _shape_of_transpose, _transpose_region
+from onnxkit.passes.fuse import (
+    _affine,
+    _layout,
+    _normalization,
+    _onnxruntime,
+    _placeholders,
+    _shape_of_transpose,
+    _transpose_region,
+)
 from onnxkit.passes.fuse._base import (
     CONTRIB_DOMAIN,
     Fusion,
@@ -40,6 +48,9 @@ FUSIONS: tuple[Fusion, ...] = (
            "collapsed {n} Reshape/Squeeze/Unsqueeze/Flatten pairs and shape-keeping Reshapes",
            rule_fusion(_layout.layout_rules),
            requires=("Reshape|Squeeze|Unsqueeze|Flatten",)),
+    Fusion("placeholder-layout", "Reshape/Flatten/Squeeze/Unsqueeze/Transpose/Expand of a ConstantOfShape → ConstantOfShape",
+           "wrote {n} reshaped ConstantOfShape placeholders as one node", rule_fusion(_placeholders.placeholder_layout_rules),
+           requires=("ConstantOfShape", "|".join(_placeholders.LAYOUT_OPS))),
     Fusion("transpose-reshape", "Transpose that moves only size-1 axes + Reshape → Reshape",
            "dropped {n} Transposes of size-1 axes before a Reshape", rule_fusion(_layout.unit_transpose_rules),
            requires=("Transpose", "Reshape")),

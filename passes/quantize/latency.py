@@ -14,12 +14,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import onnx
+
 from onnxkit.passes.quantize.runtime import make_session
 
 MIN_ROUNDS = 8
 MAX_ROUNDS = 200
 # Enough rounds to see through noise, without spending more than this much on one comparison.
 ROUND_BUDGET_S = 3.0
+# A model slow enough to take this long over its first rounds is timed on fewer of them, each sample at least
+# once: its runs are long against the noise, and MIN_ROUNDS of them took 30 s on a VGG.
+SLOW_MODEL_BUDGET_S = 10.0
 # Two timings of one model against itself still differ by about this much on a shared machine; INT8 within
 # it of the allowed latency is not called slower (it is still the smaller model).
 TIMING_RESOLUTION = 0.02
@@ -54,14 +58,14 @@ def time_models(models: Sequence[onnx.ModelProto], samples: Sequence[Mapping[str
     round. A model's run is timed right after an untimed run on the same sample: the first run after another
     session's ran 2-15 times slower on a busy machine. Noise on a shared machine only ever adds time, so the
     fastest of several runs is the steadiest figure (a model timed against itself comes out within a few
-    percent, where medians of single runs swung from 0.1x to 3x).
+    percent, where medians of single runs swung from 0.1x to 3x). A slow model stops after
+    ``SLOW_MODEL_BUDGET_S`` once every sample has been timed.
     """
     sessions = [make_session(m) for m in models]
     feeds = [[{i.name: s[i.name] for i in session.get_inputs()} for s in samples] for session in sessions]
     fastest = [[math.inf] * len(samples) for _ in sessions]
     rounds, started = 0, time.perf_counter()
-    while rounds < MAX_ROUNDS and (rounds < max(MIN_ROUNDS, 2 * len(samples))
-                                   or time.perf_counter() - started < ROUND_BUDGET_S):
+    while not _enough(rounds, time.perf_counter() - started, len(samples)):
         sample = rounds % len(samples)
         order = range(len(sessions)) if rounds % 2 == 0 else reversed(range(len(sessions)))
         for model in order:
@@ -71,6 +75,16 @@ def time_models(models: Sequence[onnx.ModelProto], samples: Sequence[Mapping[str
             fastest[model][sample] = min(fastest[model][sample], time.perf_counter() - run_started)
         rounds += 1
     return [sum(times) / len(times) * 1000.0 for times in fastest]
+
+
+def _enough(rounds: int, elapsed: float, samples: int) -> bool:
+    if rounds >= MAX_ROUNDS:
+        return True
+    if rounds < samples:  # every sample timed at least once
+        return False
+    if elapsed >= SLOW_MODEL_BUDGET_S:
+        return True
+    return rounds >= max(MIN_ROUNDS, 2 * samples) and elapsed >= ROUND_BUDGET_S
 
 
 def compare(float_model: onnx.ModelProto, quantized: onnx.ModelProto, samples: Sequence[Mapping[str, Any]]) -> Timing:

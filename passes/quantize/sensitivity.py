@@ -8,9 +8,14 @@ A node's sensitivity is the relative noise it adds: the noise-to-signal ratio (N
 the worst NSR of its inputs. Linear NSR rather than dB, so a node that takes a clean 60 dB tensor to 40 dB
 ranks below one that takes 20 dB to 10 dB: the second adds ten times more noise.
 
-The search re-measures after each step, since keeping one node in float moves where the noise comes from:
-keep the 1, 2, 4, ... most sensitive remaining nodes in float until the target holds, then bisect the last
-step to keep as few as needed.
+The search ranks once: the float and the fully quantized model run side by side on a few samples, which
+gives every candidate node's own effect. It then judges a few prefixes of that ranking (the first sized by how
+far the outputs are from the target, then grown or bisected) and keeps the shortest that passes float. Only
+when the ranked nodes run out without a pass is the model ranked again, since keeping nodes float moves where
+the noise comes from. Tensor names follow ONNX Runtime's QDQ naming (``quant_utils.DEQUANT_OUTPUT_SUFFIX``),
+and SQNR is ``qdq_loss_debug``'s (signal power over noise power, over all samples); the powers are summed
+sample by sample rather than collected whole as ``qdq_loss_debug.collect_activations`` does, so memory stays
+one sample's tensors.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX
+
 from onnxkit.passes.quantize.calibration import FLOAT_TYPES
 from onnxkit.passes.quantize.runtime import TensorTap
 
@@ -74,7 +81,7 @@ def measure_sensitivity(float_proto: onnx.ModelProto, quantized: onnx.ModelProto
         def probe(name: str, consumed: bool) -> tuple[str, str] | None:
             if not name or name in initializers or types.get(name) not in FLOAT_TYPES:
                 return None
-            options = (f"{name}_DequantizeLinear_Output", name) if consumed else (name,)
+            options = (f"{name}{DEQUANT_OUTPUT_SUFFIX}", name) if consumed else (name,)
             match = next((option for option in options if option in present), None)
             if match is None:
                 return None
@@ -136,7 +143,9 @@ class SearchResult:
     model: onnx.ModelProto
     keep_float: dict[str, str]  # node name -> why it stayed float
     verdict: Verdict
-    rounds: int
+    rounds: int  # sensitivity rankings measured
+    verifications: int = 0  # candidates judged
+    ranking: list[NodeSensitivity] = dataclasses.field(default_factory=list)  # the last ranking measured
 
 
 Quantizer = Callable[[Sequence[str]], onnx.ModelProto]
@@ -145,6 +154,10 @@ Judge = Callable[[onnx.ModelProto], Verdict]
 
 # Output noise does not shrink exactly in proportion to the noise taken out; aim this much below the target.
 NOISE_MARGIN = 1.5
+# Candidates judged in one search (each is a quantization and a run over the held-out samples), and rankings
+# measured (each runs the float and the quantized model with every candidate's tensors as outputs).
+MAX_VERIFICATIONS = 7
+MAX_RANKINGS = 2
 
 
 def nodes_to_take_out(ranking: Sequence[NodeSensitivity], excess: float | None, already_float: int) -> int:
@@ -169,52 +182,75 @@ def nodes_to_take_out(ranking: Sequence[NodeSensitivity], excess: float | None, 
     return min(len(ranking), max(1, unbounded + count, math.ceil(already_float / 2)))
 
 
-def keep_sensitive_in_float(quantize: Quantizer, rank: Ranker, judge: Judge, *, max_rounds: int = 12,
-                            keep_float: Mapping[str, str] | None = None) -> SearchResult:
-    """Keep the most sensitive nodes in float, re-measuring after each round, until ``judge`` accepts.
+def why_float(ranking: Sequence[NodeSensitivity], position: int) -> str:
+    """Why the node at ``position`` of ``ranking`` stays float: its rank, its measured effect, its share."""
+    node = ranking[position]
+    total = sum(s.added_nsr for s in ranking if math.isfinite(s.added_nsr) and s.added_nsr > 0)
+    share = (f", {node.added_nsr / total:.1%} of the noise all {len(ranking)} ranked nodes add"
+             if total > 0 and math.isfinite(node.added_nsr) and node.added_nsr > 0 else "")
+    return f"rank {position + 1} of {len(ranking)}: {node.describe()}{share}"
 
-    The search starts with the nodes of ``keep_float`` (name -> why) already float. Each round takes out as
-    many nodes as the judge's noise excess calls for (``nodes_to_take_out``); a round that passes is then
-    bisected down to the fewest of its additions that still pass.
+
+def keep_sensitive_in_float(quantize: Quantizer, rank: Ranker, judge: Judge, *, max_rankings: int = MAX_RANKINGS,
+                            max_verifications: int = MAX_VERIFICATIONS,
+                            keep_float: Mapping[str, str] | None = None) -> SearchResult:
+    """Keep the most sensitive nodes in float until ``judge`` accepts, from one measured ranking.
+
+    The search starts with the nodes of ``keep_float`` (name -> why) already float and judges that model. If
+    it fails, one ranking (``rank``: each node's own added noise, float against quantized tensors) orders the
+    remaining nodes, and the search looks for the shortest prefix of that order that passes: the first guess
+    covers as much of the added noise as the judge's excess calls for (``nodes_to_take_out``), a failing
+    guess grows the prefix by the new excess, and once a prefix passes it is bisected against the longest one
+    known to fail. Each guess is one verification; at most ``max_verifications`` are judged. When growth
+    runs out of ranked nodes the model is ranked again (at most ``max_rankings`` rankings), since keeping
+    nodes float moves where the noise comes from.
     """
     keep: dict[str, str] = dict(keep_float or {})
     model = quantize(list(keep))
     verdict = judge(model)
+    verifications, rankings = 1, 0
     logger.debug("%d nodes float at the start: passed %s, excess %s", len(keep), verdict.passed, verdict.excess)
-    rounds = 0
-    while not verdict.passed and rounds < max_rounds:
+    ranking: list[NodeSensitivity] = []
+    while not verdict.passed and rankings < max_rankings and verifications < max_verifications:
         ranking = [s for s in rank(model, list(keep)) if s.node not in keep]
+        rankings += 1
         if not ranking:
             break
-        rounds += 1
-        added = {s.node: f"round {rounds}: {s.describe()}"
-                 for s in ranking[:nodes_to_take_out(ranking, verdict.excess, len(keep))]}
-        base = dict(keep)
-        keep.update(added)
+        found = _shortest_passing_prefix(quantize, judge, keep, ranking, verdict,
+                                         max_verifications - verifications)
+        verifications += found.verifications
+        model, keep, verdict = found.model, found.keep_float, found.verdict
+    return SearchResult(model, keep, verdict, rankings, verifications, ranking)
+
+
+def _shortest_passing_prefix(quantize: Quantizer, judge: Judge, base: dict[str, str],
+                             ranking: list[NodeSensitivity], failing: Verdict, budget: int) -> SearchResult:
+    """The shortest prefix of ``ranking`` that, kept float with ``base``, passes, within ``budget`` judgements;
+    else the longest prefix tried, which failed. ``failing`` is the verdict with none of ``ranking`` float."""
+    low, high = 0, None  # the longest prefix known to fail, the shortest known to pass
+    best: SearchResult | None = None
+    last: SearchResult | None = None
+    count = nodes_to_take_out(ranking, failing.excess, len(base))
+    used = 0
+    while used < budget:
+        keep = {**base, **{s.node: why_float(ranking, i) for i, s in enumerate(ranking[:count])}}
         model = quantize(list(keep))
         verdict = judge(model)
-        logger.debug("round %d: %d nodes float, passed %s, excess %s", rounds, len(keep), verdict.passed,
-                     verdict.excess)
-        if verdict.passed and len(added) > 1:
-            model, keep, verdict = _fewest_that_pass(quantize, judge, base, added, (model, keep, verdict))
-    return SearchResult(model, keep, verdict, rounds)
-
-
-def _fewest_that_pass(quantize: Quantizer, judge: Judge, base: dict[str, str], added: dict[str, str],
-                      passing: tuple[onnx.ModelProto, dict[str, str], Verdict]
-                      ) -> tuple[onnx.ModelProto, dict[str, str], Verdict]:
-    """The shortest prefix of ``added`` (most sensitive first) that, kept float with ``base``, still passes;
-    ``passing`` is the known result of keeping all of ``added``."""
-    additions = list(added.items())
-    low, high = 0, len(additions)  # a prefix of length `high` passes, one of length `low` fails
-    while high - low > 1:
-        middle = (low + high) // 2
-        trial_keep = {**base, **dict(additions[:middle])}
-        trial = quantize(list(trial_keep))
-        verdict = judge(trial)
-        logger.debug("bisect: %d nodes float, passed %s", len(trial_keep), verdict.passed)
+        used += 1
+        logger.debug("prefix %d of %d: passed %s, excess %s", count, len(ranking), verdict.passed, verdict.excess)
         if verdict.passed:
-            high, passing = middle, (trial, trial_keep, verdict)
+            high, best = count, SearchResult(model, keep, verdict, 0)
         else:
-            low = middle
-    return passing
+            low, last = count, SearchResult(model, keep, verdict, 0)
+        if high is not None:
+            if high - low <= 1:
+                break
+            count = (low + high) // 2
+        elif count == len(ranking):
+            break
+        else:
+            count = min(len(ranking), count + nodes_to_take_out(ranking[count:], verdict.excess, count))
+    found = best or last
+    assert found is not None, "a search is given a budget of at least one judgement"
+    found.verifications = used
+    return found

@@ -346,7 +346,7 @@ def test_parity_target_keeps_the_sensitive_node_float() -> None:
     result, quantized = quantize(model, data, mode="static", calib="minmax", **NO_GATE)
     assert result.details["target_met"]
     assert list(result.details["kept_float"]) == ["fc2"]
-    assert result.details["kept_float"]["fc2"].startswith("round 1: output SQNR")
+    assert result.details["kept_float"]["fc2"].startswith("rank 1 of 2: output SQNR")
     assert result.details["quantized_nodes"] == {"MatMul": 1}
     held_out = result.details["parity"]["held-out"]
     assert held_out["passed"] and held_out["samples"] == 5 and held_out["min_cosine"] >= 0.99
@@ -359,7 +359,7 @@ def test_target_not_met_leaves_the_float_model_and_says_why(monkeypatch) -> None
     from onnxkit.passes.quantize import sensitivity
 
     search = sensitivity.keep_sensitive_in_float
-    monkeypatch.setattr(sensitivity, "keep_sensitive_in_float", functools.partial(search, max_rounds=0))
+    monkeypatch.setattr(sensitivity, "keep_sensitive_in_float", functools.partial(search, max_rankings=0))
     model = mlp()
     result, kept = quantize(model, samples("x", (4, 16), 10), mode="static", target_cosine=0.999999, **NO_GATE)
     assert not result.modified
@@ -424,8 +424,8 @@ def test_target_holds_for_the_model_after_the_latency_gate(monkeypatch) -> None:
     the gate keeps Relu float, which ruins conv1's output range (cosine about 0.77). The pass must judge that
     final model, keep more float, and hand on a model that passes the pipeline's parity check on the same data
     (ORT optimizations off) as well as with the kernels that deploy (on)."""
-    from onnxkit.passes import quantize as quantize_package
     from onnxkit.passes.quantize import latency
+    from onnxkit.passes.quantize.report import quantized_nodes
 
     from onnxkit import parity
 
@@ -433,7 +433,7 @@ def test_target_holds_for_the_model_after_the_latency_gate(monkeypatch) -> None:
         # Slow while the Relu is INT8 (fused away into conv1's output range); otherwise each INT8 node saves a
         # little, so keeping Relu float, and the Convs INT8, is the gate's best choice.
         relu_in_int8 = not any(n.op_type == "Relu" for n in candidate.graph.node)
-        in_int8 = quantize_package._quantized_nodes(float_model, candidate)
+        in_int8 = quantized_nodes(float_model, candidate)
         return latency.Timing(float_ms=1.0, quantized_ms=(2.0 if relu_in_int8 else 0.9) - 0.1 * len(in_int8))
 
     monkeypatch.setattr(latency, "compare", relu_in_int8_is_slow)

@@ -169,9 +169,9 @@ def test_an_invalid_model_from_ort_quantizer_leaves_the_float_model_with_the_rea
     """own_gated_loop_ts11 (a scripted Loop): ORT's quantizer wrote its Loop's output out of topological order.
     Such a model is never handed on; the run does not fail either: the float model is kept, with the reason.
     Here the quantizer's real output is put out of order the same way."""
-    import onnxkit.passes.quantize as quantize_pass
+    from onnxkit.passes.quantize import run as quantize_run
 
-    real_quantize_model = quantize_pass.quantize_model
+    real_quantize_model = quantize_run.quantize_model
 
     def out_of_order(*args, **kwargs):
         quantized = real_quantize_model(*args, **kwargs)
@@ -180,7 +180,7 @@ def test_an_invalid_model_from_ort_quantizer_leaves_the_float_model_with_the_rea
         quantized.graph.node.extend(reversed(nodes))
         return quantized
 
-    monkeypatch.setattr(quantize_pass, "quantize_model", out_of_order)
+    monkeypatch.setattr(quantize_run, "quantize_model", out_of_order)
     model = _conv_relu_ir3()
     rng = np.random.default_rng(1)
     data = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(10)]

@@ -1,0 +1,67 @@
+"""The quantize pass's options and the op types each mode quantizes."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from onnxkit.data import DEFAULT_CALIBRATION_SAMPLES
+from onnxkit.passes.quantize import calibration
+from onnxkit.passes.quantize.judge import PIPELINE_TOLERANCE
+
+# Dynamic mode: where INT8 pays off with activations quantized on the fly, plus Gather, whose embedding
+# tables are often half a transformer's size. Not Conv: ConvInteger has no fast kernel and makes CNNs 2-6x
+# slower. ORT has no INT8 GRU kernel, so GRU stays float for now.
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Attention", "LSTM", "GRU", "Gather")
+# Static mode: the compute-heavy ops with INT8 kernels, Gather for embedding tables, and the ops ORT can
+# keep in INT8 between them (ReLU/Clip fold into the quantization range, pooling has QLinear kernels).
+STATIC_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "Relu", "Clip", "MaxPool", "AveragePool",
+                   "GlobalAveragePool")
+# The ops whose INT8 kernels are where the time and size go; a model with none of them quantized is not worth
+# shipping as INT8.
+HEAVY_OP_TYPES = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "Attention", "LSTM", "GRU"})
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeOptions:
+    mode: Literal["auto", "dynamic", "static"] = "auto"
+    format: Literal["qdq", "qoperator"] = "qdq"
+    per_channel: bool = True
+    calib: Literal["minmax", "entropy", "percentile"] = "entropy"
+    samples: int = DEFAULT_CALIBRATION_SAMPLES
+    num_bins: int = 2048
+    percentile: float = 99.999
+    act_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    op_types: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    reduce_range: bool | None = None
+    target_cosine: float | None = PIPELINE_TOLERANCE.min_cosine
+    target_sqnr: float | None = None
+    target_top1: float | None = None
+    max_metric_drop: float = 0.01
+    max_slowdown: float | None = 1.0
+    on_slow: Literal["keep-float", "refuse"] = "keep-float"
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError("samples must be at least 1")
+        if self.calib == "entropy" and self.num_bins < 2 * calibration.QUANTIZED_LEVELS:
+            raise ValueError(f"calib=entropy needs num_bins ≥ {2 * calibration.QUANTIZED_LEVELS}, to search "
+                             f"clipping thresholds finer than the {calibration.QUANTIZED_LEVELS} INT8 levels")
+        if self.num_bins < 2:
+            raise ValueError("num_bins must be at least 2")
+        if not 0 < self.percentile <= 100:
+            raise ValueError("percentile must lie in (0, 100]")
+        if self.target_cosine is not None and not -1 <= self.target_cosine <= 1:
+            raise ValueError("target_cosine must lie between -1 and 1")
+        if self.target_top1 is not None and not 0 <= self.target_top1 <= 1:
+            raise ValueError("target_top1 must lie between 0 and 1")
+        if self.max_slowdown is not None and self.max_slowdown <= 0:
+            raise ValueError("max_slowdown must be positive (or none to skip the latency gate)")
+        if self.max_metric_drop < 0:
+            raise ValueError("max_metric_drop must not be negative")
+        if self.act_type == "int8" and self.weight_type == "uint8":
+            raise ValueError("ONNX Runtime has no kernels for int8 activations with uint8 weights")
+        if self.mode == "dynamic" and self.act_type != "uint8":
+            raise ValueError("dynamic mode quantizes activations to uint8 only")

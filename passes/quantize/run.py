@@ -1,0 +1,243 @@
+"""One quantize run: the prepared float model, its settings, data, ranges and report, and the steps that use them.
+
+``QuantizePass.call`` prepares the model and builds a ``QuantizeRun``; each step below reads what it needs from
+the run instead of having it threaded through as positional values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxkit.data import CalibrationSplit
+from onnxkit.errors import PassFailedError
+from onnxkit.pass_base import PassContext
+from onnxkit.passes.quantize import calibration, judge, latency, sensitivity
+from onnxkit.passes.quantize.options import QuantizeOptions
+from onnxkit.passes.quantize.report import Report, quantized_nodes
+from onnxkit.passes.quantize.rewrite import QuantizeSettings, quantize_model
+
+# Per-node sensitivity and timing need far fewer samples than calibration.
+SENSITIVITY_SAMPLES = 8
+TIMING_SAMPLES = 4
+EVAL_EXTRA = "quantize_eval"
+SENSITIVITY_CACHE_FORMAT = 1
+
+
+@dataclasses.dataclass
+class QuantizeRun:
+    """Everything one call of the pass works on. ``ranges`` is filled by ``calibrate`` (static mode)."""
+
+    options: QuantizeOptions
+    context: PassContext
+    float_proto: onnx.ModelProto
+    settings: QuantizeSettings
+    report: Report
+    data: CalibrationSplit
+    types: Mapping[str, int]
+    candidates: list[onnx.NodeProto]
+    excluded: frozenset[str]
+    ranges: Any = None
+
+    # -- quantizing -------------------------------------------------------------------------------------
+
+    def quantize(self, keep_float: Sequence[str] | Mapping[str, str], op_types: Sequence[str] | None = None
+                 ) -> onnx.ModelProto:
+        """The INT8 model with ``keep_float`` (and the user's exclusions) in float, over ``op_types``."""
+        settings = self.settings if op_types is None else dataclasses.replace(self.settings, op_types=tuple(op_types))
+        return quantize_model(self.float_proto, settings, self.ranges, self.excluded | set(keep_float))
+
+    def calibrate(self) -> None:
+        """Activation ranges over the calibration samples, from the cache when it has them."""
+        options = self.options
+        calib_settings = calibration.CalibrationSettings(options.calib, options.num_bins, options.percentile)
+        tensors = calibration.calibration_tensors(self.float_proto, self.settings.op_types, self.types)
+        cache, key = self._cache(), None
+        if cache is not None:
+            key = calibration.cache_key(self.float_proto, calibration.dataset_fingerprint(self.data.calibration),
+                                        calib_settings, tensors)
+        ranges = cache.load(key) if cache is not None and key is not None else None
+        status = "hit" if ranges is not None else "stored" if cache is not None else "off"
+        if ranges is None:
+            with _progress(self.context.show_progress, "calibrating", self.data.calibration_count()) as advance:
+                ranges = calibration.calibrate(self.float_proto, tensors, self.types, self.data.calibration,
+                                               calib_settings, advance)
+            if cache is not None and key is not None:
+                cache.store(key, ranges)
+        self.report.calibration = {"method": calib_settings.describe(), "samples": self.data.calibration_count(),
+                                   "tensors": len(tensors), "cache": status}
+        self.ranges = ranges
+
+    def _cache(self) -> calibration.CalibrationCache | None:
+        folder = self.context.extras.get("calib_cache")
+        return calibration.CalibrationCache(folder) if folder else None
+
+    # -- the parity target ------------------------------------------------------------------------------
+
+    def judge(self) -> judge.Judge | None:
+        """How a candidate is accepted: the user's metric, else the parity target on held-out data; None: no
+        target (every candidate node is quantized)."""
+        options = self.options
+        evaluate = self.context.extras.get(EVAL_EXTRA)
+        if evaluate is not None:
+            chosen = judge.by_metric(self.float_proto, evaluate, options.max_metric_drop)
+        elif options.target_cosine is None and options.target_sqnr is None and options.target_top1 is None:
+            return None
+        else:
+            if self.data.reused_calibration_for_holdout:
+                self.report.warnings.append("too few samples to hold any out: the target is judged on calibration "
+                                            "samples")
+            chosen = judge.by_parity(self.float_proto, self.data, min_cosine=options.target_cosine,
+                                     min_sqnr=options.target_sqnr, min_top1=options.target_top1)
+        self.report.target = chosen.target
+        return chosen
+
+    def meet_target(self, accept: judge.Judge | None, op_types: Sequence[str] | None = None,
+                    keep_float: Mapping[str, str] | None = None) -> tuple[onnx.ModelProto, dict[str, str]]:
+        """Search which nodes stay float until ``accept`` passes, starting from ``keep_float`` already float, with
+        ``op_types`` (default: the settings') quantized."""
+        op_types = tuple(op_types or self.settings.op_types)
+        if accept is None:
+            return self.quantize(list(keep_float or ()), op_types), dict(keep_float or {})
+        candidates = [n for n in self.candidates if n.op_type in op_types]
+        samples = list(itertools.islice(self.data.calibration, SENSITIVITY_SAMPLES))
+        cached = self._sensitivity_cache(samples, op_types, keep_float)
+
+        def rank(quantized: onnx.ModelProto, keep: Sequence[str]) -> list[sensitivity.NodeSensitivity]:
+            first = set(keep) == set(keep_float or ())
+            if first and cached is not None and (hit := cached.load()) is not None:
+                self.report.sensitivity_cache = "hit"
+                return hit
+            if self.settings.mode == "static" and self.settings.format == "qoperator":
+                # QOperator renames every tensor; its QDQ twin keeps the float names to match.
+                twin = dataclasses.replace(self.settings, format="qdq", op_types=op_types)
+                quantized = quantize_model(self.float_proto, twin, self.ranges, self.excluded | set(keep))
+            # Only nodes that really run in INT8 can be taken out (dynamic MatMul needs a constant B, say).
+            in_int8 = {n.name for n in quantized_nodes(self.float_proto, quantized)}
+            remaining = [n for n in candidates if n.name not in keep and n.name in in_int8]
+            ranking = sensitivity.measure_sensitivity(self.float_proto, quantized, remaining, self.types, samples)
+            if first and cached is not None:
+                cached.store(ranking)
+                self.report.sensitivity_cache = "stored"
+            return ranking
+
+        search = sensitivity.keep_sensitive_in_float(lambda keep: self.quantize(keep, op_types), rank, accept,
+                                                     keep_float=keep_float)
+        report = self.report
+        report.target_met = search.verdict.passed
+        report.verdict = search.verdict.detail
+        report.search_rounds += search.rounds
+        report.search_verifications += search.verifications
+        report.ranking = search.ranking or report.ranking
+        return search.model, search.keep_float
+
+    def _sensitivity_cache(self, samples: Sequence[Mapping[str, Any]], op_types: Sequence[str],
+                           keep_float: Mapping[str, str] | None) -> SensitivityCache | None:
+        """The cached first ranking of this model, calibration and data, when a cache folder is given."""
+        folder = self.context.extras.get("calib_cache")
+        if not folder:
+            return None
+        digest = hashlib.sha256()
+        digest.update(calibration.cache_key(self.float_proto, calibration.dataset_fingerprint(samples),
+                                            calibration.CalibrationSettings(self.options.calib, self.options.num_bins,
+                                                                            self.options.percentile),
+                                            sorted(self.ranges.data) if self.ranges is not None else []).encode())
+        digest.update(json.dumps({"format": SENSITIVITY_CACHE_FORMAT, "settings": dataclasses.asdict(self.settings),
+                                  "op_types": list(op_types), "excluded": sorted(self.excluded),
+                                  "keep": sorted(keep_float or ())}, sort_keys=True).encode())
+        if self.ranges is not None:
+            digest.update(json.dumps({name: [float(v) for v in data.range_value]
+                                      for name, data in sorted(self.ranges.data.items())}).encode())
+        return SensitivityCache(Path(folder) / "sensitivity" / f"{digest.hexdigest()[:32]}.json")
+
+    # -- the latency gate -------------------------------------------------------------------------------
+
+    def gate(self, quantized: onnx.ModelProto, keep_float: Mapping[str, str]) -> onnx.ModelProto | None:
+        """``quantized`` if it is fast enough, else a variant with costly op types float, else None."""
+        options = self.options
+        assert options.max_slowdown is not None
+        timing_samples = list(itertools.islice(self.data.calibration, TIMING_SAMPLES))
+        present = {n.op_type for n in quantized_nodes(self.float_proto, quantized)}
+        gate = latency.latency_gate(self.float_proto, quantized, [t for t in self.settings.op_types if t in present],
+                                    lambda op_types: self.quantize(keep_float, op_types), timing_samples,
+                                    options.max_slowdown)
+        self.report.timing = gate.timing
+        self.report.gate_float_op_types = gate.float_op_types
+        self.report.gate_attempts = gate.tried
+        if gate.model is not None:
+            return gate.model
+        return self.too_slow(gate.timing, gate.float_op_types)
+
+    def recheck_after_gate(self, accept: judge.Judge, keep_float: Mapping[str, str]
+                           ) -> tuple[onnx.ModelProto | None, dict[str, str]]:
+        """The parity target again, on the op types the latency gate left in INT8.
+
+        Keeping an op type float can lower accuracy: with the Relu after an INT8 Conv float, the Conv's output
+        is quantized over its whole range, negative values included, instead of the Relu's, from 0. The gate
+        decides by timing, which varies from run to run, so without this check the model handed on was never
+        judged against the target. The search resumes from the nodes already float and keeps more float until
+        the target holds; since that changes the model again, it is timed again.
+        """
+        options = self.options
+        assert options.max_slowdown is not None
+        kept_op_types = tuple(t for t in self.settings.op_types if t not in self.report.gate_float_op_types)
+        quantized, rechecked_keep = self.meet_target(accept, kept_op_types, keep_float)
+        if set(rechecked_keep) == set(keep_float):
+            return quantized, rechecked_keep
+        timing = latency.compare(self.float_proto, quantized,
+                                 list(itertools.islice(self.data.calibration, TIMING_SAMPLES)))
+        self.report.timing = timing
+        if not timing.within(options.max_slowdown):
+            return self.too_slow(timing, self.report.gate_float_op_types), rechecked_keep
+        return quantized, rechecked_keep
+
+    def too_slow(self, timing: latency.Timing, float_op_types: list[str]) -> None:
+        """Refuse (on_slow=refuse) or record that the float model is kept."""
+        options = self.options
+        message = (f"INT8 is slower than allowed: {timing.describe()}, above max_slowdown {options.max_slowdown}"
+                   + (f" even with {', '.join(float_op_types)} kept float" if float_op_types else ""))
+        if options.on_slow == "refuse":
+            raise PassFailedError(message, hint="raise max_slowdown, narrow op_types, or use on_slow=keep-float")
+        self.report.kept_whole_model_float = message
+
+
+class SensitivityCache:
+    """One ranking as JSON: node, op type, added noise-to-signal ratio, output SQNR."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> list[sensitivity.NodeSensitivity] | None:
+        try:
+            rows = json.loads(self.path.read_text())
+            return [sensitivity.NodeSensitivity(str(r["node"]), str(r["op_type"]), float(r["added_nsr"]),
+                                                float(r["output_sqnr_db"])) for r in rows]
+        except (OSError, ValueError, KeyError, TypeError):  # missing or damaged: measured again
+            return None
+
+    def store(self, ranking: Sequence[sensitivity.NodeSensitivity]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        # float("inf") is written as Infinity, which json reads back.
+        temporary.write_text(json.dumps([dataclasses.asdict(s) for s in ranking]))
+        temporary.replace(self.path)
+
+
+@contextlib.contextmanager
+def _progress(show: bool, description: str, total: int) -> Iterator[Callable[[int], None] | None]:
+    if not show:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda steps: bar.advance(task, steps)

@@ -51,7 +51,8 @@ def _rewrite(transpose: ir.Node, graph: ir.Graph | ir.Function, context: FusionC
     if any(user.op_type != "Shape" or user.domain not in _STANDARD or user.graph is not graph for user in readers):
         return False
     shape_of_x = next((user for user, _ in x.uses() if user.graph is graph and _is_full_shape(user, x)), None)
-    if shape_of_x is None or not context.allows(context.fusion, transpose.name or ""):
+    anchor = transpose.name or output.name or ""  # unnamed nodes go by their output
+    if shape_of_x is None or not context.allows(context.fusion, anchor):
         return False
     order = {node: index for index, node in enumerate(graph)}
     if order[shape_of_x] > order[transpose]:  # x exists before the Transpose, so its Shape may move there
@@ -77,7 +78,7 @@ def _rewrite(transpose: ir.Node, graph: ir.Graph | ir.Function, context: FusionC
         _take_place(old, gather.outputs[0], graph)
         graph.remove(reader, safe=True)
     graph.remove(transpose, safe=True)
-    context.sites.append(Site(context.fusion, transpose.name or ""))
+    context.sites.append(Site(context.fusion, anchor))
     return True
 
 

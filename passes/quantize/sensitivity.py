@@ -43,11 +43,13 @@ logger = logging.getLogger(__name__)
 class NodeSensitivity:
     node: str
     op_type: str
-    added_nsr: float  # noise-to-signal ratio the node adds to its inputs'
-    output_sqnr_db: float
+    added_nsr: float  # the noise-to-signal ratio the node adds to its inputs', against the float model
+    output_sqnr_db: float  # its output in the quantized model against the float model's
+    rounding_nsr: float | None = None  # its own INT8 rounding: before against after its QDQ pairs
 
     def describe(self) -> str:
-        return f"output SQNR {self.output_sqnr_db:.1f} dB, adds {self.added_nsr:.2%} relative noise power"
+        own = f" (its own INT8 rounding {self.rounding_nsr:.2%})" if self.rounding_nsr is not None else ""
+        return f"output SQNR {self.output_sqnr_db:.1f} dB, adds {self.added_nsr:.2%} relative noise power{own}"
 
 
 def sqnr_db(signal: float, noise: float) -> float:
@@ -65,58 +67,110 @@ def _value_names(proto: onnx.ModelProto) -> set[str]:
     return names
 
 
+def activation_qdq(quantized: onnx.ModelProto) -> dict[str, tuple[float, float, int, int]]:
+    """Each activation quantized per tensor in ``quantized`` (QDQ): its scale, zero point and integer range,
+    from the ``QuantizeLinear`` nodes that read it."""
+    constants = {t.name: t for t in quantized.graph.initializer}
+    found = {}
+    for node in quantized.graph.node:
+        if node.op_type != "QuantizeLinear" or len(node.input) < 3 or node.input[0] in constants:
+            continue
+        scale, zero_point = constants.get(node.input[1]), constants.get(node.input[2])
+        if scale is None or zero_point is None:
+            continue
+        scale_value, zero_value = onnx.numpy_helper.to_array(scale), onnx.numpy_helper.to_array(zero_point)
+        if scale_value.size != 1:
+            continue  # per-channel: a weight, not an activation
+        info = np.iinfo(zero_value.dtype)
+        found[node.input[0]] = (float(scale_value.reshape(())), float(zero_value.reshape(())), int(info.min),
+                                int(info.max))
+    return found
+
+
+def _rounding_noise(values: np.ndarray, qdq: tuple[float, float, int, int]) -> float:
+    """The noise power of quantizing and dequantizing ``values`` with ``qdq`` (round half to even, as ORT)."""
+    scale, zero_point, low, high = qdq
+    if scale <= 0:
+        return 0.0
+    dequantized = (np.clip(np.rint(values / scale) + zero_point, low, high) - zero_point) * scale
+    return float(np.sum((values - dequantized) ** 2))
+
+
 def measure_sensitivity(float_proto: onnx.ModelProto, quantized: onnx.ModelProto, candidates: Sequence[onnx.NodeProto],
                         types: Mapping[str, int], samples: Iterable[Mapping[str, Any]]) -> list[NodeSensitivity]:
-    """Each candidate node's added noise, most sensitive first, streamed over ``samples``.
+    """Each candidate node's added noise, most sensitive first, from one run of each model over ``samples``.
 
-    A node's inputs are measured as produced (``X``, before any QDQ pair in front of the node, so the
-    node's own input quantization counts against it), its outputs as consumed (``Y_DequantizeLinear_Output``
-    where the output is quantized, else ``Y``).
+    Two measures:
+
+    - against float (``qdq_loss_debug``'s cross-model error): the node's output as consumed in the quantized
+      model (``Y_DequantizeLinear_Output`` where the output is quantized, else ``Y``) against the float
+      model's ``Y``, less the worst of its inputs as produced (``X``, before the QDQ pair in front of the node,
+      so its own input quantization counts against it). Upstream noise can mask a node here: an input
+      already ruined leaves nothing to ruin.
+    - its own rounding (``qdq_loss_debug``'s pre- against post-QDQ error, on clean inputs): each activation
+      the node reads or writes through a QDQ pair, taken from the float model and quantized with that
+      pair's scale and zero point. This does not depend on what happened upstream.
+
+    The ranking uses the first: the second, relative to each tensor's own power, misses a range widened by
+    a channel that a later Relu or a zero weight row drops (its rounding is small against that channel and
+    ruins the rest), and it is reported only, to explain. Signal and noise powers are summed sample by
+    sample, so memory is one sample's tensors.
     """
     initializers = {i.name for i in float_proto.graph.initializer}
     present = _value_names(quantized)
-    probes: dict[tuple[str, str], None] = {}  # (float name, quantized name), in order
-    node_probes = []
+    qdq = activation_qdq(quantized)
+    pairs: dict[tuple[str, str], None] = {}  # (float name, quantized name), in order
+    rounded: dict[str, None] = {}  # float activations whose rounding is measured
+    node_pairs = []
+
+    def activation(name: str) -> bool:
+        return bool(name) and name not in initializers and types.get(name) in FLOAT_TYPES and name in present
+
+    def add(pair: tuple[str, str]) -> tuple[str, str]:
+        pairs[pair] = None
+        return pair
+
     for node in candidates:
-        def probe(name: str, consumed: bool) -> tuple[str, str] | None:
-            if not name or name in initializers or types.get(name) not in FLOAT_TYPES:
-                return None
-            options = (f"{name}{DEQUANT_OUTPUT_SUFFIX}", name) if consumed else (name,)
-            match = next((option for option in options if option in present), None)
-            if match is None:
-                return None
-            probes[(name, match)] = None
-            return name, match
-
-        inputs = [p for p in (probe(n, consumed=False) for n in node.input) if p is not None]
-        outputs = [p for p in (probe(n, consumed=True) for n in node.output) if p is not None]
+        inputs = [add((name, name)) for name in node.input if activation(name)]
+        outputs = [add((name, consumed if (consumed := f"{name}{DEQUANT_OUTPUT_SUFFIX}") in present else name))
+                   for name in node.output if activation(name)]
+        rounding = [name for name in (*node.input, *node.output) if activation(name) and name in qdq]
+        rounded.update(dict.fromkeys(rounding))
         if outputs:
-            node_probes.append((node, inputs, outputs))
-    if not probes:
+            node_pairs.append((node, inputs, outputs, rounding))
+    if not pairs:
         return []
-    float_names = list(dict.fromkeys(f for f, _ in probes))
-    quantized_names = list(dict.fromkeys(q for _, q in probes))
+    float_names = list(dict.fromkeys([*(f for f, _ in pairs), *rounded]))
+    quantized_names = list(dict.fromkeys(q for _, q in pairs))
     float_tap = TensorTap(float_proto, float_names, types)
-    quantized_tap = TensorTap(quantized, quantized_names, {q: types[f] for f, q in probes})
-    signal = dict.fromkeys(probes, 0.0)
-    noise = dict.fromkeys(probes, 0.0)
+    quantized_tap = TensorTap(quantized, quantized_names, {q: types[f] for f, q in pairs})
+    signal = dict.fromkeys(float_names, 0.0)
+    noise = dict.fromkeys(pairs, 0.0)
+    rounding_noise = dict.fromkeys(rounded, 0.0)
     for sample in samples:
-        float_values = float_tap.run(sample)
+        float_values = {name: value.astype(np.float64) for name, value in float_tap.run(sample).items()}
         quantized_values = quantized_tap.run(sample)
-        for key in probes:
-            reference = float_values[key[0]].astype(np.float64)
-            signal[key] += float(np.sum(reference**2))
-            noise[key] += float(np.sum((reference - quantized_values[key[1]].astype(np.float64)) ** 2))
+        for name, value in float_values.items():
+            signal[name] += float(np.sum(value**2))
+        for float_name, quantized_name in pairs:
+            difference = float_values[float_name] - quantized_values[quantized_name].astype(np.float64)
+            noise[(float_name, quantized_name)] += float(np.sum(difference**2))
+        for name in rounded:
+            rounding_noise[name] += _rounding_noise(float_values[name], qdq[name])
 
-    def nsr(key: tuple[str, str]) -> float:
-        return noise[key] / signal[key] if signal[key] > 0 else (math.inf if noise[key] > 0 else 0.0)
+    def ratio(noise_power: float, signal_power: float) -> float:
+        return noise_power / signal_power if signal_power > 0 else (math.inf if noise_power > 0 else 0.0)
+
+    def nsr(pair: tuple[str, str]) -> float:
+        return ratio(noise[pair], signal[pair[0]])
 
     ranked = []
-    for node, inputs, outputs in node_probes:
+    for node, inputs, outputs, rounding in node_pairs:
         worst = max(outputs, key=nsr)
-        input_nsr = max((nsr(key) for key in inputs), default=0.0)
+        input_nsr = max((nsr(pair) for pair in inputs), default=0.0)
         added = nsr(worst) - input_nsr if math.isfinite(nsr(worst)) else math.inf
-        ranked.append(NodeSensitivity(node.name, node.op_type, added, sqnr_db(signal[worst], noise[worst])))
+        own = sum(ratio(rounding_noise[name], signal[name]) for name in rounding) if rounding else None
+        ranked.append(NodeSensitivity(node.name, node.op_type, added, sqnr_db(signal[worst[0]], noise[worst]), own))
     ranked.sort(key=lambda s: s.added_nsr, reverse=True)
     return ranked
 
@@ -182,13 +236,14 @@ def nodes_to_take_out(ranking: Sequence[NodeSensitivity], excess: float | None, 
     return min(len(ranking), max(1, unbounded + count, math.ceil(already_float / 2)))
 
 
-def why_float(ranking: Sequence[NodeSensitivity], position: int) -> str:
+def why_float(ranking: Sequence[NodeSensitivity], position: int, ranking_number: int = 1) -> str:
     """Why the node at ``position`` of ``ranking`` stays float: its rank, its measured effect, its share."""
     node = ranking[position]
     total = sum(s.added_nsr for s in ranking if math.isfinite(s.added_nsr) and s.added_nsr > 0)
     share = (f", {node.added_nsr / total:.1%} of the noise all {len(ranking)} ranked nodes add"
              if total > 0 and math.isfinite(node.added_nsr) and node.added_nsr > 0 else "")
-    return f"rank {position + 1} of {len(ranking)}: {node.describe()}{share}"
+    again = f" (ranking {ranking_number})" if ranking_number > 1 else ""
+    return f"rank {position + 1} of {len(ranking)}{again}: {node.describe()}{share}"
 
 
 def keep_sensitive_in_float(quantize: Quantizer, rank: Ranker, judge: Judge, *, max_rankings: int = MAX_RANKINGS,
@@ -201,9 +256,10 @@ def keep_sensitive_in_float(quantize: Quantizer, rank: Ranker, judge: Judge, *, 
     remaining nodes, and the search looks for the shortest prefix of that order that passes: the first guess
     covers as much of the added noise as the judge's excess calls for (``nodes_to_take_out``), a failing
     guess grows the prefix by the new excess, and once a prefix passes it is bisected against the longest one
-    known to fail. Each guess is one verification; at most ``max_verifications`` are judged. When growth
-    runs out of ranked nodes the model is ranked again (at most ``max_rankings`` rankings), since keeping
-    nodes float moves where the noise comes from.
+    known to fail. Each guess is one verification; at most ``max_verifications`` are judged. A guess that
+    fails without halving the output noise, or growth that runs out of ranked nodes, has the model ranked
+    again from there (at most ``max_rankings`` rankings), since keeping nodes float moves where the noise
+    comes from.
     """
     keep: dict[str, str] = dict(keep_float or {})
     model = quantize(list(keep))
@@ -216,24 +272,36 @@ def keep_sensitive_in_float(quantize: Quantizer, rank: Ranker, judge: Judge, *, 
         rankings += 1
         if not ranking:
             break
-        found = _shortest_passing_prefix(quantize, judge, keep, ranking, verdict,
-                                         max_verifications - verifications)
+        found = _shortest_passing_prefix(quantize, judge, keep, ranking, verdict, max_verifications - verifications,
+                                         stop_when_stuck=rankings < max_rankings, ranking_number=rankings)
         verifications += found.verifications
         model, keep, verdict = found.model, found.keep_float, found.verdict
     return SearchResult(model, keep, verdict, rankings, verifications, ranking)
 
 
+def _progressed(before: float | None, after: float | None) -> bool:
+    """Whether keeping nodes float cut the output noise at least by half (unknown excess: assume so)."""
+    if before is None or after is None:
+        return True
+    return after < before / 2 if math.isfinite(before) else math.isfinite(after)
+
+
 def _shortest_passing_prefix(quantize: Quantizer, judge: Judge, base: dict[str, str],
-                             ranking: list[NodeSensitivity], failing: Verdict, budget: int) -> SearchResult:
+                             ranking: list[NodeSensitivity], failing: Verdict, budget: int, *,
+                             stop_when_stuck: bool, ranking_number: int = 1) -> SearchResult:
     """The shortest prefix of ``ranking`` that, kept float with ``base``, passes, within ``budget`` judgements;
-    else the longest prefix tried, which failed. ``failing`` is the verdict with none of ``ranking`` float."""
+    else the longest prefix tried, which failed. ``failing`` is the verdict with none of ``ranking`` float.
+
+    With ``stop_when_stuck``, a failing prefix that did not even halve the output noise ends the search here:
+    the ranking missed what matters (an input ruined upstream hides what a node would ruin itself), and the
+    caller ranks again from that prefix rather than growing it blindly."""
     low, high = 0, None  # the longest prefix known to fail, the shortest known to pass
     best: SearchResult | None = None
     last: SearchResult | None = None
     count = nodes_to_take_out(ranking, failing.excess, len(base))
     used = 0
     while used < budget:
-        keep = {**base, **{s.node: why_float(ranking, i) for i, s in enumerate(ranking[:count])}}
+        keep = {**base, **{s.node: why_float(ranking, i, ranking_number) for i, s in enumerate(ranking[:count])}}
         model = quantize(list(keep))
         verdict = judge(model)
         used += 1
@@ -241,7 +309,11 @@ def _shortest_passing_prefix(quantize: Quantizer, judge: Judge, base: dict[str, 
         if verdict.passed:
             high, best = count, SearchResult(model, keep, verdict, 0)
         else:
+            stuck = stop_when_stuck and not _progressed((last or SearchResult(model, keep, failing, 0)).verdict.excess,
+                                                        verdict.excess)
             low, last = count, SearchResult(model, keep, verdict, 0)
+            if stuck and high is None:
+                break
         if high is not None:
             if high - low <= 1:
                 break

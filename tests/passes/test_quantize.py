@@ -12,13 +12,13 @@ import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
-from onnxkit.passes.quantize import QuantizePass, cpu
 from onnxruntime.quantization import quantize_dynamic
 from onnxruntime.quantization.calibrate import load_tensors_data
 
 from onnxkit.cli import main
 from onnxkit.errors import PassFailedError, SpecError
 from onnxkit.pass_base import PassContext
+from onnxkit.passes.quantize import QuantizePass, cpu
 from onnxkit.pipeline import Pipeline
 from tests.conftest import run_model
 
@@ -424,10 +424,9 @@ def test_target_holds_for_the_model_after_the_latency_gate(monkeypatch) -> None:
     the gate keeps Relu float, which ruins conv1's output range (cosine about 0.77). The pass must judge that
     final model, keep more float, and hand on a model that passes the pipeline's parity check on the same data
     (ORT optimizations off) as well as with the kernels that deploy (on)."""
+    from onnxkit import parity
     from onnxkit.passes.quantize import latency
     from onnxkit.passes.quantize.report import quantized_nodes
-
-    from onnxkit import parity
 
     def relu_in_int8_is_slow(float_model, candidate, samples) -> latency.Timing:
         # Slow while the Relu is INT8 (fused away into conv1's output range); otherwise each INT8 node saves a

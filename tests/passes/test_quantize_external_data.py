@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnxkit.passes.quantize import QuantizePass
 
 from onnxkit import modelio
 from onnxkit.pass_base import PassContext
+from onnxkit.passes.quantize import QuantizePass, latency
 from tests.conftest import run_model
 from tests.passes.test_quantize import convnet, cosine, samples
 
@@ -25,11 +25,22 @@ def test_quantize_over_the_protobuf_limit_gives_a_valid_model_and_leaves_the_inp
     float_model = modelio.load_model(path)
     float_model_bytes = ir.serde.serialize_model(float_model).SerializeToString()
     data = samples("x", (2, 3, 8, 8), 12)
-    pass_ = QuantizePass(mode="static", max_slowdown=1e9)  # the gate runs (and re-quantizes) but always accepts
+    timings = iter([latency.Timing(float_ms=1.0, quantized_ms=2.0)])  # the first INT8 model is "slow"
+
+    def first_slow_then_fast(float_model, candidate, timing_samples) -> latency.Timing:
+        # Both models really run, through files, as the gate runs them; only the verdict is scripted.
+        latency.time_models([float_model, candidate], timing_samples[:1])
+        return next(timings, latency.Timing(float_ms=1.0, quantized_ms=0.5))
+
+    # The gate re-quantizes the same prepared model once per op type it tries, then the target search runs on
+    # what it kept: every step after the first reads a model that a save with external data would have emptied.
+    monkeypatch.setattr(latency, "compare", first_slow_then_fast)
+    pass_ = QuantizePass(mode="static", max_slowdown=1.0)
     pass_.context = PassContext(data=data, extras={"calib_cache": tmp_path / "cache"})
     result = pass_(float_model)
 
     assert result.modified
+    assert result.details["latency_gate"]["float_op_types"] and len(result.details["latency_gate"]["attempts"]) > 1
     assert result.details["latency"] is not None and result.details["calibration"]["cache"] == "stored"
     assert ir.serde.serialize_model(float_model).SerializeToString() == float_model_bytes
     monkeypatch.undo()

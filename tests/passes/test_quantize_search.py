@@ -1,0 +1,100 @@
+"""The keep-in-float search: one ranking, a few judged candidates, a reason per float node, a cached ranking;
+and the streaming histogram under calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxkit.passes.quantize import sensitivity
+from onnxkit.passes.quantize.calibration import StreamingHistogram
+from tests.conftest import run_model
+from tests.passes.test_quantize import NO_GATE, _weight, cosine, quantize, samples
+
+
+def two_outlier_chain() -> onnx.ModelProto:
+    """fc1 → fc2 → fc3 → fc4 → fc5 (MatMuls, width 16). fc1 and fc3 put one channel 1000 times above the rest,
+    which the next MatMul ignores: quantizing fc2's and fc4's inputs per tensor wipes out what they read, so
+    those two, and only they, must stay float."""
+    rng = np.random.default_rng(0)
+    weights = [_weight(rng, 16, 16) for _ in range(5)]
+    for outlier in (0, 2):
+        weights[outlier][:, 0] *= 1000.0
+        weights[outlier + 1][0, :] = 0.0
+    names = ["x", "h1", "h2", "h3", "h4", "y"]
+    nodes = [helper.make_node("MatMul", [names[i], f"w{i + 1}"], [names[i + 1]], name=f"fc{i + 1}") for i in range(5)]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+                              [numpy_helper.from_array(w, f"w{i + 1}") for i, w in enumerate(weights)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_search_ranks_once_judges_few_and_says_why_each_node_stayed_float() -> None:
+    model = two_outlier_chain()
+    data = samples("x", (4, 16), 25)
+    result, quantized = quantize(model, data, mode="static", calib="minmax", **NO_GATE)
+    details = result.details
+    assert details["target_met"]
+    assert sorted(details["kept_float"]) == ["fc2", "fc4"]
+    # fc2's ruined input hides what fc4 would ruin itself: the first ranking finds fc2, the second fc4.
+    assert details["kept_float"]["fc2"].startswith("rank 1 of 5: output SQNR 0.0 dB, adds 99.99% relative noise")
+    assert details["kept_float"]["fc4"].startswith("rank 1 of 4 (ranking 2): output SQNR 0.0 dB")
+    assert all("of the noise all" in reason for reason in details["kept_float"].values())
+    search = details["search"]
+    assert search["rankings"] == 2 and search["verifications"] <= 4
+    assert search["worst_nodes"][0]["node"] == "fc4"
+    assert sum(row["share_of_added_noise"] or 0.0 for row in search["worst_nodes"]) <= 1.0 + 1e-9
+    for sample in data:
+        assert cosine(run_model(model, sample)[0], run_model(quantized, sample)[0]) >= 0.99
+
+
+def test_sensitivity_ranking_is_cached_per_model_and_data(tmp_path) -> None:
+    model, data = two_outlier_chain(), samples("x", (4, 16), 25)
+    extras = {"calib_cache": tmp_path / "cache"}
+    first, quantized = quantize(model, data, extras, mode="static", calib="minmax", **NO_GATE)
+    second, again = quantize(model, data, extras, mode="static", calib="minmax", **NO_GATE)
+    other_data, _ = quantize(model, samples("x", (4, 16), 25, seed=2), extras, mode="static", calib="minmax",
+                             **NO_GATE)
+    assert first.details["search"]["sensitivity_cache"] == "stored"
+    assert second.details["search"]["sensitivity_cache"] == "hit"
+    assert other_data.details["search"]["sensitivity_cache"] == "stored"
+    assert second.details["kept_float"] == first.details["kept_float"]
+    assert again.SerializeToString() == quantized.SerializeToString()
+    assert len(list((tmp_path / "cache" / "sensitivity").glob("*.json"))) == 2
+
+
+def test_search_gives_up_within_its_budget_when_nothing_passes() -> None:
+    judged = []
+
+    def quantize_keeping(keep):
+        return helper.make_model(helper.make_graph([], "g", [], []))
+
+    def rank(model, keep):
+        return [sensitivity.NodeSensitivity(f"n{i}", "MatMul", 1.0 / (i + 1), 10.0) for i in range(40)]
+
+    def never(model):
+        judged.append(model)
+        return sensitivity.Verdict(False, excess=1.01)
+
+    search = sensitivity.keep_sensitive_in_float(quantize_keeping, rank, never)
+    assert not search.verdict.passed
+    assert len(judged) == search.verifications <= sensitivity.MAX_VERIFICATIONS
+    assert search.rounds <= sensitivity.MAX_RANKINGS
+
+
+def test_streaming_histogram_merges_exactly() -> None:
+    """Counting sample by sample, with the grid widening as the range grows, gives the counts of one histogram
+    of all the values on the final grid."""
+    rng = np.random.default_rng(3)
+    chunks = [rng.standard_normal(500).astype(np.float32) * scale for scale in (0.01, 1.0, 0.5, 30.0)]
+    streamed = StreamingHistogram(capacity=256)
+    for chunk in chunks:
+        streamed.add(chunk, float(chunk.min()), float(chunk.max()))
+    assert streamed.exponent is not None
+    values = np.concatenate(chunks).astype(np.float64)
+    width = 2.0**streamed.exponent
+    direct = np.bincount((np.floor(values / width) - streamed.first).astype(np.int64), minlength=streamed.counts.size)
+    assert streamed.counts.size <= 256 and streamed.counts.size > 128
+    np.testing.assert_array_equal(streamed.counts, direct)
+    assert streamed.counts.sum() == values.size

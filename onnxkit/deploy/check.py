@@ -68,17 +68,17 @@ class DeployReport:
 
 
 def deploy_check(model_path: str | os.PathLike[str], target: str, *, data: Any = None,
-                 dims: Mapping[str, int] | None = None, tolerance: parity.Tolerance | None = None,
-                 precision: str = "f32") -> DeployReport:
+                 dims: Mapping[str, int] | None = None, num_samples: int | None = None,
+                 tolerance: parity.Tolerance | None = None, precision: str = "f32") -> DeployReport:
     """Check ``model_path`` for ``target`` and, where its runtime is installed, run it there against ONNX
-    Runtime. ``precision`` is OpenVINO's inference precision (``f32``, or ``bf16``/``f16`` as the CPU runs
-    by default where it can)."""
+    Runtime on ``data`` (else probed synthetic inputs; ``num_samples`` caps either). ``precision`` is
+    OpenVINO's inference precision (``f32``, or ``bf16``/``f16`` as the CPU runs by default where it can)."""
     path = Path(model_path)
     model = modelio.load_model(path)
     report = DeployReport(str(model_path), target, get_target(target).check(model, path))
 
     def compare(candidate: Any) -> parity.ParityReport:
-        return parity.compare_models(path, candidate, data, tolerance=tolerance, dims=dims)
+        return parity.compare_models(path, candidate, data, tolerance=tolerance, dims=dims, num_samples=num_samples)
 
     if target == "tensorrt":
         report.commands.append(trtexec_command(path, model, data, dims))

@@ -53,12 +53,14 @@ def report_target(target: str | None, model: Any, as_json: bool, payload: dict[s
 @click.option("--target", required=True, type=TARGET_CHOICE, help="Where the model will run.")
 @click.option("--data", "data_path", help="Inputs for the run on the target (default: probed synthetic inputs).")
 @click.option("--dim", "dims", help="Bind dynamic dimensions for synthetic inputs, e.g. batch=4,seq=128.")
+@click.option("--samples", type=click.IntRange(min=1), help="How many samples: the synthetic count (default 4), or a cap on --data.")
 @click.option("--precision", type=click.Choice(["f32", "bf16", "f16"]), default="f32", show_default=True,
               help="OpenVINO's inference precision (its CPU plugin runs bf16 by default where the CPU has it).")
 @tolerance_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @verbose_option
-def deploy_check_command(model: Path, target: str, data_path: str | None, dims: str | None, precision: str,
+def deploy_check_command(model: Path, target: str, data_path: str | None, dims: str | None, samples: int | None,
+                         precision: str,
                          atol: float | None, rtol: float | None, min_cosine: float | None, min_sqnr: float | None,
                          min_top1: float | None, as_json: bool) -> None:
     """Check that MODEL loads, runs and agrees on a deployment target.
@@ -80,7 +82,7 @@ def deploy_check_command(model: Path, target: str, data_path: str | None, dims: 
     overrides = tolerance_overrides(atol=atol, rtol=rtol, min_cosine=min_cosine, min_sqnr=min_sqnr, min_top1=min_top1)
     tolerance = parity.tolerance_from_options(None, overrides)
     report = deploy_check(model, target, data=load_data_option(data_path), dims=parse_dims(dims),
-                          tolerance=tolerance, precision=precision)
+                          num_samples=samples, tolerance=tolerance, precision=precision)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -26,7 +26,7 @@ import onnx_ir as ir
 from onnxkit.data import HOLDOUT_EVERY, CalibrationSplit
 from onnxkit.modelio import clone_model
 from onnxkit.pass_base import Pass, PassResult
-from onnxkit.passes.quantize import latency, preprocess, sensitivity
+from onnxkit.passes.quantize import latency, preprocess, sensitivity, weight_only
 from onnxkit.passes.quantize.cpu import detect_cpu
 from onnxkit.passes.quantize.options import (
     DYNAMIC_OP_TYPES,
@@ -99,6 +99,7 @@ class QuantizePass(Pass):
              f"{latency.TIMING_RESOLUTION:.0%} timing can resolve), else costly op types stay float "
              "(on_slow=keep-float) or the pass fails (on_slow=refuse); none skips the gate"),
             "--calib-cache DIR reuses ranges and sensitivity rankings for the same model, data and settings",
+            *weight_only.describe_lines(),
         ]
 
     # -- the pass ---------------------------------------------------------------------------------------
@@ -110,6 +111,9 @@ class QuantizePass(Pass):
             found = ", ".join(f"{count} {op}" for op, count in sorted(already.items()))
             return _unchanged(model, [f"model is already quantized ({found}); left as it is"],
                               details={"skipped": "already quantized", "quantized_ops": already})
+        if options.mode == "weight-only":
+            quantized, stats, details = weight_only.quantize_weight_only(model, options, self.context)
+            return QuantizeResult(quantized, True, stats, details=details) if quantized else _unchanged(model, stats, details)
 
         mode = options.mode if options.mode != "auto" else ("static" if self.context.data is not None else "dynamic")
         cpu = detect_cpu()

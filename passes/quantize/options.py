@@ -24,7 +24,7 @@ HEAVY_OP_TYPES = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Gather",
 
 @dataclasses.dataclass(frozen=True)
 class QuantizeOptions:
-    mode: Literal["auto", "dynamic", "static"] = "auto"
+    mode: Literal["auto", "dynamic", "static", "weight-only"] = "auto"
     format: Literal["qdq", "qoperator"] = "qdq"
     per_channel: bool = True
     calib: Literal["minmax", "entropy", "percentile"] = "entropy"
@@ -42,6 +42,10 @@ class QuantizeOptions:
     max_metric_drop: float = 0.01
     max_slowdown: float | None = 1.0
     on_slow: Literal["keep-float", "refuse"] = "keep-float"
+    # mode=weight-only (passes/quantize/weight_only.py)
+    bits: int = 4
+    block: int = 32
+    algo: Literal["rtn", "hqq"] = "rtn"
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -65,3 +69,7 @@ class QuantizeOptions:
             raise ValueError("ONNX Runtime has no kernels for int8 activations with uint8 weights")
         if self.mode == "dynamic" and self.act_type != "uint8":
             raise ValueError("dynamic mode quantizes activations to uint8 only")
+        if self.mode == "weight-only":
+            from onnxkit.passes.quantize.weight_only import validate
+
+            validate(self.bits, self.block, self.algo)

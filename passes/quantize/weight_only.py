@@ -1,0 +1,385 @@
+"""``quantize{mode=weight-only}``: weights to 4 or 8 bits in blocks, activations left in float.
+
+ONNX Runtime's ``matmul_nbits_quantizer`` does the rewriting: a MatMul with a constant weight becomes
+``com.microsoft.MatMulNBits``, a Gather from a constant table (an embedding) ``GatherBlockQuantized``, which
+ORT supports at 4 bits only and from opset 21 (the model is converted first; ORT's own quantizer would only
+relabel the opset). ``algo=rtn`` is ORT's default block-wise round-to-nearest, ``algo=hqq`` Half-Quadratic
+Quantization for MatMul weights (ORT's HQQ has no Gather, so tables are rounded to nearest).
+
+``accuracy_level`` is the precision MatMulNBits computes in. Left unset, ORT dequantizes each weight block to
+float and multiplies in fp32, about 2x slower than its int8 kernels on CPUs that have them: MLAS quantizes
+activations per block to int8 and multiplies with AVX2, AVX-512 (VNNI) or ARM dot-product instructions. This
+pass asks for int8 compute (level 4) on those CPUs and for fp32 (level 1) elsewhere; if the parity target fails
+at level 4 it tries level 1 before giving up.
+
+A parity target (``target_*``) holds as in INT8 mode. At 4 bits, when quantizing every MatMul misses it,
+the MatMuls whose 4-bit weights move their own outputs most (estimated in numpy from one float run) go to
+8 bits instead, as few as a bisection over that ranking finds; the report says which.
+
+The latency gate is INT8 mode's, with the same default (``max_slowdown=1.0``): users often choose weight-only
+for memory rather than speed, but with ``accuracy_level`` set for the CPU, MatMulNBits runs int8 kernels and
+is faster than float wherever they exist (about 0.5x on MiniLM here), so the default costs them nothing
+there; where it is slower the pass keeps float and says so, and ``max_slowdown=none`` keeps the smaller model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxkit import modelio, runtime
+from onnxkit.data import CalibrationSplit, as_dataset
+from onnxkit.errors import PassFailedError
+from onnxkit.passes.quantize import judge as judging
+from onnxkit.passes.quantize import latency
+from onnxkit.passes.quantize.cpu import CpuFeatures, detect_cpu
+
+BITS = (4, 8)
+BLOCKS = (32, 64, 128)
+ALGOS = ("rtn", "hqq")
+OP_TYPES = ("MatMul", "Gather")
+GATHER_OPSET = 21  # GatherBlockQuantized's int4 tables need opset 21 (and IR 10)
+# MatMulNBits accuracy_level values (ORT's contrib op docs): 1 fp32 compute, 4 int8 compute.
+FP32_COMPUTE, INT8_COMPUTE = 1, 4
+SYNTHETIC_SAMPLES = 16
+TIMING_SAMPLES = 4
+
+
+def validate(bits: int, block: int, algo: str) -> None:
+    """Raise ``ValueError`` for settings ORT's quantizer would reject or silently ignore."""
+    if bits not in BITS:
+        raise ValueError(f"bits must be one of {', '.join(map(str, BITS))} (weight-only)")
+    if block not in BLOCKS:
+        raise ValueError(f"block must be one of {', '.join(map(str, BLOCKS))} (weight-only)")
+    if algo not in ALGOS:
+        raise ValueError(f"algo must be one of {', '.join(ALGOS)}")
+    if algo == "hqq" and bits != 4:
+        raise ValueError("algo=hqq quantizes to 4 bits only")
+
+
+def accuracy_level_for(cpu: CpuFeatures) -> tuple[int, str]:
+    """The MatMulNBits compute precision for this CPU, and why."""
+    if cpu.is_x86 and cpu.avx2:
+        isa = "AVX-512 VNNI" if cpu.vnni and cpu.avx512 else "VNNI" if cpu.vnni else "AVX-512" if cpu.avx512 else "AVX2"
+        return INT8_COMPUTE, f"int8 compute ({isa} kernels)"
+    if cpu.machine in ("aarch64", "arm64"):
+        return INT8_COMPUTE, "int8 compute (ARM dot-product kernels)"
+    return FP32_COMPUTE, "fp32 compute (no int8 MatMulNBits kernels for this CPU)"
+
+
+def describe_lines() -> list[str]:
+    """The lines ``onnxkit passes`` shows for weight-only mode."""
+    level, why = accuracy_level_for(detect_cpu())
+    return [
+        ("mode=weight-only: MatMul weights to MatMulNBits and embedding tables (Gather, 4 bits) to "
+         "GatherBlockQuantized, activations float; bits=4|8, block=32|64|128, algo=rtn|hqq; no calibration"),
+        f"weight-only accuracy_level on this machine: {level}, {why} (unset, ORT multiplies in fp32: ~2x slower)",
+        ("weight-only latency gate: max_slowdown as for INT8 (default 1.0): with accuracy_level set for the CPU "
+         "it is usually faster than float; for memory alone, max_slowdown=none keeps it whatever its speed"),
+    ]
+
+
+@dataclasses.dataclass
+class _Report:
+    settings: dict[str, Any]
+    data: str = ""
+    target: str = ""
+    tries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    timing: latency.Timing | None = None
+    gate: str = ""
+    kept_float_model: str | None = None
+    float_bytes: int = 0
+    quantized_bytes: int | None = None
+    quantized_nodes: dict[str, int] = dataclasses.field(default_factory=dict)
+    eight_bit: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    def stats(self) -> list[str]:
+        s = self.settings
+        head = (f"weight-only INT{s['bits']} ({s['algo']}, block {s['block']}, accuracy_level {s['accuracy_level']}: "
+                f"{s['accuracy_reason']})")
+        lines = [head]
+        if self.quantized_nodes:
+            lines.append("quantized " + ", ".join(f"{count} {op}" for op, count in sorted(self.quantized_nodes.items())))
+        if self.eight_bit:
+            lines.append(f"{len(self.eight_bit)} MatMuls at 8 bits to meet the target: " + ", ".join(self.eight_bit[:3])
+                         + (" …" if len(self.eight_bit) > 3 else ""))
+        if self.tries:
+            last = self.tries[-1]
+            lines.append(f"target {self.target} {'met' if last['passed'] else 'NOT met'} ({last['summary']}; "
+                         f"{len(self.tries)} quantized models judged)")
+        if self.timing is not None:
+            timing = self.timing
+            lines.append(f"weight-only/FP32 latency {timing.ratio:.2f}× ({timing.quantized_ms:.2f} ms vs "
+                         f"{timing.float_ms:.2f} ms); {self.gate}")
+        if self.kept_float_model:
+            lines.append(f"kept the float model: {self.kept_float_model}")
+        if self.quantized_bytes is not None:
+            lines.append(f"size {self.float_bytes / 1e6:.2f} MB → {self.quantized_bytes / 1e6:.2f} MB "
+                         f"({self.quantized_bytes / self.float_bytes:.2f}×)")
+        return lines + [f"warning: {w}" for w in self.warnings]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": "weight-only", "settings": dict(self.settings), "data": self.data, "target": self.target,
+                "tries": list(self.tries), "latency": self.timing.to_dict() if self.timing else None,
+                "latency_gate": self.gate, "kept_whole_model_float": self.kept_float_model,
+                "size": {"float_bytes": self.float_bytes, "quantized_bytes": self.quantized_bytes,
+                         "ratio": round(self.quantized_bytes / self.float_bytes, 4) if self.quantized_bytes else None},
+                "quantized_nodes": dict(self.quantized_nodes), "eight_bit": list(self.eight_bit), "warnings": list(self.warnings)}
+
+
+def quantize_weight_only(model: ir.Model, options: Any, context: Any
+                         ) -> tuple[ir.Model | None, list[str], dict[str, Any]]:
+    """Quantize ``model``'s weights as ``options`` (the quantize pass's) say. Returns the quantized model, or
+    None when the float model is kept (target not met, too slow, nothing to quantize), with the stats lines
+    and the JSON-ready details."""
+    cpu = detect_cpu()
+    level, reason = accuracy_level_for(cpu)
+    report = _Report({"bits": options.bits, "block": options.block, "algo": options.algo, "accuracy_level": level,
+                      "accuracy_reason": reason, "cpu": cpu.describe()})
+    float_proto = _in_memory_proto(model)
+    report.float_bytes = _bytes(float_proto)
+    op_types = [t for t in (options.op_types or OP_TYPES) if t in OP_TYPES]
+    if "Gather" in op_types and options.bits != 4:
+        op_types.remove("Gather")
+        report.warnings.append("ORT quantizes Gather tables to 4 bits only: embedding tables stay float at 8 bits")
+    candidates = _candidates(float_proto, op_types, set(options.exclude))
+    if not candidates:
+        report.kept_float_model = f"no {' or '.join(op_types)} node with a constant float weight"
+        return None, report.stats(), report.to_dict()
+    source = float_proto
+    if "Gather" in candidates and _opset(float_proto) < GATHER_OPSET:
+        source = _to_gather_opset(model, report)
+        if source is None:
+            del candidates["Gather"]
+            source = float_proto
+
+    data = CalibrationSplit(_dataset(model, options, context, report), options.samples)
+    accept = _judge(float_proto, data, options, context)
+    report.target = accept.target
+
+    def judge(eight_bit: Sequence[str], accuracy_level: int) -> tuple[onnx.ModelProto, bool]:
+        quantized = _quantize(source, options, accuracy_level, list(candidates), set(options.exclude), set(eight_bit))
+        verdict = accept(quantized)
+        report.tries.append({"accuracy_level": accuracy_level, "eight_bit": len(eight_bit), "passed": verdict.passed,
+                             "summary": _brief(verdict.detail)})
+        return quantized, verdict.passed
+
+    samples = list(itertools.islice(data.calibration, TIMING_SAMPLES))
+    found = _search(float_proto, samples, options, level, set(options.exclude), judge)
+    if found is None:
+        report.kept_float_model = f"target {report.target} not met even with every MatMul at 8 bits"
+        return None, report.stats(), report.to_dict()
+    quantized, report.settings["accuracy_level"], report.eight_bit = found
+    report.quantized_nodes = _quantized_nodes(quantized, set(report.eight_bit))
+
+    report.timing = latency.compare(float_proto, quantized, samples[:TIMING_SAMPLES])
+    if options.max_slowdown is None:
+        report.gate = "latency gate off (max_slowdown=none)"
+    elif report.timing.within(options.max_slowdown):
+        report.gate = f"within max_slowdown {options.max_slowdown}"
+    else:
+        message = (f"weight-only is slower than allowed on this CPU: {report.timing.describe()}, above max_slowdown "
+                   f"{options.max_slowdown}")
+        if options.on_slow == "refuse":
+            raise PassFailedError(message, hint="max_slowdown=none keeps the smaller model whatever its speed")
+        report.gate = f"above max_slowdown {options.max_slowdown}"
+        report.kept_float_model = f"{message} (max_slowdown=none keeps the smaller model)"
+        return None, report.stats(), report.to_dict()
+    report.quantized_bytes = _bytes(quantized)
+    return ir.serde.deserialize_model(quantized), report.stats(), report.to_dict()
+
+
+def _search(float_proto: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], options: Any, level: int,
+            exclude: set[str], judge: Any) -> tuple[onnx.ModelProto, int, list[str]] | None:
+    """The quantized model meeting the target with the fewest MatMuls at 8 bits, its accuracy_level and those
+    MatMuls; None when even all of them at 8 bits (and fp32 compute) miss it."""
+    quantized, passed = judge([], level)
+    if passed:
+        return quantized, level, []
+    ranked = _rank_by_local_error(float_proto, samples, options.block, exclude) if options.bits == 4 else []
+    if ranked:
+        everything, passed = judge(ranked, level)
+        if passed:
+            low, high, best = 0, len(ranked), everything  # judge(ranked[:low]) fails, judge(ranked[:high]) passes
+            while high - low > 1:
+                middle = (low + high) // 2
+                candidate, passed = judge(ranked[:middle], level)
+                low, high, best = (low, middle, candidate) if passed else (middle, high, best)
+            return best, level, ranked[:high]
+    if level != FP32_COMPUTE:  # int8 compute quantizes activations too; fp32 compute does not
+        quantized, passed = judge(ranked, FP32_COMPUTE)
+        if passed:
+            return quantized, FP32_COMPUTE, ranked
+    return None
+
+
+def _rank_by_local_error(proto: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], block: int,
+                         exclude: set[str]) -> list[str]:
+    """MatMuls with constant weights, the one whose 4-bit weights change its own output most first.
+
+    One float run records each MatMul's input; its output error is estimated in numpy with the same
+    asymmetric round-to-nearest blocks ORT's default quantizer uses. This only ranks: ORT quantizes."""
+    weights = {t.name: t for t in proto.graph.initializer}
+    matmuls = [n for n in proto.graph.node
+               if n.op_type == "MatMul" and n.input[1] in weights and n.name not in exclude
+               and len(weights[n.input[1]].dims) == 2]
+    inputs = list(dict.fromkeys(n.input[0] for n in matmuls))
+    types = {v.name: v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.value_info)}
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(proto)
+    exposed.graph.output.extend(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None)
+                                for name in inputs if name not in {o.name for o in proto.graph.output})
+    session = runtime.make_session(exposed, optimize=False)
+    feeds = [{i.name: s[i.name] for i in session.get_inputs()} for s in samples[:TIMING_SAMPLES]]
+    runs = [dict(zip(inputs, session.run(inputs, feed))) for feed in feeds]
+    errors = {}
+    for node in matmuls:
+        weight = onnx.numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
+        rounded = _round_to_nearest_4bit(weight, block)
+        noise = sum(float(np.square(run[node.input[0]] @ (weight - rounded)).sum()) for run in runs)
+        signal = sum(float(np.square(run[node.input[0]] @ weight).sum()) for run in runs)
+        errors[node.name] = noise / signal if signal > 0 else 0.0
+    return sorted(errors, key=errors.__getitem__, reverse=True)
+
+
+def _round_to_nearest_4bit(weight: np.ndarray, block: int) -> np.ndarray:
+    """``weight`` [K, N] through 4-bit asymmetric blocks of ``block`` rows, with 0 exactly representable."""
+    rows = weight.shape[0]
+    padded = np.pad(weight, ((0, -rows % block), (0, 0))).reshape(-1, block, weight.shape[1])
+    low = np.minimum(padded.min(axis=1, keepdims=True), 0.0)
+    high = np.maximum(padded.max(axis=1, keepdims=True), 0.0)
+    scale = np.where(high > low, (high - low) / 15.0, 1.0)
+    zero_point = np.round(-low / scale)
+    levels = np.clip(np.round(padded / scale) + zero_point, 0, 15)
+    return ((levels - zero_point) * scale).reshape(-1, weight.shape[1])[:rows]
+
+
+def _quantize(proto: onnx.ModelProto, options: Any, accuracy_level: int, op_types: Sequence[str],
+              exclude: set[str], eight_bit: set[str]) -> onnx.ModelProto:
+    """ORT's quantizer on a copy (it edits the model it is given): ``options.bits`` everywhere but ``exclude``
+    and ``eight_bit``, then 8 bits for ``eight_bit``. HQQ handles MatMul; Gather tables always go through the
+    default (round-to-nearest) quantizer, the only one with a GatherBlockQuantized rewrite."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    steps: list[tuple[Any, tuple[str, ...], int, set[str]]] = []
+    rest = list(op_types)
+    if options.algo == "hqq" and "MatMul" in rest:
+        steps.append((nbits.HQQWeightOnlyQuantConfig(block_size=options.block, bits=options.bits,
+                                                     op_types_to_quantize=("MatMul",)), ("MatMul",), options.bits,
+                      exclude | eight_bit))
+        rest.remove("MatMul")
+    if rest:
+        steps.append((None, tuple(rest), options.bits, exclude | eight_bit))
+    if eight_bit:  # the MatMuls still float now are the user's exclusions and these
+        steps.append((None, ("MatMul",), 8, exclude))
+    quiet = logging.getLogger()  # ORT's quantizer logs per node and warns about opsets through the root logger
+    previous = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        for config, types, bits, skipped in steps:
+            config = config or nbits.DefaultWeightOnlyQuantConfig(
+                block_size=options.block, is_symmetric=False, accuracy_level=accuracy_level, bits=bits,
+                op_types_to_quantize=types)
+            quantizer = nbits.MatMulNBitsQuantizer(model, bits=bits, block_size=options.block,
+                                                   accuracy_level=accuracy_level, nodes_to_exclude=list(skipped),
+                                                   op_types_to_quantize=types, algo_config=config)
+            quantizer.process()
+            model = quantizer.model.model
+    finally:
+        quiet.setLevel(previous)
+    for node in model.graph.node:  # HQQ's config has no accuracy_level: set it on the nodes it wrote
+        if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
+            node.attribute.append(onnx.helper.make_attribute("accuracy_level", accuracy_level))
+    return model
+
+
+def _candidates(proto: onnx.ModelProto, op_types: Sequence[str], exclude: set[str]) -> dict[str, int]:
+    """How many main-graph nodes of each op type read a constant float weight (MatMul's B, Gather's table)."""
+    weights = {t.name for t in proto.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT,
+                                                                           onnx.TensorProto.FLOAT16)}
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        weight = node.input[1] if node.op_type == "MatMul" else node.input[0] if node.op_type == "Gather" else None
+        if node.op_type in op_types and node.name not in exclude and weight in weights:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def _to_gather_opset(model: ir.Model, report: _Report) -> onnx.ModelProto | None:
+    from onnxkit.passes.opset import OpsetPass
+
+    try:
+        converted = OpsetPass(version=GATHER_OPSET).call(model).model
+    except PassFailedError as e:
+        report.warnings.append(f"embedding tables stay float: the model does not convert to opset {GATHER_OPSET} "
+                               f"({e.message})")
+        return None
+    report.warnings.append(f"converted to opset {GATHER_OPSET} for GatherBlockQuantized's int4 tables")
+    return _in_memory_proto(converted)
+
+
+def _in_memory_proto(model: ir.Model) -> onnx.ModelProto:
+    """The model as a proto with every weight in memory: ORT's quantizer reads initializers as arrays."""
+    proto = modelio.to_proto(model)
+    folder = modelio.external_data_folder(model)
+    if folder is not None:
+        onnx.load_external_data_for_model(proto, str(folder))
+    return proto
+
+
+def _dataset(model: ir.Model, options: Any, context: Any, report: _Report) -> Any:
+    """The given data, else synthetic inputs probed from the graph (with a warning: no real data, no trust)."""
+    if context.data is None:
+        report.data = f"synthetic ({SYNTHETIC_SAMPLES} probed samples)"
+        report.warnings.append("no data: judged on synthetic inputs; give --data for results you can trust")
+        return as_dataset(None, model, dims=context.dims, num_samples=SYNTHETIC_SAMPLES)
+    report.data = "the given data"
+    return as_dataset(context.data, model, dims=context.dims)
+
+
+def _judge(float_proto: onnx.ModelProto, data: CalibrationSplit, options: Any, context: Any) -> judging.Judge:
+    """INT8 mode's judge: the user's metric if given, else the parity target as the pipeline checks it."""
+    from onnxkit.passes.quantize.run import EVAL_EXTRA  # run imports the options, which import this module
+
+    evaluate = context.extras.get(EVAL_EXTRA)
+    if evaluate is not None:
+        return judging.by_metric(float_proto, evaluate, options.max_metric_drop)
+    return judging.by_parity(float_proto, data, min_cosine=options.target_cosine, min_sqnr=options.target_sqnr,
+                             min_top1=options.target_top1)
+
+
+def _opset(proto: onnx.ModelProto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _bytes(proto: onnx.ModelProto) -> int:
+    if runtime.exceeds_protobuf_limit(proto):
+        return sum(len(t.raw_data) for t in proto.graph.initializer)
+    return proto.ByteSize()
+
+
+def _quantized_nodes(proto: onnx.ModelProto, eight_bit: set[str]) -> dict[str, int]:
+    """Counts by what each node became, e.g. ``{"MatMul → 4-bit MatMulNBits": 24}``."""
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
+            bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
+            key = f"{'MatMul' if node.op_type == 'MatMulNBits' else 'Gather'} → {bits}-bit {node.op_type}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _brief(detail: Mapping[str, Any]) -> str:
+    """Each comparison's samples and worst cosine, or a metric's value."""
+    return "; ".join(f"{key}: {value.samples} samples, cosine {value.min_cosine:.4f}" if hasattr(value, "samples")
+                     else f"{key} {value:.4f}" for key, value in detail.items())

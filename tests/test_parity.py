@@ -368,3 +368,41 @@ def test_chain_runs_a_reference_again_past_the_memory_budget_or_the_samples_reco
     timings = {}
     chain.compare(models[1], models[2], exact, timings)
     assert "reference_runs" in timings and "replayed" not in timings
+
+
+def test_chain_runs_a_prefetched_reference_in_the_background_and_replays_it(weight: np.ndarray) -> None:
+    first = linear_model(weight).SerializeToString()
+    perturbed = weight.copy()
+    perturbed[0, 0] += 1
+    candidate = linear_model(perturbed).SerializeToString()
+    chain, exact = _chain(weight), Tolerance.for_kind("exact")
+    chain.prefetch(first, limit=2)
+    timings: dict[str, float] = {}
+    prefetched = chain.compare(first, candidate, exact, timings, limit=2)
+    assert "reference_wait" in timings and "replayed" in timings and "reference_runs" not in timings
+    # The very verdict and figures that running both models on the same two samples gives.
+    direct = compare_models(first, candidate, _samples(weight)[:2], tolerance=exact)
+    assert not prefetched.passed and prefetched.samples == direct.samples == 2
+    assert prefetched.summary() == direct.summary()
+    # A recording of two samples does not cover a comparison on three: the reference runs again.
+    chain.prefetch(first, limit=2)
+    timings = {}
+    assert chain.compare(first, candidate, exact, timings).samples == 3
+    assert "reference_runs" in timings
+
+
+def test_a_prefetched_reference_that_fails_is_reported_as_the_comparison_would_report_it(weight: np.ndarray) -> None:
+    broken = helper.make_model(helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "broken",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([3, 5], dtype=np.int64), "shape")]),
+        opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    chain = _chain(weight)
+    chain.prefetch(broken, limit=2)
+    with pytest.raises(DataError, match="the reference model fails on sample 0"):
+        chain.compare(broken, linear_model(weight).SerializeToString(), Tolerance.for_kind("exact"), limit=2)
+    # Data given by the caller is never read from a second thread: no background run.
+    given = parity.ParityChain(_samples(weight), _chain(weight).specs, "given", data_given=True)
+    given.prefetch(broken, limit=2)
+    assert given._prefetch is None

@@ -214,10 +214,11 @@ def digits_loader(splits: Any, batch_size: int = 64) -> torch.utils.data.DataLoa
 
 def train_with_trainer(model: nn.Module, splits: Any, epochs: int) -> nn.Module:
     """onnxkit's loop as a user would call it: Adam, cross-entropy, no validation, quiet."""
-    from onnxkit.train import Trainer
+    from onnxkit.train import TrainConfig, Trainer
 
-    trainer = Trainer(model, torch.optim.Adam(model.parameters(), 1e-3), nn.CrossEntropyLoss(), seed=SEED,
-                      progress=False, log=lambda line: None)
+    trainer = Trainer(model, torch.optim.Adam(model.parameters(), 1e-3), nn.CrossEntropyLoss(),
+                      config=TrainConfig(seed=SEED, progress=False),
+                      log=lambda line: None)
     trainer.fit(digits_loader(splits), epochs=epochs)
     return model.eval()
 

@@ -23,15 +23,15 @@ from onnxkit.errors import (
 )
 
 if TYPE_CHECKING:
+    from onnxkit.data import Dataset, SyntheticDataset, load_dataset
+    from onnxkit.export import export_model
     from onnxkit.modelio import load_model, save_model
+    from onnxkit.parity import ParityReport, Tolerance, compare_models
     from onnxkit.pass_base import NoOptions, Pass, PassContext, PassKind, PassResult, Site
     from onnxkit.pipeline import Pipeline, PipelineResult
     from onnxkit.registry import get_pass_class, list_passes, register_pass, unregister_pass
     from onnxkit.report import PassReport, PipelineReport
-    from onnxkit.parity import ParityReport, Tolerance, compare_models
-    from onnxkit.data import Dataset, SyntheticDataset, load_dataset
-    from onnxkit.export import export_model
-    from onnxkit.train import Trainer
+    from onnxkit.train import TrainConfig, Trainer
 
 # The public API is imported on first use: onnx_ir pulls in sympy (half a second), which `onnxkit --help`
 # and `onnxkit passes` should not pay for.
@@ -60,6 +60,7 @@ _LAZY = {
     "load_dataset": "onnxkit.data",
     "export_model": "onnxkit.export",  # needs the torch extra
     "Trainer": "onnxkit.train",  # needs the torch extra
+    "TrainConfig": "onnxkit.train",
 }
 
 
@@ -89,13 +90,14 @@ __all__ = [
     "PassKind",
     "PassReport",
     "PassResult",
-    "Site",
     "Pipeline",
     "PipelineReport",
     "PipelineResult",
+    "Site",
     "SpecError",
     "SyntheticDataset",
     "Tolerance",
+    "TrainConfig",
     "Trainer",
     "__version__",
     "compare_models",

@@ -186,7 +186,7 @@ def _train(splits: Any, checkpoint_dir: Path, seed: int) -> tuple[Any, dict[str,
     from torch.utils.data import DataLoader, TensorDataset
 
     from onnxkit import zoo
-    from onnxkit.train import Trainer, seed_everything
+    from onnxkit.train import TrainConfig, Trainer, seed_everything
 
     seed_everything(seed)
     model = zoo.SimpleCNN(splits.image_size)
@@ -196,9 +196,10 @@ def _train(splits: Any, checkpoint_dir: Path, seed: int) -> tuple[Any, dict[str,
     steps = EPOCHS * math.ceil(len(train_loader) / ACCUMULATION_STEPS)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=steps)
     # Label smoothing keeps the tiny model from over-confident logits: about 2 points of test accuracy here.
-    trainer = Trainer(model, optimizer, torch.nn.CrossEntropyLoss(label_smoothing=0.1), scheduler, amp=True,
-                      accumulation_steps=ACCUMULATION_STEPS, metrics=("loss", "accuracy"), monitor="accuracy",
-                      checkpoint_dir=checkpoint_dir, seed=seed, log=lambda line: None)
+    config = TrainConfig(amp=True, accumulation_steps=ACCUMULATION_STEPS, metrics=("loss", "accuracy"),
+                         monitor="accuracy", checkpoint_dir=checkpoint_dir, seed=seed)
+    trainer = Trainer(model, optimizer, torch.nn.CrossEntropyLoss(label_smoothing=0.1), scheduler, config=config,
+                      log=lambda line: None)
     result = trainer.fit(train_loader, epochs=EPOCHS, val_loader=val_loader)
     final = result.history[-1]
     return model, {"epochs": EPOCHS, "steps": result.steps, "amp": str(trainer.amp_dtype).removeprefix("torch."),

@@ -1,9 +1,10 @@
 """The compact training loop: mixed precision, exact gradient accumulation, checkpoints that resume exactly,
 early stopping, and DDP under ``torchrun``.
 
+    config = TrainConfig(amp=True, accumulation_steps=4, clip_grad_norm=1.0, checkpoint_dir="runs/cnn",
+                         metrics=("loss", "accuracy"), seed=0)
     trainer = Trainer(model, torch.optim.AdamW(model.parameters(), 1e-3), torch.nn.CrossEntropyLoss(),
-                      amp=True, accumulation_steps=4, clip_grad_norm=1.0, checkpoint_dir="runs/cnn",
-                      metrics=("loss", "accuracy"), seed=0)
+                      config=config)
     result = trainer.fit(train_loader, epochs=10, val_loader=val_loader)
     print(trainer.evaluate(test_loader))
 
@@ -113,8 +114,9 @@ class _State:
     epoch_rng: dict[str, Any] | None = None  # generator states at the start of the epoch: reproduce its order
 
 
-class Trainer:
-    """Train a model with the steps above; evaluate it; checkpoint it; resume it.
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train: every setting of a run, recorded in its checkpoints.
 
     ``amp``: False, True (bf16 autocast on CPU, fp16 with a GradScaler on CUDA), or "bf16"/"fp16".
     ``eval_every``: evaluate every N optimizer steps (default: at the end of each epoch).
@@ -122,8 +124,56 @@ class Trainer:
     name contains "loss", else maximised; ``patience`` evaluations without an improvement of more than
     ``min_delta`` stop the run. ``checkpoint_dir`` receives ``last.pt`` at every evaluation and at the end,
     and ``best.pt``. ``progress``: a progress bar (default when stderr is a terminal) or a log line every
-    ``log_every`` steps. ``on_step(trainer, record)`` and ``on_eval(trainer, record)`` run after each step
-    and evaluation; setting ``trainer.should_stop = True`` ends the run.
+    ``log_every`` steps. ``notes``: anything else to record in the checkpoints (hyperparameters, data).
+    """
+
+    amp: bool | AmpMode = False
+    accumulation_steps: int = 1
+    clip_grad_norm: float | None = None
+    device: str | torch.device | None = None
+    eval_every: int | None = None
+    metrics: Sequence[str] | Mapping[str, Metric] = ("loss",)
+    monitor: str = "loss"
+    patience: int | None = None
+    min_delta: float = 0.0
+    checkpoint_dir: str | os.PathLike[str] | None = None
+    seed: int | None = None
+    progress: bool | None = None
+    log_every: int = 50
+    notes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.accumulation_steps < 1:
+            raise ValueError("accumulation_steps must be at least 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where this process trains: its device, its rank and the world size (1 outside ``torchrun``)."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+
+def place(device: torch.device) -> Placement:
+    """Join the process group when started by ``torchrun`` and choose this rank's device (``LOCAL_RANK``'s
+    GPU under CUDA)."""
+    rank, world_size = init_distributed("nccl" if device.type == "cuda" else "gloo")
+    if world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return Placement(device, rank, world_size)
+
+
+class Trainer:
+    """Train a model with the steps above; evaluate it; checkpoint it; resume it.
+
+    ``config`` (a ``TrainConfig``) says how. ``log`` receives the log lines (default: stderr);
+    ``on_step(trainer, record)`` and ``on_eval(trainer, record)`` run after each step and evaluation; setting
+    ``trainer.should_stop = True`` ends the run. Under ``torchrun``, ``distribute()`` joins the process group
+    and wraps the model in DistributedDataParallel; ``fit``, ``evaluate`` and the checkpoint methods call it
+    first, so call it yourself only to reach the wrapped ``trainer.model`` before training.
     """
 
     def __init__(
@@ -133,65 +183,67 @@ class Trainer:
         criterion: Callable[[Any, Any], torch.Tensor],
         scheduler: Any = None,
         *,
-        amp: bool | AmpMode = False,
-        accumulation_steps: int = 1,
-        clip_grad_norm: float | None = None,
-        device: str | torch.device | None = None,
-        eval_every: int | None = None,
-        metrics: Sequence[str] | Mapping[str, Metric] = ("loss",),
-        monitor: str = "loss",
-        patience: int | None = None,
-        min_delta: float = 0.0,
-        checkpoint_dir: str | os.PathLike[str] | None = None,
-        seed: int | None = None,
-        progress: bool | None = None,
-        log_every: int = 50,
+        config: TrainConfig | None = None,
         log: Callable[[str], None] | None = None,
         on_step: Callable[[Trainer, StepRecord], None] | None = None,
         on_eval: Callable[[Trainer, dict[str, float]], None] | None = None,
-        config: Mapping[str, Any] | None = None,
     ) -> None:
-        if accumulation_steps < 1:
-            raise ValueError("accumulation_steps must be at least 1")
-        self.device = torch.device(device) if device is not None else torch.device(
+        self.config = config = config or TrainConfig()
+        self.device = torch.device(config.device) if config.device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
-        self.rank, self.world_size = init_distributed("nccl" if self.device.type == "cuda" else "gloo")
-        if self.world_size > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(self.device)
-        self.module = model.to(self.device)  # moves parameters in place, so the optimizer still holds them
-        self.model: nn.Module = self.module
-        if self.world_size > 1:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids)
+        self.module = model
+        self.model: nn.Module = model  # DistributedDataParallel(model) once distributed over several processes
+        self.rank, self.world_size = 0, 1
+        self._placement: Placement | None = None
         self.optimizer, self.criterion, self.scheduler = optimizer, criterion, scheduler
 
+        amp = config.amp
         if amp is True:
             amp = "fp16" if self.device.type == "cuda" else "bf16"
         self.amp_dtype = {False: None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
         # bf16 keeps fp32's exponent range, so only fp16 needs loss scaling.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
-        self.accumulation_steps, self.clip_grad_norm = accumulation_steps, clip_grad_norm
-        self.eval_every, self.metrics, self.monitor = eval_every, metrics, monitor
-        self.minimize = "loss" in monitor
-        self.patience, self.min_delta = patience, min_delta
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.seed = seed
-        self.progress = progress
-        self.log_every = log_every
+        self.accumulation_steps, self.clip_grad_norm = config.accumulation_steps, config.clip_grad_norm
+        self.eval_every, self.metrics, self.monitor = config.eval_every, config.metrics, config.monitor
+        self.minimize = "loss" in config.monitor
+        self.patience, self.min_delta = config.patience, config.min_delta
+        self.checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir is not None else None
+        self.seed = config.seed
+        self.progress = config.progress
+        self.log_every = config.log_every
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.on_step, self.on_eval = on_step, on_eval
-        self.config = {
-            "amp": amp or None, "accumulation_steps": accumulation_steps, "clip_grad_norm": clip_grad_norm,
-            "eval_every": eval_every, "monitor": monitor, "patience": patience, "min_delta": min_delta,
-            "seed": seed, "world_size": self.world_size, "optimizer": type(optimizer).__name__,
-            "scheduler": type(scheduler).__name__ if scheduler is not None else None, **dict(config or {}),
+        # What a checkpoint records of the run, to warn when a resumed run differs.
+        self.record: dict[str, Any] = {
+            "amp": amp or None, "accumulation_steps": config.accumulation_steps,
+            "clip_grad_norm": config.clip_grad_norm, "eval_every": config.eval_every, "monitor": config.monitor,
+            "patience": config.patience, "min_delta": config.min_delta, "seed": config.seed, "world_size": 1,
+            "optimizer": type(optimizer).__name__,
+            "scheduler": type(scheduler).__name__ if scheduler is not None else None, **dict(config.notes),
         }
         self.state = _State()
         self.should_stop = False
         self._resume_rng: dict[str, Any] | None = None
         self._loader_generators: list[torch.Generator] = []
+
+    def _ddp(self) -> nn.parallel.DistributedDataParallel:
+        assert isinstance(self.model, nn.parallel.DistributedDataParallel), "distribute() wraps the model first"
+        return self.model
+
+    def distribute(self) -> Trainer:
+        """Place the model: join the process group under ``torchrun``, move the model to this rank's device,
+        and wrap it in DistributedDataParallel when there is more than one process. Runs once."""
+        if self._placement is not None:
+            return self
+        self._placement = placement = place(self.device)
+        self.device, self.rank, self.world_size = placement.device, placement.rank, placement.world_size
+        self.module.to(self.device)  # moves parameters in place, so the optimizer still holds them
+        if self.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids)
+        self.record["world_size"] = self.world_size
+        return self
 
     # -- training ----------------------------------------------------------------------------------------
 
@@ -206,13 +258,14 @@ class Trainer:
         """
         if epochs is None and max_steps is None:
             raise ValueError("give epochs or max_steps")
+        self.distribute()
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         elif self.seed is not None:
             seed_everything(self.seed)
         self.should_stop = False
         self._loader_generators = _loader_generators(train_loader)
-        self.config.update(epochs=epochs, max_steps=max_steps)
+        self.record.update(epochs=epochs, max_steps=max_steps)
         with self._progress_bar(train_loader, epochs, max_steps) as advance:
             while not self.should_stop and (epochs is None or self.state.epoch < epochs) and (
                     max_steps is None or self.state.step < max_steps):
@@ -270,7 +323,8 @@ class Trainer:
         step_loss = torch.zeros((), device=self.device)
         for index, ((inputs, targets), count) in enumerate(zip(group, counts)):
             last = index == len(group) - 1
-            sync = contextlib.nullcontext() if last or self.world_size == 1 else self.model.no_sync()
+            # no_sync exists once distribute() has wrapped the model (world_size > 1)
+            sync = contextlib.nullcontext() if last or self.world_size == 1 else self._ddp().no_sync()
             with sync:
                 with self._autocast():
                     loss = self.criterion(_forward(self.model, inputs), targets) * (count * self.world_size / total)
@@ -301,6 +355,7 @@ class Trainer:
         Metrics are names ("loss": the criterion, "accuracy": argmax against class targets) or a mapping of
         names to ``fn(outputs, targets) -> batch mean``. Under DDP the sums are reduced over all ranks.
         """
+        self.distribute()
         functions = _metric_functions(metrics if metrics is not None else self.metrics, self.criterion)
         sums = torch.zeros(len(functions) + 1, dtype=torch.float64, device=self.device)
         was_training = self.module.training
@@ -357,6 +412,7 @@ class Trainer:
         """Write model, optimizer, scheduler, scaler, step, generator states and config (rank 0 only).
         Written to a temporary file and renamed, so an interrupted save never leaves a broken checkpoint.
         Everything in it loads with ``torch.load(weights_only=True)``."""
+        self.distribute()
         if self.rank != 0:
             return None
         path = Path(path)
@@ -369,7 +425,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "state": dataclasses.asdict(self.state),
             "rng": _rng_state(self._loader_generators),
-            "config": self.config,
+            "config": self.record,
         }
         temporary = path.with_name(f".{path.name}.tmp")
         torch.save(checkpoint, temporary)
@@ -379,6 +435,7 @@ class Trainer:
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Restore everything ``save_checkpoint`` wrote; the generator states are applied when training
         resumes, after the interrupted epoch's batches have been replayed."""
+        self.distribute()
         checkpoint = torch.load(path, map_location=self.device, weights_only=True)
         self.module.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -389,7 +446,7 @@ class Trainer:
         self.state = _State(**checkpoint["state"])
         self._resume_rng = checkpoint["rng"]
         changed = [key for key in ("amp", "accumulation_steps", "clip_grad_norm", "world_size")
-                   if checkpoint["config"].get(key) != self.config.get(key)]
+                   if checkpoint["config"].get(key) != self.record.get(key)]
         if changed and self.rank == 0:
             self.log(f"warning: resuming with different {', '.join(changed)} than the checkpoint; "
                      "the run will not match an uninterrupted one")
@@ -437,7 +494,10 @@ class Trainer:
 
                 def advance(record: StepRecord) -> None:
                     status = f"loss {record.loss:.4f}" if record.step % max(1, self.log_every // 10) == 0 else None
-                    bar.update(task, advance=1, **({"status": status} if status else {}))
+                    if status:
+                        bar.update(task, advance=1, status=status)
+                    else:
+                        bar.update(task, advance=1)
 
                 yield advance
         else:
@@ -514,10 +574,10 @@ def _loader_generators(loader: Any) -> list[torch.Generator]:
 
 
 def _rng_state(generators: Sequence[torch.Generator]) -> dict[str, Any]:
-    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     return {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+        "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "position": int(position),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

@@ -19,7 +19,7 @@ WORKER = textwrap.dedent('''
     from torch import nn
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-    from onnxkit.train import Trainer, init_distributed
+    from onnxkit.train import TrainConfig, Trainer, init_distributed
 
     torch.set_num_threads(1)
     init_distributed()  # the DistributedSampler below needs the process group
@@ -29,8 +29,9 @@ WORKER = textwrap.dedent('''
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)).double()
     # Rank r gets samples r, r+2, r+4, ...: 16 each, 4 micro-batches of 4, 2 optimizer steps of 2 micro-batches.
     loader = DataLoader(data, batch_size=4, sampler=DistributedSampler(data, shuffle=False))
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), nn.MSELoss(), accumulation_steps=2,
-                      device="cpu", log=lambda line: None)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), nn.MSELoss(),
+                      config=TrainConfig(accumulation_steps=2, device="cpu"),
+                      log=lambda line: None).distribute()
     all_reduces = []
 
     def counting_hook(process_group, bucket):

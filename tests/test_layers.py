@@ -100,3 +100,15 @@ def test_onnxkit_core_imports_without_torch():
         "onnxkit's core must import without torch (torch belongs to "
         + ", ".join(sorted(TORCH_MODULES)) + ", imported only when used): "
         + (completed.stderr.strip().splitlines() or ["?"])[-1])
+
+
+def test_the_public_api_is_exactly_what_all_names():
+    import onnxkit
+
+    lazy = set(onnxkit._LAZY)
+    exported = set(onnxkit.__all__) - {"__version__"}
+    assert lazy <= exported, f"imported lazily but not in __all__: {sorted(lazy - exported)}"
+    errors = {name for name in exported - lazy if name.endswith("Error")}
+    assert exported == lazy | errors, f"in __all__ with no source: {sorted(exported - lazy - errors)}"
+    for name in sorted(exported - {"Trainer", "TrainConfig", "export_model"}):  # the rest needs no torch
+        assert getattr(onnxkit, name) is not None

@@ -46,7 +46,7 @@ def machine_description() -> dict[str, Any]:
         memory = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
     except (OSError, IndexError, ValueError):
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("onnxkit", "onnx", "onnxruntime", "onnx-ir", "onnxscript", "onnxsim", "onnxslim",
                     "onnxoptimizer", "torch", "transformers", "numpy"):
         try:

@@ -31,14 +31,14 @@ class BenchInputs:
         return {name: array[rows] for name, array in self.arrays.items()}
 
     def save(self, path: Path) -> None:
-        extra = {} if self.labels is None else {"labels": self.labels}
-        np.savez(path, **self.arrays, **extra)
+        arrays = self.arrays if self.labels is None else {**self.arrays, "labels": self.labels}
+        np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub takes **kwds as its bool options
 
     def write_samples(self, folder: Path, count: int) -> None:
         """One ``.npz`` per sample, batch of one, for calibration by onnxkit and by ORT alike."""
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(min(count, self.count)):
-            np.savez(folder / f"sample_{i:05d}.npz", **self.batch(i, 1))
+            np.savez(folder / f"sample_{i:05d}.npz", **self.batch(i, 1))  # type: ignore[arg-type]  # as in save
 
 
 _LABEL_KEYS = ("labels", "label")

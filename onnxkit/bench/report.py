@@ -142,15 +142,16 @@ def compute_ratios(records: list[ToolRecord], reference: ToolRecord, keys: Seque
                  and (p.parity or {}).get("passed", True)]
         if not peers:
             continue
-        best = {
+        best_latency = {key: min((v for p in peers if (v := p.p50(key)) is not None), default=None) for key in keys}
+        best: dict[str, Any] = {
             "nodes": min((p.nodes for p in peers if p.nodes is not None), default=None),
             "file_bytes": min((p.file_bytes for p in peers if p.file_bytes is not None), default=None),
-            "latency": {key: min((v for p in peers if (v := p.p50(key)) is not None), default=None) for key in keys},
+            "latency": best_latency,
         }
         record.ratios["vs_best_peer"] = compare(metrics(record), best)
         record.ratios["best_peer"] = {
             "nodes": next((p.label for p in peers if p.nodes == best["nodes"]), None),
-            "latency": {key: next((p.label for p in peers if p.p50(key) == best["latency"][key]), None) for key in keys},
+            "latency": {key: next((p.label for p in peers if p.p50(key) == best_latency[key]), None) for key in keys},
         }
 
 

@@ -10,7 +10,10 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -198,7 +201,10 @@ def save_model(
     *,
     external_data: bool | None = None,
 ) -> Path:
-    """Save atomically; with external data, the data file is ``<name>.data`` beside it.
+    """Save atomically; with external data, the data file is ``<name>.data`` beside it (``<name>.<random>.data``
+    when that name is taken: replacing the data a model in place points at would leave a mismatched pair if
+    the process died before the model file was replaced too). Once the new model is in place, the other data
+    files named after it (the replaced model's, a killed save's) are removed.
 
     ``external_data=None`` keeps the model's layout: a model loaded with external data is saved with it (the
     output may be in another folder, so its data must be written anew), other models only past protobuf's
@@ -218,9 +224,12 @@ def save_model(
     data_folder = external_data_folder(model)
     if external_data is None:
         external_data = data_folder is not None or needs_external_data(model)
-    data_name = path.name + ".data"
+    data_name = _free_data_name(folder, path.name)
+    replaced_data = _referenced_data(path) if path.is_file() else set()
+    _remove_abandoned_staging(folder, path.name)
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
+        # The pid in the name lets a later save tell a killed save's leftovers from a running save's files.
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder))
     except OSError as e:
         raise ModelSaveError(f"cannot write into {folder}: {e.strerror or e}",
                              hint="check the folder's permissions") from e
@@ -243,7 +252,61 @@ def save_model(
         raise ModelSaveError(f"cannot write {path}: {e.strerror or e}", hint="check free space and permissions") from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _remove_stale_data(folder, path.name, data_name if external_data else "", replaced_data, model)
     return path
+
+
+def _remove_abandoned_staging(folder: Path, model_name: str) -> None:
+    """Remove the staging folders of saves to the same file whose process is gone (killed mid-save)."""
+    for staging in folder.glob(f".{glob.escape(model_name)}.*.tmp"):
+        pid = staging.name[len(model_name) + 2:].split(".")[0]
+        if pid.isdigit() and staging.is_dir() and not _process_alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _free_data_name(folder: Path, model_name: str) -> str:
+    name = model_name + ".data"
+    while (folder / name).exists():
+        name = f"{model_name}.{secrets.token_hex(4)}.data"
+    return name
+
+
+def _referenced_data(path: Path) -> set[Path]:
+    """The data files the model at ``path`` points at (none when it cannot be read: not ours to judge)."""
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # a foreign or broken file at the destination: it is replaced, its data left alone
+        return set()
+    return {(path.parent / entry.value).resolve() for tensor in iter_all_tensors(proto.graph)
+            if tensor.data_location == onnx.TensorProto.EXTERNAL
+            for entry in tensor.external_data if entry.key == "location"}
+
+
+def _remove_stale_data(folder: Path, model_name: str, kept: str, replaced: set[Path], model: ir.Model) -> None:
+    """Remove the data files named after the model (``<name>.data``, ``<name>.<hex>.data``) other than the one
+    it was just saved with, if they held the data of the model the save replaced, or are a killed save's
+    (``<hex>``: only onnxkit writes those names). A file another model may read stays: a ``<name>.data`` the
+    replaced model did not use (the input's, say), and any the saved model still reads (loaded lazily)."""
+    still_read = {Path(t.path).resolve() for t in _all_tensors(model) if isinstance(t, ir.ExternalTensor)}
+    for file in folder.glob(f"{glob.escape(model_name)}.*data"):
+        found = _DATA_NAME.fullmatch(file.name[len(model_name):])
+        if file.name == kept or found is None or file.resolve() in still_read:
+            continue
+        if found.group(1) or file.resolve() in replaced:
+            file.unlink(missing_ok=True)
+
+
+_DATA_NAME = re.compile(r"\.([0-9a-f]{8}\.)?data")
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

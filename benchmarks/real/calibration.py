@@ -490,10 +490,10 @@ def _real_files() -> list[Path]:
                 (Path(sklearn.__file__).parent / "datasets" / "data", "*"),
                 (Path(sklearn.__file__).parent / "datasets" / "descr", "*.rst"),
                 (Path(sklearn.__file__).parent / "datasets" / "images", "*"), (FONT_PATH.parent, "*.ttf")]
-    files = []
-    for folder, pattern in patterns:
-        files += sorted(p for p in folder.glob(pattern) if p.is_file() and p.stat().st_size > 64)[:8]
-    return files
+    groups = [sorted(p for p in folder.glob(pattern) if p.is_file() and p.stat().st_size > 64)[:8]
+              for folder, pattern in patterns]
+    # Round-robin over the groups, so that any 32 samples hold every type.
+    return [group[k] for k in range(8) for group in groups if k < len(group)]
 
 
 def magika_bytes(m: Maker, rng: np.random.Generator, i: int) -> Sample:

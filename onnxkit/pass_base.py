@@ -75,6 +75,9 @@ class PassContext:
     ``extras`` carries inputs that only some passes understand, such as a torch module for ``export``.
     ``disabled`` holds the rules (``Site.rule`` names) and single sites the pipeline switched off while
     narrowing a failing pass; a pass that reports sites must honour it through ``allows``.
+    ``parity_on_held_out`` says the pipeline checks parity on the samples of ``data`` that a
+    ``CalibrationSplit`` holds out (it was given calibration data only), so a lossy pass that judges its own
+    candidates can judge them on exactly those; False: on samples it cannot know (all of ``data``, say).
     """
 
     data: Any = None
@@ -83,6 +86,7 @@ class PassContext:
     show_progress: bool = False
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
     disabled: frozenset[str | Site] = frozenset()
+    parity_on_held_out: bool = False
 
     def allows(self, rule: str, node: str | None = None) -> bool:
         """Whether ``rule`` may fire (at ``node``, the name of the node it anchors on, when given)."""

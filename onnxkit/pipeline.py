@@ -177,6 +177,8 @@ class _Snapshot:
     # Where the external data of a model over the limit lives: its tensors stay on disk, referenced relative to
     # the model's folder, which a restored copy must know (not the current folder).
     model_dir: str | os.PathLike[str] | None = None
+    # The model without its large weights, for shape inference (below the limit only; see ``_weightless``).
+    shapes: bytes | None = None
 
     @classmethod
     def of(cls, model: ir.Model, model_dir: str | os.PathLike[str] | None = None) -> _Snapshot:
@@ -186,7 +188,7 @@ class _Snapshot:
         if modelio.tensor_bytes(model) < modelio.EXTERNAL_DATA_THRESHOLD:
             data = proto.SerializeToString()
             if len(data) < modelio.EXTERNAL_DATA_THRESHOLD:
-                return cls(signature, data, len(data), model_dir)
+                return cls(signature, data, len(data), model_dir, _weightless(proto))
         return cls(signature, proto, proto.ByteSize(), model_dir)
 
     def restore(self) -> ir.Model:
@@ -203,8 +205,46 @@ def _checker_error(model: bytes | onnx.ModelProto) -> str | None:
     return None
 
 
-def _shape_inference_error(model: bytes | onnx.ModelProto) -> str | None:
-    if not isinstance(model, bytes):
+# Initializers larger than this are left out of the model shape inference checks (as onnx_ir does for its own
+# inference): inference reads the values of shape-like inputs only (Reshape's shape, Slice's starts, ...).
+_SHAPE_INPUT_MAX_BYTES = 1024
+
+
+def _weightless(proto: onnx.ModelProto) -> bytes:
+    """``proto`` serialized with each main-graph initializer over ``_SHAPE_INPUT_MAX_BYTES`` turned into a graph
+    input of the same type and shape: what shape inference needs, without the copies of every weight that
+    parsing and re-serializing the whole model cost it (most of a check's time on a weight-heavy model)."""
+    stripped = onnx.ModelProto()
+    for field, value in proto.ListFields():
+        if field.name != "graph":
+            _copy_field(stripped, field, value)
+    graph = stripped.graph
+    for field, value in proto.graph.ListFields():
+        if field.name != "initializer":
+            _copy_field(graph, field, value)
+    listed = {value.name for value in graph.input}
+    for tensor in proto.graph.initializer:
+        if tensor.ByteSize() <= _SHAPE_INPUT_MAX_BYTES:
+            graph.initializer.append(tensor)
+        elif tensor.name not in listed:  # before IR 4 it is listed among the inputs already
+            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    return stripped.SerializeToString()
+
+
+def _copy_field(message: Any, field: Any, value: Any) -> None:
+    repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+    if repeated:
+        getattr(message, field.name).extend(value)
+    elif field.type == field.TYPE_MESSAGE:
+        getattr(message, field.name).CopyFrom(value)
+    else:
+        setattr(message, field.name, value)
+
+
+def _shape_inference_error(model: bytes | None) -> str | None:
+    """Strict shape inference's complaint about a snapshot's ``shapes``; None when it has none or is over the
+    in-memory limit (no ``shapes``)."""
+    if model is None:
         return None
     try:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
@@ -239,7 +279,7 @@ class _Baseline:
     @classmethod
     def of(cls, snapshot: _Snapshot) -> _Baseline:
         return cls(snapshot.signature, _checker_error(snapshot.model) is None,
-                   _shape_inference_error(snapshot.model) is None)
+                   _shape_inference_error(snapshot.shapes) is None)
 
     def problems(self, snapshot: _Snapshot, clock: _Clock) -> list[str]:
         problems = self.signature.differences(snapshot.signature)
@@ -249,7 +289,7 @@ class _Baseline:
                     problems.append(error)
         if self.shape_inference_ok:
             with clock("shape_inference"):
-                if error := _shape_inference_error(snapshot.model):
+                if error := _shape_inference_error(snapshot.shapes):
                     problems.append(error)
         return problems
 
@@ -380,7 +420,7 @@ class Pipeline:
         if on_fail not in ("stop", "rollback", "warn"):
             raise SpecError(f"on_fail must be stop, rollback or warn, not {on_fail!r}")
         context = PassContext(data=calibration_data if calibration_data is not None else data, dims=dict(dims or {}),
-                              show_progress=progress)
+                              show_progress=progress, parity_on_held_out=calibration_data is not None and data is None)
         context.extras.update(extras or {})
         if model_dir is not None:
             context.model_dir = Path(model_dir)

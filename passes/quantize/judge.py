@@ -52,21 +52,23 @@ def by_metric(float_proto: onnx.ModelProto, evaluate: Callable[[Any], float], ma
 
 
 def by_parity(float_proto: onnx.ModelProto, data: CalibrationSplit, *, min_cosine: float | None,
-              min_sqnr: float | None, min_top1: float | None) -> Judge:
+              min_sqnr: float | None, min_top1: float | None, pipeline_checks_held_out: bool) -> Judge:
     """The parity target, as the pipeline will check it.
 
     ``check``: held-out samples, ORT optimizations on, to judge the fused INT8 kernels that will run.
     ``confirm`` adds the pipeline's own check: ORT optimizations off, where QDQ is emulated in float and rounds
-    differently from the fused kernels, on every sample read (the pipeline checks the held-out samples when it
-    was given calibration data only, all of them when that data is its parity data too). A model this pass
-    accepts passes the pipeline's check in either case.
+    differently from the fused kernels, on the held-out samples when the pipeline checks those
+    (``pipeline_checks_held_out``: it was given calibration data only), else on every sample read (that data is
+    its parity data too). A model this pass accepts passes the pipeline's check in either case.
     """
     tolerance = dataclasses.replace(PIPELINE_TOLERANCE, min_cosine=min_cosine, min_sqnr=min_sqnr, min_top1=min_top1)
     # Chains record the float model's outputs on the first comparison and replay them for every candidate.
     specs = input_specs(float_proto)
     on_held_out = parity.ParityChain(data.held_out, specs, "held-out samples", data_given=True,
                                      ort_optimizations=True)
-    as_the_pipeline_checks = parity.ParityChain(data.all_samples, specs, "every sample read", data_given=True,
+    pipeline_samples = data.held_out if pipeline_checks_held_out else data.all_samples
+    pipeline_description = "held-out samples" if pipeline_checks_held_out else "every sample read"
+    as_the_pipeline_checks = parity.ParityChain(pipeline_samples, specs, pipeline_description, data_given=True,
                                                 ort_optimizations=False)
     held_out_verdicts: dict[int, Any] = {}  # by candidate identity: confirm reuses check's comparison
 
@@ -80,7 +82,9 @@ def by_parity(float_proto: onnx.ModelProto, data: CalibrationSplit, *, min_cosin
         verdicts = {"held-out": held_out_verdicts.get(id(candidate))
                     or on_held_out.compare(float_proto, candidate, tolerance)}
         if verdicts["held-out"].passed:
-            verdicts["all, ORT optimizations off"] = as_the_pipeline_checks.compare(float_proto, candidate, tolerance)
+            key = "held-out" if pipeline_checks_held_out else "all"
+            verdicts[f"{key}, ORT optimizations off"] = as_the_pipeline_checks.compare(float_proto, candidate,
+                                                                                       tolerance)
         return Verdict(all(v.passed for v in verdicts.values()), verdicts, noise_excess(verdicts.values(), tolerance))
 
     return Judge(tolerance.describe(), check, confirm)

@@ -96,7 +96,8 @@ class QuantizeRun:
                 self.report.warnings.append("too few samples to hold any out: the target is judged on calibration "
                                             "samples")
             chosen = judge.by_parity(self.float_proto, self.data, min_cosine=options.target_cosine,
-                                     min_sqnr=options.target_sqnr, min_top1=options.target_top1)
+                                     min_sqnr=options.target_sqnr, min_top1=options.target_top1,
+                                     pipeline_checks_held_out=self.context.parity_on_held_out)
         self.report.target = chosen.target
         return chosen
 

@@ -135,4 +135,7 @@ def test_pass_verdict_and_pipeline_parity_agree_given_calibration_data_only(digi
     assert entry.modified and details["target_met"], entry.stats
     assert entry.parity is not None and entry.parity["passed"], entry.parity
     assert entry.parity["samples"] == details["parity"]["held-out"]["samples"] == len(calibration) // 5
-    assert entry.parity["min_cosine"] >= details["parity"]["all, ORT optimizations off"]["min_cosine"] >= 0.99
+    # The pass checked ORT's unoptimized run on the very samples the pipeline checks, so the two agree (to the
+    # last digits that dynamic quantization's run-time scales leave to chance).
+    own_check = details["parity"]["held-out, ORT optimizations off"]["min_cosine"]
+    assert entry.parity["min_cosine"] == pytest.approx(own_check, abs=1e-8) and own_check >= 0.99

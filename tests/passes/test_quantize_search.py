@@ -98,3 +98,18 @@ def test_streaming_histogram_merges_exactly() -> None:
     assert streamed.counts.size <= 256 and streamed.counts.size > 128
     np.testing.assert_array_equal(streamed.counts, direct)
     assert streamed.counts.sum() == values.size
+
+
+def test_pass_checks_the_samples_the_pipeline_will_check() -> None:
+    """Given calibration data only, the pipeline checks the held-out samples: the pass checks ORT's unoptimized
+    run on those (not on all 25 it read). Given --data, the pipeline checks all of it, and so does the pass."""
+    from onnxkit.pipeline import Pipeline
+    from tests.passes.test_quantize import mlp
+
+    data = samples("x", (4, 16), 25)
+    spec = Pipeline.parse("quantize{mode=static,max_slowdown=none}")
+    calibration_only = spec.run(mlp(), calibration_data=data).report.passes[0].details["parity"]
+    given_data = spec.run(mlp(), data=data).report.passes[0].details["parity"]
+    assert calibration_only["held-out, ORT optimizations off"]["samples"] == 5
+    assert "all, ORT optimizations off" not in calibration_only
+    assert given_data["all, ORT optimizations off"]["samples"] == 25

@@ -139,8 +139,9 @@ def check_with_rule(model: ir.Model, target: str, source: str, rule: OpRule, not
         key = (node.domain, node.op_type, node.opset)
         if key not in decided:
             decided[key] = rule(*key)
-        if decided[key] is not None:
-            report.unsupported.append(UnsupportedNode(node.name, node.op, node.opset, node.graph, decided[key]))
+        reason = decided[key]
+        if reason is not None:
+            report.unsupported.append(UnsupportedNode(node.name, node.op, node.opset, node.graph, reason))
     return report
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import onnx
@@ -60,10 +60,13 @@ class _PrecisionPass(Pass):
     kind = "lossy"
     in_place_pass = False
     precision: ClassVar[str]
-    convert_model: ClassVar[Callable[[onnx.ModelProto, Sequence[str]], onnx.ModelProto]]
     stored_type: ClassVar[int]  # the element type converted weights are stored in
     # fp16 computes in float16, so values near its limits matter; bf16 weights keep float32's range.
     checks_fp16_range: ClassVar[bool] = True
+
+    def convert_model(self, proto: onnx.ModelProto, keep_float: Sequence[str]) -> onnx.ModelProto:
+        """A converted copy of ``proto`` with the nodes named in ``keep_float`` in float32."""
+        raise NotImplementedError
 
     def already_converted(self, proto: onnx.ModelProto) -> bool:
         """A second run changes nothing: a model that already stores weights in the pass's type is left alone."""
@@ -94,7 +97,7 @@ class _PrecisionPass(Pass):
             return added_error(proto, candidate, remaining, types, samples)
 
         def converted(kept: Sequence[str]) -> onnx.ModelProto:
-            return type(self).convert_model(proto, kept)
+            return self.convert_model(proto, kept)
 
         if options.search:
             search = sensitivity.keep_sensitive_in_float(converted, rank, judge, keep_float=keep)
@@ -217,8 +220,10 @@ class Fp16Pass(_PrecisionPass):
     name = "fp16"
     precision = "fp16"
     Options = Fp16Options
-    convert_model = staticmethod(convert.to_fp16)
     stored_type = onnx.TensorProto.FLOAT16
+
+    def convert_model(self, proto: onnx.ModelProto, keep_float: Sequence[str]) -> onnx.ModelProto:
+        return convert.to_fp16(proto, keep_float)
 
 
 class Bf16Pass(_PrecisionPass):
@@ -227,6 +232,8 @@ class Bf16Pass(_PrecisionPass):
     name = "bf16"
     precision = "bf16"
     Options = Bf16Options
-    convert_model = staticmethod(convert.to_bf16_weights)
     stored_type = onnx.TensorProto.BFLOAT16
     checks_fp16_range = False
+
+    def convert_model(self, proto: onnx.ModelProto, keep_float: Sequence[str]) -> onnx.ModelProto:
+        return convert.to_bf16_weights(proto, keep_float)

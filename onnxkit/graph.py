@@ -1,8 +1,9 @@
 """Walks over every graph of a model, and what the pipeline measures with them.
 
 Every graph means the main graph, the bodies of If/Loop/Scan nodes at any depth, local functions and the
-bodies inside those. ``count_nodes`` and ``op_histogram`` instrument a pass; ``fingerprint`` lets the
-pipeline check a pass's claim that it left a model unchanged, instead of trusting it.
+bodies inside those. ``default_opset`` reads the standard domain's version. ``count_nodes`` and ``op_histogram``
+instrument a pass; ``fingerprint`` lets the pipeline check a pass's claim that it left a model unchanged,
+instead of trusting it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -56,6 +58,14 @@ def nodes(model: ir.Model) -> Iterator[ir.Node]:
 def count_nodes(model: ir.Model) -> int:
     """Nodes in the main graph, its subgraphs, and local functions."""
     return sum(1 for _ in nodes(model))
+
+
+def default_opset(model: ir.Model | onnx.ModelProto, missing: int = 1) -> int:
+    """The version of the standard ONNX domain (``""`` or its alias ``"ai.onnx"``) a model imports; ``missing``
+    when it imports neither."""
+    if isinstance(model, onnx.ModelProto):
+        return next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), missing)
+    return next((model.opset_imports[d] for d in STANDARD_DOMAINS if d in model.opset_imports), missing)
 
 
 def op_histogram(model: ir.Model) -> collections.Counter[str]:

@@ -21,6 +21,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common
 
 from onnxkit import modelio
+from onnxkit.graph import default_opset
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +96,13 @@ def prepare(model: ir.Model, *, want_per_channel: bool, gemm_as_matmul: bool = F
         steps.append(f"gave {unshared} nodes their own copy of a bias they shared")
 
     proto = ir.serde.serialize_model(work)
-    opset = _default_opset(proto)
+    opset = default_opset(proto)
     per_channel_possible = True
     if opset < MIN_QDQ_OPSET:
         try:
             proto = onnx.version_converter.convert_version(proto, MIN_QDQ_OPSET)
             steps.append(f"upgraded opset {opset} → {MIN_QDQ_OPSET} (per-channel DequantizeLinear needs 'axis')")
-        except Exception as e:  # noqa: BLE001 - the converter raises assorted errors on ops it cannot adapt
+        except Exception as e:  # the converter raises assorted errors on ops it cannot adapt
             per_channel_possible = False
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             steps.append(f"kept opset {opset}: upgrade to {MIN_QDQ_OPSET} failed ({reason})")
@@ -235,11 +236,11 @@ def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     and outputs keep the types the model declares (see ``keep_declared_signature``)."""
     try:
         inferred, how = _symbolic_shape_inference(proto), "symbolic"
-    except Exception as e:  # noqa: BLE001 - symbolic inference fails on unknown ops and some dynamic shapes
+    except Exception as e:  # symbolic inference fails on unknown ops and some dynamic shapes
         logger.debug("symbolic shape inference failed: %s", e)
         try:
             inferred, how = onnx.shape_inference.infer_shapes(proto, data_prop=True), "onnx (symbolic failed)"
-        except Exception as e:  # noqa: BLE001 - inference errors on ops it does not know; the quantizer copes
+        except Exception as e:  # inference errors on ops it does not know; the quantizer copes
             logger.debug("onnx shape inference failed: %s", e)
             return proto, "none (symbolic and onnx inference both failed)"
     keep_declared_signature(inferred, proto)
@@ -291,10 +292,6 @@ def _symbolic_shape_inference(proto: onnx.ModelProto) -> onnx.ModelProto:
     if not complete:
         raise RuntimeError("incomplete symbolic shape inference")
     return inference.out_mp_
-
-
-def _default_opset(proto: onnx.ModelProto) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
 def _count_constants(model: ir.Model) -> int:

@@ -37,6 +37,7 @@ import onnx_ir as ir
 from onnxkit import modelio, runtime
 from onnxkit.data import CalibrationSplit, as_dataset
 from onnxkit.errors import PassFailedError
+from onnxkit.graph import default_opset
 from onnxkit.passes.quantize import judge as judging
 from onnxkit.passes.quantize import latency
 from onnxkit.passes.quantize.cpu import CpuFeatures, detect_cpu
@@ -155,7 +156,7 @@ def quantize_weight_only(model: ir.Model, options: Any, context: Any
         report.kept_float_model = f"no {' or '.join(op_types)} node with a constant float weight"
         return None, report.stats(), report.to_dict()
     source = float_proto
-    if "Gather" in candidates and _opset(float_proto) < GATHER_OPSET:
+    if "Gather" in candidates and default_opset(float_proto, missing=0) < GATHER_OPSET:
         source = _to_gather_opset(model, report)
         if source is None:
             del candidates["Gather"]
@@ -356,10 +357,6 @@ def _judge(float_proto: onnx.ModelProto, data: CalibrationSplit, options: Any, c
         return judging.by_metric(float_proto, evaluate, options.max_metric_drop)
     return judging.by_parity(float_proto, data, min_cosine=options.target_cosine, min_sqnr=options.target_sqnr,
                              min_top1=options.target_top1)
-
-
-def _opset(proto: onnx.ModelProto) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _bytes(proto: onnx.ModelProto) -> int:

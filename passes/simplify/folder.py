@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
+from onnxkit.graph import default_opset
 from onnxkit.passes._graph_utils import opset_problem
 from onnxkit.passes.simplify import shape_values
 from onnxkit.passes.simplify._onnxscript import (
@@ -56,7 +57,7 @@ class SimplifyFolder(FolderBase):
         self._evaluated: ir.Node | None = None
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        self.opset = default_opset(model)
         return super().call(model)
 
     def process_node(self, node: ir.Node, is_function: bool) -> Replacement | None:

@@ -13,6 +13,9 @@ from collections.abc import Iterator
 
 import onnx_ir as ir
 from onnx_ir.passes import common
+
+from onnxkit.graph import default_opset
+from onnxkit.pass_base import PassContext, PassResult
 from onnxkit.passes._graph_utils import (
     all_nodes,
     eliminate_identities,
@@ -24,8 +27,6 @@ from onnxkit.passes.simplify import consecutive, merge, no_op
 from onnxkit.passes.simplify._onnxscript import LOGGER_NAME as FOLDER_LOGGER
 from onnxkit.passes.simplify.folder import SimplifyFolder, unfolded_placeholders
 from onnxkit.passes.simplify.rewrites import Rewrites, site_name
-
-from onnxkit.pass_base import PassContext, PassResult
 
 MAX_ROUNDS = 10
 
@@ -57,7 +58,7 @@ def _infer_shapes(model: ir.Model) -> bool:
     # Not onnx_ir's ShapeInferencePass: its merge turns sequence values into tensors (see infer_shapes).
     try:
         return any(not value.is_graph_output() for value in infer_shapes(model, check_type=False))
-    except Exception:  # noqa: BLE001 - ONNX raises its own types; an uninferable model is folded as it is
+    except Exception:  # ONNX raises its own types; an uninferable model is folded as it is
         return False
 
 
@@ -133,7 +134,7 @@ class _Simplifier:
         self.model = model
         self.max_constant_bytes = max_constant_bytes
         self.rewrites = Rewrites(context)
-        self.opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        self.opset = default_opset(model)
         self.initializers = merge.InitializerMerger()
         self.refused: dict[str, tuple[str, int]] = {}  # folds the byte limit kept out: site → (op, bytes)
         self.original_identities = [n for n in all_nodes(model) if n.op_type == "Identity" and n.domain == ""]

@@ -158,7 +158,8 @@ def export_model(
     raises ``ParityError``. Export failures raise ``ExportError``.
     """
     if not isinstance(tolerance, parity.Tolerance):
-        tolerance = dataclasses.replace(parity.Tolerance.for_kind("exact"), **dict(tolerance or {}))
+        overrides: dict[str, Any] = dict(tolerance or {})
+        tolerance = dataclasses.replace(parity.Tolerance.for_kind("exact"), **overrides)
     args, names = _positional_inputs(module, example_inputs, input_names)
     with _eval_no_grad(module):
         try:
@@ -366,12 +367,15 @@ class _Export:
                                     output_names=self.output_names, opset_version=self.opset,
                                     dynamic_shapes=dynamic_shapes,
                                     custom_translation_table=self.custom_translation_table, verbose=False)
+        if program is None:  # torch types the result as optional (None on the TorchScript path)
+            raise ExportError("the dynamo exporter returned no program")
         # Through a proto, so the model owns copies of the weights rather than views of the module's.
         return ir.serde.deserialize_model(program.model_proto)
 
     def torchscript(self) -> ir.Model:
         buffer = io.BytesIO()
-        torch.onnx.export(self.module, self.args, buffer, dynamo=False, input_names=self.input_names,
+        torch.onnx.export(self.module, self.args, buffer,  # type: ignore[arg-type]  # TorchScript writes file objects too
+                          dynamo=False, input_names=self.input_names,
                           output_names=self.output_names, opset_version=self.opset,
                           dynamic_axes=self.axes or None, verbose=False)
         return ir.serde.deserialize_model(onnx.load_model_from_string(buffer.getvalue()))

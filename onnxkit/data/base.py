@@ -157,7 +157,7 @@ def _rows(sample: Sample, index: int) -> Iterator[Sample]:
     if None in sizes.values() or len(set(sizes.values())) > 1:
         raise DataError(f"sample {index} cannot be batched: its inputs differ on axis 0 or have none ({sizes})",
                         hint="batching needs every input to have the batch on axis 0")
-    for row in range(next(iter(sizes.values()), 0)):
+    for row in range(next(iter(sizes.values()), 0) or 0):  # one size, checked above
         yield {name: value[row:row + 1] for name, value in sample.items()}
 
 

@@ -141,7 +141,7 @@ class NpzDataset(Dataset):
             raise DataError(f"{self.path.name}: a scalar cannot stack samples on its first axis ({counts})")
         if len(set(counts.values())) > 1:
             raise DataError(f"{self.path.name}: inputs hold different numbers of samples: {counts}")
-        return next(iter(counts.values()), 0)
+        return next(iter(counts.values()), None) or 0
 
 
 class FolderDataset(Dataset):

@@ -146,7 +146,7 @@ class ImageFolderDataset(Dataset):
                 image = image[top:top + crop_h, left:left + crop_w]
             if plan.resize is None and plan.crop is None and static_size is not None:
                 image = _resize(image, *static_size)
-            pixels = image.astype(np.float32) * (plan.scale if image.dtype.kind in "ui" else 1.0)
+            pixels: np.ndarray = image.astype(np.float32) * (plan.scale if image.dtype.kind in "ui" else 1.0)
             if plan.mean is not None:
                 pixels = pixels - np.asarray(plan.mean, dtype=np.float32)
             if plan.std is not None:

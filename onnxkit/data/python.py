@@ -72,14 +72,14 @@ class IterableDataset(Dataset):
 
     def __init__(self, source: Iterable[Mapping[str, Any]] | Callable[[], Iterable[Mapping[str, Any]]], *,
                  batch_size: int | None = None) -> None:
-        if not callable(source) and iter(source) is source:  # type: ignore[arg-type]
+        if not callable(source) and iter(source) is source:
             raise DataError(f"a {type(source).__name__} can be iterated only once, and calibration and parity need "
                             "several passes", hint="pass a list, or a function that returns a new iterator")
         self.source = source
         self.batch_size = _check_batch_size(batch_size)
 
     def _samples(self) -> Iterator[Sample]:
-        items = self.source() if callable(self.source) else self.source  # type: ignore[operator]
+        items = self.source() if callable(self.source) else self.source
         for index, item in enumerate(items):
             yield _as_sample(item, index)
 

@@ -57,7 +57,7 @@ def _spec_of(value: ir.Value) -> InputSpec:
     if value.shape is not None:
         # A dim stored as an int below 0 (paddle2onnx writes -1) is an unknown dim, not a size.
         shape = tuple((d if d >= 0 else None) if isinstance(d, int) else d.value for d in value.shape)
-    return InputSpec(value.name, _type_kind(value.type), _numpy_dtype(value.dtype), shape)
+    return InputSpec(value.name or "", _type_kind(value.type), _numpy_dtype(value.dtype), shape)
 
 
 ModelLike = Any  # str | os.PathLike | bytes | onnx.ModelProto | ir.Model

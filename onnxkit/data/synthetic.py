@@ -142,6 +142,12 @@ def _constant(value: ir.Value | None) -> ir.TensorProtocol | None:
     return None
 
 
+def _constant_shape(value: ir.Value | None) -> tuple[int, ...] | None:
+    """The shape of a constant (always static), or None when ``value`` is not a constant."""
+    const = _constant(value)
+    return None if const is None else tuple(int(d) for d in const.shape.numpy())
+
+
 def _static_size(value: ir.Value, axis: int) -> int | None:
     const = _constant(value)
     shape = const.shape if const is not None else value.shape
@@ -193,10 +199,11 @@ def index_limits(model: ModelLike) -> dict[str, int]:
         sizes = []
         for node, index in _uses_through(graph_input, _INDEX_PASS_THROUGH):
             if _is_standard(node) and node.op_type in _INDEXING_OPS and index == _INDEXING_OPS[node.op_type]:
-                size = _static_size(node.inputs[0], node.attributes.get_int("axis", 0))
+                indexed = node.inputs[0]
+                size = _static_size(indexed, node.attributes.get_int("axis", 0)) if indexed is not None else None
                 if size is not None:
                     sizes.append(size)
-        if sizes:
+        if sizes and graph_input.name is not None:
             limits[graph_input.name] = min(sizes)
     return limits
 
@@ -225,7 +232,7 @@ def compared_values(model: ModelLike) -> dict[str, tuple[Any, ...]]:
                                for s in node.attributes.get_strings(name, ()) or () if s]
             elif node.op_type == "Loop" and index == 0:
                 values += _LOOP_TRIP_COUNTS
-        if values:
+        if values and graph_input.name is not None:
             found[graph_input.name] = tuple(dict.fromkeys(values))  # unique, in the graph's order
     return found
 
@@ -283,29 +290,29 @@ def _pinned_size(node: ir.Node, index: int, axis: int, rank: int) -> int | None:
     """The size a weighted op requires of ``axis`` of its input ``index``, where a constant weight fixes it."""
     op = node.op_type
     if op == "MatMul":
-        other = _constant(node.inputs[1 - index])
-        if other is None or len(other.shape) < 1:
+        other = _constant_shape(node.inputs[1 - index])
+        if other is None or len(other) < 1:
             return None
         if index == 0 and axis == rank - 1:
-            return other.shape[-2] if len(other.shape) >= 2 else other.shape[0]
+            return other[-2] if len(other) >= 2 else other[0]
         if index == 1 and axis == rank - 2:
-            return other.shape[-1]
+            return other[-1]
         return None
-    weight = _constant(node.inputs[1]) if index == 0 and len(node.inputs) > 1 else None
+    weight = _constant_shape(node.inputs[1]) if index == 0 and len(node.inputs) > 1 else None
     if weight is None:
         return _broadcast_size(node, index, axis, rank)
     if op == "Gemm" and axis == 1 - node.attributes.get_int("transA", 0):
-        return weight.shape[1 if node.attributes.get_int("transB", 0) else 0]
-    if op == "Conv" and axis == 1 and len(weight.shape) >= 2:
-        return weight.shape[1] * node.attributes.get_int("group", 1)
+        return weight[1 if node.attributes.get_int("transB", 0) else 0]
+    if op == "Conv" and axis == 1 and len(weight) >= 2:
+        return weight[1] * node.attributes.get_int("group", 1)
     if op == "ConvTranspose" and axis == 1:
-        return weight.shape[0]
-    if op in ("LSTM", "GRU", "RNN") and axis == 2 and len(weight.shape) == 3:
-        return weight.shape[2]
+        return weight[0]
+    if op in ("LSTM", "GRU", "RNN") and axis == 2 and len(weight) == 3:
+        return weight[2]
     if op in ("BatchNormalization", "InstanceNormalization") and axis == 1:
-        return weight.shape[0]
-    if op == "LayerNormalization" and axis >= rank - len(weight.shape):
-        return weight.shape[axis - rank]
+        return weight[0]
+    if op == "LayerNormalization" and axis >= rank - len(weight):
+        return weight[axis - rank]
     return _broadcast_size(node, index, axis, rank)
 
 
@@ -313,13 +320,13 @@ def _broadcast_size(node: ir.Node, index: int, axis: int, rank: int) -> int | No
     """An elementwise op with a constant operand that is not 1 along ``axis`` pins that axis to it."""
     if node.op_type not in _BROADCASTING:
         return None
-    other = _constant(node.inputs[1 - index])
+    other = _constant_shape(node.inputs[1 - index])
     if other is None:
         return None
     from_right = rank - axis
-    if from_right > len(other.shape):
+    if from_right > len(other):
         return None
-    size = other.shape[len(other.shape) - from_right]
+    size = other[len(other) - from_right]
     return size if size != 1 else None
 
 
@@ -419,7 +426,7 @@ class SyntheticDataset(Dataset):
                  num_samples: int = DEFAULT_SYNTHETIC_SAMPLES, seed: int = 0, batch_size: int | None = None,
                  sizes: Mapping[str, int] | None = None, hints: GraphHints | None = None) -> None:
         hints = hints if hints is not None else read_graph(model)
-        self._specs = hints.specs
+        self._specs: tuple[InputSpec, ...] = hints.specs  # known from the graph: never None here
         self.hints = hints
         self.dims = dict(dims or {})
         self.num_samples = num_samples

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import RewriteRule, RewriteRuleSet
+
 # Private onnxscript names (tested with onnxscript 0.7.2, the range pinned in pyproject.toml): the narrowing guard
 # wraps a rule's replacement, and a rule's output pattern is read to name its anchor node. No public API exposes
 # either; this is the only fuse module that reaches inside onnxscript.
@@ -227,6 +228,13 @@ def annotate_shapes(model: ir.Model) -> Callable[[], None]:
             model.graph.initializers.add(initializer)
 
     return undo
+
+
+def shapeless_values(model: ir.Model) -> set[ir.Value]:
+    """The values of every graph that have no shape or no type: where shape inference might tell more."""
+    return {value for graph in graph_likes(model)
+            for value in (*graph.inputs, *(v for node in graph for v in node.outputs))
+            if value.shape is None or value.type is None}
 
 
 def is_generated_dim(dim: object) -> bool:

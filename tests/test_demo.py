@@ -32,12 +32,20 @@ def test_demo_trains_exports_quantizes_and_reports(tmp_path):
     checks = report["export"]["checks"]
     assert [c["shapes"]["image"][0] for c in checks] == [1, 4]
     assert all(c["passed"] and c["outputs"][0]["max_abs_error"] <= 1e-4 for c in checks)
-    # Accuracy: FP32 at least 95%, INT8 within one point, and INT8 really is INT8.
+    # Accuracy: FP32 at least 95%, INT8 at most half a point below it.
     fp32, int8 = report["fp32"], report["int8"]
     assert fp32["accuracy"] >= 0.95
-    assert abs(int8["accuracy"] - fp32["accuracy"]) <= 0.01
-    assert fp32["int8_ops"] == [] and set(int8["int8_ops"]) == {"Conv", "Gemm"}
-    assert int8["bytes"] < fp32["bytes"] / 2
+    assert int8["accuracy"] >= fp32["accuracy"] - 0.005
+    # The latency gate is on: INT8 is either really INT8 and kept because the gate timed it faster than FP32
+    # on this CPU, or the float model with the reason, in one line. Which one depends on the CPU, not the test.
+    quantize = next(p for p in report["pipeline"]["passes"] if p["name"] == "quantize")
+    assert fp32["int8_ops"] == [] and "max_slowdown" not in report["spec"]
+    if quantize["modified"]:
+        assert set(int8["int8_ops"]) == {"Conv", "Gemm"} and int8["bytes"] < fp32["bytes"] / 2
+        assert quantize["details"]["latency"]["ratio"] <= 1.02  # the gate's own verdict, within timing resolution
+        assert report["int8_verdict"].startswith("INT8 kept by the latency gate: ")
+    else:
+        assert int8["int8_ops"] == [] and report["int8_verdict"].startswith("INT8 not used on this ")
     assert report["parity"]["passed"] and all(p["status"] == "ok" for p in report["pipeline"]["passes"])
 
     for name in ("model.fp32.onnx", "model.int8.onnx", "model.pt", "report.json", "report.md",

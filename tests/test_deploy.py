@@ -129,6 +129,18 @@ def test_openvino_compiles_and_runs_a_cnn_with_parity_against_ort(tmp_path):
     assert report["parity"]["min_cosine"] > 0.99999
 
 
+def test_openvino_in_bfloat16_is_held_to_a_lossy_budget(tmp_path):
+    pytest.importorskip("openvino")
+    path = _saved(cnn(), tmp_path)
+    report, in_float32 = deploy_check(path, "openvino", precision="bf16"), deploy_check(path, "openvino")
+    assert "inference precision bf16" in report.runtime
+    assert report.parity is not None and report.parity.tolerance.min_cosine == 0.99
+    assert report.passed, report.lines()
+    # It really ran in bfloat16: float32 agrees with ONNX Runtime to within a few ulps.
+    assert in_float32.parity is not None and in_float32.parity.tolerance.atol == 1e-4
+    assert report.parity.max_abs_error > 100 * in_float32.parity.max_abs_error
+
+
 def test_openvino_names_the_node_its_frontend_cannot_convert(tmp_path):
     pytest.importorskip("openvino")
     model = with_contrib_gelu()

@@ -25,8 +25,10 @@ import onnx_ir as ir
 
 from onnxkit import modelio, parity, runtime
 from onnxkit.data import as_dataset, input_specs
+from onnxkit.deploy import support
 from onnxkit.deploy.support import SupportReport, ort_version
 from onnxkit.deploy.targets import get_target
+from onnxkit.errors import ModelLoadError
 
 
 @dataclasses.dataclass
@@ -37,18 +39,21 @@ class DeployReport:
     runtime: str | None = None  # what the model ran on, when it ran
     parity: parity.ParityReport | None = None
     skipped_run: str | None = None  # why the model did not run on the target
+    run_error: str | None = None  # the target's runtime could not load or convert the model
     commands: list[str] = dataclasses.field(default_factory=list)  # what to run next (trtexec)
     reduced_build_config: str | None = None
 
     @property
     def passed(self) -> bool:
-        return self.support.supported and (self.parity is None or self.parity.passed)
+        return self.support.supported and self.run_error is None and (self.parity is None or self.parity.passed)
 
     def lines(self) -> list[str]:
         lines = [f"{self.model}: deploy-check --target {self.target}", *self.support.lines()]
         if self.parity is not None:
             lines.append(f"ran on {self.runtime}, compared with ONNX Runtime {ort_version()} (optimizations off):")
             lines += [f"  {line}" for line in self.parity.lines()]
+        elif self.run_error:
+            lines.append(f"FAILED on the target: {self.run_error}")
         elif self.skipped_run:
             lines.append(f"not run on the target: {self.skipped_run}")
         if self.reduced_build_config is not None:
@@ -63,7 +68,7 @@ class DeployReport:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "target": self.target, "passed": self.passed, "support": self.support.to_dict(),
                 "runtime": self.runtime, "parity": self.parity.to_dict() if self.parity is not None else None,
-                "skipped_run": self.skipped_run, "commands": list(self.commands),
+                "skipped_run": self.skipped_run, "run_error": self.run_error, "commands": list(self.commands),
                 "reduced_build_config": self.reduced_build_config}
 
 
@@ -75,6 +80,9 @@ def deploy_check(model_path: str | os.PathLike[str], target: str, *, data: Any =
     OpenVINO's inference precision (``f32``, or ``bf16``/``f16`` as the CPU runs by default where it can)."""
     path = Path(model_path)
     model = modelio.load_model(path)
+    if tolerance is None and precision != "f32":
+        # OpenVINO asked to compute in a lower precision is held to that precision's budget, not float32's.
+        tolerance = parity.Tolerance.for_kind("lossy", "fp16" if precision == "f16" else "int8")
     report = DeployReport(str(model_path), target, get_target(target).check(model, path))
 
     def compare(candidate: Any) -> parity.ParityReport:
@@ -86,7 +94,7 @@ def deploy_check(model_path: str | os.PathLike[str], target: str, *, data: Any =
     elif target == "portable":
         report.skipped_run = "portable names no runtime"
     elif not report.support.supported:
-        report.skipped_run = "the target does not support every operator"
+        report.skipped_run = "the operator check failed"
     elif target == "ort-cpu":
         report.runtime = f"ONNX Runtime {ort_version()} CPU, every graph optimization on"
         report.parity = compare(runtime.make_session(path, optimize=True))
@@ -94,14 +102,22 @@ def deploy_check(model_path: str | os.PathLike[str], target: str, *, data: Any =
         from onnxkit.deploy.ort_format import to_ort
 
         with tempfile.TemporaryDirectory(prefix="onnxkit-deploy-") as folder:
-            converted = to_ort(path, Path(folder) / f"{path.stem}.ort")
+            try:
+                converted = to_ort(path, Path(folder) / f"{path.stem}.ort")
+            except ModelLoadError as e:
+                report.run_error = e.message
+                return report
             report.reduced_build_config = converted.config
             report.runtime = f"ONNX Runtime {ort_version()} from the converted {converted.ort_path.name}"
             report.parity = compare(runtime.make_session(converted.ort_path))
     elif target == "openvino":
         from onnxkit.deploy.openvino import OpenVinoSession
 
-        session = OpenVinoSession(path, precision=precision)
+        try:
+            session = OpenVinoSession(path, precision=precision)
+        except RuntimeError as e:  # OpenVINO raises RuntimeError for what it cannot read or compile
+            report.run_error = f"OpenVINO cannot compile the model: {support.last_line(e)}"
+            return report
         report.runtime = session.describe()
         report.parity = compare(session)
     return report

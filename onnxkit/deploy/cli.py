@@ -80,7 +80,8 @@ def deploy_check_command(model: Path, target: str, data_path: str | None, dims: 
     from onnxkit.deploy.check import deploy_check
 
     overrides = tolerance_overrides(atol=atol, rtol=rtol, min_cosine=min_cosine, min_sqnr=min_sqnr, min_top1=min_top1)
-    tolerance = parity.tolerance_from_options(None, overrides)
+    # Without tolerance options, deploy_check picks float32's or the --precision's defaults.
+    tolerance = parity.tolerance_from_options(None, overrides) if overrides else None
     report = deploy_check(model, target, data=load_data_option(data_path), dims=parse_dims(dims),
                           num_samples=samples, tolerance=tolerance, precision=precision)
     if as_json:

@@ -282,6 +282,9 @@ def check_openvino(model_path: Path, model: ir.Model, device: str = "CPU") -> Su
     converted = frontend.convert_partially(loaded)
     try:
         report.unsupported += _refusals(openvino, converted, device, onnx_node)
+    except RuntimeError as e:  # the plugin's own passes can fail on a converted model (unknown ranks, say)
+        report.model_problems.append(f"OpenVINO's {device} plugin fails on the converted model: "
+                                     f"{last_line(e)}")
     finally:
         del converted
         del loaded
@@ -291,6 +294,12 @@ def check_openvino(model_path: Path, model: ir.Model, device: str = "CPU") -> Su
 
 
 FRONTEND_REFUSAL = "OpenVINO's ONNX frontend has no conversion for it"
+
+
+def last_line(error: BaseException) -> str:
+    """OpenVINO's errors stack one "Exception from <file>" line per layer; the last line says what failed."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _refusals(openvino: Any, converted: Any, device: str, onnx_node: Callable[[Any], NodeOp | None]

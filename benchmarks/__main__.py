@@ -82,7 +82,7 @@ def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out
     started = time.perf_counter()
     not_reached = "not measured: the run stopped before this step"
     results: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": {"quick": quick, "repeats": settings.repeats, "warmup": settings.warmup,
                      "min_seconds": settings.min_seconds, "timeout_s": settings.timeout},
         "machine": machine_description(), "peer_versions": peer_versions(), "pipelines": list(measure.PIPELINES),
@@ -127,7 +127,10 @@ def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out
         with Progress(TextColumn("{task.description:<48}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn()) as progress:
             task = progress.add_task("benchmarks", total=len(steps))
-            say = lambda line: progress.update(task, description=line[:48])
+
+            def say(line: str) -> None:
+                progress.update(task, description=line[:48])
+
             for title, run in steps:
                 say(title)
                 run(say)

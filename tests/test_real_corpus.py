@@ -21,7 +21,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from benchmarks.real import calibration, fetch, own, render
+from benchmarks.real import calibration, fetch, own, recipes, render, sources
 from benchmarks.real.corpus import CorpusModel, cache_dir, load_manifest
 from onnxkit import parity
 from onnxkit.data import load_dataset
@@ -157,8 +157,8 @@ def test_embedding_rows_follows_casts_to_the_table(tmp_path):
         [helper.make_tensor_value_info("embedded", TensorProto.FLOAT, None)], [table])
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-    assert calibration.embedding_rows(path, "ids") == 57
-    ids, mask = calibration.char_ids("hello, world", 57, 16)
+    assert recipes.embedding_rows(path, "ids") == 57
+    ids, mask = sources.char_ids("hello, world", 57, 16)
     assert ids.max() < 57 and ids[mask].min() >= 1 and not ids[~mask].any() and mask.sum() == 12
 
 
@@ -169,7 +169,7 @@ def test_calibration_file_is_read_by_onnxkit_as_32_samples(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     rng = np.random.default_rng(0)
-    lines = np.stack([calibration.to_chw(calibration.render_text_line(48, 160, "onnxkit", rng), "half")
+    lines = np.stack([sources.to_chw(sources.render_text_line(48, 160, "onnxkit", rng), "half")
                       for _ in range(calibration.SAMPLES)])
     assert lines.shape == (32, 1, 3, 48, 160) and -1.0 <= lines.min() < lines.max() <= 1.0
     np.savez(tmp_path / "calib.npz", x=lines)
@@ -179,10 +179,10 @@ def test_calibration_file_is_read_by_onnxkit_as_32_samples(tmp_path):
 
 def test_synthesized_audio_and_features_are_bounded_and_distinct():
     rng = np.random.default_rng(0)
-    signals = [calibration.synth_signal(16000, 16000, rng, kind) for kind in ("tone", "chirp", "burst", "speech")]
+    signals = [sources.synth_signal(16000, 16000, rng, kind) for kind in ("tone", "chirp", "burst", "speech")]
     assert all(np.abs(s).max() <= 0.8 + 1e-6 for s in signals)
     assert len({round(float(np.std(s)), 4) for s in signals}) == 4
-    mel = calibration.log_mel(signals[0], 16000, 40)
+    mel = sources.log_mel(signals[0], 16000, 40)
     assert mel.shape == (98, 40) and np.isfinite(mel).all()
 
 

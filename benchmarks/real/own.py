@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.real import calibration
+from benchmarks.real import calibration, sources
 from benchmarks.real.corpus import cache_dir
 
 VOCAB = 96
@@ -270,15 +270,15 @@ def calibration_samples(arch: str, count: int = calibration.SAMPLES) -> dict[str
     spec = ARCHITECTURES[arch]
     samples = []
     for i in range(count):
-        rng = np.random.default_rng([calibration.SEED, i])
+        rng = np.random.default_rng([sources.SEED, i])
         if spec.calibration == "photo":
-            x = calibration.to_chw(calibration.photo_crop(IMAGE, IMAGE, rng), "imagenet")
+            x = sources.to_chw(sources.photo_crop(IMAGE, IMAGE, rng), "imagenet")
         elif spec.calibration == "ids":
-            sentences = calibration.english_sentences()
-            x = calibration.char_ids(sentences[int(rng.integers(len(sentences)))], VOCAB, SEQUENCE)[0][None]
+            sentences = sources.english_sentences()
+            x = sources.char_ids(sentences[int(rng.integers(len(sentences)))], VOCAB, SEQUENCE)[0][None]
         else:
-            signal = calibration.synth_signal(calibration.frames_to_samples(SEQUENCE, 16000), 16000, rng)
-            x = calibration.log_mel(signal, 16000, FEATURES)[None, :SEQUENCE]
+            signal = sources.synth_signal(sources.frames_to_samples(SEQUENCE, 16000), 16000, rng)
+            x = sources.log_mel(signal, 16000, FEATURES)[None, :SEQUENCE]
         samples.append(x)
     return {spec.input_name: np.stack(samples)}
 

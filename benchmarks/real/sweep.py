@@ -212,7 +212,7 @@ def judge(model: SweepModel, record: dict[str, Any], klass: str, held_out: Path 
     try:
         record["bytes"] = model_file_bytes(Path(output))
         record["nodes"] = sum(model_op_histogram(Path(output)).values())
-    except Exception as e:  # noqa: BLE001 - an output onnx_ir cannot read is a finding of its own
+    except Exception as e:  # an output onnx_ir cannot read is a finding of its own
         record["nodes_error"] = first_error_line(e)
     tolerance = parity.Tolerance.for_kind("exact" if klass == "exact" else "lossy")
     try:
@@ -220,7 +220,7 @@ def judge(model: SweepModel, record: dict[str, Any], klass: str, held_out: Path 
                                        model_dir=model.path.parent)
         record["parity"] = {"passed": report.passed, "max_abs_error": _finite(report.max_abs_error),
                             "min_cosine": _finite(report.min_cosine), "summary": report.summary()[:300]}
-    except Exception as e:  # noqa: BLE001 - e.g. the original itself does not load: no parity to judge
+    except Exception as e:  # e.g. the original itself does not load: no parity to judge
         record["parity"] = {"passed": None, "error": first_error_line(e)[:300]}
 
 
@@ -258,7 +258,7 @@ def sweep_model(model: SweepModel, folder: Path, timeout: float, runs: tuple[Run
                              "data": model.calibration_kind, "synthetic_only": model.synthetic_only, "runs": {}}
     try:
         entry["nodes"] = sum(model_op_histogram(model.path).values())
-    except Exception as e:  # noqa: BLE001 - onnx_ir cannot read it; the tools still get their try
+    except Exception as e:  # onnx_ir cannot read it; the tools still get their try
         entry["nodes_error"] = first_error_line(e)
     has_data = calibration.calibration_path(model.name).exists()
     calib, held_out, calib_dir = split_calibration(model, folder) if has_data else (None, None, None)
@@ -303,7 +303,7 @@ def sweep(only: list[str] | None = None, quick: bool = False, out: Path | None =
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "results.json").read_text()) if update and (out / "results.json").exists() else {}
     models, exports = corpus_models(only, quick, corpus=corpus)
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     rerun = {m.name for m in models}
     kept = {e["name"]: e for e in previous.get("models", []) if e["name"] not in rerun}
     order = [e["name"] for e in previous.get("models", [])]
@@ -323,11 +323,11 @@ def sweep(only: list[str] | None = None, quick: bool = False, out: Path | None =
         progress(f"[{index + 1}/{len(models)}] {model.name}")
         try:
             entry = sweep_model(model, scratch / model.name, timeout, chosen)
-        except Exception as e:  # noqa: BLE001 - a harness failure on one model is that model's row, not the end
+        except Exception as e:  # a harness failure on one model is that model's row, not the end
             entry = {"name": model.name, "source": model.source, "licence": model.licence,
                      "data": model.calibration_kind, "synthetic_only": model.synthetic_only, "runs": {},
                      "error": f"the sweep itself failed: {type(e).__name__}: {e}"[:300]}
-        entry["swept_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        entry["swept_at"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         shutil.rmtree(scratch / model.name, ignore_errors=True)
         with lock:
             done[model.name] = entry

@@ -8,6 +8,12 @@ budget on the parity samples, the search quantize uses for its parity target
 the budget holds. A model that cannot meet it is left as it came, with the reason.
 
 The report: nodes converted, nodes kept in float32 and why, size before and after, worst output error.
+
+What the verdict measures: the budget is judged in ONNX Runtime on the CPU, which has float16 kernels for few
+compute ops; it runs the others in float32 behind Casts it inserts, and drops Cast pairs that would round to
+float16 and back. There, an fp16 model's error is mostly its weights' rounding. On a GPU, or OpenVINO with
+``f16``, the arithmetic itself is float16, which the block list guards against but this check cannot see:
+``onnxkit deploy-check --target openvino --precision f16`` measures it.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from onnxkit.data import as_dataset, input_specs
 from onnxkit.pass_base import Pass, PassResult
 from onnxkit.passes.precision import convert
 from onnxkit.passes.quantize import sensitivity
+from onnxkit.passes.quantize.judge import noise_excess
 from onnxkit.passes.quantize.runtime import TensorTap, tensor_elem_types
 
 # Samples the search judges and ranks on: enough for a stable cosine, few enough to run each candidate fast.
@@ -90,7 +97,7 @@ class _PrecisionPass(Pass):
 
         def judge(candidate: onnx.ModelProto) -> sensitivity.Verdict:
             report = chain.compare(proto, candidate, tolerance)
-            return sensitivity.Verdict(report.passed, report)
+            return sensitivity.Verdict(report.passed, report, noise_excess([report], tolerance))
 
         def rank(candidate: onnx.ModelProto, kept: Sequence[str]) -> list[sensitivity.NodeSensitivity]:
             remaining = [n for n in candidates if n.name not in kept and n.op_type not in convert.UNSAFE_OPS]

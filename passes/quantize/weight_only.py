@@ -356,7 +356,7 @@ def _judge(float_proto: onnx.ModelProto, data: CalibrationSplit, options: Any, c
     if evaluate is not None:
         return judging.by_metric(float_proto, evaluate, options.max_metric_drop)
     return judging.by_parity(float_proto, data, min_cosine=options.target_cosine, min_sqnr=options.target_sqnr,
-                             min_top1=options.target_top1)
+                             min_top1=options.target_top1, pipeline_checks_held_out=context.parity_on_held_out)
 
 
 def _bytes(proto: onnx.ModelProto) -> int:

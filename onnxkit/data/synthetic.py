@@ -386,10 +386,16 @@ def read_graph(model: ModelLike) -> GraphHints:
 _IMAGE_SIZE_KEYS = ("image_size", "img_size", "input_size")
 
 
+# Metadata comes with the model file, from anyone: a size past this is not believed (seq_len: 100000000000
+# would have the synthetic inputs allocate hundreds of GB). The probe's ladder sizes such a dim instead.
+MAX_STATED_SIZE = 1 << 14
+
+
 def metadata_dims(model: ir.Model, specs: Sequence[InputSpec]) -> dict[str, int]:
     """Sizes the model's metadata states: an entry named like a dynamic dim (``seq_len: 128``), or an image
-    size (``image_size: 224``) for every height and width."""
-    stated = {key.lower(): int(value) for key, value in model.metadata_props.items() if value.strip().isdigit()}
+    size (``image_size: 224``) for every height and width; sizes from 1 to ``MAX_STATED_SIZE`` only."""
+    stated = {key.lower(): int(value) for key, value in model.metadata_props.items()
+              if value.strip().isdigit() and 0 < int(value) <= MAX_STATED_SIZE}
     image_size = next((stated[key] for key in _IMAGE_SIZE_KEYS if key in stated), None)
     sizes = {}
     for spec in specs:

@@ -8,7 +8,8 @@ Every comparison, probe, calibration, timing and tool run goes through ``make_se
   against ``model_dir`` (the model's own folder), not against the current working directory;
 - handle models past protobuf's 2 GB limit by going through a temporary file.
 
-``error_line`` turns an ONNX Runtime exception into one readable line, and ``failing_node`` pulls out the
+``optimize_offline`` runs ORT's graph optimizer on a file and saves the result. ``error_line`` turns an ONNX
+Runtime exception into one readable line, and ``failing_node`` pulls out the
 node ORT names in it, so messages can say which node failed.
 """
 
@@ -119,6 +120,29 @@ def _session_from_file(model: ir.Model, options: Any, providers: list[str]) -> A
         # rewrite the caller's tensors into references to this folder, gone once the session is made.
         modelio.save_model(model, path, external_data=True)
         return _session(str(path), options, providers, folder)
+
+
+def optimize_offline(source: str | os.PathLike[str], target: str | os.PathLike[str], level: str, *,
+                     external_data: bool = True, external_min_bytes: int | None = None) -> None:
+    """ONNX Runtime's graph optimizer run offline, as the ``ort-optimize`` pass and ``onnxkit bench``'s ORT peers
+    run it: load the model file ``source`` at ``level`` ("basic": standard ops only, or "extended": ORT's
+    contrib fusions too) and write the optimized model to ``target``. With ``external_data`` its initializers
+    (those of at least ``external_min_bytes``, when given) go to ``<target>.data`` beside it, so a model over
+    2 GB round-trips. Raises ORT's own exceptions for a model it cannot load."""
+    import onnxruntime as ort
+
+    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
+    options = session_options()
+    options.graph_optimization_level = levels[level]
+    options.optimized_model_filepath = str(target)
+    if external_data:
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         Path(target).name + ".data")
+        if external_min_bytes is not None:
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                             str(external_min_bytes))
+    make_session(source, options=options)
 
 
 def exceeds_protobuf_limit(proto: onnx.ModelProto) -> bool:

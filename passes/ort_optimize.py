@@ -24,15 +24,14 @@ from typing import Literal
 
 import onnx_ir as ir
 from onnx_ir.passes import common
-from onnxkit.passes._graph_utils import all_nodes, signature_changes
 
 from onnxkit import modelio, runtime
 from onnxkit.errors import PassFailedError
 from onnxkit.pass_base import Pass, PassResult
+from onnxkit.passes._graph_utils import all_nodes, signature_changes
 
 # ORT writes initializers at least this large to the external file, the rest inline.
 EXTERNAL_INITIALIZER_MIN_BYTES = 1024
-_LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,20 +62,12 @@ class OrtOptimizePass(Pass):
         return ["level=extended output is tied to ONNX Runtime (com.microsoft ops); level=basic is portable"]
 
     def call(self, model: ir.Model) -> PassResult:
-        import onnxruntime as ort
-
         with tempfile.TemporaryDirectory(prefix="onnxkit-ort-") as folder:
             source, target = Path(folder) / "input.onnx", Path(folder) / "optimized.onnx"
             modelio.save_model(model, source, external_data=True)
-            options = runtime.session_options()
-            options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[self.options.level])
-            options.optimized_model_filepath = str(target)
-            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                             "optimized.onnx.data")
-            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                             str(EXTERNAL_INITIALIZER_MIN_BYTES))
             try:
-                runtime.make_session(source, options=options)
+                runtime.optimize_offline(source, target, self.options.level,
+                                         external_min_bytes=EXTERNAL_INITIALIZER_MIN_BYTES)
             except Exception as e:  # ORT raises its own exception types for models it cannot load
                 raise PassFailedError(
                     f"ONNX Runtime cannot load the model to optimize it: {runtime.error_line(e)}",

@@ -62,18 +62,9 @@ def _run_onnxoptimizer(source: Path, output: Path, tool: dict[str, Any], job: di
 
 
 def _run_ort_optimizer(source: Path, output: Path, tool: dict[str, Any], job: dict[str, Any]) -> list[str]:
-    import onnxruntime as ort
-
-    options = runtime.session_options()
-    options.graph_optimization_level = {
-        "ort-basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "ort-extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    }[tool["runner"]]
-    options.optimized_model_filepath = str(output)
-    if _has_external_data(source):
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                         output.name + ".data")
-    runtime.make_session(source, options=options)
+    # ort-basic, ort-extended; external data as the source has it, like a user saving the optimized model
+    level = tool["runner"].removeprefix("ort-")
+    runtime.optimize_offline(source, output, level, external_data=_has_external_data(source))
     return []
 
 

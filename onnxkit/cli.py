@@ -289,8 +289,8 @@ def _default_text(field: Any) -> str:
 
     if field.default is not dataclasses.MISSING:
         return format_option_value(field.default) or "(empty)"
-    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return format_option_value(field.default_factory())  # type: ignore[misc]
+    if field.default_factory is not dataclasses.MISSING:
+        return format_option_value(field.default_factory())
     return "(required)"
 
 
@@ -498,7 +498,9 @@ def export_command(spec: str, output: Path, state_dict: Path | None, input_shape
                         hint="e.g. --input-shape image=1x1x28x28")
     check_output_path(output, [], in_place=False)
     module = exporting.load_module(spec, state_dict)
-    inputs = exporting.example_inputs_from_shapes(input_shapes) if input_shapes else exporting.load_sample(sample)
+    # exactly one of the two was given (checked above)
+    inputs = (exporting.example_inputs_from_shapes(input_shapes) if input_shapes or sample is None
+              else exporting.load_sample(sample))
     model, report = exporting.export_model(
         module, inputs, output_names=[n.strip() for n in output_names.split(",")] if output_names else None,
         dynamic_axes=dict(exporting.parse_dynamic_axis(text) for text in dynamic_axes),

@@ -39,7 +39,8 @@ ORT_ONLY = frozenset({"onnxruntime"})
 FUSIONS: tuple[Fusion, ...] = (
     Fusion("transpose-chain", "Transpose pairs → one Transpose, or none when they cancel",
            "collapsed {n} Transpose pairs", rule_fusion(_layout.transpose_rules), requires=("Transpose",)),
-    Fusion("transpose-region", "Transposes around elementwise ops → none; the ops run in the untransposed layout",
+    Fusion("transpose-region",
+           "Transposes around elementwise ops (and Squeeze/Unsqueeze) → none; the ops run in the untransposed layout",
            "cancelled the Transposes around {n} regions of elementwise ops", _transpose_region.apply_transpose_regions,
            requires=("Transpose",)),
     Fusion("shape-of-transpose", "Shape of a Transpose, where the Shape of its input exists → Gather of that Shape",

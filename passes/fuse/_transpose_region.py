@@ -7,9 +7,11 @@ from: its constant operands are transposed once, at rewrite time, and the Transp
 (an entering one that nothing else reads, a leaving one whose perm then composes to the identity). The
 result is bit-exact: each element is computed from the same operands by the same op.
 
-A region is a connected set of elementwise nodes. Every value entering it is the output of a Transpose
-with one same ``perm``, a constant (no higher rank than the Transposes), or a value the region itself
-computes; every value it computes is read only by region nodes and Transposes, and is no graph output.
+A region is a connected set of elementwise nodes, and of Squeeze/Unsqueeze nodes with constant axes (their
+axes are renumbered for the other layout; ports of Keras Conv1D squeeze the batch between Transposes).
+Every value entering it is the output of a Transpose, a constant (no higher rank than the values it meets),
+or a value the region itself computes, and each node's operands agree on their layout; every value it
+computes is read only by region nodes and Transposes, and is no graph output.
 Regions where that does not hold are left alone, as are regions where no node would be saved. This is
 ONNX Runtime's transpose optimizer reduced to what exactness and the node count need.
 """
@@ -24,6 +26,7 @@ import onnx_ir as ir
 from onnxkit.pass_base import Site
 from onnxkit.passes.fuse._base import FusionContext, constant_array
 
+_STANDARD = ("", "ai.onnx")
 # Ops whose every input broadcasts against the others elementwise, and whose one output has the
 # broadcast shape: they compute the same in any layout, given operands in that layout.
 ELEMENTWISE = frozenset({
@@ -50,57 +53,81 @@ def perm_of(node: ir.Node) -> tuple[int, ...] | None:
 
 
 def _is_elementwise(node: ir.Node) -> bool:
-    return node.domain in ("", "ai.onnx") and node.op_type in ELEMENTWISE and len(node.outputs) == 1
+    return node.domain in _STANDARD and node.op_type in ELEMENTWISE and len(node.outputs) == 1
+
+
+def _axes_op(node: ir.Node) -> bool:
+    """A Squeeze/Unsqueeze with constant axes: it moves with the layout, its axes renumbered."""
+    return node.domain in _STANDARD and node.op_type in ("Squeeze", "Unsqueeze") and bool(_axes(node))
+
+
+def _in_region_kind(node: ir.Node) -> bool:
+    return _is_elementwise(node) or _axes_op(node)
+
+
+def _data_inputs(node: ir.Node) -> list[ir.Value]:
+    """The inputs that carry the layout: all of an elementwise op's, the first of a Squeeze/Unsqueeze's."""
+    inputs = node.inputs[:1] if _axes_op(node) else node.inputs
+    return [value for value in inputs if value is not None]
 
 
 @dataclasses.dataclass
 class _Region:
-    perm: tuple[int, ...]
     nodes: dict[ir.Node, None] = dataclasses.field(default_factory=dict)  # ordered: rewrites are deterministic
     entering: dict[ir.Node, None] = dataclasses.field(default_factory=dict)  # Transposes whose outputs enter
     leaving: dict[ir.Node, None] = dataclasses.field(default_factory=dict)  # Transposes that read region values
     constants: dict[ir.Value, np.ndarray] = dataclasses.field(default_factory=dict)
+    # Each value in the transposed layout: the perm that takes its untransposed form to it.
+    perms: dict[ir.Value, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    # A Squeeze's axes in the untransposed layout (an Unsqueeze keeps its own).
+    new_axes: dict[ir.Node, list[int]] = dataclasses.field(default_factory=dict)
 
     def in_layout(self, value: ir.Value) -> bool:
         """Whether ``value`` is in the Transposes' layout: computed by the region or by an entering Transpose."""
         producer = value.producer()
         return producer is not None and (producer in self.nodes or producer in self.entering)
 
+    def enters(self, transpose: ir.Node) -> None:
+        self.entering[transpose] = None
+        self.perms[transpose.outputs[0]] = perm_of(transpose) or ()
+
+
+def _layout_readers(value: ir.Value) -> list[ir.Node]:
+    return [user for user, _ in value.uses() if _in_region_kind(user) or user.op_type == "Transpose"]
+
 
 def _grow(seed: ir.Node, graph: ir.Graph | ir.Function) -> _Region | None:
     """The region the seed Transpose enters, or None when it breaks a rule of the module docstring."""
-    perm = perm_of(seed)
-    if perm is None or seed.outputs[0].is_graph_output():
+    if perm_of(seed) is None or seed.outputs[0].is_graph_output():
         return None
-    region = _Region(perm, entering={seed: None})
-    pending = [user for user, _ in seed.outputs[0].uses() if _is_elementwise(user) or user.op_type == "Transpose"]
+    region = _Region()
+    region.enters(seed)
+    pending = _layout_readers(seed.outputs[0])
     while pending:
         node = pending.pop()
         if node in region.nodes or node in region.entering or node in region.leaving:
             continue
-        if node.op_type == "Transpose" and node.domain in ("", "ai.onnx") and any(
+        if node.op_type == "Transpose" and node.domain in _STANDARD and any(
                 region.in_layout(value) for value in node.inputs if value is not None):
-            if perm_of(node) is None or len(perm_of(node) or ()) != len(perm) or node.graph is not graph:
+            if perm_of(node) is None or node.graph is not graph:
                 return None
             region.leaving[node] = None
             continue
-        if not _is_elementwise(node) or node.graph is not graph or len(region.nodes) >= _MAX_REGION_NODES:
+        if not _in_region_kind(node) or node.graph is not graph or len(region.nodes) >= _MAX_REGION_NODES:
             return None
         region.nodes[node] = None
-        for value in node.inputs:
-            if value is None or region.in_layout(value):
+        for value in _data_inputs(node):
+            if region.in_layout(value):
                 continue
             producer = value.producer()
             array = constant_array(value)
-            if array is not None:
-                if array.ndim > len(perm):
-                    return None
+            if array is not None and not _axes_op(node):
                 region.constants[value] = array
             elif producer is not None and producer.graph is graph and producer.op_type == "Transpose" \
-                    and perm_of(producer) == perm and not value.is_graph_output():
-                region.entering[producer] = None
-                pending.extend(user for user, _ in value.uses() if _is_elementwise(user) or user.op_type == "Transpose")
-            elif producer is not None and producer.graph is graph and _is_elementwise(producer):
+                    and producer.domain in _STANDARD and perm_of(producer) is not None and not value.is_graph_output():
+                region.enters(producer)
+                pending.extend(_layout_readers(value))
+            elif producer is not None and producer.graph is graph and _in_region_kind(producer):
                 pending.append(producer)
             else:
                 return None  # a value in another layout, computed outside: it would need its own Transpose
@@ -110,9 +137,76 @@ def _grow(seed: ir.Node, graph: ir.Graph | ir.Function) -> _Region | None:
         pending.extend(user for user, _ in output.uses())
     # Every value the region computes must be read by region nodes and Transposes only.
     readers = set(region.nodes) | set(region.leaving)
-    if set(region.leaving) & set(region.entering) or any(user not in readers for node in region.nodes for user, _ in node.outputs[0].uses()):
+    if set(region.leaving) & set(region.entering) or any(
+            user not in readers for node in region.nodes for user, _ in node.outputs[0].uses()):
         return None
-    return region
+    return region if _assign_perms(region, graph) else None
+
+
+def _assign_perms(region: _Region, graph: ir.Graph | ir.Function) -> bool:
+    """Give every region value its perm, in graph order; False where the layouts do not agree."""
+    for node in graph:
+        if node not in region.nodes:
+            continue
+        perms = {region.perms.get(value) for value in _data_inputs(node) if value not in region.constants}
+        if len(perms) != 1 or None in perms:
+            return False  # operands in different layouts (or a value the walk did not place)
+        perm = perms.pop()
+        assert perm is not None
+        if node.op_type == "Squeeze" and _axes_op(node):
+            squeezed = _normalized(_axes(node), len(perm))
+            if squeezed is None:
+                return False
+            moved = sorted(perm[axis] for axis in squeezed)
+            region.new_axes[node] = moved
+            kept = [perm[axis] for axis in range(len(perm)) if axis not in squeezed]
+            perm = tuple(axis - sum(1 for gone in moved if gone < axis) for axis in kept)
+        elif node.op_type == "Unsqueeze" and _axes_op(node):
+            inserted = _normalized(_axes(node), len(perm) + len(_axes(node) or []))
+            if inserted is None:
+                return False
+            perm, axes = _unsqueezed(perm, inserted, region)
+            if axes != inserted:
+                region.new_axes[node] = axes
+        elif any(region.constants[value].ndim > len(perm) for value in node.inputs if value in region.constants):
+            return False
+        region.perms[node.outputs[0]] = perm
+    return all(len(perm_of(t) or ()) == len(region.perms.get(t.inputs[0], ())) for t in region.leaving)
+
+
+def _unsqueezed(perm: tuple[int, ...], inserted: list[int], region: _Region) -> tuple[tuple[int, ...], list[int]]:
+    """The perm of an Unsqueeze's output, and its axes in the untransposed layout.
+
+    The new axes may go anywhere in the untransposed layout. They go where a leaving Transpose of the region's
+    rank would put them, if that makes the perm that Transpose's inverse (so it cancels); else where they
+    were (an Unsqueeze of a fixed axis, such as the batch, is then right already).
+    """
+    rank = len(perm) + len(inserted)
+    targets = [tuple(int(i) for i in np.argsort(perm_of(t) or ())) for t in region.leaving
+               if len(perm_of(t) or ()) == rank]
+    candidates = [sorted(target[axis] for axis in inserted) for target in targets]
+    for axes in [*candidates, inserted]:
+        others = [axis for axis in range(rank) if axis not in inserted]
+        placed = [axis for axis in range(rank) if axis not in axes]
+        new_axis = dict(zip(inserted, axes))
+        result = tuple(new_axis[axis] if axis in new_axis else placed[perm[others.index(axis)]] for axis in range(rank))
+        if axes is inserted or result in targets:
+            return result, axes
+    raise AssertionError("unreachable: the last candidate is always taken")
+
+
+def _axes(node: ir.Node) -> list[int] | None:
+    """A Squeeze/Unsqueeze's axes, from its attribute (opset < 13) or its constant input; None if unknown."""
+    if "axes" in node.attributes:
+        return list(node.attributes.get_ints("axes"))
+    array = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    return None if array is None else [int(axis) for axis in array.reshape(-1)]
+
+
+def _normalized(axes: list[int] | None, rank: int) -> list[int] | None:
+    if not axes or any(not -rank <= axis < rank for axis in axes):
+        return None
+    return sorted(axis + rank if axis < 0 else axis for axis in axes)
 
 
 def _composed(inner: tuple[int, ...], outer: tuple[int, ...]) -> tuple[int, ...]:
@@ -120,11 +214,16 @@ def _composed(inner: tuple[int, ...], outer: tuple[int, ...]) -> tuple[int, ...]
     return tuple(inner[axis] for axis in outer)
 
 
+def _cancels(transpose: ir.Node, region: _Region) -> bool:
+    composed = _composed(region.perms[transpose.inputs[0]], perm_of(transpose) or ())
+    return composed == tuple(range(len(composed)))
+
+
 def _nodes_saved(region: _Region) -> int:
     region_readers = set(region.nodes) | set(region.leaving)
     entering = sum(1 for t in region.entering
                    if all(user in region_readers for user, _ in t.outputs[0].uses()))
-    leaving = sum(1 for t in region.leaving if _composed(region.perm, perm_of(t) or ()) == tuple(range(len(region.perm)))
+    leaving = sum(1 for t in region.leaving if _cancels(t, region)
                   and (not t.outputs[0].is_graph_output() or _renamable(t.inputs[0], region)))
     return entering + leaving
 
@@ -144,44 +243,51 @@ def _in_source_layout(array: np.ndarray, perm: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(full, np.argsort(perm)))
 
 
+def _new_constant(array: np.ndarray, name: str, graph: ir.Graph | ir.Function, before: ir.Node) -> ir.Value:
+    tensor = ir.tensor(array, name=name)
+    if isinstance(graph, ir.Graph):
+        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+        graph.register_initializer(value)
+        return value
+    # Functions hold no initializers.
+    constant = ir.node("Constant", [], attributes={"value": tensor}, outputs=[
+        ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))])
+    graph.insert_before(before, constant)
+    return constant.outputs[0]
+
+
 def _rewrite(region: _Region, graph: ir.Graph | ir.Function, context: FusionContext) -> None:
-    perm = region.perm
-    inverse = tuple(int(axis) for axis in np.argsort(perm))
     sources = {t.outputs[0]: t.inputs[0] for t in region.entering}
-    replaced: dict[ir.Value, ir.Value] = {}
-    insert_before = next(iter(region.nodes))
-    for value, array in region.constants.items():
-        moved = _in_source_layout(array, perm)
-        if moved is array:
-            continue
-        tensor = ir.tensor(moved, name=context.fresh_name(value.name))
-        if isinstance(graph, ir.Graph):
-            new = ir.Value(name=tensor.name, shape=ir.Shape(moved.shape), type=ir.TensorType(tensor.dtype),
-                           const_value=tensor)
-            graph.register_initializer(new)
-        else:  # functions hold no initializers
-            constant = ir.node("Constant", [], attributes={"value": tensor}, outputs=[
-                ir.Value(name=tensor.name, shape=ir.Shape(moved.shape), type=ir.TensorType(tensor.dtype))])
-            graph.insert_before(insert_before, constant)
-            new = constant.outputs[0]
-        replaced[value] = new
+    moved: dict[tuple[ir.Value, tuple[int, ...]], ir.Value] = {}
     for node in region.nodes:
+        perm = region.perms[next(v for v in _data_inputs(node) if v not in region.constants)]
         for index, value in enumerate(node.inputs):
             if value in sources:
                 node.replace_input_with(index, sources[value])
-            elif value in replaced:
-                node.replace_input_with(index, replaced[value])
+            elif value in region.constants:
+                if (value, perm) not in moved:
+                    array = _in_source_layout(region.constants[value], perm)
+                    moved[value, perm] = value if array is region.constants[value] else \
+                        _new_constant(array, context.fresh_name(value.name), graph, node)
+                node.replace_input_with(index, moved[value, perm])
+        if node in region.new_axes:
+            axes = region.new_axes[node]
+            if "axes" in node.attributes:
+                node.attributes["axes"] = ir.AttrInt64s("axes", axes)
+            else:
+                node.replace_input_with(1, _new_constant(np.array(axes, dtype=np.int64),
+                                                         context.fresh_name(f"{node.outputs[0].name}_axes"), graph, node))
         output = node.outputs[0]
+        out_perm = region.perms[output]
         if output.shape is not None:
-            rank_kept = output.shape.rank() == len(perm)
-            output.shape = ir.Shape([output.shape[position] for position in inverse]) if rank_kept else None
-    identity = tuple(range(len(perm)))
+            rank_kept = output.shape.rank() == len(out_perm)
+            output.shape = ir.Shape([output.shape[int(i)] for i in np.argsort(out_perm)]) if rank_kept else None
     for transpose in region.leaving:
         value = transpose.inputs[0]
+        composed = _composed(region.perms[value], perm_of(transpose) or ())
         if value in sources:  # a Transpose right after an entering one reads the source too
             transpose.replace_input_with(0, sources[value])
-        composed = _composed(perm, perm_of(transpose) or ())
-        if composed != identity:
+        if composed != tuple(range(len(composed))):
             transpose.attributes["perm"] = ir.AttrInt64s("perm", list(composed))
         elif not _drop_leaving(transpose, region, graph):
             # A graph output that must keep its name and now equals a graph input or an outer value.

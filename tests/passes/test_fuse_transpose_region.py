@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
+import pytest
 from onnx import helper
 
 from onnxkit.pass_base import PassContext, Site
@@ -131,3 +132,26 @@ def test_a_region_inside_an_if_branch_cancels_too(rng):
     for flag in (True, False):
         feeds = {"flag": np.array(flag), "x": x}
         np.testing.assert_array_equal(run_model(fused, feeds)[0], run_model(model, feeds)[0])
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_a_region_through_squeeze_and_unsqueeze_cancels_with_renumbered_axes(rng, opset):
+    """madmom_beats_tcn (a Keras Conv1D ported to torch): NCHW → NHWC, Squeeze the batch, Elu, Unsqueeze it,
+    back to NCHW. Here the squeezed axis is H (1 in NHWC, 2 in NCHW), so the Squeeze's axes must move."""
+    def axes_node(op: str, x: str, y: str, axes: list[int], name: str) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+        if opset < 13:
+            return helper.make_node(op, [x], [y], axes=axes), []
+        return helper.make_node(op, [x, name], [y]), [tensor(name, np.array(axes, dtype=np.int64))]
+
+    squeeze, squeeze_axes = axes_node("Squeeze", "t", "s", [1], "squeeze_axes")
+    unsqueeze, unsqueeze_axes = axes_node("Unsqueeze", "e", "u", [-3], "unsqueeze_axes")
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=NHWC), squeeze,
+             helper.make_node("Elu", ["s"], ["e"]), helper.make_node("Add", ["e", "bias"], ["b"]),
+             unsqueeze, helper.make_node("Transpose", ["u"], ["y"], perm=NCHW)]
+    unsqueeze.input[0] = "b"
+    initializers = [tensor("bias", rng.standard_normal(4).astype(np.float32)), *squeeze_axes, *unsqueeze_axes]
+    model = make_model(nodes, [value("x", ["N", 4, 1, 6])], [value("y", ["N", 4, 1, 6])], initializers, opset=opset)
+    fused, _ = fuse(model)
+    assert "Transpose" not in op_types(fused)
+    feeds = {"x": rng.standard_normal((2, 4, 1, 6)).astype(np.float32)}
+    np.testing.assert_array_equal(run_model(fused, feeds)[0], run_model(model, feeds)[0])

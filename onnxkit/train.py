@@ -28,7 +28,6 @@ import dataclasses
 import itertools
 import math
 import os
-import random
 import shutil
 import sys
 import time
@@ -36,36 +35,27 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from onnxkit.train_batches import Metric, accuracy, forward, groups, metric_functions, sample_count, to_device
+from onnxkit.train_setup import (
+    Placement,
+    init_distributed,
+    loader_generators,
+    place,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+
 AmpMode = Literal["bf16", "fp16"]
-Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | float]
 CHECKPOINT_FORMAT = 1
 
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's generators (every device)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def init_distributed(backend: str | None = None) -> tuple[int, int]:
-    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1) and return (rank, world size);
-    (0, 1) otherwise. Call it before building a ``DistributedSampler``; the Trainer calls it too."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
-    return dist.get_rank(), dist.get_world_size()
-
-
-def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Share of samples whose highest score is the target class."""
-    return (outputs.argmax(dim=-1) == targets).float().mean()
+# What users import from here; the helpers live in train_setup and train_batches.
+__all__ = ["FitResult", "Metric", "StepRecord", "TrainConfig", "Trainer", "accuracy", "init_distributed",
+           "seed_everything"]
 
 
 @dataclasses.dataclass
@@ -145,25 +135,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.accumulation_steps < 1:
             raise ValueError("accumulation_steps must be at least 1")
-
-
-@dataclasses.dataclass(frozen=True)
-class Placement:
-    """Where this process trains: its device, its rank and the world size (1 outside ``torchrun``)."""
-
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-
-
-def place(device: torch.device) -> Placement:
-    """Join the process group when started by ``torchrun`` and choose this rank's device (``LOCAL_RANK``'s
-    GPU under CUDA)."""
-    rank, world_size = init_distributed("nccl" if device.type == "cuda" else "gloo")
-    if world_size > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    return Placement(device, rank, world_size)
 
 
 class Trainer:
@@ -264,7 +235,7 @@ class Trainer:
         elif self.seed is not None:
             seed_everything(self.seed)
         self.should_stop = False
-        self._loader_generators = _loader_generators(train_loader)
+        self._loader_generators = loader_generators(train_loader)
         self.record.update(epochs=epochs, max_steps=max_steps)
         with self._progress_bar(train_loader, epochs, max_steps) as advance:
             while not self.should_stop and (epochs is None or self.state.epoch < epochs) and (
@@ -286,9 +257,9 @@ class Trainer:
         """Train on the rest of the current epoch; True if it reached the epoch's end."""
         generators = self._loader_generators
         if self.state.batches_done:  # resuming mid-epoch: replay the epoch's shuffle, then skip what was done
-            _set_rng_state(self.state.epoch_rng, generators)
+            set_rng_state(self.state.epoch_rng, generators)
         else:
-            self.state.epoch_rng = _rng_state(generators)
+            self.state.epoch_rng = rng_state(generators)
         set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
         if set_epoch is not None:  # DistributedSampler reshuffles per epoch only when told the epoch
             set_epoch(self.state.epoch)
@@ -297,10 +268,10 @@ class Trainer:
             for _ in itertools.islice(batches, self.state.batches_done):
                 pass
         if self._resume_rng is not None:
-            _set_rng_state(self._resume_rng, generators)
+            set_rng_state(self._resume_rng, generators)
             self._resume_rng = None
         self.model.train()
-        for group in _groups(batches, self.accumulation_steps):
+        for group in groups(batches, self.accumulation_steps):
             record = self._optimizer_step(group)
             self.state.batches_done += len(group)
             advance(record)
@@ -313,8 +284,8 @@ class Trainer:
         return True
 
     def _optimizer_step(self, group: list[Any]) -> StepRecord:
-        group = [_to_device(batch, self.device) for batch in group]
-        counts = [_sample_count(targets) for _, targets in group]
+        group = [to_device(batch, self.device) for batch in group]
+        counts = [sample_count(targets) for _, targets in group]
         total = sum(counts)
         if self.world_size > 1:  # DDP averages gradients over ranks; weigh by the global sample count
             global_total = torch.tensor(total, dtype=torch.int64, device=self.device)
@@ -327,7 +298,7 @@ class Trainer:
             sync = contextlib.nullcontext() if last or self.world_size == 1 else self._ddp().no_sync()
             with sync:
                 with self._autocast():
-                    loss = self.criterion(_forward(self.model, inputs), targets) * (count * self.world_size / total)
+                    loss = self.criterion(forward(self.model, inputs), targets) * (count * self.world_size / total)
                 self.scaler.scale(loss).backward()
             step_loss += loss.detach().float()
         grad_norm = None
@@ -356,18 +327,18 @@ class Trainer:
         names to ``fn(outputs, targets) -> batch mean``. Under DDP the sums are reduced over all ranks.
         """
         self.distribute()
-        functions = _metric_functions(metrics if metrics is not None else self.metrics, self.criterion)
+        functions = metric_functions(metrics if metrics is not None else self.metrics, self.criterion)
         sums = torch.zeros(len(functions) + 1, dtype=torch.float64, device=self.device)
         was_training = self.module.training
         self.module.eval()
         try:
             with torch.no_grad():
                 for batch in loader:
-                    inputs, targets = _to_device(batch, self.device)
+                    inputs, targets = to_device(batch, self.device)
                     with self._autocast():
                         # The plain module, not DDP's wrapper: its forward would add collectives per batch.
-                        outputs = _forward(self.module, inputs)
-                    count = _sample_count(targets)
+                        outputs = forward(self.module, inputs)
+                    count = sample_count(targets)
                     for index, function in enumerate(functions.values()):
                         sums[index] += float(function(outputs, targets)) * count
                     sums[-1] += count
@@ -424,7 +395,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
             "state": dataclasses.asdict(self.state),
-            "rng": _rng_state(self._loader_generators),
+            "rng": rng_state(self._loader_generators),
             "config": self.record,
         }
         temporary = path.with_name(f".{path.name}.tmp")
@@ -513,87 +484,3 @@ class Trainer:
 
 # ---------------------------------------------------------------------------------------------------------
 # Batches
-
-
-def _groups(batches: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    """Micro-batches in groups of ``size``; the last group of an epoch may be smaller."""
-    while group := list(itertools.islice(batches, size)):
-        yield group
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, Mapping):
-        return {key: _to_device(item, device) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(item, device) for item in value)
-    return value
-
-
-def _forward(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (list, tuple)):
-        return model(*inputs)
-    return model(inputs)
-
-
-def _sample_count(targets: Any) -> int:
-    if isinstance(targets, torch.Tensor):
-        return targets.shape[0]
-    if isinstance(targets, Mapping):
-        return _sample_count(next(iter(targets.values())))
-    return _sample_count(targets[0])
-
-
-def _metric_functions(metrics: Sequence[str] | Mapping[str, Metric],
-                      criterion: Callable[[Any, Any], torch.Tensor]) -> dict[str, Metric]:
-    if isinstance(metrics, Mapping):
-        return dict(metrics)
-    def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # At least fp32 even under autocast, so reported losses do not carry bf16/fp16 rounding.
-        return criterion(outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs, targets)
-
-    named: dict[str, Metric] = {"loss": loss, "accuracy": accuracy}
-    unknown = [name for name in metrics if name not in named]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; named metrics are {list(named)}, or pass a mapping")
-    return {name: named[name] for name in metrics}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Generator states, in a form torch.load(weights_only=True) accepts
-
-
-def _loader_generators(loader: Any) -> list[torch.Generator]:
-    """Generators a DataLoader shuffles with besides the global one: its own and its sampler's."""
-    candidates = [getattr(loader, "generator", None), getattr(getattr(loader, "sampler", None), "generator", None)]
-    unique = {id(g): g for g in candidates if isinstance(g, torch.Generator)}
-    return list(unique.values())
-
-
-def _rng_state(generators: Sequence[torch.Generator]) -> dict[str, Any]:
-    _, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
-    return {
-        "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "loader": [g.get_state() for g in generators],
-    }
-
-
-def _set_rng_state(state: Mapping[str, Any] | None, generators: Sequence[torch.Generator]) -> None:
-    if state is None:
-        return
-    random.setstate(state["python"])
-    numpy_state = state["numpy"]
-    np.random.set_state(("MT19937", numpy_state["keys"].cpu().numpy().astype(np.uint32), numpy_state["position"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    for generator, generator_state in zip(generators, state["loader"]):
-        generator.set_state(generator_state.cpu())

@@ -126,6 +126,7 @@ def check_data(data: Any, model: ir.Model, *, option: str, limit: int | None = N
     names, dtypes, ranks, static dims, finite values. ``option`` names the data in messages (``calibration data``);
     ``limit`` stops after that many samples (the ones a run will read)."""
     from onnxkit.data import input_specs, load_dataset, validate_sample
+    from onnxkit.data.specs import describe_inputs
 
     specs = input_specs(model)
     count = 0
@@ -141,15 +142,6 @@ def check_data(data: Any, model: ir.Model, *, option: str, limit: int | None = N
             from e
     if count == 0:
         raise DataError(f"{option}: the data holds no samples", hint=f"the model's inputs are {describe_inputs(specs)}")
-
-
-def describe_inputs(specs: Sequence[Any]) -> str:
-    """``x: float32[batch,3,H,W], mask: bool[batch,seq]``"""
-
-    def dims(shape: Sequence[Any] | None) -> str:
-        return "[?]" if shape is None else "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
-
-    return ", ".join(f"{s.name}: {s.dtype if s.dtype is not None else '?'}{dims(s.shape)}" for s in specs)
 
 
 # ---------------------------------------------------------------------------------------------------------

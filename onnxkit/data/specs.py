@@ -112,7 +112,8 @@ def validate_sample(sample: Mapping[str, Any], model_inputs: ModelLike | Sequenc
             # A rank-0 input read row by row from a stacked .npz comes as a numpy scalar (``x[i]``).
             value = converted[spec.name] = np.asarray(value)
         if not isinstance(value, np.ndarray):
-            raise DataError(f"{where}input '{spec.name}' is a {type(value).__name__}, not a numpy array")
+            raise DataError(f"{where}input '{spec.name}' is a {type(value).__name__}, not a numpy array",
+                            hint=f"the model's inputs are {describe_inputs(specs)}")
         if spec.dtype == np.dtype(object) and value.dtype.kind in "US":
             # A string input: .npz files hold no object arrays without pickle, so strings come as numpy str.
             value = converted[spec.name] = value.astype(object)
@@ -122,11 +123,13 @@ def validate_sample(sample: Mapping[str, Any], model_inputs: ModelLike | Sequenc
         if spec.shape is not None:
             if value.ndim != len(spec.shape):
                 raise DataError(f"{where}input '{spec.name}' has rank {value.ndim} (shape {value.shape}), "
-                                f"the model takes rank {len(spec.shape)} {_shape_text(spec.shape)}")
+                                f"the model takes rank {len(spec.shape)} {_shape_text(spec.shape)}",
+                                hint=f"the model's inputs are {describe_inputs(specs)}")
             for axis, (size, dim) in enumerate(zip(value.shape, spec.shape)):
                 if isinstance(dim, int) and size != dim:
                     raise DataError(f"{where}input '{spec.name}' has size {size} on axis {axis}, the model takes "
-                                    f"{dim} (shape {_shape_text(spec.shape)}, data {tuple(value.shape)})")
+                                    f"{dim} (shape {_shape_text(spec.shape)}, data {tuple(value.shape)})",
+                                    hint=f"the model's inputs are {describe_inputs(specs)}")
                 if (name := dim_name(dim)) is not None:
                     seen = symbolic_sizes.setdefault(name, (size, spec.name))
                     if seen[0] != size:
@@ -135,7 +138,8 @@ def validate_sample(sample: Mapping[str, Any], model_inputs: ModelLike | Sequenc
         if not allow_nonfinite and value.dtype.kind in "fc":
             bad = np.count_nonzero(~np.isfinite(value))
             if bad:
-                raise DataError(f"{where}input '{spec.name}' holds {bad} NaN or infinite value{'s' if bad > 1 else ''}")
+                raise DataError(f"{where}input '{spec.name}' holds {bad} NaN or infinite value{'s' if bad > 1 else ''}",
+                                hint="parity and calibration need finite inputs: drop those samples or np.nan_to_num them")
     return {s.name: converted.get(s.name, sample[s.name]) for s in specs}
 
 
@@ -143,6 +147,15 @@ def dim_name(dim: int | str | None) -> str | None:
     """A dynamic dim's name, or None for a static dim or an unnamed dynamic one (None, ``""``, ``"?"``:
     paddle2onnx writes ``?`` for every unknown dim, which names no dim shared with another)."""
     return dim if isinstance(dim, str) and dim not in ("", "?") else None
+
+
+def describe_inputs(specs: Sequence[InputSpec]) -> str:
+    """``x: float32[batch,3,H,W], mask: bool[batch,seq]``, for messages that say what the model takes."""
+
+    def dims(shape: Sequence[int | str | None] | None) -> str:
+        return "[?]" if shape is None else "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
+
+    return ", ".join(f"{s.name}: {s.dtype if s.dtype is not None else s.kind}{dims(s.shape)}" for s in specs)
 
 
 def _shape_text(shape: Sequence[int | str | None]) -> str:

@@ -271,3 +271,15 @@ def test_bad_arguments():
         trainer.fit(DataLoader(classification_data(), batch_size=10))
     with pytest.raises(ValueError, match="unknown metric"):
         trainer.evaluate(DataLoader(classification_data(), batch_size=10), metrics=("f1",))
+
+
+def test_constructing_a_trainer_joins_no_process_group_until_it_trains(monkeypatch):
+    # Under torchrun (WORLD_SIZE > 1) the process group is joined by distribute(), which fit/evaluate call;
+    # building a Trainer (e.g. to load a checkpoint's config or inspect it) must not try to rendezvous.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    model = nn.Linear(3, 2)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(),
+                      config=TrainConfig(device="cpu"))
+    assert not torch.distributed.is_initialized()
+    assert (trainer.rank, trainer.world_size) == (0, 1) and trainer.model is model
+    assert trainer.config == TrainConfig(device="cpu")

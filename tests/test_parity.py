@@ -11,7 +11,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxkit import parity
+from onnxkit import parity, parity_chain
 from onnxkit.errors import DataError, ModelLoadError, SpecError
 from onnxkit.parity import Tolerance, compare_models
 
@@ -362,7 +362,7 @@ def test_chain_runs_a_reference_again_past_the_memory_budget_or_the_samples_reco
     timings: dict[str, float] = {}
     assert chain.compare(models[1], models[2], exact, timings).samples == 3  # two recorded, three wanted
     assert "reference_runs" in timings
-    monkeypatch.setattr(parity, "RECORDING_BUDGET", 8)
+    monkeypatch.setattr(parity_chain, "RECORDING_BUDGET", 8)
     chain = _chain(weight)
     chain.compare(models[0], models[1], exact)
     timings = {}

@@ -1,0 +1,156 @@
+"""``ParityChain``: the pipeline's comparisons, each pass's output against its input, on one dataset, running each
+model once: the outputs of the last models compared are recorded and replayed, and the pipeline's input runs in
+a background thread while the first passes work.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from typing import Any
+
+from onnxkit import runtime
+from onnxkit.data import validate_sample
+from onnxkit.errors import ModelLoadError
+from onnxkit.parity_report import ParityReport
+from onnxkit.parity_runs import Compared, Live, Recording, Replay, add_time, compare_runs, make_report
+from onnxkit.tolerance import Tolerance
+
+# The most bytes of outputs kept per model for the next comparison; past it that model is run again.
+RECORDING_BUDGET = 256 * 2**20
+
+
+class ParityChain:
+    """Comparisons along a chain of models on one fixed dataset, running each model once.
+
+    The pipeline compares each pass's output with its input. The candidate of one comparison is the
+    reference of the next (or, after a rollback, the same reference comes back), so the outputs of the last
+    models compared are kept, up to ``RECORDING_BUDGET`` bytes each, and replayed instead of run again.
+    ``compare`` adds to ``timings`` the seconds spent making sessions, running each side, and comparing.
+    """
+
+    def __init__(self, dataset: Any, specs: Any, description: str, *, data_given: bool,
+                 model_dir: str | os.PathLike[str] | None = None, threads: int = 1,
+                 ort_optimizations: bool = False) -> None:
+        self.dataset = dataset
+        self.specs = specs
+        self.description = description
+        self.data_given = data_given
+        self.model_dir = model_dir
+        self.threads = threads
+        self.ort_optimizations = ort_optimizations
+        self._recordings: list[tuple[Any, Recording]] = []  # (model source, its outputs), by identity
+        self._prefetch: _Prefetch | None = None
+
+    def recorded(self, model: Any) -> Recording | None:
+        return next((recording for source, recording in self._recordings if source is model), None)
+
+    def prefetch(self, reference: Any, *, limit: int | None = None) -> None:
+        """Start running ``reference`` on the first ``limit`` samples in a background thread, so that the
+        next comparison against it replays its outputs instead of waiting for them: the pipeline starts the
+        original model here before its first pass, and ONNX Runtime runs it on a spare core while the passes
+        work (``Session.run`` lets go of the GIL). Only on synthetic inputs, which onnxkit makes itself: a
+        dataset the caller gave may not be safe to read from two threads (quantize calibrates on it).
+
+        Should the background run fail, the comparison runs the reference itself, and reports what fails
+        exactly as it would have."""
+        self.close()
+        if not self.data_given:
+            self._prefetch = _Prefetch(self, reference, limit)
+
+    def close(self) -> None:
+        """Stop a background run that is no longer wanted, and wait for it: between samples it stops at once,
+        a session being made or a sample running finishes first. Never left running: a process that exits
+        while ONNX Runtime works in another thread aborts (the thread is torn down inside C++)."""
+        if self._prefetch is not None:
+            self._prefetch.cancel()
+            self._prefetch.result()
+            self._prefetch = None
+
+    def _take_prefetched(self, reference: Any, timings: dict[str, float] | None) -> None:
+        """Wait for the background run of ``reference``, if one was started, and keep what it recorded."""
+        prefetch = self._prefetch
+        if prefetch is None or prefetch.reference is not reference:
+            return
+        self._prefetch = None
+        started = time.perf_counter()
+        recording = prefetch.result()
+        add_time(timings, "reference_wait", started)
+        if recording is not None and self.recorded(reference) is None:
+            self._recordings.append((reference, recording))
+
+    def _session(self, model: Any) -> Any:
+        return runtime.make_session(model, optimize=self.ort_optimizations, threads=self.threads,
+                                    model_dir=self.model_dir)
+
+    def compare(self, reference: Any, candidate: Any, tolerance: Tolerance,
+                timings: dict[str, float] | None = None, *, limit: int | None = None) -> ParityReport:
+        """Compare ``candidate`` with ``reference`` (bytes, ``ModelProto`` or ``ir.Model``; recordings are
+        found by object identity, so pass the very object compared before), on the first ``limit`` samples
+        if given."""
+        self._take_prefetched(reference, timings)
+        started = time.perf_counter()
+        recorded = self.recorded(reference)
+        if recorded is not None and not recorded.covers(limit):
+            recorded = None
+        if recorded is not None:
+            ref_side: Live | Replay = Replay(recorded)
+        else:
+            try:
+                ref_side = Live(self._session(reference))
+            except Exception as e:  # ORT raises its own exception types for invalid graphs and unsupported ops
+                raise ModelLoadError(f"ONNX Runtime cannot load the model: {runtime.error_line(e)}",
+                                     hint="parity checks run the model in ONNX Runtime; --check off skips them") from e
+        try:
+            cand_side = Live(self._session(candidate))
+        except Exception as e:
+            add_time(timings, "sessions", started)
+            failed = Compared([], [f"ONNX Runtime cannot load the candidate model: {runtime.error_line(e)}"], 0,
+                               None, None)
+            return make_report(failed, tolerance, self.description, self.ort_optimizations)
+        add_time(timings, "sessions", started)
+        compared = compare_runs(ref_side, cand_side, self.dataset, self.specs, tolerance, data_given=self.data_given,
+                                 timings=timings, record_budget=RECORDING_BUDGET, limit=limit)
+        kept = [(reference, recorded or compared.reference)]
+        if compared.candidate is not None:
+            kept.append((candidate, compared.candidate))
+        self._recordings = [(source, recording) for source, recording in kept if recording is not None]
+        return make_report(compared, tolerance, self.description, self.ort_optimizations)
+
+
+class _Prefetch:
+    """A chain's reference run on its samples in a thread of its own; ``result`` waits for its ``Recording``
+    (None when it failed, was cancelled, or outgrew ``RECORDING_BUDGET``)."""
+
+    def __init__(self, chain: ParityChain, reference: Any, limit: int | None) -> None:
+        self.reference = reference
+        self._chain, self._limit = chain, limit
+        self._cancelled = threading.Event()
+        self._recording: Recording | None = None
+        self._thread = threading.Thread(target=self._run, name="onnxkit-parity-reference")
+        self._thread.start()
+
+    def _run(self) -> None:
+        chain = self._chain
+        try:
+            live = Live(chain._session(self.reference))
+            recording = Recording(live.outputs)
+            for index, sample in enumerate(itertools.islice(chain.dataset, self._limit)):
+                if self._cancelled.is_set():
+                    return
+                recording.add(live.run(live.outputs, validate_sample(sample, chain.specs, index=index), index))
+                if recording.nbytes > RECORDING_BUDGET:
+                    return
+        except Exception:  # the comparison runs the reference again and reports the failure
+            return
+        recording.complete = self._limit is None or len(recording.values) < self._limit
+        self._recording = recording
+
+    def result(self) -> Recording | None:
+        self._thread.join()
+        return self._recording
+
+    def cancel(self) -> None:
+        self._cancelled.set()

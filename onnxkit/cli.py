@@ -491,19 +491,20 @@ def export_command(spec: str, output: Path, state_dict: Path | None, input_shape
       onnxkit export mypkg.models:build --state-dict w.pt --sample inputs.npz --no-dynamo -o m.onnx
     """
     from onnxkit import export as exporting
+    from onnxkit import export_inputs
     from onnxkit.modelio import save_model
 
     if bool(input_shapes) == (sample is not None):
         raise SpecError("give either --input-shape (once per input) or --sample FILE",
                         hint="e.g. --input-shape image=1x1x28x28")
     check_output_path(output, [], in_place=False)
-    module = exporting.load_module(spec, state_dict)
+    module = export_inputs.load_module(spec, state_dict)
     # exactly one of the two was given (checked above)
-    inputs = (exporting.example_inputs_from_shapes(input_shapes) if input_shapes or sample is None
-              else exporting.load_sample(sample))
+    inputs = (export_inputs.example_inputs_from_shapes(input_shapes) if input_shapes or sample is None
+              else export_inputs.load_sample(sample))
     model, report = exporting.export_model(
         module, inputs, output_names=[n.strip() for n in output_names.split(",")] if output_names else None,
-        dynamic_axes=dict(exporting.parse_dynamic_axis(text) for text in dynamic_axes),
+        dynamic_axes=dict(export_inputs.parse_dynamic_axis(text) for text in dynamic_axes),
         dynamic_batch=dynamic_batch, dynamo=dynamo, opset=opset, verify=verify,
         tolerance=tolerance_overrides(atol=atol, rtol=rtol, min_cosine=min_cosine, min_sqnr=min_sqnr, min_top1=min_top1),
     )

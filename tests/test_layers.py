@@ -19,8 +19,8 @@ PASS_EXCEPTIONS = {
 }
 
 # The modules that need torch; everything else in onnxkit must import without it.
-TORCH_MODULES = {"onnxkit.export", "onnxkit.train", "onnxkit.train_setup", "onnxkit.train_batches", "onnxkit.zoo",
-                 "onnxkit.demo"}
+TORCH_MODULES = {"onnxkit.export", "onnxkit.export_inputs", "onnxkit.train", "onnxkit.train_setup",
+                 "onnxkit.train_batches", "onnxkit.zoo", "onnxkit.demo"}
 
 
 def _onnxkit_imports(tree: ast.AST) -> list[tuple[int, str]]:

@@ -230,7 +230,7 @@ def _invalid(quantized: onnx.ModelProto) -> str | None:
     try:
         onnx.checker.check_model(quantized)
     except onnx.checker.ValidationError as e:
-        return str(e).strip().splitlines()[0]
+        return error_line(e)
     return None
 
 

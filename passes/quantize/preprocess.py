@@ -22,6 +22,7 @@ from onnx_ir.passes import common
 
 from onnxkit import modelio
 from onnxkit.graph import default_opset
+from onnxkit.runtime import error_line
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def prepare(model: ir.Model, *, want_per_channel: bool, gemm_as_matmul: bool = F
             steps.append(f"upgraded opset {opset} → {MIN_QDQ_OPSET} (per-channel DequantizeLinear needs 'axis')")
         except Exception as e:  # the converter raises assorted errors on ops it cannot adapt
             per_channel_possible = False
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = error_line(e)
             steps.append(f"kept opset {opset}: upgrade to {MIN_QDQ_OPSET} failed ({reason})")
     if want_per_channel and not per_channel_possible:
         steps.append(f"per-channel weights turned off: opset {opset} has no per-channel DequantizeLinear")

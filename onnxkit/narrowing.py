@@ -3,6 +3,7 @@ its output passes, so that the rest of its work is kept and what was skipped is 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Callable
 from typing import Any, Literal
@@ -35,6 +36,7 @@ class Attempt:
     failure: Failure | None
     parity: Any = None
     verification: list[str] = dataclasses.field(default_factory=list)
+    histogram: collections.Counter[str] | None = None  # of the pass's output, where it was measured
 
 
 def narrow(rerun: Callable[[frozenset[str | Site]], Attempt], failed: Attempt, entry: PassReport

@@ -296,13 +296,13 @@ class _Run:
 
     def one(self, pass_: Pass, current: ir.Model, before: Snapshot) -> tuple[ir.Model, Snapshot]:
         """Run one pass; returns the model the next pass starts from, and its snapshot."""
-        entry = PassReport(name=pass_.name, spec=pass_.spec(), kind=pass_.kind, nodes_before=count_nodes(current),
-                           bytes_before=before.size)
+        entry = PassReport(name=pass_.name, spec=pass_.spec(), kind=pass_.kind, bytes_before=before.size)
         self.report.passes.append(entry)
         clock = Clock(entry.timings)
         with clock("instrument"):
             fingerprint_before = graph.fingerprint(current)
             histogram_before = op_histogram(current)
+        entry.nodes_before = sum(histogram_before.values())  # every node of every graph, as count_nodes
         attempt = self._attempt(pass_, current, before, histogram_before, fingerprint_before, entry.timings)
         entry.seconds = entry.timings.get("transform", 0.0)
         if attempt.result is not None:
@@ -322,8 +322,9 @@ class _Run:
             entry.parity = attempt.parity.to_dict()
         if attempt.snapshot is not None and attempt.result is not None:
             entry.bytes_after = attempt.snapshot.size
-            entry.nodes_after = count_nodes(attempt.result.model)
-            entry.op_delta = histogram_delta(histogram_before, op_histogram(attempt.result.model))
+            histogram_after = attempt.histogram or op_histogram(attempt.result.model)
+            entry.nodes_after = sum(histogram_after.values())
+            entry.op_delta = histogram_delta(histogram_before, histogram_after)
         else:
             entry.nodes_after, entry.bytes_after = entry.nodes_before, entry.bytes_before
         if attempt.failure is None:
@@ -361,17 +362,19 @@ class _Run:
             snapshot = Snapshot.of(result.model, self.context.model_dir)
         problems = self.baseline.problems(snapshot, clock) if self.baseline else []
         with clock("instrument"):
-            problems += undeclared_domains(pass_, histogram_before, op_histogram(result.model))
+            histogram = op_histogram(result.model)
+            problems += undeclared_domains(pass_, histogram_before, histogram)
         if problems:
             return Attempt(result, snapshot, Failure("verification", f"pass '{pass_.name}' broke the model: "
-                                                       f"{problems[0]}", problems[0]), verification=problems)
+                                                     f"{problems[0]}", problems[0]), verification=problems,
+                           histogram=histogram)
         if self.check != "each" or self.deferring:
-            return Attempt(result, snapshot, None)
+            return Attempt(result, snapshot, None, histogram=histogram)
         parity = self._compare(before.model, snapshot.model, pass_.kind, timings.setdefault("parity", {}))
         if parity.passed:
-            return Attempt(result, snapshot, None, parity)
+            return Attempt(result, snapshot, None, parity, histogram=histogram)
         message = f"pass '{pass_.name}' changed the model's outputs beyond {pass_.kind} tolerance: {parity.summary()}"
-        return Attempt(result, snapshot, Failure("parity", message, _parity_brief(parity)), parity)
+        return Attempt(result, snapshot, Failure("parity", message, _parity_brief(parity)), parity, histogram=histogram)
 
     @staticmethod
     def _record_result(entry: PassReport, result: PassResult) -> None:

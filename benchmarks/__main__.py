@@ -82,7 +82,7 @@ def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out
     started = time.perf_counter()
     not_reached = "not measured: the run stopped before this step"
     results: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": {"quick": quick, "repeats": settings.repeats, "warmup": settings.warmup,
                      "min_seconds": settings.min_seconds, "timeout_s": settings.timeout},
         "machine": machine_description(), "peer_versions": peer_versions(), "pipelines": list(measure.PIPELINES),

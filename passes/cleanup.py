@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import onnx_ir as ir
-import onnx_ir.passes.common as common
+from onnx_ir.passes import common
+
+from onnxkit.pass_base import Pass, PassResult
 from onnxkit.passes._graph_utils import (
     all_nodes,
     eliminate_identities,
     remove_unused_nodes,
 )
-
-from onnxkit.pass_base import Pass, PassResult
 
 
 class CleanupPass(Pass):

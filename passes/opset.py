@@ -22,11 +22,11 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
-from onnxkit.passes._graph_utils import all_nodes, signature_changes
 
 from onnxkit import modelio, runtime
 from onnxkit.errors import PassFailedError
 from onnxkit.pass_base import Pass, PassResult
+from onnxkit.passes._graph_utils import all_nodes, signature_changes
 
 # The version converter's adapters start at opset 1, but models older than 7 rarely convert cleanly
 # and ONNX Runtime no longer runs them.
@@ -127,7 +127,7 @@ def _convert(model: ir.Model, target: int, runtime_check: bool) -> ir.Model | No
 def _onnxruntime_loads(path: Path) -> bool:
     try:
         runtime.make_session(path)
-    except Exception:  # noqa: BLE001 - ORT's own exception types: no kernel for an op at that version, mostly
+    except Exception:  # ORT's own exception types: no kernel for an op at that version, mostly
         return False
     return True
 

@@ -303,7 +303,7 @@ def sweep(only: list[str] | None = None, quick: bool = False, out: Path | None =
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "results.json").read_text()) if update and (out / "results.json").exists() else {}
     models, exports = corpus_models(only, quick, corpus=corpus)
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     rerun = {m.name for m in models}
     kept = {e["name"]: e for e in previous.get("models", []) if e["name"] not in rerun}
     order = [e["name"] for e in previous.get("models", [])]
@@ -327,7 +327,7 @@ def sweep(only: list[str] | None = None, quick: bool = False, out: Path | None =
             entry = {"name": model.name, "source": model.source, "licence": model.licence,
                      "data": model.calibration_kind, "synthetic_only": model.synthetic_only, "runs": {},
                      "error": f"the sweep itself failed: {type(e).__name__}: {e}"[:300]}
-        entry["swept_at"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        entry["swept_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         shutil.rmtree(scratch / model.name, ignore_errors=True)
         with lock:
             done[model.name] = entry

@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import RewriteRuleClassBase
-from onnxscript.rewriter import MatchResult
+from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 from onnxscript.rewriter.rules.common._matmul_add_to_gemm import (
     MatMulAddToGemm,
     TransABMatMulAddToGemm,

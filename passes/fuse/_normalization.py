@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import RewriteRuleClassBase, pattern
-from onnxscript.rewriter import MatchResult
+from onnxscript.rewriter import MatchResult, RewriteRuleClassBase, pattern
 
 from onnxkit.passes.fuse._base import (
     CONTRIB_DOMAIN,

@@ -15,16 +15,15 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
-from onnxscript.rewriter import RewriteRuleClassBase
-from onnxscript.rewriter import MatchResult
+from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
+from onnxkit.passes._graph_utils import opset_problem
 from onnxkit.passes.fuse._base import (
     CONTRIB_DOMAIN,
     FusionContext,
     annotate_shapes,
     constant_array,
 )
-from onnxkit.passes._graph_utils import opset_problem
 
 # Activations ONNX Runtime's FusedConv and FusedGemm apply, and the parameters each takes (with defaults).
 _CONV_ACTIVATIONS = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "Clip")

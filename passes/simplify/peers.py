@@ -11,6 +11,7 @@ from onnxkit import modelio
 from onnxkit.errors import PassFailedError, SpecError
 from onnxkit.pass_base import PassResult
 
+
 def run_peer(backend: str, model: ir.Model) -> PassResult:
     """Run onnxsim, onnxoptimizer or onnxslim with its defaults on a copy of ``model``; returns a new model."""
     try:

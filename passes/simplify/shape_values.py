@@ -230,8 +230,8 @@ _DIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def _is_dimension(dim: int | ir.SymbolicDim) -> bool:
     """Whether a shape-value element is known to be a dimension, hence >= 0: a plain name such as
     ``batch`` or ``unk__3``. onnxscript's Add evaluator names sums like ``batch+-1``, which may be negative."""
-    return isinstance(dim, int) and dim >= 0 or isinstance(dim, ir.SymbolicDim) and bool(
-        dim.value and _DIM_NAME.match(dim.value))
+    return (isinstance(dim, int) and dim >= 0) or (isinstance(dim, ir.SymbolicDim) and bool(
+        dim.value and _DIM_NAME.match(dim.value)))
 
 
 def _equal_dims(x, y) -> bool | None:

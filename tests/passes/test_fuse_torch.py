@@ -14,15 +14,15 @@ import onnxruntime as ort
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from torch import nn
 
-from onnxkit import Pipeline  # noqa: E402
-from onnxkit.errors import OnnxkitError  # noqa: E402
-from onnxkit.export import export_model  # noqa: E402
-from onnxkit.modelio import save_model  # noqa: E402
-from onnxkit.passes.fuse import FusePass  # noqa: E402
-from onnxkit.pipeline import count_nodes  # noqa: E402
-from tests.conftest import run_model  # noqa: E402
+from onnxkit import Pipeline
+from onnxkit.errors import OnnxkitError
+from onnxkit.export import export_model
+from onnxkit.modelio import save_model
+from onnxkit.passes.fuse import FusePass
+from onnxkit.pipeline import count_nodes
+from tests.conftest import run_model
 
 PEERS = ("onnxsim", "onnxslim", "onnxoptimizer")
 
@@ -170,7 +170,7 @@ def test_minilm_keeps_parity_and_has_no_more_nodes_than_peers(tmp_path):
 
 def test_attention_fusion_that_fails_midway_leaves_the_model_whole(exported, monkeypatch):
     """onnxscript's attention fusions go through ops no runtime has; if a step raises, none may remain."""
-    import onnxscript.rewriter.ort_fusions.mha as mha
+    from onnxscript.rewriter.ort_fusions import mha
 
     path = exported("encoder", False)
     spec = "simplify,fuse{target=onnxruntime}"  # folding the shape arithmetic first lets attention match

@@ -11,9 +11,9 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
-from onnxkit.passes.simplify import SimplifyPass
 
 from onnxkit.pass_base import PassContext, PassResult, Site
+from onnxkit.passes.simplify import SimplifyPass
 from tests.passes.test_simplify import FLOAT, assert_same_outputs, const, op_counts, tensor_input
 
 INT64 = TensorProto.INT64

@@ -182,6 +182,11 @@ def quantize_weight_only(model: ir.Model, options: Any, context: Any
     report.quantized_nodes = _quantized_nodes(quantized, set(report.eight_bit))
 
     report.timing = latency.compare(float_proto, quantized, samples[:TIMING_SAMPLES])
+    if options.max_slowdown is not None and not report.timing.within(options.max_slowdown):
+        # Load on a shared machine only ever adds time, and a burst of it during one comparison has made
+        # MiniLM's INT4 come out 1.2x where it is 0.6-0.85x: a model is refused only if a second timing agrees.
+        again = latency.compare(float_proto, quantized, samples[:TIMING_SAMPLES])
+        report.timing = min(report.timing, again, key=lambda timing: timing.ratio)
     if options.max_slowdown is None:
         report.gate = "latency gate off (max_slowdown=none)"
     elif report.timing.within(options.max_slowdown):
@@ -268,8 +273,7 @@ def _quantize(proto: onnx.ModelProto, options: Any, accuracy_level: int, op_type
     """ORT's quantizer on a copy (it edits the model it is given): ``options.bits`` everywhere but ``exclude``
     and ``eight_bit``, then 8 bits for ``eight_bit``. HQQ handles MatMul; Gather tables always go through the
     default (round-to-nearest) quantizer, the only one with a GatherBlockQuantized rewrite."""
-    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
-
+    nbits = _import_quantizer()
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     steps: list[tuple[Any, tuple[str, ...], int, set[str]]] = []
@@ -283,9 +287,9 @@ def _quantize(proto: onnx.ModelProto, options: Any, accuracy_level: int, op_type
         steps.append((None, tuple(rest), options.bits, exclude | eight_bit))
     if eight_bit:  # the MatMuls still float now are the user's exclusions and these
         steps.append((None, ("MatMul",), 8, exclude))
-    quiet = logging.getLogger()  # ORT's quantizer logs per node and warns about opsets through the root logger
-    previous = quiet.level
-    quiet.setLevel(logging.ERROR)
+    root = logging.getLogger()  # ORT's quantizer logs every node it skips or rewrites at INFO
+    previous = root.level
+    root.setLevel(logging.ERROR)
     try:
         for config, types, bits, skipped in steps:
             config = config or nbits.DefaultWeightOnlyQuantConfig(
@@ -297,11 +301,23 @@ def _quantize(proto: onnx.ModelProto, options: Any, accuracy_level: int, op_type
             quantizer.process()
             model = quantizer.model.model
     finally:
-        quiet.setLevel(previous)
+        root.setLevel(previous)
     for node in model.graph.node:  # HQQ's config has no accuracy_level: set it on the nodes it wrote
         if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
             node.attribute.append(onnx.helper.make_attribute("accuracy_level", accuracy_level))
     return model
+
+
+def _import_quantizer() -> Any:
+    """ORT's ``matmul_nbits_quantizer``, without what importing it does to the process: it calls
+    ``logging.basicConfig(level=INFO)``, which would print every library's INFO lines from then on."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    from onnxruntime.quantization import matmul_nbits_quantizer
+
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    return matmul_nbits_quantizer
 
 
 def _candidates(proto: onnx.ModelProto, op_types: Sequence[str], exclude: set[str]) -> dict[str, int]:

@@ -2,7 +2,7 @@
 seconds from after its imports to its exit written to ``$ONNXKIT_TIMED_CLI_OUT``.
 
 The sweep times every peer from after the import of its package (``onnxkit.bench.peers.RUNNER_IMPORTS``: onnxsim's
-import brings in onnx and onnxruntime, onnxslim's its own rewriters), so onnxkit is treated the same way: the
+import brings in onnx and onnxruntime too), so onnxkit is treated the same way: the
 modules the command will import anyway are imported before the clock starts, namely the CLI and the pipeline,
 the classes of the passes named by ``--passes`` (onnxscript comes with simplify and fuse), the parity and data
 modules with onnxruntime, and rich, which renders the report. Only imports: no model is loaded, no session

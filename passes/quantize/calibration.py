@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -236,9 +237,26 @@ def entropy_range(histogram: np.ndarray, low: float, high: float, levels: int = 
 def calibrate(proto: onnx.ModelProto, tensor_names: Sequence[str], types: Mapping[str, int],
               samples: Iterable[Mapping[str, Any]], settings: CalibrationSettings,
               progress: Progress | None = None) -> TensorsData:
-    """Ranges of ``tensor_names`` over ``samples`` by ``settings``, streamed in one pass."""
-    tap = TensorTap(proto, tensor_names, types)
-    ranges, histograms = collect(tap, samples, None if settings.method == "minmax" else settings.num_bins, progress)
+    """Ranges of ``tensor_names`` over ``samples`` by ``settings``, streamed in one pass.
+
+    A tensor no graph input reaches (a weight computed from constants at run time, as in models whose weights
+    are ``ConstantOfShape`` placeholders) is the same on every sample: it is read on the first sample only.
+    Its histogram over all samples would be that one scaled, and scaling changes neither the entropy nor the
+    percentile threshold, so the ranges are the same.
+    """
+    bins = None if settings.method == "minmax" else settings.num_bins
+    constant = sample_independent(proto, tensor_names)
+    varying = [name for name in tensor_names if name not in constant]
+    ranges: dict[str, tuple[float, float]] = {}
+    histograms: dict[str, StreamingHistogram] = {}
+    if varying:
+        ranges, histograms = collect(TensorTap(proto, varying, types), samples, bins, progress)
+    if constant:
+        first = list(itertools.islice(iter(samples), 1))
+        constant_ranges, constant_histograms = collect(TensorTap(proto, [n for n in tensor_names if n in constant],
+                                                                 types), first, bins)
+        ranges.update(constant_ranges)
+        histograms.update(constant_histograms)
     for name, histogram in histograms.items():
         low, high = ranges[name]
         if histogram.exponent is None:
@@ -248,7 +266,24 @@ def calibrate(proto: onnx.ModelProto, tensor_names: Sequence[str], types: Mappin
             ranges[name] = entropy_range(counts, low, high)
         else:
             ranges[name] = percentile_range(counts, low, high, settings.percentile)
-    return to_tensors_data(ranges, settings.method)
+    return to_tensors_data({name: ranges[name] for name in tensor_names if name in ranges}, settings.method)
+
+
+# Operators whose outputs differ from run to run without any input.
+_RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
+                         "Multinomial", "Dropout"})
+
+
+def sample_independent(proto: onnx.ModelProto, names: Iterable[str]) -> set[str]:
+    """The named main-graph tensors that no graph input reaches, computed from initializers and constants only.
+    A node with a subgraph (which may read any outer value) or a random op counts as reached."""
+    reached = {i.name for i in proto.graph.input}
+    for node in proto.graph.node:  # in topological order, as ONNX requires
+        if (node.op_type in _RANDOM_OPS or any(name in reached for name in node.input)
+                or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)):
+            reached.update(node.output)
+    produced = {name for node in proto.graph.node for name in node.output}
+    return {name for name in names if name in produced and name not in reached}
 
 
 def to_tensors_data(ranges: Mapping[str, tuple[float, float]], method: CalibMethod) -> TensorsData:

@@ -113,3 +113,32 @@ def test_pass_checks_the_samples_the_pipeline_will_check() -> None:
     assert calibration_only["held-out, ORT optimizations off"]["samples"] == 5
     assert "all, ORT optimizations off" not in calibration_only
     assert given_data["all, ORT optimizations off"]["samples"] == 25
+
+
+def test_tensors_no_input_reaches_are_calibrated_on_one_sample(monkeypatch) -> None:
+    """A weight computed from constants at run time (w = a * b, as ConstantOfShape placeholders are) is the same
+    on every sample: read on the first only, with the ranges every sample would give."""
+    from onnxkit.passes.quantize import calibration
+    from onnxkit.passes.quantize.runtime import tensor_elem_types
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["a", "b"], ["w"], name="weight"),
+         helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+         helper.make_node("Relu", ["h"], ["y"], name="relu")],
+        "computed_weight", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [numpy_helper.from_array(_weight(rng, 16, 8), "a"), numpy_helper.from_array(_weight(rng, 16, 8), "b")])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    types = tensor_elem_types(model)
+    names = calibration.calibration_tensors(model, ("MatMul", "Relu"), types)
+    assert calibration.sample_independent(model, names) == {"w"}
+    data = samples("x", (4, 16), 12)
+    for method in ("minmax", "entropy", "percentile"):
+        settings = calibration.CalibrationSettings(method=method)
+        once = calibration.calibrate(model, names, types, data, settings)
+        with monkeypatch.context() as patch:
+            patch.setattr(calibration, "sample_independent", lambda proto, tensors: set())
+            every_sample = calibration.calibrate(model, names, types, data, settings)
+        assert list(once.data) == list(every_sample.data) == names
+        assert all(once[n].range_value == every_sample[n].range_value for n in names), method

@@ -3,10 +3,13 @@
 ONNX Runtime's quantizers do the rewriting and supply the kernels. Around them this pass adds, in order:
 
 1. preprocessing they need (``preprocess``): Constant and If/Loop weights lifted, opset ≥ 13, names, shapes;
-2. streaming calibration in bounded memory for every method (``calibration``), with an optional cache;
-3. a parity target: the most sensitive nodes stay float until held-out outputs meet it (``sensitivity``);
+2. streaming calibration, one pass in bounded memory for every method (``calibration``), with an optional cache;
+3. a parity target: the most sensitive nodes, from one measured ranking, stay float until held-out outputs
+   meet it (``sensitivity``, judged by ``judge``);
 4. a latency gate: INT8 must not be slower than float on this CPU (``latency``);
-5. a report: size, parity, latency, nodes quantized and kept in float.
+5. a report: size, parity, latency, nodes quantized, and why each node kept in float stayed float (``report``).
+
+``QuantizePass.call`` prepares the model; a ``run.QuantizeRun`` carries it and everything the steps share.
 
 A model comes out either quantized within its target or as it came in, with the reason in one line: already
 quantized, nothing to quantize, ONNX Runtime cannot run it or its quantizer fails on it, the target not met,

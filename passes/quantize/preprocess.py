@@ -234,9 +234,16 @@ def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
 
 def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """Shapes by ORT's symbolic inference, else ONNX's, else none; and which one worked. The graph's inputs
-    and outputs keep the types the model declares (see ``keep_declared_signature``)."""
+    and outputs keep the types the model declares (see ``keep_declared_signature``).
+
+    Symbolic inference that gives a declared output another rank is not used: its shapes of the values
+    before that output contradict the declaration (it takes a symbolic batch for "not 1", so a ``Squeeze``
+    without axes keeps it; aecmos_stage0, plcmos_v2), and the quantized model, carrying them, fails ONNX's
+    strict shape inference at the last node. ONNX's own inference leaves such shapes unknown instead."""
     try:
         inferred, how = _symbolic_shape_inference(proto), "symbolic"
+        if _contradicts_declared_ranks(inferred, proto):
+            raise RuntimeError("symbolic shape inference contradicts the declared output ranks")
     except Exception as e:  # symbolic inference fails on unknown ops and some dynamic shapes
         logger.debug("symbolic shape inference failed: %s", e)
         try:
@@ -246,6 +253,16 @@ def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
             return proto, "none (symbolic and onnx inference both failed)"
     keep_declared_signature(inferred, proto)
     return inferred, how
+
+
+def _stated_output_ranks(model: onnx.ModelProto) -> dict[str, int]:
+    return {value.name: len(value.type.tensor_type.shape.dim) for value in model.graph.output
+            if value.type.tensor_type.HasField("shape")}
+
+
+def _contradicts_declared_ranks(inferred: onnx.ModelProto, declared: onnx.ModelProto) -> bool:
+    found = _stated_output_ranks(inferred)
+    return any(found.get(name, rank) != rank for name, rank in _stated_output_ranks(declared).items())
 
 
 def keep_declared_signature(model: onnx.ModelProto, declared: onnx.ModelProto) -> None:

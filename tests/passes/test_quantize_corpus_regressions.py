@@ -189,3 +189,28 @@ def test_an_invalid_model_from_ort_quantizer_leaves_the_float_model_with_the_rea
     assert any("quantizer produced an invalid model" in line and "topologically sorted" in line
                for line in entry.stats), entry.stats
     assert result.report.exit_code == 0
+
+
+def _scorer_squeezing_its_batch() -> onnx.ModelProto:
+    """aecmos_stage0, plcmos_v2 (torch 1.11): scores ``[batch, 2]`` squeezed by a ``Squeeze`` without axes, the
+    output declared ``[batch]``. Run at batch 1 it is ``(2,)``; ORT's symbolic inference, taking the batch for
+    "not 1", keeps it: rank 2 before the output and rank 1 at it."""
+    weights = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 2)).astype(np.float32), "w")
+    scale, shift = numpy_helper.from_array(np.float32(4.0), "scale"), numpy_helper.from_array(np.float32(1.0), "shift")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["scores"]), helper.make_node("Squeeze", ["scores"], ["squeezed"]),
+         helper.make_node("Sigmoid", ["squeezed"], ["p"]), helper.make_node("Mul", ["p", "scale"], ["scaled"]),
+         helper.make_node("Add", ["scaled", "shift"], ["mos"])],
+        "scorer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch_size", 8])],
+        [helper.make_tensor_value_info("mos", TensorProto.FLOAT, ["batch_size"])], [weights, scale, shift])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+
+
+def test_symbolic_shapes_that_contradict_the_declared_output_rank_are_not_carried_into_the_model() -> None:
+    model = _scorer_squeezing_its_batch()
+    rng = np.random.default_rng(1)
+    data = [{"x": rng.standard_normal((1, 8)).astype(np.float32)} for _ in range(8)]
+    result, quantized = quantize(model, data, mode="static", max_slowdown=None)
+    assert result.modified, result.stats
+    onnx.shape_inference.infer_shapes(quantized, check_type=True, strict_mode=True)
+    assert cosine(run_model(model, data[0])[0], run_model(quantized, data[0])[0]) >= 0.99

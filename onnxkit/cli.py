@@ -187,7 +187,7 @@ def optimize(model: Path | None, spec: str | None, config: Path | None, target: 
     if (spec is None) == (config is None):
         raise SpecError("give either --passes SPEC, --config FILE or --target NAME",
                         hint="e.g. --passes cleanup,shape-inference")
-    pipeline = Pipeline.parse(spec) if spec is not None else Pipeline.from_config(config)  # type: ignore[arg-type]
+    pipeline = Pipeline.parse(spec) if spec is not None else Pipeline.from_config(typing.cast(Path, config))
 
     if example is not None:
         source: Any = examples.build_example(example)
@@ -206,8 +206,8 @@ def optimize(model: Path | None, spec: str | None, config: Path | None, target: 
     calibration = load_data_option(calib_path) if calib_path else data
     result = pipeline.run(
         source,
-        check=check,  # type: ignore[arg-type]
-        on_fail=on_fail,  # type: ignore[arg-type]
+        check=check,  # type: ignore[arg-type]  # click.Choice admits only the Literal's values
+        on_fail=on_fail,  # type: ignore[arg-type]  # likewise
         data=data,
         calibration_data=calibration,
         dims=parse_dims(dims),

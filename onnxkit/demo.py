@@ -271,7 +271,7 @@ def _measure(fp32_path: Path, int8_path: Path, images: np.ndarray, labels: np.nd
     return tuple(ModelFigures(str(path), path.stat().st_size, accuracy, float(np.median(single)) * 1e3,
                               float(np.median(batch)) * 1e3, _int8_compute_ops(path))
                  for path, accuracy, single, batch in zip((fp32_path, int8_path), accuracies, single_times,
-                                                          whole_times))  # type: ignore[return-value]
+                                                          whole_times))  # type: ignore[return-value]  # exactly two
 
 
 def _int8_compute_ops(path: Path) -> list[str]:

@@ -31,7 +31,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any, Literal
 
@@ -447,9 +447,9 @@ class Trainer:
                       max_steps: int | None) -> Iterator[Callable[[StepRecord], None]]:
         """Yield a function called after each step: a rich progress bar on a terminal, else log lines."""
         total = max_steps
-        if epochs is not None and hasattr(loader, "__len__"):
-            per_epoch = math.ceil(len(loader) / self.accumulation_steps)  # type: ignore[arg-type]
-            total = min(total or math.inf, per_epoch * epochs)  # type: ignore[assignment]
+        if epochs is not None and isinstance(loader, Sized):
+            per_epoch = math.ceil(len(loader) / self.accumulation_steps)
+            total = min(total, per_epoch * epochs) if total is not None else per_epoch * epochs
         show_bar = self.progress if self.progress is not None else sys.stderr.isatty()
         started, first_step = time.perf_counter(), self.state.step
         if self.rank != 0:

@@ -83,8 +83,11 @@ def run_bench(
     proto = onnx.load(str(source), load_external_data=False)
     inputs = load_inputs(data, proto) if data is not None else synthetic_inputs(source, dims or {})
 
-    owned_tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="onnxkit-bench-")
-    work = Path(workdir if workdir is not None else owned_tmp.name)  # type: ignore[union-attr]
+    owned_tmp = None
+    if workdir is None:
+        owned_tmp = tempfile.TemporaryDirectory(prefix="onnxkit-bench-")
+        workdir = owned_tmp.name
+    work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     try:
         calibration_dir = None

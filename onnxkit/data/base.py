@@ -93,7 +93,7 @@ class _Derived(Dataset):
     def for_model(self, model: ModelLike | Sequence[InputSpec]) -> Dataset:
         bound = super().for_model(model)
         if isinstance(self.inner, Dataset):
-            bound.inner = self.inner.for_model(bound._specs or ())  # type: ignore[attr-defined]
+            bound.inner = self.inner.for_model(bound._specs or ())  # type: ignore[attr-defined]  # bound is a copy of self
         return bound
 
 

@@ -224,7 +224,7 @@ class OnnxTestDataset(Dataset):
     def for_model(self, model: ModelLike | Sequence[InputSpec]) -> Dataset:
         bound = super().for_model(model)
         if not isinstance(model, Sequence) or isinstance(model, (str, bytes)):
-            bound._output_specs = tuple(output_specs(model))  # type: ignore[attr-defined]
+            bound._output_specs = tuple(output_specs(model))  # type: ignore[attr-defined]  # bound is a copy of self
         return bound
 
     def _read_set(self, folder: Path, prefix: str, specs: Sequence[InputSpec] | None) -> Sample:

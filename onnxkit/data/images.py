@@ -106,7 +106,7 @@ class ImageFolderDataset(Dataset):
         color = plan.color or ("L" if channels == 1 else "RGB")
         static = tuple(spatial) if spatial is not None and all(isinstance(d, int) for d in spatial) else None
         dtype = spec.dtype if spec is not None and spec.dtype is not None else np.dtype(np.float32)
-        return layout, color, static, dtype  # type: ignore[return-value]
+        return layout, color, static, dtype  # type: ignore[return-value]  # static: ints, checked just above
 
     def _read(self, path: Path, color: str) -> np.ndarray:
         if path.suffix == ".npy":

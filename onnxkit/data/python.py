@@ -86,4 +86,4 @@ class IterableDataset(Dataset):
     def _count(self) -> int:
         if callable(self.source):
             raise TypeError("the length of a dataset made by a function is not known")
-        return len(self.source)  # type: ignore[arg-type]
+        return len(self.source)  # type: ignore[arg-type]  # a list or other sized iterable when not callable

@@ -159,7 +159,7 @@ class Pipeline:
         report = PipelineReport(spec=self.to_string(), check=check, on_fail=on_fail)
         current, passes = self._starting_model(model, list(self.passes), context, example_inputs, report)
         validate.check_run(current, passes, check=check, data=data, calibration_data=calibration_data,
-                           model_dir=context.model_dir)  # bad input is refused before the first pass
+                           model_dir=context.model_dir, dims=context.dims)  # bad input: refused before any pass
         run = _Run(context, report, check=check, on_fail=on_fail, tolerance=tolerance, verify=verify, data=data,
                    calibration_data=calibration_data)
         current = run.all(current, passes, progress=progress)

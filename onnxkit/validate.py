@@ -12,8 +12,9 @@ checked the file itself: missing, empty, not ONNX, external data outside the fol
 from __future__ import annotations
 
 import functools
+import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,12 +149,32 @@ def check_data(data: Any, model: ir.Model, *, option: str, limit: int | None = N
 # A run
 
 
+def check_synthetic_sizes(model: ir.Model, dims: Mapping[str, int]) -> None:
+    """Refuse synthetic inputs too large to make: ``--dim seq=100000000000`` would have numpy allocate 745 GiB.
+    Open dims take their small defaults here; only sizes the user or the graph fixed can trip this."""
+    from onnxkit.data import SyntheticDataset
+
+    synthetic = SyntheticDataset(model, dims=dims)
+    for spec in synthetic.specs or ():
+        shape = synthetic.shapes[spec.name]
+        itemsize = spec.dtype.itemsize if spec.dtype is not None else 8
+        if math.prod(shape) * itemsize > MAX_SYNTHETIC_BYTES:
+            raise DataError(f"synthetic input '{spec.name}' would be {list(shape)}, "
+                            f"{math.prod(shape) * itemsize / 2**30:.1f} GiB",
+                            hint="give smaller sizes with --dim, or real inputs with --data")
+
+
+# One synthetic input past this is refused rather than allocated (a model's real inputs are far smaller).
+MAX_SYNTHETIC_BYTES = 2**31
+
+
 def check_run(model: ir.Model, passes: Sequence[Any], *, check: str, data: Any, calibration_data: Any,
-              model_dir: str | os.PathLike[str] | None = None) -> None:
+              model_dir: str | os.PathLike[str] | None = None, dims: Mapping[str, int] | None = None) -> None:
     """Everything a pipeline run can know is wrong before its first pass: the model, then each data source.
 
     ORT is needed when parity runs (``check`` other than ``off``) or a pass runs the model (``uses_runtime``).
-    Calibration data is read as far as the default calibration split reads it.
+    Calibration data is read as far as the default calibration split reads it; without any data, the
+    synthetic inputs parity and calibration would make must fit in memory.
     """
     from onnxkit.data import DEFAULT_CALIBRATION_SAMPLES, HOLDOUT_EVERY
 
@@ -161,6 +182,8 @@ def check_run(model: ir.Model, passes: Sequence[Any], *, check: str, data: Any, 
     check_model(model, needs_runtime=needs_runtime, model_dir=model_dir)
     if data is not None:
         check_data(data, model, option="data")
+    if data is None and calibration_data is None and (needs_runtime or dims):
+        check_synthetic_sizes(model, dims or {})
     if calibration_data is not None and calibration_data is not data:
         # The split takes DEFAULT_CALIBRATION_SAMPLES and holds out one in HOLDOUT_EVERY besides.
         limit = DEFAULT_CALIBRATION_SAMPLES * HOLDOUT_EVERY // (HOLDOUT_EVERY - 1) + 1

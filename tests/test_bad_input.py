@@ -137,6 +137,9 @@ def _spec_and_output_cases() -> dict[str, tuple[Callable[[Path], None], Case]]:
                                        spec="fp16{target_cosine=high}")),
         "unknown option": (good, Case("has no option 'depth'", cli=["--passes", "cleanup{depth=2}"],
                                       spec="cleanup{depth=2}")),
+        "--dim too large": (good, Case("synthetic input 'x' would be", cli=["--passes", "cleanup", "--dim",
+                                                                          "batch=100000000000"],
+                                       api={"dims": {"batch": 100_000_000_000}})),
         "output is the input": (good, Case("refusing to overwrite the input model",
                                            cli=["--passes", "cleanup", "-o", "{dir}/m.onnx"], api=None)),
         "output folder missing": (good, Case("does not exist", cli=["--passes", "cleanup", "-o", "{dir}/no/o.onnx"],
@@ -239,7 +242,7 @@ def test_python_api(name: str, tmp_path: Path) -> None:
     tmp_path.mkdir()
     build(tmp_path)
     before = _digests(root)
-    options = {key: _fill(value, tmp_path) for key, value in (case.api or {}).items()}
+    options = {key: _fill(value, tmp_path) if isinstance(value, str) else value for key, value in (case.api or {}).items()}
     output = options.pop("output", str(tmp_path / "out.onnx"))
     with pytest.raises(OnnxkitError) as raised:
         Pipeline.parse(case.spec).run(str(tmp_path / case.model), **options).save(output)

@@ -96,7 +96,7 @@ def _layout_readers(value: ir.Value) -> list[ir.Node]:
     return [user for user, _ in value.uses() if _in_region_kind(user) or user.op_type == "Transpose"]
 
 
-def _grow(seed: ir.Node, graph: ir.Graph | ir.Function) -> _Region | None:
+def _grow(seed: ir.Node, graph: ir.Graph | ir.Function, order: dict[ir.Node, int]) -> _Region | None:
     """The region the seed Transpose enters, or None when it breaks a rule of the module docstring."""
     if perm_of(seed) is None or seed.outputs[0].is_graph_output():
         return None
@@ -140,14 +140,12 @@ def _grow(seed: ir.Node, graph: ir.Graph | ir.Function) -> _Region | None:
     if set(region.leaving) & set(region.entering) or any(
             user not in readers for node in region.nodes for user, _ in node.outputs[0].uses()):
         return None
-    return region if _assign_perms(region, graph) else None
+    return region if _assign_perms(region, order) else None
 
 
-def _assign_perms(region: _Region, graph: ir.Graph | ir.Function) -> bool:
+def _assign_perms(region: _Region, order: dict[ir.Node, int]) -> bool:
     """Give every region value its perm, in graph order; False where the layouts do not agree."""
-    for node in graph:
-        if node not in region.nodes:
-            continue
+    for node in sorted(region.nodes, key=order.__getitem__):
         perms = {region.perms.get(value) for value in _data_inputs(node) if value not in region.constants}
         if len(perms) != 1 or None in perms:
             return False  # operands in different layouts (or a value the walk did not place)
@@ -341,7 +339,7 @@ def _apply_to_graph(graph: ir.Graph | ir.Function, context: FusionContext) -> in
     for seed in list(graph):
         if seed.op_type != "Transpose" or seed.domain not in ("", "ai.onnx") or seed in seen or seed.graph is not graph:
             continue
-        region = _grow(seed, graph)
+        region = _grow(seed, graph, order)
         if region is None:
             continue
         seen.update(region.entering)

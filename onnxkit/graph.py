@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import onnx
@@ -60,9 +60,13 @@ def count_nodes(model: ir.Model) -> int:
     return sum(1 for _ in nodes(model))
 
 
-def default_opset(model: ir.Model | onnx.ModelProto, missing: int = 1) -> int:
+@overload
+def default_opset(model: ir.Model | onnx.ModelProto, missing: int = 1) -> int: ...
+@overload
+def default_opset(model: ir.Model | onnx.ModelProto, missing: None) -> int | None: ...
+def default_opset(model: ir.Model | onnx.ModelProto, missing: int | None = 1) -> int | None:
     """The version of the standard ONNX domain (``""`` or its alias ``"ai.onnx"``) a model imports; ``missing``
-    when it imports neither."""
+    (1, or what the caller passes, e.g. None) when it imports neither."""
     if isinstance(model, onnx.ModelProto):
         return next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), missing)
     return next((model.opset_imports[d] for d in STANDARD_DOMAINS if d in model.opset_imports), missing)

@@ -25,6 +25,7 @@ import onnx_ir as ir
 
 from onnxkit import modelio, runtime
 from onnxkit.errors import PassFailedError
+from onnxkit.graph import default_opset
 from onnxkit.pass_base import Pass, PassResult
 from onnxkit.passes._graph_utils import all_nodes, signature_changes
 
@@ -61,7 +62,7 @@ class OpsetPass(Pass):
                 "without it, to the newest opset ONNX Runtime has kernels for, for the model's ops"]
 
     def call(self, model: ir.Model) -> PassResult:
-        current = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+        current = default_opset(model, missing=None)
         if current is None:
             # Only ai.onnx.ml or custom domains: there is no ONNX opset to move.
             return PassResult(modelio.clone_model(model), False, [])

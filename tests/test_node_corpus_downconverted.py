@@ -23,6 +23,7 @@ import pytest
 
 from onnxkit.data import OnnxTestDataset
 from onnxkit.errors import OnnxkitError
+from onnxkit.graph import default_opset
 from onnxkit.modelio import to_proto
 from onnxkit.pipeline import Pipeline
 from tests.test_node_corpus import generate_node_corpus, ort_session, outputs_match, run_in_ort
@@ -58,7 +59,7 @@ class DownconvertedSweep:
 
 
 def model_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return default_opset(model, missing=0)
 
 
 def convert_down(model: onnx.ModelProto, opset: int) -> onnx.ModelProto | None:

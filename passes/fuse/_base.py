@@ -23,6 +23,7 @@ from onnxscript.rewriter import RewriteRule, RewriteRuleSet
 from onnxscript.rewriter._pattern_ir import StringConstantPattern
 from onnxscript.rewriter._rewrite_rule import ReplacementPatternFunction
 
+from onnxkit.graph import default_opset
 from onnxkit.pass_base import Site
 from onnxkit.passes._graph_utils import all_nodes, graph_likes, opset_problem
 from onnxkit.passes.shape_inference import infer_shapes
@@ -76,10 +77,6 @@ class FusionContext:
             name = f"{stem}_{counter}"
         self.used_names.add(name)
         return name
-
-
-def default_opset(model: ir.Model) -> int:
-    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit import PassFailedError, Pipeline, SpecError
+from onnxkit.graph import default_opset
 from onnxkit.passes.opset import OpsetPass
 from tests.conftest import run_model
 
@@ -17,7 +18,7 @@ FLOAT = TensorProto.FLOAT
 
 
 def opset_of(model: onnx.ModelProto) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return default_opset(model)
 
 
 def opset11_model() -> onnx.ModelProto:

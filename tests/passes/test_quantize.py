@@ -17,6 +17,7 @@ from onnxruntime.quantization.calibrate import load_tensors_data
 
 from onnxkit.cli import main
 from onnxkit.errors import PassFailedError, SpecError
+from onnxkit.graph import default_opset
 from onnxkit.pass_base import PassContext
 from onnxkit.passes.quantize import QuantizePass, cpu
 from onnxkit.pipeline import Pipeline
@@ -264,7 +265,7 @@ def test_opset11_model_is_upgraded_for_per_channel_qdq() -> None:
     model = convnet(opset=11)
     data = samples("x", (2, 3, 8, 8), 10)
     result, quantized = quantize(model, data, mode="static", **NO_GATE)
-    opset = next(o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx"))
+    opset = default_opset(quantized)
     assert opset >= 13
     assert any("upgraded opset 11 → 13" in step for step in result.details["preprocessing"])
     assert_valid_and_close(model, quantized, data[0], 0.99)

@@ -416,6 +416,55 @@ class ReductionKeepdims(RewriteRuleClassBase):
                                            **attributes)
 
 
+class ReduceThroughTranspose(RewriteRuleClassBase):
+    """``Reduce(Transpose(x, perm), axes, keepdims=0)`` → ``Reduce(x, perm[axes], keepdims=0)`` when the axes
+    the reduction keeps stay in their order through the Transpose: it then only chose which axes to reduce.
+
+    Keras global pooling exported channels-last is the common case: ``Transpose(0,2,3,1)`` then
+    ``ReduceMax(axes=[1,2])`` is ``ReduceMax(axes=[2,3])`` of the NCHW tensor (DNSMOS). Each output element is
+    reduced over the same elements, in the same order of the kept axes, so the result is bit-exact.
+    """
+
+    def __init__(self, reduction: str) -> None:
+        super().__init__(name=f"{reduction}-through-transpose")
+        self.reduction = reduction
+
+    def pattern(self, op: Any, x: ir.Value) -> Any:
+        transposed = op.Transpose(x, _outputs=["transposed"])
+        return getattr(op, self.reduction)(transposed, _allow_other_inputs=True, _outputs=["out"])
+
+    def check(self, context: Any, x: ir.Value, transposed: ir.Value, out: ir.Value) -> MatchResult:
+        result = MatchResult()
+        reduction, perm_attribute = out.producer(), transposed.producer().attributes.get("perm")
+        if reduction.attributes.get_int("keepdims", 1) != 0:
+            return result.fail("the reduction keeps the reduced axes: the Transpose would still be needed")
+        if perm_attribute is None or perm_attribute.is_ref():
+            return result.fail("the permutation is implicit or a reference")
+        perm = list(perm_attribute.as_ints())
+        axes = _reduced_axes(reduction)
+        if not axes:
+            return result.fail("the axes are unknown or implicit")
+        axes = {a % len(perm) for a in axes}
+        kept = [perm[i] for i in range(len(perm)) if i not in axes]
+        if kept != sorted(kept):
+            return result.fail("the Transpose reorders the kept axes")
+        self._axes = sorted(perm[a] for a in axes)
+        self._in_function = isinstance(context.graph_or_function, ir.Function)
+        return result
+
+    def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
+        reduction = out.producer()
+        attributes = {name: attr for name, attr in reduction.attributes.items() if name != "axes"}
+        if "axes" in reduction.attributes:
+            return getattr(op, self.reduction)(x, axes=self._axes, **attributes)
+        axes = new_constant(op, np.array(self._axes, np.int64), f"{out.name}_axes", in_function=self._in_function)
+        return getattr(op, self.reduction)(x, axes, **attributes)
+
+
+def reduce_transpose_rules(context: FusionContext) -> list[Any]:
+    return [ReduceThroughTranspose.rule(reduction) for reduction in REDUCTIONS if reduction.startswith("Reduce")]
+
+
 def keepdims_rules(context: FusionContext) -> list[Any]:
     return [ReductionKeepdims.rule(reduction, reshaping)
             for reduction in REDUCTIONS for reshaping in ("Unsqueeze", "Squeeze")]

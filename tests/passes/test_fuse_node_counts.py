@@ -215,3 +215,26 @@ def test_an_unsqueeze_that_puts_back_the_squeezed_axis_goes_even_over_unknown_di
     else:  # Unsqueeze(1) after Squeeze(0) moves an axis: the pair may merge, never vanish
         assert op_types(fused) != ["Relu"]
     assert_same_outputs(model, fused, {"x": rng.standard_normal((1, 3, 5)).astype(np.float32)})
+
+
+@pytest.mark.parametrize(("opset", "reduction", "reduce_axes", "fused_ops", "y_shape"), [
+    (13, "ReduceMax", [1, 2], ["ReduceMax"], ["N", 4]),  # dnsmos_model_v8, dnsmos_sig_bak_ovr: Keras global max pooling
+    (18, "ReduceMean", [-3, -2], ["ReduceMean"], ["N", 4]),  # axes as an input from opset 18; negative axes
+    (13, "ReduceSum", [0, 1], ["Transpose", "ReduceSum"], [5, 4]),  # kept axes [3, 1]: the Transpose reorders them
+])
+def test_a_reduction_reads_through_a_transpose_that_keeps_the_kept_axes_in_order(rng, opset, reduction, reduce_axes,
+                                                                                   fused_ops, y_shape):
+    """ORT's transpose optimizer: ``Transpose(0,2,3,1)`` then ``Reduce(axes=[1,2], keepdims=0)`` is
+    ``Reduce(axes=[2,3], keepdims=0)`` of the untransposed tensor."""
+    initializers = []
+    if opset >= 18 or reduction == "ReduceSum":
+        reduce = helper.make_node(reduction, ["t", "axes"], ["y"], keepdims=0)
+        initializers.append(tensor("axes", np.array(reduce_axes, np.int64)))
+    else:
+        reduce = helper.make_node(reduction, ["t"], ["y"], axes=reduce_axes, keepdims=0)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]), reduce]
+    model = make_model(nodes, [value("x", ["N", 4, 3, 5])], [value("y", y_shape)], initializers, opset=opset)
+    fused, stats = fuse(model)
+    assert op_types(fused) == fused_ops
+    assert stats == ([] if "Transpose" in fused_ops else ["read 1 reductions through the Transpose before them"])
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 4, 3, 5)).astype(np.float32)})

@@ -465,6 +465,61 @@ def reduce_transpose_rules(context: FusionContext) -> list[Any]:
     return [ReduceThroughTranspose.rule(reduction) for reduction in REDUCTIONS if reduction.startswith("Reduce")]
 
 
+class MergeSlicesOfOtherAxes(RewriteRuleClassBase):
+    """``Slice(Slice(x, s1, e1, a1, p1), s2, e2, a2, p2)`` → ``Slice(x, s1+s2, e1+e2, a1+a2, p1+p2)`` when both
+    slice constant ranges of different axes: slices of different axes commute, so one Slice takes both.
+
+    An STFT done as a Conv then split into real and imaginary halves is the common case: the frequency axis
+    is sliced, then every other frame (Silero VAD).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="merge-slices-of-other-axes")
+
+    def pattern(self, op: Any, x: ir.Value) -> Any:
+        first = op.Slice(x, _allow_other_inputs=True, _outputs=["first"])
+        return op.Slice(first, _allow_other_inputs=True, _outputs=["out"])
+
+    def check(self, context: Any, x: ir.Value, first: ir.Value, out: ir.Value) -> MatchResult:
+        result = MatchResult()
+        ranges = [_slice_ranges(node) for node in (first.producer(), out.producer())]
+        if ranges[0] is None or ranges[1] is None:
+            return result.fail("a Slice's starts, ends, axes or steps are not constant")
+        rank = rank_of(x)
+        axes = [[a % rank if rank is not None else a for a in r[2]] for r in ranges]
+        if any(a < 0 for a in axes[0] + axes[1]) or set(axes[0]) & set(axes[1]):
+            return result.fail("the Slices may cut the same axis")
+        self._merged = [np.concatenate([ranges[0][k], ranges[1][k]]).astype(np.int64) for k in range(4)]
+        self._in_function = isinstance(context.graph_or_function, ir.Function)
+        return result
+
+    def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
+        inputs = [new_constant(op, array, f"{out.name}_{part}", in_function=self._in_function)
+                  for part, array in zip(("starts", "ends", "axes", "steps"), self._merged, strict=True)]
+        return op.Slice(x, *inputs)
+
+
+def _slice_ranges(node: ir.Node) -> list[np.ndarray] | None:
+    """A Slice's (opset >= 10) starts, ends, axes and steps as int64 arrays, the defaults filled in; None
+    where one is not constant."""
+    if len(node.inputs) < 3:
+        return None
+    arrays = [constant_array(value) for value in node.inputs[1:3]]
+    if arrays[0] is None or arrays[1] is None:
+        return None
+    count = arrays[0].size
+    for index, default in ((3, np.arange(count)), (4, np.ones(count))):
+        given = node.inputs[index] if len(node.inputs) > index else None
+        arrays.append(default if given is None else constant_array(given))
+    if any(a is None or a.size != count for a in arrays):
+        return None
+    return [a.reshape(-1).astype(np.int64) for a in arrays]
+
+
+def slice_rules(context: FusionContext) -> list[Any]:
+    return [MergeSlicesOfOtherAxes.rule()]
+
+
 def keepdims_rules(context: FusionContext) -> list[Any]:
     return [ReductionKeepdims.rule(reduction, reshaping)
             for reduction in REDUCTIONS for reshaping in ("Unsqueeze", "Squeeze")]

@@ -238,3 +238,21 @@ def test_a_reduction_reads_through_a_transpose_that_keeps_the_kept_axes_in_order
     assert op_types(fused) == fused_ops
     assert stats == ([] if "Transpose" in fused_ops else ["read 1 reductions through the Transpose before them"])
     assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 4, 3, 5)).astype(np.float32)})
+
+
+@pytest.mark.parametrize(("second_axis", "merged"), [(2, True), (-1, True), (1, False)])
+def test_a_slice_of_a_slice_of_another_axis_merges(rng, second_axis, merged):
+    """silero_vad_16k_sequence (onnxslim merges these): an STFT's Conv output sliced to its real half on the
+    frequency axis, then every other frame on the time axis. Slices of the same axis stay two."""
+    nodes = [helper.make_node("Slice", ["x", "s1", "e1", "a1"], ["half"]),
+             helper.make_node("Slice", ["half", "s2", "e2", "a2", "p2"], ["y"])]
+    initializers = [tensor("s1", np.array([0], np.int64)), tensor("e1", np.array([3], np.int64)),
+                    tensor("a1", np.array([1], np.int64)), tensor("s2", np.array([1], np.int64)),
+                    tensor("e2", np.array([np.iinfo(np.int64).max], np.int64)),
+                    tensor("a2", np.array([second_axis], np.int64)), tensor("p2", np.array([2], np.int64))]
+    y_shape = ["N", 3, 3] if merged else ["N", 1, 7]
+    model = make_model(nodes, [value("x", ["N", 6, 7])], [value("y", y_shape)], initializers, opset=13)
+    fused, stats = fuse(model)
+    assert op_types(fused) == (["Slice"] if merged else ["Slice", "Slice"])
+    assert stats == (["merged 1 pairs of Slices of different axes"] if merged else [])
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 6, 7)).astype(np.float32)})

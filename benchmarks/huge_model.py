@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 HERE = Path(__file__).parent
+DEFAULT_OUT = HERE / "results-huge.json"
 
 # Runs the onnxkit CLI (or an ORT load) and writes its own peak resident set to $ONNXKIT_PEAK_FILE at exit.
 _CHILD = """
@@ -128,7 +129,7 @@ def markdown(result: dict[str, Any]) -> str:
 @click.command()
 @click.option("--gb", "gigabytes", default=2.3, show_default=True, help="Size of the generated weights.")
 @click.option("--folder", type=click.Path(path_type=Path), help="Where to generate (default: a temporary folder).")
-@click.option("--out", type=click.Path(path_type=Path), default=HERE / "results-huge.json", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_OUT, show_default=True)
 def main(gigabytes: float, folder: Path | None, out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="onnxkit-huge-") as scratch:
         result = run_all(folder or Path(scratch), gigabytes)

@@ -245,7 +245,17 @@ def _scale_section(scale: dict[str, Any] | None) -> list[str]:
     rows = [[t["label"], "ok" if t["ok"] else f"FAILED: {t['error']}", str(t.get("nodes") or "—"),
              _seconds(t.get("transform_seconds")), _seconds(t.get("process_seconds")),
              format_bytes(t.get("peak_rss_bytes"))] for t in scale["tools"]]
-    return lines + _table(["tool", "result", "nodes", "transform", "process wall", "peak memory"], rows) + [""]
+    return lines + _table(["tool", "result", "nodes", "transform", "process wall", "peak memory"], rows) + [""] \
+        + _huge_model_section()
+
+
+def _huge_model_section() -> list[str]:
+    """Every command on the same model, parity on (``python -m benchmarks.huge_model``), when it was run."""
+    from benchmarks.huge_model import DEFAULT_OUT, markdown
+
+    if not DEFAULT_OUT.exists():
+        return []
+    return ["### Every command on it, as a user runs them", "", markdown(json.loads(DEFAULT_OUT.read_text())), ""]
 
 
 def _seconds(value: float | None) -> str:

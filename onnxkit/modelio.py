@@ -21,7 +21,7 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 
 from onnxkit import ir_compat
 from onnxkit.errors import ModelLoadError, ModelSaveError
@@ -315,6 +315,15 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return Path(a).resolve() == Path(b).resolve()
+
+
+def proto_bytes(proto: onnx.ModelProto) -> int:
+    """The serialized size of a model proto; past protobuf's 2 GB limit, where ``ByteSize()`` raises, the bytes
+    of its tensors (the graph around them is small)."""
+    try:
+        return proto.ByteSize()
+    except EncodeError:
+        return sum(len(t.raw_data) if t.HasField("raw_data") else t.ByteSize() for t in iter_all_tensors(proto.graph))
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:

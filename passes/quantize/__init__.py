@@ -26,6 +26,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
+from onnxkit import modelio
 from onnxkit.data import HOLDOUT_EVERY, CalibrationSplit
 from onnxkit.modelio import clone_model
 from onnxkit.pass_base import Pass, PassResult
@@ -138,7 +139,7 @@ class QuantizePass(Pass):
             settings = dataclasses.replace(settings, op_types=tuple(dict.fromkeys(
                 "MatMul" if t == "Gemm" else t for t in settings.op_types)))
         float_proto = prepared.proto
-        report = Report(model_bytes=float_proto.ByteSize(), settings=settings, cpu=cpu.describe(),
+        report = Report(model_bytes=modelio.proto_bytes(float_proto), settings=settings, cpu=cpu.describe(),
                         preprocessing=prepared.steps)
         if (load_error := _load_error(float_proto)) is not None:
             # Calibration, the target and the gate all run the model (qonnx_espcn_quant: onnx.brevitas ops).

@@ -11,7 +11,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from onnxkit import graph
+from onnxkit import graph, modelio
 from onnxkit.passes.quantize import latency
 from onnxkit.passes.quantize.rewrite import QuantizeSettings
 from onnxkit.passes.quantize.sensitivity import NodeSensitivity
@@ -46,7 +46,7 @@ class Report:
 
     def finish(self, float_proto: onnx.ModelProto, quantized: onnx.ModelProto, keep_float: Mapping[str, str],
                excluded: set[str]) -> None:
-        self.quantized_bytes = quantized.ByteSize()
+        self.quantized_bytes = modelio.proto_bytes(quantized)
         self.quantized_nodes = dict(Counter(n.op_type for n in quantized_nodes(float_proto, quantized)
                                             if n.op_type in self.settings.op_types))
         self.kept_float = {**dict.fromkeys(sorted(excluded), "excluded by the user"), **keep_float}

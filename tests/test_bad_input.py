@@ -291,7 +291,9 @@ def test_disk_full_during_save_leaves_nothing(tmp_path: Path, monkeypatch: pytes
 
 # A few cases again as a real process: the exit status the shell sees, and nothing on stderr but our two lines
 # (no ONNX Runtime log, no C++ abort from a thread torn down at exit).
-@pytest.mark.parametrize("name", ["no outputs", "custom op, parity on", "--calib-data NaN", "external data symlink"])
+@pytest.mark.parametrize("name", ["custom op, parity on", "--calib-data NaN",
+                                  pytest.param("no outputs", marks=pytest.mark.slow),
+                                  pytest.param("external data symlink", marks=pytest.mark.slow)])
 def test_as_a_real_process(name: str, tmp_path: Path) -> None:
     import subprocess
     import sys

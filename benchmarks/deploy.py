@@ -1,6 +1,6 @@
 """The real-world corpus through ``onnxkit deploy-check``: OpenVINO and ONNX Runtime Mobile.
 
-    python -m benchmarks.deploy [--only a,b] [--targets openvino,ort-mobile] [--samples 8] [--json out.json]
+    python -m benchmarks.deploy [--only a,b] [--targets openvino,ort-mobile] [--samples 8] [--json out.json] [--resume]
 
 Each model runs ``deploy-check --json`` as a user would, in its own subprocess with a timeout (a runtime that
 crashes costs one row), on its calibration samples (``calib/<name>.npz``, real-looking inputs of the model's
@@ -69,10 +69,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="Samples compared per model.")
     parser.add_argument("--timeout", type=float, default=600.0, help="Seconds per model and target.")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--resume", action="store_true", help="Keep the records already in --json; run the rest.")
     args = parser.parse_args()
-    records = []
+    records = json.loads(args.json.read_text()) if args.resume and args.json.is_file() else []
+    done = {(r["model"], r["target"]) for r in records}
     for name, path in models(args.only.split(",") if args.only else None):
         for target in args.targets.split(","):
+            if (name, target) in done:
+                continue
             record = check(name, path, target, args.samples, args.timeout)
             records.append(record)
             verdict = record.get("error") or ("PASSED" if record.get("passed") else "FAILED")

@@ -470,11 +470,13 @@ class MergeSlicesOfOtherAxes(RewriteRuleClassBase):
     slice constant ranges of different axes: slices of different axes commute, so one Slice takes both.
 
     An STFT done as a Conv then split into real and imaginary halves is the common case: the frequency axis
-    is sliced, then every other frame (Silero VAD).
+    is sliced, then every other frame (Silero VAD). The first Slice may feed others: YOLO's Focus slices
+    every other row, then every other column twice (ddddocr_common_det); each pair merges, and the first
+    Slice goes once nothing reads it (so the matched nodes are left to dead-code removal, not removed).
     """
 
     def __init__(self) -> None:
-        super().__init__(name="merge-slices-of-other-axes")
+        super().__init__(name="merge-slices-of-other-axes", remove_nodes=False)
 
     def pattern(self, op: Any, x: ir.Value) -> Any:
         first = op.Slice(x, _allow_other_inputs=True, _outputs=["first"])

@@ -256,3 +256,20 @@ def test_a_slice_of_a_slice_of_another_axis_merges(rng, second_axis, merged):
     assert op_types(fused) == (["Slice"] if merged else ["Slice", "Slice"])
     assert stats == (["merged 1 pairs of Slices of different axes"] if merged else [])
     assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 6, 7)).astype(np.float32)})
+
+
+def test_slices_of_a_shared_slice_of_another_axis_merge_and_the_shared_one_goes(rng):
+    """ddddocr_common_det (YOLOX Focus; onnxsim and onnxslim merge these): every other row, then its even and
+    its odd columns, concatenated: two Slices of x, the shared row Slice gone."""
+    int_max = np.iinfo(np.int64).max
+    nodes = [helper.make_node("Slice", ["x", "zero", "end", "rows", "two"], ["even_rows"]),
+             helper.make_node("Slice", ["even_rows", "zero", "end", "cols", "two"], ["a"]),
+             helper.make_node("Slice", ["even_rows", "one", "end", "cols", "two"], ["b"]),
+             helper.make_node("Concat", ["a", "b"], ["y"], axis=1)]
+    initializers = [tensor(name, np.array([v], np.int64)) for name, v in
+                    (("zero", 0), ("one", 1), ("end", int_max), ("rows", 2), ("cols", 3), ("two", 2))]
+    model = make_model(nodes, [value("x", [1, 3, 6, 8])], [value("y", [1, 6, 3, 4])], initializers, opset=11)
+    fused, stats = fuse(model)
+    assert sorted(op_types(fused)) == ["Concat", "Slice", "Slice"]
+    assert stats == ["merged 2 pairs of Slices of different axes"]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((1, 3, 6, 8)).astype(np.float32)})

@@ -97,3 +97,48 @@ def test_bad_weight_only_options_are_spec_errors(options, message):
                                                    ("x86_64", "sse4_2", 1), ("aarch64", "asimd", 4)])
 def test_accuracy_level_follows_the_cpu(machine, flags, level):
     assert weight_only.accuracy_level_for(features_from_flags(machine, frozenset(flags.split())))[0] == level
+
+
+@pytest.mark.slow  # exports MiniLM with real weights and searches its INT4/INT8 mix: about a minute
+def test_minilm_int4_with_its_embedding_table_is_a_third_of_fp32_at_cosine_0_99(tmp_path):
+    from onnxkit import zoo
+    from onnxkit.parity import compare_models
+
+    model, tokenizer = zoo.load_minilm()
+    path = zoo.export_minilm(tmp_path / "minilm.onnx", dynamo=False, opset=17, model=model, tokenizer=tokenizer)
+    sentences = [{k: v.numpy() for k, v in zoo.tokenize(tokenizer, [s]).items()} for s in zoo.minilm_sentences()]
+    result = Pipeline.parse("quantize{mode=weight-only}").run(str(path), data=sentences)
+    report = result.report.passes[0]
+    assert report.status == "ok" and report.modified, report.stats
+    nodes = report.details["quantized_nodes"]
+    assert nodes["Gather → 4-bit GatherBlockQuantized"] >= 1  # the word embedding table, 30522 × 384
+    assert nodes.get("MatMul → 4-bit MatMulNBits", 0) >= 1
+    quantized = tmp_path / "minilm.int4.onnx"
+    result.save(quantized)
+    assert quantized.stat().st_size <= 0.35 * path.stat().st_size
+    parity = compare_models(path, quantized, sentences, tolerance={"atol": None, "rtol": None, "min_cosine": 0.99})
+    assert parity.passed, parity.summary()
+
+
+def test_a_model_past_the_protobuf_limit_is_read_from_its_external_data(monkeypatch, tmp_path):
+    """Simulated as quantize's INT8 test does: onnxkit treats anything over 1 KB as too large for one protobuf,
+    so the model is loaded lazily and every session goes through files."""
+    from onnxkit import modelio
+    from onnxkit.pass_base import PassContext
+    from onnxkit.passes.quantize import QuantizePass
+
+    path = tmp_path / "model" / "embedding_mlp.onnx"
+    path.parent.mkdir()
+    onnx.save_model(embedding_mlp(), str(path), save_as_external_data=True, location="weights.data", size_threshold=0)
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 1024)
+    monkeypatch.chdir(tmp_path)  # not the model's folder
+    float_model = modelio.load_model(path)
+    before = to_proto(float_model).SerializeToString()
+    pass_ = QuantizePass(mode="weight-only", max_slowdown=None)
+    pass_.context = PassContext(data=samples())
+    result = pass_(float_model)
+    assert result.modified, result.stats
+    ops = Counter(n.op_type for n in to_proto(result.model).graph.node)
+    assert ops["MatMulNBits"] == 1 and ops["GatherBlockQuantized"] == 1
+    assert result.details["size"]["ratio"] < 0.35
+    assert to_proto(float_model).SerializeToString() == before  # the input model is left alone

@@ -141,6 +141,19 @@ def test_openvino_in_bfloat16_is_held_to_a_lossy_budget(tmp_path):
     assert report.parity.max_abs_error > 100 * in_float32.parity.max_abs_error
 
 
+def test_openvino_outputs_are_matched_by_their_onnx_names(tmp_path):
+    pytest.importorskip("openvino")
+    # OpenVINO folds the Identity away: output y's tensor is also called r, the name it reports first.
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Identity", ["r"], ["y"], name="id"),
+             helper.make_node("Neg", ["r"], ["z"], name="neg")]
+    values = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 3]) for name in ("x", "y", "z")]
+    graph = helper.make_graph(nodes, "g", values[:1], values[1:])
+    report = deploy_check(_saved(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path),
+                          "openvino")
+    assert report.parity is not None and report.passed, report.lines()
+    assert [o.name for o in report.parity.outputs] == ["y", "z"]
+
+
 def test_openvino_names_the_node_its_frontend_cannot_convert(tmp_path):
     pytest.importorskip("openvino")
     model = with_contrib_gelu()

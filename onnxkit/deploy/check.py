@@ -114,7 +114,8 @@ def deploy_check(model_path: str | os.PathLike[str], target: str, *, data: Any =
         from onnxkit.deploy.openvino import OpenVinoSession
 
         try:
-            session = OpenVinoSession(path, precision=precision)
+            names = [v.name for v in (*model.graph.inputs, *model.graph.outputs) if v.name]
+            session = OpenVinoSession(path, precision=precision, onnx_names=names)
         except RuntimeError as e:  # OpenVINO raises RuntimeError for what it cannot read or compile
             report.run_error = f"OpenVINO cannot compile the model: {support.last_line(e)}"
             return report

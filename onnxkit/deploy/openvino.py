@@ -25,7 +25,8 @@ class _Port:
 class OpenVinoSession:
     """A model read and compiled by OpenVINO, run the way ``onnxruntime.InferenceSession`` runs."""
 
-    def __init__(self, model_path: str | Path, *, device: str = "CPU", precision: str = "f32") -> None:
+    def __init__(self, model_path: str | Path, *, device: str = "CPU", precision: str = "f32",
+                 onnx_names: Sequence[str] = ()) -> None:
         openvino = import_openvino()
         core = openvino.Core()
         self.version = openvino_version()
@@ -34,8 +35,16 @@ class OpenVinoSession:
         self.compiled = core.compile_model(core.read_model(str(model_path)), device,
                                            {"INFERENCE_PRECISION_HINT": precision})
         self.request = self.compiled.create_infer_request()
-        self._inputs = [_Port(port.get_any_name()) for port in self.compiled.inputs]
-        self._outputs = [_Port(port.get_any_name()) for port in self.compiled.outputs]
+        # A tensor can carry several names in OpenVINO (an ONNX output that is also some node's input name,
+        # say); each port is called by the name the ONNX graph gives it, when ``onnx_names`` lists them.
+        wanted = set(onnx_names)
+
+        def name(port: Any) -> str:
+            return next((n for n in sorted(port.get_names()) if n in wanted), port.get_any_name())
+
+        self._inputs = [_Port(name(port)) for port in self.compiled.inputs]
+        self._outputs = [_Port(name(port)) for port in self.compiled.outputs]
+        self._by_port = {port.get_any_name(): out.name for port, out in zip(self.compiled.outputs, self._outputs)}
 
     def get_inputs(self) -> list[_Port]:
         return list(self._inputs)
@@ -45,7 +54,7 @@ class OpenVinoSession:
 
     def run(self, names: Sequence[str] | None, feed: Mapping[str, Any]) -> list[np.ndarray]:
         results = self.request.infer({name: np.asarray(value) for name, value in feed.items()})
-        by_name = {port.get_any_name(): value for port, value in results.items()}
+        by_name = {self._by_port.get(port.get_any_name(), port.get_any_name()): value for port, value in results.items()}
         # Copies: the request's output buffers are reused by the next run.
         return [np.array(by_name[name]) for name in (names or [o.name for o in self._outputs])]
 

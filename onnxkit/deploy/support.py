@@ -293,7 +293,7 @@ def check_openvino(model_path: Path, model: ir.Model, device: str = "CPU") -> Su
     return report
 
 
-FRONTEND_REFUSAL = "OpenVINO's ONNX frontend has no conversion for it"
+FRONTEND_REFUSAL = "OpenVINO's ONNX frontend could not convert it"
 
 
 def last_line(error: BaseException) -> str:

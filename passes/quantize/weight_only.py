@@ -157,10 +157,11 @@ def quantize_weight_only(model: ir.Model, options: Any, context: Any
         return None, report.stats(), report.to_dict()
     source = float_proto
     if "Gather" in candidates and default_opset(float_proto, missing=0) < GATHER_OPSET:
-        source = _to_gather_opset(model, report)
-        if source is None:
+        converted = _to_gather_opset(model, report)
+        if converted is None:
             del candidates["Gather"]
-            source = float_proto
+        else:
+            source = converted
 
     data = CalibrationSplit(_dataset(model, options, context, report), options.samples)
     accept = _judge(float_proto, data, options, context)

@@ -23,6 +23,8 @@ ShapeValues = constant_folding.OptimizerState
 Replacement = constant_folding.Replacement
 # The op builder evaluators write replacement nodes with (``op.Constant(...)``, ``op.Reshape(...)``).
 TapeBuilder = constant_folding.TapeBuilder
+# What a folding sweep returns: a PassResult that also carries the shape values it tracked.
+FoldResult = constant_folding.FoldConstantsResult
 # Ops onnxscript never folds by default (quantization ops, ConstantOfShape, ...).
 NEVER_FOLDED_BY_DEFAULT = frozenset(constant_folding.DEFAULT_CONSTANT_FOLD_BLACKLIST)
 DEFAULT_INPUT_SIZE_LIMIT = constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT

@@ -26,6 +26,12 @@ def _sole_producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
     return producer
 
 
+def _graph(node: ir.Node) -> ir.Graph:
+    """The graph a rule rewrites in: merge_consecutive only tries the rules on nodes that are in one."""
+    assert node.graph is not None, "the rules take nodes of a graph"
+    return node.graph
+
+
 def _perm(node: ir.Node) -> list[int] | None:
     perm = node.attributes.get("perm")
     return None if perm is None or perm.is_ref() else list(perm.as_ints())
@@ -36,16 +42,19 @@ def _merge_transposes(node: ir.Node) -> bool:
     inner = node.inputs[0].producer() if node.inputs[0] is not None else None
     if inner is None or inner.op_type != "Transpose" or inner.domain not in ("", "ai.onnx"):
         return False
+    source = inner.inputs[0]
+    if source is None:
+        return False  # not a valid Transpose: its input is required
     first, second = _perm(inner), _perm(node)
     if first is None or second is None or len(first) != len(second):
         return False
     composed = [first[axis] for axis in second]
     if composed == list(range(len(composed))):
-        bypass(node, inner.inputs[0])
+        bypass(node, source)
         return True
     if _sole_producer(node.inputs[0], "Transpose") is None:
         return False  # the inner Transpose stays for its other readers: merging would save nothing
-    node.replace_input_with(0, inner.inputs[0])
+    node.replace_input_with(0, source)
     node.attributes["perm"] = ir.AttrInt64s("perm", composed)
     return True
 
@@ -61,13 +70,13 @@ def _transpose_into_reshape(node: ir.Node) -> bool:
     moved = [axis for axis in perm if shape[axis] != 1]
     if moved != sorted(moved):
         return False
-    target = [shape[axis] if isinstance(shape[axis], int) else -1 for axis in perm]
+    target = [dim if isinstance(dim, int) else -1 for dim in (shape[axis] for axis in perm)]
     if target.count(-1) > 1 or 0 in target:
         return False
     # A Constant node, valid in graphs and functions alike; in graphs the next round lifts it.
     constant = ir.node("Constant", inputs=[], attributes={"value": ir.tensor(target, dtype=ir.DataType.INT64)})
     reshape = ir.node("Reshape", inputs=[inner.inputs[0], constant.outputs[0]], name=node.name)
-    ir.convenience.replace_nodes_and_values(node.graph, node, [node], [constant, reshape], node.outputs,
+    ir.convenience.replace_nodes_and_values(_graph(node), node, [node], [constant, reshape], node.outputs,
                                             reshape.outputs)
     return True
 
@@ -76,22 +85,25 @@ def _merge_reshapes(node: ir.Node) -> bool:
     """Reshape(Reshape(x, s1), s2) = Reshape(x, s2) when s2 copies no dim of the inner result: under
     ``allowzero=1`` (0 means an empty dim there), or when s2 is a constant whose 0 entries (copy that dim)
     are dims of the inner result known statically, written out."""
-    inner = _sole_producer(node.inputs[0], "Reshape")
+    data = node.inputs[0]
+    inner = _sole_producer(data, "Reshape")
     target = node.inputs[1] if len(node.inputs) > 1 else None
-    if inner is None or target is None:
+    if data is None or inner is None or target is None:
         return False
     if node.attributes.get_int("allowzero", 0) == 0:
         if target.const_value is None:
             return False
         entries = target.const_value.numpy().reshape(-1).tolist()
         if 0 in entries:
-            copied = node.inputs[0].shape
-            if copied is None or not all(i < len(copied) and isinstance(copied[i], int) and copied[i] > 0
-                                         for i, entry in enumerate(entries) if entry == 0):
-                return False
-            written = [copied[i] if entry == 0 else entry for i, entry in enumerate(entries)]
+            copied = list(data.shape) if data.shape is not None else []
+            written: list[int] = []
+            for i, entry in enumerate(entries):
+                dim = entry if entry != 0 else copied[i] if i < len(copied) else None
+                if not isinstance(dim, int) or (entry == 0 and dim <= 0):
+                    return False  # a dim copied that is unknown statically (or empty)
+                written.append(dim)
             constant = ir.node("Constant", inputs=[], attributes={"value": ir.tensor(written, dtype=ir.DataType.INT64)})
-            node.graph.insert_before(node, constant)
+            _graph(node).insert_before(node, constant)
             node.replace_input_with(1, constant.outputs[0])
     node.replace_input_with(0, inner.inputs[0])
     return True
@@ -112,18 +124,22 @@ def _flatten_concats(node: ir.Node) -> bool:
     if not merged:
         return False
     concat = ir.node("Concat", inputs=inputs, attributes={"axis": axis}, name=node.name)
-    ir.convenience.replace_nodes_and_values(node.graph, node, [node], [concat], node.outputs, concat.outputs)
+    ir.convenience.replace_nodes_and_values(_graph(node), node, [node], [concat], node.outputs, concat.outputs)
     return True
 
 
-def _constant_operand(node: ir.Node) -> tuple[ir.Value, ir.Value] | None:
-    """(the other input, the constant one) of a binary node with exactly one constant input."""
-    if len(node.inputs) != 2 or None in node.inputs:
+def _constant_operand(node: ir.Node) -> tuple[ir.Value, ir.TensorProtocol] | None:
+    """(the other input, the constant's value) of a binary node with exactly one constant input."""
+    if len(node.inputs) != 2:
         return None
     first, second = node.inputs
-    if (first.const_value is None) == (second.const_value is None):
+    if first is None or second is None:
         return None
-    return (first, second) if second.const_value is not None else (second, first)
+    if first.const_value is None and second.const_value is not None:
+        return first, second.const_value
+    if second.const_value is None and first.const_value is not None:
+        return second, first.const_value
+    return None
 
 
 def _merge_constant_arithmetic(node: ir.Node) -> bool:
@@ -138,7 +154,7 @@ def _merge_constant_arithmetic(node: ir.Node) -> bool:
     if operands is None:
         return False
     x, c1 = operands
-    a, b = c1.const_value.numpy(), c2.const_value.numpy()
+    a, b = c1.numpy(), c2.numpy()
     if a.dtype != b.dtype or a.dtype.kind not in "fiu":
         return False
     combined = a * b if node.op_type == "Mul" else a + b
@@ -146,7 +162,7 @@ def _merge_constant_arithmetic(node: ir.Node) -> bool:
         return False
     constant = ir.node("Constant", inputs=[], attributes={"value": ir.tensor(combined)})
     merged = ir.node(node.op_type, inputs=[x, constant.outputs[0]], name=node.name)
-    ir.convenience.replace_nodes_and_values(node.graph, node, [node], [constant, merged], node.outputs,
+    ir.convenience.replace_nodes_and_values(_graph(node), node, [node], [constant, merged], node.outputs,
                                             merged.outputs)
     return True
 

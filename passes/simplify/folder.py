@@ -27,6 +27,7 @@ from onnxkit.passes.simplify._onnxscript import (
     DEFAULT_INPUT_SIZE_LIMIT,
     NEVER_FOLDED_BY_DEFAULT,
     FolderBase,
+    FoldResult,
     Replacement,
     TapeBuilder,
 )
@@ -56,7 +57,7 @@ class SimplifyFolder(FolderBase):
         self.opset = 1
         self._evaluated: ir.Node | None = None
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> FoldResult:
         self.opset = default_opset(model)
         return super().call(model)
 

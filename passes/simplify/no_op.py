@@ -114,10 +114,9 @@ def _slice(node: ir.Node) -> ir.Value | None:
         if step != 1 or not -rank <= axis < rank:
             return None
         dim = x.shape[axis]
-        static = isinstance(dim, int)
-        if not (start == 0 or (static and start <= -dim)):
+        if not (start == 0 or (isinstance(dim, int) and start <= -dim)):
             return None
-        if not (end >= _END_OF_ANY_DIM or (static and end >= dim)):
+        if not (end >= _END_OF_ANY_DIM or (isinstance(dim, int) and end >= dim)):
             return None
     return x
 
@@ -225,6 +224,7 @@ NO_OP_RULES: dict[str, tuple[str, str, NoOpRule]] = {
 
 def bypass(node: ir.Node, source: ir.Value) -> None:
     """Replace ``node`` by Identity(source); Identity elimination then takes it out, keeping output names."""
+    assert node.graph is not None, "bypass() takes a node of a graph: the rules only visit nodes of the graphs"
     identity = ir.node("Identity", inputs=[source])
     ir.convenience.replace_nodes_and_values(node.graph, node, [node], [identity], node.outputs[:1], identity.outputs)
 

@@ -125,7 +125,7 @@ def _forget_negative_dims(model: ir.Model) -> list[tuple[ir.Value, ir.Shape]]:
 class _DeclaredOutput:
     graph: ir.Graph
     index: int
-    name: str
+    name: str | None  # onnx_ir values may be unnamed (a model built in memory, not yet saved)
     shape: ir.Shape | None
 
 
@@ -237,7 +237,7 @@ class _Simplifier:
                 self.modified = True  # inference found the shape of an output that declared none
 
 
-def _output_named(graph: ir.Graph, index: int, name: str) -> ir.Value:
+def _output_named(graph: ir.Graph, index: int, name: str | None) -> ir.Value:
     """Make ``graph.outputs[index]`` carry ``name`` again after a rewrite renamed or replaced it."""
     value = graph.outputs[index]
     # Renaming is only safe for a value this graph alone defines and lists once among its outputs.

@@ -104,7 +104,8 @@ def _cast_shape_value(node: ir.Node, op, state: ShapeValues):
     data = node.inputs[0]
     dims = _dims(data, state)
     to = node.attributes.get_int("to")
-    if dims is None or data.const_value is not None or to not in _INTEGER_SHAPE_TYPES or _rank(data) not in (0, 1):
+    if dims is None or data is None or data.const_value is not None or to not in _INTEGER_SHAPE_TYPES \
+            or _rank(data) not in (0, 1):
         return None
     return _shape_result(node, op, state, dims, rank=_rank(data))
 
@@ -114,10 +115,11 @@ def _concat_shape_values(node: ir.Node, op, state: ShapeValues):
     """Concat of 1-D shape values; onnxscript's own evaluator reads int64 constants only."""
     if node.attributes.get_int("axis") not in (0, -1) or not node.inputs:
         return None
-    parts = [_dims(value, state) for value in node.inputs]
-    if any(part is None for part in parts) or any(_rank(value) != 1 for value in node.inputs):
+    inputs = [value for value in node.inputs if value is not None]
+    parts = [part for value in inputs if (part := _dims(value, state)) is not None]
+    if len(parts) != len(node.inputs) or any(_rank(value) != 1 for value in inputs):
         return None
-    if all(value.const_value is not None for value in node.inputs):
+    if all(value.const_value is not None for value in inputs):
         return None  # fully constant: ordinary folding does it
     return _shape_result(node, op, state, [dim for part in parts for dim in part], rank=1)
 
@@ -126,10 +128,10 @@ def _concat_shape_values(node: ir.Node, op, state: ShapeValues):
 def _slice_shape_value(node: ir.Node, op, state: ShapeValues):
     data = node.inputs[0]
     dims = _dims(data, state)
-    if dims is None or _rank(data) != 1 or data.const_value is not None:
+    if dims is None or data is None or _rank(data) != 1 or data.const_value is not None:
         return None
     arguments = [node.inputs[i] if i < len(node.inputs) else None for i in range(1, 5)]
-    values = []
+    values: list[int | None] = []
     for argument in arguments:
         if argument is None:
             values.append(None)
@@ -147,7 +149,7 @@ def _slice_shape_value(node: ir.Node, op, state: ShapeValues):
 def _unsqueeze_shape_value(node: ir.Node, op, state: ShapeValues, axes: list[int] | None):
     data = node.inputs[0]
     dims = _dims(data, state)
-    if dims is None or data.const_value is not None or _rank(data) != 0 or axes not in ([0], [-1]):
+    if dims is None or data is None or data.const_value is not None or _rank(data) != 0 or axes not in ([0], [-1]):
         return None
     return _shape_result(node, op, state, dims, rank=1)
 
@@ -176,14 +178,17 @@ def _broadcast_shape_values(node: ir.Node, state: ShapeValues
     if left is None or right is None or (left.const_value is not None and right.const_value is not None):
         return None
     a, b = _dims(left, state), _dims(right, state)
-    ranks = (_rank(left), _rank(right))
-    if a is None or b is None or None in ranks or max(ranks) > 1:
+    left_rank, right_rank = _rank(left), _rank(right)
+    if a is None or b is None or left_rank is None or right_rank is None:
+        return None
+    rank = max(left_rank, right_rank)
+    if rank > 1:
         return None
     if len(a) != len(b):
         if 1 not in (len(a), len(b)):
             return None
         a, b = (a * len(b), b) if len(a) == 1 else (a, b * len(a))
-    return a, b, max(ranks)
+    return a, b, rank
 
 
 def _arithmetic_shape_value(node: ir.Node, op, state: ShapeValues, *, combine: Callable):

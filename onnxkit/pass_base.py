@@ -137,6 +137,13 @@ class Pass(ir.passes.PassBase):
     def changes_input(self) -> bool:
         return self.in_place_pass
 
+    def __call__(self, model_or_result: ir.Model | ir.passes.PassResult, /) -> PassResult:
+        result = super().__call__(model_or_result)
+        if not isinstance(result, PassResult):
+            # onnx_ir accepts its own result class; the pipeline reads ``stats`` and ``sites`` off every result
+            result = PassResult(result.model, result.modified)
+        return result
+
     def allowed_domains(self) -> frozenset[str]:
         """Operator domains this pass may add with its current options; the pipeline holds it to them."""
         return self.emits_domains

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -315,6 +315,7 @@ class _Run:
                 narrowed = self._narrow(pass_, before, histogram_before, attempt, entry)
             if narrowed is not None:
                 attempt = narrowed
+                assert attempt.result is not None  # narrowing returns a passing attempt, and only a raise has none
                 self._record_result(entry, attempt.result)
                 entry.status = "narrowed"
         entry.verification = attempt.verification
@@ -458,6 +459,7 @@ class _Run:
             input_specs,
         )
 
+        dataset: Iterable[dict[str, Any]]  # a Dataset, or a view of the calibration data's held-out samples
         if self.data is not None:
             dataset = as_dataset(self.data, model)
             description = f"--data {describe_data(self.data)}"

@@ -81,6 +81,7 @@ class OpsetPass(Pass):
         except _CannotConvert as e:
             raise PassFailedError(f"onnx.version_converter cannot convert this model to opset {target}: {e}",
                                   hint="an op may lack an adapter for that version; try an older target") from e
+        assert converted is not None  # None only where ONNX Runtime is asked to load the result
         return _result(model, converted, current, target)
 
     def _newest_runtime_opset(self, model: ir.Model, current: int) -> PassResult:

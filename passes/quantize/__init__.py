@@ -21,7 +21,7 @@ accepts passes that check.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import onnx
 import onnx_ir as ir
@@ -119,7 +119,8 @@ class QuantizePass(Pass):
             quantized, stats, details = weight_only.quantize_weight_only(model, options, self.context)
             return QuantizeResult(quantized, True, stats, details=details) if quantized else _unchanged(model, stats, details)
 
-        mode = options.mode if options.mode != "auto" else ("static" if self.context.data is not None else "dynamic")
+        mode: Literal["dynamic", "static"] = (options.mode if options.mode != "auto"
+                                              else "static" if self.context.data is not None else "dynamic")
         cpu = detect_cpu()
         settings = QuantizeSettings(
             mode=mode,

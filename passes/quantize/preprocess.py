@@ -189,6 +189,7 @@ def gemm_to_matmul(model: ir.Model) -> int:
         new_nodes = [matmul]
         result = matmul.outputs[0]
         if c is not None:
+            assert c.const_value is not None  # a Gemm with a computed C was passed over above
             bias = c.const_value.numpy()
             new_bias = _initializer(model.graph, f"{c.name}_as_add", (bias * beta).astype(bias.dtype))
             add = ir.node("Add", [result, new_bias], name=f"{node.name}_bias")

@@ -21,6 +21,7 @@ from onnxkit.data import CalibrationSplit
 from onnxkit.errors import PassFailedError
 from onnxkit.pass_base import PassContext
 from onnxkit.passes.quantize import calibration, judge, latency, sensitivity
+from onnxkit.passes.quantize.judge import Judge  # the method QuantizeRun.judge hides the module in annotations
 from onnxkit.passes.quantize.options import QuantizeOptions
 from onnxkit.passes.quantize.report import Report, quantized_nodes
 from onnxkit.passes.quantize.rewrite import QuantizeSettings, quantize_model
@@ -82,7 +83,7 @@ class QuantizeRun:
 
     # -- the parity target ------------------------------------------------------------------------------
 
-    def judge(self) -> judge.Judge | None:
+    def judge(self) -> Judge | None:
         """How a candidate is accepted: the user's metric, else the parity target on held-out data; None: no
         target (every candidate node is quantized)."""
         options = self.options
@@ -101,7 +102,7 @@ class QuantizeRun:
         self.report.target = chosen.target
         return chosen
 
-    def meet_target(self, accept: judge.Judge | None, op_types: Sequence[str] | None = None,
+    def meet_target(self, accept: Judge | None, op_types: Sequence[str] | None = None,
                     keep_float: Mapping[str, str] | None = None) -> tuple[onnx.ModelProto, dict[str, str]]:
         """Search which nodes stay float until ``accept`` passes, starting from ``keep_float`` already float, with
         ``op_types`` (default: the settings') quantized."""
@@ -175,9 +176,10 @@ class QuantizeRun:
         self.report.gate_attempts = gate.tried
         if gate.model is not None:
             return gate.model
-        return self.too_slow(gate.timing, gate.float_op_types)
+        self.too_slow(gate.timing, gate.float_op_types)
+        return None
 
-    def recheck_after_gate(self, accept: judge.Judge, keep_float: Mapping[str, str]
+    def recheck_after_gate(self, accept: Judge, keep_float: Mapping[str, str]
                            ) -> tuple[onnx.ModelProto | None, dict[str, str]]:
         """The parity target again, on the op types the latency gate left in INT8.
 
@@ -197,7 +199,8 @@ class QuantizeRun:
                                  list(itertools.islice(self.data.calibration, TIMING_SAMPLES)))
         self.report.timing = timing
         if not timing.within(options.max_slowdown):
-            return self.too_slow(timing, self.report.gate_float_op_types), rechecked_keep
+            self.too_slow(timing, self.report.gate_float_op_types)
+            return None, rechecked_keep
         return quantized, rechecked_keep
 
     def too_slow(self, timing: latency.Timing, float_op_types: list[str]) -> None:

@@ -253,7 +253,7 @@ class FusePass(Pass):
         return context.opset >= fusion.min_opset
 
 
-def _unlist_initializer_inputs(model: ir.Model) -> list[str]:
+def _unlist_initializer_inputs(model: ir.Model) -> list[str | None]:
     """Take the initializers out of the graph inputs; return the names the inputs had, in order."""
     graph = model.graph
     names = [value.name for value in graph.inputs]
@@ -263,12 +263,12 @@ def _unlist_initializer_inputs(model: ir.Model) -> list[str]:
     return names
 
 
-def _relist_initializer_inputs(model: ir.Model, names: list[str]) -> None:
+def _relist_initializer_inputs(model: ir.Model, names: list[str | None]) -> None:
     """List every initializer among the graph inputs again: the ones that remain in their old places, new
     ones after them. Looked up by name, as a fusion may have swapped in a new graph."""
     graph = model.graph
     current = {value.name: value for value in graph.inputs}
-    listed = [current.get(name) or graph.initializers.get(name) for name in names]
+    listed = [current.get(name) or (graph.initializers.get(name) if name is not None else None) for name in names]
     old_names = set(names)
     graph.inputs.clear()
     graph.inputs.extend(value for value in listed if value is not None)
@@ -285,14 +285,16 @@ def _bypass_created_identities(model: ir.Model) -> None:
     A rule that makes a value equal to an existing one must not rename that value (it may be a graph
     input or an outer-scope value), so it returns an Identity; its users can read the input directly.
     """
-    for graph in (model.graph, *subgraphs(model.graph), *model.functions.values()):
+    graphs: list[ir.Graph | ir.Function] = [model.graph, *subgraphs(model.graph), *model.functions.values()]
+    for graph in graphs:
         for node in list(graph):
             if node.op_type != "Identity" or RULE_NAME_TAG not in node.metadata_props:
                 continue
-            output = node.outputs[0]
+            output, source = node.outputs[0], node.inputs[0]
             if output.is_graph_output():
                 continue
-            output.replace_all_uses_with(node.inputs[0])
+            assert source is not None  # the rules write Identity(value)
+            output.replace_all_uses_with(source)
             graph.remove(node, safe=True)
 
 
@@ -306,11 +308,13 @@ def _lift_created_constants(model: ir.Model) -> None:
         tensor = ir.convenience.get_const_tensor(output)
         if tensor is None:
             continue
-        initializer = ir.Value(name=output.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype),
-                               const_value=tensor)
-        node.graph.register_initializer(initializer)
+        initializer = ir.Value(name=output.name, shape=ir.Shape(tensor.shape.numpy()),
+                               type=ir.TensorType(tensor.dtype), const_value=tensor)
+        graph = node.graph
+        assert graph is not None  # a node the graph iterator found in it
+        graph.register_initializer(initializer)
         output.replace_all_uses_with(initializer)
-        node.graph.remove(node, safe=True)
+        graph.remove(node, safe=True)
 
 
 def _remove_unused_subgraph_initializers(model: ir.Model) -> None:
@@ -324,7 +328,7 @@ def _remove_unused_subgraph_initializers(model: ir.Model) -> None:
 
 def _drop_unused_opsets(model: ir.Model, domains: tuple[str, ...]) -> None:
     """Declare the domains fusions may add (``com.microsoft``) only while a node uses them."""
-    graphs = [model.graph, *model.functions.values()]
+    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
     used = {node.domain for node in all_nodes(model)}
     for domain in domains:
         if domain not in used:

@@ -33,6 +33,10 @@ CONTRIB_DOMAIN = "com.microsoft"
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
 
 
+def _allow_everywhere(fusion: str, node: str | None = None) -> bool:
+    return True
+
+
 @dataclasses.dataclass
 class FusionContext:
     """What rules need to know about the run: the target runtime, the model's opset, and the names in use.
@@ -46,7 +50,7 @@ class FusionContext:
     opset: int
     used_names: set[str] = dataclasses.field(default_factory=set)
     fusion: str = ""
-    allows: Callable[[str, str | None], bool] = lambda fusion, node=None: True
+    allows: Callable[[str, str | None], bool] = _allow_everywhere
     sites: list[Site] = dataclasses.field(default_factory=list)
 
     @classmethod
@@ -153,7 +157,7 @@ def _try_only_at_root_op(rule: RewriteRule) -> None:
     def try_at_root_op(model: ir.Model, graph_or_function: Any, node: ir.Node, **kwargs: Any) -> Any:
         return try_rewrite(model, graph_or_function, node, **kwargs) if node.op_type == root_op else None
 
-    rule.try_rewrite = try_at_root_op  # type: ignore[method-assign]
+    rule.try_rewrite = try_at_root_op  # type: ignore[method-assign]  # patched on this rule object only, on purpose
 
 
 class _RuleGuard(ReplacementPatternFunction):

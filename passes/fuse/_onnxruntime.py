@@ -17,7 +17,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
-from onnxkit.passes._graph_utils import opset_problem
+from onnxkit.passes._graph_utils import all_nodes, opset_problem
 from onnxkit.passes.fuse._base import (
     CONTRIB_DOMAIN,
     FusionContext,
@@ -69,7 +69,9 @@ class LayerActivationFusion(RewriteRuleClassBase):
         # The contrib kernels are float32 only.
         if x.dtype != ir.DataType.FLOAT:
             return result.fail("FusedConv and FusedGemm take float32 only")
-        parameters = _activation_parameters(out.producer())
+        activation = out.producer()
+        assert activation is not None  # the matched activation node
+        parameters = _activation_parameters(activation)
         if parameters is None:
             return result.fail("the activation's bounds are not constant")
         self._parameters = parameters
@@ -77,7 +79,9 @@ class LayerActivationFusion(RewriteRuleClassBase):
 
     def rewrite(self, op: Any, x: ir.Value, layer_out: ir.Value, **_: Any) -> ir.Value:
         layer = layer_out.producer()
-        attributes = dict(layer.attributes)
+        assert layer is not None  # the matched Conv or Gemm
+        # the layer's own attributes, plus the activation's parameters as plain values (the op builder takes both)
+        attributes: dict[str, ir.Attr | float | list[float]] = dict(layer.attributes)
         if self.layer == "Conv":
             if self._parameters:
                 attributes["activation_params"] = self._parameters
@@ -105,17 +109,14 @@ INTERMEDIATE_DOMAIN = "ai.onnxruntime._fusion"
 
 def _contrib_op_counts(model: ir.Model, op_types: tuple[str, ...]) -> int:
     counts: collections.Counter[str] = collections.Counter()
-    for graph in (model.graph, *model.functions.values()):
-        for node in ir.traversal.RecursiveGraphIterator(graph):
-            if node.domain == CONTRIB_DOMAIN:
-                counts[node.op_type] += 1
+    for node in all_nodes(model):
+        if node.domain == CONTRIB_DOMAIN:
+            counts[node.op_type] += 1
     return sum(counts[op] for op in op_types)
 
 
 def _has_intermediate_ops(model: ir.Model) -> bool:
-    return any(node.domain == INTERMEDIATE_DOMAIN
-               for graph in (model.graph, *model.functions.values())
-               for node in ir.traversal.RecursiveGraphIterator(graph))
+    return any(node.domain == INTERMEDIATE_DOMAIN for node in all_nodes(model))
 
 
 def _adopt(model: ir.Model, fused: ir.Model) -> None:
@@ -162,9 +163,7 @@ def apply_attention(model: ir.Model, context: FusionContext) -> int:
     except Exception as error:  # a third-party rewriter on an unforeseen graph: skip the fusion, keep the pass
         warnings.warn(f"attention fusion skipped: onnxscript raised {type(error).__name__}: {error}", stacklevel=2)
         return 0
-    if _has_intermediate_ops(candidate) or any(
-            opset_problem(node, context.opset) for graph in (candidate.graph, *candidate.functions.values())
-            for node in ir.traversal.RecursiveGraphIterator(graph)):
+    if _has_intermediate_ops(candidate) or any(opset_problem(node, context.opset) for node in all_nodes(candidate)):
         return 0
     _adopt(model, candidate)
     return _contrib_op_counts(model, fused_ops) - before

@@ -35,7 +35,8 @@ def _output_shape(node: ir.Node, shape: list[int]) -> list[int] | None:
         except ValueError:
             return None
     dims = output_dims(node, list(shape))
-    return dims if dims is not None and all(isinstance(d, int) and d >= 0 for d in dims) else None  # type: ignore[return-value]
+    static = [d for d in dims or () if isinstance(d, int) and d >= 0]
+    return static if dims is not None and len(static) == len(dims) else None
 
 
 class LayoutOfPlaceholder(RewriteRuleClassBase):
@@ -56,12 +57,14 @@ class LayoutOfPlaceholder(RewriteRuleClassBase):
             return result.fail("the placeholder's shape is computed at run time")
         if filled.is_graph_output() or len(filled.uses()) != 1:
             return result.fail("the placeholder is read elsewhere: a second one would save nothing")
-        new_shape = _output_shape(out.producer(), [int(s) for s in sizes.reshape(-1)])
+        layout_node, placeholder = out.producer(), filled.producer()
+        assert layout_node is not None and placeholder is not None  # the matched nodes
+        new_shape = _output_shape(layout_node, [int(s) for s in sizes.reshape(-1)])
         if new_shape is None:
             return result.fail("the layout op's output shape is not static")
         self._new_shape = np.array(new_shape, dtype=np.int64)
         self._in_function = isinstance(context.graph_or_function, ir.Function)
-        self._fill = filled.producer().attributes.get("value")
+        self._fill = placeholder.attributes.get("value")
         return result
 
     def rewrite(self, op: Any, shape: ir.Value, out: ir.Value, **_: Any) -> ir.Value:

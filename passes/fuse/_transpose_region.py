@@ -92,6 +92,13 @@ class _Region:
         self.perms[transpose.outputs[0]] = perm_of(transpose) or ()
 
 
+def _source(leaving: ir.Node) -> ir.Value:
+    """The region value a leaving Transpose reads (it joined the region by reading one)."""
+    value = leaving.inputs[0]
+    assert value is not None
+    return value
+
+
 def _layout_readers(value: ir.Value) -> list[ir.Node]:
     return [user for user, _ in value.uses() if _in_region_kind(user) or user.op_type == "Transpose"]
 
@@ -169,7 +176,7 @@ def _assign_perms(region: _Region, order: dict[ir.Node, int]) -> bool:
         elif any(region.constants[value].ndim > len(perm) for value in node.inputs if value in region.constants):
             return False
         region.perms[node.outputs[0]] = perm
-    return all(len(perm_of(t) or ()) == len(region.perms.get(t.inputs[0], ())) for t in region.leaving)
+    return all(len(perm_of(t) or ()) == len(region.perms.get(_source(t), ())) for t in region.leaving)
 
 
 def _unsqueezed(perm: tuple[int, ...], inserted: list[int], region: _Region) -> tuple[tuple[int, ...], list[int]]:
@@ -213,7 +220,7 @@ def _composed(inner: tuple[int, ...], outer: tuple[int, ...]) -> tuple[int, ...]
 
 
 def _cancels(transpose: ir.Node, region: _Region) -> bool:
-    composed = _composed(region.perms[transpose.inputs[0]], perm_of(transpose) or ())
+    composed = _composed(region.perms[_source(transpose)], perm_of(transpose) or ())
     return composed == tuple(range(len(composed)))
 
 
@@ -222,7 +229,7 @@ def _nodes_saved(region: _Region) -> int:
     entering = sum(1 for t in region.entering
                    if all(user in region_readers for user, _ in t.outputs[0].uses()))
     leaving = sum(1 for t in region.leaving if _cancels(t, region)
-                  and (not t.outputs[0].is_graph_output() or _renamable(t.inputs[0], region)))
+                  and (not t.outputs[0].is_graph_output() or _renamable(_source(t), region)))
     return entering + leaving
 
 
@@ -281,7 +288,7 @@ def _rewrite(region: _Region, graph: ir.Graph | ir.Function, context: FusionCont
             rank_kept = output.shape.rank() == len(out_perm)
             output.shape = ir.Shape([output.shape[int(i)] for i in np.argsort(out_perm)]) if rank_kept else None
     for transpose in region.leaving:
-        value = transpose.inputs[0]
+        value = _source(transpose)
         composed = _composed(region.perms[value], perm_of(transpose) or ())
         if value in sources:  # a Transpose right after an entering one reads the source too
             transpose.replace_input_with(0, sources[value])
@@ -304,12 +311,12 @@ def _renamable(value: ir.Value, region: _Region) -> bool:
 
 def _drop_leaving(transpose: ir.Node, region: _Region, graph: ir.Graph | ir.Function) -> bool:
     """Remove a leaving Transpose that composes to the identity; False where it must stay (as an Identity)."""
-    source, output = transpose.inputs[0], transpose.outputs[0]
+    source, output = _source(transpose), transpose.outputs[0]
     if not output.is_graph_output():
         output.replace_all_uses_with(source)
         graph.remove(transpose, safe=True)
         return True
-    if source is None or not _renamable(source, region):
+    if not _renamable(source, region):
         return False
     # The region's value becomes the graph output, under the output's name.
     for index, value in enumerate(list(graph.outputs)):
@@ -327,7 +334,8 @@ def _drop_leaving(transpose: ir.Node, region: _Region, graph: ir.Graph | ir.Func
 def apply_transpose_regions(model: ir.Model, context: FusionContext) -> int:
     """Cancel the Transposes around every qualifying region; return how many regions moved."""
     fired = 0
-    for graph in (*model.graphs(), *model.functions.values()):
+    graphs: list[ir.Graph | ir.Function] = [*model.graphs(), *model.functions.values()]
+    for graph in graphs:
         fired += _apply_to_graph(graph, context)
     return fired
 

@@ -121,8 +121,10 @@ def markdown(result: dict[str, Any]) -> str:
     for run in result["runs"]:
         ort_load = {True: "yes", False: "no", None: "—"}[run.get("ort_loads")]
         external = {True: "yes", False: "no", None: "—"}[run.get("output_external_data")]
-        lines.append(f"| {run['command']} | {run['exit_code']} | {run['seconds']} s | {gb(run['peak_rss_bytes'])} | "
+        wall = "—" if run.get("seconds") is None else f"{run['seconds']} s"
+        lines.append(f"| {run['command']} | {run['exit_code']} | {wall} | {gb(run['peak_rss_bytes'])} | "
                      f"{gb(run.get('output_bytes'))} | {external} | {ort_load} |")
+    lines += [""] + [f"- note: {note}" for note in result.get("notes", [])] if result.get("notes") else []
     return "\n".join(lines)
 
 

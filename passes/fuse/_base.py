@@ -279,6 +279,20 @@ def produced_in(value: ir.Value, graph: ir.Graph | ir.Function) -> bool:
     return producer is not None and producer.graph is graph
 
 
+def matched_node(value: ir.Value) -> ir.Node:
+    """The node computing ``value``, a node output a rule's pattern matched (so a node does compute it)."""
+    node = value.producer()
+    assert node is not None, f"matched value {value.name} has no producer"
+    return node
+
+
+def present_input(node: ir.Node, index: int) -> ir.Value:
+    """Input ``index`` of ``node``, where the pattern or a check already proved it present."""
+    value = node.inputs[index]
+    assert value is not None, f"{node.op_type} {node.name} lacks input {index}"
+    return value
+
+
 def new_constant(op: Any, array: np.ndarray, name: str, *, in_function: bool) -> ir.Value:
     """A constant input for a replacement node: an initializer in a graph, a Constant node in a function
     (functions cannot hold initializers)."""

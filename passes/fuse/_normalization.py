@@ -12,7 +12,7 @@ not by enumerating every ordering as a pattern.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx_ir as ir
@@ -23,7 +23,9 @@ from onnxkit.passes.fuse._base import (
     FLOAT_TYPES,
     FusionContext,
     constant_array,
+    matched_node,
     new_constant,
+    present_input,
     static_dims,
 )
 
@@ -75,7 +77,7 @@ class LayerNormFusion(RewriteRuleClassBase):
         inverse = op.Reciprocal(std)
         return op.Mul(inverse, deviation) if self.swapped else op.Mul(deviation, inverse)
 
-    def check(self, context: Any, x: ir.Value, mean: ir.Value, variance: ir.Value, eps: ir.Value,
+    def check(self, context: Any, x: ir.Value, mean: ir.Value, variance: ir.Value, eps: ir.Value,  # type: ignore[override]  # onnxscript's check(op, *args, **kwargs) stands for any pattern's variables
               exponent: ir.Value | None = None, **_: Any) -> MatchResult:
         result = MatchResult()
         if x.dtype not in FLOAT_TYPES:
@@ -84,7 +86,7 @@ class LayerNormFusion(RewriteRuleClassBase):
             power = constant_array(exponent)
             if power is None or power.size != 1 or float(power.reshape(-1)[0]) != 2.0:
                 return result.fail("the deviation is not squared")
-        reductions = (mean.producer(), variance.producer())
+        reductions = (matched_node(mean), matched_node(variance))
         if any(r.attributes.get_int("keepdims", 1) != 1 for r in reductions):
             return result.fail("a mean drops the reduced axes")
         axes = [_reduce_axes(r) for r in reductions]
@@ -96,14 +98,16 @@ class LayerNormFusion(RewriteRuleClassBase):
         if epsilon is None or epsilon.size != 1:
             return result.fail("epsilon is not a constant scalar")
         dims = static_dims(x)
-        normalized_shape = tuple(dims[axis:]) if dims is not None else None
-        if normalized_shape is None or not all(isinstance(d, int) for d in normalized_shape):
+        normalized_dims = dims[axis:] if dims is not None else None
+        normalized_shape = tuple(d for d in normalized_dims or () if isinstance(d, int))
+        if normalized_dims is None or len(normalized_shape) != len(normalized_dims):
             return result.fail("the normalized dimensions are not static")
         self._axis, self._epsilon = axis, float(epsilon.reshape(-1)[0])
         self._shape, self._in_function = normalized_shape, isinstance(context.graph_or_function, ir.Function)
         return result
 
     def rewrite(self, op: Any, x: ir.Value, **_: Any) -> ir.Value:
+        assert x.dtype is not None  # check took floating point only
         ones = np.ones(self._shape, dtype=x.dtype.numpy())
         scale = new_constant(op, ones, self.context.fresh_name(f"{x.name}_ln_scale"), in_function=self._in_function)
         return op.LayerNormalization(x, scale, axis=self._axis, epsilon=self._epsilon)
@@ -129,7 +133,7 @@ class LayerNormAffineFold(RewriteRuleClassBase):
 
     def check(self, context: Any, x: ir.Value, c: ir.Value, normalized: ir.Value) -> MatchResult:
         result = MatchResult()
-        norm = normalized.producer()
+        norm = matched_node(normalized)
         scale = constant_array(norm.inputs[1])
         bias_value = norm.inputs[2] if len(norm.inputs) > 2 else None
         bias = constant_array(bias_value) if bias_value is not None else None
@@ -159,7 +163,7 @@ class LayerNormAffineFold(RewriteRuleClassBase):
         return result
 
     def rewrite(self, op: Any, x: ir.Value, normalized: ir.Value, **_: Any) -> ir.Value:
-        norm = normalized.producer()
+        norm = matched_node(normalized)
         scale, bias, step, in_function = self._plan
         if self.step == "Mul":
             scale, bias = scale * step, (None if bias is None else bias * step)
@@ -168,7 +172,7 @@ class LayerNormAffineFold(RewriteRuleClassBase):
         # Scale and bias keep one shape: the broadcast of both (at most the normalized shape).
         shape = np.broadcast_shapes(scale.shape, *([] if bias is None else [bias.shape]))
         inputs = [x, new_constant(op, np.broadcast_to(scale, shape).astype(scale.dtype),
-                                  self.context.fresh_name(norm.inputs[1].name), in_function=in_function)]
+                                  self.context.fresh_name(present_input(norm, 1).name), in_function=in_function)]
         if bias is not None:
             inputs.append(new_constant(op, np.broadcast_to(bias, shape).astype(scale.dtype),
                                        self.context.fresh_name(f"{x.name}_ln_bias"), in_function=in_function))
@@ -210,7 +214,10 @@ class _Expression:
         return [leaf for operand in node.inputs if operand is not None for leaf in self.flatten(operand, op_type)]
 
 
-def _without_constant(operands: list[ir.Value], expected: float) -> list[ir.Value] | None:
+_Operand = TypeVar("_Operand", bound="ir.Value | None")
+
+
+def _without_constant(operands: list[_Operand], expected: float) -> list[_Operand] | None:
     """The operands other than one constant close to ``expected``; None if there is no such constant."""
     for i, value in enumerate(operands):
         array = constant_array(value)
@@ -236,7 +243,7 @@ class GeluFusion(RewriteRuleClassBase):
     def pattern(self, op: Any, a: ir.Value, b: ir.Value) -> Any:
         return op.Mul(a, b)
 
-    def check(self, context: Any, a: ir.Value, b: ir.Value, **_: Any) -> MatchResult:
+    def check(self, context: Any, a: ir.Value, b: ir.Value, **_: Any) -> MatchResult:  # type: ignore[override]  # onnxscript's check(op, *args, **kwargs) stands for any pattern's variables
         result = MatchResult()
         expression = _Expression(context.graph_or_function, context.root)
         rest = _without_constant(expression.flatten(a, "Mul") + expression.flatten(b, "Mul"), 0.5)
@@ -260,12 +267,12 @@ class GeluFusion(RewriteRuleClassBase):
         if terms is None or len(terms) != 1:
             return None
         if (erf := expression.take(terms[0], "Erf")) is not None:
-            argument = erf.inputs[0]
+            argument = present_input(erf, 0)
             if (div := expression.take(argument, "Div")) is not None:
                 return "none" if _without_constant(list(div.inputs[1:]), _SQRT_2) == [] and div.inputs[0] is x else None
             return "none" if _without_constant(expression.flatten(argument, "Mul"), 1 / _SQRT_2) == [x] else None
         if (tanh := expression.take(terms[0], "Tanh")) is not None:
-            inner = _without_constant(expression.flatten(tanh.inputs[0], "Mul"), _SQRT_2_OVER_PI)
+            inner = _without_constant(expression.flatten(present_input(tanh, 0), "Mul"), _SQRT_2_OVER_PI)
             if inner is None or len(inner) != 1:
                 return None
             terms = expression.flatten(inner[0], "Add")
@@ -316,7 +323,7 @@ class HardSwishFusion(RewriteRuleClassBase):
 
     def check(self, context: Any, x: ir.Value, gate: ir.Value) -> MatchResult:
         result = MatchResult()
-        attributes = gate.producer().attributes
+        attributes = matched_node(gate).attributes
         alpha, beta = attributes.get_float("alpha", 0.2), attributes.get_float("beta", 0.5)
         if not (math.isclose(alpha, 1 / 6, rel_tol=1e-5) and math.isclose(beta, 0.5, rel_tol=1e-6)):
             return result.fail("not hardswish's alpha = 1/6 and beta = 1/2")

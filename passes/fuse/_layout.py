@@ -20,6 +20,7 @@ from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 from onnxkit.passes.fuse._base import (
     FusionContext,
     constant_array,
+    matched_node,
     new_constant,
     pass_through,
     rank_of,
@@ -56,7 +57,7 @@ def _product(dims: list[Dim]) -> tuple[int, Counter[str]] | None:
     for d in dims:
         if isinstance(d, int):
             known *= d
-        elif d is None:
+        elif d is None or d.value is None:  # a symbolic dim without a name is as unknown as None
             return None
         else:
             symbols[d.value] += 1
@@ -122,8 +123,8 @@ def output_dims(node: ir.Node, dims: list[Dim]) -> list[Dim] | None:
     if node.op_type == "Squeeze":
         if not axes:  # squeeze every dimension of size 1: only decidable when every size is known
             return [d for d in dims if d != 1] if all(isinstance(d, int) for d in dims) else None
-        axes = {a + rank if a < 0 else a for a in axes}
-        return [d for i, d in enumerate(dims) if i not in axes]
+        squeezed = {a + rank if a < 0 else a for a in axes}
+        return [d for i, d in enumerate(dims) if i not in squeezed]
     # Unsqueeze: axes index the output
     out_rank = rank + len(axes)
     inserted = {a + out_rank if a < 0 else a for a in axes}
@@ -173,7 +174,7 @@ class CollapseLayoutPair(RewriteRuleClassBase):
 
     def check(self, context: Any, x: ir.Value, middle: ir.Value, out: ir.Value) -> MatchResult:
         result = MatchResult()
-        first, second = middle.producer(), out.producer()
+        first, second = matched_node(middle), matched_node(out)
         # Where the first op's result is needed as it is, the first op stays; the pair still goes when the
         # second op undoes the first, as its readers can then read x.
         needed_as_it_is = middle.is_graph_output() or any(
@@ -185,15 +186,16 @@ class CollapseLayoutPair(RewriteRuleClassBase):
         free_shape = None
         if second.op_type == "Reshape" and len(second.inputs) > 1:
             shape = constant_array(second.inputs[1])
-            if shape is not None and (second.attributes.get_int("allowzero", 0) or not np.any(shape == 0)):
+            if shape is not None and (second.attributes.get_int("allowzero", 0) != 0 or not np.any(shape == 0)):
                 free_shape = shape.astype(np.int64)
         dims = static_dims(x)
         final = None
         if dims is not None:
             middle_dims = dims if free_shape is not None else output_dims(first, dims)
             final = output_dims(second, middle_dims) if middle_dims is not None else None
-        if (final is not None and _same_shape(final, dims)) or _undoes(first, second, rank_of(x)):
-            self._plan = ("identity", None, 0)
+        if (final is not None and dims is not None and _same_shape(final, dims)) or _undoes(first, second, rank_of(x)):
+            # (what the replacement is, its shape or axes, allowzero)
+            self._plan: tuple[str, np.ndarray | list[int] | None, int] = ("identity", None, 0)
             return result
         if needed_as_it_is:
             return result.fail("the first op's result is needed as it is")
@@ -249,6 +251,7 @@ class CollapseLayoutPair(RewriteRuleClassBase):
         if kind == "identity":
             return pass_through(op, x, out, self._graph)
         if kind == "reshape":
+            assert isinstance(argument, np.ndarray)  # a reshape plan carries its target shape
             shape = new_constant(op, argument, self.context.fresh_name(f"{out.name}_shape"), in_function=self._in_function)
             return op.Reshape(x, shape, allowzero=allow_zero) if allow_zero else op.Reshape(x, shape)
         axes = np.array(argument, dtype=np.int64)
@@ -271,8 +274,8 @@ class DropShapeKeepingReshape(RewriteRuleClassBase):
     def check(self, context: Any, x: ir.Value, shape: ir.Value, out: ir.Value) -> MatchResult:
         result = MatchResult()
         dims = static_dims(x)
-        final = output_dims(out.producer(), dims) if dims is not None else None
-        if final is None or not _same_shape(final, dims):
+        final = output_dims(matched_node(out), dims) if dims is not None else None
+        if final is None or dims is None or not _same_shape(final, dims):
             return result.fail("the Reshape changes the shape, or its result cannot be computed")
         self._graph = context.graph_or_function
         return result
@@ -292,12 +295,11 @@ class CollapseTransposePair(RewriteRuleClassBase):
 
     def check(self, context: Any, x: ir.Value, middle: ir.Value, out: ir.Value) -> MatchResult:
         result = MatchResult()
-        first, second = middle.producer(), out.producer()
-        perms = [node.attributes.get("perm") for node in (first, second)]
-        if any(p is None or p.is_ref() for p in perms):
+        first, second = (matched_node(value).attributes.get("perm") for value in (middle, out))
+        if first is None or second is None or first.is_ref() or second.is_ref():
             # Without perm, Transpose reverses the axes; that needs the rank, which the pair does not carry.
             return result.fail("a permutation is implicit or a reference")
-        p1, p2 = (list(p.as_ints()) for p in perms)
+        p1, p2 = list(first.as_ints()), list(second.as_ints())
         if len(p1) != len(p2):
             return result.fail("the permutations have different lengths")
         self._perm = [p1[i] for i in p2]
@@ -331,7 +333,7 @@ class ReshapeThroughUnitTranspose(RewriteRuleClassBase):
     def check(self, context: Any, x: ir.Value, shape: ir.Value, transposed: ir.Value, out: ir.Value) -> MatchResult:
         result = MatchResult()
         dims = static_dims(x)
-        perm_attribute = transposed.producer().attributes.get("perm")
+        perm_attribute = matched_node(transposed).attributes.get("perm")
         target = constant_array(shape)
         if dims is None or perm_attribute is None or target is None:
             return result.fail("the input's rank, the permutation or the target shape is unknown")
@@ -342,7 +344,7 @@ class ReshapeThroughUnitTranspose(RewriteRuleClassBase):
         if moved != sorted(moved):
             return result.fail("the Transpose reorders axes that are not of size 1")
         new_shape = [int(size) for size in target.reshape(-1)]
-        if not out.producer().attributes.get_int("allowzero", 0):
+        if not matched_node(out).attributes.get_int("allowzero", 0):
             for i, size in enumerate(new_shape):
                 if size != 0:
                     continue
@@ -360,7 +362,7 @@ class ReshapeThroughUnitTranspose(RewriteRuleClassBase):
     def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
         shape = new_constant(op, self._shape, self.context.fresh_name(f"{out.name}_shape"),
                              in_function=self._in_function)
-        return op.Reshape(x, shape, **out.producer().attributes)
+        return op.Reshape(x, shape, **matched_node(out).attributes)
 
 
 REDUCTIONS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
@@ -394,7 +396,7 @@ class ReductionKeepdims(RewriteRuleClassBase):
 
     def check(self, context: Any, x: ir.Value, reduced: ir.Value, out: ir.Value) -> MatchResult:
         result = MatchResult()
-        reduction, reshaping = reduced.producer(), out.producer()
+        reduction, reshaping = matched_node(reduced), matched_node(out)
         keepdims = reduction.attributes.get_int("keepdims", 1)
         if keepdims != (self.reshaping == "Squeeze"):
             return result.fail("the reduction does not keep (or drop) the axes the other op changes")
@@ -410,7 +412,7 @@ class ReductionKeepdims(RewriteRuleClassBase):
         return result
 
     def rewrite(self, op: Any, x: ir.Value, reduced: ir.Value, **_: Any) -> ir.Value:
-        reduction = reduced.producer()
+        reduction = matched_node(reduced)
         attributes = {name: attr for name, attr in reduction.attributes.items() if name != "keepdims"}
         return getattr(op, self.reduction)(*reduction.inputs, keepdims=int(self.reshaping == "Unsqueeze"),
                                            **attributes)
@@ -435,7 +437,7 @@ class ReduceThroughTranspose(RewriteRuleClassBase):
 
     def check(self, context: Any, x: ir.Value, transposed: ir.Value, out: ir.Value) -> MatchResult:
         result = MatchResult()
-        reduction, perm_attribute = out.producer(), transposed.producer().attributes.get("perm")
+        reduction, perm_attribute = matched_node(out), matched_node(transposed).attributes.get("perm")
         if reduction.attributes.get_int("keepdims", 1) != 0:
             return result.fail("the reduction keeps the reduced axes: the Transpose would still be needed")
         if perm_attribute is None or perm_attribute.is_ref():
@@ -444,16 +446,16 @@ class ReduceThroughTranspose(RewriteRuleClassBase):
         axes = _reduced_axes(reduction)
         if not axes:
             return result.fail("the axes are unknown or implicit")
-        axes = {a % len(perm) for a in axes}
-        kept = [perm[i] for i in range(len(perm)) if i not in axes]
+        reduced = {a % len(perm) for a in axes}
+        kept = [perm[i] for i in range(len(perm)) if i not in reduced]
         if kept != sorted(kept):
             return result.fail("the Transpose reorders the kept axes")
-        self._axes = sorted(perm[a] for a in axes)
+        self._axes = sorted(perm[a] for a in reduced)
         self._in_function = isinstance(context.graph_or_function, ir.Function)
         return result
 
     def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
-        reduction = out.producer()
+        reduction = matched_node(out)
         attributes = {name: attr for name, attr in reduction.attributes.items() if name != "axes"}
         if "axes" in reduction.attributes:
             return getattr(op, self.reduction)(x, axes=self._axes, **attributes)
@@ -484,9 +486,10 @@ class MergeSlicesOfOtherAxes(RewriteRuleClassBase):
 
     def check(self, context: Any, x: ir.Value, first: ir.Value, out: ir.Value) -> MatchResult:
         result = MatchResult()
-        ranges = [_slice_ranges(node) for node in (first.producer(), out.producer())]
-        if ranges[0] is None or ranges[1] is None:
+        first_ranges, second_ranges = _slice_ranges(matched_node(first)), _slice_ranges(matched_node(out))
+        if first_ranges is None or second_ranges is None:
             return result.fail("a Slice's starts, ends, axes or steps are not constant")
+        ranges = (first_ranges, second_ranges)
         rank = rank_of(x)
         axes = [[a % rank if rank is not None else a for a in r[2]] for r in ranges]
         if any(a < 0 for a in axes[0] + axes[1]) or set(axes[0]) & set(axes[1]):
@@ -513,9 +516,10 @@ def _slice_ranges(node: ir.Node) -> list[np.ndarray] | None:
     for index, default in ((3, np.arange(count)), (4, np.ones(count))):
         given = node.inputs[index] if len(node.inputs) > index else None
         arrays.append(default if given is None else constant_array(given))
-    if any(a is None or a.size != count for a in arrays):
+    known = [a for a in arrays if a is not None and a.size == count]
+    if len(known) != len(arrays):
         return None
-    return [a.reshape(-1).astype(np.int64) for a in arrays]
+    return [a.reshape(-1).astype(np.int64) for a in known]
 
 
 def slice_rules(context: FusionContext) -> list[Any]:

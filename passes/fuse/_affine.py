@@ -14,7 +14,7 @@ never duplicates a tensor.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx_ir as ir
@@ -30,8 +30,10 @@ from onnxkit.passes.fuse._base import (
     FLOAT_TYPES,
     FusionContext,
     constant_array,
+    matched_node,
     new_constant,
     only_used_by,
+    present_input,
     rank_of,
     static_dims,
 )
@@ -52,7 +54,7 @@ class _Layer:
             return weights.ndim
         if self.op_type == "Gemm":
             return 2
-        return rank_of(node.inputs[0])  # MatMul with 2-D weights keeps the rank of its input
+        return rank_of(present_input(node, 0))  # MatMul with 2-D weights keeps the rank of its input
 
     def output_channel_axis(self, rank: int) -> int:
         return 1 if self.op_type in ("Conv", "ConvTranspose") else rank - 1
@@ -62,7 +64,7 @@ class _Layer:
             return weights.shape[0]
         if self.op_type == "ConvTranspose":
             return weights.shape[1] * node.attributes.get_int("group", 1)
-        if self.op_type == "Gemm" and node.attributes.get_int("transB", 0):
+        if self.op_type == "Gemm" and node.attributes.get_int("transB", 0) != 0:
             return weights.shape[0]
         return weights.shape[1]
 
@@ -78,7 +80,7 @@ class _Layer:
             grouped = weights.reshape((group, c_in // group, c_out_per_group) + kernel)
             per_group = scale.reshape((group, 1, c_out_per_group) + (1,) * len(kernel))
             return (grouped * per_group).reshape(weights.shape)
-        if self.op_type == "Gemm" and node.attributes.get_int("transB", 0):
+        if self.op_type == "Gemm" and node.attributes.get_int("transB", 0) != 0:
             return weights * scale[:, None]
         return weights * scale[None, :]
 
@@ -100,13 +102,14 @@ class FoldAffineIntoLayer(RewriteRuleClassBase):
         operands = (a, layer_out) if self.constant_first else (layer_out, a)
         return getattr(op, self.step)(*operands, _outputs=["step_out"])
 
-    def check(self, context: Any, x: ir.Value, layer_out: ir.Value, step_out: ir.Value, **params: Any) -> MatchResult:
+    def check(self, context: Any, x: ir.Value, layer_out: ir.Value, step_out: ir.Value, **params: Any) -> MatchResult:  # type: ignore[override]  # onnxscript's check(op, *args, **kwargs) stands for any pattern's variables
         result = MatchResult()
-        layer, step = layer_out.producer(), step_out.producer()
-        weights = constant_array(layer.inputs[1]) if len(layer.inputs) > 1 else None
-        if weights is None:
+        layer, step = matched_node(layer_out), matched_node(step_out)
+        weight_value = layer.inputs[1] if len(layer.inputs) > 1 else None
+        weights = constant_array(weight_value)
+        if weights is None or weight_value is None:
             return result.fail("the layer's weights are not constant")
-        if layer.inputs[1].dtype not in FLOAT_TYPES:
+        if weight_value.dtype not in FLOAT_TYPES:
             return result.fail("the weights are not floating point")
         bias_value = layer.inputs[2] if len(layer.inputs) > 2 else None
         bias = constant_array(bias_value) if bias_value is not None else None
@@ -117,7 +120,7 @@ class FoldAffineIntoLayer(RewriteRuleClassBase):
         if self.layer.op_type == "ConvTranspose" and weights.shape[0] % layer.attributes.get_int("group", 1):
             return result.fail("ConvTranspose input channels do not divide into groups")
         # A folded tensor replaces the original only for this layer; sharing it would duplicate weights.
-        for tensor in (layer.inputs[1], bias_value):
+        for tensor in (weight_value, bias_value):
             if tensor is not None and not only_used_by(tensor, [layer]):
                 return result.fail(f"{tensor.name} is shared with another node")
         rank = self.layer.output_rank(layer, weights)
@@ -145,11 +148,12 @@ class FoldAffineIntoLayer(RewriteRuleClassBase):
                     or len(step.outputs) != 1):
                 return None
             arrays = [constant_array(params[k]) for k in ("a", "b", "c", "d")]
-            if any(a is None or a.shape != (channels,) for a in arrays):
+            per_channel_arrays = [a for a in arrays if a is not None and a.shape == (channels,)]
+            if len(per_channel_arrays) != len(arrays):
                 return None
             if rank is None or rank < 2 or self.layer.output_channel_axis(rank) != 1:
                 return None  # BatchNormalization normalizes axis 1; it must be the layer's channel axis
-            gamma, beta, mean, var = (a.astype(np.float64) for a in arrays)
+            gamma, beta, mean, var = (a.astype(np.float64) for a in per_channel_arrays)
             scale = gamma / np.sqrt(var + step.attributes.get_float("epsilon", 1e-5))
             return scale, beta - mean * scale
         constant = constant_array(params["a"])
@@ -167,13 +171,13 @@ class FoldAffineIntoLayer(RewriteRuleClassBase):
         return np.ones(channels), -per_channel  # Sub
 
     def rewrite(self, op: Any, x: ir.Value, layer_out: ir.Value, **_: Any) -> ir.Value:
-        layer = layer_out.producer()
+        layer = matched_node(layer_out)
         weights, bias, scale, shift, in_function = self._plan
         dtype = weights.dtype
         attributes = dict(layer.attributes)
         names = self.context
         new_weights = new_constant(op, self.layer.scale_weights(layer, weights.astype(np.float64), scale).astype(dtype),
-                                   names.fresh_name(layer.inputs[1].name), in_function=in_function)
+                                   names.fresh_name(present_input(layer, 1).name), in_function=in_function)
         inputs = [x, new_weights]
         if self.layer.op_type == "Gemm":
             # Gemm adds beta * C; fold beta into the new bias and drop it.
@@ -182,7 +186,7 @@ class FoldAffineIntoLayer(RewriteRuleClassBase):
         if bias is not None or np.any(shift):
             base = np.zeros_like(shift) if bias is None else bias.astype(np.float64)
             new_bias = base * scale + shift
-            bias_name = layer.inputs[2].name if bias is not None else layer.inputs[1].name + "_bias"
+            bias_name = present_input(layer, 2).name if bias is not None else f"{present_input(layer, 1).name}_bias"
             inputs.append(new_constant(op, new_bias.astype(dtype), names.fresh_name(bias_name), in_function=in_function))
         if self.layer.op_type == "MatMul" and len(inputs) == 3:
             return op.Gemm(*inputs)
@@ -237,18 +241,20 @@ class FoldInputScaleIntoLayer(RewriteRuleClassBase):
 
     def check(self, context: Any, x: ir.Value, c: ir.Value, scaled: ir.Value, out: ir.Value) -> MatchResult:
         result = MatchResult()
-        layer = out.producer()
+        layer = matched_node(out)
         if len(layer.inputs) < 2 or any(value is scaled for value in layer.inputs[1:]):
             return result.fail("the scaled value is also the layer's weights or bias")
         if not only_used_by(scaled, [layer]):
             return result.fail("the scaled value is read elsewhere")
-        weights = constant_array(layer.inputs[1])
-        if weights is None or layer.inputs[1].dtype not in FLOAT_TYPES or not only_used_by(layer.inputs[1], [layer]):
+        weight_value = layer.inputs[1]
+        weights = constant_array(weight_value)
+        if weights is None or weight_value is None or weight_value.dtype not in FLOAT_TYPES \
+                or not only_used_by(weight_value, [layer]):
             return result.fail("the weights are not constant floating point of this layer alone")
         constant = constant_array(c)
         if constant is None or constant.dtype != weights.dtype:
             return result.fail("the scale is not a constant of the weights' type")
-        if self.layer == "Gemm" and layer.attributes.get_int("transA", 0):
+        if self.layer == "Gemm" and layer.attributes.get_int("transA", 0) != 0:
             return result.fail("a transposed Gemm input")
         if self.layer in ("MatMul", "Gemm") and weights.ndim != 2:
             return result.fail("only 2-D weights fold")
@@ -257,7 +263,7 @@ class FoldInputScaleIntoLayer(RewriteRuleClassBase):
             return result.fail("the scale could raise the input's rank")
         channel_axis = 1 if self.layer == "Conv" else rank - 1
         channels = weights.shape[1] * layer.attributes.get_int("group", 1) if self.layer == "Conv" else (
-            weights.shape[1] if self.layer == "Gemm" and layer.attributes.get_int("transB", 0) else weights.shape[0])
+            weights.shape[1] if self.layer == "Gemm" and layer.attributes.get_int("transB", 0) != 0 else weights.shape[0])
         aligned = constant.reshape((1,) * (rank - constant.ndim) + constant.shape)
         if any(size != 1 for axis, size in enumerate(aligned.shape) if axis != channel_axis) \
                 or aligned.shape[channel_axis] not in (1, channels):
@@ -274,7 +280,7 @@ class FoldInputScaleIntoLayer(RewriteRuleClassBase):
         return result
 
     def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
-        layer = out.producer()
+        layer = matched_node(out)
         weights, scale, in_function = self._plan
         scaled = weights.astype(np.float64)
         if self.layer == "Conv":
@@ -283,11 +289,11 @@ class FoldInputScaleIntoLayer(RewriteRuleClassBase):
             c_out, c_in_per_group = weights.shape[:2]
             per_output = scale.reshape(group, 1, c_in_per_group).repeat(c_out // group, axis=1)
             scaled *= per_output.reshape((c_out, c_in_per_group) + (1,) * (weights.ndim - 2))
-        elif self.layer == "Gemm" and layer.attributes.get_int("transB", 0):
+        elif self.layer == "Gemm" and layer.attributes.get_int("transB", 0) != 0:
             scaled *= scale[None, :]
         else:
             scaled *= scale[:, None]
-        new_weights = new_constant(op, scaled.astype(weights.dtype), self.context.fresh_name(layer.inputs[1].name),
+        new_weights = new_constant(op, scaled.astype(weights.dtype), self.context.fresh_name(present_input(layer, 1).name),
                                    in_function=in_function)
         return getattr(op, self.layer)(x, new_weights, *layer.inputs[2:], **layer.attributes)
 
@@ -352,7 +358,7 @@ class PadIntoConv(RewriteRuleClassBase):
 
     def check(self, context: Any, x: ir.Value, padded: ir.Value, out: ir.Value) -> MatchResult:
         result = MatchResult()
-        pad, conv = padded.producer(), out.producer()
+        pad, conv = matched_node(padded), matched_node(out)
         if any(value is padded for value in conv.inputs[1:]):
             return result.fail("the padded value is also the Conv's weights or bias")
         if pad.attributes.get_string("mode", "constant") != "constant":
@@ -382,7 +388,7 @@ class PadIntoConv(RewriteRuleClassBase):
         return result
 
     def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
-        conv = out.producer()
+        conv = matched_node(out)
         attributes = {name: attr for name, attr in conv.attributes.items() if name != "pads"}
         return op.Conv(x, *conv.inputs[1:], pads=self._pads, **attributes)
 
@@ -399,13 +405,16 @@ class _CheckedGemmMixin:
     trans_b: bool
 
     def check(self, context: Any, input_a: ir.Value, input_b: ir.Value, input_c: ir.Value, **_: Any) -> MatchResult:
-        result = super().check(context, input_a, input_b)  # type: ignore[misc]  # ranks of a and b are 2
+        # the rank-2 check of the onnxscript rule this is mixed into (which mypy cannot see from the mixin)
+        result = super().check(context, input_a, input_b)  # type: ignore[misc]  # super() is the mixed-in rule
         if not result:
             return result
         if input_a.dtype not in FLOAT_TYPES or input_a.dtype != input_b.dtype or input_c.dtype != input_a.dtype:
             return result.fail("Gemm takes floating-point inputs of one type")
-        rows = static_dims(input_a)[1 if self.trans_a else 0]  # type: ignore[index]
-        columns = static_dims(input_b)[0 if self.trans_b else 1]  # type: ignore[index]
+        dims_a, dims_b = static_dims(input_a), static_dims(input_b)
+        assert dims_a is not None and dims_b is not None  # the rule's own check proved both of rank 2
+        rows = dims_a[1 if self.trans_a else 0]
+        columns = dims_b[0 if self.trans_b else 1]
         addend = static_dims(input_c)
         if addend is None or len(addend) > 2:
             return result.fail("the addend's rank is unknown or above 2")
@@ -422,6 +431,7 @@ def _same_symbol(a: object, b: object) -> bool:
 def matmul_add_to_gemm_rules() -> list[Any]:
     rules = []
     for base in (TransABMatMulAddToGemm, TransAMatMulAddToGemm, TransBMatMulAddToGemm, MatMulAddToGemm):
-        checked = type(f"Checked{base.__name__}", (_CheckedGemmMixin, base), {})
+        # type() makes a subclass of ``base``, a RewriteRuleClassBase, with the mixin's check in front
+        checked = cast(type[RewriteRuleClassBase], type(f"Checked{base.__name__}", (_CheckedGemmMixin, base), {}))
         rules.extend(checked.rule().commute())
     return rules

@@ -94,9 +94,10 @@ def kill_during_save(point: str, args: list[str], cwd: Path, *, delay: float = 0
     signal_file = cwd / "save-reached"
     child = subprocess.Popen([sys.executable, "-c", CHILD, point, str(signal_file), *args], cwd=cwd,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert child.stderr is not None  # stderr=PIPE
     deadline = time.monotonic() + 120
     while not signal_file.exists():
-        assert child.poll() is None, f"onnxkit ended before the save: {child.stderr.read().decode()}"  # type: ignore[union-attr]
+        assert child.poll() is None, f"onnxkit ended before the save: {child.stderr.read().decode()}"
         assert time.monotonic() < deadline, "the save was never reached"
         time.sleep(0.01)
     time.sleep(delay)

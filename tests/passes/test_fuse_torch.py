@@ -5,6 +5,7 @@ optimizer (``target=onnxruntime``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ EXPORTS = [pytest.param(name, False, id=f"{name}-torchscript") for name in MODEL
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool], Path]:
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, bool], Path]:
     """Exports made on first use and shared by the module's tests."""
     torch.set_num_threads(1)
     cache: dict[tuple[str, bool], Path] = {}
@@ -104,7 +105,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool],
             cache[(name, dynamo)] = save_model(model, path)
         return cache[(name, dynamo)]
 
-    return get  # type: ignore[return-value]
+    return get
 
 
 @pytest.mark.parametrize("target", ["standard", "onnxruntime"])

@@ -98,7 +98,8 @@ class QuantizePass(Pass):
             "sensitive nodes stay float until it does (target_cosine=none and no other target: no search)"),
             (f"the search ranks every candidate node once by the noise it adds (float against INT8 tensors on "
              f"{SENSITIVITY_SAMPLES} samples) and judges at most {sensitivity.MAX_VERIFICATIONS} candidates; the "
-             "report says why each float node stayed float (its rank and measured effect)"),
+             "report says why each float node stayed float (its rank and measured effect); search_budget (seconds, "
+             "120 by default, none: no limit) bounds it, and a target not met by then keeps the float model"),
             ("max_slowdown: INT8 latency at most this × FP32 (to within the "
              f"{latency.TIMING_RESOLUTION:.0%} timing can resolve), else costly op types stay float "
              "(on_slow=keep-float) or the pass fails (on_slow=refuse); none skips the gate"),
@@ -197,7 +198,8 @@ class QuantizePass(Pass):
         if report.target_met is False:
             # A model that misses the target is not handed on: the pipeline's parity check would only reject it.
             report.kept_whole_model_float = (f"target {report.target} not met even with {len(keep_float)} of "
-                                             f"{len(run.candidates)} candidate nodes in float")
+                                             f"{len(run.candidates)} candidate nodes in float"
+                                             + (f"; {report.search_out_of_time}" if report.search_out_of_time else ""))
             return None
         report.finish(run.float_proto, quantized, keep_float, set(run.excluded))
         return quantized

@@ -41,6 +41,7 @@ class QuantizeOptions:
     target_top1: float | None = None
     max_metric_drop: float = 0.01
     max_slowdown: float | None = 1.0
+    search_budget: float | None = 120.0
     on_slow: Literal["keep-float", "refuse"] = "keep-float"
     # mode=weight-only (passes/quantize/weight_only.py)
     bits: int = 4
@@ -63,6 +64,8 @@ class QuantizeOptions:
             raise ValueError("target_top1 must lie between 0 and 1")
         if self.max_slowdown is not None and self.max_slowdown <= 0:
             raise ValueError("max_slowdown must be positive (or none to skip the latency gate)")
+        if self.search_budget is not None and self.search_budget <= 0:
+            raise ValueError("search_budget must be positive seconds (or none for no time limit)")
         if self.max_metric_drop < 0:
             raise ValueError("max_metric_drop must not be negative")
         if self.act_type == "int8" and self.weight_type == "uint8":

@@ -34,6 +34,7 @@ class Report:
     search_rounds: int = 0
     search_verifications: int = 0
     sensitivity_cache: str = "off"
+    search_out_of_time: str | None = None
     ranking: list[NodeSensitivity] = dataclasses.field(default_factory=list)
     timing: latency.Timing | None = None
     gate_float_op_types: list[str] = dataclasses.field(default_factory=list)
@@ -104,7 +105,7 @@ class Report:
             "target_met": self.target_met,
             "search_rounds": self.search_rounds,
             "search": {"rankings": self.search_rounds, "verifications": self.search_verifications,
-                       "sensitivity_cache": self.sensitivity_cache,
+                       "sensitivity_cache": self.sensitivity_cache, "out_of_time": self.search_out_of_time,
                        "worst_nodes": ranking_dicts(self.ranking[:RANKING_SHOWN], self.ranking)},
             "parity": self.parity(),
             "latency": self.timing.to_dict() if self.timing else None,

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -131,14 +132,19 @@ class QuantizeRun:
                 self.report.sensitivity_cache = "stored"
             return ranking
 
+        budget = self.options.search_budget
         search = sensitivity.keep_sensitive_in_float(lambda keep: self.quantize(keep, op_types), rank, accept,
-                                                     keep_float=keep_float)
+                                                     keep_float=keep_float,
+                                                     deadline=None if budget is None else time.perf_counter() + budget)
+        report_out_of_time = search.out_of_time
         report = self.report
         report.target_met = search.verdict.passed
         report.verdict = search.verdict.detail
         report.search_rounds += search.rounds
         report.search_verifications += search.verifications
         report.ranking = search.ranking or report.ranking
+        if report_out_of_time:
+            report.search_out_of_time = f"the search stopped at its {budget:g} s budget (search_budget)"
         return search.model, search.keep_float
 
     def _sensitivity_cache(self, samples: Sequence[Mapping[str, Any]], op_types: Sequence[str],

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -200,6 +201,7 @@ class SearchResult:
     rounds: int  # sensitivity rankings measured
     verifications: int = 0  # candidates judged
     ranking: list[NodeSensitivity] = dataclasses.field(default_factory=list)  # the last ranking measured
+    out_of_time: bool = False  # stopped at its deadline without a pass
 
 
 Quantizer = Callable[[Sequence[str]], onnx.ModelProto]
@@ -210,7 +212,7 @@ Judge = Callable[[onnx.ModelProto], Verdict]
 NOISE_MARGIN = 1.5
 # Candidates judged in one search (each is a quantization and a run over the held-out samples), and rankings
 # measured (each runs the float and the quantized model with every candidate's tensors as outputs).
-MAX_VERIFICATIONS = 5
+MAX_VERIFICATIONS = 6
 MAX_RANKINGS = 2
 # Bisecting stops once the shortest passing prefix is within this fraction of the longest failing one: each
 # step costs a quantization and a judgement (20 s on a 700-node detector), to save a node or two of float.
@@ -251,7 +253,8 @@ def why_float(ranking: Sequence[NodeSensitivity], position: int, ranking_number:
 
 def keep_sensitive_in_float(quantize: Quantizer, rank: Ranker, judge: Judge, *, max_rankings: int = MAX_RANKINGS,
                             max_verifications: int = MAX_VERIFICATIONS,
-                            keep_float: Mapping[str, str] | None = None) -> SearchResult:
+                            keep_float: Mapping[str, str] | None = None,
+                            deadline: float | None = None) -> SearchResult:
     """Keep the most sensitive nodes in float until ``judge`` accepts, from one measured ranking.
 
     The search starts with the nodes of ``keep_float`` (name -> why) already float and judges that model. If
@@ -262,7 +265,8 @@ def keep_sensitive_in_float(quantize: Quantizer, rank: Ranker, judge: Judge, *, 
     known to fail, to within ``BISECT_TOLERANCE``. Each guess is one verification; at most
     ``max_verifications`` are judged. A guess that fails without halving the output noise, or growth that runs
     out of ranked nodes, has the model ranked again from there (at most ``max_rankings`` rankings), since
-    keeping nodes float moves where the noise comes from.
+    keeping nodes float moves where the noise comes from. No ranking or guess starts after ``deadline`` (a
+    ``time.perf_counter()`` value); ``SearchResult.out_of_time`` then says the search stopped there.
     """
     keep: dict[str, str] = dict(keep_float or {})
     model = quantize(list(keep))
@@ -270,16 +274,22 @@ def keep_sensitive_in_float(quantize: Quantizer, rank: Ranker, judge: Judge, *, 
     verifications, rankings = 1, 0
     logger.debug("%d nodes float at the start: passed %s, excess %s", len(keep), verdict.passed, verdict.excess)
     ranking: list[NodeSensitivity] = []
+    out_of_time = False
     while not verdict.passed and rankings < max_rankings and verifications < max_verifications:
+        if deadline is not None and time.perf_counter() > deadline:
+            out_of_time = True
+            break
         ranking = [s for s in rank(model, list(keep)) if s.node not in keep]
         rankings += 1
         if not ranking:
             break
         found = _shortest_passing_prefix(quantize, judge, keep, ranking, verdict, max_verifications - verifications,
-                                         stop_when_stuck=rankings < max_rankings, ranking_number=rankings)
+                                         stop_when_stuck=rankings < max_rankings, ranking_number=rankings,
+                                         deadline=deadline)
         verifications += found.verifications
+        out_of_time = found.out_of_time
         model, keep, verdict = found.model, found.keep_float, found.verdict
-    return SearchResult(model, keep, verdict, rankings, verifications, ranking)
+    return SearchResult(model, keep, verdict, rankings, verifications, ranking, out_of_time and not verdict.passed)
 
 
 def _progressed(before: float | None, after: float | None) -> bool:
@@ -291,7 +301,8 @@ def _progressed(before: float | None, after: float | None) -> bool:
 
 def _shortest_passing_prefix(quantize: Quantizer, judge: Judge, base: dict[str, str],
                              ranking: list[NodeSensitivity], failing: Verdict, budget: int, *,
-                             stop_when_stuck: bool, ranking_number: int = 1) -> SearchResult:
+                             stop_when_stuck: bool, ranking_number: int = 1,
+                             deadline: float | None = None) -> SearchResult:
     """The shortest prefix of ``ranking`` that, kept float with ``base``, passes, within ``budget`` judgements;
     else the longest prefix tried, which failed. ``failing`` is the verdict with none of ``ranking`` float.
 
@@ -303,7 +314,11 @@ def _shortest_passing_prefix(quantize: Quantizer, judge: Judge, base: dict[str, 
     last: SearchResult | None = None
     count = nodes_to_take_out(ranking, failing.excess, len(base))
     used = 0
+    out_of_time = False
     while used < budget:
+        if used and deadline is not None and time.perf_counter() > deadline:
+            out_of_time = True
+            break
         keep = {**base, **{s.node: why_float(ranking, i, ranking_number) for i, s in enumerate(ranking[:count])}}
         model = quantize(list(keep))
         verdict = judge(model)
@@ -324,8 +339,10 @@ def _shortest_passing_prefix(quantize: Quantizer, judge: Judge, base: dict[str, 
         elif count == len(ranking):
             break
         else:
-            count = min(len(ranking), count + nodes_to_take_out(ranking[count:], verdict.excess, count))
+            # Noise compounds (a transformer's residual stream), so the estimate falls short: at least double.
+            count = min(len(ranking), count + max(count, nodes_to_take_out(ranking[count:], verdict.excess, count)))
     found = best or last
     assert found is not None, "a search is given a budget of at least one judgement"
     found.verifications = used
+    found.out_of_time = out_of_time
     return found

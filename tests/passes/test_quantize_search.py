@@ -142,3 +142,15 @@ def test_tensors_no_input_reaches_are_calibrated_on_one_sample(monkeypatch) -> N
             every_sample = calibration.calibrate(model, names, types, data, settings)
         assert list(once.data) == list(every_sample.data) == names
         assert all(once[n].range_value == every_sample[n].range_value for n in names), method
+
+
+def test_search_stops_at_its_time_budget_and_says_so() -> None:
+    from tests.passes.test_quantize import outlier_model
+
+    result, _ = quantize(outlier_model(), samples("x", (4, 16), 25), mode="static", calib="minmax",
+                         search_budget=1e-9, **NO_GATE)
+    assert not result.modified and result.details["target_met"] is False
+    assert result.details["search"]["out_of_time"] == "the search stopped at its 1e-09 s budget (search_budget)"
+    reason = result.details["latency_gate"]["kept_whole_model_float"]
+    assert reason.endswith("; the search stopped at its 1e-09 s budget (search_budget)")
+    assert result.details["search"]["verifications"] == 1 and result.details["search"]["rankings"] == 0

@@ -191,16 +191,24 @@ class FusePass(Pass):
         remove_annotations = annotate_shapes(model)
         unknown = shapeless_values(model)
         present = op_types_in(model)
+        # A fusion finds nothing new in a model it already searched in vain: ``changes`` counts what altered
+        # the model (a fusion firing, shapes inferred), and a fusion is searched again only once it moved on
+        # since that fusion's last fruitless search. Rounds still run until one changes nothing; the last one
+        # searches only what the round before left out, instead of every fusion again.
+        changes, searched_at = 0, dict.fromkeys((f.name for f in fusions), -1)
         for _ in range(_MAX_ROUNDS):
             fired_this_round = 0
             for fusion in fusions:
-                if not fusion.can_match(present):
+                if searched_at[fusion.name] == changes or not fusion.can_match(present):
                     continue
                 fired = self._apply(fusion, model, context)
                 if fired:
                     present = op_types_in(model)
                     # Nodes a rule made dead must not be matched by the next rule.
                     common_passes.RemoveUnusedNodesPass()(model)
+                    changes += 1  # its own rewrites may enable it again: it stays due
+                else:
+                    searched_at[fusion.name] = changes
                 counts[fusion.name] += fired
                 fired_this_round += fired
             if not fired_this_round:
@@ -214,6 +222,7 @@ class FusePass(Pass):
             if not now_unknown <= unknown:
                 annotate_shapes(model)
                 now_unknown = shapeless_values(model)
+                changes += 1  # shapes rules refused to guess without may be known now
             unknown = now_unknown
         if not sum(counts.values()):
             remove_annotations()  # a pass that changes nothing leaves even the shapes as they were

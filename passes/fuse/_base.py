@@ -52,6 +52,9 @@ class FusionContext:
     fusion: str = ""
     allows: Callable[[str, str | None], bool] = _allow_everywhere
     sites: list[Site] = dataclasses.field(default_factory=list)
+    # Each rule fusion's guarded rules, built on its first round and reused by the next ones (building them
+    # costs as much as matching them on a small model). Shared by the ``for_fusion`` copies, as the sites are.
+    rule_sets: dict[Callable[..., Any], RewriteRuleSet | None] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def for_model(cls, model: ir.Model, target: Target,
@@ -118,14 +121,16 @@ def rule_fusion(build_rules: Callable[[FusionContext], Sequence[RewriteRule]], *
     """
 
     def apply(model: ir.Model, context: FusionContext) -> int:
-        rules = [_narrowable(rule, context) for rule in build_rules(context)]
-        if not rules:
-            return 0
-        rule_set = RewriteRuleSet(rules, commute=commute)
-        # onnxscript's clean-up after the rules also trims unused optional outputs (an LSTM's states) even
-        # when no rule fired; the pass removes the nodes its rewrites left dead itself, and only then.
-        rule_set.remove_unused_nodes = False
-        return rule_set.apply_to_model(model)
+        if apply not in context.rule_sets:  # the rules hold the run's context: built once per run, not per round
+            rules = [_narrowable(rule, context) for rule in build_rules(context)]
+            rule_set = RewriteRuleSet(rules, commute=commute) if rules else None
+            if rule_set is not None:
+                # onnxscript's clean-up after the rules also trims unused optional outputs (an LSTM's states) even
+                # when no rule fired; the pass removes the nodes its rewrites left dead itself, and only then.
+                rule_set.remove_unused_nodes = False
+            context.rule_sets[apply] = rule_set
+        rule_set = context.rule_sets[apply]
+        return rule_set.apply_to_model(model) if rule_set is not None else 0
 
     return apply
 

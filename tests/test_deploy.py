@@ -154,6 +154,24 @@ def test_openvino_outputs_are_matched_by_their_onnx_names(tmp_path):
     assert [o.name for o in report.parity.outputs] == ["y", "z"]
 
 
+def test_a_model_openvino_cannot_read_is_a_failed_check_not_a_crash(tmp_path):
+    pytest.importorskip("openvino")
+    # scikit-learn's classifiers export like this: a ZipMap output, a sequence of maps OpenVINO cannot type.
+    ml = "ai.onnx.ml"
+    nodes = [helper.make_node("LinearClassifier", ["x"], ["label", "scores"], name="linear", domain=ml,
+                              coefficients=[0.1] * 12, intercepts=[0.0] * 3, classlabels_ints=[0, 1, 2]),
+             helper.make_node("ZipMap", ["scores"], ["probabilities"], name="zipmap", domain=ml,
+                              classlabels_int64s=[0, 1, 2])]
+    probabilities = helper.make_value_info("probabilities", helper.make_sequence_type_proto(
+        helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, [1]), probabilities])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ml, 1)])
+    result = invoke("deploy-check", _saved(model, tmp_path), "--target", "openvino")
+    assert result.exit_code == 1, result.output
+    assert "model: OpenVINO's ONNX frontend cannot read the model" in result.output
+
+
 def test_openvino_names_the_node_its_frontend_cannot_convert(tmp_path):
     pytest.importorskip("openvino")
     model = with_contrib_gelu()

@@ -278,8 +278,12 @@ def check_openvino(model_path: Path, model: ir.Model, device: str = "CPU") -> Su
     frontend = _onnx_frontend()
     # The framework nodes of a partial conversion read the loaded model: it must outlive them, so both are
     # dropped here, the nodes first.
-    loaded = frontend.load(str(model_path))
-    converted = frontend.convert_partially(loaded)
+    try:
+        loaded = frontend.load(str(model_path))
+        converted = frontend.convert_partially(loaded)
+    except Exception as e:  # OpenVINO's own exception types (sequence and map values, say)
+        report.model_problems.append(f"OpenVINO's ONNX frontend cannot read the model: {last_line(e)}")
+        return report
     try:
         report.unsupported += _refusals(openvino, converted, device, onnx_node)
     except RuntimeError as e:  # the plugin's own passes can fail on a converted model (unknown ranks, say)

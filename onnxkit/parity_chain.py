@@ -14,6 +14,7 @@ from typing import Any
 
 from onnxkit import runtime
 from onnxkit.data import validate_sample
+from onnxkit.data.probe import ProbeRun
 from onnxkit.errors import ModelLoadError
 from onnxkit.parity_report import ParityReport
 from onnxkit.parity_runs import Compared, Live, Recording, Replay, add_time, compare_runs, make_report
@@ -48,18 +49,21 @@ class ParityChain:
     def recorded(self, model: Any) -> Recording | None:
         return next((recording for source, recording in self._recordings if source is model), None)
 
-    def prefetch(self, reference: Any, *, limit: int | None = None) -> None:
+    def prefetch(self, reference: Any, *, limit: int | None = None, probed: ProbeRun | None = None) -> None:
         """Start running ``reference`` on the first ``limit`` samples in a background thread, so that the
         next comparison against it replays its outputs instead of waiting for them: the pipeline starts the
         original model here before its first pass, and ONNX Runtime runs it on a spare core while the passes
         work (``Session.run`` lets go of the GIL). Only on synthetic inputs, which onnxkit makes itself: a
         dataset the caller gave may not be safe to read from two threads (quantize calibrates on it).
 
+        ``probed`` is the run that probed the dataset's sizes, on this very model: its session is used and its
+        outputs on the first sample are kept rather than made again.
+
         Should the background run fail, the comparison runs the reference itself, and reports what fails
         exactly as it would have."""
         self.close()
         if not self.data_given:
-            self._prefetch = _Prefetch(self, reference, limit)
+            self._prefetch = _Prefetch(self, reference, limit, probed)
 
     def close(self) -> None:
         """Stop a background run that is no longer wanted, and wait for it: between samples it stops at once,
@@ -126,20 +130,25 @@ class _Prefetch:
     lets one session run in several threads); ``result`` waits for its ``Recording`` (None when it failed, was
     cancelled, or outgrew ``RECORDING_BUDGET``)."""
 
-    def __init__(self, chain: ParityChain, reference: Any, limit: int | None) -> None:
+    def __init__(self, chain: ParityChain, reference: Any, limit: int | None, probed: ProbeRun | None = None) -> None:
         self.reference = reference
-        self._chain, self._limit = chain, limit
+        self._chain, self._limit, self._probed = chain, limit, probed
         self._cancelled = threading.Event()
         self._recording: Recording | None = None
         self._thread = threading.Thread(target=self._run, name="onnxkit-parity-reference")
         self._thread.start()
 
     def _run(self) -> None:
-        chain = self._chain
+        chain, probed = self._chain, self._probed
+        self._probed = None  # the session goes with this run, not with the prefetch object
         try:
-            live = Live(chain._session(self.reference))
+            live = Live(probed.session if probed is not None else chain._session(self.reference))
             recording = Recording(live.outputs)
             samples = enumerate(itertools.islice(chain.dataset, self._limit))
+            if probed is not None:
+                for index, sample in itertools.islice(samples, 1):  # the probe ran this sample already
+                    validate_sample(sample, chain.specs, index=index)
+                    recording.add(list(probed.first_outputs))
             with concurrent.futures.ThreadPoolExecutor(max_workers=2) as side_by_side:
                 while pair := list(itertools.islice(samples, 2)):
                     if self._cancelled.is_set():

@@ -218,6 +218,7 @@ class _Run:
         self.calibration_data = calibration_data
         self.baseline: Baseline | None = None
         self._parity: Any = None
+        self._probed: Any = None  # the probe's session and first outputs (data.probe.ProbeRun), until taken
         self.deferring = False  # parity waits for the end of a segment of exact passes
 
     # -- the run ----------------------------------------------------------------------------------------
@@ -234,8 +235,10 @@ class _Run:
         if self.check != "off":
             with clock("parity_inputs"):
                 self._parity_chain(current)  # data problems surface before the first pass runs
+            probed, self._probed = self._probed, None  # dropped here unless the background run takes it
             if isinstance(original.model, bytes):  # a model past the in-memory limit is not held twice
-                self._parity.prefetch(original.model, limit=self._sample_limit(self._first_comparison_kind(passes)))
+                self._parity.prefetch(original.model, limit=self._sample_limit(self._first_comparison_kind(passes)),
+                                      probed=probed)
         before = original
         try:
             with _progress(len(passes), enabled=progress) as show:
@@ -454,6 +457,7 @@ class _Run:
         from onnxkit.data import (
             DEFAULT_CALIBRATION_SAMPLES,
             CalibrationSplit,
+            SyntheticDataset,
             as_dataset,
             describe_data,
             input_specs,
@@ -469,7 +473,10 @@ class _Run:
             dataset = CalibrationSplit(as_dataset(self.calibration_data, model), DEFAULT_CALIBRATION_SAMPLES).held_out
             description = f"held-out samples of the calibration data ({describe_data(self.calibration_data)})"
         else:
-            dataset = as_dataset(None, model, dims=self.context.dims, model_dir=self.context.model_dir)
+            # The probe runs the model on the first sample: that session and run start the reference's.
+            dataset = as_dataset(None, model, dims=self.context.dims, model_dir=self.context.model_dir, keep_run=True)
+            assert isinstance(dataset, SyntheticDataset)  # what as_dataset makes when there is no data
+            self._probed, dataset.probe_run = dataset.probe_run, None
             description = describe_data(dataset)
         self.report.parity_inputs = description
         self._parity = parity.ParityChain(dataset, input_specs(model), description,

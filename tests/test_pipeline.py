@@ -307,6 +307,18 @@ def test_synthetic_inputs_are_made_once_and_exact_passes_share_one_check(counted
     assert shapes.parity == cleanup.parity
 
 
+def test_the_probes_run_is_the_references_first_sample(counted):
+    # A length to probe: the probe's session, and its outputs on sample 0, start the reference's run.
+    nodes = [helper.make_node("Identity", ["x"], ["copy"]), helper.make_node("Relu", ["copy"], ["y"])]
+    graph = helper.make_graph(nodes, "probed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "length"])])
+    result = Pipeline.parse("cleanup").run(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert "probed" in result.report.parity_inputs
+    (cleanup,) = result.report.passes
+    assert cleanup.modified and cleanup.parity["passed"] and cleanup.parity["samples"] == 2
+    assert len(counted["sessions"]) == 2  # the probe's (then the reference's) and cleanup's output
+
+
 def test_exact_passes_compare_fewer_synthetic_samples_than_lossy_ones():
     result = Pipeline.parse("cleanup,quantize{mode=dynamic,max_slowdown=none}").run(build_example("mlp"))
     cleanup, quantize = result.report.passes

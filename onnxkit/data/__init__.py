@@ -149,15 +149,15 @@ def describe_data(data: Any) -> str:
 
 
 def as_dataset(data: Any, model: ModelLike, *, dims: Mapping[str, int] | None = None, num_samples: int | None = None,
-               seed: int = 0, model_dir: str | os.PathLike[str] | None = None) -> Dataset:
+               seed: int = 0, model_dir: str | os.PathLike[str] | None = None, keep_run: bool = False) -> Dataset:
     """A dataset bound to ``model``: ``data`` through ``load_dataset``, or, when it is None, synthetic inputs
     probed until ONNX Runtime runs the model (``probe_dataset``; ``model_dir`` holds the external data of an
-    in-memory model).
+    in-memory model; ``keep_run`` leaves the probe's session and first outputs in its ``probe_run``).
 
     ``num_samples`` is the synthetic sample count, or a cap on the samples taken from ``data``.
     """
     if data is None:
         return probe_dataset(model, dims=dims, num_samples=num_samples or DEFAULT_SYNTHETIC_SAMPLES, seed=seed,
-                             model_dir=model_dir)
+                             model_dir=model_dir, keep_run=keep_run)
     dataset = load_dataset(data).for_model(model)
     return take(dataset, num_samples) if num_samples is not None else dataset

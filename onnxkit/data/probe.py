@@ -13,6 +13,7 @@ costs none.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -46,12 +47,25 @@ MAX_SECONDS = 60.0  # checked between tries: the try running when it passes stil
 MAX_ELEMENTS = 1 << 24  # a rung that would make an input tensor larger than this (64 MB of float32) is skipped
 
 
+@dataclasses.dataclass
+class ProbeRun:
+    """The session a probe made and the outputs it gave on the chosen dataset's first sample (all of the
+    session's outputs, in its order): a caller that runs the model on those samples next starts from them."""
+
+    session: Any
+    first_outputs: list[Any]
+
+
 def probe_dataset(model: ModelLike, *, dims: Mapping[str, int] | None = None,
                   num_samples: int = DEFAULT_SYNTHETIC_SAMPLES, seed: int = 0,
                   model_dir: str | os.PathLike[str] | None = None, max_tries: int = MAX_TRIES,
-                  max_seconds: float = MAX_SECONDS) -> SyntheticDataset:
+                  max_seconds: float = MAX_SECONDS, keep_run: bool = False) -> SyntheticDataset:
     """A ``SyntheticDataset`` whose first sample ONNX Runtime runs ``model`` on; ``.describe()`` says what was
     chosen and ``.probe`` how (``DynamicDimension.1=64, DynamicDimension.2=64; 2 tries``).
+
+    With ``keep_run``, a probe that ran the model leaves its session and first outputs in the dataset's
+    ``probe_run`` (a ``ProbeRun``; None when nothing was probed), for the caller to take: the pipeline's parity
+    reference is that very run. Otherwise the session goes once the probe ends, not kept alive by the dataset.
 
     ``model_dir`` is where the external data of an in-memory model lives. Raises ``DataError`` naming the
     inputs and the node that failed last when no size tried runs, and ``ModelLoadError`` when ONNX Runtime
@@ -79,12 +93,14 @@ def probe_dataset(model: ModelLike, *, dims: Mapping[str, int] | None = None,
             break
         tries, tried = tries + 1, candidate
         try:
-            session.run(None, next(iter(candidate)))
+            outputs = session.run(None, next(iter(candidate)))
         except Exception as error:  # ORT raises its own types for shape and index errors
             failure = error
             continue
         chosen = ", ".join(f"{key}={size}" for key, size in sizes.items())
         candidate.probe = f"{chosen}; {tries} {'try' if tries == 1 else 'tries'}"
+        if keep_run:
+            candidate.probe_run = ProbeRun(session, outputs)
         return candidate
     raise _nothing_runs(open_dims, hints.specs, tried, tries, failure)
 

@@ -440,6 +440,7 @@ class SyntheticDataset(Dataset):
         self.batch_size = _check_batch_size(batch_size)
         self.limits = dict(hints.limits)
         self.probe: str | None = None
+        self.probe_run: Any = None  # a probe's session and first outputs, when asked to keep them (probe.ProbeRun)
         for spec in self._specs:
             if spec.kind != "tensor":
                 raise DataError(f"input '{spec.name}' is a {spec.kind}, which synthetic data cannot fill",

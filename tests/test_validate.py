@@ -137,3 +137,11 @@ def test_inputs_synthetic_data_cannot_fill_are_not_refused_up_front() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     result = Pipeline.parse("ort-optimize,cleanup").run(model, check="off")
     assert result.report.exit_code == 0
+
+
+def test_every_standard_op_onnx_defines_is_one_onnx_runtime_knows():
+    # validate._check_runtime_ops takes onnx's word for standard ops instead of listing ORT's schemas.
+    from onnxkit.validate import _runtime_ops
+
+    standard = {schema.name for schema in onnx.defs.get_all_schemas() if schema.domain == ""}
+    assert standard and not standard - {name for domain, name in _runtime_ops() if domain == ""}

@@ -17,6 +17,10 @@ PASS_EXCEPTIONS = {
     "parity": "a lossy pass (quantize, precision) judges its own candidates against its parity target",
     "export": "the export pass wraps the torch exporter, imported lazily inside the pass",
 }
+# The modules those two exceptions are made of. They sit beside the pass layer, not above it: each may import
+# only the pass layer and the others of this set, never pipeline, cli, report or bench (checked below).
+EXCEPTION_MODULES = {"parity", "parity_chain", "parity_runs", "parity_report", "tolerance",
+                     "export", "export_inputs"}
 
 # The modules that need torch; everything else in onnxkit must import without it.
 TORCH_MODULES = {"onnxkit.export", "onnxkit.export_inputs", "onnxkit.train", "onnxkit.train_setup",
@@ -54,6 +58,21 @@ def test_passes_import_only_the_layer_below_them():
         "passes/ may import only onnxkit's " + ", ".join(sorted(PASS_LAYER - {"passes"}))
         + " (and " + ", ".join(f"{name}: {why}" for name, why in PASS_EXCEPTIONS.items()) + "); "
         "move what the pass needs down into one of those modules:\n  " + "\n  ".join(violations))
+
+
+def test_the_named_exceptions_build_only_on_the_pass_layer():
+    """A pass may use parity and export because they are services below the pipeline: what they import is the
+    pass layer and each other. Were parity to import the pipeline, the exception would let passes reach it."""
+    assert set(PASS_EXCEPTIONS) <= EXCEPTION_MODULES
+    violations = []
+    for name in sorted(EXCEPTION_MODULES):
+        source = REPO / "onnxkit" / f"{name}.py"
+        tree = ast.parse(source.read_text(), filename=str(source))
+        for line, module in _onnxkit_imports(tree):
+            if module not in PASS_LAYER | EXCEPTION_MODULES:
+                violations.append(f"onnxkit/{name}.py:{line} imports onnxkit.{module}")
+    assert not violations, ("the modules passes may reach through a named exception must build only on "
+                            + ", ".join(sorted(PASS_LAYER - {"passes"})) + ":\n  " + "\n  ".join(violations))
 
 
 def test_the_import_check_sees_every_form_of_import():

@@ -21,6 +21,7 @@ accepts passes that check.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import onnx
@@ -28,7 +29,6 @@ import onnx_ir as ir
 
 from onnxkit import modelio
 from onnxkit.data import HOLDOUT_EVERY, CalibrationSplit
-from onnxkit.modelio import clone_model
 from onnxkit.pass_base import Pass, PassResult
 from onnxkit.passes.quantize import latency, preprocess, sensitivity, weight_only
 from onnxkit.passes.quantize.cpu import detect_cpu
@@ -57,8 +57,10 @@ class QuantizeResult(PassResult):
 
 
 def _unchanged(model: ir.Model, stats: list[str], details: dict[str, Any]) -> QuantizeResult:
-    # A pass that is not in place returns a new model object even when it changes nothing.
-    return QuantizeResult(clone_model(model), False, stats, details=details)
+    # A pass that is not in place returns a new model object even when it changes nothing. A structural
+    # clone shares the (immutable) attributes and tensors: a serialize/deserialize round trip walks every
+    # element of every attribute in Python (luscinia_lgbm_trees' 36M tree-attribute values: 25 s).
+    return QuantizeResult(model.clone(), False, stats, details=details)
 
 
 def _kept_float(model: ir.Model, report: Report) -> QuantizeResult:
@@ -132,6 +134,12 @@ class QuantizePass(Pass):
             weight_type=options.weight_type,
             op_types=options.op_types or (DYNAMIC_OP_TYPES if mode == "dynamic" else STATIC_OP_TYPES),
         )
+        nodes = list(_nodes(model, mode))
+        if not any(n.op_type in settings.op_types for n in nodes):
+            # Said before preparing (copies, shape inference) and loading the model: preparing never adds a
+            # candidate op, and it costs minutes on a model with huge attributes (a LightGBM TreeEnsemble).
+            return _unchanged(model, [_nothing_to_quantize(nodes, settings)],
+                              details={"skipped": "nothing to quantize"})
         prepared = preprocess.prepare(model, want_per_channel=settings.per_channel,
                                       gemm_as_matmul=mode == "dynamic" and "Gemm" in settings.op_types,
                                       localize_subgraph_inputs=mode == "dynamic")
@@ -154,11 +162,8 @@ class QuantizePass(Pass):
             report.warnings.append(f"exclude names no main-graph node: {', '.join(sorted(unknown))}")
         candidates = [n for n in float_proto.graph.node if n.op_type in settings.op_types and n.name not in excluded]
         if not candidates and not _has_subgraph_candidates(float_proto, settings):
-            reason = f"no {', '.join(settings.op_types)} nodes to quantize"
-            if mode == "dynamic" and (gemms := sum(n.op_type == "Gemm" for n in float_proto.graph.node)):
-                # Only a Gemm with constant weights becomes a MatMul, the op dynamic INT8 has a kernel for.
-                reason += f" ({gemms} Gemm whose weights are computed at run time stay float)"
-            return _unchanged(model, [reason], details={"skipped": "nothing to quantize"})
+            return _unchanged(model, [_nothing_to_quantize(list(float_proto.graph.node), settings)],
+                              details={"skipped": "nothing to quantize"})
 
         run = QuantizeRun(options, self.context, float_proto, settings, report,
                           CalibrationSplit(self._dataset(model, report), options.samples),
@@ -239,6 +244,23 @@ def _invalid(quantized: onnx.ModelProto) -> str | None:
     except onnx.checker.ValidationError as e:
         return error_line(e)
     return None
+
+
+def _nodes(model: ir.Model, mode: str) -> Iterator[ir.Node]:
+    """The nodes quantization looks at: dynamic mode also quantizes inside If/Loop/Scan bodies."""
+    return ir.traversal.RecursiveGraphIterator(model.graph) if mode == "dynamic" else iter(model.graph)
+
+
+def _nothing_to_quantize(nodes: Sequence[ir.Node | onnx.NodeProto], settings: QuantizeSettings) -> str:
+    """Why no node is quantized: "no Conv, MatMul, … nodes to quantize"."""
+    op_types = settings.op_types
+    if settings.mode == "dynamic":
+        op_types = tuple(dict.fromkeys("MatMul" if t == "Gemm" else t for t in op_types))  # as the pass names them
+    reason = f"no {', '.join(op_types)} nodes to quantize"
+    if settings.mode == "dynamic" and (gemms := sum(n.op_type == "Gemm" for n in nodes)):
+        # Only a Gemm with constant weights becomes a MatMul, the op dynamic INT8 has a kernel for.
+        reason += f" ({gemms} Gemm whose weights are computed at run time stay float)"
+    return reason
 
 
 def _has_subgraph_candidates(proto: onnx.ModelProto, settings: QuantizeSettings) -> bool:

@@ -215,6 +215,25 @@ def test_dynamic_says_why_a_gemm_with_run_time_weights_stays_float() -> None:
     assert op_counts(quantized) == op_counts(model)
 
 
+def test_static_says_nothing_to_quantize_before_preparing_or_calibrating(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model with no op to quantize (a tree ensemble, here an Add) is answered from its node list: preparing
+    it (copies, shape inference) and calibrating took minutes on a 190 MB LightGBM model."""
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"], name="add")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])]), opset_imports=[helper.make_opsetid("", 17)])
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("prepared a model with nothing to quantize")
+
+    monkeypatch.setattr("onnxkit.passes.quantize.preprocess.prepare", refuse)
+    result, unchanged = quantize(model, samples("x", (1, 4), 4), mode="static")
+    assert not result.modified and result.details == {"skipped": "nothing to quantize"}
+    assert result.stats == [("no Conv, ConvTranspose, MatMul, Gemm, Gather, Relu, Clip, MaxPool, AveragePool, "
+                             "GlobalAveragePool nodes to quantize")]
+    assert unchanged.graph == model.graph
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Static mode
 

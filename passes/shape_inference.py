@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 
 import onnx
 import onnx_ir as ir
@@ -50,8 +52,36 @@ def infer_shapes(model: ir.Model, *, strict: bool = False, data_prop: bool = Tru
 
     # onnx_ir's helper (private, tested with onnx-ir 1.1.0) hands ONNX a copy without initializer data, so
     # models over 2 GB work too.
-    inferred = _c_api_utils.call_onnx_api(infer, model)
+    with _long_ml_lists_shortened(model):
+        inferred = _c_api_utils.call_onnx_api(infer, model)
     return _merge_types(model, _value_types(sent[0].graph), _value_types(inferred.graph))
+
+
+# ai.onnx.ml list attributes longer than this are sent to ONNX cut to their first element.
+LONG_ML_LIST = 1 << 16
+_LIST_TYPES = (ir.AttributeType.INTS, ir.AttributeType.FLOATS, ir.AttributeType.STRINGS)
+
+
+@contextlib.contextmanager
+def _long_ml_lists_shortened(model: ir.Model) -> Iterator[None]:
+    """Tree ensembles (ai.onnx.ml) keep every tree node in list attributes: 36M values on a 190 MB LightGBM
+    model, which onnx_ir writes out one Python object at a time (a minute per inference). ONNX infers these
+    ops' outputs from which attributes are present and from short ones (class labels, n_targets), never from
+    the tree arrays, so those go cut to one element (present, same type) and come back unchanged after."""
+    shortened: list[tuple[ir.Node, ir.Attr]] = []
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.domain != "ai.onnx.ml":
+            continue
+        for attribute in list(node.attributes.values()):
+            if (not attribute.is_ref() and attribute.type in _LIST_TYPES
+                    and len(attribute.value) > LONG_ML_LIST):
+                shortened.append((node, attribute))
+                node.attributes[attribute.name] = ir.Attr(attribute.name, attribute.type, attribute.value[:1])
+    try:
+        yield
+    finally:
+        for node, attribute in shortened:
+            node.attributes[attribute.name] = attribute
 
 
 def _value_types(graph: onnx.GraphProto, types: dict[str, onnx.TypeProto] | None = None) -> dict[str, onnx.TypeProto]:

@@ -223,6 +223,14 @@ class CollapseLayoutPair(RewriteRuleClassBase):
                 target.append(-1)
         if target.count(-1) > 1:
             return result.fail("more than one dimension would have to be inferred")
+        if target == [0, -1]:
+            # Flatten(axis=1) computes [0, -1] and, unlike that Reshape, also runs on an empty batch.
+            self._plan = ("flatten", None, 0)
+            return result
+        if -1 in target and 0 in target:
+            # A copied dimension that is 0 at run time (an empty batch) leaves the -1 nothing to divide by:
+            # ORT refuses the Reshape where the pair it replaces ran.
+            return result.fail("a -1 beside a copied dimension fails on an empty batch")
         self._plan = ("reshape", np.array(target, dtype=np.int64), 0)
         return result
 
@@ -250,6 +258,8 @@ class CollapseLayoutPair(RewriteRuleClassBase):
         kind, argument, allow_zero = self._plan
         if kind == "identity":
             return pass_through(op, x, out, self._graph)
+        if kind == "flatten":
+            return op.Flatten(x, axis=1)
         if kind == "reshape":
             assert isinstance(argument, np.ndarray)  # a reshape plan carries its target shape
             shape = new_constant(op, argument, self.context.fresh_name(f"{out.name}_shape"), in_function=self._in_function)
@@ -355,6 +365,10 @@ class ReshapeThroughUnitTranspose(RewriteRuleClassBase):
                     new_shape[i] = -1
         if new_shape.count(-1) > 1:
             return result.fail("more than one dimension would have to be inferred")
+        written_before = [int(size) for size in target.reshape(-1)]
+        if -1 in new_shape and 0 in new_shape and not (-1 in written_before and 0 in written_before):
+            # As in CollapseLayoutPair: a copied 0 (an empty batch) beside a -1 makes the Reshape fail.
+            return result.fail("a -1 beside a copied dimension fails on an empty batch")
         self._shape = np.array(new_shape, dtype=np.int64)
         self._in_function = isinstance(context.graph_or_function, ir.Function)
         return result

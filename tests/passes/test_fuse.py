@@ -281,11 +281,23 @@ def test_reshape_chain_keeps_dynamic_dims_dynamic(rng):
                     tensor("shape", np.array([0, 0, -1], np.int64))]
     model = make_model(nodes, [value("x", ["N", 1, 12, "T"])], [value("y", ["N", None])], initializers)
     fused, stats = fuse(model)
-    assert op_types(fused) == ["Reshape"]
+    assert op_types(fused) == ["Flatten"]  # the chain is [N, 12*T]: Reshape [0, -1], written as Flatten(axis=1)
     assert stats == ["collapsed 3 Reshape/Squeeze/Unsqueeze/Flatten pairs and shape-keeping Reshapes"]
     assert fused.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
     for batch, time in ((1, 2), (3, 5)):
         assert_same_outputs(model, fused, {"x": rng.standard_normal((batch, 1, 12, time)).astype(np.float32)})
+
+
+def test_reshape_chain_runs_on_an_empty_batch_where_the_original_does(rng):
+    """A -1 beside a copied dimension fails in ORT when that dimension is 0 (an empty batch): the collapsed
+    pair must not write one where the pair it replaces ran. [N,64,T] → [N,64,1,T] → [N,4,16,T] would collapse
+    to Reshape [0, 4, 16, -1]."""
+    nodes = [helper.make_node("Unsqueeze", ["x", "axes"], ["u"]), helper.make_node("Reshape", ["u", "shape"], ["y"])]
+    initializers = [tensor("axes", np.array([2], np.int64)), tensor("shape", np.array([0, 4, 16, 0], np.int64))]
+    model = make_model(nodes, [value("x", ["N", 64, "T"])], [value("y", ["N", 4, 16, "T"])], initializers)
+    fused, _ = fuse(model)
+    for batch in (0, 2):
+        assert_same_outputs(model, fused, {"x": rng.standard_normal((batch, 64, 5)).astype(np.float32)})
 
 
 def test_pair_that_cancels_keeps_graph_input_and_output_names(rng):

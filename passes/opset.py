@@ -2,9 +2,11 @@
 
 Some rewrites need a recent opset: the standard LayerNormalization exists from opset 17, Gelu from 20.
 
-- ``version=N`` converts to exactly N, or fails with a clear error: downgrades are refused (the
-  converter's downgrades drop or approximate attributes for many ops), and so is a conversion the converter
-  cannot do or gets wrong (it changes the graph's inputs or outputs).
+- ``version=N`` converts to exactly N, up or down, or fails with a clear error when the converter cannot
+  do it or gets it wrong (it changes the graph's inputs or outputs). Many ops have no down adapter (Reshape,
+  Relu, Add at 13 → 12, ...): a downgrade through one fails naming the op. Some down adapters approximate
+  (Softmax 13 → 12 keeps ``axis`` though opset 12 flattens to 2-D first); the pass is ``exact``, so the
+  pipeline's parity check rejects such a result rather than shipping it.
 - Without ``version``, the target is the newest opset at which ONNX Runtime still runs this model: onnx
   knows opsets before ONNX Runtime has kernels for them. A model that cannot move up is left as it is.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import re
 import tempfile
 from pathlib import Path
 
@@ -32,6 +35,9 @@ from onnxkit.passes._graph_utils import all_nodes, signature_changes
 # The version converter's adapters start at opset 1, but models older than 7 rarely convert cleanly
 # and ONNX Runtime no longer runs them.
 OLDEST_OPSET = 7
+
+# How the converter names the op it has no adapter for: "No Adapter To Version $12 for Reshape".
+_MISSING_ADAPTER = re.compile(r"No Adapter (?:To|From) Version \$\d+ for (\w+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +55,7 @@ class _CannotConvert(Exception):
 
 
 class OpsetPass(Pass):
-    """Upgrade the ONNX opset with onnx.version_converter (default: the newest ONNX Runtime runs the model at)."""
+    """Convert the ONNX opset with onnx.version_converter (default: up to the newest ONNX Runtime runs the model at)."""
 
     name = "opset"
     kind = "exact"
@@ -58,8 +64,9 @@ class OpsetPass(Pass):
 
     @classmethod
     def describe_extra(cls) -> list[str]:
-        return [f"version=N converts to exactly N (onnx {onnx.__version__} knows up to {onnx.defs.onnx_opset_version()});",
-                "without it, to the newest opset ONNX Runtime has kernels for, for the model's ops"]
+        return [f"version=N converts to exactly N, up or down (onnx {onnx.__version__} knows up to {onnx.defs.onnx_opset_version()});",
+                "a downgrade fails naming an op without a down adapter, and one an adapter approximates fails parity;",
+                "without version, up to the newest opset ONNX Runtime has kernels for, for the model's ops"]
 
     def call(self, model: ir.Model) -> PassResult:
         current = default_opset(model, missing=None)
@@ -71,16 +78,17 @@ class OpsetPass(Pass):
         target = self.options.version
         if target == current:
             return PassResult(modelio.clone_model(model), False, [])
-        if target < current:
-            raise PassFailedError(
-                f"the model is at opset {current}; converting down to {target} is not supported",
-                hint="the converter's downgrades drop or approximate attributes; export the model at the opset you need",
-            )
         try:
             converted = _convert(model, target, runtime_check=False)
         except _CannotConvert as e:
+            if target < current and (missing := _MISSING_ADAPTER.search(str(e))):
+                raise PassFailedError(
+                    f"cannot convert down from opset {current} to {target}: onnx.version_converter has no down "
+                    f"adapter for {missing.group(1)}",
+                    hint="export the model at the opset you need",
+                ) from e
             raise PassFailedError(f"onnx.version_converter cannot convert this model to opset {target}: {e}",
-                                  hint="an op may lack an adapter for that version; try an older target") from e
+                                  hint="an op may lack an adapter for that version; try another target") from e
         assert converted is not None  # None only where ONNX Runtime is asked to load the result
         return _result(model, converted, current, target)
 

@@ -1,5 +1,6 @@
-"""``opset``: upgrades through onnx.version_converter, bodies of If/Loop included; no-op at the target;
-clear errors for downgrades, unconvertible ops and out-of-range versions."""
+"""``opset``: upgrades and downgrades through onnx.version_converter, bodies of If/Loop included; no-op at the
+target; clear errors for unconvertible ops (a missing down adapter named), approximating down adapters caught
+by parity, out-of-range versions."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxkit import PassFailedError, Pipeline, SpecError
+from onnxkit import ParityError, PassFailedError, Pipeline, SpecError
+from onnxkit.cli import main
 from onnxkit.graph import default_opset
 from onnxkit.passes.opset import OpsetPass
 from tests.conftest import run_model
@@ -136,9 +139,67 @@ def test_a_model_without_onnx_ops_is_left_alone():
     assert not result.modified
 
 
-def test_downgrade_is_refused():
-    with pytest.raises(PassFailedError, match="opset 11; converting down to 9"):
-        OpsetPass(version=9)(ir.serde.deserialize_model(opset11_model()))
+def opset13_model(softmax_axis: int = -1) -> onnx.ModelProto:
+    """Squeeze/Unsqueeze/ReduceSum with axes as inputs (opset 13's form) and a Softmax."""
+    nodes = [
+        helper.make_node("Unsqueeze", ["x", "axis0"], ["u"]),
+        helper.make_node("ReduceSum", ["u", "axis2"], ["s"], keepdims=1),
+        helper.make_node("Squeeze", ["s", "axis0"], ["q"]),
+        helper.make_node("Softmax", ["x"], ["y"], axis=softmax_axis),
+    ]
+    initializers = [numpy_helper.from_array(np.array(values, np.int64), name)
+                    for name, values in (("axis0", [0]), ("axis2", [2]))]
+    outputs = [helper.make_tensor_value_info("q", FLOAT, [2, 1]), helper.make_tensor_value_info("y", FLOAT, [2, 3])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", FLOAT, [2, 3])], outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_downgrade_moves_inputs_back_to_attributes_and_keeps_outputs():
+    model = opset13_model()
+    converted, entry = convert(model, "opset{version=11}")  # the pipeline's exact parity check passes too
+    assert opset_of(converted) == 11 and entry.modified and entry.status == "ok"
+    assert entry.stats[0] == "converted opset 13 → 11"
+    squeeze = next(n for n in converted.graph.node if n.op_type == "Squeeze")
+    assert len(squeeze.input) == 1 and [a.name for a in squeeze.attribute] == ["axes"]
+    feeds = {"x": np.random.default_rng(2).standard_normal((2, 3)).astype(np.float32)}
+    for expected, actual in zip(run_model(model, feeds), run_model(converted, feeds)):
+        np.testing.assert_array_equal(actual, expected)
+
+
+def reshape13_model() -> onnx.ModelProto:
+    """A Reshape at opset 13: onnx has no Reshape adapter down to 12."""
+    nodes = [helper.make_node("Reshape", ["x", "flat"], ["r"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("r", FLOAT, [6])],
+                              [numpy_helper.from_array(np.array([-1], np.int64), "flat")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_downgrade_through_an_op_without_down_adapter_names_the_op():
+    with pytest.raises(PassFailedError, match=r"^cannot convert down from opset 13 to 11: .* no down adapter for Reshape$"):
+        OpsetPass(version=11)(ir.serde.deserialize_model(reshape13_model()))
+
+
+def test_a_downgrade_the_cli_cannot_do_is_one_line_and_leaves_the_input(tmp_path):
+    source, output = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(reshape13_model(), source)
+    before = source.read_bytes()
+    result = CliRunner().invoke(main, ["optimize", str(source), "--passes", "opset{version=11}", "-o", str(output)])
+    assert result.exit_code == PassFailedError.exit_code, result.output
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and error_lines[0].endswith("no down adapter for Reshape"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert source.read_bytes() == before and not output.exists()
+
+
+def test_an_approximating_down_adapter_is_caught_by_parity():
+    # Softmax 13 normalizes over one axis; the converter keeps axis=0 for Softmax 11, which flattens
+    # to 2-D from that axis and normalizes over all six values: different outputs, same graph shape.
+    model = opset13_model(softmax_axis=0)
+    with pytest.raises(ParityError, match="pass 'opset' changed the model's outputs beyond exact tolerance"):
+        Pipeline.parse("opset{version=11}").run(model)
 
 
 def test_an_op_without_adapter_is_a_clear_error():

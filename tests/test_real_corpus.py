@@ -217,6 +217,32 @@ def test_results_page_keeps_each_suites_section(tmp_path):
     assert render.replace_section(rewritten, "## Real-world corpus\nB").count("Real-world corpus") == 1
 
 
+def test_deployment_section_counts_each_outcome_and_survives_the_other_suites(tmp_path):
+    from benchmarks import deploy
+
+    ran = {"exit_code": 1, "data": "calibration samples", "passed": False, "skipped_run": None, "samples": 4,
+           "min_cosine": 0.42, "max_abs_error": 66.3, "unsupported_ops": {}, "model_problems": []}
+    records = [ran | {"model": "a", "target": "openvino", "passed": True, "min_cosine": 1.0, "max_abs_error": 2e-5},
+               ran | {"model": "a", "target": "ort-mobile"},
+               ran | {"model": "b", "target": "openvino", "skipped_run": "the operator check failed",
+                      "unsupported_ops": {"STFT": 1, "Div": 2}},
+               {"model": "b", "target": "ort-mobile", "error": "exit code -11, no output"}]
+    run = {"started": "2026-11-30 16:24 UTC", "finished": "2026-11-30 17:31 UTC", "machine": "2 cores", "records": records}
+    page = tmp_path / "RESULTS.md"
+    page.write_text(render.replace_section("# results\n", "## Real-world corpus\nA"))
+    deploy.publish(run, page)
+    rewritten = render.carry_section(page, "# results\n\n## Headline\nnew\n")  # the main suite rewrites the page
+    assert "## Real-world corpus\nA" in rewritten
+    assert "| OpenVINO | 1 | 1 | 0 | 0 |" in rewritten and "| ORT Mobile | 0 | 0 | 1 | 1 |" in rewritten
+    assert "2026-11-30 16:24 UTC – 2026-11-30 17:31 UTC, on 2 cores" in rewritten
+    assert ("| b | calibration samples | refused: unsupported STFT, Div ×2 | crash: exit code -11, no output |"
+            in rewritten)
+    assert "disagree: cosine 0.420000, max abs 66.3" in rewritten
+    deploy.publish(run, page)
+    deploy.publish(run, page)
+    assert page.read_text().count("## Deployment targets") == 1
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The full sweep
 

@@ -12,7 +12,6 @@ from typing import Any
 HERE = Path(__file__).resolve().parent.parent  # benchmarks/
 RESULTS_MD = HERE / "RESULTS.md"
 COMPACT_JSON = HERE / "results-real.json"
-START, END = "<!-- real-corpus:start -->", "<!-- real-corpus:end -->"
 
 EXACT_PEERS = ("onnxsim", "onnxslim", "ort-basic")  # standard-ONNX peers for node counts
 SIZE_AWARE_FACTOR = 2.0
@@ -28,22 +27,27 @@ def publish(results: dict[str, Any], markdown: Path = RESULTS_MD, compact: Path 
     markdown.write_text(replace_section(text, section))
 
 
-def replace_section(text: str, section: str) -> str:
-    """``text`` with its real-corpus block replaced by ``section`` (or the block appended if it has none)."""
-    block = f"{START}\n{section.rstrip()}\n{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        return head + block + rest.split(END, 1)[1]
+# Any block another script owns on the page: "<!-- name:start -->" ... "<!-- name:end -->".
+_BLOCK = re.compile(r"<!-- ([\w-]+):start -->\n(.*?)\n?<!-- \1:end -->", re.DOTALL)
+
+
+def replace_section(text: str, section: str, name: str = "real-corpus") -> str:
+    """``text`` with its ``name`` block replaced by ``section`` (or the block appended if it has none)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{section.rstrip()}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        return head + block + rest.split(end, 1)[1]
     return text.rstrip() + "\n\n" + block + "\n"
 
 
 def carry_section(markdown: Path, text: str) -> str:
-    """``text`` (the main suite's page, rewritten) with the real-corpus block of the page now at ``markdown``
-    kept, so that rerunning either suite leaves the other's figures alone."""
+    """``text`` (the main suite's page, rewritten) with the marked blocks of the page now at ``markdown`` (the
+    real corpus, the deployment targets) kept, so that rerunning one suite leaves the others' figures alone."""
     old = markdown.read_text() if markdown.exists() else ""
-    if START not in old or END not in old:
-        return text
-    return replace_section(text, old.split(START, 1)[1].split(END, 1)[0].strip("\n"))
+    for block in _BLOCK.finditer(old):
+        text = replace_section(text, block.group(2).strip("\n"), block.group(1))
+    return text
 
 
 def compact_results(results: dict[str, Any]) -> dict[str, Any]:

@@ -8,8 +8,10 @@ dimension of the input and of the output:
 * the output's symbols sit at the input's indices (the rest known sizes): a constant target of 0-copies and
   the known sizes, ``[0, 6, 1, 0]``. ONNX Runtime writes ``-1`` beside a 0-copy instead, which fails for an
   empty batch (the ``-1`` is then 0/0); 0-copies need no ``-1``, so every size, 0 included, reshapes as
-  before. (``[N, 64, A]`` → ``[N, 4, 16, A]`` would take an Unsqueeze first, and ``reshape-chain`` folds such a
-  pair into a target with ``-1``: it is left alone.)
+  before;
+* the symbols line up once static 1s are put in (``[N, 64, A]`` → ``[N, 4, 16, A]``): an ``Unsqueeze``
+  (``[N, 64, 1, A]``), then that constant target, where at least two nodes computing the target go
+  (``reshape-chain`` leaves the pair alone: folded, it would need a ``-1`` beside a 0-copy).
 
 Exact for any sizes; the nodes computing the target go once nothing else reads them. A constant target is
 left as it is (``simplify`` settles those).
@@ -83,6 +85,36 @@ def _symbols_line_up(before: list[Dim], after: list[Dim]) -> bool:
                for a, b in zip(before, after) if not (isinstance(a, int) and isinstance(b, int)))
 
 
+def _unsqueezed_to_line_up(before: list[Dim], after: list[Dim]) -> list[int] | None:
+    """Axes of static 1s that, put into ``before``, bring each of its symbols to its index in ``after``
+    (``[N, 64, A]`` → ``[N, 64, 1, A]`` for ``[N, 4, 16, A]``); None when no such insertion lines them up."""
+    if len(before) >= len(after):
+        return None
+    symbols_before = [i for i, d in enumerate(before) if not isinstance(d, int)]
+    symbols_after = [j for j, d in enumerate(after) if not isinstance(d, int)]
+    if len(symbols_before) != len(symbols_after) or not symbols_before:
+        return None
+    padded: list[Dim] = []
+    axes: list[int] = []
+    source = 0
+    for i, j in zip(symbols_before, symbols_after):
+        if not _same(before[i], after[j]):
+            return None
+        padded.extend(before[source:i])
+        while len(padded) < j:  # ones in front of the symbol, so that it lands at index j
+            axes.append(len(padded))
+            padded.append(1)
+        if len(padded) != j:
+            return None
+        padded.append(before[i])
+        source = i + 1
+    padded.extend(before[source:])
+    while len(padded) < len(after):
+        axes.append(len(padded))
+        padded.append(1)
+    return axes if axes and _symbols_line_up(padded, after) else None
+
+
 def _dying_nodes(target: ir.Value, reshape: ir.Node) -> int:
     """How many nodes computing the target go once the Reshape no longer reads it."""
     dying: set[ir.Node] = {reshape}
@@ -134,17 +166,24 @@ def _rewrite(reshape: ir.Node, graph: ir.Graph | ir.Function, context: FusionCon
         kind = "Unsqueeze"
     elif _symbols_line_up(before, after) and _dying_nodes(target, reshape):
         kind, axes = "Reshape", []  # [0 where a symbol sits, the known size elsewhere]
+    elif (axes := _unsqueezed_to_line_up(before, after)) is not None and _dying_nodes(target, reshape) >= 2:
+        kind = "Unsqueeze+Reshape"  # two nodes for the Reshape and at least two computing its target
     else:
         return False
     anchor = reshape.name or old.name or ""  # unnamed nodes go by their output
     if not context.allows(context.fusion, anchor):
         return False
-    if kind != "Reshape":
+    if kind in ("Squeeze", "Unsqueeze"):
         new_nodes = [_unit_axes_op(kind, x, axes, old.name, graph, reshape, context)]
     else:
+        if kind == "Unsqueeze+Reshape":
+            new_nodes = [_unit_axes_op("Unsqueeze", x, axes, old.name, graph, reshape, context)]
+            x = new_nodes[0].outputs[0]
+        else:
+            new_nodes = []
         shape = _constant([d if isinstance(d, int) else 0 for d in after],
                           context.fresh_name(f"{old.name}_shape"), graph, reshape)
-        new_nodes = [ir.node("Reshape", [x, shape])]
+        new_nodes.append(ir.node("Reshape", [x, shape]))
     for node in new_nodes:
         graph.insert_before(reshape, node)
     new_nodes[-1].name = reshape.name

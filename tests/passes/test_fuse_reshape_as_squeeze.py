@@ -60,3 +60,20 @@ def test_reshape_that_moves_a_symbol_keeps_its_computed_target():
     # [N, 2, A] → [N, A, 2]: A changes index, so no 0-copy can write it (ORT would need -1 beside a 0)
     model = _computed_reshape(["N", 2, "A"], ["d0", "d2", 2], ["N", "A", 2])
     assert "Concat" in op_types(fuse(model)[0])
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_symbols_that_line_up_after_an_unsqueeze_take_a_constant_target(rng, opset):
+    # YOLOv8's DFL head: [N, 64, A] → [N, 4, 16, A]: Unsqueeze to [N, 64, 1, A], then [0, 4, 16, 0] (no -1,
+    # which reshape-chain must not fold back in beside the 0-copies)
+    model = _computed_reshape(["N", 64, "A"], ["d0", 4, 16, "d2"], ["N", 4, 16, "A"], opset)
+    fused, _ = fuse(model)
+    assert op_types(fused) == ["Unsqueeze", "Reshape"]
+    reshape = next(node for node in fused.graph.node if node.op_type == "Reshape")
+    target = [numpy_helper.to_array(t).tolist() for t in fused.graph.initializer if t.name == reshape.input[1]]
+    assert target == [[0, 4, 16, 0]]
+    for batch in (2, 0):
+        feeds = {"x": rng.standard_normal((batch, 64, 5)).astype(np.float32)}
+        (expected,), (actual,) = run_model(model, feeds), run_model(fused, feeds)
+        assert actual.shape == expected.shape
+        np.testing.assert_array_equal(actual, expected)

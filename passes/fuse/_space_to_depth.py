@@ -63,7 +63,8 @@ def _rewrite(concat: ir.Node, graph: ir.Graph | ir.Function, context: FusionCont
     if concat.op_type != "Concat" or concat.domain not in _STANDARD or len(concat.inputs) != _BLOCK * _BLOCK:
         return False
     first = concat.inputs[0].producer() if concat.inputs[0] is not None else None
-    x = first.inputs[0] if first is not None else None
+    # Only Slices can be the parts; a part made by an op without inputs (a Constant) ends the match here.
+    x = first.inputs[0] if first is not None and first.op_type == "Slice" and first.inputs else None
     if x is None or x.shape is None or len(x.shape) != _RANK or concat.attributes.get_int("axis", 0) % _RANK != 1:
         return False
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
@@ -75,7 +76,8 @@ def _rewrite(concat: ir.Node, graph: ir.Graph | ir.Function, context: FusionCont
     offsets = []
     for part in concat.inputs:
         producer = part.producer() if part is not None else None
-        if (part is None or producer is None or producer.inputs[0] is not x or producer.graph is not graph
+        if (part is None or producer is None or producer.op_type != "Slice" or not producer.inputs
+                or producer.inputs[0] is not x or producer.graph is not graph
                 or part.is_graph_output() or len(part.uses()) != 1):
             return False
         offset = _block_offset(producer, height, width)

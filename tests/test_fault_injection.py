@@ -90,7 +90,8 @@ def model_weight(path: Path, side: int) -> float:
     return float(values[0])
 
 
-def kill_during_save(point: str, args: list[str], cwd: Path, *, delay: float = 0.0) -> None:
+def kill_during_save(point: str, args: list[str], cwd: Path, *, delay: float = 0.0, must_kill: bool = True) -> bool:
+    """Run the child to ``point``, wait ``delay`` and SIGKILL it; whether the kill came before it finished."""
     signal_file = cwd / "save-reached"
     child = subprocess.Popen([sys.executable, "-c", CHILD, point, str(signal_file), *args], cwd=cwd,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -104,7 +105,9 @@ def kill_during_save(point: str, args: list[str], cwd: Path, *, delay: float = 0
     child.send_signal(signal.SIGKILL)
     child.wait()
     signal_file.unlink()
-    assert child.returncode == -signal.SIGKILL, "the child finished before it was killed"
+    killed = child.returncode == -signal.SIGKILL
+    assert killed or not must_kill, "the child finished before it was killed"
+    return killed
 
 
 # Each kill costs a CLI start (~2 s on a busy machine): the fast suite kills in the window that used to pair an
@@ -158,13 +161,20 @@ def test_sigkill_while_writing_a_200mb_model(tmp_path: Path) -> None:
     save_external(scale_model(2.0, side), tmp_path / "m.onnx")
     save_external(scale_model(5.0, side), tmp_path / "out.onnx")
     before = digests(tmp_path)
-    for delay in (0.05, 0.3):  # early in the write, and later
-        kill_during_save("writing", ["optimize", "m.onnx", "--passes", "cleanup", "-o", "out.onnx",
-                                     "--external-data", "--check", "off"], tmp_path, delay=delay)
+    kills = 0
+    # Early in the write, and later. A fast disk may finish the save before a later kill: that run is checked
+    # all the same, and the kill is tried again sooner, since only a kill inside the write tests anything.
+    for delay in (0.05, 0.3, 0.1, 0.02, 0.0):
+        kills += kill_during_save("writing", ["optimize", "m.onnx", "--passes", "cleanup", "-o", "out.onnx",
+                                              "--external-data", "--check", "off"], tmp_path, delay=delay,
+                                  must_kill=False)
         after = digests(tmp_path)
         assert after["m.onnx"] == before["m.onnx"] and after["m.onnx.data"] == before["m.onnx.data"]
         weight = model_weight_large(tmp_path / "out.onnx")
         assert weight in (5.0, 2.0)
+        if kills >= 2:
+            break
+    assert kills >= 2, "no kill landed inside the 200 MB save"
 
 
 def model_weight_large(path: Path) -> float:

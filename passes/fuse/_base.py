@@ -336,3 +336,17 @@ def pass_through(op: Any, value: ir.Value, replaced: ir.Value, graph: ir.Graph |
 
 def rank_of(value: ir.Value) -> int | None:
     return None if value.shape is None else value.shape.rank()
+
+
+def insert_constant(array: np.ndarray, name: str, graph: ir.Graph | ir.Function, before: ir.Node) -> ir.Value:
+    """A constant for rules that edit the graph directly: an initializer of ``graph``, or in a function (which
+    holds no initializers) a Constant node placed before ``before``."""
+    tensor = ir.tensor(array, name=name)
+    if isinstance(graph, ir.Graph):
+        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+        graph.register_initializer(value)
+        return value
+    constant = ir.node("Constant", [], attributes={"value": tensor}, outputs=[
+        ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))])
+    graph.insert_before(before, constant)
+    return constant.outputs[0]

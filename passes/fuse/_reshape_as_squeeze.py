@@ -23,7 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxkit.pass_base import Site
-from onnxkit.passes.fuse._base import FusionContext
+from onnxkit.passes.fuse._base import FusionContext, insert_constant
 from onnxkit.passes.fuse._shape_of_transpose import _take_place
 
 _STANDARD = ("", "ai.onnx")
@@ -131,23 +131,12 @@ def _dying_nodes(target: ir.Value, reshape: ir.Node) -> int:
     return len(dying) - 1
 
 
-def _constant(values: list[int], name: str, graph: ir.Graph | ir.Function, before: ir.Node) -> ir.Value:
-    tensor = ir.tensor(np.array(values, dtype=np.int64), name=name)
-    if isinstance(graph, ir.Graph):
-        value = ir.Value(name=name, shape=ir.Shape([len(values)]), type=ir.TensorType(ir.DataType.INT64),
-                         const_value=tensor)
-        graph.register_initializer(value)
-        return value
-    constant = ir.node("Constant", [], attributes={"value": tensor}, outputs=[ir.Value(name=name)])
-    graph.insert_before(before, constant)  # functions hold no initializers
-    return constant.outputs[0]
-
-
 def _unit_axes_op(kind: str, x: ir.Value, axes: list[int], base: str | None, graph: ir.Graph | ir.Function,
                   before: ir.Node, context: FusionContext) -> ir.Node:
     if context.opset < _AXES_INPUT_OPSET:
         return ir.node(kind, [x], attributes={"axes": axes})
-    return ir.node(kind, [x, _constant(axes, context.fresh_name(f"{base}_axes"), graph, before)])
+    axes_value = insert_constant(np.array(axes, dtype=np.int64), context.fresh_name(f"{base}_axes"), graph, before)
+    return ir.node(kind, [x, axes_value])
 
 
 def _rewrite(reshape: ir.Node, graph: ir.Graph | ir.Function, context: FusionContext) -> bool:
@@ -181,8 +170,8 @@ def _rewrite(reshape: ir.Node, graph: ir.Graph | ir.Function, context: FusionCon
             x = new_nodes[0].outputs[0]
         else:
             new_nodes = []
-        shape = _constant([d if isinstance(d, int) else 0 for d in after],
-                          context.fresh_name(f"{old.name}_shape"), graph, reshape)
+        shape = insert_constant(np.array([d if isinstance(d, int) else 0 for d in after], dtype=np.int64),
+                                context.fresh_name(f"{old.name}_shape"), graph, reshape)
         new_nodes.append(ir.node("Reshape", [x, shape]))
     for node in new_nodes:
         graph.insert_before(reshape, node)

@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxkit.pass_base import Site
-from onnxkit.passes.fuse._base import FusionContext
+from onnxkit.passes.fuse._base import FusionContext, insert_constant
 from onnxkit.passes.fuse._transpose_region import perm_of
 
 _STANDARD = ("", "ai.onnx")
@@ -61,15 +61,7 @@ def _rewrite(transpose: ir.Node, graph: ir.Graph | ir.Function, context: FusionC
     for reader in dict.fromkeys(readers):
         indices = np.array(_sliced(perm, reader), dtype=np.int64)
         name = context.fresh_name(f"{reader.outputs[0].name}_perm")
-        tensor = ir.tensor(indices, name=name)
-        if isinstance(graph, ir.Graph):
-            index_value = ir.Value(name=name, shape=ir.Shape(indices.shape), type=ir.TensorType(ir.DataType.INT64),
-                                   const_value=tensor)
-            graph.register_initializer(index_value)
-        else:  # functions hold no initializers
-            constant = ir.node("Constant", [], attributes={"value": tensor}, outputs=[ir.Value(name=name)])
-            graph.insert_before(reader, constant)
-            index_value = constant.outputs[0]
+        index_value = insert_constant(indices, name, graph, reader)
         gather = ir.node("Gather", [shape_of_x.outputs[0], index_value], attributes={"axis": 0},
                          outputs=[ir.Value(name=context.fresh_name(reader.outputs[0].name))], name=reader.name)
         old = reader.outputs[0]

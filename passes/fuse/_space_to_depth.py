@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxkit.pass_base import Site
-from onnxkit.passes.fuse._base import FusionContext
+from onnxkit.passes.fuse._base import FusionContext, insert_constant
 from onnxkit.passes.fuse._shape_of_transpose import _take_place
 
 _STANDARD = ("", "ai.onnx")
@@ -99,15 +99,7 @@ def _rewrite(concat: ir.Node, graph: ir.Graph | ir.Function, context: FusionCont
                      dtype=np.int64)
     if not np.array_equal(order, np.arange(order.size)):
         name = context.fresh_name(f"{old.name}_channels")
-        tensor = ir.tensor(order, name=name)
-        if isinstance(graph, ir.Graph):
-            indices = ir.Value(name=name, shape=ir.Shape(order.shape), type=ir.TensorType(ir.DataType.INT64),
-                               const_value=tensor)
-            graph.register_initializer(indices)
-        else:  # functions hold no initializers
-            constant = ir.node("Constant", [], attributes={"value": tensor}, outputs=[ir.Value(name=name)])
-            graph.insert_before(concat, constant)
-            indices = constant.outputs[0]
+        indices = insert_constant(order, name, graph, concat)
         gather = ir.node("Gather", [result, indices], attributes={"axis": 1},
                          outputs=[ir.Value(name=context.fresh_name(old.name))])
         graph.insert_before(concat, gather)

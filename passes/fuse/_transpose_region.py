@@ -24,7 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxkit.pass_base import Site
-from onnxkit.passes.fuse._base import FusionContext, constant_array
+from onnxkit.passes.fuse._base import FusionContext, constant_array, insert_constant
 
 _STANDARD = ("", "ai.onnx")
 # Ops whose every input broadcasts against the others elementwise, and whose one output has the
@@ -248,19 +248,6 @@ def _in_source_layout(array: np.ndarray, perm: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(full, np.argsort(perm)))
 
 
-def _new_constant(array: np.ndarray, name: str, graph: ir.Graph | ir.Function, before: ir.Node) -> ir.Value:
-    tensor = ir.tensor(array, name=name)
-    if isinstance(graph, ir.Graph):
-        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
-        graph.register_initializer(value)
-        return value
-    # Functions hold no initializers.
-    constant = ir.node("Constant", [], attributes={"value": tensor}, outputs=[
-        ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))])
-    graph.insert_before(before, constant)
-    return constant.outputs[0]
-
-
 def _rewrite(region: _Region, graph: ir.Graph | ir.Function, context: FusionContext) -> None:
     sources = {t.outputs[0]: t.inputs[0] for t in region.entering}
     moved: dict[tuple[ir.Value, tuple[int, ...]], ir.Value] = {}
@@ -273,14 +260,14 @@ def _rewrite(region: _Region, graph: ir.Graph | ir.Function, context: FusionCont
                 if (value, perm) not in moved:
                     array = _in_source_layout(region.constants[value], perm)
                     moved[value, perm] = value if array is region.constants[value] else \
-                        _new_constant(array, context.fresh_name(value.name), graph, node)
+                        insert_constant(array, context.fresh_name(value.name), graph, node)
                 node.replace_input_with(index, moved[value, perm])
         if node in region.new_axes:
             axes = region.new_axes[node]
             if "axes" in node.attributes:
                 node.attributes["axes"] = ir.AttrInt64s("axes", axes)
             else:
-                node.replace_input_with(1, _new_constant(np.array(axes, dtype=np.int64),
+                node.replace_input_with(1, insert_constant(np.array(axes, dtype=np.int64),
                                                          context.fresh_name(f"{node.outputs[0].name}_axes"), graph, node))
         output = node.outputs[0]
         out_perm = region.perms[output]

@@ -11,7 +11,7 @@ Each pass in ``run`` goes through the same straight line:
 
 The loop itself is ``pipeline_run.PipelineRun``; this module builds it and hands it the starting model.
 Around it: ``spec`` (spec text ⇄ passes, re-exported here), ``snapshot`` (the serialized model and the checks
-on it), ``narrowing`` (bisecting a failing pass's rules and sites), ``parity_chain`` (the comparisons).
+on it), ``narrowing`` (bisecting a failing pass's rules and sites), ``parity.chain`` (the comparisons).
 """
 
 

@@ -4,40 +4,52 @@ onnxkit's core never pulls in torch when it is imported."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# What a pass may build on. Everything else in onnxkit (pipeline, cli, bench, report, …) sits above the passes.
-PASS_LAYER = {"pass_base", "graph", "runtime", "modelio", "data", "errors", "passes"}
-# Reaches above that layer that ARCHITECTURE.md names, each with its reason.
+# The shared layer: what every pass builds on, and what sits under the pipeline, the CLI and bench alike.
+# Each of these imports only the others (tests below), so a pass reaching into it can never reach above it.
+SHARED_LAYER = {
+    "pass_base": "what a pass is: name, kind, options, context, result",
+    "graph": "the one walk over every graph, histograms, fingerprints",
+    "runtime": "the one ONNX Runtime session factory",
+    "modelio": "load and save: external data, path safety, atomic writes",
+    "data": "datasets, synthetic inputs, probing, the held-out split",
+    "errors": "the OnnxkitError tree",
+    "parity": "comparing two models in ONNX Runtime, tolerances; lossy passes judge their candidates with it",
+}
+# Leaf modules the shared layer uses inside itself, importing nothing of onnxkit; passes do not need them.
+SHARED_INTERNALS = {"ir_compat": "modelio's adapter teaching onnx-ir the ONNX map types"}
+# Reaches beyond the shared layer that ARCHITECTURE.md names, each with its reason.
 PASS_EXCEPTIONS = {
-    "parity": "a lossy pass (quantize, precision) judges its own candidates against its parity target",
     "export": "the export pass wraps the torch exporter, imported lazily inside the pass",
 }
-# The modules those two exceptions are made of. They sit beside the pass layer, not above it: each may import
-# only the pass layer and the others of this set, never pipeline, cli, report or bench (checked below).
-EXCEPTION_MODULES = {"parity", "parity_chain", "parity_runs", "parity_report", "tolerance",
-                     "export", "export_inputs"}
+# The modules the export exception is made of. They may import only the shared layer and each other, never
+# pipeline, cli, report or bench (checked below), so the exception is no path above the passes.
+EXCEPTION_MODULES = {"export", "export_inputs"}
 
 # The modules that need torch; everything else in onnxkit must import without it.
 TORCH_MODULES = {"onnxkit.export", "onnxkit.export_inputs", "onnxkit.train", "onnxkit.train_setup",
                  "onnxkit.train_batches", "onnxkit.zoo", "onnxkit.demo"}
 
 
-def _onnxkit_imports(tree: ast.AST) -> list[tuple[int, str]]:
-    """(line, first component under onnxkit) for every import of an onnxkit module, at any depth."""
+def _onnxkit_imports(tree: ast.AST, package: str | None = None) -> list[tuple[int, str]]:
+    """(line, first component under onnxkit) for every import of an onnxkit module, at any depth. Relative
+    imports are resolved against ``package`` (the dotted package the source lives in) when it is given."""
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module == "onnxkit":  # from onnxkit import parity, runtime
-                names = [f"onnxkit.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and (node.level == 0 or package):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            if base == "onnxkit" or node.module is None:  # from onnxkit import parity; from . import sibling
+                names = [f"{base}.{alias.name}" for alias in node.names]
             else:
-                names = [node.module]
+                names = [base]
         else:
             continue
         found += [(node.lineno, name.split(".")[1]) for name in names
@@ -45,40 +57,65 @@ def _onnxkit_imports(tree: ast.AST) -> list[tuple[int, str]]:
     return found
 
 
-def test_passes_import_only_the_layer_below_them():
-    sources = sorted((REPO / "passes").rglob("*.py"))
-    assert len(sources) > 20, "passes/ not found where expected"
+def _sources_of(names: set[str]) -> list[Path]:
+    """The source files of the onnxkit modules and packages named."""
+    sources = []
+    for name in sorted(names):
+        package = REPO / "onnxkit" / name
+        sources += sorted(package.rglob("*.py")) if package.is_dir() else [package.with_suffix(".py")]
+    return sources
+
+
+def _import_violations(sources: list[Path], allowed: set[str]) -> list[str]:
     violations = []
     for source in sources:
+        relative = source.relative_to(REPO)
+        # passes/ is installed as onnxkit.passes: its relative imports resolve there
+        parts = ("onnxkit", *relative.parts[:-1]) if relative.parts[0] == "passes" else relative.parts[:-1]
         tree = ast.parse(source.read_text(), filename=str(source))
-        for line, module in _onnxkit_imports(tree):
-            if module not in PASS_LAYER and module not in PASS_EXCEPTIONS:
-                violations.append(f"{source.relative_to(REPO)}:{line} imports onnxkit.{module}")
+        for line, module in _onnxkit_imports(tree, ".".join(parts)):
+            if module not in allowed:
+                violations.append(f"{relative}:{line} imports onnxkit.{module}")
+    return violations
+
+
+def test_passes_import_only_the_shared_layer():
+    sources = sorted((REPO / "passes").rglob("*.py"))
+    assert len(sources) > 20, "passes/ not found where expected"
+    violations = _import_violations(sources, set(SHARED_LAYER) | set(PASS_EXCEPTIONS) | {"passes"})
     assert not violations, (
-        "passes/ may import only onnxkit's " + ", ".join(sorted(PASS_LAYER - {"passes"}))
-        + " (and " + ", ".join(f"{name}: {why}" for name, why in PASS_EXCEPTIONS.items()) + "); "
-        "move what the pass needs down into one of those modules:\n  " + "\n  ".join(violations))
+        "passes/ may import only onnxkit's shared layer (" + ", ".join(sorted(SHARED_LAYER))
+        + ") and " + ", ".join(f"{name} ({why})" for name, why in PASS_EXCEPTIONS.items())
+        + "; move what the pass needs down into the shared layer:\n  " + "\n  ".join(violations))
 
 
-def test_the_named_exceptions_build_only_on_the_pass_layer():
-    """A pass may use parity and export because they are services below the pipeline: what they import is the
-    pass layer and each other. Were parity to import the pipeline, the exception would let passes reach it."""
+def test_the_shared_layer_builds_only_on_itself():
+    """Were parity (or data, or runtime) to import the pipeline, a pass could reach the pipeline through it."""
+    sources = _sources_of(set(SHARED_LAYER))
+    assert len(sources) > 15 and REPO / "onnxkit" / "parity" / "chain.py" in sources
+    violations = _import_violations(sources, set(SHARED_LAYER) | set(SHARED_INTERNALS))
+    violations += _import_violations(_sources_of(set(SHARED_INTERNALS)), set())
+    assert not violations, ("the shared layer (" + ", ".join(sorted(SHARED_LAYER)) + ") may import only itself"
+                            " and " + ", ".join(sorted(SHARED_INTERNALS)) + ":\n  " + "\n  ".join(violations))
+
+
+def test_the_named_exceptions_build_only_on_the_shared_layer():
+    """A pass may use export because it is a service below the pipeline: it imports the shared layer and its
+    own modules, nothing above the passes."""
     assert set(PASS_EXCEPTIONS) <= EXCEPTION_MODULES
-    violations = []
-    for name in sorted(EXCEPTION_MODULES):
-        source = REPO / "onnxkit" / f"{name}.py"
-        tree = ast.parse(source.read_text(), filename=str(source))
-        for line, module in _onnxkit_imports(tree):
-            if module not in PASS_LAYER | EXCEPTION_MODULES:
-                violations.append(f"onnxkit/{name}.py:{line} imports onnxkit.{module}")
-    assert not violations, ("the modules passes may reach through a named exception must build only on "
-                            + ", ".join(sorted(PASS_LAYER - {"passes"})) + ":\n  " + "\n  ".join(violations))
+    violations = _import_violations(_sources_of(EXCEPTION_MODULES), set(SHARED_LAYER) | EXCEPTION_MODULES)
+    assert not violations, ("the modules passes may reach through a named exception must build only on the "
+                            "shared layer (" + ", ".join(sorted(SHARED_LAYER)) + "):\n  "
+                            + "\n  ".join(violations))
 
 
 def test_the_import_check_sees_every_form_of_import():
     tree = ast.parse("import onnxkit.pipeline\nfrom onnxkit import cli, graph\nfrom onnxkit.report import x\n"
                      "def f():\n    from onnxkit.bench import y\nfrom . import sibling\nimport onnx\n")
     assert [module for _, module in _onnxkit_imports(tree)] == ["pipeline", "cli", "graph", "report", "bench"]
+    relative = ast.parse("from . import runs\nfrom ..pipeline import Pipeline\nfrom .chain import x\n")
+    assert [module for _, module in _onnxkit_imports(relative, "onnxkit.parity")] == ["parity", "pipeline",
+                                                                                      "parity"]
 
 
 def _core_modules() -> list[str]:

@@ -11,9 +11,10 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxkit import parity, parity_chain
+from onnxkit import parity
 from onnxkit.errors import DataError, ModelLoadError, SpecError
 from onnxkit.parity import Tolerance, compare_models
+from onnxkit.parity import chain as parity_chain
 
 
 def linear_model(weight: np.ndarray, *, batch: str | int = "batch") -> onnx.ModelProto:

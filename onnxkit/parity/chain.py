@@ -16,9 +16,9 @@ from onnxkit import runtime
 from onnxkit.data import validate_sample
 from onnxkit.data.probe import ProbeRun
 from onnxkit.errors import ModelLoadError
-from onnxkit.parity_report import ParityReport
-from onnxkit.parity_runs import Compared, Live, Recording, Replay, add_time, compare_runs, make_report
-from onnxkit.tolerance import Tolerance
+from onnxkit.parity.report import ParityReport
+from onnxkit.parity.runs import Compared, Live, Recording, Replay, add_time, compare_runs, make_report
+from onnxkit.parity.tolerance import Tolerance
 
 # The most bytes of outputs kept per model for the next comparison; past it that model is run again.
 RECORDING_BUDGET = 256 * 2**20

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxkit.tolerance import Tolerance, ceil_num_text, num_text
+from onnxkit.parity.tolerance import Tolerance, ceil_num_text, num_text
 
 
 @dataclasses.dataclass

@@ -21,9 +21,11 @@ Verdicts follow a ``Tolerance``:
 On failure each output reports the smallest atol (at the given rtol) and the smallest rtol (at the given atol)
 that would have passed, and the budget values it reached.
 
-The pieces live in their own modules, all re-exported here: ``tolerance`` (``Tolerance`` and its presets),
-``parity_report`` (metrics and reports), ``parity_runs`` (running or replaying both sides), ``parity_chain``
-(``ParityChain``, the pipeline's comparisons along a chain of models).
+The pieces live in this package's modules, all re-exported here: ``tolerance`` (``Tolerance`` and its
+presets), ``report`` (metrics and reports), ``runs`` (running or replaying both sides), ``chain``
+(``ParityChain``, the pipeline's comparisons along a chain of models). The package sits in the shared layer
+under the passes: it imports only ``runtime``, ``data``, ``modelio`` and ``errors``, so a lossy pass may judge
+its own candidates with it (tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -40,10 +42,10 @@ import onnx_ir as ir
 from onnxkit import modelio, runtime
 from onnxkit.data import as_dataset, describe_data, input_specs
 from onnxkit.errors import ModelLoadError, SpecError
-from onnxkit.parity_chain import RECORDING_BUDGET, ParityChain
-from onnxkit.parity_report import OutputComparison, OutputReport, ParityReport, compare_outputs
-from onnxkit.parity_runs import Compared, Live, Recording, compare_runs, make_report
-from onnxkit.tolerance import PRESETS, Precision, Tolerance, parse_output_tolerance, tolerance_from_options
+from onnxkit.parity.chain import RECORDING_BUDGET, ParityChain
+from onnxkit.parity.report import OutputComparison, OutputReport, ParityReport, compare_outputs
+from onnxkit.parity.runs import Compared, Live, Recording, compare_runs, make_report
+from onnxkit.parity.tolerance import PRESETS, Precision, Tolerance, parse_output_tolerance, tolerance_from_options
 
 __all__ = [
     "PRESETS",

@@ -20,8 +20,8 @@ import numpy as np
 from onnxkit import runtime
 from onnxkit.data import validate_sample
 from onnxkit.errors import DataError
-from onnxkit.parity_report import OutputComparison, OutputReport, ParityReport
-from onnxkit.tolerance import Tolerance
+from onnxkit.parity.report import OutputComparison, OutputReport, ParityReport
+from onnxkit.parity.tolerance import Tolerance
 
 
 @dataclasses.dataclass

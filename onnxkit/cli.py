@@ -429,8 +429,8 @@ def demo(out_dir: Path, seed: int, as_json: bool) -> None:
 
 
 # Commands registered on main by their own modules: check, reduce and inspect (which look at models without
-# changing them), and the deployment commands (deploy-check, to-ort) with optimize's --target.
-from onnxkit import diagnose_cli  # noqa: E402, F401  (registers its commands on main)
+# changing them), debug quant, and the deployment commands (deploy-check, to-ort) with optimize's --target.
+from onnxkit import debug_cli, diagnose_cli  # noqa: E402, F401  (register their commands on main)
 from onnxkit.deploy import cli as deploy_cli  # noqa: E402  (registers its commands on main)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -181,6 +181,11 @@ def _all_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
                     yield attr.value
 
 
+def external_tensor_bytes(model: ir.Model) -> int:
+    """Bytes of the model's tensors still in external data files (loaded lazily, serialized as references)."""
+    return sum(t.nbytes for t in _all_tensors(model) if isinstance(t, ir.ExternalTensor))
+
+
 def external_data_folder(model: ir.Model) -> Path | None:
     """The folder the model's external data is read from (the model file's folder), or None if it has none."""
     # A model parsed from bytes has no folder: its tensors' base_dir is empty.
@@ -327,7 +332,8 @@ def proto_bytes(proto: onnx.ModelProto) -> int:
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
-    """The model as a protobuf, with every tensor's data in memory."""
+    """The model as a protobuf: tensors in memory carry their data, tensors still in external data files
+    (``ir.ExternalTensor``) are references to them, never read."""
     return ir.serde.serialize_model(model)
 
 

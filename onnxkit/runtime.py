@@ -43,12 +43,19 @@ def set_verbose(verbose: bool) -> None:
     ort.set_default_logger_severity(_VERBOSE_SEVERITY if verbose else _QUIET_SEVERITY)
 
 
-def session_options(*, optimize: bool = False, threads: int = 1) -> Any:
+def session_options(*, optimize: bool = False, threads: int = 1, prepack: bool = True) -> Any:
     """Session options: graph optimizations off unless asked (parity must see the graph as written), a fixed
-    number of threads (timings and comparisons must not fight the rest of the machine), and quiet logs."""
+    number of threads (timings and comparisons must not fight the rest of the machine), and quiet logs.
+
+    ``prepack=False`` keeps ORT from copying weights into its packed layouts (MatMul, Conv, ...). ORT maps
+    external data files into memory, so unpacked weights stay in the page cache, shared by every session on
+    the same file, instead of a private copy per session: what a parity check on a model of gigabytes wants
+    (it runs a few samples; packing pays off over many runs, as timing them)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.intra_op_num_threads = threads
@@ -59,11 +66,11 @@ def session_options(*, optimize: bool = False, threads: int = 1) -> Any:
 
 
 def make_session(model: ModelSource, *, options: Any = None, optimize: bool = False, threads: int = 1,
-                 model_dir: str | os.PathLike[str] | None = None,
+                 prepack: bool = True, model_dir: str | os.PathLike[str] | None = None,
                  providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
     """An ``onnxruntime.InferenceSession`` for a path, bytes, ``onnx.ModelProto`` or ``onnx_ir.Model``.
 
-    ``options`` replaces the defaults of ``session_options(optimize=..., threads=...)``; its log level is set
+    ``options`` replaces the defaults of ``session_options(optimize=..., threads=..., prepack=...)``; its log level is set
     here whatever the caller chose. ``model_dir`` is where external data of an in-memory model lives: a
     path's own folder is used for a path, and an ``ir.Model`` loaded from a file knows its folder itself.
     """
@@ -74,7 +81,7 @@ def make_session(model: ModelSource, *, options: Any = None, optimize: bool = Fa
     if not _verbose:
         ort.set_default_logger_severity(_QUIET_SEVERITY)
     if options is None:
-        options = session_options(optimize=optimize, threads=threads)
+        options = session_options(optimize=optimize, threads=threads, prepack=prepack)
     options.log_severity_level = _VERBOSE_SEVERITY if _verbose else _QUIET_SEVERITY
     providers = list(providers)
     if isinstance(model, (str, os.PathLike)):

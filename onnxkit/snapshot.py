@@ -64,27 +64,42 @@ class Signature:
 @dataclasses.dataclass
 class Snapshot:
     """A model serialized once: verification, parity and rollback all read the same bytes, because each
-    serialization of a weight-heavy proto (``ByteSize`` included) costs about a copy of every weight."""
+    serialization of a weight-heavy proto (``ByteSize`` included) costs about a copy of every weight.
+
+    Tensors still in external data files (a model over the in-memory limit is loaded lazily) are serialized as
+    references to those files, never read: the snapshot of a model of gigabytes is then a few hundred KB, its
+    parity sessions map the weights from the files, and ``size`` still counts them."""
 
     signature: Signature
     model: bytes | onnx.ModelProto  # bytes below the in-memory limit; the proto itself above it
-    size: int
-    # Where the external data of a model over the limit lives: its tensors stay on disk, referenced relative to
-    # the model's folder, which a restored copy must know (not the current folder).
+    size: int  # the serialized model and the external data it refers to, as saved
+    # Where the external data the model refers to lives, relative to which a restored copy or an ONNX Runtime
+    # session must resolve it (not the current folder).
     model_dir: str | os.PathLike[str] | None = None
     # The model without its large weights, for shape inference (below the limit only; see ``_weightless``).
     shapes: bytes | None = None
+    external_bytes: int = 0  # of tensors left in external data files
+
+    @property
+    def checked(self) -> bytes | onnx.ModelProto:
+        """What onnx.checker reads: the model, or its weightless form when it refers to external data files,
+        which the checker would look for in the current folder (loading found them in place, and a reference
+        has no bytes in the model to check)."""
+        return self.shapes if self.external_bytes and self.shapes is not None else self.model
 
     @classmethod
     def of(cls, model: ir.Model, model_dir: str | os.PathLike[str] | None = None) -> Snapshot:
         proto = modelio.to_proto(model)
         signature = Signature.of(proto)
-        # The tensors alone at the limit put the proto over it: skip serializing what could not be used.
-        if modelio.tensor_bytes(model) < modelio.EXTERNAL_DATA_THRESHOLD:
+        if model_dir is None:
+            model_dir = modelio.external_data_folder(model)
+        external = modelio.external_tensor_bytes(model)
+        # The tensors in memory alone at the limit put the proto over it: skip serializing what could not be used.
+        if not modelio.needs_external_data(model):
             data = proto.SerializeToString()
             if len(data) < modelio.EXTERNAL_DATA_THRESHOLD:
-                return cls(signature, data, len(data), model_dir, _weightless(proto))
-        return cls(signature, proto, proto.ByteSize(), model_dir)
+                return cls(signature, data, len(data) + external, model_dir, _weightless(proto), external)
+        return cls(signature, proto, modelio.proto_bytes(proto) + external, model_dir, external_bytes=external)
 
     def restore(self) -> ir.Model:
         return modelio.as_ir_model(self.model, model_dir=self.model_dir)
@@ -119,7 +134,7 @@ def _weightless(proto: onnx.ModelProto) -> bytes:
             _copy_field(graph, field, value)
     listed = {value.name for value in graph.input}
     for tensor in proto.graph.initializer:
-        if tensor.ByteSize() <= _SHAPE_INPUT_MAX_BYTES:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL and tensor.ByteSize() <= _SHAPE_INPUT_MAX_BYTES:
             graph.initializer.append(tensor)
         elif tensor.name not in listed:  # before IR 4 it is listed among the inputs already
             graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
@@ -173,14 +188,14 @@ class Baseline:
 
     @classmethod
     def of(cls, snapshot: Snapshot) -> Baseline:
-        return cls(snapshot.signature, _checker_error(snapshot.model) is None,
+        return cls(snapshot.signature, _checker_error(snapshot.checked) is None,
                    _shape_inference_error(snapshot.shapes) is None)
 
     def problems(self, snapshot: Snapshot, clock: Clock) -> list[str]:
         problems = self.signature.differences(snapshot.signature)
         if self.checker_ok:
             with clock("checker"):
-                if error := _checker_error(snapshot.model):
+                if error := _checker_error(snapshot.checked):
                     problems.append(error)
         if self.shape_inference_ok:
             with clock("shape_inference"):

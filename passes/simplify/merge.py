@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxkit.passes.simplify.rewrites import Rewrites, site_name
@@ -74,11 +75,15 @@ def eliminate_common_subexpressions(graphs: Sequence[ir.Graph | ir.Function], re
             rewrites.record("cse", site, "merged", "common subexpressions")
 
 
-def _tensor_bytes(tensor: ir.TensorProtocol) -> bytes:
+def _tensor_bytes(tensor: ir.TensorProtocol) -> bytes | np.ndarray:
     if tensor.dtype == ir.DataType.STRING:
         # Each string length-prefixed, so that ["a", "b"] and ["a\0b"] differ. (StringTensor has no tobytes.)
         strings = tensor.string_data()  # type: ignore[attr-defined]  # only StringTensor has string_data
         return b"".join(len(item).to_bytes(8, "little") + item for item in strings)
+    if isinstance(tensor, ir.ExternalTensor) and tensor.dtype.bitwidth % 8 == 0:
+        # The same bytes as tobytes(), read through onnx_ir's mapping of the data file instead of copied into
+        # memory: a lazily loaded model of gigabytes is hashed without holding its weights (issue 12).
+        return tensor.numpy().reshape(-1).view(np.uint8)
     return tensor.tobytes()
 
 

@@ -73,21 +73,13 @@ def _row(name: str, float_model: onnx.ModelProto, candidate: onnx.ModelProto, sa
 
 
 def bench_minilm(folder: Path) -> list[dict[str, Any]]:
-    import torch
+    from benchmarks.minilm import export_minilm
 
-    from onnxkit import zoo
-
-    torch.set_num_threads(1)
-    model, tokenizer = zoo.load_minilm()
-    path = zoo.export_minilm(folder / "minilm.onnx", dynamo=False, opset=17, model=model, tokenizer=tokenizer)
-    samples = [{k: v.numpy() for k, v in zoo.tokenize(tokenizer, [s]).items()} for s in zoo.minilm_sentences()]
-    float_model = onnx.load(str(path))
-    reference = _session(float_model)
-    expected = [reference.run(None, s)[0].ravel() for s in samples]
+    minilm = export_minilm(folder)
+    path, float_model, samples = minilm.path, minilm.float_model, minilm.samples
 
     def score(session: Any) -> dict[str, float]:
-        cosines = [float(np.dot(e, got) / (np.linalg.norm(e) * np.linalg.norm(got)))
-                   for e, got in zip(expected, (session.run(None, s)[0].ravel() for s in samples))]
+        cosines = minilm.cosines(session)
         return {"cosine_mean": round(float(np.mean(cosines)), 4), "cosine_min": round(float(np.min(cosines)), 4)}
 
     rows = [_row("fp32", float_model, float_model, samples, score)]

@@ -140,7 +140,7 @@ def compare_models(
     description = describe_data(dataset if data is None else data)
 
     def options() -> Any:  # one per session: make_session records model_dir in the options it is given
-        return runtime.session_options(optimize=ort_optimizations, threads=threads)
+        return runtime.session_options(optimize=ort_optimizations, threads=threads, prepack=False)  # as ParityChain's
 
     try:
         ref_session = ref_model.session(options(), model_dir)

@@ -87,7 +87,9 @@ class ParityChain:
             self._recordings.append((reference, recording))
 
     def _session(self, model: Any) -> Any:
-        return runtime.make_session(model, optimize=self.ort_optimizations, threads=self.threads,
+        # Unpacked weights: a model's external data stays mapped from its file, shared by both sides' sessions
+        # (see runtime.session_options); a check runs a few samples, where packing saves nothing.
+        return runtime.make_session(model, optimize=self.ort_optimizations, threads=self.threads, prepack=False,
                                     model_dir=self.model_dir)
 
     def compare(self, reference: Any, candidate: Any, tolerance: Tolerance,

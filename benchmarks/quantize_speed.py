@@ -32,25 +32,19 @@ def _session(model: onnx.ModelProto):
 
 def _ort_plain(model_path: Path, mode: str, samples: list[Sample]) -> onnx.ModelProto:
     """What a user gets from ORT's quantizers called directly, with the CPU-appropriate reduce_range."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantFormat
 
+    from onnxkit import external_tools
     from onnxkit.passes.quantize.cpu import detect_cpu
 
     reduce_range = detect_cpu().needs_reduce_range
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "int8.onnx"
         if mode == "dynamic":
-            quantize_dynamic(str(model_path), str(output), per_channel=True, reduce_range=reduce_range)
+            external_tools.run_ort_quantize(model_path, output, "dynamic", per_channel=True, reduce_range=reduce_range)
         else:
-            class Reader(CalibrationDataReader):
-                def __init__(self) -> None:
-                    self.samples = iter(samples)
-
-                def get_next(self) -> Sample | None:
-                    return next(self.samples, None)
-
-            quantize_static(str(model_path), str(output), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            reduce_range=reduce_range)
+            external_tools.run_ort_quantize(model_path, output, "static", samples=samples, quant_format=QuantFormat.QDQ,
+                                            per_channel=True, reduce_range=reduce_range)
         return onnx.load(str(output))
 
 

@@ -21,6 +21,7 @@ SHARED_LAYER = {
     "data": "datasets, synthetic inputs, probing, the held-out split",
     "errors": "the OnnxkitError tree",
     "parity": "comparing two models in ONNX Runtime, tolerances; lossy passes judge their candidates with it",
+    "external_tools": "the one runner of each external tool (onnxsim, onnxslim, onnxoptimizer, ORT's quantizer)",
 }
 # Leaf modules the shared layer uses inside itself, importing nothing of onnxkit; passes do not need them.
 SHARED_INTERNALS = {"ir_compat": "modelio's adapter teaching onnx-ir the ONNX map types"}

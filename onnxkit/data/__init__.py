@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from onnxkit.data.base import Dataset, Limited, Rebatched, known_length, rebatch, take
+from onnxkit.data.dims import DIM_DEFAULTS, bind_shape
 from onnxkit.data.files import FolderDataset, Layout, NpzDataset, OnnxTestDataset
+from onnxkit.data.graph_hints import GraphHints, index_limits, read_graph
 from onnxkit.data.images import IMAGE_SUFFIXES, ImageFolderDataset, ImagePreprocess
 from onnxkit.data.probe import probe_dataset
 from onnxkit.data.python import IterableDataset, TorchDataset
@@ -49,15 +51,7 @@ from onnxkit.data.split import (
     HOLDOUT_EVERY,
     CalibrationSplit,
 )
-from onnxkit.data.synthetic import (
-    DEFAULT_SYNTHETIC_SAMPLES,
-    DIM_DEFAULTS,
-    GraphHints,
-    SyntheticDataset,
-    bind_shape,
-    index_limits,
-    read_graph,
-)
+from onnxkit.data.synthetic import DEFAULT_SYNTHETIC_SAMPLES, SyntheticDataset
 from onnxkit.errors import DataError
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Synthetic inputs that the model actually runs on, found without asking the user.
 
 With no data given, parity, calibration and benchmarks need inputs that fit the model. What the graph says
-comes first (``synthetic.read_graph``: declared and pinned sizes, dim names, compared values, index
+comes first (``graph_hints.read_graph``: declared and pinned sizes, dim names, compared values, index
 bounds). The dynamic dims it leaves open then climb a ladder of sizes per role, every role one rung per
 try, until ONNX Runtime runs the model on the first sample: a detector whose feature pyramid needs 64
 pixels, an audio front end that needs a window of 512 samples. One session, a bounded number of tries and
@@ -23,18 +23,13 @@ from typing import Any
 import onnx_ir as ir
 
 from onnxkit import runtime
+from onnxkit.data.dims import dim_key, dynamic_dims, user_size
+from onnxkit.data.graph_hints import read_graph
 from onnxkit.data.specs import ModelLike, _ir_model
-from onnxkit.data.synthetic import (
-    DEFAULT_SYNTHETIC_SAMPLES,
-    SyntheticDataset,
-    dim_key,
-    dynamic_dims,
-    read_graph,
-    user_size,
-)
+from onnxkit.data.synthetic import DEFAULT_SYNTHETIC_SAMPLES, SyntheticDataset
 from onnxkit.errors import DataError, ModelLoadError
 
-# Each role's sizes, smallest first; the first rung is synthetic.DIM_DEFAULTS. A batch stays 1 unless
+# Each role's sizes, smallest first; the first rung is dims.DIM_DEFAULTS. A batch stays 1 unless
 # nothing runs that way (then it climbs the "other" ladder: some exporters put a length on axis 0).
 SIZE_LADDERS: dict[str, tuple[int, ...]] = {
     "batch": (1,),

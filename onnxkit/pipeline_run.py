@@ -74,7 +74,9 @@ class PipelineRun:
             with clock("parity_inputs"):
                 self._parity_chain(current)  # data problems surface before the first pass runs
             probed, self._probed = self._probed, None  # dropped here unless the background run takes it
-            if isinstance(original.model, bytes):  # a model past the in-memory limit is not held twice
+            # Not for a proto past the in-memory limit: its weights would be held twice. A model whose weights
+            # stay in external data files is bytes of its graph, and its sessions map the weights.
+            if isinstance(original.model, bytes):
                 self._parity.prefetch(original.model, limit=self._sample_limit(self._first_comparison_kind(passes)),
                                       probed=probed)
         before = original

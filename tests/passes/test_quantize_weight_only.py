@@ -101,13 +101,11 @@ def test_accuracy_level_follows_the_cpu(machine, flags, level):
 
 @pytest.mark.slow  # exports MiniLM with real weights and searches its INT4/INT8 mix: about a minute
 def test_minilm_int4_with_its_embedding_table_is_a_third_of_fp32_at_cosine_0_99(tmp_path):
-    from onnxkit import zoo
+    from benchmarks.minilm import export_minilm
     from onnxkit.parity import compare_models
 
-    model, tokenizer = zoo.load_minilm()
-    path = zoo.export_minilm(tmp_path / "minilm.onnx", dynamo=False, opset=17, model=model, tokenizer=tokenizer)
-    sentences = [{k: v.numpy() for k, v in zoo.tokenize(tokenizer, [s]).items()} for s in zoo.minilm_sentences()]
-    result = Pipeline.parse("quantize{mode=weight-only}").run(str(path), data=sentences)
+    minilm = export_minilm(tmp_path)
+    result = Pipeline.parse("quantize{mode=weight-only}").run(str(minilm.path), data=minilm.samples)
     report = result.report.passes[0]
     assert report.status == "ok" and report.modified, report.stats
     nodes = report.details["quantized_nodes"]
@@ -115,9 +113,46 @@ def test_minilm_int4_with_its_embedding_table_is_a_third_of_fp32_at_cosine_0_99(
     assert nodes.get("MatMul → 4-bit MatMulNBits", 0) >= 1
     quantized = tmp_path / "minilm.int4.onnx"
     result.save(quantized)
-    assert quantized.stat().st_size <= 0.35 * path.stat().st_size
-    parity = compare_models(path, quantized, sentences, tolerance={"atol": None, "rtol": None, "min_cosine": 0.99})
+    assert quantized.stat().st_size <= 0.35 * minilm.path.stat().st_size
+    parity = compare_models(minilm.path, quantized, minilm.samples,
+                            tolerance={"atol": None, "rtol": None, "min_cosine": 0.99})
     assert parity.passed, parity.summary()
+
+
+@pytest.mark.slow  # trains a 2-layer Llama decoder for 120 steps and exports it: about 20 s on a busy machine
+def test_a_small_trained_decoder_int4_keeps_its_next_token_logits(tmp_path):
+    """A decoder built from a transformers config (benchmarks.decoder), exported with a logits output: every
+    weight MatMul becomes MatMulNBits, the embedding table GatherBlockQuantized, the attention products (two
+    activations) stay MatMul; the file shrinks to about a fifth and held-out logits keep the target."""
+    pytest.importorskip("transformers")
+    from benchmarks.decoder import DecoderShape, build_decoder
+    from onnxkit.passes.quantize.runtime import make_session
+
+    decoder = build_decoder(tmp_path, DecoderShape.tiny(), samples=16)
+    float_model = onnx.load(str(decoder.path))
+    weights = {t.name for t in float_model.graph.initializer}
+    float_ops = Counter(n.op_type for n in float_model.graph.node)
+    weight_matmuls = sum(n.op_type == "MatMul" and n.input[1] in weights for n in float_model.graph.node)
+    assert weight_matmuls == 7 * 2 + 1  # q, k, v, o, gate, up, down per layer, and the LM head
+
+    # The latency gate is another test's subject: a 64-wide model may well run faster in float.
+    result = Pipeline.parse("quantize{mode=weight-only,max_slowdown=none}").run(str(decoder.path),
+                                                                              data=decoder.samples)
+    report = result.report.passes[0]
+    assert report.status == "ok" and report.modified, report.stats
+    assert report.details["tries"][-1]["passed"], report.details["tries"]
+    quantized_path = tmp_path / "decoder.int4.onnx"
+    result.save(quantized_path)
+    onnx.checker.check_model(str(quantized_path), full_check=True)
+    quantized = onnx.load(str(quantized_path))
+    ops = Counter(n.op_type for n in quantized.graph.node)
+    assert ops["MatMulNBits"] == weight_matmuls and ops["GatherBlockQuantized"] == 1
+    assert ops["MatMul"] == float_ops["MatMul"] - weight_matmuls  # Q·Kᵀ and scores·V in each layer
+    assert quantized_path.stat().st_size < 0.3 * decoder.path.stat().st_size
+
+    scores = decoder.scores(make_session(quantized))  # real ORT sessions on held-out text, against FP32's logits
+    assert scores["cosine_min"] >= 0.99 and scores["top1_agreement"] >= 0.9, scores
+    assert scores["next_token_loss"] < decoder.training["held_out_loss"] + 0.1, (scores, decoder.training)
 
 
 def test_a_model_past_the_protobuf_limit_is_read_from_its_external_data(monkeypatch, tmp_path):

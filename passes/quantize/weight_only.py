@@ -82,8 +82,10 @@ def describe_lines() -> list[str]:
         ("mode=weight-only: MatMul weights to MatMulNBits and embedding tables (Gather, 4 bits) to "
          "GatherBlockQuantized, activations float; bits=4|8, block=32|64|128, algo=rtn|hqq; no calibration"),
         f"weight-only accuracy_level on this machine: {level}, {why} (unset, ORT multiplies in fp32: ~2x slower)",
-        ("weight-only latency gate: max_slowdown as for INT8 (default 1.0): with accuracy_level set for the CPU "
-         "it is usually faster than float; for memory alone, max_slowdown=none keeps it whatever its speed"),
+        ("weight-only latency gate: max_slowdown, default 1.0 as for INT8: people pick weight-only mostly for "
+         "memory, but with accuracy_level set for the CPU it is usually faster than float, so the default costs "
+         "nothing there; where it is slower the whole model stays float and the report says so (on_slow=refuse "
+         "fails instead); max_slowdown=none keeps the smaller model whatever its speed"),
     ]
 
 

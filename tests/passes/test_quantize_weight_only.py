@@ -6,6 +6,7 @@ from collections import Counter
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -84,6 +85,18 @@ def test_the_latency_gate_keeps_float_when_weight_only_is_slower_than_allowed():
     assert not report.modified
     assert any("slower than allowed" in line and "max_slowdown=none" in line for line in report.stats)
     assert "MatMulNBits" not in {n.op_type for n in to_proto(result.model).graph.node}
+
+
+def test_the_latency_gate_fails_the_pass_when_asked_to_refuse():
+    """`onnxkit passes` and the README promise on_slow=refuse fails instead of keeping float."""
+    from onnxkit.errors import PassFailedError
+    from onnxkit.pass_base import PassContext
+    from onnxkit.passes.quantize import QuantizePass
+
+    pass_ = QuantizePass(mode="weight-only", max_slowdown=0.001, on_slow="refuse")
+    pass_.context = PassContext(data=samples())
+    with pytest.raises(PassFailedError, match="weight-only is slower than allowed"):
+        pass_(ir.serde.deserialize_model(embedding_mlp()))
 
 
 @pytest.mark.parametrize("options, message", [("bits=3", "bits must be one of"), ("block=48", "block must be"),

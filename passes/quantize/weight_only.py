@@ -276,7 +276,7 @@ def _quantize(proto: onnx.ModelProto, options: Any, accuracy_level: int, op_type
     """ORT's quantizer on a copy (it edits the model it is given): ``options.bits`` everywhere but ``exclude``
     and ``eight_bit``, then 8 bits for ``eight_bit``. HQQ handles MatMul; Gather tables always go through the
     default (round-to-nearest) quantizer, the only one with a GatherBlockQuantized rewrite."""
-    nbits = _import_quantizer()
+    nbits = import_quantizer()
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     steps: list[tuple[Any, tuple[str, ...], int, set[str]]] = []
@@ -311,7 +311,7 @@ def _quantize(proto: onnx.ModelProto, options: Any, accuracy_level: int, op_type
     return model
 
 
-def _import_quantizer() -> Any:
+def import_quantizer() -> Any:
     """ORT's ``matmul_nbits_quantizer``, without what importing it does to the process: it calls
     ``logging.basicConfig(level=INFO)``, which would print every library's INFO lines from then on."""
     root = logging.getLogger()

@@ -21,11 +21,11 @@ import onnx
 from onnxkit.data import CalibrationSplit
 from onnxkit.errors import PassFailedError
 from onnxkit.pass_base import PassContext
-from onnxkit.passes.quantize import calibration, judge, latency, sensitivity
+from onnxkit.passes.quantize import calibration, judge, latency, qdq_edit, sensitivity
 from onnxkit.passes.quantize.judge import Judge  # the method QuantizeRun.judge hides the module in annotations
 from onnxkit.passes.quantize.options import QuantizeOptions
 from onnxkit.passes.quantize.report import Report, quantized_nodes
-from onnxkit.passes.quantize.rewrite import QuantizeSettings, quantize_model
+from onnxkit.passes.quantize.rewrite import FLOAT_OUTPUT_OP_TYPES, QuantizeSettings, quantize_model
 
 # Per-node sensitivity and timing need far fewer samples than calibration.
 SENSITIVITY_SAMPLES = 8
@@ -133,7 +133,7 @@ class QuantizeRun:
             return ranking
 
         budget = self.options.search_budget
-        search = sensitivity.keep_sensitive_in_float(lambda keep: self.quantize(keep, op_types), rank, accept,
+        search = sensitivity.keep_sensitive_in_float(self._candidates(op_types, keep_float or {}), rank, accept,
                                                      keep_float=keep_float,
                                                      deadline=None if budget is None else time.perf_counter() + budget)
         report_out_of_time = search.out_of_time
@@ -146,6 +146,28 @@ class QuantizeRun:
         if report_out_of_time:
             report.search_out_of_time = f"the search stopped at its {budget:g} s budget (search_budget)"
         return search.model, search.keep_float
+
+    def _candidates(self, op_types: Sequence[str], start: Mapping[str, str]) -> sensitivity.Quantizer:
+        """The search's candidates: ORT quantizes the model once, with the nodes of ``start`` float, and each
+        candidate keeping more nodes float is that model with their QDQ pairs taken out (``qdq_edit``), the
+        graph ORT would write for it; where the editor cannot say that (QOperator, dynamic mode, an op whose
+        rule it does not replay), ORT quantizes each candidate."""
+        editor: qdq_edit.QdqEditor | None = None
+
+        def candidate(keep: Sequence[str]) -> onnx.ModelProto:
+            nonlocal editor
+            extra = set(keep) - set(start)
+            if editor is not None and editor.usable and set(start) <= set(keep):
+                edited = editor.keep_float(extra)
+                if edited is not None:
+                    return edited
+            model = self.quantize(keep, op_types)
+            if editor is None and not extra and self.settings.mode == "static" and self.settings.format == "qdq":
+                editor = qdq_edit.QdqEditor(self.float_proto, model, op_types, self.excluded | set(start), self.types,
+                                            [t for t in FLOAT_OUTPUT_OP_TYPES if t in op_types])
+            return model
+
+        return candidate
 
     def _sensitivity_cache(self, samples: Sequence[Mapping[str, Any]], op_types: Sequence[str],
                            keep_float: Mapping[str, str] | None) -> SensitivityCache | None:

@@ -345,6 +345,58 @@ def constant_step_rules(context: FusionContext) -> list[Any]:
             for step in ("Mul", "Add") for inner in (False, True) for outer in (False, True)]
 
 
+class MulByReciprocal(RewriteRuleClassBase):
+    """``x * (1 / y)`` → ``x / y``, where nothing else reads ``1 / y``.
+
+    T5's RMS norm computes ``x * (1 / sqrt(mean(x²) + eps))``; ONNX Runtime's basic level writes the Div
+    (its DivMulFusion). ``x / y`` rounds once where ``x * (1 / y)`` rounds twice, so results move by an ulp
+    at most: exact within floating-point tolerance. Float types only: integer ``1 / y`` truncates to 0. Not
+    in a graph that quantizes activations as it runs: there an ulp moves a value across a rounding step of
+    the quantizer (traceforge_encoder_int8's RMS norms feed DynamicQuantizeLinear; ORT basic's Div fails
+    exact parity on its held-out samples).
+    """
+
+    def __init__(self, *, reciprocal_first: bool) -> None:
+        super().__init__(name=f"mul-by-reciprocal-{int(reciprocal_first)}")
+        self.reciprocal_first = reciprocal_first
+        self._quantizing: dict[int, bool] = {}  # id(graph) → whether it quantizes at run time
+
+    def pattern(self, op: Any, x: ir.Value, one: ir.Value, y: ir.Value) -> Any:
+        reciprocal = op.Div(one, y, _outputs=["reciprocal"])
+        return op.Mul(reciprocal, x) if self.reciprocal_first else op.Mul(x, reciprocal)
+
+    def check(self, context: Any, x: ir.Value, one: ir.Value, y: ir.Value, reciprocal: ir.Value) -> MatchResult:
+        result = MatchResult()
+        ones = constant_array(one)
+        if ones is None or ones.size != 1 or ones.reshape(-1)[0] != 1 or y.dtype not in FLOAT_TYPES:
+            return result.fail("not the reciprocal of a float value")
+        ranks = [rank_of(x), rank_of(y)]
+        if ones.ndim and (None in ranks or ones.ndim > max(r for r in ranks if r is not None)):
+            return result.fail("the 1 may add axes to the result")
+        if len(reciprocal.uses()) != 1 or reciprocal.is_graph_output():
+            return result.fail("the reciprocal is read elsewhere")
+        if constant_array(x) is not None and constant_array(y) is not None:
+            return result.fail("all constant: constant folding's business")
+        graph = context.graph_or_function
+        if id(graph) not in self._quantizing:
+            self._quantizing[id(graph)] = any(_quantizes_at_run_time(node) for node in graph)
+        if self._quantizing[id(graph)]:
+            return result.fail("the graph quantizes activations: rounding differences become quantization steps")
+        return result
+
+    def rewrite(self, op: Any, x: ir.Value, y: ir.Value, **_: Any) -> ir.Value:
+        return op.Div(x, y)
+
+
+def _quantizes_at_run_time(node: ir.Node) -> bool:
+    # QuantizeLinear, DynamicQuantizeLinear, and ONNX Runtime's DynamicQuantizeMatMul/DynamicQuantizeLSTM.
+    return node.op_type == "QuantizeLinear" or node.op_type.startswith("DynamicQuantize")
+
+
+def reciprocal_rules(context: FusionContext) -> list[Any]:
+    return [MulByReciprocal.rule(reciprocal_first=first) for first in (False, True)]
+
+
 class PadIntoConv(RewriteRuleClassBase):
     """``Conv(Pad(x, pads, mode=constant, value=0))`` → ``Conv(x)`` with the spatial pads added to its own,
     when the Pad leaves the batch and channel axes alone and only adds (never crops)."""

@@ -328,8 +328,8 @@ class ReshapeThroughUnitTranspose(RewriteRuleClassBase):
 
     An LSTM's output ``[seq, 1, batch, hidden]`` transposed to ``[seq, batch, 1, hidden]`` and reshaped to
     ``[seq, batch, hidden]`` is the common case. A ``0`` in the shape copies a dimension of the transposed
-    value: it becomes that size where known, stays ``0`` where ``x`` has the same dimension at that index,
-    or else becomes the one ``-1``.
+    value: it becomes that size where known, stays ``0`` where ``x`` has the same dimension at that index
+    (an axis the Transpose leaves in place, or the same named symbol), or else becomes the one ``-1``.
     """
 
     def __init__(self, context: FusionContext) -> None:
@@ -361,6 +361,8 @@ class ReshapeThroughUnitTranspose(RewriteRuleClassBase):
                 copied = dims[perm[i]] if i < len(perm) else None
                 if isinstance(copied, int):
                     new_shape[i] = copied
+                elif i < len(perm) and perm[i] == i:
+                    continue  # an axis the Transpose leaves in place: x has it at index i too, known or not
                 elif copied is None or not (i < len(dims) and _same_dim(dims[i], copied)):
                     new_shape[i] = -1
         if new_shape.count(-1) > 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
 
 from tests.passes.test_fuse import assert_same_outputs, fuse, make_model, op_types, tensor, value, weights
 
@@ -74,6 +74,21 @@ def test_transpose_of_a_unit_axis_before_a_reshape_goes(rng, shape, declared):
     assert op_types(fused) == ["Reshape"]
     assert stats == ["dropped 1 Transposes of size-1 axes before a Reshape"]
     assert_same_outputs(model, fused, {"x": rng.standard_normal((5, 1, 3, 6)).astype(np.float32)})
+
+
+def test_transpose_of_a_unit_axis_keeps_the_reshapes_copy_of_an_axis_it_leaves_in_place(rng):
+    """ddddocr_common: the LSTM's [T, 2, 1, hidden] (T unknown) transposed to [T, 1, 2, hidden] and reshaped
+    with [0, 0, -1]. The first 0 copies T, an axis the Transpose leaves in place, so it stays a 0; the second
+    copies the moved size-1 axis and becomes 1."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1, 3]), helper.make_node("Reshape", ["t", "s"], ["y"])]
+    model = make_model(nodes, [value("x", [None, 2, 1, 6])], [value("y", [None, 1, 12])],
+                       [tensor("s", np.array([0, 0, -1], np.int64))])
+    fused, _ = fuse(model)
+    assert op_types(fused) == ["Reshape"]
+    target = next(i for i in fused.graph.initializer if i.name != "s")
+    assert numpy_helper.to_array(target).tolist() == [0, 1, -1]
+    for steps in (1, 4):
+        assert_same_outputs(model, fused, {"x": rng.standard_normal((steps, 2, 1, 6)).astype(np.float32)})
 
 
 def test_transpose_that_reorders_real_axes_stays(rng):
@@ -273,3 +288,43 @@ def test_slices_of_a_shared_slice_of_another_axis_merge_and_the_shared_one_goes(
     assert sorted(op_types(fused)) == ["Concat", "Slice", "Slice"]
     assert stats == ["merged 2 pairs of Slices of different axes"]
     assert_same_outputs(model, fused, {"x": rng.standard_normal((1, 3, 6, 8)).astype(np.float32)})
+
+
+def _rms_norm(reciprocal_first: bool, extra: list | None = None) -> tuple[list, list]:
+    """T5's RMS norm: ``x * (1 / sqrt(mean(x²) + eps))``."""
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("ReduceMean", ["sq"], ["ms"], axes=[-1]),
+             helper.make_node("Add", ["ms", "eps"], ["v"]), helper.make_node("Sqrt", ["v"], ["root"]),
+             helper.make_node("Div", ["one", "root"], ["r"]),
+             helper.make_node("Mul", ["r", "x"] if reciprocal_first else ["x", "r"], ["y"]), *(extra or [])]
+    return nodes, [tensor("eps", np.float32(1e-6)), tensor("one", np.float32(1.0))]
+
+
+@pytest.mark.parametrize("reciprocal_first", [False, True])
+def test_multiplication_by_a_reciprocal_becomes_a_division(rng, reciprocal_first):
+    """traceforge (T5): ORT's basic level writes ``x * (1 / s)`` as ``x / s``, one node fewer."""
+    nodes, initializers = _rms_norm(reciprocal_first)
+    model = make_model(nodes, [value("x", ["N", 8])], [value("y", ["N", 8])], initializers, opset=13)
+    fused, stats = fuse(model)
+    assert sorted(op_types(fused)) == ["Add", "Div", "Mul", "ReduceMean", "Sqrt"]
+    div = next(n for n in fused.graph.node if n.op_type == "Div")
+    assert list(div.input) == ["x", "root"]
+    assert stats == ["wrote 1 multiplications by a reciprocal as one Div"]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((3, 8)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("case", ["read-elsewhere", "quantized", "integer"])
+def test_a_reciprocal_stays_where_the_division_would_not_be_exact_or_not_fewer_nodes(rng, case):
+    """Read elsewhere: no node fewer. Before a run-time quantizer, an ulp of difference is a quantization step
+    (traceforge_encoder_int8: ORT basic's Div fails exact parity). Integers: ``1 / y`` truncates."""
+    dtype = TensorProto.INT64 if case == "integer" else TensorProto.FLOAT
+    if case == "integer":
+        nodes = [helper.make_node("Div", ["one", "x"], ["r"]), helper.make_node("Mul", ["x", "r"], ["y"])]
+        initializers, outputs = [tensor("one", np.int64(1))], [value("y", ["N", 8], dtype)]
+    else:
+        extra = [helper.make_node("DynamicQuantizeLinear", ["y"], ["q", "scale", "zero"])] if case == "quantized" else []
+        nodes, initializers = _rms_norm(False, extra)
+        outputs = [value("y", ["N", 8])] + ([value("r", ["N", 1])] if case == "read-elsewhere" else []) + \
+            ([value("q", ["N", 8], TensorProto.UINT8)] if case == "quantized" else [])
+    model = make_model(nodes, [value("x", ["N", 8], dtype)], outputs, initializers, opset=13)
+    fused, stats = fuse(model)
+    assert op_types(fused) == op_types(model) and stats == []

@@ -41,7 +41,8 @@ _KEEP_UNFOLDED = NEVER_FOLDED_BY_DEFAULT - {"ConstantOfShape"}
 class SimplifyFolder(FolderBase):
     """One folding sweep over the model; ``refused`` collects the folds the byte limit kept out (site → bytes)."""
 
-    def __init__(self, max_constant_bytes: int, rewrites: Rewrites, refused: dict[str, tuple[str, int]]) -> None:
+    def __init__(self, max_constant_bytes: int, rewrites: Rewrites, refused: dict[str, tuple[str, int]],
+                 declared_ranks: dict[ir.Value, int] | None = None) -> None:
         # onnxscript's own output limit counts elements; ours counts bytes and is enforced here, so its
         # limit is set where it can never be the stricter one. Its node-by-node shape inference is off:
         # each round starts with ONNX's inference of the whole model, which costs a fraction of it.
@@ -54,6 +55,9 @@ class SimplifyFolder(FolderBase):
         self.max_constant_bytes = max_constant_bytes
         self.rewrites = rewrites
         self.refused = refused
+        # The ranks graph outputs declare (their shapes are hidden while simplify runs): a replacement
+        # must not let inference tell another one, or the model's own shape check fails.
+        self.declared_ranks = declared_ranks or {}
         self.opset = 1
         self._evaluated: ir.Node | None = None
 
@@ -85,7 +89,7 @@ class SimplifyFolder(FolderBase):
         # Evaluated folds asked for leave in ``_should_fold``, before the folder stored their constant.
         if rule != "fold-constants" and not self.rewrites.allows(rule, site):
             return None
-        if not self._valid(node, replacement):
+        if not self._valid(node, replacement) or not self._keeps_declared_ranks(node, replacement):
             return None
         self.rewrites.record(rule, site, verb, what)
         return replacement
@@ -115,6 +119,20 @@ class SimplifyFolder(FolderBase):
         if op_type == "Reshape" and new_ops == ["Constant", "Reshape"]:
             return "materialize-reshape", "simplified", "Reshape targets into constants"
         return f"simplify-{op_type.lower()}", "simplified", op_type
+
+    def _keeps_declared_ranks(self, node: ir.Node, replacement: Replacement) -> bool:
+        """Whether a Reshape written for a graph output keeps the rank it declares. Some exporters declare a
+        wrong one (ddddocr's CRNN: ``[1, seqlen]`` for a ``[T, 1, 8210]`` result); a computed target hid
+        that from ONNX's shape check, a constant one of another length would make the check fail."""
+        for old, new in zip(node.outputs, replacement.new_outputs):
+            rank = self.declared_ranks.get(old)
+            producer = new.producer()
+            if rank is None or producer is None or producer.op_type != "Reshape" or len(producer.inputs) < 2:
+                continue
+            target = ir.convenience.get_const_tensor(producer.inputs[1]) if producer.inputs[1] else None
+            if target is not None and target.size != rank:
+                return False
+        return True
 
     def _valid(self, node: ir.Node, replacement: Replacement) -> bool:
         """Make the replacement's nodes valid at the model's opset, or refuse it (and count why); refuse one

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 from collections.abc import Iterator
 
 import onnx_ir as ir
@@ -54,12 +55,48 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
 def _infer_shapes(model: ir.Model) -> bool:
     """Annotate shapes; whether any value's type or shape changed (graph outputs aside: their declared shapes
     are hidden meanwhile, and what they end with is judged when they are restored)."""
+    forgotten = _forget_inferred_names(model)
     # Not strict: a model with ops ONNX cannot infer (custom domains) keeps what it has for those values.
     # Not onnx_ir's ShapeInferencePass: its merge turns sequence values into tensors (see infer_shapes).
     try:
-        return any(not value.is_graph_output() for value in infer_shapes(model, check_type=False))
+        changed = infer_shapes(model, check_type=False)
     except Exception:  # ONNX raises its own types; an uninferable model is folded as it is
+        for value, (shape, _) in forgotten.items():
+            value.shape = shape
         return False
+    inferred = set(changed)
+    for value, (shape, _) in forgotten.items():
+        if value not in inferred:  # inference could not tell this value's shape: it keeps the names it had
+            value.shape = shape
+    # A value whose names were forgotten changed only if it comes back other than it was.
+    return any(not value.is_graph_output() and (value not in forgotten or (value.shape, value.type) != forgotten[value])
+               for value in changed)
+
+
+_INFERRED_NAME = re.compile(r"^unk__\d+$")
+
+
+def _forget_inferred_names(model: ir.Model) -> dict[ir.Value, tuple[ir.Shape, ir.TypeProtocol | None]]:
+    """Make the dimensions an earlier inference named (``unk__N``) unknown again, on the values nodes compute;
+    returns those values with their shapes and types as they were.
+
+    ONNX keeps a name a value already has over the one it infers, so a name given before a rule made a
+    dimension known would stick, and hide that it is the same as another (a Reshape target that now copies
+    ``N`` still reads ``unk__60`` downstream). Inference then names them afresh, consistently.
+    """
+    forgotten = {}
+    for graph in graph_likes(model):
+        for node in graph:
+            for value in node.outputs:
+                shape = value.shape
+                if shape is None or value.is_graph_output() or not any(
+                        isinstance(dim, ir.SymbolicDim) and dim.value and _INFERRED_NAME.match(dim.value)
+                        for dim in shape):
+                    continue
+                forgotten[value] = (shape, value.type)
+                value.shape = ir.Shape([ir.SymbolicDim(None) if isinstance(dim, ir.SymbolicDim) and dim.value
+                                        and _INFERRED_NAME.match(dim.value) else dim for dim in shape])
+    return forgotten
 
 
 def _unlist_initializers_before_ir4(model: ir.Model) -> list[ir.Value]:
@@ -142,10 +179,11 @@ class _Simplifier:
         # Whether anything changed: every step reports it, so no before/after comparison of the whole model
         # is needed (the pipeline still checks the claim).
         self.modified = False
+        self._declared: list[_DeclaredOutput] = []
 
     def run(self) -> PassResult:
         model = self.model
-        declared = self._hide_declared_output_shapes()
+        declared = self._declared = self._hide_declared_output_shapes()
         declared_inputs = _forget_negative_dims(model)
         inputs_before = _unlist_initializers_before_ir4(model)
         # The folder reads nodes in order; some exporters leave a node before its input's producer.
@@ -180,7 +218,7 @@ class _Simplifier:
         # ONNX shape inference names every unknown dim (unk__N) and carries the name along, so the
         # folder can tell that a Reshape target copies its input's dims.
         self.modified |= _infer_shapes(model)
-        changed = SimplifyFolder(self.max_constant_bytes, rewrites, self.refused)(model).modified
+        changed = SimplifyFolder(self.max_constant_bytes, rewrites, self.refused, self._declared_ranks())(model).modified
         # Walking every subgraph is the costliest part of a walk: the rules share one list of graphs.
         graphs = list(graph_likes(model))
         no_op.remove_no_ops(graphs, rewrites, self.opset)
@@ -220,6 +258,12 @@ class _Simplifier:
                 declared.append(_DeclaredOutput(graph, index, output.name, output.shape))
                 output.shape = None
         return declared
+
+    def _declared_ranks(self) -> dict[ir.Value, int]:
+        """The graph outputs now in the declared ones' places, with the ranks declared."""
+        graphs = {id(graph) for graph in self.model.graphs()}
+        return {entry.graph.outputs[entry.index]: len(entry.shape) for entry in self._declared
+                if entry.shape is not None and id(entry.graph) in graphs and entry.index < len(entry.graph.outputs)}
 
     def _restore_declared_outputs(self, declared: list[_DeclaredOutput]) -> None:
         """Put the declared names and shapes back on the graph outputs (where a shape was declared)."""

@@ -318,6 +318,71 @@ def _materialize_reshape_target(node: ir.Node, op, state: ShapeValues):
     return op.Reshape(data, constant, **attributes)
 
 
+@_evaluator("Reshape", first=5)
+def _copy_instead_of_inferring(node: ir.Node, op, state: ShapeValues):
+    """A constant target whose ``-1`` can only be the input's dimension at that same index gets a 0 (copy)
+    there instead: ``[-1, 1024]`` on ``[N, 1, 1024]`` becomes ``[0, 1024]``.
+
+    The result is the same wherever the original runs (the ``-1`` is the element count over the other
+    entries, which is ``N``; a 0 copies ``N``), and it also runs for an empty batch. What it gains: ONNX
+    shape inference carries a copied dimension's name on, and cannot name an inferred one, so values
+    computed later from this one (a Gemm on it, a Shape of it) keep the name and their targets fold.
+    """
+    data, target = node.inputs[0], node.inputs[1]
+    if data is None or target is None or target.const_value is None or data.shape is None:
+        return None
+    producer = data.producer()
+    if producer is not None and producer.op_type == "Reshape" and producer.domain in ("", "ai.onnx"):
+        return None  # the Reshape pair merges first (a 0 copying an unknown dim would keep both)
+    sizes = _dims(target, state)
+    if node.attributes.get_int("allowzero", 0) or sizes is None or sizes.count(-1) != 1:
+        return None
+    input_dims = list(data.shape.dims)
+    inferred = sizes.index(-1)
+    if inferred >= len(input_dims) or isinstance(input_dims[inferred], int) \
+            or not _is_dimension(input_dims[inferred]):
+        return None
+    others = []
+    for i, size in enumerate(sizes):
+        if i == inferred:
+            continue
+        if size == 0 and i < len(input_dims):
+            others.append(input_dims[i])  # a 0 copies the input's dimension at its index
+        elif size > 0:
+            others.append(size)
+        else:
+            return None
+    if _cancel(input_dims, others) != [input_dims[inferred]]:
+        return None
+    new_target = [0 if i == inferred else size for i, size in enumerate(sizes)]
+    constant = op.Constant(value=ir.tensor(np.array(new_target, dtype=np.int64)))
+    attributes = {"allowzero": 0} if "allowzero" in node.attributes else {}
+    return op.Reshape(data, constant, **attributes)
+
+
+def _cancel(dims: Dims, divisors: Dims) -> Dims | None:
+    """The named dimensions of ``dims`` left once each of ``divisors`` is divided out (a named one cancels
+    the same name; the known sizes' products must match); None where that division is not exact or a
+    dimension is unknown or 0."""
+    left: Dims = []
+    for dim in dims:
+        if not _is_dimension(dim) or dim == 0:
+            return None
+        if not isinstance(dim, int):
+            left.append(dim)
+    known_product = 1
+    for dim in divisors:
+        if isinstance(dim, int):
+            known_product *= dim
+            continue
+        if not _is_dimension(dim) or dim not in left:
+            return None
+        left.remove(dim)
+    if known_product != int(np.prod([d for d in dims if isinstance(d, int)], dtype=np.int64)):
+        return None
+    return left
+
+
 def evaluators(op_type: str, opset: int) -> list[Callable]:
     """The shape-value evaluators for ``op_type`` that apply at ``opset``."""
     return [evaluator for first, last, evaluator in _SHAPE_EVALUATORS.get(op_type, ()) if first <= opset <= last]

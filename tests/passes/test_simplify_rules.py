@@ -423,3 +423,46 @@ def test_cast_to_the_one_type_an_ops_schema_allows_is_a_no_op():
     assert op_counts(simplified)["Cast"] == 1
     assert [site.rule for site in result.sites].count("no-op-cast") == 1
     assert_same_outputs(model, simplified, {"x": np.arange(6, dtype=np.float32).reshape(3, 2)})
+
+
+def _crnn_head(declared_output) -> onnx.ModelProto:
+    """ddddocr's CRNN head: the LSTM's [T, 1, 4] flattened by ``Reshape(x, [-1, 4])``, a MatMul, then a
+    Reshape back to ``Concat(Shape(x)[0], 1, -1)``."""
+    nodes = [
+        helper.make_node("Reshape", ["x", "flat"], ["rows"]),
+        helper.make_node("MatMul", ["rows", "w"], ["scores"]),
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "i0"], ["t"], axis=0),
+        helper.make_node("Unsqueeze", ["t", "axes0"], ["t1"]),
+        helper.make_node("Concat", ["t1", "one", "minus_one"], ["target"], axis=0),
+        helper.make_node("Reshape", ["scores", "target"], ["y"]),
+    ]
+    initializers = [const("flat", np.array([-1, 4])), const("w", np.arange(12, dtype=np.float32).reshape(4, 3)),
+                    const("i0", np.array(0)), const("axes0", np.array([0])), const("one", np.array([1])),
+                    const("minus_one", np.array([-1]))]
+    return model_at(nodes, [tensor_input("x", ["T", 1, 4])], [tensor_input("y", declared_output)], initializers)
+
+
+def test_a_minus_one_that_is_the_inputs_own_dim_becomes_a_copy_and_the_name_reaches_a_later_target():
+    """``[-1, 4]`` on ``[T, 1, 4]`` is ``[0, 4]``: shape inference then names the MatMul's rows T, and the
+    second Reshape's computed target ``[T, 1, -1]`` folds to ``[0, 1, -1]`` (a -1 leaves the rows unnamed)."""
+    model = _crnn_head(["T", 1, 3])
+    simplified, _ = run_simplify(model)
+    assert op_counts(simplified) == {"Reshape": 2, "MatMul": 1}
+    targets = [onnx.numpy_helper.to_array(next(i for i in simplified.graph.initializer if i.name == n.input[1]))
+               for n in simplified.graph.node if n.op_type == "Reshape"]
+    assert [t.tolist() for t in targets] == [[0, 4], [0, 1, -1]]
+    for steps in (1, 5):
+        assert_same_outputs(model, simplified, {"x": np.arange(steps * 4, dtype=np.float32).reshape(steps, 1, 4)})
+    again = SimplifyPass()(ir.serde.deserialize_model(simplified))
+    assert not again.modified, again.stats
+
+
+def test_a_computed_target_stays_where_a_constant_one_would_contradict_the_declared_output_rank():
+    """ddddocr_common declares its [T, 1, 8210] output as [1, seqlen]: the computed target hid that from
+    ONNX's shape check; a constant [0, 1, -1] would make the check fail on the simplified model."""
+    model = _crnn_head([1, "L"])
+    simplified, _ = run_simplify(model)  # checks the model fully, shape inference included
+    assert op_counts(simplified)["Shape"] == 1
+    onnx.shape_inference.infer_shapes(simplified, strict_mode=True)
+    assert_same_outputs(model, simplified, {"x": np.ones((3, 1, 4), np.float32)})

@@ -192,6 +192,7 @@ class QuantizePass(Pass):
         if run.settings.mode == "static":
             run.calibrate()
         accept = run.judge()
+        run.try_smoothing(accept)
         quantized, keep_float = run.meet_target(accept)
         if report.target_met is not False and run.options.max_slowdown is not None:
             gated = run.gate(quantized, keep_float)

@@ -31,6 +31,9 @@ class QuantizeOptions:
     samples: int = DEFAULT_CALIBRATION_SAMPLES
     num_bins: int = 2048
     percentile: float = 99.999
+    # SmoothQuant's migration strength (static mode, passes/quantize/smoothing.py); none: off. 0.5 is the paper's
+    # default; MiniLM's held-out cosine with every node INT8 is 0.991 at 0.5 and 0.996-0.997 at 0.6-0.8.
+    smooth_alpha: float | None = 0.7
     act_type: Literal["uint8", "int8"] = "uint8"
     weight_type: Literal["int8", "uint8"] = "int8"
     op_types: tuple[str, ...] = ()
@@ -56,6 +59,8 @@ class QuantizeOptions:
                              f"clipping thresholds finer than the {calibration.QUANTIZED_LEVELS} INT8 levels")
         if self.num_bins < 2:
             raise ValueError("num_bins must be at least 2")
+        if self.smooth_alpha is not None and not 0 <= self.smooth_alpha <= 1:
+            raise ValueError("smooth_alpha must lie in [0, 1] (or none to turn SmoothQuant off)")
         if not 0 < self.percentile <= 100:
             raise ValueError("percentile must lie in (0, 100]")
         if self.target_cosine is not None and not -1 <= self.target_cosine <= 1:

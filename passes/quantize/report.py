@@ -28,6 +28,7 @@ class Report:
     preprocessing: list[str]
     data: str = ""
     calibration: dict[str, Any] | None = None
+    smoothing: str | None = None
     target: str = "none"
     target_met: bool | None = None
     verdict: Any = None
@@ -70,6 +71,8 @@ class Report:
         if self.calibration:
             lines.append(f"calibrated {self.calibration['tensors']} tensors on {self.calibration['samples']} samples "
                          f"({self.data}), {self.calibration['method']}, cache {self.calibration['cache']}")
+        if self.smoothing:
+            lines.append(self.smoothing)
         if self.quantized_nodes and not self.kept_whole_model_float:
             total = sum(self.quantized_nodes.values())
             lines.append(f"quantized {total} nodes: " + ", ".join(f"{c} {op}" for op, c in sorted(self.quantized_nodes.items())))
@@ -101,6 +104,7 @@ class Report:
             "preprocessing": list(self.preprocessing),
             "data": self.data,
             "calibration": self.calibration,
+            "smoothing": self.smoothing,
             "target": self.target,
             "target_met": self.target_met,
             "search_rounds": self.search_rounds,

@@ -1,0 +1,57 @@
+"""``Snapshot``: what the pipeline's checks, parity and rollback read, without copying what they do not need."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from onnxkit import modelio
+from onnxkit.passes import shape_inference
+from onnxkit.snapshot import Baseline, Clock, Snapshot
+from tests.passes.test_shape_inference_ml import _tree_classifier
+from tests.test_huge_models import matmul_chain
+
+
+def test_a_lazily_loaded_model_is_snapshot_as_references_to_its_data(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 2 * 2**20)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    onnx.save(matmul_chain(512, 4), folder / "big.onnx", save_as_external_data=True, location="big.onnx.data")
+    monkeypatch.chdir(tmp_path)  # the checker once looked for the data file here
+    model = modelio.load_model(folder / "big.onnx")
+    snapshot = Snapshot.of(model, folder)
+    assert isinstance(snapshot.model, bytes) and len(snapshot.model) < 64 * 2**10  # the graph, not the weights
+    assert snapshot.size > 4 * 512 * 512 * 4  # what the model weighs as saved
+    baseline = Baseline.of(snapshot)
+    assert baseline.checker_ok and baseline.shape_inference_ok
+    restored = snapshot.restore().graph.initializers["w2"].const_value
+    assert isinstance(restored, ir.ExternalTensor)
+    np.testing.assert_array_equal(restored.numpy(), model.graph.initializers["w2"].const_value.numpy())
+
+
+def test_the_shape_check_reads_tree_arrays_cut_short_and_still_catches_a_broken_model(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shape_inference, "LONG_ML_LIST", 1)  # every tree array counts as long
+    model = _tree_classifier()
+    snapshot = Snapshot.of(model)
+    assert snapshot.shapes is not None
+    sent = onnx.load_model_from_string(snapshot.shapes).graph.node[0]
+    assert max(len(a.floats) + len(a.ints) + len(a.strings) for a in sent.attribute) == 1
+    assert snapshot.model == ir.serde.serialize_model(model).SerializeToString()  # the model itself is whole
+    baseline = Baseline.of(snapshot)
+    assert baseline.checker_ok and baseline.shape_inference_ok
+
+    # The tree's FLOAT scores added to an INT64 constant: strict inference still sees the tree's output type.
+    offset = ir.Value(name="offset", const_value=ir.tensor(np.array([1, 1], np.int64)))
+    model.graph.initializers.add(offset)
+    copy = model.graph.node(1)
+    broken = ir.node("Add", [copy.inputs[0], offset], name="broken")
+    model.graph.insert_before(copy, broken)
+    copy.replace_input_with(0, broken.outputs[0])
+    problems = baseline.problems(Snapshot.of(model), Clock({}))
+    assert any(problem.startswith("shape inference:") for problem in problems), problems

@@ -133,7 +133,7 @@ def smooth(proto: onnx.ModelProto, sites: Sequence[Site], maxima: Mapping[str, n
         channels = maxima.get(site.activation)
         nodes = [nodes_by_name[n.name] for n in site.nodes]
         weights = [numpy_helper.to_array(initializers[n.input[1]]) for n in nodes]
-        axes = [_weight_rows_axis(n) for n in nodes]
+        axes = [axis for n in nodes if (axis := _weight_rows_axis(n)) is not None]  # all: find_sites checked
         if channels is None or any(w.shape[axis] != channels.size for w, axis in zip(weights, axes)):
             continue
         weight_max = np.max([np.abs(w).max(axis=1 - axis) for w, axis in zip(weights, axes)], axis=0)

@@ -268,8 +268,10 @@ class PipelineRun:
     # -- parity -----------------------------------------------------------------------------------------
 
     def _compare(self, reference: Any, candidate: Any, kind: str, timings: dict[str, Any]) -> Any:
-        return self._parity.compare(reference, candidate, self._tolerance(kind), timings,
-                                    limit=self._sample_limit(kind))
+        report = self._parity.compare(reference, candidate, self._tolerance(kind), timings,
+                                      limit=self._sample_limit(kind))
+        self.report.parity_inputs = self._parity.description  # it says when a slow model took one sample
+        return report
 
     def _sample_limit(self, kind: str) -> int | None:
         synthetic = self.data is None and self.calibration_data is None

@@ -392,6 +392,26 @@ def test_chain_runs_a_prefetched_reference_in_the_background_and_replays_it(weig
     assert "reference_runs" in timings
 
 
+def test_a_slow_reference_makes_limited_comparisons_take_one_sample(monkeypatch, weight: np.ndarray) -> None:
+    """rapid_table_det_edge_int8 runs seconds a sample: an exact check on synthetic inputs (a limited comparison)
+    then compares the one sample the background run made, and says so; an unlimited one still takes them all."""
+    monkeypatch.setattr(parity_chain, "SLOW_RUN_SECONDS", 0.0)
+    first = linear_model(weight).SerializeToString()
+    perturbed = weight.copy()
+    perturbed[0, 0] += 1
+    candidate = linear_model(perturbed).SerializeToString()
+    chain, exact = _chain(weight), Tolerance.for_kind("exact")
+    chain.prefetch(first, limit=2)
+    timings: dict[str, float] = {}
+    report = chain.compare(first, candidate, exact, timings, limit=2)
+    assert report.samples == 1 and "replayed" in timings and "reference_runs" not in timings
+    assert "1 sample for exact passes: a run takes" in chain.description
+    direct = compare_models(first, candidate, _samples(weight)[:1], tolerance=exact)
+    assert not report.passed and report.summary() == direct.summary()
+    assert chain.compare(candidate, first, exact, limit=2).samples == 1  # the next one replays that sample
+    assert chain.compare(first, candidate, exact).samples == 3
+
+
 def test_a_prefetched_reference_that_fails_is_reported_as_the_comparison_would_report_it(weight: np.ndarray) -> None:
     broken = helper.make_model(helper.make_graph(
         [helper.make_node("Reshape", ["x", "shape"], ["y"])], "broken",

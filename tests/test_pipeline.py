@@ -319,6 +319,21 @@ def test_the_probes_run_is_the_references_first_sample(counted):
     assert len(counted["sessions"]) == 2  # the probe's (then the reference's) and cleanup's output
 
 
+def test_a_model_whose_probe_run_is_slow_is_checked_on_the_probed_sample_alone(counted, monkeypatch):
+    """The probe's run is timed: past ``SLOW_RUN_SECONDS`` an exact pass is compared on that one sample, and
+    the report says why (rapid_table_det_edge_int8: four runs of 6 s each became two)."""
+    from onnxkit.parity import chain as parity_chain
+
+    monkeypatch.setattr(parity_chain, "SLOW_RUN_SECONDS", 0.0)
+    nodes = [helper.make_node("Identity", ["x"], ["copy"]), helper.make_node("Relu", ["copy"], ["y"])]
+    graph = helper.make_graph(nodes, "probed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "length"])])
+    result = Pipeline.parse("cleanup").run(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert "1 sample for exact passes: a run takes" in result.report.parity_inputs
+    (cleanup,) = result.report.passes
+    assert cleanup.parity["passed"] and cleanup.parity["samples"] == 1
+
+
 def test_exact_passes_compare_fewer_synthetic_samples_than_lossy_ones():
     result = Pipeline.parse("cleanup,quantize{mode=dynamic,max_slowdown=none}").run(build_example("mlp"))
     cleanup, quantize = result.report.passes

@@ -49,6 +49,7 @@ class ProbeRun:
 
     session: Any
     first_outputs: list[Any]
+    seconds: float = 0.0  # how long that run took
 
 
 def probe_dataset(model: ModelLike, *, dims: Mapping[str, int] | None = None,
@@ -87,15 +88,17 @@ def probe_dataset(model: ModelLike, *, dims: Mapping[str, int] | None = None,
         if tries >= max_tries or (tries and time.perf_counter() - started > max_seconds):
             break
         tries, tried = tries + 1, candidate
+        run_started = time.perf_counter()
         try:
             outputs = session.run(None, next(iter(candidate)))
         except Exception as error:  # ORT raises its own types for shape and index errors
             failure = error
             continue
+        run_seconds = time.perf_counter() - run_started
         chosen = ", ".join(f"{key}={size}" for key, size in sizes.items())
         candidate.probe = f"{chosen}; {tries} {'try' if tries == 1 else 'tries'}"
         if keep_run:
-            candidate.probe_run = ProbeRun(session, outputs)
+            candidate.probe_run = ProbeRun(session, outputs, run_seconds)
         return candidate
     raise _nothing_runs(open_dims, hints.specs, tried, tries, failure)
 

@@ -22,6 +22,10 @@ from onnxkit.parity.tolerance import Tolerance
 
 # The most bytes of outputs kept per model for the next comparison; past it that model is run again.
 RECORDING_BUDGET = 256 * 2**20
+# A comparison limited to a few samples (exact passes on synthetic inputs, where any input shows a change)
+# takes one sample when a run of the pipeline's input takes this long: a model that runs 6 s would otherwise
+# spend four runs on a check that one pair decides (rapid_table_det_edge_int8: ConvInteger at 800x800).
+SLOW_RUN_SECONDS = 2.0
 
 
 class ParityChain:
@@ -45,6 +49,7 @@ class ParityChain:
         self.ort_optimizations = ort_optimizations
         self._recordings: list[tuple[Any, Recording]] = []  # (model source, its outputs), by identity
         self._prefetch: _Prefetch | None = None
+        self.slow_run_seconds: float | None = None  # set when limited comparisons take one sample
 
     def recorded(self, model: Any) -> Recording | None:
         return next((recording for source, recording in self._recordings if source is model), None)
@@ -60,7 +65,8 @@ class ParityChain:
         outputs on the first sample are kept rather than made again.
 
         Should the background run fail, the comparison runs the reference itself, and reports what fails
-        exactly as it would have."""
+        exactly as it would have. A limited run whose first sample takes ``SLOW_RUN_SECONDS`` or more stops
+        there: every limited comparison of the chain then takes that one sample, and ``description`` says so."""
         self.close()
         if not self.data_given:
             self._prefetch = _Prefetch(self, reference, limit, probed)
@@ -83,6 +89,9 @@ class ParityChain:
         started = time.perf_counter()
         recording = prefetch.result()
         add_time(timings, "reference_wait", started)
+        if prefetch.slow_run_seconds is not None:
+            self.slow_run_seconds = prefetch.slow_run_seconds
+            self.description += f"; 1 sample for exact passes: a run takes {prefetch.slow_run_seconds:.1f} s"
         if recording is not None and self.recorded(reference) is None:
             self._recordings.append((reference, recording))
 
@@ -98,6 +107,8 @@ class ParityChain:
         found by object identity, so pass the very object compared before), on the first ``limit`` samples
         if given."""
         self._take_prefetched(reference, timings)
+        if limit is not None and self.slow_run_seconds is not None:
+            limit = 1
         started = time.perf_counter()
         recorded = self.recorded(reference)
         if recorded is not None and not recorded.covers(limit):
@@ -137,6 +148,7 @@ class _Prefetch:
         self._chain, self._limit, self._probed = chain, limit, probed
         self._cancelled = threading.Event()
         self._recording: Recording | None = None
+        self.slow_run_seconds: float | None = None  # the first run's, when it stopped the run there
         self._thread = threading.Thread(target=self._run, name="onnxkit-parity-reference")
         self._thread.start()
 
@@ -147,10 +159,21 @@ class _Prefetch:
             live = Live(probed.session if probed is not None else chain._session(self.reference))
             recording = Recording(live.outputs)
             samples = enumerate(itertools.islice(chain.dataset, self._limit))
+            first_seconds = None
             if probed is not None:
                 for index, sample in itertools.islice(samples, 1):  # the probe ran this sample already
                     validate_sample(sample, chain.specs, index=index)
                     recording.add(list(probed.first_outputs))
+                    first_seconds = probed.seconds
+            elif self._limit is not None:  # a limited comparison: the first run alone says whether to stop there
+                for index, sample in itertools.islice(samples, 1):
+                    started = time.perf_counter()
+                    recording.add(live.run(live.outputs, validate_sample(sample, chain.specs, index=index), index))
+                    first_seconds = time.perf_counter() - started
+            if self._limit is not None and first_seconds is not None and first_seconds >= SLOW_RUN_SECONDS:
+                self.slow_run_seconds = first_seconds
+                self._recording = recording  # incomplete: it covers the one sample compared
+                return
             with concurrent.futures.ThreadPoolExecutor(max_workers=2) as side_by_side:
                 while pair := list(itertools.islice(samples, 2)):
                     if self._cancelled.is_set():

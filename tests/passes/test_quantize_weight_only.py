@@ -190,3 +190,28 @@ def test_a_model_past_the_protobuf_limit_is_read_from_its_external_data(monkeypa
     assert ops["MatMulNBits"] == 1 and ops["GatherBlockQuantized"] == 1
     assert result.details["size"]["ratio"] < 0.35
     assert to_proto(float_model).SerializeToString() == before  # the input model is left alone
+
+
+def test_the_weight_only_results_section_is_rendered_from_its_json_and_survives_the_main_suite(tmp_path):
+    """RESULTS.md's weight-only block is generated (`python -m benchmarks.weight_only --report-only`), never edited:
+    the published page holds exactly what the committed JSON renders, and the main suite's rewrite keeps it."""
+    import json
+
+    from benchmarks import weight_only
+    from benchmarks.real import render
+
+    results = json.loads(weight_only.DEFAULT_OUT.read_text())
+    section = "\n".join(weight_only.section_lines(results))
+    published = render.RESULTS_MD.read_text()
+    assert render.replace_section(published, section, weight_only.SECTION) == published
+    for model in ("### MiniLM-L6", "### Small decoder"):
+        assert model in section
+    assert section.count("| onnxkit quantize{mode=weight-only} |") == 2
+    assert section.count("- onnxkit's default against ort block 32, level 4: size") == 2
+
+    page = tmp_path / "RESULTS.md"
+    page.write_text("# results\n")
+    weight_only.publish(results, page)
+    weight_only.publish(results, page)
+    rewritten = render.carry_section(page, "# results\n\n## Headline\nnew\n")
+    assert rewritten.count("## Weight-only quantization") == 1 and "## Headline\nnew" in rewritten

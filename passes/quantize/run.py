@@ -52,6 +52,9 @@ class QuantizeRun:
     # The float model as it came, once ``smooth`` has replaced ``float_proto`` (what ORT quantizes) with its
     # smoothed twin: the target and the latency gate compare against this one.
     reference: onnx.ModelProto | None = None
+    # (float model, ranges, (its full INT8 model, the editor over it)), made by ``quantize`` on first use
+    _full_models: list[tuple[onnx.ModelProto, Any, tuple[onnx.ModelProto, qdq_edit.QdqEditor | None]]] = (
+        dataclasses.field(default_factory=list))
 
     @property
     def original(self) -> onnx.ModelProto:
@@ -61,9 +64,38 @@ class QuantizeRun:
 
     def quantize(self, keep_float: Sequence[str] | Mapping[str, str], op_types: Sequence[str] | None = None
                  ) -> onnx.ModelProto:
-        """The INT8 model with ``keep_float`` (and the user's exclusions) in float, over ``op_types``."""
+        """The INT8 model with ``keep_float`` (and the user's exclusions) in float, over ``op_types``.
+
+        In static QDQ mode ORT quantizes the model once, every candidate node in INT8, and each later model is
+        that one with more nodes float (``qdq_edit``: the graph ORT would write, in milliseconds instead of
+        seconds); a node whose op type is left out of ``op_types`` is one more float node. Where the editor
+        cannot say what ORT would write, ORT quantizes the model again."""
+        full = self._fully_quantized()
+        if full is not None:
+            quantized, editor = full
+            dropped = set(self.settings.op_types) - set(op_types or self.settings.op_types)
+            float_nodes = set(keep_float) | {n.name for n in self.float_proto.graph.node if n.op_type in dropped}
+            if not float_nodes - self.excluded:
+                return quantized
+            if editor is not None and (edited := editor.keep_float(float_nodes)) is not None:
+                return edited
         settings = self.settings if op_types is None else dataclasses.replace(self.settings, op_types=tuple(op_types))
         return quantize_model(self.float_proto, settings, self.ranges, self.excluded | set(keep_float))
+
+    def _fully_quantized(self) -> tuple[onnx.ModelProto, qdq_edit.QdqEditor | None] | None:
+        """ORT's model with every candidate in INT8, and the editor over it where it can be used; None outside
+        static QDQ. Made once per float model and ranges (SmoothQuant may swap both, and back)."""
+        if self.settings.mode != "static" or self.settings.format != "qdq":
+            return None
+        for float_proto, ranges, made in self._full_models:
+            if float_proto is self.float_proto and ranges is self.ranges:
+                return made
+        quantized = quantize_model(self.float_proto, self.settings, self.ranges, self.excluded)
+        editor = qdq_edit.QdqEditor(self.float_proto, quantized, self.settings.op_types, self.excluded, self.types,
+                                    [t for t in FLOAT_OUTPUT_OP_TYPES if t in self.settings.op_types])
+        made = (quantized, editor if editor.usable else None)
+        self._full_models.append((self.float_proto, self.ranges, made))
+        return made
 
     def try_smoothing(self, accept: Judge | None) -> None:
         """SmoothQuant (``smoothing``), kept only where it helps: with every candidate in INT8, the smoothed
@@ -177,7 +209,7 @@ class QuantizeRun:
             return ranking
 
         budget = self.options.search_budget
-        search = sensitivity.keep_sensitive_in_float(self._candidates(op_types, keep_float or {}), rank, accept,
+        search = sensitivity.keep_sensitive_in_float(lambda keep: self.quantize(keep, op_types), rank, accept,
                                                      keep_float=keep_float,
                                                      deadline=None if budget is None else time.perf_counter() + budget)
         report_out_of_time = search.out_of_time
@@ -190,28 +222,6 @@ class QuantizeRun:
         if report_out_of_time:
             report.search_out_of_time = f"the search stopped at its {budget:g} s budget (search_budget)"
         return search.model, search.keep_float
-
-    def _candidates(self, op_types: Sequence[str], start: Mapping[str, str]) -> sensitivity.Quantizer:
-        """The search's candidates: ORT quantizes the model once, with the nodes of ``start`` float, and each
-        candidate keeping more nodes float is that model with their QDQ pairs taken out (``qdq_edit``), the
-        graph ORT would write for it; where the editor cannot say that (QOperator, dynamic mode, an op whose
-        rule it does not replay), ORT quantizes each candidate."""
-        editor: qdq_edit.QdqEditor | None = None
-
-        def candidate(keep: Sequence[str]) -> onnx.ModelProto:
-            nonlocal editor
-            extra = set(keep) - set(start)
-            if editor is not None and editor.usable and set(start) <= set(keep):
-                edited = editor.keep_float(extra)
-                if edited is not None:
-                    return edited
-            model = self.quantize(keep, op_types)
-            if editor is None and not extra and self.settings.mode == "static" and self.settings.format == "qdq":
-                editor = qdq_edit.QdqEditor(self.float_proto, model, op_types, self.excluded | set(start), self.types,
-                                            [t for t in FLOAT_OUTPUT_OP_TYPES if t in op_types])
-            return model
-
-        return candidate
 
     def _sensitivity_cache(self, samples: Sequence[Mapping[str, Any]], op_types: Sequence[str],
                            keep_float: Mapping[str, str] | None) -> SensitivityCache | None:

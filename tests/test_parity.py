@@ -371,11 +371,14 @@ def test_chain_runs_a_reference_again_past_the_memory_budget_or_the_samples_reco
     assert "reference_runs" in timings and "replayed" not in timings
 
 
-def test_chain_runs_a_prefetched_reference_in_the_background_and_replays_it(weight: np.ndarray) -> None:
-    first = linear_model(weight).SerializeToString()
+def _model_and_perturbed(weight: np.ndarray) -> tuple[bytes, bytes]:
     perturbed = weight.copy()
     perturbed[0, 0] += 1
-    candidate = linear_model(perturbed).SerializeToString()
+    return linear_model(weight).SerializeToString(), linear_model(perturbed).SerializeToString()
+
+
+def test_chain_runs_a_prefetched_reference_in_the_background_and_replays_it(weight: np.ndarray) -> None:
+    first, candidate = _model_and_perturbed(weight)
     chain, exact = _chain(weight), Tolerance.for_kind("exact")
     chain.prefetch(first, limit=2)
     timings: dict[str, float] = {}
@@ -396,10 +399,7 @@ def test_a_slow_reference_makes_limited_comparisons_take_one_sample(monkeypatch,
     """rapid_table_det_edge_int8 runs seconds a sample: an exact check on synthetic inputs (a limited comparison)
     then compares the one sample the background run made, and says so; an unlimited one still takes them all."""
     monkeypatch.setattr(parity_chain, "SLOW_RUN_SECONDS", 0.0)
-    first = linear_model(weight).SerializeToString()
-    perturbed = weight.copy()
-    perturbed[0, 0] += 1
-    candidate = linear_model(perturbed).SerializeToString()
+    first, candidate = _model_and_perturbed(weight)
     chain, exact = _chain(weight), Tolerance.for_kind("exact")
     chain.prefetch(first, limit=2)
     timings: dict[str, float] = {}

@@ -307,12 +307,16 @@ def test_synthetic_inputs_are_made_once_and_exact_passes_share_one_check(counted
     assert shapes.parity == cleanup.parity
 
 
-def test_the_probes_run_is_the_references_first_sample(counted):
-    # A length to probe: the probe's session, and its outputs on sample 0, start the reference's run.
+def _length_to_probe() -> onnx.ModelProto:
     nodes = [helper.make_node("Identity", ["x"], ["copy"]), helper.make_node("Relu", ["copy"], ["y"])]
     graph = helper.make_graph(nodes, "probed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "length"])])
-    result = Pipeline.parse("cleanup").run(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_probes_run_is_the_references_first_sample(counted):
+    # A length to probe: the probe's session, and its outputs on sample 0, start the reference's run.
+    result = Pipeline.parse("cleanup").run(_length_to_probe())
     assert "probed" in result.report.parity_inputs
     (cleanup,) = result.report.passes
     assert cleanup.modified and cleanup.parity["passed"] and cleanup.parity["samples"] == 2
@@ -325,10 +329,7 @@ def test_a_model_whose_probe_run_is_slow_is_checked_on_the_probed_sample_alone(c
     from onnxkit.parity import chain as parity_chain
 
     monkeypatch.setattr(parity_chain, "SLOW_RUN_SECONDS", 0.0)
-    nodes = [helper.make_node("Identity", ["x"], ["copy"]), helper.make_node("Relu", ["copy"], ["y"])]
-    graph = helper.make_graph(nodes, "probed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "length"])])
-    result = Pipeline.parse("cleanup").run(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    result = Pipeline.parse("cleanup").run(_length_to_probe())
     assert "1 sample for exact passes: a run takes" in result.report.parity_inputs
     (cleanup,) = result.report.passes
     assert cleanup.parity["passed"] and cleanup.parity["samples"] == 1

@@ -18,8 +18,10 @@ the MatMuls whose 4-bit weights move their own outputs most (estimated in numpy 
 
 The latency gate is INT8 mode's, with the same default (``max_slowdown=1.0``): users often choose weight-only
 for memory rather than speed, but with ``accuracy_level`` set for the CPU, MatMulNBits runs int8 kernels and
-is faster than float wherever they exist (MiniLM: 0.8x here), so the default costs them nothing
-there; where it is slower the pass keeps float and says so, and ``max_slowdown=none`` keeps the smaller model.
+is usually faster than float where they exist (0.72x FP32 on MiniLM, 0.93x on a small Llama decoder, on an
+AVX-512 VNNI CPU: benchmarks/RESULTS.md), so the default costs them nothing there; where it is slower the whole
+model stays float and the report says so (``on_slow=refuse`` fails instead), and ``max_slowdown=none`` keeps
+the smaller model.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class _Report:
     data: str = ""
     target: str = ""
     tries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    chosen: dict[str, Any] | None = None  # the try whose model the pass returns (a bisection may end on a failure)
     timing: latency.Timing | None = None
     gate: str = ""
     kept_float_model: str | None = None
@@ -114,9 +117,9 @@ class _Report:
         if self.eight_bit:
             lines.append(f"{len(self.eight_bit)} MatMuls at 8 bits to meet the target: " + ", ".join(self.eight_bit[:3])
                          + (" …" if len(self.eight_bit) > 3 else ""))
-        if self.tries:
-            last = self.tries[-1]
-            lines.append(f"target {self.target} {'met' if last['passed'] else 'NOT met'} ({last['summary']}; "
+        judged = self.chosen or (self.tries[-1] if self.tries else None)
+        if judged is not None:
+            lines.append(f"target {self.target} {'met' if judged['passed'] else 'NOT met'} ({judged['summary']}; "
                          f"{len(self.tries)} quantized models judged)")
         if self.timing is not None:
             timing = self.timing
@@ -131,7 +134,7 @@ class _Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": "weight-only", "settings": dict(self.settings), "data": self.data, "target": self.target,
-                "tries": list(self.tries), "latency": self.timing.to_dict() if self.timing else None,
+                "tries": list(self.tries), "chosen": self.chosen, "latency": self.timing.to_dict() if self.timing else None,
                 "latency_gate": self.gate, "kept_whole_model_float": self.kept_float_model,
                 "size": {"float_bytes": self.float_bytes, "quantized_bytes": self.quantized_bytes,
                          "ratio": round(self.quantized_bytes / self.float_bytes, 4) if self.quantized_bytes else None},
@@ -182,6 +185,8 @@ def quantize_weight_only(model: ir.Model, options: Any, context: Any
         report.kept_float_model = f"target {report.target} not met even with every MatMul at 8 bits"
         return None, report.stats(), report.to_dict()
     quantized, report.settings["accuracy_level"], report.eight_bit = found
+    report.chosen = next(t for t in reversed(report.tries) if t["passed"] and t["eight_bit"] == len(report.eight_bit)
+                         and t["accuracy_level"] == report.settings["accuracy_level"])
     report.quantized_nodes = _quantized_nodes(quantized, set(report.eight_bit))
 
     report.timing = latency.compare(float_proto, quantized, samples[:TIMING_SAMPLES])

@@ -59,7 +59,7 @@ def test_int4_rewrites_matmuls_and_the_embedding_table_at_opset_21_within_the_ta
     assert levels == {weight_only.accuracy_level_for(weight_only.detect_cpu())[0]}
     details = report.details
     assert details["size"]["ratio"] < 0.35  # 4-bit weights, scales and zero points in blocks of 32
-    assert details["tries"][-1]["passed"] and details["eight_bit"] == []
+    assert details["chosen"]["passed"] and details["eight_bit"] == []
     assert any("latency" in line for line in report.stats)
 
 
@@ -68,9 +68,31 @@ def test_a_target_int4_cannot_meet_moves_the_most_sensitive_matmuls_to_8_bits():
     assert report.status == "ok", report.stats
     details = report.details
     assert details["tries"][0]["eight_bit"] == 0 and not details["tries"][0]["passed"]  # INT4 everywhere missed
-    assert details["eight_bit"] and details["tries"][-1]["passed"], details
+    assert details["eight_bit"] and details["chosen"]["passed"], details
+    assert details["chosen"]["eight_bit"] == len(details["eight_bit"])
     assert details["quantized_nodes"]["MatMul → 8-bit MatMulNBits"] == len(details["eight_bit"])
     assert sum(details["quantized_nodes"].values()) == 3
+
+
+def test_the_report_names_the_model_it_returns_when_the_bisection_ends_on_a_failure(monkeypatch):
+    """Two MatMuls: INT4 everywhere fails, both at 8 bits passes, then the bisection tries one at 8 bits, which
+    fails: the pass returns the both-at-8-bits model, and its report must say that one met the target."""
+    from onnxkit.passes.quantize.judge import Judge
+    from onnxkit.passes.quantize.sensitivity import Verdict
+
+    def eight_bit_matmuls(candidate: onnx.ModelProto) -> Verdict:
+        count = sum(1 for n in candidate.graph.node if n.op_type == "MatMulNBits"
+                    for a in n.attribute if a.name == "bits" and a.i == 8)
+        return Verdict(count == 2, {"8-bit MatMuls": float(count)})
+
+    monkeypatch.setattr(weight_only, "_judge", lambda *args: Judge("both MatMuls at 8 bits", eight_bit_matmuls,
+                                                                  eight_bit_matmuls))
+    result, report = quantize("quantize{mode=weight-only,max_slowdown=none}", embedding_mlp(layers=2))
+    details = report.details
+    assert [t["passed"] for t in details["tries"]] == [False, True, False]
+    assert details["chosen"] == details["tries"][1] and len(details["eight_bit"]) == 2
+    assert any(line.startswith("target both MatMuls at 8 bits met (8-bit MatMuls 2.0000") for line in report.stats)
+    assert eight_bit_matmuls(to_proto(result.model)).passed
 
 
 def test_8_bit_leaves_the_table_float_and_says_so():
@@ -153,7 +175,7 @@ def test_a_small_trained_decoder_int4_keeps_its_next_token_logits(tmp_path):
                                                                               data=decoder.samples)
     report = result.report.passes[0]
     assert report.status == "ok" and report.modified, report.stats
-    assert report.details["tries"][-1]["passed"], report.details["tries"]
+    assert report.details["chosen"]["passed"], report.details["tries"]
     quantized_path = tmp_path / "decoder.int4.onnx"
     result.save(quantized_path)
     onnx.checker.check_model(str(quantized_path), full_check=True)

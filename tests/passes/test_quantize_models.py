@@ -75,6 +75,10 @@ def test_minilm_int8_reaches_cosine_099_on_real_sentences(minilm, mode: str) -> 
         assert {n.op_type for n in quantized.graph.node} >= {"DynamicQuantizeLinear", "MatMulInteger"}
     else:
         assert details["calibration"]["samples"] == 52
+        # Issue 13: at most 10 nodes float. SmoothQuant takes the LayerNorm and GELU outliers out of the
+        # activations' INT8 ranges (0 float; 27 without it, at held-out cosine 0.991 against 0.996 with it).
+        assert "; kept:" in details["smoothing"]
+        assert len(details["kept_float"]) <= 10, details["kept_float"]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -52,9 +52,9 @@ class QuantizeRun:
     # The float model as it came, once ``smooth`` has replaced ``float_proto`` (what ORT quantizes) with its
     # smoothed twin: the target and the latency gate compare against this one.
     reference: onnx.ModelProto | None = None
-    # (float model, ranges, (its full INT8 model, the editor over it)), made by ``quantize`` on first use
-    _full_models: list[tuple[onnx.ModelProto, Any, tuple[onnx.ModelProto, qdq_edit.QdqEditor | None]]] = (
-        dataclasses.field(default_factory=list))
+    # ((float model, ranges, settings, exclusions), (its full INT8 model, the editor over it)), made by ``quantize``
+    _full_models: list[tuple[tuple[Any, ...], tuple[onnx.ModelProto, qdq_edit.QdqEditor | None]]] = (
+        dataclasses.field(default_factory=list, init=False, repr=False))
 
     @property
     def original(self) -> onnx.ModelProto:
@@ -87,14 +87,15 @@ class QuantizeRun:
         static QDQ. Made once per float model and ranges (SmoothQuant may swap both, and back)."""
         if self.settings.mode != "static" or self.settings.format != "qdq":
             return None
-        for float_proto, ranges, made in self._full_models:
-            if float_proto is self.float_proto and ranges is self.ranges:
+        key = (self.float_proto, self.ranges, self.settings, self.excluded)
+        for made_for, made in self._full_models:
+            if made_for[0] is key[0] and made_for[1] is key[1] and made_for[2:] == key[2:]:
                 return made
         quantized = quantize_model(self.float_proto, self.settings, self.ranges, self.excluded)
         editor = qdq_edit.QdqEditor(self.float_proto, quantized, self.settings.op_types, self.excluded, self.types,
                                     [t for t in FLOAT_OUTPUT_OP_TYPES if t in self.settings.op_types])
         made = (quantized, editor if editor.usable else None)
-        self._full_models.append((self.float_proto, self.ranges, made))
+        self._full_models.append((key, made))
         return made
 
     def try_smoothing(self, accept: Judge | None) -> None:

@@ -106,3 +106,23 @@ def test_an_editor_that_cannot_rebuild_the_quantized_model_is_not_used() -> None
     # Told that MatMul/Gemm outputs are quantized when ORT left them float, its replay no longer matches.
     editor = QdqEditor(model, quantized, SETTINGS.op_types, (), types, exclude_output_op_types=())
     assert not editor.usable
+
+
+def test_the_search_has_ort_quantize_once_and_keeps_the_same_nodes_float(monkeypatch) -> None:
+    from onnxkit.passes.quantize import run
+    from tests.passes.test_quantize import NO_GATE, quantize, samples
+    from tests.passes.test_quantize_search import two_outlier_chain
+
+    calls = []
+    real = run.quantize_model
+    monkeypatch.setattr(run, "quantize_model", lambda *args: calls.append(args[3]) or real(*args))
+    # SmoothQuant off: its trial quantizes its smoothed twin once more (one quantization per float model).
+    result, quantized = quantize(two_outlier_chain(), samples("x", (4, 16), 25), mode="static", calib="minmax",
+                                 smooth_alpha=None, **NO_GATE)
+    details = result.details
+    # Two rankings and several candidates judged, as with ORT quantizing each (test_quantize_search), ...
+    assert details["target_met"] and sorted(details["kept_float"]) == ["fc2", "fc4"]
+    assert details["search"]["rankings"] == 2 and details["search"]["verifications"] >= 3
+    # ... from one quantization: every candidate was edited out of it.
+    assert calls == [frozenset()]
+    assert {n.name for n in quantized.graph.node if n.op_type == "MatMul"} >= {"fc2", "fc4"}

@@ -11,7 +11,6 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import onnx_ir as ir
 
 from onnxkit.passes.simplify.rewrites import Rewrites, site_name
@@ -75,16 +74,26 @@ def eliminate_common_subexpressions(graphs: Sequence[ir.Graph | ir.Function], re
             rewrites.record("cse", site, "merged", "common subexpressions")
 
 
-def _tensor_bytes(tensor: ir.TensorProtocol) -> bytes | np.ndarray:
+def _tensor_bytes(tensor: ir.TensorProtocol) -> bytes:
     if tensor.dtype == ir.DataType.STRING:
         # Each string length-prefixed, so that ["a", "b"] and ["a\0b"] differ. (StringTensor has no tobytes.)
         strings = tensor.string_data()  # type: ignore[attr-defined]  # only StringTensor has string_data
         return b"".join(len(item).to_bytes(8, "little") + item for item in strings)
-    if isinstance(tensor, ir.ExternalTensor) and tensor.dtype.bitwidth % 8 == 0:
-        # The same bytes as tobytes(), read through onnx_ir's mapping of the data file instead of copied into
-        # memory: a lazily loaded model of gigabytes is hashed without holding its weights (issue 12).
-        return tensor.numpy().reshape(-1).view(np.uint8)
     return tensor.tobytes()
+
+
+def _external_digest(tensor: ir.ExternalTensor) -> bytes:
+    """The sha256 of ``tensor.tobytes()``, read from its data file 64 KiB at a time: a lazily loaded model of
+    gigabytes is hashed without its weights copied into memory, or mapped into the process, where their pages
+    would count as its own until the model is freed (issue 12)."""
+    digest = hashlib.sha256()
+    with open(tensor.path, "rb") as file:
+        file.seek(tensor.offset or 0)
+        left = tensor.length or tensor.nbytes
+        while left > 0 and (chunk := file.read(min(left, 1 << 16))):
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.digest()
 
 
 class InitializerMerger:
@@ -97,7 +106,8 @@ class InitializerMerger:
     def _digest(self, tensor: ir.TensorProtocol) -> bytes:
         known = self._digests.get(id(tensor))
         if known is None or known[0] is not tensor:
-            known = (tensor, hashlib.sha256(_tensor_bytes(tensor)).digest())
+            known = (tensor, _external_digest(tensor) if isinstance(tensor, ir.ExternalTensor)
+                      else hashlib.sha256(_tensor_bytes(tensor)).digest())
             self._digests[id(tensor)] = known
         return known[1]
 

@@ -35,7 +35,7 @@ def _step(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--quick", is_flag=True, help="Small models, few repeats, one thread: the CI smoke test.")
 @click.option("--scale", is_flag=True, help="Also run the >2 GB external-data model: the simplifiers and dynamic "
-              "INT8 (each tool needs 3.5-5x the 2.3 GB of weights free in RAM, else it is skipped; ~8 GB disk).")
+              "INT8 (each tool needs 3.5-5.5x the 2.3 GB of weights free in RAM, else it is skipped; ~8 GB disk).")
 @click.option("--model", "only", multiple=True,
               help="Only these models (repeatable; 'none' for none); see benchmarks/models.py.")
 @click.option("--skip-extras", is_flag=True, help="Skip calibration memory and training-loop overhead.")

@@ -12,6 +12,8 @@ so everything it measures comes from the pass's own machinery, never from a seco
 - per candidate node, its own contribution: the noise it adds on top of its inputs' and its own INT8
   rounding, from the pass's sensitivity measure (``sensitivity.measure_sensitivity``), which also orders
   the layers worst first, as the pass's keep-in-float search orders them;
+- for the ``isolate`` worst layers, each alone: the model's outputs with only that node in INT8 (one more
+  quantization by the run and one run over the samples each), which checks the ranking against the output;
 - per node left float: the pass's own reason (the search's rank and measured effect, the latency gate, the
   user's exclusion, or the whole model kept float), or why ONNX Runtime's quantizer did not quantize it.
 
@@ -25,7 +27,7 @@ import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -74,6 +76,10 @@ class LayerError:
     rounding_nsr: float | None  # its own INT8 rounding on clean inputs (qdq_loss_debug's pre/post QDQ error)
     int8_when_all_quantized: bool  # whether ORT's quantizer put it in INT8 when asked to quantize everything
     pass_kept_float: str | None  # None: INT8 in the pass's result; else why the pass left it float
+    # The model's outputs with only this node in INT8 (measured for the ``isolate`` worst layers): the worst
+    # output's SQNR and cosine. None: not measured.
+    alone_sqnr_db: float | None = None
+    alone_cosine: float | None = None
 
 
 @dataclasses.dataclass
@@ -89,11 +95,14 @@ class QuantDebugResult:
     outputs_pass_result: list[TensorError]  # the graph outputs of the model the pass hands on (empty: float)
     pass_stats: list[str]
     pass_report: dict[str, Any]
+    # "added": ordered by the noise each layer adds in the all-INT8 model (the pass's ranking); "alone": by
+    # the output error each causes as the only INT8 layer (every ranked layer was isolated).
+    ranked_by: Literal["added", "alone"] = "added"
     notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def worst(self) -> list[LayerError]:
-        """The layers INT8 hurts most, by their own contribution."""
+        """The layers INT8 hurts most, worst first: the ranked ones (in INT8 when everything is)."""
         return [layer for layer in self.layers if layer.added_nsr is not None]
 
 
@@ -132,16 +141,22 @@ def parse_quantize_spec(spec: str) -> _RecordingQuantizePass:
 
 def debug_quant(model: str | Path | ir.Model, calibration_data: Any, spec: str = "quantize", *,
                 dims: Mapping[str, int] | None = None, samples: int = DEFAULT_SAMPLES,
+                isolate: int | Literal["all"] = 0,
                 calib_cache: str | Path | None = None, progress: bool = False) -> QuantDebugResult:
     """Quantize ``model`` as ``onnxkit optimize --passes SPEC --calib-data DATA`` would, then measure the
     error of every layer with everything in INT8 and say why each node the pass left float stayed float.
 
     ``calibration_data`` is any source ``onnxkit.load_dataset`` reads; the errors are measured on up to
-    ``samples`` of the samples the pass holds out from calibration. Bad input raises ``OnnxkitError``.
+    ``samples`` of the samples the pass holds out from calibration. ``isolate``: for that many of the worst
+    layers (``"all"``: every ranked layer), also quantize the layer alone (every other node float) and measure
+    the model's outputs, one quantization and one run over the samples each. With every ranked layer
+    isolated, the layers are ordered by that output error instead: the noise a layer adds where it sits can
+    be masked by noise upstream, or damped downstream (on MiniLM the two orders differ). Bad input raises
+    ``OnnxkitError``.
     """
     quantize = parse_quantize_spec(spec)
-    if samples < 1:
-        raise SpecError("samples must be at least 1")
+    if samples < 1 or (isolate != "all" and isolate < 0):
+        raise SpecError("samples must be at least 1, and isolate not negative")
     model_dir = Path(model).parent if isinstance(model, (str, Path)) else None
     loaded = modelio.load_model(model) if isinstance(model, (str, Path)) else model
     from onnxkit.data import load_dataset
@@ -159,19 +174,22 @@ def debug_quant(model: str | Path | ir.Model, calibration_data: Any, spec: str =
         raise OnnxkitError(f"nothing to debug: {'; '.join(result.stats)}",
                            hint="debug quant needs a float model with nodes the quantize pass can quantize")
     return _measure(str(model) if isinstance(model, (str, Path)) else "(in memory)", quantize.spec(), run, result,
-                    samples)
+                    samples, isolate)
 
 
-def _measure(model_name: str, spec: str, run: QuantizeRun, result: QuantizeResult, samples: int
-             ) -> QuantDebugResult:
-    float_proto = run.float_proto
+def _measure(model_name: str, spec: str, run: QuantizeRun, result: QuantizeResult, samples: int,
+             isolate: int | Literal["all"]) -> QuantDebugResult:
+    # What ORT quantizes: the model as given, or its SmoothQuant twin when the pass kept smoothing. Layers are
+    # compared with it (the twin's activations are scaled per channel); the outputs with the model as given.
+    float_proto, original = run.float_proto, run.original
     notes = []
     measured_settings = run.settings
     if run.settings.mode == "static" and run.settings.format == "qoperator":
         # QOperator renames every tensor; its QDQ twin, from the same ranges, keeps the float names to match.
         measured_settings = dataclasses.replace(run.settings, format="qdq")
         notes.append("format=qoperator renames every tensor: errors are measured on its QDQ twin (same ranges)")
-    all_int8 = dataclasses.replace(run, settings=measured_settings).quantize(())
+    measured_run = dataclasses.replace(run, settings=measured_settings)
+    all_int8 = measured_run.quantize(())
     in_int8 = {node.name or "" for node in quantized_nodes(float_proto, all_int8)}
     measured_samples = list(itertools.islice(run.data.held_out, samples))
     samples_from = ("calibration samples (too few to hold any out)" if run.data.reused_calibration_for_holdout
@@ -183,15 +201,32 @@ def _measure(model_name: str, spec: str, run: QuantizeRun, result: QuantizeResul
     output_names = [o.name for o in float_proto.graph.output]
     by_name = {t.name: t for t in tensors}
     # An unmodified result is the float model: the pass kept it whole, with the reason in its report.
-    outputs_pass = (tensor_errors(float_proto, modelio.to_proto(result.model), run.types, measured_samples,
+    outputs_pass = (tensor_errors(original, modelio.to_proto(result.model), run.types, measured_samples,
                                   names=output_names) if result.modified else [])
+    outputs_all_int8 = tensor_errors(original, all_int8, run.types, measured_samples, names=output_names)
+    if original is not float_proto:
+        notes.append(f"{result.details.get('smoothing') or 'SmoothQuant kept'}: layers are compared with the "
+                     "smoothed float model ORT quantized, outputs with the model as given")
     layers = _layers(run, result, ranking, by_name, in_int8)
+    ranked = sum(layer.added_nsr is not None for layer in layers)  # they come first
+    isolated = ranked if isolate == "all" else min(isolate, ranked)
+    for index, layer in enumerate(layers[:isolated]):
+        alone = measured_run.quantize([n.name for n in run.candidates if n.name != layer.node])
+        worst_output = min(tensor_errors(original, alone, run.types, measured_samples, names=output_names),
+                           key=lambda t: t.sqnr_db, default=None)
+        if worst_output is not None:
+            layers[index] = dataclasses.replace(layer, alone_sqnr_db=worst_output.sqnr_db,
+                                                alone_cosine=worst_output.cosine)
+    ranked_by: Literal["added", "alone"] = "added"
+    if ranked and isolated == ranked and all(layer.alone_sqnr_db is not None for layer in layers[:ranked]):
+        ranked_by = "alone"
+        layers[:ranked] = sorted(layers[:ranked], key=lambda layer: layer.alone_sqnr_db or 0.0)
     return QuantDebugResult(
         model=model_name, spec=spec, settings=result.stats[0] if result.stats else "", samples=len(measured_samples),
         samples_from=samples_from, layers=layers, tensors=tensors,
-        outputs_all_int8=[by_name[name] for name in output_names if name in by_name],
+        outputs_all_int8=outputs_all_int8,
         outputs_pass_result=outputs_pass, pass_stats=list(result.stats), pass_report=dict(result.details),
-        notes=notes)
+        ranked_by=ranked_by, notes=notes)
 
 
 def _layers(run: QuantizeRun, result: QuantizeResult, ranking: Sequence[NodeSensitivity],
@@ -227,10 +262,12 @@ def _layers(run: QuantizeRun, result: QuantizeResult, ranking: Sequence[NodeSens
 
 
 def _with_excluded(run: QuantizeRun) -> list[onnx.NodeProto]:
-    """The candidates and the nodes of the same op types the user excluded, in graph order."""
+    """The candidates and the nodes of the same op types the user excluded, in graph order; not those with no
+    float output (a Gather of shape values, say): they are arithmetic on integers, not layers INT8 could hurt."""
     candidates = {id(n) for n in run.candidates}
     return [n for n in run.float_proto.graph.node
-            if id(n) in candidates or (n.name in run.excluded and n.op_type in run.settings.op_types)]
+            if (id(n) in candidates or (n.name in run.excluded and n.op_type in run.settings.op_types))
+            and any(run.types.get(name) in FLOAT_TYPES for name in n.output)]
 
 
 def _why_not_quantized(node: onnx.NodeProto, run: QuantizeRun) -> str:
@@ -239,6 +276,9 @@ def _why_not_quantized(node: onnx.NodeProto, run: QuantizeRun) -> str:
     if run.settings.mode == "dynamic" and node.op_type in ("MatMul", "Gemm") and \
             not any(name in weights for name in node.input[:2]):
         return "ONNX Runtime's dynamic quantizer needs a constant weight input, and this node has none"
+    if node.op_type in ("Relu", "Clip"):
+        return ("ONNX Runtime quantizes Relu and Clip only by folding them into a quantized producer's range, "
+                "and this one reads a float tensor")
     return "ONNX Runtime's quantizer did not quantize it (no calibrated range, or its inputs are not float)"
 
 

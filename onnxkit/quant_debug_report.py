@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ FILE_STEM = "quant-debug"
 MARKDOWN_LAYERS = 50
 PLOT_HINT = "pip install 'onnxkit[bench]' (matplotlib) to get quant-debug.png"
 
-TABLE_HEADERS = ("#", "layer", "op", "SQNR dB", "cosine", "adds", "own rounding", "pass result")
+ORDER = {"added": "by the noise each adds (all INT8)", "alone": "by the output error each causes alone"}
+TABLE_HEADERS = ("#", "layer", "op", "SQNR dB", "cosine", "adds", "own rounding", "alone: output dB", "pass result")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -53,10 +55,13 @@ def to_dict(result: QuantDebugResult) -> dict[str, Any]:
         "settings": result.settings,
         "samples": result.samples,
         "samples_from": result.samples_from,
+        "ranked_by": result.ranked_by,
         "layers": [{"rank": rank, "node": layer.node, "op_type": layer.op_type, "position": layer.position,
                     "output": layer.output, "sqnr_db": _number(layer.sqnr_db, 3), "cosine": _number(layer.cosine),
                     "added_nsr": _number(layer.added_nsr), "share_of_added_noise": _number(shares.get(layer.node), 4),
                     "rounding_nsr": _number(layer.rounding_nsr),
+                    "alone_output_sqnr_db": _number(layer.alone_sqnr_db, 3),
+                    "alone_output_cosine": _number(layer.alone_cosine),
                     "int8_when_all_quantized": layer.int8_when_all_quantized,
                     "pass_result": "float" if layer.pass_kept_float else "int8", "why_float": layer.pass_kept_float}
                    for rank, layer in enumerate(result.layers, start=1)],
@@ -82,14 +87,14 @@ def _db(value: float) -> str:
 
 
 def _ratio(value: float | None) -> str:
-    return "" if value is None else "inf" if value == math.inf else f"{value:.2%}"
+    return "-" if value is None else "inf" if value == math.inf else f"{value:.2%}"
 
 
 def _row(rank: int, layer: LayerError) -> list[str]:
     passed = "INT8" if layer.pass_kept_float is None else f"float: {layer.pass_kept_float}"
     return [str(rank), layer.node, layer.op_type, _db(layer.sqnr_db),
             "n/a" if math.isnan(layer.cosine) else f"{layer.cosine:.4f}", _ratio(layer.added_nsr),
-            _ratio(layer.rounding_nsr), passed]
+            _ratio(layer.rounding_nsr), "-" if layer.alone_sqnr_db is None else _db(layer.alone_sqnr_db), passed]
 
 
 def _outputs_line(label: str, outputs: Sequence[TensorError]) -> str:
@@ -113,7 +118,7 @@ def render(console: Any, result: QuantDebugResult, top: int) -> None:
     for line in summary_lines(result):
         console.print(line, highlight=False)  # wrapped at the width, unlike the table's long reasons
     shown = result.layers[:top]
-    title = f"worst {len(shown)} of {len(result.layers)} layers, by the noise each adds (all INT8)"
+    title = f"worst {len(shown)} of {len(result.layers)} layers, {ORDER[result.ranked_by]}"
     print_table(console, title, TABLE_HEADERS, [_row(rank, layer) for rank, layer in enumerate(shown, start=1)],
                 lead=3)
 
@@ -122,14 +127,19 @@ def to_markdown(result: QuantDebugResult) -> str:
     shown = result.layers[:MARKDOWN_LAYERS]
     lines = [f"# Quantization debug: {Path(result.model).name}", ""]
     lines += [f"- {line}" for line in summary_lines(result)]
-    lines += ["", f"## Layers, worst first ({len(shown)} of {len(result.layers)})", "",
+    lines += ["", f"## Layers, worst first ({len(shown)} of {len(result.layers)}, {ORDER[result.ranked_by]})", "",
               ("SQNR and cosine: the layer's output with every candidate node in INT8, against float. *adds*: the "
                "noise power the layer adds on top of its inputs', relative to its output's power (the pass's "
-               "sensitivity ranking). *own rounding*: its INT8 rounding alone, on float inputs."), "",
+               "sensitivity ranking). *own rounding*: its INT8 rounding alone, on float inputs. *alone: output dB*: "
+               "the model's output SQNR with only this layer in INT8 (measured for the worst `--isolate` layers)."), "",
               "| " + " | ".join(TABLE_HEADERS) + " |", "|" + "---|" * len(TABLE_HEADERS)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in _row(rank, layer)) + " |"
-              for rank, layer in enumerate(shown, start=1)]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *markdown_rows(shown)]) + "\n"
+
+
+def markdown_rows(layers: Sequence[LayerError]) -> list[str]:
+    """The table's rows in Markdown, ranked from 1."""
+    return ["| " + " | ".join(cell.replace("|", "\\|") for cell in _row(rank, layer)) + " |"
+            for rank, layer in enumerate(layers, start=1)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -148,29 +158,48 @@ def write_plot(result: QuantDebugResult, path: Path, top: int) -> bool:
     except ImportError:
         return False
     layers = sorted(result.layers, key=lambda layer: layer.position)
-    finite = [layer.sqnr_db for layer in layers if math.isfinite(layer.sqnr_db)]
+    finite = [value for layer in layers for value in (layer.sqnr_db, layer.alone_sqnr_db)
+              if value is not None and math.isfinite(value)]
     ceiling = (max(finite) if finite else 0.0) + 10.0  # where an error-free layer (inf dB) is drawn
-    sqnr = [min(layer.sqnr_db, ceiling) if not math.isnan(layer.sqnr_db) else 0.0 for layer in layers]
+    measured = [layer for layer in layers if not math.isnan(layer.sqnr_db)]
     shares = _shares(result)
-    colours = ["tab:blue" if layer.pass_kept_float is None else
-               "tab:orange" if layer.int8_when_all_quantized else "tab:gray" for layer in layers]
-    positions = list(range(len(layers)))
-    figure, (upper, lower) = plt.subplots(2, 1, sharex=True, figsize=(max(8.0, len(layers) * 0.12), 6.5))
+
+    def colour(layer: LayerError) -> str:
+        return ("tab:blue" if layer.pass_kept_float is None else
+                "tab:orange" if layer.int8_when_all_quantized else "tab:gray")
+
+    isolated = [layer for layer in layers if layer.alone_sqnr_db is not None]
+    figure, axes = plt.subplots(3 if isolated else 2, 1, sharex=True,
+                                figsize=(max(8.0, len(layers) * 0.12), 9.0 if isolated else 6.5))
+    upper, lower = axes[0], axes[1]
     # Points, not bars: a ruined layer sits at 0 dB, where a bar would vanish.
-    upper.plot(positions, sqnr, color="lightgray", linewidth=0.8, zorder=1)
-    upper.scatter(positions, sqnr, c=colours, s=16, zorder=2)
+    sqnr = [min(layer.sqnr_db, ceiling) for layer in measured]
+    upper.plot([layer.position for layer in measured], sqnr, color="lightgray", linewidth=0.8, zorder=1)
+    upper.scatter([layer.position for layer in measured], sqnr, c=[colour(layer) for layer in measured], s=16,
+                  zorder=2)
     upper.xaxis.set_major_locator(MaxNLocator(integer=True))
     upper.set_ylabel("output SQNR, all INT8 (dB)")
     upper.set_title(f"{Path(result.model).name}: {result.spec}", fontsize=10)
-    lower.bar(positions, [100 * shares.get(layer.node, 0.0) for layer in layers], color=colours)
+    lower.bar([layer.position for layer in layers], [100 * shares.get(layer.node, 0.0) for layer in layers],
+              color=[colour(layer) for layer in layers])
     lower.set_ylabel("share of added noise (%)")
-    lower.set_xlabel("quantizable layers in graph order (blue: INT8 in the pass's result, orange: kept float "
+    axes[-1].set_xlabel("quantizable layers in graph order (blue: INT8 in the pass's result, orange: kept float "
                      "by the pass, gray: never INT8)", fontsize=8)
+    if isolated:
+        axes[2].scatter([layer.position for layer in isolated],
+                        [min(typing.cast(float, layer.alone_sqnr_db), ceiling) for layer in isolated],
+                        c=[colour(layer) for layer in isolated], s=16)
+        axes[2].set_ylabel("output SQNR, only it INT8 (dB)")
+    labelled = axes[2] if result.ranked_by == "alone" else lower
+    # Names share their scope ("/encoder/encoder/"): the label keeps what tells the layers apart.
+    prefix = os.path.commonprefix([layer.node for layer in layers])  # noqa: RUF071  (cut back to a "/" below)
+    prefix = prefix[:prefix.rfind("/") + 1]
     for rank, layer in enumerate(result.worst[:top], start=1):
-        x = positions[layers.index(layer)]
-        lower.annotate(f"{rank}. {layer.node}", (x, 100 * shares.get(layer.node, 0.0)), rotation=60, fontsize=7,
-                       xytext=(0, 4), textcoords="offset points", ha="left", va="bottom")
-    lower.margins(y=0.35)
+        height = (min(typing.cast(float, layer.alone_sqnr_db), ceiling) if result.ranked_by == "alone"
+                  else 100 * shares.get(layer.node, 0.0))
+        labelled.annotate(f"{rank}. {layer.node[len(prefix):]}", (layer.position, height), rotation=45, fontsize=7,
+                          xytext=(0, 4), textcoords="offset points", ha="left", va="bottom")
+    labelled.margins(y=0.35)
     figure.tight_layout()
     temporary = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(temporary, dpi=110)

@@ -51,7 +51,7 @@ def _damaged_mlp(folder: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def damaged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, QuantDebugResult]:
     model_path, data_path = _damaged_mlp(tmp_path_factory.mktemp("quant-debug"))
-    return model_path, data_path, debug_quant(model_path, data_path, SPEC)
+    return model_path, data_path, debug_quant(model_path, data_path, SPEC, isolate=2)
 
 
 def test_the_layer_int8_ruins_is_named_worst_with_the_pass_reason(damaged) -> None:
@@ -70,6 +70,11 @@ def test_the_layer_int8_ruins_is_named_worst_with_the_pass_reason(damaged) -> No
     assert result.outputs_all_int8[0].cosine < 0.5
     assert result.outputs_pass_result[0].cosine > 0.99
     assert result.samples == 8 and result.samples_from.startswith("held-out")
+    # Quantized alone, the ruined layer still ruins the output; the second worst alone barely moves it.
+    assert worst.alone_sqnr_db is not None and worst.alone_sqnr_db < 3
+    second = result.layers[1]
+    assert second.alone_sqnr_db is not None and second.alone_sqnr_db > 20
+    assert result.layers[2].alone_sqnr_db is None  # isolate=2: not measured
     assert model_path.read_bytes() == before
 
 
@@ -79,13 +84,14 @@ def test_json_markdown_and_png_are_written(damaged, tmp_path: Path) -> None:
     assert missing is None
     assert [p.name for p in written] == ["quant-debug.json", "quant-debug.md", "quant-debug.png"]
     report = json.loads((tmp_path / "out" / "quant-debug.json").read_text())
-    assert set(report) == {"model", "spec", "settings", "samples", "samples_from", "layers", "outputs", "tensors",
-                           "pass", "notes"}
+    assert set(report) == {"model", "spec", "settings", "samples", "samples_from", "ranked_by", "layers", "outputs",
+                           "tensors", "pass", "notes"}
+    assert report["ranked_by"] == "added"  # isolate=2 of 3 ranked layers
     assert report["spec"] == SPEC
     layer = report["layers"][0]
     assert set(layer) == {"rank", "node", "op_type", "position", "output", "sqnr_db", "cosine", "added_nsr",
-                          "share_of_added_noise", "rounding_nsr", "int8_when_all_quantized", "pass_result",
-                          "why_float"}
+                          "share_of_added_noise", "rounding_nsr", "alone_output_sqnr_db", "alone_output_cosine",
+                          "int8_when_all_quantized", "pass_result", "why_float"}
     assert (layer["rank"], layer["node"], layer["pass_result"]) == (1, "damaged", "float")
     assert report["layers"][1]["pass_result"] == "int8" and report["layers"][1]["why_float"] is None
     assert {t["name"] for t in report["tensors"]} == {"h1", "h2", "t2", "y"}
@@ -117,9 +123,14 @@ def test_cli_prints_the_worst_layer_folded_to_80_columns_and_writes_the_files(da
     assert "1  damaged  MatMul" in lines
     assert (out / "quant-debug.json").exists() and (out / "quant-debug.png").exists()
     as_json = CliRunner().invoke(main, ["debug", "quant", str(model_path), "--calib-data", str(data_path),
-                                        "--spec", SPEC, "--out", str(out), "--json"])
+                                        "--spec", SPEC, "--out", str(out), "--json", "--isolate", "all"])
     assert as_json.exit_code == 0
-    assert json.loads(as_json.stdout)["layers"][0]["node"] == "damaged"
+    report = json.loads(as_json.stdout)
+    # Every layer isolated: ordered by the output error each causes alone, and the ruined one still leads.
+    assert report["ranked_by"] == "alone"
+    assert report["layers"][0]["node"] == "damaged"
+    alone = [layer["alone_output_sqnr_db"] for layer in report["layers"]]
+    assert all(isinstance(value, float) for value in alone) and alone == sorted(alone)
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -128,6 +139,7 @@ def test_cli_prints_the_worst_layer_folded_to_80_columns_and_writes_the_files(da
     (["{model}", "--calib-data", "{data}", "--spec", "quantize{mode=weight-only}"], "weight-only"),
     (["{model}", "--calib-data", "{data}", "--spec", "quantize{calib=nonsense}"], "calib"),
     (["{model}", "--calib-data", "{wrong}"], "calibration data"),
+    (["{model}", "--calib-data", "{data}", "--isolate", "some"], "--isolate"),
 ])
 def test_bad_input_is_one_line_and_exit_2(damaged, tmp_path: Path, arguments: list[str], message: str) -> None:
     model_path, data_path, _ = damaged
@@ -151,3 +163,55 @@ def test_an_already_quantized_model_is_refused_with_the_reason(damaged, tmp_path
                                        "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "nothing to debug: model is already quantized" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MiniLM (slow: a real transformer, exported from torch)
+
+
+@pytest.mark.slow
+def test_minilm_the_layers_named_worst_are_the_ones_to_keep_float(tmp_path: Path) -> None:
+    """The debugger's ranking checked against the model itself. Every layer is quantized alone (``isolate=all``);
+    one of those measurements is reproduced through the pipeline with every other node excluded; and keeping
+    the three layers it names worst in float brings the sentence embedding closer to FP32 than keeping the
+    three it names least harmful."""
+    pytest.importorskip("torch")
+    zoo = pytest.importorskip("onnxkit.zoo")
+    from onnxkit.modelio import load_model, to_proto
+    from onnxkit.passes.quantize.runtime import tensor_elem_types
+    from onnxkit.pipeline import Pipeline
+    from onnxkit.quant_debug import tensor_errors
+
+    model, tokenizer = zoo.load_minilm()
+    path = zoo.export_minilm(tmp_path / "minilm.onnx", dynamo=False, opset=17, model=model, tokenizer=tokenizer)
+    samples = [{name: tensor.numpy() for name, tensor in zoo.tokenize(tokenizer, [sentence]).items()}
+               for sentence in zoo.minilm_sentences()]
+    cache = tmp_path / "cache"  # the pinned runs below reuse the debugger's calibration
+    # smooth_alpha=none: the pinned runs below set no target, so the pass would not try SmoothQuant there either.
+    result = debug_quant(path, samples, "quantize{mode=static,samples=64,max_slowdown=none,smooth_alpha=none}",
+                         isolate="all", calib_cache=cache)
+    ranked = result.worst
+    assert result.ranked_by == "alone" and len(ranked) > 30 and result.samples == 12
+    assert result.outputs_all_int8[0].cosine < result.outputs_pass_result[0].cosine
+    quant_debug_report.save(result, tmp_path / "report", top=10)
+    assert (tmp_path / "report" / "quant-debug.png").read_bytes()[:4] == b"\x89PNG"
+
+    float_proto = to_proto(load_model(path))
+    in_int8 = [layer.node for layer in result.layers if layer.int8_when_all_quantized]
+
+    def embedding_error(keep_float: list[str]) -> tuple[float, float]:
+        pinned = (f"quantize{{mode=static,samples=64,max_slowdown=none,smooth_alpha=none,target_cosine=none,"
+                  f"exclude={','.join(keep_float)}}}")
+        quantized = Pipeline.parse(pinned).run(str(path), calibration_data=samples, check="off",
+                                               extras={"calib_cache": cache}).model
+        held_out = samples[4::5]  # the samples CalibrationSplit holds out, as the debugger measured
+        error = tensor_errors(float_proto, to_proto(quantized), tensor_elem_types(float_proto), held_out,
+                              names=["sentence_embedding"])[0]
+        return error.sqnr_db, error.cosine
+
+    worst = ranked[0]
+    alone_sqnr, _ = embedding_error([name for name in in_int8 if name != worst.node])
+    assert alone_sqnr == pytest.approx(worst.alone_sqnr_db, abs=0.5)
+    _, worst_kept_float = embedding_error([layer.node for layer in ranked[:3]])
+    _, least_kept_float = embedding_error([layer.node for layer in ranked[-3:]])
+    assert worst_kept_float > least_kept_float, (worst_kept_float, least_kept_float, result.outputs_all_int8)

@@ -205,8 +205,8 @@ def _measure(model_name: str, spec: str, run: QuantizeRun, result: QuantizeResul
                                   names=output_names) if result.modified else [])
     outputs_all_int8 = tensor_errors(original, all_int8, run.types, measured_samples, names=output_names)
     if original is not float_proto:
-        notes.append(f"{result.details.get('smoothing') or 'SmoothQuant kept'}: layers are compared with the "
-                     "smoothed float model ORT quantized, outputs with the model as given")
+        notes.append("SmoothQuant kept: layers are compared with the smoothed float model ORT quantized, outputs "
+                     "with the model as given")
     layers = _layers(run, result, ranking, by_name, in_int8)
     ranked = sum(layer.added_nsr is not None for layer in layers)  # they come first
     isolated = ranked if isolate == "all" else min(isolate, ranked)

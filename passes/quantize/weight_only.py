@@ -18,10 +18,10 @@ the MatMuls whose 4-bit weights move their own outputs most (estimated in numpy 
 
 The latency gate is INT8 mode's, with the same default (``max_slowdown=1.0``): users often choose weight-only
 for memory rather than speed, but with ``accuracy_level`` set for the CPU, MatMulNBits runs int8 kernels and
-is usually faster than float where they exist (0.72x FP32 on MiniLM, 0.93x on a small Llama decoder, on an
-AVX-512 VNNI CPU: benchmarks/RESULTS.md), so the default costs them nothing there; where it is slower the whole
-model stays float and the report says so (``on_slow=refuse`` fails instead), and ``max_slowdown=none`` keeps
-the smaller model.
+is no slower than float where they exist (MiniLM and a small Llama decoder on an AVX-512 VNNI CPU: the
+"Weight-only quantization" section of benchmarks/RESULTS.md), so the default costs them nothing there; where it
+is slower the whole model stays float and the report says so (``on_slow=refuse`` fails instead), and
+``max_slowdown=none`` keeps the smaller model.
 """
 
 from __future__ import annotations

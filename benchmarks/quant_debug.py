@@ -74,8 +74,9 @@ def section_lines(result: Any, arguments: argparse.Namespace) -> list[str]:
     return ["## Quantization debugger (MiniLM)", "",
             (f"`python -m benchmarks.quant_debug` ({datetime.date.today()}): `onnxkit debug quant` on MiniLM-L6 "
             f"(opset 17, the zoo's 64 sentences as calibration data, `--spec '{arguments.spec}'`, "
-            f"`--isolate {arguments.isolate}`). SQNR and cosine: each layer's output with every candidate node "
-            "in INT8, against FP32, on the samples calibration held out; *adds*: the noise the layer adds on top "
+            f"`--isolate {arguments.isolate}`). SQNR (powers over all samples) and cosine (the worst sample's): "
+            "each layer's output with every candidate node in INT8, against FP32, on the samples calibration held "
+            "out; *adds*: the noise the layer adds on top "
             "of its inputs' (how the pass ranks nodes); *alone*: the model's output SQNR with only that layer "
             "in INT8."), "",
             *[f"- {line}" for line in summary_lines(result)[2:]], "",

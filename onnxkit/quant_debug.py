@@ -7,8 +7,8 @@ so everything it measures comes from the pass's own machinery, never from a seco
 - the model with *every* candidate node in INT8 (the user's exclusions apart), from the run's own ranges;
 - per activation, on samples calibration did not see: SQNR (dB) and cosine of the float model's tensor
   against the one the quantized model's consumers read (``<name>_DequantizeLinear_Output`` in QDQ), matched
-  by name as ONNX Runtime's ``qdq_loss_debug`` matches them (its ``create_activation_matching``), with the
-  powers summed sample by sample so memory stays one sample's tensors;
+  by name as ONNX Runtime's ``qdq_loss_debug`` matches them (its ``create_activation_matching``), compared
+  sample by sample by the parity check's own ``OutputComparison``, so memory stays one sample's tensors;
 - per candidate node, its own contribution: the noise it adds on top of its inputs' and its own INT8
   rounding, from the pass's sensitivity measure (``sensitivity.measure_sensitivity``), which also orders
   the layers worst first, as the pass's keep-in-float search orders them;
@@ -29,12 +29,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX
 
-from onnxkit import modelio, validate
+from onnxkit import modelio, parity, validate
 from onnxkit.errors import OnnxkitError, SpecError
 from onnxkit.pass_base import PassContext
 from onnxkit.passes.quantize import QuantizePass, QuantizeResult
@@ -42,7 +41,7 @@ from onnxkit.passes.quantize.calibration import FLOAT_TYPES
 from onnxkit.passes.quantize.report import quantized_nodes
 from onnxkit.passes.quantize.run import QuantizeRun
 from onnxkit.passes.quantize.runtime import TensorTap
-from onnxkit.passes.quantize.sensitivity import NodeSensitivity, measure_sensitivity, sqnr_db
+from onnxkit.passes.quantize.sensitivity import NodeSensitivity, measure_sensitivity
 from onnxkit.spec import parse_pass_text, split_top_level
 
 # Samples the errors are measured on: enough for stable powers, few enough that running both models with
@@ -286,33 +285,12 @@ def _why_not_quantized(node: onnx.NodeProto, run: QuantizeRun) -> str:
 # Tensor errors
 
 
-@dataclasses.dataclass
-class _Powers:
-    """Sums over samples: the float tensor's power, the noise power, and what cosine needs."""
-
-    signal: float = 0.0
-    noise: float = 0.0
-    cross: float = 0.0
-    candidate: float = 0.0
-
-    def add(self, reference: np.ndarray, candidate: np.ndarray) -> None:
-        reference, candidate = reference.astype(np.float64).ravel(), candidate.astype(np.float64).ravel()
-        self.signal += float(reference @ reference)
-        self.candidate += float(candidate @ candidate)
-        self.cross += float(reference @ candidate)
-        difference = reference - candidate
-        self.noise += float(difference @ difference)
-
-    def cosine(self) -> float:
-        if self.signal == 0 or self.candidate == 0:
-            return 1.0 if self.signal == self.candidate else 0.0  # both all zeros: identical
-        return self.cross / math.sqrt(self.signal * self.candidate)
-
-
 def tensor_errors(float_proto: onnx.ModelProto, quantized: onnx.ModelProto, types: Mapping[str, int],
                   samples: Iterable[Mapping[str, Any]], names: Sequence[str] | None = None) -> list[TensorError]:
     """SQNR and cosine of each float activation (``names``, default: every node output of a float type)
-    against the tensor the quantized model's consumers read, summed over ``samples``; graph order."""
+    against the tensor the quantized model's consumers read, over ``samples``; graph order. The metrics are the
+    parity check's (``parity.OutputComparison``): SQNR from the powers summed over samples, the worst sample's
+    cosine. A tensor whose shape differs between the two models (a rewrite changed its layout) is left out."""
     producers = {out: node for node in float_proto.graph.node for out in node.output if out}
     present = {out for node in quantized.graph.node for out in node.output} | {o.name for o in quantized.graph.output}
     wanted = names if names is not None else [name for name in producers if types.get(name) in FLOAT_TYPES]
@@ -327,16 +305,14 @@ def tensor_errors(float_proto: onnx.ModelProto, quantized: onnx.ModelProto, type
         return []
     float_tap = TensorTap(float_proto, list(pairs), types)
     quantized_tap = TensorTap(quantized, list(pairs.values()), {q: types[f] for f, q in pairs.items()})
-    powers = {name: _Powers() for name in pairs}
-    mismatched: set[str] = set()
-    for sample in samples:
+    comparisons = {name: parity.OutputComparison(name, parity.Tolerance()) for name in pairs}
+    for index, sample in enumerate(samples):
         reference, candidate = float_tap.run(sample), quantized_tap.run(sample)
         for name, consumed in pairs.items():
-            if reference[name].shape != candidate[consumed].shape:
-                mismatched.add(name)  # a rewrite changed its layout: no element-wise comparison
-                continue
-            powers[name].add(reference[name], candidate[consumed])
+            comparisons[name].add(reference[name], candidate[consumed], index)
+    reports = {name: comparison.finish() for name, comparison in comparisons.items()}
     return [TensorError(name, producers[name].name if name in producers else "",
                         producers[name].op_type if name in producers else "",
-                        sqnr_db(p.signal, p.noise), p.cosine())
-            for name, p in powers.items() if name not in mismatched]
+                        report.sqnr_db if report.sqnr_db is not None else math.nan,
+                        report.cosine if report.cosine is not None else math.nan)
+            for name, report in reports.items() if not report.errors]

@@ -128,7 +128,8 @@ def to_markdown(result: QuantDebugResult) -> str:
     lines = [f"# Quantization debug: {Path(result.model).name}", ""]
     lines += [f"- {line}" for line in summary_lines(result)]
     lines += ["", f"## Layers, worst first ({len(shown)} of {len(result.layers)}, {ORDER[result.ranked_by]})", "",
-              ("SQNR and cosine: the layer's output with every candidate node in INT8, against float. *adds*: the "
+              ("SQNR (powers over all samples) and cosine (the worst sample's, as the parity check reports it): "
+               "the layer's output with every candidate node in INT8, against float. *adds*: the "
                "noise power the layer adds on top of its inputs', relative to its output's power (the pass's "
                "sensitivity ranking). *own rounding*: its INT8 rounding alone, on float inputs. *alone: output dB*: "
                "the model's output SQNR with only this layer in INT8 (measured for the worst `--isolate` layers)."), "",

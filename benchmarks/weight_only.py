@@ -179,7 +179,10 @@ def section_lines(results: dict[str, Any]) -> list[str]:
               "without prepacked weights ORT's MatMulNBits computes in fp32 whatever its `accuracy_level`, so "
               "these checks see a more accurate kernel than the int8-compute one users get. *level*: "
               "MatMulNBits' `accuracy_level` (4: int8 compute, activations quantized per block; unset: ORT "
-              "dequantizes and multiplies in fp32)."), ""]
+              "dequantizes and multiplies in fp32). *+Gather*: ORT's quantizer also asked for the embedding table, "
+              "on the model as exported (opset 17): it relabels the model to opset 21, which int4 tables need, "
+              "without converting its other nodes, and ONNX Runtime refuses the result; onnxkit converts the model "
+              "first."), ""]
     minilm = results.get("minilm")
     if minilm:
         lines += ["### MiniLM-L6 (sentence embeddings)", "",

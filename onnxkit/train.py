@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from onnxkit.train_batches import Metric, accuracy, forward, groups, metric_functions, sample_count, to_device
 from onnxkit.train_setup import (
     Placement,
+    all_reduce_sum,
     init_distributed,
     loader_generators,
     place,
@@ -289,7 +289,7 @@ class Trainer:
         total = sum(counts)
         if self.world_size > 1:  # DDP averages gradients over ranks; weigh by the global sample count
             global_total = torch.tensor(total, dtype=torch.int64, device=self.device)
-            dist.all_reduce(global_total)
+            all_reduce_sum(global_total)
             total = int(global_total.item())
         step_loss = torch.zeros((), device=self.device)
         for index, ((inputs, targets), count) in enumerate(zip(group, counts)):
@@ -345,7 +345,7 @@ class Trainer:
         finally:
             self.module.train(was_training)
         if self.world_size > 1:
-            dist.all_reduce(sums)
+            all_reduce_sum(sums)
         if sums[-1] == 0:
             raise ValueError("the evaluation loader yielded no samples")
         return {name: (sums[index] / sums[-1]).item() for index, name in enumerate(functions)}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +31,28 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
     return dist.get_rank(), dist.get_world_size()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> None:
+    """Sum ``tensor`` over all ranks in place, and return only once the backend has let go of it.
+
+    Gloo runs a collective on its own worker thread, which drops its references to the tensor a moment
+    after the caller wakes. While C++ holds a tensor made in Python, the tensor holds its Python object, and
+    the last C++ reference gives that back under the GIL. When the collective is a script's last one (an
+    evaluation just before the end), the main thread may already be finalizing the interpreter: the worker
+    cannot take the GIL, exits inside a destructor, and the rank aborts after its work is done ("terminate
+    called without an active exception", SIGABRT). ``destroy_process_group`` does not prevent it:
+    DistributedDataParallel keeps the group, and so its threads, alive until exit. So wait until both
+    counts are back where they were: the worker has released the tensor and given back its Python object."""
+    before = _references(tensor)
+    dist.all_reduce(tensor)
+    while any(now > then for now, then in zip(_references(tensor), before)):
+        time.sleep(0.0001)  # releases the GIL, which the worker needs to give the Python object back
+
+
+def _references(tensor: torch.Tensor) -> tuple[int, int]:
+    """C++ references to the tensor, and references to its Python object (one of them held by C++)."""
+    return tensor._use_count(), sys.getrefcount(tensor)  # type: ignore[attr-defined]  # private, not in torch's stubs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -99,22 +99,29 @@ class QuantizeRun:
         return made
 
     def try_smoothing(self, accept: Judge | None) -> None:
-        """SmoothQuant (``smoothing``), kept only where it helps: with every candidate in INT8, the smoothed
-        model's outputs must be closer to float's, as ``accept`` measures them, than the plain model's. It moves
-        activation outliers into the weights, which transformers need and models without outliers can lose
-        by (a small random MLP: held-out cosine 0.9996 plain, 0.981 smoothed). Kept, the smoothed model (the
-        same in float up to rounding) is what ORT quantizes from then on."""
+        """SmoothQuant (``smoothing``), tried where every candidate in INT8 misses the target and kept only
+        where it helps: with every candidate in INT8, the smoothed model's outputs must be closer to float's, as
+        ``accept`` measures them, than the plain model's. It moves activation outliers into the weights, which
+        transformers need and models without outliers can lose by (a small random MLP: held-out cosine 0.9996
+        plain, 0.981 smoothed). Kept, the smoothed model (the same in float up to rounding) is what ORT
+        quantizes from then on."""
         alpha = self.options.smooth_alpha
         if alpha is None or accept is None or self.settings.mode != "static":
             return
         sites = smoothing.find_sites(self.float_proto, [n.name for n in self.candidates], self.types)
-        maxima = sites and smoothing.channel_maxima(self.float_proto, [s.activation for s in sites], self.types,
-                                                    self.data.calibration)
-        smoothed = smoothing.smooth(self.float_proto, sites, maxima, alpha) if maxima else None
+        if not sites:
+            return
+        plain_verdict = accept.check(self.quantize([]))
+        if plain_verdict.passed:
+            # Every candidate is INT8 within the target already: smoothing could only cost time (a CNN's head).
+            self.report.smoothing = "SmoothQuant not tried: every candidate node in INT8 meets the target without it"
+            return
+        maxima = smoothing.channel_maxima(self.float_proto, [s.activation for s in sites], self.types,
+                                          self.data.calibration)
+        smoothed = smoothing.smooth(self.float_proto, sites, maxima, alpha)
         if smoothed is None:
             return
         plain = (self.float_proto, self.types, self.candidates, self.ranges)
-        plain_verdict = accept.check(self.quantize([]))
         nodes = {n.name: n for n in smoothed.model.graph.node}
         self.reference, self.float_proto = self.float_proto, smoothed.model
         self.types = {**self.types, **smoothed.types}

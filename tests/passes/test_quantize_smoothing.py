@@ -95,7 +95,16 @@ def test_the_pass_keeps_smoothing_where_outliers_ruin_int8() -> None:
 
 
 def test_the_pass_drops_smoothing_where_it_does_not_help() -> None:
-    result, quantized = quantize(mlp(), samples("x", (4, 16), 10), mode="static", calib="minmax", **NO_GATE)
+    # A random MLP has no outlier channels: smoothed, its INT8 outputs are further from float's.
+    result, quantized = quantize(mlp(), samples("x", (4, 16), 10), mode="static", calib="minmax",
+                                 target_cosine=0.999, **NO_GATE)
     assert "; not kept:" in result.details["smoothing"]
+    assert result.modified and result.details["quantized_nodes"]  # the plain model, one node kept float
+    assert "Mul" not in {n.op_type for n in quantized.graph.node}
+
+
+def test_the_pass_does_not_try_smoothing_when_every_node_meets_the_target_in_int8() -> None:
+    result, quantized = quantize(mlp(), samples("x", (4, 16), 10), mode="static", calib="minmax", **NO_GATE)
+    assert result.details["smoothing"].startswith("SmoothQuant not tried")
     assert "Mul" not in {n.op_type for n in quantized.graph.node}
     assert result.details["quantized_nodes"] == {"MatMul": 2}

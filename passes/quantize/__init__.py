@@ -97,8 +97,8 @@ class QuantizePass(Pass):
             f"static op_types default: {', '.join(STATIC_OP_TYPES)}; uint8 activations, int8 per-channel weights",
             f"calibration streams in bounded memory; 1 of every {HOLDOUT_EVERY} samples is held out for the target",
             ("smooth_alpha (static, 0.7 by default, none: off): SmoothQuant moves activation outliers into the "
-             "constant weights of the MatMul/Gemm nodes that read them (one Mul per activation), kept only when "
-             "the all-INT8 model's held-out outputs come closer to float's than without"),
+             "constant weights of the MatMul/Gemm nodes that read them (one Mul per activation); tried when the "
+             "all-INT8 model misses the target, kept when its held-out outputs come closer to float's"),
             ("target_cosine/target_sqnr/target_top1: every target set must hold on held-out samples; the most "
             "sensitive nodes stay float until it does (target_cosine=none and no other target: no search)"),
             (f"the search ranks every candidate node once by the noise it adds (float against INT8 tensors on "

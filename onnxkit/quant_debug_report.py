@@ -116,7 +116,7 @@ def summary_lines(result: QuantDebugResult) -> list[str]:
 def render(console: Any, result: QuantDebugResult, top: int) -> None:
     """The summary and the ``top`` worst layers, folded into blocks below the table's width."""
     for line in summary_lines(result):
-        console.print(line, highlight=False)  # wrapped at the width, unlike the table's long reasons
+        console.print(line, highlight=False, markup=False)  # wrapped at the width, unlike long table cells
     shown = result.layers[:top]
     title = f"worst {len(shown)} of {len(result.layers)} layers, {ORDER[result.ranked_by]}"
     print_table(console, title, TABLE_HEADERS, [_row(rank, layer) for rank, layer in enumerate(shown, start=1)],

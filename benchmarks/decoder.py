@@ -2,7 +2,7 @@
 trained briefly on Python's own docstrings, exported to ONNX with a ``logits`` output.
 
 No weights are downloaded. Random initial weights are a poor stand-in for 4-bit error: Gaussian N(0, 0.02)
-matrices have no structure to lose. So the decoder is trained for a few hundred steps (``onnxkit.train.Trainer``,
+matrices have no structure to lose. So the decoder is trained for a few hundred steps (``onnxkit.pytorch.train.Trainer``,
 seeded, one thread) on a word-level vocabulary of docstrings from a fixed list of standard-library modules;
 that gives it real next-token statistics, though far from a production LLM's (no outlier channels of the kind
 billions of parameters grow), which RESULTS.md says beside its figures.
@@ -133,10 +133,10 @@ def build_decoder(folder: Path, shape: DecoderShape, samples: int = 32, seed: in
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from onnxkit.export import export_model
     from onnxkit.modelio import save_model
     from onnxkit.passes.quantize.runtime import make_session
-    from onnxkit.train import TrainConfig, Trainer
+    from onnxkit.pytorch.export import export_model
+    from onnxkit.pytorch.train import TrainConfig, Trainer
 
     torch.manual_seed(seed)
     torch.set_num_threads(1)

@@ -231,12 +231,12 @@ def calibration_memory(folder: Path, settings: SuiteSettings, progress: Any = No
 
 
 def training_overhead(settings: SuiteSettings) -> dict[str, Any]:
-    """Seconds per epoch of ``onnxkit.train.Trainer`` against a plain hand-written loop, same model, data,
+    """Seconds per epoch of ``onnxkit.pytorch.train.Trainer`` against a plain hand-written loop, same model, data,
     optimizer and batch size, one thread. Each is timed three times, alternating; medians are compared."""
     import torch
 
     from benchmarks.models import train_by_hand, train_with_trainer
-    from onnxkit import zoo
+    from onnxkit.pytorch import zoo
 
     torch.set_num_threads(1)
     splits = zoo.load_digits_splits()

@@ -32,8 +32,8 @@ def export_minilm(folder: Path) -> MiniLM:
     """Export MiniLM (TorchScript exporter, opset 17) into ``folder`` and run it once in FP32 on every sample."""
     import torch
 
-    from onnxkit import zoo
     from onnxkit.passes.quantize.runtime import make_session
+    from onnxkit.pytorch import zoo
 
     torch.set_num_threads(1)
     model, tokenizer = zoo.load_minilm()

@@ -193,8 +193,8 @@ def build_mobilenetv2(folder: Path, quick: bool) -> BenchModel:
 
 
 def build_digits_cnn(folder: Path, quick: bool) -> BenchModel:
-    """``zoo.BatchNormCNN`` trained on scikit-learn's digits by ``onnxkit.train.Trainer``; labelled test split."""
-    from onnxkit import zoo
+    """``zoo.BatchNormCNN`` trained on scikit-learn's digits by ``onnxkit.pytorch.train.Trainer``; labelled test split."""
+    from onnxkit.pytorch import zoo
 
     splits = zoo.load_digits_splits(seed=SEED)
     model = train_with_trainer(zoo.BatchNormCNN(image_size=splits.image_size), splits, epochs=3 if quick else 10)
@@ -214,7 +214,7 @@ def digits_loader(splits: Any, batch_size: int = 64) -> torch.utils.data.DataLoa
 
 def train_with_trainer(model: nn.Module, splits: Any, epochs: int) -> nn.Module:
     """onnxkit's loop as a user would call it: Adam, cross-entropy, no validation, quiet."""
-    from onnxkit.train import TrainConfig, Trainer
+    from onnxkit.pytorch.train import TrainConfig, Trainer
 
     trainer = Trainer(model, torch.optim.Adam(model.parameters(), 1e-3), nn.CrossEntropyLoss(),
                       config=TrainConfig(seed=SEED, progress=False),
@@ -238,7 +238,7 @@ def train_by_hand(model: nn.Module, splits: Any, epochs: int) -> nn.Module:
 
 
 def _minilm_data(folder: Path) -> Path:
-    from onnxkit import zoo
+    from onnxkit.pytorch import zoo
 
     _, tokenizer = zoo.load_minilm()
     tokens = zoo.tokenize(tokenizer, zoo.minilm_sentences())
@@ -248,7 +248,7 @@ def _minilm_data(folder: Path) -> Path:
 
 
 def _build_minilm(folder: Path, dynamo: bool) -> BenchModel:
-    from onnxkit import zoo
+    from onnxkit.pytorch import zoo
 
     exporter = "dynamo" if dynamo else "torchscript"
     path = zoo.export_minilm(folder / f"minilm-{exporter}.onnx", dynamo=dynamo)

@@ -87,7 +87,7 @@ def bench_minilm(folder: Path) -> list[dict[str, Any]]:
 
 
 def bench_digits_cnn(folder: Path) -> list[dict[str, Any]]:
-    from onnxkit import zoo
+    from onnxkit.pytorch import zoo
 
     path = folder / "digits_cnn.onnx"
     splits = zoo.export_trained_digits_cnn(path)

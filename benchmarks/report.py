@@ -284,7 +284,7 @@ def _training_section(training: dict[str, Any] | None) -> list[str]:
         return lines + [f"Failed: {training['error']}", ""]
     per_epoch = training["seconds_per_epoch"]
     return lines + [
-        (f"`onnxkit.train.Trainer` against a hand-written loop (same model, data, optimizer, batch size; one thread; "
+        (f"`onnxkit.pytorch.train.Trainer` against a hand-written loop (same model, data, optimizer, batch size; one thread; "
         f"{training['train_samples']} digits per epoch; median of 3 alternating runs): "
         f"**{training['ratio']:.2f}×** the hand-written loop's time per epoch "
         f"({per_epoch['trainer']:.3f} s vs {per_epoch['hand-written']:.3f} s)."), ""]

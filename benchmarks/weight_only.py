@@ -196,7 +196,7 @@ def section_lines(results: dict[str, Any]) -> list[str]:
                   (f"`transformers.LlamaConfig` with {shape['layers']} layers, hidden {shape['hidden']}, MLP "
                    f"{shape['intermediate']}, {shape['heads']} heads, a {shape['vocab']}-word vocabulary, untied "
                    f"embeddings; no weights downloaded: trained from a seeded random init for {training['steps']} "
-                   f"steps (batches of {shape['batch']}×{shape['sequence']} tokens, `onnxkit.train.Trainer`, "
+                   f"steps (batches of {shape['batch']}×{shape['sequence']} tokens, `onnxkit.pytorch.train.Trainer`, "
                    f"{training['seconds']:.0f} s) on docstrings of Python's standard library ({training['tokens']} "
                    f"tokens), loss {training['first_loss']} → {training['last_loss']}, held-out "
                    f"{training['held_out_loss']}. Exported with logits for `input_ids` and `attention_mask` (no KV "

@@ -24,14 +24,14 @@ from onnxkit.errors import (
 
 if TYPE_CHECKING:
     from onnxkit.data import Dataset, SyntheticDataset, load_dataset
-    from onnxkit.export import export_model
     from onnxkit.modelio import load_model, save_model
     from onnxkit.parity import ParityReport, Tolerance, compare_models
     from onnxkit.pass_base import NoOptions, Pass, PassContext, PassKind, PassResult, Site
     from onnxkit.pipeline import Pipeline, PipelineResult
+    from onnxkit.pytorch.export import export_model
+    from onnxkit.pytorch.train import TrainConfig, Trainer
     from onnxkit.registry import get_pass_class, list_passes, register_pass, unregister_pass
     from onnxkit.report import PassReport, PipelineReport
-    from onnxkit.train import TrainConfig, Trainer
 
 # The public API is imported on first use: onnx_ir pulls in sympy (half a second), which `onnxkit --help`
 # and `onnxkit passes` should not pay for.
@@ -58,9 +58,9 @@ _LAZY = {
     "Dataset": "onnxkit.data",
     "SyntheticDataset": "onnxkit.data",
     "load_dataset": "onnxkit.data",
-    "export_model": "onnxkit.export",  # needs the torch extra
-    "Trainer": "onnxkit.train",  # needs the torch extra
-    "TrainConfig": "onnxkit.train",
+    "export_model": "onnxkit.pytorch.export",  # needs the torch extra
+    "Trainer": "onnxkit.pytorch.train",  # needs the torch extra
+    "TrainConfig": "onnxkit.pytorch.train",
 }
 
 

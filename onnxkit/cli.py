@@ -376,12 +376,12 @@ def export_command(spec: str, output: Path, state_dict: Path | None, input_shape
 
     \b
     Examples:
-      onnxkit export onnxkit.zoo:SimpleCNN --input-shape image=1x1x8x8 --dynamic-batch -o cnn.onnx
+      onnxkit export onnxkit.pytorch.zoo:SimpleCNN --input-shape image=1x1x8x8 --dynamic-batch -o cnn.onnx
       onnxkit export mypkg.models:build --state-dict w.pt --sample inputs.npz --no-dynamo -o m.onnx
     """
-    from onnxkit import export as exporting
-    from onnxkit import export_inputs
     from onnxkit.modelio import save_model
+    from onnxkit.pytorch import export as exporting
+    from onnxkit.pytorch import export_inputs
 
     if bool(input_shapes) == (sample is not None):
         raise SpecError("give either --input-shape (once per input) or --sample FILE",
@@ -416,7 +416,7 @@ def demo(out_dir: Path, seed: int, as_json: bool) -> None:
 
     Takes about a minute on two CPU cores; writes the models, report.json and report.md into --out.
     """
-    from onnxkit.demo import run_demo
+    from onnxkit.pytorch.demo import run_demo
 
     report = run_demo(out_dir, seed=seed, say=lambda line: click.echo(line, err=True))
     if as_json:

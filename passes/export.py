@@ -49,7 +49,7 @@ class ExportPass(Pass):
         if example_inputs is None:
             raise ExportError("exporting a torch module needs example inputs",
                               hint="Pipeline.run(module, example_inputs=torch.randn(1, 3, 224, 224))")
-        from onnxkit.export import export_model
+        from onnxkit.pytorch.export import export_model
 
         options = self.options
         exported, report = export_model(

@@ -19,7 +19,7 @@ WORKER = textwrap.dedent('''
     from torch import nn
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-    from onnxkit.train import TrainConfig, Trainer, init_distributed
+    from onnxkit.pytorch.train import TrainConfig, Trainer, init_distributed
 
     torch.set_num_threads(1)
     init_distributed()  # the DistributedSampler below needs the process group

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from onnxkit.cli import main
-from onnxkit.demo import DEMO_SPEC, _available_spec
+from onnxkit.pytorch.demo import DEMO_SPEC, _available_spec
 
 torch.set_num_threads(1)
 

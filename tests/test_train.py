@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from onnxkit.train import TrainConfig, Trainer, accuracy, seed_everything
+from onnxkit.pytorch.train import TrainConfig, Trainer, accuracy, seed_everything
 
 torch.set_num_threads(1)
 

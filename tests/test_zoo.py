@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from onnxkit import zoo
+from onnxkit.pytorch import zoo
 
 torch.set_num_threads(1)
 

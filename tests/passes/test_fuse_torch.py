@@ -19,10 +19,10 @@ from torch import nn
 
 from onnxkit import Pipeline
 from onnxkit.errors import OnnxkitError
-from onnxkit.export import export_model
 from onnxkit.modelio import save_model
 from onnxkit.passes.fuse import FusePass
 from onnxkit.pipeline import count_nodes
+from onnxkit.pytorch.export import export_model
 from tests.conftest import run_model
 
 PEERS = ("onnxsim", "onnxslim", "onnxoptimizer")
@@ -162,7 +162,7 @@ def test_simplify_fuse_has_no_more_nodes_than_peers(exported, tmp_path, name, dy
 
 @pytest.mark.slow  # exports MiniLM (22M parameters) and runs three simplifiers on it: about two minutes
 def test_minilm_keeps_parity_and_has_no_more_nodes_than_peers(tmp_path):
-    from onnxkit import zoo
+    from onnxkit.pytorch import zoo
 
     torch.set_num_threads(1)
     path = zoo.export_minilm(tmp_path / "minilm.onnx", dynamo=False, verify=False)

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 torch = pytest.importorskip("torch")
-zoo = pytest.importorskip("onnxkit.zoo")
+zoo = pytest.importorskip("onnxkit.pytorch.zoo")
 
 from onnxkit.modelio import to_proto
 from onnxkit.pipeline import Pipeline

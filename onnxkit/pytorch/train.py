@@ -38,8 +38,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from onnxkit.train_batches import Metric, accuracy, forward, groups, metric_functions, sample_count, to_device
-from onnxkit.train_setup import (
+from onnxkit.pytorch.train_batches import Metric, accuracy, forward, groups, metric_functions, sample_count, to_device
+from onnxkit.pytorch.train_setup import (
     Placement,
     all_reduce_sum,
     init_distributed,

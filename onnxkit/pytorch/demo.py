@@ -128,9 +128,9 @@ def run_demo(out_dir: str | Path = "onnxkit-demo", *, seed: int = 0,
     line per stage as it starts."""
     import torch
 
-    from onnxkit import zoo
-    from onnxkit.export import export_model
     from onnxkit.modelio import save_model
+    from onnxkit.pytorch import zoo
+    from onnxkit.pytorch.export import export_model
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,8 +192,8 @@ def _train(splits: Any, checkpoint_dir: Path, seed: int) -> tuple[Any, dict[str,
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from onnxkit import zoo
-    from onnxkit.train import TrainConfig, Trainer, seed_everything
+    from onnxkit.pytorch import zoo
+    from onnxkit.pytorch.train import TrainConfig, Trainer, seed_everything
 
     seed_everything(seed)
     model = zoo.UpsampledCNN(splits.image_size)

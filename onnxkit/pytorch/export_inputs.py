@@ -23,10 +23,10 @@ _DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.fl
 def load_module(spec: str, state_dict: str | os.PathLike[str] | None = None) -> torch.nn.Module:
     """Build a module from ``package.module:factory`` (a class or function called with no arguments) and
     load a state dict into it. The state dict is read with ``weights_only=True``: no pickle runs. A file
-    holding a training checkpoint (a dict with a ``model`` entry, as ``onnxkit.train`` writes) works too."""
+    holding a training checkpoint (a dict with a ``model`` entry, as ``onnxkit.pytorch.train`` writes) works too."""
     module_name, colon, attribute = spec.partition(":")
     if not colon or not module_name or not attribute:
-        raise ExportError(f"bad model spec {spec!r}", hint="write package.module:factory, e.g. onnxkit.zoo:SimpleCNN")
+        raise ExportError(f"bad model spec {spec!r}", hint="write package.module:factory, e.g. onnxkit.pytorch.zoo:SimpleCNN")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` does, so a user's own module beside them imports
     try:

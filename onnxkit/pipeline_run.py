@@ -323,7 +323,7 @@ class PipelineRun:
         self.report.parity_inputs = description
         self._parity = parity.ParityChain(dataset, input_specs(model), description,
                                           data_given=self.data is not None or self.calibration_data is not None,
-                                          model_dir=self.context.model_dir)
+                                          model_dir=self.context.model_dir, prepack=runtime.packs_weights(model))
         return self._parity
 
 

@@ -65,6 +65,29 @@ def session_options(*, optimize: bool = False, threads: int = 1, prepack: bool =
     return options
 
 
+# Ops whose CPU kernel computes differently on packed weights: MatMulNBits honours ``accuracy_level`` (int8
+# arithmetic) only when its weights are packed, and runs in fp32 without, so a check with packing off would
+# judge a kernel that users, whose sessions pack, never run.
+_PACKING_CHANGES_RESULTS = frozenset({("com.microsoft", "MatMulNBits")})
+
+
+def packs_weights(model: ModelSource) -> bool:
+    """Whether a session that checks ``model`` (parity, probing) packs its weights, as users' sessions do.
+
+    Yes, unless the model's weights are still in their external data files (a model past
+    ``modelio.EXTERNAL_DATA_THRESHOLD``, loaded lazily): ORT maps those files, shared by every session on them,
+    and a packed copy would add private memory of the model's size per session. Even then yes where an op's
+    kernel gives other results on packed weights (``_PACKING_CHANGES_RESULTS``)."""
+    from onnxkit import graph, modelio
+
+    # A lazily loaded model serializes its weights as references, so reading it back here is cheap; whoever
+    # checks a chain of models asks once for its input (an ir.Model) and again only where that says no.
+    model = modelio.as_ir_model(model)
+    if modelio.external_tensor_bytes(model) == 0:
+        return True
+    return any((node.domain, node.op_type) in _PACKING_CHANGES_RESULTS for node in graph.nodes(model))
+
+
 def make_session(model: ModelSource, *, options: Any = None, optimize: bool = False, threads: int = 1,
                  prepack: bool = True, model_dir: str | os.PathLike[str] | None = None,
                  providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:

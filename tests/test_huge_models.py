@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxkit import modelio
+from onnxkit import modelio, runtime
 from onnxkit.cli import main
 from onnxkit.pipeline import Pipeline
 from tests.conftest import run_model
@@ -51,6 +51,41 @@ def huge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     return folder / "big.onnx"
+
+
+def _record_prepacking(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """The ``session.disable_prepacking`` entry of every ONNX Runtime session made from now on (None: packs)."""
+    prepacking: list[str | None] = []
+    real_session = ort.InferenceSession.__init__
+
+    def session(self: Any, model: Any, options: Any = None, *args: Any, **kwargs: Any) -> None:
+        try:
+            prepacking.append(options.get_session_config_entry("session.disable_prepacking"))
+        except (AttributeError, RuntimeError):  # no options, or the entry not set: ORT prepacks
+            prepacking.append(None)
+        real_session(self, model, options, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "__init__", session)
+    return prepacking
+
+
+def test_parity_packs_weights_as_users_sessions_do_unless_they_stay_in_their_file(
+        tmp_path: Path, huge: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packing changes what some kernels compute (MatMulNBits honours accuracy_level only on packed weights), so
+    parity packs as users' sessions do; only weights left in their file go unpacked, and not under such an op."""
+    small = tmp_path / "small.onnx"
+    onnx.save(matmul_chain(8, 2), small)
+    prepacking = _record_prepacking(monkeypatch)
+    assert Pipeline.parse("cleanup").run(small).report.passes[0].parity["passed"]
+    assert prepacking and set(prepacking) == {None}, prepacking
+
+    lazy = modelio.load_model(huge)
+    assert not runtime.packs_weights(lazy)
+    x = lazy.graph.inputs[0]
+    packed = ir.Value(name="packed")
+    lazy.graph.append(ir.node("MatMulNBits", [x, lazy.graph.initializers["w0"]], domain="com.microsoft",
+                              outputs=[packed]))
+    assert runtime.packs_weights(lazy)
 
 
 @pytest.mark.slow
@@ -91,17 +126,7 @@ def test_graph_passes_parity_and_save_leave_the_weights_in_their_file(huge: Path
     read: list[str] = []
     real_load = ir.ExternalTensor._load
     monkeypatch.setattr(ir.ExternalTensor, "_load", lambda tensor: read.append(tensor.name) or real_load(tensor))
-    prepacking: list[str | None] = []
-    real_session = ort.InferenceSession.__init__
-
-    def session(self: Any, model: Any, options: Any = None, *args: Any, **kwargs: Any) -> None:
-        try:
-            prepacking.append(options.get_session_config_entry("session.disable_prepacking"))
-        except (AttributeError, RuntimeError):  # no options, or the entry not set: ORT prepacks
-            prepacking.append(None)
-        real_session(self, model, options, *args, **kwargs)
-
-    monkeypatch.setattr(ort.InferenceSession, "__init__", session)
+    prepacking = _record_prepacking(monkeypatch)
     Pipeline.parse("cleanup,simplify,fuse").run(huge)  # first: imports and one-time caches are not the model's
     prepacking.clear()
     tracemalloc.start()

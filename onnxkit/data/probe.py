@@ -105,9 +105,8 @@ def probe_dataset(model: ModelLike, *, dims: Mapping[str, int] | None = None,
 
 def _session(model: Any, model_dir: str | os.PathLike[str] | None) -> Any:
     try:
-        # Unpacked: the session becomes the parity reference's, and a packed copy of every weight would sit
-        # in memory beside ORT's mapping of a model's external data (see runtime.session_options).
-        return runtime.make_session(model, model_dir=model_dir, prepack=False)
+        # The session becomes the parity reference's: packed or not as parity's own (runtime.packs_weights).
+        return runtime.make_session(model, model_dir=model_dir, prepack=runtime.packs_weights(model))
     except Exception as error:  # ORT's own exception types: invalid graph, unknown op
         raise ModelLoadError(f"ONNX Runtime cannot load the model to probe its inputs: {runtime.error_line(error)}",
                              hint="the reference model must run in ONNX Runtime") from error

@@ -39,7 +39,7 @@ class ParityChain:
 
     def __init__(self, dataset: Any, specs: Any, description: str, *, data_given: bool,
                  model_dir: str | os.PathLike[str] | None = None, threads: int = 1,
-                 ort_optimizations: bool = False) -> None:
+                 ort_optimizations: bool = False, prepack: bool = True) -> None:
         self.dataset = dataset
         self.specs = specs
         self.description = description
@@ -47,6 +47,7 @@ class ParityChain:
         self.model_dir = model_dir
         self.threads = threads
         self.ort_optimizations = ort_optimizations
+        self.prepack = prepack  # False for a chain on a model whose weights stay in files: runtime.packs_weights
         self._recordings: list[tuple[Any, Recording]] = []  # (model source, its outputs), by identity
         self._prefetch: _Prefetch | None = None
         self.slow_run_seconds: float | None = None  # set when limited comparisons take one sample
@@ -96,9 +97,10 @@ class ParityChain:
             self._recordings.append((reference, recording))
 
     def _session(self, model: Any) -> Any:
-        # Unpacked weights: a model's external data stays mapped from its file, shared by both sides' sessions
-        # (see runtime.session_options); a check runs a few samples, where packing saves nothing.
-        return runtime.make_session(model, optimize=self.ort_optimizations, threads=self.threads, prepack=False,
+        # Packed as users' sessions are, unless the chain's weights stay in their files: then the external data
+        # stays mapped, shared by both sides' sessions, unless this model has an op packing changes.
+        prepack = self.prepack or runtime.packs_weights(model)
+        return runtime.make_session(model, optimize=self.ort_optimizations, threads=self.threads, prepack=prepack,
                                     model_dir=self.model_dir)
 
     def compare(self, reference: Any, candidate: Any, tolerance: Tolerance,

@@ -46,6 +46,8 @@ def all_reduce_sum(tensor: torch.Tensor) -> None:
     counts are back where they were: the worker has released the tensor and given back its Python object."""
     before = _references(tensor)
     dist.all_reduce(tensor)
+    if dist.get_backend() != "gloo":  # NCCL's watchdog may hold finished work until its next poll: not waited
+        return
     while any(now > then for now, then in zip(_references(tensor), before)):
         time.sleep(0.0001)  # releases the GIL, which the worker needs to give the Python object back
 

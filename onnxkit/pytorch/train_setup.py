@@ -33,6 +33,9 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+_RELEASE_WAIT_SECONDS = 5.0
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> None:
     """Sum ``tensor`` over all ranks in place, and return only once the backend has let go of it.
 
@@ -48,7 +51,10 @@ def all_reduce_sum(tensor: torch.Tensor) -> None:
     dist.all_reduce(tensor)
     if dist.get_backend() != "gloo":  # NCCL's watchdog may hold finished work until its next poll: not waited
         return
-    while any(now > then for now, then in zip(_references(tensor), before)):
+    # Bounded: a reference someone else took meanwhile (a hook keeping the tensor) must not hang training; past
+    # the deadline the worst left is the abort at exit this wait exists to avoid.
+    deadline = time.monotonic() + _RELEASE_WAIT_SECONDS
+    while any(now > then for now, then in zip(_references(tensor), before)) and time.monotonic() < deadline:
         time.sleep(0.0001)  # releases the GIL, which the worker needs to give the Python object back
 
 

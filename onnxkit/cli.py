@@ -215,7 +215,7 @@ def optimize(model: Path | None, spec: str | None, config: Path | None, target: 
                                       min_top1=min_top1),
         progress=sys.stderr.isatty() and not as_json,
         model_dir=model.parent if model is not None else None,
-        extras={"calib_cache": calib_cache} if calib_cache is not None else None,
+        calib_cache=calib_cache,
     )
     result.save(output, external_data=external_data)
     result.report.output_path = str(output)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -72,7 +72,11 @@ class PassContext:
 
     ``data`` is a re-iterable dataset of ``{input name: array}`` samples (calibration, sensitivity);
     ``dims`` binds dynamic dimensions by name; ``model_dir`` is where the model was loaded from.
-    ``extras`` carries inputs that only some passes understand, such as a torch module for ``export``.
+    ``calib_cache`` is a folder where a pass may keep what it measured on this model and data (quantize's
+    calibration ranges and sensitivities), to reuse on the next run. ``metric`` is a user's measure of a
+    candidate model (an ``onnxruntime.InferenceSession`` in, a score out, higher is better), replacing the parity
+    target of a lossy pass that judges its own candidates (quantize). ``example_inputs`` are what a
+    ``SourcePass`` needs beside the run's input (export: the torch module's example inputs).
     ``disabled`` holds the rules (``Site.rule`` names) and single sites the pipeline switched off while
     narrowing a failing pass; a pass that reports sites must honour it through ``allows``.
     ``parity_on_held_out`` says the pipeline checks parity on the samples of ``data`` that a
@@ -84,7 +88,9 @@ class PassContext:
     dims: Mapping[str, int] = dataclasses.field(default_factory=dict)
     model_dir: Path | None = None
     show_progress: bool = False
-    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+    calib_cache: Path | None = None
+    metric: Callable[[Any], float] | None = None
+    example_inputs: Any = None
     disabled: frozenset[str | Site] = frozenset()
     parity_on_held_out: bool = False
 
@@ -178,6 +184,16 @@ class Pass(ir.passes.PassBase):
 
 # ---------------------------------------------------------------------------------------------------------
 # Typed options: text ⇄ values
+
+
+class SourcePass(Pass):
+    """A pass that makes the run's first ONNX model from an input that is not ONNX (``export``: a torch module).
+
+    The pipeline hands such an input to ``from_source`` when the pass leads the spec; given an ONNX model, the
+    pass's ``call`` has nothing to make and returns the model unchanged."""
+
+    def from_source(self, source: Any) -> PassResult:
+        raise NotImplementedError
 
 
 def format_option_value(value: Any) -> str:

@@ -21,7 +21,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import onnx_ir as ir
 from onnxkit import modelio, validate
 from onnxkit.errors import SpecError
 from onnxkit.graph import count_nodes, op_histogram
-from onnxkit.pass_base import Pass, PassContext
+from onnxkit.pass_base import Pass, PassContext, SourcePass
 from onnxkit.pipeline_run import CheckMode, OnFail, PipelineRun
 from onnxkit.report import PassReport, PipelineReport
 from onnxkit.spec import build_pass, parse_pass_text, split_top_level
@@ -117,7 +117,8 @@ class Pipeline:
         progress: bool = False,
         example_inputs: Any = None,
         model_dir: str | os.PathLike[str] | None = None,
-        extras: dict[str, Any] | None = None,
+        calib_cache: str | os.PathLike[str] | None = None,
+        metric: Callable[[Any], float] | None = None,
     ) -> PipelineResult:
         """Run every pass on ``model`` (a path, ``ModelProto``, ``ir.Model``, or a torch module for ``export``).
 
@@ -130,23 +131,24 @@ class Pipeline:
 
         Parity runs on ``data`` (a dataset, see ``onnxkit.data``); else, given only ``calibration_data``, on
         the samples the calibration split holds out; else on synthetic inputs probed once for sizes the model
-        runs on. ``data`` also calibrates unless ``calibration_data`` is given. ``extras`` go to
-        ``PassContext.extras`` (e.g. ``{"calib_cache": folder}`` for ``quantize``).
+        runs on. ``data`` also calibrates unless ``calibration_data`` is given. ``calib_cache`` and ``metric``
+        go to the passes that use them (see ``PassContext``: quantize's cache folder and a user's metric).
         """
         if check not in ("each", "end", "off"):
             raise SpecError(f"check must be each, end or off, not {check!r}")
         if on_fail not in ("stop", "rollback", "warn"):
             raise SpecError(f"on_fail must be stop, rollback or warn, not {on_fail!r}")
         context = PassContext(data=calibration_data if calibration_data is not None else data, dims=dict(dims or {}),
-                              show_progress=progress, parity_on_held_out=calibration_data is not None and data is None)
-        context.extras.update(extras or {})
+                              show_progress=progress, parity_on_held_out=calibration_data is not None and data is None,
+                              calib_cache=Path(calib_cache) if calib_cache is not None else None, metric=metric,
+                              example_inputs=example_inputs)
         if model_dir is not None:
             context.model_dir = Path(model_dir)
         elif isinstance(model, (str, os.PathLike)):
             context.model_dir = Path(model).parent
 
         report = PipelineReport(spec=self.to_string(), check=check, on_fail=on_fail)
-        current, passes = self._starting_model(model, list(self.passes), context, example_inputs, report)
+        current, passes = self._starting_model(model, list(self.passes), context, report)
         validate.check_run(current, passes, check=check, data=data, calibration_data=calibration_data,
                            model_dir=context.model_dir, dims=context.dims)  # bad input: refused before any pass
         run = PipelineRun(context, report, check=check, on_fail=on_fail, tolerance=tolerance, verify=verify,
@@ -156,18 +158,16 @@ class Pipeline:
         return PipelineResult(current, report)
 
     @staticmethod
-    def _starting_model(model: Any, passes: list[Pass], context: PassContext, example_inputs: Any,
+    def _starting_model(model: Any, passes: list[Pass], context: PassContext,
                         report: PipelineReport) -> tuple[ir.Model, list[Pass]]:
         """Turn the run's input into an ``ir.Model``; a torch module is first exported by the leading pass."""
         if isinstance(model, (str, os.PathLike, bytes, onnx.ModelProto, ir.Model)):
             return modelio.as_ir_model(model), passes
-        if passes and getattr(passes[0], "source_kind", "onnx") == "torch":
+        if passes and isinstance(passes[0], SourcePass):
             export_pass = passes[0]
-            context.extras["torch_module"] = model
-            context.extras["example_inputs"] = example_inputs
             export_pass.context = context
             started = time.perf_counter()
-            result = export_pass(ir.Model(ir.Graph([], [], nodes=[]), ir_version=10))
+            result = export_pass.from_source(model)
             seconds = time.perf_counter() - started
             entry = PassReport(name=export_pass.name, spec=export_pass.spec(), kind=export_pass.kind,
                                modified=True, stats=list(getattr(result, "stats", [])), seconds=seconds,

@@ -166,7 +166,7 @@ def debug_quant(model: str | Path | ir.Model, calibration_data: Any, spec: str =
     # The pipeline's context when given calibration data only: the pass judges its target on held-out samples.
     quantize.context = PassContext(data=data, dims=dict(dims or {}), model_dir=model_dir, show_progress=progress,
                                    parity_on_held_out=True,
-                                   extras={"calib_cache": Path(calib_cache)} if calib_cache is not None else {})
+                                   calib_cache=Path(calib_cache) if calib_cache is not None else None)
     result = quantize.call(loaded)
     run = quantize.recorded
     if run is None:  # stopped before calibrating: already quantized, nothing to quantize, ORT cannot run it

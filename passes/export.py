@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import onnx_ir as ir
 
 from onnxkit.errors import ExportError
 from onnxkit.modelio import clone_model
-from onnxkit.pass_base import Pass, PassResult
+from onnxkit.pass_base import PassResult, SourcePass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,24 +29,25 @@ class ExportOptions:
             raise ValueError(f"opset must be at least 7, not {self.opset}")
 
 
-class ExportPass(Pass):
+class ExportPass(SourcePass):
     """Export the pipeline's torch module to ONNX (dynamo or TorchScript exporter) and verify it in ONNX Runtime.
 
-    The module is exported in eval mode under no_grad and left in its own mode. The full export report is
-    kept in ``context.extras["export_report"]``. On an input that is already ONNX the pass does nothing.
+    The module is exported in eval mode under no_grad and left in its own mode; the export report's lines
+    are the pass's stats. On an input that is already ONNX the pass does nothing.
     """
 
     name = "export"
     kind = "exact"
     Options = ExportOptions
     in_place_pass = False
-    source_kind = "torch"  # the pipeline hands this pass the torch module instead of an ONNX model
 
     def call(self, model: ir.Model) -> PassResult:
-        module = self.context.extras.get("torch_module")
-        if module is None:  # already ONNX; a not-in-place pass still hands back its own model object
-            return PassResult(clone_model(model), False, [])
-        example_inputs = self.context.extras.get("example_inputs")
+        # Already ONNX: nothing to export; a not-in-place pass still hands back its own model object.
+        return PassResult(clone_model(model), False, [])
+
+    def from_source(self, source: Any) -> PassResult:
+        module = source
+        example_inputs = self.context.example_inputs
         if example_inputs is None:
             raise ExportError("exporting a torch module needs example inputs",
                               hint="Pipeline.run(module, example_inputs=torch.randn(1, 3, 224, 224))")
@@ -57,7 +59,4 @@ class ExportPass(Pass):
             output_names=options.output_names or None, dynamic_batch=options.dynamic_batch,
             dynamo=options.dynamo, opset=options.opset, verify=options.verify,
         )
-        self.context.extras["export_report"] = report
-        # The module is consumed: running the pass again on its own output must change nothing.
-        del self.context.extras["torch_module"]
         return PassResult(exported, True, report.lines())

@@ -24,6 +24,7 @@ from onnxkit import list_passes
 from onnxkit.data import OnnxTestDataset
 from onnxkit.errors import OnnxkitError
 from onnxkit.modelio import to_proto
+from onnxkit.pass_base import SourcePass
 from onnxkit.pipeline import Pipeline
 from onnxkit.runtime import make_session
 
@@ -50,7 +51,7 @@ def exact_passes() -> list[type]:
     """Every registered exact pass that works on ONNX models (``export`` starts from torch)."""
     return [entry.pass_class for entry in list_passes()
             if entry.pass_class is not None and entry.pass_class.kind == "exact"
-            and getattr(entry.pass_class, "source_kind", "onnx") == "onnx"]
+            and not issubclass(entry.pass_class, SourcePass)]
 
 
 def ort_session(model: onnx.ModelProto) -> Any:

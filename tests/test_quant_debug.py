@@ -203,7 +203,7 @@ def test_minilm_the_layers_named_worst_are_the_ones_to_keep_float(tmp_path: Path
         pinned = (f"quantize{{mode=static,samples=64,max_slowdown=none,smooth_alpha=none,target_cosine=none,"
                   f"exclude={','.join(keep_float)}}}")
         quantized = Pipeline.parse(pinned).run(str(path), calibration_data=samples, check="off",
-                                               extras={"calib_cache": cache}).model
+                                               calib_cache=cache).model
         held_out = samples[4::5]  # the samples CalibrationSplit holds out, as the debugger measured
         error = tensor_errors(float_proto, to_proto(quantized), tensor_elem_types(float_proto), held_out,
                               names=["sentence_embedding"])[0]

@@ -40,13 +40,13 @@ from onnxkit.passes.quantize.options import (
 )
 from onnxkit.passes.quantize.report import Report
 from onnxkit.passes.quantize.rewrite import QuantizerError, QuantizeSettings
-from onnxkit.passes.quantize.run import EVAL_EXTRA, SENSITIVITY_SAMPLES, QuantizeRun
+from onnxkit.passes.quantize.run import SENSITIVITY_SAMPLES, QuantizeRun
 from onnxkit.passes.quantize.runtime import make_session, tensor_elem_types
 
 # Not `from onnxkit import runtime`: importing the submodule passes/quantize/runtime.py rebinds that name here.
 from onnxkit.runtime import error_line, exceeds_protobuf_limit
 
-__all__ = ["EVAL_EXTRA", "QuantizeOptions", "QuantizePass", "QuantizeResult"]
+__all__ = ["QuantizeOptions", "QuantizePass", "QuantizeResult"]
 
 
 @dataclasses.dataclass
@@ -74,7 +74,7 @@ class QuantizePass(Pass):
     bounded memory. A parity target keeps the most sensitive nodes in float until held-out outputs meet it,
     and a latency gate keeps INT8 only where it is faster than float on this CPU. A model that is already
     quantized, or that cannot meet the target or be quantized, is left as it is, with the reason. An
-    evaluation function (a metric over labelled data, higher is better) can replace the parity target: put it in ``PassContext.extras["quantize_eval"]``; it takes an
+    evaluation function (a metric over labelled data, higher is better) can replace the parity target: give it as ``Pipeline.run(..., metric=)`` (``PassContext.metric``); it takes an
     ``onnxruntime.InferenceSession`` and the quantized score may fall at most ``max_metric_drop`` below float's.
     """
 

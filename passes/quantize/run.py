@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -31,8 +32,9 @@ from onnxkit.passes.quantize.rewrite import FLOAT_OUTPUT_OP_TYPES, QuantizeSetti
 # Per-node sensitivity and timing need far fewer samples than calibration.
 SENSITIVITY_SAMPLES = 8
 TIMING_SAMPLES = 4
-EVAL_EXTRA = "quantize_eval"
 SENSITIVITY_CACHE_FORMAT = 2
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -111,15 +113,11 @@ class QuantizeRun:
         sites = smoothing.find_sites(self.float_proto, [n.name for n in self.candidates], self.types)
         if not sites:
             return
+        logger.debug("trial start t=%.2f", time.perf_counter())
         plain_verdict = accept.check(self.quantize([]))
         if plain_verdict.passed:
             # Every candidate is INT8 within the target already: smoothing could only cost time (a CNN's head).
             self.report.smoothing = "SmoothQuant not tried: every candidate node in INT8 meets the target without it"
-            return
-        maxima = smoothing.channel_maxima(self.float_proto, [s.activation for s in sites], self.types,
-                                          self.data.calibration)
-        smoothed = smoothing.smooth(self.float_proto, sites, maxima, alpha)
-        if smoothed is None:
             return
         # Judged with the nodes smoothing does not touch kept float, so that noise it cannot change (MiniLM's
         # attention-probability MatMuls on padded batches: all-INT8 cosine 0.857 plain, 0.848 smoothed) does
@@ -127,6 +125,21 @@ class QuantizeRun:
         smoothable = {n.name for site in sites for n in site.nodes}
         untouched = [n.name for n in self.candidates if n.name not in smoothable]
         plain_verdict = accept.check(self.quantize(untouched))
+        logger.debug("smoothable nodes alone in INT8: %s t=%.2f", plain_verdict.excess, time.perf_counter())
+        if plain_verdict.excess is not None and plain_verdict.excess < smoothing.WORTH_SMOOTHING_EXCESS:
+            # Smoothing can at most take away the noise these nodes add; a small share of the target's budget is
+            # not worth a second calibration pass, ORT quantization and check (resnet18's Gemm head: 14 s).
+            self.report.smoothing = (f"SmoothQuant not tried: the {len(smoothable)} nodes it could smooth, alone in "
+                                     f"INT8, use {plain_verdict.excess:.0%} of the target's noise budget")
+            return
+        maxima = smoothing.channel_maxima(self.float_proto, [s.activation for s in sites], self.types,
+                                          self.data.calibration)
+        import numpy as np
+        for name, m in maxima.items():
+            logger.debug("site %s: max/median %.1f (%d channels) t=%.2f", name, m.max() / max(np.median(m), 1e-12), m.size, time.perf_counter())
+        smoothed = smoothing.smooth(self.float_proto, sites, maxima, alpha)
+        if smoothed is None:
+            return
         plain = (self.float_proto, self.types, self.candidates, self.ranges)
         nodes = {n.name: n for n in smoothed.model.graph.node}
         self.reference, self.float_proto = self.float_proto, smoothed.model
@@ -140,6 +153,7 @@ class QuantizeRun:
         self.ranges = TensorsData(self.ranges.calibration_method, {**self.ranges.data, **added.data})
         smoothed_verdict = accept.check(self.quantize(untouched))
         kept = smoothing.noise(smoothed_verdict) < smoothing.noise(plain_verdict)
+        logger.debug("trial end t=%.2f", time.perf_counter())
         self.report.smoothing = (f"{smoothed.describe()}; {'kept' if kept else 'not kept'}: with those "
                                  f"{len(smoothable)} nodes in INT8 and the other candidates float, "
                                  f"{smoothing.summary(smoothed_verdict)} smoothed against "
@@ -170,7 +184,7 @@ class QuantizeRun:
         self.ranges = ranges
 
     def _cache(self) -> calibration.CalibrationCache | None:
-        folder = self.context.extras.get("calib_cache")
+        folder = self.context.calib_cache
         return calibration.CalibrationCache(folder) if folder else None
 
     # -- the parity target ------------------------------------------------------------------------------
@@ -179,7 +193,7 @@ class QuantizeRun:
         """How a candidate is accepted: the user's metric, else the parity target on held-out data; None: no
         target (every candidate node is quantized)."""
         options = self.options
-        evaluate = self.context.extras.get(EVAL_EXTRA)
+        evaluate = self.context.metric
         if evaluate is not None:
             chosen = judge.by_metric(self.original, evaluate, options.max_metric_drop)
         elif options.target_cosine is None and options.target_sqnr is None and options.target_top1 is None:
@@ -241,7 +255,7 @@ class QuantizeRun:
     def _sensitivity_cache(self, samples: Sequence[Mapping[str, Any]], op_types: Sequence[str],
                            keep_float: Mapping[str, str] | None) -> SensitivityCache | None:
         """The cached first ranking of this model, calibration and data, when a cache folder is given."""
-        folder = self.context.extras.get("calib_cache")
+        folder = self.context.calib_cache
         if not folder:
             return None
         digest = hashlib.sha256()

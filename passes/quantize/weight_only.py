@@ -374,9 +374,7 @@ def _dataset(model: ir.Model, options: Any, context: Any, report: _Report) -> An
 
 def _judge(float_proto: onnx.ModelProto, data: CalibrationSplit, options: Any, context: Any) -> judging.Judge:
     """INT8 mode's judge: the user's metric if given, else the parity target as the pipeline checks it."""
-    from onnxkit.passes.quantize.run import EVAL_EXTRA  # run imports the options, which import this module
-
-    evaluate = context.extras.get(EVAL_EXTRA)
+    evaluate = context.metric
     if evaluate is not None:
         return judging.by_metric(float_proto, evaluate, options.max_metric_drop)
     return judging.by_parity(float_proto, data, min_cosine=options.target_cosine, min_sqnr=options.target_sqnr,

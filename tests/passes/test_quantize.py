@@ -99,10 +99,10 @@ def samples(name: str, shape: tuple[int, ...], count: int, seed: int = 1, **extr
     return [{name: rng.standard_normal(shape).astype(np.float32), **extra} for _ in range(count)]
 
 
-def quantize(model: onnx.ModelProto, data: list[dict] | None = None, extras: dict | None = None, **options):
-    """Run the pass alone; returns (result, output proto)."""
+def quantize(model: onnx.ModelProto, data: list[dict] | None = None, context: dict | None = None, **options):
+    """Run the pass alone, ``context`` giving ``PassContext`` fields; returns (result, output proto)."""
     pass_ = QuantizePass(**options)
-    pass_.context = PassContext(data=data, extras=dict(extras or {}))
+    pass_.context = PassContext(data=data, **(context or {}))
     result = pass_(ir.serde.deserialize_model(model))
     return result, ir.serde.serialize_model(result.model)
 
@@ -401,7 +401,7 @@ def test_user_metric_replaces_the_parity_target() -> None:
         calls.append(1)
         return float(np.mean(session.run(None, probe)[0].argmax(-1) == reference))
 
-    result, _ = quantize(model, data, extras={"quantize_eval": agreement}, mode="static", calib="minmax",
+    result, _ = quantize(model, data, context={"metric": agreement}, mode="static", calib="minmax",
                          max_metric_drop=0.02, **NO_GATE)
     assert result.details["target_met"]
     assert result.details["target"].startswith("metric ≥")
@@ -495,7 +495,7 @@ def test_latency_gate_reports_the_ratio() -> None:
 
 def test_calibration_cache_hits_for_same_model_data_and_settings(tmp_path) -> None:
     model, data = convnet(), samples("x", (2, 3, 8, 8), 10)
-    extras = {"calib_cache": tmp_path / "cache"}
+    extras = {"calib_cache": tmp_path / "cache"}  # PassContext.calib_cache
     first, quantized = quantize(model, data, extras, mode="static", **NO_GATE)
     second, again = quantize(model, data, extras, mode="static", **NO_GATE)
     other, _ = quantize(model, data, extras, mode="static", calib="minmax", **NO_GATE)

@@ -36,7 +36,7 @@ def test_quantize_over_the_protobuf_limit_gives_a_valid_model_and_leaves_the_inp
     # what it kept: every step after the first reads a model that a save with external data would have emptied.
     monkeypatch.setattr(latency, "compare", first_slow_then_fast)
     pass_ = QuantizePass(mode="static", max_slowdown=1.0)
-    pass_.context = PassContext(data=data, extras={"calib_cache": tmp_path / "cache"})
+    pass_.context = PassContext(data=data, calib_cache=tmp_path / "cache")
     result = pass_(float_model)
 
     assert result.modified

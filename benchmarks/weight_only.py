@@ -96,9 +96,9 @@ def _row(name: str, float_model: onnx.ModelProto, build: Build, samples: list[Sa
     except Exception as e:  # ORT cannot load what the quantizer wrote
         return {"variant": name, "error": f"ONNX Runtime cannot load it: {runtime.error_line(e)}"}
     scores = score(session)
-    # onnxkit.parity's sessions (the pipeline's check, and the pass's final one) turn weight prepacking off, and
-    # without its prepacked weights MatMulNBits computes in fp32 whatever its accuracy_level (on MiniLM the same
-    # outputs as level 1): the worst cosine as those checks see it, beside what users' sessions give.
+    # Without its prepacked weights MatMulNBits computes in fp32 whatever its accuracy_level (on MiniLM the same
+    # outputs as level 1): what onnxkit.parity judged until its sessions packed weights as users' do (6b7447a),
+    # kept beside what users' sessions give because a check with packing off would judge the wrong kernel.
     unpacked = runtime.make_session(candidate, options=runtime.session_options(optimize=False, threads=1,
                                                                                prepack=False))
     scores["cosine_min_unpacked"] = score(unpacked)["cosine_min"]
@@ -174,10 +174,11 @@ def section_lines(results: dict[str, Any]) -> list[str]:
               f"quantized/FP32 time on one thread, interleaved in one process, median of {results['repeats']} "
               "comparisons (the `fp32` row times FP32 against itself: the run's noise floor). *cosine*: against "
               "FP32's outputs, worst and mean over the samples, in one-thread sessions with ORT's defaults (as "
-              "users run the model). *worst, prepacking off*: the same in the sessions `onnxkit.parity` makes "
-              "(the pipeline's parity check and the pass's final judgement), which turn weight prepacking off; "
-              "without prepacked weights ORT's MatMulNBits computes in fp32 whatever its `accuracy_level`, so "
-              "these checks see a more accurate kernel than the int8-compute one users get. *level*: "
+              "users run the model). *worst, prepacking off*: the same with weight prepacking off, where ORT's "
+              "MatMulNBits computes in fp32 whatever its `accuracy_level`: a more accurate kernel than the "
+              "int8-compute one users get. `onnxkit.parity`'s sessions judged with packing off until commit "
+              "6b7447a; they now pack as users' sessions do (only a model whose weights stay in their external "
+              "data files goes unpacked, and never one with MatMulNBits). *level*: "
               "MatMulNBits' `accuracy_level` (4: int8 compute, activations quantized per block; unset: ORT "
               "dequantizes and multiplies in fp32). *+Gather*: ORT's quantizer also asked for the embedding table, "
               "on the model as exported (opset 17): it relabels the model to opset 21, which int4 tables need, "

@@ -113,7 +113,6 @@ class QuantizeRun:
         sites = smoothing.find_sites(self.float_proto, [n.name for n in self.candidates], self.types)
         if not sites:
             return
-        logger.debug("trial start t=%.2f", time.perf_counter())
         plain_verdict = accept.check(self.quantize([]))
         if plain_verdict.passed:
             # Every candidate is INT8 within the target already: smoothing could only cost time (a CNN's head).
@@ -125,7 +124,7 @@ class QuantizeRun:
         smoothable = {n.name for site in sites for n in site.nodes}
         untouched = [n.name for n in self.candidates if n.name not in smoothable]
         plain_verdict = accept.check(self.quantize(untouched))
-        logger.debug("smoothable nodes alone in INT8: %s t=%.2f", plain_verdict.excess, time.perf_counter())
+        logger.debug("the nodes SmoothQuant could smooth, alone in INT8: noise excess %s", plain_verdict.excess)
         if plain_verdict.excess is not None and plain_verdict.excess < smoothing.WORTH_SMOOTHING_EXCESS:
             # Smoothing can at most take away the noise these nodes add; a small share of the target's budget is
             # not worth a second calibration pass, ORT quantization and check (resnet18's Gemm head: 14 s).
@@ -134,9 +133,6 @@ class QuantizeRun:
             return
         maxima = smoothing.channel_maxima(self.float_proto, [s.activation for s in sites], self.types,
                                           self.data.calibration)
-        import numpy as np
-        for name, m in maxima.items():
-            logger.debug("site %s: max/median %.1f (%d channels) t=%.2f", name, m.max() / max(np.median(m), 1e-12), m.size, time.perf_counter())
         smoothed = smoothing.smooth(self.float_proto, sites, maxima, alpha)
         if smoothed is None:
             return
@@ -153,7 +149,6 @@ class QuantizeRun:
         self.ranges = TensorsData(self.ranges.calibration_method, {**self.ranges.data, **added.data})
         smoothed_verdict = accept.check(self.quantize(untouched))
         kept = smoothing.noise(smoothed_verdict) < smoothing.noise(plain_verdict)
-        logger.debug("trial end t=%.2f", time.perf_counter())
         self.report.smoothing = (f"{smoothed.describe()}; {'kept' if kept else 'not kept'}: with those "
                                  f"{len(smoothable)} nodes in INT8 and the other candidates float, "
                                  f"{smoothing.summary(smoothed_verdict)} smoothed against "

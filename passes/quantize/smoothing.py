@@ -36,6 +36,10 @@ from onnxkit.passes.quantize.sensitivity import Verdict
 # otherwise get a scale that blows its weight row up past INT8's range for the other channels of that column.
 MAX_SCALE = 1e4
 
+# Smoothing is tried only where the nodes it can smooth, alone in INT8 (every other candidate float), add at least
+# this share of the output noise the target allows: below it, SmoothQuant could free little of the budget.
+WORTH_SMOOTHING_EXCESS = 0.25
+
 
 @dataclasses.dataclass(frozen=True)
 class Site:

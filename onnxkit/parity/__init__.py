@@ -133,22 +133,24 @@ def compare_models(
     ref_ir = ref_model.ir()
     specs = input_specs(ref_ir)
     dataset = as_dataset(data, ref_ir, dims=dims, num_samples=num_samples, seed=seed, model_dir=model_dir)
+    prepack = runtime.packs_weights(ref_ir)  # as ParityChain: packed as users run it, unless weights stay in files
     # The specs and dataset keep what they need. An ir.Model is full of reference cycles, so it is collected
     # now, before the sessions load the weights again, rather than whenever the collector next runs.
     del ref_ir
     gc.collect()
     description = describe_data(dataset if data is None else data)
 
-    def options() -> Any:  # one per session: make_session records model_dir in the options it is given
-        return runtime.session_options(optimize=ort_optimizations, threads=threads, prepack=False)  # as ParityChain's
+    def options(packs: bool) -> Any:  # one per session: make_session records model_dir in the options it is given
+        return runtime.session_options(optimize=ort_optimizations, threads=threads, prepack=packs)
 
     try:
-        ref_session = ref_model.session(options(), model_dir)
+        ref_session = ref_model.session(options(prepack), model_dir)
     except Exception as e:  # ORT raises its own exception types for invalid graphs and unsupported ops
         raise ModelLoadError(f"ONNX Runtime cannot load {ref_model.label}: {runtime.error_line(e)}",
                              hint="the reference model must run in ONNX Runtime") from e
     try:
-        cand_session = cand_model.session(options(), model_dir)
+        cand_packs = prepack or (not _is_session(cand_model.source) and runtime.packs_weights(cand_model.ir()))
+        cand_session = cand_model.session(options(cand_packs), model_dir)
     except Exception as e:
         return make_report(Compared([], [f"ONNX Runtime cannot load {cand_model.label}: {runtime.error_line(e)}"], 0,
                                  None, None), tolerance, description, ort_optimizations)

@@ -7,7 +7,7 @@ onnxkit imports none of them, and a pass's heavy dependencies load only when tha
 BUILTIN_PASSES: dict[str, str] = {
     "cleanup": "onnxkit.passes.cleanup:CleanupPass",
     "bf16": "onnxkit.passes.precision:Bf16Pass",
-    "export": "onnxkit.passes.export:ExportPass",
+    "export": "onnxkit.pytorch.export_pass:ExportPass",  # the torch boundary: see onnxkit/pytorch/
     "fp16": "onnxkit.passes.precision:Fp16Pass",
     "fuse": "onnxkit.passes.fuse:FusePass",
     "opset": "onnxkit.passes.opset:OpsetPass",

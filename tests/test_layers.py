@@ -25,13 +25,9 @@ SHARED_LAYER = {
 }
 # Leaf modules the shared layer uses inside itself, importing nothing of onnxkit; passes do not need them.
 SHARED_INTERNALS = {"ir_compat": "modelio's adapter teaching onnx-ir the ONNX map types"}
-# Reaches beyond the shared layer that ARCHITECTURE.md names, each with its reason.
-PASS_EXCEPTIONS = {
-    "pytorch.export": "the export pass wraps the torch exporter, imported lazily inside the pass",
-}
-# The modules the export exception is made of. They may import only the shared layer and each other, never
-# pipeline, cli, report or bench (checked below), so the exception is no path above the passes.
-EXCEPTION_MODULES = {"pytorch.export", "pytorch.export_inputs"}
+# The export pass lives in onnxkit.pytorch (the torch boundary), with the exporter it wraps. Like a pass in
+# passes/, these modules may import only the shared layer and each other, never pipeline, cli, report or bench.
+EXPORT_PASS_MODULES = {"pytorch.export_pass", "pytorch.export", "pytorch.export_inputs"}
 
 # Everything that needs torch lives in this package; the rest of onnxkit must import without it.
 TORCH_PACKAGE = "onnxkit.pytorch"
@@ -90,11 +86,10 @@ def _import_violations(sources: list[Path], allowed: set[str]) -> list[str]:
 def test_passes_import_only_the_shared_layer():
     sources = sorted((REPO / "passes").rglob("*.py"))
     assert len(sources) > 20, "passes/ not found where expected"
-    violations = _import_violations(sources, set(SHARED_LAYER) | set(PASS_EXCEPTIONS) | {"passes"})
+    violations = _import_violations(sources, set(SHARED_LAYER) | {"passes"})
     assert not violations, (
         "passes/ may import only onnxkit's shared layer (" + ", ".join(sorted(SHARED_LAYER))
-        + ") and " + ", ".join(f"{name} ({why})" for name, why in PASS_EXCEPTIONS.items())
-        + "; move what the pass needs down into the shared layer:\n  " + "\n  ".join(violations))
+        + "); move what the pass needs down into the shared layer:\n  " + "\n  ".join(violations))
 
 
 def test_the_shared_layer_builds_only_on_itself():
@@ -107,18 +102,19 @@ def test_the_shared_layer_builds_only_on_itself():
                             " and " + ", ".join(sorted(SHARED_INTERNALS)) + ":\n  " + "\n  ".join(violations))
 
 
-def test_the_named_exceptions_build_only_on_the_shared_layer():
-    """A pass may use export because it is a service below the pipeline: it imports the shared layer and its
-    own modules, nothing above the passes."""
-    assert set(PASS_EXCEPTIONS) <= EXCEPTION_MODULES
-    violations = _import_violations(_sources_of(EXCEPTION_MODULES), set(SHARED_LAYER) | EXCEPTION_MODULES)
-    # Importing onnxkit.pytorch.export runs the package's __init__ first: it must not load train, zoo or demo.
+def test_the_export_pass_builds_only_on_the_shared_layer():
+    """The export pass and the exporter it wraps are held to the passes' rule: the shared layer and their own
+    modules, nothing above the passes."""
+    from onnxkit.passes import BUILTIN_PASSES
+
+    assert BUILTIN_PASSES["export"].startswith("onnxkit.pytorch.export_pass:")
+    violations = _import_violations(_sources_of(EXPORT_PASS_MODULES), set(SHARED_LAYER) | EXPORT_PASS_MODULES)
+    # Loading the export pass runs the package's __init__ first: it must not load train, zoo or demo.
     package_init = ast.parse((REPO / "onnxkit" / "pytorch" / "__init__.py").read_text())
     violations += [f"onnxkit/pytorch/__init__.py:{node.lineno} imports" for node in ast.walk(package_init)
                    if isinstance(node, ast.Import | ast.ImportFrom)]
-    assert not violations, ("the modules passes may reach through a named exception must build only on the "
-                            "shared layer (" + ", ".join(sorted(SHARED_LAYER)) + "):\n  "
-                            + "\n  ".join(violations))
+    assert not violations, ("the export pass and its exporter must build only on the shared layer ("
+                            + ", ".join(sorted(SHARED_LAYER)) + "):\n  " + "\n  ".join(violations))
 
 
 def test_the_import_check_sees_every_form_of_import():
@@ -182,7 +178,7 @@ def test_only_onnxkit_pytorch_imports_torch():
     for source in sorted((REPO / "onnxkit").rglob("*.py")):
         relative = source.relative_to(REPO).as_posix()
         if source.is_relative_to(torch_package) or relative.startswith("onnxkit/passes/"):
-            continue  # passes/ is checked by its own rule: it imports onnxkit.pytorch.export, never torch
+            continue  # passes/ is checked by its own rule: it imports only the shared layer
         for node in ast.walk(ast.parse(source.read_text(), filename=relative)):
             names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])

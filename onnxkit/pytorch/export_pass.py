@@ -1,5 +1,8 @@
 """``export``: the first pass of a pipeline whose input is a PyTorch module.
 
+A built-in pass that lives in ``onnxkit.pytorch`` rather than ``passes/``: it is the torch side of the pass API,
+and passes build only on the shared layer. It imports the exporter (and so torch) only when it runs.
+
     Pipeline.parse("export{dynamic_batch=true},simplify,fuse").run(net, example_inputs=torch.randn(1, 1, 8, 8))
 """
 
@@ -51,7 +54,7 @@ class ExportPass(SourcePass):
         if example_inputs is None:
             raise ExportError("exporting a torch module needs example inputs",
                               hint="Pipeline.run(module, example_inputs=torch.randn(1, 3, 224, 224))")
-        from onnxkit.pytorch.export import export_model
+        from .export import export_model
 
         options = self.options
         exported, report = export_model(

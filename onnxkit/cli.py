@@ -264,9 +264,9 @@ def list_passes_command(as_json: bool) -> None:
                 {"name": f.name, "type": option_type_name(hints[f.name]),
                  "default": _default_text(f)} for f in dataclasses.fields(cls.Options)
             ])
-            extra = getattr(cls, "describe_extra", None)
-            if extra is not None:
-                record["notes"] = extra()
+            notes = cls.describe_extra()
+            if notes:
+                record["notes"] = notes
         described.append(record)
     if as_json:
         click.echo(json.dumps(described, indent=2))

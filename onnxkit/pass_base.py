@@ -59,11 +59,13 @@ class PassResult(ir.passes.PassResult):
     """``onnx_ir``'s result plus human-readable statistics, e.g. ``["removed 7 Identity nodes"]``.
 
     ``sites`` lists where the pass's rewrite rules fired (see ``Site``); a pass that leaves it empty is
-    kept or dropped whole when it fails.
+    kept or dropped whole when it fails. ``details`` is the structured, JSON-ready report behind the stats
+    lines (quantize's search, a precision pass's verdicts), copied into the run's JSON report.
     """
 
     stats: list[str] = dataclasses.field(default_factory=list)
     sites: list[Site] = dataclasses.field(default_factory=list)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -153,6 +155,11 @@ class Pass(ir.passes.PassBase):
     def allowed_domains(self) -> frozenset[str]:
         """Operator domains this pass may add with its current options; the pipeline holds it to them."""
         return self.emits_domains
+
+    @classmethod
+    def describe_extra(cls) -> list[str]:
+        """Lines ``onnxkit passes`` prints under the pass's options: defaults that need their reason."""
+        return []
 
     @classmethod
     def doc(cls) -> str:

@@ -170,7 +170,7 @@ class Pipeline:
             result = export_pass.from_source(model)
             seconds = time.perf_counter() - started
             entry = PassReport(name=export_pass.name, spec=export_pass.spec(), kind=export_pass.kind,
-                               modified=True, stats=list(getattr(result, "stats", [])), seconds=seconds,
+                               modified=True, stats=list(result.stats), seconds=seconds,
                                timings={"transform": seconds}, nodes_after=count_nodes(result.model))
             report.passes.append(entry)
             return result.model, passes[1:]

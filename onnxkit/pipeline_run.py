@@ -224,7 +224,7 @@ class PipelineRun:
     def _record_result(entry: PassReport, result: PassResult) -> None:
         entry.modified = bool(result.modified)
         entry.stats = list(result.stats) if isinstance(result, PassResult) else []
-        entry.details = dict(getattr(result, "details", None) or {})
+        entry.details = dict(result.details) if isinstance(result, PassResult) else {}
 
     def _fail(self, pass_: Pass, entry: PassReport, attempt: Attempt, before: Snapshot
               ) -> tuple[ir.Model, Snapshot]:

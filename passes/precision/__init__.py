@@ -58,9 +58,7 @@ class Bf16Options(Fp16Options):
 
 @dataclasses.dataclass
 class PrecisionResult(PassResult):
-    """``PassResult`` plus ``details``: the structured report behind the stats lines."""
-
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """A precision pass's result; its ``details`` hold the block list and the parity verdicts."""
 
 
 class _PrecisionPass(Pass):

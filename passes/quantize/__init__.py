@@ -51,9 +51,7 @@ __all__ = ["QuantizeOptions", "QuantizePass", "QuantizeResult"]
 
 @dataclasses.dataclass
 class QuantizeResult(PassResult):
-    """``PassResult`` plus ``details``: the structured report (JSON-ready) behind the stats lines."""
-
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The quantize pass's result; its ``details`` hold the search's structured report."""
 
 
 def _unchanged(model: ir.Model, stats: list[str], details: dict[str, Any]) -> QuantizeResult:

@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -33,8 +32,9 @@ from onnxkit.passes.quantize.rewrite import FLOAT_OUTPUT_OP_TYPES, QuantizeSetti
 SENSITIVITY_SAMPLES = 8
 TIMING_SAMPLES = 4
 SENSITIVITY_CACHE_FORMAT = 2
-
-logger = logging.getLogger(__name__)
+# The smoothed activations are kept in memory up to this size, to calibrate their scaled twins without a
+# second pass over the model.
+SMOOTHING_KEEP_BYTES = 512 * 2**20
 
 
 @dataclasses.dataclass
@@ -124,16 +124,9 @@ class QuantizeRun:
         smoothable = {n.name for site in sites for n in site.nodes}
         untouched = [n.name for n in self.candidates if n.name not in smoothable]
         plain_verdict = accept.check(self.quantize(untouched))
-        logger.debug("the nodes SmoothQuant could smooth, alone in INT8: noise excess %s", plain_verdict.excess)
-        if plain_verdict.excess is not None and plain_verdict.excess < smoothing.WORTH_SMOOTHING_EXCESS:
-            # Smoothing can at most take away the noise these nodes add; a small share of the target's budget is
-            # not worth a second calibration pass, ORT quantization and check (resnet18's Gemm head: 14 s).
-            self.report.smoothing = (f"SmoothQuant not tried: the {len(smoothable)} nodes it could smooth, alone in "
-                                     f"INT8, use {plain_verdict.excess:.0%} of the target's noise budget")
-            return
-        maxima = smoothing.channel_maxima(self.float_proto, [s.activation for s in sites], self.types,
-                                          self.data.calibration)
-        smoothed = smoothing.smooth(self.float_proto, sites, maxima, alpha)
+        seen = smoothing.observe(self.float_proto, [s.activation for s in sites], self.types, self.data.calibration,
+                                 keep_bytes=SMOOTHING_KEEP_BYTES)
+        smoothed = smoothing.smooth(self.float_proto, sites, seen.maxima, alpha)
         if smoothed is None:
             return
         plain = (self.float_proto, self.types, self.candidates, self.ranges)
@@ -141,11 +134,17 @@ class QuantizeRun:
         self.reference, self.float_proto = self.float_proto, smoothed.model
         self.types = {**self.types, **smoothed.types}
         self.candidates = [nodes[n.name] for n in self.candidates]
-        # Every other tensor is the same in float, so only the Mul outputs need ranges.
+        # Every other tensor is the same in float, so only the Mul outputs need ranges: from the activations
+        # kept by the maxima pass where they fit (resnet18: one pass over the model instead of two), else by
+        # running the smoothed model.
         options = self.options
-        added = calibration.calibrate(self.float_proto, list(smoothed.types), self.types, self.data.calibration,
-                                      calibration.CalibrationSettings(options.calib, options.num_bins,
-                                                                      options.percentile))
+        settings = calibration.CalibrationSettings(options.calib, options.num_bins, options.percentile)
+        if seen.values is not None:
+            added = calibration.calibrate(smoothed.scaling_model(), list(smoothed.types), smoothed.types,
+                                          seen.values, settings)
+        else:
+            added = calibration.calibrate(self.float_proto, list(smoothed.types), self.types, self.data.calibration,
+                                          settings)
         self.ranges = TensorsData(self.ranges.calibration_method, {**self.ranges.data, **added.data})
         smoothed_verdict = accept.check(self.quantize(untouched))
         kept = smoothing.noise(smoothed_verdict) < smoothing.noise(plain_verdict)

@@ -36,10 +36,6 @@ from onnxkit.passes.quantize.sensitivity import Verdict
 # otherwise get a scale that blows its weight row up past INT8's range for the other channels of that column.
 MAX_SCALE = 1e4
 
-# Smoothing is tried only where the nodes it can smooth, alone in INT8 (every other candidate float), add at least
-# this share of the output noise the target allows: below it, SmoothQuant could free little of the budget.
-WORTH_SMOOTHING_EXCESS = 0.25
-
 
 @dataclasses.dataclass(frozen=True)
 class Site:
@@ -58,6 +54,19 @@ class Smoothing:
     activations: int
     nodes: int
     types: dict[str, int]  # element types of the tensors the Mul nodes write
+    multiplies: tuple[onnx.NodeProto, ...] = ()
+    divisors: tuple[onnx.TensorProto, ...] = ()
+
+    def scaling_model(self) -> onnx.ModelProto:
+        """The Mul nodes alone: each smoothed activation in, its scaled twin out (to calibrate those on the
+        activations already seen, without the model around them)."""
+        graph = onnx.helper.make_graph(
+            list(self.multiplies), "smoothing",
+            [onnx.helper.make_tensor_value_info(n.input[0], onnx.TensorProto.FLOAT, None) for n in self.multiplies],
+            [onnx.helper.make_tensor_value_info(n.output[0], onnx.TensorProto.FLOAT, None) for n in self.multiplies],
+            list(self.divisors))
+        return onnx.helper.make_model(graph, opset_imports=list(self.model.opset_import),
+                                      ir_version=self.model.ir_version)
 
     def describe(self) -> str:
         return (f"SmoothQuant alpha={self.alpha:g}: {self.activations} activations scaled per channel into the weights "
@@ -98,18 +107,36 @@ def find_sites(proto: onnx.ModelProto, candidates: Iterable[str], types: Mapping
     return [Site(activation, tuple(nodes)) for activation, nodes in grouped.items()]
 
 
-def channel_maxima(proto: onnx.ModelProto, activations: Sequence[str], types: Mapping[str, int],
-                   samples: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """Each activation's largest finite magnitude per channel (its last axis), over ``samples``, streamed."""
+@dataclasses.dataclass
+class ActivationStats:
+    """What one pass over the calibration samples saw of the activations to smooth."""
+
+    maxima: dict[str, np.ndarray]  # largest finite magnitude per channel (the last axis)
+    # Each sample's activations, kept while they fit ``keep_bytes``: the smoothed Mul outputs are these times
+    # constants, so their ranges come from them without running the model again. None: too large to keep.
+    values: list[dict[str, np.ndarray]] | None
+
+
+def observe(proto: onnx.ModelProto, activations: Sequence[str], types: Mapping[str, int],
+            samples: Iterable[Mapping[str, Any]], keep_bytes: int = 0) -> ActivationStats:
+    """Each activation's per-channel maxima over ``samples``, streamed, and the values while they fit."""
     maxima: dict[str, np.ndarray] = {}
+    values: list[dict[str, np.ndarray]] | None = []
+    kept_bytes = 0
     for outputs in TensorTap(proto, activations, types).stream(samples):
+        if values is not None:
+            kept_bytes += sum(value.nbytes for value in outputs.values())
+            if kept_bytes <= keep_bytes:
+                values.append(outputs)
+            else:
+                values = None
         for name, value in outputs.items():
             if value.ndim == 0 or value.size == 0:
                 continue
             magnitude = np.abs(value.reshape(-1, value.shape[-1]).astype(np.float32))
             channel = np.where(np.isfinite(magnitude), magnitude, 0.0).max(axis=0)
             maxima[name] = channel if name not in maxima else np.maximum(maxima[name], channel)
-    return maxima
+    return ActivationStats(maxima, values)
 
 
 def scales(activation_max: np.ndarray, weight_max: np.ndarray, alpha: float) -> np.ndarray:
@@ -131,6 +158,7 @@ def smooth(proto: onnx.ModelProto, sites: Sequence[Site], maxima: Mapping[str, n
     nodes_by_name = {n.name: n for n in model.graph.node}
     value_types = {v.name: v for v in (*model.graph.input, *model.graph.value_info)}
     multiplies: list[tuple[int, onnx.NodeProto]] = []
+    divisors: list[onnx.TensorProto] = []
     written: dict[str, int] = {}
     smoothed_nodes = 0
     for site in sites:
@@ -145,6 +173,7 @@ def smooth(proto: onnx.ModelProto, sites: Sequence[Site], maxima: Mapping[str, n
         divisor = numpy_helper.from_array((1.0 / scale).astype(np.float32), f"{site.activation}_smooth_scale")
         smoothed = f"{site.activation}_smoothed"
         model.graph.initializer.append(divisor)
+        divisors.append(divisor)
         for node, weight, axis in zip(nodes, weights, axes):
             shape = (-1, 1) if axis == 0 else (1, -1)
             initializers[node.input[1]].CopyFrom(numpy_helper.from_array(
@@ -164,7 +193,8 @@ def smooth(proto: onnx.ModelProto, sites: Sequence[Site], maxima: Mapping[str, n
         return None
     for index, node in sorted(multiplies, key=lambda item: item[0], reverse=True):  # later first: indices hold
         model.graph.node.insert(index, node)
-    return Smoothing(model, alpha, len(multiplies), smoothed_nodes, written)
+    return Smoothing(model, alpha, len(multiplies), smoothed_nodes, written, tuple(n for _, n in multiplies),
+                     tuple(divisors))
 
 
 def noise(verdict: Verdict) -> float:

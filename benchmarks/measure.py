@@ -60,11 +60,24 @@ def bench_model(name: str, folder: Path, settings: SuiteSettings, progress: Any 
         model = BUILDERS[name](folder, settings.quick)
     except Exception as e:  # a model that cannot be built is a failed row, not a failed suite
         return {"name": name, "error": f"building the model failed: {first_error_line(e)}"}
-    report = run_bench(model.path, list(PIPELINES), data=model.data, batch_sizes=model.batch_sizes,
-                       threads=settings.threads, repeats=settings.repeats, warmup=settings.warmup,
-                       min_seconds=settings.min_seconds, timeout=settings.timeout, progress=progress)
-    return {"name": name, "description": model.description, "report": report.to_dict(),
-            "seconds": time.perf_counter() - started}
+    report = run_bench(
+        model.path,
+        list(PIPELINES),
+        data=model.data,
+        batch_sizes=model.batch_sizes,
+        threads=settings.threads,
+        repeats=settings.repeats,
+        warmup=settings.warmup,
+        min_seconds=settings.min_seconds,
+        timeout=settings.timeout,
+        progress=progress,
+    )
+    return {
+        "name": name,
+        "description": model.description,
+        "report": report.to_dict(),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -104,14 +117,17 @@ def generate_large_model(path: Path, target_bytes: int, hidden: int = SCALE_HIDD
         for i in range(blocks):
             weight = (rng.standard_normal((hidden, hidden), dtype=np.float32) / np.sqrt(hidden)).astype(np.float32)
             data.write(weight.tobytes())
-            tensor = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[hidden, hidden],
-                                 data_location=TensorProto.EXTERNAL)
+            tensor = TensorProto(
+                name=f"w{i}", data_type=TensorProto.FLOAT, dims=[hidden, hidden], data_location=TensorProto.EXTERNAL
+            )
             for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(block_bytes))):
                 tensor.external_data.add(key=key, value=value)
             offset += block_bytes
-            initializers += [tensor,
-                             numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32) * 0.01, f"bias_a{i}"),
-                             numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32) * 0.01, f"bias_b{i}")]
+            initializers += [
+                tensor,
+                numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32) * 0.01, f"bias_a{i}"),
+                numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32) * 0.01, f"bias_b{i}"),
+            ]
             nodes += [
                 helper.make_node("Add", [f"bias_a{i}", f"bias_b{i}"], [f"bias{i}"]),
                 helper.make_node("MatMul", [current, f"w{i}"], [f"mm{i}"]),
@@ -121,8 +137,13 @@ def generate_large_model(path: Path, target_bytes: int, hidden: int = SCALE_HIDD
             ]
             current = f"out{i}"
     nodes.append(helper.make_node("Identity", [current], ["y"]))
-    graph = helper.make_graph(nodes, "scale", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", hidden])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", hidden])], initializers)
+    graph = helper.make_graph(
+        nodes,
+        "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", hidden])],
+        initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxkit.benchmarks")
     model.ir_version = 8
     onnx.save(model, str(path))  # the weights are already external: this writes the small graph only
@@ -159,8 +180,13 @@ def scale_test(folder: Path, target_bytes: int = int(2.3 * 2**30), progress: Any
         free = available_memory_bytes()
         needed = memory_factor * shape["data_bytes"]
         if free is not None and free < needed:
-            result["tools"].append({"label": tool.label, "ok": False,
-                                    "error": f"skipped: {free / 2**30:.1f} GB free, needs {needed / 2**30:.1f} GB"})
+            result["tools"].append(
+                {
+                    "label": tool.label,
+                    "ok": False,
+                    "error": f"skipped: {free / 2**30:.1f} GB free, needs {needed / 2**30:.1f} GB",
+                }
+            )
             continue
         if progress:
             progress(f"scale: {tool.label}")
@@ -175,7 +201,7 @@ def scale_test(folder: Path, target_bytes: int = int(2.3 * 2**30), progress: Any
 
 
 def _valid_model(path: Path) -> str:
-    """"valid" when ``onnx.checker`` passes on the file (external data included) and ONNX Runtime loads it, else
+    """ "valid" when ``onnx.checker`` passes on the file (external data included) and ONNX Runtime loads it, else
     what failed, in one line."""
     from onnxkit import runtime
 
@@ -212,17 +238,33 @@ def calibration_memory(folder: Path, settings: SuiteSettings, progress: Any = No
             for method in methods:
                 # The parity target and the speed check are off: they run the model again, which is not calibration.
                 spec = f"quantize{{mode=static,calib={method},samples={count},target_cosine=none,max_slowdown=none}}"
-                tools = [(Tool("onnxkit", "onnxkit", "static", spec), None),
-                         (Tool("ort-quantize-static", "ort-quantize", "static"), method)]
+                tools = [
+                    (Tool("onnxkit", "onnxkit", "static", spec), None),
+                    (Tool("ort-quantize-static", "ort-quantize", "static"), method),
+                ]
                 for tool, ort_method in tools:
                     if progress:
                         progress(f"calibration: {tool.label} {method} × {count}")
-                    record = run_transform(tool, model.path, Path(scratch) / f"{tool.runner}-{method}.onnx",
-                                           timeout=settings.timeout, check="off", calibration_dir=calibration_dir,
-                                           calibrate_method=ort_method)
-                    rows.append({"tool": tool.label, "method": method, "samples": count, "ok": record.ok,
-                                 "error": record.error, "peak_rss_bytes": record.peak_rss_bytes,
-                                 "seconds": record.transform_seconds})
+                    record = run_transform(
+                        tool,
+                        model.path,
+                        Path(scratch) / f"{tool.runner}-{method}.onnx",
+                        timeout=settings.timeout,
+                        check="off",
+                        calibration_dir=calibration_dir,
+                        calibrate_method=ort_method,
+                    )
+                    rows.append(
+                        {
+                            "tool": tool.label,
+                            "method": method,
+                            "samples": count,
+                            "ok": record.ok,
+                            "error": record.error,
+                            "peak_rss_bytes": record.peak_rss_bytes,
+                            "seconds": record.transform_seconds,
+                        }
+                    )
     return {"model": model.description, "rows": rows}
 
 
@@ -250,5 +292,9 @@ def training_overhead(settings: SuiteSettings) -> dict[str, Any]:
             run_epochs(model, splits, epochs)
             times[name].append((time.perf_counter() - started) / epochs)
     medians = {name: float(np.median(values)) for name, values in times.items()}
-    return {"seconds_per_epoch": medians, "ratio": medians["trainer"] / medians["hand-written"],
-            "epochs": epochs, "train_samples": len(splits.train)}
+    return {
+        "seconds_per_epoch": medians,
+        "ratio": medians["trainer"] / medians["hand-written"],
+        "epochs": epochs,
+        "train_samples": len(splits.train),
+    }

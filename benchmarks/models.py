@@ -44,8 +44,11 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(outputs)
         self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(outputs)
-        self.shortcut = nn.Identity() if stride == 1 and inputs == outputs else nn.Sequential(
-            nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and inputs == outputs
+            else nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.bn1(self.conv1(x)))
@@ -78,8 +81,11 @@ class InvertedResidual(nn.Module):
         if expand != 1:
             layers += [nn.Conv2d(inputs, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
         layers += [
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
-            nn.Conv2d(hidden, outputs, 1, bias=False), nn.BatchNorm2d(outputs),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, outputs, 1, bias=False),
+            nn.BatchNorm2d(outputs),
         ]
         self.body = nn.Sequential(*layers)
         self.residual = stride == 1 and inputs == outputs
@@ -91,7 +97,15 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """MobileNetV2's inverted residuals with depthwise 3×3 convolutions and ReLU6, full width."""
 
-    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+    SETTINGS = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -147,8 +161,15 @@ def randomize_batchnorm(model: nn.Module, generator: torch.Generator) -> None:
             module.bias.data.copy_(torch.randn(count, generator=generator) * 0.1)
 
 
-def export(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
-           output_name: str, dynamic: dict[str, dict[int, str]], keep_batchnorm: bool = False) -> Path:
+def export(
+    model: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_name: str,
+    dynamic: dict[str, dict[int, str]],
+    keep_batchnorm: bool = False,
+) -> Path:
     """Export with the TorchScript-based exporter (opset 17): what most published ONNX models come from.
 
     In eval mode that exporter folds BatchNorm into Conv itself; ``keep_batchnorm`` exports the graph as
@@ -161,18 +182,32 @@ def export(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inpu
         # PRESERVE on an eval-mode model draws a warning meant for training-mode exports, and the LSTM one
         # about batch sizes concerns models exported with batch > 1: neither applies here.
         warnings.simplefilter("ignore", UserWarning)
-        torch.onnx.export(model, example, str(path), input_names=input_names, output_names=[output_name],
-                          dynamic_axes={**dynamic, output_name: {0: "batch"}}, opset_version=OPSET, dynamo=False,
-                          training=training)
+        torch.onnx.export(
+            model,
+            example,
+            str(path),
+            input_names=input_names,
+            output_names=[output_name],
+            dynamic_axes={**dynamic, output_name: {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+            training=training,
+        )
     return path
 
 
-def _image_model(name: str, description: str, model: nn.Module, image: int, folder: Path,
-                 samples: int) -> BenchModel:
+def _image_model(name: str, description: str, model: nn.Module, image: int, folder: Path, samples: int) -> BenchModel:
     generator = torch.Generator().manual_seed(SEED)
     randomize_batchnorm(model, generator)
-    path = export(model.eval(), (torch.randn(1, 3, image, image, generator=generator),), folder / f"{name}.onnx",
-                  ["image"], "logits", {"image": {0: "batch"}}, keep_batchnorm=True)
+    path = export(
+        model.eval(),
+        (torch.randn(1, 3, image, image, generator=generator),),
+        folder / f"{name}.onnx",
+        ["image"],
+        "logits",
+        {"image": {0: "batch"}},
+        keep_batchnorm=True,
+    )
     data = folder / f"{name}.npz"
     np.savez(data, image=np.random.default_rng(SEED).standard_normal((samples, 3, image, image)).astype(np.float32))
     return BenchModel(name, description, path, data, (1, 8))
@@ -181,15 +216,27 @@ def _image_model(name: str, description: str, model: nn.Module, image: int, fold
 def build_resnet18(folder: Path, quick: bool) -> BenchModel:
     image = 32 if quick else 64
     torch.manual_seed(SEED)
-    return _image_model("resnet18", f"ResNet-18-style CNN (BasicBlocks, BatchNorm), random weights, 3×{image}×{image}",
-                        ResNet18(), image, folder, 128)
+    return _image_model(
+        "resnet18",
+        f"ResNet-18-style CNN (BasicBlocks, BatchNorm), random weights, 3×{image}×{image}",
+        ResNet18(),
+        image,
+        folder,
+        128,
+    )
 
 
 def build_mobilenetv2(folder: Path, quick: bool) -> BenchModel:
     image = 32 if quick else 96
     torch.manual_seed(SEED)
-    return _image_model("mobilenetv2", f"MobileNetV2-style CNN (depthwise convs, BatchNorm, ReLU6), random weights, "
-                        f"3×{image}×{image}", MobileNetV2(), image, folder, 128)
+    return _image_model(
+        "mobilenetv2",
+        f"MobileNetV2-style CNN (depthwise convs, BatchNorm, ReLU6), random weights, 3×{image}×{image}",
+        MobileNetV2(),
+        image,
+        folder,
+        128,
+    )
 
 
 def build_digits_cnn(folder: Path, quick: bool) -> BenchModel:
@@ -198,27 +245,47 @@ def build_digits_cnn(folder: Path, quick: bool) -> BenchModel:
 
     splits = zoo.load_digits_splits(seed=SEED)
     model = train_with_trainer(zoo.BatchNormCNN(image_size=splits.image_size), splits, epochs=3 if quick else 10)
-    path = export(model, (torch.from_numpy(splits.test.images[:1]),), folder / "digits-cnn.onnx", ["image"],
-                  "logits", {"image": {0: "batch"}}, keep_batchnorm=True)
+    path = export(
+        model,
+        (torch.from_numpy(splits.test.images[:1]),),
+        folder / "digits-cnn.onnx",
+        ["image"],
+        "logits",
+        {"image": {0: "batch"}},
+        keep_batchnorm=True,
+    )
     data = folder / "digits-cnn.npz"
     np.savez(data, image=splits.test.images, labels=splits.test.labels)
-    return BenchModel("digits-cnn", "zoo.BatchNormCNN trained by onnxkit's Trainer on the digits; test-split accuracy",
-                      path, data, (1, 8))
+    return BenchModel(
+        "digits-cnn",
+        "zoo.BatchNormCNN trained by onnxkit's Trainer on the digits; test-split accuracy",
+        path,
+        data,
+        (1, 8),
+    )
 
 
 def digits_loader(splits: Any, batch_size: int = 64) -> torch.utils.data.DataLoader:
     images, labels = splits.train.tensors()
-    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=batch_size,
-                                       shuffle=True, generator=torch.Generator().manual_seed(SEED))
+    return torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images, labels),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(SEED),
+    )
 
 
 def train_with_trainer(model: nn.Module, splits: Any, epochs: int) -> nn.Module:
     """onnxkit's loop as a user would call it: Adam, cross-entropy, no validation, quiet."""
     from onnxkit.pytorch.train import TrainConfig, Trainer
 
-    trainer = Trainer(model, torch.optim.Adam(model.parameters(), 1e-3), nn.CrossEntropyLoss(),
-                      config=TrainConfig(seed=SEED, progress=False),
-                      log=lambda line: None)
+    trainer = Trainer(
+        model,
+        torch.optim.Adam(model.parameters(), 1e-3),
+        nn.CrossEntropyLoss(),
+        config=TrainConfig(seed=SEED, progress=False),
+        log=lambda line: None,
+    )
     trainer.fit(digits_loader(splits), epochs=epochs)
     return model.eval()
 
@@ -252,8 +319,13 @@ def _build_minilm(folder: Path, dynamo: bool) -> BenchModel:
 
     exporter = "dynamo" if dynamo else "torchscript"
     path = zoo.export_minilm(folder / f"minilm-{exporter}.onnx", dynamo=dynamo)
-    return BenchModel(f"minilm-{exporter}", f"all-MiniLM-L6-v2 sentence encoder, {exporter} exporter, "
-                      "64 real sentences", path, _minilm_data(folder), (1, 8))
+    return BenchModel(
+        f"minilm-{exporter}",
+        f"all-MiniLM-L6-v2 sentence encoder, {exporter} exporter, 64 real sentences",
+        path,
+        _minilm_data(folder),
+        (1, 8),
+    )
 
 
 def build_minilm_torchscript(folder: Path, quick: bool) -> BenchModel:
@@ -272,34 +344,50 @@ def build_bert_base(folder: Path, quick: bool) -> BenchModel:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(SEED)
-    config = BertConfig() if not quick else BertConfig(num_hidden_layers=2, hidden_size=128, num_attention_heads=2,
-                                                       intermediate_size=512)
+    config = (
+        BertConfig()
+        if not quick
+        else BertConfig(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512)
+    )
     model = BertEncoder(BertModel(config, add_pooling_layer=False)).eval()
     sequence, samples = 64, 32
     rng = np.random.default_rng(SEED)
     ids = rng.integers(1000, config.vocab_size, size=(samples, sequence)).astype(np.int64)
     mask = np.ones_like(ids)
-    mask[samples // 2:, sequence // 2:] = 0  # half the samples padded, so the mask matters
-    path = export(model, (torch.from_numpy(ids[:1]), torch.from_numpy(mask[:1])), folder / "bert-base.onnx",
-                  ["input_ids", "attention_mask"], "last_hidden_state",
-                  {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}})
+    mask[samples // 2 :, sequence // 2 :] = 0  # half the samples padded, so the mask matters
+    path = export(
+        model,
+        (torch.from_numpy(ids[:1]), torch.from_numpy(mask[:1])),
+        folder / "bert-base.onnx",
+        ["input_ids", "attention_mask"],
+        "last_hidden_state",
+        {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}},
+    )
     data = folder / "bert-base.npz"
     np.savez(data, input_ids=ids, attention_mask=mask)
     layers = f"{config.num_hidden_layers} layers, hidden {config.hidden_size}"
-    return BenchModel("bert-base", f"BertModel from BertConfig ({layers}), random weights, sequence {sequence}",
-                      path, data, (1, 4))
+    return BenchModel(
+        "bert-base", f"BertModel from BertConfig ({layers}), random weights, sequence {sequence}", path, data, (1, 4)
+    )
 
 
 def build_lstm(folder: Path, quick: bool) -> BenchModel:
     torch.manual_seed(SEED)
     sequence, features = 32, 64
     model = LSTMClassifier(features)
-    path = export(model, (torch.randn(1, sequence, features),), folder / "lstm.onnx", ["sequence"], "logits",
-                  {"sequence": {0: "batch"}})
+    path = export(
+        model,
+        (torch.randn(1, sequence, features),),
+        folder / "lstm.onnx",
+        ["sequence"],
+        "logits",
+        {"sequence": {0: "batch"}},
+    )
     data = folder / "lstm.npz"
     np.savez(data, sequence=np.random.default_rng(SEED).standard_normal((64, sequence, features)).astype(np.float32))
-    return BenchModel("lstm", f"2-layer LSTM (hidden 128) over {sequence}×{features} sequences, random weights",
-                      path, data, (1, 8))
+    return BenchModel(
+        "lstm", f"2-layer LSTM (hidden 128) over {sequence}×{features} sequences, random weights", path, data, (1, 8)
+    )
 
 
 BUILDERS: dict[str, Callable[[Path, bool], BenchModel]] = {

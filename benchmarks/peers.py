@@ -18,7 +18,7 @@ PEER_DESCRIPTIONS: dict[str, str] = {
     "ort-extended": "ONNX Runtime session with ORT_ENABLE_EXTENDED, saved (may emit com.microsoft fused ops)",
     "ort-quantize-dynamic": "onnxruntime.quantization.quantize_dynamic(in, out) with default settings",
     "ort-quantize-static": "onnxruntime.quantization.quantize_static(in, out, reader) with default settings "
-                           "(QDQ, MinMax), calibrated on the same 64 samples as onnxkit",
+    "(QDQ, MinMax), calibrated on the same 64 samples as onnxkit",
 }
 
 

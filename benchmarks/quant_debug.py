@@ -58,11 +58,12 @@ def main() -> None:
         shutil.copyfile(out / "report" / "quant-debug.png", PLOT)
         print(f"plot copied to {PLOT}")
     print("wrote " + ", ".join(str(p) for p in written))
-    RESULTS_MD.write_text(replace_section(RESULTS_MD.read_text(), "\n".join(section_lines(result, arguments)),
-                                          SECTION))
+    RESULTS_MD.write_text(replace_section(RESULTS_MD.read_text(), "\n".join(section_lines(result, arguments)), SECTION))
     print(f"rewrote the {SECTION} block of {RESULTS_MD}")
-    print(f"same from the shell: onnxkit debug quant {minilm.path} --calib-data {calib} --spec '{arguments.spec}' "
-          f"--out {out / 'report'}")
+    print(
+        f"same from the shell: onnxkit debug quant {minilm.path} --calib-data {calib} --spec '{arguments.spec}' "
+        f"--out {out / 'report'}"
+    )
 
 
 def section_lines(result: Any, arguments: argparse.Namespace) -> list[str]:
@@ -71,19 +72,29 @@ def section_lines(result: Any, arguments: argparse.Namespace) -> list[str]:
     from onnxkit.quant_debug_report import ORDER, TABLE_HEADERS, markdown_rows, summary_lines
 
     top = min(arguments.top, len(result.layers))
-    return ["## Quantization debugger (MiniLM)", "",
-            (f"`python -m benchmarks.quant_debug` ({datetime.date.today()}): `onnxkit debug quant` on MiniLM-L6 "
+    return [
+        "## Quantization debugger (MiniLM)",
+        "",
+        (
+            f"`python -m benchmarks.quant_debug` ({datetime.date.today()}): `onnxkit debug quant` on MiniLM-L6 "
             f"(opset 17, the zoo's 64 sentences as calibration data, `--spec '{arguments.spec}'`, "
             f"`--isolate {arguments.isolate}`). SQNR (powers over all samples) and cosine (the worst sample's): "
             "each layer's output with every candidate node in INT8, against FP32, on the samples calibration held "
             "out; *adds*: the noise the layer adds on top "
             "of its inputs' (how the pass ranks nodes); *alone*: the model's output SQNR with only that layer "
-            "in INT8."), "",
-            *[f"- {line}" for line in summary_lines(result)[2:]], "",
-            f"Worst {top} of {len(result.layers)} layers, {ORDER[result.ranked_by]}:", "",
-            "| " + " | ".join(TABLE_HEADERS) + " |", "|" + "---|" * len(TABLE_HEADERS),
-            *markdown_rows(result.layers[:top]), "",
-            "![per-layer SQNR and added noise](plots/quant-debug-minilm.png)"]
+            "in INT8."
+        ),
+        "",
+        *[f"- {line}" for line in summary_lines(result)[2:]],
+        "",
+        f"Worst {top} of {len(result.layers)} layers, {ORDER[result.ranked_by]}:",
+        "",
+        "| " + " | ".join(TABLE_HEADERS) + " |",
+        "|" + "---|" * len(TABLE_HEADERS),
+        *markdown_rows(result.layers[:top]),
+        "",
+        "![per-layer SQNR and added noise](plots/quant-debug-minilm.png)",
+    ]
 
 
 if __name__ == "__main__":

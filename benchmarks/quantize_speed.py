@@ -43,8 +43,15 @@ def _ort_plain(model_path: Path, mode: str, samples: list[Sample]) -> onnx.Model
         if mode == "dynamic":
             external_tools.run_ort_quantize(model_path, output, "dynamic", per_channel=True, reduce_range=reduce_range)
         else:
-            external_tools.run_ort_quantize(model_path, output, "static", samples=samples, quant_format=QuantFormat.QDQ,
-                                            per_channel=True, reduce_range=reduce_range)
+            external_tools.run_ort_quantize(
+                model_path,
+                output,
+                "static",
+                samples=samples,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=reduce_range,
+            )
         return onnx.load(str(output))
 
 
@@ -57,13 +64,24 @@ def _onnxkit(model_path: Path, spec: str, samples: list[Sample]) -> tuple[onnx.M
     return to_proto(result.model), result.report.passes[0].details, time.perf_counter() - started
 
 
-def _row(name: str, float_model: onnx.ModelProto, candidate: onnx.ModelProto, samples: list[Sample],
-         score: Callable[[Any], dict[str, float]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def _row(
+    name: str,
+    float_model: onnx.ModelProto,
+    candidate: onnx.ModelProto,
+    samples: list[Sample],
+    score: Callable[[Any], dict[str, float]],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     from onnxkit.passes.quantize.latency import compare
 
     timing = compare(float_model, candidate, samples[:4])
-    return {"variant": name, **score(_session(candidate)), "latency_ratio": round(timing.ratio, 3),
-            "size_ratio": round(candidate.ByteSize() / float_model.ByteSize(), 3), **(extra or {})}
+    return {
+        "variant": name,
+        **score(_session(candidate)),
+        "latency_ratio": round(timing.ratio, 3),
+        "size_ratio": round(candidate.ByteSize() / float_model.ByteSize(), 3),
+        **(extra or {}),
+    }
 
 
 def bench_minilm(folder: Path) -> list[dict[str, Any]]:
@@ -80,9 +98,20 @@ def bench_minilm(folder: Path) -> list[dict[str, Any]]:
     for mode in ("dynamic", "static"):
         rows.append(_row(f"ort {mode} (plain)", float_model, _ort_plain(path, mode, samples), samples, score))
         quantized, details, seconds = _onnxkit(path, f"quantize{{mode={mode},samples=64}}", samples)
-        rows.append(_row(f"onnxkit {mode}", float_model, quantized, samples, score, {
-            "kept_float": len(details.get("kept_float", {})), "pass_seconds": round(seconds, 1),
-            "gate_ratio": (details.get("latency") or {}).get("ratio")}))
+        rows.append(
+            _row(
+                f"onnxkit {mode}",
+                float_model,
+                quantized,
+                samples,
+                score,
+                {
+                    "kept_float": len(details.get("kept_float", {})),
+                    "pass_seconds": round(seconds, 1),
+                    "gate_ratio": (details.get("latency") or {}).get("ratio"),
+                },
+            )
+        )
     return rows
 
 
@@ -91,7 +120,7 @@ def bench_digits_cnn(folder: Path) -> list[dict[str, Any]]:
 
     path = folder / "digits_cnn.onnx"
     splits = zoo.export_trained_digits_cnn(path)
-    samples = [{"image": splits.val.images[i:i + 8]} for i in range(0, len(splits.val), 8)]
+    samples = [{"image": splits.val.images[i : i + 8]} for i in range(0, len(splits.val), 8)]
     float_model = onnx.load(str(path))
 
     def score(session: Any) -> dict[str, float]:
@@ -103,9 +132,20 @@ def bench_digits_cnn(folder: Path) -> list[dict[str, Any]]:
         rows.append(_row(f"ort {mode} (plain)", float_model, _ort_plain(path, mode, samples), samples, score))
     for spec in ("quantize{mode=static}", "quantize{mode=static,max_slowdown=none}"):
         quantized, details, seconds = _onnxkit(path, spec, samples)
-        rows.append(_row(f"onnxkit {spec}", float_model, quantized, samples, score, {
-            "gate_ratio": (details.get("latency") or {}).get("ratio"), "pass_seconds": round(seconds, 1),
-            "kept_whole_model_float": bool((details.get("latency_gate") or {}).get("kept_whole_model_float"))}))
+        rows.append(
+            _row(
+                f"onnxkit {spec}",
+                float_model,
+                quantized,
+                samples,
+                score,
+                {
+                    "gate_ratio": (details.get("latency") or {}).get("ratio"),
+                    "pass_seconds": round(seconds, 1),
+                    "kept_whole_model_float": bool((details.get("latency_gate") or {}).get("kept_whole_model_float")),
+                },
+            )
+        )
     return rows
 
 
@@ -115,12 +155,28 @@ def bench_wide_cnn(folder: Path) -> list[dict[str, Any]]:
     from torch import nn
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
-                          nn.MaxPool2d(2), nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten(), nn.Linear(128, 10)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 128, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(128, 128, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, 10),
+    ).eval()
     path = folder / "wide_cnn.onnx"
-    torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path), input_names=["x"], output_names=["y"],
-                      opset_version=17, dynamo=False)
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 3, 32, 32),),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        opset_version=17,
+        dynamo=False,
+    )
     rng = np.random.default_rng(0)
     samples = [{"x": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(20)]
     float_model = onnx.load(str(path))
@@ -136,8 +192,16 @@ def bench_wide_cnn(folder: Path) -> list[dict[str, Any]]:
     for mode in ("dynamic", "static"):
         rows.append(_row(f"ort {mode} (plain)", float_model, _ort_plain(path, mode, samples), samples, score))
     quantized, details, seconds = _onnxkit(path, "quantize{mode=static}", samples)
-    rows.append(_row("onnxkit quantize{mode=static}", float_model, quantized, samples, score, {
-        "gate_ratio": (details.get("latency") or {}).get("ratio"), "pass_seconds": round(seconds, 1)}))
+    rows.append(
+        _row(
+            "onnxkit quantize{mode=static}",
+            float_model,
+            quantized,
+            samples,
+            score,
+            {"gate_ratio": (details.get("latency") or {}).get("ratio"), "pass_seconds": round(seconds, 1)},
+        )
+    )
     return rows
 
 

@@ -24,7 +24,8 @@ GAP_CAUSES: dict[tuple[str, str], str] = {
         "Not reproduced: the same pipeline on the same 64 samples passed with `onnxkit optimize`, with entropy "
         "and with MinMax calibration, in a separate run. The pass's latency gate times INT8 against FP32 on this "
         "shared machine to decide which op types stay float, so its output, and its error, can differ from run "
-        "to run; ORT's plain quantize_static (no gate, MinMax) passed parity here but was no faster than FP32."),
+        "to run; ORT's plain quantize_static (no gate, MinMax) passed parity here but was no faster than FP32."
+    ),
 }
 
 
@@ -38,8 +39,10 @@ def write_json(results: dict[str, Any], path: Path) -> None:
 
 def _ops_peer_removed(mine: ToolRecord, peer: ToolRecord) -> str:
     """Where the two graphs differ, e.g. 'onnxkit has more Transpose +12; onnxsim has more Gemm +4'."""
-    deltas = {op: mine.op_histogram.get(op, 0) - peer.op_histogram.get(op, 0)
-              for op in set(mine.op_histogram) | set(peer.op_histogram)}
+    deltas = {
+        op: mine.op_histogram.get(op, 0) - peer.op_histogram.get(op, 0)
+        for op in set(mine.op_histogram) | set(peer.op_histogram)
+    }
     mine_more = [f"{op} +{d}" for op, d in sorted(deltas.items(), key=lambda item: (-item[1], item[0])) if d > 0]
     peer_more = [f"{op} +{-d}" for op, d in sorted(deltas.items(), key=lambda item: (item[1], item[0])) if d < 0]
     if not mine_more and not peer_more:
@@ -53,9 +56,11 @@ def _contrib_op_cause(mine: ToolRecord, peer: ToolRecord) -> str:
     contrib = sorted(op for op in peer.op_histogram if op.startswith("com.microsoft::") and op not in mine.op_histogram)
     if not contrib:
         return ""
-    return (f" Cause: {peer.label} emits ONNX Runtime contrib ops ({', '.join(op.split('::')[1] for op in contrib)}); "
-            "onnxkit's default `fuse{target=standard}` emits standard ONNX only, so the model runs anywhere, and "
-            "ORT makes the same fusions itself when it loads the model (`fuse{target=onnxruntime}` emits them).")
+    return (
+        f" Cause: {peer.label} emits ONNX Runtime contrib ops ({', '.join(op.split('::')[1] for op in contrib)}); "
+        "onnxkit's default `fuse{target=standard}` emits standard ONNX only, so the model runs anywhere, and "
+        "ORT makes the same fusions itself when it loads the model (`fuse{target=onnxruntime}` emits them)."
+    )
 
 
 def known_gaps(model_name: str, report: BenchReport) -> tuple[list[str], list[str]]:
@@ -77,8 +82,10 @@ def known_gaps(model_name: str, report: BenchReport) -> tuple[list[str], list[st
         best = record.ratios["best_peer"]
         if (vs_peer.get("nodes") or 0) > 1:
             peer = report.tool(best["nodes"])
-            gaps.append(f"{where}: {record.nodes} nodes vs {peer.nodes} for {peer.label} "
-                        f"({_ops_peer_removed(record, peer)}).{suffix or _contrib_op_cause(record, peer)}")
+            gaps.append(
+                f"{where}: {record.nodes} nodes vs {peer.nodes} for {peer.label} "
+                f"({_ops_peer_removed(record, peer)}).{suffix or _contrib_op_cause(record, peer)}"
+            )
         tied = []
         for key in report.latency_keys:
             ratio = vs_peer["latency"].get(key)
@@ -88,8 +95,10 @@ def known_gaps(model_name: str, report: BenchReport) -> tuple[list[str], list[st
             if record.p50(key) <= peer.latency[key]["p90_ms"]:
                 tied.append(f"{key} {ratio:.2f}× {peer.label}")
                 continue
-            gaps.append(f"{where}: latency {key} is {ratio:.2f}× {peer.label}'s, beyond its p90 "
-                        f"({_ops_peer_removed(record, peer)}).{suffix}")
+            gaps.append(
+                f"{where}: latency {key} is {ratio:.2f}× {peer.label}'s, beyond its p90 "
+                f"({_ops_peer_removed(record, peer)}).{suffix}"
+            )
         if tied:
             ties.append(f"{where}: {', '.join(tied)}")
     return gaps, ties
@@ -101,15 +110,21 @@ def known_gaps(model_name: str, report: BenchReport) -> tuple[list[str], list[st
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     escape = lambda cell: str(cell).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
-            *("| " + " | ".join(escape(c) for c in row) + " |" for row in rows)]
+    return [
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+        *("| " + " | ".join(escape(c) for c in row) + " |" for row in rows),
+    ]
 
 
 def _machine_lines(machine: dict[str, Any]) -> list[str]:
     versions = ", ".join(f"{name} {v}" for name, v in machine["versions"].items() if v)
     memory = format_bytes(machine["memory_bytes"]) if machine.get("memory_bytes") else "?"
-    return [f"- CPU: {machine['cpu']}, {machine['cores']} cores visible, {memory} RAM; {machine.get('int8', '')}",
-            f"- {machine['platform']}, Python {machine['python']}", f"- {versions}"]
+    return [
+        f"- CPU: {machine['cpu']}, {machine['cores']} cores visible, {memory} RAM; {machine.get('int8', '')}",
+        f"- {machine['platform']}, Python {machine['python']}",
+        f"- {versions}",
+    ]
 
 
 def _headline_rows(models: list[dict[str, Any]]) -> list[list[str]]:
@@ -127,13 +142,19 @@ def _headline_rows(models: list[dict[str, Any]]) -> list[list[str]]:
             vs_peer = record.ratios.get("vs_best_peer", {})
             best = record.ratios.get("best_peer", {})
             no_peer = "" if vs_peer or not record.ok else f" ({_why_no_peer(record, report)})"
-            rows.append([
-                entry["name"], record.spec or "", "ok" if record.ok else "FAILED (see Known gaps)",
-                _ratio(vs_original.get("nodes")) + " / " + _ratio(vs_peer.get("nodes"))
-                + (f" ({best.get('nodes')})" if best.get("nodes") else no_peer),
-                " · ".join(_ratio(vs_original.get("latency", {}).get(k)) for k in (keys[0], keys[-1])),
-                " · ".join(_ratio(vs_peer.get("latency", {}).get(k)) for k in (keys[0], keys[-1])) + no_peer,
-            ])
+            rows.append(
+                [
+                    entry["name"],
+                    record.spec or "",
+                    "ok" if record.ok else "FAILED (see Known gaps)",
+                    _ratio(vs_original.get("nodes"))
+                    + " / "
+                    + _ratio(vs_peer.get("nodes"))
+                    + (f" ({best.get('nodes')})" if best.get("nodes") else no_peer),
+                    " · ".join(_ratio(vs_original.get("latency", {}).get(k)) for k in (keys[0], keys[-1])),
+                    " · ".join(_ratio(vs_peer.get("latency", {}).get(k)) for k in (keys[0], keys[-1])) + no_peer,
+                ]
+            )
     return rows
 
 
@@ -159,15 +180,17 @@ def write_markdown(results: dict[str, Any], path: Path, plots: Sequence[str]) ->
         f"Generated by `python -m benchmarks{' --quick' if settings['quick'] else ''}` on {results['date']}"
         f" in {results['seconds'] / 60:.0f} min. Do not edit: rerun the suite."
         + ("" if results.get("complete") else " **Partial run**: the steps marked 'not measured' did not run."),
-        ("These machines are shared and noisy: read medians and ratios taken side by side in one run, not lone times."
-        " Latency: ONNX Runtime CPU, default session options (ORT_ENABLE_ALL), median (p50) and p90 of "
-        f"at least {settings['repeats']} interleaved rounds (more for fast models, up to {settings['min_seconds']:g} s "
-        f"of timing) after {settings['warmup']} warm-up rounds, per batch size (b) and intra-op threads (t). "
-        "All-thread runs on a machine whose cores other jobs also use include waits for descheduled worker threads, "
-        "so compare tools within one column (same conditions, interleaved) and prefer the one-thread columns. "
-        "Peak memory: the transforming process's peak resident set (VmHWM), interpreter and imports included. "
-        "Parity: onnxkit.parity against the original with ORT optimizations off (exact: atol 1e-4 "
-        "+ rtol 1e-3; quantized: cosine ≥ 0.99)."),
+        (
+            "These machines are shared and noisy: read medians and ratios taken side by side in one run, not lone times."
+            " Latency: ONNX Runtime CPU, default session options (ORT_ENABLE_ALL), median (p50) and p90 of "
+            f"at least {settings['repeats']} interleaved rounds (more for fast models, up to {settings['min_seconds']:g} s "
+            f"of timing) after {settings['warmup']} warm-up rounds, per batch size (b) and intra-op threads (t). "
+            "All-thread runs on a machine whose cores other jobs also use include waits for descheduled worker threads, "
+            "so compare tools within one column (same conditions, interleaved) and prefer the one-thread columns. "
+            "Peak memory: the transforming process's peak resident set (VmHWM), interpreter and imports included. "
+            "Parity: onnxkit.parity against the original with ORT optimizations off (exact: atol 1e-4 "
+            "+ rtol 1e-3; quantized: cosine ≥ 0.99)."
+        ),
         "",
         "## Machine",
         "",
@@ -175,26 +198,47 @@ def write_markdown(results: dict[str, Any], path: Path, plots: Sequence[str]) ->
         "",
         "## Tools",
         "",
-        "- onnxkit pipelines: " + ", ".join(f"`{p}`" for p in results["pipelines"]) + " (parity checked after each pass)",
-        *(f"- {name} ({results['peer_versions'].get(name) or 'not installed'}): {text}"
-          for name, text in PEER_DESCRIPTIONS.items()),
+        "- onnxkit pipelines: "
+        + ", ".join(f"`{p}`" for p in results["pipelines"])
+        + " (parity checked after each pass)",
+        *(
+            f"- {name} ({results['peer_versions'].get(name) or 'not installed'}): {text}"
+            for name, text in PEER_DESCRIPTIONS.items()
+        ),
         "",
-        ("Each onnxkit pipeline is compared with the best peer of its class: `simplify,fuse` with the float tools "
-        "(onnxsim, onnxslim, onnxoptimizer, ort-basic, ort-extended), the quantizing pipelines with ORT's plain "
-        "quantizer in the same mode."),
+        (
+            "Each onnxkit pipeline is compared with the best peer of its class: `simplify,fuse` with the float tools "
+            "(onnxsim, onnxslim, onnxoptimizer, ort-basic, ort-extended), the quantizing pipelines with ORT's plain "
+            "quantizer in the same mode."
+        ),
         "",
         "## Headline",
         "",
         "Ratios below 1 are better. Latency columns: batch 1 on one thread · the largest batch on all threads.",
         "",
-        *_table(["model", "pipeline", "result", "nodes × original / × best peer", "latency × original",
-                 "latency × best peer"], _headline_rows(results["models"])),
+        *_table(
+            [
+                "model",
+                "pipeline",
+                "result",
+                "nodes × original / × best peer",
+                "latency × original",
+                "latency × best peer",
+            ],
+            _headline_rows(results["models"]),
+        ),
         "",
     ]
     lines += [f"![{Path(p).stem}]({p})" for p in plots] + [""]
-    lines += ["## Known gaps", "",
-              ("Every place an onnxkit pipeline failed, or is worse than the best peer of its class on node count or "
-              "latency (p50 beyond the peer's p90), with its cause."), ""]
+    lines += [
+        "## Known gaps",
+        "",
+        (
+            "Every place an onnxkit pipeline failed, or is worse than the best peer of its class on node count or "
+            "latency (p50 beyond the peer's p90), with its cause."
+        ),
+        "",
+    ]
     gaps, ties = [], []
     for entry in results["models"]:
         if "report" in entry:
@@ -205,8 +249,11 @@ def write_markdown(results: dict[str, Any], path: Path, plots: Sequence[str]) ->
             gaps.append(f"**{entry['name']}**: {entry['error']}")
     lines += [f"- {gap}" for gap in gaps] or ["None: onnxkit matches or beats the best peer everywhere."]
     if ties:
-        lines += ["", ("Slower p50 than the best peer but inside that peer's own p50–p90 spread, a tie on this "
-                  "machine:"), ""] + [f"- {tie}" for tie in ties]
+        lines += [
+            "",
+            ("Slower p50 than the best peer but inside that peer's own p50–p90 spread, a tie on this machine:"),
+            "",
+        ] + [f"- {tie}" for tie in ties]
     lines += ["", "## Every model × tool", ""]
     for entry in results["models"]:
         lines += [f"### {entry['name']}", ""]
@@ -239,15 +286,34 @@ def _scale_section(scale: dict[str, Any] | None) -> list[str]:
     if "error" in scale:
         return lines + [f"Failed: {scale['error']}", ""]
     shape = scale["model"]
-    lines += [(f"{shape['blocks']} blocks of MatMul {shape['hidden']}×{shape['hidden']} + Add + Relu + Identity, "
-              f"{format_bytes(shape['data_bytes'])} of external data, {shape['nodes']} nodes. onnxkit ran "
-              "`simplify,fuse` and `quantize{mode=dynamic}` with parity checks off, as the peers check nothing; "
-              "each quantized model was then checked by `onnx.checker` and loaded in ONNX Runtime (valid)."), ""]
-    rows = [[t["label"], "ok" if t["ok"] else f"FAILED: {t['error']}", str(t.get("nodes") or "—"),
-             format_bytes(t.get("file_bytes")), t.get("valid", "—"), _seconds(t.get("transform_seconds")),
-             _seconds(t.get("process_seconds")), format_bytes(t.get("peak_rss_bytes"))] for t in scale["tools"]]
-    return lines + _table(["tool", "result", "nodes", "output", "model", "transform", "process wall",
-                           "peak memory"], rows) + [""] + _huge_model_section()
+    lines += [
+        (
+            f"{shape['blocks']} blocks of MatMul {shape['hidden']}×{shape['hidden']} + Add + Relu + Identity, "
+            f"{format_bytes(shape['data_bytes'])} of external data, {shape['nodes']} nodes. onnxkit ran "
+            "`simplify,fuse` and `quantize{mode=dynamic}` with parity checks off, as the peers check nothing; "
+            "each quantized model was then checked by `onnx.checker` and loaded in ONNX Runtime (valid)."
+        ),
+        "",
+    ]
+    rows = [
+        [
+            t["label"],
+            "ok" if t["ok"] else f"FAILED: {t['error']}",
+            str(t.get("nodes") or "—"),
+            format_bytes(t.get("file_bytes")),
+            t.get("valid", "—"),
+            _seconds(t.get("transform_seconds")),
+            _seconds(t.get("process_seconds")),
+            format_bytes(t.get("peak_rss_bytes")),
+        ]
+        for t in scale["tools"]
+    ]
+    return (
+        lines
+        + _table(["tool", "result", "nodes", "output", "model", "transform", "process wall", "peak memory"], rows)
+        + [""]
+        + _huge_model_section()
+    )
 
 
 def _huge_model_section() -> list[str]:
@@ -269,10 +335,24 @@ def _calibration_section(calibration: dict[str, Any] | None) -> list[str]:
         return lines + ["Not run.", ""]
     if "error" in calibration:
         return lines + [f"Failed: {calibration['error']}", ""]
-    lines += [(f"Static quantization of the {calibration['model']}: peak memory of the whole process at "
-              "two calibration-set sizes."), ""]
-    rows = [[r["tool"], r["method"], str(r["samples"]), "ok" if r["ok"] else f"FAILED: {r['error']}",
-             format_bytes(r["peak_rss_bytes"]), _seconds(r["seconds"])] for r in calibration["rows"]]
+    lines += [
+        (
+            f"Static quantization of the {calibration['model']}: peak memory of the whole process at "
+            "two calibration-set sizes."
+        ),
+        "",
+    ]
+    rows = [
+        [
+            r["tool"],
+            r["method"],
+            str(r["samples"]),
+            "ok" if r["ok"] else f"FAILED: {r['error']}",
+            format_bytes(r["peak_rss_bytes"]),
+            _seconds(r["seconds"]),
+        ]
+        for r in calibration["rows"]
+    ]
     return lines + _table(["tool", "method", "samples", "result", "peak memory", "time"], rows) + [""]
 
 
@@ -284,10 +364,14 @@ def _training_section(training: dict[str, Any] | None) -> list[str]:
         return lines + [f"Failed: {training['error']}", ""]
     per_epoch = training["seconds_per_epoch"]
     return lines + [
-        (f"`onnxkit.pytorch.train.Trainer` against a hand-written loop (same model, data, optimizer, batch size; one thread; "
-        f"{training['train_samples']} digits per epoch; median of 3 alternating runs): "
-        f"**{training['ratio']:.2f}×** the hand-written loop's time per epoch "
-        f"({per_epoch['trainer']:.3f} s vs {per_epoch['hand-written']:.3f} s)."), ""]
+        (
+            f"`onnxkit.pytorch.train.Trainer` against a hand-written loop (same model, data, optimizer, batch size; one thread; "
+            f"{training['train_samples']} digits per epoch; median of 3 alternating runs): "
+            f"**{training['ratio']:.2f}×** the hand-written loop's time per epoch "
+            f"({per_epoch['trainer']:.3f} s vs {per_epoch['hand-written']:.3f} s)."
+        ),
+        "",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -301,16 +385,24 @@ def write_plots(results: dict[str, Any], folder: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    reports = [(entry["name"], BenchReport.from_dict(entry["report"])) for entry in results["models"] if "report" in entry]
+    reports = [
+        (entry["name"], BenchReport.from_dict(entry["report"])) for entry in results["models"] if "report" in entry
+    ]
     if not reports:
         return []
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for metric, title, pick in (
-        ("latency", "latency ÷ original (p50, batch 1, 1 thread); lower is better",
-         lambda r, keys: r.ratios.get("vs_original", {}).get("latency", {}).get(keys[0])),
-        ("size", "file size ÷ original; lower is better",
-         lambda r, keys: r.ratios.get("vs_original", {}).get("file_bytes")),
+        (
+            "latency",
+            "latency ÷ original (p50, batch 1, 1 thread); lower is better",
+            lambda r, keys: r.ratios.get("vs_original", {}).get("latency", {}).get(keys[0]),
+        ),
+        (
+            "size",
+            "file size ÷ original; lower is better",
+            lambda r, keys: r.ratios.get("vs_original", {}).get("file_bytes"),
+        ),
     ):
         columns = min(len(reports), 4)
         rows = (len(reports) + columns - 1) // columns
@@ -326,7 +418,7 @@ def write_plots(results: dict[str, Any], folder: Path) -> list[Path]:
             axis.set_title(name, fontsize=8)
             axis.tick_params(labelsize=6)
             axis.invert_yaxis()
-        for axis in list(axes.flat)[len(reports):]:
+        for axis in list(axes.flat)[len(reports) :]:
             axis.axis("off")
         figure.suptitle(title, fontsize=9)
         figure.tight_layout()

@@ -72,15 +72,20 @@ def _onnxkit(path: Path, spec: str, samples: list[Sample]) -> Build:
         result = Pipeline.parse(spec).run(str(path), data=samples)
         report = result.report.passes[0]
         details = report.details
-        return to_proto(result.model), {"status": report.status, "nodes": details.get("quantized_nodes"),
-                                        "accuracy_level": details.get("settings", {}).get("accuracy_level"),
-                                        "gate_ratio": (details.get("latency") or {}).get("ratio"),
-                                        "models_judged": len(details.get("tries", []))}
+        return to_proto(result.model), {
+            "status": report.status,
+            "nodes": details.get("quantized_nodes"),
+            "accuracy_level": details.get("settings", {}).get("accuracy_level"),
+            "gate_ratio": (details.get("latency") or {}).get("ratio"),
+            "models_judged": len(details.get("tries", [])),
+        }
+
     return build
 
 
-def _row(name: str, float_model: onnx.ModelProto, build: Build, samples: list[Sample], score: Score,
-         repeats: int) -> dict[str, Any]:
+def _row(
+    name: str, float_model: onnx.ModelProto, build: Build, samples: list[Sample], score: Score, repeats: int
+) -> dict[str, Any]:
     from onnxkit import runtime
     from onnxkit.passes.quantize.latency import time_models
     from onnxkit.passes.quantize.runtime import make_session
@@ -99,8 +104,9 @@ def _row(name: str, float_model: onnx.ModelProto, build: Build, samples: list[Sa
     # Without its prepacked weights MatMulNBits computes in fp32 whatever its accuracy_level (on MiniLM the same
     # outputs as level 1): what onnxkit.parity judged until its sessions packed weights as users' do (6b7447a),
     # kept beside what users' sessions give because a check with packing off would judge the wrong kernel.
-    unpacked = runtime.make_session(candidate, options=runtime.session_options(optimize=False, threads=1,
-                                                                               prepack=False))
+    unpacked = runtime.make_session(
+        candidate, options=runtime.session_options(optimize=False, threads=1, prepack=False)
+    )
     scores["cosine_min_unpacked"] = score(unpacked)["cosine_min"]
     ratios, float_ms, candidate_ms = [], [], []
     for _ in range(repeats):
@@ -108,26 +114,44 @@ def _row(name: str, float_model: onnx.ModelProto, build: Build, samples: list[Sa
         ratios.append(quantized / fp32)
         float_ms.append(fp32)
         candidate_ms.append(quantized)
-    return {"variant": name, "size_mb": round(candidate.ByteSize() / 1e6, 2),
-            "size_ratio": round(candidate.ByteSize() / float_model.ByteSize(), 3),
-            "latency_ratio": round(statistics.median(ratios), 3),
-            "latency_ms": round(statistics.median(candidate_ms), 3), "fp32_ms": round(statistics.median(float_ms), 3),
-            **scores, "transform_s": round(seconds, 1), **extra}
+    return {
+        "variant": name,
+        "size_mb": round(candidate.ByteSize() / 1e6, 2),
+        "size_ratio": round(candidate.ByteSize() / float_model.ByteSize(), 3),
+        "latency_ratio": round(statistics.median(ratios), 3),
+        "latency_ms": round(statistics.median(candidate_ms), 3),
+        "fp32_ms": round(statistics.median(float_ms), 3),
+        **scores,
+        "transform_s": round(seconds, 1),
+        **extra,
+    }
 
 
-def _rows(path: Path, float_model: onnx.ModelProto, samples: list[Sample], score: Score,
-          repeats: int) -> list[dict[str, Any]]:
+def _rows(
+    path: Path, float_model: onnx.ModelProto, samples: list[Sample], score: Score, repeats: int
+) -> list[dict[str, Any]]:
     """The same variants for every model: FP32, ORT's quantizer called directly three ways, onnxkit's pass twice."""
+
     def row(name: str, build: Build) -> dict[str, Any]:
         return _row(name, float_model, build, samples, score, repeats)
 
     rows = [row("fp32", lambda: (float_model, {}))]
     rows.append(row("ort defaults", lambda: (_ort_direct(float_model), {"accuracy_level": "unset"})))
-    rows.append(row("ort block 32, level 4", lambda: (_ort_direct(float_model, block_size=32, accuracy_level=4),
-                                                      {"accuracy_level": 4})))
-    rows.append(row("ort block 32, level 4, +Gather", lambda: (_ort_direct(
-        float_model, block_size=32, accuracy_level=4, op_types_to_quantize=("MatMul", "Gather")),
-        {"accuracy_level": 4})))
+    rows.append(
+        row(
+            "ort block 32, level 4",
+            lambda: (_ort_direct(float_model, block_size=32, accuracy_level=4), {"accuracy_level": 4}),
+        )
+    )
+    rows.append(
+        row(
+            "ort block 32, level 4, +Gather",
+            lambda: (
+                _ort_direct(float_model, block_size=32, accuracy_level=4, op_types_to_quantize=("MatMul", "Gather")),
+                {"accuracy_level": 4},
+            ),
+        )
+    )
     for spec in ("quantize{mode=weight-only}", "quantize{mode=weight-only,bits=8}"):
         rows.append(row(f"onnxkit {spec}", _onnxkit(path, spec, samples)))
     return rows
@@ -144,8 +168,10 @@ def bench_minilm(folder: Path, repeats: int) -> dict[str, Any]:
         cosines = minilm.cosines(session)
         return {"cosine_min": round(min(cosines), 4), "cosine_mean": round(float(np.mean(cosines)), 4)}
 
-    return {"samples": len(minilm.samples),
-            "rows": _rows(minilm.path, minilm.float_model, minilm.samples, score, repeats)}
+    return {
+        "samples": len(minilm.samples),
+        "rows": _rows(minilm.path, minilm.float_model, minilm.samples, score, repeats),
+    }
 
 
 def bench_decoder(folder: Path, repeats: int) -> dict[str, Any]:
@@ -154,8 +180,12 @@ def bench_decoder(folder: Path, repeats: int) -> dict[str, Any]:
     from benchmarks.decoder import DecoderShape, build_decoder
 
     decoder = build_decoder(folder, DecoderShape.bench())
-    return {"samples": len(decoder.samples), "shape": dataclasses.asdict(decoder.shape), "training": decoder.training,
-            "rows": _rows(decoder.path, onnx.load(str(decoder.path)), decoder.samples, decoder.scores, repeats)}
+    return {
+        "samples": len(decoder.samples),
+        "shape": dataclasses.asdict(decoder.shape),
+        "training": decoder.training,
+        "rows": _rows(decoder.path, onnx.load(str(decoder.path)), decoder.samples, decoder.scores, repeats),
+    }
 
 
 BENCHES: dict[str, Callable[[Path, int], dict[str, Any]]] = {"minilm": bench_minilm, "decoder": bench_decoder}
@@ -167,45 +197,63 @@ BENCHES: dict[str, Callable[[Path, int], dict[str, Any]]] = {"minilm": bench_min
 
 def section_lines(results: dict[str, Any]) -> list[str]:
     """RESULTS.md's "Weight-only quantization" section from the JSON."""
-    lines = ["## Weight-only quantization", "",
-             (f"Generated by `python -m benchmarks.weight_only` on {results['date']}, on {results['machine']}: "
-              f"{results['cpu']}. onnxkit's `quantize{{mode=weight-only}}` beside ONNX Runtime's "
-              "`MatMulNBitsQuantizer` called directly. *size*: the serialized model over FP32's. *latency*: "
-              f"quantized/FP32 time on one thread, interleaved in one process, median of {results['repeats']} "
-              "comparisons (the `fp32` row times FP32 against itself: the run's noise floor). *cosine*: against "
-              "FP32's outputs, worst and mean over the samples, in one-thread sessions with ORT's defaults (as "
-              "users run the model). *worst, prepacking off*: the same with weight prepacking off, where ORT's "
-              "MatMulNBits computes in fp32 whatever its `accuracy_level`: a more accurate kernel than the "
-              "int8-compute one users get. `onnxkit.parity`'s sessions judged with packing off until commit "
-              "6b7447a; they now pack as users' sessions do (only a model whose weights stay in their external "
-              "data files goes unpacked, and never one with MatMulNBits). *level*: "
-              "MatMulNBits' `accuracy_level` (4: int8 compute, activations quantized per block; unset: ORT "
-              "dequantizes and multiplies in fp32). *+Gather*: ORT's quantizer also asked for the embedding table, "
-              "on the model as exported (opset 17): it relabels the model to opset 21, which int4 tables need, "
-              "without converting its other nodes, and ONNX Runtime refuses the result; onnxkit converts the model "
-              "first."), ""]
+    lines = [
+        "## Weight-only quantization",
+        "",
+        (
+            f"Generated by `python -m benchmarks.weight_only` on {results['date']}, on {results['machine']}: "
+            f"{results['cpu']}. onnxkit's `quantize{{mode=weight-only}}` beside ONNX Runtime's "
+            "`MatMulNBitsQuantizer` called directly. *size*: the serialized model over FP32's. *latency*: "
+            f"quantized/FP32 time on one thread, interleaved in one process, median of {results['repeats']} "
+            "comparisons (the `fp32` row times FP32 against itself: the run's noise floor). *cosine*: against "
+            "FP32's outputs, worst and mean over the samples, in one-thread sessions with ORT's defaults (as "
+            "users run the model). *worst, prepacking off*: the same with weight prepacking off, where ORT's "
+            "MatMulNBits computes in fp32 whatever its `accuracy_level`: a more accurate kernel than the "
+            "int8-compute one users get. `onnxkit.parity`'s sessions judged with packing off until commit "
+            "6b7447a; they now pack as users' sessions do (only a model whose weights stay in their external "
+            "data files goes unpacked, and never one with MatMulNBits). *level*: "
+            "MatMulNBits' `accuracy_level` (4: int8 compute, activations quantized per block; unset: ORT "
+            "dequantizes and multiplies in fp32). *+Gather*: ORT's quantizer also asked for the embedding table, "
+            "on the model as exported (opset 17): it relabels the model to opset 21, which int4 tables need, "
+            "without converting its other nodes, and ONNX Runtime refuses the result; onnxkit converts the model "
+            "first."
+        ),
+        "",
+    ]
     minilm = results.get("minilm")
     if minilm:
-        lines += ["### MiniLM-L6 (sentence embeddings)", "",
-                  (f"Real weights, TorchScript export at opset 17; {minilm['samples']} real sentences, one per sample; "
-                   "cosine of the sentence embeddings."), ""]
+        lines += [
+            "### MiniLM-L6 (sentence embeddings)",
+            "",
+            (
+                f"Real weights, TorchScript export at opset 17; {minilm['samples']} real sentences, one per sample; "
+                "cosine of the sentence embeddings."
+            ),
+            "",
+        ]
         lines += _rows_table(minilm["rows"], extra=()) + [""] + _versus_ort(minilm["rows"]) + [""]
     decoder = results.get("decoder")
     if decoder:
         shape, training = decoder["shape"], decoder["training"]
-        lines += ["### Small decoder (next-token logits)", "",
-                  (f"`transformers.LlamaConfig` with {shape['layers']} layers, hidden {shape['hidden']}, MLP "
-                   f"{shape['intermediate']}, {shape['heads']} heads, a {shape['vocab']}-word vocabulary, untied "
-                   f"embeddings; no weights downloaded: trained from a seeded random init for {training['steps']} "
-                   f"steps (batches of {shape['batch']}×{shape['sequence']} tokens, `onnxkit.pytorch.train.Trainer`, "
-                   f"{training['seconds']:.0f} s) on docstrings of Python's standard library ({training['tokens']} "
-                   f"tokens), loss {training['first_loss']} → {training['last_loss']}, held-out "
-                   f"{training['held_out_loss']}. Exported with logits for `input_ids` and `attention_mask` (no KV "
-                   f"cache), TorchScript, opset 17. {decoder['samples']} held-out windows of {shape['sequence']} "
-                   "tokens; *top-1*: positions whose next-token argmax agrees with FP32's; *loss*: next-token "
-                   "cross-entropy on them. Its weights are trained but small and briefly so: they lack the outlier "
-                   "channels of large pretrained LLMs, which make 4-bit harder; read its cosine as a small model's, "
-                   "not as a forecast for a 7B one."), ""]
+        lines += [
+            "### Small decoder (next-token logits)",
+            "",
+            (
+                f"`transformers.LlamaConfig` with {shape['layers']} layers, hidden {shape['hidden']}, MLP "
+                f"{shape['intermediate']}, {shape['heads']} heads, a {shape['vocab']}-word vocabulary, untied "
+                f"embeddings; no weights downloaded: trained from a seeded random init for {training['steps']} "
+                f"steps (batches of {shape['batch']}×{shape['sequence']} tokens, `onnxkit.pytorch.train.Trainer`, "
+                f"{training['seconds']:.0f} s) on docstrings of Python's standard library ({training['tokens']} "
+                f"tokens), loss {training['first_loss']} → {training['last_loss']}, held-out "
+                f"{training['held_out_loss']}. Exported with logits for `input_ids` and `attention_mask` (no KV "
+                f"cache), TorchScript, opset 17. {decoder['samples']} held-out windows of {shape['sequence']} "
+                "tokens; *top-1*: positions whose next-token argmax agrees with FP32's; *loss*: next-token "
+                "cross-entropy on them. Its weights are trained but small and briefly so: they lack the outlier "
+                "channels of large pretrained LLMs, which make 4-bit harder; read its cosine as a small model's, "
+                "not as a forecast for a 7B one."
+            ),
+            "",
+        ]
         lines += _rows_table(decoder["rows"], extra=("top1_agreement", "next_token_loss")) + [""]
         lines += _versus_ort(decoder["rows"]) + [""]
     return lines
@@ -217,17 +265,33 @@ EXTRA_HEADERS = {"top1_agreement": "top-1", "next_token_loss": "loss"}
 def _rows_table(rows: list[dict[str, Any]], extra: tuple[str, ...]) -> list[str]:
     from benchmarks.report import _table
 
-    headers = ["variant", "size", "latency × FP32", "cosine worst / mean", "worst, prepacking off",
-               *(EXTRA_HEADERS[k] for k in extra), "level", "notes"]
+    headers = [
+        "variant",
+        "size",
+        "latency × FP32",
+        "cosine worst / mean",
+        "worst, prepacking off",
+        *(EXTRA_HEADERS[k] for k in extra),
+        "level",
+        "notes",
+    ]
     cells = []
     for row in rows:
         if "error" in row:
             cells.append([row["variant"], "—", "—", "—", "—", *("—" for _ in extra), "—", f"FAILED: {row['error']}"])
             continue
-        cells.append([row["variant"], f"{row['size_mb']:.1f} MB ({row['size_ratio']:.2f}×)",
-                      f"{row['latency_ratio']:.2f}×", f"{row['cosine_min']:.4f} / {row['cosine_mean']:.4f}",
-                      f"{row['cosine_min_unpacked']:.4f}",
-                      *(f"{row[k]:.4f}" for k in extra), str(row.get("accuracy_level") or "—"), _notes(row)])
+        cells.append(
+            [
+                row["variant"],
+                f"{row['size_mb']:.1f} MB ({row['size_ratio']:.2f}×)",
+                f"{row['latency_ratio']:.2f}×",
+                f"{row['cosine_min']:.4f} / {row['cosine_mean']:.4f}",
+                f"{row['cosine_min_unpacked']:.4f}",
+                *(f"{row[k]:.4f}" for k in extra),
+                str(row.get("accuracy_level") or "—"),
+                _notes(row),
+            ]
+        )
     return _table(headers, cells)
 
 
@@ -253,9 +317,11 @@ def _versus_ort(rows: list[dict[str, Any]]) -> list[str]:
     for peer_name in ("ort defaults", "ort block 32, level 4"):
         peer = by_name.get(peer_name)
         if peer is not None:
-            lines.append(f"- onnxkit's default against {peer_name}: size {mine['size_ratio'] / peer['size_ratio']:.2f}× "
-                         f"theirs, latency {mine['latency_ratio'] / peer['latency_ratio']:.2f}× theirs, worst cosine "
-                         f"{mine['cosine_min']:.4f} vs {peer['cosine_min']:.4f}.")
+            lines.append(
+                f"- onnxkit's default against {peer_name}: size {mine['size_ratio'] / peer['size_ratio']:.2f}× "
+                f"theirs, latency {mine['latency_ratio'] / peer['latency_ratio']:.2f}× theirs, worst cosine "
+                f"{mine['cosine_min']:.4f} vs {peer['cosine_min']:.4f}."
+            )
     return lines
 
 
@@ -274,8 +340,10 @@ def _print_tables(results: dict[str, Any]) -> None:
         if name not in results:
             continue
         rows = results[name]["rows"]
-        table = Table(title=f"{name} weight-only on {results['cpu']} (ratios against FP32; latency: median of "
-                      f"{results['repeats']})")
+        table = Table(
+            title=f"{name} weight-only on {results['cpu']} (ratios against FP32; latency: median of "
+            f"{results['repeats']})"
+        )
         columns = list(dict.fromkeys(key for row in rows for key in row))
         for column in columns:
             table.add_column(column)
@@ -285,8 +353,13 @@ def _print_tables(results: dict[str, Any]) -> None:
 
 
 @click.command()
-@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_OUT, show_default=True,
-              help="The JSON: read by --only and --report-only, written by every run.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_OUT,
+    show_default=True,
+    help="The JSON: read by --only and --report-only, written by every run.",
+)
 @click.option("--repeats", default=5, show_default=True, help="Latency comparisons per row (median reported).")
 @click.option("--only", type=click.Choice(MODELS), help="Measure this model only; keep the other's rows in --out.")
 @click.option("--report-only", is_flag=True, help="Measure nothing: rewrite RESULTS.md's section from --out.")
@@ -304,8 +377,12 @@ def main(out: Path, repeats: int, only: str | None, report_only: bool, no_report
     logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer logs every node
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     results: dict[str, Any] = json.loads(out.read_text()) if only and out.is_file() else {}
-    results.update(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                   machine=machine(), cpu=detect_cpu().describe(), repeats=repeats)
+    results.update(
+        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        machine=machine(),
+        cpu=detect_cpu().describe(),
+        repeats=repeats,
+    )
     with tempfile.TemporaryDirectory() as folder:
         for name in (only,) if only else MODELS:
             results[name] = BENCHES[name](Path(folder), repeats)

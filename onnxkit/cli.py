@@ -68,8 +68,14 @@ def verbose_option(func: Any) -> Any:
             ctx.meta[_VERBOSE] = True
         return verbose
 
-    return click.option("--verbose", is_flag=True, expose_value=False, callback=enable, is_eager=True,
-                        help="Show ONNX Runtime's log lines and the traceback of a pass's internal error.")(func)
+    return click.option(
+        "--verbose",
+        is_flag=True,
+        expose_value=False,
+        callback=enable,
+        is_eager=True,
+        help="Show ONNX Runtime's log lines and the traceback of a pass's internal error.",
+    )(func)
 
 
 def parse_dims(text: str | None) -> dict[str, int]:
@@ -117,16 +123,22 @@ def check_output_path(output: Path, inputs: list[Path], in_place: bool) -> None:
     from onnxkit.modelio import same_file
 
     if not in_place and any(same_file(output, i) for i in inputs):
-        raise ModelSaveError(f"refusing to overwrite the input model {output}", hint="give -o OUT, or --in-place to replace it")
+        raise ModelSaveError(
+            f"refusing to overwrite the input model {output}", hint="give -o OUT, or --in-place to replace it"
+        )
     folder = output.parent if str(output.parent) else Path(".")
     if output.is_dir():
         raise ModelSaveError(f"cannot write {output}: it is a folder", hint="give a file name ending in .onnx")
     if not folder.is_dir():
-        raise ModelSaveError(f"cannot write {output}: folder {folder} does not exist",
-                             hint="create the folder first, or give another -o path")
+        raise ModelSaveError(
+            f"cannot write {output}: folder {folder} does not exist",
+            hint="create the folder first, or give another -o path",
+        )
     if not os.access(folder, os.W_OK):
-        raise ModelSaveError(f"cannot write {output}: folder {folder} is not writable",
-                             hint="give -o a path in a folder you can write to")
+        raise ModelSaveError(
+            f"cannot write {output}: folder {folder} is not writable",
+            hint="give -o a path in a folder you can write to",
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -137,32 +149,71 @@ def check_output_path(output: Path, inputs: list[Path], in_place: bool) -> None:
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("--passes", "spec", help="Pipeline spec, e.g. 'cleanup,shape-inference{strict=true}'.")
 @click.option("--config", type=click.Path(path_type=Path), help="TOML file with passes = [...] instead of --passes.")
-@click.option("--target", type=click.Choice(TARGET_NAMES),
-              help="Deployment target: its default pipeline unless --passes is given, then an operator check of the result.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output path (default: <stem>.opt.onnx beside the input).")
+@click.option(
+    "--target",
+    type=click.Choice(TARGET_NAMES),
+    help="Deployment target: its default pipeline unless --passes is given, then an operator check of the result.",
+)
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Output path (default: <stem>.opt.onnx beside the input)."
+)
 @click.option("--in-place", is_flag=True, help="Allow the output to replace the input model.")
 @click.option("--example", help="Optimize a built-in example model instead of MODEL (see --example list).")
-@click.option("--check", type=click.Choice(["each", "end", "off"]), default="each", show_default=True,
-              help="When to compare outputs: after each pass, once at the end, or never.")
-@click.option("--on-fail", type=click.Choice(["stop", "rollback", "warn"]), default="stop", show_default=True,
-              help="When a pass fails parity or verification: stop, discard that pass and go on, or keep it and warn.")
-@click.option("--data", "data_path", help="Inputs for parity and calibration: .npz, a folder of .npz/.npy, or ONNX test data.")
+@click.option(
+    "--check",
+    type=click.Choice(["each", "end", "off"]),
+    default="each",
+    show_default=True,
+    help="When to compare outputs: after each pass, once at the end, or never.",
+)
+@click.option(
+    "--on-fail",
+    type=click.Choice(["stop", "rollback", "warn"]),
+    default="stop",
+    show_default=True,
+    help="When a pass fails parity or verification: stop, discard that pass and go on, or keep it and warn.",
+)
+@click.option(
+    "--data", "data_path", help="Inputs for parity and calibration: .npz, a folder of .npz/.npy, or ONNX test data."
+)
 @click.option("--calib-data", "calib_path", help="Calibration inputs for quantization (default: --data).")
-@click.option("--calib-cache", "calib_cache", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder that caches calibration ranges by model, data and settings (created if missing).")
+@click.option(
+    "--calib-cache",
+    "calib_cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder that caches calibration ranges by model, data and settings (created if missing).",
+)
 @click.option("--dim", "dims", help="Bind dynamic dimensions for synthetic inputs, e.g. batch=4,seq=128.")
 @tolerance_options
-@click.option("--external-data/--no-external-data", default=None, help="Force or forbid external data (default: by size).")
+@click.option(
+    "--external-data/--no-external-data", default=None, help="Force or forbid external data (default: by size)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report (.json or .md).")
 @verbose_option
-def optimize(model: Path | None, spec: str | None, config: Path | None, target: str | None, output: Path | None,
-             in_place: bool,
-             example: str | None, check: str, on_fail: str, data_path: str | None, calib_path: str | None,
-             calib_cache: Path | None,
-             dims: str | None, atol: float | None, rtol: float | None, min_cosine: float | None,
-             min_sqnr: float | None, min_top1: float | None, external_data: bool | None, as_json: bool,
-             report_path: Path | None) -> None:
+def optimize(
+    model: Path | None,
+    spec: str | None,
+    config: Path | None,
+    target: str | None,
+    output: Path | None,
+    in_place: bool,
+    example: str | None,
+    check: str,
+    on_fail: str,
+    data_path: str | None,
+    calib_path: str | None,
+    calib_cache: Path | None,
+    dims: str | None,
+    atol: float | None,
+    rtol: float | None,
+    min_cosine: float | None,
+    min_sqnr: float | None,
+    min_top1: float | None,
+    external_data: bool | None,
+    as_json: bool,
+    report_path: Path | None,
+) -> None:
     """Run a pipeline of passes on MODEL and save the result.
 
     Exit status: 0 when every pass did its job within tolerance (a pass narrowed to skip a rule or a site
@@ -185,8 +236,9 @@ def optimize(model: Path | None, spec: str | None, config: Path | None, target: 
         raise SpecError("give either MODEL or --example NAME", hint="onnxkit optimize model.onnx --passes cleanup")
     spec = deploy_cli.target_spec(target, spec, config)
     if (spec is None) == (config is None):
-        raise SpecError("give either --passes SPEC, --config FILE or --target NAME",
-                        hint="e.g. --passes cleanup,shape-inference")
+        raise SpecError(
+            "give either --passes SPEC, --config FILE or --target NAME", hint="e.g. --passes cleanup,shape-inference"
+        )
     pipeline = Pipeline.parse(spec) if spec is not None else Pipeline.from_config(typing.cast(Path, config))
 
     if example is not None:
@@ -211,8 +263,9 @@ def optimize(model: Path | None, spec: str | None, config: Path | None, target: 
         data=data,
         calibration_data=calibration,
         dims=parse_dims(dims),
-        tolerance=tolerance_overrides(atol=atol, rtol=rtol, min_cosine=min_cosine, min_sqnr=min_sqnr,
-                                      min_top1=min_top1),
+        tolerance=tolerance_overrides(
+            atol=atol, rtol=rtol, min_cosine=min_cosine, min_sqnr=min_sqnr, min_top1=min_top1
+        ),
         progress=sys.stderr.isatty() and not as_json,
         model_dir=model.parent if model is not None else None,
         calib_cache=calib_cache,
@@ -237,8 +290,9 @@ def optimize(model: Path | None, spec: str | None, config: Path | None, target: 
         if result.report.parity_failed:
             console.print("[yellow]warning:[/] parity failed; kept because --on-fail warn was given")
         if result.report.rolled_back:
-            console.print(f"[yellow]rolled back:[/] {', '.join(result.report.rolled_back)} "
-                          "(the saved model does without it)")
+            console.print(
+                f"[yellow]rolled back:[/] {', '.join(result.report.rolled_back)} (the saved model does without it)"
+            )
         click.echo(f"saved {output}")  # plain echo: rich would wrap a long path
         deploy_cli.report_target(target, result.model, as_json, {})
     if result.report.exit_code:
@@ -260,10 +314,14 @@ def list_passes_command(as_json: bool) -> None:
         else:
             cls = entry.pass_class
             hints = typing.get_type_hints(cls.Options)
-            record.update(kind=cls.kind, doc=cls.doc(), options=[
-                {"name": f.name, "type": option_type_name(hints[f.name]),
-                 "default": _default_text(f)} for f in dataclasses.fields(cls.Options)
-            ])
+            record.update(
+                kind=cls.kind,
+                doc=cls.doc(),
+                options=[
+                    {"name": f.name, "type": option_type_name(hints[f.name]), "default": _default_text(f)}
+                    for f in dataclasses.fields(cls.Options)
+                ],
+            )
             notes = cls.describe_extra()
             if notes:
                 record["notes"] = notes
@@ -296,26 +354,59 @@ def _default_text(field: Any) -> str:
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--passes", "specs", required=True, multiple=True,
-              help="Pipeline spec for onnxkit; repeat to compare several pipelines in one run.")
-@click.option("--data", "data_path", type=click.Path(path_type=Path),
-              help=".npz with one array per model input (samples along axis 0) and optional 'labels' for accuracy.")
-@click.option("--peers", help="Comma-separated peers (default: every installed one of "
-              "onnxsim, onnxslim, onnxoptimizer, ort-basic, ort-extended, ort-quantize); 'none' for none.")
+@click.option(
+    "--passes",
+    "specs",
+    required=True,
+    multiple=True,
+    help="Pipeline spec for onnxkit; repeat to compare several pipelines in one run.",
+)
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    help=".npz with one array per model input (samples along axis 0) and optional 'labels' for accuracy.",
+)
+@click.option(
+    "--peers",
+    help="Comma-separated peers (default: every installed one of "
+    "onnxsim, onnxslim, onnxoptimizer, ort-basic, ort-extended, ort-quantize); 'none' for none.",
+)
 @click.option("--batch", "batch_sizes", default="1,8", show_default=True, help="Batch sizes to time.")
 @click.option("--threads", help="Thread counts to time (default: 1 and all cores).")
 @click.option("--repeats", default=20, show_default=True, help="Timed runs per tool and setting (median reported).")
 @click.option("--warmup", default=3, show_default=True, help="Untimed runs first.")
-@click.option("--min-seconds", default=1.0, show_default=True,
-              help="Keep timing fast models past --repeats until this long (at most 10× --repeats).")
+@click.option(
+    "--min-seconds",
+    default=1.0,
+    show_default=True,
+    help="Keep timing fast models past --repeats until this long (at most 10× --repeats).",
+)
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds allowed to each tool.")
 @click.option("--dim", "dims", help="Bind dynamic dimensions for synthetic inputs, e.g. sequence=128.")
-@click.option("--check", type=click.Choice(["each", "end", "off"]), default="each", show_default=True,
-              help="onnxkit's own parity checks while it optimizes (their cost counts in its transform time).")
+@click.option(
+    "--check",
+    type=click.Choice(["each", "end", "off"]),
+    default="each",
+    show_default=True,
+    help="onnxkit's own parity checks while it optimizes (their cost counts in its transform time).",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full results as JSON.")
-def bench(model: Path, specs: tuple[str, ...], data_path: Path | None, peers: str | None, batch_sizes: str,
-          threads: str | None, repeats: int, warmup: int, min_seconds: float, timeout: float, dims: str | None, check: str,
-          json_path: Path | None) -> None:
+def bench(
+    model: Path,
+    specs: tuple[str, ...],
+    data_path: Path | None,
+    peers: str | None,
+    batch_sizes: str,
+    threads: str | None,
+    repeats: int,
+    warmup: int,
+    min_seconds: float,
+    timeout: float,
+    dims: str | None,
+    check: str,
+    json_path: Path | None,
+) -> None:
     """Compare onnxkit's pipeline with other tools on MODEL: size, nodes, speed, memory, parity.
 
     Each tool runs in its own subprocess with a timeout; then all results are timed side by side
@@ -339,13 +430,24 @@ def bench(model: Path, specs: tuple[str, ...], data_path: Path | None, peers: st
         return values
 
     console = Console(stderr=True)
-    peer_list = None if peers is None else [] if peers.strip() == "none" else [p.strip() for p in peers.split(",") if p.strip()]
-    report = run_bench(model, list(specs), data=data_path, peers=peer_list,
-                       batch_sizes=integers(batch_sizes, "--batch"),
-                       threads=integers(threads, "--threads") if threads else None,
-                       repeats=repeats, warmup=warmup, min_seconds=min_seconds, timeout=timeout, dims=parse_dims(dims),
-                       check=check,
-                       progress=lambda line: console.print(f"[dim]{line}[/]"))
+    peer_list = (
+        None if peers is None else [] if peers.strip() == "none" else [p.strip() for p in peers.split(",") if p.strip()]
+    )
+    report = run_bench(
+        model,
+        list(specs),
+        data=data_path,
+        peers=peer_list,
+        batch_sizes=integers(batch_sizes, "--batch"),
+        threads=integers(threads, "--threads") if threads else None,
+        repeats=repeats,
+        warmup=warmup,
+        min_seconds=min_seconds,
+        timeout=timeout,
+        dims=parse_dims(dims),
+        check=check,
+        progress=lambda line: console.print(f"[dim]{line}[/]"),
+    )
     report.render(Console())
     if json_path is not None:
         json_path.write_text(report.to_json())
@@ -355,23 +457,54 @@ def bench(model: Path, specs: tuple[str, ...], data_path: Path | None, peers: st
 @main.command(name="export")
 @click.argument("spec")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the .onnx model.")
-@click.option("--state-dict", type=click.Path(path_type=Path), help="Weights to load (torch.load with weights_only=True).")
-@click.option("--input-shape", "input_shapes", multiple=True,
-              help="An input as name=1x1x28x28[:dtype], once per input in forward()'s order.")
-@click.option("--sample", type=click.Path(path_type=Path), help="Example inputs instead: .npz keyed by input name, or .npy.")
+@click.option(
+    "--state-dict", type=click.Path(path_type=Path), help="Weights to load (torch.load with weights_only=True)."
+)
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    help="An input as name=1x1x28x28[:dtype], once per input in forward()'s order.",
+)
+@click.option(
+    "--sample", type=click.Path(path_type=Path), help="Example inputs instead: .npz keyed by input name, or .npy."
+)
 @click.option("--output-names", help="Comma-separated output names (default: output, or output_0, output_1, ...).")
 @click.option("--dynamic-batch", is_flag=True, help="Make axis 0 of every input and output a dimension named batch.")
-@click.option("--dynamic-axis", "dynamic_axes", multiple=True, help="NAME=AXIS:DIM[,AXIS:DIM], e.g. input_ids=0:batch,1:seq.")
-@click.option("--dynamo/--no-dynamo", default=None, help="Pick the exporter (default: dynamo, falling back to TorchScript).")
+@click.option(
+    "--dynamic-axis", "dynamic_axes", multiple=True, help="NAME=AXIS:DIM[,AXIS:DIM], e.g. input_ids=0:batch,1:seq."
+)
+@click.option(
+    "--dynamo/--no-dynamo", default=None, help="Pick the exporter (default: dynamo, falling back to TorchScript)."
+)
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset version.")
-@click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Compare ONNX Runtime with torch after export (default tolerance: atol 1e-4, rtol 1e-3).")
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Compare ONNX Runtime with torch after export (default tolerance: atol 1e-4, rtol 1e-3).",
+)
 @tolerance_options
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
-def export_command(spec: str, output: Path, state_dict: Path | None, input_shapes: tuple[str, ...], sample: Path | None,
-                   output_names: str | None, dynamic_batch: bool, dynamic_axes: tuple[str, ...], dynamo: bool | None,
-                   opset: int, verify: bool, atol: float | None, rtol: float | None, min_cosine: float | None,
-                   min_sqnr: float | None, min_top1: float | None, as_json: bool) -> None:
+def export_command(
+    spec: str,
+    output: Path,
+    state_dict: Path | None,
+    input_shapes: tuple[str, ...],
+    sample: Path | None,
+    output_names: str | None,
+    dynamic_batch: bool,
+    dynamic_axes: tuple[str, ...],
+    dynamo: bool | None,
+    opset: int,
+    verify: bool,
+    atol: float | None,
+    rtol: float | None,
+    min_cosine: float | None,
+    min_sqnr: float | None,
+    min_top1: float | None,
+    as_json: bool,
+) -> None:
     """Export a PyTorch model, built by SPEC (package.module:factory), to ONNX and verify it in ONNX Runtime.
 
     \b
@@ -384,18 +517,29 @@ def export_command(spec: str, output: Path, state_dict: Path | None, input_shape
     from onnxkit.pytorch import export_inputs
 
     if bool(input_shapes) == (sample is not None):
-        raise SpecError("give either --input-shape (once per input) or --sample FILE",
-                        hint="e.g. --input-shape image=1x1x28x28")
+        raise SpecError(
+            "give either --input-shape (once per input) or --sample FILE", hint="e.g. --input-shape image=1x1x28x28"
+        )
     check_output_path(output, [], in_place=False)
     module = export_inputs.load_module(spec, state_dict)
     # exactly one of the two was given (checked above)
-    inputs = (export_inputs.example_inputs_from_shapes(input_shapes) if input_shapes or sample is None
-              else export_inputs.load_sample(sample))
+    inputs = (
+        export_inputs.example_inputs_from_shapes(input_shapes)
+        if input_shapes or sample is None
+        else export_inputs.load_sample(sample)
+    )
     model, report = exporting.export_model(
-        module, inputs, output_names=[n.strip() for n in output_names.split(",")] if output_names else None,
+        module,
+        inputs,
+        output_names=[n.strip() for n in output_names.split(",")] if output_names else None,
         dynamic_axes=dict(export_inputs.parse_dynamic_axis(text) for text in dynamic_axes),
-        dynamic_batch=dynamic_batch, dynamo=dynamo, opset=opset, verify=verify,
-        tolerance=tolerance_overrides(atol=atol, rtol=rtol, min_cosine=min_cosine, min_sqnr=min_sqnr, min_top1=min_top1),
+        dynamic_batch=dynamic_batch,
+        dynamo=dynamo,
+        opset=opset,
+        verify=verify,
+        tolerance=tolerance_overrides(
+            atol=atol, rtol=rtol, min_cosine=min_cosine, min_sqnr=min_sqnr, min_top1=min_top1
+        ),
     )
     save_model(model, output)
     if as_json:
@@ -407,9 +551,17 @@ def export_command(spec: str, output: Path, state_dict: Path | None, input_shape
 
 
 @main.command()
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("onnxkit-demo"), show_default=True,
-              help="Folder for the models and the report.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split, initialisation and shuffling.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("onnxkit-demo"),
+    show_default=True,
+    help="Folder for the models and the report.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the data split, initialisation and shuffling."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 def demo(out_dir: Path, seed: int, as_json: bool) -> None:
     """Train a CNN on built-in digits, export it, optimize and quantize it, and compare FP32 with INT8.

@@ -19,26 +19,68 @@ def debug() -> None:
 
 @debug.command(name="quant")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--calib-data", "calib_path", required=True,
-              help="Calibration inputs, as for optimize; the errors are measured on the samples it holds out.")
-@click.option("--spec", default="quantize", show_default=True,
-              help="The quantize pass to debug, as given to optimize, e.g. 'quantize{mode=static,calib=minmax}'.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("quant-debug"),
-              show_default=True, help="Folder for quant-debug.json, quant-debug.md and quant-debug.png.")
-@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Worst layers printed and named on the plot.")
-@click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Held-out samples the errors are measured on.")
-@click.option("--isolate", default="0", show_default=True, metavar="N|all",
-              help="Also quantize each of the N worst layers alone and measure the model's outputs (one "
-                   "quantization and run each); 'all' isolates every layer and orders them by that output error.")
-@click.option("--calib-cache", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder that caches calibration ranges and rankings, shared with optimize.")
+@click.option(
+    "--calib-data",
+    "calib_path",
+    required=True,
+    help="Calibration inputs, as for optimize; the errors are measured on the samples it holds out.",
+)
+@click.option(
+    "--spec",
+    default="quantize",
+    show_default=True,
+    help="The quantize pass to debug, as given to optimize, e.g. 'quantize{mode=static,calib=minmax}'.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("quant-debug"),
+    show_default=True,
+    help="Folder for quant-debug.json, quant-debug.md and quant-debug.png.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Worst layers printed and named on the plot.",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Held-out samples the errors are measured on.",
+)
+@click.option(
+    "--isolate",
+    default="0",
+    show_default=True,
+    metavar="N|all",
+    help="Also quantize each of the N worst layers alone and measure the model's outputs (one "
+    "quantization and run each); 'all' isolates every layer and orders them by that output error.",
+)
+@click.option(
+    "--calib-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder that caches calibration ranges and rankings, shared with optimize.",
+)
 @click.option("--dim", "dims", help="Bind dynamic dimensions, e.g. batch=1,seq=128.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
 @verbose_option
-def quant(model: Path, calib_path: str, spec: str, out_dir: Path, top: int, samples: int, isolate: str,
-          calib_cache: Path | None, dims: str | None, as_json: bool) -> None:
+def quant(
+    model: Path,
+    calib_path: str,
+    spec: str,
+    out_dir: Path,
+    top: int,
+    samples: int,
+    isolate: str,
+    calib_cache: Path | None,
+    dims: str | None,
+    as_json: bool,
+) -> None:
     """Where INT8 loses accuracy in MODEL, layer by layer, worst first, and why each float node stayed float.
 
     Runs the quantize pass exactly as `onnxkit optimize --passes SPEC --calib-data DATA` does, then compares
@@ -58,8 +100,16 @@ def quant(model: Path, calib_path: str, spec: str, out_dir: Path, top: int, samp
 
     if isolate != "all" and not isolate.isdigit():
         raise SpecError(f"bad --isolate {isolate!r}", hint="give a count of layers, or all")
-    result = debug_quant(model, load_data_option(calib_path), spec, dims=parse_dims(dims), samples=samples,
-                         isolate="all" if isolate == "all" else int(isolate), calib_cache=calib_cache, progress=sys.stderr.isatty() and not as_json)
+    result = debug_quant(
+        model,
+        load_data_option(calib_path),
+        spec,
+        dims=parse_dims(dims),
+        samples=samples,
+        isolate="all" if isolate == "all" else int(isolate),
+        calib_cache=calib_cache,
+        progress=sys.stderr.isatty() and not as_json,
+    )
     written, missing = quant_debug_report.save(result, out_dir, top)
     if as_json:
         click.echo(quant_debug_report.to_json(result))

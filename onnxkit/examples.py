@@ -43,11 +43,15 @@ def mlp() -> onnx.ModelProto:
         helper.make_node("Add", ["h2", "b2"], ["logits"]),
     ]
     initializers = [
-        _weights(rng, "w1", 16, 32), _weights(rng, "b1", 32), _weights(rng, "w2", 32, 10), _weights(rng, "b2", 10),
+        _weights(rng, "w1", 16, 32),
+        _weights(rng, "b1", 32),
+        _weights(rng, "w2", 32, 10),
+        _weights(rng, "b2", 10),
         _weights(rng, "stale_weight", 8, 8),
     ]
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
         initializers,
@@ -72,8 +76,12 @@ def cnn() -> onnx.ModelProto:
         ]
         nodes += [
             helper.make_node("Conv", [x, f"conv{i}.w", f"conv{i}.b"], [f"c{i}"], pads=[1, 1, 1, 1]),
-            helper.make_node("BatchNormalization", [f"c{i}", f"bn{i}.scale", f"bn{i}.bias", f"bn{i}.mean", f"bn{i}.var"],
-                             [f"n{i}"], epsilon=1e-5),
+            helper.make_node(
+                "BatchNormalization",
+                [f"c{i}", f"bn{i}.scale", f"bn{i}.bias", f"bn{i}.mean", f"bn{i}.var"],
+                [f"n{i}"],
+                epsilon=1e-5,
+            ),
             helper.make_node("Relu", [f"n{i}"], [f"r{i}"]),
             helper.make_node("Identity", [f"r{i}"], [f"id{i}"]),
         ]
@@ -85,7 +93,8 @@ def cnn() -> onnx.ModelProto:
         helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["scores"], transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "cnn",
+        nodes,
+        "cnn",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 16, 16])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 10])],
         initializers,
@@ -97,15 +106,23 @@ def branchy() -> onnx.ModelProto:
     """An If whose branches read a weight and a value of the outer graph, with Identity clutter inside."""
     rng = np.random.default_rng(2)
     then_branch = helper.make_graph(
-        [helper.make_node("Identity", ["hidden"], ["hidden_copy"]),
-         helper.make_node("MatMul", ["hidden_copy", "w"], ["then_out"])],
-        "then", [], [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, ["batch", 4])],
+        [
+            helper.make_node("Identity", ["hidden"], ["hidden_copy"]),
+            helper.make_node("MatMul", ["hidden_copy", "w"], ["then_out"]),
+        ],
+        "then",
+        [],
+        [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, ["batch", 4])],
     )
     else_branch = helper.make_graph(
-        [helper.make_node("Neg", ["hidden"], ["negated"]),
-         helper.make_node("Identity", ["negated"], ["negated_copy"]),
-         helper.make_node("MatMul", ["negated_copy", "w"], ["else_out"])],
-        "else", [], [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, ["batch", 4])],
+        [
+            helper.make_node("Neg", ["hidden"], ["negated"]),
+            helper.make_node("Identity", ["negated"], ["negated_copy"]),
+            helper.make_node("MatMul", ["negated_copy", "w"], ["else_out"]),
+        ],
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, ["batch", 4])],
     )
     nodes = [
         helper.make_node("Relu", ["x"], ["hidden"]),
@@ -114,7 +131,8 @@ def branchy() -> onnx.ModelProto:
         helper.make_node("If", ["positive"], ["y"], then_branch=then_branch, else_branch=else_branch),
     ]
     graph = helper.make_graph(
-        nodes, "branchy",
+        nodes,
+        "branchy",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
         [_weights(rng, "w", 4, 4), numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")],

@@ -107,8 +107,14 @@ def needs_external_data(source: ModelSource) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in modelio.iter_all_tensors(proto.graph))
 
 
-def run_ort_quantize(source: ModelSource, output: OutputPath, mode: Literal["dynamic", "static"], *,
-                     samples: Iterable[Mapping[str, np.ndarray]] | None = None, **options: Any) -> ToolResult:
+def run_ort_quantize(
+    source: ModelSource,
+    output: OutputPath,
+    mode: Literal["dynamic", "static"],
+    *,
+    samples: Iterable[Mapping[str, np.ndarray]] | None = None,
+    **options: Any,
+) -> ToolResult:
     """ONNX Runtime's ``quantize_dynamic`` or ``quantize_static`` from ``source`` into the file ``output``, with
     external data where the model needs it. Static mode calibrates on ``samples`` (one pass), or on the
     calibration cache that ``options`` name, with ``samples`` None. ``options`` go to ORT's function as given."""
@@ -118,8 +124,7 @@ def run_ort_quantize(source: ModelSource, output: OutputPath, mode: Literal["dyn
     if mode == "dynamic":
         quantization.quantize_dynamic(source, output, **options)
     else:
-        quantization.quantize_static(source, output, None if samples is None else _sample_reader(samples),
-                                     **options)
+        quantization.quantize_static(source, output, None if samples is None else _sample_reader(samples), **options)
     return ToolResult(None)
 
 

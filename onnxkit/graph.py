@@ -136,16 +136,30 @@ def _attribute(attribute: ir.Attr) -> tuple:
 
 def _graph(graph: ir.Graph | ir.Function) -> tuple:
     node_records = tuple(
-        (node.name, node.domain, node.op_type, node.overload, tuple(_value(v) for v in node.inputs),
-         tuple(_value(v) for v in node.outputs), tuple(_attribute(a) for a in node.attributes.values()))
+        (
+            node.name,
+            node.domain,
+            node.op_type,
+            node.overload,
+            tuple(_value(v) for v in node.inputs),
+            tuple(_value(v) for v in node.outputs),
+            tuple(_attribute(a) for a in node.attributes.values()),
+        )
         for node in graph
     )
     initializers: tuple = ()
     if isinstance(graph, ir.Graph):  # by name: their order means nothing, and passes that rebuild them reorder them
-        initializers = tuple((_value(v), _TensorRef(v.const_value))
-                             for _, v in sorted(graph.initializers.items(), key=lambda item: item[0]))
-    return (tuple(_value(v) for v in graph.inputs), tuple(_value(v) for v in graph.outputs), initializers,
-            node_records, tuple(sorted(graph.opset_imports.items())))
+        initializers = tuple(
+            (_value(v), _TensorRef(v.const_value))
+            for _, v in sorted(graph.initializers.items(), key=lambda item: item[0])
+        )
+    return (
+        tuple(_value(v) for v in graph.inputs),
+        tuple(_value(v) for v in graph.outputs),
+        initializers,
+        node_records,
+        tuple(sorted(graph.opset_imports.items())),
+    )
 
 
 def fingerprint(model: ir.Model) -> tuple:

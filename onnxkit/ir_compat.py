@@ -31,8 +31,14 @@ class MapType:
 
     __slots__ = ("denotation", "key_type", "value_shape", "value_type")
 
-    def __init__(self, key_type: ir.DataType, value_type: Any, value_shape: ir.Shape | None = None, *,
-                 denotation: str | None = None) -> None:
+    def __init__(
+        self,
+        key_type: ir.DataType,
+        value_type: Any,
+        value_shape: ir.Shape | None = None,
+        *,
+        denotation: str | None = None,
+    ) -> None:
         self.key_type = key_type
         self.value_type = value_type
         self.value_shape = value_shape
@@ -47,8 +53,12 @@ class MapType:
         return self.value_type.dtype
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, MapType) and self.key_type == other.key_type
-                and self.value_type == other.value_type and self.value_shape == other.value_shape)
+        return (
+            isinstance(other, MapType)
+            and self.key_type == other.key_type
+            and self.value_type == other.value_type
+            and self.value_shape == other.value_shape
+        )
 
     def __hash__(self) -> int:
         return hash(repr(self))
@@ -66,8 +76,12 @@ def _map_aware(read_type: Any, read_shape: Any, write_type: Any) -> tuple[Any, A
             value_type = serde.deserialize_type_proto_for_type(value_proto)
             if value_type is None:
                 raise ValueError(f"a map type must have a value type: {proto}")
-            return MapType(ir.DataType(proto.map_type.key_type), value_type,
-                           serde.deserialize_type_proto_for_shape(value_proto), denotation=proto.denotation or None)
+            return MapType(
+                ir.DataType(proto.map_type.key_type),
+                value_type,
+                serde.deserialize_type_proto_for_shape(value_proto),
+                denotation=proto.denotation or None,
+            )
         return read_type(proto)
 
     def deserialize_type_proto_for_shape(proto: onnx.TypeProto) -> Any:
@@ -97,8 +111,13 @@ def _reads_map_types() -> bool:
     return True
 
 
-_PATCHED = ("deserialize_type_proto_for_type", "deserialize_type_proto_for_shape", "serialize_type_into",
-            "serialize_shape_into", "SerdeError")
+_PATCHED = (
+    "deserialize_type_proto_for_type",
+    "deserialize_type_proto_for_shape",
+    "serialize_type_into",
+    "serialize_shape_into",
+    "SerdeError",
+)
 
 
 def install() -> None:
@@ -106,6 +125,8 @@ def install() -> None:
     left alone too: map-typed models then fail to load with onnx_ir's own message, and the rest works."""
     if not all(hasattr(serde, name) for name in _PATCHED) or _reads_map_types():
         return
-    (serde.deserialize_type_proto_for_type, serde.deserialize_type_proto_for_shape,
-     serde.serialize_type_into) = _map_aware(serde.deserialize_type_proto_for_type,
-                                              serde.deserialize_type_proto_for_shape, serde.serialize_type_into)
+    (serde.deserialize_type_proto_for_type, serde.deserialize_type_proto_for_shape, serde.serialize_type_into) = (
+        _map_aware(
+            serde.deserialize_type_proto_for_type, serde.deserialize_type_proto_for_shape, serde.serialize_type_into
+        )
+    )

@@ -143,8 +143,11 @@ def _external_data_bytes(proto: onnx.ModelProto, base_dir: Path) -> int:
     return total
 
 
-def as_ir_model(model: str | os.PathLike[str] | onnx.ModelProto | ir.Model | bytes, *,
-                model_dir: str | os.PathLike[str] | None = None) -> ir.Model:
+def as_ir_model(
+    model: str | os.PathLike[str] | onnx.ModelProto | ir.Model | bytes,
+    *,
+    model_dir: str | os.PathLike[str] | None = None,
+) -> ir.Model:
     """Accept any way a user holds a model and return an ``ir.Model``. ``model_dir`` is where the external
     data of a model given as a proto or bytes lives (its tensors would otherwise be looked for in the
     current folder)."""
@@ -224,8 +227,10 @@ def save_model(
     if path.is_dir():
         raise ModelSaveError(f"cannot write {path}: it is a folder", hint="give a file name ending in .onnx")
     if not folder.is_dir():
-        raise ModelSaveError(f"cannot write {path}: folder {folder} does not exist",
-                             hint="create the folder first, or save somewhere else")
+        raise ModelSaveError(
+            f"cannot write {path}: folder {folder} does not exist",
+            hint="create the folder first, or save somewhere else",
+        )
     data_folder = external_data_folder(model)
     if external_data is None:
         external_data = data_folder is not None or needs_external_data(model)
@@ -236,8 +241,9 @@ def save_model(
         # The pid in the name lets a later save tell a killed save's leftovers from a running save's files.
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder))
     except OSError as e:
-        raise ModelSaveError(f"cannot write into {folder}: {e.strerror or e}",
-                             hint="check the folder's permissions") from e
+        raise ModelSaveError(
+            f"cannot write into {folder}: {e.strerror or e}", hint="check the folder's permissions"
+        ) from e
     try:
         staged_model = staging / path.name
         if external_data:
@@ -264,7 +270,7 @@ def save_model(
 def _remove_abandoned_staging(folder: Path, model_name: str) -> None:
     """Remove the staging folders of saves to the same file whose process is gone (killed mid-save)."""
     for staging in folder.glob(f".{glob.escape(model_name)}.*.tmp"):
-        pid = staging.name[len(model_name) + 2:].split(".")[0]
+        pid = staging.name[len(model_name) + 2 :].split(".")[0]
         if pid.isdigit() and staging.is_dir() and not _process_alive(int(pid)):
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -292,9 +298,13 @@ def _referenced_data(path: Path) -> set[Path]:
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception:  # a foreign or broken file at the destination: it is replaced, its data left alone
         return set()
-    return {(path.parent / entry.value).resolve() for tensor in iter_all_tensors(proto.graph)
-            if tensor.data_location == onnx.TensorProto.EXTERNAL
-            for entry in tensor.external_data if entry.key == "location"}
+    return {
+        (path.parent / entry.value).resolve()
+        for tensor in iter_all_tensors(proto.graph)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
 
 
 def _remove_stale_data(folder: Path, model_name: str, kept: str, replaced: set[Path], model: ir.Model) -> None:
@@ -304,7 +314,7 @@ def _remove_stale_data(folder: Path, model_name: str, kept: str, replaced: set[P
     replaced model did not use (the input's, say), and any the saved model still reads (loaded lazily)."""
     still_read = {Path(t.path).resolve() for t in _all_tensors(model) if isinstance(t, ir.ExternalTensor)}
     for file in folder.glob(f"{glob.escape(model_name)}.*data"):
-        found = _DATA_NAME.fullmatch(file.name[len(model_name):])
+        found = _DATA_NAME.fullmatch(file.name[len(model_name) :])
         if file.name == kept or found is None or file.resolve() in still_read:
             continue
         if found.group(1) or file.resolve() in replaced:

@@ -39,8 +39,7 @@ class Attempt:
     histogram: collections.Counter[str] | None = None  # of the pass's output, where it was measured
 
 
-def narrow(rerun: Callable[[frozenset[str | Site]], Attempt], failed: Attempt, entry: PassReport
-           ) -> Attempt | None:
+def narrow(rerun: Callable[[frozenset[str | Site]], Attempt], failed: Attempt, entry: PassReport) -> Attempt | None:
     """Rerun an exact pass on its input with rules, then single sites, disabled (``rerun(disabled)``) until
     its output passes.
 
@@ -60,8 +59,9 @@ def narrow(rerun: Callable[[frozenset[str | Site]], Attempt], failed: Attempt, e
         reruns += 1
         return rerun(frozenset(disabled))
 
-    def bisect(base: set[str | Site], items: list[Any], failure: Failure, sites: list[Site]
-               ) -> tuple[Any, Failure, list[Site]] | None:
+    def bisect(
+        base: set[str | Site], items: list[Any], failure: Failure, sites: list[Site]
+    ) -> tuple[Any, Failure, list[Site]] | None:
         """The item that ends the shortest prefix of ``items`` whose disabling (with ``base``) makes the
         output pass, with the failure and the sites of the run just short of it; None when even disabling
         them all does not pass, or the reruns run out."""
@@ -112,7 +112,7 @@ def narrow(rerun: Callable[[frozenset[str | Site]], Attempt], failed: Attempt, e
                 break
             site, failure_at_site, _ = found
             chosen.append((site, failure_at_site))
-            remaining = remaining[:remaining.index(site)]  # any other culprit comes before it
+            remaining = remaining[: remaining.index(site)]  # any other culprit comes before it
             tried = attempt(base | {site for site, _ in chosen})
             if tried is None:
                 break
@@ -128,4 +128,3 @@ def narrow(rerun: Callable[[frozenset[str | Site]], Attempt], failed: Attempt, e
     entry.skipped = skipped
     entry.narrowing_reruns = reruns
     return passing
-

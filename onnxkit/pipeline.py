@@ -14,7 +14,6 @@ Around it: ``spec`` (spec text ⇄ passes, re-exported here), ``snapshot`` (the 
 on it), ``narrowing`` (bisecting a failing pass's rules and sites), ``parity.chain`` (the comparisons).
 """
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +36,18 @@ from onnxkit.report import PassReport, PipelineReport
 from onnxkit.spec import build_pass, parse_pass_text, split_top_level
 
 # Names other modules import from here: the spec helpers, and the graph measures the pipeline reports.
-__all__ = ["CheckMode", "OnFail", "Pipeline", "PipelineResult", "build_pass", "count_nodes", "op_histogram",
-           "parse_pass_text", "record_provenance", "split_top_level"]
+__all__ = [
+    "CheckMode",
+    "OnFail",
+    "Pipeline",
+    "PipelineResult",
+    "build_pass",
+    "count_nodes",
+    "op_histogram",
+    "parse_pass_text",
+    "record_provenance",
+    "split_top_level",
+]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -138,10 +147,15 @@ class Pipeline:
             raise SpecError(f"check must be each, end or off, not {check!r}")
         if on_fail not in ("stop", "rollback", "warn"):
             raise SpecError(f"on_fail must be stop, rollback or warn, not {on_fail!r}")
-        context = PassContext(data=calibration_data if calibration_data is not None else data, dims=dict(dims or {}),
-                              show_progress=progress, parity_on_held_out=calibration_data is not None and data is None,
-                              calib_cache=Path(calib_cache) if calib_cache is not None else None, metric=metric,
-                              example_inputs=example_inputs)
+        context = PassContext(
+            data=calibration_data if calibration_data is not None else data,
+            dims=dict(dims or {}),
+            show_progress=progress,
+            parity_on_held_out=calibration_data is not None and data is None,
+            calib_cache=Path(calib_cache) if calib_cache is not None else None,
+            metric=metric,
+            example_inputs=example_inputs,
+        )
         if model_dir is not None:
             context.model_dir = Path(model_dir)
         elif isinstance(model, (str, os.PathLike)):
@@ -149,17 +163,33 @@ class Pipeline:
 
         report = PipelineReport(spec=self.to_string(), check=check, on_fail=on_fail)
         current, passes = self._starting_model(model, list(self.passes), context, report)
-        validate.check_run(current, passes, check=check, data=data, calibration_data=calibration_data,
-                           model_dir=context.model_dir, dims=context.dims)  # bad input: refused before any pass
-        run = PipelineRun(context, report, check=check, on_fail=on_fail, tolerance=tolerance, verify=verify,
-                          data=data, calibration_data=calibration_data)
+        validate.check_run(
+            current,
+            passes,
+            check=check,
+            data=data,
+            calibration_data=calibration_data,
+            model_dir=context.model_dir,
+            dims=context.dims,
+        )  # bad input: refused before any pass
+        run = PipelineRun(
+            context,
+            report,
+            check=check,
+            on_fail=on_fail,
+            tolerance=tolerance,
+            verify=verify,
+            data=data,
+            calibration_data=calibration_data,
+        )
         current = run.all(current, passes, progress=progress)
         record_provenance(current, report)
         return PipelineResult(current, report)
 
     @staticmethod
-    def _starting_model(model: Any, passes: list[Pass], context: PassContext,
-                        report: PipelineReport) -> tuple[ir.Model, list[Pass]]:
+    def _starting_model(
+        model: Any, passes: list[Pass], context: PassContext, report: PipelineReport
+    ) -> tuple[ir.Model, list[Pass]]:
         """Turn the run's input into an ``ir.Model``; a torch module is first exported by the leading pass."""
         if isinstance(model, (str, os.PathLike, bytes, onnx.ModelProto, ir.Model)):
             return modelio.as_ir_model(model), passes
@@ -169,9 +199,16 @@ class Pipeline:
             started = time.perf_counter()
             result = export_pass.from_source(model)
             seconds = time.perf_counter() - started
-            entry = PassReport(name=export_pass.name, spec=export_pass.spec(), kind=export_pass.kind,
-                               modified=True, stats=list(result.stats), seconds=seconds,
-                               timings={"transform": seconds}, nodes_after=count_nodes(result.model))
+            entry = PassReport(
+                name=export_pass.name,
+                spec=export_pass.spec(),
+                kind=export_pass.kind,
+                modified=True,
+                stats=list(result.stats),
+                seconds=seconds,
+                timings={"transform": seconds},
+                nodes_after=count_nodes(result.model),
+            )
             report.passes.append(entry)
             return result.model, passes[1:]
         raise SpecError(

@@ -44,8 +44,18 @@ class PipelineRun:
     7. what still fails is handled as ``on_fail`` says: stop, roll back, or keep with a warning.
     """
 
-    def __init__(self, context: PassContext, report: PipelineReport, *, check: CheckMode, on_fail: OnFail,
-                 tolerance: Any, verify: bool, data: Any, calibration_data: Any) -> None:
+    def __init__(
+        self,
+        context: PassContext,
+        report: PipelineReport,
+        *,
+        check: CheckMode,
+        on_fail: OnFail,
+        tolerance: Any,
+        verify: bool,
+        data: Any,
+        calibration_data: Any,
+    ) -> None:
         self.context = context
         self.report = report
         self.check = check
@@ -77,8 +87,9 @@ class PipelineRun:
             # Not for a proto past the in-memory limit: its weights would be held twice. A model whose weights
             # stay in external data files is bytes of its graph, and its sessions map the weights.
             if isinstance(original.model, bytes):
-                self._parity.prefetch(original.model, limit=self._sample_limit(self._first_comparison_kind(passes)),
-                                      probed=probed)
+                self._parity.prefetch(
+                    original.model, limit=self._sample_limit(self._first_comparison_kind(passes)), probed=probed
+                )
         before = original
         try:
             with _progress(len(passes), enabled=progress) as show:
@@ -96,12 +107,15 @@ class PipelineRun:
                 self.report.parity_failed = True
                 if self.on_fail != "warn":
                     self.report.failed = True
-                    raise ParityError(f"the optimized model's outputs drifted beyond {kind} tolerance: {parity.summary()}",
-                                      hint="run with --check each to find the pass responsible")
+                    raise ParityError(
+                        f"the optimized model's outputs drifted beyond {kind} tolerance: {parity.summary()}",
+                        hint="run with --check each to find the pass responsible",
+                    )
         return current
 
-    def segment(self, passes: list[Pass], current: ir.Model, before: Snapshot, show: Callable[[Pass], None]
-                ) -> tuple[ir.Model, Snapshot]:
+    def segment(
+        self, passes: list[Pass], current: ir.Model, before: Snapshot, show: Callable[[Pass], None]
+    ) -> tuple[ir.Model, Snapshot]:
         """Run consecutive exact passes with one parity check for them all, from the first one's input to the
         last one's output: each model then runs once instead of once per pass around it. Each pass is still
         verified on its own. Should the outputs drift, the passes run again, each checked on its own, to find
@@ -121,15 +135,17 @@ class PipelineRun:
             return current, before  # nothing changed, so there is nothing to compare
         segment_entries = self.report.passes[entries:]
         covered = [e for e in segment_entries if e.modified and e.status in ("ok", "narrowed")]
-        parity = self._compare(start.model, before.model, "exact",
-                               (covered or segment_entries)[-1].timings.setdefault("parity", {}))
+        parity = self._compare(
+            start.model, before.model, "exact", (covered or segment_entries)[-1].timings.setdefault("parity", {})
+        )
         if parity.passed:
             for entry in covered:
                 entry.parity = {**parity.to_dict(), "passes": [e.name for e in covered]}
             return current, before
         # Check the passes one by one from the segment's input; what the first try cost stays on the record.
         self.report.timings["segment_retries"] = self.report.timings.get("segment_retries", 0.0) + sum(
-            e.total_seconds() for e in segment_entries)
+            e.total_seconds() for e in segment_entries
+        )
         del self.report.passes[entries:]
         del self.report.rolled_back[rolled_back:]
         current, before = start.restore(), start
@@ -153,7 +169,12 @@ class PipelineRun:
         if attempt.result is not None and attempt.snapshot is None and attempt.failure is None:
             entry.nodes_after, entry.bytes_after = entry.nodes_before, entry.bytes_before  # unchanged, as claimed
             return current, before
-        if attempt.failure is not None and attempt.result is not None and attempt.result.sites and pass_.kind == "exact":
+        if (
+            attempt.failure is not None
+            and attempt.result is not None
+            and attempt.result.sites
+            and pass_.kind == "exact"
+        ):
             with clock("narrowing"):
                 narrowed = self._narrow(pass_, before, histogram_before, attempt, entry)
             if narrowed is not None:
@@ -177,8 +198,15 @@ class PipelineRun:
             return attempt.result.model, attempt.snapshot or before
         return self._fail(pass_, entry, attempt, before)
 
-    def _attempt(self, pass_: Pass, model: ir.Model, before: Snapshot, histogram_before: collections.Counter[str],
-                 fingerprint_before: tuple, timings: dict[str, Any]) -> Attempt:
+    def _attempt(
+        self,
+        pass_: Pass,
+        model: ir.Model,
+        before: Snapshot,
+        histogram_before: collections.Counter[str],
+        fingerprint_before: tuple,
+        timings: dict[str, Any],
+    ) -> Attempt:
         """Run ``pass_`` on ``model`` and check its output. ``snapshot`` is None when the pass changed nothing."""
         clock = Clock(timings)
         pass_.context = self.context
@@ -192,16 +220,25 @@ class PipelineRun:
         except Exception as e:  # any other exception is a bug in the pass: it costs that pass, not the run
             failure = f"{type(e).__name__}: {runtime.error_line(e)}"
             self.report.passes[-1].traceback = traceback.format_exc()
-            return Attempt(None, None, Failure("error", f"pass '{pass_.name}' hit an internal error: {failure}",
-                                                 f"internal error: {failure}", e))
+            return Attempt(
+                None,
+                None,
+                Failure(
+                    "error", f"pass '{pass_.name}' hit an internal error: {failure}", f"internal error: {failure}", e
+                ),
+            )
         if not result.modified:
             with clock("instrument"):
                 unchanged = graph.fingerprint(result.model) == fingerprint_before
             if unchanged:
                 return Attempt(result, None, None)
             problem = "it changed the model but reported modified=False"
-            return Attempt(result, None, Failure("verification", f"pass '{pass_.name}' broke its contract: {problem}",
-                                                   problem), verification=[problem])
+            return Attempt(
+                result,
+                None,
+                Failure("verification", f"pass '{pass_.name}' broke its contract: {problem}", problem),
+                verification=[problem],
+            )
         with clock("serialize"):
             snapshot = Snapshot.of(result.model, self.context.model_dir)
         problems = self.baseline.problems(snapshot, clock) if self.baseline else []
@@ -209,9 +246,13 @@ class PipelineRun:
             histogram = op_histogram(result.model)
             problems += undeclared_domains(pass_, histogram_before, histogram)
         if problems:
-            return Attempt(result, snapshot, Failure("verification", f"pass '{pass_.name}' broke the model: "
-                                                     f"{problems[0]}", problems[0]), verification=problems,
-                           histogram=histogram)
+            return Attempt(
+                result,
+                snapshot,
+                Failure("verification", f"pass '{pass_.name}' broke the model: {problems[0]}", problems[0]),
+                verification=problems,
+                histogram=histogram,
+            )
         if self.check != "each" or self.deferring:
             return Attempt(result, snapshot, None, histogram=histogram)
         parity = self._compare(before.model, snapshot.model, pass_.kind, timings.setdefault("parity", {}))
@@ -226,8 +267,7 @@ class PipelineRun:
         entry.stats = list(result.stats) if isinstance(result, PassResult) else []
         entry.details = dict(result.details) if isinstance(result, PassResult) else {}
 
-    def _fail(self, pass_: Pass, entry: PassReport, attempt: Attempt, before: Snapshot
-              ) -> tuple[ir.Model, Snapshot]:
+    def _fail(self, pass_: Pass, entry: PassReport, attempt: Attempt, before: Snapshot) -> tuple[ir.Model, Snapshot]:
         """Handle a pass whose output cannot be kept as it is, as ``on_fail`` says."""
         failure = attempt.failure
         assert failure is not None
@@ -236,7 +276,9 @@ class PipelineRun:
             entry.status = "parity-failed" if failure.kind == "parity" else "failed"
             self.report.failed = True
             if failure.kind == "parity":
-                raise ParityError(failure.message, hint="use --on-fail rollback to skip this pass, or loosen the tolerance")
+                raise ParityError(
+                    failure.message, hint="use --on-fail rollback to skip this pass, or loosen the tolerance"
+                )
             raise PassFailedError(failure.message, hint="use --on-fail rollback to skip this pass") from failure.cause
         if self.on_fail == "warn" and failure.kind == "parity":
             entry.status = "parity-warning"
@@ -251,8 +293,14 @@ class PipelineRun:
 
     # -- narrowing --------------------------------------------------------------------------------------
 
-    def _narrow(self, pass_: Pass, before: Snapshot, histogram_before: collections.Counter[str], failed: Attempt,
-                entry: PassReport) -> Attempt | None:
+    def _narrow(
+        self,
+        pass_: Pass,
+        before: Snapshot,
+        histogram_before: collections.Counter[str],
+        failed: Attempt,
+        entry: PassReport,
+    ) -> Attempt | None:
         """``narrowing.narrow`` over reruns of ``pass_`` on its input, timed as narrowing whatever step they spend."""
 
         def rerun(disabled: frozenset[str | Site]) -> Attempt:
@@ -268,8 +316,9 @@ class PipelineRun:
     # -- parity -----------------------------------------------------------------------------------------
 
     def _compare(self, reference: Any, candidate: Any, kind: str, timings: dict[str, Any]) -> Any:
-        report = self._parity.compare(reference, candidate, self._tolerance(kind), timings,
-                                      limit=self._sample_limit(kind))
+        report = self._parity.compare(
+            reference, candidate, self._tolerance(kind), timings, limit=self._sample_limit(kind)
+        )
         self.report.parity_inputs = self._parity.description  # it says when a slow model took one sample
         return report
 
@@ -321,9 +370,14 @@ class PipelineRun:
             self._probed, dataset.probe_run = dataset.probe_run, None
             description = describe_data(dataset)
         self.report.parity_inputs = description
-        self._parity = parity.ParityChain(dataset, input_specs(model), description,
-                                          data_given=self.data is not None or self.calibration_data is not None,
-                                          model_dir=self.context.model_dir, prepack=runtime.packs_weights(model))
+        self._parity = parity.ParityChain(
+            dataset,
+            input_specs(model),
+            description,
+            data_given=self.data is not None or self.calibration_data is not None,
+            model_dir=self.context.model_dir,
+            prepack=runtime.packs_weights(model),
+        )
         return self._parity
 
 

@@ -127,21 +127,31 @@ def parse_quantize_spec(spec: str) -> _RecordingQuantizePass:
     pieces = split_top_level(spec)
     names = [parse_pass_text(piece)[0] for piece in pieces]
     if names != ["quantize"]:
-        raise SpecError(f"--spec must be one quantize pass, not {spec!r}",
-                        hint="e.g. --spec 'quantize{mode=static,calib=minmax}'; run other passes first with "
-                             "onnxkit optimize")
+        raise SpecError(
+            f"--spec must be one quantize pass, not {spec!r}",
+            hint="e.g. --spec 'quantize{mode=static,calib=minmax}'; run other passes first with onnxkit optimize",
+        )
     built = build_pass(*parse_pass_text(pieces[0]))
     assert isinstance(built, get_pass_class("quantize"))
     if built.options.mode == "weight-only":
-        raise SpecError("debug quant explains static and dynamic INT8; weight-only quantization keeps "
-                        "activations float", hint="use mode=static or mode=dynamic")
+        raise SpecError(
+            "debug quant explains static and dynamic INT8; weight-only quantization keeps activations float",
+            hint="use mode=static or mode=dynamic",
+        )
     return _RecordingQuantizePass(built.options)
 
 
-def debug_quant(model: str | Path | ir.Model, calibration_data: Any, spec: str = "quantize", *,
-                dims: Mapping[str, int] | None = None, samples: int = DEFAULT_SAMPLES,
-                isolate: int | Literal["all"] = 0,
-                calib_cache: str | Path | None = None, progress: bool = False) -> QuantDebugResult:
+def debug_quant(
+    model: str | Path | ir.Model,
+    calibration_data: Any,
+    spec: str = "quantize",
+    *,
+    dims: Mapping[str, int] | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    isolate: int | Literal["all"] = 0,
+    calib_cache: str | Path | None = None,
+    progress: bool = False,
+) -> QuantDebugResult:
     """Quantize ``model`` as ``onnxkit optimize --passes SPEC --calib-data DATA`` would, then measure the
     error of every layer with everything in INT8 and say why each node the pass left float stayed float.
 
@@ -161,23 +171,33 @@ def debug_quant(model: str | Path | ir.Model, calibration_data: Any, spec: str =
     from onnxkit.data import load_dataset
 
     data = load_dataset(calibration_data)
-    validate.check_run(loaded, [quantize], check="off", data=None, calibration_data=data, model_dir=model_dir,
-                       dims=dims)
+    validate.check_run(
+        loaded, [quantize], check="off", data=None, calibration_data=data, model_dir=model_dir, dims=dims
+    )
     # The pipeline's context when given calibration data only: the pass judges its target on held-out samples.
-    quantize.context = PassContext(data=data, dims=dict(dims or {}), model_dir=model_dir, show_progress=progress,
-                                   parity_on_held_out=True,
-                                   calib_cache=Path(calib_cache) if calib_cache is not None else None)
+    quantize.context = PassContext(
+        data=data,
+        dims=dict(dims or {}),
+        model_dir=model_dir,
+        show_progress=progress,
+        parity_on_held_out=True,
+        calib_cache=Path(calib_cache) if calib_cache is not None else None,
+    )
     result = quantize.call(loaded)
     run = quantize.recorded
     if run is None:  # stopped before calibrating: already quantized, nothing to quantize, ORT cannot run it
-        raise OnnxkitError(f"nothing to debug: {'; '.join(result.stats)}",
-                           hint="debug quant needs a float model with nodes the quantize pass can quantize")
-    return _measure(str(model) if isinstance(model, (str, Path)) else "(in memory)", quantize.spec(), run, result,
-                    samples, isolate)
+        raise OnnxkitError(
+            f"nothing to debug: {'; '.join(result.stats)}",
+            hint="debug quant needs a float model with nodes the quantize pass can quantize",
+        )
+    return _measure(
+        str(model) if isinstance(model, (str, Path)) else "(in memory)", quantize.spec(), run, result, samples, isolate
+    )
 
 
-def _measure(model_name: str, spec: str, run: QuantizeRun, result: QuantizeResult, samples: int,
-             isolate: int | Literal["all"]) -> QuantDebugResult:
+def _measure(
+    model_name: str, spec: str, run: QuantizeRun, result: QuantizeResult, samples: int, isolate: int | Literal["all"]
+) -> QuantDebugResult:
     # What ORT quantizes: the model as given, or its SmoothQuant twin when the pass kept smoothing. Layers are
     # compared with it (the twin's activations are scaled per channel); the outputs with the model as given.
     float_proto, original = run.float_proto, run.original
@@ -191,45 +211,72 @@ def _measure(model_name: str, spec: str, run: QuantizeRun, result: QuantizeResul
     all_int8 = measured_run.quantize(())
     in_int8 = {node.name or "" for node in quantized_nodes(float_proto, all_int8)}
     measured_samples = list(itertools.islice(run.data.held_out, samples))
-    samples_from = ("calibration samples (too few to hold any out)" if run.data.reused_calibration_for_holdout
-                    else "held-out samples (not used for calibration)")
+    samples_from = (
+        "calibration samples (too few to hold any out)"
+        if run.data.reused_calibration_for_holdout
+        else "held-out samples (not used for calibration)"
+    )
 
-    ranking = measure_sensitivity(float_proto, all_int8, [n for n in run.candidates if n.name in in_int8],
-                                  run.types, measured_samples)
+    ranking = measure_sensitivity(
+        float_proto, all_int8, [n for n in run.candidates if n.name in in_int8], run.types, measured_samples
+    )
     tensors = tensor_errors(float_proto, all_int8, run.types, measured_samples)
     output_names = [o.name for o in float_proto.graph.output]
     by_name = {t.name: t for t in tensors}
     # An unmodified result is the float model: the pass kept it whole, with the reason in its report.
-    outputs_pass = (tensor_errors(original, modelio.to_proto(result.model), run.types, measured_samples,
-                                  names=output_names) if result.modified else [])
+    outputs_pass = (
+        tensor_errors(original, modelio.to_proto(result.model), run.types, measured_samples, names=output_names)
+        if result.modified
+        else []
+    )
     outputs_all_int8 = tensor_errors(original, all_int8, run.types, measured_samples, names=output_names)
     if original is not float_proto:
-        notes.append("SmoothQuant kept: layers are compared with the smoothed float model ORT quantized, outputs "
-                     "with the model as given")
+        notes.append(
+            "SmoothQuant kept: layers are compared with the smoothed float model ORT quantized, outputs "
+            "with the model as given"
+        )
     layers = _layers(run, result, ranking, by_name, in_int8)
     ranked = sum(layer.added_nsr is not None for layer in layers)  # they come first
     isolated = ranked if isolate == "all" else min(isolate, ranked)
     for index, layer in enumerate(layers[:isolated]):
         alone = measured_run.quantize([n.name for n in run.candidates if n.name != layer.node])
-        worst_output = min(tensor_errors(original, alone, run.types, measured_samples, names=output_names),
-                           key=lambda t: t.sqnr_db, default=None)
+        worst_output = min(
+            tensor_errors(original, alone, run.types, measured_samples, names=output_names),
+            key=lambda t: t.sqnr_db,
+            default=None,
+        )
         if worst_output is not None:
-            layers[index] = dataclasses.replace(layer, alone_sqnr_db=worst_output.sqnr_db,
-                                                alone_cosine=worst_output.cosine)
+            layers[index] = dataclasses.replace(
+                layer, alone_sqnr_db=worst_output.sqnr_db, alone_cosine=worst_output.cosine
+            )
     ranked_by: Literal["added", "alone"] = "added"
     if ranked and isolated == ranked and all(layer.alone_sqnr_db is not None for layer in layers[:ranked]):
         ranked_by = "alone"
         layers[:ranked] = sorted(layers[:ranked], key=lambda layer: layer.alone_sqnr_db or 0.0)
     return QuantDebugResult(
-        model=model_name, spec=spec, settings=result.stats[0] if result.stats else "", samples=len(measured_samples),
-        samples_from=samples_from, layers=layers, tensors=tensors,
+        model=model_name,
+        spec=spec,
+        settings=result.stats[0] if result.stats else "",
+        samples=len(measured_samples),
+        samples_from=samples_from,
+        layers=layers,
+        tensors=tensors,
         outputs_all_int8=outputs_all_int8,
-        outputs_pass_result=outputs_pass, pass_stats=list(result.stats), pass_report=dict(result.details),
-        ranked_by=ranked_by, notes=notes)
+        outputs_pass_result=outputs_pass,
+        pass_stats=list(result.stats),
+        pass_report=dict(result.details),
+        ranked_by=ranked_by,
+        notes=notes,
+    )
 
 
-def _layers(run: QuantizeRun, result: QuantizeResult, ranking: Sequence[NodeSensitivity],
-            tensors: Mapping[str, TensorError], in_int8: set[str]) -> list[LayerError]:
+def _layers(
+    run: QuantizeRun,
+    result: QuantizeResult,
+    ranking: Sequence[NodeSensitivity],
+    tensors: Mapping[str, TensorError],
+    in_int8: set[str],
+) -> list[LayerError]:
     """Every candidate node, worst first: ranked nodes by the noise they add, then the ones never in INT8."""
     details = result.details
     whole_model_float = details.get("latency_gate", {}).get("kept_whole_model_float")
@@ -249,14 +296,26 @@ def _layers(run: QuantizeRun, result: QuantizeResult, ranking: Sequence[NodeSens
             reason = f"the pass kept the whole model float: {whole_model_float}"
         else:
             reason = kept_float.get(node.name)
-        layers.append(LayerError(
-            node=node.name, op_type=node.op_type, position=position, output=worst.name if worst else "",
-            sqnr_db=worst.sqnr_db if worst else math.nan, cosine=worst.cosine if worst else math.nan,
-            added_nsr=sensitivity.added_nsr if sensitivity else None,
-            rounding_nsr=sensitivity.rounding_nsr if sensitivity else None,
-            int8_when_all_quantized=node.name in in_int8, pass_kept_float=reason))
-    layers.sort(key=lambda layer: (order.get(layer.node, len(order)),
-                                   layer.sqnr_db if not math.isnan(layer.sqnr_db) else math.inf))
+        layers.append(
+            LayerError(
+                node=node.name,
+                op_type=node.op_type,
+                position=position,
+                output=worst.name if worst else "",
+                sqnr_db=worst.sqnr_db if worst else math.nan,
+                cosine=worst.cosine if worst else math.nan,
+                added_nsr=sensitivity.added_nsr if sensitivity else None,
+                rounding_nsr=sensitivity.rounding_nsr if sensitivity else None,
+                int8_when_all_quantized=node.name in in_int8,
+                pass_kept_float=reason,
+            )
+        )
+    layers.sort(
+        key=lambda layer: (
+            order.get(layer.node, len(order)),
+            layer.sqnr_db if not math.isnan(layer.sqnr_db) else math.inf,
+        )
+    )
     return layers
 
 
@@ -264,20 +323,28 @@ def _with_excluded(run: QuantizeRun) -> list[onnx.NodeProto]:
     """The candidates and the nodes of the same op types the user excluded, in graph order; not those with no
     float output (a Gather of shape values, say): they are arithmetic on integers, not layers INT8 could hurt."""
     candidates = {id(n) for n in run.candidates}
-    return [n for n in run.float_proto.graph.node
-            if (id(n) in candidates or (n.name in run.excluded and n.op_type in run.settings.op_types))
-            and any(run.types.get(name) in FLOAT_TYPES for name in n.output)]
+    return [
+        n
+        for n in run.float_proto.graph.node
+        if (id(n) in candidates or (n.name in run.excluded and n.op_type in run.settings.op_types))
+        and any(run.types.get(name) in FLOAT_TYPES for name in n.output)
+    ]
 
 
 def _why_not_quantized(node: onnx.NodeProto, run: QuantizeRun) -> str:
     """Why ONNX Runtime's quantizer left a candidate float even with nothing kept float."""
     weights = {i.name for i in run.float_proto.graph.initializer}
-    if run.settings.mode == "dynamic" and node.op_type in ("MatMul", "Gemm") and \
-            not any(name in weights for name in node.input[:2]):
+    if (
+        run.settings.mode == "dynamic"
+        and node.op_type in ("MatMul", "Gemm")
+        and not any(name in weights for name in node.input[:2])
+    ):
         return "ONNX Runtime's dynamic quantizer needs a constant weight input, and this node has none"
     if node.op_type in ("Relu", "Clip"):
-        return ("ONNX Runtime quantizes Relu and Clip only by folding them into a quantized producer's range, "
-                "and this one reads a float tensor")
+        return (
+            "ONNX Runtime quantizes Relu and Clip only by folding them into a quantized producer's range, "
+            "and this one reads a float tensor"
+        )
     return "ONNX Runtime's quantizer did not quantize it (no calibrated range, or its inputs are not float)"
 
 
@@ -285,8 +352,13 @@ def _why_not_quantized(node: onnx.NodeProto, run: QuantizeRun) -> str:
 # Tensor errors
 
 
-def tensor_errors(float_proto: onnx.ModelProto, quantized: onnx.ModelProto, types: Mapping[str, int],
-                  samples: Iterable[Mapping[str, Any]], names: Sequence[str] | None = None) -> list[TensorError]:
+def tensor_errors(
+    float_proto: onnx.ModelProto,
+    quantized: onnx.ModelProto,
+    types: Mapping[str, int],
+    samples: Iterable[Mapping[str, Any]],
+    names: Sequence[str] | None = None,
+) -> list[TensorError]:
     """SQNR and cosine of each float activation (``names``, default: every node output of a float type)
     against the tensor the quantized model's consumers read, over ``samples``; graph order. The metrics are the
     parity check's (``parity.OutputComparison``): SQNR from the powers summed over samples, the worst sample's
@@ -311,8 +383,14 @@ def tensor_errors(float_proto: onnx.ModelProto, quantized: onnx.ModelProto, type
         for name, consumed in pairs.items():
             comparisons[name].add(reference[name], candidate[consumed], index)
     reports = {name: comparison.finish() for name, comparison in comparisons.items()}
-    return [TensorError(name, producers[name].name if name in producers else "",
-                        producers[name].op_type if name in producers else "",
-                        report.sqnr_db if report.sqnr_db is not None else math.nan,
-                        report.cosine if report.cosine is not None else math.nan)
-            for name, report in reports.items() if not report.errors]
+    return [
+        TensorError(
+            name,
+            producers[name].name if name in producers else "",
+            producers[name].op_type if name in producers else "",
+            report.sqnr_db if report.sqnr_db is not None else math.nan,
+            report.cosine if report.cosine is not None else math.nan,
+        )
+        for name, report in reports.items()
+        if not report.errors
+    ]

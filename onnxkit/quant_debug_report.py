@@ -36,15 +36,26 @@ def _number(value: float | None, digits: int = 6) -> float | str | None:
 
 def _shares(result: QuantDebugResult) -> dict[str, float]:
     """Each layer's share of all the noise the ranked layers add."""
-    total = sum(layer.added_nsr for layer in result.worst
-                if layer.added_nsr is not None and math.isfinite(layer.added_nsr) and layer.added_nsr > 0)
-    return {layer.node: layer.added_nsr / total for layer in result.worst
-            if total > 0 and layer.added_nsr is not None and math.isfinite(layer.added_nsr) and layer.added_nsr > 0}
+    total = sum(
+        layer.added_nsr
+        for layer in result.worst
+        if layer.added_nsr is not None and math.isfinite(layer.added_nsr) and layer.added_nsr > 0
+    )
+    return {
+        layer.node: layer.added_nsr / total
+        for layer in result.worst
+        if total > 0 and layer.added_nsr is not None and math.isfinite(layer.added_nsr) and layer.added_nsr > 0
+    }
 
 
 def _tensor_dict(tensor: TensorError) -> dict[str, Any]:
-    return {"name": tensor.name, "producer": tensor.producer, "op_type": tensor.op_type,
-            "sqnr_db": _number(tensor.sqnr_db, 3), "cosine": _number(tensor.cosine)}
+    return {
+        "name": tensor.name,
+        "producer": tensor.producer,
+        "op_type": tensor.op_type,
+        "sqnr_db": _number(tensor.sqnr_db, 3),
+        "cosine": _number(tensor.cosine),
+    }
 
 
 def to_dict(result: QuantDebugResult) -> dict[str, Any]:
@@ -56,17 +67,30 @@ def to_dict(result: QuantDebugResult) -> dict[str, Any]:
         "samples": result.samples,
         "samples_from": result.samples_from,
         "ranked_by": result.ranked_by,
-        "layers": [{"rank": rank, "node": layer.node, "op_type": layer.op_type, "position": layer.position,
-                    "output": layer.output, "sqnr_db": _number(layer.sqnr_db, 3), "cosine": _number(layer.cosine),
-                    "added_nsr": _number(layer.added_nsr), "share_of_added_noise": _number(shares.get(layer.node), 4),
-                    "rounding_nsr": _number(layer.rounding_nsr),
-                    "alone_output_sqnr_db": _number(layer.alone_sqnr_db, 3),
-                    "alone_output_cosine": _number(layer.alone_cosine),
-                    "int8_when_all_quantized": layer.int8_when_all_quantized,
-                    "pass_result": "float" if layer.pass_kept_float else "int8", "why_float": layer.pass_kept_float}
-                   for rank, layer in enumerate(result.layers, start=1)],
-        "outputs": {"all_int8": [_tensor_dict(t) for t in result.outputs_all_int8],
-                    "pass_result": [_tensor_dict(t) for t in result.outputs_pass_result]},
+        "layers": [
+            {
+                "rank": rank,
+                "node": layer.node,
+                "op_type": layer.op_type,
+                "position": layer.position,
+                "output": layer.output,
+                "sqnr_db": _number(layer.sqnr_db, 3),
+                "cosine": _number(layer.cosine),
+                "added_nsr": _number(layer.added_nsr),
+                "share_of_added_noise": _number(shares.get(layer.node), 4),
+                "rounding_nsr": _number(layer.rounding_nsr),
+                "alone_output_sqnr_db": _number(layer.alone_sqnr_db, 3),
+                "alone_output_cosine": _number(layer.alone_cosine),
+                "int8_when_all_quantized": layer.int8_when_all_quantized,
+                "pass_result": "float" if layer.pass_kept_float else "int8",
+                "why_float": layer.pass_kept_float,
+            }
+            for rank, layer in enumerate(result.layers, start=1)
+        ],
+        "outputs": {
+            "all_int8": [_tensor_dict(t) for t in result.outputs_all_int8],
+            "pass_result": [_tensor_dict(t) for t in result.outputs_pass_result],
+        },
         "tensors": [_tensor_dict(t) for t in result.tensors],
         "pass": {"stats": list(result.pass_stats), "report": result.pass_report},
         "notes": list(result.notes),
@@ -92,9 +116,17 @@ def _ratio(value: float | None) -> str:
 
 def _row(rank: int, layer: LayerError) -> list[str]:
     passed = "INT8" if layer.pass_kept_float is None else f"float: {layer.pass_kept_float}"
-    return [str(rank), layer.node, layer.op_type, _db(layer.sqnr_db),
-            "n/a" if math.isnan(layer.cosine) else f"{layer.cosine:.4f}", _ratio(layer.added_nsr),
-            _ratio(layer.rounding_nsr), "-" if layer.alone_sqnr_db is None else _db(layer.alone_sqnr_db), passed]
+    return [
+        str(rank),
+        layer.node,
+        layer.op_type,
+        _db(layer.sqnr_db),
+        "n/a" if math.isnan(layer.cosine) else f"{layer.cosine:.4f}",
+        _ratio(layer.added_nsr),
+        _ratio(layer.rounding_nsr),
+        "-" if layer.alone_sqnr_db is None else _db(layer.alone_sqnr_db),
+        passed,
+    ]
 
 
 def _outputs_line(label: str, outputs: Sequence[TensorError]) -> str:
@@ -102,8 +134,11 @@ def _outputs_line(label: str, outputs: Sequence[TensorError]) -> str:
 
 
 def summary_lines(result: QuantDebugResult) -> list[str]:
-    lines = [f"{result.model}: {result.spec}", result.settings,
-             f"errors on {result.samples} {result.samples_from}, float against INT8 tensors"]
+    lines = [
+        f"{result.model}: {result.spec}",
+        result.settings,
+        f"errors on {result.samples} {result.samples_from}, float against INT8 tensors",
+    ]
     if result.outputs_all_int8:
         lines.append(_outputs_line("every candidate in INT8", result.outputs_all_int8))
     if result.outputs_pass_result:
@@ -119,28 +154,37 @@ def render(console: Any, result: QuantDebugResult, top: int) -> None:
         console.print(line, highlight=False, markup=False)  # wrapped at the width, unlike long table cells
     shown = result.layers[:top]
     title = f"worst {len(shown)} of {len(result.layers)} layers, {ORDER[result.ranked_by]}"
-    print_table(console, title, TABLE_HEADERS, [_row(rank, layer) for rank, layer in enumerate(shown, start=1)],
-                lead=3)
+    print_table(console, title, TABLE_HEADERS, [_row(rank, layer) for rank, layer in enumerate(shown, start=1)], lead=3)
 
 
 def to_markdown(result: QuantDebugResult) -> str:
     shown = result.layers[:MARKDOWN_LAYERS]
     lines = [f"# Quantization debug: {Path(result.model).name}", ""]
     lines += [f"- {line}" for line in summary_lines(result)]
-    lines += ["", f"## Layers, worst first ({len(shown)} of {len(result.layers)}, {ORDER[result.ranked_by]})", "",
-              ("SQNR (powers over all samples) and cosine (the worst sample's, as the parity check reports it): "
-               "the layer's output with every candidate node in INT8, against float. *adds*: the "
-               "noise power the layer adds on top of its inputs', relative to its output's power (the pass's "
-               "sensitivity ranking). *own rounding*: its INT8 rounding alone, on float inputs. *alone: output dB*: "
-               "the model's output SQNR with only this layer in INT8 (measured for the worst `--isolate` layers)."), "",
-              "| " + " | ".join(TABLE_HEADERS) + " |", "|" + "---|" * len(TABLE_HEADERS)]
+    lines += [
+        "",
+        f"## Layers, worst first ({len(shown)} of {len(result.layers)}, {ORDER[result.ranked_by]})",
+        "",
+        (
+            "SQNR (powers over all samples) and cosine (the worst sample's, as the parity check reports it): "
+            "the layer's output with every candidate node in INT8, against float. *adds*: the "
+            "noise power the layer adds on top of its inputs', relative to its output's power (the pass's "
+            "sensitivity ranking). *own rounding*: its INT8 rounding alone, on float inputs. *alone: output dB*: "
+            "the model's output SQNR with only this layer in INT8 (measured for the worst `--isolate` layers)."
+        ),
+        "",
+        "| " + " | ".join(TABLE_HEADERS) + " |",
+        "|" + "---|" * len(TABLE_HEADERS),
+    ]
     return "\n".join([*lines, *markdown_rows(shown)]) + "\n"
 
 
 def markdown_rows(layers: Sequence[LayerError]) -> list[str]:
     """The table's rows in Markdown, ranked from 1."""
-    return ["| " + " | ".join(cell.replace("|", "\\|") for cell in _row(rank, layer)) + " |"
-            for rank, layer in enumerate(layers, start=1)]
+    return [
+        "| " + " | ".join(cell.replace("|", "\\|") for cell in _row(rank, layer)) + " |"
+        for rank, layer in enumerate(layers, start=1)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -159,47 +203,76 @@ def write_plot(result: QuantDebugResult, path: Path, top: int) -> bool:
     except ImportError:
         return False
     layers = sorted(result.layers, key=lambda layer: layer.position)
-    finite = [value for layer in layers for value in (layer.sqnr_db, layer.alone_sqnr_db)
-              if value is not None and math.isfinite(value)]
+    finite = [
+        value
+        for layer in layers
+        for value in (layer.sqnr_db, layer.alone_sqnr_db)
+        if value is not None and math.isfinite(value)
+    ]
     ceiling = (max(finite) if finite else 0.0) + 10.0  # where an error-free layer (inf dB) is drawn
     measured = [layer for layer in layers if not math.isnan(layer.sqnr_db)]
     shares = _shares(result)
 
     def colour(layer: LayerError) -> str:
-        return ("tab:blue" if layer.pass_kept_float is None else
-                "tab:orange" if layer.int8_when_all_quantized else "tab:gray")
+        return (
+            "tab:blue"
+            if layer.pass_kept_float is None
+            else "tab:orange"
+            if layer.int8_when_all_quantized
+            else "tab:gray"
+        )
 
     isolated = [layer for layer in layers if layer.alone_sqnr_db is not None]
-    figure, axes = plt.subplots(3 if isolated else 2, 1, sharex=True,
-                                figsize=(max(8.0, len(layers) * 0.12), 9.0 if isolated else 6.5))
+    figure, axes = plt.subplots(
+        3 if isolated else 2, 1, sharex=True, figsize=(max(8.0, len(layers) * 0.12), 9.0 if isolated else 6.5)
+    )
     upper, lower = axes[0], axes[1]
     # Points, not bars: a ruined layer sits at 0 dB, where a bar would vanish.
     sqnr = [min(layer.sqnr_db, ceiling) for layer in measured]
     upper.plot([layer.position for layer in measured], sqnr, color="lightgray", linewidth=0.8, zorder=1)
-    upper.scatter([layer.position for layer in measured], sqnr, c=[colour(layer) for layer in measured], s=16,
-                  zorder=2)
+    upper.scatter([layer.position for layer in measured], sqnr, c=[colour(layer) for layer in measured], s=16, zorder=2)
     upper.xaxis.set_major_locator(MaxNLocator(integer=True))
     upper.set_ylabel("output SQNR, all INT8 (dB)")
     upper.set_title(f"{Path(result.model).name}: {result.spec}", fontsize=10)
-    lower.bar([layer.position for layer in layers], [100 * shares.get(layer.node, 0.0) for layer in layers],
-              color=[colour(layer) for layer in layers])
+    lower.bar(
+        [layer.position for layer in layers],
+        [100 * shares.get(layer.node, 0.0) for layer in layers],
+        color=[colour(layer) for layer in layers],
+    )
     lower.set_ylabel("share of added noise (%)")
-    axes[-1].set_xlabel("quantizable layers in graph order (blue: INT8 in the pass's result, orange: kept float "
-                     "by the pass, gray: never INT8)", fontsize=8)
+    axes[-1].set_xlabel(
+        "quantizable layers in graph order (blue: INT8 in the pass's result, orange: kept float "
+        "by the pass, gray: never INT8)",
+        fontsize=8,
+    )
     if isolated:
-        axes[2].scatter([layer.position for layer in isolated],
-                        [min(typing.cast(float, layer.alone_sqnr_db), ceiling) for layer in isolated],
-                        c=[colour(layer) for layer in isolated], s=16)
+        axes[2].scatter(
+            [layer.position for layer in isolated],
+            [min(typing.cast(float, layer.alone_sqnr_db), ceiling) for layer in isolated],
+            c=[colour(layer) for layer in isolated],
+            s=16,
+        )
         axes[2].set_ylabel("output SQNR, only it INT8 (dB)")
     labelled = axes[2] if result.ranked_by == "alone" else lower
     # Names share their scope ("/encoder/encoder/"): the label keeps what tells the layers apart.
     prefix = os.path.commonprefix([layer.node for layer in layers])  # noqa: RUF071  (cut back to a "/" below)
-    prefix = prefix[:prefix.rfind("/") + 1]
+    prefix = prefix[: prefix.rfind("/") + 1]
     for rank, layer in enumerate(result.worst[:top], start=1):
-        height = (min(typing.cast(float, layer.alone_sqnr_db), ceiling) if result.ranked_by == "alone"
-                  else 100 * shares.get(layer.node, 0.0))
-        labelled.annotate(f"{rank}. {layer.node[len(prefix):]}", (layer.position, height), rotation=45, fontsize=7,
-                          xytext=(0, 4), textcoords="offset points", ha="left", va="bottom")
+        height = (
+            min(typing.cast(float, layer.alone_sqnr_db), ceiling)
+            if result.ranked_by == "alone"
+            else 100 * shares.get(layer.node, 0.0)
+        )
+        labelled.annotate(
+            f"{rank}. {layer.node[len(prefix) :]}",
+            (layer.position, height),
+            rotation=45,
+            fontsize=7,
+            xytext=(0, 4),
+            textcoords="offset points",
+            ha="left",
+            va="bottom",
+        )
     labelled.margins(y=0.35)
     figure.tight_layout()
     temporary = path.with_name(f".{path.name}.tmp.png")
@@ -224,4 +297,3 @@ def save(result: QuantDebugResult, folder: Path, top: int) -> tuple[list[Path], 
     if not write_plot(result, plot, top):
         return written, PLOT_HINT
     return written + [plot], None
-

@@ -79,15 +79,25 @@ class ReduceResult:
         path = Path(path)
         original_path = path.with_name(f"{path.stem}.original{path.suffix or '.onnx'}")
         inputs_path = path.with_name(f"{path.stem}.inputs.npz")
-        written = [modelio.save_model(modelio.as_ir_model(self.reduced.candidate), path),
-                   modelio.save_model(modelio.as_ir_model(self.reduced.original), original_path)]
+        written = [
+            modelio.save_model(modelio.as_ir_model(self.reduced.candidate), path),
+            modelio.save_model(modelio.as_ir_model(self.reduced.original), original_path),
+        ]
         _save_feeds(self.reduced.feeds, inputs_path)
         return [*written, inputs_path]
 
 
-def reduce_pair(original: Any, candidate: Any, data: Any = None, *, tolerance: parity.Tolerance | None = None,
-                dims: Mapping[str, int] | None = None, num_samples: int | None = None, seed: int = 0,
-                progress: Callable[[str], None] | None = None) -> ReduceResult:
+def reduce_pair(
+    original: Any,
+    candidate: Any,
+    data: Any = None,
+    *,
+    tolerance: parity.Tolerance | None = None,
+    dims: Mapping[str, int] | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> ReduceResult:
     """Shrink the failing pair ``original``/``candidate`` (paths, ``ModelProto`` or ``onnx_ir.Model``) to the
     smallest subgraph of the original whose candidate counterpart still fails parity under ``tolerance``
     (default: the exact kind's) on ``data`` (anything ``onnxkit.data`` loads; None probes synthetic inputs).
@@ -106,8 +116,14 @@ def reduce_pair(original: Any, candidate: Any, data: Any = None, *, tolerance: p
 
 
 class _Search:
-    def __init__(self, original: onnx.ModelProto, candidate: onnx.ModelProto, samples: list[dict[str, Any]],
-                 tolerance: parity.Tolerance, progress: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        original: onnx.ModelProto,
+        candidate: onnx.ModelProto,
+        samples: list[dict[str, Any]],
+        tolerance: parity.Tolerance,
+        progress: Callable[[str], None],
+    ) -> None:
         self.original = _with_types(original)
         self.candidate = _with_types(candidate)
         self.tolerance = tolerance
@@ -127,9 +143,12 @@ class _Search:
     def run(self) -> ReduceResult:
         whole = self.check(range(len(self.nodes)))
         if whole != "fails":
-            raise OnnxkitError("the models agree within tolerance on these inputs: nothing to reduce"
-                               if whole == "passes" else "the whole pair cannot be compared in ONNX Runtime",
-                               hint="give the --data and tolerance under which `onnxkit check` fails")
+            raise OnnxkitError(
+                "the models agree within tolerance on these inputs: nothing to reduce"
+                if whole == "passes"
+                else "the whole pair cannot be compared in ONNX Runtime",
+                hint="give the --data and tolerance under which `onnxkit check` fails",
+            )
         count = len(self.nodes)
         end = self._bisect(range, low=0, high=count, fails_high=True)
         self.progress(f"from the outputs: the first {end} of {count} nodes fail")
@@ -186,8 +205,9 @@ class _Search:
         try:
             # A chain per cut rather than compare_models, which collects garbage before every comparison: in a
             # process holding torch that took most of a reduction's time.
-            chain = parity.ParityChain(as_dataset(feeds, original), input_specs(original), "the original's values",
-                                       data_given=True)
+            chain = parity.ParityChain(
+                as_dataset(feeds, original), input_specs(original), "the original's values", data_given=True
+            )
             report = chain.compare(original, candidate, self.tolerance)
         except (DataError, ModelLoadError):
             self.untestable += 1
@@ -205,10 +225,14 @@ class _Search:
         made = {out for n in nodes for out in n.output if out}
         inside = {id(n) for n in nodes}
         read_outside = {name for n in self.nodes if id(n) not in inside for name in _reads(n)}
-        inputs = [name for name in dict.fromkeys(name for n in nodes for name in _reads(n))
-                  if name not in made and name not in self.initializers and name not in self.constants]
-        outputs = [name for n in nodes for name in n.output
-                   if name and (name in read_outside or name in self.graph_outputs)]
+        inputs = [
+            name
+            for name in dict.fromkeys(name for n in nodes for name in _reads(n))
+            if name not in made and name not in self.initializers and name not in self.constants
+        ]
+        outputs = [
+            name for n in nodes for name in n.output if name and (name in read_outside or name in self.graph_outputs)
+        ]
         return inputs, outputs
 
 
@@ -222,16 +246,18 @@ class _Recording:
         return bool(self.samples) and name in self.samples[0]
 
 
-def _record(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], types: Mapping[str, int],
-            samples: list[dict[str, Any]]) -> _Recording:
+def _record(
+    model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], types: Mapping[str, int], samples: list[dict[str, Any]]
+) -> _Recording:
     """Run the original once per sample with every typed node output exposed, ORT optimizations off (so no
     fusion hides a tensor). Tensors whose type shape inference could not tell stay out: no cut uses them."""
     names = [out for n in nodes for out in n.output if out and out in types]
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
     present = {o.name for o in exposed.graph.output}
-    exposed.graph.output.extend(onnx.helper.make_tensor_value_info(name, types[name], None)
-                                for name in names if name not in present)
+    exposed.graph.output.extend(
+        onnx.helper.make_tensor_value_info(name, types[name], None) for name in names if name not in present
+    )
     session = runtime.make_session(exposed, optimize=False)
     input_names = [i.name for i in session.get_inputs()]
     output_names = [o.name for o in session.get_outputs()]
@@ -242,7 +268,9 @@ def _record(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], types: Mapp
     return _Recording(recorded)
 
 
-def _extract(model: onnx.ModelProto, inputs: list[str], outputs: list[str], types: Mapping[str, int]) -> onnx.ModelProto:
+def _extract(
+    model: onnx.ModelProto, inputs: list[str], outputs: list[str], types: Mapping[str, int]
+) -> onnx.ModelProto:
     """The nodes between ``inputs`` and ``outputs``, as a checked model. Boundary tensors without a value_info
     get the original's element type, shape left open."""
     extractor = onnx.utils.Extractor(model)
@@ -262,20 +290,26 @@ def _reads(node: onnx.NodeProto) -> list[str]:
     """The tensors a node reads: its inputs and the outer-scope names its subgraphs use."""
     names = [name for name in node.input if name]
     for attribute in node.attribute:
-        for graph in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+        for graph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
             local = _names(graph)
             names += [name for inner in graph.node for name in _reads(inner) if name not in local]
     return names
 
 
 def _names(graph: onnx.GraphProto) -> set[str]:
-    return ({i.name for i in graph.input} | {t.name for t in graph.initializer}
-            | {out for n in graph.node for out in n.output if out})
+    return (
+        {i.name for i in graph.input}
+        | {t.name for t in graph.initializer}
+        | {out for n in graph.node for out in n.output if out}
+    )
 
 
 def _elem_types(graph: onnx.GraphProto) -> dict[str, int]:
-    return {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)
-            if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type}
+    return {
+        v.name: v.type.tensor_type.elem_type
+        for v in (*graph.input, *graph.value_info, *graph.output)
+        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type
+    }
 
 
 def _with_types(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -301,8 +335,11 @@ def _proto(model: Any, role: str) -> onnx.ModelProto:
 def _save_feeds(feeds: list[dict[str, np.ndarray]], path: Path) -> None:
     """The samples as one .npz: stacked along a new first axis when their shapes agree, else the first one."""
     same_shapes = all({k: v.shape for k, v in f.items()} == {k: v.shape for k, v in feeds[0].items()} for f in feeds)
-    arrays = ({name: np.stack([f[name] for f in feeds]) for name in feeds[0]} if same_shapes and len(feeds) > 1
-              else dict(feeds[0]))
+    arrays = (
+        {name: np.stack([f[name] for f in feeds]) for name in feeds[0]}
+        if same_shapes and len(feeds) > 1
+        else dict(feeds[0])
+    )
     temporary = path.with_name(f".{path.name}.tmp.npz")
     np.savez(temporary, **arrays)  # type: ignore[arg-type]  # numpy's stub takes **kwds as its bool options
     os.replace(temporary, path)

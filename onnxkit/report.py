@@ -52,13 +52,21 @@ class PassReport:
         parity = sum(_flatten_seconds(self.timings.get("parity", {})))
         transform = self.timings.get("transform", 0.0)
         narrowing = self.timings.get("narrowing", 0.0)
-        return {"pass": transform, "checks": self.total_seconds() - transform - parity - narrowing,
-                "parity": parity, "narrowing": narrowing}
+        return {
+            "pass": transform,
+            "checks": self.total_seconds() - transform - parity - narrowing,
+            "parity": parity,
+            "narrowing": narrowing,
+        }
 
     def skipped_lines(self) -> list[str]:
         """``skipped materialize-reshape at node /Reshape_3 (onnx.checker: ...)``, one per rule or site."""
-        return [f"skipped {s['rule']}" + (f" at node {s['node']}" if s["node"] is not None else " (every site)")
-                + f" ({s['failure']})" for s in self.skipped]
+        return [
+            f"skipped {s['rule']}"
+            + (f" at node {s['node']}" if s["node"] is not None else " (every site)")
+            + f" ({s['failure']})"
+            for s in self.skipped
+        ]
 
 
 @dataclasses.dataclass
@@ -140,8 +148,12 @@ class PipelineReport:
         return lines
 
     def to_markdown(self) -> str:
-        lines = [f"Pipeline `{self.spec}`", "", "| " + " | ".join(self.HEADERS) + " |",
-                 "|" + "---|" * len(self.HEADERS)]
+        lines = [
+            f"Pipeline `{self.spec}`",
+            "",
+            "| " + " | ".join(self.HEADERS) + " |",
+            "|" + "---|" * len(self.HEADERS),
+        ]
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self.rows()]
         lines += [""] + [f"- **{name}**: {line}" for name, line in self.details()]
         return "\n".join(lines) + "\n"

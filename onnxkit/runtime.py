@@ -56,8 +56,9 @@ def session_options(*, optimize: bool = False, threads: int = 1, prepack: bool =
     options = ort.SessionOptions()
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -88,9 +89,16 @@ def packs_weights(model: ModelSource) -> bool:
     return any((node.domain, node.op_type) in _PACKING_CHANGES_RESULTS for node in graph.nodes(model))
 
 
-def make_session(model: ModelSource, *, options: Any = None, optimize: bool = False, threads: int = 1,
-                 prepack: bool = True, model_dir: str | os.PathLike[str] | None = None,
-                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
+def make_session(
+    model: ModelSource,
+    *,
+    options: Any = None,
+    optimize: bool = False,
+    threads: int = 1,
+    prepack: bool = True,
+    model_dir: str | os.PathLike[str] | None = None,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> Any:
     """An ``onnxruntime.InferenceSession`` for a path, bytes, ``onnx.ModelProto`` or ``onnx_ir.Model``.
 
     ``options`` replaces the defaults of ``session_options(optimize=..., threads=..., prepack=...)``; its log level is set
@@ -152,8 +160,14 @@ def _session_from_file(model: ir.Model, options: Any, providers: list[str]) -> A
         return _session(str(path), options, providers, folder)
 
 
-def optimize_offline(source: str | os.PathLike[str], target: str | os.PathLike[str], level: str, *,
-                     external_data: bool = True, external_min_bytes: int | None = None) -> None:
+def optimize_offline(
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    level: str,
+    *,
+    external_data: bool = True,
+    external_min_bytes: int | None = None,
+) -> None:
     """ONNX Runtime's graph optimizer run offline, as the ``ort-optimize`` pass and ``onnxkit bench``'s ORT peers
     run it: load the model file ``source`` at ``level`` ("basic": standard ops only, or "extended": ORT's
     contrib fusions too) and write the optimized model to ``target``. With ``external_data`` its initializers
@@ -161,17 +175,21 @@ def optimize_offline(source: str | os.PathLike[str], target: str | os.PathLike[s
     2 GB round-trips. Raises ORT's own exceptions for a model it cannot load."""
     import onnxruntime as ort
 
-    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }
     options = session_options()
     options.graph_optimization_level = levels[level]
     options.optimized_model_filepath = str(target)
     if external_data:
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                         Path(target).name + ".data")
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", Path(target).name + ".data"
+        )
         if external_min_bytes is not None:
-            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                             str(external_min_bytes))
+            options.add_session_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes", str(external_min_bytes)
+            )
     make_session(source, options=options)
 
 
@@ -197,7 +215,8 @@ _SOURCE_LOCATION = re.compile(
 _FAILED_CONDITION = re.compile(r"[^.:]*\bwas false\.\s*")
 _LOAD_FAILED = re.compile(r"^Load model from .*? failed:\s*")  # the caller names the model
 _NODE_FAILURE = re.compile(
-    r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' Status Message:\s*")
+    r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' Status Message:\s*"
+)
 
 
 def error_line(error: BaseException) -> str:

@@ -144,8 +144,11 @@ def _weightless(proto: onnx.ModelProto) -> bytes:
     return stripped.SerializeToString()
 
 
-_LIST_FIELDS = {onnx.AttributeProto.INTS: "ints", onnx.AttributeProto.FLOATS: "floats",
-                onnx.AttributeProto.STRINGS: "strings"}
+_LIST_FIELDS = {
+    onnx.AttributeProto.INTS: "ints",
+    onnx.AttributeProto.FLOATS: "floats",
+    onnx.AttributeProto.STRINGS: "strings",
+}
 
 
 def _for_inference(node: onnx.NodeProto) -> onnx.NodeProto:
@@ -153,6 +156,7 @@ def _for_inference(node: onnx.NodeProto) -> onnx.NodeProto:
     copy with those cut to their first element, as the shape inference pass sends them: ONNX infers a tree ensemble's outputs
     from which attributes are present and the short ones, never the tree arrays (36M values on a 190 MB LightGBM
     model, which each check otherwise copied and parsed again)."""
+
     def long(attribute: onnx.AttributeProto) -> bool:
         field = _LIST_FIELDS.get(attribute.type)
         return field is not None and len(getattr(attribute, field)) > shape_inference.LONG_ML_LIST
@@ -219,8 +223,11 @@ class Baseline:
 
     @classmethod
     def of(cls, snapshot: Snapshot) -> Baseline:
-        return cls(snapshot.signature, _checker_error(snapshot.checked) is None,
-                   _shape_inference_error(snapshot.shapes) is None)
+        return cls(
+            snapshot.signature,
+            _checker_error(snapshot.checked) is None,
+            _shape_inference_error(snapshot.shapes) is None,
+        )
 
     def problems(self, snapshot: Snapshot, clock: Clock) -> list[str]:
         problems = self.signature.differences(snapshot.signature)
@@ -248,5 +255,3 @@ def undeclared_domains(pass_: Pass, before: collections.Counter[str], after: col
     """Operator domains a pass added without declaring them: a portable pass must not tie a model to a runtime."""
     added = _op_domains(after) - _op_domains(before) - pass_.allowed_domains()
     return [f"it added ops of domain '{domain}', which it does not declare" for domain in sorted(added)]
-
-

@@ -47,7 +47,9 @@ def parse_pass_text(text: str) -> tuple[str, dict[str, str]]:
     name, brace, rest = text.partition("{")
     name = name.strip()
     if not _NAME.match(name):
-        raise SpecError(f"bad pass name {name!r} in pipeline spec", hint="a spec looks like: cleanup,fuse{target=standard}")
+        raise SpecError(
+            f"bad pass name {name!r} in pipeline spec", hint="a spec looks like: cleanup,fuse{target=standard}"
+        )
     options: dict[str, str] = {}
     if not brace:
         return name, options

@@ -24,8 +24,9 @@ _TABLE_OVERHEAD_PER_COLUMN = 3
 
 def natural_width(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> int:
     """The width of the table with no cell folded."""
-    widths = [max(cell_len(str(cell)) for cell in (header, *(row[i] for row in rows)))
-              for i, header in enumerate(headers)]
+    widths = [
+        max(cell_len(str(cell)) for cell in (header, *(row[i] for row in rows))) for i, header in enumerate(headers)
+    ]
     return sum(widths) + _TABLE_OVERHEAD_PER_COLUMN * len(widths) + 1
 
 
@@ -46,8 +47,9 @@ def fold_row(headers: Sequence[str], row: Sequence[str], width: int, lead: int =
     return lines
 
 
-def print_table(console: Any, title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], *,
-                lead: int = 1) -> None:
+def print_table(
+    console: Any, title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], *, lead: int = 1
+) -> None:
     """Print ``rows`` under ``headers`` on a rich ``console``: as a table when it fits ``console.width``, else
     each row folded into a block whose first line is its first ``lead`` cells."""
     if natural_width(headers, rows) <= console.width:

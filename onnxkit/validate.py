@@ -34,11 +34,15 @@ def check_model(model: ir.Model, *, needs_runtime: bool, model_dir: str | os.Pat
     their folder), and (``needs_runtime``) operators ONNX Runtime cannot run."""
     graph = model.graph
     if not graph.outputs:
-        raise ModelLoadError("the model has no graph outputs, so nothing it computes can be kept or checked",
-                             hint="declare the tensors the model produces as graph outputs")
+        raise ModelLoadError(
+            "the model has no graph outputs, so nothing it computes can be kept or checked",
+            hint="declare the tensors the model produces as graph outputs",
+        )
     if not graph.inputs:
-        raise ModelLoadError("the model has no graph inputs: its outputs are constants",
-                             hint="declare the tensors the model takes as graph inputs")
+        raise ModelLoadError(
+            "the model has no graph inputs: its outputs are constants",
+            hint="declare the tensors the model takes as graph inputs",
+        )
     _check_opsets(model)
     _check_external_data(model, model_dir)
     if needs_runtime:
@@ -52,16 +56,19 @@ def _check_opsets(model: ir.Model) -> None:
         last = known.get("" if domain == "ai.onnx" else domain, (None, None))[1]
         if version < 1 or (last is not None and version > last):
             supported = f"1..{last}" if last is not None else "1 and up"
-            raise ModelLoadError(f"the model imports opset {version} of domain '{name}', which does not exist "
-                                 f"(onnx {onnx.__version__} knows {supported})",
-                                 hint="convert the model to a known opset (onnx.version_converter), or upgrade onnx")
+            raise ModelLoadError(
+                f"the model imports opset {version} of domain '{name}', which does not exist "
+                f"(onnx {onnx.__version__} knows {supported})",
+                hint="convert the model to a known opset (onnx.version_converter), or upgrade onnx",
+            )
     local_domains = {function.domain for function in model.functions.values()}
     for node in graph_walk.nodes(model):
         domain = "" if node.domain == "ai.onnx" else node.domain
         if domain not in model.opset_imports and node.domain not in model.opset_imports and domain not in local_domains:
-            raise ModelLoadError(f"{_describe(node)} uses domain '{node.domain or 'ai.onnx'}', "
-                                 "which the model does not import",
-                                 hint="add an opset_import entry for that domain")
+            raise ModelLoadError(
+                f"{_describe(node)} uses domain '{node.domain or 'ai.onnx'}', which the model does not import",
+                hint="add an opset_import entry for that domain",
+            )
 
 
 def _check_external_data(model: ir.Model, model_dir: str | os.PathLike[str] | None) -> None:
@@ -71,11 +78,15 @@ def _check_external_data(model: ir.Model, model_dir: str | os.PathLike[str] | No
         location = tensor.location
         target = (folder / location).resolve()
         if os.path.isabs(location) or (target != folder and folder not in target.parents):
-            raise ModelLoadError(f"tensor '{tensor.name}' has external data '{location}' outside the model's folder",
-                                 hint="'..', absolute paths and symlinks that leave the folder are refused for safety")
+            raise ModelLoadError(
+                f"tensor '{tensor.name}' has external data '{location}' outside the model's folder",
+                hint="'..', absolute paths and symlinks that leave the folder are refused for safety",
+            )
         if not target.is_file():
-            raise ModelLoadError(f"external data file '{location}' of tensor '{tensor.name}' is missing",
-                                 hint=f"it should be beside the model, in {folder}")
+            raise ModelLoadError(
+                f"external data file '{location}' of tensor '{tensor.name}' is missing",
+                hint=f"it should be beside the model, in {folder}",
+            )
 
 
 def _external_tensors(model: ir.Model) -> Iterable[ir.ExternalTensor]:
@@ -86,8 +97,11 @@ def _external_tensors(model: ir.Model) -> Iterable[ir.ExternalTensor]:
                     yield value.const_value
         for node in graph:
             for attribute in node.attributes.values():
-                if not attribute.is_ref() and attribute.type == ir.AttributeType.TENSOR \
-                        and isinstance(attribute.value, ir.ExternalTensor):
+                if (
+                    not attribute.is_ref()
+                    and attribute.type == ir.AttributeType.TENSOR
+                    and isinstance(attribute.value, ir.ExternalTensor)
+                ):
                     yield attribute.value
 
 
@@ -110,9 +124,11 @@ def _check_runtime_ops(model: ir.Model) -> None:
         if domain == "" and onnx.defs.has(node.op_type, ""):
             continue
         if (domain, node.op_type) not in _runtime_ops() and (node.domain, node.op_type) not in local:
-            raise ModelLoadError(f"ONNX Runtime does not know operator {_op_name(node)} ({_describe(node)}), and "
-                                 "parity checks and this pipeline's passes run the model in it",
-                                 hint="use passes that need no runtime with --check off, or replace the custom op")
+            raise ModelLoadError(
+                f"ONNX Runtime does not know operator {_op_name(node)} ({_describe(node)}), and "
+                "parity checks and this pipeline's passes run the model in it",
+                hint="use passes that need no runtime with --check off, or replace the custom op",
+            )
 
 
 def _describe(node: ir.Node) -> str:
@@ -144,8 +160,9 @@ def check_data(data: Any, model: ir.Model, *, option: str, limit: int | None = N
             validate_sample(sample, specs, index=index)
             count += 1
     except DataError as e:
-        raise DataError(f"{option}: {e.message}", hint=e.hint or f"the model's inputs are {describe_inputs(specs)}") \
-            from e
+        raise DataError(
+            f"{option}: {e.message}", hint=e.hint or f"the model's inputs are {describe_inputs(specs)}"
+        ) from e
     if count == 0:
         raise DataError(f"{option}: the data holds no samples", hint=f"the model's inputs are {describe_inputs(specs)}")
 
@@ -167,17 +184,26 @@ def check_synthetic_sizes(model: ir.Model, dims: Mapping[str, int]) -> None:
         shape = synthetic.shapes[spec.name]
         itemsize = spec.dtype.itemsize if spec.dtype is not None else 8
         if math.prod(shape) * itemsize > MAX_SYNTHETIC_BYTES:
-            raise DataError(f"synthetic input '{spec.name}' would be {list(shape)}, "
-                            f"{math.prod(shape) * itemsize / 2**30:.1f} GiB",
-                            hint="give smaller sizes with --dim, or real inputs with --data")
+            raise DataError(
+                f"synthetic input '{spec.name}' would be {list(shape)}, {math.prod(shape) * itemsize / 2**30:.1f} GiB",
+                hint="give smaller sizes with --dim, or real inputs with --data",
+            )
 
 
 # One synthetic input past this is refused rather than allocated (a model's real inputs are far smaller).
 MAX_SYNTHETIC_BYTES = 2**31
 
 
-def check_run(model: ir.Model, passes: Sequence[Any], *, check: str, data: Any, calibration_data: Any,
-              model_dir: str | os.PathLike[str] | None = None, dims: Mapping[str, int] | None = None) -> None:
+def check_run(
+    model: ir.Model,
+    passes: Sequence[Any],
+    *,
+    check: str,
+    data: Any,
+    calibration_data: Any,
+    model_dir: str | os.PathLike[str] | None = None,
+    dims: Mapping[str, int] | None = None,
+) -> None:
     """Everything a pipeline run can know is wrong before its first pass: the model, then each data source.
 
     ORT is needed when parity runs (``check`` other than ``off``) or a pass runs the model (``uses_runtime``).

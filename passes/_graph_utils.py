@@ -22,8 +22,10 @@ subgraphs = graph.subgraphs
 
 def _arities(model: ir.Model) -> dict[int, tuple[int, int, int]]:
     """Each node's input and output counts and unnamed (dropped) outputs, by node identity."""
-    return {id(node): (len(node.inputs), len(node.outputs), sum(1 for value in node.outputs if not value.name))
-            for node in all_nodes(model)}
+    return {
+        id(node): (len(node.inputs), len(node.outputs), sum(1 for value in node.outputs if not value.name))
+        for node in all_nodes(model)
+    }
 
 
 def remove_unused_nodes(model: ir.Model) -> tuple[int, int]:
@@ -119,7 +121,9 @@ def opset_problem(node: ir.Node, opset: int) -> str | None:
         return f"{node.op_type}-{schema.since_version} has no attribute {', '.join(unknown)}"
     inputs = len(node.inputs)
     if not schema.min_input <= inputs <= schema.max_input:
-        return f"{node.op_type}-{schema.since_version} takes {schema.min_input}..{schema.max_input} inputs, not {inputs}"
+        return (
+            f"{node.op_type}-{schema.since_version} takes {schema.min_input}..{schema.max_input} inputs, not {inputs}"
+        )
     outputs = len(node.outputs)
     if not schema.min_output <= outputs <= schema.max_output:
         return f"{node.op_type}-{schema.since_version} gives {schema.min_output}..{schema.max_output} outputs, not {outputs}"

@@ -64,9 +64,11 @@ class OpsetPass(Pass):
 
     @classmethod
     def describe_extra(cls) -> list[str]:
-        return [f"version=N converts to exactly N, up or down (onnx {onnx.__version__} knows up to {onnx.defs.onnx_opset_version()});",
-                "a downgrade fails naming an op without a down adapter, and one an adapter approximates fails parity;",
-                "without version, up to the newest opset ONNX Runtime has kernels for, for the model's ops"]
+        return [
+            f"version=N converts to exactly N, up or down (onnx {onnx.__version__} knows up to {onnx.defs.onnx_opset_version()});",
+            "a downgrade fails naming an op without a down adapter, and one an adapter approximates fails parity;",
+            "without version, up to the newest opset ONNX Runtime has kernels for, for the model's ops",
+        ]
 
     def call(self, model: ir.Model) -> PassResult:
         current = default_opset(model, missing=None)
@@ -87,8 +89,10 @@ class OpsetPass(Pass):
                     f"adapter for {missing.group(1)}",
                     hint="export the model at the opset you need",
                 ) from e
-            raise PassFailedError(f"onnx.version_converter cannot convert this model to opset {target}: {e}",
-                                  hint="an op may lack an adapter for that version; try another target") from e
+            raise PassFailedError(
+                f"onnx.version_converter cannot convert this model to opset {target}: {e}",
+                hint="an op may lack an adapter for that version; try another target",
+            ) from e
         assert converted is not None  # None only where ONNX Runtime is asked to load the result
         return _result(model, converted, current, target)
 

@@ -66,8 +66,9 @@ class OrtOptimizePass(Pass):
             source, target = Path(folder) / "input.onnx", Path(folder) / "optimized.onnx"
             modelio.save_model(model, source, external_data=True)
             try:
-                runtime.optimize_offline(source, target, self.options.level,
-                                         external_min_bytes=EXTERNAL_INITIALIZER_MIN_BYTES)
+                runtime.optimize_offline(
+                    source, target, self.options.level, external_min_bytes=EXTERNAL_INITIALIZER_MIN_BYTES
+                )
             except Exception as e:  # ORT raises its own exception types for models it cannot load
                 raise PassFailedError(
                     f"ONNX Runtime cannot load the model to optimize it: {runtime.error_line(e)}",

@@ -37,8 +37,9 @@ class ShapeInferencePass(Pass):
         return PassResult(model, annotated > 0, [f"annotated {annotated} values"] if annotated else [])
 
 
-def infer_shapes(model: ir.Model, *, strict: bool = False, data_prop: bool = True,
-                 check_type: bool = True) -> list[ir.Value]:
+def infer_shapes(
+    model: ir.Model, *, strict: bool = False, data_prop: bool = True, check_type: bool = True
+) -> list[ir.Value]:
     """Run ONNX shape inference and copy what it found onto ``model``'s values; returns the values that changed.
 
     Raises what ONNX raises (in strict mode, any inference error).
@@ -47,8 +48,7 @@ def infer_shapes(model: ir.Model, *, strict: bool = False, data_prop: bool = Tru
 
     def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
         sent.append(proto)
-        return onnx.shape_inference.infer_shapes(proto, check_type=check_type, strict_mode=strict,
-                                                 data_prop=data_prop)
+        return onnx.shape_inference.infer_shapes(proto, check_type=check_type, strict_mode=strict, data_prop=data_prop)
 
     # onnx_ir's helper (private, tested with onnx-ir 1.1.0) hands ONNX a copy without initializer data, so
     # models over 2 GB work too.
@@ -73,8 +73,7 @@ def _long_ml_lists_shortened(model: ir.Model) -> Iterator[None]:
         if node.domain != "ai.onnx.ml":
             continue
         for attribute in list(node.attributes.values()):
-            if (not attribute.is_ref() and attribute.type in _LIST_TYPES
-                    and len(attribute.value) > LONG_ML_LIST):
+            if not attribute.is_ref() and attribute.type in _LIST_TYPES and len(attribute.value) > LONG_ML_LIST:
                 shortened.append((node, attribute))
                 node.attributes[attribute.name] = ir.Attr(attribute.name, attribute.type, attribute.value[:1])
     try:
@@ -97,8 +96,9 @@ def _value_types(graph: onnx.GraphProto, types: dict[str, onnx.TypeProto] | None
     return types
 
 
-def _merge_types(model: ir.Model, sent: dict[str, onnx.TypeProto], inferred: dict[str, onnx.TypeProto]
-                 ) -> list[ir.Value]:
+def _merge_types(
+    model: ir.Model, sent: dict[str, onnx.TypeProto], inferred: dict[str, onnx.TypeProto]
+) -> list[ir.Value]:
     """Copy inferred types and shapes onto the model's values; returns the values that changed.
 
     Only types that inference changed from what it was sent are read back (reading every value's type was

@@ -8,8 +8,15 @@ import onnx
 from tests.conftest import run_model
 
 
-def assert_same_outputs(before: onnx.ModelProto, after: onnx.ModelProto, feeds: dict[str, np.ndarray], *,
-                        rtol: float = 1e-4, atol: float = 1e-5, atol_scales: bool = False) -> None:
+def assert_same_outputs(
+    before: onnx.ModelProto,
+    after: onnx.ModelProto,
+    feeds: dict[str, np.ndarray],
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    atol_scales: bool = False,
+) -> None:
     """``after`` keeps ``before``'s output names and, on ``feeds`` in ONNX Runtime, its output shapes and values
     within ``rtol``/``atol``. ``atol_scales``: the absolute tolerance grows with each output's largest magnitude
     (a rewrite that reorders float sums rounds relative to the output's scale)."""

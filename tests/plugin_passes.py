@@ -100,8 +100,13 @@ def relu_chain() -> onnx.ModelProto:
         nodes.append(helper.make_node("Add", [previous, f"c{i}"], [f"sum{i}"], name=f"add_{i}"))
         previous = "y" if i == 2 else f"act{i}"
         nodes.append(helper.make_node("Relu", [f"sum{i}"], [previous], name=f"relu_{i}"))
-    graph = helper.make_graph(nodes, "relu_chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])], initializers)
+    graph = helper.make_graph(
+        nodes,
+        "relu_chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        initializers,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -158,8 +163,18 @@ class AbsEverywherePass(Pass):
         return PassResult(model, bool(sites), [f"rewrote {len(sites)} Relu"], sites=sites)
 
 
-PASSES = (AbsEverywherePass, ScaleFirstWeightPass, RenameOutputPass, CrashPass, TypeErrorPass, BadDataPass, SilentEditPass,
-          ContribReluPass, TwoRulePass, TwoRuleCheckerPass)
+PASSES = (
+    AbsEverywherePass,
+    ScaleFirstWeightPass,
+    RenameOutputPass,
+    CrashPass,
+    TypeErrorPass,
+    BadDataPass,
+    SilentEditPass,
+    ContribReluPass,
+    TwoRulePass,
+    TwoRuleCheckerPass,
+)
 
 
 def register_all() -> None:

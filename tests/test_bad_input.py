@@ -30,13 +30,16 @@ from onnxkit.pipeline import Pipeline
 SIDE = 16  # the input is float32[batch,3,16,16]; the weight (3 KiB) goes to external data when asked
 
 
-def make_model(*, inputs: bool = True, outputs: bool = True, op: str = "Relu", domain: str = "",
-               opset: int = 17) -> onnx.ModelProto:
+def make_model(
+    *, inputs: bool = True, outputs: bool = True, op: str = "Relu", domain: str = "", opset: int = 17
+) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, SIDE, SIDE])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, SIDE, SIDE])
     weight = numpy_helper.from_array(np.full((1, 3, SIDE, SIDE), 2.0, np.float32), "w")
-    nodes = [helper.make_node("Mul", ["x", "w"], ["t"], name="scale"),
-             helper.make_node(op, ["t"], ["y"], name="act", domain=domain)]
+    nodes = [
+        helper.make_node("Mul", ["x", "w"], ["t"], name="scale"),
+        helper.make_node(op, ["t"], ["y"], name="act", domain=domain),
+    ]
     if not inputs:
         constant = numpy_helper.from_array(np.ones((1, 3, SIDE, SIDE), np.float32))
         nodes.insert(0, helper.make_node("Constant", [], ["x"], value=constant))
@@ -47,8 +50,14 @@ def make_model(*, inputs: bool = True, outputs: bool = True, op: str = "Relu", d
 
 def save_with_external_data(model: onnx.ModelProto, path: Path, location: str) -> None:
     """Save ``model`` with its weight in external data, then point the weight at ``location`` as given."""
-    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data",
-              size_threshold=1024)
+    onnx.save(
+        model,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+        size_threshold=1024,
+    )
     proto = onnx.load(path, load_external_data=False)
     for entry in proto.graph.initializer[0].external_data:
         if entry.key == "location":
@@ -94,6 +103,7 @@ def _model_cases() -> dict[str, tuple[Callable[[Path], None], Case]]:
             outside = folder.parent / f"{folder.name}-outside.bin"
             outside.write_bytes(b"\0" * 4096)
             save_with_external_data(make_model(), folder / "m.onnx", location(outside))
+
         return build
 
     def missing_data(folder: Path) -> None:
@@ -104,23 +114,37 @@ def _model_cases() -> dict[str, tuple[Callable[[Path], None], Case]]:
         "missing path": (lambda folder: None, Case("no such file")),
         "folder": (lambda folder: (folder / "m.onnx").mkdir(), Case("is a folder")),
         "empty file": (lambda folder: _write(folder, "m.onnx", b""), Case("is empty")),
-        "random bytes": (lambda folder: _write(folder, "m.onnx", np.random.default_rng(0).bytes(4000)),
-                         Case("not a valid ONNX model")),
-        "truncated model": (lambda folder: _write(folder, "m.onnx", cnn_bytes[:len(cnn_bytes) // 2]),
-                            Case("not a valid ONNX model")),
+        "random bytes": (
+            lambda folder: _write(folder, "m.onnx", np.random.default_rng(0).bytes(4000)),
+            Case("not a valid ONNX model"),
+        ),
+        "truncated model": (
+            lambda folder: _write(folder, "m.onnx", cnn_bytes[: len(cnn_bytes) // 2]),
+            Case("not a valid ONNX model"),
+        ),
         "protobuf, not a model": (
-            lambda folder: _write(folder, "m.onnx", helper.make_tensor("t", TensorProto.FLOAT, [1], [1.0])
-                                  .SerializeToString()), Case("not")),
+            lambda folder: _write(
+                folder, "m.onnx", helper.make_tensor("t", TensorProto.FLOAT, [1], [1.0]).SerializeToString()
+            ),
+            Case("not"),
+        ),
         "missing external data": (missing_data, Case("is missing")),
         "external data ../": (escaping(lambda outside: f"../{outside.name}"), Case("outside the model's folder")),
         "external data absolute": (escaping(str), Case("absolute external-data location")),
         "external data symlink": (symlinked_outside, Case("outside the model's folder")),
-        "custom op, parity on": (save(make_model(op="Foo", domain="com.acme")),
-                                 Case("ONNX Runtime does not know operator com.acme:Foo")),
-        "custom op, quantize": (save(make_model(op="Foo", domain="com.acme")),
-                                Case("ONNX Runtime does not know operator com.acme:Foo",
-                                     cli=["--passes", "quantize{mode=dynamic}", "--check", "off"],
-                                     api={"check": "off"}, spec="quantize{mode=dynamic}")),
+        "custom op, parity on": (
+            save(make_model(op="Foo", domain="com.acme")),
+            Case("ONNX Runtime does not know operator com.acme:Foo"),
+        ),
+        "custom op, quantize": (
+            save(make_model(op="Foo", domain="com.acme")),
+            Case(
+                "ONNX Runtime does not know operator com.acme:Foo",
+                cli=["--passes", "quantize{mode=dynamic}", "--check", "off"],
+                api={"check": "off"},
+                spec="quantize{mode=dynamic}",
+            ),
+        ),
         "unknown opset": (save(make_model(opset=99)), Case("opset 99 of domain 'ai.onnx'")),
         "no inputs": (save(make_model(inputs=False)), Case("no graph inputs")),
         "no outputs": (save(make_model(outputs=False)), Case("no graph outputs")),
@@ -131,21 +155,44 @@ def _spec_and_output_cases() -> dict[str, tuple[Callable[[Path], None], Case]]:
     good = lambda folder: onnx.save(make_model(), folder / "m.onnx")  # noqa: E731
     return {
         "unknown pass": (good, Case("unknown pass 'cleanp'", cli=["--passes", "cleanp"], spec="cleanp")),
-        "bad option value": (good, Case("option 'mode'", cli=["--passes", "quantize{mode=fast}"],
-                                        spec="quantize{mode=fast}")),
-        "bad option type": (good, Case("option 'target_cosine'", cli=["--passes", "fp16{target_cosine=high}"],
-                                       spec="fp16{target_cosine=high}")),
-        "unknown option": (good, Case("has no option 'depth'", cli=["--passes", "cleanup{depth=2}"],
-                                      spec="cleanup{depth=2}")),
-        "--dim too large": (good, Case("synthetic input 'x' would be", cli=["--passes", "cleanup", "--dim",
-                                                                          "batch=100000000000"],
-                                       api={"dims": {"batch": 100_000_000_000}})),
-        "output is the input": (good, Case("refusing to overwrite the input model",
-                                           cli=["--passes", "cleanup", "-o", "{dir}/m.onnx"], api=None)),
-        "output folder missing": (good, Case("does not exist", cli=["--passes", "cleanup", "-o", "{dir}/no/o.onnx"],
-                                             api={"output": "{dir}/no/o.onnx"})),
-        "unwritable output folder": (good, Case("cannot write", cli=["--passes", "cleanup", "-o", "/proc/o.onnx"],
-                                                api={"output": "/proc/o.onnx"})),
+        "bad option value": (
+            good,
+            Case("option 'mode'", cli=["--passes", "quantize{mode=fast}"], spec="quantize{mode=fast}"),
+        ),
+        "bad option type": (
+            good,
+            Case(
+                "option 'target_cosine'", cli=["--passes", "fp16{target_cosine=high}"], spec="fp16{target_cosine=high}"
+            ),
+        ),
+        "unknown option": (
+            good,
+            Case("has no option 'depth'", cli=["--passes", "cleanup{depth=2}"], spec="cleanup{depth=2}"),
+        ),
+        "--dim too large": (
+            good,
+            Case(
+                "synthetic input 'x' would be",
+                cli=["--passes", "cleanup", "--dim", "batch=100000000000"],
+                api={"dims": {"batch": 100_000_000_000}},
+            ),
+        ),
+        "output is the input": (
+            good,
+            Case("refusing to overwrite the input model", cli=["--passes", "cleanup", "-o", "{dir}/m.onnx"], api=None),
+        ),
+        "output folder missing": (
+            good,
+            Case(
+                "does not exist",
+                cli=["--passes", "cleanup", "-o", "{dir}/no/o.onnx"],
+                api={"output": "{dir}/no/o.onnx"},
+            ),
+        ),
+        "unwritable output folder": (
+            good,
+            Case("cannot write", cli=["--passes", "cleanup", "-o", "/proc/o.onnx"], api={"output": "/proc/o.onnx"}),
+        ),
     }
 
 
@@ -154,12 +201,14 @@ def _data_cases() -> dict[str, tuple[Callable[[Path], None], Case]]:
         def build(folder: Path) -> None:
             onnx.save(make_model(), folder / "m.onnx")
             np.savez(folder / "d.npz", **arrays)
+
         return build
 
     def with_npy(array: np.ndarray, *, pickle: bool = False) -> Callable[[Path], None]:
         def build(folder: Path) -> None:
             onnx.save(make_model(), folder / "m.onnx")
             np.save(folder / "d.npy", array, allow_pickle=pickle)
+
         return build
 
     nan, inf = x_array(), x_array()
@@ -167,6 +216,7 @@ def _data_cases() -> dict[str, tuple[Callable[[Path], None], Case]]:
     inf[0, 2, 3, 3] = -np.inf
     cases: dict[str, tuple[Callable[[Path], None], Case]] = {}
     for flag, key in (("--data", "data"), ("--calib-data", "calibration_data")):
+
         def case(message: str, file: str = "d.npz", flag: str = flag, key: str = key) -> Case:
             return Case(message, cli=["--passes", "cleanup", flag, f"{{dir}}/{file}"], api={key: f"{{dir}}/{file}"})
 
@@ -177,10 +227,14 @@ def _data_cases() -> dict[str, tuple[Callable[[Path], None], Case]]:
             f"{flag} wrong static dim": (with_data(x=x_array(shape=(2, 3, SIDE + 1, SIDE))), case("on axis 2")),
             f"{flag} NaN": (with_data(x=nan), case("NaN or infinite")),
             f"{flag} inf": (with_data(x=inf), case("NaN or infinite")),
-            f"{flag} pickled objects": (with_npy(np.array([{"x": 1}], dtype=object), pickle=True),
-                                        case("pickle", "d.npy")),
-            f"{flag} missing file": (lambda folder: onnx.save(make_model(), folder / "m.onnx"),
-                                     case("no such data file", "nope.npz")),
+            f"{flag} pickled objects": (
+                with_npy(np.array([{"x": 1}], dtype=object), pickle=True),
+                case("pickle", "d.npy"),
+            ),
+            f"{flag} missing file": (
+                lambda folder: onnx.save(make_model(), folder / "m.onnx"),
+                case("no such data file", "nope.npz"),
+            ),
             f"{flag} empty": (with_data(x=x_array(batch=0)[None][:0]), case("no samples")),
         }
     return cases
@@ -242,7 +296,9 @@ def test_python_api(name: str, tmp_path: Path) -> None:
     tmp_path.mkdir()
     build(tmp_path)
     before = _digests(root)
-    options = {key: _fill(value, tmp_path) if isinstance(value, str) else value for key, value in (case.api or {}).items()}
+    options = {
+        key: _fill(value, tmp_path) if isinstance(value, str) else value for key, value in (case.api or {}).items()
+    }
     output = options.pop("output", str(tmp_path / "out.onnx"))
     with pytest.raises(OnnxkitError) as raised:
         Pipeline.parse(case.spec).run(str(tmp_path / case.model), **options).save(output)
@@ -269,8 +325,9 @@ def _disk_fills_up(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("external_data", [False, True])
-def test_disk_full_during_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capfd: pytest.CaptureFixture[str], external_data: bool) -> None:
+def test_disk_full_during_save_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], external_data: bool
+) -> None:
     if external_data:
         save_with_external_data(make_model(), tmp_path / "m.onnx", "m.onnx.data")
     else:
@@ -278,8 +335,9 @@ def test_disk_full_during_save_leaves_nothing(tmp_path: Path, monkeypatch: pytes
     (tmp_path / "out.onnx").write_bytes(b"an earlier output")  # an existing output must survive too
     before = _digests(tmp_path)
     _disk_fills_up(monkeypatch)
-    result = CliRunner().invoke(main, ["optimize", str(tmp_path / "m.onnx"), "--passes", "cleanup",
-                                       "-o", str(tmp_path / "out.onnx")])
+    result = CliRunner().invoke(
+        main, ["optimize", str(tmp_path / "m.onnx"), "--passes", "cleanup", "-o", str(tmp_path / "out.onnx")]
+    )
     assert result.exit_code == 2, result.stderr
     _assert_clean_error(result.stderr, Case("No space left on device"))
     assert _digests(tmp_path) == before
@@ -291,9 +349,15 @@ def test_disk_full_during_save_leaves_nothing(tmp_path: Path, monkeypatch: pytes
 
 # A few cases again as a real process: the exit status the shell sees, and nothing on stderr but our two lines
 # (no ONNX Runtime log, no C++ abort from a thread torn down at exit).
-@pytest.mark.parametrize("name", ["custom op, parity on", "--calib-data NaN",
-                                  pytest.param("no outputs", marks=pytest.mark.slow),
-                                  pytest.param("external data symlink", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "custom op, parity on",
+        "--calib-data NaN",
+        pytest.param("no outputs", marks=pytest.mark.slow),
+        pytest.param("external data symlink", marks=pytest.mark.slow),
+    ],
+)
 def test_as_a_real_process(name: str, tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -304,8 +368,16 @@ def test_as_a_real_process(name: str, tmp_path: Path) -> None:
     build(folder)
     before = _digests(tmp_path)
     assert case.cli is not None
-    args = [sys.executable, "-m", "onnxkit", "optimize", str(folder / case.model),
-            *(_fill(a, folder) for a in case.cli), "-o", str(folder / "out.onnx")]
+    args = [
+        sys.executable,
+        "-m",
+        "onnxkit",
+        "optimize",
+        str(folder / case.model),
+        *(_fill(a, folder) for a in case.cli),
+        "-o",
+        str(folder / "out.onnx"),
+    ]
     done = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, check=False)
     assert done.returncode == case.exit_code, done.stderr
     _assert_clean_error(done.stderr, case)

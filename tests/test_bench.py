@@ -19,8 +19,10 @@ from onnxkit.cli import main
 def tiny_classifier(path: Path) -> Path:
     """[batch, 8] → Identity → MatMul+Add → Relu → MatMul → [batch, 4]; the Identity is clutter to remove."""
     rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
-               for name, shape in (("w1", (8, 16)), ("b1", (16,)), ("w2", (16, 4)))]
+    weights = [
+        numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        for name, shape in (("w1", (8, 16)), ("b1", (16,)), ("w2", (16, 4)))
+    ]
     graph = helper.make_graph(
         [
             helper.make_node("Identity", ["x"], ["x_copy"]),
@@ -47,11 +49,31 @@ def test_bench_cli_writes_real_figures_for_every_tool(tmp_path: Path) -> None:
     np.savez(tmp_path / "data.npz", x=samples, labels=labels)
     out = tmp_path / "bench.json"
 
-    result = CliRunner().invoke(main, [
-        "bench", str(model), "--passes", "cleanup", "--peers", "onnxslim,ort-basic", "--data", str(tmp_path / "data.npz"),
-        "--batch", "1,4", "--threads", "1", "--repeats", "3", "--warmup", "1", "--min-seconds", "0",
-        "--json", str(out),
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(model),
+            "--passes",
+            "cleanup",
+            "--peers",
+            "onnxslim,ort-basic",
+            "--data",
+            str(tmp_path / "data.npz"),
+            "--batch",
+            "1,4",
+            "--threads",
+            "1",
+            "--repeats",
+            "3",
+            "--warmup",
+            "1",
+            "--min-seconds",
+            "0",
+            "--json",
+            str(out),
+        ],
+    )
 
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
@@ -122,8 +144,14 @@ def test_quick_suite_writes_results_for_every_model_and_tool(tmp_path: Path) -> 
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    completed = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)], cwd=repo, check=False,
-                               capture_output=True, text=True, timeout=900)
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+        cwd=repo,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
 
     results = json.loads((tmp_path / "results.json").read_text())
@@ -147,8 +175,17 @@ def test_static_quantization_is_calibrated_on_the_same_samples_by_both_tools(tmp
     model = tiny_classifier(tmp_path / "tiny.onnx")
     np.savez(tmp_path / "data.npz", x=np.random.default_rng(2).standard_normal((40, 8)).astype(np.float32))
 
-    report = run_bench(model, "quantize{mode=static,max_slowdown=none}", data=tmp_path / "data.npz",
-                       peers=["ort-quantize"], batch_sizes=[1], threads=[1], repeats=2, warmup=0, min_seconds=0)
+    report = run_bench(
+        model,
+        "quantize{mode=static,max_slowdown=none}",
+        data=tmp_path / "data.npz",
+        peers=["ort-quantize"],
+        batch_sizes=[1],
+        threads=[1],
+        repeats=2,
+        warmup=0,
+        min_seconds=0,
+    )
 
     rows = {t.label: t for t in report.tools}
     assert list(rows) == ["original", "onnxkit", "ort-quantize-static"]

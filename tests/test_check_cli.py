@@ -21,8 +21,10 @@ def classifier(weight: np.ndarray) -> onnx.ModelProto:
         [helper.make_node("Gemm", ["x", "W"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probs"], axis=1)],
         "classifier",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", weight.shape[0]])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", weight.shape[1]]),
-         helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", weight.shape[1]])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", weight.shape[1]]),
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", weight.shape[1]]),
+        ],
         [numpy_helper.from_array(weight, "W")],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -33,7 +35,11 @@ def models(tmp_path: Path, rng: np.random.Generator) -> dict[str, Path]:
     weight = rng.standard_normal((6, 4)).astype(np.float32)
     perturbed = weight.copy()
     perturbed[2, 1] += 0.1  # one weight changed
-    paths = {"reference": tmp_path / "ref.onnx", "copy": tmp_path / "copy.onnx", "perturbed": tmp_path / "perturbed.onnx"}
+    paths = {
+        "reference": tmp_path / "ref.onnx",
+        "copy": tmp_path / "copy.onnx",
+        "perturbed": tmp_path / "perturbed.onnx",
+    }
     onnx.save(classifier(weight), paths["reference"])
     onnx.save(classifier(weight.copy()), paths["copy"])
     onnx.save(classifier(perturbed), paths["perturbed"])
@@ -77,8 +83,15 @@ def test_budget_options_and_json(models) -> None:
     assert code == 0 and report["passed"] is True
     assert report["tolerance"]["atol"] is None and report["tolerance"]["min_cosine"] == 0.9
     assert {"passed", "max_abs_error", "min_cosine", "outputs", "errors"} <= report.keys()
-    code, output = check(models["reference"], models["perturbed"], "--min-cosine", "0.9",
-                         "--output-tolerance", "logits:min-cosine=0.9999999", "--json")
+    code, output = check(
+        models["reference"],
+        models["perturbed"],
+        "--min-cosine",
+        "0.9",
+        "--output-tolerance",
+        "logits:min-cosine=0.9999999",
+        "--json",
+    )
     report = json.loads(output)
     assert code == 1 and [o["passed"] for o in report["outputs"]] == [False, True]
 

@@ -18,7 +18,9 @@ from tests.conftest import run_model
 
 
 def onnxkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnxkit", *args], capture_output=True, text=True, cwd=cwd, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "onnxkit", *args], capture_output=True, text=True, cwd=cwd, check=False
+    )
 
 
 def digest(path: Path) -> str:
@@ -46,7 +48,8 @@ def test_passes_shows_kind_doc_and_options():
     assert "strict: bool = false" in result.stdout
     as_json = json.loads(onnxkit("passes", "--json").stdout)
     assert {"name": "strict", "type": "bool", "default": "false"} in next(
-        p for p in as_json if p["name"] == "shape-inference")["options"]
+        p for p in as_json if p["name"] == "shape-inference"
+    )["options"]
 
 
 def test_inspect_text_and_json(model_path):
@@ -87,8 +90,9 @@ def test_optimize_default_output_sits_beside_input(model_path):
 
 
 def test_optimize_json_report(model_path, tmp_path):
-    result = onnxkit("optimize", str(model_path), "--passes", "cleanup,shape-inference", "-o", str(tmp_path / "o.onnx"),
-                     "--json")
+    result = onnxkit(
+        "optimize", str(model_path), "--passes", "cleanup,shape-inference", "-o", str(tmp_path / "o.onnx"), "--json"
+    )
     report = json.loads(result.stdout)
     assert [p["name"] for p in report["passes"]] == ["cleanup", "shape-inference"]
     cleanup = report["passes"][0]
@@ -188,15 +192,30 @@ def test_refuses_to_overwrite_input_without_in_place(model_path):
 def onnxkit_with_plugins(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The command with tests/plugin_passes.py's misbehaving passes registered, as a user's plugins would be."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "COLUMNS": "250"}
-    return subprocess.run([sys.executable, "-m", "tests.plugin_passes", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "tests.plugin_passes", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("on_fail", ["stop", "rollback", "warn"])
 def test_a_pass_that_fails_parity_exits_1_whatever_on_fail_says(model_path, tmp_path, on_fail):
     out = tmp_path / "out.onnx"
-    result = onnxkit_with_plugins("optimize", str(model_path), "--passes", "cleanup,scale-weight", "-o", str(out),
-                                  "--on-fail", on_fail, cwd=tmp_path)
+    result = onnxkit_with_plugins(
+        "optimize",
+        str(model_path),
+        "--passes",
+        "cleanup,scale-weight",
+        "-o",
+        str(out),
+        "--on-fail",
+        on_fail,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     feeds = {"x": np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)}
@@ -204,8 +223,10 @@ def test_a_pass_that_fails_parity_exits_1_whatever_on_fail_says(model_path, tmp_
         assert result.stderr.startswith("error: pass 'scale-weight' changed the model's outputs")
         assert not out.exists()
         return
-    statuses = [record["status"] for record in json.loads({p.key: p.value for p in onnx.load(out).metadata_props}
-                                                          ["onnxkit.passes"])]
+    statuses = [
+        record["status"]
+        for record in json.loads({p.key: p.value for p in onnx.load(out).metadata_props}["onnxkit.passes"])
+    ]
     drift = np.abs(run_model(out, feeds)[0] - run_model(model_path, feeds)[0]).max()
     if on_fail == "rollback":
         assert statuses == ["ok", "rolled-back"]
@@ -237,8 +258,17 @@ def test_internal_error_of_a_pass_is_one_line_and_its_traceback_only_with_verbos
 
 
 def test_user_error_inside_a_pass_exits_2(model_path, tmp_path):
-    result = onnxkit_with_plugins("optimize", str(model_path), "--passes", "bad-data", "-o", str(tmp_path / "o.onnx"),
-                                  "--on-fail", "rollback", cwd=tmp_path)
+    result = onnxkit_with_plugins(
+        "optimize",
+        str(model_path),
+        "--passes",
+        "bad-data",
+        "-o",
+        str(tmp_path / "o.onnx"),
+        "--on-fail",
+        "rollback",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: input 'x' has 3 dims") and "Traceback" not in result.stderr
 
@@ -250,7 +280,9 @@ def test_narrowed_pass_exits_0_and_says_what_it_skipped(tmp_path):
     onnx.save(relu_chain(), model)
     result = onnxkit_with_plugins("optimize", str(model), "--passes", "two-rules-checker", "-o", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert ("two-rules-checker: skipped relu-as-max at node relu_1 (onnx.checker: Unrecognized attribute: alpha "
-            "for operator Max)") in result.stdout
+    assert (
+        "two-rules-checker: skipped relu-as-max at node relu_1 (onnx.checker: Unrecognized attribute: alpha "
+        "for operator Max)"
+    ) in result.stdout
     assert "narrowed" in result.stdout
     onnx.checker.check_model(onnx.load(out), full_check=True)

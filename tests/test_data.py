@@ -22,17 +22,22 @@ from onnxkit.data import (
 from onnxkit.errors import DataError
 
 
-def model_with_inputs(*inputs: tuple[str, int, list], nodes: list | None = None,
-                      initializers: list | None = None) -> onnx.ModelProto:
+def model_with_inputs(
+    *inputs: tuple[str, int, list], nodes: list | None = None, initializers: list | None = None
+) -> onnx.ModelProto:
     """A model taking ``inputs`` (name, elem type, shape) whose outputs are the inputs themselves."""
     nodes = nodes or [helper.make_node("Identity", [name], [f"{name}_out"]) for name, _, _ in inputs]
     outputs = [helper.make_tensor_value_info(out, TensorProto.FLOAT, None) for node in nodes for out in node.output]
-    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info(*i) for i in inputs], outputs, initializers or [])
+    graph = helper.make_graph(
+        nodes, "m", [helper.make_tensor_value_info(*i) for i in inputs], outputs, initializers or []
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 IMAGE_MODEL = model_with_inputs(("x", TensorProto.FLOAT, ["batch", 3, 4, 4]))
-TWO_INPUTS = model_with_inputs(("ids", TensorProto.INT64, ["batch", "seq"]), ("mask", TensorProto.INT64, ["batch", "seq"]))
+TWO_INPUTS = model_with_inputs(
+    ("ids", TensorProto.INT64, ["batch", "seq"]), ("mask", TensorProto.INT64, ["batch", "seq"])
+)
 
 
 def as_list(dataset) -> list[dict[str, np.ndarray]]:
@@ -288,9 +293,11 @@ def test_synthetic_token_ids_stay_below_the_embedding_table_found_in_the_graph()
         ("attention_mask", TensorProto.INT64, ["batch", "sequence"]),
         ("flags", TensorProto.BOOL, ["batch", 3]),
         nodes=nodes,
-        initializers=[numpy_helper.from_array(np.zeros((vocab, hidden), np.float32), "word_embeddings"),
-                      numpy_helper.from_array(np.zeros((2, hidden), np.float32), "type_embeddings"),
-                      numpy_helper.from_array(np.array([2], np.int64), "axes")],
+        initializers=[
+            numpy_helper.from_array(np.zeros((vocab, hidden), np.float32), "word_embeddings"),
+            numpy_helper.from_array(np.zeros((2, hidden), np.float32), "type_embeddings"),
+            numpy_helper.from_array(np.array([2], np.int64), "axes"),
+        ],
     )
     assert data.index_limits(model) == {"input_ids": vocab, "token_type_ids": 2}
     dataset = SyntheticDataset(model, dims={"batch": 3}, num_samples=20, seed=5)
@@ -319,13 +326,22 @@ def test_synthetic_dims_bind_by_name_role_and_default(rng) -> None:
     assert sample["tokens"].shape == (1, 16, 8)
     assert sample["plain"].shape == (1, 2) and sample["plain"].dtype == np.uint8
     (sample,) = as_list(SyntheticDataset(model, dims={"batch": 4, "seq": 7, "width": 9}, num_samples=1))
-    assert sample["pixels"].shape == (4, 3, 32, 9) and sample["tokens"].shape == (4, 7, 8) and sample["plain"].shape == (4, 2)
+    assert (
+        sample["pixels"].shape == (4, 3, 32, 9)
+        and sample["tokens"].shape == (4, 7, 8)
+        and sample["plain"].shape == (4, 2)
+    )
     minus_one = model_with_inputs(("x", TensorProto.FLOAT, [-1, 3, -1, -1]))  # paddle2onnx's dynamic dims
     assert as_list(SyntheticDataset(minus_one, num_samples=1))[0]["x"].shape == (1, 3, 32, 32)
-    sequence = helper.make_model(helper.make_graph(
-        [helper.make_node("SequenceLength", ["parts"], ["count"])], "m",
-        [helper.make_tensor_sequence_value_info("parts", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("count", TensorProto.INT64, [])]), opset_imports=[helper.make_opsetid("", 17)])
+    sequence = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("SequenceLength", ["parts"], ["count"])],
+            "m",
+            [helper.make_tensor_sequence_value_info("parts", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("count", TensorProto.INT64, [])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     with pytest.raises(DataError, match="input 'parts' is a sequence"):
         SyntheticDataset(sequence)
 

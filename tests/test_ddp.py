@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-WORKER = textwrap.dedent('''
+WORKER = textwrap.dedent("""
     import json, sys
     import torch
     import torch.distributed as dist
@@ -45,7 +45,7 @@ WORKER = textwrap.dedent('''
         json.dump({"world_size": trainer.world_size, "steps": result.steps, "all_reduces": all_reduces,
                    "loss": metrics["loss"], "parameters": [p.tolist() for p in model.parameters()]}, f)
     dist.destroy_process_group()
-''')
+""")
 
 
 @pytest.mark.slow  # two fresh torch processes and a rendezvous: ~40 s on 2 shared cores
@@ -53,9 +53,21 @@ def test_two_process_ddp_matches_single_process_full_batch_training(tmp_path):
     (tmp_path / "worker.py").write_text(WORKER)
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(tmp_path / "worker.py"), str(tmp_path)],
-        capture_output=True, text=True, check=False, timeout=180, env=environment, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(tmp_path / "worker.py"),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=180,
+        env=environment,
+        cwd=tmp_path,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]

@@ -48,8 +48,15 @@ def test_demo_trains_exports_quantizes_and_reports(tmp_path):
         assert int8["int8_ops"] == [] and report["int8_verdict"].startswith("INT8 not used on this ")
     assert report["parity"]["passed"] and all(p["status"] == "ok" for p in report["pipeline"]["passes"])
 
-    for name in ("model.fp32.onnx", "model.int8.onnx", "model.pt", "report.json", "report.md",
-                 "checkpoints/best.pt", "checkpoints/last.pt"):
+    for name in (
+        "model.fp32.onnx",
+        "model.int8.onnx",
+        "model.pt",
+        "report.json",
+        "report.md",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+    ):
         assert (out / name).is_file(), name
     markdown = (out / "report.md").read_text()
     assert "| test accuracy |" in markdown and "| INT8 compute ops |" in markdown

@@ -34,20 +34,37 @@ def cnn(opset: int = 17) -> onnx.ModelProto:
         helper.make_node("Gemm", ["flat", "w3", "b3"], ["logits"], name="classifier", transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "cnn", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 16, 16])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        [weight("w1", 8, 3, 3, 3), weight("b1", 8), weight("w2", 16, 8, 3, 3), weight("b2", 16),
-         weight("w3", 10, 16), weight("b3", 10)])
+        [
+            weight("w1", 8, 3, 3, 3),
+            weight("b1", 8),
+            weight("w2", 16, 8, 3, 3),
+            weight("b2", 16),
+            weight("w3", 10, 16),
+            weight("b3", 10),
+        ],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def with_contrib_gelu() -> onnx.ModelProto:
     """A standard Relu, then ONNX Runtime's com.microsoft Gelu."""
-    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
-             helper.make_node("Gelu", ["r"], ["y"], name="ms_gelu", domain="com.microsoft")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Gelu", ["r"], ["y"], name="ms_gelu", domain="com.microsoft"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
 
 
 def domains(path) -> set[str]:
@@ -144,12 +161,16 @@ def test_openvino_in_bfloat16_is_held_to_a_lossy_budget(tmp_path):
 def test_openvino_outputs_are_matched_by_their_onnx_names(tmp_path):
     pytest.importorskip("openvino")
     # OpenVINO folds the Identity away: output y's tensor is also called r, the name it reports first.
-    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Identity", ["r"], ["y"], name="id"),
-             helper.make_node("Neg", ["r"], ["z"], name="neg")]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Identity", ["r"], ["y"], name="id"),
+        helper.make_node("Neg", ["r"], ["z"], name="neg"),
+    ]
     values = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 3]) for name in ("x", "y", "z")]
     graph = helper.make_graph(nodes, "g", values[:1], values[1:])
-    report = deploy_check(_saved(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path),
-                          "openvino")
+    report = deploy_check(
+        _saved(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path), "openvino"
+    )
     assert report.parity is not None and report.passed, report.lines()
     assert [o.name for o in report.parity.outputs] == ["y", "z"]
 
@@ -158,14 +179,33 @@ def test_a_model_openvino_cannot_read_is_a_failed_check_not_a_crash(tmp_path):
     pytest.importorskip("openvino")
     # scikit-learn's classifiers export like this: a ZipMap output, a sequence of maps OpenVINO cannot type.
     ml = "ai.onnx.ml"
-    nodes = [helper.make_node("LinearClassifier", ["x"], ["label", "scores"], name="linear", domain=ml,
-                              coefficients=[0.1] * 12, intercepts=[0.0] * 3, classlabels_ints=[0, 1, 2]),
-             helper.make_node("ZipMap", ["scores"], ["probabilities"], name="zipmap", domain=ml,
-                              classlabels_int64s=[0, 1, 2])]
-    probabilities = helper.make_value_info("probabilities", helper.make_sequence_type_proto(
-        helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("label", TensorProto.INT64, [1]), probabilities])
+    nodes = [
+        helper.make_node(
+            "LinearClassifier",
+            ["x"],
+            ["label", "scores"],
+            name="linear",
+            domain=ml,
+            coefficients=[0.1] * 12,
+            intercepts=[0.0] * 3,
+            classlabels_ints=[0, 1, 2],
+        ),
+        helper.make_node(
+            "ZipMap", ["scores"], ["probabilities"], name="zipmap", domain=ml, classlabels_int64s=[0, 1, 2]
+        ),
+    ]
+    probabilities = helper.make_value_info(
+        "probabilities",
+        helper.make_sequence_type_proto(
+            helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+        ),
+    )
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, [1]), probabilities],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ml, 1)])
     result = invoke("deploy-check", _saved(model, tmp_path), "--target", "openvino")
     assert result.exit_code == 1, result.output

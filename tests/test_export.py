@@ -73,8 +73,9 @@ def test_both_exporters_match_torch_at_two_batch_sizes(dynamo):
     running_mean = model.features[1].running_mean.clone()
     example = torch.rand(2, 1, 8, 8)
 
-    exported, report = export_model(model, example, input_names=("image",), output_names=("logits",),
-                                    dynamic_batch=True, dynamo=dynamo)
+    exported, report = export_model(
+        model, example, input_names=("image",), output_names=("logits",), dynamic_batch=True, dynamo=dynamo
+    )
 
     assert report.exporter == ("dynamo" if dynamo else "torchscript") and report.fallback_reason is None
     assert [m.training for m in model.modules()] == modes
@@ -107,8 +108,9 @@ def test_named_inputs_multiple_outputs_and_full_axis_mapping():
 
 
 def test_input_names_default_to_forward_parameters():
-    _, report = export_model(MaskedMeanEmbedding(), (torch.zeros(1, 3, dtype=torch.int64),
-                                                     torch.ones(1, 3, dtype=torch.int64)), dynamo=False)
+    _, report = export_model(
+        MaskedMeanEmbedding(), (torch.zeros(1, 3, dtype=torch.int64), torch.ones(1, 3, dtype=torch.int64)), dynamo=False
+    )
     assert report.input_names == ["token_ids", "mask"]
     assert report.lines()[1] == "all input shapes static: verified at the example shapes only"
 
@@ -130,8 +132,13 @@ def test_a_custom_translation_table_lets_dynamo_export_the_operator():
         return op.Mul(op.Sin(x), op.Constant(value_float=2.0))
 
     model = UsesCustomOp()
-    _, report = export_model(model, torch.randn(2, 4), dynamo=True, dynamic_batch=True,
-                             custom_translation_table={torch.ops.onnxkit_test.scaled_sin.default: scaled_sin_onnx})
+    _, report = export_model(
+        model,
+        torch.randn(2, 4),
+        dynamo=True,
+        dynamic_batch=True,
+        custom_translation_table={torch.ops.onnxkit_test.scaled_sin.default: scaled_sin_onnx},
+    )
     assert report.exporter == "dynamo" and report.verified
 
 
@@ -180,7 +187,8 @@ def test_module_that_fails_on_its_example_is_an_export_error():
 def test_export_is_the_first_pass_of_a_pipeline_on_a_torch_module(tmp_path):
     model = trained_looking_cnn()
     result = Pipeline.parse("export{dynamo=false,dynamic_batch=true,input_names=image},cleanup").run(
-        model, example_inputs=torch.rand(1, 1, 8, 8))
+        model, example_inputs=torch.rand(1, 1, 8, 8)
+    )
     first = result.report.passes[0]
     assert first.name == "export" and first.modified
     assert first.stats[0].startswith("exported with the torchscript exporter")
@@ -209,9 +217,21 @@ def test_cli_exports_a_factory_with_a_state_dict(tmp_path):
     torch.save(trained.state_dict(), tmp_path / "weights.pt")
     output = tmp_path / "cnn.onnx"
 
-    result = CliRunner().invoke(main, ["export", "onnxkit.pytorch.zoo:SimpleCNN", "--state-dict", str(tmp_path / "weights.pt"),
-                                       "--input-shape", "image=1x1x8x8", "--dynamic-batch", "--no-dynamo",
-                                       "-o", str(output)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "onnxkit.pytorch.zoo:SimpleCNN",
+            "--state-dict",
+            str(tmp_path / "weights.pt"),
+            "--input-shape",
+            "image=1x1x8x8",
+            "--dynamic-batch",
+            "--no-dynamo",
+            "-o",
+            str(output),
+        ],
+    )
 
     assert result.exit_code == 0, result.output
     assert "exported with the torchscript exporter" in result.output and f"saved {output}" in result.output
@@ -222,17 +242,32 @@ def test_cli_exports_a_factory_with_a_state_dict(tmp_path):
 
 
 def test_cli_imports_the_users_module_and_reads_a_sample_file(tmp_path, monkeypatch):
-    (tmp_path / "my_models.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_models.py").write_text(
+        textwrap.dedent("""
         import torch
 
         def build():
             return torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 2))
-    """))
+    """)
+    )
     np.savez(tmp_path / "sample.npz", tokens=np.array([[1, 5, 9]], dtype=np.int64))
     monkeypatch.chdir(tmp_path)
 
-    result = CliRunner().invoke(main, ["export", "my_models:build", "--sample", "sample.npz", "--no-dynamo",
-                                       "--output-names", "scores", "-o", "m.onnx", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "my_models:build",
+            "--sample",
+            "sample.npz",
+            "--no-dynamo",
+            "--output-names",
+            "scores",
+            "-o",
+            "m.onnx",
+            "--json",
+        ],
+    )
 
     assert result.exit_code == 0, result.output
     proto = onnx.load(str(tmp_path / "m.onnx"))
@@ -241,13 +276,22 @@ def test_cli_imports_the_users_module_and_reads_a_sample_file(tmp_path, monkeypa
     assert report["exporter"] == "torchscript" and report["verified"]
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["onnxkit.pytorch.zoo:NoSuchModel", "--input-shape", "x=1x1x8x8"], "cannot load onnxkit.pytorch.zoo:NoSuchModel"),
-    (["onnxkit.pytorch.zoo", "--input-shape", "x=1x1x8x8"], "bad model spec"),
-    (["onnxkit.pytorch.zoo:SimpleCNN", "--input-shape", "x=1x1x8x8:int7"], "bad input shape"),
-    (["onnxkit.pytorch.zoo:SimpleCNN"], "give either --input-shape"),
-    (["onnxkit.pytorch.zoo:SimpleCNN", "--input-shape", "x=1x1x8x8", "--dynamic-axis", "x=batch"], "bad dynamic axis"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (
+            ["onnxkit.pytorch.zoo:NoSuchModel", "--input-shape", "x=1x1x8x8"],
+            "cannot load onnxkit.pytorch.zoo:NoSuchModel",
+        ),
+        (["onnxkit.pytorch.zoo", "--input-shape", "x=1x1x8x8"], "bad model spec"),
+        (["onnxkit.pytorch.zoo:SimpleCNN", "--input-shape", "x=1x1x8x8:int7"], "bad input shape"),
+        (["onnxkit.pytorch.zoo:SimpleCNN"], "give either --input-shape"),
+        (
+            ["onnxkit.pytorch.zoo:SimpleCNN", "--input-shape", "x=1x1x8x8", "--dynamic-axis", "x=batch"],
+            "bad dynamic axis",
+        ),
+    ],
+)
 def test_cli_user_errors_are_one_line(tmp_path, arguments, message):
     result = CliRunner().invoke(main, ["export", *arguments, "-o", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
@@ -257,6 +301,17 @@ def test_cli_user_errors_are_one_line(tmp_path, arguments, message):
 def test_cli_refuses_a_state_dict_that_needs_pickle(tmp_path):
     # A pickled module object, not a plain state dict: loading it would run arbitrary code.
     torch.save(zoo.SimpleCNN(), tmp_path / "whole_model.pt")
-    result = CliRunner().invoke(main, ["export", "onnxkit.pytorch.zoo:SimpleCNN", "--state-dict", str(tmp_path / "whole_model.pt"),
-                                       "--input-shape", "x=1x1x8x8", "-o", str(tmp_path / "m.onnx")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "onnxkit.pytorch.zoo:SimpleCNN",
+            "--state-dict",
+            str(tmp_path / "whole_model.pt"),
+            "--input-shape",
+            "x=1x1x8x8",
+            "-o",
+            str(tmp_path / "m.onnx"),
+        ],
+    )
     assert result.exit_code == 2 and "cannot read state dict" in result.output

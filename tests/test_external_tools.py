@@ -15,13 +15,21 @@ from onnxkit import external_tools, runtime
 def clutter_model() -> onnx.ModelProto:
     """x[2, 8] → Identity → MatMul w → Add b → y[2, 4]: the Identity is what every simplifier removes."""
     rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w"),
-               numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")]
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
+    ]
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["x1"]), helper.make_node("MatMul", ["x1", "w"], ["h"]),
-         helper.make_node("Add", ["h", "b"], ["y"])],
-        "clutter", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], weights)
+        [
+            helper.make_node("Identity", ["x"], ["x1"]),
+            helper.make_node("MatMul", ["x1", "w"], ["h"]),
+            helper.make_node("Add", ["h", "b"], ["y"]),
+        ],
+        "clutter",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        weights,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -62,6 +70,8 @@ def test_ort_quantize_dynamic_and_static_write_int8_models(tmp_path: Path) -> No
         quantized = onnx.load(str(tmp_path / f"{name}.onnx"))
         assert int8_op in {n.op_type for n in quantized.graph.node}, name
         reference = outputs(model)
-        cosine = float(np.dot(outputs(quantized).ravel(), reference.ravel())
-                       / (np.linalg.norm(outputs(quantized)) * np.linalg.norm(reference)))
+        cosine = float(
+            np.dot(outputs(quantized).ravel(), reference.ravel())
+            / (np.linalg.norm(outputs(quantized)) * np.linalg.norm(reference))
+        )
         assert cosine > 0.99, (name, cosine)

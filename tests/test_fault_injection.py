@@ -93,8 +93,12 @@ def model_weight(path: Path, side: int) -> float:
 def kill_during_save(point: str, args: list[str], cwd: Path, *, delay: float = 0.0, must_kill: bool = True) -> bool:
     """Run the child to ``point``, wait ``delay`` and SIGKILL it; whether the kill came before it finished."""
     signal_file = cwd / "save-reached"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, point, str(signal_file), *args], cwd=cwd,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, point, str(signal_file), *args],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     assert child.stderr is not None  # stderr=PIPE
     deadline = time.monotonic() + 120
     while not signal_file.exists():
@@ -112,9 +116,13 @@ def kill_during_save(point: str, args: list[str], cwd: Path, *, delay: float = 0
 
 # Each kill costs a CLI start (~2 s on a busy machine): the fast suite kills in the window that used to pair an
 # earlier output's model with the new data; the slow run covers every point and destination.
-KILLS = [pytest.param(destination, point, marks=() if (destination, point) == ("existing", "data-moved")
-                      else pytest.mark.slow)
-         for destination in ("new", "existing", "in-place") for point in ("staged", "data-moved", "model-moved")]
+KILLS = [
+    pytest.param(
+        destination, point, marks=() if (destination, point) == ("existing", "data-moved") else pytest.mark.slow
+    )
+    for destination in ("new", "existing", "in-place")
+    for point in ("staged", "data-moved", "model-moved")
+]
 
 
 @pytest.mark.parametrize(("destination", "point"), KILLS)
@@ -131,8 +139,9 @@ def test_sigkill_during_save_loses_nothing(tmp_path: Path, destination: str, poi
     kill_during_save(point, args, tmp_path)
 
     if destination != "in-place":
-        assert {name: digests(tmp_path)[name] for name in ("m.onnx", "m.onnx.data")} == \
-            {name: before[name] for name in ("m.onnx", "m.onnx.data")}, "the input changed"
+        assert {name: digests(tmp_path)[name] for name in ("m.onnx", "m.onnx.data")} == {
+            name: before[name] for name in ("m.onnx", "m.onnx.data")
+        }, "the input changed"
     if output.exists():
         weight = model_weight(output, side)
         expected = {"new": {2.0}, "existing": {5.0, 2.0}, "in-place": {2.0}}[destination]
@@ -142,8 +151,9 @@ def test_sigkill_during_save_loses_nothing(tmp_path: Path, destination: str, poi
     if point == "staged":  # nothing was moved yet: every file is what it was
         assert digests(tmp_path) == before
     if point == "data-moved":  # the next save to the same place clears what the killed one left
-        done = subprocess.run([sys.executable, "-m", "onnxkit", *args], cwd=tmp_path, capture_output=True, text=True,
-                              check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "onnxkit", *args], cwd=tmp_path, capture_output=True, text=True, check=False
+        )
         assert done.returncode == 0, done.stderr
         files = sorted(p.name for p in tmp_path.iterdir())
         data_files = [name for name in files if name.startswith(output.name + ".") and name.endswith(".data")]
@@ -165,9 +175,13 @@ def test_sigkill_while_writing_a_200mb_model(tmp_path: Path) -> None:
     # Early in the write, and later. A fast disk may finish the save before a later kill: that run is checked
     # all the same, and the kill is tried again sooner, since only a kill inside the write tests anything.
     for delay in (0.05, 0.3, 0.1, 0.02, 0.0):
-        kills += kill_during_save("writing", ["optimize", "m.onnx", "--passes", "cleanup", "-o", "out.onnx",
-                                              "--external-data", "--check", "off"], tmp_path, delay=delay,
-                                  must_kill=False)
+        kills += kill_during_save(
+            "writing",
+            ["optimize", "m.onnx", "--passes", "cleanup", "-o", "out.onnx", "--external-data", "--check", "off"],
+            tmp_path,
+            delay=delay,
+            must_kill=False,
+        )
         after = digests(tmp_path)
         assert after["m.onnx"] == before["m.onnx"] and after["m.onnx.data"] == before["m.onnx.data"]
         weight = model_weight_large(tmp_path / "out.onnx")
@@ -198,8 +212,9 @@ def test_a_save_never_touches_data_files_it_does_not_own(tmp_path: Path, layout:
     proto.graph.initializer[0].external_data[0].value = "out.onnx.data"
     onnx.save(proto, tmp_path / "m.onnx")
     before = digests(tmp_path)
-    result = CliRunner().invoke(main, ["optimize", str(tmp_path / "m.onnx"), "--passes", "cleanup",
-                                       "-o", str(tmp_path / "out.onnx"), layout])
+    result = CliRunner().invoke(
+        main, ["optimize", str(tmp_path / "m.onnx"), "--passes", "cleanup", "-o", str(tmp_path / "out.onnx"), layout]
+    )
     assert result.exit_code == 0, result.stderr
     after = digests(tmp_path)
     assert {name: after[name] for name in before} == before

@@ -38,15 +38,21 @@ LATEST_OPSET = onnx.defs.onnx_opset_version()
 ATOL, RTOL = 1e-4, 1e-3
 
 # The exact passes that start from ONNX (``export`` starts from torch), then the usual pipeline.
-SPECS = sorted(e.name for e in list_passes() if e.pass_class is not None and e.pass_class.kind == "exact"
-               and not issubclass(e.pass_class, SourcePass)) + ["simplify,fuse"]
+SPECS = sorted(
+    e.name
+    for e in list_passes()
+    if e.pass_class is not None and e.pass_class.kind == "exact" and not issubclass(e.pass_class, SourcePass)
+) + ["simplify,fuse"]
 
 # The same graphs on every run (CI's fixed seed) unless --hypothesis-seed asks for others: a derandomized test
 # ignores that seed, and the option is read (hypothesis' pytest plugin) before this module is collected.
 # Building and checking a graph takes a while: no deadline, no health check on it.
-_COMMON: dict[str, Any] = {"deadline": None, "derandomize": hypothesis.core.global_force_seed is None,
-                           "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
-                           "print_blob": True}
+_COMMON: dict[str, Any] = {
+    "deadline": None,
+    "derandomize": hypothesis.core.global_force_seed is None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+    "print_blob": True,
+}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -90,8 +96,11 @@ class Builder:
 
 def _elementwise(b: Builder, x: str) -> str:
     shape = b.shapes[x]
-    op = b.draw(st.sampled_from(["Relu", "Sigmoid", "Tanh", "Abs", "Neg", "Clip", "Add", "Sub", "Mul", "Div",
-                                 "AddSelf", "ConstChain"]))
+    op = b.draw(
+        st.sampled_from(
+            ["Relu", "Sigmoid", "Tanh", "Abs", "Neg", "Clip", "Add", "Sub", "Mul", "Div", "AddSelf", "ConstChain"]
+        )
+    )
     if op in ("Relu", "Sigmoid", "Tanh", "Abs", "Neg"):
         return b.add(op, [x], shape)
     if op == "Clip":
@@ -101,13 +110,20 @@ def _elementwise(b: Builder, x: str) -> str:
         return b.add(b.draw(st.sampled_from(["Add", "Mul", "Sub"])), [x, b.add("Relu", [x], shape)], shape)
     if op == "ConstChain":  # a constant subgraph: folding it must give the same value
         base = b.const(b.floats(shape[-1:]))
-        folded = b.add("Mul", [b.add("Add", [base, b.const(b.floats(shape[-1:]))], shape[-1:]),
-                               b.const(np.array(0.5, np.float32))], shape[-1:])
+        folded = b.add(
+            "Mul",
+            [b.add("Add", [base, b.const(b.floats(shape[-1:]))], shape[-1:]), b.const(np.array(0.5, np.float32))],
+            shape[-1:],
+        )
         return b.add("Add", [x, folded], shape)
     # A binary op with a constant of a broadcastable shape: a scalar, the last axis, or the whole shape.
     kind = b.draw(st.sampled_from(["scalar", "last", "full", "channel"]))
-    const_shape = {"scalar": (), "last": shape[-1:], "full": shape,
-                   "channel": (shape[1],) + (1,) * (len(shape) - 2) if len(shape) > 2 else shape[-1:]}[kind]
+    const_shape = {
+        "scalar": (),
+        "last": shape[-1:],
+        "full": shape,
+        "channel": (shape[1],) + (1,) * (len(shape) - 2) if len(shape) > 2 else shape[-1:],
+    }[kind]
     values = b.floats(const_shape, 0.5, 2.0) if op == "Div" else b.floats(const_shape)
     return b.add(op, [x, b.const(values)], shape)
 
@@ -127,8 +143,12 @@ def _conv(b: Builder, x: str) -> str:
 
 def _batch_norm(b: Builder, x: str) -> str:
     channels = b.shapes[x][1]
-    params = [b.floats((channels,), 0.5, 1.5), b.floats((channels,)), b.floats((channels,)),
-              b.floats((channels,), 0.5, 2.0)]
+    params = [
+        b.floats((channels,), 0.5, 1.5),
+        b.floats((channels,)),
+        b.floats((channels,)),
+        b.floats((channels,), 0.5, 2.0),
+    ]
     return b.add("BatchNormalization", [x, *(b.const(p) for p in params)], b.shapes[x], epsilon=1e-5)
 
 
@@ -153,8 +173,14 @@ def _matmul(b: Builder, x: str) -> str:
     trans_b = b.draw(st.integers(0, 1))
     weight = b.floats((n, k) if trans_b else (k, n))
     inputs = [x, b.const(weight)] + ([b.const(b.floats((n,)))] if b.draw(st.booleans()) else [])
-    return b.add("Gemm", inputs, (m, n), transB=trans_b, alpha=float(b.draw(st.sampled_from([1.0, 0.5]))),
-                 beta=float(b.draw(st.sampled_from([1.0, 2.0]))))
+    return b.add(
+        "Gemm",
+        inputs,
+        (m, n),
+        transB=trans_b,
+        alpha=float(b.draw(st.sampled_from([1.0, 0.5]))),
+        beta=float(b.draw(st.sampled_from([1.0, 2.0]))),
+    )
 
 
 def _transpose(b: Builder, x: str) -> str:
@@ -192,10 +218,16 @@ def _slice(b: Builder, x: str) -> str:
     start = b.draw(st.integers(0, size - 1))
     end = b.draw(st.integers(start + 1, size))
     step_end = end if b.draw(st.booleans()) else 2**62  # "to the end", as exporters write it
-    out_shape = tuple(end - start if (i == axis and step_end == end) else (size - start if i == axis else d)
-                      for i, d in enumerate(shape))
-    inputs = [x, b.const(np.array([start], np.int64)), b.const(np.array([step_end], np.int64)),
-              b.const(np.array([axis], np.int64))]
+    out_shape = tuple(
+        end - start if (i == axis and step_end == end) else (size - start if i == axis else d)
+        for i, d in enumerate(shape)
+    )
+    inputs = [
+        x,
+        b.const(np.array([start], np.int64)),
+        b.const(np.array([step_end], np.int64)),
+        b.const(np.array([axis], np.int64)),
+    ]
     return b.add("Slice", inputs, out_shape)
 
 
@@ -218,11 +250,17 @@ def _if(b: Builder, x: str) -> str:
     if b.draw(st.booleans()):
         condition = b.const(np.array(b.draw(st.booleans())), "cond")
     else:
-        total = b.add("ReduceSum", [x], (), keepdims=0) if b.opset < 13 else \
-            b.add("ReduceSum", [x, b.const(np.array(list(range(len(shape))), np.int64), "axes")], (), keepdims=0)
+        total = (
+            b.add("ReduceSum", [x], (), keepdims=0)
+            if b.opset < 13
+            else b.add("ReduceSum", [x, b.const(np.array(list(range(len(shape))), np.int64), "axes")], (), keepdims=0)
+        )
         condition = b.add("Greater", [total, b.const(np.array(0.0, np.float32))], ())
     branches = []
-    for op in (b.draw(st.sampled_from(["Relu", "Neg", "Sigmoid"])), b.draw(st.sampled_from(["Abs", "Tanh", "Identity"]))):
+    for op in (
+        b.draw(st.sampled_from(["Relu", "Neg", "Sigmoid"])),
+        b.draw(st.sampled_from(["Abs", "Tanh", "Identity"])),
+    ):
         out = b.name("branch")
         value = helper.make_tensor_value_info(out, TensorProto.FLOAT, list(shape))
         branches.append(helper.make_graph([helper.make_node(op, [x], [out])], b.name("body"), [], [value]))
@@ -254,9 +292,21 @@ def _leftovers(b: Builder, x: str) -> str:
     return b.add("Identity", [x], b.shapes[x])
 
 
-OPS = {"elementwise": _elementwise, "conv": _conv, "batchnorm": _batch_norm, "matmul": _matmul,
-       "transpose": _transpose, "reshape": _reshape, "concat": _concat, "slice": _slice, "gather": _gather,
-       "if": _if, "conv-bn": _conv_bn, "transpose-pair": _transpose_pair, "leftovers": _leftovers}
+OPS = {
+    "elementwise": _elementwise,
+    "conv": _conv,
+    "batchnorm": _batch_norm,
+    "matmul": _matmul,
+    "transpose": _transpose,
+    "reshape": _reshape,
+    "concat": _concat,
+    "slice": _slice,
+    "gather": _gather,
+    "if": _if,
+    "conv-bn": _conv_bn,
+    "transpose-pair": _transpose_pair,
+    "leftovers": _leftovers,
+}
 NEEDS_RANK4 = {"conv", "batchnorm", "conv-bn"}
 
 
@@ -276,9 +326,12 @@ def random_models(draw: Any) -> onnx.ModelProto:
             outputs.append(current)  # an intermediate tensor that is also a graph output
     outputs = list(dict.fromkeys([*outputs, current]))
     graph = helper.make_graph(
-        b.nodes, "fuzz", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        b.nodes,
+        "fuzz",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(b.shapes[name])) for name in outputs],
-        b.initializers)
+        b.initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = min(model.ir_version, onnx.helper.find_min_ir_version_for([model.opset_import[0]]) + 3)
     return model
@@ -297,8 +350,11 @@ def _reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.
 
 
 def check_passes_keep_outputs(model: onnx.ModelProto) -> None:
-    feeds = {"x": np.random.default_rng(0).standard_normal(
-        [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]).astype(np.float32)}
+    feeds = {
+        "x": np.random.default_rng(0)
+        .standard_normal([d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim])
+        .astype(np.float32)
+    }
     expected = _reference(model, feeds)
     assume(expected is not None)
     note(onnx.printer.to_text(model))

@@ -12,11 +12,21 @@ from onnxkit.modelio import as_ir_model
 
 
 def _two_weights() -> ir.Model:
-    nodes = [helper.make_node("Add", ["x", "a"], ["s"], name="add"), helper.make_node("Mul", ["s", "b"], ["y"], name="mul")]
+    nodes = [
+        helper.make_node("Add", ["x", "a"], ["s"], name="add"),
+        helper.make_node("Mul", ["s", "b"], ["y"], name="mul"),
+    ]
     weights = [numpy_helper.from_array(np.full((2,), value, np.float32), name) for name, value in (("a", 1), ("b", 2))]
-    model = helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], weights),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+            weights,
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     return as_ir_model(model)
 
 

@@ -32,12 +32,19 @@ def matmul_chain(side: int, layers: int) -> onnx.ModelProto:
     for i in range(layers):
         weight = (np.random.default_rng(i).standard_normal((side, side)) / np.sqrt(side)).astype(np.float32)
         weights.append(numpy_helper.from_array(weight, f"w{i}"))
-        nodes += [helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"]),
-                  helper.make_node("Relu", [f"m{i}"], [f"r{i}"])]
+        nodes += [
+            helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"]),
+            helper.make_node("Relu", [f"m{i}"], [f"r{i}"]),
+        ]
         current = f"r{i}"
     nodes.append(helper.make_node("Identity", [current], ["y"]))  # something for cleanup to remove
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", side])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", side])], weights)
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", side])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", side])],
+        weights,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -70,7 +77,8 @@ def _record_prepacking(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
 
 
 def test_parity_packs_weights_as_users_sessions_do_unless_they_stay_in_their_file(
-        tmp_path: Path, huge: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, huge: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Packing changes what some kernels compute (MatMulNBits honours accuracy_level only on packed weights), so
     parity packs as users' sessions do; only weights left in their file go unpacked, and not under such an op."""
     small = tmp_path / "small.onnx"
@@ -83,8 +91,9 @@ def test_parity_packs_weights_as_users_sessions_do_unless_they_stay_in_their_fil
     assert not runtime.packs_weights(lazy)
     x = lazy.graph.inputs[0]
     packed = ir.Value(name="packed")
-    lazy.graph.append(ir.node("MatMulNBits", [x, lazy.graph.initializers["w0"]], domain="com.microsoft",
-                              outputs=[packed]))
+    lazy.graph.append(
+        ir.node("MatMulNBits", [x, lazy.graph.initializers["w0"]], domain="com.microsoft", outputs=[packed])
+    )
     assert runtime.packs_weights(lazy)
 
 
@@ -116,8 +125,9 @@ def test_huge_model_through_inspect_and_check(huge: Path) -> None:
     assert "PASSED" in checked.stdout
 
 
-def test_graph_passes_parity_and_save_leave_the_weights_in_their_file(huge: Path, monkeypatch: pytest.MonkeyPatch
-                                                                     ) -> None:
+def test_graph_passes_parity_and_save_leave_the_weights_in_their_file(
+    huge: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A model past the limit is loaded lazily; cleanup, simplify and fuse, the snapshots their checks read,
     parity and the save must keep it that way: no weight read into Python (onnx_ir's external tensor maps its
     file on first use: ``tobytes``, ``numpy``; nor any allocation as large as one weight), and every ONNX Runtime
@@ -150,7 +160,9 @@ def test_equal_weights_left_in_their_file_still_merge(tmp_path: Path, monkeypatc
     """simplify hashes a lazily loaded weight from its file: equal weights are still found equal."""
     monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 2 * 2**20)
     model = matmul_chain(SIDE, 3)
-    model.graph.initializer[2].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(model.graph.initializer[0]), "w2"))
+    model.graph.initializer[2].CopyFrom(
+        numpy_helper.from_array(numpy_helper.to_array(model.graph.initializer[0]), "w2")
+    )
     onnx.save(model, tmp_path / "twins.onnx", save_as_external_data=True, location="twins.onnx.data")
     loaded = modelio.load_model(tmp_path / "twins.onnx")
     assert all(isinstance(v.const_value, ir.ExternalTensor) for v in loaded.graph.initializers.values())

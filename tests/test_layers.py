@@ -32,8 +32,9 @@ EXPORT_PASS_MODULES = {"pytorch.export_pass", "pytorch.export", "pytorch.export_
 # Everything that needs torch lives in this package; the rest of onnxkit must import without it.
 TORCH_PACKAGE = "onnxkit.pytorch"
 # Besides the package, the one module that may import torch, and why.
-TORCH_OUTSIDE_PACKAGE = {"onnxkit/data/python.py": "TorchDataset reads a torch dataset it is handed, importing "
-                                                   "torch.utils.data only then"}
+TORCH_OUTSIDE_PACKAGE = {
+    "onnxkit/data/python.py": "TorchDataset reads a torch dataset it is handed, importing torch.utils.data only then"
+}
 
 
 def _onnxkit_imports(tree: ast.AST, package: str | None = None) -> list[tuple[int, str]]:
@@ -88,8 +89,11 @@ def test_passes_import_only_the_shared_layer():
     assert len(sources) > 20, "passes/ not found where expected"
     violations = _import_violations(sources, set(SHARED_LAYER) | {"passes"})
     assert not violations, (
-        "passes/ may import only onnxkit's shared layer (" + ", ".join(sorted(SHARED_LAYER))
-        + "); move what the pass needs down into the shared layer:\n  " + "\n  ".join(violations))
+        "passes/ may import only onnxkit's shared layer ("
+        + ", ".join(sorted(SHARED_LAYER))
+        + "); move what the pass needs down into the shared layer:\n  "
+        + "\n  ".join(violations)
+    )
 
 
 def test_the_shared_layer_builds_only_on_itself():
@@ -98,8 +102,10 @@ def test_the_shared_layer_builds_only_on_itself():
     assert len(sources) > 15 and REPO / "onnxkit" / "parity" / "chain.py" in sources
     violations = _import_violations(sources, set(SHARED_LAYER) | set(SHARED_INTERNALS))
     violations += _import_violations(_sources_of(set(SHARED_INTERNALS)), set())
-    assert not violations, ("the shared layer (" + ", ".join(sorted(SHARED_LAYER)) + ") may import only itself"
-                            " and " + ", ".join(sorted(SHARED_INTERNALS)) + ":\n  " + "\n  ".join(violations))
+    assert not violations, (
+        "the shared layer (" + ", ".join(sorted(SHARED_LAYER)) + ") may import only itself"
+        " and " + ", ".join(sorted(SHARED_INTERNALS)) + ":\n  " + "\n  ".join(violations)
+    )
 
 
 def test_the_export_pass_builds_only_on_the_shared_layer():
@@ -111,23 +117,37 @@ def test_the_export_pass_builds_only_on_the_shared_layer():
     violations = _import_violations(_sources_of(EXPORT_PASS_MODULES), set(SHARED_LAYER) | EXPORT_PASS_MODULES)
     # Loading the export pass runs the package's __init__ first: it must not load train, zoo or demo.
     package_init = ast.parse((REPO / "onnxkit" / "pytorch" / "__init__.py").read_text())
-    violations += [f"onnxkit/pytorch/__init__.py:{node.lineno} imports" for node in ast.walk(package_init)
-                   if isinstance(node, ast.Import | ast.ImportFrom)]
-    assert not violations, ("the export pass and its exporter must build only on the shared layer ("
-                            + ", ".join(sorted(SHARED_LAYER)) + "):\n  " + "\n  ".join(violations))
+    violations += [
+        f"onnxkit/pytorch/__init__.py:{node.lineno} imports"
+        for node in ast.walk(package_init)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+    ]
+    assert not violations, (
+        "the export pass and its exporter must build only on the shared layer ("
+        + ", ".join(sorted(SHARED_LAYER))
+        + "):\n  "
+        + "\n  ".join(violations)
+    )
 
 
 def test_the_import_check_sees_every_form_of_import():
-    tree = ast.parse("import onnxkit.pipeline\nfrom onnxkit import cli, graph\nfrom onnxkit.report import x\n"
-                     "def f():\n    from onnxkit.bench import y\nfrom . import sibling\nimport onnx\n")
+    tree = ast.parse(
+        "import onnxkit.pipeline\nfrom onnxkit import cli, graph\nfrom onnxkit.report import x\n"
+        "def f():\n    from onnxkit.bench import y\nfrom . import sibling\nimport onnx\n"
+    )
     assert [module for _, module in _onnxkit_imports(tree)] == ["pipeline", "cli", "graph", "report", "bench"]
     relative = ast.parse("from . import runs\nfrom ..pipeline import Pipeline\nfrom .chain import x\n")
-    assert [module for _, module in _onnxkit_imports(relative, "onnxkit.parity")] == ["parity", "pipeline",
-                                                                                      "parity"]
-    torch_side = ast.parse("from onnxkit.pytorch import export\nimport onnxkit.pytorch.zoo\nimport onnxkit.pytorch\n"
-                           "from .train_setup import x\n")
+    assert [module for _, module in _onnxkit_imports(relative, "onnxkit.parity")] == ["parity", "pipeline", "parity"]
+    torch_side = ast.parse(
+        "from onnxkit.pytorch import export\nimport onnxkit.pytorch.zoo\nimport onnxkit.pytorch\n"
+        "from .train_setup import x\n"
+    )
     assert [module for _, module in _onnxkit_imports(torch_side, TORCH_PACKAGE)] == [
-        "pytorch.export", "pytorch.zoo", "pytorch", "pytorch.train_setup"]
+        "pytorch.export",
+        "pytorch.zoo",
+        "pytorch",
+        "pytorch.train_setup",
+    ]
 
 
 def _core_modules() -> list[str]:
@@ -163,11 +183,11 @@ def test_onnxkit_core_imports_without_torch():
         "    if 'torch' in sys.modules:\n"
         "        sys.exit(f'loading the pass {name!r} imported torch')\n"
     )
-    completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=False,
-                               cwd=REPO)
+    completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=False, cwd=REPO)
     assert completed.returncode == 0, (
         f"onnxkit's core must import without torch (torch belongs to {TORCH_PACKAGE}, imported only when used): "
-        + (completed.stderr.strip().splitlines() or ["?"])[-1])
+        + (completed.stderr.strip().splitlines() or ["?"])[-1]
+    )
 
 
 def test_only_onnxkit_pytorch_imports_torch():
@@ -180,8 +200,13 @@ def test_only_onnxkit_pytorch_imports_torch():
         if source.is_relative_to(torch_package) or relative.startswith("onnxkit/passes/"):
             continue  # passes/ is checked by its own rule: it imports only the shared layer
         for node in ast.walk(ast.parse(source.read_text(), filename=relative)):
-            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
             if any(name == "torch" or name.startswith("torch.") for name in names):
                 found.append(relative)
     outside = sorted(set(found) - set(TORCH_OUTSIDE_PACKAGE))

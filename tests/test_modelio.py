@@ -18,13 +18,14 @@ from tests.conftest import run_model
 def _model_with_external_data(folder, location: str = "weights.bin") -> onnx.ModelProto:
     weight = numpy_helper.from_array(np.arange(64, dtype=np.float32).reshape(8, 8), "w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [weight],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [weight],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save_model(model, folder / "model.onnx", save_as_external_data=True, location="weights.bin",
-                    size_threshold=0)
+    onnx.save_model(model, folder / "model.onnx", save_as_external_data=True, location="weights.bin", size_threshold=0)
     return model
 
 
@@ -119,8 +120,9 @@ def test_large_models_get_external_data(tmp_path, monkeypatch):
     save_model(model, tmp_path / "big.onnx")
     assert (tmp_path / "big.onnx.data").exists()
     feeds = {"image": np.ones((1, 3, 16, 16), np.float32)}
-    np.testing.assert_allclose(run_model(tmp_path / "big.onnx", feeds)[0], run_model(build_example("cnn"), feeds)[0],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        run_model(tmp_path / "big.onnx", feeds)[0], run_model(build_example("cnn"), feeds)[0], rtol=1e-6
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
 
 
@@ -136,19 +138,31 @@ def _classifier_with_zipmap() -> onnx.ModelProto:
     """What skl2onnx writes for a scikit-learn classifier: IR 3, ai.onnx.ml only, a seq(map) ZipMap output."""
     graph = helper.make_graph(
         [
-            helper.make_node("LinearClassifier", ["x"], ["label", "scores"], domain="ai.onnx.ml",
-                             classlabels_ints=[0, 1, 2], coefficients=[0.4, 1.4, -2.1, -1.0, 0.6, -1.7],
-                             intercepts=[0.2, 0.6, -0.9], post_transform="LOGISTIC"),
+            helper.make_node(
+                "LinearClassifier",
+                ["x"],
+                ["label", "scores"],
+                domain="ai.onnx.ml",
+                classlabels_ints=[0, 1, 2],
+                coefficients=[0.4, 1.4, -2.1, -1.0, 0.6, -1.7],
+                intercepts=[0.2, 0.6, -0.9],
+                post_transform="LOGISTIC",
+            ),
             helper.make_node("Normalizer", ["scores"], ["normalized"], domain="ai.onnx.ml", norm="L1"),
-            helper.make_node("ZipMap", ["normalized"], ["probabilities"], domain="ai.onnx.ml",
-                             classlabels_int64s=[0, 1, 2]),
+            helper.make_node(
+                "ZipMap", ["normalized"], ["probabilities"], domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2]
+            ),
         ],
         "classifier",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2])],
         [
             helper.make_tensor_value_info("label", TensorProto.INT64, [3]),
-            helper.make_value_info("probabilities", helper.make_sequence_type_proto(
-                helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))),
+            helper.make_value_info(
+                "probabilities",
+                helper.make_sequence_type_proto(
+                    helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+                ),
+            ),
         ],
     )
     return helper.make_model(graph, ir_version=3, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)])

@@ -49,9 +49,13 @@ def generate_node_corpus(folder: Path) -> dict[str, tuple[float, float]]:
 
 def exact_passes() -> list[type]:
     """Every registered exact pass that works on ONNX models (``export`` starts from torch)."""
-    return [entry.pass_class for entry in list_passes()
-            if entry.pass_class is not None and entry.pass_class.kind == "exact"
-            and not issubclass(entry.pass_class, SourcePass)]
+    return [
+        entry.pass_class
+        for entry in list_passes()
+        if entry.pass_class is not None
+        and entry.pass_class.kind == "exact"
+        and not issubclass(entry.pass_class, SourcePass)
+    ]
 
 
 def ort_session(model: onnx.ModelProto) -> Any:
@@ -63,7 +67,9 @@ def run_in_ort(session: Any, inputs: dict[str, Any]) -> list[Any]:
     return session.run(None, {name: value for name, value in inputs.items() if name in names})
 
 
-def outputs_match(expected: dict[str, Any], actual: list[Any], model: onnx.ModelProto, tolerances: tuple[float, float]) -> str | None:
+def outputs_match(
+    expected: dict[str, Any], actual: list[Any], model: onnx.ModelProto, tolerances: tuple[float, float]
+) -> str | None:
     """None when ``actual`` matches the stored outputs by onnx's own comparison, else why not."""
     from onnx.backend.test.runner import Runner
 
@@ -145,10 +151,12 @@ def test_exact_passes_keep_every_node_test_model(tmp_path_factory: pytest.TempPa
     passes = exact_passes()
     assert {"cleanup", "shape-inference"} <= {p.name for p in passes}
     result = sweep(folder / "node", tolerances, passes)
-    counts = (f"node-test corpus: {result.total} models; loaded {result.loaded}, passed {result.passed}, "
-              f"excluded {result.excluded} (ORT disagrees before any pass), failed {result.failed}; "
-              f"{result.not_loadable} not loadable by ORT; {result.no_inputs} without inputs (refused); passes {[p.name for p in passes]}; "
-              f"models changed per pass {dict(result.modified_by)}")
+    counts = (
+        f"node-test corpus: {result.total} models; loaded {result.loaded}, passed {result.passed}, "
+        f"excluded {result.excluded} (ORT disagrees before any pass), failed {result.failed}; "
+        f"{result.not_loadable} not loadable by ORT; {result.no_inputs} without inputs (refused); passes {[p.name for p in passes]}; "
+        f"models changed per pass {dict(result.modified_by)}"
+    )
     print("\n" + counts)
     record_property("summary", counts)  # printed at the end of the run by tests/conftest.py, even under xdist
     for failure in result.failures:
@@ -160,4 +168,6 @@ def test_exact_passes_keep_every_node_test_model(tmp_path_factory: pytest.TempPa
     # ORT cannot exchange float8/int4/bfloat16 arrays with numpy and randomizes training Dropout, which
     # excludes ~10%; far more would mean the harness misreads the test data.
     assert result.excluded < result.loaded / 5, "ORT should agree with most stored outputs"
-    assert not result.failures, f"{result.failed} node-test models broken by exact passes:\n" + "\n".join(result.failures)
+    assert not result.failures, f"{result.failed} node-test models broken by exact passes:\n" + "\n".join(
+        result.failures
+    )

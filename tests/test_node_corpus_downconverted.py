@@ -52,10 +52,12 @@ class DownconvertedSweep:
         return len({failure.split(":")[0] for failure in self.failures})
 
     def summary(self) -> str:
-        return (f"node-test corpus at opset {self.opset}: {self.total} models; {self.checked} converted and run "
-                f"by ORT, passed {self.passed}, failed {self.failed}; skipped {self.already_at_or_below} already at "
-                f"or below opset {self.opset}, {self.not_convertible} the converter refuses, {self.not_runnable} "
-                f"ORT cannot load or run once converted; models changed per pass {dict(self.modified_by)}")
+        return (
+            f"node-test corpus at opset {self.opset}: {self.total} models; {self.checked} converted and run "
+            f"by ORT, passed {self.passed}, failed {self.failed}; skipped {self.already_at_or_below} already at "
+            f"or below opset {self.opset}, {self.not_convertible} the converter refuses, {self.not_runnable} "
+            f"ORT cannot load or run once converted; models changed per pass {dict(self.modified_by)}"
+        )
 
 
 def model_opset(model: onnx.ModelProto) -> int:
@@ -74,8 +76,14 @@ def convert_down(model: onnx.ModelProto, opset: int) -> onnx.ModelProto | None:
     return converted
 
 
-def pass_problem(spec: str, model: onnx.ModelProto, inputs: dict, expected: dict,
-                 tolerance: tuple[float, float], sweep: DownconvertedSweep) -> str | None:
+def pass_problem(
+    spec: str,
+    model: onnx.ModelProto,
+    inputs: dict,
+    expected: dict,
+    tolerance: tuple[float, float],
+    sweep: DownconvertedSweep,
+) -> str | None:
     """Why ``spec`` broke the converted model, or None when its output is valid and keeps the outputs."""
     try:
         run = Pipeline.parse(spec).run(model, check="off", on_fail="stop")
@@ -94,8 +102,9 @@ def pass_problem(spec: str, model: onnx.ModelProto, inputs: dict, expected: dict
         return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
 
-def sweep_at_opset(corpus: Path, tolerances: dict[str, tuple[float, float]], opset: int,
-                   specs: tuple[str, ...] = PASS_SPECS) -> DownconvertedSweep:
+def sweep_at_opset(
+    corpus: Path, tolerances: dict[str, tuple[float, float]], opset: int, specs: tuple[str, ...] = PASS_SPECS
+) -> DownconvertedSweep:
     sweep = DownconvertedSweep(opset)
     for test_dir in sorted(p for p in corpus.iterdir() if (p / "model.onnx").exists()):
         sweep.total += 1
@@ -144,6 +153,8 @@ def test_rewriting_passes_keep_downconverted_node_test_models_valid(node_corpus,
         print(f"  FAILED {failure}")
     assert sweep.total > 1500  # the generators really ran
     assert sweep.checked > 100, "the converter should bring a few hundred node tests down"
-    assert sweep.checked + sweep.already_at_or_below + sweep.not_convertible + sweep.not_runnable + sweep.no_inputs \
+    assert (
+        sweep.checked + sweep.already_at_or_below + sweep.not_convertible + sweep.not_runnable + sweep.no_inputs
         == sweep.total
+    )
     assert not sweep.failures, f"{sweep.failed} converted node-test models broken:\n" + "\n".join(sweep.failures)

@@ -25,16 +25,20 @@ def linear_model(weight: np.ndarray, *, batch: str | int = "batch") -> onnx.Mode
         "linear",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, features])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, classes])],
-        [numpy_helper.from_array(weight.astype(np.float32), "W"),
-         numpy_helper.from_array(np.linspace(-1, 1, classes).astype(np.float32), "b")],
+        [
+            numpy_helper.from_array(weight.astype(np.float32), "W"),
+            numpy_helper.from_array(np.linspace(-1, 1, classes).astype(np.float32), "b"),
+        ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def unary_model(op: str, in_type: int = TensorProto.FLOAT, out_type: int = TensorProto.FLOAT, shape=(2, 5),
-                **attributes) -> onnx.ModelProto:
+def unary_model(
+    op: str, in_type: int = TensorProto.FLOAT, out_type: int = TensorProto.FLOAT, shape=(2, 5), **attributes
+) -> onnx.ModelProto:
     graph = helper.make_graph(
-        [helper.make_node(op, ["x"], ["y"], **attributes)], op.lower(),
+        [helper.make_node(op, ["x"], ["y"], **attributes)],
+        op.lower(),
         [helper.make_tensor_value_info("x", in_type, list(shape))],
         [helper.make_tensor_value_info("y", out_type, None)],
     )
@@ -106,14 +110,22 @@ def test_default_exact_tolerance_passes_a_real_conv_batchnorm_folding(rng: np.ra
         b, beta, mean = (rng.standard_normal((3, channels)) * 0.1).astype(np.float32)
         gamma, var = rng.uniform(0.5, 1.5, (2, channels)).astype(np.float32)
         scale = gamma / np.sqrt(var + eps)
-        plain_init += [numpy_helper.from_array(a, f"{n}{i}") for n, a in
-                       {"w": w, "b": b, "gamma": gamma, "beta": beta, "mean": mean, "var": var}.items()]
-        folded_init += [numpy_helper.from_array((w * scale[:, None, None, None]).astype(np.float32), f"w{i}"),
-                        numpy_helper.from_array(((b - mean) * scale + beta).astype(np.float32), f"b{i}")]
+        plain_init += [
+            numpy_helper.from_array(a, f"{n}{i}")
+            for n, a in {"w": w, "b": b, "gamma": gamma, "beta": beta, "mean": mean, "var": var}.items()
+        ]
+        folded_init += [
+            numpy_helper.from_array((w * scale[:, None, None, None]).astype(np.float32), f"w{i}"),
+            numpy_helper.from_array(((b - mean) * scale + beta).astype(np.float32), f"b{i}"),
+        ]
         plain_nodes += [
             helper.make_node("Conv", [current, f"w{i}", f"b{i}"], [f"conv{i}"], pads=[1, 1, 1, 1]),
-            helper.make_node("BatchNormalization", [f"conv{i}", f"gamma{i}", f"beta{i}", f"mean{i}", f"var{i}"],
-                             [f"bn{i}"], epsilon=eps),
+            helper.make_node(
+                "BatchNormalization",
+                [f"conv{i}", f"gamma{i}", f"beta{i}", f"mean{i}", f"var{i}"],
+                [f"bn{i}"],
+                epsilon=eps,
+            ),
             helper.make_node("Relu", [f"bn{i}"], [f"act{i}"]),
         ]
         folded_nodes += [
@@ -123,8 +135,13 @@ def test_default_exact_tolerance_passes_a_real_conv_batchnorm_folding(rng: np.ra
         current = f"act{i}"
 
     def model(nodes: list, initializers: list) -> onnx.ModelProto:
-        graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])],
-                                  [helper.make_tensor_value_info(current, TensorProto.FLOAT, None)], initializers)
+        graph = helper.make_graph(
+            nodes,
+            "cnn",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])],
+            [helper.make_tensor_value_info(current, TensorProto.FLOAT, None)],
+            initializers,
+        )
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
     report = compare_models(model(plain_nodes, plain_init), model(folded_nodes, folded_init), dims={"n": 2})
@@ -139,10 +156,15 @@ def test_nan_at_the_same_positions_passes_elsewhere_fails() -> None:
     log = unary_model("Log")
     same = compare_models(log, unary_model("Log"), data)
     assert same.passed, same.summary()  # -1 gives NaN and 0 gives -inf in both
-    abs_log = helper.make_model(helper.make_graph(
-        [helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Log", ["a"], ["y"])], "abslog",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]), opset_imports=[helper.make_opsetid("", 17)])
+    abs_log = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Log", ["a"], ["y"])],
+            "abslog",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     report = compare_models(log, abs_log, data, tolerance=Tolerance(atol=1.0, rtol=1.0))
     (output,) = report.outputs
     assert not report.passed and output.nonfinite_mismatches == 2  # one NaN per row became log(1) = 0
@@ -169,9 +191,13 @@ def test_bool_outputs_compare_exactly() -> None:
     zero = numpy_helper.from_array(np.array(0, dtype=np.float32), "zero")
 
     def compare_with_zero(op: str) -> onnx.ModelProto:
-        graph = helper.make_graph([helper.make_node(op, ["x", "zero"], ["y"])], op,
-                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
-                                  [helper.make_tensor_value_info("y", TensorProto.BOOL, None)], [zero])
+        graph = helper.make_graph(
+            [helper.make_node(op, ["x", "zero"], ["y"])],
+            op,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+            [helper.make_tensor_value_info("y", TensorProto.BOOL, None)],
+            [zero],
+        )
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
     assert compare_models(compare_with_zero("Greater"), compare_with_zero("Greater"), data).passed
@@ -181,9 +207,13 @@ def test_bool_outputs_compare_exactly() -> None:
 
 def split_model(parts: int) -> onnx.ModelProto:
     split = numpy_helper.from_array(np.array([6 // parts] * parts, dtype=np.int64), "split")
-    graph = helper.make_graph([helper.make_node("SplitToSequence", ["x", "split"], ["y"], axis=1)], "split",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
-                              [helper.make_tensor_sequence_value_info("y", TensorProto.FLOAT, None)], [split])
+    graph = helper.make_graph(
+        [helper.make_node("SplitToSequence", ["x", "split"], ["y"], axis=1)],
+        "split",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
+        [helper.make_tensor_sequence_value_info("y", TensorProto.FLOAT, None)],
+        [split],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -201,8 +231,10 @@ def test_names_dtypes_and_shapes_are_checked_each_with_its_own_error(weight: np.
     renamed.graph.output[0].name = "z"
     report = compare_models(reference, renamed)
     assert not report.passed
-    assert report.errors == ["output 'y' is missing from the candidate",
-                             "the candidate has output 'z' that the reference lacks"]
+    assert report.errors == [
+        "output 'y' is missing from the candidate",
+        "the candidate has output 'z' that the reference lacks",
+    ]
 
     widened = linear_model(weight)
     widened.graph.node[-1].output[0] = "y32"
@@ -215,13 +247,19 @@ def test_names_dtypes_and_shapes_are_checked_each_with_its_own_error(weight: np.
 
     sliced = linear_model(weight)
     sliced.graph.node[-1].output[0] = "full"
-    sliced.graph.initializer.extend([numpy_helper.from_array(np.array([0]), "start"),
-                                     numpy_helper.from_array(np.array([9]), "end"),
-                                     numpy_helper.from_array(np.array([1]), "axis")])
+    sliced.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([0]), "start"),
+            numpy_helper.from_array(np.array([9]), "end"),
+            numpy_helper.from_array(np.array([1]), "axis"),
+        ]
+    )
     sliced.graph.node.append(helper.make_node("Slice", ["full", "start", "end", "axis"], ["y"]))
     report = compare_models(reference, sliced, num_samples=2)
-    assert report.errors == ["output 'y' has shape [1, 10] in the reference but [1, 9] in the candidate (sample 0)",
-                             "output 'y' has shape [1, 10] in the reference but [1, 9] in the candidate (sample 1)"]
+    assert report.errors == [
+        "output 'y' has shape [1, 10] in the reference but [1, 9] in the candidate (sample 0)",
+        "output 'y' has shape [1, 10] in the reference but [1, 9] in the candidate (sample 1)",
+    ]
 
 
 def test_lossy_budgets_and_per_output_overrides(weight: np.ndarray) -> None:
@@ -308,7 +346,10 @@ def test_tolerance_from_options() -> None:
     both = parity.tolerance_from_options(overrides={"atol": 1e-3, "min_cosine": 0.98})
     assert (both.atol, both.rtol, both.min_cosine) == (1e-3, 1e-4 * 10, 0.98)
     assert parity.tolerance_from_options("int8").min_cosine == 0.99
-    assert parity.parse_output_tolerance("output:0:atol=1e-3,min-cosine=none") == ("output:0", {"atol": 1e-3, "min_cosine": None})
+    assert parity.parse_output_tolerance("output:0:atol=1e-3,min-cosine=none") == (
+        "output:0",
+        {"atol": 1e-3, "min_cosine": None},
+    )
     with pytest.raises(SpecError):
         parity.parse_output_tolerance("logits:tolerance=3")
 
@@ -321,8 +362,12 @@ def _chain(weight: np.ndarray, samples: int = 3) -> parity.ParityChain:
     from onnxkit.data import as_dataset, input_specs
 
     model = linear_model(weight)
-    return parity.ParityChain(as_dataset(None, model, dims={"batch": 2}, num_samples=samples), input_specs(model),
-                              "synthetic", data_given=False)
+    return parity.ParityChain(
+        as_dataset(None, model, dims={"batch": 2}, num_samples=samples),
+        input_specs(model),
+        "synthetic",
+        data_given=False,
+    )
 
 
 def _samples(weight: np.ndarray) -> list[dict[str, np.ndarray]]:
@@ -354,8 +399,9 @@ def test_chain_replays_the_last_candidate_as_the_next_reference(weight: np.ndarr
     assert "replayed" in timings
 
 
-def test_chain_runs_a_reference_again_past_the_memory_budget_or_the_samples_recorded(monkeypatch,
-                                                                                     weight: np.ndarray) -> None:
+def test_chain_runs_a_reference_again_past_the_memory_budget_or_the_samples_recorded(
+    monkeypatch, weight: np.ndarray
+) -> None:
     models = [linear_model(weight).SerializeToString() for _ in range(3)]
     exact = Tolerance.for_kind("exact")
     chain = _chain(weight)
@@ -413,12 +459,16 @@ def test_a_slow_reference_makes_limited_comparisons_take_one_sample(monkeypatch,
 
 
 def test_a_prefetched_reference_that_fails_is_reported_as_the_comparison_would_report_it(weight: np.ndarray) -> None:
-    broken = helper.make_model(helper.make_graph(
-        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "broken",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.array([3, 5], dtype=np.int64), "shape")]),
-        opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    broken = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+            "broken",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(np.array([3, 5], dtype=np.int64), "shape")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    ).SerializeToString()
     chain = _chain(weight)
     chain.prefetch(broken, limit=2)
     with pytest.raises(DataError, match="the reference model fails on sample 0"):

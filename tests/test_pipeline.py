@@ -143,7 +143,8 @@ def test_passes_are_idempotent_with_byte_identical_output():
 
 def test_identity_producing_a_graph_output_keeps_the_output_name():
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Relu", ["x"], ["r"]), onnx.helper.make_node("Identity", ["r"], ["y"])], "g",
+        [onnx.helper.make_node("Relu", ["x"], ["r"]), onnx.helper.make_node("Identity", ["r"], ["y"])],
+        "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
     )
@@ -178,8 +179,12 @@ def test_internal_error_is_one_line_with_the_traceback_in_the_report():
     assert result.report.exit_code == 1
     # The pass removed a node before it crashed: the next pass starts from the model as it was.
     assert cleanup.nodes_before == 8
-    np.testing.assert_allclose(run_model(ir.serde.serialize_model(result.model), _feeds())[0],
-                               run_model(original, _feeds())[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        run_model(ir.serde.serialize_model(result.model), _feeds())[0],
+        run_model(original, _feeds())[0],
+        rtol=1e-6,
+        atol=1e-6,
+    )
     with pytest.raises(PassFailedError, match="pass 'type-error' hit an internal error: TypeError") as info:
         Pipeline.parse("type-error").run(build_example("mlp"))
     assert isinstance(info.value.__cause__, TypeError)
@@ -202,8 +207,12 @@ def test_pass_that_edits_while_claiming_no_change_is_caught(on_fail):
     entry = result.report.passes[0]
     assert entry.status == "rolled-back" and "modified=False" in entry.error  # never kept, even with warn
     assert result.report.exit_code == 1
-    np.testing.assert_allclose(run_model(ir.serde.serialize_model(result.model), _feeds())[0],
-                               run_model(original, _feeds())[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        run_model(ir.serde.serialize_model(result.model), _feeds())[0],
+        run_model(original, _feeds())[0],
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 def test_an_honest_no_op_passes_the_claim_check():
@@ -224,10 +233,13 @@ def test_exit_code_follows_the_report():
 # Narrowing a failing pass to the rule and site responsible
 
 
-@pytest.mark.parametrize(("spec", "failure"), [
-    ("two-rules", "parity: output 'y'"),
-    ("two-rules-checker", "onnx.checker: Unrecognized attribute: alpha for operator Max"),
-])
+@pytest.mark.parametrize(
+    ("spec", "failure"),
+    [
+        ("two-rules", "parity: output 'y'"),
+        ("two-rules-checker", "onnx.checker: Unrecognized attribute: alpha for operator Max"),
+    ],
+)
 def test_failing_pass_is_narrowed_to_the_one_bad_site(spec, failure):
     original = plugin_passes.relu_chain()
     result = Pipeline.parse(spec).run(original, dims={"batch": 2})
@@ -245,8 +257,9 @@ def test_failing_pass_is_narrowed_to_the_one_bad_site(spec, failure):
     assert (spec, line) in result.report.details()
     assert line in json.loads(result.model.metadata_props["onnxkit.passes"])[0]["skipped"]
     feeds = {"x": np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32)}
-    np.testing.assert_allclose(run_model(ir.serde.serialize_model(result.model), feeds)[0],
-                               run_model(original, feeds)[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        run_model(ir.serde.serialize_model(result.model), feeds)[0], run_model(original, feeds)[0], rtol=1e-6, atol=1e-6
+    )
 
 
 def test_pass_narrowed_down_to_nothing_hands_its_input_on():
@@ -309,8 +322,12 @@ def test_synthetic_inputs_are_made_once_and_exact_passes_share_one_check(counted
 
 def _length_to_probe() -> onnx.ModelProto:
     nodes = [helper.make_node("Identity", ["x"], ["copy"]), helper.make_node("Relu", ["copy"], ["y"])]
-    graph = helper.make_graph(nodes, "probed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "length"])])
+    graph = helper.make_graph(
+        nodes,
+        "probed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "length"])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -347,8 +364,9 @@ def test_exact_passes_compare_fewer_synthetic_samples_than_lossy_ones():
 
 
 def test_drift_in_a_run_of_exact_passes_is_pinned_on_its_pass(counted):
-    result = Pipeline.parse("cleanup,shape-inference,scale-weight").run(build_example("mlp"), dims={"batch": 2},
-                                                                      on_fail="rollback")
+    result = Pipeline.parse("cleanup,shape-inference,scale-weight").run(
+        build_example("mlp"), dims={"batch": 2}, on_fail="rollback"
+    )
     assert [p.status for p in result.report.passes] == ["ok", "ok", "rolled-back"]
     cleanup, shapes, scaled = result.report.passes
     assert "passes" not in cleanup.parity and scaled.parity["passed"] is False
@@ -359,8 +377,12 @@ def test_drift_in_a_run_of_exact_passes_is_pinned_on_its_pass(counted):
     assert "replayed" in shapes.timings["parity"] and "replayed" in scaled.timings["parity"]
     assert result.report.timings["segment_retries"] > 0
     original = build_example("mlp")
-    np.testing.assert_allclose(run_model(ir.serde.serialize_model(result.model), _feeds())[0],
-                               run_model(original, _feeds())[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        run_model(ir.serde.serialize_model(result.model), _feeds())[0],
+        run_model(original, _feeds())[0],
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 def test_time_is_split_by_step_in_the_report_and_the_table():
@@ -379,13 +401,24 @@ def test_quantize_target_met_means_the_pipeline_parity_passes():
     """The pass judges its target on the held-out calibration samples; the pipeline's parity, given only the
     calibration data, runs on those samples too, so the two verdicts cannot disagree."""
     rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) / 4, name)
-               for name, shape in (("w0", (32, 64)), ("w1", (64, 64)), ("w2", (64, 10)))]
-    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"], name="mm0"), helper.make_node("Relu", ["h0"], ["a0"]),
-             helper.make_node("MatMul", ["a0", "w1"], ["h1"], name="mm1"), helper.make_node("Relu", ["h1"], ["a1"]),
-             helper.make_node("MatMul", ["a1", "w2"], ["y"], name="mm2")]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], weights)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) / 4, name)
+        for name, shape in (("w0", (32, 64)), ("w1", (64, 64)), ("w2", (64, 10)))
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h0"], name="mm0"),
+        helper.make_node("Relu", ["h0"], ["a0"]),
+        helper.make_node("MatMul", ["a0", "w1"], ["h1"], name="mm1"),
+        helper.make_node("Relu", ["h1"], ["a1"]),
+        helper.make_node("MatMul", ["a1", "w2"], ["y"], name="mm2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        weights,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     samples = [{"x": rng.standard_normal((1, 32)).astype(np.float32)} for _ in range(40)]
     for mode in ("static", "dynamic"):
@@ -401,13 +434,22 @@ def test_rollback_of_a_model_whose_weights_stay_on_disk_finds_them_from_another_
     model's folder; the copy a rollback restores must still find them when onnxkit runs elsewhere."""
     monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 100)  # the 256-byte weight counts as large
     weight = numpy_helper.from_array(np.arange(64, dtype=np.float32).reshape(8, 8), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [weight])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [weight],
+    )
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model_dir / "model.onnx",
-                    save_as_external_data=True, location="weights.bin", size_threshold=0)
+    onnx.save_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+        model_dir / "model.onnx",
+        save_as_external_data=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -35,13 +35,19 @@ def _damaged_mlp(folder: Path) -> tuple[Path, Path]:
     w2 = rng.normal(size=(32, 32)).astype(np.float32) * 0.3
     w2[0, :] = 0.0
     w3 = rng.normal(size=(32, 8)).astype(np.float32) * 0.3
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"], name="first"),
-             helper.make_node("MatMul", ["h1", "w2"], ["h2"], name="damaged"),
-             helper.make_node("Tanh", ["h2"], ["t2"], name="tanh"),
-             helper.make_node("MatMul", ["t2", "w3"], ["y"], name="last")]
-    graph = helper.make_graph(nodes, "damaged", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
-                              [numpy_helper.from_array(w, name) for w, name in ((w1, "w1"), (w2, "w2"), (w3, "w3"))])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h1"], name="first"),
+        helper.make_node("MatMul", ["h1", "w2"], ["h2"], name="damaged"),
+        helper.make_node("Tanh", ["h2"], ["t2"], name="tanh"),
+        helper.make_node("MatMul", ["t2", "w3"], ["y"], name="last"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "damaged",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [numpy_helper.from_array(w, name) for w, name in ((w1, "w1"), (w2, "w2"), (w3, "w3"))],
+    )
     model_path, data_path = folder / "damaged.onnx", folder / "calib.npz"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model_path)
     np.savez(data_path, x=rng.normal(size=(40, 16)).astype(np.float32))
@@ -84,14 +90,39 @@ def test_json_markdown_and_png_are_written(damaged, tmp_path: Path) -> None:
     assert missing is None
     assert [p.name for p in written] == ["quant-debug.json", "quant-debug.md", "quant-debug.png"]
     report = json.loads((tmp_path / "out" / "quant-debug.json").read_text())
-    assert set(report) == {"model", "spec", "settings", "samples", "samples_from", "ranked_by", "layers", "outputs",
-                           "tensors", "pass", "notes"}
+    assert set(report) == {
+        "model",
+        "spec",
+        "settings",
+        "samples",
+        "samples_from",
+        "ranked_by",
+        "layers",
+        "outputs",
+        "tensors",
+        "pass",
+        "notes",
+    }
     assert report["ranked_by"] == "added"  # isolate=2 of 3 ranked layers
     assert report["spec"] == SPEC
     layer = report["layers"][0]
-    assert set(layer) == {"rank", "node", "op_type", "position", "output", "sqnr_db", "cosine", "added_nsr",
-                          "share_of_added_noise", "rounding_nsr", "alone_output_sqnr_db", "alone_output_cosine",
-                          "int8_when_all_quantized", "pass_result", "why_float"}
+    assert set(layer) == {
+        "rank",
+        "node",
+        "op_type",
+        "position",
+        "output",
+        "sqnr_db",
+        "cosine",
+        "added_nsr",
+        "share_of_added_noise",
+        "rounding_nsr",
+        "alone_output_sqnr_db",
+        "alone_output_cosine",
+        "int8_when_all_quantized",
+        "pass_result",
+        "why_float",
+    }
     assert (layer["rank"], layer["node"], layer["pass_result"]) == (1, "damaged", "float")
     assert report["layers"][1]["pass_result"] == "int8" and report["layers"][1]["why_float"] is None
     assert {t["name"] for t in report["tensors"]} == {"h1", "h2", "t2", "y"}
@@ -102,8 +133,9 @@ def test_json_markdown_and_png_are_written(damaged, tmp_path: Path) -> None:
     assert "| 1 | damaged | MatMul |" in markdown
 
 
-def test_without_matplotlib_json_and_markdown_are_written_and_the_plot_explained(damaged, tmp_path: Path,
-                                                                                 monkeypatch) -> None:
+def test_without_matplotlib_json_and_markdown_are_written_and_the_plot_explained(
+    damaged, tmp_path: Path, monkeypatch
+) -> None:
     _, _, result = damaged
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     written, missing = quant_debug_report.save(result, tmp_path, top=2)
@@ -115,15 +147,45 @@ def test_without_matplotlib_json_and_markdown_are_written_and_the_plot_explained
 def test_cli_prints_the_worst_layer_folded_to_80_columns_and_writes_the_files(damaged, tmp_path: Path) -> None:
     model_path, data_path, _ = damaged
     out = tmp_path / "debug"
-    result = CliRunner().invoke(main, ["debug", "quant", str(model_path), "--calib-data", str(data_path),
-                                       "--spec", SPEC, "--out", str(out), "--top", "2"], env={"COLUMNS": "80"})
+    result = CliRunner().invoke(
+        main,
+        [
+            "debug",
+            "quant",
+            str(model_path),
+            "--calib-data",
+            str(data_path),
+            "--spec",
+            SPEC,
+            "--out",
+            str(out),
+            "--top",
+            "2",
+        ],
+        env={"COLUMNS": "80"},
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert max(len(line) for line in lines if not line.startswith(("  pass result", "wrote"))) <= 80
     assert "1  damaged  MatMul" in lines
     assert (out / "quant-debug.json").exists() and (out / "quant-debug.png").exists()
-    as_json = CliRunner().invoke(main, ["debug", "quant", str(model_path), "--calib-data", str(data_path),
-                                        "--spec", SPEC, "--out", str(out), "--json", "--isolate", "all"])
+    as_json = CliRunner().invoke(
+        main,
+        [
+            "debug",
+            "quant",
+            str(model_path),
+            "--calib-data",
+            str(data_path),
+            "--spec",
+            SPEC,
+            "--out",
+            str(out),
+            "--json",
+            "--isolate",
+            "all",
+        ],
+    )
     assert as_json.exit_code == 0
     report = json.loads(as_json.stdout)
     # Every layer isolated: ordered by the output error each causes alone, and the ruined one still leads.
@@ -133,14 +195,17 @@ def test_cli_prints_the_worst_layer_folded_to_80_columns_and_writes_the_files(da
     assert all(isinstance(value, float) for value in alone) and alone == sorted(alone)
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["missing.onnx", "--calib-data", "{data}"], "no such file"),
-    (["{model}", "--calib-data", "{data}", "--spec", "fuse"], "must be one quantize pass"),
-    (["{model}", "--calib-data", "{data}", "--spec", "quantize{mode=weight-only}"], "weight-only"),
-    (["{model}", "--calib-data", "{data}", "--spec", "quantize{calib=nonsense}"], "calib"),
-    (["{model}", "--calib-data", "{wrong}"], "calibration data"),
-    (["{model}", "--calib-data", "{data}", "--isolate", "some"], "--isolate"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["missing.onnx", "--calib-data", "{data}"], "no such file"),
+        (["{model}", "--calib-data", "{data}", "--spec", "fuse"], "must be one quantize pass"),
+        (["{model}", "--calib-data", "{data}", "--spec", "quantize{mode=weight-only}"], "weight-only"),
+        (["{model}", "--calib-data", "{data}", "--spec", "quantize{calib=nonsense}"], "calib"),
+        (["{model}", "--calib-data", "{wrong}"], "calibration data"),
+        (["{model}", "--calib-data", "{data}", "--isolate", "some"], "--isolate"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(damaged, tmp_path: Path, arguments: list[str], message: str) -> None:
     model_path, data_path, _ = damaged
     wrong = tmp_path / "wrong.npz"
@@ -159,8 +224,9 @@ def test_an_already_quantized_model_is_refused_with_the_reason(damaged, tmp_path
 
     quantized = tmp_path / "int8.onnx"
     Pipeline.parse(SPEC).run(str(model_path), calibration_data=str(data_path), check="off").save(quantized)
-    result = CliRunner().invoke(main, ["debug", "quant", str(quantized), "--calib-data", str(data_path),
-                                       "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        main, ["debug", "quant", str(quantized), "--calib-data", str(data_path), "--out", str(tmp_path / "out")]
+    )
     assert result.exit_code == 2
     assert "nothing to debug: model is already quantized" in result.stderr
 
@@ -184,12 +250,19 @@ def test_minilm_the_layers_named_worst_are_the_ones_to_keep_float(tmp_path: Path
 
     model, tokenizer = zoo.load_minilm()
     path = zoo.export_minilm(tmp_path / "minilm.onnx", dynamo=False, opset=17, model=model, tokenizer=tokenizer)
-    samples = [{name: tensor.numpy() for name, tensor in zoo.tokenize(tokenizer, [sentence]).items()}
-               for sentence in zoo.minilm_sentences()]
+    samples = [
+        {name: tensor.numpy() for name, tensor in zoo.tokenize(tokenizer, [sentence]).items()}
+        for sentence in zoo.minilm_sentences()
+    ]
     cache = tmp_path / "cache"  # the pinned runs below reuse the debugger's calibration
     # smooth_alpha=none: the pinned runs below set no target, so the pass would not try SmoothQuant there either.
-    result = debug_quant(path, samples, "quantize{mode=static,samples=64,max_slowdown=none,smooth_alpha=none}",
-                         isolate="all", calib_cache=cache)
+    result = debug_quant(
+        path,
+        samples,
+        "quantize{mode=static,samples=64,max_slowdown=none,smooth_alpha=none}",
+        isolate="all",
+        calib_cache=cache,
+    )
     ranked = result.worst
     assert result.ranked_by == "alone" and len(ranked) > 30 and result.samples == 12
     assert result.outputs_all_int8[0].cosine < result.outputs_pass_result[0].cosine
@@ -200,13 +273,17 @@ def test_minilm_the_layers_named_worst_are_the_ones_to_keep_float(tmp_path: Path
     in_int8 = [layer.node for layer in result.layers if layer.int8_when_all_quantized]
 
     def embedding_error(keep_float: list[str]) -> tuple[float, float]:
-        pinned = (f"quantize{{mode=static,samples=64,max_slowdown=none,smooth_alpha=none,target_cosine=none,"
-                  f"exclude={','.join(keep_float)}}}")
-        quantized = Pipeline.parse(pinned).run(str(path), calibration_data=samples, check="off",
-                                               calib_cache=cache).model
+        pinned = (
+            f"quantize{{mode=static,samples=64,max_slowdown=none,smooth_alpha=none,target_cosine=none,"
+            f"exclude={','.join(keep_float)}}}"
+        )
+        quantized = (
+            Pipeline.parse(pinned).run(str(path), calibration_data=samples, check="off", calib_cache=cache).model
+        )
         held_out = samples[4::5]  # the samples CalibrationSplit holds out, as the debugger measured
-        error = tensor_errors(float_proto, to_proto(quantized), tensor_elem_types(float_proto), held_out,
-                              names=["sentence_embedding"])[0]
+        error = tensor_errors(
+            float_proto, to_proto(quantized), tensor_elem_types(float_proto), held_out, names=["sentence_embedding"]
+        )[0]
         return error.sqnr_db, error.cosine
 
     worst = ranked[0]

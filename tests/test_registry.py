@@ -15,7 +15,8 @@ from onnxkit import Pass, PassResult, SpecError, get_pass_class, list_passes, re
 
 def _install_fake_plugins(site: Path) -> None:
     """A distribution with two passes on the entry-point group: one that works and one that fails to import."""
-    (site / "good_plugin.py").write_text(textwrap.dedent('''
+    (site / "good_plugin.py").write_text(
+        textwrap.dedent('''
         import onnxkit
 
         class TagPass(onnxkit.Pass):
@@ -25,7 +26,8 @@ def _install_fake_plugins(site: Path) -> None:
                 changed = model.metadata_props.get("tagged") != "yes"
                 model.metadata_props["tagged"] = "yes"
                 return onnxkit.PassResult(model, changed, ["tagged"] if changed else [])
-    '''))
+    ''')
+    )
     (site / "broken_plugin.py").write_text("import a_module_that_does_not_exist\n")
     dist = site / "fake_onnxkit_plugins-1.0.dist-info"
     dist.mkdir()
@@ -91,16 +93,34 @@ def test_plugins_load_lazily_and_broken_ones_keep_their_error(plugin_site):
 
 def test_cli_lists_broken_plugin_and_keeps_working(plugin_site, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(plugin_site)}
-    listing = subprocess.run([sys.executable, "-m", "onnxkit", "passes"], capture_output=True, text=True, check=False, env=env)
+    listing = subprocess.run(
+        [sys.executable, "-m", "onnxkit", "passes"], capture_output=True, text=True, check=False, env=env
+    )
     assert listing.returncode == 0, listing.stderr
     assert "broken  [failed to load, plugin:fake-onnxkit-plugins]" in listing.stdout
     assert "No module named 'a_module_that_does_not_exist'" in listing.stdout
     assert "tag  (exact)  [plugin:fake-onnxkit-plugins]" in listing.stdout
     # The working plugin runs from the CLI, next to the broken one.
     run = subprocess.run(
-        [sys.executable, "-m", "onnxkit", "optimize", "--example", "mlp", "--passes", "cleanup,tag",
-         "-o", str(tmp_path / "tagged.onnx"), "--check", "off"],
-        capture_output=True, text=True, check=False, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "onnxkit",
+            "optimize",
+            "--example",
+            "mlp",
+            "--passes",
+            "cleanup,tag",
+            "-o",
+            str(tmp_path / "tagged.onnx"),
+            "--check",
+            "off",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
     import onnx

@@ -23,7 +23,8 @@ ORT_LOG_MARKERS = ("[E:onnxruntime", "[W:onnxruntime")
 def _reshape_to_3x5() -> onnx.ModelProto:
     """Loads fine, and fails in ORT at run time on every input but one of 15 elements."""
     graph = helper.make_graph(
-        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape_to_3x5")], "g",
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape_to_3x5")],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5])],
         [numpy_helper.from_array(np.array([3, 5], np.int64), "shape")],
@@ -34,7 +35,8 @@ def _reshape_to_3x5() -> onnx.ModelProto:
 def _custom_domain_op() -> onnx.ModelProto:
     """A valid ONNX model that ORT cannot load: an op of a domain it has no kernels for (like onnx.brevitas)."""
     graph = helper.make_graph(
-        [helper.make_node("Quant", ["x"], ["y"], domain="onnx.brevitas")], "g",
+        [helper.make_node("Quant", ["x"], ["y"], domain="onnx.brevitas")],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
     )
@@ -46,24 +48,39 @@ def _save_with_external_data(folder: Path) -> Path:
     """MatMul by a 32x32 weight kept in ``weights.bin``, then an Identity that ``cleanup`` removes."""
     weight = numpy_helper.from_array(np.arange(1024, dtype=np.float32).reshape(32, 32) / 1024, "w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Identity", ["h"], ["y"])], "g",
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Identity", ["h"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 32])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32])], [weight],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32])],
+        [weight],
     )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path,
-                    save_as_external_data=True, location="weights.bin", size_threshold=0)
+    onnx.save_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+        path,
+        save_as_external_data=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     return path
 
 
 def _onnxkit(*args: str | os.PathLike[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "onnxkit", *map(str, args)]
-    return subprocess.run(command, check=False, cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        command,
+        check=False,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 # --- one line per ORT error ---------------------------------------------------------------------------------
+
 
 def test_a_run_failure_becomes_one_line_that_names_the_node() -> None:
     session = runtime.make_session(_reshape_to_3x5())
@@ -92,12 +109,18 @@ def test_error_line_leaves_other_errors_as_their_first_line() -> None:
 
 # --- sessions ---------------------------------------------------------------------------------------------
 
+
 def test_sessions_from_every_kind_of_model_agree(tmp_path: Path) -> None:
     proto = _reshape_to_3x5()
     onnx.save(proto, tmp_path / "m.onnx")
     feeds = {"x": np.arange(15, dtype=np.float32)}
-    sources = [tmp_path / "m.onnx", str(tmp_path / "m.onnx"), proto, proto.SerializeToString(),
-               ir.serde.deserialize_model(proto)]
+    sources = [
+        tmp_path / "m.onnx",
+        str(tmp_path / "m.onnx"),
+        proto,
+        proto.SerializeToString(),
+        ir.serde.deserialize_model(proto),
+    ]
     for source in sources:
         np.testing.assert_array_equal(runtime.make_session(source).run(None, feeds)[0], feeds["x"].reshape(3, 5))
 
@@ -124,8 +147,7 @@ def test_in_memory_model_finds_its_external_data_from_another_folder(tmp_path: P
     serialized = onnx.load(path, load_external_data=False).SerializeToString()  # references weights.bin
     with pytest.raises(Exception, match=r"weights\.bin"):
         runtime.make_session(serialized)  # ORT alone looks in the current folder
-    np.testing.assert_array_equal(runtime.make_session(serialized, model_dir=path.parent).run(None, feeds)[0],
-                                  expected)
+    np.testing.assert_array_equal(runtime.make_session(serialized, model_dir=path.parent).run(None, feeds)[0], expected)
     # An ir.Model that reads its weights lazily from the file knows where they are.
     np.testing.assert_array_equal(runtime.make_session(ir.load(path)).run(None, feeds)[0], expected)
     np.testing.assert_array_equal(runtime.make_session(modelio.load_model(path)).run(None, feeds)[0], expected)
@@ -142,8 +164,9 @@ def test_one_options_object_serves_models_whose_data_is_in_different_places(tmp_
     expected = runtime.make_session(first).run(None, feeds)[0]
     options = runtime.session_options()
     sessions = [
-        runtime.make_session(onnx.load(first, load_external_data=False).SerializeToString(), options=options,
-                             model_dir=first.parent),
+        runtime.make_session(
+            onnx.load(first, load_external_data=False).SerializeToString(), options=options, model_dir=first.parent
+        ),
         runtime.make_session(ir.load(second), options=options),  # weights read by ORT from the second folder
     ]
     monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 1024)  # "over 2 GB": through a temporary folder
@@ -153,6 +176,7 @@ def test_one_options_object_serves_models_whose_data_is_in_different_places(tmp_
 
 
 # --- the CLI, run from a folder that is not the model's -----------------------------------------------------
+
 
 @pytest.fixture
 def external_data_model(tmp_path: Path) -> tuple[Path, Path]:
@@ -170,8 +194,9 @@ def test_optimize_and_check_run_from_another_folder(tmp_path: Path, external_dat
     assert optimized.returncode == 0, optimized.stderr
     assert "PASSED" in optimized.stdout  # cleanup removed the Identity, so parity ran on the in-memory model
     feeds = {"x": np.full((2, 32), 0.5, np.float32)}
-    np.testing.assert_allclose(runtime.make_session(output).run(None, feeds)[0],
-                               runtime.make_session(model).run(None, feeds)[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        runtime.make_session(output).run(None, feeds)[0], runtime.make_session(model).run(None, feeds)[0], rtol=1e-6
+    )
 
     checked = _onnxkit("check", model, output, cwd=elsewhere)
     assert checked.returncode == 0, checked.stderr
@@ -188,8 +213,9 @@ def test_optimize_writes_the_weights_where_the_output_is(tmp_path: Path, externa
     locations = {t.data_location for t in onnx.load(output, load_external_data=False).graph.initializer}
     assert (TensorProto.EXTERNAL in locations) == (layout == "--external-data")
     feeds = {"x": np.full((2, 32), 0.25, np.float32)}
-    np.testing.assert_allclose(runtime.make_session(output).run(None, feeds)[0],
-                               runtime.make_session(model).run(None, feeds)[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        runtime.make_session(output).run(None, feeds)[0], runtime.make_session(model).run(None, feeds)[0], rtol=1e-6
+    )
 
 
 def test_inspect_runs_from_another_folder(external_data_model) -> None:
@@ -201,9 +227,27 @@ def test_inspect_runs_from_another_folder(external_data_model) -> None:
 
 def test_bench_runs_from_another_folder(tmp_path: Path, external_data_model) -> None:
     model, elsewhere = external_data_model
-    result = _onnxkit("bench", model, "--passes", "cleanup", "--peers", "ort-basic", "--batch", "2", "--threads", "1",
-                      "--repeats", "2", "--warmup", "1", "--min-seconds", "0", "--json", tmp_path / "bench.json",
-                      cwd=elsewhere)
+    result = _onnxkit(
+        "bench",
+        model,
+        "--passes",
+        "cleanup",
+        "--peers",
+        "ort-basic",
+        "--batch",
+        "2",
+        "--threads",
+        "1",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--min-seconds",
+        "0",
+        "--json",
+        tmp_path / "bench.json",
+        cwd=elsewhere,
+    )
     assert result.returncode == 0, result.stderr
     tools = {tool["label"]: tool for tool in json.loads((tmp_path / "bench.json").read_text())["tools"]}
     assert set(tools) == {"original", "onnxkit", "ort-basic"}
@@ -212,6 +256,7 @@ def test_bench_runs_from_another_folder(tmp_path: Path, external_data_model) -> 
 
 
 # --- ORT stays quiet ----------------------------------------------------------------------------------------
+
 
 def _assert_one_clean_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
     """A user error: exit 2, one ``error:`` line naming ``expected``, no ORT log line, no traceback."""
@@ -238,16 +283,22 @@ def test_a_model_ort_cannot_load_gives_one_line_and_no_ort_log(tmp_path: Path) -
 def test_set_verbose_lets_ort_log_lines_through(tmp_path: Path) -> None:
     """The other side of the quiet tests: the log lines they look for do appear when asked for."""
     onnx.save(_reshape_to_3x5(), tmp_path / "m.onnx")
-    script = ("import numpy as np, sys\n"
-              "from onnxkit import runtime\n"
-              "runtime.set_verbose(sys.argv[1] == 'verbose')\n"
-              "session = runtime.make_session('m.onnx')\n"
-              "try:\n"
-              "    session.run(None, {'x': np.ones(4, np.float32)})\n"
-              "except Exception as e:\n"
-              "    print(runtime.error_line(e))\n")
-    quiet, verbose = (subprocess.run([sys.executable, "-c", script, mode], check=False, cwd=tmp_path,
-                                     capture_output=True, text=True, timeout=120) for mode in ("quiet", "verbose"))
+    script = (
+        "import numpy as np, sys\n"
+        "from onnxkit import runtime\n"
+        "runtime.set_verbose(sys.argv[1] == 'verbose')\n"
+        "session = runtime.make_session('m.onnx')\n"
+        "try:\n"
+        "    session.run(None, {'x': np.ones(4, np.float32)})\n"
+        "except Exception as e:\n"
+        "    print(runtime.error_line(e))\n"
+    )
+    quiet, verbose = (
+        subprocess.run(
+            [sys.executable, "-c", script, mode], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        for mode in ("quiet", "verbose")
+    )
     assert "cannot be reshaped" in quiet.stdout and "cannot be reshaped" in verbose.stdout
     assert "[E:onnxruntime" not in quiet.stderr
     assert "[E:onnxruntime" in verbose.stderr

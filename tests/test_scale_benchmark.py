@@ -21,7 +21,9 @@ def test_scale_steps_run_every_tool_and_check_the_quantized_models(tmp_path: Pat
     for label in ("onnxkit quantize{mode=dynamic}", "ort-quantize-dynamic"):
         assert tools[label]["valid"] == "valid"
         assert tools[label]["file_bytes"] < data_bytes / 3  # INT8 weights: a quarter of the float ones
-        assert "MatMulInteger" in tools[label]["op_histogram"] or "DynamicQuantizeLinear" in tools[label]["op_histogram"]
+        assert (
+            "MatMulInteger" in tools[label]["op_histogram"] or "DynamicQuantizeLinear" in tools[label]["op_histogram"]
+        )
     assert tools["onnxkit"]["op_histogram"] == {"Gemm": 1, "Relu": 1}
     assert any("quantize{mode=dynamic}" in line and "valid" in line for line in _scale_section(result))
     assert not list(tmp_path.glob("scale-*.onnx*")), "each tool's output model is removed once measured"

@@ -16,8 +16,9 @@ from tests.passes.test_shape_inference_ml import _tree_classifier
 from tests.test_huge_models import matmul_chain
 
 
-def test_a_lazily_loaded_model_is_snapshot_as_references_to_its_data(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lazily_loaded_model_is_snapshot_as_references_to_its_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 2 * 2**20)
     folder = tmp_path / "models"
     folder.mkdir()
@@ -35,7 +36,8 @@ def test_a_lazily_loaded_model_is_snapshot_as_references_to_its_data(tmp_path: P
 
 
 def test_the_shape_check_reads_tree_arrays_cut_short_and_still_catches_a_broken_model(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(shape_inference, "LONG_ML_LIST", 1)  # every tree array counts as long
     model = _tree_classifier()
     snapshot = Snapshot.of(model)

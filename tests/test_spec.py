@@ -46,7 +46,9 @@ def knob_pass():
 def test_parse_builds_typed_options():
     pipeline = Pipeline.parse("cleanup, knobs{level=high,count=7,ratio=0.25,enabled=false,names=a,b,c,label=x}")
     knobs = pipeline.passes[1]
-    assert knobs.options == KnobOptions(level="high", count=7, ratio=0.25, enabled=False, names=("a", "b", "c"), label="x")
+    assert knobs.options == KnobOptions(
+        level="high", count=7, ratio=0.25, enabled=False, names=("a", "b", "c"), label="x"
+    )
 
 
 @pytest.mark.parametrize(

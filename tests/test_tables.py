@@ -10,8 +10,10 @@ from onnxkit.bench import BenchReport, ToolRecord
 from onnxkit.tables import natural_width, print_table
 
 HEADERS = ["tool", "result", "nodes", "size", "transform", "p50 b1-t1 ms", "p50 b8-t1 ms", "max abs err"]
-ROWS = [["onnxkit[simplify,fuse]", "ok", "81", "4.4 MB", "0.52 s", "0.123", "0.877", "1.2e-07"],
-        ["onnxsim", "parity FAILED", "83", "4.4 MB", "1.90 s", "0.131", "0.901", "3.0e-01"]]
+ROWS = [
+    ["onnxkit[simplify,fuse]", "ok", "81", "4.4 MB", "0.52 s", "0.123", "0.877", "1.2e-07"],
+    ["onnxsim", "parity FAILED", "83", "4.4 MB", "1.90 s", "0.131", "0.901", "3.0e-01"],
+]
 
 
 def _printed(width: int, headers=HEADERS, rows=ROWS) -> str:
@@ -44,9 +46,17 @@ def test_markup_like_cells_are_printed_as_text():
 
 
 def test_bench_report_renders_fifteen_columns_into_80_readable_columns():
-    record = ToolRecord("onnxsim", "onnxsim", "exact", nodes=81, file_bytes=4_600_000, transform_seconds=0.52,
-                        peak_rss_bytes=190_000_000, latency={"b1-t1": {"p50_ms": 0.123}, "b8-t1": {"p50_ms": 0.9}},
-                        parity={"passed": True, "max_abs_error": 1.2e-7, "min_cosine": 1.0})
+    record = ToolRecord(
+        "onnxsim",
+        "onnxsim",
+        "exact",
+        nodes=81,
+        file_bytes=4_600_000,
+        transform_seconds=0.52,
+        peak_rss_bytes=190_000_000,
+        latency={"b1-t1": {"p50_ms": 0.123}, "b8-t1": {"p50_ms": 0.9}},
+        parity={"passed": True, "max_abs_error": 1.2e-7, "min_cosine": 1.0},
+    )
     report = BenchReport("m.onnx", ["simplify,fuse"], {"threads": [1], "batch_sizes": [1, 8]}, {}, [record])
     out = io.StringIO()
     report.render(Console(file=out, width=80, color_system=None))

@@ -45,8 +45,13 @@ def test_accumulated_gradient_equals_the_full_batch_gradient_with_a_short_last_m
     torch.manual_seed(0)
     model = nn.Linear(5, 2).double()
     reference = copy.deepcopy(model)
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(),
-                      config=TrainConfig(accumulation_steps=3, device="cpu"), log=quiet)
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.MSELoss(),
+        config=TrainConfig(accumulation_steps=3, device="cpu"),
+        log=quiet,
+    )
     # 10 samples in micro-batches of 4: 4 + 4 + 2, one optimizer step.
     result = trainer.fit(DataLoader(data, batch_size=4), max_steps=1)
     assert result.steps == 1
@@ -73,8 +78,13 @@ def test_bf16_autocast_on_cpu_matches_a_hand_written_step():
     torch.manual_seed(0)
     model = nn.Linear(5, 2)
     reference = copy.deepcopy(model)
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(),
-                      config=TrainConfig(amp=True, device="cpu"), log=quiet)
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.MSELoss(),
+        config=TrainConfig(amp=True, device="cpu"),
+        log=quiet,
+    )
     assert trainer.amp_dtype == torch.bfloat16 and not trainer.scaler.is_enabled()
     trainer.fit(DataLoader(data, batch_size=8), max_steps=1)
 
@@ -101,9 +111,15 @@ def test_fp16_scaler_unscales_before_clipping_and_skipped_steps_leave_the_schedu
     norms = []
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.9)
-    trainer = Trainer(model, optimizer, nn.MSELoss(), scheduler,
-                      config=TrainConfig(amp="fp16", clip_grad_norm=0.5, device="cpu"),
-                      log=quiet, on_step=lambda trainer, record: norms.append(record.grad_norm))
+    trainer = Trainer(
+        model,
+        optimizer,
+        nn.MSELoss(),
+        scheduler,
+        config=TrainConfig(amp="fp16", clip_grad_norm=0.5, device="cpu"),
+        log=quiet,
+        on_step=lambda trainer, record: norms.append(record.grad_norm),
+    )
     assert trainer.scaler.is_enabled()
     trainer.fit(DataLoader(data, batch_size=8), max_steps=6)
 
@@ -139,24 +155,38 @@ def test_scheduler_steps_once_per_optimizer_step_and_eval_runs_every_n_steps():
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
     evaluated_at, rates = [], []
-    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), scheduler,
-                      config=TrainConfig(accumulation_steps=3, eval_every=2, device="cpu"), log=quiet,
-                      on_eval=lambda trainer, record: evaluated_at.append(record["step"]),
-                      on_step=lambda trainer, record: rates.append(record.lr))
+    trainer = Trainer(
+        model,
+        optimizer,
+        nn.CrossEntropyLoss(),
+        scheduler,
+        config=TrainConfig(accumulation_steps=3, eval_every=2, device="cpu"),
+        log=quiet,
+        on_eval=lambda trainer, record: evaluated_at.append(record["step"]),
+        on_step=lambda trainer, record: rates.append(record.lr),
+    )
     # 60 samples / batch 6 = 10 micro-batches per epoch = 4 optimizer steps (3 + 3 + 3 + 1).
-    result = trainer.fit(DataLoader(classification_data(), batch_size=6), epochs=2,
-                         val_loader=DataLoader(classification_data(12), batch_size=4))
+    result = trainer.fit(
+        DataLoader(classification_data(), batch_size=6),
+        epochs=2,
+        val_loader=DataLoader(classification_data(12), batch_size=4),
+    )
     assert result.steps == 8 and result.epochs_completed == 2
     assert scheduler.last_epoch == 8
-    assert rates == [0.5 ** k for k in range(1, 9)]
+    assert rates == [0.5**k for k in range(1, 9)]
     assert evaluated_at == [2, 4, 6, 8]
 
 
 def test_evaluate_weights_batches_by_their_sample_count():
     model = classifier().eval()
     data = classification_data(10)
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
-                      config=TrainConfig(device="cpu"), log=quiet)
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.CrossEntropyLoss(),
+        config=TrainConfig(device="cpu"),
+        log=quiet,
+    )
     metrics = trainer.evaluate(DataLoader(data, batch_size=4), metrics=("loss", "accuracy"))
     with torch.no_grad():
         outputs = model(data.tensors[0])
@@ -172,8 +202,16 @@ def make_run(checkpoint_dir, on_step=None, seed=0):
     model = classifier()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=40)
-    config = TrainConfig(accumulation_steps=4, clip_grad_norm=1.0, amp="bf16", eval_every=2,
-                         metrics=("loss", "accuracy"), checkpoint_dir=checkpoint_dir, seed=seed, device="cpu")
+    config = TrainConfig(
+        accumulation_steps=4,
+        clip_grad_norm=1.0,
+        amp="bf16",
+        eval_every=2,
+        metrics=("loss", "accuracy"),
+        checkpoint_dir=checkpoint_dir,
+        seed=seed,
+        device="cpu",
+    )
     trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), scheduler, config=config, log=quiet, on_step=on_step)
     # 9 micro-batches per epoch, the last of 4 samples; optimizer steps of 4 + 4 + 1 micro-batches.
     loader = DataLoader(classification_data(), batch_size=7, shuffle=True)
@@ -198,8 +236,7 @@ def test_a_resumed_run_continues_exactly_like_an_uninterrupted_one(tmp_path):
         first.fit(loader, epochs=4, val_loader=val_loader)
     checkpoint = torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)
     assert checkpoint["state"]["step"] == 4 and checkpoint["state"]["batches_done"] == 4
-    assert set(checkpoint) >= {
-        "model", "optimizer", "scheduler", "scaler", "rng", "config"}
+    assert set(checkpoint) >= {"model", "optimizer", "scheduler", "scaler", "rng", "config"}
 
     seed_everything(123)  # the resumed process starts from unrelated generator states
     resumed, loader, val_loader = make_run(tmp_path / "interrupted", seed=999)
@@ -225,10 +262,18 @@ def test_best_and_last_checkpoints(tmp_path):
 
 def test_early_stopping_after_patience_evaluations_without_improvement():
     model = classifier()
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), nn.CrossEntropyLoss(),
-                      config=TrainConfig(eval_every=1, patience=2, min_delta=1e-3, device="cpu"), log=quiet)
-    result = trainer.fit(DataLoader(classification_data(), batch_size=6), epochs=5,
-                         val_loader=DataLoader(classification_data(12), batch_size=12))
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        nn.CrossEntropyLoss(),
+        config=TrainConfig(eval_every=1, patience=2, min_delta=1e-3, device="cpu"),
+        log=quiet,
+    )
+    result = trainer.fit(
+        DataLoader(classification_data(), batch_size=6),
+        epochs=5,
+        val_loader=DataLoader(classification_data(12), batch_size=12),
+    )
     # lr 0: the loss never moves, so the first evaluation sets the best and two more stop the run.
     assert result.stopped_early and result.steps == 3 and len(result.history) == 3
 
@@ -245,8 +290,13 @@ def test_same_seed_same_run():
 def test_log_lines_when_not_on_a_terminal():
     lines = []
     model = classifier()
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
-                      config=TrainConfig(log_every=2, progress=False, device="cpu"), log=lines.append)
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.CrossEntropyLoss(),
+        config=TrainConfig(log_every=2, progress=False, device="cpu"),
+        log=lines.append,
+    )
     trainer.fit(DataLoader(classification_data(), batch_size=10), max_steps=4)
     assert [line.split(" epoch")[0] for line in lines] == ["step 2/4", "step 4/4"]
     assert "loss" in lines[0] and "lr 0.1" in lines[0]
@@ -254,8 +304,13 @@ def test_log_lines_when_not_on_a_terminal():
 
 def test_progress_bar_when_asked(capsys):
     model = classifier()
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
-                      config=TrainConfig(progress=True, device="cpu"), log=quiet)
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.CrossEntropyLoss(),
+        config=TrainConfig(progress=True, device="cpu"),
+        log=quiet,
+    )
     trainer.fit(DataLoader(classification_data(), batch_size=10), epochs=1)
     assert "6/6" in capsys.readouterr().err
 
@@ -263,10 +318,15 @@ def test_progress_bar_when_asked(capsys):
 def test_bad_arguments():
     model = classifier()
     with pytest.raises(ValueError, match="accumulation_steps"):
-        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
-                config=TrainConfig(accumulation_steps=0))
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
-                      config=TrainConfig(device="cpu"))
+        Trainer(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            nn.CrossEntropyLoss(),
+            config=TrainConfig(accumulation_steps=0),
+        )
+    trainer = Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), config=TrainConfig(device="cpu")
+    )
     with pytest.raises(ValueError, match="epochs or max_steps"):
         trainer.fit(DataLoader(classification_data(), batch_size=10))
     with pytest.raises(ValueError, match="unknown metric"):
@@ -278,8 +338,9 @@ def test_constructing_a_trainer_joins_no_process_group_until_it_trains(monkeypat
     # building a Trainer (e.g. to load a checkpoint's config or inspect it) must not try to rendezvous.
     monkeypatch.setenv("WORLD_SIZE", "2")
     model = nn.Linear(3, 2)
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(),
-                      config=TrainConfig(device="cpu"))
+    trainer = Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), config=TrainConfig(device="cpu")
+    )
     assert not torch.distributed.is_initialized()
     assert (trainer.rank, trainer.world_size) == (0, 1) and trainer.model is model
     assert trainer.config == TrainConfig(device="cpu")

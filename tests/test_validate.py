@@ -61,8 +61,9 @@ def test_custom_ops_are_fine_when_nothing_runs_the_model() -> None:
 
 def test_local_functions_define_their_own_domain() -> None:
     """A node calling a model-local function is not an unknown operator."""
-    body = helper.make_function("local", "Act", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])],
-                                [helper.make_opsetid("", 17)])
+    body = helper.make_function(
+        "local", "Act", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])], [helper.make_opsetid("", 17)]
+    )
     model = make_model(op="Act", domain="local")
     model.functions.append(body)
     result = Pipeline.parse("cleanup").run(model)
@@ -77,8 +78,9 @@ def test_metadata_sizes_are_not_believed_past_a_bound(tmp_path: Path) -> None:
     """Metadata is the model author's word: a stated seq_len of 10**11 must not size the synthetic inputs."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq_len"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq_len"])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["t"]), helper.make_node("Relu", ["t"], ["y"])],
-                              "g", [x], [y])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["t"]), helper.make_node("Relu", ["t"], ["y"])], "g", [x], [y]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     helper.set_model_props(model, {"seq_len": str(10**11)})
     result = Pipeline.parse("cleanup").run(model)
@@ -91,8 +93,12 @@ def test_metadata_sizes_are_not_believed_past_a_bound(tmp_path: Path) -> None:
 def test_metadata_is_never_a_path_nor_code(tmp_path: Path) -> None:
     """Metadata that looks like paths or code goes through a run as inert text, and no file is created."""
     model = make_model()
-    props = {"external_data": "../../../etc/passwd", "onnxkit.spec": "__import__('os').system('touch pwned')",
-             "onnxkit.passes": "[{\"name\": \"os:system\"}]", "image_size": "/dev/zero"}
+    props = {
+        "external_data": "../../../etc/passwd",
+        "onnxkit.spec": "__import__('os').system('touch pwned')",
+        "onnxkit.passes": '[{"name": "os:system"}]',
+        "image_size": "/dev/zero",
+    }
     helper.set_model_props(model, props)
     onnx.save(model, tmp_path / "m.onnx")
     Pipeline.parse("cleanup,simplify").run(str(tmp_path / "m.onnx")).save(tmp_path / "out.onnx")
@@ -121,8 +127,9 @@ def test_external_data_of_an_in_memory_model_stays_in_its_folder(tmp_path: Path)
     folder.mkdir()
     model = ir.serde.deserialize_model(make_model())
     weight = model.graph.initializers["w"]
-    weight.const_value = ir.ExternalTensor("../secret.bin", 0, 768 * 4, ir.DataType.FLOAT, shape=ir.Shape([1, 3, 16, 16]),
-                                           name="w", base_dir=folder)
+    weight.const_value = ir.ExternalTensor(
+        "../secret.bin", 0, 768 * 4, ir.DataType.FLOAT, shape=ir.Shape([1, 3, 16, 16]), name="w", base_dir=folder
+    )
     with pytest.raises(ModelLoadError, match="outside the model's folder"):
         Pipeline.parse("cleanup").run(model)
 
@@ -132,9 +139,13 @@ def test_inputs_synthetic_data_cannot_fill_are_not_refused_up_front() -> None:
     (ort-optimize with parity off; the size check once refused all 17 such node-test models)."""
     seq = helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, [2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
-    graph = helper.make_graph([helper.make_node("SequenceAt", ["seq", "zero"], ["t"]),
-                               helper.make_node("Identity", ["t"], ["y"])], "g", [seq], [y],
-                              [onnx.numpy_helper.from_array(np.array(0, np.int64), "zero")])
+    graph = helper.make_graph(
+        [helper.make_node("SequenceAt", ["seq", "zero"], ["t"]), helper.make_node("Identity", ["t"], ["y"])],
+        "g",
+        [seq],
+        [y],
+        [onnx.numpy_helper.from_array(np.array(0, np.int64), "zero")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     result = Pipeline.parse("ort-optimize,cleanup").run(model, check="off")
     assert result.report.exit_code == 0

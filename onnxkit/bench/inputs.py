@@ -55,8 +55,10 @@ def load_inputs(path: str | os.PathLike[str], proto: onnx.ModelProto) -> BenchIn
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError) as e:
-        raise DataError(f"cannot read bench data {path}: {e}", hint="give an .npz with one array per model input "
-                        "(samples along axis 0) and optionally 'labels'") from e
+        raise DataError(
+            f"cannot read bench data {path}: {e}",
+            hint="give an .npz with one array per model input (samples along axis 0) and optionally 'labels'",
+        ) from e
     labels = next((arrays.pop(key) for key in _LABEL_KEYS if key in arrays), None)
     names = [v.name for v in graph_inputs(proto)]
     missing = [n for n in names if n not in arrays]
@@ -68,11 +70,12 @@ def load_inputs(path: str | os.PathLike[str], proto: onnx.ModelProto) -> BenchIn
     return BenchInputs({n: arrays[n] for n in names}, labels)
 
 
-def synthetic_inputs(model: str | os.PathLike[str], dims: dict[str, int], count: int = SYNTHETIC_SAMPLES) -> BenchInputs:
+def synthetic_inputs(
+    model: str | os.PathLike[str], dims: dict[str, int], count: int = SYNTHETIC_SAMPLES
+) -> BenchInputs:
     """Seeded inputs that ``model`` runs on, from the one synthetic-input module (``onnxkit.data.probe``):
     ``count`` samples of batch one, stacked along axis 0; ``dims`` binds the other dynamic dims."""
     from onnxkit.data import as_dataset
 
     samples = list(as_dataset(None, str(model), dims={**dims, "batch": 1}, num_samples=count))
     return BenchInputs({name: np.concatenate([s[name] for s in samples]) for name in samples[0]}, synthetic=True)
-

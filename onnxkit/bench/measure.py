@@ -27,8 +27,11 @@ def _fixed_batch(session: Any) -> int | None:
 
 
 def _percentiles(times: list[float]) -> dict[str, float]:
-    return {"p50_ms": float(np.percentile(times, 50) * 1e3), "p90_ms": float(np.percentile(times, 90) * 1e3),
-            "runs": len(times)}
+    return {
+        "p50_ms": float(np.percentile(times, 50) * 1e3),
+        "p90_ms": float(np.percentile(times, 90) * 1e3),
+        "runs": len(times),
+    }
 
 
 def measure_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -59,11 +62,12 @@ def _predictions(session: Any, inputs: BenchInputs) -> np.ndarray:
     """The first output on every sample, run in batches the model accepts (for accuracy)."""
     step = _fixed_batch(session) or 8
     outputs = [session.run(None, inputs.batch(start, step))[0] for start in range(0, inputs.count, step)]
-    return np.concatenate(outputs)[:inputs.count]  # the last batch wraps around to fill itself
+    return np.concatenate(outputs)[: inputs.count]  # the last batch wraps around to fill itself
 
 
-def _parity_and_accuracy(sessions: dict[str, Any], inputs: BenchInputs, results: dict[str, dict[str, Any]],
-                         job: dict[str, Any]) -> None:
+def _parity_and_accuracy(
+    sessions: dict[str, Any], inputs: BenchInputs, results: dict[str, dict[str, Any]], job: dict[str, Any]
+) -> None:
     """Parity of each tool's model against the original (onnxkit.parity, ORT optimizations off, on the same
     samples, within the tolerance of the tool's kind), and accuracy when labels are given."""
     from onnxkit.parity import Tolerance, compare_models
@@ -75,10 +79,15 @@ def _parity_and_accuracy(sessions: dict[str, Any], inputs: BenchInputs, results:
             if label != reference:
                 step = _fixed_batch(sessions[label]) or min(count, 8)
                 batches = [inputs.batch(start, step) for start in range(0, count, step)]
-                parity = compare_models(job["models"][reference], job["models"][label], batches,
-                                        tolerance=Tolerance.for_kind(job["kinds"][label])).to_dict()
-                results[label]["parity"] = {key: parity[key]
-                                            for key in ("passed", "max_abs_error", "min_cosine", "summary")}
+                parity = compare_models(
+                    job["models"][reference],
+                    job["models"][label],
+                    batches,
+                    tolerance=Tolerance.for_kind(job["kinds"][label]),
+                ).to_dict()
+                results[label]["parity"] = {
+                    key: parity[key] for key in ("passed", "max_abs_error", "min_cosine", "summary")
+                }
             if inputs.labels is not None:
                 predictions = _predictions(sessions[label], inputs)
                 correct = np.argmax(predictions.reshape(len(predictions), -1), axis=-1) == inputs.labels
@@ -88,8 +97,14 @@ def _parity_and_accuracy(sessions: dict[str, Any], inputs: BenchInputs, results:
             del sessions[label]
 
 
-def _interleaved_latency(sessions: dict[str, Any], inputs: BenchInputs, batch: int, threads: int,
-                         job: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
+def _interleaved_latency(
+    sessions: dict[str, Any],
+    inputs: BenchInputs,
+    batch: int,
+    threads: int,
+    job: dict[str, Any],
+    results: dict[str, dict[str, Any]],
+) -> None:
     key = f"b{batch}-t{threads}"
     runnable = {}
     for label, session in sessions.items():
@@ -122,10 +137,11 @@ def _interleaved_latency(sessions: dict[str, Any], inputs: BenchInputs, batch: i
     # At least ``repeats`` rounds; fast models get more, up to ``min_seconds`` of timing or 10× the rounds,
     # since a median of 20 sub-millisecond runs on a shared machine is mostly noise.
     rounds, timing_started = 0, time.perf_counter()
-    while labels and (rounds < job["repeats"] or (time.perf_counter() - timing_started < job["min_seconds"]
-                                                  and rounds < 10 * job["repeats"])):
+    while labels and (
+        rounds < job["repeats"]
+        or (time.perf_counter() - timing_started < job["min_seconds"] and rounds < 10 * job["repeats"])
+    ):
         run_round(job["warmup"] + rounds, timed=True)
         rounds += 1
     for label in labels:
         results[label]["latency"][key] = _percentiles(times[label])
-

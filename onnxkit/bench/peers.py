@@ -48,8 +48,11 @@ def _run_ort_quantize(source: Path, output: Path, tool: dict[str, Any], job: dic
     from onnxruntime.quantization import CalibrationMethod
 
     method = job.get("calibrate_method") or "minmax"
-    calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                        "percentile": CalibrationMethod.Percentile}[method]
+    calibrate_method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
     external_tools.run_ort_quantize(source, output, "static", samples=samples, calibrate_method=calibrate_method)
     return [f"calibrated ({method}) on {len(samples)} samples"]
 
@@ -68,4 +71,3 @@ RUNNER_IMPORTS = {
     "ort-basic": ["onnxruntime"],
     "ort-extended": ["onnxruntime"],
 }
-

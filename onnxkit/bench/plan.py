@@ -17,9 +17,16 @@ PEERS = (*EXACT_PEERS, "ort-quantize")
 QUANTIZE_PEERS = ("ort-quantize-dynamic", "ort-quantize-static")
 # The package each peer needs (the ORT peers need only onnxruntime, a core dependency): the one table, read by
 # the plan (is it installed?) and by the benchmark suite (which version was measured).
-PEER_PACKAGES = {"onnxsim": "onnxsim", "onnxslim": "onnxslim", "onnxoptimizer": "onnxoptimizer",
-                 "ort-basic": "onnxruntime", "ort-extended": "onnxruntime", "ort-quantize": "onnxruntime",
-                 "ort-quantize-dynamic": "onnxruntime", "ort-quantize-static": "onnxruntime"}
+PEER_PACKAGES = {
+    "onnxsim": "onnxsim",
+    "onnxslim": "onnxslim",
+    "onnxoptimizer": "onnxoptimizer",
+    "ort-basic": "onnxruntime",
+    "ort-extended": "onnxruntime",
+    "ort-quantize": "onnxruntime",
+    "ort-quantize-dynamic": "onnxruntime",
+    "ort-quantize-static": "onnxruntime",
+}
 # Samples written for calibration (onnxkit's static quantize and ORT's quantize_static read the same ones).
 CALIBRATION_SAMPLES = 64
 PARITY_SAMPLES = 16
@@ -70,8 +77,10 @@ def plan_tools(specs: Sequence[str], peers: Sequence[str] | None) -> tuple[list[
     if not specs:
         raise SpecError("no pipeline spec to benchmark", hint="give --passes, e.g. --passes simplify,fuse")
     modes = {spec: spec_quantize_mode(spec) for spec in specs}
-    tools = [Tool("onnxkit" if len(specs) == 1 else f"onnxkit[{spec}]", "onnxkit", modes[spec] or "exact", spec)
-             for spec in specs]
+    tools = [
+        Tool("onnxkit" if len(specs) == 1 else f"onnxkit[{spec}]", "onnxkit", modes[spec] or "exact", spec)
+        for spec in specs
+    ]
     installed = set(installed_peers())
     notes: list[str] = []
     requested = list(PEERS if peers is None else peers)
@@ -96,4 +105,3 @@ def plan_tools(specs: Sequence[str], peers: Sequence[str] | None) -> tuple[list[
             if all(t.label != f"ort-quantize-{mode}" for t in tools):
                 tools.append(Tool(f"ort-quantize-{mode}", "ort-quantize", mode))
     return tools, notes
-

@@ -81,8 +81,20 @@ class BenchReport:
 
 
 def summary_headers(keys: Sequence[str]) -> list[str]:
-    return ["tool", "result", "nodes", "size", "transform", "peak mem", *(f"p50 {k} ms" for k in keys),
-            f"× orig {keys[0]}", f"× best peer {keys[0]}", "max abs err", "cosine", "accuracy"]
+    return [
+        "tool",
+        "result",
+        "nodes",
+        "size",
+        "transform",
+        "peak mem",
+        *(f"p50 {k} ms" for k in keys),
+        f"× orig {keys[0]}",
+        f"× best peer {keys[0]}",
+        "max abs err",
+        "cosine",
+        "accuracy",
+    ]
 
 
 def summary_cells(record: ToolRecord, keys: Sequence[str]) -> list[str]:
@@ -118,17 +130,23 @@ def _fmt(value: Any, pattern: str) -> str:
 
 def compute_ratios(records: list[ToolRecord], reference: ToolRecord, keys: Sequence[str]) -> None:
     """Each tool against the original, and each onnxkit pipeline against the best peer of its class."""
+
     def ratio(mine: float | None, theirs: float | None) -> float | None:
         return mine / theirs if mine is not None and theirs else None
 
     def metrics(record: ToolRecord) -> dict[str, Any]:
-        return {"nodes": record.nodes, "file_bytes": record.file_bytes,
-                "latency": {key: record.p50(key) for key in keys}}
+        return {
+            "nodes": record.nodes,
+            "file_bytes": record.file_bytes,
+            "latency": {key: record.p50(key) for key in keys},
+        }
 
     def compare(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
-        return {"nodes": ratio(mine["nodes"], theirs["nodes"]),
-                "file_bytes": ratio(mine["file_bytes"], theirs["file_bytes"]),
-                "latency": {key: ratio(mine["latency"][key], theirs["latency"][key]) for key in keys}}
+        return {
+            "nodes": ratio(mine["nodes"], theirs["nodes"]),
+            "file_bytes": ratio(mine["file_bytes"], theirs["file_bytes"]),
+            "latency": {key: ratio(mine["latency"][key], theirs["latency"][key]) for key in keys},
+        }
 
     for record in records:
         if record.ok:
@@ -138,8 +156,14 @@ def compute_ratios(records: list[ToolRecord], reference: ToolRecord, keys: Seque
             continue
         # A peer whose output fails parity is no standard to meet: it is left out of "best".
         classes = ("dynamic", "static") if record.klass == "auto" else (record.klass,)
-        peers = [p for p in records if p.runner not in ("onnxkit", "original") and p.ok and p.klass in classes
-                 and (p.parity or {}).get("passed", True)]
+        peers = [
+            p
+            for p in records
+            if p.runner not in ("onnxkit", "original")
+            and p.ok
+            and p.klass in classes
+            and (p.parity or {}).get("passed", True)
+        ]
         if not peers:
             continue
         best_latency = {key: min((v for p in peers if (v := p.p50(key)) is not None), default=None) for key in keys}
@@ -153,5 +177,3 @@ def compute_ratios(records: list[ToolRecord], reference: ToolRecord, keys: Seque
             "nodes": next((p.label for p in peers if p.nodes == best["nodes"]), None),
             "latency": {key: next((p.label for p in peers if p.p50(key) == best_latency[key]), None) for key in keys},
         }
-
-

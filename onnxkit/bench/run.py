@@ -19,17 +19,32 @@ from onnxkit.bench.report import BenchReport, ToolRecord, compute_ratios
 from onnxkit.errors import SpecError
 
 
-def run_transform(tool: Tool, source: Path, output: Path, *, timeout: float, check: str = "each",
-                  dims: dict[str, int] | None = None, calibration_dir: Path | None = None,
-                  calibrate_method: str | None = None) -> ToolRecord:
+def run_transform(
+    tool: Tool,
+    source: Path,
+    output: Path,
+    *,
+    timeout: float,
+    check: str = "each",
+    dims: dict[str, int] | None = None,
+    calibration_dir: Path | None = None,
+    calibrate_method: str | None = None,
+) -> ToolRecord:
     """Run one tool on ``source`` in a child process, writing ``output``; node count and size are filled in.
 
     ``calibrate_method`` (minmax, entropy, percentile) overrides ORT's default for ``ort-quantize-static``.
     """
     record = ToolRecord(tool.label, tool.runner, tool.klass, tool.spec)
-    job = {"action": "transform", "tool": dataclasses.asdict(tool), "source": str(source.resolve()),
-           "output": str(output), "check": check, "dims": dims or {}, "calibrate_method": calibrate_method,
-           "calibration_dir": str(calibration_dir) if calibration_dir is not None else None}
+    job = {
+        "action": "transform",
+        "tool": dataclasses.asdict(tool),
+        "source": str(source.resolve()),
+        "output": str(output),
+        "check": check,
+        "dims": dims or {},
+        "calibrate_method": calibrate_method,
+        "calibration_dir": str(calibration_dir) if calibration_dir is not None else None,
+    }
     outcome = run_child(job, output.parent, output.stem, timeout)
     record.process_seconds = outcome.wall_seconds
     record.peak_rss_bytes = outcome.peak_rss_bytes
@@ -103,8 +118,17 @@ def run_bench(
         for index, tool in enumerate(tools):
             say(f"{source.name}: {tool.label}")
             output = work / f"{index:02d}-{tool.runner}.onnx"
-            records.append(run_transform(tool, source, output, timeout=timeout, check=check, dims=dims,
-                                         calibration_dir=calibration_dir if tool.klass == "static" else None))
+            records.append(
+                run_transform(
+                    tool,
+                    source,
+                    output,
+                    timeout=timeout,
+                    check=check,
+                    dims=dims,
+                    calibration_dir=calibration_dir if tool.klass == "static" else None,
+                )
+            )
             if records[-1].ok:
                 outputs[tool.label] = str(output)
 
@@ -115,11 +139,19 @@ def run_bench(
         if measure:
             say(f"{source.name}: measuring {len(outputs)} models")
             kinds = {r.label: "exact" if r.klass in ("exact", "reference") else "lossy" for r in records}
-            job = {"action": "measure", "models": outputs, "reference": "original", "inputs": str(inputs_path),
-                   "kinds": kinds,
-                   "threads": threads, "batch_sizes": list(batch_sizes), "repeats": repeats, "warmup": warmup,
-                   "min_seconds": min_seconds,
-                   "parity_samples": PARITY_SAMPLES}
+            job = {
+                "action": "measure",
+                "models": outputs,
+                "reference": "original",
+                "inputs": str(inputs_path),
+                "kinds": kinds,
+                "threads": threads,
+                "batch_sizes": list(batch_sizes),
+                "repeats": repeats,
+                "warmup": warmup,
+                "min_seconds": min_seconds,
+                "parity_samples": PARITY_SAMPLES,
+            }
             outcome = run_child(job, work, "measure", timeout * 2)
             if outcome.result is None:
                 notes.append(f"measuring failed: {outcome.error}")
@@ -135,10 +167,18 @@ def run_bench(
         if owned_tmp is not None:
             owned_tmp.cleanup()
 
-    settings = {"batch_sizes": list(batch_sizes), "threads": threads, "repeats": repeats, "warmup": warmup,
-                "min_seconds": min_seconds,
-                "timeout_s": timeout, "check": check, "synthetic_inputs": inputs.synthetic, "samples": inputs.count,
-                "ort_session": "default (ORT_ENABLE_ALL), CPUExecutionProvider, inter_op_num_threads=1"}
+    settings = {
+        "batch_sizes": list(batch_sizes),
+        "threads": threads,
+        "repeats": repeats,
+        "warmup": warmup,
+        "min_seconds": min_seconds,
+        "timeout_s": timeout,
+        "check": check,
+        "synthetic_inputs": inputs.synthetic,
+        "samples": inputs.count,
+        "ort_session": "default (ORT_ENABLE_ALL), CPUExecutionProvider, inter_op_num_threads=1",
+    }
     report = BenchReport(str(source), specs, settings, machine_description(), records, notes)
     compute_ratios(records, reference, report.latency_keys)
     return report

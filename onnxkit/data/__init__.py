@@ -115,16 +115,20 @@ def load_dataset(source: Any, *, batch_size: int | None = None) -> Dataset:
             return FolderDataset(path, batch_size=batch_size)
         if path.suffix in (".npz", ".npy"):
             return NpzDataset(path, batch_size=batch_size)
-        raise DataError(f"cannot read data from {path}",
-                        hint="give an .npz, an .npy, or a folder of them, of images, or in the ONNX test layout")
+        raise DataError(
+            f"cannot read data from {path}",
+            hint="give an .npz, an .npy, or a folder of them, of images, or in the ONNX test layout",
+        )
     if type(source).__module__.startswith("torch.utils.data") or _is_torch_dataset(source):
         return TorchDataset(source, batch_size=batch_size)
     if isinstance(source, Mapping):
         return IterableDataset([source], batch_size=batch_size)
     if callable(source) or isinstance(source, Iterable):
         return IterableDataset(source, batch_size=batch_size)
-    raise DataError(f"cannot use a {type(source).__name__} as a dataset",
-                    hint="give a path, a list of {input name: array} dicts, or a torch Dataset/DataLoader")
+    raise DataError(
+        f"cannot use a {type(source).__name__} as a dataset",
+        hint="give a path, a list of {input name: array} dicts, or a torch Dataset/DataLoader",
+    )
 
 
 def _is_torch_dataset(source: Any) -> bool:
@@ -142,8 +146,16 @@ def describe_data(data: Any) -> str:
     return f"{type(data).__name__} {location}" if location is not None else type(data).__name__
 
 
-def as_dataset(data: Any, model: ModelLike, *, dims: Mapping[str, int] | None = None, num_samples: int | None = None,
-               seed: int = 0, model_dir: str | os.PathLike[str] | None = None, keep_run: bool = False) -> Dataset:
+def as_dataset(
+    data: Any,
+    model: ModelLike,
+    *,
+    dims: Mapping[str, int] | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    model_dir: str | os.PathLike[str] | None = None,
+    keep_run: bool = False,
+) -> Dataset:
     """A dataset bound to ``model``: ``data`` through ``load_dataset``, or, when it is None, synthetic inputs
     probed until ONNX Runtime runs the model (``probe_dataset``; ``model_dir`` holds the external data of an
     in-memory model; ``keep_run`` leaves the probe's session and first outputs in its ``probe_run``).
@@ -151,7 +163,13 @@ def as_dataset(data: Any, model: ModelLike, *, dims: Mapping[str, int] | None = 
     ``num_samples`` is the synthetic sample count, or a cap on the samples taken from ``data``.
     """
     if data is None:
-        return probe_dataset(model, dims=dims, num_samples=num_samples or DEFAULT_SYNTHETIC_SAMPLES, seed=seed,
-                             model_dir=model_dir, keep_run=keep_run)
+        return probe_dataset(
+            model,
+            dims=dims,
+            num_samples=num_samples or DEFAULT_SYNTHETIC_SAMPLES,
+            seed=seed,
+            model_dir=model_dir,
+            keep_run=keep_run,
+        )
     dataset = load_dataset(data).for_model(model)
     return take(dataset, num_samples) if num_samples is not None else dataset

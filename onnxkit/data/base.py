@@ -65,8 +65,10 @@ class Dataset(abc.ABC):
         if self._specs is None:
             raise DataError(f"{what} cannot be named without the model", hint="bind the dataset with .for_model(model)")
         if len(self._specs) != 1:
-            raise DataError(f"{what} can only feed a single-input model; this one takes {[s.name for s in self._specs]}",
-                            hint="use one .npz per sample, or one subfolder per sample holding <input name>.npy files")
+            raise DataError(
+                f"{what} can only feed a single-input model; this one takes {[s.name for s in self._specs]}",
+                hint="use one .npz per sample, or one subfolder per sample holding <input name>.npy files",
+            )
         return self._specs[0].name
 
 
@@ -152,13 +154,16 @@ def _regroup(samples: Iterable[Sample], batch_size: int) -> Iterator[Sample]:
 
 
 def _rows(sample: Sample, index: int) -> Iterator[Sample]:
-    sizes = {name: value.shape[0] if isinstance(value, np.ndarray) and value.ndim else None
-             for name, value in sample.items()}
+    sizes = {
+        name: value.shape[0] if isinstance(value, np.ndarray) and value.ndim else None for name, value in sample.items()
+    }
     if None in sizes.values() or len(set(sizes.values())) > 1:
-        raise DataError(f"sample {index} cannot be batched: its inputs differ on axis 0 or have none ({sizes})",
-                        hint="batching needs every input to have the batch on axis 0")
+        raise DataError(
+            f"sample {index} cannot be batched: its inputs differ on axis 0 or have none ({sizes})",
+            hint="batching needs every input to have the batch on axis 0",
+        )
     for row in range(next(iter(sizes.values()), 0) or 0):  # one size, checked above
-        yield {name: value[row:row + 1] for name, value in sample.items()}
+        yield {name: value[row : row + 1] for name, value in sample.items()}
 
 
 def _concat(samples: list[Sample]) -> Sample:

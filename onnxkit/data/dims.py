@@ -16,8 +16,23 @@ from onnxkit.errors import DataError
 
 _BATCH_NAMES = {"batch", "batch_size", "batchsize", "nbatch", "bs"}
 _SHORT_BATCH_NAMES = {"n", "b"}  # a batch only on axis 0: elsewhere "N" is as likely a length
-_SEQUENCE_NAMES = {"s", "t", "l", "seq", "seq_len", "seqlen", "sequence", "sequence_length", "length", "len",
-                   "time", "tokens", "num_tokens", "past_sequence_length", "total_sequence_length"}
+_SEQUENCE_NAMES = {
+    "s",
+    "t",
+    "l",
+    "seq",
+    "seq_len",
+    "seqlen",
+    "sequence",
+    "sequence_length",
+    "length",
+    "len",
+    "time",
+    "tokens",
+    "num_tokens",
+    "past_sequence_length",
+    "total_sequence_length",
+}
 _SPATIAL_NAMES = {"h", "w", "height", "width"}
 # The first rung of each role's ladder (onnxkit.data.probe.SIZE_LADDERS).
 DIM_DEFAULTS = {"batch": 1, "sequence": 16, "spatial": 32, "other": 8}
@@ -82,8 +97,10 @@ def bind_shape(spec: InputSpec, dims: Mapping[str, int], sizes: Mapping[str, int
     role (``batch`` binds every batch-like dim, ``seq`` every sequence-like one), else from ``sizes`` by its
     key, else a default by role: batch 1, sequence 16, height/width 32, anything else 8."""
     if spec.shape is None:
-        raise DataError(f"input '{spec.name}' has no declared shape, so synthetic data cannot be made for it",
-                        hint="give real inputs with --data")
+        raise DataError(
+            f"input '{spec.name}' has no declared shape, so synthetic data cannot be made for it",
+            hint="give real inputs with --data",
+        )
     shape = []
     for axis, dim in enumerate(spec.shape):
         if isinstance(dim, int):

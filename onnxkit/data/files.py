@@ -31,8 +31,10 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
             return {name: archive[name] for name in archive.files}
     except ValueError as e:
         if "pickle" in str(e).lower():
-            raise DataError(f"{path} holds Python objects (pickle), which onnxkit never loads",
-                            hint="save plain numeric arrays with np.save / np.savez") from e
+            raise DataError(
+                f"{path} holds Python objects (pickle), which onnxkit never loads",
+                hint="save plain numeric arrays with np.save / np.savez",
+            ) from e
         raise DataError(f"cannot read {path}: {e}") from e
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"cannot read {path}: {e}", hint="is it a file written by np.save / np.savez?") from e
@@ -51,7 +53,11 @@ def _array_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             with open(path, "rb") as file:
                 return {"": header_shape(file)}
         with zipfile.ZipFile(path) as archive:
-            return {name[:-len(".npy")]: header_shape(archive.open(name)) for name in archive.namelist() if name.endswith(".npy")}
+            return {
+                name[: -len(".npy")]: header_shape(archive.open(name))
+                for name in archive.namelist()
+                if name.endswith(".npy")
+            }
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise DataError(f"cannot read {path}: {e}", hint="is it a file written by np.save / np.savez?") from e
 
@@ -66,8 +72,14 @@ class NpzDataset(Dataset):
     ``default_layout`` decides: ``samples``, the usual meaning of an .npz's first axis.
     """
 
-    def __init__(self, path: str | Path, *, layout: Layout = "auto", batch_size: int | None = None,
-                 default_layout: Literal["samples", "batch"] = "samples") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        layout: Layout = "auto",
+        batch_size: int | None = None,
+        default_layout: Literal["samples", "batch"] = "samples",
+    ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"no such data file: {self.path}")
@@ -83,7 +95,7 @@ class NpzDataset(Dataset):
             yield arrays
         elif layout == "rows":
             for i in range(self._stack_count(shapes)):
-                yield {name: array[i:i + 1] for name, array in arrays.items()}
+                yield {name: array[i : i + 1] for name, array in arrays.items()}
         else:
             for i in range(self._stack_count(shapes)):
                 yield {name: array[i] for name, array in arrays.items()}
@@ -127,11 +139,15 @@ class NpzDataset(Dataset):
             elif len(shape) == spec.rank:
                 votes.add("batch")
             else:
-                raise DataError(f"{self.path.name}: input '{name}' has shape {shape} but the model takes rank "
-                                f"{spec.rank}", hint=f"give {spec.rank + 1} axes (samples first) or {spec.rank} (one sample)")
+                raise DataError(
+                    f"{self.path.name}: input '{name}' has shape {shape} but the model takes rank {spec.rank}",
+                    hint=f"give {spec.rank + 1} axes (samples first) or {spec.rank} (one sample)",
+                )
         if len(votes) > 1:
-            raise DataError(f"{self.path.name}: some arrays stack samples on their first axis and others do not",
-                            hint="give every input one axis more than the model takes (samples first), or none")
+            raise DataError(
+                f"{self.path.name}: some arrays stack samples on their first axis and others do not",
+                hint="give every input one axis more than the model takes (samples first), or none",
+            )
         layout = votes.pop() if votes else self.default_layout
         return "rows" if layout == "batch" and self._splits_into_rows(shapes) else layout
 
@@ -157,8 +173,11 @@ class FolderDataset(Dataset):
         if not self.folder.is_dir():
             raise DataError(f"no such data folder: {self.folder}")
         self.batch_size = _check_batch_size(batch_size)
-        self.entries = [p for p in sorted(self.folder.iterdir(), key=_natural_key) if not p.name.startswith(".")
-                        and (p.suffix in (".npz", ".npy") or (p.is_dir() and any(p.glob("*.npy"))))]
+        self.entries = [
+            p
+            for p in sorted(self.folder.iterdir(), key=_natural_key)
+            if not p.name.startswith(".") and (p.suffix in (".npz", ".npy") or (p.is_dir() and any(p.glob("*.npy"))))
+        ]
         if not self.entries:
             raise DataError(f"{self.folder} holds no .npz or .npy files, nor subfolders of .npy files")
 
@@ -186,11 +205,15 @@ def _read_pb(path: Path, spec: InputSpec | None) -> tuple[str, Any]:
     """A serialized value as (its stored name, its numpy form); the spec's kind picks the proto type."""
     kind = spec.kind if spec is not None else "tensor"
     proto: Any = {"sequence": onnx.SequenceProto, "optional": onnx.OptionalProto, "map": onnx.MapProto}.get(
-        kind, onnx.TensorProto)()
+        kind, onnx.TensorProto
+    )()
     try:
         proto.ParseFromString(path.read_bytes())
-        value = {"sequence": numpy_helper.to_list, "optional": numpy_helper.to_optional,
-                 "map": numpy_helper.to_dict}.get(kind, numpy_helper.to_array)(proto)
+        value = {
+            "sequence": numpy_helper.to_list,
+            "optional": numpy_helper.to_optional,
+            "map": numpy_helper.to_dict,
+        }.get(kind, numpy_helper.to_array)(proto)
     except Exception as e:  # protobuf and numpy_helper raise several types for a bad file
         raise DataError(f"cannot read {path} as a {type(proto).__name__}: {e}") from e
     return proto.name, value
@@ -239,8 +262,10 @@ class OnnxTestDataset(Dataset):
             elif stored_name:
                 name = stored_name
             else:
-                raise DataError(f"{path} has no tensor name, and the model is not known to name it by position",
-                                hint="bind the dataset with .for_model(model)")
+                raise DataError(
+                    f"{path} has no tensor name, and the model is not known to name it by position",
+                    hint="bind the dataset with .for_model(model)",
+                )
             sample[name] = value
         return sample
 

@@ -54,8 +54,10 @@ def _small_values(value: ir.Value | None, limit: int = 64) -> list[Any] | None:
     const = _constant(value)
     if const is None or const.size > limit:
         return None
-    return [v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v
-            for v in np.asarray(const.numpy()).ravel()]
+    return [
+        v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v
+        for v in np.asarray(const.numpy()).ravel()
+    ]
 
 
 def _is_standard(node: ir.Node) -> bool:
@@ -120,8 +122,11 @@ def compared_values(model: ModelLike) -> dict[str, tuple[Any, ...]]:
                 values += _small_values(node.inputs[1 - index]) or []
             elif node.op_type in _STRING_TABLES:
                 for name in _STRING_TABLES[node.op_type]:
-                    values += [s.decode() if isinstance(s, bytes) else s
-                               for s in node.attributes.get_strings(name, ()) or () if s]
+                    values += [
+                        s.decode() if isinstance(s, bytes) else s
+                        for s in node.attributes.get_strings(name, ()) or ()
+                        if s
+                    ]
             elif node.op_type == "Loop" and index == 0:
                 values += _LOOP_TRIP_COUNTS
         if values and graph_input.name is not None:
@@ -130,8 +135,28 @@ def compared_values(model: ModelLike) -> dict[str, tuple[Any, ...]]:
 
 
 # Shape-keeping ops an input axis is followed through to the weighted op that pins its size.
-_ELEMENTWISE = {"Identity", "Cast", "Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Abs", "Neg", "Exp",
-                "Log", "Sqrt", "Clip", "Dropout", "Softplus", "HardSigmoid", "Erf", "Softmax", "LogSoftmax"}
+_ELEMENTWISE = {
+    "Identity",
+    "Cast",
+    "Relu",
+    "LeakyRelu",
+    "Elu",
+    "Selu",
+    "Sigmoid",
+    "Tanh",
+    "Abs",
+    "Neg",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Clip",
+    "Dropout",
+    "Softplus",
+    "HardSigmoid",
+    "Erf",
+    "Softmax",
+    "LogSoftmax",
+}
 _BROADCASTING = {"Add", "Sub", "Mul", "Div"}
 
 
@@ -286,8 +311,11 @@ MAX_STATED_SIZE = 1 << 14
 def metadata_dims(model: ir.Model, specs: Sequence[InputSpec]) -> dict[str, int]:
     """Sizes the model's metadata states: an entry named like a dynamic dim (``seq_len: 128``), or an image
     size (``image_size: 224``) for every height and width; sizes from 1 to ``MAX_STATED_SIZE`` only."""
-    stated = {key.lower(): int(value) for key, value in model.metadata_props.items()
-              if value.strip().isdigit() and 0 < int(value) <= MAX_STATED_SIZE}
+    stated = {
+        key.lower(): int(value)
+        for key, value in model.metadata_props.items()
+        if value.strip().isdigit() and 0 < int(value) <= MAX_STATED_SIZE
+    }
     image_size = next((stated[key] for key in _IMAGE_SIZE_KEYS if key in stated), None)
     sizes = {}
     for spec in specs:

@@ -44,8 +44,10 @@ def _pillow() -> Any:
     try:
         from PIL import Image
     except ImportError as e:
-        raise DataError("reading or resizing images needs Pillow, which is not installed",
-                        hint="pip install 'onnxkit[images]', or give .npy images already at the model's size") from e
+        raise DataError(
+            "reading or resizing images needs Pillow, which is not installed",
+            hint="pip install 'onnxkit[images]', or give .npy images already at the model's size",
+        ) from e
     return Image
 
 
@@ -61,8 +63,10 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if image.dtype == np.uint8 and image.shape[2] in (1, 3, 4):
         pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
         return np.asarray(pil.resize((width, height), Image.BILINEAR)).reshape(height, width, image.shape[2])
-    channels = [np.asarray(Image.fromarray(image[:, :, c].astype(np.float32), mode="F").resize(
-        (width, height), Image.BILINEAR)) for c in range(image.shape[2])]
+    channels = [
+        np.asarray(Image.fromarray(image[:, :, c].astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
+        for c in range(image.shape[2])
+    ]
     return np.stack(channels, axis=2)
 
 
@@ -72,16 +76,24 @@ class ImageFolderDataset(Dataset):
     Each image is one sample with a batch axis of 1; ``batch_size`` stacks several.
     """
 
-    def __init__(self, folder: str | Path, preprocess: ImagePreprocess | None = None, *, input_name: str | None = None,
-                 batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        preprocess: ImagePreprocess | None = None,
+        *,
+        input_name: str | None = None,
+        batch_size: int | None = None,
+    ) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DataError(f"no such image folder: {self.folder}")
         self.preprocess = preprocess or ImagePreprocess()
         self.input_name = input_name
         self.batch_size = _check_batch_size(batch_size)
-        self.files = sorted((p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + (".npy",)),
-                            key=lambda p: [_natural_key(Path(part)) for part in p.relative_to(self.folder).parts])
+        self.files = sorted(
+            (p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + (".npy",)),
+            key=lambda p: [_natural_key(Path(part)) for part in p.relative_to(self.folder).parts],
+        )
         if not self.files:
             raise DataError(f"{self.folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) or .npy arrays")
 
@@ -100,9 +112,12 @@ class ImageFolderDataset(Dataset):
         """Layout, color mode, the model's static (height, width) if any, and the input dtype."""
         plan = self.preprocess
         shape = spec.shape if spec is not None and spec.rank == 4 else None
-        layout = plan.layout or ("NHWC" if shape is not None and shape[3] in (1, 3, 4) and shape[1] not in (1, 3) else "NCHW")
-        channels, spatial = (None, None) if shape is None else (
-            (shape[1], shape[2:4]) if layout == "NCHW" else (shape[3], shape[1:3]))
+        layout = plan.layout or (
+            "NHWC" if shape is not None and shape[3] in (1, 3, 4) and shape[1] not in (1, 3) else "NCHW"
+        )
+        channels, spatial = (
+            (None, None) if shape is None else ((shape[1], shape[2:4]) if layout == "NCHW" else (shape[3], shape[1:3]))
+        )
         color = plan.color or ("L" if channels == 1 else "RGB")
         static = tuple(spatial) if spatial is not None and all(isinstance(d, int) for d in spatial) else None
         dtype = spec.dtype if spec is not None and spec.dtype is not None else np.dtype(np.float32)
@@ -143,7 +158,7 @@ class ImageFolderDataset(Dataset):
                 top, left = round((image.shape[0] - crop_h) / 2), round((image.shape[1] - crop_w) / 2)
                 if top < 0 or left < 0:
                     raise DataError(f"{path}: crop {crop_h}x{crop_w} is larger than the image {image.shape[:2]}")
-                image = image[top:top + crop_h, left:left + crop_w]
+                image = image[top : top + crop_h, left : left + crop_w]
             if plan.resize is None and plan.crop is None and static_size is not None:
                 image = _resize(image, *static_size)
             pixels: np.ndarray = image.astype(np.float32) * (plan.scale if image.dtype.kind in "ui" else 1.0)

@@ -52,10 +52,17 @@ class ProbeRun:
     seconds: float = 0.0  # how long that run took
 
 
-def probe_dataset(model: ModelLike, *, dims: Mapping[str, int] | None = None,
-                  num_samples: int = DEFAULT_SYNTHETIC_SAMPLES, seed: int = 0,
-                  model_dir: str | os.PathLike[str] | None = None, max_tries: int = MAX_TRIES,
-                  max_seconds: float = MAX_SECONDS, keep_run: bool = False) -> SyntheticDataset:
+def probe_dataset(
+    model: ModelLike,
+    *,
+    dims: Mapping[str, int] | None = None,
+    num_samples: int = DEFAULT_SYNTHETIC_SAMPLES,
+    seed: int = 0,
+    model_dir: str | os.PathLike[str] | None = None,
+    max_tries: int = MAX_TRIES,
+    max_seconds: float = MAX_SECONDS,
+    keep_run: bool = False,
+) -> SyntheticDataset:
     """A ``SyntheticDataset`` whose first sample ONNX Runtime runs ``model`` on; ``.describe()`` says what was
     chosen and ``.probe`` how (``DynamicDimension.1=64, DynamicDimension.2=64; 2 tries``).
 
@@ -70,16 +77,21 @@ def probe_dataset(model: ModelLike, *, dims: Mapping[str, int] | None = None,
     ir_model = _ir_model(model)
     hints = read_graph(ir_model)
     dims = dict(dims or {})
-    open_dims = {key: role for key, role in dynamic_dims(hints.specs).items()
-                 if key not in hints.pinned and user_size(key, role, dims) is None}
+    open_dims = {
+        key: role
+        for key, role in dynamic_dims(hints.specs).items()
+        if key not in hints.pinned and user_size(key, role, dims) is None
+    }
 
     def dataset(sizes: Mapping[str, int]) -> SyntheticDataset:
         return SyntheticDataset(ir_model, dims=dims, num_samples=num_samples, seed=seed, sizes=sizes, hints=hints)
 
     if all(role == "batch" for role in open_dims.values()):
         return dataset({})  # nothing to choose but a batch, and a batch of one fits nearly every model
-    session = _session(model if isinstance(model, (str, os.PathLike)) else ir_model,
-                       model_dir if model_dir is not None else _external_data_folder(ir_model))
+    session = _session(
+        model if isinstance(model, (str, os.PathLike)) else ir_model,
+        model_dir if model_dir is not None else _external_data_folder(ir_model),
+    )
     started, tries, failure, tried = time.perf_counter(), 0, None, None
     for sizes in _ladder(open_dims):
         candidate = dataset(sizes)
@@ -108,8 +120,10 @@ def _session(model: Any, model_dir: str | os.PathLike[str] | None) -> Any:
         # The session becomes the parity reference's: packed or not as parity's own (runtime.packs_weights).
         return runtime.make_session(model, model_dir=model_dir, prepack=runtime.packs_weights(model))
     except Exception as error:  # ORT's own exception types: invalid graph, unknown op
-        raise ModelLoadError(f"ONNX Runtime cannot load the model to probe its inputs: {runtime.error_line(error)}",
-                             hint="the reference model must run in ONNX Runtime") from error
+        raise ModelLoadError(
+            f"ONNX Runtime cannot load the model to probe its inputs: {runtime.error_line(error)}",
+            hint="the reference model must run in ONNX Runtime",
+        ) from error
 
 
 def _external_data_folder(model: ir.Model) -> str | None:
@@ -132,13 +146,16 @@ def _ladder(open_dims: Mapping[str, str]) -> Iterator[dict[str, int]]:
                 yield sizes
 
 
-def _nothing_runs(open_dims: Mapping[str, str], specs: Any, last: SyntheticDataset | None, tries: int,
-                  failure: BaseException | None) -> DataError:
+def _nothing_runs(
+    open_dims: Mapping[str, str], specs: Any, last: SyntheticDataset | None, tries: int, failure: BaseException | None
+) -> DataError:
     names = [spec.name for spec in specs if any(dim_key(spec, axis) in open_dims for axis in range(spec.rank or 0))]
     inputs = f"input{'s' if len(names) > 1 else ''} " + ", ".join(f"'{name}'" for name in names)
     if failure is None or last is None:
         outcome = "every size would make too large a tensor"
     else:  # error_line names the failing node first: "Reshape node 'r': The input tensor cannot be reshaped ..."
         outcome = f"the last, {last.shapes_text()}, failed with {runtime.error_line(failure)}"
-    return DataError(f"the model runs on no synthetic size of {inputs}: {tries} {'try' if tries == 1 else 'tries'}, "
-                     f"{outcome}", hint="give real inputs with --data, or bind dynamic dims with --dim name=SIZE")
+    return DataError(
+        f"the model runs on no synthetic size of {inputs}: {tries} {'try' if tries == 1 else 'tries'}, {outcome}",
+        hint="give real inputs with --data, or bind dynamic dims with --dim name=SIZE",
+    )

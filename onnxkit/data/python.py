@@ -31,17 +31,23 @@ class TorchDataset(Dataset):
         self.batch_size = _check_batch_size(batch_size)
         self.is_loader = isinstance(source, torch_data.DataLoader)
         if self.is_loader and isinstance(source.sampler, torch_data.RandomSampler):
-            raise DataError("the DataLoader shuffles, so two passes over it would see different samples",
-                            hint="build it with shuffle=False for calibration and parity")
+            raise DataError(
+                "the DataLoader shuffles, so two passes over it would see different samples",
+                hint="build it with shuffle=False for calibration and parity",
+            )
         if not self.is_loader and not (hasattr(source, "__getitem__") and hasattr(source, "__len__")):
-            raise DataError(f"{type(source).__name__} is neither a map-style torch Dataset nor a DataLoader",
-                            hint="wrap an iterable-style dataset in a DataLoader, or pass a list of dicts")
+            raise DataError(
+                f"{type(source).__name__} is neither a map-style torch Dataset nor a DataLoader",
+                hint="wrap an iterable-style dataset in a DataLoader, or pass a list of dicts",
+            )
 
     def _names(self, count: int) -> list[str]:
         names = self.input_names or ([s.name for s in self._specs] if self._specs is not None else None)
         if names is None:
-            raise DataError("tuple items from a torch dataset cannot be named without the model",
-                            hint="give input_names=[...] or bind the dataset with .for_model(model)")
+            raise DataError(
+                "tuple items from a torch dataset cannot be named without the model",
+                hint="give input_names=[...] or bind the dataset with .for_model(model)",
+            )
         return names[:count]
 
     def _samples(self) -> Iterator[Sample]:
@@ -59,7 +65,9 @@ class TorchDataset(Dataset):
 
     def _add_batch_axis(self, name: str, value: Any) -> Any:
         spec = self._spec(name)
-        if not isinstance(value, np.ndarray) or (spec is not None and spec.rank is not None and value.ndim == spec.rank):
+        if not isinstance(value, np.ndarray) or (
+            spec is not None and spec.rank is not None and value.ndim == spec.rank
+        ):
             return value
         return value[None]
 
@@ -70,11 +78,17 @@ class TorchDataset(Dataset):
 class IterableDataset(Dataset):
     """A list (or other re-iterable) of dicts, or a function that returns a fresh iterator of dicts."""
 
-    def __init__(self, source: Iterable[Mapping[str, Any]] | Callable[[], Iterable[Mapping[str, Any]]], *,
-                 batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        source: Iterable[Mapping[str, Any]] | Callable[[], Iterable[Mapping[str, Any]]],
+        *,
+        batch_size: int | None = None,
+    ) -> None:
         if not callable(source) and iter(source) is source:
-            raise DataError(f"a {type(source).__name__} can be iterated only once, and calibration and parity need "
-                            "several passes", hint="pass a list, or a function that returns a new iterator")
+            raise DataError(
+                f"a {type(source).__name__} can be iterated only once, and calibration and parity need several passes",
+                hint="pass a list, or a function that returns a new iterator",
+            )
         self.source = source
         self.batch_size = _check_batch_size(batch_size)
 

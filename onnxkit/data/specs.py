@@ -71,7 +71,11 @@ def _ir_model(model: ModelLike) -> ir.Model:
 
 def input_specs(model: ModelLike | Sequence[InputSpec]) -> list[InputSpec]:
     """The graph inputs a caller must feed (initializer-backed inputs excluded), in graph order."""
-    if isinstance(model, Sequence) and not isinstance(model, (str, bytes)) and all(isinstance(s, InputSpec) for s in model):
+    if (
+        isinstance(model, Sequence)
+        and not isinstance(model, (str, bytes))
+        and all(isinstance(s, InputSpec) for s in model)
+    ):
         return list(model)
     graph = _ir_model(model).graph
     return [_spec_of(v) for v in graph.inputs if v.name not in graph.initializers]
@@ -86,8 +90,13 @@ def output_specs(model: ModelLike) -> list[InputSpec]:
 # Validation
 
 
-def validate_sample(sample: Mapping[str, Any], model_inputs: ModelLike | Sequence[InputSpec], *,
-                    allow_nonfinite: bool = False, index: int | None = None) -> Sample:
+def validate_sample(
+    sample: Mapping[str, Any],
+    model_inputs: ModelLike | Sequence[InputSpec],
+    *,
+    allow_nonfinite: bool = False,
+    index: int | None = None,
+) -> Sample:
     """Check one sample against the model's inputs and return it restricted to them.
 
     Checks names, dtype, rank, static dims, that a symbolic dim has one size across inputs, and (unless
@@ -100,8 +109,10 @@ def validate_sample(sample: Mapping[str, Any], model_inputs: ModelLike | Sequenc
     specs = input_specs(model_inputs)
     missing = [s.name for s in specs if s.name not in sample]
     if missing:
-        raise DataError(f"{where}missing input{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}",
-                        hint=f"the model takes {[s.name for s in specs]}; the data has {sorted(sample)}")
+        raise DataError(
+            f"{where}missing input{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}",
+            hint=f"the model takes {[s.name for s in specs]}; the data has {sorted(sample)}",
+        )
     symbolic_sizes: dict[str, tuple[int, str]] = {}
     converted: dict[str, np.ndarray] = {}
     for spec in specs:
@@ -112,34 +123,46 @@ def validate_sample(sample: Mapping[str, Any], model_inputs: ModelLike | Sequenc
             # A rank-0 input read row by row from a stacked .npz comes as a numpy scalar (``x[i]``).
             value = converted[spec.name] = np.asarray(value)
         if not isinstance(value, np.ndarray):
-            raise DataError(f"{where}input '{spec.name}' is a {type(value).__name__}, not a numpy array",
-                            hint=f"the model's inputs are {describe_inputs(specs)}")
+            raise DataError(
+                f"{where}input '{spec.name}' is a {type(value).__name__}, not a numpy array",
+                hint=f"the model's inputs are {describe_inputs(specs)}",
+            )
         if spec.dtype == np.dtype(object) and value.dtype.kind in "US":
             # A string input: .npz files hold no object arrays without pickle, so strings come as numpy str.
             value = converted[spec.name] = value.astype(object)
         if spec.dtype is not None and value.dtype != spec.dtype:
-            raise DataError(f"{where}input '{spec.name}' has dtype {value.dtype}, the model takes {spec.dtype}",
-                            hint=f"convert it with .astype(np.{spec.dtype})")
+            raise DataError(
+                f"{where}input '{spec.name}' has dtype {value.dtype}, the model takes {spec.dtype}",
+                hint=f"convert it with .astype(np.{spec.dtype})",
+            )
         if spec.shape is not None:
             if value.ndim != len(spec.shape):
-                raise DataError(f"{where}input '{spec.name}' has rank {value.ndim} (shape {value.shape}), "
-                                f"the model takes rank {len(spec.shape)} {_shape_text(spec.shape)}",
-                                hint=f"the model's inputs are {describe_inputs(specs)}")
+                raise DataError(
+                    f"{where}input '{spec.name}' has rank {value.ndim} (shape {value.shape}), "
+                    f"the model takes rank {len(spec.shape)} {_shape_text(spec.shape)}",
+                    hint=f"the model's inputs are {describe_inputs(specs)}",
+                )
             for axis, (size, dim) in enumerate(zip(value.shape, spec.shape)):
                 if isinstance(dim, int) and size != dim:
-                    raise DataError(f"{where}input '{spec.name}' has size {size} on axis {axis}, the model takes "
-                                    f"{dim} (shape {_shape_text(spec.shape)}, data {tuple(value.shape)})",
-                                    hint=f"the model's inputs are {describe_inputs(specs)}")
+                    raise DataError(
+                        f"{where}input '{spec.name}' has size {size} on axis {axis}, the model takes "
+                        f"{dim} (shape {_shape_text(spec.shape)}, data {tuple(value.shape)})",
+                        hint=f"the model's inputs are {describe_inputs(specs)}",
+                    )
                 if (name := dim_name(dim)) is not None:
                     seen = symbolic_sizes.setdefault(name, (size, spec.name))
                     if seen[0] != size:
-                        raise DataError(f"{where}dim '{dim}' is {seen[0]} in input '{seen[1]}' but {size} in "
-                                        f"input '{spec.name}'", hint="inputs that share a dim name must agree on it")
+                        raise DataError(
+                            f"{where}dim '{dim}' is {seen[0]} in input '{seen[1]}' but {size} in input '{spec.name}'",
+                            hint="inputs that share a dim name must agree on it",
+                        )
         if not allow_nonfinite and value.dtype.kind in "fc":
             bad = np.count_nonzero(~np.isfinite(value))
             if bad:
-                raise DataError(f"{where}input '{spec.name}' holds {bad} NaN or infinite value{'s' if bad > 1 else ''}",
-                                hint="parity and calibration need finite inputs: drop those samples or np.nan_to_num them")
+                raise DataError(
+                    f"{where}input '{spec.name}' holds {bad} NaN or infinite value{'s' if bad > 1 else ''}",
+                    hint="parity and calibration need finite inputs: drop those samples or np.nan_to_num them",
+                )
     return {s.name: converted.get(s.name, sample[s.name]) for s in specs}
 
 

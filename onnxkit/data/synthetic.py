@@ -40,9 +40,17 @@ class SyntheticDataset(Dataset):
     ``probe`` describes how the sizes were found, when ``onnxkit.data.probe`` found them.
     """
 
-    def __init__(self, model: ModelLike, *, dims: Mapping[str, int] | None = None,
-                 num_samples: int = DEFAULT_SYNTHETIC_SAMPLES, seed: int = 0, batch_size: int | None = None,
-                 sizes: Mapping[str, int] | None = None, hints: GraphHints | None = None) -> None:
+    def __init__(
+        self,
+        model: ModelLike,
+        *,
+        dims: Mapping[str, int] | None = None,
+        num_samples: int = DEFAULT_SYNTHETIC_SAMPLES,
+        seed: int = 0,
+        batch_size: int | None = None,
+        sizes: Mapping[str, int] | None = None,
+        hints: GraphHints | None = None,
+    ) -> None:
         hints = hints if hints is not None else read_graph(model)
         self._specs: tuple[InputSpec, ...] = hints.specs  # known from the graph: never None here
         self.hints = hints
@@ -55,11 +63,15 @@ class SyntheticDataset(Dataset):
         self.probe_run: Any = None  # a probe's session and first outputs, when asked to keep them (probe.ProbeRun)
         for spec in self._specs:
             if spec.kind != "tensor":
-                raise DataError(f"input '{spec.name}' is a {spec.kind}, which synthetic data cannot fill",
-                                hint="give real inputs with --data")
+                raise DataError(
+                    f"input '{spec.name}' is a {spec.kind}, which synthetic data cannot fill",
+                    hint="give real inputs with --data",
+                )
             if spec.dtype is None or spec.dtype.kind not in "fciubOUS":
-                raise DataError(f"input '{spec.name}' has type {spec.dtype}, which synthetic data cannot fill",
-                                hint="give real inputs with --data")
+                raise DataError(
+                    f"input '{spec.name}' has type {spec.dtype}, which synthetic data cannot fill",
+                    hint="give real inputs with --data",
+                )
         self.sizes = {**dict(sizes or {}), **hints.pinned}
         self.shapes = {spec.name: bind_shape(spec, self.dims, self.sizes) for spec in self._specs}
 
@@ -74,8 +86,10 @@ class SyntheticDataset(Dataset):
 
     def shapes_text(self) -> str:
         """``x float32[1,3,64,64], mask bool[1,64]``"""
-        return ", ".join(f"{spec.name} {_dtype_name(spec.dtype)}[{','.join(map(str, self.shapes[spec.name]))}]"
-                         for spec in self._specs)
+        return ", ".join(
+            f"{spec.name} {_dtype_name(spec.dtype)}[{','.join(map(str, self.shapes[spec.name]))}]"
+            for spec in self._specs
+        )
 
     def _count(self) -> int:
         return self.num_samples
@@ -114,8 +128,13 @@ class SyntheticDataset(Dataset):
 
     def _length(self, length_input: InputSpec) -> int | None:
         """The longest non-batch dynamic size among the other inputs: what a ``lengths`` input counts."""
-        sizes = [self.shapes[spec.name][axis] for spec in self._specs if spec is not length_input
-                 for axis, dim in enumerate(spec.shape or ()) if is_dynamic(dim) and dim_role(spec, axis) != "batch"]
+        sizes = [
+            self.shapes[spec.name][axis]
+            for spec in self._specs
+            if spec is not length_input
+            for axis, dim in enumerate(spec.shape or ())
+            if is_dynamic(dim) and dim_role(spec, axis) != "batch"
+        ]
         return max(sizes, default=None)
 
 

@@ -18,10 +18,15 @@ from typing import Any
 TARGET_NAMES = ("ort-cpu", "ort-mobile", "openvino", "tensorrt", "portable")
 
 _EXPORTS = {
-    "DeployReport": "onnxkit.deploy.check", "deploy_check": "onnxkit.deploy.check",
-    "OrtConversion": "onnxkit.deploy.ort_format", "to_ort": "onnxkit.deploy.ort_format",
-    "SupportReport": "onnxkit.deploy.support", "UnsupportedNode": "onnxkit.deploy.support",
-    "TARGETS": "onnxkit.deploy.targets", "Target": "onnxkit.deploy.targets", "get_target": "onnxkit.deploy.targets",
+    "DeployReport": "onnxkit.deploy.check",
+    "deploy_check": "onnxkit.deploy.check",
+    "OrtConversion": "onnxkit.deploy.ort_format",
+    "to_ort": "onnxkit.deploy.ort_format",
+    "SupportReport": "onnxkit.deploy.support",
+    "UnsupportedNode": "onnxkit.deploy.support",
+    "TARGETS": "onnxkit.deploy.targets",
+    "Target": "onnxkit.deploy.targets",
+    "get_target": "onnxkit.deploy.targets",
 }
 __all__ = [
     "TARGETS",

@@ -66,15 +66,30 @@ class DeployReport:
         return lines
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "target": self.target, "passed": self.passed, "support": self.support.to_dict(),
-                "runtime": self.runtime, "parity": self.parity.to_dict() if self.parity is not None else None,
-                "skipped_run": self.skipped_run, "run_error": self.run_error, "commands": list(self.commands),
-                "reduced_build_config": self.reduced_build_config}
+        return {
+            "model": self.model,
+            "target": self.target,
+            "passed": self.passed,
+            "support": self.support.to_dict(),
+            "runtime": self.runtime,
+            "parity": self.parity.to_dict() if self.parity is not None else None,
+            "skipped_run": self.skipped_run,
+            "run_error": self.run_error,
+            "commands": list(self.commands),
+            "reduced_build_config": self.reduced_build_config,
+        }
 
 
-def deploy_check(model_path: str | os.PathLike[str], target: str, *, data: Any = None,
-                 dims: Mapping[str, int] | None = None, num_samples: int | None = None,
-                 tolerance: parity.Tolerance | None = None, precision: str = "f32") -> DeployReport:
+def deploy_check(
+    model_path: str | os.PathLike[str],
+    target: str,
+    *,
+    data: Any = None,
+    dims: Mapping[str, int] | None = None,
+    num_samples: int | None = None,
+    tolerance: parity.Tolerance | None = None,
+    precision: str = "f32",
+) -> DeployReport:
     """Check ``model_path`` for ``target`` and, where its runtime is installed, run it there against ONNX
     Runtime on ``data`` (else probed synthetic inputs; ``num_samples`` caps either). ``precision`` is
     OpenVINO's inference precision (``f32``, or ``bf16``/``f16`` as the CPU runs by default where it can)."""
@@ -136,7 +151,8 @@ def _precision_flags(model: ir.Model) -> list[str]:
     op_types = {node.op_type for node in graph.nodes(model)}
     flags = ["--int8"] if {"QuantizeLinear", "DequantizeLinear"} & op_types else []
     float16 = any(t.dtype == ir.DataType.FLOAT16 for t in model.graph.initializers.values()) or any(
-        v.dtype == ir.DataType.FLOAT16 for v in (*model.graph.inputs, *model.graph.outputs))
+        v.dtype == ir.DataType.FLOAT16 for v in (*model.graph.inputs, *model.graph.outputs)
+    )
     if float16:
         flags.append("--fp16")
     return flags
@@ -149,7 +165,10 @@ def trtexec_command(path: Path, model: ir.Model, data: Any = None, dims: Mapping
     specs = input_specs(model)
     if any(isinstance(d, str) or d is None for spec in specs for d in (spec.shape or ())):
         sample = next(iter(as_dataset(data, model, dims=dims, num_samples=1)))
-        shapes = ",".join(f"{name}:{'x'.join(str(d) for d in value.shape)}" for name, value in sample.items()
-                          if hasattr(value, "shape"))
+        shapes = ",".join(
+            f"{name}:{'x'.join(str(d) for d in value.shape)}"
+            for name, value in sample.items()
+            if hasattr(value, "shape")
+        )
         command += [f"--minShapes={shapes}", f"--optShapes={shapes}", f"--maxShapes={shapes}"]
     return shlex.join(command)

@@ -53,16 +53,35 @@ def report_target(target: str | None, model: Any, as_json: bool, payload: dict[s
 @click.option("--target", required=True, type=TARGET_CHOICE, help="Where the model will run.")
 @click.option("--data", "data_path", help="Inputs for the run on the target (default: probed synthetic inputs).")
 @click.option("--dim", "dims", help="Bind dynamic dimensions for synthetic inputs, e.g. batch=4,seq=128.")
-@click.option("--samples", type=click.IntRange(min=1), help="How many samples: the synthetic count (default 4), or a cap on --data.")
-@click.option("--precision", type=click.Choice(["f32", "bf16", "f16"]), default="f32", show_default=True,
-              help="OpenVINO's inference precision (its CPU plugin runs bf16 by default where the CPU has it).")
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    help="How many samples: the synthetic count (default 4), or a cap on --data.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["f32", "bf16", "f16"]),
+    default="f32",
+    show_default=True,
+    help="OpenVINO's inference precision (its CPU plugin runs bf16 by default where the CPU has it).",
+)
 @tolerance_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @verbose_option
-def deploy_check_command(model: Path, target: str, data_path: str | None, dims: str | None, samples: int | None,
-                         precision: str,
-                         atol: float | None, rtol: float | None, min_cosine: float | None, min_sqnr: float | None,
-                         min_top1: float | None, as_json: bool) -> None:
+def deploy_check_command(
+    model: Path,
+    target: str,
+    data_path: str | None,
+    dims: str | None,
+    samples: int | None,
+    precision: str,
+    atol: float | None,
+    rtol: float | None,
+    min_cosine: float | None,
+    min_sqnr: float | None,
+    min_top1: float | None,
+    as_json: bool,
+) -> None:
     """Check that MODEL loads, runs and agrees on a deployment target.
 
     Lists the nodes the target does not support (asking ONNX Runtime's kernel registry or OpenVINO where
@@ -82,8 +101,15 @@ def deploy_check_command(model: Path, target: str, data_path: str | None, dims: 
     overrides = tolerance_overrides(atol=atol, rtol=rtol, min_cosine=min_cosine, min_sqnr=min_sqnr, min_top1=min_top1)
     # Without tolerance options, deploy_check picks float32's or the --precision's defaults.
     tolerance = parity.tolerance_from_options(None, overrides) if overrides else None
-    report = deploy_check(model, target, data=load_data_option(data_path), dims=parse_dims(dims),
-                          num_samples=samples, tolerance=tolerance, precision=precision)
+    report = deploy_check(
+        model,
+        target,
+        data=load_data_option(data_path),
+        dims=parse_dims(dims),
+        num_samples=samples,
+        tolerance=tolerance,
+        precision=precision,
+    )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -95,9 +121,15 @@ def deploy_check_command(model: Path, target: str, data_path: str | None, dims: 
 
 @main.command(name="to-ort")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="The .ort file (default: <stem>.ort beside MODEL).")
-@click.option("--check/--no-check", default=True, show_default=True,
-              help="Load the .ort file in ONNX Runtime and compare its outputs with MODEL's.")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="The .ort file (default: <stem>.ort beside MODEL)."
+)
+@click.option(
+    "--check/--no-check",
+    default=True,
+    show_default=True,
+    help="Load the .ort file in ONNX Runtime and compare its outputs with MODEL's.",
+)
 @click.option("--data", "data_path", help="Inputs for the comparison (default: probed synthetic inputs).")
 @click.option("--dim", "dims", help="Bind dynamic dimensions for synthetic inputs, e.g. batch=4,seq=128.")
 @verbose_option
@@ -119,8 +151,9 @@ def to_ort_command(model: Path, output: Path | None, check: bool, data_path: str
     click.echo(f"saved {converted.ort_path}")
     click.echo(f"saved {converted.config_path} ({len(converted.operator_lines())} operator lines)")
     if check:
-        report = parity.compare_models(model, runtime.make_session(converted.ort_path),
-                                       load_data_option(data_path), dims=parse_dims(dims))
+        report = parity.compare_models(
+            model, runtime.make_session(converted.ort_path), load_data_option(data_path), dims=parse_dims(dims)
+        )
         click.echo(f"{converted.ort_path.name} vs {model.name}: {report.summary()}")
         if not report.passed:
             raise SystemExit(1)

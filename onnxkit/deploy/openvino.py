@@ -25,15 +25,17 @@ class _Port:
 class OpenVinoSession:
     """A model read and compiled by OpenVINO, run the way ``onnxruntime.InferenceSession`` runs."""
 
-    def __init__(self, model_path: str | Path, *, device: str = "CPU", precision: str = "f32",
-                 onnx_names: Sequence[str] = ()) -> None:
+    def __init__(
+        self, model_path: str | Path, *, device: str = "CPU", precision: str = "f32", onnx_names: Sequence[str] = ()
+    ) -> None:
         openvino = import_openvino()
         core = openvino.Core()
         self.version = openvino_version()
         self.device = device
         self.precision = precision
-        self.compiled = core.compile_model(core.read_model(str(model_path)), device,
-                                           {"INFERENCE_PRECISION_HINT": precision})
+        self.compiled = core.compile_model(
+            core.read_model(str(model_path)), device, {"INFERENCE_PRECISION_HINT": precision}
+        )
         self.request = self.compiled.create_infer_request()
         # A tensor can carry several names in OpenVINO (an ONNX output that is also some node's input name,
         # say); each port is called by the name the ONNX graph gives it, when ``onnx_names`` lists them.
@@ -54,7 +56,9 @@ class OpenVinoSession:
 
     def run(self, names: Sequence[str] | None, feed: Mapping[str, Any]) -> list[np.ndarray]:
         results = self.request.infer({name: np.asarray(value) for name, value in feed.items()})
-        by_name = {self._by_port.get(port.get_any_name(), port.get_any_name()): value for port, value in results.items()}
+        by_name = {
+            self._by_port.get(port.get_any_name(), port.get_any_name()): value for port, value in results.items()
+        }
         # Copies: the request's output buffers are reused by the next run.
         return [np.array(by_name[name]) for name in (names or [o.name for o in self._outputs])]
 

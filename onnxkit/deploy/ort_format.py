@@ -65,9 +65,12 @@ def to_ort(model_path: str | os.PathLike[str], output: str | os.PathLike[str] | 
             except Exception as e:  # ORT raises its own exception types
                 from onnxkit import runtime
 
-                raise ModelLoadError(f"ONNX Runtime cannot convert {source} to its format: {runtime.error_line(e)}",
-                                     hint=said.getvalue().strip().splitlines()[-1] if said.getvalue().strip()
-                                     else "the model must load in ONNX Runtime") from e
+                raise ModelLoadError(
+                    f"ONNX Runtime cannot convert {source} to its format: {runtime.error_line(e)}",
+                    hint=said.getvalue().strip().splitlines()[-1]
+                    if said.getvalue().strip()
+                    else "the model must load in ONNX Runtime",
+                ) from e
         converted = staging / source.with_suffix(".ort").name
         written_config = staging / (source.stem + CONFIG_SUFFIX)
         config = written_config.read_text()

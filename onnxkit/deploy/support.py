@@ -89,8 +89,12 @@ class SupportReport:
 
     def lines(self, max_nodes: int = 20) -> list[str]:
         verdict = "supported" if self.supported else "NOT supported"
-        lines = [(f"target {self.target}: {verdict}: {len(self.unsupported)} of {self.nodes} nodes unsupported "
-                  f"(source: {self.source})")]
+        lines = [
+            (
+                f"target {self.target}: {verdict}: {len(self.unsupported)} of {self.nodes} nodes unsupported "
+                f"(source: {self.source})"
+            )
+        ]
         lines += [f"  model: {problem}" for problem in self.model_problems]
         for op, count in sorted(self.unsupported_ops().items()):
             lines.append(f"  {op}: {count} node{'s' if count != 1 else ''}")
@@ -103,10 +107,17 @@ class SupportReport:
         return lines
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "supported": self.supported, "source": self.source, "nodes": self.nodes,
-                "unsupported_count": len(self.unsupported), "unsupported_ops": self.unsupported_ops(),
-                "unsupported": [dataclasses.asdict(n) for n in self.unsupported],
-                "model_problems": list(self.model_problems), "notes": list(self.notes)}
+        return {
+            "target": self.target,
+            "supported": self.supported,
+            "source": self.source,
+            "nodes": self.nodes,
+            "unsupported_count": len(self.unsupported),
+            "unsupported_ops": self.unsupported_ops(),
+            "unsupported": [dataclasses.asdict(n) for n in self.unsupported],
+            "model_problems": list(self.model_problems),
+            "notes": list(self.notes),
+        }
 
 
 def node_ops(model: ir.Model) -> Iterator[NodeOp]:
@@ -130,8 +141,9 @@ def node_ops(model: ir.Model) -> Iterator[NodeOp]:
 OpRule = Callable[[str, str, "int | None"], "str | None"]
 
 
-def check_with_rule(model: ir.Model, target: str, source: str, rule: OpRule, notes: list[str] | None = None
-                    ) -> SupportReport:
+def check_with_rule(
+    model: ir.Model, target: str, source: str, rule: OpRule, notes: list[str] | None = None
+) -> SupportReport:
     report = SupportReport(target, source, 0, notes=list(notes or []))
     decided: dict[tuple[str, str, int | None], str | None] = {}
     for node in node_ops(model):
@@ -258,8 +270,9 @@ def check_openvino(model_path: Path, model: ir.Model, device: str = "CPU") -> Su
     its output tensors)."""
     openvino = import_openvino()
     ops = list(node_ops(model))
-    report = SupportReport("openvino", f"OpenVINO {openvino_version()} ({device}: ONNX frontend, query_model)",
-                           len(ops))
+    report = SupportReport(
+        "openvino", f"OpenVINO {openvino_version()} ({device}: ONNX frontend, query_model)", len(ops)
+    )
     by_name = {op.name: op for op in ops if op.name}
     by_output: dict[str, NodeOp] = {}
     for g in graph.graphs(model):
@@ -287,8 +300,7 @@ def check_openvino(model_path: Path, model: ir.Model, device: str = "CPU") -> Su
     try:
         report.unsupported += _refusals(openvino, converted, device, onnx_node)
     except RuntimeError as e:  # the plugin's own passes can fail on a converted model (unknown ranks, say)
-        report.model_problems.append(f"OpenVINO's {device} plugin fails on the converted model: "
-                                     f"{last_line(e)}")
+        report.model_problems.append(f"OpenVINO's {device} plugin fails on the converted model: {last_line(e)}")
     finally:
         del converted
         del loaded
@@ -306,8 +318,9 @@ def last_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def _refusals(openvino: Any, converted: Any, device: str, onnx_node: Callable[[Any], NodeOp | None]
-              ) -> list[UnsupportedNode]:
+def _refusals(
+    openvino: Any, converted: Any, device: str, onnx_node: Callable[[Any], NodeOp | None]
+) -> list[UnsupportedNode]:
     """What the frontend left unconverted (framework nodes) or, when it converted everything, what the
     device does not run."""
     refused = []
@@ -316,9 +329,15 @@ def _refusals(openvino: Any, converted: Any, device: str, onnx_node: Callable[[A
         attributes = ov_op.get_attributes()
         node = onnx_node(ov_op)
         op = op_label(attributes.get("ONNX_META_domain", ""), attributes.get("ONNX_META_type", ov_op.get_type_name()))
-        refused.append(UnsupportedNode(node.name if node else ov_op.get_friendly_name(), op,
-                                       node.opset if node else None, node.graph if node else "main",
-                                       FRONTEND_REFUSAL))
+        refused.append(
+            UnsupportedNode(
+                node.name if node else ov_op.get_friendly_name(),
+                op,
+                node.opset if node else None,
+                node.graph if node else "main",
+                FRONTEND_REFUSAL,
+            )
+        )
     if unconverted:
         return refused
     supported = openvino.Core().query_model(converted, device)
@@ -331,7 +350,13 @@ def _refusals(openvino: Any, converted: Any, device: str, onnx_node: Callable[[A
         if name in seen:
             continue
         seen.add(name)
-        refused.append(UnsupportedNode(name, node.op if node else ov_op.get_type_name(), node.opset if node else None,
-                                       node.graph if node else "main",
-                                       f"OpenVINO's {device} plugin does not run {ov_op.get_type_name()}"))
+        refused.append(
+            UnsupportedNode(
+                name,
+                node.op if node else ov_op.get_type_name(),
+                node.opset if node else None,
+                node.graph if node else "main",
+                f"OpenVINO's {device} plugin does not run {ov_op.get_type_name()}",
+            )
+        )
     return refused

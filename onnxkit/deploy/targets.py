@@ -1,8 +1,8 @@
 """Deployment targets: the default pipeline for each, and how its operator support is checked.
 
-    target = get_target("openvino")
-    spec = target.default_spec            # simplify,fuse
-    report = target.check_support(model)  # SupportReport: unsupported nodes and why
+target = get_target("openvino")
+spec = target.default_spec            # simplify,fuse
+report = target.check_support(model)  # SupportReport: unsupported nodes and why
 """
 
 from __future__ import annotations
@@ -43,24 +43,36 @@ class Target:
 
 def _ort_check(name: str) -> Callable[[ir.Model, Path], support.SupportReport]:
     def check(model: ir.Model, _path: Path) -> support.SupportReport:
-        notes = [("ONNX Runtime's full Android/iOS packages hold every CPU kernel; a reduced build holds only "
-                  "the operators of its configuration")] if name == "ort-mobile" else []
-        return support.check_with_rule(model, name, f"ONNX Runtime {support.ort_version()} CPU kernel registry",
-                                       support.ort_cpu_rule, notes)
+        notes = (
+            [
+                (
+                    "ONNX Runtime's full Android/iOS packages hold every CPU kernel; a reduced build holds only "
+                    "the operators of its configuration"
+                )
+            ]
+            if name == "ort-mobile"
+            else []
+        )
+        return support.check_with_rule(
+            model, name, f"ONNX Runtime {support.ort_version()} CPU kernel registry", support.ort_cpu_rule, notes
+        )
+
     return check
 
 
 def _tensorrt_check(model: ir.Model, _path: Path) -> support.SupportReport:
     table = support.tensorrt_table()
-    report = support.check_with_rule(model, "tensorrt", support.tensorrt_source(), support.tensorrt_rule,
-                                     [table["note"]])
+    report = support.check_with_rule(
+        model, "tensorrt", support.tensorrt_source(), support.tensorrt_rule, [table["note"]]
+    )
     report.model_problems += support.tensorrt_opset_problems(model)
     return report
 
 
 def _portable_check(model: ir.Model, _path: Path) -> support.SupportReport:
-    return support.check_with_rule(model, "portable", "the ONNX standard (ai.onnx, ai.onnx.ml) at the model's opsets",
-                                   support.standard_rule)
+    return support.check_with_rule(
+        model, "portable", "the ONNX standard (ai.onnx, ai.onnx.ml) at the model's opsets", support.standard_rule
+    )
 
 
 def _openvino_check(model: ir.Model, path: Path) -> support.SupportReport:
@@ -68,13 +80,19 @@ def _openvino_check(model: ir.Model, path: Path) -> support.SupportReport:
 
 
 TARGETS: dict[str, Target] = {
-    "ort-cpu": Target("ort-cpu", "ONNX Runtime on a server CPU", "simplify,fuse{target=onnxruntime}",
-                      _ort_check("ort-cpu")),
-    "ort-mobile": Target("ort-mobile", "ONNX Runtime Mobile (Android, iOS), as an .ort model",
-                         "simplify,fuse{target=onnxruntime}", _ort_check("ort-mobile")),
+    "ort-cpu": Target(
+        "ort-cpu", "ONNX Runtime on a server CPU", "simplify,fuse{target=onnxruntime}", _ort_check("ort-cpu")
+    ),
+    "ort-mobile": Target(
+        "ort-mobile",
+        "ONNX Runtime Mobile (Android, iOS), as an .ort model",
+        "simplify,fuse{target=onnxruntime}",
+        _ort_check("ort-mobile"),
+    ),
     "openvino": Target("openvino", "OpenVINO on an Intel CPU", "simplify,fuse", _openvino_check),
-    "tensorrt": Target("tensorrt", "TensorRT on an NVIDIA GPU (checked against its published matrix)",
-                       "simplify,fuse", _tensorrt_check),
+    "tensorrt": Target(
+        "tensorrt", "TensorRT on an NVIDIA GPU (checked against its published matrix)", "simplify,fuse", _tensorrt_check
+    ),
     "portable": Target("portable", "any ONNX runtime: standard ONNX domains only", "simplify,fuse", _portable_check),
 }
 

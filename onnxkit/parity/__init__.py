@@ -81,8 +81,10 @@ class _Model:
             return cls(str(model), str(model), modelio.load_model(model))
         if isinstance(model, (bytes, bytearray, onnx.ModelProto, ir.Model)):
             return cls(model, f"the {role} model")
-        raise SpecError(f"cannot compare a {type(model).__name__} as the {role} model",
-                        hint="give an .onnx path, bytes, an onnx.ModelProto or an onnx_ir.Model")
+        raise SpecError(
+            f"cannot compare a {type(model).__name__} as the {role} model",
+            hint="give an .onnx path, bytes, an onnx.ModelProto or an onnx_ir.Model",
+        )
 
     def ir(self) -> ir.Model:
         # Not cached: a model given as bytes is parsed again, weights included, and keeping that copy would
@@ -98,7 +100,6 @@ class _Model:
 def _is_session(model: Any) -> bool:
     """A model already loaded for running (an ORT session, or another runtime's model behind its interface)."""
     return all(callable(getattr(model, name, None)) for name in ("get_inputs", "get_outputs", "run"))
-
 
 
 def compare_models(
@@ -146,14 +147,21 @@ def compare_models(
     try:
         ref_session = ref_model.session(options(prepack), model_dir)
     except Exception as e:  # ORT raises its own exception types for invalid graphs and unsupported ops
-        raise ModelLoadError(f"ONNX Runtime cannot load {ref_model.label}: {runtime.error_line(e)}",
-                             hint="the reference model must run in ONNX Runtime") from e
+        raise ModelLoadError(
+            f"ONNX Runtime cannot load {ref_model.label}: {runtime.error_line(e)}",
+            hint="the reference model must run in ONNX Runtime",
+        ) from e
     try:
         cand_packs = prepack or (not _is_session(cand_model.source) and runtime.packs_weights(cand_model.ir()))
         cand_session = cand_model.session(options(cand_packs), model_dir)
     except Exception as e:
-        return make_report(Compared([], [f"ONNX Runtime cannot load {cand_model.label}: {runtime.error_line(e)}"], 0,
-                                 None, None), tolerance, description, ort_optimizations)
-    compared = compare_runs(Live(ref_session), Live(cand_session), dataset, specs, tolerance,
-                             data_given=data is not None)
+        return make_report(
+            Compared([], [f"ONNX Runtime cannot load {cand_model.label}: {runtime.error_line(e)}"], 0, None, None),
+            tolerance,
+            description,
+            ort_optimizations,
+        )
+    compared = compare_runs(
+        Live(ref_session), Live(cand_session), dataset, specs, tolerance, data_given=data is not None
+    )
     return make_report(compared, tolerance, description, ort_optimizations)

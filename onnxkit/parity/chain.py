@@ -37,9 +37,18 @@ class ParityChain:
     ``compare`` adds to ``timings`` the seconds spent making sessions, running each side, and comparing.
     """
 
-    def __init__(self, dataset: Any, specs: Any, description: str, *, data_given: bool,
-                 model_dir: str | os.PathLike[str] | None = None, threads: int = 1,
-                 ort_optimizations: bool = False, prepack: bool = True) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        specs: Any,
+        description: str,
+        *,
+        data_given: bool,
+        model_dir: str | os.PathLike[str] | None = None,
+        threads: int = 1,
+        ort_optimizations: bool = False,
+        prepack: bool = True,
+    ) -> None:
         self.dataset = dataset
         self.specs = specs
         self.description = description
@@ -100,11 +109,19 @@ class ParityChain:
         # Packed as users' sessions are, unless the chain's weights stay in their files: then the external data
         # stays mapped, shared by both sides' sessions, unless this model has an op packing changes.
         prepack = self.prepack or runtime.packs_weights(model)
-        return runtime.make_session(model, optimize=self.ort_optimizations, threads=self.threads, prepack=prepack,
-                                    model_dir=self.model_dir)
+        return runtime.make_session(
+            model, optimize=self.ort_optimizations, threads=self.threads, prepack=prepack, model_dir=self.model_dir
+        )
 
-    def compare(self, reference: Any, candidate: Any, tolerance: Tolerance,
-                timings: dict[str, float] | None = None, *, limit: int | None = None) -> ParityReport:
+    def compare(
+        self,
+        reference: Any,
+        candidate: Any,
+        tolerance: Tolerance,
+        timings: dict[str, float] | None = None,
+        *,
+        limit: int | None = None,
+    ) -> ParityReport:
         """Compare ``candidate`` with ``reference`` (bytes, ``ModelProto`` or ``ir.Model``; recordings are
         found by object identity, so pass the very object compared before), on the first ``limit`` samples
         if given."""
@@ -121,18 +138,30 @@ class ParityChain:
             try:
                 ref_side = Live(self._session(reference))
             except Exception as e:  # ORT raises its own exception types for invalid graphs and unsupported ops
-                raise ModelLoadError(f"ONNX Runtime cannot load the model: {runtime.error_line(e)}",
-                                     hint="parity checks run the model in ONNX Runtime; --check off skips them") from e
+                raise ModelLoadError(
+                    f"ONNX Runtime cannot load the model: {runtime.error_line(e)}",
+                    hint="parity checks run the model in ONNX Runtime; --check off skips them",
+                ) from e
         try:
             cand_side = Live(self._session(candidate))
         except Exception as e:
             add_time(timings, "sessions", started)
-            failed = Compared([], [f"ONNX Runtime cannot load the candidate model: {runtime.error_line(e)}"], 0,
-                               None, None)
+            failed = Compared(
+                [], [f"ONNX Runtime cannot load the candidate model: {runtime.error_line(e)}"], 0, None, None
+            )
             return make_report(failed, tolerance, self.description, self.ort_optimizations)
         add_time(timings, "sessions", started)
-        compared = compare_runs(ref_side, cand_side, self.dataset, self.specs, tolerance, data_given=self.data_given,
-                                 timings=timings, record_budget=RECORDING_BUDGET, limit=limit)
+        compared = compare_runs(
+            ref_side,
+            cand_side,
+            self.dataset,
+            self.specs,
+            tolerance,
+            data_given=self.data_given,
+            timings=timings,
+            record_budget=RECORDING_BUDGET,
+            limit=limit,
+        )
         kept = [(reference, recorded or compared.reference)]
         if compared.candidate is not None:
             kept.append((candidate, compared.candidate))
@@ -180,8 +209,12 @@ class _Prefetch:
                 while pair := list(itertools.islice(samples, 2)):
                     if self._cancelled.is_set():
                         return
-                    runs = [side_by_side.submit(live.run, live.outputs, validate_sample(sample, chain.specs, index=index),
-                                                index) for index, sample in pair]
+                    runs = [
+                        side_by_side.submit(
+                            live.run, live.outputs, validate_sample(sample, chain.specs, index=index), index
+                        )
+                        for index, sample in pair
+                    ]
                     for run in runs:
                         recording.add(run.result())
                     if recording.nbytes > RECORDING_BUDGET:

@@ -51,8 +51,11 @@ class OutputReport:
 
     def metrics_text(self) -> str:
         """``max abs 2.4e-07, max rel 1.1e-06, mean abs 6e-08, cosine 1.000000, SQNR 128.3 dB, top-1 100.0%``."""
-        parts = [f"max abs {num_text(self.max_abs_error)}", f"max rel {num_text(self.max_rel_error)}",
-                 f"mean abs {num_text(self.mean_abs_error)}"]
+        parts = [
+            f"max abs {num_text(self.max_abs_error)}",
+            f"max rel {num_text(self.max_rel_error)}",
+            f"mean abs {num_text(self.mean_abs_error)}",
+        ]
         if self.cosine is not None:
             parts.append(f"cosine {self.cosine:.6f}")
         if self.sqnr_db is not None:
@@ -78,7 +81,11 @@ class OutputReport:
             needs.append(f"min_cosine <= {math.floor(self.cosine * 1e6) / 1e6:.6f}")
         if tolerance.min_sqnr is not None and self.sqnr_db is not None and self.sqnr_db < tolerance.min_sqnr:
             needs.append(f"min_sqnr <= {math.floor(self.sqnr_db * 10) / 10:.1f}")
-        if tolerance.min_top1 is not None and self.top1_agreement is not None and self.top1_agreement < tolerance.min_top1:
+        if (
+            tolerance.min_top1 is not None
+            and self.top1_agreement is not None
+            and self.top1_agreement < tolerance.min_top1
+        ):
             needs.append(f"min_top1 <= {math.floor(self.top1_agreement * 1e4) / 1e4:.4f}")
         return " and ".join(needs)
 
@@ -155,7 +162,11 @@ class ParityReport:
             outputs = f"all {len(self.outputs)} outputs" if len(self.outputs) > 1 else "1 output"
             lines.append(f"PASSED: {outputs} within tolerance ({self.tolerance.describe()}) over {scope}")
         else:
-            problems = [f"{failed} of {len(self.outputs)} outputs outside tolerance ({self.tolerance.describe()})"] if failed else []
+            problems = (
+                [f"{failed} of {len(self.outputs)} outputs outside tolerance ({self.tolerance.describe()})"]
+                if failed
+                else []
+            )
             problems += [f"{len(self.errors)} error{'s' if len(self.errors) != 1 else ''}"] if self.errors else []
             lines.append(f"FAILED: {', '.join(problems)} over {scope}")
         return lines
@@ -173,7 +184,6 @@ class ParityReport:
             "outputs": [o.to_dict() for o in self.outputs],
             "errors": list(self.errors),
         }
-
 
 
 def _json_safe(value: Any) -> Any:
@@ -197,19 +207,25 @@ def _paired_arrays(reference: Any, candidate: Any, where: str) -> Iterator[tuple
         yield reference, candidate
     elif isinstance(reference, list) and isinstance(candidate, list):
         if len(reference) != len(candidate):
-            raise _StructureMismatch(f"{where} is a sequence of {len(reference)} in the reference but {len(candidate)} in the candidate")
+            raise _StructureMismatch(
+                f"{where} is a sequence of {len(reference)} in the reference but {len(candidate)} in the candidate"
+            )
         for i, (r, c) in enumerate(zip(reference, candidate)):
             yield from _paired_arrays(r, c, f"{where}[{i}]")
     elif isinstance(reference, dict) and isinstance(candidate, dict):
         if set(reference) != set(candidate):
-            raise _StructureMismatch(f"{where} has keys {sorted(reference)} in the reference but {sorted(candidate)} in the candidate")
+            raise _StructureMismatch(
+                f"{where} has keys {sorted(reference)} in the reference but {sorted(candidate)} in the candidate"
+            )
         for key in sorted(reference):
             yield from _paired_arrays(np.asarray(reference[key]), np.asarray(candidate[key]), f"{where}[{key!r}]")
     elif reference is None and candidate is None:
         return
     else:
-        raise _StructureMismatch(f"{where} is {_describe_value(reference)} in the reference but "
-                                 f"{_describe_value(candidate)} in the candidate")
+        raise _StructureMismatch(
+            f"{where} is {_describe_value(reference)} in the reference but "
+            f"{_describe_value(candidate)} in the candidate"
+        )
 
 
 def _describe_value(value: Any) -> str:
@@ -268,8 +284,10 @@ class OutputComparison:
             if ref.dtype != cand.dtype:
                 self.error(f"output '{name}' has dtype {ref.dtype} in the reference but {cand.dtype} in the candidate")
             if ref.shape != cand.shape:
-                self.error(f"output '{name}' has shape {list(ref.shape)} in the reference but {list(cand.shape)} in "
-                           f"the candidate (sample {sample})")
+                self.error(
+                    f"output '{name}' has shape {list(ref.shape)} in the reference but {list(cand.shape)} in "
+                    f"the candidate (sample {sample})"
+                )
                 continue
             self.report.elements += ref.size
             if _is_float(ref) or _is_float(cand):
@@ -340,7 +358,9 @@ class OutputComparison:
 
     def _add_argmax(self, ref: np.ndarray, cand: np.ndarray) -> None:
         if _is_float(ref) and ref.ndim in (2, 3) and ref.shape[-1] >= 2:
-            agree = ref.size // ref.shape[-1] if ref is cand else int(np.count_nonzero(ref.argmax(-1) == cand.argmax(-1)))
+            agree = (
+                ref.size // ref.shape[-1] if ref is cand else int(np.count_nonzero(ref.argmax(-1) == cand.argmax(-1)))
+            )
             self.argmax_agree += agree
             self.argmax_total += ref.size // ref.shape[-1]
 
@@ -348,8 +368,11 @@ class OutputComparison:
         report, tol = self.report, self.tolerance
         if self.finite_elements:
             report.mean_abs_error = self.sum_abs / self.finite_elements
-            report.sqnr_db = math.inf if self.noise == 0 else (
-                10 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf)
+            report.sqnr_db = (
+                math.inf
+                if self.noise == 0
+                else (10 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf)
+            )
         if self.argmax_total:
             report.top1_agreement = self.argmax_agree / self.argmax_total
         failures = report.failures
@@ -363,12 +386,16 @@ class OutputComparison:
                 if agreement < tol.min_top1:
                     failures.append(f"{agreement:.2%} of elements equal, below {tol.min_top1:.2%}")
             elif report.mismatched_elements:
-                failures.append(f"{report.mismatched_elements} of {report.elements} elements differ "
-                                f"({report.dtype} outputs must be equal)")
+                failures.append(
+                    f"{report.mismatched_elements} of {report.elements} elements differ "
+                    f"({report.dtype} outputs must be equal)"
+                )
         else:
             if tol.elementwise and report.mismatched_elements:
-                failures.append(f"{report.mismatched_elements} of {report.elements} elements beyond "
-                                f"atol {num_text(tol.atol or 0)} + rtol {num_text(tol.rtol or 0)} * |reference|")
+                failures.append(
+                    f"{report.mismatched_elements} of {report.elements} elements beyond "
+                    f"atol {num_text(tol.atol or 0)} + rtol {num_text(tol.rtol or 0)} * |reference|"
+                )
             if tol.min_cosine is not None and report.cosine is not None and report.cosine < tol.min_cosine:
                 failures.append(f"cosine {report.cosine:.6f} below {tol.min_cosine:g}")
             if tol.min_sqnr is not None and report.sqnr_db is not None and report.sqnr_db < tol.min_sqnr:
@@ -379,9 +406,9 @@ class OutputComparison:
         return report
 
 
-
-def compare_outputs(name: str, reference: Any, candidate: Any, tolerance: Tolerance | None = None, *,
-                    sample: int = 0) -> OutputReport:
+def compare_outputs(
+    name: str, reference: Any, candidate: Any, tolerance: Tolerance | None = None, *, sample: int = 0
+) -> OutputReport:
     """Compare one output's values from one sample (an array, or a sequence of arrays), with the metrics and
     verdict ``compare_models`` gives; for outputs that do not come from two ONNX models (torch vs ORT)."""
     comparison = OutputComparison(name, (tolerance or Tolerance.for_kind("exact")).for_output(name))

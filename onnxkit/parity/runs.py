@@ -77,8 +77,10 @@ class Replay:
 
 
 def _reference_failure(index: int, error: Exception, data_given: bool) -> DataError:
-    return DataError(f"the reference model fails on sample {index}: {runtime.error_line(error)}",
-                     hint="check the data" if data_given else "give real inputs with --data")
+    return DataError(
+        f"the reference model fails on sample {index}: {runtime.error_line(error)}",
+        hint="check the data" if data_given else "give real inputs with --data",
+    )
 
 
 def add_time(timings: dict[str, float] | None, key: str, started: float) -> float:
@@ -102,9 +104,18 @@ def _timed(run: Any, *args: Any) -> tuple[list[Any], float]:
     return run(*args), time.perf_counter() - started
 
 
-def compare_runs(reference: Live | Replay, candidate: Live, dataset: Any, specs: Any, tolerance: Tolerance, *,
-                  data_given: bool, timings: dict[str, float] | None = None, record_budget: int = 0,
-                  limit: int | None = None) -> Compared:
+def compare_runs(
+    reference: Live | Replay,
+    candidate: Live,
+    dataset: Any,
+    specs: Any,
+    tolerance: Tolerance,
+    *,
+    data_given: bool,
+    timings: dict[str, float] | None = None,
+    record_budget: int = 0,
+    limit: int | None = None,
+) -> Compared:
     """Run (or replay) both sides sample by sample, on the first ``limit`` samples if given, and compare each
     output as soon as both have it.
 
@@ -115,10 +126,14 @@ def compare_runs(reference: Live | Replay, candidate: Live, dataset: Any, specs:
     ``reference_runs`` (``replayed``) and what the candidate added beyond them as ``candidate_runs``, so that
     the parts add up to the time spent. With ``record_budget`` each live side's values are also kept, while
     they weigh at most that many bytes."""
-    errors = [f"output '{name}' is missing from the candidate" for name in reference.outputs
-              if name not in candidate.outputs]
-    errors += [f"the candidate has output '{name}' that the reference lacks" for name in candidate.outputs
-               if name not in reference.outputs]
+    errors = [
+        f"output '{name}' is missing from the candidate" for name in reference.outputs if name not in candidate.outputs
+    ]
+    errors += [
+        f"the candidate has output '{name}' that the reference lacks"
+        for name in candidate.outputs
+        if name not in reference.outputs
+    ]
     shared = [name for name in reference.outputs if name in candidate.outputs]
     comparisons = {name: OutputComparison(name, tolerance.for_output(name)) for name in shared}
     live_reference = isinstance(reference, Live)
@@ -160,14 +175,17 @@ def compare_runs(reference: Live | Replay, candidate: Live, dataset: Any, specs:
             samples += 1
         errors += runs.errors
     if samples == 0 and not errors:
-        raise DataError("the data holds no samples", hint="give at least one sample, or drop --data for synthetic inputs")
+        raise DataError(
+            "the data holds no samples", hint="give at least one sample, or drop --data for synthetic inputs"
+        )
     if errors:
         recordings = {"reference": None, "candidate": None}
     for recording in recordings.values():
         if recording is not None:
             recording.complete = limit is None or samples < limit
-    return Compared([c.finish() for c in comparisons.values()], errors, samples, recordings["reference"],
-                     recordings["candidate"])
+    return Compared(
+        [c.finish() for c in comparisons.values()], errors, samples, recordings["reference"], recordings["candidate"]
+    )
 
 
 class _SampleRuns:
@@ -179,8 +197,16 @@ class _SampleRuns:
     input the candidate takes) is raised or recorded in ``errors`` only when that sample's turn comes, so the
     samples before it are compared first, as one at a time would."""
 
-    def __init__(self, reference: Live | Replay, candidate: Live, names: list[str], dataset: Any, specs: Any,
-                 limit: int | None, executor: concurrent.futures.Executor) -> None:
+    def __init__(
+        self,
+        reference: Live | Replay,
+        candidate: Live,
+        names: list[str],
+        dataset: Any,
+        specs: Any,
+        limit: int | None,
+        executor: concurrent.futures.Executor,
+    ) -> None:
         self.reference, self.candidate, self.names, self.specs = reference, candidate, names, specs
         self.samples = enumerate(itertools.islice(dataset, limit))
         self.executor = executor
@@ -199,8 +225,10 @@ class _SampleRuns:
             return e
         missing = [name for name in self.candidate.inputs if name not in sample]
         if missing:
-            return (f"the candidate takes input{'s' if len(missing) > 1 else ''} "
-                    f"{', '.join(map(repr, missing))} that the reference does not")
+            return (
+                f"the candidate takes input{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(map(repr, missing))} that the reference does not"
+            )
         if isinstance(self.reference, Live):
             ref_run = self.executor.submit(_timed, self.reference.run, self.names, sample, index)
         else:

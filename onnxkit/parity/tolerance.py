@@ -47,8 +47,10 @@ class Tolerance:
         for output, overrides in self.per_output.items():
             unknown = set(overrides) - fields
             if unknown:
-                raise SpecError(f"unknown tolerance field {sorted(unknown)} for output '{output}'",
-                                hint=f"use {', '.join(sorted(fields))}")
+                raise SpecError(
+                    f"unknown tolerance field {sorted(unknown)} for output '{output}'",
+                    hint=f"use {', '.join(sorted(fields))}",
+                )
 
     @classmethod
     def for_kind(cls, kind: str = "exact", precision: Precision | None = None) -> Tolerance:
@@ -98,11 +100,18 @@ class Tolerance:
 
 
 # Named tolerance presets: (pass kind, precision).
-PRESETS: dict[str, tuple[str, Precision]] = {"exact": ("exact", "fp32"), "fp16": ("lossy", "fp16"), "int8": ("lossy", "int8")}
+PRESETS: dict[str, tuple[str, Precision]] = {
+    "exact": ("exact", "fp32"),
+    "fp16": ("lossy", "fp16"),
+    "int8": ("lossy", "int8"),
+}
 
 
-def tolerance_from_options(preset: str | None = None, overrides: Mapping[str, float | None] | None = None,
-                           per_output: Mapping[str, Mapping[str, float | None]] | None = None) -> Tolerance:
+def tolerance_from_options(
+    preset: str | None = None,
+    overrides: Mapping[str, float | None] | None = None,
+    per_output: Mapping[str, Mapping[str, float | None]] | None = None,
+) -> Tolerance:
     """The tolerance a user asked for: a preset (exact, fp16, int8), then field overrides and per-output ones.
 
     Without a preset, giving only budgets (``min_cosine``, ``min_sqnr``, ``min_top1``) turns the elementwise
@@ -126,14 +135,18 @@ def parse_output_tolerance(text: str) -> tuple[str, dict[str, float | None]]:
     turns a check off. The name is everything before the last ``:``, so ``output:0:atol=1e-3`` works."""
     name, colon, body = text.rpartition(":")
     if not colon or not name or not body:
-        raise SpecError(f"bad per-output tolerance {text!r}", hint="write NAME:KEY=VALUE[,KEY=VALUE], e.g. logits:atol=1e-3")
+        raise SpecError(
+            f"bad per-output tolerance {text!r}", hint="write NAME:KEY=VALUE[,KEY=VALUE], e.g. logits:atol=1e-3"
+        )
     fields = {f.name for f in dataclasses.fields(Tolerance)} - {"per_output"}
     overrides: dict[str, float | None] = {}
     for piece in body.split(","):
         key, equals, value = piece.partition("=")
         key = key.strip().replace("-", "_")
         if not equals or key not in fields:
-            raise SpecError(f"bad per-output tolerance entry {piece!r} in {text!r}", hint=f"keys: {', '.join(sorted(fields))}")
+            raise SpecError(
+                f"bad per-output tolerance entry {piece!r} in {text!r}", hint=f"keys: {', '.join(sorted(fields))}"
+            )
         try:
             overrides[key] = None if value.strip().lower() in ("none", "off") else float(value)
         except ValueError as e:

@@ -71,26 +71,50 @@ class DemoReport:
         """(figure, FP32, INT8) rows of the summary table."""
         fp32, int8 = self.fp32, self.int8
         return [
-            ("test accuracy", f"{fp32.accuracy:.2%}",
-             f"{int8.accuracy:.2%} ({(int8.accuracy - fp32.accuracy) * 100:+.2f} pt)"),
-            ("latency, 1 image", f"{fp32.latency_ms:.3f} ms",
-             f"{int8.latency_ms:.3f} ms ({_speed(fp32.latency_ms, int8.latency_ms)})"),
-            ("test set, 1 batch", f"{fp32.test_set_ms:.2f} ms",
-             f"{int8.test_set_ms:.2f} ms ({_speed(fp32.test_set_ms, int8.test_set_ms)})"),
-            ("size", f"{fp32.bytes / 1024:.1f} KiB",
-             f"{int8.bytes / 1024:.1f} KiB ({fp32.bytes / int8.bytes:.2f}x smaller)"),
-            ("INT8 compute ops", ", ".join(fp32.int8_ops) or "none",
-             ", ".join(int8.int8_ops) or "none: the model stayed float"),
-            ("parity", f"export vs torch: max abs {self.export['max_abs_error']:.1e}",
-             f"vs FP32: cosine {self.parity['min_cosine']:.4f}, top-1 {self.parity['top1_agreement']:.1%}"),
+            (
+                "test accuracy",
+                f"{fp32.accuracy:.2%}",
+                f"{int8.accuracy:.2%} ({(int8.accuracy - fp32.accuracy) * 100:+.2f} pt)",
+            ),
+            (
+                "latency, 1 image",
+                f"{fp32.latency_ms:.3f} ms",
+                f"{int8.latency_ms:.3f} ms ({_speed(fp32.latency_ms, int8.latency_ms)})",
+            ),
+            (
+                "test set, 1 batch",
+                f"{fp32.test_set_ms:.2f} ms",
+                f"{int8.test_set_ms:.2f} ms ({_speed(fp32.test_set_ms, int8.test_set_ms)})",
+            ),
+            (
+                "size",
+                f"{fp32.bytes / 1024:.1f} KiB",
+                f"{int8.bytes / 1024:.1f} KiB ({fp32.bytes / int8.bytes:.2f}x smaller)",
+            ),
+            (
+                "INT8 compute ops",
+                ", ".join(fp32.int8_ops) or "none",
+                ", ".join(int8.int8_ops) or "none: the model stayed float",
+            ),
+            (
+                "parity",
+                f"export vs torch: max abs {self.export['max_abs_error']:.1e}",
+                f"vs FP32: cosine {self.parity['min_cosine']:.4f}, top-1 {self.parity['top1_agreement']:.1%}",
+            ),
         ]
 
     def to_markdown(self) -> str:
-        lines = ["# onnxkit demo", "",
-                 (f"UpsampledCNN on scikit-learn digits: trained {self.training['epochs']} epochs "
-                 f"({self.training['steps']} optimizer steps, {self.training['amp']} autocast, "
-                 f"{self.training['accumulation_steps']} micro-batches per step), exported with the "
-                 f"{self.export['exporter']} exporter, optimized with `{self.spec}`."), ""]
+        lines = [
+            "# onnxkit demo",
+            "",
+            (
+                f"UpsampledCNN on scikit-learn digits: trained {self.training['epochs']} epochs "
+                f"({self.training['steps']} optimizer steps, {self.training['amp']} autocast, "
+                f"{self.training['accumulation_steps']} micro-batches per step), exported with the "
+                f"{self.export['exporter']} exporter, optimized with `{self.spec}`."
+            ),
+            "",
+        ]
         if self.int8_verdict:
             lines += [f"**{self.int8_verdict}**", ""]
         if self.missing_passes:
@@ -99,7 +123,9 @@ class DemoReport:
         lines += [f"| {name} | {a} | {b} |" for name, a, b in self.rows()]
         lines += ["", "Pipeline:", ""] + [
             f"- `{p['spec']}`: {p['status'] if p['modified'] or p['status'] != 'ok' else 'unchanged'}"
-            + "".join(f"; {stat}" for stat in p["stats"]) for p in self.pipeline["passes"]]
+            + "".join(f"; {stat}" for stat in p["stats"])
+            for p in self.pipeline["passes"]
+        ]
         lines += ["", "Export:", ""] + [f"- {line}" for line in self.export["lines"]]
         lines += ["", "Seconds: " + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in self.seconds.items()), ""]
         return "\n".join(lines)
@@ -122,8 +148,7 @@ def _speed(before_ms: float, after_ms: float) -> str:
     return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
 
 
-def run_demo(out_dir: str | Path = "onnxkit-demo", *, seed: int = 0,
-             say: Callable[[str], None] = print) -> DemoReport:
+def run_demo(out_dir: str | Path = "onnxkit-demo", *, seed: int = 0, say: Callable[[str], None] = print) -> DemoReport:
     """Run the workflow, write everything into ``out_dir``, and return the report. ``say`` receives one
     line per stage as it starts."""
     import torch
@@ -139,15 +164,18 @@ def run_demo(out_dir: str | Path = "onnxkit-demo", *, seed: int = 0,
     # The batches are tiny: one thread beats two that spend their time synchronising.
     with _torch_threads(1):
         with _timed(seconds, "train"):
-            say(f"training UpsampledCNN on {len(splits.train)} digit images ({EPOCHS} epochs, bf16 autocast, "
-                f"{ACCUMULATION_STEPS} micro-batches of {MICRO_BATCH} per step)")
+            say(
+                f"training UpsampledCNN on {len(splits.train)} digit images ({EPOCHS} epochs, bf16 autocast, "
+                f"{ACCUMULATION_STEPS} micro-batches of {MICRO_BATCH} per step)"
+            )
             model, training = _train(splits, out / "checkpoints", seed)
             torch.save(model.state_dict(), out / "model.pt")
         with _timed(seconds, "export"):
             say("exporting to ONNX and checking ONNX Runtime against torch")
             example = torch.from_numpy(splits.test.images[:1])
-            exported, export_report = export_model(model, example, input_names=("image",),
-                                                   output_names=("logits",), dynamic_batch=True)
+            exported, export_report = export_model(
+                model, example, input_names=("image",), output_names=("logits",), dynamic_batch=True
+            )
             fp32_path = save_model(exported, out / "model.fp32.onnx")
 
     spec, missing = _available_spec(DEMO_SPEC)
@@ -158,8 +186,11 @@ def run_demo(out_dir: str | Path = "onnxkit-demo", *, seed: int = 0,
         from onnxkit.pipeline import Pipeline
 
         result = Pipeline.parse(spec).run(
-            exported, data=_samples(splits.val.images, 16),
-            calibration_data=_samples(splits.train.images, CALIBRATION_BATCH), on_fail="rollback")
+            exported,
+            data=_samples(splits.val.images, 16),
+            calibration_data=_samples(splits.train.images, CALIBRATION_BATCH),
+            on_fail="rollback",
+        )
         int8_path = result.save(out / "model.int8.onnx")
     if result.report.rolled_back:
         say(f"WARNING: rolled back {', '.join(result.report.rolled_back)}: see report.md")
@@ -171,17 +202,31 @@ def run_demo(out_dir: str | Path = "onnxkit-demo", *, seed: int = 0,
         fp32, int8 = _measure(fp32_path, int8_path, splits.test.images, splits.test.labels)
         from onnxkit.parity import Tolerance, compare_models
 
-        parity = compare_models(fp32_path, int8_path, _samples(splits.test.images, 30),
-                                tolerance=Tolerance.for_kind("lossy"))
+        parity = compare_models(
+            fp32_path, int8_path, _samples(splits.test.images, 30), tolerance=Tolerance.for_kind("lossy")
+        )
     worst = parity.worst()
     report = DemoReport(
-        out_dir=str(out), spec=spec, missing_passes=missing, training=training,
-        export={**export_report.to_dict(), "lines": export_report.lines(),
-                "max_abs_error": export_report.max_abs_error},
-        pipeline=result.report.to_dict(), fp32=fp32, int8=int8,
-        parity={"passed": parity.passed, "summary": parity.summary(), "min_cosine": parity.min_cosine,
-                "top1_agreement": worst.top1_agreement if worst and worst.top1_agreement is not None else math.nan},
-        seconds=seconds, int8_verdict=int8_verdict,
+        out_dir=str(out),
+        spec=spec,
+        missing_passes=missing,
+        training=training,
+        export={
+            **export_report.to_dict(),
+            "lines": export_report.lines(),
+            "max_abs_error": export_report.max_abs_error,
+        },
+        pipeline=result.report.to_dict(),
+        fp32=fp32,
+        int8=int8,
+        parity={
+            "passed": parity.passed,
+            "summary": parity.summary(),
+            "min_cosine": parity.min_cosine,
+            "top1_agreement": worst.top1_agreement if worst and worst.top1_agreement is not None else math.nan,
+        },
+        seconds=seconds,
+        int8_verdict=int8_verdict,
     )
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
     (out / "report.md").write_text(report.to_markdown())
@@ -203,15 +248,33 @@ def _train(splits: Any, checkpoint_dir: Path, seed: int) -> tuple[Any, dict[str,
     steps = EPOCHS * math.ceil(len(train_loader) / ACCUMULATION_STEPS)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=steps)
     # Label smoothing keeps the tiny model from over-confident logits: about 2 points of test accuracy here.
-    config = TrainConfig(amp=True, accumulation_steps=ACCUMULATION_STEPS, metrics=("loss", "accuracy"),
-                         monitor="accuracy", checkpoint_dir=checkpoint_dir, seed=seed)
-    trainer = Trainer(model, optimizer, torch.nn.CrossEntropyLoss(label_smoothing=0.1), scheduler, config=config,
-                      log=lambda line: None)
+    config = TrainConfig(
+        amp=True,
+        accumulation_steps=ACCUMULATION_STEPS,
+        metrics=("loss", "accuracy"),
+        monitor="accuracy",
+        checkpoint_dir=checkpoint_dir,
+        seed=seed,
+    )
+    trainer = Trainer(
+        model,
+        optimizer,
+        torch.nn.CrossEntropyLoss(label_smoothing=0.1),
+        scheduler,
+        config=config,
+        log=lambda line: None,
+    )
     result = trainer.fit(train_loader, epochs=EPOCHS, val_loader=val_loader)
     final = result.history[-1]
-    return model, {"epochs": EPOCHS, "steps": result.steps, "amp": str(trainer.amp_dtype).removeprefix("torch."),
-                   "accumulation_steps": ACCUMULATION_STEPS, "micro_batch": MICRO_BATCH,
-                   "val_accuracy": final["accuracy"], "val_loss": final["loss"]}
+    return model, {
+        "epochs": EPOCHS,
+        "steps": result.steps,
+        "amp": str(trainer.amp_dtype).removeprefix("torch."),
+        "accumulation_steps": ACCUMULATION_STEPS,
+        "micro_batch": MICRO_BATCH,
+        "val_accuracy": final["accuracy"],
+        "val_loss": final["loss"],
+    }
 
 
 def _int8_verdict(passes: list[Any]) -> str:
@@ -224,8 +287,10 @@ def _int8_verdict(passes: list[Any]) -> str:
     timing = details.get("latency") or {}
     kept_float = (details.get("latency_gate") or {}).get("kept_whole_model_float")
     if quantize.modified and timing:
-        return (f"INT8 kept by the latency gate: {timing['ratio']:.2f}x FP32's latency on this {cpu} "
-                f"(batches of {CALIBRATION_BATCH})")
+        return (
+            f"INT8 kept by the latency gate: {timing['ratio']:.2f}x FP32's latency on this {cpu} "
+            f"(batches of {CALIBRATION_BATCH})"
+        )
     reason = kept_float or "; ".join(quantize.stats[-2:]) or quantize.status
     return f"INT8 not used on this {cpu}: {reason}"
 
@@ -243,11 +308,12 @@ def _available_spec(spec: str) -> tuple[str, list[str]]:
 
 
 def _samples(images: np.ndarray, batch: int) -> list[dict[str, np.ndarray]]:
-    return [{"image": images[start:start + batch]} for start in range(0, len(images), batch)]
+    return [{"image": images[start : start + batch]} for start in range(0, len(images), batch)]
 
 
-def _measure(fp32_path: Path, int8_path: Path, images: np.ndarray, labels: np.ndarray
-             ) -> tuple[ModelFigures, ModelFigures]:
+def _measure(
+    fp32_path: Path, int8_path: Path, images: np.ndarray, labels: np.ndarray
+) -> tuple[ModelFigures, ModelFigures]:
     """Accuracy, and latencies timed in alternation so both models see the same machine load."""
     from onnxkit import runtime
 
@@ -268,10 +334,17 @@ def _measure(fp32_path: Path, int8_path: Path, images: np.ndarray, labels: np.nd
                 started = time.perf_counter()
                 session.run(None, whole)
                 whole_times[index].append(time.perf_counter() - started)
-    return tuple(ModelFigures(str(path), path.stat().st_size, accuracy, float(np.median(single)) * 1e3,
-                              float(np.median(batch)) * 1e3, _int8_compute_ops(path))
-                 for path, accuracy, single, batch in zip((fp32_path, int8_path), accuracies, single_times,
-                                                          whole_times))  # type: ignore[return-value]  # exactly two
+    return tuple(
+        ModelFigures(
+            str(path),
+            path.stat().st_size,
+            accuracy,
+            float(np.median(single)) * 1e3,
+            float(np.median(batch)) * 1e3,
+            _int8_compute_ops(path),
+        )
+        for path, accuracy, single, batch in zip((fp32_path, int8_path), accuracies, single_times, whole_times)
+    )  # type: ignore[return-value]  # exactly two
 
 
 def _int8_compute_ops(path: Path) -> list[str]:

@@ -43,10 +43,13 @@ DynamicAxes = Mapping[str, Mapping[int, str] | Sequence[int]]
 
 # How a user gets past an operator that an exporter cannot translate; {namespace} and {op} are filled in.
 WAY_OUT: dict[Exporter, str] = {
-    "dynamo": ("give a translation: export_model(..., custom_translation_table="
-               "{{torch.ops.{namespace}.{op}.default: an_onnxscript_function}})"),
-    "torchscript": ("register a symbolic: torch.onnx.register_custom_op_symbolic("
-                    "'{namespace}::{op}', symbolic_fn, opset_version)"),
+    "dynamo": (
+        "give a translation: export_model(..., custom_translation_table="
+        "{{torch.ops.{namespace}.{op}.default: an_onnxscript_function}})"
+    ),
+    "torchscript": (
+        "register a symbolic: torch.onnx.register_custom_op_symbolic('{namespace}::{op}', symbolic_fn, opset_version)"
+    ),
 }
 
 
@@ -79,11 +82,16 @@ class ExportCheck:
             return f"{line} (ok)"
         needs = worst.would_pass_text(tolerance.for_output(worst.name))
         return f"{line} (FAILED: {'; '.join(worst.errors + worst.failures)}" + (
-            f"; would pass with {needs})" if needs else ")")
+            f"; would pass with {needs})" if needs else ")"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shapes": self.shapes, "passed": self.passed, "error": self.error,
-                "outputs": [output.to_dict() for output in self.outputs]}
+        return {
+            "shapes": self.shapes,
+            "passed": self.passed,
+            "error": self.error,
+            "outputs": [output.to_dict() for output in self.outputs],
+        }
 
 
 @dataclasses.dataclass
@@ -122,8 +130,11 @@ class ExportReport:
 
     def to_dict(self) -> dict[str, Any]:
         data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
-        data.update(tolerance=self.tolerance.to_dict(), checks=[check.to_dict() for check in self.checks],
-                    verified=self.verified)
+        data.update(
+            tolerance=self.tolerance.to_dict(),
+            checks=[check.to_dict() for check in self.checks],
+            verified=self.verified,
+        )
         return data
 
 
@@ -162,11 +173,16 @@ def export_model(
             expected = _flatten_outputs(module(*args))
         except Exception as e:  # the user's forward can fail in any way; most often a shape mismatch
             shapes = ", ".join(f"{n}[{'x'.join(map(str, a.shape))}]" for n, a in zip(names, args))
-            raise ExportError(f"{type(module).__name__} fails on the example inputs {shapes}: "
-                              f"{type(e).__name__}: {_first_line(str(e))}",
-                              hint="check the input shapes and dtypes the module expects") from e
-    outputs = list(output_names) if output_names else (
-        ["output"] if len(expected) == 1 else [f"output_{i}" for i in range(len(expected))])
+            raise ExportError(
+                f"{type(module).__name__} fails on the example inputs {shapes}: "
+                f"{type(e).__name__}: {_first_line(str(e))}",
+                hint="check the input shapes and dtypes the module expects",
+            ) from e
+    outputs = (
+        list(output_names)
+        if output_names
+        else (["output"] if len(expected) == 1 else [f"output_{i}" for i in range(len(expected))])
+    )
     if len(outputs) != len(expected):
         raise ExportError(f"{len(outputs)} output names given, but the module returns {len(expected)} tensors")
     axes = _resolve_dynamic_axes(dynamic_axes, dynamic_batch, names, outputs)
@@ -174,23 +190,40 @@ def export_model(
     started = time.perf_counter()
     with _eval_no_grad(module):
         model, exporter, fallback_reason = export.run(dynamo)
-    report = ExportReport(exporter=exporter, requested="auto" if dynamo is None else _exporter_name(dynamo),
-                          opset=opset, input_names=names, output_names=outputs, dynamic_axes=axes,
-                          seconds=time.perf_counter() - started, fallback_reason=fallback_reason,
-                          tolerance=tolerance, warnings=export.warnings)
+    report = ExportReport(
+        exporter=exporter,
+        requested="auto" if dynamo is None else _exporter_name(dynamo),
+        opset=opset,
+        input_names=names,
+        output_names=outputs,
+        dynamic_axes=axes,
+        seconds=time.perf_counter() - started,
+        fallback_reason=fallback_reason,
+        tolerance=tolerance,
+        warnings=export.warnings,
+    )
     if verify:
         report.checks = verify_export(module, model, args, names, axes, tolerance=tolerance)
         failed = next((check for check in report.checks if not check.passed), None)
         if failed is not None:
-            hint = ("loosen the tolerance if that difference is acceptable" if failed.error is None
-                    else "check that the model supports these input sizes, or leave those axes static")
+            hint = (
+                "loosen the tolerance if that difference is acceptable"
+                if failed.error is None
+                else "check that the model supports these input sizes, or leave those axes static"
+            )
             raise ParityError(f"the exported model does not match torch: {failed.describe(tolerance)}", hint=hint)
     return model, report
 
 
-def verify_export(module: torch.nn.Module, model: ir.Model | onnx.ModelProto, args: Sequence[torch.Tensor],
-                  input_names: Sequence[str], dynamic_axes: Mapping[str, Mapping[int, str]],
-                  tolerance: parity.Tolerance | None = None, seed: int = 0) -> list[ExportCheck]:
+def verify_export(
+    module: torch.nn.Module,
+    model: ir.Model | onnx.ModelProto,
+    args: Sequence[torch.Tensor],
+    input_names: Sequence[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]],
+    tolerance: parity.Tolerance | None = None,
+    seed: int = 0,
+) -> list[ExportCheck]:
     """Compare ONNX Runtime with torch on ``args`` and, when inputs have dynamic axes, on seeded inputs
     whose dynamic dimensions are each 3 larger than in ``args``."""
     tolerance = tolerance or parity.Tolerance.for_kind("exact")
@@ -214,8 +247,10 @@ def verify_export(module: torch.nn.Module, model: ir.Model | onnx.ModelProto, ar
             check.error = f"the ONNX model has {len(actual)} outputs, torch gives {len(expected)}"
             continue
         # The same metrics and verdicts as every other comparison in onnxkit.
-        check.outputs += [parity.compare_outputs(name, reference, candidate, tolerance, sample=index)
-                          for name, reference, candidate in zip(output_names, expected, actual)]
+        check.outputs += [
+            parity.compare_outputs(name, reference, candidate, tolerance, sample=index)
+            for name, reference, candidate in zip(output_names, expected, actual)
+        ]
     return checks
 
 
@@ -238,9 +273,16 @@ def unsupported_operators(error: BaseException) -> list[str]:
 class _Export:
     """One module, its inputs and names, exportable by either exporter."""
 
-    def __init__(self, module: torch.nn.Module, args: tuple[torch.Tensor, ...], input_names: list[str],
-                 output_names: list[str], axes: dict[str, dict[int, str]], opset: int,
-                 custom_translation_table: Mapping[Callable[..., Any], Callable[..., Any]] | None) -> None:
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        args: tuple[torch.Tensor, ...],
+        input_names: list[str],
+        output_names: list[str],
+        axes: dict[str, dict[int, str]],
+        opset: int,
+        custom_translation_table: Mapping[Callable[..., Any], Callable[..., Any]] | None,
+    ) -> None:
         self.module, self.args, self.opset = module, args, opset
         self.input_names, self.output_names, self.axes = input_names, output_names, axes
         self.custom_translation_table = dict(custom_translation_table) if custom_translation_table else None
@@ -263,12 +305,23 @@ class _Export:
 
     def dynamo(self) -> ir.Model:
         # Named dims given as strings: torch.onnx turns them into dynamic dims and keeps the names.
-        dynamic_shapes = (tuple(self.axes.get(name) or None for name in self.input_names)
-                          if any(self.axes.get(name) for name in self.input_names) else None)
-        program = torch.onnx.export(self.module, self.args, None, dynamo=True, input_names=self.input_names,
-                                    output_names=self.output_names, opset_version=self.opset,
-                                    dynamic_shapes=dynamic_shapes,
-                                    custom_translation_table=self.custom_translation_table, verbose=False)
+        dynamic_shapes = (
+            tuple(self.axes.get(name) or None for name in self.input_names)
+            if any(self.axes.get(name) for name in self.input_names)
+            else None
+        )
+        program = torch.onnx.export(
+            self.module,
+            self.args,
+            None,
+            dynamo=True,
+            input_names=self.input_names,
+            output_names=self.output_names,
+            opset_version=self.opset,
+            dynamic_shapes=dynamic_shapes,
+            custom_translation_table=self.custom_translation_table,
+            verbose=False,
+        )
         if program is None:  # torch types the result as optional (None on the TorchScript path)
             raise ExportError("the dynamo exporter returned no program")
         # Through a proto, so the model owns copies of the weights rather than views of the module's.
@@ -276,10 +329,17 @@ class _Export:
 
     def torchscript(self) -> ir.Model:
         buffer = io.BytesIO()
-        torch.onnx.export(self.module, self.args, buffer,  # type: ignore[arg-type]  # TorchScript writes file objects too
-                          dynamo=False, input_names=self.input_names,
-                          output_names=self.output_names, opset_version=self.opset,
-                          dynamic_axes=self.axes or None, verbose=False)
+        torch.onnx.export(
+            self.module,
+            self.args,
+            buffer,  # type: ignore[arg-type]  # TorchScript writes file objects too
+            dynamo=False,
+            input_names=self.input_names,
+            output_names=self.output_names,
+            opset_version=self.opset,
+            dynamic_axes=self.axes or None,
+            verbose=False,
+        )
         return ir.serde.deserialize_model(onnx.load_model_from_string(buffer.getvalue()))
 
     def _with_captured_warnings(self, export: Callable[[], ir.Model]) -> ir.Model:
@@ -310,11 +370,16 @@ def _export_error(module: torch.nn.Module, failures: Mapping[Exporter, BaseExcep
         for operator in operators:
             namespace, op = operator.split("::")
             ways_out += [f"{exporter}: {WAY_OUT[exporter].format(namespace=namespace, op=op)}" for exporter in failures]
-        return ExportError(f"cannot export {name}: no ONNX translation for operator(s) {', '.join(operators)} "
-                           f"(tried {tried})", hint="; ".join(ways_out))
+        return ExportError(
+            f"cannot export {name}: no ONNX translation for operator(s) {', '.join(operators)} (tried {tried})",
+            hint="; ".join(ways_out),
+        )
     reasons = "; ".join(f"{exporter}: {_root_message(error)}" for exporter, error in failures.items())
-    hint = ("try the other exporter (--no-dynamo / --dynamo, or dynamo=None to try both)" if len(failures) == 1
-            else "set ONNXKIT_DEBUG=1 for the full traceback")
+    hint = (
+        "try the other exporter (--no-dynamo / --dynamo, or dynamo=None to try both)"
+        if len(failures) == 1
+        else "set ONNXKIT_DEBUG=1 for the full traceback"
+    )
     return ExportError(f"cannot export {name} (tried {tried}): {reasons}", hint=hint)
 
 
@@ -322,8 +387,9 @@ def _export_error(module: torch.nn.Module, failures: Mapping[Exporter, BaseExcep
 # Inputs, outputs, axes
 
 
-def _positional_inputs(module: torch.nn.Module, example_inputs: Any,
-                       input_names: Sequence[str] | None) -> tuple[tuple[torch.Tensor, ...], list[str]]:
+def _positional_inputs(
+    module: torch.nn.Module, example_inputs: Any, input_names: Sequence[str] | None
+) -> tuple[tuple[torch.Tensor, ...], list[str]]:
     if isinstance(example_inputs, torch.Tensor):
         args, default_names = (example_inputs,), None
     elif isinstance(example_inputs, Mapping):
@@ -331,8 +397,9 @@ def _positional_inputs(module: torch.nn.Module, example_inputs: Any,
     elif isinstance(example_inputs, Sequence):
         args, default_names = tuple(example_inputs), None
     else:
-        raise ExportError(f"example inputs must be a tensor, a sequence or a mapping of tensors, "
-                          f"not {type(example_inputs).__name__}")
+        raise ExportError(
+            f"example inputs must be a tensor, a sequence or a mapping of tensors, not {type(example_inputs).__name__}"
+        )
     if not args or not all(isinstance(a, torch.Tensor) for a in args):
         raise ExportError("example inputs must be one or more tensors")
     names = list(input_names) if input_names else default_names or _forward_parameter_names(module, len(args))
@@ -342,8 +409,11 @@ def _positional_inputs(module: torch.nn.Module, example_inputs: Any,
 
 
 def _forward_parameter_names(module: torch.nn.Module, count: int) -> list[str]:
-    parameters = [p for p in inspect.signature(module.forward).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    parameters = [
+        p
+        for p in inspect.signature(module.forward).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
     if len(parameters) >= count:
         return [p.name for p in parameters[:count]]
     return [f"input_{i}" for i in range(count)]
@@ -360,14 +430,17 @@ def _flatten_outputs(outputs: Any) -> list[torch.Tensor]:
     raise ExportError(f"the module returned a {type(outputs).__name__}; export needs tensors")
 
 
-def _resolve_dynamic_axes(dynamic_axes: DynamicAxes | None, dynamic_batch: bool, input_names: list[str],
-                          output_names: list[str]) -> dict[str, dict[int, str]]:
+def _resolve_dynamic_axes(
+    dynamic_axes: DynamicAxes | None, dynamic_batch: bool, input_names: list[str], output_names: list[str]
+) -> dict[str, dict[int, str]]:
     known = input_names + output_names
     axes: dict[str, dict[int, str]] = {}
     for name, mapping in (dynamic_axes or {}).items():
         if name not in known:
-            raise ExportError(f"dynamic axes given for '{name}', which is not an input or output",
-                              hint=f"inputs and outputs: {', '.join(known)}")
+            raise ExportError(
+                f"dynamic axes given for '{name}', which is not an input or output",
+                hint=f"inputs and outputs: {', '.join(known)}",
+            )
         pairs = mapping.items() if isinstance(mapping, Mapping) else ((a, f"{name}_dim{a}") for a in mapping)
         axes[name] = {int(axis): str(dim) for axis, dim in pairs}
     if dynamic_batch:
@@ -376,8 +449,9 @@ def _resolve_dynamic_axes(dynamic_axes: DynamicAxes | None, dynamic_batch: bool,
     return axes
 
 
-def _inputs_with_other_sizes(args: Sequence[torch.Tensor], input_names: Sequence[str],
-                             dynamic_axes: Mapping[str, Mapping[int, str]], seed: int) -> tuple[torch.Tensor, ...]:
+def _inputs_with_other_sizes(
+    args: Sequence[torch.Tensor], input_names: Sequence[str], dynamic_axes: Mapping[str, Mapping[int, str]], seed: int
+) -> tuple[torch.Tensor, ...]:
     """Seeded inputs like ``args`` with every named dynamic dimension 3 larger (one size per name, so
     inputs that share a dimension still agree). Floats follow the example's mean and spread; integers and
     booleans are drawn from the values the example holds, so token ids and masks stay valid."""

@@ -16,8 +16,16 @@ import torch
 from onnxkit.errors import DataError, ExportError, SpecError
 from onnxkit.runtime import error_line
 
-_DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-           "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
+_DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "bool": torch.bool,
+}
 
 
 def load_module(spec: str, state_dict: str | os.PathLike[str] | None = None) -> torch.nn.Module:
@@ -26,7 +34,9 @@ def load_module(spec: str, state_dict: str | os.PathLike[str] | None = None) -> 
     holding a training checkpoint (a dict with a ``model`` entry, as ``onnxkit.pytorch.train`` writes) works too."""
     module_name, colon, attribute = spec.partition(":")
     if not colon or not module_name or not attribute:
-        raise ExportError(f"bad model spec {spec!r}", hint="write package.module:factory, e.g. onnxkit.pytorch.zoo:SimpleCNN")
+        raise ExportError(
+            f"bad model spec {spec!r}", hint="write package.module:factory, e.g. onnxkit.pytorch.zoo:SimpleCNN"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` does, so a user's own module beside them imports
     try:
@@ -36,16 +46,19 @@ def load_module(spec: str, state_dict: str | os.PathLike[str] | None = None) -> 
     try:
         module = factory()
     except Exception as e:  # the user's factory can fail in any way
-        raise ExportError(f"{spec}() raised {type(e).__name__}: {e}",
-                          hint="the factory must be callable with no arguments") from e
+        raise ExportError(
+            f"{spec}() raised {type(e).__name__}: {e}", hint="the factory must be callable with no arguments"
+        ) from e
     if not isinstance(module, torch.nn.Module):
         raise ExportError(f"{spec}() returned a {type(module).__name__}, not a torch.nn.Module")
     if state_dict is not None:
         try:
             state = torch.load(state_dict, map_location="cpu", weights_only=True)
         except Exception as e:  # missing file, not a torch file, or it holds objects that need pickle
-            raise ExportError(f"cannot read state dict {state_dict}: {error_line(e)}",
-                              hint="save it with torch.save(model.state_dict(), path)") from e
+            raise ExportError(
+                f"cannot read state dict {state_dict}: {error_line(e)}",
+                hint="save it with torch.save(model.state_dict(), path)",
+            ) from e
         if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
             state = state["model"]
         try:
@@ -77,8 +90,9 @@ def parse_input_shape(text: str) -> tuple[str, list[int], torch.dtype]:
     match = re.fullmatch(r"\s*([A-Za-z_][\w.\-]*)=(\d+(?:x\d+)*)(?::(\w+))?\s*", text)
     dtype_name = match.group(3) if match else None
     if match is None or (dtype_name is not None and dtype_name not in _DTYPES):
-        raise SpecError(f"bad input shape {text!r}",
-                        hint=f"write name=1x1x28x28 or name=1x16:int64; dtypes: {', '.join(_DTYPES)}")
+        raise SpecError(
+            f"bad input shape {text!r}", hint=f"write name=1x1x28x28 or name=1x16:int64; dtypes: {', '.join(_DTYPES)}"
+        )
     return match.group(1), [int(d) for d in match.group(2).split("x")], _DTYPES[dtype_name or "float32"]
 
 
@@ -86,9 +100,14 @@ def parse_dynamic_axis(text: str) -> tuple[str, dict[int, str]]:
     """``input_ids=0:batch,1:sequence`` → ``("input_ids", {0: "batch", 1: "sequence"})``."""
     name, equals, rest = text.partition("=")
     pairs = [piece.partition(":") for piece in rest.split(",")]
-    if not equals or not name.strip() or not all(axis.strip().isdigit() and colon and dim.strip()
-                                                  for axis, colon, dim in pairs):
-        raise SpecError(f"bad dynamic axis {text!r}", hint="write NAME=AXIS:DIM[,AXIS:DIM], e.g. input_ids=0:batch,1:sequence")
+    if (
+        not equals
+        or not name.strip()
+        or not all(axis.strip().isdigit() and colon and dim.strip() for axis, colon, dim in pairs)
+    ):
+        raise SpecError(
+            f"bad dynamic axis {text!r}", hint="write NAME=AXIS:DIM[,AXIS:DIM], e.g. input_ids=0:batch,1:sequence"
+        )
     return name.strip(), {int(axis): dim.strip() for axis, _, dim in pairs}
 
 
@@ -99,7 +118,9 @@ def load_sample(path: str | os.PathLike[str], input_name: str | None = None) -> 
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise DataError(f"cannot read sample file {path}: {e}", hint="give a .npz keyed by input name, or a .npy") from e
+        raise DataError(
+            f"cannot read sample file {path}: {e}", hint="give a .npz keyed by input name, or a .npy"
+        ) from e
     if isinstance(loaded, np.ndarray):
         return {input_name or "input": torch.from_numpy(loaded)}
     with loaded:

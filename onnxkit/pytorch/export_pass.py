@@ -52,14 +52,21 @@ class ExportPass(SourcePass):
         module = source
         example_inputs = self.context.example_inputs
         if example_inputs is None:
-            raise ExportError("exporting a torch module needs example inputs",
-                              hint="Pipeline.run(module, example_inputs=torch.randn(1, 3, 224, 224))")
+            raise ExportError(
+                "exporting a torch module needs example inputs",
+                hint="Pipeline.run(module, example_inputs=torch.randn(1, 3, 224, 224))",
+            )
         from .export import export_model
 
         options = self.options
         exported, report = export_model(
-            module, example_inputs, input_names=options.input_names or None,
-            output_names=options.output_names or None, dynamic_batch=options.dynamic_batch,
-            dynamo=options.dynamo, opset=options.opset, verify=options.verify,
+            module,
+            example_inputs,
+            input_names=options.input_names or None,
+            output_names=options.output_names or None,
+            dynamic_batch=options.dynamic_batch,
+            dynamo=options.dynamo,
+            opset=options.opset,
+            verify=options.verify,
         )
         return PassResult(exported, True, report.lines())

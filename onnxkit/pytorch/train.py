@@ -54,8 +54,16 @@ AmpMode = Literal["bf16", "fp16"]
 CHECKPOINT_FORMAT = 1
 
 # What users import from here; the helpers live in train_setup and train_batches.
-__all__ = ["FitResult", "Metric", "StepRecord", "TrainConfig", "Trainer", "accuracy", "init_distributed",
-           "seed_everything"]
+__all__ = [
+    "FitResult",
+    "Metric",
+    "StepRecord",
+    "TrainConfig",
+    "Trainer",
+    "accuracy",
+    "init_distributed",
+    "seed_everything",
+]
 
 
 @dataclasses.dataclass
@@ -160,8 +168,11 @@ class Trainer:
         on_eval: Callable[[Trainer, dict[str, float]], None] | None = None,
     ) -> None:
         self.config = config = config or TrainConfig()
-        self.device = torch.device(config.device) if config.device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = (
+            torch.device(config.device)
+            if config.device is not None
+            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
         self.module = model
         self.model: nn.Module = model  # DistributedDataParallel(model) once distributed over several processes
         self.rank, self.world_size = 0, 1
@@ -187,11 +198,18 @@ class Trainer:
         self.on_step, self.on_eval = on_step, on_eval
         # What a checkpoint records of the run, to warn when a resumed run differs.
         self.record: dict[str, Any] = {
-            "amp": amp or None, "accumulation_steps": config.accumulation_steps,
-            "clip_grad_norm": config.clip_grad_norm, "eval_every": config.eval_every, "monitor": config.monitor,
-            "patience": config.patience, "min_delta": config.min_delta, "seed": config.seed, "world_size": 1,
+            "amp": amp or None,
+            "accumulation_steps": config.accumulation_steps,
+            "clip_grad_norm": config.clip_grad_norm,
+            "eval_every": config.eval_every,
+            "monitor": config.monitor,
+            "patience": config.patience,
+            "min_delta": config.min_delta,
+            "seed": config.seed,
+            "world_size": 1,
             "optimizer": type(optimizer).__name__,
-            "scheduler": type(scheduler).__name__ if scheduler is not None else None, **dict(config.notes),
+            "scheduler": type(scheduler).__name__ if scheduler is not None else None,
+            **dict(config.notes),
         }
         self.state = _State()
         self.should_stop = False
@@ -218,9 +236,15 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------------------
 
-    def fit(self, train_loader: Iterable[Any], *, epochs: int | None = None, max_steps: int | None = None,
-            val_loader: Iterable[Any] | None = None,
-            resume_from: str | os.PathLike[str] | None = None) -> FitResult:
+    def fit(
+        self,
+        train_loader: Iterable[Any],
+        *,
+        epochs: int | None = None,
+        max_steps: int | None = None,
+        val_loader: Iterable[Any] | None = None,
+        resume_from: str | os.PathLike[str] | None = None,
+    ) -> FitResult:
         """Train until ``epochs`` epochs or ``max_steps`` optimizer steps, whichever comes first.
 
         ``resume_from`` continues from a checkpoint exactly where it stopped: same data order, same random
@@ -238,8 +262,11 @@ class Trainer:
         self._loader_generators = loader_generators(train_loader)
         self.record.update(epochs=epochs, max_steps=max_steps)
         with self._progress_bar(train_loader, epochs, max_steps) as advance:
-            while not self.should_stop and (epochs is None or self.state.epoch < epochs) and (
-                    max_steps is None or self.state.step < max_steps):
+            while (
+                not self.should_stop
+                and (epochs is None or self.state.epoch < epochs)
+                and (max_steps is None or self.state.step < max_steps)
+            ):
                 if self._train_epoch(train_loader, max_steps, val_loader, advance):
                     self.state.epoch += 1
                     self.state.batches_done = 0
@@ -252,8 +279,13 @@ class Trainer:
             self.save_checkpoint(self.checkpoint_dir / "last.pt")
         return self._result()
 
-    def _train_epoch(self, loader: Iterable[Any], max_steps: int | None, val_loader: Iterable[Any] | None,
-                     advance: Callable[[StepRecord], None]) -> bool:
+    def _train_epoch(
+        self,
+        loader: Iterable[Any],
+        max_steps: int | None,
+        val_loader: Iterable[Any] | None,
+        advance: Callable[[StepRecord], None],
+    ) -> bool:
         """Train on the rest of the current epoch; True if it reached the epoch's end."""
         generators = self._loader_generators
         if self.state.batches_done:  # resuming mid-epoch: replay the epoch's shuffle, then skip what was done
@@ -313,14 +345,20 @@ class Trainer:
         if self.scheduler is not None and not skipped:
             self.scheduler.step()
         self.state.step += 1
-        return StepRecord(step=self.state.step, epoch=self.state.epoch, samples=sum(counts),
-                          lr=self.optimizer.param_groups[0]["lr"], loss_tensor=step_loss,
-                          grad_norm_tensor=grad_norm)
+        return StepRecord(
+            step=self.state.step,
+            epoch=self.state.epoch,
+            samples=sum(counts),
+            lr=self.optimizer.param_groups[0]["lr"],
+            loss_tensor=step_loss,
+            grad_norm_tensor=grad_norm,
+        )
 
     # -- evaluation ---------------------------------------------------------------------------------------
 
-    def evaluate(self, loader: Iterable[Any],
-                 metrics: Sequence[str] | Mapping[str, Metric] | None = None) -> dict[str, float]:
+    def evaluate(
+        self, loader: Iterable[Any], metrics: Sequence[str] | Mapping[str, Metric] | None = None
+    ) -> dict[str, float]:
         """Sample-weighted means of ``metrics`` over ``loader``, in eval mode under no_grad.
 
         Metrics are names ("loss": the criterion, "accuracy": argmax against class targets) or a mapping of
@@ -416,11 +454,16 @@ class Trainer:
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.state = _State(**checkpoint["state"])
         self._resume_rng = checkpoint["rng"]
-        changed = [key for key in ("amp", "accumulation_steps", "clip_grad_norm", "world_size")
-                   if checkpoint["config"].get(key) != self.record.get(key)]
+        changed = [
+            key
+            for key in ("amp", "accumulation_steps", "clip_grad_norm", "world_size")
+            if checkpoint["config"].get(key) != self.record.get(key)
+        ]
         if changed and self.rank == 0:
-            self.log(f"warning: resuming with different {', '.join(changed)} than the checkpoint; "
-                     "the run will not match an uninterrupted one")
+            self.log(
+                f"warning: resuming with different {', '.join(changed)} than the checkpoint; "
+                "the run will not match an uninterrupted one"
+            )
 
     # -- helpers ------------------------------------------------------------------------------------------
 
@@ -436,15 +479,19 @@ class Trainer:
         best = pick(scored, key=lambda r: r[self.monitor]) if scored else None
         directory = self.checkpoint_dir
         return FitResult(
-            steps=self.state.step, epochs_completed=self.state.epoch, history=list(history), best=best,
+            steps=self.state.step,
+            epochs_completed=self.state.epoch,
+            history=list(history),
+            best=best,
             stopped_early=self.should_stop,
             best_checkpoint=directory / "best.pt" if directory and (directory / "best.pt").exists() else None,
             last_checkpoint=directory / "last.pt" if directory and (directory / "last.pt").exists() else None,
         )
 
     @contextlib.contextmanager
-    def _progress_bar(self, loader: Iterable[Any], epochs: int | None,
-                      max_steps: int | None) -> Iterator[Callable[[StepRecord], None]]:
+    def _progress_bar(
+        self, loader: Iterable[Any], epochs: int | None, max_steps: int | None
+    ) -> Iterator[Callable[[StepRecord], None]]:
         """Yield a function called after each step: a rich progress bar on a terminal, else log lines."""
         total = max_steps
         if epochs is not None and isinstance(loader, Sized):
@@ -458,9 +505,14 @@ class Trainer:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                          console=Console(stderr=True)) as bar:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=Console(stderr=True),
+            ) as bar:
                 task = bar.add_task("training", total=total, completed=self.state.step, status="")
 
                 def advance(record: StepRecord) -> None:
@@ -472,12 +524,15 @@ class Trainer:
 
                 yield advance
         else:
+
             def log_line(record: StepRecord) -> None:
                 if record.step % self.log_every == 0 or record.step == total:
                     rate = (record.step - first_step) / max(time.perf_counter() - started, 1e-9)
                     of_total = f"/{total}" if total else ""
-                    self.log(f"step {record.step}{of_total} epoch {record.epoch} loss {record.loss:.4f} "
-                             f"lr {record.lr:.3g} ({rate:.1f} steps/s)")
+                    self.log(
+                        f"step {record.step}{of_total} epoch {record.epoch} loss {record.loss:.4f} "
+                        f"lr {record.lr:.3g} ({rate:.1f} steps/s)"
+                    )
 
             yield log_line
 

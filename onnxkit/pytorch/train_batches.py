@@ -50,10 +50,12 @@ def sample_count(targets: Any) -> int:
     return sample_count(targets[0])
 
 
-def metric_functions(metrics: Sequence[str] | Mapping[str, Metric],
-                      criterion: Callable[[Any, Any], torch.Tensor]) -> dict[str, Metric]:
+def metric_functions(
+    metrics: Sequence[str] | Mapping[str, Metric], criterion: Callable[[Any, Any], torch.Tensor]
+) -> dict[str, Metric]:
     if isinstance(metrics, Mapping):
         return dict(metrics)
+
     def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # At least fp32 even under autocast, so reported losses do not carry bf16/fp16 rounding.
         return criterion(outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs, targets)

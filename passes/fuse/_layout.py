@@ -111,7 +111,7 @@ def output_dims(node: ir.Node, dims: list[Dim]) -> list[Dim] | None:
             return None
         if -1 in out:
             inferred = out.index(-1)
-            out[inferred] = _quotient(_product(dims), _product(out[:inferred] + out[inferred + 1:]))
+            out[inferred] = _quotient(_product(dims), _product(out[:inferred] + out[inferred + 1 :]))
         return out
     if node.op_type == "Flatten":
         axis = node.attributes.get_int("axis", 1)
@@ -178,7 +178,8 @@ class CollapseLayoutPair(RewriteRuleClassBase):
         # Where the first op's result is needed as it is, the first op stays; the pair still goes when the
         # second op undoes the first, as its readers can then read x.
         needed_as_it_is = middle.is_graph_output() or any(
-            user.op_type not in RESHAPING_OPS or index != 0 for user, index in middle.uses())
+            user.op_type not in RESHAPING_OPS or index != 0 for user, index in middle.uses()
+        )
         self._graph = context.graph_or_function
         self._in_function = isinstance(self._graph, ir.Function)
         # A Reshape to a constant shape without copied dimensions only reads its input's element count,
@@ -262,13 +263,16 @@ class CollapseLayoutPair(RewriteRuleClassBase):
             return op.Flatten(x, axis=1)
         if kind == "reshape":
             assert isinstance(argument, np.ndarray)  # a reshape plan carries its target shape
-            shape = new_constant(op, argument, self.context.fresh_name(f"{out.name}_shape"), in_function=self._in_function)
+            shape = new_constant(
+                op, argument, self.context.fresh_name(f"{out.name}_shape"), in_function=self._in_function
+            )
             return op.Reshape(x, shape, allowzero=allow_zero) if allow_zero else op.Reshape(x, shape)
         axes = np.array(argument, dtype=np.int64)
         if self.context.opset < AXES_INPUT_OPSET:
             return getattr(op, kind)(x, axes=argument)
-        return getattr(op, kind)(x, new_constant(op, axes, self.context.fresh_name(f"{out.name}_axes"),
-                                                 in_function=self._in_function))
+        return getattr(op, kind)(
+            x, new_constant(op, axes, self.context.fresh_name(f"{out.name}_axes"), in_function=self._in_function)
+        )
 
 
 class DropShapeKeepingReshape(RewriteRuleClassBase):
@@ -376,8 +380,9 @@ class ReshapeThroughUnitTranspose(RewriteRuleClassBase):
         return result
 
     def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
-        shape = new_constant(op, self._shape, self.context.fresh_name(f"{out.name}_shape"),
-                             in_function=self._in_function)
+        shape = new_constant(
+            op, self._shape, self.context.fresh_name(f"{out.name}_shape"), in_function=self._in_function
+        )
         return op.Reshape(x, shape, **matched_node(out).attributes)
 
 
@@ -413,8 +418,10 @@ class MergeSlicesOfOtherAxes(RewriteRuleClassBase):
         return result
 
     def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
-        inputs = [new_constant(op, array, f"{out.name}_{part}", in_function=self._in_function)
-                  for part, array in zip(("starts", "ends", "axes", "steps"), self._merged, strict=True)]
+        inputs = [
+            new_constant(op, array, f"{out.name}_{part}", in_function=self._in_function)
+            for part, array in zip(("starts", "ends", "axes", "steps"), self._merged, strict=True)
+        ]
         return op.Slice(x, *inputs)
 
 
@@ -445,8 +452,10 @@ def unit_transpose_rules(context: FusionContext) -> list[Any]:
 
 
 def layout_rules(context: FusionContext) -> list[Any]:
-    return [CollapseLayoutPair.rule(first, second, context)
-            for first, second in itertools.product(RESHAPING_OPS, RESHAPING_OPS)] + [DropShapeKeepingReshape.rule()]
+    return [
+        CollapseLayoutPair.rule(first, second, context)
+        for first, second in itertools.product(RESHAPING_OPS, RESHAPING_OPS)
+    ] + [DropShapeKeepingReshape.rule()]
 
 
 def transpose_rules(context: FusionContext) -> list[Any]:

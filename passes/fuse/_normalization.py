@@ -77,8 +77,16 @@ class LayerNormFusion(RewriteRuleClassBase):
         inverse = op.Reciprocal(std)
         return op.Mul(inverse, deviation) if self.swapped else op.Mul(deviation, inverse)
 
-    def check(self, context: Any, x: ir.Value, mean: ir.Value, variance: ir.Value, eps: ir.Value,  # type: ignore[override]  # onnxscript's check(op, *args, **kwargs) stands for any pattern's variables
-              exponent: ir.Value | None = None, **_: Any) -> MatchResult:
+    def check(  # type: ignore[override]  # onnxscript's check(op, *args, **kwargs) stands for any pattern's variables
+        self,
+        context: Any,
+        x: ir.Value,
+        mean: ir.Value,
+        variance: ir.Value,
+        eps: ir.Value,
+        exponent: ir.Value | None = None,
+        **_: Any,
+    ) -> MatchResult:
         result = MatchResult()
         if x.dtype not in FLOAT_TYPES:
             return result.fail("LayerNormalization takes floating point")
@@ -114,8 +122,10 @@ class LayerNormFusion(RewriteRuleClassBase):
 
 
 def layer_norm_rules(context: FusionContext) -> list[Any]:
-    return [LayerNormFusion.rule(reciprocal=reciprocal, swapped=swapped, context=context)
-            for reciprocal, swapped in ((False, False), (True, False), (True, True))]
+    return [
+        LayerNormFusion.rule(reciprocal=reciprocal, swapped=swapped, context=context)
+        for reciprocal, swapped in ((False, False), (True, False), (True, True))
+    ]
 
 
 class LayerNormAffineFold(RewriteRuleClassBase):
@@ -144,14 +154,14 @@ class LayerNormAffineFold(RewriteRuleClassBase):
             return result.fail("the step's type differs")
         rank = None if x.shape is None else x.shape.rank()
         axis = norm.attributes.get_int("axis", -1)
-        normalized_rank = (-axis if axis < 0 else (rank - axis if rank is not None else None))
+        normalized_rank = -axis if axis < 0 else (rank - axis if rank is not None else None)
         if normalized_rank is None or scale.ndim > normalized_rank or constant.ndim > (rank or normalized_rank):
             return result.fail("the normalized axes are unknown, or the step raises the rank")
         # Leading axes of the step (outside the normalized ones) must all be 1.
-        leading = constant.shape[:max(constant.ndim - normalized_rank, 0)]
+        leading = constant.shape[: max(constant.ndim - normalized_rank, 0)]
         if any(size != 1 for size in leading):
             return result.fail("the step varies outside the normalized axes")
-        tail = constant.reshape(constant.shape[len(leading):])
+        tail = constant.reshape(constant.shape[len(leading) :])
         normalized_shape = (1,) * (normalized_rank - scale.ndim) + scale.shape
         try:
             np.broadcast_shapes(tail.shape, normalized_shape)
@@ -171,17 +181,33 @@ class LayerNormAffineFold(RewriteRuleClassBase):
             bias = (np.zeros_like(scale) if bias is None else bias) + step
         # Scale and bias keep one shape: the broadcast of both (at most the normalized shape).
         shape = np.broadcast_shapes(scale.shape, *([] if bias is None else [bias.shape]))
-        inputs = [x, new_constant(op, np.broadcast_to(scale, shape).astype(scale.dtype),
-                                  self.context.fresh_name(present_input(norm, 1).name), in_function=in_function)]
+        inputs = [
+            x,
+            new_constant(
+                op,
+                np.broadcast_to(scale, shape).astype(scale.dtype),
+                self.context.fresh_name(present_input(norm, 1).name),
+                in_function=in_function,
+            ),
+        ]
         if bias is not None:
-            inputs.append(new_constant(op, np.broadcast_to(bias, shape).astype(scale.dtype),
-                                       self.context.fresh_name(f"{x.name}_ln_bias"), in_function=in_function))
+            inputs.append(
+                new_constant(
+                    op,
+                    np.broadcast_to(bias, shape).astype(scale.dtype),
+                    self.context.fresh_name(f"{x.name}_ln_bias"),
+                    in_function=in_function,
+                )
+            )
         return op.LayerNormalization(*inputs, **norm.attributes)
 
 
 def layer_norm_affine_rules(context: FusionContext) -> list[Any]:
-    return [LayerNormAffineFold.rule(step, constant_first=first, context=context)
-            for step in ("Mul", "Add") for first in (False, True)]
+    return [
+        LayerNormAffineFold.rule(step, constant_first=first, context=context)
+        for step in ("Mul", "Add")
+        for first in (False, True)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -201,8 +227,14 @@ class _Expression:
 
     def take(self, value: ir.Value, op_type: str) -> ir.Node | None:
         node = value.producer()
-        if (node is None or node.op_type != op_type or node.domain not in ("", "ai.onnx")
-                or node.graph is not self.graph or len(value.uses()) != 1 or value.is_graph_output()):
+        if (
+            node is None
+            or node.op_type != op_type
+            or node.domain not in ("", "ai.onnx")
+            or node.graph is not self.graph
+            or len(value.uses()) != 1
+            or value.is_graph_output()
+        ):
             return None
         self.interior.append(node)
         return node
@@ -222,7 +254,7 @@ def _without_constant(operands: list[_Operand], expected: float) -> list[_Operan
     for i, value in enumerate(operands):
         array = constant_array(value)
         if array is not None and array.size == 1 and math.isclose(float(array.reshape(-1)[0]), expected, rel_tol=1e-4):
-            return operands[:i] + operands[i + 1:]
+            return operands[:i] + operands[i + 1 :]
     return None
 
 
@@ -283,7 +315,12 @@ class GeluFusion(RewriteRuleClassBase):
                 return "tanh"
             if cubic is not None and len(cubic) == 1 and (power := expression.take(cubic[0], "Pow")) is not None:
                 exponent = constant_array(power.inputs[1])
-                if power.inputs[0] is x and exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 3.0:
+                if (
+                    power.inputs[0] is x
+                    and exponent is not None
+                    and exponent.size == 1
+                    and float(exponent.reshape(-1)[0]) == 3.0
+                ):
                     return "tanh"
         return None
 
@@ -297,8 +334,11 @@ class GeluFusion(RewriteRuleClassBase):
 def _is_private(nodes: list[ir.Node]) -> bool:
     """Whether the values computed inside the expression (not the root's) feed nothing outside it."""
     members = set(nodes)
-    return all(not output.is_graph_output() and all(user in members for user, _ in output.uses())
-               for node in nodes[1:] for output in node.outputs)
+    return all(
+        not output.is_graph_output() and all(user in members for user, _ in output.uses())
+        for node in nodes[1:]
+        for output in node.outputs
+    )
 
 
 def gelu_rules(context: FusionContext) -> list[Any]:

@@ -35,11 +35,15 @@ _FLOAT32_RANGE = (float(np.finfo(np.float32).min), float(np.finfo(np.float32).ma
 def _activation_parameters(activation: ir.Node) -> list[float] | None:
     """The activation's parameters in FusedConv's ``activation_params`` order; None if not constant."""
     if activation.op_type != "Clip":
-        return [activation.attributes.get_float(name, default)
-                for name, default in _ACTIVATION_ATTRIBUTES.get(activation.op_type, ())]
+        return [
+            activation.attributes.get_float(name, default)
+            for name, default in _ACTIVATION_ATTRIBUTES.get(activation.op_type, ())
+        ]
     if "min" in activation.attributes or "max" in activation.attributes or len(activation.inputs) == 1:
-        return [activation.attributes.get_float("min", _FLOAT32_RANGE[0]),
-                activation.attributes.get_float("max", _FLOAT32_RANGE[1])]
+        return [
+            activation.attributes.get_float("min", _FLOAT32_RANGE[0]),
+            activation.attributes.get_float("max", _FLOAT32_RANGE[1]),
+        ]
     bounds = []
     for index, default in zip((1, 2), _FLOAT32_RANGE):
         bound = activation.inputs[index] if len(activation.inputs) > index else None

@@ -68,8 +68,9 @@ class LayoutOfPlaceholder(RewriteRuleClassBase):
         return result
 
     def rewrite(self, op: Any, shape: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
-        new_shape = new_constant(op, self._new_shape, self.context.fresh_name(f"{out.name}_shape"),
-                                 in_function=self._in_function)
+        new_shape = new_constant(
+            op, self._new_shape, self.context.fresh_name(f"{out.name}_shape"), in_function=self._in_function
+        )
         if self._fill is None:
             return op.ConstantOfShape(new_shape)
         return op.ConstantOfShape(new_shape, value=self._fill.as_tensor())

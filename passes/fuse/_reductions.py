@@ -13,8 +13,20 @@ from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 from onnxkit.passes.fuse._base import FusionContext, matched_node, new_constant, rank_of
 from onnxkit.passes.fuse._layout import _axes
 
-REDUCTIONS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-              "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin")
+REDUCTIONS = (
+    "ReduceSum",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+    "ArgMax",
+    "ArgMin",
+)
 
 
 def _reduced_axes(node: ir.Node) -> list[int] | None:
@@ -62,8 +74,7 @@ class ReductionKeepdims(RewriteRuleClassBase):
     def rewrite(self, op: Any, x: ir.Value, reduced: ir.Value, **_: Any) -> ir.Value:
         reduction = matched_node(reduced)
         attributes = {name: attr for name, attr in reduction.attributes.items() if name != "keepdims"}
-        return getattr(op, self.reduction)(*reduction.inputs, keepdims=int(self.reshaping == "Unsqueeze"),
-                                           **attributes)
+        return getattr(op, self.reduction)(*reduction.inputs, keepdims=int(self.reshaping == "Unsqueeze"), **attributes)
 
 
 class ReduceThroughTranspose(RewriteRuleClassBase):
@@ -115,7 +126,9 @@ def reduce_transpose_rules(context: FusionContext) -> list[Any]:
     return [ReduceThroughTranspose.rule(reduction) for reduction in REDUCTIONS if reduction.startswith("Reduce")]
 
 
-
 def keepdims_rules(context: FusionContext) -> list[Any]:
-    return [ReductionKeepdims.rule(reduction, reshaping)
-            for reduction in REDUCTIONS for reshaping in ("Unsqueeze", "Squeeze")]
+    return [
+        ReductionKeepdims.rule(reduction, reshaping)
+        for reduction in REDUCTIONS
+        for reshaping in ("Unsqueeze", "Squeeze")
+    ]

@@ -81,8 +81,11 @@ def _symbols_line_up(before: list[Dim], after: list[Dim]) -> bool:
     target of 0-copies and those sizes gives ``after`` with no ``-1``."""
     if len(before) != len(after) or 0 in after:  # a 0 in a target would copy, not mean 0
         return False
-    return all(isinstance(a, int) == isinstance(b, int) and (isinstance(a, int) or _same(a, b))
-               for a, b in zip(before, after) if not (isinstance(a, int) and isinstance(b, int)))
+    return all(
+        isinstance(a, int) == isinstance(b, int) and (isinstance(a, int) or _same(a, b))
+        for a, b in zip(before, after)
+        if not (isinstance(a, int) and isinstance(b, int))
+    )
 
 
 def _unsqueezed_to_line_up(before: list[Dim], after: list[Dim]) -> list[int] | None:
@@ -131,8 +134,15 @@ def _dying_nodes(target: ir.Value, reshape: ir.Node) -> int:
     return len(dying) - 1
 
 
-def _unit_axes_op(kind: str, x: ir.Value, axes: list[int], base: str | None, graph: ir.Graph | ir.Function,
-                  before: ir.Node, context: FusionContext) -> ir.Node:
+def _unit_axes_op(
+    kind: str,
+    x: ir.Value,
+    axes: list[int],
+    base: str | None,
+    graph: ir.Graph | ir.Function,
+    before: ir.Node,
+    context: FusionContext,
+) -> ir.Node:
     if context.opset < _AXES_INPUT_OPSET:
         return ir.node(kind, [x], attributes={"axes": axes})
     axes_value = insert_constant(np.array(axes, dtype=np.int64), context.fresh_name(f"{base}_axes"), graph, before)
@@ -170,8 +180,12 @@ def _rewrite(reshape: ir.Node, graph: ir.Graph | ir.Function, context: FusionCon
             x = new_nodes[0].outputs[0]
         else:
             new_nodes = []
-        shape = insert_constant(np.array([d if isinstance(d, int) else 0 for d in after], dtype=np.int64),
-                                context.fresh_name(f"{old.name}_shape"), graph, reshape)
+        shape = insert_constant(
+            np.array([d if isinstance(d, int) else 0 for d in after], dtype=np.int64),
+            context.fresh_name(f"{old.name}_shape"),
+            graph,
+            reshape,
+        )
         new_nodes.append(ir.node("Reshape", [x, shape]))
     for node in new_nodes:
         graph.insert_before(reshape, node)

@@ -20,8 +20,13 @@ _STANDARD = ("", "ai.onnx")
 
 
 def _is_full_shape(node: ir.Node, x: ir.Value) -> bool:
-    return (node.op_type == "Shape" and node.domain in _STANDARD and node.inputs[0] is x
-            and "start" not in node.attributes and "end" not in node.attributes)
+    return (
+        node.op_type == "Shape"
+        and node.domain in _STANDARD
+        and node.inputs[0] is x
+        and "start" not in node.attributes
+        and "end" not in node.attributes
+    )
 
 
 def _sliced(perm: tuple[int, ...], shape_node: ir.Node) -> list[int]:
@@ -62,8 +67,13 @@ def _rewrite(transpose: ir.Node, graph: ir.Graph | ir.Function, context: FusionC
         indices = np.array(_sliced(perm, reader), dtype=np.int64)
         name = context.fresh_name(f"{reader.outputs[0].name}_perm")
         index_value = insert_constant(indices, name, graph, reader)
-        gather = ir.node("Gather", [shape_of_x.outputs[0], index_value], attributes={"axis": 0},
-                         outputs=[ir.Value(name=context.fresh_name(reader.outputs[0].name))], name=reader.name)
+        gather = ir.node(
+            "Gather",
+            [shape_of_x.outputs[0], index_value],
+            attributes={"axis": 0},
+            outputs=[ir.Value(name=context.fresh_name(reader.outputs[0].name))],
+            name=reader.name,
+        )
         old = reader.outputs[0]
         gather.outputs[0].shape, gather.outputs[0].type = old.shape, old.type
         graph.insert_before(reader, gather)

@@ -76,9 +76,16 @@ def _rewrite(concat: ir.Node, graph: ir.Graph | ir.Function, context: FusionCont
     offsets = []
     for part in concat.inputs:
         producer = part.producer() if part is not None else None
-        if (part is None or producer is None or producer.op_type != "Slice" or not producer.inputs
-                or producer.inputs[0] is not x or producer.graph is not graph
-                or part.is_graph_output() or len(part.uses()) != 1):
+        if (
+            part is None
+            or producer is None
+            or producer.op_type != "Slice"
+            or not producer.inputs
+            or producer.inputs[0] is not x
+            or producer.graph is not graph
+            or part.is_graph_output()
+            or len(part.uses()) != 1
+        ):
             return False
         offset = _block_offset(producer, height, width)
         if offset is None:
@@ -90,18 +97,23 @@ def _rewrite(concat: ir.Node, graph: ir.Graph | ir.Function, context: FusionCont
     if not context.allows(context.fusion, anchor):
         return False
     old = concat.outputs[0]
-    s2d = ir.node("SpaceToDepth", [x], attributes={"blocksize": _BLOCK}, name=concat.name,
-                  outputs=[ir.Value(name=context.fresh_name(f"{old.name}_space_to_depth"))])
+    s2d = ir.node(
+        "SpaceToDepth",
+        [x],
+        attributes={"blocksize": _BLOCK},
+        name=concat.name,
+        outputs=[ir.Value(name=context.fresh_name(f"{old.name}_space_to_depth"))],
+    )
     graph.insert_before(concat, s2d)
     result = s2d.outputs[0]
     # SpaceToDepth's channel (2*h0 + w0)*C + c is x[:, c, h0::2, w0::2]; the Concat wants its parts' order.
-    order = np.array([(_BLOCK * h0 + w0) * channels + c for h0, w0 in offsets for c in range(channels)],
-                     dtype=np.int64)
+    order = np.array([(_BLOCK * h0 + w0) * channels + c for h0, w0 in offsets for c in range(channels)], dtype=np.int64)
     if not np.array_equal(order, np.arange(order.size)):
         name = context.fresh_name(f"{old.name}_channels")
         indices = insert_constant(order, name, graph, concat)
-        gather = ir.node("Gather", [result, indices], attributes={"axis": 1},
-                         outputs=[ir.Value(name=context.fresh_name(old.name))])
+        gather = ir.node(
+            "Gather", [result, indices], attributes={"axis": 1}, outputs=[ir.Value(name=context.fresh_name(old.name))]
+        )
         graph.insert_before(concat, gather)
         result = gather.outputs[0]
     result.shape, result.type = old.shape, old.type

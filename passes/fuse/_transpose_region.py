@@ -29,15 +29,73 @@ from onnxkit.passes.fuse._base import FusionContext, constant_array, insert_cons
 _STANDARD = ("", "ai.onnx")
 # Ops whose every input broadcasts against the others elementwise, and whose one output has the
 # broadcast shape: they compute the same in any layout, given operands in that layout.
-ELEMENTWISE = frozenset({
-    "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Cast", "Ceil", "Celu", "Cos", "Cosh", "Elu",
-    "Erf", "Exp", "Floor", "Gelu", "HardSigmoid", "HardSwish", "Identity", "IsInf", "IsNaN", "LeakyRelu",
-    "Log", "Mish", "Neg", "Not", "Reciprocal", "Relu", "Round", "Selu", "Sigmoid", "Sign", "Sin", "Sinh",
-    "Softplus", "Softsign", "Sqrt", "Tan", "Tanh", "ThresholdedRelu",
-    "Add", "And", "BitShift", "Div", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Max",
-    "Mean", "Min", "Mod", "Mul", "Or", "Pow", "PRelu", "Sub", "Sum", "Where", "Xor",
-    "Clip",  # min and max are scalars from opset 11, attributes before
-})
+ELEMENTWISE = frozenset(
+    {
+        "Abs",
+        "Acos",
+        "Acosh",
+        "Asin",
+        "Asinh",
+        "Atan",
+        "Atanh",
+        "Cast",
+        "Ceil",
+        "Celu",
+        "Cos",
+        "Cosh",
+        "Elu",
+        "Erf",
+        "Exp",
+        "Floor",
+        "Gelu",
+        "HardSigmoid",
+        "HardSwish",
+        "Identity",
+        "IsInf",
+        "IsNaN",
+        "LeakyRelu",
+        "Log",
+        "Mish",
+        "Neg",
+        "Not",
+        "Reciprocal",
+        "Relu",
+        "Round",
+        "Selu",
+        "Sigmoid",
+        "Sign",
+        "Sin",
+        "Sinh",
+        "Softplus",
+        "Softsign",
+        "Sqrt",
+        "Tan",
+        "Tanh",
+        "ThresholdedRelu",
+        "Add",
+        "And",
+        "BitShift",
+        "Div",
+        "Equal",
+        "Greater",
+        "GreaterOrEqual",
+        "Less",
+        "LessOrEqual",
+        "Max",
+        "Mean",
+        "Min",
+        "Mod",
+        "Mul",
+        "Or",
+        "Pow",
+        "PRelu",
+        "Sub",
+        "Sum",
+        "Where",
+        "Xor",
+        "Clip",  # min and max are scalars from opset 11, attributes before
+    }
+)
 # A constant operand read by a node outside the region gets a transposed copy; above this size the copy
 # would add more to the file than the Transposes it saves are worth.
 _MAX_COPIED_CONSTANT_BYTES = 1 << 16
@@ -114,8 +172,11 @@ def _grow(seed: ir.Node, graph: ir.Graph | ir.Function, order: dict[ir.Node, int
         node = pending.pop()
         if node in region.nodes or node in region.entering or node in region.leaving:
             continue
-        if node.op_type == "Transpose" and node.domain in _STANDARD and any(
-                region.in_layout(value) for value in node.inputs if value is not None):
+        if (
+            node.op_type == "Transpose"
+            and node.domain in _STANDARD
+            and any(region.in_layout(value) for value in node.inputs if value is not None)
+        ):
             if perm_of(node) is None or node.graph is not graph:
                 return None
             region.leaving[node] = None
@@ -130,8 +191,14 @@ def _grow(seed: ir.Node, graph: ir.Graph | ir.Function, order: dict[ir.Node, int
             array = constant_array(value)
             if array is not None and not _axes_op(node):
                 region.constants[value] = array
-            elif producer is not None and producer.graph is graph and producer.op_type == "Transpose" \
-                    and producer.domain in _STANDARD and perm_of(producer) is not None and not value.is_graph_output():
+            elif (
+                producer is not None
+                and producer.graph is graph
+                and producer.op_type == "Transpose"
+                and producer.domain in _STANDARD
+                and perm_of(producer) is not None
+                and not value.is_graph_output()
+            ):
                 region.enters(producer)
                 pending.extend(_layout_readers(value))
             elif producer is not None and producer.graph is graph and _in_region_kind(producer):
@@ -145,7 +212,8 @@ def _grow(seed: ir.Node, graph: ir.Graph | ir.Function, order: dict[ir.Node, int
     # Every value the region computes must be read by region nodes and Transposes only.
     readers = set(region.nodes) | set(region.leaving)
     if set(region.leaving) & set(region.entering) or any(
-            user not in readers for node in region.nodes for user, _ in node.outputs[0].uses()):
+        user not in readers for node in region.nodes for user, _ in node.outputs[0].uses()
+    ):
         return None
     return region if _assign_perms(region, order) else None
 
@@ -187,8 +255,9 @@ def _unsqueezed(perm: tuple[int, ...], inserted: list[int], region: _Region) -> 
     were (an Unsqueeze of a fixed axis, such as the batch, is then right already).
     """
     rank = len(perm) + len(inserted)
-    targets = [tuple(int(i) for i in np.argsort(perm_of(t) or ())) for t in region.leaving
-               if len(perm_of(t) or ()) == rank]
+    targets = [
+        tuple(int(i) for i in np.argsort(perm_of(t) or ())) for t in region.leaving if len(perm_of(t) or ()) == rank
+    ]
     candidates = [sorted(target[axis] for axis in inserted) for target in targets]
     for axes in [*candidates, inserted]:
         others = [axis for axis in range(rank) if axis not in inserted]
@@ -226,17 +295,21 @@ def _cancels(transpose: ir.Node, region: _Region) -> bool:
 
 def _nodes_saved(region: _Region) -> int:
     region_readers = set(region.nodes) | set(region.leaving)
-    entering = sum(1 for t in region.entering
-                   if all(user in region_readers for user, _ in t.outputs[0].uses()))
-    leaving = sum(1 for t in region.leaving if _cancels(t, region)
-                  and (not t.outputs[0].is_graph_output() or _renamable(_source(t), region)))
+    entering = sum(1 for t in region.entering if all(user in region_readers for user, _ in t.outputs[0].uses()))
+    leaving = sum(
+        1
+        for t in region.leaving
+        if _cancels(t, region) and (not t.outputs[0].is_graph_output() or _renamable(_source(t), region))
+    )
     return entering + leaving
 
 
 def _constants_fit(region: _Region) -> bool:
     """Constants read outside the region are copied; only small ones may be."""
-    return all(array.nbytes <= _MAX_COPIED_CONSTANT_BYTES or all(user in region.nodes for user, _ in value.uses())
-               for value, array in region.constants.items())
+    return all(
+        array.nbytes <= _MAX_COPIED_CONSTANT_BYTES or all(user in region.nodes for user, _ in value.uses())
+        for value, array in region.constants.items()
+    )
 
 
 def _in_source_layout(array: np.ndarray, perm: tuple[int, ...]) -> np.ndarray:
@@ -259,16 +332,23 @@ def _rewrite(region: _Region, graph: ir.Graph | ir.Function, context: FusionCont
             elif value in region.constants:
                 if (value, perm) not in moved:
                     array = _in_source_layout(region.constants[value], perm)
-                    moved[value, perm] = value if array is region.constants[value] else \
-                        insert_constant(array, context.fresh_name(value.name), graph, node)
+                    moved[value, perm] = (
+                        value
+                        if array is region.constants[value]
+                        else insert_constant(array, context.fresh_name(value.name), graph, node)
+                    )
                 node.replace_input_with(index, moved[value, perm])
         if node in region.new_axes:
             axes = region.new_axes[node]
             if "axes" in node.attributes:
                 node.attributes["axes"] = ir.AttrInt64s("axes", axes)
             else:
-                node.replace_input_with(1, insert_constant(np.array(axes, dtype=np.int64),
-                                                         context.fresh_name(f"{node.outputs[0].name}_axes"), graph, node))
+                node.replace_input_with(
+                    1,
+                    insert_constant(
+                        np.array(axes, dtype=np.int64), context.fresh_name(f"{node.outputs[0].name}_axes"), graph, node
+                    ),
+                )
         output = node.outputs[0]
         out_perm = region.perms[output]
         if output.shape is not None:

@@ -112,9 +112,13 @@ class _PrecisionPass(Pass):
             verdict = judge(result)
         details = self._details(proto, result, candidates, keep, verdict.detail)
         if not verdict.passed:
-            return self._unchanged(model, f"target cosine >= {options.target_cosine} not met even with "
-                                          f"{details['kept_float']} of {len(candidates)} nodes in float32: "
-                                          f"{verdict.detail.summary()}", details)
+            return self._unchanged(
+                model,
+                f"target cosine >= {options.target_cosine} not met even with "
+                f"{details['kept_float']} of {len(candidates)} nodes in float32: "
+                f"{verdict.detail.summary()}",
+                details,
+            )
         return PrecisionResult(modelio.as_ir_model(result), True, _stats(self.precision, details), details=details)
 
     def _dataset(self, model: ir.Model) -> Any:
@@ -122,53 +126,77 @@ class _PrecisionPass(Pass):
             return as_dataset(self.context.data, model, dims=self.context.dims)
         return as_dataset(None, model, dims=self.context.dims, num_samples=SEARCH_SAMPLES)
 
-    def _out_of_range(self, proto: onnx.ModelProto, candidates: list[onnx.NodeProto], types: Mapping[str, int],
-                      samples: list[Any]) -> dict[str, str]:
+    def _out_of_range(
+        self, proto: onnx.ModelProto, candidates: list[onnx.NodeProto], types: Mapping[str, int], samples: list[Any]
+    ) -> dict[str, str]:
         names = [name for node in candidates for name in node.output if types.get(name) == onnx.TensorProto.FLOAT]
         measured = convert.peaks(TensorTap(proto, names, types).stream(samples), names)
         return convert.out_of_range_nodes(proto, measured)
 
-    def _details(self, proto: onnx.ModelProto, result: onnx.ModelProto, candidates: list[onnx.NodeProto],
-                 keep: Mapping[str, str], report: parity.ParityReport) -> dict[str, Any]:
+    def _details(
+        self,
+        proto: onnx.ModelProto,
+        result: onnx.ModelProto,
+        candidates: list[onnx.NodeProto],
+        keep: Mapping[str, str],
+        report: parity.ParityReport,
+    ) -> dict[str, Any]:
         by_op = [n.name for n in candidates if n.op_type in convert.UNSAFE_OPS]
         kept = {name: why for name, why in keep.items() if name not in by_op}
         return {
-            "precision": self.precision, "candidates": len(candidates),
+            "precision": self.precision,
+            "candidates": len(candidates),
             "converted": len(candidates) - len(by_op) - len(kept),
-            "kept_float": len(by_op) + len(kept), "kept_by_op_type": len(by_op), "kept": kept,
+            "kept_float": len(by_op) + len(kept),
+            "kept_by_op_type": len(by_op),
+            "kept": kept,
             "weights_converted": sum(t.data_type == self.stored_type for t in result.graph.initializer),
-            "bytes_before": proto.ByteSize(), "bytes_after": result.ByteSize(),
-            "worst_cosine": report.min_cosine, "worst_max_abs_error": report.max_abs_error,
+            "bytes_before": proto.ByteSize(),
+            "bytes_after": result.ByteSize(),
+            "worst_cosine": report.min_cosine,
+            "worst_max_abs_error": report.max_abs_error,
             "parity": report.summary(),
         }
 
     def _unchanged(self, model: ir.Model, reason: str, details: dict[str, Any]) -> PrecisionResult:
         # Not in place: a new model object even when nothing changed.
-        return PrecisionResult(modelio.clone_model(model), False, [f"left in float32: {reason}"],
-                               details={**details, "unchanged": reason})
+        return PrecisionResult(
+            modelio.clone_model(model), False, [f"left in float32: {reason}"], details={**details, "unchanged": reason}
+        )
 
 
 def _stats(precision: str, details: Mapping[str, Any]) -> list[str]:
     kept = details["kept"]
     why = f"{details['kept_by_op_type']} by op type, {len(kept)} by range or search"
     if precision == "bf16":
-        summary = (f"{details['weights_converted']} weights stored in bf16, computed in float32; the weights of "
-                   f"{details['kept_float']} of {details['candidates']} nodes kept in float32 ({why})")
+        summary = (
+            f"{details['weights_converted']} weights stored in bf16, computed in float32; the weights of "
+            f"{details['kept_float']} of {details['candidates']} nodes kept in float32 ({why})"
+        )
     else:
-        summary = (f"{details['converted']} of {details['candidates']} nodes in {precision}; "
-                   f"{details['kept_float']} kept in float32 ({why}); {details['weights_converted']} weights "
-                   f"stored in {precision}")
-    lines = [summary,
-             f"size {details['bytes_before'] / 2**20:.2f} MB → {details['bytes_after'] / 2**20:.2f} MB",
-             f"worst output: cosine {details['worst_cosine']:.6f}, max abs error {details['worst_max_abs_error']:.3g}"]
+        summary = (
+            f"{details['converted']} of {details['candidates']} nodes in {precision}; "
+            f"{details['kept_float']} kept in float32 ({why}); {details['weights_converted']} weights "
+            f"stored in {precision}"
+        )
+    lines = [
+        summary,
+        f"size {details['bytes_before'] / 2**20:.2f} MB → {details['bytes_after'] / 2**20:.2f} MB",
+        f"worst output: cosine {details['worst_cosine']:.6f}, max abs error {details['worst_max_abs_error']:.3g}",
+    ]
     lines += [f"kept {name}: {why}" for name, why in list(kept.items())[:5]]
     if len(kept) > 5:
         lines.append(f"... and {len(kept) - 5} more kept (the JSON report lists them)")
     return lines
 
 
-def added_error(float_proto: onnx.ModelProto, converted: onnx.ModelProto, candidates: Sequence[onnx.NodeProto],
-                types: Mapping[str, int], samples: Sequence[Any]) -> list[sensitivity.NodeSensitivity]:
+def added_error(
+    float_proto: onnx.ModelProto,
+    converted: onnx.ModelProto,
+    candidates: Sequence[onnx.NodeProto],
+    types: Mapping[str, int],
+    samples: Sequence[Any],
+) -> list[sensitivity.NodeSensitivity]:
     """Each candidate's added error, most first: the noise-to-signal ratio of its output in the converted
     model minus the worst of its inputs', with quantize's ``NodeSensitivity`` as the ranking record.
 
@@ -177,8 +205,14 @@ def added_error(float_proto: onnx.ModelProto, converted: onnx.ModelProto, candid
     """
     converted_types = tensor_elem_types(_retyped(converted))
     present = set(converted_types)
-    names = sorted({name for node in candidates for name in (*node.input, *node.output)
-                    if name in present and types.get(name) == onnx.TensorProto.FLOAT})
+    names = sorted(
+        {
+            name
+            for node in candidates
+            for name in (*node.input, *node.output)
+            if name in present and types.get(name) == onnx.TensorProto.FLOAT
+        }
+    )
     if not names:
         return []
     reference = TensorTap(float_proto, names, types)
@@ -204,8 +238,11 @@ def added_error(float_proto: onnx.ModelProto, converted: onnx.ModelProto, candid
             continue
         worst = max(outputs, key=nsr)
         added = nsr(worst) - max((nsr(name) for name in node.input), default=0.0)
-        ranked.append(sensitivity.NodeSensitivity(node.name, node.op_type, added,
-                                                  sensitivity.sqnr_db(signal[worst], noise[worst])))
+        ranked.append(
+            sensitivity.NodeSensitivity(
+                node.name, node.op_type, added, sensitivity.sqnr_db(signal[worst], noise[worst])
+            )
+        )
     ranked.sort(key=lambda s: s.added_nsr, reverse=True)
     return ranked
 

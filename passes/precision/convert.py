@@ -26,7 +26,9 @@ from onnx import numpy_helper
 
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 FP16_SMALLEST_NORMAL = float(np.finfo(np.float16).tiny)  # 6.1e-05: below it fp16 loses precision
-FP16_SMALLEST_SUBNORMAL = float(np.finfo(np.float16).smallest_subnormal)  # 6e-08: the converter lifts smaller weights to it
+FP16_SMALLEST_SUBNORMAL = float(
+    np.finfo(np.float16).smallest_subnormal
+)  # 6e-08: the converter lifts smaller weights to it
 # Activations past this fraction of the fp16 maximum stay float32: a later Add or MatMul would overflow to inf.
 RANGE_HEADROOM = 0.5
 
@@ -40,12 +42,29 @@ MIN_WEIGHT_ELEMENTS = 16
 # - normalizations that compute statistics (variance, norms); BatchNormalization at inference is a per-channel
 #   affine map with stored statistics, safe in fp16;
 # - Pow and Exp, which leave fp16's range for moderate inputs (exp(11.1) > 65504).
-UNSAFE_OPS = frozenset({
-    "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
-    "ReduceProd", "LayerNormalization", "GroupNormalization", "InstanceNormalization", "MeanVarianceNormalization",
-    "LpNormalization", "RMSNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
-    "SkipSimplifiedLayerNormalization", "Pow", "Exp",
-})
+UNSAFE_OPS = frozenset(
+    {
+        "ReduceMean",
+        "ReduceSum",
+        "ReduceSumSquare",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceProd",
+        "LayerNormalization",
+        "GroupNormalization",
+        "InstanceNormalization",
+        "MeanVarianceNormalization",
+        "LpNormalization",
+        "RMSNormalization",
+        "SimplifiedLayerNormalization",
+        "SkipLayerNormalization",
+        "SkipSimplifiedLayerNormalization",
+        "Pow",
+        "Exp",
+    }
+)
 
 
 def fp16_block_list() -> list[str]:
@@ -71,9 +90,14 @@ def to_fp16(proto: onnx.ModelProto, keep_float: Iterable[str]) -> onnx.ModelProt
     # The converter prints and warns about each weight it clips; the pass reports what it kept instead.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        converted = convert_float_to_float16(unconverted, min_positive_val=FP16_SMALLEST_SUBNORMAL,
-                                             max_finite_val=FP16_MAX, keep_io_types=True,
-                                             op_block_list=fp16_block_list(), node_block_list=blocked)
+        converted = convert_float_to_float16(
+            unconverted,
+            min_positive_val=FP16_SMALLEST_SUBNORMAL,
+            max_finite_val=FP16_MAX,
+            keep_io_types=True,
+            op_block_list=fp16_block_list(),
+            node_block_list=blocked,
+        )
     _restore_output_types(proto, converted)
     return converted
 
@@ -103,9 +127,14 @@ def _casts_from_non_float(proto: onnx.ModelProto) -> list[str]:
     float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
     types = {v.name: v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.value_info)}
     types.update({t.name: t.data_type for t in proto.graph.initializer})
-    return [node.name for node in proto.graph.node
-            if node.op_type == "Cast" and node.name and types.get(node.input[0]) not in float_types
-            and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)]
+    return [
+        node.name
+        for node in proto.graph.node
+        if node.op_type == "Cast"
+        and node.name
+        and types.get(node.input[0]) not in float_types
+        and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)
+    ]
 
 
 def to_bf16_weights(proto: onnx.ModelProto, keep_float: Iterable[str]) -> onnx.ModelProto:
@@ -128,11 +157,17 @@ def to_bf16_weights(proto: onnx.ModelProto, keep_float: Iterable[str]) -> onnx.M
         if values.size < MIN_WEIGHT_ELEMENTS:
             continue
         name, stored = tensor.name, f"{tensor.name}_bf16"
-        bf16 = onnx.helper.make_tensor(stored, onnx.TensorProto.BFLOAT16, values.shape,
-                                       values.astype(ml_dtypes.bfloat16).view(np.uint16).tobytes(), raw=True)
+        bf16 = onnx.helper.make_tensor(
+            stored,
+            onnx.TensorProto.BFLOAT16,
+            values.shape,
+            values.astype(ml_dtypes.bfloat16).view(np.uint16).tobytes(),
+            raw=True,
+        )
         graph.initializer[index].CopyFrom(bf16)  # `tensor` is this very element: it now holds the copy
-        casts.append(onnx.helper.make_node("Cast", [stored], [name], name=f"{name}_to_float",
-                                           to=onnx.TensorProto.FLOAT))
+        casts.append(
+            onnx.helper.make_node("Cast", [stored], [name], name=f"{name}_to_float", to=onnx.TensorProto.FLOAT)
+        )
     # Casts first: the graph stays topologically sorted.
     nodes = [*casts, *graph.node]
     del graph.node[:]
@@ -168,8 +203,13 @@ def _constants_out_of_range(proto: onnx.ModelProto) -> dict[str, str]:
     it), and small ones (epsilons, scales: under ``MIN_WEIGHT_ELEMENTS`` elements) with a nonzero magnitude
     below its smallest normal (flushed towards zero)."""
     tensors: list[tuple[str, Any]] = [(t.name, t) for t in proto.graph.initializer]
-    tensors += [(n.output[0], a.t) for n in proto.graph.node if n.op_type == "Constant"
-                for a in n.attribute if a.name == "value"]
+    tensors += [
+        (n.output[0], a.t)
+        for n in proto.graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value"
+    ]
     found = {}
     for name, tensor in tensors:
         if tensor.data_type != onnx.TensorProto.FLOAT:
@@ -180,15 +220,19 @@ def _constants_out_of_range(proto: onnx.ModelProto) -> dict[str, str]:
             continue
         tiny = magnitude[(magnitude > 0) & (magnitude < FP16_SMALLEST_NORMAL)]
         if tiny.size and magnitude.size < MIN_WEIGHT_ELEMENTS:
-            found[name] = (f"constant {name} holds {tiny.min():.3g}, below fp16's smallest normal "
-                           f"{FP16_SMALLEST_NORMAL:.3g}")
+            found[name] = (
+                f"constant {name} holds {tiny.min():.3g}, below fp16's smallest normal {FP16_SMALLEST_NORMAL:.3g}"
+            )
     return found
 
 
 def float_nodes(proto: onnx.ModelProto, types: Mapping[str, int]) -> list[onnx.NodeProto]:
     """Main-graph nodes with a float32 output: what a precision pass can convert."""
-    return [node for node in proto.graph.node if node.name
-            and any(types.get(name) == onnx.TensorProto.FLOAT for name in node.output)]
+    return [
+        node
+        for node in proto.graph.node
+        if node.name and any(types.get(name) == onnx.TensorProto.FLOAT for name in node.output)
+    ]
 
 
 def peaks(values: Iterable[Mapping[str, np.ndarray]], names: Sequence[str]) -> dict[str, float]:

@@ -94,22 +94,32 @@ class QuantizePass(Pass):
             f"this machine: {cpu.describe()} → reduce_range defaults to {'true' if cpu.needs_reduce_range else 'false'}"
             + (" (7-bit weights avoid int16 overflow in u8s8 kernels without VNNI)" if cpu.needs_reduce_range else ""),
             "mode=auto: static when calibration data is given (--calib-data or --data), else dynamic",
-            (f"dynamic op_types default: {', '.join(DYNAMIC_OP_TYPES)} (not Conv: ConvInteger is slower than float);"
-            " Gemm with constant weights runs as MatMul; ORT has no INT8 GRU kernel yet"),
+            (
+                f"dynamic op_types default: {', '.join(DYNAMIC_OP_TYPES)} (not Conv: ConvInteger is slower than float);"
+                " Gemm with constant weights runs as MatMul; ORT has no INT8 GRU kernel yet"
+            ),
             f"static op_types default: {', '.join(STATIC_OP_TYPES)}; uint8 activations, int8 per-channel weights",
             f"calibration streams in bounded memory; 1 of every {HOLDOUT_EVERY} samples is held out for the target",
-            ("smooth_alpha (static, 0.7 by default, none: off): SmoothQuant moves activation outliers into the "
-             "constant weights of the MatMul/Gemm nodes that read them (one Mul per activation); tried when the "
-             "all-INT8 model misses the target, kept when its held-out outputs come closer to float's"),
-            ("target_cosine/target_sqnr/target_top1: every target set must hold on held-out samples; the most "
-            "sensitive nodes stay float until it does (target_cosine=none and no other target: no search)"),
-            (f"the search ranks every candidate node once by the noise it adds (float against INT8 tensors on "
-             f"{SENSITIVITY_SAMPLES} samples) and judges at most {sensitivity.MAX_VERIFICATIONS} candidates; the "
-             "report says why each float node stayed float (its rank and measured effect); search_budget (seconds, "
-             "120 by default, none: no limit) bounds it, and a target not met by then keeps the float model"),
-            ("max_slowdown: INT8 latency at most this × FP32 (to within the "
-             f"{latency.TIMING_RESOLUTION:.0%} timing can resolve), else costly op types stay float "
-             "(on_slow=keep-float) or the pass fails (on_slow=refuse); none skips the gate"),
+            (
+                "smooth_alpha (static, 0.7 by default, none: off): SmoothQuant moves activation outliers into the "
+                "constant weights of the MatMul/Gemm nodes that read them (one Mul per activation); tried when the "
+                "all-INT8 model misses the target, kept when its held-out outputs come closer to float's"
+            ),
+            (
+                "target_cosine/target_sqnr/target_top1: every target set must hold on held-out samples; the most "
+                "sensitive nodes stay float until it does (target_cosine=none and no other target: no search)"
+            ),
+            (
+                f"the search ranks every candidate node once by the noise it adds (float against INT8 tensors on "
+                f"{SENSITIVITY_SAMPLES} samples) and judges at most {sensitivity.MAX_VERIFICATIONS} candidates; the "
+                "report says why each float node stayed float (its rank and measured effect); search_budget (seconds, "
+                "120 by default, none: no limit) bounds it, and a target not met by then keeps the float model"
+            ),
+            (
+                "max_slowdown: INT8 latency at most this × FP32 (to within the "
+                f"{latency.TIMING_RESOLUTION:.0%} timing can resolve), else costly op types stay float "
+                "(on_slow=keep-float) or the pass fails (on_slow=refuse); none skips the gate"
+            ),
             "--calib-cache DIR reuses ranges and sensitivity rankings for the same model, data and settings",
             *weight_only.describe_lines(),
         ]
@@ -121,14 +131,22 @@ class QuantizePass(Pass):
         already = preprocess.quantized_op_counts(model)
         if already:
             found = ", ".join(f"{count} {op}" for op, count in sorted(already.items()))
-            return _unchanged(model, [f"model is already quantized ({found}); left as it is"],
-                              details={"skipped": "already quantized", "quantized_ops": already})
+            return _unchanged(
+                model,
+                [f"model is already quantized ({found}); left as it is"],
+                details={"skipped": "already quantized", "quantized_ops": already},
+            )
         if options.mode == "weight-only":
             quantized, stats, details = weight_only.quantize_weight_only(model, options, self.context)
-            return QuantizeResult(quantized, True, stats, details=details) if quantized else _unchanged(model, stats, details)
+            return (
+                QuantizeResult(quantized, True, stats, details=details)
+                if quantized
+                else _unchanged(model, stats, details)
+            )
 
-        mode: Literal["dynamic", "static"] = (options.mode if options.mode != "auto"
-                                              else "static" if self.context.data is not None else "dynamic")
+        mode: Literal["dynamic", "static"] = (
+            options.mode if options.mode != "auto" else "static" if self.context.data is not None else "dynamic"
+        )
         cpu = detect_cpu()
         settings = QuantizeSettings(
             mode=mode,
@@ -143,19 +161,28 @@ class QuantizePass(Pass):
         if not any(n.op_type in settings.op_types for n in nodes):
             # Said before preparing (copies, shape inference) and loading the model: preparing never adds a
             # candidate op, and it costs minutes on a model with huge attributes (a LightGBM TreeEnsemble).
-            return _unchanged(model, [_nothing_to_quantize(nodes, settings)],
-                              details={"skipped": "nothing to quantize"})
-        prepared = preprocess.prepare(model, want_per_channel=settings.per_channel,
-                                      gemm_as_matmul=mode == "dynamic" and "Gemm" in settings.op_types,
-                                      localize_subgraph_inputs=mode == "dynamic")
+            return _unchanged(
+                model, [_nothing_to_quantize(nodes, settings)], details={"skipped": "nothing to quantize"}
+            )
+        prepared = preprocess.prepare(
+            model,
+            want_per_channel=settings.per_channel,
+            gemm_as_matmul=mode == "dynamic" and "Gemm" in settings.op_types,
+            localize_subgraph_inputs=mode == "dynamic",
+        )
         if not prepared.per_channel_possible:
             settings = dataclasses.replace(settings, per_channel=False)
         if mode == "dynamic" and "Gemm" in settings.op_types:
-            settings = dataclasses.replace(settings, op_types=tuple(dict.fromkeys(
-                "MatMul" if t == "Gemm" else t for t in settings.op_types)))
+            settings = dataclasses.replace(
+                settings, op_types=tuple(dict.fromkeys("MatMul" if t == "Gemm" else t for t in settings.op_types))
+            )
         float_proto = prepared.proto
-        report = Report(model_bytes=modelio.proto_bytes(float_proto), settings=settings, cpu=cpu.describe(),
-                        preprocessing=prepared.steps)
+        report = Report(
+            model_bytes=modelio.proto_bytes(float_proto),
+            settings=settings,
+            cpu=cpu.describe(),
+            preprocessing=prepared.steps,
+        )
         if (load_error := _load_error(float_proto)) is not None:
             # Calibration, the target and the gate all run the model (qonnx_espcn_quant: onnx.brevitas ops).
             report.kept_whole_model_float = f"ONNX Runtime cannot run the model: {load_error}"
@@ -167,12 +194,23 @@ class QuantizePass(Pass):
             report.warnings.append(f"exclude names no main-graph node: {', '.join(sorted(unknown))}")
         candidates = [n for n in float_proto.graph.node if n.op_type in settings.op_types and n.name not in excluded]
         if not candidates and not _has_subgraph_candidates(float_proto, settings):
-            return _unchanged(model, [_nothing_to_quantize(list(float_proto.graph.node), settings)],
-                              details={"skipped": "nothing to quantize"})
+            return _unchanged(
+                model,
+                [_nothing_to_quantize(list(float_proto.graph.node), settings)],
+                details={"skipped": "nothing to quantize"},
+            )
 
-        run = QuantizeRun(options, self.context, float_proto, settings, report,
-                          CalibrationSplit(self._dataset(model, report), options.samples),
-                          tensor_elem_types(float_proto), candidates, excluded)
+        run = QuantizeRun(
+            options,
+            self.context,
+            float_proto,
+            settings,
+            report,
+            CalibrationSplit(self._dataset(model, report), options.samples),
+            tensor_elem_types(float_proto),
+            candidates,
+            excluded,
+        )
         try:
             quantized = self._quantize(run)
         except QuantizerError as e:
@@ -208,9 +246,11 @@ class QuantizePass(Pass):
             quantized = gated
         if report.target_met is False:
             # A model that misses the target is not handed on: the pipeline's parity check would only reject it.
-            report.kept_whole_model_float = (f"target {report.target} not met even with {len(keep_float)} of "
-                                             f"{len(run.candidates)} candidate nodes in float"
-                                             + (f"; {report.search_out_of_time}" if report.search_out_of_time else ""))
+            report.kept_whole_model_float = (
+                f"target {report.target} not met even with {len(keep_float)} of "
+                f"{len(run.candidates)} candidate nodes in float"
+                + (f"; {report.search_out_of_time}" if report.search_out_of_time else "")
+            )
             return None
         report.finish(run.float_proto, quantized, keep_float, set(run.excluded))
         return quantized
@@ -223,8 +263,10 @@ class QuantizePass(Pass):
             total = options.samples + options.samples // (HOLDOUT_EVERY - 1) + 1
             report.data = f"synthetic ({total} seeded samples)"
             done = "calibrated and judged" if report.settings.mode == "static" else "judged"
-            report.warnings.append(f"no calibration data: {done} on synthetic inputs, which rarely look like real "
-                                   "ones; give --calib-data for results you can trust")
+            report.warnings.append(
+                f"no calibration data: {done} on synthetic inputs, which rarely look like real "
+                "ones; give --calib-data for results you can trust"
+            )
             return as_dataset(None, model, dims=self.context.dims, num_samples=total)
         report.data = "calibration data"
         return as_dataset(self.context.data, model, dims=self.context.dims)
@@ -274,5 +316,7 @@ def _has_subgraph_candidates(proto: onnx.ModelProto, settings: QuantizeSettings)
     if settings.mode != "dynamic":
         return False
     model = ir.serde.deserialize_model(proto)
-    return any(node.op_type in settings.op_types and node.graph is not model.graph
-               for node in ir.traversal.RecursiveGraphIterator(model.graph))
+    return any(
+        node.op_type in settings.op_types and node.graph is not model.graph
+        for node in ir.traversal.RecursiveGraphIterator(model.graph)
+    )

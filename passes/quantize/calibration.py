@@ -36,8 +36,11 @@ from onnxruntime.quantization.calibrate import (
 from onnxkit.passes.quantize.runtime import TensorTap
 
 CalibMethod = Literal["minmax", "entropy", "percentile"]
-ORT_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+ORT_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
 FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
 
 # Activations are quantized to 8 bits: 256 levels.
@@ -123,8 +126,8 @@ class StreamingHistogram:
         scale = np.float32(2.0**-self.exponent)
         scaled = np.empty(min(values.size, _CHUNK), dtype=np.float32)
         for start in range(0, values.size, _CHUNK):
-            part = values[start:start + _CHUNK]
-            chunk = scaled[:part.size]
+            part = values[start : start + _CHUNK]
+            chunk = scaled[: part.size]
             np.multiply(part, scale, out=chunk)
             np.floor(chunk, out=chunk)
             index = chunk.astype(np.int32)
@@ -160,8 +163,9 @@ class StreamingHistogram:
         return np.diff(np.interp(np.linspace(*histogram_range(low, high), num_bins + 1), fine_edges, cumulative))
 
 
-def collect(tap: TensorTap, samples: Iterable[Mapping[str, Any]], num_bins: int | None,
-            progress: Progress | None = None) -> tuple[dict[str, tuple[float, float]], dict[str, StreamingHistogram]]:
+def collect(
+    tap: TensorTap, samples: Iterable[Mapping[str, Any]], num_bins: int | None, progress: Progress | None = None
+) -> tuple[dict[str, tuple[float, float]], dict[str, StreamingHistogram]]:
     """In one pass, one sample at a time: each tapped tensor's running min and max (finite values only) and,
     when ``num_bins`` is given, its streaming histogram."""
     ranges: dict[str, tuple[float, float]] = {}
@@ -218,7 +222,9 @@ def _kl_divergence(histogram: np.ndarray, start: int, stop: int, levels: int) ->
     return float(np.sum(p * np.log(p / q)))
 
 
-def entropy_range(histogram: np.ndarray, low: float, high: float, levels: int = QUANTIZED_LEVELS) -> tuple[float, float]:
+def entropy_range(
+    histogram: np.ndarray, low: float, high: float, levels: int = QUANTIZED_LEVELS
+) -> tuple[float, float]:
     """The clipping range with the least KL divergence between the float and quantized distributions.
 
     Candidate windows shrink the range ``[min(lo,0), max(hi,0)]`` towards zero by a common factor, so the
@@ -242,9 +248,14 @@ def entropy_range(histogram: np.ndarray, low: float, high: float, levels: int = 
     return best
 
 
-def calibrate(proto: onnx.ModelProto, tensor_names: Sequence[str], types: Mapping[str, int],
-              samples: Iterable[Mapping[str, Any]], settings: CalibrationSettings,
-              progress: Progress | None = None) -> TensorsData:
+def calibrate(
+    proto: onnx.ModelProto,
+    tensor_names: Sequence[str],
+    types: Mapping[str, int],
+    samples: Iterable[Mapping[str, Any]],
+    settings: CalibrationSettings,
+    progress: Progress | None = None,
+) -> TensorsData:
     """Ranges of ``tensor_names`` over ``samples`` by ``settings``, streamed in one pass.
 
     A tensor no graph input reaches (a weight computed from constants at run time, as in models whose weights
@@ -261,8 +272,9 @@ def calibrate(proto: onnx.ModelProto, tensor_names: Sequence[str], types: Mappin
         ranges, histograms = collect(TensorTap(proto, varying, types), samples, bins, progress)
     if constant:
         first = list(itertools.islice(iter(samples), 1))
-        constant_ranges, constant_histograms = collect(TensorTap(proto, [n for n in tensor_names if n in constant],
-                                                                 types), first, bins)
+        constant_ranges, constant_histograms = collect(
+            TensorTap(proto, [n for n in tensor_names if n in constant], types), first, bins
+        )
         ranges.update(constant_ranges)
         histograms.update(constant_histograms)
     for name, histogram in histograms.items():
@@ -278,8 +290,9 @@ def calibrate(proto: onnx.ModelProto, tensor_names: Sequence[str], types: Mappin
 
 
 # Operators whose outputs differ from run to run without any input.
-_RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
-                         "Multinomial", "Dropout"})
+_RANDOM_OPS = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial", "Dropout"}
+)
 
 
 def sample_independent(proto: onnx.ModelProto, names: Iterable[str]) -> set[str]:
@@ -287,17 +300,21 @@ def sample_independent(proto: onnx.ModelProto, names: Iterable[str]) -> set[str]
     A node with a subgraph (which may read any outer value) or a random op counts as reached."""
     reached = {i.name for i in proto.graph.input}
     for node in proto.graph.node:  # in topological order, as ONNX requires
-        if (node.op_type in _RANDOM_OPS or any(name in reached for name in node.input)
-                or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)):
+        if (
+            node.op_type in _RANDOM_OPS
+            or any(name in reached for name in node.input)
+            or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        ):
             reached.update(node.output)
     produced = {name for node in proto.graph.node for name in node.output}
     return {name for name in names if name in produced and name not in reached}
 
 
 def to_tensors_data(ranges: Mapping[str, tuple[float, float]], method: CalibMethod) -> TensorsData:
-    return TensorsData(ORT_METHODS[method], {
-        name: TensorData(lowest=np.float32(low), highest=np.float32(high)) for name, (low, high) in ranges.items()
-    })
+    return TensorsData(
+        ORT_METHODS[method],
+        {name: TensorData(lowest=np.float32(low), highest=np.float32(high)) for name, (low, high) in ranges.items()},
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -315,17 +332,26 @@ def dataset_fingerprint(samples: Iterable[Mapping[str, Any]]) -> str:
     return digest.hexdigest()
 
 
-def cache_key(proto: onnx.ModelProto, data_fingerprint: str, settings: CalibrationSettings,
-              tensor_names: Sequence[str]) -> str:
+def cache_key(
+    proto: onnx.ModelProto, data_fingerprint: str, settings: CalibrationSettings, tensor_names: Sequence[str]
+) -> str:
     """Model bytes + data + settings + the tensors calibrated: any change gives a new key."""
     digest = hashlib.sha256()
     # Part by part: a model past protobuf's 2 GB limit cannot be serialized whole.
-    for part in (*proto.opset_import, *proto.graph.input, *proto.graph.output, *proto.graph.node,
-                 *proto.graph.initializer):
+    for part in (
+        *proto.opset_import,
+        *proto.graph.input,
+        *proto.graph.output,
+        *proto.graph.node,
+        *proto.graph.initializer,
+    ):
         digest.update(hashlib.sha256(part.SerializeToString(deterministic=True)).digest())
     digest.update(data_fingerprint.encode())
-    digest.update(json.dumps({"format": CACHE_FORMAT, **dataclasses.asdict(settings),
-                              "tensors": list(tensor_names)}, sort_keys=True).encode())
+    digest.update(
+        json.dumps(
+            {"format": CACHE_FORMAT, **dataclasses.asdict(settings), "tensors": list(tensor_names)}, sort_keys=True
+        ).encode()
+    )
     return digest.hexdigest()[:32]
 
 

@@ -37,7 +37,9 @@ class CpuFeatures:
     def describe(self) -> str:
         if not self.is_x86:
             return f"{self.machine} CPU"
-        features = [name for name, present in (("AVX2", self.avx2), ("AVX-512", self.avx512), ("VNNI", self.vnni)) if present]
+        features = [
+            name for name, present in (("AVX2", self.avx2), ("AVX-512", self.avx512), ("VNNI", self.vnni)) if present
+        ]
         return f"{self.machine} CPU with {', '.join(features) or 'no AVX2'}" + ("" if self.vnni else ", no VNNI")
 
 

@@ -51,8 +51,15 @@ def by_metric(float_proto: onnx.ModelProto, evaluate: Callable[[Any], float], ma
     return Judge(target, check, check)
 
 
-def by_parity(float_proto: onnx.ModelProto, data: CalibrationSplit, *, min_cosine: float | None,
-              min_sqnr: float | None, min_top1: float | None, pipeline_checks_held_out: bool) -> Judge:
+def by_parity(
+    float_proto: onnx.ModelProto,
+    data: CalibrationSplit,
+    *,
+    min_cosine: float | None,
+    min_sqnr: float | None,
+    min_top1: float | None,
+    pipeline_checks_held_out: bool,
+) -> Judge:
     """The parity target, as the pipeline will check it.
 
     ``check``: held-out samples, ORT optimizations on, to judge the fused INT8 kernels that will run.
@@ -64,12 +71,12 @@ def by_parity(float_proto: onnx.ModelProto, data: CalibrationSplit, *, min_cosin
     tolerance = dataclasses.replace(PIPELINE_TOLERANCE, min_cosine=min_cosine, min_sqnr=min_sqnr, min_top1=min_top1)
     # Chains record the float model's outputs on the first comparison and replay them for every candidate.
     specs = input_specs(float_proto)
-    on_held_out = parity.ParityChain(data.held_out, specs, "held-out samples", data_given=True,
-                                     ort_optimizations=True)
+    on_held_out = parity.ParityChain(data.held_out, specs, "held-out samples", data_given=True, ort_optimizations=True)
     pipeline_samples = data.held_out if pipeline_checks_held_out else data.all_samples
     pipeline_description = "held-out samples" if pipeline_checks_held_out else "every sample read"
-    as_the_pipeline_checks = parity.ParityChain(pipeline_samples, specs, pipeline_description, data_given=True,
-                                                ort_optimizations=False)
+    as_the_pipeline_checks = parity.ParityChain(
+        pipeline_samples, specs, pipeline_description, data_given=True, ort_optimizations=False
+    )
     held_out_verdicts: dict[int, Any] = {}  # by candidate identity: confirm reuses check's comparison
 
     def check(candidate: onnx.ModelProto) -> Verdict:
@@ -79,12 +86,14 @@ def by_parity(float_proto: onnx.ModelProto, data: CalibrationSplit, *, min_cosin
         return Verdict(verdict.passed, {"held-out": verdict}, noise_excess([verdict], tolerance))
 
     def confirm(candidate: onnx.ModelProto) -> Verdict:
-        verdicts = {"held-out": held_out_verdicts.get(id(candidate))
-                    or on_held_out.compare(float_proto, candidate, tolerance)}
+        verdicts = {
+            "held-out": held_out_verdicts.get(id(candidate)) or on_held_out.compare(float_proto, candidate, tolerance)
+        }
         if verdicts["held-out"].passed:
             key = "held-out" if pipeline_checks_held_out else "all"
-            verdicts[f"{key}, ORT optimizations off"] = as_the_pipeline_checks.compare(float_proto, candidate,
-                                                                                       tolerance)
+            verdicts[f"{key}, ORT optimizations off"] = as_the_pipeline_checks.compare(
+                float_proto, candidate, tolerance
+            )
         return Verdict(all(v.passed for v in verdicts.values()), verdicts, noise_excess(verdicts.values(), tolerance))
 
     return Judge(tolerance.describe(), check, confirm)
@@ -103,8 +112,11 @@ def noise_excess(verdicts: Iterable[Any], tolerance: Any) -> float | None:
                 excess = max(excess, noise / allowed if allowed > 0 else math.inf)
             if tolerance.min_sqnr is not None and output.sqnr_db is not None:
                 excess = max(excess, 10.0 ** ((tolerance.min_sqnr - output.sqnr_db) / 10.0))
-            top1_fails = (tolerance.min_top1 is not None and output.top1_agreement is not None
-                          and output.top1_agreement < tolerance.min_top1)
+            top1_fails = (
+                tolerance.min_top1 is not None
+                and output.top1_agreement is not None
+                and output.top1_agreement < tolerance.min_top1
+            )
             if top1_fails and excess <= 1.0:
                 return None
     return excess

@@ -47,8 +47,11 @@ class Timing:
         return f"INT8/FP32 latency {self.ratio:.2f}× ({self.quantized_ms:.2f} ms vs {self.float_ms:.2f} ms)"
 
     def to_dict(self) -> dict[str, float]:
-        return {"float_ms": round(self.float_ms, 6), "quantized_ms": round(self.quantized_ms, 6),
-                "ratio": round(self.ratio, 4)}
+        return {
+            "float_ms": round(self.float_ms, 6),
+            "quantized_ms": round(self.quantized_ms, 6),
+            "ratio": round(self.ratio, 4),
+        }
 
 
 def time_models(models: Sequence[onnx.ModelProto], samples: Sequence[Mapping[str, Any]]) -> list[float]:
@@ -102,9 +105,14 @@ class GateResult:
     tried: list[tuple[str, float]]  # (op types kept float, ratio) for each attempt
 
 
-def latency_gate(float_model: onnx.ModelProto, quantized: onnx.ModelProto, op_types: Sequence[str],
-                 requantize: Callable[[Sequence[str]], onnx.ModelProto], samples: Sequence[Mapping[str, Any]],
-                 max_slowdown: float) -> GateResult:
+def latency_gate(
+    float_model: onnx.ModelProto,
+    quantized: onnx.ModelProto,
+    op_types: Sequence[str],
+    requantize: Callable[[Sequence[str]], onnx.ModelProto],
+    samples: Sequence[Mapping[str, Any]],
+    max_slowdown: float,
+) -> GateResult:
     """Keep ``quantized`` if it is at most ``max_slowdown`` times the float latency; otherwise greedily
     take out of quantization the op type whose removal helps most (``requantize(op_types_to_keep)``),
     until it is fast enough or nothing is left."""

@@ -15,8 +15,18 @@ from onnxkit.passes.quantize.judge import PIPELINE_TOLERANCE
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Attention", "LSTM", "GRU", "Gather")
 # Static mode: the compute-heavy ops with INT8 kernels, Gather for embedding tables, and the ops ORT can
 # keep in INT8 between them (ReLU/Clip fold into the quantization range, pooling has QLinear kernels).
-STATIC_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "Relu", "Clip", "MaxPool", "AveragePool",
-                   "GlobalAveragePool")
+STATIC_OP_TYPES = (
+    "Conv",
+    "ConvTranspose",
+    "MatMul",
+    "Gemm",
+    "Gather",
+    "Relu",
+    "Clip",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+)
 # The ops whose INT8 kernels are where the time and size go; a model with none of them quantized is not worth
 # shipping as INT8.
 HEAVY_OP_TYPES = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "Attention", "LSTM", "GRU"})
@@ -55,8 +65,10 @@ class QuantizeOptions:
         if self.samples < 1:
             raise ValueError("samples must be at least 1")
         if self.calib == "entropy" and self.num_bins < 2 * calibration.QUANTIZED_LEVELS:
-            raise ValueError(f"calib=entropy needs num_bins ≥ {2 * calibration.QUANTIZED_LEVELS}, to search "
-                             f"clipping thresholds finer than the {calibration.QUANTIZED_LEVELS} INT8 levels")
+            raise ValueError(
+                f"calib=entropy needs num_bins ≥ {2 * calibration.QUANTIZED_LEVELS}, to search "
+                f"clipping thresholds finer than the {calibration.QUANTIZED_LEVELS} INT8 levels"
+            )
         if self.num_bins < 2:
             raise ValueError("num_bins must be at least 2")
         if self.smooth_alpha is not None and not 0 <= self.smooth_alpha <= 1:

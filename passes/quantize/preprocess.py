@@ -30,13 +30,36 @@ logger = logging.getLogger(__name__)
 MIN_QDQ_OPSET = 13
 
 # Operators that only appear in a model that is already quantized.
-_QUANTIZED_OPS = frozenset({
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
-    "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearAveragePool", "QLinearGlobalAveragePool",
-    "QLinearConcat", "QLinearLeakyRelu", "QLinearSigmoid", "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere",
-    "QGemm", "QAttention", "QEmbedLayerNormalization", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM",
-    "MatMulIntegerToFloat", "MatMulNBits", "MatMulBnb4", "GatherBlockQuantized",
-})
+_QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearAveragePool",
+        "QLinearGlobalAveragePool",
+        "QLinearConcat",
+        "QLinearLeakyRelu",
+        "QLinearSigmoid",
+        "QLinearSoftmax",
+        "QLinearReduceMean",
+        "QLinearWhere",
+        "QGemm",
+        "QAttention",
+        "QEmbedLayerNormalization",
+        "DynamicQuantizeMatMul",
+        "DynamicQuantizeLSTM",
+        "MatMulIntegerToFloat",
+        "MatMulNBits",
+        "MatMulBnb4",
+        "GatherBlockQuantized",
+    }
+)
 
 
 @dataclasses.dataclass
@@ -57,8 +80,9 @@ def quantized_op_counts(model: ir.Model) -> dict[str, int]:
     return counts
 
 
-def prepare(model: ir.Model, *, want_per_channel: bool, gemm_as_matmul: bool = False,
-            localize_subgraph_inputs: bool = False) -> PreparedModel:
+def prepare(
+    model: ir.Model, *, want_per_channel: bool, gemm_as_matmul: bool = False, localize_subgraph_inputs: bool = False
+) -> PreparedModel:
     """A copy of ``model`` with weights lifted, names fixed, opset ≥ 13 and shapes inferred where possible.
 
     For dynamic mode, which also quantizes If/Loop/Scan bodies: ``gemm_as_matmul`` rewrites Gemm with constant
@@ -110,8 +134,9 @@ def prepare(model: ir.Model, *, want_per_channel: bool, gemm_as_matmul: bool = F
     if want_per_channel and not per_channel_possible:
         steps.append(f"per-channel weights turned off: opset {opset} has no per-channel DequantizeLinear")
     # The converter leaves the IR version as it was, which an upgraded opset may not allow.
-    proto.ir_version = max(proto.ir_version, onnx.helper.find_min_ir_version_for(proto.opset_import,
-                                                                                 ignore_unknown=True))
+    proto.ir_version = max(
+        proto.ir_version, onnx.helper.find_min_ir_version_for(proto.opset_import, ignore_unknown=True)
+    )
 
     proto, how = infer_shapes(proto)
     steps.append(f"shape inference: {how}")
@@ -134,8 +159,11 @@ def unshare_biases(model: ir.Model) -> int:
     taken |= {value.name for value in graph.inputs}
     copied = 0
     for bias in list(graph.initializers.values()):
-        users = [(node, index) for node, index in bias.uses()
-                 if index == 2 and node.op_type in _BIAS_OPS and node.domain in ("", "ai.onnx")]
+        users = [
+            (node, index)
+            for node, index in bias.uses()
+            if index == 2 and node.op_type in _BIAS_OPS and node.domain in ("", "ai.onnx")
+        ]
         if len(users) < 2 or bias.const_value is None:
             continue
         for node, index in users[1:]:
@@ -143,8 +171,9 @@ def unshare_biases(model: ir.Model) -> int:
             while name in taken:
                 name += "_"
             taken.add(name)
-            copy = ir.Value(name=name, type=bias.type, shape=bias.shape,
-                            const_value=ir.tensor(bias.const_value.numpy(), name=name))
+            copy = ir.Value(
+                name=name, type=bias.type, shape=bias.shape, const_value=ir.tensor(bias.const_value.numpy(), name=name)
+            )
             graph.register_initializer(copy)
             node.replace_input_with(index, copy)
             copied += 1
@@ -227,8 +256,12 @@ def _owning_graph(value: ir.Value) -> ir.Graph | None:
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     while name in graph.initializers:
         name += "_"
-    value = ir.Value(name=name, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape),
-                     const_value=ir.tensor(array, name=name))
+    value = ir.Value(
+        name=name,
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        shape=ir.Shape(array.shape),
+        const_value=ir.tensor(array, name=name),
+    )
     graph.register_initializer(value)
     return value
 
@@ -257,8 +290,11 @@ def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
 
 
 def _stated_output_ranks(model: onnx.ModelProto) -> dict[str, int]:
-    return {value.name: len(value.type.tensor_type.shape.dim) for value in model.graph.output
-            if value.type.tensor_type.HasField("shape")}
+    return {
+        value.name: len(value.type.tensor_type.shape.dim)
+        for value in model.graph.output
+        if value.type.tensor_type.HasField("shape")
+    }
 
 
 def _contradicts_declared_ranks(inferred: onnx.ModelProto, declared: onnx.ModelProto) -> bool:
@@ -273,8 +309,10 @@ def keep_declared_signature(model: onnx.ModelProto, declared: onnx.ModelProto) -
     symbolic inference makes rank 2) and writes what it found over them; the pass must not change the model's
     signature, whichever is right.
     """
-    for values, declared_values in ((model.graph.input, declared.graph.input),
-                                    (model.graph.output, declared.graph.output)):
+    for values, declared_values in (
+        (model.graph.input, declared.graph.input),
+        (model.graph.output, declared.graph.output),
+    ):
         stated = {value.name: value for value in declared_values if value.HasField("type")}
         for value in values:
             if value.name in stated:
@@ -291,8 +329,9 @@ def _symbolic_shape_inference_class() -> type:
         return loaded.SymbolicShapeInference
     package = importlib.util.find_spec("onnxruntime")
     assert package is not None and package.origin is not None
-    spec = importlib.util.spec_from_file_location("onnxkit._ort_symbolic_shape_infer",
-                                                  Path(package.origin).parent / "tools" / "symbolic_shape_infer.py")
+    spec = importlib.util.spec_from_file_location(
+        "onnxkit._ort_symbolic_shape_infer", Path(package.origin).parent / "tools" / "symbolic_shape_infer.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -302,7 +341,9 @@ def _symbolic_shape_inference_class() -> type:
 def _symbolic_shape_inference(proto: onnx.ModelProto) -> onnx.ModelProto:
     # SymbolicShapeInference.infer_shapes would also do this, but on failure it writes
     # sym_shape_infer_temp.onnx into the current directory; so drive its steps directly.
-    inference = _symbolic_shape_inference_class()(int_max=2**31 - 1, auto_merge=True, guess_output_rank=False, verbose=0)
+    inference = _symbolic_shape_inference_class()(
+        int_max=2**31 - 1, auto_merge=True, guess_output_rank=False, verbose=0
+    )
     inference._preprocess(proto)
     complete = False
     while inference.run_:

@@ -36,14 +36,32 @@ import onnx
 # normalizations, ...) send every candidate of the model through ORT's quantizer.
 _LEADERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _REMOVABLE = frozenset({"Relu", "Clip"})
-_DATA_MOVERS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "AveragePool", "Slice", "TopK",
-                          "MaxPool"})
+_DATA_MOVERS = frozenset(
+    {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "AveragePool", "Slice", "TopK", "MaxPool"}
+)
 _GATHERS = frozenset({"Gather", "GatherElements"})
-_ORT_QDQ_RULES = frozenset({*_LEADERS, *_REMOVABLE, *_DATA_MOVERS, *_GATHERS, "Resize", "Pad", "Split", "Where",
-                            "InstanceNormalization", "LayerNormalization", "BatchNormalization", "CumSum"})
+_ORT_QDQ_RULES = frozenset(
+    {
+        *_LEADERS,
+        *_REMOVABLE,
+        *_DATA_MOVERS,
+        *_GATHERS,
+        "Resize",
+        "Pad",
+        "Split",
+        "Where",
+        "InstanceNormalization",
+        "LayerNormalization",
+        "BatchNormalization",
+        "CumSum",
+    }
+)
 _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16})
-_QUANTIZE_SUFFIX, _DEQUANTIZE_SUFFIX, _QUANTIZE_INPUT_SUFFIX = ("_QuantizeLinear_Output", "_DequantizeLinear_Output",
-                                                                "_QuantizeLinear_Input")
+_QUANTIZE_SUFFIX, _DEQUANTIZE_SUFFIX, _QUANTIZE_INPUT_SUFFIX = (
+    "_QuantizeLinear_Output",
+    "_DequantizeLinear_Output",
+    "_QuantizeLinear_Input",
+)
 
 OWN = ""  # a marked tensor with its own calibrated scale; otherwise the name of the input whose scale it shares
 
@@ -60,8 +78,15 @@ class QdqEditor:
     """Candidates of one static QDQ quantization: ``quantized`` is ``float_proto`` with the nodes of
     ``op_types`` in INT8 except ``float_nodes``; ``keep_float(names)`` is the same with ``names`` float too."""
 
-    def __init__(self, float_proto: onnx.ModelProto, quantized: onnx.ModelProto, op_types: Collection[str],
-                 float_nodes: Collection[str], types: Mapping[str, int], exclude_output_op_types: Collection[str]) -> None:
+    def __init__(
+        self,
+        float_proto: onnx.ModelProto,
+        quantized: onnx.ModelProto,
+        op_types: Collection[str],
+        float_nodes: Collection[str],
+        types: Mapping[str, int],
+        exclude_output_op_types: Collection[str],
+    ) -> None:
         self.float_proto = float_proto
         self.quantized = quantized
         self.op_types = frozenset(op_types)
@@ -116,8 +141,12 @@ class QdqEditor:
                 if inputs[0] not in marks:
                     continue
                 upstream = inputs[0]
-                if (self.readers.get(upstream, 0) == 1 and upstream not in self.graph_outputs
-                        and upstream not in self.graph_inputs and upstream not in self.initializers):
+                if (
+                    self.readers.get(upstream, 0) == 1
+                    and upstream not in self.graph_outputs
+                    and upstream not in self.graph_inputs
+                    and upstream not in self.initializers
+                ):
                     del marks[upstream]
                     folded[node.name] = upstream
                 if output_marked:
@@ -178,8 +207,9 @@ class QdqEditor:
                 return f"{name}{_DEQUANTIZE_SUFFIX}"
             return name
 
-        int8_nodes = {n.name for n in self.float_proto.graph.node
-                      if n.op_type in self.op_types and n.name not in float_nodes}
+        int8_nodes = {
+            n.name for n in self.float_proto.graph.node if n.op_type in self.op_types and n.name not in float_nodes
+        }
         nodes: list[onnx.NodeProto] = []
         for node in quantized.node:
             if node.name in pair_nodes:
@@ -208,12 +238,15 @@ class QdqEditor:
             nodes.append(edited)
             nodes.extend(self._name_outputs(edited, marks, dequantized))
         # A float node reads its float weight (ORT names a bias's DQ output after the float bias).
-        quantized_weights = [n for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in quantized_initializers]
+        quantized_weights = [
+            n for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in quantized_initializers
+        ]
         unread = {id(n) for n in quantized_weights if n.output[0] not in int8_reads}
         return _with_nodes(self.quantized, [n for n in nodes if id(n) not in unread], self.float_proto)
 
-    def _name_outputs(self, node: onnx.NodeProto, marks: _Marks, dequantized: Callable[[str], str]
-                      ) -> list[onnx.NodeProto]:
+    def _name_outputs(
+        self, node: onnx.NodeProto, marks: _Marks, dequantized: Callable[[str], str]
+    ) -> list[onnx.NodeProto]:
         """Name ``node``'s outputs as ORT does (a folded activation's output in place of its input; a quantized
         graph output's QuantizeLinear input), and return the folded activations that are float nodes again
         in this candidate, to follow it."""
@@ -235,8 +268,9 @@ class QdqEditor:
         return restored
 
 
-def _with_nodes(template: onnx.ModelProto, nodes: list[onnx.NodeProto], float_proto: onnx.ModelProto
-                ) -> onnx.ModelProto:
+def _with_nodes(
+    template: onnx.ModelProto, nodes: list[onnx.NodeProto], float_proto: onnx.ModelProto
+) -> onnx.ModelProto:
     """``template`` with ``nodes``, the initializers they read (float weights from ``float_proto`` where the
     quantized model dropped them) and the value_info of the tensors they make."""
     model = onnx.ModelProto()

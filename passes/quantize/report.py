@@ -46,15 +46,26 @@ class Report:
     kept_float: dict[str, str] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
 
-    def finish(self, float_proto: onnx.ModelProto, quantized: onnx.ModelProto, keep_float: Mapping[str, str],
-               excluded: set[str]) -> None:
+    def finish(
+        self,
+        float_proto: onnx.ModelProto,
+        quantized: onnx.ModelProto,
+        keep_float: Mapping[str, str],
+        excluded: set[str],
+    ) -> None:
         self.quantized_bytes = modelio.proto_bytes(quantized)
-        self.quantized_nodes = dict(Counter(n.op_type for n in quantized_nodes(float_proto, quantized)
-                                            if n.op_type in self.settings.op_types))
+        self.quantized_nodes = dict(
+            Counter(n.op_type for n in quantized_nodes(float_proto, quantized) if n.op_type in self.settings.op_types)
+        )
         self.kept_float = {**dict.fromkeys(sorted(excluded), "excluded by the user"), **keep_float}
         for op_type in self.gate_float_op_types:
-            self.kept_float.update({n.name: f"{op_type} kept float by the latency gate" for n in float_proto.graph.node
-                                    if n.op_type == op_type and n.name not in self.kept_float})
+            self.kept_float.update(
+                {
+                    n.name: f"{op_type} kept float by the latency gate"
+                    for n in float_proto.graph.node
+                    if n.op_type == op_type and n.name not in self.kept_float
+                }
+            )
 
     def parity(self) -> dict[str, Any] | None:
         if self.verdict is None:
@@ -63,37 +74,50 @@ class Report:
 
     def stats(self) -> list[str]:
         s = self.settings
-        head = (f"{s.mode} {s.format.upper() if s.mode == 'static' else ''} INT8".replace("  ", " ")
-                + f" ({'per-channel' if s.per_channel else 'per-tensor'} {s.weight_type} weights"
-                + (f", {s.act_type} activations" if s.mode == "static" else "")
-                + f", reduce_range {'on' if s.reduce_range else 'off'})")
+        head = (
+            f"{s.mode} {s.format.upper() if s.mode == 'static' else ''} INT8".replace("  ", " ")
+            + f" ({'per-channel' if s.per_channel else 'per-tensor'} {s.weight_type} weights"
+            + (f", {s.act_type} activations" if s.mode == "static" else "")
+            + f", reduce_range {'on' if s.reduce_range else 'off'})"
+        )
         lines = [head]
         if self.calibration:
-            lines.append(f"calibrated {self.calibration['tensors']} tensors on {self.calibration['samples']} samples "
-                         f"({self.data}), {self.calibration['method']}, cache {self.calibration['cache']}")
+            lines.append(
+                f"calibrated {self.calibration['tensors']} tensors on {self.calibration['samples']} samples "
+                f"({self.data}), {self.calibration['method']}, cache {self.calibration['cache']}"
+            )
         if self.smoothing:
             lines.append(self.smoothing)
         if self.quantized_nodes and not self.kept_whole_model_float:
             total = sum(self.quantized_nodes.values())
-            lines.append(f"quantized {total} nodes: " + ", ".join(f"{c} {op}" for op, c in sorted(self.quantized_nodes.items())))
+            lines.append(
+                f"quantized {total} nodes: " + ", ".join(f"{c} {op}" for op, c in sorted(self.quantized_nodes.items()))
+            )
         if self.kept_float and not self.kept_whole_model_float:
-            lines.append(f"kept {len(self.kept_float)} nodes in float: " + ", ".join(list(self.kept_float)[:5])
-                         + (" …" if len(self.kept_float) > 5 else ""))
+            lines.append(
+                f"kept {len(self.kept_float)} nodes in float: "
+                + ", ".join(list(self.kept_float)[:5])
+                + (" …" if len(self.kept_float) > 5 else "")
+            )
         if self.verdict is not None:
             met = "met" if self.target_met else "NOT met"
             results = "; ".join(f"{key}: {brief(value)}" for key, value in self.verdict.items())
             lines.append(f"target {self.target} {met} ({results})")
         if self.search_verifications > 1:
-            lines.append(f"search: {self.search_rounds} sensitivity ranking(s), {self.search_verifications} candidates "
-                         f"judged, sensitivity cache {self.sensitivity_cache}")
+            lines.append(
+                f"search: {self.search_rounds} sensitivity ranking(s), {self.search_verifications} candidates "
+                f"judged, sensitivity cache {self.sensitivity_cache}"
+            )
         if self.timing is not None:
             gate = f"; kept {', '.join(self.gate_float_op_types)} float for speed" if self.gate_float_op_types else ""
             lines.append(self.timing.describe() + gate)
         if self.kept_whole_model_float:
             lines.append(f"kept the float model: {self.kept_whole_model_float}")
         if self.quantized_bytes is not None:
-            lines.append(f"size {self.model_bytes / 1e6:.2f} MB → {self.quantized_bytes / 1e6:.2f} MB "
-                         f"({self.quantized_bytes / self.model_bytes:.2f}×)")
+            lines.append(
+                f"size {self.model_bytes / 1e6:.2f} MB → {self.quantized_bytes / 1e6:.2f} MB "
+                f"({self.quantized_bytes / self.model_bytes:.2f}×)"
+            )
         lines.extend(f"warning: {w}" for w in self.warnings)
         return lines
 
@@ -108,16 +132,25 @@ class Report:
             "target": self.target,
             "target_met": self.target_met,
             "search_rounds": self.search_rounds,
-            "search": {"rankings": self.search_rounds, "verifications": self.search_verifications,
-                       "sensitivity_cache": self.sensitivity_cache, "out_of_time": self.search_out_of_time,
-                       "worst_nodes": ranking_dicts(self.ranking[:RANKING_SHOWN], self.ranking)},
+            "search": {
+                "rankings": self.search_rounds,
+                "verifications": self.search_verifications,
+                "sensitivity_cache": self.sensitivity_cache,
+                "out_of_time": self.search_out_of_time,
+                "worst_nodes": ranking_dicts(self.ranking[:RANKING_SHOWN], self.ranking),
+            },
             "parity": self.parity(),
             "latency": self.timing.to_dict() if self.timing else None,
-            "latency_gate": {"float_op_types": list(self.gate_float_op_types),
-                             "attempts": [list(a) for a in self.gate_attempts],
-                             "kept_whole_model_float": self.kept_whole_model_float},
-            "size": {"float_bytes": self.model_bytes, "quantized_bytes": self.quantized_bytes,
-                     "ratio": round(self.quantized_bytes / self.model_bytes, 4) if self.quantized_bytes else None},
+            "latency_gate": {
+                "float_op_types": list(self.gate_float_op_types),
+                "attempts": [list(a) for a in self.gate_attempts],
+                "kept_whole_model_float": self.kept_whole_model_float,
+            },
+            "size": {
+                "float_bytes": self.model_bytes,
+                "quantized_bytes": self.quantized_bytes,
+                "ratio": round(self.quantized_bytes / self.model_bytes, 4) if self.quantized_bytes else None,
+            },
             "quantized_nodes": dict(self.quantized_nodes),
             "kept_float": dict(self.kept_float),
             "warnings": list(self.warnings),
@@ -127,10 +160,18 @@ class Report:
 def ranking_dicts(shown: Sequence[NodeSensitivity], ranking: Sequence[NodeSensitivity]) -> list[dict[str, Any]]:
     """The shown nodes with their measured effect and their share of all the noise the ranked nodes add."""
     total = sum(s.added_nsr for s in ranking if s.added_nsr > 0 and s.added_nsr != float("inf"))
-    return [{"node": s.node, "op_type": s.op_type, "added_nsr": _finite(s.added_nsr),
-             "output_sqnr_db": _finite(s.output_sqnr_db),
-             "share_of_added_noise": round(s.added_nsr / total, 4) if total > 0 and s.added_nsr > 0
-             and s.added_nsr != float("inf") else None} for s in shown]
+    return [
+        {
+            "node": s.node,
+            "op_type": s.op_type,
+            "added_nsr": _finite(s.added_nsr),
+            "output_sqnr_db": _finite(s.output_sqnr_db),
+            "share_of_added_noise": round(s.added_nsr / total, 4)
+            if total > 0 and s.added_nsr > 0 and s.added_nsr != float("inf")
+            else None,
+        }
+        for s in shown
+    ]
 
 
 def _finite(value: float) -> float | str:
@@ -155,8 +196,11 @@ def quantized_nodes(float_proto: onnx.ModelProto, quantized: onnx.ModelProto) ->
     """Float nodes, subgraphs included, that the quantized model runs in INT8: replaced by other ops
     (QOperator, dynamic), or reading rewired inputs (DequantizeLinear outputs in QDQ, INT8 tables for Gather)."""
     same = {(n.name, n.op_type): _input_names(n) for n in graph.nodes(ir.serde.deserialize_model(quantized))}
-    return [node for node in graph.nodes(ir.serde.deserialize_model(float_proto))
-            if same.get((node.name, node.op_type)) != _input_names(node)]
+    return [
+        node
+        for node in graph.nodes(ir.serde.deserialize_model(float_proto))
+        if same.get((node.name, node.op_type)) != _input_names(node)
+    ]
 
 
 def _input_names(node: ir.Node) -> list[str]:

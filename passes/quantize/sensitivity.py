@@ -83,8 +83,12 @@ def activation_qdq(quantized: onnx.ModelProto) -> dict[str, tuple[float, float, 
         if scale_value.size != 1:
             continue  # per-channel: a weight, not an activation
         info = np.iinfo(zero_value.dtype)
-        found[node.input[0]] = (float(scale_value.reshape(())), float(zero_value.reshape(())), int(info.min),
-                                int(info.max))
+        found[node.input[0]] = (
+            float(scale_value.reshape(())),
+            float(zero_value.reshape(())),
+            int(info.min),
+            int(info.max),
+        )
     return found
 
 
@@ -116,8 +120,13 @@ def _rounding_noise(values: np.ndarray, qdq: tuple[float, float, int, int]) -> f
     return _power(rounded)
 
 
-def measure_sensitivity(float_proto: onnx.ModelProto, quantized: onnx.ModelProto, candidates: Sequence[onnx.NodeProto],
-                        types: Mapping[str, int], samples: Iterable[Mapping[str, Any]]) -> list[NodeSensitivity]:
+def measure_sensitivity(
+    float_proto: onnx.ModelProto,
+    quantized: onnx.ModelProto,
+    candidates: Sequence[onnx.NodeProto],
+    types: Mapping[str, int],
+    samples: Iterable[Mapping[str, Any]],
+) -> list[NodeSensitivity]:
     """Each candidate node's added noise, most sensitive first, from one run of each model over ``samples``.
 
     Two measures:
@@ -152,8 +161,11 @@ def measure_sensitivity(float_proto: onnx.ModelProto, quantized: onnx.ModelProto
 
     for node in candidates:
         inputs = [add((name, name)) for name in node.input if activation(name)]
-        outputs = [add((name, consumed if (consumed := f"{name}{DEQUANT_OUTPUT_SUFFIX}") in present else name))
-                   for name in node.output if activation(name)]
+        outputs = [
+            add((name, consumed if (consumed := f"{name}{DEQUANT_OUTPUT_SUFFIX}") in present else name))
+            for name in node.output
+            if activation(name)
+        ]
         rounding = [name for name in (*node.input, *node.output) if activation(name) and name in qdq]
         rounded.update(dict.fromkeys(rounding))
         if outputs:
@@ -175,7 +187,8 @@ def measure_sensitivity(float_proto: onnx.ModelProto, quantized: onnx.ModelProto
         for float_name, quantized_name in pairs:
             # A float32 difference is correctly rounded: its error is 1e-7 of the noise, not of the signal.
             noise[(float_name, quantized_name)] += _power(
-                np.subtract(float_values[float_name], quantized_values[quantized_name]))
+                np.subtract(float_values[float_name], quantized_values[quantized_name])
+            )
         for name in rounded:
             rounding_noise[name] += _rounding_noise(float_values[name], qdq[name])
 
@@ -265,16 +278,25 @@ def why_float(ranking: Sequence[NodeSensitivity], position: int, ranking_number:
     """Why the node at ``position`` of ``ranking`` stays float: its rank, its measured effect, its share."""
     node = ranking[position]
     total = sum(s.added_nsr for s in ranking if math.isfinite(s.added_nsr) and s.added_nsr > 0)
-    share = (f", {node.added_nsr / total:.1%} of the noise all {len(ranking)} ranked nodes add"
-             if total > 0 and math.isfinite(node.added_nsr) and node.added_nsr > 0 else "")
+    share = (
+        f", {node.added_nsr / total:.1%} of the noise all {len(ranking)} ranked nodes add"
+        if total > 0 and math.isfinite(node.added_nsr) and node.added_nsr > 0
+        else ""
+    )
     again = f" (ranking {ranking_number})" if ranking_number > 1 else ""
     return f"rank {position + 1} of {len(ranking)}{again}: {node.describe()}{share}"
 
 
-def keep_sensitive_in_float(quantize: Quantizer, rank: Ranker, judge: Judge, *, max_rankings: int = MAX_RANKINGS,
-                            max_verifications: int = MAX_VERIFICATIONS,
-                            keep_float: Mapping[str, str] | None = None,
-                            deadline: float | None = None) -> SearchResult:
+def keep_sensitive_in_float(
+    quantize: Quantizer,
+    rank: Ranker,
+    judge: Judge,
+    *,
+    max_rankings: int = MAX_RANKINGS,
+    max_verifications: int = MAX_VERIFICATIONS,
+    keep_float: Mapping[str, str] | None = None,
+    deadline: float | None = None,
+) -> SearchResult:
     """Keep the most sensitive nodes in float until ``judge`` accepts, from one measured ranking.
 
     The search starts with the nodes of ``keep_float`` (name -> why) already float and judges that model. If
@@ -303,9 +325,17 @@ def keep_sensitive_in_float(quantize: Quantizer, rank: Ranker, judge: Judge, *, 
         rankings += 1
         if not ranking:
             break
-        found = _shortest_passing_prefix(quantize, judge, keep, ranking, verdict, max_verifications - verifications,
-                                         stop_when_stuck=rankings < max_rankings, ranking_number=rankings,
-                                         deadline=deadline)
+        found = _shortest_passing_prefix(
+            quantize,
+            judge,
+            keep,
+            ranking,
+            verdict,
+            max_verifications - verifications,
+            stop_when_stuck=rankings < max_rankings,
+            ranking_number=rankings,
+            deadline=deadline,
+        )
         verifications += found.verifications
         out_of_time = found.out_of_time
         model, keep, verdict = found.model, found.keep_float, found.verdict
@@ -319,10 +349,18 @@ def _progressed(before: float | None, after: float | None) -> bool:
     return after < before / 2 if math.isfinite(before) else math.isfinite(after)
 
 
-def _shortest_passing_prefix(quantize: Quantizer, judge: Judge, base: dict[str, str],
-                             ranking: list[NodeSensitivity], failing: Verdict, budget: int, *,
-                             stop_when_stuck: bool, ranking_number: int = 1,
-                             deadline: float | None = None) -> SearchResult:
+def _shortest_passing_prefix(
+    quantize: Quantizer,
+    judge: Judge,
+    base: dict[str, str],
+    ranking: list[NodeSensitivity],
+    failing: Verdict,
+    budget: int,
+    *,
+    stop_when_stuck: bool,
+    ranking_number: int = 1,
+    deadline: float | None = None,
+) -> SearchResult:
     """The shortest prefix of ``ranking`` that, kept float with ``base``, passes, within ``budget`` judgements;
     else the longest prefix tried, which failed. ``failing`` is the verdict with none of ``ranking`` float.
 
@@ -347,8 +385,9 @@ def _shortest_passing_prefix(quantize: Quantizer, judge: Judge, base: dict[str, 
         if verdict.passed:
             high, best = count, SearchResult(model, keep, verdict, 0)
         else:
-            stuck = stop_when_stuck and not _progressed((last or SearchResult(model, keep, failing, 0)).verdict.excess,
-                                                        verdict.excess)
+            stuck = stop_when_stuck and not _progressed(
+                (last or SearchResult(model, keep, failing, 0)).verdict.excess, verdict.excess
+            )
             low, last = count, SearchResult(model, keep, verdict, 0)
             if stuck and high is None:
                 break

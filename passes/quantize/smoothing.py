@@ -61,16 +61,21 @@ class Smoothing:
         """The Mul nodes alone: each smoothed activation in, its scaled twin out (to calibrate those on the
         activations already seen, without the model around them)."""
         graph = onnx.helper.make_graph(
-            list(self.multiplies), "smoothing",
+            list(self.multiplies),
+            "smoothing",
             [onnx.helper.make_tensor_value_info(n.input[0], onnx.TensorProto.FLOAT, None) for n in self.multiplies],
             [onnx.helper.make_tensor_value_info(n.output[0], onnx.TensorProto.FLOAT, None) for n in self.multiplies],
-            list(self.divisors))
-        return onnx.helper.make_model(graph, opset_imports=list(self.model.opset_import),
-                                      ir_version=self.model.ir_version)
+            list(self.divisors),
+        )
+        return onnx.helper.make_model(
+            graph, opset_imports=list(self.model.opset_import), ir_version=self.model.ir_version
+        )
 
     def describe(self) -> str:
-        return (f"SmoothQuant alpha={self.alpha:g}: {self.activations} activations scaled per channel into the weights "
-                f"of {self.nodes} MatMul/Gemm nodes ({self.activations} Mul nodes added)")
+        return (
+            f"SmoothQuant alpha={self.alpha:g}: {self.activations} activations scaled per channel into the weights "
+            f"of {self.nodes} MatMul/Gemm nodes ({self.activations} Mul nodes added)"
+        )
 
 
 def _weight_rows_axis(node: onnx.NodeProto) -> int | None:
@@ -100,8 +105,14 @@ def find_sites(proto: onnx.ModelProto, candidates: Iterable[str], types: Mapping
         if node.name not in wanted or len(node.input) < 2 or _weight_rows_axis(node) is None:
             continue
         activation, weight = node.input[0], initializers.get(node.input[1])
-        if (activation in initializers or types.get(activation) != onnx.TensorProto.FLOAT or weight is None
-                or weight.data_type != onnx.TensorProto.FLOAT or len(weight.dims) != 2 or readers[weight.name] != 1):
+        if (
+            activation in initializers
+            or types.get(activation) != onnx.TensorProto.FLOAT
+            or weight is None
+            or weight.data_type != onnx.TensorProto.FLOAT
+            or len(weight.dims) != 2
+            or readers[weight.name] != 1
+        ):
             continue
         grouped.setdefault(activation, []).append(node)
     return [Site(activation, tuple(nodes)) for activation, nodes in grouped.items()]
@@ -117,8 +128,13 @@ class ActivationStats:
     values: list[dict[str, np.ndarray]] | None
 
 
-def observe(proto: onnx.ModelProto, activations: Sequence[str], types: Mapping[str, int],
-            samples: Iterable[Mapping[str, Any]], keep_bytes: int = 0) -> ActivationStats:
+def observe(
+    proto: onnx.ModelProto,
+    activations: Sequence[str],
+    types: Mapping[str, int],
+    samples: Iterable[Mapping[str, Any]],
+    keep_bytes: int = 0,
+) -> ActivationStats:
     """Each activation's per-channel maxima over ``samples``, streamed, and the values while they fit."""
     maxima: dict[str, np.ndarray] = {}
     values: list[dict[str, np.ndarray]] | None = []
@@ -148,8 +164,9 @@ def scales(activation_max: np.ndarray, weight_max: np.ndarray, alpha: float) -> 
     return np.clip(raw, 1.0 / MAX_SCALE, MAX_SCALE).astype(np.float32)
 
 
-def smooth(proto: onnx.ModelProto, sites: Sequence[Site], maxima: Mapping[str, np.ndarray],
-           alpha: float) -> Smoothing | None:
+def smooth(
+    proto: onnx.ModelProto, sites: Sequence[Site], maxima: Mapping[str, np.ndarray], alpha: float
+) -> Smoothing | None:
     """A copy of ``proto`` with each site's activation divided by its scales and its weights' rows multiplied
     by them; None when no site has channel statistics that match its weights."""
     model = onnx.ModelProto()
@@ -176,12 +193,19 @@ def smooth(proto: onnx.ModelProto, sites: Sequence[Site], maxima: Mapping[str, n
         divisors.append(divisor)
         for node, weight, axis in zip(nodes, weights, axes):
             shape = (-1, 1) if axis == 0 else (1, -1)
-            initializers[node.input[1]].CopyFrom(numpy_helper.from_array(
-                (weight * scale.reshape(shape)).astype(np.float32), node.input[1]))
+            initializers[node.input[1]].CopyFrom(
+                numpy_helper.from_array((weight * scale.reshape(shape)).astype(np.float32), node.input[1])
+            )
             node.input[0] = smoothed
         first = min(i for i, n in enumerate(model.graph.node) if any(n is node for node in nodes))
-        multiplies.append((first, onnx.helper.make_node("Mul", [site.activation, divisor.name], [smoothed],
-                                                        name=f"{site.activation}_smooth")))
+        multiplies.append(
+            (
+                first,
+                onnx.helper.make_node(
+                    "Mul", [site.activation, divisor.name], [smoothed], name=f"{site.activation}_smooth"
+                ),
+            )
+        )
         written[smoothed] = onnx.TensorProto.FLOAT
         if site.activation in value_types:
             info = onnx.ValueInfoProto()
@@ -193,8 +217,9 @@ def smooth(proto: onnx.ModelProto, sites: Sequence[Site], maxima: Mapping[str, n
         return None
     for index, node in sorted(multiplies, key=lambda item: item[0], reverse=True):  # later first: indices hold
         model.graph.node.insert(index, node)
-    return Smoothing(model, alpha, len(multiplies), smoothed_nodes, written, tuple(n for _, n in multiplies),
-                     tuple(divisors))
+    return Smoothing(
+        model, alpha, len(multiplies), smoothed_nodes, written, tuple(n for _, n in multiplies), tuple(divisors)
+    )
 
 
 def noise(verdict: Verdict) -> float:

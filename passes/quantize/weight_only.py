@@ -81,13 +81,17 @@ def describe_lines() -> list[str]:
     """The lines ``onnxkit passes`` shows for weight-only mode."""
     level, why = accuracy_level_for(detect_cpu())
     return [
-        ("mode=weight-only: MatMul weights to MatMulNBits and embedding tables (Gather, 4 bits) to "
-         "GatherBlockQuantized, activations float; bits=4|8, block=32|64|128, algo=rtn|hqq; no calibration"),
+        (
+            "mode=weight-only: MatMul weights to MatMulNBits and embedding tables (Gather, 4 bits) to "
+            "GatherBlockQuantized, activations float; bits=4|8, block=32|64|128, algo=rtn|hqq; no calibration"
+        ),
         f"weight-only accuracy_level on this machine: {level}, {why} (unset, ORT multiplies in fp32: ~2x slower)",
-        ("weight-only latency gate: max_slowdown, default 1.0 as for INT8: people pick weight-only mostly for "
-         "memory, but with accuracy_level set for the CPU it is usually faster than float, so the default costs "
-         "nothing there; where it is slower the whole model stays float and the report says so (on_slow=refuse "
-         "fails instead); max_slowdown=none keeps the smaller model whatever its speed"),
+        (
+            "weight-only latency gate: max_slowdown, default 1.0 as for INT8: people pick weight-only mostly for "
+            "memory, but with accuracy_level set for the CPU it is usually faster than float, so the default costs "
+            "nothing there; where it is slower the whole model stays float and the report says so (on_slow=refuse "
+            "fails instead); max_slowdown=none keeps the smaller model whatever its speed"
+        ),
     ]
 
 
@@ -109,47 +113,82 @@ class _Report:
 
     def stats(self) -> list[str]:
         s = self.settings
-        head = (f"weight-only INT{s['bits']} ({s['algo']}, block {s['block']}, accuracy_level {s['accuracy_level']}: "
-                f"{s['accuracy_reason']})")
+        head = (
+            f"weight-only INT{s['bits']} ({s['algo']}, block {s['block']}, accuracy_level {s['accuracy_level']}: "
+            f"{s['accuracy_reason']})"
+        )
         lines = [head]
         if self.quantized_nodes:
-            lines.append("quantized " + ", ".join(f"{count} {op}" for op, count in sorted(self.quantized_nodes.items())))
+            lines.append(
+                "quantized " + ", ".join(f"{count} {op}" for op, count in sorted(self.quantized_nodes.items()))
+            )
         if self.eight_bit:
-            lines.append(f"{len(self.eight_bit)} MatMuls at 8 bits to meet the target: " + ", ".join(self.eight_bit[:3])
-                         + (" …" if len(self.eight_bit) > 3 else ""))
+            lines.append(
+                f"{len(self.eight_bit)} MatMuls at 8 bits to meet the target: "
+                + ", ".join(self.eight_bit[:3])
+                + (" …" if len(self.eight_bit) > 3 else "")
+            )
         judged = self.chosen or (self.tries[-1] if self.tries else None)
         if judged is not None:
-            lines.append(f"target {self.target} {'met' if judged['passed'] else 'NOT met'} ({judged['summary']}; "
-                         f"{len(self.tries)} quantized models judged)")
+            lines.append(
+                f"target {self.target} {'met' if judged['passed'] else 'NOT met'} ({judged['summary']}; "
+                f"{len(self.tries)} quantized models judged)"
+            )
         if self.timing is not None:
             timing = self.timing
-            lines.append(f"weight-only/FP32 latency {timing.ratio:.2f}× ({timing.quantized_ms:.2f} ms vs "
-                         f"{timing.float_ms:.2f} ms); {self.gate}")
+            lines.append(
+                f"weight-only/FP32 latency {timing.ratio:.2f}× ({timing.quantized_ms:.2f} ms vs "
+                f"{timing.float_ms:.2f} ms); {self.gate}"
+            )
         if self.kept_float_model:
             lines.append(f"kept the float model: {self.kept_float_model}")
         if self.quantized_bytes is not None:
-            lines.append(f"size {self.float_bytes / 1e6:.2f} MB → {self.quantized_bytes / 1e6:.2f} MB "
-                         f"({self.quantized_bytes / self.float_bytes:.2f}×)")
+            lines.append(
+                f"size {self.float_bytes / 1e6:.2f} MB → {self.quantized_bytes / 1e6:.2f} MB "
+                f"({self.quantized_bytes / self.float_bytes:.2f}×)"
+            )
         return lines + [f"warning: {w}" for w in self.warnings]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": "weight-only", "settings": dict(self.settings), "data": self.data, "target": self.target,
-                "tries": list(self.tries), "chosen": self.chosen, "latency": self.timing.to_dict() if self.timing else None,
-                "latency_gate": self.gate, "kept_whole_model_float": self.kept_float_model,
-                "size": {"float_bytes": self.float_bytes, "quantized_bytes": self.quantized_bytes,
-                         "ratio": round(self.quantized_bytes / self.float_bytes, 4) if self.quantized_bytes else None},
-                "quantized_nodes": dict(self.quantized_nodes), "eight_bit": list(self.eight_bit), "warnings": list(self.warnings)}
+        return {
+            "mode": "weight-only",
+            "settings": dict(self.settings),
+            "data": self.data,
+            "target": self.target,
+            "tries": list(self.tries),
+            "chosen": self.chosen,
+            "latency": self.timing.to_dict() if self.timing else None,
+            "latency_gate": self.gate,
+            "kept_whole_model_float": self.kept_float_model,
+            "size": {
+                "float_bytes": self.float_bytes,
+                "quantized_bytes": self.quantized_bytes,
+                "ratio": round(self.quantized_bytes / self.float_bytes, 4) if self.quantized_bytes else None,
+            },
+            "quantized_nodes": dict(self.quantized_nodes),
+            "eight_bit": list(self.eight_bit),
+            "warnings": list(self.warnings),
+        }
 
 
-def quantize_weight_only(model: ir.Model, options: Any, context: Any
-                         ) -> tuple[ir.Model | None, list[str], dict[str, Any]]:
+def quantize_weight_only(
+    model: ir.Model, options: Any, context: Any
+) -> tuple[ir.Model | None, list[str], dict[str, Any]]:
     """Quantize ``model``'s weights as ``options`` (the quantize pass's) say. Returns the quantized model, or
     None when the float model is kept (target not met, too slow, nothing to quantize), with the stats lines
     and the JSON-ready details."""
     cpu = detect_cpu()
     level, reason = accuracy_level_for(cpu)
-    report = _Report({"bits": options.bits, "block": options.block, "algo": options.algo, "accuracy_level": level,
-                      "accuracy_reason": reason, "cpu": cpu.describe()})
+    report = _Report(
+        {
+            "bits": options.bits,
+            "block": options.block,
+            "algo": options.algo,
+            "accuracy_level": level,
+            "accuracy_reason": reason,
+            "cpu": cpu.describe(),
+        }
+    )
     float_proto = _in_memory_proto(model)
     report.float_bytes = _bytes(float_proto)
     op_types = [t for t in (options.op_types or OP_TYPES) if t in OP_TYPES]
@@ -175,8 +214,14 @@ def quantize_weight_only(model: ir.Model, options: Any, context: Any
     def judge(eight_bit: Sequence[str], accuracy_level: int) -> tuple[onnx.ModelProto, bool]:
         quantized = _quantize(source, options, accuracy_level, list(candidates), set(options.exclude), set(eight_bit))
         verdict = accept(quantized)
-        report.tries.append({"accuracy_level": accuracy_level, "eight_bit": len(eight_bit), "passed": verdict.passed,
-                             "summary": _brief(verdict.detail)})
+        report.tries.append(
+            {
+                "accuracy_level": accuracy_level,
+                "eight_bit": len(eight_bit),
+                "passed": verdict.passed,
+                "summary": _brief(verdict.detail),
+            }
+        )
         return quantized, verdict.passed
 
     samples = list(itertools.islice(data.calibration, TIMING_SAMPLES))
@@ -185,8 +230,13 @@ def quantize_weight_only(model: ir.Model, options: Any, context: Any
         report.kept_float_model = f"target {report.target} not met even with every MatMul at 8 bits"
         return None, report.stats(), report.to_dict()
     quantized, report.settings["accuracy_level"], report.eight_bit = found
-    report.chosen = next(t for t in reversed(report.tries) if t["passed"] and t["eight_bit"] == len(report.eight_bit)
-                         and t["accuracy_level"] == report.settings["accuracy_level"])
+    report.chosen = next(
+        t
+        for t in reversed(report.tries)
+        if t["passed"]
+        and t["eight_bit"] == len(report.eight_bit)
+        and t["accuracy_level"] == report.settings["accuracy_level"]
+    )
     report.quantized_nodes = _quantized_nodes(quantized, set(report.eight_bit))
 
     report.timing = latency.compare(float_proto, quantized, samples[:TIMING_SAMPLES])
@@ -200,8 +250,10 @@ def quantize_weight_only(model: ir.Model, options: Any, context: Any
     elif report.timing.within(options.max_slowdown):
         report.gate = f"within max_slowdown {options.max_slowdown}"
     else:
-        message = (f"weight-only is slower than allowed on this CPU: {report.timing.describe()}, above max_slowdown "
-                   f"{options.max_slowdown}")
+        message = (
+            f"weight-only is slower than allowed on this CPU: {report.timing.describe()}, above max_slowdown "
+            f"{options.max_slowdown}"
+        )
         if options.on_slow == "refuse":
             raise PassFailedError(message, hint="max_slowdown=none keeps the smaller model whatever its speed")
         report.gate = f"above max_slowdown {options.max_slowdown}"
@@ -211,8 +263,14 @@ def quantize_weight_only(model: ir.Model, options: Any, context: Any
     return ir.serde.deserialize_model(quantized), report.stats(), report.to_dict()
 
 
-def _search(float_proto: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], options: Any, level: int,
-            exclude: set[str], judge: Any) -> tuple[onnx.ModelProto, int, list[str]] | None:
+def _search(
+    float_proto: onnx.ModelProto,
+    samples: Sequence[Mapping[str, Any]],
+    options: Any,
+    level: int,
+    exclude: set[str],
+    judge: Any,
+) -> tuple[onnx.ModelProto, int, list[str]] | None:
     """The quantized model meeting the target with the fewest MatMuls at 8 bits, its accuracy_level and those
     MatMuls; None when even all of them at 8 bits (and fp32 compute) miss it."""
     quantized, passed = judge([], level)
@@ -235,22 +293,31 @@ def _search(float_proto: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], 
     return None
 
 
-def _rank_by_local_error(proto: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], block: int,
-                         exclude: set[str]) -> list[str]:
+def _rank_by_local_error(
+    proto: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], block: int, exclude: set[str]
+) -> list[str]:
     """MatMuls with constant weights, the one whose 4-bit weights change its own output most first.
 
     One float run records each MatMul's input; its output error is estimated in numpy with the same
     asymmetric round-to-nearest blocks ORT's default quantizer uses. This only ranks: ORT quantizes."""
     weights = {t.name: t for t in proto.graph.initializer}
-    matmuls = [n for n in proto.graph.node
-               if n.op_type == "MatMul" and n.input[1] in weights and n.name not in exclude
-               and len(weights[n.input[1]].dims) == 2]
+    matmuls = [
+        n
+        for n in proto.graph.node
+        if n.op_type == "MatMul"
+        and n.input[1] in weights
+        and n.name not in exclude
+        and len(weights[n.input[1]].dims) == 2
+    ]
     inputs = list(dict.fromkeys(n.input[0] for n in matmuls))
     types = {v.name: v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.value_info)}
     exposed = onnx.ModelProto()
     exposed.CopyFrom(proto)
-    exposed.graph.output.extend(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None)
-                                for name in inputs if name not in {o.name for o in proto.graph.output})
+    exposed.graph.output.extend(
+        onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None)
+        for name in inputs
+        if name not in {o.name for o in proto.graph.output}
+    )
     session = runtime.make_session(exposed, optimize=False)
     feeds = [{i.name: s[i.name] for i in session.get_inputs()} for s in samples[:TIMING_SAMPLES]]
     runs = [dict(zip(inputs, session.run(inputs, feed))) for feed in feeds]
@@ -276,8 +343,14 @@ def _round_to_nearest_4bit(weight: np.ndarray, block: int) -> np.ndarray:
     return ((levels - zero_point) * scale).reshape(-1, weight.shape[1])[:rows]
 
 
-def _quantize(proto: onnx.ModelProto, options: Any, accuracy_level: int, op_types: Sequence[str],
-              exclude: set[str], eight_bit: set[str]) -> onnx.ModelProto:
+def _quantize(
+    proto: onnx.ModelProto,
+    options: Any,
+    accuracy_level: int,
+    op_types: Sequence[str],
+    exclude: set[str],
+    eight_bit: set[str],
+) -> onnx.ModelProto:
     """ORT's quantizer on a copy (it edits the model it is given): ``options.bits`` everywhere but ``exclude``
     and ``eight_bit``, then 8 bits for ``eight_bit``. HQQ handles MatMul; Gather tables always go through the
     default (round-to-nearest) quantizer, the only one with a GatherBlockQuantized rewrite."""
@@ -287,9 +360,16 @@ def _quantize(proto: onnx.ModelProto, options: Any, accuracy_level: int, op_type
     steps: list[tuple[Any, tuple[str, ...], int, set[str]]] = []
     rest = list(op_types)
     if options.algo == "hqq" and "MatMul" in rest:
-        steps.append((nbits.HQQWeightOnlyQuantConfig(block_size=options.block, bits=options.bits,
-                                                     op_types_to_quantize=("MatMul",)), ("MatMul",), options.bits,
-                      exclude | eight_bit))
+        steps.append(
+            (
+                nbits.HQQWeightOnlyQuantConfig(
+                    block_size=options.block, bits=options.bits, op_types_to_quantize=("MatMul",)
+                ),
+                ("MatMul",),
+                options.bits,
+                exclude | eight_bit,
+            )
+        )
         rest.remove("MatMul")
     if rest:
         steps.append((None, tuple(rest), options.bits, exclude | eight_bit))
@@ -301,11 +381,21 @@ def _quantize(proto: onnx.ModelProto, options: Any, accuracy_level: int, op_type
     try:
         for config, types, bits, skipped in steps:
             config = config or nbits.DefaultWeightOnlyQuantConfig(
-                block_size=options.block, is_symmetric=False, accuracy_level=accuracy_level, bits=bits,
-                op_types_to_quantize=types)
-            quantizer = nbits.MatMulNBitsQuantizer(model, bits=bits, block_size=options.block,
-                                                   accuracy_level=accuracy_level, nodes_to_exclude=list(skipped),
-                                                   op_types_to_quantize=types, algo_config=config)
+                block_size=options.block,
+                is_symmetric=False,
+                accuracy_level=accuracy_level,
+                bits=bits,
+                op_types_to_quantize=types,
+            )
+            quantizer = nbits.MatMulNBitsQuantizer(
+                model,
+                bits=bits,
+                block_size=options.block,
+                accuracy_level=accuracy_level,
+                nodes_to_exclude=list(skipped),
+                op_types_to_quantize=types,
+                algo_config=config,
+            )
             quantizer.process()
             model = quantizer.model.model
     finally:
@@ -330,8 +420,9 @@ def import_quantizer() -> Any:
 
 def _candidates(proto: onnx.ModelProto, op_types: Sequence[str], exclude: set[str]) -> dict[str, int]:
     """How many main-graph nodes of each op type read a constant float weight (MatMul's B, Gather's table)."""
-    weights = {t.name for t in proto.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT,
-                                                                           onnx.TensorProto.FLOAT16)}
+    weights = {
+        t.name for t in proto.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    }
     counts: dict[str, int] = {}
     for node in proto.graph.node:
         weight = node.input[1] if node.op_type == "MatMul" else node.input[0] if node.op_type == "Gather" else None
@@ -346,8 +437,9 @@ def _to_gather_opset(model: ir.Model, report: _Report) -> onnx.ModelProto | None
     try:
         converted = OpsetPass(version=GATHER_OPSET).call(model).model
     except PassFailedError as e:
-        report.warnings.append(f"embedding tables stay float: the model does not convert to opset {GATHER_OPSET} "
-                               f"({e.message})")
+        report.warnings.append(
+            f"embedding tables stay float: the model does not convert to opset {GATHER_OPSET} ({e.message})"
+        )
         return None
     report.warnings.append(f"converted to opset {GATHER_OPSET} for GatherBlockQuantized's int4 tables")
     return _in_memory_proto(converted)
@@ -377,8 +469,14 @@ def _judge(float_proto: onnx.ModelProto, data: CalibrationSplit, options: Any, c
     evaluate = context.metric
     if evaluate is not None:
         return judging.by_metric(float_proto, evaluate, options.max_metric_drop)
-    return judging.by_parity(float_proto, data, min_cosine=options.target_cosine, min_sqnr=options.target_sqnr,
-                             min_top1=options.target_top1, pipeline_checks_held_out=context.parity_on_held_out)
+    return judging.by_parity(
+        float_proto,
+        data,
+        min_cosine=options.target_cosine,
+        min_sqnr=options.target_sqnr,
+        min_top1=options.target_top1,
+        pipeline_checks_held_out=context.parity_on_held_out,
+    )
 
 
 def _bytes(proto: onnx.ModelProto) -> int:
@@ -400,5 +498,9 @@ def _quantized_nodes(proto: onnx.ModelProto, eight_bit: set[str]) -> dict[str, i
 
 def _brief(detail: Mapping[str, Any]) -> str:
     """Each comparison's samples and worst cosine, or a metric's value."""
-    return "; ".join(f"{key}: {value.samples} samples, cosine {value.min_cosine:.4f}" if hasattr(value, "samples")
-                     else f"{key} {value:.4f}" for key, value in detail.items())
+    return "; ".join(
+        f"{key}: {value.samples} samples, cosine {value.min_cosine:.4f}"
+        if hasattr(value, "samples")
+        else f"{key} {value:.4f}"
+        for key, value in detail.items()
+    )

@@ -37,11 +37,28 @@ Backend = Literal["onnxkit", "onnxsim", "onnxoptimizer", "onnxslim"]
 # The names of simplify's rewrite rules, for ``PassContext.disabled``. Folder replacements that onnxscript
 # makes op by op are named ``no-op-<op>`` (a node that copies its input) or ``simplify-<op>`` (any other).
 RULES = (
-    "fold-constants", "fold-shape-values", "materialize-reshape", "inline-constant-if", "remove-dropout",
-    "no-op-cast", "no-op-transpose", "no-op-expand", "no-op-slice", "no-op-pad", "no-op-scatternd",
-    "no-op-arithmetic", "drop-zero-initial-state", "remove-identity", "constant-to-initializer",
-    "merge-initializers", "cse", "merge-transposes", "merge-reshapes", "flatten-concats",
-    "transpose-into-reshape", "merge-constant-arithmetic",
+    "fold-constants",
+    "fold-shape-values",
+    "materialize-reshape",
+    "inline-constant-if",
+    "remove-dropout",
+    "no-op-cast",
+    "no-op-transpose",
+    "no-op-expand",
+    "no-op-slice",
+    "no-op-pad",
+    "no-op-scatternd",
+    "no-op-arithmetic",
+    "drop-zero-initial-state",
+    "remove-identity",
+    "constant-to-initializer",
+    "merge-initializers",
+    "cse",
+    "merge-transposes",
+    "merge-reshapes",
+    "flatten-concats",
+    "transpose-into-reshape",
+    "merge-constant-arithmetic",
 )
 
 

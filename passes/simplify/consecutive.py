@@ -76,8 +76,9 @@ def _transpose_into_reshape(node: ir.Node) -> bool:
     # A Constant node, valid in graphs and functions alike; in graphs the next round lifts it.
     constant = ir.node("Constant", inputs=[], attributes={"value": ir.tensor(target, dtype=ir.DataType.INT64)})
     reshape = ir.node("Reshape", inputs=[inner.inputs[0], constant.outputs[0]], name=node.name)
-    ir.convenience.replace_nodes_and_values(_graph(node), node, [node], [constant, reshape], node.outputs,
-                                            reshape.outputs)
+    ir.convenience.replace_nodes_and_values(
+        _graph(node), node, [node], [constant, reshape], node.outputs, reshape.outputs
+    )
     return True
 
 
@@ -162,15 +163,18 @@ def _merge_constant_arithmetic(node: ir.Node) -> bool:
         return False
     constant = ir.node("Constant", inputs=[], attributes={"value": ir.tensor(combined)})
     merged = ir.node(node.op_type, inputs=[x, constant.outputs[0]], name=node.name)
-    ir.convenience.replace_nodes_and_values(_graph(node), node, [node], [constant, merged], node.outputs,
-                                            merged.outputs)
+    ir.convenience.replace_nodes_and_values(
+        _graph(node), node, [node], [constant, merged], node.outputs, merged.outputs
+    )
     return True
 
 
 # op type → [(rule name, statistic, rewrite that returns whether it fired)], tried in order
 _RULES = {
-    "Transpose": [("merge-transposes", "Transpose pairs", _merge_transposes),
-                  ("transpose-into-reshape", "Transposes into the Reshape before them", _transpose_into_reshape)],
+    "Transpose": [
+        ("merge-transposes", "Transpose pairs", _merge_transposes),
+        ("transpose-into-reshape", "Transposes into the Reshape before them", _transpose_into_reshape),
+    ],
     "Reshape": [("merge-reshapes", "Reshape pairs", _merge_reshapes)],
     "Concat": [("flatten-concats", "nested Concats", _flatten_concats)],
     "Mul": [("merge-constant-arithmetic", "constant Mul/Add pairs", _merge_constant_arithmetic)],

@@ -41,8 +41,13 @@ _KEEP_UNFOLDED = NEVER_FOLDED_BY_DEFAULT - {"ConstantOfShape"}
 class SimplifyFolder(FolderBase):
     """One folding sweep over the model; ``refused`` collects the folds the byte limit kept out (site → bytes)."""
 
-    def __init__(self, max_constant_bytes: int, rewrites: Rewrites, refused: dict[str, tuple[str, int]],
-                 declared_ranks: dict[ir.Value, int] | None = None) -> None:
+    def __init__(
+        self,
+        max_constant_bytes: int,
+        rewrites: Rewrites,
+        refused: dict[str, tuple[str, int]],
+        declared_ranks: dict[ir.Value, int] | None = None,
+    ) -> None:
         # onnxscript's own output limit counts elements; ours counts bytes and is enforced here, so its
         # limit is set where it can never be the stricter one. Its node-by-node shape inference is off:
         # each round starts with ONNX's inference of the whole model, which costs a fraction of it.
@@ -221,6 +226,7 @@ def unfolded_placeholders(model_nodes: Sequence[ir.Node], refused: dict[str, tup
     lines = []
     for op_type, sizes in sorted(totals.items()):
         what = "placeholders" if op_type == "ConstantOfShape" else "nodes"
-        lines.append(f"kept {len(sizes)} {op_type} {what} ({sum(sizes) / 1e6:.1f} MB) unfolded: folding would "
-                     "grow the model")
+        lines.append(
+            f"kept {len(sizes)} {op_type} {what} ({sum(sizes) / 1e6:.1f} MB) unfolded: folding would grow the model"
+        )
     return lines

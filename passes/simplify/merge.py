@@ -16,8 +16,9 @@ import onnx_ir as ir
 from onnxkit.passes.simplify.rewrites import Rewrites, site_name
 
 # Outputs differ from call to call: never merged.
-_NON_DETERMINISTIC = frozenset({"RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike",
-                                "Multinomial"})
+_NON_DETERMINISTIC = frozenset(
+    {"RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike", "Multinomial"}
+)
 # Tensor attributes larger than this (elements) are not compared: a Constant that large is lifted anyway.
 _LARGEST_COMPARED_TENSOR = 16
 
@@ -28,9 +29,15 @@ def _attribute_key(attribute: ir.Attr) -> Any:
     if attribute.is_ref():
         return ("ref", attribute.ref_attr_name)
     kind = attribute.type
-    if kind in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS, ir.AttributeType.TYPE_PROTO,
-                ir.AttributeType.TYPE_PROTOS, ir.AttributeType.SPARSE_TENSOR, ir.AttributeType.SPARSE_TENSORS,
-                ir.AttributeType.TENSORS):
+    if kind in (
+        ir.AttributeType.GRAPH,
+        ir.AttributeType.GRAPHS,
+        ir.AttributeType.TYPE_PROTO,
+        ir.AttributeType.TYPE_PROTOS,
+        ir.AttributeType.SPARSE_TENSOR,
+        ir.AttributeType.SPARSE_TENSORS,
+        ir.AttributeType.TENSORS,
+    ):
         return None
     if kind == ir.AttributeType.TENSOR:
         tensor = attribute.as_tensor()
@@ -50,8 +57,7 @@ def _node_key(node: ir.Node) -> tuple | None:
         if key is None:
             return None
         attributes.append((name, key))
-    return (node.domain, node.op_type, node.overload, len(node.outputs), tuple(map(id, node.inputs)),
-            tuple(attributes))
+    return (node.domain, node.op_type, node.overload, len(node.outputs), tuple(map(id, node.inputs)), tuple(attributes))
 
 
 def eliminate_common_subexpressions(graphs: Sequence[ir.Graph | ir.Function], rewrites: Rewrites) -> None:
@@ -106,8 +112,12 @@ class InitializerMerger:
     def _digest(self, tensor: ir.TensorProtocol) -> bytes:
         known = self._digests.get(id(tensor))
         if known is None or known[0] is not tensor:
-            known = (tensor, _external_digest(tensor) if isinstance(tensor, ir.ExternalTensor)
-                      else hashlib.sha256(_tensor_bytes(tensor)).digest())
+            known = (
+                tensor,
+                _external_digest(tensor)
+                if isinstance(tensor, ir.ExternalTensor)
+                else hashlib.sha256(_tensor_bytes(tensor)).digest(),
+            )
             self._digests[id(tensor)] = known
         return known[1]
 
@@ -152,11 +162,13 @@ def lift_constants(graphs: Sequence[ir.Graph | ir.Function], rewrites: Rewrites)
             tensor = ir.convenience.get_const_tensor(output)
             if tensor is None:
                 continue
-            initializer = ir.Value(name=output.name, shape=ir.Shape(tensor.shape.numpy()),
-                                   type=ir.TensorType(tensor.dtype), const_value=tensor)
+            initializer = ir.Value(
+                name=output.name,
+                shape=ir.Shape(tensor.shape.numpy()),
+                type=ir.TensorType(tensor.dtype),
+                const_value=tensor,
+            )
             graph.register_initializer(initializer)
             output.replace_all_uses_with(initializer)
             graph.remove(node, safe=True)
             rewrites.record("constant-to-initializer", site, "lifted", "Constant nodes to initializers")
-
-

@@ -54,8 +54,11 @@ def _fixed_output_types(domain: str, op_type: str) -> tuple[str | None, ...]:
     Shape inference leaves some ops' outputs untyped (ai.onnx.ml's Scaler, whose output is always float),
     though the schema leaves them no choice; a Cast to that type is then still a no-op.
     """
-    versions = [schema for schema in onnx.defs.get_all_schemas_with_history()
-                if schema.name == op_type and schema.domain == domain]
+    versions = [
+        schema
+        for schema in onnx.defs.get_all_schemas_with_history()
+        if schema.name == op_type and schema.domain == domain
+    ]
     if not versions:
         return ()
     fixed: list[set[str]] = [set() for _ in range(min(len(schema.outputs) for schema in versions))]
@@ -67,9 +70,17 @@ def _fixed_output_types(domain: str, op_type: str) -> tuple[str | None, ...]:
     return tuple(next(iter(types)) if len(types) == 1 else None for types in fixed)
 
 
-_TENSOR_TYPES = {f"tensor({name})": dtype for name, dtype in (
-    ("float", ir.DataType.FLOAT), ("double", ir.DataType.DOUBLE), ("int64", ir.DataType.INT64),
-    ("int32", ir.DataType.INT32), ("bool", ir.DataType.BOOL), ("string", ir.DataType.STRING))}
+_TENSOR_TYPES = {
+    f"tensor({name})": dtype
+    for name, dtype in (
+        ("float", ir.DataType.FLOAT),
+        ("double", ir.DataType.DOUBLE),
+        ("int64", ir.DataType.INT64),
+        ("int32", ir.DataType.INT32),
+        ("bool", ir.DataType.BOOL),
+        ("string", ir.DataType.STRING),
+    )
+}
 
 
 def _schema_fixed_dtype(value: ir.Value) -> ir.DataType | None:
@@ -95,7 +106,7 @@ def _expand(node: ir.Node) -> ir.Value | None:
     x, target = node.inputs[0], _constant_ints(_input(node, 1))
     if x is None or x.shape is None or target is None or len(target) > len(x.shape):
         return None
-    trailing = x.shape.dims[len(x.shape) - len(target):]
+    trailing = x.shape.dims[len(x.shape) - len(target) :]
     return x if all(size == 1 or size == dim for size, dim in zip(target, trailing)) else None
 
 
@@ -185,7 +196,7 @@ def _is_identity_element(constant: ir.Value | None, identity: float | bool, x: i
         return True
     if x.shape is None or len(x.shape) < array.ndim:
         return False
-    trailing = x.shape.dims[len(x.shape) - array.ndim:]
+    trailing = x.shape.dims[len(x.shape) - array.ndim :]
     return all(size == 1 or size == dim for size, dim in zip(array.shape, trailing))
 
 
@@ -254,8 +265,22 @@ def remove_no_ops(graphs: Sequence[ir.Graph | ir.Function], rewrites: Rewrites, 
 # the shape computation behind it go.
 _INITIAL_STATE_INPUTS = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}
 # Ops whose output is all zeros whenever their first input is.
-_ZERO_PRESERVING = frozenset({"Expand", "Tile", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Slice",
-                              "Identity", "Cast", "Flatten", "Gather", "Concat"})
+_ZERO_PRESERVING = frozenset(
+    {
+        "Expand",
+        "Tile",
+        "Reshape",
+        "Squeeze",
+        "Unsqueeze",
+        "Transpose",
+        "Slice",
+        "Identity",
+        "Cast",
+        "Flatten",
+        "Gather",
+        "Concat",
+    }
+)
 
 
 def _is_all_zeros(value: ir.Value | None, depth: int = 0) -> bool:

@@ -26,8 +26,10 @@ def run_peer(backend: str, model: ir.Model) -> PassResult:
     try:
         result = external_tools.SIMPLIFIERS[backend](proto, None)
     except Exception as e:  # peers raise anything from RuntimeError to their own C++ errors
-        raise PassFailedError(f"{backend} failed on this model: {type(e).__name__}: {e}",
-                              hint="run simplify with the default backend=onnxkit") from e
+        raise PassFailedError(
+            f"{backend} failed on this model: {type(e).__name__}: {e}",
+            hint="run simplify with the default backend=onnxkit",
+        ) from e
     if not isinstance(result.model, onnx.ModelProto):
         raise PassFailedError(f"{backend} returned no model", hint="run simplify with the default backend=onnxkit")
     modified = result.model.SerializeToString(deterministic=True) != proto.SerializeToString(deterministic=True)

@@ -69,8 +69,10 @@ def _infer_shapes(model: ir.Model) -> bool:
         if value not in inferred:  # inference could not tell this value's shape: it keeps the names it had
             value.shape = shape
     # A value whose names were forgotten changed only if it comes back other than it was.
-    return any(not value.is_graph_output() and (value not in forgotten or (value.shape, value.type) != forgotten[value])
-               for value in changed)
+    return any(
+        not value.is_graph_output() and (value not in forgotten or (value.shape, value.type) != forgotten[value])
+        for value in changed
+    )
 
 
 _INFERRED_NAME = re.compile(r"^unk__\d+$")
@@ -89,13 +91,24 @@ def _forget_inferred_names(model: ir.Model) -> dict[ir.Value, tuple[ir.Shape, ir
         for node in graph:
             for value in node.outputs:
                 shape = value.shape
-                if shape is None or value.is_graph_output() or not any(
+                if (
+                    shape is None
+                    or value.is_graph_output()
+                    or not any(
                         isinstance(dim, ir.SymbolicDim) and dim.value and _INFERRED_NAME.match(dim.value)
-                        for dim in shape):
+                        for dim in shape
+                    )
+                ):
                     continue
                 forgotten[value] = (shape, value.type)
-                value.shape = ir.Shape([ir.SymbolicDim(None) if isinstance(dim, ir.SymbolicDim) and dim.value
-                                        and _INFERRED_NAME.match(dim.value) else dim for dim in shape])
+                value.shape = ir.Shape(
+                    [
+                        ir.SymbolicDim(None)
+                        if isinstance(dim, ir.SymbolicDim) and dim.value and _INFERRED_NAME.match(dim.value)
+                        else dim
+                        for dim in shape
+                    ]
+                )
     return forgotten
 
 
@@ -218,7 +231,9 @@ class _Simplifier:
         # ONNX shape inference names every unknown dim (unk__N) and carries the name along, so the
         # folder can tell that a Reshape target copies its input's dims.
         self.modified |= _infer_shapes(model)
-        changed = SimplifyFolder(self.max_constant_bytes, rewrites, self.refused, self._declared_ranks())(model).modified
+        changed = SimplifyFolder(self.max_constant_bytes, rewrites, self.refused, self._declared_ranks())(
+            model
+        ).modified
         # Walking every subgraph is the costliest part of a walk: the rules share one list of graphs.
         graphs = list(graph_likes(model))
         no_op.remove_no_ops(graphs, rewrites, self.opset)
@@ -262,8 +277,11 @@ class _Simplifier:
     def _declared_ranks(self) -> dict[ir.Value, int]:
         """The graph outputs now in the declared ones' places, with the ranks declared."""
         graphs = {id(graph) for graph in self.model.graphs()}
-        return {entry.graph.outputs[entry.index]: len(entry.shape) for entry in self._declared
-                if entry.shape is not None and id(entry.graph) in graphs and entry.index < len(entry.graph.outputs)}
+        return {
+            entry.graph.outputs[entry.index]: len(entry.shape)
+            for entry in self._declared
+            if entry.shape is not None and id(entry.graph) in graphs and entry.index < len(entry.graph.outputs)
+        }
 
     def _restore_declared_outputs(self, declared: list[_DeclaredOutput]) -> None:
         """Put the declared names and shapes back on the graph outputs (where a shape was declared)."""

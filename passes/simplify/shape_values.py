@@ -49,8 +49,7 @@ def _rank(value: ir.Value | None) -> int | None:
     return None if value.shape is None else len(value.shape)
 
 
-def _shape_result(node: ir.Node, op, state: ShapeValues, dims: Dims,
-                  rank: int | None) -> ir.Value | None:
+def _shape_result(node: ir.Node, op, state: ShapeValues, dims: Dims, rank: int | None) -> ir.Value | None:
     """Record the output's shape value; a fully known one becomes a constant of the output's rank."""
     state.set_sym_value(node.outputs[0], ir.Shape(dims))
     if rank not in (0, 1) or not all(isinstance(d, int) for d in dims):
@@ -104,8 +103,13 @@ def _cast_shape_value(node: ir.Node, op, state: ShapeValues):
     data = node.inputs[0]
     dims = _dims(data, state)
     to = node.attributes.get_int("to")
-    if dims is None or data is None or data.const_value is not None or to not in _INTEGER_SHAPE_TYPES \
-            or _rank(data) not in (0, 1):
+    if (
+        dims is None
+        or data is None
+        or data.const_value is not None
+        or to not in _INTEGER_SHAPE_TYPES
+        or _rank(data) not in (0, 1)
+    ):
         return None
     return _shape_result(node, op, state, dims, rank=_rank(data))
 
@@ -168,8 +172,7 @@ def _unsqueeze1_shape_value(node: ir.Node, op, state: ShapeValues):
     return None if axes is None else _unsqueeze_shape_value(node, op, state, list(axes.as_ints()))
 
 
-def _broadcast_shape_values(node: ir.Node, state: ShapeValues
-                            ) -> tuple[list, list, int] | None:
+def _broadcast_shape_values(node: ir.Node, state: ShapeValues) -> tuple[list, list, int] | None:
     """The two inputs' known dims broadcast to one length, and the result's rank (0 or 1); None if unknown.
 
     Fully constant inputs are left to ordinary folding.
@@ -235,8 +238,9 @@ _DIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def _is_dimension(dim: int | ir.SymbolicDim) -> bool:
     """Whether a shape-value element is known to be a dimension, hence >= 0: a plain name such as
     ``batch`` or ``unk__3``. onnxscript's Add evaluator names sums like ``batch+-1``, which may be negative."""
-    return (isinstance(dim, int) and dim >= 0) or (isinstance(dim, ir.SymbolicDim) and bool(
-        dim.value and _DIM_NAME.match(dim.value)))
+    return (isinstance(dim, int) and dim >= 0) or (
+        isinstance(dim, ir.SymbolicDim) and bool(dim.value and _DIM_NAME.match(dim.value))
+    )
 
 
 def _equal_dims(x, y) -> bool | None:
@@ -339,8 +343,7 @@ def _copy_instead_of_inferring(node: ir.Node, op, state: ShapeValues):
         return None
     input_dims = list(data.shape.dims)
     inferred = sizes.index(-1)
-    if inferred >= len(input_dims) or isinstance(input_dims[inferred], int) \
-            or not _is_dimension(input_dims[inferred]):
+    if inferred >= len(input_dims) or isinstance(input_dims[inferred], int) or not _is_dimension(input_dims[inferred]):
         return None
     others = []
     for i, size in enumerate(sizes):
@@ -386,5 +389,3 @@ def _cancel(dims: Dims, divisors: Dims) -> Dims | None:
 def evaluators(op_type: str, opset: int) -> list[Callable]:
     """The shape-value evaluators for ``op_type`` that apply at ``opset``."""
     return [evaluator for first, last, evaluator in _SHAPE_EVALUATORS.get(op_type, ()) if first <= opset <= last]
-
-

@@ -39,13 +39,21 @@ def batchnorm_params(rng: np.random.Generator, prefix: str, channels: int) -> li
 
 
 def batchnorm(prefix: str, x: str, y: str, **attributes) -> onnx.NodeProto:
-    return helper.make_node("BatchNormalization", [x, f"{prefix}_scale", f"{prefix}_bias", f"{prefix}_mean", f"{prefix}_var"],
-                            [y], **attributes)
+    return helper.make_node(
+        "BatchNormalization",
+        [x, f"{prefix}_scale", f"{prefix}_bias", f"{prefix}_mean", f"{prefix}_var"],
+        [y],
+        **attributes,
+    )
 
 
-def make_model(nodes, inputs, outputs, initializers=(), opset: int = 17, functions=(), extra_opsets=()) -> onnx.ModelProto:
+def make_model(
+    nodes, inputs, outputs, initializers=(), opset: int = 17, functions=(), extra_opsets=()
+) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), *extra_opsets], functions=list(functions))
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset), *extra_opsets], functions=list(functions)
+    )
     model.ir_version = 9
     onnx.checker.check_model(model)
     return model
@@ -101,7 +109,9 @@ def opset_domains(model: onnx.ModelProto) -> set[str]:
 # BatchNormalization folding
 
 
-def conv_bn_model(rng, *, bias: bool = True, extra_consumer: bool = False, constant_weights: bool = False) -> onnx.ModelProto:
+def conv_bn_model(
+    rng, *, bias: bool = True, extra_consumer: bool = False, constant_weights: bool = False
+) -> onnx.ModelProto:
     conv_inputs = ["x", "w"] + (["b"] if bias else [])
     nodes = [helper.make_node("Conv", conv_inputs, ["c"], pads=[1, 1, 1, 1]), batchnorm("bn", "c", "y")]
     outputs = [value("y", ["N", 4, 6, 6])]
@@ -137,8 +147,13 @@ def test_bn_whose_input_feeds_two_consumers_stays(rng):
 def test_bn_in_training_mode_stays(rng):
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), batchnorm("bn", "c", "y", training_mode=1)]
     nodes[1].output.extend(["running_mean", "running_var"])  # training mode must name them
-    model = make_model(nodes, [value("x", [2, 3, 4, 4])], [value("y", [2, 4, 2, 2])],
-                       [weights(rng, "w", 4, 3, 3, 3), *batchnorm_params(rng, "bn", 4)], opset=15)
+    model = make_model(
+        nodes,
+        [value("x", [2, 3, 4, 4])],
+        [value("y", [2, 4, 2, 2])],
+        [weights(rng, "w", 4, 3, 3, 3), *batchnorm_params(rng, "bn", 4)],
+        opset=15,
+    )
     assert "BatchNormalization" in op_types(fuse(model)[0])
 
 
@@ -151,9 +166,16 @@ def test_conv_with_weights_fed_by_the_user_stays(rng):
 
 
 def test_conv_transpose_bn_folds_per_group(rng):
-    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["c"], group=2, strides=[2, 2]), batchnorm("bn", "c", "y")]
-    model = make_model(nodes, [value("x", ["N", 4, 5, 5])], [value("y", ["N", 6, 11, 11])],
-                       [weights(rng, "w", 4, 3, 3, 3), weights(rng, "b", 6), *batchnorm_params(rng, "bn", 6)])
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w", "b"], ["c"], group=2, strides=[2, 2]),
+        batchnorm("bn", "c", "y"),
+    ]
+    model = make_model(
+        nodes,
+        [value("x", ["N", 4, 5, 5])],
+        [value("y", ["N", 6, 11, 11])],
+        [weights(rng, "w", 4, 3, 3, 3), weights(rng, "b", 6), *batchnorm_params(rng, "bn", 6)],
+    )
     fused, stats = fuse(model)
     assert op_types(fused) == ["ConvTranspose"]
     assert stats == ["folded 1 BatchNormalization into ConvTranspose"]
@@ -163,9 +185,16 @@ def test_conv_transpose_bn_folds_per_group(rng):
 @pytest.mark.parametrize("trans_b", [0, 1])
 def test_gemm_bn_folds(rng, trans_b):
     w_shape = (5, 8) if trans_b else (8, 5)
-    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=trans_b, alpha=0.7, beta=0.5), batchnorm("bn", "g", "y")]
-    model = make_model(nodes, [value("x", ["N", 8])], [value("y", ["N", 5])],
-                       [weights(rng, "w", *w_shape), weights(rng, "b", 5), *batchnorm_params(rng, "bn", 5)])
+    nodes = [
+        helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=trans_b, alpha=0.7, beta=0.5),
+        batchnorm("bn", "g", "y"),
+    ]
+    model = make_model(
+        nodes,
+        [value("x", ["N", 8])],
+        [value("y", ["N", 5])],
+        [weights(rng, "w", *w_shape), weights(rng, "b", 5), *batchnorm_params(rng, "bn", 5)],
+    )
     fused, stats = fuse(model)
     assert op_types(fused) == ["Gemm"]
     assert stats == ["folded 1 BatchNormalization into Gemm/MatMul"]
@@ -190,12 +219,19 @@ def test_matmul_bn_becomes_gemm_in_2d_only(rng):
 
 
 def test_per_channel_mul_and_add_fold_into_conv(rng):
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]), helper.make_node("Mul", ["scale", "c"], ["m"]),
-             helper.make_node("Add", ["m", "shift"], ["s"]), helper.make_node("Div", ["s", "divisor"], ["y"])]
-    initializers = [weights(rng, "w", 4, 3, 1, 1), weights(rng, "b", 4),
-                    tensor("scale", rng.uniform(0.5, 2, (4, 1, 1)).astype(np.float32)),
-                    tensor("shift", rng.standard_normal((1, 4, 1, 1)).astype(np.float32)),
-                    tensor("divisor", np.float32(3.0))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"]),
+        helper.make_node("Mul", ["scale", "c"], ["m"]),
+        helper.make_node("Add", ["m", "shift"], ["s"]),
+        helper.make_node("Div", ["s", "divisor"], ["y"]),
+    ]
+    initializers = [
+        weights(rng, "w", 4, 3, 1, 1),
+        weights(rng, "b", 4),
+        tensor("scale", rng.uniform(0.5, 2, (4, 1, 1)).astype(np.float32)),
+        tensor("shift", rng.standard_normal((1, 4, 1, 1)).astype(np.float32)),
+        tensor("divisor", np.float32(3.0)),
+    ]
     model = make_model(nodes, [value("x", ["N", 3, 5, 5])], [value("y", ["N", 4, 5, 5])], initializers)
     fused, stats = fuse(model)
     assert op_types(fused) == ["Conv"]
@@ -203,12 +239,20 @@ def test_per_channel_mul_and_add_fold_into_conv(rng):
     assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 3, 5, 5)).astype(np.float32)})
 
 
-@pytest.mark.parametrize("constant_shape", [(4,), (1, 1, 1, 1, 4), (2, 4, 1, 1)], ids=["last-axis", "raises-rank", "batch-axis"])
+@pytest.mark.parametrize(
+    "constant_shape", [(4,), (1, 1, 1, 1, 4), (2, 4, 1, 1)], ids=["last-axis", "raises-rank", "batch-axis"]
+)
 def test_constant_that_broadcasts_past_the_channel_axis_stays(rng, constant_shape):
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Mul", ["c", "k"], ["y"])]
-    out_shape = [2, 4, 4, 4] if len(constant_shape) == 4 else [1, 2, 4, 4, 4] if len(constant_shape) == 5 else [2, 4, 4, 4]
-    model = make_model(nodes, [value("x", [2, 3, 4, 4])], [value("y", out_shape)],
-                       [weights(rng, "w", 4, 3, 1, 1), tensor("k", rng.uniform(1, 2, constant_shape).astype(np.float32))])
+    out_shape = (
+        [2, 4, 4, 4] if len(constant_shape) == 4 else [1, 2, 4, 4, 4] if len(constant_shape) == 5 else [2, 4, 4, 4]
+    )
+    model = make_model(
+        nodes,
+        [value("x", [2, 3, 4, 4])],
+        [value("y", out_shape)],
+        [weights(rng, "w", 4, 3, 1, 1), tensor("k", rng.uniform(1, 2, constant_shape).astype(np.float32))],
+    )
     fused, stats = fuse(model)
     assert sorted(op_types(fused)) == ["Conv", "Mul"]
     assert stats == []
@@ -216,26 +260,46 @@ def test_constant_that_broadcasts_past_the_channel_axis_stays(rng, constant_shap
 
 def test_non_constant_add_after_conv_stays(rng):
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Add", ["c", "z"], ["y"])]
-    model = make_model(nodes, [value("x", [2, 3, 4, 4]), value("z", [1, 4, 1, 1])], [value("y", [2, 4, 4, 4])],
-                       [weights(rng, "w", 4, 3, 1, 1)])
+    model = make_model(
+        nodes,
+        [value("x", [2, 3, 4, 4]), value("z", [1, 4, 1, 1])],
+        [value("y", [2, 4, 4, 4])],
+        [weights(rng, "w", 4, 3, 1, 1)],
+    )
     assert sorted(op_types(fuse(model)[0])) == ["Add", "Conv"]
 
 
 def test_shared_weights_are_not_duplicated(rng):
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c1"]), helper.make_node("Conv", ["x", "w"], ["c2"]),
-             helper.make_node("Mul", ["c1", "k"], ["y1"])]
-    model = make_model(nodes, [value("x", [2, 3, 4, 4])], [value("y1", [2, 4, 4, 4]), value("c2", [2, 4, 4, 4])],
-                       [weights(rng, "w", 4, 3, 1, 1), tensor("k", np.full((4, 1, 1), 2.0, np.float32))])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c1"]),
+        helper.make_node("Conv", ["x", "w"], ["c2"]),
+        helper.make_node("Mul", ["c1", "k"], ["y1"]),
+    ]
+    model = make_model(
+        nodes,
+        [value("x", [2, 3, 4, 4])],
+        [value("y1", [2, 4, 4, 4]), value("c2", [2, 4, 4, 4])],
+        [weights(rng, "w", 4, 3, 1, 1), tensor("k", np.full((4, 1, 1), 2.0, np.float32))],
+    )
     assert sorted(op_types(fuse(model)[0])) == ["Conv", "Conv", "Mul"]
 
 
 def test_gemm_and_matmul_absorb_constant_scales(rng):
-    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["g"], transB=1), helper.make_node("Mul", ["g", "k1"], ["gm"]),
-             helper.make_node("Sub", ["gm", "k2"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["m"]),
-             helper.make_node("Div", ["m", "k3"], ["y"])]
-    initializers = [weights(rng, "w1", 6, 8), weights(rng, "b1", 6), tensor("k1", rng.uniform(1, 2, (1, 6)).astype(np.float32)),
-                    tensor("k2", rng.standard_normal(6).astype(np.float32)), weights(rng, "w2", 6, 3),
-                    tensor("k3", np.float32(4.0))]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["g"], transB=1),
+        helper.make_node("Mul", ["g", "k1"], ["gm"]),
+        helper.make_node("Sub", ["gm", "k2"], ["h"]),
+        helper.make_node("MatMul", ["h", "w2"], ["m"]),
+        helper.make_node("Div", ["m", "k3"], ["y"]),
+    ]
+    initializers = [
+        weights(rng, "w1", 6, 8),
+        weights(rng, "b1", 6),
+        tensor("k1", rng.uniform(1, 2, (1, 6)).astype(np.float32)),
+        tensor("k2", rng.standard_normal(6).astype(np.float32)),
+        weights(rng, "w2", 6, 3),
+        tensor("k3", np.float32(4.0)),
+    ]
     model = make_model(nodes, [value("x", ["N", 8])], [value("y", ["N", 3])], initializers)
     fused, stats = fuse(model)
     assert op_types(fused) == ["Gemm", "MatMul"]
@@ -249,24 +313,31 @@ def test_gemm_and_matmul_absorb_constant_scales(rng):
 
 def test_2d_matmul_add_becomes_gemm(rng):
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["b", "m"], ["y"])]
-    model = make_model(nodes, [value("x", ["N", 8])], [value("y", ["N", 4])], [weights(rng, "w", 8, 4), weights(rng, "b", 4)])
+    model = make_model(
+        nodes, [value("x", ["N", 8])], [value("y", ["N", 4])], [weights(rng, "w", 8, 4), weights(rng, "b", 4)]
+    )
     fused, stats = fuse(model)
     assert op_types(fused) == ["Gemm"]
     assert stats == ["fused 1 MatMul+Add into Gemm"]
     assert_same_outputs(model, fused, {"x": rng.standard_normal((5, 8)).astype(np.float32)})
 
 
-@pytest.mark.parametrize(("x_shape", "bias_shape", "y_shape"), [
-    (["N", 3, 8], [4], ["N", 3, 4]),  # 3-D: Gemm is 2-D only
-    ([5, 8], [2, 5, 4], [2, 5, 4]),  # the addend raises the rank
-    ([5, 8], [3, 1], [3, 4]),  # wrong: would need bidirectional broadcast... ruled out by shape
-], ids=["3d", "rank-raising-addend", "addend-rows-mismatch"])
+@pytest.mark.parametrize(
+    ("x_shape", "bias_shape", "y_shape"),
+    [
+        (["N", 3, 8], [4], ["N", 3, 4]),  # 3-D: Gemm is 2-D only
+        ([5, 8], [2, 5, 4], [2, 5, 4]),  # the addend raises the rank
+        ([5, 8], [3, 1], [3, 4]),  # wrong: would need bidirectional broadcast... ruled out by shape
+    ],
+    ids=["3d", "rank-raising-addend", "addend-rows-mismatch"],
+)
 def test_matmul_add_that_is_not_a_gemm_stays(rng, x_shape, bias_shape, y_shape):
     if bias_shape == [3, 1]:
         x_shape, y_shape = [1, 8], [3, 4]  # [1,4] + [3,1] broadcasts both ways; Gemm's C cannot
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
-    model = make_model(nodes, [value("x", x_shape)], [value("y", y_shape)],
-                       [weights(rng, "w", 8, 4), weights(rng, "b", *bias_shape)])
+    model = make_model(
+        nodes, [value("x", x_shape)], [value("y", y_shape)], [weights(rng, "w", 8, 4), weights(rng, "b", *bias_shape)]
+    )
     assert sorted(op_types(fuse(model)[0])) == ["Add", "MatMul"]
 
 
@@ -275,10 +346,17 @@ def test_matmul_add_that_is_not_a_gemm_stays(rng, x_shape, bias_shape, y_shape):
 
 
 def test_reshape_chain_keeps_dynamic_dims_dynamic(rng):
-    nodes = [helper.make_node("Squeeze", ["x", "axes"], ["s"]), helper.make_node("Unsqueeze", ["s", "axes2"], ["u"]),
-             helper.make_node("Reshape", ["u", "shape"], ["r"]), helper.make_node("Flatten", ["r"], ["y"], axis=1)]
-    initializers = [tensor("axes", np.array([1], np.int64)), tensor("axes2", np.array([2], np.int64)),
-                    tensor("shape", np.array([0, 0, -1], np.int64))]
+    nodes = [
+        helper.make_node("Squeeze", ["x", "axes"], ["s"]),
+        helper.make_node("Unsqueeze", ["s", "axes2"], ["u"]),
+        helper.make_node("Reshape", ["u", "shape"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["y"], axis=1),
+    ]
+    initializers = [
+        tensor("axes", np.array([1], np.int64)),
+        tensor("axes2", np.array([2], np.int64)),
+        tensor("shape", np.array([0, 0, -1], np.int64)),
+    ]
     model = make_model(nodes, [value("x", ["N", 1, 12, "T"])], [value("y", ["N", None])], initializers)
     fused, stats = fuse(model)
     assert op_types(fused) == ["Flatten"]  # the chain is [N, 12*T]: Reshape [0, -1], written as Flatten(axis=1)
@@ -312,7 +390,10 @@ def test_pair_that_cancels_keeps_graph_input_and_output_names(rng):
 @pytest.mark.parametrize("opset", [11, 13])
 def test_unsqueeze_pairs_merge_at_either_axes_form(rng, opset):
     if opset < 13:
-        nodes = [helper.make_node("Unsqueeze", ["x"], ["u"], axes=[0]), helper.make_node("Unsqueeze", ["u"], ["y"], axes=[-1])]
+        nodes = [
+            helper.make_node("Unsqueeze", ["x"], ["u"], axes=[0]),
+            helper.make_node("Unsqueeze", ["u"], ["y"], axes=[-1]),
+        ]
         initializers = []
     else:
         nodes = [helper.make_node("Unsqueeze", ["x", "a0"], ["u"]), helper.make_node("Unsqueeze", ["u", "a1"], ["y"])]
@@ -334,9 +415,13 @@ def test_declared_output_shape_is_not_trusted(rng):
 
 
 def test_transpose_pairs_compose_or_cancel(rng):
-    nodes = [helper.make_node("Transpose", ["x"], ["t1"], perm=[0, 2, 1]), helper.make_node("Transpose", ["t1"], ["a"], perm=[0, 2, 1]),
-             helper.make_node("Transpose", ["a"], ["t2"], perm=[1, 0, 2]), helper.make_node("Transpose", ["t2"], ["y"], perm=[0, 2, 1]),
-             helper.make_node("Relu", ["a"], ["z"])]
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t1"], perm=[0, 2, 1]),
+        helper.make_node("Transpose", ["t1"], ["a"], perm=[0, 2, 1]),
+        helper.make_node("Transpose", ["a"], ["t2"], perm=[1, 0, 2]),
+        helper.make_node("Transpose", ["t2"], ["y"], perm=[0, 2, 1]),
+        helper.make_node("Relu", ["a"], ["z"]),
+    ]
     model = make_model(nodes, [value("x", [2, 3, 4])], [value("y", [3, 4, 2]), value("z", [2, 3, 4])])
     fused, stats = fuse(model)
     assert sorted(op_types(fused)) == ["Relu", "Transpose"]
@@ -350,19 +435,30 @@ def test_transpose_pairs_compose_or_cancel(rng):
 
 def decomposed_layer_norm(opset: int, *, residual_after: bool = False) -> tuple[list, list]:
     """TorchScript's decomposition of nn.LayerNorm(8), with ReduceMean axes as attribute or input by opset."""
+
     def reduce_mean(x: str, y: str) -> onnx.NodeProto:
         if opset >= 18:
             return helper.make_node("ReduceMean", [x, "ln_axes"], [y])
         return helper.make_node("ReduceMean", [x], [y], axes=[-1])
 
-    nodes = [reduce_mean("x", "mean"), helper.make_node("Sub", ["x", "mean"], ["d"]),
-             helper.make_node("Pow", ["d", "two"], ["d2"]), reduce_mean("d2", "var"),
-             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["std"]),
-             helper.make_node("Div", ["d", "std"], ["n"]), helper.make_node("Mul", ["n", "gamma"], ["ns"]),
-             helper.make_node("Add", ["ns", "residual" if residual_after else "beta"], ["y"])]
+    nodes = [
+        reduce_mean("x", "mean"),
+        helper.make_node("Sub", ["x", "mean"], ["d"]),
+        helper.make_node("Pow", ["d", "two"], ["d2"]),
+        reduce_mean("d2", "var"),
+        helper.make_node("Add", ["var", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["std"]),
+        helper.make_node("Div", ["d", "std"], ["n"]),
+        helper.make_node("Mul", ["n", "gamma"], ["ns"]),
+        helper.make_node("Add", ["ns", "residual" if residual_after else "beta"], ["y"]),
+    ]
     rng = np.random.default_rng(1)
-    initializers = [tensor("two", np.float32(2.0)), tensor("eps", np.float32(1e-5)),
-                    tensor("gamma", rng.uniform(0.5, 1.5, 8).astype(np.float32)), tensor("beta", rng.standard_normal(8).astype(np.float32))]
+    initializers = [
+        tensor("two", np.float32(2.0)),
+        tensor("eps", np.float32(1e-5)),
+        tensor("gamma", rng.uniform(0.5, 1.5, 8).astype(np.float32)),
+        tensor("beta", rng.standard_normal(8).astype(np.float32)),
+    ]
     if opset >= 18:
         initializers.append(tensor("ln_axes", np.array([-1], np.int64)))
     return nodes, initializers
@@ -374,8 +470,10 @@ def test_decomposed_layer_norm_becomes_layer_normalization(rng, opset):
     model = make_model(nodes, [value("x", ["N", "S", 8])], [value("y", ["N", "S", 8])], initializers, opset=opset)
     fused, stats = fuse(model)
     assert op_types(fused) == ["LayerNormalization"]
-    assert stats == ["fused 1 decomposed layer norms into LayerNormalization",
-                     "folded 2 constant Mul/Add into LayerNormalization"]
+    assert stats == [
+        "fused 1 decomposed layer norms into LayerNormalization",
+        "folded 2 constant Mul/Add into LayerNormalization",
+    ]
     assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 3, 8)).astype(np.float32)})
 
 
@@ -390,16 +488,25 @@ def test_residual_added_after_layer_norm_is_not_its_bias(rng):
     model = make_model(nodes, [value("x", ["N", 8]), value("residual", ["N", 8])], [value("y", ["N", 8])], initializers)
     fused, _ = fuse(model)
     assert sorted(op_types(fused)) == ["Add", "LayerNormalization"]
-    feeds = {"x": rng.standard_normal((3, 8)).astype(np.float32), "residual": rng.standard_normal((3, 8)).astype(np.float32)}
+    feeds = {
+        "x": rng.standard_normal((3, 8)).astype(np.float32),
+        "residual": rng.standard_normal((3, 8)).astype(np.float32),
+    }
     assert_same_outputs(model, fused, feeds)
 
 
 def test_reciprocal_form_with_squared_product_fuses(rng):
     """(x - mean) * Reciprocal(sqrt(var + eps)) with the variance of d * d, and no scale or shift."""
-    nodes = [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[-1]), helper.make_node("Sub", ["x", "mean"], ["d"]),
-             helper.make_node("Mul", ["d", "d"], ["d2"]), helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
-             helper.make_node("Add", ["eps", "var"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["std"]),
-             helper.make_node("Reciprocal", ["std"], ["inv"]), helper.make_node("Mul", ["inv", "d"], ["y"])]
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[-1]),
+        helper.make_node("Sub", ["x", "mean"], ["d"]),
+        helper.make_node("Mul", ["d", "d"], ["d2"]),
+        helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+        helper.make_node("Add", ["eps", "var"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["std"]),
+        helper.make_node("Reciprocal", ["std"], ["inv"]),
+        helper.make_node("Mul", ["inv", "d"], ["y"]),
+    ]
     model = make_model(nodes, [value("x", ["N", 6])], [value("y", ["N", 6])], [tensor("eps", np.float32(1e-6))])
     fused, _ = fuse(model)
     assert op_types(fused) == ["LayerNormalization"]
@@ -407,13 +514,18 @@ def test_reciprocal_form_with_squared_product_fuses(rng):
 
 
 def test_constant_scale_and_shift_fold_into_layer_normalization(rng):
-    nodes = [helper.make_node("LayerNormalization", ["x", "g"], ["n"], axis=-1),
-             helper.make_node("Mul", ["n", "k"], ["m"]), helper.make_node("Add", ["shift", "m"], ["y"]),
-             helper.make_node("Mul", ["y", "per_row"], ["z"])]
-    initializers = [tensor("g", rng.uniform(0.5, 1.5, 6).astype(np.float32)),
-                    tensor("k", rng.uniform(0.5, 1.5, (1, 6)).astype(np.float32)),
-                    tensor("shift", rng.standard_normal(6).astype(np.float32)),
-                    tensor("per_row", rng.uniform(0.5, 1.5, (4, 1)).astype(np.float32))]  # varies across rows
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "g"], ["n"], axis=-1),
+        helper.make_node("Mul", ["n", "k"], ["m"]),
+        helper.make_node("Add", ["shift", "m"], ["y"]),
+        helper.make_node("Mul", ["y", "per_row"], ["z"]),
+    ]
+    initializers = [
+        tensor("g", rng.uniform(0.5, 1.5, 6).astype(np.float32)),
+        tensor("k", rng.uniform(0.5, 1.5, (1, 6)).astype(np.float32)),
+        tensor("shift", rng.standard_normal(6).astype(np.float32)),
+        tensor("per_row", rng.uniform(0.5, 1.5, (4, 1)).astype(np.float32)),
+    ]  # varies across rows
     model = make_model(nodes, [value("x", [4, 6])], [value("z", [4, 6])], initializers)
     fused, stats = fuse(model)
     assert op_types(fused) == ["LayerNormalization", "Mul"]
@@ -423,25 +535,46 @@ def test_constant_scale_and_shift_fold_into_layer_normalization(rng):
 
 def erf_gelu_nodes() -> tuple[list, list]:
     """TorchScript's GELU: (x * (erf(x / sqrt 2) + 1)) * 0.5."""
-    nodes = [helper.make_node("Div", ["x", "sqrt2"], ["t"]), helper.make_node("Erf", ["t"], ["e"]),
-             helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["x", "e1"], ["xe"]),
-             helper.make_node("Mul", ["xe", "half"], ["y"])]
-    return nodes, [tensor("sqrt2", np.float32(np.sqrt(2))), tensor("one", np.float32(1)), tensor("half", np.float32(0.5))]
+    nodes = [
+        helper.make_node("Div", ["x", "sqrt2"], ["t"]),
+        helper.make_node("Erf", ["t"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["e1"]),
+        helper.make_node("Mul", ["x", "e1"], ["xe"]),
+        helper.make_node("Mul", ["xe", "half"], ["y"]),
+    ]
+    return nodes, [
+        tensor("sqrt2", np.float32(np.sqrt(2))),
+        tensor("one", np.float32(1)),
+        tensor("half", np.float32(0.5)),
+    ]
 
 
 def tanh_gelu_nodes() -> tuple[list, list]:
     """GELU's tanh form, grouped as HF's NewGELUActivation writes it: 0.5 * x * (1 + tanh(c * (x + 0.044715 * x^3)))."""
-    nodes = [helper.make_node("Pow", ["x", "three"], ["x3"]), helper.make_node("Mul", ["k", "x3"], ["kx3"]),
-             helper.make_node("Add", ["x", "kx3"], ["inner"]), helper.make_node("Mul", ["c", "inner"], ["arg"]),
-             helper.make_node("Tanh", ["arg"], ["t"]), helper.make_node("Add", ["one", "t"], ["t1"]),
-             helper.make_node("Mul", ["half", "x"], ["hx"]), helper.make_node("Mul", ["hx", "t1"], ["y"])]
-    initializers = [tensor("three", np.float32(3)), tensor("k", np.float32(0.044715)),
-                    tensor("c", np.float32(np.sqrt(2 / np.pi))), tensor("one", np.float32(1)), tensor("half", np.float32(0.5))]
+    nodes = [
+        helper.make_node("Pow", ["x", "three"], ["x3"]),
+        helper.make_node("Mul", ["k", "x3"], ["kx3"]),
+        helper.make_node("Add", ["x", "kx3"], ["inner"]),
+        helper.make_node("Mul", ["c", "inner"], ["arg"]),
+        helper.make_node("Tanh", ["arg"], ["t"]),
+        helper.make_node("Add", ["one", "t"], ["t1"]),
+        helper.make_node("Mul", ["half", "x"], ["hx"]),
+        helper.make_node("Mul", ["hx", "t1"], ["y"]),
+    ]
+    initializers = [
+        tensor("three", np.float32(3)),
+        tensor("k", np.float32(0.044715)),
+        tensor("c", np.float32(np.sqrt(2 / np.pi))),
+        tensor("one", np.float32(1)),
+        tensor("half", np.float32(0.5)),
+    ]
     return nodes, initializers
 
 
-@pytest.mark.parametrize(("form", "standard_op", "contrib_op"), [
-    (erf_gelu_nodes, "Gelu", "com.microsoft::Gelu"), (tanh_gelu_nodes, "Gelu", "com.microsoft::FastGelu")])
+@pytest.mark.parametrize(
+    ("form", "standard_op", "contrib_op"),
+    [(erf_gelu_nodes, "Gelu", "com.microsoft::Gelu"), (tanh_gelu_nodes, "Gelu", "com.microsoft::FastGelu")],
+)
 def test_decomposed_gelu(rng, form, standard_op, contrib_op):
     nodes, initializers = form()
     feeds = {"x": rng.standard_normal((2, 16)).astype(np.float32) * 3}
@@ -459,10 +592,18 @@ def test_decomposed_gelu(rng, form, standard_op, contrib_op):
 
 
 def test_gelu_with_multiplication_by_inverse_sqrt2(rng):
-    nodes = [helper.make_node("Mul", ["x", "inv_sqrt2"], ["t"]), helper.make_node("Erf", ["t"], ["e"]),
-             helper.make_node("Add", ["one", "e"], ["e1"]), helper.make_node("Mul", ["half", "e1"], ["he"]),
-             helper.make_node("Mul", ["he", "x"], ["y"])]
-    initializers = [tensor("inv_sqrt2", np.float32(1 / np.sqrt(2))), tensor("one", np.float32(1)), tensor("half", np.float32(0.5))]
+    nodes = [
+        helper.make_node("Mul", ["x", "inv_sqrt2"], ["t"]),
+        helper.make_node("Erf", ["t"], ["e"]),
+        helper.make_node("Add", ["one", "e"], ["e1"]),
+        helper.make_node("Mul", ["half", "e1"], ["he"]),
+        helper.make_node("Mul", ["he", "x"], ["y"]),
+    ]
+    initializers = [
+        tensor("inv_sqrt2", np.float32(1 / np.sqrt(2))),
+        tensor("one", np.float32(1)),
+        tensor("half", np.float32(0.5)),
+    ]
     model = make_model(nodes, [value("x", ["N", 16])], [value("y", ["N", 16])], initializers, opset=20)
     fused, _ = fuse(model)
     assert op_types(fused) == ["Gelu"]
@@ -471,7 +612,9 @@ def test_gelu_with_multiplication_by_inverse_sqrt2(rng):
 
 def test_gelu_whose_intermediate_is_used_elsewhere_stays(rng):
     nodes, initializers = erf_gelu_nodes()
-    model = make_model(nodes, [value("x", ["N", 16])], [value("y", ["N", 16]), value("e", ["N", 16])], initializers, opset=20)
+    model = make_model(
+        nodes, [value("x", ["N", 16])], [value("y", ["N", 16]), value("e", ["N", 16])], initializers, opset=20
+    )
     assert "Gelu" not in op_types(fuse(model)[0])
 
 
@@ -480,8 +623,12 @@ def test_gelu_whose_intermediate_is_used_elsewhere_stays(rng):
 
 
 ACTIVATIONS = {
-    "Relu": ([], {}), "Sigmoid": ([], {}), "Tanh": ([], {}), "LeakyRelu": ([], {"alpha": 0.2}),
-    "HardSigmoid": ([], {"alpha": 0.3, "beta": 0.4}), "Clip": (["lo", "hi"], {}),
+    "Relu": ([], {}),
+    "Sigmoid": ([], {}),
+    "Tanh": ([], {}),
+    "LeakyRelu": ([], {"alpha": 0.2}),
+    "HardSigmoid": ([], {"alpha": 0.3, "beta": 0.4}),
+    "Clip": (["lo", "hi"], {}),
 }
 
 
@@ -536,18 +683,36 @@ def test_activation_whose_input_is_a_graph_output_stays(rng):
 
 def test_fusions_reach_into_if_branches_that_read_outer_values(rng):
     then_branch = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["c"]), batchnorm("bn", "c", "then_y")], "then", [],
-        [value("then_y", [2, 4, 3, 3])])
+        [helper.make_node("Conv", ["x", "w"], ["c"]), batchnorm("bn", "c", "then_y")],
+        "then",
+        [],
+        [value("then_y", [2, 4, 3, 3])],
+    )
     else_branch = helper.make_graph(
-        [helper.make_node("MatMul", ["x2d", "w2"], ["m"]), helper.make_node("Add", ["m", "b2"], ["m2"]),
-         helper.make_node("Reshape", ["m2", "shape"], ["else_y"])], "else", [], [value("else_y", [2, 4, 3, 3])],
-        initializer=[tensor("shape", np.array([2, 4, 3, 3], np.int64))])
-    nodes = [helper.make_node("Reshape", ["x", "flat"], ["x2d"]),
-             helper.make_node("If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch)]
-    initializers = [weights(rng, "w", 4, 3, 1, 1), *batchnorm_params(rng, "bn", 4), tensor("flat", np.array([2, 27], np.int64)),
-                    weights(rng, "w2", 27, 36), weights(rng, "b2", 36)]
-    model = make_model(nodes, [value("x", [2, 3, 3, 3]), value("cond", [], TensorProto.BOOL)], [value("y", [2, 4, 3, 3])],
-                       initializers)
+        [
+            helper.make_node("MatMul", ["x2d", "w2"], ["m"]),
+            helper.make_node("Add", ["m", "b2"], ["m2"]),
+            helper.make_node("Reshape", ["m2", "shape"], ["else_y"]),
+        ],
+        "else",
+        [],
+        [value("else_y", [2, 4, 3, 3])],
+        initializer=[tensor("shape", np.array([2, 4, 3, 3], np.int64))],
+    )
+    nodes = [
+        helper.make_node("Reshape", ["x", "flat"], ["x2d"]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch),
+    ]
+    initializers = [
+        weights(rng, "w", 4, 3, 1, 1),
+        *batchnorm_params(rng, "bn", 4),
+        tensor("flat", np.array([2, 27], np.int64)),
+        weights(rng, "w2", 27, 36),
+        weights(rng, "b2", 36),
+    ]
+    model = make_model(
+        nodes, [value("x", [2, 3, 3, 3]), value("cond", [], TensorProto.BOOL)], [value("y", [2, 4, 3, 3])], initializers
+    )
     fused, stats = fuse(model)
     assert sorted(op_types(fused)) == ["Conv", "Gemm", "If", "Reshape", "Reshape"]
     assert stats == ["folded 1 BatchNormalization into Conv", "fused 1 MatMul+Add into Gemm"]
@@ -559,13 +724,23 @@ def test_fusions_reach_into_if_branches_that_read_outer_values(rng):
 def test_fusions_reach_into_loop_bodies(rng):
     """A Loop body that reads the weights of the outer graph: its MatMul+Add becomes a Gemm."""
     body = helper.make_graph(
-        [helper.make_node("MatMul", ["state", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["m2"]),
-         helper.make_node("Tanh", ["m2"], ["next_state"]), helper.make_node("Identity", ["cond_in"], ["cond_out"])],
-        "body", [value("i", [], TensorProto.INT64), value("cond_in", [], TensorProto.BOOL), value("state", [2, 4])],
-        [value("cond_out", [], TensorProto.BOOL), value("next_state", [2, 4])])
+        [
+            helper.make_node("MatMul", ["state", "w"], ["m"]),
+            helper.make_node("Add", ["m", "b"], ["m2"]),
+            helper.make_node("Tanh", ["m2"], ["next_state"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [value("i", [], TensorProto.INT64), value("cond_in", [], TensorProto.BOOL), value("state", [2, 4])],
+        [value("cond_out", [], TensorProto.BOOL), value("next_state", [2, 4])],
+    )
     nodes = [helper.make_node("Loop", ["trip", "", "x"], ["y"], body=body)]
-    model = make_model(nodes, [value("x", [2, 4]), value("trip", [], TensorProto.INT64)], [value("y", [2, 4])],
-                       [weights(rng, "w", 4, 4), weights(rng, "b", 4)])
+    model = make_model(
+        nodes,
+        [value("x", [2, 4]), value("trip", [], TensorProto.INT64)],
+        [value("y", [2, 4])],
+        [weights(rng, "w", 4, 4), weights(rng, "b", 4)],
+    )
     fused, stats = fuse(model)
     assert sorted(op_types(fused)) == ["Gemm", "Identity", "Loop", "Tanh"]
     assert stats == ["fused 1 MatMul+Add into Gemm"]
@@ -575,12 +750,21 @@ def test_fusions_reach_into_loop_bodies(rng):
 def test_fusions_reach_into_local_functions(rng):
     """Weights inside a function are Constant nodes; the folded ones stay Constant nodes there."""
     w, b = weights(rng, "w", 4, 3, 1, 1), tensor("k", rng.uniform(1, 2, (4, 1, 1)).astype(np.float32))
-    body = [helper.make_node("Constant", [], ["w"], value=w), helper.make_node("Constant", [], ["k"], value=b),
-            helper.make_node("Conv", ["fx", "w"], ["c"]), helper.make_node("Mul", ["c", "k"], ["fy"])]
+    body = [
+        helper.make_node("Constant", [], ["w"], value=w),
+        helper.make_node("Constant", [], ["k"], value=b),
+        helper.make_node("Conv", ["fx", "w"], ["c"]),
+        helper.make_node("Mul", ["c", "k"], ["fy"]),
+    ]
     function = helper.make_function("local", "ScaledConv", ["fx"], ["fy"], body, [helper.make_opsetid("", 17)])
     nodes = [helper.make_node("ScaledConv", ["x"], ["y"], domain="local")]
-    model = make_model(nodes, [value("x", [2, 3, 4, 4])], [value("y", [2, 4, 4, 4])], functions=[function],
-                       extra_opsets=[helper.make_opsetid("local", 1)])
+    model = make_model(
+        nodes,
+        [value("x", [2, 3, 4, 4])],
+        [value("y", [2, 4, 4, 4])],
+        functions=[function],
+        extra_opsets=[helper.make_opsetid("local", 1)],
+    )
     fused, _stats = fuse(model)
     assert sorted(op_types(fused)) == ["Constant", "Conv", "local::ScaledConv"]
     assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 3, 4, 4)).astype(np.float32)})
@@ -594,8 +778,10 @@ def test_skip_switches_fusions_off_by_name(rng):
     model, _ = layer_activation_model(rng, "Conv", "Relu")
     fused, stats = fuse(model, target="onnxruntime", skip=("conv-activation",))
     assert op_types(fused) == ["Conv", "Relu"] and stats == []
-    assert Pipeline.parse("fuse{target=onnxruntime,skip=conv-activation,gelu}").to_string() == \
-        "fuse{target=onnxruntime,skip=conv-activation,gelu}"
+    assert (
+        Pipeline.parse("fuse{target=onnxruntime,skip=conv-activation,gelu}").to_string()
+        == "fuse{target=onnxruntime,skip=conv-activation,gelu}"
+    )
 
 
 def test_unknown_fusion_name_is_a_spec_error_listing_the_names():

@@ -33,9 +33,14 @@ def two_conv_bn_and_a_gemm(rng: np.random.Generator) -> onnx.ModelProto:
         helper.make_node("MatMul", ["flat", "fc_w"], ["m"], name="fc"),
         helper.make_node("Add", ["m", "fc_b"], ["y"], name="fc_bias"),
     ]
-    initializers = [weights(rng, "w1", 4, 3, 3, 3), weights(rng, "w2", 4, 4, 3, 3),
-                    weights(rng, "fc_w", 4 * 5 * 5, 6), weights(rng, "fc_b", 6),
-                    *batchnorm_params(rng, "bn1", 4), *batchnorm_params(rng, "bn2", 4)]
+    initializers = [
+        weights(rng, "w1", 4, 3, 3, 3),
+        weights(rng, "w2", 4, 4, 3, 3),
+        weights(rng, "fc_w", 4 * 5 * 5, 6),
+        weights(rng, "fc_b", 6),
+        *batchnorm_params(rng, "bn1", 4),
+        *batchnorm_params(rng, "bn2", 4),
+    ]
     return make_model(nodes, [value("x", ["N", 3, 5, 5])], [value("y", ["N", 6])], initializers)
 
 
@@ -48,8 +53,11 @@ def run_fuse(model: onnx.ModelProto, disabled: frozenset = frozenset()) -> tuple
 
 def test_every_fusion_applied_is_reported_as_a_site_at_its_anchor_node(rng):
     _, sites = run_fuse(two_conv_bn_and_a_gemm(rng))
-    assert sorted(sites, key=str) == [Site("conv-bn", "bn1"), Site("conv-bn", "bn2"),
-                                      Site("matmul-add-gemm", "fc_bias")]
+    assert sorted(sites, key=str) == [
+        Site("conv-bn", "bn1"),
+        Site("conv-bn", "bn2"),
+        Site("matmul-add-gemm", "fc_bias"),
+    ]
 
 
 def test_a_disabled_site_leaves_exactly_that_fusion_undone(rng):
@@ -70,14 +78,22 @@ def test_a_disabled_fusion_is_not_applied_anywhere(rng):
 
 def test_transformer_fusions_that_cannot_stop_at_one_node_are_switched_off_by_any_of_their_sites(rng):
     # Add + LayerNormalization → SkipLayerNormalization comes from onnxscript as a whole-model rewrite.
-    nodes = [helper.make_node("Add", ["x", "r"], ["s"], name="residual"),
-             helper.make_node("LayerNormalization", ["s", "g", "b"], ["y"], axis=-1, name="norm")]
-    model = make_model(nodes, [value("x", ["N", 8, 16]), value("r", ["N", 8, 16])], [value("y", ["N", 8, 16])],
-                       [weights(rng, "g", 16), weights(rng, "b", 16)])
+    nodes = [
+        helper.make_node("Add", ["x", "r"], ["s"], name="residual"),
+        helper.make_node("LayerNormalization", ["s", "g", "b"], ["y"], axis=-1, name="norm"),
+    ]
+    model = make_model(
+        nodes,
+        [value("x", ["N", 8, 16]), value("r", ["N", 8, 16])],
+        [value("y", ["N", 8, 16])],
+        [weights(rng, "g", 16), weights(rng, "b", 16)],
+    )
     fuse = FusePass(target="onnxruntime")
     result = fuse(ir.from_proto(model))
     (site,) = result.sites
-    assert site.rule == "skip-layer-norm" and "com.microsoft::SkipLayerNormalization" in op_types(ir.to_proto(result.model))
+    assert site.rule == "skip-layer-norm" and "com.microsoft::SkipLayerNormalization" in op_types(
+        ir.to_proto(result.model)
+    )
 
     fuse = FusePass(target="onnxruntime")
     fuse.context = PassContext(disabled=frozenset({site}))

@@ -50,27 +50,44 @@ def every_pattern(opset: int, rng: np.random.Generator) -> onnx.ModelProto:
         return helper.make_node("Unsqueeze", [x], [y], axes=[axis])
 
     nodes = [
-        helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]), batchnorm("bn", "c", "b"),
+        helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+        batchnorm("bn", "c", "b"),
         helper.make_node("Mul", ["b", "per_channel"], ["scaled"]),
         helper.make_node("Transpose", ["scaled"], ["t1"], perm=[0, 2, 3, 1]),
         helper.make_node("Transpose", ["t1"], ["t2"], perm=[0, 3, 1, 2]),
         helper.make_node("Flatten", ["t2"], ["flat"], axis=1),
-        helper.make_node("MatMul", ["flat", "fc_w"], ["m"]), helper.make_node("Add", ["m", "fc_b"], ["logits"]),
-        unsqueeze("logits", "u1", 0), unsqueeze("u1", "u2", 3),
+        helper.make_node("MatMul", ["flat", "fc_w"], ["m"]),
+        helper.make_node("Add", ["m", "fc_b"], ["logits"]),
+        unsqueeze("logits", "u1", 0),
+        unsqueeze("u1", "u2", 3),
     ]
     ln_nodes, ln_initializers = decomposed_layer_norm(opset)
-    nodes += [helper.make_node(n.op_type, [f"ln_{i}" if i in ("x", "y") else i for i in n.input],
-                               [f"ln_{o}" if o in ("x", "y") else o for o in n.output], **{
-                                   a.name: helper.get_attribute_value(a) for a in n.attribute}) for n in ln_nodes]
-    initializers = [weights(rng, "w", 4, 3, 3, 3), *batchnorm_params(rng, "bn", 4),
-                    tensor("per_channel", rng.uniform(0.5, 1.5, (4, 1, 1)).astype(np.float32)),
-                    weights(rng, "fc_w", 4 * 5 * 5, 6), weights(rng, "fc_b", 6), *ln_initializers,
-                    tensor("axes_u1", np.array([0], np.int64)), tensor("axes_u2", np.array([3], np.int64))]
+    nodes += [
+        helper.make_node(
+            n.op_type,
+            [f"ln_{i}" if i in ("x", "y") else i for i in n.input],
+            [f"ln_{o}" if o in ("x", "y") else o for o in n.output],
+            **{a.name: helper.get_attribute_value(a) for a in n.attribute},
+        )
+        for n in ln_nodes
+    ]
+    initializers = [
+        weights(rng, "w", 4, 3, 3, 3),
+        *batchnorm_params(rng, "bn", 4),
+        tensor("per_channel", rng.uniform(0.5, 1.5, (4, 1, 1)).astype(np.float32)),
+        weights(rng, "fc_w", 4 * 5 * 5, 6),
+        weights(rng, "fc_b", 6),
+        *ln_initializers,
+        tensor("axes_u1", np.array([0], np.int64)),
+        tensor("axes_u2", np.array([3], np.int64)),
+    ]
     outputs = [value("u2", [1, 2, 6, 1]), value("ln_y", [2, 8])]
     inputs = [value("image", [2, 3, 5, 5]), value("ln_x", [2, 8])]
     if opset >= 9:  # Erf exists from opset 9
-        nodes += [helper.make_node(n.op_type, [f"g_{i}" for i in n.input], [f"g_{o}" for o in n.output])
-                  for n in erf_gelu_nodes()[0]]
+        nodes += [
+            helper.make_node(n.op_type, [f"g_{i}" for i in n.input], [f"g_{o}" for o in n.output])
+            for n in erf_gelu_nodes()[0]
+        ]
         initializers += [tensor(f"g_{t.name}", onnx.numpy_helper.to_array(t)) for t in erf_gelu_nodes()[1]]
         inputs.append(value("g_x", [2, 16]))
         outputs.append(value("g_y", [2, 16]))
@@ -88,8 +105,10 @@ def test_every_fusion_writes_ops_of_the_models_opset(rng, opset):
     assert ops.count("Unsqueeze") == 1 and "Gemm" in ops
     assert ("LayerNormalization" in ops) == (opset >= 17)
     assert ("Gelu" in ops) == (opset >= 20)
-    feeds = {"image": rng.standard_normal((2, 3, 5, 5)).astype(np.float32),
-             "ln_x": rng.standard_normal((2, 8)).astype(np.float32)}
+    feeds = {
+        "image": rng.standard_normal((2, 3, 5, 5)).astype(np.float32),
+        "ln_x": rng.standard_normal((2, 8)).astype(np.float32),
+    }
     if opset >= 9:
         feeds["g_x"] = rng.standard_normal((2, 16)).astype(np.float32)
     assert_same_outputs(model, fused, feeds)
@@ -105,7 +124,9 @@ def test_onnxruntime_target_keeps_standard_ops_of_the_opset(rng, opset):
 
 def test_matmul_add_at_opset_6_stays_because_gemm_6_broadcasts_only_with_an_attribute(rng):
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"], broadcast=1)]
-    model = model_at(6, nodes, [value("x", [3, 8])], [value("y", [3, 4])], [weights(rng, "w", 8, 4), weights(rng, "b", 4)])
+    model = model_at(
+        6, nodes, [value("x", [3, 8])], [value("y", [3, 4])], [weights(rng, "w", 8, 4), weights(rng, "b", 4)]
+    )
     assert op_types(fuse_and_check(model)) == ["MatMul", "Add"]
 
 

@@ -16,8 +16,13 @@ from tests.passes.test_fuse import fuse, make_model, op_types, tensor, value
 
 def _placeholder_then(layout: onnx.NodeProto, extra_initializers=(), *, also_read: bool = False) -> onnx.ModelProto:
     """inception_v1's classifier: weights ``ConstantOfShape([1, 1, 10, 8])`` reshaped to ``[10, 8]``."""
-    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["w"], value=helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [0.02])),
-             layout, helper.make_node("Add", ["x", "w2"], ["y"])]
+    nodes = [
+        helper.make_node(
+            "ConstantOfShape", ["shape"], ["w"], value=helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [0.02])
+        ),
+        layout,
+        helper.make_node("Add", ["x", "w2"], ["y"]),
+    ]
     outputs = [value("y", [10, 8])]
     if also_read:
         nodes.append(helper.make_node("ReduceSum", ["w"], ["total"], keepdims=0))
@@ -27,7 +32,10 @@ def _placeholder_then(layout: onnx.NodeProto, extra_initializers=(), *, also_rea
 
 
 LAYOUTS = {
-    "Reshape": (helper.make_node("Reshape", ["w", "target"], ["w2"]), [tensor("target", np.array([10, -1], dtype=np.int64))]),
+    "Reshape": (
+        helper.make_node("Reshape", ["w", "target"], ["w2"]),
+        [tensor("target", np.array([10, -1], dtype=np.int64))],
+    ),
     "Squeeze": (helper.make_node("Squeeze", ["w", "axes"], ["w2"]), [tensor("axes", np.array([0, 1], dtype=np.int64))]),
     "Flatten": (helper.make_node("Flatten", ["w"], ["w2"], axis=3), []),
 }
@@ -48,8 +56,17 @@ def test_a_placeholder_read_elsewhere_or_reshaped_at_run_time_stays(rng):
     node, initializers = LAYOUTS["Reshape"]
     shared = _placeholder_then(node, initializers, also_read=True)
     assert not FusePass()(ir.from_proto(shared)).modified
-    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["w"]), helper.make_node("Shape", ["x"], ["target"]),
-             helper.make_node("Reshape", ["w", "target"], ["w2"]), helper.make_node("Add", ["x", "w2"], ["y"])]
-    computed = make_model(nodes, [value("x", ["N", 8])], [value("y", ["N", 8])],
-                          [tensor("shape", np.array([1, 1, 10, 8], dtype=np.int64))], opset=13)
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["w"]),
+        helper.make_node("Shape", ["x"], ["target"]),
+        helper.make_node("Reshape", ["w", "target"], ["w2"]),
+        helper.make_node("Add", ["x", "w2"], ["y"]),
+    ]
+    computed = make_model(
+        nodes,
+        [value("x", ["N", 8])],
+        [value("y", ["N", 8])],
+        [tensor("shape", np.array([1, 1, 10, 8], dtype=np.int64))],
+        opset=13,
+    )
     assert not FusePass()(ir.from_proto(computed)).modified

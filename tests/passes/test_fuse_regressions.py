@@ -26,8 +26,9 @@ def test_a_run_that_fuses_nothing_leaves_the_model_exactly_as_it_was(rng):
     it unchanged."""
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
     # 3-D: no Gemm. A weight over 1 KB is one onnx_ir's shape inference takes out and puts back last.
-    model = make_model(nodes, [value("x", ["N", 3, 64])], [value("y", ["N", 3, 4])],
-                       [weights(rng, "w", 64, 4), weights(rng, "b", 4)])
+    model = make_model(
+        nodes, [value("x", ["N", 3, 64])], [value("y", ["N", 3, 4])], [weights(rng, "w", 64, 4), weights(rng, "b", 4)]
+    )
     result = FusePass()(ir.from_proto(model))
     assert not result.modified
     untouched = ir.to_proto(ir.from_proto(model))
@@ -37,10 +38,15 @@ def test_a_run_that_fuses_nothing_leaves_the_model_exactly_as_it_was(rng):
 def test_a_dimension_stored_as_minus_one_is_unknown_not_a_size(rng):
     """paddle2onnx writes unknown dimensions as the integer -1. A layer norm over such a dimension has no
     static normalized shape; reading -1 as a size made fuse build a scale of shape (-1,) and crash."""
-    nodes = [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[-1]), helper.make_node("Sub", ["x", "mean"], ["d"]),
-             helper.make_node("Mul", ["d", "d"], ["d2"]), helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
-             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["std"]),
-             helper.make_node("Div", ["d", "std"], ["y"])]
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[-1]),
+        helper.make_node("Sub", ["x", "mean"], ["d"]),
+        helper.make_node("Mul", ["d", "d"], ["d2"]),
+        helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+        helper.make_node("Add", ["var", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["std"]),
+        helper.make_node("Div", ["d", "std"], ["y"]),
+    ]
     model = make_model(nodes, [value("x", [-1, -1])], [value("y", [-1, -1])], [tensor("eps", np.float32(1e-5))])
     result = FusePass()(ir.from_proto(model))
     assert not result.modified
@@ -63,10 +69,16 @@ def test_a_layout_pair_over_minus_one_dimensions_is_not_computed_from_them(rng):
 def test_a_run_that_fuses_nothing_keeps_unused_optional_outputs(rng):
     """A TorchScript LSTM export: onnxscript's clean-up after the layout rules dropped the LSTM's unused
     state outputs although no rule fired, so the pass changed the model while reporting it unchanged."""
-    nodes = [helper.make_node("LSTM", ["x", "w", "r"], ["seq", "h", "c"], hidden_size=4),
-             helper.make_node("Squeeze", ["seq", "axis_1"], ["y"])]
-    model = make_model(nodes, [value("x", [5, "N", 3])], [value("y", [5, "N", 4])],
-                       [weights(rng, "w", 1, 16, 3), weights(rng, "r", 1, 16, 4), tensor("axis_1", np.array([1], np.int64))])
+    nodes = [
+        helper.make_node("LSTM", ["x", "w", "r"], ["seq", "h", "c"], hidden_size=4),
+        helper.make_node("Squeeze", ["seq", "axis_1"], ["y"]),
+    ]
+    model = make_model(
+        nodes,
+        [value("x", [5, "N", 3])],
+        [value("y", [5, "N", 4])],
+        [weights(rng, "w", 1, 16, 3), weights(rng, "r", 1, 16, 4), tensor("axis_1", np.array([1], np.int64))],
+    )
     result = FusePass()(ir.from_proto(model))
     assert not result.modified
     assert [v.name for v in result.model.graph.node(0).outputs] == ["seq", "h", "c"]

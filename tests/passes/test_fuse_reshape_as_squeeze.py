@@ -23,8 +23,10 @@ def _computed_reshape(in_shape, target_parts, out_shape, opset: int = 17):
             initializers.append(tensor(f"{name}_index", np.array([int(part[1:])], dtype=np.int64)))
             nodes.append(helper.make_node("Gather", ["shape", f"{name}_index"], [name], axis=0))
         pieces.append(name)
-    nodes += [helper.make_node("Concat", pieces, ["target"], axis=0),
-              helper.make_node("Reshape", ["x", "target"], ["y"])]
+    nodes += [
+        helper.make_node("Concat", pieces, ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"]),
+    ]
     return make_model(nodes, [value("x", in_shape)], [value("y", out_shape)], initializers, opset=opset)
 
 
@@ -49,8 +51,11 @@ def test_computed_target_becomes_constant_axes_or_zero_copies_exactly(rng, case,
     # An empty batch too. (A run-time 0 in the original's computed target means "copy", so the original
     # fails for A = 0 where the target's 0 lands past the input's rank: no behaviour to keep there.)
     for batch, length in ((2, 5), (0, 5)):
-        feeds = {"x": rng.standard_normal([batch if d == "N" else length if d == "A" else d
-                                           for d in in_shape]).astype(np.float32)}
+        feeds = {
+            "x": rng.standard_normal([batch if d == "N" else length if d == "A" else d for d in in_shape]).astype(
+                np.float32
+            )
+        }
         (expected,), (actual,) = run_model(model, feeds), run_model(fused, feeds)
         assert actual.shape == expected.shape
         np.testing.assert_array_equal(actual, expected)

@@ -15,9 +15,14 @@ BLOCKS_MAJOR = [(0, 0), (0, 1), (1, 0), (1, 1)]  # SpaceToDepth's own
 
 
 def _focus(offsets, opset: int, *, also_read: bool = False, width: int = 8):
-    nodes, initializers = [], [tensor("ends", np.array([2**63 - 1] * 2, dtype=np.int64)),
-                               tensor("axes", np.array([2, 3], dtype=np.int64)),
-                               tensor("steps", np.array([2, 2], dtype=np.int64))]
+    nodes, initializers = (
+        [],
+        [
+            tensor("ends", np.array([2**63 - 1] * 2, dtype=np.int64)),
+            tensor("axes", np.array([2, 3], dtype=np.int64)),
+            tensor("steps", np.array([2, 2], dtype=np.int64)),
+        ],
+    )
     for index, (h0, w0) in enumerate(offsets):
         initializers.append(tensor(f"starts{index}", np.array([h0, w0], dtype=np.int64)))
         nodes.append(helper.make_node("Slice", ["x", f"starts{index}", "ends", "axes", "steps"], [f"part{index}"]))

@@ -79,7 +79,8 @@ MODELS = {
     "lstm": (Recurrent, (2, 5, 8)),
 }
 EXPORTS = [pytest.param(name, False, id=f"{name}-torchscript") for name in MODELS] + [
-    pytest.param(name, True, id=f"{name}-dynamo", marks=pytest.mark.slow) for name in MODELS]
+    pytest.param(name, True, id=f"{name}-dynamo", marks=pytest.mark.slow) for name in MODELS
+]
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +98,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, bool], 
             # The fused encoder-layer kernel torch uses in inference has no ONNX translation.
             torch.backends.mha.set_fastpath_enabled(False)
             try:
-                model, _ = export_model(module, (torch.randn(*shape),), input_names=["x"], dynamic_batch=True,
-                                        dynamo=dynamo, verify=False)
+                model, _ = export_model(
+                    module, (torch.randn(*shape),), input_names=["x"], dynamic_batch=True, dynamo=dynamo, verify=False
+                )
             finally:
                 torch.backends.mha.set_fastpath_enabled(fastpath)
             path = tmp_path_factory.mktemp("exports") / f"{name}-{'dynamo' if dynamo else 'torchscript'}.onnx"
@@ -151,7 +153,9 @@ def assert_no_more_nodes_than_peers(path: Path, tmp_path: Path) -> None:
     assert portable <= min(peers.values()), f"simplify,fuse: {portable} nodes; peers: {peers}"
     for_ort = count_nodes(Pipeline.parse("simplify,fuse{target=onnxruntime}").run(path, check="each").model)
     ort_extended = ort_extended_node_count(path, tmp_path)
-    assert for_ort <= ort_extended, f"simplify,fuse{{target=onnxruntime}}: {for_ort} nodes; ORT extended: {ort_extended}"
+    assert for_ort <= ort_extended, (
+        f"simplify,fuse{{target=onnxruntime}}: {for_ort} nodes; ORT extended: {ort_extended}"
+    )
 
 
 @pytest.mark.slow

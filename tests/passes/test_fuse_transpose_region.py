@@ -37,8 +37,10 @@ def _channels_last_block(rng: np.random.Generator, *, leak: str | None = None) -
         outputs.append(value("total", []))
     elif leak == "output":
         outputs.append(value("act", ["N", 5, 6, 4]))
-    initializers = [tensor("shift", rng.standard_normal((1, 1, 1, 4)).astype(np.float32)),
-                    tensor("scale", rng.standard_normal(4).astype(np.float32))]
+    initializers = [
+        tensor("shift", rng.standard_normal((1, 1, 1, 4)).astype(np.float32)),
+        tensor("scale", rng.standard_normal(4).astype(np.float32)),
+    ]
     return make_model(nodes, [value("a", ["N", 4, 5, 6]), value("b", ["N", 4, 5, 6])], outputs, initializers)
 
 
@@ -65,9 +67,11 @@ def test_region_read_by_a_layout_sensitive_op_or_a_graph_output_is_left_alone(rn
 
 def test_a_region_with_an_input_in_another_layout_is_left_alone(rng):
     """``b`` enters without a Transpose: the region cannot change layout without a new Transpose for it."""
-    nodes = [helper.make_node("Transpose", ["a"], ["a_t"], perm=NHWC),
-             helper.make_node("Add", ["a_t", "b"], ["sum"]),
-             helper.make_node("Transpose", ["sum"], ["y"], perm=NCHW)]
+    nodes = [
+        helper.make_node("Transpose", ["a"], ["a_t"], perm=NHWC),
+        helper.make_node("Add", ["a_t", "b"], ["sum"]),
+        helper.make_node("Transpose", ["sum"], ["y"], perm=NCHW),
+    ]
     model = make_model(nodes, [value("a", [2, 4, 5, 6]), value("b", [2, 5, 6, 4])], [value("y", [2, 4, 5, 6])])
     assert not FusePass()(ir.from_proto(model)).modified
 
@@ -88,9 +92,11 @@ def test_a_disabled_site_keeps_its_transposes(rng):
 
 def _shapes_of_a_transpose(*, with_shape_of_x: bool = True, other_reader: bool = False) -> onnx.ModelProto:
     """tf2onnx's LSTM loops: x goes time-major, and the shapes of both layouts are read."""
-    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
-             helper.make_node("Shape", ["t"], ["shape_t"]),
-             helper.make_node("Shape", ["t"], ["tail_t"], start=1)]
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
+        helper.make_node("Shape", ["t"], ["shape_t"]),
+        helper.make_node("Shape", ["t"], ["tail_t"], start=1),
+    ]
     outputs = [value("shape_t", [3], onnx.TensorProto.INT64), value("tail_t", [2], onnx.TensorProto.INT64)]
     if with_shape_of_x:
         nodes.append(helper.make_node("Shape", ["x"], ["shape_x"]))
@@ -118,14 +124,21 @@ def test_a_transpose_stays_where_no_node_would_be_saved(rng):
 
 def test_a_region_inside_an_if_branch_cancels_too(rng):
     """Both branch outputs are the leaving Transposes' outputs: the region's last values take their names."""
+
     def branch(name: str, op: str) -> onnx.GraphProto:
-        nodes = [helper.make_node("Transpose", ["x"], [f"{name}_t"], perm=NHWC),
-                 helper.make_node(op, [f"{name}_t"], [f"{name}_a"]),
-                 helper.make_node("Transpose", [f"{name}_a"], [f"{name}_out"], perm=NCHW)]
+        nodes = [
+            helper.make_node("Transpose", ["x"], [f"{name}_t"], perm=NHWC),
+            helper.make_node(op, [f"{name}_t"], [f"{name}_a"]),
+            helper.make_node("Transpose", [f"{name}_a"], [f"{name}_out"], perm=NCHW),
+        ]
         return helper.make_graph(nodes, name, [], [value(f"{name}_out", [2, 4, 5, 6])])
 
-    nodes = [helper.make_node("If", ["flag"], ["y"], then_branch=branch("then", "Relu"), else_branch=branch("else", "Neg"))]
-    model = make_model(nodes, [value("flag", [], onnx.TensorProto.BOOL), value("x", [2, 4, 5, 6])], [value("y", [2, 4, 5, 6])])
+    nodes = [
+        helper.make_node("If", ["flag"], ["y"], then_branch=branch("then", "Relu"), else_branch=branch("else", "Neg"))
+    ]
+    model = make_model(
+        nodes, [value("flag", [], onnx.TensorProto.BOOL), value("x", [2, 4, 5, 6])], [value("y", [2, 4, 5, 6])]
+    )
     fused, _ = fuse(model)
     assert "Transpose" not in op_types(fused)
     x = rng.standard_normal((2, 4, 5, 6)).astype(np.float32)
@@ -138,6 +151,7 @@ def test_a_region_inside_an_if_branch_cancels_too(rng):
 def test_a_region_through_squeeze_and_unsqueeze_cancels_with_renumbered_axes(rng, opset):
     """madmom_beats_tcn (a Keras Conv1D ported to torch): NCHW → NHWC, Squeeze the batch, Elu, Unsqueeze it,
     back to NCHW. Here the squeezed axis is H (1 in NHWC, 2 in NCHW), so the Squeeze's axes must move."""
+
     def axes_node(op: str, x: str, y: str, axes: list[int], name: str) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
         if opset < 13:
             return helper.make_node(op, [x], [y], axes=axes), []
@@ -145,9 +159,14 @@ def test_a_region_through_squeeze_and_unsqueeze_cancels_with_renumbered_axes(rng
 
     squeeze, squeeze_axes = axes_node("Squeeze", "t", "s", [1], "squeeze_axes")
     unsqueeze, unsqueeze_axes = axes_node("Unsqueeze", "e", "u", [-3], "unsqueeze_axes")
-    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=NHWC), squeeze,
-             helper.make_node("Elu", ["s"], ["e"]), helper.make_node("Add", ["e", "bias"], ["b"]),
-             unsqueeze, helper.make_node("Transpose", ["u"], ["y"], perm=NCHW)]
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=NHWC),
+        squeeze,
+        helper.make_node("Elu", ["s"], ["e"]),
+        helper.make_node("Add", ["e", "bias"], ["b"]),
+        unsqueeze,
+        helper.make_node("Transpose", ["u"], ["y"], perm=NCHW),
+    ]
     unsqueeze.input[0] = "b"
     initializers = [tensor("bias", rng.standard_normal(4).astype(np.float32)), *squeeze_axes, *unsqueeze_axes]
     model = make_model(nodes, [value("x", ["N", 4, 1, 6])], [value("y", ["N", 4, 1, 6])], initializers, opset=opset)

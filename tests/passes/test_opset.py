@@ -33,7 +33,9 @@ def opset11_model() -> onnx.ModelProto:
         helper.make_node("Split", ["x"], ["a", "b"], axis=1, split=[1, 2]),
         helper.make_node("Relu", ["b"], ["c"]),
     ]
-    outputs = [helper.make_tensor_value_info(name, FLOAT, shape) for name, shape in (("q", [2]), ("a", [2, 1]), ("c", [2, 2]))]
+    outputs = [
+        helper.make_tensor_value_info(name, FLOAT, shape) for name, shape in (("q", [2]), ("a", [2, 1]), ("c", [2, 2]))
+    ]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", FLOAT, [2, 3])], outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
     onnx.checker.check_model(model, full_check=True)
@@ -42,19 +44,30 @@ def opset11_model() -> onnx.ModelProto:
 
 def if_model_opset11() -> onnx.ModelProto:
     """An If whose branches Squeeze an outer value with the opset-11 attribute form."""
-    then_branch = helper.make_graph([helper.make_node("Squeeze", ["x"], ["t"], axes=[0])], "then", [],
-                                    [helper.make_tensor_value_info("t", FLOAT, [3])])
+    then_branch = helper.make_graph(
+        [helper.make_node("Squeeze", ["x"], ["t"], axes=[0])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", FLOAT, [3])],
+    )
     else_branch = helper.make_graph(
-        [helper.make_node("Neg", ["x"], ["n"]), helper.make_node("Squeeze", ["n"], ["e"], axes=[0])], "else", [],
-        [helper.make_tensor_value_info("e", FLOAT, [3])])
+        [helper.make_node("Neg", ["x"], ["n"]), helper.make_node("Squeeze", ["n"], ["e"], axes=[0])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", FLOAT, [3])],
+    )
     nodes = [
         helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
         helper.make_node("Greater", ["total", "zero"], ["positive"]),
         helper.make_node("If", ["positive"], ["y"], then_branch=then_branch, else_branch=else_branch),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", FLOAT, [1, 3])],
-                              [helper.make_tensor_value_info("y", FLOAT, [3])],
-                              [numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", FLOAT, [3])],
+        [numpy_helper.from_array(np.array(0.0, np.float32), "zero")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -98,12 +111,21 @@ def test_already_at_the_target_is_not_a_modification():
 
 def quantize_model() -> onnx.ModelProto:
     """QuantizeLinear at opset 13: onnx may know newer versions of it than ONNX Runtime has kernels for."""
-    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"]),
-             helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"])]
-    initializers = [numpy_helper.from_array(np.array(0.05, np.float32), "scale"),
-                    numpy_helper.from_array(np.array(128, np.uint8), "zero")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", FLOAT, [2, 3])],
-                              [helper.make_tensor_value_info("y", FLOAT, [2, 3])], initializers)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "scale"),
+        numpy_helper.from_array(np.array(128, np.uint8), "zero"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", FLOAT, [2, 3])],
+        initializers,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
@@ -132,8 +154,9 @@ def test_default_target_is_the_newest_opset_onnxruntime_runs_the_model_at(build)
 
 def test_a_model_without_onnx_ops_is_left_alone():
     node = helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml", threshold=0.5)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", FLOAT, [2])],
-                              [helper.make_tensor_value_info("y", FLOAT, [2])])
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", FLOAT, [2])], [helper.make_tensor_value_info("y", FLOAT, [2])]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)])
     result = OpsetPass()(ir.serde.deserialize_model(model))
     assert not result.modified
@@ -147,8 +170,9 @@ def opset13_model(softmax_axis: int = -1) -> onnx.ModelProto:
         helper.make_node("Squeeze", ["s", "axis0"], ["q"]),
         helper.make_node("Softmax", ["x"], ["y"], axis=softmax_axis),
     ]
-    initializers = [numpy_helper.from_array(np.array(values, np.int64), name)
-                    for name, values in (("axis0", [0]), ("axis2", [2]))]
+    initializers = [
+        numpy_helper.from_array(np.array(values, np.int64), name) for name, values in (("axis0", [0]), ("axis2", [2]))
+    ]
     outputs = [helper.make_tensor_value_info("q", FLOAT, [2, 1]), helper.make_tensor_value_info("y", FLOAT, [2, 3])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", FLOAT, [2, 3])], outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -171,14 +195,20 @@ def test_downgrade_moves_inputs_back_to_attributes_and_keeps_outputs():
 def reshape13_model() -> onnx.ModelProto:
     """A Reshape at opset 13: onnx has no Reshape adapter down to 12."""
     nodes = [helper.make_node("Reshape", ["x", "flat"], ["r"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", FLOAT, [2, 3])],
-                              [helper.make_tensor_value_info("r", FLOAT, [6])],
-                              [numpy_helper.from_array(np.array([-1], np.int64), "flat")])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("r", FLOAT, [6])],
+        [numpy_helper.from_array(np.array([-1], np.int64), "flat")],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
 def test_a_downgrade_through_an_op_without_down_adapter_names_the_op():
-    with pytest.raises(PassFailedError, match=r"^cannot convert down from opset 13 to 11: .* no down adapter for Reshape$"):
+    with pytest.raises(
+        PassFailedError, match=r"^cannot convert down from opset 13 to 11: .* no down adapter for Reshape$"
+    ):
         OpsetPass(version=11)(ir.serde.deserialize_model(reshape13_model()))
 
 
@@ -205,8 +235,12 @@ def test_an_approximating_down_adapter_is_caught_by_parity():
 def test_an_op_without_adapter_is_a_clear_error():
     # ImageScaler left the standard after opset 9: the converter has nothing to turn it into.
     node = helper.make_node("ImageScaler", ["x"], ["y"], scale=2.0)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", FLOAT, [1, 3, 2, 2])],
-                              [helper.make_tensor_value_info("y", FLOAT, [1, 3, 2, 2])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", FLOAT, [1, 3, 2, 2])],
+        [helper.make_tensor_value_info("y", FLOAT, [1, 3, 2, 2])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)])
     with pytest.raises(PassFailedError, match="cannot convert this model to opset 11") as raised:
         OpsetPass(version=11)(ir.serde.deserialize_model(model))
@@ -216,15 +250,21 @@ def test_an_op_without_adapter_is_a_clear_error():
 def scan8_model() -> onnx.ModelProto:
     """A running sum with opset 8's Scan, whose inputs carry a batch axis that Scan 9 dropped."""
     body = helper.make_graph(
-        [helper.make_node("Add", ["sum_in", "row"], ["sum_out"]),
-         helper.make_node("Identity", ["sum_out"], ["scan_out"])],
-        "body", [helper.make_tensor_value_info("sum_in", FLOAT, [2]), helper.make_tensor_value_info("row", FLOAT, [2])],
-        [helper.make_tensor_value_info("sum_out", FLOAT, [2]), helper.make_tensor_value_info("scan_out", FLOAT, [2])])
+        [
+            helper.make_node("Add", ["sum_in", "row"], ["sum_out"]),
+            helper.make_node("Identity", ["sum_out"], ["scan_out"]),
+        ],
+        "body",
+        [helper.make_tensor_value_info("sum_in", FLOAT, [2]), helper.make_tensor_value_info("row", FLOAT, [2])],
+        [helper.make_tensor_value_info("sum_out", FLOAT, [2]), helper.make_tensor_value_info("scan_out", FLOAT, [2])],
+    )
     node = helper.make_node("Scan", ["", "initial", "x"], ["total", "y"], body=body, num_scan_inputs=1)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("initial", FLOAT, [1, 2]),
-                                            helper.make_tensor_value_info("x", FLOAT, [1, 3, 2])],
-                              [helper.make_tensor_value_info("total", FLOAT, [1, 2]),
-                               helper.make_tensor_value_info("y", FLOAT, [1, 3, 2])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("initial", FLOAT, [1, 2]), helper.make_tensor_value_info("x", FLOAT, [1, 3, 2])],
+        [helper.make_tensor_value_info("total", FLOAT, [1, 2]), helper.make_tensor_value_info("y", FLOAT, [1, 3, 2])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
 
 

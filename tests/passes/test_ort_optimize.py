@@ -35,8 +35,13 @@ def conv_bn_relu_model(channels: int = 8) -> onnx.ModelProto:
         helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["b"]),
         helper.make_node("Relu", ["b"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", FLOAT, ["N", 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", FLOAT, ["N", channels, 8, 8])], initializers)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", FLOAT, ["N", channels, 8, 8])],
+        initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -90,8 +95,12 @@ def test_second_run_changes_nothing(level):
 
 
 def test_nothing_to_optimize_is_not_a_modification():
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", FLOAT, [2])], [helper.make_tensor_value_info("y", FLOAT, [2])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", FLOAT, [2])],
+        [helper.make_tensor_value_info("y", FLOAT, [2])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     result = OrtOptimizePass()(ir.serde.deserialize_model(model))
     assert not result.modified
@@ -121,8 +130,11 @@ def test_initializers_go_through_external_data_and_come_back_in_memory(tmp_path,
 
 def test_a_model_onnxruntime_cannot_load_is_a_clear_error():
     node = helper.make_node("Mystery", ["x"], ["y"], domain="example.custom")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", FLOAT, [2])],
-                              [helper.make_tensor_value_info("y", FLOAT, [2])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("example.custom", 1)])
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", FLOAT, [2])], [helper.make_tensor_value_info("y", FLOAT, [2])]
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("example.custom", 1)]
+    )
     with pytest.raises(PassFailedError, match="ONNX Runtime cannot load"):
         OrtOptimizePass()(ir.serde.deserialize_model(model))

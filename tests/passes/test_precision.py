@@ -29,11 +29,20 @@ def mlp(scale: float = 0.2, opset: int = 17) -> onnx.ModelProto:
         helper.make_node("Add", ["total", "eps"], ["safe_total"], name="add_eps"),
         helper.make_node("Div", ["e", "safe_total"], ["y"], name="div"),
     ]
-    initializers = [weight("w1", 32, 64), weight("b1", 64), weight("w2", 64, 16),
-                    numpy_helper.from_array(np.array([1], np.int64), "axes"),
-                    numpy_helper.from_array(np.array([1e-9], np.float32), "eps")]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])], initializers)
+    initializers = [
+        weight("w1", 32, 64),
+        weight("b1", 64),
+        weight("w2", 64, 16),
+        numpy_helper.from_array(np.array([1], np.int64), "axes"),
+        numpy_helper.from_array(np.array([1e-9], np.float32), "eps"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
+        initializers,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -93,8 +102,13 @@ def chain(*ops: tuple[str, float], weight_scale: float = 1.0) -> onnx.ModelProto
         initializers.append(numpy_helper.from_array(np.array(constant, np.float32), f"c{i}"))
         nodes.append(helper.make_node(op, [f"v{i}", f"c{i}"], [f"v{i + 1}"], name=f"{op.lower()}{i}"))
     nodes[-1].output[0] = "y"
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])], initializers)
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
+        initializers,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

@@ -43,12 +43,19 @@ def mlp(opset: int = 17, constant_weights: bool = False, seed: int = 0) -> onnx.
     ]
     initializers = []
     if constant_weights:
-        nodes = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
-                 for name, value in tensors.items()] + nodes
+        nodes = [
+            helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+            for name, value in tensors.items()
+        ] + nodes
     else:
         initializers = [numpy_helper.from_array(value, name) for name, value in tensors.items()]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], initializers)
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        initializers,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
@@ -56,9 +63,12 @@ def convnet(opset: int = 17, seed: int = 0) -> onnx.ModelProto:
     """x[N,3,8,8] → Conv → Relu → Conv → Relu → GlobalAveragePool → Flatten → Gemm → y[N,10]."""
     rng = np.random.default_rng(seed)
     initializers = [
-        numpy_helper.from_array(_weight(rng, 8, 3, 3, 3), "c1_w"), numpy_helper.from_array(_weight(rng, 8), "c1_b"),
-        numpy_helper.from_array(_weight(rng, 16, 8, 3, 3), "c2_w"), numpy_helper.from_array(_weight(rng, 16), "c2_b"),
-        numpy_helper.from_array(_weight(rng, 10, 16), "fc_w"), numpy_helper.from_array(_weight(rng, 10), "fc_b"),
+        numpy_helper.from_array(_weight(rng, 8, 3, 3, 3), "c1_w"),
+        numpy_helper.from_array(_weight(rng, 8), "c1_b"),
+        numpy_helper.from_array(_weight(rng, 16, 8, 3, 3), "c2_w"),
+        numpy_helper.from_array(_weight(rng, 16), "c2_b"),
+        numpy_helper.from_array(_weight(rng, 10, 16), "fc_w"),
+        numpy_helper.from_array(_weight(rng, 10), "fc_b"),
     ]
     nodes = [
         helper.make_node("Conv", ["x", "c1_w", "c1_b"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
@@ -69,8 +79,13 @@ def convnet(opset: int = 17, seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
     ]
-    graph = helper.make_graph(nodes, "convnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], initializers)
+    graph = helper.make_graph(
+        nodes,
+        "convnet",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        initializers,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
 
 
@@ -79,18 +94,30 @@ def if_model(seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])
     then_branch = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w_then"], ["y_then"], name="then_matmul")], "then", [],
+        [helper.make_node("MatMul", ["x", "w_then"], ["y_then"], name="then_matmul")],
+        "then",
+        [],
         [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, ["N", 8])],
-        [numpy_helper.from_array(_weight(rng, 16, 8), "w_then")])
+        [numpy_helper.from_array(_weight(rng, 16, 8), "w_then")],
+    )
     else_branch = helper.make_graph(
-        [helper.make_node("Constant", [], ["w_else"], value=numpy_helper.from_array(_weight(rng, 16, 8), "w_else")),
-         helper.make_node("MatMul", ["x", "w_else"], ["y_else"], name="else_matmul")], "else", [],
-        [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, ["N", 8])])
+        [
+            helper.make_node("Constant", [], ["w_else"], value=numpy_helper.from_array(_weight(rng, 16, 8), "w_else")),
+            helper.make_node("MatMul", ["x", "w_else"], ["y_else"], name="else_matmul"),
+        ],
+        "else",
+        [],
+        [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, ["N", 8])],
+    )
     graph = helper.make_graph(
         [helper.make_node("If", ["flag"], ["y"], name="branch", then_branch=then_branch, else_branch=else_branch)],
         "if_model",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16]),
-         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])], [out])
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [out],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -121,7 +148,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a.ravel(), b.ravel())) / norms if norms > 0 else 0.0
 
 
-def assert_valid_and_close(original: onnx.ModelProto, quantized: onnx.ModelProto, feeds: dict, min_cosine: float) -> None:
+def assert_valid_and_close(
+    original: onnx.ModelProto, quantized: onnx.ModelProto, feeds: dict, min_cosine: float
+) -> None:
     onnx.checker.check_model(quantized, full_check=True)
     expected = run_model(original, feeds)[0]
     actual = run_model(quantized, feeds)[0]
@@ -147,19 +176,22 @@ def test_cpu_flags_decide_reduce_range() -> None:
 def test_passes_listing_states_cpu_dependent_defaults() -> None:
     result = CliRunner().invoke(main, ["passes"])
     assert result.exit_code == 0, result.output
-    section = result.output[result.output.index("quantize  (lossy)"):]
+    section = result.output[result.output.index("quantize  (lossy)") :]
     reduce_range = "true" if cpu.detect_cpu().needs_reduce_range else "false"
     assert f"reduce_range defaults to {reduce_range}" in section
     assert "dynamic op_types default: MatMul, Gemm, Attention, LSTM, GRU, Gather (not Conv" in section
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("quantize{calib=entropy,num_bins=128}", "num_bins"),
-    ("quantize{act_type=int8,weight_type=uint8}", "uint8 weights"),
-    ("quantize{percentile=0}", "percentile"),
-    ("quantize{mode=dynamic,act_type=int8}", "uint8 only"),
-    ("quantize{max_slowdown=0}", "max_slowdown"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("quantize{calib=entropy,num_bins=128}", "num_bins"),
+        ("quantize{act_type=int8,weight_type=uint8}", "uint8 weights"),
+        ("quantize{percentile=0}", "percentile"),
+        ("quantize{mode=dynamic,act_type=int8}", "uint8 only"),
+        ("quantize{max_slowdown=0}", "max_slowdown"),
+    ],
+)
 def test_bad_options_are_spec_errors(spec: str, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         Pipeline.parse(spec)
@@ -205,23 +237,40 @@ def test_dynamic_says_why_a_gemm_with_run_time_weights_stays_float() -> None:
     model = convnet()
     fc_weight = next(t for t in model.graph.initializer if t.name == "fc_w")
     model.graph.initializer.remove(fc_weight)
-    model.graph.node.insert(0, helper.make_node("ConstantOfShape", ["fc_w_shape"], ["fc_w"], name="fc_w_fill",
-                                                value=numpy_helper.from_array(np.array([0.1], np.float32))))
+    model.graph.node.insert(
+        0,
+        helper.make_node(
+            "ConstantOfShape",
+            ["fc_w_shape"],
+            ["fc_w"],
+            name="fc_w_fill",
+            value=numpy_helper.from_array(np.array([0.1], np.float32)),
+        ),
+    )
     model.graph.initializer.append(numpy_helper.from_array(np.array([10, 16], np.int64), "fc_w_shape"))
     result, quantized = quantize(model, None, mode="dynamic", **NO_GATE)
     assert not result.modified
-    assert result.stats == [("no MatMul, Attention, LSTM, GRU, Gather nodes to quantize "
-                            "(1 Gemm whose weights are computed at run time stay float)")]
+    assert result.stats == [
+        (
+            "no MatMul, Attention, LSTM, GRU, Gather nodes to quantize "
+            "(1 Gemm whose weights are computed at run time stay float)"
+        )
+    ]
     assert op_counts(quantized) == op_counts(model)
 
 
 def test_static_says_nothing_to_quantize_before_preparing_or_calibrating(monkeypatch: pytest.MonkeyPatch) -> None:
     """A model with no op to quantize (a tree ensemble, here an Add) is answered from its node list: preparing
     it (copies, shape inference) and calibrating took minutes on a 190 MB LightGBM model."""
-    model = helper.make_model(helper.make_graph(
-        [helper.make_node("Add", ["x", "x"], ["y"], name="add")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])]), opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Add", ["x", "x"], ["y"], name="add")],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("prepared a model with nothing to quantize")
@@ -229,8 +278,12 @@ def test_static_says_nothing_to_quantize_before_preparing_or_calibrating(monkeyp
     monkeypatch.setattr("onnxkit.passes.quantize.preprocess.prepare", refuse)
     result, unchanged = quantize(model, samples("x", (1, 4), 4), mode="static")
     assert not result.modified and result.details == {"skipped": "nothing to quantize"}
-    assert result.stats == [("no Conv, ConvTranspose, MatMul, Gemm, Gather, Relu, Clip, MaxPool, AveragePool, "
-                             "GlobalAveragePool nodes to quantize")]
+    assert result.stats == [
+        (
+            "no Conv, ConvTranspose, MatMul, Gemm, Gather, Relu, Clip, MaxPool, AveragePool, "
+            "GlobalAveragePool nodes to quantize"
+        )
+    ]
     assert unchanged.graph == model.graph
 
 
@@ -349,11 +402,15 @@ def outlier_model() -> onnx.ModelProto:
     w2 = _weight(rng, 32, 8)
     w2[0, :] = 0.0
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-         helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2")],
-        "outlier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2"),
+        ],
+        "outlier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -401,8 +458,9 @@ def test_user_metric_replaces_the_parity_target() -> None:
         calls.append(1)
         return float(np.mean(session.run(None, probe)[0].argmax(-1) == reference))
 
-    result, _ = quantize(model, data, context={"metric": agreement}, mode="static", calib="minmax",
-                         max_metric_drop=0.02, **NO_GATE)
+    result, _ = quantize(
+        model, data, context={"metric": agreement}, mode="static", calib="minmax", max_metric_drop=0.02, **NO_GATE
+    )
     assert result.details["target_met"]
     assert result.details["target"].startswith("metric ≥")
     assert result.details["parity"]["metric"] >= 0.98
@@ -465,8 +523,7 @@ def test_target_holds_for_the_model_after_the_latency_gate(monkeypatch) -> None:
     assert details["target_met"]
     tolerance = {"atol": None, "rtol": None, "min_cosine": 0.99}
     for optimized in (False, True):
-        assert parity.compare_models(model, quantized, data, tolerance=tolerance,
-                                     ort_optimizations=optimized).passed
+        assert parity.compare_models(model, quantized, data, tolerance=tolerance, ort_optimizations=optimized).passed
     assert details["latency"]["ratio"] <= 1.0
     assert "conv1" in details["kept_float"] and details["quantized_nodes"]["Conv"] == 1
     # And through the pipeline, whose lossy parity guard runs on the same data.
@@ -522,8 +579,19 @@ def test_cli_optimize_with_calib_data_and_cache(tmp_path) -> None:
     rng = np.random.default_rng(0)
     np.savez(calib_path, x=rng.standard_normal((12, 2, 3, 8, 8)).astype(np.float32))
     cache = tmp_path / "cache"
-    args = ["optimize", str(model_path), "--passes", "quantize{mode=static,max_slowdown=none}",
-            "--calib-data", str(calib_path), "--calib-cache", str(cache), "-o", str(output), "--json"]
+    args = [
+        "optimize",
+        str(model_path),
+        "--passes",
+        "quantize{mode=static,max_slowdown=none}",
+        "--calib-data",
+        str(calib_path),
+        "--calib-cache",
+        str(cache),
+        "-o",
+        str(output),
+        "--json",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -541,13 +609,19 @@ def elementwise_model() -> onnx.ModelProto:
     """x → Mul(1.5) → Relu → Add(0.25): every value depends on one input value only, so results are exact
     whatever the batching, and calibration results can be compared for equality."""
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "scale"], ["scaled"], name="mul"),
-         helper.make_node("Relu", ["scaled"], ["relu"], name="relu"),
-         helper.make_node("Add", ["relu", "shift"], ["y"], name="add")],
-        "elementwise", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [
+            helper.make_node("Mul", ["x", "scale"], ["scaled"], name="mul"),
+            helper.make_node("Relu", ["scaled"], ["relu"], name="relu"),
+            helper.make_node("Add", ["relu", "shift"], ["y"], name="add"),
+        ],
+        "elementwise",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
-        [numpy_helper.from_array(np.array(1.5, np.float32), "scale"),
-         numpy_helper.from_array(np.array(0.25, np.float32), "shift")])
+        [
+            numpy_helper.from_array(np.array(1.5, np.float32), "scale"),
+            numpy_helper.from_array(np.array(0.25, np.float32), "shift"),
+        ],
+    )
     return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
 
@@ -567,7 +641,7 @@ def calibrate(rows: np.ndarray, batch: int, **settings) -> dict[str, tuple[float
     model = elementwise_model()
     types = tensor_elem_types(model)
     names = calibration.calibration_tensors(model, ("Mul", "Relu", "Add"), types)
-    data = [{"x": rows[i:i + batch]} for i in range(0, len(rows), batch)]
+    data = [{"x": rows[i : i + batch]} for i in range(0, len(rows), batch)]
     ranges = calibration.calibrate(model, names, types, data, calibration.CalibrationSettings(**settings))
     return {name: tuple(float(v) for v in ranges[name].range_value) for name in names}
 

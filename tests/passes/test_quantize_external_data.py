@@ -15,8 +15,7 @@ from tests.conftest import run_model
 from tests.passes.test_quantize import convnet, cosine, samples
 
 
-def test_quantize_over_the_protobuf_limit_gives_a_valid_model_and_leaves_the_input_alone(monkeypatch,
-                                                                                          tmp_path) -> None:
+def test_quantize_over_the_protobuf_limit_gives_a_valid_model_and_leaves_the_input_alone(monkeypatch, tmp_path) -> None:
     path = tmp_path / "model" / "convnet.onnx"
     path.parent.mkdir()
     onnx.save_model(convnet(), str(path), save_as_external_data=True, location="convnet.onnx.data", size_threshold=0)

@@ -48,8 +48,9 @@ MEASURE = textwrap.dedent("""
 
 
 def peak_bytes(method: str, samples: int) -> int:
-    completed = subprocess.run([sys.executable, "-c", MEASURE, method, str(samples)], capture_output=True, text=True,
-                               timeout=600, check=True)
+    completed = subprocess.run(
+        [sys.executable, "-c", MEASURE, method, str(samples)], capture_output=True, text=True, timeout=600, check=True
+    )
     return json.loads(completed.stdout.strip().splitlines()[-1])["peak"]
 
 

@@ -36,10 +36,13 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[dict[str
     """The exported encoder and one sample per sentence (batch 1, the sentence's own length)."""
     torch.set_num_threads(1)
     model, tokenizer = zoo.load_minilm()
-    path = zoo.export_minilm(tmp_path_factory.mktemp("minilm") / "minilm.onnx", dynamo=False, opset=17,
-                             model=model, tokenizer=tokenizer)
-    samples = [{name: tensor.numpy() for name, tensor in zoo.tokenize(tokenizer, [sentence]).items()}
-               for sentence in zoo.minilm_sentences()]
+    path = zoo.export_minilm(
+        tmp_path_factory.mktemp("minilm") / "minilm.onnx", dynamo=False, opset=17, model=model, tokenizer=tokenizer
+    )
+    samples = [
+        {name: tensor.numpy() for name, tensor in zoo.tokenize(tokenizer, [sentence]).items()}
+        for sentence in zoo.minilm_sentences()
+    ]
     return str(path), samples
 
 
@@ -98,7 +101,7 @@ def _top1(model: onnx.ModelProto | str, images: np.ndarray, labels: np.ndarray) 
 
 def test_digits_cnn_static_int8_keeps_top1_within_one_point(digits_cnn) -> None:
     path, splits = digits_cnn
-    calibration = [{"image": splits.val.images[i:i + 8]} for i in range(0, len(splits.val), 8)]
+    calibration = [{"image": splits.val.images[i : i + 8]} for i in range(0, len(splits.val), 8)]
     # The gate is off: on 8x8 digits INT8 kernels barely beat float, and this test is about accuracy.
     result = Pipeline.parse("quantize{mode=static,max_slowdown=none}").run(path, data=calibration)
     quantized = to_proto(result.model)
@@ -114,7 +117,7 @@ def test_digits_cnn_static_int8_keeps_top1_within_one_point(digits_cnn) -> None:
 
 def test_digits_cnn_with_the_gate_is_never_reported_slower(digits_cnn) -> None:
     path, splits = digits_cnn
-    calibration = [{"image": splits.val.images[i:i + 8]} for i in range(0, len(splits.val), 8)]
+    calibration = [{"image": splits.val.images[i : i + 8]} for i in range(0, len(splits.val), 8)]
     result = Pipeline.parse("quantize{mode=static}").run(path, data=calibration)
     details = result.report.passes[0].details
     latency = details["latency"]
@@ -131,9 +134,10 @@ def test_pass_verdict_and_pipeline_parity_agree_given_calibration_data_only(digi
     target on, by the same tolerance: a target the pass reports met is never failed by the pipeline right after.
     on_fail=warn lets both verdicts be read even if they disagreed."""
     path, splits = digits_cnn
-    calibration = [{"image": splits.val.images[i:i + 8]} for i in range(0, len(splits.val), 8)]
+    calibration = [{"image": splits.val.images[i : i + 8]} for i in range(0, len(splits.val), 8)]
     result = Pipeline.parse(f"quantize{{mode={mode},max_slowdown=none}}").run(
-        path, calibration_data=calibration, check="each", on_fail="warn")
+        path, calibration_data=calibration, check="each", on_fail="warn"
+    )
     entry = result.report.passes[0]
     details = entry.details
     assert entry.modified and details["target_met"], entry.stats

@@ -15,8 +15,15 @@ from onnxkit.passes.quantize.qdq_edit import QdqEditor
 from onnxkit.passes.quantize.runtime import tensor_elem_types
 from tests.conftest import run_model
 
-SETTINGS = rewrite.QuantizeSettings("static", "qdq", per_channel=True, reduce_range=False, act_type="uint8",
-                                    weight_type="int8", op_types=STATIC_OP_TYPES)
+SETTINGS = rewrite.QuantizeSettings(
+    "static",
+    "qdq",
+    per_channel=True,
+    reduce_range=False,
+    act_type="uint8",
+    weight_type="int8",
+    op_types=STATIC_OP_TYPES,
+)
 
 
 def small_cnn(pool_after_first: bool = False) -> onnx.ModelProto:
@@ -27,23 +34,39 @@ def small_cnn(pool_after_first: bool = False) -> onnx.ModelProto:
     def weight(name: str, *shape: int) -> onnx.TensorProto:
         return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
 
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r1"], name="relu1")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+    ]
     second_input = "r1"
     if pool_after_first:
         nodes.append(helper.make_node("MaxPool", ["r1"], ["p1"], name="pool", kernel_shape=[2, 2], strides=[2, 2]))
         second_input = "p1"
-    nodes += [helper.make_node("Conv", [second_input, "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
-              helper.make_node("Relu", ["c2"], ["r2"], name="relu2")]
+    nodes += [
+        helper.make_node("Conv", [second_input, "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+    ]
     if not pool_after_first:
         nodes.append(helper.make_node("Add", ["r2", "r1"], ["s2"], name="skip"))
-    nodes += [helper.make_node("GlobalAveragePool", ["r2" if pool_after_first else "s2"], ["g"], name="gap"),
-              helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
-              helper.make_node("Gemm", ["f", "wh", "bh"], ["y"], name="head", transB=1)]
-    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
-                              [weight("w1", 8, 3, 3, 3), weight("b1", 8), weight("w2", 8, 8, 3, 3), weight("b2", 8),
-                               weight("wh", 5, 8), weight("bh", 5)])
+    nodes += [
+        helper.make_node("GlobalAveragePool", ["r2" if pool_after_first else "s2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wh", "bh"], ["y"], name="head", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+        [
+            weight("w1", 8, 3, 3, 3),
+            weight("b1", 8),
+            weight("w2", 8, 8, 3, 3),
+            weight("b2", 8),
+            weight("wh", 5, 8),
+            weight("bh", 5),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     return onnx.shape_inference.infer_shapes(model)
 
@@ -52,8 +75,14 @@ def _setup(model: onnx.ModelProto) -> tuple[list[dict[str, np.ndarray]], object,
     rng = np.random.default_rng(1)
     data = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
     types = tensor_elem_types(model)
-    ranges = calibration.calibrate(model, calibration.calibration_tensors(model, STATIC_OP_TYPES, types), types,
-                                   data, calibration.CalibrationSettings("minmax", 2048, 99.999), None)
+    ranges = calibration.calibrate(
+        model,
+        calibration.calibration_tensors(model, STATIC_OP_TYPES, types),
+        types,
+        data,
+        calibration.CalibrationSettings("minmax", 2048, 99.999),
+        None,
+    )
     return data, ranges, types
 
 
@@ -70,8 +99,11 @@ def test_every_keep_set_is_the_graph_ort_writes_and_runs_the_same() -> None:
     candidates = [n.name for n in model.graph.node if n.op_type in SETTINGS.op_types]
     assert candidates == ["conv1", "relu1", "conv2", "relu2", "gap", "head"]
     edited_count = 0
-    keep_sets = [*itertools.combinations(candidates, 1), *itertools.combinations(candidates, 2),
-                 ("conv1", "conv2", "relu2", "head")]
+    keep_sets = [
+        *itertools.combinations(candidates, 1),
+        *itertools.combinations(candidates, 2),
+        ("conv1", "conv2", "relu2", "head"),
+    ]
     for keep in keep_sets:
         edited = editor.keep_float(keep)
         if edited is None:
@@ -122,8 +154,9 @@ def test_the_search_has_ort_quantize_once_and_keeps_the_same_nodes_float(monkeyp
 
     monkeypatch.setattr(run, "quantize_model", counted)
     # SmoothQuant off: its trial quantizes its smoothed twin once more (one quantization per float model).
-    result, quantized = quantize(two_outlier_chain(), samples("x", (4, 16), 25), mode="static", calib="minmax",
-                                 smooth_alpha=None, **NO_GATE)
+    result, quantized = quantize(
+        two_outlier_chain(), samples("x", (4, 16), 25), mode="static", calib="minmax", smooth_alpha=None, **NO_GATE
+    )
     details = result.details
     # Two rankings and several candidates judged, as with ORT quantizing each (test_quantize_search), ...
     assert details["target_met"] and sorted(details["kept_float"]) == ["fc2", "fc4"]

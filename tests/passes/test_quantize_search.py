@@ -24,9 +24,13 @@ def two_outlier_chain() -> onnx.ModelProto:
         weights[outlier + 1][0, :] = 0.0
     names = ["x", "h1", "h2", "h3", "h4", "y"]
     nodes = [helper.make_node("MatMul", [names[i], f"w{i + 1}"], [names[i + 1]], name=f"fc{i + 1}") for i in range(5)]
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
-                              [numpy_helper.from_array(w, f"w{i + 1}") for i, w in enumerate(weights)])
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        [numpy_helper.from_array(w, f"w{i + 1}") for i, w in enumerate(weights)],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -54,8 +58,7 @@ def test_sensitivity_ranking_is_cached_per_model_and_data(tmp_path) -> None:
     extras = {"calib_cache": tmp_path / "cache"}
     first, quantized = quantize(model, data, extras, mode="static", calib="minmax", **NO_GATE)
     second, again = quantize(model, data, extras, mode="static", calib="minmax", **NO_GATE)
-    other_data, _ = quantize(model, samples("x", (4, 16), 25, seed=2), extras, mode="static", calib="minmax",
-                             **NO_GATE)
+    other_data, _ = quantize(model, samples("x", (4, 16), 25, seed=2), extras, mode="static", calib="minmax", **NO_GATE)
     assert first.details["search"]["sensitivity_cache"] == "stored"
     assert second.details["search"]["sensitivity_cache"] == "hit"
     assert other_data.details["search"]["sensitivity_cache"] == "stored"
@@ -123,12 +126,16 @@ def test_tensors_no_input_reaches_are_calibrated_on_one_sample(monkeypatch) -> N
 
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["a", "b"], ["w"], name="weight"),
-         helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
-         helper.make_node("Relu", ["h"], ["y"], name="relu")],
-        "computed_weight", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [
+            helper.make_node("Mul", ["a", "b"], ["w"], name="weight"),
+            helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+            helper.make_node("Relu", ["h"], ["y"], name="relu"),
+        ],
+        "computed_weight",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
-        [numpy_helper.from_array(_weight(rng, 16, 8), "a"), numpy_helper.from_array(_weight(rng, 16, 8), "b")])
+        [numpy_helper.from_array(_weight(rng, 16, 8), "a"), numpy_helper.from_array(_weight(rng, 16, 8), "b")],
+    )
     model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     types = tensor_elem_types(model)
     names = calibration.calibration_tensors(model, ("MatMul", "Relu"), types)
@@ -147,8 +154,9 @@ def test_tensors_no_input_reaches_are_calibrated_on_one_sample(monkeypatch) -> N
 def test_search_stops_at_its_time_budget_and_says_so() -> None:
     from tests.passes.test_quantize import outlier_model
 
-    result, _ = quantize(outlier_model(), samples("x", (4, 16), 25), mode="static", calib="minmax",
-                         search_budget=1e-9, **NO_GATE)
+    result, _ = quantize(
+        outlier_model(), samples("x", (4, 16), 25), mode="static", calib="minmax", search_budget=1e-9, **NO_GATE
+    )
     assert not result.modified and result.details["target_met"] is False
     assert result.details["search"]["out_of_time"] == "the search stopped at its 1e-09 s budget (search_budget)"
     reason = result.details["latency_gate"]["kept_whole_model_float"]

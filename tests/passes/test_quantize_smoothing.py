@@ -20,20 +20,25 @@ def outlier_block(seed: int = 0) -> onnx.ModelProto:
     """x[N,8,32] read by two MatMuls (as Q and K read one LayerNorm output in a transformer), and through a
     Flatten by a Gemm with transB."""
     rng = np.random.default_rng(seed)
-    initializers = [numpy_helper.from_array(_weight(rng, 32, 64), "w1"),
-                    numpy_helper.from_array(_weight(rng, 32, 16), "w2"),
-                    numpy_helper.from_array(_weight(rng, 16, 32), "wg")]
+    initializers = [
+        numpy_helper.from_array(_weight(rng, 32, 64), "w1"),
+        numpy_helper.from_array(_weight(rng, 32, 16), "w2"),
+        numpy_helper.from_array(_weight(rng, 16, 32), "wg"),
+    ]
     nodes = [
         helper.make_node("MatMul", ["x", "w1"], ["y1"], name="fc1"),
         helper.make_node("MatMul", ["x", "w2"], ["y2"], name="fc2"),
         helper.make_node("Flatten", ["x"], ["flat"], name="flatten", axis=2),
         helper.make_node("Gemm", ["flat", "wg"], ["z"], name="gemm", transB=1),
     ]
-    outputs = [helper.make_tensor_value_info("y1", TensorProto.FLOAT, ["N", 8, 64]),
-               helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["N", 8, 16]),
-               helper.make_tensor_value_info("z", TensorProto.FLOAT, ["M", 16])]
-    graph = helper.make_graph(nodes, "outliers", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 32])],
-                              outputs, initializers)
+    outputs = [
+        helper.make_tensor_value_info("y1", TensorProto.FLOAT, ["N", 8, 64]),
+        helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["N", 8, 16]),
+        helper.make_tensor_value_info("z", TensorProto.FLOAT, ["M", 16]),
+    ]
+    graph = helper.make_graph(
+        nodes, "outliers", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 32])], outputs, initializers
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -52,8 +57,7 @@ def test_smoothing_leaves_the_float_model_as_it_was_and_shrinks_the_outliers() -
     proto = _prepared(outlier_block())
     types = tensor_elem_types(proto)
     sites = smoothing.find_sites(proto, ["fc1", "fc2", "gemm"], types)
-    assert {s.activation: sorted(n.name for n in s.nodes) for s in sites} == {"x": ["fc1", "fc2"],
-                                                                             "flat": ["gemm"]}
+    assert {s.activation: sorted(n.name for n in s.nodes) for s in sites} == {"x": ["fc1", "fc2"], "flat": ["gemm"]}
     data = outlier_samples(6)
     maxima = smoothing.observe(proto, [s.activation for s in sites], types, data).maxima
     result = smoothing.smooth(proto, sites, maxima, alpha=0.7)
@@ -82,13 +86,11 @@ def test_the_scaled_activations_calibrate_from_the_kept_values_as_from_the_smoot
     result = smoothing.smooth(proto, sites, seen.maxima, alpha=0.5)
     assert result is not None
     settings = calibration.CalibrationSettings("entropy", 2048, 99.99)
-    from_values = calibration.calibrate(result.scaling_model(), list(result.types), result.types, seen.values,
-                                        settings)
+    from_values = calibration.calibrate(result.scaling_model(), list(result.types), result.types, seen.values, settings)
     from_model = calibration.calibrate(result.model, list(result.types), {**types, **result.types}, data, settings)
     assert sorted(from_values.data) == sorted(from_model.data) == ["flat_smoothed", "x_smoothed"]
     for name in from_model.data:
-        np.testing.assert_allclose(from_values.data[name].range_value, from_model.data[name].range_value,
-                                   rtol=1e-5)
+        np.testing.assert_allclose(from_values.data[name].range_value, from_model.data[name].range_value, rtol=1e-5)
 
 
 def test_a_weight_read_by_another_node_is_not_smoothed() -> None:
@@ -116,8 +118,9 @@ def test_the_pass_keeps_smoothing_where_outliers_ruin_int8() -> None:
 
 def test_the_pass_drops_smoothing_where_it_does_not_help() -> None:
     # A random MLP has no outlier channels: smoothed, its INT8 outputs are further from float's.
-    result, quantized = quantize(mlp(), samples("x", (4, 16), 10), mode="static", calib="minmax",
-                                 target_cosine=0.999, **NO_GATE)
+    result, quantized = quantize(
+        mlp(), samples("x", (4, 16), 10), mode="static", calib="minmax", target_cosine=0.999, **NO_GATE
+    )
     assert "; not kept:" in result.details["smoothing"]
     assert result.modified and result.details["quantized_nodes"]  # the plain model, one node kept float
     assert "Mul" not in {n.op_type for n in quantized.graph.node}
@@ -128,4 +131,3 @@ def test_the_pass_does_not_try_smoothing_when_every_node_meets_the_target_in_int
     assert result.details["smoothing"].startswith("SmoothQuant not tried")
     assert "Mul" not in {n.op_type for n in quantized.graph.node}
     assert result.details["quantized_nodes"] == {"MatMul": 2}
-

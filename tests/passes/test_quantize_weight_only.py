@@ -22,18 +22,27 @@ def embedding_mlp(layers: int = 1, opset: int = 17) -> onnx.ModelProto:
     or two layers, the shape of a transformer's weight-heavy parts. Gaussian weights lose about 20 dB to
     4-bit blocks per layer, so one layer meets cosine 0.99 at 4 bits and two do not."""
     rng = np.random.default_rng(0)
-    weights = {"table": rng.standard_normal((200, 64)), "w1": rng.standard_normal((64, 128)) / 8,
-               "w2": rng.standard_normal((128, 32)) / 11}
-    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
-             helper.make_node("MatMul", ["e", "w1"], ["h"], name="fc1"),
-             helper.make_node("Relu", ["h"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    weights = {
+        "table": rng.standard_normal((200, 64)),
+        "w1": rng.standard_normal((64, 128)) / 8,
+        "w2": rng.standard_normal((128, 32)) / 11,
+    }
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+        helper.make_node("MatMul", ["e", "w1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
+    ]
     if layers == 1:
         nodes[1].output[0] = "y"
         nodes, weights = nodes[:2], {k: w for k, w in weights.items() if k != "w2"}
-    graph = helper.make_graph(nodes, "embedding_mlp", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, None])],
-                              [numpy_helper.from_array(w.astype(np.float32), name) for name, w in weights.items()])
+    graph = helper.make_graph(
+        nodes,
+        "embedding_mlp",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, None])],
+        [numpy_helper.from_array(w.astype(np.float32), name) for name, w in weights.items()],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -54,8 +63,9 @@ def test_int4_rewrites_matmuls_and_the_embedding_table_at_opset_21_within_the_ta
     ops = Counter(n.op_type for n in proto.graph.node)
     assert ops["MatMulNBits"] == 1 and ops["GatherBlockQuantized"] == 1 and "MatMul" not in ops
     assert next(o.version for o in proto.opset_import if o.domain == "") == 21
-    levels = {a.i for n in proto.graph.node if n.op_type == "MatMulNBits" for a in n.attribute
-              if a.name == "accuracy_level"}
+    levels = {
+        a.i for n in proto.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"
+    }
     assert levels == {weight_only.accuracy_level_for(weight_only.detect_cpu())[0]}
     details = report.details
     assert details["size"]["ratio"] < 0.35  # 4-bit weights, scales and zero points in blocks of 32
@@ -81,12 +91,18 @@ def test_the_report_names_the_model_it_returns_when_the_bisection_ends_on_a_fail
     from onnxkit.passes.quantize.sensitivity import Verdict
 
     def eight_bit_matmuls(candidate: onnx.ModelProto) -> Verdict:
-        count = sum(1 for n in candidate.graph.node if n.op_type == "MatMulNBits"
-                    for a in n.attribute if a.name == "bits" and a.i == 8)
+        count = sum(
+            1
+            for n in candidate.graph.node
+            if n.op_type == "MatMulNBits"
+            for a in n.attribute
+            if a.name == "bits" and a.i == 8
+        )
         return Verdict(count == 2, {"8-bit MatMuls": float(count)})
 
-    monkeypatch.setattr(weight_only, "_judge", lambda *args: Judge("both MatMuls at 8 bits", eight_bit_matmuls,
-                                                                  eight_bit_matmuls))
+    monkeypatch.setattr(
+        weight_only, "_judge", lambda *args: Judge("both MatMuls at 8 bits", eight_bit_matmuls, eight_bit_matmuls)
+    )
     result, report = quantize("quantize{mode=weight-only,max_slowdown=none}", embedding_mlp(layers=2))
     details = report.details
     assert [t["passed"] for t in details["tries"]] == [False, True, False]
@@ -121,15 +137,24 @@ def test_the_latency_gate_fails_the_pass_when_asked_to_refuse():
         pass_(ir.serde.deserialize_model(embedding_mlp()))
 
 
-@pytest.mark.parametrize("options, message", [("bits=3", "bits must be one of"), ("block=48", "block must be"),
-                                              ("algo=hqq,bits=8", "4 bits only")])
+@pytest.mark.parametrize(
+    "options, message",
+    [("bits=3", "bits must be one of"), ("block=48", "block must be"), ("algo=hqq,bits=8", "4 bits only")],
+)
 def test_bad_weight_only_options_are_spec_errors(options, message):
     with pytest.raises(SpecError, match=message):
         Pipeline.parse(f"quantize{{mode=weight-only,{options}}}")
 
 
-@pytest.mark.parametrize("machine, flags, level", [("x86_64", "avx2 avx512f avx512_vnni", 4), ("x86_64", "avx2", 4),
-                                                   ("x86_64", "sse4_2", 1), ("aarch64", "asimd", 4)])
+@pytest.mark.parametrize(
+    "machine, flags, level",
+    [
+        ("x86_64", "avx2 avx512f avx512_vnni", 4),
+        ("x86_64", "avx2", 4),
+        ("x86_64", "sse4_2", 1),
+        ("aarch64", "asimd", 4),
+    ],
+)
 def test_accuracy_level_follows_the_cpu(machine, flags, level):
     assert weight_only.accuracy_level_for(features_from_flags(machine, frozenset(flags.split())))[0] == level
 
@@ -149,8 +174,9 @@ def test_minilm_int4_with_its_embedding_table_is_a_third_of_fp32_at_cosine_0_99(
     quantized = tmp_path / "minilm.int4.onnx"
     result.save(quantized)
     assert quantized.stat().st_size <= 0.35 * minilm.path.stat().st_size
-    parity = compare_models(minilm.path, quantized, minilm.samples,
-                            tolerance={"atol": None, "rtol": None, "min_cosine": 0.99})
+    parity = compare_models(
+        minilm.path, quantized, minilm.samples, tolerance={"atol": None, "rtol": None, "min_cosine": 0.99}
+    )
     assert parity.passed, parity.summary()
 
 
@@ -171,8 +197,7 @@ def test_a_small_trained_decoder_int4_keeps_its_next_token_logits(tmp_path):
     assert weight_matmuls == 7 * 2 + 1  # q, k, v, o, gate, up, down per layer, and the LM head
 
     # The latency gate is another test's subject: a 64-wide model may well run faster in float.
-    result = Pipeline.parse("quantize{mode=weight-only,max_slowdown=none}").run(str(decoder.path),
-                                                                              data=decoder.samples)
+    result = Pipeline.parse("quantize{mode=weight-only,max_slowdown=none}").run(str(decoder.path), data=decoder.samples)
     report = result.report.passes[0]
     assert report.status == "ok" and report.modified, report.stats
     assert report.details["chosen"]["passed"], report.details["tries"]

@@ -16,16 +16,34 @@ from tests.conftest import run_model
 def _tree_classifier() -> ir.Model:
     """One tree: x[0] <= 0.5 → class 0, else class 1."""
     tree = helper.make_node(
-        "TreeEnsembleClassifier", ["x"], ["label", "scores"], domain="ai.onnx.ml", name="trees",
-        nodes_treeids=[0, 0, 0], nodes_nodeids=[0, 1, 2], nodes_featureids=[0, 0, 0],
-        nodes_values=[0.5, 0.0, 0.0], nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"],
-        nodes_truenodeids=[1, 0, 0], nodes_falsenodeids=[2, 0, 0],
-        class_treeids=[0, 0], class_nodeids=[1, 2], class_ids=[0, 1], class_weights=[1.0, 1.0],
-        classlabels_int64s=[0, 1])
+        "TreeEnsembleClassifier",
+        ["x"],
+        ["label", "scores"],
+        domain="ai.onnx.ml",
+        name="trees",
+        nodes_treeids=[0, 0, 0],
+        nodes_nodeids=[0, 1, 2],
+        nodes_featureids=[0, 0, 0],
+        nodes_values=[0.5, 0.0, 0.0],
+        nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"],
+        nodes_truenodeids=[1, 0, 0],
+        nodes_falsenodeids=[2, 0, 0],
+        class_treeids=[0, 0],
+        class_nodeids=[1, 2],
+        class_ids=[0, 1],
+        class_weights=[1.0, 1.0],
+        classlabels_int64s=[0, 1],
+    )
     copy = helper.make_node("Identity", ["scores"], ["probabilities"], name="copy")
-    graph = helper.make_graph([tree, copy], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-                              [helper.make_tensor_value_info("label", TensorProto.INT64, [1]),
-                               helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 2])])
+    graph = helper.make_graph(
+        [tree, copy],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, [1]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 2]),
+        ],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
     return ir.serde.deserialize_model(proto)
 

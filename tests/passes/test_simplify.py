@@ -65,20 +65,29 @@ def x_feed(shape=(2, 3), seed: int = 0) -> dict[str, np.ndarray]:
 
 def _unary_model(op_nodes, initializers=(), y_shape=(2, 3)) -> onnx.ModelProto:
     """x[2,3] → the nodes under test (reading "x", writing "t") → Relu → y."""
-    return make_model([*op_nodes, helper.make_node("Relu", ["t"], ["y"])], [tensor_input("x", [2, 3])],
-                      [tensor_input("y", list(y_shape))], initializers)
+    return make_model(
+        [*op_nodes, helper.make_node("Relu", ["t"], ["y"])],
+        [tensor_input("x", [2, 3])],
+        [tensor_input("y", list(y_shape))],
+        initializers,
+    )
 
 
 NO_OP_CASES = {
     "Cast": (
         lambda: _unary_model([helper.make_node("Cast", ["x"], ["t"], to=FLOAT)]),
-        lambda: _unary_model([helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
-                              helper.make_node("Cast", ["h"], ["t"], to=FLOAT)]),
+        lambda: _unary_model(
+            [
+                helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
+                helper.make_node("Cast", ["h"], ["t"], to=FLOAT),
+            ]
+        ),
     ),
     "Reshape": (
         lambda: _unary_model([helper.make_node("Reshape", ["x", "s"], ["t"])], [const("s", np.array([2, 3]))]),
-        lambda: _unary_model([helper.make_node("Reshape", ["x", "s"], ["t"])], [const("s", np.array([3, 2]))],
-                             y_shape=(3, 2)),
+        lambda: _unary_model(
+            [helper.make_node("Reshape", ["x", "s"], ["t"])], [const("s", np.array([3, 2]))], y_shape=(3, 2)
+        ),
     ),
     "Transpose": (
         lambda: _unary_model([helper.make_node("Transpose", ["x"], ["t"], perm=[0, 1])]),
@@ -86,20 +95,26 @@ NO_OP_CASES = {
     ),
     "Pad": (
         lambda: _unary_model([helper.make_node("Pad", ["x", "p"], ["t"])], [const("p", np.zeros(4, np.int64))]),
-        lambda: _unary_model([helper.make_node("Pad", ["x", "p"], ["t"])], [const("p", np.array([0, 1, 0, 0]))],
-                             y_shape=(2, 4)),
+        lambda: _unary_model(
+            [helper.make_node("Pad", ["x", "p"], ["t"])], [const("p", np.array([0, 1, 0, 0]))], y_shape=(2, 4)
+        ),
     ),
     "Slice": (
-        lambda: _unary_model([helper.make_node("Slice", ["x", "b", "e", "a"], ["t"])],
-                             [const("b", np.array([0])), const("e", np.array([2**62])), const("a", np.array([1]))]),
-        lambda: _unary_model([helper.make_node("Slice", ["x", "b", "e", "a"], ["t"])],
-                             [const("b", np.array([1])), const("e", np.array([2**62])), const("a", np.array([1]))],
-                             y_shape=(2, 2)),
+        lambda: _unary_model(
+            [helper.make_node("Slice", ["x", "b", "e", "a"], ["t"])],
+            [const("b", np.array([0])), const("e", np.array([2**62])), const("a", np.array([1]))],
+        ),
+        lambda: _unary_model(
+            [helper.make_node("Slice", ["x", "b", "e", "a"], ["t"])],
+            [const("b", np.array([1])), const("e", np.array([2**62])), const("a", np.array([1]))],
+            y_shape=(2, 2),
+        ),
     ),
     "Expand": (
         lambda: _unary_model([helper.make_node("Expand", ["x", "s"], ["t"])], [const("s", np.array([2, 3]))]),
-        lambda: _unary_model([helper.make_node("Expand", ["x", "s"], ["t"])], [const("s", np.array([2, 2, 3]))],
-                             y_shape=(2, 2, 3)),
+        lambda: _unary_model(
+            [helper.make_node("Expand", ["x", "s"], ["t"])], [const("s", np.array([2, 2, 3]))], y_shape=(2, 2, 3)
+        ),
     ),
     "Dropout": (
         lambda: _unary_model([helper.make_node("Dropout", ["x", "r"], ["t"])], [const("r", np.array(0.5, np.float32))]),
@@ -134,15 +149,20 @@ def test_near_miss_is_kept(op_type):
 
 
 def test_dropout_in_training_mode_is_kept():
-    model = _unary_model([helper.make_node("Dropout", ["x", "r", "training"], ["t"])],
-                         [const("r", np.array(0.5, np.float32)), const("training", np.array(True))])
+    model = _unary_model(
+        [helper.make_node("Dropout", ["x", "r", "training"], ["t"])],
+        [const("r", np.array(0.5, np.float32)), const("training", np.array(True))],
+    )
     result = SimplifyPass()(ir.serde.deserialize_model(model))
     assert op_counts(ir.serde.serialize_model(result.model))["Dropout"] == 1
 
 
 def test_dropout_with_mask_output_becomes_constant_mask():
-    model = make_model([helper.make_node("Dropout", ["x"], ["y", "mask"])], [tensor_input("x", [2, 3])],
-                       [tensor_input("y", [2, 3]), tensor_input("mask", [2, 3], TensorProto.BOOL)])
+    model = make_model(
+        [helper.make_node("Dropout", ["x"], ["y", "mask"])],
+        [tensor_input("x", [2, 3])],
+        [tensor_input("y", [2, 3]), tensor_input("mask", [2, 3], TensorProto.BOOL)],
+    )
     simplified, _entry = simplify(model)
     assert "Dropout" not in op_counts(simplified)
     assert_same_outputs(model, simplified, x_feed())
@@ -164,8 +184,12 @@ def _reshape_by_computed_target(batch) -> onnx.ModelProto:
         helper.make_node("Reshape", ["x", "target"], ["r"]),
         helper.make_node("Relu", ["r"], ["y"]),
     ]
-    initializers = [const("i0", np.array(0)), const("i1", np.array(1)), const("axes", np.array([0])),
-                    const("tail", np.array([2, 3]))]
+    initializers = [
+        const("i0", np.array(0)),
+        const("i1", np.array(1)),
+        const("axes", np.array([0])),
+        const("tail", np.array([2, 3])),
+    ]
     return make_model(nodes, [tensor_input("x", [batch, 4, 6])], [tensor_input("y", [batch, 4, 2, 3])], initializers)
 
 
@@ -217,8 +241,10 @@ def test_constant_node_weights_become_initializers():
 
 def test_constants_of_an_ir3_model_are_listed_as_inputs_too():
     # Before IR version 4 every initializer must also be a graph input.
-    nodes = [helper.make_node("Constant", [], ["w"], value=const("w", np.eye(3, dtype=np.float32))),
-             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    nodes = [
+        helper.make_node("Constant", [], ["w"], value=const("w", np.eye(3, dtype=np.float32))),
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+    ]
     graph = helper.make_graph(nodes, "g", [tensor_input("x", [2, 3])], [tensor_input("y", [2, 3])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)], ir_version=3)
     simplified, entry = simplify(model)
@@ -251,8 +277,10 @@ def _broadcast_model(op_type: str, rows: int) -> onnx.ModelProto:
     """y = x + Tile/Expand(row, [rows, 1024]): folding the Tile/Expand would store rows×1024 floats."""
     shape_input = np.array([rows, 1], np.int64) if op_type == "Tile" else np.array([rows, 1024], np.int64)
     nodes = [helper.make_node(op_type, ["row", "s"], ["big"]), helper.make_node("Add", ["x", "big"], ["y"])]
-    initializers = [const("row", np.random.default_rng(0).standard_normal((1, 1024)).astype(np.float32)),
-                    const("s", shape_input)]
+    initializers = [
+        const("row", np.random.default_rng(0).standard_normal((1, 1024)).astype(np.float32)),
+        const("s", shape_input),
+    ]
     return make_model(nodes, [tensor_input("x", [rows, 1024])], [tensor_input("y", [rows, 1024])], initializers)
 
 
@@ -299,14 +327,18 @@ def test_zero_initial_state_of_lstm_is_dropped():
         helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "h0"], ["y"], hidden_size=hidden),
     ]
     initializers = [
-        const("one", np.array(1)), const("axes", np.array([0])), const("dirs", np.array([1])),
-        const("hidden", np.array([hidden])), const("zero", np.array(0.0, np.float32)),
+        const("one", np.array(1)),
+        const("axes", np.array([0])),
+        const("dirs", np.array([1])),
+        const("hidden", np.array([hidden])),
+        const("zero", np.array(0.0, np.float32)),
         const("W", rng.standard_normal((1, 4 * hidden, features)).astype(np.float32)),
         const("R", rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32)),
         const("B", rng.standard_normal((1, 8 * hidden)).astype(np.float32)),
     ]
-    model = make_model(nodes, [tensor_input("x", [5, "batch", features])],
-                       [tensor_input("y", [5, 1, "batch", hidden])], initializers)
+    model = make_model(
+        nodes, [tensor_input("x", [5, "batch", features])], [tensor_input("y", [5, 1, "batch", hidden])], initializers
+    )
     simplified, entry = simplify(model)
     assert op_counts(simplified) == {"LSTM": 1}
     assert "removed 2 zero initial states of LSTM/GRU/RNN" in entry.stats
@@ -323,8 +355,9 @@ def test_non_zero_initial_state_is_kept():
         const("R", rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32)),
         const("h0", np.full((1, 2, hidden), 0.25, np.float32)),
     ]
-    model = make_model(nodes, [tensor_input("x", [5, 2, features])], [tensor_input("y", [5, 1, 2, hidden])],
-                       initializers)
+    model = make_model(
+        nodes, [tensor_input("x", [5, 2, features])], [tensor_input("y", [5, 1, 2, hidden])], initializers
+    )
     simplified, _ = simplify(model)
     assert [i for i in simplified.graph.node[0].input if i] == ["x", "W", "R", "h0"]
     assert_same_outputs(model, simplified, x_feed((5, 2, features)))
@@ -337,8 +370,9 @@ def test_non_zero_initial_state_is_kept():
 def _if_model() -> onnx.ModelProto:
     """An If whose branches read outer values: one returns an outer value through Identity, the other
     multiplies it by a Constant 1 and adds an outer initializer."""
-    then_branch = helper.make_graph([helper.make_node("Identity", ["a"], ["then_out"])], "then", [],
-                                    [tensor_input("then_out", None)])
+    then_branch = helper.make_graph(
+        [helper.make_node("Identity", ["a"], ["then_out"])], "then", [], [tensor_input("then_out", None)]
+    )
     else_branch = helper.make_graph(
         [
             helper.make_node("Constant", [], ["one"], value=const("one", np.array(1.0, np.float32))),
@@ -346,7 +380,9 @@ def _if_model() -> onnx.ModelProto:
             helper.make_node("Identity", ["scaled"], ["scaled_copy"]),
             helper.make_node("Add", ["scaled_copy", "bias"], ["else_out"]),
         ],
-        "else", [], [tensor_input("else_out", None)],
+        "else",
+        [],
+        [tensor_input("else_out", None)],
     )
     nodes = [
         helper.make_node("Relu", ["x"], ["a"]),
@@ -394,8 +430,11 @@ def _loop_model() -> onnx.ModelProto:
             helper.make_node("Add", ["mixed", "step"], ["acc_out"]),
         ],
         "body",
-        [tensor_input("i", [], TensorProto.INT64), tensor_input("cond_in", [], TensorProto.BOOL),
-         tensor_input("acc_in", [2, 3])],
+        [
+            tensor_input("i", [], TensorProto.INT64),
+            tensor_input("cond_in", [], TensorProto.BOOL),
+            tensor_input("acc_in", [2, 3]),
+        ],
         [tensor_input("cond_out", [], TensorProto.BOOL), tensor_input("acc_out", [2, 3])],
     )
     nodes = [helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body)]
@@ -421,13 +460,15 @@ def _scan_model() -> onnx.ModelProto:
             helper.make_node("Add", ["sum_in", "row_t"], ["sum_out"]),
             helper.make_node("Mul", ["sum_out", "scale"], ["scan_out"]),
         ],
-        "body", [tensor_input("sum_in", [3]), tensor_input("row", [3])],
+        "body",
+        [tensor_input("sum_in", [3]), tensor_input("row", [3])],
         [tensor_input("sum_out", [3]), tensor_input("scan_out", [3])],
     )
     nodes = [helper.make_node("Scan", ["init", "x"], ["total", "y"], body=body, num_scan_inputs=1)]
     initializers = [const("init", np.zeros(3, np.float32)), const("scale", np.array(2.0, np.float32))]
-    return make_model(nodes, [tensor_input("x", [4, 3])], [tensor_input("total", [3]), tensor_input("y", [4, 3])],
-                      initializers)
+    return make_model(
+        nodes, [tensor_input("x", [4, 3])], [tensor_input("total", [3]), tensor_input("y", [4, 3])], initializers
+    )
 
 
 def test_scan_body_is_simplified():
@@ -439,7 +480,10 @@ def test_scan_body_is_simplified():
 
 def _function_model() -> onnx.ModelProto:
     function = helper.make_function(
-        "local", "AffineRelu", ["v"], ["out"],
+        "local",
+        "AffineRelu",
+        ["v"],
+        ["out"],
         [
             helper.make_node("Constant", [], ["one"], value_float=1.0),
             helper.make_node("Mul", ["v", "one"], ["same"]),
@@ -572,19 +616,23 @@ def peer_node_count(peer: str, model: onnx.ModelProto, feeds: dict[str, np.ndarr
 
 
 COMPARED_MODELS = {
-    "no-ops": (lambda: make_model(
-        [
-            helper.make_node("Identity", ["x"], ["a"]),
-            helper.make_node("Cast", ["a"], ["b"], to=FLOAT),
-            helper.make_node("Transpose", ["b"], ["c"], perm=[0, 1]),
-            helper.make_node("Pad", ["c", "p"], ["d"]),
-            helper.make_node("Dropout", ["d"], ["e"]),
-            helper.make_node("Mul", ["e", "one"], ["f"]),
-            helper.make_node("Relu", ["f"], ["y"]),
-        ],
-        [tensor_input("x", [2, 3])], [tensor_input("y", [2, 3])],
-        [const("p", np.zeros(4, np.int64)), const("one", np.array(1.0, np.float32))],
-    ), x_feed()),
+    "no-ops": (
+        lambda: make_model(
+            [
+                helper.make_node("Identity", ["x"], ["a"]),
+                helper.make_node("Cast", ["a"], ["b"], to=FLOAT),
+                helper.make_node("Transpose", ["b"], ["c"], perm=[0, 1]),
+                helper.make_node("Pad", ["c", "p"], ["d"]),
+                helper.make_node("Dropout", ["d"], ["e"]),
+                helper.make_node("Mul", ["e", "one"], ["f"]),
+                helper.make_node("Relu", ["f"], ["y"]),
+            ],
+            [tensor_input("x", [2, 3])],
+            [tensor_input("y", [2, 3])],
+            [const("p", np.zeros(4, np.int64)), const("one", np.array(1.0, np.float32))],
+        ),
+        x_feed(),
+    ),
     "computed-reshape": (lambda: _reshape_by_computed_target("batch"), x_feed((3, 4, 6))),
     "if": (_if_model, x_feed()),
     "loop": (_loop_model, x_feed()),
@@ -666,11 +714,27 @@ def export_torch(name: str, dynamo: bool, tmp_path) -> tuple[onnx.ModelProto, di
     path = tmp_path / f"{name}.onnx"
     # Not under no_grad: there, TransformerEncoder takes a fused fast path the TorchScript exporter lacks.
     if dynamo:
-        torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=["x"], output_names=["y"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=True,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
+        )
     else:
-        torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch"}}, opset_version=17)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "batch"}},
+            opset_version=17,
+        )
     feeds = {"x": torch.randn(3, *shape[1:]).numpy()}  # another batch size than the export's
     return onnx.load(path), feeds
 
@@ -728,6 +792,8 @@ def test_minilm_keeps_parity_and_needs_no_more_nodes_than_peers(minilm, dynamo, 
     assert not SimplifyPass()(ir.serde.deserialize_model(simplified)).modified
     ours = sum(op_counts(simplified).values())
     counts = {peer: peer_node_count(peer, model, feeds) for peer in MINILM_PEERS_TO_BEAT[dynamo]}
-    print(f"MiniLM ({'dynamo' if dynamo else 'torchscript'}): {sum(op_counts(model).values())} nodes exported, "
-          f"simplify {ours}, peers {counts}")
+    print(
+        f"MiniLM ({'dynamo' if dynamo else 'torchscript'}): {sum(op_counts(model).values())} nodes exported, "
+        f"simplify {ours}, peers {counts}"
+    )
     assert ours <= min(counts.values()), (ours, counts)

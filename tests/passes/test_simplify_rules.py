@@ -96,8 +96,9 @@ def test_shape_folded_inside_a_function_writes_a_constant_the_opset_knows(opset)
     ]
     function = helper.make_function("local", "shape_plus", ["x"], ["y"], body, [helper.make_opsetid("", opset)])
     nodes = [helper.make_node("shape_plus", ["x"], ["y"], domain="local")]
-    model = model_at(nodes, [tensor_input("x", [2], INT64)], [tensor_input("y", [2], INT64)], opset=opset,
-                     functions=[function])
+    model = model_at(
+        nodes, [tensor_input("x", [2], INT64)], [tensor_input("y", [2], INT64)], opset=opset, functions=[function]
+    )
     simplified, _ = run_simplify(model)
     constants = [n for n in simplified.functions[0].node if n.op_type == "Constant"]
     if opset < 12:
@@ -112,8 +113,13 @@ def _split_to_sequence_model(opset: int, keepdims: int) -> onnx.ModelProto:
         helper.make_node("SequenceAt", ["seq", "i1"], ["y"]),
     ]
     y_shape = [4, 4]
-    return model_at(nodes, [tensor_input("x", [4, 6])], [tensor_input("y", y_shape)],
-                    [const("split", np.array([2, 4])), const("i1", np.array(1))], opset)
+    return model_at(
+        nodes,
+        [tensor_input("x", [4, 6])],
+        [tensor_input("y", y_shape)],
+        [const("split", np.array([2, 4])), const("i1", np.array(1))],
+        opset,
+    )
 
 
 @pytest.mark.parametrize("opset", [11, 12, 13, 18])
@@ -131,8 +137,10 @@ def test_split_to_sequence_is_rewritten_only_where_split_takes_its_sizes_as_an_i
 
 
 def test_ir3_model_keeps_initializers_listed_as_inputs():
-    nodes = [helper.make_node("Constant", [], ["w"], value=helper.make_tensor("w", FLOAT, [3], [1.0, 2.0, 3.0])),
-             helper.make_node("Mul", ["x", "w"], ["y"])]
+    nodes = [
+        helper.make_node("Constant", [], ["w"], value=helper.make_tensor("w", FLOAT, [3], [1.0, 2.0, 3.0])),
+        helper.make_node("Mul", ["x", "w"], ["y"]),
+    ]
     model = model_at(nodes, [tensor_input("x", [2, 3])], [tensor_input("y", [2, 3])], opset=8, ir_version=3)
     simplified, _ = run_simplify(model)
     assert {i.name for i in simplified.graph.initializer} <= {i.name for i in simplified.graph.input}
@@ -148,8 +156,13 @@ def _one_of_each_rule() -> onnx.ModelProto:
         helper.make_node("Identity", ["x"], ["x_copy"], name="remove-identity"),
         helper.make_node("Mul", ["x_copy", "one"], ["scaled"], name="no-op-arithmetic"),
         helper.make_node("Add", ["a", "b"], ["ab"], name="fold-constants"),
-        helper.make_node("Constant", [], ["c"], name="constant-to-initializer",
-                         value=helper.make_tensor("c", FLOAT, [3], [0.5, 0.25, 2.0])),
+        helper.make_node(
+            "Constant",
+            [],
+            ["c"],
+            name="constant-to-initializer",
+            value=helper.make_tensor("c", FLOAT, [3], [0.5, 0.25, 2.0]),
+        ),
         helper.make_node("Relu", ["scaled"], ["r1"], name="relu_first"),
         helper.make_node("Relu", ["scaled"], ["r2"], name="cse"),
         helper.make_node("Add", ["r1", "r2"], ["s"], name="sum"),
@@ -163,13 +176,24 @@ def _one_of_each_rule() -> onnx.ModelProto:
         helper.make_node("Mul", ["v", "merge-initializers"], ["y"], name="scale_w2"),
     ]
     weights = np.array([1.5, -2.0, 3.0], np.float32)
-    initializers = [const("one", np.float32(1.0)), const("a", np.ones(3, np.float32)),
-                    const("b", np.full(3, 2.0, np.float32)), const("w1", weights), const("merge-initializers", weights)]
+    initializers = [
+        const("one", np.float32(1.0)),
+        const("a", np.ones(3, np.float32)),
+        const("b", np.full(3, 2.0, np.float32)),
+        const("w1", weights),
+        const("merge-initializers", weights),
+    ]
     return model_at(nodes, [tensor_input("x", [2, 3])], [tensor_input("y", [2, 3])], initializers)
 
 
-NARROWED_RULES = ["remove-identity", "no-op-arithmetic", "fold-constants", "constant-to-initializer", "cse",
-                  "merge-initializers"]
+NARROWED_RULES = [
+    "remove-identity",
+    "no-op-arithmetic",
+    "fold-constants",
+    "constant-to-initializer",
+    "cse",
+    "merge-initializers",
+]
 
 
 def _is_undone(rule: str, model: onnx.ModelProto) -> bool:
@@ -201,9 +225,11 @@ def test_disabling_a_rule_or_its_site_leaves_exactly_that_rewrite_undone(rule, b
 
 
 def test_disabling_one_site_keeps_the_same_rule_at_other_nodes():
-    nodes = [helper.make_node("Mul", ["x", "one"], ["a"], name="keep_me"),
-             helper.make_node("Relu", ["a"], ["b"], name="relu"),
-             helper.make_node("Mul", ["b", "one"], ["y"], name="drop_me")]
+    nodes = [
+        helper.make_node("Mul", ["x", "one"], ["a"], name="keep_me"),
+        helper.make_node("Relu", ["a"], ["b"], name="relu"),
+        helper.make_node("Mul", ["b", "one"], ["y"], name="drop_me"),
+    ]
     model = model_at(nodes, [tensor_input("x", [2, 3])], [tensor_input("y", [2, 3])], [const("one", np.float32(1))])
     simplified, result = run_simplify(model, disabled=[Site("no-op-arithmetic", "keep_me")])
     assert [n.name for n in simplified.graph.node if n.op_type == "Mul"] == ["keep_me"]
@@ -220,11 +246,13 @@ def test_unnamed_nodes_are_sites_under_their_first_output():
 def test_kept_constant_of_shape_placeholders_are_reported_with_their_size():
     """Model-zoo "light" models hold their weights as ConstantOfShape placeholders; folding them would grow the
     file by their full size, so they stay, and the statistics say so."""
-    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["w"],
-                              value=helper.make_tensor("v", FLOAT, [1], [0.5])),
-             helper.make_node("MatMul", ["x", "w"], ["y"])]
-    model = model_at(nodes, [tensor_input("x", [2, 1024])], [tensor_input("y", [2, 512])],
-                     [const("shape", np.array([1024, 512]))])
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["w"], value=helper.make_tensor("v", FLOAT, [1], [0.5])),
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+    ]
+    model = model_at(
+        nodes, [tensor_input("x", [2, 1024])], [tensor_input("y", [2, 512])], [const("shape", np.array([1024, 512]))]
+    )
     simplified, result = run_simplify(model)
     assert op_counts(simplified)["ConstantOfShape"] == 1
     assert "kept 1 ConstantOfShape placeholders (2.1 MB) unfolded: folding would grow the model" in result.stats
@@ -235,10 +263,12 @@ def test_kept_constant_of_shape_placeholders_are_reported_with_their_size():
 
 
 def test_transpose_pair_that_cancels_goes_and_one_that_composes_becomes_one():
-    nodes = [helper.make_node("Transpose", ["x"], ["t1"], perm=[1, 0, 2]),
-             helper.make_node("Transpose", ["t1"], ["t2"], perm=[1, 0, 2]),
-             helper.make_node("Transpose", ["t2"], ["t3"], perm=[2, 0, 1]),
-             helper.make_node("Transpose", ["t3"], ["y"], perm=[0, 2, 1])]
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t1"], perm=[1, 0, 2]),
+        helper.make_node("Transpose", ["t1"], ["t2"], perm=[1, 0, 2]),
+        helper.make_node("Transpose", ["t2"], ["t3"], perm=[2, 0, 1]),
+        helper.make_node("Transpose", ["t3"], ["y"], perm=[0, 2, 1]),
+    ]
     model = model_at(nodes, [tensor_input("x", [2, 3, 4])], [tensor_input("y", [4, 3, 2])])
     simplified, result = run_simplify(model)
     assert op_counts(simplified) == {"Transpose": 1}
@@ -247,10 +277,18 @@ def test_transpose_pair_that_cancels_goes_and_one_that_composes_becomes_one():
 
 
 def test_reshape_of_a_reshape_reads_the_original_unless_the_target_copies_an_unknown_dim():
-    nodes = [helper.make_node("Reshape", ["x", "s1"], ["r1"]), helper.make_node("Reshape", ["r1", "s2"], ["r2"]),
-             helper.make_node("Reshape", ["r2", "s3"], ["r3"]), helper.make_node("Reshape", ["r3", "s4"], ["y"])]
-    initializers = [const("s1", np.array([-1, 4])), const("s2", np.array([0, 4, 1])),
-                    const("s3", np.array([-1, 2, 2])), const("s4", np.array([0, 4]))]
+    nodes = [
+        helper.make_node("Reshape", ["x", "s1"], ["r1"]),
+        helper.make_node("Reshape", ["r1", "s2"], ["r2"]),
+        helper.make_node("Reshape", ["r2", "s3"], ["r3"]),
+        helper.make_node("Reshape", ["r3", "s4"], ["y"]),
+    ]
+    initializers = [
+        const("s1", np.array([-1, 4])),
+        const("s2", np.array([0, 4, 1])),
+        const("s3", np.array([-1, 2, 2])),
+        const("s4", np.array([0, 4])),
+    ]
     model = model_at(nodes, [tensor_input("x", ["n", 3, 4])], [tensor_input("y", ["m", 4])], initializers)
     simplified, _ = run_simplify(model)
     # s3 copies nothing: it reads x directly, and the two Reshapes before it go (whatever s2 copied). s4
@@ -273,9 +311,11 @@ def test_reshape_target_copying_a_static_dim_is_written_out_and_the_pair_merged(
 
 
 def test_nested_concats_on_one_axis_flatten():
-    nodes = [helper.make_node("Concat", ["x", "x"], ["inner"], axis=1),
-             helper.make_node("Concat", ["x", "inner"], ["outer"], axis=1),
-             helper.make_node("Concat", ["outer", "outer"], ["y"], axis=0)]
+    nodes = [
+        helper.make_node("Concat", ["x", "x"], ["inner"], axis=1),
+        helper.make_node("Concat", ["x", "inner"], ["outer"], axis=1),
+        helper.make_node("Concat", ["outer", "outer"], ["y"], axis=0),
+    ]
     model = model_at(nodes, [tensor_input("x", [2, 3])], [tensor_input("y", [4, 9])])
     simplified, _ = run_simplify(model)
     # The inner Concat joins the outer one; the axis-0 Concat reads an axis-1 one: those two stay apart.
@@ -293,9 +333,14 @@ def test_reshape_target_computed_in_int32_becomes_a_constant():
         helper.make_node("Cast", ["target32"], ["target"], to=INT64),
         helper.make_node("Reshape", ["v", "target"], ["y"]),
     ]
-    initializers = [const("zero", np.array([0])), const("one", np.array([1])), const("ones", np.array([1, 1], np.int32))]
-    model = model_at(nodes, [tensor_input("x", ["n", 5]), tensor_input("v", ["n"])], [tensor_input("y", ["n", 1, 1])],
-                     initializers)
+    initializers = [
+        const("zero", np.array([0])),
+        const("one", np.array([1])),
+        const("ones", np.array([1, 1], np.int32)),
+    ]
+    model = model_at(
+        nodes, [tensor_input("x", ["n", 5]), tensor_input("v", ["n"])], [tensor_input("y", ["n", 1, 1])], initializers
+    )
     simplified, result = run_simplify(model)
     assert op_counts(simplified) == {"Reshape": 1}
     assert Site("materialize-reshape", "Reshape") not in result.sites  # unnamed: reported under its output
@@ -305,11 +350,14 @@ def test_reshape_target_computed_in_int32_becomes_a_constant():
 
 
 def test_reshape_under_allowzero_ignores_the_reshape_before_it_even_with_a_computed_target():
-    nodes = [helper.make_node("Reshape", ["x", "flat"], ["r1"]),
-             helper.make_node("Shape", ["x"], ["target"]),
-             helper.make_node("Reshape", ["r1", "target"], ["y"], allowzero=1)]
-    model = model_at(nodes, [tensor_input("x", ["n", 6])], [tensor_input("y", ["n", 6])],
-                     [const("flat", np.array([-1]))], opset=14)
+    nodes = [
+        helper.make_node("Reshape", ["x", "flat"], ["r1"]),
+        helper.make_node("Shape", ["x"], ["target"]),
+        helper.make_node("Reshape", ["r1", "target"], ["y"], allowzero=1),
+    ]
+    model = model_at(
+        nodes, [tensor_input("x", ["n", 6])], [tensor_input("y", ["n", 6])], [const("flat", np.array([-1]))], opset=14
+    )
     simplified, result = run_simplify(model)
     assert op_counts(simplified)["Reshape"] == 1
     assert any(site.rule == "merge-reshapes" for site in result.sites)
@@ -317,11 +365,14 @@ def test_reshape_under_allowzero_ignores_the_reshape_before_it_even_with_a_compu
 
 
 def test_transpose_that_only_moves_a_size_one_dim_joins_the_reshape_before_it():
-    nodes = [helper.make_node("Reshape", ["x", "s"], ["r"], name="reshape"),
-             helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0, 2], name="relabel"),
-             helper.make_node("Transpose", ["t"], ["y"], perm=[2, 1, 0], name="real_transpose")]
-    model = model_at(nodes, [tensor_input("x", ["n", 8])], [tensor_input("y", [4, 1, "m"])],
-                     [const("s", np.array([1, -1, 4]))])
+    nodes = [
+        helper.make_node("Reshape", ["x", "s"], ["r"], name="reshape"),
+        helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0, 2], name="relabel"),
+        helper.make_node("Transpose", ["t"], ["y"], perm=[2, 1, 0], name="real_transpose"),
+    ]
+    model = model_at(
+        nodes, [tensor_input("x", ["n", 8])], [tensor_input("y", [4, 1, "m"])], [const("s", np.array([1, -1, 4]))]
+    )
     simplified, result = run_simplify(model)
     assert op_counts(simplified) == {"Reshape": 1, "Transpose": 1}
     assert Site("transpose-into-reshape", "relabel") in result.sites
@@ -330,10 +381,18 @@ def test_transpose_that_only_moves_a_size_one_dim_joins_the_reshape_before_it():
 
 
 def test_two_multiplications_by_constants_become_one_unless_the_constant_would_grow():
-    nodes = [helper.make_node("Mul", ["x", "half"], ["a"]), helper.make_node("Mul", ["a", "third"], ["b"]),
-             helper.make_node("Add", ["b", "column"], ["c"]), helper.make_node("Add", ["c", "row"], ["y"])]
-    initializers = [const("half", np.float32(0.5)), const("third", np.full((1, 3), 1 / 3, np.float32)),
-                    const("column", np.ones((2, 1), np.float32)), const("row", np.ones((1, 3), np.float32))]
+    nodes = [
+        helper.make_node("Mul", ["x", "half"], ["a"]),
+        helper.make_node("Mul", ["a", "third"], ["b"]),
+        helper.make_node("Add", ["b", "column"], ["c"]),
+        helper.make_node("Add", ["c", "row"], ["y"]),
+    ]
+    initializers = [
+        const("half", np.float32(0.5)),
+        const("third", np.full((1, 3), 1 / 3, np.float32)),
+        const("column", np.ones((2, 1), np.float32)),
+        const("row", np.ones((1, 3), np.float32)),
+    ]
     model = model_at(nodes, [tensor_input("x", [2, 3])], [tensor_input("y", [2, 3])], initializers)
     simplified, result = run_simplify(model)
     # The Muls merge; the Adds would need a [2, 3] constant from a [2, 1] and a [1, 3] one, so they stay.
@@ -345,10 +404,12 @@ def test_two_multiplications_by_constants_become_one_unless_the_constant_would_g
 def test_dims_stored_as_minus_one_are_not_folded_as_sizes():
     """paddle2onnx writes "any size" as the number -1: a Shape of such a value must not fold to -1 (a Reshape
     target would then hold two -1)."""
-    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
-             helper.make_node("Slice", ["shape", "zero", "one"], ["batch"]),
-             helper.make_node("Concat", ["batch", "minus_one"], ["target"], axis=0),
-             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["batch"]),
+        helper.make_node("Concat", ["batch", "minus_one"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"]),
+    ]
     initializers = [const("zero", np.array([0])), const("one", np.array([1])), const("minus_one", np.array([-1]))]
     model = model_at(nodes, [tensor_input("x", [-1, 4, 6])], [tensor_input("y", [-1, 24])], initializers)
     simplified, _ = run_simplify(model)
@@ -375,8 +436,9 @@ def test_ir3_initializers_listed_as_inputs_fold_like_constants():
 def test_trimmed_empty_optional_inputs_count_as_a_change():
     """onnx_ir's dead-node removal drops trailing empty inputs (Clip(x, "", "") → Clip(x)) without saying so;
     the pipeline holds a pass to what it reports, so simplify must report it."""
-    model = model_at([helper.make_node("Clip", ["x", "", ""], ["y"])], [tensor_input("x", [3])],
-                     [tensor_input("y", [3])])
+    model = model_at(
+        [helper.make_node("Clip", ["x", "", ""], ["y"])], [tensor_input("x", [3])], [tensor_input("y", [3])]
+    )
     simplified, result = run_simplify(model)
     assert result.modified and list(simplified.graph.node[0].input) == ["x"]
     assert "trimmed 1 nodes' empty optional inputs or unused optional outputs" in result.stats
@@ -390,8 +452,9 @@ def test_string_initializers_merge_only_when_every_string_is_equal():
 
     nodes = [helper.make_node("Concat", ["x", "s1", "s2", "s3"], ["y"], axis=0)]
     initializers = [strings("s1", ["a\0", "b"]), strings("s2", ["a", "\0b"]), strings("s3", ["a\0", "b"])]
-    model = model_at(nodes, [tensor_input("x", [2], TensorProto.STRING)], [tensor_input("y", [8], TensorProto.STRING)],
-                     initializers)
+    model = model_at(
+        nodes, [tensor_input("x", [2], TensorProto.STRING)], [tensor_input("y", [8], TensorProto.STRING)], initializers
+    )
     simplified, result = run_simplify(model)
     assert [site.node for site in result.sites if site.rule == "merge-initializers"] == ["s3"]
     assert sorted(i.name for i in simplified.graph.initializer) == ["s1", "s2"]
@@ -411,12 +474,18 @@ def test_nodes_out_of_topological_order_are_sorted():
 def test_cast_to_the_one_type_an_ops_schema_allows_is_a_no_op():
     """Shape inference leaves ai.onnx.ml's Scaler untyped, but its schema says float: a Cast to float after
     it goes (sklearn MLP exports have one); a Cast to double does real work and stays."""
-    nodes = [helper.make_node("Scaler", ["x"], ["scaled"], domain="ai.onnx.ml", offset=[1.0, 2.0], scale=[0.5, 3.0]),
-             helper.make_node("Cast", ["scaled"], ["as_float"], to=FLOAT),
-             helper.make_node("Relu", ["as_float"], ["y"]),
-             helper.make_node("Cast", ["scaled"], ["z"], to=TensorProto.DOUBLE)]
-    graph = helper.make_graph(nodes, "g", [tensor_input("x", [3, 2])],
-                              [tensor_input("y", [3, 2]), tensor_input("z", [3, 2], TensorProto.DOUBLE)])
+    nodes = [
+        helper.make_node("Scaler", ["x"], ["scaled"], domain="ai.onnx.ml", offset=[1.0, 2.0], scale=[0.5, 3.0]),
+        helper.make_node("Cast", ["scaled"], ["as_float"], to=FLOAT),
+        helper.make_node("Relu", ["as_float"], ["y"]),
+        helper.make_node("Cast", ["scaled"], ["z"], to=TensorProto.DOUBLE),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [tensor_input("x", [3, 2])],
+        [tensor_input("y", [3, 2]), tensor_input("z", [3, 2], TensorProto.DOUBLE)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
     model.ir_version = 9
     simplified, result = run_simplify(model)
@@ -437,9 +506,14 @@ def _crnn_head(declared_output) -> onnx.ModelProto:
         helper.make_node("Concat", ["t1", "one", "minus_one"], ["target"], axis=0),
         helper.make_node("Reshape", ["scores", "target"], ["y"]),
     ]
-    initializers = [const("flat", np.array([-1, 4])), const("w", np.arange(12, dtype=np.float32).reshape(4, 3)),
-                    const("i0", np.array(0)), const("axes0", np.array([0])), const("one", np.array([1])),
-                    const("minus_one", np.array([-1]))]
+    initializers = [
+        const("flat", np.array([-1, 4])),
+        const("w", np.arange(12, dtype=np.float32).reshape(4, 3)),
+        const("i0", np.array(0)),
+        const("axes0", np.array([0])),
+        const("one", np.array([1])),
+        const("minus_one", np.array([-1])),
+    ]
     return model_at(nodes, [tensor_input("x", ["T", 1, 4])], [tensor_input("y", declared_output)], initializers)
 
 
@@ -449,8 +523,11 @@ def test_a_minus_one_that_is_the_inputs_own_dim_becomes_a_copy_and_the_name_reac
     model = _crnn_head(["T", 1, 3])
     simplified, _ = run_simplify(model)
     assert op_counts(simplified) == {"Reshape": 2, "MatMul": 1}
-    targets = [onnx.numpy_helper.to_array(next(i for i in simplified.graph.initializer if i.name == n.input[1]))
-               for n in simplified.graph.node if n.op_type == "Reshape"]
+    targets = [
+        onnx.numpy_helper.to_array(next(i for i in simplified.graph.initializer if i.name == n.input[1]))
+        for n in simplified.graph.node
+        if n.op_type == "Reshape"
+    ]
     assert [t.tolist() for t in targets] == [[0, 4], [0, 1, -1]]
     for steps in (1, 5):
         assert_same_outputs(model, simplified, {"x": np.arange(steps * 4, dtype=np.float32).reshape(steps, 1, 4)})

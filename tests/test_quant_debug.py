@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -144,48 +145,22 @@ def test_without_matplotlib_json_and_markdown_are_written_and_the_plot_explained
     assert not (tmp_path / "quant-debug.png").exists()
 
 
+def _debug_quant(model_path: Path, data_path: Path, *options: str, env: dict[str, str] | None = None) -> Any:
+    """``onnxkit debug quant MODEL --calib-data DATA --spec SPEC OPTIONS...`` through click's runner."""
+    arguments = ["debug", "quant", str(model_path), "--calib-data", str(data_path), "--spec", SPEC, *options]
+    return CliRunner().invoke(main, arguments, env=env)
+
+
 def test_cli_prints_the_worst_layer_folded_to_80_columns_and_writes_the_files(damaged, tmp_path: Path) -> None:
     model_path, data_path, _ = damaged
     out = tmp_path / "debug"
-    result = CliRunner().invoke(
-        main,
-        [
-            "debug",
-            "quant",
-            str(model_path),
-            "--calib-data",
-            str(data_path),
-            "--spec",
-            SPEC,
-            "--out",
-            str(out),
-            "--top",
-            "2",
-        ],
-        env={"COLUMNS": "80"},
-    )
+    result = _debug_quant(model_path, data_path, "--out", str(out), "--top", "2", env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert max(len(line) for line in lines if not line.startswith(("  pass result", "wrote"))) <= 80
     assert "1  damaged  MatMul" in lines
     assert (out / "quant-debug.json").exists() and (out / "quant-debug.png").exists()
-    as_json = CliRunner().invoke(
-        main,
-        [
-            "debug",
-            "quant",
-            str(model_path),
-            "--calib-data",
-            str(data_path),
-            "--spec",
-            SPEC,
-            "--out",
-            str(out),
-            "--json",
-            "--isolate",
-            "all",
-        ],
-    )
+    as_json = _debug_quant(model_path, data_path, "--out", str(out), "--json", "--isolate", "all")
     assert as_json.exit_code == 0
     report = json.loads(as_json.stdout)
     # Every layer isolated: ordered by the output error each causes alone, and the ruined one still leads.

@@ -38,6 +38,7 @@ from onnxkit.passes.quantize.runtime import TensorTap, tensor_elem_types
 # Samples the search judges and ranks on: enough for a stable cosine, few enough to run each candidate fast.
 SEARCH_SAMPLES = 8
 RANGE_SAMPLES = 2
+EXCLUDED = "excluded by the user"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,9 +88,10 @@ class _PrecisionPass(Pass):
         if not candidates:
             return self._unchanged(model, "no float32 nodes to convert", {})
         samples = list(itertools.islice(self._dataset(model), SEARCH_SAMPLES))
-        keep = dict.fromkeys(options.exclude, "excluded by the user")
+        keep = dict.fromkeys(options.exclude, EXCLUDED)
         if self.checks_fp16_range:
             keep.update(self._out_of_range(proto, candidates, types, samples[:RANGE_SAMPLES]))
+        before_search = set(keep)
         tolerance = parity.Tolerance(atol=None, rtol=None, min_cosine=options.target_cosine)
         chain = parity.ParityChain(samples, input_specs(proto), "the pass's parity samples", data_given=True)
 
@@ -110,7 +112,7 @@ class _PrecisionPass(Pass):
         else:
             result = converted(list(keep))
             verdict = judge(result)
-        details = self._details(proto, result, candidates, keep, verdict.detail)
+        details = self._details(proto, result, candidates, keep, before_search, verdict.detail)
         if not verdict.passed:
             return self._unchanged(
                 model,
@@ -139,16 +141,25 @@ class _PrecisionPass(Pass):
         result: onnx.ModelProto,
         candidates: list[onnx.NodeProto],
         keep: Mapping[str, str],
+        before_search: set[str],
         report: parity.ParityReport,
     ) -> dict[str, Any]:
         by_op = [n.name for n in candidates if n.op_type in convert.UNSAFE_OPS]
         kept = {name: why for name, why in keep.items() if name not in by_op}
+        by_user = [name for name, why in kept.items() if why == EXCLUDED]
+        by_search = [name for name in kept if name not in before_search]
         return {
             "precision": self.precision,
             "candidates": len(candidates),
             "converted": len(candidates) - len(by_op) - len(kept),
             "kept_float": len(by_op) + len(kept),
-            "kept_by_op_type": len(by_op),
+            # why the rest are kept: the user's exclude list, the fp16 range rules, the search for the target
+            "kept_by": {
+                "op_type": len(by_op),
+                "user": len(by_user),
+                "range": len(kept) - len(by_user) - len(by_search),
+                "search": len(by_search),
+            },
             "kept": kept,
             "weights_converted": sum(t.data_type == self.stored_type for t in result.graph.initializer),
             "bytes_before": proto.ByteSize(),
@@ -166,8 +177,10 @@ class _PrecisionPass(Pass):
 
 
 def _stats(precision: str, details: Mapping[str, Any]) -> list[str]:
-    kept = details["kept"]
-    why = f"{details['kept_by_op_type']} by op type, {len(kept)} by range or search"
+    kept, by = details["kept"], details["kept_by"]
+    why = f"{by['op_type']} by op type, {by['range']} by range, {by['search']} by the search"
+    if by["user"]:
+        why += f", {by['user']} excluded by the user"
     if precision == "bf16":
         summary = (
             f"{details['weights_converted']} weights stored in bf16, computed in float32; the weights of "
@@ -181,7 +194,10 @@ def _stats(precision: str, details: Mapping[str, Any]) -> list[str]:
         )
     lines = [
         summary,
-        f"size {details['bytes_before'] / 2**20:.2f} MB → {details['bytes_after'] / 2**20:.2f} MB",
+        (
+            f"size {details['bytes_before'] / 2**20:.2f} MB → {details['bytes_after'] / 2**20:.2f} MB "
+            f"({details['bytes_after'] / details['bytes_before']:.2f}×)"
+        ),
         f"worst output: cosine {details['worst_cosine']:.6f}, max abs error {details['worst_max_abs_error']:.3g}",
     ]
     lines += [f"kept {name}: {why}" for name, why in list(kept.items())[:5]]

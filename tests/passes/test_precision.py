@@ -80,7 +80,7 @@ def test_fp16_converts_the_safe_nodes_keeps_unsafe_ones_and_the_signature():
     for name in ("exp", "sum", "add_eps"):
         assert TensorProto.FLOAT16 not in input_types(proto, by_name[name]), name
     assert details["kept"]["add_eps"].startswith("constant eps holds 1e-09")
-    assert details["converted"] == 5 and details["kept_by_op_type"] == 2
+    assert details["converted"] == 5 and details["kept_by"] == {"op_type": 2, "user": 0, "range": 1, "search": 0}
     assert details["bytes_after"] < 0.6 * details["bytes_before"]
     assert details["worst_cosine"] >= 0.999
     # Inputs and outputs stay float32, so callers feed and read the same arrays.
@@ -135,6 +135,8 @@ def test_search_keeps_the_nodes_that_add_most_error_in_float_until_the_target_ho
     assert result.report.exit_code == 0 and result.report.passes[0].modified, result.report.to_json()
     assert "past fp16's maximum" in details["kept"]["mul0"]
     assert details["kept"]["mm"].startswith("rank 1"), details  # the search's reason, from quantize's search
+    assert details["kept_by"] == {"op_type": 0, "user": 0, "range": 1, "search": 1}
+    assert "1 by range, 1 by the search" in result.report.passes[0].stats[0]
     assert details["worst_cosine"] >= 0.999
     proto = onnx.load_from_string(model_bytes(result.model))
     assert proto.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT

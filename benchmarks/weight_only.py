@@ -263,7 +263,7 @@ EXTRA_HEADERS = {"top1_agreement": "top-1", "next_token_loss": "loss"}
 
 
 def _rows_table(rows: list[dict[str, Any]], extra: tuple[str, ...]) -> list[str]:
-    from benchmarks.report import _table
+    from benchmarks.report import markdown_table
 
     headers = [
         "variant",
@@ -292,7 +292,7 @@ def _rows_table(rows: list[dict[str, Any]], extra: tuple[str, ...]) -> list[str]
                 _notes(row),
             ]
         )
-    return _table(headers, cells)
+    return markdown_table(headers, cells)
 
 
 def _notes(row: dict[str, Any]) -> str:

@@ -84,13 +84,31 @@ def test_a_target_int4_cannot_meet_moves_the_most_sensitive_matmuls_to_8_bits():
     assert sum(details["quantized_nodes"].values()) == 3
 
 
+def test_the_verdict_is_the_worst_sample_of_all_the_data_in_a_users_session():
+    """Weight-only calibrates nothing, so every sample judges (not the pipeline's held-out fifth), in a session
+    with ORT's defaults as users run the model: the cosine the pass reports is the worst a user measures."""
+    from onnxkit.passes.quantize.runtime import make_session
+
+    result, report = quantize("quantize{mode=weight-only,max_slowdown=none}", embedding_mlp(layers=2))
+    chosen = report.details["chosen"]
+    assert chosen["summary"].startswith(f"held-out: {len(samples())} samples, cosine ")
+    judged = float(chosen["summary"].split("cosine ")[1].split(";")[0])
+    reference, quantized = make_session(embedding_mlp(layers=2)), make_session(to_proto(result.model))
+    cosines = []
+    for sample in samples():
+        expected, got = reference.run(None, sample)[0].ravel(), quantized.run(None, sample)[0].ravel()
+        cosines.append(float(np.dot(expected, got) / (np.linalg.norm(expected) * np.linalg.norm(got))))
+    assert judged == pytest.approx(min(cosines), abs=1e-4) and judged >= 0.99
+
+
 def test_the_report_names_the_model_it_returns_when_the_bisection_ends_on_a_failure(monkeypatch):
-    """Two MatMuls: INT4 everywhere fails, both at 8 bits passes, then the bisection tries one at 8 bits, which
-    fails: the pass returns the both-at-8-bits model, and its report must say that one met the target."""
+    """Two MatMuls and a table: INT4 everywhere fails, all three up (MatMuls at 8 bits, table float) passes, then
+    the bisection tries one and two of them up, which fail: the pass returns the all-up model, and its report
+    must say that one met the target."""
     from onnxkit.passes.quantize.judge import Judge
     from onnxkit.passes.quantize.sensitivity import Verdict
 
-    def eight_bit_matmuls(candidate: onnx.ModelProto) -> Verdict:
+    def everything_up(candidate: onnx.ModelProto) -> Verdict:
         count = sum(
             1
             for n in candidate.graph.node
@@ -98,17 +116,46 @@ def test_the_report_names_the_model_it_returns_when_the_bisection_ends_on_a_fail
             for a in n.attribute
             if a.name == "bits" and a.i == 8
         )
-        return Verdict(count == 2, {"8-bit MatMuls": float(count)})
+        table_float = all(n.op_type != "GatherBlockQuantized" for n in candidate.graph.node)
+        return Verdict(count == 2 and table_float, {"8-bit MatMuls": float(count)})
 
-    monkeypatch.setattr(
-        weight_only, "_judge", lambda *args: Judge("both MatMuls at 8 bits", eight_bit_matmuls, eight_bit_matmuls)
-    )
+    monkeypatch.setattr(weight_only, "_judge", lambda *args: Judge("everything up", everything_up, everything_up))
     result, report = quantize("quantize{mode=weight-only,max_slowdown=none}", embedding_mlp(layers=2))
     details = report.details
-    assert [t["passed"] for t in details["tries"]] == [False, True, False]
-    assert details["chosen"] == details["tries"][1] and len(details["eight_bit"]) == 2
-    assert any(line.startswith("target both MatMuls at 8 bits met (8-bit MatMuls 2.0000") for line in report.stats)
-    assert eight_bit_matmuls(to_proto(result.model)).passed
+    assert [t["passed"] for t in details["tries"]] == [False, True, False, False]
+    assert details["chosen"] == details["tries"][1]
+    assert len(details["eight_bit"]) == 2 and details["float_tables"] == ["embed"]
+    assert any(line.startswith("target everything up met (8-bit MatMuls 2.0000") for line in report.stats)
+    assert everything_up(to_proto(result.model)).passed
+
+
+def test_the_mix_ranks_each_node_by_what_its_4_bit_weights_alone_do_to_the_outputs():
+    """The switchboard's noise for a node is the output noise of the model with that node alone quantized by
+    ORT (measured, not estimated from the node's own output), and the order is noise per byte saved."""
+    import types
+
+    from onnxkit.passes.quantize import weight_only_mix
+    from onnxkit.passes.quantize.runtime import make_session
+
+    model = embedding_mlp(layers=2, opset=21)
+    data = samples(4)
+    options = types.SimpleNamespace(bits=4, block=32, algo="rtn")
+    level = weight_only.INT8_COMPUTE
+    every_node = weight_only._quantize(model, options, level, ["MatMul", "Gather"], set(), set())
+    ranked = weight_only_mix.rank(model, every_node, data, bits=4)
+    assert sorted(n.node for n in ranked) == ["embed", "fc1", "fc2"]
+    assert [n.noise_per_byte for n in ranked] == sorted((n.noise_per_byte for n in ranked), reverse=True)
+
+    reference = make_session(model)
+    for node in ranked:
+        others = {"embed", "fc1", "fc2"} - {node.node}
+        alone = make_session(weight_only._quantize(model, options, level, ["MatMul", "Gather"], others, set()))
+        ratios = []
+        for sample in data:
+            expected, got = reference.run(None, sample)[0], alone.run(None, sample)[0]
+            ratios.append(float(np.square(got - expected).sum() / np.square(expected).sum()))
+        assert node.noise == pytest.approx(np.mean(ratios), rel=1e-3), node
+    assert next(n for n in ranked if n.node == "embed").bytes_saved == 200 * 64 * 4 - 200 * 64 // 2
 
 
 def test_8_bit_leaves_the_table_float_and_says_so():

@@ -276,7 +276,7 @@ def optimize(
         report_path.write_text(result.report.to_markdown() if report_path.suffix == ".md" else result.report.to_json())
     if as_json:
         payload = result.report.to_dict()
-        deploy_cli.report_target(target, result.model, as_json, payload)
+        target_supported = deploy_cli.report_target(target, result.model, as_json, payload)
         click.echo(json.dumps(payload, indent=2))
     else:
         from rich.console import Console
@@ -294,9 +294,11 @@ def optimize(
                 f"[yellow]rolled back:[/] {', '.join(result.report.rolled_back)} (the saved model does without it)"
             )
         click.echo(f"saved {output}")  # plain echo: rich would wrap a long path
-        deploy_cli.report_target(target, result.model, as_json, {})
+        target_supported = deploy_cli.report_target(target, result.model, as_json, {})
     if result.report.exit_code:
         raise SystemExit(result.report.exit_code)
+    if not target_supported:
+        raise SystemExit(1)
 
 
 @main.command(name="passes")

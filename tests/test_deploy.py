@@ -4,6 +4,8 @@ TensorRT's published matrix, runs on OpenVINO and from .ort files compared with 
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import onnx
@@ -13,7 +15,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.cli import main
-from onnxkit.deploy import deploy_check, get_target
+from onnxkit.deploy import deploy_check, get_target, to_ort
 from tests.conftest import run_model
 
 
@@ -93,6 +95,20 @@ def test_target_picks_its_pipeline_and_portable_output_has_only_standard_domains
     assert report["deployment"]["supported"] is True
     recorded = {p.key: p.value for p in onnx.load(str(tmp_path / "portable.onnx")).metadata_props}
     assert recorded["onnxkit.spec"] == "simplify,fuse"
+
+
+def test_portable_fails_a_model_that_keeps_a_contrib_op(tmp_path):
+    # A model already fused for ONNX Runtime: portable's pipeline adds no com.microsoft op and removes none,
+    # so the output would not be portable, and optimize says so with exit status 1.
+    source = tmp_path / "gelu.onnx"
+    onnx.save(with_contrib_gelu(), source)
+    result = invoke("optimize", source, "--target", "portable", "-o", tmp_path / "portable.onnx")
+    assert result.exit_code == 1, result.output
+    assert "target portable: NOT supported: 1 of 2 nodes unsupported" in result.output
+    assert "FAILED: portable would refuse the saved model" in result.output
+    as_json = invoke("optimize", source, "--target", "portable", "-o", tmp_path / "again.onnx", "--json")
+    assert as_json.exit_code == 1, as_json.output
+    assert json.loads(as_json.stdout)["deployment"]["unsupported_ops"] == {"com.microsoft::Gelu": 1}
 
 
 def test_portable_and_tensorrt_flag_a_contrib_op_that_ort_runs(tmp_path):
@@ -220,6 +236,73 @@ def test_openvino_names_the_node_its_frontend_cannot_convert(tmp_path):
     report = deploy_check(_saved(model, tmp_path), "openvino")
     assert [(n.name, n.op) for n in report.support.unsupported] == [("ms_gelu", "my.company::Gelu")]
     assert report.parity is None and not report.passed
+
+
+def test_openvino_dying_mid_run_is_a_one_line_failure_not_a_dead_onnxkit(tmp_path):
+    pytest.importorskip("openvino")
+    from onnxkit import parity
+    from onnxkit.deploy.openvino import OpenVinoCrashed, OpenVinoSession
+
+    path = _saved(cnn(), tmp_path)
+    with OpenVinoSession(path, onnx_names=["image", "logits"]) as session:
+        feed = {"image": np.zeros((1, 3, 16, 16), np.float32)}
+        assert session.run(None, feed)[0].shape == (1, 10)
+        # OpenVINO is held in a child process; kill it the way a crash in its native code does.
+        os.kill(session._process._child.pid, signal.SIGSEGV)
+        with pytest.raises(OpenVinoCrashed, match=r"^OpenVINO crashed \(SIGSEGV\) while running the model$"):
+            session.run(None, feed)
+        report = parity.compare_models(path, session)
+    assert not report.passed
+    assert "OpenVINO crashed (SIGSEGV) while running the model" in report.summary()
+
+
+@pytest.mark.slow  # fetches onnx-asr's wheel into the corpus cache (once), and OpenVINO's crash costs seconds
+def test_openvino_segfaulting_in_its_frontend_is_a_failed_check(tmp_path):
+    pytest.importorskip("openvino")
+    from benchmarks.real import fetch
+    from benchmarks.real.corpus import cache_dir, load_manifest
+
+    # OpenVINO 2026.4's ONNX frontend segfaults converting this model (a Scan framing audio, then DFT, Clip).
+    models = load_manifest(only=("onnxasr_wespeaker",))
+    assert fetch.fetch(models) == []
+    result = invoke("deploy-check", models[0].path(cache_dir()), "--target", "openvino")
+    assert result.exit_code == 1, result.output
+    assert "model: OpenVINO crashed (SIGSEGV) while converting the model with its ONNX frontend" in result.output
+
+
+def ir3_model_with_initializer_inputs() -> onnx.ModelProto:
+    """An IR version 3 model as old exporters wrote it: its initializers listed among its graph inputs. The two
+    biases are equal, so ONNX Runtime's constant sharing keeps one of them."""
+    nodes = [
+        helper.make_node("Add", ["x", "bias1"], ["h"], name="add1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Add", ["r", "bias2"], ["y"], name="add2"),
+    ]
+    biases = [numpy_helper.from_array(np.array([0.5], np.float32), name) for name in ("bias1", "bias2")]
+    graph = helper.make_graph(
+        nodes,
+        "old",
+        [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+            for name, shape in [("x", [2, 4]), *((b.name, [1]) for b in biases)]
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        biases,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=3)
+
+
+def test_ir3_initializer_inputs_stay_constants_in_the_ort_file(tmp_path):
+    source = _saved(ir3_model_with_initializer_inputs(), tmp_path)
+    assert [i.name for i in ort.InferenceSession(source).get_inputs()] == ["x"]  # ORT: constants, not inputs
+    converted = to_ort(source, tmp_path / "old.ort")
+    (note,) = converted.notes
+    assert note.startswith("IR version 3: its 2 initializers listed as graph inputs were converted as constants")
+    session = ort.InferenceSession(str(converted.ort_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["x"]
+    x = np.arange(8, dtype=np.float32).reshape(2, 4) - 4
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], np.maximum(x + 0.5, 0) + 0.5)
+    assert onnx.load(source).ir_version == 3  # the input file is untouched
 
 
 def test_to_ort_writes_a_loadable_ort_file_that_matches_and_its_build_config(tmp_path):

@@ -25,7 +25,6 @@ import onnx_ir as ir
 
 from onnxkit import modelio, parity, runtime
 from onnxkit.data import as_dataset, input_specs
-from onnxkit.deploy import support
 from onnxkit.deploy.support import SupportReport, ort_version
 from onnxkit.deploy.targets import get_target
 from onnxkit.errors import ModelLoadError
@@ -42,6 +41,7 @@ class DeployReport:
     run_error: str | None = None  # the target's runtime could not load or convert the model
     commands: list[str] = dataclasses.field(default_factory=list)  # what to run next (trtexec)
     reduced_build_config: str | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)  # what was done to run the model on the target
 
     @property
     def passed(self) -> bool:
@@ -49,12 +49,13 @@ class DeployReport:
 
     def lines(self) -> list[str]:
         lines = [f"{self.model}: deploy-check --target {self.target}", *self.support.lines()]
+        lines += [f"note: {note}" for note in self.notes]
         if self.parity is not None:
             lines.append(f"ran on {self.runtime}, compared with ONNX Runtime {ort_version()} (optimizations off):")
             lines += [f"  {line}" for line in self.parity.lines()]
-        elif self.run_error:
+        if self.run_error:
             lines.append(f"FAILED on the target: {self.run_error}")
-        elif self.skipped_run:
+        elif self.skipped_run and self.parity is None:
             lines.append(f"not run on the target: {self.skipped_run}")
         if self.reduced_build_config is not None:
             lines.append("reduced-operator build configuration (build.py --include_ops_by_config FILE):")
@@ -77,6 +78,7 @@ class DeployReport:
             "run_error": self.run_error,
             "commands": list(self.commands),
             "reduced_build_config": self.reduced_build_config,
+            "notes": list(self.notes),
         }
 
 
@@ -123,19 +125,26 @@ def deploy_check(
                 report.run_error = e.message
                 return report
             report.reduced_build_config = converted.config
+            report.notes += converted.notes
             report.runtime = f"ONNX Runtime {ort_version()} from the converted {converted.ort_path.name}"
             report.parity = compare(runtime.make_session(converted.ort_path))
     elif target == "openvino":
-        from onnxkit.deploy.openvino import OpenVinoSession
+        from onnxkit.deploy.openvino import OpenVinoCrashed, OpenVinoError, OpenVinoSession
 
         try:
             names = [v.name for v in (*model.graph.inputs, *model.graph.outputs) if v.name]
             session = OpenVinoSession(path, precision=precision, onnx_names=names)
-        except RuntimeError as e:  # OpenVINO raises RuntimeError for what it cannot read or compile
-            report.run_error = f"OpenVINO cannot compile the model: {support.last_line(e)}"
+        except OpenVinoCrashed as e:
+            report.run_error = str(e)
             return report
-        report.runtime = session.describe()
-        report.parity = compare(session)
+        except OpenVinoError as e:
+            report.run_error = f"OpenVINO cannot compile the model: {e}"
+            return report
+        with session:
+            report.runtime = session.describe()
+            report.parity = compare(session)
+        if session.crash is not None:  # parity names the failed sample; the report says the runtime died
+            report.run_error = session.crash
     return report
 
 

@@ -34,18 +34,26 @@ def target_spec(target: str | None, spec: str | None, config: Path | None) -> st
     return chosen
 
 
-def report_target(target: str | None, model: Any, as_json: bool, payload: dict[str, Any]) -> None:
-    """Check the optimized model's operators against the target; print the report, or add it to ``payload``."""
+def report_target(target: str | None, model: Any, as_json: bool, payload: dict[str, Any]) -> bool:
+    """Check the optimized model's operators against the target; print the report, or add it to ``payload``.
+    Returns whether the target runs every node: ``optimize`` exits 1 when it does not, as ``deploy-check`` does
+    (the model is saved all the same, so that it can be inspected)."""
     if target is None:
-        return
+        return True
     from onnxkit.deploy.targets import get_target
 
     report = get_target(target).check_support(model)
     if as_json:
         payload["deployment"] = report.to_dict()
-        return
-    for line in report.lines():
-        click.echo(line)
+    else:
+        for line in report.lines():
+            click.echo(line)
+        if not report.supported:
+            click.echo(
+                f"FAILED: {target} would refuse the saved model; its pipeline does not rewrite these nodes away "
+                "(start from a model without them, e.g. before ONNX Runtime's com.microsoft fusions)"
+            )
+    return report.supported
 
 
 @main.command(name="deploy-check")
@@ -148,6 +156,8 @@ def to_ort_command(model: Path, output: Path | None, check: bool, data_path: str
     if output is not None:
         check_output_path(output, [model], in_place=False)
     converted = to_ort(model, output)
+    for note in converted.notes:
+        click.echo(f"note: {note}")
     click.echo(f"saved {converted.ort_path}")
     click.echo(f"saved {converted.config_path} ({len(converted.operator_lines())} operator lines)")
     if check:

@@ -27,7 +27,6 @@ import onnx
 import onnx_ir as ir
 
 from onnxkit import graph
-from onnxkit.errors import OnnxkitError
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx.ml"})
 TENSORRT_TABLE = "tensorrt-8.5.json"
@@ -242,36 +241,16 @@ def tensorrt_source() -> str:
 # OpenVINO: ask the installed runtime
 
 
-def import_openvino() -> Any:
-    try:
-        import openvino
-    except ImportError as e:
-        raise OnnxkitError("OpenVINO is not installed", hint="pip install 'onnxkit[openvino]'") from e
-    return openvino
-
-
-def openvino_version() -> str:
-    """``2026.4.1``, without the build tag."""
-    return import_openvino().__version__.split("-")[0]
-
-
-@functools.lru_cache(maxsize=1)
-def _onnx_frontend() -> Any:
-    """OpenVINO's ONNX frontend, loaded once and kept: a partially converted model's framework nodes live in
-    the frontend's library, and a model outliving the frontend that made it crashes the process when freed."""
-    from openvino.frontend import FrontEndManager
-
-    return FrontEndManager().load_by_framework("onnx")
-
-
 def check_openvino(model_path: Path, model: ir.Model, device: str = "CPU") -> SupportReport:
     """Convert ``model_path`` with OpenVINO's ONNX frontend, partially, and ask the device which operations
-    it runs. Each refusal is mapped back to the ONNX node that produced it (by node name, else by the names of
-    its output tensors)."""
-    openvino = import_openvino()
+    it runs, in a child process (``openvino.query``): a crash there is a model problem in the report. Each
+    refusal is mapped back to the ONNX node that produced it (by node name, else by the names of its output
+    tensors)."""
+    from onnxkit.deploy import openvino
+
     ops = list(node_ops(model))
     report = SupportReport(
-        "openvino", f"OpenVINO {openvino_version()} ({device}: ONNX frontend, query_model)", len(ops)
+        "openvino", f"OpenVINO {openvino.openvino_version()} ({device}: ONNX frontend, query_model)", len(ops)
     )
     by_name = {op.name: op for op in ops if op.name}
     by_output: dict[str, NodeOp] = {}
@@ -281,82 +260,53 @@ def check_openvino(model_path: Path, model: ir.Model, device: str = "CPU") -> Su
             if match is not None:
                 by_output.update({out.name: match for out in node.outputs if out.name})
 
-    def onnx_node(ov_op: Any) -> NodeOp | None:
-        found = by_name.get(ov_op.get_friendly_name())
+    def onnx_node(ov_op: dict[str, Any]) -> NodeOp | None:
+        found = by_name.get(ov_op["name"])
         if found is None:
-            names = {name for output in ov_op.outputs() for name in output.get_names()}
-            found = next((by_output[n] for n in names if n in by_output), None)
+            found = next((by_output[n] for n in ov_op["outputs"] if n in by_output), None)
         return found
 
-    frontend = _onnx_frontend()
-    # The framework nodes of a partial conversion read the loaded model: it must outlive them, so both are
-    # dropped here, the nodes first.
     try:
-        loaded = frontend.load(str(model_path))
-        converted = frontend.convert_partially(loaded)
-    except Exception as e:  # OpenVINO's own exception types (sequence and map values, say)
-        report.model_problems.append(f"OpenVINO's ONNX frontend cannot read the model: {last_line(e)}")
+        answer = openvino.query(model_path, device)
+    except openvino.OpenVinoCrashed as e:
+        report.model_problems.append(str(e))
         return report
-    try:
-        report.unsupported += _refusals(openvino, converted, device, onnx_node)
-    except RuntimeError as e:  # the plugin's own passes can fail on a converted model (unknown ranks, say)
-        report.model_problems.append(f"OpenVINO's {device} plugin fails on the converted model: {last_line(e)}")
-    finally:
-        del converted
-        del loaded
-    if any(node.reason == FRONTEND_REFUSAL for node in report.unsupported):
+    if answer["frontend_error"] is not None:
+        report.model_problems.append(f"OpenVINO's ONNX frontend cannot read the model: {answer['frontend_error']}")
+    if answer["plugin_error"] is not None:
+        report.model_problems.append(
+            f"OpenVINO's {device} plugin fails on the converted model: {answer['plugin_error']}"
+        )
+    for ov_op in answer["unconverted"]:
+        found = onnx_node(ov_op)
+        report.unsupported.append(
+            UnsupportedNode(
+                found.name if found else ov_op["name"],
+                op_label(ov_op["domain"], ov_op["type"]),
+                found.opset if found else None,
+                found.graph if found else "main",
+                FRONTEND_REFUSAL,
+            )
+        )
+    if answer["unconverted"]:
         report.notes.append(f"the {device} plugin was not asked: OpenVINO compiles only a fully converted model")
+    seen: set[str] = set()
+    for ov_op in answer["unsupported"]:
+        found = onnx_node(ov_op)
+        name = found.name if found else ov_op["name"]
+        if name in seen:
+            continue
+        seen.add(name)
+        report.unsupported.append(
+            UnsupportedNode(
+                name,
+                found.op if found else ov_op["type"],
+                found.opset if found else None,
+                found.graph if found else "main",
+                f"OpenVINO's {device} plugin does not run {ov_op['type']}",
+            )
+        )
     return report
 
 
 FRONTEND_REFUSAL = "OpenVINO's ONNX frontend could not convert it"
-
-
-def last_line(error: BaseException) -> str:
-    """OpenVINO's errors stack one "Exception from <file>" line per layer; the last line says what failed."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
-
-
-def _refusals(
-    openvino: Any, converted: Any, device: str, onnx_node: Callable[[Any], NodeOp | None]
-) -> list[UnsupportedNode]:
-    """What the frontend left unconverted (framework nodes) or, when it converted everything, what the
-    device does not run."""
-    refused = []
-    unconverted = [op for op in converted.get_ordered_ops() if "FrameworkNode" in op.get_type_name()]
-    for ov_op in unconverted:
-        attributes = ov_op.get_attributes()
-        node = onnx_node(ov_op)
-        op = op_label(attributes.get("ONNX_META_domain", ""), attributes.get("ONNX_META_type", ov_op.get_type_name()))
-        refused.append(
-            UnsupportedNode(
-                node.name if node else ov_op.get_friendly_name(),
-                op,
-                node.opset if node else None,
-                node.graph if node else "main",
-                FRONTEND_REFUSAL,
-            )
-        )
-    if unconverted:
-        return refused
-    supported = openvino.Core().query_model(converted, device)
-    seen: set[str] = set()
-    for ov_op in converted.get_ordered_ops():
-        if ov_op.get_friendly_name() in supported or ov_op.get_type_name() in ("Parameter", "Result", "Constant"):
-            continue
-        node = onnx_node(ov_op)
-        name = node.name if node else ov_op.get_friendly_name()
-        if name in seen:
-            continue
-        seen.add(name)
-        refused.append(
-            UnsupportedNode(
-                name,
-                node.op if node else ov_op.get_type_name(),
-                node.opset if node else None,
-                node.graph if node else "main",
-                f"OpenVINO's {device} plugin does not run {ov_op.get_type_name()}",
-            )
-        )
-    return refused

@@ -38,6 +38,8 @@ OLDEST_OPSET = 7
 
 # How the converter names the op it has no adapter for: "No Adapter To Version $12 for Reshape".
 _MISSING_ADAPTER = re.compile(r"No Adapter (?:To|From) Version \$\d+ for (\w+)")
+# And an op that did not exist yet at the target: "No Previous Version of LayerNormalization exists".
+_NO_EARLIER_OP = re.compile(r"No Previous Version of (\w+) exists")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +90,13 @@ class OpsetPass(Pass):
                     f"cannot convert down from opset {current} to {target}: onnx.version_converter has no down "
                     f"adapter for {missing.group(1)}",
                     hint="export the model at the opset you need",
+                ) from e
+            if target < current and (newer := _NO_EARLIER_OP.search(str(e))):
+                op_type = newer.group(1)
+                raise PassFailedError(
+                    f"cannot convert down from opset {current} to {target}: {op_type} does not exist at opset "
+                    f"{target} (ONNX added it at opset {_first_version(op_type)})",
+                    hint=f"export the model at opset {_first_version(op_type)} or later, or without {op_type}",
                 ) from e
             raise PassFailedError(
                 f"onnx.version_converter cannot convert this model to opset {target}: {e}",
@@ -179,6 +188,15 @@ def _newest_kernel_opset(model: ir.Model) -> int:
         if all(_since_version(op_type, opset) <= kernels[op_type] for op_type in op_types):
             return opset
     return OLDEST_OPSET
+
+
+def _first_version(op_type: str) -> int:
+    """The opset at which ONNX added ``op_type``."""
+    return min(
+        schema.since_version
+        for schema in onnx.defs.get_all_schemas_with_history()
+        if schema.name == op_type and schema.domain == ""
+    )
 
 
 def _since_version(op_type: str, opset: int) -> int:

@@ -212,6 +212,21 @@ def test_a_downgrade_through_an_op_without_down_adapter_names_the_op():
         OpsetPass(version=11)(ir.serde.deserialize_model(reshape13_model()))
 
 
+def test_a_downgrade_below_an_ops_first_opset_says_when_it_came():
+    # LayerNormalization is standard from opset 17; MiniLM exported at 18 cannot go down to 11.
+    nodes = [helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["y"], axis=-1)]
+    weights = [numpy_helper.from_array(np.ones(3, np.float32), name) for name in ("scale", "bias")]
+    values = [helper.make_tensor_value_info(name, FLOAT, [2, 3]) for name in ("x", "y")]
+    graph = helper.make_graph(nodes, "g", values[:1], values[1:], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(
+        PassFailedError,
+        match=r"^cannot convert down from opset 18 to 11: LayerNormalization does not exist at opset 11 "
+        r"\(ONNX added it at opset 17\)$",
+    ):
+        OpsetPass(version=11)(ir.serde.deserialize_model(model))
+
+
 def test_a_downgrade_the_cli_cannot_do_is_one_line_and_leaves_the_input(tmp_path):
     source, output = tmp_path / "m.onnx", tmp_path / "out.onnx"
     onnx.save(reshape13_model(), source)

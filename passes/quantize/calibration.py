@@ -164,13 +164,19 @@ class StreamingHistogram:
 
 
 def collect(
-    tap: TensorTap, samples: Iterable[Mapping[str, Any]], num_bins: int | None, progress: Progress | None = None
+    tap: TensorTap,
+    samples: Iterable[Mapping[str, Any]],
+    num_bins: int | None,
+    progress: Progress | None = None,
+    observe: Callable[[Mapping[str, np.ndarray]], None] | None = None,
 ) -> tuple[dict[str, tuple[float, float]], dict[str, StreamingHistogram]]:
     """In one pass, one sample at a time: each tapped tensor's running min and max (finite values only) and,
-    when ``num_bins`` is given, its streaming histogram."""
+    when ``num_bins`` is given, its streaming histogram. ``observe`` sees each sample's tapped tensors too."""
     ranges: dict[str, tuple[float, float]] = {}
     histograms: dict[str, StreamingHistogram] = {}
     for outputs in tap.stream(samples):
+        if observe is not None:
+            observe(outputs)
         for name, value in outputs.items():
             values = _finite_values(value)
             if values.size == 0:
@@ -255,8 +261,10 @@ def calibrate(
     samples: Iterable[Mapping[str, Any]],
     settings: CalibrationSettings,
     progress: Progress | None = None,
+    observe: Callable[[Mapping[str, np.ndarray]], None] | None = None,
 ) -> TensorsData:
-    """Ranges of ``tensor_names`` over ``samples`` by ``settings``, streamed in one pass.
+    """Ranges of ``tensor_names`` over ``samples`` by ``settings``, streamed in one pass; ``observe`` sees
+    each sample's tensors that vary from sample to sample (SmoothQuant's channel maxima, in the same pass).
 
     A tensor no graph input reaches (a weight computed from constants at run time, as in models whose weights
     are ``ConstantOfShape`` placeholders) is the same on every sample: it is read on the first sample only.
@@ -269,7 +277,7 @@ def calibrate(
     ranges: dict[str, tuple[float, float]] = {}
     histograms: dict[str, StreamingHistogram] = {}
     if varying:
-        ranges, histograms = collect(TensorTap(proto, varying, types), samples, bins, progress)
+        ranges, histograms = collect(TensorTap(proto, varying, types), samples, bins, progress, observe)
     if constant:
         first = list(itertools.islice(iter(samples), 1))
         constant_ranges, constant_histograms = collect(

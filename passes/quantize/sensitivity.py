@@ -235,6 +235,7 @@ class SearchResult:
     verifications: int = 0  # candidates judged
     ranking: list[NodeSensitivity] = dataclasses.field(default_factory=list)  # the last ranking measured
     out_of_time: bool = False  # stopped at its deadline without a pass
+    confirmed: bool = False  # ``verdict`` is the search's full judgement (``confirm``), not only its check
 
 
 Quantizer = Callable[[Sequence[str]], onnx.ModelProto]
@@ -296,6 +297,7 @@ def keep_sensitive_in_float(
     max_verifications: int = MAX_VERIFICATIONS,
     keep_float: Mapping[str, str] | None = None,
     deadline: float | None = None,
+    confirm: Judge | None = None,
 ) -> SearchResult:
     """Keep the most sensitive nodes in float until ``judge`` accepts, from one measured ranking.
 
@@ -309,10 +311,18 @@ def keep_sensitive_in_float(
     out of ranked nodes, has the model ranked again from there (at most ``max_rankings`` rankings), since
     keeping nodes float moves where the noise comes from. No ranking or guess starts after ``deadline`` (a
     ``time.perf_counter()`` value); ``SearchResult.out_of_time`` then says the search stopped there.
+
+    With ``confirm``, ``judge`` is a cheaper check that steers the search and ``confirm`` the full judgement,
+    made only on a model the search would hand on (the first one, and the shortest passing prefix once
+    bisected): a prefix it fails counts as failing. The quantize pass's full judgement adds the pipeline's own
+    parity check, ORT's unoptimized run of every parity sample (resnet18: 7 s a candidate, against 1 s for the
+    check), so confirming only where the search ends instead of at each passing bisection step saves most of it.
     """
     keep: dict[str, str] = dict(keep_float or {})
     model = quantize(list(keep))
     verdict = judge(model)
+    if verdict.passed and confirm is not None:
+        verdict = confirm(model)
     verifications, rankings = 1, 0
     logger.debug("%d nodes float at the start: passed %s, excess %s", len(keep), verdict.passed, verdict.excess)
     ranking: list[NodeSensitivity] = []
@@ -335,6 +345,7 @@ def keep_sensitive_in_float(
             stop_when_stuck=rankings < max_rankings,
             ranking_number=rankings,
             deadline=deadline,
+            confirm=confirm,
         )
         verifications += found.verifications
         out_of_time = found.out_of_time
@@ -360,9 +371,15 @@ def _shortest_passing_prefix(
     stop_when_stuck: bool,
     ranking_number: int = 1,
     deadline: float | None = None,
+    confirm: Judge | None = None,
 ) -> SearchResult:
     """The shortest prefix of ``ranking`` that, kept float with ``base``, passes, within ``budget`` judgements;
     else the longest prefix tried, which failed. ``failing`` is the verdict with none of ``ranking`` float.
+
+    With ``confirm``, ``judge`` steers the bisection and the prefix it settles on is confirmed before it is
+    returned (confirmations are not counted against ``budget``). Where the confirmation fails, the longer
+    prefixes ``judge`` passed are confirmed in turn, shortest first, and from there on every step is judged in
+    full, as the search does without ``confirm``: a prefix that fails the confirmation fails.
 
     With ``stop_when_stuck``, a failing prefix that did not even halve the output noise ends the search here:
     the ranking missed what matters (an input ruined upstream hides what a node would ruin itself), and the
@@ -370,6 +387,8 @@ def _shortest_passing_prefix(
     low, high = 0, None  # the longest prefix known to fail, the shortest known to pass
     best: SearchResult | None = None
     last: SearchResult | None = None
+    unconfirmed: dict[int, SearchResult] = {}  # prefixes ``judge`` passed, by length, while confirmations wait
+    in_full = confirm is None
     count = nodes_to_take_out(ranking, failing.excess, len(base))
     used = 0
     out_of_time = False
@@ -382,8 +401,12 @@ def _shortest_passing_prefix(
         verdict = judge(model)
         used += 1
         logger.debug("prefix %d of %d: passed %s, excess %s", count, len(ranking), verdict.passed, verdict.excess)
+        if verdict.passed and in_full and confirm is not None:
+            verdict = confirm(model)
         if verdict.passed:
-            high, best = count, SearchResult(model, keep, verdict, 0)
+            high, best = count, SearchResult(model, keep, verdict, 0, confirmed=in_full)
+            if not in_full:
+                unconfirmed[count] = best
         else:
             stuck = stop_when_stuck and not _progressed(
                 (last or SearchResult(model, keep, failing, 0)).verdict.excess, verdict.excess
@@ -391,17 +414,50 @@ def _shortest_passing_prefix(
             low, last = count, SearchResult(model, keep, verdict, 0)
             if stuck and high is None:
                 break
+        settled = high is not None and (high - low <= max(1, int(high * BISECT_TOLERANCE)) or used >= budget)
+        if settled and not in_full:
+            in_full = True
+            high, best, failed = _confirm_shortest(unconfirmed, confirm)
+            if failed is not None:
+                low, last = len(failed.keep_float) - len(base), failed
+                verdict = failed.verdict
+            settled = high is not None and (high - low <= max(1, int(high * BISECT_TOLERANCE)) or used >= budget)
+            count = low
+        if settled:
+            break
         if high is not None:
-            if high - low <= max(1, int(high * BISECT_TOLERANCE)):
-                break
             count = (low + high) // 2
         elif count == len(ranking):
             break
         else:
             # Noise compounds (a transformer's residual stream), so the estimate falls short: at least double.
             count = min(len(ranking), count + max(count, nodes_to_take_out(ranking[count:], verdict.excess, count)))
+    if best is not None and not in_full:  # out of time mid-bisection: what is handed on is still confirmed
+        _, best, failed = _confirm_shortest(unconfirmed, confirm)
+        last = failed or last
     found = best or last
     assert found is not None, "a search is given a budget of at least one judgement"
     found.verifications = used
     found.out_of_time = out_of_time
     return found
+
+
+def _confirm_shortest(
+    passed: Mapping[int, SearchResult], confirm: Judge | None
+) -> tuple[int | None, SearchResult | None, SearchResult | None]:
+    """The shortest of the prefixes ``passed`` (by length) that ``confirm`` passes too, confirming them shortest
+    first: its length and result (None, None when none does), and the longest that failed (None: none)."""
+    failed = None
+    for length in sorted(passed):
+        result = _confirmed(passed[length], confirm)
+        if result.verdict.passed:
+            return length, result, failed
+        failed = result
+    return None, None, failed
+
+
+def _confirmed(found: SearchResult, confirm: Judge | None) -> SearchResult:
+    """``found`` with ``confirm``'s verdict on its model (once: a confirmed result is returned as it is)."""
+    if confirm is None or found.confirmed:
+        return found
+    return dataclasses.replace(found, verdict=confirm(found.model), confirmed=True)

@@ -128,6 +128,39 @@ class ActivationStats:
     values: list[dict[str, np.ndarray]] | None
 
 
+class ActivationObserver:
+    """Each activation's per-channel maxima, sample by sample, and the values while they fit ``keep_bytes``;
+    fed by its own pass over the model (``observe``) or by calibration's, which taps these tensors anyway."""
+
+    def __init__(self, activations: Sequence[str], keep_bytes: int = 0) -> None:
+        self.activations = list(activations)
+        self.keep_bytes = keep_bytes
+        self.maxima: dict[str, np.ndarray] = {}
+        self.values: list[dict[str, np.ndarray]] | None = []
+        self.kept_bytes = 0
+        self.samples = 0
+
+    def add(self, outputs: Mapping[str, np.ndarray]) -> None:
+        """One sample's tensors (a superset of the activations is fine)."""
+        seen = {name: outputs[name] for name in self.activations if name in outputs}
+        self.samples += 1
+        if self.values is not None:
+            self.kept_bytes += sum(value.nbytes for value in seen.values())
+            if self.kept_bytes <= self.keep_bytes:
+                self.values.append(seen)
+            else:
+                self.values = None
+        for name, value in seen.items():
+            if value.ndim == 0 or value.size == 0:
+                continue
+            magnitude = np.abs(value.reshape(-1, value.shape[-1]).astype(np.float32))
+            channel = np.where(np.isfinite(magnitude), magnitude, 0.0).max(axis=0)
+            self.maxima[name] = channel if name not in self.maxima else np.maximum(self.maxima[name], channel)
+
+    def stats(self) -> ActivationStats:
+        return ActivationStats(self.maxima, self.values)
+
+
 def observe(
     proto: onnx.ModelProto,
     activations: Sequence[str],
@@ -136,23 +169,10 @@ def observe(
     keep_bytes: int = 0,
 ) -> ActivationStats:
     """Each activation's per-channel maxima over ``samples``, streamed, and the values while they fit."""
-    maxima: dict[str, np.ndarray] = {}
-    values: list[dict[str, np.ndarray]] | None = []
-    kept_bytes = 0
+    observer = ActivationObserver(activations, keep_bytes)
     for outputs in TensorTap(proto, activations, types).stream(samples):
-        if values is not None:
-            kept_bytes += sum(value.nbytes for value in outputs.values())
-            if kept_bytes <= keep_bytes:
-                values.append(outputs)
-            else:
-                values = None
-        for name, value in outputs.items():
-            if value.ndim == 0 or value.size == 0:
-                continue
-            magnitude = np.abs(value.reshape(-1, value.shape[-1]).astype(np.float32))
-            channel = np.where(np.isfinite(magnitude), magnitude, 0.0).max(axis=0)
-            maxima[name] = channel if name not in maxima else np.maximum(maxima[name], channel)
-    return ActivationStats(maxima, values)
+        observer.add(outputs)
+    return observer.stats()
 
 
 def scales(activation_max: np.ndarray, weight_max: np.ndarray, alpha: float) -> np.ndarray:

@@ -506,7 +506,7 @@ def test_target_holds_for_the_model_after_the_latency_gate(monkeypatch) -> None:
     from onnxkit.passes.quantize import latency
     from onnxkit.passes.quantize.report import quantized_nodes
 
-    def relu_in_int8_is_slow(float_model, candidate, samples) -> latency.Timing:
+    def relu_in_int8_is_slow(float_model, candidate, samples, max_slowdown=None) -> latency.Timing:
         # Slow while the Relu is INT8 (fused away into conv1's output range); otherwise each INT8 node saves a
         # little, so keeping Relu float, and the Convs INT8, is the gate's best choice.
         relu_in_int8 = not any(n.op_type == "Relu" for n in candidate.graph.node)

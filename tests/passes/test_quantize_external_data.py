@@ -26,7 +26,7 @@ def test_quantize_over_the_protobuf_limit_gives_a_valid_model_and_leaves_the_inp
     data = samples("x", (2, 3, 8, 8), 12)
     timings = iter([latency.Timing(float_ms=1.0, quantized_ms=2.0)])  # the first INT8 model is "slow"
 
-    def first_slow_then_fast(float_model, candidate, timing_samples) -> latency.Timing:
+    def first_slow_then_fast(float_model, candidate, timing_samples, max_slowdown=None) -> latency.Timing:
         # Both models really run, through files, as the gate runs them; only the verdict is scripted.
         latency.time_models([float_model, candidate], timing_samples[:1])
         return next(timings, latency.Timing(float_ms=1.0, quantized_ms=0.5))

@@ -162,3 +162,50 @@ def test_search_stops_at_its_time_budget_and_says_so() -> None:
     reason = result.details["latency_gate"]["kept_whole_model_float"]
     assert reason.endswith("; the search stopped at its 1e-09 s budget (search_budget)")
     assert result.details["search"]["verifications"] == 1 and result.details["search"]["rankings"] == 0
+
+
+def test_the_search_confirms_only_where_it_ends_and_grows_past_a_prefix_the_confirmation_fails() -> None:
+    """``confirm`` (the pipeline's own check, the costly part) is made on the prefix the bisection settles on,
+    not on every passing step; a prefix the check passes and the confirmation fails counts as failing."""
+    checked: list[int] = []
+    confirmed: list[int] = []
+
+    def quantize_keeping(keep):
+        return helper.make_model(helper.make_graph([], str(len(keep)), [], []))
+
+    def rank(model, keep):
+        return [sensitivity.NodeSensitivity(f"n{i}", "MatMul", 1.0 / (i + 1), 10.0) for i in range(40)]
+
+    def check(model):  # passes from 6 float nodes on
+        checked.append(int(model.graph.name))
+        return sensitivity.Verdict(checked[-1] >= 6, excess=0.5 if checked[-1] >= 6 else 3.0)
+
+    def confirm(model):  # stricter: passes from 9 on
+        confirmed.append(int(model.graph.name))
+        return sensitivity.Verdict(confirmed[-1] >= 9, excess=0.9 if confirmed[-1] >= 9 else 1.2)
+
+    search = sensitivity.keep_sensitive_in_float(quantize_keeping, rank, check, confirm=confirm)
+    assert search.verdict.passed and len(search.keep_float) >= 9
+    assert confirmed[-1] == len(search.keep_float)  # what is handed on was confirmed
+    assert all(count >= 6 for count in confirmed)  # only models the check passed are confirmed
+
+    # Where the two agree, the one confirmation is of the prefix the bisection settled on.
+    checked.clear()
+    confirmed.clear()
+    search = sensitivity.keep_sensitive_in_float(quantize_keeping, rank, check, confirm=check)
+    assert search.verdict.passed and len(search.keep_float) >= 6
+    assert sum(count >= 6 for count in checked) >= 3  # two passing steps and the confirmation
+    assert len(checked) == len(set(checked)) + 1 and checked[-1] == len(search.keep_float) == 6
+
+
+def test_the_gate_stops_timing_once_the_answer_is_clear() -> None:
+    from onnxkit.passes.quantize import latency
+
+    # Past the minimum rounds, a ratio far from max_slowdown ends the timing before its time budget.
+    assert latency._clear([[1.0, 1.0], [0.6, 0.7]], 1.0)
+    assert latency._clear([[1.0, 1.0], [1.4, 1.5]], 1.0)
+    assert not latency._clear([[1.0, 1.0], [0.95, 1.05]], 1.0)
+    assert not latency._clear([[1.0, 1.0], [0.5, 0.5]], None)
+    assert latency._enough(latency.MIN_ROUNDS, 0.1, 4, clear=True)
+    assert not latency._enough(latency.MIN_ROUNDS, 0.1, 4, clear=False)
+    assert not latency._enough(2, 0.1, 4, clear=True)  # every sample timed first

@@ -131,3 +131,29 @@ def test_the_pass_does_not_try_smoothing_when_every_node_meets_the_target_in_int
     assert result.details["smoothing"].startswith("SmoothQuant not tried")
     assert "Mul" not in {n.op_type for n in quantized.graph.node}
     assert result.details["quantized_nodes"] == {"MatMul": 2}
+
+
+def test_the_calibration_pass_observes_what_smoothing_needs(monkeypatch) -> None:
+    """The channel maxima and kept values come from calibration's own pass, the same as a pass of their own,
+    and the pass then makes no pass over the model for them."""
+    proto = _prepared(outlier_block())
+    types = tensor_elem_types(proto)
+    activations = [s.activation for s in smoothing.find_sites(proto, ["fc1", "fc2", "gemm"], types)]
+    data = outlier_samples(6)
+    observer = smoothing.ActivationObserver(activations, keep_bytes=2**20)
+    tensors = calibration.calibration_tensors(proto, ("MatMul", "Gemm"), types)
+    settings = calibration.CalibrationSettings("entropy", 2048, 99.99)
+    calibration.calibrate(proto, tensors, types, data, settings, observe=observer.add)
+    alone = smoothing.observe(proto, activations, types, data, keep_bytes=2**20)
+    assert sorted(observer.maxima) == sorted(alone.maxima) == sorted(activations)
+    for name in activations:
+        np.testing.assert_array_equal(observer.maxima[name], alone.maxima[name])
+    assert observer.values is not None and alone.values is not None
+    assert [sorted(v) for v in observer.values] == [sorted(v) for v in alone.values]
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("smoothing ran the model again")
+
+    monkeypatch.setattr(smoothing, "observe", no_second_pass)
+    result, _ = quantize(outlier_block(), outlier_samples(12), mode="static", target_cosine=0.995, **NO_GATE)
+    assert "; kept:" in result.details["smoothing"]

@@ -44,6 +44,7 @@ from onnxkit.graph import default_opset
 from onnxkit.passes.quantize import judge as judging
 from onnxkit.passes.quantize import latency, weight_only_mix
 from onnxkit.passes.quantize.cpu import CpuFeatures, detect_cpu
+from onnxkit.passes.quantize.sensitivity import Verdict
 
 BITS = (4, 8)
 BLOCKS = (32, 64, 128)
@@ -54,6 +55,11 @@ GATHER_OPSET = 21  # GatherBlockQuantized's int4 tables need opset 21 (and IR 10
 FP32_COMPUTE, INT8_COMPUTE = 1, 4
 SYNTHETIC_SAMPLES = 16
 TIMING_SAMPLES = 4
+# The search's aim: at most this share of the output noise the target allows, on the data given, so that
+# inputs beyond it meet the target too. MiniLM-L6 searched on 32 sentences without it met cosine 0.99 at 0.9907
+# on them and missed it on the 32 others (0.9895, 13% more noise); a model that meets the target only without
+# the headroom is still kept, with a warning.
+HEADROOM = 0.8
 
 
 def validate(bits: int, block: int, algo: str) -> None:
@@ -138,7 +144,8 @@ class _Report:
         if judged is not None:
             lines.append(
                 f"target {self.target} {'met' if judged['passed'] else 'NOT met'} ({judged['summary']}; "
-                f"{len(self.tries)} quantized models judged)"
+                f"{len(self.tries)} quantized models judged"
+                + (f"; searched for at most {HEADROOM:.0%} of the noise it allows)" if judged.get("headroom") else ")")
             )
         if self.timing is not None:
             timing = self.timing
@@ -220,7 +227,7 @@ def quantize_weight_only(
 
     gathers = {n.name for n in source.graph.node if n.op_type == "Gather"}
 
-    def judge(raised: Sequence[str], accuracy_level: int) -> tuple[onnx.ModelProto, bool]:
+    def judge(raised: Sequence[str], accuracy_level: int) -> tuple[onnx.ModelProto, Verdict]:
         """``raised``: the MatMuls to put at 8 bits and the tables to keep float."""
         quantized = _quantize(source, options, accuracy_level, list(candidates), set(options.exclude), set(raised))
         verdict = accept(quantized)
@@ -231,10 +238,12 @@ def quantize_weight_only(
                 "eight_bit": len(raised) - tables,
                 "float_tables": tables,
                 "passed": verdict.passed,
+                "headroom": _with_headroom(verdict),
+                "min_cosine": _worst_cosine(verdict.detail),
                 "summary": _brief(verdict.detail),
             }
         )
-        return quantized, verdict.passed
+        return quantized, verdict
 
     samples = list(itertools.islice(data.all_samples, TIMING_SAMPLES))
     found = _search(source, samples, options, level, judge)
@@ -254,6 +263,11 @@ def quantize_weight_only(
         and t["float_tables"] == len(report.float_tables)
         and t["accuracy_level"] == report.settings["accuracy_level"]
     )
+    if not report.chosen["headroom"]:
+        report.warnings.append(
+            f"the target holds on the data given but without the headroom the search aims for (at most "
+            f"{HEADROOM:.0%} of the noise it allows): inputs unlike these may miss it"
+        )
     report.quantized_nodes = _quantized_nodes(quantized, set(report.eight_bit))
 
     report.timing = latency.compare(float_proto, quantized, samples[:TIMING_SAMPLES])
@@ -283,31 +297,47 @@ def quantize_weight_only(
 def _search(
     source: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], options: Any, level: int, judge: Any
 ) -> tuple[onnx.ModelProto, int, list[str]] | None:
-    """The quantized model meeting the target with the fewest nodes above 4 bits (MatMuls at 8 bits, tables
-    float), its accuracy_level and those nodes; None when even all of them up (and fp32 compute) miss it.
+    """The quantized model meeting the target with headroom (``HEADROOM``) with the fewest nodes above 4 bits
+    (MatMuls at 8 bits, tables float), its accuracy_level and those nodes. Where no candidate has the headroom,
+    the first that meets the target itself; None when even all nodes up (and fp32 compute) miss it.
 
     Nodes go up in ``weight_only_mix.rank``'s order, the most output noise per byte saved first, as few as a
     bisection over that order finds: each prefix holds the one before, so more nodes up means less noise."""
-    quantized, passed = judge([], level)
+    without_headroom: tuple[onnx.ModelProto, int, list[str]] | None = None
+
+    def meets(raised: list[str], accuracy_level: int) -> tuple[onnx.ModelProto, bool]:
+        nonlocal without_headroom
+        quantized, verdict = judge(raised, accuracy_level)
+        if verdict.passed and not _with_headroom(verdict) and without_headroom is None:
+            without_headroom = quantized, accuracy_level, raised
+        return quantized, _with_headroom(verdict)
+
+    quantized, passed = meets([], level)
     if passed:
         return quantized, level, []
     ranked = (
         [n.node for n in weight_only_mix.rank(source, quantized, samples, options.bits)] if options.bits == 4 else []
     )
     if ranked:
-        everything, passed = judge(ranked, level)
+        everything, passed = meets(ranked, level)
         if passed:
-            low, high, best = 0, len(ranked), everything  # judge(ranked[:low]) fails, judge(ranked[:high]) passes
+            low, high, best = 0, len(ranked), everything  # meets(ranked[:low]) fails, meets(ranked[:high]) passes
             while high - low > 1:
                 middle = (low + high) // 2
-                candidate, passed = judge(ranked[:middle], level)
+                candidate, passed = meets(ranked[:middle], level)
                 low, high, best = (low, middle, candidate) if passed else (middle, high, best)
             return best, level, ranked[:high]
     if level != FP32_COMPUTE:  # int8 compute quantizes activations too; fp32 compute does not
-        quantized, passed = judge(ranked, FP32_COMPUTE)
+        quantized, passed = meets(ranked, FP32_COMPUTE)
         if passed:
             return quantized, FP32_COMPUTE, ranked
-    return None
+    return without_headroom
+
+
+def _with_headroom(verdict: Verdict) -> bool:
+    """Whether ``verdict`` passed with its output noise at most ``HEADROOM`` of what the target allows (a
+    target that cannot say, a top-1 rate or a user metric, only has to pass)."""
+    return verdict.passed and (verdict.excess is None or verdict.excess <= HEADROOM)
 
 
 def _quantize(
@@ -475,10 +505,16 @@ def _quantized_nodes(proto: onnx.ModelProto, eight_bit: set[str]) -> dict[str, i
 
 
 def _brief(detail: Mapping[str, Any]) -> str:
-    """Each comparison's samples and worst cosine, or a metric's value."""
+    """Each comparison's samples and worst cosine, or a metric's value. The judge's "held-out" comparison runs
+    on every sample here (``_EverySampleJudges``), and says so."""
     return "; ".join(
-        f"{key}: {value.samples} samples, cosine {value.min_cosine:.4f}"
+        f"{key.replace('held-out', 'every sample')}: {value.samples} samples, cosine {value.min_cosine:.4f}"
         if hasattr(value, "samples")
         else f"{key} {value:.4f}"
         for key, value in detail.items()
     )
+
+
+def _worst_cosine(detail: Mapping[str, Any]) -> float | None:
+    cosines = [value.min_cosine for value in detail.values() if hasattr(value, "min_cosine")]
+    return round(min(cosines), 6) if cosines else None

@@ -199,8 +199,8 @@ def out_of_range_nodes(proto: onnx.ModelProto, activation_peaks: Mapping[str, fl
 
 
 def _constants_out_of_range(proto: onnx.ModelProto) -> dict[str, str]:
-    """Float constants fp16 cannot hold: any with a magnitude past its maximum (the converter would clip
-    it), and small ones (epsilons, scales: under ``MIN_WEIGHT_ELEMENTS`` elements) with a nonzero magnitude
+    """Float constants fp16 cannot hold: any with a finite magnitude past its maximum (the converter would
+    clip it), and small ones (epsilons, scales: under ``MIN_WEIGHT_ELEMENTS`` elements) with a nonzero magnitude
     below its smallest normal (flushed towards zero)."""
     tensors: list[tuple[str, Any]] = [(t.name, t) for t in proto.graph.initializer]
     tensors += [
@@ -215,8 +215,10 @@ def _constants_out_of_range(proto: onnx.ModelProto) -> dict[str, str]:
         if tensor.data_type != onnx.TensorProto.FLOAT:
             continue
         magnitude = np.abs(numpy_helper.to_array(tensor))
-        if magnitude.size and magnitude.max() > FP16_MAX:
-            found[name] = f"constant {name} holds {magnitude.max():.3g}, past fp16's maximum {FP16_MAX:g}"
+        # Infinities (an attention mask's fill value) and NaN are float16 values as they are.
+        past = magnitude[np.isfinite(magnitude) & (magnitude > FP16_MAX)]
+        if past.size:
+            found[name] = f"constant {name} holds {past.max():.3g}, past fp16's maximum {FP16_MAX:g}"
             continue
         tiny = magnitude[(magnitude > 0) & (magnitude < FP16_SMALLEST_NORMAL)]
         if tiny.size and magnitude.size < MIN_WEIGHT_ELEMENTS:

@@ -126,6 +126,31 @@ def test_fp16_keeps_the_nodes_that_touch_activations_near_the_fp16_limit():
     np.testing.assert_allclose(got, want, rtol=2e-3)  # the input still passes through fp16 on its way in
 
 
+def test_fp16_converts_a_mask_filled_with_minus_infinity_and_keeps_a_finite_fill_past_its_range():
+    """An attention mask's -inf fill is a float16 value as it is (MiniLM's six Where nodes); float32's
+    lowest finite value would be clipped to -65504, so that Where stays float32."""
+
+    def masked_softmax(fill: float) -> onnx.ModelProto:
+        model = chain(("Add", 0.0))
+        model.graph.node[-1].output[0] = "v"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(fill, np.float32), "fill"))
+        model.graph.initializer.append(numpy_helper.from_array(np.array(0.0, np.float32), "zero"))
+        model.graph.node.extend(
+            [
+                helper.make_node("Greater", ["v", "zero"], ["positive"], name="greater"),
+                helper.make_node("Where", ["positive", "v", "fill"], ["masked"], name="where"),
+                helper.make_node("Softmax", ["masked"], ["y"], name="softmax", axis=-1),
+            ]
+        )
+        return model
+
+    infinite = run("fp16", masked_softmax(-np.inf)).report.passes[0]
+    assert infinite.modified and "where" not in infinite.details["kept"], infinite.stats
+    assert infinite.details["worst_cosine"] >= 0.999
+    lowest = run("fp16", masked_softmax(float(np.finfo(np.float32).min))).report.passes[0]
+    assert "fp16's maximum" in lowest.details["kept"]["where"], lowest.stats
+
+
 def test_search_keeps_the_nodes_that_add_most_error_in_float_until_the_target_holds():
     # x @ w lands in fp16's subnormals (about 1e-6, where its steps are 6e-8), and a constant past fp16's
     # maximum scales it back up: the Mul is kept by the range rule, the MatMul only by the search; the Mul
@@ -211,15 +236,23 @@ def test_bf16_stores_weights_in_bfloat16_and_computes_in_float32():
     np.testing.assert_allclose(run_model(proto, {"x": x})[0], run_model(mlp(), {"x": x})[0], atol=2e-2)
 
 
-@pytest.mark.slow  # exports the benchmark CNNs and MiniLM with torch: a few minutes
-@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2", "digits-cnn", "minilm-torchscript"])
-def test_benchmark_models_keep_their_budgets(name, tmp_path):
+@pytest.mark.slow  # builds the benchmark CNNs (the digits one trained) and exports MiniLM with torch: minutes
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2", "digits-cnn", "minilm"])
+def test_benchmark_models_keep_their_budgets_on_held_out_inputs(name, tmp_path):
+    """The issue's must-show, measured as benchmarks/precision.py measures it: fp16 keeps cosine >= 0.999 and
+    bf16 >= 0.99 on inputs the pass never saw, and the pass's own verdict agrees."""
     pytest.importorskip("torch")
-    from benchmarks.models import BUILDERS
+    from benchmarks.precision import CASES, SPECS, convert_and_score, reference_outputs
 
-    model = BUILDERS[name](tmp_path, quick=True)
-    for spec, floor in (("fp16", 0.999), ("bf16", 0.99)):
-        result = Pipeline.parse(spec).run(str(model.path), data=str(model.data))
-        (entry,) = result.report.passes
-        assert entry.modified and result.report.exit_code == 0, (name, spec, entry.stats)
-        assert entry.details["worst_cosine"] >= floor, (name, spec, entry.stats)
+    case = CASES[name](tmp_path, True)
+    expected = reference_outputs(case)
+    for spec, floor in SPECS:
+        _, row = convert_and_score(case, spec, floor, expected)
+        assert row["modified"] and row["status"] == "ok", row["pass_summary"]
+        assert row["finite"] and row["cosine_min"] >= floor, row
+        assert row["pass_cosine_min"] >= floor, row  # the verdict agrees with the held-out measurement
+        assert row["size_ratio"] < 0.6, row
+        if spec == "fp16":
+            assert row["fp16_arithmetic_cosine_min"] >= floor, row
+        if "top1" in row:
+            assert row["top1"] >= np.mean([e.argmax() == label for e, label in zip(expected, case.labels)]) - 0.01

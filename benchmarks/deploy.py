@@ -1,6 +1,7 @@
 """The real-world corpus through ``onnxkit deploy-check``: OpenVINO and ONNX Runtime Mobile.
 
     python -m benchmarks.deploy [--only a,b] [--targets openvino,ort-mobile] [--samples 8] [--json out.json] [--resume]
+    python -m benchmarks.deploy --only a,b --update   # rerun those models; the other records stay
     python -m benchmarks.deploy --report-only   # rewrite RESULTS.md's "Deployment targets" section from the JSON
 
 Each model runs ``deploy-check --json`` as a user would, in its own subprocess with a timeout (a runtime that
@@ -83,7 +84,12 @@ def check(name: str, path: Path, target: str, samples: int, timeout: float) -> d
         model_problems=support["model_problems"],
         ran_on=report["runtime"],
         skipped_run=report["skipped_run"],
+        run_error=report.get("run_error"),
+        notes=report.get("notes", []),
+        within_noise_floor=report.get("within_noise_floor", False),
     )
+    if report.get("noise_floor"):
+        record["noise_floor_max_abs"] = report["noise_floor"]["max_abs_error"]
     if parity is not None:
         record.update(
             parity_passed=parity["passed"],
@@ -105,13 +111,14 @@ def _now() -> str:
 
 
 def outcome(record: dict[str, Any]) -> str:
-    """agree: it ran and matched ONNX Runtime; refused: the operator check stopped it before running;
-    disagree: it ran and its outputs differ (or its inputs do); crash: no report came back."""
-    if "error" in record:
+    """agree: it ran and matched ONNX Runtime; refused: the operator check stopped it before running, or the
+    runtime could not compile it; disagree: it ran and its outputs differ (or its inputs do); crash: no report
+    came back, or the runtime's process died (deploy-check holds OpenVINO in a child process)."""
+    if "error" in record or "crashed" in (record.get("run_error") or ""):
         return "crash"
     if record["passed"]:
         return "agree"
-    return "refused" if record.get("skipped_run") else "disagree"
+    return "refused" if record.get("skipped_run") or record.get("run_error") else "disagree"
 
 
 def _cell(record: dict[str, Any] | None) -> str:
@@ -119,7 +126,9 @@ def _cell(record: dict[str, Any] | None) -> str:
         return "–"
     kind = outcome(record)
     if kind == "crash":
-        detail = record["error"]
+        detail = record.get("error") or record["run_error"]
+    elif kind == "refused" and record.get("run_error"):
+        detail = record["run_error"]
     elif kind == "refused":
         ops = [f"{op} ×{n}" if n > 1 else op for op, n in record["unsupported_ops"].items()]
         detail = (
@@ -129,6 +138,10 @@ def _cell(record: dict[str, Any] | None) -> str:
         )
     elif record.get("samples"):
         detail = f"cosine {record['min_cosine']:.6f}, max abs {record['max_abs_error']:.3g}"
+        if record.get("within_noise_floor"):
+            detail += (
+                f", within the model's float noise (one ulp of input moves it {record['noise_floor_max_abs']:.3g})"
+            )
     else:  # the comparison could not run: the summary says why
         detail = record.get("parity", "").removeprefix("FAILED: ")
     detail = " ".join(detail.split()).replace("|", "\\|")
@@ -149,7 +162,12 @@ def section_lines(run: dict[str, Any]) -> list[str]:
             f"{len(by_model)} models of the real corpus through `onnxkit deploy-check --target T --json`, each in "
             "its own subprocess, on its calibration samples where the corpus has them. *agree*: it ran on the "
             "target and matched ONNX Runtime; *refused*: the operator check stopped it before running; "
-            "*disagree*: it ran and its outputs (or inputs) differ; *crash*: no report came back."
+            "*disagree*: it ran and its outputs (or inputs) differ; *crash*: no report came back, or the "
+            "runtime's process died (OpenVINO runs in a child process, so its crash is one row)."
+            + "".join(
+                f" Rerun {update['at']} (`--only ... --update`) for: {', '.join(update['models'])}."
+                for update in run.get("updates", [])
+            )
         ),
         "",
         "| target | " + " | ".join(OUTCOMES) + " |",
@@ -187,6 +205,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--resume", action="store_true", help="Keep the records already in --json; run the rest.")
     parser.add_argument(
+        "--update", action="store_true", help="With --only: rerun those models, keeping every other record in --json."
+    )
+    parser.add_argument(
         "--report-only", action="store_true", help="Run nothing: rewrite RESULTS.md's deployment section from --json."
     )
     args = parser.parse_args()
@@ -194,7 +215,14 @@ def main() -> None:
         publish(load_run(args.json))
         print(f"wrote the deployment section of {RESULTS_MD}")
         return
-    run = load_run(args.json) if args.resume and args.json.is_file() else {"started": _now(), "records": []}
+    if args.update and not (args.only and args.json.is_file()):
+        parser.error("--update reruns the models of --only in an existing --json")
+    keep = (args.resume or args.update) and args.json.is_file()
+    run: dict[str, Any] = load_run(args.json) if keep else {"started": _now(), "records": []}
+    if args.update:
+        rerun = args.only.split(",")
+        run["records"] = [r for r in run["records"] if r["model"] not in rerun]
+        run.setdefault("updates", []).append({"at": _now(), "models": rerun})
     records = run["records"]
     run["machine"] = machine()
     done = {(r["model"], r["target"]) for r in records}
@@ -206,7 +234,8 @@ def main() -> None:
             records.append(record)
             verdict = record.get("error") or ("PASSED" if record.get("passed") else "FAILED")
             print(f"{name:40} {target:11} {verdict} {record.get('parity', '')[:90]}", flush=True)
-            run["finished"] = _now()
+            if not args.update:
+                run["finished"] = _now()
             args.json.write_text(json.dumps(run, indent=1) + "\n")  # a run cut short keeps what it did
     print(f"wrote {args.json}; python -m benchmarks.deploy --report-only puts it into {RESULTS_MD.name}")
 

@@ -326,6 +326,38 @@ def test_ort_mobile_check_runs_the_converted_model_and_prints_the_reduced_build(
     assert "PASSED: 1 output within tolerance" in result.output
 
 
+def scaled_sine(scale: float, path) -> str:
+    """y = sin(x * scale): with a large scale, one ulp of x moves y by a tenth, as a long recurrence does."""
+    nodes = [helper.make_node("Mul", ["x", "k"], ["h"]), helper.make_node("Sin", ["h"], ["y"])]
+    values = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [4, 64]) for name in ("x", "y")]
+    k = numpy_helper.from_array(np.array(scale, np.float32), "k")
+    graph = helper.make_graph(nodes, "g", values[:1], values[1:], [k])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("scale", "other_scale", "within"),
+    [
+        (1e6, float(np.nextafter(np.float32(1e6), np.float32(2e6))), True),  # the scale one ulp off
+        (2.0, 2.001, False),  # a smooth model: its noise floor is a few ulps, far below a 0.05% change
+    ],
+)
+def test_a_float_disagreement_is_judged_against_the_models_own_noise_floor(tmp_path, scale, other_scale, within):
+    from onnxkit import parity, runtime
+    from onnxkit.deploy.check import DeployReport, _OneUlpUp
+
+    reference = scaled_sine(scale, tmp_path / "reference.onnx")
+    candidate = scaled_sine(other_scale, tmp_path / "candidate.onnx")
+    report = DeployReport(reference, "ort-cpu", get_target("ort-cpu").check_support(reference))
+    report.parity = parity.compare_models(reference, candidate)
+    report.noise_floor = parity.compare_models(reference, _OneUlpUp(runtime.make_session(reference)))
+    assert not report.parity.passed
+    assert report.within_noise_floor is within and report.passed is within
+    verdict = "within" if within else "beyond"
+    assert f"  {verdict} the model's own float noise: inputs one ulp up move" in "\n".join(report.lines())
+
+
 def test_unknown_target_is_a_usage_error(tmp_path):
     result = invoke("deploy-check", _saved(cnn(), tmp_path), "--target", "coreml")
     assert result.exit_code == 2

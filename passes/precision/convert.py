@@ -273,7 +273,6 @@ def with_fp16_intermediates(float_proto: onnx.ModelProto, converted: onnx.ModelP
             values = numpy_helper.to_array(stored[tensor.name]).astype(np.float32)
             graph.initializer[index].CopyFrom(numpy_helper.from_array(values, tensor.name))
     types = _value_types(retyped(emulated))
-    weights = {t.name for t in graph.initializer}
     graph_outputs = {o.name for o in graph.output}
     made: dict[str, str] = {}  # a value a float16 node makes -> its rounded copy, which every consumer reads
     fed: dict[str, str] = {}  # a float32 value a float16 node reads -> the rounded copy only those read
@@ -289,8 +288,8 @@ def with_fp16_intermediates(float_proto: onnx.ModelProto, converted: onnx.ModelP
         for index, name in enumerate(node.input):
             if name in made:
                 node.input[index] = made[name]
-            elif in_fp16 and types.get(name) == onnx.TensorProto.FLOAT and name not in weights:
-                if name not in fed:  # the Cast to float16 the converter puts in front
+            elif in_fp16 and types.get(name) == onnx.TensorProto.FLOAT and name not in stored:
+                if name not in fed:  # the Cast to float16 the converter puts in front (a weight it kept too)
                     fed[name] = f"{name}__fp16_in"
                     round_trip(name, fed[name])
                 node.input[index] = fed[name]

@@ -94,6 +94,12 @@ def describe_lines() -> list[str]:
         ),
         f"weight-only accuracy_level on this machine: {level}, {why} (unset, ORT multiplies in fp32: ~2x slower)",
         (
+            "weight-only target: judged on every sample given (nothing calibrates), in sessions as users run the "
+            "model; at 4 bits the nodes whose 4-bit weights add the most output noise per byte saved go to 8 bits "
+            f"(tables: float) until the output noise is at most {HEADROOM:.0%} of what the target allows, headroom "
+            "for inputs beyond the data"
+        ),
+        (
             "weight-only latency gate: max_slowdown, default 1.0 as for INT8: people pick weight-only mostly for "
             "memory, but with accuracy_level set for the CPU it is usually faster than float, so the default costs "
             "nothing there; where it is slower the whole model stays float and the report says so (on_slow=refuse "

@@ -133,9 +133,10 @@ def test_a_model_that_meets_the_target_only_without_the_headroom_is_kept_with_a_
     """The search aims for HEADROOM of the noise the target allows; where no candidate gets there (here none can:
     a headroom of nothing), the first that meets the target itself is the result, and the report says so."""
     monkeypatch.setattr(weight_only, "HEADROOM", 0.0)
-    result, report = quantize("quantize{mode=weight-only,max_slowdown=none}")
+    _, report = quantize("quantize{mode=weight-only,max_slowdown=none}")
     details = report.details
-    assert [(t["passed"], t["headroom"]) for t in details["tries"]][0] == (True, False)
+    first = details["tries"][0]
+    assert (first["passed"], first["headroom"]) == (True, False)
     assert len(details["tries"]) > 1  # it looked further (nodes up, then fp32 compute) before settling
     assert details["chosen"] == details["tries"][0] and details["eight_bit"] == [] and report.modified
     assert any("without the headroom" in line for line in report.stats)
@@ -219,23 +220,25 @@ def test_accuracy_level_follows_the_cpu(machine, flags, level):
 
 
 @pytest.mark.slow  # exports MiniLM with real weights and searches its INT4/INT8 mix: about a minute
-def test_minilm_int4_with_its_embedding_table_is_a_third_of_fp32_at_cosine_0_99(tmp_path):
+def test_minilm_int4_with_its_embedding_table_is_a_third_of_fp32_at_cosine_0_99_on_sentences_it_never_saw(tmp_path):
+    """The pass is given half the sentences; the model it returns meets cosine 0.99 on the other half too, in a
+    session as users run it (ORT's defaults, weights prepacked: MatMulNBits at its accuracy_level)."""
     from benchmarks.minilm import export_minilm
     from onnxkit.parity import compare_models
 
     minilm = export_minilm(tmp_path)
-    result = Pipeline.parse("quantize{mode=weight-only}").run(str(minilm.path), data=minilm.samples)
+    given, unseen = minilm.samples[0::2], minilm.samples[1::2]
+    result = Pipeline.parse("quantize{mode=weight-only}").run(str(minilm.path), data=given)
     report = result.report.passes[0]
     assert report.status == "ok" and report.modified, report.stats
     nodes = report.details["quantized_nodes"]
     assert nodes["Gather → 4-bit GatherBlockQuantized"] >= 1  # the word embedding table, 30522 × 384
-    assert nodes.get("MatMul → 4-bit MatMulNBits", 0) >= 1
+    assert nodes.get("MatMul → 4-bit MatMulNBits", 0) >= 18  # the measured order keeps most at 4 bits
+    assert report.details["chosen"]["headroom"], report.details["tries"]
     quantized = tmp_path / "minilm.int4.onnx"
     result.save(quantized)
     assert quantized.stat().st_size <= 0.35 * minilm.path.stat().st_size
-    parity = compare_models(
-        minilm.path, quantized, minilm.samples, tolerance={"atol": None, "rtol": None, "min_cosine": 0.99}
-    )
+    parity = compare_models(minilm.path, quantized, unseen, tolerance={"atol": None, "rtol": None, "min_cosine": 0.99})
     assert parity.passed, parity.summary()
 
 
@@ -321,3 +324,21 @@ def test_the_weight_only_results_section_is_rendered_from_its_json_and_survives_
     weight_only.publish(results, page)
     rewritten = render.carry_section(page, "# results\n\n## Headline\nnew\n")
     assert rewritten.count("## Weight-only quantization") == 1 and "## Headline\nnew" in rewritten
+
+
+def test_the_passes_listing_states_the_weight_only_gate_and_target_with_their_reasons():
+    from click.testing import CliRunner
+
+    from onnxkit.cli import main
+
+    result = CliRunner().invoke(main, ["passes"])
+    assert result.exit_code == 0, result.output
+    listing = " ".join(result.output.split())
+    assert (
+        "weight-only latency gate: max_slowdown, default 1.0 as for INT8: people pick weight-only mostly for memory"
+        in (listing)
+    )
+    assert "max_slowdown=none keeps the smaller model whatever its speed" in listing
+    assert (
+        f"at most {weight_only.HEADROOM:.0%} of what the target allows, headroom for inputs beyond the data" in listing
+    )

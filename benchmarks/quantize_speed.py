@@ -6,6 +6,9 @@ For each: FP32, ORT's ``quantize_dynamic``/``quantize_static`` called plainly (Q
 reduce_range as this CPU needs), and onnxkit's ``quantize`` pass in both modes with its defaults (parity
 target, latency gate). Latency is the median of interleaved rounds against FP32 in the same process, one
 thread; figures are ratios, since the machine is shared. ``--out results.json`` keeps the numbers.
+
+``--transform resnet18,minilm-torchscript,...`` measures only static INT8 transform time on the suite's models
+against ORT's ``quantize_static`` (issue 13's target: at most 2x), with the float nodes and cosines onnxkit kept.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 import numpy as np
@@ -55,12 +58,14 @@ def _ort_plain(model_path: Path, mode: str, samples: list[Sample]) -> onnx.Model
         return onnx.load(str(output))
 
 
-def _onnxkit(model_path: Path, spec: str, samples: list[Sample]) -> tuple[onnx.ModelProto, dict[str, Any], float]:
+def _onnxkit(
+    model_path: Path, spec: str, samples: list[Sample], check: Literal["each", "end", "off"] = "off"
+) -> tuple[onnx.ModelProto, dict[str, Any], float]:
     from onnxkit.modelio import to_proto
     from onnxkit.pipeline import Pipeline
 
     started = time.perf_counter()
-    result = Pipeline.parse(spec).run(str(model_path), data=samples, check="off")
+    result = Pipeline.parse(spec).run(str(model_path), data=samples, check=check)
     return to_proto(result.model), result.report.passes[0].details, time.perf_counter() - started
 
 
@@ -205,14 +210,84 @@ def bench_wide_cnn(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-@click.command()
-@click.option("--out", type=click.Path(path_type=Path), help="Also write the rows as JSON here.")
-def main(out: Path | None) -> None:
-    """Measure and print INT8 accuracy, latency and size ratios for MiniLM and two CNNs."""
-    from rich.console import Console
+# The suite's calibration: the same samples for ORT's quantize_static and onnxkit (onnxkit.bench.plan).
+TRANSFORM_SAMPLES = 64
+
+
+def bench_transform(name: str, folder: Path, repeats: int) -> dict[str, Any]:
+    """Static INT8 transform time on a suite model (``benchmarks.models``): ORT's ``quantize_static`` as the
+    suite's peer runs it (defaults) and onnxkit's ``quantize{mode=static}`` pass (its defaults, the parity
+    check of the pipeline off, so only the pass is timed), on the same samples of batch one, one after the other
+    in this process ``repeats`` times; medians, and their ratio."""
+    from benchmarks.models import BUILDERS
+    from onnxkit import external_tools
+
+    model = BUILDERS[name](folder, False)
+    with np.load(model.data, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files if key not in ("labels", "label")}
+    count = len(next(iter(arrays.values())))
+    samples = [{k: v[i % count : i % count + 1] for k, v in arrays.items()} for i in range(TRANSFORM_SAMPLES)]
+    ort_seconds, onnxkit_seconds = [], []
+    details: dict[str, Any] = {}
+    for _ in range(repeats):
+        started = time.perf_counter()
+        external_tools.run_ort_quantize(model.path, folder / f"{name}.ort-int8.onnx", "static", samples=samples)
+        ort_seconds.append(time.perf_counter() - started)
+        _, details, seconds = _onnxkit(model.path, "quantize{mode=static}", samples, check="off")
+        onnxkit_seconds.append(seconds)
+    parity = details.get("parity") or {}
+    ort_median, onnxkit_median = float(np.median(ort_seconds)), float(np.median(onnxkit_seconds))
+    return {
+        "model": name,
+        "ort_s": round(ort_median, 2),
+        "onnxkit_s": round(onnxkit_median, 2),
+        "ratio": round(onnxkit_median / ort_median, 2),
+        "float_nodes": len(details.get("kept_float") or {}),
+        "quantized_nodes": sum((details.get("quantized_nodes") or {}).values()),
+        "cosine": {key: round(float(v["min_cosine"]), 4) for key, v in parity.items() if v.get("min_cosine")},
+        "kept_whole_model_float": details.get("kept_whole_model_float"),
+        "runs": {"ort_s": [round(t, 2) for t in ort_seconds], "onnxkit_s": [round(t, 2) for t in onnxkit_seconds]},
+    }
+
+
+def _print_rows(console: Any, title: str, rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
+    table = Table(title=title)
+    columns = list(dict.fromkeys(key for row in rows for key in row if key != "runs"))
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(row.get(column, "")) for column in columns))
+    console.print(table)
+
+
+@click.command()
+@click.option("--out", type=click.Path(path_type=Path), help="Also write the rows as JSON here.")
+@click.option(
+    "--transform",
+    "transform",
+    default="",
+    help="Comma-separated suite models (benchmarks/models.py): measure only static INT8 transform time against "
+    "ORT's quantize_static, e.g. --transform resnet18,mobilenetv2,minilm-torchscript",
+)
+@click.option("--repeats", default=1, show_default=True, help="With --transform: runs of each tool (medians).")
+def main(out: Path | None, transform: str, repeats: int) -> None:
+    """Measure and print INT8 accuracy, latency and size ratios for MiniLM and two CNNs."""
+    from rich.console import Console
+
     from onnxkit.passes.quantize.cpu import detect_cpu
+
+    if transform:
+        rows = []
+        with tempfile.TemporaryDirectory() as folder:
+            for name in [n for n in transform.split(",") if n]:
+                (Path(folder) / name).mkdir()
+                rows.append(bench_transform(name, Path(folder) / name, repeats))
+        _print_rows(Console(), f"static INT8 transform time on {detect_cpu().describe()}", rows)
+        if out is not None:
+            out.write_text(json.dumps({"cpu": detect_cpu().describe(), "transform": rows}, indent=2))
+        return
 
     results: dict[str, Any] = {"cpu": detect_cpu().describe()}
     with tempfile.TemporaryDirectory() as folder:
@@ -221,14 +296,8 @@ def main(out: Path | None) -> None:
         results["wide_cnn"] = bench_wide_cnn(Path(folder))
     console = Console()
     for name in ("minilm", "digits_cnn", "wide_cnn"):
-        rows = results[name]
-        table = Table(title=f"{name} on {results['cpu']} (latency ratio: INT8/FP32, median of interleaved rounds)")
-        columns = list(dict.fromkeys(key for row in rows for key in row))
-        for column in columns:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*(str(row.get(column, "")) for column in columns))
-        console.print(table)
+        title = f"{name} on {results['cpu']} (latency ratio: INT8/FP32, median of interleaved rounds)"
+        _print_rows(console, title, results[name])
     if out is not None:
         out.write_text(json.dumps(results, indent=2))
 

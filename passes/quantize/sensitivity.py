@@ -376,10 +376,12 @@ def _shortest_passing_prefix(
     """The shortest prefix of ``ranking`` that, kept float with ``base``, passes, within ``budget`` judgements;
     else the longest prefix tried, which failed. ``failing`` is the verdict with none of ``ranking`` float.
 
-    With ``confirm``, ``judge`` steers the bisection and the prefix it settles on is confirmed before it is
-    returned (confirmations are not counted against ``budget``). Where the confirmation fails, the longer
-    prefixes ``judge`` passed are confirmed in turn, shortest first, and from there on every step is judged in
-    full, as the search does without ``confirm``: a prefix that fails the confirmation fails.
+    With ``confirm`` (not counted against ``budget``), the first prefix ``judge`` passes is confirmed at once.
+    Where the two agree, the bisection goes on with ``judge`` alone and the prefix it settles on is confirmed
+    before it is returned; where that confirmation fails, the longer prefixes ``judge`` passed are confirmed in
+    turn, shortest first. Where they disagree, every step from there on is judged in full, as without
+    ``confirm``: a prefix that fails the confirmation fails (MiniLM on padded batches: held-out cosine 0.994,
+    every sample unoptimized 0.988, so a bisection steered by ``judge`` alone settles on prefixes that fail).
 
     With ``stop_when_stuck``, a failing prefix that did not even halve the output noise ends the search here:
     the ranking missed what matters (an input ruined upstream hides what a node would ruin itself), and the
@@ -387,8 +389,9 @@ def _shortest_passing_prefix(
     low, high = 0, None  # the longest prefix known to fail, the shortest known to pass
     best: SearchResult | None = None
     last: SearchResult | None = None
-    unconfirmed: dict[int, SearchResult] = {}  # prefixes ``judge`` passed, by length, while confirmations wait
-    in_full = confirm is None
+    passed: dict[int, SearchResult] = {}  # prefixes ``judge`` passed, by length, confirmed or not
+    # "first": confirm the first pass; "deferred": confirm where the bisection settles; "full": every pass
+    mode = "first" if confirm is not None else "full"
     count = nodes_to_take_out(ranking, failing.excess, len(base))
     used = 0
     out_of_time = False
@@ -401,12 +404,13 @@ def _shortest_passing_prefix(
         verdict = judge(model)
         used += 1
         logger.debug("prefix %d of %d: passed %s, excess %s", count, len(ranking), verdict.passed, verdict.excess)
-        if verdict.passed and in_full and confirm is not None:
-            verdict = confirm(model)
+        confirmed = confirm is None
+        if verdict.passed and confirm is not None and mode != "deferred":
+            verdict, confirmed = confirm(model), True
+            mode = "deferred" if mode == "first" and verdict.passed else "full"
         if verdict.passed:
-            high, best = count, SearchResult(model, keep, verdict, 0, confirmed=in_full)
-            if not in_full:
-                unconfirmed[count] = best
+            high, best = count, SearchResult(model, keep, verdict, 0, confirmed=confirmed)
+            passed[count] = best
         else:
             stuck = stop_when_stuck and not _progressed(
                 (last or SearchResult(model, keep, failing, 0)).verdict.excess, verdict.excess
@@ -415,11 +419,11 @@ def _shortest_passing_prefix(
             if stuck and high is None:
                 break
         settled = high is not None and (high - low <= max(1, int(high * BISECT_TOLERANCE)) or used >= budget)
-        if settled and not in_full:
-            in_full = True
-            high, best, failed = _confirm_shortest(unconfirmed, confirm)
+        if settled and mode == "deferred":
+            mode = "full"
+            high, best, failed = _confirm_shortest(passed, confirm)
             if failed is not None:
-                low, last = len(failed.keep_float) - len(base), failed
+                low, last = max(low, len(failed.keep_float) - len(base)), failed
                 verdict = failed.verdict
             settled = high is not None and (high - low <= max(1, int(high * BISECT_TOLERANCE)) or used >= budget)
             count = low
@@ -432,8 +436,8 @@ def _shortest_passing_prefix(
         else:
             # Noise compounds (a transformer's residual stream), so the estimate falls short: at least double.
             count = min(len(ranking), count + max(count, nodes_to_take_out(ranking[count:], verdict.excess, count)))
-    if best is not None and not in_full:  # out of time mid-bisection: what is handed on is still confirmed
-        _, best, failed = _confirm_shortest(unconfirmed, confirm)
+    if best is not None and mode == "deferred":  # out of time mid-bisection: still confirmed
+        _, best, failed = _confirm_shortest(passed, confirm)
         last = failed or last
     found = best or last
     assert found is not None, "a search is given a budget of at least one judgement"

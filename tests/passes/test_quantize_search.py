@@ -165,8 +165,9 @@ def test_search_stops_at_its_time_budget_and_says_so() -> None:
 
 
 def test_the_search_confirms_only_where_it_ends_and_grows_past_a_prefix_the_confirmation_fails() -> None:
-    """``confirm`` (the pipeline's own check, the costly part) is made on the prefix the bisection settles on,
-    not on every passing step; a prefix the check passes and the confirmation fails counts as failing."""
+    """``confirm`` (the pipeline's own check, the costly part) is made on the first passing prefix and on the
+    one the bisection settles on, not on every passing step; a prefix the check passes and the confirmation
+    fails counts as failing, and what is handed on was confirmed."""
     checked: list[int] = []
     confirmed: list[int] = []
 
@@ -176,26 +177,29 @@ def test_the_search_confirms_only_where_it_ends_and_grows_past_a_prefix_the_conf
     def rank(model, keep):
         return [sensitivity.NodeSensitivity(f"n{i}", "MatMul", 1.0 / (i + 1), 10.0) for i in range(40)]
 
-    def check(model):  # passes from 6 float nodes on
-        checked.append(int(model.graph.name))
-        return sensitivity.Verdict(checked[-1] >= 6, excess=0.5 if checked[-1] >= 6 else 3.0)
+    def judged_from(threshold: int, record: list[int]):
+        def judge(model):
+            record.append(int(model.graph.name))
+            return sensitivity.Verdict(record[-1] >= threshold, excess=0.5 if record[-1] >= threshold else 3.0)
 
-    def confirm(model):  # stricter: passes from 9 on
-        confirmed.append(int(model.graph.name))
-        return sensitivity.Verdict(confirmed[-1] >= 9, excess=0.9 if confirmed[-1] >= 9 else 1.2)
+        return judge
 
-    search = sensitivity.keep_sensitive_in_float(quantize_keeping, rank, check, confirm=confirm)
-    assert search.verdict.passed and len(search.keep_float) >= 9
-    assert confirmed[-1] == len(search.keep_float)  # what is handed on was confirmed
-    assert all(count >= 6 for count in confirmed)  # only models the check passed are confirmed
+    # Where they agree: the first pass and the settled prefix are confirmed, the steps between only checked.
+    search = sensitivity.keep_sensitive_in_float(
+        quantize_keeping, rank, judged_from(6, checked), confirm=judged_from(6, confirmed)
+    )
+    assert search.verdict.passed and len(search.keep_float) == 6
+    passing_steps = [count for count in checked if count >= 6]
+    assert len(passing_steps) >= 3 and confirmed == [passing_steps[0], 6]
 
-    # Where the two agree, the one confirmation is of the prefix the bisection settled on.
+    # Where the confirmation is stricter than the check, nothing it fails is handed on.
     checked.clear()
     confirmed.clear()
-    search = sensitivity.keep_sensitive_in_float(quantize_keeping, rank, check, confirm=check)
-    assert search.verdict.passed and len(search.keep_float) >= 6
-    assert sum(count >= 6 for count in checked) >= 3  # two passing steps and the confirmation
-    assert len(checked) == len(set(checked)) + 1 and checked[-1] == len(search.keep_float) == 6
+    search = sensitivity.keep_sensitive_in_float(
+        quantize_keeping, rank, judged_from(6, checked), confirm=judged_from(9, confirmed)
+    )
+    assert search.verdict.passed and len(search.keep_float) >= 9
+    assert len(search.keep_float) in confirmed and all(count >= 6 for count in confirmed)
 
 
 def test_the_gate_stops_timing_once_the_answer_is_clear() -> None:

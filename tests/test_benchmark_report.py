@@ -144,9 +144,14 @@ def test_quantization_table_renders_the_published_results(published: dict, tmp_p
     measured = [entry for entry in published["models"] if "report" in entry]
     assert measured
     for entry in measured:
-        rows, _ = quant_compare.comparison_rows([entry])
+        rows, notes = quant_compare.comparison_rows([entry])
         assert [row[:2] for row in rows] == [[entry["name"], "static"], [entry["name"], "dynamic"]]
         check_rows_match_records(entry, rows)
+        for tool in entry["report"]["tools"]:  # where onnxkit handed on the float model, a note says why
+            said = [n.split("kept the float model: ", 1)[1] for n in tool["notes"] if "kept the float model: " in n]
+            if tool["runner"] == "onnxkit" and said and tool["ok"]:
+                why = f"{entry['name']} / {tool['klass']}: onnxkit kept the float model: {said[0].split('; ')[0]}"
+                assert why in notes
 
     page = tmp_path / "RESULTS.md"
     page.write_text("old\n<!-- weight-only:start -->\n## Weight-only quantization\nkept\n<!-- weight-only:end -->\n")
@@ -224,4 +229,4 @@ def test_quant_only_bench_counts_float_nodes_on_the_real_outputs(tmp_path: Path)
     entry = {"name": "convnet", "description": "", "report": bench.to_dict(), "float_nodes": counts}
     rows, notes = quant_compare.comparison_rows([entry])
     check_rows_match_records(entry, rows)
-    assert notes == []
+    assert all(": onnxkit kept the float model: " in note for note in notes)  # no failure, no uncounted row

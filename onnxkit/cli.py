@@ -226,6 +226,7 @@ def optimize(
       onnxkit optimize --example mlp --passes cleanup
     """
     from onnxkit import examples
+    from onnxkit.modelio import save_model
     from onnxkit.pipeline import Pipeline
 
     if example == "list":
@@ -270,7 +271,8 @@ def optimize(
         model_dir=model.parent if model is not None else None,
         calib_cache=calib_cache,
     )
-    result.save(output, external_data=external_data)
+    # The model as the run left it, unedited since: its bytes are at hand.
+    save_model(result.model, output, external_data=external_data, serialized=result.serialized)
     result.report.output_path = str(output)
     if report_path is not None:
         report_path.write_text(result.report.to_markdown() if report_path.suffix == ".md" else result.report.to_json())

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import re
@@ -184,23 +185,52 @@ def _all_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
                     yield attr.value
 
 
+@dataclasses.dataclass(frozen=True)
+class TensorLayout:
+    """Where a model's tensors are: bytes held in memory, bytes still in external data files (loaded lazily,
+    serialized as references), and the folder those files are read from (the model file's; None if none)."""
+
+    in_memory_bytes: int
+    external_bytes: int
+    folder: Path | None
+
+    @property
+    def needs_external_data(self) -> bool:
+        """Whether serializing the model would come near protobuf's limit (references to files do not count)."""
+        return self.in_memory_bytes >= EXTERNAL_DATA_THRESHOLD
+
+
+def tensor_layout(model: ir.Model) -> TensorLayout:
+    """The model's ``TensorLayout``, in one walk over its tensors (a walk reads every node's attributes, which
+    on a model of thousands of nodes costs as much as a small pass: callers that need several of these facts
+    ask once)."""
+    in_memory = external = 0
+    folder = None
+    for tensor in _all_tensors(model):
+        if isinstance(tensor, ir.ExternalTensor):
+            external += tensor.nbytes
+            # A model parsed from bytes has no folder: its tensors' base_dir is empty.
+            if folder is None and tensor.base_dir:
+                folder = Path(tensor.base_dir)
+        else:
+            in_memory += tensor.nbytes
+    return TensorLayout(in_memory, external, folder)
+
+
 def external_tensor_bytes(model: ir.Model) -> int:
     """Bytes of the model's tensors still in external data files (loaded lazily, serialized as references)."""
-    return sum(t.nbytes for t in _all_tensors(model) if isinstance(t, ir.ExternalTensor))
+    return tensor_layout(model).external_bytes
 
 
 def external_data_folder(model: ir.Model) -> Path | None:
     """The folder the model's external data is read from (the model file's folder), or None if it has none."""
-    # A model parsed from bytes has no folder: its tensors' base_dir is empty.
-    tensor = next((t for t in _all_tensors(model) if isinstance(t, ir.ExternalTensor) and t.base_dir), None)
-    return Path(tensor.base_dir) if tensor is not None else None
+    return tensor_layout(model).folder
 
 
 def needs_external_data(model: ir.Model) -> bool:
     """Whether serializing the model would come near protobuf's limit: tensors still in external data files
     are serialized as references and do not count."""
-    in_memory = sum(t.nbytes for t in _all_tensors(model) if not isinstance(t, ir.ExternalTensor))
-    return in_memory >= EXTERNAL_DATA_THRESHOLD
+    return tensor_layout(model).needs_external_data
 
 
 def save_model(
@@ -208,6 +238,7 @@ def save_model(
     path: str | os.PathLike[str],
     *,
     external_data: bool | None = None,
+    serialized: bytes | None = None,
 ) -> Path:
     """Save atomically; with external data, the data file is ``<name>.data`` beside it (``<name>.<random>.data``
     when that name is taken: replacing the data a model in place points at would leave a mismatched pair if
@@ -217,6 +248,9 @@ def save_model(
     ``external_data=None`` keeps the model's layout: a model loaded with external data is saved with it (the
     output may be in another folder, so its data must be written anew), other models only past protobuf's
     limit. ``external_data=False`` writes every tensor into the model file.
+
+    ``serialized`` is ``model`` already serialized, whole (the pipeline's last snapshot): a model saved
+    without external data is then written from those bytes instead of being serialized once more.
 
     Everything is written into a temporary folder inside the target folder first, then moved into place
     with ``os.replace`` (atomic on one filesystem). On any failure the temporaries are removed and the
@@ -231,11 +265,15 @@ def save_model(
             f"cannot write {path}: folder {folder} does not exist",
             hint="create the folder first, or save somewhere else",
         )
-    data_folder = external_data_folder(model)
+    layout = tensor_layout(model)
+    data_folder = layout.folder
     if external_data is None:
-        external_data = data_folder is not None or needs_external_data(model)
+        external_data = data_folder is not None or layout.needs_external_data
     data_name = _free_data_name(folder, path.name)
-    replaced_data = _referenced_data(path) if path.is_file() else set()
+    # Which data files the replaced model reads matters only where files named after it are there to remove;
+    # reading it costs a parse of the whole file.
+    data_files_there = any(folder.glob(f"{glob.escape(path.name)}.*data"))
+    replaced_data = _referenced_data(path) if data_files_there and path.is_file() else set()
     _remove_abandoned_staging(folder, path.name)
     try:
         # The pid in the name lets a later save tell a killed save's leftovers from a running save's files.
@@ -253,6 +291,8 @@ def save_model(
             proto = to_proto(model)
             onnx.load_external_data_for_model(proto, str(data_folder))
             staged_model.write_bytes(proto.SerializeToString())
+        elif serialized is not None:
+            staged_model.write_bytes(serialized)
         else:
             ir.save(model, staged_model)
         # Data first: a model file in place must never point at data that is not there yet.
@@ -312,10 +352,14 @@ def _remove_stale_data(folder: Path, model_name: str, kept: str, replaced: set[P
     it was just saved with, if they held the data of the model the save replaced, or are a killed save's
     (``<hex>``: only onnxkit writes those names). A file another model may read stays: a ``<name>.data`` the
     replaced model did not use (the input's, say), and any the saved model still reads (loaded lazily)."""
-    still_read = {Path(t.path).resolve() for t in _all_tensors(model) if isinstance(t, ir.ExternalTensor)}
+    still_read: set[Path] | None = None  # walked for only when there are data files to weigh
     for file in folder.glob(f"{glob.escape(model_name)}.*data"):
         found = _DATA_NAME.fullmatch(file.name[len(model_name) :])
-        if file.name == kept or found is None or file.resolve() in still_read:
+        if file.name == kept or found is None:
+            continue
+        if still_read is None:
+            still_read = {Path(t.path).resolve() for t in _all_tensors(model) if isinstance(t, ir.ExternalTensor)}
+        if file.resolve() in still_read:
             continue
         if found.group(1) or file.resolve() in replaced:
             file.unlink(missing_ok=True)

@@ -33,6 +33,7 @@ from onnxkit.graph import count_nodes, op_histogram
 from onnxkit.pass_base import Pass, PassContext, SourcePass
 from onnxkit.pipeline_run import CheckMode, OnFail, PipelineRun
 from onnxkit.report import PassReport, PipelineReport
+from onnxkit.snapshot import Snapshot
 from onnxkit.spec import build_pass, parse_pass_text, split_top_level
 
 # Names other modules import from here: the spec helpers, and the graph measures the pipeline reports.
@@ -45,6 +46,7 @@ __all__ = [
     "count_nodes",
     "op_histogram",
     "parse_pass_text",
+    "provenance",
     "record_provenance",
     "split_top_level",
 ]
@@ -60,6 +62,9 @@ class PipelineResult:
 
     model: ir.Model
     report: PipelineReport
+    # ``model`` serialized as the run left it, provenance included (None past the in-memory limit): what the
+    # CLI saves, rather than serializing the model once more. Stale once ``model`` is edited.
+    serialized: bytes | None = dataclasses.field(default=None, repr=False)
 
     def save(self, path: str | os.PathLike[str], *, external_data: bool | None = None) -> Path:
         return modelio.save_model(self.model, path, external_data=external_data)
@@ -183,8 +188,9 @@ class Pipeline:
             calibration_data=calibration_data,
         )
         current = run.all(current, passes, progress=progress)
+        serialized = _with_provenance(run.last_snapshot, current, report)
         record_provenance(current, report)
-        return PipelineResult(current, report)
+        return PipelineResult(current, report, serialized)
 
     @staticmethod
     def _starting_model(
@@ -217,13 +223,35 @@ class Pipeline:
         )
 
 
-def record_provenance(model: ir.Model, report: PipelineReport) -> None:
-    """Write what was done into ``metadata_props``: version, spec, per-pass results. No timings, so the
-    same run on the same model writes the same bytes."""
+def provenance(report: PipelineReport) -> dict[str, str]:
+    """What a run records in the saved model's ``metadata_props``: version, spec, per-pass results. No
+    timings, so the same run on the same model writes the same bytes."""
     import json
 
     from onnxkit import __version__
 
-    model.metadata_props["onnxkit.version"] = __version__
-    model.metadata_props["onnxkit.spec"] = report.spec
-    model.metadata_props["onnxkit.passes"] = json.dumps(report.provenance(), sort_keys=True, separators=(",", ":"))
+    return {
+        "onnxkit.version": __version__,
+        "onnxkit.spec": report.spec,
+        "onnxkit.passes": json.dumps(report.provenance(), sort_keys=True, separators=(",", ":")),
+    }
+
+
+def record_provenance(model: ir.Model, report: PipelineReport) -> None:
+    """Write ``provenance(report)`` into the model's ``metadata_props``."""
+    model.metadata_props.update(provenance(report))
+
+
+def _with_provenance(snapshot: Snapshot | None, model: ir.Model, report: PipelineReport) -> bytes | None:
+    """``model`` (the run's result, of which ``snapshot`` is the serialized form) serialized with its
+    provenance, from the snapshot's bytes: protobuf reads concatenated messages as one message, merged, with
+    repeated fields appended, so a message holding only the provenance's ``metadata_props`` is appended to
+    them. None past the in-memory limit (no bytes), and where the model carries provenance already (a model
+    an earlier run saved), whose keys the appended entries would repeat rather than replace."""
+    entries = provenance(report)
+    if snapshot is None or not isinstance(snapshot.model, bytes) or any(k in model.metadata_props for k in entries):
+        return None
+    appended = onnx.ModelProto()
+    for key, value in entries.items():
+        appended.metadata_props.add(key=key, value=value)
+    return snapshot.model + appended.SerializeToString()

@@ -65,6 +65,7 @@ class PipelineRun:
         self.data = data
         self.calibration_data = calibration_data
         self.baseline: Baseline | None = None
+        self.last_snapshot: Snapshot | None = None  # the serialized form of the model ``all`` returned
         self._parity: Any = None
         self._probed: Any = None  # the probe's session and first outputs (data.probe.ProbeRun), until taken
         self.deferring = False  # parity waits for the end of a segment of exact passes
@@ -82,7 +83,8 @@ class PipelineRun:
         self.report.input_summary = {"nodes": count_nodes(current), "bytes": original.size}
         if self.check != "off":
             with clock("parity_inputs"):
-                self._parity_chain(current)  # data problems surface before the first pass runs
+                # Data problems surface before the first pass runs.
+                self._parity_chain(current, original.model if isinstance(original.model, bytes) else None)
             probed, self._probed = self._probed, None  # dropped here unless the background run takes it
             # Not for a proto past the in-memory limit: its weights would be held twice. A model whose weights
             # stay in external data files is bytes of its graph, and its sessions map the weights.
@@ -111,6 +113,7 @@ class PipelineRun:
                         f"the optimized model's outputs drifted beyond {kind} tolerance: {parity.summary()}",
                         hint="run with --check each to find the pass responsible",
                     )
+        self.last_snapshot = before
         return current
 
     def segment(
@@ -340,8 +343,9 @@ class PipelineRun:
             return self.tolerance
         return dataclasses.replace(parity.Tolerance.for_kind(kind), **(self.tolerance or {}))
 
-    def _parity_chain(self, model: ir.Model) -> Any:
-        """The parity inputs, chosen once per run, and the chain that compares each pass's output on them."""
+    def _parity_chain(self, model: ir.Model, serialized: bytes | None = None) -> Any:
+        """The parity inputs, chosen once per run, and the chain that compares each pass's output on them;
+        ``serialized``, the model's bytes, are what a probe for synthetic inputs makes its session from."""
         if self._parity is not None:
             return self._parity
         from onnxkit import parity
@@ -365,7 +369,14 @@ class PipelineRun:
             description = f"held-out samples of the calibration data ({describe_data(self.calibration_data)})"
         else:
             # The probe runs the model on the first sample: that session and run start the reference's.
-            dataset = as_dataset(None, model, dims=self.context.dims, model_dir=self.context.model_dir, keep_run=True)
+            dataset = as_dataset(
+                None,
+                model,
+                dims=self.context.dims,
+                model_dir=self.context.model_dir,
+                keep_run=True,
+                serialized=serialized,
+            )
             assert isinstance(dataset, SyntheticDataset)  # what as_dataset makes when there is no data
             self._probed, dataset.probe_run = dataset.probe_run, None
             description = describe_data(dataset)

@@ -120,9 +120,10 @@ def make_session(
     if isinstance(model, (bytes, bytearray)):
         return _session(bytes(model), options, providers, model_dir)
     if isinstance(model, ir.Model):
+        layout = modelio.tensor_layout(model)
         if model_dir is None:
-            model_dir = modelio.external_data_folder(model)
-        if modelio.needs_external_data(model):
+            model_dir = layout.folder
+        if layout.needs_external_data:
             return _session_from_file(model, options, providers)
         # Tensors still in their data files go as references, read by ORT from model_dir.
         model = modelio.to_proto(model)

@@ -163,6 +163,38 @@ def test_provenance_records_version_spec_and_stats():
     assert record["parity"]["passed"] is True
 
 
+def _without_metadata(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    del proto.metadata_props[:]
+    return proto, metadata
+
+
+def test_the_runs_bytes_are_the_model_it_returns_with_its_provenance(tmp_path):
+    """``serialized`` (what the CLI saves instead of serializing the model again) is the last snapshot's bytes
+    with the provenance appended: read back, the very model ``to_proto`` gives, metadata included."""
+    result = Pipeline.parse("cleanup,shape-inference").run(build_example("mlp"))
+    assert result.serialized is not None
+    read_back, metadata = _without_metadata(onnx.load_model_from_string(result.serialized))
+    expected, expected_metadata = _without_metadata(modelio.to_proto(result.model))
+    assert read_back == expected and metadata == expected_metadata
+    assert metadata["onnxkit.spec"] == "cleanup,shape-inference"
+    # A model that carries an earlier run's provenance is serialized afresh: appended, its keys would repeat.
+    again = Pipeline.parse("cleanup").run(result.model)
+    assert again.serialized is None
+    # Through the CLI, once and again on its own output: each key once, the last run's.
+    from click.testing import CliRunner
+
+    from onnxkit.cli import main
+
+    onnx.save(build_example("mlp"), tmp_path / "m.onnx")
+    for source, output in (("m.onnx", "once.onnx"), ("once.onnx", "twice.onnx")):
+        command = ["optimize", str(tmp_path / source), "--passes", "cleanup", "-o", str(tmp_path / output)]
+        assert CliRunner().invoke(main, command).exit_code == 0
+    keys = [entry.key for entry in onnx.load(tmp_path / "twice.onnx").metadata_props]
+    assert sorted(keys) == ["onnxkit.passes", "onnxkit.spec", "onnxkit.version"]
+    onnx.checker.check_model(onnx.load(tmp_path / "once.onnx"), full_check=True)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # A pass cannot sink the run
 
@@ -331,13 +363,33 @@ def _length_to_probe() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_the_probes_run_is_the_references_first_sample(counted):
+@pytest.fixture
+def runs_are_fast(monkeypatch):
+    """Where a test counts two synthetic samples, a stall of the loaded test machine during the first run must
+    not make the model look slow (``parity.chain.SLOW_RUN_SECONDS``, tested on its own below)."""
+    from onnxkit.parity import chain as parity_chain
+
+    monkeypatch.setattr(parity_chain, "SLOW_RUN_SECONDS", float("inf"))
+
+
+def test_the_probes_run_is_the_references_first_sample(counted, runs_are_fast, monkeypatch):
     # A length to probe: the probe's session, and its outputs on sample 0, start the reference's run.
+    from onnxkit import snapshot
+
+    snapshots, real_of = [], snapshot.Snapshot.of.__func__
+
+    def recording_of(cls, *args, **kwargs):
+        snapshots.append(real_of(cls, *args, **kwargs))
+        return snapshots[-1]
+
+    monkeypatch.setattr(snapshot.Snapshot, "of", classmethod(recording_of))
     result = Pipeline.parse("cleanup").run(_length_to_probe())
     assert "probed" in result.report.parity_inputs
     (cleanup,) = result.report.passes
     assert cleanup.modified and cleanup.parity["passed"] and cleanup.parity["samples"] == 2
     assert len(counted["sessions"]) == 2  # the probe's (then the reference's) and cleanup's output
+    # The probe's session is made from the very bytes of the run's first snapshot, not from another serialization.
+    assert counted["sessions"][0] is snapshots[0].model
 
 
 def test_a_model_whose_probe_run_is_slow_is_checked_on_the_probed_sample_alone(counted, monkeypatch):
@@ -352,7 +404,25 @@ def test_a_model_whose_probe_run_is_slow_is_checked_on_the_probed_sample_alone(c
     assert cleanup.parity["passed"] and cleanup.parity["samples"] == 1
 
 
-def test_exact_passes_compare_fewer_synthetic_samples_than_lossy_ones():
+def test_slow_run_threshold_is_the_reports_one_sample_rule(counted, monkeypatch):
+    """A run just under ``SLOW_RUN_SECONDS`` keeps both samples, one at it takes one: the probe's measured run
+    decides, and the report says so with the measured time."""
+    from onnxkit.data import probe
+    from onnxkit.parity import chain as parity_chain
+
+    real_probe_run = probe.ProbeRun
+
+    def probe_run_taking(seconds):
+        return lambda session, outputs, _measured: real_probe_run(session, outputs, seconds)
+
+    for seconds, samples in ((parity_chain.SLOW_RUN_SECONDS * 0.99, 2), (parity_chain.SLOW_RUN_SECONDS, 1)):
+        monkeypatch.setattr(probe, "ProbeRun", probe_run_taking(seconds))
+        result = Pipeline.parse("cleanup").run(_length_to_probe())
+        assert result.report.passes[0].parity["samples"] == samples
+        assert ("1 sample for exact passes" in result.report.parity_inputs) == (samples == 1)
+
+
+def test_exact_passes_compare_fewer_synthetic_samples_than_lossy_ones(runs_are_fast):
     result = Pipeline.parse("cleanup,quantize{mode=dynamic,max_slowdown=none}").run(build_example("mlp"))
     cleanup, quantize = result.report.passes
     assert cleanup.parity["samples"] == 2  # the same outputs on every input: two random ones show a difference

@@ -57,3 +57,35 @@ def test_the_shape_check_reads_tree_arrays_cut_short_and_still_catches_a_broken_
     copy.replace_input_with(0, broken.outputs[0])
     problems = baseline.problems(Snapshot.of(model), Clock({}))
     assert any(problem.startswith("shape inference:") for problem in problems), problems
+
+
+def test_the_shape_check_keeps_small_initializers_and_sends_weights_as_inputs() -> None:
+    """Shape inference reads the values of shape-like inputs only: initializers up to 1 KB stay, by the bytes
+    their dims and type make (a 256-element int64 shape vector is 2 KB), larger ones become typed inputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    initializers = [
+        numpy_helper.from_array(np.array([1, -1], np.int64), "shape"),  # 16 bytes: kept
+        numpy_helper.from_array(np.ones(256, np.float32), "bias"),  # exactly 1 KB: kept
+        numpy_helper.from_array(np.ones(257, np.float32), "weight"),  # 1028 bytes: an input
+        numpy_helper.from_array(np.ones((2, 128), np.int64), "indices"),  # 2 KB: an input
+        helper.make_tensor("words", TensorProto.STRING, [2], [b"a", b"b"]),  # strings: by their encoded size
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializers,
+    )
+    snapshot = Snapshot.of(ir.serde.deserialize_model(helper.make_model(graph)))
+    assert snapshot.shapes is not None
+    sent = onnx.load_model_from_string(snapshot.shapes).graph
+    assert [t.name for t in sent.initializer] == ["shape", "bias", "words"]
+    inputs = {value.name: value for value in sent.input}
+    assert set(inputs) == {"x", "weight", "indices"}
+    assert [d.dim_value for d in inputs["indices"].type.tensor_type.shape.dim] == [2, 128]
+    assert inputs["indices"].type.tensor_type.elem_type == TensorProto.INT64
+    inferred = onnx.shape_inference.infer_shapes(onnx.load_model_from_string(snapshot.shapes), strict_mode=True)
+    (y,) = inferred.graph.output
+    assert [d.dim_value for d in y.type.tensor_type.shape.dim] == [1, 6]  # the shape's values were read

@@ -155,10 +155,12 @@ def as_dataset(
     seed: int = 0,
     model_dir: str | os.PathLike[str] | None = None,
     keep_run: bool = False,
+    serialized: bytes | None = None,
 ) -> Dataset:
     """A dataset bound to ``model``: ``data`` through ``load_dataset``, or, when it is None, synthetic inputs
     probed until ONNX Runtime runs the model (``probe_dataset``; ``model_dir`` holds the external data of an
-    in-memory model; ``keep_run`` leaves the probe's session and first outputs in its ``probe_run``).
+    in-memory model; ``keep_run`` leaves the probe's session and first outputs in its ``probe_run``;
+    ``serialized``, the model's bytes at hand, makes the probe's session without serializing it again).
 
     ``num_samples`` is the synthetic sample count, or a cap on the samples taken from ``data``.
     """
@@ -170,6 +172,7 @@ def as_dataset(
             seed=seed,
             model_dir=model_dir,
             keep_run=keep_run,
+            serialized=serialized,
         )
     dataset = load_dataset(data).for_model(model)
     return take(dataset, num_samples) if num_samples is not None else dataset

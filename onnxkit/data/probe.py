@@ -62,6 +62,7 @@ def probe_dataset(
     max_tries: int = MAX_TRIES,
     max_seconds: float = MAX_SECONDS,
     keep_run: bool = False,
+    serialized: bytes | None = None,
 ) -> SyntheticDataset:
     """A ``SyntheticDataset`` whose first sample ONNX Runtime runs ``model`` on; ``.describe()`` says what was
     chosen and ``.probe`` how (``DynamicDimension.1=64, DynamicDimension.2=64; 2 tries``).
@@ -70,7 +71,9 @@ def probe_dataset(
     ``probe_run`` (a ``ProbeRun``; None when nothing was probed), for the caller to take: the pipeline's parity
     reference is that very run. Otherwise the session goes once the probe ends, not kept alive by the dataset.
 
-    ``model_dir`` is where the external data of an in-memory model lives. Raises ``DataError`` naming the
+    ``model_dir`` is where the external data of an in-memory model lives; ``serialized`` is the model's bytes,
+    when the caller has them at hand: the probe's session is made from them, not from the model serialized
+    once more. Raises ``DataError`` naming the
     inputs and the node that failed last when no size tried runs, and ``ModelLoadError`` when ONNX Runtime
     cannot load the model at all.
     """
@@ -89,8 +92,9 @@ def probe_dataset(
     if all(role == "batch" for role in open_dims.values()):
         return dataset({})  # nothing to choose but a batch, and a batch of one fits nearly every model
     session = _session(
-        model if isinstance(model, (str, os.PathLike)) else ir_model,
+        model if isinstance(model, (str, os.PathLike)) else serialized if serialized is not None else ir_model,
         model_dir if model_dir is not None else _external_data_folder(ir_model),
+        prepack=runtime.packs_weights(ir_model),
     )
     started, tries, failure, tried = time.perf_counter(), 0, None, None
     for sizes in _ladder(open_dims):
@@ -115,10 +119,10 @@ def probe_dataset(
     raise _nothing_runs(open_dims, hints.specs, tried, tries, failure)
 
 
-def _session(model: Any, model_dir: str | os.PathLike[str] | None) -> Any:
+def _session(model: Any, model_dir: str | os.PathLike[str] | None, *, prepack: bool) -> Any:
     try:
         # The session becomes the parity reference's: packed or not as parity's own (runtime.packs_weights).
-        return runtime.make_session(model, model_dir=model_dir, prepack=runtime.packs_weights(model))
+        return runtime.make_session(model, model_dir=model_dir, prepack=prepack)
     except Exception as error:  # ORT's own exception types: invalid graph, unknown op
         raise ModelLoadError(
             f"ONNX Runtime cannot load the model to probe its inputs: {runtime.error_line(error)}",

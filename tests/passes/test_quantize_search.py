@@ -205,9 +205,10 @@ def test_the_search_confirms_only_where_it_ends_and_grows_past_a_prefix_the_conf
 def test_the_gate_stops_timing_once_the_answer_is_clear() -> None:
     from onnxkit.passes.quantize import latency
 
-    # Past the minimum rounds, a ratio far from max_slowdown ends the timing before its time budget.
+    # Past the minimum rounds, INT8 well below max_slowdown ends the timing before its time budget; looking
+    # slower never does (noise on a loaded machine only adds time, to either model).
     assert latency._clear([[1.0, 1.0], [0.6, 0.7]], 1.0)
-    assert latency._clear([[1.0, 1.0], [1.4, 1.5]], 1.0)
+    assert not latency._clear([[1.0, 1.0], [1.4, 1.5]], 1.0)
     assert not latency._clear([[1.0, 1.0], [0.95, 1.05]], 1.0)
     assert not latency._clear([[1.0, 1.0], [0.5, 0.5]], None)
     assert latency._enough(latency.MIN_ROUNDS, 0.1, 4, clear=True)

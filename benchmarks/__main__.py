@@ -47,8 +47,8 @@ def _step(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 @click.option(
     "--quant-only",
     is_flag=True,
-    help="Only the quantizing pipelines and ORT's quantizers (implies --skip-extras); with --update their rows "
-    "replace the old ones in each model's entry and the float rows stay (e.g. --update --quant-only --model resnet18).",
+    help="Only the quantizing pipelines and ORT's quantizers, their rows replacing the old ones in each model's "
+    "entry while the float rows stay (implies --update and --skip-extras; e.g. --quant-only --model resnet18).",
 )
 @click.option("--out", type=click.Path(path_type=Path), help="Where to write results (default: see above).")
 @click.option("--report-only", is_flag=True, help="Measure nothing: regenerate RESULTS.md and plots from results.json.")
@@ -119,7 +119,7 @@ def main(
         click.echo(f"wrote {out / 'RESULTS.md'} and plots from {out / 'results.json'}")
         return
     out.mkdir(parents=True, exist_ok=True)
-    skip_extras = skip_extras or quant_only
+    skip_extras, update = skip_extras or quant_only, update or quant_only  # never a page of quantizing rows alone
     settings = measure.SuiteSettings.for_run(quick)
     started = time.perf_counter()
     not_reached = "not measured: the run stopped before this step"

@@ -230,7 +230,7 @@ def comparison_rows(models: Iterable[dict[str, Any]]) -> tuple[list[list[str]], 
     if uncounted:
         notes.append(
             f"{', '.join(uncounted)}: measured before nodes kept in float were counted; `python -m benchmarks "
-            "--update --quant-only " + " ".join(f"--model {name}" for name in uncounted) + "` reruns these rows"
+            "--quant-only " + " ".join(f"--model {name}" for name in uncounted) + "` reruns these rows"
         )
     return rows, notes
 

@@ -169,7 +169,7 @@ def test_a_quant_only_rerun_replaces_only_the_quantizing_rows(published: dict) -
     old = {k: v for k, v in old.items() if k not in ("float_nodes", "quant_rerun", "quant_machine")}
     rows, notes = quant_compare.comparison_rows([old])
     assert [row[3] for row in rows] == ["— / —", "— / —"]  # not counted: shown as unknown, not as zero
-    assert f"--update --quant-only --model {old['name']}" in notes[-1]
+    assert f"python -m benchmarks --quant-only --model {old['name']}`" in notes[-1]
 
     # A rerun's entry: the original and the quantizing rows only, each with figures of its own.
     tools = [

@@ -118,6 +118,8 @@ class QuantizeRun:
         plain, 0.981 smoothed). Kept, the smoothed model (the same in float up to rounding) is what ORT
         quantizes from then on."""
         alpha = self.options.smooth_alpha
+        # What calibration saw for the trial (up to SMOOTHING_KEEP_BYTES), released whatever happens here.
+        observed, self._smoothing_seen = self._smoothing_seen, None
         if alpha is None or accept is None or self.settings.mode != "static":
             return
         sites = smoothing.find_sites(self.float_proto, [n.name for n in self.candidates], self.types)
@@ -135,14 +137,12 @@ class QuantizeRun:
         untouched = [n.name for n in self.candidates if n.name not in smoothable]
         plain_verdict = accept.check(self.quantize(untouched))
         activations = [s.activation for s in sites]
-        observed = self._smoothing_seen
         if observed is not None and set(activations) <= set(observed.maxima):
             seen = observed.stats()  # seen by the calibration pass: no pass over the model of its own
         else:
             seen = smoothing.observe(
                 self.float_proto, activations, self.types, self.data.calibration, keep_bytes=SMOOTHING_KEEP_BYTES
             )
-        self._smoothing_seen = None
         smoothed = smoothing.smooth(self.float_proto, sites, seen.maxima, alpha)
         if smoothed is None:
             return

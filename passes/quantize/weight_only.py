@@ -60,6 +60,9 @@ TIMING_SAMPLES = 4
 # on them and missed it on the 32 others (0.9895, 13% more noise); a model that meets the target only without
 # the headroom is still kept, with a warning.
 HEADROOM = 0.8
+# The share of ``search_budget`` the INT4 mix's ranking may take (one model run per node and sample: on a large
+# model it measures on fewer samples); the judged candidates take the rest.
+RANKING_SHARE = 0.25
 
 
 def validate(bits: int, block: int, algo: str) -> None:
@@ -310,6 +313,7 @@ def _search(
     Nodes go up in ``weight_only_mix.rank``'s order, the most output noise per byte saved first, as few as a
     bisection over that order finds: each prefix holds the one before, so more nodes up means less noise."""
     without_headroom: tuple[onnx.ModelProto, int, list[str]] | None = None
+    ranking_budget = options.search_budget * RANKING_SHARE if options.search_budget is not None else None
 
     def meets(raised: list[str], accuracy_level: int) -> tuple[onnx.ModelProto, bool]:
         nonlocal without_headroom
@@ -322,7 +326,9 @@ def _search(
     if passed:
         return quantized, level, []
     ranked = (
-        [n.node for n in weight_only_mix.rank(source, quantized, samples, options.bits)] if options.bits == 4 else []
+        [n.node for n in weight_only_mix.rank(source, quantized, samples, options.bits, budget_s=ranking_budget)]
+        if options.bits == 4
+        else []
     )
     if ranked:
         everything, passed = meets(ranked, level)

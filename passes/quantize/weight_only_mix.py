@@ -17,6 +17,7 @@ model runs per node.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,14 +46,19 @@ class NodeNoise:
 
 
 def rank(
-    float_proto: onnx.ModelProto, quantized: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], bits: int
+    float_proto: onnx.ModelProto,
+    quantized: onnx.ModelProto,
+    samples: Sequence[Mapping[str, Any]],
+    bits: int,
+    budget_s: float | None = None,
 ) -> list[NodeNoise]:
     """The nodes ``quantized`` (every candidate at ``bits``) quantized, most output noise per byte saved first.
     Nodes the switchboard cannot hold (a node without a name, ORT's nodes for it not found) come first, as the
-    most sensitive: the search then moves them up before any measured one."""
+    most sensitive: the search then moves them up before any measured one. ``budget_s`` bounds the time the
+    runs take by measuring on fewer of ``samples`` (never fewer than one)."""
     weights = {t.name: t for t in float_proto.graph.initializer}
     switchboard, switched, unmeasured = _switchboard(float_proto, quantized, weights, bits)
-    noise = _measure(switchboard, switched, samples) if switched else {}
+    noise = _measure(switchboard, switched, samples, budget_s) if switched else {}
     nodes = {n.name: n for n in float_proto.graph.node}
     ranked = [
         NodeNoise(name, nodes[name].op_type, noise.get(name, float("inf")), _bytes_saved(nodes[name], weights))
@@ -131,8 +137,14 @@ def _switchboard(
     return board, switched, unmeasured
 
 
-def _measure(board: onnx.ModelProto, switched: Sequence[str], samples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Each switched node's output noise over signal, its switch alone on, mean over ``samples``."""
+def _measure(
+    board: onnx.ModelProto,
+    switched: Sequence[str],
+    samples: Sequence[Mapping[str, Any]],
+    budget_s: float | None,
+) -> dict[str, float]:
+    """Each switched node's output noise over signal, its switch alone on, mean over ``samples``: as many of
+    them as one run per node fits in ``budget_s``, timed on the first sample's reference run."""
     session = make_session(board)
     inputs = {i.name: i for i in session.get_inputs()}
     off = {
@@ -141,17 +153,25 @@ def _measure(board: onnx.ModelProto, switched: Sequence[str], samples: Sequence[
         )
         for name in switched
     }
-    noise = dict.fromkeys(switched, 0.0)
+    per_sample: list[dict[str, float]] = []
+    count = len(samples)
     for sample in samples:
+        if len(per_sample) == count:
+            break
         feed = {name: value for name, value in sample.items() if name in inputs}
+        started = time.perf_counter()
         reference = _float_outputs(session.run(None, {**feed, **off}))
+        if budget_s is not None and not per_sample:
+            count = max(1, min(count, int(budget_s / ((time.perf_counter() - started) * (len(switched) + 1)))))
         signal = sum(float(np.square(r).sum()) for r in reference)
+        noise = {}
         for name in switched:
             switch = name + SWITCH_SUFFIX
             outputs = _float_outputs(session.run(None, {**feed, **off, switch: np.ones((), off[switch].dtype)}))
             error = sum(float(np.square(o - r).sum()) for o, r in zip(outputs, reference))
-            noise[name] += error / signal / len(samples) if signal > 0 else 0.0
-    return noise
+            noise[name] = error / signal if signal > 0 else 0.0
+        per_sample.append(noise)
+    return {name: float(np.mean([noise[name] for noise in per_sample])) for name in switched}
 
 
 def _float_outputs(outputs: Sequence[Any]) -> list[np.ndarray]:

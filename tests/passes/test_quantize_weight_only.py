@@ -170,6 +170,11 @@ def test_the_mix_ranks_each_node_by_what_its_4_bit_weights_alone_do_to_the_outpu
         assert node.noise == pytest.approx(np.mean(ratios), rel=1e-3), node
     assert next(n for n in ranked if n.node == "embed").bytes_saved == 200 * 64 * 4 - 200 * 64 // 2
 
+    # A budget too small for one run per node and sample measures on the first sample alone.
+    first_only = {n.node: n.noise for n in weight_only_mix.rank(model, every_node, data[:1], bits=4)}
+    hurried = {n.node: n.noise for n in weight_only_mix.rank(model, every_node, data, bits=4, budget_s=1e-9)}
+    assert hurried == pytest.approx(first_only) and hurried != pytest.approx({n.node: n.noise for n in ranked})
+
 
 def test_8_bit_leaves_the_table_float_and_says_so():
     result, report = quantize("quantize{mode=weight-only,bits=8,max_slowdown=none}", embedding_mlp(layers=2))

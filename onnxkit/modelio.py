@@ -17,7 +17,7 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import onnx
@@ -238,7 +238,7 @@ def save_model(
     path: str | os.PathLike[str],
     *,
     external_data: bool | None = None,
-    serialized: bytes | None = None,
+    serialized: Sequence[bytes] | None = None,
 ) -> Path:
     """Save atomically; with external data, the data file is ``<name>.data`` beside it (``<name>.<random>.data``
     when that name is taken: replacing the data a model in place points at would leave a mismatched pair if
@@ -249,8 +249,9 @@ def save_model(
     output may be in another folder, so its data must be written anew), other models only past protobuf's
     limit. ``external_data=False`` writes every tensor into the model file.
 
-    ``serialized`` is ``model`` already serialized, whole (the pipeline's last snapshot): a model saved
-    without external data is then written from those bytes instead of being serialized once more.
+    ``serialized`` is ``model`` already serialized, whole, in parts written one after the other (the
+    pipeline's last snapshot, then its provenance): a model saved without external data is then written from
+    them instead of being serialized once more.
 
     Everything is written into a temporary folder inside the target folder first, then moved into place
     with ``os.replace`` (atomic on one filesystem). On any failure the temporaries are removed and the
@@ -292,7 +293,7 @@ def save_model(
             onnx.load_external_data_for_model(proto, str(data_folder))
             staged_model.write_bytes(proto.SerializeToString())
         elif serialized is not None:
-            staged_model.write_bytes(serialized)
+            _write_parts(staged_model, serialized)
         else:
             ir.save(model, staged_model)
         # Data first: a model file in place must never point at data that is not there yet.
@@ -305,6 +306,11 @@ def save_model(
         shutil.rmtree(staging, ignore_errors=True)
     _remove_stale_data(folder, path.name, data_name if external_data else "", replaced_data, model)
     return path
+
+
+def _write_parts(path: Path, parts: Sequence[bytes]) -> None:
+    with path.open("wb") as file:
+        file.writelines(parts)
 
 
 def _remove_abandoned_staging(folder: Path, model_name: str) -> None:

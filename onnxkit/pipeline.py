@@ -62,9 +62,11 @@ class PipelineResult:
 
     model: ir.Model
     report: PipelineReport
-    # ``model`` serialized as the run left it, provenance included (None past the in-memory limit): what the
-    # CLI saves, rather than serializing the model once more. Stale once ``model`` is edited.
-    serialized: bytes | None = dataclasses.field(default=None, repr=False)
+    # ``model`` serialized as the run left it, provenance included, in parts whose concatenation is the model
+    # (the last snapshot's bytes, then the provenance; joined, they would be one more copy of every weight);
+    # None past the in-memory limit. What the CLI saves, rather than serializing the model once more. Stale
+    # once ``model`` is edited.
+    serialized: tuple[bytes, ...] | None = dataclasses.field(default=None, repr=False)
 
     def save(self, path: str | os.PathLike[str], *, external_data: bool | None = None) -> Path:
         return modelio.save_model(self.model, path, external_data=external_data)
@@ -242,16 +244,16 @@ def record_provenance(model: ir.Model, report: PipelineReport) -> None:
     model.metadata_props.update(provenance(report))
 
 
-def _with_provenance(snapshot: Snapshot | None, model: ir.Model, report: PipelineReport) -> bytes | None:
+def _with_provenance(snapshot: Snapshot | None, model: ir.Model, report: PipelineReport) -> tuple[bytes, ...] | None:
     """``model`` (the run's result, of which ``snapshot`` is the serialized form) serialized with its
     provenance, from the snapshot's bytes: protobuf reads concatenated messages as one message, merged, with
-    repeated fields appended, so a message holding only the provenance's ``metadata_props`` is appended to
-    them. None past the in-memory limit (no bytes), and where the model carries provenance already (a model
-    an earlier run saved), whose keys the appended entries would repeat rather than replace."""
+    repeated fields appended, so a message holding only the provenance's ``metadata_props`` follows them.
+    None past the in-memory limit (no bytes), and where the model carries provenance already (a model an
+    earlier run saved), whose keys the appended entries would repeat rather than replace."""
     entries = provenance(report)
     if snapshot is None or not isinstance(snapshot.model, bytes) or any(k in model.metadata_props for k in entries):
         return None
     appended = onnx.ModelProto()
     for key, value in entries.items():
         appended.metadata_props.add(key=key, value=value)
-    return snapshot.model + appended.SerializeToString()
+    return snapshot.model, appended.SerializeToString()

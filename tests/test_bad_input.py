@@ -313,21 +313,23 @@ def test_python_api(name: str, tmp_path: Path) -> None:
 
 
 def _disk_fills_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Whichever writer saves the model (onnx_ir's, or the bytes the pipeline serialized already, as the CLI
-    saves them) puts half of it on disk, then the disk is full."""
-    real_save, real_write_bytes = ir.save, Path.write_bytes
+    """Whichever writer saves the model (onnx_ir's, or modelio's own for the bytes the pipeline serialized
+    already, as the CLI saves them) puts half of it on disk, then the disk is full."""
+    from onnxkit import modelio
+
+    real_save = ir.save
 
     def save(model: ir.Model, path: str | os.PathLike[str], **kwargs: object) -> None:
         real_save(model, path, **kwargs)
-        real_write_bytes(Path(path), Path(path).read_bytes()[:100])
+        Path(path).write_bytes(Path(path).read_bytes()[:100])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    def write_bytes(path: Path, data: bytes) -> int:
-        real_write_bytes(path, data[:100])
+    def write_parts(path: Path, parts: list[bytes]) -> None:
+        path.write_bytes(b"".join(parts)[:100])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(ir, "save", save)
-    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    monkeypatch.setattr(modelio, "_write_parts", write_parts)
 
 
 @pytest.mark.parametrize("external_data", [False, True])

@@ -174,7 +174,7 @@ def test_the_runs_bytes_are_the_model_it_returns_with_its_provenance(tmp_path):
     with the provenance appended: read back, the very model ``to_proto`` gives, metadata included."""
     result = Pipeline.parse("cleanup,shape-inference").run(build_example("mlp"))
     assert result.serialized is not None
-    read_back, metadata = _without_metadata(onnx.load_model_from_string(result.serialized))
+    read_back, metadata = _without_metadata(onnx.load_model_from_string(b"".join(result.serialized)))
     expected, expected_metadata = _without_metadata(modelio.to_proto(result.model))
     assert read_back == expected and metadata == expected_metadata
     assert metadata["onnxkit.spec"] == "cleanup,shape-inference"

@@ -14,6 +14,7 @@ budget of the format; runtimes with bfloat16 compute (OpenVINO's ``INFERENCE_PRE
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -78,7 +79,7 @@ def to_fp16(proto: onnx.ModelProto, keep_float: Iterable[str]) -> onnx.ModelProt
     """``proto`` in float16, with the nodes named in ``keep_float`` and the block list's ops in float32."""
     from onnxconverter_common.float16 import convert_float_to_float16
 
-    blocked = [*keep_float, *_casts_from_non_float(proto)]
+    blocked = [*keep_float, *_casts_to_float(proto)]
     # The converter keeps a blocked node's weights in float32 only when they have no value_info entry (one
     # would make it cast them, and convert and clip them first), and onnx_ir writes such entries.
     weights = {t.name for t in proto.graph.initializer}
@@ -87,6 +88,7 @@ def to_fp16(proto: onnx.ModelProto, keep_float: Iterable[str]) -> onnx.ModelProt
     described = [v for v in unconverted.graph.value_info if v.name not in weights]
     del unconverted.graph.value_info[:]
     unconverted.graph.value_info.extend(described)
+    hidden = _hide_outputs_of_float32_nodes(unconverted, set(blocked) | set(fp16_block_list()))
     # The converter prints and warns about each weight it clips; the pass reports what it kept instead.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -98,41 +100,86 @@ def to_fp16(proto: onnx.ModelProto, keep_float: Iterable[str]) -> onnx.ModelProt
             op_block_list=fp16_block_list(),
             node_block_list=blocked,
         )
-    _restore_output_types(proto, converted)
+    _restore_hidden_outputs(converted, hidden)
+    for before, after in zip(proto.graph.output, converted.graph.output):
+        if (before.name, before.type.tensor_type.elem_type) != (after.name, after.type.tensor_type.elem_type):
+            raise ValueError(f"the float16 converter changed output {before.name}")  # not seen so far
     return converted
 
 
-def _restore_output_types(original: onnx.ModelProto, converted: onnx.ModelProto) -> None:
-    """Give each graph output its original type back. When the node making an output stays float32, the
-    converter 1.16 drops the Cast to float32 it put last and keeps the Cast to float16 before it, so the
-    output comes out float16; that Cast is turned back into one to the original type."""
-    producers = {name: node for node in converted.graph.node for name in node.output}
-    for before, after in zip(original.graph.output, converted.graph.output):
-        wanted = before.type.tensor_type.elem_type
-        if after.type.tensor_type.elem_type == wanted:
+@dataclasses.dataclass(frozen=True)
+class _HiddenOutput:
+    position: int
+    value: onnx.ValueInfoProto
+    producer: str  # the float32 node making it
+    index: int  # which of the producer's outputs
+
+
+def _hide_outputs_of_float32_nodes(model: onnx.ModelProto, blocked: set[str]) -> list[_HiddenOutput]:
+    """Take out of ``model``'s graph outputs each float32 one a node that stays float32 makes (``blocked``
+    holds node names and op types). onnxconverter-common 1.16 gets those wrong: it retypes such an output to
+    float16, and where float16 nodes also read it, it can leave the output made by no node at all. Hidden,
+    the output is an ordinary value to the converter (a Cast to float16 after its float32 node)."""
+    graph = model.graph
+    producers = {name: (node, index) for node in graph.node for index, name in enumerate(node.output)}
+    hidden = []
+    for position, output in enumerate(graph.output):
+        node, index = producers.get(output.name, (None, 0))
+        if node is None or output.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
             continue
-        producer = producers.get(after.name)
-        if producer is None or producer.op_type != "Cast":
-            raise ValueError(f"the float16 converter changed output {after.name}'s type")  # not seen so far
-        for attribute in producer.attribute:
-            if attribute.name == "to":
-                attribute.i = wanted
-        after.type.tensor_type.elem_type = wanted
+        if node.op_type in blocked or node.name in blocked:
+            value = onnx.ValueInfoProto()
+            value.CopyFrom(output)
+            hidden.append(_HiddenOutput(position, value, node.name, index))
+    for entry in reversed(hidden):
+        del graph.output[entry.position]
+        graph.value_info.append(entry.value)
+    return hidden
 
 
-def _casts_from_non_float(proto: onnx.ModelProto) -> list[str]:
-    """Casts from an integer or bool tensor to float32 (an attention mask, say). onnxconverter-common 1.16
-    leaves their ``to`` at float32 yet feeds their output to float16 nodes unconverted, which ONNX Runtime
-    refuses; blocked, they get a Cast to float16 after them like any float32 node."""
-    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-    types = {v.name: v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.value_info)}
-    types.update({t.name: t.data_type for t in proto.graph.initializer})
+def _restore_hidden_outputs(converted: onnx.ModelProto, hidden: list[_HiddenOutput]) -> None:
+    """Put the hidden outputs back, each made in float32 by its node; the float16 copy the converter made of
+    it for float16 readers takes another name."""
+    graph = converted.graph
+    nodes = {node.name: node for node in graph.node}
+    for entry in hidden:
+        name, producer = entry.value.name, nodes[entry.producer]
+        made = producer.output[entry.index]  # the float32 value, renamed if the converter cast it after
+        if made != name:
+            copy = f"{name}__fp16"
+            for node in graph.node:
+                if node is not producer:
+                    node.input[:] = [copy if value == name else value for value in node.input]
+                    node.output[:] = [copy if value == name else value for value in node.output]
+                node.input[:] = [name if value == made else value for value in node.input]
+            producer.output[entry.index] = name
+        # Shape inference types the values anew; a stale entry would contradict it.
+        _replace(graph.value_info, [v for v in graph.value_info if v.name not in {name, made}])
+        outputs = list(graph.output)
+        outputs.insert(entry.position, entry.value)
+        _replace(graph.output, outputs)
+
+
+def _replace(field: Any, items: list[Any]) -> None:
+    """Refill a repeated protobuf field (which takes no slice assignment) with ``items``."""
+    copies = [type(item)() for item in items]
+    for copy, item in zip(copies, items):
+        copy.CopyFrom(item)
+    del field[:]
+    field.extend(copies)
+
+
+def _casts_to_float(proto: onnx.ModelProto) -> list[str]:
+    """Casts to float32. onnxconverter-common 1.16 mis-wires them where what they read stays float32: from an
+    integer or bool tensor (an attention mask) it leaves their ``to`` at float32 yet feeds their output to
+    float16 nodes unconverted; after a blocked node (ReduceMean, then Cast, then MatMul) it drops both its own
+    Cast to float16 and theirs, so the float16 MatMul reads float32. ONNX Runtime refuses either model.
+    Blocked, they stay float32 and get a Cast to float16 after them like any float32 node."""
     return [
         node.name
         for node in proto.graph.node
         if node.op_type == "Cast"
         and node.name
-        and types.get(node.input[0]) not in float_types
         and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)
     ]
 

@@ -151,6 +151,55 @@ def test_fp16_converts_a_mask_filled_with_minus_infinity_and_keeps_a_finite_fill
     assert "fp16's maximum" in lowest.details["kept"]["where"], lowest.stats
 
 
+def two_outputs_after(op: str) -> onnx.ModelProto:
+    """x (batch, 4, 8) → ``op`` (blocked: it stays float32) → Cast to float → MatMul → y, the blocked node's
+    value also a graph output ("pooled"): the shapes onnxconverter-common 1.16 mis-wires."""
+    rng = np.random.default_rng(0)
+    if op == "ReduceMean":
+        first = helper.make_node("ReduceMean", ["x"], ["pooled"], name="reduce", axes=[1], keepdims=0)
+        shape = ["batch", 8]
+    else:
+        first = helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["pooled"], name="norm", axis=-1)
+        shape = ["batch", 4, 8]
+    nodes = [
+        first,
+        helper.make_node("Cast", ["pooled"], ["pooled_float"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["pooled_float", "w"], ["y"], name="mm"),
+    ]
+    weights = [
+        numpy_helper.from_array((rng.standard_normal((8, 16)) * 0.3).astype(np.float32), "w"),
+        numpy_helper.from_array(np.ones(8, np.float32), "gamma"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "beta"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "two_outputs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [*shape[:-1], 16]),
+            helper.make_tensor_value_info("pooled", TensorProto.FLOAT, shape),
+        ],
+        weights,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("op", ["ReduceMean", "LayerNormalization"])
+def test_fp16_converts_what_follows_a_blocked_node_through_a_cast_and_a_graph_output(op):
+    # opennsfw_torch (ReduceMean, Cast, MatMul: the converter dropped both Casts to float16) and
+    # paraphrase_minilm_l3 (LayerNorm's output is a graph output read by float16 nodes too) broke in fp16.
+    model = two_outputs_after(op)
+    result = run("fp16", model)
+    assert result.report.exit_code == 0 and result.report.passes[0].modified, result.report.to_json()
+    proto = onnx.load_from_string(model_bytes(result.model))
+    onnx.checker.check_model(proto, full_check=True)
+    assert [o.type.tensor_type.elem_type for o in proto.graph.output] == [TensorProto.FLOAT, TensorProto.FLOAT]
+    assert TensorProto.FLOAT16 in input_types(proto, nodes_by_name(proto)["mm"])
+    x = np.random.default_rng(3).standard_normal((2, 4, 8)).astype(np.float32)
+    for got, want in zip(run_model(proto, {"x": x}), run_model(model, {"x": x})):
+        np.testing.assert_allclose(got, want, atol=1e-2)
+
+
 def test_search_keeps_the_nodes_that_add_most_error_in_float_until_the_target_holds():
     # x @ w lands in fp16's subnormals (about 1e-6, where its steps are 6e-8), and a constant past fp16's
     # maximum scales it back up: the Mul is kept by the range rule, the MatMul only by the search; the Mul

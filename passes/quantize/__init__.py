@@ -29,6 +29,7 @@ import onnx_ir as ir
 
 from onnxkit import modelio
 from onnxkit.data import HOLDOUT_EVERY, CalibrationSplit
+from onnxkit.graph import default_opset
 from onnxkit.pass_base import Pass, PassResult
 from onnxkit.passes.quantize import latency, preprocess, sensitivity, weight_only
 from onnxkit.passes.quantize.cpu import detect_cpu
@@ -192,6 +193,13 @@ class QuantizePass(Pass):
         unknown = excluded - {n.name for n in float_proto.graph.node}
         if unknown:
             report.warnings.append(f"exclude names no main-graph node: {', '.join(sorted(unknown))}")
+        elem_types = tensor_elem_types(float_proto)
+        if half := _float16_nodes(float_proto, settings, elem_types):
+            excluded |= half
+            report.warnings.append(
+                f"{len(half)} nodes compute in float16 and stay float: ORT's quantizer gives them float16 scales, "
+                f"which DequantizeLinear takes only from opset 19 (the model has {default_opset(float_proto)})"
+            )
         candidates = [n for n in float_proto.graph.node if n.op_type in settings.op_types and n.name not in excluded]
         if not candidates and not _has_subgraph_candidates(float_proto, settings):
             return _unchanged(
@@ -207,7 +215,7 @@ class QuantizePass(Pass):
             settings,
             report,
             CalibrationSplit(self._dataset(model, report), options.samples),
-            tensor_elem_types(float_proto),
+            elem_types,
             candidates,
             excluded,
         )
@@ -292,6 +300,24 @@ def _invalid(quantized: onnx.ModelProto) -> str | None:
     except onnx.checker.ValidationError as e:
         return error_line(e)
     return None
+
+
+# DequantizeLinear takes float16 (and bfloat16) scales from opset 19 on.
+_HALF_SCALES_OPSET = 19
+_HALF_TYPES = frozenset({onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
+
+
+def _float16_nodes(proto: onnx.ModelProto, settings: QuantizeSettings, elem_types: dict[str, int]) -> set[str]:
+    """The candidate nodes that read float16 or bfloat16 tensors, where the opset has no DequantizeLinear for
+    their scales (slovorez's Keras mixed-precision convs, opset 17: ORT's model could not be loaded)."""
+    if default_opset(proto) >= _HALF_SCALES_OPSET:
+        return set()
+    types = {**elem_types, **{t.name: t.data_type for t in proto.graph.initializer}}
+    return {
+        node.name
+        for node in proto.graph.node
+        if node.op_type in settings.op_types and any(types.get(name) in _HALF_TYPES for name in node.input)
+    }
 
 
 def _nodes(model: ir.Model, mode: str) -> Iterator[ir.Node]:

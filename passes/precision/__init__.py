@@ -33,6 +33,7 @@ import onnx_ir as ir
 
 from onnxkit import modelio, parity
 from onnxkit.data import as_dataset, input_specs
+from onnxkit.graph import default_opset
 from onnxkit.pass_base import Pass, PassResult
 from onnxkit.passes.precision import convert
 from onnxkit.passes.quantize import sensitivity
@@ -73,6 +74,7 @@ class _PrecisionPass(Pass):
     stored_type: ClassVar[int]  # the element type converted weights are stored in
     # fp16 computes in float16, so values near its limits matter; bf16 weights keep float32's range.
     checks_fp16_range: ClassVar[bool] = True
+    min_opset: ClassVar[int] = 1  # the opset the converted model's ops need
 
     def convert_model(self, proto: onnx.ModelProto, keep_float: Sequence[str]) -> onnx.ModelProto:
         """A converted copy of ``proto`` with the nodes named in ``keep_float`` in float32."""
@@ -91,6 +93,13 @@ class _PrecisionPass(Pass):
         proto = onnx.shape_inference.infer_shapes(modelio.to_proto(model))
         if self.already_converted(proto):
             return self._unchanged(model, f"already in {self.precision}", {})
+        if default_opset(proto) < self.min_opset:
+            return self._unchanged(
+                model,
+                f"{self.precision} needs opset {self.min_opset} (Cast from {self.precision}); the model has opset "
+                f"{default_opset(proto)}: run opset{{version={self.min_opset}}} first",
+                {},
+            )
         types = tensor_elem_types(proto)
         candidates = convert.float_nodes(proto, types)
         if not candidates:
@@ -303,6 +312,7 @@ class Bf16Pass(_PrecisionPass):
     Options = Bf16Options
     stored_type = onnx.TensorProto.BFLOAT16
     checks_fp16_range = False
+    min_opset = 13  # Cast takes bfloat16 from opset 13
 
     def convert_model(self, proto: onnx.ModelProto, keep_float: Sequence[str]) -> onnx.ModelProto:
         return convert.to_bf16_weights(proto, keep_float)

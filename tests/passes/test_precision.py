@@ -285,6 +285,16 @@ def test_bf16_stores_weights_in_bfloat16_and_computes_in_float32():
     np.testing.assert_allclose(run_model(proto, {"x": x})[0], run_model(mlp(), {"x": x})[0], atol=2e-2)
 
 
+def test_bf16_leaves_a_model_below_opset_13_as_it_came_and_says_why():
+    # mtcnn_onet and rapidocr_ppocrv6_det_small (opset 9 and 11): Cast reads bfloat16 only from opset 13.
+    model = chain(("Mul", 2.0))
+    model.opset_import[0].version = 11
+    (entry,) = run("bf16", model).report.passes
+    assert not entry.modified
+    assert entry.details["unchanged"].startswith("bf16 needs opset 13"), entry.details
+    assert "opset{version=13}" in entry.details["unchanged"]
+
+
 @pytest.mark.slow  # builds the benchmark CNNs (the digits one trained) and exports MiniLM with torch: minutes
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv2", "digits-cnn", "minilm"])
 def test_benchmark_models_keep_their_budgets_on_held_out_inputs(name, tmp_path):

@@ -56,7 +56,7 @@ class NodeSensitivity:
 def sqnr_db(signal: float, noise: float) -> float:
     if noise == 0:
         return math.inf
-    if signal == 0:
+    if signal == 0 or math.isinf(noise):  # an infinite noise power (a value overflowed to inf) is no log10 argument
         return -math.inf
     return 10.0 * math.log10(signal / noise)
 

@@ -88,7 +88,7 @@ def to_fp16(proto: onnx.ModelProto, keep_float: Iterable[str]) -> onnx.ModelProt
     described = [v for v in unconverted.graph.value_info if v.name not in weights]
     del unconverted.graph.value_info[:]
     unconverted.graph.value_info.extend(described)
-    hidden = _hide_outputs_of_float32_nodes(unconverted, set(blocked) | set(fp16_block_list()))
+    hidden = _hide_outputs(unconverted)
     # The converter prints and warns about each weight it clips; the pass reports what it kept instead.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -111,23 +111,21 @@ def to_fp16(proto: onnx.ModelProto, keep_float: Iterable[str]) -> onnx.ModelProt
 class _HiddenOutput:
     position: int
     value: onnx.ValueInfoProto
-    producer: str  # the float32 node making it
+    producer: str  # the node making it
     index: int  # which of the producer's outputs
 
 
-def _hide_outputs_of_float32_nodes(model: onnx.ModelProto, blocked: set[str]) -> list[_HiddenOutput]:
-    """Take out of ``model``'s graph outputs each float32 one a node that stays float32 makes (``blocked``
-    holds node names and op types). onnxconverter-common 1.16 gets those wrong: it retypes such an output to
-    float16, and where float16 nodes also read it, it can leave the output made by no node at all. Hidden,
-    the output is an ordinary value to the converter (a Cast to float16 after its float32 node)."""
+def _hide_outputs(model: onnx.ModelProto) -> list[_HiddenOutput]:
+    """Take ``model``'s float32 graph outputs out of its outputs. onnxconverter-common 1.16 wires them wrong
+    whenever a node inside reads them: one a float32 node makes comes out float16, or made by no node at all;
+    one a float16 node makes becomes a float32 Cast the float16 readers then read. Hidden, an output is an
+    ordinary value to the converter, and ``_restore_hidden_outputs`` makes it float32 again."""
     graph = model.graph
     producers = {name: (node, index) for node in graph.node for index, name in enumerate(node.output)}
     hidden = []
     for position, output in enumerate(graph.output):
         node, index = producers.get(output.name, (None, 0))
-        if node is None or output.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            continue
-        if node.op_type in blocked or node.name in blocked:
+        if node is not None and output.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
             value = onnx.ValueInfoProto()
             value.CopyFrom(output)
             hidden.append(_HiddenOutput(position, value, node.name, index))
@@ -138,21 +136,26 @@ def _hide_outputs_of_float32_nodes(model: onnx.ModelProto, blocked: set[str]) ->
 
 
 def _restore_hidden_outputs(converted: onnx.ModelProto, hidden: list[_HiddenOutput]) -> None:
-    """Put the hidden outputs back, each made in float32 by its node; the float16 copy the converter made of
-    it for float16 readers takes another name."""
+    """Put the hidden outputs back in float32 under their names, the float16 nodes inside reading a float16
+    copy: made by the converter's Cast after a float32 node, or by the float16 node itself."""
     graph = converted.graph
     nodes = {node.name: node for node in graph.node}
     for entry in hidden:
         name, producer = entry.value.name, nodes[entry.producer]
-        made = producer.output[entry.index]  # the float32 value, renamed if the converter cast it after
-        if made != name:
-            copy = f"{name}__fp16"
+        copy = f"{name}__fp16"
+        made = producer.output[entry.index]  # renamed where the converter put a Cast to float16 after it
+        for node in graph.node:
+            if node is not producer or made == name:
+                node.input[:] = [copy if value == name else value for value in node.input]
+                node.output[:] = [copy if value == name else value for value in node.output]
+        if made != name:  # a float32 node: it makes the output, its Cast to float16 the copy
             for node in graph.node:
-                if node is not producer:
-                    node.input[:] = [copy if value == name else value for value in node.input]
-                    node.output[:] = [copy if value == name else value for value in node.output]
                 node.input[:] = [name if value == made else value for value in node.input]
             producer.output[entry.index] = name
+        else:  # a float16 node makes the copy, and the output is that cast back
+            graph.node.append(
+                onnx.helper.make_node("Cast", [copy], [name], name=f"{name}__to_float", to=onnx.TensorProto.FLOAT)
+            )
         # Shape inference types the values anew; a stale entry would contradict it.
         _replace(graph.value_info, [v for v in graph.value_info if v.name not in {name, made}])
         outputs = list(graph.output)

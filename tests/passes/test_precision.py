@@ -152,19 +152,24 @@ def test_fp16_converts_a_mask_filled_with_minus_infinity_and_keeps_a_finite_fill
 
 
 def two_outputs_after(op: str) -> onnx.ModelProto:
-    """x (batch, 4, 8) → ``op`` (blocked: it stays float32) → Cast to float → MatMul → y, the blocked node's
-    value also a graph output ("pooled"): the shapes onnxconverter-common 1.16 mis-wires."""
+    """x (batch, 4, 8) → ``op`` → "pooled", a graph output that float16 nodes read too, directly and through a
+    Cast to float (→ Add → MatMul → y): the shapes onnxconverter-common 1.16 mis-wires, after a node it keeps
+    float32 (ReduceMean, LayerNormalization) and after one it converts (Relu)."""
     rng = np.random.default_rng(0)
     if op == "ReduceMean":
         first = helper.make_node("ReduceMean", ["x"], ["pooled"], name="reduce", axes=[1], keepdims=0)
         shape = ["batch", 8]
-    else:
+    elif op == "LayerNormalization":
         first = helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["pooled"], name="norm", axis=-1)
+        shape = ["batch", 4, 8]
+    else:
+        first = helper.make_node(op, ["x"], ["pooled"], name="first")
         shape = ["batch", 4, 8]
     nodes = [
         first,
         helper.make_node("Cast", ["pooled"], ["pooled_float"], name="cast", to=TensorProto.FLOAT),
-        helper.make_node("MatMul", ["pooled_float", "w"], ["y"], name="mm"),
+        helper.make_node("Add", ["pooled_float", "pooled"], ["doubled"], name="add"),
+        helper.make_node("MatMul", ["doubled", "w"], ["y"], name="mm"),
     ]
     weights = [
         numpy_helper.from_array((rng.standard_normal((8, 16)) * 0.3).astype(np.float32), "w"),
@@ -184,10 +189,11 @@ def two_outputs_after(op: str) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("op", ["ReduceMean", "LayerNormalization"])
+@pytest.mark.parametrize("op", ["ReduceMean", "LayerNormalization", "Relu"])
 def test_fp16_converts_what_follows_a_blocked_node_through_a_cast_and_a_graph_output(op):
-    # opennsfw_torch (ReduceMean, Cast, MatMul: the converter dropped both Casts to float16) and
-    # paraphrase_minilm_l3 (LayerNorm's output is a graph output read by float16 nodes too) broke in fp16.
+    # opennsfw_torch (ReduceMean, Cast, MatMul: the converter dropped both Casts to float16),
+    # paraphrase_minilm_l3 (a LayerNorm's output is a graph output read by float16 nodes too) and
+    # arabic_romanizer_encoder (a Transpose's output, the same) broke in fp16.
     model = two_outputs_after(op)
     result = run("fp16", model)
     assert result.report.exit_code == 0 and result.report.passes[0].modified, result.report.to_json()
@@ -195,6 +201,7 @@ def test_fp16_converts_what_follows_a_blocked_node_through_a_cast_and_a_graph_ou
     onnx.checker.check_model(proto, full_check=True)
     assert [o.type.tensor_type.elem_type for o in proto.graph.output] == [TensorProto.FLOAT, TensorProto.FLOAT]
     assert TensorProto.FLOAT16 in input_types(proto, nodes_by_name(proto)["mm"])
+    assert input_types(proto, nodes_by_name(proto)["add"]) == [TensorProto.FLOAT16, TensorProto.FLOAT16]
     x = np.random.default_rng(3).standard_normal((2, 4, 8)).astype(np.float32)
     for got, want in zip(run_model(proto, {"x": x}), run_model(model, {"x": x})):
         np.testing.assert_allclose(got, want, atol=1e-2)

@@ -227,14 +227,17 @@ def bench_transform(name: str, folder: Path, repeats: int) -> dict[str, Any]:
         arrays = {key: archive[key] for key in archive.files if key not in ("labels", "label")}
     count = len(next(iter(arrays.values())))
     samples = [{k: v[i % count : i % count + 1] for k, v in arrays.items()} for i in range(TRANSFORM_SAMPLES)]
-    ort_seconds, onnxkit_seconds = [], []
+    ort_seconds, onnxkit_seconds, ort_cpu, onnxkit_cpu = [], [], [], []
     details: dict[str, Any] = {}
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         external_tools.run_ort_quantize(model.path, folder / f"{name}.ort-int8.onnx", "static", samples=samples)
         ort_seconds.append(time.perf_counter() - started)
+        ort_cpu.append(time.process_time() - cpu)
+        cpu = time.process_time()
         _, details, seconds = _onnxkit(model.path, "quantize{mode=static}", samples, check="off")
         onnxkit_seconds.append(seconds)
+        onnxkit_cpu.append(time.process_time() - cpu)
     parity = details.get("parity") or {}
     ort_median, onnxkit_median = float(np.median(ort_seconds)), float(np.median(onnxkit_seconds))
     return {
@@ -242,12 +245,20 @@ def bench_transform(name: str, folder: Path, repeats: int) -> dict[str, Any]:
         "ort_s": round(ort_median, 2),
         "onnxkit_s": round(onnxkit_median, 2),
         "ratio": round(onnxkit_median / ort_median, 2),
+        # CPU seconds of this process (every thread): steadier than wall time on a loaded machine, though ORT's
+        # calibrator's threads spin-wait between runs (counted) where onnxkit's sessions do not.
+        "cpu_ratio": round(float(np.median(onnxkit_cpu)) / float(np.median(ort_cpu)), 2),
         "float_nodes": len(details.get("kept_float") or {}),
         "quantized_nodes": sum((details.get("quantized_nodes") or {}).values()),
         # The pass's own target check (held-out samples), then the pipeline's (ORT optimizations off).
         "cosine": " / ".join(f"{v['min_cosine']:.4f}" for v in parity.values() if v.get("min_cosine") is not None),
         "kept_whole_model_float": details.get("kept_whole_model_float"),
-        "runs": {"ort_s": [round(t, 2) for t in ort_seconds], "onnxkit_s": [round(t, 2) for t in onnxkit_seconds]},
+        "runs": {
+            "ort_s": [round(t, 2) for t in ort_seconds],
+            "onnxkit_s": [round(t, 2) for t in onnxkit_seconds],
+            "ort_cpu_s": [round(t, 2) for t in ort_cpu],
+            "onnxkit_cpu_s": [round(t, 2) for t in onnxkit_cpu],
+        },
     }
 
 

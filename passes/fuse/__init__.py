@@ -340,7 +340,10 @@ class FusePass(Pass):
         fusions = [f for f in FUSIONS if self._applies(f, context)]
         counts: collections.Counter[str] = collections.Counter()
         # Rules read shapes (ranks, channel counts), including those of values that earlier rules created.
-        remove_annotations = annotate_shapes(model)
+        # Inference keeps every shape a value has, so on a model where every value has one (simplify's
+        # output, any model with its value_info) it would tell nothing: it runs only where one lacks it.
+        unknown = shapeless_values(model)
+        remove_annotations = annotate_shapes(model) if unknown else _nothing_to_undo
         unknown = shapeless_values(model)
         present = op_types_in(model)
         # A fusion finds nothing new in a model it already searched in vain: ``changes`` counts what altered
@@ -413,6 +416,10 @@ class FusePass(Pass):
         if fusion.name == "gelu" and context.target == "standard":
             return context.opset >= _GELU_STANDARD_OPSET
         return context.opset >= fusion.min_opset
+
+
+def _nothing_to_undo() -> None:
+    """What ``annotate_shapes`` returns to undo, where it did not run."""
 
 
 def _unlist_initializer_inputs(model: ir.Model) -> list[str | None]:

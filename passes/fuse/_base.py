@@ -331,10 +331,16 @@ def present_input(node: ir.Node, index: int) -> ir.Value:
     return value
 
 
+def _tensor(array: np.ndarray, name: str) -> ir.Tensor:
+    """``ir.tensor(array, name=name)`` without its checks for other kinds of input (a runtime Protocol check
+    costs more than the tensor: a quarter of fuse's time on a model with 200 folded layers)."""
+    return ir.Tensor(array, name=name)
+
+
 def new_constant(op: Any, array: np.ndarray, name: str, *, in_function: bool) -> ir.Value:
     """A constant input for a replacement node: an initializer in a graph, a Constant node in a function
     (functions cannot hold initializers)."""
-    tensor = ir.tensor(array, name=name)
+    tensor = _tensor(array, name)
     if in_function:
         return op.Constant(value=tensor)
     return op.initializer(tensor, name=name)
@@ -359,7 +365,7 @@ def rank_of(value: ir.Value) -> int | None:
 def insert_constant(array: np.ndarray, name: str, graph: ir.Graph | ir.Function, before: ir.Node) -> ir.Value:
     """A constant for rules that edit the graph directly: an initializer of ``graph``, or in a function (which
     holds no initializers) a Constant node placed before ``before``."""
-    tensor = ir.tensor(array, name=name)
+    tensor = _tensor(array, name)
     if isinstance(graph, ir.Graph):
         value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
         graph.register_initializer(value)

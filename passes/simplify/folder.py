@@ -14,6 +14,7 @@ onnxscript's folder does the evaluation and its own op-specific simplifications;
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -36,6 +37,10 @@ from onnxkit.passes.simplify.rewrites import Rewrites, site_name
 # ConstantOfShape is on onnxscript's never-fold list for size, which the byte limit here already handles;
 # the rest (quantization ops) carry meaning and stay.
 _KEEP_UNFOLDED = NEVER_FOLDED_BY_DEFAULT - {"ConstantOfShape"}
+_CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+# Dims named by one sweep's node-by-node inference: unk__N as ONNX names them (so the next round's inference
+# forgets them, as it forgets its own), numbered far above any N ONNX reaches.
+_FIRST_SWEEP_DIM = 10**9
 
 
 class SimplifyFolder(FolderBase):
@@ -65,6 +70,9 @@ class SimplifyFolder(FolderBase):
         self.declared_ranks = declared_ranks or {}
         self.opset = 1
         self._evaluated: ir.Node | None = None
+        # Values whose shapes this sweep inferred, node by node, downstream of a replacement (see _infer).
+        self._inferred: set[ir.Value] = set()
+        self._dim_names = itertools.count(_FIRST_SWEEP_DIM)
 
     def call(self, model: ir.Model) -> FoldResult:
         self.opset = default_opset(model)
@@ -72,6 +80,8 @@ class SimplifyFolder(FolderBase):
 
     def process_node(self, node: ir.Node, is_function: bool) -> Replacement | None:
         self._evaluated = None
+        if self._inferred and any(value in self._inferred for value in node.inputs):
+            self._infer(node)
         if node.op_type == "Identity" and not self.rewrites.allows("remove-identity", site_name(node)):
             return None  # the folder would forward the Identity's readers to its input
         try:
@@ -84,6 +94,41 @@ class SimplifyFolder(FolderBase):
         if replacement is None and node.domain in ("", "ai.onnx"):
             replacement = self._accepted(node, self._evaluate_shape_values(node))
         return replacement
+
+    def replace_node(self, node: ir.Node, replacement: Replacement, root: ir.Graph | ir.Function) -> None:
+        super().replace_node(node, replacement, root)
+        for new_node in replacement.new_nodes:
+            if new_node.op_type == "Constant":
+                self.read_constant(new_node)  # a Reshape's new target: inference reads its value
+            else:
+                self._infer(new_node)
+
+    def _infer(self, node: ir.Node) -> None:
+        """Infer the shapes of ``node``'s outputs that have none, where a replacement upstream in this sweep
+        made them knowable: a Reshape whose target became constant, and what reads it.
+
+        Without this, a chain of Reshapes each computed from the Shape of the one before takes a round, a
+        whole-model inference, per link (seven rounds on a PP-OCR recognizer). Dims the node's inference
+        cannot size get names of their own, as ONNX's whole-model inference gives them, so that a Shape read
+        downstream can tell a Reshape target copies them; the next round's inference names them afresh.
+        Graph outputs are left alone: their shapes stay what the model declares.
+        """
+        unknown = [value for value in node.outputs if value.shape is None]
+        if not unknown or node.op_type in _CONTROL_FLOW or any(value.is_graph_output() for value in node.outputs):
+            return
+        self.infer_node(node)
+        for value in unknown:
+            if value.shape is None:
+                continue
+            value.shape = ir.Shape(
+                [
+                    ir.SymbolicDim(f"unk__{next(self._dim_names)}")
+                    if isinstance(dim, ir.SymbolicDim) and dim.value is None
+                    else dim
+                    for dim in value.shape
+                ]
+            )
+            self._inferred.add(value)
 
     def _accepted(self, node: ir.Node, replacement: Replacement | None) -> Replacement | None:
         """The replacement, recorded, when its rule is allowed here and it is valid; else None."""

@@ -55,7 +55,8 @@ def _shape_result(node: ir.Node, op, state: ShapeValues, dims: Dims, rank: int |
     if rank not in (0, 1) or not all(isinstance(d, int) for d in dims):
         return None
     array = np.array(dims, dtype=_result_dtype(node).numpy())
-    return op.Constant(value=ir.tensor(array.reshape(()) if rank == 0 else array))
+    # ir.Tensor, not ir.tensor: the latter's runtime Protocol checks cost a hundred times the tensor.
+    return op.Constant(value=ir.Tensor(array.reshape(()) if rank == 0 else array))
 
 
 def _result_dtype(node: ir.Node) -> ir.DataType:
@@ -263,7 +264,7 @@ def _equal_shape_values(node: ir.Node, op, state: ShapeValues):
     if None in equal:
         return None
     array = np.array(equal, dtype=bool)
-    return op.Constant(value=ir.tensor(array.reshape(()) if rank == 0 else array))
+    return op.Constant(value=ir.Tensor(array.reshape(()) if rank == 0 else array))
 
 
 @_evaluator("Where")
@@ -316,7 +317,7 @@ def _materialize_reshape_target(node: ir.Node, op, state: ShapeValues):
         if any(d <= 0 for d in others) or (allow_zero and 0 in others):
             return None
         new_target[unknown[0]] = -1
-    constant = op.Constant(value=ir.tensor(np.array(new_target, dtype=np.int64)))
+    constant = op.Constant(value=ir.Tensor(np.array(new_target, dtype=np.int64)))
     # allowzero exists from opset 14 on: the new Reshape states it only where the original did.
     attributes = {"allowzero": allow_zero} if "allowzero" in node.attributes else {}
     return op.Reshape(data, constant, **attributes)
@@ -358,7 +359,7 @@ def _copy_instead_of_inferring(node: ir.Node, op, state: ShapeValues):
     if _cancel(input_dims, others) != [input_dims[inferred]]:
         return None
     new_target = [0 if i == inferred else size for i, size in enumerate(sizes)]
-    constant = op.Constant(value=ir.tensor(np.array(new_target, dtype=np.int64)))
+    constant = op.Constant(value=ir.Tensor(np.array(new_target, dtype=np.int64)))
     attributes = {"allowzero": 0} if "allowzero" in node.attributes else {}
     return op.Reshape(data, constant, **attributes)
 

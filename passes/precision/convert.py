@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import io
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import ml_dtypes
@@ -173,18 +173,28 @@ def _replace(field: Any, items: list[Any]) -> None:
 
 
 def _casts_to_float(proto: onnx.ModelProto) -> list[str]:
-    """Casts to float32. onnxconverter-common 1.16 mis-wires them where what they read stays float32: from an
-    integer or bool tensor (an attention mask) it leaves their ``to`` at float32 yet feeds their output to
-    float16 nodes unconverted; after a blocked node (ReduceMean, then Cast, then MatMul) it drops both its own
+    """Casts to float32, in subgraphs too (chars2vec_en300's LSTM Loop). onnxconverter-common 1.16 mis-wires
+    them where what they read stays float32: from an integer or bool tensor (an attention mask, a loop's
+    counter) it leaves their ``to`` at float32 yet feeds their output to float16 nodes unconverted; after a blocked node (ReduceMean, then Cast, then MatMul) it drops both its own
     Cast to float16 and theirs, so the float16 MatMul reads float32. ONNX Runtime refuses either model.
     Blocked, they stay float32 and get a Cast to float16 after them like any float32 node."""
     return [
         node.name
-        for node in proto.graph.node
+        for node in _with_subgraph_nodes(proto.graph)
         if node.op_type == "Cast"
         and node.name
         and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)
     ]
+
+
+def _with_subgraph_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """The graph's nodes and those of the If/Loop/Scan bodies inside, which the converter converts too."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            bodies = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
+            for body in bodies:
+                yield from _with_subgraph_nodes(body)
 
 
 def to_bf16_weights(proto: onnx.ModelProto, keep_float: Iterable[str]) -> onnx.ModelProto:

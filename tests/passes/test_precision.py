@@ -292,6 +292,38 @@ def test_bf16_stores_weights_in_bfloat16_and_computes_in_float32():
     np.testing.assert_allclose(run_model(proto, {"x": x})[0], run_model(mlp(), {"x": x})[0], atol=2e-2)
 
 
+def test_fp16_converts_a_loop_body_that_casts_its_counter_to_float():
+    # chars2vec_en300's LSTM Loop: the converter left the body's Cast (int64 → float32) feeding a float16 Add.
+    body = helper.make_graph(
+        [
+            helper.make_node("Cast", ["i"], ["i_float"], name="count_to_float", to=TensorProto.FLOAT),
+            helper.make_node("Add", ["v", "i_float"], ["v_next"], name="body_add"),
+            helper.make_node("Identity", ["cond"], ["cond_next"], name="keep_going"),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_next", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_next", TensorProto.FLOAT, None),
+        ],
+    )
+    model = chain(("Mul", 0.5))
+    model.graph.node[-1].output[0] = "start"
+    model.graph.initializer.extend(
+        [numpy_helper.from_array(np.array(3, np.int64), "trips"), numpy_helper.from_array(np.array(True), "go")]
+    )
+    model.graph.node.append(helper.make_node("Loop", ["trips", "go", "start"], ["y"], name="loop", body=body))
+    result = run("fp16", model)
+    assert result.report.exit_code == 0 and result.report.passes[0].modified, result.report.to_json()
+    proto = onnx.load_from_string(model_bytes(result.model))
+    x = np.random.default_rng(3).standard_normal((4, 32)).astype(np.float32)
+    np.testing.assert_allclose(run_model(proto, {"x": x})[0], run_model(model, {"x": x})[0], rtol=2e-3, atol=2e-3)
+
+
 def test_bf16_leaves_a_model_below_opset_13_as_it_came_and_says_why():
     # mtcnn_onet and rapidocr_ppocrv6_det_small (opset 9 and 11): Cast reads bfloat16 only from opset 13.
     model = chain(("Mul", 2.0))

@@ -252,7 +252,7 @@ def bench_transform(name: str, folder: Path, repeats: int) -> dict[str, Any]:
         "quantized_nodes": sum((details.get("quantized_nodes") or {}).values()),
         # The pass's own target check (held-out samples), then the pipeline's (ORT optimizations off).
         "cosine": " / ".join(f"{v['min_cosine']:.4f}" for v in parity.values() if v.get("min_cosine") is not None),
-        "kept_whole_model_float": details.get("kept_whole_model_float"),
+        "kept_whole_model_float": (details.get("latency_gate") or {}).get("kept_whole_model_float"),
         "runs": {
             "ort_s": [round(t, 2) for t in ort_seconds],
             "onnxkit_s": [round(t, 2) for t in onnxkit_seconds],

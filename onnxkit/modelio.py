@@ -24,6 +24,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError, EncodeError
 
+from onnxkit import graph as graph_walks
 from onnxkit import ir_compat
 from onnxkit.errors import ModelLoadError, ModelSaveError
 
@@ -175,7 +176,7 @@ def tensor_bytes(model: ir.Model) -> int:
 
 
 def _all_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
-    for graph in (model.graph, *model.graph.subgraphs()):
+    for graph in (model.graph, *graph_walks.subgraphs(model.graph)):
         for value in graph.initializers.values():
             if value.const_value is not None:
                 yield value.const_value

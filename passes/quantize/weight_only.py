@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -311,39 +312,59 @@ def _search(
     the first that meets the target itself; None when even all nodes up (and fp32 compute) miss it.
 
     Nodes go up in ``weight_only_mix.rank``'s order, the most output noise per byte saved first, as few as a
-    bisection over that order finds: each prefix holds the one before, so more nodes up means less noise."""
+    bisection over that order finds: each prefix holds the one before, so more nodes up means less noise. Its
+    first probes are the prefix the measured noises predict (``_predicted_prefix``) and a neighbour, which
+    usually close the bracket at once."""
     without_headroom: tuple[onnx.ModelProto, int, list[str]] | None = None
     ranking_budget = options.search_budget * RANKING_SHARE if options.search_budget is not None else None
 
-    def meets(raised: list[str], accuracy_level: int) -> tuple[onnx.ModelProto, bool]:
+    def meets(raised: list[str], accuracy_level: int) -> tuple[onnx.ModelProto, bool, float | None]:
         nonlocal without_headroom
         quantized, verdict = judge(raised, accuracy_level)
         if verdict.passed and not _with_headroom(verdict) and without_headroom is None:
             without_headroom = quantized, accuracy_level, raised
-        return quantized, _with_headroom(verdict)
+        return quantized, _with_headroom(verdict), verdict.excess
 
-    quantized, passed = meets([], level)
+    quantized, passed, none_up = meets([], level)
     if passed:
         return quantized, level, []
-    ranked = (
-        [n.node for n in weight_only_mix.rank(source, quantized, samples, options.bits, budget_s=ranking_budget)]
-        if options.bits == 4
-        else []
-    )
+    order = weight_only_mix.rank(source, quantized, samples, options.bits, budget_s=ranking_budget)
+    ranked = [n.node for n in order] if options.bits == 4 else []
     if ranked:
-        everything, passed = meets(ranked, level)
+        everything, passed, all_up = meets(ranked, level)
         if passed:
             low, high, best = 0, len(ranked), everything  # meets(ranked[:low]) fails, meets(ranked[:high]) passes
+            guess = _predicted_prefix([n.noise for n in order], none_up, all_up)
+            neighbour_probed = False
             while high - low > 1:
-                middle = (low + high) // 2
-                candidate, passed = meets(ranked[:middle], level)
+                middle = guess if guess is not None and low < guess < high else (low + high) // 2
+                candidate, passed, _ = meets(ranked[:middle], level)
                 low, high, best = (low, middle, candidate) if passed else (middle, high, best)
+                # After the prediction, its neighbour on the far side: one more probe usually closes the bracket.
+                guess = None if neighbour_probed or middle != guess else (middle - 1 if passed else middle + 1)
+                neighbour_probed = neighbour_probed or guess is not None
             return best, level, ranked[:high]
     if level != FP32_COMPUTE:  # int8 compute quantizes activations too; fp32 compute does not
-        quantized, passed = meets(ranked, FP32_COMPUTE)
+        quantized, passed, _ = meets(ranked, FP32_COMPUTE)
         if passed:
             return quantized, FP32_COMPUTE, ranked
     return without_headroom
+
+
+def _predicted_prefix(noises: Sequence[float], none_up: float | None, all_up: float | None) -> int | None:
+    """How many of the ranked nodes must go up for the output noise to fall to ``HEADROOM`` of what the target
+    allows, if each node's measured noise adds to the others': the judged excess with none up and with all up
+    (noise over the target's allowance) fixes the scale. None where the judge states no excess (a top-1 or
+    metric target) or a node's noise is unknown."""
+    total = sum(noises)
+    if none_up is None or all_up is None or not math.isfinite(total) or total <= 0:
+        return None
+    remaining = total
+    for count, noise in enumerate(noises):
+        if all_up + (none_up - all_up) * remaining / total <= HEADROOM:
+            return count
+        remaining -= noise
+    return len(noises)
 
 
 def _with_headroom(verdict: Verdict) -> bool:

@@ -347,3 +347,12 @@ def test_the_passes_listing_states_the_weight_only_gate_and_target_with_their_re
     assert (
         f"at most {weight_only.HEADROOM:.0%} of what the target allows, headroom for inputs beyond the data" in listing
     )
+
+
+def test_the_search_first_probes_the_prefix_the_measured_noises_predict():
+    """Noises 3, 2, 1 (a sixth of the total left at 4 bits after two go up); judged excess 3.2 with none up and
+    0.2 with all up: two up leave 0.2 + 3.0 / 6 = 0.7 of the allowance, within the 0.8 headroom, one up 1.7."""
+    assert weight_only._predicted_prefix([3.0, 2.0, 1.0], 3.2, 0.2) == 2
+    assert weight_only._predicted_prefix([3.0, 2.0, 1.0], 30.0, 0.2) == 3
+    assert weight_only._predicted_prefix([3.0, 2.0, 1.0], None, 0.2) is None  # a top-1 or metric target
+    assert weight_only._predicted_prefix([3.0, float("inf")], 3.2, 0.2) is None  # a node it could not measure

@@ -332,6 +332,15 @@ def with_fp16_intermediates(float_proto: onnx.ModelProto, converted: onnx.ModelP
         if tensor.name in stored and tensor.data_type == onnx.TensorProto.FLOAT:
             values = numpy_helper.to_array(stored[tensor.name]).astype(np.float32)
             graph.initializer[index].CopyFrom(numpy_helper.from_array(values, tensor.name))
+    # Constant nodes hold the converter's values too: it clips a value past fp16's range to its maximum, where
+    # a Cast would round it to inf (and 0 * inf, a mask's product, is NaN).
+    constants = {n.name: n for n in converted.graph.node if n.op_type == "Constant" and n.name in in_float16}
+    for node in graph.node:
+        if node.name in constants:
+            for attribute, stored_value in zip(node.attribute, constants[node.name].attribute):
+                if attribute.name == "value" and stored_value.t.data_type == onnx.TensorProto.FLOAT16:
+                    values = numpy_helper.to_array(stored_value.t).astype(np.float32)
+                    attribute.t.CopyFrom(numpy_helper.from_array(values, attribute.t.name))
     types = _value_types(retyped(emulated))
     graph_outputs = {o.name for o in graph.output}
     made: dict[str, str] = {}  # a value a float16 node makes -> its rounded copy, which every consumer reads

@@ -247,6 +247,28 @@ def test_fp16_intermediates_round_every_value_onnx_runtime_cpu_keeps_in_float32(
     assert not got.any()  # the signal is gone, as on a runtime with float16 arithmetic
 
 
+def test_fp16_intermediates_hold_the_converters_clipped_constants():
+    # paraphrase_minilm_l3's attention mask: 0 * (a Constant past fp16's range). The converter clips the Constant
+    # to -65504 (0 * -65504 = 0); a Cast would round it to -inf, and 0 * -inf is NaN.
+    model = chain(("Mul", 0.0))
+    model.graph.node[-1].output[0] = "zero"
+    model.graph.node.extend(
+        [
+            helper.make_node(
+                "Constant", [], ["lowest"], name="lowest", value=numpy_helper.from_array(np.array(-3.0e38, np.float32))
+            ),
+            helper.make_node("Mul", ["zero", "lowest"], ["masked"], name="mask"),
+            helper.make_node("Add", ["v0", "masked"], ["y"], name="add_mask"),
+        ]
+    )
+    converted = convert.to_fp16(onnx.shape_inference.infer_shapes(model), [])
+    emulated = convert.with_fp16_intermediates(model, converted)
+    x = np.random.default_rng(3).standard_normal((4, 32)).astype(np.float32)
+    (cpu,), (got,) = run_model(converted, {"x": x}), run_model(emulated, {"x": x})
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, cpu, atol=1e-2)  # fp16 steps are 0.008 at the magnitude of x @ w
+
+
 def test_fp16_judges_its_candidates_with_float16_intermediates():
     # Judged in ONNX Runtime on the CPU this model passes at cosine 0.99999 in fp16; with float16 arithmetic its
     # output is zero. The pass must not ship it: the search keeps the nodes float, and with all of them float

@@ -40,7 +40,7 @@ def _attribute_key(attribute: ir.Attr) -> Any:
     ):
         return None
     if kind == ir.AttributeType.TENSOR:
-        tensor = attribute.as_tensor()
+        tensor = attribute.value  # as_tensor() would check it against a runtime Protocol: slow, and known here
         if tensor.size > _LARGEST_COMPARED_TENSOR:
             return None
         return (tensor.dtype, tuple(tensor.shape.numpy()), _tensor_bytes(tensor))
@@ -159,7 +159,7 @@ def lift_constants(graphs: Sequence[ir.Graph | ir.Function], rewrites: Rewrites)
             site = site_name(node)
             if output.is_graph_output() or not rewrites.allows("constant-to-initializer", site):
                 continue
-            tensor = ir.convenience.get_const_tensor(output)
+            tensor = _constant_tensor(node)
             if tensor is None:
                 continue
             initializer = ir.Value(
@@ -172,3 +172,12 @@ def lift_constants(graphs: Sequence[ir.Graph | ir.Function], rewrites: Rewrites)
             output.replace_all_uses_with(initializer)
             graph.remove(node, safe=True)
             rewrites.record("constant-to-initializer", site, "lifted", "Constant nodes to initializers")
+
+
+def _constant_tensor(node: ir.Node) -> ir.TensorProtocol | None:
+    """The tensor a Constant node holds. Its ``value`` attribute is read as it is: ``get_const_tensor`` checks
+    it against a runtime Protocol, a millisecond per node where exporters write hundreds of them."""
+    attribute = node.attributes.get("value")
+    if attribute is not None and not attribute.is_ref() and attribute.type == ir.AttributeType.TENSOR:
+        return attribute.value
+    return ir.convenience.get_const_tensor(node.outputs[0])  # value_float, value_ints, ...

@@ -252,7 +252,8 @@ def out_of_range_nodes(proto: onnx.ModelProto, activation_peaks: Mapping[str, fl
             if peak > RANGE_HEADROOM * FP16_MAX:
                 reasons[node.name] = f"{name} reaches {peak:.3g}, near fp16's maximum {FP16_MAX:g}"
                 break
-        for name in node.input:
+        # The node reading the constant, and a Constant node making it: converted, it would clip the value.
+        for name in (*node.input, *node.output) if node.op_type == "Constant" else node.input:
             if name in constants:
                 reasons.setdefault(node.name, constants[name])
     return reasons

@@ -207,6 +207,21 @@ def test_fp16_converts_what_follows_a_blocked_node_through_a_cast_and_a_graph_ou
         np.testing.assert_allclose(got, want, atol=1e-2)
 
 
+def test_fp16_keeps_an_epsilon_a_constant_node_makes_and_its_reader_in_float32():
+    # MiniLM's Clip(min=1e-9) reads a Constant node: converted, the Constant would clip 1e-9 up to 6e-8.
+    model = chain(("Add", 0.0))
+    model.graph.node[-1].input[1] = "eps"
+    model.graph.node.insert(
+        0,
+        helper.make_node(
+            "Constant", [], ["eps"], name="eps", value=numpy_helper.from_array(np.array(1e-9, np.float32))
+        ),
+    )
+    (entry,) = run("fp16", model).report.passes
+    assert entry.modified and {"eps", "add0"} <= set(entry.details["kept"]), entry.details
+    assert entry.details["kept"]["eps"].startswith("constant eps holds 1e-09")
+
+
 def test_search_keeps_the_nodes_that_add_most_error_in_float_until_the_target_holds():
     # x @ w lands in fp16's subnormals (about 1e-6, where its steps are 6e-8), and a constant past fp16's
     # maximum scales it back up: the Mul is kept by the range rule, the MatMul only by the search; the Mul

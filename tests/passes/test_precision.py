@@ -296,6 +296,15 @@ def test_fp16_judges_its_candidates_with_float16_intermediates():
     assert {"add0", "sub1"} <= set(searched.details["kept"])
 
 
+def test_the_ranking_takes_a_value_that_overflows_to_inf():
+    # basic_pitch_nmp: a value overflowed to inf in fp16 arithmetic, its noise power was inf, and the SQNR's
+    # log10(signal / inf) ended the pass with a math domain error.
+    from onnxkit.passes.quantize.sensitivity import sqnr_db
+
+    assert sqnr_db(1.0, float("inf")) == float("-inf")
+    assert sqnr_db(100.0, 1.0) == pytest.approx(20.0)
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))

@@ -246,23 +246,30 @@ def out_of_range_nodes(proto: onnx.ModelProto, activation_peaks: Mapping[str, fl
     constants = _constants_out_of_range(proto)
     reasons: dict[str, str] = {}
     for node in proto.graph.node:
+        if node.op_type == "Constant":
+            # Converted, a Constant holds what the converter makes of its value: a tiny epsilon rounded away
+            # (so it stays float32), a value past the maximum clipped to 65504, which its float16 readers can
+            # use where the Cast after a float32 Constant would give them inf (0 * inf in a mask is NaN).
+            flushed = constants.get(node.output[0])
+            if flushed and flushed[1]:
+                reasons[node.name] = flushed[0]
+            continue
         # Inputs too: a consumer in fp16 would overflow at the Cast in front of it.
         for name in (*node.output, *node.input):
             peak = activation_peaks.get(name, 0.0)
             if peak > RANGE_HEADROOM * FP16_MAX:
                 reasons[node.name] = f"{name} reaches {peak:.3g}, near fp16's maximum {FP16_MAX:g}"
                 break
-        # The node reading the constant, and a Constant node making it: converted, it would clip the value.
-        for name in (*node.input, *node.output) if node.op_type == "Constant" else node.input:
+        for name in node.input:
             if name in constants:
-                reasons.setdefault(node.name, constants[name])
+                reasons.setdefault(node.name, constants[name][0])
     return reasons
 
 
-def _constants_out_of_range(proto: onnx.ModelProto) -> dict[str, str]:
-    """Float constants fp16 cannot hold: any with a finite magnitude past its maximum (the converter would
-    clip it), and small ones (epsilons, scales: under ``MIN_WEIGHT_ELEMENTS`` elements) with a nonzero magnitude
-    below its smallest normal (flushed towards zero)."""
+def _constants_out_of_range(proto: onnx.ModelProto) -> dict[str, tuple[str, bool]]:
+    """Float constants fp16 cannot hold, each with why and whether it is small: any with a finite magnitude past
+    its maximum (the converter would clip it), and small ones (epsilons, scales: under ``MIN_WEIGHT_ELEMENTS``
+    elements) with a nonzero magnitude below its smallest normal (flushed towards zero)."""
     tensors: list[tuple[str, Any]] = [(t.name, t) for t in proto.graph.initializer]
     tensors += [
         (n.output[0], a.t)
@@ -271,7 +278,7 @@ def _constants_out_of_range(proto: onnx.ModelProto) -> dict[str, str]:
         for a in n.attribute
         if a.name == "value"
     ]
-    found = {}
+    found: dict[str, tuple[str, bool]] = {}
     for name, tensor in tensors:
         if tensor.data_type != onnx.TensorProto.FLOAT:
             continue
@@ -279,13 +286,12 @@ def _constants_out_of_range(proto: onnx.ModelProto) -> dict[str, str]:
         # Infinities (an attention mask's fill value) and NaN are float16 values as they are.
         past = magnitude[np.isfinite(magnitude) & (magnitude > FP16_MAX)]
         if past.size:
-            found[name] = f"constant {name} holds {past.max():.3g}, past fp16's maximum {FP16_MAX:g}"
+            found[name] = (f"constant {name} holds {past.max():.3g}, past fp16's maximum {FP16_MAX:g}", False)
             continue
         tiny = magnitude[(magnitude > 0) & (magnitude < FP16_SMALLEST_NORMAL)]
         if tiny.size and magnitude.size < MIN_WEIGHT_ELEMENTS:
-            found[name] = (
-                f"constant {name} holds {tiny.min():.3g}, below fp16's smallest normal {FP16_SMALLEST_NORMAL:.3g}"
-            )
+            why = f"constant {name} holds {tiny.min():.3g}, below fp16's smallest normal {FP16_SMALLEST_NORMAL:.3g}"
+            found[name] = (why, True)
     return found
 
 

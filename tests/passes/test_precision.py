@@ -284,6 +284,29 @@ def test_fp16_intermediates_hold_the_converters_clipped_constants():
     np.testing.assert_allclose(got, cpu, atol=1e-2)  # fp16 steps are 0.008 at the magnitude of x @ w
 
 
+def test_fp16_converts_a_constant_node_past_its_range_to_the_clipped_value_and_keeps_its_reader():
+    # paraphrase_minilm_l3's mask fill (float32's largest value in a Constant node): kept float32, the Cast after
+    # it gave its float16 readers inf, and the model's outputs NaN; converted, it holds -65504.
+    model = chain(("Mul", 0.0))
+    model.graph.node[-1].output[0] = "zero"
+    model.graph.node.extend(
+        [
+            helper.make_node(
+                "Constant", [], ["lowest"], name="lowest", value=numpy_helper.from_array(np.array(-3.0e38, np.float32))
+            ),
+            helper.make_node("Mul", ["zero", "lowest"], ["masked"], name="mask"),
+            helper.make_node("Add", ["v0", "masked"], ["y"], name="add_mask"),
+        ]
+    )
+    result = run("fp16", model)
+    details = result.report.passes[0].details
+    assert result.report.exit_code == 0 and "lowest" not in details["kept"], details
+    assert "fp16's maximum" in details["kept"]["mask"]
+    proto = onnx.load_from_string(model_bytes(result.model))
+    x = np.random.default_rng(3).standard_normal((4, 32)).astype(np.float32)
+    assert np.isfinite(run_model(proto, {"x": x})[0]).all()
+
+
 def test_fp16_judges_its_candidates_with_float16_intermediates():
     # Judged in ONNX Runtime on the CPU this model passes at cosine 0.99999 in fp16; with float16 arithmetic its
     # output is zero. The pass must not ship it: the search keeps the nodes float, and with all of them float

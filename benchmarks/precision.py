@@ -249,7 +249,8 @@ def section_lines(results: dict[str, Any]) -> list[str]:
             "and outputs kept float32), run as `Pipeline.parse(spec).run(model, data=calibration)`. *kept*: nodes "
             "left in float32, by the op-type block list (reductions, normalizations, Pow, Exp, and the converter's "
             "ops without float16 kernels), by the fp16 range rules (values near fp16's limits), or by the search "
-            "for the target. *cosine (ORT CPU)*: per held-out sample against FP32's output, worst and mean, in "
+            "for the target (for bf16, *converted* counts the nodes whose weights it may store in bfloat16; every "
+            "node computes in float32). *cosine (ORT CPU)*: per held-out sample against FP32's output, worst and mean, in "
             "one-thread ONNX Runtime CPU sessions with its default optimizations, as users run the model there; "
             "*with fp16 arithmetic*: the same for the model as a runtime with float16 arithmetic computes it "
             "(`convert.with_fp16_intermediates`: its fp16 weights, and every value its fp16 nodes read or make "
@@ -257,7 +258,8 @@ def section_lines(results: dict[str, Any]) -> list[str]:
             "the worst cosine the pass judged on its own search samples (from the calibration samples, not the "
             "held-out ones; for fp16, with fp16 arithmetic). *meets target*: both cosines. *size*: the "
             "serialized model over FP32's. *latency*: converted/FP32 time on one thread, interleaved in one "
-            f"process, median of {results['repeats']} comparisons."
+            f"process, median of {results['repeats']} comparisons; bf16's model is FP32's again once ONNX Runtime "
+            "has folded its Casts at load, so its ratio is the run's noise floor."
         ),
         "",
         (

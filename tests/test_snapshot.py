@@ -69,7 +69,7 @@ def test_the_shape_check_keeps_small_initializers_and_sends_weights_as_inputs() 
         numpy_helper.from_array(np.ones(256, np.float32), "bias"),  # exactly 1 KB: kept
         numpy_helper.from_array(np.ones(257, np.float32), "weight"),  # 1028 bytes: an input
         numpy_helper.from_array(np.ones((2, 128), np.int64), "indices"),  # 2 KB: an input
-        helper.make_tensor("words", TensorProto.STRING, [2], [b"a", b"b"]),  # strings: by their encoded size
+        numpy_helper.from_array(np.array([b"a", b"b"], dtype=object), "words"),  # strings: by their encoded size
     ]
     graph = helper.make_graph(
         [helper.make_node("Reshape", ["x", "shape"], ["y"])],

@@ -179,7 +179,7 @@ def _time_ratio(mine: ToolRecord | None, theirs: ToolRecord | None) -> str:
     return f" ({mine.transform_seconds / theirs.transform_seconds:.1f}×)"
 
 
-def _whole_model_float(record: ToolRecord | None) -> str | None:
+def whole_model_float(record: ToolRecord | None) -> str | None:
     """The quantize pass's reason for handing on the float model, from its stats line, if it did."""
     marker = "kept the float model: "
     for note in record.notes if record is not None and record.ok else []:
@@ -220,7 +220,7 @@ def comparison_rows(models: Iterable[dict[str, Any]]) -> tuple[list[list[str]], 
             for record in (mine, theirs):
                 if record is not None and not record.ok:
                     notes.append(f"{entry['name']} / {record.label}: failed: {record.error}")
-            why = _whole_model_float(mine)
+            why = whole_model_float(mine)
             if why:
                 notes.append(f"{entry['name']} / {mode}: onnxkit kept the float model: {why}")
         if not counts:

@@ -17,17 +17,10 @@ from benchmarks.peers import PEER_DESCRIPTIONS
 from onnxkit.bench import BenchReport, ToolRecord, format_bytes, summary_cells, summary_headers
 
 # Causes that the op histograms cannot tell, keyed by (pipeline spec, model) or (pipeline spec, "*").
-# Filled in from the analysis of each run; a gap without an entry still shows its op-count difference.
-GAP_CAUSES: dict[tuple[str, str], str] = {
-    ("simplify,fuse,quantize{mode=static}", "resnet18"): (
-        "the quantize pass returned a model and the pipeline's parity check (worst sample of the 64, cosine "
-        "budget 0.99) rejected it, while the pass's own target is checked on its held-out fifth of the samples. "
-        "Not reproduced: the same pipeline on the same 64 samples passed with `onnxkit optimize`, with entropy "
-        "and with MinMax calibration, in a separate run. The pass's latency gate times INT8 against FP32 on this "
-        "shared machine to decide which op types stay float, so its output, and its error, can differ from run "
-        "to run; ORT's plain quantize_static (no gate, MinMax) passed parity here but was no faster than FP32."
-    ),
-}
+# Filled in from the analysis of each run; a gap without an entry still shows its op-count difference, and where
+# the quantize pass handed on the float model, its own reason. (resnet18's static parity rejection of 2026-11-29
+# is gone: its rows were re-measured on 2026-11-30.)
+GAP_CAUSES: dict[tuple[str, str], str] = {}
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:
@@ -73,6 +66,8 @@ def known_gaps(model_name: str, report: BenchReport) -> tuple[list[str], list[st
             continue
         where = f"**{model_name} / {record.spec}**"
         cause = GAP_CAUSES.get((record.spec or "", model_name)) or GAP_CAUSES.get((record.spec or "", "*"))
+        float_model = quant_compare.whole_model_float(record)
+        cause = cause or (f"the quantize pass kept the float model: {float_model}." if float_model else None)
         suffix = f" Cause: {cause}" if cause else ""
         if not record.ok:
             gaps.append(f"{where}: failed: {record.error}.{suffix}")

@@ -100,6 +100,7 @@ class _PrecisionPass(Pass):
                 f"{default_opset(proto)}: run opset{{version={self.min_opset}}} first",
                 {},
             )
+        convert.name_unnamed_nodes(proto)
         types = tensor_elem_types(proto)
         candidates = convert.float_nodes(proto, types)
         if not candidates:

@@ -295,6 +295,20 @@ def _constants_out_of_range(proto: onnx.ModelProto) -> dict[str, tuple[str, bool
     return found
 
 
+def name_unnamed_nodes(proto: onnx.ModelProto) -> None:
+    """Give every unnamed main-graph node a unique name, in place: the search keeps nodes in float32 by name, so
+    an unnamed node could never be converted (many exporters and hand-built models leave names empty)."""
+    taken = {node.name for node in proto.graph.node if node.name}
+    for index, node in enumerate(proto.graph.node):
+        if not node.name:
+            name, suffix = f"{node.op_type}_{index}", 0
+            while name in taken:
+                suffix += 1
+                name = f"{node.op_type}_{index}_{suffix}"
+            node.name = name
+            taken.add(name)
+
+
 def float_nodes(proto: onnx.ModelProto, types: Mapping[str, int]) -> list[onnx.NodeProto]:
     """Main-graph nodes with a float32 output: what a precision pass can convert."""
     return [

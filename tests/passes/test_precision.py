@@ -93,6 +93,26 @@ def test_fp16_converts_the_safe_nodes_keeps_unsafe_ones_and_the_signature():
     np.testing.assert_allclose(got, want, atol=2e-3)
 
 
+@pytest.mark.parametrize("spec", ["fp16", "bf16"])
+def test_unnamed_nodes_are_converted_too(spec):
+    # Exporters and hand-built models often leave node names empty; the search keeps nodes by name, and the
+    # pass once took unnamed nodes for nothing to convert ("no float32 nodes to convert").
+    model = mlp()
+    for node in model.graph.node:
+        node.name = ""
+    result = run(spec, model)
+    assert result.report.exit_code == 0, result.report.to_json()
+    (entry,) = result.report.passes
+    assert entry.status == "ok", entry.details
+    proto = onnx.load_from_string(model_bytes(result.model))
+    stored = {t.name: t.data_type for t in proto.graph.initializer}
+    if spec == "fp16":
+        assert stored["w1"] == stored["w2"] == TensorProto.FLOAT16 and entry.details["converted"] == 5
+    else:
+        assert stored["w1_bf16"] == stored["w2_bf16"] == TensorProto.BFLOAT16
+        assert entry.details["weights_converted"] == 3
+
+
 def chain(*ops: tuple[str, float], weight_scale: float = 1.0) -> onnx.ModelProto:
     """x @ w, then each (op, constant) in turn: a small graph whose fp16 trouble is placed by hand."""
     rng = np.random.default_rng(0)

@@ -17,46 +17,22 @@ from onnxkit import external_tools
 from onnxkit.bench import run_bench
 from onnxkit.pass_base import PassContext
 from onnxkit.passes.quantize import QuantizePass
+from tests.passes import test_quantize as quantize_tests
 
 
 def convnet() -> onnx.ModelProto:
-    """x[N,3,8,8] → Conv → Relu → Conv → Relu → GlobalAveragePool → Flatten → Gemm → y[N,10], and a Shape → Gather
-    beside it (an integer Gather, no candidate)."""
-    rng = np.random.default_rng(0)
-    weights = {
-        "c1_w": (8, 3, 3, 3),
-        "c1_b": (8,),
-        "c2_w": (16, 8, 3, 3),
-        "c2_b": (16,),
-        "fc_w": (10, 16),
-        "fc_b": (10,),
-    }
-    initializers = [
-        numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n) for n, s in weights.items()
-    ]
-    initializers.append(numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"))
-    nodes = [
-        helper.make_node("Conv", ["x", "c1_w", "c1_b"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "c2_w", "c2_b"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-        helper.make_node("GlobalAveragePool", ["r2"], ["pool"], name="pool"),
-        helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"),
-        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
-        helper.make_node("Shape", ["x"], ["shape"], name="shape"),
-        helper.make_node("Gather", ["shape", "zero"], ["batch"], name="batch_size"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "convnet",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+    """test_quantize's convnet (Conv → Relu → Conv → Relu → GlobalAveragePool → Flatten → Gemm), and a
+    Shape → Gather beside it (an integer Gather, no candidate)."""
+    model = quantize_tests.convnet()
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"))
+    model.graph.node.extend(
         [
-            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10]),
-            helper.make_tensor_value_info("batch", TensorProto.INT64, []),
-        ],
-        initializers,
+            helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+            helper.make_node("Gather", ["shape", "zero"], ["batch"], name="batch_size"),
+        ]
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model.graph.output.append(helper.make_tensor_value_info("batch", TensorProto.INT64, []))
+    return model
 
 
 def samples(count: int) -> list[dict[str, np.ndarray]]:

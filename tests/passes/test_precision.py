@@ -282,9 +282,8 @@ def test_fp16_intermediates_round_every_value_onnx_runtime_cpu_keeps_in_float32(
     assert not got.any()  # the signal is gone, as on a runtime with float16 arithmetic
 
 
-def test_fp16_intermediates_hold_the_converters_clipped_constants():
-    # paraphrase_minilm_l3's attention mask: 0 * (a Constant past fp16's range). The converter clips the Constant
-    # to -65504 (0 * -65504 = 0); a Cast would round it to -inf, and 0 * -inf is NaN.
+def masked_by_a_constant_past_fp16s_range() -> onnx.ModelProto:
+    """x @ w plus 0 * (a Constant node holding -3e38), paraphrase_minilm_l3's attention-mask shape."""
     model = chain(("Mul", 0.0))
     model.graph.node[-1].output[0] = "zero"
     model.graph.node.extend(
@@ -296,6 +295,13 @@ def test_fp16_intermediates_hold_the_converters_clipped_constants():
             helper.make_node("Add", ["v0", "masked"], ["y"], name="add_mask"),
         ]
     )
+    return model
+
+
+def test_fp16_intermediates_hold_the_converters_clipped_constants():
+    # paraphrase_minilm_l3's attention mask: 0 * (a Constant past fp16's range). The converter clips the Constant
+    # to -65504 (0 * -65504 = 0); a Cast would round it to -inf, and 0 * -inf is NaN.
+    model = masked_by_a_constant_past_fp16s_range()
     converted = convert.to_fp16(onnx.shape_inference.infer_shapes(model), [])
     emulated = convert.with_fp16_intermediates(model, converted)
     x = np.random.default_rng(3).standard_normal((4, 32)).astype(np.float32)
@@ -307,17 +313,7 @@ def test_fp16_intermediates_hold_the_converters_clipped_constants():
 def test_fp16_converts_a_constant_node_past_its_range_to_the_clipped_value_and_keeps_its_reader():
     # paraphrase_minilm_l3's mask fill (float32's largest value in a Constant node): kept float32, the Cast after
     # it gave its float16 readers inf, and the model's outputs NaN; converted, it holds -65504.
-    model = chain(("Mul", 0.0))
-    model.graph.node[-1].output[0] = "zero"
-    model.graph.node.extend(
-        [
-            helper.make_node(
-                "Constant", [], ["lowest"], name="lowest", value=numpy_helper.from_array(np.array(-3.0e38, np.float32))
-            ),
-            helper.make_node("Mul", ["zero", "lowest"], ["masked"], name="mask"),
-            helper.make_node("Add", ["v0", "masked"], ["y"], name="add_mask"),
-        ]
-    )
+    model = masked_by_a_constant_past_fp16s_range()
     result = run("fp16", model)
     details = result.report.passes[0].details
     assert result.report.exit_code == 0 and "lowest" not in details["kept"], details

@@ -43,6 +43,7 @@ from onnxkit.passes.quantize.report import Report
 from onnxkit.passes.quantize.rewrite import QuantizerError, QuantizeSettings
 from onnxkit.passes.quantize.run import SENSITIVITY_SAMPLES, QuantizeRun
 from onnxkit.passes.quantize.runtime import make_session, tensor_elem_types
+from onnxkit.passes.quantize.samples import KeptSamples
 
 # Not `from onnxkit import runtime`: importing the submodule passes/quantize/runtime.py rebinds that name here.
 from onnxkit.runtime import error_line, exceeds_protobuf_limit
@@ -214,7 +215,7 @@ class QuantizePass(Pass):
             float_proto,
             settings,
             report,
-            CalibrationSplit(self._dataset(model, report), options.samples),
+            CalibrationSplit(KeptSamples(self._dataset(model, report)), options.samples),
             elem_types,
             candidates,
             excluded,

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit import Pipeline, SpecError
-from onnxkit.passes.simplify import SimplifyPass
+from onnxkit.passes.simplify import SimplifyPass, merge
 from onnxkit.pipeline import op_histogram
 from tests import helpers
 from tests.conftest import run_model
@@ -271,6 +271,29 @@ def test_duplicate_initializers_and_common_subexpressions_merge():
     assert "merged 1 duplicate initializers" in entry.stats
     assert "merged 1 common subexpressions" in entry.stats
     assert_same_outputs(model, simplified, x_feed())
+
+
+def test_large_initializers_equal_in_their_sampled_bytes_are_compared_whole():
+    # Same-shaped weights are told apart by a sample of their bytes first; w3 differs from w1 only in bytes the
+    # sample skips (element 250: bytes 1000-1003 of 16 KiB), so only the whole comparison keeps it apart.
+    weight = np.random.default_rng(2).standard_normal((64, 64)).astype(np.float32)
+    changed = weight.copy()
+    changed.flat[250] += 1.0
+    merger = merge.InitializerMerger()
+    assert merger._sample(ir.tensor(weight))[0] == merger._sample(ir.tensor(changed))[0]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"]),
+        helper.make_node("MatMul", ["x", "w2"], ["b"]),  # the same weights as w1: merged
+        helper.make_node("MatMul", ["x", "w3"], ["c"]),  # the same sample, other weights: kept
+        helper.make_node("Add", ["a", "b"], ["ab"]),
+        helper.make_node("Add", ["ab", "c"], ["y"]),
+    ]
+    initializers = [const("w1", weight), const("w2", weight.copy()), const("w3", changed)]
+    model = make_model(nodes, [tensor_input("x", [2, 64])], [tensor_input("y", [2, 64])], initializers)
+    simplified, entry = simplify(model)
+    assert sorted(i.name for i in simplified.graph.initializer) == ["w1", "w3"]
+    assert "merged 1 duplicate initializers" in entry.stats
+    assert_same_outputs(model, simplified, x_feed((2, 64)))
 
 
 def _broadcast_model(op_type: str, rows: int) -> onnx.ModelProto:

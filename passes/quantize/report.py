@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import onnx
@@ -54,9 +54,6 @@ class Report:
         excluded: set[str],
     ) -> None:
         self.quantized_bytes = modelio.proto_bytes(quantized)
-        self.quantized_nodes = dict(
-            Counter(n.op_type for n in quantized_nodes(float_proto, quantized) if n.op_type in self.settings.op_types)
-        )
         self.kept_float = {**dict.fromkeys(sorted(excluded), "excluded by the user"), **keep_float}
         for op_type in self.gate_float_op_types:
             self.kept_float.update(
@@ -66,6 +63,8 @@ class Report:
                     if n.op_type == op_type and n.name not in self.kept_float
                 }
             )
+        in_int8 = quantized_nodes(float_proto, quantized, float_nodes=self.kept_float)
+        self.quantized_nodes = dict(Counter(n.op_type for n in in_int8 if n.op_type in self.settings.op_types))
 
     def parity(self) -> dict[str, Any] | None:
         if self.verdict is None:
@@ -192,14 +191,19 @@ def brief(verdict: Any) -> str:
     return ", ".join(parts)
 
 
-def quantized_nodes(float_proto: onnx.ModelProto, quantized: onnx.ModelProto) -> list[ir.Node]:
+def quantized_nodes(
+    float_proto: onnx.ModelProto, quantized: onnx.ModelProto, float_nodes: Collection[str] = ()
+) -> list[ir.Node]:
     """Float nodes, subgraphs included, that the quantized model runs in INT8: replaced by other ops
-    (QOperator, dynamic), or reading rewired inputs (DequantizeLinear outputs in QDQ, INT8 tables for Gather)."""
+    (QOperator, dynamic), or reading rewired inputs (DequantizeLinear outputs in QDQ, INT8 tables for Gather).
+
+    ``float_nodes`` (excluded or kept float) are never counted: in QDQ a float node reads the DequantizeLinear
+    output of an activation another node quantized (ORT rewires every reader), and computes in float on it."""
     same = {(n.name, n.op_type): _input_names(n) for n in graph.nodes(ir.serde.deserialize_model(quantized))}
     return [
         node
         for node in graph.nodes(ir.serde.deserialize_model(float_proto))
-        if same.get((node.name, node.op_type)) != _input_names(node)
+        if node.name not in float_nodes and same.get((node.name, node.op_type)) != _input_names(node)
     ]
 
 

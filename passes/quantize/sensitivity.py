@@ -92,6 +92,24 @@ def activation_qdq(quantized: onnx.ModelProto) -> dict[str, tuple[float, float, 
     return found
 
 
+def folded_activations(float_proto: onnx.ModelProto, quantized: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """The Relu and Clip nodes of ``float_proto`` that ORT folded into the range of their producer's output in
+    ``quantized`` (QDQ), by name: gone from the graph, their input no longer made, their output written by the
+    producer, clamped only by its QuantizeLinear. Such a node has no noise of its own to take out: keeping it
+    float alone leaves its producer's output quantized over the whole range, negative values included."""
+    names = {n.name for n in quantized.graph.node}
+    made = _value_names(quantized)
+    return {
+        node.name: node
+        for node in float_proto.graph.node
+        if node.op_type in ("Relu", "Clip")
+        and node.name not in names
+        and node.input
+        and node.input[0] not in made
+        and node.output[0] in made
+    }
+
+
 def _float32(values: np.ndarray) -> np.ndarray:
     """float16 tensors measured in float32 (no copy of a float32 one)."""
     return values.astype(np.float32, copy=False)
@@ -140,6 +158,9 @@ def measure_sensitivity(
       the node reads or writes through a QDQ pair, taken from the float model and quantized with that
       pair's scale and zero point. This does not depend on what happened upstream.
 
+    A Relu or Clip that ORT folded into its producer's output range (``folded_activations``) is not ranked: its
+    producer is, by the Relu's output, and keeping the producer float keeps it float too.
+
     The ranking uses the first: the second, relative to each tensor's own power, misses a range widened by
     a channel that a later Relu or a zero weight row drops (its rounding is small against that channel and
     ruins the rest), and it is reported only, to explain. Signal and noise powers are summed sample by
@@ -148,6 +169,10 @@ def measure_sensitivity(
     initializers = {i.name for i in float_proto.graph.initializer}
     present = _value_names(quantized)
     qdq = activation_qdq(quantized)
+    # ORT folds a Relu/Clip into its producer's output range: the producer then answers for the Relu's output.
+    folded = folded_activations(float_proto, quantized)
+    absorbed = {node.input[0]: node.output[0] for node in folded.values()}
+    folded_outputs = set(absorbed.values())
     pairs: dict[tuple[str, str], None] = {}  # (float name, quantized name), in order
     rounded: dict[str, None] = {}  # float activations whose rounding is measured
     node_pairs = []
@@ -159,14 +184,21 @@ def measure_sensitivity(
         pairs[pair] = None
         return pair
 
+    def consumed(name: str) -> tuple[str, str]:
+        return (name, dequantized if (dequantized := f"{name}{DEQUANT_OUTPUT_SUFFIX}") in present else name)
+
+    def produced(name: str) -> tuple[str, str]:
+        # A folded activation's output is written by its producer before the Relu/Clip's range clamps it: the
+        # unclamped tensor is not the float one, so its readers see it as dequantized.
+        return consumed(name) if name in folded_outputs else (name, name)
+
     for node in candidates:
-        inputs = [add((name, name)) for name in node.input if activation(name)]
-        outputs = [
-            add((name, consumed if (consumed := f"{name}{DEQUANT_OUTPUT_SUFFIX}") in present else name))
-            for name in node.output
-            if activation(name)
-        ]
-        rounding = [name for name in (*node.input, *node.output) if activation(name) and name in qdq]
+        if node.name in folded:
+            continue  # its noise is its producer's: ranked there, and float only with it
+        written = [absorbed.get(name, name) for name in node.output]
+        inputs = [add(produced(name)) for name in node.input if activation(name)]
+        outputs = [add(consumed(name)) for name in written if activation(name)]
+        rounding = [name for name in (*node.input, *written) if activation(name) and name in qdq]
         rounded.update(dict.fromkeys(rounding))
         if outputs:
             node_pairs.append((node, inputs, outputs, rounding))

@@ -31,7 +31,7 @@ from onnxkit.passes.quantize.rewrite import FLOAT_OUTPUT_OP_TYPES, QuantizeSetti
 # Per-node sensitivity and timing need far fewer samples than calibration.
 SENSITIVITY_SAMPLES = 8
 TIMING_SAMPLES = 4
-SENSITIVITY_CACHE_FORMAT = 2
+SENSITIVITY_CACHE_FORMAT = 3  # 3: folded Relu/Clip nodes ranked with their producer
 # The smoothed activations are kept in memory up to this size, to calibrate their scaled twins without a
 # second pass over the model.
 SMOOTHING_KEEP_BYTES = 512 * 2**20

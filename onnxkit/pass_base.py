@@ -29,11 +29,14 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import onnx_ir as ir
 
 from onnxkit.errors import SpecError
+
+if TYPE_CHECKING:  # only for the annotation: parity is not needed to define a pass
+    from onnxkit.parity.judgement import Judgement
 
 PassKind = Literal["exact", "lossy"]
 
@@ -61,11 +64,14 @@ class PassResult(ir.passes.PassResult):
     ``sites`` lists where the pass's rewrite rules fired (see ``Site``); a pass that leaves it empty is
     kept or dropped whole when it fails. ``details`` is the structured, JSON-ready report behind the stats
     lines (quantize's search, a precision pass's verdicts), copied into the run's JSON report.
+    ``judgement`` is a lossy pass's own parity check of the model it returns (``parity.judgement.Judgement``),
+    which the pipeline takes instead of its own check only where it compared exactly what the pipeline would.
     """
 
     stats: list[str] = dataclasses.field(default_factory=list)
     sites: list[Site] = dataclasses.field(default_factory=list)
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    judgement: Judgement | None = None
 
 
 @dataclasses.dataclass

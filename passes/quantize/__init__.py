@@ -234,7 +234,10 @@ class QuantizePass(Pass):
             report.kept_whole_model_float = "no Conv, MatMul, Gemm or other heavy node is left in INT8"
             report.quantized_bytes = None
             return _kept_float(model, report)
-        return QuantizeResult(ir.serde.deserialize_model(quantized), True, report.stats(), details=report.to_dict())
+        returned = ir.serde.deserialize_model(quantized)
+        # The final model's confirmation is the pipeline's own check, made already: handed on for it to take.
+        judgement = run.accept.judgement(quantized, returned) if run.accept is not None else None
+        return QuantizeResult(returned, True, report.stats(), details=report.to_dict(), judgement=judgement)
 
     @staticmethod
     def _quantize(run: QuantizeRun) -> onnx.ModelProto | None:

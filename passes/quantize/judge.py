@@ -12,9 +12,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import onnx
+import onnx_ir as ir
 
 from onnxkit import parity
 from onnxkit.data import CalibrationSplit, input_specs
+from onnxkit.parity import judgement as parity_judgement
+from onnxkit.parity.judgement import Judgement
 from onnxkit.passes.quantize.runtime import make_session
 from onnxkit.passes.quantize.sensitivity import Verdict
 
@@ -22,16 +25,20 @@ from onnxkit.passes.quantize.sensitivity import Verdict
 # tolerance differs from it only in the targets the user sets, so a model the pass accepts is one the
 # pipeline's parity check accepts.
 PIPELINE_TOLERANCE = parity.Tolerance.for_kind("lossy", "int8")
+# Confirmations kept (with their candidate models) until the pass says which model it hands on.
+CONFIRMATIONS_KEPT = 4
 
 
 @dataclasses.dataclass
 class Judge:
     """``check`` judges a candidate during the search; ``confirm`` judges the model about to be handed on,
-    adding the checks a search step can skip. Both return a ``Verdict``."""
+    adding the checks a search step can skip. Both return a ``Verdict``. ``judgement`` is the confirmation of
+    a candidate as the pipeline's own parity check makes it, for the pipeline to take (None: none was made)."""
 
     target: str
     check: Callable[[onnx.ModelProto], Verdict]
     confirm: Callable[[onnx.ModelProto], Verdict]
+    judgement: Callable[[onnx.ModelProto, ir.Model], Judgement | None] = lambda candidate, returned: None
 
     def __call__(self, candidate: onnx.ModelProto) -> Verdict:
         """The search's judgement: ``check``, then ``confirm`` for a candidate that passes it."""
@@ -78,6 +85,9 @@ def by_parity(
         pipeline_samples, specs, pipeline_description, data_given=True, ort_optimizations=False
     )
     held_out_verdicts: dict[int, Any] = {}  # by candidate identity: confirm reuses check's comparison
+    # The last candidates compared as the pipeline compares them, with the report: the search may confirm a
+    # longer prefix after the one it hands on.
+    as_the_pipeline: list[tuple[onnx.ModelProto, parity.ParityReport]] = []
 
     def check(candidate: onnx.ModelProto) -> Verdict:
         verdict = on_held_out.compare(float_proto, candidate, tolerance)
@@ -91,12 +101,27 @@ def by_parity(
         }
         if verdicts["held-out"].passed:
             key = "held-out" if pipeline_checks_held_out else "all"
-            verdicts[f"{key}, ORT optimizations off"] = as_the_pipeline_checks.compare(
-                float_proto, candidate, tolerance
-            )
+            report = as_the_pipeline_checks.compare(float_proto, candidate, tolerance)
+            verdicts[f"{key}, ORT optimizations off"] = report
+            as_the_pipeline[:] = [*as_the_pipeline[-(CONFIRMATIONS_KEPT - 1) :], (candidate, report)]
         return Verdict(all(v.passed for v in verdicts.values()), verdicts, noise_excess(verdicts.values(), tolerance))
 
-    return Judge(tolerance.describe(), check, confirm)
+    def judgement(candidate: onnx.ModelProto, returned: ir.Model) -> Judgement | None:
+        """The confirmation of ``candidate`` (``returned`` is the model the pass hands on, made from it) with
+        digests of what it compared; None if it was not confirmed or its float outputs were not all recorded."""
+        report = next((r for c, r in as_the_pipeline if c is candidate), None)
+        recorded = as_the_pipeline_checks.recorded(float_proto)
+        if report is None or recorded is None or not recorded.complete:
+            return None
+        inputs = parity_judgement.digest_inputs(pipeline_samples, specs)
+        reference = parity_judgement.digest_outputs(recorded.outputs, recorded.values)
+        model = parity_judgement.digest_model(returned)
+        if inputs is None or reference is None or model is None:
+            return None
+        chain = as_the_pipeline_checks
+        return Judgement(report, inputs, reference, model, (chain.ort_optimizations, chain.threads, chain.prepack))
+
+    return Judge(tolerance.describe(), check, confirm, judgement)
 
 
 def noise_excess(verdicts: Iterable[Any], tolerance: Any) -> float | None:

@@ -54,6 +54,7 @@ class QuantizeRun:
     # The float model as it came, once ``smooth`` has replaced ``float_proto`` (what ORT quantizes) with its
     # smoothed twin: the target and the latency gate compare against this one.
     reference: onnx.ModelProto | None = None
+    accept: Judge | None = None  # how candidates are accepted, once ``judge`` has said
     # ((float model, ranges, settings, exclusions), (its full INT8 model, the editor over it)), made by ``quantize``
     _full_models: list[tuple[tuple[Any, ...], tuple[onnx.ModelProto, qdq_edit.QdqEditor | None]]] = dataclasses.field(
         default_factory=list, init=False, repr=False
@@ -250,6 +251,7 @@ class QuantizeRun:
                 pipeline_checks_held_out=self.context.parity_on_held_out,
             )
         self.report.target = chosen.target
+        self.accept = chosen
         return chosen
 
     def meet_target(

@@ -258,7 +258,9 @@ class PipelineRun:
             )
         if self.check != "each" or self.deferring:
             return Attempt(result, snapshot, None, histogram=histogram)
-        parity = self._compare(before.model, snapshot.model, pass_.kind, timings.setdefault("parity", {}))
+        parity = self._adopted(result, before, pass_.kind, timings.setdefault("parity", {})) or self._compare(
+            before.model, snapshot.model, pass_.kind, timings.setdefault("parity", {})
+        )
         if parity.passed:
             return Attempt(result, snapshot, None, parity, histogram=histogram)
         message = f"pass '{pass_.name}' changed the model's outputs beyond {pass_.kind} tolerance: {parity.summary()}"
@@ -317,6 +319,24 @@ class PipelineRun:
         return narrowing.narrow(rerun, failed, entry)
 
     # -- parity -----------------------------------------------------------------------------------------
+
+    def _adopted(self, result: PassResult, before: Snapshot, kind: str, timings: dict[str, Any]) -> Any:
+        """The pass's own check of the model it returned (quantize's final confirmation), where it compared exactly
+        what this check would: the same samples, reference outputs, model, tolerance and session settings
+        (``parity.judgement.adopt``); else None."""
+        if not isinstance(result, PassResult) or result.judgement is None:
+            return None
+        from onnxkit.parity.judgement import adopt
+
+        with Clock(timings)("judgement_digests"):
+            return adopt(
+                result.judgement,
+                self._parity,
+                before.model,
+                result.model,
+                self._tolerance(kind),
+                limit=self._sample_limit(kind),
+            )
 
     def _compare(self, reference: Any, candidate: Any, kind: str, timings: dict[str, Any]) -> Any:
         report = self._parity.compare(

@@ -173,3 +173,41 @@ def fingerprint(model: ir.Model) -> tuple:
         tuple(sorted(model.metadata_props.items())),
         model.ir_version,
     )
+
+
+def computation(print_: tuple) -> tuple:
+    """The part of a ``fingerprint`` that decides what the model computes: the same, less the types and shapes
+    recorded on the values between nodes (value_info, what shape inference annotates), node names and metadata.
+    Two models whose ``computation`` is equal have the same nodes, attributes, wiring, initializers, graph
+    signatures, functions and opsets: ONNX Runtime gives them the same outputs, since no kernel reads an
+    annotation."""
+    main, functions, opsets, _metadata, ir_version = print_
+    return (_bare_graph(main), tuple((key, _bare_graph(f)) for key, f in functions), opsets, ir_version)
+
+
+def _bare_graph(record: tuple) -> tuple:
+    # Inputs and weights are kept whole (ONNX Runtime checks what it is fed against the inputs' shapes), outputs
+    # less their shapes, which it only warns about.
+    inputs, outputs, initializers, node_records, opsets = record
+    outputs = tuple(value[:2] for value in outputs)  # name and type
+    return (inputs, outputs, initializers, tuple(_bare_node(n) for n in node_records), opsets)
+
+
+def _bare_node(record: tuple) -> tuple:
+    _name, domain, op_type, overload, inputs, outputs, attributes = record
+    return (
+        domain,
+        op_type,
+        overload,
+        tuple(value[0] for value in inputs),  # the value's name: what the node reads and writes
+        tuple(value[0] for value in outputs),
+        tuple(_bare_attribute(a) for a in attributes),
+    )
+
+
+def _bare_attribute(record: tuple) -> tuple:
+    if record[1] == "graph":
+        return (record[0], "graph", _bare_graph(record[2]))
+    if record[1] == "graphs":
+        return (record[0], "graphs", tuple(_bare_graph(g) for g in record[2]))
+    return record

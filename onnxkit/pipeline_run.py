@@ -28,6 +28,23 @@ OnFail = Literal["stop", "rollback", "warn"]
 # compared on this many samples; a lossy pass's budgets (cosine, SQNR) are statistics over all of them.
 EXACT_SYNTHETIC_SAMPLES = 2
 
+# Why a check is not run between two models of which ``graph.computation`` is the same.
+SAME_COMPUTATION = (
+    "not run: the same nodes, attributes, initializers and graph signature as the model it would compare with "
+    "(only shape annotations, node names or metadata differ), so the outputs cannot differ; the model loads in "
+    "ONNX Runtime"
+)
+
+
+@dataclasses.dataclass
+class SameComputation:
+    """In place of a ``ParityReport``: the check that could not fail, not run (``SAME_COMPUTATION``)."""
+
+    passed: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": True, "skipped": SAME_COMPUTATION, "samples": 0, "summary": SAME_COMPUTATION}
+
 
 class PipelineRun:
     """One run of a pipeline: what passes hand on to each other, and the straight line each pass goes through.
@@ -69,6 +86,8 @@ class PipelineRun:
         self._parity: Any = None
         self._probed: Any = None  # the probe's session and first outputs (data.probe.ProbeRun), until taken
         self.deferring = False  # parity waits for the end of a segment of exact passes
+        # A snapshot's id -> (that snapshot, the earliest one computing the same: ``graph.computation``).
+        self._computes_as: dict[int, tuple[Snapshot, Snapshot]] = {}
 
     # -- the run ----------------------------------------------------------------------------------------
 
@@ -103,7 +122,7 @@ class PipelineRun:
 
         if self.check == "end" and before is not original:
             kind = "lossy" if any(p.kind == "lossy" for p in passes) else "exact"
-            parity = self._compare(original.model, before.model, kind, setup.setdefault("final_parity", {}))
+            parity = self._check(original, before, kind, setup.setdefault("final_parity", {}))
             self.report.final_parity = parity.to_dict()
             if not parity.passed:
                 self.report.parity_failed = True
@@ -138,9 +157,7 @@ class PipelineRun:
             return current, before  # nothing changed, so there is nothing to compare
         segment_entries = self.report.passes[entries:]
         covered = [e for e in segment_entries if e.modified and e.status in ("ok", "narrowed")]
-        parity = self._compare(
-            start.model, before.model, "exact", (covered or segment_entries)[-1].timings.setdefault("parity", {})
-        )
+        parity = self._check(start, before, "exact", (covered or segment_entries)[-1].timings.setdefault("parity", {}))
         if parity.passed:
             for entry in covered:
                 entry.parity = {**parity.to_dict(), "passes": [e.name for e in covered]}
@@ -248,6 +265,10 @@ class PipelineRun:
         with clock("instrument"):
             histogram = op_histogram(result.model)
             problems += undeclared_domains(pass_, histogram_before, histogram)
+            # Only a pass that left every op in place can compute what its input did: then look closer.
+            if self.check != "off" and histogram == histogram_before:
+                if graph.computation(graph.fingerprint(result.model)) == graph.computation(fingerprint_before):
+                    self._computes_as[id(snapshot)] = (snapshot, self._anchor(before))
         if problems:
             return Attempt(
                 result,
@@ -258,8 +279,8 @@ class PipelineRun:
             )
         if self.check != "each" or self.deferring:
             return Attempt(result, snapshot, None, histogram=histogram)
-        parity = self._adopted(result, before, pass_.kind, timings.setdefault("parity", {})) or self._compare(
-            before.model, snapshot.model, pass_.kind, timings.setdefault("parity", {})
+        parity = self._adopted(result, before, pass_.kind, timings.setdefault("parity", {})) or self._check(
+            before, snapshot, pass_.kind, timings.setdefault("parity", {})
         )
         if parity.passed:
             return Attempt(result, snapshot, None, parity, histogram=histogram)
@@ -338,9 +359,22 @@ class PipelineRun:
                 limit=self._sample_limit(kind),
             )
 
-    def _compare(self, reference: Any, candidate: Any, kind: str, timings: dict[str, Any]) -> Any:
+    def _anchor(self, snapshot: Snapshot) -> Snapshot:
+        """The earliest snapshot known to compute what ``snapshot`` computes: itself, unless passes since that one
+        changed only what ``graph.computation`` leaves out."""
+        kept = self._computes_as.get(id(snapshot))
+        return kept[1] if kept is not None and kept[0] is snapshot else snapshot
+
+    def _check(self, reference: Snapshot, candidate: Snapshot, kind: str, timings: dict[str, Any]) -> Any:
+        """Compare ``candidate`` with ``reference``, unless both compute the same (``SameComputation``: the
+        candidate is only made a session of, since ONNX Runtime also reads the annotations, and could refuse
+        them). The reference compared is the earliest model computing what it computes: the one whose outputs
+        the chain has recorded, or is running in the background."""
+        reference = self._anchor(reference)
+        if self._anchor(candidate) is reference and self._parity.loads(candidate.model, timings):
+            return SameComputation()
         report = self._parity.compare(
-            reference, candidate, self._tolerance(kind), timings, limit=self._sample_limit(kind)
+            reference.model, candidate.model, self._tolerance(kind), timings, limit=self._sample_limit(kind)
         )
         self.report.parity_inputs = self._parity.description  # it says when a slow model took one sample
         return report

@@ -66,6 +66,15 @@ def session_options(*, optimize: bool = False, threads: int = 1, prepack: bool =
     return options
 
 
+def run_options() -> Any:
+    """Run options as quiet as the sessions; setting ``terminate`` from another thread stops a run in flight."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.log_severity_level = _VERBOSE_SEVERITY if _verbose else _QUIET_SEVERITY
+    return options
+
+
 # Ops whose CPU kernel computes differently on packed weights: MatMulNBits honours ``accuracy_level`` (int8
 # arithmetic) only when its weights are packed, and runs in fp32 without, so a check with packing off would
 # judge a kernel that users, whose sessions pack, never run.

@@ -441,10 +441,12 @@ def test_drift_in_a_run_of_exact_passes_is_pinned_on_its_pass(counted):
     cleanup, shapes, scaled = result.report.passes
     assert "passes" not in cleanup.parity and scaled.parity["passed"] is False
     # The input and the run's output once, then each pass's output once; each pass's input is replayed from
-    # the comparison before (or the one before the rollback), never run again.
+    # the comparison before (or the one before the rollback), never run again. shape-inference's output
+    # computes what cleanup's does: it is only loaded, and scale-weight is compared with cleanup's outputs.
     assert len(counted["sessions"]) == 5
     assert "reference_runs" not in cleanup.timings["parity"] and "replayed" in cleanup.timings["parity"]
-    assert "replayed" in shapes.timings["parity"] and "replayed" in scaled.timings["parity"]
+    assert shapes.parity["skipped"] and set(shapes.timings["parity"]) == {"sessions"}
+    assert "replayed" in scaled.timings["parity"]
     assert result.report.timings["segment_retries"] > 0
     original = build_example("mlp")
     np.testing.assert_allclose(

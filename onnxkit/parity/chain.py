@@ -85,9 +85,9 @@ class ParityChain:
             self._prefetch = _Prefetch(self, reference, limit, probed)
 
     def close(self) -> None:
-        """Stop a background run that is no longer wanted, and wait for it: between samples it stops at once,
-        a session being made or a sample running finishes first. Never left running: a process that exits
-        while ONNX Runtime works in another thread aborts (the thread is torn down inside C++)."""
+        """Stop a background run that is no longer wanted, and wait for it: a sample running is terminated
+        (``RunOptions.terminate``), a session being made finishes first. Never left running: a process that
+        exits while ONNX Runtime works in another thread aborts (the thread is torn down inside C++)."""
         if self._prefetch is not None:
             self._prefetch.cancel()
             self._prefetch.result()
@@ -107,6 +107,17 @@ class ParityChain:
             self.description += f"; 1 sample for exact passes: a run takes {prefetch.slow_run_seconds:.1f} s"
         if recording is not None and self.recorded(reference) is None:
             self._recordings.append((reference, recording))
+
+    def loads(self, model: Any, timings: dict[str, float] | None = None) -> bool:
+        """Whether ONNX Runtime makes a session of ``model``, as a comparison would (timed as ``sessions``)."""
+        started = time.perf_counter()
+        try:
+            self._session(model)
+        except Exception:  # ORT raises its own exception types; a comparison reports what it says
+            return False
+        finally:
+            add_time(timings, "sessions", started)
+        return True
 
     def _session(self, model: Any) -> Any:
         # Packed as users' sessions are, unless the chain's weights stay in their files: then the external data
@@ -181,6 +192,7 @@ class _Prefetch:
         self.reference = reference
         self._chain, self._limit, self._probed = chain, limit, probed
         self._cancelled = threading.Event()
+        self._run_options = runtime.run_options()  # its ``terminate`` stops the sample running
         self._recording: Recording | None = None
         self.slow_run_seconds: float | None = None  # the first run's, when it stopped the run there
         self._thread = threading.Thread(target=self._run, name="onnxkit-parity-reference")
@@ -190,7 +202,7 @@ class _Prefetch:
         chain, probed = self._chain, self._probed
         self._probed = None  # the session goes with this run, not with the prefetch object
         try:
-            live = Live(probed.session if probed is not None else chain._session(self.reference))
+            live = Live(probed.session if probed is not None else chain._session(self.reference), self._run_options)
             recording = Recording(live.outputs)
             samples = enumerate(itertools.islice(chain.dataset, self._limit))
             first_seconds = None
@@ -233,3 +245,4 @@ class _Prefetch:
 
     def cancel(self) -> None:
         self._cancelled.set()
+        self._run_options.terminate = True

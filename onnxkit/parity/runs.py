@@ -53,15 +53,17 @@ def _nbytes(value: Any) -> int:
 
 
 class Live:
-    """A model loaded once in ONNX Runtime, run sample by sample."""
+    """A model loaded once in ONNX Runtime, run sample by sample (with ``run_options``, when given: setting
+    their ``terminate`` stops the runs in flight)."""
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, run_options: Any = None) -> None:
         self.session = session
+        self.run_options = run_options
         self.inputs = [i.name for i in session.get_inputs()]
         self.outputs = [o.name for o in session.get_outputs()]
 
     def run(self, names: list[str], sample: Mapping[str, Any], index: int) -> list[Any]:
-        return self.session.run(names, {name: sample[name] for name in self.inputs})
+        return self.session.run(names, {name: sample[name] for name in self.inputs}, self.run_options)
 
 
 class Replay:

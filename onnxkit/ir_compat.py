@@ -130,3 +130,17 @@ def install() -> None:
             serde.deserialize_type_proto_for_type, serde.deserialize_type_proto_for_shape, serde.serialize_type_into
         )
     )
+
+
+# onnx_ir's serializer writes two things for an initializer besides its tensor (``serialize_graph_into``, tested
+# with onnx_ir 1.1): its value_info when the value says more than its name, and its quantization annotation.
+# ``onnxkit.model_bytes`` writes the tensors itself, once per run, and the rest through these; ``pyproject.toml``
+# pins onnx-ir below 1.2.
+
+
+def write_initializer_info(graph_proto: onnx.GraphProto, value: ir.Value) -> None:
+    """Into ``graph_proto``, what onnx_ir's graph serializer writes for the initializer ``value`` (not listed among
+    the graph's inputs) other than its tensor."""
+    if serde._should_create_value_info_for_value(value):  # onnx_ir's own rule, kept in step
+        serde.serialize_value_into(graph_proto.value_info.add(), value)
+    serde._maybe_add_quantization_annotation(graph_proto, value)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -19,8 +18,8 @@ import onnx
 import onnx_ir as ir
 
 from onnxkit import modelio, runtime
+from onnxkit.model_bytes import TensorEncodings
 from onnxkit.pass_base import Pass
-from onnxkit.passes import shape_inference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +30,10 @@ class Signature:
     outputs: tuple[tuple[str, int | None, int | None], ...]
 
     @classmethod
-    def of(cls, proto: onnx.ModelProto) -> Signature:
-        initializer_names = {i.name for i in proto.graph.initializer}
+    def of(cls, graph: onnx.GraphProto, initializer_names: Iterable[str]) -> Signature:
+        """The signature of ``graph``, whose initializers are named ``initializer_names`` (they may be
+        serialized apart from it: ``model_bytes``); before IR 4 they are listed among its inputs too."""
+        initializer_names = set(initializer_names)
 
         def describe(values: Iterable[onnx.ValueInfoProto]) -> tuple[tuple[str, int | None, int | None], ...]:
             described = []
@@ -43,8 +44,8 @@ class Signature:
                 described.append((value.name, dtype, rank))
             return tuple(described)
 
-        inputs = [v for v in proto.graph.input if v.name not in initializer_names]
-        return cls(describe(inputs), describe(proto.graph.output))
+        inputs = [v for v in graph.input if v.name not in initializer_names]
+        return cls(describe(inputs), describe(graph.output))
 
     def differences(self, other: Signature) -> list[str]:
         problems = []
@@ -66,138 +67,92 @@ class Signature:
 @dataclasses.dataclass
 class Snapshot:
     """A model serialized once: verification, parity and rollback all read the same bytes, because each
-    serialization of a weight-heavy proto (``ByteSize`` included) costs about a copy of every weight.
+    serialization of a weight-heavy proto (``ByteSize`` included) costs about a copy of every weight. Made
+    through a run's ``TensorEncodings``, it reuses the bytes of the tensors an earlier snapshot encoded, and
+    its parts are joined only when something reads ``model`` (a snapshot between two passes of a segment is
+    often only checked: its checks read the weightless form).
 
     Tensors still in external data files (a model over the in-memory limit is loaded lazily) are serialized as
     references to those files, never read: the snapshot of a model of gigabytes is then a few hundred KB, its
     parity sessions map the weights from the files, and ``size`` still counts them."""
 
     signature: Signature
-    model: bytes | onnx.ModelProto  # bytes below the in-memory limit; the proto itself above it
+    # bytes below the in-memory limit (in parts until first read: see ``model``); the proto itself above it
+    content: bytes | tuple[bytes, ...] | onnx.ModelProto
     size: int  # the serialized model and the external data it refers to, as saved
     # Where the external data the model refers to lives, relative to which a restored copy or an ONNX Runtime
     # session must resolve it (not the current folder).
     model_dir: str | os.PathLike[str] | None = None
-    # The model without its large weights, for shape inference (below the limit only; see ``_weightless``).
+    # The model with its weights declared as graph inputs, for shape inference and the checker (below the limit
+    # only; see ``model_bytes``).
     shapes: bytes | None = None
     external_bytes: int = 0  # of tensors left in external data files
+    # ``shapes`` has ai.onnx.ml list attributes cut short (for shape inference): the checker reads ``model``.
+    lists_cut: bool = False
+    # Weights encoded for the first time in this snapshot: ``shapes`` declares them as inputs, so the checker's
+    # tensor checks are made on them one by one (``_checker_error``).
+    new_weights: tuple[Any, ...] = ()
+
+    @property
+    def model(self) -> bytes | onnx.ModelProto:
+        if isinstance(self.content, tuple):
+            self.content = b"".join(self.content)
+        return self.content
 
     @property
     def checked(self) -> bytes | onnx.ModelProto:
-        """What onnx.checker reads: the model, or its weightless form when it refers to external data files,
-        which the checker would look for in the current folder (loading found them in place, and a reference
-        has no bytes in the model to check)."""
+        """What onnx.checker reads for the whole model: the model, or its weightless form when it refers to
+        external data files, which the checker would look for in the current folder (loading found them in
+        place, and a reference has no bytes in the model to check)."""
         return self.shapes if self.external_bytes and self.shapes is not None else self.model
 
     @classmethod
-    def of(cls, model: ir.Model, model_dir: str | os.PathLike[str] | None = None) -> Snapshot:
-        proto = modelio.to_proto(model)
-        signature = Signature.of(proto)
+    def of(
+        cls,
+        model: ir.Model,
+        model_dir: str | os.PathLike[str] | None = None,
+        encodings: TensorEncodings | None = None,
+    ) -> Snapshot:
         layout = modelio.tensor_layout(model)
         if model_dir is None:
             model_dir = layout.folder
         external = layout.external_bytes
         # The tensors in memory alone at the limit put the proto over it: skip serializing what could not be used.
         if not layout.needs_external_data:
-            data = proto.SerializeToString()
-            if len(data) < modelio.EXTERNAL_DATA_THRESHOLD:
-                return cls(signature, data, len(data) + external, model_dir, _weightless(proto), external)
+            serialized = (encodings or TensorEncodings()).serialize(model)
+            if serialized.size < modelio.EXTERNAL_DATA_THRESHOLD:
+                return cls(
+                    Signature.of(serialized.graph, serialized.initializer_names),
+                    serialized.parts,
+                    serialized.size + external,
+                    model_dir,
+                    serialized.weightless,
+                    external,
+                    serialized.lists_cut,
+                    serialized.new_weights,
+                )
+        proto = modelio.to_proto(model)
+        signature = Signature.of(proto.graph, {i.name for i in proto.graph.initializer})
         return cls(signature, proto, modelio.proto_bytes(proto) + external, model_dir, external_bytes=external)
 
     def restore(self) -> ir.Model:
         return modelio.as_ir_model(self.model, model_dir=self.model_dir)
 
 
-def _checker_error(model: bytes | onnx.ModelProto) -> str | None:
+def _checker_error(model: bytes | onnx.ModelProto, new_weights: Iterable[Any] = ()) -> str | None:
+    """onnx.checker's complaint about ``model``, and about each of ``new_weights`` (tensors the model holds
+    that ``model``, a weightless form, declares as inputs)."""
     if not isinstance(model, bytes):
         return None  # over the limit: checked on disk by save; the in-memory checker cannot take >2 GB messages
     try:
         onnx.checker.check_model(model)
+        for tensor in new_weights:
+            onnx.checker.check_tensor(
+                tensor.raw if isinstance(tensor, ir.serde.TensorProtoTensor) else ir.serde.serialize_tensor(tensor)
+            )
     except Exception as e:  # the checker raises several unrelated exception types
         return f"onnx.checker: {runtime.error_line(e)}"
     return None
-
-
-# Initializers larger than this are left out of the model shape inference checks (as onnx_ir does for its own
-# inference): inference reads the values of shape-like inputs only (Reshape's shape, Slice's starts, ...).
-_SHAPE_INPUT_MAX_BYTES = 1024
-
-
-def _weightless(proto: onnx.ModelProto) -> bytes:
-    """``proto`` serialized with each main-graph initializer over ``_SHAPE_INPUT_MAX_BYTES`` turned into a graph
-    input of the same type and shape: what shape inference needs, without the copies of every weight that
-    parsing and re-serializing the whole model cost it (most of a check's time on a weight-heavy model)."""
-    stripped = onnx.ModelProto()
-    for field, value in proto.ListFields():
-        if field.name != "graph":
-            _copy_field(stripped, field, value)
-    graph = stripped.graph
-    for field, value in proto.graph.ListFields():
-        if field.name == "node":
-            graph.node.extend(_for_inference(node) for node in value)
-        elif field.name != "initializer":
-            _copy_field(graph, field, value)
-    listed = {value.name for value in graph.input}
-    for tensor in proto.graph.initializer:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL and _data_bytes(tensor) <= _SHAPE_INPUT_MAX_BYTES:
-            graph.initializer.append(tensor)
-        elif tensor.name not in listed:  # before IR 4 it is listed among the inputs already
-            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
-    return stripped.SerializeToString()
-
-
-def _data_bytes(tensor: onnx.TensorProto) -> int:
-    """The bytes of a tensor's values, from its dims and type: upb's ``ByteSize`` encodes the whole message to
-    measure it, a copy of every weight (a tenth of a second per check on a 50 MB model)."""
-    try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except KeyError:  # an undefined or unknown type: the checker reports it, the measure need not be exact
-        return tensor.ByteSize()
-    if tensor.data_type == onnx.TensorProto.STRING:  # variable-length values
-        return tensor.ByteSize()
-    return math.prod(tensor.dims) * itemsize
-
-
-_LIST_FIELDS = {
-    onnx.AttributeProto.INTS: "ints",
-    onnx.AttributeProto.FLOATS: "floats",
-    onnx.AttributeProto.STRINGS: "strings",
-}
-
-
-def _for_inference(node: onnx.NodeProto) -> onnx.NodeProto:
-    """``node``, or for an ai.onnx.ml node with list attributes over ``shape_inference.LONG_ML_LIST`` values a
-    copy with those cut to their first element, as the shape inference pass sends them: ONNX infers a tree ensemble's outputs
-    from which attributes are present and the short ones, never the tree arrays (36M values on a 190 MB LightGBM
-    model, which each check otherwise copied and parsed again)."""
-
-    def long(attribute: onnx.AttributeProto) -> bool:
-        field = _LIST_FIELDS.get(attribute.type)
-        return field is not None and len(getattr(attribute, field)) > shape_inference.LONG_ML_LIST
-
-    if node.domain != "ai.onnx.ml" or not any(long(attribute) for attribute in node.attribute):
-        return node
-    shortened = onnx.NodeProto()
-    for field, value in node.ListFields():
-        if field.name != "attribute":
-            _copy_field(shortened, field, value)
-    for attribute in node.attribute:
-        if long(attribute):
-            cut = shortened.attribute.add(name=attribute.name, type=attribute.type)
-            getattr(cut, _LIST_FIELDS[attribute.type]).append(getattr(attribute, _LIST_FIELDS[attribute.type])[0])
-        else:
-            shortened.attribute.append(attribute)
-    return shortened
-
-
-def _copy_field(message: Any, field: Any, value: Any) -> None:
-    repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
-    if repeated:
-        getattr(message, field.name).extend(value)
-    elif field.type == field.TYPE_MESSAGE:
-        getattr(message, field.name).CopyFrom(value)
-    else:
-        setattr(message, field.name, value)
 
 
 def _shape_inference_error(model: bytes | None) -> str | None:
@@ -239,7 +194,7 @@ class Baseline:
     def of(cls, snapshot: Snapshot) -> Baseline:
         return cls(
             snapshot.signature,
-            _checker_error(snapshot.checked) is None,
+            _checker_error(snapshot.checked) is None,  # the whole model once: every tensor of it is checked
             _shape_inference_error(snapshot.shapes) is None,
         )
 
@@ -247,13 +202,24 @@ class Baseline:
         problems = self.signature.differences(snapshot.signature)
         if self.checker_ok:
             with clock("checker"):
-                if error := _checker_error(snapshot.checked):
+                if error := _checker(snapshot):
                     problems.append(error)
         if self.shape_inference_ok:
             with clock("shape_inference"):
                 if error := _shape_inference_error(snapshot.shapes):
                     problems.append(error)
         return problems
+
+
+def _checker(snapshot: Snapshot) -> str | None:
+    """onnx.checker's complaint about a pass's output. Its weightless form says what the whole model says to the
+    checker but for the weights' own tensor checks (type, data field, no data in a 0-element tensor: nothing of
+    their values, nor their size against their dims), so the checker reads it and checks only the weights new
+    since the last snapshot: the others, the same objects, passed before (a pass replaces a tensor, never edits
+    one). Where ``shapes`` has tree arrays cut short the whole model is read."""
+    if snapshot.lists_cut or snapshot.shapes is None:
+        return _checker_error(snapshot.checked)
+    return _checker_error(snapshot.shapes, snapshot.new_weights)
 
 
 def histogram_delta(before: collections.Counter[str], after: collections.Counter[str]) -> dict[str, int]:

@@ -10,6 +10,7 @@ import onnx_ir as ir
 import pytest
 
 from onnxkit import modelio
+from onnxkit.model_bytes import TensorEncodings
 from onnxkit.passes import shape_inference
 from onnxkit.snapshot import Baseline, Clock, Snapshot
 from tests.passes.test_shape_inference_ml import _tree_classifier
@@ -44,7 +45,8 @@ def test_the_shape_check_reads_tree_arrays_cut_short_and_still_catches_a_broken_
     assert snapshot.shapes is not None
     sent = onnx.load_model_from_string(snapshot.shapes).graph.node[0]
     assert max(len(a.floats) + len(a.ints) + len(a.strings) for a in sent.attribute) == 1
-    assert snapshot.model == ir.serde.serialize_model(model).SerializeToString()  # the model itself is whole
+    # The model itself is whole, as onnx_ir writes it (from parts: in another field order).
+    assert onnx.load_model_from_string(snapshot.model) == ir.serde.serialize_model(model)
     baseline = Baseline.of(snapshot)
     assert baseline.checker_ok and baseline.shape_inference_ok
 
@@ -89,3 +91,63 @@ def test_the_shape_check_keeps_small_initializers_and_sends_weights_as_inputs() 
     inferred = onnx.shape_inference.infer_shapes(onnx.load_model_from_string(snapshot.shapes), strict_mode=True)
     (y,) = inferred.graph.output
     assert [d.dim_value for d in y.type.tensor_type.shape.dim] == [1, 6]  # the shape's values were read
+
+
+def test_snapshots_of_one_run_share_the_bytes_of_the_tensors_a_pass_kept() -> None:
+    """A pass replaces the tensors it changes and keeps the others: the next snapshot encodes only the new ones,
+    and its bytes are still the model onnx_ir writes."""
+    model = ir.serde.deserialize_model(matmul_chain(64, 3))
+    encodings = TensorEncodings()
+    first = Snapshot.of(model, encodings=encodings)
+    assert onnx.load_model_from_string(first.model) == ir.serde.serialize_model(model)
+    kept, replaced = model.graph.initializers["w0"], model.graph.initializers["w1"]
+    replaced.const_value = ir.tensor(np.full((64, 64), 0.5, np.float32))  # what a pass does to change a weight
+    second = Snapshot.of(model, encodings=encodings)
+    assert second.new_weights == (replaced.const_value,)
+    assert onnx.load_model_from_string(second.model) == ir.serde.serialize_model(model)
+    assert isinstance(first.content, bytes) and isinstance(second.content, bytes)
+    w0 = ir.serde.serialize_tensor(kept.const_value).SerializeToString()
+    assert first.content.count(w0) == second.content.count(w0) == 1
+    np.testing.assert_array_equal(second.restore().graph.initializers["w1"].const_value.numpy(), 0.5)
+    model.graph.initializers["w2"].const_value = replaced.const_value  # one tensor, two initializers
+    third = onnx.load_model_from_string(Snapshot.of(model, encodings=encodings).model)
+    assert third == ir.serde.serialize_model(model)
+    assert [t.name for t in third.graph.initializer] == ["w0", "w1", "w2"]
+
+
+def test_the_checker_reads_the_weightless_model_and_checks_new_weights_one_by_one() -> None:
+    """A pass's output is checked as its weightless form plus the weights new since the last snapshot: a new
+    weight the checker refuses (two value fields) is still caught, as the whole model's check would."""
+    model = ir.serde.deserialize_model(matmul_chain(64, 2))
+    encodings = TensorEncodings()
+    baseline = Baseline.of(Snapshot.of(model, encodings=encodings))
+    assert baseline.checker_ok
+    bad = onnx.numpy_helper.from_array(np.ones((64, 64), np.float32), "w1")
+    bad.float_data.append(1.0)  # raw_data and float_data both set
+    model.graph.initializers["w1"].const_value = ir.serde.TensorProtoTensor(bad)
+    snapshot = Snapshot.of(model, encodings=encodings)
+    assert isinstance(snapshot.shapes, bytes) and len(snapshot.shapes) < 4096  # the weights are inputs there
+    with pytest.raises(onnx.checker.ValidationError, match="one and only one value field"):
+        onnx.checker.check_model(snapshot.model)
+    problems = baseline.problems(snapshot, Clock({}))
+    assert any("one and only one value field" in problem for problem in problems), problems
+
+
+def test_an_ir3_model_whose_initializers_are_inputs_keeps_its_signature_and_checks() -> None:
+    """Before IR 4 every initializer is also a graph input: the snapshot writes each once, the signature leaves
+    them out, and the weightless form declares them once."""
+    proto = matmul_chain(64, 2)
+    proto.ir_version = 3
+    proto.opset_import[0].version = 9
+    proto.graph.input.extend(
+        onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in proto.graph.initializer
+    )
+    model = ir.serde.deserialize_model(proto)
+    snapshot = Snapshot.of(model)
+    assert [name for name, _, _ in snapshot.signature.inputs] == ["x"]
+    assert onnx.load_model_from_string(snapshot.model) == ir.serde.serialize_model(model)
+    assert snapshot.shapes is not None
+    assert [value.name for value in onnx.load_model_from_string(snapshot.shapes).graph.input] == ["x", "w0", "w1"]
+    baseline = Baseline.of(snapshot)
+    assert baseline.checker_ok and baseline.shape_inference_ok
+    assert baseline.problems(Snapshot.of(model), Clock({})) == []

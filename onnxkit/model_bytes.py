@@ -1,0 +1,248 @@
+"""A model serialized as its graph without initializers plus each initializer's bytes, encoded once per run and
+reused by every later serialization that holds the same tensor object (``TensorEncodings``).
+
+Passes replace an initializer's tensor when they change its values; they never edit a tensor in place (the
+pipeline's fingerprint relies on it too: ``graph._TensorRef`` takes the same object for the same values). So a
+tensor's bytes, once encoded, stay true for the run, and the snapshot after a pass that touched a few
+initializers encodes only those: the rest is one join of bytes already made, instead of onnx_ir copying every
+weight into a proto and protobuf copying it again into bytes (two copies of every weight per pass boundary).
+
+The bytes are one ModelProto: its fields but the graph, then the graph as one length-delimited field, made of
+what onnx_ir writes for the graph without its initializers, each initializer as an ``initializer`` entry, and
+the value_info and quantization annotations onnx_ir writes for initializers. Protobuf reads fields in any
+order, so ONNX Runtime, onnx and onnx_ir parse the model onnx_ir would have written (but for the order of
+quantization annotations, where initializers have some). The weightless form shape inference and the checker read is made of the same parts,
+with each weight (``WEIGHT_MIN_BYTES``) replaced by a graph input of its type and shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from onnxkit import ir_compat
+from onnxkit.passes import shape_inference
+
+# Initializers larger than this are weights: the weightless form declares them as graph inputs (as onnx_ir does
+# for its own inference). Shape inference reads the values of shape-like inputs only (Reshape's shape, ...).
+WEIGHT_MIN_BYTES = 1024
+
+
+def _tag(message: Any, field: str) -> bytes:
+    """The wire tag of a length-delimited field of ``message``."""
+    return _varint(message.DESCRIPTOR.fields_by_name[field].number << 3 | 2)
+
+
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while number > 0x7F:
+        out.append(number & 0x7F | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+_GRAPH = _tag(onnx.ModelProto, "graph")
+_INITIALIZER = _tag(onnx.GraphProto, "initializer")
+_INPUT = _tag(onnx.GraphProto, "input")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Encoded:
+    """One initializer's encoding: valid while the initializer holds this very tensor under this name."""
+
+    tensor: Any  # held so that its id stays its own while the entry lives
+    name: str
+    tensor_properties: tuple  # the tensor's doc_string and metadata, encoded with it
+    header: bytes  # the ``initializer`` tag and length
+    data: bytes  # the TensorProto
+    weight: bool  # left out of the weightless form
+    as_input: bytes  # a graph ``input`` entry declaring it (weights only): how the weightless form holds it
+
+
+def _properties(tensor: Any) -> tuple:
+    return (tensor.doc_string, tuple(sorted(tensor.metadata_props.items())))
+
+
+def _encode(name: str, tensor: Any) -> _Encoded:
+    tensor.name = name  # as onnx_ir's serializer does: the TensorProto carries the initializer's name
+    if isinstance(tensor, ir.serde.TensorProtoTensor) and not tensor.metadata_props:
+        data = tensor.raw.SerializeToString()  # the loaded proto as it is: one copy, not onnx_ir's two
+    else:
+        data = ir.serde.serialize_tensor(tensor).SerializeToString()
+    if isinstance(tensor, ir.ExternalTensor):
+        weight = True  # a reference to a file the weightless form's readers would look for
+    elif tensor.dtype == ir.DataType.STRING:
+        weight = len(data) > WEIGHT_MIN_BYTES  # variable-length values: by their encoded size
+    else:
+        weight = tensor.nbytes > WEIGHT_MIN_BYTES
+    as_input = b""
+    if weight:
+        declared = onnx.helper.make_tensor_value_info(name, tensor.dtype.value, tensor.shape.numpy())
+        declared_bytes = declared.SerializeToString()
+        as_input = _INPUT + _varint(len(declared_bytes)) + declared_bytes
+    return _Encoded(tensor, name, _properties(tensor), _INITIALIZER + _varint(len(data)), data, weight, as_input)
+
+
+@dataclasses.dataclass
+class Serialized:
+    """A model's bytes in parts (their concatenation is the model), and its weightless form."""
+
+    parts: tuple[bytes, ...]
+    size: int
+    weightless: bytes
+    # Whether the weightless form's ai.onnx.ml nodes had long list attributes cut short (``_for_inference``):
+    # it is then read by shape inference only, and the checker reads the whole model.
+    lists_cut: bool
+    graph: onnx.GraphProto  # the graph without initializers: its inputs and outputs
+    initializer_names: frozenset[str]
+    new_weights: tuple[Any, ...]  # weight tensors encoded for the first time: the checker's to check on their own
+
+
+class TensorEncodings:
+    """The initializers' encodings of one run, by tensor object; ``serialize`` keeps those of the model it
+    serializes and drops the rest (a snapshot keeps the bytes it was made of)."""
+
+    def __init__(self) -> None:
+        self._by_tensor: dict[tuple[int, str], _Encoded] = {}
+
+    def serialize(self, model: ir.Model) -> Serialized:
+        """``model`` serialized, with the encodings of the tensors it shares with the last model serialized."""
+        graph = model.graph
+        # By name: the initializers' names, which onnx_ir keys them by (a value's own ``name`` is optional).
+        initializers = [(name, value) for name, value in graph.initializers.items() if value.const_value is not None]
+        view = ir.GraphView(
+            graph.inputs,
+            graph.outputs,
+            nodes=graph,
+            doc_string=graph.doc_string,
+            opset_imports=graph.opset_imports,
+            name=graph.name,
+            metadata_props=graph.metadata_props,
+        )
+        # The serializer reads a model's attributes only: the model, with the view for its graph.
+        proto = ir.serde.serialize_model(typing.cast(ir.Model, _WithGraph(model, view)))
+        inputs = {value.name for value in graph.inputs}
+        # onnx_ir writes the initializers' value_info before the nodes': so does this, from the same parts.
+        value_info = onnx.GraphProto()
+        for name, value in initializers:
+            if name not in inputs:  # an initializer listed as input (before IR 4) has had its info written
+                ir_compat.write_initializer_info(value_info, value)
+        value_info.value_info.extend(proto.graph.value_info)
+        proto.graph.ClearField("value_info")
+        info = value_info.SerializeToString()
+
+        # By tensor and name: one tensor object may be the value of two initializers.
+        encodings: dict[tuple[int, str], _Encoded] = {}
+        new_weights = []
+        for name, value in initializers:
+            tensor = value.const_value
+            known = self._by_tensor.get((id(tensor), name))
+            if known is None or known.tensor is not tensor or known.tensor_properties != _properties(tensor):
+                known = _encode(name, tensor)
+                if known.weight:
+                    new_weights.append(tensor)
+            encodings[id(tensor), name] = known
+        self._by_tensor = encodings
+
+        graph_proto = proto.graph
+        graph_bytes = graph_proto.SerializeToString()
+        inference_graph, lists_cut = _graph_for_inference(graph_proto)
+        proto.ClearField("graph")
+        rest = proto.SerializeToString()
+
+        full = [graph_bytes]
+        weightless = [inference_graph]
+        for encoded in encodings.values():
+            full += (encoded.header, encoded.data)
+            if not encoded.weight:
+                weightless += (encoded.header, encoded.data)
+            elif encoded.name not in inputs:  # before IR 4 it is listed among the inputs already
+                weightless.append(encoded.as_input)
+        full.append(info)
+        weightless.append(info)
+        full_length = sum(len(part) for part in full)
+        parts = (rest, _GRAPH, _varint(full_length), *full)
+        weightless_graph = b"".join(weightless)
+        return Serialized(
+            parts,
+            len(rest) + len(_GRAPH) + len(parts[2]) + full_length,
+            b"".join((rest, _GRAPH, _varint(len(weightless_graph)), weightless_graph)),
+            lists_cut,
+            graph_proto,
+            frozenset(name for name, _ in initializers),
+            tuple(new_weights),
+        )
+
+
+class _WithGraph:
+    """``model`` with another graph, for onnx_ir's model serializer (which reads attributes only)."""
+
+    def __init__(self, model: ir.Model, graph: ir.GraphView) -> None:
+        self._model = model
+        self.graph = graph
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def _graph_for_inference(graph: onnx.GraphProto) -> tuple[bytes, bool]:
+    """``graph``'s bytes with each node as shape inference is sent it (``_for_inference``), and whether any
+    node was cut short."""
+    sent, cut = [], False
+    for node in graph.node:
+        sent.append(_for_inference(node))
+        cut = cut or sent[-1] is not node
+    if not cut:
+        return graph.SerializeToString(), False
+    copy = onnx.GraphProto()
+    copy.CopyFrom(graph)
+    del copy.node[:]
+    copy.node.extend(sent)
+    return copy.SerializeToString(), True
+
+
+_LIST_FIELDS = {
+    onnx.AttributeProto.INTS: "ints",
+    onnx.AttributeProto.FLOATS: "floats",
+    onnx.AttributeProto.STRINGS: "strings",
+}
+
+
+def _for_inference(node: onnx.NodeProto) -> onnx.NodeProto:
+    """``node``, or for an ai.onnx.ml node with list attributes over ``shape_inference.LONG_ML_LIST`` values a
+    copy with those cut to their first element, as the shape inference pass sends them: ONNX infers a tree
+    ensemble's outputs from which attributes are present and the short ones, never the tree arrays (36M values
+    on a 190 MB LightGBM model, which each check otherwise copied and parsed again)."""
+
+    def long(attribute: onnx.AttributeProto) -> bool:
+        field = _LIST_FIELDS.get(attribute.type)
+        return field is not None and len(getattr(attribute, field)) > shape_inference.LONG_ML_LIST
+
+    if node.domain != "ai.onnx.ml" or not any(long(attribute) for attribute in node.attribute):
+        return node
+    shortened = onnx.NodeProto()
+    for field, value in node.ListFields():
+        if field.name != "attribute":
+            _copy_field(shortened, field, value)
+    for attribute in node.attribute:
+        if long(attribute):
+            cut = shortened.attribute.add(name=attribute.name, type=attribute.type)
+            getattr(cut, _LIST_FIELDS[attribute.type]).append(getattr(attribute, _LIST_FIELDS[attribute.type])[0])
+        else:
+            shortened.attribute.append(attribute)
+    return shortened
+
+
+def _copy_field(message: Any, field: Any, value: Any) -> None:
+    repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+    if repeated:
+        getattr(message, field.name).extend(value)
+    elif field.type == field.TYPE_MESSAGE:
+        getattr(message, field.name).CopyFrom(value)
+    else:
+        setattr(message, field.name, value)

@@ -16,6 +16,7 @@ import onnx_ir as ir
 from onnxkit import graph, narrowing, runtime
 from onnxkit.errors import OnnxkitError, ParityError, PassFailedError
 from onnxkit.graph import count_nodes, op_histogram
+from onnxkit.model_bytes import TensorEncodings
 from onnxkit.narrowing import Attempt, Failure
 from onnxkit.pass_base import Pass, PassContext, PassResult, Site
 from onnxkit.report import PassReport, PipelineReport
@@ -83,6 +84,7 @@ class PipelineRun:
         self.calibration_data = calibration_data
         self.baseline: Baseline | None = None
         self.last_snapshot: Snapshot | None = None  # the serialized form of the model ``all`` returned
+        self.encodings = TensorEncodings()  # each tensor's bytes, reused by every snapshot that holds it
         self._parity: Any = None
         self._probed: Any = None  # the probe's session and first outputs (data.probe.ProbeRun), until taken
         self.deferring = False  # parity waits for the end of a segment of exact passes
@@ -95,7 +97,7 @@ class PipelineRun:
         setup = self.report.timings
         clock = Clock(setup)
         with clock("serialize"):
-            original = Snapshot.of(current, self.context.model_dir)
+            original = Snapshot.of(current, self.context.model_dir, self.encodings)
         if self.verify:
             with clock("baseline_checks"):
                 self.baseline = Baseline.of(original)
@@ -260,7 +262,7 @@ class PipelineRun:
                 verification=[problem],
             )
         with clock("serialize"):
-            snapshot = Snapshot.of(result.model, self.context.model_dir)
+            snapshot = Snapshot.of(result.model, self.context.model_dir, self.encodings)
         problems = self.baseline.problems(snapshot, clock) if self.baseline else []
         with clock("instrument"):
             histogram = op_histogram(result.model)

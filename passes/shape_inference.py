@@ -109,6 +109,9 @@ def _merge_types(
     """
     changed = []
     values = ir.convenience.create_value_mapping(model.graph)
+    # Many values share a type (a CNN's [1, 64, 56, 56] float): each distinct one is read once. The shapes
+    # read are frozen, made to be shared; types are not (``Value.dtype = ...`` edits the type in place).
+    shapes: dict[bytes, ir.Shape | None] = {}
     for name, type_proto in inferred.items():
         if sent.get(name) == type_proto:
             continue
@@ -120,10 +123,21 @@ def _merge_types(
         new_type = ir.serde.deserialize_type_proto_for_type(type_proto)
         if new_type is None or (value.type is not None and type(value.type) is not type(new_type)):
             continue
-        new_shape = ir.serde.deserialize_type_proto_for_shape(type_proto)
+        new_shape = _read_shape(type_proto, shapes)
         if value.type != new_type or value.shape != new_shape:
             value.type = new_type
             if new_shape is not None:
                 value.shape = new_shape
             changed.append(value)
     return changed
+
+
+def _read_shape(type_proto: onnx.TypeProto, known: dict[bytes, ir.Shape | None]) -> ir.Shape | None:
+    """The shape ``type_proto`` states, read once per distinct type (``known`` holds those read)."""
+    key = type_proto.SerializeToString()
+    if key in known:
+        return known[key]
+    shape = ir.serde.deserialize_type_proto_for_shape(type_proto)
+    if shape is None or shape.frozen:  # only a frozen shape may be handed to several values
+        known[key] = shape
+    return shape

@@ -54,3 +54,21 @@ def test_weights_go_without_their_data_and_a_reshape_target_with_it(monkeypatch:
     # The model is left whole: W keeps its data, and is no graph input.
     assert model.graph.initializers["W"].const_value is weight
     assert [value.name for value in model.graph.inputs] == ["x"]
+
+
+def test_inferred_shapes_are_frozen_and_each_value_keeps_a_type_of_its_own() -> None:
+    # Each distinct inferred type is read once; its shape is frozen, so handing it to several values is safe,
+    # while each value keeps a type of its own (setting one value's dtype edits its type object in place).
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    infer_shapes(model)
+    first, second = model.graph.node(0).outputs[0], model.graph.node(1).outputs[0]
+    assert first.shape == second.shape == ir.Shape([3, 4])
+    assert first.shape is not None and first.shape.frozen
+    first.dtype = ir.DataType.DOUBLE
+    assert second.dtype == ir.DataType.FLOAT

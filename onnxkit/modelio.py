@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import mmap
 import os
 import re
 import secrets
@@ -50,7 +51,7 @@ def _check_model_file(path: Path) -> None:
 
 def _parse_model_proto(path: Path) -> onnx.ModelProto:
     try:
-        proto = onnx.load_model(str(path), load_external_data=False)
+        proto = _read_proto(path)
     except (DecodeError, RuntimeError, ValueError) as e:
         raise ModelLoadError(
             f"{path} is not a valid ONNX model ({type(e).__name__})",
@@ -61,6 +62,23 @@ def _parse_model_proto(path: Path) -> onnx.ModelProto:
             f"{path} is not an ONNX model: it has no graph or no IR version",
             hint="the file may be truncated or in another format",
         )
+    return proto
+
+
+def _read_proto(path: Path) -> onnx.ModelProto:
+    """The model proto in ``path``, parsed from the file mapped into memory: reading it into bytes first, as
+    ``onnx.load_model`` does, is one more copy of every weight (0.07 s of a 60 MB model's 0.2 s). A text format
+    (by the file's extension, as onnx decides it) is left to onnx."""
+    if onnx.serialization.registry.get_format_from_file_extension(path.suffix) not in (None, "protobuf"):
+        return onnx.load_model(str(path), load_external_data=False)
+    proto = onnx.ModelProto()
+    with path.open("rb") as file:
+        try:
+            mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # a file that cannot be mapped (a pipe, say): read as onnx reads it
+            return onnx.load_model(str(path), load_external_data=False)
+        with mapped, memoryview(mapped) as view:  # released before the mapping closes; the proto has its copy
+            proto.ParseFromString(view)
     return proto
 
 

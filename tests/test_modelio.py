@@ -44,6 +44,18 @@ def test_load_reads_external_data(tmp_path):
     np.testing.assert_array_equal(model.graph.initializers["w"].const_value.numpy().ravel(), np.arange(64))
 
 
+@pytest.mark.parametrize(("name", "fmt"), [("model.onnx", "protobuf"), ("model.onnxtxt", "onnxtxt")])
+def test_a_model_file_is_parsed_from_its_mapping_and_a_text_one_by_onnx(tmp_path, name, fmt):
+    """The binary file is parsed from the mapped file (no copy read first); the proto owns its bytes, so the
+    file may change after the load. A text format, by its extension, goes to onnx's reader."""
+    proto = _model_with_external_data(tmp_path)
+    onnx.load_external_data_for_model(proto, str(tmp_path))
+    onnx.save_model(proto, tmp_path / name, format=fmt)
+    model = load_model(tmp_path / name)
+    (tmp_path / name).write_bytes(b"overwritten")
+    np.testing.assert_array_equal(model.graph.initializers["w"].const_value.numpy().ravel(), np.arange(64))
+
+
 @pytest.mark.parametrize("location", ["../weights.bin", "/etc/passwd", "sub/../../weights.bin"])
 def test_external_data_outside_the_folder_is_refused(tmp_path, location):
     inner = tmp_path / "inner"

@@ -37,6 +37,10 @@ SAME_COMPUTATION = (
 )
 
 
+# The parity inputs of a run whose probe was still running when it ended: no comparison needed them.
+NOT_PROBED = "synthetic, not probed: no comparison needed inputs (no pass changed what the model computes)"
+
+
 @dataclasses.dataclass
 class SameComputation:
     """In place of a ``ParityReport``: the check that could not fail, not run (``SAME_COMPUTATION``)."""
@@ -87,6 +91,7 @@ class PipelineRun:
         self.encodings = TensorEncodings()  # each tensor's bytes, reused by every snapshot that holds it
         self._parity: Any = None
         self._probed: Any = None  # the probe's session and first outputs (data.probe.ProbeRun), until taken
+        self._probe: Any = None  # a probe for the background run to make (data.probe.Probe), until taken
         self.deferring = False  # parity waits for the end of a segment of exact passes
         # A snapshot's id -> (that snapshot, the earliest one computing the same: ``graph.computation``).
         self._computes_as: dict[int, tuple[Snapshot, Snapshot]] = {}
@@ -104,38 +109,44 @@ class PipelineRun:
         self.report.input_summary = {"nodes": count_nodes(current), "bytes": original.size}
         if self.check != "off":
             with clock("parity_inputs"):
-                # Data problems surface before the first pass runs.
+                # Data problems surface before the first pass runs, or at the first comparison, which waits for a
+                # probe running in the background.
                 self._parity_chain(current, original.model if isinstance(original.model, bytes) else None)
             probed, self._probed = self._probed, None  # dropped here unless the background run takes it
+            probe, self._probe = self._probe, None
             # Not for a proto past the in-memory limit: its weights would be held twice. A model whose weights
             # stay in external data files is bytes of its graph, and its sessions map the weights.
             if isinstance(original.model, bytes):
-                self._parity.prefetch(
-                    original.model, limit=self._sample_limit(self._first_comparison_kind(passes)), probed=probed
-                )
+                limit = self._sample_limit(self._first_comparison_kind(passes))
+                self._parity.prefetch(original.model, limit=limit, probed=probed, probe=probe)
         before = original
         try:
             with _progress(len(passes), enabled=progress) as show:
                 for segment in _segments(passes, check=self.check):
                     current, before = self.segment(segment, current, before, show)
+            if self.check == "end" and before is not original:
+                self._final_check(original, before, passes)
         finally:
             if self._parity is not None:
                 self._parity.close()
-
-        if self.check == "end" and before is not original:
-            kind = "lossy" if any(p.kind == "lossy" for p in passes) else "exact"
-            parity = self._check(original, before, kind, setup.setdefault("final_parity", {}))
-            self.report.final_parity = parity.to_dict()
-            if not parity.passed:
-                self.report.parity_failed = True
-                if self.on_fail != "warn":
-                    self.report.failed = True
-                    raise ParityError(
-                        f"the optimized model's outputs drifted beyond {kind} tolerance: {parity.summary()}",
-                        hint="run with --check each to find the pass responsible",
-                    )
+                if self._parity.dataset is None:
+                    self.report.parity_inputs = NOT_PROBED  # no comparison needed them
         self.last_snapshot = before
         return current
+
+    def _final_check(self, original: Snapshot, final: Snapshot, passes: list[Pass]) -> None:
+        """``check=end``: the run's output compared with its input, within the loosest kind of its passes."""
+        kind = "lossy" if any(p.kind == "lossy" for p in passes) else "exact"
+        parity = self._check(original, final, kind, self.report.timings.setdefault("final_parity", {}))
+        self.report.final_parity = parity.to_dict()
+        if not parity.passed:
+            self.report.parity_failed = True
+            if self.on_fail != "warn":
+                self.report.failed = True
+                raise ParityError(
+                    f"the optimized model's outputs drifted beyond {kind} tolerance: {parity.summary()}",
+                    hint="run with --check each to find the pass responsible",
+                )
 
     def segment(
         self, passes: list[Pass], current: ir.Model, before: Snapshot, show: Callable[[Pass], None]
@@ -408,13 +419,13 @@ class PipelineRun:
         from onnxkit.data import (
             DEFAULT_CALIBRATION_SAMPLES,
             CalibrationSplit,
-            SyntheticDataset,
             as_dataset,
             describe_data,
             input_specs,
         )
+        from onnxkit.data.probe import Probe
 
-        dataset: Iterable[dict[str, Any]]  # a Dataset, or a view of the calibration data's held-out samples
+        dataset: Iterable[dict[str, Any]] | None  # a Dataset, or a view of the calibration data's held-out samples
         if self.data is not None:
             dataset = as_dataset(self.data, model)
             description = f"--data {describe_data(self.data)}"
@@ -424,18 +435,16 @@ class PipelineRun:
             dataset = CalibrationSplit(as_dataset(self.calibration_data, model), DEFAULT_CALIBRATION_SAMPLES).held_out
             description = f"held-out samples of the calibration data ({describe_data(self.calibration_data)})"
         else:
-            # The probe runs the model on the first sample: that session and run start the reference's.
-            dataset = as_dataset(
-                None,
-                model,
-                dims=self.context.dims,
-                model_dir=self.context.model_dir,
-                keep_run=True,
-                serialized=serialized,
-            )
-            assert isinstance(dataset, SyntheticDataset)  # what as_dataset makes when there is no data
-            self._probed, dataset.probe_run = dataset.probe_run, None
-            description = describe_data(dataset)
+            # The probe runs the model on the first sample: that session and run start the reference's. It reads
+            # the graph here; its runs go to the background run of the reference, which starts with them (from
+            # the model's bytes, while the passes edit the model), unless there are no bytes to run.
+            probe = Probe(model, dims=self.context.dims, model_dir=self.context.model_dir, serialized=serialized)
+            if probe.needed and probe.background:
+                self._probe, dataset, description = probe, None, NOT_PROBED
+            else:
+                dataset = probe.run(keep_run=True) if probe.needed else probe.dataset({})
+                self._probed, dataset.probe_run = dataset.probe_run, None
+                description = describe_data(dataset)
         self.report.parity_inputs = description
         self._parity = parity.ParityChain(
             dataset,

@@ -319,17 +319,25 @@ def test_parity_runs_on_the_held_out_calibration_samples():
 
 @pytest.fixture
 def counted(monkeypatch) -> dict[str, list]:
-    """Records each dataset the pipeline asks onnxkit.data for, and each ONNX Runtime session made."""
+    """Records each dataset the pipeline asks onnxkit.data for (None: synthetic inputs, probed or not), and each
+    ONNX Runtime session made."""
     import onnxruntime as ort
 
     import onnxkit.data
+    from onnxkit.data import probe
 
     calls: dict[str, list] = {"datasets": [], "sessions": []}
-    real_as_dataset, real_session = onnxkit.data.as_dataset, ort.InferenceSession
+    real_as_dataset, real_session, real_probe = onnxkit.data.as_dataset, ort.InferenceSession, probe.Probe.__init__
 
     def counting_as_dataset(*args, **kwargs):
         calls["datasets"].append(args[0])
         return real_as_dataset(*args, **kwargs)
+
+    def counting_probe(self, *args, **kwargs):
+        calls["datasets"].append(None)
+        real_probe(self, *args, **kwargs)
+
+    monkeypatch.setattr(probe.Probe, "__init__", counting_probe)
 
     def counting_session(*args, **kwargs):
         calls["sessions"].append(args[0])

@@ -3,13 +3,17 @@ not run through ONNX Runtime again: the check could not fail, the report says wh
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit import Pipeline, graph, modelio
+from onnxkit.errors import DataError
 from onnxkit.examples import build_example
 from onnxkit.parity import chain as parity_chain
-from onnxkit.pipeline_run import SAME_COMPUTATION
+from onnxkit.pipeline_run import NOT_PROBED, SAME_COMPUTATION
 from tests import plugin_passes
 
 
@@ -72,3 +76,28 @@ def test_computation_leaves_out_annotations_only():
     with_attribute = modelio.as_ir_model(build_example("mlp"))
     next(iter(with_attribute.graph)).attributes["alpha"] = ir.AttrFloat32("alpha", 0.5)
     assert graph.computation(graph.fingerprint(with_attribute)) != graph.computation(before)
+
+
+def _runs_on_no_synthetic_size() -> onnx.ModelProto:
+    """A Reshape to [1, 7] after an Identity: it runs only on 7 features, a size no probe's ladder holds."""
+    shape = numpy_helper.from_array(np.array([1, 7], np.int64), "shape")
+    graph_ = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["copy"]), helper.make_node("Reshape", ["copy", "shape"], ["y"])],
+        "to_seven",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "features"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [shape],
+    )
+    return helper.make_model(graph_, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_probe_runs_beside_the_passes_and_what_it_finds_wrong_stops_the_first_comparison():
+    with pytest.raises(DataError, match="runs on no synthetic size of input 'x'"):
+        Pipeline.parse("cleanup").run(_runs_on_no_synthetic_size())
+
+
+def test_a_run_that_compares_nothing_needs_no_probed_inputs():
+    result = Pipeline.parse("shape-inference").run(_runs_on_no_synthetic_size())
+    (shapes,) = result.report.passes
+    assert shapes.modified and shapes.parity["skipped"] == SAME_COMPUTATION
+    assert result.report.parity_inputs == NOT_PROBED and result.report.exit_code == 0

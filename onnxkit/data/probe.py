@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -77,46 +78,90 @@ def probe_dataset(
     inputs and the node that failed last when no size tried runs, and ``ModelLoadError`` when ONNX Runtime
     cannot load the model at all.
     """
-    ir_model = _ir_model(model)
-    hints = read_graph(ir_model)
-    dims = dict(dims or {})
-    open_dims = {
-        key: role
-        for key, role in dynamic_dims(hints.specs).items()
-        if key not in hints.pinned and user_size(key, role, dims) is None
-    }
+    probe = Probe(model, dims=dims, num_samples=num_samples, seed=seed, model_dir=model_dir, serialized=serialized)
+    if not probe.needed:
+        return probe.dataset({})  # nothing to choose but a batch, and a batch of one fits nearly every model
+    return probe.run(max_tries=max_tries, max_seconds=max_seconds, keep_run=keep_run)
 
-    def dataset(sizes: Mapping[str, int]) -> SyntheticDataset:
-        return SyntheticDataset(ir_model, dims=dims, num_samples=num_samples, seed=seed, sizes=sizes, hints=hints)
 
-    if all(role == "batch" for role in open_dims.values()):
-        return dataset({})  # nothing to choose but a batch, and a batch of one fits nearly every model
-    session = _session(
-        model if isinstance(model, (str, os.PathLike)) else serialized if serialized is not None else ir_model,
-        model_dir if model_dir is not None else _external_data_folder(ir_model),
-        prepack=runtime.packs_weights(ir_model),
-    )
-    started, tries, failure, tried = time.perf_counter(), 0, None, None
-    for sizes in _ladder(open_dims):
-        candidate = dataset(sizes)
-        if any(math.prod(shape) > MAX_ELEMENTS for shape in candidate.shapes.values()):
-            continue
-        if tries >= max_tries or (tries and time.perf_counter() - started > max_seconds):
-            break
-        tries, tried = tries + 1, candidate
-        run_started = time.perf_counter()
-        try:
-            outputs = session.run(None, next(iter(candidate)))
-        except Exception as error:  # ORT raises its own types for shape and index errors
-            failure = error
-            continue
-        run_seconds = time.perf_counter() - run_started
-        chosen = ", ".join(f"{key}={size}" for key, size in sizes.items())
-        candidate.probe = f"{chosen}; {tries} {'try' if tries == 1 else 'tries'}"
-        if keep_run:
-            candidate.probe_run = ProbeRun(session, outputs, run_seconds)
-        return candidate
-    raise _nothing_runs(open_dims, hints.specs, tried, tries, failure)
+class Probe:
+    """A probe in two steps: what the graph says, read here from ``model``; then ``run``, the tries in ONNX
+    Runtime. ``run`` reads the model no more, only its bytes or its file, when either was given: it may then
+    run in another thread while ``model`` is edited (``background``). ``needed`` is False when there is
+    nothing to choose but a batch (``dataset({})`` is then the answer, without a run)."""
+
+    def __init__(
+        self,
+        model: ModelLike,
+        *,
+        dims: Mapping[str, int] | None = None,
+        num_samples: int = DEFAULT_SYNTHETIC_SAMPLES,
+        seed: int = 0,
+        model_dir: str | os.PathLike[str] | None = None,
+        serialized: bytes | None = None,
+    ) -> None:
+        ir_model = _ir_model(model)
+        self.hints = read_graph(ir_model)
+        self.dims, self.num_samples, self.seed = dict(dims or {}), num_samples, seed
+        self.open_dims = {
+            key: role
+            for key, role in dynamic_dims(self.hints.specs).items()
+            if key not in self.hints.pinned and user_size(key, role, self.dims) is None
+        }
+        self.needed = not all(role == "batch" for role in self.open_dims.values())
+        self.background = isinstance(model, (str, os.PathLike)) or serialized is not None
+        self._source = (
+            model if isinstance(model, (str, os.PathLike)) else serialized if serialized is not None else ir_model
+        )
+        self._ir_model = ir_model  # what the datasets are built from: never read again, the hints are
+        self._model_dir = model_dir if model_dir is not None else _external_data_folder(ir_model)
+        # The session becomes the parity reference's: packed or not as parity's own (runtime.packs_weights).
+        self._prepack = runtime.packs_weights(ir_model) if self.needed else True
+
+    def dataset(self, sizes: Mapping[str, int]) -> SyntheticDataset:
+        return SyntheticDataset(
+            self._ir_model, dims=self.dims, num_samples=self.num_samples, seed=self.seed, sizes=sizes, hints=self.hints
+        )
+
+    def run(
+        self,
+        *,
+        max_tries: int = MAX_TRIES,
+        max_seconds: float = MAX_SECONDS,
+        keep_run: bool = False,
+        cancelled: threading.Event | None = None,
+        run_options: Any = None,
+    ) -> SyntheticDataset:
+        """Climb the ladder until ONNX Runtime runs the model (see ``probe_dataset``). Once ``cancelled`` is set
+        (the run in flight stopped by ``run_options.terminate``), raises ``ProbeCancelled``."""
+        session = _session(self._source, self._model_dir, prepack=self._prepack)
+        started, tries, failure, tried = time.perf_counter(), 0, None, None
+        for sizes in _ladder(self.open_dims):
+            candidate = self.dataset(sizes)
+            if any(math.prod(shape) > MAX_ELEMENTS for shape in candidate.shapes.values()):
+                continue
+            if tries >= max_tries or (tries and time.perf_counter() - started > max_seconds):
+                break
+            tries, tried = tries + 1, candidate
+            run_started = time.perf_counter()
+            try:
+                outputs = session.run(None, next(iter(candidate)), run_options)
+            except Exception as error:  # ORT raises its own types for shape and index errors
+                if cancelled is not None and cancelled.is_set():
+                    raise ProbeCancelled() from error
+                failure = error
+                continue
+            run_seconds = time.perf_counter() - run_started
+            chosen = ", ".join(f"{key}={size}" for key, size in sizes.items())
+            candidate.probe = f"{chosen}; {tries} {'try' if tries == 1 else 'tries'}"
+            if keep_run:
+                candidate.probe_run = ProbeRun(session, outputs, run_seconds)
+            return candidate
+        raise _nothing_runs(self.open_dims, self.hints.specs, tried, tries, failure)
+
+
+class ProbeCancelled(Exception):
+    """A probe stopped by its caller before it found a size."""
 
 
 def _session(model: Any, model_dir: str | os.PathLike[str] | None, *, prepack: bool) -> Any:

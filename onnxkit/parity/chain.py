@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 from onnxkit import runtime
-from onnxkit.data import validate_sample
-from onnxkit.data.probe import ProbeRun
+from onnxkit.data import describe_data, validate_sample
+from onnxkit.data.probe import Probe, ProbeCancelled, ProbeRun
 from onnxkit.errors import ModelLoadError
 from onnxkit.parity.report import ParityReport
 from onnxkit.parity.runs import Compared, Live, Recording, Replay, add_time, compare_runs, make_report
@@ -63,11 +63,14 @@ class ParityChain:
         self._recordings: list[tuple[Any, Recording]] = []  # (model source, its outputs), by identity
         self._prefetch: _Prefetch | None = None
         self.slow_run_seconds: float | None = None  # set when limited comparisons take one sample
+        self.probe_error: Exception | None = None  # what a probe in the background raised (``prefetch``)
 
     def recorded(self, model: Any) -> Recording | None:
         return next((recording for source, recording in self._recordings if source is model), None)
 
-    def prefetch(self, reference: Any, *, limit: int | None = None, probed: ProbeRun | None = None) -> None:
+    def prefetch(
+        self, reference: Any, *, limit: int | None = None, probed: ProbeRun | None = None, probe: Probe | None = None
+    ) -> None:
         """Start running ``reference`` on the first ``limit`` samples in a background thread, so that the
         next comparison against it replays its outputs instead of waiting for them: the pipeline starts the
         original model here before its first pass, and ONNX Runtime runs it on a spare core while the passes
@@ -77,12 +80,16 @@ class ParityChain:
         ``probed`` is the run that probed the dataset's sizes, on this very model: its session is used and its
         outputs on the first sample are kept rather than made again.
 
+        ``probe`` is the chain's dataset still to find (``dataset`` is None until then), on this very model: the
+        background run probes first, while the passes work, and the first comparison waits for its dataset and
+        description (and raises what the probe raised). A run that needs no comparison never waits for it.
+
         Should the background run fail, the comparison runs the reference itself, and reports what fails
         exactly as it would have. A limited run whose first sample takes ``SLOW_RUN_SECONDS`` or more stops
         there: every limited comparison of the chain then takes that one sample, and ``description`` says so."""
         self.close()
         if not self.data_given:
-            self._prefetch = _Prefetch(self, reference, limit, probed)
+            self._prefetch = _Prefetch(self, reference, limit, probed, probe)
 
     def close(self) -> None:
         """Stop a background run that is no longer wanted, and wait for it: a sample running is terminated
@@ -93,13 +100,23 @@ class ParityChain:
             self._prefetch.result()
             self._prefetch = None
 
+    def _probed(self) -> None:
+        """Wait for a probe running in the background, if the dataset is still to come; raise what it raised."""
+        if self.dataset is None and self._prefetch is not None:
+            self._prefetch.probed.wait()
+        if self.probe_error is not None:
+            raise self.probe_error
+        if self.dataset is None:
+            raise RuntimeError("the parity inputs were never probed: the probe was cancelled")
+
     def _take_prefetched(self, reference: Any, timings: dict[str, float] | None) -> None:
         """Wait for the background run of ``reference``, if one was started, and keep what it recorded."""
+        started = time.perf_counter()
+        self._probed()
         prefetch = self._prefetch
         if prefetch is None or prefetch.reference is not reference:
             return
         self._prefetch = None
-        started = time.perf_counter()
         recording = prefetch.result()
         add_time(timings, "reference_wait", started)
         if prefetch.slow_run_seconds is not None:
@@ -188,9 +205,19 @@ class _Prefetch:
     lets one session run in several threads); ``result`` waits for its ``Recording`` (None when it failed, was
     cancelled, or outgrew ``RECORDING_BUDGET``)."""
 
-    def __init__(self, chain: ParityChain, reference: Any, limit: int | None, probed: ProbeRun | None = None) -> None:
+    def __init__(
+        self,
+        chain: ParityChain,
+        reference: Any,
+        limit: int | None,
+        probed: ProbeRun | None = None,
+        probe: Probe | None = None,
+    ) -> None:
         self.reference = reference
-        self._chain, self._limit, self._probed = chain, limit, probed
+        self._chain, self._limit, self._probed, self._probe = chain, limit, probed, probe
+        self.probed = threading.Event()  # set once the chain's dataset is known (or the probe failed)
+        if probe is None:
+            self.probed.set()
         self._cancelled = threading.Event()
         self._run_options = runtime.run_options()  # its ``terminate`` stops the sample running
         self._recording: Recording | None = None
@@ -199,8 +226,20 @@ class _Prefetch:
         self._thread.start()
 
     def _run(self) -> None:
-        chain, probed = self._chain, self._probed
-        self._probed = None  # the session goes with this run, not with the prefetch object
+        chain, probed, probe = self._chain, self._probed, self._probe
+        self._probed = self._probe = None  # the session goes with this run, not with the prefetch object
+        if probe is not None:
+            try:
+                dataset = probe.run(keep_run=True, cancelled=self._cancelled, run_options=self._run_options)
+                chain.dataset, chain.description = dataset, describe_data(dataset)
+            except ProbeCancelled:
+                return
+            except Exception as error:  # DataError, ModelLoadError: the first comparison raises it
+                chain.probe_error = error
+                return
+            finally:
+                self.probed.set()  # once the dataset is the chain's, or the error recorded
+            probed, dataset.probe_run = dataset.probe_run, None
         try:
             live = Live(probed.session if probed is not None else chain._session(self.reference), self._run_options)
             recording = Recording(live.outputs)

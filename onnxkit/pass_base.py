@@ -36,7 +36,7 @@ import onnx_ir as ir
 from onnxkit.errors import SpecError
 
 if TYPE_CHECKING:  # only for the annotation: parity is not needed to define a pass
-    from onnxkit.parity.judgement import Judgement
+    from onnxkit.parity.judgement import Judgement, ParityReference
 
 PassKind = Literal["exact", "lossy"]
 
@@ -90,6 +90,9 @@ class PassContext:
     ``parity_on_held_out`` says the pipeline checks parity on the samples of ``data`` that a
     ``CalibrationSplit`` holds out (it was given calibration data only), so a lossy pass that judges its own
     candidates can judge them on exactly those; False: on samples it cannot know (all of ``data``, say).
+    ``parity_reference``, set for a lossy pass where the pipeline has recorded its input's outputs on its parity
+    samples, is those samples and outputs (``parity.judgement.ParityReference``): the pass can judge its output
+    exactly as the pipeline will without running its input on them again.
     """
 
     data: Any = None
@@ -101,6 +104,7 @@ class PassContext:
     example_inputs: Any = None
     disabled: frozenset[str | Site] = frozenset()
     parity_on_held_out: bool = False
+    parity_reference: ParityReference | None = None
 
     def allows(self, rule: str, node: str | None = None) -> bool:
         """Whether ``rule`` may fire (at ``node``, the name of the node it anchors on, when given)."""

@@ -20,12 +20,52 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxkit import runtime
 from onnxkit.data import validate_sample
 from onnxkit.parity.report import ParityReport
+from onnxkit.parity.runs import Compared, Live, Recording, Replay, compare_runs, make_report
 from onnxkit.parity.tolerance import Tolerance
 
 # The session settings a comparison ran under: ORT's optimizations, threads, packed weights.
 SessionSettings = tuple[bool, int, bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityReference:
+    """What the pipeline's check of a pass's output will compare against: its parity samples, and its recorded
+    outputs of the pass's input on them, with the session settings it runs the output under. A lossy pass that
+    judges its output as the pipeline will (``compare_with``) then need not run its input on those samples again."""
+
+    dataset: Any
+    specs: Any
+    description: str
+    recording: Recording
+    session: SessionSettings
+
+
+def reference_for(chain: Any, model: Any) -> ParityReference | None:
+    """``chain``'s samples and its complete recording of ``model``'s outputs on them; None if it has none."""
+    if chain is None or getattr(chain, "dataset", None) is None or not chain.prepack:
+        return None
+    recorded = chain.recorded(model)
+    if recorded is None or not recorded.complete:
+        return None
+    session = (chain.ort_optimizations, chain.threads, chain.prepack)
+    return ParityReference(chain.dataset, chain.specs, chain.description, recorded, session)
+
+
+def compare_with(reference: ParityReference, candidate: Any, tolerance: Tolerance) -> ParityReport:
+    """``candidate`` compared with the recorded reference, as the pipeline's chain compares a pass's output."""
+    optimize, threads, prepack = reference.session
+    try:
+        session = runtime.make_session(candidate, optimize=optimize, threads=threads, prepack=prepack)
+    except Exception as e:  # ORT raises its own exception types for graphs it cannot load
+        failed = Compared([], [f"ONNX Runtime cannot load the candidate model: {runtime.error_line(e)}"], 0, None, None)
+        return make_report(failed, tolerance, reference.description, optimize)
+    compared = compare_runs(
+        Replay(reference.recording), Live(session), reference.dataset, reference.specs, tolerance, data_given=True
+    )
+    return make_report(compared, tolerance, reference.description, optimize)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,14 +66,17 @@ def by_parity(
     min_sqnr: float | None,
     min_top1: float | None,
     pipeline_checks_held_out: bool,
+    pipeline_reference: parity_judgement.ParityReference | None = None,
 ) -> Judge:
     """The parity target, as the pipeline will check it.
 
     ``check``: held-out samples, ORT optimizations on, to judge the fused INT8 kernels that will run.
     ``confirm`` adds the pipeline's own check: ORT optimizations off, where QDQ is emulated in float and rounds
-    differently from the fused kernels, on the held-out samples when the pipeline checks those
-    (``pipeline_checks_held_out``: it was given calibration data only), else on every sample read (that data is
-    its parity data too). A model this pass accepts passes the pipeline's check in either case.
+    differently from the fused kernels. Given ``pipeline_reference`` (the pipeline's parity samples and its
+    recorded outputs of the pass's input on them) it is that very check, with no run of the float model; else on
+    the held-out samples when the pipeline checks those (``pipeline_checks_held_out``: it was given calibration
+    data only), else on every sample read (that data is its parity data too). A model this pass accepts passes
+    the pipeline's check in each case.
     """
     tolerance = dataclasses.replace(PIPELINE_TOLERANCE, min_cosine=min_cosine, min_sqnr=min_sqnr, min_top1=min_top1)
     # Chains record the float model's outputs on the first comparison and replay them for every candidate.
@@ -101,7 +104,10 @@ def by_parity(
         }
         if verdicts["held-out"].passed:
             key = "held-out" if pipeline_checks_held_out else "all"
-            report = as_the_pipeline_checks.compare(float_proto, candidate, tolerance)
+            if pipeline_reference is not None:
+                report = parity_judgement.compare_with(pipeline_reference, candidate, tolerance)
+            else:
+                report = as_the_pipeline_checks.compare(float_proto, candidate, tolerance)
             verdicts[f"{key}, ORT optimizations off"] = report
             as_the_pipeline[:] = [*as_the_pipeline[-(CONFIRMATIONS_KEPT - 1) :], (candidate, report)]
         return Verdict(all(v.passed for v in verdicts.values()), verdicts, noise_excess(verdicts.values(), tolerance))
@@ -110,16 +116,26 @@ def by_parity(
         """The confirmation of ``candidate`` (``returned`` is the model the pass hands on, made from it) with
         digests of what it compared; None if it was not confirmed or its float outputs were not all recorded."""
         report = next((r for c, r in as_the_pipeline if c is candidate), None)
-        recorded = as_the_pipeline_checks.recorded(float_proto)
+        if pipeline_reference is not None:
+            recorded: parity.Recording | None = pipeline_reference.recording
+            samples, sample_specs, session = (
+                pipeline_reference.dataset,
+                pipeline_reference.specs,
+                pipeline_reference.session,
+            )
+        else:
+            chain = as_the_pipeline_checks
+            recorded = chain.recorded(float_proto)
+            samples, sample_specs = pipeline_samples, specs
+            session = (chain.ort_optimizations, chain.threads, chain.prepack)
         if report is None or recorded is None or not recorded.complete:
             return None
-        inputs = parity_judgement.digest_inputs(pipeline_samples, specs)
+        inputs = parity_judgement.digest_inputs(samples, sample_specs)
         reference = parity_judgement.digest_outputs(recorded.outputs, recorded.values)
         model = parity_judgement.digest_model(returned)
         if inputs is None or reference is None or model is None:
             return None
-        chain = as_the_pipeline_checks
-        return Judgement(report, inputs, reference, model, (chain.ort_optimizations, chain.threads, chain.prepack))
+        return Judgement(report, inputs, reference, model, session)
 
     return Judge(tolerance.describe(), check, confirm, judgement)
 

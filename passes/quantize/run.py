@@ -249,6 +249,7 @@ class QuantizeRun:
                 min_sqnr=options.target_sqnr,
                 min_top1=options.target_top1,
                 pipeline_checks_held_out=self.context.parity_on_held_out,
+                pipeline_reference=self.context.parity_reference,
             )
         self.report.target = chosen.target
         self.accept = chosen

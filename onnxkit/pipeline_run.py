@@ -243,6 +243,7 @@ class PipelineRun:
         """Run ``pass_`` on ``model`` and check its output. ``snapshot`` is None when the pass changed nothing."""
         clock = Clock(timings)
         pass_.context = self.context
+        self.context.parity_reference = self._parity_reference(pass_, before)
         try:
             with clock("transform"):
                 result = pass_(model)
@@ -353,6 +354,16 @@ class PipelineRun:
         return narrowing.narrow(rerun, failed, entry)
 
     # -- parity -----------------------------------------------------------------------------------------
+
+    def _parity_reference(self, pass_: Pass, before: Snapshot) -> Any:
+        """For a lossy pass checked on its own, the parity samples and the recorded outputs of its input on them
+        (``parity.judgement.ParityReference``): with them it judges its output as this check will, and its input
+        need not run on them again."""
+        if pass_.kind != "lossy" or self.check != "each" or self.deferring:
+            return None
+        from onnxkit.parity.judgement import reference_for
+
+        return reference_for(self._parity, before.model)
 
     def _adopted(self, result: PassResult, before: Snapshot, kind: str, timings: dict[str, Any]) -> Any:
         """The pass's own check of the model it returned (quantize's final confirmation), where it compared exactly

@@ -87,6 +87,17 @@ def _infer_shapes(model: ir.Model) -> bool:
 _INFERRED_NAME = re.compile(r"^unk__\d+$")
 
 
+def _is_inferred_name(dim: int | ir.SymbolicDim) -> bool:
+    """Whether ``dim`` is a dimension ONNX's inference named. A shape's dims are ints or SymbolicDims: the
+    int test, in C, spares most dims the isinstance check onnx_ir's protocol metaclass makes in Python."""
+    return (
+        not isinstance(dim, int)
+        and isinstance(dim, ir.SymbolicDim)
+        and bool(dim.value)
+        and bool(_INFERRED_NAME.match(dim.value))
+    )
+
+
 def _forget_inferred_names(model: ir.Model) -> dict[ir.Value, tuple[ir.Shape, ir.TypeProtocol | None]]:
     """Make the dimensions an earlier inference named (``unk__N``) unknown again, on the values nodes compute;
     returns those values with their shapes and types as they were.
@@ -100,24 +111,10 @@ def _forget_inferred_names(model: ir.Model) -> dict[ir.Value, tuple[ir.Shape, ir
         for node in graph:
             for value in node.outputs:
                 shape = value.shape
-                if (
-                    shape is None
-                    or value.is_graph_output()
-                    or not any(
-                        isinstance(dim, ir.SymbolicDim) and dim.value and _INFERRED_NAME.match(dim.value)
-                        for dim in shape
-                    )
-                ):
+                if shape is None or value.is_graph_output() or not any(map(_is_inferred_name, shape)):
                     continue
                 forgotten[value] = (shape, value.type)
-                value.shape = ir.Shape(
-                    [
-                        ir.SymbolicDim(None)
-                        if isinstance(dim, ir.SymbolicDim) and dim.value and _INFERRED_NAME.match(dim.value)
-                        else dim
-                        for dim in shape
-                    ]
-                )
+                value.shape = ir.Shape([ir.SymbolicDim(None) if _is_inferred_name(dim) else dim for dim in shape])
     return forgotten
 
 

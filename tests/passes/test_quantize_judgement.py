@@ -12,10 +12,12 @@ import pytest
 
 from onnxkit import parity
 from onnxkit.data import input_specs
+from onnxkit.parity import judgement as parity_judgement
 from onnxkit.parity.judgement import Judgement, digest_inputs, digest_model, digest_outputs
 from onnxkit.pass_base import Pass, PassResult
 from onnxkit.pipeline import Pipeline
 from onnxkit.registry import register_pass
+from onnxkit.report import PassReport
 from tests.passes.test_quantize import mlp, samples
 
 DATA = samples("x", (2, 16), 10)
@@ -74,6 +76,7 @@ class ScaleSecondLayer(Pass):
     def call(self, model: ir.Model) -> PassResult:
         before = ir.serde.deserialize_model(ir.serde.serialize_model(model))
         weight = model.graph.initializers["w2"]
+        assert weight.const_value is not None
         values = weight.const_value.numpy() * np.float32(self.options.factor)
         weight.const_value = ir.tensor(values, name="w2")
         return PassResult(model, True, judgement=_claim(self.options.claim, before, model))
@@ -84,14 +87,17 @@ def _registered() -> None:
     register_pass(ScaleSecondLayer)
 
 
-def _run(spec: str, on_fail: str = "warn") -> object:
+def _run(spec: str) -> PassReport:
+    """The lossy pass's entry in the report of ``simplify,<spec>`` (on_fail=warn: a failed check is kept, to read)."""
     # simplify lifts the Constant weights, so the chain has recorded the model the lossy pass starts from
-    return Pipeline.parse(f"simplify,{spec}").run(mlp(constant_weights=True), data=DATA, on_fail=on_fail)
+    return (
+        Pipeline.parse(f"simplify,{spec}").run(mlp(constant_weights=True), data=DATA, on_fail="warn").report.passes[-1]
+    )
 
 
 def test_an_honest_judgement_is_taken_and_says_so() -> None:
-    entry = _run("test-scale-w2{factor=1.001}").report.passes[-1]
-    assert entry.parity["passed"]
+    entry = _run("test-scale-w2{factor=1.001}")
+    assert entry.parity is not None and entry.parity["passed"]
     assert "compared by the pass itself" in entry.parity["data"]
     assert "candidate_runs" not in entry.timings["parity"]  # the pipeline did not run the model again
 
@@ -102,22 +108,33 @@ def test_an_honest_judgement_is_taken_and_says_so() -> None:
 def test_a_judgement_that_does_not_match_is_not_trusted(claim: str) -> None:
     """The pass negates the weights (cosine -1) and claims a passing check of something else: the pipeline runs its
     own, which fails."""
-    entry = _run(f"test-scale-w2{{factor=-1,claim={claim}}}").report.passes[-1]
+    entry = _run(f"test-scale-w2{{factor=-1,claim={claim}}}")
     assert entry.status == "parity-warning"
-    assert not entry.parity["passed"]
+    assert entry.parity is not None and not entry.parity["passed"]
     assert "compared by the pass itself" not in entry.parity["data"]
     assert entry.timings["parity"]["candidate_runs"] > 0
 
 
-def test_quantize_hands_its_final_check_to_the_pipeline() -> None:
-    """Static INT8 confirms its final model as the pipeline checks it; the pipeline takes that check, and it is the
-    verdict the pipeline's own comparison of the same two models gives."""
+def test_quantize_hands_its_final_check_to_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Static INT8 confirms its final model as the pipeline checks it, against the pipeline's recorded outputs of
+    the pass's input (``PassContext.parity_reference``: the float model is not run on those samples again); the
+    pipeline takes that check, and it is the verdict the pipeline's own comparison of the same two models gives."""
     data = samples("x", (2, 16), 20)
+    against_recorded: list[int] = []
+    compare_with = parity_judgement.compare_with
+
+    def counted(
+        reference: parity_judgement.ParityReference, candidate: object, tolerance: parity.Tolerance
+    ) -> parity.ParityReport:
+        against_recorded.append(len(reference.recording.values))
+        return compare_with(reference, candidate, tolerance)
+
+    monkeypatch.setattr(parity_judgement, "compare_with", counted)
     result = Pipeline.parse("simplify,quantize{mode=static,max_slowdown=none}").run(
         mlp(constant_weights=True), data=data
     )
     _, quantized = result.report.passes
-    assert quantized.modified
+    assert quantized.modified and quantized.parity is not None
     assert "compared by the pass itself" in quantized.parity["data"]
     assert "candidate_runs" not in quantized.timings["parity"]
     reference = Pipeline.parse("simplify").run(mlp(constant_weights=True), data=data, check="off").model
@@ -125,3 +142,4 @@ def test_quantize_hands_its_final_check_to_the_pipeline() -> None:
     assert quantized.parity["passed"] == own.passed
     assert quantized.parity["samples"] == own.samples == len(data)
     assert quantized.parity["min_cosine"] == pytest.approx(own.min_cosine, abs=1e-12)
+    assert against_recorded and set(against_recorded) == {len(data)}

@@ -90,12 +90,10 @@ _INFERRED_NAME = re.compile(r"^unk__\d+$")
 def _is_inferred_name(dim: int | ir.SymbolicDim) -> bool:
     """Whether ``dim`` is a dimension ONNX's inference named. A shape's dims are ints or SymbolicDims: the
     int test, in C, spares most dims the isinstance check onnx_ir's protocol metaclass makes in Python."""
-    return (
-        not isinstance(dim, int)
-        and isinstance(dim, ir.SymbolicDim)
-        and bool(dim.value)
-        and bool(_INFERRED_NAME.match(dim.value))
-    )
+    if isinstance(dim, int) or not isinstance(dim, ir.SymbolicDim):
+        return False
+    name = dim.value
+    return name is not None and _INFERRED_NAME.match(name) is not None
 
 
 def _forget_inferred_names(model: ir.Model) -> dict[ir.Value, tuple[ir.Shape, ir.TypeProtocol | None]]:

@@ -114,7 +114,7 @@ class TensorEncodings:
         """``model`` serialized, with the encodings of the tensors it shares with the last model serialized."""
         graph = model.graph
         # By name: the initializers' names, which onnx_ir keys them by (a value's own ``name`` is optional).
-        initializers = [(name, value) for name, value in graph.initializers.items() if value.const_value is not None]
+        initializers = list(graph.initializers.items())
         view = ir.GraphView(
             graph.inputs,
             graph.outputs,
@@ -130,7 +130,9 @@ class TensorEncodings:
         # onnx_ir writes the initializers' value_info before the nodes': so does this, from the same parts.
         value_info = onnx.GraphProto()
         for name, value in initializers:
-            if name not in inputs:  # an initializer listed as input (before IR 4) has had its info written
+            # Written for an initializer without a value too (which onnx_ir leaves out, with a warning); one
+            # listed as input (before IR 4) has had its info written.
+            if name not in inputs:
                 ir_compat.write_initializer_info(value_info, value)
         value_info.value_info.extend(proto.graph.value_info)
         proto.graph.ClearField("value_info")
@@ -141,6 +143,8 @@ class TensorEncodings:
         new_weights = []
         for name, value in initializers:
             tensor = value.const_value
+            if tensor is None:
+                continue
             known = self._by_tensor.get((id(tensor), name))
             if known is None or known.tensor is not tensor or known.tensor_properties != _properties(tensor):
                 known = _encode(name, tensor)
@@ -174,7 +178,7 @@ class TensorEncodings:
             b"".join((rest, _GRAPH, _varint(len(weightless_graph)), weightless_graph)),
             lists_cut,
             graph_proto,
-            frozenset(name for name, _ in initializers),
+            frozenset(name for name, value in initializers if value.const_value is not None),
             tuple(new_weights),
         )
 

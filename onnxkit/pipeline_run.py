@@ -103,9 +103,6 @@ class PipelineRun:
         clock = Clock(setup)
         with clock("serialize"):
             original = Snapshot.of(current, self.context.model_dir, self.encodings)
-        if self.verify:
-            with clock("baseline_checks"):
-                self.baseline = Baseline.of(original)
         self.report.input_summary = {"nodes": count_nodes(current), "bytes": original.size}
         if self.check != "off":
             with clock("parity_inputs"):
@@ -119,6 +116,9 @@ class PipelineRun:
             if isinstance(original.model, bytes):
                 limit = self._sample_limit(self._first_comparison_kind(passes))
                 self._parity.prefetch(original.model, limit=limit, probed=probed, probe=probe)
+        if self.verify:  # while the reference runs in the background
+            with clock("baseline_checks"):
+                self.baseline = Baseline.of(original)
         before = original
         try:
             with _progress(len(passes), enabled=progress) as show:
@@ -437,6 +437,7 @@ class PipelineRun:
         from onnxkit.data.probe import Probe
 
         dataset: Iterable[dict[str, Any]] | None  # a Dataset, or a view of the calibration data's held-out samples
+        prepack = runtime.packs_weights(model)  # for every session of the chain's, the probe's too
         if self.data is not None:
             dataset = as_dataset(self.data, model)
             description = f"--data {describe_data(self.data)}"
@@ -449,7 +450,9 @@ class PipelineRun:
             # The probe runs the model on the first sample: that session and run start the reference's. It reads
             # the graph here; its runs go to the background run of the reference, which starts with them (from
             # the model's bytes, while the passes edit the model), unless there are no bytes to run.
-            probe = Probe(model, dims=self.context.dims, model_dir=self.context.model_dir, serialized=serialized)
+            probe = Probe(
+                model, dims=self.context.dims, model_dir=self.context.model_dir, serialized=serialized, prepack=prepack
+            )
             if probe.needed and probe.background:
                 self._probe, dataset, description = probe, None, NOT_PROBED
             else:
@@ -463,7 +466,7 @@ class PipelineRun:
             description,
             data_given=self.data is not None or self.calibration_data is not None,
             model_dir=self.context.model_dir,
-            prepack=runtime.packs_weights(model),
+            prepack=prepack,
         )
         return self._parity
 

@@ -88,7 +88,8 @@ class Probe:
     """A probe in two steps: what the graph says, read here from ``model``; then ``run``, the tries in ONNX
     Runtime. ``run`` reads the model no more, only its bytes or its file, when either was given: it may then
     run in another thread while ``model`` is edited (``background``). ``needed`` is False when there is
-    nothing to choose but a batch (``dataset({})`` is then the answer, without a run)."""
+    nothing to choose but a batch (``dataset({})`` is then the answer, without a run). ``prepack``: whether its
+    session packs weights (``runtime.packs_weights`` of the model when not given)."""
 
     def __init__(
         self,
@@ -99,6 +100,7 @@ class Probe:
         seed: int = 0,
         model_dir: str | os.PathLike[str] | None = None,
         serialized: bytes | None = None,
+        prepack: bool | None = None,
     ) -> None:
         ir_model = _ir_model(model)
         self.hints = read_graph(ir_model)
@@ -115,8 +117,9 @@ class Probe:
         )
         self._ir_model = ir_model  # what the datasets are built from: never read again, the hints are
         self._model_dir = model_dir if model_dir is not None else _external_data_folder(ir_model)
-        # The session becomes the parity reference's: packed or not as parity's own (runtime.packs_weights).
-        self._prepack = runtime.packs_weights(ir_model) if self.needed else True
+        # The session becomes the parity reference's: packed or not as parity's own (runtime.packs_weights, which
+        # the caller may have asked already).
+        self._prepack = prepack if prepack is not None or not self.needed else runtime.packs_weights(ir_model)
 
     def dataset(self, sizes: Mapping[str, int]) -> SyntheticDataset:
         return SyntheticDataset(

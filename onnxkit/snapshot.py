@@ -90,7 +90,7 @@ class Snapshot:
     # ``shapes`` has ai.onnx.ml list attributes cut short (for shape inference): the checker reads ``model``.
     lists_cut: bool = False
     # Weights encoded for the first time in this snapshot: ``shapes`` declares them as inputs, so the checker's
-    # tensor checks are made on them one by one (``_checker_error``).
+    # tensor checks are made on them one by one (``_checker``), which then lets them go.
     new_weights: tuple[Any, ...] = ()
 
     @property
@@ -192,11 +192,9 @@ class Baseline:
 
     @classmethod
     def of(cls, snapshot: Snapshot) -> Baseline:
-        return cls(
-            snapshot.signature,
-            _checker_error(snapshot.checked) is None,  # the whole model once: every tensor of it is checked
-            _shape_inference_error(snapshot.shapes) is None,
-        )
+        checker_ok = _checker_error(snapshot.checked) is None  # the whole model once: every tensor of it is checked
+        snapshot.new_weights = ()  # so checked already; held no longer (a pass may replace them)
+        return cls(snapshot.signature, checker_ok, _shape_inference_error(snapshot.shapes) is None)
 
     def problems(self, snapshot: Snapshot, clock: Clock) -> list[str]:
         problems = self.signature.differences(snapshot.signature)
@@ -219,7 +217,8 @@ def _checker(snapshot: Snapshot) -> str | None:
     one). Where ``shapes`` has tree arrays cut short the whole model is read."""
     if snapshot.lists_cut or snapshot.shapes is None:
         return _checker_error(snapshot.checked)
-    return _checker_error(snapshot.shapes, snapshot.new_weights)
+    new_weights, snapshot.new_weights = snapshot.new_weights, ()  # checked once, then held no longer
+    return _checker_error(snapshot.shapes, new_weights)
 
 
 def histogram_delta(before: collections.Counter[str], after: collections.Counter[str]) -> dict[str, int]:

@@ -26,10 +26,10 @@ from onnxkit.passes.fuse import (
 )
 from onnxkit.passes.fuse._base import (
     CONTRIB_DOMAIN,
+    Census,
     Fusion,
     FusionContext,
     annotate_shapes,
-    op_types_in,
     rule_fusion,
     shapeless_values,
 )
@@ -345,7 +345,7 @@ class FusePass(Pass):
         unknown = shapeless_values(model)
         remove_annotations = annotate_shapes(model) if unknown else _nothing_to_undo
         unknown = shapeless_values(model)
-        present = op_types_in(model)
+        context.census = census = Census.of(model)
         # A fusion finds nothing new in a model it already searched in vain: ``changes`` counts what altered
         # the model (a fusion firing, shapes inferred), and a fusion is searched again only once it moved on
         # since that fusion's last fruitless search. Rounds still run until one changes nothing; the last one
@@ -354,11 +354,12 @@ class FusePass(Pass):
         for _ in range(_MAX_ROUNDS):
             fired_this_round = 0
             for fusion in fusions:
-                if searched_at[fusion.name] == changes or not fusion.can_match(present):
+                if searched_at[fusion.name] == changes or not fusion.can_match(census.op_types):
                     continue
                 fired = self._apply(fusion, model, context)
                 if fired:
-                    present = op_types_in(model)
+                    # Taken before the dead nodes go (their op types too, as before), so only a superset.
+                    context.census = census = Census.of(model)
                     # Nodes a rule made dead must not be matched by the next rule.
                     common_passes.RemoveUnusedNodesPass()(model)
                     changes += 1  # its own rewrites may enable it again: it stays due

@@ -42,11 +42,10 @@ def peak_rss_bytes(pid: int | str = "self") -> int | None:
 
 
 def _transform_job(job: dict[str, Any]) -> dict[str, Any]:
-    from onnxkit.bench.peers import RUNNER_IMPORTS, RUNNERS
+    from onnxkit.bench.peers import RUNNERS, import_before_timing
 
     tool = job["tool"]
-    for module in RUNNER_IMPORTS[tool["runner"]]:
-        __import__(module)
+    import_before_timing(tool)
     started = time.perf_counter()
     notes = RUNNERS[tool["runner"]](Path(job["source"]), Path(job["output"]), tool, job)
     seconds = time.perf_counter() - started

@@ -95,8 +95,7 @@ def activation_qdq(quantized: onnx.ModelProto) -> dict[str, tuple[float, float, 
 def folded_activations(float_proto: onnx.ModelProto, quantized: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     """The Relu and Clip nodes of ``float_proto`` that ORT folded into the range of their producer's output in
     ``quantized`` (QDQ), by name: gone from the graph, their input no longer made, their output written by the
-    producer, clamped only by its QuantizeLinear. Such a node has no noise of its own to take out: keeping it
-    float alone leaves its producer's output quantized over the whole range, negative values included."""
+    producer, clamped only by its QuantizeLinear."""
     names = {n.name for n in quantized.graph.node}
     made = _value_names(quantized)
     return {
@@ -158,8 +157,11 @@ def measure_sensitivity(
       the node reads or writes through a QDQ pair, taken from the float model and quantized with that
       pair's scale and zero point. This does not depend on what happened upstream.
 
-    A Relu or Clip that ORT folded into its producer's output range (``folded_activations``) is not ranked: its
-    producer is, by the Relu's output, and keeping the producer float keeps it float too.
+    A Relu or Clip that ORT folded into its producer's output range (``folded_activations``) has no tensors of
+    its own: its producer is measured by the Relu's output, and the Relu is ranked with the same measure, just
+    before it. Kept float alone, the Relu unfolds: its producer's output is quantized over its whole range
+    instead (no INT8 kernel lost, and a range the entropy calibration may clip less than the Relu's one-sided
+    one); keeping the producer float takes both out of INT8.
 
     The ranking uses the first: the second, relative to each tensor's own power, misses a range widened by
     a channel that a later Relu or a zero weight row drops (its rounding is small against that channel and
@@ -192,15 +194,19 @@ def measure_sensitivity(
         # unclamped tensor is not the float one, so its readers see it as dequantized.
         return consumed(name) if name in folded_outputs else (name, name)
 
+    ranked_folded = {node.input[0]: node for node in folded.values() if node.name in {c.name for c in candidates}}
     for node in candidates:
         if node.name in folded:
-            continue  # its noise is its producer's: ranked there, and float only with it
+            continue  # measured with its producer, below
         written = [absorbed.get(name, name) for name in node.output]
         inputs = [add(produced(name)) for name in node.input if activation(name)]
         outputs = [add(consumed(name)) for name in written if activation(name)]
         rounding = [name for name in (*node.input, *written) if activation(name) and name in qdq]
         rounded.update(dict.fromkeys(rounding))
         if outputs:
+            # The folded Relu first: the sort keeps ties in order, and it is the cheaper of the two to keep float.
+            unfolds = [ranked_folded[name] for name in node.output if name in ranked_folded]
+            node_pairs.extend((unfold, inputs, outputs, rounding) for unfold in unfolds)
             node_pairs.append((node, inputs, outputs, rounding))
     if not pairs:
         return []

@@ -69,20 +69,23 @@ class _Layer:
         return weights.shape[1]
 
     def scale_weights(self, node: ir.Node, weights: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """``weights`` times ``scale`` per output channel, computed in place: the caller hands over a copy it
+        owns (a new array per layer costs as much as the product on large convolutions)."""
         if self.op_type == "Conv":
-            return weights * scale.reshape((-1,) + (1,) * (weights.ndim - 1))
-        if self.op_type == "ConvTranspose":
+            weights *= scale.reshape((-1,) + (1,) * (weights.ndim - 1))
+        elif self.op_type == "ConvTranspose":
             # Weights are [C_in, C_out / group, *kernel]; output channel g * C_out/group + j lives at
             # weights[g * C_in/group + i, j] for every i.
             group = node.attributes.get_int("group", 1)
             c_in, c_out_per_group = weights.shape[:2]
             kernel = weights.shape[2:]
-            grouped = weights.reshape((group, c_in // group, c_out_per_group) + kernel)
-            per_group = scale.reshape((group, 1, c_out_per_group) + (1,) * len(kernel))
-            return (grouped * per_group).reshape(weights.shape)
-        if self.op_type == "Gemm" and node.attributes.get_int("transB", 0) != 0:
-            return weights * scale[:, None]
-        return weights * scale[None, :]
+            grouped = weights.reshape((group, c_in // group, c_out_per_group) + kernel)  # a view: contiguous
+            grouped *= scale.reshape((group, 1, c_out_per_group) + (1,) * len(kernel))
+        elif self.op_type == "Gemm" and node.attributes.get_int("transB", 0) != 0:
+            weights *= scale[:, None]
+        else:
+            weights *= scale[None, :]
+        return weights
 
 
 class FoldAffineIntoLayer(RewriteRuleClassBase):

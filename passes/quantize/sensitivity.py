@@ -177,7 +177,7 @@ def measure_sensitivity(
     folded_outputs = set(absorbed.values())
     pairs: dict[tuple[str, str], None] = {}  # (float name, quantized name), in order
     rounded: dict[str, None] = {}  # float activations whose rounding is measured
-    node_pairs = []
+    node_pairs: list[tuple[onnx.NodeProto, list[tuple[str, str]], list[tuple[str, str]], list[str]]] = []
 
     def activation(name: str) -> bool:
         return bool(name) and name not in initializers and types.get(name) in FLOAT_TYPES and name in present

@@ -119,7 +119,9 @@ class Probe:
         self._model_dir = model_dir if model_dir is not None else _external_data_folder(ir_model)
         # The session becomes the parity reference's: packed or not as parity's own (runtime.packs_weights, which
         # the caller may have asked already).
-        self._prepack = prepack if prepack is not None or not self.needed else runtime.packs_weights(ir_model)
+        if prepack is None:
+            prepack = runtime.packs_weights(ir_model) if self.needed else True
+        self._prepack = prepack
 
     def dataset(self, sizes: Mapping[str, int]) -> SyntheticDataset:
         return SyntheticDataset(

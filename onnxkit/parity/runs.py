@@ -63,7 +63,11 @@ class Live:
         self.outputs = [o.name for o in session.get_outputs()]
 
     def run(self, names: list[str], sample: Mapping[str, Any], index: int) -> list[Any]:
-        return self.session.run(names, {name: sample[name] for name in self.inputs}, self.run_options)
+        feed = {name: sample[name] for name in self.inputs}
+        # Sessions other than ONNX Runtime's (OpenVINO's, behind the same interface) take no run options.
+        if self.run_options is None:
+            return self.session.run(names, feed)
+        return self.session.run(names, feed, self.run_options)
 
 
 class Replay:

@@ -211,10 +211,10 @@ class Baseline:
 
 def _checker(snapshot: Snapshot) -> str | None:
     """onnx.checker's complaint about a pass's output. Its weightless form says what the whole model says to the
-    checker but for the weights' own tensor checks (type, data field, no data in a 0-element tensor: nothing of
-    their values, nor their size against their dims), so the checker reads it and checks only the weights new
-    since the last snapshot: the others, the same objects, passed before (a pass replaces a tensor, never edits
-    one). Where ``shapes`` has tree arrays cut short the whole model is read."""
+    checker but for the weights' own tensor checks (type, data fields, their size against the dims), so the
+    checker reads it and checks only the weights new since the last snapshot, each whole: the others, the same
+    objects, passed before (a pass replaces a tensor, never edits one). Where ``shapes`` has tree arrays cut
+    short the whole model is read."""
     if snapshot.lists_cut or snapshot.shapes is None:
         return _checker_error(snapshot.checked)
     new_weights, snapshot.new_weights = snapshot.new_weights, ()  # checked once, then held no longer

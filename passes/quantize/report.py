@@ -40,6 +40,7 @@ class Report:
     timing: latency.Timing | None = None
     gate_float_op_types: list[str] = dataclasses.field(default_factory=list)
     gate_attempts: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    gate_summary: dict[str, Any] = dataclasses.field(default_factory=dict)  # latency.summary
     kept_whole_model_float: str | None = None
     quantized_bytes: int | None = None
     quantized_nodes: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -143,6 +144,7 @@ class Report:
             "latency_gate": {
                 "float_op_types": list(self.gate_float_op_types),
                 "attempts": [list(a) for a in self.gate_attempts],
+                **self.gate_summary,
                 "kept_whole_model_float": self.kept_whole_model_float,
             },
             "size": {

@@ -22,7 +22,7 @@ from onnxruntime.quantization.calibrate import TensorsData
 from onnxkit.data import CalibrationSplit
 from onnxkit.errors import PassFailedError
 from onnxkit.pass_base import PassContext
-from onnxkit.passes.quantize import calibration, judge, latency, qdq_edit, sensitivity, smoothing
+from onnxkit.passes.quantize import calibration, judge, latency, op_speed, qdq_edit, sensitivity, smoothing
 from onnxkit.passes.quantize.judge import Judge  # the method QuantizeRun.judge hides the module in annotations
 from onnxkit.passes.quantize.options import QuantizeOptions
 from onnxkit.passes.quantize.report import Report, quantized_nodes
@@ -59,6 +59,8 @@ class QuantizeRun:
     _full_models: list[tuple[tuple[Any, ...], tuple[onnx.ModelProto, qdq_edit.QdqEditor | None]]] = dataclasses.field(
         default_factory=list, init=False, repr=False
     )
+    # The op speed table's predictions for the latency gate's candidates, made by ``gate``
+    predictor: op_speed.Predictor | None = dataclasses.field(default=None, init=False, repr=False)
     # SmoothQuant's channel maxima, gathered by the calibration pass (None: not gathered there)
     _smoothing_seen: smoothing.ActivationObserver | None = dataclasses.field(default=None, init=False, repr=False)
 
@@ -350,6 +352,7 @@ class QuantizeRun:
         assert options.max_slowdown is not None
         timing_samples = list(itertools.islice(self.data.calibration, TIMING_SAMPLES))
         present = {n.op_type for n in quantized_nodes(self.float_proto, quantized)}
+        self.predictor = op_speed.Predictor(self.original, timing_samples[0]) if timing_samples else None
         gate = latency.latency_gate(
             self.original,
             quantized,
@@ -357,10 +360,12 @@ class QuantizeRun:
             lambda op_types: self.quantize(keep_float, op_types),
             timing_samples,
             options.max_slowdown,
+            self.predictor,
         )
         self.report.timing = gate.timing
         self.report.gate_float_op_types = gate.float_op_types
         self.report.gate_attempts = gate.tried
+        self.report.gate_summary = latency.summary(gate, options.max_slowdown, self.predictor)
         if gate.model is not None:
             return gate.model
         self.too_slow(gate.timing, gate.float_op_types)
@@ -383,11 +388,12 @@ class QuantizeRun:
         quantized, rechecked_keep = self.meet_target(accept, kept_op_types, keep_float)
         if set(rechecked_keep) == set(keep_float):
             return quantized, rechecked_keep
-        timing = latency.compare(
+        timing = latency.assess(
             self.original,
             quantized,
             list(itertools.islice(self.data.calibration, TIMING_SAMPLES)),
             options.max_slowdown,
+            self.predictor,
         )
         self.report.timing = timing
         if not timing.within(options.max_slowdown):

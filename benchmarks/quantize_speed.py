@@ -253,6 +253,8 @@ def bench_transform(name: str, folder: Path, repeats: int) -> dict[str, Any]:
         # The pass's own target check (held-out samples), then the pipeline's (ORT optimizations off).
         "cosine": " / ".join(f"{v['min_cosine']:.4f}" for v in parity.values() if v.get("min_cosine") is not None),
         "kept_whole_model_float": (details.get("latency_gate") or {}).get("kept_whole_model_float"),
+        # The latency gate of the last run: its seconds, its ratio, and whether it timed or the op speed table decided.
+        "gate": _gate_summary(details),
         "runs": {
             "ort_s": [round(t, 2) for t in ort_seconds],
             "onnxkit_s": [round(t, 2) for t in onnxkit_seconds],
@@ -260,6 +262,17 @@ def bench_transform(name: str, folder: Path, repeats: int) -> dict[str, Any]:
             "onnxkit_cpu_s": [round(t, 2) for t in onnxkit_cpu],
         },
     }
+
+
+def _gate_summary(details: dict[str, Any]) -> str:
+    gate, timing = details.get("latency_gate") or {}, details.get("latency") or {}
+    if not timing:
+        return "off"
+    how = "timed" if timing.get("timed", True) else "predicted"
+    predicted = timing.get("predicted_ratio")
+    return f"{gate.get('seconds', '?')} s, {how} {timing.get('ratio')}x" + (
+        f" (predicted {predicted}x)" if predicted is not None and how == "timed" else ""
+    )
 
 
 def _print_rows(console: Any, title: str, rows: list[dict[str, Any]]) -> None:

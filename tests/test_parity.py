@@ -479,3 +479,159 @@ def test_a_prefetched_reference_that_fails_is_reported_as_the_comparison_would_r
     given = parity.ParityChain(_samples(weight), _chain(weight).specs, "given", data_given=True)
     given.prefetch(broken, limit=2)
     assert given._prefetch is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A candidate run beside its reference, still running in the background
+
+
+class _GatedSession:
+    """An ONNX Runtime session whose runs first wait (a few seconds at most) for ``gate``, and note whether it
+    was open: the reference's, held back until the candidate has run, proves that both ran at the same time."""
+
+    def __init__(self, session, gate, runs: list[bool]) -> None:
+        self.session, self.gate, self.runs = session, gate, runs
+        self.get_inputs, self.get_outputs = session.get_inputs, session.get_outputs
+
+    def run(self, names, feed, run_options=None):
+        self.runs.append(self.gate.wait(5))
+        return self.session.run(names, feed, run_options)
+
+
+class _NotingSession:
+    """An ONNX Runtime session that opens ``gate`` once it has run (or failed to run) a sample."""
+
+    def __init__(self, session, gate, runs: list[bool]) -> None:
+        self.session, self.gate, self.runs = session, gate, runs
+        self.get_inputs, self.get_outputs = session.get_inputs, session.get_outputs
+
+    def run(self, names, feed, run_options=None):
+        try:
+            return self.session.run(names, feed, run_options)
+        finally:
+            self.runs.append(True)
+            self.gate.set()
+
+
+def _figures(report: parity.ParityReport) -> dict:
+    """A report's verdict, errors and figures: all but its description of the data."""
+    return {key: value for key, value in report.to_dict().items() if key != "data"}
+
+
+def _gate_reference_on_candidate(monkeypatch, reference: bytes, *, on: str = "run") -> dict[str, list[bool]]:
+    """Every session of ``reference`` the chain makes waits, before each run, for the candidate to have run a
+    sample (``on="run"``) or to have been loaded (``on="session"``). Returns the runs of each side: the
+    reference's as whether the candidate had run (or loaded) by then."""
+    import threading
+
+    gate = threading.Event()
+    runs: dict[str, list[bool]] = {"reference": [], "candidate": []}
+    make_session = parity.ParityChain._session
+
+    def session(chain: parity.ParityChain, model):
+        if model is reference:
+            return _GatedSession(make_session(chain, model), gate, runs["reference"])
+        if on == "session":
+            gate.set()
+        return _NotingSession(make_session(chain, model), gate, runs["candidate"])
+
+    monkeypatch.setattr(parity.ParityChain, "_session", session)
+    return runs
+
+
+def test_a_candidate_runs_beside_a_reference_still_running_and_reports_the_same(monkeypatch, weight) -> None:
+    """rapid_table_det_edge_int8 ran 1.7 s of reference then 1.6 s of candidate, one after the other: the
+    candidate now runs while the background run of the reference goes on, with the very report of the path
+    that waits for it."""
+    monkeypatch.setattr(parity_chain, "SLOW_RUN_SECONDS", float("inf"))
+    first, candidate = _model_and_perturbed(weight)
+    runs = _gate_reference_on_candidate(monkeypatch, first)
+    chain, exact = _chain(weight), Tolerance.for_kind("exact")
+    chain.prefetch(first, limit=2)
+    timings: dict[str, float] = {}
+    report = chain.compare(first, candidate, exact, timings, limit=2)
+    assert runs["reference"] and all(runs["reference"])  # each reference run started after a candidate run
+    assert len(runs["candidate"]) == 2  # each sample once: the comparison took the runs made ahead
+    assert {"sessions", "candidate_runs", "replayed"} <= set(timings) and "reference_runs" not in timings
+    direct = compare_models(first, candidate, _samples(weight)[:2], tolerance=exact)
+    assert not report.passed and report.samples == direct.samples == 2
+    assert _figures(report) == _figures(direct)
+    # Both recordings go on down the chain: the candidate is replayed as the next reference.
+    timings = {}
+    assert not chain.compare(candidate, first, exact, timings, limit=2).passed
+    assert "replayed" in timings and len(runs["candidate"]) == 2
+
+
+def test_a_candidate_run_beside_its_reference_that_fails_is_reported(monkeypatch, weight) -> None:
+    monkeypatch.setattr(parity_chain, "SLOW_RUN_SECONDS", float("inf"))
+    first = linear_model(weight).SerializeToString()
+    broken = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+            "broken",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(np.array([3, 5], dtype=np.int64), "shape")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    ).SerializeToString()
+    exact = Tolerance.for_kind("exact")
+    direct = compare_models(first, broken, _samples(weight)[:2], tolerance=exact)
+    assert "the candidate model fails on sample 0" in direct.errors[0]
+    runs = _gate_reference_on_candidate(monkeypatch, first)
+    chain = _chain(weight)
+    chain.prefetch(first, limit=2)
+    report = chain.compare(first, broken, exact, limit=2)
+    assert runs["reference"] and all(runs["reference"])
+    assert _figures(report) == _figures(direct)
+    # One ONNX Runtime cannot load is reported as before, once the reference is done.
+    unloadable = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("NoSuchOp", ["x"], ["y"])],
+            "unloadable",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    ).SerializeToString()
+    runs = _gate_reference_on_candidate(monkeypatch, first, on="session")
+    chain = _chain(weight)
+    chain.prefetch(first, limit=2)
+    report = chain.compare(first, unloadable, exact, limit=2)
+    assert not report.passed and report.samples == 0
+    assert report.errors[0].startswith("ONNX Runtime cannot load the candidate model:")
+    assert chain.recorded(first) is not None  # the reference's run was still taken
+
+
+def test_a_slow_reference_beside_its_candidate_still_takes_one_sample(monkeypatch, weight) -> None:
+    """The reference's first run decides a limited comparison's samples: the candidate runs a second one only
+    once it knows that the comparison takes it."""
+    monkeypatch.setattr(parity_chain, "SLOW_RUN_SECONDS", 0.0)
+    first, candidate = _model_and_perturbed(weight)
+    runs = _gate_reference_on_candidate(monkeypatch, first)
+    chain, exact = _chain(weight), Tolerance.for_kind("exact")
+    chain.prefetch(first, limit=2)
+    report = chain.compare(first, candidate, exact, limit=2)
+    assert runs["reference"] == [True] and runs["candidate"] == [True]
+    assert "1 sample for exact passes" in chain.description
+    direct = compare_models(first, candidate, _samples(weight)[:1], tolerance=exact)
+    assert report.samples == 1 and _figures(report) == _figures(direct)
+
+
+def test_a_reference_failing_beside_its_candidate_is_reported_as_before(monkeypatch, weight) -> None:
+    broken = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+            "broken",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(np.array([3, 5], dtype=np.int64), "shape")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    ).SerializeToString()
+    runs = _gate_reference_on_candidate(monkeypatch, broken)
+    chain = _chain(weight)
+    chain.prefetch(broken, limit=2)
+    with pytest.raises(DataError, match="the reference model fails on sample 0"):
+        chain.compare(broken, linear_model(weight).SerializeToString(), Tolerance.for_kind("exact"), limit=2)
+    assert runs["reference"][0] and runs["candidate"]  # the candidate ran while the reference did

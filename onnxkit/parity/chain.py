@@ -17,7 +17,7 @@ from onnxkit.data import describe_data, validate_sample
 from onnxkit.data.probe import Probe, ProbeCancelled, ProbeRun
 from onnxkit.errors import ModelLoadError
 from onnxkit.parity.report import ParityReport
-from onnxkit.parity.runs import Compared, Live, Recording, Replay, add_time, compare_runs, make_report
+from onnxkit.parity.runs import Ahead, Compared, Live, Recording, Replay, add_time, compare_runs, make_report
 from onnxkit.parity.tolerance import Tolerance
 
 # The most bytes of outputs kept per model for the next comparison; past it that model is run again.
@@ -155,7 +155,15 @@ class ParityChain:
     ) -> ParityReport:
         """Compare ``candidate`` with ``reference`` (bytes, ``ModelProto`` or ``ir.Model``; recordings are
         found by object identity, so pass the very object compared before), on the first ``limit`` samples
-        if given."""
+        if given.
+
+        When ``reference`` is still running in the background (``prefetch``), the candidate's session is made
+        and its samples run meanwhile (``_run_ahead``), then its outputs are compared with the recording. In
+        ``timings`` those runs are ``candidate_runs`` and ``sessions`` as ever, and ``reference_wait`` is only
+        what was left to wait for after them: the parts add up to the time spent, and the reference's own run
+        time, which overlapped them, is in no part."""
+        self._probed()
+        ahead = self._run_ahead(reference, candidate, timings, limit)
         self._take_prefetched(reference, timings)
         if limit is not None and self.slow_run_seconds is not None:
             limit = 1
@@ -174,7 +182,9 @@ class ParityChain:
                     hint="parity checks run the model in ONNX Runtime; --check off skips them",
                 ) from e
         try:
-            cand_side = Live(self._session(candidate))
+            if isinstance(ahead, Exception):
+                raise ahead
+            cand_side = ahead if ahead is not None else Live(self._session(candidate))
         except Exception as e:
             add_time(timings, "sessions", started)
             failed = Compared(
@@ -199,6 +209,50 @@ class ParityChain:
         self._recordings = [(source, recording) for source, recording in kept if recording is not None]
         return make_report(compared, tolerance, self.description, self.ort_optimizations)
 
+    def _run_ahead(
+        self, reference: Any, candidate: Any, timings: dict[str, float] | None, limit: int | None
+    ) -> Ahead | Exception | None:
+        """While ``reference`` runs in the background, make ``candidate``'s session and run it on the samples
+        the comparison takes, one by one, as long as the background run goes on: the two models then run side
+        by side (ONNX Runtime lets go of the GIL), instead of the candidate starting only once the reference is
+        done. A limited comparison may be cut to one sample by the reference's first run (``SLOW_RUN_SECONDS``),
+        so a second sample runs only once that run has decided. Runs ahead stop at what the comparison would
+        report in its turn (a sample that does not fit, an input the reference lacks, the candidate failing)
+        and at ``RECORDING_BUDGET`` bytes of outputs. Returns the candidate's ``Ahead``, the exception its
+        session raised (reported after the reference's own errors, as without it), or None when the reference
+        is not running in the background."""
+        prefetch = self._prefetch
+        if prefetch is None or prefetch.reference is not reference or prefetch.done():
+            return None
+        if limit is not None and self.slow_run_seconds is not None:
+            limit = 1
+        started = time.perf_counter()
+        try:
+            ahead = Ahead(self._session(candidate))
+        except Exception as e:  # ORT raises its own exception types; the comparison reports it
+            return e
+        finally:
+            started = add_time(timings, "sessions", started)
+        for index, sample in enumerate(itertools.islice(self.dataset, limit)):
+            if index > 0 and limit is not None and not prefetch.first_run_decided.is_set():
+                add_time(timings, "candidate_runs", started)
+                started = time.perf_counter()
+                prefetch.first_run_decided.wait()
+                started = add_time(timings, "reference_wait", started)
+            if prefetch.done() or (index > 0 and limit is not None and prefetch.slow_run_seconds is not None):
+                break
+            try:
+                sample = validate_sample(sample, self.specs, index=index)
+            except Exception:  # the comparison raises it in its turn
+                break
+            if any(name not in sample for name in ahead.inputs):
+                break
+            ahead.run_ahead(sample)
+            if ahead.failure is not None or ahead.nbytes > RECORDING_BUDGET:
+                break
+        add_time(timings, "candidate_runs", started)
+        return ahead
+
 
 class _Prefetch:
     """A chain's reference run on its samples in a thread of its own, two samples side by side (ONNX Runtime
@@ -222,10 +276,18 @@ class _Prefetch:
         self._run_options = runtime.run_options()  # its ``terminate`` stops the sample running
         self._recording: Recording | None = None
         self.slow_run_seconds: float | None = None  # the first run's, when it stopped the run there
+        # Set once the run goes on past its first sample or stops there (then ``slow_run_seconds`` says why).
+        self.first_run_decided = threading.Event()
         self._thread = threading.Thread(target=self._run, name="onnxkit-parity-reference")
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._record()
+        finally:
+            self.first_run_decided.set()
+
+    def _record(self) -> None:
         chain, probed, probe = self._chain, self._probed, self._probe
         self._probed = self._probe = None  # the session goes with this run, not with the prefetch object
         if probe is not None:
@@ -259,6 +321,7 @@ class _Prefetch:
                 self.slow_run_seconds = first_seconds
                 self._recording = recording  # incomplete: it covers the one sample compared
                 return
+            self.first_run_decided.set()
             with concurrent.futures.ThreadPoolExecutor(max_workers=2) as side_by_side:
                 while pair := list(itertools.islice(samples, 2)):
                     if self._cancelled.is_set():
@@ -277,6 +340,9 @@ class _Prefetch:
             return
         recording.complete = self._limit is None or len(recording.values) < self._limit
         self._recording = recording
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
 
     def result(self) -> Recording | None:
         self._thread.join()

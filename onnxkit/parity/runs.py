@@ -70,6 +70,34 @@ class Live:
         return self.session.run(names, feed, self.run_options)
 
 
+class Ahead(Live):
+    """A candidate whose first samples already ran, while its reference still ran in another thread
+    (``ParityChain``): their outputs are handed back, or the error its run raised (``failure``), at their turn;
+    later samples run live. Outputs are held in session order, as ``Live.run(self.outputs, ...)`` gives them."""
+
+    def __init__(self, session: Any, run_options: Any = None) -> None:
+        super().__init__(session, run_options)
+        self.values: list[list[Any]] = []
+        self.nbytes = 0
+        self.failure: Exception | None = None  # what the run of sample ``len(values)`` raised
+
+    def run_ahead(self, sample: Mapping[str, Any]) -> None:
+        try:
+            values = super().run(self.outputs, sample, len(self.values))
+        except Exception as e:  # ORT raises its own exception types; compare_runs reports it at its turn
+            self.failure = e
+            return
+        self.values.append(values)
+        self.nbytes += sum(_nbytes(v) for v in values)
+
+    def run(self, names: list[str], sample: Mapping[str, Any], index: int) -> list[Any]:
+        if index < len(self.values):
+            return [self.values[index][self.outputs.index(name)] for name in names]
+        if index == len(self.values) and self.failure is not None:
+            raise self.failure
+        return super().run(names, sample, index)
+
+
 class Replay:
     """A model's recorded outputs, handed back sample by sample instead of running the model again."""
 

@@ -234,3 +234,30 @@ def test_large_external_data_stays_on_disk_and_copies_still_find_it(tmp_path, mo
         ir.serde.deserialize_model(serialized).graph.initializers["w"].const_value.numpy()
     for copy in (modelio.clone_model(model), modelio.as_ir_model(serialized, model_dir=tmp_path)):
         np.testing.assert_array_equal(copy.graph.initializers["w"].const_value.numpy().ravel(), np.arange(64))
+
+
+def test_tensor_layout_counts_every_tensor_as_onnx_ir_does():
+    # Initializers, Constant values inside an If branch, and 4-bit and float16 tensors: the layout's byte count
+    # read from the loaded protos is onnx_ir's own ``nbytes`` summed over every tensor.
+    int4 = onnx.helper.make_tensor("w4", onnx.TensorProto.INT4, [5, 3], list(range(-7, 8)))
+    half = onnx.numpy_helper.from_array(np.ones((4, 3), np.float16), "h")
+    branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["c"], value=onnx.numpy_helper.from_array(np.ones(7, np.float32)))],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [7])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=branch)],
+        "g",
+        [helper.make_tensor_value_info("flag", onnx.TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [7])],
+        initializer=[int4, half],
+    )
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+    every = [v.const_value for v in model.graph.initializers.values()]
+    every += [n.attributes["value"].value for g in model.graphs() for n in g if n.op_type == "Constant"]
+    assert len(every) == 4
+    layout = modelio.tensor_layout(model)
+    assert layout.in_memory_bytes == sum(t.nbytes for t in every) == 8 + 24 + 2 * 28
+    assert layout.external_bytes == 0 and layout.folder is None

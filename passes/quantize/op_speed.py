@@ -291,29 +291,36 @@ def predict(
 ) -> Prediction | None:
     """The INT8/FP32 latency ratio of ``candidate``'s INT8 convolutions and matrix products, or None where the
     table cannot price one of them (or there are none)."""
-    int8_nodes = _int8_names(candidate)
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in candidate.graph.node
+        for a in n.attribute
+    ):
+        return None  # INT8 nodes inside Loop, If or Scan bodies are not priced: time end to end
+    int8_nodes = _int8_nodes(candidate)
+    names = {name for n in int8_nodes for name in (n.name, n.output[0]) if name}
     float_s = int8_s = 0.0
     priced = 0
     for node in float_model.graph.node:
-        if node.op_type not in WEIGHTED_OP_TYPES or not {node.name, node.output[0]} & int8_nodes:
+        if node.op_type not in WEIGHTED_OP_TYPES or not {node.name, node.output[0]} & names:
             continue
         kind_macs = _kind_and_macs(node, shapes)
         cost = table.cost(*kind_macs) if kind_macs is not None else None
         if cost is None:
             return None
         float_s, int8_s, priced = float_s + cost[0], int8_s + cost[1], priced + 1
-    if priced == 0 or float_s <= 0:
-        return None
+    if priced == 0 or priced != len(int8_nodes) or float_s <= 0:
+        return None  # nothing to price, or INT8 nodes the float model does not name alike
     return Prediction(int8_s / float_s, float_s * 1000, int8_s * 1000, priced)
 
 
-def _int8_names(candidate: onnx.ModelProto) -> set[str]:
-    """The names and outputs of the main-graph convolutions and matrix products whose data and weight both come
-    through DequantizeLinear: ORT runs those in INT8. (Other nodes reading a DequantizeLinear output run in
-    float, as in the float model.) Both: node names may be empty, and a Relu folded into its Conv's output
-    range gives the Conv the Relu's output."""
+def _int8_nodes(candidate: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The main-graph convolutions and matrix products whose data and weight both come through DequantizeLinear:
+    ORT runs those in INT8. (Other nodes reading a DequantizeLinear output run in float, as in the float model.)
+    They are found in the float model by name or by output: node names may be empty, and a Relu folded into
+    its Conv's output range gives the Conv the Relu's output."""
     dequantized = {n.output[0] for n in candidate.graph.node if n.op_type == "DequantizeLinear"}
-    int8_nodes = [
+    return [
         n
         for n in candidate.graph.node
         if n.op_type in WEIGHTED_OP_TYPES
@@ -321,7 +328,6 @@ def _int8_names(candidate: onnx.ModelProto) -> set[str]:
         and n.input[0] in dequantized
         and n.input[1] in dequantized
     ]
-    return {name for n in int8_nodes for name in (n.name, n.output[0]) if name}
 
 
 def inferred_shapes(model: onnx.ModelProto, sample: Mapping[str, Any]) -> dict[str, list[int]]:

@@ -286,6 +286,11 @@ def _int8_verdict(passes: list[Any]) -> str:
     cpu = details.get("cpu", "this CPU")
     timing = details.get("latency") or {}
     kept_float = (details.get("latency_gate") or {}).get("kept_whole_model_float")
+    if quantize.modified and timing and timing.get("timed") is False:  # the op speed table was clear enough
+        return (
+            f"INT8 kept by the latency gate: its INT8 ops predicted at {timing['ratio']:.2f}x FP32's latency "
+            f"by this {cpu}'s op speed table (batches of {CALIBRATION_BATCH})"
+        )
     if quantize.modified and timing:
         return (
             f"INT8 kept by the latency gate: {timing['ratio']:.2f}x FP32's latency on this {cpu} "

@@ -247,6 +247,7 @@ class QuantizePass(Pass):
         if run.settings.mode == "static":
             run.calibrate()
         accept = run.judge()
+        run.choose_ranges(accept)
         run.try_smoothing(accept)
         quantized, keep_float = run.meet_target(accept)
         if report.target_met is not False and run.options.max_slowdown is not None:

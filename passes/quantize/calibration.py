@@ -35,7 +35,8 @@ from onnxruntime.quantization.calibrate import (
 
 from onnxkit.passes.quantize.runtime import TensorTap
 
-CalibMethod = Literal["minmax", "entropy", "percentile"]
+# auto: entropy's ranges, or minmax's where the all-INT8 model comes out closer to float with them (``run``).
+CalibMethod = Literal["auto", "minmax", "entropy", "percentile"]
 ORT_METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -90,6 +91,8 @@ class CalibrationSettings:
         if self.method == "minmax":
             return "minmax"
         detail = f"{self.num_bins} bins" + (f", {self.percentile}th percentile" if self.method == "percentile" else "")
+        if self.method == "auto":
+            return f"auto: entropy ({detail}), or minmax where all-INT8 comes out closer to float with it"
         return f"{self.method} ({detail})"
 
 
@@ -286,14 +289,58 @@ def calibrate(
     progress: Progress | None = None,
     observe: Callable[[Mapping[str, np.ndarray]], None] | None = None,
 ) -> TensorsData:
-    """Ranges of ``tensor_names`` over ``samples`` by ``settings``, streamed in one pass; ``observe`` sees
-    each sample's tensors that vary from sample to sample (SmoothQuant's channel maxima, in the same pass).
+    """Ranges of ``tensor_names`` over ``samples`` by ``settings``, streamed in one pass (``measure``)."""
+    return measure(proto, tensor_names, types, samples, settings, progress, observe).ranges(settings)
+
+
+@dataclasses.dataclass
+class Measured:
+    """What one calibration pass saw: each tensor's min and max, and its histogram where one was kept. Ranges by
+    any method the histograms allow come from it without running the model again (calib=auto: entropy and
+    minmax from the same pass)."""
+
+    tensor_names: Sequence[str]
+    extremes: dict[str, tuple[float, float]]
+    histograms: dict[str, StreamingHistogram]
+
+    def ranges(self, settings: CalibrationSettings) -> TensorsData:
+        method = histogram_method(settings.method)
+        ranges = dict(self.extremes)
+        if method != "minmax":
+            for name, histogram in self.histograms.items():
+                low, high = ranges[name]
+                if histogram.exponent is None:
+                    continue  # only zeros: the range [0, 0] stays
+                counts = histogram.rebinned(settings.num_bins, low, high)
+                if method == "entropy":
+                    ranges[name] = entropy_range(counts, low, high)
+                else:
+                    ranges[name] = percentile_range(counts, low, high, settings.percentile)
+        return to_tensors_data({name: ranges[name] for name in self.tensor_names if name in ranges}, method)
+
+
+def histogram_method(method: CalibMethod) -> Literal["minmax", "entropy", "percentile"]:
+    """The method whose ranges ``method`` starts from: auto starts from entropy's."""
+    return "entropy" if method == "auto" else method
+
+
+def measure(
+    proto: onnx.ModelProto,
+    tensor_names: Sequence[str],
+    types: Mapping[str, int],
+    samples: Iterable[Mapping[str, Any]],
+    settings: CalibrationSettings,
+    progress: Progress | None = None,
+    observe: Callable[[Mapping[str, np.ndarray]], None] | None = None,
+) -> Measured:
+    """Min, max and (but for minmax) histogram of ``tensor_names`` over ``samples``, streamed in one pass;
+    ``observe`` sees each sample's tensors that vary from sample to sample (SmoothQuant's channel maxima, in
+    the same pass).
 
     A tensor no graph input reaches (a weight computed from constants at run time, as in models whose weights
     are ``ConstantOfShape`` placeholders) is the same on every sample: it is read on the first sample only.
     Its histogram over all samples would be that one scaled, and scaling changes neither the entropy nor the
-    percentile threshold, so the ranges are the same. Probabilities (``probability_tensors``) keep their
-    observed min and max whatever the method.
+    percentile threshold, so the ranges are the same.
     """
     bins = None if settings.method == "minmax" else settings.num_bins
     constant = sample_independent(proto, tensor_names)
@@ -309,17 +356,7 @@ def calibrate(
         )
         ranges.update(constant_ranges)
         histograms.update(constant_histograms)
-    probabilities = probability_tensors(proto) if histograms else set()
-    for name, histogram in histograms.items():
-        low, high = ranges[name]
-        if histogram.exponent is None or name in probabilities:
-            continue  # only zeros: the range [0, 0] stays; a probability keeps its observed range
-        counts = histogram.rebinned(settings.num_bins, low, high)
-        if settings.method == "entropy":
-            ranges[name] = entropy_range(counts, low, high)
-        else:
-            ranges[name] = percentile_range(counts, low, high, settings.percentile)
-    return to_tensors_data({name: ranges[name] for name in tensor_names if name in ranges}, settings.method)
+    return Measured(list(tensor_names), ranges, histograms)
 
 
 # Operators whose outputs differ from run to run without any input.
@@ -343,7 +380,9 @@ def sample_independent(proto: onnx.ModelProto, names: Iterable[str]) -> set[str]
     return {name for name in names if name in produced and name not in reached}
 
 
-def to_tensors_data(ranges: Mapping[str, tuple[float, float]], method: CalibMethod) -> TensorsData:
+def to_tensors_data(
+    ranges: Mapping[str, tuple[float, float]], method: Literal["minmax", "entropy", "percentile"]
+) -> TensorsData:
     return TensorsData(
         ORT_METHODS[method],
         {name: TensorData(lowest=np.float32(low), highest=np.float32(high)) for name, (low, high) in ranges.items()},

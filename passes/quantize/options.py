@@ -37,7 +37,8 @@ class QuantizeOptions:
     mode: Literal["auto", "dynamic", "static", "weight-only"] = "auto"
     format: Literal["qdq", "qoperator"] = "qdq"
     per_channel: bool = True
-    calib: Literal["minmax", "entropy", "percentile"] = "entropy"
+    # auto: entropy, or minmax where the all-INT8 model misses the target with entropy and comes out closer with minmax
+    calib: Literal["auto", "minmax", "entropy", "percentile"] = "auto"
     samples: int = DEFAULT_CALIBRATION_SAMPLES
     num_bins: int = 2048
     percentile: float = 99.999
@@ -64,9 +65,9 @@ class QuantizeOptions:
     def __post_init__(self) -> None:
         if self.samples < 1:
             raise ValueError("samples must be at least 1")
-        if self.calib == "entropy" and self.num_bins < 2 * calibration.QUANTIZED_LEVELS:
+        if self.calib in ("auto", "entropy") and self.num_bins < 2 * calibration.QUANTIZED_LEVELS:
             raise ValueError(
-                f"calib=entropy needs num_bins ≥ {2 * calibration.QUANTIZED_LEVELS}, to search "
+                f"calib={self.calib} needs num_bins ≥ {2 * calibration.QUANTIZED_LEVELS}, to search "
                 f"clipping thresholds finer than the {calibration.QUANTIZED_LEVELS} INT8 levels"
             )
         if self.num_bins < 2:

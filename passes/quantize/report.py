@@ -86,6 +86,8 @@ class Report:
                 f"calibrated {self.calibration['tensors']} tensors on {self.calibration['samples']} samples "
                 f"({self.data}), {self.calibration['method']}, cache {self.calibration['cache']}"
             )
+            if "chosen" in self.calibration:
+                lines.append(f"calibration ranges: {self.calibration['chosen']}")
         if self.smoothing:
             lines.append(self.smoothing)
         if self.quantized_nodes and not self.kept_whole_model_float:

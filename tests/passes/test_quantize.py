@@ -556,13 +556,16 @@ def test_calibration_cache_hits_for_same_model_data_and_settings(tmp_path) -> No
     extras = {"calib_cache": tmp_path / "cache"}  # PassContext.calib_cache
     first, quantized = quantize(model, data, extras, mode="static", **NO_GATE)
     second, again = quantize(model, data, extras, mode="static", **NO_GATE)
-    other, _ = quantize(model, data, extras, mode="static", calib="minmax", **NO_GATE)
+    # calib=auto (the default) stores minmax's ranges beside entropy's: both come from its one pass.
+    minmax, _ = quantize(model, data, extras, mode="static", calib="minmax", **NO_GATE)
+    other, _ = quantize(model, data, extras, mode="static", calib="percentile", **NO_GATE)
     assert first.details["calibration"]["cache"] == "stored"
     assert second.details["calibration"]["cache"] == "hit"
+    assert minmax.details["calibration"]["cache"] == "hit"
     assert other.details["calibration"]["cache"] == "stored"
     assert again.SerializeToString() == quantized.SerializeToString()
     entries = sorted((tmp_path / "cache").glob("*.json"))
-    assert len(entries) == 2
+    assert len(entries) == 3
     assert load_tensors_data(entries[0]).data  # ORT's own format: quantize_static can read it too
 
 

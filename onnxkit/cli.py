@@ -248,9 +248,10 @@ def optimize(
         inputs: list[Path] = []
     else:
         assert model is not None
-        from onnxkit.modelio import load_model
+        from onnxkit.modelio import load_source
 
-        source = load_model(model)  # fails early, with the exact reason, before any output is planned
+        # Fails early, with the exact reason, before any output is planned; the file's bytes are the run's input.
+        source = load_source(model)
         output = output or model.with_name(f"{model.stem}.opt.onnx")
         inputs = [model]
     check_output_path(output, inputs, in_place)

@@ -18,6 +18,7 @@ with each weight (``WEIGHT_MIN_BYTES``) replaced by a graph input of its type an
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any
 
@@ -109,6 +110,13 @@ class TensorEncodings:
 
     def __init__(self) -> None:
         self._by_tensor: dict[tuple[int, str], _Encoded] = {}
+        # Weights already checked whole (the pipeline's input as read from its file), by id, held so that the id
+        # stays theirs: encoded for the first time, they are still not new to the checker.
+        self._checked: dict[int, Any] = {}
+
+    def checked_already(self, tensors: Any) -> None:
+        """``tensors`` passed onnx.checker with the model that holds them: not ``new_weights`` when first encoded."""
+        self._checked.update((id(tensor), tensor) for tensor in tensors)
 
     def serialize(self, model: ir.Model) -> Serialized:
         """``model`` serialized, with the encodings of the tensors it shares with the last model serialized."""
@@ -148,7 +156,7 @@ class TensorEncodings:
             known = self._by_tensor.get((id(tensor), name))
             if known is None or known.tensor is not tensor or known.tensor_properties != _properties(tensor):
                 known = _encode(name, tensor)
-                if known.weight:
+                if known.weight and self._checked.get(id(tensor)) is not tensor:
                     new_weights.append(tensor)
             encodings[id(tensor), name] = known
         self._by_tensor = encodings
@@ -181,6 +189,45 @@ class TensorEncodings:
             frozenset(name for name, value in initializers if value.const_value is not None),
             tuple(new_weights),
         )
+
+
+def weightless_of(proto: onnx.ModelProto) -> tuple[bytes, bool]:
+    """The weightless form of a parsed model that keeps its weights in itself, as ``TensorEncodings.serialize``
+    makes it of an ``ir.Model``: each weight declared as a graph input of its type and shape, the smaller
+    initializers kept; with whether any node's list attributes were cut short (``_for_inference``). Made from
+    the proto's own fields: nothing goes through onnx_ir."""
+    graph = onnx.GraphProto()
+    for field, value in proto.graph.ListFields():
+        if field.name != "initializer":
+            _copy_field(graph, field, value)
+    inference_graph, lists_cut = _graph_for_inference(graph)
+    inputs = {value.name for value in proto.graph.input}
+    parts = [inference_graph]
+    for tensor in proto.graph.initializer:
+        if not _is_weight(tensor):
+            data = tensor.SerializeToString()
+            parts += (_INITIALIZER + _varint(len(data)), data)
+        elif tensor.name not in inputs:  # before IR 4 it is listed among the inputs already
+            declared = onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+            declared_bytes = declared.SerializeToString()
+            parts.append(_INPUT + _varint(len(declared_bytes)) + declared_bytes)
+    rest = onnx.ModelProto()
+    for field, value in proto.ListFields():
+        if field.name != "graph":
+            _copy_field(rest, field, value)
+    weightless_graph = b"".join(parts)
+    return b"".join((rest.SerializeToString(), _GRAPH, _varint(len(weightless_graph)), weightless_graph)), lists_cut
+
+
+def _is_weight(tensor: onnx.TensorProto) -> bool:
+    """Whether an initializer is a weight (``WEIGHT_MIN_BYTES``), as ``_encode`` decides it of its ir tensor."""
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return tensor.ByteSize() > WEIGHT_MIN_BYTES
+    try:
+        itemsize = ir.DataType(tensor.data_type).itemsize
+    except (ValueError, TypeError):  # a type onnx_ir does not know: kept in, for the checker to judge
+        return False
+    return itemsize * math.prod(tensor.dims) > WEIGHT_MIN_BYTES
 
 
 class _WithGraph:

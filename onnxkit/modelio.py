@@ -49,9 +49,11 @@ def _check_model_file(path: Path) -> None:
         raise ModelLoadError(f"{path} is empty", hint="the file may have been truncated while it was written")
 
 
-def _parse_model_proto(path: Path) -> onnx.ModelProto:
+def _parse_model_proto(path: Path, *, keep_bytes: bool = False) -> tuple[onnx.ModelProto, bytes | None]:
+    """The model proto in ``path``, and with ``keep_bytes`` the bytes it was parsed from (None for a text
+    format)."""
     try:
-        proto = _read_proto(path)
+        proto, content = _read_proto(path, keep_bytes=keep_bytes)
     except (DecodeError, RuntimeError, ValueError) as e:
         raise ModelLoadError(
             f"{path} is not a valid ONNX model ({type(e).__name__})",
@@ -62,24 +64,28 @@ def _parse_model_proto(path: Path) -> onnx.ModelProto:
             f"{path} is not an ONNX model: it has no graph or no IR version",
             hint="the file may be truncated or in another format",
         )
-    return proto
+    return proto, content
 
 
-def _read_proto(path: Path) -> onnx.ModelProto:
+def _read_proto(path: Path, *, keep_bytes: bool) -> tuple[onnx.ModelProto, bytes | None]:
     """The model proto in ``path``, parsed from the file mapped into memory: reading it into bytes first, as
     ``onnx.load_model`` does, is one more copy of every weight (0.07 s of a 60 MB model's 0.2 s). A text format
     (by the file's extension, as onnx decides it) is left to onnx."""
     if onnx.serialization.registry.get_format_from_file_extension(path.suffix) not in (None, "protobuf"):
-        return onnx.load_model(str(path), load_external_data=False)
+        return onnx.load_model(str(path), load_external_data=False), None
     proto = onnx.ModelProto()
+    if keep_bytes:
+        content = path.read_bytes()
+        proto.ParseFromString(content)
+        return proto, content
     with path.open("rb") as file:
         try:
             mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError):  # a file that cannot be mapped (a pipe, say): read as onnx reads it
-            return onnx.load_model(str(path), load_external_data=False)
+            return onnx.load_model(str(path), load_external_data=False), None
         with mapped, memoryview(mapped) as view:  # released before the mapping closes; the proto has its copy
             proto.ParseFromString(view)
-    return proto
+    return proto, None
 
 
 def iter_all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -96,18 +102,24 @@ def iter_all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield from iter_all_tensors(subgraph)
 
 
-def check_external_data_locations(proto: onnx.ModelProto, base_dir: Path) -> None:
-    """Refuse external-data locations that resolve outside ``base_dir`` (``..``, absolute, symlinks)."""
-    base = base_dir.resolve()
+def _external_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """The tensors marked external: the graph's (subgraphs included) and local functions' Constant values."""
     tensors = list(iter_all_tensors(proto.graph))
     for function in proto.functions:
         for node in function.node:
             for attribute in node.attribute:
                 if attribute.HasField("t"):
                     tensors.append(attribute.t)
-    for tensor in tensors:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
+    return [tensor for tensor in tensors if tensor.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def check_external_data_locations(
+    proto: onnx.ModelProto, base_dir: Path, external: list[onnx.TensorProto] | None = None
+) -> None:
+    """Refuse external-data locations that resolve outside ``base_dir`` (``..``, absolute, symlinks).
+    ``external`` is ``_external_tensors(proto)``, when the caller has it."""
+    base = base_dir.resolve()
+    for tensor in _external_tensors(proto) if external is None else external:
         location = next((e.value for e in tensor.external_data if e.key == "location"), None)
         if location is None:
             raise ModelLoadError(f"tensor '{tensor.name}' is marked external but names no location")
@@ -129,6 +141,18 @@ def check_external_data_locations(proto: onnx.ModelProto, base_dir: Path) -> Non
             )
 
 
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A model as ``load_source`` read it: the ``ir.Model``, and the file's bytes where they are the whole model
+    (no external data, a binary file), which the pipeline takes as its input's serialized form instead of
+    serializing the model it has just parsed; ``proto`` is what those bytes parse to (its tensors are the
+    model's). Hand it on unedited: the bytes say what the file held."""
+
+    model: ir.Model
+    proto: onnx.ModelProto
+    content: bytes | None
+
+
 def load_model(path: str | os.PathLike[str]) -> ir.Model:
     """Load an ONNX model; its external data (checked to stay in the model's folder) is read in whole below
     protobuf's limit and lazily above it.
@@ -138,28 +162,37 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
     Read in, the model is whole wherever it goes. Past the limit, the weights stay on disk until used, and
     whoever re-reads the serialized model must say where they are (``as_ir_model(..., model_dir=)``).
     """
-    path = Path(path)
+    return _load(Path(path), keep_bytes=False).model
+
+
+def load_source(path: str | os.PathLike[str]) -> LoadedModel:
+    """``load_model``, keeping the file's bytes (``LoadedModel``): read into memory, then parsed, which costs
+    what parsing the mapped file does."""
+    return _load(Path(path), keep_bytes=True)
+
+
+def _load(path: Path, *, keep_bytes: bool) -> LoadedModel:
     _check_model_file(path)
-    proto = _parse_model_proto(path)
-    check_external_data_locations(proto, path.parent)
+    proto, content = _parse_model_proto(path, keep_bytes=keep_bytes)
+    external = _external_tensors(proto)  # one walk over the graph's tensors, for both uses
+    check_external_data_locations(proto, path.parent, external)
     try:
-        external_bytes = _external_data_bytes(proto, path.parent)
+        external_bytes = _external_data_bytes(external, path.parent)
         if external_bytes >= EXTERNAL_DATA_THRESHOLD:
-            return ir.load(path)
+            return LoadedModel(ir.load(path), proto, None)
         if external_bytes:
             onnx.load_external_data_for_model(proto, str(path.parent))
-        return ir.serde.deserialize_model(proto)
+        return LoadedModel(ir.serde.deserialize_model(proto), proto, None if external else content)
     except Exception as e:
         raise ModelLoadError(f"{path} could not be read as an ONNX model: {e}") from e
 
 
-def _external_data_bytes(proto: onnx.ModelProto, base_dir: Path) -> int:
-    """Bytes of the graph's tensors kept in external data files (by their ``length``, else the whole file)."""
+def _external_data_bytes(external: list[onnx.TensorProto], base_dir: Path) -> int:
+    """Bytes of the tensors ``external`` keeps in data files (by their ``length``, else the whole file)."""
     total = 0
-    for tensor in iter_all_tensors(proto.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            entries = {e.key: e.value for e in tensor.external_data}
-            total += int(entries["length"]) if "length" in entries else (base_dir / entries["location"]).stat().st_size
+    for tensor in external:
+        entries = {e.key: e.value for e in tensor.external_data}
+        total += int(entries["length"]) if "length" in entries else (base_dir / entries["location"]).stat().st_size
     return total
 
 

@@ -136,7 +136,8 @@ class Pipeline:
         calib_cache: str | os.PathLike[str] | None = None,
         metric: Callable[[Any], float] | None = None,
     ) -> PipelineResult:
-        """Run every pass on ``model`` (a path, ``ModelProto``, ``ir.Model``, or a torch module for ``export``).
+        """Run every pass on ``model`` (a path, ``ModelProto``, ``ir.Model``, ``modelio.LoadedModel``, or a torch
+        module for ``export``).
 
         ``check`` decides when parity runs: after ``each`` pass, at the ``end`` only, or ``off``.
         ``on_fail`` decides what a failing pass costs: ``stop`` raises, ``rollback`` discards the pass's
@@ -169,6 +170,12 @@ class Pipeline:
             context.model_dir = Path(model).parent
 
         report = PipelineReport(spec=self.to_string(), check=check, on_fail=on_fail)
+        # A model read from a file here or by the caller (``modelio.load_source``) keeps the file's bytes.
+        loaded = modelio.load_source(model) if isinstance(model, (str, os.PathLike)) else model
+        if isinstance(loaded, modelio.LoadedModel):
+            model = loaded.model
+        else:
+            loaded = None
         current, passes = self._starting_model(model, list(self.passes), context, report)
         validate.check_run(
             current,
@@ -189,7 +196,7 @@ class Pipeline:
             data=data,
             calibration_data=calibration_data,
         )
-        current = run.all(current, passes, progress=progress)
+        current = run.all(current, passes, progress=progress, loaded=loaded)
         serialized = _with_provenance(run.last_snapshot, current, report)
         record_provenance(current, report)
         return PipelineResult(current, report, serialized)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import onnx_ir as ir
 
-from onnxkit import graph, narrowing, runtime
+from onnxkit import graph, modelio, narrowing, runtime
 from onnxkit.errors import OnnxkitError, ParityError, PassFailedError
 from onnxkit.graph import count_nodes, op_histogram
 from onnxkit.model_bytes import TensorEncodings
@@ -98,11 +98,14 @@ class PipelineRun:
 
     # -- the run ----------------------------------------------------------------------------------------
 
-    def all(self, current: ir.Model, passes: list[Pass], *, progress: bool) -> ir.Model:
+    def all(
+        self, current: ir.Model, passes: list[Pass], *, progress: bool, loaded: modelio.LoadedModel | None = None
+    ) -> ir.Model:
+        """Run ``passes`` from ``current``; ``loaded`` is ``current`` as read from its file, unedited since."""
         setup = self.report.timings
         clock = Clock(setup)
         with clock("serialize"):
-            original = Snapshot.of(current, self.context.model_dir, self.encodings)
+            original = Snapshot.of_input(current, loaded, self.context.model_dir, self.encodings)
         self.report.input_summary = {"nodes": count_nodes(current), "bytes": original.size}
         if self.check != "off":
             with clock("parity_inputs"):
@@ -118,7 +121,7 @@ class PipelineRun:
                 self._parity.prefetch(original.model, limit=limit, probed=probed, probe=probe)
         if self.verify:  # while the reference runs in the background
             with clock("baseline_checks"):
-                self.baseline = Baseline.of(original)
+                self.baseline = Baseline.of(original, as_read=loaded is not None and original.content is loaded.content)
         before = original
         try:
             with _progress(len(passes), enabled=progress) as show:

@@ -17,7 +17,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from onnxkit import modelio, runtime
+from onnxkit import model_bytes, modelio, runtime
 from onnxkit.model_bytes import TensorEncodings
 from onnxkit.pass_base import Pass
 
@@ -135,6 +135,37 @@ class Snapshot:
         signature = Signature.of(proto.graph, {i.name for i in proto.graph.initializer})
         return cls(signature, proto, modelio.proto_bytes(proto) + external, model_dir, external_bytes=external)
 
+    @classmethod
+    def of_input(
+        cls,
+        model: ir.Model,
+        loaded: modelio.LoadedModel | None,
+        model_dir: str | os.PathLike[str] | None,
+        encodings: TensorEncodings,
+    ) -> Snapshot:
+        """The snapshot of a pipeline's input ``model``: ``of_loaded`` where ``loaded`` is ``model`` as read from
+        its file, unedited since (its weights are then checked with the file: not new to the checker when
+        ``encodings`` first encodes them), else ``of``."""
+        snapshot = cls.of_loaded(loaded, model_dir) if loaded is not None else None
+        if snapshot is None:
+            return cls.of(model, model_dir, encodings)
+        encodings.checked_already(value.const_value for value in model.graph.initializers.values())
+        return snapshot
+
+    @classmethod
+    def of_loaded(cls, loaded: modelio.LoadedModel, model_dir: str | os.PathLike[str] | None = None) -> Snapshot | None:
+        """The snapshot of a model just read from its file, made of the file's bytes and the proto they parsed to
+        (no serialization through onnx_ir: on a model of a thousand nodes that is most of the cost of a
+        snapshot); None where the bytes are not the whole model (external data, a text format) or over the
+        in-memory limit."""
+        content = loaded.content
+        if content is None or len(content) >= modelio.EXTERNAL_DATA_THRESHOLD:
+            return None
+        proto = loaded.proto
+        weightless, lists_cut = model_bytes.weightless_of(proto)
+        signature = Signature.of(proto.graph, {tensor.name for tensor in proto.graph.initializer})
+        return cls(signature, content, len(content), model_dir, weightless, 0, lists_cut)
+
     def restore(self) -> ir.Model:
         return modelio.as_ir_model(self.model, model_dir=self.model_dir)
 
@@ -189,24 +220,42 @@ class Baseline:
     signature: Signature
     checker_ok: bool
     shape_inference_ok: bool
+    # The input's snapshot when it is its file's bytes (``Snapshot.of_loaded``), whose checks stand for the input
+    # as onnx_ir writes it, as every pass's output is written; until a pass's output fails a check the file
+    # passes, which then asks whether the rewritten input fails it too (``_rebase``).
+    as_read: Snapshot | None = None
 
     @classmethod
-    def of(cls, snapshot: Snapshot) -> Baseline:
+    def of(cls, snapshot: Snapshot, *, as_read: bool = False) -> Baseline:
         checker_ok = _checker_error(snapshot.checked) is None  # the whole model once: every tensor of it is checked
         snapshot.new_weights = ()  # so checked already; held no longer (a pass may replace them)
-        return cls(snapshot.signature, checker_ok, _shape_inference_error(snapshot.shapes) is None)
+        shape_inference_ok = _shape_inference_error(snapshot.shapes) is None
+        return cls(snapshot.signature, checker_ok, shape_inference_ok, snapshot if as_read else None)
 
     def problems(self, snapshot: Snapshot, clock: Clock) -> list[str]:
         problems = self.signature.differences(snapshot.signature)
+        checker_error = shape_error = None
         if self.checker_ok:
             with clock("checker"):
-                if error := _checker(snapshot):
-                    problems.append(error)
+                checker_error = _checker(snapshot)
         if self.shape_inference_ok:
             with clock("shape_inference"):
-                if error := _shape_inference_error(snapshot.shapes):
-                    problems.append(error)
-        return problems
+                shape_error = _shape_inference_error(snapshot.shapes)
+        if (checker_error or shape_error) and self.as_read is not None:
+            self._rebase()
+            checker_error = checker_error if self.checker_ok else None
+            shape_error = shape_error if self.shape_inference_ok else None
+        return problems + [error for error in (checker_error, shape_error) if error]
+
+    def _rebase(self) -> None:
+        """The input's checks once more, on the input as onnx_ir writes it (read again from its file's bytes): a
+        check only the file passes is not held against a pass, as it is not when the input is serialized
+        through onnx_ir from the start."""
+        assert self.as_read is not None
+        rewritten = Snapshot.of(self.as_read.restore(), self.as_read.model_dir)
+        self.as_read = None
+        self.checker_ok = self.checker_ok and _checker_error(rewritten.checked) is None
+        self.shape_inference_ok = self.shape_inference_ok and _shape_inference_error(rewritten.shapes) is None
 
 
 def _checker(snapshot: Snapshot) -> str | None:

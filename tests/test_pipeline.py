@@ -61,6 +61,27 @@ def test_rollback_discards_the_wrong_pass_and_goes_on():
     assert provenance[1]["status"] == "rolled-back"
 
 
+def test_a_run_from_a_file_starts_from_its_bytes_and_rolls_back_to_them(tmp_path):
+    """A model given as a path is snapshot as the file's bytes (``modelio.load_source``): the report counts the
+    file's size, the checks and parity start from them, a rolled-back pass hands on the file's model, and a
+    run that changes nothing saves the file's graph with the provenance appended."""
+    path = tmp_path / "mlp.onnx"
+    onnx.save(build_example("mlp"), path)
+    original = onnx.load(path)
+    result = Pipeline.parse("scale-weight").run(path, on_fail="rollback")
+    assert result.report.input_summary["bytes"] == path.stat().st_size
+    assert result.report.passes[0].status == "rolled-back" and result.report.passes[0].parity["passed"] is False
+    assert result.serialized is not None and result.serialized[0] == path.read_bytes()
+    saved, metadata = _without_metadata(onnx.load_model_from_string(b"".join(result.serialized)))
+    assert saved == original and metadata["onnxkit.spec"] == "scale-weight"
+    rolled_back = _without_metadata(modelio.to_proto(result.model))[0]
+    assert rolled_back.graph.node == original.graph.node
+    assert {t.name: t.raw_data for t in rolled_back.graph.initializer} == {
+        t.name: t.raw_data for t in original.graph.initializer
+    }
+    assert path.read_bytes() == original.SerializeToString()  # the input file is never written
+
+
 def test_warn_keeps_the_pass_and_marks_the_report():
     result = Pipeline.parse("scale-weight").run(build_example("mlp"), on_fail="warn")
     assert result.report.passes[0].status == "parity-warning"

@@ -158,3 +158,86 @@ def test_an_ir3_model_whose_initializers_are_inputs_keeps_its_signature_and_chec
     baseline = Baseline.of(snapshot)
     assert baseline.checker_ok and baseline.shape_inference_ok
     assert baseline.problems(Snapshot.of(model), Clock({})) == []
+
+
+def _saved(tmp_path: Path, proto: onnx.ModelProto, name: str = "model.onnx") -> Path:
+    path = tmp_path / name
+    onnx.save(proto, path)
+    return path
+
+
+def test_a_model_read_from_its_file_is_snapshot_as_the_file_bytes_with_the_same_weightless_form(
+    tmp_path: Path,
+) -> None:
+    """The pipeline's input, read by ``load_source``, is snapshot as its file's bytes (no serialization through
+    onnx_ir): the same signature and size as saved, and a weightless form declaring the same weights as inputs,
+    keeping the same small initializers, and passing the same checks as the one made through onnx_ir."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    proto = matmul_chain(64, 2)
+    proto.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "shape"))
+    proto.graph.node.append(helper.make_node("Reshape", [proto.graph.output[0].name, "shape"], ["flat"]))
+    proto.graph.output.append(helper.make_tensor_value_info("flat", TensorProto.FLOAT, [None]))
+    path = _saved(tmp_path, proto)
+    loaded = modelio.load_source(path)
+    assert loaded.content == path.read_bytes()
+    snapshot = Snapshot.of_loaded(loaded, tmp_path)
+    assert snapshot is not None and snapshot.model is loaded.content and snapshot.size == path.stat().st_size
+    through_ir = Snapshot.of(loaded.model)
+    assert snapshot.signature == through_ir.signature
+    assert snapshot.shapes is not None and through_ir.shapes is not None
+    mine, theirs = (onnx.load_model_from_string(s).graph for s in (snapshot.shapes, through_ir.shapes))
+    assert [v.name for v in mine.input] == [v.name for v in theirs.input] == ["x", "w0", "w1"]
+    assert [t.name for t in mine.initializer] == [t.name for t in theirs.initializer] == ["shape"]
+    assert mine.node == theirs.node
+    baseline = Baseline.of(snapshot, as_read=True)
+    assert baseline.checker_ok and baseline.shape_inference_ok
+    assert [node.op_type for node in snapshot.restore().graph][-1] == "Reshape"
+
+
+def test_a_model_with_external_data_is_not_snapshot_from_its_file(tmp_path: Path) -> None:
+    onnx.save(matmul_chain(64, 2), tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data")
+    loaded = modelio.load_source(tmp_path / "m.onnx")
+    assert loaded.content is None and Snapshot.of_loaded(loaded, tmp_path) is None
+
+
+def test_the_weights_checked_with_the_file_are_not_new_to_the_checker_of_the_next_snapshot(tmp_path: Path) -> None:
+    """The loaded weights pass onnx.checker with the input's file: the first snapshot through onnx_ir encodes
+    them, yet only the weight a pass replaced is checked on its own."""
+    loaded = modelio.load_source(_saved(tmp_path, matmul_chain(64, 3)))
+    encodings = TensorEncodings()
+    encodings.checked_already(v.const_value for v in loaded.model.graph.initializers.values())
+    replaced = loaded.model.graph.initializers["w1"]
+    replaced.const_value = ir.tensor(np.full((64, 64), 0.5, np.float32))
+    assert Snapshot.of(loaded.model, encodings=encodings).new_weights == (replaced.const_value,)
+
+
+def test_a_check_only_the_input_file_passes_is_not_held_against_a_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The input's checks are made on its file; a pass's output is written by onnx_ir. Where the output fails a
+    check, the input as onnx_ir writes it is checked too, and a failure it shares is not the pass's; one it does
+    not share still is."""
+    import onnxkit.snapshot as snapshot_module
+
+    loaded = modelio.load_source(_saved(tmp_path, matmul_chain(64, 2)))
+    original = Snapshot.of_loaded(loaded, tmp_path)
+    assert original is not None
+    output = Snapshot.of(loaded.model)
+
+    baseline = Baseline.of(original, as_read=True)
+    real = snapshot_module._shape_inference_error
+    # onnx_ir's writing of the input fails shape inference as the pass's output does (it never touched it).
+    monkeypatch.setattr(
+        snapshot_module, "_shape_inference_error", lambda model: None if model is original.shapes else "shape: x"
+    )
+    assert baseline.problems(output, Clock({})) == []
+    assert not baseline.shape_inference_ok and baseline.checker_ok and baseline.as_read is None
+
+    baseline = Baseline.of(original, as_read=True)
+    broken = [output.shapes]  # only the pass's output fails
+    monkeypatch.setattr(
+        snapshot_module, "_shape_inference_error", lambda m: "shape: x" if any(m is b for b in broken) else real(m)
+    )
+    assert baseline.problems(output, Clock({})) == ["shape: x"]
+    assert baseline.shape_inference_ok and baseline.as_read is None

@@ -163,7 +163,7 @@ class TensorEncodings:
 
         graph_proto = proto.graph
         graph_bytes = graph_proto.SerializeToString()
-        inference_graph, lists_cut = _graph_for_inference(graph_proto)
+        inference_graph, lists_cut = _graph_for_inference(graph_proto, graph_bytes)
         proto.ClearField("graph")
         rest = proto.SerializeToString()
 
@@ -179,11 +179,10 @@ class TensorEncodings:
         weightless.append(info)
         full_length = sum(len(part) for part in full)
         parts = (rest, _GRAPH, _varint(full_length), *full)
-        weightless_graph = b"".join(weightless)
         return Serialized(
             parts,
             len(rest) + len(_GRAPH) + len(parts[2]) + full_length,
-            b"".join((rest, _GRAPH, _varint(len(weightless_graph)), weightless_graph)),
+            _model_of(rest, weightless),
             lists_cut,
             graph_proto,
             frozenset(name for name, value in initializers if value.const_value is not None),
@@ -200,7 +199,7 @@ def weightless_of(proto: onnx.ModelProto) -> tuple[bytes, bool]:
     for field, value in proto.graph.ListFields():
         if field.name != "initializer":
             _copy_field(graph, field, value)
-    inference_graph, lists_cut = _graph_for_inference(graph)
+    inference_graph, lists_cut = _graph_for_inference(graph, None)
     inputs = {value.name for value in proto.graph.input}
     parts = [inference_graph]
     for tensor in proto.graph.initializer:
@@ -215,8 +214,14 @@ def weightless_of(proto: onnx.ModelProto) -> tuple[bytes, bool]:
     for field, value in proto.ListFields():
         if field.name != "graph":
             _copy_field(rest, field, value)
-    weightless_graph = b"".join(parts)
-    return b"".join((rest.SerializeToString(), _GRAPH, _varint(len(weightless_graph)), weightless_graph)), lists_cut
+    return _model_of(rest.SerializeToString(), parts), lists_cut
+
+
+def _model_of(rest: bytes, graph_parts: list[bytes]) -> bytes:
+    """A ModelProto's bytes from its fields but the graph (``rest``) and its graph's in parts, in one join (the
+    graph holds the Constant nodes' tensors: joined first on its own, they would be copied twice)."""
+    length = sum(len(part) for part in graph_parts)
+    return b"".join((rest, _GRAPH, _varint(length), *graph_parts))
 
 
 def _is_weight(tensor: onnx.TensorProto) -> bool:
@@ -241,15 +246,16 @@ class _WithGraph:
         return getattr(self._model, name)
 
 
-def _graph_for_inference(graph: onnx.GraphProto) -> tuple[bytes, bool]:
+def _graph_for_inference(graph: onnx.GraphProto, serialized: bytes | None) -> tuple[bytes, bool]:
     """``graph``'s bytes with each node as shape inference is sent it (``_for_inference``), and whether any
-    node was cut short."""
+    node was cut short; ``serialized`` is ``graph``'s own bytes, if made already (a graph's Constant tensors make
+    a second serialization cost a copy of them)."""
     sent, cut = [], False
     for node in graph.node:
         sent.append(_for_inference(node))
         cut = cut or sent[-1] is not node
     if not cut:
-        return graph.SerializeToString(), False
+        return serialized if serialized is not None else graph.SerializeToString(), False
     copy = onnx.GraphProto()
     copy.CopyFrom(graph)
     del copy.node[:]

@@ -143,7 +143,8 @@ def _graph(graph: ir.Graph | ir.Function) -> tuple:
             node.overload,
             tuple(_value(v) for v in node.inputs),
             tuple(_value(v) for v in node.outputs),
-            tuple(_attribute(a) for a in node.attributes.values()),
+            # onnx_ir's Attributes is a UserDict: its plain dict skips the Mapping machinery (a third of the walk).
+            tuple(_attribute(a) for a in getattr(node.attributes, "data", node.attributes).values()),
         )
         for node in graph
     )

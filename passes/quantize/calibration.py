@@ -302,6 +302,8 @@ class Measured:
     tensor_names: Sequence[str]
     extremes: dict[str, tuple[float, float]]
     histograms: dict[str, StreamingHistogram]
+    # Tensors that keep their observed range whatever the method (``probability_tensors``)
+    unclipped: frozenset[str] = frozenset()
 
     def ranges(self, settings: CalibrationSettings) -> TensorsData:
         method = histogram_method(settings.method)
@@ -309,8 +311,8 @@ class Measured:
         if method != "minmax":
             for name, histogram in self.histograms.items():
                 low, high = ranges[name]
-                if histogram.exponent is None:
-                    continue  # only zeros: the range [0, 0] stays
+                if histogram.exponent is None or name in self.unclipped:
+                    continue  # only zeros: the range [0, 0] stays; a probability keeps its observed range
                 counts = histogram.rebinned(settings.num_bins, low, high)
                 if method == "entropy":
                     ranges[name] = entropy_range(counts, low, high)
@@ -340,7 +342,8 @@ def measure(
     A tensor no graph input reaches (a weight computed from constants at run time, as in models whose weights
     are ``ConstantOfShape`` placeholders) is the same on every sample: it is read on the first sample only.
     Its histogram over all samples would be that one scaled, and scaling changes neither the entropy nor the
-    percentile threshold, so the ranges are the same.
+    percentile threshold, so the ranges are the same. Probabilities (``probability_tensors``) keep their
+    observed min and max whatever the method.
     """
     bins = None if settings.method == "minmax" else settings.num_bins
     constant = sample_independent(proto, tensor_names)
@@ -356,7 +359,7 @@ def measure(
         )
         ranges.update(constant_ranges)
         histograms.update(constant_histograms)
-    return Measured(list(tensor_names), ranges, histograms)
+    return Measured(list(tensor_names), ranges, histograms, frozenset(probability_tensors(proto)))
 
 
 # Operators whose outputs differ from run to run without any input.

@@ -69,7 +69,7 @@ class Timing:
     quantized_ms: float
     predicted: float | None = None  # the table's ratio, where it could price the candidate
     timed: bool = True
-    noise: float | None = None  # half the interquartile spread of the per-round ratios, relative to the ratio
+    noise: float | None = None  # half the spread of the ratio from sample to sample, relative to it (``_noise``)
 
     @property
     def ratio(self) -> float:
@@ -104,7 +104,7 @@ class Timing:
 def time_models(
     models: Sequence[onnx.ModelProto], samples: Sequence[Mapping[str, Any]], max_slowdown: float | None = None
 ) -> list[float]:
-    """Milliseconds per run for each model: the fastest of its batches on each sample, averaged over the samples."""
+    """Milliseconds per run for each model: the fastest of its batches on each sample, its median over the samples."""
     return time_models_with_noise(models, samples, max_slowdown)[0]
 
 
@@ -127,7 +127,6 @@ def time_models_with_noise(
     batches = [_batch_size(session, feed[0]) for session, feed in zip(sessions, feeds)]
     fastest = [[math.inf] * len(samples) for _ in sessions]
     ratios: list[float] = []  # INT8 over float after each round, with ``max_slowdown``
-    round_ratios: list[float] = []  # the two models' batches in the same round, for the noise
     rounds, started = 0, time.perf_counter()
     while not _enough(
         rounds,
@@ -137,21 +136,18 @@ def time_models_with_noise(
     ):
         sample = rounds % len(samples)
         order = range(len(sessions)) if rounds % 2 == 0 else reversed(range(len(sessions)))
-        this_round = [math.inf] * len(sessions)
         for model in order:
             sessions[model].run(None, feeds[model][sample])
             run_started = time.perf_counter()
             for _ in range(batches[model]):
                 sessions[model].run(None, feeds[model][sample])
-            this_round[model] = (time.perf_counter() - run_started) / batches[model]
-            fastest[model][sample] = min(fastest[model][sample], this_round[model])
-        if len(sessions) == 2 and this_round[0] > 0:
-            round_ratios.append(this_round[1] / this_round[0])
+            batch_s = (time.perf_counter() - run_started) / batches[model]
+            fastest[model][sample] = min(fastest[model][sample], batch_s)
         rounds += 1
         if max_slowdown is not None and len(sessions) == 2 and rounds >= len(samples):
             float_ms, quantized_ms = _milliseconds(fastest)
             ratios.append(quantized_ms / float_ms if float_ms > 0 else math.inf)
-    return _milliseconds(fastest), _noise(round_ratios)
+    return _milliseconds(fastest), _noise(fastest)
 
 
 def time_batches(models: Sequence[onnx.ModelProto], feed: Mapping[str, Any], rounds: int) -> list[float]:
@@ -179,18 +175,26 @@ def _batch_size(session: Any, feed: Mapping[str, Any]) -> int:
     return max(1, min(MAX_BATCH, math.ceil(BATCH_FLOOR_S / max(once, 1e-7))))
 
 
-def _noise(ratios: Sequence[float]) -> float | None:
-    """Half the interquartile range of the per-round ratios over their median (None under 4 rounds)."""
-    if len(ratios) < 4:
+def _noise(fastest: Sequence[Sequence[float]]) -> float | None:
+    """How far the INT8/float ratio of the fastest batches differs from sample to sample: half its range over
+    its median (None without two models and two samples timed). The samples have the same shapes, so this is
+    what the figure's repeatability is. (The ratio of batches in one round is not: a burst of load on the
+    shared machine put one round at 40x.)"""
+    if len(fastest) != 2:
         return None
-    low, median, high = np.percentile(ratios, [25, 50, 75])
-    return float((high - low) / 2 / median) if median > 0 else None
+    ratios = [q / f for f, q in zip(*fastest) if math.isfinite(f) and math.isfinite(q) and f > 0]
+    if len(ratios) < 2:
+        return None
+    median = float(np.median(ratios))
+    return (max(ratios) - min(ratios)) / 2 / median if median > 0 else None
 
 
 def _milliseconds(fastest: Sequence[Sequence[float]]) -> list[float]:
-    # The samples timed (a slow model may stop before it reaches all of them).
+    """Each model's median over the samples timed (a slow model may stop before it reaches all of them) of its
+    fastest batch: the median, since a burst of load can hit every batch of one sample in a short comparison
+    (float's 20 ms on one sample, 0.27 ms on the other three, made INT8 look 30x faster with the mean)."""
     timed = [[t for t in times if math.isfinite(t)] for times in fastest]
-    return [sum(times) / len(times) * 1000.0 if times else math.inf for times in timed]
+    return [float(np.median(times)) * 1000.0 if times else math.inf for times in timed]
 
 
 def _clear(fastest: Sequence[Sequence[float]], max_slowdown: float | None) -> bool:

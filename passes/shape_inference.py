@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import typing
 from collections.abc import Iterator
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -44,17 +46,64 @@ def infer_shapes(
 
     Raises what ONNX raises (in strict mode, any inference error).
     """
-    sent: list[onnx.ModelProto] = []
-
-    def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
-        sent.append(proto)
-        return onnx.shape_inference.infer_shapes(proto, check_type=check_type, strict_mode=strict, data_prop=data_prop)
-
-    # onnx_ir's helper (private, tested with onnx-ir 1.1.0) hands ONNX a copy without initializer data, so
-    # models over 2 GB work too.
     with _long_ml_lists_shortened(model):
-        inferred = _c_api_utils.call_onnx_api(infer, model)
-    return _merge_types(model, _value_types(sent[0].graph), _value_types(inferred.graph))
+        sent = _weightless_proto(model)
+    inferred = onnx.shape_inference.infer_shapes(sent, check_type=check_type, strict_mode=strict, data_prop=data_prop)
+    return _merge_types(model, _value_types(sent.graph), _value_types(inferred.graph))
+
+
+# Initializers over this many bytes go to ONNX as graph inputs of their type and shape, without their data:
+# onnx_ir's limit for the same purpose (models over 2 GB work too). Shape inference reads the values of small
+# integer tensors only (Reshape targets, Slice bounds, ...), which stay.
+WEIGHT_MIN_BYTES = _c_api_utils._BIG_TENSOR_SIZE_LIMIT
+
+
+def _weightless_proto(model: ir.Model) -> onnx.ModelProto:
+    """``model`` as ONNX shape inference is sent it: every initializer of the main graph listed as a graph
+    input, and only those of at most ``WEIGHT_MIN_BYTES`` kept with their data.
+
+    Byte for byte the proto onnx_ir's ``call_onnx_api`` sends (tested with onnx-ir 1.1.0 on the 119 corpus
+    models), made from a view of the graph instead: that helper moves each initializer into the inputs and its
+    data out of the model and back, work per initializer on every inference, and leaves the weights moved
+    after the small initializers.
+    """
+    graph = model.graph
+    initializers = list(graph.initializers.values())
+    for value in initializers:
+        # As onnx_ir's helper does (and leaves done): inputs are declared with the tensor's type and shape.
+        tensor = value.const_value
+        if tensor is not None:
+            if value.shape is None:
+                value.shape = tensor.shape  # type: ignore[assignment]
+            if value.dtype is None:
+                value.dtype = tensor.dtype
+    listed = set(graph.inputs)
+    view = ir.GraphView(
+        [*graph.inputs, *(value for value in initializers if value not in listed)],
+        graph.outputs,
+        nodes=graph,
+        initializers=[
+            value
+            for value in initializers
+            if value.const_value is not None and value.const_value.nbytes <= WEIGHT_MIN_BYTES
+        ],
+        doc_string=graph.doc_string,
+        opset_imports=graph.opset_imports,
+        name=graph.name,
+        metadata_props=graph.metadata_props,
+    )
+    return ir.serde.serialize_model(typing.cast(ir.Model, _ModelWithGraph(model, view)))
+
+
+class _ModelWithGraph:
+    """``model`` with another graph, for onnx_ir's model serializer (which reads attributes only)."""
+
+    def __init__(self, model: ir.Model, graph: ir.GraphView) -> None:
+        self._model = model
+        self.graph = graph
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 
 
 # ai.onnx.ml list attributes longer than this are sent to ONNX cut to their first element.
@@ -69,7 +118,9 @@ def _long_ml_lists_shortened(model: ir.Model) -> Iterator[None]:
     ops' outputs from which attributes are present and from short ones (class labels, n_targets), never from
     the tree arrays, so those go cut to one element (present, same type) and come back unchanged after."""
     shortened: list[tuple[ir.Node, ir.Attr]] = []
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+    # A model without the ai.onnx.ml opset import has no such node (ONNX would refuse it): no walk.
+    nodes = ir.traversal.RecursiveGraphIterator(model.graph) if "ai.onnx.ml" in model.opset_imports else ()
+    for node in nodes:
         if node.domain != "ai.onnx.ml":
             continue
         for attribute in list(node.attributes.values()):
@@ -107,14 +158,15 @@ def _merge_types(
     and only when it had none or one of the same kind. Graph outputs that declare a shape keep it: a
     declaration may be wrong, and "fixing" it from inference would change what the model promises.
     """
-    changed = []
+    changed: list[ir.Value] = []
+    new_types = [(name, type_proto) for name, type_proto in inferred.items() if sent.get(name) != type_proto]
+    if not new_types:  # a model inference has nothing new for (a confirming round's): no walk over its values
+        return changed
     values = ir.convenience.create_value_mapping(model.graph)
     # Many values share a type (a CNN's [1, 64, 56, 56] float): each distinct one is read once. The shapes
     # read are frozen, made to be shared; types are not (``Value.dtype = ...`` edits the type in place).
     shapes: dict[bytes, ir.Shape | None] = {}
-    for name, type_proto in inferred.items():
-        if sent.get(name) == type_proto:
-            continue
+    for name, type_proto in new_types:
         value = values.get(name)
         if value is None or value.is_graph_input():
             continue

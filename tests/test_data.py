@@ -355,3 +355,33 @@ def test_as_dataset_binds_caps_and_falls_back_to_synthetic(tmp_path, rng) -> Non
     assert next(iter(synthetic))["x"].shape == (2, 3, 4, 4)
     with pytest.raises(DataError, match="no such data file or folder"):
         load_dataset(tmp_path / "missing.npz")
+
+
+def test_synthetic_samples_are_drawn_once_and_handed_out_as_copies(monkeypatch) -> None:
+    """Each read of a synthetic dataset gives the same values, drawn once (each parity comparison reads the samples
+    anew): copies, so that a consumer writing into its arrays changes no later read; new sizes draw anew; samples
+    past the byte budget are drawn each time."""
+    from onnxkit.data import synthetic
+
+    dataset = SyntheticDataset(IMAGE_MODEL, dims={"batch": 2}, num_samples=2)
+    draws = []
+    fill = dataset._fill
+    monkeypatch.setattr(dataset, "_fill", lambda *args: draws.append(args[2]) or fill(*args))
+    first = as_list(dataset)
+    first[0]["x"][...] = 7.0  # the consumer's own copy
+    second = as_list(dataset)
+    assert draws == [0, 1]
+    assert not np.shares_memory(first[1]["x"], second[1]["x"])
+    np.testing.assert_array_equal(second[1]["x"], first[1]["x"])
+    assert not np.any(second[0]["x"] == 7.0)
+    fresh = as_list(SyntheticDataset(IMAGE_MODEL, dims={"batch": 2}, num_samples=2))
+    np.testing.assert_array_equal(second[0]["x"], fresh[0]["x"])  # the values seed and index make, as ever
+    dataset.shapes["x"] = (3, 3, 4, 4)  # what a probe's new sizes do
+    assert as_list(dataset)[0]["x"].shape == (3, 3, 4, 4) and draws == [0, 1, 0, 1]
+    monkeypatch.setattr(synthetic, "DRAWN_SAMPLES_BYTES", 0)
+    unkept = SyntheticDataset(IMAGE_MODEL, num_samples=1)
+    unkept_draws = []
+    unkept_fill = unkept._fill
+    monkeypatch.setattr(unkept, "_fill", lambda *args: unkept_draws.append(args[2]) or unkept_fill(*args))
+    as_list(unkept), as_list(unkept)
+    assert unkept_draws == [0, 0]

@@ -45,6 +45,10 @@ TIMING_RESOLUTION = 0.02
 # of timing instead of 4.5 s). Only that way: on a loaded machine a few rounds can make INT8 look slower (a
 # noisy float run is the fastest seen), and an early "slower" would keep nodes float for nothing.
 CLEAR_MARGIN = 0.15
+# "Slower" is called early only when every one of at least this many samples, each on its fastest batch (of
+# at least two), has INT8 slower than allowed by CLEAR_MARGIN: a burst of load lands on one batch, not on all of
+# one model's batches across the samples. digits-cnn, INT8 1.33x slower: 3-4 s of timing per candidate without.
+SLOWER_ON_EVERY_SAMPLE = 3
 # A comparison also stops once INT8 within the allowed ratio has settled there: over the last SETTLED_ROUNDS rounds
 # the ratio of the fastest runs moved by at most SETTLED_CHANGE of the allowed ratio, and it lies below the allowed
 # ratio by more than SETTLED_MARGIN. The fastest runs then no longer improve, and more rounds would not move the
@@ -198,11 +202,15 @@ def _milliseconds(fastest: Sequence[Sequence[float]]) -> list[float]:
 
 
 def _clear(fastest: Sequence[Sequence[float]], max_slowdown: float | None) -> bool:
-    """Whether INT8 so far takes at most ``1 - CLEAR_MARGIN`` of the time ``max_slowdown`` allows."""
+    """Whether INT8 so far takes at most ``1 - CLEAR_MARGIN`` of the time ``max_slowdown`` allows, or is slower
+    than allowed by ``CLEAR_MARGIN`` on every sample (``SLOWER_ON_EVERY_SAMPLE``)."""
     if max_slowdown is None or len(fastest) != 2 or not all(math.isfinite(t) for times in fastest for t in times):
         return False
     float_ms, quantized_ms = _milliseconds(fastest)
-    return float_ms > 0 and quantized_ms / float_ms <= max_slowdown * (1 - CLEAR_MARGIN)
+    if float_ms > 0 and quantized_ms / float_ms <= max_slowdown * (1 - CLEAR_MARGIN):
+        return True
+    limit = max_slowdown * (1 + CLEAR_MARGIN)
+    return len(fastest[0]) >= SLOWER_ON_EVERY_SAMPLE and all(q > f * limit for f, q in zip(*fastest))
 
 
 def _settled(ratios: Sequence[float], max_slowdown: float | None) -> bool:

@@ -243,3 +243,11 @@ def test_weights_as_initializers_are_shaped_without_their_data() -> None:
     shapes = op_speed.inferred_shapes(model, {"x": np.zeros((2, 3, 5, 5), np.float32)})
     assert shapes["y"] == [2, 4, 5, 5] and shapes["w"] == [4, 3, 3, 3]
     assert op_speed._kind_and_macs(model.graph.node[0], shapes) == ("Conv", 2 * 4 * 5 * 5 * 3 * 9)
+
+
+def test_slower_is_called_early_only_when_every_sample_says_so() -> None:
+    float_times = [1.0, 1.0, 1.0, 1.0]
+    assert latency._clear([float_times, [1.3, 1.3, 1.3, 1.3]], 1.0)
+    assert not latency._clear([float_times, [1.3, 1.3, 1.3, 1.05]], 1.0)  # one sample within: keep timing
+    assert not latency._clear([[1.0, 1.0], [1.3, 1.3]], 1.0)  # too few samples to call it
+    assert latency._clear([float_times, [0.5, 0.5, 0.5, 0.5]], 1.0)  # clearly faster, as before

@@ -182,7 +182,9 @@ def _load(path: Path, *, keep_bytes: bool) -> LoadedModel:
             return LoadedModel(ir.load(path), proto, None)
         if external_bytes:
             onnx.load_external_data_for_model(proto, str(path.parent))
-        return LoadedModel(ir.serde.deserialize_model(proto), proto, None if external else content)
+        # Kept only where a snapshot can be the bytes: whole (no external data) and below the in-memory limit.
+        whole = content is not None and not external and len(content) < EXTERNAL_DATA_THRESHOLD
+        return LoadedModel(ir.serde.deserialize_model(proto), proto, content if whole else None)
     except Exception as e:
         raise ModelLoadError(f"{path} could not be read as an ONNX model: {e}") from e
 

@@ -195,10 +195,17 @@ def test_a_model_read_from_its_file_is_snapshot_as_the_file_bytes_with_the_same_
     assert [node.op_type for node in snapshot.restore().graph][-1] == "Reshape"
 
 
-def test_a_model_with_external_data_is_not_snapshot_from_its_file(tmp_path: Path) -> None:
+def test_a_model_with_external_data_or_over_the_limit_is_not_snapshot_from_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its file's bytes are not the whole model, or are not to be held beside the parsed model: not kept."""
     onnx.save(matmul_chain(64, 2), tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data")
     loaded = modelio.load_source(tmp_path / "m.onnx")
     assert loaded.content is None and Snapshot.of_loaded(loaded, tmp_path) is None
+    path = _saved(tmp_path, matmul_chain(64, 2), "whole.onnx")
+    assert modelio.load_source(path).content == path.read_bytes()
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", path.stat().st_size)
+    assert modelio.load_source(path).content is None
 
 
 def test_the_weights_checked_with_the_file_are_not_new_to_the_checker_of_the_next_snapshot(tmp_path: Path) -> None:

@@ -111,10 +111,21 @@ def calibration_tensors(proto: onnx.ModelProto, op_types: Iterable[str] | None, 
     return list(names)
 
 
-def _finite_values(array: np.ndarray) -> np.ndarray:
+def _finite_values(array: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The array's finite values, flat, with their minimum and maximum (nan, nan when there are none).
+
+    Minimum and maximum come first: both finite means every value is (a NaN makes both NaN, an infinity
+    shows as one), so the usual tensor needs no pass of its own to find its non-finite values."""
     flat = np.asarray(array, dtype=np.float32).ravel()
-    finite = np.isfinite(flat)
-    return flat if finite.all() else flat[finite]
+    if flat.size == 0:
+        return flat, math.nan, math.nan
+    low, high = float(flat.min()), float(flat.max())
+    if math.isfinite(low) and math.isfinite(high):
+        return flat, low, high
+    flat = flat[np.isfinite(flat)]
+    if flat.size == 0:
+        return flat, math.nan, math.nan
+    return flat, float(flat.min()), float(flat.max())
 
 
 @dataclasses.dataclass
@@ -204,10 +215,9 @@ def collect(
         if observe is not None:
             observe(outputs)
         for name, value in outputs.items():
-            values = _finite_values(value)
+            values, low, high = _finite_values(value)
             if values.size == 0:
                 continue
-            low, high = float(values.min()), float(values.max())
             if num_bins is not None:
                 histograms.setdefault(name, StreamingHistogram(FINE_BINS * num_bins)).add(values, low, high)
             if name in ranges:

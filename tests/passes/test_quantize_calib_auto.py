@@ -3,7 +3,13 @@ out closer to float with minmax's; both from the one calibration pass."""
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
 from onnxkit.parity import chain
+from onnxkit.passes.quantize import calibration
 from tests.passes.test_quantize import NO_GATE, convnet, quantize, samples
 from tests.passes.test_quantize_smoothing import outlier_block, outlier_samples
 
@@ -43,3 +49,28 @@ def test_auto_keeps_entropy_where_it_meets_the_target_and_judges_the_int8_model_
     # choose_ranges, try_smoothing and the search all judge the all-INT8 model: its held-out check runs once,
     # then the confirmation as the pipeline checks (ORT optimizations off).
     assert len(judged) == 2
+
+
+def test_calibration_ranges_skip_nan_and_infinity() -> None:
+    """Min and max come before any pass for non-finite values; where one is not finite, those values are left
+    out of the range and the histogram alike."""
+    graph = helper.make_graph(
+        [helper.make_node("Log", ["x"], ["y"]), helper.make_node("Relu", ["y"], ["z"])],
+        "log",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])],
+    )
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    types = {"x": TensorProto.FLOAT, "y": TensorProto.FLOAT, "z": TensorProto.FLOAT}
+    rows = [np.array([-1.0, 0.0, 0.5, 4.0], np.float32), np.array([2.0, 3.0, 0.25, 1.0], np.float32)]
+    finite = np.log(np.concatenate(rows)[np.concatenate(rows) > 0])
+    for method in ("minmax", "entropy"):
+        ranges = calibration.calibrate(
+            model, ["x", "y"], types, [{"x": r} for r in rows], calibration.CalibrationSettings(method, 2048, 99.999)
+        ).data
+        assert [float(v) for v in ranges["x"].range_value] == [-1.0, 4.0]
+        low, high = (float(v) for v in ranges["y"].range_value)
+        assert np.isfinite([low, high]).all()
+        assert low >= float(finite.min()) - 1e-6 and high <= float(finite.max()) + 1e-6
+        if method == "minmax":
+            assert (low, high) == pytest.approx((float(finite.min()), float(finite.max())), abs=1e-6)

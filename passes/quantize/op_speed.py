@@ -348,9 +348,11 @@ def inferred_shapes(model: onnx.ModelProto, sample: Mapping[str, Any]) -> dict[s
         return {}
     shapes: dict[str, list[int]] = {}
     for value in (*inferred.input, *inferred.value_info):
-        dims = value.type.tensor_type.shape.dim
-        if value.type.HasField("tensor_type") and all(d.HasField("dim_value") for d in dims):
-            shapes[value.name] = [d.dim_value for d in dims]
+        tensor = value.type.tensor_type
+        # No shape field: rank unknown (not a scalar), so no shape at all.
+        if value.type.HasField("tensor_type") and tensor.HasField("shape"):
+            if all(d.HasField("dim_value") for d in tensor.shape.dim):
+                shapes[value.name] = [d.dim_value for d in tensor.shape.dim]
     return shapes
 
 

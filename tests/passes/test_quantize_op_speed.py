@@ -251,3 +251,19 @@ def test_slower_is_called_early_only_when_every_sample_says_so() -> None:
     assert not latency._clear([float_times, [1.3, 1.3, 1.3, 1.05]], 1.0)  # one sample within: keep timing
     assert not latency._clear([[1.0, 1.0], [1.3, 1.3]], 1.0)  # too few samples to call it
     assert latency._clear([float_times, [0.5, 0.5, 0.5, 0.5]], 1.0)  # clearly faster, as before
+
+
+def test_a_value_of_unknown_rank_has_no_shape_rather_than_a_scalar_one() -> None:
+    graph = helper.make_graph(
+        [
+            helper.make_node("Custom", ["x"], ["h"], domain="test"),
+            helper.make_node("Cast", ["h"], ["c"], to=TensorProto.FLOAT),  # typed by inference, shape unknown
+            helper.make_node("Relu", ["c"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("test", 1)]
+    shapes = op_speed.inferred_shapes(helper.make_model(graph, opset_imports=opsets), {"x": np.zeros((1, 4))})
+    assert shapes["x"] == [1, 4] and "c" not in shapes and "y" not in shapes

@@ -220,9 +220,9 @@ class Baseline:
     signature: Signature
     checker_ok: bool
     shape_inference_ok: bool
-    # The input's snapshot when it is its file's bytes (``Snapshot.of_loaded``), whose checks stand for the input
-    # as onnx_ir writes it, as every pass's output is written; until a pass's output fails a check the file
-    # passes, which then asks whether the rewritten input fails it too (``_rebase``).
+    # The input's snapshot when it is its file's bytes (``Snapshot.of_loaded``). The checks held against passes
+    # are those the input passes as onnx_ir writes it, as every pass's output is written; the file's results
+    # stand for them while they pass, until a pass's output fails a check, which then asks (``_rebase``).
     as_read: Snapshot | None = None
 
     @classmethod
@@ -230,7 +230,10 @@ class Baseline:
         checker_ok = _checker_error(snapshot.checked) is None  # the whole model once: every tensor of it is checked
         snapshot.new_weights = ()  # so checked already; held no longer (a pass may replace them)
         shape_inference_ok = _shape_inference_error(snapshot.shapes) is None
-        return cls(snapshot.signature, checker_ok, shape_inference_ok, snapshot if as_read else None)
+        baseline = cls(snapshot.signature, checker_ok, shape_inference_ok, snapshot if as_read else None)
+        if as_read and not (checker_ok and shape_inference_ok):
+            baseline._rebase()  # a check the file fails may be one onnx_ir's writing passes
+        return baseline
 
     def problems(self, snapshot: Snapshot, clock: Clock) -> list[str]:
         problems = self.signature.differences(snapshot.signature)
@@ -248,14 +251,13 @@ class Baseline:
         return problems + [error for error in (checker_error, shape_error) if error]
 
     def _rebase(self) -> None:
-        """The input's checks once more, on the input as onnx_ir writes it (read again from its file's bytes): a
-        check only the file passes is not held against a pass, as it is not when the input is serialized
-        through onnx_ir from the start."""
+        """The input's checks once more, on the input as onnx_ir writes it (read again from its file's bytes),
+        as they are made when the input is serialized through onnx_ir from the start."""
         assert self.as_read is not None
         rewritten = Snapshot.of(self.as_read.restore(), self.as_read.model_dir)
         self.as_read = None
-        self.checker_ok = self.checker_ok and _checker_error(rewritten.checked) is None
-        self.shape_inference_ok = self.shape_inference_ok and _shape_inference_error(rewritten.shapes) is None
+        self.checker_ok = _checker_error(rewritten.checked) is None
+        self.shape_inference_ok = _shape_inference_error(rewritten.shapes) is None
 
 
 def _checker(snapshot: Snapshot) -> str | None:

@@ -224,7 +224,7 @@ def test_a_check_only_the_input_file_passes_is_not_held_against_a_pass(
 ) -> None:
     """The input's checks are made on its file; a pass's output is written by onnx_ir. Where the output fails a
     check, the input as onnx_ir writes it is checked too, and a failure it shares is not the pass's; one it does
-    not share still is."""
+    not share still is. A check the file fails is settled by onnx_ir's writing of it at once."""
     import onnxkit.snapshot as snapshot_module
 
     loaded = modelio.load_source(_saved(tmp_path, matmul_chain(64, 2)))
@@ -248,3 +248,11 @@ def test_a_check_only_the_input_file_passes_is_not_held_against_a_pass(
     )
     assert baseline.problems(output, Clock({})) == ["shape: x"]
     assert baseline.shape_inference_ok and baseline.as_read is None
+
+    # Only the file fails (onnx_ir's writing passes): the check is still held against passes, as it was when the
+    # input was serialized through onnx_ir.
+    monkeypatch.setattr(
+        snapshot_module, "_shape_inference_error", lambda m: "shape: x" if m is original.shapes else real(m)
+    )
+    baseline = Baseline.of(original, as_read=True)
+    assert baseline.shape_inference_ok and baseline.checker_ok and baseline.as_read is None

@@ -17,10 +17,10 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxkit.passes.quantize import cpu, latency, op_speed
 
 
-def table(ratio_by_kind: dict[str, float], key: str = "test CPU") -> op_speed.SpeedTable:
-    """A table where every kind runs at 1 ns per MAC in float and ``ratio`` times that in INT8."""
+def table(ratio_by_kind: dict[str, float], key: str = "test CPU", per_mac: float = 1e-9) -> op_speed.SpeedTable:
+    """A table where every kind runs at ``per_mac`` seconds per MAC in float and ``ratio`` times that in INT8."""
     points = {
-        kind: [op_speed.Point(macs, macs * 1e-9, macs * 1e-9 * ratio) for macs in (1e3, 1e5, 1e7)]
+        kind: [op_speed.Point(macs, macs * per_mac, macs * per_mac * ratio) for macs in (1e3, 1e5, 1e7)]
         for kind, ratio in ratio_by_kind.items()
     }
     return op_speed.SpeedTable(key, points)
@@ -128,7 +128,7 @@ def test_gate_keeps_int8_without_timing_when_the_table_says_clearly_faster(monke
         lambda kept: float_model,
         [feed],
         1.0,
-        predictor_for(table({"Conv": 0.3}), float_model, feed),
+        predictor_for(table({"Conv": 0.3}, per_mac=1e-7), float_model, feed),
     )
     assert gate.model is int8_model and not gate.timing.timed and gate.timing.ratio == pytest.approx(0.3)
     assert (gate.timed, gate.predicted_only) == (0, 1)
@@ -267,3 +267,13 @@ def test_a_value_of_unknown_rank_has_no_shape_rather_than_a_scalar_one() -> None
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("test", 1)]
     shapes = op_speed.inferred_shapes(helper.make_model(graph, opset_imports=opsets), {"x": np.zeros((1, 4))})
     assert shapes["x"] == [1, 4] and "c" not in shapes and "y" not in shapes
+
+
+def test_clearly_faster_is_not_trusted_on_a_tiny_model(monkeypatch) -> None:
+    """The chains' INT8 Convs price at 0.2x, but at well under TRUSTED_FLOAT_MS the edges' conversions the
+    table leaves out could outweigh that: timed."""
+    float_model, int8_model, feed = conv_chains()
+    tiny = op_speed.SpeedTable("k", {"Conv": [op_speed.Point(1e3, 1e-9, 0.2e-9)]})
+    monkeypatch.setattr(latency, "compare", scripted([latency.Timing(1.0, 1.3)]))
+    timing = latency.assess(float_model, int8_model, [feed], 1.0, predictor_for(tiny, float_model, feed))
+    assert timing.timed and not timing.within(1.0) and timing.predicted == pytest.approx(0.2)

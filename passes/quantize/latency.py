@@ -124,12 +124,13 @@ def time_models_with_noise(
 
     Each round takes the next sample and runs every model on it, in turn, the order alternating from round to
     round. A model's batch of runs (``_batch_size``: at least ``BATCH_FLOOR_S`` long) is timed right after an
-    untimed run on the same sample: the first run after another session's ran 2-15 times slower on a busy machine. Noise on a shared machine only ever adds time, so the
-    fastest of several runs is the steadiest figure (a model timed against itself comes out within a few
-    percent, where medians of single runs swung from 0.1x to 3x). A slow model stops after
-    ``SLOW_MODEL_BUDGET_S`` (and two rounds), each model summarised over the samples it reached. With
-    ``max_slowdown`` (two models: float, then INT8), timing stops after the minimum rounds once INT8 is
-    faster than allowed by ``CLEAR_MARGIN``, or has settled within the allowed ratio (``SETTLED_ROUNDS``).
+    untimed run on the same sample: the first run after another session's ran 2-15 times slower on a busy
+    machine. Noise on a shared machine only ever adds time, so the fastest of several batches is the steadiest
+    figure (a model timed against itself comes out within a few percent, where medians of single runs swung
+    from 0.1x to 3x). A slow model stops after ``SLOW_MODEL_BUDGET_S`` (and two rounds), each model summarised
+    over the samples it reached. With ``max_slowdown`` (two models: float, then INT8), timing stops after the
+    minimum rounds once INT8 is faster than allowed by ``CLEAR_MARGIN``, slower than allowed by it on every
+    sample (``SLOWER_ON_EVERY_SAMPLE``), or has settled within the allowed ratio (``SETTLED_ROUNDS``).
     """
     sessions = [make_session(m) for m in models]
     feeds = [[{i.name: s[i.name] for i in session.get_inputs()} for s in samples] for session in sessions]
@@ -186,8 +187,8 @@ def _batch_size(session: Any, feed: Mapping[str, Any]) -> int:
 
 def _noise(fastest: Sequence[Sequence[float]]) -> float | None:
     """How far the INT8/float ratio of the fastest batches differs from sample to sample: half its range over
-    its median (None without two models and two samples timed). The samples have the same shapes, so this is
-    what the figure's repeatability is. (The ratio of batches in one round is not: a burst of load on the
+    its median (None without two models and two samples timed): how repeatable the figure is, as far as the
+    samples are alike. (The ratio of batches in one round is not: a burst of load on the
     shared machine put one round at 40x.)"""
     if len(fastest) != 2:
         return None

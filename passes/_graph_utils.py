@@ -18,6 +18,33 @@ from onnxkit import graph
 graph_likes = graph.graphs
 all_nodes = graph.nodes
 subgraphs = graph.subgraphs
+_GRAPH_TYPES = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+
+
+def model_graphs(model: ir.Model) -> list[ir.Graph]:
+    """The main graph and every graph inside its nodes at any depth, bodies without nodes included (an If
+    branch that returns an outer value still has outputs), in ``ir.Model.graphs`` order: each body right
+    after the node that holds it, before the graphs inside it. That method walks onnx_ir's recursive node
+    iterator, several times the cost of this loop, and rules call it once per application."""
+    found: list[ir.Graph] = [model.graph]
+    seen = {id(model.graph)}
+
+    def visit(graph: ir.Graph) -> None:
+        for node in graph:
+            attributes = node.attributes
+            # onnx_ir's Attributes is a UserDict: reading its plain dict skips the Mapping machinery per node.
+            for attribute in getattr(attributes, "data", attributes).values():
+                if attribute.type not in _GRAPH_TYPES or attribute.is_ref():
+                    continue
+                bodies = (attribute.as_graph(),) if attribute.type == ir.AttributeType.GRAPH else attribute.as_graphs()
+                for body in bodies:
+                    if id(body) not in seen:
+                        seen.add(id(body))
+                        found.append(body)
+                    visit(body)
+
+    visit(model.graph)
+    return found
 
 
 def _arities(model: ir.Model) -> dict[int, tuple[int, int, int]]:

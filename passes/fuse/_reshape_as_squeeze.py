@@ -23,6 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxkit.pass_base import Site
+from onnxkit.passes._graph_utils import model_graphs
 from onnxkit.passes.fuse._base import FusionContext, insert_constant
 from onnxkit.passes.fuse._shape_of_transpose import _take_place
 
@@ -35,7 +36,7 @@ Dim = int | ir.SymbolicDim
 
 def apply_reshape_as_squeeze(model: ir.Model, context: FusionContext) -> int:
     fired = 0
-    for graph in (*model.graphs(), *model.functions.values()):
+    for graph in (*model_graphs(model), *model.functions.values()):
         for reshape in list(graph):
             if reshape.graph is graph and _rewrite(reshape, graph, context):
                 fired += 1

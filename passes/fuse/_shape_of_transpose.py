@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxkit.pass_base import Site
+from onnxkit.passes._graph_utils import model_graphs
 from onnxkit.passes.fuse._base import FusionContext, insert_constant
 from onnxkit.passes.fuse._transpose_region import perm_of
 
@@ -39,7 +40,7 @@ def _sliced(perm: tuple[int, ...], shape_node: ir.Node) -> list[int]:
 
 def apply_shape_of_transpose(model: ir.Model, context: FusionContext) -> int:
     fired = 0
-    for graph in (*model.graphs(), *model.functions.values()):
+    for graph in (*model_graphs(model), *model.functions.values()):
         for transpose in list(graph):
             if transpose.graph is graph and _rewrite(transpose, graph, context):
                 fired += 1

@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxkit.pass_base import Site
+from onnxkit.passes._graph_utils import model_graphs
 from onnxkit.passes.fuse._base import FusionContext, insert_constant
 from onnxkit.passes.fuse._shape_of_transpose import _take_place
 
@@ -25,7 +26,7 @@ _RANK = 4
 
 def apply_space_to_depth(model: ir.Model, context: FusionContext) -> int:
     fired = 0
-    for graph in (*model.graphs(), *model.functions.values()):
+    for graph in (*model_graphs(model), *model.functions.values()):
         for concat in list(graph):
             if concat.graph is graph and _rewrite(concat, graph, context):
                 fired += 1

@@ -24,6 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxkit.pass_base import Site
+from onnxkit.passes._graph_utils import model_graphs
 from onnxkit.passes.fuse._base import FusionContext, constant_array, insert_constant
 
 _STANDARD = ("", "ai.onnx")
@@ -401,7 +402,7 @@ def _drop_leaving(transpose: ir.Node, region: _Region, graph: ir.Graph | ir.Func
 def apply_transpose_regions(model: ir.Model, context: FusionContext) -> int:
     """Cancel the Transposes around every qualifying region; return how many regions moved."""
     fired = 0
-    graphs: list[ir.Graph | ir.Function] = [*model.graphs(), *model.functions.values()]
+    graphs: list[ir.Graph | ir.Function] = [*model_graphs(model), *model.functions.values()]
     for graph in graphs:
         fired += _apply_to_graph(graph, context)
     return fired

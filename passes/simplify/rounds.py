@@ -24,6 +24,7 @@ from onnxkit.passes._graph_utils import (
     all_nodes,
     eliminate_identities,
     graph_likes,
+    model_graphs,
     remove_unused_nodes,
 )
 from onnxkit.passes.shape_inference import infer_shapes
@@ -281,7 +282,7 @@ class _Simplifier:
         trust it. A model whose declared output shape is wrong would then compute something else.
         """
         declared = []
-        for graph in self.model.graphs():
+        for graph in model_graphs(self.model):
             for index, output in enumerate(graph.outputs):
                 declared.append(_DeclaredOutput(graph, index, output.name, output.shape))
                 output.shape = None
@@ -289,7 +290,7 @@ class _Simplifier:
 
     def _declared_ranks(self) -> dict[ir.Value, int]:
         """The graph outputs now in the declared ones' places, with the ranks declared."""
-        graphs = {id(graph) for graph in self.model.graphs()}
+        graphs = {id(graph) for graph in model_graphs(self.model)}
         return {
             entry.graph.outputs[entry.index]: len(entry.shape)
             for entry in self._declared
@@ -298,7 +299,7 @@ class _Simplifier:
 
     def _restore_declared_outputs(self, declared: list[_DeclaredOutput]) -> None:
         """Put the declared names and shapes back on the graph outputs (where a shape was declared)."""
-        graphs = {id(graph) for graph in self.model.graphs()}
+        graphs = {id(graph) for graph in model_graphs(self.model)}
         for entry in declared:
             graph = entry.graph
             if id(graph) not in graphs:

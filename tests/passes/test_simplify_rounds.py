@@ -13,6 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.passes import fuse as fuse_module
+from onnxkit.passes._graph_utils import model_graphs
 from onnxkit.passes.fuse import FusePass
 from onnxkit.passes.simplify import SimplifyPass
 from onnxkit.passes.simplify import rounds as rounds_module
@@ -138,3 +139,38 @@ def test_fuse_infers_shapes_only_where_a_value_lacks_one(monkeypatch):
     simplified, _ = _simplified(model)  # simplify leaves every value with its inferred shape
     FusePass()(simplified)
     assert not calls
+
+
+def test_model_graphs_lists_what_onnx_ir_lists_bodies_without_nodes_included() -> None:
+    # Rules and simplify's declared-output bookkeeping walk model_graphs instead of ir.Model.graphs (a fraction
+    # of its cost): same graphs, same order, a nested If's bodies right after their holder, and each else branch
+    # that only returns an outer value (no nodes, still an output whose declared shape simplify keeps).
+    inner = helper.make_node(
+        "If",
+        ["c"],
+        ["t"],
+        then_branch=helper.make_graph(
+            [helper.make_node("Neg", ["x"], ["n"])], "inner_then", [], [helper.make_tensor_value_info("n", 1, [2])]
+        ),
+        else_branch=helper.make_graph([], "inner_else", [], [helper.make_tensor_value_info("x", 1, [2])]),
+    )
+    outer = helper.make_node(
+        "If",
+        ["c"],
+        ["y"],
+        then_branch=helper.make_graph([inner], "then", [], [helper.make_tensor_value_info("t", 1, [2])]),
+        else_branch=helper.make_graph([], "else", [], [helper.make_tensor_value_info("x", 1, [2])]),
+    )
+    graph = helper.make_graph(
+        [outer],
+        "main",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, []), helper.make_tensor_value_info("x", 1, [2])],
+        [helper.make_tensor_value_info("y", 1, [2])],
+    )
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+    listed = model_graphs(model)
+
+    # (helper.make_node writes attributes sorted by name: else_branch before then_branch)
+    assert [g.name for g in listed] == ["main", "else", "then", "inner_else", "inner_then"]
+    assert [id(g) for g in listed] == [id(g) for g in model.graphs()]

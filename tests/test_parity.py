@@ -377,6 +377,20 @@ def _samples(weight: np.ndarray) -> list[dict[str, np.ndarray]]:
     return list(as_dataset(None, linear_model(weight), dims={"batch": 2}, num_samples=3))
 
 
+def _reshape_to_3x5(width: int) -> bytes:
+    """A model that fails at run time: it reshapes a (batch, ``width``) input to 3x5."""
+    return helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+            "broken",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(np.array([3, 5], dtype=np.int64), "shape")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    ).SerializeToString()
+
+
 def test_chain_replays_the_last_candidate_as_the_next_reference(weight: np.ndarray) -> None:
     first, second = linear_model(weight).SerializeToString(), linear_model(weight.copy()).SerializeToString()
     perturbed = weight.copy()
@@ -461,16 +475,7 @@ def test_a_slow_reference_makes_limited_comparisons_take_one_sample(monkeypatch,
 
 
 def test_a_prefetched_reference_that_fails_is_reported_as_the_comparison_would_report_it(weight: np.ndarray) -> None:
-    broken = helper.make_model(
-        helper.make_graph(
-            [helper.make_node("Reshape", ["x", "shape"], ["y"])],
-            "broken",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-            [numpy_helper.from_array(np.array([3, 5], dtype=np.int64), "shape")],
-        ),
-        opset_imports=[helper.make_opsetid("", 17)],
-    ).SerializeToString()
+    broken = _reshape_to_3x5(width=4)
     chain = _chain(weight)
     chain.prefetch(broken, limit=2)
     with pytest.raises(DataError, match="the reference model fails on sample 0"):
@@ -565,16 +570,7 @@ def test_a_candidate_runs_beside_a_reference_still_running_and_reports_the_same(
 def test_a_candidate_run_beside_its_reference_that_fails_is_reported(monkeypatch, weight) -> None:
     monkeypatch.setattr(parity_chain, "SLOW_RUN_SECONDS", float("inf"))
     first = linear_model(weight).SerializeToString()
-    broken = helper.make_model(
-        helper.make_graph(
-            [helper.make_node("Reshape", ["x", "shape"], ["y"])],
-            "broken",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-            [numpy_helper.from_array(np.array([3, 5], dtype=np.int64), "shape")],
-        ),
-        opset_imports=[helper.make_opsetid("", 17)],
-    ).SerializeToString()
+    broken = _reshape_to_3x5(width=8)
     exact = Tolerance.for_kind("exact")
     direct = compare_models(first, broken, _samples(weight)[:2], tolerance=exact)
     assert "the candidate model fails on sample 0" in direct.errors[0]
@@ -619,16 +615,7 @@ def test_a_slow_reference_beside_its_candidate_still_takes_one_sample(monkeypatc
 
 
 def test_a_reference_failing_beside_its_candidate_is_reported_as_before(monkeypatch, weight) -> None:
-    broken = helper.make_model(
-        helper.make_graph(
-            [helper.make_node("Reshape", ["x", "shape"], ["y"])],
-            "broken",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-            [numpy_helper.from_array(np.array([3, 5], dtype=np.int64), "shape")],
-        ),
-        opset_imports=[helper.make_opsetid("", 17)],
-    ).SerializeToString()
+    broken = _reshape_to_3x5(width=8)
     runs = _gate_reference_on_candidate(monkeypatch, broken)
     chain = _chain(weight)
     chain.prefetch(broken, limit=2)

@@ -93,6 +93,9 @@ class PassContext:
     ``parity_reference``, set for a lossy pass where the pipeline has recorded its input's outputs on its parity
     samples, is those samples and outputs (``parity.judgement.ParityReference``): the pass can judge its output
     exactly as the pipeline will without running its input on them again.
+    ``parity_checked`` False says the pipeline compares no pass's output with its input (``check=off``): a lossy
+    pass need not also judge its candidates as that check would (quantize's confirmation with ORT optimizations
+    off), only against its own target.
     """
 
     data: Any = None
@@ -105,6 +108,7 @@ class PassContext:
     disabled: frozenset[str | Site] = frozenset()
     parity_on_held_out: bool = False
     parity_reference: ParityReference | None = None
+    parity_checked: bool = True
 
     def allows(self, rule: str, node: str | None = None) -> bool:
         """Whether ``rule`` may fire (at ``node``, the name of the node it anchors on, when given)."""

@@ -160,6 +160,7 @@ class Pipeline:
             dims=dict(dims or {}),
             show_progress=progress,
             parity_on_held_out=calibration_data is not None and data is None,
+            parity_checked=check != "off",
             calib_cache=Path(calib_cache) if calib_cache is not None else None,
             metric=metric,
             example_inputs=example_inputs,

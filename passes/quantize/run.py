@@ -289,6 +289,7 @@ class QuantizeRun:
                 min_top1=options.target_top1,
                 pipeline_checks_held_out=self.context.parity_on_held_out,
                 pipeline_reference=self.context.parity_reference,
+                pipeline_checks=self.context.parity_checked,
             )
         chosen = _remembering_verdicts(chosen)
         self.report.target = chosen.target

@@ -143,3 +143,32 @@ def test_quantize_hands_its_final_check_to_the_pipeline(monkeypatch: pytest.Monk
     assert quantized.parity["samples"] == own.samples == len(data)
     assert quantized.parity["min_cosine"] == pytest.approx(own.min_cosine, abs=1e-12)
     assert against_recorded and set(against_recorded) == {len(data)}
+
+
+def test_quantize_does_not_confirm_as_the_pipeline_checks_when_it_checks_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``check=off`` there is no pipeline check to pass: the pass judges its target on held-out samples
+    (ORT optimizations on) and makes no comparison with ORT optimizations off, the confirmation that costs a run
+    of both models on every sample read; it hands the same model on as with the check."""
+    data = samples("x", (2, 16), 20)
+    optimized: list[bool] = []
+    compare = parity.ParityChain.compare
+
+    def recorded(self: parity.ParityChain, *args: object, **kwargs: object) -> parity.ParityReport:
+        optimized.append(self.ort_optimizations)
+        return compare(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(parity.ParityChain, "compare", recorded)
+    spec = "quantize{mode=static,max_slowdown=none}"
+    unchecked = Pipeline.parse(spec).run(mlp(constant_weights=True), data=data, check="off")
+    assert optimized and all(optimized)
+    (entry,) = unchecked.report.passes
+    assert entry.modified and entry.parity is None
+    optimized.clear()
+    checked = Pipeline.parse(spec).run(mlp(constant_weights=True), data=data, check="end")
+    assert False in optimized  # with a check to pass, the pass still confirms as that check compares
+    # The same graph (the metadata differs: the report says which comparisons were made).
+    assert ir.serde.serialize_model(unchecked.model).graph == ir.serde.serialize_model(checked.model).graph
+    assert not any("ORT optimizations off" in line for line in unchecked.report.passes[0].stats)
+    assert any("ORT optimizations off" in line for line in checked.report.passes[0].stats)

@@ -48,6 +48,8 @@ FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.
 QUANTIZED_LEVELS = 256
 # The entropy search tries this many clipping thresholds between "keep 256 bins" and "keep everything".
 ENTROPY_CANDIDATES = 128
+# Divergences closer than this (nats) count as a tie, decided for the narrower window.
+KL_TIE = 1e-12
 CACHE_FORMAT = 3  # 3: probabilities keep their observed range (``probability_tensors``)
 # A streaming histogram keeps up to this many times ``num_bins`` fine bins (more than half of them spanning the
 # range), so that re-binning to ``num_bins`` over the exact range moves each count by at most 1/4 of a bin.
@@ -243,25 +245,54 @@ def percentile_range(histogram: np.ndarray, low: float, high: float, percentile:
     return max(low, float(edges[first])), min(high, float(edges[min(last + 1, histogram.size)]))
 
 
-def _kl_divergence(histogram: np.ndarray, start: int, stop: int, levels: int) -> float:
-    """KL(P‖Q) of clipping the histogram to bins [start, stop) and quantizing that window to ``levels``.
+def _kl_divergences(histogram: np.ndarray, starts: np.ndarray, stops: np.ndarray, levels: int) -> np.ndarray:
+    """KL(P‖Q) of clipping the histogram to bins [start, stop) and quantizing that window to ``levels``, for
+    every window at once.
 
     P is the window with the clipped-off counts added to its edge bins; Q spreads each level's in-window
-    count evenly over that level's non-empty bins (TensorRT's calibration, for an asymmetric window).
+    count evenly over that level's non-empty bins (TensorRT's calibration, for an asymmetric window). Q is
+    constant over a level, so the sum over its bins needs only the level's count, non-empty bins and
+    ``sum(h·log h)``: prefix sums over the histogram give all three, in O(levels) per window instead of a pass
+    over the window's bins (MiniLM: 97 histograms × 128 windows were 0.6 s of the pass's 12). Only the two
+    edge bins, where P adds the tails, are summed on their own.
     """
-    window = histogram[start:stop].astype(np.float64)
-    reference = window.copy()
-    reference[0] += histogram[:start].sum()
-    reference[-1] += histogram[stop:].sum()
-    level_of_bin = (np.arange(window.size) * levels) // window.size
-    level_total = np.bincount(level_of_bin, weights=window, minlength=levels)
-    level_filled = np.bincount(level_of_bin, weights=window > 0, minlength=levels)
-    candidate = np.where(window > 0, level_total[level_of_bin] / np.maximum(level_filled[level_of_bin], 1), 0.0)
-    present = reference > 0
-    p = reference[present] / reference.sum()
-    # A bin P fills but Q leaves empty would make the divergence infinite; a tiny floor ranks it last instead.
-    q = np.maximum(candidate[present] / max(candidate.sum(), 1e-300), 1e-12)
-    return float(np.sum(p * np.log(p / q)))
+    counts = histogram.astype(np.float64)
+    total = counts.sum()
+    before = np.concatenate(([0.0], np.cumsum(counts)))  # before[k] = counts[:k].sum()
+    nonempty = np.concatenate(([0], np.cumsum(counts > 0)))
+    positive = np.where(counts > 0, counts, 1.0)
+    xlogx = np.concatenate(([0.0], np.cumsum(counts * np.log(positive))))
+    starts, stops = starts[:, None], stops[:, None]
+    width = stops - starts
+    # Level j covers the window's bins [ceil(j·W/L), ceil((j+1)·W/L)): bin i is in level floor(i·L/W).
+    edges = starts + -((-np.arange(levels + 1) * width) // levels)
+    level_count = np.diff(before[edges], axis=1)
+    level_filled = np.diff(nonempty[edges], axis=1)
+    window_count = before[stops] - before[starts]
+    # Each non-empty bin's share of Q; a bin P fills but Q leaves empty would make the divergence infinite, so a
+    # tiny floor ranks it last instead.
+    share = np.maximum(level_count / np.maximum(level_filled, 1) / np.maximum(window_count, 1e-300), 1e-12)
+    log_share = np.log(share)
+    first_bin, last_bin = counts[starts[:, 0]], counts[stops[:, 0] - 1]
+    # Interior bins (all but the window's first and last): P = counts / total where counts > 0.
+    interior = level_count.copy()
+    interior[:, 0] -= first_bin
+    interior[:, -1] -= last_bin
+    interior_xlogx = (xlogx[stops[:, 0] - 1] - xlogx[starts[:, 0] + 1]) / total
+    divergence = (
+        interior_xlogx
+        - np.log(total) * interior.sum(axis=1) / total
+        - np.sum(np.where(interior > 0, interior * log_share, 0.0), axis=1) / total
+    )
+    # The edge bins, with the tails clipped off added to P.
+    for bin_count, tail, level in (
+        (first_bin, before[starts[:, 0]], 0),
+        (last_bin, total - before[stops[:, 0]], -1),
+    ):
+        p = (bin_count + tail) / total
+        log_q = np.where(bin_count > 0, log_share[:, level], np.log(1e-12))
+        divergence += np.where(p > 0, p * (np.log(np.where(p > 0, p, 1.0)) - log_q), 0.0)
+    return divergence
 
 
 def entropy_range(
@@ -277,17 +308,19 @@ def entropy_range(
     if bins <= levels or histogram.sum() == 0:
         return low, high
     zero_bin = round(-range_low / (range_high - range_low) * bins)
-    best, best_divergence = (low, high), np.inf
-    for scale in np.linspace(levels / bins, 1.0, ENTROPY_CANDIDATES):
-        start = zero_bin - round(zero_bin * scale)
-        stop = zero_bin + round((bins - zero_bin) * scale)
-        if stop - start < levels:
-            continue
-        divergence = _kl_divergence(histogram, start, stop, levels)
-        if divergence < best_divergence:
-            best_divergence = divergence
-            best = (max(low, range_low * scale), min(high, range_high * scale))
-    return best
+    scales = np.linspace(levels / bins, 1.0, ENTROPY_CANDIDATES)
+    # Python's round (half to even), as np.round: the same windows as one at a time.
+    starts = zero_bin - np.round(zero_bin * scales).astype(np.int64)
+    stops = zero_bin + np.round((bins - zero_bin) * scales).astype(np.int64)
+    wide_enough = stops - starts >= levels
+    if not wide_enough.any():
+        return low, high
+    scales, starts, stops = scales[wide_enough], starts[wide_enough], stops[wide_enough]
+    divergences = _kl_divergences(histogram, starts, stops, levels)
+    # The first of the windows tied for least, as rounding in the prefix sums decides no tie (a tensor of a few
+    # integers: several windows with no divergence at all).
+    best = int(np.flatnonzero(divergences <= divergences.min() + KL_TIE)[0])
+    return max(low, range_low * float(scales[best])), min(high, range_high * float(scales[best]))
 
 
 def calibrate(

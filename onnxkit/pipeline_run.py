@@ -1,14 +1,13 @@
 """One run of a pipeline: the straight line each pass goes through (``PipelineRun``), the segments of exact
 passes that share one parity check, and the progress bar. ``onnxkit.pipeline`` builds the run and hands it the
-starting model; this module is its loop."""
+starting model; this module is its loop, and ``pipeline_parity.RunParity`` makes its comparisons."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import onnx_ir as ir
@@ -19,36 +18,11 @@ from onnxkit.graph import count_nodes, op_histogram
 from onnxkit.model_bytes import TensorEncodings
 from onnxkit.narrowing import Attempt, Failure
 from onnxkit.pass_base import Pass, PassContext, PassResult, Site
+from onnxkit.pipeline_parity import CheckMode, RunParity, loosest_kind, parity_brief
 from onnxkit.report import PassReport, PipelineReport
 from onnxkit.snapshot import Baseline, Clock, Snapshot, histogram_delta, undeclared_domains
 
-CheckMode = Literal["each", "end", "off"]
 OnFail = Literal["stop", "rollback", "warn"]
-
-# An exact pass must give the same outputs on every input, so on synthetic inputs (no data to cover) it is
-# compared on this many samples; a lossy pass's budgets (cosine, SQNR) are statistics over all of them.
-EXACT_SYNTHETIC_SAMPLES = 2
-
-# Why a check is not run between two models of which ``graph.computation`` is the same.
-SAME_COMPUTATION = (
-    "not run: the same nodes, attributes, initializers and graph signature as the model it would compare with "
-    "(only shape annotations, node names or metadata differ), so the outputs cannot differ; the model loads in "
-    "ONNX Runtime"
-)
-
-
-# The parity inputs of a run whose probe was still running when it ended: no comparison needed them.
-NOT_PROBED = "synthetic, not probed: no comparison needed inputs (no pass changed what the model computes)"
-
-
-@dataclasses.dataclass
-class SameComputation:
-    """In place of a ``ParityReport``: the check that could not fail, not run (``SAME_COMPUTATION``)."""
-
-    passed: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"passed": True, "skipped": SAME_COMPUTATION, "samples": 0, "summary": SAME_COMPUTATION}
 
 
 class PipelineRun:
@@ -82,19 +56,14 @@ class PipelineRun:
         self.report = report
         self.check = check
         self.on_fail = on_fail
-        self.tolerance = tolerance
         self.verify = verify
-        self.data = data
-        self.calibration_data = calibration_data
+        self.parity = RunParity(
+            context, report, check=check, tolerance=tolerance, data=data, calibration_data=calibration_data
+        )
         self.baseline: Baseline | None = None
         self.last_snapshot: Snapshot | None = None  # the serialized form of the model ``all`` returned
         self.encodings = TensorEncodings()  # each tensor's bytes, reused by every snapshot that holds it
-        self._parity: Any = None
-        self._probed: Any = None  # the probe's session and first outputs (data.probe.ProbeRun), until taken
-        self._probe: Any = None  # a probe for the background run to make (data.probe.Probe), until taken
         self.deferring = False  # parity waits for the end of a segment of exact passes
-        # A snapshot's id -> (that snapshot, the earliest one computing the same: ``graph.computation``).
-        self._computes_as: dict[int, tuple[Snapshot, Snapshot]] = {}
 
     # -- the run ----------------------------------------------------------------------------------------
 
@@ -109,16 +78,7 @@ class PipelineRun:
         self.report.input_summary = {"nodes": count_nodes(current), "bytes": original.size}
         if self.check != "off":
             with clock("parity_inputs"):
-                # Data problems surface before the first pass runs, or at the first comparison, which waits for a
-                # probe running in the background.
-                self._parity_chain(current, original.model if isinstance(original.model, bytes) else None)
-            probed, self._probed = self._probed, None  # dropped here unless the background run takes it
-            probe, self._probe = self._probe, None
-            # Not for a proto past the in-memory limit: its weights would be held twice. A model whose weights
-            # stay in external data files is bytes of its graph, and its sessions map the weights.
-            if isinstance(original.model, bytes):
-                limit = self._sample_limit(self._first_comparison_kind(passes))
-                self._parity.prefetch(original.model, limit=limit, probed=probed, probe=probe)
+                self.parity.start(current, original, passes)
         if self.verify:  # while the reference runs in the background
             with clock("baseline_checks"):
                 self.baseline = Baseline.of(original, as_read=loaded is not None and original.content is loaded.content)
@@ -130,17 +90,14 @@ class PipelineRun:
             if self.check == "end" and before is not original:
                 self._final_check(original, before, passes)
         finally:
-            if self._parity is not None:
-                self._parity.close()
-                if self._parity.dataset is None:
-                    self.report.parity_inputs = NOT_PROBED  # no comparison needed them
+            self.parity.close()
         self.last_snapshot = before
         return current
 
     def _final_check(self, original: Snapshot, final: Snapshot, passes: list[Pass]) -> None:
         """``check=end``: the run's output compared with its input, within the loosest kind of its passes."""
-        kind = "lossy" if any(p.kind == "lossy" for p in passes) else "exact"
-        parity = self._check(original, final, kind, self.report.timings.setdefault("final_parity", {}))
+        kind = loosest_kind(passes)
+        parity = self.parity.check_pair(original, final, kind, self.report.timings.setdefault("final_parity", {}))
         self.report.final_parity = parity.to_dict()
         if not parity.passed:
             self.report.parity_failed = True
@@ -173,7 +130,9 @@ class PipelineRun:
             return current, before  # nothing changed, so there is nothing to compare
         segment_entries = self.report.passes[entries:]
         covered = [e for e in segment_entries if e.modified and e.status in ("ok", "narrowed")]
-        parity = self._check(start, before, "exact", (covered or segment_entries)[-1].timings.setdefault("parity", {}))
+        parity = self.parity.check_pair(
+            start, before, "exact", (covered or segment_entries)[-1].timings.setdefault("parity", {})
+        )
         if parity.passed:
             for entry in covered:
                 entry.parity = {**parity.to_dict(), "passes": [e.name for e in covered]}
@@ -284,8 +243,7 @@ class PipelineRun:
             problems += undeclared_domains(pass_, histogram_before, histogram)
             # Only a pass that left every op in place can compute what its input did: then look closer.
             if self.check != "off" and histogram == histogram_before:
-                if graph.computation(graph.fingerprint(result.model)) == graph.computation(fingerprint_before):
-                    self._computes_as[id(snapshot)] = (snapshot, self._anchor(before))
+                self.parity.note_same_computation(snapshot, before, result.model, fingerprint_before)
         if problems:
             return Attempt(
                 result,
@@ -296,13 +254,14 @@ class PipelineRun:
             )
         if self.check != "each" or self.deferring:
             return Attempt(result, snapshot, None, histogram=histogram)
-        parity = self._adopted(result, before, pass_.kind, timings.setdefault("parity", {})) or self._check(
-            before, snapshot, pass_.kind, timings.setdefault("parity", {})
-        )
+        parity_timings = timings.setdefault("parity", {})
+        parity = self.parity.adopted(result, before, pass_.kind, parity_timings)
+        if parity is None:  # the pass did not check what this check would: run it
+            parity = self.parity.check_pair(before, snapshot, pass_.kind, parity_timings)
         if parity.passed:
             return Attempt(result, snapshot, None, parity, histogram=histogram)
         message = f"pass '{pass_.name}' changed the model's outputs beyond {pass_.kind} tolerance: {parity.summary()}"
-        return Attempt(result, snapshot, Failure("parity", message, _parity_brief(parity)), parity, histogram=histogram)
+        return Attempt(result, snapshot, Failure("parity", message, parity_brief(parity)), parity, histogram=histogram)
 
     @staticmethod
     def _record_result(entry: PassReport, result: PassResult) -> None:
@@ -359,127 +318,11 @@ class PipelineRun:
     # -- parity -----------------------------------------------------------------------------------------
 
     def _parity_reference(self, pass_: Pass, before: Snapshot) -> Any:
-        """For a lossy pass checked on its own, the parity samples and the recorded outputs of its input on them
-        (``parity.judgement.ParityReference``): with them it judges its output as this check will, and its input
-        need not run on them again."""
+        """For a lossy pass checked on its own, what it needs to judge its output as this check will
+        (``RunParity.reference_for``); None for every other pass."""
         if pass_.kind != "lossy" or self.check != "each" or self.deferring:
             return None
-        from onnxkit.parity.judgement import reference_for
-
-        return reference_for(self._parity, before.model)
-
-    def _adopted(self, result: PassResult, before: Snapshot, kind: str, timings: dict[str, Any]) -> Any:
-        """The pass's own check of the model it returned (quantize's final confirmation), where it compared exactly
-        what this check would: the same samples, reference outputs, model, tolerance and session settings
-        (``parity.judgement.adopt``); else None."""
-        if not isinstance(result, PassResult) or result.judgement is None:
-            return None
-        from onnxkit.parity.judgement import adopt
-
-        with Clock(timings)("judgement_digests"):
-            return adopt(
-                result.judgement,
-                self._parity,
-                before.model,
-                result.model,
-                self._tolerance(kind),
-                limit=self._sample_limit(kind),
-            )
-
-    def _anchor(self, snapshot: Snapshot) -> Snapshot:
-        """The earliest snapshot known to compute what ``snapshot`` computes: itself, unless passes since that one
-        changed only what ``graph.computation`` leaves out."""
-        kept = self._computes_as.get(id(snapshot))
-        return kept[1] if kept is not None and kept[0] is snapshot else snapshot
-
-    def _check(self, reference: Snapshot, candidate: Snapshot, kind: str, timings: dict[str, Any]) -> Any:
-        """Compare ``candidate`` with ``reference``, unless both compute the same (``SameComputation``: the
-        candidate is only made a session of, since ONNX Runtime also reads the annotations, and could refuse
-        them). The reference compared is the earliest model computing what it computes: the one whose outputs
-        the chain has recorded, or is running in the background."""
-        reference = self._anchor(reference)
-        if self._anchor(candidate) is reference and self._parity.loads(candidate.model, timings):
-            return SameComputation()
-        report = self._parity.compare(
-            reference.model, candidate.model, self._tolerance(kind), timings, limit=self._sample_limit(kind)
-        )
-        self.report.parity_inputs = self._parity.description  # it says when a slow model took one sample
-        return report
-
-    def _sample_limit(self, kind: str) -> int | None:
-        synthetic = self.data is None and self.calibration_data is None
-        return EXACT_SYNTHETIC_SAMPLES if synthetic and kind == "exact" else None
-
-    def _first_comparison_kind(self, passes: list[Pass]) -> str:
-        """The kind of the comparison most likely to be made against the pipeline's input: the first pass's
-        (its segment's, for exact passes), or with ``check=end`` the whole run's."""
-        if self.check == "end":
-            return "lossy" if any(p.kind == "lossy" for p in passes) else "exact"
-        return passes[0].kind if passes else "exact"
-
-    def _tolerance(self, kind: str) -> Any:
-        from onnxkit import parity
-
-        if isinstance(self.tolerance, parity.Tolerance):
-            return self.tolerance
-        return dataclasses.replace(parity.Tolerance.for_kind(kind), **(self.tolerance or {}))
-
-    def _parity_chain(self, model: ir.Model, serialized: bytes | None = None) -> Any:
-        """The parity inputs, chosen once per run, and the chain that compares each pass's output on them;
-        ``serialized``, the model's bytes, are what a probe for synthetic inputs makes its session from."""
-        if self._parity is not None:
-            return self._parity
-        from onnxkit import parity
-        from onnxkit.data import (
-            DEFAULT_CALIBRATION_SAMPLES,
-            CalibrationSplit,
-            as_dataset,
-            describe_data,
-            input_specs,
-        )
-        from onnxkit.data.probe import Probe
-
-        dataset: Iterable[dict[str, Any]] | None  # a Dataset, or a view of the calibration data's held-out samples
-        prepack = runtime.packs_weights(model)  # for every session of the chain's, the probe's too
-        if self.data is not None:
-            dataset = as_dataset(self.data, model)
-            description = f"--data {describe_data(self.data)}"
-        elif self.calibration_data is not None:
-            # The split quantize makes with its default ``samples``: the held-out samples are the very ones it
-            # judged its target on (a larger ``samples`` only makes them a subset).
-            dataset = CalibrationSplit(as_dataset(self.calibration_data, model), DEFAULT_CALIBRATION_SAMPLES).held_out
-            description = f"held-out samples of the calibration data ({describe_data(self.calibration_data)})"
-        else:
-            # The probe runs the model on the first sample: that session and run start the reference's. It reads
-            # the graph here; its runs go to the background run of the reference, which starts with them (from
-            # the model's bytes, while the passes edit the model), unless there are no bytes to run.
-            probe = Probe(
-                model, dims=self.context.dims, model_dir=self.context.model_dir, serialized=serialized, prepack=prepack
-            )
-            if probe.needed and probe.background:
-                self._probe, dataset, description = probe, None, NOT_PROBED
-            else:
-                dataset = probe.run(keep_run=True) if probe.needed else probe.dataset({})
-                self._probed, dataset.probe_run = dataset.probe_run, None
-                description = describe_data(dataset)
-        self.report.parity_inputs = description
-        self._parity = parity.ParityChain(
-            dataset,
-            input_specs(model),
-            description,
-            data_given=self.data is not None or self.calibration_data is not None,
-            model_dir=self.context.model_dir,
-            prepack=prepack,
-        )
-        return self._parity
-
-
-def _parity_brief(parity: Any) -> str:
-    """The failure in a few words, e.g. ``parity: output 'y' max abs 0.52`` (cosine for a lossy budget)."""
-    worst = parity.worst()
-    if worst is None or worst.errors or not worst.failures:
-        return f"parity: {parity.errors[0] if parity.errors else 'failed'}"
-    return f"parity: output '{worst.name}': {worst.failures[0]}"
+        return self.parity.reference_for(before)
 
 
 def _segments(passes: list[Pass], *, check: CheckMode) -> list[list[Pass]]:

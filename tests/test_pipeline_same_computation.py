@@ -13,7 +13,7 @@ from onnxkit import Pipeline, graph, modelio
 from onnxkit.errors import DataError
 from onnxkit.examples import build_example
 from onnxkit.parity import chain as parity_chain
-from onnxkit.pipeline_run import NOT_PROBED, SAME_COMPUTATION
+from onnxkit.pipeline_parity import NOT_PROBED, SAME_COMPUTATION
 from tests import plugin_passes
 
 

@@ -178,7 +178,7 @@ def _parity_cell(report: PassReport) -> str:
     parity = report.parity
     if parity is None:
         return "—"
-    if parity.get("skipped"):  # a check that could not fail, not run (pipeline_run.SameComputation)
+    if parity.get("skipped"):  # a check that could not fail, not run (pipeline_parity.SameComputation)
         return "same function"
     verdict = "PASSED" if parity.get("passed") else "FAILED"
     key, label = ("min_cosine", "cos") if report.kind == "lossy" else ("max_abs_error", "max abs")

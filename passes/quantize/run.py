@@ -22,7 +22,7 @@ from onnxruntime.quantization.calibrate import TensorsData
 from onnxkit.data import CalibrationSplit
 from onnxkit.errors import PassFailedError
 from onnxkit.pass_base import PassContext
-from onnxkit.passes.quantize import calibration, judge, latency, op_speed, qdq_edit, sensitivity, smoothing
+from onnxkit.passes.quantize import calibration, judge, latency, op_speed, qdq_edit, runtime, sensitivity, smoothing
 from onnxkit.passes.quantize.judge import Judge  # the method QuantizeRun.judge hides the module in annotations
 from onnxkit.passes.quantize.options import QuantizeOptions
 from onnxkit.passes.quantize.report import Report, quantized_nodes
@@ -198,18 +198,22 @@ class QuantizeRun:
         loaded = [cache.load(key) for key in keys] if cache is not None else []
         found = [ranges for ranges in loaded if ranges is not None]
         status = "hit" if cache is not None and len(found) == len(methods) else "stored" if cache is not None else "off"
-        if status != "hit":
+        if status == "hit" or not tensors:
+            runtime.check_loads(self.float_proto)  # no session of the model is made here: the first comes later
+        else:
             observer = self._smoothing_observer()
-            with _progress(self.context.show_progress, "calibrating", self.data.calibration_count()) as advance:
-                measured = calibration.measure(
-                    self.float_proto,
-                    tensors,
-                    self.types,
-                    self.data.calibration,
-                    calib_settings,
-                    advance,
-                    observe=None if observer is None else observer.add,
-                )
+            # The pass's first session of the model: where it fails, whether ORT loads the model says why.
+            with runtime.first_session_of(self.float_proto):
+                with _progress(self.context.show_progress, "calibrating", self.data.calibration_count()) as advance:
+                    measured = calibration.measure(
+                        self.float_proto,
+                        tensors,
+                        self.types,
+                        self.data.calibration,
+                        calib_settings,
+                        advance,
+                        observe=None if observer is None else observer.add,
+                    )
             self._smoothing_seen = observer
             found = [measured.ranges(method) for method in methods]
             if cache is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,38 @@ def make_session(proto: onnx.ModelProto, *, optimize: bool = True, threads: int 
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return runtime.make_session(proto, options=options)
+
+
+class ModelNotRunnable(Exception):
+    """ONNX Runtime cannot make a session of the model to quantize (an unknown op or domain, say); the message
+    says why, in one line."""
+
+
+def load_error(proto: onnx.ModelProto) -> str | None:
+    """Why ONNX Runtime cannot load ``proto``, in one line; None if it can."""
+    try:
+        make_session(proto, optimize=False)
+    except Exception as e:  # ORT raises its own exception types
+        return runtime.error_line(e)
+    return None
+
+
+def check_loads(proto: onnx.ModelProto) -> None:
+    """Raise ``ModelNotRunnable`` if ONNX Runtime cannot load ``proto``."""
+    if (error := load_error(proto)) is not None:
+        raise ModelNotRunnable(error)
+
+
+@contextlib.contextmanager
+def first_session_of(proto: onnx.ModelProto) -> Iterator[None]:
+    """Around the first session of ``proto`` (made with no throwaway session before it to see if ORT loads the
+    model): what fails in it is ``ModelNotRunnable`` where ORT cannot load ``proto`` itself, else stands."""
+    try:
+        yield
+    except Exception as failure:
+        if (error := load_error(proto)) is None:
+            raise
+        raise ModelNotRunnable(error) from failure
 
 
 def tensor_elem_types(proto: onnx.ModelProto) -> dict[str, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxkit.modelio import to_proto
@@ -132,9 +133,11 @@ def test_shared_bias_copy_does_not_take_an_activations_name() -> None:
     assert cosine(run_model(model, data[0])[0], run_model(quantized, data[0])[0]) >= 0.99
 
 
-def test_model_onnx_runtime_cannot_load_is_left_float_with_the_reason() -> None:
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_model_onnx_runtime_cannot_load_is_left_float_with_the_reason(mode: str) -> None:
     """qonnx_espcn_quant: QONNX's onnx.brevitas Quant ops, which ONNX Runtime has no kernel for; the pass
-    crashed in calibration ("onnx.brevitas:Quant(-1) is not a registered function/op")."""
+    crashed in calibration ("onnx.brevitas:Quant(-1) is not a registered function/op"). Static mode with data
+    learns it from calibration's session of the model, dynamic mode from a session made only to see."""
     rng = np.random.default_rng(0)
     nodes = [
         helper.make_node(
@@ -164,13 +167,33 @@ def test_model_onnx_runtime_cannot_load_is_left_float_with_the_reason() -> None:
         graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("onnx.brevitas", 1)], ir_version=8
     )
     result, kept = quantize(
-        model, [{"x": rng.standard_normal((1, 16)).astype(np.float32)} for _ in range(5)], mode="static"
+        model, [{"x": rng.standard_normal((1, 16)).astype(np.float32)} for _ in range(5)], mode=mode
     )
     assert not result.modified
     reason = result.details["latency_gate"]["kept_whole_model_float"]
     assert reason.startswith("ONNX Runtime cannot run the model:") and "onnx.brevitas" in reason, reason
     assert f"kept the float model: {reason}" in result.stats
     assert [n.op_type for n in kept.graph.node] == ["Quant", "MatMul"]
+
+
+def test_static_mode_with_data_makes_no_session_only_to_see_that_ort_loads_the_model(monkeypatch) -> None:
+    """Calibration's session is the pass's first of the model (MiniLM: a throwaway one cost 0.3 s)."""
+    from onnxkit.passes.quantize import runtime
+    from tests.passes.test_quantize import mlp, samples
+
+    checked: list[onnx.ModelProto] = []
+    load_error = runtime.load_error
+
+    def counted(proto: onnx.ModelProto) -> str | None:
+        checked.append(proto)
+        return load_error(proto)
+
+    monkeypatch.setattr(runtime, "load_error", counted)
+    data = samples("x", (2, 16), 12)
+    result, _ = quantize(mlp(constant_weights=True), data, mode="static", max_slowdown=None)
+    assert result.modified and checked == []
+    quantize(mlp(constant_weights=True), data, mode="dynamic", max_slowdown=None)
+    assert len(checked) == 1  # the check is made where nothing else would show it first
 
 
 def test_quantizer_failure_leaves_the_float_model_with_the_reason(monkeypatch) -> None:

@@ -8,20 +8,23 @@ from typing import Literal
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
-from onnxscript.rewriter import RULE_NAME_TAG
 
 from onnxkit.pass_base import Pass, PassResult, Site
-from onnxkit.passes._graph_utils import all_nodes, subgraphs
+from onnxkit.passes._graph_utils import all_nodes
 from onnxkit.passes.fuse import (
     _affine,
+    _gemm,
     _layout,
     _normalization,
     _onnxruntime,
+    _pad_conv,
     _placeholders,
     _reductions,
     _reshape_as_squeeze,
     _shape_of_transpose,
     _space_to_depth,
+    _steps,
+    _tidy,
     _transpose_region,
 )
 from onnxkit.passes.fuse._base import (
@@ -170,16 +173,16 @@ FUSIONS: tuple[Fusion, ...] = (
         "pad-conv",
         "zero constant Pad of the spatial axes + Conv → Conv with larger pads",
         "folded {n} Pad into Conv",
-        rule_fusion(_affine.pad_conv_rules),
+        rule_fusion(_pad_conv.pad_conv_rules),
         requires=("Pad", "Conv"),
     ),
     Fusion(
         "matmul-add-gemm",
         "2-D MatMul + Add (and Transposes of its inputs) → Gemm",
         "fused {n} MatMul+Add into Gemm",
-        rule_fusion(lambda c: _affine.matmul_add_to_gemm_rules()),
+        rule_fusion(lambda c: _gemm.matmul_add_to_gemm_rules()),
         requires=("MatMul", "Add"),
-        min_opset=_affine.GEMM_BROADCAST_OPSET,
+        min_opset=_gemm.GEMM_BROADCAST_OPSET,
     ),
     Fusion(
         "layer-norm",
@@ -216,14 +219,14 @@ FUSIONS: tuple[Fusion, ...] = (
         "constant-steps",
         "Mul by a constant after Mul by a constant (Add after Add) → one Mul (Add)",
         "merged {n} pairs of constant Mul/Add steps",
-        rule_fusion(_affine.constant_step_rules),
+        rule_fusion(_steps.constant_step_rules),
         requires=("Mul|Add",),
     ),
     Fusion(
         "reciprocal-mul",
         "x * (1 / y) → x / y, where nothing else reads 1 / y",
         "wrote {n} multiplications by a reciprocal as one Div",
-        rule_fusion(_affine.reciprocal_rules),
+        rule_fusion(_steps.reciprocal_rules),
         requires=("Div", "Mul"),
     ),
     Fusion(
@@ -328,12 +331,12 @@ class FusePass(Pass):
         # Before IR 4 every initializer is also listed as a graph input, yet it is a constant (ONNX Runtime
         # lets no caller override it). Rules see initializers as constants while they run; then the IR 3
         # model gets its list back, with the initializers fusions created added to it.
-        listed_inputs = _unlist_initializer_inputs(model) if model.ir_version < _INITIALIZERS_APART_IR else None
+        listed_inputs = _tidy.unlist_initializer_inputs(model) if model.ir_version < _INITIALIZERS_APART_IR else None
         try:
             return self._fuse(model)
         finally:
             if listed_inputs is not None:
-                _relist_initializer_inputs(model, listed_inputs)
+                _tidy.relist_initializer_inputs(model, listed_inputs)
 
     def _fuse(self, model: ir.Model) -> PassResult:
         context = FusionContext.for_model(model, self.options.target, allows=self.context.allows)
@@ -383,10 +386,10 @@ class FusePass(Pass):
         if not sum(counts.values()):
             remove_annotations()  # a pass that changes nothing leaves even the shapes as they were
             return PassResult(model, False, [])
-        _bypass_created_identities(model)
-        _lift_created_constants(model)
-        _remove_unused_subgraph_initializers(model)
-        _drop_unused_opsets(model, (CONTRIB_DOMAIN, _onnxruntime.INTERMEDIATE_DOMAIN))
+        _tidy.bypass_created_identities(model)
+        _tidy.lift_created_constants(model)
+        _tidy.remove_unused_subgraph_initializers(model)
+        _tidy.drop_unused_opsets(model, (CONTRIB_DOMAIN, _onnxruntime.INTERMEDIATE_DOMAIN))
         stats = [f.stat.format(n=counts[f.name]) for f in FUSIONS if counts[f.name]]
         return PassResult(model, True, stats, sites=context.sites)
 
@@ -423,85 +426,5 @@ def _nothing_to_undo() -> None:
     """What ``annotate_shapes`` returns to undo, where it did not run."""
 
 
-def _unlist_initializer_inputs(model: ir.Model) -> list[str | None]:
-    """Take the initializers out of the graph inputs; return the names the inputs had, in order."""
-    graph = model.graph
-    names = [value.name for value in graph.inputs]
-    kept = [value for value in graph.inputs if value.name not in graph.initializers]
-    graph.inputs.clear()
-    graph.inputs.extend(kept)
-    return names
-
-
-def _relist_initializer_inputs(model: ir.Model, names: list[str | None]) -> None:
-    """List every initializer among the graph inputs again: the ones that remain in their old places, new
-    ones after them. Looked up by name, as a fusion may have swapped in a new graph."""
-    graph = model.graph
-    current = {value.name: value for value in graph.inputs}
-    listed = [current.get(name) or (graph.initializers.get(name) if name is not None else None) for name in names]
-    old_names = set(names)
-    graph.inputs.clear()
-    graph.inputs.extend(value for value in listed if value is not None)
-    graph.inputs.extend(value for name, value in graph.initializers.items() if name not in old_names)
-
-
 def _contrib_nodes(model: ir.Model) -> list[ir.Node]:
     return [node for node in all_nodes(model) if node.domain == CONTRIB_DOMAIN]
-
-
-def _bypass_created_identities(model: ir.Model) -> None:
-    """Remove the Identity nodes rules left to keep a name, where no graph output needs that name.
-
-    A rule that makes a value equal to an existing one must not rename that value (it may be a graph
-    input or an outer-scope value), so it returns an Identity; its users can read the input directly.
-    """
-    graphs: list[ir.Graph | ir.Function] = [model.graph, *subgraphs(model.graph), *model.functions.values()]
-    for graph in graphs:
-        for node in list(graph):
-            if node.op_type != "Identity" or RULE_NAME_TAG not in node.metadata_props:
-                continue
-            output, source = node.outputs[0], node.inputs[0]
-            if output.is_graph_output():
-                continue
-            assert source is not None  # the rules write Identity(value)
-            output.replace_all_uses_with(source)
-            graph.remove(node, safe=True)
-
-
-def _lift_created_constants(model: ir.Model) -> None:
-    """Turn the Constant nodes rules created (onnxscript's emit some) into initializers, as exporters and
-    simplifiers store constants; functions keep theirs, having no initializers."""
-    for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
-        output = node.outputs[0]
-        if node.op_type != "Constant" or RULE_NAME_TAG not in node.metadata_props or output.is_graph_output():
-            continue
-        tensor = ir.convenience.get_const_tensor(output)
-        if tensor is None:
-            continue
-        initializer = ir.Value(
-            name=output.name, shape=ir.Shape(tensor.shape.numpy()), type=ir.TensorType(tensor.dtype), const_value=tensor
-        )
-        graph = node.graph
-        assert graph is not None  # a node the graph iterator found in it
-        graph.register_initializer(initializer)
-        output.replace_all_uses_with(initializer)
-        graph.remove(node, safe=True)
-
-
-def _remove_unused_subgraph_initializers(model: ir.Model) -> None:
-    """Folding inside an If/Loop body can orphan the body's own initializers; onnx_ir only prunes the main graph's."""
-    for graph in subgraphs(model.graph):
-        outputs = set(graph.outputs)
-        for name, initializer in list(graph.initializers.items()):
-            if not initializer.uses() and initializer not in outputs:
-                del graph.initializers[name]
-
-
-def _drop_unused_opsets(model: ir.Model, domains: tuple[str, ...]) -> None:
-    """Declare the domains fusions may add (``com.microsoft``) only while a node uses them."""
-    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
-    used = {node.domain for node in all_nodes(model)}
-    for domain in domains:
-        if domain not in used:
-            for graph in graphs:
-                graph.opset_imports.pop(domain, None)

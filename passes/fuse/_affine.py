@@ -14,17 +14,11 @@ never duplicates a tensor.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
-from onnxscript.rewriter.rules.common._matmul_add_to_gemm import (
-    MatMulAddToGemm,
-    TransABMatMulAddToGemm,
-    TransAMatMulAddToGemm,
-    TransBMatMulAddToGemm,
-)
 
 from onnxkit.passes.fuse._base import (
     FLOAT_TYPES,
@@ -37,10 +31,9 @@ from onnxkit.passes.fuse._base import (
     rank_of,
     static_dims,
 )
+from onnxkit.passes.fuse._gemm import GEMM_BROADCAST_OPSET
 
 _COMMUTATIVE = frozenset({"Mul", "Add"})
-# Gemm's C broadcasts to the product's shape without an attribute from opset 7 (Gemm-6 needs broadcast=1).
-GEMM_BROADCAST_OPSET = 7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,195 +326,3 @@ def input_scale_rules(context: FusionContext) -> list[Any]:
         for layer in ("Conv", "MatMul", "Gemm")
         for step, first in (("Mul", False), ("Mul", True), ("Div", False))
     ]
-
-
-class MergeConstantSteps(RewriteRuleClassBase):
-    """``(x * c1) * c2`` → ``x * (c1 * c2)``, and ``(x + c1) + c2`` → ``x + (c1 + c2)``, for constants c1, c2.
-
-    The result has the same shape either way: broadcasting ``x`` with ``c1`` and then ``c2`` is broadcasting
-    it with the broadcast of the two.
-    """
-
-    def __init__(
-        self, step: str, context: FusionContext, *, inner_constant_first: bool, outer_constant_first: bool
-    ) -> None:
-        super().__init__(name=f"merge-{step}-{int(inner_constant_first)}{int(outer_constant_first)}")
-        self.step, self.context = step, context
-        self.inner_constant_first, self.outer_constant_first = inner_constant_first, outer_constant_first
-
-    def pattern(self, op: Any, x: ir.Value, c1: ir.Value, c2: ir.Value) -> Any:
-        step = getattr(op, self.step)
-        inner = step(c1, x, _outputs=["inner"]) if self.inner_constant_first else step(x, c1, _outputs=["inner"])
-        return step(c2, inner) if self.outer_constant_first else step(inner, c2)
-
-    def check(self, context: Any, x: ir.Value, c1: ir.Value, c2: ir.Value, inner: ir.Value) -> MatchResult:
-        result = MatchResult()
-        first, second = constant_array(c1), constant_array(c2)
-        if first is None or second is None or first.dtype != second.dtype:
-            return result.fail("the steps are not constants of one type")
-        if constant_array(x) is not None:
-            return result.fail("all constant: constant folding's business")
-        if len(inner.uses()) != 1 or inner.is_graph_output():
-            return result.fail("the first step's result is read elsewhere")
-        merged = first * second if self.step == "Mul" else first + second
-        self._plan = (merged.astype(first.dtype), isinstance(context.graph_or_function, ir.Function))
-        return result
-
-    def rewrite(self, op: Any, x: ir.Value, c2: ir.Value, **_: Any) -> ir.Value:
-        merged, in_function = self._plan
-        constant = new_constant(op, merged, self.context.fresh_name(c2.name), in_function=in_function)
-        return getattr(op, self.step)(x, constant)
-
-
-def constant_step_rules(context: FusionContext) -> list[Any]:
-    return [
-        MergeConstantSteps.rule(step, context, inner_constant_first=inner, outer_constant_first=outer)
-        for step in ("Mul", "Add")
-        for inner in (False, True)
-        for outer in (False, True)
-    ]
-
-
-class MulByReciprocal(RewriteRuleClassBase):
-    """``x * (1 / y)`` → ``x / y``, where nothing else reads ``1 / y``.
-
-    T5's RMS norm computes ``x * (1 / sqrt(mean(x²) + eps))``; ONNX Runtime's basic level writes the Div
-    (its DivMulFusion). ``x / y`` rounds once where ``x * (1 / y)`` rounds twice, so results move by an ulp
-    at most: exact within floating-point tolerance. Float types only: integer ``1 / y`` truncates to 0. Not
-    in a graph that quantizes activations as it runs: there an ulp moves a value across a rounding step of
-    the quantizer (traceforge_encoder_int8's RMS norms feed DynamicQuantizeLinear; ORT basic's Div fails
-    exact parity on its held-out samples).
-    """
-
-    def __init__(self, *, reciprocal_first: bool) -> None:
-        super().__init__(name=f"mul-by-reciprocal-{int(reciprocal_first)}")
-        self.reciprocal_first = reciprocal_first
-        self._quantizing: dict[int, bool] = {}  # id(graph) → whether it quantizes at run time
-
-    def pattern(self, op: Any, x: ir.Value, one: ir.Value, y: ir.Value) -> Any:
-        reciprocal = op.Div(one, y, _outputs=["reciprocal"])
-        return op.Mul(reciprocal, x) if self.reciprocal_first else op.Mul(x, reciprocal)
-
-    def check(self, context: Any, x: ir.Value, one: ir.Value, y: ir.Value, reciprocal: ir.Value) -> MatchResult:
-        result = MatchResult()
-        ones = constant_array(one)
-        if ones is None or ones.size != 1 or ones.reshape(-1)[0] != 1 or y.dtype not in FLOAT_TYPES:
-            return result.fail("not the reciprocal of a float value")
-        ranks = [rank_of(x), rank_of(y)]
-        if ones.ndim and (None in ranks or ones.ndim > max(r for r in ranks if r is not None)):
-            return result.fail("the 1 may add axes to the result")
-        if len(reciprocal.uses()) != 1 or reciprocal.is_graph_output():
-            return result.fail("the reciprocal is read elsewhere")
-        if constant_array(x) is not None and constant_array(y) is not None:
-            return result.fail("all constant: constant folding's business")
-        graph = context.graph_or_function
-        if id(graph) not in self._quantizing:
-            self._quantizing[id(graph)] = any(_quantizes_at_run_time(node) for node in graph)
-        if self._quantizing[id(graph)]:
-            return result.fail("the graph quantizes activations: rounding differences become quantization steps")
-        return result
-
-    def rewrite(self, op: Any, x: ir.Value, y: ir.Value, **_: Any) -> ir.Value:
-        return op.Div(x, y)
-
-
-def _quantizes_at_run_time(node: ir.Node) -> bool:
-    # QuantizeLinear, DynamicQuantizeLinear, and ONNX Runtime's DynamicQuantizeMatMul/DynamicQuantizeLSTM.
-    return node.op_type == "QuantizeLinear" or node.op_type.startswith("DynamicQuantize")
-
-
-def reciprocal_rules(context: FusionContext) -> list[Any]:
-    return [MulByReciprocal.rule(reciprocal_first=first) for first in (False, True)]
-
-
-class PadIntoConv(RewriteRuleClassBase):
-    """``Conv(Pad(x, pads, mode=constant, value=0))`` → ``Conv(x)`` with the spatial pads added to its own,
-    when the Pad leaves the batch and channel axes alone and only adds (never crops)."""
-
-    def __init__(self) -> None:
-        super().__init__(name="pad-into-conv")
-
-    def pattern(self, op: Any, x: ir.Value) -> Any:
-        padded = op.Pad(x, _allow_other_inputs=True, _outputs=["padded"])
-        return op.Conv(padded, _allow_other_inputs=True, _outputs=["out"])
-
-    def check(self, context: Any, x: ir.Value, padded: ir.Value, out: ir.Value) -> MatchResult:
-        result = MatchResult()
-        pad, conv = matched_node(padded), matched_node(out)
-        if any(value is padded for value in conv.inputs[1:]):
-            return result.fail("the padded value is also the Conv's weights or bias")
-        if pad.attributes.get_string("mode", "constant") != "constant":
-            return result.fail("the Pad is not constant padding")
-        if conv.attributes.get_string("auto_pad", "NOTSET") != "NOTSET":
-            return result.fail("the Conv computes its own padding")
-        if "pads" in pad.attributes:  # Pad before opset 11
-            pads, value = list(pad.attributes.get_ints("pads")), pad.attributes.get_float("value", 0.0)
-        else:
-            array = constant_array(pad.inputs[1]) if len(pad.inputs) > 1 and pad.inputs[1] is not None else None
-            if array is None or (len(pad.inputs) > 3 and pad.inputs[3] is not None):
-                return result.fail("the pads are not constant, or name axes")
-            fill = constant_array(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2] is not None else np.zeros(1)
-            if fill is None or fill.size != 1:
-                return result.fail("the padding value is not a constant scalar")
-            pads, value = [int(p) for p in array.reshape(-1)], float(fill.reshape(-1)[0])
-        rank = len(pads) // 2
-        begins, ends = pads[:rank], pads[rank:]
-        if value != 0.0 or rank < 3 or any(begins[:2]) or any(ends[:2]) or min(pads) < 0:
-            return result.fail("the Pad fills with a non-zero value, pads batch or channels, or crops")
-        spatial = rank - 2
-        conv_pads = list(conv.attributes.get_ints("pads", [0] * (2 * spatial)))
-        if len(conv_pads) != 2 * spatial:
-            return result.fail("the Conv's pads do not fit the Pad's rank")
-        self._pads = [conv_pads[i] + begins[2 + i] for i in range(spatial)] + [
-            conv_pads[spatial + i] + ends[2 + i] for i in range(spatial)
-        ]
-        return result
-
-    def rewrite(self, op: Any, x: ir.Value, out: ir.Value, **_: Any) -> ir.Value:
-        conv = matched_node(out)
-        attributes = {name: attr for name, attr in conv.attributes.items() if name != "pads"}
-        return op.Conv(x, *conv.inputs[1:], pads=self._pads, **attributes)
-
-
-def pad_conv_rules(context: FusionContext) -> list[Any]:
-    return [PadIntoConv.rule()]
-
-
-class _CheckedGemmMixin:
-    """Adds what onnxscript's MatMul+Add→Gemm rules leave out: Gemm's ``C`` broadcasts one way only, so
-    the addend must fit the product's shape without changing it, and Gemm takes floating point only."""
-
-    trans_a: bool
-    trans_b: bool
-
-    def check(self, context: Any, input_a: ir.Value, input_b: ir.Value, input_c: ir.Value, **_: Any) -> MatchResult:
-        # the rank-2 check of the onnxscript rule this is mixed into (which mypy cannot see from the mixin)
-        result = super().check(context, input_a, input_b)  # type: ignore[misc]  # super() is the mixed-in rule
-        if not result:
-            return result
-        if input_a.dtype not in FLOAT_TYPES or input_a.dtype != input_b.dtype or input_c.dtype != input_a.dtype:
-            return result.fail("Gemm takes floating-point inputs of one type")
-        dims_a, dims_b = static_dims(input_a), static_dims(input_b)
-        assert dims_a is not None and dims_b is not None  # the rule's own check proved both of rank 2
-        rows = dims_a[1 if self.trans_a else 0]
-        columns = dims_b[0 if self.trans_b else 1]
-        addend = static_dims(input_c)
-        if addend is None or len(addend) > 2:
-            return result.fail("the addend's rank is unknown or above 2")
-        for size, target in zip(reversed(addend), (columns, rows)):
-            if size != 1 and not (isinstance(size, int) and size == target) and not _same_symbol(size, target):
-                return result.fail("the addend does not broadcast into the product's shape")
-        return result
-
-
-def _same_symbol(a: object, b: object) -> bool:
-    return isinstance(a, ir.SymbolicDim) and isinstance(b, ir.SymbolicDim) and a.value == b.value
-
-
-def matmul_add_to_gemm_rules() -> list[Any]:
-    rules = []
-    for base in (TransABMatMulAddToGemm, TransAMatMulAddToGemm, TransBMatMulAddToGemm, MatMulAddToGemm):
-        # type() makes a subclass of ``base``, a RewriteRuleClassBase, with the mixin's check in front
-        checked = cast(type[RewriteRuleClassBase], type(f"Checked{base.__name__}", (_CheckedGemmMixin, base), {}))
-        rules.extend(checked.rule().commute())
-    return rules

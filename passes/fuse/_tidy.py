@@ -1,0 +1,90 @@
+"""What fuse does to the model around its fusions: before IR version 4, the initializers taken out of the
+graph inputs while rules run and listed again after; and the clean-up after the rules (the Identity nodes
+and Constant nodes they left, orphaned body initializers, contrib domains no node uses)."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+from onnxscript.rewriter import RULE_NAME_TAG
+
+from onnxkit.passes._graph_utils import all_nodes, subgraphs
+
+
+def unlist_initializer_inputs(model: ir.Model) -> list[str | None]:
+    """Take the initializers out of the graph inputs; return the names the inputs had, in order."""
+    graph = model.graph
+    names = [value.name for value in graph.inputs]
+    kept = [value for value in graph.inputs if value.name not in graph.initializers]
+    graph.inputs.clear()
+    graph.inputs.extend(kept)
+    return names
+
+
+def relist_initializer_inputs(model: ir.Model, names: list[str | None]) -> None:
+    """List every initializer among the graph inputs again: the ones that remain in their old places, new
+    ones after them. Looked up by name, as a fusion may have swapped in a new graph."""
+    graph = model.graph
+    current = {value.name: value for value in graph.inputs}
+    listed = [current.get(name) or (graph.initializers.get(name) if name is not None else None) for name in names]
+    old_names = set(names)
+    graph.inputs.clear()
+    graph.inputs.extend(value for value in listed if value is not None)
+    graph.inputs.extend(value for name, value in graph.initializers.items() if name not in old_names)
+
+
+def bypass_created_identities(model: ir.Model) -> None:
+    """Remove the Identity nodes rules left to keep a name, where no graph output needs that name.
+
+    A rule that makes a value equal to an existing one must not rename that value (it may be a graph
+    input or an outer-scope value), so it returns an Identity; its users can read the input directly.
+    """
+    graphs: list[ir.Graph | ir.Function] = [model.graph, *subgraphs(model.graph), *model.functions.values()]
+    for graph in graphs:
+        for node in list(graph):
+            if node.op_type != "Identity" or RULE_NAME_TAG not in node.metadata_props:
+                continue
+            output, source = node.outputs[0], node.inputs[0]
+            if output.is_graph_output():
+                continue
+            assert source is not None  # the rules write Identity(value)
+            output.replace_all_uses_with(source)
+            graph.remove(node, safe=True)
+
+
+def lift_created_constants(model: ir.Model) -> None:
+    """Turn the Constant nodes rules created (onnxscript's emit some) into initializers, as exporters and
+    simplifiers store constants; functions keep theirs, having no initializers."""
+    for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+        output = node.outputs[0]
+        if node.op_type != "Constant" or RULE_NAME_TAG not in node.metadata_props or output.is_graph_output():
+            continue
+        tensor = ir.convenience.get_const_tensor(output)
+        if tensor is None:
+            continue
+        initializer = ir.Value(
+            name=output.name, shape=ir.Shape(tensor.shape.numpy()), type=ir.TensorType(tensor.dtype), const_value=tensor
+        )
+        graph = node.graph
+        assert graph is not None  # a node the graph iterator found in it
+        graph.register_initializer(initializer)
+        output.replace_all_uses_with(initializer)
+        graph.remove(node, safe=True)
+
+
+def remove_unused_subgraph_initializers(model: ir.Model) -> None:
+    """Folding inside an If/Loop body can orphan the body's own initializers; onnx_ir only prunes the main graph's."""
+    for graph in subgraphs(model.graph):
+        outputs = set(graph.outputs)
+        for name, initializer in list(graph.initializers.items()):
+            if not initializer.uses() and initializer not in outputs:
+                del graph.initializers[name]
+
+
+def drop_unused_opsets(model: ir.Model, domains: tuple[str, ...]) -> None:
+    """Declare the domains fusions may add (``com.microsoft``) only while a node uses them."""
+    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+    used = {node.domain for node in all_nodes(model)}
+    for domain in domains:
+        if domain not in used:
+            for graph in graphs:
+                graph.opset_imports.pop(domain, None)

@@ -4,7 +4,7 @@ Both start from a block list: the numerically unsafe ops (``convert.UNSAFE_OPS``
 Pow, Exp) stay float32, and so does every node that touches a value near fp16's limits (an activation
 measured near its maximum, a constant below its smallest normal). Then, if the converted model misses the
 budget on the parity samples, the search quantize uses for its parity target
-(``quantize.sensitivity.keep_sensitive_in_float``) keeps the nodes that add the most error in float32 until
+(``quantize.float_search.keep_sensitive_in_float``) keeps the nodes that add the most error in float32 until
 the budget holds. A model that cannot meet it is left as it came, with the reason.
 
 The report: nodes converted, nodes kept in float32 and why, size before and after, worst output error.
@@ -36,7 +36,7 @@ from onnxkit.data import as_dataset, input_specs
 from onnxkit.graph import default_opset
 from onnxkit.pass_base import Pass, PassResult
 from onnxkit.passes.precision import convert
-from onnxkit.passes.quantize import sensitivity
+from onnxkit.passes.quantize import float_search, sensitivity
 from onnxkit.passes.quantize.judge import noise_excess
 from onnxkit.passes.quantize.runtime import TensorTap, tensor_elem_types
 
@@ -113,9 +113,9 @@ class _PrecisionPass(Pass):
         tolerance = parity.Tolerance(atol=None, rtol=None, min_cosine=options.target_cosine)
         chain = parity.ParityChain(samples, input_specs(proto), "the pass's parity samples", data_given=True)
 
-        def judge(candidate: onnx.ModelProto) -> sensitivity.Verdict:
+        def judge(candidate: onnx.ModelProto) -> float_search.Verdict:
             report = chain.compare(proto, self.as_computed(proto, candidate), tolerance)
-            return sensitivity.Verdict(report.passed, report, noise_excess([report], tolerance))
+            return float_search.Verdict(report.passed, report, noise_excess([report], tolerance))
 
         def rank(candidate: onnx.ModelProto, kept: Sequence[str]) -> list[sensitivity.NodeSensitivity]:
             remaining = [n for n in candidates if n.name not in kept and n.op_type not in convert.UNSAFE_OPS]
@@ -125,7 +125,7 @@ class _PrecisionPass(Pass):
             return self.convert_model(proto, kept)
 
         if options.search:
-            search = sensitivity.keep_sensitive_in_float(converted, rank, judge, keep_float=keep)
+            search = float_search.keep_sensitive_in_float(converted, rank, judge, keep_float=keep)
             result, keep, verdict = search.model, search.keep_float, search.verdict
         else:
             result = converted(list(keep))

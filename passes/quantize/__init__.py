@@ -5,7 +5,7 @@ ONNX Runtime's quantizers do the rewriting and supply the kernels. Around them t
 1. preprocessing they need (``preprocess``): Constant and If/Loop weights lifted, opset ≥ 13, names, shapes;
 2. streaming calibration, one pass in bounded memory for every method (``calibration``), with an optional cache;
 3. a parity target: the most sensitive nodes, from one measured ranking, stay float until held-out outputs
-   meet it (``sensitivity``, judged by ``judge``);
+   meet it (``sensitivity`` ranks them, ``float_search`` searches, ``judge`` judges);
 4. a latency gate: INT8 must not be slower than float on this CPU (``latency``);
 5. a report: size, parity, latency, nodes quantized, and why each node kept in float stayed float (``report``).
 
@@ -31,7 +31,7 @@ from onnxkit import modelio
 from onnxkit.data import HOLDOUT_EVERY, CalibrationSplit
 from onnxkit.graph import default_opset
 from onnxkit.pass_base import Pass, PassResult
-from onnxkit.passes.quantize import latency, preprocess, runtime, sensitivity, weight_only
+from onnxkit.passes.quantize import float_search, latency, preprocess, runtime, weight_only
 from onnxkit.passes.quantize.cpu import detect_cpu
 from onnxkit.passes.quantize.options import (
     DYNAMIC_OP_TYPES,
@@ -113,7 +113,7 @@ class QuantizePass(Pass):
             ),
             (
                 f"the search ranks every candidate node once by the noise it adds (float against INT8 tensors on "
-                f"{SENSITIVITY_SAMPLES} samples) and judges at most {sensitivity.MAX_VERIFICATIONS} candidates; the "
+                f"{SENSITIVITY_SAMPLES} samples) and judges at most {float_search.MAX_VERIFICATIONS} candidates; the "
                 "report says why each float node stayed float (its rank and measured effect); search_budget (seconds, "
                 "120 by default, none: no limit) bounds it, and a target not met by then keeps the float model"
             ),

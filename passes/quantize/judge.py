@@ -18,8 +18,8 @@ from onnxkit import parity
 from onnxkit.data import CalibrationSplit, input_specs
 from onnxkit.parity import judgement as parity_judgement
 from onnxkit.parity.judgement import Judgement
+from onnxkit.passes.quantize.float_search import Verdict
 from onnxkit.passes.quantize.runtime import make_session
-from onnxkit.passes.quantize.sensitivity import Verdict
 
 # The pipeline judges a lossy pass by this tolerance. The pass's default target is the same, and its own
 # tolerance differs from it only in the targets the user sets, so a model the pass accepts is one the

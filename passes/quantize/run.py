@@ -22,7 +22,17 @@ from onnxruntime.quantization.calibrate import TensorsData
 from onnxkit.data import CalibrationSplit
 from onnxkit.errors import PassFailedError
 from onnxkit.pass_base import PassContext
-from onnxkit.passes.quantize import calibration, judge, latency, op_speed, qdq_edit, runtime, sensitivity, smoothing
+from onnxkit.passes.quantize import (
+    calibration,
+    float_search,
+    judge,
+    latency,
+    op_speed,
+    qdq_edit,
+    runtime,
+    sensitivity,
+    smoothing,
+)
 from onnxkit.passes.quantize.judge import Judge  # the method QuantizeRun.judge hides the module in annotations
 from onnxkit.passes.quantize.options import QuantizeOptions
 from onnxkit.passes.quantize.report import Report, quantized_nodes
@@ -331,7 +341,7 @@ class QuantizeRun:
             return ranking
 
         budget = self.options.search_budget
-        search = sensitivity.keep_sensitive_in_float(
+        search = float_search.keep_sensitive_in_float(
             lambda keep: self.quantize(keep, op_types),
             rank,
             accept.check,
@@ -464,9 +474,9 @@ def _remembering_verdicts(chosen: Judge) -> Judge:
     """``chosen`` with its check remembering the last candidates' verdicts, by identity: the all-INT8 model is
     judged by ``choose_ranges``, then by ``try_smoothing``, then by the search's first step, and each would run
     the same sessions on the same samples again (resnet18: 2 s a check)."""
-    kept: list[tuple[onnx.ModelProto, sensitivity.Verdict]] = []
+    kept: list[tuple[onnx.ModelProto, float_search.Verdict]] = []
 
-    def check(candidate: onnx.ModelProto) -> sensitivity.Verdict:
+    def check(candidate: onnx.ModelProto) -> float_search.Verdict:
         for model, verdict in kept:
             if model is candidate:
                 return verdict

@@ -28,9 +28,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxkit.passes.quantize.float_search import Verdict
 from onnxkit.passes.quantize.report import brief
 from onnxkit.passes.quantize.runtime import TensorTap
-from onnxkit.passes.quantize.sensitivity import Verdict
 
 # Scales are kept within this factor of 1: a channel that is all but silent in the calibration data would
 # otherwise get a scale that blows its weight row up past INT8's range for the other channels of that column.

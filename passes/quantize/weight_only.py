@@ -45,7 +45,7 @@ from onnxkit.graph import default_opset
 from onnxkit.passes.quantize import judge as judging
 from onnxkit.passes.quantize import latency, weight_only_mix
 from onnxkit.passes.quantize.cpu import CpuFeatures, detect_cpu
-from onnxkit.passes.quantize.sensitivity import Verdict
+from onnxkit.passes.quantize.float_search import Verdict
 
 BITS = (4, 8)
 BLOCKS = (32, 64, 128)

@@ -433,10 +433,10 @@ def test_parity_target_keeps_the_sensitive_node_float() -> None:
 
 def test_target_not_met_leaves_the_float_model_and_says_why(monkeypatch) -> None:
     """A model that misses the target is never handed on for the pipeline's parity check to reject."""
-    from onnxkit.passes.quantize import sensitivity
+    from onnxkit.passes.quantize import float_search
 
-    search = sensitivity.keep_sensitive_in_float
-    monkeypatch.setattr(sensitivity, "keep_sensitive_in_float", functools.partial(search, max_rankings=0))
+    search = float_search.keep_sensitive_in_float
+    monkeypatch.setattr(float_search, "keep_sensitive_in_float", functools.partial(search, max_rankings=0))
     model = mlp()
     result, kept = quantize(model, samples("x", (4, 16), 10), mode="static", target_cosine=0.999999, **NO_GATE)
     assert not result.modified

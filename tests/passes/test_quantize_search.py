@@ -7,8 +7,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxkit.passes.quantize import sensitivity
+from onnxkit.passes.quantize import float_search
 from onnxkit.passes.quantize.calibration import StreamingHistogram
+from onnxkit.passes.quantize.sensitivity import NodeSensitivity
 from tests.conftest import run_model
 from tests.passes.test_quantize import NO_GATE, _weight, cosine, quantize, samples
 
@@ -74,16 +75,16 @@ def test_search_gives_up_within_its_budget_when_nothing_passes() -> None:
         return helper.make_model(helper.make_graph([], "g", [], []))
 
     def rank(model, keep):
-        return [sensitivity.NodeSensitivity(f"n{i}", "MatMul", 1.0 / (i + 1), 10.0) for i in range(40)]
+        return [NodeSensitivity(f"n{i}", "MatMul", 1.0 / (i + 1), 10.0) for i in range(40)]
 
     def never(model):
         judged.append(model)
-        return sensitivity.Verdict(False, excess=1.01)
+        return float_search.Verdict(False, excess=1.01)
 
-    search = sensitivity.keep_sensitive_in_float(quantize_keeping, rank, never)
+    search = float_search.keep_sensitive_in_float(quantize_keeping, rank, never)
     assert not search.verdict.passed
-    assert len(judged) == search.verifications <= sensitivity.MAX_VERIFICATIONS
-    assert search.rounds <= sensitivity.MAX_RANKINGS
+    assert len(judged) == search.verifications <= float_search.MAX_VERIFICATIONS
+    assert search.rounds <= float_search.MAX_RANKINGS
 
 
 def test_streaming_histogram_merges_exactly() -> None:
@@ -171,7 +172,7 @@ def _quantize_keeping(keep):
 
 def _forty_ranked_matmuls(model, keep):
     """A stand-in ranking: 40 MatMuls, the noisiest first."""
-    return [sensitivity.NodeSensitivity(f"n{i}", "MatMul", 1.0 / (i + 1), 10.0) for i in range(40)]
+    return [NodeSensitivity(f"n{i}", "MatMul", 1.0 / (i + 1), 10.0) for i in range(40)]
 
 
 def test_the_search_confirms_only_where_it_ends_and_grows_past_a_prefix_the_confirmation_fails() -> None:
@@ -184,12 +185,12 @@ def test_the_search_confirms_only_where_it_ends_and_grows_past_a_prefix_the_conf
     def judged_from(threshold: int, record: list[int]):
         def judge(model):
             record.append(int(model.graph.name))
-            return sensitivity.Verdict(record[-1] >= threshold, excess=0.5 if record[-1] >= threshold else 3.0)
+            return float_search.Verdict(record[-1] >= threshold, excess=0.5 if record[-1] >= threshold else 3.0)
 
         return judge
 
     # Where they agree: the first pass and the settled prefix are confirmed, the steps between only checked.
-    search = sensitivity.keep_sensitive_in_float(
+    search = float_search.keep_sensitive_in_float(
         _quantize_keeping, _forty_ranked_matmuls, judged_from(6, checked), confirm=judged_from(6, confirmed)
     )
     assert search.verdict.passed and len(search.keep_float) == 6
@@ -199,7 +200,7 @@ def test_the_search_confirms_only_where_it_ends_and_grows_past_a_prefix_the_conf
     # Where the confirmation is stricter than the check, nothing it fails is handed on.
     checked.clear()
     confirmed.clear()
-    search = sensitivity.keep_sensitive_in_float(
+    search = float_search.keep_sensitive_in_float(
         _quantize_keeping, _forty_ranked_matmuls, judged_from(6, checked), confirm=judged_from(9, confirmed)
     )
     assert search.verdict.passed and len(search.keep_float) >= 9
@@ -232,15 +233,15 @@ def test_a_check_that_understates_the_noise_is_scaled_so_the_search_still_confir
         def judge(model):  # each node kept float takes a fifth of the output noise away
             record.append(int(model.graph.name))
             excess = scale * 0.8 ** record[-1]
-            return sensitivity.Verdict(excess <= 1.0, excess=excess)
+            return float_search.Verdict(excess <= 1.0, excess=excess)
 
         return judge
 
-    search = sensitivity.keep_sensitive_in_float(
+    search = float_search.keep_sensitive_in_float(
         _quantize_keeping, _forty_ranked_matmuls, judged(3.0, checked), confirm=judged(60.0, confirmed)
     )
     shortest = next(k for k in range(41) if 60.0 * 0.8**k <= 1.0)  # 19
     assert search.verdict.passed and search.verdict.excess == 60.0 * 0.8 ** len(search.keep_float)
-    assert shortest <= len(search.keep_float) <= shortest * (1 + sensitivity.BISECT_TOLERANCE)
+    assert shortest <= len(search.keep_float) <= shortest * (1 + float_search.BISECT_TOLERANCE)
     assert len(confirmed) == 2 and confirmed[-1] == len(search.keep_float)
     assert search.rounds == 1 and len(checked) <= 5

@@ -105,8 +105,8 @@ def test_the_report_names_the_model_it_returns_when_the_bisection_ends_on_a_fail
     """Two MatMuls and a table: INT4 everywhere fails, all three up (MatMuls at 8 bits, table float) passes, then
     the bisection tries one and two of them up, which fail: the pass returns the all-up model, and its report
     must say that one met the target."""
+    from onnxkit.passes.quantize.float_search import Verdict
     from onnxkit.passes.quantize.judge import Judge
-    from onnxkit.passes.quantize.sensitivity import Verdict
 
     def everything_up(candidate: onnx.ModelProto) -> Verdict:
         count = sum(

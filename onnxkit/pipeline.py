@@ -93,11 +93,18 @@ class Pipeline:
         else:  # pragma: no cover - Python 3.10
             import tomli as tomllib
         try:
-            config = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise SpecError(f"cannot read pipeline config {path}: {e}") from e
+            config = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise SpecError(f"cannot read pipeline config {path}: {e.strerror or e}") from e
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise SpecError(
+                f"pipeline config {path} is not valid TOML: {e}", hint='write passes = ["cleanup", ...]'
+            ) from e
+        entries = config.get("passes", [])
+        if not isinstance(entries, list):
+            raise SpecError(f"{path}: 'passes' must be a list", hint='write passes = ["cleanup", ...]')
         passes = []
-        for item in config.get("passes", []):
+        for item in entries:
             if isinstance(item, str):
                 passes.append(build_pass(*parse_pass_text(item)))
             elif isinstance(item, dict) and "name" in item:

@@ -258,7 +258,13 @@ def _record(
     exposed.graph.output.extend(
         onnx.helper.make_tensor_value_info(name, types[name], None) for name in names if name not in present
     )
-    session = runtime.make_session(exposed, optimize=False)
+    try:
+        session = runtime.make_session(exposed, optimize=False)
+    except Exception as e:  # ORT's own exception types: the original cannot be the reference of any cut
+        raise ModelLoadError(
+            f"ONNX Runtime cannot load the original model: {runtime.error_line(e)}",
+            hint="the original model must run in ONNX Runtime; `onnxkit check` compares what it can",
+        ) from e
     input_names = [i.name for i in session.get_inputs()]
     output_names = [o.name for o in session.get_outputs()]
     recorded = []

@@ -58,7 +58,7 @@ JUDGED, UNSEEN = slice(0, None, 2), slice(1, None, 2)  # the samples onnxkit's p
 
 
 def _ort_direct(float_model: onnx.ModelProto, **settings: Any) -> onnx.ModelProto:
-    from onnxkit.passes.quantize.weight_only import import_quantizer
+    from onnxkit.passes.quantize.weight_only_rewrite import import_quantizer
 
     model = onnx.ModelProto()
     model.CopyFrom(float_model)

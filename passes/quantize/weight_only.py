@@ -28,9 +28,7 @@ is slower the whole model stays float and the report says so (``on_slow=refuse``
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,9 +41,10 @@ from onnxkit.data import CalibrationSplit, as_dataset
 from onnxkit.errors import PassFailedError
 from onnxkit.graph import default_opset
 from onnxkit.passes.quantize import judge as judging
-from onnxkit.passes.quantize import latency, weight_only_mix
+from onnxkit.passes.quantize import latency, weight_only_mix, weight_only_rewrite
 from onnxkit.passes.quantize.cpu import CpuFeatures, detect_cpu
 from onnxkit.passes.quantize.float_search import Verdict
+from onnxkit.passes.quantize.weight_only_report import WeightOnlyReport
 
 BITS = (4, 8)
 BLOCKS = (32, 64, 128)
@@ -112,89 +111,6 @@ def describe_lines() -> list[str]:
     ]
 
 
-@dataclasses.dataclass
-class _Report:
-    settings: dict[str, Any]
-    data: str = ""
-    target: str = ""
-    tries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    chosen: dict[str, Any] | None = None  # the try whose model the pass returns (a bisection may end on a failure)
-    timing: latency.Timing | None = None
-    gate: str = ""
-    kept_float_model: str | None = None
-    float_bytes: int = 0
-    quantized_bytes: int | None = None
-    quantized_nodes: dict[str, int] = dataclasses.field(default_factory=dict)
-    eight_bit: list[str] = dataclasses.field(default_factory=list)
-    float_tables: list[str] = dataclasses.field(default_factory=list)
-    warnings: list[str] = dataclasses.field(default_factory=list)
-
-    def stats(self) -> list[str]:
-        s = self.settings
-        head = (
-            f"weight-only INT{s['bits']} ({s['algo']}, block {s['block']}, accuracy_level {s['accuracy_level']}: "
-            f"{s['accuracy_reason']})"
-        )
-        lines = [head]
-        if self.quantized_nodes:
-            lines.append(
-                "quantized " + ", ".join(f"{count} {op}" for op, count in sorted(self.quantized_nodes.items()))
-            )
-        if self.eight_bit:
-            lines.append(
-                f"{len(self.eight_bit)} MatMuls at 8 bits to meet the target: "
-                + ", ".join(self.eight_bit[:3])
-                + (" …" if len(self.eight_bit) > 3 else "")
-            )
-        if self.float_tables:
-            lines.append(
-                f"{len(self.float_tables)} embedding tables float to meet the target: " + ", ".join(self.float_tables)
-            )
-        judged = self.chosen or (self.tries[-1] if self.tries else None)
-        if judged is not None:
-            lines.append(
-                f"target {self.target} {'met' if judged['passed'] else 'NOT met'} ({judged['summary']}; "
-                f"{len(self.tries)} quantized models judged"
-                + (f"; searched for at most {HEADROOM:.0%} of the noise it allows)" if judged.get("headroom") else ")")
-            )
-        if self.timing is not None:
-            timing = self.timing
-            lines.append(
-                f"weight-only/FP32 latency {timing.ratio:.2f}× ({timing.quantized_ms:.2f} ms vs "
-                f"{timing.float_ms:.2f} ms); {self.gate}"
-            )
-        if self.kept_float_model:
-            lines.append(f"kept the float model: {self.kept_float_model}")
-        if self.quantized_bytes is not None:
-            lines.append(
-                f"size {self.float_bytes / 1e6:.2f} MB → {self.quantized_bytes / 1e6:.2f} MB "
-                f"({self.quantized_bytes / self.float_bytes:.2f}×)"
-            )
-        return lines + [f"warning: {w}" for w in self.warnings]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mode": "weight-only",
-            "settings": dict(self.settings),
-            "data": self.data,
-            "target": self.target,
-            "tries": list(self.tries),
-            "chosen": self.chosen,
-            "latency": self.timing.to_dict() if self.timing else None,
-            "latency_gate": self.gate,
-            "kept_whole_model_float": self.kept_float_model,
-            "size": {
-                "float_bytes": self.float_bytes,
-                "quantized_bytes": self.quantized_bytes,
-                "ratio": round(self.quantized_bytes / self.float_bytes, 4) if self.quantized_bytes else None,
-            },
-            "quantized_nodes": dict(self.quantized_nodes),
-            "eight_bit": list(self.eight_bit),
-            "float_tables": list(self.float_tables),
-            "warnings": list(self.warnings),
-        }
-
-
 def quantize_weight_only(
     model: ir.Model, options: Any, context: Any
 ) -> tuple[ir.Model | None, list[str], dict[str, Any]]:
@@ -203,7 +119,7 @@ def quantize_weight_only(
     and the JSON-ready details."""
     cpu = detect_cpu()
     level, reason = accuracy_level_for(cpu)
-    report = _Report(
+    report = WeightOnlyReport(
         {
             "bits": options.bits,
             "block": options.block,
@@ -211,7 +127,8 @@ def quantize_weight_only(
             "accuracy_level": level,
             "accuracy_reason": reason,
             "cpu": cpu.describe(),
-        }
+        },
+        HEADROOM,
     )
     float_proto = _in_memory_proto(model)
     report.float_bytes = _bytes(float_proto)
@@ -219,7 +136,7 @@ def quantize_weight_only(
     if "Gather" in op_types and options.bits != 4:
         op_types.remove("Gather")
         report.warnings.append("ORT quantizes Gather tables to 4 bits only: embedding tables stay float at 8 bits")
-    candidates = _candidates(float_proto, op_types, set(options.exclude))
+    candidates = weight_only_rewrite.candidates(float_proto, op_types, set(options.exclude))
     if not candidates:
         report.kept_float_model = f"no {' or '.join(op_types)} node with a constant float weight"
         return None, report.stats(), report.to_dict()
@@ -239,20 +156,12 @@ def quantize_weight_only(
 
     def judge(raised: Sequence[str], accuracy_level: int) -> tuple[onnx.ModelProto, Verdict]:
         """``raised``: the MatMuls to put at 8 bits and the tables to keep float."""
-        quantized = _quantize(source, options, accuracy_level, list(candidates), set(options.exclude), set(raised))
+        quantized = weight_only_rewrite.quantize_nbits(
+            source, options, accuracy_level, list(candidates), set(options.exclude), set(raised)
+        )
         verdict = accept(quantized)
         tables = sum(name in gathers for name in raised)
-        report.tries.append(
-            {
-                "accuracy_level": accuracy_level,
-                "eight_bit": len(raised) - tables,
-                "float_tables": tables,
-                "passed": verdict.passed,
-                "headroom": _with_headroom(verdict),
-                "min_cosine": _worst_cosine(verdict.detail),
-                "summary": _brief(verdict.detail),
-            }
-        )
+        report.record_try(accuracy_level, len(raised) - tables, tables, verdict, _with_headroom(verdict))
         return quantized, verdict
 
     samples = list(itertools.islice(data.all_samples, TIMING_SAMPLES))
@@ -278,7 +187,7 @@ def quantize_weight_only(
             f"the target holds on the data given but without the headroom the search aims for (at most "
             f"{HEADROOM:.0%} of the noise it allows): inputs unlike these may miss it"
         )
-    report.quantized_nodes = _quantized_nodes(quantized, set(report.eight_bit))
+    report.quantized_nodes = weight_only_rewrite.quantized_nodes(quantized)
 
     report.timing = latency.compare(float_proto, quantized, samples[:TIMING_SAMPLES])
     if options.max_slowdown is not None and not report.timing.within(options.max_slowdown):
@@ -373,96 +282,7 @@ def _with_headroom(verdict: Verdict) -> bool:
     return verdict.passed and (verdict.excess is None or verdict.excess <= HEADROOM)
 
 
-def _quantize(
-    proto: onnx.ModelProto,
-    options: Any,
-    accuracy_level: int,
-    op_types: Sequence[str],
-    exclude: set[str],
-    raised: set[str],
-) -> onnx.ModelProto:
-    """ORT's quantizer on a copy (it edits the model it is given): ``options.bits`` everywhere but ``exclude``
-    and ``raised``, then 8 bits for the MatMuls in ``raised`` (its tables stay float: ORT has no 8-bit table).
-    HQQ handles MatMul; Gather tables always go through the default (round-to-nearest) quantizer, the only one
-    with a GatherBlockQuantized rewrite."""
-    nbits = import_quantizer()
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    steps: list[tuple[Any, tuple[str, ...], int, set[str]]] = []
-    rest = list(op_types)
-    if options.algo == "hqq" and "MatMul" in rest:
-        steps.append(
-            (
-                nbits.HQQWeightOnlyQuantConfig(
-                    block_size=options.block, bits=options.bits, op_types_to_quantize=("MatMul",)
-                ),
-                ("MatMul",),
-                options.bits,
-                exclude | raised,
-            )
-        )
-        rest.remove("MatMul")
-    if rest:
-        steps.append((None, tuple(rest), options.bits, exclude | raised))
-    if raised:  # the MatMuls still float now are the user's exclusions and these
-        steps.append((None, ("MatMul",), 8, exclude))
-    root = logging.getLogger()  # ORT's quantizer logs every node it skips or rewrites at INFO
-    previous = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        for config, types, bits, skipped in steps:
-            config = config or nbits.DefaultWeightOnlyQuantConfig(
-                block_size=options.block,
-                is_symmetric=False,
-                accuracy_level=accuracy_level,
-                bits=bits,
-                op_types_to_quantize=types,
-            )
-            quantizer = nbits.MatMulNBitsQuantizer(
-                model,
-                bits=bits,
-                block_size=options.block,
-                accuracy_level=accuracy_level,
-                nodes_to_exclude=list(skipped),
-                op_types_to_quantize=types,
-                algo_config=config,
-            )
-            quantizer.process()
-            model = quantizer.model.model
-    finally:
-        root.setLevel(previous)
-    for node in model.graph.node:  # HQQ's config has no accuracy_level: set it on the nodes it wrote
-        if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
-            node.attribute.append(onnx.helper.make_attribute("accuracy_level", accuracy_level))
-    return model
-
-
-def import_quantizer() -> Any:
-    """ORT's ``matmul_nbits_quantizer``, without what importing it does to the process: it calls
-    ``logging.basicConfig(level=INFO)``, which would print every library's INFO lines from then on."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    from onnxruntime.quantization import matmul_nbits_quantizer
-
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    return matmul_nbits_quantizer
-
-
-def _candidates(proto: onnx.ModelProto, op_types: Sequence[str], exclude: set[str]) -> dict[str, int]:
-    """How many main-graph nodes of each op type read a constant float weight (MatMul's B, Gather's table)."""
-    weights = {
-        t.name for t in proto.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
-    }
-    counts: dict[str, int] = {}
-    for node in proto.graph.node:
-        weight = node.input[1] if node.op_type == "MatMul" else node.input[0] if node.op_type == "Gather" else None
-        if node.op_type in op_types and node.name not in exclude and weight in weights:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
-
-
-def _to_gather_opset(model: ir.Model, report: _Report) -> onnx.ModelProto | None:
+def _to_gather_opset(model: ir.Model, report: WeightOnlyReport) -> onnx.ModelProto | None:
     from onnxkit.passes.opset import OpsetPass
 
     try:
@@ -485,7 +305,7 @@ def _in_memory_proto(model: ir.Model) -> onnx.ModelProto:
     return proto
 
 
-def _dataset(model: ir.Model, options: Any, context: Any, report: _Report) -> Any:
+def _dataset(model: ir.Model, options: Any, context: Any, report: WeightOnlyReport) -> Any:
     """The given data, else synthetic inputs probed from the graph (with a warning: no real data, no trust)."""
     if context.data is None:
         report.data = f"synthetic ({SYNTHETIC_SAMPLES} probed samples)"
@@ -524,30 +344,3 @@ def _bytes(proto: onnx.ModelProto) -> int:
     if runtime.exceeds_protobuf_limit(proto):
         return sum(len(t.raw_data) for t in proto.graph.initializer)
     return proto.ByteSize()
-
-
-def _quantized_nodes(proto: onnx.ModelProto, eight_bit: set[str]) -> dict[str, int]:
-    """Counts by what each node became, e.g. ``{"MatMul → 4-bit MatMulNBits": 24}``."""
-    counts: dict[str, int] = {}
-    for node in proto.graph.node:
-        if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
-            bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
-            key = f"{'MatMul' if node.op_type == 'MatMulNBits' else 'Gather'} → {bits}-bit {node.op_type}"
-            counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
-def _brief(detail: Mapping[str, Any]) -> str:
-    """Each comparison's samples and worst cosine, or a metric's value. The judge's "held-out" comparison runs
-    on every sample here (``_EverySampleJudges``), and says so."""
-    return "; ".join(
-        f"{key.replace('held-out', 'every sample')}: {value.samples} samples, cosine {value.min_cosine:.4f}"
-        if hasattr(value, "samples")
-        else f"{key} {value:.4f}"
-        for key, value in detail.items()
-    )
-
-
-def _worst_cosine(detail: Mapping[str, Any]) -> float | None:
-    cosines = [value.min_cosine for value in detail.values() if hasattr(value, "min_cosine")]
-    return round(min(cosines), 6) if cosines else None

@@ -147,14 +147,14 @@ def test_the_mix_ranks_each_node_by_what_its_4_bit_weights_alone_do_to_the_outpu
     ORT (measured, not estimated from the node's own output), and the order is noise per byte saved."""
     import types
 
-    from onnxkit.passes.quantize import weight_only_mix
+    from onnxkit.passes.quantize import weight_only_mix, weight_only_rewrite
     from onnxkit.passes.quantize.runtime import make_session
 
     model = embedding_mlp(layers=2, opset=21)
     data = samples(4)
     options = types.SimpleNamespace(bits=4, block=32, algo="rtn")
     level = weight_only.INT8_COMPUTE
-    every_node = weight_only._quantize(model, options, level, ["MatMul", "Gather"], set(), set())
+    every_node = weight_only_rewrite.quantize_nbits(model, options, level, ["MatMul", "Gather"], set(), set())
     ranked = weight_only_mix.rank(model, every_node, data, bits=4)
     assert sorted(n.node for n in ranked) == ["embed", "fc1", "fc2"]
     assert [n.noise_per_byte for n in ranked] == sorted((n.noise_per_byte for n in ranked), reverse=True)
@@ -162,7 +162,9 @@ def test_the_mix_ranks_each_node_by_what_its_4_bit_weights_alone_do_to_the_outpu
     reference = make_session(model)
     for node in ranked:
         others = {"embed", "fc1", "fc2"} - {node.node}
-        alone = make_session(weight_only._quantize(model, options, level, ["MatMul", "Gather"], others, set()))
+        alone = make_session(
+            weight_only_rewrite.quantize_nbits(model, options, level, ["MatMul", "Gather"], others, set())
+        )
         ratios = []
         for sample in data:
             expected, got = reference.run(None, sample)[0], alone.run(None, sample)[0]

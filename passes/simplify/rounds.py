@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import onnx_ir as ir
 from onnx_ir.passes import common
@@ -62,9 +63,9 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _infer_shapes(model: ir.Model) -> bool:
-    """Annotate shapes; whether any value's type or shape changed (graph outputs aside: their declared shapes
-    are hidden meanwhile, and what they end with is judged when they are restored)."""
+def _infer_shapes(model: ir.Model, declared: Mapping[ir.Value, ir.Shape] | None = None) -> bool:
+    """Annotate shapes; whether any value's type or shape changed (graph outputs aside: their ``declared``
+    shapes are hidden meanwhile, and what they end with is judged when they are restored)."""
     forgotten = _forget_inferred_names(model)
     # Not strict: a model with ops ONNX cannot infer (custom domains) keeps what it has for those values.
     # Not onnx_ir's ShapeInferencePass: its merge turns sequence values into tensors (see infer_shapes).
@@ -81,7 +82,7 @@ def _infer_shapes(model: ir.Model) -> bool:
     # A value whose names were forgotten changed only if it comes back other than it was.
     return any(
         not value.is_graph_output() and (value not in forgotten or (value.shape, value.type) != forgotten[value])
-        for value in changed
+        for value in inferred | renumber_inferred_names(model, declared or {})
     )
 
 
@@ -95,6 +96,50 @@ def _is_inferred_name(dim: int | ir.SymbolicDim) -> bool:
         return False
     name = dim.value
     return name is not None and _INFERRED_NAME.match(name) is not None
+
+
+def renumber_inferred_names(model: ir.Model, declared: Mapping[ir.Value, ir.Shape]) -> set[ir.Value]:
+    """Rename the dimensions inference named (``unk__N``) on the values nodes compute to ``unk__0``,
+    ``unk__1``, ... in the order the graphs, nodes and outputs come; returns the values renamed.
+
+    ONNX numbers them in the order it meets them on the model it was sent, and the last inference of a run
+    saw the model before the last round's folds and removals: a second run, whose inference sees the
+    result, numbered them otherwise (``unk__3`` became ``unk__2``), so simplify was not idempotent. Numbered
+    by the result itself, the same dimensions get the same names on every run. Names are renamed one for
+    one (a name shared by two values stays shared). The graph outputs that declare a shape (``declared``: those
+    outputs with it, as simplify hides it meanwhile) are left alone; the names they and the graph inputs declare
+    stay, and no other value takes one.
+    """
+    computed: list[ir.Value] = []
+    kept_names: set[str] = set()
+    for graph in graph_likes(model):
+        for shape in (*(value.shape for value in graph.inputs), *declared.values()):
+            kept_names.update(dim.value for dim in shape or () if isinstance(dim, ir.SymbolicDim) and dim.value)
+        for node in graph:
+            for value in node.outputs:
+                shape = value.shape
+                if shape is not None and value not in declared and any(map(_is_inferred_name, shape)):
+                    computed.append(value)
+    new_names: dict[str, str] = {}
+    numbers = itertools.count()
+
+    def renamed(dim: int | ir.SymbolicDim) -> int | ir.SymbolicDim:
+        if isinstance(dim, int) or not _is_inferred_name(dim) or dim.value in kept_names:
+            return dim
+        name = str(dim.value)
+        if name not in new_names:
+            new_names[name] = next(n for n in (f"unk__{i}" for i in numbers) if n not in kept_names)
+        return dim if new_names[name] == name else ir.SymbolicDim(new_names[name])
+
+    changed = set()
+    for value in computed:
+        shape = value.shape
+        assert shape is not None  # chosen above for the names in its shape
+        dims = [renamed(dim) for dim in shape]
+        if any(new is not old for new, old in zip(dims, shape)):
+            value.shape = ir.Shape(dims)
+            changed.add(value)
+    return changed
 
 
 def _forget_inferred_names(model: ir.Model) -> dict[ir.Value, tuple[ir.Shape, ir.TypeProtocol | None]]:
@@ -219,12 +264,14 @@ class _Simplifier:
             self.modified |= common.RemoveUnusedFunctionsPass()(model).modified
             self.modified |= common.RemoveUnusedOpsetsPass()(model).modified
             self.modified |= _list_initializers_as_inputs_before_ir4(model, inputs_before)
-            if not settled:
-                self.modified |= _infer_shapes(model)  # a round that changed nothing began with this inference
+            if not settled:  # a round that changed nothing began with this inference
+                self.modified |= _infer_shapes(model, self._declared_shapes())
         finally:
             self._restore_declared_outputs(declared)
             for value, shape in declared_inputs:
                 value.shape = shape
+        # The names the last inference gave, numbered again on the model as it ends (see the function).
+        self.modified |= bool(renumber_inferred_names(model, self._declared_shapes()))
         for node in self.original_identities:
             if node.graph is None:
                 self.rewrites.record("remove-identity", site_name(node), "removed", "Identity")
@@ -239,7 +286,7 @@ class _Simplifier:
         tally_before = rewrites.tally.copy()
         # ONNX shape inference names every unknown dim (unk__N) and carries the name along, so the
         # folder can tell that a Reshape target copies its input's dims.
-        self.modified |= _infer_shapes(model)
+        self.modified |= _infer_shapes(model, self._declared_shapes())
         changed = SimplifyFolder(self.max_constant_bytes, rewrites, self.refused, self._declared_ranks())(
             model
         ).modified
@@ -288,14 +335,18 @@ class _Simplifier:
                 output.shape = None
         return declared
 
-    def _declared_ranks(self) -> dict[ir.Value, int]:
-        """The graph outputs now in the declared ones' places, with the ranks declared."""
+    def _declared_shapes(self) -> dict[ir.Value, ir.Shape]:
+        """The graph outputs now in the declared ones' places, with the shapes declared (where one was)."""
         graphs = {id(graph) for graph in model_graphs(self.model)}
         return {
-            entry.graph.outputs[entry.index]: len(entry.shape)
+            entry.graph.outputs[entry.index]: entry.shape
             for entry in self._declared
             if entry.shape is not None and id(entry.graph) in graphs and entry.index < len(entry.graph.outputs)
         }
+
+    def _declared_ranks(self) -> dict[ir.Value, int]:
+        """The graph outputs now in the declared ones' places, with the ranks declared."""
+        return {value: len(shape) for value, shape in self._declared_shapes().items()}
 
     def _restore_declared_outputs(self, declared: list[_DeclaredOutput]) -> None:
         """Put the declared names and shapes back on the graph outputs (where a shape was declared)."""

@@ -26,12 +26,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import math
 import os
 import shutil
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +37,7 @@ import torch
 from torch import nn
 
 from onnxkit.pytorch.train_batches import Metric, accuracy, forward, groups, metric_functions, sample_count, to_device
+from onnxkit.pytorch.train_progress import step_progress, total_steps
 from onnxkit.pytorch.train_setup import (
     Placement,
     all_reduce_sum,
@@ -261,7 +260,10 @@ class Trainer:
         self.should_stop = False
         self._loader_generators = loader_generators(train_loader)
         self.record.update(epochs=epochs, max_steps=max_steps)
-        with self._progress_bar(train_loader, epochs, max_steps) as advance:
+        total = total_steps(train_loader, epochs, max_steps, self.accumulation_steps)
+        bar = self.progress if self.progress is not None else sys.stderr.isatty()
+        log = self.log if self.rank == 0 else None  # one rank shows the run
+        with step_progress(total, self.state.step, bar=bar, log=log, log_every=self.log_every) as advance:
             while (
                 not self.should_stop
                 and (epochs is None or self.state.epoch < epochs)
@@ -487,55 +489,3 @@ class Trainer:
             best_checkpoint=directory / "best.pt" if directory and (directory / "best.pt").exists() else None,
             last_checkpoint=directory / "last.pt" if directory and (directory / "last.pt").exists() else None,
         )
-
-    @contextlib.contextmanager
-    def _progress_bar(
-        self, loader: Iterable[Any], epochs: int | None, max_steps: int | None
-    ) -> Iterator[Callable[[StepRecord], None]]:
-        """Yield a function called after each step: a rich progress bar on a terminal, else log lines."""
-        total = max_steps
-        if epochs is not None and isinstance(loader, Sized):
-            per_epoch = math.ceil(len(loader) / self.accumulation_steps)
-            total = min(total, per_epoch * epochs) if total is not None else per_epoch * epochs
-        show_bar = self.progress if self.progress is not None else sys.stderr.isatty()
-        started, first_step = time.perf_counter(), self.state.step
-        if self.rank != 0:
-            yield lambda record: None
-        elif show_bar:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[status]}"),
-                console=Console(stderr=True),
-            ) as bar:
-                task = bar.add_task("training", total=total, completed=self.state.step, status="")
-
-                def advance(record: StepRecord) -> None:
-                    status = f"loss {record.loss:.4f}" if record.step % max(1, self.log_every // 10) == 0 else None
-                    if status:
-                        bar.update(task, advance=1, status=status)
-                    else:
-                        bar.update(task, advance=1)
-
-                yield advance
-        else:
-
-            def log_line(record: StepRecord) -> None:
-                if record.step % self.log_every == 0 or record.step == total:
-                    rate = (record.step - first_step) / max(time.perf_counter() - started, 1e-9)
-                    of_total = f"/{total}" if total else ""
-                    self.log(
-                        f"step {record.step}{of_total} epoch {record.epoch} loss {record.loss:.4f} "
-                        f"lr {record.lr:.3g} ({rate:.1f} steps/s)"
-                    )
-
-            yield log_line
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Batches

@@ -200,7 +200,8 @@ class QuantizeRun:
         methods = [calib_settings]
         if options.calib == "auto":
             methods.append(dataclasses.replace(calib_settings, method="minmax"))
-        tensors = calibration.calibration_tensors(self.float_proto, self.settings.op_types, self.types)
+        float_results = FLOAT_OUTPUT_OP_TYPES if self.settings.format == "qdq" else ()
+        tensors = calibration.calibration_tensors(self.float_proto, self.settings.op_types, self.types, float_results)
         cache, keys = self._cache(), []
         if cache is not None:
             fingerprint = calibration.dataset_fingerprint(self.data.calibration)

@@ -647,7 +647,32 @@ def calibrate(rows: np.ndarray, batch: int, **settings) -> dict[str, tuple[float
     names = calibration.calibration_tensors(model, ("Mul", "Relu", "Add"), types)
     data = [{"x": rows[i : i + batch]} for i in range(0, len(rows), batch)]
     ranges = calibration.calibrate(model, names, types, data, calibration.CalibrationSettings(**settings))
-    return {name: tuple(float(v) for v in ranges[name].range_value) for name in names}
+    return {name: (float(ranges[name].range_value[0]), float(ranges[name].range_value[1])) for name in names}
+
+
+def test_outputs_of_float_result_ops_are_calibrated_only_where_another_node_reads_them() -> None:
+    """MatMul and Gemm get no QDQ pair on their outputs: a range is measured for such an output only where
+    another candidate quantizes it as its input, and ORT writes the same model with those fewer ranges."""
+    from onnxkit.passes.quantize import calibration
+    from onnxkit.passes.quantize.rewrite import QuantizeSettings, quantize_model
+    from onnxkit.passes.quantize.runtime import tensor_elem_types
+
+    model = mlp()
+    types = tensor_elem_types(onnx.shape_inference.infer_shapes(model))
+    assert calibration.calibration_tensors(model, ("MatMul", "Relu"), types) == ["x", "h", "hb", "r", "y"]
+    assert calibration.calibration_tensors(model, ("MatMul", "Relu"), types, ("MatMul",)) == ["x", "hb", "r"]
+    op_types = ("MatMul", "Add", "Relu")  # the Add reads fc1's output: it is calibrated
+    fewer = calibration.calibration_tensors(model, op_types, types, ("MatMul",))
+    assert fewer == ["x", "h", "hb", "r"]
+    settings = QuantizeSettings("static", "qdq", True, False, "uint8", "int8", op_types)
+    data = samples("x", (2, 16), 8)
+    models = [
+        quantize_model(
+            model, settings, calibration.calibrate(model, names, types, data, calibration.CalibrationSettings())
+        )
+        for names in (calibration.calibration_tensors(model, op_types, types), fewer)
+    ]
+    assert models[0].SerializeToString() == models[1].SerializeToString()
 
 
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])

@@ -16,7 +16,8 @@ from onnxkit.cli import main
 from onnxkit.errors import ExportError, ParityError
 from onnxkit.modelio import to_proto
 from onnxkit.pytorch import zoo
-from onnxkit.pytorch.export import export_model, unsupported_operators
+from onnxkit.pytorch.export import export_model
+from onnxkit.pytorch.exporters import unsupported_operators
 from tests.conftest import run_model
 
 torch.set_num_threads(1)

@@ -27,7 +27,7 @@ SHARED_LAYER = {
 SHARED_INTERNALS = {"ir_compat": "modelio's adapter teaching onnx-ir the ONNX map types"}
 # The export pass lives in onnxkit.pytorch (the torch boundary), with the exporter it wraps. Like a pass in
 # passes/, these modules may import only the shared layer and each other, never pipeline, cli, report or bench.
-EXPORT_PASS_MODULES = {"pytorch.export_pass", "pytorch.export", "pytorch.export_inputs"}
+EXPORT_PASS_MODULES = {"pytorch.export_pass", "pytorch.export", "pytorch.exporters", "pytorch.export_inputs"}
 
 # Everything that needs torch lives in this package; the rest of onnxkit must import without it.
 TORCH_PACKAGE = "onnxkit.pytorch"

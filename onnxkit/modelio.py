@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import math
@@ -18,7 +19,9 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -63,6 +66,12 @@ def _parse_model_proto(path: Path, *, keep_bytes: bool = False) -> tuple[onnx.Mo
         raise ModelLoadError(
             f"{path} is not an ONNX model: it has no graph or no IR version",
             hint="the file may be truncated or in another format",
+        )
+    if proto.ir_version > onnx.IR_VERSION:
+        # onnx's checker, shape inference and ONNX Runtime all refuse it; say so before any of them is reached.
+        raise ModelLoadError(
+            f"{path} has IR version {proto.ir_version}; onnx {onnx.__version__} reads up to IR {onnx.IR_VERSION}",
+            hint="upgrade onnx and onnxruntime, or export the model with an older IR version",
         )
     return proto, content
 
@@ -169,6 +178,16 @@ def load_source(path: str | os.PathLike[str]) -> LoadedModel:
     """``load_model``, keeping the file's bytes (``LoadedModel``): read into memory, then parsed, which costs
     what parsing the mapped file does."""
     return _load(Path(path), keep_bytes=True)
+
+
+def read_model_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """The model proto in ``path`` without its external data, after the checks ``load_model`` makes (the file,
+    its format, its IR version, external data kept inside the model's folder)."""
+    path = Path(path)
+    _check_model_file(path)
+    proto, _ = _parse_model_proto(path)
+    check_external_data_locations(proto, path.parent)
+    return proto
 
 
 def _load(path: Path, *, keep_bytes: bool) -> LoadedModel:
@@ -341,14 +360,7 @@ def save_model(
     target, if it existed, is untouched.
     """
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise ModelSaveError(f"cannot write {path}: it is a folder", hint="give a file name ending in .onnx")
-    if not folder.is_dir():
-        raise ModelSaveError(
-            f"cannot write {path}: folder {folder} does not exist",
-            hint="create the folder first, or save somewhere else",
-        )
+    folder = check_writable_path(path)
     layout = tensor_layout(model)
     data_folder = layout.folder
     if external_data is None:
@@ -379,16 +391,73 @@ def save_model(
             _write_parts(staged_model, serialized)
         else:
             ir.save(model, staged_model)
-        # Data first: a model file in place must never point at data that is not there yet.
-        if (staging / data_name).exists():
-            os.replace(staging / data_name, folder / data_name)
-        os.replace(staged_model, path)
+        with _interrupts_deferred():  # Ctrl-C between the two moves would leave the new data without its model
+            # Data first: a model file in place must never point at data that is not there yet.
+            if (staging / data_name).exists():
+                os.replace(staging / data_name, folder / data_name)
+            os.replace(staged_model, path)
     except OSError as e:
         raise ModelSaveError(f"cannot write {path}: {e.strerror or e}", hint="check free space and permissions") from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _remove_stale_data(folder, path.name, data_name if external_data else "", replaced_data, model)
     return path
+
+
+def check_writable_path(path: Path) -> Path:
+    """The folder ``path`` would be written into; ``ModelSaveError`` when it is a folder itself, or its folder is
+    missing or a file."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ModelSaveError(f"cannot write {path}: it is a folder", hint="give a file name, e.g. ending in .onnx")
+    if folder.exists() and not folder.is_dir():
+        raise ModelSaveError(f"cannot write {path}: {folder} is a file, not a folder", hint="give another path")
+    if not folder.is_dir():
+        raise ModelSaveError(
+            f"cannot write {path}: folder {folder} does not exist",
+            hint="create the folder first, or give another path",
+        )
+    return folder
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file beside it and ``os.replace``: a report is whole or
+    absent, and an earlier one stays until the new one is complete."""
+    path = Path(path)
+    folder = check_writable_path(path)
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise ModelSaveError(f"cannot write {path}: {e.strerror or e}", hint="check the folder's permissions") from e
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except OSError as e:
+        raise ModelSaveError(f"cannot write {path}: {e.strerror or e}", hint="check free space and permissions") from e
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) until the block is done, then raise it: the block's file moves are all made or,
+    by the caller's cleanup, none. Only the main thread can set a signal handler; elsewhere nothing is held."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:  # None: set outside Python
+        yield
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda number, _frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and callable(previous):
+        previous(received[0], None)  # Python's default handler raises KeyboardInterrupt here
+    elif received and previous == signal.SIG_DFL:
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _write_parts(path: Path, parts: Sequence[bytes]) -> None:

@@ -67,6 +67,10 @@ def load_inputs(path: str | os.PathLike[str], proto: onnx.ModelProto) -> BenchIn
     counts = {len(arrays[n]) for n in names}
     if len(counts) != 1 or (labels is not None and len(labels) not in counts):
         raise DataError(f"bench data {path}: inputs and labels must have the same number of samples along axis 0")
+    from onnxkit.data import validate_sample
+
+    # Every tool's output would fail on data the model does not take: refused once, before any tool runs.
+    validate_sample({n: arrays[n][:1] for n in names}, proto, index=0)
     return BenchInputs({n: arrays[n] for n in names}, labels)
 
 

@@ -9,8 +9,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import onnx
-
+from onnxkit import modelio
 from onnxkit.bench.child import run_child
 from onnxkit.bench.facts import machine_description, model_file_bytes, model_op_histogram
 from onnxkit.bench.inputs import load_inputs, synthetic_inputs
@@ -87,15 +86,13 @@ def run_bench(
     transforms (for models too large to time). ``progress`` is called with a line before each step.
     """
     source = Path(model)
-    if not source.is_file():
-        raise SpecError(f"no such model: {source}", hint="give the path of an .onnx file")
+    proto = modelio.read_model_proto(source)  # a missing, unreadable or broken file: one line, before any work
     specs = [passes] if isinstance(passes, str) else list(passes)
     tools, notes = plan_tools(specs, peers)
     threads = list(threads) if threads else sorted({1, os.cpu_count() or 1})
     if repeats < 1 or warmup < 0:
         raise SpecError("repeats must be at least 1 and warmup at least 0")
     say = progress or (lambda line: None)
-    proto = onnx.load(str(source), load_external_data=False)
     inputs = load_inputs(data, proto) if data is not None else synthetic_inputs(source, dims or {})
 
     owned_tmp = None

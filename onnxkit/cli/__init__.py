@@ -49,8 +49,12 @@ class OnnxkitGroup(click.Group):
     """A click group that turns ``OnnxkitError`` into one clean line and an exit code, Ctrl-C into one line and
     exit 130, and, for a command given ``--json``, also prints the error as JSON on stdout (usage errors too)."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGUMENTS] = list(args)  # the command line as given, for _wants_json
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
-        as_json = _wants_json(self, ctx)
+        as_json = _wants_json(self, ctx.meta.get(_ARGUMENTS, []))
         try:
             return super().invoke(ctx)
         except OnnxkitError as e:
@@ -70,10 +74,12 @@ class OnnxkitGroup(click.Group):
             ctx.exit(INTERRUPTED_EXIT_CODE)
 
 
-def _wants_json(group: click.Group, ctx: click.Context) -> bool:
-    """Whether the command line names a command whose ``--json`` prints on stdout (a flag, not a file path:
-    ``bench --json FILE`` writes a file), and gives it."""
-    args = [*ctx.protected_args, *ctx.args]
+_ARGUMENTS = "onnxkit.arguments"
+
+
+def _wants_json(group: click.Group, args: list[str]) -> bool:
+    """Whether the command line ``args`` names a command whose ``--json`` prints on stdout (a flag, not a file
+    path: ``bench --json FILE`` writes a file), and gives it."""
     command: click.Command | None = group
     for arg in args:
         if not isinstance(command, click.Group):

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from onnxkit.cli import main
-from onnxkit.cli.options import parse_dims
+from onnxkit.cli.options import check_output_path, parse_dims
 from onnxkit.errors import SpecError
 
 
@@ -78,6 +78,7 @@ def bench(
     from rich.console import Console
 
     from onnxkit.bench import run_bench
+    from onnxkit.modelio import write_text_atomic
 
     def integers(text: str, option: str) -> list[int]:
         try:
@@ -88,6 +89,8 @@ def bench(
             raise SpecError(f"bad {option} {text!r}", hint=f"write {option} 1,8 with positive integers")
         return values
 
+    if json_path is not None:  # checked now, not after minutes of timing
+        check_output_path(json_path, [model], in_place=False)
     console = Console(stderr=True)
     peer_list = (
         None if peers is None else [] if peers.strip() == "none" else [p.strip() for p in peers.split(",") if p.strip()]
@@ -109,5 +112,5 @@ def bench(
     )
     report.render(Console())
     if json_path is not None:
-        json_path.write_text(report.to_json())
+        write_text_atomic(json_path, report.to_json())
         click.echo(f"wrote {json_path}")

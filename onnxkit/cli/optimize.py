@@ -106,7 +106,7 @@ def optimize(
       onnxkit optimize --example mlp --passes cleanup
     """
     from onnxkit import examples
-    from onnxkit.modelio import save_model
+    from onnxkit.modelio import save_model, write_text_atomic
     from onnxkit.pipeline import Pipeline
 
     if example == "list":
@@ -135,6 +135,8 @@ def optimize(
         output = output or model.with_name(f"{model.stem}.opt.onnx")
         inputs = [model]
     check_output_path(output, inputs, in_place)
+    if report_path is not None:  # checked now: a report that cannot be written fails the run before its work
+        check_output_path(report_path, [*inputs, output], in_place=False)
 
     data = load_data_option(data_path)
     calibration = load_data_option(calib_path) if calib_path else data
@@ -156,7 +158,9 @@ def optimize(
     save_model(result.model, output, external_data=external_data, serialized=result.serialized)
     result.report.output_path = str(output)
     if report_path is not None:
-        report_path.write_text(result.report.to_markdown() if report_path.suffix == ".md" else result.report.to_json())
+        write_text_atomic(
+            report_path, result.report.to_markdown() if report_path.suffix == ".md" else result.report.to_json()
+        )
     if as_json:
         payload = result.report.to_dict()
         target_supported = deploy_cli.report_target(target, result.model, as_json, payload)

@@ -41,15 +41,20 @@ def parse_dims(text: str | None) -> dict[str, int]:
         if not piece.strip():
             continue
         name, equals, value = piece.partition("=")
-        if not equals or not value.strip().isdigit() or int(value) <= 0:
+        if not equals or not name.strip() or not value.strip().isdigit() or int(value) <= 0:
             raise SpecError(f"bad --dim entry {piece!r}", hint="write --dim name=SIZE,other=SIZE with positive sizes")
         dims[name.strip()] = int(value)
     return dims
 
 
 def tolerance_overrides(**values: float | None) -> dict[str, float]:
-    """The tolerance options the user actually gave."""
-    return {key: value for key, value in values.items() if value is not None}
+    """The tolerance options the user actually gave, refused now when out of range (a negative --atol, a NaN):
+    a run whose checks are all skipped as unneeded would otherwise never look at them."""
+    from onnxkit.parity import Tolerance
+
+    given = {key: value for key, value in values.items() if value is not None}
+    Tolerance(**given)  # type: ignore[arg-type]  # the keys are Tolerance's own fields
+    return given
 
 
 def tolerance_options(func: Any) -> Any:
@@ -82,16 +87,17 @@ def check_output_path(output: Path, inputs: list[Path], in_place: bool) -> None:
         raise ModelSaveError(
             f"refusing to overwrite the input model {output}", hint="give -o OUT, or --in-place to replace it"
         )
-    folder = output.parent if str(output.parent) else Path(".")
-    if output.is_dir():
-        raise ModelSaveError(f"cannot write {output}: it is a folder", hint="give a file name ending in .onnx")
-    if not folder.is_dir():
-        raise ModelSaveError(
-            f"cannot write {output}: folder {folder} does not exist",
-            hint="create the folder first, or give another -o path",
-        )
+    check_report_path(output)
+
+
+def check_report_path(path: Path) -> None:
+    """Fail before any work when ``path`` (an output model, a report) cannot be written: a folder, a missing
+    folder or a file in its place, a folder without write permission."""
+    from onnxkit.modelio import check_writable_path
+
+    folder = check_writable_path(path)
     if not os.access(folder, os.W_OK):
         raise ModelSaveError(
-            f"cannot write {output}: folder {folder} is not writable",
-            hint="give -o a path in a folder you can write to",
+            f"cannot write {path}: folder {folder} is not writable",
+            hint="give a path in a folder you can write to",
         )

@@ -1,0 +1,309 @@
+"""A demanding user's awkward input, beyond tests/test_bad_input.py's matrix: Ctrl-C during a pass and during the
+save, ``--json`` on error paths, reports and bench results that cannot be written, broken configs, models from a
+newer IR, bench data that does not fit. Each ends in one ``error:`` line, the right exit status, every input file
+as it was, and no partial output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxkit import modelio
+from onnxkit.cli import main
+from onnxkit.errors import ModelLoadError, ModelSaveError
+from tests.test_bad_input import make_model, save_with_external_data
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    path = tmp_path / "m.onnx"
+    onnx.save(make_model(), path)
+    return path
+
+
+def _one_error_line(stderr: str, message: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert lines and lines[0].startswith("error: ") and message in lines[0], stderr
+    assert len(lines) <= 2 and all(line.startswith(("error: ", "Note: ")) for line in lines), stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ctrl-C: a real process, a real SIGINT
+
+
+_DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from onnxkit import Pass, PassResult, modelio, register_pass
+    from onnxkit.cli import main
+
+    marker = Path(sys.argv.pop(1))
+
+    class Slow(Pass):
+        name = "slow"
+
+        def call(self, model):
+            marker.write_text("pass")
+            while True:  # Python code: the interrupt lands here, as in any long pass
+                time.sleep(0.02)
+
+    def slow_write(path, parts):  # the save's writer: half the model on disk, then a slow disk
+        with open(path, "wb") as file:
+            file.write(b"".join(parts)[:100])
+            file.flush()
+            marker.write_text("save")
+            while True:
+                time.sleep(0.02)
+
+    register_pass(Slow)
+    if "--passes" in sys.argv and sys.argv[sys.argv.index("--passes") + 1] == "cleanup":
+        modelio._write_parts = slow_write
+    main(prog_name="onnxkit")
+    """
+)
+
+
+@pytest.mark.parametrize("where", ["pass", "save"])
+def test_ctrl_c_exits_130_with_one_line_and_leaves_no_partial_output(tmp_path: Path, model: Path, where: str) -> None:
+    (tmp_path / "out.onnx").write_bytes(b"an earlier output")  # must survive an interrupted save
+    driver, marker = tmp_path / "driver.py", tmp_path / "marker"
+    driver.write_text(_DRIVER)
+    spec = "slow" if where == "pass" else "cleanup"
+    arguments = [str(marker), "optimize", str(model), "--passes", spec, "-o", str(tmp_path / "out.onnx")]
+    before = _digests(tmp_path)
+    repo = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(
+        [sys.executable, str(driver), *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    deadline = time.monotonic() + 60
+    while not (marker.exists() and marker.read_text() == where) and process.poll() is None:
+        assert time.monotonic() < deadline, "the run never reached the slow step"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    _one_error_line(stderr, "interrupted")
+    marker.unlink()
+    assert _digests(tmp_path) == before, "the input changed, the earlier output was touched, or a temporary stayed"
+
+
+def test_an_interrupt_during_the_final_moves_of_a_save_waits_for_them() -> None:
+    """The data file and the model are moved into place as one step: Ctrl-C between them would leave new data
+    without its model; it is raised once both moves are done."""
+    if sys.platform == "win32" or not _in_main_thread():
+        pytest.skip("signal handlers are set from the main thread only")
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with modelio._interrupts_deferred():
+            signal.raise_signal(signal.SIGINT)
+            done.append("moves")
+    assert done == ["moves"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --json: CI scripts parse stdout, errors included
+
+
+@pytest.mark.parametrize(
+    "args, exit_code, message",
+    [
+        (["optimize", "{dir}/missing.onnx", "--passes", "cleanup", "--json"], 2, "no such file"),
+        (["optimize", "{model}", "--passes", "cleanup{", "--json"], 2, "unclosed '{'"),
+        (["optimize", "{model}", "--passes", "cleanup", "--check", "bogus", "--json"], 2, "Invalid value"),
+        (["optimize", "{model}", "--passes", "cleanup", "--dim", "batch", "--json"], 2, "bad --dim entry"),
+        (["check", "{model}", "{dir}/missing.onnx", "--json"], 2, "no such file"),
+        (["inspect", "{dir}", "--json"], 2, "is a folder"),
+        (["debug", "quant", "{dir}/missing.onnx", "--calib-data", "{dir}/d.npz", "--json"], 2, "no such"),
+    ],
+)
+def test_json_errors_are_json_on_stdout(model: Path, args: list[str], exit_code: int, message: str) -> None:
+    folder = model.parent
+    result = CliRunner().invoke(main, [a.replace("{model}", str(model)).replace("{dir}", str(folder)) for a in args])
+    assert result.exit_code == exit_code, result.output
+    payload = json.loads(result.stdout)
+    assert message in payload["error"] and payload["exit_code"] == exit_code
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files written beside the model: checked before any work, written whole or not at all
+
+
+@pytest.mark.parametrize("report", ["{dir}/no/r.json", "{dir}", "{dir}/m.onnx", "{dir}/file/r.md"])
+def test_a_report_that_cannot_be_written_fails_before_the_run(model: Path, report: str) -> None:
+    folder = model.parent
+    (folder / "file").write_text("a file where a folder should be")
+    before = _digests(folder)
+    result = CliRunner().invoke(
+        main,
+        [
+            "optimize",
+            str(model),
+            "--passes",
+            "cleanup",
+            "-o",
+            str(folder / "o.onnx"),
+            "--report",
+            report.format(dir=folder),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    _one_error_line(result.stderr, "")
+    assert _digests(folder) == before, "no model is written when its report cannot be"
+
+
+def test_report_is_written_atomically(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = model.parent
+    (folder / "r.json").write_text("an earlier report")
+
+    def fails(*_args: object, **_kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fails)
+    with pytest.raises(ModelSaveError, match="No space left on device"):
+        modelio.write_text_atomic(folder / "r.json", "{}")
+    assert (folder / "r.json").read_text() == "an earlier report"
+    assert sorted(p.name for p in folder.iterdir()) == ["m.onnx", "r.json"]
+
+
+def test_output_whose_folder_is_a_file_says_so(model: Path) -> None:
+    (model.parent / "f").write_text("x")
+    result = CliRunner().invoke(
+        main, ["optimize", str(model), "--passes", "cleanup", "-o", str(model.parent / "f/o.onnx")]
+    )
+    assert result.exit_code == 2
+    _one_error_line(result.stderr, "is a file, not a folder")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models, configs, options and bench data
+
+
+def test_a_model_from_a_newer_ir_is_refused_on_load(tmp_path: Path) -> None:
+    proto = make_model()
+    proto.ir_version = onnx.IR_VERSION + 1
+    path = tmp_path / "m.onnx"
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises(ModelLoadError, match=f"IR version {onnx.IR_VERSION + 1}"):
+        modelio.load_model(path)
+    # debug quant calibrated it and failed with a ValueError traceback
+    np.savez(tmp_path / "d.npz", x=np.ones((4, 3, 16, 16), np.float32))
+    result = CliRunner().invoke(
+        main, ["debug", "quant", str(path), "--calib-data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "dq")]
+    )
+    assert result.exit_code == 2, result.output
+    _one_error_line(result.stderr, "IR version")
+    assert not (tmp_path / "dq").exists()
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("passes = 3", "'passes' must be a list"),
+        ("passes = [", "not valid TOML"),
+        (b"\x08\x07\x12\x86\xff", "not valid TOML"),  # a binary file (a model) given as --config
+    ],
+)
+def test_bad_configs_are_one_line(model: Path, config: str | bytes, message: str) -> None:
+    path = model.parent / "c.toml"
+    path.write_bytes(config if isinstance(config, bytes) else config.encode())
+    result = CliRunner().invoke(
+        main, ["optimize", str(model), "--config", str(path), "-o", str(model.parent / "o.onnx")]
+    )
+    assert result.exit_code == 2, result.output
+    _one_error_line(result.stderr, message)
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--atol", "-1"], "atol must be a non-negative number"),
+        (["--min-cosine", "nan"], "min_cosine must lie between"),
+        (["--dim", "=4"], "bad --dim entry"),
+    ],
+)
+def test_bad_options_are_refused_even_when_no_check_would_read_them(
+    model: Path, option: list[str], message: str
+) -> None:
+    output = model.parent / "o.onnx"
+    result = CliRunner().invoke(main, ["optimize", str(model), "--passes", "cleanup", "-o", str(output), *option])
+    assert result.exit_code == 2, result.output
+    _one_error_line(result.stderr, message)
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda folder: (folder / "m.onnx").write_text("not a model\n"), "not a valid ONNX model"),
+        (lambda folder: (folder / "m.onnx").mkdir(), "is a folder"),
+        (
+            lambda folder: save_with_external_data(make_model(), folder / "m.onnx", "../outside.bin"),
+            "outside the model's folder",
+        ),
+    ],
+)
+def test_bench_refuses_a_bad_model_in_one_line(tmp_path: Path, make: object, message: str) -> None:
+    folder = tmp_path / "case"
+    folder.mkdir()
+    (tmp_path / "outside.bin").write_bytes(b"\0" * 4096)
+    make(folder)  # type: ignore[operator]
+    result = CliRunner().invoke(main, ["bench", str(folder / "m.onnx"), "--passes", "cleanup", "--peers", "none"])
+    assert result.exit_code == 2, result.output
+    _one_error_line(result.stderr, message)
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [(np.ones((2, 3), np.float32), "rank 2"), (np.ones((2, 3, 16, 16), np.float64), "dtype float64")],
+)
+def test_bench_refuses_data_the_model_does_not_take_before_any_tool_runs(
+    model: Path, array: np.ndarray, message: str
+) -> None:
+    np.savez(model.parent / "d.npz", x=array)
+    result = CliRunner().invoke(
+        main, ["bench", str(model), "--passes", "cleanup", "--peers", "none", "--data", str(model.parent / "d.npz")]
+    )
+    assert result.exit_code == 2, result.output  # was 0, with every tool FAILED in the table
+    _one_error_line(result.stderr, message)
+
+
+def test_bench_results_that_cannot_be_written_fail_before_the_bench(model: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["bench", str(model), "--passes", "cleanup", "--peers", "none", "--json", str(model.parent / "no/b.json")]
+    )
+    assert result.exit_code == 2, result.output
+    _one_error_line(result.stderr, "does not exist")

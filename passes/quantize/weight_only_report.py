@@ -9,6 +9,7 @@ from typing import Any
 
 from onnxkit.passes.quantize import latency
 from onnxkit.passes.quantize.float_search import Verdict
+from onnxkit.passes.quantize.report import size_line
 
 
 @dataclasses.dataclass
@@ -87,10 +88,7 @@ class WeightOnlyReport:
         if self.kept_float_model:
             lines.append(f"kept the float model: {self.kept_float_model}")
         if self.quantized_bytes is not None:
-            lines.append(
-                f"size {self.float_bytes / 1e6:.2f} MB → {self.quantized_bytes / 1e6:.2f} MB "
-                f"({self.quantized_bytes / self.float_bytes:.2f}×)"
-            )
+            lines.append(size_line(self.float_bytes, self.quantized_bytes))
         return lines + [f"warning: {w}" for w in self.warnings]
 
     def to_dict(self) -> dict[str, Any]:

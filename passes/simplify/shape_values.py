@@ -85,7 +85,8 @@ def _evaluator(op_type: str, first: int = 1, last: int = 10**6) -> Callable[[Cal
 
 @_evaluator("Gather")
 def _gather_shape_value(node: ir.Node, op, state: ShapeValues):
-    """``Gather(shape, scalar index)``: onnxscript's evaluator only takes 1-D indices."""
+    """``Gather(shape, scalar or 1-D indices)``: onnxscript's evaluator only takes 1-D indices, and only from a
+    node that spells out ``axis=0`` (tf2onnx leaves the default unsaid, onnxscript then reads no axis)."""
     data, indices = node.inputs[0], node.inputs[1]
     dims = _dims(data, state)
     if dims is None or indices is None or indices.const_value is None or _rank(data) != 1:
@@ -93,9 +94,9 @@ def _gather_shape_value(node: ir.Node, op, state: ShapeValues):
     if node.attributes.get_int("axis", 0) != 0:
         return None
     index = indices.const_value.numpy()
-    if index.ndim != 0 or not -len(dims) <= int(index) < len(dims):
+    if index.ndim > 1 or not all(-len(dims) <= int(i) < len(dims) for i in index.reshape(-1)):
         return None
-    return _shape_result(node, op, state, [dims[int(index)]], rank=0)
+    return _shape_result(node, op, state, [dims[int(i)] for i in index.reshape(-1)], rank=index.ndim)
 
 
 @_evaluator("Cast")

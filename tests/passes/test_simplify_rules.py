@@ -543,3 +543,24 @@ def test_a_computed_target_stays_where_a_constant_one_would_contradict_the_decla
     assert op_counts(simplified)["Shape"] == 1
     onnx.shape_inference.infer_shapes(simplified, strict_mode=True)
     assert_same_outputs(model, simplified, {"x": np.ones((3, 1, 4), np.float32)})
+
+
+def test_gather_of_a_shape_with_the_default_axis_left_unsaid_folds():
+    """tf2onnx writes Gather(Shape(x), [1, 2]) without ``axis``: the default 0 must fold as an explicit 0 does."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "tail_axes"], ["tail"]),  # no axis attribute
+        helper.make_node("Concat", ["minus_one", "tail"], ["target"], axis=0),
+        helper.make_node("Reshape", ["v", "target"], ["y"]),
+    ]
+    initializers = [const("tail_axes", np.array([1, 2])), const("minus_one", np.array([-1]))]
+    model = model_at(
+        nodes,
+        [tensor_input("x", ["n", 4, 6]), tensor_input("v", ["n", 24])],
+        [tensor_input("y", ["n", 4, 6])],
+        initializers,
+    )
+    simplified, _ = run_simplify(model)
+    assert op_counts(simplified) == {"Reshape": 1}
+    feeds = {"x": np.zeros((3, 4, 6), np.float32), "v": np.arange(72, dtype=np.float32).reshape(3, 24)}
+    assert_same_outputs(model, simplified, feeds)

@@ -99,7 +99,6 @@ def _per_channel_weights(
     for node in quantized_nodes:
         for name, axis in _weight_inputs(node):
             slots.setdefault(name, []).append(axis)
-    graph_names = {value.name for value in (*model.graph.input, *model.graph.output)}
     read_in_bodies = _names_read_in_bodies(model.graph)
     for name in sorted(slots):
         tensor = initializers.get(name)
@@ -109,7 +108,6 @@ def _per_channel_weights(
             and tensor.data_type == onnx.TensorProto.FLOAT
             and len(axes) == reads[name]
             and len(set(axes)) == 1
-            and name not in graph_names
             and name not in read_in_bodies
         ):
             yield name, axes[0]

@@ -131,7 +131,11 @@ def _small_model() -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "small",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        # mm_w also listed as an input, as IR<4 models list every initializer.
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4]),
+            helper.make_tensor_value_info("mm_w", TensorProto.FLOAT, [10, 8]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
         initializers,
     )

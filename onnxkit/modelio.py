@@ -160,6 +160,8 @@ class LoadedModel:
     model: ir.Model
     proto: onnx.ModelProto
     content: bytes | None
+    # The external data files the model was read from: an output written over one of them would destroy the input.
+    data_files: tuple[Path, ...] = ()
 
 
 def load_model(path: str | os.PathLike[str]) -> ir.Model:
@@ -195,17 +197,22 @@ def _load(path: Path, *, keep_bytes: bool) -> LoadedModel:
     proto, content = _parse_model_proto(path, keep_bytes=keep_bytes)
     external = _external_tensors(proto)  # one walk over the graph's tensors, for both uses
     check_external_data_locations(proto, path.parent, external)
+    data_files = tuple(sorted({(path.parent / _location(tensor)).resolve() for tensor in external}))
     try:
         external_bytes = _external_data_bytes(external, path.parent)
         if external_bytes >= EXTERNAL_DATA_THRESHOLD:
-            return LoadedModel(ir.load(path), proto, None)
+            return LoadedModel(ir.load(path), proto, None, data_files)
         if external_bytes:
             onnx.load_external_data_for_model(proto, str(path.parent))
         # Kept only where a snapshot can be the bytes: whole (no external data) and below the in-memory limit.
         whole = content is not None and not external and len(content) < EXTERNAL_DATA_THRESHOLD
-        return LoadedModel(ir.serde.deserialize_model(proto), proto, content if whole else None)
+        return LoadedModel(ir.serde.deserialize_model(proto), proto, content if whole else None, data_files)
     except Exception as e:
         raise ModelLoadError(f"{path} could not be read as an ONNX model: {e}") from e
+
+
+def _location(tensor: onnx.TensorProto) -> str:
+    return next(entry.value for entry in tensor.external_data if entry.key == "location")
 
 
 def _external_data_bytes(external: list[onnx.TensorProto], base_dir: Path) -> int:
@@ -362,6 +369,10 @@ def save_model(
     path = Path(path)
     folder = check_writable_path(path)
     layout = tensor_layout(model)
+    if layout.external_bytes and path.resolve() in _files_read(model):
+        raise ModelSaveError(
+            f"refusing to write {path}: the model's weights are read from it", hint="give another output path"
+        )
     data_folder = layout.folder
     if external_data is None:
         external_data = data_folder is not None or layout.needs_external_data
@@ -516,11 +527,16 @@ def _remove_stale_data(folder: Path, model_name: str, kept: str, replaced: set[P
         if file.name == kept or found is None:
             continue
         if still_read is None:
-            still_read = {Path(t.path).resolve() for t in _all_tensors(model) if isinstance(t, ir.ExternalTensor)}
+            still_read = _files_read(model)
         if file.resolve() in still_read:
             continue
         if found.group(1) or file.resolve() in replaced:
             file.unlink(missing_ok=True)
+
+
+def _files_read(model: ir.Model) -> set[Path]:
+    """The data files the model's tensors still read (loaded lazily)."""
+    return {Path(t.path).resolve() for t in _all_tensors(model) if isinstance(t, ir.ExternalTensor)}
 
 
 _DATA_NAME = re.compile(r"\.([0-9a-f]{8}\.)?data")

@@ -307,3 +307,38 @@ def test_bench_results_that_cannot_be_written_fail_before_the_bench(model: Path)
     )
     assert result.exit_code == 2, result.output
     _one_error_line(result.stderr, "does not exist")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The input's external data is part of the input
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-o", "{dir}/m.onnx.data"],
+        ["-o", "{dir}/m.onnx.data", "--in-place"],  # --in-place replaces the model file, never its data
+        ["-o", "{dir}/o.onnx", "--report", "{dir}/m.onnx.data"],
+    ],
+)
+def test_an_output_over_the_inputs_external_data_is_refused(tmp_path: Path, args: list[str]) -> None:
+    save_with_external_data(make_model(), tmp_path / "m.onnx", "m.onnx.data")
+    before = _digests(tmp_path)
+    result = CliRunner().invoke(
+        main, ["optimize", str(tmp_path / "m.onnx"), "--passes", "cleanup", *(a.format(dir=tmp_path) for a in args)]
+    )
+    assert result.exit_code == 2, result.output  # was 0, the input's weights replaced by the output model
+    _one_error_line(result.stderr, "the input model's external data is in it")
+    assert _digests(tmp_path) == before
+
+
+def test_save_refuses_the_data_file_its_own_weights_are_read_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD", 100)  # the 3 KiB weight stays in its file
+    save_with_external_data(make_model(), tmp_path / "m.onnx", "m.onnx.data")
+    before = _digests(tmp_path)
+    model = modelio.load_model(tmp_path / "m.onnx")
+    with pytest.raises(ModelSaveError, match="weights are read from it"):
+        modelio.save_model(model, tmp_path / "m.onnx.data")
+    assert _digests(tmp_path) == before

@@ -134,9 +134,11 @@ def optimize(
         source = load_source(model)
         output = output or model.with_name(f"{model.stem}.opt.onnx")
         inputs = [model]
-    check_output_path(output, inputs, in_place)
+    # The input's external data is never a place to write: --in-place replaces the model file, not its data.
+    data_files = list(source.data_files) if example is None else []
+    check_output_path(output, inputs, in_place, data_files)
     if report_path is not None:  # checked now: a report that cannot be written fails the run before its work
-        check_output_path(report_path, [*inputs, output], in_place=False)
+        check_output_path(report_path, [*inputs, output], False, data_files)
 
     data = load_data_option(data_path)
     calibration = load_data_option(calib_path) if calib_path else data

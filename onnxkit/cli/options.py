@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,13 +80,18 @@ def load_data_option(path: str | None) -> Any:
     return load_dataset(path)
 
 
-def check_output_path(output: Path, inputs: list[Path], in_place: bool) -> None:
-    """Refuse to overwrite an input, and fail before any work when the output cannot be written."""
+def check_output_path(output: Path, inputs: list[Path], in_place: bool, data_files: Sequence[Path] = ()) -> None:
+    """Refuse to overwrite an input (its model file unless ``in_place``, its external ``data_files`` ever), and
+    fail before any work when the output cannot be written."""
     from onnxkit.modelio import same_file
 
     if not in_place and any(same_file(output, i) for i in inputs):
         raise ModelSaveError(
             f"refusing to overwrite the input model {output}", hint="give -o OUT, or --in-place to replace it"
+        )
+    if any(same_file(output, data) for data in data_files):
+        raise ModelSaveError(
+            f"refusing to overwrite {output}: the input model's external data is in it", hint="give another path"
         )
     check_report_path(output)
 

@@ -349,6 +349,7 @@ class FusePass(Pass):
         remove_annotations = annotate_shapes(model) if unknown else _nothing_to_undo
         unknown = shapeless_values(model)
         context.census = census = Census.of(model)
+        initializers_before = _tidy.initializer_ids(model)
         # A fusion finds nothing new in a model it already searched in vain: ``changes`` counts what altered
         # the model (a fusion firing, shapes inferred), and a fusion is searched again only once it moved on
         # since that fusion's last fruitless search. Rounds still run until one changes nothing; the last one
@@ -389,8 +390,11 @@ class FusePass(Pass):
         _tidy.bypass_created_identities(model)
         _tidy.lift_created_constants(model)
         _tidy.remove_unused_subgraph_initializers(model)
+        merged = _tidy.merge_created_duplicates(model, initializers_before)  # those still read
         _tidy.drop_unused_opsets(model, (CONTRIB_DOMAIN, _onnxruntime.INTERMEDIATE_DOMAIN))
         stats = [f.stat.format(n=counts[f.name]) for f in FUSIONS if counts[f.name]]
+        if merged:
+            stats.append(f"merged {merged} equal constants the fusions created")
         return PassResult(model, True, stats, sites=context.sites)
 
     def _apply(self, fusion: Fusion, model: ir.Model, context: FusionContext) -> int:

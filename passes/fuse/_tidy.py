@@ -1,13 +1,14 @@
 """What fuse does to the model around its fusions: before IR version 4, the initializers taken out of the
 graph inputs while rules run and listed again after; and the clean-up after the rules (the Identity nodes
-and Constant nodes they left, orphaned body initializers, contrib domains no node uses)."""
+and Constant nodes they left, equal constants they created apart, orphaned body initializers, contrib domains no
+node uses)."""
 
 from __future__ import annotations
 
 import onnx_ir as ir
 from onnxscript.rewriter import RULE_NAME_TAG
 
-from onnxkit.passes._graph_utils import all_nodes, subgraphs
+from onnxkit.passes._graph_utils import all_nodes, model_graphs, subgraphs
 
 
 def unlist_initializer_inputs(model: ir.Model) -> list[str | None]:
@@ -88,3 +89,42 @@ def drop_unused_opsets(model: ir.Model, domains: tuple[str, ...]) -> None:
         if domain not in used:
             for graph in graphs:
                 graph.opset_imports.pop(domain, None)
+
+
+def initializer_ids(model: ir.Model) -> set[int]:
+    """The identities of the initializers of every graph, to tell afterwards which ones the fusions created."""
+    return {id(value) for graph in model_graphs(model) for value in graph.initializers.values()}
+
+
+def merge_created_duplicates(model: ir.Model, existing: set[int]) -> int:
+    """Merge the initializers the fusions created (those not in ``existing``) with equal ones: same dtype,
+    shape and bytes, the first in the graph's order kept, as simplify merges them; returns how many went.
+
+    Folded layers often get equal constants (the same Squeeze axes, Reshape targets, a zero bias): left
+    apart, a simplify after fuse merged them, so ``simplify,fuse`` run twice changed the model. Only groups
+    holding a created tensor are compared, so a model's own weights are not read again.
+    """
+    merged = 0
+    for graph in model_graphs(model):
+        created = [value for value in graph.initializers.values() if id(value) not in existing]
+        layouts = {_layout(value.const_value) for value in created if value.const_value is not None}
+        if not layouts:
+            continue
+        first_of: dict[tuple, ir.Value] = {}
+        for value in list(graph.initializers.values()):
+            tensor = value.const_value
+            if tensor is None or value.is_graph_input() or value.is_graph_output():
+                continue
+            layout = _layout(tensor)
+            if layout not in layouts:
+                continue
+            first = first_of.setdefault((layout, tensor.tobytes()), value)
+            if first is not value and not {id(first), id(value)} <= existing:  # the model's own ones: simplify's
+                value.replace_all_uses_with(first)
+                graph.initializers.pop(value.name)  # type: ignore[arg-type]  # an initializer has a name
+                merged += 1
+    return merged
+
+
+def _layout(tensor: ir.TensorProtocol) -> tuple[ir.DataType, tuple[int, ...]]:
+    return tensor.dtype, tuple(tensor.shape.numpy())

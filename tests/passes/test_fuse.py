@@ -284,6 +284,33 @@ def test_shared_weights_are_not_duplicated(rng):
     assert sorted(op_types(fuse(model)[0])) == ["Conv", "Conv", "Mul"]
 
 
+def test_equal_constants_the_fusions_create_are_one_initializer(rng):
+    """Two Convs without a bias absorb the same shift: the two biases are equal, and a simplify after fuse
+    would merge them, so ``simplify,fuse`` run twice would change the model. fuse keeps one."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"]),
+        helper.make_node("Add", ["c1", "shift"], ["y1"]),
+        helper.make_node("Conv", ["x", "w2"], ["c2"]),
+        helper.make_node("Add", ["c2", "shift"], ["y2"]),
+    ]
+    initializers = [
+        weights(rng, "w1", 4, 3, 1, 1),
+        weights(rng, "w2", 4, 3, 1, 1),
+        tensor("shift", rng.standard_normal((4, 1, 1)).astype(np.float32)),
+    ]
+    outputs = [value("y1", ["N", 4, 5, 5]), value("y2", ["N", 4, 5, 5])]
+    model = make_model(nodes, [value("x", ["N", 3, 5, 5])], outputs, initializers)
+    fused, stats = fuse(model)
+    assert op_types(fused) == ["Conv", "Conv"]
+    assert fused.graph.node[0].input[2] == fused.graph.node[1].input[2]
+    assert len(fused.graph.initializer) == 3  # two weights, one bias
+    assert stats == [
+        "folded 2 constant Mul/Add/Sub/Div into Conv/ConvTranspose",
+        "merged 1 equal constants the fusions created",
+    ]
+    assert_same_outputs(model, fused, {"x": rng.standard_normal((2, 3, 5, 5)).astype(np.float32)})
+
+
 def test_gemm_and_matmul_absorb_constant_scales(rng):
     nodes = [
         helper.make_node("Gemm", ["x", "w1", "b1"], ["g"], transB=1),

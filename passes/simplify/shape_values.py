@@ -230,8 +230,28 @@ def _sub_dims(x, y):
     return x if y == 0 and _known(x) else _unknown()
 
 
+def _max_dims(x, y):
+    """TensorFlow exporters broadcast two shapes by their elementwise Max: equal dims stay what they are."""
+    if isinstance(x, int) and isinstance(y, int):
+        return max(x, y)
+    return x if x == y and _known(x) else _unknown()
+
+
+def _min_dims(x, y):
+    if isinstance(x, int) and isinstance(y, int):
+        return min(x, y)
+    return x if x == y and _known(x) else _unknown()
+
+
+def _two_input_arithmetic(node: ir.Node, op, state: ShapeValues, *, combine: Callable):
+    """Max and Min take any number of inputs: only two are read as shape values."""
+    return _arithmetic_shape_value(node, op, state, combine=combine) if len(node.inputs) == 2 else None
+
+
 for _op_type, _combine in (("Mul", _mul_dims), ("Div", _div_dims), ("Sub", _sub_dims)):
     _evaluator(_op_type)(functools.partial(_arithmetic_shape_value, combine=_combine))
+for _op_type, _combine in (("Max", _max_dims), ("Min", _min_dims)):
+    _evaluator(_op_type)(functools.partial(_two_input_arithmetic, combine=_combine))
 
 
 _DIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

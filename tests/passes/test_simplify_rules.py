@@ -564,3 +564,23 @@ def test_gather_of_a_shape_with_the_default_axis_left_unsaid_folds():
     assert op_counts(simplified) == {"Reshape": 1}
     feeds = {"x": np.zeros((3, 4, 6), np.float32), "v": np.arange(72, dtype=np.float32).reshape(3, 24)}
     assert_same_outputs(model, simplified, feeds)
+
+
+def test_max_of_two_equal_shape_values_folds_as_tensorflow_broadcasts_them():
+    """tf2onnx broadcasts two einsum operands' shapes by Max: equal dims, the batch's too, are the result."""
+    nodes = [
+        helper.make_node("Shape", ["a"], ["shape_a"]),
+        helper.make_node("Shape", ["b"], ["shape_b"]),
+        helper.make_node("Gather", ["shape_a", "lead"], ["lead_a"]),
+        helper.make_node("Gather", ["shape_b", "lead"], ["lead_b"]),
+        helper.make_node("Max", ["lead_a", "lead_b"], ["lead_ab"]),
+        helper.make_node("Concat", ["lead_ab", "rest"], ["target"], axis=0),
+        helper.make_node("Reshape", ["b", "target"], ["y"]),
+    ]
+    initializers = [const("lead", np.array([0, 1])), const("rest", np.array([3, 2]))]
+    inputs = [tensor_input("a", ["n", 4, 6]), tensor_input("b", ["n", 4, 6])]
+    model = model_at(nodes, inputs, [tensor_input("y", ["n", 4, 3, 2])], initializers)
+    simplified, _ = run_simplify(model)
+    assert op_counts(simplified) == {"Reshape": 1}
+    feeds = {"a": np.zeros((2, 4, 6), np.float32), "b": np.arange(48, dtype=np.float32).reshape(2, 4, 6)}
+    assert_same_outputs(model, simplified, feeds)

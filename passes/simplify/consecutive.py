@@ -110,14 +110,34 @@ def _merge_reshapes(node: ir.Node) -> bool:
     return True
 
 
+def _concat_read_only_by_concats(value: ir.Value | None, axis: int | None) -> ir.Node | None:
+    """The Concat on ``axis`` producing ``value``, when every reader of ``value`` is a Concat on that axis too:
+    each of them takes its inputs in, and the inner one goes once the last has (an exporter's Concat of two
+    dims shared by two targets)."""
+    if value is None or axis is None or value.is_graph_output() or not value.uses():
+        return None
+    producer = value.producer()
+    if producer is None or producer.op_type != "Concat" or producer.domain not in ("", "ai.onnx"):
+        return None
+    if producer.attributes.get_int("axis") != axis:
+        return None
+    for use in value.uses():
+        reader = use.node
+        if reader.op_type != "Concat" or reader.domain not in ("", "ai.onnx"):
+            return None
+        if reader.attributes.get_int("axis") != axis:
+            return None
+    return producer
+
+
 def _flatten_concats(node: ir.Node) -> bool:
     """Concat(a, Concat(b, c), d) on one axis = Concat(a, b, c, d)."""
     axis = node.attributes.get_int("axis")
     inputs: list[ir.Value | None] = []
     merged = False
     for value in node.inputs:
-        inner = _sole_producer(value, "Concat")
-        if inner is not None and inner.attributes.get_int("axis") == axis and axis is not None:
+        inner = _concat_read_only_by_concats(value, axis)
+        if inner is not None:
             inputs.extend(inner.inputs)
             merged = True
         else:

@@ -584,3 +584,24 @@ def test_max_of_two_equal_shape_values_folds_as_tensorflow_broadcasts_them():
     assert op_counts(simplified) == {"Reshape": 1}
     feeds = {"a": np.zeros((2, 4, 6), np.float32), "b": np.arange(48, dtype=np.float32).reshape(2, 4, 6)}
     assert_same_outputs(model, simplified, feeds)
+
+
+def test_a_concat_read_by_two_concats_on_its_axis_joins_both_and_goes():
+    """An exporter's Concat of two dims shared by two targets: each target takes the dims in, one node fewer;
+    a Concat that another op also reads stays (joining it would only copy it)."""
+    nodes = [
+        helper.make_node("Concat", ["a", "b"], ["shared"], axis=0),
+        helper.make_node("Concat", ["c", "shared"], ["first"], axis=0),
+        helper.make_node("Concat", ["shared", "c"], ["second"], axis=0),
+        helper.make_node("Concat", ["a", "c"], ["read_twice"], axis=0),
+        helper.make_node("Concat", ["b", "read_twice"], ["third"], axis=0),
+        helper.make_node("Relu", ["read_twice"], ["fourth"]),
+    ]
+    inputs = [tensor_input(name, [2]) for name in "abc"]
+    outputs = [tensor_input("first", [6]), tensor_input("second", [6])]
+    outputs += [tensor_input("third", [6]), tensor_input("fourth", [4])]
+    model = model_at(nodes, inputs, outputs)
+    simplified, _ = run_simplify(model)
+    assert op_counts(simplified) == {"Concat": 4, "Relu": 1}
+    feeds = {name: np.arange(2, dtype=np.float32) + i for i, name in enumerate("abc")}
+    assert_same_outputs(model, simplified, feeds)

@@ -148,9 +148,10 @@ def reduce(
     the original's own values. `onnxkit check OUT.original.onnx OUT --data OUT.inputs.npz` shows the failure.
     """
     from onnxkit import parity
-    from onnxkit.reduce import reduce_pair
+    from onnxkit.reduce import output_paths, reduce_pair
 
-    check_output_path(output, [original, candidate], in_place=False)
+    for path in output_paths(output):  # the side files too: <stem>.original.onnx may be an input's name
+        check_output_path(path, [original, candidate], in_place=None)
     tolerance = parity.tolerance_from_options(
         preset, tolerance_overrides(atol=atol, rtol=rtol, min_cosine=min_cosine, min_sqnr=min_sqnr, min_top1=min_top1)
     )

@@ -76,15 +76,23 @@ class ReduceResult:
     def save(self, path: str | os.PathLike[str]) -> list[Path]:
         """Write the candidate's subgraph to ``path``, the original's beside it as ``<stem>.original.onnx``,
         and the inputs that show the failure as ``<stem>.inputs.npz`` (``onnxkit check`` reads it back)."""
-        path = Path(path)
-        original_path = path.with_name(f"{path.stem}.original{path.suffix or '.onnx'}")
-        inputs_path = path.with_name(f"{path.stem}.inputs.npz")
+        path, original_path, inputs_path = output_paths(path)
         written = [
             modelio.save_model(modelio.as_ir_model(self.reduced.candidate), path),
             modelio.save_model(modelio.as_ir_model(self.reduced.original), original_path),
         ]
         _save_feeds(self.reduced.feeds, inputs_path)
         return [*written, inputs_path]
+
+
+def output_paths(path: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
+    """The files ``ReduceResult.save(path)`` writes: the candidate's subgraph, the original's, the inputs."""
+    path = Path(path)
+    return (
+        path,
+        path.with_name(f"{path.stem}.original{path.suffix or '.onnx'}"),
+        path.with_name(f"{path.stem}.inputs.npz"),
+    )
 
 
 def reduce_pair(

@@ -342,3 +342,40 @@ def test_save_refuses_the_data_file_its_own_weights_are_read_from(
     with pytest.raises(ModelSaveError, match="weights are read from it"):
         modelio.save_model(model, tmp_path / "m.onnx.data")
     assert _digests(tmp_path) == before
+
+
+def test_reduce_never_writes_its_side_files_over_an_input(tmp_path: Path) -> None:
+    """``reduce A B -o g.onnx`` also writes g.original.onnx and g.inputs.npz: reducing a pair that an earlier
+    reduction wrote (g.original.onnx) into the same -o replaced the input being read."""
+    onnx.save(make_model(), tmp_path / "g.original.onnx")
+    candidate = make_model()
+    candidate.graph.node[0].op_type = "Add"  # fails parity against the original's Mul
+    onnx.save(candidate, tmp_path / "bad.onnx")
+    before = _digests(tmp_path)
+    result = CliRunner().invoke(
+        main, ["reduce", str(tmp_path / "g.original.onnx"), str(tmp_path / "bad.onnx"), "-o", str(tmp_path / "g.onnx")]
+    )
+    assert result.exit_code == 2, result.output
+    _one_error_line(result.stderr, "refusing to overwrite the input model")
+    assert "--in-place" not in result.stderr  # reduce has no such option
+    assert _digests(tmp_path) == before
+
+
+def test_reduce_with_data_and_an_original_onnx_runtime_cannot_load(tmp_path: Path) -> None:
+    onnx.save(make_model(op="Foo", domain="com.acme"), tmp_path / "a.onnx")
+    onnx.save(make_model(), tmp_path / "b.onnx")
+    np.savez(tmp_path / "d.npz", x=np.ones((2, 3, 16, 16), np.float32))
+    result = CliRunner().invoke(
+        main,
+        [
+            "reduce",
+            str(tmp_path / "a.onnx"),
+            str(tmp_path / "b.onnx"),
+            "--data",
+            str(tmp_path / "d.npz"),
+            "-o",
+            str(tmp_path / "r.onnx"),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    _one_error_line(result.stderr, "ONNX Runtime cannot load the original model")

@@ -90,7 +90,7 @@ def bench(
         return values
 
     if json_path is not None:  # checked now, not after minutes of timing
-        check_output_path(json_path, [model], in_place=False)
+        check_output_path(json_path, [model], in_place=None)
     console = Console(stderr=True)
     peer_list = (
         None if peers is None else [] if peers.strip() == "none" else [p.strip() for p in peers.split(",") if p.strip()]

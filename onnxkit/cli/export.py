@@ -78,7 +78,7 @@ def export_command(
         raise SpecError(
             "give either --input-shape (once per input) or --sample FILE", hint="e.g. --input-shape image=1x1x28x28"
         )
-    check_output_path(output, [], in_place=False)
+    check_output_path(output, [], in_place=None)
     module = export_inputs.load_module(spec, state_dict)
     # exactly one of the two was given (checked above)
     inputs = (

@@ -138,7 +138,7 @@ def optimize(
     data_files = list(source.data_files) if example is None else []
     check_output_path(output, inputs, in_place, data_files)
     if report_path is not None:  # checked now: a report that cannot be written fails the run before its work
-        check_output_path(report_path, [*inputs, output], False, data_files)
+        check_output_path(report_path, [*inputs, output], None, data_files)
 
     data = load_data_option(data_path)
     calibration = load_data_option(calib_path) if calib_path else data

@@ -80,14 +80,16 @@ def load_data_option(path: str | None) -> Any:
     return load_dataset(path)
 
 
-def check_output_path(output: Path, inputs: list[Path], in_place: bool, data_files: Sequence[Path] = ()) -> None:
+def check_output_path(output: Path, inputs: list[Path], in_place: bool | None, data_files: Sequence[Path] = ()) -> None:
     """Refuse to overwrite an input (its model file unless ``in_place``, its external ``data_files`` ever), and
-    fail before any work when the output cannot be written."""
+    fail before any work when the output cannot be written. ``in_place`` is None for a command without
+    ``--in-place``."""
     from onnxkit.modelio import same_file
 
     if not in_place and any(same_file(output, i) for i in inputs):
         raise ModelSaveError(
-            f"refusing to overwrite the input model {output}", hint="give -o OUT, or --in-place to replace it"
+            f"refusing to overwrite the input model {output}",
+            hint="give another -o path" + (", or --in-place to replace it" if in_place is not None else ""),
         )
     if any(same_file(output, data) for data in data_files):
         raise ModelSaveError(

@@ -154,7 +154,7 @@ def to_ort_command(model: Path, output: Path | None, check: bool, data_path: str
     from onnxkit.deploy.ort_format import to_ort
 
     if output is not None:
-        check_output_path(output, [model], in_place=False)
+        check_output_path(output, [model], in_place=None)
     converted = to_ort(model, output)
     for note in converted.notes:
         click.echo(f"note: {note}")

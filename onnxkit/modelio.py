@@ -128,6 +128,7 @@ def check_external_data_locations(
     """Refuse external-data locations that resolve outside ``base_dir`` (``..``, absolute, symlinks).
     ``external`` is ``_external_tensors(proto)``, when the caller has it."""
     base = base_dir.resolve()
+    sizes: dict[Path, int] = {}  # each data file's size, read once however many tensors it holds
     for tensor in _external_tensors(proto) if external is None else external:
         location = next((e.value for e in tensor.external_data if e.key == "location"), None)
         if location is None:
@@ -148,6 +149,18 @@ def check_external_data_locations(
                 f"external data file '{location}' of tensor '{tensor.name}' is missing",
                 hint=f"it should be beside the model, in {base}",
             )
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        if "length" in entries:
+            end = int(entries.get("offset") or 0) + int(entries["length"])
+            if target not in sizes:
+                sizes[target] = target.stat().st_size
+            size = sizes[target]
+            if end > size:
+                raise ModelLoadError(
+                    f"external data file '{location}' is truncated: it holds {size} bytes, "
+                    f"tensor '{tensor.name}' needs bytes up to {end}",
+                    hint="the file may have been cut short while it was copied or written",
+                )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -379,3 +379,13 @@ def test_reduce_with_data_and_an_original_onnx_runtime_cannot_load(tmp_path: Pat
     )
     assert result.exit_code == 2, result.output
     _one_error_line(result.stderr, "ONNX Runtime cannot load the original model")
+
+
+def test_truncated_external_data_is_named_before_it_is_read(tmp_path: Path) -> None:
+    save_with_external_data(make_model(), tmp_path / "m.onnx", "m.onnx.data")
+    data = tmp_path / "m.onnx.data"
+    data.write_bytes(data.read_bytes()[:100])
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2, result.output
+    _one_error_line(result.stderr, "external data file 'm.onnx.data' is truncated: it holds 100 bytes")
+    assert "Note: the file may have been cut short" in result.stderr

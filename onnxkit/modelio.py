@@ -387,8 +387,18 @@ def save_model(
             f"refusing to write {path}: the model's weights are read from it", hint="give another output path"
         )
     data_folder = layout.folder
+    # A text format chosen by the extension (.onnxtxt, .json, .textproto), as onnx.load reads it back; such a file
+    # holds every tensor itself.
+    text_format = onnx.serialization.registry.get_format_from_file_extension(path.suffix)
+    if text_format == "protobuf":
+        text_format = None
+    if text_format is not None and (external_data or layout.needs_external_data):
+        raise ModelSaveError(
+            f"cannot write {path}: a {text_format} file cannot hold a model with external data",
+            hint="give a .onnx path",
+        )
     if external_data is None:
-        external_data = data_folder is not None or layout.needs_external_data
+        external_data = text_format is None and (data_folder is not None or layout.needs_external_data)
     data_name = _free_data_name(folder, path.name)
     # Which data files the replaced model reads matters only where files named after it are there to remove;
     # reading it costs a parse of the whole file.
@@ -406,11 +416,12 @@ def save_model(
         staged_model = staging / path.name
         if external_data:
             ir.save(model, staged_model, external_data=data_name, size_threshold_bytes=EXTERNAL_TENSOR_MIN_BYTES)
-        elif data_folder is not None:
+        elif data_folder is not None or text_format is not None:
             # ir.save would keep the references to data files that are not beside the output; read them in.
             proto = to_proto(model)
-            onnx.load_external_data_for_model(proto, str(data_folder))
-            staged_model.write_bytes(proto.SerializeToString())
+            if data_folder is not None:
+                onnx.load_external_data_for_model(proto, str(data_folder))
+            onnx.save_model(proto, staged_model, format=text_format or "protobuf")
         elif serialized is not None:
             _write_parts(staged_model, serialized)
         else:

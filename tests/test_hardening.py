@@ -389,3 +389,25 @@ def test_truncated_external_data_is_named_before_it_is_read(tmp_path: Path) -> N
     assert result.exit_code == 2, result.output
     _one_error_line(result.stderr, "external data file 'm.onnx.data' is truncated: it holds 100 bytes")
     assert "Note: the file may have been cut short" in result.stderr
+
+
+@pytest.mark.parametrize("suffix", [".onnxtxt", ".json", ".textproto"])
+def test_an_output_named_as_a_text_format_is_written_in_it(model: Path, suffix: str) -> None:
+    """onnx picks the format by the extension on load: the binary bytes written to ``o.json`` could be read by
+    nothing, onnxkit included."""
+    output = model.parent / f"o{suffix}"
+    result = CliRunner().invoke(main, ["optimize", str(model), "--passes", "cleanup", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    written = onnx.load(output)  # by the extension, as every onnx user reads it
+    assert [node.op_type for node in written.graph.node] == ["Mul", "Relu"]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(written.SerializeToString(), providers=["CPUExecutionProvider"])
+    sample = np.full((1, 3, 16, 16), 0.5, np.float32)
+    np.testing.assert_array_equal(session.run(None, {"x": sample})[0], np.maximum(sample * 2, 0))
+
+
+def test_a_text_format_cannot_take_external_data(model: Path) -> None:
+    with pytest.raises(ModelSaveError, match="cannot hold a model with external data"):
+        modelio.save_model(modelio.load_model(model), model.parent / "o.json", external_data=True)
+    assert sorted(p.name for p in model.parent.iterdir()) == ["m.onnx"]

@@ -171,14 +171,19 @@ class StreamingHistogram:
         # In chunks that stay in cache, with no range checks (the grid covers [low, high]): four times faster
         # than np.histogram, which was most of the calibration time on a 224×224 CNN.
         scale = np.float32(2.0**-self.exponent)
+        # With no negative value truncation is the floor, and on a grid starting at zero the bin is the index:
+        # two passes fewer over the chunk (a Relu's output, half of a CNN's tensors).
+        nonnegative = low >= 0.0
         scaled = np.empty(min(values.size, _CHUNK), dtype=np.float32)
         for start in range(0, values.size, _CHUNK):
             part = values[start : start + _CHUNK]
             chunk = scaled[: part.size]
             np.multiply(part, scale, out=chunk)
-            np.floor(chunk, out=chunk)
+            if not nonnegative:
+                np.floor(chunk, out=chunk)
             index = chunk.astype(np.int32)
-            index -= self.first
+            if self.first:
+                index -= self.first
             self.counts += np.bincount(index, minlength=self.counts.size)
 
     def _cover(self, low: float, high: float) -> None:

@@ -71,3 +71,24 @@ def test_all_windows_at_once_match_one_window_at_a_time(
     first_least = windows[int(np.argmin(direct))][2]
     expected = (max(low, range_low * first_least), min(high, range_high * first_least))
     assert calibration.entropy_range(histogram, low, high) == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_histogram_counts_each_value_in_its_grid_bin_with_or_without_negative_values() -> None:
+    """``StreamingHistogram.add`` skips the floor for values that are all non-negative (truncation is the
+    floor there); every value must still land in bin floor(value / width), before and after negatives widen
+    the grid below zero."""
+    rng = np.random.default_rng(5)
+    histogram = calibration.StreamingHistogram(calibration.FINE_BINS * 2048)
+    batches = [np.maximum(rng.standard_normal(50_000), 0.0), rng.standard_normal(50_000) * 3, rng.random(50_000)]
+    seen = []
+    for batch in batches:
+        batch = batch.astype(np.float32)
+        histogram.add(batch, float(batch.min()), float(batch.max()))
+        seen.append(batch)
+        assert histogram.exponent is not None
+        values = np.concatenate(seen).astype(np.float64)
+        expected = np.bincount(
+            (np.floor(values / 2.0**histogram.exponent) - histogram.first).astype(np.int64),
+            minlength=histogram.counts.size,
+        )
+        np.testing.assert_array_equal(histogram.counts, expected)

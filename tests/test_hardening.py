@@ -411,3 +411,26 @@ def test_a_text_format_cannot_take_external_data(model: Path) -> None:
     with pytest.raises(ModelSaveError, match="cannot hold a model with external data"):
         modelio.save_model(modelio.load_model(model), model.parent / "o.json", external_data=True)
     assert sorted(p.name for p in model.parent.iterdir()) == ["m.onnx"]
+
+
+def test_bench_of_a_model_onnx_runtime_cannot_run_exits_2(tmp_path: Path) -> None:
+    onnx.save(make_model(op="Foo", domain="com.acme"), tmp_path / "m.onnx")
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(tmp_path / "m.onnx"),
+            "--passes",
+            "cleanup",
+            "--peers",
+            "none",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+        ],
+    )
+    assert result.exit_code == 2, result.output  # was 0 with a table of failures
+    *_progress, error, note = result.stderr.strip().splitlines()  # the bench's progress lines, then the error
+    assert error.startswith("error: the original model does not run") and note.startswith("Note: ")
+    assert "Traceback" not in result.stderr

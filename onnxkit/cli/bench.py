@@ -8,7 +8,7 @@ import click
 
 from onnxkit.cli import main
 from onnxkit.cli.options import check_output_path, parse_dims
-from onnxkit.errors import SpecError
+from onnxkit.errors import ModelLoadError, SpecError
 
 
 @main.command()
@@ -114,3 +114,6 @@ def bench(
     if json_path is not None:
         write_text_atomic(json_path, report.to_json())
         click.echo(f"wrote {json_path}")
+    original = report.tool("original")
+    if not original.ok:  # nothing was measured against it: the table is all failures, which is no result
+        raise ModelLoadError(f"the original model does not run: {original.error}", hint="bench runs it in ONNX Runtime")

@@ -434,3 +434,30 @@ def test_bench_of_a_model_onnx_runtime_cannot_run_exits_2(tmp_path: Path) -> Non
     *_progress, error, note = result.stderr.strip().splitlines()  # the bench's progress lines, then the error
     assert error.startswith("error: the original model does not run") and note.startswith("Note: ")
     assert "Traceback" not in result.stderr
+
+
+def test_a_model_past_2gb_in_a_sparse_data_file_loads_lazily_and_a_cut_one_is_named(tmp_path: Path) -> None:
+    """A real 2.4 GB external data file, sparse so that it costs no disk: the weights stay in their file (the
+    load reads none of it), inspect works, and the same file cut short is one error line."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+
+    count = 600_000_000  # float32: 2.4 GB, past protobuf's 2 GB
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[count], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "m.onnx.data"), ("offset", "0"), ("length", str(4 * count))):
+        weight.external_data.add(key=key, value=value)
+    x, y = (helper.make_tensor_value_info(name, TensorProto.FLOAT, [count]) for name in ("x", "y"))
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", [x], [y], [weight])
+    (tmp_path / "m.onnx").write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    with open(tmp_path / "m.onnx.data", "wb") as data:
+        data.truncate(4 * count)
+    loaded = modelio.load_model(tmp_path / "m.onnx")
+    assert isinstance(loaded.graph.initializers["w"].const_value, ir.ExternalTensor)
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0 and "2,400,000,000 bytes" in result.output, result.output
+    os.truncate(tmp_path / "m.onnx.data", 10**6)
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2
+    _one_error_line(result.stderr, "is truncated: it holds 1000000 bytes, tensor 'w' needs bytes up to 2400000000")

@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -323,20 +324,53 @@ def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     Symbolic inference that gives a declared output another rank is not used: its shapes of the values
     before that output contradict the declaration (it takes a symbolic batch for "not 1", so a ``Squeeze``
     without axes keeps it; aecmos_stage0, plcmos_v2), and the quantized model, carrying them, fails ONNX's
-    strict shape inference at the last node. ONNX's own inference leaves such shapes unknown instead."""
+    strict shape inference at the last node. ONNX's own inference leaves such shapes unknown instead.
+
+    ONNX's runs on ``proto`` with its large float weights' bytes set aside (``_set_aside_weight_bytes``), then
+    given back to it and to the inferred model: it reads a weight's type and dims, and values only of small
+    tensors (shapes, axes, scales), where serializing every weight for it took longer than the inference
+    (MiniLM: 90 MB). ORT's symbolic inference computes with float constants' values too (an Add of a weight)."""
     try:
         inferred, how = _symbolic_shape_inference(proto), "symbolic"
         if _contradicts_declared_ranks(inferred, proto):
             raise RuntimeError("symbolic shape inference contradicts the declared output ranks")
     except Exception as e:  # symbolic inference fails on unknown ops and some dynamic shapes
         logger.debug("symbolic shape inference failed: %s", e)
+        set_aside = _set_aside_weight_bytes(proto)
         try:
             inferred, how = onnx.shape_inference.infer_shapes(proto, data_prop=True), "onnx (symbolic failed)"
         except Exception as e:  # inference errors on ops it does not know; the quantizer copes
             logger.debug("onnx shape inference failed: %s", e)
             return proto, "none (symbolic and onnx inference both failed)"
+        finally:
+            _give_back_weight_bytes(proto, set_aside)
+        _give_back_weight_bytes(inferred, set_aside)
     keep_declared_signature(inferred, proto)
     return inferred, how
+
+
+# Float initializers of at least this many bytes are weights, whose values no shape depends on.
+_WEIGHT_BYTES = 4096
+_FLOAT_TENSOR_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+)
+
+
+def _set_aside_weight_bytes(proto: onnx.ModelProto) -> dict[str, bytes]:
+    """Take the bytes of the main graph's large float initializers out of ``proto``, by name."""
+    taken: dict[str, bytes] = {}
+    for tensor in proto.graph.initializer:
+        is_weight = tensor.data_type in _FLOAT_TENSOR_TYPES and len(tensor.raw_data) >= _WEIGHT_BYTES
+        if is_weight and tensor.name not in taken:  # a name given twice (an invalid model) keeps its second
+            taken[tensor.name] = tensor.raw_data
+            tensor.ClearField("raw_data")
+    return taken
+
+
+def _give_back_weight_bytes(proto: onnx.ModelProto, taken: Mapping[str, bytes]) -> None:
+    for tensor in proto.graph.initializer:
+        if tensor.name in taken and not tensor.raw_data:
+            tensor.raw_data = taken[tensor.name]
 
 
 def _stated_output_ranks(model: onnx.ModelProto) -> dict[str, int]:

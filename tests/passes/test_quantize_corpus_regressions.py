@@ -355,3 +355,42 @@ def test_weights_dequantized_in_the_graph_are_quantized_as_weights() -> None:
     quantized = to_proto(result.model)
     onnx.checker.check_model(quantized, full_check=True)
     assert cosine(run_model(model, data[0])[0], run_model(quantized, data[0])[0]) >= 0.99
+
+
+def test_onnx_shape_inference_without_the_weights_bytes_gives_what_it_gives_with_them(monkeypatch) -> None:
+    """Where symbolic inference fails (MiniLM), ONNX's runs with the large float weights' bytes set aside: the
+    same shapes as with them, every weight back in the inferred model, and the input as it was."""
+    from onnxkit.passes.quantize import preprocess
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((64, 64)).astype(np.float32)  # 16 KB: set aside
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+            helper.make_node("Reshape", ["h", "shape"], ["r"], name="reshape"),
+            helper.make_node("Add", ["r", "bias"], ["y"], name="add"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(weight, "w"),
+            numpy_helper.from_array(np.array([-1, 8, 8], np.int64), "shape"),
+            numpy_helper.from_array(np.full((8,), 0.5, np.float32), "bias"),  # small: kept
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    before = model.SerializeToString()
+
+    def fails(proto: onnx.ModelProto) -> onnx.ModelProto:
+        raise RuntimeError("symbolic inference failed")
+
+    monkeypatch.setattr(preprocess, "_symbolic_shape_inference", fails)
+    inferred, how = preprocess.infer_shapes(model)
+    assert how == "onnx (symbolic failed)"
+    assert model.SerializeToString() == before
+    with_bytes = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    preprocess.keep_declared_signature(with_bytes, model)
+    assert inferred.SerializeToString() == with_bytes.SerializeToString()
+    assert {v.name for v in inferred.graph.value_info} >= {"h", "r"}
+    np.testing.assert_array_equal(numpy_helper.to_array(inferred.graph.initializer[0]), weight)

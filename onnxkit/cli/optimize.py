@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import typing
@@ -142,20 +143,27 @@ def optimize(
 
     data = load_data_option(data_path)
     calibration = load_data_option(calib_path) if calib_path else data
-    result = pipeline.run(
-        source,
-        check=check,  # type: ignore[arg-type]  # click.Choice admits only the Literal's values
-        on_fail=on_fail,  # type: ignore[arg-type]  # likewise
-        data=data,
-        calibration_data=calibration,
-        dims=parse_dims(dims),
-        tolerance=tolerance_overrides(
-            atol=atol, rtol=rtol, min_cosine=min_cosine, min_sqnr=min_sqnr, min_top1=min_top1
-        ),
-        progress=sys.stderr.isatty() and not as_json,
-        model_dir=model.parent if model is not None else None,
-        calib_cache=calib_cache,
-    )
+    # What exists now (imports, the loaded model) lives for the whole run: moved out of the collector's sight,
+    # the full collections inside the passes no longer walk it (simplify,fuse: about 7% less time summed over 8 corpus
+    # models). Unfrozen after, so that a process that calls the command again (tests) collects it as usual.
+    gc.freeze()
+    try:
+        result = pipeline.run(
+            source,
+            check=check,  # type: ignore[arg-type]  # click.Choice admits only the Literal's values
+            on_fail=on_fail,  # type: ignore[arg-type]  # likewise
+            data=data,
+            calibration_data=calibration,
+            dims=parse_dims(dims),
+            tolerance=tolerance_overrides(
+                atol=atol, rtol=rtol, min_cosine=min_cosine, min_sqnr=min_sqnr, min_top1=min_top1
+            ),
+            progress=sys.stderr.isatty() and not as_json,
+            model_dir=model.parent if model is not None else None,
+            calib_cache=calib_cache,
+        )
+    finally:
+        gc.unfreeze()
     # The model as the run left it, unedited since: its bytes are at hand.
     save_model(result.model, output, external_data=external_data, serialized=result.serialized)
     result.report.output_path = str(output)

@@ -211,6 +211,8 @@ class QuantizeRun:
         status = "hit" if cache is not None and len(found) == len(methods) else "stored" if cache is not None else "off"
         if status == "hit" or not tensors:
             runtime.check_loads(self.float_proto)  # no session of the model is made here: the first comes later
+            if status != "hit":  # nothing to measure: every method's ranges are empty
+                found = [calibration.to_tensors_data({}, calibration.histogram_method(m.method)) for m in methods]
         else:
             observer = self._smoothing_observer()
             # The pass's first session of the model: where it fails, whether ORT loads the model says why.

@@ -394,3 +394,25 @@ def test_onnx_shape_inference_without_the_weights_bytes_gives_what_it_gives_with
     assert inferred.SerializeToString() == with_bytes.SerializeToString()
     assert {v.name for v in inferred.graph.value_info} >= {"h", "r"}
     np.testing.assert_array_equal(numpy_helper.to_array(inferred.graph.initializer[0]), weight)
+
+
+def test_static_mode_with_nothing_to_calibrate_keeps_the_float_model_without_a_crash() -> None:
+    """silero_vad_op18_ifless: its candidates read only constants, and their float results feed no other
+    candidate, so no tensor needs a range; calibration then left no ranges at all and the pass crashed with
+    IndexError (holdout sweep)."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["c", "w"], ["m"], name="fc"), helper.make_node("Add", ["m", "x"], ["y"])],
+        "nothing_to_calibrate",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        [
+            numpy_helper.from_array(rng.standard_normal((1, 16)).astype(np.float32), "c"),
+            numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    data = [{"x": rng.standard_normal((1, 16)).astype(np.float32)} for _ in range(8)]
+    result, kept = quantize(model, data, mode="static")
+    assert result.details["calibration"]["tensors"] == 0
+    assert cosine(run_model(model, data[0])[0], run_model(kept, data[0])[0]) >= 0.99
